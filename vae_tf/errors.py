@@ -1,0 +1,25 @@
+"""Errors a user can cause.
+
+Every class here carries a one-line message that says what was wrong and what to do. The CLI
+prints ``error: <message>`` and exits 2 for these; anything else is a bug and keeps its traceback.
+"""
+
+
+class VaeTfError(Exception):
+    """Base class of user-facing errors (bad config, bad data, missing model)."""
+
+    def __init__(self, message: str):
+        # One line, always: a multi-line message would be cut by log collectors and MLflow tags.
+        super().__init__(" ".join(str(message).split()))
+
+
+class ConfigError(VaeTfError, ValueError):
+    """A configuration value, key or combination that cannot work."""
+
+
+class DataError(VaeTfError, ValueError):
+    """A data set that cannot be trained on as given (shape, values, emptiness, availability)."""
+
+
+class ModelNotFoundError(VaeTfError, FileNotFoundError):
+    """An export directory, model version or checkpoint that does not exist."""
