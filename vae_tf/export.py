@@ -1,0 +1,185 @@
+"""SavedModel writer: the serving contract (DESIGN.md, ../shared/reference/tf-serving-api.md §8).
+
+Layout: ``<base_dir>/<name>/<version>/`` with ``saved_model.pb``, ``variables/`` and
+``assets/vae_tf_model.json``, the layout TensorFlow Serving polls. Signatures (all inputs and
+outputs batch-leading):
+
+- ``encode(x: float32[B, *data_shape]) -> {embedding, z_mean, ...family outputs}``, registered
+  first, so it is also ``serving_default``;
+- ``decode(z: float32[B, code_size]) -> {x_mean, x_sample}``;
+- ``reconstruct(x) -> {x_mean}``;
+- ``sample(seed: int32[n, 2]) -> {z, x_mean, x_sample}``, one sample per seed row, stateless.
+
+A version is written into a hidden temporary sibling directory (TF Serving ignores names that
+are not integers) and renamed into place, so a crash never leaves a half-written version and a
+polling server never loads one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import tensorflow as tf
+
+from vae_tf.errors import ConfigError, ModelNotFoundError
+
+ASSET_NAME = "vae_tf_model.json"
+FORMAT_VERSION = 1
+SIGNATURES = ("encode", "decode", "reconstruct", "sample")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def list_versions(model_dir: str | os.PathLike) -> list[int]:
+    """Integer version directories under ``model_dir`` (TF Serving's rule), ascending."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` to disk before the rename makes the version visible."""
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            with open(os.path.join(dirpath, filename), "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def export_model(
+    model,
+    base_dir: str | os.PathLike,
+    name: str = "vae",
+    version: int | None = None,
+    *,
+    config: Mapping[str, Any] | None = None,
+    data_info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (a built :class:`vae_tf.models.VAE`) as a new SavedModel version.
+
+    Args:
+        base_dir: the model base path (TF Serving's ``MODEL_BASE_PATH``).
+        name: the model name (directory under ``base_dir``; TF Serving's ``MODEL_NAME``).
+        version: positive integer; default: one more than the highest existing version.
+        config: the resolved training config, stored in the assets JSON.
+        data_info: data facts stored in the assets JSON (``value_range``, data set name, ...).
+
+    Returns the final version directory. Refuses to overwrite an existing version.
+    """
+    if not _NAME_RE.match(name):
+        raise ConfigError(f"model name {name!r} is not usable as a directory name: use letters, digits, '_', '.', '-'")
+    model_dir = Path(base_dir) / name
+    existing = list_versions(model_dir)
+    if version is None:
+        version = (existing[-1] + 1) if existing else 1
+    if not (isinstance(version, int) and version > 0):
+        raise ConfigError(f"export version must be a positive integer, got {version!r}")
+    final = model_dir / str(version)
+    if final.exists():
+        raise ConfigError(f"{final} already exists: export versions are immutable, pick another version or omit it")
+
+    data_shape = tuple(int(s) for s in model.encoder.inputs[0].shape[1:])
+    code_size = model.latent.code_size
+    archive = _build_archive(model, data_shape, code_size)
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    try:
+        archive.write_out(str(tmp), verbose=False)
+        assets = tmp / "assets"
+        assets.mkdir(exist_ok=True)
+        info = model_info(model, name, version, data_shape, config=config, data_info=data_info)
+        (assets / ASSET_NAME).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+        _fsync_tree(tmp)
+        os.rename(tmp, final)  # atomic on one file system; fails rather than overwrite
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _build_archive(model, data_shape: tuple[int, ...], code_size: int):
+    from keras.export import ExportArchive
+
+    # Endpoints capture the model's variables; ExportArchive.track(model) is deliberately not
+    # called: it would store every variable twice (keras-team/keras#23553).
+    x_spec = tf.TensorSpec((None,) + data_shape, tf.float32, name="x")
+    z_spec = tf.TensorSpec((None, code_size), tf.float32, name="z")
+    seed_spec = tf.TensorSpec((None, 2), tf.int32, name="seed")
+
+    @tf.function(input_signature=[x_spec])
+    def encode(x):
+        return model.encode(x)
+
+    @tf.function(input_signature=[z_spec])
+    def decode(z):
+        return model.decode(z)
+
+    @tf.function(input_signature=[x_spec])
+    def reconstruct(x):
+        return model.reconstruct(x)
+
+    @tf.function(input_signature=[seed_spec])
+    def sample(seed):
+        return model.sample(seed)
+
+    archive = ExportArchive()
+    for endpoint_name, fn in zip(SIGNATURES, (encode, decode, reconstruct, sample)):
+        archive.add_endpoint(endpoint_name, fn)  # `encode` first: it becomes serving_default
+    return archive
+
+
+def model_info(model, name: str, version: int, data_shape, *, config=None, data_info=None) -> dict:
+    """The contents of ``assets/vae_tf_model.json``."""
+    import vae_tf
+
+    data_info = dict(data_info or {})
+    return {
+        "format_version": FORMAT_VERSION,
+        "vae_tf_version": vae_tf.__version__,
+        "tensorflow_version": tf.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "name": name,
+        "version": version,
+        "objective": getattr(model, "objective", type(model).__name__),
+        "data_shape": list(data_shape),
+        "value_range": list(data_info.pop("value_range", (0.0, 1.0))),
+        "data": data_info,
+        "latent": model.latent.layout(),
+        "likelihood": model.likelihood.describe(),
+        "signatures": {
+            "encode": {"inputs": ["x"], "outputs": sorted(model.encode(tf.zeros((1,) + tuple(data_shape))).keys())},
+            "decode": {"inputs": ["z"], "outputs": ["x_mean", "x_sample"]},
+            "reconstruct": {"inputs": ["x"], "outputs": ["x_mean"]},
+            "sample": {"inputs": ["seed"], "outputs": ["z", "x_mean", "x_sample"]},
+        },
+        "config": dict(config) if config is not None else None,
+    }
+
+
+def load_model_info(version_dir: str | os.PathLike) -> dict:
+    """Read ``assets/vae_tf_model.json`` of an exported version."""
+    path = Path(version_dir) / "assets" / ASSET_NAME
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} not found: {version_dir} is not a vae-tf export (run `vae-tf train` to make one)")
+    return json.loads(path.read_text())
+
+
+def resolve_version_dir(path: str | os.PathLike) -> Path:
+    """Accept a version directory or a model directory (then its highest version)."""
+    path = Path(path)
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = list_versions(path)
+    if not versions:
+        raise ModelNotFoundError(f"no SavedModel at {path}: give a model directory with integer versions or a version directory")
+    return path / str(versions[-1])
+
+
+__all__ = ["ASSET_NAME", "SIGNATURES", "export_model", "list_versions", "load_model_info", "model_info", "resolve_version_dir"]

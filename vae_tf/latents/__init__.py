@@ -1,0 +1,28 @@
+"""Latent families: posterior, prior, KL, sample, embedding and export outputs (TFP).
+
+``LATENT_FAMILIES`` maps config names to classes; ``build_latent(name, **options)`` builds one.
+"""
+
+from __future__ import annotations
+
+from vae_tf._registry import Registry
+from vae_tf.errors import ConfigError
+from vae_tf.latents.base import LatentFamily
+from vae_tf.latents.gaussian import GaussianLatent
+
+LATENT_FAMILIES: Registry[type[LatentFamily]] = Registry("latent family")
+LATENT_FAMILIES.register("gaussian")(GaussianLatent)
+
+
+def build_latent(family: str, **options) -> LatentFamily:
+    """Build a registered latent family; bad options give a one-line ConfigError."""
+    cls = LATENT_FAMILIES.get(family)
+    if int(options.get("latent_dim", 0)) < 1:
+        raise ConfigError(f"model.latent.latent_dim must be a positive integer, got {options.get('latent_dim')!r}")
+    try:
+        return cls(**options)
+    except TypeError as err:
+        raise ConfigError(f"bad options for latent family {family!r}: {err}") from None
+
+
+__all__ = ["LATENT_FAMILIES", "GaussianLatent", "LatentFamily", "build_latent"]

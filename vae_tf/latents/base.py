@@ -1,0 +1,96 @@
+"""The latent-family interface.
+
+A latent family turns the encoder's raw output (``params``, shape ``[B, param_size]``) into the
+approximate posterior q(z|x), names the prior p(z), and computes everything the objectives, the
+metrics and the export need from them. Families are Keras layers so that any state they own
+(trainable hyperparameters, a temperature) is tracked, checkpointed and exported with the model.
+
+Shapes: ``B`` is the batch, ``d = code_size`` the width of the code z fed to the decoder.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import keras
+import tensorflow as tf
+
+
+class LatentFamily(keras.layers.Layer, abc.ABC):
+    """Base class of latent families (posterior, prior, KL, sample, embedding, export outputs)."""
+
+    #: Registry name, set by subclasses.
+    family: str = ""
+
+    def __init__(self, latent_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_dim = int(latent_dim)
+
+    # --- sizes -----------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def param_size(self) -> int:
+        """Width of the encoder output this family reads."""
+
+    @property
+    def code_size(self) -> int:
+        """Width of the code z the decoder reads."""
+        return self.latent_dim
+
+    @property
+    def embedding_size(self) -> int:
+        """Width of the deterministic embedding handed to downstream users."""
+        return self.latent_dim
+
+    # --- distributions ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def posterior(self, params: tf.Tensor):
+        """q(z|x) as a TFP distribution with batch shape ``[B, d]`` (factorised over dims)."""
+
+    @abc.abstractmethod
+    def prior(self):
+        """p(z) as a TFP distribution with batch shape ``[d]``."""
+
+    @abc.abstractmethod
+    def kl_per_dim(self, params: tf.Tensor, z: tf.Tensor | None = None) -> tf.Tensor:
+        """KL(q(z_i|x) || p(z_i)) per example and latent dimension, shape ``[B, d]`` (nats).
+
+        ``z`` is the reparameterised sample; families without a closed form use it for a
+        single-sample Monte Carlo estimate (their docstring says so).
+        """
+
+    @abc.abstractmethod
+    def sample(self, params: tf.Tensor, seed=None) -> tf.Tensor:
+        """A reparameterised sample z ~ q(z|x), shape ``[B, d]``; gradients reach ``params``."""
+
+    @abc.abstractmethod
+    def embedding(self, params: tf.Tensor) -> tf.Tensor:
+        """The deterministic code given to downstream classifiers, shape ``[B, embedding_size]``."""
+
+    @abc.abstractmethod
+    def export_outputs(self, params: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Named batch-leading tensors the ``encode`` signature returns (``embedding`` first)."""
+
+    @abc.abstractmethod
+    def sample_prior(self, seeds: tf.Tensor) -> tf.Tensor:
+        """One z ~ p(z) per row of ``seeds`` (int32 ``[n, 2]``), stateless: row i depends on
+        ``seeds[i]`` alone, so a request's samples do not depend on its other rows."""
+
+    # --- utilities -------------------------------------------------------------------------
+    def layout(self) -> dict:
+        """Description of the code layout written into the SavedModel's assets."""
+        return {
+            "family": self.family,
+            "latent_dim": self.latent_dim,
+            "code_size": self.code_size,
+            "embedding_size": self.embedding_size,
+            "param_size": self.param_size,
+        }
+
+    def call(self, params):  # a Layer must be callable; the family's work is in its methods
+        return self.embedding(params)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(latent_dim=self.latent_dim)
+        return config

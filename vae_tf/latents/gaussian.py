@@ -1,0 +1,83 @@
+"""Diagonal Gaussian latent family (Kingma & Welling 2014)."""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from vae_tf.latents.base import LatentFamily
+
+tfd = tfp.distributions
+
+
+def stateless_normal_rows(seeds: tf.Tensor, width: int) -> tf.Tensor:
+    """Standard-normal rows ``[n, width]``, row i drawn from ``seeds[i]`` alone (int32 ``[n, 2]``)."""
+    seeds = tf.cast(seeds, tf.int32)
+    return tf.map_fn(
+        lambda s: tf.random.stateless_normal([width], seed=s),
+        seeds,
+        fn_output_signature=tf.TensorSpec([width], tf.float32),
+    )
+
+
+class GaussianLatent(LatentFamily):
+    """q(z|x) = N(μ(x), diag σ²(x)), p(z) = N(0, I).
+
+    The encoder emits ``[μ, log σ²]`` (``2 d`` numbers). The KL per dimension is the analytic
+    ``½ (μ² + σ² − log σ² − 1)`` (TFP's registered Normal–Normal KL); the sample is the usual
+    reparameterisation ``z = μ + σ ε``; the embedding is μ.
+
+    ``log_var_clip`` bounds log σ² to ``[-clip, clip]`` before exponentiating: σ² stays in
+    ``[e^-clip, e^clip]``, which keeps an untrained or diverging encoder from producing Inf.
+    """
+
+    family = "gaussian"
+
+    def __init__(self, latent_dim: int, log_var_clip: float = 20.0, **kwargs):
+        super().__init__(latent_dim, **kwargs)
+        self.log_var_clip = float(log_var_clip)
+
+    @property
+    def param_size(self) -> int:
+        return 2 * self.latent_dim
+
+    def split(self, params: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(μ, log σ²)``, each ``[B, d]``."""
+        mean, log_var = tf.split(params, 2, axis=-1)
+        return mean, tf.clip_by_value(log_var, -self.log_var_clip, self.log_var_clip)
+
+    def posterior(self, params):
+        mean, log_var = self.split(params)
+        return tfd.Normal(loc=mean, scale=tf.exp(0.5 * log_var))
+
+    def prior(self):
+        return tfd.Normal(loc=tf.zeros([self.latent_dim]), scale=tf.ones([self.latent_dim]))
+
+    def kl_per_dim(self, params, z=None):
+        """Analytic KL(N(μ, σ²) || N(0, 1)) per dimension, ``[B, d]`` nats; ``z`` is unused."""
+        return tfd.kl_divergence(self.posterior(params), self.prior())
+
+    def sample(self, params, seed=None):
+        return self.posterior(params).sample(seed=seed)
+
+    def embedding(self, params):
+        return self.split(params)[0]
+
+    def export_outputs(self, params):
+        mean, log_var = self.split(params)
+        return {"embedding": mean, "z_mean": mean, "z_log_var": log_var}
+
+    def sample_prior(self, seeds):
+        return stateless_normal_rows(seeds, self.latent_dim)
+
+    def entropy_per_example(self, params) -> tf.Tensor:
+        """H(q(z|x)) summed over dims, ``[B]`` (closed form: ½ Σ (1 + log 2π + log σ²))."""
+        _, log_var = self.split(params)
+        return 0.5 * tf.reduce_sum(1.0 + math.log(2.0 * math.pi) + log_var, axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(log_var_clip=self.log_var_clip)
+        return config
