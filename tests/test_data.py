@@ -1,0 +1,543 @@
+"""Tests of vae_tf.data: loaders, seeded splits, validation, pipelines, the dSprites generator."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+
+from vae_tf.data import (
+    DATASETS,
+    DataSplits,
+    DSpritesGenerator,
+    load_dataset,
+    register_dataset,
+    validate_array,
+)
+from vae_tf.data import dsprites as dsp
+from vae_tf.errors import ConfigError, DataError
+
+
+def raises_one_line(fn, *args, match: str | None = None, **kwargs) -> str:
+    """Call fn, expect a DataError, check its message is one line, return the message."""
+    with pytest.raises(DataError) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and message == " ".join(message.split())
+    if match is not None:
+        assert match in message, message
+    return message
+
+
+def row_multiset(*arrays: np.ndarray) -> list[bytes]:
+    return sorted(row.tobytes() for arr in arrays for row in arr.reshape(len(arr), -1))
+
+
+# -- digits and splits ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits() -> DataSplits:
+    return load_dataset("digits", seed=0)
+
+
+def test_digits_shapes_range_labels(digits):
+    from sklearn.datasets import load_digits
+
+    assert digits.name == "digits"
+    assert digits.x_train.shape == (1437, 8, 8, 1)
+    assert digits.x_val.shape == (180, 8, 8, 1) and digits.x_test.shape == (180, 8, 8, 1)
+    assert digits.data_shape == (8, 8, 1)
+    assert digits.num_examples == {"train": 1437, "val": 180, "test": 180}
+    for split in ("train", "val", "test"):
+        x, y = digits.split(split)
+        assert x.dtype == np.float32 and y.dtype == np.int64
+        assert x.min() == 0.0 and x.max() == 1.0
+        assert set(np.unique(y)) == set(range(10))
+    assert digits.value_range == (0.0, 1.0) and digits.binary is False
+    assert digits.factors_train is None and digits.factor_names is None
+    # The three splits are a partition of the source, scaled by /16, each image with its label.
+    bunch = load_digits()
+    source = (bunch.images / 16.0).astype(np.float32)[..., None]
+    assert row_multiset(digits.x_train, digits.x_val, digits.x_test) == row_multiset(source)
+    by_image = {img.tobytes(): int(t) for img, t in zip(source, bunch.target)}
+    assert all(by_image[img.tobytes()] == int(t) for img, t in zip(digits.x_test, digits.y_test))
+    assert digits.metadata["source"] == "sklearn.datasets.load_digits"
+    assert digits.metadata["n_train"] == 1437 and digits.metadata["seed"] == 0
+
+
+def test_split_determinism_by_seed(digits):
+    same = load_dataset("digits", seed=0)
+    other = load_dataset("digits", seed=1)
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(same, f"x_{split}"), getattr(digits, f"x_{split}"))
+        np.testing.assert_array_equal(getattr(same, f"y_{split}"), getattr(digits, f"y_{split}"))
+    assert not np.array_equal(other.x_test, digits.x_test)
+    assert not np.array_equal(other.y_train, digits.y_train)
+
+
+def test_fractions_and_max_samples():
+    small = load_dataset("digits", seed=3, val_fraction=0.2, test_fraction=0.3, max_samples=100)
+    assert small.num_examples == {"train": 50, "val": 20, "test": 30}
+    no_val = load_dataset("digits", val_fraction=0.0, test_fraction=0.0, max_samples=10)
+    assert no_val.num_examples == {"train": 10, "val": 0, "test": 0}
+    assert no_val.x_val.shape == (0, 8, 8, 1)
+    # max_samples truncates the seeded permutation: a capped run keeps a prefix of it.
+    from vae_tf.data import SplitPlan
+
+    plan_full = SplitPlan(seed=3, val_fraction=0.0, test_fraction=0.0)
+    plan_cap = SplitPlan(seed=3, val_fraction=0.0, test_fraction=0.0, max_samples=40)
+    np.testing.assert_array_equal(plan_cap.indices(1797)[0], plan_full.indices(1797)[0][:40])
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"val_fraction": 1.0}, "val_fraction must be a number in [0, 1)"),
+        ({"test_fraction": -0.1}, "test_fraction must be a number in [0, 1)"),
+        ({"val_fraction": 0.5, "test_fraction": 0.5}, "make their sum smaller than 1"),
+        ({"max_samples": 2}, "leave no training example"),
+        ({"max_samples": 0}, "max_samples must be a positive integer"),
+        ({"seed": 1.5}, "seed must be an integer"),
+    ],
+)
+def test_bad_split_settings(kwargs, fragment):
+    raises_one_line(load_dataset, "digits", match=fragment, **kwargs)
+
+
+def test_registry_errors():
+    message = raises_one_line(load_dataset, "cifar", match="unknown data set 'cifar'")
+    for known in ("digits", "dsprites", "mnist", "fashion_mnist", "npz", "npy", "images"):
+        assert known in message
+    raises_one_line(load_dataset, "digits", match="has no option(s) 'n_samples'", n_samples=3)
+    raises_one_line(
+        load_dataset, "dsprites", match="its options are: image_size, n_samples", colour=1
+    )
+    raises_one_line(load_dataset, "digits", match="takes no path", path="/tmp/x.npz")
+    assert load_dataset(" DIGITS ", max_samples=20).name == "digits"  # names are normalised
+
+
+def test_register_custom_dataset():
+    @register_dataset("toy_vectors_for_test")
+    def load_toy(plan, *, width: int = 3):
+        train, val, test = plan.indices(20)
+        x = np.arange(20 * width, dtype=np.float32).reshape(20, width) / 100.0
+        return DataSplits("toy_vectors_for_test", x[train], x[val], x[test])
+
+    try:
+        data = load_dataset("toy_vectors_for_test", width=4)
+        assert data.data_shape == (4,) and data.num_examples == {"train": 16, "val": 2, "test": 2}
+        raises_one_line(load_dataset, "toy_vectors_for_test", match="'depth'", depth=2)
+        with pytest.raises(ValueError, match="already registered"):
+            register_dataset("toy_vectors_for_test")(lambda plan: None)
+    finally:
+        DATASETS.pop("toy_vectors_for_test")
+
+
+# -- pipelines --------------------------------------------------------------------------------
+
+
+def _batches(ds) -> list[np.ndarray]:
+    return [b.numpy() if not isinstance(b, tuple) else tuple(t.numpy() for t in b) for b in ds]
+
+
+def test_pipeline_batches_and_order(digits):
+    train = _batches(digits.pipeline("train", 64))
+    assert train[0].shape == (64, 8, 8, 1) and train[-1].shape == (1437 % 64, 8, 8, 1)
+    assert len(train) == 23 and all(b.dtype == np.float32 for b in train)
+    assert row_multiset(*train) == row_multiset(digits.x_train)
+    assert not np.array_equal(np.concatenate(train), digits.x_train)  # train is shuffled
+    dropped = _batches(digits.pipeline("train", 64, drop_remainder=True))
+    assert len(dropped) == 22 and all(b.shape[0] == 64 for b in dropped)
+    # val / test keep their order unless asked; with_labels yields aligned (x, y).
+    val = _batches(digits.pipeline("val", 50, with_labels=True))
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in val]), digits.x_val)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in val]), digits.y_val)
+    assert val[0][1].dtype == np.int64
+    shuffled_val = np.concatenate(_batches(digits.pipeline("val", 50, shuffle=True)))
+    assert not np.array_equal(shuffled_val, digits.x_val)
+    repeated = digits.pipeline("test", 100, repeat=True)
+    assert sum(1 for _ in repeated.take(5)) == 5  # 180 examples, 5 batches only with repeat
+
+
+def test_pipeline_shuffle_determinism(digits):
+    a = digits.pipeline("train", 128, seed=7, with_labels=True)
+    b = digits.pipeline("train", 128, seed=7, with_labels=True)
+    c = digits.pipeline("train", 128, seed=8, with_labels=True)
+    epoch_a1, epoch_a2 = _batches(a), _batches(a)
+    epoch_b1 = _batches(b)
+    np.testing.assert_array_equal(epoch_a1[0][0], epoch_b1[0][0])
+    np.testing.assert_array_equal(epoch_a1[0][1], epoch_b1[0][1])
+    assert not np.array_equal(epoch_a1[0][0], epoch_a2[0][0])  # reshuffled every epoch
+    assert not np.array_equal(epoch_a1[0][0], _batches(c)[0][0])
+
+
+def test_pipeline_errors(digits):
+    raises_one_line(digits.split, "validation", match="unknown split 'validation'")
+    raises_one_line(digits.pipeline, "dev", 8, match="choose one of 'train', 'val', 'test'")
+    with pytest.raises(ConfigError):
+        digits.pipeline("train", 0)
+    unlabelled = DataSplits("u", digits.x_train, digits.x_val, digits.x_test)
+    raises_one_line(unlabelled.pipeline, "train", 8, with_labels=True, match="has no labels")
+
+
+# -- validate_array ---------------------------------------------------------------------------
+
+
+def test_validate_array_accepts_good_data():
+    validate_array(np.zeros((3, 4), np.float32), support=(0.0, 1.0))
+    validate_array(np.ones((2, 5, 5), np.uint8))
+    validate_array(np.zeros((2, 5, 5, 3), bool), support=(0, 1))
+    validate_array([[0.5, 1.0], [0.0, 0.25]], support=(0.0, 1.0))  # closed interval
+
+
+def test_validate_array_errors():
+    raises_one_line(validate_array, np.array([["a", "b"]]), match="not a numeric array")
+    raises_one_line(validate_array, np.zeros(5), match="rank 2 (N, D)")
+    raises_one_line(validate_array, np.zeros((2, 2, 2, 2, 2)), match="rank 5")
+    raises_one_line(validate_array, np.zeros((0, 4)), what="my data", match="my data is empty")
+    raises_one_line(validate_array, np.zeros((3, 0)), match="no features")
+    x = np.zeros((4, 3, 3), np.float32)
+    x[2, 1, 0] = np.nan
+    x[3, 0, 0] = np.nan
+    x[3, 2, 2] = np.inf
+    msg = raises_one_line(validate_array, x, match="2 NaN and 1 Inf values")
+    assert "first at index (2, 1, 0)" in msg and "remove or impute" in msg
+    y = np.zeros((2, 3))
+    y[1, 2] = -np.inf
+    raises_one_line(validate_array, y, match="0 NaN and 1 Inf values (first at index (1, 2)")
+    z = np.array([[-0.3, 0.5], [1.2, 0.0]])
+    msg = raises_one_line(validate_array, z, support=(0.0, 1.0))
+    assert msg == (
+        "data values lie in [-0.3, 1.2] but the likelihood needs [0, 1]: rescale the data or "
+        "choose a Gaussian likelihood"
+    )
+
+
+# -- dSprites generator -----------------------------------------------------------------------
+
+
+def test_dsprites_factor_grid_matches_original():
+    assert dsp.FACTOR_NAMES == ("shape", "scale", "orientation", "pos_x", "pos_y")
+    assert dsp.FACTOR_SIZES == (3, 6, 40, 32, 32) and dsp.NUM_COMBINATIONS == 737280
+    assert dsp.GENERATOR_VERSION == "1"
+    g = DSpritesGenerator(64)
+    originals = [
+        np.array([1.0, 2.0, 3.0]),
+        np.linspace(0.5, 1, 6),
+        np.linspace(0, 2 * np.pi, 40),
+        np.linspace(0, 1, 32),
+        np.linspace(0, 1, 32),
+    ]
+    for f, expected in enumerate(originals):
+        classes = np.zeros((len(expected), 5), np.int64)
+        classes[:, f] = np.arange(len(expected))
+        np.testing.assert_array_equal(g.factor_values(classes)[:, f], expected)  # bit-exact
+    orientations = g.factor_values(np.array([[0, 0, k, 0, 0] for k in (0, 39)]))[:, 2]
+    assert orientations[0] == 0.0 and orientations[1] == 2 * np.pi
+    assert g.factor_values([2, 5, 39, 31, 31]).tolist() == [3.0, 1.0, 2 * np.pi, 1.0, 1.0]
+
+
+def test_dsprites_index_round_trip():
+    g = DSpritesGenerator(32)
+    sizes = np.array(dsp.FACTOR_SIZES)
+    bases = dsp.NUM_COMBINATIONS // np.cumprod(sizes)  # original formula, colour factor dropped
+    assert tuple(bases) == (245760, 40960, 1024, 32, 1) == dsp.FACTOR_BASES
+    index = np.arange(dsp.NUM_COMBINATIONS)
+    classes = g.classes_of(index)
+    assert classes.shape == (737280, 5) and classes.dtype == np.int64
+    np.testing.assert_array_equal(g.index_of(classes), index)
+    np.testing.assert_array_equal(classes @ bases, index)
+    assert (classes.max(axis=0) == sizes - 1).all()
+    assert len(np.unique(classes @ np.array([1, 3, 18, 720, 23040]))) == 737280  # all distinct
+    assert g.classes_of(1).tolist() == [0, 0, 0, 0, 1]  # pos_y fastest
+    assert g.classes_of(32).tolist() == [0, 0, 0, 1, 0]
+    assert g.classes_of(245760).tolist() == [1, 0, 0, 0, 0]
+    assert g.index_of([2, 5, 39, 31, 31]) == 737279
+    raises_one_line(g.index_of, [0, 6, 0, 0, 0], match="'scale'")
+    raises_one_line(g.classes_of, 737280, match="out of range")
+
+
+def test_dsprites_sample_factors():
+    g = DSpritesGenerator(32)
+    a = g.sample_factors(6000, 5)
+    assert a.shape == (6000, 5) and a.dtype == np.int64
+    np.testing.assert_array_equal(a, g.sample_factors(6000, np.random.default_rng(5)))
+    assert not np.array_equal(a, g.sample_factors(6000, 6))
+    for f, size in enumerate(dsp.FACTOR_SIZES):
+        counts = np.bincount(a[:, f], minlength=size)
+        assert len(counts) == size and counts.min() > 0.5 * 6000 / size
+
+
+def test_dsprites_render_deterministic_binary_inside_canvas():
+    classes = DSpritesGenerator().sample_factors(300, 0)
+    extremes = np.array(
+        [[s, 5, o, x, y] for s in range(3) for o in range(0, 40, 3) for x in (0, 31)
+         for y in (0, 31)]
+    )
+    for size in (64, 32):
+        one, two = DSpritesGenerator(size), DSpritesGenerator(size)
+        imgs = one.render(classes)
+        assert imgs.shape == (300, size, size) and imgs.dtype == np.uint8
+        assert imgs.tobytes() == two.render(classes).tobytes()
+        assert set(np.unique(imgs)) == {0, 1}
+        assert imgs.reshape(300, -1).sum(axis=1).min() > 0  # every sprite is visible
+        edge = one.render(extremes)
+        assert edge[:, 0, :].sum() == edge[:, -1, :].sum() == 0  # no sprite touches the border
+        assert edge[:, :, 0].sum() == edge[:, :, -1].sum() == 0
+    single = DSpritesGenerator(64).render([0, 0, 0, 0, 0])
+    assert single.shape == (64, 64)
+
+
+def test_dsprites_render_matches_full_canvas_reference():
+    """The windowed renderer equals a direct per-sprite evaluation on every pixel centre."""
+    for size in (64, 32):
+        g = DSpritesGenerator(size)
+        classes = g.sample_factors(60, 11)
+        values = g.factor_values(classes)
+        centres = (np.arange(size) + 0.5) / size
+        span = 1 - 2 * dsp.MARGIN
+        expected = []
+        for (shape, *_), (_, scale, theta, px, py) in zip(classes, values):
+            dx = centres[None, :] - (dsp.MARGIN + px * span)
+            dy = (dsp.MARGIN + py * span) - centres[:, None]
+            u = (np.cos(theta) * dx + np.sin(theta) * dy) / scale
+            w = (np.cos(theta) * dy - np.sin(theta) * dx) / scale
+            expected.append(dsp._INSIDE[shape](u, w))
+        np.testing.assert_array_equal(g.render(classes), np.array(expected, dtype=np.uint8))
+
+
+def test_dsprites_factors_change_images():
+    g = DSpritesGenerator(64)
+    cols, rows = np.arange(64), np.arange(64)
+    for shape in range(3):
+        along_x = g.render(np.array([[shape, 5, 7, k, 16] for k in range(32)])).astype(float)
+        mass = along_x.sum(axis=(1, 2))
+        com_x = (along_x.sum(axis=1) * cols).sum(axis=1) / mass
+        assert np.all(np.diff(com_x) > 0)  # moves right monotonically
+        assert com_x[-1] - com_x[0] == pytest.approx(0.5 * 64, abs=1.5)
+        along_y = g.render(np.array([[shape, 5, 7, 16, k] for k in range(32)])).astype(float)
+        com_y = (along_y.sum(axis=2) * rows).sum(axis=1) / along_y.sum(axis=(1, 2))
+        assert np.all(np.diff(com_y) > 0)  # moves down
+        sizes = g.render(np.array([[shape, k, 0, 16, 16] for k in range(6)])).sum(axis=(1, 2))
+        assert np.all(np.diff(sizes) > 0)  # scale increases pixel count
+        turned = g.render(np.array([[shape, 5, k, 16, 16] for k in (0, 5)]))
+        assert not np.array_equal(turned[0], turned[1])
+    shapes = g.render(np.array([[s, 5, 0, 16, 16] for s in range(3)])).reshape(3, -1)
+    assert len({row.tobytes() for row in shapes}) == 3
+    # 32 x 32 samples the same geometry: about a quarter of the pixels.
+    classes = g.sample_factors(200, 2)
+    ratio = DSpritesGenerator(32).render(classes).sum() / g.render(classes).sum()
+    assert 0.2 < ratio < 0.3
+
+
+def test_dsprites_loader():
+    data = load_dataset("dsprites", n_samples=400, image_size=32, seed=4)
+    assert data.x_train.shape == (320, 32, 32, 1) and data.x_test.shape == (40, 32, 32, 1)
+    assert data.x_train.dtype == np.float32 and data.binary is True
+    assert set(np.unique(data.x_train)) == {0.0, 1.0}
+    assert data.factors_train.shape == (320, 5) and data.factors_train.dtype == np.int64
+    assert data.factor_names == dsp.FACTOR_NAMES and data.factor_sizes == dsp.FACTOR_SIZES
+    np.testing.assert_array_equal(data.y_train, data.factors_train[:, 0])
+    assert data.metadata["generator_version"] == "1" and data.metadata["image_size"] == 32
+    rendered = DSpritesGenerator(32).render(data.factors_val).astype(np.float32)[..., None]
+    np.testing.assert_array_equal(data.x_val, rendered)
+    again = load_dataset("dsprites", n_samples=400, image_size=32, seed=4)
+    np.testing.assert_array_equal(again.factors_train, data.factors_train)
+    other = load_dataset("dsprites", n_samples=400, image_size=32, seed=5)
+    assert not np.array_equal(other.factors_train, data.factors_train)
+    quick = load_dataset("dsprites", n_samples=400, image_size=64, max_samples=30)
+    assert quick.num_examples == {"train": 24, "val": 3, "test": 3}
+    assert quick.data_shape == (64, 64, 1)
+    raises_one_line(load_dataset, "dsprites", image_size=48, match="must be 64 or 32")
+    raises_one_line(load_dataset, "dsprites", n_samples=0, match="n_samples must be a positive")
+
+
+# -- keras downloads --------------------------------------------------------------------------
+
+
+def test_mnist_offline_message(monkeypatch):
+    import keras
+
+    def offline():
+        raise OSError("URL fetch failure on https://storage.googleapis.com/...\n[Errno -3]")
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
+    for name in ("mnist", "fashion_mnist"):
+        msg = raises_one_line(load_dataset, name, match="offline")
+        for choice in ("'digits'", "'dsprites'", "'npz'", "'npy'", "'images'", "data.path"):
+            assert choice in msg
+        assert "OSError" in msg
+
+
+def test_mnist_uses_official_test_split(monkeypatch):
+    import keras
+
+    rng = np.random.default_rng(0)
+    xa = rng.integers(0, 256, (600, 28, 28), dtype=np.uint8)
+    xb = rng.integers(0, 256, (100, 28, 28), dtype=np.uint8)
+    ya, yb = rng.integers(0, 10, 600).astype(np.uint8), rng.integers(0, 10, 100).astype(np.uint8)
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: ((xa, ya), (xb, yb)))
+    data = load_dataset("mnist", val_fraction=0.1)
+    assert data.num_examples == {"train": 540, "val": 60, "test": 100}
+    np.testing.assert_array_equal(data.x_test, (xb / 255.0).astype(np.float32)[..., None])
+    np.testing.assert_array_equal(data.y_test, yb.astype(np.int64))
+    assert data.metadata["test_split"] == "official" and data.value_range == (0.0, 1.0)
+    assert row_multiset(data.x_train, data.x_val) == row_multiset((xa / 255.0).astype(np.float32))
+    capped = load_dataset("mnist", max_samples=70)
+    assert capped.num_examples == {"train": 54, "val": 6, "test": 10}
+
+
+# -- user files -------------------------------------------------------------------------------
+
+
+def test_npz_round_trip_uint8_with_labels(tmp_path):
+    n = 50
+    y = np.arange(n) % 7
+    x = np.repeat(np.arange(n, dtype=np.uint8)[:, None, None] * 5, 10, axis=1)
+    x = np.repeat(x, 12, axis=2)  # (n, 10, 12), image i filled with 5 * i
+    np.savez(tmp_path / "d.npz", x=x, labels=y)
+    data = load_dataset("npz", path=str(tmp_path / "d.npz"), seed=2)
+    assert data.data_shape == (10, 12, 1)
+    assert data.num_examples == {"train": 40, "val": 5, "test": 5}
+    assert data.value_range == (0.0, 1.0) and data.metadata["scaling"] == "x / 255"
+    for split in ("train", "val", "test"):
+        xs, ys = data.split(split)
+        index = np.round(xs[:, 0, 0, 0] * 255 / 5).astype(int)
+        np.testing.assert_array_equal(ys, index % 7)
+        np.testing.assert_allclose(xs[:, 3, 4, 0], index * 5 / 255.0, rtol=1e-6)
+    assert row_multiset(data.x_train, data.x_val, data.x_test) == row_multiset(
+        (x / 255.0).astype(np.float32)[..., None]
+    )
+
+
+def test_npz_float_vectors_strings_and_binary(tmp_path):
+    x = np.linspace(-2.0, 3.0, 60).reshape(20, 3)
+    np.savez(tmp_path / "v.npz", images=x, y=np.array(["cat", "dog"] * 10))
+    data = load_dataset("npz", path=str(tmp_path / "v.npz"), val_fraction=0.0, test_fraction=0.0)
+    assert data.x_train.shape == (20, 3) and data.x_train.dtype == np.float32
+    assert data.value_range == (-2.0, 3.0) and data.binary is False
+    assert data.metadata["class_names"] == ["cat", "dog"]
+    assert row_multiset(data.x_train) == row_multiset(x.astype(np.float32))
+    # uint8 data that is already {0, 1} (like the original dSprites imgs) is not divided.
+    bits = np.random.default_rng(0).integers(0, 2, (30, 8, 8), dtype=np.uint8)
+    factors = np.random.default_rng(1).integers(0, 4, (30, 2))
+    np.savez(tmp_path / "b.npz", imgs=bits, latents_classes=factors)
+    binary = load_dataset("npz", path=str(tmp_path / "b.npz"))
+    assert binary.binary is True and set(np.unique(binary.x_train)) == {0.0, 1.0}
+    assert binary.factor_sizes == (4, 4) and binary.factors_train.dtype == np.int64
+
+
+def test_npz_official_test_split(tmp_path):
+    xa = np.random.default_rng(0).random((40, 4)).astype(np.float32)
+    xb = np.random.default_rng(1).random((10, 4)).astype(np.float32)
+    ya, yb = np.arange(40) % 3, np.arange(10) % 3
+    np.savez(tmp_path / "k.npz", x_train=xa, y_train=ya, x_test=xb, y_test=yb)
+    data = load_dataset("npz", path=str(tmp_path / "k.npz"))
+    assert data.num_examples == {"train": 36, "val": 4, "test": 10}
+    np.testing.assert_array_equal(data.x_test, xb)
+    assert data.metadata["test_split"] == "official"
+
+
+def test_npy_round_trip(tmp_path):
+    x = np.random.default_rng(0).normal(size=(30, 6, 6)).astype(np.float32)
+    np.save(tmp_path / "a.npy", x)
+    data = load_dataset("npy", path=str(tmp_path / "a.npy"), seed=1)
+    assert data.data_shape == (6, 6, 1) and data.y_train is None
+    assert data.value_range == (float(x.min()), float(x.max()))
+    assert row_multiset(data.x_train, data.x_val, data.x_test) == row_multiset(x[..., None])
+
+
+def test_user_file_errors(tmp_path):
+    raises_one_line(load_dataset, "npz", match="needs a path: set data.path")
+    raises_one_line(load_dataset, "npz", path=str(tmp_path / "missing.npz"), match="no such file")
+    np.save(tmp_path / "a.npy", np.zeros((4, 2)))
+    raises_one_line(load_dataset, "npz", path=str(tmp_path / "a.npy"), match="use data set 'npy'")
+    raises_one_line(load_dataset, "npy", path=str(tmp_path), match="is not a file")
+    np.savez(tmp_path / "wrong.npz", data=np.zeros((4, 2)), target=np.zeros(4))
+    raises_one_line(
+        load_dataset, "npz", path=str(tmp_path / "wrong.npz"), match="found 'data', 'target'"
+    )
+    (tmp_path / "corrupt.npz").write_bytes(b"not a zip file")
+    raises_one_line(load_dataset, "npz", path=str(tmp_path / "corrupt.npz"), match="could not read")
+    (tmp_path / "corrupt.npy").write_bytes(b"garbage")
+    raises_one_line(
+        load_dataset, "npy", path=str(tmp_path / "corrupt.npy"), match="re-create the file"
+    )
+    bad = np.zeros((10, 3))
+    bad[4, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    raises_one_line(load_dataset, "npy", path=str(tmp_path / "nan.npy"), match="1 NaN and 0 Inf")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3)))
+    raises_one_line(load_dataset, "npy", path=str(tmp_path / "empty.npy"), match="is empty")
+    np.save(tmp_path / "flat.npy", np.zeros(10))
+    raises_one_line(load_dataset, "npy", path=str(tmp_path / "flat.npy"), match="rank 1")
+    np.save(tmp_path / "huge.npy", np.full((10, 3), 1e300))
+    raises_one_line(load_dataset, "npy", path=str(tmp_path / "huge.npy"), match="beyond float32")
+    np.savez(tmp_path / "short.npz", x=np.zeros((5, 2)), y=np.zeros(4, int))
+    raises_one_line(
+        load_dataset, "npz", path=str(tmp_path / "short.npz"), match="one row per example"
+    )
+
+
+def _write_png(path, value: int, size=(6, 5), mode="L"):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = value if mode == "L" else (value, 255 - value, 0)
+    Image.new(mode, size, colour).save(path)
+
+
+def test_image_folder_round_trip(tmp_path):
+    root = tmp_path / "imgs"
+    for label, name in enumerate(("cats", "dogs", "owls")):
+        for i in range(6):
+            _write_png(root / name / f"{i}.png", 40 * label + i)
+    data = load_dataset("images", path=str(root), val_fraction=0.0, test_fraction=0.5)
+    assert data.metadata["class_names"] == ["cats", "dogs", "owls"]
+    assert data.data_shape == (5, 6, 1) and data.num_examples == {"train": 9, "val": 0, "test": 9}
+    for split in ("train", "test"):
+        xs, ys = data.split(split)
+        raw = np.round(xs[:, 0, 0, 0] * 255).astype(int)
+        np.testing.assert_array_equal(ys, raw // 40)
+        assert np.all(xs == xs[:, :1, :1, :])  # each image is a constant
+    rgb = load_dataset("images", path=str(root), grayscale=False, image_size=4)
+    assert rgb.data_shape == (4, 4, 3) and rgb.value_range == (0.0, 1.0)
+    flat = tmp_path / "flat"
+    for i in range(5):
+        _write_png(flat / f"{i}.jpg", 0 if i % 2 else 255)
+    unlabelled = load_dataset("images", path=str(flat), val_fraction=0.0, test_fraction=0.0)
+    assert unlabelled.y_train is None and unlabelled.num_examples["train"] == 5
+    assert unlabelled.binary is True  # solid black / white JPEGs decode exactly
+
+
+def test_image_folder_errors(tmp_path):
+    raises_one_line(load_dataset, "images", match="needs a path")
+    raises_one_line(load_dataset, "images", path=str(tmp_path / "nope"), match="no such folder")
+    (tmp_path / "empty").mkdir()
+    raises_one_line(load_dataset, "images", path=str(tmp_path / "empty"), match="no PNG/JPEG files")
+    mixed = tmp_path / "mixed"
+    _write_png(mixed / "a.png", 1)
+    _write_png(mixed / "cls" / "b.png", 2)
+    raises_one_line(load_dataset, "images", path=str(mixed), match="both at top level")
+    sizes = tmp_path / "sizes"
+    for i in range(4):
+        _write_png(sizes / f"{i}.png", 9)
+    _write_png(sizes / "4_odd.png", 9, size=(7, 7))
+    msg = raises_one_line(
+        load_dataset, "images", path=str(sizes), val_fraction=0, test_fraction=0, match="4_odd.png"
+    )
+    assert "set the images option image_size" in msg
+    ok = load_dataset("images", path=str(sizes), image_size=5, val_fraction=0, test_fraction=0)
+    assert ok.data_shape == (5, 5, 1)
+    broken = tmp_path / "broken"
+    _write_png(broken / "0.png", 3)
+    (broken / "1.png").write_bytes(b"\x89PNG not really")
+    raises_one_line(
+        load_dataset, "images", path=str(broken), val_fraction=0, test_fraction=0,
+        match="could not read image",
+    )
+    raises_one_line(
+        load_dataset, "images", path=str(sizes), image_size=0, match="image_size must be"
+    )

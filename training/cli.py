@@ -1,0 +1,81 @@
+"""``vae-tf`` command line.
+
+    vae-tf train [--config FILE] [--set key=value ...]
+
+User mistakes (bad config, bad data, missing files) print ``error: <one line>`` and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _quiet_tensorflow() -> None:
+    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) drowns the progress bar.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vae-tf", description="Variational autoencoders that do not collapse silently.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a model with MLflow tracking and export a SavedModel",
+                           description="Train, evaluate, export and track one model.")
+    train.add_argument("--config", "-c", help="YAML config file (default: the embedded digits config)")
+    train.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config value, e.g. --set train.epochs=5 (repeatable)")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def cmd_train(args) -> int:
+    import yaml
+
+    from training.config import DEFAULT_CONFIG, load_config
+
+    config = load_config(args.config or DEFAULT_CONFIG, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+
+    from training.tracking import ui_command
+    from training.train import run_training
+
+    result = run_training(config)
+    metrics = ", ".join(f"{k}={v:.3f}" for k, v in result.test_metrics.items()
+                        if k.endswith(("elbo", "kl", "active_kl_dims")))
+    print()
+    print(f"run id:        {result.run_id}")
+    print(f"metrics:       {metrics}")
+    print(f"export:        {result.export_dir.resolve()}")
+    if result.registered_version:
+        print(f"model version: {config.name} v{result.registered_version} ({result.model_uri})")
+    print(f"checkpoints:   {result.checkpoint_dir.resolve()}")
+    print(f"MLflow UI:     {ui_command(result.tracking_uri)}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_tensorflow()
+    args = build_parser().parse_args(argv)
+    from vae_tf.errors import VaeTfError
+
+    try:
+        return COMMANDS[args.command](args)
+    except VaeTfError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

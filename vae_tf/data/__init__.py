@@ -1,0 +1,36 @@
+"""Data sets for vae-tf: loaders, seeded splits, validation and ``tf.data`` pipelines.
+
+>>> from vae_tf.data import load_dataset
+>>> data = load_dataset("digits", seed=0)          # embedded default, no download
+>>> data.x_train.shape, data.value_range
+((1437, 8, 8, 1), (0.0, 1.0))
+>>> ds = data.pipeline("train", batch_size=64)     # shuffled, batched, prefetched
+
+Registered data sets (:data:`DATASETS`):
+
+- ``digits`` — scikit-learn 8 x 8 digits, ``x / 16``, labels (embedded default);
+- ``dsprites`` — procedural dSprites-like binary images with ground-truth factors
+  (options ``n_samples``, ``image_size``);
+- ``mnist``, ``fashion_mnist`` — Keras downloads, ``x / 255``, official test split;
+- ``npz``, ``npy``, ``images`` — user files under ``path``.
+
+Importing this package does not import TensorFlow; :meth:`DataSplits.pipeline` does.
+"""
+
+from vae_tf.data.registry import DATASETS, load_dataset, register_dataset
+from vae_tf.data.splits import DataSplits, SplitPlan
+from vae_tf.data.validation import validate_array
+
+# Importing the loader modules registers them.
+from vae_tf.data import builtin, dsprites, files  # noqa: E402,F401  isort: skip
+from vae_tf.data.dsprites import DSpritesGenerator  # noqa: E402
+
+__all__ = [
+    "DATASETS",
+    "DSpritesGenerator",
+    "DataSplits",
+    "SplitPlan",
+    "load_dataset",
+    "register_dataset",
+    "validate_array",
+]

@@ -1,0 +1,132 @@
+"""Built-in data sets: scikit-learn digits (embedded) and Keras MNIST / Fashion-MNIST (download).
+
+All three are grayscale images returned as float32 ``(N, H, W, 1)`` in ``[0, 1]`` with int64
+class labels 0-9.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vae_tf.data.registry import register_dataset
+from vae_tf.data.splits import DataSplits, SplitPlan
+from vae_tf.errors import DataError
+
+OFFLINE_CHOICES = (
+    "choose 'digits' or 'dsprites' (no download needed), or your own files with 'npz', 'npy' "
+    "or 'images' and data.path"
+)
+
+
+def _split_sizes(x_train, x_val, x_test) -> dict:
+    return {"n_train": int(len(x_train)), "n_val": int(len(x_val)), "n_test": int(len(x_test))}
+
+
+@register_dataset("digits")
+def load_digits(plan: SplitPlan) -> DataSplits:
+    """scikit-learn's handwritten digits (UCI ML optical recognition), the embedded default.
+
+    Source: ``sklearn.datasets.load_digits`` — ships inside scikit-learn, no download. 1797
+    images of 8 x 8 pixels with integer intensities 0..16.
+
+    Returns:
+        float32 ``(N, 8, 8, 1)`` scaled by ``x / 16`` to ``[0, 1]`` (not binary), int64 labels
+        0-9, split by ``plan`` (random test split; the source has no official one).
+    """
+    from sklearn.datasets import load_digits as sk_load_digits  # noqa: PLC0415 - cheap import
+
+    bunch = sk_load_digits()
+    images = np.asarray(bunch.images)
+    labels = np.asarray(bunch.target, dtype=np.int64)
+    train, val, test = plan.indices(len(images))
+
+    def x(idx):
+        return (images[idx] / 16.0).astype(np.float32)[..., None]
+
+    x_train, x_val, x_test = x(train), x(val), x(test)
+    return DataSplits(
+        name="digits",
+        x_train=x_train,
+        x_val=x_val,
+        x_test=x_test,
+        y_train=labels[train],
+        y_val=labels[val],
+        y_test=labels[test],
+        value_range=(0.0, 1.0),
+        binary=False,
+        metadata={
+            "source": "sklearn.datasets.load_digits",
+            "scaling": "x / 16",
+            "test_split": "random",
+            **plan.as_metadata(),
+            **_split_sizes(x_train, x_val, x_test),
+        },
+    )
+
+
+def _load_keras(name: str, plan: SplitPlan) -> DataSplits:
+    """MNIST-style Keras data set: official 60000 / 10000 split, uint8 28 x 28 scaled by /255."""
+    try:
+        import keras  # noqa: PLC0415 - loads TensorFlow, only when this data set is asked for
+
+        (xa, ya), (xb, yb) = getattr(keras.datasets, name).load_data()
+    except Exception as exc:  # no network, proxy, corrupt cache: the cause goes in the message
+        cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise DataError(
+            f"could not load {name!r} through keras.datasets (it downloads on first use and "
+            f"caches in ~/.keras/datasets; offline?) [{cause}]; {OFFLINE_CHOICES}"
+        ) from None
+    xa, xb = np.asarray(xa), np.asarray(xb)
+    ya, yb = np.asarray(ya, dtype=np.int64), np.asarray(yb, dtype=np.int64)
+    train, val, test = plan.indices_with_official_test(len(xa), len(xb))
+
+    def x(arr, idx):
+        return (arr[idx].astype(np.float32) / 255.0)[..., None]
+
+    x_train, x_val, x_test = x(xa, train), x(xa, val), x(xb, test)
+    return DataSplits(
+        name=name,
+        x_train=x_train,
+        x_val=x_val,
+        x_test=x_test,
+        y_train=ya[train],
+        y_val=ya[val],
+        y_test=yb[test],
+        value_range=(0.0, 1.0),
+        binary=False,
+        metadata={
+            "source": f"keras.datasets.{name}.load_data",
+            "scaling": "x / 255",
+            "test_split": "official",
+            **plan.as_metadata(),
+            **_split_sizes(x_train, x_val, x_test),
+        },
+    )
+
+
+@register_dataset("mnist")
+def load_mnist(plan: SplitPlan) -> DataSplits:
+    """MNIST handwritten digits through ``keras.datasets.mnist.load_data()``.
+
+    Needs internet on first use (Keras caches ``mnist.npz`` in ``~/.keras/datasets``); without it
+    a one-line DataError names the offline choices. The official 10000-image test set is the test
+    split; validation is carved from the 60000 training images by ``val_fraction``.
+
+    Returns:
+        float32 ``(N, 28, 28, 1)`` scaled by ``x / 255`` to ``[0, 1]`` (not binary), int64
+        labels 0-9.
+    """
+    return _load_keras("mnist", plan)
+
+
+@register_dataset("fashion_mnist")
+def load_fashion_mnist(plan: SplitPlan) -> DataSplits:
+    """Fashion-MNIST (Zalando) through ``keras.datasets.fashion_mnist.load_data()``.
+
+    Same layout, scaling, official test split and offline behaviour as :func:`load_mnist`.
+
+    Returns:
+        float32 ``(N, 28, 28, 1)`` scaled by ``x / 255`` to ``[0, 1]``, int64 labels 0-9
+        (T-shirt/top, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot).
+    """
+    return _load_keras("fashion_mnist", plan)

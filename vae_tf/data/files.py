@@ -1,0 +1,445 @@
+"""User data: ``.npz`` / ``.npy`` arrays and folders of PNG / JPEG images.
+
+Scaling rules, the same for every loader here:
+
+- ``uint8`` values are divided by 255 to ``[0, 1]`` — unless every value is 0 or 1 (binary data
+  stored as ``uint8``, e.g. the original dSprites ``imgs``), which is kept as is;
+- ``bool`` becomes 0.0 / 1.0;
+- other integer and float arrays are kept as they are (cast to float32) and their
+  ``value_range`` is the observed (min, max) over the whole source;
+- image files are 8-bit and always divided by 255.
+
+``binary`` is True when every converted value is exactly 0 or 1. Arrays of shape ``(N, D)`` stay
+vectors, ``(N, H, W)`` gets a channel axis, ``(N, H, W, C)`` is kept. Splits follow the seeded
+:class:`~vae_tf.data.splits.SplitPlan`; the raw arrays are indexed before conversion, so
+``max_samples`` bounds the memory of a quick run (``.npy`` files are memory-mapped).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vae_tf.data.registry import register_dataset
+from vae_tf.data.splits import DataSplits, SplitPlan
+from vae_tf.data.validation import is_int, validate_array
+from vae_tf.errors import DataError
+
+X_KEYS = ("x", "images", "x_train", "imgs")
+Y_KEYS = ("y", "labels")
+FACTOR_KEYS = ("factors", "latents_classes")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+# -- paths ----------------------------------------------------------------------------------
+
+
+def _require_file(name: str, path, suffix: str, hint: str) -> Path:
+    if path is None:
+        raise DataError(f"data set {name!r} needs a path: set data.path to a {suffix} file")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"no such file: {str(p)!r} (data.path); check the path")
+    if not p.is_file():
+        raise DataError(f"{str(p)!r} is not a file; data set {name!r} needs a {suffix} file")
+    if p.suffix.lower() != suffix:
+        raise DataError(f"expected a {suffix} file, got {str(p)!r}; {hint}")
+    return p
+
+
+def _unreadable(p: Path, what: str, exc: Exception) -> DataError:
+    cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+    return DataError(f"could not read {str(p)!r} as {what} ({cause}); check or re-create the file")
+
+
+# -- arrays -> splits -----------------------------------------------------------------------
+
+
+def _labels(arrays: list[np.ndarray], what: str) -> tuple[list[np.ndarray], list[str] | None]:
+    """int64 class indices from integer, integral float or string labels (joint encoding)."""
+    fixed = []
+    for arr in arrays:
+        arr = np.asarray(arr)
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise DataError(
+                f"{what} has shape {arr.shape}; labels must be one value per example (N,)"
+            )
+        fixed.append(arr)
+    kinds = {a.dtype.kind for a in fixed}
+    if kinds <= {"i", "u", "b"}:
+        return [a.astype(np.int64) for a in fixed], None
+    if kinds <= {"f"}:
+        if not all(np.all(np.isfinite(a)) and np.all(a == np.round(a)) for a in fixed):
+            raise DataError(f"{what} holds non-integer values; labels must be class indices")
+        return [a.astype(np.int64) for a in fixed], None
+    if kinds <= {"U", "S"}:
+        names, codes = np.unique(np.concatenate(fixed), return_inverse=True)
+        out, start = [], 0
+        for a in fixed:
+            out.append(codes[start : start + len(a)].astype(np.int64))
+            start += len(a)
+        return out, [str(n) for n in names]
+    raise DataError(f"{what} has dtype {fixed[0].dtype}; labels must be integers or strings")
+
+
+def _scaling(raws: list[np.ndarray]) -> tuple[str, tuple[float, float] | None]:
+    """Decide how raw arrays become float32: ("x / 255" | "none" | ..., declared range or None)."""
+    kind = raws[0].dtype
+    if kind == np.bool_:
+        return "bool -> {0, 1}", (0.0, 1.0)
+    if kind == np.uint8:
+        if max(int(r.max()) for r in raws) <= 1:
+            return "none (uint8 already {0, 1})", (0.0, 1.0)
+        return "x / 255", (0.0, 1.0)
+    return "none", None
+
+
+def _convert(raw: np.ndarray, scaling: str) -> np.ndarray:
+    x = np.asarray(raw).astype(np.float32)
+    if scaling == "x / 255":
+        x /= 255.0
+    if x.ndim == 3:
+        x = x[..., None]
+    return x
+
+
+def _arrays_to_splits(
+    name: str,
+    plan: SplitPlan,
+    *,
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    factors: np.ndarray | None = None,
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    metadata: dict,
+) -> DataSplits:
+    """Split raw arrays by ``plan`` (official test when ``x_test`` is given) and convert them."""
+    validate_array(x, what=f"{name} data")
+    n = len(x)
+    raws = [x]
+    if x_test is not None:
+        validate_array(x_test, what=f"{name} x_test")
+        if x_test.shape[1:] != x.shape[1:] or x_test.dtype.kind != x.dtype.kind:
+            raise DataError(
+                f"{name}: x_test has shape {x_test.shape[1:]} / dtype {x_test.dtype} per "
+                f"example but x_train has {x.shape[1:]} / {x.dtype}; save both with the same layout"
+            )
+        raws.append(x_test)
+    for what, arr in (("y", y), ("y_test", y_test), ("factors", factors)):
+        if arr is None:
+            continue
+        expected = len(x_test) if what == "y_test" else n
+        if len(arr) != expected:
+            raise DataError(
+                f"{name}: {what} has {len(arr)} rows but the data has {expected}; "
+                "give one row per example"
+            )
+    if (y is None) != (y_test is None) and x_test is not None:
+        raise DataError(
+            f"{name}: labels are given for only one of train and test; give both or neither"
+        )
+
+    if x.dtype.kind == "f" and x.dtype.itemsize > 4:
+        biggest = max(float(np.abs(r).max()) for r in raws)
+        if biggest > float(np.finfo(np.float32).max):
+            raise DataError(
+                f"{name} values reach {biggest:.4g}, beyond float32 (max 3.4e38); "
+                "rescale the data before training"
+            )
+    scaling, declared = _scaling(raws)
+    if declared is None:
+        value_range = (
+            float(min(r.min() for r in raws)),
+            float(max(r.max() for r in raws)),
+        )
+    else:
+        value_range = declared
+
+    class_names = None
+    if y is not None:
+        given = [y] if y_test is None else [y, y_test]
+        encoded, class_names = _labels(given, f"{name} labels")
+        y = encoded[0]
+        y_test = encoded[1] if y_test is not None else None
+
+    factor_sizes = factor_names = None
+    if factors is not None:
+        factors = np.asarray(factors)
+        if x_test is not None:
+            raise DataError(
+                f"{name}: factors are supported only without an official x_test split; "
+                "save all examples under 'x' with their 'factors' and let the loader split them"
+            )
+        bad = factors.ndim != 2 or factors.size == 0 or factors.dtype.kind not in "iu"
+        if bad or factors.min() < 0:
+            raise DataError(
+                f"{name}: factors must be non-negative integer class indices of shape "
+                f"(N, n_factors), got shape {factors.shape} and dtype {factors.dtype}"
+            )
+        factors = factors.astype(np.int64)
+        factor_sizes = tuple(int(s) for s in factors.max(axis=0) + 1)
+        factor_names = tuple(f"factor_{i}" for i in range(factors.shape[1]))
+
+    if x_test is not None:
+        train, val, test = plan.indices_with_official_test(n, len(x_test))
+        sources = {"train": (x, y), "val": (x, y), "test": (x_test, y_test)}
+        test_split = "official"
+    else:
+        train, val, test = plan.indices(n)
+        sources = {"train": (x, y), "val": (x, y), "test": (x, y)}
+        test_split = "random"
+    indices = {"train": train, "val": val, "test": test}
+
+    def take(arr, idx):
+        # Sorted reads are much faster on memory-mapped files; the ranks restore permuted order.
+        return None if arr is None else np.asarray(arr[np.sort(idx)])[np.argsort(np.argsort(idx))]
+
+    xs = {k: _convert(take(sources[k][0], idx), scaling) for k, idx in indices.items()}
+    ys = {k: take(sources[k][1], idx) for k, idx in indices.items()}
+    fs = {k: None if factors is None else factors[idx] for k, idx in indices.items()}
+
+    binary = all(np.all((a == 0.0) | (a == 1.0)) for a in xs.values() if a.size)
+    meta = {
+        **metadata,
+        "scaling": scaling,
+        "test_split": test_split,
+        **plan.as_metadata(),
+        "n_train": int(len(train)),
+        "n_val": int(len(val)),
+        "n_test": int(len(test)),
+    }
+    if class_names is not None:
+        meta["class_names"] = class_names
+    return DataSplits(
+        name=name,
+        x_train=xs["train"],
+        x_val=xs["val"],
+        x_test=xs["test"],
+        y_train=ys["train"],
+        y_val=ys["val"],
+        y_test=ys["test"],
+        factors_train=fs["train"],
+        factors_val=fs["val"],
+        factors_test=fs["test"],
+        factor_names=factor_names,
+        factor_sizes=factor_sizes,
+        value_range=value_range,
+        binary=bool(binary),
+        metadata=meta,
+    )
+
+
+# -- loaders --------------------------------------------------------------------------------
+
+
+@register_dataset("npz")
+def load_npz(plan: SplitPlan, *, path: str | None = None) -> DataSplits:
+    """Arrays from a NumPy ``.npz`` archive (``np.savez``), loaded without pickle.
+
+    Keys: the data under ``x``, ``images``, ``x_train`` or ``imgs`` (the first present);
+    optional labels under ``y`` or ``labels`` (``y_train`` with ``x_train``); optional factor
+    class indices under ``factors`` or ``latents_classes``. A Keras-style archive with ``x_train``
+    and ``x_test`` (and ``y_train`` / ``y_test``) keeps its official test split, so a
+    ``mnist.npz`` fetched elsewhere can be used offline.
+
+    Returns:
+        float32 data scaled by the module's rules (uint8 / 255; float kept, range observed),
+        int64 labels where given (string labels are encoded in sorted order, names in
+        ``metadata["class_names"]``), factors with ``factor_sizes = max + 1`` per column.
+    """
+    p = _require_file(
+        "npz", path, ".npz", "use data set 'npy' for .npy files or 'images' for a folder"
+    )
+    try:
+        with np.load(p, allow_pickle=False) as archive:
+            keys = list(archive.files)
+            x_key = next((k for k in X_KEYS if k in keys), None)
+            if x_key is None:
+                raise DataError(
+                    f"no data array in {str(p)!r}: expected key 'x', 'images' or 'x_train', found "
+                    f"{', '.join(map(repr, keys)) or 'no keys'}; save it with np.savez(path, x=...)"
+                )
+            x = archive[x_key]
+            official = x_key == "x_train" and "x_test" in keys
+            y_keys = ("y_train",) + Y_KEYS if x_key == "x_train" else Y_KEYS
+            y_key = next((k for k in y_keys if k in keys), None)
+            y = archive[y_key] if y_key else None
+            x_test = archive["x_test"] if official else None
+            y_test = archive["y_test"] if official and "y_test" in keys else None
+            f_key = next((k for k in FACTOR_KEYS if k in keys), None)
+            factors = archive[f_key] if f_key else None
+    except DataError:
+        raise
+    except Exception as exc:
+        raise _unreadable(p, "a .npz archive", exc) from None
+    return _arrays_to_splits(
+        "npz",
+        plan,
+        x=x,
+        y=y,
+        factors=factors,
+        x_test=x_test,
+        y_test=y_test,
+        metadata={"source": str(p), "x_key": x_key, "y_key": y_key},
+    )
+
+
+@register_dataset("npy")
+def load_npy(plan: SplitPlan, *, path: str | None = None) -> DataSplits:
+    """One unlabelled array from a NumPy ``.npy`` file (``np.save``), memory-mapped, no pickle.
+
+    Returns:
+        float32 data scaled by the module's rules (uint8 / 255; float kept, range observed),
+        no labels, random test split.
+    """
+    p = _require_file(
+        "npy", path, ".npy", "use data set 'npz' for .npz archives or 'images' for a folder"
+    )
+    try:
+        x = np.load(p, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:
+        raise _unreadable(p, "a .npy array", exc) from None
+    return _arrays_to_splits("npy", plan, x=x, metadata={"source": str(p)})
+
+
+@register_dataset("images")
+def load_images(
+    plan: SplitPlan,
+    *,
+    path: str | None = None,
+    image_size: int | None = None,
+    grayscale: bool = True,
+) -> DataSplits:
+    """A folder of PNG / JPEG files read with Pillow.
+
+    Layout: either all images directly in the folder (unlabelled) or one sub-folder per class
+    (labels 0, 1, ... in sorted sub-folder order, names in ``metadata["class_names"]``; files
+    are searched recursively inside each class folder; sub-folders without images are ignored).
+    Files are listed in sorted order, split by ``plan``, and only the kept files are read.
+
+    Options:
+        image_size: resize every image to ``image_size x image_size`` (bilinear); without it all
+            images must share one size.
+        grayscale: True (default) reads ``L`` (one channel), False reads ``RGB`` (three).
+
+    Returns:
+        float32 ``(N, H, W, 1)`` (or ``C = 3``) scaled by ``x / 255`` to ``[0, 1]``; int64
+        labels when the folder has class sub-folders.
+    """
+    from PIL import Image  # noqa: PLC0415 - Pillow only when images are read
+
+    if path is None:
+        raise DataError(
+            "data set 'images' needs a path: set data.path to a folder of PNG/JPEG files"
+        )
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"no such folder: {str(root)!r} (data.path); check the path")
+    if not root.is_dir():
+        raise DataError(
+            f"{str(root)!r} is not a folder; data set 'images' needs a folder of PNG/JPEG files "
+            "(use 'npz' or 'npy' for array files)"
+        )
+    if image_size is not None and (not is_int(image_size) or image_size < 1):
+        raise DataError(f"images image_size must be a positive integer or null, got {image_size!r}")
+    if not isinstance(grayscale, (bool, np.bool_)):
+        raise DataError(f"images grayscale must be true or false, got {grayscale!r}")
+
+    def is_image(p: Path) -> bool:
+        return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+
+    top = sorted(p for p in root.iterdir() if is_image(p))
+    classes = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in d.rglob("*") if is_image(p))
+        if files:
+            classes.append((d.name, files))
+    if top and classes:
+        raise DataError(
+            f"{str(root)!r} has images both at top level (e.g. {top[0].name!r}) and in class "
+            "sub-folders; put every image in a class sub-folder, or none"
+        )
+    if classes:
+        files = [f for _, fs in classes for f in fs]
+        labels = np.concatenate(
+            [np.full(len(fs), i, dtype=np.int64) for i, (_, fs) in enumerate(classes)]
+        )
+    else:
+        files, labels = top, None
+    if not files:
+        raise DataError(
+            f"no PNG/JPEG files in {str(root)!r}; put images (.png, .jpg, .jpeg) in it or in "
+            "one sub-folder per class"
+        )
+
+    mode = "L" if grayscale else "RGB"
+    ref: dict = {}
+
+    def read(f: Path) -> np.ndarray:
+        try:
+            with Image.open(f) as im:
+                im = im.convert(mode)
+                if image_size is not None:
+                    im = im.resize((int(image_size), int(image_size)), Image.Resampling.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+        except Exception as exc:
+            cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            raise DataError(
+                f"could not read image {str(f)!r} ({cause}); remove or fix the file"
+            ) from None
+        if not ref:
+            ref.update(shape=arr.shape, file=f)
+        elif arr.shape != ref["shape"]:
+            h, w = arr.shape[:2]
+            rh, rw = ref["shape"][:2]
+            raise DataError(
+                f"image {str(f)!r} is {w}x{h} but {ref['file'].name!r} is {rw}x{rh}; all images "
+                "must share one size: resize them or set the images option image_size"
+            )
+        return arr
+
+    train, val, test = plan.indices(len(files))
+
+    def stack(idx) -> np.ndarray:
+        if len(idx) == 0:
+            return np.zeros((0,) + ref["shape"], dtype=np.uint8)
+        return np.stack([read(files[i]) for i in idx])
+
+    raw = {"train": stack(train), "val": stack(val), "test": stack(test)}
+    xs = {k: _convert(v, "x / 255") for k, v in raw.items()}
+    binary = all(np.all((a == 0.0) | (a == 1.0)) for a in xs.values() if a.size)
+    ys = (
+        {"train": labels[train], "val": labels[val], "test": labels[test]}
+        if labels is not None
+        else {"train": None, "val": None, "test": None}
+    )
+    meta = {
+        "source": str(root),
+        "n_files": len(files),
+        "image_size": None if image_size is None else int(image_size),
+        "grayscale": bool(grayscale),
+        "scaling": "x / 255",
+        "test_split": "random",
+        **plan.as_metadata(),
+        "n_train": int(len(train)),
+        "n_val": int(len(val)),
+        "n_test": int(len(test)),
+    }
+    if classes:
+        meta["class_names"] = [name for name, _ in classes]
+    return DataSplits(
+        name="images",
+        x_train=xs["train"],
+        x_val=xs["val"],
+        x_test=xs["test"],
+        y_train=ys["train"],
+        y_val=ys["val"],
+        y_test=ys["test"],
+        value_range=(0.0, 1.0),
+        binary=bool(binary),
+        metadata=meta,
+    )

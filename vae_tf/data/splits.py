@@ -1,0 +1,248 @@
+"""Train / validation / test splits: the container loaders return and the seeded split plan.
+
+:class:`DataSplits` holds NumPy arrays (float32 data, int64 labels and factors) and turns a split
+into a ``tf.data.Dataset``. TensorFlow is imported only inside :meth:`DataSplits.pipeline`, so
+loading and validating data stays cheap.
+
+:class:`SplitPlan` is how a loader turns "N examples" into three index arrays: one seeded
+permutation (``np.random.default_rng(seed)``), optionally truncated to ``max_samples``, cut into
+test, validation and training parts. Loaders index their raw arrays with it *before* converting
+to float32, so ``max_samples`` also bounds the memory a quick run needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vae_tf.data.validation import is_int
+from vae_tf.errors import ConfigError, DataError
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How to cut a data set into train / val / test, reproducibly.
+
+    Attributes:
+        seed: seed of ``np.random.default_rng`` that draws the permutation.
+        val_fraction: fraction of the (possibly truncated) examples that go to validation.
+        test_fraction: fraction that goes to test; ignored where the source has an official test
+            split (see :meth:`indices_with_official_test`).
+        max_samples: keep at most this many examples in all (after the permutation), or ``None``.
+
+    A fraction ``f > 0`` always yields at least one example; ``f == 0`` yields an empty split.
+    """
+
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_samples: int | None = None
+
+    def __post_init__(self):
+        if not is_int(self.seed):
+            raise DataError(f"seed must be an integer, got {self.seed!r}; set data.seed to an int")
+        for key in ("val_fraction", "test_fraction"):
+            value = getattr(self, key)
+            ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(
+                value, bool
+            )
+            if not ok or not (0.0 <= float(value) < 1.0) or math.isnan(float(value)):
+                raise DataError(f"{key} must be a number in [0, 1), got {value!r}; fix data.{key}")
+        if float(self.val_fraction) + float(self.test_fraction) >= 1.0:
+            total = float(self.val_fraction) + float(self.test_fraction)
+            raise DataError(
+                f"val_fraction + test_fraction = {total:.4g} leaves no training data; "
+                "make their sum smaller than 1"
+            )
+        if self.max_samples is not None and (not is_int(self.max_samples) or self.max_samples < 1):
+            raise DataError(
+                f"max_samples must be a positive integer or null, got {self.max_samples!r}; "
+                "fix data.max_samples"
+            )
+
+    @staticmethod
+    def _count(fraction: float, n: int) -> int:
+        if fraction <= 0:
+            return 0
+        return max(1, int(round(fraction * n)))
+
+    def _check_train(self, n_train: int, n_total: int) -> None:
+        if n_train < 1:
+            raise DataError(
+                f"only {n_total} examples: val_fraction={self.val_fraction} and "
+                f"test_fraction={self.test_fraction} leave no training example; "
+                "lower the fractions, raise max_samples or provide more data"
+            )
+
+    def indices(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``(train, val, test)`` int64 index arrays into ``n`` examples.
+
+        One permutation by ``seed``; the first ``max_samples`` of it are kept; test takes the
+        first ``round(test_fraction * m)``, validation the next ``round(val_fraction * m)``,
+        training the rest (in permuted order).
+        """
+        if n < 1:
+            raise DataError("the data set is empty; provide at least one example")
+        perm = np.random.default_rng(self.seed).permutation(n).astype(np.int64)
+        if self.max_samples is not None:
+            perm = perm[: int(self.max_samples)]
+        m = len(perm)
+        n_test = self._count(float(self.test_fraction), m)
+        n_val = self._count(float(self.val_fraction), m)
+        self._check_train(m - n_test - n_val, m)
+        return perm[n_test + n_val :], perm[n_test : n_test + n_val], perm[:n_test]
+
+    def indices_with_official_test(
+        self, n_pool: int, n_test: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``(train, val, test)`` where test indexes the source's official test set.
+
+        ``train`` and ``val`` index the official training pool (validation is carved from it by
+        ``val_fraction``; ``test_fraction`` is not used). The test set keeps its official order.
+        With ``max_samples`` the cap is shared between pool and test in proportion to their
+        official sizes (MNIST: 6 : 1) and the test subset is drawn by the same seeded generator.
+        """
+        if n_pool < 1:
+            raise DataError("the training pool is empty; provide at least one training example")
+        rng = np.random.default_rng(self.seed)
+        perm = rng.permutation(n_pool).astype(np.int64)
+        test = np.arange(n_test, dtype=np.int64)
+        if self.max_samples is not None:
+            cap = int(self.max_samples)
+            keep_test = min(n_test, int(round(cap * n_test / (n_pool + n_test))))
+            if n_test > 0 and cap > 1:
+                keep_test = max(1, keep_test)
+            perm = perm[: max(0, cap - keep_test)]
+            test = np.sort(rng.permutation(n_test)[:keep_test]).astype(np.int64)
+        m = len(perm)
+        n_val = self._count(float(self.val_fraction), m)
+        self._check_train(m - n_val, m)
+        return perm[n_val:], perm[:n_val], test
+
+    def as_metadata(self) -> dict:
+        return {
+            "seed": int(self.seed),
+            "val_fraction": float(self.val_fraction),
+            "test_fraction": float(self.test_fraction),
+            "max_samples": None if self.max_samples is None else int(self.max_samples),
+        }
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """A data set cut into train / val / test, ready for a VAE.
+
+    Attributes:
+        name: registry name of the data set (``"digits"``, ``"dsprites"``, ...).
+        x_train, x_val, x_test: float32 arrays; images are ``(N, H, W, C)`` (``C = 1`` for
+            grayscale), plain vectors ``(N, D)``. ``x_val``/``x_test`` may have ``N = 0`` when
+            their fraction is 0.
+        y_train, y_val, y_test: int64 class labels ``(N,)`` where the source has them, else None.
+        factors_train, factors_val, factors_test: int64 ``(N, n_factors)`` ground-truth factor
+            class indices (dSprites), else None.
+        factor_names, factor_sizes: names and number of classes of each factor, else None.
+        value_range: the interval the values lie in (declared by the loader, e.g. ``(0, 1)``
+            after dividing by 255; observed min/max for float user data).
+        binary: True when every value is exactly 0 or 1.
+        metadata: JSON-serialisable facts about the source (origin, scaling, seed, split sizes,
+            generator version ...), for run tracking.
+    """
+
+    name: str
+    x_train: np.ndarray
+    x_val: np.ndarray
+    x_test: np.ndarray
+    y_train: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    factors_train: np.ndarray | None = None
+    factors_val: np.ndarray | None = None
+    factors_test: np.ndarray | None = None
+    factor_names: tuple[str, ...] | None = None
+    factor_sizes: tuple[int, ...] | None = None
+    value_range: tuple[float, float] = (0.0, 1.0)
+    binary: bool = False
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for split in SPLIT_NAMES:
+            x = getattr(self, f"x_{split}")
+            for kind in ("y", "factors"):
+                other = getattr(self, f"{kind}_{split}")
+                if other is not None and len(other) != len(x):
+                    raise DataError(
+                        f"{self.name}: {kind}_{split} has {len(other)} rows but x_{split} has "
+                        f"{len(x)}; give one {kind} row per example"
+                    )
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one example, ``x_train.shape[1:]``."""
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+    @property
+    def num_examples(self) -> dict[str, int]:
+        """Number of examples per split, ``{"train": ..., "val": ..., "test": ...}``."""
+        return {s: int(len(getattr(self, f"x_{s}"))) for s in SPLIT_NAMES}
+
+    def _check_split(self, name: str) -> str:
+        if name not in SPLIT_NAMES:
+            raise DataError(
+                f"unknown split {name!r}; choose one of {', '.join(repr(s) for s in SPLIT_NAMES)}"
+            )
+        return name
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Return ``(x, y)`` of split ``"train"``, ``"val"`` or ``"test"`` (``y`` may be None)."""
+        name = self._check_split(name)
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def factors(self, name: str) -> np.ndarray | None:
+        """Return the factor class indices of a split, or None when the source has none."""
+        return getattr(self, f"factors_{self._check_split(name)}")
+
+    def pipeline(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool | None = None,
+        seed: int = 0,
+        drop_remainder: bool = False,
+        repeat: bool = False,
+        with_labels: bool = False,
+    ):
+        """Return a ``tf.data.Dataset`` of batches of one split.
+
+        ``from_tensor_slices(x)`` (``(x, y)`` with ``with_labels``) -> ``cache()`` ->
+        ``shuffle(len(x), seed=seed, reshuffle_each_iteration=True)`` (by default for ``"train"``
+        only: ``shuffle=None`` means True for train, False otherwise) -> ``repeat()`` (when asked)
+        -> ``batch(batch_size, drop_remainder)`` -> ``prefetch(AUTOTUNE)``. The order of every
+        epoch is a deterministic function of ``seed``.
+        """
+        import tensorflow as tf  # noqa: PLC0415 - keep `import vae_tf.data` free of TensorFlow
+
+        name = self._check_split(split)
+        if not is_int(batch_size) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        x, y = self.split(name)
+        if with_labels:
+            if y is None:
+                raise DataError(
+                    f"data set {self.name!r} has no labels; call pipeline(..., with_labels=False) "
+                    "or use a labelled data set"
+                )
+            ds = tf.data.Dataset.from_tensor_slices((x, y))
+        else:
+            ds = tf.data.Dataset.from_tensor_slices(x)
+        ds = ds.cache()
+        if (name == "train") if shuffle is None else shuffle:
+            ds = ds.shuffle(max(1, len(x)), seed=int(seed), reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.batch(int(batch_size), drop_remainder=bool(drop_remainder))
+        return ds.prefetch(tf.data.AUTOTUNE)

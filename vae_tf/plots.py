@@ -1,0 +1,129 @@
+"""Figures (matplotlib, Agg backend): reconstructions, ancestral vs mean samples, latent
+traversals, KL per dimension. Functions take arrays and return ``matplotlib.figure.Figure``;
+:func:`model_figures` makes the standard set for a trained model.
+
+Images are ``(N, H, W, C)`` with C = 1 or 3; vectors ``(N, D)`` are drawn as line plots.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+ACTIVE_KL_THRESHOLD = 0.01
+
+
+def _is_image(x: np.ndarray) -> bool:
+    return x.ndim == 4 and x.shape[-1] in (1, 3)
+
+
+def _show(ax, item: np.ndarray, value_range) -> None:
+    if item.ndim == 3:
+        img = item[..., 0] if item.shape[-1] == 1 else item
+        ax.imshow(np.clip(img, *value_range), cmap="gray" if item.shape[-1] == 1 else None,
+                  vmin=value_range[0], vmax=value_range[1], interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        ax.plot(item.reshape(-1), lw=0.8)
+        ax.set_ylim(*value_range)
+        ax.set_xticks([])
+
+
+def image_rows(rows: dict[str, np.ndarray], value_range=(0.0, 1.0), title: str | None = None):
+    """One labelled row per entry (all rows the same length)."""
+    labels = list(rows)
+    n = max(len(r) for r in rows.values())
+    fig, axes = plt.subplots(len(labels), n, figsize=(1.1 * n, 1.2 * len(labels)), squeeze=False)
+    for i, label in enumerate(labels):
+        for j in range(n):
+            ax = axes[i, j]
+            if j < len(rows[label]):
+                _show(ax, np.asarray(rows[label][j]), value_range)
+            else:
+                ax.axis("off")
+        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def reconstructions(x: np.ndarray, x_mean: np.ndarray, value_range=(0.0, 1.0)):
+    """Inputs above their deterministic reconstructions."""
+    return image_rows({"input": x, "reconstruction": x_mean}, value_range, "Reconstructions (decoder mean)")
+
+
+def samples(x_mean: np.ndarray, x_sample: np.ndarray, value_range=(0.0, 1.0)):
+    """The same prior draws z decoded two ways: the mean μ_x(z) and an ancestral x ~ p(x|z)."""
+    return image_rows({"mean μ_x(z)": x_mean, "ancestral x~p(x|z)": x_sample}, value_range,
+                      "Samples from the prior: deterministic vs ancestral decoding")
+
+
+def traversals(grid: np.ndarray, values: np.ndarray, dims: list[int], value_range=(0.0, 1.0)):
+    """``grid[i, j]``: decode with latent ``dims[i]`` set to ``values[j]``, other dims fixed."""
+    rows = {f"z[{d}]": grid[i] for i, d in enumerate(dims)}
+    fig = image_rows(rows, value_range, f"Latent traversals over [{values[0]:.1f}, {values[-1]:.1f}]")
+    return fig
+
+
+def kl_per_dim(kl: np.ndarray, threshold: float = ACTIVE_KL_THRESHOLD):
+    """Bar chart of the data-averaged KL per latent dimension, collapsed dims marked."""
+    kl = np.asarray(kl, dtype=float)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(kl) + 1.5), 3.0))
+    colors = ["tab:blue" if v > threshold else "tab:gray" for v in kl]
+    ax.bar(np.arange(len(kl)), kl, color=colors)
+    ax.axhline(threshold, color="tab:red", lw=0.8, ls="--", label=f"{threshold} nats")
+    ax.set_xlabel("latent dimension")
+    ax.set_ylabel("E_x KL(q(z_i|x) || p(z_i)) [nats]")
+    ax.set_title(f"KL per dimension: {(kl > threshold).sum()} of {len(kl)} above {threshold}")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def model_figures(model, x: np.ndarray, *, value_range=(0.0, 1.0), kl: np.ndarray | None = None,
+                  n: int = 10, traversal_steps: int = 9, seed: int = 0) -> dict[str, "plt.Figure"]:
+    """The standard figures for a trained :class:`vae_tf.models.VAE` on examples ``x``.
+
+    Returns ``{file name: figure}``: reconstructions, prior samples (mean and ancestral decodes
+    side by side), traversals of the (up to 8) dims with the largest KL, and KL per dimension.
+    """
+    x = np.asarray(x[:n], dtype=np.float32)
+    figures = {"reconstructions.png": reconstructions(x, np.asarray(model.reconstruct(x)["x_mean"]), value_range)}
+    seeds = np.stack([np.full(n, seed, np.int32), np.arange(n, dtype=np.int32)], axis=1)
+    drawn = model.sample(seeds)
+    figures["samples.png"] = samples(np.asarray(drawn["x_mean"]), np.asarray(drawn["x_sample"]), value_range)
+
+    code = np.asarray(model.encode(x[:1])["embedding"])[0]
+    if code.shape[0] == model.latent.code_size:
+        order = np.argsort(-kl) if kl is not None else np.arange(code.shape[0])
+        dims = [int(d) for d in order[: min(8, code.shape[0])]]
+        values = np.linspace(-3.0, 3.0, traversal_steps, dtype=np.float32)
+        z = np.repeat(code[None, None, :], len(dims), 0).repeat(traversal_steps, 1)
+        for i, d in enumerate(dims):
+            z[i, :, d] = values
+        decoded = np.asarray(model.decode(z.reshape(-1, code.shape[0]))["x_mean"])
+        grid = decoded.reshape((len(dims), traversal_steps) + decoded.shape[1:])
+        figures["traversals.png"] = traversals(grid, values, dims, value_range)
+    if kl is not None:
+        figures["kl_per_dim.png"] = kl_per_dim(kl)
+    return figures
+
+
+def save_figures(figures: dict, directory) -> list[str]:
+    """Write figures as PNGs into ``directory``, closing them; returns the paths."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in figures.items():
+        path = directory / name
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        paths.append(str(path))
+    return paths
