@@ -9,14 +9,18 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
 
-def _quiet_tensorflow() -> None:
-    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) drowns the progress bar.
+def _quiet_libraries() -> None:
+    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) and MLflow's INFO lines (database
+    # migrations, experiment creation) drown the progress bar and the one-line errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +67,7 @@ COMMANDS = {"train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_tensorflow()
+    _quiet_libraries()
     args = build_parser().parse_args(argv)
     from vae_tf.errors import VaeTfError
 

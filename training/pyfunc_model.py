@@ -26,7 +26,11 @@ class VaeTfSavedModel(PythonModel):
         name = (params or {}).get("signature", "encode")
         if name not in PYFUNC_SIGNATURES:
             raise ValueError(f"signature {name!r} is not served by the pyfunc model; choose one of {', '.join(PYFUNC_SIGNATURES)}")
-        x = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
+        if isinstance(model_input, dict):  # named-tensor schema: {"x": array}
+            model_input = model_input.get("x", next(iter(model_input.values())))
+        if hasattr(model_input, "to_numpy"):  # pandas
+            model_input = model_input.to_numpy()
+        x = np.asarray(model_input, dtype=np.float32)
         outputs = self._model.signatures[name](x=tf.constant(x))
         return {key: value.numpy() for key, value in outputs.items()}
 

@@ -26,6 +26,29 @@ def resolve_tracking_uri(configured: str | None) -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+_registry_uri_we_set: str | None = None
+
+
+def resolve_registry_uri(tracking_uri: str) -> str:
+    """``$MLFLOW_REGISTRY_URI`` when the user set it, else the tracking URI.
+
+    MLflow's ``set_registry_uri`` writes that variable itself, so a value this process put there
+    for an earlier run is not taken as the user's choice.
+    """
+    from_env = os.environ.get("MLFLOW_REGISTRY_URI")
+    return from_env if from_env and from_env != _registry_uri_we_set else tracking_uri
+
+
+def use_tracking(tracking_uri: str) -> str:
+    """Point MLflow's fluent API at ``tracking_uri`` and the matching registry; returns the registry URI."""
+    global _registry_uri_we_set
+    registry_uri = resolve_registry_uri(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(registry_uri)
+    _registry_uri_we_set = registry_uri
+    return registry_uri
+
+
 def ui_command(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
@@ -67,13 +90,22 @@ def log_saved_model(export_dir: Path, data_shape, registered_name: str | None):
         params=ParamSchema([ParamSpec("signature", "string", "encode")]),
     )
     with warnings.catch_warnings():
-        # The schema is given explicitly, so MLflow's hints about type hints and input examples
-        # (for signature inference) do not apply.
-        warnings.filterwarnings("ignore", message=".*type hints.*")
+        # The schema is explicit, so MLflow's advice about input examples and type hints (for
+        # schema inference) does not apply. MLflow forces "once" filters around the type-hint
+        # check, so that one is dropped at display time.
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        warnings.showwarning = _without_type_hint_advice(warnings.showwarning)
         info = _log_pyfunc(signature, export_dir, registered_name)
     version = getattr(info, "registered_model_version", None)
     return info.model_uri, version
+
+
+def _without_type_hint_advice(show):
+    def filtered(message, category, filename, lineno, file=None, line=None):
+        if "Add type hints to the `predict` method" not in str(message):
+            show(message, category, filename, lineno, file, line)
+
+    return filtered
 
 
 def _log_pyfunc(signature, export_dir: Path, registered_name: str | None):

@@ -4,13 +4,11 @@ figures -> export -> MLflow (params, metrics, figures, resolved config, model + 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
 from pathlib import Path
 
 from training.config import Config
 
-log = logging.getLogger("vae_tf.train")
 
 
 @dataclasses.dataclass
@@ -84,10 +82,10 @@ def run_training(config: Config, *, out=sys.stdout) -> TrainResult:
     error message (tag ``error``) and re-raises."""
     import mlflow
 
-    from training.tracking import resolve_tracking_uri
+    from training.tracking import resolve_tracking_uri, use_tracking
 
     tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
+    use_tracking(tracking_uri)
     mlflow.set_experiment(config.mlflow.experiment)
     with mlflow.start_run(run_name=config.mlflow.run_name) as run:
         try:

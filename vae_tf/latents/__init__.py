@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from vae_tf._registry import Registry
+from vae_tf._registry import Registry, check_options
 from vae_tf.errors import ConfigError
 from vae_tf.latents.base import LatentFamily
 from vae_tf.latents.gaussian import GaussianLatent
@@ -19,10 +19,8 @@ def build_latent(family: str, **options) -> LatentFamily:
     cls = LATENT_FAMILIES.get(family)
     if int(options.get("latent_dim", 0)) < 1:
         raise ConfigError(f"model.latent.latent_dim must be a positive integer, got {options.get('latent_dim')!r}")
-    try:
-        return cls(**options)
-    except TypeError as err:
-        raise ConfigError(f"bad options for latent family {family!r}: {err}") from None
+    check_options(cls, options, f"model.latent (family {family!r})", reserved=("name", "dtype", "trainable"))
+    return cls(**options)
 
 
 __all__ = ["LATENT_FAMILIES", "GaussianLatent", "LatentFamily", "build_latent"]

@@ -23,12 +23,16 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from vae_tf._registry import Registry
+from vae_tf._registry import Registry, check_options
 from vae_tf.errors import ConfigError
 
 tfd = tfp.distributions
 
 LIKELIHOODS: Registry[type["Likelihood"]] = Registry("likelihood")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Likelihood(keras.layers.Layer):
@@ -128,7 +132,7 @@ class GaussianFixedLikelihood(Likelihood):
 
     def __init__(self, sigma: float = 1.0, **kwargs):
         super().__init__(**kwargs)
-        if not sigma > 0:
+        if not _is_number(sigma) or not sigma > 0:
             raise ConfigError(f"model.likelihood.sigma must be > 0, got {sigma!r}")
         self.sigma = float(sigma)
 
@@ -158,7 +162,7 @@ class GaussianLearnedScalarLikelihood(GaussianFixedLikelihood):
 
     def __init__(self, sigma: float = 1.0, min_sigma: float = 1e-3, **kwargs):
         super().__init__(sigma=sigma, **kwargs)
-        if not 0 < min_sigma < sigma:
+        if not _is_number(min_sigma) or not 0 < min_sigma < sigma:
             raise ConfigError(f"model.likelihood.min_sigma must be in (0, sigma={sigma}), got {min_sigma!r}")
         self.min_sigma = float(min_sigma)
         start = self.sigma - self.min_sigma
@@ -193,7 +197,7 @@ class GaussianPerPixelLikelihood(Likelihood):
 
     def __init__(self, min_sigma: float = 1e-3, **kwargs):
         super().__init__(**kwargs)
-        if not min_sigma > 0:
+        if not _is_number(min_sigma) or not min_sigma > 0:
             raise ConfigError(f"model.likelihood.min_sigma must be > 0, got {min_sigma!r}")
         self.min_sigma = float(min_sigma)
 
@@ -218,10 +222,8 @@ class GaussianPerPixelLikelihood(Likelihood):
 def build_likelihood(name: str, data_rank: int, **options) -> Likelihood:
     """Build a registered likelihood; bad options give a one-line ConfigError."""
     cls = LIKELIHOODS.get(name)
-    try:
-        return cls(data_rank=data_rank, **options)
-    except TypeError as err:
-        raise ConfigError(f"bad options for likelihood {name!r}: {err}") from None
+    check_options(cls, options, f"model.likelihood {name!r}", reserved=("data_rank", "name", "dtype", "trainable"))
+    return cls(data_rank=data_rank, **options)
 
 
 __all__ = [

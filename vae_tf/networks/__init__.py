@@ -16,7 +16,7 @@ from typing import Sequence
 
 import keras
 
-from vae_tf._registry import Registry
+from vae_tf._registry import Registry, check_options
 from vae_tf.errors import ConfigError
 
 NETWORKS: Registry[tuple] = Registry("network")
@@ -93,18 +93,14 @@ NETWORKS.register("conv")((conv_encoder, conv_decoder))
 
 def build_encoder(kind: str, data_shape, out_dim: int, **options) -> keras.Model:
     encoder_fn, _ = NETWORKS.get(kind)
-    try:
-        return encoder_fn(tuple(data_shape), int(out_dim), **options)
-    except TypeError as err:
-        raise ConfigError(f"bad options for network {kind!r}: {err}") from None
+    check_options(encoder_fn, options, f"model.network {kind!r}", reserved=("data_shape", "out_dim", "name"))
+    return encoder_fn(tuple(data_shape), int(out_dim), **options)
 
 
 def build_decoder(kind: str, code_size: int, data_shape, out_channels: int, **options) -> keras.Model:
     _, decoder_fn = NETWORKS.get(kind)
-    try:
-        return decoder_fn(int(code_size), tuple(data_shape), int(out_channels), **options)
-    except TypeError as err:
-        raise ConfigError(f"bad options for network {kind!r}: {err}") from None
+    check_options(decoder_fn, options, f"model.network {kind!r}", reserved=("code_size", "data_shape", "out_channels", "name"))
+    return decoder_fn(int(code_size), tuple(data_shape), int(out_channels), **options)
 
 
 __all__ = ["NETWORKS", "build_decoder", "build_encoder", "conv_decoder", "conv_encoder", "mlp_decoder", "mlp_encoder"]

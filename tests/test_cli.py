@@ -1,0 +1,136 @@
+"""`vae-tf train` end to end: MLflow run, metrics, figures, config, model version, export; and
+one-line errors for bad config and bad data (the run is then marked FAILED)."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import yaml
+import numpy as np
+import pytest
+import tensorflow as tf
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import assert_one_line
+from training.cli import main
+
+FAST = ["train.epochs=2", "train.verbose=0", "model.network.hidden=[32]", "model.latent.latent_dim=4"]
+
+
+def _args(*overrides):
+    return ["train", *[a for o in overrides for a in ("--set", o)]]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return tmp_path, uri
+
+
+@pytest.fixture
+def finished_run(workdir, capsys, digits):
+    tmp_path, uri = workdir
+    assert main(_args(*FAST, "mlflow.run_name=cli-test")) == 0
+    out = capsys.readouterr().out
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.search_runs([client.get_experiment_by_name("vae-tf").experiment_id])[0]
+    return tmp_path, uri, out, client, run, digits
+
+
+def test_train_logs_run_metrics_figures_config_and_model(finished_run):
+    tmp_path, uri, out, client, run, digits = finished_run
+    assert run.info.status == "FINISHED" and run.info.run_name == "cli-test"
+    assert f"run id:        {run.info.run_id}" in out
+    assert f"mlflow ui --backend-store-uri {uri}" in out
+
+    # Flat config as params, plus data facts.
+    params = run.data.params
+    assert params["train.epochs"] == "2" and params["model.latent.latent_dim"] == "4"
+    assert params["data.name"] == "digits" and params["data.n_train"] == str(len(digits.x_train))
+
+    # Per-epoch train and validation metrics, and per-dimension KL.
+    for key in ("loss", "elbo", "reconstruction", "kl", "beta", "val_elbo", "val_active_kl_dims", "val_kl_dim_3"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [0, 1], key
+        assert all(np.isfinite(m.value) for m in history)
+    assert "test_elbo" in run.data.metrics and "test_kl_dim_0" in run.data.metrics
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert "config.yaml" in artifacts
+    assert figures == {f"figures/{n}" for n in ("reconstructions.png", "samples.png", "traversals.png", "kl_per_dim.png")}
+    logged = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/config.yaml", dst_path=str(tmp_path / "dl"))
+    assert yaml.safe_load(open(logged))["train"]["epochs"] == 2
+
+    # Export and registry.
+    export_dir = tmp_path / "models" / "vae" / "1"
+    assert (export_dir / "saved_model.pb").is_file()
+    assert f"export:        {export_dir}" in out
+    info = json.loads((export_dir / "assets" / "vae_tf_model.json").read_text())
+    assert info["config"]["train"]["epochs"] == 2 and info["data"]["name"] == "digits"
+    assert run.data.tags["vae_tf.export_dir"] == str(export_dir)
+    versions = client.search_model_versions("name='vae'")
+    assert [str(v.version) for v in versions] == ["1"] and versions[0].run_id == run.info.run_id
+    assert (tmp_path / "runs" / run.info.run_id / "checkpoints" / "checkpoint").is_file()
+
+
+def test_registered_model_predicts_like_the_export(finished_run):
+    tmp_path, uri, *_ = finished_run
+    mlflow.set_registry_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/vae/1")
+    x = np.random.default_rng(0).random((3, 8, 8, 1)).astype(np.float32)
+    predicted = model.predict(x)
+    direct = tf.saved_model.load(str(tmp_path / "models" / "vae" / "1")).signatures["encode"](x=tf.constant(x))
+    np.testing.assert_allclose(predicted["embedding"], direct["embedding"].numpy(), rtol=1e-5)
+    rec = model.predict(x, params={"signature": "reconstruct"})
+    assert rec["x_mean"].shape == (3, 8, 8, 1)
+
+
+def test_second_run_exports_the_next_version(finished_run, capsys):
+    tmp_path, uri, _, client, *_ = finished_run
+    assert main(_args(*FAST, "train.epochs=1")) == 0
+    assert (tmp_path / "models" / "vae" / "2" / "saved_model.pb").is_file()
+    assert sorted(str(v.version) for v in client.search_model_versions("name='vae'")) == ["1", "2"]
+
+
+def test_print_config(workdir, capsys):
+    assert main(["train", "--print-config", "--set", "train.epochs=9"]) == 0
+    assert "epochs: 9" in capsys.readouterr().out
+
+
+def test_bad_config_is_a_one_line_error_before_any_run(workdir, capsys):
+    tmp_path, uri = workdir
+    assert main(_args("train.epoch=3")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: unknown config key train.epoch; did you mean train.epochs?"
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_data_fails_the_run_with_its_error(workdir, capsys):
+    tmp_path, uri = workdir
+    data = np.random.default_rng(0).random((50, 6)).astype(np.float32)
+    data[3, 2] = np.nan
+    np.save(tmp_path / "bad.npy", data)
+    assert main(_args(*FAST, "data.name=npy", f"data.path={tmp_path / 'bad.npy'}")) == 2
+    err = capsys.readouterr().err.strip()
+    assert_one_line(err)
+    assert err.startswith("error: ") and "NaN" in err and "remove or impute" in err
+    client = MlflowClient(tracking_uri=uri)
+    run = client.search_runs([client.get_experiment_by_name("vae-tf").experiment_id])[0]
+    assert run.info.status == "FAILED"
+    assert "NaN" in run.data.tags["error"]
+
+
+def test_data_outside_the_likelihood_support_is_rejected(workdir, capsys):
+    tmp_path, _ = workdir
+    np.save(tmp_path / "wide.npy", np.linspace(-2, 2, 60, dtype=np.float32).reshape(10, 6))
+    assert main(_args(*FAST, "data.name=npy", f"data.path={tmp_path / 'wide.npy'}")) == 2
+    err = capsys.readouterr().err.strip()
+    assert_one_line(err)
+    assert "the likelihood needs [0, 1]" in err and "bernoulli" in err
+    # The same data trains under a Gaussian likelihood (vectors, MLP).
+    assert main(_args(*FAST, "data.name=npy", f"data.path={tmp_path / 'wide.npy'}", "model.likelihood.name=gaussian",
+                      "data.val_fraction=0.2", "data.test_fraction=0.2")) == 0

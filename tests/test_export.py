@@ -1,0 +1,150 @@
+"""SavedModel export: the serving contract (signatures, shapes, names, assets, atomic versions)."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vae_tf import export as export_mod
+from vae_tf.errors import ConfigError, ModelNotFoundError
+from vae_tf.export import export_model, list_versions, load_model_info, resolve_version_dir
+from vae_tf.models import build_vae
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    keras.utils.set_random_seed(0)
+    model = build_vae(digits.data_shape, latent={"family": "gaussian", "latent_dim": 6},
+                      network={"kind": "conv", "filters": [8, 16], "dense": 32}, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(digits.pipeline("train", 64), epochs=1, verbose=0, shuffle=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    base = tmp_path_factory.mktemp("models")
+    path = export_model(trained, base, "digits-vae", config={"name": "digits-vae"},
+                        data_info={"value_range": (0.0, 1.0), "name": "digits"})
+    return path, tf.saved_model.load(str(path))
+
+
+def test_layout_and_signatures(exported):
+    path, loaded = exported
+    assert path.name == "1" and path.parent.name == "digits-vae"
+    assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
+    assert set(loaded.signatures) == {"encode", "decode", "reconstruct", "sample", "serving_default"}
+    # No leftovers from the temporary directory.
+    assert [p.name for p in path.parent.iterdir()] == ["1"]
+
+
+def _spec(signature):
+    args, kwargs = signature.structured_input_signature
+    return {name: (tuple(s.shape.as_list()), s.dtype) for name, s in kwargs.items()}
+
+
+def test_signature_inputs_and_outputs_are_batch_leading(exported):
+    _, loaded = exported
+    sig = loaded.signatures
+    assert _spec(sig["encode"]) == {"x": ((None, 8, 8, 1), tf.float32)}
+    assert _spec(sig["serving_default"]) == _spec(sig["encode"])
+    assert _spec(sig["decode"]) == {"z": ((None, 6), tf.float32)}
+    assert _spec(sig["reconstruct"]) == {"x": ((None, 8, 8, 1), tf.float32)}
+    assert _spec(sig["sample"]) == {"seed": ((None, 2), tf.int32)}
+    for name, fn in sig.items():
+        for key, out in fn.structured_outputs.items():
+            assert out.shape.rank >= 1 and out.shape[0] is None, (name, key, out.shape)
+
+
+def test_every_signature_returns_correct_shapes(exported, digits):
+    _, loaded = exported
+    x = tf.constant(digits.x_test[:5])
+    enc = loaded.signatures["encode"](x=x)
+    assert {k: tuple(v.shape) for k, v in enc.items()} == {"embedding": (5, 6), "z_mean": (5, 6), "z_log_var": (5, 6)}
+    dec = loaded.signatures["decode"](z=enc["z_mean"])
+    assert {k: tuple(v.shape) for k, v in dec.items()} == {"x_mean": (5, 8, 8, 1), "x_sample": (5, 8, 8, 1)}
+    rec = loaded.signatures["reconstruct"](x=x)
+    np.testing.assert_allclose(rec["x_mean"].numpy(), dec["x_mean"].numpy(), rtol=1e-5, atol=1e-6)
+    drawn = loaded.signatures["sample"](seed=tf.constant([[1, 2], [3, 4], [5, 6]]))
+    assert {k: tuple(v.shape) for k, v in drawn.items()} == {"z": (3, 6), "x_mean": (3, 8, 8, 1), "x_sample": (3, 8, 8, 1)}
+
+
+def test_encode_matches_the_in_memory_model(exported, trained, digits):
+    _, loaded = exported
+    x = digits.x_test[:32]
+    served = loaded.signatures["encode"](x=tf.constant(x))
+    local = trained.encode(x)
+    for key in local:
+        np.testing.assert_allclose(served[key].numpy(), local[key].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded.signatures["reconstruct"](x=tf.constant(x))["x_mean"].numpy(),
+                               trained.reconstruct(x)["x_mean"].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_sample_is_reproducible_per_seed_row(exported, trained):
+    _, loaded = exported
+    seeds = tf.constant([[7, 1], [7, 2], [7, 3]])
+    first = loaded.signatures["sample"](seed=seeds)
+    second = loaded.signatures["sample"](seed=seeds)
+    alone = loaded.signatures["sample"](seed=seeds[1:2])
+    for key in ("z", "x_mean", "x_sample"):
+        np.testing.assert_array_equal(first[key].numpy(), second[key].numpy())
+        np.testing.assert_array_equal(first[key].numpy()[1], alone[key].numpy()[0])
+        np.testing.assert_array_equal(first[key].numpy(), trained.sample(seeds)[key].numpy())
+    assert not np.allclose(first["z"].numpy()[0], first["z"].numpy()[1])
+
+
+def test_assets_describe_the_model(exported):
+    path, _ = exported
+    info = load_model_info(path)
+    assert info == json.loads((path / "assets" / "vae_tf_model.json").read_text())
+    assert info["name"] == "digits-vae" and info["version"] == 1 and info["format_version"] == 1
+    assert info["data_shape"] == [8, 8, 1] and info["value_range"] == [0.0, 1.0]
+    assert info["latent"] == {"family": "gaussian", "latent_dim": 6, "code_size": 6, "embedding_size": 6, "param_size": 12}
+    assert info["likelihood"]["name"] == "bernoulli"
+    assert info["signatures"]["encode"]["outputs"] == ["embedding", "z_log_var", "z_mean"]
+    assert info["config"] == {"name": "digits-vae"}
+
+
+def test_variables_are_stored_once(exported):
+    path, _ = exported
+    assert not (path / "_all_variables").exists()  # ExportArchive.track() would duplicate them
+    names = [name for name, _ in tf.train.list_variables(str(path / "variables" / "variables"))]
+    kernels = [n for n in names if "kernel" in n]
+    assert len(kernels) == len(set(kernels))
+
+
+def test_versions_increment_and_are_immutable(trained, tmp_path):
+    first = export_model(trained, tmp_path, "m")
+    second = export_model(trained, tmp_path, "m")
+    assert (first.name, second.name) == ("1", "2")
+    assert list_versions(tmp_path / "m") == [1, 2]
+    assert resolve_version_dir(tmp_path / "m") == second
+    with pytest.raises(ConfigError, match="already exists"):
+        export_model(trained, tmp_path, "m", version=2)
+    with pytest.raises(ConfigError, match="positive integer"):
+        export_model(trained, tmp_path, "m", version=0)
+    with pytest.raises(ConfigError, match="not usable as a directory name"):
+        export_model(trained, tmp_path, "../escape")
+
+
+def test_a_failed_export_leaves_no_version_behind(trained, tmp_path, monkeypatch):
+    def broken_fsync(root):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_mod, "_fsync_tree", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        export_model(trained, tmp_path, "m")
+    assert list((tmp_path / "m").iterdir()) == []  # neither a version nor a temp directory
+    monkeypatch.undo()
+    assert export_model(trained, tmp_path, "m").name == "1"
+
+
+def test_missing_exports_are_one_line_errors(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no SavedModel at"):
+        resolve_version_dir(tmp_path / "nothing")
+    with pytest.raises(ModelNotFoundError, match="is not a vae-tf export"):
+        load_model_info(tmp_path)

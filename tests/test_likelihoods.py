@@ -1,0 +1,132 @@
+"""Every likelihood's log_prob against SciPy (or the closed form), summed over data dims; means,
+samples, variance floors and option errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import integrate, special, stats
+
+from vae_tf.errors import ConfigError
+from vae_tf.likelihoods import LIKELIHOODS, build_likelihood
+
+SHAPE = (4, 3, 2, 1)  # batch of 4 images 3x2x1
+
+
+def _sum_data(values):
+    return values.reshape(values.shape[0], -1).sum(1)
+
+
+def test_bernoulli_matches_scipy_on_binary_data(rng):
+    lik = build_likelihood("bernoulli", data_rank=3)
+    logits = rng.normal(size=SHAPE).astype(np.float32)
+    x = (rng.random(SHAPE) < 0.5).astype(np.float32)
+    expected = _sum_data(stats.bernoulli.logpmf(x, special.expit(logits)))
+    np.testing.assert_allclose(lik.log_prob(tf.constant(x), tf.constant(logits)).numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(lik.mean(tf.constant(logits)).numpy(), special.expit(logits), rtol=1e-6)
+
+
+def test_bernoulli_on_grey_levels_is_the_cross_entropy(rng):
+    lik = build_likelihood("bernoulli", data_rank=3)
+    logits = rng.normal(size=SHAPE).astype(np.float32)
+    x = rng.random(SHAPE).astype(np.float32)
+    p = special.expit(logits)
+    expected = _sum_data(x * np.log(p) + (1 - x) * np.log1p(-p))
+    np.testing.assert_allclose(lik.log_prob(tf.constant(x), tf.constant(logits)).numpy(), expected, rtol=1e-5)
+
+
+def test_continuous_bernoulli_matches_closed_form_and_normalises(rng):
+    lik = build_likelihood("continuous_bernoulli", data_rank=3)
+    logits = rng.normal(scale=2.0, size=SHAPE).astype(np.float32)
+    x = rng.random(SHAPE).astype(np.float32)
+    lam = special.expit(logits.astype(np.float64))
+    # log C(λ) with C(λ) = 2 artanh(1 − 2λ) / (1 − 2λ) (Loaiza-Ganem & Cunningham 2019, eq. 7).
+    log_norm = np.log(2 * np.arctanh(1 - 2 * lam) / (1 - 2 * lam))
+    expected = _sum_data(log_norm + x * np.log(lam) + (1 - x) * np.log1p(-lam))
+    np.testing.assert_allclose(lik.log_prob(tf.constant(x), tf.constant(logits)).numpy(), expected, rtol=1e-4)
+
+    one = build_likelihood("continuous_bernoulli", data_rank=1)
+    for logit in (-3.0, 0.7, 2.5):
+        density = lambda v: float(np.exp(one.log_prob(tf.constant([[v]], tf.float32), tf.constant([[logit]])).numpy()[0]))  # noqa: E731
+        total, _ = integrate.quad(density, 0.0, 1.0)
+        assert total == pytest.approx(1.0, abs=1e-4)
+
+
+def test_gaussian_fixed_matches_scipy(rng):
+    lik = build_likelihood("gaussian", data_rank=3, sigma=0.3)
+    loc = rng.normal(size=SHAPE).astype(np.float32)
+    x = rng.normal(size=SHAPE).astype(np.float32)
+    expected = _sum_data(stats.norm.logpdf(x, loc, 0.3))
+    np.testing.assert_allclose(lik.log_prob(tf.constant(x), tf.constant(loc)).numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(lik.mean(tf.constant(loc)).numpy(), loc)
+
+
+def test_gaussian_learned_scalar_starts_at_sigma_and_is_trainable(rng):
+    lik = build_likelihood("gaussian_learned", data_rank=3, sigma=0.5, min_sigma=0.01)
+    assert float(lik.current_sigma()) == pytest.approx(0.5, rel=1e-5)
+    loc = rng.normal(size=SHAPE).astype(np.float32)
+    x = rng.normal(size=SHAPE).astype(np.float32)
+    expected = _sum_data(stats.norm.logpdf(x, loc, 0.5))
+    with tf.GradientTape() as tape:
+        log_prob = lik.log_prob(tf.constant(x), tf.constant(loc))
+        total = tf.reduce_sum(log_prob)
+    np.testing.assert_allclose(log_prob.numpy(), expected, rtol=1e-5)
+    assert [v.name for v in lik.trainable_weights] == ["raw_sigma"]
+    (grad,) = tape.gradient(total, lik.trainable_weights)
+    # d/dσ Σ log N(x; μ, σ) = Σ (−1/σ + (x−μ)²/σ³), times dσ/dρ = sigmoid(ρ) (σ = floor + softplus ρ).
+    dsigma = np.sum(-1 / 0.5 + (x - loc) ** 2 / 0.5**3)
+    assert float(grad) == pytest.approx(dsigma * special.expit(float(lik.raw_sigma.numpy())), rel=1e-4)
+
+    lik.raw_sigma.assign(-50.0)  # softplus(-50) ≈ 0: the floor holds
+    assert float(lik.current_sigma()) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_gaussian_per_pixel_matches_scipy_and_keeps_its_floor(rng):
+    lik = build_likelihood("gaussian_per_pixel", data_rank=3, min_sigma=0.05)
+    assert lik.param_channels == 2
+    loc = rng.normal(size=SHAPE).astype(np.float32)
+    raw = rng.normal(size=SHAPE).astype(np.float32)
+    out = tf.constant(np.concatenate([loc, raw], axis=-1))
+    x = rng.normal(size=SHAPE).astype(np.float32)
+    sigma = 0.05 + np.log1p(np.exp(raw.astype(np.float64)))
+    expected = _sum_data(stats.norm.logpdf(x, loc, sigma))
+    np.testing.assert_allclose(lik.log_prob(tf.constant(x), out).numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(lik.mean(out).numpy(), loc)
+    _, scale = lik.split(tf.constant(np.concatenate([loc, np.full(SHAPE, -80.0, np.float32)], -1)))
+    assert float(tf.reduce_min(scale)) >= 0.05
+
+
+@pytest.mark.parametrize("name", LIKELIHOODS.names())
+def test_samples_have_the_likelihood_mean(name):
+    options = {"sigma": 0.2} if name == "gaussian" else {}
+    lik = build_likelihood(name, data_rank=1, **options)
+    out = tf.constant(np.tile(np.array([[-1.0, 0.5] * lik.param_channels], np.float32), [20_000, 1]))
+    draws = lik.sample(out, seed=tf.constant([3, 4])).numpy()
+    assert draws.shape == (20_000, 2)
+    np.testing.assert_allclose(draws.mean(0), lik.mean(out[:1]).numpy()[0], atol=0.03)
+
+
+@pytest.mark.parametrize("name", LIKELIHOODS.names())
+def test_row_samples_depend_only_on_their_own_seed(name):
+    lik = build_likelihood(name, data_rank=1)
+    out = tf.constant(np.linspace(-1, 1, 3 * 6 * lik.param_channels, dtype=np.float32).reshape(3, -1))
+    seeds = tf.constant([[5, 6], [7, 8], [5, 6]])
+    rows = lik.sample_rows(out, seeds).numpy()
+    again = lik.sample_rows(out[1:2], seeds[1:2]).numpy()
+    np.testing.assert_array_equal(rows[1], again[0])
+    np.testing.assert_array_equal(lik.sample_rows(out, seeds).numpy(), rows)
+
+
+@pytest.mark.parametrize("name, options, match", [
+    ("gaussian", {"sigma": 0.0}, "sigma must be > 0"),
+    ("gaussian", {"sigma": "big"}, "sigma must be > 0"),
+    ("gaussian_learned", {"sigma": 1.0, "min_sigma": 2.0}, "min_sigma must be in"),
+    ("gaussian_per_pixel", {"min_sigma": -1.0}, "min_sigma must be > 0"),
+    ("bernoulli", {"sigma": 1.0}, "has no option"),
+    ("poisson", {}, "unknown likelihood 'poisson'; choose one of: bernoulli"),
+])
+def test_bad_likelihood_options_are_one_line_config_errors(name, options, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        build_likelihood(name, data_rank=3, **options)
+    assert "\n" not in str(info.value)
