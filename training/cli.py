@@ -49,6 +49,8 @@ def cmd_train(args) -> int:
     from training.tracking import ui_command
     from training.train import run_training
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # mlflow was imported before (tests, notebooks)
+
     result = run_training(config)
     metrics = ", ".join(f"{k}={v:.3f}" for k, v in result.test_metrics.items()
                         if k.endswith(("elbo", "kl", "active_kl_dims")))
