@@ -1,0 +1,218 @@
+"""The VAE objective as a Keras model with its own ``train_step`` / ``test_step``.
+
+Loss conventions (DESIGN.md): for every example, the reconstruction term
+``log p(x|z)`` is **summed over all data dimensions** and the KL term
+``KL(q(z|x) || p(z))`` is **summed over all latent dimensions**; both are in nats. Reported
+metrics and the loss are **means over the batch** (Keras then averages batches over an epoch).
+No term is rescaled by the data size or the number of pixels: β means what Higgins et al. mean.
+
+    elbo           = reconstruction − kl
+    loss (ELBO/β)  = −(reconstruction − β · kl)        (what the optimizer minimises)
+
+Subclasses (the objectives of later modules) override :meth:`VAE.objective_loss` and, where they
+need more than one optimizer or an inner loop, :meth:`VAE.train_step`.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from vae_tf.latents.base import LatentFamily
+from vae_tf.likelihoods import Likelihood
+
+#: KL threshold (nats, averaged over data) above which a dimension counts as carrying information
+#: in the training-time ``active_kl_dims`` readout (the (ε, δ)-collapse ε of Lucas et al. 2019).
+ACTIVE_KL_THRESHOLD = 0.01
+
+
+class MeanVector(keras.metrics.Metric):
+    """Running mean of a per-example vector (e.g. KL per latent dimension) over all examples seen."""
+
+    def __init__(self, size: int, name: str = "mean_vector", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.size = int(size)
+        self.total = self.add_variable(shape=(self.size,), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, values):
+        values = tf.convert_to_tensor(values, tf.float32)
+        self.total.assign_add(tf.reduce_sum(values, axis=0))
+        self.count.assign_add(tf.cast(tf.shape(values)[0], tf.float32))
+
+    def result(self):
+        return tf.math.divide_no_nan(tf.convert_to_tensor(self.total), tf.convert_to_tensor(self.count))
+
+    def reset_state(self):
+        self.total.assign(tf.zeros([self.size]))
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
+
+
+class VAE(keras.Model):
+    """Variational autoencoder trained on the ELBO with KL weight β (β = 1: Kingma & Welling 2014;
+    β ≠ 1: β-VAE, Higgins et al. 2017).
+
+    Args:
+        encoder: Keras model ``x -> params`` (``[B, latent.param_size]``).
+        decoder: Keras model ``z -> out`` (the likelihood's raw parameters).
+        latent: the latent family (posterior, prior, KL).
+        likelihood: the observation model p(x|z).
+        beta: initial KL weight. It is held in a non-trainable variable ``beta`` so that schedules
+            can change it during training and checkpoints carry it.
+        seed: seed of the model's own random stream (reparameterisation noise), held in a
+            ``keras.random.SeedGenerator`` whose state is a variable (checkpointed).
+
+    Metrics (every step, means over the batch): ``loss``, ``elbo``, ``reconstruction``, ``kl``,
+    ``beta``. Evaluation adds ``active_kl_dims``: the number of latent dimensions whose KL,
+    averaged over the evaluated data, exceeds 0.01 nats; the per-dimension values are in
+    :attr:`kl_per_dim` after ``evaluate`` (or after each epoch's validation in ``fit``).
+    """
+
+    objective = "elbo"
+
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, latent: LatentFamily,
+                 likelihood: Likelihood, beta: float = 1.0, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.decoder = decoder
+        self.latent = latent
+        self.likelihood = likelihood
+        self.beta = self.add_weight(name="beta", shape=(), initializer=keras.initializers.Constant(float(beta)),
+                                    trainable=False)
+        self.seed_generator = keras.random.SeedGenerator(seed, name="vae_seed")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.elbo_tracker = keras.metrics.Mean(name="elbo")
+        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
+        self.kl_tracker = keras.metrics.Mean(name="kl")
+        self.beta_tracker = keras.metrics.Mean(name="beta")
+        self.kl_per_dim_tracker = MeanVector(latent.code_size, name="kl_per_dim")
+
+    # --- the model's pieces ----------------------------------------------------------------
+    def next_seed(self) -> tf.Tensor:
+        """A fresh stateless seed (int32 ``[2]``) from the model's checkpointed random stream."""
+        return tf.cast(self.seed_generator.next(), tf.int32)
+
+    def compute_terms(self, x: tf.Tensor, training: bool = False, target: tf.Tensor | None = None) -> dict:
+        """Per-example ELBO terms for a batch.
+
+        ``x`` is what the encoder sees; ``target`` (default ``x``) is what the likelihood scores,
+        so noisy-input objectives can reconstruct the clean input.
+
+        Returns a dict of tensors: ``params`` (encoder output), ``z`` (reparameterised sample),
+        ``out`` (decoder output), ``reconstruction`` ``[B]`` = log p(target|z) summed over data
+        dims, ``kl_per_dim`` ``[B, d]``, ``kl`` ``[B]`` summed over latent dims, ``elbo`` ``[B]``.
+        """
+        target = x if target is None else target
+        params = self.encoder(x, training=training)
+        z = self.latent.sample(params, seed=self.next_seed())
+        out = self.decoder(z, training=training)
+        reconstruction = self.likelihood.log_prob(target, out)
+        kl_per_dim = self.latent.kl_per_dim(params, z)
+        kl = tf.reduce_sum(kl_per_dim, axis=-1)
+        return {"params": params, "z": z, "out": out, "reconstruction": reconstruction,
+                "kl_per_dim": kl_per_dim, "kl": kl, "elbo": reconstruction - kl}
+
+    def objective_loss(self, terms: dict) -> tf.Tensor:
+        """Scalar the optimizer minimises: ``−mean_batch(reconstruction − β · kl)``."""
+        return -tf.reduce_mean(terms["reconstruction"] - self.beta * terms["kl"])
+
+    # --- Keras hooks -----------------------------------------------------------------------
+    @property
+    def metrics(self):
+        # Listing the trackers lets Keras reset them every epoch; `loss` comes from our own tracker
+        # (a bare "loss" key would be shadowed by Keras' built-in one: stack-notes.md §4).
+        return [self.loss_tracker, self.elbo_tracker, self.reconstruction_tracker, self.kl_tracker,
+                self.beta_tracker, self.kl_per_dim_tracker]
+
+    @staticmethod
+    def unpack(data):
+        """Accept ``x`` or ``(x, ...)`` batches (labels are ignored by unsupervised objectives)."""
+        if isinstance(data, (tuple, list)):
+            return data[0]
+        return data
+
+    def update_trackers(self, loss: tf.Tensor, terms: dict) -> dict:
+        """Update the trackers; every one is a mean over *examples* (the loss is weighted by the
+        batch size), so ``loss``, ``elbo``, ``reconstruction`` and ``kl`` stay consistent when
+        the last batch of an epoch is smaller."""
+        batch = tf.cast(tf.shape(terms["elbo"])[0], tf.float32)
+        self.loss_tracker.update_state(loss, sample_weight=batch)
+        self.elbo_tracker.update_state(terms["elbo"])
+        self.reconstruction_tracker.update_state(terms["reconstruction"])
+        self.kl_tracker.update_state(terms["kl"])
+        self.beta_tracker.update_state(self.beta)
+        return {m.name: m.result() for m in self.metrics if m is not self.kl_per_dim_tracker}
+
+    def train_step(self, data):
+        x = self.unpack(data)
+        with tf.GradientTape() as tape:
+            terms = self.compute_terms(x, training=True)
+            loss = self.objective_loss(terms)
+            if self.losses:
+                loss = loss + tf.add_n(self.losses)
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return self.update_trackers(loss, terms)
+
+    def test_step(self, data):
+        x = self.unpack(data)
+        terms = self.compute_terms(x, training=False)
+        loss = self.objective_loss(terms)
+        self.kl_per_dim_tracker.update_state(terms["kl_per_dim"])
+        logs = self.update_trackers(loss, terms)
+        active = tf.reduce_sum(tf.cast(self.kl_per_dim_tracker.result() > ACTIVE_KL_THRESHOLD, tf.float32))
+        return {**logs, "active_kl_dims": active}
+
+    @property
+    def kl_per_dim(self) -> np.ndarray:
+        """Mean KL per latent dimension (nats) over the data of the last evaluation."""
+        return np.asarray(self.kl_per_dim_tracker.result())
+
+    def build(self, input_shape=None):
+        # Encoder and decoder are built by their Input layers; the family and the likelihood create
+        # their weights in __init__. Nothing is shape-dependent, so there is nothing left to build.
+        for layer in (self.latent, self.likelihood):
+            layer.built = True
+        self.built = True
+
+    # --- inference API (also the SavedModel signatures, see vae_tf.export) -----------------
+    def call(self, x, training=False):
+        """Deterministic reconstruction E[x | z = code mean of q(z|x)]."""
+        return self.reconstruct(x)["x_mean"]
+
+    def encode(self, x) -> dict:
+        """Named code tensors for ``x``: ``embedding``, ``z_mean`` and the family's own outputs."""
+        return self.latent.export_outputs(self.encoder(x, training=False))
+
+    def decode(self, z, seeds=None) -> dict:
+        """``x_mean`` (deterministic decode μ_x(z)) and ``x_sample`` (ancestral x ~ p(x|z)).
+
+        With ``seeds`` (int32 ``[n, 2]``) each row's ``x_sample`` is drawn from its own seed;
+        without, from TensorFlow's global random stream (no model state changes, so the exported
+        ``decode`` signature is safe to call concurrently).
+        """
+        out = self.decoder(z, training=False)
+        if seeds is None:
+            x_sample = self.likelihood.sample(out)
+        else:
+            x_sample = self.likelihood.sample_rows(out, seeds)
+        return {"x_mean": self.likelihood.mean(out), "x_sample": x_sample}
+
+    def reconstruct(self, x) -> dict:
+        """``x_mean``: the deterministic decode of the posterior's code mean."""
+        params = self.encoder(x, training=False)
+        return {"x_mean": self.likelihood.mean(self.decoder(self.latent.embedding(params), training=False))}
+
+    def sample(self, seeds) -> dict:
+        """One generated example per seed row (int32 ``[n, 2]``): ``z`` ~ p(z), ``x_mean`` and
+        ``x_sample``. Stateless: the same seed row always gives the same sample, whatever else is
+        in the batch."""
+        seeds = tf.cast(seeds, tf.int32)
+        z = self.latent.sample_prior(seeds)
+        # The decode noise gets its own stream per row, derived from the row's seed.
+        decode_seeds = tf.map_fn(lambda s: tf.random.experimental.stateless_fold_in(s, 1), seeds)
+        return {"z": z, **self.decode(z, seeds=decode_seeds)}
