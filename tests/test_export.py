@@ -92,8 +92,12 @@ def test_sample_is_reproducible_per_seed_row(exported, trained):
     alone = loaded.signatures["sample"](seed=seeds[1:2])
     for key in ("z", "x_mean", "x_sample"):
         np.testing.assert_array_equal(first[key].numpy(), second[key].numpy())
-        np.testing.assert_array_equal(first[key].numpy()[1], alone[key].numpy()[0])
-        np.testing.assert_array_equal(first[key].numpy(), trained.sample(seeds)[key].numpy())
+        # The decoder mean of one row may differ in the last bit with the batch size (BLAS
+        # blocking); the random draws themselves do not depend on the other rows.
+        same = np.testing.assert_array_equal if key != "x_mean" else (
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7))
+        same(first[key].numpy()[1], alone[key].numpy()[0])
+        same(first[key].numpy(), trained.sample(seeds)[key].numpy())
     assert not np.allclose(first["z"].numpy()[0], first["z"].numpy()[1])
 
 

@@ -48,7 +48,7 @@ def test_continuous_bernoulli_matches_closed_form_and_normalises(rng):
 
     one = build_likelihood("continuous_bernoulli", data_rank=1)
     for logit in (-3.0, 0.7, 2.5):
-        density = lambda v: float(np.exp(one.log_prob(tf.constant([[v]], tf.float32), tf.constant([[logit]])).numpy()[0]))  # noqa: E731
+        density = lambda v, logit=logit: float(np.exp(one.log_prob(tf.constant([[v]], tf.float32), tf.constant([[logit]])).numpy()[0]))  # noqa: E731
         total, _ = integrate.quad(density, 0.0, 1.0)
         assert total == pytest.approx(1.0, abs=1e-4)
 

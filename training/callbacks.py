@@ -11,23 +11,19 @@ import tensorflow as tf
 
 
 def checkpoint_for(model: keras.Model) -> tf.train.Checkpoint:
-    """A ``tf.train.Checkpoint`` over every model and optimizer variable, keyed by variable path.
+    """A ``tf.train.Checkpoint`` over every model and optimizer variable, in their (deterministic)
+    creation order.
 
     Keras 3 sub-layers are not reachable through TensorFlow's object graph, so the variables are
-    listed explicitly. The model's variables include its schedule/controller state and its
-    random-stream state (``keras.Variable`` attributes), so a restore continues exactly.
+    listed explicitly. They are keyed by position, not by ``variable.path``: paths carry
+    process-global counters (``dense_31``, ``adam_12``) that differ between the process that saved
+    and the one that restores. The model's variables include its schedule/controller state and
+    its random-stream state, so a restore continues exactly; a model of another architecture fails
+    the restore on the first shape mismatch.
     """
-    def by_path(variables) -> dict:
-        table = {}
-        for v in variables:
-            if v.path in table:
-                raise RuntimeError(f"two variables share the path {v.path!r}; rename a layer so checkpoints stay unambiguous")
-            table[v.path] = v
-        return table
-
-    parts = {"model": by_path(model.variables)}
+    parts = {"model": list(model.variables)}
     if getattr(model, "optimizer", None) is not None and model.optimizer.built:
-        parts["optimizer"] = by_path(model.optimizer.variables)
+        parts["optimizer"] = list(model.optimizer.variables)
     return tf.train.Checkpoint(**parts)
 
 

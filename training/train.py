@@ -4,6 +4,7 @@ figures -> export -> MLflow (params, metrics, figures, resolved config, model + 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -48,7 +49,17 @@ def prepare_data(config: Config):
     return data
 
 
-def build_model(config: Config, data_shape):
+def objective_spec(config: Config, steps_per_epoch: int) -> dict:
+    """The objective dict for ``build_vae``; a cyclical β schedule without ``total_steps`` spans
+    the whole run (``epochs × steps_per_epoch``)."""
+    spec = {"name": config.objective.name, "beta": config.objective.beta, **config.objective.options}
+    schedule = spec.get("beta_schedule")
+    if isinstance(schedule, dict) and schedule.get("kind") == "cyclical" and "total_steps" not in schedule:
+        spec["beta_schedule"] = {**schedule, "total_steps": config.train.epochs * steps_per_epoch}
+    return spec
+
+
+def build_model(config: Config, data_shape, steps_per_epoch: int = 1):
     import keras
 
     from vae_tf.models import build_vae
@@ -59,7 +70,7 @@ def build_model(config: Config, data_shape):
         latent=model_cfg.latent,
         likelihood=model_cfg.likelihood,
         network=model_cfg.network,
-        objective={"name": config.objective.name, "beta": config.objective.beta, **config.objective.options},
+        objective=objective_spec(config, steps_per_epoch),
         seed=config.seed,
         name=config.name.replace("-", "_").replace(".", "_"),
     )
@@ -117,7 +128,8 @@ def _run(config: Config, run, tracking_uri: str, out) -> TrainResult:
     data = prepare_data(config)
     mlflow.log_params({"data.n_train": len(data.x_train), "data.n_val": len(data.x_val),
                        "data.n_test": len(data.x_test), "data.shape": str(data.data_shape)})
-    model = build_model(config, data.data_shape)
+    steps_per_epoch = max(1, math.ceil(len(data.x_train) / config.train.batch_size))
+    model = build_model(config, data.data_shape, steps_per_epoch)
 
     train_cfg = config.train
     checkpoint_dir = Path(train_cfg.run_dir) / run_id / "checkpoints"

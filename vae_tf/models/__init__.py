@@ -10,11 +10,15 @@ from typing import Any, Mapping
 from vae_tf._registry import Registry, check_options
 from vae_tf.latents import build_latent
 from vae_tf.likelihoods import build_likelihood
+from vae_tf.models.objectives import ARELBOVAE, CapacityVAE, ControlVAE
 from vae_tf.models.vae import ACTIVE_KL_THRESHOLD, VAE, MeanVector
 from vae_tf.networks import build_decoder, build_encoder
 
 OBJECTIVES: Registry[type[VAE]] = Registry("objective")
 OBJECTIVES.register("elbo")(VAE)
+OBJECTIVES.register("capacity")(CapacityVAE)
+OBJECTIVES.register("control_vae")(ControlVAE)
+OBJECTIVES.register("ar_elbo")(ARELBOVAE)
 
 
 def build_vae(
@@ -63,4 +67,5 @@ def build_vae(
     return model
 
 
-__all__ = ["ACTIVE_KL_THRESHOLD", "OBJECTIVES", "VAE", "MeanVector", "build_vae"]
+__all__ = ["ACTIVE_KL_THRESHOLD", "ARELBOVAE", "OBJECTIVES", "VAE", "CapacityVAE", "ControlVAE", "MeanVector",
+           "build_vae"]

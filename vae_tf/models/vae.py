@@ -19,8 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from vae_tf.errors import ConfigError
 from vae_tf.latents.base import LatentFamily
 from vae_tf.likelihoods import Likelihood
+from vae_tf.schedules import build_schedule
 
 #: KL threshold (nats, averaged over data) above which a dimension counts as carrying information
 #: in the training-time ``active_kl_dims`` readout (the (ε, δ)-collapse ε of Lucas et al. 2019).
@@ -61,13 +63,21 @@ class VAE(keras.Model):
         decoder: Keras model ``z -> out`` (the likelihood's raw parameters).
         latent: the latent family (posterior, prior, KL).
         likelihood: the observation model p(x|z).
-        beta: initial KL weight. It is held in a non-trainable variable ``beta`` so that schedules
-            can change it during training and checkpoints carry it.
+        beta: the KL weight (β-VAE when ≠ 1). The weight in force is the non-trainable variable
+            ``beta``, which schedules and controllers set every step and checkpoints carry.
+        beta_schedule: optional schedule spec (``{"kind": "linear", "steps": 2000}``,
+            ``{"kind": "cyclical", "total_steps": ..., "cycles": 4, "ratio": 0.5}``, see
+            :mod:`vae_tf.schedules`): the weight at step t is ``beta · schedule(t)`` — KL
+            annealing (Bowman et al. 2016) and cyclical annealing (Fu et al. 2019).
         seed: seed of the model's own random stream (reparameterisation noise), held in a
             ``keras.random.SeedGenerator`` whose state is a variable (checkpointed).
 
+    Training steps are counted in the non-trainable variable ``train_steps``; schedules read it,
+    so a restored checkpoint continues them exactly.
+
     Metrics (every step, means over the batch): ``loss``, ``elbo``, ``reconstruction``, ``kl``,
-    ``beta``. Evaluation adds ``active_kl_dims``: the number of latent dimensions whose KL,
+    ``beta``, plus the objective's and the likelihood's state (:meth:`state_metrics`, last value,
+    e.g. ``sigma_x`` of a learned decoder variance). Evaluation adds ``active_kl_dims``: the number of latent dimensions whose KL,
     averaged over the evaluated data, exceeds 0.01 nats; the per-dimension values are in
     :attr:`kl_per_dim` after ``evaluate`` (or after each epoch's validation in ``fit``).
     """
@@ -75,14 +85,21 @@ class VAE(keras.Model):
     objective = "elbo"
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, latent: LatentFamily,
-                 likelihood: Likelihood, beta: float = 1.0, seed: int | None = None, **kwargs):
+                 likelihood: Likelihood, beta: float = 1.0, beta_schedule=None, seed: int | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
         self.latent = latent
         self.likelihood = likelihood
+        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or beta < 0:
+            raise ConfigError(f"objective.beta must be a number >= 0, got {beta!r}")
+        self.beta_target = float(beta)
+        self.beta_schedule = None if beta_schedule is None else build_schedule(beta_schedule, "objective.options.beta_schedule")
         self.beta = self.add_weight(name="beta", shape=(), initializer=keras.initializers.Constant(float(beta)),
                                     trainable=False)
+        self.train_steps = self.add_weight(name="train_steps", shape=(), dtype="int64", initializer="zeros",
+                                           trainable=False)
         self.seed_generator = keras.random.SeedGenerator(seed, name="vae_seed")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.elbo_tracker = keras.metrics.Mean(name="elbo")
@@ -120,6 +137,22 @@ class VAE(keras.Model):
         """Scalar the optimizer minimises: ``−mean_batch(reconstruction − β · kl)``."""
         return -tf.reduce_mean(terms["reconstruction"] - self.beta * terms["kl"])
 
+    def before_loss(self, terms: dict) -> None:
+        """Set the weights in force for this step (here: β from its schedule). Runs inside the
+        gradient tape, after the forward pass, before :meth:`objective_loss`."""
+        if self.beta_schedule is not None:
+            self.beta.assign(self.beta_target * self.beta_schedule(self.train_steps))
+
+    def after_step(self, x: tf.Tensor, terms: dict) -> None:
+        """Bookkeeping after the parameter update: the likelihood's own state (e.g. AR-ELBO's
+        decoder variance) and the step counter."""
+        self.likelihood.observe(x, terms["out"])
+        self.train_steps.assign_add(1)
+
+    def state_metrics(self) -> dict:
+        """Scalars that describe the objective's and the likelihood's state (logged every epoch)."""
+        return dict(self.likelihood.state())
+
     # --- Keras hooks -----------------------------------------------------------------------
     @property
     def metrics(self):
@@ -145,17 +178,20 @@ class VAE(keras.Model):
         self.reconstruction_tracker.update_state(terms["reconstruction"])
         self.kl_tracker.update_state(terms["kl"])
         self.beta_tracker.update_state(self.beta)
-        return {m.name: m.result() for m in self.metrics if m is not self.kl_per_dim_tracker}
+        logs = {m.name: m.result() for m in self.metrics if m is not self.kl_per_dim_tracker}
+        return {**logs, **self.state_metrics()}
 
     def train_step(self, data):
         x = self.unpack(data)
         with tf.GradientTape() as tape:
             terms = self.compute_terms(x, training=True)
+            self.before_loss(terms)
             loss = self.objective_loss(terms)
             if self.losses:
                 loss = loss + tf.add_n(self.losses)
         grads = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        self.after_step(x, terms)
         return self.update_trackers(loss, terms)
 
     def test_step(self, data):
