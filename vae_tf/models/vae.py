@@ -178,8 +178,7 @@ class VAE(keras.Model):
         self.reconstruction_tracker.update_state(terms["reconstruction"])
         self.kl_tracker.update_state(terms["kl"])
         self.beta_tracker.update_state(self.beta)
-        logs = {m.name: m.result() for m in self.metrics if m is not self.kl_per_dim_tracker}
-        return {**logs, **self.state_metrics()}
+        return {m.name: m.result() for m in self.metrics if m is not self.kl_per_dim_tracker}
 
     def train_step(self, data):
         x = self.unpack(data)
@@ -192,7 +191,7 @@ class VAE(keras.Model):
         grads = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         self.after_step(x, terms)
-        return self.update_trackers(loss, terms)
+        return {**self.update_trackers(loss, terms), **self.state_metrics()}
 
     def test_step(self, data):
         x = self.unpack(data)
