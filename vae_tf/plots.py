@@ -127,3 +127,77 @@ def save_figures(figures: dict, directory) -> list[str]:
         plt.close(fig)
         paths.append(str(path))
     return paths
+
+
+# --- evaluation figures (vae_tf.metrics.evaluate) ---------------------------------------------------
+
+def collapse_curve(eps: np.ndarray, fractions: np.ndarray, delta: float = 0.01, *,
+                   marks: dict | None = None, num_dims: int | None = None):
+    """Fraction of (ε, δ)-collapsed latent dimensions against ε (Lucas et al. 2019, §6.2),
+    log x axis; ``marks`` ``{ε: fraction}`` adds the fixed-grid points as dots."""
+    eps = np.asarray(eps, dtype=float)
+    fractions = np.asarray(fractions, dtype=float)
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.step(eps, fractions, where="post", color="tab:blue", lw=1.5)
+    if marks:
+        xs = np.array(sorted(marks), dtype=float)
+        ax.plot(xs, [marks[x] for x in sorted(marks)], "o", color="tab:red", ms=4, label="reported ε")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("ε [nats]")
+    ax.set_ylabel("fraction of dims collapsed")
+    dims = f" of {num_dims} dims" if num_dims else ""
+    ax.set_title(f"(ε, δ={delta:g})-posterior collapse{dims}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def tsne_scatter(embedding: np.ndarray, labels: np.ndarray | None = None, title: str = "t-SNE of the embeddings"):
+    """2-D scatter of a t-SNE embedding, coloured by integer label (legend up to 20 classes)."""
+    embedding = np.asarray(embedding, dtype=float)
+    fig, ax = plt.subplots(figsize=(5.0, 4.5))
+    if labels is None:
+        ax.scatter(embedding[:, 0], embedding[:, 1], s=4, alpha=0.7, color="tab:blue")
+    else:
+        labels = np.asarray(labels)
+        classes = np.unique(labels)
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        for i, c in enumerate(classes):
+            sel = labels == c
+            ax.scatter(embedding[sel, 0], embedding[sel, 1], s=4, alpha=0.7,
+                       color=cmap(i % cmap.N), label=str(c))
+        if len(classes) <= 20:
+            ax.legend(loc="best", fontsize=7, markerscale=3, ncol=2 if len(classes) > 10 else 1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# --- latent-family figures (vae_tf.latents.categorical) ----------------------------------------
+
+def category_usage(category_probs: np.ndarray):
+    """Usage histogram of a categorical latent (``category_probs`` ``(N, K)`` from ``encode``):
+    per category, the average probability E_x π_k(x) (soft usage) next to the fraction of examples
+    whose most probable category it is (hard usage); the title gives the entropy of the average
+    distribution (nats) against its maximum log K."""
+    probs = np.asarray(category_probs, dtype=float)
+    k = probs.shape[1]
+    soft = probs.mean(axis=0)
+    hard = np.bincount(probs.argmax(axis=1), minlength=k) / max(len(probs), 1)
+    entropy = float(-(soft[soft > 0] * np.log(soft[soft > 0])).sum())
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * k + 1.5), 3.0))
+    positions = np.arange(k)
+    ax.bar(positions - 0.2, soft, width=0.4, color="tab:blue", label="E_x π_k(x)")
+    ax.bar(positions + 0.2, hard, width=0.4, color="tab:orange", label="argmax share")
+    ax.axhline(1.0 / k, color="tab:gray", lw=0.8, ls="--", label="uniform")
+    ax.set_xticks(positions)
+    ax.set_xlabel("category")
+    ax.set_ylabel("usage")
+    ax.set_title(f"Category usage: entropy {entropy:.2f} of log K = {np.log(k):.2f} nats", fontsize=10)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,100 @@
+"""evaluate_model end to end on tiny models: what applies is computed, the rest is skipped with a
+reason, the report is JSON, the figures are drawn."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from vae_tf.data import load_dataset
+from vae_tf.errors import ConfigError
+from vae_tf.latents import LATENT_FAMILIES
+from vae_tf.metrics import evaluate_model, evaluation_figures, report
+from vae_tf.models import build_vae
+
+
+def _model(data_shape, likelihood=None, latent_dim=3):
+    keras.utils.set_random_seed(0)
+    return build_vae(data_shape, latent={"family": "gaussian", "latent_dim": latent_dim},
+                     likelihood=likelihood or {"name": "bernoulli"}, network={"kind": "mlp", "hidden": [32]}, seed=0)
+
+
+@pytest.fixture(scope="module")
+def digits_model(digits):
+    model = _model(digits.data_shape)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(digits.pipeline("train", 64), epochs=1, verbose=0, shuffle=False)
+    return model
+
+
+def test_evaluate_digits_computes_what_applies(digits, digits_model):
+    result = evaluate_model(digits_model, digits, split="test", iw_k=20, iw_chunk=10, tsne_max_points=60)
+    m, info, arrays = result["metrics"], result["info"], result["arrays"]
+    assert m["kl"] == pytest.approx(sum(m[f"kl_dim_{i}"] for i in range(3)))
+    assert 0 <= m["active_units"] <= 3
+    for eps in ("0.01", "0.05", "0.1", "0.5"):
+        assert 0.0 <= m[f"collapsed_frac_eps_{eps}"] <= 1.0
+    assert "mi_full" in m and "mi_minibatch" in m
+    assert m["elbo"] == pytest.approx(m["reconstruction"] - m["kl"], rel=0.05, abs=0.5)
+    assert 0.1 < m["linear_probe_accuracy"] <= 1.0
+    # digits are grey levels: a Bernoulli "likelihood" is not normalised, so no NLL by default.
+    assert "iw_nll" not in m and "normalised" in info["skipped"]["iw_nll"]
+    assert "disentanglement" in info["skipped"]
+    assert info["num_examples"] == len(digits.x_test) and info["split"] == "test"
+    assert arrays["tsne_embedding"].shape == (60, 2) and arrays["tsne_labels"].shape == (60,)
+    assert all(isinstance(v, float) for v in m.values())
+    text = json.dumps(report(result))
+    assert "mi_minibatch" in text and "scikit_learn" in text
+
+    figures = evaluation_figures(result, digits_model, digits.x_test[:4])
+    assert {"kl_per_dim.png", "collapse_curve.png", "tsne.png", "reconstructions.png", "traversals.png"} <= set(figures)
+    for fig in figures.values():
+        plt.close(fig)
+
+
+def test_evaluate_gives_iw_nll_for_a_normalised_likelihood(digits):
+    model = _model(digits.data_shape, likelihood={"name": "continuous_bernoulli"})
+    result = evaluate_model(model, digits, split="val", max_examples=40, iw_k=10, iw_chunk=5, tsne=False,
+                            probe=False)
+    m = result["metrics"]
+    assert m["iw_nll"] <= -m["elbo"] + 5.0  # an upper bound of -log p(x), below -ELBO up to MC noise
+    assert m["iw_nll_bits_per_dim"] == pytest.approx(m["iw_nll"] / (64 * np.log(2)))
+    assert result["info"]["num_examples"] == 40
+
+
+@pytest.mark.filterwarnings("ignore:The number of unique classes is greater than 50%")  # tiny samples
+def test_evaluate_dsprites_runs_every_disentanglement_metric():
+    data = load_dataset("dsprites", seed=0, max_samples=120, n_samples=120, image_size=32)
+    model = _model(data.data_shape, latent_dim=4)
+    sizes = {"num_train": 60, "num_eval": 30, "num_variance_estimate": 64, "batch_size": 8}
+    result = evaluate_model(model, data, iw_k=0, tsne=False, disentanglement_sizes=sizes)
+    m = result["metrics"]
+    for key in ("beta_vae_score", "factor_vae_score", "mig", "dci_disentanglement", "dci_completeness",
+                "dci_informativeness_test", "sap_score", "linear_probe_accuracy"):
+        assert key in m and np.isfinite(m[key]), key
+    assert result["info"]["disentanglement_sizes"]["num_train"] == 60
+
+
+def test_evaluate_rejects_bad_options(digits, digits_model):
+    with pytest.raises(ConfigError) as err:
+        evaluate_model(digits_model, digits, disentanglement_sizes={"num_trian": 10})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("family", LATENT_FAMILIES.names())
+def test_evaluate_and_iw_nll_work_for_every_latent_family(digits, family):
+    keras.utils.set_random_seed(0)
+    model = build_vae(digits.data_shape, latent={"family": family, "latent_dim": 3},
+                      likelihood={"name": "continuous_bernoulli"}, network={"kind": "mlp", "hidden": [16]}, seed=0)
+    result = evaluate_model(model, digits, split="val", max_examples=60, iw_k=10, iw_chunk=5, tsne=False)
+    m = result["metrics"]
+    assert np.isfinite(m["iw_nll"]) and np.isfinite(m["kl"]) and "active_units" in m
+    assert len([k for k in m if k.startswith("kl_dim_")]) == model.latent.kl_size
+    if "category" in model.encode(digits.x_val[:1]):
+        assert 0.0 < m["cluster_accuracy"] <= 1.0
+    if "mi_full" not in m:
+        assert "mi" in result["info"]["skipped"]

@@ -1,0 +1,77 @@
+"""Fréchet distance (known answers) and the cached feature classifier of ``fd_classifier``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vae_tf.errors import DataError
+from vae_tf.metrics import (
+    FDClassifierSpec,
+    fd_classifier,
+    feature_statistics,
+    frechet_distance,
+    load_or_train_fd_classifier,
+)
+
+
+def test_frechet_distance_of_identical_statistics_is_zero(rng):
+    f = rng.standard_normal((500, 6)) @ rng.standard_normal((6, 6))
+    mu, sigma = feature_statistics(f)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_distance_one_dimensional_hand_case():
+    # N(1, 2²) vs N(3, 3²): (1 − 3)² + 2² + 3² − 2·2·3 = 4 + 1 = 5.
+    assert frechet_distance(1.0, 4.0, 3.0, 9.0) == pytest.approx(5.0, abs=1e-12)
+    # Diagonal covariances add up over dimensions.
+    value = frechet_distance([0.0, 1.0], np.diag([1.0, 4.0]), [1.0, 1.0], np.diag([4.0, 1.0]))
+    assert value == pytest.approx(1.0 + 1.0 + 1.0, abs=1e-9)
+
+
+def test_frechet_distance_handles_singular_covariances():
+    s = np.zeros((3, 3))
+    s[0, 0] = 1.0
+    assert np.isfinite(frechet_distance(np.zeros(3), s, np.ones(3), s))
+    with pytest.raises(DataError):
+        frechet_distance(np.zeros(2), np.eye(3), np.zeros(2), np.eye(3))
+
+
+def test_feature_statistics_use_n_minus_1(rng):
+    f = rng.standard_normal((50, 3))
+    mu, sigma = feature_statistics(f)
+    np.testing.assert_allclose(sigma, np.cov(f, rowvar=False, ddof=1))
+
+
+def test_fd_classifier_trains_once_caches_and_scores(digits, tmp_path):
+    spec = FDClassifierSpec(epochs=3)
+    clf = load_or_train_fd_classifier(digits, cache_dir=tmp_path, spec=spec)
+    assert clf.test_accuracy > 0.5  # 10 classes; 3 epochs on 1437 digits
+    assert clf.path.parent == tmp_path and clf.path.name.startswith("digits-")
+    info = json.loads((clf.path / "info.json").read_text())
+    assert info["test_accuracy"] == clf.test_accuracy and info["spec"]["epochs"] == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+    again = load_or_train_fd_classifier(digits, cache_dir=tmp_path, spec=spec)  # from the cache
+    assert again.path == clf.path
+    np.testing.assert_allclose(again.features(digits.x_test[:20]), clf.features(digits.x_test[:20]), atol=1e-5)
+
+    # Retraining with the same spec gives the same network (seeded weights and example order).
+    retrained = load_or_train_fd_classifier(digits, cache_dir=tmp_path, spec=spec, retrain=True)
+    np.testing.assert_array_equal(retrained.features(digits.x_test), clf.features(digits.x_test))
+
+    same = fd_classifier(digits.x_test, digits.x_test, clf)
+    assert same["fd_classifier"] == pytest.approx(0.0, abs=1e-6) and same["num_generated"] == len(digits.x_test)
+    real = fd_classifier(digits.x_val, digits.x_test, clf)["fd_classifier"]
+    noise = np.random.default_rng(0).uniform(0, 1, digits.x_test.shape).astype(np.float32)
+    assert fd_classifier(noise, digits.x_test, clf)["fd_classifier"] > 5 * real
+
+
+def test_fd_classifier_needs_labels(digits, tmp_path):
+    import dataclasses
+
+    unlabelled = dataclasses.replace(digits, y_train=None, y_val=None, y_test=None)
+    with pytest.raises(DataError, match="no labels"):
+        load_or_train_fd_classifier(unlabelled, cache_dir=tmp_path)
