@@ -8,7 +8,9 @@ outputs batch-leading):
   first, so it is also ``serving_default``;
 - ``decode(z: float32[B, code_size]) -> {x_mean, x_sample}``;
 - ``reconstruct(x) -> {x_mean}``;
-- ``sample(seed: int32[n, 2]) -> {z, x_mean, x_sample}``, one sample per seed row, stateless.
+- ``sample(seed: int32[n, 2]) -> {z, x_mean, x_sample}``, one sample per seed row, stateless;
+- then the latent family's own signatures (``LatentFamily.extra_signatures``), e.g.
+  ``decode_category(z_gauss, category)`` of the Gaussian + categorical family.
 
 A version is written into a hidden temporary sibling directory (TF Serving ignores names that
 are not integers) and renamed into place, so a crash never leaves a half-written version and a
@@ -31,6 +33,7 @@ import tensorflow as tf
 from vae_tf.errors import ConfigError, ModelNotFoundError
 
 ASSET_NAME = "vae_tf_model.json"
+WEIGHTS_NAME = "vae_tf.weights.h5"  # Keras weights, so vae_tf.export.load_vae can rebuild the model
 FORMAT_VERSION = 1
 SIGNATURES = ("encode", "decode", "reconstruct", "sample")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -60,6 +63,7 @@ def export_model(
     *,
     config: Mapping[str, Any] | None = None,
     data_info: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` (a built :class:`vae_tf.models.VAE`) as a new SavedModel version.
 
@@ -69,6 +73,11 @@ def export_model(
         version: positive integer; default: one more than the highest existing version.
         config: the resolved training config, stored in the assets JSON.
         data_info: data facts stored in the assets JSON (``value_range``, data set name, ...).
+        extra: more top-level entries for the assets JSON (e.g. ``mlflow_run_id``).
+
+    Models made by :func:`vae_tf.models.build_vae` also get their build spec in the assets JSON
+    and their Keras weights in ``assets/vae_tf.weights.h5``, so :func:`load_vae` can rebuild
+    them as Python models (for ``vae-tf evaluate``); serving uses the signatures only.
 
     Returns the final version directory. Refuses to overwrite an existing version.
     """
@@ -95,6 +104,12 @@ def export_model(
         assets = tmp / "assets"
         assets.mkdir(exist_ok=True)
         info = model_info(model, name, version, data_shape, config=config, data_info=data_info)
+        if extra:
+            info.update(extra)
+        if getattr(model, "build_spec", None) is not None:
+            # Keras' own weights file, keyed by the layer tree (stable across processes): the
+            # model can be rebuilt for evaluation or fine-tuning. TF Serving ignores assets.
+            model.save_weights(str(assets / WEIGHTS_NAME))
         (assets / ASSET_NAME).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
         _fsync_tree(tmp)
         os.rename(tmp, final)  # atomic on one file system; fails rather than overwrite
@@ -132,7 +147,18 @@ def _build_archive(model, data_shape: tuple[int, ...], code_size: int):
     archive = ExportArchive()
     for endpoint_name, fn in zip(SIGNATURES, (encode, decode, reconstruct, sample)):
         archive.add_endpoint(endpoint_name, fn)  # `encode` first: it becomes serving_default
+    for endpoint_name, fn in model.latent.extra_signatures(model).items():
+        archive.add_endpoint(endpoint_name, fn)
     return archive
+
+
+def _extra_signature_info(model) -> dict:
+    """``{name: {"inputs": [...], "outputs": [...]}}`` of the family's own signatures."""
+    info = {}
+    for endpoint_name, fn in model.latent.extra_signatures(model).items():
+        outputs = fn.get_concrete_function().structured_outputs
+        info[endpoint_name] = {"inputs": [spec.name for spec in fn.input_signature], "outputs": sorted(outputs)}
+    return info
 
 
 def model_info(model, name: str, version: int, data_shape, *, config=None, data_info=None) -> dict:
@@ -158,8 +184,10 @@ def model_info(model, name: str, version: int, data_shape, *, config=None, data_
             "decode": {"inputs": ["z"], "outputs": ["x_mean", "x_sample"]},
             "reconstruct": {"inputs": ["x"], "outputs": ["x_mean"]},
             "sample": {"inputs": ["seed"], "outputs": ["z", "x_mean", "x_sample"]},
+            **_extra_signature_info(model),
         },
         "config": dict(config) if config is not None else None,
+        "build_spec": getattr(model, "build_spec", None),
     }
 
 
@@ -182,4 +210,23 @@ def resolve_version_dir(path: str | os.PathLike) -> Path:
     return path / str(versions[-1])
 
 
-__all__ = ["ASSET_NAME", "SIGNATURES", "export_model", "list_versions", "load_model_info", "model_info", "resolve_version_dir"]
+def load_vae(version_dir: str | os.PathLike):
+    """Rebuild the Python :class:`~vae_tf.models.VAE` of an export (or of a model directory's
+    highest version) from its build spec and Keras weights, for evaluation or fine-tuning."""
+    version_dir = resolve_version_dir(version_dir)
+    info = load_model_info(version_dir)
+    spec = info.get("build_spec")
+    weights = version_dir / "assets" / WEIGHTS_NAME
+    if not spec or not weights.is_file():
+        raise ModelNotFoundError(f"{version_dir} has no build spec or weights (exported by an older vae-tf or "
+                                 "not from build_vae): it can be served but not rebuilt; export it again")
+    from vae_tf.models import build_vae
+
+    spec = dict(spec)
+    model = build_vae(spec.pop("data_shape"), **spec)
+    model.load_weights(str(weights))
+    return model
+
+
+__all__ = ["ASSET_NAME", "SIGNATURES", "WEIGHTS_NAME", "export_model", "list_versions", "load_model_info", "load_vae",
+           "model_info", "resolve_version_dir"]

@@ -8,10 +8,14 @@ from __future__ import annotations
 from vae_tf._registry import Registry, check_options
 from vae_tf.errors import ConfigError
 from vae_tf.latents.base import LatentFamily
+from vae_tf.latents.categorical import GaussianCategoricalLatent
 from vae_tf.latents.gaussian import GaussianLatent
+from vae_tf.latents.normal_gamma import NormalGammaLatent
 
 LATENT_FAMILIES: Registry[type[LatentFamily]] = Registry("latent family")
 LATENT_FAMILIES.register("gaussian")(GaussianLatent)
+LATENT_FAMILIES.register("normal_gamma")(NormalGammaLatent)
+LATENT_FAMILIES.register("gaussian_categorical")(GaussianCategoricalLatent)
 
 
 def build_latent(family: str, **options) -> LatentFamily:
@@ -23,4 +27,5 @@ def build_latent(family: str, **options) -> LatentFamily:
     return cls(**options)
 
 
-__all__ = ["LATENT_FAMILIES", "GaussianLatent", "LatentFamily", "build_latent"]
+__all__ = ["LATENT_FAMILIES", "GaussianCategoricalLatent", "GaussianLatent", "LatentFamily", "NormalGammaLatent",
+           "build_latent"]

@@ -42,6 +42,11 @@ class LatentFamily(keras.layers.Layer, abc.ABC):
         """Width of the deterministic embedding handed to downstream users."""
         return self.latent_dim
 
+    @property
+    def kl_size(self) -> int:
+        """Number of columns of :meth:`kl_per_dim` (default: one per code dimension)."""
+        return self.code_size
+
     # --- distributions ---------------------------------------------------------------------
     @abc.abstractmethod
     def posterior(self, params: tf.Tensor):
@@ -53,7 +58,8 @@ class LatentFamily(keras.layers.Layer, abc.ABC):
 
     @abc.abstractmethod
     def kl_per_dim(self, params: tf.Tensor, z: tf.Tensor | None = None) -> tf.Tensor:
-        """KL(q(z_i|x) || p(z_i)) per example and latent dimension, shape ``[B, d]`` (nats).
+        """KL(q(z_i|x) || p(z_i)) per example and latent dimension, shape ``[B, kl_size]`` (nats;
+        ``kl_size == d`` unless a family groups its code dims, e.g. one column per categorical).
 
         ``z`` is the reparameterised sample; families without a closed form use it for a
         single-sample Monte Carlo estimate (their docstring says so).
@@ -75,6 +81,24 @@ class LatentFamily(keras.layers.Layer, abc.ABC):
     def sample_prior(self, seeds: tf.Tensor) -> tf.Tensor:
         """One z ~ p(z) per row of ``seeds`` (int32 ``[n, 2]``), stateless: row i depends on
         ``seeds[i]`` alone, so a request's samples do not depend on its other rows."""
+
+    # --- optional hooks: the VAE and the export call them; the defaults add nothing ---------
+    def bind_step(self, step) -> None:
+        """Receive the model's training-step counter (``VAE.train_steps``, a variable the
+        checkpoints carry) once, at model construction. Families whose behaviour follows a
+        schedule (a Gumbel-softmax temperature) read it; the default ignores it."""
+
+    def update_diagnostics(self, terms: dict) -> dict:
+        """Update the family's own ``keras.metrics`` (attributes of the family, so they appear in
+        ``self.metrics``, which the VAE lists with its trackers: logged by name and reset every
+        epoch) from a step's ``terms`` (``VAE.compute_terms``), and return extra scalar logs.
+        Called in every train and test step; the default does nothing and returns ``{}``."""
+        return {}
+
+    def extra_signatures(self, model) -> dict:
+        """Family-specific SavedModel signatures, ``{name: tf.function with an input_signature}``,
+        exported after the four standard ones (e.g. decoding a chosen category). Default: none."""
+        return {}
 
     # --- utilities -------------------------------------------------------------------------
     def layout(self) -> dict:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping
 
 from vae_tf._registry import Registry, check_options
@@ -50,6 +51,9 @@ def build_vae(
     likelihood = dict(likelihood or {"name": "bernoulli"})
     network = dict(network or {"kind": "mlp"})
     objective = dict(objective or {"name": "elbo"})
+    # What rebuilds this model (vae_tf.export.load_vae); copied before the dicts are consumed.
+    spec = copy.deepcopy({"data_shape": list(data_shape), "latent": latent, "likelihood": likelihood,
+                          "network": network, "objective": objective, "name": name})
 
     family = build_latent(latent.pop("family", "gaussian"), **latent)
     lik = build_likelihood(likelihood.pop("name", "bernoulli"), data_rank=len(data_shape), **likelihood)
@@ -64,6 +68,7 @@ def build_vae(
                   reserved=("encoder", "decoder", "latent", "likelihood", "seed", "name"))
     model = cls(encoder=encoder, decoder=decoder, latent=family, likelihood=lik, seed=seed, name=name, **objective)
     model(np.zeros((1,) + data_shape, np.float32))  # build: a custom train_step never calls call()
+    model.build_spec = spec
     return model
 
 

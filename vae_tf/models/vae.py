@@ -77,7 +77,9 @@ class VAE(keras.Model):
 
     Metrics (every step, means over the batch): ``loss``, ``elbo``, ``reconstruction``, ``kl``,
     ``beta``, plus the objective's and the likelihood's state (:meth:`state_metrics`, last value,
-    e.g. ``sigma_x`` of a learned decoder variance). Evaluation adds ``active_kl_dims``: the number of latent dimensions whose KL,
+    e.g. ``sigma_x`` of a learned decoder variance), plus the latent family's own diagnostics
+    (:meth:`LatentFamily.update_diagnostics`, train and test steps; none for the Gaussian family).
+    Evaluation adds ``active_kl_dims``: the number of latent dimensions whose KL,
     averaged over the evaluated data, exceeds 0.01 nats; the per-dimension values are in
     :attr:`kl_per_dim` after ``evaluate`` (or after each epoch's validation in ``fit``).
     """
@@ -100,13 +102,14 @@ class VAE(keras.Model):
                                     trainable=False)
         self.train_steps = self.add_weight(name="train_steps", shape=(), dtype="int64", initializer="zeros",
                                            trainable=False)
+        latent.bind_step(self.train_steps)  # schedules inside the family (a temperature) read it
         self.seed_generator = keras.random.SeedGenerator(seed, name="vae_seed")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.elbo_tracker = keras.metrics.Mean(name="elbo")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
         self.beta_tracker = keras.metrics.Mean(name="beta")
-        self.kl_per_dim_tracker = MeanVector(latent.code_size, name="kl_per_dim")
+        self.kl_per_dim_tracker = MeanVector(latent.kl_size, name="kl_per_dim")
 
     # --- the model's pieces ----------------------------------------------------------------
     def next_seed(self) -> tf.Tensor:
@@ -159,7 +162,7 @@ class VAE(keras.Model):
         # Listing the trackers lets Keras reset them every epoch; `loss` comes from our own tracker
         # (a bare "loss" key would be shadowed by Keras' built-in one: stack-notes.md §4).
         return [self.loss_tracker, self.elbo_tracker, self.reconstruction_tracker, self.kl_tracker,
-                self.beta_tracker, self.kl_per_dim_tracker]
+                self.beta_tracker, self.kl_per_dim_tracker, *self.latent.metrics]
 
     @staticmethod
     def unpack(data):
@@ -178,7 +181,8 @@ class VAE(keras.Model):
         self.reconstruction_tracker.update_state(terms["reconstruction"])
         self.kl_tracker.update_state(terms["kl"])
         self.beta_tracker.update_state(self.beta)
-        return {m.name: m.result() for m in self.metrics if m is not self.kl_per_dim_tracker}
+        family_logs = self.latent.update_diagnostics(terms)  # the family's own metrics ({} for Gaussian)
+        return {**{m.name: m.result() for m in self.metrics if m is not self.kl_per_dim_tracker}, **family_logs}
 
     def train_step(self, data):
         x = self.unpack(data)
