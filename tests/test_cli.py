@@ -52,7 +52,8 @@ def test_train_logs_run_metrics_figures_config_and_model(finished_run):
     assert params["data.name"] == "digits" and params["data.n_train"] == str(len(digits.x_train))
 
     # Per-epoch train and validation metrics, and per-dimension KL.
-    for key in ("loss", "elbo", "reconstruction", "kl", "beta", "val_elbo", "val_active_kl_dims", "val_kl_dim_3"):
+    for key in ("loss", "elbo", "reconstruction", "kl", "beta", "val_elbo", "val_active_kl_dims", "val_kl_dim_3",
+                "val_active_units", "val_mi", "val_collapsed_fraction"):
         history = client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in history] == [0, 1], key
         assert all(np.isfinite(m.value) for m in history)

@@ -65,3 +65,33 @@ class MlflowMetrics(keras.callbacks.Callback):
             for i, value in enumerate(self.model.kl_per_dim):
                 metrics[f"val_kl_dim_{i}"] = float(value)
         self.logger.log_metrics(metrics, step=epoch)
+
+
+class CollapseDiagnostics(keras.callbacks.Callback):
+    """The cheap collapse diagnostics, every ``every`` epochs, on (up to ``max_examples`` of) the
+    validation data: active units (Burda et al. 2016), the full-data mutual information I_q(x; z)
+    (Gaussian codes only) and the fraction of (0.01, 0.01)-collapsed dims (Lucas et al. 2019).
+
+    Adds ``val_active_units``, ``val_mi`` and ``val_collapsed_fraction`` to the epoch's logs, so
+    later callbacks (MLflow) see them.
+    """
+
+    def __init__(self, x, every: int = 1, max_examples: int = 2000, seed: int = 0):
+        super().__init__()
+        x = np.asarray(x, np.float32)
+        if len(x) > max_examples:
+            x = x[np.random.default_rng(seed).choice(len(x), max_examples, replace=False)]
+        self.x = x
+        self.every = max(1, int(every))
+        self.seed = seed
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or len(self.x) < 2 or (epoch + 1) % self.every:
+            return
+        from vae_tf.metrics import active_units, collapse_fraction, encode_posterior, mutual_information
+
+        post = encode_posterior(self.model, self.x, seed=self.seed)
+        logs["val_active_units"] = float(active_units(post["embedding"])[0])
+        logs["val_collapsed_fraction"] = float(collapse_fraction(post["kl_per_dim"], 0.01))
+        if "z_mean" in post and "z_log_var" in post:
+            logs["val_mi"] = float(mutual_information(post["z_mean"], post["z_log_var"], seed=self.seed))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from pathlib import Path
 
 from training.config import Config
@@ -88,7 +87,7 @@ def seed_everything(config: Config) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def run_training(config: Config, *, out=sys.stdout) -> TrainResult:
+def run_training(config: Config) -> TrainResult:
     """Train, evaluate, export and track one run. A failure marks the MLflow run FAILED with the
     error message (tag ``error``) and re-raises."""
     import mlflow
@@ -100,7 +99,7 @@ def run_training(config: Config, *, out=sys.stdout) -> TrainResult:
     mlflow.set_experiment(config.mlflow.experiment)
     with mlflow.start_run(run_name=config.mlflow.run_name) as run:
         try:
-            result = _run(config, run, tracking_uri, out)
+            result = _run(config, run, tracking_uri)
         except BaseException as err:
             mlflow.set_tag("error", f"{type(err).__name__}: {' '.join(str(err).split())}"[:5000])
             mlflow.end_run(status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
@@ -108,12 +107,12 @@ def run_training(config: Config, *, out=sys.stdout) -> TrainResult:
     return result
 
 
-def _run(config: Config, run, tracking_uri: str, out) -> TrainResult:
+def _run(config: Config, run, tracking_uri: str) -> TrainResult:
     import keras
     import mlflow
     import numpy as np
 
-    from training.callbacks import EpochCheckpoint, MlflowMetrics
+    from training.callbacks import CollapseDiagnostics, EpochCheckpoint, MlflowMetrics
     from training.tracking import RunLogger, log_figures, log_params, log_saved_model
     from vae_tf import plots
     from vae_tf.export import export_model
@@ -134,8 +133,11 @@ def _run(config: Config, run, tracking_uri: str, out) -> TrainResult:
     train_cfg = config.train
     checkpoint_dir = Path(train_cfg.run_dir) / run_id / "checkpoints"
     checkpoints = EpochCheckpoint(checkpoint_dir, max_to_keep=train_cfg.checkpoints_to_keep)
-    callbacks = [checkpoints, MlflowMetrics(RunLogger())]
     has_val = len(data.x_val) > 0
+    callbacks = [checkpoints]
+    if has_val:  # before the MLflow logger, which logs what it adds
+        callbacks.append(CollapseDiagnostics(data.x_val, seed=config.seed))
+    callbacks.append(MlflowMetrics(RunLogger()))
     if train_cfg.early_stopping_patience and has_val:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_elbo", mode="max", restore_best_weights=True,
                                                        patience=train_cfg.early_stopping_patience))
@@ -160,7 +162,8 @@ def _run(config: Config, run, tracking_uri: str, out) -> TrainResult:
     export_dir = export_model(model, config.export.base_dir, config.name, config.export.version,
                               config=config.to_dict(),
                               data_info={"value_range": data.value_range, "name": data.name,
-                                         "binary": data.binary, **data.metadata})
+                                         "binary": data.binary, **data.metadata},
+                              extra={"mlflow_run_id": run_id})
     mlflow.set_tag("vae_tf.export_dir", str(export_dir.resolve()))
     model_uri, version = log_saved_model(export_dir, data.data_shape,
                                          config.name if config.mlflow.register else None)

@@ -1,0 +1,90 @@
+"""`vae-tf evaluate` end to end: train a tiny model with the CLI, evaluate its export, its
+registered model and its run; the report, the MLflow run and the figures exist; bad model
+references are one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import assert_one_line
+from training.cli import main
+
+FAST = ["train.epochs=2", "train.verbose=0", "model.network.hidden=[32]", "model.latent.latent_dim=4",
+        "mlflow.log_figures=false"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("evaluate")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    args = ["train", *[a for o in FAST for a in ("--set", o)]]
+    assert main(args) == 0
+    yield tmp_path, uri
+    mp.undo()
+
+
+@pytest.fixture
+def here(trained, monkeypatch):
+    tmp_path, uri = trained
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return tmp_path, uri
+
+
+def test_evaluate_an_export_directory(here, capsys):
+    tmp_path, uri = here
+    assert main(["evaluate", "models/vae", "--iw-k", "100", "--output", "eval.json"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "eval.json").read_text())
+    metrics = report["metrics"]
+    for key in ("elbo", "kl", "active_units", "mi_full", "mi_minibatch", "collapsed_frac_eps_0.01",
+                "linear_probe_accuracy"):
+        assert key in metrics and np.isfinite(metrics[key]), key
+    assert 0 <= metrics["active_units"] <= 4
+    assert metrics["linear_probe_accuracy"] > 0.2  # 10 digit classes: chance is 0.1
+    assert report["model"]["name"] == "vae" and report["model"]["version"] == 1
+    assert "iw_nll" in report["info"]["skipped"]  # Bernoulli on grey levels is not a density
+    assert "active_units" in out and "report:" in out
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("vae-tf").experiment_id],
+                              filter_string="tags.`vae_tf.kind` = 'evaluation'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.metrics["active_units"] == metrics["active_units"]
+    trained_run = client.search_runs([run.info.experiment_id], filter_string="tags.`vae_tf.kind` != 'evaluation'")
+    assert run.data.tags["vae_tf.evaluates_run_id"] in {r.info.run_id for r in client.search_runs([run.info.experiment_id])}
+    assert trained_run is not None
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/report.json", "evaluation/kl_per_dim.png", "evaluation/collapse_curve.png"} <= names
+
+
+def test_evaluate_the_registered_model_and_the_run(here, capsys):
+    tmp_path, uri = here
+    assert main(["evaluate", "models:/vae/1", "--iw-k", "0", "--no-mlflow", "--output", "reg.json"]) == 0
+    by_registry = json.loads((tmp_path / "reg.json").read_text())["metrics"]
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.get_model_version("vae", "1").run_id
+    assert main(["evaluate", f"runs:/{run_id}", "--iw-k", "0", "--no-mlflow", "--output", "run.json"]) == 0
+    by_run = json.loads((tmp_path / "run.json").read_text())["metrics"]
+    assert by_registry["active_units"] == by_run["active_units"]
+    assert by_registry["kl"] == pytest.approx(by_run["kl"], rel=1e-6)
+
+
+@pytest.mark.parametrize("ref, match", [
+    ("models/nothing", "does not exist"),
+    ("runs:/0123456789abcdef", "not found"),
+    ("models:/no-such-model/1", "not found in the MLflow registry"),
+])
+def test_bad_model_references_are_one_line_errors(here, capsys, ref, match):
+    assert main(["evaluate", ref, "--no-mlflow"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert_one_line(err)
+    assert err.startswith("error: ") and match in err

@@ -1,0 +1,180 @@
+"""The evaluation job behind ``vae-tf evaluate``: load a trained model (export directory,
+registered model or MLflow run), compute every diagnostic that applies on its data, write a JSON
+report and log metrics, figures and the report to MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from vae_tf.errors import ConfigError, ModelNotFoundError
+
+#: Disentanglement sample sizes: "quick" for a first look (minutes), "full" = disentanglement_lib.
+DISENTANGLEMENT_SIZES = {
+    "quick": {"num_train": 1000, "num_eval": 500, "num_variance_estimate": 1000, "batch_size": 64},
+    "full": None,
+}
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+    metrics: dict
+    info: dict
+    report_path: Path
+    run_id: str | None
+    version_dir: Path
+
+
+def resolve_model(source: str) -> tuple[Path, str | None]:
+    """A local SavedModel version directory for ``source`` and the MLflow run that trained it.
+
+    ``source`` is an export directory (``models/vae`` -> highest version, or ``models/vae/3``),
+    a registered model URI (``models:/vae/3``, ``models:/vae@champion``) or ``runs:/<run id>``.
+    """
+    from vae_tf.export import load_model_info, resolve_version_dir
+
+    if source.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        from training.tracking import resolve_tracking_uri, use_tracking
+
+        use_tracking(resolve_tracking_uri(None))
+        if source.startswith("runs:/"):
+            run_id = source[len("runs:/"):].strip("/").split("/")[0]
+            try:
+                run = mlflow.MlflowClient().get_run(run_id)
+            except mlflow.exceptions.MlflowException:
+                raise ModelNotFoundError(f"MLflow run {run_id!r} not found at {mlflow.get_tracking_uri()}: "
+                                         "check the run id or MLFLOW_TRACKING_URI") from None
+            export = run.data.tags.get("vae_tf.export_dir")
+            if not export or not Path(export).exists():
+                raise ModelNotFoundError(f"run {run_id} has no local export (tag vae_tf.export_dir={export!r}); "
+                                         "evaluate its registered model (models:/NAME/VERSION) instead")
+            return resolve_version_dir(export), run_id
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(source, dst_path=tempfile.mkdtemp(prefix="vae-tf-eval-")))
+        except mlflow.exceptions.MlflowException as err:
+            raise ModelNotFoundError(f"{source} not found in the MLflow registry at {mlflow.get_registry_uri()}: "
+                                     f"{str(err).splitlines()[0]}") from None
+        version_dir = _pyfunc_saved_model(local)
+        info = load_model_info(version_dir)
+        return version_dir, info.get("mlflow_run_id")
+    path = Path(source)
+    if not path.exists():
+        raise ModelNotFoundError(f"{source} does not exist: give an export directory (models/NAME[/VERSION]), "
+                                 "models:/NAME/VERSION or runs:/RUN_ID")
+    version_dir = resolve_version_dir(path)
+    return version_dir, load_model_info(version_dir).get("mlflow_run_id")
+
+
+def _pyfunc_saved_model(local: Path) -> Path:
+    """The SavedModel directory inside a downloaded vae-tf pyfunc model (its ``saved_model`` artifact)."""
+    from mlflow.models import Model
+
+    try:
+        artifacts = Model.load(str(local / "MLmodel")).flavors["python_function"]["artifacts"]
+        return local / artifacts["saved_model"]["path"]
+    except (OSError, KeyError) as err:
+        raise ModelNotFoundError(f"{local} is not a vae-tf MLflow model (no saved_model artifact: {err})") from None
+
+
+def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple = (), max_examples: int | None = None,
+             iw_k: int = 500, disentanglement: str = "quick", fd: bool = False, output: str | None = None,
+             log_to_mlflow: bool = True, out=None) -> EvaluationResult:
+    from training.config import from_dict, load_config
+    from training.train import prepare_data
+    from vae_tf.export import load_model_info, load_vae
+    from vae_tf.metrics import evaluate_model, evaluation_figures, report
+
+    if disentanglement not in DISENTANGLEMENT_SIZES and disentanglement != "off":
+        raise ConfigError(f"--disentanglement must be off, quick or full, got {disentanglement!r}")
+    version_dir, run_id = resolve_model(source)
+    info = load_model_info(version_dir)
+    model = load_vae(version_dir)
+    saved = info.get("config")
+    config = from_dict(saved) if saved else load_config(None)
+    if overrides:
+        config = from_dict(_apply(config.to_dict(), overrides))
+    data = prepare_data(config)
+
+    result = evaluate_model(model, data, split=split, seed=config.seed, max_examples=max_examples, iw_k=iw_k,
+                            disentanglement=disentanglement != "off",
+                            disentanglement_sizes=DISENTANGLEMENT_SIZES.get(disentanglement), fd=fd)
+    x, _ = data.split(split)
+    figures = evaluation_figures(result, model=model, x=x[:10], value_range=data.value_range)
+    document = report(result)
+    document["model"] = {"source": source, "version_dir": str(version_dir), "name": info.get("name"),
+                         "version": info.get("version"), "trained_in_run": run_id}
+
+    report_path = Path(output) if output else Path("evaluation") / f"{info.get('name', 'model')}-v{info.get('version', 0)}-{split}.json"
+    _write_json_atomically(report_path, document)
+
+    eval_run_id = None
+    if log_to_mlflow:
+        eval_run_id = _log(config, info, result, figures, document, run_id, split)
+    else:
+        import matplotlib.pyplot as plt
+
+        for fig in figures.values():
+            plt.close(fig)
+    _print_summary(result, report_path, eval_run_id, out or sys.stdout)
+    return EvaluationResult(metrics=result["metrics"], info=result["info"], report_path=report_path,
+                            run_id=eval_run_id, version_dir=version_dir)
+
+
+def _apply(tree: dict, overrides) -> dict:
+    from training.config import _set_path, parse_override
+
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_path(tree, keys, value, text)
+    return tree
+
+
+def _write_json_atomically(path: Path, document: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle, indent=2, sort_keys=True, allow_nan=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _log(config, info, result, figures, document, trained_run_id, split) -> str:
+    import mlflow
+
+    from training.tracking import log_figures, resolve_tracking_uri, use_tracking
+
+    use_tracking(resolve_tracking_uri(config.mlflow.tracking_uri))
+    mlflow.set_experiment(config.mlflow.experiment)
+    name = f"evaluate {info.get('name')} v{info.get('version')} ({split})"
+    tags = {"vae_tf.kind": "evaluation", "vae_tf.model": f"{info.get('name')}/{info.get('version')}"}
+    if trained_run_id:
+        tags["vae_tf.evaluates_run_id"] = trained_run_id
+    with mlflow.start_run(run_name=name, tags=tags) as run:
+        mlflow.log_metrics({k: float(v) for k, v in result["metrics"].items() if v == v})  # NaN: not logged
+        mlflow.log_dict(document, "evaluation/report.json")
+        log_figures(figures, "evaluation")
+    return run.info.run_id
+
+
+def _print_summary(result, report_path: Path, run_id: str | None, out) -> None:
+    """Every scalar metric except the per-dimension ones (those are in the report and the figures)."""
+    print("", file=out)
+    for key, value in result["metrics"].items():
+        if not key.startswith("kl_dim_"):
+            print(f"{key:32s} {value:.4f}", file=out)
+    for key, reason in result["info"].get("skipped", {}).items():
+        print(f"{key:32s} skipped: {reason}", file=out)
+    print(f"\nreport:        {report_path.resolve()}", file=out)
+    if run_id:
+        print(f"MLflow run:    {run_id}", file=out)
