@@ -42,10 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import shlex  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -53,6 +50,8 @@ from pathlib import Path  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import common  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -98,34 +97,11 @@ def machine_info() -> dict:
     import sklearn
     import tensorflow as tf
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "cpus_usable": usable,
-            "python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-            "scikit_learn": sklearn.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "git_commit": commit, "git_dirty": dirty}
+    return {**common.machine_info(), "numpy": np.__version__, "scipy": scipy.__version__,
+            "scikit_learn": sklearn.__version__, "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
-def command_line() -> str:
-    script = Path(sys.argv[0]).resolve()
-    if script.is_relative_to(REPO_ROOT):
-        script = script.relative_to(REPO_ROOT)
-    return shlex.join(["python", str(script), *sys.argv[1:]])
+command_line = common.command_line
 
 
 def run(args) -> list[dict]:

@@ -1,0 +1,51 @@
+"""What every benchmark report records: the machine, the software, the commit and the command."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def git_state() -> tuple[str | None, bool | None]:
+    """(short commit, whether tracked files differ from it); (None, None) outside a checkout."""
+    def git(*args) -> str:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "--short", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+
+
+def machine_info() -> dict:
+    """Platform, CPU, usable CPUs and the git state (library versions are each benchmark's own)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    commit, dirty = git_state()
+    return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "cpus_usable": usable, "python": platform.python_version(), "git_commit": commit, "git_dirty": dirty}
+
+
+def command_line() -> str:
+    """The command as run from the repository root (how docs/performance.md tells users to rerun it)."""
+    script = Path(sys.argv[0]).resolve()
+    if script.is_relative_to(REPO_ROOT):
+        script = script.relative_to(REPO_ROOT)
+    return shlex.join(["python", str(script), *sys.argv[1:]])
