@@ -87,9 +87,14 @@ def seed_everything(config: Config) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def run_training(config: Config) -> TrainResult:
+def run_training(config: Config, *, tags: dict | None = None, after_training=None) -> TrainResult:
     """Train, evaluate, export and track one run. A failure marks the MLflow run FAILED with the
-    error message (tag ``error``) and re-raises."""
+    error message (tag ``error``) and re-raises.
+
+    ``tags`` are set on the run (``mlflow.parentRunId`` nests it under a parent run);
+    ``after_training(model, data)`` runs inside the run after the export, for callers that log
+    more (the experiment suites' evaluation).
+    """
     import mlflow
 
     from training.tracking import resolve_tracking_uri, use_tracking
@@ -97,9 +102,9 @@ def run_training(config: Config) -> TrainResult:
     tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
     use_tracking(tracking_uri)
     mlflow.set_experiment(config.mlflow.experiment)
-    with mlflow.start_run(run_name=config.mlflow.run_name) as run:
+    with mlflow.start_run(run_name=config.mlflow.run_name, tags=tags) as run:
         try:
-            result = _run(config, run, tracking_uri)
+            result = _run(config, run, tracking_uri, after_training)
         except BaseException as err:
             mlflow.set_tag("error", f"{type(err).__name__}: {' '.join(str(err).split())}"[:5000])
             mlflow.end_run(status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
@@ -107,7 +112,7 @@ def run_training(config: Config) -> TrainResult:
     return result
 
 
-def _run(config: Config, run, tracking_uri: str) -> TrainResult:
+def _run(config: Config, run, tracking_uri: str, after_training=None) -> TrainResult:
     import keras
     import mlflow
     import numpy as np
@@ -168,6 +173,8 @@ def _run(config: Config, run, tracking_uri: str) -> TrainResult:
     model_uri, version = log_saved_model(export_dir, data.data_shape,
                                          config.name if config.mlflow.register else None)
 
+    if after_training is not None:
+        after_training(model, data)
     result = TrainResult(run_id=run_id, experiment_id=run.info.experiment_id, tracking_uri=tracking_uri,
                          export_dir=export_dir, checkpoint_dir=checkpoint_dir,
                          history={k: [float(np.asarray(v)) for v in vals] for k, vals in history.history.items()},
