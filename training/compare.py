@@ -1,0 +1,268 @@
+"""Experiment suites behind ``vae-tf compare --suite NAME``: run a suite of configs over seeds as
+MLflow parent/child runs, evaluate every child with the diagnostics, and write a report
+(Markdown + figures, also logged to the parent run). Resumable: a child that already FINISHED in
+this suite's parent run is not trained again; its logged metrics are reused.
+
+A suite is a YAML file under ``training/suites/``::
+
+    name: collapse
+    claim: what the suite tests, in one paragraph
+    base: {...}                  # config overrides shared by every run (same schema as vae-tf train)
+    sizes:
+      quick: {seeds: [0], config: {train: {epochs: 5}}, evaluate: {...}}
+      full:  {seeds: [0, 1, 2], config: {train: {epochs: 60}}}
+    runs:
+      - name: vae
+        claim: optional, per run
+        config: {objective: {name: elbo}}
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from vae_tf.errors import ConfigError
+
+SUITES_DIR = Path(__file__).parent / "suites"
+
+#: Columns of the report: metric key -> (header, format).
+REPORT_COLUMNS = {
+    "eval_elbo": ("ELBO", "{:.2f}"),
+    "eval_iw_nll": ("IW-NLL", "{:.2f}"),
+    "eval_kl": ("KL", "{:.2f}"),
+    "eval_active_units": ("AU", "{:.1f}"),
+    "eval_mi_full": ("MI", "{:.2f}"),
+    "eval_collapsed_frac_eps_0.01": ("collapsed @ε=0.01", "{:.2f}"),
+    "eval_linear_probe_accuracy": ("probe acc.", "{:.3f}"),
+    "eval_cluster_accuracy": ("cluster acc.", "{:.3f}"),
+    "eval_fd_classifier": ("fd_classifier", "{:.2f}"),
+    "eval_mig": ("MIG", "{:.3f}"),
+    "eval_dci_disentanglement": ("DCI-D", "{:.3f}"),
+    "eval_sap": ("SAP", "{:.3f}"),
+    "eval_factor_vae_score": ("FactorVAE", "{:.3f}"),
+    "eval_beta_vae_score": ("BetaVAE", "{:.3f}"),
+}
+
+DEFAULT_EVALUATE = {"iw_k": 100, "disentanglement": True, "fd": False, "tsne": False,
+                    "disentanglement_sizes": {"num_train": 1000, "num_eval": 500, "num_variance_estimate": 1000,
+                                              "batch_size": 64}}
+
+
+@dataclasses.dataclass
+class Suite:
+    name: str
+    claim: str
+    base: dict
+    sizes: dict
+    runs: list[dict]
+    path: Path
+
+
+def list_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def load_suite(name: str) -> Suite:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else SUITES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown suite {name!r}; choose one of: {', '.join(list_suites())} (or a path to a suite YAML)")
+    tree = yaml.safe_load(path.read_text()) or {}
+    for key in ("name", "claim", "runs", "sizes"):
+        if key not in tree:
+            raise ConfigError(f"suite {path} has no {key!r}")
+    names = [run.get("name") for run in tree["runs"]]
+    if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"suite {path}: every run needs a unique non-empty name, got {names}")
+    return Suite(name=tree["name"], claim=" ".join(str(tree["claim"]).split()), base=tree.get("base") or {},
+                 sizes=tree["sizes"], runs=tree["runs"], path=path)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+    return out
+
+
+def child_configs(suite: Suite, size: str, seeds: list[int] | None = None, only: list[str] | None = None):
+    """``[(run name, seed, Config, run spec)]`` for one size of a suite."""
+    from training.config import from_dict
+
+    if size not in suite.sizes:
+        raise ConfigError(f"suite {suite.name!r} has no size {size!r}; sizes: {', '.join(suite.sizes)}")
+    spec = suite.sizes[size] or {}
+    seeds = list(seeds if seeds is not None else spec.get("seeds", [0]))
+    runs = [r for r in suite.runs if only is None or r["name"] in only]
+    if only is not None and len(runs) != len(only):
+        raise ConfigError(f"suite {suite.name!r} has no run(s) {sorted(set(only) - {r['name'] for r in runs})}")
+    children = []
+    for run in runs:
+        for seed in seeds:
+            tree = _merge(_merge(suite.base, spec.get("config") or {}), run.get("config") or {})
+            tree["seed"] = int(seed)
+            tree.setdefault("mlflow", {})["run_name"] = f"{run['name']} (seed {seed})"
+            tree["mlflow"]["register"] = False
+            tree["name"] = f"{suite.name}-{run['name']}".replace("_", "-")
+            children.append((run["name"], int(seed), from_dict(tree), run))
+    return children
+
+
+def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None, only: list[str] | None = None,
+              output_dir: str | None = None, experiment: str | None = None, out=None) -> Path:
+    """Run (or resume) a suite; returns the report path."""
+    import mlflow
+
+    from training.tracking import resolve_tracking_uri, use_tracking
+    from training.train import run_training
+
+    out = out or sys.stdout
+    suite = load_suite(name)
+    children = child_configs(suite, size, seeds, only)
+    evaluate_opts = _merge(DEFAULT_EVALUATE, (suite.sizes[size] or {}).get("evaluate") or {})
+    experiment = experiment or f"vae-tf-suite-{suite.name}"
+    use_tracking(resolve_tracking_uri(None))
+    mlflow.set_experiment(experiment)
+    client = mlflow.MlflowClient()
+    exp_id = mlflow.get_experiment_by_name(experiment).experiment_id
+
+    parent = _find_or_create_parent(client, exp_id, suite, size)
+    done = _finished_children(client, exp_id, parent)
+    rows: dict[tuple[str, int], dict] = {}
+    curves: dict[str, list] = {}
+    for run_name, seed, config, _ in children:
+        config.mlflow.experiment = experiment
+        key = f"{run_name}/{seed}"
+        if key in done:
+            print(f"[{suite.name}] {key}: finished earlier, reusing run {done[key].info.run_id}", file=out, flush=True)
+            rows[(run_name, seed)] = done[key].data.metrics
+            curves.setdefault(run_name, []).append(_load_curve(client, done[key].info.run_id))
+            continue
+        print(f"[{suite.name}] {key}: training", file=out, flush=True)
+        captured: dict[str, Any] = {}
+        tags = {"mlflow.parentRunId": parent, "vae_tf.suite": suite.name, "vae_tf.suite_size": size,
+                "vae_tf.suite_child": key}
+        result = run_training(config, tags=tags, after_training=lambda m, d: captured.update(
+            _evaluate_child(m, d, config, evaluate_opts)))
+        rows[(run_name, seed)] = {**captured["metrics"], **{f"train_{k}": v for k, v in result.test_metrics.items()}}
+        curves.setdefault(run_name, []).append(captured["curve"])
+
+    report_dir = Path(output_dir or Path("reports") / f"{suite.name}-{size}")
+    report_path = write_report(suite, size, children, rows, curves, report_dir)
+    with mlflow.start_run(run_id=parent):
+        mlflow.log_artifacts(str(report_dir), artifact_path="report")
+    client.set_terminated(parent, "FINISHED")
+    print(f"report: {report_path.resolve()}", file=out)
+    return report_path
+
+
+def _find_or_create_parent(client, exp_id: str, suite: Suite, size: str) -> str:
+    existing = client.search_runs([exp_id], filter_string=(
+        f"tags.`vae_tf.suite` = '{suite.name}' and tags.`vae_tf.suite_size` = '{size}' "
+        "and tags.`vae_tf.suite_parent` = 'true'"), order_by=["attributes.start_time DESC"], max_results=1)
+    if existing:
+        return existing[0].info.run_id
+    run = client.create_run(exp_id, run_name=f"suite {suite.name} ({size})",
+                            tags={"vae_tf.suite": suite.name, "vae_tf.suite_size": size, "vae_tf.suite_parent": "true",
+                                  "vae_tf.claim": suite.claim[:5000]})
+    return run.info.run_id
+
+
+def _finished_children(client, exp_id: str, parent: str) -> dict:
+    runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and "
+                                                       "attributes.status = 'FINISHED'", max_results=10000)
+    return {r.data.tags["vae_tf.suite_child"]: r for r in runs if "vae_tf.suite_child" in r.data.tags}
+
+
+def _evaluate_child(model, data, config, opts: dict) -> dict:
+    """Diagnostics of a freshly trained child, logged into its run as ``eval_*`` metrics."""
+    import mlflow
+
+    from vae_tf.metrics import evaluate_model, report
+
+    result = evaluate_model(model, data, split="test", seed=config.seed, iw_k=opts["iw_k"], tsne=opts["tsne"],
+                            disentanglement=opts["disentanglement"],
+                            disentanglement_sizes=opts["disentanglement_sizes"], fd=opts["fd"])
+    metrics = {f"eval_{k}": float(v) for k, v in result["metrics"].items() if not k.startswith("kl_dim_") and v == v}
+    mlflow.log_metrics(metrics)
+    mlflow.log_dict(report(result), "evaluation/report.json")
+    curve = [result["arrays"]["collapse_curve_eps"].tolist(), result["arrays"]["collapse_curve_fraction"].tolist()]
+    mlflow.log_dict({"eps": curve[0], "fraction": curve[1]}, "evaluation/collapse_curve.json")
+    return {"metrics": metrics, "curve": curve}
+
+
+def _load_curve(client, run_id: str):
+    import json
+
+    try:
+        path = client.download_artifacts(run_id, "evaluation/collapse_curve.json")
+        data = json.loads(Path(path).read_text())
+        return [data["eps"], data["fraction"]]
+    except Exception:  # noqa: BLE001 - a missing curve only removes one line from a figure
+        return None
+
+
+
+
+def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, report_dir: Path) -> Path:
+    """Markdown table (mean ± std over seeds) + one figure with every run's collapse curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    run_names = list(dict.fromkeys(name for name, *_ in children))
+    seeds = sorted({seed for _, seed, *_ in children})
+    columns = [k for k in REPORT_COLUMNS if any(k in rows.get((n, s), {}) for n in run_names for s in seeds)]
+    claims = {name: spec.get("claim") for name, _, _, spec in children}
+
+    lines = [f"# Suite `{suite.name}` ({size})", "", f"**Claim tested.** {suite.claim}", "",
+             f"Command: `vae-tf compare --suite {suite.name}{' --quick' if size == 'quick' else ''}` "
+             f"(seeds {', '.join(map(str, seeds))}; mean ± std over seeds; test split).", "",
+             "| run | " + " | ".join(REPORT_COLUMNS[k][0] for k in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for name in run_names:
+        cells = []
+        for key in columns:
+            values = [rows[(name, s)][key] for s in seeds if key in rows.get((name, s), {})]
+            values = [v for v in values if v is not None and math.isfinite(v)]
+            fmt = REPORT_COLUMNS[key][1]
+            if not values:
+                cells.append("—")
+            elif len(values) == 1:
+                cells.append(fmt.format(values[0]))
+            else:
+                cells.append(f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values, ddof=1))}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    notes = [f"- **{name}**: {claims[name]}" for name in run_names if claims.get(name)]
+    if notes:
+        lines += ["", *notes]
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    for name in run_names:
+        for i, curve in enumerate(c for c in curves.get(name, []) if c):
+            ax.step(curve[0], curve[1], where="post", lw=1.2, alpha=0.8,
+                    label=name if i == 0 else None, color=f"C{run_names.index(name) % 10}")
+    ax.set_xscale("log")
+    ax.set_xlabel("ε (nats)")
+    ax.set_ylabel("fraction of (ε, 0.01)-collapsed dims")
+    ax.set_title(f"Collapse curves: suite {suite.name} ({size})")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(report_dir / "collapse_curves.png", dpi=90)
+    plt.close(fig)
+    lines += ["", "![collapse curves](collapse_curves.png)", ""]
+
+    path = report_dir / "report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    return path
