@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 from training.config import Config
@@ -78,6 +79,40 @@ def build_model(config: Config, data_shape, steps_per_epoch: int = 1):
     return model
 
 
+def split_for_pretraining(config: Config, data):
+    """``(data for the VAE, (x, y) labelled for encoder pretraining or None)``: with
+    ``train.pretrain.fraction > 0`` that fraction of the training split is reserved for
+    pretraining and removed from the VAE's training data (vae_tf.pretraining)."""
+    if config.train.pretrain.fraction <= 0:
+        return data, None
+    from vae_tf.pretraining import split_labelled
+
+    remaining, x, y = split_labelled(data, config.train.pretrain.fraction, seed=config.seed)
+    return remaining, (x, y)
+
+
+def run_pretraining(config: Config, model, labelled, data) -> dict:
+    """Pretrain ``model``'s encoder with a classification head on ``labelled`` and log
+    ``pretrain_accuracy`` / ``pretrain_loss`` (and ``pretrain_val_accuracy``) per pretraining
+    epoch to the active MLflow run."""
+    import mlflow
+
+    from vae_tf.pretraining import pretrain_encoder
+
+    pre, train_cfg = config.train.pretrain, config.train
+    x, y = labelled
+    labels = [y, *(v for v in (data.y_train, data.y_val, data.y_test) if v is not None and len(v))]
+    num_classes = int(max(v.max() for v in labels)) + 1
+    result = pretrain_encoder(model, x, y, epochs=pre.epochs, batch_size=pre.batch_size or train_cfg.batch_size,
+                              learning_rate=pre.learning_rate or train_cfg.learning_rate, num_classes=num_classes,
+                              validation_data=data.split("val"), seed=config.seed)
+    for key in ("pretrain_accuracy", "pretrain_loss", "pretrain_val_accuracy"):
+        for epoch, value in enumerate(result.get(key, [])):
+            mlflow.log_metric(key, value, step=epoch)
+    mlflow.log_param("data.n_pretrain", len(x))
+    return result
+
+
 def seed_everything(config: Config) -> None:
     import keras
     import tensorflow as tf
@@ -101,7 +136,8 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
 
     tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
     use_tracking(tracking_uri)
-    mlflow.set_experiment(config.mlflow.experiment)
+    if not os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` made the run, in its own experiment
+        mlflow.set_experiment(config.mlflow.experiment)
     with mlflow.start_run(run_name=config.mlflow.run_name, tags=tags) as run:
         try:
             result = _run(config, run, tracking_uri, after_training)
@@ -130,10 +166,13 @@ def _run(config: Config, run, tracking_uri: str, after_training=None) -> TrainRe
 
     seed_everything(config)
     data = prepare_data(config)
+    data, labelled = split_for_pretraining(config, data)
     mlflow.log_params({"data.n_train": len(data.x_train), "data.n_val": len(data.x_val),
                        "data.n_test": len(data.x_test), "data.shape": str(data.data_shape)})
     steps_per_epoch = max(1, math.ceil(len(data.x_train) / config.train.batch_size))
     model = build_model(config, data.data_shape, steps_per_epoch)
+    if labelled is not None:
+        run_pretraining(config, model, labelled, data)
 
     train_cfg = config.train
     checkpoint_dir = Path(train_cfg.run_dir) / run_id / "checkpoints"

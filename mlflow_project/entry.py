@@ -1,0 +1,111 @@
+"""Entry points of the MLflow project (see MLproject). MLflow passes parameters unvalidated and
+creates the run (MLFLOW_RUN_ID), which the training job attaches to; this script checks every
+parameter and turns mistakes into one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _args(argv):
+    parser = argparse.ArgumentParser(prog="mlflow_project/entry.py")
+    sub = parser.add_subparsers(dest="entry", required=True)
+    train = sub.add_parser("train")
+    train.add_argument("--config", default="default")
+    train.add_argument("--objective", default="elbo")
+    train.add_argument("--options", default="{}")
+    train.add_argument("--beta", default="1.0")
+    train.add_argument("--latent-dim", default="8")
+    train.add_argument("--epochs", default="40")
+    train.add_argument("--seed", default="0")
+    train.add_argument("--overrides", default="")
+    evaluate = sub.add_parser("evaluate")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--iw-k", default="500")
+    evaluate.add_argument("--disentanglement", default="quick")
+    compare = sub.add_parser("compare")
+    compare.add_argument("--suite", default="collapse")
+    compare.add_argument("--size", default="quick")
+    return parser.parse_args(argv)
+
+
+def _int(name: str, text: str, minimum: int) -> int:
+    from vae_tf.errors import ConfigError
+
+    try:
+        value = int(float(text)) if float(text).is_integer() else None
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise ConfigError(f"parameter {name} must be an integer >= {minimum}, got {text!r}")
+    return value
+
+
+def _float(name: str, text: str) -> float:
+    from vae_tf.errors import ConfigError
+
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"parameter {name} must be a number, got {text!r}") from None
+
+
+def train(args) -> int:
+    import yaml
+
+    from training.config import DEFAULT_CONFIG, load_config
+    from training.train import run_training
+    from vae_tf.errors import ConfigError
+    from vae_tf.models import OBJECTIVES
+
+    if args.objective not in OBJECTIVES:
+        raise ConfigError(f"parameter objective must be one of {', '.join(OBJECTIVES.names())}, got {args.objective!r}")
+    try:
+        options = yaml.safe_load(args.options) or {}
+    except yaml.YAMLError:
+        options = None
+    if not isinstance(options, dict):
+        raise ConfigError(f"parameter options must be a YAML mapping like \"{{kl_set_point: 10}}\", got {args.options!r}")
+    config_path = DEFAULT_CONFIG if args.config == "default" else Path(args.config)
+    overrides = [f"objective.name={args.objective}", f"objective.beta={_float('beta', args.beta)}",
+                 f"model.latent.latent_dim={_int('latent_dim', args.latent_dim, 1)}",
+                 f"train.epochs={_int('epochs', args.epochs, 1)}", f"seed={_int('seed', args.seed, 0)}",
+                 "objective.options=" + yaml.safe_dump(options, default_flow_style=True).strip(),
+                 *args.overrides.split()]
+    result = run_training(load_config(config_path, overrides))
+    print(f"run id: {result.run_id}\nexport: {result.export_dir.resolve()}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from vae_tf.errors import VaeTfError
+
+    args = _args(argv)
+    try:
+        if args.entry == "train":
+            return train(args)
+        if args.entry == "evaluate":
+            from training.evaluate import evaluate
+
+            evaluate(args.model, split=args.split, iw_k=_int("iw_k", args.iw_k, 0),
+                     disentanglement=args.disentanglement)
+            return 0
+        from training.compare import run_suite
+
+        run_suite(args.suite, size=args.size)
+        return 0
+    except VaeTfError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
