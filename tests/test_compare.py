@@ -66,6 +66,15 @@ def test_shipped_suites_resolve_to_valid_configs():
             assert children and all(config.train.epochs > 0 for _, _, config, _ in children)
 
 
+def test_compare_cli_errors_are_one_line(suite_file, capsys):
+    from training.cli import main
+
+    assert main(["compare", "--suite", "nope", "--quick"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: unknown suite 'nope'")
+    assert main(["compare", "--suite", str(suite_file), "--quick", "--seeds", "a,b"]) == 2
+    assert "--seeds must be comma-separated integers" in capsys.readouterr().err
+
+
 def test_bad_suite_requests_are_one_line_errors(suite_file):
     with pytest.raises(ConfigError, match="unknown suite 'nope'; choose one of"):
         load_suite("nope")

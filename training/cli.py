@@ -2,6 +2,7 @@
 
     vae-tf train [--config FILE] [--set key=value ...]
     vae-tf evaluate MODEL [--split test] [--disentanglement quick] [--fd] ...
+    vae-tf compare --suite NAME [--quick] [--seeds 0,1] [--runs a,b]
 
 User mistakes (bad config, bad data, missing files) print ``error: <one line>`` and exit 2;
 anything else is a bug and keeps its traceback.
@@ -55,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also the Fréchet classifier distance of prior samples (trains a cached classifier once)")
     evaluate.add_argument("--output", "-o", help="JSON report path (default evaluation/NAME-vVERSION-SPLIT.json)")
     evaluate.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+
+    compare = sub.add_parser(
+        "compare", help="run an experiment suite (configs x seeds) and write a comparison report",
+        description="Run a suite from training/suites/ as MLflow parent/child runs, evaluate every child and "
+                    "write a Markdown report with figures (also logged to the parent run). Resumable.")
+    compare.add_argument("--suite", required=True, help="suite name (training/suites/NAME.yaml) or a suite YAML path")
+    compare.add_argument("--quick", action="store_true", help="the suite's quick size (minutes on 2 CPU cores)")
+    compare.add_argument("--size", default=None, help="a size the suite defines (default: full, or quick with --quick)")
+    compare.add_argument("--seeds", default=None, help="comma-separated seeds (default: the size's seeds)")
+    compare.add_argument("--runs", default=None, help="comma-separated run names (default: all)")
+    compare.add_argument("--output-dir", default=None, help="report directory (default reports/SUITE-SIZE)")
     return parser
 
 
@@ -114,7 +126,22 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate}
+def cmd_compare(args) -> int:
+    from training.compare import run_suite
+    from vae_tf.errors import ConfigError
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    size = args.size or ("quick" if args.quick else "full")
+    try:
+        seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    runs = None if args.runs is None else [r.strip() for r in args.runs.split(",") if r.strip()]
+    run_suite(args.suite, size=size, seeds=seeds, only=runs, output_dir=args.output_dir)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:
