@@ -39,6 +39,8 @@ REPORT_COLUMNS = {
     "eval_iw_nll": ("IW-NLL", "{:.2f}"),
     "eval_kl": ("KL", "{:.2f}"),
     "eval_active_units": ("AU", "{:.1f}"),
+    "test_active_kl_dims": ("dims KL>0.01", "{:.1f}"),
+    "test_informative_dims": ("NG informative dims", "{:.1f}"),
     "eval_mi_full": ("MI", "{:.2f}"),
     "eval_collapsed_frac_eps_0.01": ("collapsed @ε=0.01", "{:.2f}"),
     "eval_linear_probe_accuracy": ("probe acc.", "{:.3f}"),
@@ -151,7 +153,8 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
                 "vae_tf.suite_child": key}
         result = run_training(config, tags=tags, after_training=lambda m, d: captured.update(
             _evaluate_child(m, d, config, evaluate_opts)))
-        rows[(run_name, seed)] = {**captured["metrics"], **{f"train_{k}": v for k, v in result.test_metrics.items()}}
+        # The same keys a resumed child's run holds: eval_* (diagnostics) and test_* (Keras evaluate).
+        rows[(run_name, seed)] = {**captured["metrics"], **result.test_metrics}
         curves.setdefault(run_name, []).append(captured["curve"])
 
     report_dir = Path(output_dir or Path("reports") / f"{suite.name}-{size}")

@@ -41,6 +41,9 @@ class Likelihood(keras.layers.Layer):
     name_key: str = ""
     param_channels: int = 1
     support: tuple[float, float] | None = None
+    #: Whether ``log_prob`` is a normalised density on any data in ``support`` (IW-NLL is reported
+    #: only for those).
+    normalised: bool = True
 
     def __init__(self, data_rank: int = 1, **kwargs):
         super().__init__(**kwargs)
@@ -107,6 +110,7 @@ class BernoulliLikelihood(Likelihood):
 
     name_key = "bernoulli"
     support = (0.0, 1.0)
+    normalised = False  # a density only on binary {0, 1} data
 
     def base_distribution(self, out):
         return tfd.Bernoulli(logits=out, dtype=tf.float32)

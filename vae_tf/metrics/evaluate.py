@@ -37,8 +37,6 @@ from vae_tf.metrics import collapse, downstream, likelihood
 from vae_tf.metrics import disentanglement as dis
 from vae_tf.metrics.encode import encode_posterior, representation_function
 
-#: Likelihoods whose log_prob is a normalised density on any data in their support.
-NORMALISED_LIKELIHOODS = ("continuous_bernoulli", "gaussian", "gaussian_learned", "gaussian_per_pixel")
 DISENTANGLEMENT_SIZES = {"num_train": dis.NUM_TRAIN, "num_eval": dis.NUM_EVAL,
                          "num_variance_estimate": dis.NUM_VARIANCE_ESTIMATE, "batch_size": dis.VOTE_BATCH_SIZE}
 
@@ -188,7 +186,9 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
 
     # --- IW-NLL --------------------------------------------------------------------------------
     lik = info["likelihood"]
-    normalised = lik in NORMALISED_LIKELIHOODS or (lik == "bernoulli" and info["data_binary"])
+    # Each likelihood says whether its log_prob is a density on any data in its support; a
+    # Bernoulli is one only on binary data.
+    normalised = bool(getattr(model.likelihood, "normalised", False)) or (lik == "bernoulli" and info["data_binary"])
     if iw_k == 0:
         skipped["iw_nll"] = "iw_k=0"
     elif not normalised and not allow_unnormalised_nll:
@@ -343,4 +343,4 @@ def evaluation_figures(result: dict, model=None, x=None, *, value_range=(0.0, 1.
     return figures
 
 
-__all__ = ["DISENTANGLEMENT_SIZES", "NORMALISED_LIKELIHOODS", "evaluate_model", "evaluation_figures", "report"]
+__all__ = ["DISENTANGLEMENT_SIZES", "evaluate_model", "evaluation_figures", "report"]
