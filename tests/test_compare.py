@@ -35,7 +35,7 @@ def suite_file(tmp_path, monkeypatch):
 def test_suite_runs_children_under_a_parent_and_resumes(suite_file, tmp_path, capsys):
     report = run_suite(str(suite_file), size="quick", output_dir=str(tmp_path / "report"))
     text = report.read_text()
-    assert "| run | ELBO | KL | AU | MI |" in text and "| vae |" in text and "| beta4 |" in text
+    assert "| run | ELBO | KL | AU | dims KL>0.01 | MI |" in text and "| vae |" in text and "| beta4 |" in text
     assert "**Claim tested.** two configs run side by side." in text and "- **beta4**: more collapse." in text
     assert (tmp_path / "report" / "collapse_curves.png").is_file()
 
