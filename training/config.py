@@ -51,6 +51,16 @@ class ObjectiveConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Encoder pretraining (vae_tf.pretraining): off while ``fraction`` is 0."""
+
+    fraction: float = 0.0                # labelled fraction of the training split reserved for it
+    epochs: int = 5
+    batch_size: int | None = None        # None: train.batch_size
+    learning_rate: float | None = None   # None: train.learning_rate
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 30
     batch_size: int = 64
@@ -61,6 +71,7 @@ class TrainConfig:
     checkpoints_to_keep: int = 3
     deterministic: bool = False          # tf.config.experimental.enable_op_determinism()
     verbose: int = 1                     # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line/epoch
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # encoder pretraining on a labelled fraction
 
 
 @dataclass
@@ -266,5 +277,10 @@ def _check_values(c: Config) -> None:
          f"train.early_stopping_patience must be a positive integer or null, got {c.train.early_stopping_patience}")
     need(c.train.checkpoints_to_keep > 0, f"train.checkpoints_to_keep must be positive, got {c.train.checkpoints_to_keep}")
     need(c.train.verbose in (0, 1, 2), f"train.verbose must be 0, 1 or 2, got {c.train.verbose}")
+    pre = c.train.pretrain
+    need(0.0 <= pre.fraction < 1.0, f"train.pretrain.fraction must be in [0, 1) (0: no pretraining), got {pre.fraction}")
+    need(pre.epochs > 0, f"train.pretrain.epochs must be a positive integer, got {pre.epochs}")
+    need(pre.batch_size is None or pre.batch_size > 0, f"train.pretrain.batch_size must be a positive integer or null, got {pre.batch_size}")
+    need(pre.learning_rate is None or pre.learning_rate > 0, f"train.pretrain.learning_rate must be > 0 or null, got {pre.learning_rate}")
     need(c.export.version is None or c.export.version > 0, f"export.version must be a positive integer or null, got {c.export.version}")
     need(bool(c.mlflow.experiment), "mlflow.experiment must be a non-empty name")

@@ -11,6 +11,9 @@ from typing import Any, Mapping
 from vae_tf._registry import Registry, check_options
 from vae_tf.latents import build_latent
 from vae_tf.likelihoods import build_likelihood
+from vae_tf.models.aggressive import AggressivePhase, AggressiveVAE
+from vae_tf.models.mi_max import MIMaxVAE, fit_mi_bound
+from vae_tf.models.noisy_input import NoisyInputVAE
 from vae_tf.models.objectives import ARELBOVAE, CapacityVAE, ControlVAE
 from vae_tf.models.vae import ACTIVE_KL_THRESHOLD, VAE, MeanVector
 from vae_tf.networks import build_decoder, build_encoder
@@ -20,6 +23,9 @@ OBJECTIVES.register("elbo")(VAE)
 OBJECTIVES.register("capacity")(CapacityVAE)
 OBJECTIVES.register("control_vae")(ControlVAE)
 OBJECTIVES.register("ar_elbo")(ARELBOVAE)
+OBJECTIVES.register("mi_max")(MIMaxVAE)
+OBJECTIVES.register("aggressive")(AggressiveVAE)
+OBJECTIVES.register("noisy_input")(NoisyInputVAE)
 
 
 def build_vae(
@@ -72,5 +78,5 @@ def build_vae(
     return model
 
 
-__all__ = ["ACTIVE_KL_THRESHOLD", "ARELBOVAE", "OBJECTIVES", "VAE", "CapacityVAE", "ControlVAE", "MeanVector",
-           "build_vae"]
+__all__ = ["ACTIVE_KL_THRESHOLD", "ARELBOVAE", "OBJECTIVES", "VAE", "AggressivePhase", "AggressiveVAE", "CapacityVAE",
+           "ControlVAE", "MIMaxVAE", "MeanVector", "NoisyInputVAE", "build_vae", "fit_mi_bound"]

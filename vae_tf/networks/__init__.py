@@ -7,6 +7,16 @@ the likelihood's raw parameters ``[B, *data_shape[:-1], out_channels]``.
 
 Kinds: ``mlp`` (any data; flattens) and ``conv`` (images ``(H, W, C)``: stride-2 convolutions,
 mirrored by stride-2 transposed convolutions, cropped back to ``H x W``).
+
+**Skip decoders** (``skip: true``, any kind; Dieng, Kim, Rush, Blei 2019, "Avoiding latent
+variable collapse with generative skip models", Eq. 6): the code z reaches every layer of the
+decoder directly, not only the first one, ``h_l = f(W_l h_{l-1} + W'_l z)`` — for ``mlp`` z is
+concatenated to the input of every hidden layer after the first and to the output layer's; for
+``conv`` z is concatenated to the input of the second dense layer and, broadcast over the spatial
+grid as ``code_size`` constant feature maps (:class:`ConcatCodeMaps`), to the input of every
+transposed convolution. The decoder then cannot make z irrelevant by washing it out through its
+depth. ``skip`` concerns the decoder only (the encoder ignores it); with ``skip: false`` (the
+default) the layer structure is exactly the plain one.
 """
 
 from __future__ import annotations
@@ -37,10 +47,43 @@ def mlp_encoder(data_shape, out_dim, hidden: Sequence[int] = (256, 128), activat
     return keras.Sequential(layers, name=name)
 
 
+def _skip_flag(skip) -> bool:
+    if not isinstance(skip, bool):
+        raise ConfigError(f"model.network.skip must be true or false, got {skip!r}")
+    return skip
+
+
+@keras.saving.register_keras_serializable(package="vae_tf")
+class ConcatCodeMaps(keras.layers.Layer):
+    """``[h, z] -> concat(h, z broadcast to h's spatial grid)`` along channels: z as ``code_size``
+    constant feature maps (the conv form of a Skip-VAE connection, Dieng et al. 2019)."""
+
+    def call(self, inputs):
+        h, z = inputs
+        height, width = int(h.shape[1]), int(h.shape[2])
+        maps = keras.ops.tile(keras.ops.expand_dims(keras.ops.expand_dims(z, 1), 1), [1, height, width, 1])
+        return keras.ops.concatenate([h, keras.ops.cast(maps, h.dtype)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        h_shape, z_shape = input_shape
+        return tuple(h_shape[:-1]) + (h_shape[-1] + z_shape[-1],)
+
+
 def mlp_decoder(code_size, data_shape, out_channels, hidden: Sequence[int] = (256, 128),
-                activation="relu", name="decoder"):
+                activation="relu", skip: bool = False, name="decoder"):
+    """Dense layers ``reversed(hidden)``, then a dense layer to the likelihood's parameters.
+    ``skip``: z is also concatenated to the input of every later layer (module docstring)."""
     hidden = _positive_ints(hidden, "model.network.hidden")
     out_shape = tuple(data_shape[:-1]) + (out_channels,)
+    if _skip_flag(skip):
+        z = keras.Input(shape=(code_size,), name="z")
+        h = z
+        for i, units in enumerate(reversed(hidden)):
+            h = keras.layers.Dense(units, activation=activation, name=f"hidden_{i}")(
+                z if i == 0 else keras.layers.Concatenate(name=f"skip_{i}")([h, z]))
+        h = keras.layers.Concatenate(name=f"skip_{len(hidden)}")([h, z])
+        out = keras.layers.Dense(math.prod(out_shape), name="params")(h)
+        return keras.Model(z, keras.layers.Reshape(out_shape)(out), name=name)
     layers = [keras.Input(shape=(code_size,))]
     layers += [keras.layers.Dense(h, activation=activation) for h in reversed(hidden)]
     layers += [keras.layers.Dense(math.prod(out_shape), name="params"), keras.layers.Reshape(out_shape)]
@@ -67,21 +110,37 @@ def conv_encoder(data_shape, out_dim, filters: Sequence[int] = (32, 64), dense: 
 
 
 def conv_decoder(code_size, data_shape, out_channels, filters: Sequence[int] = (32, 64), dense: int = 256,
-                 kernel_size: int = 3, activation="relu", name="decoder"):
+                 kernel_size: int = 3, activation="relu", skip: bool = False, name="decoder"):
     """Mirror of ``conv_encoder``: a dense layer to a ``ceil(H/2^L) x ceil(W/2^L)`` grid, then L
-    stride-2 transposed convolutions (the last one emits ``out_channels``), cropped to ``H x W``."""
+    stride-2 transposed convolutions (the last one emits ``out_channels``), cropped to ``H x W``.
+    ``skip``: z also enters the second dense layer and, as feature maps, every transposed
+    convolution (module docstring)."""
     _check_image(data_shape)
     filters = _positive_ints(filters, "model.network.filters")
     height, width = int(data_shape[0]), int(data_shape[1])
     up = 2 ** len(filters)
     h0, w0 = math.ceil(height / up), math.ceil(width / up)
+    crop_h, crop_w = h0 * up - height, w0 * up - width
+    if _skip_flag(skip):
+        z = keras.Input(shape=(code_size,), name="z")
+        h = keras.layers.Dense(dense, activation=activation, name="hidden_0")(z)
+        h = keras.layers.Dense(h0 * w0 * filters[-1], activation=activation, name="hidden_1")(
+            keras.layers.Concatenate(name="skip_1")([h, z]))
+        h = keras.layers.Reshape((h0, w0, filters[-1]))(h)
+        for i, f in enumerate(reversed(filters[:-1])):
+            h = keras.layers.Conv2DTranspose(f, kernel_size, strides=2, padding="same", activation=activation,
+                                             name=f"hidden_{i + 2}")(ConcatCodeMaps(name=f"skip_{i + 2}")([h, z]))
+        h = keras.layers.Conv2DTranspose(out_channels, kernel_size, strides=2, padding="same", name="params")(
+            ConcatCodeMaps(name=f"skip_{len(filters) + 1}")([h, z]))
+        if crop_h or crop_w:
+            h = keras.layers.Cropping2D(((0, crop_h), (0, crop_w)))(h)
+        return keras.Model(z, h, name=name)
     layers = [keras.Input(shape=(code_size,)), keras.layers.Dense(dense, activation=activation),
               keras.layers.Dense(h0 * w0 * filters[-1], activation=activation),
               keras.layers.Reshape((h0, w0, filters[-1]))]
     for f in reversed(filters[:-1]):
         layers.append(keras.layers.Conv2DTranspose(f, kernel_size, strides=2, padding="same", activation=activation))
     layers.append(keras.layers.Conv2DTranspose(out_channels, kernel_size, strides=2, padding="same", name="params"))
-    crop_h, crop_w = h0 * up - height, w0 * up - width
     if crop_h or crop_w:
         layers.append(keras.layers.Cropping2D(((0, crop_h), (0, crop_w))))
     return keras.Sequential(layers, name=name)
@@ -91,10 +150,19 @@ NETWORKS.register("mlp")((mlp_encoder, mlp_decoder))
 NETWORKS.register("conv")((conv_encoder, conv_decoder))
 
 
-def build_encoder(kind: str, data_shape, out_dim: int, **options) -> keras.Model:
+#: Options that shape the decoder only; ``build_encoder`` accepts and ignores them, so one
+#: ``model.network`` mapping configures both networks.
+DECODER_ONLY_OPTIONS = ("skip",)
+
+
+def build_encoder(kind: str, data_shape, out_dim: int, *, name: str = "encoder", what: str = "model.network",
+                  **options) -> keras.Model:
+    """The encoder of ``kind`` (also used for auxiliary networks that read data, e.g. the Q
+    network of MI maximisation: ``name`` and ``what``, the config path named in errors)."""
     encoder_fn, _ = NETWORKS.get(kind)
-    check_options(encoder_fn, options, f"model.network {kind!r}", reserved=("data_shape", "out_dim", "name"))
-    return encoder_fn(tuple(data_shape), int(out_dim), **options)
+    options = {k: v for k, v in options.items() if k not in DECODER_ONLY_OPTIONS}
+    check_options(encoder_fn, options, f"{what} {kind!r}", reserved=("data_shape", "out_dim", "name"))
+    return encoder_fn(tuple(data_shape), int(out_dim), name=name, **options)
 
 
 def build_decoder(kind: str, code_size: int, data_shape, out_channels: int, **options) -> keras.Model:
@@ -103,4 +171,4 @@ def build_decoder(kind: str, code_size: int, data_shape, out_channels: int, **op
     return decoder_fn(int(code_size), tuple(data_shape), int(out_channels), **options)
 
 
-__all__ = ["NETWORKS", "build_decoder", "build_encoder", "conv_decoder", "conv_encoder", "mlp_decoder", "mlp_encoder"]
+__all__ = ["ConcatCodeMaps", "DECODER_ONLY_OPTIONS", "NETWORKS", "build_decoder", "build_encoder", "conv_decoder", "conv_encoder", "mlp_decoder", "mlp_encoder"]
