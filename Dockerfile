@@ -1,20 +1,50 @@
 # syntax=docker/dockerfile:1
-# Images for vae-tf. This is the training image; the serving targets (`serving`: the official
-# tensorflow/serving image with an exported model, `app`: our TF-Serving-compatible server) come
-# with the serving issue.
+# Images for vae-tf (docs/serving.md). Two targets:
 #
-#   docker build --target app -t vae-tf .
-#   docker run --rm -v "$PWD/work:/work" -w /work vae-tf train --set train.epochs=5
+#   serving: the official TensorFlow Serving image with one exported version baked in.
+#     docker build --target serving --build-arg MODEL_DIR=models/vae/1 --build-arg MODEL_NAME=vae -t vae-serving .
+#     docker run --rm -p 8500:8500 -p 8501:8501 vae-serving
+#
+#   app (the default): the vae-tf package on python:3.11-slim; `vae-tf serve` unless told otherwise.
+#     docker build --target app -t vae-tf .
+#     docker run --rm -p 8500:8500 -p 8501:8501 -v "$PWD/models:/models:ro" -e MODEL_NAME=vae vae-tf
+#     docker run --rm -v "$PWD:/work" vae-tf train --set train.epochs=5
+
+# TensorFlow Serving release to build `serving` from: use one at least as new as the
+# TensorFlow that exported the model (ops added later are unknown to an older server).
+ARG TF_SERVING_VERSION=2.18.0
+
+FROM tensorflow/serving:${TF_SERVING_VERSION} AS serving
+# MODEL_DIR: one version directory (models/NAME/N, with saved_model.pb) inside the build context.
+ARG MODEL_DIR=models/vae/1
+ARG MODEL_NAME=vae
+# The image's entrypoint serves ${MODEL_BASE_PATH}/${MODEL_NAME} (MODEL_BASE_PATH=/models) on
+# 8500 (gRPC) and 8501 (REST).
+ENV MODEL_NAME=${MODEL_NAME}
+COPY ${MODEL_DIR} /models/${MODEL_NAME}/1
 
 FROM python:3.11-slim AS app
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 TF_CPP_MIN_LOG_LEVEL=2
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    MODEL_NAME=model \
+    MODEL_BASE_PATH=/models
 WORKDIR /opt/vae-tf
 COPY pyproject.toml README.md ./
 COPY vae_tf ./vae_tf
 COPY training ./training
 COPY serving ./serving
-RUN pip install . && useradd --create-home --uid 1000 vae
-USER vae
+RUN pip install --no-cache-dir . \
+    && groupadd --gid 1000 vae \
+    && useradd --create-home --uid 1000 --gid 1000 vae \
+    && mkdir -p /models /work \
+    && chown 1000:1000 /models /work
+# Non-root (uid/gid 1000, "vae"): mount writable work directories owned by that uid.
+USER 1000:1000
 WORKDIR /work
+EXPOSE 8500 8501
 ENTRYPOINT ["vae-tf"]
-CMD ["--help"]
+# A container must listen on all interfaces to be reachable through -p; outside one the
+# server binds 127.0.0.1 by default.
+CMD ["serve", "--host", "0.0.0.0"]

@@ -2,6 +2,9 @@
 
     vae-tf train [--config FILE] [--set key=value ...]
     vae-tf evaluate MODEL [--split test] [--disentanglement quick] [--fd] ...
+    vae-tf serve [--model-base-path /models] [--model-name model] [--port 8500] [--rest-api-port 8501] ...
+    vae-tf embed --data digits --split test (--model models/vae | --server URL) -o embeddings.npz
+    vae-tf probe embeddings.npz [--test other.npz]
     vae-tf compare --suite NAME [--quick] [--seeds 0,1] [--runs a,b]
 
 User mistakes (bad config, bad data, missing files) print ``error: <one line>`` and exit 2;
@@ -67,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", default=None, help="comma-separated seeds (default: the size's seeds)")
     compare.add_argument("--runs", default=None, help="comma-separated run names (default: all)")
     compare.add_argument("--output-dir", default=None, help="report directory (default reports/SUITE-SIZE)")
+
+    from serving.cli import add_parsers as add_serving_parsers
+
+    add_serving_parsers(sub)  # serve, embed, probe
     return parser
 
 
@@ -141,7 +148,26 @@ def cmd_compare(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare}
+def cmd_serve(args) -> int:
+    from serving.cli import cmd_serve as run
+
+    return run(args)
+
+
+def cmd_embed(args) -> int:
+    from serving.cli import cmd_embed as run
+
+    return run(args)
+
+
+def cmd_probe(args) -> int:
+    from serving.cli import cmd_probe as run
+
+    return run(args)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "serve": cmd_serve,
+            "embed": cmd_embed, "probe": cmd_probe}
 
 
 def main(argv: list[str] | None = None) -> int:

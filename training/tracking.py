@@ -81,21 +81,26 @@ def log_figures(figures: dict, artifact_dir: str = "figures") -> None:
 
 def log_saved_model(export_dir: Path, data_shape, registered_name: str | None):
     """Log the SavedModel as an MLflow pyfunc model (the SavedModel is its artifact) and, if
-    ``registered_name`` is given, register a new model version. Returns ``(model_uri, version)``."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+    ``registered_name`` is given, register a new model version. Returns ``(model_uri, version)``.
 
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *data_shape), name="x")]),
-        params=ParamSchema([ParamSpec("signature", "string", "encode")]),
-    )
+    The ``signature`` param picks encode / decode / reconstruct / sample
+    (``training/pyfunc_model.py``). Their inputs differ (``x``, ``z``, ``seed``), so the MLflow
+    signature declares the param only and no input schema (one would reject three of the four
+    signatures); the pyfunc checks and casts inputs itself, and the model metadata records each
+    signature's input."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    signature = ModelSignature(params=ParamSchema([ParamSpec("signature", "string", "encode")]))
+    inputs = {"encode": f"x: float32[-1, {', '.join(map(str, data_shape))}]", "decode": "z: float32[-1, code_size]",
+              "reconstruct": f"x: float32[-1, {', '.join(map(str, data_shape))}]", "sample": "seed: int32[-1, 2]"}
     with warnings.catch_warnings():
         # The schema is explicit, so MLflow's advice about input examples and type hints (for
         # schema inference) does not apply. MLflow forces "once" filters around the type-hint
         # check, so that one is dropped at display time.
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
         warnings.showwarning = _without_type_hint_advice(warnings.showwarning)
-        info = _log_pyfunc(signature, export_dir, registered_name)
+        info = _log_pyfunc(signature, export_dir, registered_name, inputs)
     version = getattr(info, "registered_model_version", None)
     return info.model_uri, version
 
@@ -108,7 +113,7 @@ def _without_type_hint_advice(show):
     return filtered
 
 
-def _log_pyfunc(signature, export_dir: Path, registered_name: str | None):
+def _log_pyfunc(signature, export_dir: Path, registered_name: str | None, inputs: dict | None = None):
     import tensorflow as tf
 
     import vae_tf
@@ -121,5 +126,6 @@ def _log_pyfunc(signature, export_dir: Path, registered_name: str | None):
         # Inference of requirements is wrong for this stack (stack-notes §5): name them.
         pip_requirements=[f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
         registered_model_name=registered_name,
-        metadata={"vae_tf_version": vae_tf.__version__},
+        metadata={"vae_tf_version": vae_tf.__version__, "signature_param": "encode | decode | reconstruct | sample",
+                  "signature_inputs": inputs or {}},
     )

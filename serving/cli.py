@@ -1,0 +1,200 @@
+"""The serving commands of ``vae-tf``: ``serve``, ``embed`` and ``probe``.
+
+``training/cli.py`` registers them (:func:`add_parsers`) and dispatches to :func:`cmd_serve`,
+:func:`cmd_embed` and :func:`cmd_probe`. User mistakes raise :class:`vae_tf.errors.VaeTfError`
+subclasses, which the CLI prints as one ``error: ...`` line (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_parsers(sub) -> None:
+    """Add ``serve``, ``embed`` and ``probe`` to the ``vae-tf`` sub-parsers."""
+    serve = sub.add_parser(
+        "serve", help="serve exported models with TensorFlow Serving's REST and gRPC APIs",
+        description="Serve MODEL_BASE_PATH/MODEL_NAME/<version>/ like the tensorflow/serving image: REST on 8501, "
+                    "gRPC on 8500, the highest version (plus labelled ones), hot-swapped when a new version appears. "
+                    "Binds 127.0.0.1 unless --host is given. Details: docs/serving.md.")
+    serve.add_argument("--model", metavar="DIR",
+                       help="a model directory (models/NAME); shorthand for --model-base-path models --model-name NAME")
+    serve.add_argument("--model-base-path", help="parent of the model directory (default: $MODEL_BASE_PATH or /models)")
+    serve.add_argument("--model-name", "--model_name", dest="model_name",
+                       help="model directory name, also the name in URLs (default: $MODEL_NAME or model)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
+    serve.add_argument("--port", type=_port, default=8500, help="gRPC port (default 8500; 0: any free port)")
+    serve.add_argument("--rest-api-port", "--rest_api_port", dest="rest_api_port", type=_port, default=8501,
+                       help="REST port (default 8501; 0: any free port)")
+    serve.add_argument("--no-grpc", action="store_true", help="do not start the gRPC server")
+    serve.add_argument("--no-rest", action="store_true", help="do not start the REST server")
+    serve.add_argument("--labels-file", metavar="FILE",
+                       help="YAML/JSON {labels: {stable: 1, canary: 2}} for /labels/NAME URLs (re-read on change)")
+    serve.add_argument("--poll-seconds", "--file_system_poll_wait_seconds", dest="poll_seconds",
+                       type=_non_negative_float, default=1.0,
+                       help="how often the base path is rescanned for new versions (default 1; 0: never)")
+    serve.add_argument("--rest-max-body-bytes", type=_positive_int, default=64 * 1024 * 1024,
+                       help="largest accepted REST request body (default 64 MiB; larger: HTTP 413)")
+    serve.add_argument("--grpc-max-message-bytes", type=_positive_int, default=64 * 1024 * 1024,
+                       help="largest gRPC message in either direction (default 64 MiB)")
+    serve.add_argument("--rest-timeout-seconds", type=_non_negative_float, default=30.0,
+                       help="REST request timeout (default 30; then HTTP 504)")
+    serve.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", action="store_true",
+                       help="merge concurrent small requests for one signature into one model call")
+    serve.add_argument("--max-batch-size", type=_positive_int, default=32, help="rows per merged call (default 32)")
+    serve.add_argument("--batch-timeout-ms", type=_non_negative_float, default=1.0,
+                       help="longest a request waits for others to join its batch (default 1 ms)")
+    serve.add_argument("--grace-seconds", type=_non_negative_float, default=5.0,
+                       help="on SIGINT/SIGTERM, how long in-flight requests may take to finish (default 5)")
+
+    embed = sub.add_parser(
+        "embed", help="extract embeddings of a data set (local SavedModel or server) to .npz or Parquet",
+        description="Encode a data set in chunks and write the `embedding` output (and labels) to .npz or "
+                    ".parquet. Resumable: rerunning the same command skips finished chunks.")
+    embed.add_argument("--data", "-d", default="digits",
+                       help="registered data set (digits, dsprites, mnist, ...) or a .npz/.npy file or image folder")
+    embed.add_argument("--path", help="file or folder for --data npz/npy/images")
+    embed.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    embed.add_argument("--seed", type=int, default=0, help="split seed (training's seed; default 0)")
+    embed.add_argument("--val-fraction", type=float, default=0.1, help="as data.val_fraction in training (0.1)")
+    embed.add_argument("--test-fraction", type=float, default=0.1, help="as data.test_fraction in training (0.1)")
+    embed.add_argument("--max-samples", type=_positive_int, default=None, help="cap the data set size")
+    source = embed.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", "-m", help="export directory models/NAME[/VERSION] (runs locally)")
+    source.add_argument("--server", help="http://HOST:8501 (REST) or grpc://HOST:8500 (gRPC)")
+    embed.add_argument("--model-name", help="model name on the server (default: $MODEL_NAME or model)")
+    embed.add_argument("--model-version", type=_positive_int,
+                       help="server version to use (default: the one served when the run starts, kept for the run)")
+    embed.add_argument("--output", "-o", required=True, help="output file, .npz or .parquet")
+    embed.add_argument("--outputs", default="embedding",
+                       help="comma-separated encode outputs to keep (default embedding; e.g. embedding,z_mean)")
+    embed.add_argument("--chunk-size", type=_positive_int, default=4096, help="rows per chunk file (default 4096)")
+    embed.add_argument("--batch-size", type=_positive_int, default=256,
+                       help="rows per model call / request (default 256)")
+    embed.add_argument("--overwrite", action="store_true", help="replace an existing output and discard old chunks")
+
+    probe = sub.add_parser(
+        "probe", help="linear-probe accuracy of extracted embeddings (logistic regression)",
+        description="Fit a logistic regression on embeddings written by `vae-tf embed` and report test accuracy.")
+    probe.add_argument("embeddings", help=".npz or .parquet from vae-tf embed (with labels)")
+    probe.add_argument("--test", help="a second file to test on (default: a stratified split of the first)")
+    probe.add_argument("--test-fraction", type=float, default=0.2, help="test share when --test is absent (0.2)")
+    probe.add_argument("--column", default="embedding", help="which column to probe (default embedding)")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+
+def cmd_serve(args) -> int:
+    from pathlib import Path
+
+    from serving.batching import BatchingOptions
+    from serving.server import ServerConfig, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServerConfig()
+    if args.model:
+        model_dir = Path(args.model)
+        config.model_base_path, config.model_name = str(model_dir.parent), model_dir.name
+    if args.model_base_path:
+        config.model_base_path = args.model_base_path
+    if args.model_name:
+        config.model_name = args.model_name
+    config.host = args.host
+    config.grpc_port = None if args.no_grpc else args.port
+    config.rest_port = None if args.no_rest else args.rest_api_port
+    config.labels_file = args.labels_file
+    config.poll_seconds = args.poll_seconds
+    config.rest_max_body_bytes = args.rest_max_body_bytes
+    config.grpc_max_message_bytes = args.grpc_max_message_bytes
+    config.rest_timeout_seconds = args.rest_timeout_seconds
+    config.grace_seconds = args.grace_seconds
+    if args.enable_batching:
+        config.batching = BatchingOptions(max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms)
+    return serve(config, announce=lambda line: print(line, flush=True))
+
+
+def cmd_embed(args) -> int:
+    from serving.embed import LocalEncoder, RemoteEncoder, extract_embeddings, load_source
+    from vae_tf.errors import ConfigError
+
+    outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
+    if not outputs:
+        raise ConfigError("--outputs is empty; name at least one encode output, e.g. embedding")
+    if args.model:
+        if args.model_name or args.model_version:
+            raise ConfigError("--model-name/--model-version go with --server; with --model give models/NAME/VERSION")
+        encoder = LocalEncoder(args.model)
+    else:
+        encoder = RemoteEncoder(args.server, args.model_name or os.environ.get("MODEL_NAME") or "model",
+                                version=args.model_version)
+    source = load_source(args.data, split=args.split, path=args.path, seed=args.seed, val_fraction=args.val_fraction,
+                         test_fraction=args.test_fraction, max_samples=args.max_samples)
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\rchunk {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+    result = extract_embeddings(source, encoder, args.output, outputs=outputs, chunk_size=args.chunk_size,
+                                batch_size=args.batch_size, overwrite=args.overwrite, progress=progress)
+    identity = result.identity
+    where = identity.get("model") or f"{identity['server']} {identity['model_name']} version {identity['version']}"
+    print(f"embeddings:    {result.output.resolve()} ({result.rows} rows; columns {', '.join(result.columns)})")
+    print(f"model:         {where}")
+    if result.reused_chunks:
+        print(f"resumed:       {result.reused_chunks} of {result.chunks} chunks were already done")
+    return 0
+
+
+def cmd_probe(args) -> int:
+    import json
+
+    from serving.embed import probe
+
+    result = probe(args.embeddings, args.test, test_fraction=args.test_fraction, seed=args.seed, column=args.column)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    print(f"linear probe accuracy: {result['test_accuracy']:.4f} (train {result['train_accuracy']:.4f}; "
+          f"{result['num_train']} train / {result['num_test']} test rows, {result['num_classes']} classes, "
+          f"{result['dims']} dims; majority class {result['majority_accuracy']:.4f})")
+    return 0
+
+
+__all__ = ["add_parsers", "cmd_embed", "cmd_probe", "cmd_serve"]

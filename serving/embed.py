@@ -1,0 +1,367 @@
+"""Batch embedding extraction (``vae-tf embed``) and the linear probe on its output (``vae-tf probe``).
+
+:func:`extract_embeddings` runs the ``encode`` signature over a data set in chunks, through a
+local SavedModel (:class:`LocalEncoder`) or a TF-Serving-compatible server (:class:`RemoteEncoder`,
+REST or gRPC), and writes ``.npz`` or Parquet:
+
+- **columns**: ``embedding`` (float32 ``[N, D]``; other ``encode`` outputs on request, e.g.
+  ``z_mean``), ``index`` (row in the source split) and ``label`` when the data set has labels;
+  Parquet stores each tensor column as ``fixed_size_list<float>``.
+- **streaming**: each chunk (``chunk_size`` rows) is encoded and written to its own file in
+  ``<output>.parts/`` (temporary name, then rename), so memory holds one chunk, not the output.
+  The final file is assembled chunk by chunk (``.npz``: one ``.npy`` member per column written
+  incrementally into the zip; Parquet: one row group per chunk), again under a temporary name
+  renamed at the end, and the parts are removed.
+- **resumable**: a second run with the same settings skips the chunks already in
+  ``<output>.parts/``; ``manifest.json`` there records the settings (data, split, model and
+  served version, outputs, chunk size), and a run with different settings refuses to mix them.
+- **one version**: through a server, the run first asks which version is served and pins it
+  (``/versions/N``), so a hot swap in the middle of a run cannot mix two models.
+
+Input arrays come from :func:`vae_tf.data.load_dataset` (registered data sets, ``.npz``,
+``.npy``, image folders); the model sees them in batches of ``batch_size`` rows, the same
+batches locally and remotely, so both paths give identical numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vae_tf.errors import ConfigError, DataError, ModelNotFoundError
+
+log = logging.getLogger("serving.embed")
+
+DEFAULT_CHUNK_SIZE = 4096
+DEFAULT_BATCH_SIZE = 256
+MANIFEST = "manifest.json"
+FORMATS = (".npz", ".parquet")
+SPLITS = ("train", "val", "test", "all")
+
+
+# -- encoders ---------------------------------------------------------------------------------
+
+
+class LocalEncoder:
+    """The ``encode`` signature of an export directory (``models/NAME`` or ``models/NAME/N``)."""
+
+    def __init__(self, model_path: str | os.PathLike):
+        import tensorflow as tf
+
+        from vae_tf.export import resolve_version_dir
+
+        self.version_dir = resolve_version_dir(model_path)
+        loaded = tf.saved_model.load(str(self.version_dir))
+        if "encode" not in loaded.signatures:
+            raise ModelNotFoundError(f"{self.version_dir} has no 'encode' signature; export it with vae-tf train")
+        self._loaded = loaded
+        self._encode = loaded.signatures["encode"]
+        self.outputs = sorted(self._encode.structured_outputs)
+        self.identity = {"model": str(self.version_dir.resolve())}
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        return {k: v.numpy() for k, v in self._encode(x=tf.constant(x)).items()}
+
+
+class RemoteEncoder:
+    """``encode`` through a server (``http://...`` or ``grpc://...``), pinned to the version it
+    serves when the run starts (or to ``version``)."""
+
+    def __init__(self, server: str, model_name: str, *, version: int | None = None, timeout: float = 60.0):
+        from serving.client import connect
+
+        probe = connect(server, model_name, version=version, timeout=timeout)
+        meta = probe.metadata()
+        served = int(meta["model_spec"]["version"])
+        sigs = meta["metadata"]["signature_def"]["signature_def"]
+        if "encode" not in sigs:
+            raise ModelNotFoundError(f"model {model_name!r} at {server} has no 'encode' signature")
+        self.client = probe if version is not None else connect(server, model_name, version=served, timeout=timeout)
+        self.outputs = sorted(sigs["encode"]["outputs"])
+        self.identity = {"server": server, "model_name": model_name, "version": served}
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self.client.encode(x)
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class EmbedSource:
+    """The rows to embed: ``x`` (float32, batch-leading) and optional int64 labels."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    description: dict = field(default_factory=dict)
+
+
+def load_source(data: str, *, split: str = "test", path: str | None = None, seed: int = 0,
+                val_fraction: float = 0.1, test_fraction: float = 0.1, max_samples: int | None = None) -> EmbedSource:
+    """A split of a registered data set (``digits``, ``mnist``, ...) or of a file/folder
+    (``data`` may be a path to an ``.npz``, ``.npy`` or image folder). ``split='all'`` takes
+    train, val and test in that order."""
+    from vae_tf.data import DATASETS, load_dataset
+
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    name = data
+    candidate = Path(data).expanduser()
+    if path is None and data.lower().replace("-", "_") not in DATASETS:
+        if candidate.is_dir():
+            name, path = "images", str(candidate)
+        elif candidate.suffix.lower() in (".npz", ".npy"):
+            name, path = candidate.suffix.lower()[1:], str(candidate)
+        elif not candidate.exists():
+            raise DataError(f"unknown data set or missing file {data!r}; give a registered name "
+                            f"({', '.join(sorted(DATASETS))}) or an existing .npz/.npy file or image folder")
+    splits = load_dataset(name, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                          max_samples=max_samples, path=path)
+    parts = ("train", "val", "test") if split == "all" else (split,)
+    xs, ys = zip(*(splits.split(p) for p in parts))
+    x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+    y = None if any(v is None for v in ys) else (ys[0] if len(ys) == 1 else np.concatenate(ys))
+    if len(x) == 0:
+        raise DataError(f"split {split!r} of {data!r} is empty; pick another split or change the fractions")
+    description = {"data": name, "path": path, "split": split, "seed": seed, "val_fraction": val_fraction,
+                   "test_fraction": test_fraction, "max_samples": max_samples, "rows": int(len(x))}
+    return EmbedSource(np.asarray(x, dtype=np.float32), None if y is None else np.asarray(y, np.int64), description)
+
+
+# -- chunks ---------------------------------------------------------------------------------------
+
+
+def _atomic_write(final: Path, write) -> None:
+    """``write(tmp_path)`` then rename to ``final`` (same directory, so the rename is atomic)."""
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@dataclass
+class EmbedResult:
+    output: Path
+    rows: int
+    chunks: int
+    reused_chunks: int
+    columns: list[str]
+    identity: dict
+
+
+def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, *, outputs: Sequence[str] = ("embedding",),
+                       chunk_size: int = DEFAULT_CHUNK_SIZE, batch_size: int = DEFAULT_BATCH_SIZE,
+                       overwrite: bool = False, progress=None) -> EmbedResult:
+    """Encode ``source`` chunk by chunk and write ``output`` (``.npz`` or ``.parquet``)."""
+    output = Path(output)
+    if output.suffix.lower() not in FORMATS:
+        raise ConfigError(f"output {str(output)!r} must end in .npz or .parquet")
+    if chunk_size < 1 or batch_size < 1:
+        raise ConfigError("chunk size and batch size must be positive integers")
+    missing = [o for o in outputs if o not in encoder.outputs]
+    if missing:
+        raise ConfigError(f"encode has no output(s) {', '.join(missing)}; it has {', '.join(encoder.outputs)}")
+    if output.exists() and not overwrite:
+        raise ConfigError(f"{output} exists; pass --overwrite to replace it or choose another --output")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    parts = output.with_name(output.name + ".parts")
+    n = len(source.x)
+    n_chunks = (n + chunk_size - 1) // chunk_size
+    manifest = {"format": 1, "source": source.description, "model": encoder.identity, "outputs": list(outputs),
+                "chunk_size": int(chunk_size), "batch_size": int(batch_size), "rows": n, "chunks": n_chunks,
+                "labels": source.y is not None}
+    _prepare_parts(parts, manifest, overwrite)
+
+    reused = 0
+    for i in range(n_chunks):
+        chunk_file = parts / f"chunk-{i:06d}.npz"
+        if chunk_file.is_file():
+            reused += 1
+            continue
+        start, stop = i * chunk_size, min(n, (i + 1) * chunk_size)
+        arrays = _encode_chunk(encoder, source.x[start:stop], outputs, batch_size)
+        arrays["index"] = np.arange(start, stop, dtype=np.int64)
+        if source.y is not None:
+            arrays["label"] = source.y[start:stop]
+        _atomic_write(chunk_file, lambda tmp: _save_npz(tmp, arrays))
+        if progress:
+            progress(i + 1, n_chunks)
+    columns = list(outputs) + ["index"] + (["label"] if source.y is not None else [])
+    writer = _assemble_parquet if output.suffix.lower() == ".parquet" else _assemble_npz
+    _atomic_write(output, lambda tmp: writer(tmp, parts, n_chunks, columns, n))
+    shutil.rmtree(parts, ignore_errors=True)
+    return EmbedResult(output, n, n_chunks, reused, columns, encoder.identity)
+
+
+def _prepare_parts(parts: Path, manifest: dict, overwrite: bool) -> None:
+    path = parts / MANIFEST
+    if parts.is_dir() and path.is_file() and not overwrite:
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:
+            previous = None
+        if previous == manifest:
+            return  # resume
+        raise ConfigError(f"{parts} holds chunks of a run with other settings (data, model, version, outputs or "
+                          "sizes); rerun with those settings to resume, or pass --overwrite to start over")
+    if parts.exists():
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True)
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
+
+
+def _encode_chunk(encoder, x: np.ndarray, outputs: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
+    pieces: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+    for start in range(0, len(x), batch_size):
+        result = encoder(np.ascontiguousarray(x[start:start + batch_size]))
+        for name in outputs:
+            pieces[name].append(np.asarray(result[name], dtype=np.float32))
+    return {name: np.concatenate(values) for name, values in pieces.items()}
+
+
+def _chunk(parts: Path, i: int) -> dict[str, np.ndarray]:
+    with np.load(parts / f"chunk-{i:06d}.npz", allow_pickle=False) as archive:
+        return {k: archive[k] for k in archive.files}
+
+
+def _assemble_npz(tmp: Path, parts: Path, n_chunks: int, columns: list[str], total: int) -> None:
+    """One ``.npy`` member per column, streamed chunk by chunk into the zip (what ``np.load``
+    reads back as an ordinary ``.npz``)."""
+    from numpy.lib import format as npy_format
+
+    first = _chunk(parts, 0)
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for column in columns:
+            ref = first[column]
+            header = {"descr": npy_format.dtype_to_descr(ref.dtype), "fortran_order": False,
+                      "shape": (total,) + ref.shape[1:]}
+            with archive.open(f"{column}.npy", "w", force_zip64=True) as member:
+                npy_format.write_array_header_2_0(member, header)
+                for i in range(n_chunks):
+                    data = first[column] if i == 0 else _chunk(parts, i)[column]
+                    member.write(np.ascontiguousarray(data, dtype=ref.dtype).tobytes())
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _assemble_parquet(tmp: Path, parts: Path, n_chunks: int, columns: list[str], total: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def table(arrays: dict[str, np.ndarray]):
+        cols = {}
+        for column in columns:
+            data = arrays[column]
+            if data.ndim == 1:
+                cols[column] = pa.array(data)
+            else:
+                flat = pa.array(np.ascontiguousarray(data, dtype=np.float32).reshape(-1))
+                cols[column] = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(data.shape[1:])))
+        return pa.table(cols)
+
+    writer = None
+    try:
+        for i in range(n_chunks):
+            chunk_table = table(_chunk(parts, i))
+            if writer is None:
+                writer = pq.ParquetWriter(str(tmp), chunk_table.schema)
+            writer.write_table(chunk_table)  # one row group per chunk
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+# -- reading back and probing ------------------------------------------------------------------
+
+
+def read_embeddings(path: str | os.PathLike, column: str = "embedding") -> tuple[np.ndarray, np.ndarray | None]:
+    """``(embeddings, labels or None)`` from a ``vae-tf embed`` output (``.npz``/``.parquet``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no such file: {str(path)!r}; run vae-tf embed first")
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            if column not in table.column_names:
+                raise DataError(f"{path} has no column {column!r} (columns: {', '.join(table.column_names)})")
+            import pyarrow as pa
+
+            values = table.column(column).combine_chunks()
+            if pa.types.is_fixed_size_list(values.type):
+                codes = values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), values.type.list_size)
+            else:
+                codes = np.asarray(values.to_numpy(zero_copy_only=False)).reshape(len(values), -1)
+            labels = table.column("label").to_numpy() if "label" in table.column_names else None
+        elif path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                if column not in archive.files:
+                    raise DataError(f"{path} has no array {column!r} (arrays: {', '.join(archive.files)})")
+                codes = archive[column]
+                labels = archive["label"] if "label" in archive.files else None
+        else:
+            raise DataError(f"{path} is not .npz or .parquet; give a file written by vae-tf embed")
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"could not read {str(path)!r} ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
+                        "re-create it with vae-tf embed") from None
+    return np.asarray(codes, dtype=np.float32).reshape(len(codes), -1), None if labels is None else np.asarray(labels)
+
+
+def probe(train_path: str | os.PathLike, test_path: str | os.PathLike | None = None, *, test_fraction: float = 0.2,
+          seed: int = 0, column: str = "embedding") -> dict[str, Any]:
+    """Linear-probe accuracy (:func:`vae_tf.metrics.linear_probe_accuracy`) on embeddings: a
+    stratified ``test_fraction`` split of one file, or ``train_path`` / ``test_path``."""
+    from vae_tf.metrics import linear_probe_accuracy
+
+    codes, labels = read_embeddings(train_path, column)
+    if labels is None:
+        raise DataError(f"{train_path} has no labels; extract embeddings from a labelled data set to probe them")
+    if test_path is not None:
+        test_codes, test_labels = read_embeddings(test_path, column)
+        if test_labels is None:
+            raise DataError(f"{test_path} has no labels; extract embeddings from a labelled data set to probe them")
+        train_codes, train_labels = codes, labels
+    else:
+        if not 0 < test_fraction < 1:
+            raise ConfigError(f"--test-fraction must be in (0, 1), got {test_fraction}")
+        from sklearn.model_selection import train_test_split
+
+        try:
+            train_codes, test_codes, train_labels, test_labels = train_test_split(
+                codes, labels, test_size=test_fraction, random_state=seed, stratify=labels)
+        except ValueError:  # a class too small to stratify
+            train_codes, test_codes, train_labels, test_labels = train_test_split(
+                codes, labels, test_size=test_fraction, random_state=seed)
+    details = linear_probe_accuracy(train_codes, train_labels, test_codes, test_labels, seed, return_details=True)
+    classes, counts = np.unique(test_labels, return_counts=True)
+    details.update(num_classes=int(len(np.unique(train_labels))), majority_accuracy=float(counts.max() / counts.sum()),
+                   dims=int(codes.shape[1]))
+    return details
+
+
+__all__ = ["EmbedResult", "EmbedSource", "LocalEncoder", "RemoteEncoder", "extract_embeddings", "load_source", "probe",
+           "read_embeddings"]

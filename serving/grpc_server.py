@@ -1,0 +1,299 @@
+"""TF Serving's gRPC services (reference §6-§7) with the official ``tensorflow-serving-api`` stubs.
+
+- ``tensorflow.serving.PredictionService``: ``Predict`` and ``GetModelMetadata`` as upstream
+  (``predict_util.cc``, ``get_model_metadata_impl.cc``); ``Classify``/``Regress`` answer
+  INVALID_ARGUMENT with upstream's method-name message (our signatures are predict signatures);
+  ``MultiInference`` answers UNIMPLEMENTED.
+- ``tensorflow.serving.ModelService``: ``GetModelStatus``; ``HandleReloadConfigRequest``
+  answers UNIMPLEMENTED.
+
+Inputs arrive as ``TensorProto`` (any of ``tensor_content`` or the typed ``*_val`` fields);
+they are cast to the signature dtype when nothing is lost and checked against its shapes before
+the model runs. Outputs are written into the typed ``*_val`` fields, as TF Serving does by
+default (``kAsProtoField``), so clients that read ``outputs[k].float_val`` work, and so does
+``tf.make_ndarray``. Errors carry upstream's canonical code and message, cut to 1024 characters
+plus ``...TRUNCATED`` (``grpc_status_util.cc``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import logging
+import os
+from typing import Callable, Mapping
+
+import grpc
+import numpy as np
+
+from serving.model_store import (CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD, ModelStore,
+                                 Servable)
+from serving.status import Code, ServingError, invalid_argument, one_line
+
+log = logging.getLogger("serving.grpc")
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_ERROR_CHARS = 1024
+
+Runner = Callable[[object, Mapping[str, np.ndarray]], dict]
+
+
+def _abort(context, err: ServingError) -> None:
+    message = err.message if len(err.message) <= MAX_ERROR_CHARS else err.message[:MAX_ERROR_CHARS] + "...TRUNCATED"
+    context.abort(grpc.StatusCode[err.code.name], message)
+
+
+def _rpc(method):
+    """Turn :class:`ServingError` (and anything unexpected) into a gRPC status."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except ServingError as err:
+            _abort(context, err)
+        except RecursionError:
+            _abort(context, invalid_argument("Request nested too deeply"))
+        except MemoryError:
+            _abort(context, ServingError(Code.RESOURCE_EXHAUSTED, "Request too large for the server's memory; send "
+                                                                  "smaller batches"))
+        except Exception as err:
+            if isinstance(err, grpc.RpcError) or type(err).__name__ == "_AbortError":
+                raise
+            log.exception("internal error in %s", method.__name__)
+            _abort(context, ServingError(Code.INTERNAL, f"Internal error: {one_line(err, 200)}"))
+
+    return wrapper
+
+
+def _spec_target(model_spec) -> tuple[str, int | None, str | None]:
+    choice = model_spec.WhichOneof("version_choice")
+    version = model_spec.version.value if choice == "version" else None
+    label = model_spec.version_label if choice == "version_label" else None
+    return model_spec.name, version, label
+
+
+# -- tensors ---------------------------------------------------------------------------------
+
+_PROTO_FIELDS = {
+    np.dtype(np.float32): (1, "float_val"), np.dtype(np.float64): (2, "double_val"),
+    np.dtype(np.int32): (3, "int_val"), np.dtype(np.uint8): (4, "int_val"), np.dtype(np.int16): (5, "int_val"),
+    np.dtype(np.int8): (6, "int_val"), np.dtype(np.int64): (9, "int64_val"), np.dtype(np.bool_): (10, "bool_val"),
+    np.dtype(np.uint16): (17, "int_val"), np.dtype(np.uint32): (22, "uint32_val"),
+    np.dtype(np.uint64): (23, "uint64_val"),
+}
+
+
+def ndarray_to_proto(arr: np.ndarray):
+    """A ``TensorProto`` with the values in the typed repeated field (``Tensor::AsProtoField``)."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+    arr = np.asarray(arr)
+    proto = tensor_pb2.TensorProto(tensor_shape=tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in arr.shape]))
+    if arr.dtype == np.float16:
+        proto.dtype = 19
+        proto.half_val.extend(arr.ravel().view(np.uint16).tolist())
+    elif arr.dtype.kind in "OSU":
+        proto.dtype = 7
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode("utf-8") for v in arr.ravel())
+    else:
+        enum, field = _PROTO_FIELDS[arr.dtype]
+        proto.dtype = enum
+        getattr(proto, field).extend(arr.ravel().tolist())
+    return proto
+
+
+def proto_to_ndarray(alias: str, proto, max_bytes: int) -> np.ndarray:
+    """``tf.make_ndarray`` with a size guard; any malformed proto -> ``tensor parsing error``."""
+    import tensorflow as tf
+
+    try:
+        count = 1
+        for dim in proto.tensor_shape.dim:
+            if dim.size < 0:
+                raise ValueError("negative dimension")
+            count *= dim.size
+        itemsize = np.dtype(tf.dtypes.as_dtype(proto.dtype).as_numpy_dtype).itemsize if proto.dtype != 7 else 1
+        if count * itemsize > max_bytes:
+            raise invalid_argument(f"tensor parsing error: {alias} (its shape asks for {count} values, more than "
+                                   f"the {max_bytes}-byte message limit allows)")
+        return tf.make_ndarray(proto)
+    except ServingError:
+        raise
+    except Exception:
+        raise invalid_argument(f"tensor parsing error: {alias}") from None
+
+
+# -- services --------------------------------------------------------------------------------
+
+
+def _prediction_servicer_base():
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    return prediction_service_pb2_grpc.PredictionServiceServicer
+
+
+def _model_servicer_base():
+    from tensorflow_serving.apis import model_service_pb2_grpc
+
+    return model_service_pb2_grpc.ModelServiceServicer
+
+
+class PredictionService(_prediction_servicer_base()):
+    """``tensorflow.serving.PredictionService``."""
+
+    def __init__(self, store: ModelStore, run: Runner | None = None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        self.store = store
+        self.run: Runner = run or (lambda signature, arrays: signature.run(arrays))
+        self.max_message_bytes = max_message_bytes
+
+    @_rpc
+    def Predict(self, request, context):
+        from tensorflow_serving.apis import predict_pb2
+
+        name, version, label = _spec_target(request.model_spec)
+        servable = self.store.servable(name, version, label)
+        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        signature = servable.signatures.get(signature_name)
+        if signature is None:
+            raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.')
+        if signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD) or not signature.callable:
+            # Upstream answers INTERNAL here; asking for a non-predict signature is the client's mistake.
+            raise invalid_argument(f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, "
+                                   f"{CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {signature.method_name}")
+        sent, required = set(request.inputs), set(signature.inputs)
+        if len(sent) != len(required):
+            raise invalid_argument(
+                f"input size does not match signature: {len(sent)}!={len(required)} len({{{','.join(sorted(sent))}}}) "
+                f"!= len({{{','.join(sorted(required))}}}). Sent extra: {{{','.join(sorted(sent - required))}}}. "
+                f"Missing but required: {{{','.join(sorted(required - sent))}}}.")
+        arrays = {}
+        for alias in sorted(sent):
+            if alias not in required:
+                raise invalid_argument(f"input tensor alias not found in signature: {alias}. Inputs expected to be in "
+                                       f"the set {{{','.join(sorted(required))}}}.")
+            arrays[alias] = proto_to_ndarray(alias, request.inputs[alias], self.max_message_bytes)
+        wanted = list(request.output_filter)
+        for alias in wanted:
+            if alias not in signature.output_names:
+                raise invalid_argument(f"output tensor alias not found in signature: {alias} Outputs expected to be "
+                                       f"in the set {{{','.join(signature.output_names)}}}.")
+        if len(set(wanted)) != len(wanted):
+            duplicate = next(a for a in wanted if wanted.count(a) > 1)
+            raise invalid_argument(f"duplicate output tensor alias: {duplicate}")
+        outputs = self.run(signature, signature.prepare(arrays))
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = name
+        response.model_spec.signature_name = signature_name
+        response.model_spec.version.value = servable.version
+        for alias in wanted or sorted(outputs):
+            response.outputs[alias].CopyFrom(ndarray_to_proto(outputs[alias]))
+        return response
+
+    @_rpc
+    def GetModelMetadata(self, request, context):
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        if not request.metadata_field:
+            raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != "signature_def":
+                raise invalid_argument(f"Metadata field {field} is not supported")
+        servable = self.store.servable(*_spec_target(request.model_spec))
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.metadata["signature_def"].Pack(servable.signature_def_map)
+        return response
+
+    @_rpc
+    def Classify(self, request, context):
+        self._classify_or_regress("classification", CLASSIFY_METHOD, request)
+
+    @_rpc
+    def Regress(self, request, context):
+        self._classify_or_regress("regression", REGRESS_METHOD, request)
+
+    def _classify_or_regress(self, kind: str, method_name: str, request) -> None:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        servable: Servable = self.store.servable(*_spec_target(request.model_spec))
+        key = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        signature = servable.signatures.get(key)
+        if signature is None:
+            raise invalid_argument(f"No signature was found with the name: {key}")
+        if signature.method_name != method_name:
+            raise invalid_argument(f"Expected {kind} signature method_name to be {method_name}. Was: "
+                                   f"{signature.method_name}")
+        raise ServingError(Code.UNIMPLEMENTED, f"{kind.capitalize()} signatures are not served by this server")
+
+    @_rpc
+    def MultiInference(self, request, context):
+        raise ServingError(Code.UNIMPLEMENTED, "MultiInference is not implemented by this server; use Predict")
+
+
+class ModelService(_model_servicer_base()):
+    """``tensorflow.serving.ModelService``."""
+
+    def __init__(self, store: ModelStore):
+        self.store = store
+
+    @_rpc
+    def GetModelStatus(self, request, context):
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for status in self.store.status(*_spec_target(request.model_spec)):
+            entry = response.model_version_status.add(version=status.version, state=status.state)
+            entry.status.error_code = status.error_code.number
+            entry.status.error_message = status.error_message
+        return response
+
+    @_rpc
+    def HandleReloadConfigRequest(self, request, context):
+        raise ServingError(Code.UNIMPLEMENTED, "HandleReloadConfigRequest is not implemented by this server; it "
+                                               "reloads versions and labels from the file system")
+
+
+class GrpcServer:
+    """A ``grpc.server`` with both services, bound to ``host:port`` (port 0: a free one)."""
+
+    def __init__(self, store: ModelStore, host: str, port: int, *, run: Runner | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, threads: int | None = None):
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        options = [("grpc.max_receive_message_length", int(max_message_bytes)),
+                   ("grpc.max_send_message_length", int(max_message_bytes)),
+                   ("grpc.so_reuseport", 0)]  # a second server on a taken port must fail, not share it
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=threads or min(32, 4 * (os.cpu_count() or 1)), thread_name_prefix="grpc")
+        self._server = grpc.server(self._executor, options=options)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(store, run, max_message_bytes=max_message_bytes), self._server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(store), self._server)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError as err:
+            raise OSError(f"cannot bind gRPC to {address} ({err})") from None
+        if not self.port:
+            raise OSError(f"cannot bind gRPC to {address}")
+        self.host = host
+
+    def start(self) -> "GrpcServer":
+        self._server.start()
+        return self
+
+    def stop(self, grace_seconds: float = 5.0) -> None:
+        """Refuse new RPCs, let running ones finish within the grace period."""
+        self._server.stop(grace_seconds).wait()
+        self._executor.shutdown(wait=False)
+
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "GrpcServer", "ModelService", "PredictionService", "ndarray_to_proto",
+           "proto_to_ndarray"]

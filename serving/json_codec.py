@@ -1,0 +1,459 @@
+"""TF Serving's REST JSON <-> NumPy tensors (``util/json_tensor.cc``, reference §4-§6).
+
+Request side: :func:`parse_document` (``ParseJson``), :func:`signature_name_of`
+(``FillSignature``) and :func:`tensors_from_request` (``FillPredictRequestFromJson``): row format
+(``instances``) and columnar format (``inputs``), values converted to each input's signature
+dtype with TF Serving's rules and messages (ints are accepted for floats when lossless, floats
+never for ints, ``true``/``false`` only for bool, ``{"b64": ...}`` for strings; ``NaN`` and
+``Infinity`` are accepted). Response side: :func:`predict_response` (``MakeJsonFromTensors``).
+
+Speed: a numeric tensor first goes through one ``np.asarray`` of the parsed lists; only when that
+fails or the values break a rule does the element-by-element walk run, which finds the first
+offending value and builds TF Serving's exact message. Floats are written with Python's
+shortest round-trip repr of the float32 value widened to double (TF Serving prints the shortest
+float32 repr): the numbers parse back to the identical float32.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from serving.status import Code, ServingError, invalid_argument
+
+ROW = "row"
+COLUMNAR = "columnar"
+PREVIEW_CHARS = 256  # TF Serving echoes whole documents in some messages; we cut them here
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
+_INT_RANGES = {
+    "int8": (-(2**31), 2**31 - 1),  # TF Serving reads all of these as int32 (rapidjson IsInt)
+    "int16": (-(2**31), 2**31 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint8": (-(2**31), 2**31 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint32": (0, 2**32 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+_FLOAT_EXACT_INT = {"float": 2**24 - 1, "half": 2**24 - 1, "bfloat16": 2**24 - 1, "double": 2**53 - 1}
+_FLOAT_LIMIT = {"float": _FLOAT32_MAX, "half": _FLOAT32_MAX, "bfloat16": _FLOAT32_MAX, "double": _FLOAT64_MAX}
+
+# rapidjson's English parse-error texts for the messages Python's json module produces.
+_PARSE_REASONS = {
+    "Expecting value": "Invalid value.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Extra data": "The document root must not be followed by other values.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+    "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
+    "Invalid control character at": "Invalid encoding in string.",
+}
+
+
+# -- previews and type names (error messages) -----------------------------------------------
+
+
+def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
+    """Compact JSON text of ``value``, cut at ``limit`` characters without serialising all of a
+    large document (``JsonValueToString``)."""
+    parts: list[str] = []
+    size = 0
+
+    def emit(text: str) -> bool:
+        nonlocal size
+        parts.append(text)
+        size += len(text)
+        return size < limit
+
+    def walk(v) -> bool:
+        if isinstance(v, list):
+            if not emit("["):
+                return False
+            for i, item in enumerate(v):
+                if (i and not emit(",")) or not walk(item):
+                    return False
+            return emit("]")
+        if isinstance(v, dict):
+            if not emit("{"):
+                return False
+            for i, (key, item) in enumerate(v.items()):
+                if (i and not emit(",")) or not emit(json.dumps(key) + ":") or not walk(item):
+                    return False
+            return emit("}")
+        return emit(json.dumps(v, allow_nan=True))
+
+    try:
+        walk(value)
+    except RecursionError:
+        pass
+    text = "".join(parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def json_type(value: Any) -> str:
+    """rapidjson's type name (``JsonTypeString``)."""
+    if value is None:
+        return "Null"
+    if value is True:
+        return "True"
+    if value is False:
+        return "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    if isinstance(value, str):
+        return "String"
+    return "Number"
+
+
+def shape_text(shape) -> str:
+    """``[8,8,1]`` (``ShapeToString``)."""
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+# -- request document ---------------------------------------------------------------------
+
+
+def parse_document(body: bytes) -> dict:
+    """Parse a request body; the top level must be an object (``ParseJson``)."""
+    if not body or not body.strip():
+        raise invalid_argument("JSON Parse error: The document is empty")
+    try:
+        doc = json.loads(body)
+    except json.JSONDecodeError as err:
+        reason = next((text for prefix, text in _PARSE_REASONS.items() if err.msg.startswith(prefix)), None)
+        if err.msg.startswith("Expecting ',' delimiter"):
+            reason = _missing_comma_reason(err.doc, err.pos)
+        raise invalid_argument(f"JSON Parse error: {reason or err.msg} at offset: {err.pos}") from None
+    except UnicodeDecodeError as err:
+        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {err.start}") from None
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: The document is nested too deeply; send tensors with fewer "
+                               "dimensions") from None
+    if not isinstance(doc, dict):
+        raise invalid_argument(f"JSON Value: {preview(doc)} Is not object")
+    return doc
+
+
+def _missing_comma_reason(text: str, pos: int) -> str:
+    """Python says "Expecting ',' delimiter" in arrays and objects alike; rapidjson names the
+    container: find the innermost open bracket before ``pos`` (strings skipped)."""
+    stack: list[str] = []
+    in_string = escaped = False
+    for ch in text[:pos]:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            stack.append(ch)
+        elif ch in "]}" and stack:
+            stack.pop()
+    if stack and stack[-1] == "{":
+        return "Missing a comma or '}' after an object member."
+    return "Missing a comma or ']' after an array element."
+
+
+def signature_name_of(doc: Mapping) -> str:
+    """The optional ``signature_name`` (``FillSignature``); empty when absent."""
+    if "signature_name" not in doc:
+        return ""
+    name = doc["signature_name"]
+    if not isinstance(name, str):
+        raise invalid_argument(f"JSON Value: {preview(doc)} not formatted correctly. 'signature_name' key must be "
+                               "a string value.")
+    return name
+
+
+# -- values -> tensors --------------------------------------------------------------------
+
+
+def _dense_shape(value) -> list[int]:
+    """Shape read along the first elements (``GetDenseTensorShape``)."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _type_error(value, dtype_name: str) -> ServingError:
+    return invalid_argument(f"JSON Value: {preview(value)} Type: {json_type(value)} is not of expected type: "
+                            f"{dtype_name}")
+
+
+def _convert_scalar(value, dtype_name: str):
+    """One JSON value as a Python value of ``dtype_name`` (``AddValueToTensor``)."""
+    if dtype_name in _FLOAT_LIMIT:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(value, dtype_name)
+        if isinstance(value, int):
+            if abs(value) > _FLOAT_EXACT_INT[dtype_name]:
+                raise invalid_argument(f"Cannot convert JSON value: {value} to {dtype_name} without loss of "
+                                       "precision.")
+        elif math.isfinite(value) and abs(value) > _FLOAT_LIMIT[dtype_name]:
+            raise invalid_argument(f"Cannot convert JSON value: {value!r} to {dtype_name} without loss of precision.")
+        return value
+    if dtype_name in _INT_RANGES:
+        low, high = _INT_RANGES[dtype_name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _type_error(value, dtype_name)
+        return value
+    if dtype_name == "bool":
+        if not isinstance(value, bool):
+            raise _type_error(value, dtype_name)
+        return value
+    if dtype_name == "string":
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if isinstance(value, dict):
+            return _decode_b64(value)
+        raise _type_error(value, dtype_name)
+    raise ServingError(Code.UNIMPLEMENTED, f"Conversion of JSON Value: {preview(value)} to type: {dtype_name}")
+
+
+def _is_b64_object(value) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def _decode_b64(value) -> bytes:
+    if not _is_b64_object(value):
+        raise invalid_argument(f"JSON Value: {preview(value)} not formatted correctly for base64 data")
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_argument("Unable to base64 decode") from None
+
+
+def _fast_numeric(value, shape: list[int], spec, check_bools: bool) -> np.ndarray | None:
+    """One ``np.asarray`` for well-formed numeric data; ``None`` sends the value to the exact
+    (slow) walk, which also produces the error message."""
+    name = spec.dtype_name
+    if check_bools or not (name in _FLOAT_LIMIT or name in _INT_RANGES):
+        return None
+    try:
+        arr = np.asarray(value)
+    except (ValueError, OverflowError, TypeError):
+        return None
+    if list(arr.shape) != shape or arr.dtype.kind not in "iuf":
+        return None
+    if name in _FLOAT_LIMIT:
+        if arr.dtype.kind in "iu":
+            if arr.size and int(np.abs(arr).max()) > _FLOAT_EXACT_INT[name]:
+                return None
+        elif arr.size:
+            finite = arr[np.isfinite(arr)]
+            if finite.size and float(np.abs(finite).max()) > _FLOAT_LIMIT[name]:
+                return None
+        return arr.astype(spec.dtype, copy=False)
+    if arr.dtype.kind == "f":
+        return None
+    low, high = _INT_RANGES[name]
+    if arr.size and (int(arr.min()) < low or int(arr.max()) > high):
+        return None
+    return arr.astype(spec.dtype, copy=False)
+
+
+def _exact_fill(value, shape: list[int], spec) -> np.ndarray:
+    """Element-by-element conversion with TF Serving's messages (``FillTensorProto``)."""
+    rank = len(shape)
+    flat: list = []
+
+    def walk(v, level: int) -> None:
+        if not isinstance(v, list):
+            if level != rank:
+                raise invalid_argument(f"JSON Value: {preview(v)} found at incorrect level: {level + 1} in the JSON "
+                                       f"DOM. Expected at level: {rank}")
+            flat.append(_convert_scalar(v, spec.dtype_name))
+            return
+        if level >= rank:
+            raise invalid_argument(f"Encountered list at unexpected level: {level} expected < {rank}")
+        if len(v) != shape[level]:
+            raise invalid_argument(f"Encountered list at unexpected size: {len(v)} at level: {level} expected size: "
+                                   f"{shape[level]}")
+        for item in v:
+            walk(item, level + 1)
+
+    walk(value, 0)
+    if spec.dtype_name == "string":
+        out = np.empty(len(flat), dtype=object)
+        out[:] = flat
+        return out.reshape(shape)
+    return np.asarray(flat, dtype=spec.dtype).reshape(shape)
+
+
+def value_to_tensor(value, spec, *, check_bools: bool = True) -> np.ndarray:
+    """A JSON value (scalar or nested lists) as an array of ``spec``'s dtype."""
+    shape = _dense_shape(value)
+    arr = _fast_numeric(value, shape, spec, check_bools)
+    return arr if arr is not None else _exact_fill(value, shape, spec)
+
+
+def _element_error(index: int, err: ServingError, key: str | None = None) -> ServingError:
+    where = f"{index} key: {key}" if key is not None else f"{index}"
+    return invalid_argument(f"Failed to process element: {where} of 'instances' list. Error: "
+                            f"{err.code.name}: {err.message}")
+
+
+def _check_row(index: int, arr: np.ndarray, first: np.ndarray | None, key: str | None = None) -> None:
+    if first is None:
+        return
+    if arr.size != first.size:
+        raise _element_error(index, invalid_argument(f"Expecting tensor size: {first.size} but got: {arr.size}"), key)
+    if arr.shape != first.shape:
+        raise _element_error(index, invalid_argument(
+            f"Expecting shape {shape_text(first.shape)} but got: {shape_text(arr.shape)}"), key)
+
+
+def _rows_to_tensor(rows: list, spec, check_bools: bool, key: str | None = None) -> np.ndarray:
+    """Stack the per-instance values of one input into ``[len(rows)] + row_shape``."""
+    first_shape = _dense_shape(rows[0])
+    arr = _fast_numeric(rows, [len(rows)] + first_shape, spec, check_bools)
+    if arr is not None:
+        return arr
+    converted, first = [], None
+    for index, row in enumerate(rows):
+        try:
+            item = _exact_fill(row, _dense_shape(row), spec)
+        except ServingError as err:
+            raise _element_error(index, err, key) from None
+        _check_row(index, item, first, key)
+        first = item if first is None else first
+        converted.append(item)
+    return np.stack(converted)
+
+
+def tensors_from_request(doc: Mapping, input_specs: Mapping[str, Any], *, check_bools: bool = True
+                         ) -> tuple[str, dict[str, np.ndarray]]:
+    """``(format, {input alias: array})`` from a predict request document.
+
+    ``input_specs`` maps the signature's input aliases to objects with ``dtype`` (NumPy) and
+    ``dtype_name`` (TF's name: ``float``, ``int32``, ...). ``check_bools=False`` is a promise
+    that the raw body has no ``true``/``false`` token, which lets numeric data take the fast path
+    (NumPy would silently read booleans as numbers).
+    """
+    has_instances, has_inputs = "instances" in doc, "inputs" in doc
+    if has_instances and has_inputs:
+        raise invalid_argument(f"JSON Value: {preview(doc)} Not formatted correctly expecting only one of 'inputs' "
+                               "or 'instances' keys to exist ")
+    if has_instances:
+        instances = doc["instances"]
+        if not isinstance(instances, list):
+            raise invalid_argument(f"JSON Value: {preview(doc)} Excepting 'instances' to be an list/array")
+        if not instances:
+            raise invalid_argument(f"JSON Value: {preview(doc)} No values in 'instances' array")
+        return ROW, _from_instances(instances, input_specs, check_bools)
+    if has_inputs:
+        return COLUMNAR, _from_inputs(doc["inputs"], input_specs, check_bools)
+    raise invalid_argument("Missing 'inputs' or 'instances' key")
+
+
+def _from_instances(instances: list, input_specs: Mapping[str, Any], check_bools: bool) -> dict[str, np.ndarray]:
+    names = sorted(input_specs)
+    if not isinstance(instances[0], dict) and len(names) > 1:
+        raise invalid_argument("instances is a plain list, but expecting list of objects as multiple input tensors "
+                               "required as per tensorinfo_map")
+    elements_are_objects = isinstance(instances[0], dict) and not _is_b64_object(instances[0])
+    if not elements_are_objects:
+        for index, element in enumerate(instances):
+            if isinstance(element, dict) and not _is_b64_object(element):
+                raise invalid_argument(f"Expecting value/list but got object at item {index} of input list")
+        return {names[0]: _rows_to_tensor(instances, input_specs[names[0]], check_bools)}
+    wanted = set(names)
+    for index, element in enumerate(instances):
+        if not isinstance(element, dict) or _is_b64_object(element):
+            raise invalid_argument(f"Expecting object but got list at item {index} of input list")
+        for key in element:
+            if key not in wanted:
+                raise _element_error(index, invalid_argument(f"JSON object: does not have named input: {key}"), key)
+        if set(element) != wanted:
+            raise invalid_argument(f"Failed to process element: {index} of 'instances' list. JSON object: "
+                                   f"{preview(element)} keys must be equal to: {','.join(names)}")
+    return {name: _rows_to_tensor([element[name] for element in instances], input_specs[name], check_bools, key=name)
+            for name in names}
+
+
+def _from_inputs(inputs, input_specs: Mapping[str, Any], check_bools: bool) -> dict[str, np.ndarray]:
+    names = sorted(input_specs)
+    if not isinstance(inputs, dict) or _is_b64_object(inputs):
+        if len(names) > 1:
+            raise invalid_argument("inputs is a plain value/list, but expecting an object as multiple input tensors "
+                                   "required as per tensorinfo_map")
+        return {names[0]: value_to_tensor(inputs, input_specs[names[0]], check_bools=check_bools)}
+    tensors = {}
+    for name in names:
+        if name not in inputs:
+            raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
+        tensors[name] = value_to_tensor(inputs[name], input_specs[name], check_bools=check_bools)
+    return tensors
+
+
+# -- tensors -> response ------------------------------------------------------------------
+
+
+def _json_values(arr: np.ndarray, name: str):
+    if arr.dtype == object or arr.dtype.kind in "SU":
+        as_bytes = name.endswith("_bytes")
+
+        def text(v):
+            raw = v if isinstance(v, bytes) else str(v).encode("utf-8")
+            return {"b64": base64.b64encode(raw).decode("ascii")} if as_bytes else raw.decode("utf-8", "replace")
+
+        return np.vectorize(text, otypes=[object])(arr).tolist() if arr.ndim else text(arr.item())
+    if arr.dtype == np.float16:
+        arr = arr.astype(np.float32)
+    return arr.tolist()
+
+
+def predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes:
+    """The JSON body of a successful predict (``MakeJsonFromTensors``); output names sorted."""
+    if not outputs:
+        raise invalid_argument("Cannot convert empty tensor map to JSON")
+    names = sorted(outputs)
+    if fmt == COLUMNAR:
+        if len(names) == 1:
+            body: Any = {"outputs": _json_values(outputs[names[0]], names[0])}
+        else:
+            body = {"outputs": {name: _json_values(outputs[name], name) for name in names}}
+        return dumps(body)
+    batch = -1
+    for name in names:
+        arr = outputs[name]
+        if arr.ndim == 0:
+            raise invalid_argument(f"Tensor name: {name} has no shape information ")
+        if batch >= 0 and arr.shape[0] != batch:
+            raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: {arr.shape[0]} expecting: "
+                                   f"{batch}")
+        batch = arr.shape[0]
+    if len(names) == 1:
+        return dumps({"predictions": _json_values(outputs[names[0]], names[0])})
+    columns = {name: _json_values(outputs[name], name) for name in names}
+    return dumps({"predictions": [{name: columns[name][i] for name in names} for i in range(batch)]})
+
+
+def dumps(body: Any) -> bytes:
+    """JSON bytes; ``NaN``/``Infinity``/``-Infinity`` tokens as TF Serving writes them."""
+    return json.dumps(body, allow_nan=True, separators=(", ", ": ")).encode("utf-8")
+
+
+def error_body(message: str) -> bytes:
+    return dumps({"error": message})
+
+
+__all__ = ["COLUMNAR", "ROW", "dumps", "error_body", "json_type", "parse_document", "predict_response", "preview",
+           "shape_text", "signature_name_of", "tensors_from_request", "value_to_tensor"]

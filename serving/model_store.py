@@ -1,0 +1,517 @@
+"""The model store: versions of one model loaded from ``MODEL_BASE_PATH/MODEL_NAME/<version>/``.
+
+What TensorFlow Serving's ``ServerCore`` does for one model, in Python (reference §1, §3, §6):
+
+- **Versions.** Sub-directories whose name parses as an int64 (``00000123`` is 123; other names,
+  such as the hidden temporary directories :func:`vae_tf.export.export_model` writes into, are
+  ignored). The store serves the **highest** version, plus every version a label names.
+- **Polling and hot swap.** Every ``poll_seconds`` (default 1 s, TF Serving's
+  ``--file_system_poll_wait_seconds``) the store rescans the directory. A new version is loaded
+  and warmed up *before* it is published; publishing swaps one dict reference, so a request
+  either sees the old set or the new one, and a request that already holds a
+  :class:`Servable` keeps using it until it finishes. Versions that are no longer wanted are
+  dropped from the dict (state ``END``); Python frees them when the last request lets go.
+- **Labels.** A small YAML or JSON file ``{labels: {stable: 1, canary: 2}}``, re-read whenever
+  it changes. A label that names a version which is not loaded is ignored (with a warning), so a
+  request for it gets ``Unrecognized servable version label``.
+- **Status.** Every version the store has seen keeps its last state (``LOADING``,
+  ``AVAILABLE``, ``END``, with the load error if loading failed), listed newest first.
+- **Signatures.** Each :class:`Servable` carries the ``SignatureDefMap`` read from its
+  ``saved_model.pb`` (every signature, ``__saved_model_init_op`` included, as the official
+  metadata endpoint lists them) and one :class:`Signature` per callable signature, which
+  validates inputs (names, dtype, shape) before the model runs.
+
+Path safety: the model name comes from the operator (``MODEL_NAME``) and must be one plain path
+segment; names in requests are only compared with it, never joined to a path, so no request
+(``..``, ``%2F``, absolute paths) can reach a file outside ``MODEL_BASE_PATH``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from serving.status import Code, ServingError, from_tensorflow_error, invalid_argument, not_found, one_line
+from vae_tf.errors import ConfigError
+
+log = logging.getLogger("serving.model_store")
+
+DEFAULT_POLL_SECONDS = 1.0
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+DEFAULT_SIGNATURE = "serving_default"
+INIT_OP_SIGNATURE = "__saved_model_init_op"
+INT64_MAX = 2**63 - 1
+
+# ModelVersionStatus.State (apis/get_model_status.proto).
+UNKNOWN, START, LOADING, AVAILABLE, UNLOADING, END = 0, 10, 20, 30, 40, 50
+
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_VERSION_DIR_RE = re.compile(r"^[0-9]+$")
+
+# DataType enum -> (NumPy dtype, TensorFlow's DataTypeString name).
+_DTYPES: dict[int, tuple[Any, str]] = {
+    1: (np.float32, "float"), 2: (np.float64, "double"), 3: (np.int32, "int32"), 4: (np.uint8, "uint8"),
+    5: (np.int16, "int16"), 6: (np.int8, "int8"), 7: (object, "string"), 9: (np.int64, "int64"),
+    10: (np.bool_, "bool"), 19: (np.float16, "half"), 22: (np.uint32, "uint32"), 23: (np.uint64, "uint64"),
+}
+
+
+def validate_model_name(name: str) -> str:
+    """``name`` if it is one plain path segment, else :class:`ConfigError`."""
+    if not isinstance(name, str) or not _MODEL_NAME_RE.match(name):
+        raise ConfigError(f"model name {name!r} is not a plain directory name: use letters, digits, '_', '.', '-' "
+                          "(no '/', no leading '.'); set MODEL_NAME or --model-name")
+    return name
+
+
+def scan_versions(model_dir: Path) -> dict[int, Path]:
+    """``{version: directory}`` for the integer-named sub-directories (TF Serving's rule)."""
+    found: dict[int, Path] = {}
+    try:
+        entries = sorted(os.scandir(model_dir), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return found
+    for entry in entries:
+        if not _VERSION_DIR_RE.match(entry.name):
+            continue
+        version = int(entry.name)
+        if version > INT64_MAX or version in found:
+            continue
+        try:
+            if entry.is_dir():
+                found[version] = Path(entry.path)
+        except OSError:
+            continue
+    return found
+
+
+def read_labels(path: str | os.PathLike) -> dict[str, int]:
+    """``{label: version}`` from a YAML/JSON file ``{labels: {stable: 1, canary: 2}}``."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read the labels file {str(path)!r} ({err.strerror or err}); "
+                          "check --labels-file") from None
+    try:
+        doc = yaml.safe_load(text) if path.suffix.lower() != ".json" else json.loads(text)
+    except (yaml.YAMLError, ValueError) as err:
+        raise ConfigError(f"labels file {str(path)!r} is not valid YAML/JSON ({one_line(err, 120)}); write "
+                          "{labels: {stable: 1, canary: 2}}") from None
+    if doc is None:
+        return {}
+    labels = doc.get("labels") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or set(doc) - {"labels"} or not isinstance(labels, (dict, type(None))):
+        raise ConfigError(f"labels file {str(path)!r} must hold one mapping 'labels: {{name: version}}', e.g. "
+                          "labels: {stable: 1, canary: 2}")
+    result = {}
+    for label, version in (labels or {}).items():
+        if not isinstance(label, str) or not label or "/" in label or ":" in label:
+            raise ConfigError(f"label {label!r} in {str(path)!r} must be a non-empty string without '/' or ':'")
+        if isinstance(version, bool) or not isinstance(version, int) or not 0 < version <= INT64_MAX:
+            raise ConfigError(f"label {label!r} in {str(path)!r} must name a positive integer version, got {version!r}")
+        result[label] = version
+    return result
+
+
+# -- signatures ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One signature input: alias, NumPy dtype, TF dtype name and shape (``None`` dims are
+    free; ``shape is None`` means unknown rank)."""
+
+    alias: str
+    dtype: Any
+    dtype_name: str
+    dtype_enum: int
+    shape: tuple[int | None, ...] | None
+
+    def shape_text(self) -> str:
+        if self.shape is None:
+            return "[?]"
+        return "[" + ",".join("-1" if d is None else str(d) for d in self.shape) + "]"
+
+
+def _input_spec(alias: str, tensor_info) -> InputSpec:
+    dtype, name = _DTYPES.get(tensor_info.dtype, (None, f"type {tensor_info.dtype}"))
+    shape_proto = tensor_info.tensor_shape
+    shape = None if shape_proto.unknown_rank else tuple(None if d.size < 0 else int(d.size) for d in shape_proto.dim)
+    return InputSpec(alias, dtype, name, int(tensor_info.dtype), shape)
+
+
+class Signature:
+    """One SignatureDef of a loaded version, callable with validated NumPy inputs."""
+
+    def __init__(self, name: str, signature_def, function: Callable | None):
+        self.name = name
+        self.method_name = signature_def.method_name
+        self.inputs: dict[str, InputSpec] = {alias: _input_spec(alias, info)
+                                             for alias, info in sorted(signature_def.inputs.items())}
+        self.output_names: tuple[str, ...] = tuple(sorted(signature_def.outputs))
+        self._function = function
+
+    @property
+    def callable(self) -> bool:
+        return self._function is not None and self.method_name == PREDICT_METHOD
+
+    def prepare(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Inputs cast to the signature dtypes and checked against its shapes (project rule:
+        a one-line INVALID_ARGUMENT before TensorFlow sees the data). Names are checked by the
+        callers (their messages differ between REST and gRPC)."""
+        prepared = {}
+        for alias, arr in arrays.items():
+            spec = self.inputs[alias]
+            arr = _cast(np.asarray(arr) if not isinstance(arr, np.ndarray) else arr, spec, self.name)
+            _check_shape(arr, spec, self.name)
+            prepared[alias] = arr
+        return prepared
+
+    def run(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Call the concrete function; TensorFlow errors become :class:`ServingError`."""
+        import tensorflow as tf
+
+        if self._function is None:
+            raise invalid_argument(f"Signature {self.name!r} cannot be run")
+        try:
+            outputs = self._function(**{alias: tf.constant(value) for alias, value in arrays.items()})
+            return {key: value.numpy() for key, value in outputs.items()}
+        except tf.errors.OpError as err:
+            raise from_tensorflow_error(err) from None
+        except (ValueError, TypeError) as err:  # argument binding / conversion
+            raise invalid_argument(one_line(err)) from None
+
+
+def _cast(arr: np.ndarray, spec: InputSpec, signature: str) -> np.ndarray:
+    """Cast ``arr`` to the signature dtype when that loses nothing; else INVALID_ARGUMENT."""
+    target = spec.dtype
+    if target is None:
+        raise ServingError(Code.UNIMPLEMENTED, f"Input {spec.alias} of signature {signature} has a dtype "
+                                               f"({spec.dtype_name}) this server does not support")
+    if arr.dtype == target:
+        return arr
+    kind, target_kind = arr.dtype.kind, np.dtype(target).kind
+
+    def refuse(why: str) -> ServingError:
+        return invalid_argument(f"Input {spec.alias} of signature {signature} needs {spec.dtype_name} values but got "
+                                f"{_dtype_text(arr.dtype)} {why}; send {spec.dtype_name} data")
+
+    if target_kind == "O":
+        if kind in "SO":
+            return arr.astype(object)
+        raise refuse("values")
+    if target_kind == "b":
+        raise refuse("values")
+    if kind not in "iuf":
+        raise refuse("values")
+    if target_kind == "f":
+        cast = arr.astype(target)
+        if kind == "f" and not np.array_equal(np.isfinite(cast), np.isfinite(arr)):
+            raise refuse("values outside its range")
+        return cast
+    # Integer target: whole numbers within range only.
+    info = np.iinfo(target)
+    if arr.size:
+        if kind == "f" and not (np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
+            raise refuse("values that are not whole numbers")
+        low, high = (float(arr.min()), float(arr.max())) if kind == "f" else (int(arr.min()), int(arr.max()))
+        if low < info.min or high > info.max:
+            raise refuse("values outside its range")
+    return arr.astype(target)
+
+
+def _dtype_text(dtype) -> str:
+    for np_type, name in _DTYPES.values():
+        if np_type is not object and np.dtype(np_type) == dtype:
+            return name
+    return "string" if dtype.kind in "SUO" else str(dtype)
+
+
+def _check_shape(arr: np.ndarray, spec: InputSpec, signature: str) -> None:
+    if spec.shape is None:
+        return
+    ok = arr.ndim == len(spec.shape) and all(want is None or want == got for want, got in zip(spec.shape, arr.shape))
+    if ok:
+        return
+    got = "[" + ",".join(str(d) for d in arr.shape) + "]"
+    advice = ""
+    if spec.shape and spec.shape[0] is None:
+        example = "[" + ",".join("?" if d is None else str(d) for d in spec.shape[1:]) + "]"
+        advice = f"; send a batch of examples, each of shape {example}"
+    raise invalid_argument(f"Input {spec.alias} of signature {signature} has shape {got} but the signature expects "
+                           f"{spec.shape_text()} (-1: any size){advice}")
+
+
+# -- one loaded version ------------------------------------------------------------------------
+
+
+class Servable:
+    """One loaded version: its SignatureDefMap (for metadata) and callable signatures."""
+
+    def __init__(self, name: str, version: int, path: Path, module, signature_def_map, signatures: dict[str, Signature]):
+        self.name = name
+        self.version = version
+        self.path = path
+        self.signature_def_map = signature_def_map
+        self.signatures = signatures
+        self._module = module  # keeps the loaded graph and variables alive while requests use it
+
+    @classmethod
+    def load(cls, name: str, version: int, path: Path, *, warmup: bool = True) -> "Servable":
+        import tensorflow as tf
+        from tensorflow.core.protobuf import saved_model_pb2
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString((path / "saved_model.pb").read_bytes())
+        graphs = [g for g in proto.meta_graphs if "serve" in g.meta_info_def.tags] or list(proto.meta_graphs)
+        if not graphs:
+            raise ValueError(f"{path / 'saved_model.pb'} has no MetaGraph")
+        signature_def_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature_def in graphs[0].signature_def.items():
+            signature_def_map.signature_def[key].CopyFrom(signature_def)
+
+        module = tf.saved_model.load(str(path))
+        signatures = {}
+        for key, signature_def in signature_def_map.signature_def.items():
+            function = module.signatures[key] if key in module.signatures else None
+            signatures[key] = Signature(key, signature_def, function)
+        servable = cls(name, version, path, module, signature_def_map, signatures)
+        if warmup:
+            servable.warm_up()
+        return servable
+
+    def warm_up(self) -> None:
+        """Run every callable signature once on one row of zeros, so the first request after a
+        (hot) load does not pay for graph optimisation. A failure fails the load."""
+        for signature in self.signatures.values():
+            if not signature.callable:
+                continue
+            arrays = {}
+            for alias, spec in signature.inputs.items():
+                if spec.shape is None or spec.dtype is None or any(d is None for d in spec.shape[1:]):
+                    break
+                shape = (1,) + tuple(spec.shape[1:]) if spec.shape else ()
+                arrays[alias] = np.zeros(shape, dtype=spec.dtype)
+            else:
+                signature.run(arrays)
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: int
+    error_code: Code = Code.OK
+    error_message: str = ""
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+class ModelStore:
+    """Loads, serves and hot-swaps the versions of one model. Thread-safe for readers.
+
+    Args:
+        base_path: ``MODEL_BASE_PATH``; the model lives in ``base_path/model_name``.
+        model_name: ``MODEL_NAME`` (one plain path segment).
+        poll_seconds: rescan interval of the background poller (:meth:`start`); ``<= 0`` polls
+            only when :meth:`poll` is called.
+        labels_file: optional YAML/JSON ``{labels: {name: version}}``, re-read when it changes.
+        warmup: run each signature once after loading.
+    """
+
+    def __init__(self, base_path: str | os.PathLike, model_name: str, *, poll_seconds: float = DEFAULT_POLL_SECONDS,
+                 labels_file: str | os.PathLike | None = None, warmup: bool = True):
+        self.base_path = Path(base_path)
+        self.model_name = validate_model_name(model_name)
+        self.model_dir = self.base_path / self.model_name
+        self.poll_seconds = float(poll_seconds)
+        self.labels_file = Path(labels_file) if labels_file else None
+        self.warmup = warmup
+        # Published state: replaced as a whole, never mutated, so readers need no lock.
+        self._servables: dict[int, Servable] = {}
+        self._labels: dict[str, int] = {}
+        self._status: dict[int, VersionStatus] = {}
+        self._failed: dict[int, float] = {}  # version -> mtime of the failed attempt
+        self._labels_mtime: float | None = None
+        self._poll_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.labels_file is not None:
+            self._labels = read_labels(self.labels_file)  # a bad file stops the start-up
+            self._labels_mtime = _mtime(self.labels_file)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> "ModelStore":
+        """First poll (synchronous), then the background poller."""
+        self.poll()
+        if not self._servables:
+            log.warning("no servable version of model %r under %s yet; polling every %.3g s", self.model_name,
+                        self.model_dir, self.poll_seconds)
+        if self.poll_seconds > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._poll_loop, name="model-store-poller", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.poll()
+            except Exception:  # the poller must survive anything the file system does
+                log.exception("polling %s failed", self.model_dir)
+
+    # -- polling -------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Rescan labels and versions once; load what is wanted and new, then publish."""
+        with self._poll_lock:
+            self._reload_labels()
+            on_disk = scan_versions(self.model_dir)
+            current = self._servables
+            candidates = {v: s for v, s in current.items() if v in on_disk}
+            wanted = {v for v in self._labels.values() if v in on_disk}
+            if on_disk:
+                wanted.add(max(on_disk))
+            for version in sorted(wanted - set(candidates), reverse=True):
+                servable = self._load(version, on_disk[version])
+                if servable is not None:
+                    candidates[version] = servable
+            keep = {v for v in wanted if v in candidates}
+            if on_disk and max(on_disk) not in candidates:
+                # The newest version failed to load: keep serving the newest one that works
+                # rather than nothing (its files are still there).
+                fallback = [v for v in candidates if v not in keep]
+                if fallback:
+                    keep.add(max(fallback))
+            published = {v: candidates[v] for v in sorted(keep)}
+            dropped = set(current) - set(published)
+            if set(published) != set(current):
+                self._servables = published  # the atomic swap
+                for version in dropped:
+                    self._set_status(VersionStatus(version, END))
+                    log.info("unloaded %s version %d", self.model_name, version)
+            self._forget_missing_failures(on_disk)
+
+    def _reload_labels(self) -> None:
+        if self.labels_file is None:
+            return
+        mtime = _mtime(self.labels_file)
+        if mtime == self._labels_mtime:
+            return
+        self._labels_mtime = mtime
+        try:
+            self._labels = read_labels(self.labels_file)
+            log.info("labels of %s: %s", self.model_name, self._labels)
+        except ConfigError as err:
+            log.error("%s; keeping the previous labels %s", err, self._labels)
+
+    def _load(self, version: int, path: Path) -> Servable | None:
+        mtime = _mtime(path / "saved_model.pb")
+        if self._failed.get(version) == mtime:
+            return None  # same files as the failed attempt: wait until they change
+        self._set_status(VersionStatus(version, LOADING))
+        started = time.perf_counter()
+        try:
+            servable = Servable.load(self.model_name, version, path, warmup=self.warmup)
+        except Exception as err:  # a broken version must not take the server down
+            code = from_tensorflow_error(err).code if hasattr(err, "error_code") else Code.UNKNOWN
+            message = f"Failed to load {self.model_name} version {version} from {path}: {one_line(err, 400)}"
+            log.error("%s", message)
+            self._failed[version] = mtime
+            self._set_status(VersionStatus(version, END, code, message))
+            return None
+        self._failed.pop(version, None)
+        self._set_status(VersionStatus(version, AVAILABLE))
+        log.info("loaded %s version %d in %.2f s", self.model_name, version, time.perf_counter() - started)
+        return servable
+
+    def _set_status(self, status: VersionStatus) -> None:
+        self._status = {**self._status, status.version: status}
+
+    def _forget_missing_failures(self, on_disk: Mapping[int, Path]) -> None:
+        for version in [v for v in self._failed if v not in on_disk]:
+            self._failed.pop(version)
+
+    # -- requests ------------------------------------------------------------------------
+
+    @property
+    def versions(self) -> list[int]:
+        """Loaded (servable) versions, ascending."""
+        return sorted(self._servables)
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Labels that resolve to a loaded version."""
+        servables = self._servables
+        return {label: v for label, v in self._labels.items() if v in servables}
+
+    def resolve_label(self, name: str, label: str) -> int:
+        if name == self.model_name:
+            version = self._labels.get(label)
+            if version is not None and version in self._servables:
+                return version
+        raise invalid_argument(f"Unrecognized servable version label: {label}")
+
+    def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """The servable a request addresses (``ServerCore::GetServableHandle``)."""
+        if version is not None and label is not None:
+            raise invalid_argument(f"Both model version ({version}) and model version label ({label}) cannot be "
+                                   "supplied.")
+        if label is not None:
+            version = self.resolve_label(name, label)
+        servables = self._servables if name == self.model_name else {}
+        if version is None:
+            if not servables:
+                raise not_found(f"Servable not found for request: Latest({name})")
+            return servables[max(servables)]
+        servable = servables.get(version)
+        if servable is None:
+            raise not_found(f"Servable not found for request: Specific({name}, {version})")
+        return servable
+
+    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
+        """Version states, newest first (``GetModelStatusImpl``). With a label, the state of
+        the version it names (TF Serving itself ignores the label here and lists all)."""
+        if label is not None:
+            version = self.resolve_label(name, label)
+        known = self._status if name == self.model_name else {}
+        if version is not None:
+            if version not in known:
+                raise not_found(f"Could not find version {version} of model {name}")
+            return [known[version]]
+        if not known:
+            raise not_found(f"Could not find any versions of model {name}")
+        return [known[v] for v in sorted(known, reverse=True)]
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+__all__ = ["AVAILABLE", "DEFAULT_POLL_SECONDS", "DEFAULT_SIGNATURE", "END", "INIT_OP_SIGNATURE", "InputSpec", "LOADING",
+           "ModelStore", "PREDICT_METHOD", "Servable", "Signature", "VersionStatus", "read_labels", "scan_versions",
+           "validate_model_name"]

@@ -1,0 +1,351 @@
+"""TF Serving's REST API (reference §2-§6) as a plain handler plus a small ASGI app on uvicorn.
+
+:class:`RestApi` turns ``(method, raw path, body)`` into ``(HTTP status, JSON body)`` with no
+web framework in between, so the routing, status codes and messages are exactly those of
+``http_rest_api_handler.cc`` / ``http_rest_api_util.cc``:
+
+- ``GET  /v1/models/{name}[/versions/{v}|/labels/{l}]``            model status
+- ``GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata``   model metadata
+- ``POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict``    predict (row or columnar)
+- ``POST ...:classify`` / ``...:regress``: our signatures are predict signatures, so these
+  answer 400 with TF Serving's "Expected classification signature method_name ..." message.
+
+Paths are matched whole and case-insensitively; name and label are URL-decoded. Any other
+``/v1/`` path or verb is ``400 Malformed request: <METHOD> <path>``; paths outside ``/v1/`` get
+a bare 404. Every response is ``application/json``; errors are ``{"error": "<message>"}``.
+
+:class:`RestApp` is the ASGI side: it reads the body (refusing more than ``max_body_bytes``
+with 413 before reading it all), runs the handler in a thread pool so the event loop keeps
+accepting connections while a model runs, and answers 504 after ``timeout_seconds`` (TF
+Serving's REST timeout, 30 s). :class:`RestServer` runs it on uvicorn in a background thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from typing import Callable, Mapping
+from urllib.parse import unquote_to_bytes
+
+import numpy as np
+
+from serving import json_codec
+from serving.model_store import (CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD, ModelStore,
+                                 Servable)
+from serving.status import Code, ServingError, invalid_argument, one_line
+
+log = logging.getLogger("serving.rest")
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_TIMEOUT_SECONDS = 30.0
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+_V1_RE = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+_PREDICT_RE = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?"
+                         r":(classify|regress|predict)", re.IGNORECASE)
+_STATUS_RE = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?"
+                        r"(?:/(metadata))?", re.IGNORECASE)
+_INT64_MAX = 2**63 - 1
+
+Runner = Callable[[object, Mapping[str, np.ndarray]], dict]
+
+
+def _decode_segment(text: str) -> str:
+    """Percent-decoding as curl_easy_unescape does it ('+' stays '+')."""
+    return unquote_to_bytes(text).decode("utf-8", "surrogateescape")
+
+
+class RestApi:
+    """The REST handler. ``run(signature, arrays)`` executes a signature (the batcher or
+    ``Signature.run``)."""
+
+    def __init__(self, store: ModelStore, run: Runner | None = None):
+        self.store = store
+        self.run: Runner = run or (lambda signature, arrays: signature.run(arrays))
+        self._metadata_cache: dict[int, tuple[Servable, bytes]] = {}
+
+    def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        """``(status, body)`` for one request; ``path`` is the raw (percent-encoded) path."""
+        if not _V1_RE.fullmatch(path):
+            return 404, b""
+        try:
+            return 200, self._dispatch(method, path, body)
+        except ServingError as err:
+            return err.code.http_status, json_codec.error_body(err.message)
+        except RecursionError:
+            return 400, json_codec.error_body("JSON Value nested too deeply; send tensors with fewer dimensions")
+        except MemoryError:
+            return 429, json_codec.error_body("Request too large for the server's memory; send smaller batches")
+        except Exception as err:  # a bug: answer, log, keep the worker alive
+            log.exception("internal error on %s %s", method, path)
+            return 500, json_codec.error_body(f"Internal error: {one_line(err, 200)}")
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
+        if method == "POST":
+            match = _PREDICT_RE.fullmatch(path)
+        elif method == "GET":
+            match = _STATUS_RE.fullmatch(path)
+        else:
+            match = None
+        if match is None:
+            raise invalid_argument(f"Malformed request: {method} {path}")
+        name, version_text, label, verb = match.groups()
+        name = _decode_segment(name) if name else ""
+        version = None
+        if version_text is not None:
+            version = int(version_text)
+            if version > _INT64_MAX:
+                raise invalid_argument(f"Failed to convert version: {version_text} to numeric.")
+        if label is not None:
+            label = _decode_segment(label)
+        if method == "POST":
+            # The verb group matches case-insensitively but is compared exactly (as upstream).
+            handler = {"predict": self._predict, "classify": self._classify, "regress": self._regress}.get(verb)
+            if handler is None:
+                raise invalid_argument(f"Malformed request: {method} {path}")
+            return handler(name, version, label, body)
+        if not name:
+            raise invalid_argument("Missing model name in request.")
+        if verb == "metadata":
+            return self._metadata(name, version, label)
+        return self._status(name, version, label)
+
+    # -- status and metadata ---------------------------------------------------------------
+
+    def _status(self, name: str, version: int | None, label: str | None) -> bytes:
+        states = self.store.status(name, version, label)
+        return json_codec.dumps({"model_version_status": [status_json(s) for s in states]})
+
+    def _metadata(self, name: str, version: int | None, label: str | None) -> bytes:
+        servable = self.store.servable(name, version, label)
+        cached = self._metadata_cache.get(servable.version)
+        if cached is not None and cached[0] is servable:
+            return cached[1]
+        body = json_codec.dumps(metadata_json(servable))
+        self._metadata_cache = {**{v: c for v, c in self._metadata_cache.items() if v in self.store.versions},
+                                servable.version: (servable, body)}
+        return body
+
+    # -- predict ---------------------------------------------------------------------------
+
+    def _predict(self, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
+        doc = json_codec.parse_document(body)
+        signature_name = json_codec.signature_name_of(doc)
+        servable = self.store.servable(name, version, label)  # one version for the whole request
+        key = signature_name or DEFAULT_SIGNATURE
+        signature = servable.signatures.get(key)
+        if signature is None:
+            raise invalid_argument(f'Serving signature name: "{key}" not found in signature def')
+        if not signature.inputs:
+            raise invalid_argument(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
+        if signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD) or not signature.callable:
+            raise invalid_argument(f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}, "
+                                   f"{CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {signature.method_name}")
+        check_bools = b"true" in body or b"false" in body
+        fmt, arrays = json_codec.tensors_from_request(doc, signature.inputs, check_bools=check_bools)
+        arrays = signature.prepare(arrays)
+        outputs = self.run(signature, arrays)
+        return json_codec.predict_response(outputs, fmt)
+
+    def _classify(self, name, version, label, body) -> bytes:
+        return self._classify_or_regress("classification", CLASSIFY_METHOD, name, version, label, body)
+
+    def _regress(self, name, version, label, body) -> bytes:
+        return self._classify_or_regress("regression", REGRESS_METHOD, name, version, label, body)
+
+    def _classify_or_regress(self, kind: str, method_name: str, name, version, label, body) -> bytes:
+        doc = json_codec.parse_document(body)
+        signature_name = json_codec.signature_name_of(doc)
+        _check_examples(doc)
+        servable = self.store.servable(name, version, label)
+        key = signature_name or DEFAULT_SIGNATURE
+        signature = servable.signatures.get(key)
+        if signature is None:
+            raise invalid_argument(f"No signature was found with the name: {key}")
+        if signature.method_name != method_name:
+            raise invalid_argument(f"Expected {kind} signature method_name to be {method_name}. Was: "
+                                   f"{signature.method_name}")
+        raise ServingError(Code.UNIMPLEMENTED, f"{kind.capitalize()} signatures are not served by this server")
+
+
+def _check_examples(doc: Mapping) -> None:
+    """The request checks of ``FillClassifyRegressRequestFromJson`` (context, examples)."""
+    if "context" in doc and not isinstance(doc["context"], dict):
+        raise invalid_argument(f"Example must be JSON object but got JSON {json_codec.json_type(doc['context'])}")
+    if "examples" not in doc:
+        raise invalid_argument(f"JSON Value: {json_codec.preview(doc)} When method is classify, key 'examples' is "
+                               "expected and was not found")
+    examples = doc["examples"]
+    if not isinstance(examples, list):
+        raise invalid_argument(f"JSON Value: {json_codec.preview(doc)} Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise invalid_argument(f"JSON Value: {json_codec.preview(doc)} 'examples' value is an empty array")
+    for example in examples:
+        if not isinstance(example, dict):
+            raise invalid_argument(f"Example must be JSON object but got JSON {json_codec.json_type(example)}")
+
+
+def status_json(status) -> dict:
+    """One ``ModelVersionStatus`` as TF Serving prints it (int64 version as a string)."""
+    return {"version": str(status.version), "state": _STATE_NAMES.get(status.state, "UNKNOWN"),
+            "status": {"error_code": status.error_code.name, "error_message": status.error_message}}
+
+
+_STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
+
+
+def metadata_json(servable: Servable) -> dict:
+    """``GetModelMetadataResponse`` as the REST metadata endpoint prints it (reference §3)."""
+    from google.protobuf import json_format
+    from tensorflow_serving.apis import model_pb2
+
+    spec = model_pb2.ModelSpec(name=servable.name)
+    spec.version.value = servable.version
+    options = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
+    return {"model_spec": json_format.MessageToDict(spec, **options),
+            "metadata": {"signature_def": json_format.MessageToDict(servable.signature_def_map, **options)}}
+
+
+# -- ASGI ------------------------------------------------------------------------------------
+
+
+class RestApp:
+    """ASGI application around :class:`RestApi`."""
+
+    def __init__(self, api: RestApi, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, threads: int | None = None):
+        self.api = api
+        self.max_body_bytes = int(max_body_bytes)
+        self.timeout_seconds = float(timeout_seconds)
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=threads or min(32, 4 * (os.cpu_count() or 1)), thread_name_prefix="rest")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        method = scope["method"]
+        path = (scope.get("raw_path") or scope["path"].encode("utf-8")).decode("latin-1").split("?", 1)[0]
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            await self._reply(send, 413, self._too_large(declared))
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                await self._reply(send, 413, self._too_large(None))
+                return
+            if not message.get("more_body"):
+                break
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.executor, self.api.handle, method, path, bytes(body))
+        try:
+            status, payload = await asyncio.wait_for(asyncio.shield(future), self.timeout_seconds)
+        except asyncio.TimeoutError:
+            status, payload = 504, json_codec.error_body(f"Request timed out after {self.timeout_seconds:g} s")
+        await self._reply(send, status, payload)
+
+    def _too_large(self, size: int | None) -> bytes:
+        got = f"of {size} bytes " if size is not None else ""
+        return json_codec.error_body(f"Request body {got}exceeds the limit of {self.max_body_bytes} bytes; send "
+                                     "fewer instances per request or raise --rest-max-body-bytes")
+
+    @staticmethod
+    async def _reply(send, status: int, payload: bytes) -> None:
+        headers = JSON_HEADERS + [(b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    @staticmethod
+    async def _lifespan(receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _content_length(scope) -> int | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one).
+
+    Created with ``IPPROTO_TCP`` so asyncio sets ``TCP_NODELAY`` on accepted connections (with
+    ``proto=0`` it does not, and Nagle's algorithm adds 40 ms to every keep-alive response)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP,
+                               flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class RestServer:
+    """uvicorn serving a :class:`RestApp` from a background thread."""
+
+    def __init__(self, app: RestApp, host: str, port: int, *, grace_seconds: float = 5.0):
+        import uvicorn
+
+        self.app = app
+        self.socket = bind_socket(host, port)
+        self.host = host
+        self.port = self.socket.getsockname()[1]
+        config = uvicorn.Config(app, lifespan="on", log_config=None, log_level="warning", access_log=False,
+                                server_header=False, timeout_graceful_shutdown=grace_seconds,
+                                timeout_keep_alive=30)
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 30.0) -> "RestServer":
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self.socket]},
+                                        name="rest-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the REST server did not start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to the grace period), close."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        self.app.executor.shutdown(wait=True, cancel_futures=False)
+        self.socket.close()
+
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "RestApi", "RestApp", "RestServer", "bind_socket", "metadata_json",
+           "status_json"]

@@ -1,0 +1,222 @@
+"""``vae-tf serve``: the model store, the REST server and the gRPC server together.
+
+Defaults are those of the official ``tensorflow/serving`` image (reference §1): ``MODEL_NAME``
+(default ``model``) and ``MODEL_BASE_PATH`` (default ``/models``) from the environment, gRPC
+on 8500, REST on 8501, the base path polled every second. Unlike the image, the server binds
+``127.0.0.1`` unless told otherwise (``--host 0.0.0.0`` in a container), a port of 0 means "any
+free port" (TF Serving reads ``--rest_api_port=0`` as "no REST"; use ``--no-rest`` here), and
+request sizes are limited (64 MiB by default, both protocols).
+
+>>> from serving.server import ModelServer, ServerConfig
+>>> with ModelServer(ServerConfig(model_base_path="models", model_name="vae", rest_port=0,
+...                               grpc_port=0)).start() as server:          # doctest: +SKIP
+...     print(server.rest_url, server.grpc_target)
+
+Shutdown (SIGINT/SIGTERM or :meth:`ModelServer.stop`) is graceful: both servers stop
+accepting, requests in flight finish within ``grace_seconds``, then the batcher and the poller
+stop.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.batching import Batcher, BatchingOptions
+from serving.grpc_server import DEFAULT_MAX_MESSAGE_BYTES, GrpcServer
+from serving.model_store import DEFAULT_POLL_SECONDS, ModelStore, validate_model_name
+from serving.rest import DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_SECONDS, RestApi, RestApp, RestServer
+from vae_tf.errors import ConfigError, ModelNotFoundError
+
+log = logging.getLogger("serving.server")
+
+DEFAULT_MODEL_NAME = "model"
+DEFAULT_MODEL_BASE_PATH = "/models"
+DEFAULT_GRPC_PORT = 8500
+DEFAULT_REST_PORT = 8501
+DEFAULT_HOST = "127.0.0.1"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``vae-tf serve`` can set; environment defaults as in the official image."""
+
+    model_name: str = field(default_factory=lambda: _env("MODEL_NAME", DEFAULT_MODEL_NAME))
+    model_base_path: str = field(default_factory=lambda: _env("MODEL_BASE_PATH", DEFAULT_MODEL_BASE_PATH))
+    host: str = DEFAULT_HOST
+    grpc_port: int | None = DEFAULT_GRPC_PORT  # None: no gRPC server
+    rest_port: int | None = DEFAULT_REST_PORT  # None: no REST server
+    poll_seconds: float = DEFAULT_POLL_SECONDS
+    labels_file: str | None = None
+    rest_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    grpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    rest_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    rest_threads: int | None = None
+    grpc_threads: int | None = None
+    batching: BatchingOptions | None = None  # None: off
+    grace_seconds: float = 5.0
+    warmup: bool = True
+    freeze_gc: bool = True  # see ModelServer.start
+
+    def check(self) -> "ServerConfig":
+        validate_model_name(self.model_name)
+        if self.grpc_port is None and self.rest_port is None:
+            raise ConfigError("both servers are disabled; drop --no-grpc or --no-rest")
+        for what, port in (("gRPC port", self.grpc_port), ("REST port", self.rest_port)):
+            if port is not None and not 0 <= port <= 65535:
+                raise ConfigError(f"{what} must be in 0..65535 (0: any free port), got {port}")
+        if self.rest_port is not None and self.rest_port == self.grpc_port and self.rest_port != 0:
+            raise ConfigError(f"REST and gRPC cannot share port {self.rest_port}; give them different ports")
+        for what, size in (("--rest-max-body-bytes", self.rest_max_body_bytes),
+                           ("--grpc-max-message-bytes", self.grpc_max_message_bytes)):
+            if size < 1024:
+                raise ConfigError(f"{what} must be at least 1024, got {size}")
+        model_dir = Path(self.model_base_path) / self.model_name
+        if not model_dir.is_dir():
+            raise ModelNotFoundError(f"no model directory {model_dir} (MODEL_BASE_PATH/MODEL_NAME): export a model "
+                                     "there (vae-tf train) or set --model-base-path / --model-name")
+        return self
+
+
+class ModelServer:
+    """The running service; use :meth:`start` / :meth:`stop` or a ``with`` block."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config.check()
+        self.store = ModelStore(config.model_base_path, config.model_name, poll_seconds=config.poll_seconds,
+                                labels_file=config.labels_file, warmup=config.warmup)
+        self.batcher: Batcher | None = None
+        self.rest: RestServer | None = None
+        self.grpc: GrpcServer | None = None
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+
+    @property
+    def rest_port(self) -> int | None:
+        return self.rest.port if self.rest else None
+
+    @property
+    def grpc_port(self) -> int | None:
+        return self.grpc.port if self.grpc else None
+
+    @property
+    def rest_url(self) -> str | None:
+        return f"http://{_url_host(self.config.host)}:{self.rest_port}" if self.rest else None
+
+    @property
+    def grpc_target(self) -> str | None:
+        return f"{_url_host(self.config.host)}:{self.grpc_port}" if self.grpc else None
+
+    def start(self) -> "ModelServer":
+        config = self.config
+        self.store.start()
+        if config.freeze_gc:
+            # TensorFlow's import leaves ~10^6 Python objects that every full garbage collection
+            # walks: ~180 ms, triggered every ~100 JSON requests of 64 images (the allocation
+            # count), a 1 % tail in benchmarks/serving_latency.py. Freezing what exists after
+            # start-up takes them out of the collector's walks (refcounting still frees them).
+            gc.collect()
+            gc.freeze()
+        try:
+            if config.batching is not None:
+                self.batcher = Batcher(config.batching)
+            run = self.batcher.run if self.batcher else None
+            if config.grpc_port is not None:
+                try:
+                    self.grpc = GrpcServer(self.store, config.host, config.grpc_port, run=run,
+                                           max_message_bytes=config.grpc_max_message_bytes,
+                                           threads=config.grpc_threads)
+                except OSError as err:
+                    raise ConfigError(f"{err}; pick another port with --port or stop the other server") from None
+                self.grpc.start()
+            if config.rest_port is not None:
+                app = RestApp(RestApi(self.store, run), max_body_bytes=config.rest_max_body_bytes,
+                              timeout_seconds=config.rest_timeout_seconds, threads=config.rest_threads)
+                try:
+                    self.rest = RestServer(app, config.host, config.rest_port, grace_seconds=config.grace_seconds)
+                except OSError as err:
+                    raise ConfigError(f"cannot bind REST to {config.host}:{config.rest_port} ({err.strerror or err}); "
+                                      "pick another port with --rest-api-port or stop the other server") from None
+                self.rest.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Graceful: stop accepting, finish in-flight requests, then release everything."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            if self.rest is not None:
+                self.rest.stop()
+            if self.grpc is not None:
+                self.grpc.stop(self.config.grace_seconds)
+            if self.batcher is not None:
+                self.batcher.close()
+            self.store.stop()
+            self._stopped.set()
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` has run (from a signal handler or another thread)."""
+        while not self._stopped.wait(0.5):
+            pass
+
+    def __enter__(self) -> "ModelServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def serve(config: ServerConfig, *, announce=print) -> int:
+    """Run until SIGINT/SIGTERM; the body of ``vae-tf serve``."""
+    server = ModelServer(config)
+    stopping = threading.Event()
+
+    def on_signal(signum, frame):
+        if not stopping.is_set():
+            stopping.set()
+            announce(f"{signal.Signals(signum).name}: shutting down (in-flight requests finish within "
+                     f"{config.grace_seconds:g} s)")
+            threading.Thread(target=server.stop, name="shutdown", daemon=True).start()
+
+    in_main = threading.current_thread() is threading.main_thread()  # signals only work there
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    try:
+        server.start()
+        versions = ", ".join(map(str, server.store.versions)) or "none yet"
+        announce(f"model:   {config.model_name} (versions: {versions}) from {Path(config.model_base_path).resolve()}")
+        if server.rest:
+            announce(f"REST:    {server.rest_url}/v1/models/{config.model_name}")
+        if server.grpc:
+            announce(f"gRPC:    {server.grpc_target} (tensorflow.serving.PredictionService, ModelService)")
+        if config.batching:
+            announce(f"batching: up to {config.batching.max_batch_size} rows, {config.batching.batch_timeout_ms:g} ms")
+        server.wait()
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+__all__ = ["DEFAULT_GRPC_PORT", "DEFAULT_HOST", "DEFAULT_MODEL_BASE_PATH", "DEFAULT_MODEL_NAME", "DEFAULT_REST_PORT",
+           "ModelServer", "ServerConfig", "serve"]

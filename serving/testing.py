@@ -1,0 +1,57 @@
+"""Helpers for tests and benchmarks: a tiny exported model and a server on loopback ports.
+
+>>> from serving.testing import export_tiny_model, running_server
+>>> export_tiny_model(tmp_path, "vae")                                    # doctest: +SKIP
+>>> with running_server(tmp_path, "vae") as server:                        # doctest: +SKIP
+...     RestClient(server.rest_url, "vae").encode(x)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+TINY_DATA_SHAPE = (8, 8, 1)
+TINY_LATENT_DIM = 4
+
+
+def export_tiny_model(base: str | os.PathLike, name: str = "vae", *, version: int | None = None, seed: int = 0,
+                      data_shape=TINY_DATA_SHAPE, latent_dim: int = TINY_LATENT_DIM) -> Path:
+    """Export an untrained MLP Gaussian VAE with random weights (a contract-test model: enough to
+    check shapes, names, routing and numbers; ``seed`` makes versions distinguishable). The
+    builders zero-initialise the output layers, so every weight is redrawn here: otherwise every
+    input would encode to 0."""
+    import keras
+    import numpy as np
+
+    from vae_tf.export import export_model
+    from vae_tf.models import build_vae
+
+    keras.utils.set_random_seed(seed)
+    model = build_vae(data_shape, latent={"family": "gaussian", "latent_dim": latent_dim},
+                      network={"kind": "mlp", "hidden": [16]}, seed=seed)
+    model(np.zeros((1,) + tuple(data_shape), np.float32))
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        if variable.dtype == "float32" and variable.trainable:
+            variable.assign(rng.normal(0.0, 0.3, tuple(variable.shape)).astype(np.float32))
+    return export_model(model, base, name, version)
+
+
+@contextlib.contextmanager
+def running_server(base: str | os.PathLike, name: str = "vae", **options):
+    """A :class:`serving.server.ModelServer` on 127.0.0.1 with free ports (both servers), stopped
+    on exit. ``options`` are :class:`serving.server.ServerConfig` fields."""
+    from serving.server import ModelServer, ServerConfig
+
+    settings = {"model_base_path": str(base), "model_name": name, "host": "127.0.0.1", "rest_port": 0, "grpc_port": 0,
+                "grace_seconds": 1.0, "freeze_gc": False, **options}
+    server = ModelServer(ServerConfig(**settings)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+__all__ = ["TINY_DATA_SHAPE", "TINY_LATENT_DIM", "export_tiny_model", "running_server"]

@@ -1,0 +1,297 @@
+"""REST contract of `vae-tf serve` (TF Serving's API, ../shared/reference/tf-serving-api.md §2-§6):
+every route and format, status codes, messages and headers, on 127.0.0.1 with a free port."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving.client import RestClient, ServingRequestError
+from serving.testing import export_tiny_model, running_server
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    base = tmp_path_factory.mktemp("models")
+    export_tiny_model(base, "vae", seed=0)
+    labels = base / "labels.yaml"
+    labels.write_text("labels: {stable: 1}\n")
+    with running_server(base, "vae", labels_file=str(labels), rest_max_body_bytes=256 * 1024) as server:
+        yield server, tf.saved_model.load(str(base / "vae" / "1"))
+
+
+@pytest.fixture
+def rest(served):
+    server, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+    yield Requester(conn)
+    conn.close()
+
+
+class Requester:
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __call__(self, method, path, body=None, raw=False):
+        if body is not None and not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+        self.conn.request(method, path, body=body)
+        response = self.conn.getresponse()
+        payload = response.read()
+        assert response.getheader("Content-Type") == "application/json"
+        if raw:
+            return response.status, payload
+        return response.status, json.loads(payload) if payload else None
+
+
+def _x(n, seed=0):
+    return np.random.default_rng(seed).random((n, 8, 8, 1)).astype(np.float32)
+
+
+def _local(model, name, **inputs):
+    return {k: v.numpy() for k, v in model.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+
+
+# -- status and metadata ----------------------------------------------------------------------
+
+
+def test_status_routes(rest):
+    expected = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                          "status": {"error_code": "OK", "error_message": ""}}]}
+    for path in ("/v1/models/vae", "/v1/models/vae/versions/1", "/v1/models/vae/labels/stable", "/V1/MODELS/vae"):
+        assert rest("GET", path) == (200, expected), path
+    assert rest("GET", "/v1/models/nope") == (404, {"error": "Could not find any versions of model nope"})
+    assert rest("GET", "/v1/models/vae/versions/7") == (404, {"error": "Could not find version 7 of model vae"})
+    assert rest("GET", "/v1/models/vae/labels/gold") == (400, {"error": "Unrecognized servable version label: gold"})
+    assert rest("GET", "/v1/models") == (400, {"error": "Missing model name in request."})
+
+
+def test_metadata_lists_every_signature_def(rest):
+    status, body = rest("GET", "/v1/models/vae/metadata")
+    assert status == 200
+    assert body["model_spec"] == {"name": "vae", "signature_name": "", "version": "1"}
+    sigs = body["metadata"]["signature_def"]["signature_def"]  # the doubled key of SignatureDefMap
+    assert set(sigs) == {"encode", "decode", "reconstruct", "sample", "serving_default", "__saved_model_init_op"}
+    x = sigs["encode"]["inputs"]["x"]
+    assert x["dtype"] == "DT_FLOAT" and x["name"] == "encode_x:0"
+    assert x["tensor_shape"] == {"dim": [{"size": "-1", "name": ""}, {"size": "8", "name": ""},
+                                         {"size": "8", "name": ""}, {"size": "1", "name": ""}], "unknown_rank": False}
+    assert set(sigs["encode"]["outputs"]) == {"embedding", "z_mean", "z_log_var"}
+    assert sigs["encode"]["method_name"] == "tensorflow/serving/predict"
+    assert sigs["sample"]["inputs"]["seed"]["dtype"] == "DT_INT32"
+    assert sigs["__saved_model_init_op"]["outputs"]["__saved_model_init_op"]["tensor_shape"]["unknown_rank"] is True
+    assert rest("GET", "/v1/models/vae/versions/1/metadata")[1] == body
+    assert rest("GET", "/v1/models/vae/labels/stable/metadata")[1] == body
+    assert rest("GET", "/v1/models/nope/metadata") == (404, {"error": "Servable not found for request: Latest(nope)"})
+    assert rest("GET", "/v1/models/vae/versions/2/metadata") == (
+        404, {"error": "Servable not found for request: Specific(vae, 2)"})
+
+
+# -- predict ----------------------------------------------------------------------------------
+
+
+def test_row_format_several_outputs_and_default_signature(rest, served):
+    _, model = served
+    x = _x(3)
+    status, body = rest("POST", "/v1/models/vae:predict", {"instances": x.tolist()})  # serving_default = encode
+    assert status == 200 and len(body["predictions"]) == 3
+    local = _local(model, "encode", x=x)
+    for i, row in enumerate(body["predictions"]):
+        assert set(row) == {"embedding", "z_mean", "z_log_var"}
+        for key, value in row.items():
+            np.testing.assert_array_equal(np.asarray(value, np.float32), local[key][i])  # exact float32 values
+
+
+def test_row_format_one_output_omits_the_name(rest, served):
+    _, model = served
+    x = _x(2, seed=1)
+    status, body = rest("POST", "/v1/models/vae/versions/1:predict", {"signature_name": "reconstruct",
+                                                                       "instances": x.tolist()})
+    assert status == 200
+    np.testing.assert_array_equal(np.asarray(body["predictions"], np.float32), _local(model, "reconstruct", x=x)["x_mean"])
+    # Objects naming the one input are accepted too.
+    status, named = rest("POST", "/v1/models/vae:predict", {"signature_name": "reconstruct",
+                                                            "instances": [{"x": row} for row in x.tolist()]})
+    assert status == 200 and named == body
+
+
+def test_columnar_format(rest, served):
+    _, model = served
+    seeds = [[1, 2], [3, 4], [1, 2]]
+    status, body = rest("POST", "/v1/models/vae/labels/stable:predict",
+                        {"signature_name": "sample", "inputs": {"seed": seeds}})
+    assert status == 200 and set(body["outputs"]) == {"z", "x_mean", "x_sample"}
+    local = _local(model, "sample", seed=np.asarray(seeds, np.int32))
+    for key, value in body["outputs"].items():
+        np.testing.assert_array_equal(np.asarray(value, np.float32), local[key])
+    assert body["outputs"]["z"][0] == body["outputs"]["z"][2]  # one sample per seed row, reproducible
+    z = np.asarray(body["outputs"]["z"], np.float32)
+    status, decoded = rest("POST", "/v1/models/vae:predict", {"signature_name": "decode", "inputs": z.tolist()})
+    assert status == 200 and set(decoded["outputs"]) == {"x_mean", "x_sample"}
+    status, rec = rest("POST", "/v1/models/vae:predict", {"signature_name": "reconstruct", "inputs": _x(1).tolist()})
+    assert status == 200 and np.asarray(rec["outputs"]).shape == (1, 8, 8, 1)  # one output: no name
+
+
+def test_batch_of_64_and_ints_for_floats(rest, served):
+    _, model = served
+    x = (_x(64) > 0.5).astype(np.int64)  # JSON ints are accepted for a float input
+    status, body = rest("POST", "/v1/models/vae:predict", {"signature_name": "encode", "inputs": {"x": x.tolist()}})
+    assert status == 200
+    np.testing.assert_array_equal(np.asarray(body["outputs"]["z_mean"], np.float32),
+                                  _local(model, "encode", x=x.astype(np.float32))["z_mean"])
+
+
+def test_nan_and_infinity_tokens(rest):
+    x = _x(1).tolist()
+    x[0][0][0][0] = float("nan")
+    x[0][1][0][0] = float("-inf")
+    body = json.dumps({"signature_name": "encode", "inputs": x}).encode()
+    assert b"NaN" in body and b"-Infinity" in body  # the tokens TF Serving reads and writes
+    status, payload = rest("POST", "/v1/models/vae:predict", body, raw=True)
+    assert status == 200  # accepted (this encoder maps non-finite pixels to finite codes)
+    from serving.json_codec import COLUMNAR, predict_response
+
+    written = predict_response({"z": np.array([[np.nan, np.inf, -np.inf, 1.5]], np.float32)}, COLUMNAR)
+    assert written == b'{"outputs": [[NaN, Infinity, -Infinity, 1.5]]}'
+
+
+def test_client_signature_methods(served):
+    server, model = served
+    client = RestClient(server.rest_url, "vae")
+    x = _x(5, seed=3)
+    encoded = client.encode(x)
+    np.testing.assert_array_equal(encoded["embedding"], _local(model, "encode", x=x)["embedding"])
+    assert encoded["embedding"].dtype == np.float32
+    assert client.decode(encoded["z_mean"])["x_mean"].shape == (5, 8, 8, 1)
+    assert client.reconstruct(x)["x_mean"].shape == (5, 8, 8, 1)
+    drawn = client.sample(4, seed=7)
+    np.testing.assert_array_equal(drawn["z"], _local(model, "sample", seed=np.array([[7, i] for i in range(4)],
+                                                                                     np.int32))["z"])
+    assert client.status()["model_version_status"][0]["state"] == "AVAILABLE"
+    assert client.metadata()["model_spec"]["version"] == "1"
+    assert RestClient(server.rest_url, "vae", label="stable").encode(x)["z_mean"].shape == (5, 4)
+    with pytest.raises(ServingRequestError, match="HTTP 404: Servable not found for request: Latest\\(other\\)"):
+        RestClient(server.rest_url, "other").encode(x)
+
+
+# -- client mistakes: 4xx with TF Serving's messages, never a 500 ----------------------------------
+
+
+BAD_REQUESTS = [
+    # (body, status, message or substring)
+    ({"signature_name": "nope", "instances": [[1]]}, 400, 'Serving signature name: "nope" not found in signature def'),
+    ({"signature_name": 3, "instances": [[1]]}, 400,
+     "JSON Value: {\"signature_name\":3,\"instances\":[[1]]} not formatted correctly. 'signature_name' key must be a "
+     "string value."),
+    ({"signature_name": "__saved_model_init_op", "instances": [[1]]}, 400,
+     "Failed to get input map for signature: __saved_model_init_op"),
+    ({"signature_name": "encode"}, 400, "Missing 'inputs' or 'instances' key"),
+    ({"instances": [[1]], "inputs": [[1]]}, 400,
+     "JSON Value: {\"instances\":[[1]],\"inputs\":[[1]]} Not formatted correctly expecting only one of 'inputs' or "
+     "'instances' keys to exist "),
+    ({"instances": []}, 400, "JSON Value: {\"instances\":[]} No values in 'instances' array"),
+    ({"instances": {"x": 1}}, 400, "JSON Value: {\"instances\":{\"x\":1}} Excepting 'instances' to be an list/array"),
+    ({"signature_name": "encode", "inputs": {"y": [[1]]}}, 400, "Missing named input: x in 'inputs' object."),
+    ({"signature_name": "encode", "instances": [{"y": 1}]}, 400,
+     "Failed to process element: 0 key: y of 'instances' list. Error: INVALID_ARGUMENT: JSON object: does not have "
+     "named input: y"),
+    ({"signature_name": "encode", "instances": [[[[0.5]] * 8] * 8, [1, 2]]}, 400,
+     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting tensor size: 64 but got: 2"),
+    ({"signature_name": "encode", "instances": [[0.5] * 64]}, 400,
+     "Input x of signature encode has shape [1,64] but the signature expects [-1,8,8,1] (-1: any size); send a batch "
+     "of examples, each of shape [8,8,1]"),
+    ({"signature_name": "encode", "inputs": [[[["a"]] * 8] * 8]}, 400,
+     'JSON Value: "a" Type: String is not of expected type: float'),
+    ({"signature_name": "encode", "inputs": [[[[True]] * 8] * 8]}, 400,
+     "JSON Value: true Type: True is not of expected type: float"),
+    ({"signature_name": "encode", "inputs": [[[[1e39]] * 8] * 8]}, 400,
+     "Cannot convert JSON value: 1e+39 to float without loss of precision."),
+    ({"signature_name": "sample", "inputs": {"seed": [[1.5, 2]]}}, 400,
+     "JSON Value: 1.5 Type: Number is not of expected type: int32"),
+    ({"signature_name": "sample", "instances": [[1, 2], [3]]}, 400,
+     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting tensor size: 2 but got: 1"),
+    ({"signature_name": "sample", "inputs": [[1, 2], [3]]}, 400,
+     "Encountered list at unexpected size: 1 at level: 1 expected size: 2"),
+    ({"signature_name": "sample", "inputs": [[1, [2]]]}, 400, "Encountered list at unexpected level: 2 expected < 2"),
+    ({"signature_name": "sample", "inputs": [[1, 2, 3]]}, 400,
+     "Input seed of signature sample has shape [1,3] but the signature expects [-1,2]"),
+    ({"signature_name": "sample", "inputs": [[2**40, 1]]}, 400,
+     "JSON Value: 1099511627776 Type: Number is not of expected type: int32"),
+    ([1, 2], 400, "JSON Value: [1,2] Is not object"),
+]
+
+
+@pytest.mark.parametrize("body,status,message", BAD_REQUESTS, ids=[m[:40] for _, _, m in BAD_REQUESTS])
+def test_bad_predict_requests(rest, body, status, message):
+    got_status, got = rest("POST", "/v1/models/vae:predict", body)
+    assert got_status == status
+    assert "\n" not in got["error"]
+    assert got["error"] == message or got["error"].startswith(message), got["error"]
+
+
+@pytest.mark.parametrize("method,path,body,status,message", [
+    ("POST", "/v1/models/vae:predict", b"", 400, "JSON Parse error: The document is empty"),
+    ("POST", "/v1/models/vae:predict", b"{\"instances\": [1, 2", 400,
+     "JSON Parse error: Missing a comma or ']' after an array element. at offset: 19"),
+    ("POST", "/v1/models/vae:predict", b"{bad}", 400, "JSON Parse error: Missing a name for object member. at offset: 1"),
+    ("POST", "/v1/models/vae:predict", b"{\"a\": 1} x", 400,
+     "JSON Parse error: The document root must not be followed by other values. at offset: 9"),
+    ("POST", "/v1/models/vae:predict", b"\xff\xfe\x00", 400, "JSON Parse error:"),
+    ("POST", "/v1/models/vae:predict", b"[" * 100000 + b"]" * 100000, 400, "JSON Parse error:"),
+    ("POST", "/v1/models/nope:predict", b"{\"instances\": [1]}", 404, "Servable not found for request: Latest(nope)"),
+    ("POST", "/v1/models/vae/versions/9:predict", b"{\"instances\": [1]}", 404,
+     "Servable not found for request: Specific(vae, 9)"),
+    ("POST", "/v1/models/vae/versions/99999999999999999999:predict", b"{}", 400,
+     "Failed to convert version: 99999999999999999999 to numeric."),
+    ("POST", "/v1/models/vae/labels/gold:predict", b"{\"instances\": [1]}", 400,
+     "Unrecognized servable version label: gold"),
+    ("POST", "/v1/models/..%2F..%2Fetc:predict", b"{\"instances\": [1]}", 404,
+     "Servable not found for request: Latest(../../etc)"),
+    ("POST", "/v1/models/%2Ftmp%2Fvae:predict", b"{\"instances\": [1]}", 404,
+     "Servable not found for request: Latest(/tmp/vae)"),
+    ("GET", "/v1/models/vae:predict", None, 400, "Malformed request: GET /v1/models/vae:predict"),
+    ("POST", "/v1/models/vae", b"{}", 400, "Malformed request: POST /v1/models/vae"),
+    ("PUT", "/v1/models/vae:predict", b"{}", 400, "Malformed request: PUT /v1/models/vae:predict"),
+    ("GET", "/v1/models/vae/versions/1/labels/stable", None, 400,
+     "Malformed request: GET /v1/models/vae/versions/1/labels/stable"),
+    ("GET", "/v1/whatever", None, 400, "Malformed request: GET /v1/whatever"),
+    ("POST", "/v1/models/vae:classify", b"{\"examples\": [{\"a\": 1}]}", 400,
+     "Expected classification signature method_name to be tensorflow/serving/classify. Was: "
+     "tensorflow/serving/predict"),
+    ("POST", "/v1/models/vae:regress", b"{\"examples\": [{\"a\": 1}]}", 400,
+     "Expected regression signature method_name to be tensorflow/serving/regress. Was: tensorflow/serving/predict"),
+    ("POST", "/v1/models/vae:classify", b"{\"examples\": [{}], \"signature_name\": \"nope\"}", 400,
+     "No signature was found with the name: nope"),
+    ("POST", "/v1/models/vae:regress", b"{}", 400, "JSON Value: {} When method is classify, key 'examples' is expected"),
+])
+def test_routing_and_parse_errors(rest, method, path, body, status, message):
+    got_status, got = rest(method, path, body)
+    assert (got_status, "\n" in got["error"]) == (status, False)
+    assert got["error"].startswith(message), got["error"]
+
+
+def test_paths_outside_v1_are_plain_404(rest):
+    assert rest("GET", "/", raw=True) == (404, b"")
+    assert rest("POST", "/v2/models/vae:predict", b"{}", raw=True) == (404, b"")
+
+
+def test_oversize_body_is_refused_and_the_server_keeps_serving(served, rest):
+    server, _ = served
+    big = json.dumps({"instances": _x(600).tolist()}).encode()  # ~1 MB > the 256 KiB limit of this server
+    assert len(big) > 256 * 1024
+    conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+    try:
+        conn.request("POST", "/v1/models/vae:predict", body=big)
+        response = conn.getresponse()
+        body = json.loads(response.read())
+    except (BrokenPipeError, ConnectionResetError):  # the server may close before reading it all
+        body, response = None, None
+    finally:
+        conn.close()
+    if response is not None:
+        assert response.status == 413 and "exceeds the limit of 262144 bytes" in body["error"]
+    assert rest("GET", "/v1/models/vae")[0] == 200

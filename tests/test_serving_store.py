@@ -1,0 +1,249 @@
+"""Model store and server behaviour: hot swap under load, labels, broken versions, path safety,
+concurrent clients, server-side batching, `vae-tf serve` start-up errors and graceful shutdown."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving.batching import Batcher, BatchingOptions
+from serving.client import GrpcClient, RestClient, ServingRequestError
+from serving.model_store import ModelStore, scan_versions, validate_model_name
+from serving.testing import export_tiny_model, running_server
+from tests.conftest import assert_one_line
+from training.cli import main
+from vae_tf.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Two versions exported once; tests copy them into fresh base paths."""
+    src = tmp_path_factory.mktemp("exports")
+    export_tiny_model(src, "vae", version=1, seed=0)
+    export_tiny_model(src, "vae", version=2, seed=1)
+    return src / "vae"
+
+
+def _x(n, seed=0):
+    return np.random.default_rng(seed).random((n, 8, 8, 1)).astype(np.float32)
+
+
+def _drop_version(exports: Path, base: Path, version: int) -> None:
+    """Copy a version in the way export_model writes one: hidden temporary name, then rename."""
+    tmp = base / "vae" / f".tmp-{version}"
+    shutil.copytree(exports / str(version), tmp)
+    os.rename(tmp, base / "vae" / str(version))
+
+
+def test_new_version_is_hot_swapped_without_a_failed_request(exports, tmp_path):
+    _drop_version(exports, tmp_path, 1)
+    x = _x(2)
+    expected = {v: tf.saved_model.load(str(exports / str(v))).signatures["encode"](x=tf.constant(x))["z_mean"].numpy()
+                for v in (1, 2)}
+    assert not np.allclose(expected[1], expected[2])
+    with running_server(tmp_path, "vae", poll_seconds=0.05) as server:
+        clients = [RestClient(server.rest_url, "vae"), GrpcClient(server.grpc_target, "vae")]
+        seen, failures, stop = [], [], threading.Event()
+
+        def loop(client):
+            while not stop.is_set() and len(seen) < 2000:
+                try:
+                    z = client.encode(x)["z_mean"]
+                except Exception as err:  # noqa: BLE001 - any failure fails the test
+                    failures.append(repr(err))
+                    continue
+                version = next((v for v, e in expected.items() if np.array_equal(z, e)), None)
+                seen.append(version)
+
+        threads = [threading.Thread(target=loop, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        while len(seen) < 20:
+            time.sleep(0.01)
+        _drop_version(exports, tmp_path, 2)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and seen.count(2) < 20:
+            time.sleep(0.02)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert failures == []
+        assert None not in seen  # every answer came from exactly one of the two versions
+        first_v2 = seen.index(2)
+        assert seen[first_v2 - 1] == 1 and seen.count(2) >= 20
+        assert seen[first_v2:].count(1) <= 4  # only requests already in flight can still see v1
+        status = clients[0].status()["model_version_status"]
+        assert [(s["version"], s["state"]) for s in status] == [("2", "AVAILABLE"), ("1", "END")]
+
+
+def test_labels_serve_two_versions_and_follow_the_file(exports, tmp_path):
+    for v in (1, 2):
+        _drop_version(exports, tmp_path, v)
+    labels = tmp_path / "labels.yaml"
+    labels.write_text("labels: {stable: 1, canary: 2}\n")
+    x = _x(1)
+    with running_server(tmp_path, "vae", poll_seconds=0.05, labels_file=str(labels)) as server:
+        stable = RestClient(server.rest_url, "vae", label="stable")
+        canary = GrpcClient(server.grpc_target, "vae", label="canary")
+        assert stable.metadata()["model_spec"]["version"] == "1"
+        assert RestClient(server.rest_url, "vae").metadata()["model_spec"]["version"] == "2"  # latest
+        assert not np.array_equal(stable.encode(x)["z_mean"], canary.encode(x)["z_mean"])
+        assert [s["version"] for s in stable.status()["model_version_status"]] == ["1"]
+        labels.write_text("labels: {stable: 2}\n")
+        os.utime(labels, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and stable.metadata()["model_spec"]["version"] != "2":
+            time.sleep(0.05)
+        assert stable.metadata()["model_spec"]["version"] == "2"
+        with pytest.raises(ServingRequestError, match="Unrecognized servable version label: canary"):
+            canary.encode(x)
+
+
+def test_broken_version_keeps_the_last_good_one(exports, tmp_path):
+    _drop_version(exports, tmp_path, 1)
+    with running_server(tmp_path, "vae", poll_seconds=0.05) as server:
+        broken = tmp_path / "vae" / "3"
+        broken.mkdir()
+        (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+        client = RestClient(server.rest_url, "vae")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(client.status()["model_version_status"]) < 2:
+            time.sleep(0.05)
+        states = {s["version"]: s for s in client.status()["model_version_status"]}
+        assert states["3"]["state"] == "END" and states["3"]["status"]["error_code"] != "OK"
+        assert_one_line(states["3"]["status"]["error_message"])
+        assert states["1"]["state"] == "AVAILABLE"
+        assert client.metadata()["model_spec"]["version"] == "1"
+
+
+def test_store_versions_and_path_safety(exports, tmp_path):
+    (tmp_path / "vae").mkdir()
+    for name in ("001", "x2", ".tmp-5", "7"):
+        (tmp_path / "vae" / name).mkdir()
+    (tmp_path / "vae" / "9").write_text("a file, not a version")
+    assert sorted(scan_versions(tmp_path / "vae")) == [1, 7]  # leading zeros parse, other names are ignored
+    for bad in ("..", "../vae", "a/b", "/etc", "", ".hidden", "vae\x00"):
+        with pytest.raises(ConfigError, match="not a plain directory name"):
+            validate_model_name(bad)
+    store = ModelStore(tmp_path, "vae", poll_seconds=0)
+    with pytest.raises(Exception, match=r"Servable not found for request: Latest\(\.\./vae\)"):
+        store.servable("../vae")
+
+
+def test_concurrent_clients_get_their_own_answers(exports, tmp_path):
+    _drop_version(exports, tmp_path, 1)
+    model = tf.saved_model.load(str(exports / "1"))
+    for batching in (None, BatchingOptions(max_batch_size=8, batch_timeout_ms=2.0)):
+        with running_server(tmp_path, "vae", batching=batching) as server:
+            errors = []
+
+            def worker(i):
+                client = (RestClient(server.rest_url, "vae") if i % 2 else GrpcClient(server.grpc_target, "vae"))
+                for j in range(8):
+                    x = _x(1 + (i + j) % 3, seed=100 * i + j)
+                    want = model.signatures["encode"](x=tf.constant(x))["embedding"].numpy()
+                    got = client.encode(x)["embedding"]
+                    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-5, atol=1e-6):
+                        errors.append((i, j))
+
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert errors == [], f"batching={batching}"
+
+
+def test_batcher_merges_concurrent_requests():
+    calls = []
+
+    class Doubler:
+        def run(self, arrays):
+            calls.append(len(arrays["x"]))
+            if np.any(arrays["x"] < 0):
+                raise ValueError("negative")
+            return {"y": arrays["x"] * 2}
+
+    batcher = Batcher(BatchingOptions(max_batch_size=16, batch_timeout_ms=50))
+    signature = Doubler()
+    results, errors = {}, {}
+
+    def request(i):
+        try:
+            results[i] = batcher.run(signature, {"x": np.full((2, 3), -1.0 if i == 5 else float(i))})["y"]
+        except ValueError as err:
+            errors[i] = str(err)
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert errors == {5: "negative"}  # a failing request fails alone
+    for i, y in results.items():
+        np.testing.assert_array_equal(y, np.full((2, 3), 2.0 * i))
+    assert max(calls) > 2  # some requests were merged
+    assert batcher.run(signature, {"x": np.ones((20, 3))})["y"].shape == (20, 3)  # too big: runs alone
+
+
+def test_serve_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["serve", "--model-base-path", str(tmp_path), "--model-name", "vae"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert_one_line(err)
+    assert err.startswith("error: no model directory") and "--model-base-path" in err
+    assert main(["serve", "--model-base-path", str(tmp_path), "--model-name", "../x"]) == 2
+    assert "not a plain directory name" in capsys.readouterr().err
+    (tmp_path / "labels.yaml").write_text("labels: {stable: one}\n")
+    (tmp_path / "vae").mkdir()
+    assert main(["serve", "--model", str(tmp_path / "vae"), "--labels-file", str(tmp_path / "labels.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert_one_line(err)
+    assert "must name a positive integer version" in err
+
+
+def test_serve_cli_port_in_use(exports, tmp_path, capsys):
+    _drop_version(exports, tmp_path, 1)
+    with running_server(tmp_path, "vae", grpc_port=None) as server:
+        code = main(["serve", "--model", str(tmp_path / "vae"), "--port", "0", "--rest-api-port",
+                     str(server.rest_port)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: cannot bind REST to 127.0.0.1:") and "--rest-api-port" in err
+    assert_one_line(err)
+
+
+def test_serve_command_runs_and_shuts_down_gracefully(exports, tmp_path):
+    _drop_version(exports, tmp_path, 1)
+    env = {**os.environ, "MODEL_BASE_PATH": str(tmp_path), "MODEL_NAME": "vae", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--port", "0", "--rest-api-port", "0"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines = {}
+        while "gRPC" not in lines:
+            line = process.stdout.readline()
+            assert line, "vae-tf serve exited before announcing its ports"
+            key, _, value = line.partition(":")
+            lines[key] = value.strip()
+        assert lines["model"].startswith("vae (versions: 1)")
+        rest_url = lines["REST"].split("/v1/")[0]
+        assert rest_url.startswith("http://127.0.0.1:")
+        assert RestClient(rest_url, "vae").encode(_x(1))["z_mean"].shape == (1, 4)
+        assert GrpcClient(lines["gRPC"].split()[0], "vae").status()["model_version_status"][0]["state"] == "AVAILABLE"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
