@@ -31,6 +31,10 @@ def _args(argv):
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--iw-k", default="500")
     evaluate.add_argument("--disentanglement", default="quick")
+    embed = sub.add_parser("embed")
+    for option, default in (("--model", ""), ("--server", ""), ("--model-name", ""), ("--data", "digits"),
+                            ("--split", "test"), ("--output", "embeddings.parquet")):
+        embed.add_argument(option, default=default)
     compare = sub.add_parser("compare")
     compare.add_argument("--suite", default="collapse")
     compare.add_argument("--size", default="quick")
@@ -85,6 +89,26 @@ def train(args) -> int:
     return 0
 
 
+def embed(args) -> int:
+    """Batch embeddings through ``vae-tf embed`` (a local export or a server), logged as an artifact."""
+    import mlflow
+
+    from training.cli import main as cli
+    from vae_tf.errors import ConfigError
+
+    if bool(args.model) == bool(args.server):
+        raise ConfigError("give exactly one of the parameters model (an export directory) or server (a URL)")
+    argv = ["embed", "--data", args.data, "--split", args.split, "--output", args.output]
+    argv += ["--model", args.model] if args.model else ["--server", args.server]
+    if args.model_name:
+        argv += ["--model-name", args.model_name]
+    code = cli(argv)
+    if code == 0 and os.environ.get("MLFLOW_RUN_ID"):
+        with mlflow.start_run():
+            mlflow.log_artifact(args.output, artifact_path="embeddings")
+    return code
+
+
 def main(argv=None) -> int:
     from vae_tf.errors import VaeTfError
 
@@ -98,6 +122,8 @@ def main(argv=None) -> int:
             evaluate(args.model, split=args.split, iw_k=_int("iw_k", args.iw_k, 0),
                      disentanglement=args.disentanglement)
             return 0
+        if args.entry == "embed":
+            return embed(args)
         from training.compare import run_suite
 
         run_suite(args.suite, size=args.size)

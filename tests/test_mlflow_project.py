@@ -17,13 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_mlproject_declares_typed_entry_points():
     project = yaml.safe_load((ROOT / "mlflow_project" / "MLproject").read_text())
     assert project["python_env"] == "python_env.yaml"
-    assert {"train", "evaluate", "compare"} <= set(project["entry_points"])
+    assert {"train", "evaluate", "compare", "embed"} <= set(project["entry_points"])
     train = project["entry_points"]["train"]["parameters"]
     assert train["epochs"]["type"] == "int" and train["objective"]["default"] == "elbo"
 
 
 def _mlflow_run(tmp_path, *params):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    # MLflow's setters (used by earlier tests in this process) export MLFLOW_* variables: drop them.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {**inherited, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     args = [sys.executable, "-m", "mlflow", "run", str(ROOT / "mlflow_project"), "-e", "train",
             "--env-manager", "local", "--experiment-name", "project-test"]

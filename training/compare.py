@@ -53,7 +53,7 @@ REPORT_COLUMNS = {
     "eval_beta_vae_score": ("BetaVAE", "{:.3f}"),
 }
 
-DEFAULT_EVALUATE = {"iw_k": 100, "disentanglement": True, "fd": False, "tsne": False,
+DEFAULT_EVALUATE = {"iw_k": 100, "disentanglement": True, "fd": False, "tsne": True,
                     "disentanglement_sizes": {"num_train": 1000, "num_eval": 500, "num_variance_estimate": 1000,
                                               "batch_size": 64}}
 
@@ -196,6 +196,11 @@ def _evaluate_child(model, data, config, opts: dict) -> dict:
     metrics = {f"eval_{k}": float(v) for k, v in result["metrics"].items() if not k.startswith("kl_dim_") and v == v}
     mlflow.log_metrics(metrics)
     mlflow.log_dict(report(result), "evaluation/report.json")
+    from training.tracking import log_figures
+    from vae_tf.metrics import evaluation_figures
+
+    x, _ = data.split("test")
+    log_figures(evaluation_figures(result, model=model, x=x[:10], value_range=data.value_range), "evaluation")
     curve = [result["arrays"]["collapse_curve_eps"].tolist(), result["arrays"]["collapse_curve_fraction"].tolist()]
     mlflow.log_dict({"eps": curve[0], "fraction": curve[1]}, "evaluation/collapse_curve.json")
     return {"metrics": metrics, "curve": curve}
