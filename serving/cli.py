@@ -13,7 +13,7 @@ import os
 import sys
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -23,15 +23,15 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
+def positive_int(text: str) -> int:
+    value = non_negative_int(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
 def _port(text: str) -> int:
-    value = _non_negative_int(text)
+    value = non_negative_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got {text}")
     return value
@@ -70,15 +70,15 @@ def add_parsers(sub) -> None:
     serve.add_argument("--poll-seconds", "--file_system_poll_wait_seconds", dest="poll_seconds",
                        type=_non_negative_float, default=1.0,
                        help="how often the base path is rescanned for new versions (default 1; 0: never)")
-    serve.add_argument("--rest-max-body-bytes", type=_positive_int, default=64 * 1024 * 1024,
+    serve.add_argument("--rest-max-body-bytes", type=positive_int, default=64 * 1024 * 1024,
                        help="largest accepted REST request body (default 64 MiB; larger: HTTP 413)")
-    serve.add_argument("--grpc-max-message-bytes", type=_positive_int, default=64 * 1024 * 1024,
+    serve.add_argument("--grpc-max-message-bytes", type=positive_int, default=64 * 1024 * 1024,
                        help="largest gRPC message in either direction (default 64 MiB)")
     serve.add_argument("--rest-timeout-seconds", type=_non_negative_float, default=30.0,
                        help="REST request timeout (default 30; then HTTP 504)")
     serve.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", action="store_true",
                        help="merge concurrent small requests for one signature into one model call")
-    serve.add_argument("--max-batch-size", type=_positive_int, default=32, help="rows per merged call (default 32)")
+    serve.add_argument("--max-batch-size", type=positive_int, default=32, help="rows per merged call (default 32)")
     serve.add_argument("--batch-timeout-ms", type=_non_negative_float, default=1.0,
                        help="longest a request waits for others to join its batch (default 1 ms)")
     serve.add_argument("--grace-seconds", type=_non_negative_float, default=5.0,
@@ -95,18 +95,18 @@ def add_parsers(sub) -> None:
     embed.add_argument("--seed", type=int, default=0, help="split seed (training's seed; default 0)")
     embed.add_argument("--val-fraction", type=float, default=0.1, help="as data.val_fraction in training (0.1)")
     embed.add_argument("--test-fraction", type=float, default=0.1, help="as data.test_fraction in training (0.1)")
-    embed.add_argument("--max-samples", type=_positive_int, default=None, help="cap the data set size")
+    embed.add_argument("--max-samples", type=positive_int, default=None, help="cap the data set size")
     source = embed.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", "-m", help="export directory models/NAME[/VERSION] (runs locally)")
     source.add_argument("--server", help="http://HOST:8501 (REST) or grpc://HOST:8500 (gRPC)")
     embed.add_argument("--model-name", help="model name on the server (default: $MODEL_NAME or model)")
-    embed.add_argument("--model-version", type=_positive_int,
+    embed.add_argument("--model-version", type=positive_int,
                        help="server version to use (default: the one served when the run starts, kept for the run)")
     embed.add_argument("--output", "-o", required=True, help="output file, .npz or .parquet")
     embed.add_argument("--outputs", default="embedding",
                        help="comma-separated encode outputs to keep (default embedding; e.g. embedding,z_mean)")
-    embed.add_argument("--chunk-size", type=_positive_int, default=4096, help="rows per chunk file (default 4096)")
-    embed.add_argument("--batch-size", type=_positive_int, default=256,
+    embed.add_argument("--chunk-size", type=positive_int, default=4096, help="rows per chunk file (default 4096)")
+    embed.add_argument("--batch-size", type=positive_int, default=256,
                        help="rows per model call / request (default 256)")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing output and discard old chunks")
 

@@ -29,6 +29,9 @@ def _quiet_libraries() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from serving.cli import add_parsers as add_serving_parsers
+    from serving.cli import non_negative_int, positive_int
+
     parser = argparse.ArgumentParser(prog="vae-tf", description="Variational autoencoders that do not collapse silently.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -48,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override the training config stored with the model (e.g. data settings)")
-    evaluate.add_argument("--max-examples", type=_positive_int, default=None,
+    evaluate.add_argument("--max-examples", type=positive_int, default=None,
                           help="evaluate a random subset of the split")
-    evaluate.add_argument("--iw-k", type=_non_negative_int, default=500,
+    evaluate.add_argument("--iw-k", type=non_negative_int, default=500,
                           help="importance samples for IW-NLL (multiple of 100; 0 skips it)")
     evaluate.add_argument("--disentanglement", choices=["off", "quick", "full"], default="quick",
                           help="factor metrics on data with known factors: quick (1000/500 points) or full "
@@ -71,27 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--runs", default=None, help="comma-separated run names (default: all)")
     compare.add_argument("--output-dir", default=None, help="report directory (default reports/SUITE-SIZE)")
 
-    from serving.cli import add_parsers as add_serving_parsers
-
     add_serving_parsers(sub)  # serve, embed, probe
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def cmd_train(args) -> int:

@@ -151,8 +151,10 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
         captured: dict[str, Any] = {}
         tags = {"mlflow.parentRunId": parent, "vae_tf.suite": suite.name, "vae_tf.suite_size": size,
                 "vae_tf.suite_child": key}
-        result = run_training(config, tags=tags, after_training=lambda m, d: captured.update(
-            _evaluate_child(m, d, config, evaluate_opts)))
+        def evaluate_child(model, data, captured=captured, config=config):
+            captured.update(_evaluate_child(model, data, config, evaluate_opts))
+
+        result = run_training(config, tags=tags, after_training=evaluate_child)
         # The same keys a resumed child's run holds: eval_* (diagnostics) and test_* (Keras evaluate).
         rows[(run_name, seed)] = {**captured["metrics"], **result.test_metrics}
         curves.setdefault(run_name, []).append(captured["curve"])
