@@ -55,7 +55,7 @@ class PretrainConfig:
     """Encoder pretraining (vae_tf.pretraining): off while ``fraction`` is 0."""
 
     fraction: float = 0.0                # labelled fraction of the training split reserved for it
-    epochs: int = 5
+    epochs: int = 30                     # 10 % of digits is ~3 steps per epoch: 5 epochs reached chance
     batch_size: int | None = None        # None: train.batch_size
     learning_rate: float | None = None   # None: train.learning_rate
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from pathlib import Path
 
 from training.config import Config
@@ -165,6 +166,11 @@ def _run(config: Config, run, tracking_uri: str, after_training=None) -> TrainRe
                      "vae_tf.likelihood": config.model.likelihood["name"], "vae_tf.data": config.data.name})
 
     seed_everything(config)
+    if config.model.latent.get("family") == "normal_gamma" and not config.objective.options.get("beta_schedule"):
+        # Without KL warm-up every mixture weight goes to the uninformative component in the first
+        # epoch and never recovers (docs/latent_families.md).
+        print("warning: model.latent.family=normal_gamma without objective.options.beta_schedule usually "
+              "collapses every dimension; add e.g. beta_schedule: {kind: linear, steps: 1000}", file=sys.stderr)
     data = prepare_data(config)
     data, labelled = split_for_pretraining(config, data)
     mlflow.log_params({"data.n_train": len(data.x_train), "data.n_val": len(data.x_val),
