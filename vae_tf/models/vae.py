@@ -75,8 +75,10 @@ class VAE(keras.Model):
     Training steps are counted in the non-trainable variable ``train_steps``; schedules read it,
     so a restored checkpoint continues them exactly.
 
-    Metrics (every step, means over the batch): ``loss``, ``elbo``, ``reconstruction``, ``kl``,
-    ``beta``, plus the objective's and the likelihood's state (:meth:`state_metrics`, last value,
+    Metrics (every step; means over the examples seen in the epoch): ``loss``, ``elbo``,
+    ``reconstruction``, ``kl``; ``beta`` is the weight in force after the step; plus the
+    results of any other tracker in :attr:`metrics` (subclasses', the family's); plus the
+    objective's and the likelihood's state (:meth:`state_metrics`, last value,
     e.g. ``sigma_x`` of a learned decoder variance), plus the latent family's own diagnostics
     (:meth:`LatentFamily.update_diagnostics`, train and test steps; none for the Gaussian family).
     Evaluation adds ``active_kl_dims``: the number of latent dimensions whose KL,
@@ -105,10 +107,8 @@ class VAE(keras.Model):
         latent.bind_step(self.train_steps)  # schedules inside the family (a temperature) read it
         self.seed_generator = keras.random.SeedGenerator(seed, name="vae_seed")
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.elbo_tracker = keras.metrics.Mean(name="elbo")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
-        self.beta_tracker = keras.metrics.Mean(name="beta")
         self.kl_per_dim_tracker = MeanVector(latent.kl_size, name="kl_per_dim")
 
     # --- the model's pieces ----------------------------------------------------------------
@@ -161,8 +161,8 @@ class VAE(keras.Model):
     def metrics(self):
         # Listing the trackers lets Keras reset them every epoch; `loss` comes from our own tracker
         # (a bare "loss" key would be shadowed by Keras' built-in one: stack-notes.md §4).
-        return [self.loss_tracker, self.elbo_tracker, self.reconstruction_tracker, self.kl_tracker,
-                self.beta_tracker, self.kl_per_dim_tracker, *self.latent.metrics]
+        return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.kl_per_dim_tracker,
+                *self.latent.metrics]
 
     @staticmethod
     def unpack(data):
@@ -177,12 +177,18 @@ class VAE(keras.Model):
         the last batch of an epoch is smaller."""
         batch = tf.cast(tf.shape(terms["elbo"])[0], tf.float32)
         self.loss_tracker.update_state(loss, sample_weight=batch)
-        self.elbo_tracker.update_state(terms["elbo"])
         self.reconstruction_tracker.update_state(terms["reconstruction"])
         self.kl_tracker.update_state(terms["kl"])
-        self.beta_tracker.update_state(self.beta)
         family_logs = self.latent.update_diagnostics(terms)  # the family's own metrics ({} for Gaussian)
-        return {**{m.name: m.result() for m in self.metrics if m is not self.kl_per_dim_tracker}, **family_logs}
+        # Derived rather than tracked (fewer ops per step, which small models feel: see
+        # docs/performance.md): the ELBO mean is the difference of the two means over the same
+        # examples, and β is reported as the value in force after the step.
+        reconstruction, kl = self.reconstruction_tracker.result(), self.kl_tracker.result()
+        logs = {"loss": self.loss_tracker.result(), "elbo": reconstruction - kl, "reconstruction": reconstruction,
+                "kl": kl, "beta": tf.convert_to_tensor(self.beta)}
+        own = (self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.kl_per_dim_tracker)
+        logs.update({m.name: m.result() for m in self.metrics if all(m is not t for t in own)})  # family, subclasses
+        return {**logs, **family_logs}
 
     def train_step(self, data):
         x = self.unpack(data)
