@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 import grpc
 import numpy as np
 
-from serving.model_store import (CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD, ModelStore,
+from serving.model_store import (refuse_classify_or_regress, CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD, ModelStore,
                                  Servable)
 from serving.status import Code, ServingError, invalid_argument, one_line
 
@@ -221,14 +221,7 @@ class PredictionService(_prediction_servicer_base()):
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         servable: Servable = self.store.servable(*_spec_target(request.model_spec))
-        key = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        signature = servable.signatures.get(key)
-        if signature is None:
-            raise invalid_argument(f"No signature was found with the name: {key}")
-        if signature.method_name != method_name:
-            raise invalid_argument(f"Expected {kind} signature method_name to be {method_name}. Was: "
-                                   f"{signature.method_name}")
-        raise ServingError(Code.UNIMPLEMENTED, f"{kind.capitalize()} signatures are not served by this server")
+        refuse_classify_or_regress(servable, request.model_spec.signature_name, kind, method_name)
 
     @_rpc
     def MultiInference(self, request, context):

@@ -259,6 +259,20 @@ def _check_shape(arr: np.ndarray, spec: InputSpec, signature: str) -> None:
 # -- one loaded version ------------------------------------------------------------------------
 
 
+def refuse_classify_or_regress(servable: "Servable", signature_key: str, kind: str, method_name: str):
+    """TF Serving's answer to ``:classify`` / ``:regress`` (REST) and Classify / Regress (gRPC):
+    INVALID_ARGUMENT for an unknown or non-matching signature, else UNIMPLEMENTED (we serve
+    predict signatures only). Always raises."""
+    key = signature_key or DEFAULT_SIGNATURE
+    signature = servable.signatures.get(key)
+    if signature is None:
+        raise invalid_argument(f"No signature was found with the name: {key}")
+    if signature.method_name != method_name:
+        raise invalid_argument(f"Expected {kind} signature method_name to be {method_name}. Was: "
+                               f"{signature.method_name}")
+    raise ServingError(Code.UNIMPLEMENTED, f"{kind.capitalize()} signatures are not served by this server")
+
+
 class Servable:
     """One loaded version: its SignatureDefMap (for metadata) and callable signatures."""
 

@@ -36,9 +36,9 @@ from urllib.parse import unquote_to_bytes
 import numpy as np
 
 from serving import json_codec
-from serving.model_store import (CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD, ModelStore,
+from serving.model_store import (refuse_classify_or_regress, CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD, ModelStore,
                                  Servable)
-from serving.status import Code, ServingError, invalid_argument, one_line
+from serving.status import ServingError, invalid_argument, one_line
 
 log = logging.getLogger("serving.rest")
 
@@ -166,14 +166,7 @@ class RestApi:
         signature_name = json_codec.signature_name_of(doc)
         _check_examples(doc)
         servable = self.store.servable(name, version, label)
-        key = signature_name or DEFAULT_SIGNATURE
-        signature = servable.signatures.get(key)
-        if signature is None:
-            raise invalid_argument(f"No signature was found with the name: {key}")
-        if signature.method_name != method_name:
-            raise invalid_argument(f"Expected {kind} signature method_name to be {method_name}. Was: "
-                                   f"{signature.method_name}")
-        raise ServingError(Code.UNIMPLEMENTED, f"{kind.capitalize()} signatures are not served by this server")
+        refuse_classify_or_regress(servable, signature_name, kind, method_name)
 
 
 def _check_examples(doc: Mapping) -> None:
