@@ -223,19 +223,17 @@ class MIMaxVAE(VAE):
 
     def train_step(self, data):
         x = self.unpack(data)
-        with tf.GradientTape() as tape:
+
+        def forward(tape):
             terms = self.compute_terms(x, training=True)
             x_rec, target = self.q_inputs(terms)
-            with tape.stop_recording():
-                q_loss = self.q_update(tf.stop_gradient(x_rec), tf.stop_gradient(target))
+            with tape.stop_recording():  # the Q step: its own optimizer, no gradient to θ, φ
+                terms["q_loss"] = self.q_update(tf.stop_gradient(x_rec), tf.stop_gradient(target))
             terms.update(self.mi_terms(terms, x_rec, target))
-            self.before_loss(terms)
-            loss = self.objective_loss(terms)
-            if self.losses:
-                loss = loss + tf.add_n(self.losses)
-        grads = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        self.after_step(x, terms)
+            return terms
+
+        loss, terms = self.optimise(x, forward)
+        q_loss = terms["q_loss"]
         self._update_mi_trackers(terms)
         self.q_loss_tracker.update_state(q_loss, sample_weight=tf.cast(tf.shape(x)[0], tf.float32))
         return {**self.update_trackers(loss, terms), **self.state_metrics()}

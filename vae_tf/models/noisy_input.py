@@ -105,15 +105,7 @@ class NoisyInputVAE(VAE):
     def train_step(self, data):
         x = tf.convert_to_tensor(self.unpack(data), tf.float32)
         x_tilde = self.perturb(x)
-        with tf.GradientTape() as tape:
-            terms = self.compute_terms(x_tilde, training=True, target=x)
-            self.before_loss(terms)
-            loss = self.objective_loss(terms)
-            if self.losses:
-                loss = loss + tf.add_n(self.losses)
-        grads = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        self.after_step(x, terms)
+        loss, terms = self.optimise(x, lambda tape: self.compute_terms(x_tilde, training=True, target=x))
         clean = self.compute_terms(x, training=False)
         self._update_perturbation_trackers(x, x_tilde, terms)
         return {**self.update_trackers(loss, clean), **self.state_metrics()}

@@ -190,10 +190,13 @@ class VAE(keras.Model):
         logs.update({m.name: m.result() for m in self.metrics if all(m is not t for t in own)})  # family, subclasses
         return {**logs, **family_logs}
 
-    def train_step(self, data):
-        x = self.unpack(data)
+    def optimise(self, x: tf.Tensor, forward) -> tuple[tf.Tensor, dict]:
+        """One update of every trainable variable: ``forward(tape)`` returns the step's terms
+        (recorded on ``tape``), then β is set (:meth:`before_loss`), the loss is taken
+        (:meth:`objective_loss` plus layer losses), the optimizer steps and :meth:`after_step`
+        runs. Returns ``(loss, terms)``; objectives with their own forward pass reuse it."""
         with tf.GradientTape() as tape:
-            terms = self.compute_terms(x, training=True)
+            terms = forward(tape)
             self.before_loss(terms)
             loss = self.objective_loss(terms)
             if self.losses:
@@ -201,6 +204,11 @@ class VAE(keras.Model):
         grads = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         self.after_step(x, terms)
+        return loss, terms
+
+    def train_step(self, data):
+        x = self.unpack(data)
+        loss, terms = self.optimise(x, lambda tape: self.compute_terms(x, training=True))
         return {**self.update_trackers(loss, terms), **self.state_metrics()}
 
     def test_step(self, data):
