@@ -75,7 +75,14 @@ def add_parsers(sub) -> None:
     serve.add_argument("--grpc-max-message-bytes", type=positive_int, default=64 * 1024 * 1024,
                        help="largest gRPC message in either direction (default 64 MiB)")
     serve.add_argument("--rest-timeout-seconds", type=_non_negative_float, default=30.0,
-                       help="REST request timeout (default 30; then HTTP 504)")
+                       help="REST request deadline from arrival (default 30; then HTTP 504, or 408 if the body is "
+                            "still incomplete)")
+    serve.add_argument("--max-in-flight", type=positive_int, default=128,
+                       help="requests each protocol admits at once, running or queued (default 128; beyond: REST "
+                            "HTTP 429, gRPC RESOURCE_EXHAUSTED)")
+    serve.add_argument("--follow-external-links", action="store_true",
+                       help="load versions whose files are symbolic links to places outside the model base path "
+                            "(default: refuse them)")
     serve.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", action="store_true",
                        help="merge concurrent small requests for one signature into one model call")
     serve.add_argument("--max-batch-size", type=positive_int, default=32, help="rows per merged call (default 32)")
@@ -144,6 +151,8 @@ def cmd_serve(args) -> int:
     config.rest_max_body_bytes = args.rest_max_body_bytes
     config.grpc_max_message_bytes = args.grpc_max_message_bytes
     config.rest_timeout_seconds = args.rest_timeout_seconds
+    config.max_in_flight = args.max_in_flight
+    config.follow_external_links = args.follow_external_links
     config.grace_seconds = args.grace_seconds
     if args.enable_batching:
         config.batching = BatchingOptions(max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms)

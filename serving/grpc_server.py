@@ -13,6 +13,13 @@ the model runs. Outputs are written into the typed ``*_val`` fields, as TF Servi
 default (``kAsProtoField``), so clients that read ``outputs[k].float_val`` work, and so does
 ``tf.make_ndarray``. Errors carry upstream's canonical code and message, cut to 1024 characters
 plus ``...TRUNCATED`` (``grpc_status_util.cc``).
+
+Load and faults: at most ``max_in_flight`` RPCs are admitted at once (running or waiting for a
+worker thread); gRPC itself refuses the next one with RESOURCE_EXHAUSTED before it is queued,
+so a burst cannot grow the queue without bound. The client's deadline is honoured: a Predict
+whose deadline has passed (or whose client has gone) by the time a worker picks it up, or by
+the time its inputs are parsed, is answered DEADLINE_EXCEEDED (CANCELLED) without running the
+model. Any exception in a handler becomes a status; none escapes to take a worker down.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import concurrent.futures
 import functools
 import logging
 import os
+import threading
 from typing import Callable, Mapping
 
 import grpc
@@ -33,6 +41,7 @@ from serving.status import Code, ServingError, invalid_argument, one_line
 log = logging.getLogger("serving.grpc")
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_IN_FLIGHT = 128
 MAX_ERROR_CHARS = 1024
 
 Runner = Callable[[object, Mapping[str, np.ndarray]], dict]
@@ -64,6 +73,17 @@ def _rpc(method):
             _abort(context, ServingError(Code.INTERNAL, f"Internal error: {one_line(err, 200)}"))
 
     return wrapper
+
+
+def _check_still_wanted(context) -> None:
+    """Refuse to spend model time on an RPC nobody waits for: its deadline has passed or its
+    client cancelled. (gRPC has already told the client; this spares the worker.)"""
+    if not context.is_active():
+        raise ServingError(Code.CANCELLED, "The client cancelled the request before the model ran")
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline exceeded before the model ran; give the call a longer "
+                                                   "timeout or send smaller batches")
 
 
 def _spec_target(model_spec) -> tuple[str, int | None, str | None]:
@@ -152,6 +172,7 @@ class PredictionService(_prediction_servicer_base()):
     def Predict(self, request, context):
         from tensorflow_serving.apis import predict_pb2
 
+        _check_still_wanted(context)  # it may have waited for a worker thread
         name, version, label = _spec_target(request.model_spec)
         servable = self.store.servable(name, version, label)
         signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
@@ -182,7 +203,9 @@ class PredictionService(_prediction_servicer_base()):
         if len(set(wanted)) != len(wanted):
             duplicate = next(a for a in wanted if wanted.count(a) > 1)
             raise invalid_argument(f"duplicate output tensor alias: {duplicate}")
-        outputs = self.run(signature, signature.prepare(arrays))
+        arrays = signature.prepare(arrays)
+        _check_still_wanted(context)  # parsing a large request takes time too
+        outputs = self.run(signature, arrays)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = name
         response.model_spec.signature_name = signature_name
@@ -257,7 +280,8 @@ class GrpcServer:
     """A ``grpc.server`` with both services, bound to ``host:port`` (port 0: a free one)."""
 
     def __init__(self, store: ModelStore, host: str, port: int, *, run: Runner | None = None,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, threads: int | None = None):
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, threads: int | None = None,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         options = [("grpc.max_receive_message_length", int(max_message_bytes)),
@@ -265,7 +289,10 @@ class GrpcServer:
                    ("grpc.so_reuseport", 0)]  # a second server on a taken port must fail, not share it
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=threads or min(32, 4 * (os.cpu_count() or 1)), thread_name_prefix="grpc")
-        self._server = grpc.server(self._executor, options=options)
+        # maximum_concurrent_rpcs counts RPCs running plus those queued for a thread; past it gRPC
+        # answers RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!") without queueing.
+        self._server = grpc.server(self._executor, options=options, maximum_concurrent_rpcs=int(max_in_flight))
+        self._stopped: threading.Event | None = None
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(store, run, max_message_bytes=max_message_bytes), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(store), self._server)
@@ -284,9 +311,19 @@ class GrpcServer:
 
     def stop(self, grace_seconds: float = 5.0) -> None:
         """Refuse new RPCs, let running ones finish within the grace period."""
-        self._server.stop(grace_seconds).wait()
+        self.begin_stop(grace_seconds)
+        self.wait_stopped()
+
+    def begin_stop(self, grace_seconds: float = 5.0) -> None:
+        """Refuse new RPCs from now on; running ones go on for up to ``grace_seconds``."""
+        if self._stopped is None:
+            self._stopped = self._server.stop(grace_seconds)
+
+    def wait_stopped(self) -> None:
+        if self._stopped is not None:
+            self._stopped.wait()
         self._executor.shutdown(wait=False)
 
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "GrpcServer", "ModelService", "PredictionService", "ndarray_to_proto",
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "DEFAULT_MAX_MESSAGE_BYTES", "GrpcServer", "ModelService", "PredictionService", "ndarray_to_proto",
            "proto_to_ndarray"]

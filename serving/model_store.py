@@ -23,7 +23,12 @@ What TensorFlow Serving's ``ServerCore`` does for one model, in Python (referenc
 
 Path safety: the model name comes from the operator (``MODEL_NAME``) and must be one plain path
 segment; names in requests are only compared with it, never joined to a path, so no request
-(``..``, ``%2F``, absolute paths) can reach a file outside ``MODEL_BASE_PATH``.
+(``..``, ``%2F``, absolute paths) can reach a file outside ``MODEL_BASE_PATH``. Symbolic links
+are not a way out either: a version whose directory, or any file or directory inside it,
+resolves outside ``MODEL_BASE_PATH`` is not loaded (status ``END`` with the reason) unless the
+operator allows it (``follow_external_links``, ``--follow-external-links``). Nothing from a
+request is ever deserialised with pickle or executed: requests are JSON or protobuf, read into
+NumPy arrays.
 """
 
 from __future__ import annotations
@@ -94,6 +99,27 @@ def scan_versions(model_dir: Path) -> dict[int, Path]:
         except OSError:
             continue
     return found
+
+
+def check_inside(version_dir: Path, base_path: Path) -> None:
+    """Raise ``ValueError`` if ``version_dir`` or anything under it resolves (through symbolic
+    links) outside ``base_path``. Links inside the base path are fine (e.g. Kubernetes volume
+    mounts, which link ``saved_model.pb`` to ``..data/saved_model.pb``)."""
+    root = base_path.resolve()
+
+    def outside(path: Path) -> bool:
+        resolved = path.resolve()
+        return resolved != root and root not in resolved.parents
+
+    if outside(version_dir):
+        raise ValueError(f"{version_dir} resolves to {version_dir.resolve()}, outside MODEL_BASE_PATH {root}; copy "
+                         "the model into MODEL_BASE_PATH or pass --follow-external-links")
+    for parent, dirs, files in os.walk(version_dir, followlinks=False):
+        for entry in dirs + files:
+            path = Path(parent) / entry
+            if path.is_symlink() and outside(path):
+                raise ValueError(f"{path} links to {path.resolve()}, outside MODEL_BASE_PATH {root}; copy the file "
+                                 "into MODEL_BASE_PATH or pass --follow-external-links")
 
 
 def read_labels(path: str | os.PathLike) -> dict[str, int]:
@@ -346,16 +372,21 @@ class ModelStore:
             only when :meth:`poll` is called.
         labels_file: optional YAML/JSON ``{labels: {name: version}}``, re-read when it changes.
         warmup: run each signature once after loading.
+        follow_external_links: load versions whose files resolve (through symbolic links)
+            outside ``base_path``; off by default, so the base path is the whole of what the
+            server reads.
     """
 
     def __init__(self, base_path: str | os.PathLike, model_name: str, *, poll_seconds: float = DEFAULT_POLL_SECONDS,
-                 labels_file: str | os.PathLike | None = None, warmup: bool = True):
+                 labels_file: str | os.PathLike | None = None, warmup: bool = True,
+                 follow_external_links: bool = False):
         self.base_path = Path(base_path)
         self.model_name = validate_model_name(model_name)
         self.model_dir = self.base_path / self.model_name
         self.poll_seconds = float(poll_seconds)
         self.labels_file = Path(labels_file) if labels_file else None
         self.warmup = warmup
+        self.follow_external_links = follow_external_links
         # Published state: replaced as a whole, never mutated, so readers need no lock.
         self._servables: dict[int, Servable] = {}
         self._labels: dict[str, int] = {}
@@ -447,6 +478,8 @@ class ModelStore:
         self._set_status(VersionStatus(version, LOADING))
         started = time.perf_counter()
         try:
+            if not self.follow_external_links:
+                check_inside(path, self.base_path)
             servable = Servable.load(self.model_name, version, path, warmup=self.warmup)
         except Exception as err:  # a broken version must not take the server down
             code = from_tensorflow_error(err).code if hasattr(err, "error_code") else Code.UNKNOWN
@@ -527,5 +560,5 @@ def _mtime(path: Path) -> float | None:
 
 
 __all__ = ["AVAILABLE", "DEFAULT_POLL_SECONDS", "DEFAULT_SIGNATURE", "END", "INIT_OP_SIGNATURE", "InputSpec", "LOADING",
-           "ModelStore", "PREDICT_METHOD", "Servable", "Signature", "VersionStatus", "read_labels", "scan_versions",
-           "validate_model_name"]
+           "ModelStore", "PREDICT_METHOD", "Servable", "Signature", "VersionStatus", "check_inside", "read_labels",
+           "scan_versions", "validate_model_name"]

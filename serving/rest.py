@@ -18,6 +18,14 @@ a bare 404. Every response is ``application/json``; errors are ``{"error": "<mes
 with 413 before reading it all), runs the handler in a thread pool so the event loop keeps
 accepting connections while a model runs, and answers 504 after ``timeout_seconds`` (TF
 Serving's REST timeout, 30 s). :class:`RestServer` runs it on uvicorn in a background thread.
+
+Load and faults: at most ``max_in_flight`` requests are admitted at once (being read, queued for
+a worker thread, or running); one more is answered at once with ``429 {"error": ...}``
+(RESOURCE_EXHAUSTED) instead of queueing without bound. A request holds its place until its
+worker thread is done with it, so a timed-out request that is still running counts too. The
+timeout is a per-request deadline measured from arrival: a body that has not arrived by then
+gets 408, a request still waiting for a worker thread is dropped without running, and one whose
+model call has not started when the deadline passes is not run.
 """
 
 from __future__ import annotations
@@ -38,12 +46,13 @@ import numpy as np
 from serving import json_codec
 from serving.model_store import (refuse_classify_or_regress, CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD, ModelStore,
                                  Servable)
-from serving.status import ServingError, invalid_argument, one_line
+from serving.status import Code, ServingError, invalid_argument, one_line
 
 log = logging.getLogger("serving.rest")
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_SECONDS = 30.0
+DEFAULT_MAX_IN_FLIGHT = 128
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 _V1_RE = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
@@ -70,12 +79,13 @@ class RestApi:
         self.run: Runner = run or (lambda signature, arrays: signature.run(arrays))
         self._metadata_cache: dict[int, tuple[Servable, bytes]] = {}
 
-    def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
-        """``(status, body)`` for one request; ``path`` is the raw (percent-encoded) path."""
+    def handle(self, method: str, path: str, body: bytes, deadline: float | None = None) -> tuple[int, bytes]:
+        """``(status, body)`` for one request; ``path`` is the raw (percent-encoded) path;
+        ``deadline`` (``time.monotonic()`` seconds): past it, the model is not run."""
         if not _V1_RE.fullmatch(path):
             return 404, b""
         try:
-            return 200, self._dispatch(method, path, body)
+            return 200, self._dispatch(method, path, body, deadline)
         except ServingError as err:
             return err.code.http_status, json_codec.error_body(err.message)
         except RecursionError:
@@ -88,7 +98,7 @@ class RestApi:
 
     # -- routing ---------------------------------------------------------------------------
 
-    def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
+    def _dispatch(self, method: str, path: str, body: bytes, deadline: float | None = None) -> bytes:
         if method == "POST":
             match = _PREDICT_RE.fullmatch(path)
         elif method == "GET":
@@ -108,7 +118,9 @@ class RestApi:
             label = _decode_segment(label)
         if method == "POST":
             # The verb group matches case-insensitively but is compared exactly (as upstream).
-            handler = {"predict": self._predict, "classify": self._classify, "regress": self._regress}.get(verb)
+            if verb == "predict":
+                return self._predict(name, version, label, body, deadline)
+            handler = {"classify": self._classify, "regress": self._regress}.get(verb)
             if handler is None:
                 raise invalid_argument(f"Malformed request: {method} {path}")
             return handler(name, version, label, body)
@@ -136,7 +148,8 @@ class RestApi:
 
     # -- predict ---------------------------------------------------------------------------
 
-    def _predict(self, name: str, version: int | None, label: str | None, body: bytes) -> bytes:
+    def _predict(self, name: str, version: int | None, label: str | None, body: bytes,
+                 deadline: float | None = None) -> bytes:
         doc = json_codec.parse_document(body)
         signature_name = json_codec.signature_name_of(doc)
         servable = self.store.servable(name, version, label)  # one version for the whole request
@@ -152,6 +165,11 @@ class RestApi:
         check_bools = b"true" in body or b"false" in body
         fmt, arrays = json_codec.tensors_from_request(doc, signature.inputs, check_bools=check_bools)
         arrays = signature.prepare(arrays)
+        if deadline is not None and time.monotonic() > deadline:
+            # Parsing a large body (or waiting for a thread) used up the time: the client has
+            # been answered 504 already, so running the model would only delay other requests.
+            raise ServingError(Code.DEADLINE_EXCEEDED, "Request timed out before the model ran; send smaller batches "
+                                                       "or raise --rest-timeout-seconds")
         outputs = self.run(signature, arrays)
         return json_codec.predict_response(outputs, fmt)
 
@@ -214,12 +232,34 @@ class RestApp:
     """ASGI application around :class:`RestApi`."""
 
     def __init__(self, api: RestApi, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, threads: int | None = None):
+                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, threads: int | None = None,
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT):
         self.api = api
         self.max_body_bytes = int(max_body_bytes)
         self.timeout_seconds = float(timeout_seconds)
+        self.max_in_flight = int(max_in_flight)
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=threads or min(32, 4 * (os.cpu_count() or 1)), thread_name_prefix="rest")
+        # Touched from the event loop and from worker threads (a slot is released when the
+        # thread is done), hence the lock.
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not yet finished (reading, queued or running)."""
+        return self._in_flight
+
+    def _admit(self) -> bool:
+        with self._in_flight_lock:
+            if self._in_flight >= self.max_in_flight:
+                return False
+            self._in_flight += 1
+            return True
+
+    def _release(self, *_ignored) -> None:
+        with self._in_flight_lock:
+            self._in_flight -= 1
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -227,30 +267,65 @@ class RestApp:
             return
         if scope["type"] != "http":
             return
+        if not self._admit():
+            # Refused before the body is read: an overloaded server holds no more memory for it.
+            await self._reply(send, 429, json_codec.error_body(
+                f"Too many requests in flight (the server's limit is {self.max_in_flight}); retry after a short "
+                "wait, or raise --max-in-flight"))
+            return
+        submitted: list = []
+        try:
+            await self._handle(scope, receive, send, submitted)
+        finally:
+            if not submitted:  # else the worker thread's completion releases the place
+                self._release()
+
+    async def _handle(self, scope, receive, send, submitted: list) -> None:
+        """Answer one admitted request; the work sent to a worker thread is appended to
+        ``submitted``."""
+        deadline = time.monotonic() + self.timeout_seconds
         method = scope["method"]
         path = (scope.get("raw_path") or scope["path"].encode("utf-8")).decode("latin-1").split("?", 1)[0]
         declared = _content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
             await self._reply(send, 413, self._too_large(declared))
             return
+        try:
+            body = await asyncio.wait_for(self._read_body(receive), max(deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            # A client that never finishes its body (slowloris) must not hold a place forever.
+            await self._reply(send, 408, json_codec.error_body(
+                f"Request body not received within {self.timeout_seconds:g} s; send the whole body at once"))
+            return
+        if body is None:  # disconnected
+            return
+        if len(body) > self.max_body_bytes:
+            await self._reply(send, 413, self._too_large(None))
+            return
+        work = self.executor.submit(self.api.handle, method, path, body, deadline)
+        submitted.append(work)
+        work.add_done_callback(self._release)
+        try:
+            # Not shielded: on timeout the wrapper is cancelled, which cancels the work if it is
+            # still queued; work already running finishes (a thread cannot be interrupted) and
+            # keeps its admission until then.
+            status, payload = await asyncio.wait_for(asyncio.wrap_future(work), max(deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            status, payload = 504, json_codec.error_body(
+                f"Request timed out after {self.timeout_seconds:g} s; send smaller batches or raise "
+                "--rest-timeout-seconds")
+        await self._reply(send, status, payload)
+
+    async def _read_body(self, receive) -> bytes | None:
+        """The request body, or None if the client went away; stops early past the size limit."""
         body = bytearray()
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                return None
             body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:
-                await self._reply(send, 413, self._too_large(None))
-                return
-            if not message.get("more_body"):
-                break
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.executor, self.api.handle, method, path, bytes(body))
-        try:
-            status, payload = await asyncio.wait_for(asyncio.shield(future), self.timeout_seconds)
-        except asyncio.TimeoutError:
-            status, payload = 504, json_codec.error_body(f"Request timed out after {self.timeout_seconds:g} s")
-        await self._reply(send, status, payload)
+            if len(body) > self.max_body_bytes or not message.get("more_body"):
+                return bytes(body)
 
     def _too_large(self, size: int | None) -> bytes:
         got = f"of {size} bytes " if size is not None else ""
@@ -333,12 +408,21 @@ class RestServer:
 
     def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the grace period), close."""
+        self.begin_stop()
+        self.wait_stopped()
+
+    def begin_stop(self) -> None:
+        """Stop accepting new connections (uvicorn closes the listener on its next tick); requests
+        in flight go on. Lets the caller stop the gRPC server at the same moment."""
         self._server.should_exit = True
+
+    def wait_stopped(self) -> None:
+        """Wait for the requests in flight (up to the grace period), then release the threads."""
         if self._thread is not None:
             self._thread.join(timeout=60)
         self.app.executor.shutdown(wait=True, cancel_futures=False)
         self.socket.close()
 
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "RestApi", "RestApp", "RestServer", "bind_socket", "metadata_json",
-           "status_json"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_IN_FLIGHT", "DEFAULT_TIMEOUT_SECONDS", "RestApi", "RestApp",
+           "RestServer", "bind_socket", "metadata_json", "status_json"]

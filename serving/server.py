@@ -5,7 +5,9 @@ Defaults are those of the official ``tensorflow/serving`` image (reference §1):
 on 8500, REST on 8501, the base path polled every second. Unlike the image, the server binds
 ``127.0.0.1`` unless told otherwise (``--host 0.0.0.0`` in a container), a port of 0 means "any
 free port" (TF Serving reads ``--rest_api_port=0`` as "no REST"; use ``--no-rest`` here), and
-request sizes are limited (64 MiB by default, both protocols).
+request sizes are limited (64 MiB by default, both protocols), and each protocol admits at most
+``max_in_flight`` requests at once (128 by default; beyond that REST answers 429 and gRPC
+RESOURCE_EXHAUSTED, rather than queueing without bound).
 
 >>> from serving.server import ModelServer, ServerConfig
 >>> with ModelServer(ServerConfig(model_base_path="models", model_name="vae", rest_port=0,
@@ -13,8 +15,8 @@ request sizes are limited (64 MiB by default, both protocols).
 ...     print(server.rest_url, server.grpc_target)
 
 Shutdown (SIGINT/SIGTERM or :meth:`ModelServer.stop`) is graceful: both servers stop
-accepting, requests in flight finish within ``grace_seconds``, then the batcher and the poller
-stop.
+accepting at the same moment, requests in flight finish within ``grace_seconds``, then the
+batcher and the poller stop.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from pathlib import Path
 from serving.batching import Batcher, BatchingOptions
 from serving.grpc_server import DEFAULT_MAX_MESSAGE_BYTES, GrpcServer
 from serving.model_store import DEFAULT_POLL_SECONDS, ModelStore, validate_model_name
-from serving.rest import DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_SECONDS, RestApi, RestApp, RestServer
+from serving.rest import (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT_SECONDS, RestApi, RestApp,
+                          RestServer)
 from vae_tf.errors import ConfigError, ModelNotFoundError
 
 log = logging.getLogger("serving.server")
@@ -60,6 +63,8 @@ class ServerConfig:
     rest_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     grpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     rest_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # per protocol; beyond it 429 / RESOURCE_EXHAUSTED
+    follow_external_links: bool = False  # load version directories that resolve outside the base path
     rest_threads: int | None = None
     grpc_threads: int | None = None
     batching: BatchingOptions | None = None  # None: off
@@ -80,6 +85,8 @@ class ServerConfig:
                            ("--grpc-max-message-bytes", self.grpc_max_message_bytes)):
             if size < 1024:
                 raise ConfigError(f"{what} must be at least 1024, got {size}")
+        if self.max_in_flight < 1:
+            raise ConfigError(f"--max-in-flight must be at least 1, got {self.max_in_flight}")
         model_dir = Path(self.model_base_path) / self.model_name
         if not model_dir.is_dir():
             raise ModelNotFoundError(f"no model directory {model_dir} (MODEL_BASE_PATH/MODEL_NAME): export a model "
@@ -93,7 +100,8 @@ class ModelServer:
     def __init__(self, config: ServerConfig):
         self.config = config.check()
         self.store = ModelStore(config.model_base_path, config.model_name, poll_seconds=config.poll_seconds,
-                                labels_file=config.labels_file, warmup=config.warmup)
+                                labels_file=config.labels_file, warmup=config.warmup,
+                                follow_external_links=config.follow_external_links)
         self.batcher: Batcher | None = None
         self.rest: RestServer | None = None
         self.grpc: GrpcServer | None = None
@@ -134,13 +142,14 @@ class ModelServer:
                 try:
                     self.grpc = GrpcServer(self.store, config.host, config.grpc_port, run=run,
                                            max_message_bytes=config.grpc_max_message_bytes,
-                                           threads=config.grpc_threads)
+                                           threads=config.grpc_threads, max_in_flight=config.max_in_flight)
                 except OSError as err:
                     raise ConfigError(f"{err}; pick another port with --port or stop the other server") from None
                 self.grpc.start()
             if config.rest_port is not None:
                 app = RestApp(RestApi(self.store, run), max_body_bytes=config.rest_max_body_bytes,
-                              timeout_seconds=config.rest_timeout_seconds, threads=config.rest_threads)
+                              timeout_seconds=config.rest_timeout_seconds, threads=config.rest_threads,
+                              max_in_flight=config.max_in_flight)
                 try:
                     self.rest = RestServer(app, config.host, config.rest_port, grace_seconds=config.grace_seconds)
                 except OSError as err:
@@ -157,10 +166,15 @@ class ModelServer:
         with self._stop_lock:
             if self._stopped.is_set():
                 return
-            if self.rest is not None:
-                self.rest.stop()
+            # Both stop accepting first, then both drain: draining one while the other still
+            # took new requests would stretch the shutdown to twice the grace period.
             if self.grpc is not None:
-                self.grpc.stop(self.config.grace_seconds)
+                self.grpc.begin_stop(self.config.grace_seconds)
+            if self.rest is not None:
+                self.rest.begin_stop()
+                self.rest.wait_stopped()
+            if self.grpc is not None:
+                self.grpc.wait_stopped()
             if self.batcher is not None:
                 self.batcher.close()
             self.store.stop()

@@ -70,12 +70,24 @@ def one_line(text: object, limit: int = 300) -> str:
 
 
 def from_tensorflow_error(err) -> ServingError:
-    """Map a ``tf.errors.OpError`` raised while running a signature to its canonical code; the
-    first line of TensorFlow's message is kept (the rest is a graph stack trace)."""
+    """Map a ``tf.errors.OpError`` raised while running a signature to its canonical code, with
+    the op's own message on one line (what TF Serving's C++ shows). Errors from a loaded graph
+    read ``Graph execution error:`` / ``Detected at node ...`` / stack lines / the op's message /
+    ``[[{{node N}}]] [Op:...]``: the op's message and node are kept, the stack trace is not."""
     code_number = getattr(err, "error_code", Code.INTERNAL.number)
     code = next((c for c in Code if c.number == code_number), Code.INTERNAL)
-    message = str(getattr(err, "message", err)).strip().splitlines()
-    return ServingError(code, one_line(message[0] if message else type(err).__name__))
+    lines = [line for line in str(getattr(err, "message", err)).strip().splitlines() if line.strip()]
+    if not lines:
+        return ServingError(code, type(err).__name__)
+    if lines[0].strip() != "Graph execution error:":
+        return ServingError(code, one_line(lines[0]))
+    for i, line in enumerate(lines):
+        if "[[{{node" in line:
+            before, _, after = line.partition("[[{{node")
+            message = before.strip() or (lines[i - 1] if i > 1 else "")
+            node = after.split("}}]]", 1)[0].strip()
+            return ServingError(code, one_line(f"{message} [[{{{{node {node}}}}}]]"))
+    return ServingError(code, one_line(lines[-1]))
 
 
 __all__ = ["Code", "ServingError", "from_tensorflow_error", "invalid_argument", "not_found", "one_line"]
