@@ -219,7 +219,8 @@ class GaussianAdaptiveLikelihood(GaussianFixedLikelihood):
     Update. After every training step, with the step's minibatch MSE ``m`` (no gradient),
     ``σ² ← momentum · σ² + (1 − momentum) · m`` (an exponential moving average; momentum 0 uses
     the last batch alone), floored at ``min_sigma²``. The loss of a step uses the σ² in force
-    before its update. ``sigma`` is the starting σ (σ² = sigma²).
+    before its update. ``sigma`` is the starting σ (σ² = sigma²). Under ``tf.distribute`` ``m``
+    is the MSE of the global batch, so every replica holds the same σ².
     """
 
     name_key = "gaussian_adaptive"
@@ -244,7 +245,13 @@ class GaussianAdaptiveLikelihood(GaussianFixedLikelihood):
         return tf.reduce_mean(tf.square(tf.cast(x, tf.float32) - out))
 
     def observe(self, x, out):
-        mse = tf.stop_gradient(self.batch_mse(x, out))
+        # Under tf.distribute: the MSE of the global batch (all-reduced), so σ² stays the same on
+        # every replica; on one device the plain batch MSE. (Imported here: vae_tf.models
+        # imports this module.)
+        from vae_tf.models.replicas import global_mean
+
+        per_example = tf.reduce_mean(tf.square(tf.cast(x, tf.float32) - out), axis=list(range(1, 1 + self.data_rank)))
+        mse = tf.stop_gradient(global_mean(per_example))
         updated = self.momentum * self.sigma2 + (1.0 - self.momentum) * mse
         self.sigma2.assign(tf.maximum(updated, self.min_sigma**2))
 

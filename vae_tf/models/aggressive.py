@@ -36,6 +36,17 @@ by itself when it is not set: from the training data it is given (``x.repeat()``
 :class:`AggressivePhase` callback (first, so that checkpoints and loggers see the phase after
 its update) unless one is given.
 
+**Under tf.distribute** (several replicas in sync): every update divides its loss by the number
+of replicas (the optimizer sums gradients); the convergence check reads the loss averaged over
+the replicas, so all replicas run the same number of inner updates; each replica reads its own
+fresh batch from the iterator and keeps its share of it (rows ``replica_id::num_replicas``), so
+the fresh batches of a multi-replica run are not the single-device run's (nor reproducible to
+the bit: the replicas read the iterator concurrently). ``MirroredStrategy`` refuses
+synchronisation (``merge_call``) inside ``tf.cond`` / ``tf.while_loop`` bodies run by a replica,
+so there the phase's branches and the inner loop run in cross-replica context and call each
+replica for every update (``merge_call`` + ``call_for_each_replica``, the pattern of Keras'
+``LossScaleOptimizer``); on one device the step is the plain ``tf.cond`` / ``tf.while_loop``.
+
 Logged: ``aggressive_inner_steps`` (mean number of encoder updates per decoder update over the
 epoch; 0 after the phase), ``aggressive_phase`` (1 while aggressive), and from the callback
 ``aggressive_mi`` (the held-out MI at the epoch's end, while the phase lasts) and
@@ -50,6 +61,7 @@ import numpy as np
 import tensorflow as tf
 
 from vae_tf.errors import ConfigError
+from vae_tf.models import replicas
 from vae_tf.models.code_density import minibatch_mutual_information
 from vae_tf.models.vae import VAE
 from vae_tf.schedules import _steps
@@ -173,20 +185,61 @@ class AggressiveVAE(VAE):
     def _update(self, x, variables) -> tf.Tensor:
         with tf.GradientTape() as tape:
             loss, _ = self._loss(x)
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
+            scaled = self.gradient_loss(loss)
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        return replicas.mean_over_replicas(loss)  # the same number on every replica: one stopping decision
+
+    def _inner_batch(self, x, i) -> tf.Tensor:
+        """The batch of inner update ``i``: ``x`` first, then fresh batches from the iterator (on
+        several replicas, the replica's share of the batch it read; module docstring)."""
+        iterator = self._inner.value
+
+        def fresh():
+            batch = tf.cast(self.unpack(iterator.get_next()), x.dtype)
+            ctx = replicas.replica_context()
+            if ctx is not None:
+                batch = batch[tf.cast(ctx.replica_id_in_sync_group, tf.int32)::ctx.num_replicas_in_sync]
+            return batch
+
+        return tf.cond(tf.equal(i, 0), lambda: x, fresh)
 
     def encoder_loop(self, x) -> tf.Tensor:
         """The aggressive phase's inner loop: encoder-only updates, on ``x`` first and then on
         fresh batches, until :func:`converge_loop` stops. Returns the number of updates."""
-        iterator = self._inner.value
+        variables = self.encoder_variables
+        return converge_loop(lambda i: self._update(self._inner_batch(x, i), variables), self.max_inner_steps,
+                             self.check_every)
+
+    def _cross_replica_encoder_loop(self, strategy, x) -> tf.Tensor:
+        """:meth:`encoder_loop` for several replicas: the loop and the phase test run in
+        cross-replica context, every update in each replica (module docstring)."""
         variables = self.encoder_variables
 
         def step(i):
-            batch = tf.cond(tf.equal(i, 0), lambda: x, lambda: tf.cast(self.unpack(iterator.get_next()), x.dtype))
-            return self._update(batch, variables)
+            losses = strategy.extended.call_for_each_replica(
+                lambda xr: self._update(self._inner_batch(xr, i), variables), args=(x,))
+            return strategy.experimental_local_results(losses)[0]  # equal on all replicas
 
-        return converge_loop(step, self.max_inner_steps, self.check_every)
+        return tf.cond(self.aggressive_phase > 0.5,
+                       lambda: converge_loop(step, self.max_inner_steps, self.check_every),
+                       lambda: tf.constant(0, tf.int32))
+
+    def _cross_replica_apply(self, strategy, grads) -> None:
+        """The phase's decoder-only or joint update for several replicas (cross-replica ``tf.cond``);
+        ``grads`` are in the order of ``trainable_variables``."""
+        all_variables = self.trainable_variables
+        decoder_ids = {id(v) for v in self.decoder_variables}
+
+        def apply(decoder_only):
+            def fn(replica_grads):
+                pairs = [(g, v) for g, v in zip(replica_grads, all_variables)
+                         if not decoder_only or id(v) in decoder_ids]
+                self.optimizer.apply_gradients(pairs)
+
+            strategy.extended.call_for_each_replica(fn, args=(grads,))
+            return tf.constant(0)
+
+        tf.cond(self.aggressive_phase > 0.5, lambda: apply(True), lambda: apply(False))
 
     def train_step(self, data):
         x = self.unpack(data)
@@ -195,27 +248,35 @@ class AggressiveVAE(VAE):
                               "model.set_inner_data(dataset.repeat()) before a custom loop (fit does it for you)")
         if not self.optimizer.built:  # before the branches: optimizer variables cannot be created in a cond
             self.optimizer.build(self.trainable_variables)
+        ctx = replicas.replica_context()
         aggressive = self.aggressive_phase > 0.5
-        inner_steps = tf.cond(aggressive, lambda: self.encoder_loop(x), lambda: tf.constant(0, tf.int32))
+        if ctx is None:
+            inner_steps = tf.cond(aggressive, lambda: self.encoder_loop(x), lambda: tf.constant(0, tf.int32))
+        else:
+            inner_steps = ctx.merge_call(self._cross_replica_encoder_loop, args=(x,))
         decoder_variables, all_variables = self.decoder_variables, self.trainable_variables
         with tf.GradientTape() as tape:
             loss, terms = self._loss(x)
-        grads = tape.gradient(loss, all_variables)
+            scaled = self.gradient_loss(loss)
+        grads = tape.gradient(scaled, all_variables)
         decoder_ids = {id(v) for v in decoder_variables}
 
-        def decoder_only():
-            pairs = [(g, v) for g, v in zip(grads, all_variables) if id(v) in decoder_ids]
-            self.optimizer.apply_gradients(pairs)
-            return tf.constant(0)
+        if ctx is None:
+            def decoder_only():
+                pairs = [(g, v) for g, v in zip(grads, all_variables) if id(v) in decoder_ids]
+                self.optimizer.apply_gradients(pairs)
+                return tf.constant(0)
 
-        def joint():
-            self.optimizer.apply_gradients(zip(grads, all_variables))
-            return tf.constant(0)
+            def joint():
+                self.optimizer.apply_gradients(zip(grads, all_variables))
+                return tf.constant(0)
 
-        tf.cond(aggressive, decoder_only, joint)
+            tf.cond(aggressive, decoder_only, joint)
+        else:
+            ctx.merge_call(self._cross_replica_apply, args=(grads,))
         self.after_step(x, terms)
         self.inner_steps_tracker.update_state(tf.cast(inner_steps, tf.float32))
-        return {**self.update_trackers(loss, terms), **self.state_metrics()}
+        return replicas.step_logs({**self.update_trackers(loss, terms), **self.state_metrics()})
 
     def state_metrics(self):
         return {**super().state_metrics(), "aggressive_phase": tf.convert_to_tensor(self.aggressive_phase)}

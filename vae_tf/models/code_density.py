@@ -14,6 +14,12 @@ included (He et al. 2019, jxhe ``calc_mi``; metrics reference §3):
     log q̂(z_i) = logsumexp_j log q(z_i | x_j) − log B.
 
 All functions are TensorFlow (usable inside ``train_step``), means over the batch, nats.
+
+Under ``tf.distribute`` (several replicas in sync), :func:`categorical_entropy` uses the
+aggregate category distribution of the *global* batch (an all-reduce; the gradient is exact, see
+:func:`vae_tf.models.replicas.global_mean`); the pairwise estimators (:func:`continuous_entropy`,
+:func:`minibatch_mutual_information`) use each replica's own examples as the minibatch (``B / R``
+examples, so their log B cap is lower), which keeps them free of all-gathers.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from vae_tf.latents.categorical import GaussianCategoricalLatent
+from vae_tf.models import replicas
 
 tfd = tfp.distributions
 
@@ -66,8 +73,9 @@ def continuous_entropy(latent, params: tf.Tensor, z_continuous: tf.Tensor, dims=
 
 
 def categorical_entropy(probs: tf.Tensor) -> tf.Tensor:
-    """H(mean_B π): the entropy (nats) of the batch's aggregate category distribution."""
-    usage = tf.reduce_mean(probs, axis=0)
+    """H(mean_B π): the entropy (nats) of the batch's aggregate category distribution (the global
+    batch's under ``tf.distribute``)."""
+    usage = replicas.global_mean(probs)
     return -tf.reduce_sum(tf.math.multiply_no_nan(tf.math.log(usage), usage))
 
 

@@ -45,6 +45,12 @@ checkpoint of ``model.variables`` + ``model.optimizer.variables``
 (``training.callbacks.checkpoint_for``) therefore carries Q, Q's Adam state and its step count,
 and so does ``model.save_weights`` (the export's rebuildable weights).
 
+**Precision and replicas.** Q is built with the model's precision (16-bit compute, float32
+output); with ``mixed_float16`` ``q_optimizer`` is a ``LossScaleOptimizer`` too. Under
+``tf.distribute`` both steps divide their loss by the number of replicas (the optimizers sum
+gradients), and H(ẑ) of a categorical target is the global batch's; a continuous target's H(ẑ)
+is each replica's minibatch estimate (:mod:`vae_tf.models.code_density`).
+
 Logged every step and epoch (train and ``val_``): ``mi_bound`` (the bound on the batch, with the
 Q of the VAE step), ``mi_entropy`` (H(ẑ)), ``mi_q_log_likelihood`` (E log Q), ``q_loss`` (the Q
 step's loss, train only).
@@ -61,6 +67,7 @@ import tensorflow as tf
 from vae_tf.errors import ConfigError
 from vae_tf.models.code_density import (categorical_entropy, continuous_entropy, continuous_size, hard_code,
                                         has_categorical)
+from vae_tf.models import replicas
 from vae_tf.models.vae import ACTIVE_KL_THRESHOLD, VAE
 from vae_tf.schedules import _number
 
@@ -126,9 +133,11 @@ class MITarget:
         return continuous_entropy(self.latent, params, z[:, :continuous_size(self.latent)], self.dims)
 
 
-def build_q_network(data_shape, out_size: int, spec=None, name: str = "q_network") -> keras.Model:
+def build_q_network(data_shape, out_size: int, spec=None, name: str = "q_network", dtype=None) -> keras.Model:
     """Q: x' ``[B, *data_shape]`` -> ``[B, out_size]``, any registered encoder kind
-    (``{"kind": "mlp", "hidden": [256]}`` by default; ``{"kind": "conv", ...}`` for images)."""
+    (``{"kind": "mlp", "hidden": [256]}`` by default; ``{"kind": "conv", ...}`` for images).
+    ``dtype``: the Keras dtype policy of its layers (the model's precision); the output is
+    float32 in any case."""
     from vae_tf.networks import build_encoder
 
     what = "objective.options.q_network"
@@ -139,7 +148,8 @@ def build_q_network(data_shape, out_size: int, spec=None, name: str = "q_network
     kind = spec.pop("kind", "mlp")
     if not isinstance(kind, str):
         raise ConfigError(f"{what}.kind must name a network kind (mlp, conv), got {kind!r}")
-    return build_encoder(kind, tuple(int(s) for s in data_shape), int(out_size), name=name, what=what, **spec)
+    return build_encoder(kind, tuple(int(s) for s in data_shape), int(out_size), name=name, what=what, dtype=dtype,
+                         **spec)
 
 
 class MIMaxVAE(VAE):
@@ -166,12 +176,14 @@ class MIMaxVAE(VAE):
         self.mi_weight = _number(mi_weight, "objective.options.mi_weight", low=0.0)
         self.mi_target = MITarget(self.latent, mi_target)
         data_shape = tuple(self.encoder.inputs[0].shape[1:])
-        self.q_network = build_q_network(data_shape, self.mi_target.q_size, q_network)
+        self.q_network = build_q_network(data_shape, self.mi_target.q_size, q_network, dtype=self.precision)
         # Frozen for Keras: model.trainable_variables (model.optimizer's) stay the VAE's; the Q
         # step differentiates w.r.t. q_network.weights itself.
         self.q_network.trainable = False
         q_learning_rate = _number(q_learning_rate, "objective.options.q_learning_rate", positive=True)
         self.q_optimizer = keras.optimizers.Adam(q_learning_rate, name="q_optimizer")
+        if self.precision == "mixed_float16":  # Q computes in float16 like the VAE: dynamic loss scaling
+            self.q_optimizer = keras.optimizers.LossScaleOptimizer(self.q_optimizer, name="q_loss_scale_optimizer")
         self.q_optimizer.build(self.q_network.weights)
         # A list attribute of variables is tracked by Keras: Q's optimizer state becomes part of
         # model.variables, so checkpoints and save_weights carry it (module docstring).
@@ -198,7 +210,8 @@ class MIMaxVAE(VAE):
         weights = self.q_network.weights
         with tf.GradientTape() as tape:
             loss = -tf.reduce_mean(self.mi_target.q_log_likelihood(self.q_network(x_rec, training=True), target))
-        self.q_optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+            scaled = self.gradient_loss(loss, self.q_optimizer)  # 1/replicas, loss scale
+        self.q_optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
         return loss
 
     def mi_terms(self, terms: dict, x_rec: tf.Tensor, target: tf.Tensor) -> dict:
@@ -236,7 +249,7 @@ class MIMaxVAE(VAE):
         q_loss = terms["q_loss"]
         self._update_mi_trackers(terms)
         self.q_loss_tracker.update_state(q_loss, sample_weight=tf.cast(tf.shape(x)[0], tf.float32))
-        return {**self.update_trackers(loss, terms), **self.state_metrics()}
+        return replicas.step_logs({**self.update_trackers(loss, terms), **self.state_metrics()})
 
     def test_step(self, data):
         x = self.unpack(data)
@@ -248,7 +261,7 @@ class MIMaxVAE(VAE):
         logs = self.update_trackers(loss, terms)
         logs.pop("q_loss", None)  # no Q step in evaluation
         active = tf.reduce_sum(tf.cast(self.kl_per_dim_tracker.result() > ACTIVE_KL_THRESHOLD, tf.float32))
-        return {**logs, "active_kl_dims": active}
+        return replicas.step_logs({**logs, "active_kl_dims": active})
 
 
 def fit_mi_bound(model, x, *, steps: int = 1000, batch_size: int = 128, learning_rate: float = 1e-3,

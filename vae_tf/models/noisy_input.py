@@ -29,6 +29,7 @@ import keras
 import tensorflow as tf
 
 from vae_tf.errors import ConfigError
+from vae_tf.models import replicas
 from vae_tf.models.vae import ACTIVE_KL_THRESHOLD, VAE
 from vae_tf.schedules import _number
 
@@ -82,7 +83,8 @@ class NoisyInputVAE(VAE):
         """x̃ for a batch (Gaussian noise or FGSM, then the optional clip)."""
         x = tf.convert_to_tensor(x, tf.float32)
         if self.noise == "gaussian":
-            x_tilde = x + self.scale * tf.random.stateless_normal(tf.shape(x), seed=self.next_seed())
+            seed = self.next_seed()  # global-batch noise sliced per replica under tf.distribute
+            x_tilde = x + self.scale * replicas.draw_rows(lambda shape: tf.random.stateless_normal(shape, seed=seed), x)
         else:
             target = tf.stop_gradient(x)
             with tf.GradientTape() as tape:
@@ -108,7 +110,7 @@ class NoisyInputVAE(VAE):
         loss, terms = self.optimise(x, lambda tape: self.compute_terms(x_tilde, training=True, target=x))
         clean = self.compute_terms(x, training=False)
         self._update_perturbation_trackers(x, x_tilde, terms)
-        return {**self.update_trackers(loss, clean), **self.state_metrics()}
+        return replicas.step_logs({**self.update_trackers(loss, clean), **self.state_metrics()})
 
     def test_step(self, data):
         x = tf.convert_to_tensor(self.unpack(data), tf.float32)
@@ -120,7 +122,7 @@ class NoisyInputVAE(VAE):
         self._update_perturbation_trackers(x, x_tilde, perturbed)
         logs = self.update_trackers(loss, clean)
         active = tf.reduce_sum(tf.cast(self.kl_per_dim_tracker.result() > ACTIVE_KL_THRESHOLD, tf.float32))
-        return {**logs, "active_kl_dims": active}
+        return replicas.step_logs({**logs, "active_kl_dims": active})
 
     def state_metrics(self):
         return {**super().state_metrics(), "perturbation_scale": tf.constant(self.scale, tf.float32)}

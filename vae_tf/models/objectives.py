@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from vae_tf.errors import ConfigError
 from vae_tf.likelihoods import GaussianAdaptiveLikelihood
+from vae_tf.models import replicas
 from vae_tf.models.vae import VAE
 from vae_tf.schedules import PIController, _number, _steps
 
@@ -22,7 +23,10 @@ class CapacityVAE(VAE):
         C(t) = C_max · min(1, t / capacity_steps)
 
     The KL is pulled toward a capacity C that grows linearly from 0 to ``capacity_max`` nats over
-    ``capacity_steps`` training steps. ``beta`` reports γ; ``capacity`` reports C(t).
+    ``capacity_steps`` training steps. ``beta`` reports γ; ``capacity`` reports C(t). Under
+    ``tf.distribute`` mean_batch(kl) inside |·| is the global-batch mean
+    (:func:`vae_tf.models.replicas.global_mean`), so replicas optimise the same objective as one
+    device on the global batch.
     """
 
     objective = "capacity"
@@ -41,7 +45,7 @@ class CapacityVAE(VAE):
         return self.capacity_max * fraction
 
     def objective_loss(self, terms):
-        gap = tf.abs(tf.reduce_mean(terms["kl"]) - self.capacity())
+        gap = tf.abs(replicas.global_mean(terms["kl"]) - self.capacity())
         return -tf.reduce_mean(terms["reconstruction"]) + self.gamma * gap
 
     def state_metrics(self):
@@ -62,6 +66,9 @@ class ControlVAE(VAE):
 
     Logged state: ``kl_set_point`` (in force), ``kl_error`` (set point − smoothed KL),
     ``kl_smoothed`` and ``pi_integral``.
+
+    Under ``tf.distribute`` the controller is fed the KL of the *global* batch (an all-reduce),
+    so every replica computes the same β and the same controller state.
     """
 
     objective = "control_vae"
@@ -79,7 +86,8 @@ class ControlVAE(VAE):
                                        ramp_every=ramp_every, name="pi_controller")
 
     def before_loss(self, terms):
-        self.beta.assign(self.controller.update(tf.reduce_mean(terms["kl"]), self.train_steps))
+        kl = replicas.global_mean(tf.stop_gradient(terms["kl"]))
+        self.beta.assign(self.controller.update(kl, self.train_steps))
 
     def state_metrics(self):
         c = self.controller

@@ -22,11 +22,23 @@ import tensorflow as tf
 from vae_tf.errors import ConfigError
 from vae_tf.latents.base import LatentFamily
 from vae_tf.likelihoods import Likelihood
+from vae_tf.models import replicas
 from vae_tf.schedules import build_schedule
 
 #: KL threshold (nats, averaged over data) above which a dimension counts as carrying information
 #: in the training-time ``active_kl_dims`` readout (the (ε, δ)-collapse ε of Lucas et al. 2019).
 ACTIVE_KL_THRESHOLD = 0.01
+
+#: Numeric precisions of the encoder and decoder networks (Keras dtype policies). Everything else
+#: (latent family, likelihood, KL, log-probabilities, trackers, loss, variables) is float32.
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def check_precision(precision) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a one-line ConfigError."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"model precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 class MeanVector(keras.metrics.Metric):
@@ -71,6 +83,24 @@ class VAE(keras.Model):
             annealing (Bowman et al. 2016) and cyclical annealing (Fu et al. 2019).
         seed: seed of the model's own random stream (reparameterisation noise), held in a
             ``keras.random.SeedGenerator`` whose state is a variable (checkpointed).
+        precision: the dtype policy the encoder and decoder were built with (``float32``,
+            ``mixed_bfloat16``, ``mixed_float16``; :func:`vae_tf.models.build_vae` builds them).
+            The networks compute in 16 bits and hand float32 to the family and the likelihood,
+            so the KL, the log-probabilities, the trackers and the loss are float32 whatever the
+            precision. With ``mixed_float16``, :meth:`compile` wraps the optimizer in a
+            ``keras.optimizers.LossScaleOptimizer`` (as Keras does for a mixed_float16 model)
+            and every gradient step scales the loss with ``optimizer.scale_loss``.
+
+    **Distributed training** (``tf.distribute``; build and compile the model inside
+    ``strategy.scope()``): every objective trains under ``MirroredStrategy``; each replica's
+    loss is divided by the number of replicas before its gradient (the optimizer sums them),
+    batch statistics inside a loss or a controller are global-batch values, state variables
+    stay identical on all replicas, and reparameterisation noise is drawn for the global batch
+    and sliced, so R replicas on a global batch B follow the single-device run on B up to
+    float rounding (:mod:`vae_tf.models.replicas`). Under a 2-worker
+    ``MultiWorkerMirroredStrategy`` the step logs are rank-1, as Keras needs there
+    (stack-notes.md §6); tested with ``elbo``. Metrics are per-replica means over the epoch,
+    averaged over replicas (exact when replicas see equally many examples).
 
     Training steps are counted in the non-trainable variable ``train_steps``; schedules read it,
     so a restored checkpoint continues them exactly.
@@ -90,8 +120,9 @@ class VAE(keras.Model):
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, latent: LatentFamily,
                  likelihood: Likelihood, beta: float = 1.0, beta_schedule=None, seed: int | None = None,
-                 **kwargs):
+                 precision: str = "float32", **kwargs):
         super().__init__(**kwargs)
+        self.precision = check_precision(precision)
         self.encoder = encoder
         self.decoder = decoder
         self.latent = latent
@@ -128,13 +159,19 @@ class VAE(keras.Model):
         """
         target = x if target is None else target
         params = self.encoder(x, training=training)
-        z = self.latent.sample(params, seed=self.next_seed())
+        z = self.sample_code(params, self.next_seed())
         out = self.decoder(z, training=training)
         reconstruction = self.likelihood.log_prob(target, out)
         kl_per_dim = self.latent.kl_per_dim(params, z)
         kl = tf.reduce_sum(kl_per_dim, axis=-1)
         return {"params": params, "z": z, "out": out, "reconstruction": reconstruction,
                 "kl_per_dim": kl_per_dim, "kl": kl, "elbo": reconstruction - kl}
+
+    def sample_code(self, params: tf.Tensor, seed) -> tf.Tensor:
+        """The reparameterised z ~ q(z|x) of a training or evaluation step. On several replicas
+        the noise is drawn for the global batch and sliced (:func:`replicas.on_global_rows`), so
+        example i gets the same z as on one device; on one device it is ``latent.sample``."""
+        return replicas.on_global_rows(lambda p: self.latent.sample(p, seed=seed), params)
 
     def objective_loss(self, terms: dict) -> tf.Tensor:
         """Scalar the optimizer minimises: ``−mean_batch(reconstruction − β · kl)``."""
@@ -157,6 +194,24 @@ class VAE(keras.Model):
         return dict(self.likelihood.state())
 
     # --- Keras hooks -----------------------------------------------------------------------
+    def compile(self, optimizer="rmsprop", *args, **kwargs):
+        """``keras.Model.compile``; with ``precision="mixed_float16"`` the optimizer is wrapped in
+        a ``LossScaleOptimizer`` (dynamic loss scaling), as Keras does for a model whose own dtype
+        policy is mixed_float16 (``auto_scale_loss=False`` turns it off). Only the networks carry
+        the policy here, so Keras' own check does not see it."""
+        super().compile(optimizer, *args, **kwargs)
+        if (self.precision == "mixed_float16" and kwargs.get("auto_scale_loss", True) and self.optimizer is not None
+                and not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)):
+            self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer, name="loss_scale_optimizer")
+
+    def gradient_loss(self, loss: tf.Tensor, optimizer=None) -> tf.Tensor:
+        """The scalar to differentiate for ``loss`` (a batch mean): divided by the number of
+        replicas in sync (the optimizer sums the replicas' gradients) and scaled by the
+        optimizer's loss scale (mixed_float16; the optimizer unscales). Both are identities on
+        one float32 device and add no op."""
+        optimizer = self.optimizer if optimizer is None else optimizer
+        return optimizer.scale_loss(replicas.scale_for_gradient(loss))
+
     @property
     def metrics(self):
         # Listing the trackers lets Keras reset them every epoch; `loss` comes from our own tracker
@@ -201,7 +256,8 @@ class VAE(keras.Model):
             loss = self.objective_loss(terms)
             if self.losses:
                 loss = loss + tf.add_n(self.losses)
-        grads = tape.gradient(loss, self.trainable_variables)
+            scaled = self.gradient_loss(loss)
+        grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         self.after_step(x, terms)
         return loss, terms
@@ -209,7 +265,7 @@ class VAE(keras.Model):
     def train_step(self, data):
         x = self.unpack(data)
         loss, terms = self.optimise(x, lambda tape: self.compute_terms(x, training=True))
-        return {**self.update_trackers(loss, terms), **self.state_metrics()}
+        return replicas.step_logs({**self.update_trackers(loss, terms), **self.state_metrics()})
 
     def test_step(self, data):
         x = self.unpack(data)
@@ -218,7 +274,7 @@ class VAE(keras.Model):
         self.kl_per_dim_tracker.update_state(terms["kl_per_dim"])
         logs = self.update_trackers(loss, terms)
         active = tf.reduce_sum(tf.cast(self.kl_per_dim_tracker.result() > ACTIVE_KL_THRESHOLD, tf.float32))
-        return {**logs, "active_kl_dims": active}
+        return replicas.step_logs({**logs, "active_kl_dims": active})
 
     @property
     def kl_per_dim(self) -> np.ndarray:
