@@ -49,6 +49,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
@@ -67,6 +68,12 @@ from benchmarks import common  # noqa: E402
 
 #: The acceptance bound of the issue: vae-tf may cost at most this much extra time per image.
 MAX_OVERHEAD = 0.05
+#: Targets of issue #10 (conv reference architecture): vae-tf images/s at least this many times
+#: the PyTorch eager reference's and the bare Keras loop's, and training FLOP/s at least this
+#: fraction of the measured fp32 matmul peak.
+MIN_RATIO_TORCH = 1.15
+MIN_RATIO_BARE = 0.95
+MIN_EFFICIENCY = 0.40
 
 #: Configurations run by ``--arch all``; ``--arch NAME`` runs one. ``data`` is the default data set
 #: (``--data`` overrides it for every configuration).
@@ -207,8 +214,35 @@ def copy_weights(bare, ours) -> None:
     bare.decoder.set_weights(ours.decoder.get_weights())
 
 
+@contextlib.contextmanager
+def random_weights(model, seed: int):
+    """Every trainable weight of ``model`` redrawn from N(0, 0.05²) inside the block, restored after.
+    The builders zero-initialise the output layers, so with the starting weights every model
+    computes the same constant loss (784 log 2) and a loss comparison would prove nothing."""
+    import numpy as np
+
+    saved = [v.numpy() for v in model.trainable_weights]
+    rng = np.random.default_rng(seed)
+    for v in model.trainable_weights:
+        v.assign(rng.normal(0.0, 0.05, tuple(v.shape)).astype(np.float32))
+    try:
+        yield model
+    finally:
+        for v, value in zip(model.trainable_weights, saved):
+            v.assign(value)
+
+
 def check_same_loss(ours, bare, splits, args) -> float:
-    """Largest relative difference between the two losses on one batch, same weights and noise."""
+    """Largest relative difference between the two losses on one batch, same (random) weights and
+    noise; leaves both models with ``ours``' weights."""
+    with random_weights(ours, args.seed):
+        copy_weights(bare, ours)
+        rel = _loss_difference(ours, bare, splits, args)
+    copy_weights(bare, ours)
+    return rel
+
+
+def _loss_difference(ours, bare, splits, args) -> float:
     import numpy as np
     import tensorflow as tf
 
@@ -263,8 +297,57 @@ def timed_fit(model, ds, epochs: int):
     return timer
 
 
+def torch_variant(name: str, splits, bare, args):
+    """The PyTorch eager trainer of ``name`` (conv only), started from the bare model's weights,
+    after checking that PyTorch computes the same loss; ``(trainer, info)`` or ``(None, reason)``."""
+    if args.torch is None:
+        return None, args.torch_missing
+    if name != "conv":
+        return None, "the PyTorch reference exists for the conv architecture only"
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks import torch_reference as ref
+
+    torch = args.torch
+    spec = CONFIGS[name]
+    shape = splits.data_shape
+    arch = {"filters": tuple(spec["network"]["filters"]), "dense": spec["network"]["dense"]}
+    latent_dim = int(spec["latent"]["latent_dim"])
+    # 1. The same function: the Keras-exact padding variant with the bare weights, same batch and noise.
+    exact = ref.build_model(torch, shape, latent_dim=latent_dim, padding="tf", **arch)
+    x = splits.x_train[: args.batch_size]
+    eps = np.random.default_rng(args.seed).standard_normal((len(x), latent_dim)).astype(np.float32)
+    with random_weights(bare, args.seed + 1):
+        ref.copy_keras_weights(torch, exact, bare.encoder, bare.decoder)
+        keras_loss = float(bare.loss_for(tf.constant(x), tf.constant(eps)))
+        with torch.no_grad():
+            torch_loss = float(exact.loss(ref.nchw(torch, x), torch.from_numpy(eps)))
+    rel = abs(keras_loss - torch_loss) / max(1.0, abs(keras_loss))
+    if not np.isfinite(rel) or rel > 1e-4:
+        raise SystemExit(f"PyTorch and Keras compute different losses: {torch_loss!r} vs {keras_loss!r}")
+    # 2. The timed trainer (--torch-padding; idiomatic by default), from the same starting weights.
+    trainer = ref.TorchTrainer(torch, splits.x_train, args.batch_size, latent_dim=latent_dim,
+                               learning_rate=args.learning_rate, channels_last=args.torch_channels_last,
+                               adam=args.torch_adam, padding=args.torch_padding, seed=args.seed, **arch)
+    ref.copy_keras_weights(torch, trainer.model, bare.encoder, bare.decoder)
+    info = {"trainable_parameters": ref.parameter_count(trainer.model), "loss_check_relative_difference": rel,
+            "loss_check": {"keras": keras_loss, "torch": torch_loss},
+            **trainer.settings}
+    return trainer, info
+
+
+def matmul_round(args) -> float:
+    """The fp32 matmul GFLOP/s of this moment (best of a few n x n products, TensorFlow)."""
+    from benchmarks.flops import tf_matmul_gflops
+
+    return tf_matmul_gflops(args.matmul_size, args.matmul_repeats)
+
+
 def run_config(name: str, args) -> dict:
     import keras
+
+    from benchmarks.flops import training_flops_per_image
 
     spec = CONFIGS[name]
     data = args.data or spec["data"]
@@ -273,8 +356,10 @@ def run_config(name: str, args) -> dict:
     data_shape = data_shape_of(data, args.seed)
     ours = build_ours(spec, data_shape, args)
     bare = build_bare(spec, data_shape, ours, args)
+    flops_per_image = training_flops_per_image(ours.encoder, ours.decoder)
     log(f"[{name}] data {data} {data_shape}, trainable parameters vae-tf {trainable_count(ours):,} "
-        f"bare {trainable_count(bare):,}; jit_compile vae-tf={ours.jit_compile} bare={bare.jit_compile}")
+        f"bare {trainable_count(bare):,}; jit_compile vae-tf={ours.jit_compile} bare={bare.jit_compile}; "
+        f"{flops_per_image / 1e6:.2f} MFLOP per training image")
 
     if args.examples:
         n_examples = max(unit, math.ceil(args.examples / unit) * unit)
@@ -289,28 +374,56 @@ def run_config(name: str, args) -> dict:
 
     splits = make_splits(data, n_examples, args.seed)
     ds = splits.pipeline("train", args.batch_size, seed=args.seed)  # what training/train.py fits on
-    copy_weights(bare, ours)  # after the calibration, which trained the vae-tf model a little
-    loss_rel_diff = check_same_loss(ours, bare, splits, args)
+    loss_rel_diff = check_same_loss(ours, bare, splits, args)  # then bare starts from ours' weights
     log(f"[{name}] same loss on one batch (same weights and noise): relative difference {loss_rel_diff:.1e}")
+    trainer, torch_info = torch_variant(name, splits, bare, args)
+    if trainer is None:
+        log(f"[{name}] no PyTorch reference: {torch_info}")
+    else:
+        log(f"[{name}] PyTorch eager: {torch_info}")
+        if torch_info["trainable_parameters"] != trainable_count(bare):
+            raise SystemExit(f"PyTorch reference has {torch_info['trainable_parameters']:,} parameters, "
+                             f"Keras {trainable_count(bare):,}: not the same architecture")
 
-    variants = {"bare": bare, "vae_tf": ours}
-    for label, model in variants.items():
-        warm = timed_fit(model, ds, args.warmup_epochs)
-        log(f"[{name}] warm-up {label}: {', '.join(f'{s:.2f}' for s in warm.seconds)} s")
+    def run_torch(epochs: int) -> dict:
+        seconds, losses = zip(*(trainer.fit_epoch() for _ in range(epochs)))
+        return {"seconds": list(seconds), "final_loss": losses[-1]}
 
+    def run_keras(model, epochs: int) -> dict:
+        timer = timed_fit(model, ds, epochs)
+        return {"seconds": timer.seconds, "final_loss": timer.logs[-1].get("loss")}
+
+    variants = {"bare": lambda e: run_keras(bare, e), "vae_tf": lambda e: run_keras(ours, e)}
+    if trainer is not None:
+        variants["torch"] = run_torch
+    for label, run in variants.items():
+        warm = run(args.warmup_epochs)
+        log(f"[{name}] warm-up {label}: {', '.join(f'{s:.2f}' for s in warm['seconds'])} s")
+
+    labels = list(variants) + (["matmul"] if args.matmul_size else [])
     rounds = []
     for r in range(args.rounds):
-        order = ["bare", "vae_tf"] if r % 2 == 0 else ["vae_tf", "bare"]
+        k = r % len(labels)  # rotate the order (and reverse it every other round) so drift hits all alike
+        order = labels[k:] + labels[:k]
+        order = order if (r // len(labels)) % 2 == 0 else order[::-1]
         row = {"order": order}
         for label in order:
-            timer = timed_fit(variants[label], ds, args.epochs_per_round)
-            seconds = sum(timer.seconds)
-            row[label] = {"images_per_s": args.epochs_per_round * n_examples / seconds,
-                          "epoch_seconds": timer.seconds, "final_loss": timer.logs[-1].get("loss")}
+            if label == "matmul":
+                row["matmul_gflops"] = matmul_round(args)
+                continue
+            gc.collect()
+            result = variants[label](args.epochs_per_round)
+            row[label] = {"images_per_s": args.epochs_per_round * n_examples / sum(result["seconds"]),
+                          "epoch_seconds": result["seconds"], "final_loss": result["final_loss"]}
         row["ratio"] = row["vae_tf"]["images_per_s"] / row["bare"]["images_per_s"]
+        if "torch" in row:
+            row["ratio_torch"] = row["vae_tf"]["images_per_s"] / row["torch"]["images_per_s"]
         rounds.append(row)
-        log(f"[{name}] round {r + 1}/{args.rounds}: bare {row['bare']['images_per_s']:,.0f} img/s, "
-            f"vae-tf {row['vae_tf']['images_per_s']:,.0f} img/s, ratio {row['ratio']:.3f}")
+        log(f"[{name}] round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{label} {row[label]['images_per_s']:,.0f} img/s" for label in variants)
+            + f"; vae-tf/bare {row['ratio']:.3f}"
+            + (f", vae-tf/torch {row['ratio_torch']:.3f}" if "ratio_torch" in row else "")
+            + (f"; matmul {row['matmul_gflops']:.0f} GFLOP/s" if "matmul_gflops" in row else ""))
 
     def summary(values):
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
@@ -318,10 +431,10 @@ def run_config(name: str, args) -> dict:
     ratio = summary([row["ratio"] for row in rounds])
     # On a shared machine other tenants only ever slow a round down, so the fastest round of each
     # variant is the least disturbed estimate of its speed; the verdict uses the ratio of bests.
-    best = {label: max(row[label]["images_per_s"] for row in rounds) for label in ("bare", "vae_tf")}
+    best = {label: max(row[label]["images_per_s"] for row in rounds) for label in variants}
     best_ratio = best["vae_tf"] / best["bare"]
     overhead = 1.0 / best_ratio - 1.0
-    return {
+    result = {
         "config": name,
         "title": spec["title"],
         "data": data,
@@ -330,6 +443,7 @@ def run_config(name: str, args) -> dict:
         "network": spec["network"],
         "likelihood": LIKELIHOOD,
         "trainable_parameters": trainable_count(ours),
+        "trainable_parameters_bare": trainable_count(bare),
         "batch_size": args.batch_size,
         "steps_per_execution": args.steps_per_execution,
         "images_per_epoch": n_examples,
@@ -343,8 +457,23 @@ def run_config(name: str, args) -> dict:
         "best_ratio": best_ratio,
         "overhead": overhead,
         "within_bound": overhead <= MAX_OVERHEAD,
+        "training_flops_per_image": flops_per_image,
+        "torch": torch_info if trainer is not None else {"skipped": torch_info},
         "rounds": rounds,
     }
+    if trainer is not None:
+        result["torch_images_per_s"] = summary([row["torch"]["images_per_s"] for row in rounds])
+        result["ratio_vae_tf_over_torch"] = summary([row["ratio_torch"] for row in rounds])
+        result["best_ratio_torch"] = best["vae_tf"] / best["torch"]
+    if args.matmul_size:
+        peaks = [row["matmul_gflops"] for row in rounds]
+        result["matmul_gflops"] = summary(peaks)
+        # Best training speed over the best peak (both the least disturbed estimates), and per round.
+        result["efficiency"] = {label: best[label] * flops_per_image / 1e9 / max(peaks) for label in variants}
+        result["efficiency_per_round"] = {
+            label: summary([row[label]["images_per_s"] * flops_per_image / 1e9 / row["matmul_gflops"] for row in rounds])
+            for label in variants}
+    return result
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -358,7 +487,8 @@ def machine_info(args) -> dict:
     return {**common.machine_info(), "gpus": gpus, "tensorflow": tf.__version__, "keras": keras.__version__,
             "tensorflow_probability": tfp.__version__,
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "torch": args.torch_threads}
 
 
 command_line = common.command_line
@@ -402,7 +532,54 @@ def render(report: dict) -> str:
             f"| {q['median']:.3f} ({q['min']:.3f}–{q['max']:.3f}) | {r['best_ratio']:.3f} "
             f"| {100 * r['overhead']:+.1f} % | {'yes' if r['within_bound'] else '**no**'} |"
         )
+    lines += render_targets(report)
     return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def render_targets(report: dict) -> list[str]:
+    """The issue #10 table: vae-tf vs PyTorch eager vs bare Keras, and the arithmetic efficiency."""
+    rows = [r for r in report["results"] if "torch_images_per_s" in r or "efficiency" in r]
+    if not rows:
+        return [f"\nPyTorch reference: {r['torch'].get('skipped')}" for r in report["results"][:1]]
+    t = report["machine"].get("torch") or {}
+    lines = [
+        "",
+        f"- PyTorch {t.get('version', '-')} eager: {t.get('intra_op_threads', '-')} intra-op / "
+        f"{t.get('inter_op_threads', '-')} inter-op threads; "
+        + "; ".join(f"{r['config']}: {r['torch'].get('trainable_parameters', 0):,} parameters (Keras "
+                    f"{r['trainable_parameters_bare']:,}), channels_last {r['torch'].get('channels_last')}, Adam "
+                    f"{r['torch'].get('adam')}, padding {r['torch'].get('padding')}, loss vs Keras on one batch "
+                    f"{r['torch'].get('loss_check_relative_difference', float('nan')):.1e}"
+                    for r in rows if "torch_images_per_s" in r),
+        f"- Efficiency = images/s x training FLOPs per image (benchmarks/flops.py convention) / fp32 matmul "
+        f"peak ({report['settings']['matmul_size']}² tf.matmul measured as one more interleaved variant "
+        "each round); fastest round over highest peak, and median (min-max) of the per-round values.",
+        "",
+        "| Configuration | PyTorch eager img/s | Bare Keras img/s | vae-tf img/s | vae-tf / PyTorch per-round "
+        f"| best | ≥ {MIN_RATIO_TORCH:g} | vae-tf / bare best | ≥ {MIN_RATIO_BARE:g} | MFLOP/img | matmul GFLOP/s "
+        f"| vae-tf efficiency best (per-round) | ≥ {100 * MIN_EFFICIENCY:.0f} % |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|---|",
+    ]
+    def span(v, fmt="{:,.0f}", scale=1.0):
+        return (f"{fmt.format(scale * v['median'])} ({fmt.format(scale * v['min'])}–{fmt.format(scale * v['max'])})"
+                if v else "–")
+
+    for r in rows:
+        bt = r.get("best_ratio_torch")
+        e = r.get("efficiency", {}).get("vae_tf")
+        lines.append(
+            f"| {r['title']} | {span(r.get('torch_images_per_s'))} | {span(r['bare_images_per_s'])} "
+            f"| {span(r['vae_tf_images_per_s'])} | {span(r.get('ratio_vae_tf_over_torch'), '{:.3f}')} "
+            f"| {f'{bt:.3f}' if bt else '–'} | {verdict(bt >= MIN_RATIO_TORCH) if bt else '–'} "
+            f"| {r['best_ratio']:.3f} | {verdict(r['best_ratio'] >= MIN_RATIO_BARE)} "
+            f"| {r['training_flops_per_image'] / 1e6:.2f} | {span(r.get('matmul_gflops'))} "
+            f"| {f'{100 * e:.1f} %' if e else '–'} ({span(r.get('efficiency_per_round', {}).get('vae_tf'), '{:.1f}', 100)}) "
+            f"| {verdict(e >= MIN_EFFICIENCY) if e else '–'} |")
+    return lines
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -435,10 +612,22 @@ def parse_args(argv=None):
     p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate of both variants")
     p.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto",
                    help="compile(jit_compile=...) for both variants; auto is Keras' default (XLA on GPU only)")
-    p.add_argument("--intra-op-threads", type=int, default=None,
-                   help="TF intra-op threads for both variants (None: TF's default)")
-    p.add_argument("--inter-op-threads", type=int, default=None,
-                   help="TF inter-op threads for both variants (None: TF's default)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of every framework: TF intra- and inter-op pools and torch.set_num_threads / "
+                        "set_num_interop_threads (None: one per usable CPU)")
+    p.add_argument("--intra-op-threads", type=int, default=None, help="TF intra-op threads (overrides --threads)")
+    p.add_argument("--inter-op-threads", type=int, default=None, help="TF inter-op threads (overrides --threads)")
+    p.add_argument("--no-torch", action="store_true",
+                   help="skip the PyTorch eager reference (it runs for the conv configuration when torch is installed)")
+    p.add_argument("--torch-channels-last", choices=["true", "false"], default="true",
+                   help="PyTorch reference in channels_last memory format (oneDNN's preferred CPU layout)")
+    p.add_argument("--torch-adam", choices=["fused", "foreach", "loop"], default="fused",
+                   help="PyTorch Adam implementation")
+    p.add_argument("--torch-padding", choices=["idiomatic", "tf"], default="idiomatic",
+                   help="PyTorch conv padding: idiomatic (padding=1) or tf (Keras-exact, an extra pad/crop)")
+    p.add_argument("--matmul-size", type=int, default=2048,
+                   help="n of the n x n fp32 tf.matmul timed each round for the efficiency (0: off)")
+    p.add_argument("--matmul-repeats", type=positive_int, default=3, help="matmuls per round (best counts)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
     p.add_argument("--json", type=Path, default=None, help="also write the full results (every round) here")
     p.add_argument("--fail-over-bound", action="store_true",
@@ -446,25 +635,42 @@ def parse_args(argv=None):
                         "(otherwise the exit status is 0)")
     args = p.parse_args(argv)
     args.jit_compile = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+    args.torch_channels_last = args.torch_channels_last == "true"
     return args
+
+
+def setup_threads(args) -> None:
+    """Give TensorFlow and PyTorch the same thread counts, before either runs an op; load torch
+    (``args.torch``: the module or None, ``args.torch_missing``: why not)."""
+    import tensorflow as tf
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads or threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads or threads)
+    args.torch, args.torch_missing, args.torch_threads = None, "--no-torch", None
+    if not args.no_torch:
+        from benchmarks.torch_reference import import_torch, set_threads
+
+        args.torch, why = import_torch()
+        if args.torch is None:
+            args.torch_missing = f"PyTorch is not installed ({why}); pip install -e '.[bench]' adds it"
+            log(f"PyTorch reference skipped: {args.torch_missing}")
+        else:
+            args.torch_threads = set_threads(args.torch, threads)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import tensorflow as tf
 
-    # Set before any op runs; both variants share the process and therefore these pools.
-    if args.intra_op_threads is not None:
-        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
-    if args.inter_op_threads is not None:
-        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    # Set before any op runs; the variants share the process and therefore these pools.
+    setup_threads(args)
 
     names = list(CONFIGS) if args.arch == "all" else [args.arch]
     report = {
         "command": command_line(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_info(args),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "torch"},
         "max_overhead": MAX_OVERHEAD,
         "results": [run_config(name, args) for name in names],
     }
