@@ -46,6 +46,9 @@ class ServingError(Exception):
     """A request the server refuses: canonical ``code`` plus TF Serving's ``message``."""
 
     def __init__(self, code: Code, message: str):
+        # Messages quote what the client sent (a label, a signature name, a model name); a line
+        # break in it must not make the answer multi-line, so it is written as an escape.
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
         super().__init__(message)
         self.code = code
         self.message = message
