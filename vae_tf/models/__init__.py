@@ -9,6 +9,7 @@ import copy
 from typing import Any, Mapping
 
 from vae_tf._registry import Registry, check_options
+from vae_tf.errors import ConfigError
 from vae_tf.latents import build_latent
 from vae_tf.likelihoods import build_likelihood
 from vae_tf.models.aggressive import AggressivePhase, AggressiveVAE
@@ -79,6 +80,9 @@ def build_vae(
     family = build_latent(latent.pop("family", "gaussian"), **latent)
     lik = build_likelihood(likelihood.pop("name", "bernoulli"), data_rank=len(data_shape), **likelihood)
     kind = network.pop("kind", "mlp")
+    if "dtype" in network:
+        raise ConfigError(f"model.network has no option dtype: set the model precision instead "
+                          f"({', '.join(PRECISIONS)})")
     encoder = build_encoder(kind, data_shape, family.param_size, dtype=precision, **network)
     out_channels = data_shape[-1] * lik.param_channels
     decoder = build_decoder(kind, family.code_size, data_shape, out_channels, dtype=precision, **network)
