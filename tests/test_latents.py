@@ -91,3 +91,28 @@ def test_bad_latent_options_are_config_errors(options, match):
         build_latent("gaussian", **options)
     with pytest.raises(ConfigError, match="choose one of: gaussian"):
         build_latent("wishart", latent_dim=2)
+
+
+@pytest.mark.parametrize("family, options", [("gaussian", {}), ("gaussian_categorical", {"categories": 3})])
+def test_log_var_clip_bounds_huge_raw_outputs_and_is_the_identity_inside_its_range(family, options):
+    """A diverging (or 16-bit, overflowed) encoder cannot make the KL Inf; inside the clamp the KL
+    and its gradient are the unclamped closed form."""
+    latent = build_latent(family, latent_dim=2, log_var_clip=10.0, **options)
+    extra = [[0.3, -0.2, 0.1]] * 3 if family == "gaussian_categorical" else [[]] * 3
+    mean = [[0.5, -1.0], [0.5, -1.0], [0.5, -1.0]]
+    log_var = [[1e30, -1e30], [np.inf, -np.inf], [3.0, -9.5]]
+    params = tf.constant(np.concatenate([mean, log_var, extra], axis=1), tf.float32)
+    kl = latent.kl_per_dim(params).numpy()
+    assert np.all(np.isfinite(kl))
+    np.testing.assert_allclose(kl[0, :2], 0.5 * (np.square(mean[0]) + np.exp([10.0, -10.0]) - [10.0, -10.0] - 1),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(kl[1], kl[0])
+    np.testing.assert_allclose(kl[2, :2], 0.5 * (np.square(mean[2]) + np.exp(log_var[2]) - log_var[2] - 1),
+                               rtol=1e-6)
+    assert np.all(np.isfinite(latent.sample(params, seed=tf.constant([1, 2])).numpy()))
+    inside = tf.Variable(params[2:])
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(latent.kl_per_dim(inside)[:, :2])
+    grad = tape.gradient(total, inside).numpy()[0, 2:4]
+    np.testing.assert_allclose(grad, 0.5 * (np.exp(log_var[2]) - 1), rtol=1e-6)  # d/dlogσ² ½(σ² − logσ²)
+    assert build_latent(family, latent_dim=2, **options).log_var_clip == 20.0  # the documented default

@@ -71,6 +71,11 @@ class GaussianCategoricalLatent(LatentFamily):
     so a restored run continues the schedule), never below 1e-3. The value in force is logged as
     ``temperature``.
 
+    **Log-variance clamp** (``log_var_clip``, default 20): the Gaussian part's raw log σ² is
+    clipped to ``[-clip, clip]`` before it is exponentiated, exactly as in
+    :class:`~vae_tf.latents.gaussian.GaussianLatent` (whose docstring justifies the default): the
+    identity inside the range, a finite KL for any encoder output.
+
     **Temperature** (``temperature`` option): a number (constant) or a schedule spec, e.g.
     ``{kind: exponential_decay, start: 1.0, rate: 1e-4, floor: 0.5}`` (τ_t = max(floor,
     start·e^(−rate·t)), Jang et al. 2017); any :mod:`vae_tf.schedules` kind whose values stay > 0.

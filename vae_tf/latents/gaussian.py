@@ -29,8 +29,14 @@ class GaussianLatent(LatentFamily):
     ``½ (μ² + σ² − log σ² − 1)`` (TFP's registered Normal–Normal KL); the sample is the usual
     reparameterisation ``z = μ + σ ε``; the embedding is μ.
 
-    ``log_var_clip`` bounds log σ² to ``[-clip, clip]`` before exponentiating: σ² stays in
-    ``[e^-clip, e^clip]``, which keeps an untrained or diverging encoder from producing Inf.
+    ``log_var_clip`` (``model.latent.log_var_clip``, default 20) bounds the encoder's raw log σ²
+    to ``[-clip, clip]`` before anything is exponentiated (KL, sample, entropy, export): σ² stays
+    in ``[e^-clip, e^clip]``, so a diverging encoder (or a 16-bit encoder whose output overflowed
+    to ±Inf) cannot make the KL Inf or NaN. Inside the range it is the identity, values and
+    gradients; outside, the gradient w.r.t. the raw output is 0. Why 20: σ² ∈ [2e-9, 4.9e8]
+    is far wider than any trained VAE uses (a posterior std of 4.5e-5 to 2.2e4 around a N(0, 1)
+    prior), while the largest KL it allows, ≈ ½ e^20 ≈ 2.4e8 nats per dimension, and its gradient
+    stay finite in float32 and keep the loss scale of mixed_float16 usable.
     """
 
     family = "gaussian"

@@ -307,6 +307,11 @@ class NormalGammaLatent(LatentFamily):
       so an informative dimension costs a few nats rather than hundreds);
     - ``kl_estimator``: ``"bound"`` or ``"monte_carlo"`` (above).
 
+    No log-variance clamp is needed here (unlike the Gaussian families' ``log_var_clip``): the
+    encoder emits no scale. The variances come from the fixed (α, β) hyperparameters and p is a
+    sigmoid, so no encoder output makes the KL bound infinite; only μ enters it, as μ²/2, as in
+    every Gaussian KL.
+
     With the defaults, at μ = 0 an informative dimension costs KL1 ≈ 3.06 nats and a collapsed one
     KL2 ≈ 0.41 nats: because the prior of z does not depend on λ, no component with a finite
     E[1/λ] matches the prior exactly, so a collapsed dimension keeps this floor (it counts in
