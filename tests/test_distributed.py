@@ -1,0 +1,216 @@
+"""tf.distribute: every objective under a 2-replica MirroredStrategy on 2 logical CPUs, the
+2-replica run against the single-device run on the same global batch, and a 2-worker
+MultiWorkerMirroredStrategy cluster on 127.0.0.1 (vae_tf.models.replicas).
+
+Logical CPUs must be configured before TensorFlow initialises, so each scenario runs as a script
+in a fresh subprocess; one subprocess runs all mirrored cases (module-scoped fixture) to keep the
+suite short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PRELUDE = """
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+sys.path.insert(0, {root!r})
+import numpy as np
+import tensorflow as tf
+"""
+
+MIRRORED = """
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+tf.config.experimental.enable_op_determinism()
+import keras
+from vae_tf.models import build_vae
+
+x = (np.random.default_rng(0).random((64, 8, 8, 1)) > 0.5).astype("float32")
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+GAUSS = {"family": "gaussian", "latent_dim": 3}
+MLP = {"kind": "mlp", "hidden": [8]}
+
+
+def make(objective, latent=GAUSS, likelihood=None, optimizer=None):
+    keras.utils.set_random_seed(1)
+    model = build_vae((8, 8, 1), latent=latent, likelihood=likelihood, network=MLP, objective=objective, seed=0)
+    model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3))
+    return model
+
+
+def batches():
+    return tf.data.Dataset.from_tensor_slices(x).batch(16)
+
+
+results = {"match": {}, "objectives": {}}
+
+# 1. Two replicas against one device, global batch 16, three epochs of four steps. Plain SGD, so
+# that a wrongly scaled gradient shows (Adam is almost invariant to the gradient's scale).
+for name, objective in {"elbo": {"name": "elbo"},
+                        "control_vae": {"name": "control_vae", "kl_set_point": 2.0, "kp": 0.5, "ki": 0.1}}.items():
+    runs = []
+    for strategy in (None, mirrored):
+        if strategy is None:
+            model = make(objective, optimizer=keras.optimizers.SGD(0.05))
+        else:
+            with strategy.scope():
+                model = make(objective, optimizer=keras.optimizers.SGD(0.05))
+        history = model.fit(batches(), epochs=3, verbose=0).history
+        runs.append({"loss": history["loss"], "beta": history["beta"],
+                     "weights": [np.asarray(v.numpy()).ravel().tolist() for v in model.trainable_variables],
+                     "seed_state": np.asarray(model.seed_generator.state.numpy()).tolist()})
+    results["match"][name] = runs
+
+# 2. Every objective (and every latent family) trains under two replicas; state stays in sync.
+CASES = {
+    "beta_linear_schedule": ({"name": "elbo", "beta": 2.0, "beta_schedule": {"kind": "linear", "steps": 3}},
+                             GAUSS, None),
+    "capacity": ({"name": "capacity", "capacity_max": 5.0, "capacity_steps": 4}, GAUSS, None),
+    "control_vae": ({"name": "control_vae", "kl_set_point": 2.0}, GAUSS, None),
+    "ar_elbo": ({"name": "ar_elbo"}, GAUSS, {"name": "gaussian_adaptive"}),
+    "mi_max_categorical": ({"name": "mi_max", "q_network": {"kind": "mlp", "hidden": [8]}},
+                           {"family": "gaussian_categorical", "latent_dim": 2, "categories": 3,
+                            "temperature": {"kind": "exponential_decay", "start": 1.0, "rate": 0.1, "floor": 0.5}},
+                           None),
+    "aggressive": ({"name": "aggressive", "max_inner_steps": 4, "check_every": 2}, GAUSS, None),
+    "noisy_input_normal_gamma": ({"name": "noisy_input", "noise": "gaussian",
+                                  "beta_schedule": {"kind": "cyclical", "total_steps": 4, "cycles": 2}},
+                                 {"family": "normal_gamma", "latent_dim": 3}, None),
+}
+for name, (objective, latent, likelihood) in CASES.items():
+    with mirrored.scope():
+        model = make(objective, latent, likelihood)
+    if objective["name"] == "aggressive":
+        model.set_heldout(x[:32])
+    history = model.fit(batches(), epochs=1, verbose=0).history
+    unsynced = []
+    for v in [*model.variables, *model.optimizer.variables]:
+        copies = [np.asarray(t) for t in mirrored.experimental_local_results(v.value)]
+        if len(copies) != 2 or not np.array_equal(copies[0], copies[1]):
+            unsynced.append(v.path)
+    results["objectives"][name] = {"history": {k: [float(a) for a in vals] for k, vals in history.items()},
+                                   "train_steps": int(model.train_steps.numpy()), "unsynced": unsynced,
+                                   "replicas": mirrored.num_replicas_in_sync}
+
+with open(sys.argv[1], "w") as f:
+    json.dump(results, f)
+"""
+
+WORKER = """
+import keras
+from vae_tf.models import build_vae
+
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+x = (np.random.default_rng(0).random((64, 8, 8, 1)) > 0.5).astype("float32")
+with strategy.scope():
+    model = build_vae((8, 8, 1), latent={"family": "gaussian", "latent_dim": 3},
+                      network={"kind": "mlp", "hidden": [8]}, objective={"name": "elbo"}, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+options = tf.data.Options()
+options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+history = model.fit(tf.data.Dataset.from_tensor_slices(x).batch(16).with_options(options), epochs=2,
+                    verbose=0).history
+with open(sys.argv[1], "w") as f:
+    json.dump({"history": {k: [float(v) for v in vals] for k, vals in history.items()},
+               "types": sorted({type(v).__name__ for vals in history.values() for v in vals}),
+               "replicas": strategy.num_replicas_in_sync}, f)
+"""
+
+
+def _script(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(PRELUDE.format(root=str(ROOT))) + textwrap.dedent(body))
+    return path
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **extra)
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def mirrored_results(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("mirrored")
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(_script(tmp_path, "mirrored.py", MIRRORED)), str(out)],
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("objective", ["elbo", "control_vae"])
+def test_two_replicas_follow_the_single_device_run_on_the_same_global_batch(mirrored_results, objective):
+    """Same seeds, deterministic ops: losses, β (ControlVAE: fed the global-batch KL), weights and
+    the seed stream agree to float rounding (the loss is divided by the number of replicas,
+    noise is drawn for the global batch and sliced per replica)."""
+    single, two = mirrored_results["match"][objective]
+    np.testing.assert_allclose(two["loss"], single["loss"], rtol=1e-5)
+    np.testing.assert_allclose(two["beta"], single["beta"], rtol=1e-5, atol=1e-7)
+    for a, b in zip(two["weights"], single["weights"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert two["seed_state"] == single["seed_state"]
+    assert single["loss"][-1] < single["loss"][0]  # it trained (a bug that freezes both runs would also "match")
+
+
+def test_every_objective_trains_under_two_mirrored_replicas_with_state_in_sync(mirrored_results):
+    results = mirrored_results["objectives"]
+    assert len(results) == 7
+    for name, result in results.items():
+        assert result["replicas"] == 2
+        assert result["train_steps"] == 4, name
+        assert result["unsynced"] == [], (name, result["unsynced"])  # every variable equal on both replicas
+        history = result["history"]
+        assert {"loss", "elbo", "reconstruction", "kl", "beta"} <= set(history), name
+        for key, values in history.items():
+            assert np.all(np.isfinite(values)), (name, key, values)
+    assert results["mi_max_categorical"]["history"]["q_loss"][0] > 0
+    assert results["aggressive"]["history"]["aggressive_inner_steps"][0] >= 1
+    assert results["capacity"]["history"]["capacity"][0] > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_worker_multi_worker_mirrored_run_reports_the_same_loss_on_both_workers(tmp_path):
+    """Keras reduces multi-worker logs along axis 0 (stack-notes.md §6): the steps return rank-1
+    logs there, and History still holds plain floats."""
+    script = _script(tmp_path, "worker.py", WORKER)
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / f"worker{index}.json")],
+                                      env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=300)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output[-5000:]
+    chief, other = (json.loads((tmp_path / f"worker{i}.json").read_text()) for i in range(2))
+    assert chief["replicas"] == 2
+    assert chief["types"] == ["float"]
+    assert chief["history"]["loss"] == other["history"]["loss"]
+    assert len(chief["history"]["loss"]) == 2 and np.all(np.isfinite(chief["history"]["loss"]))

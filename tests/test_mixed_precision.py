@@ -1,0 +1,121 @@
+"""Mixed precision (``build_vae(precision=...)``): 16-bit networks, float32 everywhere else.
+
+The policy is set per layer, never globally, so these tests run in-process next to float32 ones.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import assert_one_line
+from vae_tf.errors import ConfigError
+from vae_tf.export import export_model, load_model_info, load_vae
+from vae_tf.models import PRECISIONS, build_vae
+
+MIXED = ("mixed_bfloat16", "mixed_float16")
+SMALL = {"latent": {"family": "gaussian", "latent_dim": 4}, "network": {"kind": "mlp", "hidden": [32]}}
+
+
+def make(precision, objective=None, optimizer=None, **spec):
+    keras.utils.set_random_seed(0)  # same initial weights for every precision (variables stay float32)
+    model = build_vae((8, 8, 1), objective=objective or {"name": "elbo"}, seed=0, precision=precision,
+                      **{**SMALL, **spec})
+    model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3))
+    return model
+
+
+@pytest.fixture(scope="module")
+def x(digits):
+    return tf.constant(digits.x_train[:32])
+
+
+@pytest.mark.parametrize("precision", MIXED)
+def test_networks_compute_in_16_bits_and_every_term_is_float32(precision, x):
+    model = make(precision)
+    compute = "bfloat16" if precision == "mixed_bfloat16" else "float16"
+    for network in (model.encoder, model.decoder):
+        dense = [layer for layer in network.layers if isinstance(layer, keras.layers.Dense)]
+        assert dense and all(layer.compute_dtype == compute for layer in dense)
+        assert all(v.dtype == "float32" for v in network.weights)  # float32 variables
+        assert network.layers[-1].name == "float32_output"
+    terms = model.compute_terms(x, training=True)
+    for key in ("params", "z", "out", "reconstruction", "kl_per_dim", "kl", "elbo"):
+        assert terms[key].dtype == tf.float32, key
+    assert model.objective_loss(terms).dtype == tf.float32
+    assert model.build_spec["precision"] == precision
+    assert not keras.mixed_precision.global_policy().name.startswith("mixed")  # nothing global was set
+
+
+@pytest.mark.parametrize("precision, rtol", [("mixed_bfloat16", 2e-2), ("mixed_float16", 2e-3)])
+def test_mixed_loss_is_close_to_the_float32_loss_at_init(precision, rtol, x):
+    """Same initial weights and noise: only the networks' rounding differs."""
+    reference = make("float32")
+    mixed = make(precision)
+    loss32 = float(reference.objective_loss(reference.compute_terms(x)))
+    loss16 = float(mixed.objective_loss(mixed.compute_terms(x)))
+    assert loss16 == pytest.approx(loss32, rel=rtol)
+
+
+def test_mixed_float16_scales_the_loss_in_the_custom_train_step(x):
+    """compile wraps the optimizer in a LossScaleOptimizer, and the step multiplies the loss by its
+    scale before the gradient: with plain SGD, an unscaled loss would give updates 2^15 times too
+    small (the optimizer divides the gradients by the scale)."""
+    mixed = make("mixed_float16", optimizer=keras.optimizers.SGD(0.01))
+    reference = make("float32", optimizer=keras.optimizers.SGD(0.01))
+    assert isinstance(mixed.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert not isinstance(reference.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert not isinstance(make("mixed_bfloat16").optimizer, keras.optimizers.LossScaleOptimizer)
+    before = [v.numpy().copy() for v in mixed.trainable_variables]
+    reference_before = [v.numpy().copy() for v in reference.trainable_variables]
+    for _ in range(3):  # a step whose scaled gradients overflow is skipped (and the scale halved)
+        mixed.train_on_batch(x)
+        reference.train_on_batch(x)
+    moved = sum(float(np.abs(v.numpy() - b).sum()) for v, b in zip(mixed.trainable_variables, before))
+    reference_moved = sum(float(np.abs(v.numpy() - b).sum())
+                          for v, b in zip(reference.trainable_variables, reference_before))
+    assert 0.3 < moved / reference_moved < 1.5, (moved, reference_moved)
+
+
+@pytest.mark.parametrize("precision", MIXED)
+@pytest.mark.parametrize("objective, latent", [
+    ({"name": "elbo"}, {"family": "gaussian", "latent_dim": 4}),
+    ({"name": "mi_max", "q_network": {"kind": "mlp", "hidden": [16]}},
+     {"family": "gaussian_categorical", "latent_dim": 2, "categories": 3}),
+], ids=["elbo", "mi_max"])
+def test_mixed_precision_trains_with_finite_metrics_and_exports_float32_signatures(precision, objective, latent,
+                                                                                   digits, tmp_path):
+    model = make(precision, objective=objective, latent=latent)
+    if objective["name"] == "mi_max":
+        assert model.q_network.layers[-1].name == "float32_output"
+        assert isinstance(model.q_optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
+    history = model.fit(digits.pipeline("train", 128), epochs=1, steps_per_epoch=4, verbose=0).history
+    for key, values in history.items():
+        assert np.all(np.isfinite(values)), (key, values)
+    path = export_model(model, tmp_path, "mixed")
+    loaded = tf.saved_model.load(str(path))
+    for name, fn in loaded.signatures.items():
+        inputs = fn.structured_input_signature[1]
+        assert all(spec.dtype in (tf.float32, tf.int32) for spec in inputs.values()), name
+        assert all(out.dtype in (tf.float32, tf.int32) for out in fn.structured_outputs.values()), name
+        assert all(out.dtype == tf.float32 for key, out in fn.structured_outputs.items() if key != "category"), name
+    x = digits.x_test[:4]
+    tol = 2e-2 if precision == "mixed_bfloat16" else 2e-3  # a graph may round 16-bit ops differently
+    served = loaded.signatures["encode"](x=tf.constant(x))["z_mean"].numpy()
+    np.testing.assert_allclose(served, model.encode(x)["z_mean"].numpy(), rtol=tol, atol=tol)
+    assert load_model_info(path)["build_spec"]["precision"] == precision
+    rebuilt = load_vae(path)
+    assert rebuilt.precision == precision
+    np.testing.assert_allclose(rebuilt.encode(x)["z_mean"].numpy(), model.encode(x)["z_mean"].numpy())
+
+
+def test_float32_spec_is_unchanged_and_unknown_precisions_are_config_errors():
+    assert PRECISIONS == ("float32", "mixed_bfloat16", "mixed_float16")
+    assert "precision" not in make("float32").build_spec
+    with pytest.raises(ConfigError, match="precision must be one of float32, mixed_bfloat16, mixed_float16") as err:
+        build_vae((8, 8, 1), precision="float16", **SMALL)
+    assert_one_line(str(err.value))
+    with pytest.raises(ConfigError, match="has no option"):  # not a network option: set by precision
+        build_vae((8, 8, 1), latent=SMALL["latent"], network={"kind": "mlp", "hidden": [8], "dtype": "float16"})
