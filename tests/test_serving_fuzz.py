@@ -395,7 +395,9 @@ def test_grpc_fuzz_undecodable_messages(channel, data):
     SENT["grpc"] += 1
     try:
         predict(data, timeout=60)
+        ANSWERS[("grpc-raw", "OK")] = ANSWERS.get(("grpc-raw", "OK"), 0) + 1
     except grpc.RpcError as err:
+        ANSWERS[("grpc-raw", err.code().name)] = ANSWERS.get(("grpc-raw", err.code().name), 0) + 1
         if err.code() == grpc.StatusCode.INTERNAL:
             assert "deserializing request" in err.details(), err.details()
         else:

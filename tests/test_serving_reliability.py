@@ -341,6 +341,28 @@ def test_grpc_deadline_is_honoured_and_an_expired_call_never_runs(exports, tmp_p
         assert 7.0 not in faults.calls  # its deadline had passed when a thread picked it up
 
 
+def test_a_request_whose_deadline_passes_while_its_input_is_parsed_never_runs(exports, tmp_path, monkeypatch):
+    """Parsing a large request can use up the deadline; then the model must not run it."""
+    _drop_version(exports, tmp_path, 1)
+    with running_server(tmp_path, "vae", rest_threads=1, grpc_threads=1, rest_timeout_seconds=0.3) as server:
+        faults = ModelFaults(monkeypatch, server)
+        signature = server.store.servable("vae").signatures["encode"]
+        real_prepare = signature.prepare
+
+        def slow_prepare(arrays):
+            if float(np.asarray(arrays["x"]).reshape(-1)[0]) == 7.0:
+                time.sleep(0.8)  # longer than both deadlines below
+            return real_prepare(arrays)
+
+        monkeypatch.setattr(signature, "prepare", slow_prepare)
+        assert _rest_predict(server.rest_port, _x(1, marker=7.0))[0] == 504
+        assert _grpc_call(server.grpc_target, _x(1, marker=7.0), 0.3)[0] == "DEADLINE_EXCEEDED"
+        # One worker thread per protocol: these run only after the slow handlers have finished.
+        assert _rest_predict(server.rest_port, _x(1))[0] == 200
+        assert _grpc_call(server.grpc_target, _x(1))[0] == "OK"
+        assert 7.0 not in faults.calls and len(faults.calls) == 2
+
+
 # -- bounded admission -------------------------------------------------------------------------
 
 
