@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,61 +11,201 @@ import numpy as np
 import tensorflow as tf
 
 
-def checkpoint_for(model: keras.Model) -> tf.train.Checkpoint:
+def checkpoint_for(model: keras.Model, **extra) -> tf.train.Checkpoint:
     """A ``tf.train.Checkpoint`` over every model and optimizer variable, in their (deterministic)
-    creation order.
+    creation order, plus the model's metric trackers and any ``extra`` trackables.
 
     Keras 3 sub-layers are not reachable through TensorFlow's object graph, so the variables are
     listed explicitly. They are keyed by position, not by ``variable.path``: paths carry
     process-global counters (``dense_31``, ``adam_12``) that differ between the process that saved
     and the one that restores. The model's variables include its schedule/controller state and
     its random-stream state, so a restore continues exactly; a model of another architecture fails
-    the restore on the first shape mismatch.
+    the restore on the first shape mismatch. The trackers' running sums (``metrics``) let a run
+    resumed in the middle of an epoch report that epoch's means over all of its steps.
     """
     parts = {"model": list(model.variables)}
     if getattr(model, "optimizer", None) is not None and model.optimizer.built:
         parts["optimizer"] = list(model.optimizer.variables)
-    return tf.train.Checkpoint(**parts)
+    metric_variables = [v for m in model.metrics for v in m.variables]
+    if metric_variables:
+        parts["metrics"] = metric_variables
+    return tf.train.Checkpoint(**parts, **extra)
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves model + optimizer state after every epoch into ``directory`` (``ckpt-<epoch>``),
-    keeping the newest ``max_to_keep``. TensorFlow writes the checkpoint files first and the
-    ``checkpoint`` index last, so an interrupted save never replaces the last good one."""
+def all_finite(variables) -> bool:
+    """True when no variable holds a NaN or an infinity (one reduction per variable)."""
+    return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in variables
+               if tf.as_dtype(v.dtype).is_floating)
 
-    def __init__(self, directory: str | Path, max_to_keep: int = 3):
+
+class TrainingProgress(tf.Module):
+    """Where training stands, saved inside every checkpoint so a resume knows where to go on:
+    ``epoch`` (the epoch in progress, or the next one after an epoch-end save),
+    ``step_in_epoch`` (batches of that epoch already trained) and ``history`` (the logs of every
+    finished epoch, JSON: what MLflow must hold after a resume)."""
+
+    def __init__(self):
+        super().__init__(name="training_progress")
+        self.position = tf.Variable([0, 0], dtype=tf.int64, trainable=False, name="position")
+        self.history_json = tf.Variable("[]", dtype=tf.string, trainable=False, name="history")
+
+    @property
+    def epoch(self) -> int:
+        return int(self.position[0])
+
+    @property
+    def step_in_epoch(self) -> int:
+        return int(self.position[1])
+
+    @property
+    def history(self) -> list[dict]:
+        return json.loads(self.history_json.numpy().decode())
+
+    def set(self, epoch: int, step_in_epoch: int, history: list[dict]) -> None:
+        self.position.assign([epoch, step_in_epoch])
+        self.history_json.assign(json.dumps(history))
+
+
+def scalar_logs(logs) -> dict[str, float]:
+    """The finite scalars of a Keras ``logs`` dict as floats (what MLflow and the history keep)."""
+    out = {}
+    for key, value in (logs or {}).items():
+        array = np.asarray(value)
+        if array.size == 1 and math.isfinite(float(array)):
+            out[key] = float(array)
+    return out
+
+
+def epoch_metrics(model, logs) -> dict[str, float]:
+    """What an epoch logs to MLflow: every finite scalar of the epoch's logs (train and ``val_``
+    metrics) plus the validation KL of every latent dimension (``val_kl_dim_<i>``) when the
+    model tracks it."""
+    metrics = scalar_logs(logs)
+    if "val_elbo" in metrics and hasattr(model, "kl_per_dim"):
+        for i, value in enumerate(model.kl_per_dim):
+            metrics[f"val_kl_dim_{i}"] = float(value)
+    return metrics
+
+
+class TrainingCheckpoint(keras.callbacks.Callback):
+    """Crash-safe checkpoints: model, optimizer, metric trackers and :class:`TrainingProgress`
+    after every epoch and, with ``every_steps``, every that many training steps (at the end of
+    the ``steps_per_execution`` group that reaches the step).
+
+    A checkpoint is numbered by the global step it was taken at. TensorFlow writes its files
+    first and the ``checkpoint`` index last, by an atomic rename, so a process killed in the
+    middle of a save leaves the previous checkpoint as the latest. A checkpoint is written only
+    when the loss is finite and every variable is finite, so the latest checkpoint is always a
+    good one to resume from (:class:`StopOnNonFinite` stops training on a NaN/Inf loss).
+
+    ``start`` = ``(epoch, step_in_epoch, history)`` is where a resumed run starts.
+    """
+
+    def __init__(self, directory: str | Path, steps_per_epoch: int, max_to_keep: int = 3,
+                 every_steps: int | None = None, start: tuple[int, int, list] = (0, 0, [])):
         super().__init__()
         self.directory = str(directory)
+        self.steps_per_epoch = int(steps_per_epoch)
         self.max_to_keep = max_to_keep
+        self.every_steps = int(every_steps) if every_steps else None
+        self.progress = TrainingProgress()
+        self.epoch, self.step_in_epoch, self.history = start[0], start[1], list(start[2])
         self.manager: tf.train.CheckpointManager | None = None
-        self.last_path: str | None = None
+        self.last_path: str | None = tf.train.latest_checkpoint(self.directory)
+
+    @property
+    def global_step(self) -> int:
+        return self.epoch * self.steps_per_epoch + self.step_in_epoch
+
+    def _manager(self) -> tf.train.CheckpointManager:
+        if self.manager is None:  # the optimizer's variables exist only after its first step
+            self.manager = tf.train.CheckpointManager(checkpoint_for(self.model, progress=self.progress),
+                                                      self.directory, max_to_keep=self.max_to_keep)
+        return self.manager
+
+    def save(self, logs=None) -> str | None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(np.asarray(loss).reshape(-1)[0])):
+            return None
+        if not all_finite(self.model.variables):
+            return None
+        self.progress.set(self.epoch, self.step_in_epoch, self.history)
+        self.last_path = self._manager().save(checkpoint_number=self.global_step)
+        return self.last_path
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch != self.epoch:  # a fresh epoch (a resumed one keeps its step_in_epoch)
+            self.epoch, self.step_in_epoch = epoch, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        before = self.global_step
+        self.step_in_epoch = self._base_step + batch + 1
+        if self.every_steps and self.global_step // self.every_steps > before // self.every_steps \
+                and self.step_in_epoch < self.steps_per_epoch:  # the epoch-end save follows anyway
+            self.save(logs)
+
+    def on_train_begin(self, logs=None):
+        # A resumed partial epoch is fitted with its remaining steps only: Keras counts its batches
+        # from 0, so they are offset by the steps already done.
+        self._base_step = self.step_in_epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.manager is None:  # the optimizer's variables exist only after its first step
-            self.manager = tf.train.CheckpointManager(checkpoint_for(self.model), self.directory,
-                                                      max_to_keep=self.max_to_keep)
-        self.last_path = self.manager.save(checkpoint_number=epoch + 1)
+        self._base_step = 0
+        self.history.append({"epoch": epoch, "metrics": epoch_metrics(self.model, logs)})
+        self.epoch, self.step_in_epoch = epoch + 1, 0
+        self.save(logs)
+
+
+class RestoreEpochTrackers(keras.callbacks.Callback):
+    """Puts the metric trackers' running sums, as restored from a mid-epoch checkpoint, back at
+    the start of that epoch (Keras resets every tracker when an epoch begins), so the resumed
+    epoch reports its means over all of its steps, as an uninterrupted run would."""
+
+    def __init__(self, model: keras.Model, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+        self.values = [(v, v.numpy()) for m in model.metrics for v in m.variables]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch and self.values:
+            for variable, value in self.values:
+                variable.assign(value)
+            self.values = []
+
+
+class StopOnNonFinite(keras.callbacks.TerminateOnNaN):
+    """Keras' ``TerminateOnNaN``, remembering where it happened: ``failed_step`` (the global step
+    at the end of the ``steps_per_execution`` group that produced it) and ``failed_epoch``, read
+    from ``position`` (the :class:`TrainingCheckpoint`, which must come first in the callback
+    list so that it has counted the batch)."""
+
+    def __init__(self, position: TrainingCheckpoint):
+        super().__init__()
+        self.position = position
+        self.failed_step: int | None = None
+        self.failed_epoch: int | None = None
+        self.value: float | None = None
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or self.failed_step is not None:
+            return
+        value = float(np.asarray(loss).reshape(-1)[0])
+        if not math.isfinite(value):
+            self.failed_step, self.failed_epoch = self.position.global_step, self.position.epoch
+            self.value = value
+            self.model.stop_training = True
 
 
 class MlflowMetrics(keras.callbacks.Callback):
-    """Logs every scalar in the epoch's logs (train and ``val_`` metrics) to the active MLflow run,
-    plus the validation KL of every latent dimension (``val_kl_dim_<i>``) when the model tracks it.
-    """
+    """Logs :func:`epoch_metrics` to MLflow through ``logger`` (``log_metrics(metrics, step)``)."""
 
     def __init__(self, logger):
         super().__init__()
         self.logger = logger
 
     def on_epoch_end(self, epoch, logs=None):
-        metrics = {}
-        for key, value in (logs or {}).items():
-            array = np.asarray(value)
-            if array.size == 1 and math.isfinite(float(array)):
-                metrics[key] = float(array)
-        if "val_elbo" in metrics and hasattr(self.model, "kl_per_dim"):
-            for i, value in enumerate(self.model.kl_per_dim):
-                metrics[f"val_kl_dim_{i}"] = float(value)
-        self.logger.log_metrics(metrics, step=epoch)
+        self.logger.log_metrics(epoch_metrics(self.model, logs), step=epoch)
 
 
 class CollapseDiagnostics(keras.callbacks.Callback):
@@ -88,7 +229,12 @@ class CollapseDiagnostics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or len(self.x) < 2 or (epoch + 1) % self.every:
             return
-        from vae_tf.metrics import active_units, collapse_fraction, encode_posterior, mutual_information
+        from vae_tf.metrics import (
+            active_units,
+            collapse_fraction,
+            encode_posterior,
+            mutual_information,
+        )
 
         post = encode_posterior(self.model, self.x, seed=self.seed)
         logs["val_active_units"] = float(active_units(post["embedding"])[0])

@@ -1,6 +1,7 @@
 """``vae-tf`` command line.
 
-    vae-tf train [--config FILE] [--set key=value ...]
+    vae-tf train [--config FILE] [--set key=value ...] [--resume [RUN]]
+    vae-tf sync-mlflow RUN_DIR [--tracking-uri URI]
     vae-tf evaluate MODEL [--split test] [--disentanglement quick] [--fd] ...
     vae-tf serve [--model-base-path /models] [--model-name model] [--port 8500] [--rest-api-port 8501] ...
     vae-tf embed --data digits --split test (--model models/vae | --server URL) -o embeddings.npz
@@ -41,6 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config value, e.g. --set train.epochs=5 (repeatable)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
+                       help="continue an interrupted run from its last checkpoint, in the same MLflow run: the "
+                            "latest unfinished run of the config's model in train.run_dir, or RUN (its run id). "
+                            "The run's own config is used; --set may change train.epochs, learning_rate, ...")
+
+    sync = sub.add_parser("sync-mlflow", help="send a run's buffered MLflow logging (kept while MLflow was unreachable)",
+                          description="Replay RUN_DIR/mlflow_journal.jsonl, the logging a training run buffered while "
+                                      "MLflow was unreachable, into the run's tracking URI (or --tracking-uri).")
+    sync.add_argument("run_dir", help="the run's directory, e.g. runs/<run id> or runs/offline-<hex>")
+    sync.add_argument("--tracking-uri", default=None, help="send to this tracking URI instead of the run's own")
 
     evaluate = sub.add_parser(
         "evaluate", help="diagnose a trained model (collapse, likelihood, disentanglement, downstream)",
@@ -83,7 +94,12 @@ def cmd_train(args) -> int:
 
     from training.config import DEFAULT_CONFIG, load_config
 
-    config = load_config(args.config or DEFAULT_CONFIG, args.overrides)
+    if args.resume:
+        # The run's own config is used; --config only says where its runs are (train.run_dir) and,
+        # without a RUN, which model's latest run to take.
+        config = load_config(args.config or DEFAULT_CONFIG, [o for o in args.overrides if o.startswith("train.run_dir=")])
+    else:
+        config = load_config(args.config or DEFAULT_CONFIG, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
@@ -93,7 +109,8 @@ def cmd_train(args) -> int:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # mlflow was imported before (tests, notebooks)
 
-    result = run_training(config)
+    overrides = tuple(o for o in args.overrides if not o.startswith("train.run_dir="))
+    result = run_training(config, resume=args.resume, overrides=overrides)
     metrics = ", ".join(f"{k}={v:.3f}" for k, v in result.test_metrics.items()
                         if k.endswith(("elbo", "kl", "active_kl_dims")))
     print()
@@ -104,6 +121,14 @@ def cmd_train(args) -> int:
         print(f"model version: {config.name} v{result.registered_version} ({result.model_uri})")
     print(f"checkpoints:   {result.checkpoint_dir.resolve()}")
     print(f"MLflow UI:     {ui_command(result.tracking_uri)}")
+    return 0
+
+
+def cmd_sync_mlflow(args) -> int:
+    from training.tracking import sync_run
+
+    sent, uri = sync_run(args.run_dir, tracking_uri=args.tracking_uri)
+    print(f"sent {sent} buffered logging calls to {uri}")
     return 0
 
 
@@ -151,7 +176,7 @@ def cmd_probe(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "serve": cmd_serve,
-            "embed": cmd_embed, "probe": cmd_probe}
+            "embed": cmd_embed, "probe": cmd_probe, "sync-mlflow": cmd_sync_mlflow}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,6 +69,8 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # epochs without val ELBO improvement; None: off
     run_dir: str = "runs"                # checkpoints go to <run_dir>/<mlflow run id>/checkpoints
     checkpoints_to_keep: int = 3
+    checkpoint_every_steps: int | None = None  # also save every N training steps (besides every epoch)
+    clip_norm: float | None = None       # clip the global gradient norm (Adam's global_clipnorm); None: off
     deterministic: bool = False          # tf.config.experimental.enable_op_determinism()
     verbose: int = 1                     # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line/epoch
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # encoder pretraining on a labelled fraction
@@ -87,6 +89,7 @@ class MlflowConfig:
     run_name: str | None = None
     register: bool = True                # register the logged model under `name`
     log_figures: bool = True
+    retry_seconds: float = 60.0          # while MLflow is unreachable, retry the buffered logging this often
 
 
 @dataclass
@@ -276,6 +279,10 @@ def _check_values(c: Config) -> None:
     need(c.train.early_stopping_patience is None or c.train.early_stopping_patience > 0,
          f"train.early_stopping_patience must be a positive integer or null, got {c.train.early_stopping_patience}")
     need(c.train.checkpoints_to_keep > 0, f"train.checkpoints_to_keep must be positive, got {c.train.checkpoints_to_keep}")
+    need(c.train.checkpoint_every_steps is None or c.train.checkpoint_every_steps > 0,
+         f"train.checkpoint_every_steps must be a positive integer or null, got {c.train.checkpoint_every_steps}")
+    need(c.train.clip_norm is None or c.train.clip_norm > 0, f"train.clip_norm must be > 0 or null, got {c.train.clip_norm}")
+    need(c.mlflow.retry_seconds >= 0, f"mlflow.retry_seconds must be >= 0, got {c.mlflow.retry_seconds}")
     need(c.train.verbose in (0, 1, 2), f"train.verbose must be 0, 1 or 2, got {c.train.verbose}")
     pre = c.train.pretrain
     need(0.0 <= pre.fraction < 1.0, f"train.pretrain.fraction must be in [0, 1) (0: no pretraining), got {pre.fraction}")

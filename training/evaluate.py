@@ -5,8 +5,6 @@ report and log metrics, figures and the report to MLflow."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -136,17 +134,9 @@ def _apply(tree: dict, overrides) -> dict:
 
 
 def _write_json_atomically(path: Path, document: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, indent=2, sort_keys=True, allow_nan=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from training.atomic import write_json_atomic
+
+    write_json_atomic(path, document, allow_nan=False)
 
 
 def _log(config, info, result, figures, document, trained_run_id, split) -> str:
@@ -169,7 +159,7 @@ def _log(config, info, result, figures, document, trained_run_id, split) -> str:
 
 def _print_summary(result, report_path: Path, run_id: str | None, out) -> None:
     """Every scalar metric except the per-dimension ones (those are in the report and the figures)."""
-    print("", file=out)
+    print(file=out)
     for key, value in result["metrics"].items():
         if not key.startswith("kl_dim_"):
             print(f"{key:32s} {value:.4f}", file=out)

@@ -6,6 +6,7 @@ Embedded default: MLflow's own ``sqlite:///mlflow.db`` in the working directory;
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -129,3 +130,319 @@ def _log_pyfunc(signature, export_dir: Path, registered_name: str | None, inputs
         metadata={"vae_tf_version": vae_tf.__version__, "signature_param": "encode | decode | reconstruct | sample",
                   "signature_inputs": inputs or {}},
     )
+
+
+# --- a run that survives an unreachable tracking server ----------------------------------------
+
+#: MLflow error codes that mean "try again later" (a locked SQLite file is TEMPORARILY_UNAVAILABLE,
+#: an unreachable server INTERNAL_ERROR after MLflow's own HTTP retries).
+TRANSIENT_ERROR_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED",
+                         "UNAVAILABLE", "IO_ERROR", "ABORTED"}
+
+#: HTTP retry settings for a tracking server, unless the user set them: MLflow's defaults (7 retries,
+#: backoff factor 2) block a call for minutes when the server is down; the journal makes waiting
+#: pointless.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+JOURNAL_NAME = "mlflow_journal.jsonl"
+RUN_RECORD_NAME = "run.json"
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether a failed MLflow call is worth retrying later (connection refused, timeout, locked
+    database, server error) rather than a mistake that retrying would repeat (a bad param)."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):
+        return err.error_code in TRANSIENT_ERROR_CODES
+    return isinstance(err, (OSError, TimeoutError)) or type(err).__module__.startswith(("requests", "urllib3", "sqlalchemy"))
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:200]}"
+
+
+class TrackedRun:
+    """The MLflow run of one training job, resilient to MLflow faults.
+
+    Every logging call goes through this object. While MLflow answers, calls go straight to it
+    (the run is MLflow's active run, so ``mlflow.*`` calls of callers work too). When a call fails
+    with a transient error (unreachable server, locked SQLite file, server error), the user is
+    told once on ``stream``, training goes on, and this and every later call are appended to a
+    journal, ``<run_dir>/mlflow_journal.jsonl`` (one JSON object per line, flushed and fsynced, so
+    a crash keeps it). Every ``retry_seconds`` the next call first tries to replay the journal;
+    once that succeeds, logging is live again. What is still buffered when training ends stays in
+    the journal; ``vae-tf sync-mlflow RUN_DIR`` replays it later (into the same or another
+    tracking URI). Replayed entries are removed from the journal as they succeed, so a replay
+    that fails half-way never sends anything twice.
+
+    ``run_dir`` is ``<run_root>/<key>``: the MLflow run id when the run could be created at start,
+    ``offline-<hex>`` when MLflow was unreachable from the start (the run is created on the first
+    successful replay). ``run.json`` there records the tracking URI, the experiment and the MLflow
+    run id.
+    """
+
+    def __init__(self, tracking_uri: str, *, run_root: str | Path, experiment: str, run_name: str | None = None,
+                 tags: dict | None = None, run_id: str | None = None, run_dir: str | Path | None = None,
+                 retry_seconds: float = 60.0, stream=None):
+        import sys
+
+        self.tracking_uri = tracking_uri
+        self.run_root = Path(run_root)
+        self.experiment, self.run_name, self.tags = experiment, run_name, dict(tags or {})
+        self.run_id = run_id
+        self.experiment_id: str | None = None
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.retry_seconds = float(retry_seconds)
+        self.stream = stream if stream is not None else sys.stderr
+        self.online = False
+        self.warned = False
+        self._next_retry = 0.0
+        if tracking_uri.startswith(("http://", "https://")):
+            for key, value in HTTP_RETRY_DEFAULTS.items():
+                os.environ.setdefault(key, value)
+
+    # --- life cycle ---------------------------------------------------------------------------
+    def start(self) -> TrackedRun:
+        """Create (or reopen, with ``run_id``) the MLflow run; on a transient failure go on offline."""
+        import uuid
+
+        failure = None
+        try:
+            self._open()
+        except Exception as err:
+            if not is_transient(err):
+                raise
+            failure = err
+        if self.run_dir is None:
+            self.run_dir = self.run_root / (self.run_id or f"offline-{uuid.uuid4().hex[:12]}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if failure is not None:
+            self._go_offline(failure)
+        self.save_record()
+        if self.pending() and self.online:
+            self.flush()  # a resumed run whose journal still holds calls
+        return self
+
+    def _open(self) -> None:
+        use_tracking(self.tracking_uri)
+        if mlflow.active_run() is not None and mlflow.active_run().info.run_id == self.run_id:
+            self.online = True
+            return
+        if self.run_id is None and not os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` made the run
+            mlflow.set_experiment(self.experiment)
+        if self.run_id is None:
+            run = mlflow.start_run(run_name=self.run_name, tags=self.tags or None)
+        else:
+            run = mlflow.start_run(run_id=self.run_id)
+        self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
+        self.online = True
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the run with ``status``; if MLflow is still unreachable, keep the end in the journal
+        and say how to send it."""
+        self._call("end_run", {"status": status})
+        if self.pending():
+            print(f"warning: MLflow at {self.tracking_uri} is still unreachable: {self.pending()} logging calls are "
+                  f"kept in {self.journal_path}; send them with `vae-tf sync-mlflow {self.run_dir}`",
+                  file=self.stream)
+
+    def save_record(self, **extra) -> None:
+        from training.atomic import write_json_atomic
+
+        record = self.record()
+        record.update({"tracking_uri": self.tracking_uri, "experiment": self.experiment, "run_name": self.run_name,
+                       "tags": self.tags, "mlflow_run_id": self.run_id, **extra})
+        write_json_atomic(self.run_dir / RUN_RECORD_NAME, record)
+
+    def record(self) -> dict:
+        path = self.run_dir / RUN_RECORD_NAME
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    # --- logging API (mirrors mlflow's) ----------------------------------------------------------
+    def log_params(self, params: dict) -> None:
+        self._call("log_params", {"params": {k: str(v) for k, v in params.items()}})
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        if metrics:
+            import time
+
+            self._call("log_metrics", {"metrics": {k: float(v) for k, v in metrics.items()}, "step": step,
+                                       "timestamp": int(time.time() * 1000)})
+
+    def set_tags(self, tags: dict) -> None:
+        self._call("set_tags", {"tags": {k: str(v) for k, v in tags.items()}})
+
+    def log_dict(self, dictionary: dict, artifact_file: str) -> None:
+        self._call("log_dict", {"dictionary": dictionary, "artifact_file": artifact_file})
+
+    def log_figures(self, figures: dict, artifact_dir: str = "figures") -> None:
+        """Figures are saved under ``<run_dir>/figures`` first, so a buffered call has its file."""
+        import matplotlib.pyplot as plt
+
+        folder = self.run_dir / artifact_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, fig in figures.items():
+            path = folder / name
+            fig.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            self._call("log_artifact", {"local_path": str(path.resolve()), "artifact_path": artifact_dir})
+
+    def log_model(self, export_dir: Path, data_shape, registered_name: str | None):
+        """The SavedModel as a pyfunc (and a registered version); ``(None, None)`` when buffered."""
+        result = self._call("log_model", {"export_dir": str(Path(export_dir).resolve()),
+                                          "data_shape": [int(d) for d in data_shape],
+                                          "registered_name": registered_name})
+        return result if isinstance(result, tuple) else (None, None)
+
+    # --- machinery ------------------------------------------------------------------------------
+    @property
+    def journal_path(self) -> Path:
+        return self.run_dir / JOURNAL_NAME
+
+    def pending(self) -> int:
+        return len(self.journal())
+
+    def journal(self) -> list[dict]:
+        if self.run_dir is None or not self.journal_path.exists():
+            return []
+        return [json.loads(line) for line in self.journal_path.read_text().splitlines() if line.strip()]
+
+    def logged_steps(self, key: str) -> set[int]:
+        """Steps at which metric ``key`` is logged or buffered: MLflow's history when it answers,
+        else the last epoch recorded in run.json; plus what the journal holds."""
+        steps = {e["args"]["step"] for e in self.journal() if e["op"] == "log_metrics" and key in e["args"]["metrics"]}
+        if self.online:
+            try:
+                history = mlflow.MlflowClient().get_metric_history(self.run_id, key)
+                return steps | {m.step for m in history}
+            except Exception as err:
+                if not is_transient(err):
+                    raise
+        return steps | set(range(int(self.record().get("last_logged_epoch", -1)) + 1))
+
+    def _apply(self, op: str, args: dict):
+        if op == "log_params":
+            mlflow.log_params(args["params"])
+        elif op == "log_metrics":
+            mlflow.log_metrics(args["metrics"], step=args["step"], timestamp=args["timestamp"])
+        elif op == "set_tags":
+            mlflow.set_tags(args["tags"])
+        elif op == "log_dict":
+            mlflow.log_dict(args["dictionary"], args["artifact_file"])
+        elif op == "log_artifact":
+            mlflow.log_artifact(args["local_path"], args["artifact_path"])
+        elif op == "log_model":
+            return log_saved_model(Path(args["export_dir"]), args["data_shape"], args["registered_name"])
+        elif op == "end_run":
+            mlflow.end_run(status=args["status"])
+            self.online = False
+        else:  # a journal written by another version
+            raise ValueError(f"unknown journal operation {op!r}")
+        return True
+
+    def _call(self, op: str, args: dict):
+        import time
+
+        if self.online and not self.pending():
+            try:
+                return self._apply(op, args)
+            except Exception as err:
+                if not is_transient(err):
+                    raise
+                self._go_offline(err)
+        self._append(op, args)
+        if op == "end_run" or time.monotonic() >= self._next_retry:
+            self.flush()
+        return None
+
+    def _go_offline(self, err: BaseException) -> None:
+        import time
+
+        self.online = False
+        self._next_retry = time.monotonic() + self.retry_seconds
+        if not self.warned:
+            self.warned = True
+            print(f"warning: MLflow at {self.tracking_uri} is unreachable ({_first_line(err)}); training goes on, "
+                  f"logging to {self.journal_path} and retrying every {self.retry_seconds:g} s "
+                  f"(`vae-tf sync-mlflow {self.run_dir}` sends it later)", file=self.stream)
+
+    def _append(self, op: str, args: dict) -> None:
+        with open(self.journal_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"op": op, "args": args}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def flush(self) -> bool:
+        """Replay the journal; True when it is empty afterwards (logging is live again)."""
+        import logging
+        import time
+
+        from training.atomic import write_text_atomic
+
+        entries = self.journal()
+        quiet = logging.getLogger("mlflow")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)  # MLflow logs a traceback for every failed database call
+        done = 0
+        try:
+            if not self.online:
+                self._open()
+                if self.run_dir is not None:
+                    self.save_record()
+            for entry in entries:
+                self._apply(entry["op"], entry["args"])
+                done += 1
+        except Exception as err:
+            if not is_transient(err):
+                raise
+            self.online = False
+            self._next_retry = time.monotonic() + self.retry_seconds
+        finally:
+            quiet.setLevel(level)
+            if done:
+                rest = entries[done:]
+                write_text_atomic(self.journal_path, "".join(json.dumps(e) + "\n" for e in rest))
+        if done == len(entries) and (self.online or entries and entries[-1]["op"] == "end_run"):
+            if self.journal_path.exists():
+                self.journal_path.unlink()
+            if self.warned and entries:
+                print(f"MLflow at {self.tracking_uri} is reachable again: sent {len(entries)} buffered logging calls",
+                      file=self.stream)
+            return True
+        return False
+
+
+def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> tuple[int, str]:
+    """Replay a run's journal (``vae-tf sync-mlflow``); returns ``(calls sent, tracking URI)``.
+    Into another tracking URI, the run is created there (the run id in run.json is the old
+    store's)."""
+    from vae_tf.errors import ConfigError
+
+    run_dir = Path(run_dir)
+    record_path = run_dir / RUN_RECORD_NAME
+    if not record_path.is_file():
+        raise ConfigError(f"{run_dir} is not a training run directory (no {RUN_RECORD_NAME}); pass runs/<run id>")
+    record = json.loads(record_path.read_text())
+    uri = tracking_uri or record["tracking_uri"]
+    same_store = uri == record["tracking_uri"]
+    tracker = TrackedRun(uri, run_root=run_dir.parent, experiment=record["experiment"], run_name=record.get("run_name"),
+                         tags=record.get("tags"), run_id=record.get("mlflow_run_id") if same_store else None,
+                         run_dir=run_dir, retry_seconds=0)
+    count = tracker.pending()
+    if count == 0:
+        return 0, uri
+    try:
+        tracker._open()
+    except Exception as err:  # noqa: BLE001
+        raise ConfigError(f"MLflow at {uri} is still unreachable ({_first_line(err)}); try again later") from None
+    if same_store:
+        tracker.save_record()
+    if not tracker.flush():
+        raise ConfigError(f"MLflow at {uri} failed during the replay; {tracker.pending()} calls are still kept in "
+                          f"{tracker.journal_path}; run the command again later")
+    if mlflow.active_run() is not None:
+        mlflow.end_run()
+    return count, uri

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 from pathlib import Path
 
 from training.config import Config
 
 
-
 @dataclasses.dataclass
 class TrainResult:
     run_id: str
-    experiment_id: str
+    experiment_id: str | None
     tracking_uri: str
     export_dir: Path
     checkpoint_dir: Path
@@ -92,12 +90,10 @@ def split_for_pretraining(config: Config, data):
     return remaining, (x, y)
 
 
-def run_pretraining(config: Config, model, labelled, data) -> dict:
+def run_pretraining(config: Config, model, labelled, data, tracker) -> dict:
     """Pretrain ``model``'s encoder with a classification head on ``labelled`` and log
     ``pretrain_accuracy`` / ``pretrain_loss`` (and ``pretrain_val_accuracy``) per pretraining
-    epoch to the active MLflow run."""
-    import mlflow
-
+    epoch through ``tracker`` (a :class:`training.tracking.TrackedRun`)."""
     from vae_tf.pretraining import pretrain_encoder
 
     pre, train_cfg = config.train.pretrain, config.train
@@ -107,10 +103,11 @@ def run_pretraining(config: Config, model, labelled, data) -> dict:
     result = pretrain_encoder(model, x, y, epochs=pre.epochs, batch_size=pre.batch_size or train_cfg.batch_size,
                               learning_rate=pre.learning_rate or train_cfg.learning_rate, num_classes=num_classes,
                               validation_data=data.split("val"), seed=config.seed)
-    for key in ("pretrain_accuracy", "pretrain_loss", "pretrain_val_accuracy"):
-        for epoch, value in enumerate(result.get(key, [])):
-            mlflow.log_metric(key, value, step=epoch)
-    mlflow.log_param("data.n_pretrain", len(x))
+    for epoch in range(pre.epochs):
+        tracker.log_metrics({key: result[key][epoch] for key in ("pretrain_accuracy", "pretrain_loss",
+                                                                 "pretrain_val_accuracy")
+                             if len(result.get(key, [])) > epoch}, step=epoch)
+    tracker.log_params({"data.n_pretrain": len(x)})
     return result
 
 
@@ -123,47 +120,107 @@ def seed_everything(config: Config) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def run_training(config: Config, *, tags: dict | None = None, after_training=None) -> TrainResult:
+def run_training(config: Config, *, tags: dict | None = None, after_training=None,
+                 resume: str | bool | None = None, overrides: tuple[str, ...] = ()) -> TrainResult:
     """Train, evaluate, export and track one run. A failure marks the MLflow run FAILED with the
     error message (tag ``error``) and re-raises.
 
     ``tags`` are set on the run (``mlflow.parentRunId`` nests it under a parent run);
     ``after_training(model, data)`` runs inside the run after the export, for callers that log
     more (the experiment suites' evaluation).
+
+    ``resume`` continues an interrupted run from its last checkpoint, in the same MLflow run:
+    ``True`` takes the most recent unfinished run of ``config.name`` in ``config.train.run_dir``,
+    a string names the run (its directory or MLflow run id). The run's own config is used, with
+    ``overrides`` (``key=value``, :data:`training.resume.RESUMABLE_KEYS` only) applied.
     """
-    import mlflow
+    from training.resume import find_run, resumed_config
+    from training.tracking import TrackedRun, resolve_tracking_uri
 
-    from training.tracking import resolve_tracking_uri, use_tracking
-
-    tracking_uri = resolve_tracking_uri(config.mlflow.tracking_uri)
-    use_tracking(tracking_uri)
-    if not os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` made the run, in its own experiment
-        mlflow.set_experiment(config.mlflow.experiment)
-    with mlflow.start_run(run_name=config.mlflow.run_name, tags=tags) as run:
-        try:
-            result = _run(config, run, tracking_uri, after_training)
-        except BaseException as err:
-            mlflow.set_tag("error", f"{type(err).__name__}: {' '.join(str(err).split())}"[:5000])
-            mlflow.end_run(status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-            raise
+    if resume:
+        run_dir, record = find_run(config.train.run_dir, resume if isinstance(resume, str) else None,
+                                   None if isinstance(resume, str) else config.name)
+        config = resumed_config(record, overrides)
+        tracker = TrackedRun(record["tracking_uri"], run_root=run_dir.parent, experiment=record["experiment"],
+                             run_name=record.get("run_name"), tags=record.get("tags"),
+                             run_id=record.get("mlflow_run_id"), run_dir=run_dir,
+                             retry_seconds=config.mlflow.retry_seconds)
+    else:
+        tracker = TrackedRun(resolve_tracking_uri(config.mlflow.tracking_uri), run_root=config.train.run_dir,
+                             experiment=config.mlflow.experiment, run_name=config.mlflow.run_name, tags=tags,
+                             retry_seconds=config.mlflow.retry_seconds)
+    tracker.start()
+    tracker.save_record(status="running", name=config.name, config=config.to_dict())
+    try:
+        result = _run(config, tracker, after_training, resumed=bool(resume))
+    except BaseException as err:
+        message = f"{type(err).__name__}: {' '.join(str(err).split())}"[:5000]
+        tracker.set_tags({"error": message})
+        tracker.save_record(status="failed", error=message)
+        tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.save_record(status="finished", export_dir=str(result.export_dir.resolve()))
+    tracker.finish("FINISHED")
     return result
 
 
-def _run(config: Config, run, tracking_uri: str, after_training=None) -> TrainResult:
+def training_steps_per_epoch(data, train_cfg) -> int:
+    """Training steps in one epoch: the batches of one pass over the training split, rounded up
+    to whole ``steps_per_execution`` groups.
+
+    The training data is one stream of batches over all epochs (``DataSplits.resumable_pipeline``,
+    every example once per pass, the order of pass p a function of (seed, p)), and Keras runs
+    whole groups of ``steps_per_execution`` steps, so when the group size does not divide the
+    batches of a pass an epoch is a little longer than a pass and the stream goes on across the
+    epoch boundary. The step count is then exact: the data position of a checkpoint is its
+    global step."""
+    batches = data.steps_per_epoch("train", train_cfg.batch_size)
+    return math.ceil(batches / train_cfg.steps_per_execution) * train_cfg.steps_per_execution
+
+
+def _restore(model, checkpoint_dir: Path, progress) -> str | None:
+    """Restore the latest checkpoint in ``checkpoint_dir`` into ``model`` (and ``progress``);
+    returns its path, or None when there is none."""
+    import tensorflow as tf
+
+    from training.callbacks import checkpoint_for
+    from vae_tf.errors import ConfigError
+
+    latest = tf.train.latest_checkpoint(str(checkpoint_dir))
+    if latest is None:
+        return None
+    model.optimizer.build(model.trainable_variables)  # its variables must exist to be restored into
+    learning_rate = float(model.optimizer.learning_rate)
+    try:
+        checkpoint_for(model, progress=progress).restore(latest).expect_partial()
+    except (ValueError, tf.errors.OpError) as err:
+        raise ConfigError(f"checkpoint {latest} does not fit this model ({' '.join(str(err).split())[:200]}); "
+                          "resume with the run's own config") from None
+    model.optimizer.learning_rate.assign(learning_rate)  # a resume may lower it (--set train.learning_rate)
+    return latest
+
+
+def _run(config: Config, tracker, after_training=None, resumed: bool = False) -> TrainResult:
     import keras
-    import mlflow
     import numpy as np
 
-    from training.callbacks import CollapseDiagnostics, EpochCheckpoint, MlflowMetrics
-    from training.tracking import RunLogger, log_figures, log_params, log_saved_model
+    from training.callbacks import (
+        CollapseDiagnostics,
+        MlflowMetrics,
+        RestoreEpochTrackers,
+        StopOnNonFinite,
+        TrainingCheckpoint,
+        TrainingProgress,
+    )
     from vae_tf import plots
+    from vae_tf.errors import TrainingDivergedError
     from vae_tf.export import export_model
 
-    run_id = run.info.run_id
-    log_params(config.flat())
-    mlflow.log_dict(config.to_dict(), "config.yaml")
-    mlflow.set_tags({"vae_tf.objective": config.objective.name, "vae_tf.latent": config.model.latent["family"],
-                     "vae_tf.likelihood": config.model.likelihood["name"], "vae_tf.data": config.data.name})
+    if not resumed:
+        tracker.log_params(_params(config.flat()))
+        tracker.log_dict(config.to_dict(), "config.yaml")
+        tracker.set_tags({"vae_tf.objective": config.objective.name, "vae_tf.latent": config.model.latent["family"],
+                          "vae_tf.likelihood": config.model.likelihood["name"], "vae_tf.data": config.data.name})
 
     seed_everything(config)
     if config.model.latent.get("family") == "normal_gamma" and not config.objective.options.get("beta_schedule"):
@@ -173,56 +230,112 @@ def _run(config: Config, run, tracking_uri: str, after_training=None) -> TrainRe
               "collapses every dimension; add e.g. beta_schedule: {kind: linear, steps: 1000}", file=sys.stderr)
     data = prepare_data(config)
     data, labelled = split_for_pretraining(config, data)
-    mlflow.log_params({"data.n_train": len(data.x_train), "data.n_val": len(data.x_val),
-                       "data.n_test": len(data.x_test), "data.shape": str(data.data_shape)})
-    steps_per_epoch = max(1, math.ceil(len(data.x_train) / config.train.batch_size))
-    model = build_model(config, data.data_shape, steps_per_epoch)
-    if labelled is not None:
-        run_pretraining(config, model, labelled, data)
-
+    if not resumed:
+        tracker.log_params({"data.n_train": len(data.x_train), "data.n_val": len(data.x_val),
+                            "data.n_test": len(data.x_test), "data.shape": str(data.data_shape)})
     train_cfg = config.train
-    checkpoint_dir = Path(train_cfg.run_dir) / run_id / "checkpoints"
-    checkpoints = EpochCheckpoint(checkpoint_dir, max_to_keep=train_cfg.checkpoints_to_keep)
+    steps_per_epoch = training_steps_per_epoch(data, train_cfg)
+    model = build_model(config, data.data_shape, steps_per_epoch)
+
+    checkpoint_dir = tracker.run_dir / "checkpoints"
+    progress = TrainingProgress()
+    restored = _restore(model, checkpoint_dir, progress) if resumed else None
+    if restored is None and labelled is not None:
+        run_pretraining(config, model, labelled, data, tracker)  # a restored encoder is already pretrained
+    start = (progress.epoch, progress.step_in_epoch, progress.history)
+    if restored is not None:
+        print(f"resuming from {restored}: epoch {start[0] + 1}, step {start[1]} of {steps_per_epoch}", file=sys.stderr)
+        tracker.set_tags({"vae_tf.resumed_from": restored})
+        _log_missing_epochs(tracker, start[2])
+
+    checkpoints = TrainingCheckpoint(checkpoint_dir, steps_per_epoch, max_to_keep=train_cfg.checkpoints_to_keep,
+                                     every_steps=train_cfg.checkpoint_every_steps, start=start)
+    nan_guard = StopOnNonFinite(checkpoints)
     has_val = len(data.x_val) > 0
-    callbacks = [checkpoints]
-    if has_val:  # before the MLflow logger, which logs what it adds
+    callbacks = []
+    if start[1] > 0:  # the interrupted epoch's running means go on from the checkpoint's
+        callbacks.append(RestoreEpochTrackers(model, start[0]))
+    if has_val:  # before the checkpoint and the MLflow logger, which record what it adds
         callbacks.append(CollapseDiagnostics(data.x_val, seed=config.seed))
-    callbacks.append(MlflowMetrics(RunLogger()))
+    callbacks += [checkpoints, nan_guard, MlflowMetrics(_EpochLogger(tracker))]
     if train_cfg.early_stopping_patience and has_val:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_elbo", mode="max", restore_best_weights=True,
                                                        patience=train_cfg.early_stopping_patience))
 
-    train_ds = data.pipeline("train", train_cfg.batch_size, seed=config.seed)
     val_ds = data.pipeline("val", train_cfg.batch_size) if has_val else None
-    history = model.fit(train_ds, validation_data=val_ds, epochs=train_cfg.epochs, callbacks=callbacks,
-                        verbose=train_cfg.verbose, shuffle=False)  # the pipeline shuffles
-    epochs_run = len(history.history.get("loss", []))
-    mlflow.log_metric("epochs_run", epochs_run)
+    epoch, step = start[0], start[1]
+    batches_per_pass = data.steps_per_epoch("train", train_cfg.batch_size)
+    model.stop_training = False
+    while epoch < train_cfg.epochs and not model.stop_training:
+        # One fit for the rest of an interrupted epoch (Keras epochs have a fixed length), then one
+        # for the remaining epochs; the pipeline starts at the global step either way.
+        last = epoch + 1 if step else train_cfg.epochs
+        train_ds = data.resumable_pipeline("train", train_cfg.batch_size, seed=config.seed, start_step=epoch * steps_per_epoch + step,
+                                           epochs=math.ceil(train_cfg.epochs * steps_per_epoch / batches_per_pass) + 1)
+        model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, epochs=last,
+                  steps_per_epoch=steps_per_epoch - step, callbacks=callbacks, verbose=train_cfg.verbose)
+        epoch, step = checkpoints.epoch, 0
+    if nan_guard.failed_step is not None:
+        where = checkpoints.last_path or "none (it failed before the first checkpoint)"
+        raise TrainingDivergedError(
+            f"training stopped: the loss became {nan_guard.value} at step {nan_guard.failed_step} (epoch "
+            f"{nan_guard.failed_epoch + 1}); the last good checkpoint is {where}; resume from it with "
+            f"`vae-tf train --resume {tracker.run_dir.name} --set train.learning_rate=...` (lower) or "
+            "--set train.clip_norm=..., or see docs/reliability.md")
+    history = checkpoints.history
+    tracker.log_metrics({"epochs_run": len(history)})
 
     eval_split = "test" if len(data.x_test) else ("val" if has_val else "train")
     test_metrics = model.evaluate(data.pipeline(eval_split, train_cfg.batch_size), return_dict=True, verbose=0)
-    test_metrics = {f"{eval_split}_{k}": float(v) for k, v in test_metrics.items()}
+    test_metrics = {f"{eval_split}_{k}": float(np.asarray(v).reshape(-1)[0]) for k, v in test_metrics.items()}
     kl = model.kl_per_dim
-    mlflow.log_metrics({**test_metrics, **{f"{eval_split}_kl_dim_{i}": float(v) for i, v in enumerate(kl)}})
+    tracker.log_metrics({**test_metrics, **{f"{eval_split}_kl_dim_{i}": float(v) for i, v in enumerate(kl)}})
 
     x_eval, _ = data.split(eval_split)
     if config.mlflow.log_figures:
-        log_figures(plots.model_figures(model, x_eval, value_range=data.value_range, kl=kl, seed=config.seed))
+        tracker.log_figures(plots.model_figures(model, x_eval, value_range=data.value_range, kl=kl, seed=config.seed))
 
     export_dir = export_model(model, config.export.base_dir, config.name, config.export.version,
                               config=config.to_dict(),
                               data_info={"value_range": data.value_range, "name": data.name,
                                          "binary": data.binary, **data.metadata},
-                              extra={"mlflow_run_id": run_id})
-    mlflow.set_tag("vae_tf.export_dir", str(export_dir.resolve()))
-    model_uri, version = log_saved_model(export_dir, data.data_shape,
-                                         config.name if config.mlflow.register else None)
+                              extra={"mlflow_run_id": tracker.run_id})
+    tracker.set_tags({"vae_tf.export_dir": str(export_dir.resolve())})
+    model_uri, version = tracker.log_model(export_dir, data.data_shape, config.name if config.mlflow.register else None)
 
     if after_training is not None:
         after_training(model, data)
-    result = TrainResult(run_id=run_id, experiment_id=run.info.experiment_id, tracking_uri=tracking_uri,
-                         export_dir=export_dir, checkpoint_dir=checkpoint_dir,
-                         history={k: [float(np.asarray(v)) for v in vals] for k, vals in history.history.items()},
-                         test_metrics=test_metrics, model_uri=model_uri,
-                         registered_version=None if version is None else str(version))
-    return result
+    keys = sorted({k for entry in history for k in entry["metrics"]})
+    return TrainResult(run_id=tracker.run_id or tracker.run_dir.name, experiment_id=tracker.experiment_id,
+                       tracking_uri=tracker.tracking_uri, export_dir=export_dir, checkpoint_dir=checkpoint_dir,
+                       history={k: [e["metrics"].get(k, float("nan")) for e in history] for k in keys},
+                       test_metrics=test_metrics, model_uri=model_uri,
+                       registered_version=None if version is None else str(version))
+
+
+def _params(flat: dict) -> dict:
+    from training.tracking import MAX_PARAM_LENGTH
+
+    return {key: ("null" if value is None else str(value))[:MAX_PARAM_LENGTH] for key, value in flat.items()}
+
+
+class _EpochLogger:
+    """Logs an epoch's metrics through the tracker and records it in run.json, so a resume knows
+    which finished epochs MLflow has (when MLflow cannot be asked)."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.tracker.log_metrics(metrics, step=step)
+        self.tracker.save_record(last_logged_epoch=step)
+
+
+def _log_missing_epochs(tracker, history: list[dict]) -> None:
+    """After a restore: log the checkpoint's finished epochs that the run does not have yet (a
+    process killed between an epoch's checkpoint and its logging), so no epoch is lost or doubled."""
+    logged = tracker.logged_steps("loss")
+    for entry in history:
+        if entry["epoch"] not in logged:
+            tracker.log_metrics(entry["metrics"], step=entry["epoch"])
+            tracker.save_record(last_logged_epoch=entry["epoch"])

@@ -23,3 +23,7 @@ class DataError(VaeTfError, ValueError):
 
 class ModelNotFoundError(VaeTfError, FileNotFoundError):
     """An export directory, model version or checkpoint that does not exist."""
+
+
+class TrainingDivergedError(VaeTfError, ArithmeticError):
+    """The loss became NaN or infinite: training stopped at the last good checkpoint."""

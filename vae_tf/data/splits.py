@@ -246,3 +246,39 @@ class DataSplits:
             ds = ds.repeat()
         ds = ds.batch(int(batch_size), drop_remainder=bool(drop_remainder))
         return ds.prefetch(tf.data.AUTOTUNE)
+
+    def steps_per_epoch(self, split: str, batch_size: int) -> int:
+        """Batches in one pass over a split (the last one may be smaller)."""
+        return max(1, math.ceil(len(self.split(split)[0]) / int(batch_size)))
+
+    def resumable_pipeline(self, split: str, batch_size: int, *, seed: int, epochs: int, start_step: int = 0):
+        """Batches of ``epochs`` passes over a split, in one ``tf.data.Dataset``, that can start
+        at any step: what crash-safe training resumes from.
+
+        Epoch ``e`` visits every example once, in the order
+        ``tf.random.experimental.stateless_shuffle(range(n), seed=[seed, e])``: a pure function of
+        ``(seed, e)``, so the data-iterator position is just the global step. ``start_step`` skips
+        that many batches (indices only; no data is read for them). Each epoch has
+        :meth:`steps_per_epoch` batches and its last batch may be smaller. The examples are held
+        in memory and gathered batch by batch (the ``cache()`` of :meth:`pipeline`, without
+        the shuffle buffer whose state could not be restored), then prefetched.
+        """
+        import tensorflow as tf  # noqa: PLC0415
+
+        for what, value, low in (("batch_size", batch_size, 1), ("epochs", epochs, 0), ("start_step", start_step, 0)):
+            if not is_int(value) or value < low:
+                raise ConfigError(f"{what} must be an integer >= {low}, got {value!r}")
+        x, _ = self.split(self._check_split(split))
+        n = len(x)
+        if n == 0:
+            raise DataError(f"the {split} split of {self.name!r} is empty; nothing to train on")
+        examples = tf.constant(x)
+        seed_t = tf.constant(int(seed), tf.int64)
+
+        def epoch_batches(epoch):
+            order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([seed_t, epoch]))
+            return tf.data.Dataset.from_tensor_slices(order).batch(int(batch_size))
+
+        ds = tf.data.Dataset.range(int(epochs)).flat_map(epoch_batches).skip(int(start_step))
+        ds = ds.map(lambda idx: tf.gather(examples, idx), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,68 @@
+"""Finding the run a ``vae-tf train --resume`` continues, and the config it continues with.
+
+Every training run keeps ``<train.run_dir>/<key>/run.json`` (written atomically): its MLflow
+tracking URI, experiment and run id, its status (``running``, ``finished``, ``failed``) and the
+resolved config it started with. ``key`` is the MLflow run id (``offline-<hex>`` when MLflow was
+unreachable at the start). A resume takes the run's own config; only the settings below may be
+changed with ``--set`` (anything else would make the checkpoint a different model or data).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from training.config import Config, _set_path, from_dict, parse_override
+from training.tracking import RUN_RECORD_NAME
+from vae_tf.errors import ConfigError
+
+#: Settings a resumed run may change: how long and how it trains from here, not what it trains.
+RESUMABLE_KEYS = frozenset({
+    "train.epochs", "train.verbose", "train.learning_rate", "train.clip_norm", "train.checkpoint_every_steps",
+    "train.checkpoints_to_keep", "train.early_stopping_patience", "mlflow.retry_seconds", "mlflow.log_figures",
+})
+
+
+def _records(run_root: Path) -> list[tuple[Path, dict]]:
+    found = []
+    for path in sorted(run_root.glob(f"*/{RUN_RECORD_NAME}")):
+        try:
+            found.append((path.parent, json.loads(path.read_text())))
+        except (OSError, json.JSONDecodeError):
+            continue  # not a run directory of ours
+    return found
+
+
+def find_run(run_root: str | Path, key: str | None = None, name: str | None = None) -> tuple[Path, dict]:
+    """``(run_dir, record)`` of the run to resume: the one named by ``key`` (its directory name
+    or its MLflow run id), else the most recently active unfinished run (of model ``name``)."""
+    run_root = Path(run_root)
+    records = _records(run_root)
+    if key:
+        for run_dir, record in records:
+            if key in (run_dir.name, record.get("mlflow_run_id")):
+                return run_dir, record
+        raise ConfigError(f"no run {key!r} in {run_root}/ to resume; list them with `ls {run_root}` "
+                          "(or set train.run_dir to where the run was started)")
+    unfinished = [(d, r) for d, r in records if r.get("status") != "finished" and (name is None or r.get("name") == name)]
+    if not unfinished:
+        what = f" of model {name!r}" if name else ""
+        raise ConfigError(f"no unfinished run{what} in {run_root}/ to resume; start one with `vae-tf train` "
+                          "or name a run with --resume RUN_ID")
+    return max(unfinished, key=lambda item: (item[0] / RUN_RECORD_NAME).stat().st_mtime)
+
+
+def resumed_config(record: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The run's own config with ``overrides`` (``key=value``) applied, which must be among
+    :data:`RESUMABLE_KEYS`."""
+    if not isinstance(record.get("config"), dict):
+        raise ConfigError("the run's run.json has no config (started by an older vae-tf?); it cannot be resumed")
+    tree = record["config"]
+    for text in overrides:
+        keys, value = parse_override(text)
+        dotted = ".".join(keys)
+        if dotted not in RESUMABLE_KEYS:
+            raise ConfigError(f"--set {dotted} cannot change when resuming (the checkpoint is of the run's own "
+                              f"model and data); changeable: {', '.join(sorted(RESUMABLE_KEYS))}")
+        _set_path(tree, keys, value, text)
+    return from_dict(tree)
