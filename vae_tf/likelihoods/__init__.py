@@ -248,10 +248,14 @@ class GaussianAdaptiveLikelihood(GaussianFixedLikelihood):
         # Under tf.distribute: the MSE of the global batch (all-reduced), so σ² stays the same on
         # every replica; on one device the plain batch MSE. (Imported here: vae_tf.models
         # imports this module.)
-        from vae_tf.models.replicas import global_mean
+        from vae_tf.models.replicas import global_mean, replica_context
 
-        per_example = tf.reduce_mean(tf.square(tf.cast(x, tf.float32) - out), axis=list(range(1, 1 + self.data_rank)))
-        mse = tf.stop_gradient(global_mean(per_example))
+        if replica_context() is None:
+            mse = tf.stop_gradient(self.batch_mse(x, out))
+        else:
+            per_example = tf.reduce_mean(tf.square(tf.cast(x, tf.float32) - out),
+                                         axis=list(range(1, 1 + self.data_rank)))
+            mse = tf.stop_gradient(global_mean(per_example))
         updated = self.momentum * self.sigma2 + (1.0 - self.momentum) * mse
         self.sigma2.assign(tf.maximum(updated, self.min_sigma**2))
 

@@ -86,8 +86,8 @@ class ControlVAE(VAE):
                                        ramp_every=ramp_every, name="pi_controller")
 
     def before_loss(self, terms):
-        kl = replicas.global_mean(tf.stop_gradient(terms["kl"]))
-        self.beta.assign(self.controller.update(kl, self.train_steps))
+        # The controller stops the gradient itself; global_mean never differentiates an all-reduce.
+        self.beta.assign(self.controller.update(replicas.global_mean(terms["kl"]), self.train_steps))
 
     def state_metrics(self):
         c = self.controller

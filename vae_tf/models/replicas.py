@@ -98,10 +98,9 @@ def draw_rows(draw, like: tf.Tensor) -> tf.Tensor:
     drawn for the global batch and sliced at this replica's rows, so every example gets the noise
     it would get on one device."""
     shape = tf.shape(like)
-    rows = replica_rows(shape[0])
-    if rows is None:
+    if replica_context() is None:
         return draw(shape)
-    offset, total = rows
+    offset, total = replica_rows(shape[0])
     full = draw(tf.concat([[total], shape[1:]], axis=0))
     return full[offset:offset + shape[0]]
 
@@ -111,11 +110,10 @@ def on_global_rows(fn, params: tf.Tensor) -> tf.Tensor:
     in a stateless random stream (a reparameterised sample): on several replicas, ``params`` is
     zero-padded to the global batch at this replica's rows, ``fn`` runs on the whole and the
     replica's rows are kept (gradients flow through the pad and the slice)."""
-    n = tf.shape(params)[0]
-    rows = replica_rows(n)
-    if rows is None:
+    if replica_context() is None:  # checked first: not even a tf.shape on one device
         return fn(params)
-    offset, total = rows
+    n = tf.shape(params)[0]
+    offset, total = replica_rows(n)
     pad = [[offset, total - offset - n]] + [[0, 0]] * (len(params.shape) - 1)
     return fn(tf.pad(params, pad))[offset:offset + n]
 
