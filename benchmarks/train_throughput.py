@@ -1,10 +1,13 @@
-"""Training throughput of the vae-tf training step against a bare Keras ``train_step``.
+"""Training throughput of vae-tf against a bare Keras ``train_step`` and a PyTorch eager loop.
 
-Question answered: how much does our machinery (latent family and likelihood objects built on
+Questions answered: how much does our machinery (latent family and likelihood objects built on
 TFP distributions, the checkpointed seed stream, the ``beta`` variable, five metric trackers)
-cost per training image, compared with the smallest Keras VAE that computes the same loss?
+cost per training image, compared with the smallest Keras VAE that computes the same loss? How
+does vae-tf compare with the same VAE written in PyTorch eager, and what fraction of the
+machine's fp32 matmul peak does training reach (issue #10's targets: >= 1.15x PyTorch eager,
+>= 0.95x bare Keras, >= 40 % of the peak on the conv reference architecture)?
 
-The two variants, in one process, on the same ``tf.data`` pipeline:
+The variants, in one process:
 
 - **vae-tf**: ``vae_tf.models.build_vae(...)``, ``compile(Adam(lr), steps_per_execution=S)`` and
   ``fit(pipeline, shuffle=False)``, exactly as ``training/train.py`` does.
@@ -16,21 +19,35 @@ The two variants, in one process, on the same ``tf.data`` pipeline:
   dimensions, the analytic Gaussian KL summed over latent dimensions, the mean over the batch, one
   ``keras.metrics.Mean`` loss tracker. Same optimizer, learning rate, ``steps_per_execution``,
   ``jit_compile`` setting and ``fit`` call. Before timing, the script checks that both compute the
-  same loss for the same weights, batch and noise.
+  same loss for the same (random) weights, batch and noise.
+- **PyTorch eager** (conv only, when ``torch`` is installed: the optional ``bench`` extra;
+  otherwise a one-line notice and the other two still run): ``benchmarks/torch_reference.py``,
+  the same layers, parameter count (checked), starting weights (copied from the bare model),
+  loss and Adam settings (Keras' ε = 1e-7), the same in-memory images reshuffled every epoch,
+  batch 128; ``channels_last`` memory format and the fused Adam by default
+  (``--torch-channels-last``, ``--torch-adam``, ``--torch-padding``). Before timing, the
+  Keras-exact padding variant with the Keras weights must give the Keras loss on one batch.
+- **matmul** (``--matmul-size``, default 2048; 0 turns it off): the fp32 ``tf.matmul`` peak of
+  the moment, best of ``--matmul-repeats`` products, timed as one more interleaved variant each
+  round; efficiency = images/s x training FLOPs per image (``benchmarks/flops.py``) / that peak.
+
+Threads: ``--threads N`` (default: one per usable CPU) gives TensorFlow N intra-op and N
+inter-op threads and PyTorch ``set_num_threads(N)`` / ``set_num_interop_threads(N)``; the
+report states them.
 
 Method: each configuration's data set is sized so that one epoch lasts at least
 ``--min-epoch-seconds`` (a calibration epoch of the vae-tf model measures the speed; ``--examples``
 sets the size instead), rounded to whole executions (``batch_size x steps_per_execution``) so that
 every batch is full. Each model then runs ``--warmup-epochs`` untimed epochs (tracing, tf.data
-warm-up). Then ``--rounds`` rounds: in each round both variants run ``fit(epochs=E)``, interleaved,
-the order alternating (bare first in odd rounds, vae-tf first in even ones) so that drift in
-machine load hits both alike. An epoch is timed from ``on_epoch_begin`` to ``on_epoch_end`` (after
+warm-up). Then ``--rounds`` rounds: in each round every variant runs E epochs, interleaved, the
+order rotating each round (and reversed every other cycle) so that drift in machine load hits
+all alike. An epoch is timed from ``on_epoch_begin`` to ``on_epoch_end`` (after
 the epoch's metrics have been read back, so the device has finished). A round's images/s is
 ``E x images per epoch / seconds of its E epochs``. Reported: the median images/s of each variant
 over the rounds (with min-max), the median of the per-round ratios vae-tf / bare (with min-max),
-and the overhead ``1 / ratio - 1`` (extra time per image). Both variants share the process, so
-they share the thread pools (``--intra-op-threads`` / ``--inter-op-threads``, TF's defaults when
-not given).
+and the overhead ``1 / ratio - 1`` (extra time per image); the same for vae-tf / PyTorch; the
+fastest round of each variant ("best": other tenants of a shared machine only ever slow a round
+down) and the ratios of the bests, which the verdicts use.
 
 Usage::
 
@@ -510,7 +527,7 @@ def render(report: dict) -> str:
         f"TFP {m['tensorflow_probability']}; threads: {threads}",
         f"- Method: {report['settings']['warmup_epochs']} warm-up epoch(s) per model excluded; "
         f"{report['settings']['rounds']} rounds x {report['settings']['epochs_per_round']} epoch(s) per "
-        "variant, interleaved (order alternating); img/s: median over rounds (min-max); per-round ratio: "
+        "variant, interleaved (order rotating); img/s: median over rounds (min-max); per-round ratio: "
         "median (min-max) of vae-tf / bare in the same round; best ratio = fastest vae-tf round / fastest bare "
         "round (the least disturbed estimate on a shared machine); overhead = 1 / best ratio - 1; Adam, same "
         "starting weights, same tf.data pipeline.",
