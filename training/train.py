@@ -273,7 +273,8 @@ def _run(config: Config, tracker, after_training=None, resumed: bool = False) ->
         train_ds = data.resumable_pipeline("train", train_cfg.batch_size, seed=config.seed, start_step=epoch * steps_per_epoch + step,
                                            epochs=math.ceil(train_cfg.epochs * steps_per_epoch / batches_per_pass) + 1)
         model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, epochs=last,
-                  steps_per_epoch=steps_per_epoch - step, callbacks=callbacks, verbose=train_cfg.verbose)
+                  steps_per_epoch=steps_per_epoch - step, callbacks=callbacks, verbose=train_cfg.verbose,
+                  shuffle=False)  # the pipeline orders the data
         epoch, step = checkpoints.epoch, 0
     if nan_guard.failed_step is not None:
         where = checkpoints.last_path or "none (it failed before the first checkpoint)"
