@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config value, e.g. --set train.epochs=5 (repeatable)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--strategy", choices=["none", "mirrored", "multi_worker"], default=None,
+                       help="tf.distribute strategy (same as --set train.strategy=...): mirrored over local GPUs "
+                            "(or train.cpu_replicas CPUs), multi_worker from TF_CONFIG")
     train.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
                        help="continue an interrupted run from its last checkpoint, in the same MLflow run: the "
                             "latest unfinished run of the config's model in train.run_dir, or RUN (its run id). "
@@ -94,6 +97,8 @@ def cmd_train(args) -> int:
 
     from training.config import DEFAULT_CONFIG, load_config
 
+    if args.strategy:
+        args.overrides.append(f"train.strategy={args.strategy}")
     if args.resume:
         # The run's own config is used; --config only says where its runs are (train.run_dir) and,
         # without a RUN, which model's latest run to take.
@@ -111,6 +116,11 @@ def cmd_train(args) -> int:
 
     overrides = tuple(o for o in args.overrides if not o.startswith("train.run_dir="))
     result = run_training(config, resume=args.resume, overrides=overrides)
+    if result.run_id is None:  # a non-chief worker of a multi_worker cluster
+        losses = result.history.get("loss", [])
+        print(f"worker done: {len(losses)} epochs, final loss {losses[-1] if losses else float('nan'):.6f}; "
+              "the chief logged the run and exported the model")
+        return 0
     metrics = ", ".join(f"{k}={v:.3f}" for k, v in result.test_metrics.items()
                         if k.endswith(("elbo", "kl", "active_kl_dims")))
     print()

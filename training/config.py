@@ -71,6 +71,10 @@ class TrainConfig:
     checkpoints_to_keep: int = 3
     checkpoint_every_steps: int | None = None  # also save every N training steps (besides every epoch)
     clip_norm: float | None = None       # clip the global gradient norm (Adam's global_clipnorm); None: off
+    strategy: str = "none"               # none | mirrored | multi_worker (tf.distribute; training/distribute.py)
+    cpu_replicas: int | None = None      # mirrored without GPUs: split the CPU into this many replicas (tests)
+    scale_learning_rate: str = "none"    # none | linear | sqrt: learning_rate x R or x sqrt(R) for R replicas
+    precision: str = "float32"           # float32 | mixed_bfloat16 | mixed_float16 (KL and log-probs stay float32)
     deterministic: bool = False          # tf.config.experimental.enable_op_determinism()
     verbose: int = 1                     # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line/epoch
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # encoder pretraining on a labelled fraction
@@ -282,6 +286,14 @@ def _check_values(c: Config) -> None:
     need(c.train.checkpoint_every_steps is None or c.train.checkpoint_every_steps > 0,
          f"train.checkpoint_every_steps must be a positive integer or null, got {c.train.checkpoint_every_steps}")
     need(c.train.clip_norm is None or c.train.clip_norm > 0, f"train.clip_norm must be > 0 or null, got {c.train.clip_norm}")
+    need(c.train.strategy in ("none", "mirrored", "multi_worker"),
+         f"train.strategy must be none, mirrored or multi_worker, got {c.train.strategy!r}")
+    need(c.train.cpu_replicas is None or c.train.cpu_replicas > 0,
+         f"train.cpu_replicas must be a positive integer or null, got {c.train.cpu_replicas}")
+    need(c.train.scale_learning_rate in ("none", "linear", "sqrt"),
+         f"train.scale_learning_rate must be none, linear or sqrt, got {c.train.scale_learning_rate!r}")
+    need(c.train.precision in ("float32", "mixed_bfloat16", "mixed_float16"),
+         f"train.precision must be float32, mixed_bfloat16 or mixed_float16, got {c.train.precision!r}")
     need(c.mlflow.retry_seconds >= 0, f"mlflow.retry_seconds must be >= 0, got {c.mlflow.retry_seconds}")
     need(c.train.verbose in (0, 1, 2), f"train.verbose must be 0, 1 or 2, got {c.train.verbose}")
     pre = c.train.pretrain

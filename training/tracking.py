@@ -446,3 +446,39 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> tuple[int,
     if mlflow.active_run() is not None:
         mlflow.end_run()
     return count, uri
+
+
+class WorkerRun:
+    """What a non-chief worker of a multi-worker cluster logs through: nothing (the chief logs
+    the run). It has a temporary ``run_dir`` for the checkpoints every worker must write
+    (``training.distribute``), removed by :meth:`finish`."""
+
+    online = False
+    run_id = None
+    experiment_id = None
+
+    def __init__(self, description: str):
+        import tempfile
+
+        self.tracking_uri = "(the chief's)"
+        self.run_dir = Path(tempfile.mkdtemp(prefix="vae-tf-worker-"))
+        self.description = description
+
+    def start(self) -> "WorkerRun":
+        return self
+
+    def finish(self, status: str = "FINISHED") -> None:
+        import shutil
+
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def logged_steps(self, key: str) -> set[int]:
+        return set()
+
+    def log_model(self, export_dir, data_shape, registered_name):
+        return None, None
+
+    def _ignore(self, *args, **kwargs) -> None:
+        return None
+
+    log_params = log_metrics = set_tags = log_dict = log_figures = save_record = _ignore

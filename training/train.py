@@ -13,11 +13,11 @@ from training.config import Config
 
 @dataclasses.dataclass
 class TrainResult:
-    run_id: str
+    run_id: str | None                   # None on a non-chief worker (the chief logs and exports)
     experiment_id: str | None
     tracking_uri: str
-    export_dir: Path
-    checkpoint_dir: Path
+    export_dir: Path | None
+    checkpoint_dir: Path | None
     history: dict
     test_metrics: dict
     model_uri: str | None = None
@@ -58,7 +58,17 @@ def objective_spec(config: Config, steps_per_epoch: int) -> dict:
     return spec
 
 
-def build_model(config: Config, data_shape, steps_per_epoch: int = 1):
+def learning_rate(config: Config, replicas: int = 1) -> float:
+    """``train.learning_rate``, scaled for R replicas by ``train.scale_learning_rate`` (none,
+    linear: × R, sqrt: × √R) for users who grow the global batch with the replicas."""
+    factor = {"none": 1.0, "linear": float(replicas), "sqrt": math.sqrt(replicas)}[config.train.scale_learning_rate]
+    return config.train.learning_rate * factor
+
+
+def build_model(config: Config, data_shape, steps_per_epoch: int = 1, replicas: int = 1):
+    """Build and compile the model of ``config`` (inside ``strategy.scope()`` when distributed):
+    Adam at :func:`learning_rate`, clipping the global gradient norm at ``train.clip_norm``,
+    ``train.precision`` for the networks."""
     import keras
 
     from vae_tf.models import build_vae
@@ -72,9 +82,10 @@ def build_model(config: Config, data_shape, steps_per_epoch: int = 1):
         objective=objective_spec(config, steps_per_epoch),
         seed=config.seed,
         name=config.name.replace("-", "_").replace(".", "_"),
+        precision=config.train.precision,
     )
-    model.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate),
-                  steps_per_execution=config.train.steps_per_execution)
+    optimizer = keras.optimizers.Adam(learning_rate(config, replicas), global_clipnorm=config.train.clip_norm)
+    model.compile(optimizer=optimizer, steps_per_execution=config.train.steps_per_execution)
     return model
 
 
@@ -134,9 +145,27 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
     a string names the run (its directory or MLflow run id). The run's own config is used, with
     ``overrides`` (``key=value``, :data:`training.resume.RESUMABLE_KEYS` only) applied.
     """
+    from training.distribute import is_chief, make_strategy, worker_description
     from training.resume import find_run, resumed_config
-    from training.tracking import TrackedRun, resolve_tracking_uri
+    from training.tracking import TrackedRun, WorkerRun, resolve_tracking_uri
+    from vae_tf.errors import ConfigError
 
+    strategy = make_strategy(config.train)  # first: MultiWorkerMirroredStrategy must precede other TF work
+    if config.train.strategy != "none" and config.train.steps_per_execution > 1:
+        # Keras 3.15 / TF 2.21: Keras' multi-step loop under MirroredStrategy (and MWMS) fails with
+        # "You must feed a value for placeholder tensor 'while/cond/Placeholder'", bare Keras too.
+        print(f"warning: train.steps_per_execution={config.train.steps_per_execution} does not work under "
+              f"tf.distribute with this Keras/TensorFlow; using 1 for train.strategy={config.train.strategy}",
+              file=sys.stderr)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps_per_execution=1))
+    if not is_chief(strategy):
+        if resume:
+            raise ConfigError("--resume is for single-process runs; restart a multi_worker cluster from scratch")
+        worker = WorkerRun(worker_description(strategy)).start()
+        try:
+            return _run(config, worker, strategy=strategy)
+        finally:
+            worker.finish()
     if resume:
         run_dir, record = find_run(config.train.run_dir, resume if isinstance(resume, str) else None,
                                    None if isinstance(resume, str) else config.name)
@@ -152,7 +181,7 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
     tracker.start()
     tracker.save_record(status="running", name=config.name, config=config.to_dict())
     try:
-        result = _run(config, tracker, after_training, resumed=bool(resume))
+        result = _run(config, tracker, after_training, resumed=bool(resume), strategy=strategy)
     except BaseException as err:
         message = f"{type(err).__name__}: {' '.join(str(err).split())}"[:5000]
         tracker.set_tags({"error": message})
@@ -200,7 +229,7 @@ def _restore(model, checkpoint_dir: Path, progress) -> str | None:
     return latest
 
 
-def _run(config: Config, tracker, after_training=None, resumed: bool = False) -> TrainResult:
+def _run(config: Config, tracker, after_training=None, resumed: bool = False, strategy=None) -> TrainResult:
     import keras
     import numpy as np
 
@@ -212,10 +241,15 @@ def _run(config: Config, tracker, after_training=None, resumed: bool = False) ->
         TrainingCheckpoint,
         TrainingProgress,
     )
+    from training.distribute import distribute_options, is_chief
     from vae_tf import plots
     from vae_tf.errors import TrainingDivergedError
     from vae_tf.export import export_model
 
+    if strategy is None:
+        import tensorflow as tf
+
+        strategy = tf.distribute.get_strategy()
     if not resumed:
         tracker.log_params(_params(config.flat()))
         tracker.log_dict(config.to_dict(), "config.yaml")
@@ -235,11 +269,12 @@ def _run(config: Config, tracker, after_training=None, resumed: bool = False) ->
                             "data.n_test": len(data.x_test), "data.shape": str(data.data_shape)})
     train_cfg = config.train
     steps_per_epoch = training_steps_per_epoch(data, train_cfg)
-    model = build_model(config, data.data_shape, steps_per_epoch)
-
+    chief = is_chief(strategy)
     checkpoint_dir = tracker.run_dir / "checkpoints"
-    progress = TrainingProgress()
-    restored = _restore(model, checkpoint_dir, progress) if resumed else None
+    progress = TrainingProgress()  # not a distributed variable: MWMS cannot broadcast a string
+    with strategy.scope():
+        model = build_model(config, data.data_shape, steps_per_epoch, strategy.num_replicas_in_sync)
+        restored = _restore(model, checkpoint_dir, progress) if resumed else None
     if restored is None and labelled is not None:
         run_pretraining(config, model, labelled, data, tracker)  # a restored encoder is already pretrained
     start = (progress.epoch, progress.step_in_epoch, progress.history)
@@ -255,14 +290,14 @@ def _run(config: Config, tracker, after_training=None, resumed: bool = False) ->
     callbacks = []
     if start[1] > 0:  # the interrupted epoch's running means go on from the checkpoint's
         callbacks.append(RestoreEpochTrackers(model, start[0]))
-    if has_val:  # before the checkpoint and the MLflow logger, which record what it adds
+    if has_val and chief:  # before the checkpoint and the MLflow logger, which record what it adds
         callbacks.append(CollapseDiagnostics(data.x_val, seed=config.seed))
     callbacks += [checkpoints, nan_guard, MlflowMetrics(_EpochLogger(tracker))]
     if train_cfg.early_stopping_patience and has_val:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_elbo", mode="max", restore_best_weights=True,
                                                        patience=train_cfg.early_stopping_patience))
 
-    val_ds = data.pipeline("val", train_cfg.batch_size) if has_val else None
+    val_ds = distribute_options(data.pipeline("val", train_cfg.batch_size), strategy) if has_val else None
     epoch, step = start[0], start[1]
     batches_per_pass = data.steps_per_epoch("train", train_cfg.batch_size)
     model.stop_training = False
@@ -272,6 +307,7 @@ def _run(config: Config, tracker, after_training=None, resumed: bool = False) ->
         last = epoch + 1 if step else train_cfg.epochs
         train_ds = data.resumable_pipeline("train", train_cfg.batch_size, seed=config.seed, start_step=epoch * steps_per_epoch + step,
                                            epochs=math.ceil(train_cfg.epochs * steps_per_epoch / batches_per_pass) + 1)
+        train_ds = distribute_options(train_ds, strategy)
         model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, epochs=last,
                   steps_per_epoch=steps_per_epoch - step, callbacks=callbacks, verbose=train_cfg.verbose,
                   shuffle=False)  # the pipeline orders the data
@@ -287,11 +323,15 @@ def _run(config: Config, tracker, after_training=None, resumed: bool = False) ->
     tracker.log_metrics({"epochs_run": len(history)})
 
     eval_split = "test" if len(data.x_test) else ("val" if has_val else "train")
-    test_metrics = model.evaluate(data.pipeline(eval_split, train_cfg.batch_size), return_dict=True, verbose=0)
+    test_metrics = model.evaluate(distribute_options(data.pipeline(eval_split, train_cfg.batch_size), strategy),
+                                  return_dict=True, verbose=0)
     test_metrics = {f"{eval_split}_{k}": float(np.asarray(v).reshape(-1)[0]) for k, v in test_metrics.items()}
     kl = model.kl_per_dim
     tracker.log_metrics({**test_metrics, **{f"{eval_split}_kl_dim_{i}": float(v) for i, v in enumerate(kl)}})
 
+    if not chief:  # the chief logs and exports
+        return TrainResult(run_id=None, experiment_id=None, tracking_uri=tracker.tracking_uri, export_dir=None,
+                           checkpoint_dir=None, history=_history_dict(checkpoints.history), test_metrics=test_metrics)
     x_eval, _ = data.split(eval_split)
     if config.mlflow.log_figures:
         tracker.log_figures(plots.model_figures(model, x_eval, value_range=data.value_range, kl=kl, seed=config.seed))
@@ -306,12 +346,16 @@ def _run(config: Config, tracker, after_training=None, resumed: bool = False) ->
 
     if after_training is not None:
         after_training(model, data)
-    keys = sorted({k for entry in history for k in entry["metrics"]})
     return TrainResult(run_id=tracker.run_id or tracker.run_dir.name, experiment_id=tracker.experiment_id,
                        tracking_uri=tracker.tracking_uri, export_dir=export_dir, checkpoint_dir=checkpoint_dir,
-                       history={k: [e["metrics"].get(k, float("nan")) for e in history] for k in keys},
+                       history=_history_dict(history),
                        test_metrics=test_metrics, model_uri=model_uri,
                        registered_version=None if version is None else str(version))
+
+
+def _history_dict(history: list[dict]) -> dict[str, list[float]]:
+    keys = sorted({k for entry in history for k in entry["metrics"]})
+    return {k: [e["metrics"].get(k, float("nan")) for e in history] for k in keys}
 
 
 def _params(flat: dict) -> dict:

@@ -1,0 +1,137 @@
+"""`vae-tf train --strategy` end to end (issue #10): a 2-replica mirrored run on 2 logical CPUs
+against the single-device run, a 2-worker multi_worker cluster on 127.0.0.1 (only the chief
+logs and exports, both workers agree), and mixed precision through the CLI.
+
+The library side (every objective under MirroredStrategy, noise and state across replicas) is
+tests/test_distributed.py; these tests check what the training application adds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+CONFIG = {
+    "data": {"name": "digits"},
+    "model": {"latent": {"family": "gaussian", "latent_dim": 4}, "network": {"kind": "mlp", "hidden": [32]}},
+    "objective": {"name": "elbo"},
+    "train": {"epochs": 2, "batch_size": 64, "steps_per_execution": 1, "deterministic": True, "verbose": 0},
+    "mlflow": {"log_figures": False, "register": False},
+}
+
+
+def _env(tmp_path: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "TF_CONFIG"}
+    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **extra}
+
+
+def _start(tmp_path, *args, **env):
+    return subprocess.Popen([sys.executable, "-m", "training.cli", "train", "-c", "cfg.yaml", *args], cwd=tmp_path,
+                            env=_env(tmp_path, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc) -> str:
+    out = proc.communicate(timeout=400)[0]
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def _runs(tmp_path) -> dict:
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("vae-tf").experiment_id])
+    return client, {r.data.params["name"]: r for r in runs}
+
+
+def _loss_history(client, run):
+    return [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+
+
+@pytest.mark.slow
+def test_two_mirrored_replicas_follow_the_single_device_run(tmp_path):
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(CONFIG))
+    procs = [_start(tmp_path, "--set", "name=single", "--set", "train.run_dir=runs_single"),
+             _start(tmp_path, "--strategy", "mirrored", "--set", "train.cpu_replicas=2", "--set", "name=mirrored")]
+    for proc in procs:
+        _finish(proc)
+    client, runs = _runs(tmp_path)
+    assert runs["mirrored"].data.params["train.strategy"] == "mirrored"
+    single, mirrored = (_loss_history(client, runs[n]) for n in ("single", "mirrored"))
+    assert len(single) == len(mirrored) == 2
+    # Same global batches, same noise per example, gradients all-reduced: the same run up to
+    # the order of floating-point sums.
+    np.testing.assert_allclose(mirrored, single, rtol=1e-4)
+    for key in ("test_elbo", "test_kl"):
+        assert runs["mirrored"].data.metrics[key] == pytest.approx(runs["single"].data.metrics[key], rel=1e-3, abs=1e-3)
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_a_two_worker_cluster_trains_once_and_only_the_chief_logs_and_exports(tmp_path):
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({**CONFIG, "name": "cluster"}))
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    procs = [_start(tmp_path, "--strategy", "multi_worker",
+                    TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+             for i in range(2)]
+    chief_out, worker_out = (_finish(p) for p in procs)
+
+    client, runs = _runs(tmp_path)
+    assert list(runs) == ["cluster"]  # one MLflow run: the chief's
+    run = runs["cluster"]
+    assert run.info.status == "FINISHED" and run.data.params["train.strategy"] == "multi_worker"
+    assert sorted(p.name for p in (tmp_path / "models" / "cluster").iterdir()) == ["1"]  # one export
+    assert f"run id:        {run.info.run_id}" in chief_out
+    # The non-chief trained the same model: its final loss is the chief's.
+    match = re.search(r"worker done: 2 epochs, final loss ([0-9.eE+-]+)", worker_out)
+    assert match, worker_out[-2000:]
+    assert float(match.group(1)) == pytest.approx(_loss_history(client, run)[-1], rel=1e-5)
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # the worker's checkpoints were temporary
+
+
+def test_multi_worker_without_tf_config_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    from training.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert main(["train", "--strategy", "multi_worker", "--set", "train.epochs=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: train.strategy=multi_worker needs TF_CONFIG") and "\n" not in err
+
+
+def test_mixed_precision_trains_with_finite_metrics_and_exports_float32(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from training.config import from_dict
+    from training.train import run_training
+
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(key, raising=False)
+    config = from_dict({**CONFIG, "name": "bf16",
+                        "train": {**CONFIG["train"], "precision": "mixed_bfloat16", "deterministic": False,
+                                  "run_dir": str(tmp_path / "runs")},
+                        "export": {"base_dir": str(tmp_path / "models")},
+                        "mlflow": {**CONFIG["mlflow"], "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    result = run_training(config)
+    assert all(np.isfinite(v).all() for v in result.history.values())
+    assert np.isfinite(result.test_metrics["test_elbo"]) and result.test_metrics["test_kl"] > 0
+    encode = tf.saved_model.load(str(result.export_dir)).signatures["encode"]
+    assert all(spec.dtype == tf.float32 for spec in encode.structured_outputs.values())

@@ -1,0 +1,94 @@
+"""``train.strategy``: which ``tf.distribute`` strategy a training run uses, and which process
+of a cluster is the chief.
+
+- ``none``: TensorFlow's default strategy (one device).
+- ``mirrored``: ``MirroredStrategy`` over every local GPU; on a machine without GPUs, over
+  ``train.cpu_replicas`` logical CPUs (a test set-up: the CPU is split, the cores are shared).
+- ``multi_worker``: ``MultiWorkerMirroredStrategy`` from ``TF_CONFIG`` (one process per worker;
+  README "Training on several machines"). Keras 3 needs rank-1 metrics from ``train_step`` for it
+  (``vae_tf.models.replicas.step_logs``); the ``elbo`` objective is tested on a 2-worker cluster.
+
+``train.batch_size`` is always the *global* batch: each of R replicas sees ``batch_size / R``
+examples a step, so a run gives the same updates on any number of replicas
+(``train.scale_learning_rate`` scales the rate when a user grows the global batch instead).
+Only the chief logs to MLflow, exports and keeps checkpoints; every worker takes part in
+training, validation and evaluation (their collectives need every worker), and the others
+write their checkpoints to a temporary directory that is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from vae_tf.errors import ConfigError
+
+STRATEGIES = ("none", "mirrored", "multi_worker")
+
+
+def split_cpu(replicas: int) -> None:
+    """Make ``replicas`` logical CPU devices; possible only before TensorFlow initialises."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == replicas:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    except RuntimeError:
+        raise ConfigError(f"train.cpu_replicas={replicas} must be set before TensorFlow starts; run the training in "
+                          "a fresh process (vae-tf train) rather than after other TensorFlow work") from None
+
+
+def make_strategy(train_cfg):
+    """The ``tf.distribute.Strategy`` for ``train.strategy`` (see the module docstring)."""
+    import tensorflow as tf
+
+    name = train_cfg.strategy
+    if name not in STRATEGIES:
+        raise ConfigError(f"train.strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    if train_cfg.cpu_replicas:
+        split_cpu(train_cfg.cpu_replicas)
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if tf.config.list_physical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus)
+    tf_config = os.environ.get("TF_CONFIG")
+    if not tf_config:
+        raise ConfigError("train.strategy=multi_worker needs TF_CONFIG (cluster and this worker's task) in the "
+                          "environment; see the README, 'Training on several machines'")
+    try:
+        json.loads(tf_config)["cluster"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError("TF_CONFIG is not JSON with a 'cluster' key, e.g. "
+                          '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
+                          '"index": 0}}') from None
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process logs, exports and checkpoints: always, except on the non-chief
+    workers of a multi-worker cluster (TensorFlow's own ``should_checkpoint``)."""
+    return bool(strategy.extended.should_checkpoint)
+
+
+def worker_description(strategy) -> str:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return "single process"
+    return f"{resolver.task_type} {resolver.task_id}"
+
+
+def distribute_options(dataset, strategy):
+    """In-memory data sets cannot be sharded by file: shard a multi-worker run by data."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return dataset
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
