@@ -6,7 +6,9 @@ Embedded default: MLflow's own ``sqlite:///mlflow.db`` in the working directory;
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -157,6 +159,19 @@ def is_transient(err: BaseException) -> bool:
     if isinstance(err, MlflowException):
         return err.error_code in TRANSIENT_ERROR_CODES
     return isinstance(err, (OSError, TimeoutError)) or type(err).__module__.startswith(("requests", "urllib3", "sqlalchemy"))
+
+
+@contextlib.contextmanager
+def _mlflow_quiet():
+    """MLflow logs a full traceback for every failed database call; the one-line warning of
+    :class:`TrackedRun` says what matters."""
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _first_line(err: BaseException) -> str:
@@ -348,7 +363,8 @@ class TrackedRun:
 
         if self.online and not self.pending():
             try:
-                return self._apply(op, args)
+                with _mlflow_quiet():
+                    return self._apply(op, args)
             except Exception as err:
                 if not is_transient(err):
                     raise
@@ -377,16 +393,14 @@ class TrackedRun:
 
     def flush(self) -> bool:
         """Replay the journal; True when it is empty afterwards (logging is live again)."""
-        import logging
         import time
 
         from training.atomic import write_text_atomic
 
         entries = self.journal()
-        quiet = logging.getLogger("mlflow")
-        level = quiet.level
-        quiet.setLevel(logging.CRITICAL)  # MLflow logs a traceback for every failed database call
         done = 0
+        quiet = _mlflow_quiet()
+        quiet.__enter__()
         try:
             if not self.online:
                 self._open()
@@ -401,7 +415,7 @@ class TrackedRun:
             self.online = False
             self._next_retry = time.monotonic() + self.retry_seconds
         finally:
-            quiet.setLevel(level)
+            quiet.__exit__(None, None, None)
             if done:
                 rest = entries[done:]
                 write_text_atomic(self.journal_path, "".join(json.dumps(e) + "\n" for e in rest))
@@ -464,7 +478,7 @@ class WorkerRun:
         self.run_dir = Path(tempfile.mkdtemp(prefix="vae-tf-worker-"))
         self.description = description
 
-    def start(self) -> "WorkerRun":
+    def start(self) -> WorkerRun:
         return self
 
     def finish(self, status: str = "FINISHED") -> None:
