@@ -60,6 +60,8 @@ def _loss_history(client, run):
 @pytest.mark.slow
 def test_two_mirrored_replicas_follow_the_single_device_run(tmp_path):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(CONFIG))
+    # Two processes creating one new SQLite store race in MLflow's schema migration: create it first.
+    MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()
     procs = [_start(tmp_path, "--set", "name=single", "--set", "train.run_dir=runs_single"),
              _start(tmp_path, "--strategy", "mirrored", "--set", "train.cpu_replicas=2", "--set", "name=mirrored")]
     for proc in procs:

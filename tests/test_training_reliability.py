@@ -69,6 +69,8 @@ def test_kill_9_mid_epoch_then_resume_continues_the_same_run_exactly(tmp_path):
                         "deterministic": True, "verbose": 0}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
 
+    # Two processes creating one new SQLite store race in MLflow's schema migration: create it first.
+    MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()
     reference = _train(tmp_path, "--set", "name=reference", "--set", "train.run_dir=reference_runs")
     victim = _train(tmp_path)
     deadline = time.monotonic() + 240
