@@ -216,7 +216,8 @@ def set_threads(torch, threads: int | None) -> dict:
             pass
     return {"intra_op_threads": torch.get_num_threads(), "inter_op_threads": torch.get_num_interop_threads(),
             "mkldnn": bool(torch.backends.mkldnn.is_available()), "version": torch.__version__,
-            "parallel_info_backend": torch.__config__.parallel_info().splitlines()[1:2]}
+            "parallel_backend": next((line.split(":", 1)[1].strip() for line in torch.__config__.parallel_info().splitlines()
+                                      if line.startswith("ATen parallel backend")), "unknown")}
 
 
 __all__ = ["TorchTrainer", "build_model", "copy_keras_weights", "import_torch", "nchw", "parameter_count", "set_threads"]

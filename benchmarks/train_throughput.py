@@ -91,6 +91,8 @@ MAX_OVERHEAD = 0.05
 MIN_RATIO_TORCH = 1.15
 MIN_RATIO_BARE = 0.95
 MIN_EFFICIENCY = 0.40
+#: A round counts as quiet when its matmul probe reached this fraction of the run's best.
+QUIET_MATMUL = 0.95
 
 #: Configurations run by ``--arch all``; ``--arch NAME`` runs one. ``data`` is the default data set
 #: (``--data`` overrides it for every configuration).
@@ -490,6 +492,16 @@ def run_config(name: str, args) -> dict:
         result["efficiency_per_round"] = {
             label: summary([row[label]["images_per_s"] * flops_per_image / 1e9 / row["matmul_gflops"] for row in rounds])
             for label in variants}
+        # The matmul doubles as a load probe: rounds whose matmul came within QUIET_MATMUL of the
+        # run's best are the ones where the machine was (nearly) ours; their medians are a second
+        # estimate next to the ratio of bests.
+        quiet = [row for row in rounds if row["matmul_gflops"] >= QUIET_MATMUL * max(peaks)]
+        result["quiet_rounds"] = {
+            "count": len(quiet),
+            **{f"{label}_images_per_s": summary([row[label]["images_per_s"] for row in quiet]) for label in variants},
+            "ratio_vae_tf_over_bare": summary([row["ratio"] for row in quiet]),
+            **({"ratio_vae_tf_over_torch": summary([row["ratio_torch"] for row in quiet])} if trainer is not None else {}),
+        }
     return result
 
 
@@ -566,7 +578,7 @@ def render_targets(report: dict) -> list[str]:
     lines = [
         "",
         f"- PyTorch {t.get('version', '-')} eager: {t.get('intra_op_threads', '-')} intra-op / "
-        f"{t.get('inter_op_threads', '-')} inter-op threads; "
+        f"{t.get('inter_op_threads', '-')} inter-op threads ({t.get('parallel_backend', '-')}); "
         + "; ".join(f"{r['config']}: {r['torch'].get('trainable_parameters', 0):,} parameters (Keras "
                     f"{r['trainable_parameters_bare']:,}), channels_last {r['torch'].get('channels_last')}, Adam "
                     f"{r['torch'].get('adam')}, padding {r['torch'].get('padding')}, loss vs Keras on one batch "
@@ -596,6 +608,16 @@ def render_targets(report: dict) -> list[str]:
             f"| {r['training_flops_per_image'] / 1e6:.2f} | {span(r.get('matmul_gflops'))} "
             f"| {f'{100 * e:.1f} %' if e else '–'} ({span(r.get('efficiency_per_round', {}).get('vae_tf'), '{:.1f}', 100)}) "
             f"| {verdict(e >= MIN_EFFICIENCY) if e else '–'} |")
+    for r in rows:
+        q = r.get("quiet_rounds")
+        if q and q["count"]:
+            lines.append(
+                f"\nQuiet rounds ({r['config']}: {q['count']} of {len(r['rounds'])} rounds whose matmul reached "
+                f"{100 * QUIET_MATMUL:.0f} % of the run's best), medians (min–max): "
+                + ", ".join(f"{name} {span(q.get(key + '_images_per_s'))} img/s"
+                            for name, key in (("PyTorch", "torch"), ("bare", "bare"), ("vae-tf", "vae_tf")) if q.get(key + "_images_per_s"))
+                + f"; vae-tf / PyTorch {span(q.get('ratio_vae_tf_over_torch'), '{:.3f}')}, "
+                f"vae-tf / bare {span(q['ratio_vae_tf_over_bare'], '{:.3f}')}.")
     return lines
 
 
