@@ -574,16 +574,19 @@ def render_targets(report: dict) -> list[str]:
     rows = [r for r in report["results"] if "torch_images_per_s" in r or "efficiency" in r]
     if not rows:
         return [f"\nPyTorch reference: {r['torch'].get('skipped')}" for r in report["results"][:1]]
-    t = report["machine"].get("torch") or {}
-    lines = [
-        "",
-        f"- PyTorch {t.get('version', '-')} eager: {t.get('intra_op_threads', '-')} intra-op / "
-        f"{t.get('inter_op_threads', '-')} inter-op threads ({t.get('parallel_backend', '-')}); "
+    t = report["machine"].get("torch")
+    torch_line = (
+        f"- PyTorch eager reference skipped: {rows[0]['torch'].get('skipped')}" if not t else
+        f"- PyTorch {t['version']} eager: {t['intra_op_threads']} intra-op / "
+        f"{t['inter_op_threads']} inter-op threads ({t['parallel_backend']}); "
         + "; ".join(f"{r['config']}: {r['torch'].get('trainable_parameters', 0):,} parameters (Keras "
                     f"{r['trainable_parameters_bare']:,}), channels_last {r['torch'].get('channels_last')}, Adam "
                     f"{r['torch'].get('adam')}, padding {r['torch'].get('padding')}, loss vs Keras on one batch "
                     f"{r['torch'].get('loss_check_relative_difference', float('nan')):.1e}"
-                    for r in rows if "torch_images_per_s" in r),
+                    for r in rows if "torch_images_per_s" in r))
+    lines = [
+        "",
+        torch_line,
         f"- Efficiency = images/s x training FLOPs per image (benchmarks/flops.py convention) / fp32 matmul "
         f"peak ({report['settings']['matmul_size']}² tf.matmul measured as one more interleaved variant "
         "each round); fastest round over highest peak, and median (min-max) of the per-round values.",
@@ -616,8 +619,9 @@ def render_targets(report: dict) -> list[str]:
                 f"{100 * QUIET_MATMUL:.0f} % of the run's best), medians (min–max): "
                 + ", ".join(f"{name} {span(q.get(key + '_images_per_s'))} img/s"
                             for name, key in (("PyTorch", "torch"), ("bare", "bare"), ("vae-tf", "vae_tf")) if q.get(key + "_images_per_s"))
-                + f"; vae-tf / PyTorch {span(q.get('ratio_vae_tf_over_torch'), '{:.3f}')}, "
-                f"vae-tf / bare {span(q['ratio_vae_tf_over_bare'], '{:.3f}')}.")
+                + (f"; vae-tf / PyTorch {span(q['ratio_vae_tf_over_torch'], '{:.3f}')}"
+                   if q.get("ratio_vae_tf_over_torch") else "")
+                + f"; vae-tf / bare {span(q['ratio_vae_tf_over_bare'], '{:.3f}')}.")
     return lines
 
 

@@ -16,9 +16,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(name: str, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
+def run_script(name: str, *args: str, timeout: int = 240, path_first: str | None = None) -> subprocess.CompletedProcess:
+    paths = (path_first, str(REPO_ROOT), os.environ.get("PYTHONPATH"))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / name), *args], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -120,6 +120,17 @@ def test_train_throughput_smoke(tmp_path):
         assert result["torch"]["trainable_parameters"] == result["trainable_parameters"]
         assert result["torch"]["loss_check_relative_difference"] < 1e-4
         assert result["best_ratio_torch"] > 0 and "torch" in result["rounds"][0]
+
+
+def test_train_throughput_without_torch_says_so_in_one_line_and_times_the_rest(tmp_path):
+    (tmp_path / "torch.py").write_text("raise ImportError('No module named torch')\n")  # torch not installed
+    out = tmp_path / "throughput.json"
+    proc = run_script("train_throughput.py", "--arch", "conv", "--rounds", "1", "--examples", "128",
+                      "--steps-per-execution", "1", "--matmul-size", "0", "--json", str(out), path_first=str(tmp_path))
+    notices = [line for line in proc.stderr.splitlines() if line.startswith("PyTorch reference skipped")]
+    assert len(notices) == 1 and "pip install -e '.[bench]'" in notices[0]
+    result = json.loads(out.read_text())["results"][0]
+    assert "torch" not in result["rounds"][0] and result["best_images_per_s"].keys() == {"bare", "vae_tf"}
 
 
 def test_train_settings_smoke(tmp_path):
