@@ -24,6 +24,10 @@ function once the Keras weights are copied in (:func:`copy_keras_weights`).
 
 Data layout: the images are NCHW tensors; ``channels_last=True`` stores them (and the weights)
 in ``torch.channels_last`` memory format, which oneDNN's CPU convolutions prefer.
+
+``benchmarks/train_throughput.py`` imports this module; run on its own
+(``python benchmarks/torch_reference.py``) it times the six ``channels_last`` x Adam settings
+against each other, which is how the benchmark's defaults were chosen.
 """
 
 from __future__ import annotations
@@ -221,3 +225,45 @@ def set_threads(torch, threads: int | None) -> dict:
 
 
 __all__ = ["TorchTrainer", "build_model", "copy_keras_weights", "import_torch", "nchw", "parameter_count", "set_threads"]
+
+
+# --- which PyTorch settings to time: `python benchmarks/torch_reference.py` ---------------------------
+def main(argv=None) -> int:
+    """Time the PyTorch reference under each ``channels_last`` x Adam implementation, interleaved
+    (PyTorch only, no TensorFlow in the process), to pick the settings ``train_throughput.py`` uses."""
+    import argparse
+    import statistics
+    import sys
+
+    p = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--examples", type=int, default=4096, help="images per epoch")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (None: one per usable CPU)")
+    args = p.parse_args(argv)
+    torch, why = import_torch()
+    if torch is None:
+        print(f"PyTorch is not installed ({why}); pip install -e '.[bench]' adds it", file=sys.stderr)
+        return 2
+    import os
+
+    info = set_threads(torch, args.threads or len(os.sched_getaffinity(0)))
+    x = np.random.default_rng(0).random((args.examples, 28, 28, 1), dtype=np.float32)
+    trainers = {(cl, adam): TorchTrainer(torch, x, 128, channels_last=cl, adam=adam)
+                for cl in (True, False) for adam in ("fused", "foreach", "loop")}
+    for trainer in trainers.values():
+        trainer.fit_epoch()
+    keys = list(trainers)
+    speeds = {k: [] for k in keys}
+    for r in range(args.rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            speeds[k].append(args.examples / trainers[k].fit_epoch()[0])
+    print(f"PyTorch {info['version']}, {info['intra_op_threads']} threads ({info['parallel_backend']}); conv reference, "
+          f"batch 128, {args.examples:,} images per epoch, {args.rounds} interleaved rounds\n")
+    print("| channels_last | Adam | img/s median (min–max) | fastest round |\n|---|---|---:|---:|")
+    for (cl, adam), v in speeds.items():
+        print(f"| {cl} | {adam} | {statistics.median(v):,.0f} ({min(v):,.0f}–{max(v):,.0f}) | {max(v):,.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

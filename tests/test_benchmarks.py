@@ -100,6 +100,15 @@ def test_torch_reference_is_the_same_network_with_the_same_loss():
     assert torch_loss == pytest.approx(keras_loss, rel=1e-5)
 
 
+def test_torch_settings_comparison_smoke(capsys):
+    pytest.importorskip("torch")
+    from benchmarks import torch_reference as ref
+
+    assert ref.main(["--rounds", "1", "--examples", "128"]) == 0
+    table = capsys.readouterr().out
+    assert "| channels_last | Adam |" in table and table.count("| True |") == 3 and table.count("| False |") == 3
+
+
 def test_train_throughput_smoke(tmp_path):
     out = tmp_path / "throughput.json"
     proc = run_script("train_throughput.py", "--arch", "conv", "--rounds", "1", "--examples", "256",
