@@ -49,3 +49,24 @@ def command_line() -> str:
     if script.is_relative_to(REPO_ROOT):
         script = script.relative_to(REPO_ROOT)
     return shlex.join(["python", str(script), *sys.argv[1:]])
+
+
+def start_server(model_dir: Path, poll_seconds: float = 0.0) -> tuple[subprocess.Popen, str, str]:
+    """``vae-tf serve`` on free loopback ports in its own process, for the serving benchmarks;
+    returns ``(process, REST base URL, gRPC target)`` once both servers are listening."""
+    import re
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--model", str(model_dir),
+                                "--port", "0", "--rest-api-port", "0", "--poll-seconds", str(poll_seconds)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    rest = grpc_target = None
+    while grpc_target is None:
+        line = process.stdout.readline()
+        if not line:
+            raise SystemExit("vae-tf serve exited before it was ready")
+        if line.startswith("REST:"):
+            rest = re.search(r"(http://\S+?)/v1/", line).group(1)
+        elif line.startswith("gRPC:"):
+            grpc_target = line.split()[1]
+    return process, rest, grpc_target

@@ -24,8 +24,6 @@ import argparse
 import gc
 import os
 import platform
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,8 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.common import start_server  # noqa: E402
 
 
 def _default_model(base: Path) -> Path:
@@ -55,23 +55,6 @@ def _default_model(base: Path) -> Path:
         if variable.trainable:
             variable.assign(rng.normal(0, 0.1, tuple(variable.shape)).astype(np.float32))
     return export_model(model, base, "vae").parent
-
-
-def _start_server(model_dir: Path) -> tuple[subprocess.Popen, str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--model", str(model_dir),
-                                "--port", "0", "--rest-api-port", "0", "--poll-seconds", "0"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    rest = grpc_target = None
-    while grpc_target is None:
-        line = process.stdout.readline()
-        if not line:
-            raise SystemExit("vae-tf serve exited before it was ready")
-        if line.startswith("REST:"):
-            rest = re.search(r"(http://\S+?)/v1/", line).group(1)
-        elif line.startswith("gRPC:"):
-            grpc_target = line.split()[1]
-    return process, rest, grpc_target
 
 
 def _time(fn, n: int) -> list[float]:
@@ -101,7 +84,7 @@ def main(argv=None) -> int:
         loaded = tf.saved_model.load(str(version_dir))
         encode = loaded.signatures["encode"]
         data_shape = tuple(encode.structured_input_signature[1]["x"].shape[1:])
-        process, rest_url, grpc_target = _start_server(model_dir)
+        process, rest_url, grpc_target = start_server(model_dir)
         try:
             rest = RestClient(rest_url, model_dir.name)
             grpc_client = GrpcClient(grpc_target, model_dir.name)

@@ -27,9 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,30 +41,8 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import command_line, machine_info  # noqa: E402
-
-
-def _start_server(base: Path) -> tuple[subprocess.Popen, str, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--model", str(base / "vae"),
-                                "--port", "0", "--rest-api-port", "0", "--poll-seconds", "0.1"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    rest = grpc_target = None
-    while grpc_target is None:
-        line = process.stdout.readline()
-        if not line:
-            raise SystemExit("vae-tf serve exited before it was ready")
-        if line.startswith("REST:"):
-            rest = re.search(r"(http://\S+?)/v1/", line).group(1)
-        elif line.startswith("gRPC:"):
-            grpc_target = line.split()[1]
-    return process, rest, grpc_target
-
-
-def _drop_version(exports: Path, base: Path, version: int) -> None:
-    tmp = base / "vae" / f".tmp-{version}"
-    shutil.copytree(exports / str(version), tmp)
-    os.rename(tmp, base / "vae" / str(version))
+from benchmarks.common import command_line, machine_info, start_server  # noqa: E402
+from serving.testing import drop_version  # noqa: E402
 
 
 def _wait_for_version(rest_url: str, version: int, timeout: float = 120.0) -> None:
@@ -165,14 +140,14 @@ def main(argv=None) -> int:
         for version in range(1, len(protocols) + 2):
             export_tiny_model(exports, "vae", version=version, seed=version - 1)
         (base / "vae").mkdir(parents=True)
-        _drop_version(exports / "vae", base, 1)
+        drop_version(exports / "vae", base, 1)
         rng = np.random.default_rng(0)
         inputs = [rng.random((1 + i % 4, 8, 8, 1)).astype(np.float32) for i in range(8)]
         expected = {}
         for version in range(1, len(protocols) + 2):
             encode = tf.saved_model.load(str(exports / "vae" / str(version))).signatures["encode"]
             expected[version] = [encode(x=tf.constant(x))["z_mean"].numpy() for x in inputs]
-        process, rest_url, grpc_target = _start_server(base)
+        process, rest_url, grpc_target = start_server(base / "vae", poll_seconds=0.1)
         results = []
         try:
             for k, protocol in enumerate(protocols):
@@ -180,7 +155,7 @@ def main(argv=None) -> int:
                 name = "REST" if protocol.upper() == "REST" else "gRPC"
                 old, new = k + 1, k + 2
                 results.append(run_phase(name, url, args.clients, args.requests, inputs, expected, old, new,
-                                         lambda new=new: _drop_version(exports / "vae", base, new)))
+                                         lambda new=new: drop_version(exports / "vae", base, new)))
                 _wait_for_version(rest_url, new)  # the next phase starts from the new version
         finally:
             process.terminate()

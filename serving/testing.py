@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 TINY_DATA_SHAPE = (8, 8, 1)
@@ -39,6 +40,17 @@ def export_tiny_model(base: str | os.PathLike, name: str = "vae", *, version: in
     return export_model(model, base, name, version)
 
 
+def drop_version(exports: str | os.PathLike, base: str | os.PathLike, version: int, name: str = "vae") -> Path:
+    """Copy version ``version`` of ``exports`` (a model directory) into ``base/name`` the way
+    ``export_model`` writes one, under a hidden temporary name then renamed, so a polling
+    server never sees half a version. Returns the new version directory."""
+    final = Path(base) / name / str(version)
+    tmp = final.with_name(f".tmp-{version}")
+    shutil.copytree(Path(exports) / str(version), tmp)
+    os.rename(tmp, final)
+    return final
+
+
 @contextlib.contextmanager
 def running_server(base: str | os.PathLike, name: str = "vae", **options):
     """A :class:`serving.server.ModelServer` on 127.0.0.1 with free ports (both servers), stopped
@@ -54,4 +66,4 @@ def running_server(base: str | os.PathLike, name: str = "vae", **options):
         server.stop()
 
 
-__all__ = ["TINY_DATA_SHAPE", "TINY_LATENT_DIM", "export_tiny_model", "running_server"]
+__all__ = ["TINY_DATA_SHAPE", "TINY_LATENT_DIM", "drop_version", "export_tiny_model", "running_server"]

@@ -26,3 +26,15 @@ def rng():
 
 def assert_one_line(message: str) -> None:
     assert message and "\n" not in message, f"not a one-line message: {message!r}"
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Two versions of the tiny serving model with different weights, exported once per module;
+    tests copy them into fresh base paths (``serving.testing.drop_version``)."""
+    from serving.testing import export_tiny_model
+
+    src = tmp_path_factory.mktemp("exports")
+    export_tiny_model(src, "vae", version=1, seed=0)
+    export_tiny_model(src, "vae", version=2, seed=1)
+    return src / "vae"

@@ -27,27 +27,11 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_p
 from serving.client import GrpcClient, RestClient, ServingRequestError
 from serving.model_store import ModelStore
 from serving.server import ModelServer, ServerConfig
-from serving.testing import export_tiny_model, running_server
+from serving.testing import drop_version, running_server
 from tests.conftest import assert_one_line
 
 CLIENTS_PER_PROTOCOL = 16
 REQUESTS_PER_CLIENT = 100  # CI size; benchmarks/serving_load.py runs 2000
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """Two versions of the tiny model with different weights, exported once."""
-    src = tmp_path_factory.mktemp("exports")
-    export_tiny_model(src, "vae", version=1, seed=0)
-    export_tiny_model(src, "vae", version=2, seed=1)
-    return src / "vae"
-
-
-def _drop_version(exports: Path, base: Path, version: int) -> None:
-    """Copy a version in as export_model writes one: hidden temporary name, then rename."""
-    tmp = base / "vae" / f".tmp-{version}"
-    shutil.copytree(exports / str(version), tmp)
-    os.rename(tmp, base / "vae" / str(version))
 
 
 def _x(n, seed=0, marker=None):
@@ -160,7 +144,7 @@ def test_load_with_hot_swap_has_no_5xx_and_no_wrong_answer(exports, tmp_path):
     """16 REST + 16 gRPC clients, each sending requests back to back, while version 2 is dropped
     in. Every answer must equal the in-process answer of version 1 or 2 for that input, a client
     that has seen version 2 must never see version 1 again, and nothing may fail."""
-    _drop_version(exports, tmp_path, 1)
+    drop_version(exports, tmp_path, 1)
     inputs = [_x(1 + i % 4, seed=i) for i in range(8)]  # batch sizes 1..4
     expected = {v: [_local_encode(exports / str(v), x) for x in inputs] for v in (1, 2)}
     assert not np.allclose(expected[1][0], expected[2][0])
@@ -204,7 +188,7 @@ def test_load_with_hot_swap_has_no_5xx_and_no_wrong_answer(exports, tmp_path):
         total = 2 * CLIENTS_PER_PROTOCOL * REQUESTS_PER_CLIENT
         while done["count"] < total // 5 and any(t.is_alive() for t in threads):
             time.sleep(0.01)
-        _drop_version(exports, tmp_path, 2)  # the hot swap, under load
+        drop_version(exports, tmp_path, 2)  # the hot swap, under load
         for thread in threads:
             thread.join()
         status = RestClient(server.rest_url, "vae").status()["model_version_status"]
@@ -223,7 +207,7 @@ def test_load_with_hot_swap_has_no_5xx_and_no_wrong_answer(exports, tmp_path):
 def test_errors_raised_inside_the_model_never_take_a_worker_down(exports, tmp_path, monkeypatch):
     """TensorFlow and Python errors raised mid-request get their canonical code and one line, on
     pools of two worker threads each; afterwards both protocols still answer correctly."""
-    _drop_version(exports, tmp_path, 1)
+    drop_version(exports, tmp_path, 1)
     # (marker, HTTP status, gRPC code, start of the message)
     cases = [(10.0, 500, "INTERNAL", "injected internal failure"),
              (11.0, 429, "RESOURCE_EXHAUSTED", "OOM when allocating tensor (injected)"),
@@ -289,7 +273,7 @@ def test_a_graph_error_is_400_and_the_server_keeps_serving(tmp_path):
 
 
 def test_rest_deadline_504_and_a_queued_request_past_its_deadline_never_runs(exports, tmp_path, monkeypatch):
-    _drop_version(exports, tmp_path, 1)
+    drop_version(exports, tmp_path, 1)
     with running_server(tmp_path, "vae", rest_threads=1, rest_timeout_seconds=0.5) as server:
         faults = ModelFaults(monkeypatch, server)
         slow = _in_background(_rest_predict, server.rest_port, _x(1, marker=ModelFaults.BLOCK))
@@ -309,7 +293,7 @@ def test_rest_deadline_504_and_a_queued_request_past_its_deadline_never_runs(exp
 
 
 def test_rest_body_that_never_arrives_gets_408(exports, tmp_path):
-    _drop_version(exports, tmp_path, 1)
+    drop_version(exports, tmp_path, 1)
     with running_server(tmp_path, "vae", rest_timeout_seconds=0.5, max_in_flight=1) as server:
         with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as sock:
             sock.sendall(b"POST /v1/models/vae:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"inp")
@@ -327,7 +311,7 @@ def test_rest_body_that_never_arrives_gets_408(exports, tmp_path):
 
 
 def test_grpc_deadline_is_honoured_and_an_expired_call_never_runs(exports, tmp_path, monkeypatch):
-    _drop_version(exports, tmp_path, 1)
+    drop_version(exports, tmp_path, 1)
     with running_server(tmp_path, "vae", grpc_threads=1) as server:
         faults = ModelFaults(monkeypatch, server)
         slow = _in_background(_grpc_call, server.grpc_target, _x(1, marker=ModelFaults.BLOCK), 0.5)
@@ -343,7 +327,7 @@ def test_grpc_deadline_is_honoured_and_an_expired_call_never_runs(exports, tmp_p
 
 def test_a_request_whose_deadline_passes_while_its_input_is_parsed_never_runs(exports, tmp_path, monkeypatch):
     """Parsing a large request can use up the deadline; then the model must not run it."""
-    _drop_version(exports, tmp_path, 1)
+    drop_version(exports, tmp_path, 1)
     with running_server(tmp_path, "vae", rest_threads=1, grpc_threads=1, rest_timeout_seconds=0.3) as server:
         faults = ModelFaults(monkeypatch, server)
         signature = server.store.servable("vae").signatures["encode"]
@@ -367,7 +351,7 @@ def test_a_request_whose_deadline_passes_while_its_input_is_parsed_never_runs(ex
 
 
 def test_full_server_answers_429_and_resource_exhausted_then_recovers(exports, tmp_path, monkeypatch):
-    _drop_version(exports, tmp_path, 1)
+    drop_version(exports, tmp_path, 1)
     with running_server(tmp_path, "vae", max_in_flight=2, rest_threads=4, grpc_threads=4) as server:
         faults = ModelFaults(monkeypatch, server)
         blocked = [_in_background(_rest_predict, server.rest_port, _x(1, seed=i, marker=ModelFaults.BLOCK))
@@ -430,7 +414,7 @@ def test_batcher_queue_full_is_unavailable_not_a_crash():
 
 
 def test_graceful_shutdown_drains_in_flight_requests(exports, tmp_path, monkeypatch):
-    _drop_version(exports, tmp_path, 1)
+    drop_version(exports, tmp_path, 1)
     config = ServerConfig(model_base_path=str(tmp_path), model_name="vae", rest_port=0, grpc_port=0,
                           grace_seconds=30.0, freeze_gc=False)
     server = ModelServer(config).start()
@@ -576,7 +560,7 @@ def test_default_bind_is_loopback_and_limits_are_on(exports, tmp_path):
     args = parser.parse_args(["serve"])
     assert (args.host, args.max_in_flight, args.follow_external_links) == ("127.0.0.1", 128, False)
     assert ServerConfig(model_name="vae").host == "127.0.0.1"
-    _drop_version(exports, tmp_path, 1)
+    drop_version(exports, tmp_path, 1)
     server = ModelServer(ServerConfig(model_base_path=str(tmp_path), model_name="vae", rest_port=0, grpc_port=0,
                                       freeze_gc=False)).start()  # no host given
     try:

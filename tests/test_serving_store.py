@@ -4,7 +4,6 @@ concurrent clients, server-side batching, `vae-tf serve` start-up errors and gra
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import tensorflow as tf
 from serving.batching import Batcher, BatchingOptions
 from serving.client import GrpcClient, RestClient, ServingRequestError
 from serving.model_store import ModelStore, scan_versions, validate_model_name
-from serving.testing import export_tiny_model, running_server
+from serving.testing import drop_version, running_server
 from tests.conftest import assert_one_line
 from training.cli import main
 from vae_tf.errors import ConfigError
@@ -27,28 +26,12 @@ from vae_tf.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """Two versions exported once; tests copy them into fresh base paths."""
-    src = tmp_path_factory.mktemp("exports")
-    export_tiny_model(src, "vae", version=1, seed=0)
-    export_tiny_model(src, "vae", version=2, seed=1)
-    return src / "vae"
-
-
 def _x(n, seed=0):
     return np.random.default_rng(seed).random((n, 8, 8, 1)).astype(np.float32)
 
 
-def _drop_version(exports: Path, base: Path, version: int) -> None:
-    """Copy a version in the way export_model writes one: hidden temporary name, then rename."""
-    tmp = base / "vae" / f".tmp-{version}"
-    shutil.copytree(exports / str(version), tmp)
-    os.rename(tmp, base / "vae" / str(version))
-
-
 def test_new_version_is_hot_swapped_without_a_failed_request(exports, tmp_path):
-    _drop_version(exports, tmp_path, 1)
+    drop_version(exports, tmp_path, 1)
     x = _x(2)
     expected = {v: tf.saved_model.load(str(exports / str(v))).signatures["encode"](x=tf.constant(x))["z_mean"].numpy()
                 for v in (1, 2)}
@@ -72,7 +55,7 @@ def test_new_version_is_hot_swapped_without_a_failed_request(exports, tmp_path):
             t.start()
         while len(seen) < 20:
             time.sleep(0.01)
-        _drop_version(exports, tmp_path, 2)
+        drop_version(exports, tmp_path, 2)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and seen.count(2) < 20:
             time.sleep(0.02)
@@ -90,7 +73,7 @@ def test_new_version_is_hot_swapped_without_a_failed_request(exports, tmp_path):
 
 def test_labels_serve_two_versions_and_follow_the_file(exports, tmp_path):
     for v in (1, 2):
-        _drop_version(exports, tmp_path, v)
+        drop_version(exports, tmp_path, v)
     labels = tmp_path / "labels.yaml"
     labels.write_text("labels: {stable: 1, canary: 2}\n")
     x = _x(1)
@@ -112,7 +95,7 @@ def test_labels_serve_two_versions_and_follow_the_file(exports, tmp_path):
 
 
 def test_broken_version_keeps_the_last_good_one(exports, tmp_path):
-    _drop_version(exports, tmp_path, 1)
+    drop_version(exports, tmp_path, 1)
     with running_server(tmp_path, "vae", poll_seconds=0.05) as server:
         broken = tmp_path / "vae" / "3"
         broken.mkdir()
@@ -143,7 +126,7 @@ def test_store_versions_and_path_safety(exports, tmp_path):
 
 
 def test_concurrent_clients_get_their_own_answers(exports, tmp_path):
-    _drop_version(exports, tmp_path, 1)
+    drop_version(exports, tmp_path, 1)
     model = tf.saved_model.load(str(exports / "1"))
     for batching in (None, BatchingOptions(max_batch_size=8, batch_timeout_ms=2.0)):
         with running_server(tmp_path, "vae", batching=batching) as server:
@@ -215,7 +198,7 @@ def test_serve_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_serve_cli_port_in_use(exports, tmp_path, capsys):
-    _drop_version(exports, tmp_path, 1)
+    drop_version(exports, tmp_path, 1)
     with running_server(tmp_path, "vae", grpc_port=None) as server:
         code = main(["serve", "--model", str(tmp_path / "vae"), "--port", "0", "--rest-api-port",
                      str(server.rest_port)])
@@ -225,7 +208,7 @@ def test_serve_cli_port_in_use(exports, tmp_path, capsys):
 
 
 def test_serve_command_runs_and_shuts_down_gracefully(exports, tmp_path):
-    _drop_version(exports, tmp_path, 1)
+    drop_version(exports, tmp_path, 1)
     env = {**os.environ, "MODEL_BASE_PATH": str(tmp_path), "MODEL_NAME": "vae", "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--port", "0", "--rest-api-port", "0"],
                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

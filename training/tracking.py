@@ -214,6 +214,7 @@ class TrackedRun:
         self.stream = stream if stream is not None else sys.stderr
         self.online = False
         self.warned = False
+        self._pending: int | None = None  # journal entries; read from the file once, then counted
         self._next_retry = 0.0
         if tracking_uri.startswith(("http://", "https://")):
             for key, value in HTTP_RETRY_DEFAULTS.items():
@@ -234,6 +235,7 @@ class TrackedRun:
         if self.run_dir is None:
             self.run_dir = self.run_root / (self.run_id or f"offline-{uuid.uuid4().hex[:12]}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._pending = None  # a resumed run's journal may hold calls
         if failure is not None:
             self._go_offline(failure)
         self.save_record()
@@ -318,7 +320,10 @@ class TrackedRun:
         return self.run_dir / JOURNAL_NAME
 
     def pending(self) -> int:
-        return len(self.journal())
+        """Calls waiting in the journal (counted in memory: every logging call asks)."""
+        if self._pending is None:
+            self._pending = len(self.journal())
+        return self._pending
 
     def journal(self) -> list[dict]:
         if self.run_dir is None or not self.journal_path.exists():
@@ -390,6 +395,7 @@ class TrackedRun:
             f.write(json.dumps({"op": op, "args": args}) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        self._pending = self.pending() + 1
 
     def flush(self) -> bool:
         """Replay the journal; True when it is empty afterwards (logging is live again)."""
@@ -419,9 +425,11 @@ class TrackedRun:
             if done:
                 rest = entries[done:]
                 write_text_atomic(self.journal_path, "".join(json.dumps(e) + "\n" for e in rest))
+                self._pending = len(rest)
         if done == len(entries) and (self.online or entries and entries[-1]["op"] == "end_run"):
             if self.journal_path.exists():
                 self.journal_path.unlink()
+            self._pending = 0
             if self.warned and entries:
                 print(f"MLflow at {self.tracking_uri} is reachable again: sent {len(entries)} buffered logging calls",
                       file=self.stream)
