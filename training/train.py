@@ -150,7 +150,11 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
     from training.tracking import TrackedRun, WorkerRun, resolve_tracking_uri
     from vae_tf.errors import ConfigError
 
-    strategy = make_strategy(config.train)  # first: MultiWorkerMirroredStrategy must precede other TF work
+    if resume:  # the run's own config, strategy included (no TensorFlow work yet)
+        run_dir, record = find_run(config.train.run_dir, resume if isinstance(resume, str) else None,
+                                   None if isinstance(resume, str) else config.name)
+        config = resumed_config(record, overrides)
+    strategy = make_strategy(config.train)  # first TF work: MultiWorkerMirroredStrategy must precede the rest
     if config.train.strategy != "none" and config.train.steps_per_execution > 1:
         # Keras 3.15 / TF 2.21: Keras' multi-step loop under MirroredStrategy (and MWMS) fails with
         # "You must feed a value for placeholder tensor 'while/cond/Placeholder'", bare Keras too.
@@ -167,9 +171,6 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
         finally:
             worker.finish()
     if resume:
-        run_dir, record = find_run(config.train.run_dir, resume if isinstance(resume, str) else None,
-                                   None if isinstance(resume, str) else config.name)
-        config = resumed_config(record, overrides)
         tracker = TrackedRun(record["tracking_uri"], run_root=run_dir.parent, experiment=record["experiment"],
                              run_name=record.get("run_name"), tags=record.get("tags"),
                              run_id=record.get("mlflow_run_id"), run_dir=run_dir,
