@@ -67,11 +67,11 @@ def learning_rate(config: Config, replicas: int = 1) -> float:
 
 def build_model(config: Config, data_shape, steps_per_epoch: int = 1, replicas: int = 1):
     """Build and compile the model of ``config`` (inside ``strategy.scope()`` when distributed):
-    Adam at :func:`learning_rate`, clipping the global gradient norm at ``train.clip_norm``,
+    Adam (``vae_tf.optimizers.FusedAdam``: Keras' Adam with TensorFlow's fused update kernel) at
+    :func:`learning_rate`, clipping the global gradient norm at ``train.clip_norm``,
     ``train.precision`` for the networks."""
-    import keras
-
     from vae_tf.models import build_vae
+    from vae_tf.optimizers import FusedAdam
 
     model_cfg = config.model
     model = build_vae(
@@ -84,7 +84,7 @@ def build_model(config: Config, data_shape, steps_per_epoch: int = 1, replicas: 
         name=config.name.replace("-", "_").replace(".", "_"),
         precision=config.train.precision,
     )
-    optimizer = keras.optimizers.Adam(learning_rate(config, replicas), global_clipnorm=config.train.clip_norm)
+    optimizer = FusedAdam(learning_rate(config, replicas), global_clipnorm=config.train.clip_norm)
     model.compile(optimizer=optimizer, steps_per_execution=config.train.steps_per_execution)
     return model
 
