@@ -7,7 +7,7 @@ default)"; "XLA stays optional, document when it helps")?
 Every variant is the same vae-tf model (``build_vae``, the conv reference architecture of
 ``benchmarks/train_throughput.py``: 28x28x1, conv 32/64, dense 256, latent 16, Bernoulli,
 batch 128, Adam), with the same starting weights, fitted on the same ``tf.data`` pipeline
-(``DataSplits.pipeline``, what ``training/train.py`` fits on), in one process. The data set is a
+(``DataSplits.resumable_pipeline``, what ``training/train.py`` fits on), in one process. The data set is a
 multiple of ``batch x max(S)`` images so that every variant runs full executions. After an
 untimed warm-up epoch each (tracing, XLA compilation), ``--rounds`` rounds time one epoch of
 every variant, interleaved, the order rotating and reversing between rounds. Reported: median
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     unit = args.batch_size * max(args.steps)
     n_examples = max(unit, math.ceil(args.examples / unit) * unit)
     splits = tt.make_splits(data, n_examples, args.seed)
-    ds = splits.pipeline("train", args.batch_size, seed=args.seed)
+    ds = tt.training_stream(splits, args.batch_size, args.seed)
 
     variants = {}
     for jit in args.jit:

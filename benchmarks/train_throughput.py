@@ -9,8 +9,10 @@ machine's fp32 matmul peak does training reach (issue #10's targets: >= 1.15x Py
 
 The variants, in one process:
 
-- **vae-tf**: ``vae_tf.models.build_vae(...)``, ``compile(Adam(lr), steps_per_execution=S)`` and
-  ``fit(pipeline, shuffle=False)``, exactly as ``training/train.py`` does.
+- **vae-tf**: ``vae_tf.models.build_vae(...)``, ``compile(FusedAdam(lr), steps_per_execution=S)``
+  (``vae_tf.optimizers.FusedAdam``: Keras' Adam with TensorFlow's fused update kernel) and
+  ``fit`` on ``DataSplits.resumable_pipeline`` with ``steps_per_epoch``, exactly as
+  ``training/train.py`` does.
 - **bare Keras**: a ``keras.Model`` subclass holding an encoder and a decoder built by the same
   builders (``vae_tf.networks``: identical layers and shapes; the weights are copied from the
   vae-tf model just before the timing), whose ``train_step`` writes the loss out in plain TF ops:
@@ -19,7 +21,10 @@ The variants, in one process:
   dimensions, the analytic Gaussian KL summed over latent dimensions, the mean over the batch, one
   ``keras.metrics.Mean`` loss tracker. Same optimizer, learning rate, ``steps_per_execution``,
   ``jit_compile`` setting and ``fit`` call. Before timing, the script checks that both compute the
-  same loss for the same (random) weights, batch and noise.
+  same loss for the same (random) weights, batch and noise. Its optimizer is Keras' own
+  ``keras.optimizers.Adam`` (what a Keras user writes); ``--bare-optimizer fused`` gives it
+  vae-tf's ``FusedAdam`` instead, so that the ratio isolates the cost of vae-tf's machinery
+  from the gain of the fused update.
 - **PyTorch eager** (conv only, when ``torch`` is installed: the optional ``bench`` extra;
   otherwise a one-line notice and the other two still run): ``benchmarks/torch_reference.py``,
   the same layers, parameter count (checked), starting weights (copied from the bare model),
@@ -143,14 +148,13 @@ def data_shape_of(data: str, seed: int) -> tuple[int, ...]:
 
 # --- the two variants -----------------------------------------------------------------------------
 def build_ours(spec: dict, data_shape, args):
-    import keras
-
     from vae_tf.models import build_vae
+    from vae_tf.optimizers import FusedAdam
 
     model = build_vae(data_shape, latent=dict(spec["latent"]), likelihood=dict(LIKELIHOOD),
                       network=dict(spec["network"]), objective={"name": "elbo", "beta": 1.0},
                       seed=args.seed, name="vae")
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
+    model.compile(optimizer=FusedAdam(args.learning_rate),
                   steps_per_execution=args.steps_per_execution, jit_compile=args.jit_compile)
     return model
 
@@ -208,6 +212,7 @@ def build_bare(spec: dict, data_shape, ours, args):
     import numpy as np
 
     from vae_tf.networks import build_decoder, build_encoder
+    from vae_tf.optimizers import FusedAdam
 
     network = dict(spec["network"])
     kind = network.pop("kind")
@@ -222,7 +227,8 @@ def build_bare(spec: dict, data_shape, ours, args):
             raise SystemExit(f"bare {mine.name} weights {got} differ from vae-tf's {want}")
     model = make_bare_class()(encoder, decoder, latent_dim, len(data_shape), seed=args.seed, name="bare_vae")
     model(np.zeros((1,) + tuple(data_shape), np.float32))
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
+    optimizer = FusedAdam if args.bare_optimizer == "fused" else keras.optimizers.Adam
+    model.compile(optimizer=optimizer(args.learning_rate),
                   steps_per_execution=args.steps_per_execution, jit_compile=args.jit_compile)
     return model
 
@@ -309,10 +315,20 @@ def trainable_count(model) -> int:
     return int(sum(math.prod(w.shape) for w in model.trainable_weights))
 
 
-def timed_fit(model, ds, epochs: int):
+def training_stream(splits, batch_size: int, seed: int, passes: int = 10_000):
+    """What ``training/train.py`` fits on: ``DataSplits.resumable_pipeline``, one stream of batches
+    over ``passes`` passes (lazily: a pass costs nothing until it is read), and the batches per
+    pass, to give ``fit`` as ``steps_per_epoch``. Every ``fit`` call starts a new iterator."""
+    return (splits.resumable_pipeline("train", batch_size, seed=seed, epochs=passes),
+            splits.steps_per_epoch("train", batch_size))
+
+
+def timed_fit(model, stream, epochs: int):
+    """Fit ``epochs`` epochs on ``stream`` (``training_stream``'s pair), timing each."""
+    ds, steps = stream
     timer = make_timer()
     gc.collect()
-    model.fit(ds, epochs=epochs, verbose=0, shuffle=False, callbacks=[timer])
+    model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[timer])
     return timer
 
 
@@ -384,15 +400,15 @@ def run_config(name: str, args) -> dict:
         n_examples = max(unit, math.ceil(args.examples / unit) * unit)
     else:  # calibrate on the vae-tf model: trace on a small set, then time one epoch of it
         n_cal = unit * max(1, math.ceil(args.calibration_steps / args.steps_per_execution))
-        cal_ds = make_splits(data, n_cal, args.seed).pipeline("train", args.batch_size, seed=args.seed)
-        ours.fit(cal_ds, epochs=1, verbose=0, shuffle=False)
+        cal_ds = training_stream(make_splits(data, n_cal, args.seed), args.batch_size, args.seed)
+        timed_fit(ours, cal_ds, 1)  # traces
         cal_s = timed_fit(ours, cal_ds, 1).seconds[0]
         wanted = args.min_epoch_seconds * 1.25 * n_cal / cal_s
         n_examples = max(n_cal, math.ceil(wanted / unit) * unit)
         log(f"[{name}] calibration: {n_cal / cal_s:,.0f} images/s -> {n_examples:,} images per epoch")
 
     splits = make_splits(data, n_examples, args.seed)
-    ds = splits.pipeline("train", args.batch_size, seed=args.seed)  # what training/train.py fits on
+    ds = training_stream(splits, args.batch_size, args.seed)  # what training/train.py fits on
     loss_rel_diff = check_same_loss(ours, bare, splits, args)  # then bare starts from ours' weights
     log(f"[{name}] same loss on one batch (same weights and noise): relative difference {loss_rel_diff:.1e}")
     trainer, torch_info = torch_variant(name, splits, bare, args)
@@ -541,8 +557,10 @@ def render(report: dict) -> str:
         f"{report['settings']['rounds']} rounds x {report['settings']['epochs_per_round']} epoch(s) per "
         "variant, interleaved (order rotating); img/s: median over rounds (min-max); per-round ratio: "
         "median (min-max) of vae-tf / bare in the same round; best ratio = fastest vae-tf round / fastest bare "
-        "round (the least disturbed estimate on a shared machine); overhead = 1 / best ratio - 1; Adam, same "
-        "starting weights, same tf.data pipeline.",
+        "round (the least disturbed estimate on a shared machine); overhead = 1 / best ratio - 1; optimizers: "
+        "vae-tf FusedAdam, bare "
+        + ("FusedAdam" if report["settings"].get("bare_optimizer") == "fused" else "keras.optimizers.Adam")
+        + "; same starting weights, same tf.data pipeline (DataSplits.resumable_pipeline).",
         "",
         "| Configuration | Data | Batch | Steps/exec | XLA | Images/epoch | Bare Keras img/s | vae-tf img/s "
         "| per-round ratio | best ratio | Overhead | ≤ 5 % |",
@@ -660,6 +678,8 @@ def parse_args(argv=None):
                         "set_num_interop_threads (None: one per usable CPU)")
     p.add_argument("--intra-op-threads", type=int, default=None, help="TF intra-op threads (overrides --threads)")
     p.add_argument("--inter-op-threads", type=int, default=None, help="TF inter-op threads (overrides --threads)")
+    p.add_argument("--bare-optimizer", choices=["keras", "fused"], default="keras",
+                   help="the bare loop's Adam: keras.optimizers.Adam (default) or vae-tf's FusedAdam")
     p.add_argument("--no-torch", action="store_true",
                    help="skip the PyTorch eager reference (it runs for the conv configuration when torch is installed)")
     p.add_argument("--torch-channels-last", choices=["true", "false"], default="true",
