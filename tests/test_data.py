@@ -541,3 +541,233 @@ def test_image_folder_errors(tmp_path):
     raises_one_line(
         load_dataset, "images", path=str(sizes), image_size=0, match="image_size must be"
     )
+
+
+# -- lazy splits (open_dataset): same rows, values and errors as load_dataset -----------------
+
+
+def _lazy_files(root):
+    """One file of every user format the loaders read (and both .npz layouts)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    np.save(root / "u8.npy", rng.integers(0, 256, (300, 9, 7), dtype=np.uint8))
+    np.save(root / "f64.npy", rng.normal(size=(200, 13)) * 3)
+    np.save(root / "bool.npy", rng.integers(0, 2, (120, 2, 3, 2)).astype(bool))
+    np.save(root / "fortran.npy", np.asfortranarray(rng.normal(size=(90, 11))))
+    np.savez(root / "stored.npz", x=rng.integers(0, 256, (250, 6, 6), dtype=np.uint8),
+             labels=np.array(["a", "b", "c", "d", "e"] * 50))
+    np.savez_compressed(root / "compressed.npz", images=rng.normal(size=(150, 8)), y=np.arange(150) % 4)
+    np.savez(root / "official.npz", x_train=rng.integers(0, 256, (200, 4, 4), dtype=np.uint8),
+             y_train=np.arange(200) % 3, x_test=rng.integers(0, 256, (40, 4, 4), dtype=np.uint8),
+             y_test=np.arange(40) % 3)
+    np.savez(root / "factors.npz", imgs=rng.integers(0, 2, (100, 8, 8), dtype=np.uint8),
+             latents_classes=rng.integers(0, 4, (100, 3)))
+    for c in ("cats", "dogs"):
+        (root / "imgs" / c).mkdir(parents=True)
+        for i in range(15):
+            Image.fromarray(rng.integers(0, 256, (5, 6), dtype=np.uint8)).save(root / "imgs" / c / f"{i}.png")
+
+
+LAZY_CASES = [
+    ("npy", "u8.npy", {}),
+    ("npy", "u8.npy", {"seed": 3, "max_samples": 77, "val_fraction": 0.2, "test_fraction": 0.0}),
+    ("npy", "f64.npy", {"seed": 1}),
+    ("npy", "bool.npy", {}),
+    ("npy", "fortran.npy", {}),
+    ("npz", "stored.npz", {"seed": 4}),
+    ("npz", "compressed.npz", {}),
+    ("npz", "official.npz", {"max_samples": 120}),
+    ("npz", "factors.npz", {}),
+    ("images", "imgs", {"seed": 2}),
+    ("images", "imgs", {"grayscale": False, "image_size": 3}),
+]
+
+
+@pytest.fixture(scope="module")
+def lazy_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lazy")
+    _lazy_files(root)
+    return root
+
+
+@pytest.mark.parametrize("kind,name,kwargs", LAZY_CASES)
+def test_open_dataset_reads_the_rows_load_dataset_holds(lazy_files, monkeypatch, kind, name, kwargs):
+    from vae_tf.data import SplitRows, open_dataset, rows
+
+    eager = load_dataset(kind, path=str(lazy_files / name), **kwargs)
+    # Small scan blocks and read windows, so the block-wise paths run on these small files.
+    monkeypatch.setattr(rows, "BLOCK_BYTES", 512)
+    monkeypatch.setattr(rows, "MERGE_GAP_BYTES", 200)
+    lazy = open_dataset(kind, path=str(lazy_files / name), **kwargs)
+    assert lazy.value_range == eager.value_range and lazy.metadata == eager.metadata
+    assert lazy.factor_sizes == eager.factor_sizes and lazy.num_examples == eager.num_examples
+    assert lazy.materialise().binary == eager.binary
+    parts = {s: lazy.split(s) for s in ("train", "val", "test")}
+    parts["all"] = SplitRows.concat(list(parts.values()))
+    for split, rows_ in parts.items():
+        names = ("train", "val", "test") if split == "all" else (split,)
+        x = np.concatenate([eager.split(s)[0] for s in names])
+        ys = [eager.split(s)[1] for s in names]
+        assert rows_.data_shape == eager.data_shape
+        for chunk in (1, 7, 64, len(x) + 1):
+            got = [rows_[start : start + chunk] for start in range(0, len(rows_), chunk)]
+            got = np.concatenate(got) if got else rows_[:]
+            assert got.dtype == np.float32 and got.shape == x.shape
+            np.testing.assert_array_equal(got, x)  # exactly: same rows, same scaling
+        if ys[0] is None:
+            assert rows_.y is None
+        else:
+            np.testing.assert_array_equal(rows_.y, np.concatenate(ys))
+        if split != "all" and eager.factors(split) is not None:
+            np.testing.assert_array_equal(rows_.factors, eager.factors(split))
+
+
+def test_open_dataset_keeps_user_files_on_disk(lazy_files):
+    from vae_tf.data import open_dataset
+    from vae_tf.data.files import ImageRows
+    from vae_tf.data.rows import ArrayRows, NpyFileRows
+
+    def reader(kind, name):
+        return type(open_dataset(kind, path=str(lazy_files / name)).split("test").segments[0].rows)
+
+    assert reader("npy", "u8.npy") is NpyFileRows
+    assert reader("npz", "stored.npz") is NpyFileRows  # np.savez stores members uncompressed
+    assert reader("npz", "official.npz") is NpyFileRows
+    assert reader("images", "imgs") is ImageRows
+    assert reader("npz", "compressed.npz") is ArrayRows  # cannot be read by row: in memory
+    assert reader("npy", "fortran.npy") is ArrayRows  # memory-mapped: rows are not contiguous
+    # Built-in data sets are in memory either way.
+    assert type(open_dataset("digits").split("test").segments[0].rows) is ArrayRows
+
+
+def _bad_files(root):
+    bad = np.random.default_rng(0).normal(size=(50, 3))
+    bad[7, 1] = np.nan
+    bad[20, 0] = np.inf
+    bad[33, 2] = np.nan
+    np.save(root / "nan.npy", bad)
+    np.savez(root / "nan.npz", x=bad)
+    np.savez_compressed(root / "nanc.npz", x=bad)
+    np.save(root / "huge.npy", np.full((10, 3), 1e300))
+    np.save(root / "empty.npy", np.zeros((0, 3)))
+    np.save(root / "flat.npy", np.zeros(10))
+    np.save(root / "nofeat.npy", np.zeros((4, 0)))
+    np.save(root / "strings.npy", np.array([["a", "b"]]))
+    np.save(root / "objects.npy", np.array([[1, 2]], dtype=object), allow_pickle=True)
+    np.savez(root / "objects.npz", x=np.array([[1, 2]], dtype=object), allow_pickle=True)
+    (root / "corrupt.npy").write_bytes(b"garbage")
+    np.savez(root / "short.npz", x=np.zeros((5, 2)), y=np.zeros(4, int))
+    np.savez(root / "layout.npz", x_train=np.zeros((5, 2)), x_test=np.zeros((5, 3)))
+    np.save(root / "tiny.npy", np.zeros((1, 2)))
+    (root / "sizes").mkdir()
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("L", (6, 5), 9).save(root / "sizes" / f"{i}.png")
+    Image.new("L", (7, 7), 9).save(root / "sizes" / "4_odd.png")
+
+
+@pytest.mark.parametrize("kind,name,kwargs,fragment", [
+    ("npy", "nan.npy", {}, "2 NaN and 1 Inf values (first at index (7, 1), example 7)"),
+    ("npz", "nan.npz", {}, "2 NaN and 1 Inf values (first at index (7, 1), example 7)"),
+    ("npz", "nanc.npz", {}, "2 NaN and 1 Inf values"),
+    ("npy", "huge.npy", {}, "beyond float32"),
+    ("npy", "empty.npy", {}, "is empty"),
+    ("npy", "flat.npy", {}, "rank 1"),
+    ("npy", "nofeat.npy", {}, "no features"),
+    ("npy", "strings.npy", {}, "not a numeric array"),
+    ("npy", "objects.npy", {}, "could not read"),
+    ("npz", "objects.npz", {}, "could not read"),
+    ("npy", "corrupt.npy", {}, "re-create the file"),
+    ("npz", "short.npz", {}, "one row per example"),
+    ("npz", "layout.npz", {}, "save both with the same layout"),
+    ("npy", "tiny.npy", {}, "leave no training example"),
+    ("images", "sizes", {"val_fraction": 0, "test_fraction": 0}, "4_odd.png"),
+])
+def test_open_dataset_errors_are_load_dataset_errors(tmp_path, monkeypatch, kind, name, kwargs, fragment):
+    from vae_tf.data import open_dataset, rows
+
+    _bad_files(tmp_path)
+    expected = raises_one_line(load_dataset, kind, path=str(tmp_path / name), match=fragment, **kwargs)
+    monkeypatch.setattr(rows, "BLOCK_BYTES", 24)  # one row per scan block: the NaNs lie in three
+    assert raises_one_line(open_dataset, kind, path=str(tmp_path / name), **kwargs) == expected
+
+
+def test_validate_array_block_by_block_gives_the_same_answers():
+    from vae_tf.data.rows import ArrayRows
+
+    class Blocks(ArrayRows):  # blocks of two rows
+        def blocks(self):
+            for start in range(0, len(self), 2):
+                yield start, self.array[start : start + 2]
+
+    x = np.random.default_rng(0).normal(size=(9, 4, 3))
+    assert validate_array(Blocks(x)) == validate_array(x) == (x.min(), x.max())
+    x[5, 2, 1], x[6, 0, 0], x[8, 3, 2] = np.inf, np.nan, -np.inf
+    whole = raises_one_line(validate_array, x, match="1 NaN and 2 Inf values (first at index (5, 2, 1)")
+    assert raises_one_line(validate_array, Blocks(x)) == whole
+    msg = raises_one_line(validate_array, Blocks(np.linspace(-1, 2, 12).reshape(6, 2)), support=(0.0, 1.0))
+    assert "[-1, 2]" in msg
+
+
+def _mapped_kib(path) -> int:
+    """Resident KiB of every mapping of ``path`` in this process (Linux ``/proc/self/smaps``)."""
+    total, ours = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5 and ":" in head[3]:  # a mapping's header
+                ours = len(head) >= 6 and head[5] == str(path)
+            elif ours and line.startswith("Rss:"):
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_lazy_npy_never_holds_more_than_a_chunk(tmp_path):
+    """Memory does not grow with the rows: every array the reader fills holds at most one chunk
+    (or one scan block), numpy never allocates more than a few chunks at once (tracemalloc, across
+    data 4x larger), and no page of the file stays mapped in the process."""
+    import tracemalloc
+
+    from vae_tf.data import SplitRows, open_dataset
+    from vae_tf.data import rows as rows_mod
+
+    chunk, features = 256, 128  # float64 rows of 1 KiB
+    filled = []
+    original = rows_mod.NpyFileRows._read_into
+
+    def counting(self, handle, buffer, position):
+        filled.append(len(buffer))
+        return original(self, handle, buffer, position)
+
+    peaks = {}
+    for n in (8_000, 32_000):
+        path = tmp_path / f"x{n}.npy"
+        np.save(path, np.random.default_rng(n).normal(size=(n, features)))
+        filled.clear()
+        tracemalloc.start()
+        try:
+            rows_mod.NpyFileRows._read_into = counting
+            lazy = open_dataset("npy", path=str(path))
+            scan_reads = len(filled)
+            rows = SplitRows.concat([lazy.split(s) for s in ("train", "val", "test")])
+            total = 0.0
+            for start in range(0, len(rows), chunk):
+                total += float(rows[start : start + chunk].sum(dtype=np.float64))
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            rows_mod.NpyFileRows._read_into = original
+            tracemalloc.stop()
+        expected = np.load(path).astype(np.float32).sum(dtype=np.float64)
+        assert np.isclose(total, expected, rtol=1e-6)  # every row was read
+        assert filled[:scan_reads] and filled[scan_reads:], "the rows were not read through the reader"
+        assert max(filled[:scan_reads]) <= rows_mod.BLOCK_BYTES  # the checks: a block at a time
+        assert max(filled[scan_reads:]) <= max(rows_mod.BLOCK_BYTES, chunk * features * 8)
+        assert sum(filled[scan_reads:]) < 2 * n * features * 8  # no row read many times over
+        assert _mapped_kib(path) <= chunk * features * 8 // 1024  # nothing left mapped
+    data_growth = 24_000 * features * 4  # float32 bytes of the extra rows
+    # Index arrays (8 bytes a row, x3 for the permutation and its pieces) are all that grows.
+    assert peaks[32_000] - peaks[8_000] < 0.1 * data_growth, peaks
+    assert peaks[32_000] < rows_mod.BLOCK_BYTES + 4 * chunk * features * 8 + 32 * 32_000, peaks

@@ -14,10 +14,23 @@ Registered data sets (:data:`DATASETS`):
 - ``mnist``, ``fashion_mnist`` — Keras downloads, ``x / 255``, official test split;
 - ``npz``, ``npy``, ``images`` — user files under ``path``.
 
+:func:`open_dataset` takes the same arguments and returns the same splits kept lazy
+(:class:`LazySplits`): user files stay on disk and ``splits.split("test")[start:stop]`` reads and
+converts only those rows (what ``vae-tf embed`` uses to stay flat in memory); other data sets are
+held in memory.
+
 Importing this package does not import TensorFlow; :meth:`DataSplits.pipeline` does.
 """
 
-from vae_tf.data.registry import DATASETS, load_dataset, register_dataset
+from vae_tf.data.lazy import LazySplits, SplitRows
+from vae_tf.data.registry import (
+    DATASETS,
+    LAZY_DATASETS,
+    load_dataset,
+    open_dataset,
+    register_dataset,
+    register_lazy_dataset,
+)
 from vae_tf.data.splits import DataSplits, SplitPlan
 from vae_tf.data.validation import validate_array
 
@@ -27,10 +40,15 @@ from vae_tf.data.dsprites import DSpritesGenerator  # noqa: E402
 
 __all__ = [
     "DATASETS",
+    "LAZY_DATASETS",
     "DSpritesGenerator",
     "DataSplits",
+    "LazySplits",
     "SplitPlan",
+    "SplitRows",
     "load_dataset",
+    "open_dataset",
     "register_dataset",
+    "register_lazy_dataset",
     "validate_array",
 ]

@@ -12,7 +12,15 @@ Scaling rules, the same for every loader here:
 ``binary`` is True when every converted value is exactly 0 or 1. Arrays of shape ``(N, D)`` stay
 vectors, ``(N, H, W)`` gets a channel axis, ``(N, H, W, C)`` is kept. Splits follow the seeded
 :class:`~vae_tf.data.splits.SplitPlan`; the raw arrays are indexed before conversion, so
-``max_samples`` bounds the memory of a quick run (``.npy`` files are memory-mapped).
+``max_samples`` bounds the memory of a quick run.
+
+Each loader is an *opener* returning :class:`~vae_tf.data.lazy.LazySplits` (the checks and the
+value range come from one block-by-block scan of the raw data; rows are read when asked for);
+``load_dataset`` materialises it, ``open_dataset`` returns it. What stays on disk: ``.npy`` files
+and arrays that ``np.savez`` stored uncompressed in a ``.npz`` (read by row with positioned reads,
+:mod:`vae_tf.data.rows`) and image files (decoded per chunk). What is held in memory: arrays
+compressed by ``np.savez_compressed`` (in their stored dtype: they cannot be read by row),
+Fortran-order ``.npy`` files (memory-mapped), labels and factors.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_tf.data.registry import register_dataset
+from vae_tf.data.lazy import LazySplits, Segment, SplitRows, choose_scaling
+from vae_tf.data.registry import register_lazy_dataset
+from vae_tf.data.rows import ArrayRows, npy_rows, npz_member_rows
 from vae_tf.data.splits import DataSplits, SplitPlan
 from vae_tf.data.validation import is_int, validate_array
 from vae_tf.errors import DataError
@@ -85,50 +95,30 @@ def _labels(arrays: list[np.ndarray], what: str) -> tuple[list[np.ndarray], list
     raise DataError(f"{what} has dtype {fixed[0].dtype}; labels must be integers or strings")
 
 
-def _scaling(raws: list[np.ndarray]) -> tuple[str, tuple[float, float] | None]:
-    """Decide how raw arrays become float32: ("x / 255" | "none" | ..., declared range or None)."""
-    kind = raws[0].dtype
-    if kind == np.bool_:
-        return "bool -> {0, 1}", (0.0, 1.0)
-    if kind == np.uint8:
-        if max(int(r.max()) for r in raws) <= 1:
-            return "none (uint8 already {0, 1})", (0.0, 1.0)
-        return "x / 255", (0.0, 1.0)
-    return "none", None
-
-
-def _convert(raw: np.ndarray, scaling: str) -> np.ndarray:
-    x = np.asarray(raw).astype(np.float32)
-    if scaling == "x / 255":
-        x /= 255.0
-    if x.ndim == 3:
-        x = x[..., None]
-    return x
-
-
-def _arrays_to_splits(
+def _open_arrays(
     name: str,
     plan: SplitPlan,
     *,
-    x: np.ndarray,
+    x,
     y: np.ndarray | None = None,
     factors: np.ndarray | None = None,
-    x_test: np.ndarray | None = None,
+    x_test=None,
     y_test: np.ndarray | None = None,
     metadata: dict,
-) -> DataSplits:
-    """Split raw arrays by ``plan`` (official test when ``x_test`` is given) and convert them."""
-    validate_array(x, what=f"{name} data")
+) -> LazySplits:
+    """Check raw data (row readers of :mod:`vae_tf.data.rows` for ``x`` / ``x_test``; labels and
+    factors in memory) and cut it by ``plan`` (official test when ``x_test`` is given) into lazy
+    splits. Every value is scanned once, block by block, for the checks and the value range."""
+    lo, hi = validate_array(x, what=f"{name} data")
     n = len(x)
-    raws = [x]
     if x_test is not None:
-        validate_array(x_test, what=f"{name} x_test")
+        t_lo, t_hi = validate_array(x_test, what=f"{name} x_test")
         if x_test.shape[1:] != x.shape[1:] or x_test.dtype.kind != x.dtype.kind:
             raise DataError(
                 f"{name}: x_test has shape {x_test.shape[1:]} / dtype {x_test.dtype} per "
                 f"example but x_train has {x.shape[1:]} / {x.dtype}; save both with the same layout"
             )
-        raws.append(x_test)
+        lo, hi = min(lo, t_lo), max(hi, t_hi)
     for what, arr in (("y", y), ("y_test", y_test), ("factors", factors)):
         if arr is None:
             continue
@@ -144,20 +134,14 @@ def _arrays_to_splits(
         )
 
     if x.dtype.kind == "f" and x.dtype.itemsize > 4:
-        biggest = max(float(np.abs(r).max()) for r in raws)
+        biggest = max(abs(float(lo)), abs(float(hi)))  # the values are finite (checked above)
         if biggest > float(np.finfo(np.float32).max):
             raise DataError(
                 f"{name} values reach {biggest:.4g}, beyond float32 (max 3.4e38); "
                 "rescale the data before training"
             )
-    scaling, declared = _scaling(raws)
-    if declared is None:
-        value_range = (
-            float(min(r.min() for r in raws)),
-            float(max(r.max() for r in raws)),
-        )
-    else:
-        value_range = declared
+    scaling, declared = choose_scaling(x.dtype, hi)
+    value_range = (float(lo), float(hi)) if declared is None else declared
 
     class_names = None
     if y is not None:
@@ -193,16 +177,14 @@ def _arrays_to_splits(
         sources = {"train": (x, y), "val": (x, y), "test": (x, y)}
         test_split = "random"
     indices = {"train": train, "val": val, "test": test}
-
-    def take(arr, idx):
-        # Sorted reads are much faster on memory-mapped files; the ranks restore permuted order.
-        return None if arr is None else np.asarray(arr[np.sort(idx)])[np.argsort(np.argsort(idx))]
-
-    xs = {k: _convert(take(sources[k][0], idx), scaling) for k, idx in indices.items()}
-    ys = {k: take(sources[k][1], idx) for k, idx in indices.items()}
-    fs = {k: None if factors is None else factors[idx] for k, idx in indices.items()}
-
-    binary = all(np.all((a == 0.0) | (a == 1.0)) for a in xs.values() if a.size)
+    splits = {
+        k: SplitRows(
+            [Segment(sources[k][0], idx, scaling)],
+            None if sources[k][1] is None else sources[k][1][idx],
+            None if factors is None else factors[idx],
+        )
+        for k, idx in indices.items()
+    }
     meta = {
         **metadata,
         "scaling": scaling,
@@ -214,21 +196,12 @@ def _arrays_to_splits(
     }
     if class_names is not None:
         meta["class_names"] = class_names
-    return DataSplits(
+    return LazySplits(
         name=name,
-        x_train=xs["train"],
-        x_val=xs["val"],
-        x_test=xs["test"],
-        y_train=ys["train"],
-        y_val=ys["val"],
-        y_test=ys["test"],
-        factors_train=fs["train"],
-        factors_val=fs["val"],
-        factors_test=fs["test"],
+        splits=splits,
         factor_names=factor_names,
         factor_sizes=factor_sizes,
         value_range=value_range,
-        binary=bool(binary),
         metadata=meta,
     )
 
@@ -236,8 +209,7 @@ def _arrays_to_splits(
 # -- loaders --------------------------------------------------------------------------------
 
 
-@register_dataset("npz")
-def load_npz(plan: SplitPlan, *, path: str | None = None) -> DataSplits:
+def open_npz(plan: SplitPlan, *, path: str | None = None) -> LazySplits:
     """Arrays from a NumPy ``.npz`` archive (``np.savez``), loaded without pickle.
 
     Keys: the data under ``x``, ``images``, ``x_train`` or ``imgs`` (the first present);
@@ -245,6 +217,11 @@ def load_npz(plan: SplitPlan, *, path: str | None = None) -> DataSplits:
     class indices under ``factors`` or ``latents_classes``. A Keras-style archive with ``x_train``
     and ``x_test`` (and ``y_train`` / ``y_test``) keeps its official test split, so a
     ``mnist.npz`` fetched elsewhere can be used offline.
+
+    Memory: a data array that ``np.savez`` stored (uncompressed, C order) is read from the archive
+    row by row, like a ``.npy`` file; one compressed by ``np.savez_compressed`` cannot be read by
+    row and is decompressed into memory in its stored dtype. Labels and factors are read into
+    memory.
 
     Returns:
         float32 data scaled by the module's rules (uint8 / 255; float kept, range observed),
@@ -254,6 +231,10 @@ def load_npz(plan: SplitPlan, *, path: str | None = None) -> DataSplits:
     p = _require_file(
         "npz", path, ".npz", "use data set 'npy' for .npy files or 'images' for a folder"
     )
+
+    def rows(archive, key):
+        return npz_member_rows(p, key) or ArrayRows(archive[key])
+
     try:
         with np.load(p, allow_pickle=False) as archive:
             keys = list(archive.files)
@@ -263,12 +244,12 @@ def load_npz(plan: SplitPlan, *, path: str | None = None) -> DataSplits:
                     f"no data array in {str(p)!r}: expected key 'x', 'images' or 'x_train', found "
                     f"{', '.join(map(repr, keys)) or 'no keys'}; save it with np.savez(path, x=...)"
                 )
-            x = archive[x_key]
+            x = rows(archive, x_key)
             official = x_key == "x_train" and "x_test" in keys
             y_keys = ("y_train",) + Y_KEYS if x_key == "x_train" else Y_KEYS
             y_key = next((k for k in y_keys if k in keys), None)
             y = archive[y_key] if y_key else None
-            x_test = archive["x_test"] if official else None
+            x_test = rows(archive, "x_test") if official else None
             y_test = archive["y_test"] if official and "y_test" in keys else None
             f_key = next((k for k in FACTOR_KEYS if k in keys), None)
             factors = archive[f_key] if f_key else None
@@ -276,7 +257,7 @@ def load_npz(plan: SplitPlan, *, path: str | None = None) -> DataSplits:
         raise
     except Exception as exc:
         raise _unreadable(p, "a .npz archive", exc) from None
-    return _arrays_to_splits(
+    return _open_arrays(
         "npz",
         plan,
         x=x,
@@ -288,9 +269,12 @@ def load_npz(plan: SplitPlan, *, path: str | None = None) -> DataSplits:
     )
 
 
-@register_dataset("npy")
-def load_npy(plan: SplitPlan, *, path: str | None = None) -> DataSplits:
-    """One unlabelled array from a NumPy ``.npy`` file (``np.save``), memory-mapped, no pickle.
+def open_npy(plan: SplitPlan, *, path: str | None = None) -> LazySplits:
+    """One unlabelled array from a NumPy ``.npy`` file (``np.save``), no pickle.
+
+    Memory: a C-order file (what ``np.save`` writes for ordinary arrays) is read row by row with
+    positioned reads, never held whole; a Fortran-order file is memory-mapped (its rows are not
+    contiguous), so the pages read stay resident.
 
     Returns:
         float32 data scaled by the module's rules (uint8 / 255; float kept, range observed),
@@ -300,36 +284,33 @@ def load_npy(plan: SplitPlan, *, path: str | None = None) -> DataSplits:
         "npy", path, ".npy", "use data set 'npz' for .npz archives or 'images' for a folder"
     )
     try:
-        x = np.load(p, mmap_mode="r", allow_pickle=False)
+        x = npy_rows(np.load(p, mmap_mode="r", allow_pickle=False))
     except Exception as exc:
         raise _unreadable(p, "a .npy array", exc) from None
-    return _arrays_to_splits("npy", plan, x=x, metadata={"source": str(p)})
+    return _open_arrays("npy", plan, x=x, metadata={"source": str(p)})
 
 
-@register_dataset("images")
-def load_images(
-    plan: SplitPlan,
-    *,
-    path: str | None = None,
-    image_size: int | None = None,
-    grayscale: bool = True,
-) -> DataSplits:
-    """A folder of PNG / JPEG files read with Pillow.
+class ImageRows:
+    """Image files as a row reader: ``take(rows)`` reads and stacks those files (uint8)."""
 
-    Layout: either all images directly in the folder (unlabelled) or one sub-folder per class
-    (labels 0, 1, ... in sorted sub-folder order, names in ``metadata["class_names"]``; files
-    are searched recursively inside each class folder; sub-folders without images are ignored).
-    Files are listed in sorted order, split by ``plan``, and only the kept files are read.
+    def __init__(self, files: list[Path], read, shape: tuple[int, ...]):
+        self.files, self.read = files, read
+        self.shape = (len(files),) + tuple(shape)
+        self.dtype = np.dtype(np.uint8)
 
-    Options:
-        image_size: resize every image to ``image_size x image_size`` (bilinear); without it all
-            images must share one size.
-        grayscale: True (default) reads ``L`` (one channel), False reads ``RGB`` (three).
+    def __len__(self) -> int:
+        return self.shape[0]
 
-    Returns:
-        float32 ``(N, H, W, 1)`` (or ``C = 3``) scaled by ``x / 255`` to ``[0, 1]``; int64
-        labels when the folder has class sub-folders.
-    """
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) == 0:
+            return np.zeros((0,) + self.shape[1:], dtype=np.uint8)
+        return np.stack([self.read(self.files[int(i)]) for i in rows])
+
+
+def _images(plan: SplitPlan, path, image_size, grayscale, *, keep: bool) -> LazySplits:
+    """The image folder as lazy splits. Every kept image is read once here, in split order
+    (train, val, test), for the checks; ``keep`` holds the decoded images (the eager loader),
+    otherwise they are read again when their rows are asked for."""
     from PIL import Image  # noqa: PLC0415 - Pillow only when images are read
 
     if path is None:
@@ -403,20 +384,30 @@ def load_images(
         return arr
 
     train, val, test = plan.indices(len(files))
-
-    def stack(idx) -> np.ndarray:
-        if len(idx) == 0:
-            return np.zeros((0,) + ref["shape"], dtype=np.uint8)
-        return np.stack([read(files[i]) for i in idx])
-
-    raw = {"train": stack(train), "val": stack(val), "test": stack(test)}
-    xs = {k: _convert(v, "x / 255") for k, v in raw.items()}
-    binary = all(np.all((a == 0.0) | (a == 1.0)) for a in xs.values() if a.size)
-    ys = (
-        {"train": labels[train], "val": labels[val], "test": labels[test]}
-        if labels is not None
-        else {"train": None, "val": None, "test": None}
-    )
+    indices = {"train": train, "val": val, "test": test}
+    kept = {}
+    for split, idx in indices.items():
+        images = [] if keep else None
+        for i in idx:
+            image = read(files[i])
+            if keep:
+                images.append(image)
+        if keep:
+            kept[split] = (
+                np.stack(images) if images else np.zeros((0,) + ref["shape"], dtype=np.uint8)
+            )
+    if keep:
+        segments = {
+            k: Segment(ArrayRows(v), np.arange(len(v), dtype=np.int64), "x / 255")
+            for k, v in kept.items()
+        }
+    else:
+        reader = ImageRows(files, read, ref["shape"])
+        segments = {k: Segment(reader, idx, "x / 255") for k, idx in indices.items()}
+    splits = {
+        k: SplitRows([segments[k]], None if labels is None else labels[idx])
+        for k, idx in indices.items()
+    }
     meta = {
         "source": str(root),
         "n_files": len(files),
@@ -431,15 +422,49 @@ def load_images(
     }
     if classes:
         meta["class_names"] = [name for name, _ in classes]
-    return DataSplits(
-        name="images",
-        x_train=xs["train"],
-        x_val=xs["val"],
-        x_test=xs["test"],
-        y_train=ys["train"],
-        y_val=ys["val"],
-        y_test=ys["test"],
-        value_range=(0.0, 1.0),
-        binary=bool(binary),
-        metadata=meta,
-    )
+    return LazySplits(name="images", splits=splits, value_range=(0.0, 1.0), metadata=meta)
+
+
+def open_images(
+    plan: SplitPlan,
+    *,
+    path: str | None = None,
+    image_size: int | None = None,
+    grayscale: bool = True,
+) -> LazySplits:
+    """A folder of PNG / JPEG files read with Pillow.
+
+    Layout: either all images directly in the folder (unlabelled) or one sub-folder per class
+    (labels 0, 1, ... in sorted sub-folder order, names in ``metadata["class_names"]``; files
+    are searched recursively inside each class folder; sub-folders without images are ignored).
+    Files are listed in sorted order, split by ``plan``, and only the kept files are read.
+
+    Options:
+        image_size: resize every image to ``image_size x image_size`` (bilinear); without it all
+            images must share one size.
+        grayscale: True (default) reads ``L`` (one channel), False reads ``RGB`` (three).
+
+    Memory: lazily (``open_dataset``) every kept image is decoded once to check it and again when
+    its rows are read; only the file list and labels stay in memory.
+
+    Returns:
+        float32 ``(N, H, W, 1)`` (or ``C = 3``) scaled by ``x / 255`` to ``[0, 1]``; int64
+        labels when the folder has class sub-folders.
+    """
+    return _images(plan, path, image_size, grayscale, keep=False)
+
+
+def load_images(
+    plan: SplitPlan,
+    *,
+    path: str | None = None,
+    image_size: int | None = None,
+    grayscale: bool = True,
+) -> DataSplits:
+    """:func:`open_images`, every image decoded once and held (what training needs)."""
+    return _images(plan, path, image_size, grayscale, keep=True).materialise()
+
+
+load_npz = register_lazy_dataset("npz", open_npz)
+load_npy = register_lazy_dataset("npy", open_npy)
+register_lazy_dataset("images", open_images, load_images)

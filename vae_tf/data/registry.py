@@ -5,20 +5,30 @@ name with :func:`register_dataset`. Its keyword parameters are its options (``pa
 when it reads user files); :func:`load_dataset` checks the options a caller passes against that
 signature, so a misspelt option is a one-line :class:`~vae_tf.errors.DataError`, not a
 ``TypeError``.
+
+A loader that can keep its rows where they are (a file) registers an *opener* instead with
+:func:`register_lazy_dataset`: ``opener(plan, **options) -> LazySplits``. Its eager twin (what
+:func:`load_dataset` calls) is ``opener(...).materialise()``, so both read the same rows with the
+same scaling; :func:`open_dataset` returns the lazy splits (``vae-tf embed`` reads them a chunk at
+a time). Data sets without an opener are loaded into memory by both.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 
 import numpy as np
 
+from vae_tf.data.lazy import LazySplits
 from vae_tf.data.splits import SPLIT_NAMES, DataSplits, SplitPlan
 from vae_tf.data.validation import validate_array
 from vae_tf.errors import DataError
 
 DATASETS: dict[str, Callable[..., DataSplits]] = {}
+#: Openers of the data sets that can stay lazy (user files): name -> opener(plan, **options).
+LAZY_DATASETS: dict[str, Callable[..., LazySplits]] = {}
 
 
 def _normalise(name: str) -> str:
@@ -43,6 +53,27 @@ def register_dataset(name: str):
     return decorator
 
 
+def register_lazy_dataset(
+    name: str,
+    opener: Callable[..., LazySplits],
+    loader: Callable[..., DataSplits] | None = None,
+) -> Callable[..., DataSplits]:
+    """Register ``opener(plan, **options) -> LazySplits`` as ``name`` for :func:`open_dataset`, and
+    its eager twin for :func:`load_dataset`: ``loader`` (same options) or, by default,
+    ``opener(plan, **options).materialise()``. Returns the eager loader."""
+    if loader is None:
+
+        @functools.wraps(opener)
+        def loader(plan: SplitPlan, **options) -> DataSplits:
+            return opener(plan, **options).materialise()
+
+    if _loader_options(loader) != _loader_options(opener):
+        raise ValueError(f"the loader and the opener of {name!r} must take the same options")
+    register_dataset(name)(loader)
+    LAZY_DATASETS[_normalise(name)] = opener
+    return loader
+
+
 def _loader_options(loader: Callable[..., DataSplits]) -> tuple[set[str], bool]:
     """Names of the loader's keyword options (after the plan) and whether it takes **kwargs."""
     params = list(inspect.signature(loader).parameters.values())[1:]
@@ -52,6 +83,35 @@ def _loader_options(loader: Callable[..., DataSplits]) -> tuple[set[str], bool]:
         if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     }
     return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _resolve(name, *, seed, val_fraction, test_fraction, max_samples, path, options):
+    """The registry key, eager loader, split plan and checked options of a request."""
+    key = _normalise(name)
+    loader = DATASETS.get(key)
+    if loader is None:
+        raise DataError(
+            f"unknown data set {name!r}; choose one of: {', '.join(sorted(DATASETS))}"
+        )
+    plan = SplitPlan(
+        seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, max_samples=max_samples
+    )
+    accepted, any_kwargs = _loader_options(loader)
+    if path is not None:
+        if "path" not in accepted and not any_kwargs:
+            raise DataError(
+                f"data set {key!r} takes no path (got {path!r}); remove data.path or use "
+                "'npz', 'npy' or 'images' to load your own files"
+            )
+        options["path"] = path
+    unknown = sorted(set(options) - accepted) if not any_kwargs else []
+    if unknown:
+        valid = sorted(accepted - {"path"})
+        raise DataError(
+            f"data set {key!r} has no option(s) {', '.join(map(repr, unknown))}; "
+            f"its options are: {', '.join(valid) if valid else 'none'}"
+        )
+    return key, loader, plan, options
 
 
 def load_dataset(
@@ -88,31 +148,15 @@ def load_dataset(
         DataError: unknown name, unknown or invalid options, bad fractions, unreadable or
             invalid data, a download that failed.
     """
-    key = _normalise(name)
-    loader = DATASETS.get(key)
-    if loader is None:
-        raise DataError(
-            f"unknown data set {name!r}; choose one of: {', '.join(sorted(DATASETS))}"
-        )
-    plan = SplitPlan(
-        seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, max_samples=max_samples
+    key, loader, plan, options = _resolve(
+        name, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+        max_samples=max_samples, path=path, options=options,
     )
-    accepted, any_kwargs = _loader_options(loader)
-    if path is not None:
-        if "path" not in accepted and not any_kwargs:
-            raise DataError(
-                f"data set {key!r} takes no path (got {path!r}); remove data.path or use "
-                "'npz', 'npy' or 'images' to load your own files"
-            )
-        options["path"] = path
-    unknown = sorted(set(options) - accepted) if not any_kwargs else []
-    if unknown:
-        valid = sorted(accepted - {"path"})
-        raise DataError(
-            f"data set {key!r} has no option(s) {', '.join(map(repr, unknown))}; "
-            f"its options are: {', '.join(valid) if valid else 'none'}"
-        )
-    splits = loader(plan, **options)
+    return _checked(key, loader(plan, **options))
+
+
+def _checked(key: str, splits: DataSplits) -> DataSplits:
+    """The per-split checks every eager load passes (custom loaders included)."""
     for split in SPLIT_NAMES:
         x = getattr(splits, f"x_{split}")
         if split == "train" or len(x) > 0:
@@ -125,3 +169,37 @@ def load_dataset(
                     "labels and factors must be integer class indices"
                 )
     return splits
+
+
+def open_dataset(
+    name: str,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    max_samples: int | None = None,
+    path: str | None = None,
+    **options,
+) -> LazySplits:
+    """The splits :func:`load_dataset` would return, kept lazy where the data set allows it.
+
+    Same arguments, same checks and messages, same rows and values. User files (``npy``, ``npz``,
+    ``images``) stay on disk: the data is checked block by block when opened, and
+    ``splits.split("test")[start:stop]`` reads and converts only those rows. Other data sets
+    (``digits``, ``dsprites``, ``mnist``, ...) are loaded into memory by :func:`load_dataset` and
+    wrapped (:meth:`LazySplits.in_memory`).
+
+    Raises:
+        DataError: as :func:`load_dataset`.
+    """
+    key, loader, plan, options = _resolve(
+        name, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+        max_samples=max_samples, path=path, options=options,
+    )
+    opener = LAZY_DATASETS.get(key)
+    if opener is None:
+        return LazySplits.in_memory(_checked(key, loader(plan, **options)))
+    # The opener checked the raw data (validate_array over every row, block by block); the
+    # per-split checks of load_dataset cannot fail after it (the splits are rows of it, cast to
+    # float32 within range), so they are not repeated over the converted rows here.
+    return opener(plan, **options)

@@ -2,7 +2,8 @@
 
 The checks are vectorised and cheap: the common case (finite data) costs one ``min`` and one
 ``max`` pass over the array; the element-wise ``isfinite`` pass that locates bad values runs only
-when ``min``/``max`` already showed a NaN or an Inf.
+when ``min``/``max`` already showed a NaN or an Inf. A row reader (:mod:`vae_tf.data.rows`) is
+scanned block by block, with the same answers and messages, so a file need not fit in memory.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ def _fmt(value: float) -> str:
     return f"{float(value):.4g}"
 
 
-def validate_array(x, *, what: str = "data", support: tuple[float, float] | None = None) -> None:
-    """Raise :class:`~vae_tf.errors.DataError` unless ``x`` is trainable data.
+def validate_array(x, *, what: str = "data", support: tuple[float, float] | None = None):
+    """Raise :class:`~vae_tf.errors.DataError` unless ``x`` is trainable data; return its bounds.
 
     ``x`` must be a numeric (bool, integer or float) array of shape ``(N, ...)`` with rank 2
     (vectors ``(N, D)``), 3 (``(N, H, W)``) or 4 (images ``(N, H, W, C)``), at least one example
@@ -35,48 +36,36 @@ def validate_array(x, *, what: str = "data", support: tuple[float, float] | None
     Bernoulli and continuous Bernoulli); which support applies is the caller's business.
 
     Args:
-        x: the array (anything ``np.asarray`` accepts; it is not copied when already an array).
+        x: the array (anything ``np.asarray`` accepts; it is not copied when already an array),
+            or a row reader of :mod:`vae_tf.data.rows` (``shape``, ``dtype``, ``blocks()``),
+            which is scanned block by block so a file larger than memory can be checked. Both
+            give the same answers and the same messages.
         what: how to name the array in messages, e.g. ``"digits train split"``.
         support: closed interval the values must lie in, or ``None`` for no bound.
+
+    Returns:
+        ``(min, max)`` of the values, as NumPy scalars of the array's dtype.
 
     Raises:
         DataError: with a one-line message naming the problem and the fix.
     """
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # ragged lists, unconvertible objects
-        raise DataError(
-            f"{what} is not a numeric array ({type(exc).__name__}: {exc}); "
-            "pass a NumPy array of shape (N, ...) with one row per example"
-        ) from None
-    if arr.dtype.kind not in _NUMERIC_KINDS:
-        raise DataError(
-            f"{what} is not a numeric array (dtype {arr.dtype}); "
-            "convert it to a float or integer NumPy array of shape (N, ...)"
-        )
-    if arr.ndim < 2 or arr.ndim > 4:
-        raise DataError(
-            f"{what} has shape {arr.shape} (rank {arr.ndim}) but rank 2 (N, D), 3 (N, H, W) or "
-            "4 (N, H, W, C) is needed; reshape it so the first axis indexes examples"
-        )
-    if arr.shape[0] == 0:
-        raise DataError(f"{what} is empty (shape {arr.shape}); provide at least one example")
-    if arr.size == 0:
-        raise DataError(
-            f"{what} has no features (shape {arr.shape}); every example needs at least one value"
-        )
-    lo = arr.min()
-    hi = arr.max()
-    if arr.dtype.kind == "f" and not (np.isfinite(lo) and np.isfinite(hi)):
-        # min/max propagate NaN and expose +-Inf, so this pass only runs on bad data.
-        bad = ~np.isfinite(arr)
-        n_nan = int(np.count_nonzero(np.isnan(arr)))
-        n_inf = int(np.count_nonzero(bad)) - n_nan
-        first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad.ravel())), arr.shape))
-        raise DataError(
-            f"{what} contains {n_nan} NaN and {n_inf} Inf values (first at index {first}, "
-            f"example {first[0]}); remove or impute those examples before training"
-        )
+    if hasattr(x, "blocks") and hasattr(x, "shape") and hasattr(x, "dtype"):
+        shape, dtype, blocks = tuple(x.shape), np.dtype(x.dtype), x.blocks
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # ragged lists, unconvertible objects
+            raise DataError(
+                f"{what} is not a numeric array ({type(exc).__name__}: {exc}); "
+                "pass a NumPy array of shape (N, ...) with one row per example"
+            ) from None
+        shape, dtype = arr.shape, arr.dtype
+
+        def blocks():
+            yield 0, arr
+
+    check_layout(shape, dtype, what=what)
+    lo, hi = value_bounds(blocks(), shape, dtype, what=what)
     if support is not None:
         s_lo, s_hi = float(support[0]), float(support[1])
         if lo < s_lo or hi > s_hi:
@@ -84,3 +73,55 @@ def validate_array(x, *, what: str = "data", support: tuple[float, float] | None
                 f"{what} values lie in [{_fmt(lo)}, {_fmt(hi)}] but the likelihood needs "
                 f"[{_fmt(s_lo)}, {_fmt(s_hi)}]: rescale the data or choose a Gaussian likelihood"
             )
+    return lo, hi
+
+
+def check_layout(shape: tuple[int, ...], dtype: np.dtype, *, what: str = "data") -> None:
+    """The checks of :func:`validate_array` that need only the shape and the dtype."""
+    ndim = len(shape)
+    if dtype.kind not in _NUMERIC_KINDS:
+        raise DataError(
+            f"{what} is not a numeric array (dtype {dtype}); "
+            "convert it to a float or integer NumPy array of shape (N, ...)"
+        )
+    if ndim < 2 or ndim > 4:
+        raise DataError(
+            f"{what} has shape {shape} (rank {ndim}) but rank 2 (N, D), 3 (N, H, W) or "
+            "4 (N, H, W, C) is needed; reshape it so the first axis indexes examples"
+        )
+    if shape[0] == 0:
+        raise DataError(f"{what} is empty (shape {shape}); provide at least one example")
+    if int(np.prod(shape)) == 0:
+        raise DataError(
+            f"{what} has no features (shape {shape}); every example needs at least one value"
+        )
+
+
+def value_bounds(blocks, shape: tuple[int, ...], dtype: np.dtype, *, what: str = "data"):
+    """``(min, max)`` over ``(start_row, rows)`` blocks that cover an array of ``shape`` in order;
+    a :class:`~vae_tf.errors.DataError` when float values are NaN or infinite (counted over the
+    whole array, the first one located by its index in the whole array)."""
+    lo = hi = None
+    n_nan = n_bad = 0
+    first = None
+    for start, block in blocks:
+        if block.size == 0:
+            continue
+        b_lo, b_hi = block.min(), block.max()
+        if dtype.kind == "f" and not (np.isfinite(b_lo) and np.isfinite(b_hi)):
+            # min/max propagate NaN and expose +-Inf, so this pass only runs on bad blocks.
+            bad = ~np.isfinite(block)
+            n_nan += int(np.count_nonzero(np.isnan(block)))
+            n_bad += int(np.count_nonzero(bad))
+            if first is None:
+                at = np.unravel_index(int(np.argmax(bad.ravel())), block.shape)
+                first = (int(at[0]) + int(start),) + tuple(int(i) for i in at[1:])
+            continue
+        lo = b_lo if lo is None else min(lo, b_lo)
+        hi = b_hi if hi is None else max(hi, b_hi)
+    if first is not None:
+        raise DataError(
+            f"{what} contains {n_nan} NaN and {n_bad - n_nan} Inf values (first at index {first}, "
+            f"example {first[0]}); remove or impute those examples before training"
+        )
+    return lo, hi
