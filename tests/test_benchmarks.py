@@ -153,6 +153,20 @@ def test_train_settings_smoke(tmp_path):
     assert "| steps_per_execution | XLA |" in proc.stdout
 
 
+def test_scaling_smoke(tmp_path):
+    """One round of the single-device baseline and 2 mirrored replicas (fresh processes)."""
+    out = tmp_path / "scaling.json"
+    proc = run_script("scaling.py", "--variants", "single_s1", "mirrored_2", "--rounds", "1", "--epochs", "1",
+                      "--examples", "256", "--json", str(out), timeout=400)
+    report = json.loads(out.read_text())
+    assert report["settings"]["examples"] == 512  # rounded up to whole 4-step executions of 128
+    rows = {r["variant"]: r for r in report["results"]}
+    assert rows["single_s1"]["replicas"] == 1 and rows["mirrored_2"]["replicas"] == 2
+    assert rows["single_s1"]["ratio"]["median"] == 1.0 and rows["mirrored_2"]["images_per_s"]["median"] > 0
+    assert all(np.isfinite(r[v]["final_loss"]) for r in report["rounds"] for v in rows)
+    assert "| mirrored, 2 replicas | 2 |" in proc.stdout
+
+
 # --- memory -------------------------------------------------------------------------------------------
 def test_peak_rss_is_the_childs_own_not_the_parents():
     """A child of this (large) pytest process reports its own high-water mark (ru_maxrss would
