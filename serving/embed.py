@@ -7,8 +7,9 @@ REST or gRPC), and writes ``.npz`` or Parquet:
 - **columns**: ``embedding`` (float32 ``[N, D]``; other ``encode`` outputs on request, e.g.
   ``z_mean``), ``index`` (row in the source split) and ``label`` when the data set has labels;
   Parquet stores each tensor column as ``fixed_size_list<float>``.
-- **streaming**: each chunk (``chunk_size`` rows) is encoded and written to its own file in
-  ``<output>.parts/`` (temporary name, then rename), so memory holds one chunk, not the output.
+- **streaming**: each chunk (``chunk_size`` rows) is read from the source, encoded and written to
+  its own file in ``<output>.parts/`` (temporary name, then rename), so memory holds one chunk,
+  neither the input (for files) nor the output.
   The final file is assembled chunk by chunk (``.npz``: one ``.npy`` member per column written
   incrementally into the zip; Parquet: one row group per chunk), again under a temporary name
   renamed at the end, and the parts are removed.
@@ -18,9 +19,12 @@ REST or gRPC), and writes ``.npz`` or Parquet:
 - **one version**: through a server, the run first asks which version is served and pins it
   (``/versions/N``), so a hot swap in the middle of a run cannot mix two models.
 
-Input arrays come from :func:`vae_tf.data.load_dataset` (registered data sets, ``.npz``,
-``.npy``, image folders); the model sees them in batches of ``batch_size`` rows, the same
-batches locally and remotely, so both paths give identical numbers.
+Input rows come from :func:`vae_tf.data.open_dataset` (registered data sets, ``.npz``, ``.npy``,
+image folders): the rows and values of :func:`vae_tf.data.load_dataset`, but a file's rows are
+read and converted to float32 one chunk at a time (sorted within the chunk for sequential reads,
+then put back in split order), so memory does not grow with the number of rows; built-in data
+sets (digits, dSprites, MNIST) are held in memory. The model sees them in batches of
+``batch_size`` rows, the same batches locally and remotely, so both paths give identical numbers.
 """
 
 from __future__ import annotations
@@ -100,9 +104,11 @@ class RemoteEncoder:
 
 @dataclass
 class EmbedSource:
-    """The rows to embed: ``x`` (float32, batch-leading) and optional int64 labels."""
+    """The rows to embed: ``x`` (``len(x)`` rows; ``x[start:stop]`` gives float32, batch-leading
+    rows: a :class:`vae_tf.data.SplitRows` that reads only those rows, or an array) and optional
+    int64 labels."""
 
-    x: np.ndarray
+    x: Any
     y: np.ndarray | None
     description: dict = field(default_factory=dict)
 
@@ -111,8 +117,14 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
                 val_fraction: float = 0.1, test_fraction: float = 0.1, max_samples: int | None = None) -> EmbedSource:
     """A split of a registered data set (``digits``, ``mnist``, ...) or of a file/folder
     (``data`` may be a path to an ``.npz``, ``.npy`` or image folder). ``split='all'`` takes
-    train, val and test in that order."""
-    from vae_tf.data import DATASETS, load_dataset
+    train, val and test in that order.
+
+    The rows stay lazy (:func:`vae_tf.data.open_dataset`): the same rows, values and checks as
+    :func:`vae_tf.data.load_dataset`, but a file's rows are read and converted a chunk at a time
+    by :func:`extract_embeddings`, so memory does not grow with the data (only the split's row
+    indices and labels, 8 bytes per row each, are held). Built-in data sets are held in memory.
+    """
+    from vae_tf.data import DATASETS, SplitRows, open_dataset
 
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -126,17 +138,15 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
         elif not candidate.exists():
             raise DataError(f"unknown data set or missing file {data!r}; give a registered name "
                             f"({', '.join(sorted(DATASETS))}) or an existing .npz/.npy file or image folder")
-    splits = load_dataset(name, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+    splits = open_dataset(name, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
                           max_samples=max_samples, path=path)
     parts = ("train", "val", "test") if split == "all" else (split,)
-    xs, ys = zip(*(splits.split(p) for p in parts))
-    x = xs[0] if len(xs) == 1 else np.concatenate(xs)
-    y = None if any(v is None for v in ys) else (ys[0] if len(ys) == 1 else np.concatenate(ys))
+    x = SplitRows.concat([splits.split(p) for p in parts])
     if len(x) == 0:
         raise DataError(f"split {split!r} of {data!r} is empty; pick another split or change the fractions")
     description = {"data": name, "path": path, "split": split, "seed": seed, "val_fraction": val_fraction,
-                   "test_fraction": test_fraction, "max_samples": max_samples, "rows": int(len(x))}
-    return EmbedSource(np.asarray(x, dtype=np.float32), None if y is None else np.asarray(y, np.int64), description)
+                   "test_fraction": test_fraction, "max_samples": max_samples, "rows": len(x)}
+    return EmbedSource(x, None if x.y is None else np.asarray(x.y, np.int64), description)
 
 
 # -- chunks ---------------------------------------------------------------------------------------

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving.embed import LocalEncoder, extract_embeddings, load_source, read_embeddings
+from serving.embed import (
+    EmbedSource,
+    LocalEncoder,
+    extract_embeddings,
+    load_source,
+    read_embeddings,
+)
 from serving.testing import export_tiny_model, running_server
 from tests.conftest import assert_one_line
 from training.cli import main
@@ -97,7 +103,7 @@ def test_embed_resumes_from_finished_chunks(base, tmp_path):
     result = extract_embeddings(source, encoder, out, chunk_size=50, batch_size=50)
     assert (result.reused_chunks, result.chunks, result.rows) == (2, -(-len(source.x) // 50), len(source.x))
     codes, labels = read_embeddings(out)
-    np.testing.assert_array_equal(codes, encoder(source.x)["embedding"])
+    np.testing.assert_array_equal(codes, encoder(source.x[:])["embedding"])
     np.testing.assert_array_equal(labels, source.y)
 
 
@@ -111,6 +117,106 @@ def test_embed_refuses_to_mix_settings(base, tmp_path, capsys):
     assert_one_line(err)
     assert "other settings" in err and "--overwrite" in err
     assert _embed("--model", str(base / "vae"), "-o", str(out), "--overwrite") == 0
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    """An unlabelled .npy and a labelled .npz (stored by np.savez) of 8x8 uint8 images."""
+    root = tmp_path_factory.mktemp("embed-data")
+    rng = np.random.default_rng(3)
+    np.save(root / "x.npy", rng.integers(0, 256, (230, 8, 8), dtype=np.uint8))
+    np.savez(root / "xy.npz", x=rng.integers(0, 256, (170, 8, 8), dtype=np.uint8), labels=np.arange(170) % 4)
+    return root
+
+
+@pytest.mark.parametrize("name", ["x.npy", "xy.npz"])
+def test_file_embeddings_equal_the_eager_loaders_for_every_split(base, data_files, tmp_path, name):
+    """The lazy source (rows read a chunk at a time) writes exactly what embedding the arrays of
+    load_dataset writes (what vae-tf embed did before it was lazy), for every split."""
+    from vae_tf.data import load_dataset
+
+    encoder = LocalEncoder(base / "vae")
+    eager = load_dataset(name.split(".")[1], path=str(data_files / name), seed=1)
+    for split in ("train", "val", "test", "all"):
+        source = load_source(str(data_files / name), split=split, seed=1)
+        parts = ("train", "val", "test") if split == "all" else (split,)
+        x = np.concatenate([eager.split(p)[0] for p in parts])
+        ys = [eager.split(p)[1] for p in parts]
+        y = None if ys[0] is None else np.concatenate(ys)
+        np.testing.assert_array_equal(source.x[:], x)
+        old = EmbedSource(x, y, source.description)
+        lazy_out, eager_out = tmp_path / f"{split}-lazy.npz", tmp_path / f"{split}-eager.npz"
+        extract_embeddings(source, encoder, lazy_out, chunk_size=37, batch_size=16, outputs=("embedding", "z_mean"))
+        extract_embeddings(old, encoder, eager_out, chunk_size=37, batch_size=16, outputs=("embedding", "z_mean"))
+        with np.load(lazy_out) as got, np.load(eager_out) as want:
+            assert sorted(got.files) == sorted(want.files) == sorted(
+                ["embedding", "z_mean", "index"] + ([] if y is None else ["label"]))
+            for key in want.files:
+                np.testing.assert_array_equal(got[key], want[key])
+            assert len(got["embedding"]) == len(x)
+
+
+def test_embed_of_a_bad_file_is_the_loaders_one_line_error(base, tmp_path, capsys):
+    from vae_tf.data import load_dataset
+
+    bad = np.random.default_rng(0).random((40, 8, 8))
+    bad[29, 3, 4] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(Exception) as info:
+        load_dataset("npy", path=str(tmp_path / "bad.npy"))
+    for split in ("test", "all"):
+        assert main(["embed", "--data", str(tmp_path / "bad.npy"), "--split", split, "--model", str(base / "vae"),
+                     "-o", str(tmp_path / "out.npz")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert_one_line(err)
+        assert err == f"error: {info.value}" and "1 NaN and 0 Inf values (first at index (29, 3, 4)" in err
+    assert not (tmp_path / "out.npz.parts").exists()  # refused before any chunk
+
+
+def test_embed_memory_does_not_grow_with_the_rows(tmp_path, monkeypatch):
+    """tracemalloc's peak while embedding --split all of a .npy file 4x larger grows by the row
+    indices (8 bytes a row), not by the data (4 KiB a row as float32); no read from the file
+    takes more than one chunk of rows."""
+    import tracemalloc
+
+    from vae_tf.data import rows as rows_mod
+
+    monkeypatch.setattr(rows_mod, "BLOCK_BYTES", 64 * 1024)  # both files span many scan blocks
+
+    class Encoder:  # numpy only, so the measure is the embedding job's, not TensorFlow's
+        outputs, identity = ["embedding"], {"model": "mean"}
+
+        def __call__(self, x):
+            return {"embedding": x.reshape(len(x), 16, -1).mean(axis=2)}
+
+    chunk = 128
+    largest = []
+    original = rows_mod.NpyFileRows.take
+
+    def counting_take(self, rows):
+        largest.append(len(rows))
+        return original(self, rows)
+
+    peaks = {}
+    for n in (2_000, 8_000):
+        path = tmp_path / f"x{n}.npy"
+        np.save(path, np.random.default_rng(n).integers(0, 256, (n, 32, 32), dtype=np.uint8))
+        largest.clear()
+        rows_mod.NpyFileRows.take = counting_take
+        tracemalloc.start()
+        try:
+            result = extract_embeddings(load_source(str(path), split="all"), Encoder(), tmp_path / f"e{n}.npz",
+                                        chunk_size=chunk, batch_size=64)
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            rows_mod.NpyFileRows.take = original
+        assert result.rows == n and largest and max(largest) <= chunk
+        codes, _ = read_embeddings(tmp_path / f"e{n}.npz")
+        assert codes.shape == (n, 16)
+    growth = peaks[8_000] - peaks[2_000]
+    assert growth < 0.05 * 6_000 * 32 * 32 * 4, peaks  # eager: > 2x the float32 growth
+    assert peaks[8_000] < 2 * 1024 * 1024, peaks  # a few chunks (512 KiB as float32); the data: 32 MiB
 
 
 @pytest.mark.parametrize("args,message", [
