@@ -167,6 +167,20 @@ def test_scaling_smoke(tmp_path):
     assert "| mirrored, 2 replicas | 2 |" in proc.stdout
 
 
+def test_profile_step_smoke(tmp_path):
+    """The profiler's op table is read, split into the parts of a step, and the fused update is
+    one kernel (ResourceApplyAdam) where Keras' Adam has its element-wise ops."""
+    out = tmp_path / "profile.json"
+    proc = run_script("profile_step.py", "--examples", "512", "--json", str(out))
+    results = {r["optimizer"]: r for r in json.loads(out.read_text())["results"]}
+    for r in results.values():
+        assert sum(r["parts"].values()) == pytest.approx(1.0)
+        assert {"forward", "gradients", "optimizer"} <= set(r["parts"]) and r["op_ms_per_step"] > 0
+    assert results["fused"]["optimizer_class"] == "FusedAdam" and "ResourceApplyAdam" in results["fused"]["op_types"]
+    assert "ResourceApplyAdam" not in results["keras"]["op_types"]
+    assert "| FusedAdam |" in proc.stdout
+
+
 # --- memory -------------------------------------------------------------------------------------------
 def test_peak_rss_is_the_childs_own_not_the_parents():
     """A child of this (large) pytest process reports its own high-water mark (ru_maxrss would

@@ -1,0 +1,150 @@
+"""Where a training step's time goes: TensorFlow's profiler on the vae-tf conv reference.
+
+Question answered: which ops take the time of a vae-tf training step on this machine (forward,
+gradients, optimizer update, input pipeline), and how much does the optimizer's update cost with
+Keras' ``Adam`` against vae-tf's ``FusedAdam``? This is what found the fused update
+(``docs/performance.md``, "Where a training step's time goes").
+
+The model is the one ``benchmarks/train_throughput.py`` times (conv 32/64, dense 256, latent 16,
+Bernoulli, batch 128, ``steps_per_execution`` 4), fitted as ``training/train.py`` fits
+(``DataSplits.resumable_pipeline``). For each ``--optimizer``, after two untimed epochs, one epoch
+runs under ``tf.profiler.experimental`` and the trace's framework-op statistics (TensorFlow's own
+``framework_op_stats`` tool) are summed by op type and by part of the step: ``optimizer`` (ops
+under the optimizer's name scope), ``gradients`` (under ``gradient_tape``), ``input`` (tf.data)
+and ``forward`` (the rest). Times are self-times summed over threads ("op time"), so their shares
+say where the work is, not the wall time. Idle time is left out.
+
+Usage::
+
+    python benchmarks/profile_step.py                          # keras and fused Adam (~1 min)
+    python benchmarks/profile_step.py --optimizer fused --top 30
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import datetime  # noqa: E402
+import glob  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import types  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import common  # noqa: E402
+from benchmarks import train_throughput as tt  # noqa: E402
+
+
+def op_stats(xplane: str) -> list[dict]:
+    """Rows of TensorFlow's ``framework_op_stats`` tool for one trace (type, name, self-time µs)."""
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+
+    data, ok = plugin.xspace_to_tools_data([xplane], "framework_op_stats", {})
+    if not ok:
+        raise SystemExit(f"TensorFlow's profiler could not read {xplane}")
+    table = json.loads(data)[0]
+    columns = [c["id"] for c in table["cols"]]
+    rows = [{k: cell.get("v") for k, cell in zip(columns, row["c"])} for row in table["rows"]]
+    return [{"type": r["type"], "name": r["operation"], "self_us": float(r["total_self_time"]),
+             "count": int(r["occurrences"] or 0)} for r in rows if r["type"] != "IDLE"]
+
+
+def part_of_step(row: dict, optimizer_scope: str) -> str:
+    if row["type"] == "Dataset" or row["name"].startswith("Iterator::"):
+        return "input"
+    if f"/{optimizer_scope}/" in row["name"]:
+        return "optimizer"
+    if "gradient_tape" in row["name"]:
+        return "gradients"
+    return "forward"
+
+
+def profile(optimizer: str, args) -> dict:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(args.seed)
+    spec = tt.CONFIGS["conv"]
+    splits = tt.make_splits("synthetic28", args.examples, args.seed)
+    settings = types.SimpleNamespace(seed=args.seed, learning_rate=1e-3, steps_per_execution=4, jit_compile=False)
+    model = tt.build_ours(spec, splits.data_shape, settings)
+    if optimizer == "keras":
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=4, jit_compile=False)
+    stream = tt.training_stream(splits, args.batch_size, args.seed)
+    tt.timed_fit(model, stream, 2)
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        timer = tt.timed_fit(model, stream, 1)
+        tf.profiler.experimental.stop()
+        xplanes = sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))
+        rows = op_stats(xplanes[-1])
+    total = sum(r["self_us"] for r in rows)
+    parts, types_ = collections.Counter(), collections.Counter()
+    for r in rows:
+        parts[part_of_step(r, model.optimizer.name)] += r["self_us"]
+        types_[r["type"]] += r["self_us"]
+    steps = args.examples // args.batch_size
+    return {"optimizer": optimizer, "optimizer_class": type(model.optimizer).__name__,
+            "epoch_seconds": timer.seconds[0], "steps": steps, "op_ms_per_step": total / 1e3 / steps,
+            "parts": {k: v / total for k, v in parts.most_common()},
+            "optimizer_ms_per_step": parts["optimizer"] / 1e3 / steps,
+            "op_types": {k: v / total for k, v in types_.most_common(args.top)}}
+
+
+def render(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"Command: `{report['command']}`", "",
+             f"- Date: {report['date']}; commit {m['git_commit']}{' + uncommitted changes' if m['git_dirty'] else ''}",
+             f"- Machine: {m['cpu']}, {m['cpus_usable']} usable CPUs; TensorFlow {report['tensorflow']}",
+             f"- conv reference, batch {report['batch_size']}, steps_per_execution 4, one profiled epoch of "
+             f"{report['examples']:,} images after two untimed ones; shares of op self-time (idle excluded)", ""]
+    results = report["results"]
+    parts = list(dict.fromkeys(p for r in results for p in r["parts"]))
+    lines += ["| optimizer | op time ms/step | " + " | ".join(parts) + " | optimizer ms/step |",
+              "|---|---:|" + "---:|" * len(parts) + "---:|"]
+    for r in results:
+        lines.append(f"| {r['optimizer_class']} | {r['op_ms_per_step']:.1f} | "
+                     + " | ".join(f"{100 * r['parts'].get(p, 0):.1f} %" for p in parts)
+                     + f" | {r['optimizer_ms_per_step']:.2f} |")
+    for r in results:
+        lines += ["", f"Op types, {r['optimizer_class']} (share of op time):", "",
+                  "| op type | share |", "|---|---:|"]
+        lines += [f"| {k} | {100 * v:.1f} % |" for k, v in r["op_types"].items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--optimizer", nargs="+", choices=["keras", "fused"], default=["keras", "fused"],
+                   help="keras: keras.optimizers.Adam; fused: vae_tf.optimizers.FusedAdam (what vae-tf trains with)")
+    p.add_argument("--examples", type=int, default=4096, help="images in the profiled epoch (a multiple of 512)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--top", type=int, default=15, help="op types listed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    unit = args.batch_size * 4
+    args.examples = max(unit, -(-args.examples // unit) * unit)
+    import tensorflow as tf
+
+    report = {"command": common.command_line(),
+              "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "machine": common.machine_info(), "tensorflow": tf.__version__, "batch_size": args.batch_size,
+              "examples": args.examples, "results": [profile(o, args) for o in args.optimizer]}
+    print(render(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
