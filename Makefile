@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 CONFIG ?= training/configs/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench bench-all clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: vae-tf needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
@@ -24,9 +24,19 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Benchmarks (docs/performance.md): `make bench` the training throughput (vae-tf, bare Keras,
+# PyTorch eager, matmul peak; ~6 min); `make bench-all` every table of the speed-and-scale issue
+# (~35 min on 2 CPUs). Each prints its Markdown report with the command that produced it.
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[test,bench]"
-	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/train_throughput.py --arch conv --rounds 30 --min-epoch-seconds 0.5
+
+bench-all: bench
+	$(PY) benchmarks/flops.py --repeats 9
+	$(PY) benchmarks/profile_step.py
+	$(PY) benchmarks/train_settings.py --rounds 15 --examples 8192
+	$(PY) benchmarks/scaling.py --rounds 5
+	$(PY) benchmarks/memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
