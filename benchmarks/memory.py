@@ -1,27 +1,35 @@
 """Peak memory (RSS) of training and of ``vae-tf embed`` as the data grows.
 
 Question answered: how does peak resident memory scale with the number of rows? Training holds
-its data set in memory (``tf.data.Dataset.from_tensor_slices`` plus a full-size shuffle buffer),
-so it must grow about linearly; ``vae-tf embed`` encodes and writes chunk by chunk
-(``serving/embed.py``), so its peak should be flat in the number of rows.
+its data set in memory (``load_dataset`` gathers every split as float32; ``resumable_pipeline``
+keeps the training rows in one tensor), so it must grow about linearly; ``vae-tf embed`` opens
+its data lazily (``vae_tf.data.open_dataset``: rows read and converted one chunk at a time) and
+encodes and writes chunk by chunk (``serving/embed.py``), so its peak should be flat in the
+number of rows for a ``.npy`` file and for an ``.npz`` that ``np.savez`` stored; an ``.npz``
+compressed by ``np.savez_compressed`` cannot be read by row, so its data array is decompressed
+into memory in its stored dtype (uint8 here: a quarter of the float32 size).
 
 Method: for every size the script writes ``rows`` random 28x28x1 uint8 images to an ``.npy``
-file (in chunks, through ``np.lib.format.open_memmap``; MNIST's layout), then runs each workload
-in a **fresh child process** and reads that child's peak RSS from the kernel: ``VmHWM`` of
-``/proc/self/status``, read by the child as it exits (stdlib only, no psutil). Not
+file (in chunks, through ``np.lib.format.open_memmap``; MNIST's layout) and, for the ``.npz``
+workloads, the same array with ``np.savez`` / ``np.savez_compressed`` under key ``x``; then it
+runs each workload in a **fresh child process** and reads that child's peak RSS from the kernel:
+``VmHWM`` of ``/proc/self/status``, read by the child as it exits (stdlib only, no psutil). Not
 ``ru_maxrss`` of ``os.wait4``/``getrusage``: Linux carries the *parent's* high-water mark into a
 child at ``exec``, so a child of a large process (pytest with TensorFlow loaded: ~1 GiB) reports
 at least the parent's size:
 
-- ``train``: the vae-tf API as ``training/train.py`` uses it: ``load_dataset("npy", path=...)``
-  (memory-mapped), ``build_vae`` with the conv reference architecture (conv 32/64, dense 256,
-  latent 16, Bernoulli), ``compile(Adam, steps_per_execution=4)``, ``fit(splits.pipeline("train",
-  128), epochs=E)``;
+- ``train``: the vae-tf API as ``training/train.py`` uses it: ``load_dataset("npy", path=...)``,
+  ``build_vae`` with the conv reference architecture (conv 32/64, dense 256, latent 16,
+  Bernoulli), ``compile(FusedAdam, steps_per_execution=4)``, ``fit`` on
+  ``splits.resumable_pipeline("train", 128, epochs=E + 1)`` with ``steps_per_epoch`` for ``E``
+  epochs;
 - ``embed``: the real command line, ``vae-tf embed --data FILE.npy --split all --model EXPORT
   -o OUT.npz`` (``training.cli.main``, the ``vae-tf`` entry point, called in the child with
   those arguments; default chunk 4096 rows, batch 256) on the same
   conv architecture exported once (``vae_tf.export.export_model``, untrained weights: memory
   does not depend on them);
+- ``embed-npz`` / ``embed-npz-compressed``: the same command on ``FILE.npz`` written by
+  ``np.savez`` / ``np.savez_compressed``;
 - ``baseline``: a child that imports TensorFlow and loads the exported model, nothing else (what
   any TF process costs on this machine).
 
@@ -30,7 +38,7 @@ The parent never imports TensorFlow. Reported per size: peak RSS in MiB, the row
 
 Usage::
 
-    python benchmarks/memory.py                                   # 10k / 40k / 160k rows (~4 min)
+    python benchmarks/memory.py                                   # 10k / 40k / 160k rows (~6 min)
     python benchmarks/memory.py --sizes 256 512 --epochs 1        # smoke run
 """
 
@@ -56,6 +64,7 @@ SHAPE = (28, 28, 1)
 NETWORK = {"kind": "conv", "filters": [32, 64], "dense": 256}
 LATENT = {"family": "gaussian", "latent_dim": 16}
 MIB = 1024 * 1024
+WORKLOADS = ("train", "embed", "embed-npz", "embed-npz-compressed")
 
 
 def log(message: str) -> None:
@@ -64,16 +73,17 @@ def log(message: str) -> None:
 
 # --- children -----------------------------------------------------------------------------------
 def child_train(path: str, epochs: int, batch_size: int) -> dict:
-    import keras
-
     from vae_tf.data import load_dataset
     from vae_tf.models import build_vae
+    from vae_tf.optimizers import FusedAdam
 
     splits = load_dataset("npy", path=path, seed=0)
     model = build_vae(splits.data_shape, latent=dict(LATENT), likelihood={"name": "bernoulli"},
                       network=dict(NETWORK), seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=4)
-    history = model.fit(splits.pipeline("train", batch_size, seed=0), epochs=epochs, verbose=0)
+    model.compile(optimizer=FusedAdam(1e-3), steps_per_execution=4)
+    steps = splits.steps_per_epoch("train", batch_size)
+    ds = splits.resumable_pipeline("train", batch_size, seed=0, epochs=epochs + 1)  # as train.py: one stream
+    history = model.fit(ds, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False)
     return {"train_rows": int(len(splits.x_train)), "final_loss": float(history.history["loss"][-1])}
 
 
@@ -141,6 +151,13 @@ def write_npy(path: Path, rows: int, seed: int, chunk: int = 8192) -> None:
     del out
 
 
+def write_npz(npy: Path, path: Path, compressed: bool) -> None:
+    """The array of ``npy`` under key ``x`` of an ``.npz`` (``np.savez`` writes it in chunks)."""
+    import numpy as np
+
+    (np.savez_compressed if compressed else np.savez)(path, x=np.load(npy, mmap_mode="r"))
+
+
 # --- report -----------------------------------------------------------------------------------------
 def render(report: dict) -> str:
     m = report["machine"]
@@ -148,25 +165,22 @@ def render(report: dict) -> str:
     lines = [f"Command: `{report['command']}`", "",
              f"- Date: {report['date']}; commit {m['git_commit']}{' + uncommitted changes' if m['git_dirty'] else ''}",
              f"- Machine: {m['cpu']}, {m['cpu_count']} CPUs, {m['memory_gib']:.0f} GiB; Python {m['python']}",
-             f"- Data: uint8 {'x'.join(map(str, SHAPE))} images in an .npy file; training {report['epochs']} epoch(s), "
-             f"batch {report['batch_size']}; embed `--split all`, chunk 4096, batch 256; peak RSS of a fresh "
-             "process per cell (its `VmHWM`).",
+             f"- Data: uint8 {'x'.join(map(str, SHAPE))} images in an .npy file (and in .npz files by np.savez / "
+             f"np.savez_compressed); training {report['epochs']} epoch(s), batch {report['batch_size']}; embed "
+             "`--split all`, chunk 4096, batch 256; peak RSS of a fresh process per cell (its `VmHWM`).",
              f"- Baseline (import TensorFlow, load the exported model): {base['peak_rss_mib']:,.0f} MiB.",
              "",
-             "| rows | data as float32 MiB | " + " | ".join(f"{w} peak MiB | {w} growth MiB | {w} s"
-                                                      for w in report["workloads"]) + " |",
-             "|---:|---:|" + "---:|---:|---:|" * len(report["workloads"])]
+             "| rows | data as float32 MiB | workload | peak MiB | growth MiB | s |",
+             "|---:|---:|---|---:|---:|---:|"]
     first = report["results"][0]
-    for r in report["results"]:
-        cells = []
-        for w in report["workloads"]:
-            cells.append(f"{r[w]['peak_rss_mib']:,.0f} | {r[w]['peak_rss_mib'] - first[w]['peak_rss_mib']:+,.0f} "
-                         f"| {r[w]['seconds']:.1f}")
-        lines.append(f"| {r['rows']:,} | {r['float32_mib']:,.1f} | " + " | ".join(cells) + " |")
+    for w in report["workloads"]:
+        for r in report["results"]:
+            lines.append(f"| {r['rows']:,} | {r['float32_mib']:,.1f} | {w} | {r[w]['peak_rss_mib']:,.0f} | "
+                         f"{r[w]['peak_rss_mib'] - first[w]['peak_rss_mib']:+,.0f} | {r[w]['seconds']:.1f} |")
     for w in report["workloads"]:
         growth = report["results"][-1][w]["peak_rss_mib"] - first[w]["peak_rss_mib"]
         data = report["results"][-1]["float32_mib"] - first["float32_mib"]
-        lines.append(f"\n{w}: +{growth:,.0f} MiB peak for +{data:,.0f} MiB of float32 data "
+        lines.append(f"\n{w}: {growth:+,.0f} MiB peak for +{data:,.0f} MiB of float32 data "
                      f"({growth / data if data else float('nan'):.2f} x the data).")
     return "\n".join(lines)
 
@@ -180,7 +194,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 40_000, 160_000], help="rows per data set")
-    p.add_argument("--workloads", nargs="+", choices=["train", "embed"], default=["train", "embed"])
+    p.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
     p.add_argument("--epochs", type=int, default=2, help="training epochs per size")
     p.add_argument("--batch-size", type=int, default=128, help="training batch size")
     p.add_argument("--workdir", type=Path, default=None, help="where the .npy files go (default: a temp dir)")
@@ -214,16 +228,23 @@ def main(argv=None) -> int:
                 if workload == "train":
                     cmd = ("train", str(data), str(args.epochs), str(args.batch_size))
                 else:
-                    cmd = ("cli", "embed", "--data", str(data), "--split", "all", "--model", model_dir,
-                           "-o", str(tmp / f"embed_{rows}.npz"))
+                    source = data
+                    if workload != "embed":
+                        source = tmp / f"data_{rows}.npz"
+                        write_npz(data, source, compressed=workload.endswith("compressed"))
+                    cmd = ("cli", "embed", "--data", str(source), "--split", "all", "--model", model_dir,
+                           "-o", str(tmp / f"{workload}_{rows}.npz"))
                 row[workload] = run_child(*cmd, log_path=tmp / f"{workload}_{rows}.log")
                 log(f"{rows:,} rows, {workload}: {row[workload]['peak_rss_mib']:,.0f} MiB, "
                     f"{row[workload]['seconds']:.1f} s")
-            if "embed" in args.workloads:
-                import numpy as np
+                if workload != "train":
+                    import numpy as np
 
-                with np.load(tmp / f"embed_{rows}.npz") as out:  # the output is complete
-                    assert out["embedding"].shape == (rows, LATENT["latent_dim"]), out["embedding"].shape
+                    with np.load(tmp / f"{workload}_{rows}.npz") as out:  # the output is complete
+                        assert out["embedding"].shape == (rows, LATENT["latent_dim"]), out["embedding"].shape
+                    (tmp / f"{workload}_{rows}.npz").unlink()
+                    if workload != "embed":
+                        (tmp / f"data_{rows}.npz").unlink()
             data.unlink()
             results.append(row)
 
