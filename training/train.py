@@ -276,8 +276,9 @@ def _run(config: Config, tracker, after_training=None, resumed: bool = False, st
     with strategy.scope():
         model = build_model(config, data.data_shape, steps_per_epoch, strategy.num_replicas_in_sync)
         restored = _restore(model, checkpoint_dir, progress) if resumed else None
-    if restored is None and labelled is not None:
-        run_pretraining(config, model, labelled, data, tracker)  # a restored encoder is already pretrained
+    if restored is None and labelled is not None:  # a restored encoder is already pretrained
+        with strategy.scope():  # the classifier's head and optimizer are distributed like the VAE's
+            run_pretraining(config, model, labelled, data, tracker)
     start = (progress.epoch, progress.step_in_epoch, progress.history)
     if restored is not None:
         print(f"resuming from {restored}: epoch {start[0] + 1}, step {start[1]} of {steps_per_epoch}", file=sys.stderr)

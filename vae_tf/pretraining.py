@@ -47,11 +47,19 @@ def split_labelled(data, fraction: float, seed: int = 0):
     return remaining, data.x_train[labelled], np.asarray(data.y_train[labelled], np.int64)
 
 
-def _classifier(model, num_classes: int):
+def _classifier(model, num_classes: int, sample):
     import keras
 
+    from vae_tf.models.replicas import step_logs
+
     class EncoderClassifier(keras.Model):
-        """x -> encoder -> the family's embedding -> Dense(num_classes) logits."""
+        """x -> encoder -> the family's embedding -> Dense(num_classes) logits, trained by Keras'
+        own steps. Distributed training (inside the VAE's ``strategy.scope()``) needs two changes
+        for ``MultiWorkerMirroredStrategy``: rank-1 step logs (:func:`step_logs`), and building
+        from ``sample`` (an ``(x, y)`` batch): Keras 3.15 builds a distributed model from fit's
+        first batch reduced over the replicas (``strategy.reduce``), which that strategy refuses
+        for an ``(x, y)`` tuple, and reading that batch opens an extra iterator, which advances
+        the seeded shuffle (any strategy: the epochs would not be the single-device run's)."""
 
         def __init__(self):
             super().__init__(name="encoder_classifier")
@@ -61,6 +69,15 @@ def _classifier(model, num_classes: int):
 
         def call(self, x, training=False):
             return self.head(self.latent.embedding(self.encoder(x, training=training)))
+
+        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+            super()._maybe_symbolic_build(data_batch=sample if iterator is not None else data_batch)
+
+        def train_step(self, data):
+            return step_logs(super().train_step(data))
+
+        def test_step(self, data):
+            return step_logs(super().test_step(data))
 
     return EncoderClassifier()
 
@@ -94,7 +111,7 @@ def pretrain_encoder(model, x, y, *, epochs: int = 5, batch_size: int = 64, lear
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"train.pretrain.{name} must be a positive integer, got {value!r}")
     num_classes = int(y.max()) + 1 if num_classes is None else int(num_classes)
-    classifier = _classifier(model, num_classes)
+    classifier = _classifier(model, num_classes, (x[:1], y[:1].astype(np.int64)))
     classifier.compile(optimizer=keras.optimizers.Adam(learning_rate),
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     train = (tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64))).shuffle(len(x), seed=seed)
