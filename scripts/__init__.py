@@ -1,0 +1,1 @@
+"""Scripts that are neither the library nor its benchmarks (run as ``python -m scripts.<name>``)."""
