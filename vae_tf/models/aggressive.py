@@ -41,7 +41,9 @@ of replicas (the optimizer sums gradients); the convergence check reads the loss
 the replicas, so all replicas run the same number of inner updates; each replica reads its own
 fresh batch from the iterator and keeps its share of it (rows ``replica_id::num_replicas``), so
 the fresh batches of a multi-replica run are not the single-device run's (nor reproducible to
-the bit: the replicas read the iterator concurrently). ``MirroredStrategy`` refuses
+the bit: the replicas read the iterator concurrently). Under ``MultiWorkerMirroredStrategy`` with
+one replica per worker, each worker has its own copy of the iterator and reads the same batch,
+so there the fresh batches are the single-device run's. ``MirroredStrategy`` refuses
 synchronisation (``merge_call``) inside ``tf.cond`` / ``tf.while_loop`` bodies run by a replica,
 so there the phase's branches and the inner loop run in cross-replica context and call each
 replica for every update (``merge_call`` + ``call_for_each_replica``, the pattern of Keras'

@@ -97,9 +97,10 @@ class VAE(keras.Model):
     batch statistics inside a loss or a controller are global-batch values, state variables
     stay identical on all replicas, and reparameterisation noise is drawn for the global batch
     and sliced, so R replicas on a global batch B follow the single-device run on B up to
-    float rounding (:mod:`vae_tf.models.replicas`). Under a 2-worker
+    float rounding (:mod:`vae_tf.models.replicas`). Under a
     ``MultiWorkerMirroredStrategy`` the step logs are rank-1, as Keras needs there
-    (stack-notes.md §6); tested with ``elbo``. Metrics are per-replica means over the epoch,
+    (stack-notes.md §6); every objective and family is tested on a 2-worker cluster
+    (``training.distribute``). Metrics are per-replica means over the epoch,
     averaged over replicas (exact when replicas see equally many examples).
 
     Training steps are counted in the non-trainable variable ``train_steps``; schedules read it,
