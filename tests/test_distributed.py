@@ -60,7 +60,8 @@ results = {"match": {}, "objectives": {}}
 # 1. Two replicas against one device, global batch 16, three epochs of four steps. Plain SGD, so
 # that a wrongly scaled gradient shows (Adam is almost invariant to the gradient's scale).
 for name, objective in {"elbo": {"name": "elbo"},
-                        "control_vae": {"name": "control_vae", "kl_set_point": 2.0, "kp": 0.5, "ki": 0.1}}.items():
+                        "control_vae": {"name": "control_vae", "kl_set_point": 2.0, "kp": 0.5, "ki": 0.1},
+                        "aggressive": {"name": "aggressive", "max_inner_steps": 6, "check_every": 2}}.items():
     runs = []
     for strategy in (None, mirrored):
         if strategy is None:
@@ -68,8 +69,11 @@ for name, objective in {"elbo": {"name": "elbo"},
         else:
             with strategy.scope():
                 model = make(objective, optimizer=keras.optimizers.SGD(0.05))
+        if name == "aggressive":
+            model.set_heldout(x[:32])
         history = model.fit(batches(), epochs=3, verbose=0).history
         runs.append({"loss": history["loss"], "beta": history["beta"],
+                     "inner_steps": history.get("aggressive_inner_steps", []),
                      "weights": [np.asarray(v.numpy()).ravel().tolist() for v in model.trainable_variables],
                      "seed_state": np.asarray(model.seed_generator.state.numpy()).tolist()})
     results["match"][name] = runs
@@ -166,13 +170,15 @@ def mirrored_results(tmp_path_factory):
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("objective", ["elbo", "control_vae"])
+@pytest.mark.parametrize("objective", ["elbo", "control_vae", "aggressive"])
 def test_two_replicas_follow_the_single_device_run_on_the_same_global_batch(mirrored_results, objective):
     """Same seeds, deterministic ops: losses, β (ControlVAE: fed the global-batch KL), weights and
     the seed stream agree to float rounding (the loss is divided by the number of replicas,
-    noise is drawn for the global batch and sliced per replica)."""
+    noise is drawn for the global batch and sliced per replica; the aggressive inner loop reads
+    each fresh batch once and gives every replica its rows, so its updates are one device's)."""
     single, two = mirrored_results["match"][objective]
     np.testing.assert_allclose(two["loss"], single["loss"], rtol=1e-5)
+    assert two["inner_steps"] == single["inner_steps"]
     np.testing.assert_allclose(two["beta"], single["beta"], rtol=1e-5, atol=1e-7)
     for a, b in zip(two["weights"], single["weights"]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -38,12 +38,12 @@ its update) unless one is given.
 
 **Under tf.distribute** (several replicas in sync): every update divides its loss by the number
 of replicas (the optimizer sums gradients); the convergence check reads the loss averaged over
-the replicas, so all replicas run the same number of inner updates; each replica reads its own
-fresh batch from the iterator and keeps its share of it (rows ``replica_id::num_replicas``), so
-the fresh batches of a multi-replica run are not the single-device run's (nor reproducible to
-the bit: the replicas read the iterator concurrently). Under ``MultiWorkerMirroredStrategy`` with
-one replica per worker, each worker has its own copy of the iterator and reads the same batch,
-so there the fresh batches are the single-device run's. ``MirroredStrategy`` refuses
+the replicas, so all replicas run the same number of inner updates; each fresh batch is read
+once for all the local replicas (in cross-replica context) and each replica trains on its share
+of it, contiguous rows in replica order as ``tf.distribute`` splits a global batch (under
+``MultiWorkerMirroredStrategy`` every worker reads the same batch from its own copy of the
+iterator), so R replicas follow the single-device run up to float rounding, fresh batches,
+noise and the number of inner updates included. ``MirroredStrategy`` refuses
 synchronisation (``merge_call``) inside ``tf.cond`` / ``tf.while_loop`` bodies run by a replica,
 so there the phase's branches and the inner loop run in cross-replica context and call each
 replica for every update (``merge_call`` + ``call_for_each_replica``, the pattern of Keras'
@@ -192,18 +192,30 @@ class AggressiveVAE(VAE):
         return replicas.mean_over_replicas(loss)  # the same number on every replica: one stopping decision
 
     def _inner_batch(self, x, i) -> tf.Tensor:
-        """The batch of inner update ``i``: ``x`` first, then fresh batches from the iterator (on
-        several replicas, the replica's share of the batch it read; module docstring)."""
+        """The batch of inner update ``i`` on one device: ``x`` first, then fresh batches from the
+        iterator."""
         iterator = self._inner.value
+        return tf.cond(tf.equal(i, 0), lambda: x, lambda: tf.cast(self.unpack(iterator.get_next()), x.dtype))
 
-        def fresh():
-            batch = tf.cast(self.unpack(iterator.get_next()), x.dtype)
-            ctx = replicas.replica_context()
-            if ctx is not None:
-                batch = batch[tf.cast(ctx.replica_id_in_sync_group, tf.int32)::ctx.num_replicas_in_sync]
-            return batch
+    def _fresh_batch(self, i) -> tf.Tensor:
+        """Cross-replica context: the fresh batch of inner update ``i``, read once for all the
+        replicas (empty for ``i = 0``, which trains on the step's own batch)."""
+        iterator = self._inner.value
+        spec = self.unpack(iterator.element_spec)
+        empty = tf.zeros([0, *(0 if d is None else d for d in spec.shape[1:])], spec.dtype)
+        return tf.cond(tf.equal(i, 0), lambda: empty, lambda: self.unpack(iterator.get_next()))
 
-        return tf.cond(tf.equal(i, 0), lambda: x, fresh)
+    @staticmethod
+    def _replica_share(x, fresh, i) -> tf.Tensor:
+        """In a replica: ``x`` for ``i = 0``, else the replica's rows of ``fresh``, contiguous and in
+        replica order, as ``tf.distribute`` splits a global batch (so the reparameterisation noise
+        of :func:`replicas.on_global_rows` is the one each example gets on one device)."""
+        ctx = replicas.replica_context()
+        n = tf.shape(fresh)[0]
+        per = (n + ctx.num_replicas_in_sync - 1) // ctx.num_replicas_in_sync
+        start = tf.minimum(tf.cast(ctx.replica_id_in_sync_group, tf.int32) * per, n)
+        share = fresh[start:tf.minimum(start + per, n)]
+        return tf.cond(tf.equal(i, 0), lambda: x, lambda: tf.cast(share, x.dtype))
 
     def encoder_loop(self, x) -> tf.Tensor:
         """The aggressive phase's inner loop: encoder-only updates, on ``x`` first and then on
@@ -218,8 +230,9 @@ class AggressiveVAE(VAE):
         variables = self.encoder_variables
 
         def step(i):
+            fresh = self._fresh_batch(i)
             losses = strategy.extended.call_for_each_replica(
-                lambda xr: self._update(self._inner_batch(xr, i), variables), args=(x,))
+                lambda xr: self._update(self._replica_share(xr, fresh, i), variables), args=(x,))
             return strategy.experimental_local_results(losses)[0]  # equal on all replicas
 
         return tf.cond(self.aggressive_phase > 0.5,
