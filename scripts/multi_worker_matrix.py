@@ -4,6 +4,7 @@ digits MLP config of tests/test_training_distributed.py, 2 epochs.
 
     python -m scripts.multi_worker_matrix                  # every case, a table at the end
     python -m scripts.multi_worker_matrix control_vae aggressive --keep /tmp/mw
+    python -m scripts.multi_worker_matrix --single         # and each case in one process, compared
 
 For each case it checks what a cluster must give: both workers exit 0, one MLflow run (the
 chief's), one export, the non-chief's final loss equal to the chief's, and every model and
