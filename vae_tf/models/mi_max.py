@@ -69,6 +69,7 @@ from vae_tf.models.code_density import (categorical_entropy, continuous_entropy,
                                         has_categorical)
 from vae_tf.models import replicas
 from vae_tf.models.vae import ACTIVE_KL_THRESHOLD, VAE
+from vae_tf.optimizers import FusedAdam
 from vae_tf.schedules import _number
 
 DEFAULT_Q_NETWORK = {"kind": "mlp", "hidden": [256]}
@@ -181,7 +182,7 @@ class MIMaxVAE(VAE):
         # step differentiates w.r.t. q_network.weights itself.
         self.q_network.trainable = False
         q_learning_rate = _number(q_learning_rate, "objective.options.q_learning_rate", positive=True)
-        self.q_optimizer = keras.optimizers.Adam(q_learning_rate, name="q_optimizer")
+        self.q_optimizer = FusedAdam(q_learning_rate, name="q_optimizer")
         if self.precision == "mixed_float16":  # Q computes in float16 like the VAE: dynamic loss scaling
             self.q_optimizer = keras.optimizers.LossScaleOptimizer(self.q_optimizer, name="q_loss_scale_optimizer")
         self.q_optimizer.build(self.q_network.weights)
@@ -305,7 +306,7 @@ def fit_mi_bound(model, x, *, steps: int = 1000, batch_size: int = 128, learning
         raise ConfigError(f"x and x_eval must be non-empty batches of shape (N, {', '.join(map(str, data_shape))}), "
                           f"got {x.shape} and {x_eval.shape}")
     q_net = build_q_network(data_shape, mi_target.q_size, q_network, name="q_network_eval")
-    optimizer = keras.optimizers.Adam(learning_rate)
+    optimizer = FusedAdam(learning_rate)
     optimizer.build(q_net.trainable_variables)
 
     def forward(xb, step_seed):
