@@ -51,6 +51,19 @@ def command_line() -> str:
     return shlex.join(["python", str(script), *sys.argv[1:]])
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (for clusters and servers started by a benchmark)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 def start_server(model_dir: Path, poll_seconds: float = 0.0) -> tuple[subprocess.Popen, str, str]:
     """``vae-tf serve`` on free loopback ports in its own process, for the serving benchmarks;
     returns ``(process, REST base URL, gRPC target)`` once both servers are listening."""

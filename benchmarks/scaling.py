@@ -45,7 +45,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -59,6 +58,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import common  # noqa: E402
+from benchmarks.train_throughput import positive_int  # noqa: E402
 
 #: variant -> (train.strategy, train.cpu_replicas, steps_per_execution, worker processes)
 VARIANTS = {
@@ -113,16 +113,6 @@ def child(args) -> None:
 
 
 # --- the driver -----------------------------------------------------------------------------------
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def run_variant(variant: str, args) -> dict:
     """Start the variant's process(es), wait, return the chief's report."""
     workers = VARIANTS[variant][3]
@@ -132,7 +122,7 @@ def run_variant(variant: str, args) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     envs = [env]
     if workers > 1:
-        cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
+        cluster = {"worker": [f"127.0.0.1:{port}" for port in common.free_ports(workers)]}
         envs = [{**env, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
                 for i in range(workers)]
     procs = [subprocess.Popen(command, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -187,13 +177,6 @@ def render(report: dict) -> str:
                      f"({speed['min']:,.0f}–{speed['max']:,.0f}) | {speed['max']:,.0f} | {ratio_text} | {best} "
                      f"| {row['startup_seconds']:.1f} |")
     return "\n".join(lines)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def parse_args(argv=None):

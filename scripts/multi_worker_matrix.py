@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,16 +130,6 @@ class ClusterRun:
         return ""
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _env(workdir: Path, tf_config: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "TF_CONFIG"}
     return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -154,7 +145,7 @@ def run_cluster(workdir: Path, config: dict, *args: str, timeout: float = 400) -
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "cfg.yaml").write_text(yaml.safe_dump(config))
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     start = time.monotonic()
     procs = []
     for i in range(2):
