@@ -21,13 +21,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-CONFIG = {
-    "data": {"name": "digits"},
-    "model": {"latent": {"family": "gaussian", "latent_dim": 4}, "network": {"kind": "mlp", "hidden": [32]}},
-    "objective": {"name": "elbo"},
-    "train": {"epochs": 2, "batch_size": 64, "steps_per_execution": 1, "deterministic": True, "verbose": 0},
-    "mlflow": {"log_figures": False, "register": False},
-}
+# The small digits MLP config every cluster case of the matrix starts from.
+from scripts.multi_worker_matrix import CONFIG
 
 
 def _env(tmp_path: Path, **extra) -> dict:
