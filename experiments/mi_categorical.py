@@ -7,7 +7,7 @@ relaxation) trained twice with the same networks, data, seed and temperature sch
 
 - ``elbo``: the plain ELBO;
 - ``mi_max``: ELBO + λ · (variational MI lower bound between the categorical code and the
-  decoder's output, Q network + two optimizers per step; ``vae_tf.models.mi_max``).
+  decoder's output, Q network + two optimizers per step; ``vae_tf.remedies.mi_q``).
 
 Reported per run (never using labels in training):
 
@@ -17,7 +17,7 @@ Reported per run (never using labels in training):
 - ``used``: categories that are the argmax of at least one image; ``H(usage)``: entropy of the
   average category distribution E_x π(x) over all images (log 10 = 2.30 when all are used
   equally);
-- ``MI bound``: :func:`vae_tf.models.fit_mi_bound` on the *frozen* trained model (a fresh Q fitted
+- ``MI bound``: :func:`vae_tf.metrics.fit_mi_bound` on the *frozen* trained model (a fresh Q fitted
   on the training split, evaluated on the test split, exact one-hot categories) — the bound as an
   evaluation metric for any model, at most H(c) ≤ log 10;
 - test ELBO (nats, one sample) and training time.
@@ -47,7 +47,8 @@ def train_one(objective: dict, data, seed: int, args) -> dict:
     import numpy as np
 
     from vae_tf.metrics import cluster_accuracy
-    from vae_tf.models import build_vae, fit_mi_bound
+    from vae_tf.metrics import fit_mi_bound
+    from vae_tf.models import build_vae
 
     keras.utils.set_random_seed(seed)
     latent = {"family": "gaussian_categorical", "latent_dim": args.gaussian_dims, "categories": args.categories,

@@ -27,12 +27,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RUNS = {
-    "control_vae (KL set point 10)": ["objective.name=control_vae",
-                                      "objective.options={kl_set_point: 10.0, kp: 0.01, ki: 0.001}"],
-    "elbo, Bernoulli (reference)": ["objective.name=elbo"],
-    "ar_elbo (σ_x² = running MSE)": ["objective.name=ar_elbo", "model.likelihood={name: gaussian_adaptive, sigma: 1.0}"],
-    "elbo, Gaussian σ_x = 1 fixed": ["objective.name=elbo", "model.likelihood={name: gaussian, sigma: 1.0}"],
-    "elbo, Gaussian σ_x learned": ["objective.name=elbo", "model.likelihood={name: gaussian_learned, sigma: 1.0}"],
+    "control_vae (KL set point 10)": ["objective.kl_weight={kind: control, set_point: 10.0, kp: 0.01, ki: 0.001}"],
+    "elbo, Bernoulli (reference)": [],
+    "ar_elbo (σ_x² = running MSE)": ["model.likelihood={name: gaussian_adaptive, sigma: 1.0}"],
+    "elbo, Gaussian σ_x = 1 fixed": ["model.likelihood={name: gaussian, sigma: 1.0}"],
+    "elbo, Gaussian σ_x learned": ["model.likelihood={name: gaussian_learned, sigma: 1.0}"],
 }
 
 

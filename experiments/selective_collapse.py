@@ -49,9 +49,9 @@ def train_one(family: dict, data, args) -> dict:
     keras.utils.set_random_seed(args.seed)
     network = ({"kind": "conv", "filters": [32, 64], "dense": 256} if args.network == "conv"
                else {"kind": "mlp", "hidden": [512, 256]})
-    objective = {"name": "elbo"}
+    objective = {}
     if args.kl_warmup:
-        objective["beta_schedule"] = {"kind": "linear", "steps": args.kl_warmup}
+        objective["kl_weight"] = {"kind": "linear", "steps": args.kl_warmup}
     model = build_vae(data.data_shape, latent=family, network=network, likelihood={"name": "bernoulli"},
                       objective=objective, seed=args.seed)
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))

@@ -19,9 +19,9 @@ def _args(argv):
     sub = parser.add_subparsers(dest="entry", required=True)
     train = sub.add_parser("train")
     train.add_argument("--config", default="default")
-    train.add_argument("--objective", default="elbo")
+    train.add_argument("--objective", default="")
     train.add_argument("--options", default="{}")
-    train.add_argument("--beta", default="1.0")
+    train.add_argument("--beta", default="")
     train.add_argument("--latent-dim", default="8")
     train.add_argument("--epochs", default="40")
     train.add_argument("--seed", default="0")
@@ -68,22 +68,34 @@ def train(args) -> int:
     from training.config import DEFAULT_CONFIG, load_config
     from training.train import run_training
     from vae_tf.errors import ConfigError
-    from vae_tf.models import OBJECTIVES
+    from vae_tf.remedies import PRESETS
 
-    if args.objective not in OBJECTIVES:
-        raise ConfigError(f"parameter objective must be one of {', '.join(OBJECTIVES.names())}, got {args.objective!r}")
-    try:
-        options = yaml.safe_load(args.options) or {}
-    except yaml.YAMLError:
-        options = None
-    if not isinstance(options, dict):
-        raise ConfigError(f"parameter options must be a YAML mapping like \"{{kl_set_point: 10}}\", got {args.options!r}")
+    overrides = []
+    if args.objective:  # a named preset (the slot form goes through `overrides`)
+        if args.objective not in PRESETS:
+            raise ConfigError(f"parameter objective must be one of {', '.join(PRESETS)} (a preset; compose slots "
+                              f"with overrides=\"objective.kl_weight={{kind: control, set_point: 10}} ...\"), got "
+                              f"{args.objective!r}")
+        try:
+            options = yaml.safe_load(args.options) or {}
+        except yaml.YAMLError:
+            options = None
+        if not isinstance(options, dict):
+            raise ConfigError(f"parameter options must be a YAML mapping like \"{{kl_set_point: 10}}\", got "
+                              f"{args.options!r}")
+        overrides += [f"objective.name={args.objective}",
+                      "objective.options=" + yaml.safe_dump(options, default_flow_style=True).strip()]
+        if args.beta:
+            overrides.append(f"objective.beta={_float('beta', args.beta)}")
+    elif args.options.strip() not in ("", "{}"):
+        raise ConfigError("parameter options needs parameter objective (a preset name); compose slots with "
+                          "overrides=\"objective.kl_weight={kind: control, set_point: 10}\"")
+    elif args.beta:
+        overrides.append(f"objective.kl_weight.beta={_float('beta', args.beta)}")
     config_path = DEFAULT_CONFIG if args.config == "default" else Path(args.config)
-    overrides = [f"objective.name={args.objective}", f"objective.beta={_float('beta', args.beta)}",
-                 f"model.latent.latent_dim={_int('latent_dim', args.latent_dim, 1)}",
-                 f"train.epochs={_int('epochs', args.epochs, 1)}", f"seed={_int('seed', args.seed, 0)}",
-                 "objective.options=" + yaml.safe_dump(options, default_flow_style=True).strip(),
-                 *args.overrides.split()]
+    overrides += [f"model.latent.latent_dim={_int('latent_dim', args.latent_dim, 1)}",
+                  f"train.epochs={_int('epochs', args.epochs, 1)}", f"seed={_int('seed', args.seed, 0)}",
+                  *args.overrides.split()]
     result = run_training(load_config(config_path, overrides))
     print(f"run id: {result.run_id}\nexport: {result.export_dir.resolve()}")
     return 0

@@ -42,36 +42,42 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {
     "data": {"name": "digits"},
     "model": {"latent": {"family": "gaussian", "latent_dim": 4}, "network": {"kind": "mlp", "hidden": [32]}},
-    "objective": {"name": "elbo"},
+    "objective": {"kl_weight": {"kind": "constant", "beta": 1.0}},
     "train": {"epochs": 2, "batch_size": 64, "steps_per_execution": 1, "deterministic": True, "verbose": 0},
     "mlflow": {"log_figures": False, "register": False},
 }
 
 _GAUSS_CAT = {"family": "gaussian_categorical", "latent_dim": 3, "categories": 4}
 _LINEAR = {"kind": "linear", "steps": 20}
+_Q = {"kind": "mlp", "hidden": [16]}
 
 #: Case name -> changes to :data:`CONFIG` (merged one level deep per section).
 CASES: dict[str, dict] = {
     "elbo": {},
-    "elbo_beta_linear": {"objective": {"name": "elbo", "beta": 2.0, "options": {"beta_schedule": _LINEAR}}},
-    "elbo_beta_cyclical": {"objective": {"name": "elbo", "options": {"beta_schedule": {"kind": "cyclical",
-                                                                                       "cycles": 2}}}},
-    "capacity": {"objective": {"name": "capacity", "options": {"capacity_max": 5.0, "capacity_steps": 20}}},
-    "control_vae": {"objective": {"name": "control_vae", "options": {"kl_set_point": 2.0, "kp": 0.5, "ki": 0.1}}},
-    "ar_elbo": {"model": {"likelihood": {"name": "gaussian_adaptive"}}, "objective": {"name": "ar_elbo"}},
+    "elbo_beta_linear": {"objective": {"kl_weight": {**_LINEAR, "beta": 2.0}}},
+    "elbo_beta_cyclical": {"objective": {"kl_weight": {"kind": "cyclical", "cycles": 2}}},
+    "capacity": {"objective": {"kl_weight": {"kind": "capacity", "capacity_max": 5.0, "capacity_steps": 20}}},
+    "control_vae": {"objective": {"kl_weight": {"kind": "control", "set_point": 2.0, "kp": 0.5, "ki": 0.1}}},
+    "ar_elbo": {"model": {"likelihood": {"name": "gaussian_adaptive"}}},
     "gaussian_learned": {"model": {"likelihood": {"name": "gaussian_learned"}}},
-    "mi_max_gaussian": {"objective": {"name": "mi_max", "options": {"q_network": {"kind": "mlp", "hidden": [16]}}}},
+    "mi_max_gaussian": {"objective": {"regularizers": [{"kind": "mi_q", "q_network": _Q}]}},
     "mi_max_categorical": {"model": {"latent": _GAUSS_CAT},
-                           "objective": {"name": "mi_max", "options": {"mi_target": "categorical",
-                                                                      "q_network": {"kind": "mlp", "hidden": [16]}}}},
-    "aggressive": {"objective": {"name": "aggressive", "options": {"max_inner_steps": 4, "check_every": 2}}},
-    "noisy_input_gaussian": {"objective": {"name": "noisy_input", "options": {"noise": "gaussian"}}},
-    "noisy_input_fgsm": {"objective": {"name": "noisy_input", "options": {"noise": "fgsm", "epsilon": 0.05}}},
+                           "objective": {"regularizers": [{"kind": "mi_q", "target": "categorical", "q_network": _Q}]}},
+    "aggressive": {"objective": {"inference": {"kind": "aggressive", "max_inner_steps": 4, "check_every": 2}}},
+    "noisy_input_gaussian": {"objective": {"input_noise": {"kind": "gaussian"}}},
+    "noisy_input_fgsm": {"objective": {"input_noise": {"kind": "fgsm", "epsilon": 0.05}}},
     "skip_decoder": {"model": {"network": {"kind": "mlp", "hidden": [32], "skip": True}}},
     "pretrain_encoder": {"train": {"pretrain": {"fraction": 0.1, "epochs": 2}}},
     "normal_gamma": {"model": {"latent": {"family": "normal_gamma", "latent_dim": 3}},
-                     "objective": {"name": "elbo", "options": {"beta_schedule": _LINEAR}}},
+                     "objective": {"kl_weight": _LINEAR}},
     "gaussian_categorical": {"model": {"latent": _GAUSS_CAT}},
+    # Remedies composed: every slot at once, on ControlVAE (issue: remedies that compose).
+    "composed": {"model": {"network": {"kind": "mlp", "hidden": [32], "skip": True}},
+                 "objective": {"kl_weight": {"kind": "control", "set_point": 2.0, "kp": 0.5, "ki": 0.1},
+                               "regularizers": [{"kind": "mi_q", "q_network": _Q}],
+                               "input_noise": {"kind": "fgsm", "epsilon": 0.05},
+                               "inference": {"kind": "aggressive", "max_inner_steps": 4, "check_every": 2}},
+                 "train": {"pretrain": {"fraction": 0.1, "epochs": 2}}},
 }
 
 

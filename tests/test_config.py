@@ -1,35 +1,86 @@
-"""Config loading: defaults, YAML, --set overrides, and one-line errors for every mistake."""
+"""Config loading: one schema and one set of defaults, YAML, --set overrides, presets of the
+earlier objective form, and one-line errors for every mistake (before anything is created)."""
 
 from __future__ import annotations
 
-import pytest
+import inspect
+import re
+from pathlib import Path
 
-from training.config import DEFAULT_CONFIG, Config, load_config, parse_override
+import pytest
+import yaml
+
+from training.config import DEFAULT_CONFIG, Config, load_config, parse_override, read_yaml
 from vae_tf.errors import ConfigError
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 
-def test_embedded_default_config_is_valid_and_trains_digits():
+
+def test_embedded_default_config_is_the_built_in_defaults_and_the_readme_shows_them():
+    # One source of truth (training/config.py): the embedded file names the run and nothing else,
+    # --print-config's output is the built-in defaults, and the README's config block is exactly it.
+    assert set(read_yaml(DEFAULT_CONFIG)) == {"name"}
     config = load_config(DEFAULT_CONFIG)
-    assert config.data.name == "digits" and config.model.latent["family"] == "gaussian"
-    assert config.name == "vae" and config.train.epochs > 0
+    assert config.to_dict() == Config().to_dict()
+    block = re.search(r"```yaml\n(name: vae\n.*?)```", README.read_text(), re.S)
+    assert block, "README.md lost its config block"
+    assert yaml.safe_load(block.group(1)) == config.to_dict()
+
+
+def test_pretraining_defaults_agree_with_the_library():
+    from vae_tf.remedies.pretraining import pretrain_encoder
+
+    default = inspect.signature(pretrain_encoder).parameters["epochs"].default
+    assert Config().train.pretrain.epochs == default == 30
 
 
 def test_yaml_then_overrides_in_that_order(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 7\n  batch_size: 32\nmodel:\n  latent: {family: gaussian, latent_dim: 3}\n")
-    config = load_config(path, ["train.epochs=2", "model.latent.latent_dim=5", "objective.beta=4",
+    config = load_config(path, ["train.epochs=2", "model.latent.latent_dim=5", "objective.kl_weight.beta=4",
                                 "data.options={image_size: 32}", "mlflow.run_name=my run"])
     assert config.train.epochs == 2 and config.train.batch_size == 32
     assert config.model.latent == {"family": "gaussian", "latent_dim": 5}
-    assert config.objective.beta == 4.0 and isinstance(config.objective.beta, float)
+    assert config.objective.kl_weight == {"kind": "constant", "beta": 4.0}
     assert config.data.options == {"image_size": 32}
     assert config.mlflow.run_name == "my run"
     assert config.train.learning_rate == Config().train.learning_rate  # untouched default
 
 
+def test_slots_are_filled_with_their_defaults_and_a_new_kind_does_not_inherit_options(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("objective:\n  kl_weight: {kind: control, set_point: 15}\n  inference: aggressive\n")
+    config = load_config(path, ["objective.kl_weight.kind=linear", "objective.kl_weight.steps=50"])
+    # --set changed the kind: the controller's set_point does not leak into the schedule
+    assert config.objective.kl_weight == {"kind": "linear", "beta": 1.0, "steps": 50, "start": 0.0, "stop": 1.0}
+    assert config.objective.inference == {"kind": "aggressive", "max_inner_steps": 100, "check_every": 10,
+                                          "heldout_size": 500}
+    assert config.objective.input_noise == {"kind": "none"} and config.objective.regularizers == []
+    # and --set model.network.kind=conv does not keep the mlp's hidden sizes
+    assert load_config(None, ["model.network.kind=conv"]).model.network == {"kind": "conv"}
+
+
+def test_presets_of_the_earlier_form_become_slots(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("objective:\n  name: control_vae\n  options: {kl_set_point: 5.0, kp: 0.5}\n")
+    config = load_config(path)
+    assert config.objective.preset == "control_vae"
+    assert config.objective.kl_weight["kind"] == "control" and config.objective.kl_weight["set_point"] == 5.0
+    assert config.objective.kl_weight["kp"] == 0.5 and config.objective.kl_weight["ki"] == 0.001
+    cli = load_config(None, ["objective.name=aggressive", "objective.options={max_inner_steps: 7, check_every: 7}",
+                             "objective.beta=2"])
+    assert cli.objective.inference["kind"] == "aggressive" and cli.objective.inference["max_inner_steps"] == 7
+    assert cli.objective.kl_weight == {"kind": "constant", "beta": 2.0}
+    scheduled = load_config(None, ["objective.name=mi_max", "objective.beta=3",
+                                   "objective.options={mi_weight: 0.5, beta_schedule: {kind: linear, steps: 9}}"])
+    assert scheduled.objective.kl_weight == {"kind": "linear", "beta": 3.0, "steps": 9, "start": 0.0, "stop": 1.0}
+    assert scheduled.objective.regularizers[0]["kind"] == "mi_q" and scheduled.objective.regularizers[0]["weight"] == 0.5
+
+
 def test_flat_params_for_mlflow():
     flat = load_config(None, ["train.epochs=3"]).flat()
     assert flat["train.epochs"] == 3 and flat["model.latent.latent_dim"] == 8
+    assert flat["objective.kl_weight.kind"] == "constant" and flat["objective.inference.kind"] == "standard"
     assert flat["export.version"] is None
 
 
@@ -43,28 +94,50 @@ def test_override_values_are_parsed_as_yaml():
 @pytest.mark.parametrize("overrides, match", [
     (["train.epoch=3"], "unknown config key train.epoch; did you mean train.epochs?"),
     (["trian.epochs=3"], "unknown config key trian; did you mean train?"),
-    (["train.epochs=three"], "train.epochs must be int, got 'three'"),
-    (["train.epochs=0"], "train.epochs must be a positive integer"),
-    (["train.batch_size=2.5"], "train.batch_size must be int"),
-    (["train.learning_rate=-1"], "train.learning_rate must be > 0"),
-    (["train.verbose=5"], "train.verbose must be 0, 1 or 2"),
+    (["train.epochs=three"], "train.epochs: input should be a valid integer, got 'three'"),
+    (["train.epochs=0"], "train.epochs: input should be greater than 0, got 0"),
+    (["train.batch_size=2.5"], "train.batch_size: input should be a valid integer, got 2.5"),
+    (["train.learning_rate=-1"], "train.learning_rate: input should be greater than 0, got -1"),
+    (["train.learning_rate=.nan"], "train.learning_rate: input should be a finite number"),
+    (["train.verbose=5"], "train.verbose: input should be 0, 1 or 2, got 5"),
+    (["train.strategy=ring"], "train.strategy: input should be 'none', 'mirrored' or 'multi_worker', got 'ring'"),
     (["data.val_fraction=0.6", "data.test_fraction=0.5"], "must be < 1 to leave training data"),
     (["model.latent.latent_dim=0"], "model.latent.latent_dim must be a positive integer"),
-    (["model.latent.family=5"], "model.latent.family must name a registered latent"),
-    (["objective.beta=-0.1"], "objective.beta must be >= 0"),
-    (["name=a/b"], "name 'a/b' must be letters, digits"),
+    (["model.latent.family=5"], "model.latent.family must name a registered latent family"),
+    (["model.latent.lattent_dim=3"], "unknown option model.latent.lattent_dim; did you mean model.latent.latent_dim?"),
+    (["model.likelihood.name=poisson"], "unknown likelihood 'poisson'"),
+    (["model.network.hiden=[3]"], "unknown option model.network.hiden; did you mean model.network.hidden?"),
+    (["objective.kl_weight.beta=-0.1"], "objective.kl_weight.beta: input should be greater than or equal to 0, got -0.1"),
+    (["objective.kl_weight.kind=controll"], "unknown objective.kl_weight.kind 'controll'; did you mean control?"),
+    (["objective.kl_weight={kind: control}"], "objective.kl_weight.set_point is required"),
+    (["objective.kl_weight={kind: control, setpoint: 3}"], "unknown option objective.kl_weight.setpoint; did you mean "
+                                                           "objective.kl_weight.set_point?"),
+    (["objective.regularizers=[{kind: mi_q, wieght: 2}]"], "unknown option objective.regularizers[0].wieght; did you "
+                                                           "mean objective.regularizers[0].weight?"),
+    (["objective.input_noise={kind: fgsm, sigma: 0.1}"], "unknown option objective.input_noise.sigma; valid options: "
+                                                         "kind, epsilon, clip"),
+    (["objective.inference={kind: aggressive, check_every: 5, max_inner_steps: 2}"],
+     "objective.inference: check_every (5) must be <= max_inner_steps (2)"),
+    (["objective.inference=aggressive", "data.val_fraction=0"], "needs held-out data for its per-epoch MI check"),
+    (["objective.name=ar_elbo"], "objective ar_elbo needs model.likelihood.name=gaussian_adaptive"),
+    (["objective.name=control_vae", "objective.inference=aggressive"], "objective mixes the preset form"),
+    (["objective.name=control_vae", "objective.options={kl_set_point: 1, beta_schedule: {kind: linear}}"],
+     "objective control_vae sets the KL weight itself: remove objective.options.beta_schedule"),
+    (["objective.name=magic"], "unknown objective.name 'magic'; presets: elbo, capacity"),
+    (["objective.klweight={kind: control}"], "unknown config key objective.klweight; did you mean objective.kl_weight?"),
+    (["name=a/b"], "name: string should match pattern"),
     (["train.epochs"], "is not of the form key.path=value"),
     (["train..epochs=1"], "is not of the form key.path=value"),
-    (["seed.value=1"], "seed must be int, got {'value': 1}"),
+    (["seed.value=1"], "seed: input should be a valid integer, got {'value': 1}"),
     (["seed=1", "seed.value=1"], "seed is a value, not a section"),
-    (["train=5"], "train must be a mapping"),
-    (["export.version=-2"], "export.version must be a positive integer or null"),
+    (["train=5"], "train: input should be a valid dictionary or instance of TrainConfig, got 5"),
+    (["export.version=-2"], "export.version: input should be greater than 0, got -2"),
 ])
 def test_bad_configs_are_one_line_errors(overrides, match):
     with pytest.raises(ConfigError) as info:
         load_config(None, overrides)
     message = str(info.value)
-    assert match in message and "\n" not in message
+    assert match in message and "\n" not in message, message
 
 
 def test_bad_files_are_one_line_errors(tmp_path):
@@ -78,3 +151,14 @@ def test_bad_files_are_one_line_errors(tmp_path):
     scalar.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="must hold a mapping of sections, found a list"):
         load_config(scalar)
+
+
+def test_shipped_configs_and_suites_validate():
+    from training.compare import child_configs, list_suites, load_suite
+
+    for path in sorted(DEFAULT_CONFIG.parent.glob("*.yaml")):
+        load_config(path)
+    for name in list_suites():
+        suite = load_suite(name)
+        for size in suite.sizes:
+            assert child_configs(suite, size)

@@ -1,7 +1,7 @@
 """tf.distribute: every objective under a 2-replica MirroredStrategy on 2 logical CPUs, the
 2-replica run against the single-device run on the same global batch (training and encoder
 pretraining), and a 2-worker MultiWorkerMirroredStrategy cluster on 127.0.0.1
-(vae_tf.models.replicas).
+(vae_tf.replicas).
 
 Logical CPUs must be configured before TensorFlow initialises, so each scenario runs as a script
 in a fresh subprocess; one subprocess runs all mirrored cases (module-scoped fixture) to keep the

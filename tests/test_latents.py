@@ -85,7 +85,7 @@ def test_log_var_clip_keeps_extreme_encoders_finite():
 
 
 @pytest.mark.parametrize("options, match", [({"latent_dim": 0}, "positive integer"),
-                                            ({"latent_dim": 4, "bogus": 1}, "has no option\\(s\\) bogus; its options are: latent_dim, log_var_clip")])
+                                            ({"latent_dim": 4, "bogus": 1}, "unknown option model.latent.bogus; valid options: latent_dim, log_var_clip")])
 def test_bad_latent_options_are_config_errors(options, match):
     with pytest.raises(ConfigError, match=match):
         build_latent("gaussian", **options)

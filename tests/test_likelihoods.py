@@ -120,10 +120,10 @@ def test_row_samples_depend_only_on_their_own_seed(name):
 
 @pytest.mark.parametrize("name, options, match", [
     ("gaussian", {"sigma": 0.0}, "sigma must be > 0"),
-    ("gaussian", {"sigma": "big"}, "sigma must be > 0"),
+    ("gaussian", {"sigma": "big"}, "model.likelihood.sigma: input should be a valid number, got 'big'"),
     ("gaussian_learned", {"sigma": 1.0, "min_sigma": 2.0}, "min_sigma must be in"),
     ("gaussian_per_pixel", {"min_sigma": -1.0}, "min_sigma must be > 0"),
-    ("bernoulli", {"sigma": 1.0}, "has no option"),
+    ("bernoulli", {"sigma": 1.0}, "unknown option model.likelihood.sigma; valid options: none"),
     ("poisson", {}, "unknown likelihood 'poisson'; choose one of: bernoulli"),
 ])
 def test_bad_likelihood_options_are_one_line_config_errors(name, options, match):

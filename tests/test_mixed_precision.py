@@ -117,5 +117,5 @@ def test_float32_spec_is_unchanged_and_unknown_precisions_are_config_errors():
     with pytest.raises(ConfigError, match="precision must be one of float32, mixed_bfloat16, mixed_float16") as err:
         build_vae((8, 8, 1), precision="float16", **SMALL)
     assert_one_line(str(err.value))
-    with pytest.raises(ConfigError, match="has no option"):  # not a network option: set by precision
+    with pytest.raises(ConfigError, match="model.network has no option dtype"):  # not a network option: set by precision
         build_vae((8, 8, 1), latent=SMALL["latent"], network={"kind": "mlp", "hidden": [8], "dtype": "float16"})

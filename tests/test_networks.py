@@ -39,7 +39,7 @@ def test_conv_decoder_mirrors_the_encoder_depth():
     ("conv", (64,), {}, "needs images of shape \\(H, W, C\\)"),
     ("mlp", (8, 8, 1), {"hidden": []}, "non-empty list of positive integers"),
     ("mlp", (8, 8, 1), {"hidden": [16, -2]}, "non-empty list of positive integers"),
-    ("mlp", (8, 8, 1), {"filters": [4]}, "has no option\\(s\\) filters"),
+    ("mlp", (8, 8, 1), {"filters": [4]}, "unknown option model.network.filters; valid options: hidden, activation"),
     ("transformer", (8, 8, 1), {}, "unknown network 'transformer'"),
 ])
 def test_bad_network_configs_are_one_line_errors(kind, data_shape, options, match):

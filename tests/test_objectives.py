@@ -1,6 +1,6 @@
-"""Objectives I: schedules inside the model, capacity control, ControlVAE, AR-ELBO, learned and
-per-pixel decoder variances. Each trains on digits with finite metrics and exports; schedule and
-controller state survive a checkpoint round trip exactly."""
+"""The KL weights (β, linear and cyclical annealing, capacity, ControlVAE) and the decoder
+variances (AR-ELBO, learned and per-pixel σ) against their math. Each trains on digits with finite
+metrics and exports; schedule and controller state survive a checkpoint round trip exactly."""
 
 from __future__ import annotations
 
@@ -33,16 +33,21 @@ class BetaRecorder(keras.callbacks.Callback):
         self.betas.append(float(self.model.beta.numpy()))
 
 
+def kl(kind, **options):
+    return {"kl_weight": {"kind": kind, **options}}
+
+
 CASES = {
-    "beta_vae": ({"name": "elbo", "beta": 4.0}, None, []),
-    "kl_annealing": ({"name": "elbo", "beta": 1.0, "beta_schedule": {"kind": "linear", "steps": 30}}, None, []),
-    "cyclical": ({"name": "elbo", "beta_schedule": {"kind": "cyclical", "total_steps": 69, "cycles": 3}}, None, []),
-    "capacity": ({"name": "capacity", "gamma": 50.0, "capacity_max": 10.0, "capacity_steps": 40}, None, ["capacity"]),
-    "control_vae": ({"name": "control_vae", "kl_set_point": 5.0}, None,
-                    ["kl_set_point", "kl_error", "kl_smoothed", "pi_integral"]),
-    "ar_elbo": ({"name": "ar_elbo"}, {"name": "gaussian_adaptive"}, ["sigma_x", "sigma_x2"]),
-    "learned_sigma": ({"name": "elbo"}, {"name": "gaussian_learned"}, ["sigma_x", "sigma_x2"]),
-    "per_pixel_sigma": ({"name": "elbo"}, {"name": "gaussian_per_pixel", "min_sigma": 0.01}, []),
+    "beta_vae": (kl("constant", beta=4.0), None, []),
+    "kl_annealing": (kl("linear", beta=1.0, steps=30), None, []),
+    "cyclical": (kl("cyclical", total_steps=69, cycles=3), None, []),
+    "capacity": (kl("capacity", gamma=50.0, capacity_max=10.0, capacity_steps=40), None, ["capacity"]),
+    "control_vae": (kl("control", set_point=5.0), None, ["kl_set_point", "kl_error", "kl_smoothed", "pi_integral"]),
+    "ar_elbo": ({}, {"name": "gaussian_adaptive"}, ["sigma_x", "sigma_x2"]),
+    "learned_sigma": ({}, {"name": "gaussian_learned"}, ["sigma_x", "sigma_x2"]),
+    "per_pixel_sigma": ({}, {"name": "gaussian_per_pixel", "min_sigma": 0.01}, []),
+    "ar_elbo_preset": ({"name": "ar_elbo"}, {"name": "gaussian_adaptive"}, ["sigma_x", "sigma_x2"]),
+    "control_vae_preset": ({"name": "control_vae", "kl_set_point": 5.0}, None, ["kl_set_point", "pi_integral"]),
 }
 
 
@@ -62,26 +67,48 @@ def test_every_objective_trains_reports_its_state_and_exports(case, digits, tmp_
     assert out["x_mean"].shape == (1, 8, 8, 1) and out["x_sample"].shape == (1, 8, 8, 1)
 
 
-def test_schedules_set_beta_every_step(digits):
-    model = make({"name": "elbo", "beta": 2.0, "beta_schedule": {"kind": "linear", "steps": 10}})
+def test_linear_annealing_sets_beta_every_step(digits):
+    model = make(kl("linear", beta=2.0, steps=10))
     recorder = BetaRecorder()
     model.fit(digits.pipeline("train", 64), epochs=1, verbose=0, shuffle=False, callbacks=[recorder])
-    # Step t trains with β = 2 · min(1, t / 10).
+    # Bowman et al.: step t trains with β = 2 · min(1, t / 10).
     assert recorder.betas[:12] == pytest.approx([2.0 * min(1.0, t / 10) for t in range(12)])
 
 
-def test_capacity_follows_its_ramp(digits):
-    model = make({"name": "capacity", "gamma": 10.0, "capacity_max": 20.0, "capacity_steps": 40})
-    assert float(model.capacity(0)) == 0.0 and float(model.capacity(10)) == pytest.approx(5.0)
-    assert float(model.capacity(400)) == pytest.approx(20.0)
+def test_cyclical_annealing_values_at_given_steps(digits):
+    # Fu et al.'s frange_cycle_linear by hand: 40 steps, 2 cycles of 20, rising over the first
+    # 0.25 of each (5 steps) from 0 to 1, times β = 3.
+    model = make(kl("cyclical", beta=3.0, total_steps=40, cycles=2, ratio=0.25))
+    recorder = BetaRecorder()
+    model.fit(digits.pipeline("train", 64), epochs=2, verbose=0, shuffle=False, callbacks=[recorder])
+
+    def by_hand(t):
+        if t >= 40:
+            return 3.0
+        tau = (t % 20) / 20
+        return 3.0 * min(tau / 0.25, 1.0)
+
+    assert recorder.betas[:46] == pytest.approx([by_hand(t) for t in range(46)], abs=1e-6)
+
+
+def test_capacity_follows_its_ramp_and_pulls_the_kl_to_its_target(digits):
+    model = make(kl("capacity", gamma=10.0, capacity_max=20.0, capacity_steps=40))
+    weight = model.kl_weight
+    assert float(weight.capacity(0)) == 0.0 and float(weight.capacity(10)) == pytest.approx(5.0)
+    assert float(weight.capacity(400)) == pytest.approx(20.0)
     x = tf.constant(digits.x_train[:32])
-    terms = model.compute_terms(x)
-    expected = -np.mean(terms["reconstruction"]) + 10.0 * abs(np.mean(terms["kl"]) - 0.0)
-    assert float(model.objective_loss(terms)) == pytest.approx(expected, rel=1e-5)
+    model.train_steps.assign(10)  # C = 5 nats
+    terms = model.forward(x, x, training=False)
+    expected = -np.mean(terms["reconstruction"]) + 10.0 * abs(np.mean(terms["kl"]) - 5.0)
+    assert float(terms["loss"]) == pytest.approx(expected, rel=1e-5)
+    # Trained with a fixed C (capacity_steps 1), the mean KL settles near C_max (Burgess et al.).
+    target = make(kl("capacity", gamma=50.0, capacity_max=6.0, capacity_steps=1))
+    history = target.fit(digits.pipeline("train", 64), epochs=15, verbose=0, shuffle=False).history
+    assert abs(history["kl"][-1] - 6.0) < 1.0, history["kl"]
 
 
 def test_ar_elbo_sigma_is_the_running_mse(digits):
-    model = make({"name": "ar_elbo"}, {"name": "gaussian_adaptive", "sigma": 1.0, "momentum": 0.8})
+    model = make({}, {"name": "gaussian_adaptive", "sigma": 1.0, "momentum": 0.8})
     seen = []
     observe = model.likelihood.observe
 
@@ -106,15 +133,15 @@ def test_ar_elbo_needs_the_adaptive_likelihood():
 
 
 def test_control_vae_needs_a_set_point():
-    with pytest.raises(ConfigError, match="needs objective.options.kl_set_point"):
-        make({"name": "control_vae"})
-    with pytest.raises(ConfigError, match="has no option\\(s\\) kl_target"):
+    with pytest.raises(ConfigError, match="^objective.kl_weight.set_point is required$"):
+        make(kl("control"))
+    with pytest.raises(ConfigError, match="^objective 'control_vae' has no option kl_target; its options are: "):
         make({"name": "control_vae", "kl_target": 3.0})
 
 
 @pytest.mark.parametrize("objective", [
-    {"name": "control_vae", "kl_set_point": 3.0, "ki": 0.01},
-    {"name": "elbo", "beta_schedule": {"kind": "cyclical", "total_steps": 12, "cycles": 2}},
+    kl("control", set_point=3.0, ki=0.01),
+    kl("cyclical", total_steps=12, cycles=2),
 ])
 def test_restored_checkpoint_continues_beta_exactly(objective, digits, tmp_path):
     batches = [digits.x_train[i * 32:(i + 1) * 32] for i in range(20)]

@@ -241,3 +241,69 @@ class CollapseDiagnostics(keras.callbacks.Callback):
         logs["val_collapsed_fraction"] = float(collapse_fraction(post["kl_per_dim"], 0.01))
         if "z_mean" in post and "z_log_var" in post:
             logs["val_mi"] = float(mutual_information(post["z_mean"], post["z_log_var"], seed=self.seed))
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' ``EarlyStopping`` whose state survives a resume.
+
+    The state is the best monitored value, the epoch it came from, the epochs since, and (with
+    ``restore_best_weights``) the weights of that epoch. The first three are a function of the
+    finished epochs' logs, which every checkpoint carries (``position.history``, the
+    :class:`TrainingCheckpoint`'s): ``on_train_begin`` replays them with Keras' own rule instead of
+    starting from scratch. The best weights are written to ``weights_path`` (atomically, with their
+    epoch) whenever they change, before that epoch's checkpoint (the callback comes first), and
+    read back on a resume. Keras restores the best weights at the end of every ``fit`` call; a
+    resumed run fits a partial epoch first, so here they are restored once, by :meth:`restore_best`
+    after the last ``fit``.
+    """
+
+    def __init__(self, position: "TrainingCheckpoint", weights_path: str | Path, **kwargs):
+        super().__init__(**kwargs)
+        self.position = position
+        self.weights_path = Path(weights_path)
+
+    def _replay(self, history: list[dict]) -> None:
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        for entry in history:
+            current = entry["metrics"].get(self.monitor)
+            if current is None or entry["epoch"] < self.start_from_epoch:
+                continue
+            self.wait += 1
+            if self._is_improvement(current, self.best):
+                self.best, self.best_epoch = current, entry["epoch"]
+                if self.baseline is None or self._is_improvement(current, self.baseline):
+                    self.wait = 0
+
+    def stopped_before(self) -> bool:
+        """Whether the finished epochs (the checkpoint's history) had already run out of patience."""
+        self.on_train_begin()
+        epochs = [e["epoch"] for e in self.position.history]
+        return bool(epochs) and self.wait >= self.patience and max(epochs) > 0
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._replay(self.position.history)
+        if self.restore_best_weights and self.best is not None and self.weights_path.is_file():
+            with np.load(self.weights_path) as saved:
+                if int(saved["epoch"]) == self.best_epoch:
+                    self.best_weights = [saved[f"w{i}"] for i in range(int(saved["count"]))]
+
+    def on_epoch_end(self, epoch, logs=None):
+        before = (self.best_epoch, self.best_weights is None)
+        super().on_epoch_end(epoch, logs)
+        if self.restore_best_weights and self.best_weights is not None and (self.best_epoch, False) != before:
+            from training.atomic import replace_atomic
+
+            arrays = {f"w{i}": w for i, w in enumerate(self.best_weights)}
+            replace_atomic(self.weights_path, lambda f: np.savez(f, epoch=self.best_epoch,
+                                                                 count=len(self.best_weights), **arrays))
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose > 0:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+
+    def restore_best(self) -> None:
+        """Set the model's weights to the best epoch's (Keras' ``restore_best_weights``)."""
+        if self.restore_best_weights and self.best_weights is not None:
+            self.model.set_weights(self.best_weights)

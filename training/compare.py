@@ -14,12 +14,16 @@ A suite is a YAML file under ``training/suites/``::
     runs:
       - name: vae
         claim: optional, per run
-        config: {objective: {name: elbo}}
+        group: optional; runs of one group share a collapse-curve figure (default: one figure)
+        config: {objective: {kl_weight: {kind: constant, beta: 1.0}}}
+
+Children log through :class:`training.tracking.TrackedRun` (their evaluation included), so an
+MLflow outage during a suite is journaled, not fatal: ``vae-tf sync-mlflow runs/<child>`` sends
+what is left.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import sys
@@ -87,16 +91,9 @@ def load_suite(name: str) -> Suite:
                  sizes=tree["sizes"], runs=tree["runs"], path=path)
 
 
-def _merge(base: dict, update: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (update or {}).items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
-    return out
-
-
 def child_configs(suite: Suite, size: str, seeds: list[int] | None = None, only: list[str] | None = None):
     """``[(run name, seed, Config, run spec)]`` for one size of a suite."""
-    from training.config import from_dict
+    from training.config import deep_merge, from_dict
 
     if size not in suite.sizes:
         raise ConfigError(f"suite {suite.name!r} has no size {size!r}; sizes: {', '.join(suite.sizes)}")
@@ -108,7 +105,7 @@ def child_configs(suite: Suite, size: str, seeds: list[int] | None = None, only:
     children = []
     for run in runs:
         for seed in seeds:
-            tree = _merge(_merge(suite.base, spec.get("config") or {}), run.get("config") or {})
+            tree = deep_merge(deep_merge(suite.base, spec.get("config") or {}), run.get("config") or {})
             tree["seed"] = int(seed)
             tree.setdefault("mlflow", {})["run_name"] = f"{run['name']} (seed {seed})"
             tree["mlflow"]["register"] = False
@@ -122,13 +119,14 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     """Run (or resume) a suite; returns the report path."""
     import mlflow
 
-    from training.tracking import resolve_tracking_uri, use_tracking
+    from training.config import deep_merge
+    from training.tracking import TrackedRun, resolve_tracking_uri, use_tracking
     from training.train import run_training
 
     out = out or sys.stdout
     suite = load_suite(name)
     children = child_configs(suite, size, seeds, only)
-    evaluate_opts = _merge(DEFAULT_EVALUATE, (suite.sizes[size] or {}).get("evaluate") or {})
+    evaluate_opts = deep_merge(DEFAULT_EVALUATE, (suite.sizes[size] or {}).get("evaluate") or {})
     experiment = experiment or f"vae-tf-suite-{suite.name}"
     use_tracking(resolve_tracking_uri(None))
     mlflow.set_experiment(experiment)
@@ -139,6 +137,7 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     done = _finished_children(client, exp_id, parent)
     rows: dict[tuple[str, int], dict] = {}
     curves: dict[str, list] = {}
+    embeddings: dict[str, Any] = {}  # run -> the t-SNE of its first seed's test embeddings
     for run_name, seed, config, _ in children:
         config.mlflow.experiment = experiment
         key = f"{run_name}/{seed}"
@@ -146,24 +145,29 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
             print(f"[{suite.name}] {key}: finished earlier, reusing run {done[key].info.run_id}", file=out, flush=True)
             rows[(run_name, seed)] = done[key].data.metrics
             curves.setdefault(run_name, []).append(_load_curve(client, done[key].info.run_id))
+            embeddings.setdefault(run_name, _load_json(client, done[key].info.run_id, "evaluation/tsne.json"))
             continue
         print(f"[{suite.name}] {key}: training", file=out, flush=True)
         captured: dict[str, Any] = {}
         tags = {"mlflow.parentRunId": parent, "vae_tf.suite": suite.name, "vae_tf.suite_size": size,
                 "vae_tf.suite_child": key}
-        def evaluate_child(model, data, captured=captured, config=config):
-            captured.update(_evaluate_child(model, data, config, evaluate_opts))
+        def evaluate_child(model, data, tracker, captured=captured, config=config):
+            captured.update(_evaluate_child(model, data, config, evaluate_opts, tracker))
 
         result = run_training(config, tags=tags, after_training=evaluate_child)
         # The same keys a resumed child's run holds: eval_* (diagnostics) and test_* (Keras evaluate).
         rows[(run_name, seed)] = {**captured["metrics"], **result.test_metrics}
         curves.setdefault(run_name, []).append(captured["curve"])
+        embeddings.setdefault(run_name, captured["tsne"])
 
     report_dir = Path(output_dir or Path("reports") / f"{suite.name}-{size}")
-    report_path = write_report(suite, size, children, rows, curves, report_dir)
-    with mlflow.start_run(run_id=parent):
-        mlflow.log_artifacts(str(report_dir), artifact_path="report")
-    client.set_terminated(parent, "FINISHED")
+    report_path = write_report(suite, size, children, rows, curves, report_dir, embeddings)
+    # The parent's report goes through a TrackedRun too: an outage at the end is journaled.
+    run_root = children[0][2].train.run_dir if children else "runs"
+    parent_run = TrackedRun(resolve_tracking_uri(None), run_root=run_root, experiment=experiment, run_id=parent)
+    parent_run.start()
+    parent_run.log_artifacts(report_dir, "report")
+    parent_run.finish("FINISHED")
     print(f"report: {report_path.resolve()}", file=out)
     return report_path
 
@@ -186,56 +190,69 @@ def _finished_children(client, exp_id: str, parent: str) -> dict:
     return {r.data.tags["vae_tf.suite_child"]: r for r in runs if "vae_tf.suite_child" in r.data.tags}
 
 
-def _evaluate_child(model, data, config, opts: dict) -> dict:
-    """Diagnostics of a freshly trained child, logged into its run as ``eval_*`` metrics."""
-    import mlflow
-
-    from vae_tf.metrics import evaluate_model, report
+def _evaluate_child(model, data, config, opts: dict, tracker) -> dict:
+    """Diagnostics of a freshly trained child, logged into its run (through its ``tracker``) as
+    ``eval_*`` metrics, with the report, the figures, the collapse curve and the t-SNE."""
+    from training.lineage import result_verdict
+    from vae_tf.metrics import evaluate_model, evaluation_figures, report
 
     result = evaluate_model(model, data, split="test", seed=config.seed, iw_k=opts["iw_k"], tsne=opts["tsne"],
                             disentanglement=opts["disentanglement"],
                             disentanglement_sizes=opts["disentanglement_sizes"], fd=opts["fd"])
     metrics = {f"eval_{k}": float(v) for k, v in result["metrics"].items() if not k.startswith("kl_dim_") and v == v}
-    mlflow.log_metrics(metrics)
-    mlflow.log_dict(report(result), "evaluation/report.json")
-    from training.tracking import log_figures
-    from vae_tf.metrics import evaluation_figures
-
+    tracker.log_metrics(metrics)
+    tracker.log_dict(report(result), "evaluation/report.json")
+    tracker.set_tags({f"{k}.eval": v for k, v in result_verdict(result).tags().items() if k == "vae_tf.collapse"})
     x, _ = data.split("test")
-    log_figures(evaluation_figures(result, model=model, x=x[:10], value_range=data.value_range), "evaluation")
-    curve = [result["arrays"]["collapse_curve_eps"].tolist(), result["arrays"]["collapse_curve_fraction"].tolist()]
-    mlflow.log_dict({"eps": curve[0], "fraction": curve[1]}, "evaluation/collapse_curve.json")
-    return {"metrics": metrics, "curve": curve}
+    tracker.log_figures(evaluation_figures(result, model=model, x=x[:10], value_range=data.value_range), "evaluation")
+    arrays = result["arrays"]
+    curve = [arrays["collapse_curve_eps"].tolist(), arrays["collapse_curve_fraction"].tolist()]
+    tracker.log_dict({"eps": curve[0], "fraction": curve[1]}, "evaluation/collapse_curve.json")
+    tsne = None
+    if "tsne_embedding" in arrays:
+        labels = arrays.get("tsne_labels")
+        tsne = {"points": np.asarray(arrays["tsne_embedding"]).tolist(),
+                "labels": None if labels is None else np.asarray(labels).tolist()}
+        tracker.log_dict(tsne, "evaluation/tsne.json")
+    return {"metrics": metrics, "curve": curve, "tsne": tsne}
 
 
-def _load_curve(client, run_id: str):
+def _load_json(client, run_id: str, artifact: str):
+    """A JSON artifact of a finished child, or None (a missing one removes one panel of a figure)."""
     import json
 
     try:
-        path = client.download_artifacts(run_id, "evaluation/collapse_curve.json")
-        data = json.loads(Path(path).read_text())
-        return [data["eps"], data["fraction"]]
-    except Exception:  # noqa: BLE001 - a missing curve only removes one line from a figure
+        return json.loads(Path(client.download_artifacts(run_id, artifact)).read_text())
+    except Exception:  # noqa: BLE001
         return None
 
 
+def _load_curve(client, run_id: str):
+    data = _load_json(client, run_id, "evaluation/collapse_curve.json")
+    return None if data is None else [data["eps"], data["fraction"]]
 
 
-def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, report_dir: Path) -> Path:
-    """Markdown table (mean ± std over seeds) + one figure with every run's collapse curve."""
+def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, report_dir: Path,
+                 embeddings: dict | None = None) -> Path:
+    """Markdown table (mean ± std over seeds), one collapse-curve figure per group of runs (the
+    runs' ``group``; one figure when no run has one) and a grid of the t-SNE of every run's test
+    embeddings (first seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from training.atomic import write_text_atomic
+
     report_dir.mkdir(parents=True, exist_ok=True)
     run_names = list(dict.fromkeys(name for name, *_ in children))
     seeds = sorted({seed for _, seed, *_ in children})
     columns = [k for k in REPORT_COLUMNS if any(k in rows.get((n, s), {}) for n in run_names for s in seeds)]
-    claims = {name: spec.get("claim") for name, _, _, spec in children}
+    specs = {name: spec for name, _, _, spec in children}
+    claims = {name: spec.get("claim") for name, spec in specs.items()}
 
     lines = [f"# Suite `{suite.name}` ({size})", "", f"**Claim tested.** {suite.claim}", "",
-             f"Command: `vae-tf compare --suite {suite.name}{' --quick' if size == 'quick' else ''}` "
+             f"Command: `vae-tf compare --suite {suite.name}{' --quick' if size == 'quick' else ' --size ' + size}` "
              f"(seeds {', '.join(map(str, seeds))}; mean ± std over seeds; test split).", "",
              "| run | " + " | ".join(REPORT_COLUMNS[k][0] for k in columns) + " |",
              "|---|" + "---:|" * len(columns)]
@@ -256,23 +273,46 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
     if notes:
         lines += ["", *notes]
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    groups: dict[str, list[str]] = {}
     for name in run_names:
-        for i, curve in enumerate(c for c in curves.get(name, []) if c):
-            ax.step(curve[0], curve[1], where="post", lw=1.2, alpha=0.8,
-                    label=name if i == 0 else None, color=f"C{run_names.index(name) % 10}")
-    ax.set_xscale("log")
-    ax.set_xlabel("ε (nats)")
-    ax.set_ylabel("fraction of (ε, 0.01)-collapsed dims")
-    ax.set_title(f"Collapse curves: suite {suite.name} ({size})")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(report_dir / "collapse_curves.png", dpi=90)
-    plt.close(fig)
-    lines += ["", "![collapse curves](collapse_curves.png)", ""]
+        groups.setdefault(str(specs[name].get("group") or ""), []).append(name)
+    lines.append("")
+    for group, names in groups.items():
+        fig, ax = plt.subplots(figsize=(6.5, 4.0))
+        for name in names:
+            for i, curve in enumerate(c for c in curves.get(name, []) if c):
+                ax.step(curve[0], curve[1], where="post", lw=1.2, alpha=0.8, label=name if i == 0 else None,
+                        color=f"C{names.index(name) % 10}")
+        ax.set_xscale("log")
+        ax.set_xlabel("ε (nats)")
+        ax.set_ylabel("fraction of (ε, 0.01)-collapsed dims")
+        ax.set_title(f"Collapse curves: {suite.name} ({size})" + (f", {group}" if group else ""))
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        file = f"collapse_curves{'_' + group if group else ''}.png"
+        fig.savefig(report_dir / file, dpi=90)
+        plt.close(fig)
+        lines.append(f"![collapse curves{': ' + group if group else ''}]({file})")
+
+    shown = [n for n in run_names if (embeddings or {}).get(n)]
+    if shown:
+        cols = min(4, len(shown))
+        rows_n = math.ceil(len(shown) / cols)
+        fig, axes = plt.subplots(rows_n, cols, figsize=(3.0 * cols, 3.0 * rows_n), squeeze=False)
+        for ax in axes.flat:
+            ax.set_axis_off()
+        for ax, name in zip(axes.flat, shown):
+            points = np.asarray(embeddings[name]["points"])
+            labels = embeddings[name].get("labels")
+            ax.scatter(points[:, 0], points[:, 1], s=3, c=labels if labels is not None else "C0", cmap="tab10")
+            ax.set_title(name, fontsize=8)
+        fig.suptitle(f"t-SNE of the test embeddings (seed {seeds[0]}), coloured by label", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(report_dir / "tsne.png", dpi=90)
+        plt.close(fig)
+        lines.append("![t-SNE of the embeddings](tsne.png)")
+    lines.append("")
 
     path = report_dir / "report.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    write_text_atomic(path, "\n".join(lines))
     return path

@@ -1,118 +1,158 @@
-"""Training configuration: YAML file + ``--set key=value`` overrides, validated with one-line errors.
+"""Training configuration: YAML file + ``--set key=value`` overrides, validated by one schema.
 
-The schema is the dataclasses below. ``model.latent``, ``model.likelihood`` and
-``model.network`` are open mappings: their first key names a registry entry (``family``,
-``name``, ``kind``) and the rest are that entry's options, checked by the builders in
-``vae_tf``. Every other section is closed: an unknown key is an error that suggests the
-closest valid one.
+The schema is the pydantic models below (strict types, no NaN, unknown keys refused with a "did you
+mean"); it is the one source of the defaults (``vae-tf train --print-config`` prints them, and the
+embedded ``configs/default.yaml`` only names the run). Sections that name a registry entry are
+validated against that registry's own schema, so every option of every part is checked before a
+model is built or an MLflow run is created:
+
+- ``model.latent`` / ``model.likelihood`` / ``model.network``: their first key names a registry
+  entry (``family``, ``name``, ``kind``); the rest are its options, checked against the builder's
+  signature (:func:`vae_tf._schema.signature_model`);
+- ``objective``: the composable objective's slots (:mod:`vae_tf.remedies`), each validated by its
+  remedy's ``Options``; the earlier preset form (``{name: control_vae, beta, options}``) is
+  translated to the slot form (:mod:`vae_tf.remedies.presets`).
+
+Every mistake is one line (:class:`vae_tf.errors.ConfigError`).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import difflib
 import os
-import types
-import typing
-from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import pydantic
 import yaml
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                      PrivateAttr, model_validator)
 
 from vae_tf.errors import ConfigError
+
+from vae_tf.remedies.pretraining import DEFAULT_EPOCHS as DEFAULT_PRETRAIN_EPOCHS
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 
-@dataclass
-class DataConfig:
-    name: str = "digits"                 # registry name (vae_tf.data.DATASETS)
-    path: str | None = None              # file/folder for npz, npy, images
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    max_samples: int | None = None       # truncate (after the seeded shuffle) for quick runs
-    options: dict = field(default_factory=dict)  # loader options, e.g. {image_size: 32} for dsprites
+class Section(BaseModel):
+    """A closed config section: strict types, finite numbers, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, validate_assignment=True)
 
 
-@dataclass
-class ModelConfig:
-    latent: dict = field(default_factory=lambda: {"family": "gaussian", "latent_dim": 8})
-    likelihood: dict = field(default_factory=lambda: {"name": "bernoulli"})
-    network: dict = field(default_factory=lambda: {"kind": "mlp", "hidden": [256, 128]})
+class DataConfig(Section):
+    name: str = "digits"                            # registry name (vae_tf.data.DATASETS)
+    path: str | None = None                         # file/folder for npz, npy, images, text_file, wordnet
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    max_samples: PositiveInt | None = None          # truncate (after the seeded shuffle) for quick runs
+    options: dict = Field(default_factory=dict)     # loader options, e.g. {image_size: 32} for dsprites
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self):
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("data.val_fraction + data.test_fraction must be < 1 to leave training data")
+        return self
 
 
-@dataclass
-class ObjectiveConfig:
-    name: str = "elbo"
-    beta: float = 1.0
-    options: dict = field(default_factory=dict)  # objective-specific options
+class ModelConfig(Section):
+    latent: dict = Field(default_factory=lambda: {"family": "gaussian", "latent_dim": 8})
+    likelihood: dict = Field(default_factory=lambda: {"name": "bernoulli"})
+    network: dict = Field(default_factory=lambda: {"kind": "mlp", "hidden": [256, 128]})
 
 
-@dataclass
-class PretrainConfig:
-    """Encoder pretraining (vae_tf.pretraining): off while ``fraction`` is 0."""
+class ObjectiveConfig(Section):
+    """The composable objective (:mod:`vae_tf.remedies`); after validation every slot holds its
+    full options, defaults included (what ``--print-config`` and MLflow show)."""
 
-    fraction: float = 0.0                # labelled fraction of the training split reserved for it
-    epochs: int = 30                     # 10 % of digits is ~3 steps per epoch: 5 epochs reached chance
-    batch_size: int | None = None        # None: train.batch_size
-    learning_rate: float | None = None   # None: train.learning_rate
+    kl_weight: dict = Field(default_factory=lambda: {"kind": "constant", "beta": 1.0})
+    regularizers: list[dict] = Field(default_factory=list)
+    input_noise: dict = Field(default_factory=lambda: {"kind": "none"})
+    inference: dict = Field(default_factory=lambda: {"kind": "standard"})
+    _preset: str | None = PrivateAttr(default=None)
 
+    @property
+    def preset(self) -> str | None:
+        """The preset name the config used (``objective.name``), if any."""
+        return self._preset
 
-@dataclass
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    steps_per_execution: int = 4         # steps per tf.function call; 4 measured best on CPU (docs/performance.md)
-    early_stopping_patience: int | None = None  # epochs without val ELBO improvement; None: off
-    run_dir: str = "runs"                # checkpoints go to <run_dir>/<mlflow run id>/checkpoints
-    checkpoints_to_keep: int = 3
-    checkpoint_every_steps: int | None = None  # also save every N training steps (besides every epoch)
-    clip_norm: float | None = None       # clip the global gradient norm (Adam's global_clipnorm); None: off
-    strategy: str = "none"               # none | mirrored | multi_worker (tf.distribute; training/distribute.py)
-    cpu_replicas: int | None = None      # mirrored without GPUs: split the CPU into this many replicas (tests)
-    scale_learning_rate: str = "none"    # none | linear | sqrt: learning_rate x R or x sqrt(R) for R replicas
-    precision: str = "float32"           # float32 | mixed_bfloat16 | mixed_float16 (KL and log-probs stay float32)
-    deterministic: bool = False          # tf.config.experimental.enable_op_determinism()
-    verbose: int = 1                     # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line/epoch
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # encoder pretraining on a labelled fraction
+    def summary(self) -> str:
+        """One line naming what is composed, e.g. ``control + mi_q + fgsm + aggressive``."""
+        from vae_tf.remedies import parse_objective
+
+        return parse_objective(self.model_dump()).summary()
 
 
-@dataclass
-class ExportConfig:
-    base_dir: str = "models"             # MODEL_BASE_PATH; the model goes to <base_dir>/<name>/<version>
-    version: int | None = None           # None: next free version
+class PretrainConfig(Section):
+    """Encoder pretraining (vae_tf.remedies.pretraining): off while ``fraction`` is 0."""
+
+    fraction: float = Field(0.0, ge=0.0, lt=1.0)    # labelled fraction of the training split reserved for it
+    epochs: PositiveInt = DEFAULT_PRETRAIN_EPOCHS
+    batch_size: PositiveInt | None = None           # None: train.batch_size
+    learning_rate: PositiveFloat | None = None      # None: train.learning_rate
 
 
-@dataclass
-class MlflowConfig:
-    experiment: str = "vae-tf"
-    tracking_uri: str | None = None      # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
-    run_name: str | None = None
-    register: bool = True                # register the logged model under `name`
-    log_figures: bool = True
-    retry_seconds: float = 60.0          # while MLflow is unreachable, retry the buffered logging this often
+class TrainConfig(Section):
+    epochs: PositiveInt = 40
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 1e-3
+    steps_per_execution: PositiveInt = 4            # steps per tf.function call; 4 measured best on CPU
+    early_stopping_patience: PositiveInt | None = 10  # epochs without a better val ELBO; null: off
+    run_dir: str = "runs"                           # checkpoints go to <run_dir>/<mlflow run id>/checkpoints
+    checkpoints_to_keep: PositiveInt = 3
+    checkpoint_every_steps: PositiveInt | None = None  # also save every N training steps (besides every epoch)
+    clip_norm: PositiveFloat | None = None          # clip the global gradient norm; null: off
+    strategy: Literal["none", "mirrored", "multi_worker"] = "none"
+    cpu_replicas: PositiveInt | None = None         # mirrored without GPUs: split the CPU into this many replicas
+    scale_learning_rate: Literal["none", "linear", "sqrt"] = "none"
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    deterministic: bool = False                     # tf.config.experimental.enable_op_determinism()
+    verbose: Literal[0, 1, 2] | None = None         # null: progress bar on a terminal, one line per epoch otherwise
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
 
-@dataclass
-class Config:
-    name: str = "vae"                    # model name: export directory and registered model
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+class ExportConfig(Section):
+    base_dir: str = "models"                        # MODEL_BASE_PATH; the model goes to <base_dir>/<name>/<version>
+    version: PositiveInt | None = None              # null: next free version
+
+
+with warnings.catch_warnings():  # `register` is also ABCMeta.register, which no one calls on a config section
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class MlflowConfig(Section):
+        experiment: str = Field("vae-tf", min_length=1)
+        tracking_uri: str | None = None                 # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
+        run_name: str | None = None
+        register: bool = True                           # register the logged model under `name`
+        log_figures: bool = True
+        retry_seconds: NonNegativeFloat = 60.0          # while MLflow is unreachable, retry the buffered logging this often
+
+
+class Config(Section):
+    name: str = Field("vae", pattern=r"^[A-Za-z0-9_.-]+$")  # export directory and registered model name
+    seed: NonNegativeInt = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="python")
 
     def flat(self) -> dict[str, Any]:
-        """``{"train.epochs": 30, ...}``: the form MLflow params take."""
+        """``{"train.epochs": 40, ...}``: the form MLflow params take."""
         return flatten(self.to_dict())
+
+    def replace(self, **sections) -> "Config":
+        """A copy with some values changed, validated: ``config.replace(train={"steps_per_execution": 1})``."""
+        tree = self.to_dict()
+        for section, values in sections.items():
+            tree[section] = {**tree[section], **values} if isinstance(values, dict) else values
+        return from_dict(tree)
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -141,7 +181,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _set_path(tree: dict, path: list[str], value: Any, text: str) -> None:
+def set_path(tree: dict, path: list[str], value: Any, text: str) -> None:
+    """Set ``tree[path[0]][path[1]]... = value`` (creating sections), for the override ``text``."""
     node = tree
     for depth, part in enumerate(path[:-1]):
         child = node.get(part)
@@ -154,11 +195,33 @@ def _set_path(tree: dict, path: list[str], value: Any, text: str) -> None:
     node[path[-1]] = value
 
 
-def _deep_merge(base: dict, update: dict) -> dict:
+def apply_overrides(tree: dict, overrides) -> dict:
+    """``tree`` with the ``key.path=value`` of ``overrides`` merged in (a copy): the overrides
+    form one tree, merged like a config layer (:func:`deep_merge`), so ``--set
+    objective.kl_weight.kind=linear`` replaces the file's controller instead of keeping its
+    options."""
+    layer: dict = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        set_path(layer, keys, value, text)
+    return deep_merge(tree, layer)
+
+
+#: Keys that name a registry entry whose options depend on it: a mapping that changes one of them
+#: replaces the mapping it updates instead of merging into it (``--set model.network.kind=conv``
+#: does not keep the mlp's ``hidden``; a slot's other kind does not inherit the first's options).
+#: A latent ``family`` merges (``latent_dim`` is every family's).
+REPLACING_KEYS = ("kind", "name")
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """``update`` merged into a copy of ``base``, mapping by mapping (:data:`REPLACING_KEYS`)."""
     out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+    for key, value in (update or {}).items():
+        current = out.get(key)
+        if isinstance(value, dict) and isinstance(current, dict) and not any(
+                k in value and k in current and value[k] != current[k] for k in REPLACING_KEYS):
+            out[key] = deep_merge(current, value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -181,125 +244,73 @@ def read_yaml(path: str | os.PathLike) -> dict:
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file (if any), then ``--set`` overrides; validated."""
-    tree: dict = {}
-    if path is not None:
-        tree = read_yaml(path)
-    for text in overrides:
-        keys, value = parse_override(text)
-        _set_path(tree, keys, value, text)
-    return from_dict(tree)
+    tree: dict = read_yaml(path) if path is not None else {}
+    return from_dict(apply_overrides(tree, overrides))
+
+
+def _objective_tree(tree: dict) -> tuple[dict, str | None]:
+    """The objective section in the slot form, and the preset name it used (if any)."""
+    from vae_tf.remedies.presets import is_preset, preset_to_slots
+
+    objective = tree.get("objective")
+    if objective is None:
+        return {}, None
+    if not isinstance(objective, dict):
+        raise ConfigError(f"objective must be a mapping, got {objective!r}")
+    if is_preset(objective):
+        return preset_to_slots(objective), objective.get("name", "elbo")
+    shorthand = {key: {"kind": value} for key, value in objective.items()  # `inference: aggressive`
+                 if key in ("kl_weight", "input_noise", "inference") and isinstance(value, str)}
+    if isinstance(objective.get("regularizers"), list):
+        shorthand["regularizers"] = [{"kind": r} if isinstance(r, str) else r for r in objective["regularizers"]]
+    return {**objective, **shorthand}, None
 
 
 def from_dict(tree: dict) -> Config:
-    merged = _deep_merge(Config().to_dict(), tree)
-    config = _build(Config, merged, "")
-    _check_values(config)
+    """Validate a config tree (defaults filled in) into a :class:`Config`; one-line ConfigError."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {tree!r}")
+    tree = copy.deepcopy(tree)
+    objective, preset = _objective_tree(tree)
+    if "objective" in tree:
+        tree["objective"] = objective
+    merged = deep_merge(Config().to_dict(), tree)
+    try:
+        config = Config.model_validate(merged)
+    except pydantic.ValidationError as err:
+        raise ConfigError(_config_error(err)) from None
+    config.objective._preset = preset
+    check_registries(config)
     return config
 
 
-# --- validation --------------------------------------------------------------------------------
+def _config_error(err: pydantic.ValidationError) -> str:
+    from vae_tf._schema import one_line
 
-def _type_name(tp) -> str:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp, where: str):
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(value, option, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
-    if tp is type(None):
-        if value is None:
-            return None
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is dict or origin is dict:
-        if isinstance(value, dict):
-            return value
-    raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
+    line = one_line(err, Config, "")
+    return line.replace("unknown option ", "unknown config key ", 1)
 
 
-def _build(cls, tree: Any, prefix: str):
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {tree!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [key for key in tree if key not in names]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(str(key), names, n=1)
-        hint = f"; did you mean {prefix}{close[0]!s}?" if close else f"; valid keys: {', '.join(prefix + n for n in names)}"
-        raise ConfigError(f"unknown config key {prefix}{key}{hint}")
-    values = {}
-    for name in names:
-        tp = hints[name]
-        where = prefix + name
-        if dataclasses.is_dataclass(tp):
-            values[name] = _build(tp, tree.get(name, {}), where + ".")
-        else:
-            values[name] = _coerce(tree.get(name), tp, where)
-    return cls(**values)
+def check_registries(config: Config) -> None:
+    """Validate the sections that name registry entries against those registries (model parts
+    and the objective's slots), and what the parts need of each other; normalises the objective to
+    its full slot form. One-line ConfigError; nothing is built."""
+    from vae_tf.models import check_model_spec, check_requirements
+    from vae_tf.remedies import parse_objective
+
+    model = config.model
+    check_model_spec(model.latent, model.likelihood, model.network)
+    if config.objective.preset:
+        check_requirements({"name": config.objective.preset}, model.likelihood)
+    composition = parse_objective(config.objective.model_dump())
+    for key, value in composition.to_dict().items():
+        setattr(config.objective, key, value)
+    if composition.inference.kind == "aggressive" and config.data.val_fraction <= 0:
+        raise ConfigError("objective.inference aggressive needs held-out data for its per-epoch MI check: set "
+                          "data.val_fraction > 0")
 
 
-def _check_values(c: Config) -> None:
-    def need(cond: bool, message: str) -> None:
-        if not cond:
-            raise ConfigError(message)
-
-    need(bool(c.name) and c.name.replace("_", "").replace("-", "").replace(".", "").isalnum(),
-         f"name {c.name!r} must be letters, digits, '_', '-', '.' (it names the export directory and the registered model)")
-    need(c.seed >= 0, f"seed must be >= 0, got {c.seed}")
-    need(0.0 <= c.data.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {c.data.val_fraction}")
-    need(0.0 <= c.data.test_fraction < 1.0, f"data.test_fraction must be in [0, 1), got {c.data.test_fraction}")
-    need(c.data.val_fraction + c.data.test_fraction < 1.0, "data.val_fraction + data.test_fraction must be < 1 to leave training data")
-    need(c.data.max_samples is None or c.data.max_samples > 0, f"data.max_samples must be positive or null, got {c.data.max_samples}")
-    for section, key in (("latent", "family"), ("likelihood", "name"), ("network", "kind")):
-        value = getattr(c.model, section)
-        need(isinstance(value.get(key), str), f"model.{section}.{key} must name a registered {section} (a string), got {value.get(key)!r}")
-    latent_dim = c.model.latent.get("latent_dim")
-    need(isinstance(latent_dim, int) and not isinstance(latent_dim, bool) and latent_dim > 0,
-         f"model.latent.latent_dim must be a positive integer, got {latent_dim!r}")
-    need(c.objective.beta >= 0, f"objective.beta must be >= 0, got {c.objective.beta}")
-    need(c.train.epochs > 0, f"train.epochs must be a positive integer, got {c.train.epochs}")
-    need(c.train.batch_size > 0, f"train.batch_size must be a positive integer, got {c.train.batch_size}")
-    need(c.train.learning_rate > 0, f"train.learning_rate must be > 0, got {c.train.learning_rate}")
-    need(c.train.steps_per_execution > 0, f"train.steps_per_execution must be a positive integer, got {c.train.steps_per_execution}")
-    need(c.train.early_stopping_patience is None or c.train.early_stopping_patience > 0,
-         f"train.early_stopping_patience must be a positive integer or null, got {c.train.early_stopping_patience}")
-    need(c.train.checkpoints_to_keep > 0, f"train.checkpoints_to_keep must be positive, got {c.train.checkpoints_to_keep}")
-    need(c.train.checkpoint_every_steps is None or c.train.checkpoint_every_steps > 0,
-         f"train.checkpoint_every_steps must be a positive integer or null, got {c.train.checkpoint_every_steps}")
-    need(c.train.clip_norm is None or c.train.clip_norm > 0, f"train.clip_norm must be > 0 or null, got {c.train.clip_norm}")
-    need(c.train.strategy in ("none", "mirrored", "multi_worker"),
-         f"train.strategy must be none, mirrored or multi_worker, got {c.train.strategy!r}")
-    need(c.train.cpu_replicas is None or c.train.cpu_replicas > 0,
-         f"train.cpu_replicas must be a positive integer or null, got {c.train.cpu_replicas}")
-    need(c.train.scale_learning_rate in ("none", "linear", "sqrt"),
-         f"train.scale_learning_rate must be none, linear or sqrt, got {c.train.scale_learning_rate!r}")
-    need(c.train.precision in ("float32", "mixed_bfloat16", "mixed_float16"),
-         f"train.precision must be float32, mixed_bfloat16 or mixed_float16, got {c.train.precision!r}")
-    need(c.mlflow.retry_seconds >= 0, f"mlflow.retry_seconds must be >= 0, got {c.mlflow.retry_seconds}")
-    need(c.train.verbose in (0, 1, 2), f"train.verbose must be 0, 1 or 2, got {c.train.verbose}")
-    pre = c.train.pretrain
-    need(0.0 <= pre.fraction < 1.0, f"train.pretrain.fraction must be in [0, 1) (0: no pretraining), got {pre.fraction}")
-    need(pre.epochs > 0, f"train.pretrain.epochs must be a positive integer, got {pre.epochs}")
-    need(pre.batch_size is None or pre.batch_size > 0, f"train.pretrain.batch_size must be a positive integer or null, got {pre.batch_size}")
-    need(pre.learning_rate is None or pre.learning_rate > 0, f"train.pretrain.learning_rate must be > 0 or null, got {pre.learning_rate}")
-    need(c.export.version is None or c.export.version > 0, f"export.version must be a positive integer or null, got {c.export.version}")
-    need(bool(c.mlflow.experiment), "mlflow.experiment must be a non-empty name")
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_PRETRAIN_EPOCHS", "REPLACING_KEYS", "Config", "DataConfig", "ExportConfig",
+           "MlflowConfig", "ModelConfig", "ObjectiveConfig", "PretrainConfig", "TrainConfig", "apply_overrides",
+           "check_registries", "deep_merge", "flatten", "from_dict", "load_config", "parse_override", "read_yaml",
+           "set_path"]

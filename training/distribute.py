@@ -6,7 +6,7 @@ of a cluster is the chief.
   ``train.cpu_replicas`` logical CPUs (a test set-up: the CPU is split, the cores are shared).
 - ``multi_worker``: ``MultiWorkerMirroredStrategy`` from ``TF_CONFIG`` (one process per worker;
   README "Training on several devices or machines"). Keras 3 needs rank-1 metrics from
-  ``train_step`` / ``test_step`` for it (``vae_tf.models.replicas.step_logs``, also the encoder
+  ``train_step`` / ``test_step`` for it (``vae_tf.replicas.step_logs``, also the encoder
   pretraining classifier's). Tested on a 2-worker cluster on 127.0.0.1, one CPU replica per
   worker: every objective (``elbo`` with and without β schedules, ``capacity``, ``control_vae``,
   ``ar_elbo``, ``mi_max``, ``aggressive``, ``noisy_input``), every latent family (``gaussian``,

@@ -83,7 +83,7 @@ def _pyfunc_saved_model(local: Path) -> Path:
 def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple = (), max_examples: int | None = None,
              iw_k: int = 500, disentanglement: str = "quick", fd: bool = False, output: str | None = None,
              log_to_mlflow: bool = True, out=None) -> EvaluationResult:
-    from training.config import from_dict, load_config
+    from training.config import apply_overrides, from_dict, load_config
     from training.train import prepare_data
     from vae_tf.export import load_model_info, load_vae
     from vae_tf.metrics import evaluate_model, evaluation_figures, report
@@ -96,7 +96,7 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     saved = info.get("config")
     config = from_dict(saved) if saved else load_config(None)
     if overrides:
-        config = from_dict(_apply(config.to_dict(), overrides))
+        config = from_dict(apply_overrides(config.to_dict(), overrides))
     data = prepare_data(config)
 
     result = evaluate_model(model, data, split=split, seed=config.seed, max_examples=max_examples, iw_k=iw_k,
@@ -111,26 +111,22 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     report_path = Path(output) if output else Path("evaluation") / f"{info.get('name', 'model')}-v{info.get('version', 0)}-{split}.json"
     _write_json_atomically(report_path, document)
 
+    from training.lineage import result_verdict
+
+    verdict = result_verdict(result)
+    document["collapse"] = {"verdict": verdict.line, "status": verdict.verdict.status,
+                            "thresholds": verdict.verdict.thresholds()}
     eval_run_id = None
     if log_to_mlflow:
-        eval_run_id = _log(config, info, result, figures, document, run_id, split)
+        eval_run_id = _log(config, info, result, figures, document, run_id, split, data, verdict)
     else:
         import matplotlib.pyplot as plt
 
         for fig in figures.values():
             plt.close(fig)
-    _print_summary(result, report_path, eval_run_id, out or sys.stdout)
+    _print_summary(result, report_path, eval_run_id, out or sys.stdout, verdict.line)
     return EvaluationResult(metrics=result["metrics"], info=result["info"], report_path=report_path,
                             run_id=eval_run_id, version_dir=version_dir)
-
-
-def _apply(tree: dict, overrides) -> dict:
-    from training.config import _set_path, parse_override
-
-    for text in overrides:
-        keys, value = parse_override(text)
-        _set_path(tree, keys, value, text)
-    return tree
 
 
 def _write_json_atomically(path: Path, document: dict) -> None:
@@ -139,10 +135,11 @@ def _write_json_atomically(path: Path, document: dict) -> None:
     write_json_atomic(path, document, allow_nan=False)
 
 
-def _log(config, info, result, figures, document, trained_run_id, split) -> str:
+def _log(config, info, result, figures, document, trained_run_id, split, data, verdict) -> str:
     import mlflow
 
-    from training.tracking import log_figures, resolve_tracking_uri, use_tracking
+    from training.lineage import dataset_digest, dataset_source
+    from training.tracking import log_figures, meta_dataset, resolve_tracking_uri, use_tracking
 
     use_tracking(resolve_tracking_uri(config.mlflow.tracking_uri))
     mlflow.set_experiment(config.mlflow.experiment)
@@ -150,21 +147,27 @@ def _log(config, info, result, figures, document, trained_run_id, split) -> str:
     tags = {"vae_tf.kind": "evaluation", "vae_tf.model": f"{info.get('name')}/{info.get('version')}"}
     if trained_run_id:
         tags["vae_tf.evaluates_run_id"] = trained_run_id
-    with mlflow.start_run(run_name=name, tags=tags) as run:
+    with mlflow.start_run(run_name=name, tags={**tags, **verdict.tags()}) as run:
+        x, y = data.split(split)
+        mlflow.log_input(meta_dataset(f"{data.name}-{split}", dataset_source(config, data), dataset_digest(x, y)),
+                         context="evaluation", tags={"mlflow.data.context": "evaluation", "split": split,
+                                                     "n_examples": str(len(x))})
         mlflow.log_metrics({k: float(v) for k, v in result["metrics"].items() if v == v})  # NaN: not logged
         mlflow.log_dict(document, "evaluation/report.json")
         log_figures(figures, "evaluation")
     return run.info.run_id
 
 
-def _print_summary(result, report_path: Path, run_id: str | None, out) -> None:
-    """Every scalar metric except the per-dimension ones (those are in the report and the figures)."""
+def _print_summary(result, report_path: Path, run_id: str | None, out, verdict: str) -> None:
+    """Every scalar metric except the per-dimension ones (those are in the report and the figures),
+    then the collapse verdict."""
     print(file=out)
     for key, value in result["metrics"].items():
         if not key.startswith("kl_dim_"):
             print(f"{key:32s} {value:.4f}", file=out)
     for key, reason in result["info"].get("skipped", {}).items():
         print(f"{key:32s} skipped: {reason}", file=out)
-    print(f"\nreport:        {report_path.resolve()}", file=out)
+    print(f"\ncollapse:      {verdict}", file=out)
+    print(f"report:        {report_path.resolve()}", file=out)
     if run_id:
         print(f"MLflow run:    {run_id}", file=out)

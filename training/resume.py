@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.config import Config, _set_path, from_dict, parse_override
+from training.config import Config, from_dict, parse_override, set_path
 from training.tracking import RUN_RECORD_NAME
 from vae_tf.errors import ConfigError
 
@@ -64,5 +64,5 @@ def resumed_config(record: dict, overrides: list[str] | tuple[str, ...] = ()) ->
         if dotted not in RESUMABLE_KEYS:
             raise ConfigError(f"--set {dotted} cannot change when resuming (the checkpoint is of the run's own "
                               f"model and data); changeable: {', '.join(sorted(RESUMABLE_KEYS))}")
-        _set_path(tree, keys, value, text)
+        set_path(tree, keys, value, text)
     return from_dict(tree)

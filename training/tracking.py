@@ -179,6 +179,22 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:200]}"
 
 
+def meta_dataset(name: str, source: str, digest: str):
+    """An MLflow dataset without its data (``MetaDataset``): a file or URL source where ``source``
+    is one, else a code source naming the loader."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    resolved = None
+    if source.startswith(("http://", "https://", "s3://", "gs://")) or Path(source).exists():
+        try:
+            resolved = resolve_dataset_source(source)
+        except Exception:  # noqa: BLE001 - an unusual path: name it in a code source instead
+            resolved = None
+    return MetaDataset(resolved or CodeDatasetSource({"vae_tf.source": source}), name=name, digest=digest)
+
+
 class TrackedRun:
     """The MLflow run of one training job, resilient to MLflow faults.
 
@@ -307,6 +323,16 @@ class TrackedRun:
             plt.close(fig)
             self._call("log_artifact", {"local_path": str(path.resolve()), "artifact_path": artifact_dir})
 
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str) -> None:
+        """Every file under ``local_dir`` (kept on disk: a buffered call still has them)."""
+        self._call("log_artifacts", {"local_dir": str(Path(local_dir).resolve()), "artifact_path": artifact_path})
+
+    def log_dataset(self, *, name: str, source: str, digest: str, context: str, tags: dict | None = None) -> None:
+        """A dataset input of the run (``mlflow.log_input`` of a ``MetaDataset``: name, source,
+        digest; ``context`` and ``tags`` on the input), shown in the run page's Datasets panel."""
+        self._call("log_input", {"name": name, "source": source, "digest": digest, "context": context,
+                                 "tags": {k: str(v) for k, v in (tags or {}).items()}})
+
     def log_model(self, export_dir: Path, data_shape, registered_name: str | None):
         """The SavedModel as a pyfunc (and a registered version); ``(None, None)`` when buffered."""
         result = self._call("log_model", {"export_dir": str(Path(export_dir).resolve()),
@@ -354,6 +380,11 @@ class TrackedRun:
             mlflow.log_dict(args["dictionary"], args["artifact_file"])
         elif op == "log_artifact":
             mlflow.log_artifact(args["local_path"], args["artifact_path"])
+        elif op == "log_artifacts":
+            mlflow.log_artifacts(args["local_dir"], args["artifact_path"])
+        elif op == "log_input":
+            mlflow.log_input(meta_dataset(args["name"], args["source"], args["digest"]), context=args["context"],
+                             tags={"mlflow.data.context": args["context"], **args.get("tags", {})})
         elif op == "log_model":
             return log_saved_model(Path(args["export_dir"]), args["data_shape"], args["registered_name"])
         elif op == "end_run":
@@ -503,4 +534,4 @@ class WorkerRun:
     def _ignore(self, *args, **kwargs) -> None:
         return None
 
-    log_params = log_metrics = set_tags = log_dict = log_figures = save_record = _ignore
+    log_params = log_metrics = set_tags = log_dict = log_figures = save_record = log_dataset = log_artifacts = _ignore

@@ -22,6 +22,7 @@ class TrainResult:
     test_metrics: dict
     model_uri: str | None = None
     registered_version: str | None = None
+    collapse: str | None = None          # the one-line collapse verdict (training.lineage.collapse_verdict)
 
 
 def prepare_data(config: Config):
@@ -49,12 +50,12 @@ def prepare_data(config: Config):
 
 
 def objective_spec(config: Config, steps_per_epoch: int) -> dict:
-    """The objective dict for ``build_vae``; a cyclical β schedule without ``total_steps`` spans
-    the whole run (``epochs × steps_per_epoch``)."""
-    spec = {"name": config.objective.name, "beta": config.objective.beta, **config.objective.options}
-    schedule = spec.get("beta_schedule")
-    if isinstance(schedule, dict) and schedule.get("kind") == "cyclical" and "total_steps" not in schedule:
-        spec["beta_schedule"] = {**schedule, "total_steps": config.train.epochs * steps_per_epoch}
+    """The objective (slot form) for ``build_vae``; a cyclical KL weight without ``total_steps``
+    spans the whole run (``epochs × steps_per_epoch``)."""
+    spec = config.objective.model_dump()
+    kl_weight = spec["kl_weight"]
+    if kl_weight.get("kind") == "cyclical" and kl_weight.get("total_steps") is None:
+        spec["kl_weight"] = {**kl_weight, "total_steps": config.train.epochs * steps_per_epoch}
     return spec
 
 
@@ -92,10 +93,10 @@ def build_model(config: Config, data_shape, steps_per_epoch: int = 1, replicas: 
 def split_for_pretraining(config: Config, data):
     """``(data for the VAE, (x, y) labelled for encoder pretraining or None)``: with
     ``train.pretrain.fraction > 0`` that fraction of the training split is reserved for
-    pretraining and removed from the VAE's training data (vae_tf.pretraining)."""
+    pretraining and removed from the VAE's training data (vae_tf.remedies.pretraining)."""
     if config.train.pretrain.fraction <= 0:
         return data, None
-    from vae_tf.pretraining import split_labelled
+    from vae_tf.remedies.pretraining import split_labelled
 
     remaining, x, y = split_labelled(data, config.train.pretrain.fraction, seed=config.seed)
     return remaining, (x, y)
@@ -105,7 +106,7 @@ def run_pretraining(config: Config, model, labelled, data, tracker) -> dict:
     """Pretrain ``model``'s encoder with a classification head on ``labelled`` and log
     ``pretrain_accuracy`` / ``pretrain_loss`` (and ``pretrain_val_accuracy``) per pretraining
     epoch through ``tracker`` (a :class:`training.tracking.TrackedRun`)."""
-    from vae_tf.pretraining import pretrain_encoder
+    from vae_tf.remedies.pretraining import pretrain_encoder
 
     pre, train_cfg = config.train.pretrain, config.train
     x, y = labelled
@@ -131,14 +132,46 @@ def seed_everything(config: Config) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+@dataclasses.dataclass
+class Prepared:
+    """What a run trains, made before anything is logged: the validated data (the part the VAE
+    trains on, and the labelled part reserved for encoder pretraining), the steps of an epoch, and
+    the compiled model."""
+
+    data: object
+    labelled: tuple | None
+    steps_per_epoch: int
+    model: object
+
+
+def prepare(config: Config, strategy) -> Prepared:
+    """Seed, load and check the data, build and compile the model (in ``strategy.scope()``):
+    everything a user's config or data can make fail, so that it fails before an MLflow run, a
+    run directory or a checkpoint exists."""
+    seed_everything(config)
+    if config.model.latent.get("family") == "normal_gamma" and config.objective.kl_weight["kind"] == "constant":
+        # Without KL warm-up every mixture weight goes to the uninformative component in the first
+        # epoch and never recovers (docs/latent_families.md).
+        print("warning: model.latent.family=normal_gamma with a constant KL weight usually collapses every "
+              "dimension; anneal it, e.g. objective.kl_weight={kind: linear, steps: 1000}", file=sys.stderr)
+    data = prepare_data(config)
+    data, labelled = split_for_pretraining(config, data)
+    steps_per_epoch = training_steps_per_epoch(data, config.train)
+    with strategy.scope():
+        model = build_model(config, data.data_shape, steps_per_epoch, strategy.num_replicas_in_sync)
+    return Prepared(data=data, labelled=labelled, steps_per_epoch=steps_per_epoch, model=model)
+
+
 def run_training(config: Config, *, tags: dict | None = None, after_training=None,
                  resume: str | bool | None = None, overrides: tuple[str, ...] = ()) -> TrainResult:
-    """Train, evaluate, export and track one run. A failure marks the MLflow run FAILED with the
-    error message (tag ``error``) and re-raises.
+    """Train, evaluate, export and track one run. Bad configs and data fail before the MLflow run
+    is created (:func:`prepare`); a later failure marks the run FAILED with the error message (tag
+    ``error``) and re-raises.
 
     ``tags`` are set on the run (``mlflow.parentRunId`` nests it under a parent run);
-    ``after_training(model, data)`` runs inside the run after the export, for callers that log
-    more (the experiment suites' evaluation).
+    ``after_training(model, data, tracker)`` runs inside the run after the export, for callers
+    that log more (the experiment suites' evaluation) through ``tracker`` (a
+    :class:`training.tracking.TrackedRun`: MLflow outages are journaled, not fatal).
 
     ``resume`` continues an interrupted run from its last checkpoint, in the same MLflow run:
     ``True`` takes the most recent unfinished run of ``config.name`` in ``config.train.run_dir``,
@@ -161,13 +194,14 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
         print(f"warning: train.steps_per_execution={config.train.steps_per_execution} does not work under "
               f"tf.distribute with this Keras/TensorFlow; using 1 for train.strategy={config.train.strategy}",
               file=sys.stderr)
-        config = dataclasses.replace(config, train=dataclasses.replace(config.train, steps_per_execution=1))
+        config = config.replace(train={"steps_per_execution": 1})
+    if not is_chief(strategy) and resume:
+        raise ConfigError("--resume is for single-process runs; restart a multi_worker cluster from scratch")
+    prepared = prepare(config, strategy)
     if not is_chief(strategy):
-        if resume:
-            raise ConfigError("--resume is for single-process runs; restart a multi_worker cluster from scratch")
         worker = WorkerRun(worker_description(strategy)).start()
         try:
-            return _run(config, worker, strategy=strategy)
+            return _run(config, prepared, worker, strategy=strategy)
         finally:
             worker.finish()
     if resume:
@@ -182,7 +216,7 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
     tracker.start()
     tracker.save_record(status="running", name=config.name, config=config.to_dict())
     try:
-        result = _run(config, tracker, after_training, resumed=bool(resume), strategy=strategy)
+        result = _run(config, prepared, tracker, after_training, resumed=bool(resume), strategy=strategy)
     except BaseException as err:
         message = f"{type(err).__name__}: {' '.join(str(err).split())}"[:5000]
         tracker.set_tags({"error": message})
@@ -230,19 +264,51 @@ def _restore(model, checkpoint_dir: Path, progress) -> str | None:
     return latest
 
 
-def _run(config: Config, tracker, after_training=None, resumed: bool = False, strategy=None) -> TrainResult:
+#: Offset of the aggressive inner loop's data stream from the training stream's seed: the two
+#: orders differ, and each is a function of (seed, pass), so a resume restarts both exactly.
+INNER_STREAM_SEED_OFFSET = 7919
+
+
+def fit_verbosity(train_cfg) -> int:
+    """``train.verbose``, or when it is null: Keras' progress bar on a terminal, one line per epoch
+    when standard output is not one (CI, ``nohup``, a log file: no control codes)."""
+    if train_cfg.verbose is not None:
+        return int(train_cfg.verbose)
+    isatty = getattr(sys.stdout, "isatty", None)
+    return 1 if isatty is not None and isatty() else 2
+
+
+def _set_up_inference(config: Config, model, data) -> None:
+    """Data the inference procedure reads besides its batch (aggressive: fresh batches from their
+    own resumable stream, started where the model's ``inner_batches`` says, and the held-out batch
+    of the MI check)."""
+    inference = model.inference
+    if not hasattr(inference, "set_inner_data"):
+        return
+    train_cfg = config.train
+    inference.set_inner_data(data.resumable_pipeline(
+        "train", train_cfg.batch_size, seed=config.seed + INNER_STREAM_SEED_OFFSET, epochs=2**31 - 1,
+        start_step=int(inference.inner_batches.numpy())))
+    x_val, _ = data.split("val")
+    inference.set_heldout(x_val)
+
+
+def _run(config: Config, prepared: Prepared, tracker, after_training=None, resumed: bool = False,
+         strategy=None) -> TrainResult:
     import keras
     import numpy as np
 
     from training.callbacks import (
         CollapseDiagnostics,
         MlflowMetrics,
+        ResumableEarlyStopping,
         RestoreEpochTrackers,
         StopOnNonFinite,
         TrainingCheckpoint,
         TrainingProgress,
     )
     from training.distribute import distribute_options, is_chief
+    from training.lineage import log_datasets, model_verdict
     from vae_tf import plots
     from vae_tf.errors import TrainingDivergedError
     from vae_tf.export import export_model
@@ -251,30 +317,19 @@ def _run(config: Config, tracker, after_training=None, resumed: bool = False, st
         import tensorflow as tf
 
         strategy = tf.distribute.get_strategy()
+    data, labelled, steps_per_epoch, model = prepared.data, prepared.labelled, prepared.steps_per_epoch, prepared.model
     if not resumed:
         tracker.log_params(_params(config.flat()))
         tracker.log_dict(config.to_dict(), "config.yaml")
-        tracker.set_tags({"vae_tf.objective": config.objective.name, "vae_tf.latent": config.model.latent["family"],
-                          "vae_tf.likelihood": config.model.likelihood["name"], "vae_tf.data": config.data.name})
-
-    seed_everything(config)
-    if config.model.latent.get("family") == "normal_gamma" and not config.objective.options.get("beta_schedule"):
-        # Without KL warm-up every mixture weight goes to the uninformative component in the first
-        # epoch and never recovers (docs/latent_families.md).
-        print("warning: model.latent.family=normal_gamma without objective.options.beta_schedule usually "
-              "collapses every dimension; add e.g. beta_schedule: {kind: linear, steps: 1000}", file=sys.stderr)
-    data = prepare_data(config)
-    data, labelled = split_for_pretraining(config, data)
-    if not resumed:
+        tracker.set_tags(run_tags(config))
         tracker.log_params({"data.n_train": len(data.x_train), "data.n_val": len(data.x_val),
                             "data.n_test": len(data.x_test), "data.shape": str(data.data_shape)})
+        log_datasets(tracker, config, data, labelled)
     train_cfg = config.train
-    steps_per_epoch = training_steps_per_epoch(data, train_cfg)
     chief = is_chief(strategy)
     checkpoint_dir = tracker.run_dir / "checkpoints"
     progress = TrainingProgress()  # not a distributed variable: MWMS cannot broadcast a string
     with strategy.scope():
-        model = build_model(config, data.data_shape, steps_per_epoch, strategy.num_replicas_in_sync)
         restored = _restore(model, checkpoint_dir, progress) if resumed else None
     if restored is None and labelled is not None:  # a restored encoder is already pretrained
         with strategy.scope():  # the classifier's head and optimizer are distributed like the VAE's
@@ -284,6 +339,7 @@ def _run(config: Config, tracker, after_training=None, resumed: bool = False, st
         print(f"resuming from {restored}: epoch {start[0] + 1}, step {start[1]} of {steps_per_epoch}", file=sys.stderr)
         tracker.set_tags({"vae_tf.resumed_from": restored})
         _log_missing_epochs(tracker, start[2])
+    _set_up_inference(config, model, data)
 
     checkpoints = TrainingCheckpoint(checkpoint_dir, steps_per_epoch, max_to_keep=train_cfg.checkpoints_to_keep,
                                      every_steps=train_cfg.checkpoint_every_steps, start=start)
@@ -294,26 +350,35 @@ def _run(config: Config, tracker, after_training=None, resumed: bool = False, st
         callbacks.append(RestoreEpochTrackers(model, start[0]))
     if has_val and chief:  # before the checkpoint and the MLflow logger, which record what it adds
         callbacks.append(CollapseDiagnostics(data.x_val, seed=config.seed))
-    callbacks += [checkpoints, nan_guard, MlflowMetrics(_EpochLogger(tracker))]
+    early_stopping = None
     if train_cfg.early_stopping_patience and has_val:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_elbo", mode="max", restore_best_weights=True,
-                                                       patience=train_cfg.early_stopping_patience))
+        # Its state is a function of the checkpoint's history (replayed on a resume) and of the best
+        # weights, which it saves before the checkpoint of the same epoch is written.
+        early_stopping = ResumableEarlyStopping(checkpoints, tracker.run_dir / "best_weights.npz",
+                                                monitor="val_elbo", mode="max", restore_best_weights=True,
+                                                patience=train_cfg.early_stopping_patience)
+        callbacks.append(early_stopping)
+    callbacks += [checkpoints, nan_guard, MlflowMetrics(_EpochLogger(tracker))]
 
     val_ds = distribute_options(data.pipeline("val", train_cfg.batch_size), strategy) if has_val else None
     epoch, step = start[0], start[1]
     batches_per_pass = data.steps_per_epoch("train", train_cfg.batch_size)
-    model.stop_training = False
+    verbose = fit_verbosity(train_cfg)
+    model.stop_training = bool(early_stopping is not None and early_stopping.stopped_before())
     while epoch < train_cfg.epochs and not model.stop_training:
         # One fit for the rest of an interrupted epoch (Keras epochs have a fixed length), then one
         # for the remaining epochs; the pipeline starts at the global step either way.
         last = epoch + 1 if step else train_cfg.epochs
-        train_ds = data.resumable_pipeline("train", train_cfg.batch_size, seed=config.seed, start_step=epoch * steps_per_epoch + step,
+        train_ds = data.resumable_pipeline("train", train_cfg.batch_size, seed=config.seed,
+                                           start_step=epoch * steps_per_epoch + step,
                                            epochs=math.ceil(train_cfg.epochs * steps_per_epoch / batches_per_pass) + 1)
         train_ds = distribute_options(train_ds, strategy)
         model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, epochs=last,
-                  steps_per_epoch=steps_per_epoch - step, callbacks=callbacks, verbose=train_cfg.verbose,
+                  steps_per_epoch=steps_per_epoch - step, callbacks=callbacks, verbose=verbose,
                   shuffle=False)  # the pipeline orders the data
         epoch, step = checkpoints.epoch, 0
+    if early_stopping is not None:
+        early_stopping.restore_best()
     if nan_guard.failed_step is not None:
         where = checkpoints.last_path or "none (it failed before the first checkpoint)"
         raise TrainingDivergedError(
@@ -335,6 +400,10 @@ def _run(config: Config, tracker, after_training=None, resumed: bool = False, st
         return TrainResult(run_id=None, experiment_id=None, tracking_uri=tracker.tracking_uri, export_dir=None,
                            checkpoint_dir=None, history=_history_dict(checkpoints.history), test_metrics=test_metrics)
     x_eval, _ = data.split(eval_split)
+    verdict = model_verdict(model, x_eval, seed=config.seed)
+    tracker.log_metrics({f"{eval_split}_{k}": v for k, v in verdict.metrics.items()})
+    tracker.set_tags(verdict.tags())
+    print(f"collapse:      {verdict.line}", file=sys.stderr)
     if config.mlflow.log_figures:
         tracker.log_figures(plots.model_figures(model, x_eval, value_range=data.value_range, kl=kl, seed=config.seed))
 
@@ -347,12 +416,24 @@ def _run(config: Config, tracker, after_training=None, resumed: bool = False, st
     model_uri, version = tracker.log_model(export_dir, data.data_shape, config.name if config.mlflow.register else None)
 
     if after_training is not None:
-        after_training(model, data)
+        after_training(model, data, tracker)
     return TrainResult(run_id=tracker.run_id or tracker.run_dir.name, experiment_id=tracker.experiment_id,
                        tracking_uri=tracker.tracking_uri, export_dir=export_dir, checkpoint_dir=checkpoint_dir,
                        history=_history_dict(history),
                        test_metrics=test_metrics, model_uri=model_uri,
-                       registered_version=None if version is None else str(version))
+                       registered_version=None if version is None else str(version), collapse=verdict.line)
+
+
+def run_tags(config: Config) -> dict:
+    """Tags that let a user filter runs by what they compose (MLflow's runs table)."""
+    objective = config.objective
+    return {"vae_tf.objective": objective.summary(), "vae_tf.kl_weight": objective.kl_weight["kind"],
+            "vae_tf.regularizers": ",".join(r["kind"] for r in objective.regularizers) or "none",
+            "vae_tf.input_noise": objective.input_noise["kind"], "vae_tf.inference": objective.inference["kind"],
+            "vae_tf.skip_decoder": str(bool(config.model.network.get("skip", False))).lower(),
+            "vae_tf.pretraining": str(config.train.pretrain.fraction > 0).lower(),
+            "vae_tf.latent": config.model.latent["family"], "vae_tf.likelihood": config.model.likelihood["name"],
+            "vae_tf.data": config.data.name}
 
 
 def _history_dict(history: list[dict]) -> dict[str, list[float]]:

@@ -39,26 +39,10 @@ class Registry(Generic[T]):
         return name in self._items
 
 
-def accepted_options(factory: Callable) -> set[str]:
-    """Keyword names ``factory`` accepts explicitly (its ``**kwargs`` do not count: Keras layers
-    forward those to ``Layer.__init__``, which rejects anything but its own)."""
-    import inspect
-
-    target = factory.__init__ if inspect.isclass(factory) else factory
-    names: set[str] = set()
-    for param in list(inspect.signature(target).parameters.values()):
-        if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) and param.name != "self":
-            names.add(param.name)
-    if inspect.isclass(factory):  # a subclass may pass its options up to its parents
-        for base in factory.__mro__[1:]:
-            if base.__module__.startswith("vae_tf") and "__init__" in vars(base):
-                names |= accepted_options(base)
-    return names
-
-
 def check_options(factory: Callable, options: dict, what: str, reserved: tuple[str, ...] = ()) -> None:
-    """One-line ConfigError naming unknown options and the valid ones."""
-    valid = accepted_options(factory) - set(reserved)
-    unknown = sorted(set(options) - valid)
-    if unknown:
-        raise ConfigError(f"{what} has no option(s) {', '.join(unknown)}; its options are: {', '.join(sorted(valid)) or 'none'}")
+    """Validate ``options`` against ``factory``'s signature (:func:`vae_tf._schema.signature_model`):
+    one-line ConfigError for an unknown option (with a "did you mean") or a value of the wrong type.
+    ``what`` is the options' config path, e.g. ``model.likelihood``."""
+    from vae_tf._schema import check_factory_options
+
+    check_factory_options(factory, options, what, tuple(reserved))

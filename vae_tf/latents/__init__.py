@@ -18,14 +18,23 @@ LATENT_FAMILIES.register("normal_gamma")(NormalGammaLatent)
 LATENT_FAMILIES.register("gaussian_categorical")(GaussianCategoricalLatent)
 
 
+def check_latent(family, options: dict) -> type[LatentFamily]:
+    """The family's class, after checking its name and its options' names and types (one-line
+    ConfigError; nothing is built)."""
+    if not isinstance(family, str):
+        raise ConfigError(f"model.latent.family must name a registered latent family (a string), got {family!r}")
+    cls = LATENT_FAMILIES.get(family)
+    latent_dim = options.get("latent_dim")
+    if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
+        raise ConfigError(f"model.latent.latent_dim must be a positive integer, got {latent_dim!r}")
+    check_options(cls, options, "model.latent", reserved=("name", "dtype", "trainable"))
+    return cls
+
+
 def build_latent(family: str, **options) -> LatentFamily:
     """Build a registered latent family; bad options give a one-line ConfigError."""
-    cls = LATENT_FAMILIES.get(family)
-    if int(options.get("latent_dim", 0)) < 1:
-        raise ConfigError(f"model.latent.latent_dim must be a positive integer, got {options.get('latent_dim')!r}")
-    check_options(cls, options, f"model.latent (family {family!r})", reserved=("name", "dtype", "trainable"))
-    return cls(**options)
+    return check_latent(family, options)(**options)
 
 
 __all__ = ["LATENT_FAMILIES", "GaussianCategoricalLatent", "GaussianLatent", "LatentFamily", "NormalGammaLatent",
-           "build_latent"]
+           "build_latent", "check_latent"]

@@ -21,6 +21,11 @@ class LatentFamily(keras.layers.Layer, abc.ABC):
 
     #: Registry name, set by subclasses.
     family: str = ""
+    #: Categories of a discrete part of the code (0: none). A code z is laid out as
+    #: ``[continuous dims (latent_dim) | one-hot category (categories)]``; callers read these two
+    #: numbers and :meth:`continuous_posterior` / :meth:`category_logits` instead of testing a
+    #: family's class.
+    categories: int = 0
 
     def __init__(self, latent_dim: int, **kwargs):
         super().__init__(**kwargs)
@@ -43,6 +48,11 @@ class LatentFamily(keras.layers.Layer, abc.ABC):
         return self.latent_dim
 
     @property
+    def continuous_size(self) -> int:
+        """Width of the continuous part of the code (the leading columns of z)."""
+        return self.latent_dim
+
+    @property
     def kl_size(self) -> int:
         """Number of columns of :meth:`kl_per_dim` (default: one per code dimension)."""
         return self.code_size
@@ -57,12 +67,13 @@ class LatentFamily(keras.layers.Layer, abc.ABC):
         """p(z) as a TFP distribution with batch shape ``[d]``."""
 
     @abc.abstractmethod
-    def kl_per_dim(self, params: tf.Tensor, z: tf.Tensor | None = None) -> tf.Tensor:
+    def kl_per_dim(self, params: tf.Tensor, z: tf.Tensor | None = None, seed=None) -> tf.Tensor:
         """KL(q(z_i|x) || p(z_i)) per example and latent dimension, shape ``[B, kl_size]`` (nats;
         ``kl_size == d`` unless a family groups its code dims, e.g. one column per categorical).
 
-        ``z`` is the reparameterised sample; families without a closed form use it for a
-        single-sample Monte Carlo estimate (their docstring says so).
+        ``z`` is the reparameterised sample; ``seed`` (int32 ``[2]``, from the model's seeded
+        stream) is for families whose Monte Carlo estimate needs a draw of its own (their
+        docstring says so); closed-form families ignore both.
         """
 
     @abc.abstractmethod
@@ -81,6 +92,21 @@ class LatentFamily(keras.layers.Layer, abc.ABC):
     def sample_prior(self, seeds: tf.Tensor) -> tf.Tensor:
         """One z ~ p(z) per row of ``seeds`` (int32 ``[n, 2]``), stateless: row i depends on
         ``seeds[i]`` alone, so a request's samples do not depend on its other rows."""
+
+    # --- the parts of the code, for estimators that treat them apart (MI, aggregate densities) --
+    def continuous_posterior(self, params: tf.Tensor):
+        """q(z_c | x) of the continuous part of the code: a TFP distribution with batch shape
+        ``[B, continuous_size]``, factorised over dims (default: :meth:`posterior`)."""
+        return self.posterior(params)
+
+    def category_logits(self, params: tf.Tensor) -> tf.Tensor | None:
+        """Logits ``[B, categories]`` of q(c | x) for a family with a categorical part; None otherwise."""
+        return None
+
+    def hard_code(self, params: tf.Tensor, seed) -> tf.Tensor:
+        """A code z ~ q(z|x) of the discrete model (an exact one-hot category where the family has
+        one, as in evaluation and serving); default: :meth:`sample`."""
+        return self.sample(params, seed=seed)
 
     # --- optional hooks: the VAE and the export call them; the defaults add nothing ---------
     def bind_step(self, step) -> None:

@@ -173,11 +173,27 @@ class GaussianCategoricalLatent(LatentFamily):
         kl_cat = tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1) + math.log(self.categories)
         return kl_gauss, kl_cat
 
-    def kl_per_dim(self, params, z=None):
+    def kl_per_dim(self, params, z=None, seed=None):
         """``[B, g + 1]``: the analytic Gaussian KL per dim, then the categorical surrogate
         KL(Cat(π) || Uniform(K)) as the last column (class docstring); ``z`` is unused."""
         kl_gauss, kl_cat = self.kl_parts(params)
         return tf.concat([kl_gauss, kl_cat[:, None]], axis=-1)
+
+    def continuous_posterior(self, params):
+        """q(z_gauss | x): the Gaussian part, batch shape ``[B, latent_dim]``."""
+        mean, log_var, _ = self.split(params)
+        return tfd.Normal(mean, tf.exp(0.5 * log_var))
+
+    def category_logits(self, params):
+        return self.split(params)[2]
+
+    def hard_code(self, params, seed):
+        """z = (z_gauss ~ N(μ, σ²), exact one-hot c ~ Cat(π)): the discrete model (evaluation, serving)."""
+        mean, log_var, logits = self.split(params)
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), 2)
+        z_gauss = mean + tf.exp(0.5 * log_var) * tf.random.stateless_normal(tf.shape(mean), seed=seeds[0])
+        category = tf.random.stateless_categorical(logits, 1, seed=seeds[1], dtype=tf.int32)[:, 0]
+        return tf.concat([z_gauss, tf.one_hot(category, self.categories, dtype=tf.float32)], axis=-1)
 
     def sample(self, params, seed=None, temperature=None):
         """Reparameterised z = concat(μ + σ ε, c̃), c̃ ~ RelaxedOneHotCategorical(τ, logits)

@@ -65,7 +65,7 @@ class GaussianLatent(LatentFamily):
     # numbers (tests compare them with TFP, SciPy and Monte Carlo) with about a third of the graph
     # ops, which is measurable per step on small models (docs/performance.md).
 
-    def kl_per_dim(self, params, z=None):
+    def kl_per_dim(self, params, z=None, seed=None):
         """Analytic KL(N(μ, σ²) || N(0, 1)) = ½ (μ² + σ² − log σ² − 1) per dimension, ``[B, d]``
         nats; equal to ``tfd.kl_divergence(self.posterior(params), self.prior())``. ``z`` is unused."""
         mean, log_var = self.split(params)

@@ -105,6 +105,18 @@ class NormalGamma:
 
     ``sample`` is reparameterised in every parameter: TFP's Gamma has implicit reparameterisation
     gradients (Figurnov et al. 2018) for λ, and z = μ + ε / √λ with ε ~ N(0, 1).
+
+    **Why not a** ``tfd.Distribution``: its event is a *pair* (z, λ) whose parts depend on each
+    other. TFP expresses that as a ``JointDistributionNamed`` (stack-notes.md §3), but a joint
+    cannot be a component of ``MixtureSameFamily`` (which needs one array-valued event), and TFP
+    registers no KL for a joint with dependent parts nor for a mixture, so the posterior below
+    would need the same hand-written sampler and KL in any case. Everything outside this module
+    that needs a distribution gets a real TFP one: the marginal of z (:meth:`marginal`, a
+    ``StudentT``; for the mixture a ``MixtureSameFamily`` of them, which is what
+    :meth:`NormalGammaLatent.posterior` returns) and λ's marginal (a ``Gamma`` / a
+    ``MixtureSameFamily`` of Gammas). Callers never test for this class: they go through the
+    :class:`~vae_tf.latents.base.LatentFamily` interface (``posterior``, ``kl_per_dim``,
+    ``sample``, ``continuous_posterior``).
     """
 
     def __init__(self, loc, concentration, rate):
@@ -287,7 +299,7 @@ class NormalGammaLatent(LatentFamily):
       component choice; deterministic, at most H(p_i) ≤ ln 2 above the mixture KL, so the
       objective stays a lower bound of the ELBO. ``"monte_carlo"``: one fresh reparameterised
       draw of (z, λ) per example, log q(z, λ) − log p(z) − log p(λ), unbiased but noisy; the draw
-      comes from TensorFlow's global random stream (``kl_per_dim`` receives no seed) and is
+      comes from the model's seeded random stream (``kl_per_dim``'s ``seed``) and is
       independent of the decoder's z.
     - ``posterior`` is the marginal of z (a mixture of two Student-t), ``prior`` N(0, 1): what
       importance-weighted NLL needs (the decoder never sees λ).
@@ -377,14 +389,16 @@ class NormalGammaLatent(LatentFamily):
         return tfd.Gamma(concentration=tf.fill([self.latent_dim], self.prior_alpha),
                          rate=tf.fill([self.latent_dim], self.prior_beta))
 
-    def kl_per_dim(self, params, z=None):
+    def kl_per_dim(self, params, z=None, seed=None):
         """KL[q(z_i, λ_i|x) || N(0, 1) Gamma(a0, b0)] per dimension, ``[B, d]`` nats: the
         convexity bound (closed form) or a single-draw Monte-Carlo estimate, per ``kl_estimator``
-        (class docstring). ``z`` is unused (the estimate needs λ too)."""
+        (class docstring). ``z`` is unused (the estimate needs λ too); the Monte-Carlo draw
+        comes from ``seed`` (the model passes one from its own checkpointed stream, so a run is
+        reproducible and resumes exactly; without a seed, TensorFlow's global stream)."""
         mixture = self.mixture(params)
         if self.kl_estimator == "bound":
             return mixture.kl_bound(self.prior_alpha, self.prior_beta)
-        return mixture.kl_monte_carlo(self.prior_alpha, self.prior_beta, num_samples=1)
+        return mixture.kl_monte_carlo(self.prior_alpha, self.prior_beta, num_samples=1, seed=seed)
 
     def sample_with_precision(self, params, seed=None) -> tuple[tf.Tensor, tf.Tensor]:
         """Reparameterised ``(z, λ)``, each ``[B, d]``."""

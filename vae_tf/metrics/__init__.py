@@ -20,8 +20,11 @@ from vae_tf.metrics.collapse import (
     COLLAPSE_DELTA,
     COLLAPSE_EPS_GRID,
     MI_BATCH_SIZE,
+    PARTIAL_COLLAPSE_FRACTION,
+    CollapseVerdict,
     active_units,
     collapse_curve,
+    collapse_verdict,
     collapse_fraction,
     collapse_thresholds,
     kl_per_dim_gaussian,
@@ -63,6 +66,7 @@ _LAZY = {
     "load_or_train_fd_classifier": "vae_tf.metrics.sample_quality",
     "FDClassifier": "vae_tf.metrics.sample_quality",
     "FDClassifierSpec": "vae_tf.metrics.sample_quality",
+    "fit_mi_bound": "vae_tf.metrics.mi_bound",
 }
 
 
@@ -73,6 +77,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "fit_mi_bound",
+    "PARTIAL_COLLAPSE_FRACTION",
+    "CollapseVerdict",
+    "collapse_verdict",
     "AU_DELTA",
     "COLLAPSE_DELTA",
     "COLLAPSE_EPS_GRID",

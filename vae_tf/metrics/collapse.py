@@ -10,6 +10,7 @@ Definitions and defaults follow ``reference/metrics.md`` §1–§4.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import logsumexp
@@ -284,7 +285,71 @@ def collapse_curve(kl_per_example, eps_grid=None, delta: float = COLLAPSE_DELTA)
     return eps_grid, fractions
 
 
+#: A code with active units but fewer than this fraction of its dims active is "partially collapsed".
+PARTIAL_COLLAPSE_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class CollapseVerdict:
+    """Whether a model's code carries information, in one word and one line.
+
+    - ``collapsed``: no active unit (Burda et al.'s A_u < δ = :data:`AU_DELTA` for every dim: the
+      encoder's mean does not move with x, so the decoder cannot read anything from z);
+    - ``partially collapsed``: some units active, but fewer than :data:`PARTIAL_COLLAPSE_FRACTION`
+      of the dims;
+    - ``healthy``: at least that fraction active.
+
+    The line also reports the mutual information I_q(x; z) when known, the KL (nats, summed over
+    dims, mean over examples) and the fraction of (ε, δ)-collapsed dims (Lucas et al. 2019, ε = δ =
+    0.01): the diagnostics' own thresholds, recorded by :meth:`thresholds`.
+    """
+
+    status: str
+    active: int
+    dims: int
+    kl: float
+    mi: float | None = None
+    collapsed_fraction: float | None = None
+
+    @property
+    def line(self) -> str:
+        parts = [f"{self.active}/{self.dims} dims active"]
+        if self.mi is not None and math.isfinite(self.mi):
+            parts.append(f"MI {self.mi:.3g} nats")
+        parts.append(f"KL {self.kl:.3g}")
+        if self.collapsed_fraction is not None:
+            parts.append(f"{self.collapsed_fraction:.0%} of dims (0.01, 0.01)-collapsed")
+        return f"{self.status}: " + ", ".join(parts)
+
+    @staticmethod
+    def thresholds() -> str:
+        return (f"active unit: Var_x E[z_u|x] >= {AU_DELTA:g} (Burda et al. 2016); collapsed: 0 active; partially "
+                f"collapsed: < {PARTIAL_COLLAPSE_FRACTION:.0%} of dims active; (eps, delta)-collapsed dim: "
+                f"KL < 0.01 nats on >= {1 - COLLAPSE_DELTA:.0%} of examples (Lucas et al. 2019)")
+
+
+def collapse_verdict(active: int, dims: int, kl: float, mi: float | None = None,
+                     collapsed_fraction: float | None = None) -> CollapseVerdict:
+    """The :class:`CollapseVerdict` of a model from its diagnostics: ``active`` units out of
+    ``dims`` (:func:`active_units` on the embedding), the mean total ``kl``, and optionally the MI
+    and the (0.01, 0.01)-collapsed fraction."""
+    active, dims = int(active), int(dims)
+    if dims < 1 or not 0 <= active <= dims:
+        raise DataError(f"collapse_verdict needs 0 <= active <= dims and dims >= 1, got {active} of {dims}")
+    if active == 0:
+        status = "collapsed"
+    elif active < PARTIAL_COLLAPSE_FRACTION * dims:
+        status = "partially collapsed"
+    else:
+        status = "healthy"
+    return CollapseVerdict(status, active, dims, float(kl), None if mi is None else float(mi),
+                           None if collapsed_fraction is None else float(collapsed_fraction))
+
+
 __all__ = [
+    "PARTIAL_COLLAPSE_FRACTION",
+    "CollapseVerdict",
+    "collapse_verdict",
     "AU_DELTA",
     "COLLAPSE_DELTA",
     "COLLAPSE_EPS_GRID",

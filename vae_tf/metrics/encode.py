@@ -3,6 +3,7 @@ NumPy arrays the metric functions take."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -39,6 +40,10 @@ def representation_function(model, batch_size: int = ENCODE_BATCH_SIZE) -> Calla
     return represent
 
 
+#: The compiled summary function of each model (built on first use, dropped with the model).
+_SUMMARISERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def encode_posterior(model, x, *, batch_size: int = ENCODE_BATCH_SIZE, seed: int = 0) -> dict:
     """Posterior summaries of every example, float64 NumPy arrays:
 
@@ -55,11 +60,17 @@ def encode_posterior(model, x, *, batch_size: int = ENCODE_BATCH_SIZE, seed: int
     batch_size = positive_int("batch_size", batch_size)
     latent = model.latent
 
-    @tf.function(reduce_retracing=True)
-    def summarise(xb, s):
-        params = model.encoder(xb, training=False)
-        z = latent.sample(params, seed=s)
-        return {**latent.export_outputs(params), "kl_per_dim": latent.kl_per_dim(params, z)}
+    summarise = _SUMMARISERS.get(model)
+    if summarise is None:  # one tf.function per model, traced once per batch shape (not once per call)
+
+        @tf.function(reduce_retracing=True)
+        def summarise(xb, s):
+            params = model.encoder(xb, training=False)
+            z = latent.sample(params, seed=s)
+            kl = latent.kl_per_dim(params, z, seed=tf.random.experimental.stateless_fold_in(s, 1))
+            return {**latent.export_outputs(params), "kl_per_dim": kl}
+
+        _SUMMARISERS[model] = summarise
 
     parts: dict[str, list] = {}
     for b, start in enumerate(range(0, len(x), batch_size)):

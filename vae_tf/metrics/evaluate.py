@@ -155,6 +155,7 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
     means = post.get("z_mean", post["embedding"])
     count, variances = collapse.active_units(means, delta=au_delta)
     metrics["active_units"] = float(count)
+    info["au_dims"] = int(means.shape[1])
     arrays["au_variances"] = variances
     est["active_units"] = f"Var_x of the encoder means (ddof=1) >= {au_delta:g} on split {split!r}"
 

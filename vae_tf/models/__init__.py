@@ -1,6 +1,7 @@
-"""Objectives as Keras models, and ``build_vae`` that assembles one from a plain spec.
+"""The VAE Keras model, and ``build_vae`` that assembles one from plain specs.
 
-``OBJECTIVES`` maps config names to model classes; each class documents its loss.
+One model class (:class:`VAE`); the objective is composed from slot values
+(:mod:`vae_tf.remedies`): a KL weight, regularisers, an input noise and an inference procedure.
 """
 
 from __future__ import annotations
@@ -8,25 +9,42 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
-from vae_tf._registry import Registry, check_options
 from vae_tf.errors import ConfigError
-from vae_tf.latents import build_latent
-from vae_tf.likelihoods import build_likelihood
-from vae_tf.models.aggressive import AggressivePhase, AggressiveVAE
-from vae_tf.models.mi_max import MIMaxVAE, fit_mi_bound
-from vae_tf.models.noisy_input import NoisyInputVAE
-from vae_tf.models.objectives import ARELBOVAE, CapacityVAE, ControlVAE
+from vae_tf.latents import build_latent, check_latent
+from vae_tf.likelihoods import build_likelihood, check_likelihood
 from vae_tf.models.vae import ACTIVE_KL_THRESHOLD, PRECISIONS, VAE, MeanVector, check_precision
-from vae_tf.networks import build_decoder, build_encoder
+from vae_tf.networks import build_decoder, build_encoder, check_network
+from vae_tf.remedies import SlotContext, build_remedies, parse_objective
+from vae_tf.remedies.presets import REQUIREMENTS
 
-OBJECTIVES: Registry[type[VAE]] = Registry("objective")
-OBJECTIVES.register("elbo")(VAE)
-OBJECTIVES.register("capacity")(CapacityVAE)
-OBJECTIVES.register("control_vae")(ControlVAE)
-OBJECTIVES.register("ar_elbo")(ARELBOVAE)
-OBJECTIVES.register("mi_max")(MIMaxVAE)
-OBJECTIVES.register("aggressive")(AggressiveVAE)
-OBJECTIVES.register("noisy_input")(NoisyInputVAE)
+
+def check_requirements(objective: Mapping[str, Any] | None, likelihood: Mapping[str, Any] | None) -> None:
+    """What a preset needs of the rest of the model (``ar_elbo`` needs the adaptive likelihood):
+    one line when it is missing."""
+    name = (objective or {}).get("name")
+    if name in REQUIREMENTS:
+        path, value = REQUIREMENTS[name]
+        actual = (likelihood or {}).get("name", "bernoulli")
+        if actual != value:
+            raise ConfigError(f"objective {name} needs {path}={value}, got {actual!r} (AR-ELBO is a likelihood: "
+                              f"any KL weight works with {path}={value})")
+
+
+def check_model_spec(latent: Mapping[str, Any], likelihood: Mapping[str, Any], network: Mapping[str, Any]) -> None:
+    """Check the names and the options' names and types of ``model.latent``, ``model.likelihood``
+    and ``model.network`` against their registries (one-line ConfigError; nothing is built, so it
+    runs before any MLflow run exists). Values that need the builder (a σ that must be > 0) are
+    checked when the model is built."""
+    for what, spec in (("model.latent", latent), ("model.likelihood", likelihood), ("model.network", network)):
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"{what} must be a mapping, got {spec!r}")
+    latent, likelihood, network = dict(latent), dict(likelihood), dict(network)
+    check_latent(latent.pop("family", None), latent)
+    check_likelihood(likelihood.pop("name", None), likelihood)
+    if "dtype" in network:
+        raise ConfigError(f"model.network has no option dtype: set the model precision instead "
+                          f"({', '.join(PRECISIONS)})")
+    check_network(network.pop("kind", None), network)
 
 
 def build_vae(
@@ -40,22 +58,31 @@ def build_vae(
     name: str = "vae",
     precision: str = "float32",
 ) -> VAE:
-    """Assemble encoder, latent family, decoder, likelihood and objective from plain dicts.
+    """Assemble encoder, latent family, decoder, likelihood and the composed objective from plain
+    dicts.
 
-    Each dict names its registry entry (``latent["family"]``, ``likelihood["name"]``,
-    ``network["kind"]``, ``objective["name"]``); the other keys are that entry's options, e.g.::
+    Each of the first three dicts names its registry entry (``latent["family"]``,
+    ``likelihood["name"]``, ``network["kind"]``); the other keys are that entry's options.
+    ``objective`` is the slot form (:mod:`vae_tf.remedies`), every key optional::
 
         build_vae((8, 8, 1), latent={"family": "gaussian", "latent_dim": 8},
                   likelihood={"name": "bernoulli"}, network={"kind": "mlp", "hidden": [256, 128]},
-                  objective={"name": "elbo", "beta": 1.0})
+                  objective={"kl_weight": {"kind": "control", "set_point": 15},
+                             "regularizers": [{"kind": "mi_q", "weight": 1.0}],
+                             "input_noise": {"kind": "fgsm", "epsilon": 0.05},
+                             "inference": {"kind": "aggressive"}})
+
+    or a named preset of the earlier form (``{"name": "control_vae", "kl_set_point": 10}``,
+    :mod:`vae_tf.remedies.presets`). A combination that cannot work fails here, before anything
+    is trained, with one line.
 
     ``precision``: ``"float32"`` (default), ``"mixed_bfloat16"`` or ``"mixed_float16"`` — the
-    Keras dtype policy of the encoder and decoder layers (and of MI maximisation's Q network),
-    set per layer, never globally; the networks' outputs are cast to float32, so the latent
-    family, the likelihood, the KL, the log-probabilities, the trackers and the loss stay
+    Keras dtype policy of the encoder and decoder layers (and of auxiliary networks such as MI's Q
+    network), set per layer, never globally; the networks' outputs are cast to float32, so the
+    latent family, the likelihood, the KL, the log-probabilities, the trackers and the loss stay
     float32, and so do the exported signatures. ``mixed_float16`` adds dynamic loss scaling
     (:meth:`VAE.compile`). Recorded in :attr:`build_spec` (so ``load_vae`` rebuilds it) only
-    when it is not float32, which keeps float32 specs as they were.
+    when it is not float32.
 
     Distributed training: call ``build_vae`` and ``compile`` inside ``strategy.scope()``
     (:class:`VAE` docstring).
@@ -70,10 +97,11 @@ def build_vae(
     latent = dict(latent or {"family": "gaussian", "latent_dim": 8})
     likelihood = dict(likelihood or {"name": "bernoulli"})
     network = dict(network or {"kind": "mlp"})
-    objective = dict(objective or {"name": "elbo"})
+    check_requirements(objective, likelihood)
+    composition = parse_objective(dict(objective or {}))  # validated before anything is built
     # What rebuilds this model (vae_tf.export.load_vae); copied before the dicts are consumed.
     spec = copy.deepcopy({"data_shape": list(data_shape), "latent": latent, "likelihood": likelihood,
-                          "network": network, "objective": objective, "name": name})
+                          "network": network, "objective": composition.to_dict(), "name": name})
     if precision != "float32":
         spec["precision"] = precision
 
@@ -86,17 +114,13 @@ def build_vae(
     encoder = build_encoder(kind, data_shape, family.param_size, dtype=precision, **network)
     out_channels = data_shape[-1] * lik.param_channels
     decoder = build_decoder(kind, family.code_size, data_shape, out_channels, dtype=precision, **network)
-
-    objective_name = objective.pop("name", "elbo")
-    cls = OBJECTIVES.get(objective_name)
-    check_options(cls, objective, f"objective {objective_name!r}",
-                  reserved=("encoder", "decoder", "latent", "likelihood", "seed", "name", "precision"))
-    model = cls(encoder=encoder, decoder=decoder, latent=family, likelihood=lik, seed=seed, name=name,
-                precision=precision, **objective)
+    remedies = build_remedies(composition, SlotContext(data_shape=data_shape, latent=family, likelihood=lik,
+                                                       precision=precision))
+    model = VAE(encoder=encoder, decoder=decoder, latent=family, likelihood=lik, seed=seed, name=name,
+                precision=precision, **remedies)
     model(np.zeros((1,) + data_shape, np.float32))  # build: a custom train_step never calls call()
     model.build_spec = spec
     return model
 
 
-__all__ = ["ACTIVE_KL_THRESHOLD", "ARELBOVAE", "OBJECTIVES", "PRECISIONS", "VAE", "AggressivePhase", "AggressiveVAE", "CapacityVAE",
-           "ControlVAE", "MIMaxVAE", "MeanVector", "NoisyInputVAE", "build_vae", "fit_mi_bound"]
+__all__ = ["ACTIVE_KL_THRESHOLD", "PRECISIONS", "VAE", "MeanVector", "build_vae", "check_model_spec", "check_requirements"]

@@ -1,4 +1,5 @@
-"""The VAE objective as a Keras model with its own ``train_step`` / ``test_step``.
+"""The VAE as a Keras model with its own ``train_step`` / ``test_step``, assembled from the slots
+of the composable objective (:mod:`vae_tf.remedies`).
 
 Loss conventions (DESIGN.md): for every example, the reconstruction term
 ``log p(x|z)`` is **summed over all data dimensions** and the KL term
@@ -6,11 +7,15 @@ Loss conventions (DESIGN.md): for every example, the reconstruction term
 metrics and the loss are **means over the batch** (Keras then averages batches over an epoch).
 No term is rescaled by the data size or the number of pixels: β means what Higgins et al. mean.
 
-    elbo           = reconstruction − kl
-    loss (ELBO/β)  = −(reconstruction − β · kl)        (what the optimizer minimises)
+    elbo           = reconstruction − kl                                    (per example)
+    loss           = −mean_B(reconstruction) + kl_penalty + Σ_r penalty_r   (what the optimizer minimises)
+    kl_penalty     = β_t · mean_B(kl) for every KL weight but capacity (γ · |mean_B(kl) − C_t|)
 
-Subclasses (the objectives of later modules) override :meth:`VAE.objective_loss` and, where they
-need more than one optimizer or an inner loop, :meth:`VAE.train_step`.
+There is one model class. What differs between remedies is a slot value: the KL weight (β, annealing,
+capacity, the ControlVAE controller), the regularisers (MI with a Q network), the input noise
+(Gaussian, FGSM) and the inference procedure (standard, aggressive); the likelihood (AR-ELBO) and the
+decoder (Skip) are parts of the model as before. :mod:`vae_tf.remedies.base` has the step they
+assemble.
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from vae_tf import replicas
 from vae_tf.errors import ConfigError
 from vae_tf.latents.base import LatentFamily
-from vae_tf.likelihoods import Likelihood
-from vae_tf.models import replicas
-from vae_tf.schedules import build_schedule
+from vae_tf.likelihoods.base import Likelihood
+from vae_tf.remedies.base import Inference, InputNoise, KLWeight, NoInputNoise, Regularizer, StandardInference
 
 #: KL threshold (nats, averaged over data) above which a dimension counts as carrying information
 #: in the training-time ``active_kl_dims`` readout (the (ε, δ)-collapse ε of Lucas et al. 2019).
@@ -67,22 +72,22 @@ class MeanVector(keras.metrics.Metric):
 
 
 class VAE(keras.Model):
-    """Variational autoencoder trained on the ELBO with KL weight β (β = 1: Kingma & Welling 2014;
-    β ≠ 1: β-VAE, Higgins et al. 2017).
+    """Variational autoencoder trained on a composed objective (module docstring).
 
     Args:
         encoder: Keras model ``x -> params`` (``[B, latent.param_size]``).
         decoder: Keras model ``z -> out`` (the likelihood's raw parameters).
         latent: the latent family (posterior, prior, KL).
         likelihood: the observation model p(x|z).
-        beta: the KL weight (β-VAE when ≠ 1). The weight in force is the non-trainable variable
-            ``beta``, which schedules and controllers set every step and checkpoints carry.
-        beta_schedule: optional schedule spec (``{"kind": "linear", "steps": 2000}``,
-            ``{"kind": "cyclical", "total_steps": ..., "cycles": 4, "ratio": 0.5}``, see
-            :mod:`vae_tf.schedules`): the weight at step t is ``beta · schedule(t)`` — KL
-            annealing (Bowman et al. 2016) and cyclical annealing (Fu et al. 2019).
-        seed: seed of the model's own random stream (reparameterisation noise), held in a
-            ``keras.random.SeedGenerator`` whose state is a variable (checkpointed).
+        kl_weight: a :class:`~vae_tf.remedies.base.KLWeight` (exactly one). The weight in force is
+            the non-trainable variable ``beta`` (logged), which a KL weight whose β changes sets
+            every training step; checkpoints carry it.
+        regularizers: zero or more :class:`~vae_tf.remedies.base.Regularizer`.
+        input_noise: an :class:`~vae_tf.remedies.base.InputNoise` (default: none).
+        inference: an :class:`~vae_tf.remedies.base.Inference` (default: standard).
+        seed: seed of the model's own random stream (reparameterisation noise, Gaussian input
+            noise, Monte-Carlo KL draws), held in a ``keras.random.SeedGenerator`` whose state is
+            a variable (checkpointed).
         precision: the dtype policy the encoder and decoder were built with (``float32``,
             ``mixed_bfloat16``, ``mixed_float16``; :func:`vae_tf.models.build_vae` builds them).
             The networks compute in 16 bits and hand float32 to the family and the likelihood,
@@ -91,49 +96,53 @@ class VAE(keras.Model):
             ``keras.optimizers.LossScaleOptimizer`` (as Keras does for a mixed_float16 model)
             and every gradient step scales the loss with ``optimizer.scale_loss``.
 
+    Use :func:`vae_tf.models.build_vae` to build one from plain dicts.
+
     **Distributed training** (``tf.distribute``; build and compile the model inside
-    ``strategy.scope()``): every objective trains under ``MirroredStrategy``; each replica's
+    ``strategy.scope()``): every composition trains under ``MirroredStrategy``; each replica's
     loss is divided by the number of replicas before its gradient (the optimizer sums them),
     batch statistics inside a loss or a controller are global-batch values, state variables
     stay identical on all replicas, and reparameterisation noise is drawn for the global batch
     and sliced, so R replicas on a global batch B follow the single-device run on B up to
-    float rounding (:mod:`vae_tf.models.replicas`). Under a
-    ``MultiWorkerMirroredStrategy`` the step logs are rank-1, as Keras needs there
-    (stack-notes.md §6); every objective and family is tested on a 2-worker cluster
-    (``training.distribute``). Metrics are per-replica means over the epoch,
-    averaged over replicas (exact when replicas see equally many examples).
+    float rounding (:mod:`vae_tf.replicas`). Under a ``MultiWorkerMirroredStrategy`` the step
+    logs are rank-1, as Keras needs there (stack-notes.md §6). Metrics are per-replica means over
+    the epoch, averaged over replicas (exact when replicas see equally many examples).
 
     Training steps are counted in the non-trainable variable ``train_steps``; schedules read it,
     so a restored checkpoint continues them exactly.
 
     Metrics (every step; means over the examples seen in the epoch): ``loss``, ``elbo``,
-    ``reconstruction``, ``kl``; ``beta`` is the weight in force after the step; plus the
-    results of any other tracker in :attr:`metrics` (subclasses', the family's); plus the
-    objective's and the likelihood's state (:meth:`state_metrics`, last value,
-    e.g. ``sigma_x`` of a learned decoder variance), plus the latent family's own diagnostics
-    (:meth:`LatentFamily.update_diagnostics`, train and test steps; none for the Gaussian family).
-    Evaluation adds ``active_kl_dims``: the number of latent dimensions whose KL,
-    averaged over the evaluated data, exceeds 0.01 nats; the per-dimension values are in
-    :attr:`kl_per_dim` after ``evaluate`` (or after each epoch's validation in ``fit``).
+    ``reconstruction``, ``kl``; ``beta`` is the weight in force after the step; plus every slot's
+    trackers (``mi_bound``, ``elbo_perturbed``, ``aggressive_inner_steps``, ...), the latent
+    family's own diagnostics, and the state of the likelihood and the slots (last value, e.g.
+    ``sigma_x``, ``kl_set_point``, ``capacity``). With an input noise, ``elbo``,
+    ``reconstruction`` and ``kl`` are the clean input's (comparable with every other run) and
+    ``loss`` is what the step trained on. Evaluation adds ``active_kl_dims``: the number of
+    latent dimensions whose KL, averaged over the evaluated data, exceeds 0.01 nats; the
+    per-dimension values are in :attr:`kl_per_dim` after ``evaluate`` (or after each epoch's
+    validation in ``fit``).
     """
 
-    objective = "elbo"
-
-    def __init__(self, encoder: keras.Model, decoder: keras.Model, latent: LatentFamily,
-                 likelihood: Likelihood, beta: float = 1.0, beta_schedule=None, seed: int | None = None,
-                 precision: str = "float32", **kwargs):
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, latent: LatentFamily, likelihood: Likelihood,
+                 kl_weight: KLWeight, regularizers=(), input_noise: InputNoise | None = None,
+                 inference: Inference | None = None, seed: int | None = None, precision: str = "float32", **kwargs):
         super().__init__(**kwargs)
         self.precision = check_precision(precision)
         self.encoder = encoder
         self.decoder = decoder
         self.latent = latent
         self.likelihood = likelihood
-        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or beta < 0:
-            raise ConfigError(f"objective.beta must be a number >= 0, got {beta!r}")
-        self.beta_target = float(beta)
-        self.beta_schedule = None if beta_schedule is None else build_schedule(beta_schedule, "objective.options.beta_schedule")
-        self.beta = self.add_weight(name="beta", shape=(), initializer=keras.initializers.Constant(float(beta)),
-                                    trainable=False)
+        self.kl_weight = kl_weight
+        self.regularizers = list(regularizers)
+        self.input_noise = input_noise if input_noise is not None else NoInputNoise(NoInputNoise.Options(), None)
+        self.inference = inference if inference is not None else StandardInference(StandardInference.Options(), None)
+        for slot, value, base in (("kl_weight", kl_weight, KLWeight), ("input_noise", self.input_noise, InputNoise),
+                                  ("inference", self.inference, Inference),
+                                  *(("regularizers", r, Regularizer) for r in self.regularizers)):
+            if not isinstance(value, base):
+                raise ConfigError(f"{slot} must be a {base.__name__} (vae_tf.remedies), got {type(value).__name__}")
+        self.beta = self.add_weight(name="beta", shape=(), trainable=False,
+                                    initializer=keras.initializers.Constant(kl_weight.initial_beta()))
         self.train_steps = self.add_weight(name="train_steps", shape=(), dtype="int64", initializer="zeros",
                                            trainable=False)
         latent.bind_step(self.train_steps)  # schedules inside the family (a temperature) read it
@@ -142,6 +151,26 @@ class VAE(keras.Model):
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
         self.kl_per_dim_tracker = MeanVector(latent.kl_size, name="kl_per_dim")
+
+    @property
+    def slots(self) -> list:
+        """Every slot value: KL weight, regularisers, input noise, inference."""
+        return [self.kl_weight, *self.regularizers, self.input_noise, self.inference]
+
+    @property
+    def composition(self) -> dict:
+        """What the objective composes, in the slot form (recorded in the export's assets)."""
+        return {"kl_weight": {"kind": self.kl_weight.kind, **self.kl_weight.describe()},
+                "regularizers": [{"kind": r.kind, **r.describe()} for r in self.regularizers],
+                "input_noise": {"kind": self.input_noise.kind, **self.input_noise.describe()},
+                "inference": {"kind": self.inference.kind, **self.inference.describe()}}
+
+    @property
+    def objective(self) -> str:
+        """One line naming the composition, e.g. ``control + mi_q + fgsm + aggressive``."""
+        parts = [self.kl_weight.kind, *(r.kind for r in self.regularizers)]
+        parts += [s.kind for s in (self.input_noise, self.inference) if s.kind not in ("none", "standard")]
+        return " + ".join(parts)
 
     # --- the model's pieces ----------------------------------------------------------------
     def next_seed(self) -> tf.Tensor:
@@ -152,7 +181,7 @@ class VAE(keras.Model):
         """Per-example ELBO terms for a batch.
 
         ``x`` is what the encoder sees; ``target`` (default ``x``) is what the likelihood scores,
-        so noisy-input objectives can reconstruct the clean input.
+        so an input noise can have the clean input reconstructed.
 
         Returns a dict of tensors: ``params`` (encoder output), ``z`` (reparameterised sample),
         ``out`` (decoder output), ``reconstruction`` ``[B]`` = log p(target|z) summed over data
@@ -160,10 +189,11 @@ class VAE(keras.Model):
         """
         target = x if target is None else target
         params = self.encoder(x, training=training)
-        z = self.sample_code(params, self.next_seed())
+        seed = self.next_seed()
+        z = self.sample_code(params, seed)
         out = self.decoder(z, training=training)
         reconstruction = self.likelihood.log_prob(target, out)
-        kl_per_dim = self.latent.kl_per_dim(params, z)
+        kl_per_dim = self.latent.kl_per_dim(params, z, seed=tf.random.experimental.stateless_fold_in(seed, 1))
         kl = tf.reduce_sum(kl_per_dim, axis=-1)
         return {"params": params, "z": z, "out": out, "reconstruction": reconstruction,
                 "kl_per_dim": kl_per_dim, "kl": kl, "elbo": reconstruction - kl}
@@ -174,25 +204,70 @@ class VAE(keras.Model):
         example i gets the same z as on one device; on one device it is ``latent.sample``."""
         return replicas.on_global_rows(lambda p: self.latent.sample(p, seed=seed), params)
 
-    def objective_loss(self, terms: dict) -> tf.Tensor:
-        """Scalar the optimizer minimises: ``−mean_batch(reconstruction − β · kl)``."""
-        return -tf.reduce_mean(terms["reconstruction"] - self.beta * terms["kl"])
+    def forward(self, x: tf.Tensor, target: tf.Tensor, *, training: bool, update_state: bool = False,
+                tape=None) -> dict:
+        """One forward pass of the composed objective: :meth:`compute_terms` on the encoder input
+        ``x`` and the likelihood target ``target``, the KL weight (stepped when ``update_state``),
+        the regularisers' terms (their own updates when ``update_state`` and ``training``) and
+        ``loss`` = −mean_B(reconstruction) + kl_penalty + Σ penalties (a scalar)."""
+        terms = self.compute_terms(x, training=training, target=target)
+        beta = self.kl_weight.static_beta
+        if beta is None:
+            if update_state:
+                self.beta.assign(self.kl_weight.next_beta(terms["kl"], self.train_steps))
+            beta = tf.convert_to_tensor(self.beta)
+        loss = -tf.reduce_mean(terms["reconstruction"]) + self.kl_weight.penalty(terms["kl"], beta, self.train_steps)
+        for regularizer in self.regularizers:
+            if training and update_state:
+                terms.update(regularizer.train_terms(self, terms, tape))
+            else:
+                terms.update(regularizer.eval_terms(self, terms))
+            loss = loss + regularizer.penalty(terms)
+        terms["loss"] = loss
+        return terms
 
-    def before_loss(self, terms: dict) -> None:
-        """Set the weights in force for this step (here: β from its schedule). Runs inside the
-        gradient tape, after the forward pass, before :meth:`objective_loss`."""
-        if self.beta_schedule is not None:
-            self.beta.assign(self.beta_target * self.beta_schedule(self.train_steps))
+    def loss_and_gradients(self, x: tf.Tensor, variables, *, update_state: bool = True) -> tuple[dict, list]:
+        """The terms of one training forward pass on the perturbed input (the input noise's x̃,
+        target x) and the gradients of its loss (plus any layer losses) w.r.t. ``variables``,
+        scaled for the replicas and the loss scale (:meth:`gradient_loss`). ``terms["x_in"]`` is
+        the encoder's input."""
+        x_in = self.input_noise.perturb(self, x)
+        with tf.GradientTape() as tape:
+            terms = self.forward(x_in, x, training=True, update_state=update_state, tape=tape)
+            loss = terms["loss"] + tf.add_n(self.losses) if self.losses else terms["loss"]
+            scaled = self.gradient_loss(loss)
+        terms["x_in"] = x_in
+        return terms, tape.gradient(scaled, variables)
+
+    def update(self, x: tf.Tensor, variables, *, update_state: bool = True) -> dict:
+        """One optimizer step on ``variables`` (:meth:`loss_and_gradients`); returns the terms."""
+        terms, grads = self.loss_and_gradients(x, variables, update_state=update_state)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return terms
+
+    @property
+    def encoder_variables(self) -> list:
+        """φ: the encoder network's and the latent family's trainable variables."""
+        return [*self.encoder.trainable_variables, *self.latent.trainable_variables]
+
+    @property
+    def decoder_variables(self) -> list:
+        """θ: every other trainable variable (decoder network, likelihood)."""
+        encoder_ids = {id(v) for v in self.encoder_variables}
+        return [v for v in self.trainable_variables if id(v) not in encoder_ids]
 
     def after_step(self, x: tf.Tensor, terms: dict) -> None:
-        """Bookkeeping after the parameter update: the likelihood's own state (e.g. AR-ELBO's
-        decoder variance) and the step counter."""
+        """Bookkeeping once per training step, after its updates: the likelihood's own state
+        (AR-ELBO's decoder variance) and the step counter."""
         self.likelihood.observe(x, terms["out"])
         self.train_steps.assign_add(1)
 
     def state_metrics(self) -> dict:
-        """Scalars that describe the objective's and the likelihood's state (logged every epoch)."""
-        return dict(self.likelihood.state())
+        """Scalars that describe the likelihood's and the slots' state (logged every epoch)."""
+        state = dict(self.likelihood.state())
+        for slot in self.slots:
+            state.update(slot.state(self.train_steps))
+        return state
 
     # --- Keras hooks -----------------------------------------------------------------------
     def compile(self, optimizer="rmsprop", *args, **kwargs):
@@ -218,7 +293,7 @@ class VAE(keras.Model):
         # Listing the trackers lets Keras reset them every epoch; `loss` comes from our own tracker
         # (a bare "loss" key would be shadowed by Keras' built-in one: stack-notes.md §4).
         return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.kl_per_dim_tracker,
-                *self.latent.metrics]
+                *self.latent.metrics, *(m for slot in self.slots for m in slot.metrics)]
 
     @staticmethod
     def unpack(data):
@@ -243,39 +318,44 @@ class VAE(keras.Model):
         logs = {"loss": self.loss_tracker.result(), "elbo": reconstruction - kl, "reconstruction": reconstruction,
                 "kl": kl, "beta": tf.convert_to_tensor(self.beta)}
         own = (self.loss_tracker, self.reconstruction_tracker, self.kl_tracker, self.kl_per_dim_tracker)
-        logs.update({m.name: m.result() for m in self.metrics if all(m is not t for t in own)})  # family, subclasses
+        logs.update({m.name: m.result() for m in self.metrics if all(m is not t for t in own)})  # family, slots
         return {**logs, **family_logs}
 
-    def optimise(self, x: tf.Tensor, forward) -> tuple[tf.Tensor, dict]:
-        """One update of every trainable variable: ``forward(tape)`` returns the step's terms
-        (recorded on ``tape``), then β is set (:meth:`before_loss`), the loss is taken
-        (:meth:`objective_loss` plus layer losses), the optimizer steps and :meth:`after_step`
-        runs. Returns ``(loss, terms)``; objectives with their own forward pass reuse it."""
-        with tf.GradientTape() as tape:
-            terms = forward(tape)
-            self.before_loss(terms)
-            loss = self.objective_loss(terms)
-            if self.losses:
-                loss = loss + tf.add_n(self.losses)
-            scaled = self.gradient_loss(loss)
-        grads = tape.gradient(scaled, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        self.after_step(x, terms)
-        return loss, terms
+    def _step_logs(self, x, terms: dict, clean: dict | None) -> dict:
+        """Update every tracker from a step's terms and return the logs. ``clean``: the clean
+        input's terms when an input noise perturbed ``terms``' input (module docstring)."""
+        for regularizer in self.regularizers:
+            regularizer.update_trackers(terms)
+        if clean is not None:
+            self.input_noise.update_trackers(x, terms["x_in"], terms)
+        main = terms if clean is None else clean
+        return self.update_trackers(terms["loss"], main)
 
     def train_step(self, data):
         x = self.unpack(data)
-        loss, terms = self.optimise(x, lambda tape: self.compute_terms(x, training=True))
-        return replicas.step_logs({**self.update_trackers(loss, terms), **self.state_metrics()})
+        terms = self.inference.train_step(self, x)
+        self.after_step(x, terms)
+        clean = None if self.input_noise.identity else self.compute_terms(x, training=False)
+        return replicas.step_logs({**self._step_logs(x, terms, clean), **self.state_metrics()})
 
     def test_step(self, data):
         x = self.unpack(data)
-        terms = self.compute_terms(x, training=False)
-        loss = self.objective_loss(terms)
-        self.kl_per_dim_tracker.update_state(terms["kl_per_dim"])
-        logs = self.update_trackers(loss, terms)
+        x_in = self.input_noise.perturb(self, x)
+        terms = self.forward(x_in, x, training=False)
+        terms["x_in"] = x_in
+        clean = None if self.input_noise.identity else self.compute_terms(x, training=False)
+        self.kl_per_dim_tracker.update_state((terms if clean is None else clean)["kl_per_dim"])
+        logs = self._step_logs(x, terms, clean)
+        for slot in self.slots:  # trackers only a training step updates
+            for name in slot.train_only_metrics:
+                logs.pop(name, None)
         active = tf.reduce_sum(tf.cast(self.kl_per_dim_tracker.result() > ACTIVE_KL_THRESHOLD, tf.float32))
         return replicas.step_logs({**logs, "active_kl_dims": active})
+
+    def fit(self, *args, **kwargs):
+        """``keras.Model.fit``, after the inference procedure set up what it needs (the fresh
+        batches and the per-epoch callback of aggressive inference)."""
+        return super().fit(*args, **self.inference.prepare_fit(self, args, kwargs))
 
     @property
     def kl_per_dim(self) -> np.ndarray:
