@@ -162,13 +162,25 @@ def _checked(key: str, splits: DataSplits) -> DataSplits:
         x = getattr(splits, f"x_{split}")
         if split == "train" or len(x) > 0:
             validate_array(x, what=f"{key} {split} split")
-        for kind in ("y", "factors"):
-            arr = getattr(splits, f"{kind}_{split}")
-            if arr is not None and not np.issubdtype(np.asarray(arr).dtype, np.integer):
-                raise DataError(
-                    f"{key} {kind}_{split} has dtype {np.asarray(arr).dtype}; "
-                    "labels and factors must be integer class indices"
-                )
+        y = getattr(splits, f"y_{split}")
+        if y is not None and not np.issubdtype(np.asarray(y).dtype, np.integer):
+            raise DataError(
+                f"{key} y_{split} has dtype {np.asarray(y).dtype}; labels must be integer class indices"
+            )
+        factors = getattr(splits, f"factors_{split}")
+        if factors is None:
+            continue
+        dtype = np.asarray(factors).dtype
+        # Class indices (factor_sizes given) or continuous values (factor_sizes None, e.g. the
+        # true z of text_synthetic).
+        continuous = splits.factor_sizes is None and np.issubdtype(dtype, np.floating)
+        if not (np.issubdtype(dtype, np.integer) or continuous):
+            raise DataError(
+                f"{key} factors_{split} has dtype {dtype}; factors must be integer class indices "
+                "(with factor_sizes) or floats (continuous, factor_sizes None)"
+            )
+        if continuous and not np.all(np.isfinite(factors)):
+            raise DataError(f"{key} factors_{split} has NaN or Inf values; remove those examples")
     return splits
 
 
