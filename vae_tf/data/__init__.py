@@ -37,7 +37,7 @@ from vae_tf.data.splits import DataSplits, SplitPlan
 from vae_tf.data.validation import validate_array
 
 # Importing the loader modules registers them.
-from vae_tf.data import builtin, dsprites, files, text, text_synthetic, wordnet  # noqa: E402,F401  isort: skip
+from vae_tf.data import builtin, corpora, dsprites, files, text, text_synthetic, wordnet  # noqa: E402,F401  isort: skip
 from vae_tf.data.dsprites import DSpritesGenerator  # noqa: E402
 
 __all__ = [

