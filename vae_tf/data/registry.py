@@ -130,7 +130,9 @@ def load_dataset(
         name: a key of :data:`DATASETS` (case-insensitive, ``-`` read as ``_``): ``digits``
             (embedded default), ``dsprites`` (procedural), ``mnist_5k`` (offline MNIST subset),
             ``mnist`` / ``fashion_mnist`` (Keras download), ``npz`` / ``npy`` / ``images`` (user
-            files, need ``path``).
+            files, need ``path``); text: ``text_synthetic`` (procedural), ``wordnet`` (offline),
+            ``text_file`` (your sentences, needs ``path``), ``ptb`` / ``yahoo`` / ``yelp``
+            (download or ``path``), see :mod:`vae_tf.data.text`.
         seed: seed of the split permutation (``np.random.default_rng(seed)``) and of any sampling
             the loader does (dSprites factors). Same seed, same arrays.
         val_fraction, test_fraction: in ``[0, 1)``, and together they must leave at least one
@@ -140,7 +142,8 @@ def load_dataset(
         max_samples: keep at most this many examples in all (taken after the seeded
             permutation), for quick runs.
         path: file or folder for the user-data loaders; other loaders refuse it.
-        **options: loader options, e.g. ``n_samples`` / ``image_size`` for ``dsprites``.
+        **options: loader options, e.g. ``n_samples`` / ``image_size`` for ``dsprites``,
+            ``vocab_size`` / ``min_count`` / ``max_length`` / ``long_sentences`` for text.
 
     Returns:
         :class:`DataSplits` whose every non-empty split passed :func:`validate_array`.
@@ -200,7 +203,8 @@ def open_dataset(
     ``images``) stay on disk: the data is checked block by block when opened, and
     ``splits.split("test")[start:stop]`` reads and converts only those rows. Other data sets
     (``digits``, ``dsprites``, ``mnist``, ...) are loaded into memory by :func:`load_dataset` and
-    wrapped (:meth:`LazySplits.in_memory`).
+    wrapped (:meth:`LazySplits.in_memory`); so are the text data sets (``text_file`` included:
+    its vocabulary needs every training sentence), whose rows are arrays of ``str``.
 
     Raises:
         DataError: as :func:`load_dataset`.
