@@ -40,6 +40,9 @@ def test_layout_and_contract(corpus):
     assert set(vocab) <= {f"w{i}" for i in range(1000)} and len(vocab) > 900
     tokens, _, _ = all_rows(corpus)
     assert tokens.shape == (20000, 10) and tokens.min() >= 0 and tokens.max() < 1000
+    x, y = next(iter(corpus.pipeline("train", 5, shuffle=False, with_labels=True)))
+    assert [s.decode() for s in x.numpy()] == corpus.x_train[:5].tolist()
+    assert y.numpy().tolist() == corpus.y_train[:5].tolist()
 
 
 def test_same_seed_same_corpus_and_seeds_differ(corpus):
