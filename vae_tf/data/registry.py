@@ -128,8 +128,11 @@ def load_dataset(
 
     Args:
         name: a key of :data:`DATASETS` (case-insensitive, ``-`` read as ``_``): ``digits``
-            (embedded default), ``dsprites`` (procedural), ``mnist`` / ``fashion_mnist`` (Keras
-            download), ``npz`` / ``npy`` / ``images`` (user files, need ``path``).
+            (embedded default), ``dsprites`` (procedural), ``mnist_5k`` (offline MNIST subset),
+            ``mnist`` / ``fashion_mnist`` (Keras download), ``npz`` / ``npy`` / ``images`` (user
+            files, need ``path``); text: ``text_synthetic`` (procedural), ``wordnet`` (offline),
+            ``text_file`` (your sentences, needs ``path``), ``ptb`` / ``yahoo`` / ``yelp``
+            (download or ``path``), see :mod:`vae_tf.data.text`.
         seed: seed of the split permutation (``np.random.default_rng(seed)``) and of any sampling
             the loader does (dSprites factors). Same seed, same arrays.
         val_fraction, test_fraction: in ``[0, 1)``, and together they must leave at least one
@@ -139,7 +142,8 @@ def load_dataset(
         max_samples: keep at most this many examples in all (taken after the seeded
             permutation), for quick runs.
         path: file or folder for the user-data loaders; other loaders refuse it.
-        **options: loader options, e.g. ``n_samples`` / ``image_size`` for ``dsprites``.
+        **options: loader options, e.g. ``n_samples`` / ``image_size`` for ``dsprites``,
+            ``vocab_size`` / ``min_count`` / ``max_length`` / ``long_sentences`` for text.
 
     Returns:
         :class:`DataSplits` whose every non-empty split passed :func:`validate_array`.
@@ -161,13 +165,25 @@ def _checked(key: str, splits: DataSplits) -> DataSplits:
         x = getattr(splits, f"x_{split}")
         if split == "train" or len(x) > 0:
             validate_array(x, what=f"{key} {split} split")
-        for kind in ("y", "factors"):
-            arr = getattr(splits, f"{kind}_{split}")
-            if arr is not None and not np.issubdtype(np.asarray(arr).dtype, np.integer):
-                raise DataError(
-                    f"{key} {kind}_{split} has dtype {np.asarray(arr).dtype}; "
-                    "labels and factors must be integer class indices"
-                )
+        y = getattr(splits, f"y_{split}")
+        if y is not None and not np.issubdtype(np.asarray(y).dtype, np.integer):
+            raise DataError(
+                f"{key} y_{split} has dtype {np.asarray(y).dtype}; labels must be integer class indices"
+            )
+        factors = getattr(splits, f"factors_{split}")
+        if factors is None:
+            continue
+        dtype = np.asarray(factors).dtype
+        # Class indices (factor_sizes given) or continuous values (factor_sizes None, e.g. the
+        # true z of text_synthetic).
+        continuous = splits.factor_sizes is None and np.issubdtype(dtype, np.floating)
+        if not (np.issubdtype(dtype, np.integer) or continuous):
+            raise DataError(
+                f"{key} factors_{split} has dtype {dtype}; factors must be integer class indices "
+                "(with factor_sizes) or floats (continuous, factor_sizes None)"
+            )
+        if continuous and not np.all(np.isfinite(factors)):
+            raise DataError(f"{key} factors_{split} has NaN or Inf values; remove those examples")
     return splits
 
 
@@ -187,7 +203,8 @@ def open_dataset(
     ``images``) stay on disk: the data is checked block by block when opened, and
     ``splits.split("test")[start:stop]`` reads and converts only those rows. Other data sets
     (``digits``, ``dsprites``, ``mnist``, ...) are loaded into memory by :func:`load_dataset` and
-    wrapped (:meth:`LazySplits.in_memory`).
+    wrapped (:meth:`LazySplits.in_memory`); so are the text data sets (``text_file`` included:
+    its vocabulary needs every training sentence), whose rows are arrays of ``str``.
 
     Raises:
         DataError: as :func:`load_dataset`.

@@ -23,6 +23,23 @@ from vae_tf.errors import ConfigError, DataError
 SPLIT_NAMES = ("train", "val", "test")
 
 
+def _apportion(total: int, weights: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """Share ``total`` among classes in proportion to ``weights`` by the largest-remainder rule,
+    no class above its cap (``sum(caps) >= total``). Ties in the remainder go to the lower
+    index, so the answer is deterministic."""
+    weights = np.asarray(weights, dtype=np.float64)
+    caps = np.asarray(caps, dtype=np.int64)
+    quota = total * weights / max(weights.sum(), 1.0)
+    share = np.minimum(np.floor(quota).astype(np.int64), caps)
+    while share.sum() < total:
+        open_ = np.flatnonzero(share < caps)
+        # Largest remainder first; lexsort's last key is the primary one, the index breaks ties.
+        order = open_[np.lexsort((open_, -(quota[open_] - share[open_])))]
+        for c in order[: total - int(share.sum())]:
+            share[c] += 1
+    return share
+
+
 @dataclass(frozen=True)
 class SplitPlan:
     """How to cut a data set into train / val / test, reproducibly.
@@ -123,6 +140,76 @@ class SplitPlan:
         self._check_train(m - n_val, m)
         return perm[n_val:], perm[:n_val], test
 
+    def indices_with_official_splits(
+        self, n_train: int, n_val: int, n_test: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``(train, val, test)`` indexing the source's official train / validation / test
+        parts (each into its own part); ``val_fraction`` and ``test_fraction`` are not used.
+
+        Training examples come in a seeded permuted order, validation and test in their official
+        order. With ``max_samples`` the cap is shared among the three parts in proportion to their
+        official sizes (largest remainder), each part's subset drawn by the same seeded generator.
+        """
+        sizes = np.array([n_train, n_val, n_test], dtype=np.int64)
+        if n_train < 1:
+            raise DataError("the official training part is empty; provide at least one training example")
+        rng = np.random.default_rng(self.seed)
+        train = rng.permutation(n_train).astype(np.int64)
+        val, test = np.arange(n_val, dtype=np.int64), np.arange(n_test, dtype=np.int64)
+        if self.max_samples is not None and int(self.max_samples) < sizes.sum():
+            keep = _apportion(int(self.max_samples), sizes, sizes)
+            self._check_train(int(keep[0]), int(self.max_samples))
+            train = train[: keep[0]]
+            val = np.sort(rng.permutation(n_val)[: keep[1]]).astype(np.int64)
+            test = np.sort(rng.permutation(n_test)[: keep[2]]).astype(np.int64)
+        return train, val, test
+
+    def stratified_indices(self, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``(train, val, test)`` int64 index arrays in which every class keeps its share.
+
+        The totals are those of :meth:`indices` for ``m = min(N, max_samples)`` examples
+        (``round(test_fraction * m)`` test, ``round(val_fraction * m)`` validation, the rest
+        training). Each total is shared among the classes in proportion to their sizes by the
+        largest-remainder rule (Hamilton apportionment; a tie in the remainders goes to the
+        smaller label), so a class of ``n_c`` kept examples gets ``floor`` or ``ceil`` of
+        ``fraction * n_c`` in each split: e.g. 500 per class and fractions 0.1 give exactly
+        50 / 50 / 400 per class. ``max_samples`` is shared the same way among the classes.
+
+        Which examples of a class go where is drawn from one seeded permutation
+        (``np.random.default_rng(seed)``), and each split lists its examples in that permuted
+        order, so classes are interleaved.
+        """
+        labels = np.asarray(labels)
+        n = len(labels)
+        if n < 1:
+            raise DataError("the data set is empty; provide at least one example")
+        perm = np.random.default_rng(self.seed).permutation(n).astype(np.int64)
+        classes, inverse = np.unique(labels, return_inverse=True)
+        # Each class's examples in permuted order.
+        members = [perm[inverse[perm] == c] for c in range(len(classes))]
+        sizes = np.array([len(m) for m in members], dtype=np.int64)
+        m = min(n, int(self.max_samples)) if self.max_samples is not None else n
+        keep = _apportion(m, sizes, sizes)
+        n_test = self._count(float(self.test_fraction), m)
+        n_val = self._count(float(self.val_fraction), m)
+        self._check_train(m - n_test - n_val, m)
+        test = _apportion(n_test, keep, keep)
+        val = _apportion(n_val, keep, keep - test)
+        parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+        for c, idx in enumerate(members):
+            t, v, k = int(test[c]), int(val[c]), int(keep[c])
+            parts["test"].append(idx[:t])
+            parts["val"].append(idx[t : t + v])
+            parts["train"].append(idx[t + v : k])
+        position = np.empty(n, dtype=np.int64)
+        position[perm] = np.arange(n, dtype=np.int64)
+
+        def in_permuted_order(pieces):
+            joined = np.concatenate(pieces).astype(np.int64)
+            return joined[np.argsort(position[joined], kind="stable")]
+
+        return tuple(in_permuted_order(parts[s]) for s in SPLIT_NAMES)
+
     def as_metadata(self) -> dict:
         return {
             "seed": int(self.seed),
@@ -139,17 +226,21 @@ class DataSplits:
     Attributes:
         name: registry name of the data set (``"digits"``, ``"dsprites"``, ...).
         x_train, x_val, x_test: float32 arrays; images are ``(N, H, W, C)`` (``C = 1`` for
-            grayscale), plain vectors ``(N, D)``. ``x_val``/``x_test`` may have ``N = 0`` when
-            their fraction is 0.
+            grayscale), plain vectors ``(N, D)``. Text: 1-D object arrays ``(N,)`` of Python
+            ``str``, one raw sentence each (see :mod:`vae_tf.data.text`). ``x_val``/``x_test``
+            may have ``N = 0`` when their fraction is 0.
         y_train, y_val, y_test: int64 class labels ``(N,)`` where the source has them, else None.
-        factors_train, factors_val, factors_test: int64 ``(N, n_factors)`` ground-truth factor
-            class indices (dSprites), else None.
+        factors_train, factors_val, factors_test: ground-truth factors ``(N, n_factors)``, else
+            None: int64 class indices (dSprites; ``factor_sizes`` given) or float32 continuous
+            values (the true z of ``text_synthetic``; ``factor_sizes`` None).
         factor_names, factor_sizes: names and number of classes of each factor, else None.
         value_range: the interval the values lie in (declared by the loader, e.g. ``(0, 1)``
-            after dividing by 255; observed min/max for float user data).
-        binary: True when every value is exactly 0 or 1.
+            after dividing by 255; observed min/max for float user data); None for text.
+        binary: True when every value is exactly 0 or 1 (False for text).
         metadata: JSON-serialisable facts about the source (origin, scaling, seed, split sizes,
-            generator version ...), for run tracking.
+            generator version ...), for run tracking. ``metadata["modality"]`` is ``"text"`` for
+            text data sets (with ``vocabulary``, ``max_length``, ``tokenizer``); images have no
+            ``modality`` key.
     """
 
     name: str
@@ -164,7 +255,7 @@ class DataSplits:
     factors_test: np.ndarray | None = None
     factor_names: tuple[str, ...] | None = None
     factor_sizes: tuple[int, ...] | None = None
-    value_range: tuple[float, float] = (0.0, 1.0)
+    value_range: tuple[float, float] | None = (0.0, 1.0)
     binary: bool = False
     metadata: dict = field(default_factory=dict)
 
@@ -180,8 +271,13 @@ class DataSplits:
                     )
 
     @property
+    def modality(self) -> str:
+        """``"text"`` or ``"image"`` (``metadata["modality"]``; absent means image)."""
+        return str(self.metadata.get("modality", "image"))
+
+    @property
     def data_shape(self) -> tuple[int, ...]:
-        """Shape of one example, ``x_train.shape[1:]``."""
+        """Shape of one example, ``x_train.shape[1:]`` (``()`` for text: one string)."""
         return tuple(int(d) for d in self.x_train.shape[1:])
 
     @property

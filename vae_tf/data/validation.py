@@ -1,5 +1,8 @@
 """Checks that an array can be trained on, with one-line messages that say what to fix.
 
+Numeric data (images, vectors) and text (a 1-D array of Python ``str``, one sentence each) are
+both checked by :func:`validate_array`; text goes to :func:`validate_text`.
+
 The checks are vectorised and cheap: the common case (finite data) costs one ``min`` and one
 ``max`` pass over the array; the element-wise ``isfinite`` pass that locates bad values runs only
 when ``min``/``max`` already showed a NaN or an Inf. A row reader (:mod:`vae_tf.data.rows`) is
@@ -17,6 +20,12 @@ from vae_tf.errors import DataError
 _NUMERIC_KINDS = "biuf"
 
 
+def exception_cause(exc: BaseException, limit: int = 200) -> str:
+    """``"Type: message"`` of an exception on one line, at most ``limit`` characters: the cause a
+    one-line DataError quotes."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:limit]
+
+
 def is_int(value) -> bool:
     """True for Python / NumPy integers, False for bools (``True`` is not a count)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
@@ -26,8 +35,59 @@ def _fmt(value: float) -> str:
     return f"{float(value):.4g}"
 
 
+def is_text(x) -> bool:
+    """True for a 1-D array (or list / tuple) whose dtype is a string or object kind: text, one
+    sentence per entry (what :func:`validate_text` checks)."""
+    if hasattr(x, "blocks"):
+        return False
+    if isinstance(x, (list, tuple)):
+        return len(x) > 0 and isinstance(x[0], (str, bytes))
+    return isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype.kind in "OUS"
+
+
+def validate_text(x, *, what: str = "text") -> None:
+    """Raise :class:`~vae_tf.errors.DataError` unless ``x`` is trainable text: a non-empty 1-D
+    sequence of Python ``str``, none empty or only whitespace, each encodable as UTF-8 (a lone
+    surrogate from a bad decode is not). The message names the first bad entry by its index and
+    counts the bad entries."""
+    arr = np.asarray(x, dtype=object) if isinstance(x, (list, tuple)) else np.asarray(x)
+    if arr.ndim != 1:
+        raise DataError(
+            f"{what} has shape {arr.shape} but text must be a 1-D array with one sentence (str) "
+            "per entry; flatten it"
+        )
+    if len(arr) == 0:
+        raise DataError(f"{what} holds no sentences; provide at least one")
+    not_str = [i for i, s in enumerate(arr) if not isinstance(s, str)]
+    if not_str:
+        first = arr[not_str[0]]
+        hint = "decode bytes as UTF-8 first" if isinstance(first, bytes) else "give one str per sentence"
+        raise DataError(
+            f"{what} has {len(not_str)} entries that are not str (first: entry {not_str[0]}, a "
+            f"{type(first).__name__}); {hint}"
+        )
+    empty = [i for i, s in enumerate(arr) if not s.strip()]
+    if empty:
+        raise DataError(
+            f"{what} has {len(empty)} empty or whitespace-only sentences (first: entry {empty[0]}); "
+            "remove them"
+        )
+    for i, s in enumerate(arr):
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataError(
+                f"{what} entry {i} is not valid Unicode text ({exc.reason} at character "
+                f"{exc.start}); decode the source as UTF-8 without errors='surrogateescape'"
+            ) from None
+
+
 def validate_array(x, *, what: str = "data", support: tuple[float, float] | None = None):
     """Raise :class:`~vae_tf.errors.DataError` unless ``x`` is trainable data; return its bounds.
+
+    Text (:func:`is_text`: a 1-D array of ``str`` / object entries) is checked by
+    :func:`validate_text` and returns ``None``; a ``support`` given for text is an error (a
+    likelihood over numbers cannot score sentences).
 
     ``x`` must be a numeric (bool, integer or float) array of shape ``(N, ...)`` with rank 2
     (vectors ``(N, D)``), 3 (``(N, H, W)``) or 4 (images ``(N, H, W, C)``), at least one example
@@ -44,11 +104,20 @@ def validate_array(x, *, what: str = "data", support: tuple[float, float] | None
         support: closed interval the values must lie in, or ``None`` for no bound.
 
     Returns:
-        ``(min, max)`` of the values, as NumPy scalars of the array's dtype.
+        ``(min, max)`` of the values, as NumPy scalars of the array's dtype; ``None`` for text.
 
     Raises:
         DataError: with a one-line message naming the problem and the fix.
     """
+    if is_text(x):
+        validate_text(x, what=what)
+        if support is not None:
+            raise DataError(
+                f"{what} holds sentences, which a likelihood over numbers in "
+                f"[{_fmt(support[0])}, {_fmt(support[1])}] cannot score; configure a text model "
+                "for this data set"
+            )
+        return None
     if hasattr(x, "blocks") and hasattr(x, "shape") and hasattr(x, "dtype"):
         shape, dtype, blocks = tuple(x.shape), np.dtype(x.dtype), x.blocks
     else:
@@ -81,8 +150,8 @@ def check_layout(shape: tuple[int, ...], dtype: np.dtype, *, what: str = "data")
     ndim = len(shape)
     if dtype.kind not in _NUMERIC_KINDS:
         raise DataError(
-            f"{what} is not a numeric array (dtype {dtype}); "
-            "convert it to a float or integer NumPy array of shape (N, ...)"
+            f"{what} is not a numeric array (dtype {dtype}, shape {shape}); convert it to a float "
+            "or integer NumPy array of shape (N, ...), or, for text, a 1-D array of str"
         )
     if ndim < 2 or ndim > 4:
         raise DataError(
