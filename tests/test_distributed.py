@@ -1,4 +1,4 @@
-"""tf.distribute: every objective under a 2-replica MirroredStrategy on 2 logical CPUs, the
+"""tf.distribute: every remedy (and a composition of them) under a 2-replica MirroredStrategy on 2 logical CPUs, the
 2-replica run against the single-device run on the same global batch (training and encoder
 pretraining), and a 2-worker MultiWorkerMirroredStrategy cluster on 127.0.0.1
 (vae_tf.replicas).
@@ -59,9 +59,14 @@ results = {"match": {}, "objectives": {}}
 
 # 1. Two replicas against one device, global batch 16, three epochs of four steps. Plain SGD, so
 # that a wrongly scaled gradient shows (Adam is almost invariant to the gradient's scale).
-for name, objective in {"elbo": {"name": "elbo"},
-                        "control_vae": {"name": "control_vae", "kl_set_point": 2.0, "kp": 0.5, "ki": 0.1},
-                        "aggressive": {"name": "aggressive", "max_inner_steps": 6, "check_every": 2}}.items():
+CONTROL = {"kind": "control", "set_point": 2.0, "kp": 0.5, "ki": 0.1}
+AGGRESSIVE = {"kind": "aggressive", "max_inner_steps": 6, "check_every": 2}
+for name, objective in {"elbo": {},
+                        "control_vae": {"kl_weight": CONTROL},
+                        "aggressive": {"inference": AGGRESSIVE},
+                        "composed": {"kl_weight": CONTROL, "input_noise": {"kind": "gaussian", "sigma": 0.1},
+                                     "regularizers": [{"kind": "mi_q", "q_network": MLP}],
+                                     "inference": AGGRESSIVE}}.items():
     runs = []
     for strategy in (None, mirrored):
         if strategy is None:
@@ -69,8 +74,8 @@ for name, objective in {"elbo": {"name": "elbo"},
         else:
             with strategy.scope():
                 model = make(objective, optimizer=keras.optimizers.SGD(0.05))
-        if name == "aggressive":
-            model.set_heldout(x[:32])
+        if model.inference.kind == "aggressive":
+            model.inference.set_heldout(x[:32])
         history = model.fit(batches(), epochs=3, verbose=0).history
         runs.append({"loss": history["loss"], "beta": history["beta"],
                      "inner_steps": history.get("aggressive_inner_steps", []),
@@ -80,25 +85,27 @@ for name, objective in {"elbo": {"name": "elbo"},
 
 # 2. Every objective (and every latent family) trains under two replicas; state stays in sync.
 CASES = {
-    "beta_linear_schedule": ({"name": "elbo", "beta": 2.0, "beta_schedule": {"kind": "linear", "steps": 3}},
-                             GAUSS, None),
-    "capacity": ({"name": "capacity", "capacity_max": 5.0, "capacity_steps": 4}, GAUSS, None),
-    "control_vae": ({"name": "control_vae", "kl_set_point": 2.0}, GAUSS, None),
-    "ar_elbo": ({"name": "ar_elbo"}, GAUSS, {"name": "gaussian_adaptive"}),
-    "mi_max_categorical": ({"name": "mi_max", "q_network": {"kind": "mlp", "hidden": [8]}},
+    "beta_linear_schedule": ({"kl_weight": {"kind": "linear", "beta": 2.0, "steps": 3}}, GAUSS, None),
+    "capacity": ({"kl_weight": {"kind": "capacity", "capacity_max": 5.0, "capacity_steps": 4}}, GAUSS, None),
+    "control_vae": ({"kl_weight": {"kind": "control", "set_point": 2.0}}, GAUSS, None),
+    "ar_elbo": ({}, GAUSS, {"name": "gaussian_adaptive"}),
+    "mi_max_categorical": ({"regularizers": [{"kind": "mi_q", "q_network": {"kind": "mlp", "hidden": [8]}}]},
                            {"family": "gaussian_categorical", "latent_dim": 2, "categories": 3,
                             "temperature": {"kind": "exponential_decay", "start": 1.0, "rate": 0.1, "floor": 0.5}},
                            None),
-    "aggressive": ({"name": "aggressive", "max_inner_steps": 4, "check_every": 2}, GAUSS, None),
-    "noisy_input_normal_gamma": ({"name": "noisy_input", "noise": "gaussian",
-                                  "beta_schedule": {"kind": "cyclical", "total_steps": 4, "cycles": 2}},
+    "aggressive": ({"inference": {"kind": "aggressive", "max_inner_steps": 4, "check_every": 2}}, GAUSS, None),
+    "noisy_input_normal_gamma": ({"input_noise": {"kind": "gaussian"},
+                                  "kl_weight": {"kind": "cyclical", "total_steps": 4, "cycles": 2}},
                                  {"family": "normal_gamma", "latent_dim": 3}, None),
+    "fgsm_capacity_ar_elbo": ({"input_noise": {"kind": "fgsm", "epsilon": 0.05},
+                               "kl_weight": {"kind": "capacity", "capacity_max": 5.0, "capacity_steps": 4}},
+                              GAUSS, {"name": "gaussian_adaptive"}),
 }
 for name, (objective, latent, likelihood) in CASES.items():
     with mirrored.scope():
         model = make(objective, latent, likelihood)
-    if objective["name"] == "aggressive":
-        model.set_heldout(x[:32])
+    if model.inference.kind == "aggressive":
+        model.inference.set_heldout(x[:32])
     history = model.fit(batches(), epochs=1, verbose=0).history
     unsynced = []
     for v in [*model.variables, *model.optimizer.variables]:
@@ -110,12 +117,12 @@ for name, (objective, latent, likelihood) in CASES.items():
                                    "replicas": mirrored.num_replicas_in_sync}
 
 # 3. Encoder pretraining in the strategy's scope (the training app does so) against one device.
-from vae_tf.pretraining import pretrain_encoder
+from vae_tf.remedies.pretraining import pretrain_encoder
 
 results["pretrain"] = []
 for strategy in (None, mirrored):
     with strategy.scope() if strategy else contextlib.nullcontext():
-        model = make({"name": "elbo"})
+        model = make({})
         keras.utils.set_random_seed(2)  # the classification head's initial weights
         result = pretrain_encoder(model, x, np.arange(64) % 3, epochs=2, batch_size=16, seed=0,
                                   validation_data=(x[:32], np.arange(32) % 3))
@@ -134,7 +141,7 @@ strategy = tf.distribute.MultiWorkerMirroredStrategy()
 x = (np.random.default_rng(0).random((64, 8, 8, 1)) > 0.5).astype("float32")
 with strategy.scope():
     model = build_vae((8, 8, 1), latent={"family": "gaussian", "latent_dim": 3},
-                      network={"kind": "mlp", "hidden": [8]}, objective={"name": "elbo"}, seed=0)
+                      network={"kind": "mlp", "hidden": [8]}, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
 options = tf.data.Options()
 options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -170,7 +177,7 @@ def mirrored_results(tmp_path_factory):
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("objective", ["elbo", "control_vae", "aggressive"])
+@pytest.mark.parametrize("objective", ["elbo", "control_vae", "aggressive", "composed"])
 def test_two_replicas_follow_the_single_device_run_on_the_same_global_batch(mirrored_results, objective):
     """Same seeds, deterministic ops: losses, β (ControlVAE: fed the global-batch KL), weights and
     the seed stream agree to float rounding (the loss is divided by the number of replicas,
@@ -188,7 +195,7 @@ def test_two_replicas_follow_the_single_device_run_on_the_same_global_batch(mirr
 
 def test_every_objective_trains_under_two_mirrored_replicas_with_state_in_sync(mirrored_results):
     results = mirrored_results["objectives"]
-    assert len(results) == 7
+    assert len(results) == 8
     for name, result in results.items():
         assert result["replicas"] == 2
         assert result["train_steps"] == 4, name

@@ -21,7 +21,7 @@ SMALL = {"latent": {"family": "gaussian", "latent_dim": 4}, "network": {"kind": 
 
 def make(precision, objective=None, optimizer=None, **spec):
     keras.utils.set_random_seed(0)  # same initial weights for every precision (variables stay float32)
-    model = build_vae((8, 8, 1), objective=objective or {"name": "elbo"}, seed=0, precision=precision,
+    model = build_vae((8, 8, 1), objective=objective or {}, seed=0, precision=precision,
                       **{**SMALL, **spec})
     model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3))
     return model
@@ -81,16 +81,18 @@ def test_mixed_float16_scales_the_loss_in_the_custom_train_step(x):
 
 @pytest.mark.parametrize("precision", MIXED)
 @pytest.mark.parametrize("objective, latent", [
-    ({"name": "elbo"}, {"family": "gaussian", "latent_dim": 4}),
-    ({"name": "mi_max", "q_network": {"kind": "mlp", "hidden": [16]}},
+    ({}, {"family": "gaussian", "latent_dim": 4}),
+    ({"regularizers": [{"kind": "mi_q", "q_network": {"kind": "mlp", "hidden": [16]}}],
+      "input_noise": {"kind": "fgsm", "epsilon": 0.05}, "kl_weight": {"kind": "control", "set_point": 3.0}},
      {"family": "gaussian_categorical", "latent_dim": 2, "categories": 3}),
-], ids=["elbo", "mi_max"])
+], ids=["elbo", "control_mi_q_fgsm"])
 def test_mixed_precision_trains_with_finite_metrics_and_exports_float32_signatures(precision, objective, latent,
                                                                                    digits, tmp_path):
     model = make(precision, objective=objective, latent=latent)
-    if objective["name"] == "mi_max":
-        assert model.q_network.layers[-1].name == "float32_output"
-        assert isinstance(model.q_optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
+    if model.regularizers:
+        q = model.regularizers[0]
+        assert q.q_network.layers[-1].name == "float32_output"
+        assert isinstance(q.q_optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
     history = model.fit(digits.pipeline("train", 128), epochs=1, steps_per_epoch=4, verbose=0).history
     for key, values in history.items():
         assert np.all(np.isfinite(values)), (key, values)

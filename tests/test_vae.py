@@ -13,7 +13,7 @@ from vae_tf.models import VAE, build_vae
 def _model(data_shape, beta=1.0, seed=0, **kw):
     keras.utils.set_random_seed(seed)
     model = build_vae(data_shape, latent={"family": "gaussian", "latent_dim": 4},
-                      network={"kind": "mlp", "hidden": [32]}, objective={"name": "elbo", "beta": beta},
+                      network={"kind": "mlp", "hidden": [32]}, objective={"kl_weight": {"kind": "constant", "beta": beta}},
                       seed=seed, **kw)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     return model
@@ -57,14 +57,22 @@ def test_metrics_are_reported_through_trackers(digits):
 
 
 def test_beta_is_a_checkpointable_variable_that_changes_the_loss(digits):
-    model = _model(digits.data_shape, beta=1.0)
-    assert any(v.path.endswith("beta") for v in model.non_trainable_variables)
     x = tf.constant(digits.x_train[:32])
+    # A KL weight whose β moves (annealing): the loss reads the variable, which checkpoints carry.
+    model = build_vae(digits.data_shape, latent={"family": "gaussian", "latent_dim": 4},
+                      network={"kind": "mlp", "hidden": [32]}, objective={"kl_weight": {"kind": "linear", "steps": 10}})
+    assert any(v.path.endswith("beta") for v in model.non_trainable_variables)
+    assert float(model.beta.numpy()) == 0.0  # the schedule's start
     terms = model.compute_terms(x)
     base = float(model.objective_loss(terms))
     model.beta.assign(3.0)
     shifted = float(model.objective_loss(terms))
-    assert shifted - base == pytest.approx(2.0 * float(tf.reduce_mean(terms["kl"])), rel=1e-4)
+    assert shifted - base == pytest.approx(3.0 * float(tf.reduce_mean(terms["kl"])), rel=1e-4)
+    # A constant β is a Python number in the step, and the variable (what is logged) holds it.
+    one, three = _model(digits.data_shape, beta=1.0), _model(digits.data_shape, beta=3.0)
+    assert float(three.beta.numpy()) == 3.0
+    assert float(three.objective_loss(terms)) - float(one.objective_loss(terms)) == pytest.approx(
+        2.0 * float(tf.reduce_mean(terms["kl"])), rel=1e-4)
 
 
 def test_short_training_run_on_digits_improves_validation_elbo(digits):

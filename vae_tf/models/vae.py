@@ -211,20 +211,27 @@ class VAE(keras.Model):
         the regularisers' terms (their own updates when ``update_state`` and ``training``) and
         ``loss`` = −mean_B(reconstruction) + kl_penalty + Σ penalties (a scalar)."""
         terms = self.compute_terms(x, training=training, target=target)
-        beta = self.kl_weight.static_beta
-        if beta is None:
-            if update_state:
-                self.beta.assign(self.kl_weight.next_beta(terms["kl"], self.train_steps))
-            beta = tf.convert_to_tensor(self.beta)
-        loss = -tf.reduce_mean(terms["reconstruction"]) + self.kl_weight.penalty(terms["kl"], beta, self.train_steps)
+        if update_state and self.kl_weight.static_beta is None:
+            self.beta.assign(self.kl_weight.next_beta(terms["kl"], self.train_steps))
         for regularizer in self.regularizers:
             if training and update_state:
                 terms.update(regularizer.train_terms(self, terms, tape))
             else:
                 terms.update(regularizer.eval_terms(self, terms))
-            loss = loss + regularizer.penalty(terms)
-        terms["loss"] = loss
+        terms["loss"] = self.objective_loss(terms)
         return terms
+
+    def objective_loss(self, terms: dict) -> tf.Tensor:
+        """The scalar the optimizer minimises, from a forward pass's terms:
+        ``−mean_B(reconstruction) + kl_penalty + Σ_r penalty_r`` with the KL weight in force
+        (``beta``) and the penalty of every regulariser whose terms ``terms`` holds."""
+        beta = self.kl_weight.static_beta
+        beta = tf.convert_to_tensor(self.beta) if beta is None else beta
+        loss = -tf.reduce_mean(terms["reconstruction"]) + self.kl_weight.penalty(terms["kl"], beta, self.train_steps)
+        for regularizer in self.regularizers:
+            if regularizer.penalty_key in terms:
+                loss = loss + regularizer.penalty(terms)
+        return loss
 
     def loss_and_gradients(self, x: tf.Tensor, variables, *, update_state: bool = True) -> tuple[dict, list]:
         """The terms of one training forward pass on the perturbed input (the input noise's x̃,

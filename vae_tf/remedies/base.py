@@ -126,6 +126,11 @@ class Regularizer(Remedy):
     def key(self, name: str) -> str:
         return name if self.index == 1 else f"{name}_{self.index}"
 
+    @property
+    def penalty_key(self) -> str:
+        """The term :meth:`penalty` reads (the model adds the penalty when a step's terms hold it)."""
+        raise NotImplementedError
+
     def train_terms(self, model, terms: dict, tape) -> dict:
         return self.eval_terms(model, terms)
 

@@ -249,8 +249,12 @@ class MIQ(Regularizer):
             q_loss = self.q_update(model, tf.stop_gradient(x_rec), tf.stop_gradient(target))
         return {**self.eval_terms(model, terms), self.key("q_loss"): q_loss}
 
+    @property
+    def penalty_key(self):
+        return self.key("mi_bound")
+
     def penalty(self, terms):
-        return -self.options.weight * terms[self.key("mi_bound")]
+        return -self.options.weight * terms[self.penalty_key]
 
     def update_trackers(self, terms):
         batch = tf.cast(tf.shape(terms["elbo"])[0], tf.float32)
