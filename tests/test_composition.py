@@ -6,6 +6,7 @@ anything is built; adding a remedy is one file and one registry line."""
 from __future__ import annotations
 
 import itertools
+from typing import Literal
 
 import keras
 import numpy as np
@@ -165,7 +166,6 @@ def test_adding_a_remedy_is_one_file_and_one_registry_line(digits):
     """A new KL weight (here: a cosine warm-up, written in a few lines) joins through its registry
     alone: the config schema, the model, training and the export follow."""
     import math
-    from typing import Literal
 
     from vae_tf.remedies.base import KLWeight, SlotOptions
 

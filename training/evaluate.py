@@ -150,8 +150,7 @@ def _log(config, info, result, figures, document, trained_run_id, split, data, v
     with mlflow.start_run(run_name=name, tags={**tags, **verdict.tags()}) as run:
         x, y = data.split(split)
         mlflow.log_input(meta_dataset(f"{data.name}-{split}", dataset_source(config, data), dataset_digest(x, y)),
-                         context="evaluation", tags={"mlflow.data.context": "evaluation", "split": split,
-                                                     "n_examples": str(len(x))})
+                         context="evaluation", tags={"split": split, "n_examples": str(len(x))})
         mlflow.log_metrics({k: float(v) for k, v in result["metrics"].items() if v == v})  # NaN: not logged
         mlflow.log_dict(document, "evaluation/report.json")
         log_figures(figures, "evaluation")

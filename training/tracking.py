@@ -384,7 +384,7 @@ class TrackedRun:
             mlflow.log_artifacts(args["local_dir"], args["artifact_path"])
         elif op == "log_input":
             mlflow.log_input(meta_dataset(args["name"], args["source"], args["digest"]), context=args["context"],
-                             tags={"mlflow.data.context": args["context"], **args.get("tags", {})})
+                             tags=args.get("tags") or None)
         elif op == "log_model":
             return log_saved_model(Path(args["export_dir"]), args["data_shape"], args["registered_name"])
         elif op == "end_run":
