@@ -19,7 +19,7 @@ def test_mlproject_declares_typed_entry_points():
     assert project["python_env"] == "python_env.yaml"
     assert {"train", "evaluate", "compare", "embed"} <= set(project["entry_points"])
     train = project["entry_points"]["train"]["parameters"]
-    assert train["epochs"]["type"] == "int" and train["objective"]["default"] == "elbo"
+    assert train["epochs"]["type"] == "int" and train["objective"]["default"] == ""  # "": the config's slots
 
 
 def _mlflow_run(tmp_path, *params):
@@ -43,7 +43,8 @@ def test_mlflow_run_trains_into_the_run_it_created(tmp_path):
     assert len(runs) == 1  # the training job attached to MLflow's run instead of making its own
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.data.params["objective.name"] == "control_vae" and "kl_set_point" in run.data.metrics
+    assert run.data.params["objective.kl_weight.kind"] == "control"  # the preset, as slots
+    assert run.data.params["objective.kl_weight.set_point"] == "5.0" and "kl_set_point" in run.data.metrics
     assert (tmp_path / "models" / "vae" / "1" / "saved_model.pb").is_file()
 
 
