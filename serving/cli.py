@@ -83,6 +83,9 @@ def add_parsers(sub) -> None:
     serve.add_argument("--follow-external-links", action="store_true",
                        help="load versions whose files are symbolic links to places outside the model base path "
                             "(default: refuse them)")
+    serve.add_argument("--allow-non-finite", action="store_true",
+                       help="pass NaN and Infinity in float inputs to the model, as TF Serving does (default: refuse "
+                            "them with HTTP 400 / INVALID_ARGUMENT naming the input, position and value)")
     serve.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", action="store_true",
                        help="merge concurrent small requests for one signature into one model call")
     serve.add_argument("--max-batch-size", type=positive_int, default=32, help="rows per merged call (default 32)")
@@ -153,6 +156,7 @@ def cmd_serve(args) -> int:
     config.rest_timeout_seconds = args.rest_timeout_seconds
     config.max_in_flight = args.max_in_flight
     config.follow_external_links = args.follow_external_links
+    config.allow_non_finite = args.allow_non_finite
     config.grace_seconds = args.grace_seconds
     if args.enable_batching:
         config.batching = BatchingOptions(max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms)

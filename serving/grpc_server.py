@@ -8,8 +8,8 @@
   answers UNIMPLEMENTED.
 
 Inputs arrive as ``TensorProto`` (any of ``tensor_content`` or the typed ``*_val`` fields);
-they are cast to the signature dtype when nothing is lost and checked against its shapes before
-the model runs. Outputs are written into the typed ``*_val`` fields, as TF Serving does by
+they are cast to the signature dtype when nothing is lost and checked against its shapes (and,
+unless ``allow_non_finite``, for NaN/Inf in float inputs) before the model runs. Outputs are written into the typed ``*_val`` fields, as TF Serving does by
 default (``kAsProtoField``), so clients that read ``outputs[k].float_val`` work, and so does
 ``tf.make_ndarray``. Errors carry upstream's canonical code and message, cut to 1024 characters
 plus ``...TRUNCATED`` (``grpc_status_util.cc``).
@@ -163,10 +163,12 @@ def _model_servicer_base():
 class PredictionService(_prediction_servicer_base()):
     """``tensorflow.serving.PredictionService``."""
 
-    def __init__(self, store: ModelStore, run: Runner | None = None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+    def __init__(self, store: ModelStore, run: Runner | None = None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 allow_non_finite: bool = False):
         self.store = store
         self.run: Runner = run or (lambda signature, arrays: signature.run(arrays))
         self.max_message_bytes = max_message_bytes
+        self.allow_non_finite = allow_non_finite
 
     @_rpc
     def Predict(self, request, context):
@@ -203,7 +205,7 @@ class PredictionService(_prediction_servicer_base()):
         if len(set(wanted)) != len(wanted):
             duplicate = next(a for a in wanted if wanted.count(a) > 1)
             raise invalid_argument(f"duplicate output tensor alias: {duplicate}")
-        arrays = signature.prepare(arrays)
+        arrays = signature.prepare(arrays, allow_non_finite=self.allow_non_finite)
         _check_still_wanted(context)  # parsing a large request takes time too
         outputs = self.run(signature, arrays)
         response = predict_pb2.PredictResponse()
@@ -281,7 +283,7 @@ class GrpcServer:
 
     def __init__(self, store: ModelStore, host: str, port: int, *, run: Runner | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, threads: int | None = None,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT):
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, allow_non_finite: bool = False):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         options = [("grpc.max_receive_message_length", int(max_message_bytes)),
@@ -294,7 +296,8 @@ class GrpcServer:
         self._server = grpc.server(self._executor, options=options, maximum_concurrent_rpcs=int(max_in_flight))
         self._stopped: threading.Event | None = None
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(store, run, max_message_bytes=max_message_bytes), self._server)
+            PredictionService(store, run, max_message_bytes=max_message_bytes, allow_non_finite=allow_non_finite),
+            self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(store), self._server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:

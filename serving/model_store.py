@@ -19,7 +19,8 @@ What TensorFlow Serving's ``ServerCore`` does for one model, in Python (referenc
 - **Signatures.** Each :class:`Servable` carries the ``SignatureDefMap`` read from its
   ``saved_model.pb`` (every signature, ``__saved_model_init_op`` included, as the official
   metadata endpoint lists them) and one :class:`Signature` per callable signature, which
-  validates inputs (names, dtype, shape) before the model runs.
+  validates inputs (names, dtype, shape, and by default finite float values) before the model
+  runs.
 
 Path safety: the model name comes from the operator (``MODEL_NAME``) and must be one plain path
 segment; names in requests are only compared with it, never joined to a path, so no request
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -195,15 +197,19 @@ class Signature:
     def callable(self) -> bool:
         return self._function is not None and self.method_name == PREDICT_METHOD
 
-    def prepare(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def prepare(self, arrays: Mapping[str, np.ndarray], *, allow_non_finite: bool = False) -> dict[str, np.ndarray]:
         """Inputs cast to the signature dtypes and checked against its shapes (project rule:
-        a one-line INVALID_ARGUMENT before TensorFlow sees the data). Names are checked by the
-        callers (their messages differ between REST and gRPC)."""
+        a one-line INVALID_ARGUMENT before TensorFlow sees the data). Float inputs holding NaN
+        or ±Inf are refused the same way unless ``allow_non_finite`` (TF Serving passes them to
+        the model, which turns them into finite-looking garbage or NaN outputs). Names are
+        checked by the callers (their messages differ between REST and gRPC)."""
         prepared = {}
         for alias, arr in arrays.items():
             spec = self.inputs[alias]
             arr = _cast(np.asarray(arr) if not isinstance(arr, np.ndarray) else arr, spec, self.name)
             _check_shape(arr, spec, self.name)
+            if not allow_non_finite:
+                _check_finite(arr, spec, self.name)
             prepared[alias] = arr
         return prepared
 
@@ -280,6 +286,40 @@ def _check_shape(arr: np.ndarray, spec: InputSpec, signature: str) -> None:
         advice = f"; send a batch of examples, each of shape {example}"
     raise invalid_argument(f"Input {spec.alias} of signature {signature} has shape {got} but the signature expects "
                            f"{spec.shape_text()} (-1: any size){advice}")
+
+
+def first_non_finite(arr: np.ndarray) -> tuple[tuple[int, ...], float, int] | None:
+    """``None`` when ``arr`` holds no NaN or ±Inf (always for non-float arrays), else the index
+    of the first one in C order, its value and how many there are.
+
+    The common case costs one vectorised sum: NaN or ±Inf anywhere make it non-finite (so does
+    an overflow of large finite values, which the element-wise search then clears). Only then
+    does ``np.isfinite`` run over the elements to find the position."""
+    if arr.dtype.kind != "f" or math.isfinite(arr.sum()):
+        return None
+    bad = ~np.isfinite(arr)
+    if not bad.any():  # the sum overflowed; every value is finite
+        return None
+    flat = int(np.argmax(bad))  # argmax on booleans: the first True
+    index = tuple(int(i) for i in np.unravel_index(flat, arr.shape))
+    return index, float(arr.reshape(-1)[flat]), int(np.count_nonzero(bad))
+
+
+def non_finite_text(value: float) -> str:
+    """``NaN``, ``Infinity`` or ``-Infinity``: the JSON tokens clients send (Python's ``json``)."""
+    return json.dumps(value, allow_nan=True)
+
+
+def _check_finite(arr: np.ndarray, spec: InputSpec, signature: str) -> None:
+    found = first_non_finite(arr)
+    if found is None:
+        return
+    index, value, count = found
+    where = "(" + ", ".join(map(str, index)) + ")"
+    raise invalid_argument(f"Input {spec.alias} of signature {signature} has a non-finite value "
+                           f"{non_finite_text(value)} at index {where} ({count} of {arr.size} values are NaN or "
+                           "infinite); send finite numbers, or start the server with --allow-non-finite to pass "
+                           "them to the model")
 
 
 # -- one loaded version ------------------------------------------------------------------------
@@ -560,5 +600,5 @@ def _mtime(path: Path) -> float | None:
 
 
 __all__ = ["AVAILABLE", "DEFAULT_POLL_SECONDS", "DEFAULT_SIGNATURE", "END", "INIT_OP_SIGNATURE", "InputSpec", "LOADING",
-           "ModelStore", "PREDICT_METHOD", "Servable", "Signature", "VersionStatus", "check_inside", "read_labels",
-           "scan_versions", "validate_model_name"]
+           "ModelStore", "PREDICT_METHOD", "Servable", "Signature", "VersionStatus", "check_inside", "first_non_finite",
+           "non_finite_text", "read_labels", "scan_versions", "validate_model_name"]

@@ -72,11 +72,13 @@ def _decode_segment(text: str) -> str:
 
 class RestApi:
     """The REST handler. ``run(signature, arrays)`` executes a signature (the batcher or
-    ``Signature.run``)."""
+    ``Signature.run``); ``allow_non_finite`` passes NaN/Inf inputs to the model as TF Serving
+    does (default: 400, see :meth:`Signature.prepare`)."""
 
-    def __init__(self, store: ModelStore, run: Runner | None = None):
+    def __init__(self, store: ModelStore, run: Runner | None = None, *, allow_non_finite: bool = False):
         self.store = store
         self.run: Runner = run or (lambda signature, arrays: signature.run(arrays))
+        self.allow_non_finite = allow_non_finite
         self._metadata_cache: dict[int, tuple[Servable, bytes]] = {}
 
     def handle(self, method: str, path: str, body: bytes, deadline: float | None = None) -> tuple[int, bytes]:
@@ -164,7 +166,7 @@ class RestApi:
                                    f"{CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {signature.method_name}")
         check_bools = b"true" in body or b"false" in body
         fmt, arrays = json_codec.tensors_from_request(doc, signature.inputs, check_bools=check_bools)
-        arrays = signature.prepare(arrays)
+        arrays = signature.prepare(arrays, allow_non_finite=self.allow_non_finite)
         if deadline is not None and time.monotonic() > deadline:
             # Parsing a large body (or waiting for a thread) used up the time: the client has
             # been answered 504 already, so running the model would only delay other requests.

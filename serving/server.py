@@ -7,7 +7,9 @@ on 8500, REST on 8501, the base path polled every second. Unlike the image, the 
 free port" (TF Serving reads ``--rest_api_port=0`` as "no REST"; use ``--no-rest`` here), and
 request sizes are limited (64 MiB by default, both protocols), and each protocol admits at most
 ``max_in_flight`` requests at once (128 by default; beyond that REST answers 429 and gRPC
-RESOURCE_EXHAUSTED, rather than queueing without bound).
+RESOURCE_EXHAUSTED, rather than queueing without bound). Float inputs holding NaN or ±Inf are
+refused (400 / INVALID_ARGUMENT) unless ``allow_non_finite`` (``--allow-non-finite``) restores
+TF Serving's pass-through.
 
 >>> from serving.server import ModelServer, ServerConfig
 >>> with ModelServer(ServerConfig(model_base_path="models", model_name="vae", rest_port=0,
@@ -65,6 +67,7 @@ class ServerConfig:
     rest_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # per protocol; beyond it 429 / RESOURCE_EXHAUSTED
     follow_external_links: bool = False  # load version directories that resolve outside the base path
+    allow_non_finite: bool = False  # pass NaN/Inf float inputs to the model (TF Serving); default: refuse them
     rest_threads: int | None = None
     grpc_threads: int | None = None
     batching: BatchingOptions | None = None  # None: off
@@ -142,12 +145,13 @@ class ModelServer:
                 try:
                     self.grpc = GrpcServer(self.store, config.host, config.grpc_port, run=run,
                                            max_message_bytes=config.grpc_max_message_bytes,
-                                           threads=config.grpc_threads, max_in_flight=config.max_in_flight)
+                                           threads=config.grpc_threads, max_in_flight=config.max_in_flight,
+                                           allow_non_finite=config.allow_non_finite)
                 except OSError as err:
                     raise ConfigError(f"{err}; pick another port with --port or stop the other server") from None
                 self.grpc.start()
             if config.rest_port is not None:
-                app = RestApp(RestApi(self.store, run), max_body_bytes=config.rest_max_body_bytes,
+                app = RestApp(RestApi(self.store, run, allow_non_finite=config.allow_non_finite), max_body_bytes=config.rest_max_body_bytes,
                               timeout_seconds=config.rest_timeout_seconds, threads=config.rest_threads,
                               max_in_flight=config.max_in_flight)
                 try:

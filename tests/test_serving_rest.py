@@ -151,8 +151,10 @@ def test_nan_and_infinity_tokens(rest):
     x[0][1][0][0] = float("-inf")
     body = json.dumps({"signature_name": "encode", "inputs": x}).encode()
     assert b"NaN" in body and b"-Infinity" in body  # the tokens TF Serving reads and writes
-    status, payload = rest("POST", "/v1/models/vae:predict", body, raw=True)
-    assert status == 200  # accepted (this encoder maps non-finite pixels to finite codes)
+    status, payload = rest("POST", "/v1/models/vae:predict", body)
+    # Read, then refused by default (tests/test_serving_non_finite.py: positions, gRPC, --allow-non-finite).
+    assert status == 400 and payload["error"].startswith("Input x of signature encode has a non-finite value NaN at "
+                                                         "index (0, 0, 0, 0) (2 of 64 values")
     from serving.json_codec import COLUMNAR, predict_response
 
     written = predict_response({"z": np.array([[np.nan, np.inf, -np.inf, 1.5]], np.float32)}, COLUMNAR)
