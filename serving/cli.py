@@ -47,6 +47,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
 def add_parsers(sub) -> None:
     """Add ``serve``, ``embed`` and ``probe`` to the ``vae-tf`` sub-parsers."""
     serve = sub.add_parser(
@@ -80,6 +87,12 @@ def add_parsers(sub) -> None:
     serve.add_argument("--max-in-flight", type=positive_int, default=128,
                        help="requests each protocol admits at once, running or queued (default 128; beyond: REST "
                             "HTTP 429, gRPC RESOURCE_EXHAUSTED)")
+    serve.add_argument("--keep-alive-seconds", type=_positive_float, default=30.0,
+                       help="close a connection idle this long since it opened or since its last answer (default 30; "
+                            "REST keep-alive, gRPC idle connections)")
+    serve.add_argument("--max-connections", type=positive_int, default=1024,
+                       help="connections each protocol holds at once (default 1024; beyond it REST closes the "
+                            "longest-idle one, gRPC refuses the new one)")
     serve.add_argument("--follow-external-links", action="store_true",
                        help="load versions whose files are symbolic links to places outside the model base path "
                             "(default: refuse them)")
@@ -155,6 +168,8 @@ def cmd_serve(args) -> int:
     config.grpc_max_message_bytes = args.grpc_max_message_bytes
     config.rest_timeout_seconds = args.rest_timeout_seconds
     config.max_in_flight = args.max_in_flight
+    config.keep_alive_seconds = args.keep_alive_seconds
+    config.max_connections = args.max_connections
     config.follow_external_links = args.follow_external_links
     config.allow_non_finite = args.allow_non_finite
     config.grace_seconds = args.grace_seconds

@@ -14,6 +14,12 @@ default (``kAsProtoField``), so clients that read ``outputs[k].float_val`` work,
 ``tf.make_ndarray``. Errors carry upstream's canonical code and message, cut to 1024 characters
 plus ``...TRUNCATED`` (``grpc_status_util.cc``).
 
+Connections: at most ``max_connections`` (1024; more are closed on accept), idle ones (no RPC)
+get GOAWAY after ``keep_alive_seconds`` (30), and a socket that has not sent the HTTP/2 preface
+within min(``keep_alive_seconds``, 5 s) is closed; gRPC core cannot close an idle connection to
+admit a new one, so a flood of raw connections keeps new clients out for at most that handshake
+time.
+
 Load and faults: at most ``max_in_flight`` RPCs are admitted at once (running or waiting for a
 worker thread); gRPC itself refuses the next one with RESOURCE_EXHAUSTED before it is queued,
 so a burst cannot grow the queue without bound. The client's deadline is honoured: a Predict
@@ -34,6 +40,7 @@ from typing import Callable, Mapping
 import grpc
 import numpy as np
 
+from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTIONS
 from serving.model_store import (refuse_classify_or_regress, CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD, ModelStore,
                                  Servable)
 from serving.status import Code, ServingError, invalid_argument, one_line
@@ -42,6 +49,7 @@ log = logging.getLogger("serving.grpc")
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT = 128
+MAX_HANDSHAKE_SECONDS = 5.0  # a client sends the HTTP/2 preface at once; a socket that does not is not a client
 MAX_ERROR_CHARS = 1024
 
 Runner = Callable[[object, Mapping[str, np.ndarray]], dict]
@@ -283,12 +291,22 @@ class GrpcServer:
 
     def __init__(self, store: ModelStore, host: str, port: int, *, run: Runner | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, threads: int | None = None,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, allow_non_finite: bool = False):
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, allow_non_finite: bool = False,
+                 keep_alive_seconds: float = DEFAULT_KEEP_ALIVE_SECONDS, max_connections: int = DEFAULT_MAX_CONNECTIONS):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+        idle_ms = max(1, int(keep_alive_seconds * 1000))
         options = [("grpc.max_receive_message_length", int(max_message_bytes)),
                    ("grpc.max_send_message_length", int(max_message_bytes)),
-                   ("grpc.so_reuseport", 0)]  # a second server on a taken port must fail, not share it
+                   ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+                   # Connections are bounded as REST's are, with what gRPC core offers (it cannot
+                   # close an idle connection to admit a new one): at most max_connections TCP
+                   # connections (more are closed on accept); one with no RPC for keep_alive_seconds
+                   # gets GOAWAY (clients reconnect on their next call); a socket that has not sent
+                   # the HTTP/2 preface within min(keep_alive_seconds, 5 s) is closed.
+                   ("grpc.max_allowed_incoming_connections", int(max_connections)),
+                   ("grpc.max_connection_idle_ms", idle_ms),
+                   ("grpc.server_handshake_timeout_ms", min(idle_ms, int(MAX_HANDSHAKE_SECONDS * 1000)))]
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=threads or min(32, 4 * (os.cpu_count() or 1)), thread_name_prefix="grpc")
         # maximum_concurrent_rpcs counts RPCs running plus those queued for a thread; past it gRPC
@@ -328,5 +346,5 @@ class GrpcServer:
         self._executor.shutdown(wait=False)
 
 
-__all__ = ["DEFAULT_MAX_IN_FLIGHT", "DEFAULT_MAX_MESSAGE_BYTES", "GrpcServer", "ModelService", "PredictionService", "ndarray_to_proto",
-           "proto_to_ndarray"]
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "DEFAULT_MAX_MESSAGE_BYTES", "GrpcServer", "ModelService", "PredictionService",
+           "ndarray_to_proto", "proto_to_ndarray"]

@@ -17,7 +17,10 @@ a bare 404. Every response is ``application/json``; errors are ``{"error": "<mes
 :class:`RestApp` is the ASGI side: it reads the body (refusing more than ``max_body_bytes``
 with 413 before reading it all), runs the handler in a thread pool so the event loop keeps
 accepting connections while a model runs, and answers 504 after ``timeout_seconds`` (TF
-Serving's REST timeout, 30 s). :class:`RestServer` runs it on uvicorn in a background thread.
+Serving's REST timeout, 30 s). :class:`RestServer` runs it on uvicorn in a background thread,
+with connections bounded (:mod:`serving.connections`): an idle connection is closed after
+``--keep-alive-seconds`` (30), counted from its opening or its last response, and beyond
+``--max-connections`` (1024) the longest-idle one is closed to make room for the new one.
 
 Load and faults: at most ``max_in_flight`` requests are admitted at once (being read, queued for
 a worker thread, or running); one more is answered at once with ``429 {"error": ...}``
@@ -44,6 +47,7 @@ from urllib.parse import unquote_to_bytes
 import numpy as np
 
 from serving import json_codec
+from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTIONS, bounded_h11_protocol
 from serving.model_store import (refuse_classify_or_regress, CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD, ModelStore,
                                  Servable)
 from serving.status import Code, ServingError, invalid_argument, one_line
@@ -382,9 +386,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class RestServer:
-    """uvicorn serving a :class:`RestApp` from a background thread."""
+    """uvicorn serving a :class:`RestApp` from a background thread; idle connections are closed
+    after ``keep_alive_seconds`` and at most ``max_connections`` are held
+    (:mod:`serving.connections`)."""
 
-    def __init__(self, app: RestApp, host: str, port: int, *, grace_seconds: float = 5.0):
+    def __init__(self, app: RestApp, host: str, port: int, *, grace_seconds: float = 5.0,
+                 keep_alive_seconds: float = DEFAULT_KEEP_ALIVE_SECONDS, max_connections: int = DEFAULT_MAX_CONNECTIONS):
         import uvicorn
 
         self.app = app
@@ -393,9 +400,14 @@ class RestServer:
         self.port = self.socket.getsockname()[1]
         config = uvicorn.Config(app, lifespan="on", log_config=None, log_level="warning", access_log=False,
                                 server_header=False, timeout_graceful_shutdown=grace_seconds,
-                                timeout_keep_alive=30)
+                                http=bounded_h11_protocol(max_connections), timeout_keep_alive=keep_alive_seconds)
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
+
+    @property
+    def open_connections(self) -> int:
+        """Connections the server holds now (idle or with a request in progress)."""
+        return len(self._server.server_state.connections)
 
     def start(self, timeout: float = 30.0) -> "RestServer":
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self.socket]},
