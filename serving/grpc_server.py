@@ -1,15 +1,17 @@
 """TF Serving's gRPC services (reference §6-§7) with the official ``tensorflow-serving-api`` stubs.
 
 - ``tensorflow.serving.PredictionService``: ``Predict`` and ``GetModelMetadata`` as upstream
-  (``predict_util.cc``, ``get_model_metadata_impl.cc``); ``Classify``/``Regress`` answer
-  INVALID_ARGUMENT with upstream's method-name message (our signatures are predict signatures);
+  (``predict_util.cc``, ``get_model_metadata_impl.cc``); ``Classify``/``Regress`` check the
+  signature as upstream does with its default flags (``classifier.cc``, ``regressor.cc``: e.g.
+  ``Expected one or two output Tensors, found 3``) and answer UNIMPLEMENTED for one that passes;
   ``MultiInference`` answers UNIMPLEMENTED.
 - ``tensorflow.serving.ModelService``: ``GetModelStatus``; ``HandleReloadConfigRequest``
   answers UNIMPLEMENTED.
 
 Inputs arrive as ``TensorProto`` (any of ``tensor_content`` or the typed ``*_val`` fields);
 they are cast to the signature dtype when nothing is lost and checked against its shapes (and,
-unless ``allow_non_finite``, for NaN/Inf in float inputs) before the model runs. Outputs are written into the typed ``*_val`` fields, as TF Serving does by
+unless ``allow_non_finite``, for NaN/Inf in float inputs) before the model runs. Outputs are
+written into the typed ``*_val`` fields, as TF Serving does by
 default (``kAsProtoField``), so clients that read ``outputs[k].float_val`` work, and so does
 ``tf.make_ndarray``. Errors carry upstream's canonical code and message, cut to 1024 characters
 plus ``...TRUNCATED`` (``grpc_status_util.cc``).
@@ -244,17 +246,17 @@ class PredictionService(_prediction_servicer_base()):
 
     @_rpc
     def Classify(self, request, context):
-        self._classify_or_regress("classification", CLASSIFY_METHOD, request)
+        self._classify_or_regress("classification", request)
 
     @_rpc
     def Regress(self, request, context):
-        self._classify_or_regress("regression", REGRESS_METHOD, request)
+        self._classify_or_regress("regression", request)
 
-    def _classify_or_regress(self, kind: str, method_name: str, request) -> None:
+    def _classify_or_regress(self, kind: str, request) -> None:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         servable: Servable = self.store.servable(*_spec_target(request.model_spec))
-        refuse_classify_or_regress(servable, request.model_spec.signature_name, kind, method_name)
+        refuse_classify_or_regress(servable, request.model_spec.signature_name, kind)
 
     @_rpc
     def MultiInference(self, request, context):

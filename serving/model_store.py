@@ -191,7 +191,15 @@ class Signature:
         self.inputs: dict[str, InputSpec] = {alias: _input_spec(alias, info)
                                              for alias, info in sorted(signature_def.inputs.items())}
         self.output_names: tuple[str, ...] = tuple(sorted(signature_def.outputs))
+        self._signature_def = signature_def
         self._function = function
+
+    def debug_string(self) -> str:
+        """The SignatureDef in protobuf text format, what C++'s ``DebugString()`` prints (TF
+        Serving quotes it in some messages; its line breaks become ``\\n`` there)."""
+        from google.protobuf import text_format
+
+        return text_format.MessageToString(self._signature_def)
 
     @property
     def callable(self) -> bool:
@@ -325,18 +333,39 @@ def _check_finite(arr: np.ndarray, spec: InputSpec, signature: str) -> None:
 # -- one loaded version ------------------------------------------------------------------------
 
 
-def refuse_classify_or_regress(servable: "Servable", signature_key: str, kind: str, method_name: str):
-    """TF Serving's answer to ``:classify`` / ``:regress`` (REST) and Classify / Regress (gRPC):
-    INVALID_ARGUMENT for an unknown or non-matching signature, else UNIMPLEMENTED (we serve
-    predict signatures only). Always raises."""
+def refuse_classify_or_regress(servable: "Servable", signature_key: str, kind: str):
+    """TF Serving's answer to ``:classify`` / ``:regress`` (REST) and Classify / Regress (gRPC)
+    with its default flags (``--enable_signature_method_name_check=false``, ``server.h``), so
+    the method name is not checked: ``GetClassificationSignatureDef`` /
+    ``PreProcessClassification`` (``servables/tensorflow/classifier.cc``) and the regression
+    twins (``regressor.cc``) check the signature's shape of inputs and outputs, with their
+    messages. A signature that passes them would be run by TF Serving; this server serves
+    predict only and answers UNIMPLEMENTED (project). Always raises. ``kind`` is
+    ``"classification"`` or ``"regression"``."""
     key = signature_key or DEFAULT_SIGNATURE
     signature = servable.signatures.get(key)
     if signature is None:
         raise invalid_argument(f"No signature was found with the name: {key}")
-    if signature.method_name != method_name:
-        raise invalid_argument(f"Expected {kind} signature method_name to be {method_name}. Was: "
-                               f"{signature.method_name}")
-    raise ServingError(Code.UNIMPLEMENTED, f"{kind.capitalize()} signatures are not served by this server")
+    inputs, outputs = set(signature.inputs), set(signature.output_names)
+    if len(inputs) != 1:
+        raise invalid_argument("Expected one input Tensor.")
+    if kind == "classification":
+        if len(outputs) not in (1, 2):
+            raise invalid_argument(f"Expected one or two output Tensors, found {len(outputs)}")
+        if "inputs" not in inputs:
+            raise invalid_argument(f"No classification inputs found in SignatureDef: {signature.debug_string()}")
+        if not outputs & {"classes", "scores"}:
+            raise invalid_argument('Expected classification signature outputs to contain at least one of "classes" or '
+                                   f'"scores". Signature was: {signature.debug_string()}')
+    else:
+        if len(outputs) != 1:
+            raise invalid_argument("Expected one output Tensor.")
+        if "inputs" not in inputs:
+            raise invalid_argument(f"No regression inputs found in SignatureDef: {signature.debug_string()}")
+        if "outputs" not in outputs:
+            raise invalid_argument(f"No regression outputs found in SignatureDef: {signature.debug_string()}")
+    raise ServingError(Code.UNIMPLEMENTED, f"{kind.capitalize()} signatures are not served by this server "
+                                           f"({key} is one); serve it with TensorFlow Serving or call :predict")
 
 
 class Servable:

@@ -7,8 +7,9 @@ web framework in between, so the routing, status codes and messages are exactly 
 - ``GET  /v1/models/{name}[/versions/{v}|/labels/{l}]``            model status
 - ``GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata``   model metadata
 - ``POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict``    predict (row or columnar)
-- ``POST ...:classify`` / ``...:regress``: our signatures are predict signatures, so these
-  answer 400 with TF Serving's "Expected classification signature method_name ..." message.
+- ``POST ...:classify`` / ``...:regress``: answered as TF Serving with its default flags checks
+  a signature for them (``Expected one or two output Tensors, found 3`` for ``encode``, ...,
+  :func:`serving.model_store.refuse_classify_or_regress`); one that would pass is UNIMPLEMENTED.
 
 Paths are matched whole and case-insensitively; name and label are URL-decoded. Any other
 ``/v1/`` path or verb is ``400 Malformed request: <METHOD> <path>``; paths outside ``/v1/`` get
@@ -74,6 +75,12 @@ def _decode_segment(text: str) -> str:
     return unquote_to_bytes(text).decode("utf-8", "surrogateescape")
 
 
+class _UnwrittenError(ServingError):
+    """An error TF Serving returns before it writes the JSON error body: ``ParseModelInfo``'s
+    (``http_rest_api_util.cc``) return early from ``HttpRestApiHandler::ProcessRequest``, so the
+    client gets the status code and an empty body."""
+
+
 class RestApi:
     """The REST handler. ``run(signature, arrays)`` executes a signature (the batcher or
     ``Signature.run``); ``allow_non_finite`` passes NaN/Inf inputs to the model as TF Serving
@@ -92,6 +99,8 @@ class RestApi:
             return 404, b""
         try:
             return 200, self._dispatch(method, path, body, deadline)
+        except _UnwrittenError as err:
+            return err.code.http_status, b""
         except ServingError as err:
             return err.code.http_status, json_codec.error_body(err.message)
         except RecursionError:
@@ -119,7 +128,7 @@ class RestApi:
         if version_text is not None:
             version = int(version_text)
             if version > _INT64_MAX:
-                raise invalid_argument(f"Failed to convert version: {version_text} to numeric.")
+                raise _UnwrittenError(Code.INVALID_ARGUMENT, f"Failed to convert version: {version_text} to numeric.")
         if label is not None:
             label = _decode_segment(label)
         if method == "POST":
@@ -180,23 +189,24 @@ class RestApi:
         return json_codec.predict_response(outputs, fmt)
 
     def _classify(self, name, version, label, body) -> bytes:
-        return self._classify_or_regress("classification", CLASSIFY_METHOD, name, version, label, body)
+        return self._classify_or_regress("classification", name, version, label, body)
 
     def _regress(self, name, version, label, body) -> bytes:
-        return self._classify_or_regress("regression", REGRESS_METHOD, name, version, label, body)
+        return self._classify_or_regress("regression", name, version, label, body)
 
-    def _classify_or_regress(self, kind: str, method_name: str, name, version, label, body) -> bytes:
+    def _classify_or_regress(self, kind: str, name, version, label, body) -> bytes:
         doc = json_codec.parse_document(body)
         signature_name = json_codec.signature_name_of(doc)
         _check_examples(doc)
         servable = self.store.servable(name, version, label)
-        refuse_classify_or_regress(servable, signature_name, kind, method_name)
+        refuse_classify_or_regress(servable, signature_name, kind)
 
 
 def _check_examples(doc: Mapping) -> None:
-    """The request checks of ``FillClassifyRegressRequestFromJson`` (context, examples)."""
-    if "context" in doc and not isinstance(doc["context"], dict):
-        raise invalid_argument(f"Example must be JSON object but got JSON {json_codec.json_type(doc['context'])}")
+    """The request checks of ``FillClassifyRegressRequestFromJson`` (``json_tensor.cc``): the
+    context, then the examples, each a JSON object of features (``MakeExampleFromJsonObject``)."""
+    if "context" in doc:
+        _check_example(doc["context"])
     if "examples" not in doc:
         raise invalid_argument(f"JSON Value: {json_codec.preview(doc)} When method is classify, key 'examples' is "
                                "expected and was not found")
@@ -206,8 +216,39 @@ def _check_examples(doc: Mapping) -> None:
     if not examples:
         raise invalid_argument(f"JSON Value: {json_codec.preview(doc)} 'examples' value is an empty array")
     for example in examples:
-        if not isinstance(example, dict):
-            raise invalid_argument(f"Example must be JSON object but got JSON {json_codec.json_type(example)}")
+        _check_example(example)
+
+
+def _check_example(example) -> None:
+    """``MakeExampleFromJsonObject`` + ``AddValueToFeature``: every feature is one value or a
+    list of values of one kind (int64: integers and booleans; float: numbers with a fraction or
+    exponent; bytes: strings and ``{"b64": ...}``)."""
+    if not isinstance(example, dict):
+        raise invalid_argument(f"Example must be JSON object but got JSON {json_codec.json_type(example)}")
+    for name, content in example.items():
+        kind = "UNKNOWN"  # the feature's kind so far (KIND_NOT_SET)
+        for value in content if isinstance(content, list) else [content]:
+            kind = _feature_kind(name, value, kind)
+
+
+def _feature_kind(name: str, value, kind: str) -> str:
+    if value is None or isinstance(value, list) or (isinstance(value, dict) and not json_codec.is_b64_object(value)):
+        raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: {json_codec.json_type(value)}")
+    if isinstance(value, bool):
+        wanted = "int64"
+    elif isinstance(value, (str, dict)):
+        wanted = "bytes"
+    elif isinstance(value, float) or not -(2**63) <= value < 2**64:  # rapidjson holds these as doubles
+        wanted = "float"
+    else:
+        wanted = "int64"
+    if kind not in ("UNKNOWN", wanted):
+        raise invalid_argument(f"Unexpected element type in feature: {name} expecting type: {kind}")
+    if isinstance(value, dict):
+        json_codec.decode_b64(value)
+    elif wanted == "int64" and not isinstance(value, bool) and value >= 2**63:
+        raise invalid_argument(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
+    return wanted
 
 
 def status_json(status) -> dict:
