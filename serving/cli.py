@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTIONS
+
 
 def non_negative_int(text: str) -> int:
     try:
@@ -87,12 +89,12 @@ def add_parsers(sub) -> None:
     serve.add_argument("--max-in-flight", type=positive_int, default=128,
                        help="requests each protocol admits at once, running or queued (default 128; beyond: REST "
                             "HTTP 429, gRPC RESOURCE_EXHAUSTED)")
-    serve.add_argument("--keep-alive-seconds", type=_positive_float, default=30.0,
-                       help="close a connection idle this long since it opened or since its last answer (default 30; "
-                            "REST keep-alive, gRPC idle connections)")
-    serve.add_argument("--max-connections", type=positive_int, default=1024,
-                       help="connections each protocol holds at once (default 1024; beyond it REST closes the "
-                            "longest-idle one, gRPC refuses the new one)")
+    serve.add_argument("--keep-alive-seconds", type=_positive_float, default=DEFAULT_KEEP_ALIVE_SECONDS,
+                       help=f"close a connection idle this long since it opened or since its last answer (default "
+                            f"{DEFAULT_KEEP_ALIVE_SECONDS:g}; REST keep-alive, gRPC idle connections)")
+    serve.add_argument("--max-connections", type=positive_int, default=DEFAULT_MAX_CONNECTIONS,
+                       help=f"connections each protocol holds at once (default {DEFAULT_MAX_CONNECTIONS}; beyond it "
+                            "REST closes the longest-idle one, gRPC refuses the new one)")
     serve.add_argument("--follow-external-links", action="store_true",
                        help="load versions whose files are symbolic links to places outside the model base path "
                             "(default: refuse them)")
