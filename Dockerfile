@@ -11,8 +11,10 @@
 #     docker run --rm -v "$PWD:/work" vae-tf train --set train.epochs=5
 
 # TensorFlow Serving release to build `serving` from: use one at least as new as the
-# TensorFlow that exported the model (ops added later are unknown to an older server).
-ARG TF_SERVING_VERSION=2.18.0
+# TensorFlow that exported the model (ops added later are unknown to an older server). The
+# default is the release of the TensorFlow pinned in pyproject.toml (tests/test_dockerfile.py
+# keeps the two in step).
+ARG TF_SERVING_VERSION=2.21.0
 
 FROM tensorflow/serving:${TF_SERVING_VERSION} AS serving
 # MODEL_DIR: one version directory (models/NAME/N, with saved_model.pb) inside the build context.

@@ -64,14 +64,16 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def start_server(model_dir: Path, poll_seconds: float = 0.0) -> tuple[subprocess.Popen, str, str]:
-    """``vae-tf serve`` on free loopback ports in its own process, for the serving benchmarks;
-    returns ``(process, REST base URL, gRPC target)`` once both servers are listening."""
+def start_server(model_dir: Path, poll_seconds: float = 0.0, extra_args=()) -> tuple[subprocess.Popen, str, str]:
+    """``vae-tf serve`` (plus ``extra_args``) on free loopback ports in its own process, for the
+    serving benchmarks; returns ``(process, REST base URL, gRPC target)`` once both servers are
+    listening."""
     import re
 
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--model", str(model_dir),
-                                "--port", "0", "--rest-api-port", "0", "--poll-seconds", str(poll_seconds)],
+                                "--port", "0", "--rest-api-port", "0", "--poll-seconds", str(poll_seconds),
+                                *extra_args],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     rest = grpc_target = None
     while grpc_target is None:

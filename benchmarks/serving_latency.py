@@ -16,6 +16,15 @@ other tenants of the machine spreads over all of them. Latency is per request (c
 end to end); throughput is rows per second of that single sequential client.
 
     python benchmarks/serving_latency.py --requests 400 --rounds 4
+
+``--check-cost`` answers a second question instead: what does refusing NaN/Inf inputs (the
+default; ``--allow-non-finite`` turns the check off) cost per request at batch 1? Two servers run
+side by side, one with the check and one without; rounds alternate between the four
+protocol/server paths; the table gives p50 and mean latency and their on/off ratios (goal: the
+check adds < 2 %), and the cost of the check itself (``first_non_finite`` on the request's
+array) timed in-process.
+
+    python benchmarks/serving_latency.py --check-cost --requests 1000 --rounds 8
 """
 
 from __future__ import annotations
@@ -72,7 +81,11 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=400, help="requests per path, batch size and round")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds")
     parser.add_argument("--batches", default="1,64", help="batch sizes")
+    parser.add_argument("--check-cost", action="store_true",
+                        help="measure the non-finite input check instead: servers with and without it, batch 1")
     args = parser.parse_args(argv)
+    if args.check_cost:
+        return check_cost(args, argv)
 
     import tensorflow as tf
 
@@ -134,6 +147,139 @@ def main(argv=None) -> int:
         print(f"\nTarget at batch 1: gRPC adds {grpc_added:.3f} ms (<= 1 ms: {'yes' if grpc_added <= 1 else 'no'}), "
               f"REST adds {rest_added:.3f} ms (<= 2 ms: {'yes' if rest_added <= 2 else 'no'}).")
     return 0
+
+
+def check_cost(args, argv) -> int:
+    """REST and gRPC at batch 1 against a server that refuses non-finite inputs (the default) and
+    one started with ``--allow-non-finite``, side by side in alternating rounds."""
+    import timeit
+
+    import tensorflow as tf
+
+    from serving.client import GrpcClient, RestClient
+    from serving.model_store import first_non_finite
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(args.model) if args.model else _default_model(Path(tmp))
+        version_dir = max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        encode = tf.saved_model.load(str(version_dir)).signatures["encode"]
+        data_shape = tuple(encode.structured_input_signature[1]["x"].shape[1:])
+        x = np.random.default_rng(1).random((1,) + data_shape).astype(np.float32)
+        servers = {"on": start_server(model_dir), "off": start_server(model_dir, extra_args=["--allow-non-finite"])}
+        try:
+            paths = {}
+            for check, (_, rest_url, grpc_target) in servers.items():
+                rest, grpc_client = RestClient(rest_url, model_dir.name), GrpcClient(grpc_target, model_dir.name)
+                paths[("REST", check)] = lambda client=rest: client.encode(x)
+                paths[("gRPC", check)] = lambda client=grpc_client: client.encode(x)
+            gc.collect()
+            gc.freeze()
+            want = {k: v.numpy() for k, v in encode(x=tf.constant(x)).items()}["embedding"]
+            for fn in paths.values():  # warm-up and a correctness check
+                for _ in range(50):
+                    got = fn()
+                np.testing.assert_allclose(got["embedding"], want, rtol=1e-5, atol=1e-6)
+            times = {key: [] for key in paths}
+            keys = list(paths)
+            for round_index in range(args.rounds):
+                for key in keys if round_index % 2 == 0 else keys[::-1]:
+                    times[key] += _time(paths[key], args.requests)
+        finally:
+            for process, *_ in servers.values():
+                process.terminate()
+                process.wait(timeout=30)
+        handler = _handler_ab(model_dir, x, args.requests * args.rounds)
+    repeats = 20000
+    check_us = min(timeit.repeat(lambda: first_non_finite(x), number=repeats, repeat=7)) / repeats * 1e6
+
+    command = "python benchmarks/serving_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"Command: `{command.strip()}`\n")
+    print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"Python {platform.python_version()}, TensorFlow {tf.__version__}; two servers in separate processes on "
+          f"127.0.0.1 (non-finite check on / off), batch 1 of {list(x.shape)}; {args.rounds} x {args.requests} "
+          "requests per cell, alternating.\n")
+    print("| protocol | p50 ms, check on | p50 ms, check off | on / off (p50) | mean ms, on | mean ms, off | "
+          "on / off (mean) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    worst = 0.0
+    for protocol in ("REST", "gRPC"):
+        on, off = np.array(times[(protocol, "on")]) * 1e3, np.array(times[(protocol, "off")]) * 1e3
+        p50_on, p50_off = float(np.percentile(on, 50)), float(np.percentile(off, 50))
+        worst = max(worst, p50_on / p50_off)
+        print(f"| {protocol} | {p50_on:.3f} | {p50_off:.3f} | {p50_on / p50_off:.3f} | {on.mean():.3f} | "
+              f"{off.mean():.3f} | {on.mean() / off.mean():.3f} |")
+    print("\nThe server's request handler alone (JSON or TensorProto in, model run, JSON or TensorProto out; no "
+          f"network), one handler object with the check switched on and off for alternate requests, "
+          f"{args.requests * args.rounds} pairs:\n")
+    print("| handler, arms | p50 us, arm 1 | p50 us, arm 2 | arm 1 / arm 2 (p50) | median paired difference us | "
+          "as % of arm 2's p50 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    handler_worst = 0.0
+    for row, (on, off) in handler.items():
+        on, off = np.array(on) * 1e6, np.array(off) * 1e6
+        p50_on, p50_off = float(np.percentile(on, 50)), float(np.percentile(off, 50))
+        # Each pair ran back to back, so its difference carries the check's cost with little of
+        # the machine's drift: the median difference is the robust estimate of the added time.
+        added = float(np.median(on - off))
+        if "A/A" not in row:
+            handler_worst = max(handler_worst, added / p50_off)
+        print(f"| {row} | {p50_on:.1f} | {p50_off:.1f} | {p50_on / p50_off:.3f} | {added:+.1f} | "
+              f"{100 * added / p50_off:+.2f} % |")
+    handler_p50 = min(float(np.percentile(np.array(off) * 1e6, 50)) for off in (t[1] for t in handler.values()))
+    share = check_us / handler_p50
+    print(f"\nThe check alone (`first_non_finite` on the request array, in-process, best of 7 x {repeats}): "
+          f"{check_us:.2f} us per request = {100 * share:.2f} % of the fastest handler p50 ({handler_p50:.1f} us).")
+    print(f"Goal: the check adds < 2 % at batch 1: {'yes' if share < 0.02 else 'no'} by its own time; the paired "
+          f"handler difference reads at most {100 * handler_worst:+.2f} % (the A/A rows, where nothing "
+          "differs, show this machine's noise in that estimate); end to end the p50 ratio is at most "
+          f"{worst:.3f} (two server processes: their difference is mostly not the check).")
+    return 0
+
+
+def _handler_ab(model_dir: Path, x: np.ndarray, pairs: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Per-request times of the REST and gRPC handlers with the check on and off, interleaved
+    (on/off, then off/on, ...) so that drift on a shared machine hits both alike."""
+    import json
+
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    from serving.grpc_server import PredictionService
+    from serving.model_store import ModelStore
+    from serving.rest import RestApi
+
+    class Context:  # what PredictionService.Predict asks of a live gRPC call
+        def is_active(self):
+            return True
+
+        def time_remaining(self):
+            return None
+
+    store = ModelStore(model_dir.parent, model_dir.name, poll_seconds=0).start()
+    rest, grpc_service, context = RestApi(store), PredictionService(store), Context()
+    body = json.dumps({"signature_name": "encode", "instances": x.tolist()}).encode()
+    path = f"/v1/models/{model_dir.name}:predict"
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = model_dir.name, "encode"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
+    calls = {"REST": (rest, lambda: rest.handle("POST", path, body)),
+             "gRPC": (grpc_service, lambda: grpc_service.Predict(request, context))}
+    out = {}
+    # "A/A": both arms without the check, the same loop: what the estimate reads when nothing differs.
+    for label, arms in (("on / off", (True, False)), ("A/A: off / off", (False, False))):
+        for protocol, (service, call) in calls.items():
+            times: tuple[list[float], list[float]] = ([], [])
+            for i in range(pairs + 100):
+                for arm in ((0, 1) if i % 2 == 0 else (1, 0)):
+                    service.allow_non_finite = not arms[arm]
+                    start = time.perf_counter()
+                    call()
+                    if i >= 100:  # the first 100 pairs warm up
+                        times[arm].append(time.perf_counter() - start)
+            out[f"{protocol}, {label}"] = times
+    assert rest.handle("POST", path, body)[0] == 200
+    store.stop()
+    return out
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTIONS
+
 
 def non_negative_int(text: str) -> int:
     try:
@@ -44,6 +46,13 @@ def _non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
     return value
 
 
@@ -80,9 +89,18 @@ def add_parsers(sub) -> None:
     serve.add_argument("--max-in-flight", type=positive_int, default=128,
                        help="requests each protocol admits at once, running or queued (default 128; beyond: REST "
                             "HTTP 429, gRPC RESOURCE_EXHAUSTED)")
+    serve.add_argument("--keep-alive-seconds", type=_positive_float, default=DEFAULT_KEEP_ALIVE_SECONDS,
+                       help=f"close a connection idle this long since it opened or since its last answer (default "
+                            f"{DEFAULT_KEEP_ALIVE_SECONDS:g}; REST keep-alive, gRPC idle connections)")
+    serve.add_argument("--max-connections", type=positive_int, default=DEFAULT_MAX_CONNECTIONS,
+                       help=f"connections each protocol holds at once (default {DEFAULT_MAX_CONNECTIONS}; beyond it "
+                            "REST closes the longest-idle one, gRPC refuses the new one)")
     serve.add_argument("--follow-external-links", action="store_true",
                        help="load versions whose files are symbolic links to places outside the model base path "
                             "(default: refuse them)")
+    serve.add_argument("--allow-non-finite", action="store_true",
+                       help="pass NaN and Infinity in float inputs to the model, as TF Serving does (default: refuse "
+                            "them with HTTP 400 / INVALID_ARGUMENT naming the input, position and value)")
     serve.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", action="store_true",
                        help="merge concurrent small requests for one signature into one model call")
     serve.add_argument("--max-batch-size", type=positive_int, default=32, help="rows per merged call (default 32)")
@@ -152,7 +170,10 @@ def cmd_serve(args) -> int:
     config.grpc_max_message_bytes = args.grpc_max_message_bytes
     config.rest_timeout_seconds = args.rest_timeout_seconds
     config.max_in_flight = args.max_in_flight
+    config.keep_alive_seconds = args.keep_alive_seconds
+    config.max_connections = args.max_connections
     config.follow_external_links = args.follow_external_links
+    config.allow_non_finite = args.allow_non_finite
     config.grace_seconds = args.grace_seconds
     if args.enable_batching:
         config.batching = BatchingOptions(max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms)

@@ -16,6 +16,8 @@ REST or gRPC), and writes ``.npz`` or Parquet:
 - **resumable**: a second run with the same settings skips the chunks already in
   ``<output>.parts/``; ``manifest.json`` there records the settings (data, split, model and
   served version, outputs, chunk size), and a run with different settings refuses to mix them.
+- **finite input**: a chunk holding NaN or ±Inf is refused before it is encoded, with one line
+  naming the row, its position and the value (files are checked when opened, the same way).
 - **one version**: through a server, the run first asks which version is served and pins it
   (``/versions/N``), so a hot swap in the middle of a run cannot mix two models.
 
@@ -41,6 +43,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from serving.model_store import first_non_finite, non_finite_text
 from vae_tf.errors import ConfigError, DataError, ModelNotFoundError
 
 log = logging.getLogger("serving.embed")
@@ -210,7 +213,9 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
             reused += 1
             continue
         start, stop = i * chunk_size, min(n, (i + 1) * chunk_size)
-        arrays = _encode_chunk(encoder, source.x[start:stop], outputs, batch_size)
+        rows = source.x[start:stop]
+        _check_finite(rows, start, source)
+        arrays = _encode_chunk(encoder, rows, outputs, batch_size)
         arrays["index"] = np.arange(start, stop, dtype=np.int64)
         if source.y is not None:
             arrays["label"] = source.y[start:stop]
@@ -239,6 +244,21 @@ def _prepare_parts(parts: Path, manifest: dict, overwrite: bool) -> None:
         shutil.rmtree(parts)
     parts.mkdir(parents=True)
     _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
+
+
+def _check_finite(rows: np.ndarray, start: int, source: EmbedSource) -> None:
+    """Refuse a chunk holding NaN or ±Inf: the encoder would turn it into finite-looking
+    embeddings (locally, or through a server started with ``--allow-non-finite``). Files are
+    already checked when opened (:func:`vae_tf.data.open_dataset`); this covers every source."""
+    found = first_non_finite(np.asarray(rows))
+    if found is None:
+        return
+    index, value, count = found
+    where = source.description.get("path") or source.description.get("data") or "the data"
+    split = source.description.get("split")
+    raise DataError(f"row {start + index[0]} of {where}{f' (split {split})' if split else ''} has a non-finite value "
+                    f"{non_finite_text(value)} at index {(start + index[0],) + index[1:]} ({count} NaN/Inf values in "
+                    f"rows {start}-{start + len(rows) - 1}); remove or impute those rows before embedding them")
 
 
 def _encode_chunk(encoder, x: np.ndarray, outputs: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:

@@ -1,18 +1,26 @@
 """TF Serving's gRPC services (reference §6-§7) with the official ``tensorflow-serving-api`` stubs.
 
 - ``tensorflow.serving.PredictionService``: ``Predict`` and ``GetModelMetadata`` as upstream
-  (``predict_util.cc``, ``get_model_metadata_impl.cc``); ``Classify``/``Regress`` answer
-  INVALID_ARGUMENT with upstream's method-name message (our signatures are predict signatures);
+  (``predict_util.cc``, ``get_model_metadata_impl.cc``); ``Classify``/``Regress`` check the
+  signature as upstream does with its default flags (``classifier.cc``, ``regressor.cc``: e.g.
+  ``Expected one or two output Tensors, found 3``) and answer UNIMPLEMENTED for one that passes;
   ``MultiInference`` answers UNIMPLEMENTED.
 - ``tensorflow.serving.ModelService``: ``GetModelStatus``; ``HandleReloadConfigRequest``
   answers UNIMPLEMENTED.
 
 Inputs arrive as ``TensorProto`` (any of ``tensor_content`` or the typed ``*_val`` fields);
-they are cast to the signature dtype when nothing is lost and checked against its shapes before
-the model runs. Outputs are written into the typed ``*_val`` fields, as TF Serving does by
+they are cast to the signature dtype when nothing is lost and checked against its shapes (and,
+unless ``allow_non_finite``, for NaN/Inf in float inputs) before the model runs. Outputs are
+written into the typed ``*_val`` fields, as TF Serving does by
 default (``kAsProtoField``), so clients that read ``outputs[k].float_val`` work, and so does
 ``tf.make_ndarray``. Errors carry upstream's canonical code and message, cut to 1024 characters
 plus ``...TRUNCATED`` (``grpc_status_util.cc``).
+
+Connections: at most ``max_connections`` (1024; more are closed on accept), idle ones (no RPC)
+get GOAWAY after ``keep_alive_seconds`` (30), and a socket that has not sent the HTTP/2 preface
+within min(``keep_alive_seconds``, 5 s) is closed; gRPC core cannot close an idle connection to
+admit a new one, so a flood of raw connections keeps new clients out for at most that handshake
+time.
 
 Load and faults: at most ``max_in_flight`` RPCs are admitted at once (running or waiting for a
 worker thread); gRPC itself refuses the next one with RESOURCE_EXHAUSTED before it is queued,
@@ -34,6 +42,7 @@ from typing import Callable, Mapping
 import grpc
 import numpy as np
 
+from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTIONS
 from serving.model_store import (refuse_classify_or_regress, CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD, ModelStore,
                                  Servable)
 from serving.status import Code, ServingError, invalid_argument, one_line
@@ -42,6 +51,7 @@ log = logging.getLogger("serving.grpc")
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT = 128
+MAX_HANDSHAKE_SECONDS = 5.0  # a client sends the HTTP/2 preface at once; a socket that does not is not a client
 MAX_ERROR_CHARS = 1024
 
 Runner = Callable[[object, Mapping[str, np.ndarray]], dict]
@@ -163,10 +173,12 @@ def _model_servicer_base():
 class PredictionService(_prediction_servicer_base()):
     """``tensorflow.serving.PredictionService``."""
 
-    def __init__(self, store: ModelStore, run: Runner | None = None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+    def __init__(self, store: ModelStore, run: Runner | None = None, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 allow_non_finite: bool = False):
         self.store = store
         self.run: Runner = run or (lambda signature, arrays: signature.run(arrays))
         self.max_message_bytes = max_message_bytes
+        self.allow_non_finite = allow_non_finite
 
     @_rpc
     def Predict(self, request, context):
@@ -203,7 +215,7 @@ class PredictionService(_prediction_servicer_base()):
         if len(set(wanted)) != len(wanted):
             duplicate = next(a for a in wanted if wanted.count(a) > 1)
             raise invalid_argument(f"duplicate output tensor alias: {duplicate}")
-        arrays = signature.prepare(arrays)
+        arrays = signature.prepare(arrays, allow_non_finite=self.allow_non_finite)
         _check_still_wanted(context)  # parsing a large request takes time too
         outputs = self.run(signature, arrays)
         response = predict_pb2.PredictResponse()
@@ -234,17 +246,17 @@ class PredictionService(_prediction_servicer_base()):
 
     @_rpc
     def Classify(self, request, context):
-        self._classify_or_regress("classification", CLASSIFY_METHOD, request)
+        self._classify_or_regress("classification", request)
 
     @_rpc
     def Regress(self, request, context):
-        self._classify_or_regress("regression", REGRESS_METHOD, request)
+        self._classify_or_regress("regression", request)
 
-    def _classify_or_regress(self, kind: str, method_name: str, request) -> None:
+    def _classify_or_regress(self, kind: str, request) -> None:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         servable: Servable = self.store.servable(*_spec_target(request.model_spec))
-        refuse_classify_or_regress(servable, request.model_spec.signature_name, kind, method_name)
+        refuse_classify_or_regress(servable, request.model_spec.signature_name, kind)
 
     @_rpc
     def MultiInference(self, request, context):
@@ -281,12 +293,22 @@ class GrpcServer:
 
     def __init__(self, store: ModelStore, host: str, port: int, *, run: Runner | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, threads: int | None = None,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT):
+                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, allow_non_finite: bool = False,
+                 keep_alive_seconds: float = DEFAULT_KEEP_ALIVE_SECONDS, max_connections: int = DEFAULT_MAX_CONNECTIONS):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+        idle_ms = max(1, int(keep_alive_seconds * 1000))
         options = [("grpc.max_receive_message_length", int(max_message_bytes)),
                    ("grpc.max_send_message_length", int(max_message_bytes)),
-                   ("grpc.so_reuseport", 0)]  # a second server on a taken port must fail, not share it
+                   ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+                   # Connections are bounded as REST's are, with what gRPC core offers (it cannot
+                   # close an idle connection to admit a new one): at most max_connections TCP
+                   # connections (more are closed on accept); one with no RPC for keep_alive_seconds
+                   # gets GOAWAY (clients reconnect on their next call); a socket that has not sent
+                   # the HTTP/2 preface within min(keep_alive_seconds, 5 s) is closed.
+                   ("grpc.max_allowed_incoming_connections", int(max_connections)),
+                   ("grpc.max_connection_idle_ms", idle_ms),
+                   ("grpc.server_handshake_timeout_ms", min(idle_ms, int(MAX_HANDSHAKE_SECONDS * 1000)))]
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=threads or min(32, 4 * (os.cpu_count() or 1)), thread_name_prefix="grpc")
         # maximum_concurrent_rpcs counts RPCs running plus those queued for a thread; past it gRPC
@@ -294,7 +316,8 @@ class GrpcServer:
         self._server = grpc.server(self._executor, options=options, maximum_concurrent_rpcs=int(max_in_flight))
         self._stopped: threading.Event | None = None
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(store, run, max_message_bytes=max_message_bytes), self._server)
+            PredictionService(store, run, max_message_bytes=max_message_bytes, allow_non_finite=allow_non_finite),
+            self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(store), self._server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
@@ -325,5 +348,5 @@ class GrpcServer:
         self._executor.shutdown(wait=False)
 
 
-__all__ = ["DEFAULT_MAX_IN_FLIGHT", "DEFAULT_MAX_MESSAGE_BYTES", "GrpcServer", "ModelService", "PredictionService", "ndarray_to_proto",
-           "proto_to_ndarray"]
+__all__ = ["DEFAULT_MAX_IN_FLIGHT", "DEFAULT_MAX_MESSAGE_BYTES", "GrpcServer", "ModelService", "PredictionService",
+           "ndarray_to_proto", "proto_to_ndarray"]

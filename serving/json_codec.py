@@ -3,9 +3,14 @@
 Request side: :func:`parse_document` (``ParseJson``), :func:`signature_name_of`
 (``FillSignature``) and :func:`tensors_from_request` (``FillPredictRequestFromJson``): row format
 (``instances``) and columnar format (``inputs``), values converted to each input's signature
-dtype with TF Serving's rules and messages (ints are accepted for floats when lossless, floats
-never for ints, ``true``/``false`` only for bool, ``{"b64": ...}`` for strings; ``NaN`` and
-``Infinity`` are accepted). Response side: :func:`predict_response` (``MakeJsonFromTensors``).
+dtype with TF Serving's rules and messages (any number for ``float``/``double``, converted as
+C++ does: ints and out-of-range values silently, ``1e39`` becomes ``inf``; floats never for ints;
+``true``/``false`` only for bool, ``{"b64": ...}`` for strings; ``NaN`` and ``Infinity`` are
+accepted; ``half`` inputs are UNIMPLEMENTED). The document is parsed as rapidjson does with
+TF Serving's flags: UTF-8 bytes, offsets in bytes, and whatever follows the first complete value
+is ignored (``kParseStopWhenDoneFlag``). Values quoted in messages are written as rapidjson's
+``PrettyWriter`` writes them (``JsonValueToDebugString``), except that objects stay on one line.
+Response side: :func:`predict_response` (``MakeJsonFromTensors``).
 
 Speed: a numeric tensor first goes through one ``np.asarray`` of the parsed lists; only when that
 fails or the values break a rule does the element-by-element walk run, which finds the first
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import decimal
 import json
 import math
 from typing import Any, Mapping
@@ -30,8 +36,6 @@ ROW = "row"
 COLUMNAR = "columnar"
 PREVIEW_CHARS = 256  # TF Serving echoes whole documents in some messages; we cut them here
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-_FLOAT64_MAX = float(np.finfo(np.float64).max)
 _INT_RANGES = {
     "int8": (-(2**31), 2**31 - 1),  # TF Serving reads all of these as int32 (rapidjson IsInt)
     "int16": (-(2**31), 2**31 - 1),
@@ -41,15 +45,14 @@ _INT_RANGES = {
     "uint32": (0, 2**32 - 1),
     "uint64": (0, 2**64 - 1),
 }
-_FLOAT_EXACT_INT = {"float": 2**24 - 1, "half": 2**24 - 1, "bfloat16": 2**24 - 1, "double": 2**53 - 1}
-_FLOAT_LIMIT = {"float": _FLOAT32_MAX, "half": _FLOAT32_MAX, "bfloat16": _FLOAT32_MAX, "double": _FLOAT64_MAX}
+_FLOAT_NAMES = ("float", "double")  # AddValueToTensor converts no other floating type (half: UNIMPLEMENTED)
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1  # rapidjson keeps integers in this range as integers
 
 # rapidjson's English parse-error texts for the messages Python's json module produces.
 _PARSE_REASONS = {
     "Expecting value": "Invalid value.",
     "Expecting property name enclosed in double quotes": "Missing a name for object member.",
     "Expecting ':' delimiter": "Missing a colon after a name of object member.",
-    "Extra data": "The document root must not be followed by other values.",
     "Unterminated string starting at": "Missing a closing quotation mark in string.",
     "Invalid \\escape": "Invalid escape character in string.",
     "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
@@ -61,40 +64,100 @@ _PARSE_REASONS = {
 
 
 def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
-    """Compact JSON text of ``value``, cut at ``limit`` characters without serialising all of a
-    large document (``JsonValueToString``)."""
+    """``value`` as TF Serving quotes it in messages (``JsonValueToDebugString``): rapidjson's
+    ``PrettyWriter`` with single-line arrays (``[1, 2]``), numbers as rapidjson writes them
+    (:func:`rapidjson_number`), strings escaped as rapidjson escapes them, tokens written only
+    while fewer than ``limit`` (256) characters are out, so long documents are cut, and nothing
+    after a NaN or Infinity (rapidjson's writer refuses them there). One difference, a project
+    rule: objects stay on one line (``{"a": 1, "b": [2]}``), where rapidjson breaks the line and
+    indents each member."""
     parts: list[str] = []
     size = 0
 
-    def emit(text: str) -> bool:
+    def emit(text: str) -> bool:  # one rapidjson handler call: its separator and its token
         nonlocal size
+        if size >= limit:
+            return False
         parts.append(text)
         size += len(text)
-        return size < limit
+        return True
 
-    def walk(v) -> bool:
+    def walk(v, prefix: str = "") -> bool:
         if isinstance(v, list):
-            if not emit("["):
+            if not emit(prefix + "["):
                 return False
             for i, item in enumerate(v):
-                if (i and not emit(",")) or not walk(item):
+                if not walk(item, ", " if i else ""):
                     return False
             return emit("]")
         if isinstance(v, dict):
-            if not emit("{"):
+            if not emit(prefix + "{"):
                 return False
             for i, (key, item) in enumerate(v.items()):
-                if (i and not emit(",")) or not emit(json.dumps(key) + ":") or not walk(item):
+                if not emit((", " if i else "") + rapidjson_string(key)) or not walk(item, ": "):
                     return False
             return emit("}")
-        return emit(json.dumps(v, allow_nan=True))
+        if isinstance(v, str):
+            return emit(prefix + rapidjson_string(v))
+        if v is None or isinstance(v, bool):
+            return emit(prefix + json.dumps(v))
+        if isinstance(v, float) and not math.isfinite(v):
+            emit(prefix)  # the separator is out before the writer refuses the value
+            return False
+        return emit(prefix + rapidjson_number(v))
 
     try:
         walk(value)
     except RecursionError:
         pass
-    text = "".join(parts)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return "".join(parts)
+
+
+def rapidjson_number(value: int | float) -> str:
+    """A JSON number as rapidjson's ``Writer`` writes the parsed value: integers that fit int64
+    or uint64 in decimal, others as doubles; doubles by ``internal::dtoa`` + ``Prettify``
+    (shortest digits; ``1e39``, ``1.5e-7``, ``100.0``, ``0.001``; ``-0.0``)."""
+    if isinstance(value, int) and _INT64_MIN <= value <= _UINT64_MAX:
+        return str(value)
+    value = float(value)
+    if value == 0:
+        return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+    sign = "-" if value < 0 else ""
+    # Shortest round-trip digits (Grisu2's in all but rare cases): value = digits x 10^k.
+    _, digit_tuple, k = decimal.Decimal(repr(abs(value))).normalize().as_tuple()
+    digits = "".join(map(str, digit_tuple))
+    length = len(digits)
+    kk = length + k
+    if 0 <= k and kk <= 21:
+        text = digits + "0" * k + ".0"
+    elif 0 < kk <= 21:
+        text = digits[:kk] + "." + digits[kk:]
+    elif -6 < kk <= 0:
+        text = "0." + "0" * -kk + digits
+    elif length == 1:
+        text = digits + "e" + str(kk - 1)
+    else:
+        text = digits[0] + "." + digits[1:] + "e" + str(kk - 1)
+    return sign + text
+
+
+_RAPIDJSON_SHORT_ESCAPES = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def rapidjson_string(text: str) -> str:
+    r"""A JSON string as rapidjson's ``Writer::WriteString`` writes it: ``"`` and ``\\``
+    escaped, control characters as ``\b \t \n \f \r`` or ``\u00XX`` (upper-case hex), everything
+    else (non-ASCII included) as it is."""
+    out = ['"']
+    for ch in text:
+        if ch == '"' or ch == "\\":
+            out.append("\\" + ch)
+        elif ch < " ":
+            out.append(_RAPIDJSON_SHORT_ESCAPES.get(ch, f"\\u{ord(ch):04X}"))
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
 
 
 def json_type(value: Any) -> str:
@@ -122,20 +185,35 @@ def shape_text(shape) -> str:
 # -- request document ---------------------------------------------------------------------
 
 
+_DECODER = json.JSONDecoder()
+_JSON_WHITESPACE = " \t\n\r"
+
+
 def parse_document(body: bytes) -> dict:
-    """Parse a request body; the top level must be an object (``ParseJson``)."""
-    if not body or not body.strip():
+    """Parse a request body as ``ParseJson`` does; the top level must be an object.
+
+    rapidjson with TF Serving's flags: the body is UTF-8 (bytes that are not, inside strings, are
+    kept as they are: ``surrogateescape``), error offsets count bytes, and parsing stops after
+    the first complete value (``kParseStopWhenDoneFlag``: trailing bytes are ignored)."""
+    if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
+    text = body.decode("utf-8", "surrogateescape")
+    start = len(text) - len(text.lstrip(_JSON_WHITESPACE))
+    if start == len(text):
+        raise invalid_argument(f"JSON Parse error: The document is empty. at offset: {len(body)}")
     try:
-        doc = json.loads(body)
+        doc, _ = _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as err:
         reason = next((text for prefix, text in _PARSE_REASONS.items() if err.msg.startswith(prefix)), None)
+        pos = err.pos
         if err.msg.startswith("Expecting ',' delimiter"):
             reason = _missing_comma_reason(err.doc, err.pos)
-        raise invalid_argument(f"JSON Parse error: {reason or err.msg} at offset: {err.pos}") from None
-    except UnicodeDecodeError as err:
-        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {err.start}") from None
+        elif err.msg.startswith("Unterminated string"):
+            pos = len(text)  # rapidjson reads to the end before it misses the quotation mark
+        offset = len(text[:pos].encode("utf-8", "surrogateescape"))
+        raise invalid_argument(f"JSON Parse error: {reason or err.msg} at offset: {offset}") from None
     except RecursionError:
+        # (project) rapidjson parses iteratively, any depth; Python's parser recurses.
         raise invalid_argument("JSON Parse error: The document is nested too deeply; send tensors with fewer "
                                "dimensions") from None
     if not isinstance(doc, dict):
@@ -199,15 +277,14 @@ def _type_error(value, dtype_name: str) -> ServingError:
 
 def _convert_scalar(value, dtype_name: str):
     """One JSON value as a Python value of ``dtype_name`` (``AddValueToTensor``)."""
-    if dtype_name in _FLOAT_LIMIT:
+    if dtype_name in _FLOAT_NAMES:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _type_error(value, dtype_name)
-        if isinstance(value, int):
-            if abs(value) > _FLOAT_EXACT_INT[dtype_name]:
-                raise invalid_argument(f"Cannot convert JSON value: {value} to {dtype_name} without loss of "
-                                       "precision.")
-        elif math.isfinite(value) and abs(value) > _FLOAT_LIMIT[dtype_name]:
-            raise invalid_argument(f"Cannot convert JSON value: {value!r} to {dtype_name} without loss of precision.")
+        if isinstance(value, int):  # any integer: converted (rounded) as rapidjson's GetFloat/GetDouble do
+            try:
+                return float(value)
+            except OverflowError:  # rapidjson refuses such a literal while parsing
+                raise invalid_argument("JSON Parse error: Number too big to be stored in double.") from None
         return value
     if dtype_name in _INT_RANGES:
         low, high = _INT_RANGES[dtype_name]
@@ -220,19 +297,19 @@ def _convert_scalar(value, dtype_name: str):
         return value
     if dtype_name == "string":
         if isinstance(value, str):
-            return value.encode("utf-8")
+            return value.encode("utf-8", "surrogateescape")  # the request's bytes, valid UTF-8 or not
         if isinstance(value, dict):
-            return _decode_b64(value)
+            return decode_b64(value)
         raise _type_error(value, dtype_name)
     raise ServingError(Code.UNIMPLEMENTED, f"Conversion of JSON Value: {preview(value)} to type: {dtype_name}")
 
 
-def _is_b64_object(value) -> bool:
+def is_b64_object(value) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
-def _decode_b64(value) -> bytes:
-    if not _is_b64_object(value):
+def decode_b64(value) -> bytes:
+    if not is_b64_object(value):
         raise invalid_argument(f"JSON Value: {preview(value)} not formatted correctly for base64 data")
     try:
         return base64.b64decode(value["b64"], validate=True)
@@ -244,7 +321,7 @@ def _fast_numeric(value, shape: list[int], spec, check_bools: bool) -> np.ndarra
     """One ``np.asarray`` for well-formed numeric data; ``None`` sends the value to the exact
     (slow) walk, which also produces the error message."""
     name = spec.dtype_name
-    if check_bools or not (name in _FLOAT_LIMIT or name in _INT_RANGES):
+    if check_bools or not (name in _FLOAT_NAMES or name in _INT_RANGES):
         return None
     try:
         arr = np.asarray(value)
@@ -252,15 +329,9 @@ def _fast_numeric(value, shape: list[int], spec, check_bools: bool) -> np.ndarra
         return None
     if list(arr.shape) != shape or arr.dtype.kind not in "iuf":
         return None
-    if name in _FLOAT_LIMIT:
-        if arr.dtype.kind in "iu":
-            if arr.size and int(np.abs(arr).max()) > _FLOAT_EXACT_INT[name]:
-                return None
-        elif arr.size:
-            finite = arr[np.isfinite(arr)]
-            if finite.size and float(np.abs(finite).max()) > _FLOAT_LIMIT[name]:
-                return None
-        return arr.astype(spec.dtype, copy=False)
+    if name in _FLOAT_NAMES:
+        with np.errstate(over="ignore"):  # 1e39 -> inf for float, as C++'s double -> float cast
+            return arr.astype(spec.dtype, copy=False)
     if arr.dtype.kind == "f":
         return None
     low, high = _INT_RANGES[name]
@@ -294,7 +365,8 @@ def _exact_fill(value, shape: list[int], spec) -> np.ndarray:
         out = np.empty(len(flat), dtype=object)
         out[:] = flat
         return out.reshape(shape)
-    return np.asarray(flat, dtype=spec.dtype).reshape(shape)
+    with np.errstate(over="ignore"):
+        return np.asarray(flat, dtype=spec.dtype).reshape(shape)
 
 
 def value_to_tensor(value, spec, *, check_bools: bool = True) -> np.ndarray:
@@ -354,7 +426,7 @@ def tensors_from_request(doc: Mapping, input_specs: Mapping[str, Any], *, check_
     if has_instances:
         instances = doc["instances"]
         if not isinstance(instances, list):
-            raise invalid_argument(f"JSON Value: {preview(doc)} Excepting 'instances' to be an list/array")
+            raise invalid_argument(f"JSON Value: {preview(doc)} Expecting 'instances' to be an list/array")
         if not instances:
             raise invalid_argument(f"JSON Value: {preview(doc)} No values in 'instances' array")
         return ROW, _from_instances(instances, input_specs, check_bools)
@@ -368,15 +440,15 @@ def _from_instances(instances: list, input_specs: Mapping[str, Any], check_bools
     if not isinstance(instances[0], dict) and len(names) > 1:
         raise invalid_argument("instances is a plain list, but expecting list of objects as multiple input tensors "
                                "required as per tensorinfo_map")
-    elements_are_objects = isinstance(instances[0], dict) and not _is_b64_object(instances[0])
+    elements_are_objects = isinstance(instances[0], dict) and not is_b64_object(instances[0])
     if not elements_are_objects:
         for index, element in enumerate(instances):
-            if isinstance(element, dict) and not _is_b64_object(element):
+            if isinstance(element, dict) and not is_b64_object(element):
                 raise invalid_argument(f"Expecting value/list but got object at item {index} of input list")
         return {names[0]: _rows_to_tensor(instances, input_specs[names[0]], check_bools)}
     wanted = set(names)
     for index, element in enumerate(instances):
-        if not isinstance(element, dict) or _is_b64_object(element):
+        if not isinstance(element, dict) or is_b64_object(element):
             raise invalid_argument(f"Expecting object but got list at item {index} of input list")
         for key in element:
             if key not in wanted:
@@ -390,7 +462,7 @@ def _from_instances(instances: list, input_specs: Mapping[str, Any], check_bools
 
 def _from_inputs(inputs, input_specs: Mapping[str, Any], check_bools: bool) -> dict[str, np.ndarray]:
     names = sorted(input_specs)
-    if not isinstance(inputs, dict) or _is_b64_object(inputs):
+    if not isinstance(inputs, dict) or is_b64_object(inputs):
         if len(names) > 1:
             raise invalid_argument("inputs is a plain value/list, but expecting an object as multiple input tensors "
                                    "required as per tensorinfo_map")
@@ -455,5 +527,6 @@ def error_body(message: str) -> bytes:
     return dumps({"error": message})
 
 
-__all__ = ["COLUMNAR", "ROW", "dumps", "error_body", "json_type", "parse_document", "predict_response", "preview",
-           "shape_text", "signature_name_of", "tensors_from_request", "value_to_tensor"]
+__all__ = ["COLUMNAR", "ROW", "decode_b64", "dumps", "error_body", "is_b64_object", "json_type", "parse_document",
+           "predict_response", "preview", "rapidjson_number", "rapidjson_string", "shape_text", "signature_name_of",
+           "tensors_from_request", "value_to_tensor"]

@@ -19,7 +19,8 @@ What TensorFlow Serving's ``ServerCore`` does for one model, in Python (referenc
 - **Signatures.** Each :class:`Servable` carries the ``SignatureDefMap`` read from its
   ``saved_model.pb`` (every signature, ``__saved_model_init_op`` included, as the official
   metadata endpoint lists them) and one :class:`Signature` per callable signature, which
-  validates inputs (names, dtype, shape) before the model runs.
+  validates inputs (names, dtype, shape, and by default finite float values) before the model
+  runs.
 
 Path safety: the model name comes from the operator (``MODEL_NAME``) and must be one plain path
 segment; names in requests are only compared with it, never joined to a path, so no request
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -189,21 +191,33 @@ class Signature:
         self.inputs: dict[str, InputSpec] = {alias: _input_spec(alias, info)
                                              for alias, info in sorted(signature_def.inputs.items())}
         self.output_names: tuple[str, ...] = tuple(sorted(signature_def.outputs))
+        self._signature_def = signature_def
         self._function = function
+
+    def debug_string(self) -> str:
+        """The SignatureDef in protobuf text format, what C++'s ``DebugString()`` prints (TF
+        Serving quotes it in some messages; its line breaks become ``\\n`` there)."""
+        from google.protobuf import text_format
+
+        return text_format.MessageToString(self._signature_def)
 
     @property
     def callable(self) -> bool:
         return self._function is not None and self.method_name == PREDICT_METHOD
 
-    def prepare(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def prepare(self, arrays: Mapping[str, np.ndarray], *, allow_non_finite: bool = False) -> dict[str, np.ndarray]:
         """Inputs cast to the signature dtypes and checked against its shapes (project rule:
-        a one-line INVALID_ARGUMENT before TensorFlow sees the data). Names are checked by the
-        callers (their messages differ between REST and gRPC)."""
+        a one-line INVALID_ARGUMENT before TensorFlow sees the data). Float inputs holding NaN
+        or ±Inf are refused the same way unless ``allow_non_finite`` (TF Serving passes them to
+        the model, which turns them into finite-looking garbage or NaN outputs). Names are
+        checked by the callers (their messages differ between REST and gRPC)."""
         prepared = {}
         for alias, arr in arrays.items():
             spec = self.inputs[alias]
             arr = _cast(np.asarray(arr) if not isinstance(arr, np.ndarray) else arr, spec, self.name)
             _check_shape(arr, spec, self.name)
+            if not allow_non_finite:
+                _check_finite(arr, spec, self.name)
             prepared[alias] = arr
         return prepared
 
@@ -282,21 +296,76 @@ def _check_shape(arr: np.ndarray, spec: InputSpec, signature: str) -> None:
                            f"{spec.shape_text()} (-1: any size){advice}")
 
 
+def first_non_finite(arr: np.ndarray) -> tuple[tuple[int, ...], float, int] | None:
+    """``None`` when ``arr`` holds no NaN or ±Inf (always for non-float arrays), else the index
+    of the first one in C order, its value and how many there are.
+
+    The common case costs one vectorised sum: NaN or ±Inf anywhere make it non-finite (so does
+    an overflow of large finite values, which the element-wise search then clears). Only then
+    does ``np.isfinite`` run over the elements to find the position."""
+    if arr.dtype.kind != "f" or math.isfinite(arr.sum()):
+        return None
+    bad = ~np.isfinite(arr)
+    if not bad.any():  # the sum overflowed; every value is finite
+        return None
+    flat = int(np.argmax(bad))  # argmax on booleans: the first True
+    index = tuple(int(i) for i in np.unravel_index(flat, arr.shape))
+    return index, float(arr.reshape(-1)[flat]), int(np.count_nonzero(bad))
+
+
+def non_finite_text(value: float) -> str:
+    """``NaN``, ``Infinity`` or ``-Infinity``: the JSON tokens clients send (Python's ``json``)."""
+    return json.dumps(value, allow_nan=True)
+
+
+def _check_finite(arr: np.ndarray, spec: InputSpec, signature: str) -> None:
+    found = first_non_finite(arr)
+    if found is None:
+        return
+    index, value, count = found
+    where = "(" + ", ".join(map(str, index)) + ")"
+    raise invalid_argument(f"Input {spec.alias} of signature {signature} has a non-finite value "
+                           f"{non_finite_text(value)} at index {where} ({count} of {arr.size} values are NaN or "
+                           "infinite); send finite numbers, or start the server with --allow-non-finite to pass "
+                           "them to the model")
+
+
 # -- one loaded version ------------------------------------------------------------------------
 
 
-def refuse_classify_or_regress(servable: "Servable", signature_key: str, kind: str, method_name: str):
-    """TF Serving's answer to ``:classify`` / ``:regress`` (REST) and Classify / Regress (gRPC):
-    INVALID_ARGUMENT for an unknown or non-matching signature, else UNIMPLEMENTED (we serve
-    predict signatures only). Always raises."""
+def refuse_classify_or_regress(servable: "Servable", signature_key: str, kind: str):
+    """TF Serving's answer to ``:classify`` / ``:regress`` (REST) and Classify / Regress (gRPC)
+    with its default flags (``--enable_signature_method_name_check=false``, ``server.h``), so
+    the method name is not checked: ``GetClassificationSignatureDef`` /
+    ``PreProcessClassification`` (``servables/tensorflow/classifier.cc``) and the regression
+    twins (``regressor.cc``) check the signature's shape of inputs and outputs, with their
+    messages. A signature that passes them would be run by TF Serving; this server serves
+    predict only and answers UNIMPLEMENTED (project). Always raises. ``kind`` is
+    ``"classification"`` or ``"regression"``."""
     key = signature_key or DEFAULT_SIGNATURE
     signature = servable.signatures.get(key)
     if signature is None:
         raise invalid_argument(f"No signature was found with the name: {key}")
-    if signature.method_name != method_name:
-        raise invalid_argument(f"Expected {kind} signature method_name to be {method_name}. Was: "
-                               f"{signature.method_name}")
-    raise ServingError(Code.UNIMPLEMENTED, f"{kind.capitalize()} signatures are not served by this server")
+    inputs, outputs = set(signature.inputs), set(signature.output_names)
+    if len(inputs) != 1:
+        raise invalid_argument("Expected one input Tensor.")
+    if kind == "classification":
+        if len(outputs) not in (1, 2):
+            raise invalid_argument(f"Expected one or two output Tensors, found {len(outputs)}")
+        if "inputs" not in inputs:
+            raise invalid_argument(f"No classification inputs found in SignatureDef: {signature.debug_string()}")
+        if not outputs & {"classes", "scores"}:
+            raise invalid_argument('Expected classification signature outputs to contain at least one of "classes" or '
+                                   f'"scores". Signature was: {signature.debug_string()}')
+    else:
+        if len(outputs) != 1:
+            raise invalid_argument("Expected one output Tensor.")
+        if "inputs" not in inputs:
+            raise invalid_argument(f"No regression inputs found in SignatureDef: {signature.debug_string()}")
+        if "outputs" not in outputs:
+            raise invalid_argument(f"No regression outputs found in SignatureDef: {signature.debug_string()}")
+    raise ServingError(Code.UNIMPLEMENTED, f"{kind.capitalize()} signatures are not served by this server "
+                                           f"({key} is one); serve it with TensorFlow Serving or call :predict")
 
 
 class Servable:
@@ -560,5 +629,5 @@ def _mtime(path: Path) -> float | None:
 
 
 __all__ = ["AVAILABLE", "DEFAULT_POLL_SECONDS", "DEFAULT_SIGNATURE", "END", "INIT_OP_SIGNATURE", "InputSpec", "LOADING",
-           "ModelStore", "PREDICT_METHOD", "Servable", "Signature", "VersionStatus", "check_inside", "read_labels",
-           "scan_versions", "validate_model_name"]
+           "ModelStore", "PREDICT_METHOD", "Servable", "Signature", "VersionStatus", "check_inside", "first_non_finite",
+           "non_finite_text", "read_labels", "scan_versions", "validate_model_name"]

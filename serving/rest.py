@@ -7,8 +7,9 @@ web framework in between, so the routing, status codes and messages are exactly 
 - ``GET  /v1/models/{name}[/versions/{v}|/labels/{l}]``            model status
 - ``GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata``   model metadata
 - ``POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict``    predict (row or columnar)
-- ``POST ...:classify`` / ``...:regress``: our signatures are predict signatures, so these
-  answer 400 with TF Serving's "Expected classification signature method_name ..." message.
+- ``POST ...:classify`` / ``...:regress``: answered as TF Serving with its default flags checks
+  a signature for them (``Expected one or two output Tensors, found 3`` for ``encode``, ...,
+  :func:`serving.model_store.refuse_classify_or_regress`); one that would pass is UNIMPLEMENTED.
 
 Paths are matched whole and case-insensitively; name and label are URL-decoded. Any other
 ``/v1/`` path or verb is ``400 Malformed request: <METHOD> <path>``; paths outside ``/v1/`` get
@@ -17,7 +18,10 @@ a bare 404. Every response is ``application/json``; errors are ``{"error": "<mes
 :class:`RestApp` is the ASGI side: it reads the body (refusing more than ``max_body_bytes``
 with 413 before reading it all), runs the handler in a thread pool so the event loop keeps
 accepting connections while a model runs, and answers 504 after ``timeout_seconds`` (TF
-Serving's REST timeout, 30 s). :class:`RestServer` runs it on uvicorn in a background thread.
+Serving's REST timeout, 30 s). :class:`RestServer` runs it on uvicorn in a background thread,
+with connections bounded (:mod:`serving.connections`): an idle connection is closed after
+``--keep-alive-seconds`` (30), counted from its opening or its last response, and beyond
+``--max-connections`` (1024) the longest-idle one is closed to make room for the new one.
 
 Load and faults: at most ``max_in_flight`` requests are admitted at once (being read, queued for
 a worker thread, or running); one more is answered at once with ``429 {"error": ...}``
@@ -44,6 +48,7 @@ from urllib.parse import unquote_to_bytes
 import numpy as np
 
 from serving import json_codec
+from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTIONS, bounded_h11_protocol
 from serving.model_store import (refuse_classify_or_regress, CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD, ModelStore,
                                  Servable)
 from serving.status import Code, ServingError, invalid_argument, one_line
@@ -70,13 +75,21 @@ def _decode_segment(text: str) -> str:
     return unquote_to_bytes(text).decode("utf-8", "surrogateescape")
 
 
+class _UnwrittenError(ServingError):
+    """An error TF Serving returns before it writes the JSON error body: ``ParseModelInfo``'s
+    (``http_rest_api_util.cc``) return early from ``HttpRestApiHandler::ProcessRequest``, so the
+    client gets the status code and an empty body."""
+
+
 class RestApi:
     """The REST handler. ``run(signature, arrays)`` executes a signature (the batcher or
-    ``Signature.run``)."""
+    ``Signature.run``); ``allow_non_finite`` passes NaN/Inf inputs to the model as TF Serving
+    does (default: 400, see :meth:`Signature.prepare`)."""
 
-    def __init__(self, store: ModelStore, run: Runner | None = None):
+    def __init__(self, store: ModelStore, run: Runner | None = None, *, allow_non_finite: bool = False):
         self.store = store
         self.run: Runner = run or (lambda signature, arrays: signature.run(arrays))
+        self.allow_non_finite = allow_non_finite
         self._metadata_cache: dict[int, tuple[Servable, bytes]] = {}
 
     def handle(self, method: str, path: str, body: bytes, deadline: float | None = None) -> tuple[int, bytes]:
@@ -86,6 +99,8 @@ class RestApi:
             return 404, b""
         try:
             return 200, self._dispatch(method, path, body, deadline)
+        except _UnwrittenError as err:
+            return err.code.http_status, b""
         except ServingError as err:
             return err.code.http_status, json_codec.error_body(err.message)
         except RecursionError:
@@ -113,7 +128,7 @@ class RestApi:
         if version_text is not None:
             version = int(version_text)
             if version > _INT64_MAX:
-                raise invalid_argument(f"Failed to convert version: {version_text} to numeric.")
+                raise _UnwrittenError(Code.INVALID_ARGUMENT, f"Failed to convert version: {version_text} to numeric.")
         if label is not None:
             label = _decode_segment(label)
         if method == "POST":
@@ -164,7 +179,7 @@ class RestApi:
                                    f"{CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: {signature.method_name}")
         check_bools = b"true" in body or b"false" in body
         fmt, arrays = json_codec.tensors_from_request(doc, signature.inputs, check_bools=check_bools)
-        arrays = signature.prepare(arrays)
+        arrays = signature.prepare(arrays, allow_non_finite=self.allow_non_finite)
         if deadline is not None and time.monotonic() > deadline:
             # Parsing a large body (or waiting for a thread) used up the time: the client has
             # been answered 504 already, so running the model would only delay other requests.
@@ -174,23 +189,24 @@ class RestApi:
         return json_codec.predict_response(outputs, fmt)
 
     def _classify(self, name, version, label, body) -> bytes:
-        return self._classify_or_regress("classification", CLASSIFY_METHOD, name, version, label, body)
+        return self._classify_or_regress("classification", name, version, label, body)
 
     def _regress(self, name, version, label, body) -> bytes:
-        return self._classify_or_regress("regression", REGRESS_METHOD, name, version, label, body)
+        return self._classify_or_regress("regression", name, version, label, body)
 
-    def _classify_or_regress(self, kind: str, method_name: str, name, version, label, body) -> bytes:
+    def _classify_or_regress(self, kind: str, name, version, label, body) -> bytes:
         doc = json_codec.parse_document(body)
         signature_name = json_codec.signature_name_of(doc)
         _check_examples(doc)
         servable = self.store.servable(name, version, label)
-        refuse_classify_or_regress(servable, signature_name, kind, method_name)
+        refuse_classify_or_regress(servable, signature_name, kind)
 
 
 def _check_examples(doc: Mapping) -> None:
-    """The request checks of ``FillClassifyRegressRequestFromJson`` (context, examples)."""
-    if "context" in doc and not isinstance(doc["context"], dict):
-        raise invalid_argument(f"Example must be JSON object but got JSON {json_codec.json_type(doc['context'])}")
+    """The request checks of ``FillClassifyRegressRequestFromJson`` (``json_tensor.cc``): the
+    context, then the examples, each a JSON object of features (``MakeExampleFromJsonObject``)."""
+    if "context" in doc:
+        _check_example(doc["context"])
     if "examples" not in doc:
         raise invalid_argument(f"JSON Value: {json_codec.preview(doc)} When method is classify, key 'examples' is "
                                "expected and was not found")
@@ -200,8 +216,39 @@ def _check_examples(doc: Mapping) -> None:
     if not examples:
         raise invalid_argument(f"JSON Value: {json_codec.preview(doc)} 'examples' value is an empty array")
     for example in examples:
-        if not isinstance(example, dict):
-            raise invalid_argument(f"Example must be JSON object but got JSON {json_codec.json_type(example)}")
+        _check_example(example)
+
+
+def _check_example(example) -> None:
+    """``MakeExampleFromJsonObject`` + ``AddValueToFeature``: every feature is one value or a
+    list of values of one kind (int64: integers and booleans; float: numbers with a fraction or
+    exponent; bytes: strings and ``{"b64": ...}``)."""
+    if not isinstance(example, dict):
+        raise invalid_argument(f"Example must be JSON object but got JSON {json_codec.json_type(example)}")
+    for name, content in example.items():
+        kind = "UNKNOWN"  # the feature's kind so far (KIND_NOT_SET)
+        for value in content if isinstance(content, list) else [content]:
+            kind = _feature_kind(name, value, kind)
+
+
+def _feature_kind(name: str, value, kind: str) -> str:
+    if value is None or isinstance(value, list) or (isinstance(value, dict) and not json_codec.is_b64_object(value)):
+        raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: {json_codec.json_type(value)}")
+    if isinstance(value, bool):
+        wanted = "int64"
+    elif isinstance(value, (str, dict)):
+        wanted = "bytes"
+    elif isinstance(value, float) or not -(2**63) <= value < 2**64:  # rapidjson holds these as doubles
+        wanted = "float"
+    else:
+        wanted = "int64"
+    if kind not in ("UNKNOWN", wanted):
+        raise invalid_argument(f"Unexpected element type in feature: {name} expecting type: {kind}")
+    if isinstance(value, dict):
+        json_codec.decode_b64(value)
+    elif wanted == "int64" and not isinstance(value, bool) and value >= 2**63:
+        raise invalid_argument(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
+    return wanted
 
 
 def status_json(status) -> dict:
@@ -380,9 +427,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class RestServer:
-    """uvicorn serving a :class:`RestApp` from a background thread."""
+    """uvicorn serving a :class:`RestApp` from a background thread; idle connections are closed
+    after ``keep_alive_seconds`` and at most ``max_connections`` are held
+    (:mod:`serving.connections`)."""
 
-    def __init__(self, app: RestApp, host: str, port: int, *, grace_seconds: float = 5.0):
+    def __init__(self, app: RestApp, host: str, port: int, *, grace_seconds: float = 5.0,
+                 keep_alive_seconds: float = DEFAULT_KEEP_ALIVE_SECONDS, max_connections: int = DEFAULT_MAX_CONNECTIONS):
         import uvicorn
 
         self.app = app
@@ -391,9 +441,14 @@ class RestServer:
         self.port = self.socket.getsockname()[1]
         config = uvicorn.Config(app, lifespan="on", log_config=None, log_level="warning", access_log=False,
                                 server_header=False, timeout_graceful_shutdown=grace_seconds,
-                                timeout_keep_alive=30)
+                                http=bounded_h11_protocol(max_connections), timeout_keep_alive=keep_alive_seconds)
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
+
+    @property
+    def open_connections(self) -> int:
+        """Connections the server holds now (idle or with a request in progress)."""
+        return len(self._server.server_state.connections)
 
     def start(self, timeout: float = 30.0) -> "RestServer":
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self.socket]},

@@ -7,7 +7,11 @@ on 8500, REST on 8501, the base path polled every second. Unlike the image, the 
 free port" (TF Serving reads ``--rest_api_port=0`` as "no REST"; use ``--no-rest`` here), and
 request sizes are limited (64 MiB by default, both protocols), and each protocol admits at most
 ``max_in_flight`` requests at once (128 by default; beyond that REST answers 429 and gRPC
-RESOURCE_EXHAUSTED, rather than queueing without bound).
+RESOURCE_EXHAUSTED, rather than queueing without bound), and so are connections: idle ones close
+after ``keep_alive_seconds`` (30), and each protocol holds at most ``max_connections`` (1024;
+REST closes the longest-idle one to admit a new client, gRPC refuses the new one). Float inputs holding NaN or ±Inf are
+refused (400 / INVALID_ARGUMENT) unless ``allow_non_finite`` (``--allow-non-finite``) restores
+TF Serving's pass-through.
 
 >>> from serving.server import ModelServer, ServerConfig
 >>> with ModelServer(ServerConfig(model_base_path="models", model_name="vae", rest_port=0,
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.batching import Batcher, BatchingOptions
+from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTIONS
 from serving.grpc_server import DEFAULT_MAX_MESSAGE_BYTES, GrpcServer
 from serving.model_store import DEFAULT_POLL_SECONDS, ModelStore, validate_model_name
 from serving.rest import (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT_SECONDS, RestApi, RestApp,
@@ -64,7 +69,10 @@ class ServerConfig:
     grpc_max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     rest_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # per protocol; beyond it 429 / RESOURCE_EXHAUSTED
+    keep_alive_seconds: float = DEFAULT_KEEP_ALIVE_SECONDS  # idle connections close after this (both protocols)
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # per protocol (serving.connections, GrpcServer)
     follow_external_links: bool = False  # load version directories that resolve outside the base path
+    allow_non_finite: bool = False  # pass NaN/Inf float inputs to the model (TF Serving); default: refuse them
     rest_threads: int | None = None
     grpc_threads: int | None = None
     batching: BatchingOptions | None = None  # None: off
@@ -87,6 +95,10 @@ class ServerConfig:
                 raise ConfigError(f"{what} must be at least 1024, got {size}")
         if self.max_in_flight < 1:
             raise ConfigError(f"--max-in-flight must be at least 1, got {self.max_in_flight}")
+        if self.max_connections < 1:
+            raise ConfigError(f"--max-connections must be at least 1, got {self.max_connections}")
+        if not self.keep_alive_seconds > 0:
+            raise ConfigError(f"--keep-alive-seconds must be > 0, got {self.keep_alive_seconds}")
         model_dir = Path(self.model_base_path) / self.model_name
         if not model_dir.is_dir():
             raise ModelNotFoundError(f"no model directory {model_dir} (MODEL_BASE_PATH/MODEL_NAME): export a model "
@@ -134,6 +146,8 @@ class ModelServer:
             # start-up takes them out of the collector's walks (refcounting still frees them).
             gc.collect()
             gc.freeze()
+        protocols = (config.grpc_port is not None) + (config.rest_port is not None)
+        raise_file_limit(protocols * config.max_connections + FILE_RESERVE)
         try:
             if config.batching is not None:
                 self.batcher = Batcher(config.batching)
@@ -142,16 +156,21 @@ class ModelServer:
                 try:
                     self.grpc = GrpcServer(self.store, config.host, config.grpc_port, run=run,
                                            max_message_bytes=config.grpc_max_message_bytes,
-                                           threads=config.grpc_threads, max_in_flight=config.max_in_flight)
+                                           threads=config.grpc_threads, max_in_flight=config.max_in_flight,
+                                           allow_non_finite=config.allow_non_finite,
+                                           keep_alive_seconds=config.keep_alive_seconds,
+                                           max_connections=config.max_connections)
                 except OSError as err:
                     raise ConfigError(f"{err}; pick another port with --port or stop the other server") from None
                 self.grpc.start()
             if config.rest_port is not None:
-                app = RestApp(RestApi(self.store, run), max_body_bytes=config.rest_max_body_bytes,
+                app = RestApp(RestApi(self.store, run, allow_non_finite=config.allow_non_finite), max_body_bytes=config.rest_max_body_bytes,
                               timeout_seconds=config.rest_timeout_seconds, threads=config.rest_threads,
                               max_in_flight=config.max_in_flight)
                 try:
-                    self.rest = RestServer(app, config.host, config.rest_port, grace_seconds=config.grace_seconds)
+                    self.rest = RestServer(app, config.host, config.rest_port, grace_seconds=config.grace_seconds,
+                                           keep_alive_seconds=config.keep_alive_seconds,
+                                           max_connections=config.max_connections)
                 except OSError as err:
                     raise ConfigError(f"cannot bind REST to {config.host}:{config.rest_port} ({err.strerror or err}); "
                                       "pick another port with --rest-api-port or stop the other server") from None
@@ -190,6 +209,38 @@ class ModelServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+FILE_RESERVE = 256  # descriptors besides client connections: model files, TensorFlow, gRPC's own, logs
+
+
+def raise_file_limit(needed: int) -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` towards ``needed`` (never above the hard
+    limit, never lower) so that ``--max-connections`` per protocol fits; returns the soft limit.
+
+    Past the limit ``accept`` fails (EMFILE) and new clients wait in the kernel's backlog however
+    idle the held connections are; many systems still start processes with a soft limit of 1024
+    and a far higher hard limit. Below what is needed, a warning says what to do."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return needed
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    if soft == infinite or soft >= needed:
+        return soft
+    target = needed if hard == infinite else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as err:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, err)
+    if soft < needed:
+        log.warning("the open-file limit is %d but --max-connections needs about %d; raise it (ulimit -n, "
+                    "--ulimit nofile=...) or lower --max-connections, else new clients wait once it is reached",
+                    soft, needed)
+    return soft
 
 
 def _url_host(host: str) -> str:
@@ -233,4 +284,4 @@ def serve(config: ServerConfig, *, announce=print) -> int:
 
 
 __all__ = ["DEFAULT_GRPC_PORT", "DEFAULT_HOST", "DEFAULT_MODEL_BASE_PATH", "DEFAULT_MODEL_NAME", "DEFAULT_REST_PORT",
-           "ModelServer", "ServerConfig", "serve"]
+           "ModelServer", "ServerConfig", "raise_file_limit", "serve"]

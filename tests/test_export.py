@@ -113,12 +113,24 @@ def test_assets_describe_the_model(exported):
     assert info["config"] == {"name": "digits-vae"}
 
 
-def test_variables_are_stored_once(exported):
+def test_variables_are_stored_once(exported, trained):
+    """The checkpoint holds each weight the endpoints use exactly once. ExportArchive.track(model)
+    (keras-team/keras#23553) would store them twice, under ``_all_variables/`` and ``variables/``
+    keys: twice the values, twice the bytes. This conv model's endpoints read its trainable
+    weights and nothing else (no BatchNorm statistics; beta and the step counter are training
+    state)."""
     path, _ = exported
-    assert not (path / "_all_variables").exists()  # ExportArchive.track() would duplicate them
-    names = [name for name, _ in tf.train.list_variables(str(path / "variables" / "variables"))]
-    kernels = [n for n in names if "kernel" in n]
-    assert len(kernels) == len(set(kernels))
+    prefix = str(path / "variables" / "variables")
+    reader = tf.train.load_checkpoint(prefix)
+    stored = [reader.get_tensor(name) for name, _ in tf.train.list_variables(prefix)
+              if name != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    weights = [w.numpy() for w in trained.trainable_weights]
+    assert sum(a.size for a in stored) == sum(w.size for w in weights)
+    for weight in weights:  # each weight's values are stored, once
+        matches = [i for i, a in enumerate(stored) if a.shape == weight.shape and np.array_equal(a, weight)]
+        assert len(matches) == 1, (weight.shape, len(matches))
+        stored.pop(matches[0])
+    assert stored == []
 
 
 def test_versions_increment_and_are_immutable(trained, tmp_path):

@@ -160,9 +160,25 @@ def test_minibatch_mi_matches_a_loop_over_batches(rng):
         total += _mi_reference(mean[s], log_var[s], z[s]) * len(mean[s])
     value = mutual_information_minibatch(mean, log_var, b, eps=eps, shuffle=False)
     assert value == pytest.approx(total / n, abs=1e-9)
-    # Shuffling changes the value; the same seed gives the same value.
-    assert mutual_information_minibatch(mean, log_var, b, eps=eps, seed=5) == pytest.approx(
-        mutual_information_minibatch(mean, log_var, b, eps=eps, seed=5), abs=0)
+    # Shuffling regroups the points into other batches, which changes the value ...
+    by_seed = {seed: mutual_information_minibatch(mean, log_var, b, eps=eps, seed=seed) for seed in (5, 6)}
+    assert abs(by_seed[5] - value) > 1e-6 and abs(by_seed[5] - by_seed[6]) > 1e-6
+    # ... but keeps every point with its own z (the rows of eps follow the rows of mean). With
+    # z_i = mean_i and posteriors far narrower than the distances between means, only q(z_i|x_i)
+    # counts in a batch's mixture, so a batch of B points gives exactly log B - d/2 per point,
+    # however the points are grouped: the shuffled value is the size-weighted mean of that.
+    # Means on a unit lattice, sd 1/40: neighbours are 40 sd apart (exp(-800) of overlap), and
+    # |mean|/sd stays small enough for float64 (the estimator expands the square).
+    separated = np.stack(np.unravel_index(np.arange(n), (7, 7, 5)), axis=1).astype(float)
+    narrow = np.full((n, d), 2 * math.log(1 / 40))
+    sizes = [min(b, n - start) for start in range(0, n, b)]  # 7 batches of 32, then 6
+    expected = sum(size * (math.log(size) - d / 2) for size in sizes) / n
+    assert mutual_information_minibatch(separated, narrow, b, eps=np.zeros((n, d)), seed=5) == pytest.approx(
+        expected, abs=1e-9)
+    # The same seed gives the same value, whatever NumPy's global random state.
+    np.random.seed(1)
+    again = mutual_information_minibatch(mean, log_var, b, eps=eps, seed=5)
+    assert again == by_seed[5]
 
 
 def test_mi_component_subsample_of_all_points_is_the_full_estimator(rng):

@@ -72,11 +72,16 @@ def test_mig_of_a_permuted_code_is_unchanged(rng):
 
 
 def test_histogram_discretizer_is_dlibs():
-    codes = np.linspace(0.0, 1.0, 41)[:, None]
-    labels = histogram_discretize(codes, num_bins=20)[:, 0]
-    expected = np.digitize(codes[:, 0], np.histogram(codes[:, 0], 20)[1][:-1])
-    np.testing.assert_array_equal(labels, expected)
-    assert labels.min() == 1 and labels.max() == 20
+    """disentanglement_lib's ``_histogram_discretize``: each code gets ``num_bins`` equal-width
+    bins spanning its own [min, max], labelled 1..num_bins, the maximum in the last bin. Expected
+    labels from that definition: the centre of bin k is labelled k; the ends are 1 and 20."""
+    centres = (np.arange(20) + 0.5) / 20  # bin k (1-based) of [0, 1] is [(k-1)/20, k/20)
+    column = np.concatenate([[0.0, 1.0], centres])
+    codes = np.stack([column, 10 * column - 3], axis=1)  # the second code spans [-3, 7]: its own bins
+    expected = [1, 20] + list(range(1, 21))
+    labels = histogram_discretize(codes, num_bins=20)
+    assert labels.shape == codes.shape
+    assert labels[:, 0].tolist() == expected and labels[:, 1].tolist() == expected
 
 
 def test_mig_leaves_a_constant_factor_out(rng):

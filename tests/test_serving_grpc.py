@@ -203,14 +203,21 @@ def test_metadata_errors(stub):
 
 
 def test_classify_regress_and_multi_inference(stub):
+    # TF Serving with its default flags does not check the method name (server.h:
+    # enable_signature_method_name_check = false); classifier.cc / regressor.cc check the
+    # signature's inputs and outputs: serving_default (= encode) has one input and 3 outputs.
     spec = model_pb2.ModelSpec(name="vae")
     assert _error(stub.Classify, classification_pb2.ClassificationRequest(model_spec=spec)) == (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "Expected classification signature method_name to be tensorflow/serving/classify. Was: "
-        "tensorflow/serving/predict")
+        grpc.StatusCode.INVALID_ARGUMENT, "Expected one or two output Tensors, found 3")
     assert _error(stub.Regress, regression_pb2.RegressionRequest(model_spec=spec)) == (
-        grpc.StatusCode.INVALID_ARGUMENT,
-        "Expected regression signature method_name to be tensorflow/serving/regress. Was: tensorflow/serving/predict")
+        grpc.StatusCode.INVALID_ARGUMENT, "Expected one output Tensor.")
+    code, message = _error(stub.Regress, regression_pb2.RegressionRequest(
+        model_spec=model_pb2.ModelSpec(name="vae", signature_name="reconstruct")))  # 1 input x, 1 output x_mean
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith('No regression inputs found in SignatureDef: inputs {\\n  key: "x"\\n'), message
+    assert _error(stub.Classify, classification_pb2.ClassificationRequest(
+        model_spec=model_pb2.ModelSpec(name="vae", signature_name="nope"))) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "No signature was found with the name: nope")
     assert _error(stub.Classify, classification_pb2.ClassificationRequest()) == (
         grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
     assert _error(stub.MultiInference, inference_pb2.MultiInferenceRequest())[0] == grpc.StatusCode.UNIMPLEMENTED

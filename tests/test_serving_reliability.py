@@ -244,7 +244,8 @@ def test_a_graph_error_is_400_and_the_server_keeps_serving(tmp_path):
 
     module = Checked()
     tf.saved_model.save(module, str(tmp_path / "checked" / "1"), signatures={"serving_default": module.predict})
-    with running_server(tmp_path, "checked") as server:
+    # allow_non_finite: NaN must reach the graph here (by default the server refuses it before).
+    with running_server(tmp_path, "checked", allow_non_finite=True) as server:
         good = {"x": np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)}
         bad = b'{"inputs": [[1.0, NaN, 3.0, 4.0]]}'
         for _ in range(3):
@@ -333,10 +334,10 @@ def test_a_request_whose_deadline_passes_while_its_input_is_parsed_never_runs(ex
         signature = server.store.servable("vae").signatures["encode"]
         real_prepare = signature.prepare
 
-        def slow_prepare(arrays):
+        def slow_prepare(arrays, **options):
             if float(np.asarray(arrays["x"]).reshape(-1)[0]) == 7.0:
                 time.sleep(0.8)  # longer than both deadlines below
-            return real_prepare(arrays)
+            return real_prepare(arrays, **options)
 
         monkeypatch.setattr(signature, "prepare", slow_prepare)
         assert _rest_predict(server.rest_port, _x(1, marker=7.0))[0] == 504

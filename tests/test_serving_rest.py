@@ -151,8 +151,10 @@ def test_nan_and_infinity_tokens(rest):
     x[0][1][0][0] = float("-inf")
     body = json.dumps({"signature_name": "encode", "inputs": x}).encode()
     assert b"NaN" in body and b"-Infinity" in body  # the tokens TF Serving reads and writes
-    status, payload = rest("POST", "/v1/models/vae:predict", body, raw=True)
-    assert status == 200  # accepted (this encoder maps non-finite pixels to finite codes)
+    status, payload = rest("POST", "/v1/models/vae:predict", body)
+    # Read, then refused by default (tests/test_serving_non_finite.py: positions, gRPC, --allow-non-finite).
+    assert status == 400 and payload["error"].startswith("Input x of signature encode has a non-finite value NaN at "
+                                                         "index (0, 0, 0, 0) (2 of 64 values")
     from serving.json_codec import COLUMNAR, predict_response
 
     written = predict_response({"z": np.array([[np.nan, np.inf, -np.inf, 1.5]], np.float32)}, COLUMNAR)
@@ -179,99 +181,169 @@ def test_client_signature_methods(served):
 
 
 # -- client mistakes: 4xx with TF Serving's messages, never a 500 ----------------------------------
-
+#
+# Each expected text names where it comes from, checked against tensorflow/serving at commit
+# 9d981c5 (master, 2026-07-30; docs/serving.md, "Where each error text comes from"):
+JT = "tensorflow_serving/util/json_tensor.cc"  # the REST JSON <-> tensor code
+HANDLER = "tensorflow_serving/model_servers/http_rest_api_handler.cc"
+UTIL = "tensorflow_serving/model_servers/http_rest_api_util.cc"
+MANAGER = "tensorflow_serving/core/basic_manager.cc + core/manager.h (ServableRequest::DebugString)"
+CORE = "tensorflow_serving/model_servers/server_core.cc"
+CLASSIFIER = "tensorflow_serving/servables/tensorflow/classifier.cc (default flags: server.h)"
+REGRESSOR = "tensorflow_serving/servables/tensorflow/regressor.cc (default flags: server.h)"
+RAPIDJSON = "rapidjson include/rapidjson/error/en.h (GetParseError_En), quoted by ParseJson in " + JT
+DTYPE = JT + " TypeError; the type name is TensorFlow's DataTypeString (tensorflow/core/framework/types.cc)"
+QUOTED = JT + "; the quoted document as rapidjson's PrettyWriter writes it, objects on one line (ours)"
+OURS = "ours: a project rule, not TF Serving's"
 
 BAD_REQUESTS = [
-    # (body, status, message or substring)
-    ({"signature_name": "nope", "instances": [[1]]}, 400, 'Serving signature name: "nope" not found in signature def'),
+    # (body, status, exact message, source)
+    ({"signature_name": "nope", "instances": [[1]]}, 400, 'Serving signature name: "nope" not found in signature def',
+     HANDLER + " GetInfoMap"),
     ({"signature_name": 3, "instances": [[1]]}, 400,
-     "JSON Value: {\"signature_name\":3,\"instances\":[[1]]} not formatted correctly. 'signature_name' key must be a "
-     "string value."),
+     "JSON Value: {\"signature_name\": 3, \"instances\": [[1]]} not formatted correctly. 'signature_name' key must be "
+     "a string value.", QUOTED + " FormatSignatureError"),
     ({"signature_name": "__saved_model_init_op", "instances": [[1]]}, 400,
-     "Failed to get input map for signature: __saved_model_init_op"),
-    ({"signature_name": "encode"}, 400, "Missing 'inputs' or 'instances' key"),
+     "Failed to get input map for signature: __saved_model_init_op", JT + " FillPredictRequestFromJson"),
+    ({"signature_name": "encode"}, 400, "Missing 'inputs' or 'instances' key", JT + " FillPredictRequestFromJson"),
     ({"instances": [[1]], "inputs": [[1]]}, 400,
-     "JSON Value: {\"instances\":[[1]],\"inputs\":[[1]]} Not formatted correctly expecting only one of 'inputs' or "
-     "'instances' keys to exist "),
-    ({"instances": []}, 400, "JSON Value: {\"instances\":[]} No values in 'instances' array"),
-    ({"instances": {"x": 1}}, 400, "JSON Value: {\"instances\":{\"x\":1}} Excepting 'instances' to be an list/array"),
-    ({"signature_name": "encode", "inputs": {"y": [[1]]}}, 400, "Missing named input: x in 'inputs' object."),
+     "JSON Value: {\"instances\": [[1]], \"inputs\": [[1]]} Not formatted correctly expecting only one of 'inputs' or "
+     "'instances' keys to exist ", QUOTED + " FillPredictRequestFromJson"),
+    ({"instances": []}, 400, "JSON Value: {\"instances\": []} No values in 'instances' array",
+     QUOTED + " FillPredictRequestFromJson"),
+    # "Expecting", since tensorflow/serving a0a9d14 (2020) fixed the "Excepting" typo.
+    ({"instances": {"x": 1}}, 400, "JSON Value: {\"instances\": {\"x\": 1}} Expecting 'instances' to be an list/array",
+     QUOTED + " FillPredictRequestFromJson"),
+    ({"signature_name": "encode", "inputs": {"y": [[1]]}}, 400, "Missing named input: x in 'inputs' object.",
+     JT + " FillTensorMapFromInputsMap"),
     ({"signature_name": "encode", "instances": [{"y": 1}]}, 400,
      "Failed to process element: 0 key: y of 'instances' list. Error: INVALID_ARGUMENT: JSON object: does not have "
-     "named input: y"),
+     "named input: y", JT + " FillTensorMapFromInstancesList + AddInstanceItem (absl::Status::ToString)"),
     ({"signature_name": "encode", "instances": [[[[0.5]] * 8] * 8, [1, 2]]}, 400,
-     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting tensor size: 64 but got: 2"),
+     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting tensor size: 64 but got: 2",
+     JT + " AddInstanceItem"),
     ({"signature_name": "encode", "instances": [[0.5] * 64]}, 400,
      "Input x of signature encode has shape [1,64] but the signature expects [-1,8,8,1] (-1: any size); send a batch "
-     "of examples, each of shape [8,8,1]"),
+     "of examples, each of shape [8,8,1]", OURS + " (TF Serving runs the model and relays TensorFlow's shape error)"),
     ({"signature_name": "encode", "inputs": [[[["a"]] * 8] * 8]}, 400,
-     'JSON Value: "a" Type: String is not of expected type: float'),
+     'JSON Value: "a" Type: String is not of expected type: float', DTYPE),
     ({"signature_name": "encode", "inputs": [[[[True]] * 8] * 8]}, 400,
-     "JSON Value: true Type: True is not of expected type: float"),
+     "JSON Value: true Type: True is not of expected type: float", DTYPE),
+    # TF Serving converts any JSON number for a float input (GetFloat: 1e39 becomes inf; the
+    # precision check went in tensorflow/serving 57dac6c, 2021); refusing the inf is ours.
     ({"signature_name": "encode", "inputs": [[[[1e39]] * 8] * 8]}, 400,
-     "Cannot convert JSON value: 1e+39 to float without loss of precision."),
+     "Input x of signature encode has a non-finite value Infinity at index (0, 0, 0, 0) (64 of 64 values are NaN or "
+     "infinite); send finite numbers, or start the server with --allow-non-finite to pass them to the model",
+     OURS + " (serving/model_store.py, --allow-non-finite)"),
     ({"signature_name": "sample", "inputs": {"seed": [[1.5, 2]]}}, 400,
-     "JSON Value: 1.5 Type: Number is not of expected type: int32"),
+     "JSON Value: 1.5 Type: Number is not of expected type: int32", DTYPE),
+    ({"signature_name": "sample", "inputs": {"seed": [[float("nan"), 2]]}}, 400,
+     "JSON Value:  Type: Number is not of expected type: int32",  # rapidjson's Writer refuses to write NaN
+     DTYPE),
     ({"signature_name": "sample", "instances": [[1, 2], [3]]}, 400,
-     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting tensor size: 2 but got: 1"),
+     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting tensor size: 2 but got: 1",
+     JT + " AddInstanceItem"),
     ({"signature_name": "sample", "inputs": [[1, 2], [3]]}, 400,
-     "Encountered list at unexpected size: 1 at level: 1 expected size: 2"),
-    ({"signature_name": "sample", "inputs": [[1, [2]]]}, 400, "Encountered list at unexpected level: 2 expected < 2"),
+     "Encountered list at unexpected size: 1 at level: 1 expected size: 2", JT + " FillTensorProto"),
+    ({"signature_name": "sample", "inputs": [[1, [2]]]}, 400, "Encountered list at unexpected level: 2 expected < 2",
+     JT + " FillTensorProto"),
     ({"signature_name": "sample", "inputs": [[1, 2, 3]]}, 400,
-     "Input seed of signature sample has shape [1,3] but the signature expects [-1,2]"),
+     "Input seed of signature sample has shape [1,3] but the signature expects [-1,2] (-1: any size); send a batch of "
+     "examples, each of shape [2]", OURS),
     ({"signature_name": "sample", "inputs": [[2**40, 1]]}, 400,
-     "JSON Value: 1099511627776 Type: Number is not of expected type: int32"),
-    ([1, 2], 400, "JSON Value: [1,2] Is not object"),
+     "JSON Value: 1099511627776 Type: Number is not of expected type: int32", DTYPE + " (rapidjson IsInt: int32 only)"),
+    ([1, 2], 400, "JSON Value: [1, 2] Is not object", JT + " ParseJson; rapidjson PrettyWriter kFormatSingleLineArray"),
 ]
 
 
-@pytest.mark.parametrize("body,status,message", BAD_REQUESTS, ids=[m[:40] for _, _, m in BAD_REQUESTS])
-def test_bad_predict_requests(rest, body, status, message):
-    got_status, got = rest("POST", "/v1/models/vae:predict", body)
-    assert got_status == status
-    assert "\n" not in got["error"]
-    assert got["error"] == message or got["error"].startswith(message), got["error"]
+@pytest.mark.parametrize("body,status,message,source", BAD_REQUESTS, ids=[m[:40] for _, _, m, _ in BAD_REQUESTS])
+def test_bad_predict_requests(rest, body, status, message, source):
+    got_status, got = rest("POST", "/v1/models/vae:predict", json.dumps(body, allow_nan=True).encode())
+    assert (got_status, got["error"]) == (status, message), source
 
 
-@pytest.mark.parametrize("method,path,body,status,message", [
-    ("POST", "/v1/models/vae:predict", b"", 400, "JSON Parse error: The document is empty"),
+def test_ints_and_out_of_range_numbers_for_a_float_input_are_converted_as_tf_serving_does(rest, served):
+    """JSON numbers for a float input are cast as C++ casts them (json_tensor.cc AddValueToTensor:
+    GetFloat), precision lost silently: 16777217 is read as 16777216.0 (g3doc/api_rest.md,
+    "Floating Point Precision")."""
+    _, model = served
+    x = np.full((1, 8, 8, 1), 16777217, dtype=np.int64)
+    status, body = rest("POST", "/v1/models/vae:predict", {"signature_name": "encode", "inputs": x.tolist()})
+    assert status == 200
+    want = _local(model, "encode", x=np.full((1, 8, 8, 1), 16777216.0, np.float32))["z_mean"]
+    np.testing.assert_array_equal(np.asarray(body["outputs"]["z_mean"], np.float32), want)
+
+
+ROUTING = [
+    # (method, path, body, status, message, source); a message ending in "..." is a prefix.
+    ("POST", "/v1/models/vae:predict", b"", 400, "JSON Parse error: The document is empty", JT + " ParseJson"),
+    ("POST", "/v1/models/vae:predict", b"  \n ", 400, "JSON Parse error: The document is empty. at offset: 4",
+     RAPIDJSON),
     ("POST", "/v1/models/vae:predict", b"{\"instances\": [1, 2", 400,
-     "JSON Parse error: Missing a comma or ']' after an array element. at offset: 19"),
-    ("POST", "/v1/models/vae:predict", b"{bad}", 400, "JSON Parse error: Missing a name for object member. at offset: 1"),
-    ("POST", "/v1/models/vae:predict", b"{\"a\": 1} x", 400,
-     "JSON Parse error: The document root must not be followed by other values. at offset: 9"),
-    ("POST", "/v1/models/vae:predict", b"\xff\xfe\x00", 400, "JSON Parse error:"),
-    ("POST", "/v1/models/vae:predict", b"[" * 100000 + b"]" * 100000, 400, "JSON Parse error:"),
-    ("POST", "/v1/models/nope:predict", b"{\"instances\": [1]}", 404, "Servable not found for request: Latest(nope)"),
+     "JSON Parse error: Missing a comma or ']' after an array element. at offset: 19", RAPIDJSON),
+    ("POST", "/v1/models/vae:predict", b"{bad}", 400, "JSON Parse error: Missing a name for object member. at offset: 1",
+     RAPIDJSON),
+    # ParseJson's kParseStopWhenDoneFlag: whatever follows the first complete value is not read.
+    ("POST", "/v1/models/vae:predict", b"{\"a\": 1} x", 400, "Missing 'inputs' or 'instances' key",
+     JT + " ParseJson + FillPredictRequestFromJson"),
+    ("POST", "/v1/models/vae:predict", b"\xff\xfe\x00", 400, "JSON Parse error: Invalid value. at offset: 0", RAPIDJSON),
+    # rapidjson parses any depth (kParseIterativeFlag); Python's parser cannot, so this one is ours.
+    ("POST", "/v1/models/vae:predict", b"[" * 100000 + b"]" * 100000, 400,
+     "JSON Parse error: The document is nested too deeply; send tensors with fewer dimensions", OURS),
+    ("POST", "/v1/models/nope:predict", b"{\"instances\": [1]}", 404, "Servable not found for request: Latest(nope)",
+     MANAGER),
     ("POST", "/v1/models/vae/versions/9:predict", b"{\"instances\": [1]}", 404,
-     "Servable not found for request: Specific(vae, 9)"),
-    ("POST", "/v1/models/vae/versions/99999999999999999999:predict", b"{}", 400,
-     "Failed to convert version: 99999999999999999999 to numeric."),
+     "Servable not found for request: Specific(vae, 9)", MANAGER),
+    # ParseModelInfo fails before ProcessRequest writes the JSON error body: status, empty body.
+    ("POST", "/v1/models/vae/versions/99999999999999999999:predict", b"{}", 400, None, UTIL + " ParseModelInfo; "
+     + HANDLER + " ProcessRequest"),
     ("POST", "/v1/models/vae/labels/gold:predict", b"{\"instances\": [1]}", 400,
-     "Unrecognized servable version label: gold"),
+     "Unrecognized servable version label: gold", CORE),
     ("POST", "/v1/models/..%2F..%2Fetc:predict", b"{\"instances\": [1]}", 404,
-     "Servable not found for request: Latest(../../etc)"),
+     "Servable not found for request: Latest(../../etc)", MANAGER + "; name decoded by " + UTIL + " DecodeArg"),
     ("POST", "/v1/models/%2Ftmp%2Fvae:predict", b"{\"instances\": [1]}", 404,
-     "Servable not found for request: Latest(/tmp/vae)"),
-    ("GET", "/v1/models/vae:predict", None, 400, "Malformed request: GET /v1/models/vae:predict"),
-    ("POST", "/v1/models/vae", b"{}", 400, "Malformed request: POST /v1/models/vae"),
-    ("PUT", "/v1/models/vae:predict", b"{}", 400, "Malformed request: PUT /v1/models/vae:predict"),
+     "Servable not found for request: Latest(/tmp/vae)", MANAGER + "; name decoded by " + UTIL + " DecodeArg"),
+    ("GET", "/v1/models/vae:predict", None, 400, "Malformed request: GET /v1/models/vae:predict", HANDLER),
+    ("POST", "/v1/models/vae", b"{}", 400, "Malformed request: POST /v1/models/vae", HANDLER),
+    ("PUT", "/v1/models/vae:predict", b"{}", 400, "Malformed request: PUT /v1/models/vae:predict", HANDLER),
     ("GET", "/v1/models/vae/versions/1/labels/stable", None, 400,
-     "Malformed request: GET /v1/models/vae/versions/1/labels/stable"),
-    ("GET", "/v1/whatever", None, 400, "Malformed request: GET /v1/whatever"),
+     "Malformed request: GET /v1/models/vae/versions/1/labels/stable", HANDLER + " (path regexes in " + UTIL + ")"),
+    ("GET", "/v1/whatever", None, 400, "Malformed request: GET /v1/whatever", HANDLER),
+    # Default flags: the method name is not checked, the signature's inputs and outputs are
+    # (serving_default = encode: input x, outputs embedding, z_log_var, z_mean).
     ("POST", "/v1/models/vae:classify", b"{\"examples\": [{\"a\": 1}]}", 400,
-     "Expected classification signature method_name to be tensorflow/serving/classify. Was: "
-     "tensorflow/serving/predict"),
-    ("POST", "/v1/models/vae:regress", b"{\"examples\": [{\"a\": 1}]}", 400,
-     "Expected regression signature method_name to be tensorflow/serving/regress. Was: tensorflow/serving/predict"),
+     "Expected one or two output Tensors, found 3", CLASSIFIER + " PreProcessClassification"),
+    ("POST", "/v1/models/vae:regress", b"{\"examples\": [{\"a\": 1}]}", 400, "Expected one output Tensor.",
+     REGRESSOR + " PreProcessRegression"),
+    ("POST", "/v1/models/vae:classify", b"{\"examples\": [{}], \"signature_name\": \"reconstruct\"}", 400,
+     'No classification inputs found in SignatureDef: inputs {\\n  key: "x"\\n...',
+     CLASSIFIER + " (the SignatureDef's DebugString; line breaks written as \\n: ours)"),
     ("POST", "/v1/models/vae:classify", b"{\"examples\": [{}], \"signature_name\": \"nope\"}", 400,
-     "No signature was found with the name: nope"),
-    ("POST", "/v1/models/vae:regress", b"{}", 400, "JSON Value: {} When method is classify, key 'examples' is expected"),
-])
-def test_routing_and_parse_errors(rest, method, path, body, status, message):
-    got_status, got = rest(method, path, body)
-    assert (got_status, "\n" in got["error"]) == (status, False)
-    assert got["error"].startswith(message), got["error"]
+     "No signature was found with the name: nope", CLASSIFIER + " GetClassificationSignatureDef"),
+    ("POST", "/v1/models/vae:regress", b"{}", 400,
+     "JSON Value: {} When method is classify, key 'examples' is expected and was not found",
+     JT + " FillClassifyRegressRequestFromJson"),
+    ("POST", "/v1/models/vae:classify", b"{\"examples\": [{\"a\": [1, 2.5]}]}", 400,
+     "Unexpected element type in feature: a expecting type: int64", JT + " AddValueToFeature"),
+    ("POST", "/v1/models/vae:classify", b"{\"examples\": [{\"a\": [[1]]}]}", 400,
+     "Feature: a has element with unexpected JSON type: Array", JT + " AddValueToFeature"),
+    ("POST", "/v1/models/vae:classify", b"{\"examples\": [3]}", 400, "Example must be JSON object but got JSON Number",
+     JT + " MakeExampleFromJsonObject"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,message,source", ROUTING, ids=[r[1][:40] + str(r[4])[:30] for r in ROUTING])
+def test_routing_and_parse_errors(rest, method, path, body, status, message, source):
+    got_status, payload = rest(method, path, body, raw=True)
+    if message is None:
+        assert (got_status, payload) == (status, b""), source
+        return
+    got = json.loads(payload)["error"]
+    assert got_status == status and "\n" not in got, (got_status, got, source)
+    if message.endswith("..."):
+        assert got.startswith(message[:-3]), (got, source)
+    else:
+        assert got == message, (got, source)
 
 
 def test_paths_outside_v1_are_plain_404(rest):

@@ -150,6 +150,8 @@ def test_concurrent_clients_get_their_own_answers(exports, tmp_path):
 
 
 def test_batcher_merges_concurrent_requests():
+    """Deterministic: max_batch_size is the rows of all six requests and the timeout is long, so
+    the batch runs the moment the sixth request joins it, whatever the threads' timing."""
     calls = []
 
     class Doubler:
@@ -159,27 +161,39 @@ def test_batcher_merges_concurrent_requests():
                 raise ValueError("negative")
             return {"y": arrays["x"] * 2}
 
-    batcher = Batcher(BatchingOptions(max_batch_size=16, batch_timeout_ms=50))
+    batcher = Batcher(BatchingOptions(max_batch_size=12, batch_timeout_ms=30_000))
     signature = Doubler()
-    results, errors = {}, {}
 
-    def request(i):
-        try:
-            results[i] = batcher.run(signature, {"x": np.full((2, 3), -1.0 if i == 5 else float(i))})["y"]
-        except ValueError as err:
-            errors[i] = str(err)
+    def six_requests(failing: int | None):
+        results, errors = {}, {}
 
-    threads = [threading.Thread(target=request, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    batcher.close()
-    assert errors == {5: "negative"}  # a failing request fails alone
+        def request(i):
+            try:
+                x = np.full((2, 3), -1.0 if i == failing else float(i))
+                results[i] = batcher.run(signature, {"x": x})["y"]
+            except ValueError as err:
+                errors[i] = str(err)
+
+        threads = [threading.Thread(target=request, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        return results, errors
+
+    results, errors = six_requests(failing=None)
+    assert calls == [12] and errors == {}  # one merged call ...
+    for i, y in results.items():  # ... split back to each request's own rows
+        np.testing.assert_array_equal(y, np.full((2, 3), 2.0 * i))
+    calls.clear()
+    results, errors = six_requests(failing=5)
+    assert calls == [12] + [2] * 6  # the merged call fails, then each request runs alone
+    assert errors == {5: "negative"} and sorted(results) == [0, 1, 2, 3, 4]  # a failing request fails alone
     for i, y in results.items():
         np.testing.assert_array_equal(y, np.full((2, 3), 2.0 * i))
-    assert max(calls) > 2  # some requests were merged
     assert batcher.run(signature, {"x": np.ones((20, 3))})["y"].shape == (20, 3)  # too big: runs alone
+    assert calls[-1] == 20
+    batcher.close()
 
 
 def test_serve_cli_errors_are_one_line(tmp_path, capsys):

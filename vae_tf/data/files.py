@@ -109,10 +109,12 @@ def _open_arrays(
     """Check raw data (row readers of :mod:`vae_tf.data.rows` for ``x`` / ``x_test``; labels and
     factors in memory) and cut it by ``plan`` (official test when ``x_test`` is given) into lazy
     splits. Every value is scanned once, block by block, for the checks and the value range."""
-    lo, hi = validate_array(x, what=f"{name} data")
+    # Name the file in messages: a NaN found here is reported by training and `vae-tf embed` alike.
+    where = f" in {metadata['source']!r}" if metadata.get("source") else ""
+    lo, hi = validate_array(x, what=f"{name} data{where}")
     n = len(x)
     if x_test is not None:
-        t_lo, t_hi = validate_array(x_test, what=f"{name} x_test")
+        t_lo, t_hi = validate_array(x_test, what=f"{name} x_test{where}")
         if x_test.shape[1:] != x.shape[1:] or x_test.dtype.kind != x.dtype.kind:
             raise DataError(
                 f"{name}: x_test has shape {x_test.shape[1:]} / dtype {x_test.dtype} per "

@@ -191,6 +191,6 @@ def value_bounds(blocks, shape: tuple[int, ...], dtype: np.dtype, *, what: str =
     if first is not None:
         raise DataError(
             f"{what} contains {n_nan} NaN and {n_bad - n_nan} Inf values (first at index {first}, "
-            f"example {first[0]}); remove or impute those examples before training"
+            f"example {first[0]}); remove or impute those examples first"
         )
     return lo, hi

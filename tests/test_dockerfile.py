@@ -1,0 +1,45 @@
+"""The Dockerfile's `serving` image matches the exporter (issue 19, item 7): its default
+TF_SERVING_VERSION is a release of the TensorFlow (and tensorflow-serving-api) that pyproject.toml
+pins, so the default image can load every op the pinned TensorFlow writes into an export."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pins() -> dict[str, Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {req.name: req for req in map(Requirement, project["dependencies"])}
+
+
+def _dockerfile_default(arg: str) -> str:
+    found = re.findall(rf"^ARG {arg}=(\S+)\s*$", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE)
+    assert len(found) == 1, f"expected one 'ARG {arg}=<default>' line in the Dockerfile, found {found}"
+    return found[0]
+
+
+def test_tf_serving_default_is_the_pinned_tensorflow_release():
+    serving = Version(_dockerfile_default("TF_SERVING_VERSION"))  # a tag such as 2.21.0, never "latest"
+    pins = _pins()
+    for package in ("tensorflow", "tensorflow-serving-api"):
+        spec = pins[package].specifier
+        assert spec.contains(serving), (f"Dockerfile TF_SERVING_VERSION={serving} is not allowed by pyproject.toml's "
+                                         f"{package}{spec}: move them together")
+    # And the pin is one release line, so "the release of the pinned TensorFlow" means one minor.
+    lowest = Version(f"{serving.major}.{serving.minor}.0")
+    assert pins["tensorflow"].specifier.contains(lowest)
+    assert not pins["tensorflow"].specifier.contains(f"{serving.major}.{serving.minor + 1}.0")
+    if serving.minor:
+        assert not pins["tensorflow"].specifier.contains(f"{serving.major}.{serving.minor - 1}.99")
+
+
+def test_docs_state_the_same_default():
+    default = _dockerfile_default("TF_SERVING_VERSION")
+    assert f"`TF_SERVING_VERSION` (build arg, default {default})" in (ROOT / "docs" / "serving.md").read_text()

@@ -1,0 +1,266 @@
+"""Connections are bounded (issue 19, item 2): idle connections close after --keep-alive-seconds
+(counted from the connection's opening or its last answer, whatever half a request it trickles),
+each protocol holds at most --max-connections, and 2,000 idle connections opened by one client do
+not stop the server answering a new request (REST closes the longest-idle connection to make
+room; gRPC refuses connections past its limit and drops the ones that never speak HTTP/2)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import resource
+import select
+import socket
+import time
+
+import grpc
+import pytest
+from tensorflow_serving.apis import get_model_status_pb2, model_pb2, model_service_pb2_grpc
+
+from serving.server import FILE_RESERVE, raise_file_limit
+from serving.testing import export_tiny_model, running_server
+
+IDLE_CLIENTS = 2000
+STATUS_OK = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                       "status": {"error_code": "OK", "error_message": ""}}]}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    base = tmp_path_factory.mktemp("models")
+    export_tiny_model(base, "vae", seed=0)
+    return base
+
+
+def _need_files(count: int) -> None:
+    """Raise the soft open-file limit to ``count`` (the client's sockets and the server's live in
+    this one process), or skip when the hard limit does not allow it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < count:
+        pytest.skip(f"needs {count} open files but the hard RLIMIT_NOFILE is {hard} (raise it: ulimit -Hn)")
+    if soft != resource.RLIM_INFINITY and soft < count:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
+
+
+def _open_idle(port: int, n: int) -> list[socket.socket]:
+    return [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """True once the server has closed ``sock`` (EOF or reset); reads and drops whatever the
+    server sent before (an answer, gRPC's SETTINGS frame); never blocks."""
+    poller = select.poll()  # not select(): it cannot watch descriptors past 1023
+    poller.register(sock, select.POLLIN)
+    while poller.poll(0):
+        try:
+            if sock.recv(65536, socket.MSG_DONTWAIT) == b"":
+                return True
+        except BlockingIOError:
+            return False
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+    return False
+
+
+def _wait_for(predicate, timeout: float, step: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def _get_status(port: int) -> tuple[int, float]:
+    start = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/v1/models/vae")
+        response = conn.getresponse()
+        assert json.loads(response.read()) == STATUS_OK
+        return response.status, time.monotonic() - start
+    finally:
+        conn.close()
+
+
+def _close_all(socks) -> None:
+    for sock in socks:
+        sock.close()
+
+
+# -- REST ----------------------------------------------------------------------------------------
+
+
+def test_2000_idle_rest_connections_do_not_stop_a_new_request(base):
+    """With the defaults (1024 connections, 30 s keep-alive): 2,000 connections that never send a
+    byte; a new client is still answered at once, and the server holds no more than its limit."""
+    from serving.connections import DEFAULT_MAX_CONNECTIONS
+
+    _need_files(IDLE_CLIENTS + DEFAULT_MAX_CONNECTIONS + FILE_RESERVE + 64)
+    with running_server(base, "vae") as server:
+        idle = _open_idle(server.rest_port, IDLE_CLIENTS)
+        try:
+            status, seconds = _get_status(server.rest_port)
+            assert status == 200 and seconds < 5.0, seconds
+            # Every idle connection has been accepted; the oldest were closed to stay at the limit.
+            assert _wait_for(lambda: sum(map(_closed_by_server, idle)) >= IDLE_CLIENTS - DEFAULT_MAX_CONNECTIONS, 10)
+            assert server.rest.open_connections <= DEFAULT_MAX_CONNECTIONS
+            assert not any(_closed_by_server(s) for s in idle[-DEFAULT_MAX_CONNECTIONS + 1:])  # the newest stay
+            status, seconds = _get_status(server.rest_port)  # and again, with the server at its limit
+            assert status == 200 and seconds < 5.0, seconds
+        finally:
+            _close_all(idle)
+
+
+def test_idle_rest_connections_close_after_the_keep_alive_timeout(base):
+    """Never used, used once, or trickling half a request line: each is closed about
+    --keep-alive-seconds after it went idle, not before."""
+    with running_server(base, "vae", keep_alive_seconds=1.0) as server:
+        port = server.rest_port
+        never = socket.create_connection(("127.0.0.1", port), timeout=10)
+        used = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        used.request("GET", "/v1/models/vae")
+        assert used.getresponse().read()
+        trickle = socket.create_connection(("127.0.0.1", port), timeout=10)
+        opened = time.monotonic()
+        socks = {"never used": never, "after an answer": used.sock, "trickling a request": trickle}
+        for i, byte in enumerate(b"GET /v1/mo"):  # a byte every 0.05 s: never a whole request
+            trickle.send(bytes([byte]))
+            time.sleep(0.05)
+            if i == 5:
+                assert not any(_closed_by_server(s) for s in socks.values())  # 0.3 s in: all open
+        assert _wait_for(lambda: all(_closed_by_server(s) for s in socks.values()), 5.0), \
+            {name: _closed_by_server(s) for name, s in socks.items()}
+        assert time.monotonic() - opened >= 0.9
+        assert _get_status(port)[0] == 200
+        _close_all([never, trickle])
+        used.close()
+
+
+def test_at_the_limit_the_longest_idle_connection_makes_room(base):
+    """--max-connections 3: a new connection closes the one idle the longest (a connection's
+    idle time restarts with each answer); one with a request in progress is never chosen."""
+    with running_server(base, "vae", max_connections=3) as server:
+        socks: list[socket.socket] = []
+
+        def connect() -> socket.socket:
+            count = server.rest.open_connections
+            socks.append(socket.create_connection(("127.0.0.1", server.rest_port), timeout=10))
+            assert _wait_for(lambda: server.rest.open_connections >= min(count + 1, 3), 5)
+            time.sleep(0.05)  # accepted in this order
+            return socks[-1]
+
+        try:
+            a, b, c = connect(), connect(), connect()
+            b.sendall(b"GET /v1/models/vae HTTP/1.1\r\nHost: x\r\n\r\n")  # answered: b is now the latest idle
+            assert b"200 OK" in b.recv(65536)
+            busy = connect()  # closes a (idle the longest)
+            assert _wait_for(lambda: _closed_by_server(a), 5)
+            # A request in progress: its body is announced but not all sent.
+            busy.sendall(b"POST /v1/models/vae:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            time.sleep(0.2)
+            d = connect()  # closes c (idle since its opening, before b's answer)
+            assert _wait_for(lambda: _closed_by_server(c), 5)
+            assert not any(map(_closed_by_server, (b, busy, d)))
+            e = connect()  # closes b; busy is never chosen
+            assert _wait_for(lambda: _closed_by_server(b), 5)
+            assert not any(map(_closed_by_server, (busy, d, e)))
+            assert server.rest.open_connections == 3
+        finally:
+            _close_all(socks)
+
+
+# -- gRPC ----------------------------------------------------------------------------------------
+
+
+def _grpc_status(target: str, timeout: float, wait_for_ready: bool = False):
+    with grpc.insecure_channel(target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        return stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name="vae")),
+                                   timeout=timeout, wait_for_ready=wait_for_ready)
+
+
+def test_2000_idle_grpc_sockets_keep_new_clients_out_only_for_the_handshake_time(base):
+    """gRPC core cannot close an idle connection to admit a new one: past --max-connections new
+    connections are refused, and sockets that never send the HTTP/2 preface are dropped after
+    min(--keep-alive-seconds, 5 s); then a new client is answered."""
+    from serving.connections import DEFAULT_MAX_CONNECTIONS
+
+    _need_files(IDLE_CLIENTS + DEFAULT_MAX_CONNECTIONS + FILE_RESERVE + 64)
+    with running_server(base, "vae", keep_alive_seconds=2.0) as server:
+        started = time.monotonic()  # the first silent socket's handshake time runs from about here
+        idle = _open_idle(server.grpc_port, IDLE_CLIENTS)
+        try:
+            with pytest.raises(grpc.RpcError) as info:  # bounded: the limit is full of silent sockets
+                _grpc_status(server.grpc_target, timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            response = _grpc_status(server.grpc_target, timeout=20, wait_for_ready=True)
+            assert response.model_version_status[0].state == 30  # AVAILABLE
+            assert 1.5 <= time.monotonic() - started < 15
+            assert _wait_for(lambda: all(map(_closed_by_server, idle)), 10)
+        finally:
+            _close_all(idle)
+
+
+def _http2_frames(sock: socket.socket, until: float):
+    """(type, time) of each HTTP/2 frame the server sends (RFC 9113 §4.1: 9-byte header, 24-bit
+    length, 8-bit type) until it closes the connection or ``until`` passes; SETTINGS are
+    acknowledged as a client must."""
+    buffer = b""
+    while time.monotonic() < until:
+        sock.settimeout(max(0.01, until - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            return
+        if not chunk:
+            return
+        buffer += chunk
+        while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+            length, kind, flags = int.from_bytes(buffer[:3], "big"), buffer[3], buffer[4]
+            buffer = buffer[9 + length:]
+            if kind == 0x4 and not flags & 0x1:
+                sock.sendall(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")  # SETTINGS ACK
+            yield kind, time.monotonic()
+
+
+def test_an_idle_grpc_connection_gets_goaway_after_the_keep_alive_timeout(base):
+    """A client that completed the HTTP/2 handshake and makes no call is sent GOAWAY (frame type
+    7) about --keep-alive-seconds later; gRPC clients then reconnect on their next call."""
+    with running_server(base, "vae", keep_alive_seconds=1.0) as server:
+        with socket.create_connection(("127.0.0.1", server.grpc_port), timeout=10) as sock:
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            opened = time.monotonic()
+            frames = list(_http2_frames(sock, opened + 6))
+        assert 0x4 in [kind for kind, _ in frames]  # the server's SETTINGS: a real HTTP/2 connection
+        goaway = [t - opened for kind, t in frames if kind == 0x7]
+        assert goaway and 0.8 <= goaway[0] < 5, frames
+        assert _grpc_status(server.grpc_target, timeout=10).model_version_status[0].state == 30
+
+
+def test_the_server_raises_its_open_file_limit_for_max_connections():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        target = 2048 if hard == resource.RLIM_INFINITY else min(2048, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, target // 2), hard))
+        assert raise_file_limit(target) == target == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert raise_file_limit(16) == target  # never lowered
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_serve_options_reach_the_server_config(base, monkeypatch):
+    import serving.server
+    from training.cli import main
+
+    seen = []
+    monkeypatch.setattr(serving.server, "serve", lambda config, announce: seen.append(config) or 0)
+    assert main(["serve", "--model", str(base / "vae")]) == 0
+    assert (seen[-1].keep_alive_seconds, seen[-1].max_connections, seen[-1].allow_non_finite) == (30.0, 1024, False)
+    assert main(["serve", "--model", str(base / "vae"), "--keep-alive-seconds", "2.5", "--max-connections", "7",
+                 "--allow-non-finite"]) == 0
+    assert (seen[-1].keep_alive_seconds, seen[-1].max_connections, seen[-1].allow_non_finite) == (2.5, 7, True)
+    for bad in (["--keep-alive-seconds", "0"], ["--keep-alive-seconds", "inf"], ["--max-connections", "0"]):
+        with pytest.raises(SystemExit) as info:
+            main(["serve", "--model", str(base / "vae"), *bad])
+        assert info.value.code == 2
