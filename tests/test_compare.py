@@ -18,8 +18,9 @@ TINY = {
              "train": {"verbose": 0, "early_stopping_patience": None}, "mlflow": {"log_figures": False}},
     "sizes": {"quick": {"seeds": [0], "config": {"train": {"epochs": 1}},
                         "evaluate": {"iw_k": 0, "disentanglement": False}}},
-    "runs": [{"name": "vae", "config": {"objective": {"name": "elbo"}}},
-             {"name": "beta4", "claim": "more collapse.", "config": {"objective": {"name": "elbo", "beta": 4.0}}}],
+    "runs": [{"name": "vae", "config": {"objective": {"kl_weight": {"kind": "constant"}}}},
+             {"name": "beta4", "claim": "more collapse.",
+              "config": {"objective": {"kl_weight": {"kind": "constant", "beta": 4.0}}}}],
 }
 
 
@@ -58,7 +59,7 @@ def test_suite_runs_children_under_a_parent_and_resumes(suite_file, tmp_path, ca
 
 
 def test_shipped_suites_resolve_to_valid_configs():
-    assert {"collapse", "selective_collapse", "decoder_variance"} <= set(list_suites())
+    assert {"collapse", "selective_collapse", "decoder_variance", "remedy_matrix"} <= set(list_suites())
     for name in list_suites():
         suite = load_suite(name)
         for size in suite.sizes:
@@ -82,3 +83,37 @@ def test_bad_suite_requests_are_one_line_errors(suite_file):
         child_configs(load_suite(str(suite_file)), "huge")
     with pytest.raises(ConfigError, match="has no run"):
         child_configs(load_suite(str(suite_file)), "quick", only=["ghost"])
+
+
+@pytest.mark.slow
+def test_remedy_matrix_quick_runs_every_combination_end_to_end(tmp_path, monkeypatch):
+    """The remedies study as designed, at its smoke size: {plain VAE, ControlVAE} × {none, Skip,
+    aggressive, pretraining, FGSM, all four}: 12 children trained, exported and evaluated, one
+    collapse-curve figure per model row and a t-SNE grid in the report."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    suite = load_suite("remedy_matrix")
+    children = child_configs(suite, "quick")
+    assert len(children) == 12
+    composed = {name: config.objective.summary() for name, _, config, _ in children}
+    assert composed["controlvae+all"] == "control + fgsm + aggressive"
+    assert composed["vae+fgsm"] == "constant + fgsm" and composed["controlvae"] == "control"
+    by_name = {name: config for name, _, config, _ in children}
+    assert by_name["vae+all"].model.network["skip"] and by_name["vae+all"].train.pretrain.fraction == 0.1
+    report = run_suite("remedy_matrix", size="quick", output_dir=str(tmp_path / "report"))
+    text = report.read_text()
+    for name in composed:
+        assert f"| {name} |" in text, name
+    for header in ("ELBO", "KL", "AU", "MI", "collapsed @ε=0.01", "probe acc.", "IW-NLL"):
+        assert f" {header} |" in text, header
+    for figure in ("collapse_curves_plain_vae.png", "collapse_curves_control_vae.png", "tsne.png"):
+        assert (tmp_path / "report" / figure).is_file() and f"({figure})" in text
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("vae-tf-suite-remedy_matrix")
+    finished = [r for r in client.search_runs([exp.experiment_id]) if "vae_tf.suite_child" in r.data.tags]
+    assert len(finished) == 12 and all(r.info.status == "FINISHED" for r in finished)
+    tags = {r.data.tags["vae_tf.suite_child"]: r.data.tags for r in finished}
+    assert tags["controlvae+all/0"]["vae_tf.inference"] == "aggressive"
+    assert tags["controlvae+all/0"]["vae_tf.pretraining"] == "true" and tags["vae/0"]["vae_tf.pretraining"] == "false"
+    assert all(t["vae_tf.collapse"].split(":")[0] in ("healthy", "partially collapsed", "collapsed")
+               for t in tags.values())

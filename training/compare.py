@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ def child_configs(suite: Suite, size: str, seeds: list[int] | None = None, only:
             tree["seed"] = int(seed)
             tree.setdefault("mlflow", {})["run_name"] = f"{run['name']} (seed {seed})"
             tree["mlflow"]["register"] = False
-            tree["name"] = f"{suite.name}-{run['name']}".replace("_", "-")
+            tree["name"] = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{suite.name}-{run['name']}")  # a valid model name
             children.append((run["name"], int(seed), from_dict(tree), run))
     return children
 

@@ -1,0 +1,97 @@
+"""What a run was trained on and whether its code collapsed, where a user looks first: dataset
+inputs in MLflow (name, source, digest, context, size) for training and evaluation runs, a one-line
+collapse verdict in the console and as tags, and readable logs when standard output is a file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from training.cli import main
+from training.lineage import dataset_digest, model_verdict
+from vae_tf.metrics import CollapseVerdict, collapse_verdict
+
+FAST = ["train.epochs=2", "model.network.hidden=[32]", "model.latent.latent_dim=4", "train.pretrain.fraction=0.1",
+        "train.pretrain.epochs=1"]
+
+
+def _args(*overrides):
+    return ["train", *[a for o in overrides for a in ("--set", o)]]
+
+
+@pytest.fixture
+def trained(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(_args(*FAST)) == 0
+    out = capsys.readouterr()
+    client = MlflowClient(tracking_uri=uri)
+    run = client.search_runs([client.get_experiment_by_name("vae-tf").experiment_id])[0]
+    return client, run, out
+
+
+def test_a_training_run_logs_every_split_it_read_as_a_dataset_input(trained, digits):
+    client, run, _ = trained
+    inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "test", "pretraining"}
+    sizes = {context: int(next(t.value for t in i.tags if t.key == "n_examples")) for context, i in inputs.items()}
+    assert sizes["validation"] == len(digits.x_val) and sizes["test"] == len(digits.x_test)
+    assert sizes["training"] + sizes["pretraining"] == len(digits.x_train)  # pretraining's part is held out
+    assert inputs["validation"].dataset.name == "digits-val"
+    assert inputs["validation"].dataset.digest == dataset_digest(digits.x_val, digits.y_val)
+    assert "sklearn.datasets.load_digits" in inputs["test"].dataset.source
+
+
+def test_digest_changes_with_the_content_and_not_otherwise(digits):
+    x, y = digits.x_val, digits.y_val
+    assert dataset_digest(x, y) == dataset_digest(x.copy(), y.copy())
+    changed = x.copy()
+    changed[3, 2, 1, 0] += 1e-3
+    assert dataset_digest(changed, y) != dataset_digest(x, y)
+    assert dataset_digest(x[:-1], y[:-1]) != dataset_digest(x, y)
+    assert dataset_digest(x, (y + 1) % 10) != dataset_digest(x, y)
+    text = np.array(["a cat", "a dog"], dtype=object)
+    assert dataset_digest(text) != dataset_digest(text[::-1].copy())
+
+
+def test_every_training_run_ends_with_a_collapse_verdict_in_the_console_and_the_tags(trained):
+    _, run, out = trained
+    line = next(l for l in out.err.splitlines() if l.startswith("collapse:"))
+    verdict = line.split("collapse:", 1)[1].strip()
+    assert run.data.tags["vae_tf.collapse"] == verdict
+    assert verdict.split(":")[0] == run.data.tags["vae_tf.collapse.status"]
+    assert "dims active" in verdict and "Burda" in run.data.tags["vae_tf.collapse.thresholds"]
+    active = int(run.data.metrics["test_active_units"])
+    assert verdict.startswith(("healthy", "partially collapsed", "collapsed")) and f"{active}/4 dims active" in verdict
+
+
+def test_logs_off_a_terminal_are_one_line_per_epoch(trained):
+    _, _, out = trained
+    epochs = [line for line in out.out.splitlines() if line.startswith("Epoch ")]
+    assert epochs == ["Epoch 1/2", "Epoch 2/2"]
+    assert "\r" not in out.out and "\x08" not in out.out and "\x1b" not in out.out  # no progress-bar codes
+
+
+@pytest.mark.parametrize("active, dims, status", [(0, 16, "collapsed"), (3, 16, "partially collapsed"),
+                                                  (8, 16, "healthy"), (16, 16, "healthy")])
+def test_verdict_thresholds(active, dims, status):
+    verdict = collapse_verdict(active, dims, kl=2.0, mi=1.5, collapsed_fraction=1 - active / dims)
+    assert verdict.status == status
+    assert verdict.line.startswith(f"{status}: {active}/{dims} dims active, MI 1.5 nats, KL 2")
+
+
+def test_a_collapsed_code_is_called_collapsed(digits):
+    """An encoder whose output does not depend on x (zero weights into its last layer) has no
+    active unit whatever its bias: the verdict must say so."""
+    from vae_tf.models import build_vae
+
+    model = build_vae(digits.data_shape, latent={"family": "gaussian", "latent_dim": 4},
+                      network={"kind": "mlp", "hidden": [16]}, seed=0)
+    last = model.encoder.layers[-1]
+    last.kernel.assign(np.zeros(last.kernel.shape, np.float32))
+    verdict = model_verdict(model, digits.x_test)
+    assert verdict.verdict.status == "collapsed" and verdict.metrics["active_units"] == 0
+    assert verdict.line.startswith("collapsed: 0/4 dims active")
+    assert "Lucas" in CollapseVerdict.thresholds()
