@@ -116,6 +116,13 @@ def add_parsers(sub) -> None:
     embed.add_argument("--batch-size", type=positive_int, default=256,
                        help="rows per model call / request (default 256)")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing output and discard old chunks")
+    embed.add_argument("--runner", choices=["local", "beam"], default="local",
+                       help="local: this process (default); beam: an Apache Beam pipeline (RunInference) writing a "
+                            "directory of Parquet files, on the local runner or the one named after -- "
+                            "(docs/serving.md)")
+    embed.add_argument("--workers", type=positive_int, help="--runner beam on the local runner: worker processes")
+    embed.add_argument("beam_args", nargs=argparse.REMAINDER, metavar="-- BEAM_OPTIONS",
+                       help="with --runner beam: Beam pipeline options, e.g. -- --runner=DataflowRunner --project=P")
 
     probe = sub.add_parser(
         "probe", help="linear-probe accuracy of extracted embeddings (logistic regression)",
@@ -166,6 +173,12 @@ def cmd_embed(args) -> int:
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
     if not outputs:
         raise ConfigError("--outputs is empty; name at least one encode output, e.g. embedding")
+    if args.runner == "beam":
+        return _beam_embed().cmd_embed_beam(args, outputs)
+    if args.workers is not None or args.beam_args:
+        raise ConfigError("--workers and Beam options after -- go with --runner beam")
+    if args.data.lower() == "parquet" or args.data.lower().endswith(".parquet"):
+        raise ConfigError("Parquet input is read by the Beam pipeline; add --runner beam (docs/serving.md)")
     if args.model:
         if args.model_name or args.model_version:
             raise ConfigError("--model-name/--model-version go with --server; with --model give models/NAME/VERSION")
@@ -189,6 +202,19 @@ def cmd_embed(args) -> int:
     if result.reused_chunks:
         print(f"resumed:       {result.reused_chunks} of {result.chunks} chunks were already done")
     return 0
+
+
+def _beam_embed():
+    """:mod:`serving.beam_embed`, or one line saying how to install Apache Beam."""
+    from vae_tf.errors import ConfigError
+
+    try:
+        from serving import beam_embed
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("apache_beam"):
+            raise
+        raise ConfigError("--runner beam needs Apache Beam; install it with pip install 'vae-tf[beam]'") from None
+    return beam_embed
 
 
 def cmd_probe(args) -> int:
