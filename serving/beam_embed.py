@@ -50,7 +50,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -101,9 +101,12 @@ class SplitSource:
 
 def column_rows(column, shape: tuple[int, ...], where: str, first: int = 0) -> np.ndarray:
     """float32 rows ``[N, *shape]`` from an Arrow column of (nested) lists of numbers, one row per
-    entry (``first``: the input row of the first entry, for messages). Floats are kept as they are and booleans become 0/1; integers are refused, because
-    ``vae-tf embed``'s scaling of integer data (uint8 / 255 unless every value is 0 or 1) needs
-    the whole column; nulls, ragged rows and non-finite values are refused too."""
+    entry; ``first`` is the input row of the first entry (for messages).
+
+    Floats are kept as they are (cast to float32) and booleans become 0/1. Integers are refused:
+    ``vae-tf embed``'s scaling of integer data (uint8 / 255 unless every value is 0 or 1) depends
+    on the whole column, which no worker sees. Nulls, ragged rows, rows of another size than the
+    model's data shape and NaN/±Inf (after the cast) are refused too."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
