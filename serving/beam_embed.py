@@ -427,6 +427,7 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
     options = pipeline_options(pipeline_args, workers)
 
     columns = list(outputs) + ["index"] + (["label"] if source.labels else [])
+    # The writer needs the Parquet schema up front: the output widths come from encoding one row.
     probe = encode_chunk(encoder, np.zeros((1,) + tuple(data_shape), np.float32), outputs, 1)
     empty = {**{name: probe[name][:0] for name in outputs}, "index": np.zeros(0, np.int64),
              "label": np.zeros(0, np.int64)}

@@ -96,7 +96,8 @@ def add_parsers(sub) -> None:
         description="Encode a data set in chunks and write the `embedding` output (and labels) to .npz or "
                     ".parquet. Resumable: rerunning the same command skips finished chunks.")
     embed.add_argument("--data", "-d", default="digits",
-                       help="registered data set (digits, dsprites, mnist, ...) or a .npz/.npy file or image folder")
+                       help="registered data set (digits, dsprites, mnist, ...) or a .npz/.npy file or image folder; "
+                            "with --runner beam also Parquet files (a path or glob ending in .parquet)")
     embed.add_argument("--path", help="file or folder for --data npz/npy/images")
     embed.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     embed.add_argument("--seed", type=int, default=0, help="split seed (training's seed; default 0)")
@@ -109,7 +110,8 @@ def add_parsers(sub) -> None:
     embed.add_argument("--model-name", help="model name on the server (default: $MODEL_NAME or model)")
     embed.add_argument("--model-version", type=positive_int,
                        help="server version to use (default: the one served when the run starts, kept for the run)")
-    embed.add_argument("--output", "-o", required=True, help="output file, .npz or .parquet")
+    embed.add_argument("--output", "-o", required=True,
+                       help="output file, .npz or .parquet (--runner beam: a directory for Parquet files)")
     embed.add_argument("--outputs", default="embedding",
                        help="comma-separated encode outputs to keep (default embedding; e.g. embedding,z_mean)")
     embed.add_argument("--chunk-size", type=positive_int, default=4096, help="rows per chunk file (default 4096)")
