@@ -16,11 +16,14 @@ TensorFlow and loads the model):
 - ``beam-1`` / ``beam-2``: the same plus ``--runner beam --workers 1`` / ``2`` (the local
   FnApiRunner, worker subprocesses), ``-o DIR``.
 
-Every round runs each variant at a small and a large size, in an order rotated from round to
-round; reported per variant: the median wall time at both sizes, end-to-end rows/s at the large
-size, and the marginal rows/s, ``(large - small rows) / (large - small seconds)``: the
-throughput once started. Ratios are against ``embed`` in the same run. Before any number is
-reported, every Beam output (sorted on ``index``) is checked equal to ``embed``'s Parquet file.
+Every round runs each variant at a small and then at a large size, back to back, the variants
+in an order rotated from round to round. Reported per variant: the median wall time at both
+sizes, end-to-end rows/s at the large size, and the median over rounds of the marginal rows/s,
+``(large - small rows) / (large - small seconds)`` of one round's pair: the throughput once
+started (start-up cancels out; pairing within a round keeps other tenants' load, which drifts
+over minutes, out of the difference as far as it can). Ratios are against ``embed`` in the same
+run. Before any number is reported, every Beam output (sorted on ``index``) is checked equal to
+``embed``'s Parquet file.
 
 Usage::
 
@@ -87,12 +90,15 @@ def check_equal(workdir: Path, variants: list[str], sizes: list[int]) -> None:
 
 
 def summarise(times: dict, sizes: list[int]) -> dict:
-    small, large = sizes[0], sizes[-1]
+    """Medians per variant; ``times[variant]`` holds one ``(small s, large s)`` pair per round."""
+    small, large = sizes
     out = {}
-    for variant, by_size in times.items():
-        t_small, t_large = statistics.median(by_size[small]), statistics.median(by_size[large])
+    for variant, pairs in times.items():
+        t_small = statistics.median(a for a, _ in pairs)
+        t_large = statistics.median(b for _, b in pairs)
+        marginal = [(large - small) / (b - a) for a, b in pairs if b > a]
         out[variant] = {"seconds_small": t_small, "seconds_large": t_large, "rows_per_s": large / t_large,
-                        "marginal_rows_per_s": (large - small) / (t_large - t_small) if t_large > t_small else None}
+                        "marginal_rows_per_s": statistics.median(marginal) if marginal else None}
     return out
 
 
@@ -106,6 +112,8 @@ def render(report: dict) -> str:
              f"- Data: random uint8 {'x'.join(map(str, SHAPE))} images in an .npy file, `--split all`; conv reference "
              f"export; chunk {report['chunk_size']}, batch {report['batch_size']}; output Parquet; median of "
              f"{report['rounds']} interleaved round(s); every Beam output checked equal to `embed`'s.",
+             f"- Load average (1 min) before / after: {report['load'][0]:.1f} / {report['load'][1]:.1f} "
+             "(other tenants of the machine).",
              "",
              f"| variant | s at {small:,} rows | s at {large:,} rows | rows/s end to end | x embed | "
              "rows/s once started | x embed |",
@@ -144,6 +152,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import apache_beam
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         workdir = Path(tmp)
         run_child("export", str(workdir / "models"), log_path=workdir / "export.log")
@@ -152,20 +161,21 @@ def main(argv=None) -> int:
         for rows in args.sizes:
             data[rows] = workdir / f"rows-{rows}.npy"
             write_npy(data[rows], rows, seed=rows)
-        times = {v: {rows: [] for rows in args.sizes} for v in args.variants}
+        times = {v: [] for v in args.variants}
         for r in range(args.rounds):
             order = args.variants[r % len(args.variants):] + args.variants[:r % len(args.variants)]
-            for rows in args.sizes:
-                for variant in order:
-                    seconds = run_variant(variant, data[rows], model, output_path(workdir, variant, rows),
-                                          args.chunk_size, args.batch_size)
-                    times[variant][rows].append(seconds)
-                    log(f"round {r + 1}: {variant} {rows} rows {seconds:.1f} s")
+            for variant in order:
+                pair = []
+                for rows in args.sizes:
+                    pair.append(run_variant(variant, data[rows], model, output_path(workdir, variant, rows),
+                                            args.chunk_size, args.batch_size))
+                    log(f"round {r + 1}: {variant} {rows} rows {pair[-1]:.1f} s")
+                times[variant].append(tuple(pair))
         check_equal(workdir, args.variants, args.sizes)
     report = {"command": command_line(), "date": datetime.date.today().isoformat(), "machine": machine_info(),
               "beam_version": apache_beam.__version__, "sizes": args.sizes, "rounds": args.rounds,
               "chunk_size": args.chunk_size, "batch_size": args.batch_size, "times": times,
-              "results": summarise(times, args.sizes)}
+              "results": summarise(times, args.sizes), "load": (load_before, os.getloadavg()[0])}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
     print(render(report))
