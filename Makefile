@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: vae-tf needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,beam]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,7 +28,7 @@ test: $(STAMP)
 # PyTorch eager, matmul peak; ~6 min); `make bench-all` every table of the speed-and-scale issue
 # (~35 min on 2 CPUs). Each prints its Markdown report with the command that produced it.
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[test,bench]"
+	$(PY) -m pip install --quiet -e ".[test,beam,bench]"
 	$(PY) benchmarks/train_throughput.py --arch conv --rounds 30 --min-epoch-seconds 0.5
 
 bench-all: bench

@@ -114,7 +114,8 @@ def add_parsers(sub) -> None:
         description="Encode a data set in chunks and write the `embedding` output (and labels) to .npz or "
                     ".parquet. Resumable: rerunning the same command skips finished chunks.")
     embed.add_argument("--data", "-d", default="digits",
-                       help="registered data set (digits, dsprites, mnist, ...) or a .npz/.npy file or image folder")
+                       help="registered data set (digits, dsprites, mnist, ...) or a .npz/.npy file or image folder; "
+                            "with --runner beam also Parquet files (a path or glob ending in .parquet)")
     embed.add_argument("--path", help="file or folder for --data npz/npy/images")
     embed.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     embed.add_argument("--seed", type=int, default=0, help="split seed (training's seed; default 0)")
@@ -127,13 +128,21 @@ def add_parsers(sub) -> None:
     embed.add_argument("--model-name", help="model name on the server (default: $MODEL_NAME or model)")
     embed.add_argument("--model-version", type=positive_int,
                        help="server version to use (default: the one served when the run starts, kept for the run)")
-    embed.add_argument("--output", "-o", required=True, help="output file, .npz or .parquet")
+    embed.add_argument("--output", "-o", required=True,
+                       help="output file, .npz or .parquet (--runner beam: a directory for Parquet files)")
     embed.add_argument("--outputs", default="embedding",
                        help="comma-separated encode outputs to keep (default embedding; e.g. embedding,z_mean)")
     embed.add_argument("--chunk-size", type=positive_int, default=4096, help="rows per chunk file (default 4096)")
     embed.add_argument("--batch-size", type=positive_int, default=256,
                        help="rows per model call / request (default 256)")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing output and discard old chunks")
+    embed.add_argument("--runner", choices=["local", "beam"], default="local",
+                       help="local: this process (default); beam: an Apache Beam pipeline (RunInference) writing a "
+                            "directory of Parquet files, on the local runner or the one named after -- "
+                            "(docs/serving.md)")
+    embed.add_argument("--workers", type=positive_int, help="--runner beam on the local runner: worker processes")
+    embed.add_argument("beam_args", nargs=argparse.REMAINDER, metavar="-- BEAM_OPTIONS",
+                       help="with --runner beam: Beam pipeline options, e.g. -- --runner=DataflowRunner --project=P")
 
     probe = sub.add_parser(
         "probe", help="linear-probe accuracy of extracted embeddings (logistic regression)",
@@ -187,6 +196,12 @@ def cmd_embed(args) -> int:
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
     if not outputs:
         raise ConfigError("--outputs is empty; name at least one encode output, e.g. embedding")
+    if args.runner == "beam":
+        return _beam_embed().cmd_embed_beam(args, outputs)
+    if args.workers is not None or args.beam_args:
+        raise ConfigError("--workers and Beam options after -- go with --runner beam")
+    if args.data.lower() == "parquet" or args.data.lower().endswith(".parquet"):
+        raise ConfigError("Parquet input is read by the Beam pipeline; add --runner beam (docs/serving.md)")
     if args.model:
         if args.model_name or args.model_version:
             raise ConfigError("--model-name/--model-version go with --server; with --model give models/NAME/VERSION")
@@ -210,6 +225,19 @@ def cmd_embed(args) -> int:
     if result.reused_chunks:
         print(f"resumed:       {result.reused_chunks} of {result.chunks} chunks were already done")
     return 0
+
+
+def _beam_embed():
+    """:mod:`serving.beam_embed`, or one line saying how to install Apache Beam."""
+    from vae_tf.errors import ConfigError
+
+    try:
+        from serving import beam_embed
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith("apache_beam"):
+            raise
+        raise ConfigError("--runner beam needs Apache Beam; install it with pip install 'vae-tf[beam]'") from None
+    return beam_embed
 
 
 def cmd_probe(args) -> int:

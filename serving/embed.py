@@ -215,7 +215,7 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
         start, stop = i * chunk_size, min(n, (i + 1) * chunk_size)
         rows = source.x[start:stop]
         _check_finite(rows, start, source)
-        arrays = _encode_chunk(encoder, rows, outputs, batch_size)
+        arrays = encode_chunk(encoder, rows, outputs, batch_size)
         arrays["index"] = np.arange(start, stop, dtype=np.int64)
         if source.y is not None:
             arrays["label"] = source.y[start:stop]
@@ -261,7 +261,10 @@ def _check_finite(rows: np.ndarray, start: int, source: EmbedSource) -> None:
                     f"rows {start}-{start + len(rows) - 1}); remove or impute those rows before embedding them")
 
 
-def _encode_chunk(encoder, x: np.ndarray, outputs: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
+def encode_chunk(encoder, x: np.ndarray, outputs: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
+    """``outputs`` of ``encoder`` for rows ``x``, called on ``batch_size`` rows at a time from the
+    first row (so every caller that cuts the same chunks gets the same batches, hence the same
+    numbers); float32, concatenated in row order."""
     pieces: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
     for start in range(0, len(x), batch_size):
         result = encoder(np.ascontiguousarray(x[start:start + batch_size]))
@@ -295,25 +298,29 @@ def _assemble_npz(tmp: Path, parts: Path, n_chunks: int, columns: list[str], tot
         os.fsync(handle.fileno())
 
 
-def _assemble_parquet(tmp: Path, parts: Path, n_chunks: int, columns: list[str], total: int) -> None:
+def arrow_table(arrays: dict[str, np.ndarray], columns: Sequence[str]):
+    """The Parquet layout of embed outputs: ``columns`` of ``arrays`` in that order, a 1-D array
+    as it is (``index``, ``label``), an ``[N, ...]`` tensor as ``fixed_size_list<float>``."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    def table(arrays: dict[str, np.ndarray]):
-        cols = {}
-        for column in columns:
-            data = arrays[column]
-            if data.ndim == 1:
-                cols[column] = pa.array(data)
-            else:
-                flat = pa.array(np.ascontiguousarray(data, dtype=np.float32).reshape(-1))
-                cols[column] = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(data.shape[1:])))
-        return pa.table(cols)
+    cols = {}
+    for column in columns:
+        data = arrays[column]
+        if data.ndim == 1:
+            cols[column] = pa.array(data)
+        else:
+            flat = pa.array(np.ascontiguousarray(data, dtype=np.float32).reshape(-1))
+            cols[column] = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(data.shape[1:])))
+    return pa.table(cols)
+
+
+def _assemble_parquet(tmp: Path, parts: Path, n_chunks: int, columns: list[str], total: int) -> None:
+    import pyarrow.parquet as pq
 
     writer = None
     try:
         for i in range(n_chunks):
-            chunk_table = table(_chunk(parts, i))
+            chunk_table = arrow_table(_chunk(parts, i), columns)
             if writer is None:
                 writer = pq.ParquetWriter(str(tmp), chunk_table.schema)
             writer.write_table(chunk_table)  # one row group per chunk
@@ -393,5 +400,5 @@ def probe(train_path: str | os.PathLike, test_path: str | os.PathLike | None = N
     return details
 
 
-__all__ = ["EmbedResult", "EmbedSource", "LocalEncoder", "RemoteEncoder", "extract_embeddings", "load_source", "probe",
-           "read_embeddings"]
+__all__ = ["EmbedResult", "EmbedSource", "LocalEncoder", "RemoteEncoder", "arrow_table", "encode_chunk",
+           "extract_embeddings", "load_source", "probe", "read_embeddings"]

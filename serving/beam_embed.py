@@ -1,0 +1,517 @@
+"""Embedding extraction on Apache Beam: ``vae-tf embed --runner beam``.
+
+The single-process ``vae-tf embed`` (:mod:`serving.embed`) as a Beam pipeline, so the same job
+runs on the local DirectRunner's engine with N worker processes or on a distributed runner
+(Dataflow, Flink, Spark)::
+
+    Create(work items) | Reshuffle                      spread the work over the workers
+      | FlatMap(source.read)                            (columns, chunk of rows): read where it runs
+      | RunInference(KeyedModelHandler(EncodeModelHandler))   the export's ``encode`` signature
+      | Map(to Arrow table)                             embed's Parquet layout (:func:`arrow_table`)
+      | WriteToParquetBatched(OUTPUT/part-SSSSS-of-NNNNN.parquet)
+
+An element is a **chunk** of rows (``--chunk-size``), not one row: Beam's per-element cost in
+Python (a few microseconds per transform) would otherwise dominate a small encoder. The model
+handler calls the model on ``--batch-size`` rows at a time from the chunk's first row
+(:func:`serving.embed.encode_chunk`), exactly as ``vae-tf embed`` does, so both see the same
+batches and write identical numbers. RunInference loads the SavedModel once per worker process
+(Beam's ``Shared`` handle) and adds its own metrics (``vae_tf_encode`` namespace).
+
+Sources (each has ``work()``: small picklable work items, and ``read(item)``: the
+``(columns, rows)`` pairs of one item, run on a worker):
+
+- :class:`SplitSource`: what ``vae-tf embed --data`` reads (registered data sets, ``.npz``,
+  ``.npy``, image folders), opened and checked once on the launcher by
+  :func:`serving.embed.load_source`; a work item is a chunk number, and the worker reads that
+  chunk with the same lazy readers (:mod:`vae_tf.data.rows`). ``index`` is the row in the split,
+  as in ``vae-tf embed``. The split's row indices (8 bytes a row) travel with the pipeline, and
+  every worker must see the file at the same path (local disk, a shared mount, the image).
+- :class:`ParquetSource`: Parquet files matched by a pattern on any Beam file system (local,
+  ``gs://``, ``s3://``, ``hdfs://``), every row in file order (files sorted by name); a work item
+  is one row group, so nothing is read on the launcher but the footers. ``index`` is the row's
+  position in that order, the same on every run; ``label`` is copied from a ``y``/``labels``
+  column when there is one.
+
+Output: a directory of Parquet files (``part-SSSSS-of-NNNNN.parquet``, written by Beam under
+temporary names and renamed when the job succeeds) with the columns of ``vae-tf embed``'s Parquet
+output; rows come in no particular order across files: join or sort on ``index``.
+
+A text source (once text models exist) is a third class with the same two methods: a Parquet
+string column needs :func:`column_rows` to return the strings (``np.asarray(values, object)``)
+instead of refusing them, and a text file needs work items ``(path, byte range)`` whose
+``read`` numbers lines from a per-file line count taken on the launcher. The model handler
+passes rows to the signature as they are (``tf.constant`` of strings is ``DT_STRING``), and the
+output side is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+
+from vae_tf.errors import ConfigError, DataError, ModelNotFoundError, VaeTfError
+
+#: Output file names inside the output directory: ``part-00000-of-00004.parquet``.
+SHARD_PREFIX = "part"
+SHARD_SUFFIX = ".parquet"
+#: The local runner when none is named: the engine the DirectRunner uses for batch pipelines,
+#: named directly so ``--workers N`` means N worker processes (the DirectRunner would first try
+#: Prism, which downloads a binary at first use and runs workers in-process).
+DEFAULT_RUNNER = "FnApiRunner"
+LOCAL_RUNNERS = ("DirectRunner", "FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner")
+
+
+# -- sources -------------------------------------------------------------------------------------
+
+
+Columns = dict[str, np.ndarray]
+
+
+class SplitSource:
+    """The rows ``vae-tf embed --data`` reads: a split of a registered data set or user file
+    (:func:`serving.embed.load_source`), cut into chunks of ``chunk_size`` rows at the same
+    boundaries as ``vae-tf embed``."""
+
+    def __init__(self, source, chunk_size: int):
+        self.source = source
+        self.chunk_size = int(chunk_size)
+        self.rows = len(source.x)
+        self.labels = source.y is not None
+        self.data_shape = tuple(source.x.data_shape) if hasattr(source.x, "data_shape") else source.x.shape[1:]
+        self.description = dict(source.description)
+
+    def work(self) -> list[int]:
+        return list(range(-(-self.rows // self.chunk_size)))
+
+    def read(self, chunk: int) -> Iterator[tuple[Columns, np.ndarray]]:
+        start, stop = chunk * self.chunk_size, min(self.rows, (chunk + 1) * self.chunk_size)
+        columns = {"index": np.arange(start, stop, dtype=np.int64)}
+        if self.labels:
+            columns["label"] = np.asarray(self.source.y[start:stop], np.int64)
+        yield columns, self.source.x[start:stop]
+
+
+def column_rows(column, shape: tuple[int, ...], where: str, first: int = 0) -> np.ndarray:
+    """float32 rows ``[N, *shape]`` from an Arrow column of (nested) lists of numbers, one row per
+    entry; ``first`` is the input row of the first entry (for messages).
+
+    Floats are kept as they are (cast to float32) and booleans become 0/1. Integers are refused:
+    ``vae-tf embed``'s scaling of integer data (uint8 / 255 unless every value is 0 or 1) depends
+    on the whole column, which no worker sees. Nulls, ragged rows, rows of another size than the
+    model's data shape and NaN/±Inf (after the cast) are refused too."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(column)
+    values = column
+    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
+        if values.null_count:
+            raise DataError(f"{where} has null rows; drop them or fill them before embedding")
+        if not pa.types.is_fixed_size_list(values.type) and len(values):
+            lengths = pc.list_value_length(values)
+            low, high = pc.min_max(lengths).values()
+            if low.as_py() != high.as_py():
+                raise DataError(f"{where} has rows of {low} to {high} values; every row needs the same size")
+        values = values.flatten()
+    kind = values.type
+    if not (pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+        raise DataError(f"{where} holds {kind}; store float values scaled as the model was trained on them "
+                        "(e.g. uint8 pixels / 255) in a list<float> column")
+    if values.null_count:
+        raise DataError(f"{where} holds null values; fill them before embedding")
+    flat = values.to_numpy(zero_copy_only=False).astype(np.float32)
+    size = int(np.prod(shape, dtype=np.int64))
+    if flat.size != n * size:
+        raise DataError(f"{where} has {flat.size // max(n, 1)} values a row but the model takes {size} "
+                        f"(shape {list(shape)}); give rows of the model's data shape")
+    if not np.all(np.isfinite(flat)):
+        bad = first + int(np.flatnonzero(~np.isfinite(flat))[0]) // size
+        raise DataError(f"{where} has a NaN or infinite value in row {bad}; remove or impute those rows before "
+                        "embedding them")
+    return flat.reshape((n,) + tuple(shape))
+
+
+@dataclass(frozen=True)
+class ParquetPart:
+    """One work item of :class:`ParquetSource`: row group ``row_group`` of ``path``, whose first
+    row is row ``first`` of the whole input."""
+
+    path: str
+    row_group: int
+    first: int
+
+
+class ParquetSource:
+    """Every row of the Parquet files matching ``pattern`` (any Beam file system), files in sorted
+    order; the data is the first column named ``x``, ``images``, ``x_train`` or ``imgs`` (as in
+    an ``.npz``), labels the first named ``y`` or ``labels``."""
+
+    def __init__(self, pattern: str, data_shape: Sequence[int], chunk_size: int):
+        import pyarrow.parquet as pq
+
+        from vae_tf.data.files import X_KEYS, Y_KEYS
+
+        self.data_shape = tuple(int(d) for d in data_shape)
+        self.chunk_size = int(chunk_size)
+        try:
+            matched = FileSystems.match([pattern])[0].metadata_list
+        except Exception as err:  # an unknown scheme, a missing bucket: Beam's own words, one line
+            raise DataError(f"cannot list {pattern!r} ({' '.join(str(err).split())[:160]}); check the path") from None
+        paths = sorted(m.path for m in matched)
+        if not paths:
+            raise DataError(f"no Parquet files match {pattern!r}; check the path or glob pattern")
+        self.parts: list[ParquetPart] = []
+        self.x_column = self.y_column = None
+        first = 0
+        for path in paths:
+            try:
+                with FileSystems.open(path) as handle:
+                    meta = pq.ParquetFile(handle).metadata
+                    names = meta.schema.to_arrow_schema().names
+            except Exception as err:
+                raise DataError(f"could not read {path!r} as Parquet ({type(err).__name__}: "
+                                f"{' '.join(str(err).split())[:160]}); check or re-create the file") from None
+            x_col = next((k for k in X_KEYS if k in names), None)
+            if x_col is None:
+                raise DataError(f"{path} has no data column: expected {', '.join(map(repr, X_KEYS))}, found "
+                                f"{', '.join(map(repr, names))}; name the column of rows 'x'")
+            y_col = next((k for k in Y_KEYS if k in names), None)
+            if self.x_column is None:
+                self.x_column, self.y_column = x_col, y_col
+            elif (x_col, y_col) != (self.x_column, self.y_column):
+                raise DataError(f"{path} has columns {x_col!r}/{y_col!r} but {paths[0]} has "
+                                f"{self.x_column!r}/{self.y_column!r}; give every file the same columns")
+            for group in range(meta.num_row_groups):
+                self.parts.append(ParquetPart(path, group, first))
+                first += meta.row_group(group).num_rows
+        self.rows = first
+        self.labels = self.y_column is not None
+        self.description = {"data": "parquet", "path": pattern, "files": len(paths), "rows": first}
+
+    def work(self) -> list[ParquetPart]:
+        return list(self.parts)
+
+    def read(self, part: ParquetPart) -> Iterator[tuple[Columns, np.ndarray]]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        wanted = [self.x_column] + ([self.y_column] if self.labels else [])
+        start = part.first
+        with FileSystems.open(part.path) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(self.chunk_size, row_groups=[part.row_group],
+                                                             columns=wanted):
+                n = batch.num_rows
+                rows = column_rows(batch.column(0), self.data_shape, f"column {self.x_column!r} of {part.path}", start)
+                columns = {"index": np.arange(start, start + n, dtype=np.int64)}
+                if self.labels:
+                    labels = batch.column(1)
+                    if labels.null_count or not pa.types.is_integer(labels.type):
+                        raise DataError(f"column {self.y_column!r} of {part.path} must hold integer class "
+                                        f"indices without nulls, got {labels.type}")
+                    columns["label"] = labels.to_numpy(zero_copy_only=False).astype(np.int64)
+                start += n
+                yield columns, rows
+
+
+# -- model ---------------------------------------------------------------------------------------
+
+
+class EncodeModelHandler(ModelHandler):
+    """RunInference over the ``encode`` signature of a vae-tf export (a version directory).
+
+    An example is a chunk of rows ``[B, *data_shape]``; its inference is ``{output: float32
+    [B, ...]}`` for the requested outputs, computed ``batch_size`` rows per model call from the
+    chunk's first row (:func:`serving.embed.encode_chunk`, the batches of ``vae-tf embed``).
+    Examples are batched one at a time: a chunk is already many rows.
+
+    Beam's ``TFModelHandlerNumpy`` does not fit: it loads with ``tf.keras.models.load_model``
+    (Keras 3 cannot load a SavedModel) and imports ``tensorflow_hub``. This handler loads the
+    export with :class:`serving.embed.LocalEncoder` (``tf.saved_model.load``) and calls the
+    signature, as TF Serving and TFX's RunInference do.
+    """
+
+    def __init__(self, model_path: str, outputs: Sequence[str], batch_size: int):
+        super().__init__(min_batch_size=1, max_batch_size=1)
+        self.model_path = str(model_path)
+        self.outputs = tuple(outputs)
+        self.batch_size = int(batch_size)
+
+    def load_model(self):
+        from serving.embed import LocalEncoder
+
+        return LocalEncoder(self.model_path)
+
+    def run_inference(self, batch, model, inference_args=None):
+        from serving.embed import encode_chunk
+
+        return [PredictionResult(rows, encode_chunk(model, rows, self.outputs, self.batch_size), self.model_path)
+                for rows in batch]
+
+    def get_num_bytes(self, batch) -> int:
+        return int(sum(np.asarray(rows).nbytes for rows in batch))
+
+    def get_metrics_namespace(self) -> str:
+        return "vae_tf_encode"
+
+
+def open_model(model_path: str | os.PathLike):
+    """``(encoder, data_shape)`` of an export, checked on the launcher: a missing model or one
+    without ``encode`` fails here, in one line, before any worker starts."""
+    from serving.embed import LocalEncoder
+    from vae_tf.export import load_model_info
+
+    encoder = LocalEncoder(model_path)
+    return encoder, tuple(int(d) for d in load_model_info(encoder.version_dir)["data_shape"])
+
+
+# -- pipeline ------------------------------------------------------------------------------------
+
+
+def _to_table(element: tuple[Columns, PredictionResult], names: Sequence[str]):
+    from serving.embed import arrow_table
+
+    columns, result = element
+    return arrow_table({**result.inference, **columns}, names)
+
+
+def build_pipeline(pipeline, source, model_path: str, output: str, *, outputs: Sequence[str], batch_size: int,
+                   schema, columns: Sequence[str]):
+    """Add the embedding job to ``pipeline`` (see the module docstring); returns the write's
+    output (the written file names)."""
+    handler = KeyedModelHandler(EncodeModelHandler(model_path, outputs, batch_size))
+    return (pipeline
+            | "WorkItems" >> beam.Create(source.work())
+            | "Spread" >> beam.Reshuffle()  # else a runner may keep every item in the bundle that created it
+            | "Read" >> beam.FlatMap(source.read)
+            | "Encode" >> RunInference(handler)
+            | "ToArrow" >> beam.Map(_to_table, list(columns))
+            | "Write" >> beam.io.WriteToParquetBatched(FileSystems.join(output, SHARD_PREFIX), schema=schema,
+                                                       file_name_suffix=SHARD_SUFFIX))
+
+
+def pipeline_options(pipeline_args: Sequence[str] = (), workers: int | None = None):
+    """Beam options from ``pipeline_args`` (``--runner=DataflowRunner --project=...``); without a
+    runner, :data:`DEFAULT_RUNNER`. ``workers`` sets the local runner's worker processes."""
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, WorkerOptions
+
+    options = PipelineOptions(list(pipeline_args))
+    standard = options.view_as(StandardOptions)
+    standard.runner = standard.runner or DEFAULT_RUNNER
+    runner = str(standard.runner).rsplit(".", 1)[-1]
+    harness = options.view_as(WorkerOptions)
+    if runner in LOCAL_RUNNERS and harness.default_sdk_harness_log_level is None:
+        # Local workers write their logs to this terminal: every bundle at INFO, a failed bundle's
+        # traceback at ERROR. The failure comes back here as the job's exception (with the
+        # worker's traceback), so the logs only bury the one-line error.
+        harness.default_sdk_harness_log_level = "CRITICAL"
+    if workers is not None:
+        if runner not in LOCAL_RUNNERS:
+            raise ConfigError(f"--workers sets local worker processes; for {runner} give its own option instead "
+                              "(e.g. -- --num_workers=N on Dataflow)")
+        direct = options.view_as(DirectOptions)
+        direct.direct_num_workers = int(workers)
+        direct.direct_running_mode = "multi_processing"
+    return options
+
+
+def make_runner(options):
+    """The runner object for ``options``: for :data:`DEFAULT_RUNNER`, an ``FnApiRunner`` that
+    hands the pipeline options to its worker processes (as the DirectRunner builds it; a bare
+    ``FnApiRunner()`` starts them without options, so they would log every bundle at INFO);
+    ``None`` for any other runner (Beam picks it by name)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    if str(options.view_as(StandardOptions).runner) != DEFAULT_RUNNER:
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
+@dataclass
+class BeamEmbedResult:
+    output: str
+    rows: int
+    files: list[str]
+    columns: list[str]
+    runner: str
+    workers: int | None
+    identity: dict
+
+
+_USER_ERROR = re.compile(r"\b(ConfigError|DataError|ModelNotFoundError): (.+)")
+_ERRORS = {"ConfigError": ConfigError, "DataError": DataError, "ModelNotFoundError": ModelNotFoundError}
+
+
+def user_error(err: BaseException) -> VaeTfError | None:
+    """The vae-tf error behind a failed job: the exception itself (in-process workers) or the
+    last ``DataError: ...`` line of the traceback a worker process sent back as text."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, VaeTfError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    found = _USER_ERROR.findall(str(err))
+    if not found:
+        return None
+    kind, message = found[-1]
+    return _ERRORS[kind](message)
+
+
+def _shards(pattern: str) -> dict[str, float]:
+    """``{path: last modified}`` of the output files matching ``pattern``."""
+    return {m.path: m.last_updated_in_seconds for m in FileSystems.match([pattern])[0].metadata_list}
+
+
+def _local_temporaries(output: str) -> set[str]:
+    import glob
+
+    return set() if "://" in output else set(glob.glob(os.path.join(glob.escape(output), "beam-temp-*")))
+
+
+def _remove_local_temporaries(output: str, before: set[str], created: bool) -> None:
+    """After a failed job on a local path: the sink's temporary folders (Beam leaves them) and the
+    output folder when this run created it, so a failure leaves nothing behind. On other file
+    systems the runner's own clean-up applies."""
+    import shutil
+
+    for temp in _local_temporaries(output) - before:
+        shutil.rmtree(temp, ignore_errors=True)
+    if created and os.path.isdir(output) and not os.listdir(output):
+        os.rmdir(output)
+
+
+def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.PathLike, *,
+                   outputs: Sequence[str] = ("embedding",), batch_size: int = 256, overwrite: bool = False,
+                   pipeline_args: Sequence[str] = (), workers: int | None = None) -> BeamEmbedResult:
+    """Run the embedding job for ``source`` (:class:`SplitSource`, :class:`ParquetSource`) with
+    ``encoder`` (:func:`open_model`) and wait for it; Parquet files land in directory ``output``.
+
+    Stale shards of an earlier run (``--overwrite``) are deleted only once the job has succeeded:
+    shards of the same name are replaced by Beam's final rename."""
+    from serving.embed import arrow_table, encode_chunk
+
+    if batch_size < 1:
+        raise ConfigError("batch size must be a positive integer")
+    missing = [o for o in outputs if o not in encoder.outputs]
+    if missing:
+        raise ConfigError(f"encode has no output(s) {', '.join(missing)}; it has {', '.join(encoder.outputs)}")
+    if tuple(source.data_shape) != tuple(data_shape):
+        raise DataError(f"the data rows have shape {list(source.data_shape)} but {encoder.version_dir} takes "
+                        f"{list(data_shape)}; embed data of the shape the model was trained on")
+    if source.rows == 0:
+        raise DataError(f"{source.description.get('path') or source.description.get('data')} has no rows to embed")
+    output = str(output)
+    if output.lower().endswith(".npz"):
+        raise ConfigError("--runner beam writes Parquet files into a directory; give --output DIR, not an .npz file")
+    if "://" not in output and os.path.isfile(output):
+        raise ConfigError(f"{output} is a file; --runner beam writes a directory of Parquet files: give another "
+                          "--output")
+    pattern = FileSystems.join(output, f"{SHARD_PREFIX}-*{SHARD_SUFFIX}")
+    previous = _shards(pattern)
+    if previous and not overwrite:
+        raise ConfigError(f"{output} already holds {len(previous)} Parquet part file(s); pass --overwrite to replace "
+                          "them or choose another --output")
+    options = pipeline_options(pipeline_args, workers)
+
+    columns = list(outputs) + ["index"] + (["label"] if source.labels else [])
+    # The writer needs the Parquet schema up front: the output widths come from encoding one row.
+    probe = encode_chunk(encoder, np.zeros((1,) + tuple(data_shape), np.float32), outputs, 1)
+    empty = {**{name: probe[name][:0] for name in outputs}, "index": np.zeros(0, np.int64),
+             "label": np.zeros(0, np.int64)}
+    schema = arrow_table(empty, columns).schema
+
+    pipeline = beam.Pipeline(runner=make_runner(options), options=options)
+    build_pipeline(pipeline, source, str(encoder.version_dir), output, outputs=outputs, batch_size=batch_size,
+                   schema=schema, columns=columns)
+    local_temps = _local_temporaries(output)
+    created = "://" not in output and not os.path.exists(output)
+    try:
+        state = pipeline.run().wait_until_finish()
+    except Exception as err:
+        _remove_local_temporaries(output, local_temps, created)
+        found = user_error(err)
+        if found is None:
+            raise
+        raise found from None
+    if state not in (None, "DONE"):
+        raise RuntimeError(f"the Beam job ended in state {state}; see the runner's logs")
+    # Files of this run replaced same-named old ones (a new modification time); the old ones left
+    # untouched belong to an earlier run with another shard count.
+    after = _shards(pattern)
+    stale = sorted(p for p, modified in previous.items() if after.get(p) == modified)
+    if stale:
+        FileSystems.delete(stale)
+    files = sorted(set(after) - set(stale))
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    return BeamEmbedResult(output, source.rows, files, columns, str(options.view_as(StandardOptions).runner),
+                           options.view_as(DirectOptions).direct_num_workers if workers else None,
+                           {"model": str(encoder.version_dir.resolve())})
+
+
+# -- command line --------------------------------------------------------------------------------
+
+#: ``vae-tf embed`` defaults of the split options, which Parquet input does not use.
+_SPLIT_DEFAULTS = {"split": "test", "seed": 0, "val_fraction": 0.1, "test_fraction": 0.1, "max_samples": None}
+
+
+def parquet_pattern(data: str, path: str | None) -> str | None:
+    """The Parquet file or glob of ``--data x.parquet`` / ``--data parquet --path PATTERN``."""
+    if data.lower() == "parquet":
+        if not path:
+            raise ConfigError("--data parquet needs --path FILE_OR_GLOB (e.g. 'rows/*.parquet')")
+        return path
+    return data if data.lower().endswith(".parquet") else None
+
+
+def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
+    """``vae-tf embed --runner beam``: the arguments of ``vae-tf embed`` plus ``--workers`` and
+    Beam pipeline options after ``--``."""
+    from serving.embed import load_source
+
+    if args.server:
+        raise ConfigError("--runner beam loads the SavedModel on every worker; give --model models/NAME[/VERSION] "
+                          "instead of --server")
+    encoder, data_shape = open_model(args.model)
+    pattern = parquet_pattern(args.data, args.path)
+    if pattern is not None:
+        given = [f"--{k.replace('_', '-')}" for k, v in _SPLIT_DEFAULTS.items() if getattr(args, k) != v]
+        if given:
+            raise ConfigError(f"Parquet input is embedded whole, in file order; drop {', '.join(given)}")
+        source = ParquetSource(pattern, data_shape, args.chunk_size)
+    else:
+        source = SplitSource(load_source(args.data, split=args.split, path=args.path, seed=args.seed,
+                                         val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                                         max_samples=args.max_samples), args.chunk_size)
+    # Runner and worker logs (a failed bundle's traceback among them) would bury the one-line
+    # error: a failure comes back as the exception, and user_error finds the message in it.
+    logging.getLogger("apache_beam.runners").setLevel(logging.CRITICAL)
+    beam_args = list(args.beam_args or [])
+    if beam_args[:1] == ["--"]:
+        beam_args = beam_args[1:]
+    result = run_beam_embed(source, encoder, data_shape, args.output, outputs=outputs, batch_size=args.batch_size,
+                            overwrite=args.overwrite, pipeline_args=beam_args, workers=args.workers)
+    workers = f", {result.workers} worker processes" if result.workers else ""
+    print(f"embeddings:    {result.output} ({result.rows} rows in {len(result.files)} Parquet file(s); "
+          f"columns {', '.join(result.columns)}; rows in no particular order, join on index)")
+    print(f"model:         {result.identity['model']}")
+    print(f"runner:        {result.runner}{workers}")
+    return 0
+
+
+__all__ = ["BeamEmbedResult", "EncodeModelHandler", "ParquetPart", "ParquetSource", "SplitSource", "build_pipeline",
+           "cmd_embed_beam", "column_rows", "open_model", "parquet_pattern", "pipeline_options", "run_beam_embed",
+           "user_error"]

@@ -1,0 +1,148 @@
+"""`vae-tf embed --runner beam`: the Apache Beam pipeline (RunInference over the export's `encode`
+signature) against the single-process `vae-tf embed`, Parquet input against the signature called
+directly, and the one-line errors. Needs the `beam` extra (`pip install -e '.[test,beam]'`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("apache_beam", reason="Apache Beam is the 'beam' extra: pip install -e '.[test,beam]'")
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from serving.embed import load_source  # noqa: E402
+from tests.conftest import assert_one_line  # noqa: E402
+from training.cli import main  # noqa: E402
+
+SHAPE = (8, 8, 1)  # serving.testing.TINY_DATA_SHAPE, the exports fixture's data shape
+
+
+def _parts(directory) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.suffix == ".parquet")
+
+
+def _encode_directly(model_dir, x: np.ndarray) -> np.ndarray:
+    """The export's `encode` signature on all of ``x`` in one call (no vae-tf code in between)."""
+    encode = tf.saved_model.load(str(model_dir)).signatures["encode"]
+    return encode(x=tf.constant(x))["embedding"].numpy()
+
+
+def test_beam_on_two_workers_equals_vae_tf_embed_row_for_row(exports, tmp_path, capsys):
+    rng = np.random.default_rng(7)
+    data = tmp_path / "rows.npz"
+    np.savez(data, x=rng.random((700,) + SHAPE, dtype=np.float32), y=rng.integers(0, 5, 700))
+    common = ["embed", "--data", str(data), "--split", "all", "--model", str(exports), "--chunk-size", "96",
+              "--batch-size", "32", "--outputs", "embedding,z_mean"]
+    local, out = tmp_path / "local.parquet", tmp_path / "beam"
+    assert main(common + ["-o", str(local)]) == 0
+    assert main(common + ["--runner", "beam", "--workers", "2", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "700 rows" in printed and "runner:        FnApiRunner, 2 worker processes" in printed
+    assert _parts(out) == ["part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]  # one per worker bundle
+
+    reference = pq.read_table(local)
+    table = pq.read_table(out).sort_by("index")
+    assert table.schema.equals(reference.schema)
+    assert table.column_names == ["embedding", "z_mean", "index", "label"]
+    # Same rows, labels and float32 bits: both cut the same chunks and call the model on the same batches.
+    assert table.equals(reference)
+    np.testing.assert_array_equal(table["index"].to_numpy(), np.arange(700))
+    source = load_source(str(data), split="all")
+    np.testing.assert_array_equal(table["label"].to_numpy(), source.y)
+    first = np.stack(table["embedding"].to_numpy(zero_copy_only=False)[:32])
+    np.testing.assert_allclose(first, _encode_directly(exports / "2", source.x[0:32]), rtol=1e-6, atol=1e-6)
+
+    # A rerun needs --overwrite; with one worker it writes one file and removes the two stale ones.
+    assert main(common + ["--runner", "beam", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert_one_line(err)
+    assert "already holds 2 Parquet part file(s)" in err and "--overwrite" in err
+    assert main(common + ["--runner", "beam", "-o", str(out), "--overwrite"]) == 0
+    assert _parts(out) == ["part-00000-of-00001.parquet"]
+    assert pq.read_table(out).sort_by("index").equals(reference)
+
+
+def _list_column(x: np.ndarray, fixed: bool) -> pa.Array:
+    flat = pa.array(x.reshape(-1))
+    width = int(np.prod(x.shape[1:]))
+    if fixed:
+        return pa.FixedSizeListArray.from_arrays(flat, width)
+    return pa.ListArray.from_arrays(pa.array(np.arange(len(x) + 1) * width, pa.int32()), flat)
+
+
+def test_parquet_input_every_row_in_file_order(exports, tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    x = rng.random((230,) + SHAPE, dtype=np.float32)
+    y = rng.integers(0, 4, 230)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # Two files, sorted by name: a has two row groups (fixed_size_list), b one (list<float>).
+    pq.write_table(pa.table({"x": _list_column(x[:150], True), "y": y[:150]}), folder / "a.parquet", row_group_size=100)
+    pq.write_table(pa.table({"y": y[150:], "x": _list_column(x[150:], False)}), folder / "b.parquet")
+    out = tmp_path / "out"
+    assert main(["embed", "--runner", "beam", "--data", str(folder / "*.parquet"), "--model", str(exports / "1"),
+                 "-o", str(out), "--chunk-size", "64", "--batch-size", "16"]) == 0
+    assert "230 rows" in capsys.readouterr().out
+    table = pq.read_table(out).sort_by("index")
+    np.testing.assert_array_equal(table["index"].to_numpy(), np.arange(230))
+    np.testing.assert_array_equal(table["label"].to_numpy(), y)
+    codes = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
+    # The model saw batches of 16 here and all rows at once there: equal up to float32 round-off.
+    np.testing.assert_allclose(codes, _encode_directly(exports / "1", x), rtol=1e-5, atol=1e-6)
+
+
+def _error(capsys, *argv) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert_one_line(err)
+    assert err.startswith("error: ")
+    return err
+
+
+def test_bad_input_is_one_line(exports, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    beam = ["embed", "--runner", "beam", "-o", out]
+    assert "no SavedModel at" in _error(capsys, *beam, "--model", str(tmp_path / "missing"))
+
+    def parquet(name: str, **columns) -> str:
+        path = tmp_path / name
+        pq.write_table(pa.table(columns), path)
+        return str(path)
+
+    good = np.zeros((4, 64), np.float32)
+    nocol = parquet("nocol.parquet", pixels=_list_column(good, True))
+    err = _error(capsys, *beam, "--model", str(exports), "--data", nocol)
+    assert "has no data column" in err and "'pixels'" in err
+    ints = parquet("ints.parquet", x=_list_column(good.astype(np.uint8), True))
+    assert "holds uint8" in _error(capsys, *beam, "--model", str(exports), "--data", ints)
+    short = parquet("short.parquet", x=_list_column(np.zeros((4, 60), np.float32), True))
+    assert "has 60 values a row but the model takes 64" in _error(capsys, *beam, "--model", str(exports), "--data", short)
+    ragged = tmp_path / "ragged.parquet"
+    pq.write_table(pa.table({"x": pa.array([[0.0] * 64, [0.0] * 63 + [0.0, 0.0]], pa.list_(pa.float32()))}), ragged)
+    assert "rows of 64 to 65 values" in _error(capsys, *beam, "--model", str(exports), "--data", str(ragged))
+    assert "drop --split" in _error(capsys, *beam, "--model", str(exports), "--data", short, "--split", "train")
+    assert "no Parquet files match" in _error(capsys, *beam, "--model", str(exports), "--data",
+                                              str(tmp_path / "none-*.parquet"))
+
+    assert "give --model" in _error(capsys, *beam, "--server", "http://127.0.0.1:1")
+    assert "not an .npz file" in _error(capsys, "embed", "--runner", "beam", "--model", str(exports), "-o",
+                                        str(tmp_path / "e.npz"))
+    assert "go with --runner beam" in _error(capsys, "embed", "--model", str(exports), "-o", out, "--workers", "2")
+    assert "add --runner beam" in _error(capsys, "embed", "--model", str(exports), "-o", out, "--data", short)
+    assert "--num_workers" in _error(capsys, *beam, "--model", str(exports), "--workers", "2", "--",
+                                     "--runner=DataflowRunner")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_row_found_by_a_worker_is_one_line(exports, tmp_path, capsys):
+    x = np.random.default_rng(0).random((300, 64), dtype=np.float32)
+    x[250, 3] = np.nan
+    data = tmp_path / "nan.parquet"
+    pq.write_table(pa.table({"x": _list_column(x, True)}), data, row_group_size=100)
+    err = _error(capsys, "embed", "--runner", "beam", "--workers", "2", "--model", str(exports), "--data", str(data),
+                 "-o", str(tmp_path / "out"))
+    assert f"column 'x' of {data} has a NaN or infinite value in row 250" in err
+    assert not (tmp_path / "out").exists()  # nothing half-written: Beam's temporary folders are removed too
