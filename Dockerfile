@@ -37,6 +37,7 @@ COPY pyproject.toml README.md ./
 COPY vae_tf ./vae_tf
 COPY training ./training
 COPY serving ./serving
+COPY vae_tf_cli ./vae_tf_cli
 RUN pip install --no-cache-dir . \
     && groupadd --gid 1000 vae \
     && useradd --create-home --uid 1000 --gid 1000 vae \

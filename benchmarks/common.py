@@ -71,7 +71,7 @@ def start_server(model_dir: Path, poll_seconds: float = 0.0, extra_args=()) -> t
     import re
 
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--model", str(model_dir),
+    process = subprocess.Popen([sys.executable, "-m", "vae_tf_cli", "serve", "--model", str(model_dir),
                                 "--port", "0", "--rest-api-port", "0", "--poll-seconds", str(poll_seconds),
                                 *extra_args],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

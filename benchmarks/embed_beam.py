@@ -11,7 +11,7 @@ Each variant is the real command line in a fresh process, timed from start to ex
 counts (importing TensorFlow; for Beam also starting the worker processes, each of which imports
 TensorFlow and loads the model):
 
-- ``embed``: ``python -m training.cli embed --data FILE.npy --split all --model EXPORT -o OUT.parquet
+- ``embed``: ``python -m vae_tf_cli embed --data FILE.npy --split all --model EXPORT -o OUT.parquet
   --chunk-size C --batch-size B``;
 - ``beam-1`` / ``beam-2``: the same plus ``--runner beam --workers 1`` / ``2`` (the local
   FnApiRunner, worker subprocesses), ``-o DIR``.
@@ -63,7 +63,7 @@ def run_variant(variant: str, data: Path, model: Path, out: Path, chunk: int, ba
     """Wall seconds of one ``vae-tf embed`` process (``variant``'s options) from start to exit."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
-    cmd = [sys.executable, "-m", "training.cli", "embed", "--data", str(data), "--split", "all", "--model", str(model),
+    cmd = [sys.executable, "-m", "vae_tf_cli", "embed", "--data", str(data), "--split", "all", "--model", str(model),
            "-o", str(out), "--chunk-size", str(chunk), "--batch-size", str(batch), "--overwrite", *VARIANTS[variant]]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)

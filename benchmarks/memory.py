@@ -24,7 +24,7 @@ at least the parent's size:
   ``splits.resumable_pipeline("train", 128, epochs=E + 1)`` with ``steps_per_epoch`` for ``E``
   epochs;
 - ``embed``: the real command line, ``vae-tf embed --data FILE.npy --split all --model EXPORT
-  -o OUT.npz`` (``training.cli.main``, the ``vae-tf`` entry point, called in the child with
+  -o OUT.npz`` (``vae_tf_cli.main``, the ``vae-tf`` entry point, called in the child with
   those arguments; default chunk 4096 rows, batch 256) on the same
   conv architecture exported once (``vae_tf.export.export_model``, untrained weights: memory
   does not depend on them);
@@ -99,7 +99,7 @@ def child_export(base: str) -> dict:
 
 
 def child_cli(*argv: str) -> dict:
-    from training.cli import main as vae_tf_main
+    from vae_tf_cli import main as vae_tf_main
 
     status = vae_tf_main(list(argv))
     if status:

@@ -106,6 +106,7 @@ command_line = common.command_line
 
 def run(args) -> list[dict]:
     from vae_tf import metrics as M
+    from vae_tf.data.dsprites import DSpritesGroundTruth
     from vae_tf.metrics import sample_quality
 
     data = synthetic(args.n, args.latent_dim, args.seed)
@@ -147,7 +148,7 @@ def run(args) -> list[dict]:
         scale=None if dci_train == 10000 else 10000 / dci_train,
         note=f"n_jobs={args.n_jobs}", repeats=1)
 
-    gt = M.DSpritesGroundTruth(args.image_size)
+    gt = DSpritesGroundTruth(args.image_size)
     projection = np.random.default_rng(1).standard_normal((args.image_size**2, args.latent_dim)) / args.image_size
 
     def represent(x):

@@ -105,7 +105,7 @@ def embed(args) -> int:
     """Batch embeddings through ``vae-tf embed`` (a local export or a server), logged as an artifact."""
     import mlflow
 
-    from training.cli import main as cli
+    from vae_tf_cli import main as cli
     from vae_tf.errors import ConfigError
 
     if bool(args.model) == bool(args.server):

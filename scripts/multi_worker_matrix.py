@@ -12,7 +12,7 @@ optimizer variable (weights, β, the controller, σ², step counter, seed stream
 equal on both workers after training. The last check is what catches state that drifts apart:
 the losses are all-reduced by Keras, so they agree even when the workers' models do not.
 
-Each worker runs ``training.cli.main`` through this module (``--dump``), which wraps
+Each worker runs ``vae_tf_cli.main`` through this module (``--dump``), which wraps
 ``training.train.build_model`` to keep the model and writes its variables to an ``.npz`` when
 training returns; nothing else changes. tests/test_training_distributed.py runs a
 representative subset through :func:`run_cluster`. Cases run one after another (one cluster at
@@ -194,7 +194,7 @@ def _dump_worker(dump: str, argv: list[str]) -> int:
         return built[-1]
 
     train.build_model = keep
-    from training.cli import main
+    from vae_tf_cli import main
 
     code = main(argv)
     if code == 0 and built:

@@ -1,7 +1,7 @@
 """The serving commands of ``vae-tf``: ``serve``, ``embed`` and ``probe``.
 
-``training/cli.py`` registers them (:func:`add_parsers`) and dispatches to :func:`cmd_serve`,
-:func:`cmd_embed` and :func:`cmd_probe`. User mistakes raise :class:`vae_tf.errors.VaeTfError`
+The ``vae-tf`` dispatcher (:mod:`vae_tf_cli`) registers them (:func:`add_parsers`) and runs the
+functions of :data:`COMMANDS`. User mistakes raise :class:`vae_tf.errors.VaeTfError`
 subclasses, which the CLI prints as one ``error: ...`` line (exit 2).
 """
 
@@ -13,47 +13,7 @@ import os
 import sys
 
 from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTIONS
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = non_negative_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number 0..65535, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
+from vae_tf_cli.argtypes import non_negative_float, non_negative_int, port, positive_float, positive_int
 
 
 def add_parsers(sub) -> None:
@@ -69,27 +29,27 @@ def add_parsers(sub) -> None:
     serve.add_argument("--model-name", "--model_name", dest="model_name",
                        help="model directory name, also the name in URLs (default: $MODEL_NAME or model)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
-    serve.add_argument("--port", type=_port, default=8500, help="gRPC port (default 8500; 0: any free port)")
-    serve.add_argument("--rest-api-port", "--rest_api_port", dest="rest_api_port", type=_port, default=8501,
+    serve.add_argument("--port", type=port, default=8500, help="gRPC port (default 8500; 0: any free port)")
+    serve.add_argument("--rest-api-port", "--rest_api_port", dest="rest_api_port", type=port, default=8501,
                        help="REST port (default 8501; 0: any free port)")
     serve.add_argument("--no-grpc", action="store_true", help="do not start the gRPC server")
     serve.add_argument("--no-rest", action="store_true", help="do not start the REST server")
     serve.add_argument("--labels-file", metavar="FILE",
                        help="YAML/JSON {labels: {stable: 1, canary: 2}} for /labels/NAME URLs (re-read on change)")
     serve.add_argument("--poll-seconds", "--file_system_poll_wait_seconds", dest="poll_seconds",
-                       type=_non_negative_float, default=1.0,
+                       type=non_negative_float, default=1.0,
                        help="how often the base path is rescanned for new versions (default 1; 0: never)")
     serve.add_argument("--rest-max-body-bytes", type=positive_int, default=64 * 1024 * 1024,
                        help="largest accepted REST request body (default 64 MiB; larger: HTTP 413)")
     serve.add_argument("--grpc-max-message-bytes", type=positive_int, default=64 * 1024 * 1024,
                        help="largest gRPC message in either direction (default 64 MiB)")
-    serve.add_argument("--rest-timeout-seconds", type=_non_negative_float, default=30.0,
+    serve.add_argument("--rest-timeout-seconds", type=non_negative_float, default=30.0,
                        help="REST request deadline from arrival (default 30; then HTTP 504, or 408 if the body is "
                             "still incomplete)")
     serve.add_argument("--max-in-flight", type=positive_int, default=128,
                        help="requests each protocol admits at once, running or queued (default 128; beyond: REST "
                             "HTTP 429, gRPC RESOURCE_EXHAUSTED)")
-    serve.add_argument("--keep-alive-seconds", type=_positive_float, default=DEFAULT_KEEP_ALIVE_SECONDS,
+    serve.add_argument("--keep-alive-seconds", type=positive_float, default=DEFAULT_KEEP_ALIVE_SECONDS,
                        help=f"close a connection idle this long since it opened or since its last answer (default "
                             f"{DEFAULT_KEEP_ALIVE_SECONDS:g}; REST keep-alive, gRPC idle connections)")
     serve.add_argument("--max-connections", type=positive_int, default=DEFAULT_MAX_CONNECTIONS,
@@ -104,9 +64,9 @@ def add_parsers(sub) -> None:
     serve.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", action="store_true",
                        help="merge concurrent small requests for one signature into one model call")
     serve.add_argument("--max-batch-size", type=positive_int, default=32, help="rows per merged call (default 32)")
-    serve.add_argument("--batch-timeout-ms", type=_non_negative_float, default=1.0,
+    serve.add_argument("--batch-timeout-ms", type=non_negative_float, default=1.0,
                        help="longest a request waits for others to join its batch (default 1 ms)")
-    serve.add_argument("--grace-seconds", type=_non_negative_float, default=5.0,
+    serve.add_argument("--grace-seconds", type=non_negative_float, default=5.0,
                        help="on SIGINT/SIGTERM, how long in-flight requests may take to finish (default 5)")
 
     embed = sub.add_parser(
@@ -256,3 +216,7 @@ def cmd_probe(args) -> int:
 
 
 __all__ = ["add_parsers", "cmd_embed", "cmd_probe", "cmd_serve"]
+
+
+#: The serving commands: name -> function(args) -> exit code.
+COMMANDS = {"serve": cmd_serve, "embed": cmd_embed, "probe": cmd_probe}

@@ -13,7 +13,7 @@ import tensorflow as tf
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import assert_one_line
-from training.cli import main
+from vae_tf_cli import main
 
 FAST = ["train.epochs=2", "train.verbose=0", "model.network.hidden=[32]", "model.latent.latent_dim=4"]
 

@@ -68,7 +68,7 @@ def test_shipped_suites_resolve_to_valid_configs():
 
 
 def test_compare_cli_errors_are_one_line(suite_file, capsys):
-    from training.cli import main
+    from vae_tf_cli import main
 
     assert main(["compare", "--suite", "nope", "--quick"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: unknown suite 'nope'")

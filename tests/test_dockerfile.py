@@ -43,3 +43,16 @@ def test_tf_serving_default_is_the_pinned_tensorflow_release():
 def test_docs_state_the_same_default():
     default = _dockerfile_default("TF_SERVING_VERSION")
     assert f"`TF_SERVING_VERSION` (build arg, default {default})" in (ROOT / "docs" / "serving.md").read_text()
+
+
+def test_the_app_image_copies_every_package_the_project_installs():
+    """`pip install .` in the app image installs what pyproject.toml's package patterns find; a
+    package the Dockerfile does not COPY would be missing from the image (the `vae-tf` entry point
+    lives in vae_tf_cli)."""
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = sorted(p.parent.name for p in ROOT.glob("*/__init__.py")
+                      if any(re.fullmatch(pattern.replace("*", ".*"), p.parent.name) for pattern in patterns))
+    assert {"vae_tf", "vae_tf_cli", "training", "serving"} <= set(packages)
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE))
+    assert set(packages) <= copied, sorted(set(packages) - copied)

@@ -15,7 +15,7 @@ import tensorflow as tf  # noqa: E402
 
 from serving.embed import load_source  # noqa: E402
 from tests.conftest import assert_one_line  # noqa: E402
-from training.cli import main  # noqa: E402
+from vae_tf_cli import main  # noqa: E402
 
 SHAPE = (8, 8, 1)  # serving.testing.TINY_DATA_SHAPE, the exports fixture's data shape
 

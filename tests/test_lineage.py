@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from training.cli import main
+from vae_tf_cli import main
 from training.lineage import dataset_digest, model_verdict
 from vae_tf.metrics import CollapseVerdict, collapse_verdict
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vae_tf.data.dsprites import DSpritesGroundTruth
 from vae_tf.errors import ConfigError, DataError
 from vae_tf.metrics import (
-    DSpritesGroundTruth,
     GroundTruthData,
     beta_vae_score,
     compute_mig,

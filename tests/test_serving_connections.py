@@ -251,7 +251,7 @@ def test_the_server_raises_its_open_file_limit_for_max_connections():
 
 def test_serve_options_reach_the_server_config(base, monkeypatch):
     import serving.server
-    from training.cli import main
+    from vae_tf_cli import main
 
     seen = []
     monkeypatch.setattr(serving.server, "serve", lambda config, announce: seen.append(config) or 0)

@@ -18,7 +18,7 @@ from serving.embed import (
 )
 from serving.testing import export_tiny_model, running_server
 from tests.conftest import assert_one_line
-from training.cli import main
+from vae_tf_cli import main
 
 
 @pytest.fixture(scope="module")

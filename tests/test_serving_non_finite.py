@@ -18,7 +18,7 @@ from serving.embed import EmbedSource, LocalEncoder, extract_embeddings
 from serving.model_store import first_non_finite
 from serving.testing import export_tiny_model, running_server
 from tests.conftest import assert_one_line
-from training.cli import main
+from vae_tf_cli import main
 from vae_tf.errors import DataError
 
 TOKENS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # what Python's json writes and clients send

@@ -20,7 +20,7 @@ from serving.client import GrpcClient, RestClient, ServingRequestError
 from serving.model_store import ModelStore, scan_versions, validate_model_name
 from serving.testing import drop_version, running_server
 from tests.conftest import assert_one_line
-from training.cli import main
+from vae_tf_cli import main
 from vae_tf.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,7 +224,7 @@ def test_serve_cli_port_in_use(exports, tmp_path, capsys):
 def test_serve_command_runs_and_shuts_down_gracefully(exports, tmp_path):
     drop_version(exports, tmp_path, 1)
     env = {**os.environ, "MODEL_BASE_PATH": str(tmp_path), "MODEL_NAME": "vae", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--port", "0", "--rest-api-port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "vae_tf_cli", "serve", "--port", "0", "--rest-api-port", "0"],
                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         lines = {}

@@ -32,7 +32,7 @@ def _env(tmp_path: Path, **extra) -> dict:
 
 
 def _start(tmp_path, *args, **env):
-    return subprocess.Popen([sys.executable, "-m", "training.cli", "train", "-c", "cfg.yaml", *args], cwd=tmp_path,
+    return subprocess.Popen([sys.executable, "-m", "vae_tf_cli", "train", "-c", "cfg.yaml", *args], cwd=tmp_path,
                             env=_env(tmp_path, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -125,7 +125,7 @@ def test_a_two_worker_cluster_trains_once_and_only_the_chief_logs_and_exports(tm
 
 
 def test_multi_worker_without_tf_config_is_a_one_line_error(tmp_path, monkeypatch, capsys):
-    from training.cli import main
+    from vae_tf_cli import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TF_CONFIG", raising=False)

@@ -47,7 +47,7 @@ def _env(tmp_path: Path) -> dict:
 
 
 def _train(tmp_path, *args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "training.cli", "train", "-c", "cfg.yaml", *args], cwd=tmp_path,
+    return subprocess.Popen([sys.executable, "-m", "vae_tf_cli", "train", "-c", "cfg.yaml", *args], cwd=tmp_path,
                             env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 

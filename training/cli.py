@@ -1,41 +1,23 @@
-"""``vae-tf`` command line.
+"""The training commands of ``vae-tf``: ``train``, ``sync-mlflow``, ``evaluate`` and ``compare``.
 
     vae-tf train [--config FILE] [--set key=value ...] [--resume [RUN]]
     vae-tf sync-mlflow RUN_DIR [--tracking-uri URI]
     vae-tf evaluate MODEL [--split test] [--disentanglement quick] [--fd] ...
-    vae-tf serve [--model-base-path /models] [--model-name model] [--port 8500] [--rest-api-port 8501] ...
-    vae-tf embed --data digits --split test (--model models/vae | --server URL) -o embeddings.npz
-    vae-tf probe embeddings.npz [--test other.npz]
     vae-tf compare --suite NAME [--quick] [--seeds 0,1] [--runs a,b]
 
-User mistakes (bad config, bad data, missing files) print ``error: <one line>`` and exit 2;
-anything else is a bug and keeps its traceback.
+The ``vae-tf`` dispatcher (:mod:`vae_tf_cli`) registers them (:func:`add_parsers`) and runs the
+functions of :data:`COMMANDS`; the serving commands are :mod:`serving.cli`'s.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import sys
+
+from vae_tf_cli.argtypes import non_negative_int, positive_int
 
 
-def _quiet_libraries() -> None:
-    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) and MLflow's INFO lines (database
-    # migrations, experiment creation) drown the progress bar and the one-line errors.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from serving.cli import add_parsers as add_serving_parsers
-    from serving.cli import non_negative_int, positive_int
-
-    parser = argparse.ArgumentParser(prog="vae-tf", description="Variational autoencoders that do not collapse silently.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_parsers(sub) -> None:
+    """Register ``train``, ``sync-mlflow``, ``evaluate`` and ``compare`` on the ``vae-tf`` parser."""
     train = sub.add_parser("train", help="train a model with MLflow tracking and export a SavedModel",
                            description="Train, evaluate, export and track one model.")
     train.add_argument("--config", "-c", help="YAML config file (default: the embedded digits config)")
@@ -87,9 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--seeds", default=None, help="comma-separated seeds (default: the size's seeds)")
     compare.add_argument("--runs", default=None, help="comma-separated run names (default: all)")
     compare.add_argument("--output-dir", default=None, help="report directory (default reports/SUITE-SIZE)")
-
-    add_serving_parsers(sub)  # serve, embed, probe
-    return parser
 
 
 def cmd_train(args) -> int:
@@ -167,42 +146,5 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
-    from serving.cli import cmd_serve as run
-
-    return run(args)
-
-
-def cmd_embed(args) -> int:
-    from serving.cli import cmd_embed as run
-
-    return run(args)
-
-
-def cmd_probe(args) -> int:
-    from serving.cli import cmd_probe as run
-
-    return run(args)
-
-
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "serve": cmd_serve,
-            "embed": cmd_embed, "probe": cmd_probe, "sync-mlflow": cmd_sync_mlflow}
-
-
-def main(argv: list[str] | None = None) -> int:
-    _quiet_libraries()
-    args = build_parser().parse_args(argv)
-    from vae_tf.errors import VaeTfError
-
-    try:
-        return COMMANDS[args.command](args)
-    except VaeTfError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+#: The training commands: name -> function(args) -> exit code.
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "sync-mlflow": cmd_sync_mlflow}

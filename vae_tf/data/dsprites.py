@@ -45,6 +45,8 @@ Numbers obtained on these images are comparable only with numbers on identical g
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from vae_tf.data.registry import register_dataset
@@ -237,6 +239,38 @@ class DSpritesGenerator:
         return out[0] if single else out
 
 
+class DSpritesGroundTruth:
+    """:class:`DSpritesGenerator` as :class:`vae_tf.metrics.disentanglement.GroundTruthData` (DLIB
+    ``dsprites_full``):
+    five factors (shape 3, scale 6, orientation 40, pos_x 32, pos_y 32), class indices drawn
+    uniformly and independently, float32 ``(n, S, S, 1)`` images in {0, 1}. Rendering is
+    deterministic, so ``random_state`` is not consumed by it."""
+
+    def __init__(self, image_size: int = 64):
+        self.generator = DSpritesGenerator(image_size)
+        self.factor_sizes = tuple(int(s) for s in self.generator.factor_sizes)
+        self.factor_names = tuple(self.generator.factor_names)
+
+    @property
+    def num_factors(self) -> int:
+        return len(self.factor_sizes)
+
+    @property
+    def observation_shape(self) -> tuple[int, ...]:
+        return (self.generator.image_size, self.generator.image_size, 1)
+
+    def sample_factors(self, num: int, random_state) -> np.ndarray:
+        return self.generator.sample_factors(int(num), random_state)
+
+    def sample_observations_from_factors(self, factors, random_state=None) -> np.ndarray:
+        return self.generator.render(np.asarray(factors, dtype=np.int64)).astype(np.float32)[..., None]
+
+    def sample(self, num: int, random_state) -> tuple[np.ndarray, np.ndarray]:
+        factors = self.sample_factors(num, random_state)
+        return factors, self.sample_observations_from_factors(factors, random_state)
+
+
+
 @register_dataset("dsprites")
 def load_dsprites(plan: SplitPlan, *, n_samples: int = 20000, image_size: int = 64) -> DataSplits:
     """Procedural dSprites-like images with ground-truth factors (see the module docstring).
@@ -286,6 +320,7 @@ def load_dsprites(plan: SplitPlan, *, n_samples: int = 20000, image_size: int = 
         factor_sizes=FACTOR_SIZES,
         value_range=(0.0, 1.0),
         binary=True,
+        ground_truth=functools.partial(DSpritesGroundTruth, image_size),
         metadata={
             "source": "vae_tf.data.dsprites.DSpritesGenerator (procedural, dSprites-like)",
             "generator_version": GENERATOR_VERSION,

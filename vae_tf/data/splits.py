@@ -241,6 +241,10 @@ class DataSplits:
             generator version ...), for run tracking. ``metadata["modality"]`` is ``"text"`` for
             text data sets (with ``vocabulary``, ``max_length``, ``tokenizer``); images have no
             ``modality`` key.
+        ground_truth: for a data set with a generator of its own, a function returning its
+            ``vae_tf.metrics.disentanglement.GroundTruthData`` (what the sampling-based
+            disentanglement scores need: sample factors, render them); else None. The data set
+            knows its generator, so the metrics never name a data set.
     """
 
     name: str
@@ -258,6 +262,7 @@ class DataSplits:
     value_range: tuple[float, float] | None = (0.0, 1.0)
     binary: bool = False
     metadata: dict = field(default_factory=dict)
+    ground_truth: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         for split in SPLIT_NAMES:

@@ -33,7 +33,6 @@ from vae_tf.metrics.collapse import (
     mutual_information_minibatch,
 )
 from vae_tf.metrics.disentanglement import (
-    DSpritesGroundTruth,
     GroundTruthData,
     beta_vae_score,
     compute_dci,
@@ -85,7 +84,6 @@ __all__ = [
     "COLLAPSE_DELTA",
     "COLLAPSE_EPS_GRID",
     "MI_BATCH_SIZE",
-    "DSpritesGroundTruth",
     "GroundTruthData",
     "active_units",
     "beta_vae_score",

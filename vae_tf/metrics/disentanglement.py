@@ -71,38 +71,6 @@ class GroundTruthData(Protocol):
         """Observations for the given factor rows, float32 ``(num, *data_shape)``."""
 
 
-class DSpritesGroundTruth:
-    """:class:`vae_tf.data.DSpritesGenerator` as :class:`GroundTruthData` (DLIB ``dsprites_full``):
-    five factors (shape 3, scale 6, orientation 40, pos_x 32, pos_y 32), class indices drawn
-    uniformly and independently, float32 ``(n, S, S, 1)`` images in {0, 1}. Rendering is
-    deterministic, so ``random_state`` is not consumed by it."""
-
-    def __init__(self, image_size: int = 64):
-        from vae_tf.data.dsprites import DSpritesGenerator  # noqa: PLC0415
-
-        self.generator = DSpritesGenerator(image_size)
-        self.factor_sizes = tuple(int(s) for s in self.generator.factor_sizes)
-        self.factor_names = tuple(self.generator.factor_names)
-
-    @property
-    def num_factors(self) -> int:
-        return len(self.factor_sizes)
-
-    @property
-    def observation_shape(self) -> tuple[int, ...]:
-        return (self.generator.image_size, self.generator.image_size, 1)
-
-    def sample_factors(self, num: int, random_state) -> np.ndarray:
-        return self.generator.sample_factors(int(num), random_state)
-
-    def sample_observations_from_factors(self, factors, random_state=None) -> np.ndarray:
-        return self.generator.render(np.asarray(factors, dtype=np.int64)).astype(np.float32)[..., None]
-
-    def sample(self, num: int, random_state) -> tuple[np.ndarray, np.ndarray]:
-        factors = self.sample_factors(num, random_state)
-        return factors, self.sample_observations_from_factors(factors, random_state)
-
-
 def _num_factors(data) -> int:
     return int(getattr(data, "num_factors", len(data.factor_sizes)))
 
@@ -511,7 +479,6 @@ def compute_sap(ground_truth_data: GroundTruthData, representation_fn: Callable,
 
 
 __all__ = [
-    "DSpritesGroundTruth",
     "GroundTruthData",
     "beta_vae_score",
     "compute_dci",

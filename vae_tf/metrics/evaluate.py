@@ -103,7 +103,8 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
         disentanglement_sizes: overrides of ``num_train``, ``num_eval``,
             ``num_variance_estimate``, ``batch_size`` (DLIB defaults 10000 / 5000 / 10000 / 64).
         ground_truth: a :class:`~vae_tf.metrics.disentanglement.GroundTruthData` for the
-            sampling metrics (default: the dSprites generator when ``data.name == "dsprites"``).
+            sampling metrics (default: ``data.ground_truth()``, the data set's own generator when
+            it has one).
         fd, fd_cache_dir, fd_spec, fd_samples, fd_num_samples: the Fréchet classifier distance
             between ``fd_num_samples`` prior samples (``"mean"`` decodes or ``"ancestral"``
             draws) and as many examples of the split.
@@ -259,9 +260,8 @@ def _prior_samples(model, n: int, seed: int, kind: str, batch_size: int) -> np.n
 def _disentanglement(model, data, codes, factors, sizes, seed, batch_size, ground_truth, info) -> dict:
     est = info["estimators"]
     out: dict[str, float] = {}
-    if ground_truth is None and data.name == "dsprites":
-        image_size = int(data.metadata.get("image_size", data.data_shape[0]))
-        ground_truth = dis.DSpritesGroundTruth(image_size)
+    if ground_truth is None and getattr(data, "ground_truth", None) is not None:
+        ground_truth = data.ground_truth()  # the data set's own generator (dSprites)
     info["disentanglement_sizes"] = dict(sizes)
     if ground_truth is not None:
         rep = representation_function(model, batch_size)

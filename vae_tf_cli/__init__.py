@@ -1,0 +1,61 @@
+"""The ``vae-tf`` command line: one dispatcher over the training commands (:mod:`training.cli`) and
+the serving commands (:mod:`serving.cli`), so neither application package imports the other's CLI.
+
+    vae-tf train [--config FILE] [--set key=value ...] [--resume [RUN]]
+    vae-tf sync-mlflow RUN_DIR [--tracking-uri URI]
+    vae-tf evaluate MODEL [--split test] [--disentanglement quick] [--fd] ...
+    vae-tf compare --suite NAME [--quick] [--seeds 0,1] [--runs a,b]
+    vae-tf serve [--model-base-path /models] [--model-name model] [--port 8500] [--rest-api-port 8501] ...
+    vae-tf embed --data digits --split test (--model models/vae | --server URL) -o embeddings.npz
+    vae-tf probe embeddings.npz [--test other.npz]
+
+User mistakes (bad config, bad data, missing files) print ``error: <one line>`` and exit 2;
+anything else is a bug and keeps its traceback. ``python -m vae_tf_cli`` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def _quiet_libraries() -> None:
+    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) and MLflow's INFO lines (database
+    # migrations, experiment creation) drown the progress bar and the one-line errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    """The ``vae-tf`` parser and the command table (name -> function(args) -> exit code)."""
+    import serving.cli
+    import training.cli
+
+    parser = argparse.ArgumentParser(prog="vae-tf", description="Variational autoencoders that do not collapse silently.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    training.cli.add_parsers(sub)
+    serving.cli.add_parsers(sub)
+    return parser, {**training.cli.COMMANDS, **serving.cli.COMMANDS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    parser, commands = build_parser()
+    args = parser.parse_args(argv)
+    from vae_tf.errors import VaeTfError
+
+    try:
+        return commands[args.command](args)
+    except VaeTfError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["build_parser", "main"]
