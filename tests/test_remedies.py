@@ -344,7 +344,7 @@ def test_fgsm_perturbations_have_the_requested_norm(digits):
     x = tf.constant(digits.x_train[:32])
     for epsilon in (0.01, 0.1):
         model = make({"input_noise": {"kind": "fgsm", "epsilon": epsilon}})
-        delta = (model.input_noise.perturb(model, x) - x).numpy().reshape(32, -1)
+        delta = (model.input_noise.perturb(model, x, x) - x).numpy().reshape(32, -1)
         np.testing.assert_allclose(np.abs(delta).max(axis=1), epsilon, rtol=1e-5)  # L∞ = ε per example
         np.testing.assert_allclose(np.abs(delta[delta != 0]), epsilon, rtol=1e-4)  # a sign step everywhere
         # and it goes against the ELBO: with the same noise, the perturbed input's ELBO is lower
@@ -354,7 +354,8 @@ def test_fgsm_perturbations_have_the_requested_norm(digits):
         attacked = model.compute_terms(x + delta.reshape(x.shape), target=x)["elbo"]
         assert float(tf.reduce_mean(attacked)) < float(tf.reduce_mean(clean))
     noisy = make({"input_noise": {"kind": "gaussian", "sigma": 0.3}})
-    delta = (noisy.input_noise.perturb(noisy, tf.constant(digits.x_train[:256])) - digits.x_train[:256]).numpy()
+    batch = tf.constant(digits.x_train[:256])
+    delta = (noisy.input_noise.perturb(noisy, batch, batch) - digits.x_train[:256]).numpy()
     assert abs(delta.std() - 0.3) < 0.01 and abs(delta.mean()) < 0.01
 
 

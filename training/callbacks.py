@@ -219,7 +219,8 @@ class CollapseDiagnostics(keras.callbacks.Callback):
 
     def __init__(self, x, every: int = 1, max_examples: int = 2000, seed: int = 0):
         super().__init__()
-        x = np.asarray(x, np.float32)
+        x = np.asarray(x)
+        x = x if x.dtype == object else x.astype(np.float32)  # sentences stay strings
         if len(x) > max_examples:
             x = x[np.random.default_rng(seed).choice(len(x), max_examples, replace=False)]
         self.x = x

@@ -12,6 +12,10 @@ MLflow loads this file, not a pickle. ``predict`` runs one SavedModel signature,
 ``sample``                ``seed: int32[n, 2]``       ``z``, ``x_mean``, ``x_sample``
 ========================  ==========================  ===============================
 
+A text model's ``x`` is a column of raw sentences (``string[B]``: a list of strings, a
+DataFrame with one string column); its ``decode`` / ``reconstruct`` / ``sample`` return ``text``
+(and ``tokens`` / ``lengths``).
+
 The input may be an array, a ``{name: array}`` dict, a pandas DataFrame or nested lists (as
 ``mlflow models serve`` passes JSON ``{"inputs": ...}``); rows flattened to one dimension are
 reshaped to the signature's example shape, and values are cast to its dtype (seeds must be
@@ -76,6 +80,8 @@ def _as_array(model_input, key: str) -> np.ndarray:
 
 
 def _reshape_rows(values: np.ndarray, example_shape: tuple, name: str, key: str) -> np.ndarray:
+    if example_shape == () and values.ndim == 2 and values.shape[1] == 1:  # one column of sentences
+        return values[:, 0]
     if values.ndim == 1 + len(example_shape) and all(
             want is None or want == got for want, got in zip(example_shape, values.shape[1:])):
         return values
@@ -88,6 +94,11 @@ def _reshape_rows(values: np.ndarray, example_shape: tuple, name: str, key: str)
 
 def _cast(values: np.ndarray, dtype, name: str, key: str) -> np.ndarray:
     dtype = np.dtype(dtype)
+    if dtype.kind == "O":  # tf.string: sentences
+        if not all(isinstance(v, (str, bytes)) for v in values.ravel()):
+            raise ValueError(f"signature {name!r} needs {key} as strings (sentences), got {values.dtype}")
+        return np.array([v if isinstance(v, bytes) else v.encode("utf-8") for v in values.ravel()],
+                        dtype=object).reshape(values.shape)
     if values.dtype.kind not in "iuf":
         raise ValueError(f"signature {name!r} needs numeric {key}, got {values.dtype}")
     if dtype.kind == "i" and values.dtype.kind == "f":

@@ -94,9 +94,12 @@ def log_saved_model(export_dir: Path, data_shape, registered_name: str | None):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec
 
+    from vae_tf.export import load_model_info
+
     signature = ModelSignature(params=ParamSchema([ParamSpec("signature", "string", "encode")]))
-    inputs = {"encode": f"x: float32[-1, {', '.join(map(str, data_shape))}]", "decode": "z: float32[-1, code_size]",
-              "reconstruct": f"x: float32[-1, {', '.join(map(str, data_shape))}]", "sample": "seed: int32[-1, 2]"}
+    x = ("x: string[-1] (raw sentences)" if load_model_info(export_dir).get("modality") == "text"
+         else f"x: float32[-1, {', '.join(map(str, data_shape))}]")
+    inputs = {"encode": x, "decode": "z: float32[-1, code_size]", "reconstruct": x, "sample": "seed: int32[-1, 2]"}
     with warnings.catch_warnings():
         # The schema is explicit, so MLflow's advice about input examples and type hints (for
         # schema inference) does not apply. MLflow forces "once" filters around the type-hint
@@ -311,6 +314,10 @@ class TrackedRun:
     def log_dict(self, dictionary: dict, artifact_file: str) -> None:
         self._call("log_dict", {"dictionary": dictionary, "artifact_file": artifact_file})
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """A text artefact (Markdown tables of a text model: MLflow's artefact view renders them)."""
+        self._call("log_text", {"text": text, "artifact_file": artifact_file})
+
     def log_figures(self, figures: dict, artifact_dir: str = "figures") -> None:
         """Figures are saved under ``<run_dir>/figures`` first, so a buffered call has its file."""
         import matplotlib.pyplot as plt
@@ -380,6 +387,8 @@ class TrackedRun:
             mlflow.log_dict(args["dictionary"], args["artifact_file"])
         elif op == "log_artifact":
             mlflow.log_artifact(args["local_path"], args["artifact_path"])
+        elif op == "log_text":
+            mlflow.log_text(args["text"], args["artifact_file"])
         elif op == "log_artifacts":
             mlflow.log_artifacts(args["local_dir"], args["artifact_path"])
         elif op == "log_input":
@@ -534,4 +543,4 @@ class WorkerRun:
     def _ignore(self, *args, **kwargs) -> None:
         return None
 
-    log_params = log_metrics = set_tags = log_dict = log_figures = save_record = log_dataset = log_artifacts = _ignore
+    log_params = log_metrics = set_tags = log_dict = log_figures = save_record = log_dataset = log_artifacts = log_text = _ignore

@@ -8,6 +8,8 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from training.config import Config
 
 
@@ -66,17 +68,19 @@ def learning_rate(config: Config, replicas: int = 1) -> float:
     return config.train.learning_rate * factor
 
 
-def build_model(config: Config, data_shape, steps_per_epoch: int = 1, replicas: int = 1):
+def build_model(config: Config, data_shape, steps_per_epoch: int = 1, replicas: int = 1, text: dict | None = None):
     """Build and compile the model of ``config`` (inside ``strategy.scope()`` when distributed):
     Adam (``vae_tf.optimizers.FusedAdam``: Keras' Adam with TensorFlow's fused update kernel) at
     :func:`learning_rate`, clipping the global gradient norm at ``train.clip_norm``,
-    ``train.precision`` for the networks."""
+    ``train.precision`` for the networks. ``text``: a text data set's tokenizer
+    (:func:`vae_tf.models.text.text_settings`) for a sentence model."""
     from vae_tf.models import build_vae
     from vae_tf.optimizers import FusedAdam
 
     model_cfg = config.model
     model = build_vae(
         data_shape,
+        text=text,
         latent=model_cfg.latent,
         likelihood=model_cfg.likelihood,
         network=model_cfg.network,
@@ -157,8 +161,13 @@ def prepare(config: Config, strategy) -> Prepared:
     data = prepare_data(config)
     data, labelled = split_for_pretraining(config, data)
     steps_per_epoch = training_steps_per_epoch(data, config.train)
+    text = None
+    if data.metadata.get("modality") == "text":
+        from vae_tf.models.text import text_settings
+
+        text = text_settings(data.metadata)
     with strategy.scope():
-        model = build_model(config, data.data_shape, steps_per_epoch, strategy.num_replicas_in_sync)
+        model = build_model(config, data.data_shape, steps_per_epoch, strategy.num_replicas_in_sync, text=text)
     return Prepared(data=data, labelled=labelled, steps_per_epoch=steps_per_epoch, model=model)
 
 
@@ -309,7 +318,6 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
     )
     from training.distribute import distribute_options, is_chief
     from training.lineage import log_datasets, model_verdict
-    from vae_tf import plots
     from vae_tf.errors import TrainingDivergedError
     from vae_tf.export import export_model
 
@@ -405,7 +413,7 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
     tracker.set_tags(verdict.tags())
     print(f"collapse:      {verdict.line}", file=sys.stderr)
     if config.mlflow.log_figures:
-        tracker.log_figures(plots.model_figures(model, x_eval, value_range=data.value_range, kl=kl, seed=config.seed))
+        log_model_figures(tracker, model, data, eval_split, kl, config.seed)
 
     export_dir = export_model(model, config.export.base_dir, config.name, config.export.version,
                               config=config.to_dict(),
@@ -422,6 +430,29 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
                        history=_history_dict(history),
                        test_metrics=test_metrics, model_uri=model_uri,
                        registered_version=None if version is None else str(version), collapse=verdict.line)
+
+
+def log_model_figures(tracker, model, data, split: str, kl, seed: int) -> None:
+    """The run's figures: image grids for image models; for text models Markdown tables
+    (reconstructions, prior samples, an interpolation) and, when the data know the true z (the
+    synthetic corpus), the posterior means against it."""
+    from vae_tf import plots
+
+    x, y = data.split(split)
+    if getattr(model, "modality", "image") != "text":
+        tracker.log_figures(plots.model_figures(model, x, value_range=data.value_range, kl=kl, seed=seed))
+        return
+    for name, table in plots.text_tables(model, x, seed=seed).items():
+        tracker.log_text(table, f"figures/{name}")
+    figures = {"kl_per_dim.png": plots.kl_per_dim(kl)}
+    factors = data.factors(split)
+    if factors is not None and np.asarray(factors).dtype.kind == "f":
+        from vae_tf.metrics import encode_posterior
+
+        means = encode_posterior(model, x[:2000], seed=seed)["embedding"]
+        figures["latent_vs_true_z.png"] = plots.latent_scatter(means, np.asarray(factors)[:2000],
+                                                               None if y is None else np.asarray(y)[:2000])
+    tracker.log_figures(figures)
 
 
 def run_tags(config: Config) -> dict:

@@ -93,9 +93,9 @@ def export_model(
     if final.exists():
         raise ConfigError(f"{final} already exists: export versions are immutable, pick another version or omit it")
 
-    data_shape = tuple(int(s) for s in model.encoder.inputs[0].shape[1:])
+    data_shape = tuple(model.data_shape)
     code_size = model.latent.code_size
-    archive = _build_archive(model, data_shape, code_size)
+    archive, endpoints = _build_archive(model, code_size)
 
     model_dir.mkdir(parents=True, exist_ok=True)
     tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
@@ -103,7 +103,7 @@ def export_model(
         archive.write_out(str(tmp), verbose=False)
         assets = tmp / "assets"
         assets.mkdir(exist_ok=True)
-        info = model_info(model, name, version, data_shape, config=config, data_info=data_info)
+        info = model_info(model, name, version, data_shape, config=config, data_info=data_info, endpoints=endpoints)
         if extra:
             info.update(extra)
         if getattr(model, "build_spec", None) is not None:
@@ -119,12 +119,13 @@ def export_model(
     return final
 
 
-def _build_archive(model, data_shape: tuple[int, ...], code_size: int):
+def _build_archive(model, code_size: int):
+    """The export archive and its endpoint functions, ``{name: tf.function}``."""
     from keras.export import ExportArchive
 
     # Endpoints capture the model's variables; ExportArchive.track(model) is deliberately not
     # called: it would store every variable twice (keras-team/keras#23553).
-    x_spec = tf.TensorSpec((None,) + data_shape, tf.float32, name="x")
+    x_spec = model.input_signature  # float32 [B, *data_shape], or string [B] for a text model
     z_spec = tf.TensorSpec((None, code_size), tf.float32, name="z")
     seed_spec = tf.TensorSpec((None, 2), tf.int32, name="seed")
 
@@ -145,50 +146,57 @@ def _build_archive(model, data_shape: tuple[int, ...], code_size: int):
         return model.sample(seed)
 
     archive = ExportArchive()
-    for endpoint_name, fn in zip(SIGNATURES, (encode, decode, reconstruct, sample)):
+    for resource in getattr(model, "export_resources", lambda: [])():
+        archive.track(resource)  # lookup tables (a text model's vocabulary): resources, no variables
+    endpoints = dict(zip(SIGNATURES, (encode, decode, reconstruct, sample)))
+    for endpoint_name, fn in endpoints.items():
         archive.add_endpoint(endpoint_name, fn)  # `encode` first: it becomes serving_default
     for endpoint_name, fn in model.latent.extra_signatures(model).items():
         archive.add_endpoint(endpoint_name, fn)
-    return archive
+        endpoints[endpoint_name] = fn
+    return archive, endpoints
 
 
-def _extra_signature_info(model) -> dict:
-    """``{name: {"inputs": [...], "outputs": [...]}}`` of the family's own signatures."""
+def _signature_info(endpoints: dict) -> dict:
+    """``{name: {"inputs": [...], "outputs": [...]}}`` of every exported signature."""
     info = {}
-    for endpoint_name, fn in model.latent.extra_signatures(model).items():
+    for endpoint_name, fn in endpoints.items():
         outputs = fn.get_concrete_function().structured_outputs
         info[endpoint_name] = {"inputs": [spec.name for spec in fn.input_signature], "outputs": sorted(outputs)}
     return info
 
 
-def model_info(model, name: str, version: int, data_shape, *, config=None, data_info=None) -> dict:
+def model_info(model, name: str, version: int, data_shape, *, config=None, data_info=None, endpoints=None) -> dict:
     """The contents of ``assets/vae_tf_model.json``."""
     import vae_tf
 
     data_info = dict(data_info or {})
-    return {
+    data_info.pop("vocabulary", None)  # a text model's vocabulary is in its build spec (and its lookup table)
+    if endpoints is None:
+        endpoints = _build_archive(model, model.latent.code_size)[1]
+    value_range = data_info.pop("value_range", (0.0, 1.0))
+    info = {
         "format_version": FORMAT_VERSION,
         "vae_tf_version": vae_tf.__version__,
         "tensorflow_version": tf.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "name": name,
         "version": version,
+        "modality": getattr(model, "modality", "image"),
         "objective": getattr(model, "objective", type(model).__name__),
+        "composition": getattr(model, "composition", None),
         "data_shape": list(data_shape),
-        "value_range": list(data_info.pop("value_range", (0.0, 1.0))),
+        "value_range": None if value_range is None else list(value_range),
         "data": data_info,
         "latent": model.latent.layout(),
         "likelihood": model.likelihood.describe(),
-        "signatures": {
-            "encode": {"inputs": ["x"], "outputs": sorted(model.encode(tf.zeros((1,) + tuple(data_shape))).keys())},
-            "decode": {"inputs": ["z"], "outputs": ["x_mean", "x_sample"]},
-            "reconstruct": {"inputs": ["x"], "outputs": ["x_mean"]},
-            "sample": {"inputs": ["seed"], "outputs": ["z", "x_mean", "x_sample"]},
-            **_extra_signature_info(model),
-        },
+        "signatures": _signature_info(endpoints),
         "config": dict(config) if config is not None else None,
         "build_spec": getattr(model, "build_spec", None),
     }
+    if getattr(model, "codec", None) is not None:
+        info["text"] = model.codec.describe()
+    return info
 
 
 def load_model_info(version_dir: str | os.PathLike) -> dict:

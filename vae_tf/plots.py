@@ -201,3 +201,62 @@ def category_usage(category_probs: np.ndarray):
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --- text models: tables instead of image grids ------------------------------------------------
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def cell(text) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ") or "∅"
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _decoded(values) -> list[str]:
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in np.asarray(values).tolist()]
+
+
+def text_tables(model, x, *, n: int = 10, steps: int = 7, seed: int = 0) -> dict[str, str]:
+    """The text analogue of :func:`model_figures` for a sentence model: Markdown tables (MLflow's
+    artefact view renders them) of reconstructions (the greedy decode of the posterior mean),
+    prior samples (greedy and sampled decodes of the same z side by side) and a latent
+    interpolation between the posterior means of two sentences (greedy decodes at ``steps``
+    points on the line between them). Returns ``{file name: Markdown}``."""
+    sentences = [str(s) for s in np.asarray(x, dtype=object)[:n]]
+    reconstructed = _decoded(model.reconstruct(np.asarray(sentences, dtype=object))["text"])
+    tables = {"reconstructions.md": "# Reconstructions (greedy decode of the posterior mean)\n\n" + _markdown_table(
+        ["input", "reconstruction"], [[a, b] for a, b in zip(sentences, reconstructed)])}
+    seeds = np.stack([np.full(n, seed, np.int32), np.arange(n, dtype=np.int32)], axis=1)
+    drawn = model.sample(seeds)
+    greedy = _decoded(model.decode(drawn["z"])["text"])
+    tables["samples.md"] = ("# Prior samples: z ~ p(z), decoded greedily and by sampling\n\n" + _markdown_table(
+        ["greedy", "sampled"], [[a, b] for a, b in zip(greedy, _decoded(drawn["text"]))]))
+    if len(sentences) >= 2:
+        ends = np.asarray(model.latent.embedding(model.posterior_params(np.asarray(sentences[:2], dtype=object))))
+        weights = np.linspace(0.0, 1.0, steps)[:, None]
+        line = (1.0 - weights) * ends[0] + weights * ends[1]
+        texts = _decoded(model.decode(line.astype(np.float32))["text"])
+        rows = [[f"{w:.2f}", t] for w, t in zip(weights[:, 0], texts)]
+        tables["interpolation.md"] = (f"# Latent interpolation\n\nfrom: {sentences[0]}\n\nto: {sentences[1]}\n\n"
+                                      + _markdown_table(["t", "greedy decode of (1 − t)·μ(from) + t·μ(to)"], rows))
+    return tables
+
+
+def latent_scatter(means: np.ndarray, true_z: np.ndarray, labels=None):
+    """Posterior means against the true latent variable (He et al. 2019, Fig. 1): the first two
+    dims of the code next to the generator's z ∈ R², coloured by mixture component."""
+    means, true_z = np.asarray(means), np.asarray(true_z)
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 4.0))
+    colour = None if labels is None else np.asarray(labels)
+    for ax, points, title in ((axes[0], true_z, "true z"), (axes[1], means, "posterior mean E[z|x]")):
+        if points.shape[1] >= 2:
+            ax.scatter(points[:, 0], points[:, 1], s=4, c=colour, cmap="tab10")
+        else:
+            ax.scatter(points[:, 0], np.zeros(len(points)), s=4, c=colour, cmap="tab10")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("dim 0")
+        ax.set_ylabel("dim 1")
+    fig.tight_layout()
+    return fig

@@ -16,7 +16,8 @@ loader checks it before training starts.
 
 Where each lives: :mod:`~vae_tf.likelihoods.base` (the interface), :mod:`~vae_tf.likelihoods.standard`
 (Bernoulli, continuous Bernoulli, Gaussian fixed / learned / per-pixel σ) and
-:mod:`~vae_tf.likelihoods.ar_elbo` (AR-ELBO's adaptive σ_x²). A new likelihood is one file and one
+:mod:`~vae_tf.likelihoods.ar_elbo` (AR-ELBO's adaptive σ_x²) and :mod:`~vae_tf.likelihoods.categorical` (the words of a
+sentence, for text models). A new likelihood is one file and one
 registry line below.
 """
 
@@ -26,6 +27,7 @@ from vae_tf._registry import Registry, check_options
 from vae_tf.errors import ConfigError
 from vae_tf.likelihoods.ar_elbo import GaussianAdaptiveLikelihood
 from vae_tf.likelihoods.base import Likelihood
+from vae_tf.likelihoods.categorical import TokenCategoricalLikelihood
 from vae_tf.likelihoods.standard import (BernoulliLikelihood, ContinuousBernoulliLikelihood, GaussianFixedLikelihood,
                                          GaussianLearnedScalarLikelihood, GaussianPerPixelLikelihood)
 
@@ -36,6 +38,7 @@ LIKELIHOODS.register("gaussian")(GaussianFixedLikelihood)
 LIKELIHOODS.register("gaussian_learned")(GaussianLearnedScalarLikelihood)
 LIKELIHOODS.register("gaussian_adaptive")(GaussianAdaptiveLikelihood)
 LIKELIHOODS.register("gaussian_per_pixel")(GaussianPerPixelLikelihood)
+LIKELIHOODS.register("categorical")(TokenCategoricalLikelihood)  # sentences (text models)
 
 
 def check_likelihood(name, options: dict) -> type[Likelihood]:
@@ -55,4 +58,5 @@ def build_likelihood(name: str, data_rank: int, **options) -> Likelihood:
 
 __all__ = ["LIKELIHOODS", "BernoulliLikelihood", "ContinuousBernoulliLikelihood", "GaussianAdaptiveLikelihood",
            "GaussianFixedLikelihood", "GaussianLearnedScalarLikelihood", "GaussianPerPixelLikelihood", "Likelihood",
+           "TokenCategoricalLikelihood",
            "build_likelihood", "check_likelihood"]

@@ -44,6 +44,12 @@ class Likelihood(keras.layers.Layer):
     def mean(self, out: tf.Tensor) -> tf.Tensor:
         return self.base_distribution(out).mean()
 
+    def expected(self, out: tf.Tensor) -> tf.Tensor:
+        """A differentiable summary of p(x|z) with the data's shape per element, what an auxiliary
+        network reads (the MI regulariser's Q): the mean by default (a categorical's one-hot
+        expectation, its probabilities, for words)."""
+        return self.mean(out)
+
     def sample(self, out: tf.Tensor, seed=None) -> tf.Tensor:
         return tf.cast(self.base_distribution(out).sample(seed=seed), tf.float32)
 

@@ -14,7 +14,17 @@ from vae_tf.metrics._checks import positive_int
 ENCODE_BATCH_SIZE = 512
 
 
-def _check_x(x) -> np.ndarray:
+def check_sentences(x) -> np.ndarray:
+    """A non-empty 1-D array of sentences (Python ``str``), as object dtype; one-line DataError."""
+    x = np.asarray(x, dtype=object)
+    if x.ndim != 1 or len(x) == 0 or not all(isinstance(s, str) for s in x):
+        raise DataError(f"a text model's x must be a non-empty 1-D array of sentences (str), got shape {x.shape}")
+    return x
+
+
+def _check_x(x, model=None) -> np.ndarray:
+    if getattr(model, "modality", "image") == "text":
+        return check_sentences(x)
     x = np.asarray(x, dtype=np.float32)
     if x.ndim < 2 or len(x) == 0:
         raise DataError(f"x must be a non-empty batch (N, *data_shape), got shape {x.shape}")
@@ -30,10 +40,10 @@ def representation_function(model, batch_size: int = ENCODE_BATCH_SIZE) -> Calla
 
     @tf.function(reduce_retracing=True)
     def embed(x):
-        return model.latent.embedding(model.encoder(x, training=False))
+        return model.latent.embedding(model.posterior_params(x))
 
     def represent(x):
-        x = _check_x(x)
+        x = _check_x(x, model)
         return np.concatenate([embed(tf.constant(x[i:i + batch_size])).numpy().astype(np.float64)
                                for i in range(0, len(x), batch_size)], axis=0)
 
@@ -56,7 +66,7 @@ def encode_posterior(model, x, *, batch_size: int = ENCODE_BATCH_SIZE, seed: int
     """
     import tensorflow as tf  # noqa: PLC0415
 
-    x = _check_x(x)
+    x = _check_x(x, model)
     batch_size = positive_int("batch_size", batch_size)
     latent = model.latent
 
@@ -65,7 +75,7 @@ def encode_posterior(model, x, *, batch_size: int = ENCODE_BATCH_SIZE, seed: int
 
         @tf.function(reduce_retracing=True)
         def summarise(xb, s):
-            params = model.encoder(xb, training=False)
+            params = model.posterior_params(xb)
             z = latent.sample(params, seed=s)
             kl = latent.kl_per_dim(params, z, seed=tf.random.experimental.stateless_fold_in(s, 1))
             return {**latent.export_outputs(params), "kl_per_dim": kl}
@@ -80,4 +90,4 @@ def encode_posterior(model, x, *, batch_size: int = ENCODE_BATCH_SIZE, seed: int
     return {name: np.concatenate(values, axis=0) for name, values in parts.items()}
 
 
-__all__ = ["encode_posterior", "representation_function"]
+__all__ = ["check_sentences", "encode_posterior", "representation_function"]

@@ -10,10 +10,15 @@ normalised p(x|z)     IW-NLL (K = 500 in chunks of 100) and bits/dim; a Bernoull
                       non-binary data is not a density, so it is skipped (with the reason)
 labels                linear-probe accuracy (train split → evaluated split); t-SNE figure;
                       cluster accuracy of a categorical code (families exporting ``category``)
-factors               dSprites: BetaVAE, FactorVAE, MIG, DCI, SAP on freshly rendered data
-                      (DLIB sizes unless ``disentanglement_sizes`` says otherwise); other data
-                      with factors: MIG, DCI, SAP on the split's own codes
-``fd=True``           ``fd_classifier`` (Fréchet classifier distance, not FID)
+factors               a data set with a generator (``data.ground_truth``): BetaVAE, FactorVAE,
+                      MIG, DCI, SAP on freshly rendered data (DLIB sizes unless
+                      ``disentanglement_sizes`` says otherwise); other data with discrete
+                      factors: MIG, DCI, SAP on the split's own codes (continuous factors, e.g.
+                      a synthetic corpus's true z, are skipped)
+``fd=True``           ``fd_classifier`` (Fréchet classifier distance, not FID; images)
+text models           per sentence and per word: ``nll_per_word`` / ``perplexity`` from the
+                      IW-NLL (and ``elbo_per_word``), with the words of a sentence counted as
+                      its tokens plus ``<eos>`` (Bowman et al. 2016; He et al. 2019)
 ====================  =====================================================================
 
 The result is ``{"metrics": {name: float}, "info": {...}, "arrays": {name: ndarray}}``:
@@ -119,7 +124,8 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
         raise ConfigError(f"fd_samples must be 'mean' or 'ancestral', got {fd_samples!r}")
     sizes = _check_sizes(disentanglement_sizes)
     idx = _subsample(len(x_all), max_examples, seed)
-    x = np.asarray(x_all[idx], dtype=np.float32)
+    text = getattr(model, "modality", "image") == "text"
+    x = np.asarray(x_all[idx], dtype=object if text else np.float32)
     y = None if y_all is None else np.asarray(y_all)[idx]
     factors = data.factors(split)
     factors = None if factors is None else np.asarray(factors)[idx]
@@ -152,6 +158,13 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
     elbo = likelihood.elbo_estimate(model, x, num_samples=1, seed=seed, batch_size=batch_size)
     metrics["elbo"], metrics["reconstruction"] = elbo["elbo"], elbo["reconstruction"]
     est["elbo"] = "1-sample Monte-Carlo reconstruction + the family's KL, mean over examples"
+    words = None
+    if text:  # the positions a sentence's likelihood is summed over: its tokens and <eos>
+        words = float(np.mean(model.scored_positions(x)))
+        info["words_per_sentence"] = words
+        metrics["elbo_per_word"] = metrics["elbo"] / words
+        est["per_word"] = ("per word = per sentence / (tokens + 1 for <eos>), averaged as totals: "
+                           "mean per-sentence value / mean words per sentence (Bowman et al.; He et al.)")
 
     means = post.get("z_mean", post["embedding"])
     count, variances = collapse.active_units(means, delta=au_delta)
@@ -201,7 +214,12 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
         iw_idx = _subsample(len(x), iw_max_examples, seed)
         nll = likelihood.iw_nll(model, x[iw_idx], k=iw_k, chunk=iw_chunk, seed=seed, batch_size=iw_batch_size)
         metrics["iw_nll"] = nll
-        metrics["iw_nll_bits_per_dim"] = nll / (float(np.prod(x.shape[1:])) * math.log(2.0))
+        if text:  # over the same sentences as the NLL
+            iw_words = float(np.mean(model.scored_positions(x[iw_idx])))
+            metrics["nll_per_word"] = nll / iw_words
+            metrics["perplexity"] = math.exp(nll / iw_words)
+        else:
+            metrics["iw_nll_bits_per_dim"] = nll / (float(np.prod(x.shape[1:])) * math.log(2.0))
         est["iw_nll"] = (f"Burda et al. L_K, K={iw_k} in chunks of {iw_chunk}, float64 logsumexp, "
                          f"N={len(iw_idx)}" + ("" if normalised else "; NOT a normalised likelihood"))
 
@@ -225,14 +243,18 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
             arrays["tsne_labels"] = y[sel]
 
     # --- disentanglement ------------------------------------------------------------------------
-    if disentanglement and factors is not None:
+    if disentanglement and factors is not None and not np.issubdtype(np.asarray(factors).dtype, np.integer):
+        skipped["disentanglement"] = "the factors are continuous (the scores need discrete factor classes)"
+    elif disentanglement and factors is not None:
         metrics.update(_disentanglement(model, data, post["embedding"], factors, sizes, seed, batch_size,
                                         ground_truth, info))
     elif disentanglement:
         skipped["disentanglement"] = "the data set has no ground-truth factors"
 
     # --- sample quality ---------------------------------------------------------------------------
-    if fd:
+    if fd and text:
+        skipped["fd_classifier"] = "the Frechet classifier distance is defined for images"
+    elif fd:
         from vae_tf.metrics.sample_quality import fd_classifier, load_or_train_fd_classifier  # noqa: PLC0415
 
         classifier = load_or_train_fd_classifier(data, cache_dir=fd_cache_dir, spec=fd_spec)

@@ -14,7 +14,8 @@ How the three densities are obtained from the model:
   the sampled variables) provides ``iw_terms(params, num_samples, seed) -> (z, log_q, log_p)``
   with ``z`` ``[S, B, code_size]`` and ``log_q``, ``log_p`` ``[S, B]`` (log densities summed over
   the latent variables, MC-ready); it is used when present.
-- p(x|z): ``model.likelihood.log_prob(x, model.decoder(z))``, summed over data dimensions.
+- p(x|z): ``model.log_likelihood(target, z)`` (``likelihood.log_prob(x, decoder(z))``, summed over
+  data dimensions; for a sentence, the teacher-forced log-probability of its words and ``<eos>``).
 
 Report the NLL only for normalised likelihoods (Bernoulli on binarised data, Gaussian with σ,
 continuous Bernoulli); compare models at the same K.
@@ -48,15 +49,16 @@ def _compiled(model, key, build):
 
 
 def _check_x(model, x) -> np.ndarray:
+    if getattr(model, "modality", "image") == "text":
+        from vae_tf.metrics.encode import check_sentences  # noqa: PLC0415
+
+        return check_sentences(x)
     x = np.asarray(x, dtype=np.float32)
     if x.ndim < 2 or len(x) == 0:
         raise DataError(f"x must be a non-empty batch (N, *data_shape), got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise DataError("x contains NaN or Inf")
-    try:
-        expected = tuple(model.encoder.inputs[0].shape[1:])
-    except (AttributeError, IndexError, TypeError, ValueError):  # a subclassed encoder: no declared input
-        expected = None
+    expected = getattr(model, "data_shape", None)
     if expected is not None and tuple(x.shape[1:]) != tuple(expected):
         raise DataError(f"x has example shape {tuple(x.shape[1:])} but the model expects {tuple(expected)}")
     return x
@@ -81,7 +83,7 @@ def _check_family(model, x: np.ndarray) -> None:
     latent = model.latent
     if hasattr(latent, "iw_terms"):
         return
-    params = model.encoder(tf.constant(x[:1]), training=False)
+    params = model.posterior_params(tf.constant(x[:1]))
     if not (_is_distribution(latent.posterior(params)) and _is_distribution(latent.prior())):
         raise ConfigError(
             f"latent family {getattr(latent, 'family', type(latent).__name__)!r} has no TFP posterior/prior "
@@ -109,18 +111,18 @@ def latent_log_terms(latent, params: tf.Tensor, num_samples: int, seed: tf.Tenso
 def _log_weights_fn(model):
     """A compiled ``(x [B, ...], seed [2], chunk []) -> log w [chunk, B]`` (float32); ``chunk`` is
     a tensor, so one trace serves every chunk size."""
-    latent, likelihood, decoder, encoder = model.latent, model.likelihood, model.decoder, model.encoder
+    latent = model.latent
 
     @tf.function(reduce_retracing=True)
     def log_weights(x, seed, chunk):
-        params = encoder(x, training=False)
+        params = model.posterior_params(x)
+        target = model.prepare(x)[1]
         z, log_q, log_p = latent_log_terms(latent, params, chunk, seed)
-        batch = tf.shape(x)[0]
+        batch = tf.shape(params)[0]
         flat_z = tf.reshape(z, tf.concat([[chunk * batch], tf.shape(z)[2:]], axis=0))
-        out = decoder(flat_z, training=False)
-        # Row c * B + b of the flattened draws belongs to example b: tile x the same way.
-        x_tiled = tf.tile(x, tf.concat([[chunk], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0))
-        log_px = tf.reshape(likelihood.log_prob(x_tiled, out), [chunk, batch])
+        # Row c * B + b of the flattened draws belongs to example b: tile the target the same way.
+        tiled = tf.tile(target, tf.concat([[chunk], tf.ones([tf.rank(target) - 1], tf.int32)], axis=0))
+        log_px = tf.reshape(model.log_likelihood(tiled, flat_z), [chunk, batch])
         return log_px + log_p - log_q
 
     return log_weights
@@ -193,17 +195,17 @@ def iw_nll(model, x, k: int = IW_K, chunk: int = IW_CHUNK, seed: int = 0, batch_
 def _elbo_terms_fn(model):
     """A compiled ``(x, seed, num_samples) -> (reconstruction [B], kl [B])``, the reconstruction
     a Monte-Carlo mean over ``num_samples`` draws."""
-    latent, likelihood, decoder, encoder = model.latent, model.likelihood, model.decoder, model.encoder
+    latent = model.latent
 
     @tf.function(reduce_retracing=True)
     def terms(xb, s, num_samples):
-        params = encoder(xb, training=False)
-        batch = tf.shape(xb)[0]
+        params = model.posterior_params(xb)
+        target = model.prepare(xb)[1]
+        batch = tf.shape(params)[0]
         z, _, _ = latent_log_terms(latent, params, num_samples, s)
         flat_z = tf.reshape(z, tf.concat([[num_samples * batch], tf.shape(z)[2:]], axis=0))
-        x_tiled = tf.tile(xb, tf.concat([[num_samples], tf.ones([tf.rank(xb) - 1], tf.int32)], axis=0))
-        rec = tf.reduce_mean(tf.reshape(likelihood.log_prob(x_tiled, decoder(flat_z, training=False)),
-                                        [num_samples, batch]), axis=0)
+        tiled = tf.tile(target, tf.concat([[num_samples], tf.ones([tf.rank(target) - 1], tf.int32)], axis=0))
+        rec = tf.reduce_mean(tf.reshape(model.log_likelihood(tiled, flat_z), [num_samples, batch]), axis=0)
         kl = tf.reduce_sum(latent.kl_per_dim(params, z[0]), axis=-1)
         return rec, kl
 

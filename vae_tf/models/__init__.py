@@ -9,11 +9,13 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
+import tensorflow as tf
+
 from vae_tf.errors import ConfigError
 from vae_tf.latents import build_latent, check_latent
 from vae_tf.likelihoods import build_likelihood, check_likelihood
 from vae_tf.models.vae import ACTIVE_KL_THRESHOLD, PRECISIONS, VAE, MeanVector, check_precision
-from vae_tf.networks import build_decoder, build_encoder, check_network
+from vae_tf.networks import RECURRENT_KINDS, build_decoder, build_encoder, check_network
 from vae_tf.remedies import SlotContext, build_remedies, parse_objective
 from vae_tf.remedies.presets import REQUIREMENTS
 
@@ -57,6 +59,7 @@ def build_vae(
     seed: int | None = None,
     name: str = "vae",
     precision: str = "float32",
+    text: Mapping[str, Any] | None = None,
 ) -> VAE:
     """Assemble encoder, latent family, decoder, likelihood and the composed objective from plain
     dicts.
@@ -84,6 +87,12 @@ def build_vae(
     (:meth:`VAE.compile`). Recorded in :attr:`build_spec` (so ``load_vae`` rebuilds it) only
     when it is not float32.
 
+    ``text``: for sentences (:class:`~vae_tf.models.text.TextVAE`), the data set's tokenizer
+    (``{"vocabulary": [...], "max_length": L, "lowercase": ..., "split_punctuation": ...}``,
+    :func:`vae_tf.models.text.text_settings` of its metadata); ``data_shape`` is then ``()``, the
+    network a recurrent one (``{"kind": "lstm" | "gru", ...}``) and the likelihood
+    ``{"name": "categorical"}``.
+
     Distributed training: call ``build_vae`` and ``compile`` inside ``strategy.scope()``
     (:class:`VAE` docstring).
 
@@ -106,21 +115,59 @@ def build_vae(
         spec["precision"] = precision
 
     family = build_latent(latent.pop("family", "gaussian"), **latent)
-    lik = build_likelihood(likelihood.pop("name", "bernoulli"), data_rank=len(data_shape), **likelihood)
     kind = network.pop("kind", "mlp")
     if "dtype" in network:
         raise ConfigError(f"model.network has no option dtype: set the model precision instead "
                           f"({', '.join(PRECISIONS)})")
-    encoder = build_encoder(kind, data_shape, family.param_size, dtype=precision, **network)
-    out_channels = data_shape[-1] * lik.param_channels
-    decoder = build_decoder(kind, family.code_size, data_shape, out_channels, dtype=precision, **network)
+    check_modality(kind, likelihood.get("name", "bernoulli"), text is not None)
+    lik = build_likelihood(likelihood.pop("name", "bernoulli"), data_rank=max(1, len(data_shape)), **likelihood)
+    if text is not None:  # sentences: a tokenizer in the model, recurrent networks
+        from vae_tf.models.text import TextCodec, TextVAE
+        from vae_tf.networks.recurrent import recurrent_networks
+
+        spec["text"] = dict(text)
+        codec = TextCodec(**text, name="text_codec")
+        encoder, decoder = recurrent_networks(kind, codec.vocab_size, codec.max_length, family.param_size,
+                                              family.code_size, dtype=precision, **network)
+        model_class, extra, example = TextVAE, {"codec": codec}, tf.constant(codec.words[:1])
+        decoded_shape = (codec.max_length + 1, codec.vocab_size)
+    else:
+        encoder = build_encoder(kind, data_shape, family.param_size, dtype=precision, **network)
+        out_channels = data_shape[-1] * lik.param_channels
+        decoder = build_decoder(kind, family.code_size, data_shape, out_channels, dtype=precision, **network)
+        model_class, extra, example = VAE, {}, np.zeros((1,) + data_shape, np.float32)
+        decoded_shape = data_shape
     remedies = build_remedies(composition, SlotContext(data_shape=data_shape, latent=family, likelihood=lik,
-                                                       precision=precision))
-    model = VAE(encoder=encoder, decoder=decoder, latent=family, likelihood=lik, seed=seed, name=name,
-                precision=precision, **remedies)
-    model(np.zeros((1,) + data_shape, np.float32))  # build: a custom train_step never calls call()
+                                                       precision=precision, decoded_shape=decoded_shape))
+    model = model_class(encoder=encoder, decoder=decoder, latent=family, likelihood=lik, seed=seed, name=name,
+                        precision=precision, data_shape=data_shape, **extra, **remedies)
+    model(example)  # build: a custom train_step never calls call()
     model.build_spec = spec
     return model
 
 
-__all__ = ["ACTIVE_KL_THRESHOLD", "PRECISIONS", "VAE", "MeanVector", "build_vae", "check_model_spec", "check_requirements"]
+#: Network kinds and the likelihood that read sentences (the rest read arrays).
+TEXT_NETWORKS = RECURRENT_KINDS
+TEXT_LIKELIHOODS = ("categorical",)
+
+
+def check_modality(network_kind: str, likelihood_name: str, text: bool) -> None:
+    """One line when the network or the likelihood does not fit the data's modality."""
+    if text:
+        if network_kind not in TEXT_NETWORKS:
+            raise ConfigError(f"text data needs a recurrent network: model.network.kind must be one of "
+                              f"{', '.join(TEXT_NETWORKS)}, got {network_kind!r}")
+        if likelihood_name not in TEXT_LIKELIHOODS:
+            raise ConfigError(f"text data needs model.likelihood.name=categorical (a distribution over words), "
+                              f"got {likelihood_name!r}")
+    else:
+        if network_kind in TEXT_NETWORKS:
+            raise ConfigError(f"model.network.kind={network_kind} reads sentences; this data set has arrays: use "
+                              "mlp or conv (or a text data set: text_synthetic, text_file, wordnet, ptb, ...)")
+        if likelihood_name in TEXT_LIKELIHOODS:
+            raise ConfigError(f"model.likelihood.name={likelihood_name} scores sentences; this data set has arrays: "
+                              "use bernoulli, gaussian, ...")
+
+
+__all__ = ["ACTIVE_KL_THRESHOLD", "PRECISIONS", "TEXT_LIKELIHOODS", "TEXT_NETWORKS", "VAE", "MeanVector", "build_vae",
+           "check_modality", "check_model_spec", "check_requirements"]

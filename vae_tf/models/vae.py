@@ -123,11 +123,17 @@ class VAE(keras.Model):
     validation in ``fit``).
     """
 
+    #: What the model reads: ``image`` (float arrays ``[B, *data_shape]``, any shape) or ``text``
+    #: (:class:`vae_tf.models.text.TextVAE`: raw sentences).
+    modality = "image"
+
     def __init__(self, encoder: keras.Model, decoder: keras.Model, latent: LatentFamily, likelihood: Likelihood,
                  kl_weight: KLWeight, regularizers=(), input_noise: InputNoise | None = None,
-                 inference: Inference | None = None, seed: int | None = None, precision: str = "float32", **kwargs):
+                 inference: Inference | None = None, seed: int | None = None, precision: str = "float32",
+                 data_shape=None, **kwargs):
         super().__init__(**kwargs)
         self.precision = check_precision(precision)
+        self.data_shape = tuple(int(d) for d in (data_shape if data_shape is not None else encoder.inputs[0].shape[1:]))
         self.encoder = encoder
         self.decoder = decoder
         self.latent = latent
@@ -177,11 +183,19 @@ class VAE(keras.Model):
         """A fresh stateless seed (int32 ``[2]``) from the model's checkpointed random stream."""
         return tf.cast(self.seed_generator.next(), tf.int32)
 
+    def prepare(self, x) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(inputs, target)`` of a batch as the data pipeline gives it: what the encoder reads
+        (and an input noise perturbs) and what the likelihood scores. For images both are the
+        batch itself; a text model tokenises its sentences (:class:`vae_tf.models.text.TextVAE`)."""
+        x = tf.convert_to_tensor(x)
+        return x, x
+
     def compute_terms(self, x: tf.Tensor, training: bool = False, target: tf.Tensor | None = None) -> dict:
         """Per-example ELBO terms for a batch.
 
-        ``x`` is what the encoder sees; ``target`` (default ``x``) is what the likelihood scores,
-        so an input noise can have the clean input reconstructed.
+        ``x`` is what the encoder sees (:meth:`prepare`'s inputs, possibly perturbed); ``target``
+        (default ``x``) is what the likelihood scores, so an input noise can have the clean input
+        reconstructed.
 
         Returns a dict of tensors: ``params`` (encoder output), ``z`` (reparameterised sample),
         ``out`` (decoder output), ``reconstruction`` ``[B]`` = log p(target|z) summed over data
@@ -207,7 +221,7 @@ class VAE(keras.Model):
     def forward(self, x: tf.Tensor, target: tf.Tensor, *, training: bool, update_state: bool = False,
                 tape=None) -> dict:
         """One forward pass of the composed objective: :meth:`compute_terms` on the encoder input
-        ``x`` and the likelihood target ``target``, the KL weight (stepped when ``update_state``),
+        ``x`` and the likelihood target ``target`` (:meth:`prepare`'s), the KL weight (stepped when ``update_state``),
         the regularisers' terms (their own updates when ``update_state`` and ``training``) and
         ``loss`` = −mean_B(reconstruction) + kl_penalty + Σ penalties (a scalar)."""
         terms = self.compute_terms(x, training=training, target=target)
@@ -234,16 +248,18 @@ class VAE(keras.Model):
         return loss
 
     def loss_and_gradients(self, x: tf.Tensor, variables, *, update_state: bool = True) -> tuple[dict, list]:
-        """The terms of one training forward pass on the perturbed input (the input noise's x̃,
-        target x) and the gradients of its loss (plus any layer losses) w.r.t. ``variables``,
-        scaled for the replicas and the loss scale (:meth:`gradient_loss`). ``terms["x_in"]`` is
-        the encoder's input."""
-        x_in = self.input_noise.perturb(self, x)
+        """The terms of one training forward pass of a data batch ``x`` (:meth:`prepare`, then the
+        input noise's x̃ of the inputs, scored against the clean target) and the gradients of its
+        loss (plus any layer losses) w.r.t. ``variables``, scaled for the replicas and the loss
+        scale (:meth:`gradient_loss`). ``terms`` also hold ``inputs`` (clean), ``x_in`` (what the
+        encoder read) and ``target``."""
+        inputs, target = self.prepare(x)
+        x_in = self.input_noise.perturb(self, inputs, target)
         with tf.GradientTape() as tape:
-            terms = self.forward(x_in, x, training=True, update_state=update_state, tape=tape)
+            terms = self.forward(x_in, target, training=True, update_state=update_state, tape=tape)
             loss = terms["loss"] + tf.add_n(self.losses) if self.losses else terms["loss"]
             scaled = self.gradient_loss(loss)
-        terms["x_in"] = x_in
+        terms.update(inputs=inputs, x_in=x_in, target=target)
         return terms, tape.gradient(scaled, variables)
 
     def update(self, x: tf.Tensor, variables, *, update_state: bool = True) -> dict:
@@ -263,10 +279,11 @@ class VAE(keras.Model):
         encoder_ids = {id(v) for v in self.encoder_variables}
         return [v for v in self.trainable_variables if id(v) not in encoder_ids]
 
-    def after_step(self, x: tf.Tensor, terms: dict) -> None:
+    def after_step(self, terms: dict) -> None:
         """Bookkeeping once per training step, after its updates: the likelihood's own state
-        (AR-ELBO's decoder variance) and the step counter."""
-        self.likelihood.observe(x, terms["out"])
+        (AR-ELBO's decoder variance, from the step's target and decoder output) and the step
+        counter."""
+        self.likelihood.observe(terms["target"], terms["out"])
         self.train_steps.assign_add(1)
 
     def state_metrics(self) -> dict:
@@ -328,31 +345,32 @@ class VAE(keras.Model):
         logs.update({m.name: m.result() for m in self.metrics if all(m is not t for t in own)})  # family, slots
         return {**logs, **family_logs}
 
-    def _step_logs(self, x, terms: dict, clean: dict | None) -> dict:
-        """Update every tracker from a step's terms and return the logs. ``clean``: the clean
-        input's terms when an input noise perturbed ``terms``' input (module docstring)."""
+    def _step_logs(self, terms: dict, evaluation: bool = False) -> dict:
+        """Update every tracker from a step's terms and return the logs. With an input noise the
+        main ELBO terms are the clean input's (an extra forward pass, no gradient; module
+        docstring) and the perturbed ones go to the noise's trackers. An evaluation also
+        accumulates the KL per dimension (:attr:`kl_per_dim`)."""
         for regularizer in self.regularizers:
             regularizer.update_trackers(terms)
-        if clean is not None:
-            self.input_noise.update_trackers(x, terms["x_in"], terms)
-        main = terms if clean is None else clean
-        return self.update_trackers(terms["loss"], main)
+        clean = terms
+        if not self.input_noise.identity:
+            clean = self.compute_terms(terms["inputs"], training=False, target=terms["target"])
+            self.input_noise.update_trackers(terms["inputs"], terms["x_in"], terms)
+        if evaluation:
+            self.kl_per_dim_tracker.update_state(clean["kl_per_dim"])
+        return self.update_trackers(terms["loss"], clean)
 
     def train_step(self, data):
-        x = self.unpack(data)
-        terms = self.inference.train_step(self, x)
-        self.after_step(x, terms)
-        clean = None if self.input_noise.identity else self.compute_terms(x, training=False)
-        return replicas.step_logs({**self._step_logs(x, terms, clean), **self.state_metrics()})
+        terms = self.inference.train_step(self, self.unpack(data))
+        self.after_step(terms)
+        return replicas.step_logs({**self._step_logs(terms), **self.state_metrics()})
 
     def test_step(self, data):
-        x = self.unpack(data)
-        x_in = self.input_noise.perturb(self, x)
-        terms = self.forward(x_in, x, training=False)
-        terms["x_in"] = x_in
-        clean = None if self.input_noise.identity else self.compute_terms(x, training=False)
-        self.kl_per_dim_tracker.update_state((terms if clean is None else clean)["kl_per_dim"])
-        logs = self._step_logs(x, terms, clean)
+        inputs, target = self.prepare(self.unpack(data))
+        x_in = self.input_noise.perturb(self, inputs, target)
+        terms = self.forward(x_in, target, training=False)
+        terms.update(inputs=inputs, x_in=x_in, target=target)
+        logs = self._step_logs(terms, evaluation=True)
         for slot in self.slots:  # trackers only a training step updates
             for name in slot.train_only_metrics:
                 logs.pop(name, None)
@@ -377,13 +395,36 @@ class VAE(keras.Model):
         self.built = True
 
     # --- inference API (also the SavedModel signatures, see vae_tf.export) -----------------
+    @property
+    def input_signature(self) -> tf.TensorSpec:
+        """What ``encode`` / ``reconstruct`` take: float32 ``[B, *data_shape]``."""
+        return tf.TensorSpec((None, *self.data_shape), tf.float32, name="x")
+
+    def example_input(self) -> tf.Tensor:
+        """One input row (zeros): what the export traces and describes its outputs with."""
+        return tf.zeros((1, *self.data_shape), tf.float32)
+
+    def posterior_params(self, x) -> tf.Tensor:
+        """The latent family's parameters of q(z|x) for a batch of inputs (no input noise)."""
+        return self.encoder(x, training=False)
+
+    def log_likelihood(self, target, z) -> tf.Tensor:
+        """log p(target | z) ``[N]`` (summed over data dims) for :meth:`prepare`'s targets and codes
+        ``[N, code]``: what importance-weighted likelihoods need."""
+        return self.likelihood.log_prob(target, self.decoder(z, training=False))
+
+    def expected_output(self, target, z) -> tf.Tensor:
+        """The likelihood's expectation of the decoder output for codes ``z`` (``target`` is
+        :meth:`prepare`'s; an autoregressive decoder reads it as its teacher-forced prefix)."""
+        return self.likelihood.expected(self.decoder(z, training=False))
+
     def call(self, x, training=False):
         """Deterministic reconstruction E[x | z = code mean of q(z|x)]."""
         return self.reconstruct(x)["x_mean"]
 
     def encode(self, x) -> dict:
         """Named code tensors for ``x``: ``embedding``, ``z_mean`` and the family's own outputs."""
-        return self.latent.export_outputs(self.encoder(x, training=False))
+        return self.latent.export_outputs(self.posterior_params(x))
 
     def decode(self, z, seeds=None) -> dict:
         """``x_mean`` (deterministic decode μ_x(z)) and ``x_sample`` (ancestral x ~ p(x|z)).
@@ -401,7 +442,7 @@ class VAE(keras.Model):
 
     def reconstruct(self, x) -> dict:
         """``x_mean``: the deterministic decode of the posterior's code mean."""
-        params = self.encoder(x, training=False)
+        params = self.posterior_params(x)
         return {"x_mean": self.likelihood.mean(self.decoder(self.latent.embedding(params), training=False))}
 
     def sample(self, seeds) -> dict:

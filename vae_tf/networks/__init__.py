@@ -6,7 +6,9 @@
 the likelihood's raw parameters ``[B, *data_shape[:-1], out_channels]``.
 
 Kinds: ``mlp`` (any data; flattens) and ``conv`` (images ``(H, W, C)``: stride-2 convolutions,
-mirrored by stride-2 transposed convolutions, cropped back to ``H x W``).
+mirrored by stride-2 transposed convolutions, cropped back to ``H x W``); for sentences ``lstm``
+and ``gru`` (:mod:`vae_tf.networks.recurrent`: a recurrent encoder and an autoregressive decoder,
+built by ``build_vae`` from the model's vocabulary).
 
 **Skip decoders** (``skip: true``, any kind): :mod:`vae_tf.networks.skip` (Dieng et al. 2019).
 ``skip`` concerns the decoder only (the encoder ignores it).
@@ -46,11 +48,25 @@ _ENCODER_RESERVED = ("data_shape", "out_dim", "name", "dtype")
 _DECODER_RESERVED = ("code_size", "data_shape", "out_channels", "name", "dtype")
 
 
+#: Recurrent networks for sentences (:mod:`vae_tf.networks.recurrent`): built as an encoder and
+#: decoder pair sized from the model's vocabulary, not from a data shape.
+RECURRENT_KINDS = ("lstm", "gru")
+_RECURRENT_RESERVED = ("kind", "vocab_size", "max_length", "param_size", "code_size", "dtype")
+
+
 def check_network(kind, options: dict, what: str = "model.network") -> tuple:
-    """The ``(encoder, decoder)`` builders of ``kind``, after checking its name and the options'
-    names and types for both (one-line ConfigError; nothing is built)."""
+    """The ``(encoder, decoder)`` builders of ``kind`` (for a recurrent kind, the pair builder
+    twice), after checking its name and the options' names and types for both (one-line
+    ConfigError; nothing is built)."""
     if not isinstance(kind, str):
         raise ConfigError(f"{what}.kind must name a registered network (a string), got {kind!r}")
+    if kind in RECURRENT_KINDS:
+        from vae_tf.networks.recurrent import recurrent_networks
+
+        check_options(recurrent_networks, options, what, reserved=_RECURRENT_RESERVED)
+        return recurrent_networks, recurrent_networks
+    if kind not in NETWORKS:
+        raise ConfigError(f"unknown network {kind!r}; choose one of: {', '.join(sorted([*NETWORKS.names(), *RECURRENT_KINDS]))}")
     encoder_fn, decoder_fn = NETWORKS.get(kind)
     check_options(decoder_fn, options, what, reserved=_DECODER_RESERVED)
     check_options(encoder_fn, {k: v for k, v in options.items() if k not in DECODER_ONLY_OPTIONS}, what,
@@ -77,5 +93,5 @@ def build_decoder(kind: str, code_size: int, data_shape, out_channels: int, *, d
     return decoder_fn(int(code_size), tuple(data_shape), int(out_channels), dtype=dtype, **options)
 
 
-__all__ = ["ConcatCodeMaps", "DECODER_ONLY_OPTIONS", "NETWORKS", "build_decoder", "build_encoder", "check_network",
+__all__ = ["ConcatCodeMaps", "DECODER_ONLY_OPTIONS", "NETWORKS", "RECURRENT_KINDS", "build_decoder", "build_encoder", "check_network",
            "conv_decoder", "conv_encoder", "mlp_decoder", "mlp_encoder"]

@@ -10,6 +10,10 @@
   w.r.t. the encoder's input only, the target staying the clean x, with a fresh
   reparameterisation sample and the model as it is before the step's update.
 
+For text the encoder's input is the embedded sentence (:meth:`vae_tf.models.VAE.prepare`), so
+both perturb the word vectors, the noise being added to every position ("adversarial training on
+the embeddings", Miyato et al. 2017's setting); the decoder still reconstructs the clean words.
+
 ``clip: true`` clips x̃ to the likelihood's support (e.g. [0, 1] for Bernoulli); it is off by
 default, so the requested norms hold exactly (the encoder accepts any real input).
 
@@ -56,12 +60,12 @@ class _Perturbation(InputNoise):
         return [self.elbo_perturbed_tracker, self.reconstruction_perturbed_tracker, self.kl_perturbed_tracker,
                 self.linf_tracker, self.l2_tracker]
 
-    def noise(self, model, x: tf.Tensor) -> tf.Tensor:
+    def noise(self, model, x: tf.Tensor, target) -> tf.Tensor:
         raise NotImplementedError
 
-    def perturb(self, model, x):
-        x = tf.convert_to_tensor(x, tf.float32)
-        x_tilde = x + self.noise(model, x)
+    def perturb(self, model, inputs, target):
+        x = tf.convert_to_tensor(inputs, tf.float32)
+        x_tilde = x + self.noise(model, x, target)
         if self.options.clip:
             low, high = self.support
             x_tilde = tf.clip_by_value(x_tilde, low, high)
@@ -86,7 +90,7 @@ class GaussianNoise(_Perturbation):
         sigma: PositiveFloat = 0.1
         clip: bool = False
 
-    def noise(self, model, x):
+    def noise(self, model, x, target):
         seed = model.next_seed()  # the model's checkpointed stream
         return self.options.sigma * replicas.draw_rows(lambda shape: tf.random.stateless_normal(shape, seed=seed), x)
 
@@ -105,8 +109,8 @@ class FGSM(_Perturbation):
         epsilon: PositiveFloat = 0.1
         clip: bool = False
 
-    def noise(self, model, x):
-        target = tf.stop_gradient(x)
+    def noise(self, model, x, target):
+        target = tf.stop_gradient(target)
         with tf.GradientTape() as tape:
             tape.watch(x)
             negative_elbo = -tf.reduce_sum(model.compute_terms(x, training=False, target=target)["elbo"])

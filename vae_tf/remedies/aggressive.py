@@ -191,7 +191,8 @@ class Aggressive(Inference):
         """The next fresh batch (and one more in ``inner_batches``)."""
         self.inner_batches.assign_add(1)
         batch = self._inner.value.get_next()
-        return tf.cast(batch[0] if isinstance(batch, (tuple, list)) else batch, like.dtype)
+        batch = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return batch if batch.dtype == like.dtype or batch.dtype == tf.string else tf.cast(batch, like.dtype)
 
     def encoder_loop(self, model, x) -> tf.Tensor:
         """The aggressive phase's inner loop on one device: encoder-only updates, on ``x`` first and
@@ -207,7 +208,8 @@ class Aggressive(Inference):
     def _fresh_batch(self, i, spec) -> tf.Tensor:
         """Cross-replica context: the fresh batch of inner update ``i``, read once for all the
         replicas (empty for ``i = 0``, which trains on the step's own batch)."""
-        empty = tf.zeros([0, *(0 if d is None else d for d in spec.shape[1:])], spec.dtype)
+        shape = [0, *(0 if d is None else d for d in spec.shape[1:])]
+        empty = tf.fill(shape, "") if spec.dtype == tf.string else tf.zeros(shape, spec.dtype)  # text: sentences
         return tf.cond(tf.equal(i, 0), lambda: empty, lambda: self._next_batch(empty))
 
     @staticmethod
@@ -220,7 +222,7 @@ class Aggressive(Inference):
         per = (n + ctx.num_replicas_in_sync - 1) // ctx.num_replicas_in_sync
         start = tf.minimum(tf.cast(ctx.replica_id_in_sync_group, tf.int32) * per, n)
         share = fresh[start:tf.minimum(start + per, n)]
-        return tf.cond(tf.equal(i, 0), lambda: x, lambda: tf.cast(share, x.dtype))
+        return tf.cond(tf.equal(i, 0), lambda: x, lambda: share if share.dtype == x.dtype else tf.cast(share, x.dtype))
 
     def _cross_replica_encoder_loop(self, strategy, model, x) -> tf.Tensor:
         """:meth:`encoder_loop` for several replicas: the loop and the phase test run in
@@ -284,7 +286,7 @@ class Aggressive(Inference):
         """The minibatch MI estimate (nats) on the held-out batch, fixed seed."""
         if self._heldout.value is None:
             raise ConfigError(_NO_HELDOUT)
-        params = model.encoder(self._heldout.value, training=False)
+        params = model.posterior_params(self._heldout.value)
         return float(minibatch_mutual_information(model.latent, params, tf.constant(HELDOUT_SEED, tf.int32)))
 
     def update_phase(self, model, epoch: int) -> dict:

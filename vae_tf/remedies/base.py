@@ -43,6 +43,10 @@ class SlotContext:
     latent: Any                  # vae_tf.latents.LatentFamily
     likelihood: Any              # vae_tf.likelihoods.Likelihood
     precision: str = "float32"   # the networks' Keras dtype policy (auxiliary networks follow it)
+    #: The shape of one example of ``likelihood.expected(decoder output)`` (what an auxiliary
+    #: network reading the decoder's output takes): ``data_shape`` for arrays, ``(positions,
+    #: vocabulary)`` for sentences.
+    decoded_shape: tuple | None = None
 
 
 class Remedy(keras.layers.Layer):
@@ -145,19 +149,21 @@ class Regularizer(Remedy):
 
 
 class InputNoise(Remedy):
-    """Slot ``input_noise`` (exactly one): what the encoder sees instead of x; the likelihood
-    always scores the clean x. ``perturb(model, x)`` returns x̃ with no gradient path to the
-    perturbation. A noise that is not ``identity`` also makes the step report the clean input's
+    """Slot ``input_noise`` (exactly one): what the encoder sees instead of its clean input; the
+    likelihood always scores the clean target. ``perturb(model, inputs, target)`` returns the
+    perturbed inputs with no gradient path to the perturbation (``inputs`` and ``target`` are
+    :meth:`vae_tf.models.VAE.prepare`'s: the batch itself for images, the embedded words and
+    their ids for text, so text is perturbed in embedding space). A noise that is not ``identity`` also makes the step report the clean input's
     ELBO terms (an extra forward pass, no gradient) next to the perturbed ones."""
 
     slot = "input_noise"
     identity: ClassVar[bool] = False
 
-    def perturb(self, model, x: tf.Tensor) -> tf.Tensor:
+    def perturb(self, model, inputs: tf.Tensor, target) -> tf.Tensor:
         raise NotImplementedError
 
-    def update_trackers(self, x: tf.Tensor, x_tilde: tf.Tensor, perturbed: dict) -> None:
-        """Update the trackers from the clean batch, its perturbation and the perturbed terms."""
+    def update_trackers(self, inputs: tf.Tensor, x_tilde: tf.Tensor, perturbed: dict) -> None:
+        """Update the trackers from the clean inputs, their perturbation and the perturbed terms."""
 
 
 class Inference(Remedy):
@@ -187,8 +193,8 @@ class NoInputNoise(InputNoise):
     class Options(SlotOptions):
         kind: Literal["none"] = "none"
 
-    def perturb(self, model, x):
-        return x
+    def perturb(self, model, inputs, target):
+        return inputs
 
 
 class StandardInference(Inference):

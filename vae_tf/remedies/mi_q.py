@@ -10,10 +10,11 @@ information between a chosen part ẑ of the code and the decoder's output x':
     MI(θ, φ, Q) = E_{x ~ data, z ~ q_φ(z|x), x' = E_θ[x|z]}[ log Q(ẑ | x') ] + H(ẑ)  ≤  I(ẑ; x'),
     loss += −λ · MI                                        (λ = ``weight``; a batch mean, nats)
 
-**What Q reads.** x' is the likelihood's mean E_θ[x | z] (``likelihood.mean(decoder(z))``): a
-deterministic, differentiable function of θ and, through the reparameterised z, of φ, so the
+**What Q reads.** x' is the likelihood's mean E_θ[x | z] (``likelihood.expected(decoder(z))``):
+a deterministic, differentiable function of θ and, through the reparameterised z, of φ, so the
 gradient of the bound reaches encoder and decoder. (An ancestral sample from a Bernoulli decoder
-would not be differentiable.)
+would not be differentiable.) For sentences it is the expected one-hot word at every position
+(the teacher-forced softmax, ``[positions, vocabulary]``), which Q reads flattened (mlp).
 
 **ẑ** (``target``): ``categorical`` — the categorical part c of a code with one
 (``gaussian_categorical``); or a list of continuous dims (``[0, 3]``), or ``gaussian`` for all of
@@ -195,7 +196,8 @@ class MIQ(Regularizer):
         super().__init__(options, context, index=index, **kwargs)
         what = "objective.regularizers"
         self.target = MITarget(context.latent, self.options.target, what=f"{what}.target")
-        self.q_network = build_q_network(context.data_shape, self.target.q_size, self.options.q_network,
+        self.q_network = build_q_network(context.decoded_shape or context.data_shape, self.target.q_size,
+                                         self.options.q_network,
                                          name=self.key("q_network"), dtype=context.precision,
                                          what=f"{what}.q_network")
         # Frozen for Keras: model.trainable_variables (the model optimizer's) stay the VAE's; the
@@ -223,8 +225,9 @@ class MIQ(Regularizer):
         return [self.bound_tracker, self.entropy_tracker, self.log_q_tracker, self.q_loss_tracker]
 
     def q_inputs(self, model, terms: dict) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(x', ẑ)``: the likelihood mean of the decoder output and the part of the code."""
-        return model.likelihood.mean(terms["out"]), self.target.select(terms["z"])
+        """``(x', ẑ)``: the likelihood's expectation of the decoder output (its mean; a sentence's
+        word probabilities) and the part of the code."""
+        return model.likelihood.expected(terms["out"]), self.target.select(terms["z"])
 
     def q_update(self, model, x_rec: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
         """The Q step: one update of Q's weights maximising mean_B log Q(ẑ | x') (``x_rec`` and

@@ -1,0 +1,229 @@
+"""Sentence VAEs: raw strings in, strings out, with the vocabulary inside the model.
+
+:class:`TextCodec` is the model's tokenizer: the normalisation and splitting of
+:mod:`vae_tf.tokenize` (in-graph TensorFlow string ops) and a lookup table of the vocabulary built
+from the training split (``<pad>`` 0, ``<unk>`` 1, ``<bos>`` 2, ``<eos>`` 3, then the words), so a
+model — and its SavedModel — takes raw sentences and gives sentences back, with no Python and no
+download at serving time.
+
+:class:`TextVAE` is :class:`~vae_tf.models.vae.VAE` with a text front end; everything else — the
+composed objective (KL weight, regularisers, input noise, inference procedure), checkpoints,
+distribution — is the base class's:
+
+- :meth:`TextVAE.prepare` tokenises a batch of sentences: the encoder's input is the *embedded*
+  sentence (so an input noise perturbs word vectors), the target the word ids;
+- :meth:`TextVAE.compute_terms`: the recurrent encoder reads the embedded words (padding
+  masked), z ~ q(z|x), the autoregressive decoder predicts ``w_1 … w_n <eos>`` from
+  ``<bos> w_1 … w_n`` and z (teacher forcing), and the likelihood
+  (:class:`~vae_tf.likelihoods.categorical.TokenCategoricalLikelihood`) sums log p(w_t | w_<t, z)
+  over the n + 1 positions, padding masked: ``reconstruction`` is the sentence's log-likelihood in
+  nats, ``kl`` its KL, per sentence, and the loss is their batch mean as for images;
+- the inference API: :meth:`encode` (strings → code), :meth:`decode` (z → greedy text, ids and
+  lengths; sampled with per-row seeds), :meth:`reconstruct` (strings → the greedy decode of their
+  posterior mean), :meth:`sample` (seeds → z ~ p(z) and its sampled text).
+
+Sentences longer than the model's ``max_length`` words are **truncated** to their first
+``max_length`` words by the tokenizer (the training data never has longer ones: the data sets drop
+or truncate them when they are built); the serving layer says so (docs/serving.md).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from vae_tf.errors import ConfigError
+from vae_tf.models.vae import VAE
+from vae_tf.networks.recurrent import BOS_ID, EOS_ID, PAD_ID
+from vae_tf.tokenize import BOS, EOS, PAD, SPECIALS, UNK, split_tokens
+
+
+@keras.saving.register_keras_serializable(package="vae_tf")
+class TextCodec(keras.layers.Layer):
+    """Sentences ↔ token ids, inside the model (module docstring).
+
+    Args:
+        vocabulary: the words (specials excluded), most frequent first, as the data set built them
+            from its training split (``metadata["vocabulary"]``).
+        max_length: the most words a sentence keeps (``metadata["max_length"]``).
+        lowercase, split_punctuation: the tokenizer settings of the data set
+            (``metadata["tokenizer"]``; :mod:`vae_tf.tokenize`).
+    """
+
+    def __init__(self, vocabulary, max_length: int, lowercase: bool = True, split_punctuation: bool = True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        words = [str(w) for w in vocabulary]
+        if not words:
+            raise ConfigError("a text model needs a vocabulary of at least one word (the data set's "
+                              "metadata['vocabulary'])")
+        clash = sorted(set(words) & set(SPECIALS))
+        if clash or len(set(words)) != len(words):
+            raise ConfigError(f"the vocabulary must hold distinct words and none of {', '.join(SPECIALS)}; "
+                              f"found {clash or 'duplicates'}")
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+            raise ConfigError(f"max_length must be a positive integer, got {max_length!r}")
+        self.words, self.max_length = words, int(max_length)
+        self.lowercase, self.split_punctuation = bool(lowercase), bool(split_punctuation)
+        self.table = [*SPECIALS, *words]  # id -> token
+        self.lookup = keras.layers.StringLookup(vocabulary=[BOS, EOS, *words], mask_token=PAD, oov_token=UNK,
+                                                num_oov_indices=1, output_mode="int", name="string_lookup")
+        self.built = True
+
+    @property
+    def vocab_size(self) -> int:
+        """Table size: the four specials and the words."""
+        return len(self.table)
+
+    def encode(self, sentences) -> tf.Tensor:
+        """``[B]`` strings → ``[B, max_length]`` int32 ids, padded with ``<pad>`` (0), words outside
+        the vocabulary as ``<unk>`` (1), sentences longer than ``max_length`` words truncated."""
+        sentences = tf.convert_to_tensor(sentences, tf.string)
+        tokens = split_tokens(sentences, lowercase=self.lowercase, split_punctuation=self.split_punctuation)
+        tokens = tokens[:, : self.max_length]
+        ids = tf.ragged.map_flat_values(lambda t: tf.cast(self.lookup(t), tf.int32), tokens)
+        return ids.to_tensor(default_value=PAD_ID, shape=[None, self.max_length])
+
+    def decode(self, ids, lengths) -> tf.Tensor:
+        """``[B, L]`` ids and ``[B]`` word counts → ``[B]`` strings (words joined by one space)."""
+        ids = tf.convert_to_tensor(ids, tf.int32)
+        ragged = tf.RaggedTensor.from_tensor(ids, lengths=tf.cast(lengths, tf.int64))
+        words = tf.ragged.map_flat_values(lambda i: tf.gather(tf.constant(self.table), i), ragged)
+        return tf.strings.reduce_join(words, axis=1, separator=" ")
+
+    def call(self, sentences):
+        return self.encode(sentences)
+
+    def describe(self) -> dict:
+        return {"vocab_size": self.vocab_size, "max_length": self.max_length, "lowercase": self.lowercase,
+                "split_punctuation": self.split_punctuation, "specials": list(SPECIALS),
+                "long_sentences": "truncated to max_length words"}
+
+    def get_config(self):
+        return {**super().get_config(), "vocabulary": self.words, "max_length": self.max_length,
+                "lowercase": self.lowercase, "split_punctuation": self.split_punctuation}
+
+
+def teacher_forcing(ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(decoder inputs, decoder targets)`` of padded word ids ``[B, T]``: ``<bos> w_1 … w_n``
+    and ``w_1 … w_n <eos>``, both ``[B, T + 1]`` and padded with ``<pad>``."""
+    ids = tf.cast(ids, tf.int32)
+    batch = tf.shape(ids)[0]
+    lengths = tf.reduce_sum(tf.cast(tf.not_equal(ids, PAD_ID), tf.int32), axis=1)
+    inputs = tf.concat([tf.fill([batch, 1], BOS_ID), ids], axis=1)
+    padded = tf.concat([ids, tf.fill([batch, 1], PAD_ID)], axis=1)
+    at_end = tf.equal(tf.range(tf.shape(padded)[1])[None, :], lengths[:, None])
+    return inputs, tf.where(at_end, tf.constant(EOS_ID, tf.int32), padded)
+
+
+class TextVAE(VAE):
+    """A VAE of sentences (module docstring): the composed objective of :class:`VAE` with a
+    tokenizer in front (``codec``), a recurrent encoder and an autoregressive decoder
+    (:mod:`vae_tf.networks.recurrent`) and the token likelihood."""
+
+    modality = "text"
+
+    def __init__(self, *args, codec: TextCodec, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.codec = codec
+
+    @property
+    def input_signature(self) -> tf.TensorSpec:
+        """What ``encode`` / ``reconstruct`` take: a batch of raw UTF-8 sentences."""
+        return tf.TensorSpec((None,), tf.string, name="x")
+
+    def example_input(self) -> tf.Tensor:
+        return tf.constant([self.codec.words[0]])
+
+    def export_resources(self) -> list:
+        """What the export must track besides the signatures' variables: the vocabulary table."""
+        return [self.codec.lookup]
+
+    # --- training ----------------------------------------------------------------------------------
+    def prepare(self, x):
+        """Sentences → (embedded words ``[B, T, E]``, word ids ``[B, T]``)."""
+        ids = self.codec.encode(x)
+        return self.encoder.embed(ids), ids
+
+    def compute_terms(self, x, training: bool = False, target=None) -> dict:
+        """Per-sentence ELBO terms (module docstring). ``x``: embedded words (possibly perturbed);
+        ``target``: the word ids. ``reconstruction`` = log p(sentence | z) summed over its words and
+        ``<eos>``; ``kl`` summed over latent dims; ``words`` the positions scored (n + 1)."""
+        if target is None:
+            raise ConfigError("a text model's compute_terms needs the word ids (TextVAE.prepare gives them)")
+        ids = tf.cast(target, tf.int32)
+        params = self.encoder.encode_embedded(x, tf.not_equal(ids, PAD_ID), training=training)
+        seed = self.next_seed()
+        z = self.sample_code(params, seed)
+        decoder_inputs, decoder_targets = teacher_forcing(ids)
+        out = self.decoder([z, decoder_inputs], training=training)
+        reconstruction = self.likelihood.log_prob(decoder_targets, out)
+        kl_per_dim = self.latent.kl_per_dim(params, z, seed=tf.random.experimental.stateless_fold_in(seed, 1))
+        kl = tf.reduce_sum(kl_per_dim, axis=-1)
+        words = tf.reduce_sum(tf.cast(tf.not_equal(decoder_targets, PAD_ID), tf.float32), axis=-1)
+        return {"params": params, "z": z, "out": out, "reconstruction": reconstruction, "kl_per_dim": kl_per_dim,
+                "kl": kl, "elbo": reconstruction - kl, "words": words}
+
+    @property
+    def encoder_variables(self) -> list:
+        return [*self.encoder.trainable_variables, *self.latent.trainable_variables]
+
+    # --- inference API (also the SavedModel signatures) ----------------------------------------------
+    def posterior_params(self, x) -> tf.Tensor:
+        """The latent family's parameters for a batch of sentences."""
+        return self.encoder(self.codec.encode(x), training=False)
+
+    def log_likelihood(self, target, z) -> tf.Tensor:
+        """log p(sentence | z) ``[N]`` for word ids ``[N, T]``, teacher-forced (module docstring)."""
+        decoder_inputs, decoder_targets = teacher_forcing(target)
+        return self.likelihood.log_prob(decoder_targets, self.decoder([z, decoder_inputs], training=False))
+
+    def expected_output(self, target, z) -> tf.Tensor:
+        decoder_inputs, _ = teacher_forcing(target)
+        return self.likelihood.expected(self.decoder([z, decoder_inputs], training=False))
+
+    def scored_positions(self, x) -> np.ndarray:
+        """Positions the likelihood scores per sentence: its words (after truncation) and ``<eos>``."""
+        ids = self.codec.encode(tf.constant(np.asarray(x, dtype=object)))
+        return np.sum(np.asarray(ids) != PAD_ID, axis=1) + 1
+
+    def call(self, x, training=False):
+        return self.reconstruct(x)["text"]
+
+    def encode(self, x) -> dict:
+        return self.latent.export_outputs(self.posterior_params(x))
+
+    def decode(self, z, seeds=None) -> dict:
+        """``text`` (``[B]`` strings), ``tokens`` (``[B, max_length]`` ids, ``<pad>`` after the
+        sentence) and ``lengths`` (words per sentence): greedy without ``seeds``, sampled with one
+        stateless seed row per code otherwise."""
+        ids, lengths = self.decoder.generate(tf.convert_to_tensor(z, tf.float32), seeds=seeds)
+        return {"text": self.codec.decode(ids, lengths), "tokens": ids, "lengths": lengths}
+
+    def reconstruct(self, x) -> dict:
+        """``text``: the greedy decode of each sentence's posterior mean code."""
+        code = self.latent.embedding(self.posterior_params(x))
+        return {"text": self.decode(code)["text"]}
+
+    def sample(self, seeds) -> dict:
+        """One sentence per seed row (int32 ``[n, 2]``): ``z`` ~ p(z), then words sampled from the
+        decoder with a stream derived from the row's seed. Stateless and reproducible."""
+        seeds = tf.cast(seeds, tf.int32)
+        z = self.latent.sample_prior(seeds)
+        decode_seeds = tf.map_fn(lambda s: tf.random.experimental.stateless_fold_in(s, 1), seeds)
+        return {"z": z, **self.decode(z, seeds=decode_seeds)}
+
+
+def text_settings(metadata: dict) -> dict:
+    """What a text model takes from a text data set's metadata: vocabulary, max_length, tokenizer."""
+    missing = [k for k in ("vocabulary", "max_length") if k not in metadata]
+    if missing:
+        raise ConfigError(f"text data sets must record {', '.join(missing)} in their metadata (vae_tf.data.text)")
+    tokenizer = dict(metadata.get("tokenizer") or {})
+    return {"vocabulary": list(metadata["vocabulary"]), "max_length": int(metadata["max_length"]),
+            "lowercase": bool(tokenizer.get("lowercase", True)),
+            "split_punctuation": bool(tokenizer.get("split_punctuation", True))}
+
+
+__all__ = ["TextCodec", "TextVAE", "teacher_forcing", "text_settings"]
