@@ -42,6 +42,8 @@ SUITES_DIR = Path(__file__).parent / "suites"
 REPORT_COLUMNS = {
     "eval_elbo": ("ELBO", "{:.2f}"),
     "eval_iw_nll": ("IW-NLL", "{:.2f}"),
+    "eval_nll_per_word": ("NLL/word", "{:.3f}"),
+    "eval_perplexity": ("PPL", "{:.1f}"),
     "eval_kl": ("KL", "{:.2f}"),
     "eval_active_units": ("AU", "{:.1f}"),
     "test_active_kl_dims": ("dims KL>0.01", "{:.1f}"),
@@ -50,6 +52,7 @@ REPORT_COLUMNS = {
     "eval_collapsed_frac_eps_0.01": ("collapsed @ε=0.01", "{:.2f}"),
     "eval_linear_probe_accuracy": ("probe acc.", "{:.3f}"),
     "eval_cluster_accuracy": ("cluster acc.", "{:.3f}"),
+    "eval_kmeans_accuracy": ("k-means acc.", "{:.3f}"),
     "eval_fd_classifier": ("fd_classifier", "{:.2f}"),
     "eval_mig": ("MIG", "{:.3f}"),
     "eval_dci_disentanglement": ("DCI-D", "{:.3f}"),
@@ -197,7 +200,9 @@ def _evaluate_child(model, data, config, opts: dict, tracker) -> dict:
     from training.lineage import result_verdict
     from vae_tf.metrics import evaluate_model, evaluation_figures, report
 
-    result = evaluate_model(model, data, split="test", seed=config.seed, iw_k=opts["iw_k"], tsne=opts["tsne"],
+    iw_chunk = math.gcd(opts["iw_k"], 100) or 100  # the K samples are drawn in chunks that divide K
+    result = evaluate_model(model, data, split="test", seed=config.seed, iw_k=opts["iw_k"], iw_chunk=iw_chunk,
+                            tsne=opts["tsne"],
                             disentanglement=opts["disentanglement"],
                             disentanglement_sizes=opts["disentanglement_sizes"], fd=opts["fd"])
     metrics = {f"eval_{k}": float(v) for k, v in result["metrics"].items() if not k.startswith("kl_dim_") and v == v}

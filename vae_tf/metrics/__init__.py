@@ -47,7 +47,7 @@ from vae_tf.metrics.disentanglement import (
     sap,
     sap_score_matrix,
 )
-from vae_tf.metrics.downstream import cluster_accuracy, linear_probe_accuracy, tsne_embedding
+from vae_tf.metrics.downstream import cluster_accuracy, kmeans_accuracy, linear_probe_accuracy, tsne_embedding
 
 # Model-level and TensorFlow-backed names load on first use, so that the array metrics stay light.
 _LAZY = {
@@ -77,6 +77,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "fit_mi_bound",
+    "kmeans_accuracy",
     "PARTIAL_COLLAPSE_FRACTION",
     "CollapseVerdict",
     "collapse_verdict",

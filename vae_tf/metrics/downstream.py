@@ -74,6 +74,23 @@ def cluster_accuracy(y_true, y_pred) -> float:
     return float(table[rows, cols].sum() / len(y_true))
 
 
+def kmeans_accuracy(codes, labels, seed: int = 0, n_init: int = 10) -> float:
+    """How well the codes separate the classes without being told them: k-means with k = the
+    number of classes (``sklearn.cluster.KMeans(n_init=10, random_state=seed)``) on the codes,
+    scored by :func:`cluster_accuracy` against the labels (chance ≈ the largest class share)."""
+    from sklearn.cluster import KMeans  # noqa: PLC0415
+
+    codes = as_matrix("codes", codes)
+    labels = integer_labels("labels", labels)
+    same_rows("codes", codes, "labels", labels)
+    k = len(np.unique(labels))
+    if k < 2 or len(codes) < k:
+        raise DataError(f"kmeans_accuracy needs at least 2 classes and as many examples, got {k} classes, "
+                        f"{len(codes)} examples")
+    predicted = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(codes)
+    return cluster_accuracy(labels, predicted)
+
+
 def tsne_embedding(codes, seed: int = 0, max_points: int = TSNE_MAX_POINTS, *, perplexity: float = 30.0):
     """2-D t-SNE of (at most ``max_points`` randomly chosen) codes, for figures only.
 
@@ -101,4 +118,5 @@ def tsne_embedding(codes, seed: int = 0, max_points: int = TSNE_MAX_POINTS, *, p
     return tsne.fit_transform(sub).astype(np.float64), indices
 
 
-__all__ = ["PROBE_MAX_ITER", "TSNE_MAX_POINTS", "cluster_accuracy", "linear_probe_accuracy", "tsne_embedding"]
+__all__ = ["PROBE_MAX_ITER", "TSNE_MAX_POINTS", "cluster_accuracy", "kmeans_accuracy", "linear_probe_accuracy",
+           "tsne_embedding"]

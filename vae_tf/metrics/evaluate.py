@@ -233,6 +233,9 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
                                f"embedding: train split (N={details['num_train']}) -> {split} split")
     elif probe:
         skipped["linear_probe"] = "the data set has no labels"
+    if y is not None and probe and len(np.unique(y)) >= 2:
+        metrics["kmeans_accuracy"] = downstream.kmeans_accuracy(post["embedding"], y, seed=seed)
+        est["kmeans_accuracy"] = "k-means (k = classes, n_init 10) on the embedding vs labels, Hungarian matching"
     if "category" in post and y is not None:  # a categorical code: how well do its clusters match the labels?
         metrics["cluster_accuracy"] = downstream.cluster_accuracy(y, post["category"].astype(np.int64))
         est["cluster_accuracy"] = "argmax category vs labels, one-to-one Hungarian matching"
@@ -346,14 +349,15 @@ def evaluation_figures(result: dict, model=None, x=None, *, value_range=(0.0, 1.
 
     Always KL per dimension and the collapse curve; t-SNE when it was computed. With ``model`` and
     example inputs ``x`` also reconstructions, prior samples (mean vs ancestral) and latent
-    traversals (:func:`vae_tf.plots.model_figures`).
+    traversals (:func:`vae_tf.plots.model_figures`; a text model's tables are
+    :func:`vae_tf.plots.text_tables`, which the training job logs).
     """
     from vae_tf import plots  # noqa: PLC0415
 
     arrays, info = result["arrays"], result["info"]
     kl = arrays["kl_per_dim"]
     figures = {}
-    if model is not None and x is not None:
+    if model is not None and x is not None and getattr(model, "modality", "image") != "text":
         figures.update(plots.model_figures(model, np.asarray(x), value_range=value_range, kl=kl))
     figures["kl_per_dim.png"] = plots.kl_per_dim(kl)
     marks = {e: result["metrics"][f"collapsed_frac_eps_{_eps_name(e)}"] for e in info.get("collapse_eps", [])}

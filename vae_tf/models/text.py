@@ -170,9 +170,9 @@ class TextVAE(VAE):
         return [*self.encoder.trainable_variables, *self.latent.trainable_variables]
 
     # --- inference API (also the SavedModel signatures) ----------------------------------------------
-    def posterior_params(self, x) -> tf.Tensor:
+    def posterior_params(self, x, training: bool = False) -> tf.Tensor:
         """The latent family's parameters for a batch of sentences."""
-        return self.encoder(self.codec.encode(x), training=False)
+        return self.encoder(self.codec.encode(x), training=training)
 
     def log_likelihood(self, target, z) -> tf.Tensor:
         """log p(sentence | z) ``[N]`` for word ids ``[N, T]``, teacher-forced (module docstring)."""

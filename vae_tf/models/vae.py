@@ -404,9 +404,9 @@ class VAE(keras.Model):
         """One input row (zeros): what the export traces and describes its outputs with."""
         return tf.zeros((1, *self.data_shape), tf.float32)
 
-    def posterior_params(self, x) -> tf.Tensor:
+    def posterior_params(self, x, training: bool = False) -> tf.Tensor:
         """The latent family's parameters of q(z|x) for a batch of inputs (no input noise)."""
-        return self.encoder(x, training=False)
+        return self.encoder(x, training=training)
 
     def log_likelihood(self, target, z) -> tf.Tensor:
         """log p(target | z) ``[N]`` (summed over data dims) for :meth:`prepare`'s targets and codes

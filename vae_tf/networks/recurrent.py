@@ -143,14 +143,19 @@ class RecurrentDecoder(keras.Model):
         return self.out_cast(self.logits(h))
 
     # --- teacher forcing ---------------------------------------------------------------------------
+    def drop_words(self, ids: tf.Tensor, training=False) -> tf.Tensor:
+        """Word dropout (Bowman et al. 2016): while training, each input word (not ``<bos>``, not
+        padding) becomes ``<unk>`` with probability ``word_dropout``; the ids unchanged otherwise."""
+        if not training or self.word_dropout <= 0:
+            return ids
+        drop = tf.random.uniform(tf.shape(ids)) < self.word_dropout
+        drop = tf.logical_and(drop, tf.logical_and(tf.not_equal(ids, BOS_ID), tf.not_equal(ids, PAD_ID)))
+        return tf.where(drop, tf.constant(UNK_ID, ids.dtype), ids)
+
     def call(self, inputs, training=False):
         z, ids = inputs
         z = tf.convert_to_tensor(z)
-        ids = tf.convert_to_tensor(ids)
-        if training and self.word_dropout > 0:  # Bowman et al.: words (not <bos>, not padding) -> <unk>
-            drop = tf.random.uniform(tf.shape(ids)) < self.word_dropout
-            drop = tf.logical_and(drop, tf.logical_and(tf.not_equal(ids, BOS_ID), tf.not_equal(ids, PAD_ID)))
-            ids = tf.where(drop, tf.constant(UNK_ID, ids.dtype), ids)
+        ids = self.drop_words(tf.convert_to_tensor(ids), training=training)
         h = self.drop_in(self.embedding(ids), training=training)
         z_seq = tf.repeat(tf.cast(z, h.dtype)[:, None, :], tf.shape(ids)[1], axis=1)
         states = self._initial_states(tf.cast(z, h.dtype))
@@ -161,7 +166,8 @@ class RecurrentDecoder(keras.Model):
     # --- generation --------------------------------------------------------------------------------
     def generate(self, z, seeds=None, max_length: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """Decode ``z`` ``[B, code]`` one word at a time from ``<bos>``: greedy (argmax) when
-        ``seeds`` is None, else sampled from the softmax with row i's draws from ``seeds[i]``
+        ``seeds`` is None, else sampled from the softmax (``<pad>``, ``<unk>`` and ``<bos>``
+        excluded: a generated sentence is words and its ``<eos>``) with row i's draws from ``seeds[i]``
         (int32 ``[B, 2]``, stateless). Returns ``(ids [B, L], lengths [B])``: words before the
         first ``<eos>`` (the ``<eos>`` itself and what follows are ``<pad>``); at most
         ``max_length`` (default the model's) words per row."""
@@ -183,7 +189,8 @@ class RecurrentDecoder(keras.Model):
                 new_states.append(list(layer_state) if isinstance(layer_state, (list, tuple)) else [layer_state])
                 h = h_t[:, None, :]
             logits = tf.cast(self._output(h, z_step)[:, 0, :], tf.float32)
-            logits = tf.concat([tf.fill([batch, 2], tf.constant(-1e9, tf.float32)), logits[:, 2:]], axis=1)  # no <pad>/<unk>
+            # never <pad>, <unk> or <bos>: a generated sentence is words and its <eos>
+            logits = tf.concat([tf.fill([batch, 3], tf.constant(-1e9, tf.float32)), logits[:, 3:]], axis=1)
             if seeds is None:
                 chosen = tf.argmax(logits, axis=-1, output_type=tf.int32)
             else:

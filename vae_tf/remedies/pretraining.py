@@ -74,7 +74,7 @@ def _classifier(model, num_classes: int, sample):
             self.head = keras.layers.Dense(num_classes, name="classification_head")
 
         def call(self, x, training=False):
-            return self.head(self.latent.embedding(self.encoder(x, training=training)))
+            return self.head(self.latent.embedding(model.posterior_params(x, training=training)))
 
         def _maybe_symbolic_build(self, iterator=None, data_batch=None):
             super()._maybe_symbolic_build(data_batch=sample if iterator is not None else data_batch)
@@ -107,9 +107,10 @@ def pretrain_encoder(model, x, y, *, epochs: int = DEFAULT_EPOCHS, batch_size: i
     import keras
     import tensorflow as tf
 
-    x = np.asarray(x, np.float32)
+    x = np.asarray(x)
+    x = x if x.dtype == object else x.astype(np.float32)  # sentences stay strings (a text model tokenises)
     y = np.asarray(y)
-    if x.ndim < 2 or len(x) == 0 or len(x) != len(y):
+    if (x.ndim < 2 and x.dtype != object) or len(x) == 0 or len(x) != len(y):
         raise DataError(f"pretraining needs x (N, *data_shape) and y (N,) with N > 0, got {x.shape} and {y.shape}")
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise DataError("pretraining labels must be integer class indices >= 0")
@@ -126,8 +127,9 @@ def pretrain_encoder(model, x, y, *, epochs: int = DEFAULT_EPOCHS, batch_size: i
     if validation_data is not None:
         x_val, y_val = validation_data
         if y_val is not None and len(x_val):
-            val = tf.data.Dataset.from_tensor_slices((np.asarray(x_val, np.float32),
-                                                      np.asarray(y_val, np.int64))).batch(256)
+            x_val = np.asarray(x_val)
+            x_val = x_val if x_val.dtype == object else x_val.astype(np.float32)
+            val = tf.data.Dataset.from_tensor_slices((x_val, np.asarray(y_val, np.int64))).batch(256)
     history = classifier.fit(train, validation_data=val, epochs=epochs, verbose=verbose).history
     # The head goes with the classifier; the encoder object is the model's own.
     result = {"pretrain_accuracy": [float(v) for v in history["accuracy"]],

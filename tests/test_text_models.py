@@ -1,0 +1,266 @@
+"""Sentence VAEs: the tokenizer inside the model, the recurrent networks, the token likelihood
+against an independent computation, generation in graph against the teacher-forced pass, every
+remedy of the composed objective on text, the text metrics, and a SavedModel that takes and gives
+raw strings without vae_tf."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.special import log_softmax
+
+from vae_tf.data import load_dataset
+from vae_tf.errors import ConfigError
+from vae_tf.export import export_model, load_vae
+from vae_tf.models import build_vae
+from vae_tf.models.text import TextCodec, teacher_forcing, text_settings
+from vae_tf.networks.recurrent import BOS_ID, EOS_ID, PAD_ID, UNK_ID, RecurrentDecoder
+
+WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran"]
+SMALL_NET = {"kind": "lstm", "embedding": 8, "hidden": [16]}
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_dataset("text_synthetic", seed=0, n_samples=600)
+
+
+def make(corpus, objective=None, network=None, latent=None, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = build_vae((), latent=latent or {"family": "gaussian", "latent_dim": 2}, likelihood={"name": "categorical"},
+                      network=network or SMALL_NET, objective=objective or {}, text=text_settings(corpus.metadata),
+                      seed=seed)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    return model
+
+
+# --- the tokenizer inside the model ----------------------------------------------------------------
+
+def test_codec_ids_follow_the_fixed_layout_and_round_trip():
+    codec = TextCodec(WORDS, max_length=4)
+    assert codec.table[:4] == ["<pad>", "<unk>", "<bos>", "<eos>"] and codec.vocab_size == 12
+    ids = codec.encode(tf.constant(["The cat sat.", "a zebra ran", "the dog sat on the mat"])).numpy()
+    # lower-cased, punctuation split off (". " is outside the vocabulary), unknown words -> <unk>,
+    # padding 0, truncated to 4 words
+    the, cat, sat, on, mat, a, dog, ran = range(4, 12)
+    np.testing.assert_array_equal(ids, [[the, cat, sat, UNK_ID], [a, UNK_ID, ran, PAD_ID], [the, dog, sat, on]])
+    text = codec.decode(tf.constant(ids), tf.constant([4, 3, 4])).numpy()
+    assert [t.decode() for t in text] == ["the cat sat <unk>", "a <unk> ran", "the dog sat on"]
+
+
+@pytest.mark.parametrize("vocabulary, match", [([], "at least one word"), (["a", "a"], "distinct words"),
+                                               (["a", "<eos>"], "none of"), (["a"], "max_length")])
+def test_bad_vocabularies_are_one_line_errors(vocabulary, match):
+    with pytest.raises(ConfigError, match=match):
+        TextCodec(vocabulary, max_length=0 if match == "max_length" else 3)
+
+
+def test_teacher_forcing_shifts_by_one_and_ends_with_eos():
+    inputs, targets = teacher_forcing(tf.constant([[5, 6, 7], [8, 0, 0]]))
+    np.testing.assert_array_equal(inputs.numpy(), [[BOS_ID, 5, 6, 7], [BOS_ID, 8, 0, 0]])
+    np.testing.assert_array_equal(targets.numpy(), [[5, 6, 7, EOS_ID], [8, EOS_ID, 0, 0]])
+
+
+# --- the likelihood and the decoder ------------------------------------------------------------------
+
+def test_sentence_log_likelihood_is_the_masked_sum_of_word_log_probabilities(corpus):
+    """Against NumPy/SciPy: Σ over the words and <eos> of log softmax(logits)[w], padding ignored,
+    and a sentence scores the same whatever padding its batch adds."""
+    model = make(corpus)
+    ids = model.codec.encode(tf.constant(corpus.x_test[:4]))
+    z = tf.constant(np.random.default_rng(0).normal(size=(4, 2)), tf.float32)
+    ours = model.log_likelihood(ids, z).numpy()
+    inputs, targets = teacher_forcing(ids)
+    logits = model.decoder([z, inputs], training=False).numpy()
+    reference = [sum(log_softmax(logits[b, t])[targets[b, t]] for t in range(targets.shape[1]) if targets[b, t] != 0)
+                 for b in range(4)]
+    np.testing.assert_allclose(ours, reference, rtol=1e-5)
+    padded = tf.pad(ids, [[0, 0], [0, 5]])  # more padding: same sentence, same log-likelihood
+    np.testing.assert_allclose(model.log_likelihood(padded, z).numpy(), ours, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell, injection, skip", [("lstm", "both", False), ("gru", "init", False),
+                                                    ("lstm", "concat", True), ("gru", "both", True)])
+def test_greedy_generation_in_graph_is_the_argmax_chain_of_the_teacher_forced_pass(cell, injection, skip):
+    """Generation steps the very cells the teacher-forced pass trains: decoding greedily must give
+    the sequence obtained by re-running the teacher-forced decoder on the prefix so far and taking
+    the argmax of the last position (excluding <pad> and <unk>), stopping at <eos>."""
+    keras.utils.set_random_seed(3)
+    decoder = RecurrentDecoder(cell, code_size=3, vocab_size=9, max_length=6, embedding=5, hidden=[7, 6],
+                               z_injection=injection, skip=skip)
+    z = tf.constant(np.random.default_rng(1).normal(size=(3, 3)) * 3, tf.float32)
+    ids, lengths = tf.function(decoder.generate)(z)
+    for row in range(3):
+        prefix, words = [BOS_ID], []
+        while len(words) < 6:  # max_length: the 7th position can only be <eos>
+            logits = decoder([z[row:row + 1], tf.constant([prefix])]).numpy()[0, -1]
+            logits[[PAD_ID, UNK_ID, BOS_ID]] = -np.inf
+            chosen = int(np.argmax(logits))
+            if chosen == EOS_ID:
+                break
+            words.append(chosen)
+            prefix.append(chosen)
+        assert int(lengths[row]) == len(words), (row, words, ids[row])
+        np.testing.assert_array_equal(ids[row, :len(words)].numpy(), words)
+        assert np.all(ids[row, len(words):].numpy() == PAD_ID)
+
+
+def test_sampled_generation_is_reproducible_per_row_and_differs_from_greedy():
+    keras.utils.set_random_seed(0)
+    decoder = RecurrentDecoder("lstm", code_size=2, vocab_size=30, max_length=8, embedding=4, hidden=[8])
+    z = tf.zeros((4, 2))
+    seeds = tf.constant([[1, 1], [1, 2], [1, 3], [1, 4]])
+    first, _ = decoder.generate(z, seeds=seeds)
+    again, _ = decoder.generate(z, seeds=seeds)
+    np.testing.assert_array_equal(first.numpy(), again.numpy())
+    row, _ = decoder.generate(z[:1], seeds=seeds[2:3])  # a row's draws depend on its seed alone
+    np.testing.assert_array_equal(row.numpy()[0], first.numpy()[2])
+    assert len({tuple(r) for r in first.numpy()}) > 1  # four seeds, not one sentence
+
+
+def test_word_dropout_replaces_words_with_unk_while_training_only():
+    """Bowman et al.: each input word (not <bos>, not padding) becomes <unk> with probability p."""
+    keras.utils.set_random_seed(0)
+    decoder = RecurrentDecoder("gru", code_size=2, vocab_size=50, max_length=40, embedding=4, hidden=[4],
+                               word_dropout=0.3)
+    ids = tf.constant(np.concatenate([[[BOS_ID]] * 200, np.random.default_rng(0).integers(4, 50, (200, 30)),
+                                      np.zeros((200, 9), np.int64)], axis=1), tf.int32)
+    trained = decoder.drop_words(ids, training=True).numpy()
+    evaluated = decoder.drop_words(ids, training=False).numpy()
+    words = ids.numpy()[:, 1:31]
+    dropped = trained[:, 1:31] == UNK_ID
+    assert abs(dropped.mean() - 0.3) < 0.02
+    assert np.all(trained[:, 0] == BOS_ID) and np.all(trained[:, 31:] == PAD_ID)
+    np.testing.assert_array_equal(trained[:, 1:31][~dropped], words[~dropped])
+    np.testing.assert_array_equal(evaluated, ids.numpy())
+
+
+def test_skip_decoder_feeds_z_into_every_layer_and_the_output():
+    """Dieng et al.: with skip, z reaches each layer directly. Probe: the gradient of the output
+    w.r.t. z with the first layer's contribution cut (its output zeroed) is non-zero with skip, and
+    zero without (z then enters the first layer only)."""
+    def gradient_through_upper_layers(skip):
+        keras.utils.set_random_seed(0)
+        decoder = RecurrentDecoder("lstm", code_size=3, vocab_size=12, max_length=5, embedding=4, hidden=[6, 6],
+                                   z_injection="concat", skip=skip)
+        first = decoder.rnns[0]
+        original = first.call
+        first.call = lambda *a, **k: [tf.zeros_like(t) for t in original(*a, **k)]
+        z = tf.Variable(np.ones((2, 3), np.float32))
+        with tf.GradientTape() as tape:
+            out = tf.reduce_sum(decoder([z, tf.constant([[BOS_ID, 5, 6], [BOS_ID, 7, 8]])]))
+        gradient = tape.gradient(out, z)
+        return 0.0 if gradient is None else float(tf.norm(gradient))
+
+    assert gradient_through_upper_layers(True) > 0
+    assert gradient_through_upper_layers(False) == 0
+
+
+# --- the composed objective on text ----------------------------------------------------------------
+
+TEXT_REMEDIES = {
+    "plain": {},
+    "annealing": {"kl_weight": {"kind": "linear", "steps": 10, "start": 0.1}},
+    "control": {"kl_weight": {"kind": "control", "set_point": 2.0}},
+    "capacity": {"kl_weight": {"kind": "capacity", "capacity_max": 2.0, "capacity_steps": 10}},
+    "aggressive": {"inference": {"kind": "aggressive", "max_inner_steps": 4, "check_every": 2}},
+    "mi_q": {"regularizers": [{"kind": "mi_q", "q_network": {"kind": "mlp", "hidden": [8]}}]},
+    "fgsm_on_embeddings": {"input_noise": {"kind": "fgsm", "epsilon": 0.05}},
+    "gaussian_on_embeddings": {"input_noise": {"kind": "gaussian", "sigma": 0.1}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_REMEDIES))
+def test_every_remedy_trains_on_text(name, corpus):
+    network = {**SMALL_NET, "word_dropout": 0.2, "skip": name == "plain"}
+    model = make(corpus, TEXT_REMEDIES[name], network)
+    history = model.fit(corpus.pipeline("train", 32), validation_data=corpus.pipeline("val", 64), epochs=1,
+                        steps_per_epoch=4, verbose=0).history
+    for key, values in history.items():
+        assert np.all(np.isfinite(values)), (key, values)
+    assert history["reconstruction"][0] < 0 and history["kl"][0] >= 0
+    if "input_noise" in TEXT_REMEDIES[name]:
+        assert history["perturbation_linf"][0] > 0  # the embeddings were perturbed
+    if name == "mi_q":  # Q reads the decoder's word probabilities
+        assert model.regularizers[0].q_network.inputs[0].shape[1:] == (corpus.metadata["max_length"] + 1,
+                                                                        model.codec.vocab_size)
+
+
+def test_pretraining_trains_the_text_encoder(corpus):
+    from vae_tf.remedies.pretraining import pretrain_encoder, split_labelled
+
+    model = make(corpus)
+    _, x, y = split_labelled(corpus, 0.3, seed=0)
+    before = [w.numpy().copy() for w in model.encoder.weights]
+    result = pretrain_encoder(model, x, y, epochs=2, batch_size=32)
+    assert np.isfinite(result["pretrain_loss"][-1])
+    assert all(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.encoder.weights))
+
+
+def test_text_models_refuse_array_networks_and_likelihoods(corpus):
+    with pytest.raises(ConfigError, match="text data needs a recurrent network"):
+        build_vae((), network={"kind": "mlp"}, likelihood={"name": "categorical"}, text=text_settings(corpus.metadata))
+    with pytest.raises(ConfigError, match="text data needs model.likelihood.name=categorical"):
+        build_vae((), network=SMALL_NET, likelihood={"name": "bernoulli"}, text=text_settings(corpus.metadata))
+    with pytest.raises(ConfigError, match="reads sentences; this data set has arrays"):
+        build_vae((8, 8, 1), network=SMALL_NET)
+
+
+def test_iw_nll_bounds_the_negative_elbo_and_per_word_values_divide_by_the_scored_positions(corpus):
+    from vae_tf.metrics import elbo_estimate, evaluate_model, iw_nll
+
+    model = make(corpus)
+    model.fit(corpus.pipeline("train", 32), epochs=1, steps_per_epoch=10, verbose=0)
+    x = corpus.x_test[:40]
+    elbo = elbo_estimate(model, x, num_samples=50, seed=0)["elbo"]
+    nll = iw_nll(model, x, k=50, chunk=10, seed=0)
+    assert nll <= -elbo + 0.05  # L_K >= ELBO (Burda et al.)
+    result = evaluate_model(model, corpus, max_examples=40, iw_k=20, iw_chunk=10, tsne=False, disentanglement=False)
+    words = np.mean([len(s.split()) + 1 for s in x])  # 10-token sentences and <eos>
+    m = result["metrics"]
+    assert m["nll_per_word"] == pytest.approx(m["iw_nll"] / words, rel=1e-6)
+    assert m["perplexity"] == pytest.approx(np.exp(m["iw_nll"] / words), rel=1e-6)
+
+
+# --- the SavedModel: strings in, strings out, no vae_tf needed ---------------------------------------
+
+def test_export_takes_and_gives_raw_strings_in_a_process_without_vae_tf(corpus, tmp_path):
+    model = make(corpus)
+    path = export_model(model, tmp_path, "text")
+    expected = {"z_mean": model.encode(corpus.x_test[:3])["z_mean"].numpy().tolist(),
+                "decoded": [t.decode() for t in model.decode(np.zeros((2, 2), np.float32))["text"].numpy()],
+                "sampled": [t.decode() for t in model.sample(tf.constant([[1, 2], [3, 4]]))["text"].numpy()]}
+    script = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np, tensorflow as tf
+        m = tf.saved_model.load({str(path)!r})
+        enc = m.signatures["encode"](x=tf.constant({list(corpus.x_test[:3])!r}))
+        dec = m.signatures["decode"](z=tf.zeros((2, 2)))
+        sam = m.signatures["sample"](seed=tf.constant([[1, 2], [3, 4]]))
+        rec = m.signatures["reconstruct"](x=tf.constant({list(corpus.x_test[:3])!r}))
+        print(json.dumps({{"z_mean": enc["z_mean"].numpy().tolist(),
+                           "decoded": [t.decode() for t in dec["text"].numpy()],
+                           "sampled": [t.decode() for t in sam["text"].numpy()],
+                           "reconstructed": len(rec["text"].numpy()),
+                           "dtypes": [str(m.signatures["encode"].structured_input_signature[1]["x"].dtype),
+                                      str(dec["text"].dtype), str(dec["tokens"].dtype), str(dec["lengths"].dtype)],
+                           "vae_tf_loaded": "vae_tf" in sys.modules}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["vae_tf_loaded"] is False
+    assert got["dtypes"] == ["<dtype: 'string'>", "<dtype: 'string'>", "<dtype: 'int32'>", "<dtype: 'int32'>"]
+    np.testing.assert_allclose(got["z_mean"], expected["z_mean"], rtol=1e-5, atol=1e-6)
+    assert got["decoded"] == expected["decoded"] and got["sampled"] == expected["sampled"]
+    assert got["reconstructed"] == 3
+    rebuilt = load_vae(path)  # the vocabulary travels in the build spec
+    assert rebuilt.codec.words == model.codec.words
