@@ -1,0 +1,226 @@
+"""Training throughput of a sentence VAE: vae-tf's LSTM VAE against the same model written in
+PyTorch eager, side by side in one process (issue: text VAEs, goal vae-tf >= 1.0x in tokens/s).
+
+The model (both frameworks, parameter counts checked equal): word embeddings (``--embedding``) for
+the encoder and for the decoder, a one-layer LSTM encoder (``--hidden``) whose final state gives
+(μ, log σ²) of a diagonal Gaussian code (``--latent``), an LSTM decoder whose initial state is
+(tanh(W z), W z) and whose every input is [word vector, z] (``z_injection: both``), a linear layer
+to the vocabulary. Loss: −Σ log p(word) over the words and ``<eos>`` of every sentence (padding
+masked) + the analytic KL, mean over the batch; Adam (lr 1e-3, Keras' ε = 1e-7).
+
+- **vae-tf**: ``build_vae`` + ``FusedAdam`` + ``fit`` on ``DataSplits.resumable_pipeline`` with
+  ``steps_per_execution`` (default 4), as ``training/train.py`` trains;
+- **PyTorch eager**: ``torch.nn.Embedding`` / ``LSTM`` / ``Linear``, the encoder reading packed
+  sequences (``pack_padded_sequence``, so padding is skipped as vae-tf's mask skips it), the
+  decoder over the padded batch with the loss masked, ``torch.optim.Adam(foreach=True)``; the
+  same token ids (vae-tf's own tokenizer), the same batches (reshuffled each pass).
+
+Data: the synthetic corpus of He et al. (``text_synthetic``, 10-word sentences, vocabulary 1,000),
+``--sentences`` of them. tokens/s counts the scored positions (words + ``<eos>``). Rounds:
+``--rounds`` rounds, each one timed epoch per framework, the order alternating; reported: the
+median and best tokens/s of each and the ratio of medians and of bests (other tenants of a shared
+machine only ever slow a round down).
+
+Usage::
+
+    python benchmarks/text_throughput.py                         # ~3 min on 2 CPUs
+    python benchmarks/text_throughput.py --rounds 9 --hidden 256 --embedding 128 --json text.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks.common import command_line, machine_info  # noqa: E402
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_vae_tf(data, args):
+    import keras
+
+    from vae_tf.models import build_vae
+    from vae_tf.models.text import text_settings
+    from vae_tf.optimizers import FusedAdam
+
+    keras.utils.set_random_seed(args.seed)
+    model = build_vae((), latent={"family": "gaussian", "latent_dim": args.latent}, likelihood={"name": "categorical"},
+                      network={"kind": "lstm", "embedding": args.embedding, "hidden": [args.hidden],
+                               "z_injection": "both"}, text=text_settings(data.metadata), seed=args.seed)
+    model.compile(optimizer=FusedAdam(1e-3), steps_per_execution=args.steps_per_execution)
+    return model
+
+
+def build_torch(torch, vocab: int, args):
+    nn = torch.nn
+
+    class TorchTextVAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc_emb = nn.Embedding(vocab, args.embedding)
+            self.enc = nn.LSTM(args.embedding, args.hidden, batch_first=True)
+            self.params = nn.Linear(args.hidden, 2 * args.latent)
+            self.dec_emb = nn.Embedding(vocab, args.embedding)
+            self.z_to_state = nn.Linear(args.latent, args.hidden)
+            self.dec = nn.LSTM(args.embedding + args.latent, args.hidden, batch_first=True)
+            self.logits = nn.Linear(args.hidden, vocab)
+
+        def loss(self, ids, lengths):
+            """ids: [B, T] word ids (0 = padding); lengths: [B] words per sentence."""
+            b, t = ids.shape
+            packed = nn.utils.rnn.pack_padded_sequence(self.enc_emb(ids), lengths.cpu(), batch_first=True,
+                                                       enforce_sorted=False)
+            _, (h, _) = self.enc(packed)
+            mean, log_var = self.params(h[-1]).chunk(2, dim=-1)
+            z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+            bos = torch.full((b, 1), 2, dtype=ids.dtype)
+            inputs = torch.cat([bos, ids], dim=1)                       # <bos> w1 ... wn
+            padded = torch.cat([ids, torch.zeros((b, 1), dtype=ids.dtype)], dim=1)
+            targets = padded.scatter(1, lengths[:, None], 3)           # w1 ... wn <eos>
+            c0 = self.z_to_state(z)
+            state = (torch.tanh(c0)[None], c0[None])
+            x = torch.cat([self.dec_emb(inputs), z[:, None, :].expand(b, t + 1, z.shape[-1])], dim=-1)
+            out, _ = self.dec(x, state)
+            logp = torch.log_softmax(self.logits(out), dim=-1).gather(-1, targets[..., None])[..., 0]
+            reconstruction = (logp * (targets != 0)).sum(dim=1)
+            kl = 0.5 * (mean ** 2 + log_var.exp() - 1.0 - log_var).sum(dim=1)
+            return -(reconstruction - kl).mean()
+
+    return TorchTextVAE()
+
+
+def parameter_count_tf(model) -> int:
+    return int(sum(np.prod(v.shape) for v in model.trainable_variables))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sentences", type=int, default=8192)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--embedding", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--latent", type=int, default=16)
+    parser.add_argument("--steps-per-execution", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads for both (default: all CPUs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    from vae_tf.data import load_dataset
+
+    data = load_dataset("text_synthetic", seed=args.seed, n_samples=args.sentences, val_fraction=0.0,
+                        test_fraction=0.0)
+    n = len(data.x_train) // (args.batch_size * args.steps_per_execution) * args.batch_size * args.steps_per_execution
+    data = dataclasses.replace(data, x_train=data.x_train[:n], y_train=None, factors_train=None)
+    steps = n // args.batch_size
+    ours = build_vae_tf(data, args)
+    ids = ours.codec.encode(tf.constant(data.x_train)).numpy().astype(np.int64)
+    lengths = (ids != 0).sum(axis=1)
+    tokens_per_epoch = int((lengths + 1).sum())
+
+    try:
+        import torch
+    except ImportError:
+        log("PyTorch is not installed (the `bench` extra): measuring vae-tf alone")
+        torch = None
+    if torch is not None:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed)
+        theirs = build_torch(torch, ours.codec.vocab_size, args)
+        torch_params = sum(p.numel() for p in theirs.parameters())
+        # Keras' LSTM has one bias vector per gate, PyTorch two (b_ih, b_hh): 4 * hidden extra per LSTM.
+        expected = parameter_count_tf(ours) + 2 * 4 * args.hidden
+        if torch_params != expected:
+            raise SystemExit(f"parameter counts differ: PyTorch {torch_params}, vae-tf {parameter_count_tf(ours)} "
+                             f"(+{2 * 4 * args.hidden} second LSTM biases)")
+        optimizer = torch.optim.Adam(theirs.parameters(), lr=1e-3, eps=1e-7, foreach=True)
+        ids_t, lengths_t = torch.from_numpy(ids), torch.from_numpy(lengths)
+        rng = np.random.default_rng(args.seed)
+
+        def torch_epoch() -> float:
+            order = rng.permutation(n)
+            start = time.perf_counter()
+            for s in range(steps):
+                rows = torch.from_numpy(order[s * args.batch_size:(s + 1) * args.batch_size])
+                loss = theirs.loss(ids_t[rows], lengths_t[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            float(loss)
+            return time.perf_counter() - start
+
+    stream = data.resumable_pipeline("train", args.batch_size, seed=args.seed, epochs=10_000)
+
+    def tf_epoch() -> float:
+        start = time.perf_counter()
+        history = ours.fit(stream, epochs=1, steps_per_epoch=steps, verbose=0)
+        float(history.history["loss"][-1])
+        return time.perf_counter() - start
+
+    log("warm-up (tracing)")
+    tf_epoch()
+    if torch is not None:
+        torch_epoch()
+    times = {"vae-tf": [], "pytorch_eager": []}
+    for r in range(args.rounds):
+        order = ["vae-tf", "pytorch_eager"] if r % 2 == 0 else ["pytorch_eager", "vae-tf"]
+        for name in order:
+            if name == "pytorch_eager" and torch is None:
+                continue
+            seconds = tf_epoch() if name == "vae-tf" else torch_epoch()
+            times[name].append(seconds)
+            log(f"round {r + 1}: {name} {tokens_per_epoch / seconds:,.0f} tokens/s")
+    rates = {k: [tokens_per_epoch / s for s in v] for k, v in times.items() if v}
+    report = {"command": command_line(), "machine": machine_info(), "load_average": os.getloadavg(),
+              "sentences": n, "tokens_per_epoch": tokens_per_epoch, "batch_size": args.batch_size,
+              "embedding": args.embedding, "hidden": args.hidden, "latent": args.latent,
+              "vocab": int(ours.codec.vocab_size), "parameters": parameter_count_tf(ours),
+              "tokens_per_second": {k: {"median": float(np.median(v)), "best": float(max(v)), "min": float(min(v))}
+                                    for k, v in rates.items()}}
+    if "pytorch_eager" in rates:
+        per_round = [a / b for a, b in zip(rates["vae-tf"], rates["pytorch_eager"])]
+        report["ratio_median_of_rounds"] = float(np.median(per_round))
+        report["ratio_of_bests"] = max(rates["vae-tf"]) / max(rates["pytorch_eager"])
+    print(render(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def render(report: dict) -> str:
+    lines = [f"Command: `{report['command']}`", "",
+             f"{report['sentences']} sentences of text_synthetic ({report['tokens_per_epoch']:,} scored tokens per "
+             f"epoch), batch {report['batch_size']}, embedding {report['embedding']}, LSTM {report['hidden']}, "
+             f"latent {report['latent']}, vocabulary {report['vocab']}, {report['parameters']:,} parameters "
+             f"(Keras count); load average {', '.join(f'{v:.1f}' for v in report['load_average'])}.", "",
+             "| variant | tokens/s (median) | best | worst |", "|---|---:|---:|---:|"]
+    for name, v in report["tokens_per_second"].items():
+        lines.append(f"| {name} | {v['median']:,.0f} | {v['best']:,.0f} | {v['min']:,.0f} |")
+    if "ratio_median_of_rounds" in report:
+        lines += ["", f"vae-tf ÷ PyTorch eager: **{report['ratio_median_of_rounds']:.2f}** (median of per-round "
+                      f"ratios), {report['ratio_of_bests']:.2f} (ratio of bests); goal >= 1.0."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
