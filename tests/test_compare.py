@@ -117,3 +117,71 @@ def test_remedy_matrix_quick_runs_every_combination_end_to_end(tmp_path, monkeyp
     assert tags["controlvae+all/0"]["vae_tf.pretraining"] == "true" and tags["vae/0"]["vae_tf.pretraining"] == "false"
     assert all(t["vae_tf.collapse"].split(":")[0] in ("healthy", "partially collapsed", "collapsed")
                for t in tags.values())
+
+
+def _suite_process(suite_file, tmp_path, *extra):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.Popen([sys.executable, "-m", "vae_tf_cli", "compare", "--suite", str(suite_file), "--quick",
+                             "--output-dir", str(tmp_path / "report"), *extra], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_a_killed_suite_resumes_its_interrupted_child_from_its_checkpoint(suite_file, tmp_path):
+    """kill -9 while the first child trains (after its first checkpoint), then run the same
+    command: the child goes on in its own MLflow run from its checkpoint; nothing is trained twice."""
+    import signal
+    import time
+
+    tree = yaml.safe_load(suite_file.read_text())
+    tree["sizes"]["quick"]["config"]["train"] = {"epochs": 4, "checkpoint_every_steps": 4, "steps_per_execution": 2}
+    suite_file.write_text(yaml.safe_dump(tree))
+    MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # schema first
+    victim = _suite_process(suite_file, tmp_path)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and victim.poll() is None:
+        if list((tmp_path / "runs").glob("*/checkpoints/checkpoint")):
+            victim.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, victim.stdout.read()[-2000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("vae-tf-suite-tiny")
+    killed = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("vae_tf.suite_child") == "vae/0"]
+    assert len(killed) == 1 and killed[0].info.status == "RUNNING"
+
+    resumed = _suite_process(suite_file, tmp_path)
+    out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, out[-3000:]
+    assert f"vae/0: resuming the interrupted run {killed[0].info.run_id}" in out
+    children = [r for r in client.search_runs([exp.experiment_id]) if "vae_tf.suite_child" in r.data.tags]
+    assert sorted(r.data.tags["vae_tf.suite_child"] for r in children) == ["beta4/0", "vae/0"]  # no third run
+    assert all(r.info.status == "FINISHED" for r in children)
+    history = client.get_metric_history(killed[0].info.run_id, "loss")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3]  # every epoch logged once
+
+
+@pytest.mark.slow
+def test_jobs_trains_children_in_processes_of_their_own(suite_file, tmp_path):
+    done = _suite_process(suite_file, tmp_path, "--jobs", "2")
+    out = done.communicate(timeout=600)[0]
+    assert done.returncode == 0, out[-3000:]
+    assert out.count("in a process of its own") == 2
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| vae |" in text and "| beta4 |" in text
+    assert sorted(p.name for p in (tmp_path / "report" / "logs").iterdir()) == ["beta4-0.log", "vae-0.log"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("vae-tf-suite-tiny")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("vae_tf.suite_parent") == "true"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 2 and all("eval_active_units" in c.data.metrics for c in children)

@@ -5,8 +5,6 @@ model's seeded stream."""
 
 from __future__ import annotations
 
-import signal
-import time
 from pathlib import Path
 
 import keras
@@ -16,7 +14,7 @@ import tensorflow as tf
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.test_training_reliability import SMALL, _history, _latest_checkpoint_number, _train
+from tests.test_training_reliability import SMALL, kill_after_checkpoint, metric_history, start_training
 from training.callbacks import ResumableEarlyStopping
 
 COMPOSED = {
@@ -44,21 +42,11 @@ def test_a_composed_run_killed_mid_epoch_resumes_bit_for_bit(tmp_path):
                         "deterministic": True, "verbose": 0, "early_stopping_patience": None}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
     MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # schema first
-    reference = _train(tmp_path, "--set", "name=reference", "--set", "train.run_dir=reference_runs")
-    victim = _train(tmp_path)
-    deadline = time.monotonic() + 400
-    killed_at = None
-    while time.monotonic() < deadline and victim.poll() is None:
-        number = _latest_checkpoint_number(tmp_path / "runs")
-        if number is not None and number > steps_per_epoch:  # inside epoch 2, in the aggressive phase
-            victim.send_signal(signal.SIGKILL)
-            killed_at = number
-            break
-        time.sleep(0.02)
-    victim.wait()
-    assert killed_at is not None, f"the victim finished before it could be killed:\n{victim.stdout.read()[-2000:]}"
+    reference = start_training(tmp_path, "--set", "name=reference", "--set", "train.run_dir=reference_runs")
+    victim = start_training(tmp_path)
+    kill_after_checkpoint(victim, tmp_path / "runs", steps_per_epoch)  # inside epoch 2, in the aggressive phase
     assert reference.wait(timeout=600) == 0, reference.stdout.read()[-3000:]
-    resumed = _train(tmp_path, "--resume")
+    resumed = start_training(tmp_path, "--resume")
     out = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, out[-3000:]
 
@@ -69,10 +57,10 @@ def test_a_composed_run_killed_mid_epoch_resumes_bit_for_bit(tmp_path):
     assert vic.data.tags["vae_tf.objective"] == "control + mi_q + fgsm + aggressive"
     for key in ("loss", "elbo", "kl", "beta", "pi_integral", "mi_bound", "q_loss", "elbo_perturbed",
                 "aggressive_inner_steps", "aggressive_phase", "val_elbo"):
-        ours, theirs = _history(client, vic.info.run_id, key), _history(client, ref.info.run_id, key)
+        ours, theirs = metric_history(client, vic.info.run_id, key), metric_history(client, ref.info.run_id, key)
         assert [s for s, _ in ours] == [0, 1, 2], f"{key}: lost or duplicated epochs {ours}"
         assert [v for _, v in ours] == [v for _, v in theirs], key  # bit for bit
-    assert _history(client, ref.info.run_id, "aggressive_inner_steps")[1][1] > 0  # killed inside the inner loops
+    assert metric_history(client, ref.info.run_id, "aggressive_inner_steps")[1][1] > 0  # killed inside the inner loops
     for key in ("test_elbo", "test_kl", "test_beta", "epochs_run"):
         assert vic.data.metrics[key] == ref.data.metrics[key], key
     # Every variable of the final state (weights, both optimizers, controller, phase, inner data

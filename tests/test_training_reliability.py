@@ -46,7 +46,7 @@ def _env(tmp_path: Path) -> dict:
             "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
-def _train(tmp_path, *args, **kwargs):
+def start_training(tmp_path, *args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "vae_tf_cli", "train", "-c", "cfg.yaml", *args], cwd=tmp_path,
                             env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
@@ -58,7 +58,26 @@ def _latest_checkpoint_number(run_root: Path) -> int | None:
     return None
 
 
-def _history(client, run_id, key):
+def kill_after_checkpoint(victim: subprocess.Popen, run_root: Path, after_step: int, timeout: float = 400) -> int:
+    """SIGKILL ``victim`` (a `vae-tf train` process) as soon as a checkpoint past ``after_step``
+    exists under ``run_root``; returns that checkpoint's step. Fails the test when the victim
+    finished first."""
+    deadline = time.monotonic() + timeout
+    killed_at = None
+    while time.monotonic() < deadline and victim.poll() is None:
+        number = _latest_checkpoint_number(run_root)
+        if number is not None and number > after_step:
+            victim.send_signal(signal.SIGKILL)
+            killed_at = number
+            break
+        time.sleep(0.02)
+    victim.wait()
+    assert killed_at is not None, f"the victim finished before it could be killed:\n{victim.stdout.read()[-2000:]}"
+    assert victim.returncode == -signal.SIGKILL
+    return killed_at
+
+
+def metric_history(client, run_id, key):
     return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
 
 
@@ -73,23 +92,12 @@ def test_kill_9_mid_epoch_then_resume_continues_the_same_run_exactly(tmp_path):
 
     # Two processes creating one new SQLite store race in MLflow's schema migration: create it first.
     MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()
-    reference = _train(tmp_path, "--set", "name=reference", "--set", "train.run_dir=reference_runs")
-    victim = _train(tmp_path)
-    deadline = time.monotonic() + 240
-    killed_at = None
-    while time.monotonic() < deadline and victim.poll() is None:
-        number = _latest_checkpoint_number(tmp_path / "runs")
-        if number is not None and number > steps_per_epoch:  # inside epoch 2 (or later)
-            victim.send_signal(signal.SIGKILL)
-            killed_at = number
-            break
-        time.sleep(0.02)
-    victim.wait()
-    assert killed_at is not None, f"the victim finished before it could be killed:\n{victim.stdout.read()[-2000:]}"
-    assert victim.returncode == -signal.SIGKILL
+    reference = start_training(tmp_path, "--set", "name=reference", "--set", "train.run_dir=reference_runs")
+    victim = start_training(tmp_path)
+    killed_at = kill_after_checkpoint(victim, tmp_path / "runs", steps_per_epoch)
     assert reference.wait(timeout=300) == 0, reference.stdout.read()[-3000:]
 
-    resumed = _train(tmp_path, "--resume")
+    resumed = start_training(tmp_path, "--resume")
     out = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, out[-3000:]
     assert "resuming from" in out
@@ -100,7 +108,7 @@ def test_kill_9_mid_epoch_then_resume_continues_the_same_run_exactly(tmp_path):
     ref, vic = runs["reference"], runs["victim"]
     assert vic.info.status == "FINISHED" and vic.data.tags["vae_tf.resumed_from"].endswith(f"ckpt-{killed_at}")
     for key in ("loss", "elbo", "kl", "beta", "kl_smoothed", "pi_integral", "val_elbo"):
-        ours, theirs = _history(client, vic.info.run_id, key), _history(client, ref.info.run_id, key)
+        ours, theirs = metric_history(client, vic.info.run_id, key), metric_history(client, ref.info.run_id, key)
         assert [s for s, _ in ours] == [0, 1, 2, 3], f"{key}: lost or duplicated epochs {ours}"
         np.testing.assert_allclose([v for _, v in ours], [v for _, v in theirs], rtol=1e-6, atol=1e-7, err_msg=key)
     for key in ("test_elbo", "test_kl", "test_beta", "epochs_run"):
@@ -191,7 +199,7 @@ def test_unreachable_mlflow_does_not_stop_training_and_the_journal_replays(tmp_p
     client = MlflowClient(tracking_uri=store)
     run = client.search_runs([client.get_experiment_by_name("vae-tf").experiment_id])[0]
     assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "2"
-    history = _history(client, run.info.run_id, "loss")
+    history = metric_history(client, run.info.run_id, "loss")
     assert [s for s, _ in history] == [0, 1]
     np.testing.assert_allclose([v for _, v in history], result.history["loss"], rtol=1e-6)
     assert "test_elbo" in run.data.metrics
@@ -224,7 +232,7 @@ def test_a_flaky_store_is_buffered_then_replayed_in_order(tmp_path, monkeypatch)
     monkeypatch.setattr(mlflow, "log_metrics", real)
 
     client = MlflowClient(tracking_uri=uri)
-    assert _history(client, run.run_id, "loss") == [(s, float(s)) for s in range(6)]
+    assert metric_history(client, run.run_id, "loss") == [(s, float(s)) for s in range(6)]
     assert client.get_run(run.run_id).info.status == "FINISHED"
     assert sum("is unreachable" in m for m in messages) == 1 and any("reachable again" in m for m in messages)
     assert run.pending() == 0

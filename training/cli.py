@@ -69,6 +69,8 @@ def add_parsers(sub) -> None:
     compare.add_argument("--seeds", default=None, help="comma-separated seeds (default: the size's seeds)")
     compare.add_argument("--runs", default=None, help="comma-separated run names (default: all)")
     compare.add_argument("--output-dir", default=None, help="report directory (default reports/SUITE-SIZE)")
+    compare.add_argument("--jobs", type=positive_int, default=1,
+                         help="children trained at a time, each in its own process with CPUs/jobs threads (default 1)")
 
 
 def cmd_train(args) -> int:
@@ -142,7 +144,7 @@ def cmd_compare(args) -> int:
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     runs = None if args.runs is None else [r.strip() for r in args.runs.split(",") if r.strip()]
-    run_suite(args.suite, size=size, seeds=seeds, only=runs, output_dir=args.output_dir)
+    run_suite(args.suite, size=size, seeds=seeds, only=runs, output_dir=args.output_dir, jobs=args.jobs)
     return 0
 
 

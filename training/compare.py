@@ -28,6 +28,7 @@ import dataclasses
 import math
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +120,19 @@ def child_configs(suite: Suite, size: str, seeds: list[int] | None = None, only:
 
 
 def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None, only: list[str] | None = None,
-              output_dir: str | None = None, experiment: str | None = None, out=None) -> Path:
-    """Run (or resume) a suite; returns the report path."""
+              output_dir: str | None = None, experiment: str | None = None, out=None, jobs: int = 1,
+              report: bool = True) -> Path | None:
+    """Run (or resume) a suite; returns the report path.
+
+    Resuming: a child that FINISHED in this suite's parent run is not trained again (its logged
+    metrics are reused); a child that was interrupted (Ctrl-C, ``kill``, a crash) after its first
+    checkpoint continues from its last checkpoint in its own MLflow run (``vae-tf train --resume``),
+    so a killed full-size suite loses at most one child's progress since its last checkpoint.
+
+    ``jobs`` > 1 trains that many children at a time, each in its own process with
+    ``cpus / jobs`` TensorFlow threads (``_run_parallel``); the evaluation, the report and the
+    parent run are then made here as for a serial run. ``report=False`` (what those child
+    processes use) trains and evaluates only."""
     import mlflow
 
     from training.config import deep_merge
@@ -139,6 +151,11 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
 
     parent = _find_or_create_parent(client, exp_id, suite, size)
     done = _finished_children(client, exp_id, parent)
+    if jobs > 1:
+        pending = [(r, s_) for r, s_, _, _ in children if f"{r}/{s_}" not in done]
+        _run_parallel(suite, size, pending, experiment, jobs, output_dir, out)
+        done = _finished_children(client, exp_id, parent)
+    interrupted = _interrupted_children(client, exp_id, parent, {f"{r}/{s_}" for r, s_, _, _ in children})
     rows: dict[tuple[str, int], dict] = {}
     curves: dict[str, list] = {}
     embeddings: dict[str, Any] = {}  # run -> the t-SNE of its first seed's test embeddings
@@ -158,12 +175,18 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
         def evaluate_child(model, data, tracker, captured=captured, config=config):
             captured.update(_evaluate_child(model, data, config, evaluate_opts, tracker))
 
-        result = run_training(config, tags=tags, after_training=evaluate_child)
+        resume = None
+        if key in interrupted:  # a killed child: on from its last checkpoint, in its own MLflow run
+            resume = interrupted[key]
+            print(f"[{suite.name}] {key}: resuming the interrupted run {resume}", file=out, flush=True)
+        result = run_training(config, tags=tags, after_training=evaluate_child, resume=resume)
         # The same keys a resumed child's run holds: eval_* (diagnostics) and test_* (Keras evaluate).
         rows[(run_name, seed)] = {**captured["metrics"], **result.test_metrics}
         curves.setdefault(run_name, []).append(captured["curve"])
         embeddings.setdefault(run_name, captured["tsne"])
 
+    if not report:
+        return None
     report_dir = Path(output_dir or Path("reports") / f"{suite.name}-{size}")
     report_path = write_report(suite, size, children, rows, curves, report_dir, embeddings)
     # The parent's report goes through a TrackedRun too: an outage at the end is journaled.
@@ -192,6 +215,87 @@ def _finished_children(client, exp_id: str, parent: str) -> dict:
     runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and "
                                                        "attributes.status = 'FINISHED'", max_results=10000)
     return {r.data.tags["vae_tf.suite_child"]: r for r in runs if "vae_tf.suite_child" in r.data.tags}
+
+
+def _interrupted_children(client, exp_id: str, parent: str, keys: set) -> dict:
+    """``{child key: MLflow run id}`` of this parent's children among ``keys`` (the ones this call
+    trains: a ``--jobs`` child process never touches another's run) that did not finish but left
+    a checkpoint to resume from (their run directory under ``train.run_dir``). Interrupted children
+    without a checkpoint are marked KILLED and trained again from scratch."""
+    runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and "
+                                                       "attributes.status != 'FINISHED'", max_results=10000)
+    found = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time):
+        key = run.data.tags.get("vae_tf.suite_child")
+        if key not in keys:
+            continue
+        run_dir = Path(run.data.params.get("train.run_dir", "runs")) / run.info.run_id
+        if key and (run_dir / "checkpoints" / "checkpoint").is_file():
+            found[key] = run.info.run_id
+        elif run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+    return found
+
+
+def _run_parallel(suite: Suite, size: str, pending: list, experiment: str, jobs: int, output_dir, out) -> None:
+    """Train and evaluate ``pending`` children (``[(run name, seed)]``), ``jobs`` at a time, each in
+    ``python -m training.compare CHILD`` (a serial ``run_suite`` of that one child without the
+    report) with ``cpus // jobs`` TensorFlow threads; its output goes to
+    ``<report dir>/logs/<run>-<seed>.log``. A child that fails is named with its log, in one line,
+    after the others finished."""
+    import os
+    import subprocess
+
+    if not pending:
+        return
+    logs = Path(output_dir or Path("reports") / f"{suite.name}-{size}") / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env = {**os.environ, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads,
+           "OMP_NUM_THREADS": threads}
+    queue, running, failed = list(pending), [], []
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                run_name, seed = queue.pop(0)
+                log_path = logs / f"{re.sub(r'[^A-Za-z0-9.-]+', '-', run_name)}-{seed}.log"
+                handle = open(log_path, "w")
+                command = [sys.executable, "-m", "training.compare", str(suite.path), size, run_name, str(seed),
+                           experiment]
+                print(f"[{suite.name}] {run_name}/{seed}: training in a process of its own (log {log_path})",
+                      file=out, flush=True)
+                running.append((subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env),
+                                handle, f"{run_name}/{seed}", log_path))
+            for item in list(running):
+                process, handle, key, log_path = item
+                if process.poll() is not None:
+                    handle.close()
+                    running.remove(item)
+                    if process.returncode != 0:
+                        failed.append(f"{key} (see {log_path})")
+            time.sleep(0.5)
+    finally:
+        for process, handle, _, _ in running:
+            process.terminate()
+            process.wait()
+            handle.close()
+    if failed:
+        raise ConfigError(f"suite {suite.name}: {len(failed)} child run(s) failed: {'; '.join(failed)}; rerun the "
+                          "same command to resume")
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m training.compare SUITE SIZE RUN SEED EXPERIMENT``: one child of a ``--jobs``
+    suite (trained, exported and evaluated into the suite's parent run; no report)."""
+    from vae_tf.errors import VaeTfError
+
+    suite_path, size, run_name, seed, experiment = argv
+    try:
+        run_suite(suite_path, size=size, seeds=[int(seed)], only=[run_name], experiment=experiment, report=False)
+    except VaeTfError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _evaluate_child(model, data, config, opts: dict, tracker) -> dict:
@@ -322,3 +426,7 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
     path = report_dir / "report.md"
     write_text_atomic(path, "\n".join(lines))
     return path
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

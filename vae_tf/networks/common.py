@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 
 from vae_tf.errors import ConfigError
@@ -35,6 +37,16 @@ def skip_flag(skip) -> bool:
     return skip
 
 
+def conv_grid(data_shape, filters: list[int]) -> tuple[int, int, int, int]:
+    """``(h0, w0, crop_h, crop_w)`` of a conv decoder: the ``ceil(H/2^L) x ceil(W/2^L)`` grid its
+    dense layer emits for L stride-2 transposed convolutions, and how much of the ``h0·2^L x w0·2^L``
+    output to crop to get back ``H x W``."""
+    height, width = int(data_shape[0]), int(data_shape[1])
+    up = 2 ** len(filters)
+    h0, w0 = math.ceil(height / up), math.ceil(width / up)
+    return h0, w0, h0 * up - height, w0 * up - width
+
+
 def check_image(data_shape):
     if len(data_shape) != 3:
         raise ConfigError(
@@ -43,4 +55,4 @@ def check_image(data_shape):
         )
 
 
-__all__ = ["cast_output", "check_image", "float32_output", "is_mixed", "positive_ints", "skip_flag"]
+__all__ = ["cast_output", "check_image", "conv_grid", "float32_output", "is_mixed", "positive_ints", "skip_flag"]

@@ -3,12 +3,11 @@ transposed convolutions, cropped back to ``H x W``."""
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import keras
 
-from vae_tf.networks.common import check_image, float32_output, positive_ints, skip_flag
+from vae_tf.networks.common import check_image, conv_grid, float32_output, positive_ints, skip_flag
 from vae_tf.networks.skip import skip_conv_decoder
 
 
@@ -32,10 +31,7 @@ def conv_decoder(code_size, data_shape, out_channels, filters: Sequence[int] = (
     convolution (module docstring)."""
     check_image(data_shape)
     filters = positive_ints(filters, "model.network.filters")
-    height, width = int(data_shape[0]), int(data_shape[1])
-    up = 2 ** len(filters)
-    h0, w0 = math.ceil(height / up), math.ceil(width / up)
-    crop_h, crop_w = h0 * up - height, w0 * up - width
+    h0, w0, crop_h, crop_w = conv_grid(data_shape, filters)
     if skip_flag(skip):
         return skip_conv_decoder(code_size, data_shape, out_channels, filters, dense, kernel_size, activation,
                                  name=name, dtype=dtype)

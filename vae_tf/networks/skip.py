@@ -21,7 +21,7 @@ from typing import Sequence
 
 import keras
 
-from vae_tf.networks.common import cast_output, check_image, positive_ints
+from vae_tf.networks.common import cast_output, check_image, conv_grid, positive_ints
 
 
 @keras.saving.register_keras_serializable(package="vae_tf")
@@ -62,10 +62,7 @@ def skip_conv_decoder(code_size, data_shape, out_channels, filters: Sequence[int
     (module docstring)."""
     check_image(data_shape)
     filters = positive_ints(filters, "model.network.filters")
-    height, width = int(data_shape[0]), int(data_shape[1])
-    up = 2 ** len(filters)
-    h0, w0 = math.ceil(height / up), math.ceil(width / up)
-    crop_h, crop_w = h0 * up - height, w0 * up - width
+    h0, w0, crop_h, crop_w = conv_grid(data_shape, filters)
     z = keras.Input(shape=(code_size,), name="z")
     h = keras.layers.Dense(dense, activation=activation, name="hidden_0", dtype=dtype)(z)
     h = keras.layers.Dense(h0 * w0 * filters[-1], activation=activation, name="hidden_1", dtype=dtype)(
