@@ -29,6 +29,7 @@ from vae_tf.errors import ConfigError
 from vae_tf.latents.base import LatentFamily
 from vae_tf.likelihoods.base import Likelihood
 from vae_tf.remedies.base import Inference, InputNoise, KLWeight, NoInputNoise, Regularizer, StandardInference
+from vae_tf.remedies.beta_vae import ConstantBeta
 
 #: KL threshold (nats, averaged over data) above which a dimension counts as carrying information
 #: in the training-time ``active_kl_dims`` readout (the (ε, δ)-collapse ε of Lucas et al. 2019).
@@ -79,7 +80,8 @@ class VAE(keras.Model):
         decoder: Keras model ``z -> out`` (the likelihood's raw parameters).
         latent: the latent family (posterior, prior, KL).
         likelihood: the observation model p(x|z).
-        kl_weight: a :class:`~vae_tf.remedies.base.KLWeight` (exactly one). The weight in force is
+        kl_weight: a :class:`~vae_tf.remedies.base.KLWeight` (default: constant β = 1, the
+            ELBO). The weight in force is
             the non-trainable variable ``beta`` (logged), which a KL weight whose β changes sets
             every training step; checkpoints carry it.
         regularizers: zero or more :class:`~vae_tf.remedies.base.Regularizer`.
@@ -128,7 +130,7 @@ class VAE(keras.Model):
     modality = "image"
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, latent: LatentFamily, likelihood: Likelihood,
-                 kl_weight: KLWeight, regularizers=(), input_noise: InputNoise | None = None,
+                 kl_weight: KLWeight | None = None, regularizers=(), input_noise: InputNoise | None = None,
                  inference: Inference | None = None, seed: int | None = None, precision: str = "float32",
                  data_shape=None, **kwargs):
         super().__init__(**kwargs)
@@ -138,17 +140,17 @@ class VAE(keras.Model):
         self.decoder = decoder
         self.latent = latent
         self.likelihood = likelihood
-        self.kl_weight = kl_weight
+        self.kl_weight = kl_weight if kl_weight is not None else ConstantBeta(ConstantBeta.Options(), None)
         self.regularizers = list(regularizers)
         self.input_noise = input_noise if input_noise is not None else NoInputNoise(NoInputNoise.Options(), None)
         self.inference = inference if inference is not None else StandardInference(StandardInference.Options(), None)
-        for slot, value, base in (("kl_weight", kl_weight, KLWeight), ("input_noise", self.input_noise, InputNoise),
+        for slot, value, base in (("kl_weight", self.kl_weight, KLWeight), ("input_noise", self.input_noise, InputNoise),
                                   ("inference", self.inference, Inference),
                                   *(("regularizers", r, Regularizer) for r in self.regularizers)):
             if not isinstance(value, base):
                 raise ConfigError(f"{slot} must be a {base.__name__} (vae_tf.remedies), got {type(value).__name__}")
         self.beta = self.add_weight(name="beta", shape=(), trainable=False,
-                                    initializer=keras.initializers.Constant(kl_weight.initial_beta()))
+                                    initializer=keras.initializers.Constant(self.kl_weight.initial_beta()))
         self.train_steps = self.add_weight(name="train_steps", shape=(), dtype="int64", initializer="zeros",
                                            trainable=False)
         latent.bind_step(self.train_steps)  # schedules inside the family (a temperature) read it
