@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -771,3 +773,52 @@ def test_lazy_npy_never_holds_more_than_a_chunk(tmp_path):
     # Index arrays (8 bytes a row, x3 for the permutation and its pieces) are all that grows.
     assert peaks[32_000] - peaks[8_000] < 0.1 * data_growth, peaks
     assert peaks[32_000] < rows_mod.BLOCK_BYTES + 4 * chunk * features * 8 + 32 * 32_000, peaks
+
+
+# --- static binarisation (data.binarize) ---------------------------------------------------------
+
+
+def test_binarized_threshold_is_the_value_above_one_half():
+    data = load_dataset("digits", seed=0)
+    bits = data.binarized("threshold")
+    for split in ("train", "val", "test"):
+        x, _ = data.split(split)
+        b, _ = bits.split(split)
+        np.testing.assert_array_equal(b, (x > 0.5).astype(np.float32))
+    assert bits.binary and not data.binary and bits.metadata["binarized"] == "threshold"
+    np.testing.assert_array_equal(bits.y_train, data.y_train)
+
+
+def test_binarized_sample_draws_each_value_with_its_probability_once_per_seed():
+    data = load_dataset("digits", seed=0)
+    a, b, c = data.binarized("sample", seed=3), data.binarized("sample", seed=3), data.binarized("sample", seed=4)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    assert not np.array_equal(a.x_train, c.x_train)
+    assert set(np.unique(a.x_train)) <= {0.0, 1.0}
+    # E[bit] = value: over ~1.1 M values the mean bit is within a few standard errors of the mean value.
+    x = data.x_train
+    standard_error = np.sqrt(np.sum(x * (1 - x))) / x.size
+    assert abs(a.x_train.mean() - x.mean()) < 5 * standard_error
+    # A pixel that is always 0 or always 1 stays so.
+    assert np.all(a.x_train[x == 0.0] == 0.0) and np.all(a.x_train[x == 1.0] == 1.0)
+
+
+def test_binarize_refuses_text_data_an_unknown_mode_and_values_outside_zero_one():
+    with pytest.raises(DataError, match="is text; binarize applies to images"):
+        load_dataset("text_synthetic", seed=0, max_samples=50).binarized("sample")
+    with pytest.raises(DataError, match="unknown binarize mode 'round'"):
+        load_dataset("digits", seed=0).binarized("round")
+    wide = dataclasses.replace(load_dataset("digits", seed=0), value_range=(-1.0, 1.0))
+    with pytest.raises(DataError, match=r"not \[0, 1\]; binarize needs probabilities"):
+        wide.binarized("threshold")
+
+
+def test_config_binarize_gives_bits_to_training_and_evaluation():
+    from training.config import load_config
+    from training.train import prepare_data
+
+    config = load_config(None, overrides=["data.binarize=threshold", "data.max_samples=200"])
+    data = prepare_data(config)
+    assert data.binary and set(np.unique(data.x_test)) <= {0.0, 1.0}
+    with pytest.raises(ConfigError, match="data.binarize"):
+        load_config(None, overrides=["data.binarize=yes"])

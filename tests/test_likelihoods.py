@@ -97,7 +97,12 @@ def test_gaussian_per_pixel_matches_scipy_and_keeps_its_floor(rng):
     assert float(tf.reduce_min(scale)) >= 0.05
 
 
-@pytest.mark.parametrize("name", LIKELIHOODS.names())
+# Likelihoods of values, whose decoder output is [..., param_channels × data]; the token
+# categorical (logits [B, T, vocab], ids out) has its own tests below.
+VALUE_LIKELIHOODS = [name for name in LIKELIHOODS.names() if name != "categorical"]
+
+
+@pytest.mark.parametrize("name", VALUE_LIKELIHOODS)
 def test_samples_have_the_likelihood_mean(name):
     options = {"sigma": 0.2} if name == "gaussian" else {}
     lik = build_likelihood(name, data_rank=1, **options)
@@ -107,7 +112,7 @@ def test_samples_have_the_likelihood_mean(name):
     np.testing.assert_allclose(draws.mean(0), lik.mean(out[:1]).numpy()[0], atol=0.03)
 
 
-@pytest.mark.parametrize("name", LIKELIHOODS.names())
+@pytest.mark.parametrize("name", VALUE_LIKELIHOODS)
 def test_row_samples_depend_only_on_their_own_seed(name):
     lik = build_likelihood(name, data_rank=1)
     out = tf.constant(np.linspace(-1, 1, 3 * 6 * lik.param_channels, dtype=np.float32).reshape(3, -1))
@@ -115,6 +120,30 @@ def test_row_samples_depend_only_on_their_own_seed(name):
     rows = lik.sample_rows(out, seeds).numpy()
     again = lik.sample_rows(out[1:2], seeds[1:2]).numpy()
     np.testing.assert_array_equal(rows[1], again[0])
+    np.testing.assert_array_equal(lik.sample_rows(out, seeds).numpy(), rows)
+
+
+def test_token_categorical_samples_have_the_softmax_frequencies():
+    """Each position draws a word id with probability softmax(logits): frequencies over 20 000
+    draws match the probabilities computed in NumPy; ids are int32, the mean is the argmax."""
+    lik = build_likelihood("categorical", data_rank=1)
+    logits = np.array([[[0.0, 1.0, 2.0], [3.0, 0.0, -1.0]]], np.float32)  # [B=1, T=2, vocab=3]
+    out = tf.constant(np.repeat(logits, 20_000, axis=0))
+    draws = lik.sample(out, seed=tf.constant([3, 4])).numpy()
+    assert draws.dtype == np.int32 and draws.shape == (20_000, 2)
+    probs = np.exp(logits[0]) / np.exp(logits[0]).sum(-1, keepdims=True)
+    for t in range(2):
+        np.testing.assert_allclose(np.bincount(draws[:, t], minlength=3) / 20_000, probs[t], atol=0.015)
+    np.testing.assert_array_equal(lik.mean(out[:1]).numpy()[0], [2, 0])
+
+
+def test_token_categorical_row_samples_depend_only_on_their_own_seed():
+    lik = build_likelihood("categorical", data_rank=1)
+    out = tf.constant(np.linspace(-2, 2, 3 * 5 * 7, dtype=np.float32).reshape(3, 5, 7))
+    seeds = tf.constant([[5, 6], [7, 8], [5, 6]])
+    rows = lik.sample_rows(out, seeds).numpy()
+    assert rows.dtype == np.int32 and rows.shape == (3, 5)
+    np.testing.assert_array_equal(rows[1], lik.sample_rows(out[1:2], seeds[1:2]).numpy()[0])
     np.testing.assert_array_equal(lik.sample_rows(out, seeds).numpy(), rows)
 
 

@@ -248,6 +248,51 @@ def test_a_mistake_is_not_mistaken_for_an_outage(tmp_path):
     run.finish()
 
 
+def test_a_dataset_logged_by_two_runs_at_once_links_both(tmp_path, monkeypatch):
+    """Two runs logging one data set at the same moment race in MLflow's look-up-then-insert of
+    the dataset row (seen with two training processes on one SQLite store): the loser's insert
+    breaks the unique constraint. Here the other run's insert lands between our look-up and our
+    insert; our run still gets the input, on the one shared dataset row."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = TrackedRun(uri, run_root=tmp_path / "runs", experiment="x").start()
+    first.log_dataset(name="digits-train", source="sklearn", digest="abc", context="train")
+    first.finish()
+    real = mlflow.log_input
+    calls = []
+
+    def racing(dataset, **kwargs):
+        calls.append(dataset.name)
+        if len(calls) == 1:
+            from mlflow.protos.databricks_pb2 import BAD_REQUEST  # what MLflow's SQL store raises
+
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                  "datasets.name, datasets.digest", error_code=BAD_REQUEST)
+        return real(dataset, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", racing)
+    second = TrackedRun(uri, run_root=tmp_path / "runs", experiment="x").start()
+    second.log_dataset(name="digits-train", source="sklearn", digest="abc", context="train")
+    second.finish()
+    client = MlflowClient(tracking_uri=uri)
+    for run in (first, second):
+        inputs = client.get_run(run.run_id).inputs.dataset_inputs
+        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("digits-train", "abc")]
+    assert calls == ["digits-train", "digits-train"]
+
+    def broken(dataset, **kwargs):  # any other MLflow error is not taken for the race
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        raise MlflowException("dataset name too long", error_code=INVALID_PARAMETER_VALUE)
+
+    monkeypatch.setattr(mlflow, "log_input", broken)
+    third = TrackedRun(uri, run_root=tmp_path / "runs", experiment="x").start()
+    with pytest.raises(MlflowException, match="too long"):
+        third.log_dataset(name="digits-train", source="sklearn", digest="abc", context="train")
+    third.finish()
+
+
 def test_resume_refuses_to_change_the_model_and_names_what_may_change(tmp_path):
     from training.resume import find_run, resumed_config
     from vae_tf.errors import ConfigError

@@ -49,6 +49,9 @@ class DataConfig(Section):
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     max_samples: PositiveInt | None = None          # truncate (after the seeded shuffle) for quick runs
     options: dict = Field(default_factory=dict)     # loader options, e.g. {image_size: 32} for dsprites
+    # Static binarisation of images in [0, 1] (threshold at 0.5, or one seeded Bernoulli draw per
+    # value): a Bernoulli likelihood is then a normalised density and IW-NLL a real NLL.
+    binarize: Literal["none", "threshold", "sample"] = "none"
 
     @model_validator(mode="after")
     def _leaves_training_data(self):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 import numpy as np
 
 MAX_PARAM_LENGTH = 6000  # MLflow 3 rejects longer param values
@@ -392,8 +393,16 @@ class TrackedRun:
         elif op == "log_artifacts":
             mlflow.log_artifacts(args["local_dir"], args["artifact_path"])
         elif op == "log_input":
-            mlflow.log_input(meta_dataset(args["name"], args["source"], args["digest"]), context=args["context"],
-                             tags=args.get("tags") or None)
+            dataset = meta_dataset(args["name"], args["source"], args["digest"])
+            try:
+                mlflow.log_input(dataset, context=args["context"], tags=args.get("tags") or None)
+            except MlflowException as err:
+                # Two runs logging the same data set at once (`compare --jobs`, parallel runs on
+                # one SQLite store) race in MLflow's look-up-then-insert of the dataset row; the
+                # loser hits the unique constraint. The row now exists: linking again finds it.
+                if "UNIQUE constraint failed: datasets" not in str(err):
+                    raise
+                mlflow.log_input(dataset, context=args["context"], tags=args.get("tags") or None)
         elif op == "log_model":
             return log_saved_model(Path(args["export_dir"]), args["data_shape"], args["registered_name"])
         elif op == "end_run":

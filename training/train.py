@@ -42,6 +42,8 @@ def prepare_data(config: Config):
         path=config.data.path,
         **config.data.options,
     )
+    if config.data.binarize != "none":
+        data = data.binarized(config.data.binarize, seed=config.seed)
     for split in ("train", "val", "test"):
         x, _ = data.split(split)
         if split != "train" and len(x) == 0:

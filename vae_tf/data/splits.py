@@ -13,7 +13,7 @@ to float32, so ``max_samples`` also bounds the memory a quick run needs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -274,6 +274,38 @@ class DataSplits:
                         f"{self.name}: {kind}_{split} has {len(other)} rows but x_{split} has "
                         f"{len(x)}; give one {kind} row per example"
                     )
+
+    def binarized(self, mode: str, seed: int = 0) -> "DataSplits":
+        """These splits with every value made 0 or 1, once (static binarisation), so a Bernoulli
+        likelihood is a normalised density on them and IW-NLL is a real NLL.
+
+        Args:
+            mode: ``"threshold"`` (1 where the value is > 0.5) or ``"sample"`` (each value an
+                independent Bernoulli draw with that probability, Salakhutdinov & Murray 2008),
+                drawn once per split from ``np.random.default_rng([seed, split index])``.
+            seed: seed of the ``"sample"`` draws; same seed, same bits.
+
+        Raises:
+            DataError: text data, values outside [0, 1], or an unknown mode.
+        """
+        if mode not in ("threshold", "sample"):
+            raise DataError(f"unknown binarize mode {mode!r}; use 'threshold', 'sample' or 'none'")
+        if self.modality == "text":
+            raise DataError(f"{self.name} is text; binarize applies to images in [0, 1], drop data.binarize")
+        low, high = self.value_range if self.value_range is not None else (None, None)
+        if low is None or low < 0.0 or high > 1.0:
+            raise DataError(f"{self.name} values lie in {self.value_range}, not [0, 1]; "
+                            "binarize needs probabilities, rescale the data or drop data.binarize")
+        arrays = {}
+        for index, split in enumerate(SPLIT_NAMES):
+            x = getattr(self, f"x_{split}")
+            if mode == "threshold":
+                bits = x > 0.5
+            else:
+                bits = np.random.default_rng([seed, index]).random(x.shape, dtype=np.float32) < x
+            arrays[f"x_{split}"] = bits.astype(np.float32)
+        metadata = {**self.metadata, "binarized": mode if mode == "threshold" else f"sample (seed {seed})"}
+        return replace(self, **arrays, value_range=(0.0, 1.0), binary=True, metadata=metadata)
 
     @property
     def modality(self) -> str:

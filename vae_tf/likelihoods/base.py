@@ -56,11 +56,11 @@ class Likelihood(keras.layers.Layer):
     def sample_rows(self, out: tf.Tensor, seeds: tf.Tensor) -> tf.Tensor:
         """Ancestral decode with one stateless seed (int32 ``[2]``) per row of ``out``."""
         seeds = tf.cast(seeds, tf.int32)
-        row_shape = self.mean(out[:1]).shape[1:]
+        first = self.mean(out[:1])  # shape and dtype of one row (float32 values, int32 token ids)
         return tf.map_fn(
             lambda args: self.sample(args[0][None], seed=args[1])[0],
             (out, seeds),
-            fn_output_signature=tf.TensorSpec(row_shape, tf.float32),
+            fn_output_signature=tf.TensorSpec(first.shape[1:], first.dtype),
         )
 
     def call(self, out):
