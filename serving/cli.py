@@ -13,6 +13,7 @@ import os
 import sys
 
 from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTIONS
+from serving.text import DEFAULT_LONG_TEXT, DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, LONG_TEXT_MODES
 from vae_tf_cli.argtypes import non_negative_float, non_negative_int, port, positive_float, positive_int
 
 
@@ -61,6 +62,14 @@ def add_parsers(sub) -> None:
     serve.add_argument("--allow-non-finite", action="store_true",
                        help="pass NaN and Infinity in float inputs to the model, as TF Serving does (default: refuse "
                             "them with HTTP 400 / INVALID_ARGUMENT naming the input, position and value)")
+    serve.add_argument("--long-text", choices=LONG_TEXT_MODES, default=DEFAULT_LONG_TEXT,
+                       help="text models: a sentence longer than the model's max_length words is truncated to its "
+                            "first max_length words, as the model does (default), or refused with HTTP 400 / "
+                            "INVALID_ARGUMENT")
+    serve.add_argument("--max-text-rows", type=positive_int, default=DEFAULT_MAX_ROWS,
+                       help=f"text models: most sentences in one request (default {DEFAULT_MAX_ROWS}; more: HTTP 400)")
+    serve.add_argument("--max-text-bytes", type=positive_int, default=DEFAULT_MAX_BYTES,
+                       help=f"text models: longest sentence in bytes (default {DEFAULT_MAX_BYTES}; longer: HTTP 400)")
     serve.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", action="store_true",
                        help="merge concurrent small requests for one signature into one model call")
     serve.add_argument("--max-batch-size", type=positive_int, default=32, help="rows per merged call (default 32)")
@@ -120,6 +129,7 @@ def cmd_serve(args) -> int:
 
     from serving.batching import BatchingOptions
     from serving.server import ServerConfig, serve
+    from serving.text import TextLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig()
@@ -143,6 +153,7 @@ def cmd_serve(args) -> int:
     config.max_connections = args.max_connections
     config.follow_external_links = args.follow_external_links
     config.allow_non_finite = args.allow_non_finite
+    config.text_limits = TextLimits(args.long_text, args.max_text_rows, args.max_text_bytes)
     config.grace_seconds = args.grace_seconds
     if args.enable_batching:
         config.batching = BatchingOptions(max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms)
