@@ -83,8 +83,14 @@ def add_parsers(sub) -> None:
         description="Encode a data set in chunks and write the `embedding` output (and labels) to .npz or "
                     ".parquet. Resumable: rerunning the same command skips finished chunks.")
     embed.add_argument("--data", "-d", default="digits",
-                       help="registered data set (digits, dsprites, mnist, ...) or a .npz/.npy file or image folder; "
-                            "with --runner beam also Parquet files (a path or glob ending in .parquet)")
+                       help="registered data set (digits, dsprites, mnist, text_synthetic, ...) or a .npz/.npy file or "
+                            "image folder; with --runner beam also Parquet files (a path or glob ending in .parquet); "
+                            "for a text model also a .txt/.txt.gz file (one sentence per line) or a .parquet/.csv file "
+                            "with a column of sentences")
+    embed.add_argument("--column", help="text models, Parquet/CSV input: the column of sentences (default: text, "
+                                        "sentence, sentences or x, else the only string column)")
+    embed.add_argument("--label-column", help="text models, Parquet/CSV input: a column of integer labels to keep "
+                                              "(default: label, labels or y when present)")
     embed.add_argument("--path", help="file or folder for --data npz/npy/images")
     embed.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     embed.add_argument("--seed", type=int, default=0, help="split seed (training's seed; default 0)")
@@ -161,7 +167,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from serving.embed import LocalEncoder, RemoteEncoder, extract_embeddings, load_source
+    from serving.embed import (LocalEncoder, RemoteEncoder, extract_embeddings, load_source, load_text_source,
+                               refuse_split_options)
+    from serving.text_rows import input_kind
     from vae_tf.errors import ConfigError
 
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
@@ -171,8 +179,6 @@ def cmd_embed(args) -> int:
         return _beam_embed().cmd_embed_beam(args, outputs)
     if args.workers is not None or args.beam_args:
         raise ConfigError("--workers and Beam options after -- go with --runner beam")
-    if args.data.lower() == "parquet" or args.data.lower().endswith(".parquet"):
-        raise ConfigError("Parquet input is read by the Beam pipeline; add --runner beam (docs/serving.md)")
     if args.model:
         if args.model_name or args.model_version:
             raise ConfigError("--model-name/--model-version go with --server; with --model give models/NAME/VERSION")
@@ -180,8 +186,23 @@ def cmd_embed(args) -> int:
     else:
         encoder = RemoteEncoder(args.server, args.model_name or os.environ.get("MODEL_NAME") or "model",
                                 version=args.model_version)
-    source = load_source(args.data, split=args.split, path=args.path, seed=args.seed, val_fraction=args.val_fraction,
-                         test_fraction=args.test_fraction, max_samples=args.max_samples)
+    text_input = input_kind(args.path or args.data) is not None or args.data.lower() in ("text", "parquet", "csv")
+    if encoder.text and text_input:
+        refuse_split_options(args, "Text, Parquet and CSV input")
+        source = load_text_source(args.path or args.data, column=args.column, label_column=args.label_column)
+    else:
+        if args.data.lower() == "parquet" or args.data.lower().endswith(".parquet"):
+            raise ConfigError("Parquet input of an image model is read by the Beam pipeline; add --runner beam "
+                              "(docs/serving.md)")
+        if text_input:
+            raise ConfigError(f"{args.path or args.data} holds sentences but this model's encode takes arrays; give a "
+                              "text model, or a data set / .npz / .npy / image folder")
+        if args.column or args.label_column:
+            raise ConfigError("--column and --label-column name the sentence and label columns of a Parquet/CSV file "
+                              "for a text model")
+        source = load_source(args.data, split=args.split, path=args.path, seed=args.seed,
+                             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                             max_samples=args.max_samples)
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():

@@ -38,3 +38,16 @@ def exports(tmp_path_factory):
     export_tiny_model(src, "vae", version=1, seed=0)
     export_tiny_model(src, "vae", version=2, seed=1)
     return src / "vae"
+
+
+@pytest.fixture(scope="session")
+def text_exports(tmp_path_factory):
+    """Two versions of the tiny sentence VAE (random weights, seeds 0 and 1), exported once per
+    session (tracing a text model's decoding loop takes tens of seconds); tests copy them into
+    fresh base paths (``serving.testing.drop_version(..., name="text")``)."""
+    from serving.testing import export_tiny_text_model
+
+    src = tmp_path_factory.mktemp("text_exports")
+    export_tiny_text_model(src, "text", version=1, seed=0)
+    export_tiny_text_model(src, "text", version=2, seed=1)
+    return src / "text"
