@@ -17,6 +17,14 @@ end to end); throughput is rows per second of that single sequential client.
 
     python benchmarks/serving_latency.py --requests 400 --rounds 4
 
+``--text`` measures a sentence VAE instead (by default the architecture of
+``training/configs/text_synthetic.yaml``: LSTM 50, embedding 50, latent 2, a 1,000-word vocabulary,
+sentences of up to 10 words; random weights; or ``--model`` a trained text export): requests carry
+raw sentences (JSON strings over REST, ``string_val`` over gRPC), so the server's sentence checks
+(``serving/text.py``) are part of what is measured.
+
+    python benchmarks/serving_latency.py --text --requests 400 --rounds 4
+
 ``--check-cost`` answers a second question instead: what does refusing NaN/Inf inputs (the
 default; ``--allow-non-finite`` turns the check off) cost per request at batch 1? Two servers run
 side by side, one with the check and one without; rounds alternate between the four
@@ -47,6 +55,33 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import start_server  # noqa: E402
+
+
+def _default_text_model(base: Path) -> Path:
+    """The text_synthetic config's network (He et al. 2019's synthetic model) with random weights."""
+    import keras
+
+    from vae_tf.export import export_model
+    from vae_tf.models import build_vae
+
+    keras.utils.set_random_seed(0)
+    model = build_vae((), latent={"family": "gaussian", "latent_dim": 2}, likelihood={"name": "categorical"},
+                      network={"kind": "lstm", "embedding": 50, "hidden": [50], "z_injection": "both"},
+                      text={"vocabulary": [f"w{i}" for i in range(1000)], "max_length": 10}, seed=0)
+    model.reconstruct(np.array(["w1 w2"], dtype=object))
+    rng = np.random.default_rng(0)
+    for variable in model.weights:
+        if variable.trainable:
+            variable.assign(rng.normal(0, 0.1, tuple(variable.shape)).astype(np.float32))
+    return export_model(model, base, "text").parent
+
+
+def _sentences(batch: int, seed: int) -> np.ndarray:
+    """``batch`` sentences of 10 words drawn from the default text model's vocabulary."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(batch, dtype=object)
+    out[:] = [" ".join(f"w{i}" for i in rng.integers(0, 1000, 10)) for _ in range(batch)]
+    return out
 
 
 def _default_model(base: Path) -> Path:
@@ -81,6 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=400, help="requests per path, batch size and round")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds")
     parser.add_argument("--batches", default="1,64", help="batch sizes")
+    parser.add_argument("--text", action="store_true",
+                        help="a sentence VAE: requests carry sentences (default model: text_synthetic's network)")
     parser.add_argument("--check-cost", action="store_true",
                         help="measure the non-finite input check instead: servers with and without it, batch 1")
     args = parser.parse_args(argv)
@@ -92,11 +129,14 @@ def main(argv=None) -> int:
     from serving.client import GrpcClient, RestClient
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(args.model) if args.model else _default_model(Path(tmp))
+        default = _default_text_model if args.text else _default_model
+        model_dir = Path(args.model) if args.model else default(Path(tmp))
         version_dir = max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
         loaded = tf.saved_model.load(str(version_dir))
         encode = loaded.signatures["encode"]
-        data_shape = tuple(encode.structured_input_signature[1]["x"].shape[1:])
+        x_spec = encode.structured_input_signature[1]["x"]
+        data_shape = tuple(x_spec.shape[1:])
+        text = x_spec.dtype == tf.string
         process, rest_url, grpc_target = start_server(model_dir)
         try:
             rest = RestClient(rest_url, model_dir.name)
@@ -105,7 +145,8 @@ def main(argv=None) -> int:
             gc.freeze()  # as `vae-tf serve` does: full collections would walk TensorFlow's objects
             results = {}
             for batch in [int(b) for b in args.batches.split(",")]:
-                x = np.random.default_rng(batch).random((batch,) + data_shape).astype(np.float32)
+                x = _sentences(batch, batch) if text else \
+                    np.random.default_rng(batch).random((batch,) + data_shape).astype(np.float32)
                 paths = {
                     "in-process": lambda: {k: v.numpy() for k, v in encode(x=tf.constant(x)).items()},
                     "gRPC": lambda: grpc_client.encode(x),
@@ -130,7 +171,8 @@ def main(argv=None) -> int:
     print(f"Command: `{command.strip()}`\n")
     print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"Python {platform.python_version()}, TensorFlow {tf.__version__}; server in a separate process on "
-          f"127.0.0.1, batching off; {args.rounds} x {args.requests} requests per cell.\n")
+          f"127.0.0.1, batching off; {args.rounds} x {args.requests} requests per cell"
+          + ("; a text model, requests of 10-word sentences" if text else "") + ".\n")
     print("| batch | path | p50 ms | p99 ms | added at p50 ms | requests/s | rows/s |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for batch, by_path in results.items():
