@@ -582,7 +582,12 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
                           "instead of --server")
     encoder, data_shape = open_model(args.model)
     pattern = parquet_pattern(args.data, args.path)
-    kind = input_kind(args.path or "") if args.data.lower() in ("text", "csv") else input_kind(args.data)
+    if args.data.lower() == "text":  # any pattern: --data text --path 'corpus/*.txt*'
+        if not args.path:
+            raise ConfigError("--data text needs --path FILE_OR_GLOB (e.g. 'corpus/*.txt.gz')")
+        kind, text_pattern = "text", args.path
+    else:
+        kind, text_pattern = input_kind(args.data), args.data
     if pattern is not None:
         refuse_split_options(args, "Parquet input")
         source = ParquetSource(pattern, data_shape, args.chunk_size, text=encoder.text, column=args.column,
@@ -592,13 +597,13 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
                           "process) or convert the file to Parquet")
     elif kind == "text":
         if not encoder.text:
-            raise ConfigError(f"{args.path or args.data} holds sentences but this model's encode takes arrays; give a "
-                              "text model")
+            raise ConfigError(f"{text_pattern} holds sentences but this model's encode takes arrays; give a text "
+                              "model")
         refuse_split_options(args, "Text input")
         if args.column or args.label_column:
             raise ConfigError("--column and --label-column are for Parquet/CSV input; a text file has one sentence "
                               "per line")
-        source = TextFileSource(args.path or args.data, args.chunk_size)
+        source = TextFileSource(text_pattern, args.chunk_size)
     else:
         source = SplitSource(load_source(args.data, split=args.split, path=args.path, seed=args.seed,
                                          val_fraction=args.val_fraction, test_fraction=args.test_fraction,

@@ -85,12 +85,12 @@ def add_parsers(sub) -> None:
     embed.add_argument("--data", "-d", default="digits",
                        help="registered data set (digits, dsprites, mnist, text_synthetic, ...) or a .npz/.npy file or "
                             "image folder; with --runner beam also Parquet files (a path or glob ending in .parquet); "
-                            "for a text model also a .txt/.txt.gz file (one sentence per line) or a .parquet/.csv file "
-                            "with a column of sentences")
+                            "for a text model also a .txt/.txt.gz file (one sentence per line; with --runner beam "
+                            "--data text --path GLOB for several) or a .parquet/.csv file with a column of sentences")
     embed.add_argument("--column", help="text models, Parquet/CSV input: the column of sentences (default: text, "
                                         "sentence, sentences or x, else the only string column)")
     embed.add_argument("--label-column", help="text models, Parquet/CSV input: a column of integer labels to keep "
-                                              "(default: label, labels or y when present)")
+                                              "(default: y, labels or label when present)")
     embed.add_argument("--path", help="file or folder for --data npz/npy/images")
     embed.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     embed.add_argument("--seed", type=int, default=0, help="split seed (training's seed; default 0)")

@@ -109,7 +109,7 @@ def scan_text_file(path: str | os.PathLike, every: int = CHECKPOINT_EVERY, opene
     offset = 0
     try:
         with (opener or open_binary)(path) as handle:
-            for line, raw in enumerate(handle):
+            for line, raw in enumerate(iter(handle.readline, b"")):  # Beam's CompressedFile is not iterable
                 if _line_text(raw, line, where) is not None:
                     if scan.sentences % every == 0:
                         scan.checkpoints.append(Checkpoint(scan.sentences, line, offset))
@@ -134,7 +134,7 @@ def read_text_file(path: str | os.PathLike, checkpoint: Checkpoint | None = None
         if start.offset and not gz:
             handle.seek(start.offset)
             line = start.line
-        for raw in handle:
+        for raw in iter(handle.readline, b""):
             if line >= start.line:
                 text = _line_text(raw, line, where)
                 if text is not None:

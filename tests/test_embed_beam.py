@@ -169,7 +169,8 @@ def test_text_files_and_parquet_sentences_equal_vae_tf_embed(text_exports, tmp_p
     assert pq.read_table(out).sort_by("index").equals(pq.read_table(local))  # same chunks, batches, bits
 
     both = tmp_path / "both"
-    assert main(["embed", "--runner", "beam", "--data", str(folder / "*.txt*"), *common, "-o", str(both)]) == 0
+    assert main(["embed", "--runner", "beam", "--data", "text", "--path", str(folder / "*.txt*"), *common, "-o",
+                 str(both)]) == 0
     table = pq.read_table(both).sort_by("index")
     np.testing.assert_array_equal(table["index"].to_numpy(), kept)
     codes = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
@@ -186,3 +187,11 @@ def test_text_files_and_parquet_sentences_equal_vae_tf_embed(text_exports, tmp_p
     np.testing.assert_array_equal(table["index"].to_numpy(), kept)
     np.testing.assert_array_equal(table["label"].to_numpy(), [i % 3 for i in kept])
     np.testing.assert_allclose(np.stack(table["embedding"].to_numpy(zero_copy_only=False)), codes, rtol=1e-5, atol=1e-6)
+
+    (folder / "bad.txt").write_bytes(b"fine\n\xff\n")
+    err = _error(capsys, "embed", "--runner", "beam", "--data", "text", "--path", str(folder / "bad.txt"), *common,
+                 "-o", str(tmp_path / "bad"))
+    assert "is not valid UTF-8 (line 2, byte 0" in err  # found on the launcher, before any worker starts
+    assert "needs --path" in _error(capsys, "embed", "--runner", "beam", "--data", "text", *common, "-o", str(out))
+    assert "reads Parquet, not CSV" in _error(capsys, "embed", "--runner", "beam", "--data", str(folder / "s.csv"),
+                                              *common, "-o", str(out))
