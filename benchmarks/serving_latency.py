@@ -188,7 +188,63 @@ def main(argv=None) -> int:
         rest_added = float(np.percentile(results[1]["REST"], 50)) - base
         print(f"\nTarget at batch 1: gRPC adds {grpc_added:.3f} ms (<= 1 ms: {'yes' if grpc_added <= 1 else 'no'}), "
               f"REST adds {rest_added:.3f} ms (<= 2 ms: {'yes' if rest_added <= 2 else 'no'}).")
+    if text:
+        _print_handler_costs(model_dir, args.requests, args.rounds)
     return 0
+
+
+def _print_handler_costs(model_dir: Path, requests: int, rounds: int) -> None:
+    """The server's own work per text request at batch 1, without network or a second process:
+    the REST handler (JSON in, sentence checks, model, JSON out) and the gRPC handler (TensorProto
+    in and out) against the signature call they contain, in alternating rounds in this process."""
+    import json
+
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    from serving.grpc_server import PredictionService
+    from serving.model_store import ModelStore
+    from serving.rest import RestApi
+
+    class Context:  # what PredictionService.Predict asks of a live gRPC call
+        def is_active(self):
+            return True
+
+        def time_remaining(self):
+            return None
+
+    store = ModelStore(model_dir.parent, model_dir.name, poll_seconds=0).start()
+    signature = store.servable(model_dir.name).signatures["encode"]
+    x = _sentences(1, 1)
+    body = json.dumps({"signature_name": "encode", "instances": x.tolist()}).encode()
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = model_dir.name, "encode"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([s.encode() for s in x]))
+    rest, grpc_service, context = RestApi(store), PredictionService(store), Context()
+    path = f"/v1/models/{model_dir.name}:predict"
+    raw = np.array([s.encode() for s in x], dtype=object)
+    calls = {"signature call": lambda: signature.run({"x": raw}), "sentence checks": lambda: signature.prepare({"x": raw}),
+             "REST handler": lambda: rest.handle("POST", path, body), "gRPC handler": lambda: grpc_service.Predict(
+                 request, context)}
+    assert calls["REST handler"]()[0] == 200
+    for call in calls.values():  # warm-up
+        for _ in range(50):
+            call()
+    times = {name: [] for name in calls}
+    for round_index in range(rounds):
+        for name in calls if round_index % 2 == 0 else list(calls)[::-1]:
+            times[name] += _time(calls[name], requests)
+    store.stop()
+    base = float(np.percentile(times["signature call"], 50)) * 1e6
+    print(f"\nThe server's own work per request at batch 1 (in this process, no network; {rounds} x {requests} calls "
+          "each, alternating):\n")
+    print("| step | p50 us | p99 us | added to the signature call at p50 us |")
+    print("|---|---:|---:|---:|")
+    for name, values in times.items():
+        us = np.array(values) * 1e6
+        p50 = float(np.percentile(us, 50))
+        added = "" if name in ("signature call", "sentence checks") else f"{p50 - base:+.1f}"
+        print(f"| {name} | {p50:.1f} | {float(np.percentile(us, 99)):.1f} | {added} |")
 
 
 def check_cost(args, argv) -> int:

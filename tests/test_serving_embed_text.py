@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from serving.embed import LocalEncoder, extract_embeddings, load_text_source, read_embeddings
 from serving.testing import TINY_TEXT_WORDS, drop_version, running_server
-from tests.conftest import assert_one_line
+from tests.conftest import assert_one_line, interrupted_after
 from vae_tf_cli import main
 
 # Line 0 starts with a byte-order mark, lines end in \n or \r\n, blank and whitespace-only lines
@@ -92,18 +92,7 @@ def test_text_embed_resumes_from_finished_chunks(base, tmp_path):
         path = tmp_path / name
         path.write_bytes(data)
         encoder = LocalEncoder(base / "text")
-        calls = {"n": 0}
-
-        class Interrupted(Exception):
-            pass
-
-        def flaky(x):
-            calls["n"] += 1
-            if calls["n"] == 4:
-                raise Interrupted
-            return encoder(x)
-
-        flaky.outputs, flaky.identity = encoder.outputs, encoder.identity
+        flaky, Interrupted = interrupted_after(encoder, 4)
         out = tmp_path / f"{name}.npz"
         with pytest.raises(Interrupted):
             extract_embeddings(load_text_source(str(path)), flaky, out, chunk_size=40, batch_size=40)

@@ -433,9 +433,13 @@ def test_server_is_healthy_after_a_fuzz_burst(served):
     # parser: some requests ran the model and were answered.
     assert sum(n for (protocol, _), n in answers.items() if protocol == "rest") >= BURST_EXAMPLES, answers
     assert answers["rest", 200] >= 20 and answers["grpc", "OK"] >= 20, answers
-    x = np.random.default_rng(7).random((3, 8, 8, 1)).astype(np.float32)
+    _assert_healthy(server, model, "vae", np.random.default_rng(7).random((3, 8, 8, 1)).astype(np.float32))
+
+
+def _assert_healthy(server, model, name: str, x) -> None:
+    """Both protocols give the in-process codes of ``x``, the version is AVAILABLE, nothing is in flight."""
     want = model.signatures["encode"](x=tf.constant(x))["z_mean"].numpy()
-    for client in (RestClient(server.rest_url, "vae"), GrpcClient(server.grpc_target, "vae")):
+    for client in (RestClient(server.rest_url, name), GrpcClient(server.grpc_target, name)):
         np.testing.assert_allclose(client.encode(x)["z_mean"], want, rtol=1e-5, atol=1e-6)
         assert client.status()["model_version_status"][0]["state"] == "AVAILABLE"
         client.close()
@@ -616,10 +620,4 @@ def test_text_grpc_fuzz_never_5xx_and_valid_sentences_answered(text_served, prot
 
 def test_text_server_is_healthy_after_the_fuzz(text_served):
     server, model = text_served
-    x = ["the cat sat on the mat", "ÉTÉ, don't!", "zebra"]
-    want = model.signatures["encode"](x=tf.constant(x))["z_mean"].numpy()
-    for client in (RestClient(server.rest_url, "text"), GrpcClient(server.grpc_target, "text")):
-        np.testing.assert_allclose(client.encode(x)["z_mean"], want, rtol=1e-5, atol=1e-6)
-        assert client.status()["model_version_status"][0]["state"] == "AVAILABLE"
-        client.close()
-    assert server.rest.app.in_flight == 0
+    _assert_healthy(server, model, "text", ["the cat sat on the mat", "ÉTÉ, don't!", "zebra"])

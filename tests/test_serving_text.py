@@ -30,7 +30,7 @@ from serving import json_codec
 from serving.client import GrpcClient, RestClient, ServingRequestError
 from serving.testing import TINY_TEXT_MAX_LENGTH, drop_version, running_server
 from serving.text import TextLimits
-from tests.conftest import assert_one_line
+from tests.conftest import announced, assert_one_line
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = ["the cat sat on the mat", "a dog ran", "The big red dog saw a cat", "zebra crossing"]
@@ -279,12 +279,7 @@ def test_serve_command_announces_and_applies_the_text_flags(text_exports, tmp_pa
                                 "--port", "0", "--rest-api-port", "0", "--long-text", "refuse", "--max-text-rows", "3"],
                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        lines = {}
-        while "gRPC" not in lines:
-            line = process.stdout.readline()
-            assert line, "vae-tf serve exited before announcing its ports"
-            key, _, value = line.partition(":")
-            lines[key] = value.strip()
+        lines = announced(process)
         assert lines["text"] == ("text model: UTF-8 sentences, sentences longer than 6 words are refused; at most 3 "
                                  "sentences a request and 65536 bytes a sentence")
         client = RestClient(lines["REST"].split("/v1/")[0], "text")
