@@ -17,6 +17,14 @@ end to end); throughput is rows per second of that single sequential client.
 
     python benchmarks/serving_latency.py --requests 400 --rounds 4
 
+``--text`` measures a sentence VAE instead (by default the architecture of
+``training/configs/text_synthetic.yaml``: LSTM 50, embedding 50, latent 2, a 1,000-word vocabulary,
+sentences of up to 10 words; random weights; or ``--model`` a trained text export): requests carry
+raw sentences (JSON strings over REST, ``string_val`` over gRPC), so the server's sentence checks
+(``serving/text.py``) are part of what is measured.
+
+    python benchmarks/serving_latency.py --text --requests 400 --rounds 4
+
 ``--check-cost`` answers a second question instead: what does refusing NaN/Inf inputs (the
 default; ``--allow-non-finite`` turns the check off) cost per request at batch 1? Two servers run
 side by side, one with the check and one without; rounds alternate between the four
@@ -47,6 +55,33 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import start_server  # noqa: E402
+
+
+def _default_text_model(base: Path) -> Path:
+    """The text_synthetic config's network (He et al. 2019's synthetic model) with random weights."""
+    import keras
+
+    from vae_tf.export import export_model
+    from vae_tf.models import build_vae
+
+    keras.utils.set_random_seed(0)
+    model = build_vae((), latent={"family": "gaussian", "latent_dim": 2}, likelihood={"name": "categorical"},
+                      network={"kind": "lstm", "embedding": 50, "hidden": [50], "z_injection": "both"},
+                      text={"vocabulary": [f"w{i}" for i in range(1000)], "max_length": 10}, seed=0)
+    model.reconstruct(np.array(["w1 w2"], dtype=object))
+    rng = np.random.default_rng(0)
+    for variable in model.weights:
+        if variable.trainable:
+            variable.assign(rng.normal(0, 0.1, tuple(variable.shape)).astype(np.float32))
+    return export_model(model, base, "text").parent
+
+
+def _sentences(batch: int, seed: int) -> np.ndarray:
+    """``batch`` sentences of 10 words drawn from the default text model's vocabulary."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(batch, dtype=object)
+    out[:] = [" ".join(f"w{i}" for i in rng.integers(0, 1000, 10)) for _ in range(batch)]
+    return out
 
 
 def _default_model(base: Path) -> Path:
@@ -81,6 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=400, help="requests per path, batch size and round")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds")
     parser.add_argument("--batches", default="1,64", help="batch sizes")
+    parser.add_argument("--text", action="store_true",
+                        help="a sentence VAE: requests carry sentences (default model: text_synthetic's network)")
     parser.add_argument("--check-cost", action="store_true",
                         help="measure the non-finite input check instead: servers with and without it, batch 1")
     args = parser.parse_args(argv)
@@ -92,11 +129,14 @@ def main(argv=None) -> int:
     from serving.client import GrpcClient, RestClient
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(args.model) if args.model else _default_model(Path(tmp))
+        default = _default_text_model if args.text else _default_model
+        model_dir = Path(args.model) if args.model else default(Path(tmp))
         version_dir = max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
         loaded = tf.saved_model.load(str(version_dir))
         encode = loaded.signatures["encode"]
-        data_shape = tuple(encode.structured_input_signature[1]["x"].shape[1:])
+        x_spec = encode.structured_input_signature[1]["x"]
+        data_shape = tuple(x_spec.shape[1:])
+        text = x_spec.dtype == tf.string
         process, rest_url, grpc_target = start_server(model_dir)
         try:
             rest = RestClient(rest_url, model_dir.name)
@@ -105,7 +145,8 @@ def main(argv=None) -> int:
             gc.freeze()  # as `vae-tf serve` does: full collections would walk TensorFlow's objects
             results = {}
             for batch in [int(b) for b in args.batches.split(",")]:
-                x = np.random.default_rng(batch).random((batch,) + data_shape).astype(np.float32)
+                x = _sentences(batch, batch) if text else \
+                    np.random.default_rng(batch).random((batch,) + data_shape).astype(np.float32)
                 paths = {
                     "in-process": lambda: {k: v.numpy() for k, v in encode(x=tf.constant(x)).items()},
                     "gRPC": lambda: grpc_client.encode(x),
@@ -130,7 +171,8 @@ def main(argv=None) -> int:
     print(f"Command: `{command.strip()}`\n")
     print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
           f"Python {platform.python_version()}, TensorFlow {tf.__version__}; server in a separate process on "
-          f"127.0.0.1, batching off; {args.rounds} x {args.requests} requests per cell.\n")
+          f"127.0.0.1, batching off; {args.rounds} x {args.requests} requests per cell"
+          + ("; a text model, requests of 10-word sentences" if text else "") + ".\n")
     print("| batch | path | p50 ms | p99 ms | added at p50 ms | requests/s | rows/s |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for batch, by_path in results.items():
@@ -146,7 +188,63 @@ def main(argv=None) -> int:
         rest_added = float(np.percentile(results[1]["REST"], 50)) - base
         print(f"\nTarget at batch 1: gRPC adds {grpc_added:.3f} ms (<= 1 ms: {'yes' if grpc_added <= 1 else 'no'}), "
               f"REST adds {rest_added:.3f} ms (<= 2 ms: {'yes' if rest_added <= 2 else 'no'}).")
+    if text:
+        _print_handler_costs(model_dir, args.requests, args.rounds)
     return 0
+
+
+def _print_handler_costs(model_dir: Path, requests: int, rounds: int) -> None:
+    """The server's own work per text request at batch 1, without network or a second process:
+    the REST handler (JSON in, sentence checks, model, JSON out) and the gRPC handler (TensorProto
+    in and out) against the signature call they contain, in alternating rounds in this process."""
+    import json
+
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    from serving.grpc_server import PredictionService
+    from serving.model_store import ModelStore
+    from serving.rest import RestApi
+
+    class Context:  # what PredictionService.Predict asks of a live gRPC call
+        def is_active(self):
+            return True
+
+        def time_remaining(self):
+            return None
+
+    store = ModelStore(model_dir.parent, model_dir.name, poll_seconds=0).start()
+    signature = store.servable(model_dir.name).signatures["encode"]
+    x = _sentences(1, 1)
+    body = json.dumps({"signature_name": "encode", "instances": x.tolist()}).encode()
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = model_dir.name, "encode"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([s.encode() for s in x]))
+    rest, grpc_service, context = RestApi(store), PredictionService(store), Context()
+    path = f"/v1/models/{model_dir.name}:predict"
+    raw = np.array([s.encode() for s in x], dtype=object)
+    calls = {"signature call": lambda: signature.run({"x": raw}), "sentence checks": lambda: signature.prepare({"x": raw}),
+             "REST handler": lambda: rest.handle("POST", path, body), "gRPC handler": lambda: grpc_service.Predict(
+                 request, context)}
+    assert calls["REST handler"]()[0] == 200
+    for call in calls.values():  # warm-up
+        for _ in range(50):
+            call()
+    times = {name: [] for name in calls}
+    for round_index in range(rounds):
+        for name in calls if round_index % 2 == 0 else list(calls)[::-1]:
+            times[name] += _time(calls[name], requests)
+    store.stop()
+    base = float(np.percentile(times["signature call"], 50)) * 1e6
+    print(f"\nThe server's own work per request at batch 1 (in this process, no network; {rounds} x {requests} calls "
+          "each, alternating):\n")
+    print("| step | p50 us | p99 us | added to the signature call at p50 us |")
+    print("|---|---:|---:|---:|")
+    for name, values in times.items():
+        us = np.array(values) * 1e6
+        p50 = float(np.percentile(us, 50))
+        added = "" if name in ("signature call", "sentence checks") else f"{p50 - base:+.1f}"
+        print(f"| {name} | {p50:.1f} | {float(np.percentile(us, 99)):.1f} | {added} |")
 
 
 def check_cost(args, argv) -> int:

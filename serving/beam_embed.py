@@ -36,12 +36,21 @@ Output: a directory of Parquet files (``part-SSSSS-of-NNNNN.parquet``, written b
 temporary names and renamed when the job succeeds) with the columns of ``vae-tf embed``'s Parquet
 output; rows come in no particular order across files: join or sort on ``index``.
 
-A text source (once text models exist) is a third class with the same two methods: a Parquet
-string column needs :func:`column_rows` to return the strings (``np.asarray(values, object)``)
-instead of refusing them, and a text file needs work items ``(path, byte range)`` whose
-``read`` numbers lines from a per-file line count taken on the launcher. The model handler
-passes rows to the signature as they are (``tf.constant`` of strings is ``DT_STRING``), and the
-output side is unchanged.
+Text models (their ``encode`` takes ``DT_STRING`` sentences) read sentences
+(:mod:`serving.text_rows`, the readers of ``vae-tf embed``; blank rows skipped, ``index`` the
+input position):
+
+- :class:`TextFileSource`: ``.txt`` / ``.txt.gz`` files matched by a pattern, one sentence per
+  line. The launcher reads each file once (counting and checking its lines, recording where every
+  ``--chunk-size``-th sentence starts); a work item is one such stretch of a plain file, which the
+  worker seeks to, or a whole ``.gz`` file (gzip cannot be entered in the middle). ``index`` is
+  the line's number counted over the files in sorted order.
+- :class:`ParquetSource` with ``text=True``: a string column (``--column``, default ``text``,
+  ``sentence``, ``sentences`` or ``x``) and integer labels (``--label-column``, default ``y``,
+  ``labels`` or ``label``).
+
+The model handler passes rows to the signature as they are (``tf.constant`` of strings is
+``DT_STRING``), and the output side is unchanged.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
+from serving.text_rows import Checkpoint, batch_rows, read_text_file, scan_text_file
 from vae_tf.errors import ConfigError, DataError, ModelNotFoundError, VaeTfError
 
 #: Output file names inside the output directory: ``part-00000-of-00004.parquet``.
@@ -149,25 +159,42 @@ class ParquetPart:
     first: int
 
 
+def _match(pattern: str, what: str) -> list[str]:
+    """The files matching ``pattern`` on any Beam file system, sorted."""
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as err:  # an unknown scheme, a missing bucket: Beam's own words, one line
+        raise DataError(f"cannot list {pattern!r} ({' '.join(str(err).split())[:160]}); check the path") from None
+    paths = sorted(m.path for m in matched)
+    if not paths:
+        raise DataError(f"no {what} files match {pattern!r}; check the path or glob pattern")
+    return paths
+
+
 class ParquetSource:
     """Every row of the Parquet files matching ``pattern`` (any Beam file system), files in sorted
     order; the data is the first column named ``x``, ``images``, ``x_train`` or ``imgs`` (as in
-    an ``.npz``), labels the first named ``y`` or ``labels``."""
+    an ``.npz``), labels the first named ``y`` or ``labels``. With ``text=True`` (a text model)
+    the data is a column of sentences (``column``, else ``text``, ``sentence``, ``sentences`` or
+    ``x``; rows without a sentence are skipped) and labels may be named (``label_column``)."""
 
-    def __init__(self, pattern: str, data_shape: Sequence[int], chunk_size: int):
+    def __init__(self, pattern: str, data_shape: Sequence[int], chunk_size: int, *, text: bool = False,
+                 column: str | None = None, label_column: str | None = None):
         import pyarrow.parquet as pq
 
+        from serving.text_rows import LABEL_COLUMNS, TEXT_COLUMNS
         from vae_tf.data.files import X_KEYS, Y_KEYS
 
         self.data_shape = tuple(int(d) for d in data_shape)
         self.chunk_size = int(chunk_size)
-        try:
-            matched = FileSystems.match([pattern])[0].metadata_list
-        except Exception as err:  # an unknown scheme, a missing bucket: Beam's own words, one line
-            raise DataError(f"cannot list {pattern!r} ({' '.join(str(err).split())[:160]}); check the path") from None
-        paths = sorted(m.path for m in matched)
-        if not paths:
-            raise DataError(f"no Parquet files match {pattern!r}; check the path or glob pattern")
+        self.text = text
+        data_keys, label_keys = X_KEYS, Y_KEYS
+        if text:
+            data_keys = (column,) if column else TEXT_COLUMNS
+            label_keys = (label_column,) if label_column else LABEL_COLUMNS
+        elif column or label_column:
+            raise ConfigError("--column and --label-column name the sentence and label columns for a text model")
+        paths = _match(pattern, "Parquet")
         self.parts: list[ParquetPart] = []
         self.x_column = self.y_column = None
         first = 0
@@ -179,11 +206,13 @@ class ParquetSource:
             except Exception as err:
                 raise DataError(f"could not read {path!r} as Parquet ({type(err).__name__}: "
                                 f"{' '.join(str(err).split())[:160]}); check or re-create the file") from None
-            x_col = next((k for k in X_KEYS if k in names), None)
+            x_col = next((k for k in data_keys if k in names), None)
             if x_col is None:
-                raise DataError(f"{path} has no data column: expected {', '.join(map(repr, X_KEYS))}, found "
-                                f"{', '.join(map(repr, names))}; name the column of rows 'x'")
-            y_col = next((k for k in Y_KEYS if k in names), None)
+                raise DataError(f"{path} has no data column: expected {', '.join(map(repr, data_keys))}, found "
+                                f"{', '.join(map(repr, names))}; "
+                                + ("name the column of sentences with --column NAME" if text else
+                                   "name the column of rows 'x'"))
+            y_col = next((k for k in label_keys if k in names and k != x_col), None)
             if self.x_column is None:
                 self.x_column, self.y_column = x_col, y_col
             elif (x_col, y_col) != (self.x_column, self.y_column):
@@ -209,6 +238,12 @@ class ParquetSource:
             for batch in pq.ParquetFile(handle).iter_batches(self.chunk_size, row_groups=[part.row_group],
                                                              columns=wanted):
                 n = batch.num_rows
+                if self.text:
+                    yield _text_chunk(batch_rows(batch.column(0), batch.column(1) if self.labels else None, start,
+                                                 f"column {self.x_column!r} of {part.path}",
+                                                 f"column {self.y_column!r} of {part.path}"), self.labels)
+                    start += n
+                    continue
                 rows = column_rows(batch.column(0), self.data_shape, f"column {self.x_column!r} of {part.path}", start)
                 columns = {"index": np.arange(start, start + n, dtype=np.int64)}
                 if self.labels:
@@ -219,6 +254,68 @@ class ParquetSource:
                     columns["label"] = labels.to_numpy(zero_copy_only=False).astype(np.int64)
                 start += n
                 yield columns, rows
+
+
+def _text_chunk(rows: list, labels: bool) -> tuple[Columns, np.ndarray]:
+    """``(columns, sentences)`` of :mod:`serving.text_rows` rows ``(position, sentence, label)``."""
+    columns = {"index": np.array([r[0] for r in rows], dtype=np.int64)}
+    if labels:
+        columns["label"] = np.array([r[2] for r in rows], dtype=np.int64)
+    sentences = np.empty(len(rows), dtype=object)
+    sentences[:] = [r[1] for r in rows]
+    return columns, sentences
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """One work item of :class:`TextFileSource`: ``count`` sentences of ``path`` from
+    ``checkpoint`` on; ``first_line`` is the line number (over all files) of the file's first
+    line."""
+
+    path: str
+    checkpoint: Checkpoint
+    count: int
+    first_line: int
+
+
+class TextFileSource:
+    """Every sentence of the ``.txt`` / ``.txt.gz`` files matching ``pattern`` (any Beam file
+    system), files in sorted order, one sentence per line (module docstring)."""
+
+    def __init__(self, pattern: str, chunk_size: int):
+        self.chunk_size = int(chunk_size)
+        self.data_shape = ()
+        self.labels = False
+        self.parts: list[TextPart] = []
+        lines = sentences = 0
+        paths = _match(pattern, "text")
+        for path in paths:
+            scan = scan_text_file(path, self.chunk_size, opener=FileSystems.open)
+            if path.lower().endswith(".gz"):
+                checkpoints = [(Checkpoint(0, 0, 0), scan.sentences)] if scan.sentences else []
+            else:
+                bounds = [c.row for c in scan.checkpoints[1:]] + [scan.sentences]
+                checkpoints = [(c, end - c.row) for c, end in zip(scan.checkpoints, bounds)]
+            self.parts += [TextPart(path, c, count, lines) for c, count in checkpoints]
+            lines += scan.lines
+            sentences += scan.sentences
+        self.rows = sentences
+        self.description = {"data": "text", "path": pattern, "files": len(paths), "lines": lines, "rows": sentences}
+
+    def work(self) -> list[TextPart]:
+        return list(self.parts)
+
+    def read(self, part: TextPart) -> Iterator[tuple[Columns, np.ndarray]]:
+        rows: list = []
+        left = part.count
+        for row in read_text_file(part.path, part.checkpoint, part.first_line, opener=FileSystems.open):
+            rows.append(row)
+            left -= 1
+            if len(rows) == self.chunk_size or not left:
+                yield _text_chunk(rows, False)
+                rows = []
+            if not left:
+                break
 
 
 # -- model ---------------------------------------------------------------------------------------
@@ -428,7 +525,8 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
 
     columns = list(outputs) + ["index"] + (["label"] if source.labels else [])
     # The writer needs the Parquet schema up front: the output widths come from encoding one row.
-    probe = encode_chunk(encoder, np.zeros((1,) + tuple(data_shape), np.float32), outputs, 1)
+    example = np.array(["probe"], dtype=object) if encoder.text else np.zeros((1,) + tuple(data_shape), np.float32)
+    probe = encode_chunk(encoder, example, outputs, 1)
     empty = {**{name: probe[name][:0] for name in outputs}, "index": np.zeros(0, np.int64),
              "label": np.zeros(0, np.int64)}
     schema = arrow_table(empty, columns).schema
@@ -464,10 +562,6 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
 
 # -- command line --------------------------------------------------------------------------------
 
-#: ``vae-tf embed`` defaults of the split options, which Parquet input does not use.
-_SPLIT_DEFAULTS = {"split": "test", "seed": 0, "val_fraction": 0.1, "test_fraction": 0.1, "max_samples": None}
-
-
 def parquet_pattern(data: str, path: str | None) -> str | None:
     """The Parquet file or glob of ``--data x.parquet`` / ``--data parquet --path PATTERN``."""
     if data.lower() == "parquet":
@@ -480,18 +574,36 @@ def parquet_pattern(data: str, path: str | None) -> str | None:
 def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
     """``vae-tf embed --runner beam``: the arguments of ``vae-tf embed`` plus ``--workers`` and
     Beam pipeline options after ``--``."""
-    from serving.embed import load_source
+    from serving.embed import load_source, refuse_split_options
+    from serving.text_rows import input_kind
 
     if args.server:
         raise ConfigError("--runner beam loads the SavedModel on every worker; give --model models/NAME[/VERSION] "
                           "instead of --server")
     encoder, data_shape = open_model(args.model)
     pattern = parquet_pattern(args.data, args.path)
+    if args.data.lower() == "text":  # any pattern: --data text --path 'corpus/*.txt*'
+        if not args.path:
+            raise ConfigError("--data text needs --path FILE_OR_GLOB (e.g. 'corpus/*.txt.gz')")
+        kind, text_pattern = "text", args.path
+    else:
+        kind, text_pattern = input_kind(args.data), args.data
     if pattern is not None:
-        given = [f"--{k.replace('_', '-')}" for k, v in _SPLIT_DEFAULTS.items() if getattr(args, k) != v]
-        if given:
-            raise ConfigError(f"Parquet input is embedded whole, in file order; drop {', '.join(given)}")
-        source = ParquetSource(pattern, data_shape, args.chunk_size)
+        refuse_split_options(args, "Parquet input")
+        source = ParquetSource(pattern, data_shape, args.chunk_size, text=encoder.text, column=args.column,
+                               label_column=args.label_column)
+    elif kind == "table":
+        raise ConfigError("--runner beam reads Parquet, not CSV; drop --runner beam (vae-tf embed reads CSV in one "
+                          "process) or convert the file to Parquet")
+    elif kind == "text":
+        if not encoder.text:
+            raise ConfigError(f"{text_pattern} holds sentences but this model's encode takes arrays; give a text "
+                              "model")
+        refuse_split_options(args, "Text input")
+        if args.column or args.label_column:
+            raise ConfigError("--column and --label-column are for Parquet/CSV input; a text file has one sentence "
+                              "per line")
+        source = TextFileSource(text_pattern, args.chunk_size)
     else:
         source = SplitSource(load_source(args.data, split=args.split, path=args.path, seed=args.seed,
                                          val_fraction=args.val_fraction, test_fraction=args.test_fraction,
@@ -512,6 +624,7 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
     return 0
 
 
-__all__ = ["BeamEmbedResult", "EncodeModelHandler", "ParquetPart", "ParquetSource", "SplitSource", "build_pipeline",
+__all__ = ["BeamEmbedResult", "EncodeModelHandler", "ParquetPart", "ParquetSource", "SplitSource", "TextFileSource",
+           "TextPart", "build_pipeline",
            "cmd_embed_beam", "column_rows", "open_model", "parquet_pattern", "pipeline_options", "run_beam_embed",
            "user_error"]

@@ -13,6 +13,7 @@ import os
 import sys
 
 from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTIONS
+from serving.text import DEFAULT_LONG_TEXT, DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, LONG_TEXT_MODES
 from vae_tf_cli.argtypes import non_negative_float, non_negative_int, port, positive_float, positive_int
 
 
@@ -61,6 +62,14 @@ def add_parsers(sub) -> None:
     serve.add_argument("--allow-non-finite", action="store_true",
                        help="pass NaN and Infinity in float inputs to the model, as TF Serving does (default: refuse "
                             "them with HTTP 400 / INVALID_ARGUMENT naming the input, position and value)")
+    serve.add_argument("--long-text", choices=LONG_TEXT_MODES, default=DEFAULT_LONG_TEXT,
+                       help="text models: a sentence longer than the model's max_length words is truncated to its "
+                            "first max_length words, as the model does (default), or refused with HTTP 400 / "
+                            "INVALID_ARGUMENT")
+    serve.add_argument("--max-text-rows", type=positive_int, default=DEFAULT_MAX_ROWS,
+                       help=f"text models: most sentences in one request (default {DEFAULT_MAX_ROWS}; more: HTTP 400)")
+    serve.add_argument("--max-text-bytes", type=positive_int, default=DEFAULT_MAX_BYTES,
+                       help=f"text models: longest sentence in bytes (default {DEFAULT_MAX_BYTES}; longer: HTTP 400)")
     serve.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", action="store_true",
                        help="merge concurrent small requests for one signature into one model call")
     serve.add_argument("--max-batch-size", type=positive_int, default=32, help="rows per merged call (default 32)")
@@ -74,8 +83,14 @@ def add_parsers(sub) -> None:
         description="Encode a data set in chunks and write the `embedding` output (and labels) to .npz or "
                     ".parquet. Resumable: rerunning the same command skips finished chunks.")
     embed.add_argument("--data", "-d", default="digits",
-                       help="registered data set (digits, dsprites, mnist, ...) or a .npz/.npy file or image folder; "
-                            "with --runner beam also Parquet files (a path or glob ending in .parquet)")
+                       help="registered data set (digits, dsprites, mnist, text_synthetic, ...) or a .npz/.npy file or "
+                            "image folder; with --runner beam also Parquet files (a path or glob ending in .parquet); "
+                            "for a text model also a .txt/.txt.gz file (one sentence per line; with --runner beam "
+                            "--data text --path GLOB for several) or a .parquet/.csv file with a column of sentences")
+    embed.add_argument("--column", help="text models, Parquet/CSV input: the column of sentences (default: text, "
+                                        "sentence, sentences or x, else the only string column)")
+    embed.add_argument("--label-column", help="text models, Parquet/CSV input: a column of integer labels to keep "
+                                              "(default: y, labels or label when present)")
     embed.add_argument("--path", help="file or folder for --data npz/npy/images")
     embed.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     embed.add_argument("--seed", type=int, default=0, help="split seed (training's seed; default 0)")
@@ -120,6 +135,7 @@ def cmd_serve(args) -> int:
 
     from serving.batching import BatchingOptions
     from serving.server import ServerConfig, serve
+    from serving.text import TextLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServerConfig()
@@ -143,6 +159,7 @@ def cmd_serve(args) -> int:
     config.max_connections = args.max_connections
     config.follow_external_links = args.follow_external_links
     config.allow_non_finite = args.allow_non_finite
+    config.text_limits = TextLimits(args.long_text, args.max_text_rows, args.max_text_bytes)
     config.grace_seconds = args.grace_seconds
     if args.enable_batching:
         config.batching = BatchingOptions(max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms)
@@ -150,7 +167,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from serving.embed import LocalEncoder, RemoteEncoder, extract_embeddings, load_source
+    from serving.embed import (LocalEncoder, RemoteEncoder, extract_embeddings, load_source, load_text_source,
+                               refuse_split_options)
+    from serving.text_rows import input_kind
     from vae_tf.errors import ConfigError
 
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
@@ -160,8 +179,6 @@ def cmd_embed(args) -> int:
         return _beam_embed().cmd_embed_beam(args, outputs)
     if args.workers is not None or args.beam_args:
         raise ConfigError("--workers and Beam options after -- go with --runner beam")
-    if args.data.lower() == "parquet" or args.data.lower().endswith(".parquet"):
-        raise ConfigError("Parquet input is read by the Beam pipeline; add --runner beam (docs/serving.md)")
     if args.model:
         if args.model_name or args.model_version:
             raise ConfigError("--model-name/--model-version go with --server; with --model give models/NAME/VERSION")
@@ -169,8 +186,23 @@ def cmd_embed(args) -> int:
     else:
         encoder = RemoteEncoder(args.server, args.model_name or os.environ.get("MODEL_NAME") or "model",
                                 version=args.model_version)
-    source = load_source(args.data, split=args.split, path=args.path, seed=args.seed, val_fraction=args.val_fraction,
-                         test_fraction=args.test_fraction, max_samples=args.max_samples)
+    text_input = input_kind(args.path or args.data) is not None or args.data.lower() in ("text", "parquet", "csv")
+    if encoder.text and text_input:
+        refuse_split_options(args, "Text, Parquet and CSV input")
+        source = load_text_source(args.path or args.data, column=args.column, label_column=args.label_column)
+    else:
+        if args.data.lower() == "parquet" or args.data.lower().endswith(".parquet"):
+            raise ConfigError("Parquet input of an image model is read by the Beam pipeline; add --runner beam "
+                              "(docs/serving.md)")
+        if text_input:
+            raise ConfigError(f"{args.path or args.data} holds sentences but this model's encode takes arrays; give a "
+                              "text model, or a data set / .npz / .npy / image folder")
+        if args.column or args.label_column:
+            raise ConfigError("--column and --label-column name the sentence and label columns of a Parquet/CSV file "
+                              "for a text model")
+        source = load_source(args.data, split=args.split, path=args.path, seed=args.seed,
+                             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                             max_samples=args.max_samples)
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():

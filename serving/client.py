@@ -10,8 +10,16 @@ Both speak only TF Serving's public API (REST ``/v1/models/...`` and the
 >>> client.sample(16, seed=0)["x_mean"]          # 16 seed rows [[0, 0], [0, 1], ...]  # doctest: +SKIP
 >>> GrpcClient("127.0.0.1:8500", "vae", version=2).encode(x)             # doctest: +SKIP
 
+A text model takes and gives sentences: ``encode`` / ``reconstruct`` take a list (or array) of
+``str`` (``bytes`` are sent as they are: UTF-8, or ``{"b64": ...}`` over REST when they are not),
+and text outputs come back as object arrays of ``str`` from both clients:
+
+>>> client.encode(["the cat sat on the mat", "a dog ran"])["embedding"]     # doctest: +SKIP
+>>> client.sample(2, seed=0)["text"]          # array(['w1 w2 ...', '...'], dtype=object)  # doctest: +SKIP
+
 Every signature method returns ``{output name: np.ndarray}`` with the output dtypes of the
-signature; :meth:`metadata` and :meth:`status` return the JSON dicts of the REST API (the gRPC
+signature (``DT_STRING``: ``str``, or ``bytes`` for an output named ``*_bytes`` as TF Serving
+base64-encodes those); :meth:`metadata` and :meth:`status` return the JSON dicts of the REST API (the gRPC
 client converts its protos to the same shape). ``version=`` or ``label=`` pins a version.
 Errors from the server raise :class:`ServingRequestError` (one line: code and TF Serving's
 message); an unreachable server raises it too, saying so.
@@ -19,6 +27,7 @@ message); an unreachable server raises it too, saying so.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import socket
@@ -43,6 +52,52 @@ class ServingRequestError(VaeTfError):
         self.code = code
 
 
+def _model_input(x) -> np.ndarray:
+    """``x`` as an ``encode`` / ``reconstruct`` input: sentences (``str``/``bytes`` entries) as an
+    object array of UTF-8 ``bytes``, anything else as float32."""
+    if isinstance(x, (str, bytes)):
+        raise ServingRequestError("give a batch of sentences, e.g. encode(['a sentence']), not one string")
+    arr = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if arr.dtype.kind in "US" or (arr.dtype == object and arr.size and isinstance(arr.flat[0], (str, bytes))):
+        objects = np.asarray(x, dtype=object)  # from the list itself: NumPy's "S" dtype drops trailing NULs
+        flat = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in objects.reshape(-1)]
+        out = np.empty(len(flat), dtype=object)
+        out[:] = flat
+        return out.reshape(objects.shape)
+    return np.asarray(x, dtype=np.float32)
+
+
+def _json_tensor(arr: np.ndarray):
+    """A tensor as TF Serving's JSON: numbers as they are, strings as JSON strings when they are
+    UTF-8 and ``{"b64": ...}`` objects when they are not (``g3doc/api_rest.md``)."""
+    if arr.dtype != object and arr.dtype.kind not in "SU":
+        return arr.tolist()
+
+    def one(value):
+        if isinstance(value, str):
+            return value
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(bytes(value)).decode("ascii")}
+
+    return np.vectorize(one, otypes=[object])(arr).tolist()
+
+
+def _string_output(values, name: str) -> np.ndarray:
+    """A ``DT_STRING`` output (gRPC: ``bytes``; REST: JSON strings, ``{"b64": ...}`` for outputs
+    named ``*_bytes``) as an object array of ``str``, or of ``bytes`` for ``*_bytes`` outputs: the
+    same from both clients."""
+    def one(value):
+        if isinstance(value, dict):
+            value = base64.b64decode(value.get("b64", ""))
+        if isinstance(value, bytes) and not name.endswith("_bytes"):
+            value = value.decode("utf-8", "replace")
+        return value
+
+    return np.vectorize(one, otypes=[object])(np.array(values, dtype=object))
+
+
 def _seed_rows(seeds, seed: int) -> np.ndarray:
     if isinstance(seeds, (int, np.integer)):
         return np.stack([np.full(int(seeds), seed), np.arange(int(seeds))], axis=1).astype(np.int32)
@@ -56,20 +111,22 @@ class _SignatureMethods:
         raise NotImplementedError
 
     def encode(self, x) -> dict[str, np.ndarray]:
-        """``{embedding, z_mean, ...}`` of images ``x: [B, *data_shape]``."""
-        return self.predict({"x": np.asarray(x, dtype=np.float32)}, "encode")
+        """``{embedding, z_mean, ...}`` of images ``x: [B, *data_shape]``, or of a text model's
+        sentences ``x: [B]`` (a list of ``str``)."""
+        return self.predict({"x": _model_input(x)}, "encode")
 
     def decode(self, z) -> dict[str, np.ndarray]:
-        """``{x_mean, x_sample}`` of codes ``z: [B, latent_dim]``."""
+        """``{x_mean, x_sample}`` of codes ``z: [B, latent_dim]`` (text: ``{text, tokens, lengths}``,
+        the greedy decode)."""
         return self.predict({"z": np.asarray(z, dtype=np.float32)}, "decode")
 
     def reconstruct(self, x) -> dict[str, np.ndarray]:
-        """``{x_mean}``: decode(encode(x)) with the posterior mean."""
-        return self.predict({"x": np.asarray(x, dtype=np.float32)}, "reconstruct")
+        """``{x_mean}``: decode(encode(x)) with the posterior mean (text: ``{text}``)."""
+        return self.predict({"x": _model_input(x)}, "reconstruct")
 
     def sample(self, seeds, *, seed: int = 0) -> dict[str, np.ndarray]:
-        """``{z, x_mean, x_sample}``, one sample per seed row; ``seeds`` is an ``int32[n, 2]``
-        array, or a count ``n`` (rows ``[seed, 0] ... [seed, n-1]``)."""
+        """``{z, x_mean, x_sample}`` (text: ``{z, text, tokens, lengths}``), one sample per seed row;
+        ``seeds`` is an ``int32[n, 2]`` array, or a count ``n`` (rows ``[seed, 0] ... [seed, n-1]``)."""
         return self.predict({"seed": _seed_rows(seeds, seed)}, "sample")
 
 
@@ -167,14 +224,15 @@ class RestClient(_SignatureMethods):
     def predict(self, inputs: Mapping[str, Any], signature_name: str = "serving_default") -> dict[str, np.ndarray]:
         """Columnar predict; ``{output: array}``."""
         body = json.dumps({"signature_name": signature_name,
-                           "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}}).encode()
+                           "inputs": {k: _json_tensor(np.asarray(v)) for k, v in inputs.items()}}).encode()
         outputs = self._request("POST", self._base + ":predict", body)["outputs"]
         dtypes = self._outputs_of(signature_name)
         if not isinstance(outputs, dict) or set(outputs) != set(dtypes):
             if len(dtypes) != 1:
                 raise ServingRequestError(f"unexpected response from {self.url}: outputs {type(outputs).__name__}")
             outputs = {next(iter(dtypes)): outputs}
-        return {k: np.asarray(v, dtype=dtypes.get(k, np.float32)) for k, v in outputs.items()}
+        return {k: _string_output(v, k) if dtypes.get(k) == object else np.asarray(v, dtype=dtypes.get(k, np.float32))
+                for k, v in outputs.items()}
 
 
 _NP_DTYPES = {"DT_FLOAT": np.dtype(np.float32), "DT_DOUBLE": np.dtype(np.float64), "DT_INT32": np.dtype(np.int32),
@@ -238,7 +296,8 @@ class GrpcClient(_SignatureMethods):
         for key, value in inputs.items():
             request.inputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
         response = self._call(self._predict.Predict, request)
-        return {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
+        outputs = {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
+        return {key: _string_output(value, key) if value.dtype == object else value for key, value in outputs.items()}
 
     def metadata(self) -> dict:
         from google.protobuf import json_format

@@ -27,6 +27,15 @@ read and converted to float32 one chunk at a time (sorted within the chunk for s
 then put back in split order), so memory does not grow with the number of rows; built-in data
 sets (digits, dSprites, MNIST) are held in memory. The model sees them in batches of
 ``batch_size`` rows, the same batches locally and remotely, so both paths give identical numbers.
+
+A **text model** (its ``encode`` takes ``DT_STRING`` sentences) also reads sentences from files,
+streamed the same way (:func:`load_text_source`, :mod:`serving.text_rows`): a ``.txt`` /
+``.txt.gz`` file with one sentence per line, or a column of a Parquet or CSV file (``--column``,
+labels from ``--label-column``). Every sentence is embedded, in file order; rows without one
+(blank lines, nulls, empty strings) are skipped, and ``index`` is the line or row each embedding
+came from. A sentence longer than the model's ``max_length`` words is truncated by the model to
+its first ``max_length`` words (docs/text.md); registered text data sets (``text_synthetic``,
+``wordnet``, ...) are split as in training.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -74,6 +83,8 @@ class LocalEncoder:
         self._encode = loaded.signatures["encode"]
         self.outputs = sorted(self._encode.structured_outputs)
         self.identity = {"model": str(self.version_dir.resolve())}
+        # A text model's encode takes sentences (DT_STRING).
+        self.text = any(spec.dtype == tf.string for spec in self._encode.structured_input_signature[1].values())
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         import tensorflow as tf
@@ -97,6 +108,7 @@ class RemoteEncoder:
         self.client = probe if version is not None else connect(server, model_name, version=served, timeout=timeout)
         self.outputs = sorted(sigs["encode"]["outputs"])
         self.identity = {"server": server, "model_name": model_name, "version": served}
+        self.text = any(info.get("dtype") == "DT_STRING" for info in sigs["encode"].get("inputs", {}).values())
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return self.client.encode(x)
@@ -108,19 +120,53 @@ class RemoteEncoder:
 @dataclass
 class EmbedSource:
     """The rows to embed: ``x`` (``len(x)`` rows; ``x[start:stop]`` gives float32, batch-leading
-    rows: a :class:`vae_tf.data.SplitRows` that reads only those rows, or an array) and optional
-    int64 labels."""
+    rows: a :class:`vae_tf.data.SplitRows` that reads only those rows, or an array; for a text
+    model, sentences: :class:`serving.text_rows.SentenceRows` or an array of ``str``) and optional
+    int64 labels (``y[start:stop]``). ``positions(start, stop)``: the rows' positions in the input
+    (written as ``index``; default: ``start .. stop - 1``)."""
 
     x: Any
-    y: np.ndarray | None
+    y: Any
     description: dict = field(default_factory=dict)
+    positions: Callable[[int, int], np.ndarray] | None = None
+
+
+#: ``vae-tf embed`` defaults of the split options, which whole-file inputs (Parquet, CSV, text) do not use.
+SPLIT_DEFAULTS = {"split": "test", "seed": 0, "val_fraction": 0.1, "test_fraction": 0.1, "max_samples": None}
+
+
+def refuse_split_options(args, what: str) -> None:
+    """A whole-file input is embedded whole, in file order: a split option given is a mistake."""
+    given = [f"--{k.replace('_', '-')}" for k, v in SPLIT_DEFAULTS.items() if getattr(args, k) != v]
+    if given:
+        raise ConfigError(f"{what} is embedded whole, in file order; drop {', '.join(given)}")
+
+
+def load_text_source(data: str, *, column: str | None = None, label_column: str | None = None) -> EmbedSource:
+    """Sentences for a text model from a ``.txt``/``.txt.gz`` file (one per line) or a column of a
+    Parquet/CSV file (:mod:`serving.text_rows`): every sentence in file order, blank rows skipped,
+    ``index`` the line or row it came from."""
+    from serving.text_rows import input_kind, table_rows, text_file_rows
+
+    kind = input_kind(data)
+    if kind == "text":
+        if column is not None or label_column is not None:
+            raise ConfigError("--column and --label-column are for Parquet/CSV input; a text file has one sentence "
+                              "per line")
+        rows = text_file_rows(data)
+    elif kind == "table":
+        rows = table_rows(data, column, label_column)
+    else:
+        raise DataError(f"{data!r} is not a text input; give a .txt/.txt.gz file (one sentence per line) or a "
+                        ".parquet/.csv file with a column of sentences")
+    return EmbedSource(rows, rows.labels, dict(rows.description), rows.positions)
 
 
 def load_source(data: str, *, split: str = "test", path: str | None = None, seed: int = 0,
                 val_fraction: float = 0.1, test_fraction: float = 0.1, max_samples: int | None = None) -> EmbedSource:
-    """A split of a registered data set (``digits``, ``mnist``, ...) or of a file/folder
-    (``data`` may be a path to an ``.npz``, ``.npy`` or image folder). ``split='all'`` takes
-    train, val and test in that order.
+    """A split of a registered data set (``digits``, ``mnist``, ``text_synthetic``, ...) or of a
+    file/folder (``data`` may be a path to an ``.npz``, ``.npy`` or image folder). ``split='all'``
+    takes train, val and test in that order.
 
     The rows stay lazy (:func:`vae_tf.data.open_dataset`): the same rows, values and checks as
     :func:`vae_tf.data.load_dataset`, but a file's rows are read and converted a chunk at a time
@@ -216,9 +262,9 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
         rows = source.x[start:stop]
         _check_finite(rows, start, source)
         arrays = encode_chunk(encoder, rows, outputs, batch_size)
-        arrays["index"] = np.arange(start, stop, dtype=np.int64)
+        arrays["index"] = source.positions(start, stop) if source.positions else np.arange(start, stop, dtype=np.int64)
         if source.y is not None:
-            arrays["label"] = source.y[start:stop]
+            arrays["label"] = np.asarray(source.y[start:stop], dtype=np.int64)
         _atomic_write(chunk_file, lambda tmp: _save_npz(tmp, arrays))
         if progress:
             progress(i + 1, n_chunks)
@@ -400,5 +446,6 @@ def probe(train_path: str | os.PathLike, test_path: str | os.PathLike | None = N
     return details
 
 
-__all__ = ["EmbedResult", "EmbedSource", "LocalEncoder", "RemoteEncoder", "arrow_table", "encode_chunk",
-           "extract_embeddings", "load_source", "probe", "read_embeddings"]
+__all__ = ["EmbedResult", "EmbedSource", "LocalEncoder", "RemoteEncoder", "SPLIT_DEFAULTS", "arrow_table",
+           "encode_chunk", "extract_embeddings", "load_source", "load_text_source", "probe", "read_embeddings",
+           "refuse_split_options"]

@@ -297,7 +297,11 @@ def _convert_scalar(value, dtype_name: str):
         return value
     if dtype_name == "string":
         if isinstance(value, str):
-            return value.encode("utf-8", "surrogateescape")  # the request's bytes, valid UTF-8 or not
+            try:
+                return value.encode("utf-8", "surrogateescape")  # the request's bytes, valid UTF-8 or not
+            except UnicodeEncodeError:  # an escaped lone surrogate ("\ud800"), which rapidjson refuses
+                raise invalid_argument(f"JSON Parse error: The surrogate pair in string is invalid. String: "
+                                       f"{preview(value)}") from None
         if isinstance(value, dict):
             return decode_b64(value)
         raise _type_error(value, dtype_name)

@@ -20,7 +20,9 @@ What TensorFlow Serving's ``ServerCore`` does for one model, in Python (referenc
   ``saved_model.pb`` (every signature, ``__saved_model_init_op`` included, as the official
   metadata endpoint lists them) and one :class:`Signature` per callable signature, which
   validates inputs (names, dtype, shape, and by default finite float values) before the model
-  runs.
+  runs. The sentences sent to a text model (an export whose ``assets/vae_tf_model.json`` says
+  ``"modality": "text"``) are checked too: UTF-8, not empty, within the limits, and, with
+  ``--long-text refuse``, no longer than the model's ``max_length`` words (:mod:`serving.text`).
 
 Path safety: the model name comes from the operator (``MODEL_NAME``) and must be one plain path
 segment; names in requests are only compared with it, never joined to a path, so no request
@@ -48,6 +50,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from serving.status import Code, ServingError, from_tensorflow_error, invalid_argument, not_found, one_line
+from serving.text import SentenceError, TextLimits, TextPolicy
 from vae_tf.errors import ConfigError
 
 log = logging.getLogger("serving.model_store")
@@ -183,10 +186,12 @@ def _input_spec(alias: str, tensor_info) -> InputSpec:
 
 
 class Signature:
-    """One SignatureDef of a loaded version, callable with validated NumPy inputs."""
+    """One SignatureDef of a loaded version, callable with validated NumPy inputs. ``text``: the
+    sentence checks of a text model's string inputs (:mod:`serving.text`), or None."""
 
-    def __init__(self, name: str, signature_def, function: Callable | None):
+    def __init__(self, name: str, signature_def, function: Callable | None, text: TextPolicy | None = None):
         self.name = name
+        self.text = text
         self.method_name = signature_def.method_name
         self.inputs: dict[str, InputSpec] = {alias: _input_spec(alias, info)
                                              for alias, info in sorted(signature_def.inputs.items())}
@@ -218,8 +223,16 @@ class Signature:
             _check_shape(arr, spec, self.name)
             if not allow_non_finite:
                 _check_finite(arr, spec, self.name)
+            if self.text is not None and spec.dtype_name == "string":
+                arr = self._check_sentences(arr, spec)
             prepared[alias] = arr
         return prepared
+
+    def _check_sentences(self, arr: np.ndarray, spec: InputSpec) -> np.ndarray:
+        try:
+            return self.text.check(arr)
+        except SentenceError as err:
+            raise invalid_argument(f"Input {spec.alias} of signature {self.name}: {err.message}") from None
 
     def run(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Call the concrete function; TensorFlow errors become :class:`ServingError`."""
@@ -371,8 +384,10 @@ def refuse_classify_or_regress(servable: "Servable", signature_key: str, kind: s
 class Servable:
     """One loaded version: its SignatureDefMap (for metadata) and callable signatures."""
 
-    def __init__(self, name: str, version: int, path: Path, module, signature_def_map, signatures: dict[str, Signature]):
+    def __init__(self, name: str, version: int, path: Path, module, signature_def_map, signatures: dict[str, Signature],
+                 text: TextPolicy | None = None):
         self.name = name
+        self.text = text  # the sentence checks of a text model, else None
         self.version = version
         self.path = path
         self.signature_def_map = signature_def_map
@@ -380,7 +395,8 @@ class Servable:
         self._module = module  # keeps the loaded graph and variables alive while requests use it
 
     @classmethod
-    def load(cls, name: str, version: int, path: Path, *, warmup: bool = True) -> "Servable":
+    def load(cls, name: str, version: int, path: Path, *, warmup: bool = True,
+             text_limits: TextLimits = TextLimits()) -> "Servable":
         import tensorflow as tf
         from tensorflow.core.protobuf import saved_model_pb2
         from tensorflow_serving.apis import get_model_metadata_pb2
@@ -395,11 +411,12 @@ class Servable:
             signature_def_map.signature_def[key].CopyFrom(signature_def)
 
         module = tf.saved_model.load(str(path))
+        text = TextPolicy.from_model_info(_model_info(path), text_limits)
         signatures = {}
         for key, signature_def in signature_def_map.signature_def.items():
             function = module.signatures[key] if key in module.signatures else None
-            signatures[key] = Signature(key, signature_def, function)
-        servable = cls(name, version, path, module, signature_def_map, signatures)
+            signatures[key] = Signature(key, signature_def, function, text)
+        servable = cls(name, version, path, module, signature_def_map, signatures, text)
         if warmup:
             servable.warm_up()
         return servable
@@ -415,9 +432,22 @@ class Servable:
                 if spec.shape is None or spec.dtype is None or any(d is None for d in spec.shape[1:]):
                     break
                 shape = (1,) + tuple(spec.shape[1:]) if spec.shape else ()
-                arrays[alias] = np.zeros(shape, dtype=spec.dtype)
+                # A string input gets a word: a text model refuses empty sentences.
+                arrays[alias] = np.full(shape, b"warm", dtype=object) if spec.dtype_name == "string" else \
+                    np.zeros(shape, dtype=spec.dtype)
             else:
                 signature.run(arrays)
+
+
+def _model_info(path: Path) -> dict | None:
+    """``assets/vae_tf_model.json`` of a version (vae-tf's facts about the model), or None for a
+    SavedModel from elsewhere."""
+    try:
+        from vae_tf.export import ASSET_NAME
+
+        return json.loads((path / "assets" / ASSET_NAME).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -444,17 +474,19 @@ class ModelStore:
         follow_external_links: load versions whose files resolve (through symbolic links)
             outside ``base_path``; off by default, so the base path is the whole of what the
             server reads.
+        text_limits: how the sentences sent to a text model are checked (:mod:`serving.text`).
     """
 
     def __init__(self, base_path: str | os.PathLike, model_name: str, *, poll_seconds: float = DEFAULT_POLL_SECONDS,
                  labels_file: str | os.PathLike | None = None, warmup: bool = True,
-                 follow_external_links: bool = False):
+                 follow_external_links: bool = False, text_limits: TextLimits = TextLimits()):
         self.base_path = Path(base_path)
         self.model_name = validate_model_name(model_name)
         self.model_dir = self.base_path / self.model_name
         self.poll_seconds = float(poll_seconds)
         self.labels_file = Path(labels_file) if labels_file else None
         self.warmup = warmup
+        self.text_limits = text_limits
         self.follow_external_links = follow_external_links
         # Published state: replaced as a whole, never mutated, so readers need no lock.
         self._servables: dict[int, Servable] = {}
@@ -549,7 +581,7 @@ class ModelStore:
         try:
             if not self.follow_external_links:
                 check_inside(path, self.base_path)
-            servable = Servable.load(self.model_name, version, path, warmup=self.warmup)
+            servable = Servable.load(self.model_name, version, path, warmup=self.warmup, text_limits=self.text_limits)
         except Exception as err:  # a broken version must not take the server down
             code = from_tensorflow_error(err).code if hasattr(err, "error_code") else Code.UNKNOWN
             message = f"Failed to load {self.model_name} version {version} from {path}: {one_line(err, 400)}"
@@ -560,6 +592,8 @@ class ModelStore:
         self._failed.pop(version, None)
         self._set_status(VersionStatus(version, AVAILABLE))
         log.info("loaded %s version %d in %.2f s", self.model_name, version, time.perf_counter() - started)
+        if servable.text is not None:
+            log.info("%s version %d is a %s", self.model_name, version, servable.text.describe())
         return servable
 
     def _set_status(self, status: VersionStatus) -> None:

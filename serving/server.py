@@ -11,7 +11,10 @@ RESOURCE_EXHAUSTED, rather than queueing without bound), and so are connections:
 after ``keep_alive_seconds`` (30), and each protocol holds at most ``max_connections`` (1024;
 REST closes the longest-idle one to admit a new client, gRPC refuses the new one). Float inputs holding NaN or ±Inf are
 refused (400 / INVALID_ARGUMENT) unless ``allow_non_finite`` (``--allow-non-finite``) restores
-TF Serving's pass-through.
+TF Serving's pass-through. Sentences sent to a text model are checked (UTF-8, not empty, at most
+``text_limits.max_rows`` a request and ``max_bytes`` each) and truncated to the model's
+``max_length`` words as the model itself does, or refused with ``--long-text refuse``
+(:mod:`serving.text`).
 
 >>> from serving.server import ModelServer, ServerConfig
 >>> with ModelServer(ServerConfig(model_base_path="models", model_name="vae", rest_port=0,
@@ -39,6 +42,7 @@ from serving.grpc_server import DEFAULT_MAX_MESSAGE_BYTES, GrpcServer
 from serving.model_store import DEFAULT_POLL_SECONDS, ModelStore, validate_model_name
 from serving.rest import (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT_SECONDS, RestApi, RestApp,
                           RestServer)
+from serving.text import TextLimits
 from vae_tf.errors import ConfigError, ModelNotFoundError
 
 log = logging.getLogger("serving.server")
@@ -73,6 +77,7 @@ class ServerConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # per protocol (serving.connections, GrpcServer)
     follow_external_links: bool = False  # load version directories that resolve outside the base path
     allow_non_finite: bool = False  # pass NaN/Inf float inputs to the model (TF Serving); default: refuse them
+    text_limits: TextLimits = field(default_factory=TextLimits)  # sentences sent to a text model (serving.text)
     rest_threads: int | None = None
     grpc_threads: int | None = None
     batching: BatchingOptions | None = None  # None: off
@@ -113,7 +118,8 @@ class ModelServer:
         self.config = config.check()
         self.store = ModelStore(config.model_base_path, config.model_name, poll_seconds=config.poll_seconds,
                                 labels_file=config.labels_file, warmup=config.warmup,
-                                follow_external_links=config.follow_external_links)
+                                follow_external_links=config.follow_external_links,
+                                text_limits=config.text_limits)
         self.batcher: Batcher | None = None
         self.rest: RestServer | None = None
         self.grpc: GrpcServer | None = None
@@ -269,6 +275,10 @@ def serve(config: ServerConfig, *, announce=print) -> int:
         server.start()
         versions = ", ".join(map(str, server.store.versions)) or "none yet"
         announce(f"model:   {config.model_name} (versions: {versions}) from {Path(config.model_base_path).resolve()}")
+        if server.store.versions:
+            text = server.store.servable(config.model_name).text
+            if text is not None:
+                announce(f"text:    {text.describe()}")
         if server.rest:
             announce(f"REST:    {server.rest_url}/v1/models/{config.model_name}")
         if server.grpc:

@@ -1,4 +1,5 @@
-"""Helpers for tests and benchmarks: a tiny exported model and a server on loopback ports.
+"""Helpers for tests and benchmarks: tiny exported models (images, sentences) and a server on
+loopback ports.
 
 >>> from serving.testing import export_tiny_model, running_server
 >>> export_tiny_model(tmp_path, "vae")                                    # doctest: +SKIP
@@ -40,6 +41,34 @@ def export_tiny_model(base: str | os.PathLike, name: str = "vae", *, version: in
     return export_model(model, base, name, version)
 
 
+TINY_TEXT_WORDS = ("the", "cat", "dog", "sat", "ran", "on", "a", "mat", "big", "red", "and", "saw")
+TINY_TEXT_MAX_LENGTH = 6
+
+
+def export_tiny_text_model(base: str | os.PathLike, name: str = "text", *, version: int | None = None, seed: int = 0,
+                           latent_dim: int = 2, words=TINY_TEXT_WORDS, max_length: int = TINY_TEXT_MAX_LENGTH) -> Path:
+    """Export an untrained LSTM sentence VAE with random weights (the text twin of
+    :func:`export_tiny_model`): vocabulary ``words``, sentences of at most ``max_length`` words,
+    every weight redrawn so sentences encode to distinct codes and codes decode to words."""
+    import keras
+    import numpy as np
+
+    from vae_tf.export import export_model
+    from vae_tf.models import build_vae
+
+    keras.utils.set_random_seed(seed)
+    model = build_vae((), latent={"family": "gaussian", "latent_dim": latent_dim}, likelihood={"name": "categorical"},
+                      network={"kind": "lstm", "embedding": 8, "hidden": [16]},
+                      text={"vocabulary": list(words), "max_length": int(max_length)}, seed=seed)
+    model.compile(optimizer="adam")
+    model.reconstruct(np.array([" ".join(words[:3])], dtype=object))  # builds every layer
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        if variable.dtype == "float32" and variable.trainable:
+            variable.assign(rng.normal(0.0, 0.5, tuple(variable.shape)).astype(np.float32))
+    return export_model(model, base, name, version)
+
+
 def drop_version(exports: str | os.PathLike, base: str | os.PathLike, version: int, name: str = "vae") -> Path:
     """Copy version ``version`` of ``exports`` (a model directory) into ``base/name`` the way
     ``export_model`` writes one, under a hidden temporary name then renamed, so a polling
@@ -66,4 +95,5 @@ def running_server(base: str | os.PathLike, name: str = "vae", **options):
         server.stop()
 
 
-__all__ = ["TINY_DATA_SHAPE", "TINY_LATENT_DIM", "drop_version", "export_tiny_model", "running_server"]
+__all__ = ["TINY_DATA_SHAPE", "TINY_LATENT_DIM", "TINY_TEXT_MAX_LENGTH", "TINY_TEXT_WORDS", "drop_version",
+           "export_tiny_model", "export_tiny_text_model", "running_server"]

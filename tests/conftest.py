@@ -38,3 +38,45 @@ def exports(tmp_path_factory):
     export_tiny_model(src, "vae", version=1, seed=0)
     export_tiny_model(src, "vae", version=2, seed=1)
     return src / "vae"
+
+
+@pytest.fixture(scope="session")
+def text_exports(tmp_path_factory):
+    """Two versions of the tiny sentence VAE (random weights, seeds 0 and 1), exported once per
+    session (tracing a text model's decoding loop takes tens of seconds); tests copy them into
+    fresh base paths (``serving.testing.drop_version(..., name="text")``)."""
+    from serving.testing import export_tiny_text_model
+
+    src = tmp_path_factory.mktemp("text_exports")
+    export_tiny_text_model(src, "text", version=1, seed=0)
+    export_tiny_text_model(src, "text", version=2, seed=1)
+    return src / "text"
+
+
+def announced(process) -> dict[str, str]:
+    """The start-up lines of a ``vae-tf serve`` subprocess (``key: value``), up to its ``gRPC:`` line."""
+    lines = {}
+    while "gRPC" not in lines:
+        line = process.stdout.readline()
+        assert line, "vae-tf serve exited before announcing its ports"
+        key, _, value = line.partition(":")
+        lines[key] = value.strip()
+    return lines
+
+
+def interrupted_after(encoder, calls: int):
+    """``(flaky encoder, exception type)``: ``encoder`` that raises on its ``calls``-th call (an
+    embedding run killed midway), with the encoder's ``outputs`` and ``identity``."""
+    count = {"n": 0}
+
+    class Interrupted(Exception):
+        pass
+
+    def flaky(x):
+        count["n"] += 1
+        if count["n"] == calls:
+            raise Interrupted
+        return encoder(x)
+
+    flaky.outputs, flaky.identity = encoder.outputs, encoder.identity
+    return flaky, Interrupted

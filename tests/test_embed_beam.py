@@ -146,3 +146,52 @@ def test_a_bad_row_found_by_a_worker_is_one_line(exports, tmp_path, capsys):
                  "-o", str(tmp_path / "out"))
     assert f"column 'x' of {data} has a NaN or infinite value in row 250" in err
     assert not (tmp_path / "out").exists()  # nothing half-written: Beam's temporary folders are removed too
+
+
+def test_text_files_and_parquet_sentences_equal_vae_tf_embed(text_exports, tmp_path, capsys):
+    """A text model on Beam: a plain and a gzip text file (blank lines skipped, ``index`` the line
+    number over both files in name order) and a Parquet string column, against the single-process
+    `vae-tf embed` row for row and the signature called directly."""
+    import gzip
+
+    words = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat"]
+    lines = ["" if i % 11 == 3 else " ".join(words[(i + k) % 8] for k in range(1 + i % 5)) for i in range(230)]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.txt").write_text("\n".join(lines[:150]) + "\n")
+    (folder / "b.txt.gz").write_bytes(gzip.compress(("\n".join(lines[150:]) + "\n").encode()))
+    common = ["--model", str(text_exports / "1"), "--chunk-size", "64", "--batch-size", "16"]
+    local, out = tmp_path / "local.parquet", tmp_path / "beam"
+    assert main(["embed", "--data", str(folder / "a.txt"), *common, "-o", str(local)]) == 0
+    assert main(["embed", "--runner", "beam", "--data", str(folder / "a.txt"), *common, "-o", str(out)]) == 0
+    kept = [i for i, line in enumerate(lines) if line]
+    assert f"{len([i for i in kept if i < 150])} rows" in capsys.readouterr().out
+    assert pq.read_table(out).sort_by("index").equals(pq.read_table(local))  # same chunks, batches, bits
+
+    both = tmp_path / "both"
+    assert main(["embed", "--runner", "beam", "--data", "text", "--path", str(folder / "*.txt*"), *common, "-o",
+                 str(both)]) == 0
+    table = pq.read_table(both).sort_by("index")
+    np.testing.assert_array_equal(table["index"].to_numpy(), kept)
+    codes = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(codes, _encode_directly(text_exports / "1", np.array([lines[i] for i in kept], object)),
+                               rtol=1e-5, atol=1e-6)
+
+    texts = [line or None for line in lines]
+    pq.write_table(pa.table({"label": [i % 3 for i in range(230)], "text": texts}), folder / "s.parquet",
+                   row_group_size=100)
+    strings = tmp_path / "strings"
+    assert main(["embed", "--runner", "beam", "--data", str(folder / "s.parquet"), *common, "-o", str(strings)]) == 0
+    table = pq.read_table(strings).sort_by("index")
+    assert table.column_names == ["embedding", "index", "label"]
+    np.testing.assert_array_equal(table["index"].to_numpy(), kept)
+    np.testing.assert_array_equal(table["label"].to_numpy(), [i % 3 for i in kept])
+    np.testing.assert_allclose(np.stack(table["embedding"].to_numpy(zero_copy_only=False)), codes, rtol=1e-5, atol=1e-6)
+
+    (folder / "bad.txt").write_bytes(b"fine\n\xff\n")
+    err = _error(capsys, "embed", "--runner", "beam", "--data", "text", "--path", str(folder / "bad.txt"), *common,
+                 "-o", str(tmp_path / "bad"))
+    assert "is not valid UTF-8 (line 2, byte 0" in err  # found on the launcher, before any worker starts
+    assert "needs --path" in _error(capsys, "embed", "--runner", "beam", "--data", "text", *common, "-o", str(out))
+    assert "reads Parquet, not CSV" in _error(capsys, "embed", "--runner", "beam", "--data", str(folder / "s.csv"),
+                                              *common, "-o", str(out))

@@ -17,7 +17,7 @@ from serving.embed import (
     read_embeddings,
 )
 from serving.testing import export_tiny_model, running_server
-from tests.conftest import assert_one_line
+from tests.conftest import assert_one_line, interrupted_after
 from vae_tf_cli import main
 
 
@@ -83,18 +83,7 @@ def test_probe_reports_above_chance_accuracy(base, tmp_path, capsys):
 def test_embed_resumes_from_finished_chunks(base, tmp_path):
     source = load_source("digits", split="val")
     encoder = LocalEncoder(base / "vae")
-    calls = {"n": 0}
-
-    class Interrupted(Exception):
-        pass
-
-    def flaky(x):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise Interrupted
-        return encoder(x)
-
-    flaky.outputs, flaky.identity = encoder.outputs, encoder.identity
+    flaky, Interrupted = interrupted_after(encoder, 3)
     out = tmp_path / "val.npz"
     with pytest.raises(Interrupted):
         extract_embeddings(source, flaky, out, chunk_size=50, batch_size=50)

@@ -433,9 +433,13 @@ def test_server_is_healthy_after_a_fuzz_burst(served):
     # parser: some requests ran the model and were answered.
     assert sum(n for (protocol, _), n in answers.items() if protocol == "rest") >= BURST_EXAMPLES, answers
     assert answers["rest", 200] >= 20 and answers["grpc", "OK"] >= 20, answers
-    x = np.random.default_rng(7).random((3, 8, 8, 1)).astype(np.float32)
+    _assert_healthy(server, model, "vae", np.random.default_rng(7).random((3, 8, 8, 1)).astype(np.float32))
+
+
+def _assert_healthy(server, model, name: str, x) -> None:
+    """Both protocols give the in-process codes of ``x``, the version is AVAILABLE, nothing is in flight."""
     want = model.signatures["encode"](x=tf.constant(x))["z_mean"].numpy()
-    for client in (RestClient(server.rest_url, "vae"), GrpcClient(server.grpc_target, "vae")):
+    for client in (RestClient(server.rest_url, name), GrpcClient(server.grpc_target, name)):
         np.testing.assert_allclose(client.encode(x)["z_mean"], want, rtol=1e-5, atol=1e-6)
         assert client.status()["model_version_status"][0]["state"] == "AVAILABLE"
         client.close()
@@ -448,7 +452,7 @@ def test_request_handling_code_has_no_pickle_or_eval():
     forbidden_builtins = {"eval", "exec", "compile", "__import__"}
     root = Path(__file__).resolve().parents[1] / "serving"
     for name in ("rest.py", "connections.py", "grpc_server.py", "json_codec.py", "model_store.py", "batching.py",
-                 "status.py"):
+                 "status.py", "text.py"):
         tree = ast.parse((root / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -465,3 +469,155 @@ def test_request_handling_code_has_no_pickle_or_eval():
                     assert text in ("json.loads", "tf.saved_model.load", "Servable.load", "yaml.safe_load"), (name, text)
                 for keyword in node.keywords:
                     assert keyword.arg != "allow_pickle", (name, ast.unparse(node))
+
+
+# -- a text model ----------------------------------------------------------------------------------
+# The same guarantees for sentences (issue 17): strings of any Unicode, bytes that are not UTF-8
+# (raw in the JSON, in {"b64": ...} and in string_val), escaped lone surrogates, empty and blank
+# sentences, numbers, nulls and nesting where sentences belong, wrong dtypes, batches past the
+# limit. Valid sentences must be answered 200; nothing may be a 5xx.
+
+TEXT_REST_EXAMPLES = 500
+TEXT_GRPC_EXAMPLES = 500
+TEXT_MAX_ROWS = 16
+
+
+@pytest.fixture(scope="module")
+def text_served(text_exports, tmp_path_factory):
+    from serving.testing import drop_version
+    from serving.text import TextLimits
+
+    base = tmp_path_factory.mktemp("text-models")
+    drop_version(text_exports, base, 1, name="text")
+    with running_server(base, "text", rest_max_body_bytes=MAX_BODY, grpc_max_message_bytes=MAX_MESSAGE, poll_seconds=0,
+                        text_limits=TextLimits(max_rows=TEXT_MAX_ROWS, max_bytes=200)) as server:
+        yield server, tf.saved_model.load(str(base / "text" / "1"))
+
+
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "zebra", "Dog", "ÉTÉ", "don't", "<unk>", "<eos>", ",", "!"]
+sentences = st.one_of(st.lists(st.sampled_from(WORDS), min_size=0, max_size=12).map(" ".join), st.text(max_size=40),
+                      st.text(alphabet=" \t\n\u00a0\u2003\u2028", max_size=4), st.just("x" * 250))
+sentence_values = st.one_of(sentences, sentences, st.binary(max_size=12).map(lambda b: {"b64": base64_text(b)}),
+                            st.text(max_size=6).map(lambda t: {"b64": t}), numbers, st.booleans(), st.none(),
+                            st.lists(sentences, max_size=2), st.dictionaries(st.sampled_from(["x", "b64", "y"]),
+                                                                             sentences, max_size=2))
+
+
+def base64_text(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+def is_valid_sentence(value) -> bool:
+    from serving.text import is_blank
+
+    return isinstance(value, str) and not is_blank(value) and len(value.encode()) <= 200
+
+
+@st.composite
+def text_documents(draw):
+    """(body, expect_200): a predict document for the text model; expect_200 when it is a
+    well-formed encode/reconstruct request of valid sentences within the limits."""
+    signature = draw(st.sampled_from(["encode", "encode", "reconstruct", "serving_default", "decode", "sample", "nope"]))
+    rows = draw(st.lists(sentence_values, min_size=0, max_size=TEXT_MAX_ROWS + 2))
+    layout = draw(st.sampled_from(["instances", "inputs", "inputs_named", "instances_named"]))
+    doc = {"signature_name": signature}
+    if layout == "instances":
+        doc["instances"] = rows
+    elif layout == "inputs":
+        doc["inputs"] = rows
+    elif layout == "inputs_named":
+        doc["inputs"] = {"x": rows}
+    else:
+        doc["instances"] = [{"x": r} for r in rows]
+    good = (signature in ("encode", "reconstruct", "serving_default") and 0 < len(rows) <= TEXT_MAX_ROWS
+            and all(is_valid_sentence(r) for r in rows))
+    return json.dumps(doc, allow_nan=True).encode(), good
+
+
+@st.composite
+def raw_text_bodies(draw):
+    """Bytes inside JSON strings that JSON alone cannot express: invalid UTF-8, escaped surrogates."""
+    pieces = draw(st.lists(st.one_of(st.binary(max_size=8).map(lambda b: b.replace(b'"', b"").replace(b"\\", b"")),
+                                     st.sampled_from([b"\\ud800", b"\\udc80", b"\\ud83d\\ude00", b"\\u0000", b"\xff",
+                                                      b"\xc3\x28", b"\xe2\x82", b"caf\xc3\xa9", b" "])),
+                           min_size=1, max_size=5))
+    return b'{"signature_name": "encode", "instances": ["' + b"".join(pieces) + b'"]}'
+
+
+def _text_rest(server, body):
+    conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
+    try:
+        conn.request("POST", "/v1/models/text:predict", body=body)
+        response = conn.getresponse()
+        return response, response.read()
+    finally:
+        conn.close()
+
+
+@fuzz(TEXT_REST_EXAMPLES)
+@given(document=text_documents())
+def test_text_rest_fuzz_never_5xx_and_valid_sentences_answered(text_served, document):
+    body, good = document
+    response, payload = _text_rest(text_served[0], body)
+    status = _check_rest_answer(response, payload, "/v1/models/text:predict")
+    if good:
+        assert status == 200, (body[:300], payload[:300])
+
+
+@fuzz(TEXT_REST_EXAMPLES // 2)
+@given(body=raw_text_bodies())
+def test_text_rest_fuzz_raw_bytes_in_strings(text_served, body):
+    response, payload = _text_rest(text_served[0], body)
+    status = _check_rest_answer(response, payload, "/v1/models/text:predict")
+    try:
+        text = json.loads(body)["instances"][0]
+        valid = is_valid_sentence(text) and text.encode("utf-8")
+    except (ValueError, UnicodeError):
+        valid = False
+    assert (status == 200) == bool(valid), (body, status, payload[:300])
+
+
+@st.composite
+def text_tensor_protos(draw):
+    """An ``x`` for the text model: string_val of arbitrary bytes (or of valid sentences), shapes
+    near [-1], sometimes another dtype or a count that does not match the shape."""
+    rows = draw(st.integers(0, TEXT_MAX_ROWS + 2))
+    shape = draw(st.sampled_from([[rows], [rows], [rows], [1, rows], [], [2, 2]]))
+    proto = tensor_pb2.TensorProto(dtype=draw(st.sampled_from([7, 7, 7, 7, 1, 9, 3, 0, 99])))
+    proto.tensor_shape.CopyFrom(tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape]))
+    count = rows + draw(st.sampled_from([0, 0, 0, -1, 1]))
+    values = st.one_of(sentences.map(lambda s: s.encode("utf-8", "surrogatepass")), st.binary(max_size=16))
+    proto.string_val.extend(draw(st.lists(values, min_size=max(count, 0), max_size=max(count, 0))))
+    if draw(st.integers(0, 9)) == 0:
+        proto.float_val.extend([1.0] * rows)
+    return proto
+
+
+@fuzz(TEXT_GRPC_EXAMPLES)
+@given(proto=text_tensor_protos(), signature=st.sampled_from(["encode", "reconstruct", "serving_default", "decode"]))
+def test_text_grpc_fuzz_never_5xx_and_valid_sentences_answered(text_served, proto, signature):
+    server, _ = text_served
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name="text", signature_name=signature))
+    request.inputs["x"].CopyFrom(proto)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        code = _check_grpc(prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict, request)
+
+    def valid(raw: bytes) -> bool:
+        try:
+            return is_valid_sentence(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return False
+
+    dims = [d.size for d in proto.tensor_shape.dim]
+    good = (signature != "decode" and proto.dtype == 7 and len(dims) == 1 and 0 < dims[0] <= TEXT_MAX_ROWS
+            and len(proto.string_val) == dims[0] and not proto.float_val and all(valid(v) for v in proto.string_val))
+    if good:
+        assert code == "OK", (code, proto)
+
+
+def test_text_server_is_healthy_after_the_fuzz(text_served):
+    server, model = text_served
+    _assert_healthy(server, model, "text", ["the cat sat on the mat", "ÉTÉ, don't!", "zebra"])

@@ -144,11 +144,26 @@ def test_load_with_hot_swap_has_no_5xx_and_no_wrong_answer(exports, tmp_path):
     """16 REST + 16 gRPC clients, each sending requests back to back, while version 2 is dropped
     in. Every answer must equal the in-process answer of version 1 or 2 for that input, a client
     that has seen version 2 must never see version 1 again, and nothing may fail."""
-    drop_version(exports, tmp_path, 1)
     inputs = [_x(1 + i % 4, seed=i) for i in range(8)]  # batch sizes 1..4
-    expected = {v: [_local_encode(exports / str(v), x) for x in inputs] for v in (1, 2)}
+    _load_with_hot_swap(exports, tmp_path, "vae", inputs)
+
+
+def test_text_model_load_with_hot_swap_has_no_5xx_and_no_wrong_answer(text_exports, tmp_path):
+    """The same with a text model: batches of 1..4 sentences (known and unknown words, one
+    longer than the model's max_length, so truncated) over REST (JSON strings) and gRPC
+    (``string_val``)."""
+    words = ["the", "cat", "sat", "on", "a", "mat", "zebra", "big", "red", "dog"]
+    rng = np.random.default_rng(0)
+    inputs = [[" ".join(rng.choice(words, size=1 + (i + j) % 9)) for j in range(1 + i % 4)] for i in range(8)]
+    _load_with_hot_swap(text_exports, tmp_path, "text", inputs)
+
+
+def _load_with_hot_swap(exports: Path, tmp_path: Path, name: str, inputs: list) -> None:
+    drop_version(exports, tmp_path, 1, name=name)
+    encoders = {v: tf.saved_model.load(str(exports / str(v))).signatures["encode"] for v in (1, 2)}
+    expected = {v: [encoders[v](x=tf.constant(x))["z_mean"].numpy() for x in inputs] for v in (1, 2)}
     assert not np.allclose(expected[1][0], expected[2][0])
-    with running_server(tmp_path, "vae", poll_seconds=0.05) as server:
+    with running_server(tmp_path, name, poll_seconds=0.05) as server:
         done = {"count": 0}
         lock = threading.Lock()
         failures, wrong, regressions = [], [], []
@@ -156,7 +171,7 @@ def test_load_with_hot_swap_has_no_5xx_and_no_wrong_answer(exports, tmp_path):
         give_up = time.monotonic() + 300  # a safety net against a hang, not a timing assertion
 
         def client_loop(kind: str, index: int):
-            client = RestClient(server.rest_url, "vae") if kind == "rest" else GrpcClient(server.grpc_target, "vae")
+            client = RestClient(server.rest_url, name) if kind == "rest" else GrpcClient(server.grpc_target, name)
             latest, sent = 0, 0
             # Until this client has sent its share *and* seen the new version (so every client
             # crosses the swap), within the safety net.
@@ -188,10 +203,10 @@ def test_load_with_hot_swap_has_no_5xx_and_no_wrong_answer(exports, tmp_path):
         total = 2 * CLIENTS_PER_PROTOCOL * REQUESTS_PER_CLIENT
         while done["count"] < total // 5 and any(t.is_alive() for t in threads):
             time.sleep(0.01)
-        drop_version(exports, tmp_path, 2)  # the hot swap, under load
+        drop_version(exports, tmp_path, 2, name=name)  # the hot swap, under load
         for thread in threads:
             thread.join()
-        status = RestClient(server.rest_url, "vae").status()["model_version_status"]
+        status = RestClient(server.rest_url, name).status()["model_version_status"]
         in_flight = server.rest.app.in_flight
     assert failures == []  # no 5xx, and no other error either
     assert wrong == []  # every answer is exactly one version's answer for that input

@@ -19,7 +19,7 @@ from serving.batching import Batcher, BatchingOptions
 from serving.client import GrpcClient, RestClient, ServingRequestError
 from serving.model_store import ModelStore, scan_versions, validate_model_name
 from serving.testing import drop_version, running_server
-from tests.conftest import assert_one_line
+from tests.conftest import announced, assert_one_line
 from vae_tf_cli import main
 from vae_tf.errors import ConfigError
 
@@ -227,12 +227,7 @@ def test_serve_command_runs_and_shuts_down_gracefully(exports, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "vae_tf_cli", "serve", "--port", "0", "--rest-api-port", "0"],
                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        lines = {}
-        while "gRPC" not in lines:
-            line = process.stdout.readline()
-            assert line, "vae-tf serve exited before announcing its ports"
-            key, _, value = line.partition(":")
-            lines[key] = value.strip()
+        lines = announced(process)
         assert lines["model"].startswith("vae (versions: 1)")
         rest_url = lines["REST"].split("/v1/")[0]
         assert rest_url.startswith("http://127.0.0.1:")

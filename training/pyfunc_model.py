@@ -12,14 +12,22 @@ MLflow loads this file, not a pickle. ``predict`` runs one SavedModel signature,
 ``sample``                ``seed: int32[n, 2]``       ``z``, ``x_mean``, ``x_sample``
 ========================  ==========================  ===============================
 
-A text model's ``x`` is a column of raw sentences (``string[B]``: a list of strings, a
-DataFrame with one string column); its ``decode`` / ``reconstruct`` / ``sample`` return ``text``
-(and ``tokens`` / ``lengths``).
+A text model's ``x`` is a column of raw sentences (``string[B]``: a list of ``str``, a DataFrame
+with one string column, ``{"x": [...]}``); its ``decode`` / ``reconstruct`` / ``sample`` return
+``text`` as ``str`` (MLflow's JSON writer would base64-encode ``bytes``), and ``tokens`` /
+``lengths``. Every entry must be a ``str`` (a number is refused, not turned into its digits), valid
+Unicode and hold a word; a sentence longer than the model's ``max_length`` words is truncated to
+its first ``max_length`` words by the model (as ``vae-tf serve`` does by default).
 
 The input may be an array, a ``{name: array}`` dict, a pandas DataFrame or nested lists (as
-``mlflow models serve`` passes JSON ``{"inputs": ...}``); rows flattened to one dimension are
-reshaped to the signature's example shape, and values are cast to its dtype (seeds must be
-whole numbers). Mistakes raise ``ValueError`` with one line saying what to send.
+``mlflow models serve`` passes JSON ``{"inputs": ...}``, ``{"instances": ...}`` or
+``{"dataframe_split": ...}``); rows flattened to one dimension are reshaped to the signature's
+example shape, and values are cast to its dtype (seeds must be whole numbers). Mistakes raise
+:class:`InputError` (a ``ValueError``, and an ``MlflowException``, so the scoring server answers
+400 with the line) saying what to send.
+
+This file is loaded by MLflow on its own (models-from-code): it imports TensorFlow, NumPy and
+MLflow only, never vae_tf, so the logged model runs where only its pip requirements are installed.
 
 Second serving path (MLflow's protocol, not TF Serving's)::
 
@@ -30,11 +38,23 @@ Second serving path (MLflow's protocol, not TF Serving's)::
 
 from __future__ import annotations
 
+import unicodedata
+
 import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 PYFUNC_SIGNATURES = ("encode", "decode", "reconstruct", "sample")
+
+
+class InputError(MlflowException, ValueError):
+    """A request the model cannot take: one line saying what to send (HTTP 400 in the scoring
+    server, whose generic message would otherwise hide it in a stack trace)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 class VaeTfSavedModel(PythonModel):
@@ -53,30 +73,38 @@ class VaeTfSavedModel(PythonModel):
 
         name = (params or {}).get("signature") or "encode"
         if name not in self._inputs:
-            raise ValueError(f"signature {name!r} is not served by the pyfunc model; choose one of "
+            raise InputError(f"signature {name!r} is not served by the pyfunc model; choose one of "
                              f"{', '.join(self._inputs)}")
         key, dtype, example_shape = self._inputs[name]
-        values = _as_array(model_input, key)
+        values = _as_array(model_input, key, text=np.dtype(dtype).kind == "O")
         values = _reshape_rows(values, example_shape, name, key)
         values = _cast(values, dtype, name, key)
         outputs = self._model.signatures[name](**{key: tf.constant(values)})
-        return {out: value.numpy() for out, value in outputs.items()}
+        return {out: _output(value.numpy()) for out, value in outputs.items()}
 
 
-def _as_array(model_input, key: str) -> np.ndarray:
+def _output(value: np.ndarray) -> np.ndarray:
+    """String outputs (a text model's ``text``) as ``str``: MLflow writes ``bytes`` as base64."""
+    if value.dtype != object:
+        return value
+    return np.vectorize(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else v, otypes=[object])(value)
+
+
+def _as_array(model_input, key: str, text: bool = False) -> np.ndarray:
     if isinstance(model_input, dict):  # named-tensor input: {"x": array}
         if key in model_input:
             model_input = model_input[key]
         elif len(model_input) == 1:
             model_input = next(iter(model_input.values()))
         else:
-            raise ValueError(f"input has tensors {', '.join(map(str, model_input))} but this signature takes one, {key!r}")
+            raise InputError(f"input has tensors {', '.join(map(str, model_input))} but this signature takes one, {key!r}")
     if hasattr(model_input, "to_numpy"):  # pandas
         model_input = model_input.to_numpy()
     try:
-        return np.asarray(model_input)
+        # Sentences keep their Python types: NumPy would turn ["a", 3] into the strings "a", "3".
+        return np.asarray(model_input, dtype=object if text and isinstance(model_input, (list, tuple)) else None)
     except ValueError:
-        raise ValueError(f"input {key!r} is ragged; send rows of equal shape") from None
+        raise InputError(f"input {key!r} is ragged; send rows of equal shape") from None
 
 
 def _reshape_rows(values: np.ndarray, example_shape: tuple, name: str, key: str) -> np.ndarray:
@@ -88,23 +116,46 @@ def _reshape_rows(values: np.ndarray, example_shape: tuple, name: str, key: str)
     size = int(np.prod(example_shape)) if None not in example_shape else None
     if values.ndim == 2 and size is not None and values.shape[1] == size:
         return values.reshape((len(values),) + example_shape)
-    raise ValueError(f"signature {name!r} needs {key} with shape [batch, {', '.join(map(str, example_shape))}] "
+    raise InputError(f"signature {name!r} needs {key} with shape [batch, {', '.join(map(str, example_shape))}] "
                      f"(or rows of {size} values), got {list(values.shape)}")
 
 
 def _cast(values: np.ndarray, dtype, name: str, key: str) -> np.ndarray:
     dtype = np.dtype(dtype)
     if dtype.kind == "O":  # tf.string: sentences
-        if not all(isinstance(v, (str, bytes)) for v in values.ravel()):
-            raise ValueError(f"signature {name!r} needs {key} as strings (sentences), got {values.dtype}")
-        return np.array([v if isinstance(v, bytes) else v.encode("utf-8") for v in values.ravel()],
-                        dtype=object).reshape(values.shape)
+        flat = values.ravel()
+        out = np.empty(len(flat), dtype=object)
+        for row, value in enumerate(flat):
+            out[row] = _sentence(value, row, name, key)
+        return out.reshape(values.shape)
     if values.dtype.kind not in "iuf":
-        raise ValueError(f"signature {name!r} needs numeric {key}, got {values.dtype}")
+        raise InputError(f"signature {name!r} needs numeric {key}, got {values.dtype}")
     if dtype.kind == "i" and values.dtype.kind == "f":
         if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
-            raise ValueError(f"signature {name!r} needs whole-number {key} values (e.g. seed rows [[1, 2]])")
+            raise InputError(f"signature {name!r} needs whole-number {key} values (e.g. seed rows [[1, 2]])")
     return values.astype(dtype, copy=False)
+
+
+def _sentence(value, row: int, name: str, key: str) -> bytes:
+    """One sentence as UTF-8 bytes, or :class:`InputError`: the rules of ``vae-tf serve``
+    (``serving/text.py``, which this file cannot import)."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(f"signature {name!r}: {key} row {row} is not valid UTF-8 (byte {err.start}); send "
+                             "sentences as UTF-8 text") from None
+    if not isinstance(value, str):
+        raise InputError(f"signature {name!r} needs {key} as strings (sentences); row {row} is a "
+                         f"{type(value).__name__}")
+    # No word: only the tokenizer's whitespace (RE2's \s and the Unicode separators).
+    if all(ch in "\t\n\f\r " or unicodedata.category(ch).startswith("Z") for ch in value):
+        raise InputError(f"signature {name!r}: {key} row {row} is empty; send at least one word per sentence")
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"signature {name!r}: {key} row {row} is not valid Unicode text (a lone surrogate); send "
+                         "UTF-8 text") from None
 
 
 mlflow.models.set_model(VaeTfSavedModel())

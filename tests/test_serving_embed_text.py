@@ -1,0 +1,172 @@
+"""`vae-tf embed` with a text model (issue 17): sentences from a text file (.txt, .txt.gz) or a
+Parquet/CSV column, locally and through the server (REST, gRPC), in file order with the input's
+line/row as ``index``, resumable, in flat memory; bad input in one line."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+
+from serving.embed import LocalEncoder, extract_embeddings, load_text_source, read_embeddings
+from serving.testing import TINY_TEXT_WORDS, drop_version, running_server
+from tests.conftest import assert_one_line, interrupted_after
+from vae_tf_cli import main
+
+# Line 0 starts with a byte-order mark, lines end in \n or \r\n, blank and whitespace-only lines
+# are skipped (their numbers are not in `index`), surrounding spaces are stripped.
+LINES = ["\ufeffthe cat sat", "", "a dog ran on the mat\r", "   ", "  big red dog  ", "saw a cat, and a dog.", "\t",
+         "the mat"]
+SENTENCES = {0: "the cat sat", 2: "a dog ran on the mat", 4: "big red dog", 5: "saw a cat, and a dog.", 7: "the mat"}
+
+
+@pytest.fixture(scope="module")
+def base(text_exports, tmp_path_factory):
+    base = tmp_path_factory.mktemp("models")
+    drop_version(text_exports, base, 1, name="text")
+    return base
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """The same sentences as .txt, .txt.gz, Parquet (with labels, a null and an empty string) and
+    CSV (quoted commas and a quoted line break)."""
+    root = tmp_path_factory.mktemp("text-inputs")
+    raw = "\n".join(LINES).encode("utf-8") + b"\n"
+    (root / "s.txt").write_bytes(raw)
+    (root / "s.txt.gz").write_bytes(gzip.compress(raw))
+    texts = [SENTENCES.get(i) if i in SENTENCES else (None if i % 2 else "") for i in range(len(LINES))]
+    pq.write_table(pa.table({"id": list(range(len(LINES))), "text": texts, "label": [i % 3 for i in range(len(LINES))]}),
+                   root / "s.parquet", row_group_size=3)
+    rows = ['"' + (t or "").replace('"', '""') + '"' for t in texts]
+    rows[7] = '"the\nmat"'  # a quoted line break stays inside the sentence (the tokenizer reads it as a space)
+    (root / "s.csv").write_text("sentence,n\n" + "".join(f"{r},{i}\n" for i, r in enumerate(rows)))
+    return root
+
+
+def _direct(base, sentences) -> np.ndarray:
+    model = tf.saved_model.load(str(base / "text" / "1"))
+    return model.signatures["encode"](x=tf.constant(sentences))["embedding"].numpy()
+
+
+def test_text_inputs_embed_every_sentence_in_file_order(base, inputs, tmp_path, capsys):
+    want = _direct(base, list(SENTENCES.values()))
+    for name in ("s.txt", "s.txt.gz", "s.parquet", "s.csv"):
+        out = tmp_path / f"{name}.parquet"
+        assert main(["embed", "--model", str(base / "text"), "--data", str(inputs / name), "-o", str(out),
+                     "--chunk-size", "2", "--batch-size", "2"]) == 0
+        assert f"({len(SENTENCES)} rows; columns embedding, index" in capsys.readouterr().out
+        table = pq.read_table(out).to_pydict()
+        assert table["index"] == list(SENTENCES), name  # the line / row each sentence came from
+        np.testing.assert_allclose(np.array(table["embedding"]), want, rtol=1e-5, atol=1e-6, err_msg=name)
+        if name == "s.parquet":  # labels from the "label" column, of the rows embedded
+            assert table["label"] == [i % 3 for i in SENTENCES]
+        else:
+            assert "label" not in table
+
+
+def test_text_through_the_server_equals_local(base, inputs, tmp_path, capsys):
+    local, rest, grpc_out = tmp_path / "l.npz", tmp_path / "r.npz", tmp_path / "g.parquet"
+    args = ["embed", "--data", str(inputs / "s.txt.gz"), "--chunk-size", "3", "--batch-size", "2"]
+    assert main([*args, "--model", str(base / "text"), "-o", str(local)]) == 0
+    with running_server(base, "text") as server:
+        assert main([*args, "--server", server.rest_url, "--model-name", "text", "-o", str(rest)]) == 0
+        assert main([*args, "--server", f"grpc://{server.grpc_target}", "--model-name", "text", "-o", str(grpc_out)]) == 0
+    assert "text version 1" in capsys.readouterr().out
+    codes, _ = read_embeddings(local)
+    np.testing.assert_array_equal(read_embeddings(rest)[0], codes)
+    np.testing.assert_array_equal(read_embeddings(grpc_out)[0], codes)
+    with np.load(rest) as archive:
+        np.testing.assert_array_equal(archive["index"], list(SENTENCES))
+
+
+def test_text_embed_resumes_from_finished_chunks(base, tmp_path):
+    """An interrupted run leaves its chunks; the rerun reads the file on from the first missing one
+    (a plain file seeks to a checkpoint, gzip reads on) and the result equals one clean run."""
+    lines = [f"{' '.join(TINY_TEXT_WORDS[i % 5:i % 5 + 1 + i % 4])}" if i % 9 else "" for i in range(300)]
+    for name, data in (("big.txt", "\n".join(lines).encode()), ("big.txt.gz", gzip.compress("\n".join(lines).encode()))):
+        path = tmp_path / name
+        path.write_bytes(data)
+        encoder = LocalEncoder(base / "text")
+        flaky, Interrupted = interrupted_after(encoder, 4)
+        out = tmp_path / f"{name}.npz"
+        with pytest.raises(Interrupted):
+            extract_embeddings(load_text_source(str(path)), flaky, out, chunk_size=40, batch_size=40)
+        source = load_text_source(str(path))
+        result = extract_embeddings(source, encoder, out, chunk_size=40, batch_size=40)
+        kept = [i for i, line in enumerate(lines) if line]
+        assert (result.reused_chunks, result.rows) == (3, len(kept))
+        clean = extract_embeddings(load_text_source(str(path)), encoder, tmp_path / f"clean-{name}.npz", chunk_size=40,
+                                   batch_size=40)
+        assert clean.reused_chunks == 0
+        with np.load(out) as resumed, np.load(clean.output) as whole:
+            np.testing.assert_array_equal(resumed["embedding"], whole["embedding"])
+            np.testing.assert_array_equal(resumed["index"], kept)
+
+
+def test_text_embed_memory_does_not_grow_with_the_lines(tmp_path):
+    """tracemalloc's peak while embedding a text file 4x longer stays flat: the job holds a chunk of
+    sentences and checkpoints (one per 4096 sentences), never the file."""
+    import tracemalloc
+
+    class Encoder:  # numpy only, so the measure is the embedding job's, not TensorFlow's
+        outputs, identity, text = ["embedding"], {"model": "length"}, True
+
+        def __call__(self, x):
+            return {"embedding": np.array([[len(s)] for s in x], np.float32)}
+
+    peaks = {}
+    for n in (20_000, 80_000):
+        path = tmp_path / f"s{n}.txt"
+        path.write_text("".join(f"sentence number {i} of the file with some words\n" for i in range(n)))
+        tracemalloc.start()
+        try:
+            result = extract_embeddings(load_text_source(str(path)), Encoder(), tmp_path / f"e{n}.npz",
+                                        chunk_size=1000, batch_size=250)
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert result.rows == n
+        with np.load(tmp_path / f"e{n}.npz") as archive:
+            assert archive["embedding"][-1, 0] == len(f"sentence number {n - 1} of the file with some words")
+    # The file grows by 60 000 lines (~3 MiB as text, ~6 MiB as Python strings); the peak may not.
+    assert peaks[80_000] - peaks[20_000] < 256 * 1024, peaks
+    assert peaks[80_000] < 2 * 1024 * 1024, peaks
+
+
+def _error(capsys, *argv) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert_one_line(err)
+    return err
+
+
+def test_bad_text_input_is_one_line(base, exports, tmp_path, capsys):
+    model = ["--model", str(base / "text"), "-o", str(tmp_path / "out.npz")]
+    (tmp_path / "bad.txt").write_bytes(b"fine\nalso fine\nnot \xff fine\n")
+    assert "is not valid UTF-8 (line 3, byte 4" in _error(capsys, "embed", "--data", str(tmp_path / "bad.txt"), *model)
+    (tmp_path / "nul.txt").write_bytes(b"fine\n\x00\x01\n")
+    assert "looks binary (a NUL byte on line 2)" in _error(capsys, "embed", "--data", str(tmp_path / "nul.txt"), *model)
+    (tmp_path / "blank.txt").write_text("\n  \n\n")
+    assert "has no sentence" in _error(capsys, "embed", "--data", str(tmp_path / "blank.txt"), *model)
+    assert "no such file" in _error(capsys, "embed", "--data", str(tmp_path / "missing.txt"), *model)
+    (tmp_path / "ok.txt").write_text("the cat\n")
+    assert "drop --split" in _error(capsys, "embed", "--data", str(tmp_path / "ok.txt"), "--split", "train", *model)
+    assert "a text file has one sentence per line" in _error(capsys, "embed", "--data", str(tmp_path / "ok.txt"),
+                                                               "--column", "text", *model)
+    pq.write_table(pa.table({"a": ["x"], "b": ["y"], "n": [1.5]}), tmp_path / "two.parquet")
+    assert "which column holds the sentences?" in _error(capsys, "embed", "--data", str(tmp_path / "two.parquet"), *model)
+    assert "has no column 'nope'" in _error(capsys, "embed", "--data", str(tmp_path / "two.parquet"), "--column", "nope",
+                                            *model)
+    assert "holds double, not sentences" in _error(capsys, "embed", "--data", str(tmp_path / "two.parquet"),
+                                                   "--column", "n", *model)
+    assert "must hold integer class indices" in _error(capsys, "embed", "--data", str(tmp_path / "two.parquet"),
+                                                       "--column", "a", "--label-column", "b", *model)
+    image_model = ["--model", str(exports), "-o", str(tmp_path / "out.npz")]
+    assert "holds sentences but this model's encode takes arrays" in _error(
+        capsys, "embed", "--data", str(tmp_path / "ok.txt"), *image_model)
+    assert not (tmp_path / "out.npz.parts").exists()  # every one refused before a chunk
