@@ -338,8 +338,10 @@ class RestApp:
             await self._reply(send, 413, self._too_large(declared))
             return
         try:
-            body = await asyncio.wait_for(self._read_body(receive), max(deadline - time.monotonic(), 0.0))
-        except asyncio.TimeoutError:
+            # asyncio.timeout arms one timer on this task; wait_for would wrap the read in a task.
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                body = await self._read_body(receive)
+        except TimeoutError:
             # A client that never finishes its body (slowloris) must not hold a place forever.
             await self._reply(send, 408, json_codec.error_body(
                 f"Request body not received within {self.timeout_seconds:g} s; send the whole body at once"))
@@ -474,7 +476,11 @@ class RestServer:
         self.port = self.socket.getsockname()[1]
         config = uvicorn.Config(app, lifespan="on", log_config=None, log_level="warning", access_log=False,
                                 server_header=False, proxy_headers=False, timeout_graceful_shutdown=grace_seconds,
-                                http=bounded_protocol(max_connections), timeout_keep_alive=keep_alive_seconds)
+                                http=bounded_protocol(max_connections), timeout_keep_alive=keep_alive_seconds,
+                                # asyncio's loop, even where uvloop is installed: its socket
+                                # sends release the GIL (uvloop's hold it), and side by side
+                                # uvloop was no faster here (docs/performance.md).
+                                loop="asyncio")
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
