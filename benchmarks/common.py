@@ -85,3 +85,24 @@ def start_server(model_dir: Path, poll_seconds: float = 0.0, extra_args=()) -> t
         elif line.startswith("gRPC:"):
             grpc_target = line.split()[1]
     return process, rest, grpc_target
+
+
+def default_serving_model(base: Path) -> Path:
+    """The serving benchmarks' model: the default training architecture (MLP 256/128, Gaussian
+    latent 8) on 8x8x1 digits-shaped inputs, with fixed random weights, exported as
+    ``base/vae/1``; returns the model directory ``base/vae``."""
+    import keras
+    import numpy as np
+
+    from vae_tf.export import export_model
+    from vae_tf.models import build_vae
+
+    keras.utils.set_random_seed(0)
+    model = build_vae((8, 8, 1), latent={"family": "gaussian", "latent_dim": 8},
+                      network={"kind": "mlp", "hidden": [256, 128]}, seed=0)
+    model(np.zeros((1, 8, 8, 1), np.float32))
+    rng = np.random.default_rng(0)
+    for variable in model.weights:
+        if variable.trainable:
+            variable.assign(rng.normal(0, 0.1, tuple(variable.shape)).astype(np.float32))
+    return export_model(model, base, "vae").parent
