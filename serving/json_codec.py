@@ -229,9 +229,9 @@ def parse_document(body: bytes) -> dict:
     return doc
 
 
-# An integer literal below int64's range: orjson reads it as a double (as rapidjson does), Python's
-# json as an int; such bodies take the json path, so every message stays the same.
-_HUGE_NEGATIVE_INT = re.compile(rb"-[0-9]{19}")
+# An integer literal outside int64/uint64 (19 digits or more): orjson reads it as a double,
+# Python's json as an int; such bodies take the json path, so every message stays the same.
+_LONG_INTEGER = re.compile(rb"(?<![0-9.eE+\-])-?[0-9]{19,}(?![0-9.eE])")
 
 
 def _fast_document(body: bytes) -> dict | None:
@@ -240,7 +240,7 @@ def _fast_document(body: bytes) -> dict | None:
     level is an object. Anything else (trailing bytes, invalid UTF-8, lone surrogates, ``NaN``
     or ``Infinity`` tokens, numbers beyond a double, deep nesting, a non-object) returns
     ``None``, and the ``json`` path parses it with its messages."""
-    if _HUGE_NEGATIVE_INT.search(body):
+    if _LONG_INTEGER.search(body):
         return None
     try:
         doc = orjson.loads(body)
