@@ -35,6 +35,9 @@ client was not the bottleneck), and the 1-minute load average when the cell star
 gives each cell's median over the rounds with the range, and the ratio vae-tf / MLflow per
 round (median and range).
 
+``--baseline DIR`` adds ``vae-tf serve`` running an older checkout (REST and gRPC, batching off)
+as two more paths of the same rounds, for a before/after ratio.
+
     apt-get install -y wrk    # the REST load generator
     python benchmarks/serving_vs_mlflow.py --rounds 3 --seconds 5
 """
@@ -49,6 +52,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -75,6 +79,7 @@ wrk.body = f:read("*a")
 f:close()
 """
 VAE_TF, VAE_TF_BATCHING, MLFLOW = "vae-tf serve", "vae-tf serve --enable-batching", "mlflow models serve"
+BASELINE = "vae-tf serve, baseline checkout"
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -281,16 +286,19 @@ def run(args) -> dict:
         model_uri = log_pyfunc(version_dir, tracking_uri)
         processes = {}
         try:
-            plain, plain_rest, plain_grpc = start_server(model_dir)
-            processes[VAE_TF] = plain
-            batching, batching_rest, batching_grpc = start_server(model_dir, extra_args=["--enable-batching"])
-            processes[VAE_TF_BATCHING] = batching
+            processes[VAE_TF], plain_rest, plain_grpc = start_server(model_dir)
+            processes[VAE_TF_BATCHING], batching_rest, batching_grpc = start_server(
+                model_dir, extra_args=["--enable-batching"])
+            baseline = {}
+            if args.baseline:
+                processes[BASELINE], baseline_rest, baseline_grpc = start_server(model_dir, code=Path(args.baseline))
+                baseline = {(BASELINE, "REST"): baseline_rest + "/v1/models/vae:predict", (BASELINE, "gRPC"): baseline_grpc}
             mlflow_port = free_ports(1)[0]
             processes[MLFLOW] = start_mlflow(model_uri, tracking_uri, mlflow_port)
             predict = "/v1/models/vae:predict"
             paths = {(VAE_TF, "REST"): plain_rest + predict, (VAE_TF, "gRPC"): plain_grpc,
                      (VAE_TF_BATCHING, "REST"): batching_rest + predict, (VAE_TF_BATCHING, "gRPC"): batching_grpc,
-                     (MLFLOW, "REST"): f"http://127.0.0.1:{mlflow_port}/invocations"}
+                     (MLFLOW, "REST"): f"http://127.0.0.1:{mlflow_port}/invocations", **baseline}
             for b in batches:
                 check_answers(paths, bodies[b], expected[b], b)
             cells = []
@@ -330,6 +338,9 @@ def run(args) -> dict:
             versions[name] = __import__(name).__version__
         except ImportError:
             versions[name] = None
+    if args.baseline:
+        versions["baseline"] = subprocess.run(["git", "-C", args.baseline, "log", "-1", "--format=%h %s"],
+                                              capture_output=True, text=True).stdout.strip()[:100] or args.baseline
     return {"command": command_line(), "machine": machine_info(), "versions": versions,
             "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "seconds": args.seconds, "cells": cells}
 
@@ -400,6 +411,18 @@ def report(result: dict) -> tuple[str, bool]:
                       f"MLflow's (goal >= 3x: {'met' if median_ratio >= 3 else 'missed'}; worst round "
                       f"{min(goal):.2f}x); p99 {median_p99:.1f} ms (goal < 20 ms: "
                       f"{'met' if median_p99 < 20 else 'missed'}; worst round {max(g['p99_ms'] for g in p99):.1f} ms)."]
+    if any(c["server"] == BASELINE for c in cells):
+        lines += ["", f"Baseline: {versions.get('baseline')}. Requests/s of vae-tf serve / the baseline checkout, per "
+                      "round (median, min–max):", "", "| clients | batch | REST | gRPC |", "|---:|---:|---:|---:|"]
+        for clients, batch in sorted({(c["clients"], c["batch"]) for c in cells}):
+            row = []
+            for protocol in ("REST", "gRPC"):
+                ratios = [by_round[(r, VAE_TF, protocol, clients, batch)]["rps"] / old["rps"]
+                          for r in range(result["rounds"])
+                          if (old := by_round.get((r, BASELINE, protocol, clients, batch))) and old["rps"]
+                          and (r, VAE_TF, protocol, clients, batch) in by_round]
+                row.append(_spread(ratios, 2) + "x" if ratios else "-")
+            lines.append(f"| {clients} | {batch} | " + " | ".join(row) + " |")
     errors = sum(c["errors"] for c in cells)
     lines += ["", f"Errors over all {len(cells)} cells: {errors}."]
     return "\n".join(lines), errors == 0
@@ -419,8 +442,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of one cell (5)")
     parser.add_argument("--clients", default="1,16,64", help="concurrent clients, comma-separated (1,16,64)")
     parser.add_argument("--batches", default="1,32", help="rows per request, comma-separated (1,32)")
+    parser.add_argument("--baseline", metavar="DIR", help="also serve with the code of this checkout (e.g. `git "
+                        "worktree add /tmp/before <commit>`), REST and gRPC, batching off")
     parser.add_argument("--json", help="also write every cell to this JSON file")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     if shutil.which("wrk") is None:
         raise SystemExit("wrk (the REST load generator) is not installed; install it (apt-get install -y wrk) and rerun")
     result = run(args)
