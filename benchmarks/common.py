@@ -76,7 +76,8 @@ def start_server(model_dir: Path, poll_seconds: float = 0.0, extra_args=(), code
     process = subprocess.Popen([sys.executable, "-m", "vae_tf_cli", "serve", "--model", str(model_dir),
                                 "--port", "0", "--rest-api-port", "0", "--poll-seconds", str(poll_seconds),
                                 *extra_args],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                               # -m puts the working directory first on sys.path, before PYTHONPATH
+                               cwd=str(code), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     rest = grpc_target = None
     try:
         while grpc_target is None:

@@ -433,6 +433,11 @@ class Servable:
         self.signatures = signatures
         self._session = session  # keeps the loaded graph and variables alive while requests use it
 
+    @property
+    def session(self):
+        """The ``tf.compat.v1.Session`` this version's signatures run in."""
+        return self._session
+
     @classmethod
     def load(cls, name: str, version: int, path: Path, *, warmup: bool = True) -> "Servable":
         """Load a version as TF Serving's ``SavedModelBundle`` does: the MetaGraph tagged
