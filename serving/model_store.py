@@ -470,8 +470,9 @@ class Servable:
         return servable
 
     def warm_up(self) -> None:
-        """Run every callable signature once on one row of zeros, so the first request after a
-        (hot) load does not pay for graph optimisation. A failure fails the load."""
+        """Run every callable signature once on one row of zeros (empty strings for string
+        inputs), so the first request after a (hot) load does not pay for graph optimisation. A
+        failure fails the load."""
         for signature in self.signatures.values():
             if not signature.callable:
                 continue
@@ -480,7 +481,8 @@ class Servable:
                 if spec.shape is None or spec.dtype is None or any(d is None for d in spec.shape[1:]):
                     break
                 shape = (1,) + tuple(spec.shape[1:]) if spec.shape else ()
-                arrays[alias] = np.zeros(shape, dtype=spec.dtype)
+                # Strings warm up on empty strings (zeros of dtype object would be ints).
+                arrays[alias] = np.full(shape, b"", dtype=object) if spec.dtype is object else np.zeros(shape, spec.dtype)
             else:
                 signature.run(arrays)
 

@@ -284,3 +284,27 @@ def test_session_callables_give_the_eager_signature_outputs(exports, monkeypatch
             assert got[key].dtype == value.dtype and np.array_equal(got[key], value), (name, key)
     runnable = [s for s in servable.signatures.values() if s.callable]
     assert len(made) == (0 if fast else len(runnable)) and len(runnable) >= 4
+
+
+def test_string_inputs_and_lookup_tables_run_in_the_session(tmp_path):
+    """A signature that takes strings and looks them up in a table (what text models export):
+    the SavedModel loader runs the init op that fills the table, and the session callable takes
+    and returns strings, as TF Serving does."""
+    from serving.model_store import Servable
+
+    class Vocabulary(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(tf.constant(["a", "b", "c"]), tf.constant([0, 1, 2], tf.int64)), -1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="words")])
+        def ids(self, words):
+            return {"ids": self.table.lookup(words), "upper": tf.strings.upper(words)}
+
+    module = Vocabulary()
+    tf.saved_model.save(module, str(tmp_path / "1"), signatures={"serving_default": module.ids})
+    servable = Servable.load("vocab", 1, tmp_path / "1")
+    out = servable.signatures["serving_default"].run({"words": np.array([b"b", b"zz", "c".encode()], dtype=object)})
+    assert out["ids"].tolist() == [1, -1, 2]
+    assert out["upper"].tolist() == [b"B", b"ZZ", b"C"]
