@@ -246,8 +246,8 @@ class SessionFunction:
     converting tensors cost about as much as the graph itself, all of it holding the GIL; nor
     ``Session.make_callable`` with feeds, which falls back to ``Session.run`` and resolves the
     feeds and fetches again on every call. A ``RunCallable`` is one C++ call that releases the
-    GIL while the graph runs: about a quarter of the CPU time of ``Session.run`` for the default
-    model at batch 1 (docs/performance.md). The Python entry point,
+    GIL while the graph runs: about a third of the TF2 signature's CPU time, under half of
+    ``Session.run``'s, for the default model at batch 1 (``benchmarks/serving_request_parts.py``). The Python entry point,
     ``Session._make_callable_from_options``, is TensorFlow's own (Keras' TF1 backend used it);
     where a TensorFlow version lacks it, the public ``make_callable`` runs instead."""
 
