@@ -292,7 +292,8 @@ def run(args) -> dict:
             baseline = {}
             if args.baseline:
                 processes[BASELINE], baseline_rest, baseline_grpc = start_server(model_dir, code=Path(args.baseline))
-                baseline = {(BASELINE, "REST"): baseline_rest + "/v1/models/vae:predict", (BASELINE, "gRPC"): baseline_grpc}
+                baseline = {(BASELINE, "REST"): baseline_rest + "/v1/models/vae:predict",
+                            (BASELINE, "gRPC"): baseline_grpc}
             mlflow_port = free_ports(1)[0]
             processes[MLFLOW] = start_mlflow(model_uri, tracking_uri, mlflow_port)
             predict = "/v1/models/vae:predict"
@@ -318,7 +319,8 @@ def run(args) -> dict:
                         server_cpu = tree_cpu_seconds(processes[server].pid) - cpu
                         requests = max(result["requests"], 1)
                         cells.append({"round": round_, "server": server, "protocol": protocol, "clients": clients,
-                                      "batch": batch, **result, "server_cpu_ms_per_request": 1000 * server_cpu / requests,
+                                      "batch": batch, **result,
+                                      "server_cpu_ms_per_request": 1000 * server_cpu / requests,
                                       "client_cpu_ms_per_request": 1000 * result["client_cpu_s"] / requests,
                                       "load_average": load})
                         print(f"round {round_ + 1}/{args.rounds}: {server} {protocol} clients={clients} batch={batch}: "
@@ -386,7 +388,8 @@ def report(result: dict) -> tuple[str, bool]:
                                                                                           kv[0][0], kv[0][1])):
         lines.append(f"| {protocol} | {server} | {clients} | {batch} | {_spread([g['rps'] for g in group])} | "
                      f"{_spread([g['p50_ms'] for g in group], 1)} | {_spread([g['p99_ms'] for g in group], 1)} | "
-                     f"{sum(g['errors'] for g in group)} | {_spread([g['server_cpu_ms_per_request'] for g in group], 3)} | "
+                     f"{sum(g['errors'] for g in group)} | "
+                     f"{_spread([g['server_cpu_ms_per_request'] for g in group], 3)} | "
                      f"{_spread([g['client_cpu_ms_per_request'] for g in group], 3)} |")
     lines += ["", "Requests/s of each vae-tf path / MLflow's REST, per round, same clients and batch (median, "
                   "min–max):", "", "| clients | batch | " + " | ".join(f"{s} {p}" for s, p in _VAE_TF_PATHS) + " |",
@@ -448,7 +451,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     if shutil.which("wrk") is None:
-        raise SystemExit("wrk (the REST load generator) is not installed; install it (apt-get install -y wrk) and rerun")
+        raise SystemExit("wrk (the REST load generator) is not installed; install it (apt-get install -y wrk) and "
+                         "rerun")
     result = run(args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -17,14 +17,13 @@ every real client out. Here:
   the limit, the connection that has been idle the longest is closed (RFC 9112 §9.5: a server
   may close an idle connection at any time; clients reopen it), so idle connections never keep a
   new client out. If every other connection has a request in progress, the new one is closed.
+- **one write per response**: uvicorn writes the status line and headers, then the body, each
+  with its own ``send`` system call (and, on loopback, the receiver's TCP processing and wake-up
+  each time). Writes made in one turn of the event loop are joined and sent together at the end
+  of that turn (order and flow control unchanged).
 
 Connections with a request in progress are never closed here; the REST deadline
 (``--rest-timeout-seconds``) and ``--max-in-flight`` bound those.
-
-- **one write per response**: uvicorn writes the status line and headers, then the body, each
-  with its own ``send`` system call; on loopback each call also runs the receiver's TCP
-  processing while this process holds the GIL. Writes made in one turn of the event loop are
-  joined and sent together at the end of that turn (order and flow control unchanged).
 """
 
 from __future__ import annotations

@@ -247,9 +247,10 @@ class SessionFunction:
     ``Session.make_callable`` with feeds, which falls back to ``Session.run`` and resolves the
     feeds and fetches again on every call. A ``RunCallable`` is one C++ call that releases the
     GIL while the graph runs: about a third of the TF2 signature's CPU time, under half of
-    ``Session.run``'s, for the default model at batch 1 (``benchmarks/serving_request_parts.py``). The Python entry point,
-    ``Session._make_callable_from_options``, is TensorFlow's own (Keras' TF1 backend used it);
-    where a TensorFlow version lacks it, the public ``make_callable`` runs instead."""
+    ``Session.run``'s, for the default model at batch 1 (``benchmarks/serving_request_parts.py``).
+    The Python entry point, ``Session._make_callable_from_options``, is TensorFlow's own (Keras'
+    TF1 backend used it); where a TensorFlow version lacks it, the public ``make_callable`` runs
+    instead."""
 
     def __init__(self, session, signature_def):
         from tensorflow.core.protobuf import config_pb2
@@ -463,7 +464,8 @@ class Servable:
         signatures = {}
         for key, signature_def in signature_def_map.signature_def.items():
             runnable = signature_def.method_name == PREDICT_METHOD and signature_def.outputs
-            signatures[key] = Signature(key, signature_def, SessionFunction(session, signature_def) if runnable else None)
+            function = SessionFunction(session, signature_def) if runnable else None
+            signatures[key] = Signature(key, signature_def, function)
         servable = cls(name, version, path, session, signature_def_map, signatures)
         if warmup:
             servable.warm_up()
@@ -482,7 +484,8 @@ class Servable:
                     break
                 shape = (1,) + tuple(spec.shape[1:]) if spec.shape else ()
                 # Strings warm up on empty strings (zeros of dtype object would be ints).
-                arrays[alias] = np.full(shape, b"", dtype=object) if spec.dtype is object else np.zeros(shape, spec.dtype)
+                arrays[alias] = (np.full(shape, b"", dtype=object) if spec.dtype is object
+                                 else np.zeros(shape, spec.dtype))
             else:
                 signature.run(arrays)
 
