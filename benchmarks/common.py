@@ -64,24 +64,53 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def start_server(model_dir: Path, poll_seconds: float = 0.0, extra_args=()) -> tuple[subprocess.Popen, str, str]:
+def start_server(model_dir: Path, poll_seconds: float = 0.0, extra_args=(), code: Path = REPO_ROOT
+                 ) -> tuple[subprocess.Popen, str, str]:
     """``vae-tf serve`` (plus ``extra_args``) on free loopback ports in its own process, for the
-    serving benchmarks; returns ``(process, REST base URL, gRPC target)`` once both servers are
-    listening."""
+    serving benchmarks, running the code of the checkout ``code`` (this one by default; another
+    one, e.g. a ``git worktree`` of an older commit, for a before/after comparison); returns
+    ``(process, REST base URL, gRPC target)`` once both servers are listening."""
     import re
 
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(code)}
     process = subprocess.Popen([sys.executable, "-m", "vae_tf_cli", "serve", "--model", str(model_dir),
                                 "--port", "0", "--rest-api-port", "0", "--poll-seconds", str(poll_seconds),
                                 *extra_args],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                               # -m puts the working directory first on sys.path, before PYTHONPATH
+                               cwd=str(code), env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     rest = grpc_target = None
-    while grpc_target is None:
-        line = process.stdout.readline()
-        if not line:
-            raise SystemExit("vae-tf serve exited before it was ready")
-        if line.startswith("REST:"):
-            rest = re.search(r"(http://\S+?)/v1/", line).group(1)
-        elif line.startswith("gRPC:"):
-            grpc_target = line.split()[1]
+    try:
+        while grpc_target is None:
+            line = process.stdout.readline()
+            if not line:
+                raise SystemExit("vae-tf serve exited before it was ready")
+            if line.startswith("REST:"):
+                rest = re.search(r"(http://\S+?)/v1/", line).group(1)
+            elif line.startswith("gRPC:"):
+                grpc_target = line.split()[1]
+    except BaseException:  # interrupted while it starts: leave no server behind
+        process.kill()
+        process.wait()
+        raise
     return process, rest, grpc_target
+
+
+def default_serving_model(base: Path) -> Path:
+    """The serving benchmarks' model: the default training architecture (MLP 256/128, Gaussian
+    latent 8) on 8x8x1 digits-shaped inputs, with fixed random weights, exported as
+    ``base/vae/1``; returns the model directory ``base/vae``."""
+    import keras
+    import numpy as np
+
+    from vae_tf.export import export_model
+    from vae_tf.models import build_vae
+
+    keras.utils.set_random_seed(0)
+    model = build_vae((8, 8, 1), latent={"family": "gaussian", "latent_dim": 8},
+                      network={"kind": "mlp", "hidden": [256, 128]}, seed=0)
+    model(np.zeros((1, 8, 8, 1), np.float32))
+    rng = np.random.default_rng(0)
+    for variable in model.weights:
+        if variable.trainable:
+            variable.assign(rng.normal(0, 0.1, tuple(variable.shape)).astype(np.float32))
+    return export_model(model, base, "vae").parent

@@ -54,7 +54,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import start_server  # noqa: E402
+from benchmarks.common import default_serving_model, start_server  # noqa: E402
 
 
 def _default_text_model(base: Path) -> Path:
@@ -82,23 +82,6 @@ def _sentences(batch: int, seed: int) -> np.ndarray:
     out = np.empty(batch, dtype=object)
     out[:] = [" ".join(f"w{i}" for i in rng.integers(0, 1000, 10)) for _ in range(batch)]
     return out
-
-
-def _default_model(base: Path) -> Path:
-    import keras
-
-    from vae_tf.export import export_model
-    from vae_tf.models import build_vae
-
-    keras.utils.set_random_seed(0)
-    model = build_vae((8, 8, 1), latent={"family": "gaussian", "latent_dim": 8},
-                      network={"kind": "mlp", "hidden": [256, 128]}, seed=0)
-    model(np.zeros((1, 8, 8, 1), np.float32))
-    rng = np.random.default_rng(0)
-    for variable in model.weights:
-        if variable.trainable:
-            variable.assign(rng.normal(0, 0.1, tuple(variable.shape)).astype(np.float32))
-    return export_model(model, base, "vae").parent
 
 
 def _time(fn, n: int) -> list[float]:
@@ -129,7 +112,7 @@ def main(argv=None) -> int:
     from serving.client import GrpcClient, RestClient
 
     with tempfile.TemporaryDirectory() as tmp:
-        default = _default_text_model if args.text else _default_model
+        default = _default_text_model if args.text else default_serving_model
         model_dir = Path(args.model) if args.model else default(Path(tmp))
         version_dir = max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
         loaded = tf.saved_model.load(str(version_dir))
@@ -258,7 +241,7 @@ def check_cost(args, argv) -> int:
     from serving.model_store import first_non_finite
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(args.model) if args.model else _default_model(Path(tmp))
+        model_dir = Path(args.model) if args.model else default_serving_model(Path(tmp))
         version_dir = max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
         encode = tf.saved_model.load(str(version_dir)).signatures["encode"]
         data_shape = tuple(encode.structured_input_signature[1]["x"].shape[1:])

@@ -1,6 +1,8 @@
-"""Bounded REST connections: uvicorn's h11 protocol with an idle timeout that also covers
-connections that never send a request, and a connection limit that closes the longest-idle
-connection rather than refusing a new client.
+"""Bounded REST connections: uvicorn's httptools protocol (the C parser of Node.js' llhttp; with
+the pure-Python h11 one the event-loop thread spent ~0.36 ms per batch-1 request, docs/performance.md)
+with an idle timeout that also covers connections that never send a request, a connection limit
+that closes the longest-idle connection rather than refusing a new client, and one write per
+response.
 
 Why: uvicorn arms its keep-alive timer only after a response (and disarms it on any received
 byte), so a connection that is opened and never used, or that trickles half a request line, is
@@ -15,6 +17,10 @@ every real client out. Here:
   the limit, the connection that has been idle the longest is closed (RFC 9112 §9.5: a server
   may close an idle connection at any time; clients reopen it), so idle connections never keep a
   new client out. If every other connection has a request in progress, the new one is closed.
+- **one write per response**: uvicorn writes the status line and headers, then the body, each
+  with its own ``send`` system call (and, on loopback, the receiver's TCP processing and wake-up
+  each time). Writes made in one turn of the event loop are joined and sent together at the end
+  of that turn (order and flow control unchanged).
 
 Connections with a request in progress are never closed here; the REST deadline
 (``--rest-timeout-seconds``) and ``--max-in-flight`` bound those.
@@ -29,21 +35,64 @@ DEFAULT_KEEP_ALIVE_SECONDS = 30.0
 DEFAULT_MAX_CONNECTIONS = 1024
 
 
-def bounded_h11_protocol(max_connections: int) -> type:
+class CoalescingTransport:
+    """A transport whose writes within one event-loop turn go out as one ``write`` at its end.
+
+    Everything else is the wrapped transport's; ``close`` sends what is pending first, ``abort``
+    drops it, and ``get_write_buffer_size`` counts it (flow control sees every byte)."""
+
+    def __init__(self, transport, loop):
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, chunks) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+
+def bounded_protocol(max_connections: int) -> type:
     """A protocol class for ``uvicorn.Config(http=...)`` (one per server: it holds the server's
     idle-connection order) that enforces the idle timeout and ``max_connections``."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     if max_connections < 1:
         raise ValueError(f"max_connections must be at least 1, got {max_connections}")
-    idle: collections.OrderedDict[BoundedH11Protocol, None] = collections.OrderedDict()  # longest idle first
+    idle: collections.OrderedDict[BoundedProtocol, None] = collections.OrderedDict()  # longest idle first
 
-    class BoundedH11Protocol(H11Protocol):
+    class BoundedProtocol(HttpToolsProtocol):
         _idle_timer = None
 
         def connection_made(self, transport) -> None:
-            super().connection_made(transport)
+            super().connection_made(CoalescingTransport(transport, self.loop))
             self._mark_idle()
             if len(self.connections) > max_connections:
                 # The newcomer is last in the idle order, so it is chosen only when no other
@@ -80,15 +129,10 @@ def bounded_h11_protocol(max_connections: int) -> type:
 
         def close_idle(self) -> None:
             self._forget()
-            if self.transport.is_closing():
-                return
-            try:
-                self.conn.send(h11.ConnectionClosed())
-            except h11.LocalProtocolError:  # half a request received: nothing to finish politely
-                pass
-            self.transport.close()
+            if not self.transport.is_closing():
+                self.transport.close()
 
-    return BoundedH11Protocol
+    return BoundedProtocol
 
 
-__all__ = ["DEFAULT_KEEP_ALIVE_SECONDS", "DEFAULT_MAX_CONNECTIONS", "bounded_h11_protocol"]
+__all__ = ["DEFAULT_KEEP_ALIVE_SECONDS", "DEFAULT_MAX_CONNECTIONS", "CoalescingTransport", "bounded_protocol"]

@@ -12,11 +12,14 @@ is ignored (``kParseStopWhenDoneFlag``). Values quoted in messages are written a
 ``PrettyWriter`` writes them (``JsonValueToDebugString``), except that objects stay on one line.
 Response side: :func:`predict_response` (``MakeJsonFromTensors``).
 
-Speed: a numeric tensor first goes through one ``np.asarray`` of the parsed lists; only when that
-fails or the values break a rule does the element-by-element walk run, which finds the first
-offending value and builds TF Serving's exact message. Floats are written with Python's
-shortest round-trip repr of the float32 value widened to double (TF Serving prints the shortest
-float32 repr): the numbers parse back to the identical float32.
+Speed: a body is parsed by orjson when that gives exactly what Python's ``json`` gives (a whole,
+valid document; anything else takes the ``json`` path with its messages); a numeric tensor first
+goes through one ``np.asarray`` of the parsed lists; only when that fails or the values break a
+rule does the element-by-element walk run, which finds the first offending value and builds TF
+Serving's exact message. Finite numeric outputs are written by orjson straight from the arrays,
+float32 values as the shortest text that reads back to the same float32 (as TF Serving writes
+them); outputs holding NaN or Infinity, and strings, are written by ``json`` (float32 values as
+the shortest repr of the value widened to double, which also reads back to the same float32).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import binascii
 import decimal
 import json
 import math
+import re
 from typing import Any, Mapping
 
 import numpy as np
+import orjson
 
 from serving.status import Code, ServingError, invalid_argument
 
@@ -197,6 +202,9 @@ def parse_document(body: bytes) -> dict:
     the first complete value (``kParseStopWhenDoneFlag``: trailing bytes are ignored)."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
+    doc = _fast_document(body)
+    if doc is not None:
+        return doc
     text = body.decode("utf-8", "surrogateescape")
     start = len(text) - len(text.lstrip(_JSON_WHITESPACE))
     if start == len(text):
@@ -219,6 +227,26 @@ def parse_document(body: bytes) -> dict:
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {preview(doc)} Is not object")
     return doc
+
+
+# An integer literal outside int64/uint64 (19 digits or more): orjson reads it as a double,
+# Python's json as an int; such bodies take the json path, so every message stays the same.
+_LONG_INTEGER = re.compile(rb"(?<![0-9.eE+\-])-?[0-9]{19,}(?![0-9.eE])")
+
+
+def _fast_document(body: bytes) -> dict | None:
+    """The document parsed by orjson (about 4x faster than ``json`` on a batch of 32 images) when
+    that gives exactly what the ``json`` path gives: a whole, valid UTF-8 document whose top
+    level is an object. Anything else (trailing bytes, invalid UTF-8, lone surrogates, ``NaN``
+    or ``Infinity`` tokens, numbers beyond a double, deep nesting, a non-object) returns
+    ``None``, and the ``json`` path parses it with its messages."""
+    if _LONG_INTEGER.search(body):
+        return None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _missing_comma_reason(text: str, pos: int) -> str:
@@ -496,12 +524,16 @@ def _json_values(arr: np.ndarray, name: str):
     return arr.tolist()
 
 
-def predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes:
-    """The JSON body of a successful predict (``MakeJsonFromTensors``); output names sorted."""
+def predict_response(outputs: Mapping[str, np.ndarray], fmt: str, *, use_orjson: bool = True) -> bytes:
+    """The JSON body of a successful predict (``MakeJsonFromTensors``); output names sorted.
+    ``use_orjson=False`` always writes with Python's ``json`` (the benchmarks compare the two)."""
     if not outputs:
         raise invalid_argument("Cannot convert empty tensor map to JSON")
     names = sorted(outputs)
     if fmt == COLUMNAR:
+        fast = _fast_response(outputs, names, fmt) if use_orjson else None
+        if fast is not None:
+            return fast
         if len(names) == 1:
             body: Any = {"outputs": _json_values(outputs[names[0]], names[0])}
         else:
@@ -516,10 +548,38 @@ def predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes:
             raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: {arr.shape[0]} expecting: "
                                    f"{batch}")
         batch = arr.shape[0]
+    fast = _fast_response(outputs, names, fmt) if use_orjson else None
+    if fast is not None:
+        return fast
     if len(names) == 1:
         return dumps({"predictions": _json_values(outputs[names[0]], names[0])})
     columns = {name: _json_values(outputs[name], name) for name in names}
     return dumps({"predictions": [{name: columns[name][i] for name in names} for i in range(batch)]})
+
+
+_ORJSON_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
+                                                  np.uint8, np.uint16, np.uint32, np.uint64, np.bool_))
+
+
+def _fast_response(outputs: Mapping[str, np.ndarray], names: list[str], fmt: str) -> bytes | None:
+    """The response written by orjson straight from the arrays (about 8x faster than ``tolist`` +
+    ``json.dumps`` at batch 32), when every output is a finite numeric array:
+    orjson would write NaN and Infinity as ``null`` and has no ``{"b64": ...}`` strings, so those
+    take the ``json`` path. float32 values come out as the shortest text that reads back to the
+    same float32, which is how TF Serving writes them."""
+    arrays = {}
+    for name in names:
+        arr = outputs[name]
+        if arr.dtype not in _ORJSON_DTYPES or (arr.dtype.kind == "f" and not math.isfinite(arr.sum())):
+            return None
+        arrays[name] = np.ascontiguousarray(arr)
+    if fmt == COLUMNAR:
+        body: Any = {"outputs": arrays[names[0]] if len(names) == 1 else arrays}
+    elif len(names) == 1:
+        body = {"predictions": arrays[names[0]]}
+    else:
+        body = {"predictions": [{name: arrays[name][i] for name in names} for i in range(len(arrays[names[0]]))]}
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def dumps(body: Any) -> bytes:

@@ -48,7 +48,7 @@ from urllib.parse import unquote_to_bytes
 import numpy as np
 
 from serving import json_codec
-from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTIONS, bounded_h11_protocol
+from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTIONS, bounded_protocol
 from serving.model_store import (refuse_classify_or_regress, CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD, ModelStore,
                                  Servable)
 from serving.status import Code, ServingError, invalid_argument, one_line
@@ -338,8 +338,10 @@ class RestApp:
             await self._reply(send, 413, self._too_large(declared))
             return
         try:
-            body = await asyncio.wait_for(self._read_body(receive), max(deadline - time.monotonic(), 0.0))
-        except asyncio.TimeoutError:
+            # asyncio.timeout arms one timer on this task; wait_for would wrap the read in a task.
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                body = await self._read_body(receive)
+        except TimeoutError:
             # A client that never finishes its body (slowloris) must not hold a place forever.
             await self._reply(send, 408, json_codec.error_body(
                 f"Request body not received within {self.timeout_seconds:g} s; send the whole body at once"))
@@ -349,19 +351,37 @@ class RestApp:
         if len(body) > self.max_body_bytes:
             await self._reply(send, 413, self._too_large(None))
             return
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()  # (status, payload), or None when the deadline passed first
+
+        def finished(work: concurrent.futures.Future) -> None:  # in the worker thread
+            self._release()
+            if not work.cancelled():
+                try:
+                    loop.call_soon_threadsafe(_settle, answer, work)
+                except RuntimeError:  # the event loop has closed (shutdown): nobody waits
+                    pass
+
+        # One future, one timer and one callback per request: fewer objects and event-loop
+        # callbacks than asyncio.wait_for over asyncio.wrap_future (docs/performance.md).
         work = self.executor.submit(self.api.handle, method, path, body, deadline)
         submitted.append(work)
-        work.add_done_callback(self._release)
+        work.add_done_callback(finished)
+        timer = loop.call_at(loop.time() + max(deadline - time.monotonic(), 0.0), _settle, answer, None)
         try:
-            # Not shielded: on timeout the wrapper is cancelled, which cancels the work if it is
-            # still queued; work already running finishes (a thread cannot be interrupted) and
-            # keeps its admission until then.
-            status, payload = await asyncio.wait_for(asyncio.wrap_future(work), max(deadline - time.monotonic(), 0.0))
-        except asyncio.TimeoutError:
-            status, payload = 504, json_codec.error_body(
-                f"Request timed out after {self.timeout_seconds:g} s; send smaller batches or raise "
-                "--rest-timeout-seconds")
-        await self._reply(send, status, payload)
+            result = await answer
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            timer.cancel()
+        if result is None:
+            # The work is cancelled if it is still queued; work already running finishes (a
+            # thread cannot be interrupted) and keeps its admission until then.
+            work.cancel()
+            result = 504, json_codec.error_body(f"Request timed out after {self.timeout_seconds:g} s; send smaller "
+                                                "batches or raise --rest-timeout-seconds")
+        await self._reply(send, *result)
 
     async def _read_body(self, receive) -> bytes | None:
         """The request body, or None if the client went away; stops early past the size limit."""
@@ -394,6 +414,21 @@ class RestApp:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _settle(answer: asyncio.Future, work: concurrent.futures.Future | None) -> None:
+    """Give the waiting request its answer (in the event loop): the worker's ``(status, body)``,
+    or ``None`` when called by the deadline timer; whichever comes first wins."""
+    if answer.done():
+        return
+    if work is None:
+        answer.set_result(None)
+        return
+    error = work.exception()
+    if error is not None:
+        answer.set_exception(error)
+    else:
+        answer.set_result(work.result())
 
 
 def _content_length(scope) -> int | None:
@@ -440,8 +475,12 @@ class RestServer:
         self.host = host
         self.port = self.socket.getsockname()[1]
         config = uvicorn.Config(app, lifespan="on", log_config=None, log_level="warning", access_log=False,
-                                server_header=False, timeout_graceful_shutdown=grace_seconds,
-                                http=bounded_h11_protocol(max_connections), timeout_keep_alive=keep_alive_seconds)
+                                server_header=False, proxy_headers=False, timeout_graceful_shutdown=grace_seconds,
+                                http=bounded_protocol(max_connections), timeout_keep_alive=keep_alive_seconds,
+                                # asyncio's loop, even where uvloop is installed: its socket
+                                # sends release the GIL (uvloop's hold it), and side by side
+                                # uvloop was no faster here (docs/performance.md).
+                                loop="asyncio")
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 

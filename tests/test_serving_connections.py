@@ -264,3 +264,58 @@ def test_serve_options_reach_the_server_config(base, monkeypatch):
         with pytest.raises(SystemExit) as info:
             main(["serve", "--model", str(base / "vae"), *bad])
         assert info.value.code == 2
+
+
+def test_writes_in_one_event_loop_turn_leave_as_one_write():
+    """CoalescingTransport: a response's header and body writes go out as one send at the end of
+    the loop turn, in order; close sends what is pending first, abort drops it; flow control and
+    everything else see the wrapped transport."""
+    import asyncio
+
+    from serving.connections import CoalescingTransport
+
+    class Recording:
+        def __init__(self):
+            self.writes, self.closed, self.aborted = [], False, False
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+
+        def is_closing(self):
+            return self.closed or self.aborted
+
+        def close(self):
+            self.closed = True
+
+        def abort(self):
+            self.aborted = True
+
+        def get_write_buffer_size(self):
+            return 7
+
+        def get_extra_info(self, name, default=None):
+            return ("127.0.0.1", 1) if name == "peername" else default
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        inner = Recording()
+        transport = CoalescingTransport(inner, loop)
+        transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        transport.write(b"{}")
+        assert inner.writes == [] and transport.get_write_buffer_size() == 7 + 40
+        await asyncio.sleep(0)
+        assert inner.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+        transport.write(b"last")
+        transport.close()
+        assert inner.writes[-1] == b"last" and inner.closed and len(inner.writes) == 2
+        await asyncio.sleep(0)
+        assert len(inner.writes) == 2  # nothing written twice
+        assert transport.get_extra_info("peername") == ("127.0.0.1", 1)
+        dropped = Recording()
+        transport = CoalescingTransport(dropped, loop)
+        transport.write(b"never sent")
+        transport.abort()
+        await asyncio.sleep(0)
+        assert dropped.writes == [] and dropped.aborted
+
+    asyncio.run(scenario())

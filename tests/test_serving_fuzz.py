@@ -462,11 +462,12 @@ def test_request_handling_code_has_no_pickle_or_eval():
                 func = node.func
                 assert not (isinstance(func, ast.Name) and func.id in forbidden_builtins), (name, ast.unparse(node))
                 if isinstance(func, ast.Attribute) and func.attr in ("load", "loads"):
-                    # json.loads (request bodies), and tf.saved_model.load / Servable.load /
-                    # yaml.safe_load (the operator's model directory and labels file, at poll
-                    # time) are the only loads allowed.
+                    # json.loads / orjson.loads (request bodies), and the SavedModel loader /
+                    # Servable.load / yaml.safe_load (the operator's model directory and labels
+                    # file, at poll time) are the only loads allowed.
                     text = ast.unparse(func)
-                    assert text in ("json.loads", "tf.saved_model.load", "Servable.load", "yaml.safe_load"), (name, text)
+                    assert text in ("json.loads", "orjson.loads", "tf.compat.v1.saved_model.loader.load",
+                                    "Servable.load", "yaml.safe_load"), (name, text)
                 for keyword in node.keywords:
                     assert keyword.arg != "allow_pickle", (name, ast.unparse(node))
 

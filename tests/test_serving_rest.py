@@ -367,3 +367,69 @@ def test_oversize_body_is_refused_and_the_server_keeps_serving(served, rest):
     if response is not None:
         assert response.status == 413 and "exceeds the limit of 262144 bytes" in body["error"]
     assert rest("GET", "/v1/models/vae")[0] == 200
+
+
+# -- the fast JSON paths change nothing ---------------------------------------------------------
+
+FAST_PATH_BODIES = [
+    b'{"signature_name": "encode", "instances": [[1.5, 2, -3e-5, 0.1]]}',
+    b'  {"inputs": {"x": [[1, 2]], "y": [true, false, null]}}  ',
+    b'{"a": 1, "a": [2]}',                                # duplicate keys: the last one
+    b'{"a": -0.0, "b": -0, "c": 1E5, "d": 18446744073709551615, "e": "\\u00e9\\n"}',
+    b'{"a": -9223372036854775809}',                       # below int64: orjson would read a double
+    b'{"a": 18446744073709551616}',                       # beyond uint64
+    b'{"a": 1e400}', b'{"a": [1e-400, -1e-400, 4.9e-324, 2.2250738585072014e-308, 0.30000000000000004]}',
+    b'{"a": [NaN, Infinity, -Infinity]}',
+    b'{"a": 1} trailing bytes', b'{"a": 1}{"b": 2}', b'\xef\xbb\xbf{"a": 1}',
+    b'{"s": "\\ud800"}', b'{"s": "\xff\xfe"}', b'[1, 2]', b'"text"', b'{"a": [1, 2}', b'{"a" 1}',
+    b'[' * 3000 + b']' * 3000, b'{"a": ' + b'[' * 3000 + b']' * 3000 + b'}',
+]
+
+
+def test_orjson_parsing_changes_no_document_and_no_message(monkeypatch):
+    """parse_document takes orjson only where it gives what the json path gives: every body,
+    valid or not, has the same outcome (document or status and message) with the fast path and
+    with the json path alone; and the fast path really runs for plain numeric bodies."""
+    from serving import json_codec
+    from serving.status import ServingError
+
+    def outcome(body):
+        try:
+            return "document", repr(json_codec.parse_document(body))
+        except ServingError as err:
+            return err.code.name, err.message
+
+    fast = [outcome(body) for body in FAST_PATH_BODIES]
+    assert json_codec._fast_document(FAST_PATH_BODIES[0]) == json.loads(FAST_PATH_BODIES[0])
+    monkeypatch.setattr(json_codec, "_fast_document", lambda body: None)
+    assert fast == [outcome(body) for body in FAST_PATH_BODIES]
+
+
+def _as_float32(value):
+    if isinstance(value, list):
+        return [_as_float32(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_float32(v) for k, v in value.items()}
+    return float(np.float32(value)) if isinstance(value, float) else value
+
+
+def test_numeric_outputs_written_by_orjson_read_back_as_the_json_path_writes_them():
+    """Both formats, one and several outputs: the orjson body reads back (as float32) to what the
+    json path writes, with float32 values as their shortest text (0.1, not 0.10000000149011612,
+    as TF Serving writes them); outputs holding NaN keep the NaN token."""
+    from serving import json_codec
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(3, 4)).astype(np.float32)
+    z[0, 0] = 0.1
+    several = {"z": z, "n": np.array([1, -2, 2**40], np.int64), "b": np.array([[True], [False], [True]])}
+    cases = [(several, json_codec.ROW), (several, json_codec.COLUMNAR), ({"z": z}, json_codec.ROW),
+             ({"z": z}, json_codec.COLUMNAR), ({"d": rng.normal(size=(2, 2))}, json_codec.ROW)]
+    fast = [json_codec.predict_response(outputs, fmt) for outputs, fmt in cases]
+    assert b"0.1," in fast[0] and b"0.10000000149011612" not in fast[0]
+    nan = {"z": np.array([[np.nan, 1.0]], np.float32)}
+    assert b"NaN" in json_codec.predict_response(nan, json_codec.ROW)
+    slow = [json_codec.predict_response(outputs, fmt, use_orjson=False) for outputs, fmt in cases]
+    assert b"0.10000000149011612" in slow[0]
+    for (outputs, fmt), got, want in zip(cases, fast, slow):
+        assert _as_float32(json.loads(got)) == _as_float32(json.loads(want)), (sorted(outputs), fmt)

@@ -239,3 +239,67 @@ def test_serve_command_runs_and_shuts_down_gracefully(exports, tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# -- how a signature runs ----------------------------------------------------------------------
+
+
+def _eager_outputs(version_dir: Path, name: str, inputs: dict) -> dict:
+    """The signature called as TF2 code calls it, twice: only outputs that agree between the two
+    calls (deterministic ones) are kept for comparison."""
+    function = tf.saved_model.load(str(version_dir)).signatures[name]
+    first, second = ({k: v.numpy() for k, v in function(**{a: tf.constant(x) for a, x in inputs.items()}).items()}
+                     for _ in range(2))
+    return {k: v for k, v in first.items() if np.array_equal(v, second[k])}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["make_callable_from_options", "make_callable_fallback"])
+def test_session_callables_give_the_eager_signature_outputs(exports, monkeypatch, fast):
+    """Servable.load runs signatures in a session (TF Serving's way): through Session::MakeCallable,
+    or, where TensorFlow lacks that entry point, the public make_callable; both answer exactly what
+    the TF2 restored signature answers, for every signature of the export."""
+    from serving.model_store import Servable
+
+    made = []
+    if not fast:
+        monkeypatch.setattr(tf.compat.v1.Session, "_make_callable_from_options", None, raising=False)
+        public = tf.compat.v1.Session.make_callable
+        monkeypatch.setattr(tf.compat.v1.Session, "make_callable",
+                            lambda self, *args, **kwargs: made.append(args) or public(self, *args, **kwargs))
+    servable = Servable.load("vae", 1, exports / "1")
+    rng = np.random.default_rng(3)
+    inputs = {"encode": {"x": _x(5, seed=3)}, "reconstruct": {"x": _x(2, seed=4)},
+              "decode": {"z": rng.normal(size=(3, 4)).astype(np.float32)},
+              "sample": {"seed": np.array([[1, 2], [3, 4], [1, 2]], np.int32)}}
+    for name, arrays in inputs.items():
+        got = servable.signatures[name].run(arrays)
+        want = _eager_outputs(exports / "1", name, arrays)
+        assert set(got) == set(servable.signatures[name].output_names) and want, name
+        for key, value in want.items():
+            assert got[key].dtype == value.dtype and np.array_equal(got[key], value), (name, key)
+    runnable = [s for s in servable.signatures.values() if s.callable]
+    assert len(made) == (0 if fast else len(runnable)) and len(runnable) >= 4
+
+
+def test_string_inputs_and_lookup_tables_run_in_the_session(tmp_path):
+    """A signature that takes strings and looks them up in a table (what text models export):
+    the SavedModel loader runs the init op that fills the table, and the session callable takes
+    and returns strings, as TF Serving does."""
+    from serving.model_store import Servable
+
+    class Vocabulary(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(tf.constant(["a", "b", "c"]), tf.constant([0, 1, 2], tf.int64)), -1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="words")])
+        def ids(self, words):
+            return {"ids": self.table.lookup(words), "upper": tf.strings.upper(words)}
+
+    module = Vocabulary()
+    tf.saved_model.save(module, str(tmp_path / "1"), signatures={"serving_default": module.ids})
+    servable = Servable.load("vocab", 1, tmp_path / "1")
+    out = servable.signatures["serving_default"].run({"words": np.array([b"b", b"zz", "c".encode()], dtype=object)})
+    assert out["ids"].tolist() == [1, -1, 2]
+    assert out["upper"].tolist() == [b"B", b"ZZ", b"C"]
