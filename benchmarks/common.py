@@ -40,7 +40,16 @@ def machine_info() -> dict:
         usable = os.cpu_count()
     commit, dirty = git_state()
     return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-            "cpus_usable": usable, "python": platform.python_version(), "git_commit": commit, "git_dirty": dirty}
+            "cpus_usable": usable, "python": platform.python_version(), "git_commit": commit, "git_dirty": dirty,
+            "load_average": load_average()}
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (other tenants of a shared machine), None where unknown."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def command_line() -> str:
