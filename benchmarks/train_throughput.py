@@ -158,7 +158,7 @@ def build_ours(spec: dict, data_shape, args):
 
     model = build_vae(data_shape, latent=dict(spec["latent"]), likelihood=dict(LIKELIHOOD),
                       network=dict(spec["network"]), objective={"kl_weight": {"kind": "constant", "beta": 1.0}},
-                      seed=args.seed, name="vae")
+                      seed=args.seed, name="vae", precision=getattr(args, "precision", "float32"))
     model.compile(optimizer=FusedAdam(args.learning_rate),
                   steps_per_execution=args.steps_per_execution, jit_compile=args.jit_compile)
     return model

@@ -239,9 +239,10 @@ def test_train_throughput_without_torch_says_so_in_one_line_and_times_the_rest(t
 def test_train_settings_smoke(tmp_path):
     out = tmp_path / "settings.json"
     proc = run_script("train_settings.py", "--steps", "1", "2", "--jit", "false", "--rounds", "1",
-                      "--examples", "256", "--json", str(out))
+                      "--precision", "float32", "mixed_bfloat16", "--examples", "256", "--json", str(out))
     report = json.loads(out.read_text())
-    assert [r["steps_per_execution"] for r in report["results"]] == [1, 2]
+    assert [r["steps_per_execution"] for r in report["results"]] == [1, 2, 1, 2]
+    assert [r["precision"] for r in report["results"]] == ["float32"] * 2 + ["mixed_bfloat16"] * 2
     # The ratios are those of the raw per-round throughputs the report also lists.
     rounds, base = report["per_round"], report["baseline"]
     for row in report["results"]:
@@ -344,3 +345,29 @@ print("posterior", type(posterior).__module__.split(".")[0], "tensorflow_probabi
                           timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines()[-2:] == ["after fit False", "posterior tensorflow_probability True"]
+
+
+def test_startup_smoke(tmp_path):
+    """One round of each variant in its own process: every mark recorded in order, the ratios are
+    those of the listed rounds, and all three trained the same loss on the same data."""
+    pytest.importorskip("pythae")
+    out = tmp_path / "startup.json"
+    proc = run_script("startup.py", "--rounds", "1", "--warmup-rounds", "0", "--images", "256", "--epochs", "1",
+                      "--importtime", "--json", str(out), timeout=600)
+    report = json.loads(out.read_text())
+    row = report["rounds"][0]
+    assert set(row["order"]) == {"vae_tf_library", "vae_tf_train", "pythae"}
+    for variant in row["order"]:
+        seconds = [row[variant]["seconds"][mark] for mark in ("python", "imports", "fit", "first_step", "trained", "exit")]
+        assert seconds == sorted(seconds) and seconds[0] > 0, (variant, seconds)
+        assert 0 < row[variant]["cpu_seconds"]["first_step"] <= row[variant]["cpu_seconds"]["exit"]
+        # Uniform [0, 1] images: the per-image Bernoulli cross-entropy is about 784 log 2 at the start.
+        assert 500 < row[variant]["final_loss"] < 560
+    ratio = report["pythae_over_vae_tf"]["vae_tf_library"]["exit"]["median"]
+    assert ratio == pytest.approx(row["pythae"]["seconds"]["exit"] / row["vae_tf_library"]["seconds"]["exit"], rel=1e-12)
+    imports = report["imports_before_first_step"]
+    assert imports["pythae"]["packages"]["torch"] > 0 and "tensorflow" not in imports["pythae"]["packages"]
+    library = imports["vae_tf_library"]["packages"]
+    assert library["tensorflow"] > 0 and "mlflow" not in library and "tensorflow_probability" not in library
+    assert "mlflow" in imports["vae_tf_train"]["packages"]  # the CLI creates its MLflow run before training
+    assert "| `vae-tf train` (CLI) |" in proc.stdout
