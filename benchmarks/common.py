@@ -20,10 +20,11 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
-def git_state() -> tuple[str | None, bool | None]:
-    """(short commit, whether tracked files differ from it); (None, None) outside a checkout."""
+def git_state(tree=REPO_ROOT) -> tuple[str | None, bool | None]:
+    """(short commit, whether tracked files differ from it) of the checkout ``tree`` (this one by
+    default); (None, None) outside a checkout."""
     def git(*args) -> str:
-        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
+        return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True,
                               check=True).stdout.strip()
 
     try:

@@ -32,9 +32,14 @@ ratio pythae / vae-tf of the time to exit (> 1: vae-tf finished first), and the 
 import time spent before the first training step per top-level package (self times: each
 module's own time counted once, in its package), which is how the avoidable imports were found.
 
+``--compare-tree DIR`` also runs the two vae-tf variants with another checkout of vae-tf (``DIR``
+first on ``PYTHONPATH``, e.g. a ``git worktree`` of the commit before a change), interleaved in
+the same rounds: before and after, side by side.
+
 Usage::
 
     python benchmarks/startup.py --rounds 5 --importtime
+    git worktree add /tmp/before main && python benchmarks/startup.py --compare-tree /tmp/before
     python benchmarks/startup.py --rounds 1 --images 256 --epochs 1 --variants vae_tf_library   # smoke run
 """
 
@@ -180,8 +185,8 @@ def run_child(argv) -> int:
     args = p.parse_args(argv)
     args.data, args.config = args.workdir / "data.npy", args.workdir / "vae_tf_train.yaml"
     root = str(Path(__file__).resolve().parents[1])
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    if root not in sys.path:  # after PYTHONPATH: a --compare-tree checkout's vae_tf comes first
+        sys.path.append(root)
     marks = Marks(args.marks)
     code = CHILDREN[args.child](args, marks) or 0
     marks.save()
@@ -216,14 +221,17 @@ def prepare(workdir, images: int, epochs: int, batch_size: int, seed: int) -> No
 
 def child_command(variant: str, workdir, marks, args, importtime: bool = False) -> list[str]:
     return [sys.executable, *(["-X", "importtime"] if importtime else []), os.path.abspath(__file__),
-            "--child", variant, "--marks", str(marks), "--workdir", str(workdir), "--epochs", str(args.epochs),
-            "--batch-size", str(args.batch_size)]
+            "--child", variant.split("@")[0], "--marks", str(marks), "--workdir", str(workdir),
+            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
 
 
-def child_env() -> dict:
+def child_env(variant: str, args) -> dict:
+    """The environment of a child: this checkout first on PYTHONPATH, or the --compare-tree
+    checkout for a ``NAME@before`` variant."""
     from benchmarks.common import REPO_ROOT
 
-    paths = (str(REPO_ROOT), os.environ.get("PYTHONPATH"))
+    tree = args.compare_tree if variant.endswith("@before") else REPO_ROOT
+    paths = (str(tree), os.environ.get("PYTHONPATH"))
     # TensorFlow's C++ log level as the CLI sets it, for every variant alike (chatter, not time).
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -237,7 +245,8 @@ def run_once(variant: str, workdir, args, run_id: str) -> dict:
     log_path = workdir / f"{variant}.log"
     with open(log_path, "w") as log_file:
         start = time.time()
-        proc = subprocess.Popen(child_command(variant, workdir, marks_path, args), env=child_env(), cwd=workdir,
+        proc = subprocess.Popen(child_command(variant, workdir, marks_path, args), env=child_env(variant, args),
+                                cwd=workdir,
                                 stdout=log_file, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         end = time.time()
@@ -263,7 +272,7 @@ def import_breakdown(variant: str, workdir, args) -> dict:
 
     proc = subprocess.run(child_command(variant, workdir, workdir / f"marks-importtime-{variant}.json", args,
                                         importtime=True),
-                          env=child_env(), cwd=workdir, capture_output=True, text=True)
+                          env=child_env(variant, args), cwd=workdir, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{variant} under -X importtime failed: {proc.stderr[-2000:]}")
     before = proc.stderr.split(MARKER)[0]
@@ -301,6 +310,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--importtime", action="store_true",
                    help="also the import time before the first step per package (one -X importtime run each)")
+    p.add_argument("--compare-tree", type=Path, default=None,
+                   help="another vae-tf checkout whose two vae-tf variants run too (NAME@before), interleaved")
     p.add_argument("--seed", type=int, default=0, help="seed of the data")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -311,6 +322,9 @@ def main(argv=None) -> int:
             log("pythae is not installed; pip install -e '.[bench]' adds it. Timing the vae-tf variants only.")
             args.variants = [v for v in args.variants if v != "pythae"]
 
+    args.compare_commit = common.git_state(args.compare_tree)[0] if args.compare_tree else None
+    if args.compare_tree:
+        args.variants += [f"{v}@before" for v in args.variants if v != "pythae"]
     machine = common.machine_info()
     with tempfile.TemporaryDirectory(prefix="vae-tf-startup-") as tmp:
         workdir = Path(tmp)
@@ -341,19 +355,28 @@ def main(argv=None) -> int:
         results[variant]["training_seconds"] = summary(
             [row[variant]["seconds"]["trained"] - row[variant]["seconds"]["first_step"] for row in rounds])
         results[variant]["final_loss"] = rounds[-1][variant].get("final_loss")
-    ratios = {}
-    if "pythae" in args.variants:
-        for variant in (v for v in args.variants if v != "pythae"):
-            ratios[variant] = {mark: summary([row["pythae"]["seconds"][mark] / row[variant]["seconds"][mark]
-                                              for row in rounds]) for mark in ("first_step", "exit")}
+    def ratio_of(numerator: str, denominator: str) -> dict:
+        return {mark: summary([row[numerator]["seconds"][mark] / row[denominator]["seconds"][mark] for row in rounds])
+                for mark in ("first_step", "exit")}
+
+    ratios = {v: ratio_of("pythae", v) for v in args.variants if v != "pythae"} if "pythae" in args.variants else {}
+    before_over_after = {v: ratio_of(f"{v}@before", v) for v in args.variants if f"{v}@before" in args.variants}
     report = {"command": common.command_line(), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "machine": machine, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "results": results, "pythae_over_vae_tf": ratios, "imports_before_first_step": imports, "rounds": rounds}
+              "results": results, "pythae_over_vae_tf": ratios, "before_over_after": before_over_after,
+              "imports_before_first_step": imports, "rounds": rounds}
     print(render(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def variant_title(variant: str, report: dict) -> str:
+    kind, _, before = variant.partition("@")
+    if not before:
+        return VARIANT_TITLES[kind]
+    return f"{VARIANT_TITLES[kind]}, before ({report['settings'].get('compare_commit') or report['settings']['compare_tree']})"
 
 
 def render(report: dict) -> str:
@@ -375,18 +398,23 @@ def render(report: dict) -> str:
         cells = [f"{r[mk]['median']:.1f} ({r[mk]['min']:.1f}–{r[mk]['max']:.1f})" for mk in MARKS]
         t = r["training_seconds"]
         loss = r.get("final_loss")
-        lines.append(f"| {VARIANT_TITLES[variant]} | " + " | ".join(cells)
+        lines.append(f"| {variant_title(variant, report)} | " + " | ".join(cells)
                      + f" | {t['median']:.1f} ({t['min']:.1f}–{t['max']:.1f}) | {'–' if loss is None else f'{loss:.2f}'} |")
     lines += ["", "The same marks in CPU seconds of the process (user + system, all threads):", "",
               "| Variant | " + " | ".join(MARK_TITLES[mk] for mk in MARKS) + " |", "|---|" + "---:|" * len(MARKS)]
     for variant, r in report["results"].items():
-        lines.append(f"| {VARIANT_TITLES[variant]} | " + " | ".join(
+        lines.append(f"| {variant_title(variant, report)} | " + " | ".join(
             f"{r['cpu'][mk]['median']:.1f} ({r['cpu'][mk]['min']:.1f}–{r['cpu'][mk]['max']:.1f})" for mk in MARKS) + " |")
     for variant, ratio in report["pythae_over_vae_tf"].items():
         f, e = ratio["first_step"], ratio["exit"]
-        lines.append(f"\npythae / {VARIANT_TITLES[variant]}, per round, median (min–max): time to the first step "
+        lines.append(f"\npythae / {variant_title(variant, report)}, per round, median (min–max): time to the first step "
                      f"{f['median']:.2f} ({f['min']:.2f}–{f['max']:.2f}), time to exit {e['median']:.2f} "
                      f"({e['min']:.2f}–{e['max']:.2f}) (> 1: vae-tf is done first).")
+    for variant, ratio in report.get("before_over_after", {}).items():
+        f, e = ratio["first_step"], ratio["exit"]
+        lines.append(f"\nBefore / after, {VARIANT_TITLES[variant]}, per round, median (min–max): time to the first "
+                     f"step {f['median']:.2f} ({f['min']:.2f}–{f['max']:.2f}), time to exit {e['median']:.2f} "
+                     f"({e['min']:.2f}–{e['max']:.2f}) (> 1: faster after).")
     if report["imports_before_first_step"]:
         groups = [g for g in (*IMPORT_GROUPS, "other")
                   if any(g in b["packages"] for b in report["imports_before_first_step"].values())]
@@ -394,7 +422,7 @@ def render(report: dict) -> str:
                       "one run each; importtime itself slows imports down):", "",
                   "| Variant | total | " + " | ".join(groups) + " |", "|---|" + "---:|" * (len(groups) + 1)]
         for variant, b in report["imports_before_first_step"].items():
-            lines.append(f"| {VARIANT_TITLES[variant]} | {b['total']:.2f} | "
+            lines.append(f"| {variant_title(variant, report)} | {b['total']:.2f} | "
                          + " | ".join(f"{b['packages'][g]:.2f}" if g in b["packages"] else "–" for g in groups) + " |")
     return "\n".join(lines)
 

@@ -926,6 +926,11 @@ def setup_threads(args) -> None:
             args.torch_threads = set_threads(args.torch, threads)
             if args.torch_device == "auto":
                 args.torch_device = "cuda" if args.torch.cuda.is_available() else "cpu"
+            if args.torch_device == "cuda":
+                # TensorFlow runs float32 matmuls and convolutions in TF32 on GPUs that have it (its
+                # default); PyTorch does for convolutions only unless asked: the same for both.
+                args.torch.backends.cuda.matmul.allow_tf32 = True
+                args.torch.backends.cudnn.allow_tf32 = True
     if args.torch is not None and not args.no_pythae:
         from benchmarks.pythae_reference import import_pythae
 
