@@ -27,7 +27,6 @@ SETTINGS_ARGS=${SETTINGS_ARGS:-"--steps 4 --jit false true --precision float32 m
 TEXT_ARGS=${TEXT_ARGS:-"--rounds 3"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec > >(tee -a "$OUT/log.txt") 2>&1
 
 step() {  # step NAME SECONDS COMMAND...: run it under a time limit, say how it ended
   local name=$1 limit=$2
@@ -40,6 +39,7 @@ step() {  # step NAME SECONDS COMMAND...: run it under a time limit, say how it 
   return 0
 }
 
+main() {
 {
   date -u +"date: %Y-%m-%dT%H:%M:%SZ"
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' + uncommitted changes')"
@@ -105,3 +105,7 @@ fi
 
 echo "results in $OUT:"
 ls -l "$OUT"
+}
+
+main 2>&1 | tee "$OUT/log.txt"
+exit "${PIPESTATUS[0]}"

@@ -405,7 +405,7 @@ def compiled_variant(name: str, splits, bare, eager, args):
     eps = torch.from_numpy(np.random.default_rng(args.seed).standard_normal((len(xb), latent_dim))
                            .astype(np.float32)).to(args.torch_device)
     start = time.perf_counter()
-    compiled_loss = float(trainer.loss(xb, eps))  # grad mode on, as in training: one compilation
+    compiled_loss = float(trainer.loss(xb, eps).detach())  # grad mode on, as in training: one compilation
     compile_seconds = time.perf_counter() - start
     eager_loss = float(eager.model.loss(xb, eps))
     rel = abs(compiled_loss - eager_loss) / max(1.0, abs(eager_loss))

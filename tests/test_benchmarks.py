@@ -347,6 +347,7 @@ print("posterior", type(posterior).__module__.split(".")[0], "tensorflow_probabi
     assert proc.stdout.splitlines()[-2:] == ["after fit False", "posterior tensorflow_probability True"]
 
 
+@pytest.mark.slow
 def test_startup_smoke(tmp_path):
     """One round of each variant in its own process: every mark recorded in order, the ratios are
     those of the listed rounds, and all three trained the same loss on the same data."""
@@ -371,3 +372,30 @@ def test_startup_smoke(tmp_path):
     assert library["tensorflow"] > 0 and "mlflow" not in library and "tensorflow_probability" not in library
     assert "mlflow" in imports["vae_tf_train"]["packages"]  # the CLI creates its MLflow run before training
     assert "| `vae-tf train` (CLI) |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_end_to_end_without_a_gpu(tmp_path):
+    """benchmarks/gpu_check.sh is prepared for a GPU machine that may be lent later: here every
+    step runs at smoke size on the CPU (ALLOW_CPU=1) and leaves its results in $OUT."""
+    out = tmp_path / "gpu-check"
+    env = {**os.environ, "OUT": str(out), "ALLOW_CPU": "1", "PYTHON": sys.executable,
+           "THROUGHPUT_ARGS": "--rounds 1 --examples 128 --steps-per-execution 1 --matmul-size 64 --matmul-repeats 1 "
+                              "--torch-compile-backend aot_eager",
+           "SETTINGS_ARGS": "--steps 1 --jit false --precision float32 mixed_bfloat16 --rounds 1 --examples 128",
+           "TEXT_ARGS": "--rounds 1 --sentences 128 --hidden 16 --embedding 8"}
+    proc = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh")], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (out / "log.txt").read_text()
+    for step in ("throughput", "settings"):
+        assert f"=== {step}: exit 0" in log, log[-3000:]
+    throughput = json.loads((out / "throughput.json").read_text())["results"][0]
+    assert {"torch", "torch_compile"} <= set(throughput["peers"])
+    assert "| PyTorch eager |" in (out / "throughput.md").read_text()
+    settings = json.loads((out / "settings.json").read_text())
+    assert [r["precision"] for r in settings["results"]] == ["float32", "mixed_bfloat16"]
+    assert "precision" in (out / "settings.md").read_text()
+    assert "tensorflow 2." in (out / "env.txt").read_text()
+    if (REPO_ROOT / "benchmarks" / "text_throughput.py").exists():
+        assert "=== text: exit 0" in log and (out / "text.json").is_file()
