@@ -20,10 +20,11 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
-def git_state() -> tuple[str | None, bool | None]:
-    """(short commit, whether tracked files differ from it); (None, None) outside a checkout."""
+def git_state(tree=REPO_ROOT) -> tuple[str | None, bool | None]:
+    """(short commit, whether tracked files differ from it) of the checkout ``tree`` (this one by
+    default); (None, None) outside a checkout."""
     def git(*args) -> str:
-        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
+        return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True,
                               check=True).stdout.strip()
 
     try:
@@ -40,7 +41,16 @@ def machine_info() -> dict:
         usable = os.cpu_count()
     commit, dirty = git_state()
     return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-            "cpus_usable": usable, "python": platform.python_version(), "git_commit": commit, "git_dirty": dirty}
+            "cpus_usable": usable, "python": platform.python_version(), "git_commit": commit, "git_dirty": dirty,
+            "load_average": load_average()}
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (other tenants of a shared machine), None where unknown."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def command_line() -> str:

@@ -25,6 +25,11 @@ function once the Keras weights are copied in (:func:`copy_keras_weights`).
 Data layout: the images are NCHW tensors; ``channels_last=True`` stores them (and the weights)
 in ``torch.channels_last`` memory format, which oneDNN's CPU convolutions prefer.
 
+``compile_backend`` (``TorchTrainer``): the same trainer with the loss (forward, and through
+AOTAutograd the backward) under ``torch.compile`` (``"inductor"``, PyTorch's default backend, which
+generates C++/OpenMP code on a CPU and Triton kernels on a GPU; ``"aot_eager"`` traces the same
+graphs without code generation, for smoke tests). ``device``: ``"cpu"`` or ``"cuda"``.
+
 ``benchmarks/train_throughput.py`` imports this module; run on its own
 (``python benchmarks/torch_reference.py``) it times the six ``channels_last`` x Adam settings
 against each other, which is how the benchmark's defaults were chosen.
@@ -173,40 +178,48 @@ class TorchTrainer:
     kernel for all parameters) or ``foreach``, ``padding`` (module docstring)."""
 
     def __init__(self, torch, x_nhwc: np.ndarray, batch_size: int, *, latent_dim: int = 16, learning_rate: float = 1e-3,
-                 channels_last: bool = True, adam: str = "fused", padding: str = "idiomatic", seed: int = 0, **arch):
+                 channels_last: bool = True, adam: str = "fused", padding: str = "idiomatic", seed: int = 0,
+                 compile_backend: str | None = None, compile_mode: str | None = None, device: str = "cpu", **arch):
         self.torch = torch
         torch.manual_seed(seed)
-        self.model = build_model(torch, x_nhwc.shape[1:], latent_dim=latent_dim, padding=padding, **arch)
+        self.model = build_model(torch, x_nhwc.shape[1:], latent_dim=latent_dim, padding=padding, **arch).to(device)
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[adam]
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate, eps=KERAS_ADAM_EPSILON, **options)
-        self.x = nchw(torch, x_nhwc, channels_last)
+        # The compiled loss shares the module's parameters: weights copied into ``self.model`` later
+        # (copy_keras_weights) are the ones it trains.
+        self.loss = (self.model.loss if compile_backend is None
+                     else torch.compile(self.model.loss, backend=compile_backend, mode=compile_mode))
+        self.x = nchw(torch, x_nhwc, channels_last).to(device)
+        self.device = device
         self.batch_size = int(batch_size)
         self.latent_dim = int(latent_dim)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.settings = {"channels_last": channels_last, "adam": adam, "padding": padding}
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.settings = {"channels_last": channels_last, "adam": adam, "padding": padding,
+                         "compile": None if compile_backend is None else {"backend": compile_backend, "mode": compile_mode},
+                         "device": device}
 
     def fit_epoch(self) -> tuple[float, float]:
         """One epoch; returns (seconds, mean loss of the epoch)."""
         torch, model, opt = self.torch, self.model, self.optimizer
         n, b = len(self.x), self.batch_size
         start = time.perf_counter()
-        perm = torch.randperm(n, generator=self.generator)
-        total = torch.zeros(())
+        perm = torch.randperm(n, generator=self.generator, device=self.device)
+        total = torch.zeros((), device=self.device)
         model.train()
         for i in range(math.ceil(n / b)):
             xb = self.x[perm[i * b:(i + 1) * b]]
             if self.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            eps = torch.randn(xb.shape[0], self.latent_dim, generator=self.generator)
+            eps = torch.randn(xb.shape[0], self.latent_dim, generator=self.generator, device=self.device)
             opt.zero_grad(set_to_none=True)
-            loss = model.loss(xb, eps)
+            loss = self.loss(xb, eps)
             loss.backward()
             opt.step()
             total += loss.detach()
-        mean_loss = float(total) / math.ceil(n / b)  # float() synchronises (a no-op on CPU)
+        mean_loss = float(total) / math.ceil(n / b)  # float() waits for the device
         return time.perf_counter() - start, mean_loss
 
 

@@ -1,4 +1,4 @@
-"""Training throughput of vae-tf under ``steps_per_execution`` and ``jit_compile`` settings.
+"""Training throughput of vae-tf under ``steps_per_execution``, ``jit_compile`` and precision settings.
 
 Question answered: which ``compile(steps_per_execution=S, jit_compile=J)`` should be the default
 for the reference conv model (issue #10: "steps_per_execution configurable (a sensible
@@ -12,12 +12,18 @@ multiple of ``batch x max(S)`` images so that every variant runs full executions
 untimed warm-up epoch each (tracing, XLA compilation), ``--rounds`` rounds time one epoch of
 every variant, interleaved, the order rotating and reversing between rounds. Reported: median
 images/s (min-max) over rounds, the fastest round, and the fastest round's ratio to the
-baseline variant (the first of each list: ``S = 1``, XLA off).
+baseline variant (the first of each list: ``S = 1``, XLA off, float32).
+
+``--precision`` adds the networks' dtype policy (``build_vae(precision=...)``: ``float32``,
+``mixed_bfloat16``, ``mixed_float16`` with dynamic loss scaling) as a third axis; the latent
+family, likelihood and loss stay float32. Mixed precision pays on GPUs with bf16/fp16 matrix
+units (benchmarks/gpu_check.sh); on a CPU without them it is slower.
 
 Usage::
 
     python benchmarks/train_settings.py                                   # S 1/4/16/64 x XLA off/on (~3 min)
     python benchmarks/train_settings.py --steps 1 4 --jit false --rounds 1 --examples 512   # smoke run
+    python benchmarks/train_settings.py --steps 4 16 --jit false true --precision float32 mixed_bfloat16   # GPU
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--arch", choices=list(tt.CONFIGS), default="conv")
     p.add_argument("--steps", type=tt.positive_int, nargs="+", default=[1, 4, 16, 64], help="steps_per_execution values")
     p.add_argument("--jit", choices=["false", "true"], nargs="+", default=["false", "true"], help="jit_compile values")
+    p.add_argument("--precision", choices=["float32", "mixed_bfloat16", "mixed_float16"], nargs="+",
+                   default=["float32"], help="build_vae(precision=...) values")
     p.add_argument("--batch-size", type=tt.positive_int, default=128)
     p.add_argument("--rounds", type=tt.positive_int, default=5)
     p.add_argument("--examples", type=tt.positive_int, default=16384,
@@ -84,14 +92,16 @@ def main(argv=None) -> int:
     ds = tt.training_stream(splits, args.batch_size, args.seed)
 
     variants = {}
-    for jit in args.jit:
-        for steps in args.steps:
-            keras.utils.set_random_seed(args.seed)  # the same starting weights for every variant
-            settings = types.SimpleNamespace(steps_per_execution=steps, jit_compile=jit == "true", seed=args.seed,
-                                             learning_rate=args.learning_rate)
-            label = f"S={steps} XLA {'on' if jit == 'true' else 'off'}"
-            variants[label] = {"steps_per_execution": steps, "jit_compile": jit == "true",
-                               "model": tt.build_ours(spec, splits.data_shape, settings)}
+    for precision in args.precision:
+        for jit in args.jit:
+            for steps in args.steps:
+                keras.utils.set_random_seed(args.seed)  # the same starting weights for every variant
+                settings = types.SimpleNamespace(steps_per_execution=steps, jit_compile=jit == "true", seed=args.seed,
+                                                 learning_rate=args.learning_rate, precision=precision)
+                label = f"S={steps} XLA {'on' if jit == 'true' else 'off'}" + (
+                    "" if precision == "float32" else f" {precision}")
+                variants[label] = {"steps_per_execution": steps, "jit_compile": jit == "true", "precision": precision,
+                                   "model": tt.build_ours(spec, splits.data_shape, settings)}
     for label, v in variants.items():
         warm = tt.timed_fit(v["model"], ds, 1)
         log(f"warm-up {label}: {warm.seconds[0]:.2f} s")
@@ -114,10 +124,13 @@ def main(argv=None) -> int:
     for label in labels:
         values = [row[label] for row in rows]
         results.append({"variant": label, "steps_per_execution": variants[label]["steps_per_execution"],
-                        "jit_compile": variants[label]["jit_compile"], "images_per_s": summary(values),
+                        "jit_compile": variants[label]["jit_compile"], "precision": variants[label]["precision"],
+                        "images_per_s": summary(values),
                         "best": max(values), "best_over_baseline": max(values) / max(row[base] for row in rows),
                         "per_round_over_baseline": summary([row[label] / row[base] for row in rows])})
-    machine = {**common.machine_info(), "tensorflow": tf.__version__, "keras": keras.__version__,
+    gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+            for gpu in tf.config.list_physical_devices("GPU")]
+    machine = {**common.machine_info(), "gpus": gpus, "tensorflow": tf.__version__, "keras": keras.__version__,
                "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
                "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
     report = {"command": common.command_line(),
@@ -136,17 +149,18 @@ def render(report: dict) -> str:
     m = report["machine"]
     lines = [f"Command: `{report['command']}`", "",
              f"- Date: {report['date']}; commit {m['git_commit']}{' + uncommitted changes' if m['git_dirty'] else ''}",
-             f"- Machine: {m['cpu']}, {m['cpu_count']} CPUs ({m['cpus_usable']} usable); TensorFlow {m['tensorflow']}, "
+             f"- Machine: {m['cpu']}, {m['cpu_count']} CPUs ({m['cpus_usable']} usable), GPU: "
+             f"{', '.join(m.get('gpus') or []) or 'none'}; TensorFlow {m['tensorflow']}, "
              f"Keras {m['keras']}; threads intra {m['intra_op_threads']} / inter {m['inter_op_threads']}",
              f"- {report['title']}, batch {report['batch_size']}, {report['images_per_epoch']:,} images per epoch, "
              f"{report['rounds']} interleaved rounds of one epoch per variant; baseline: {report['baseline']}",
              "",
-             "| steps_per_execution | XLA | img/s, median (min–max) | fastest round | fastest / baseline's fastest "
-             "| per-round ratio to baseline, median (min–max) |",
-             "|---:|---|---:|---:|---:|---:|"]
+             "| steps_per_execution | XLA | precision | img/s, median (min–max) | fastest round "
+             "| fastest / baseline's fastest | per-round ratio to baseline, median (min–max) |",
+             "|---:|---|---|---:|---:|---:|---:|"]
     for r in report["results"]:
         s, q = r["images_per_s"], r["per_round_over_baseline"]
-        lines.append(f"| {r['steps_per_execution']} | {'on' if r['jit_compile'] else 'off'} "
+        lines.append(f"| {r['steps_per_execution']} | {'on' if r['jit_compile'] else 'off'} | {r['precision']} "
                      f"| {s['median']:,.0f} ({s['min']:,.0f}–{s['max']:,.0f}) | {r['best']:,.0f} "
                      f"| {r['best_over_baseline']:.3f} | {q['median']:.3f} ({q['min']:.3f}–{q['max']:.3f}) |")
     return "\n".join(lines)

@@ -79,6 +79,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -98,6 +99,10 @@ MIN_RATIO_BARE = 0.95
 MIN_EFFICIENCY = 0.40
 #: A round counts as quiet when its matmul probe reached this fraction of the run's best.
 QUIET_MATMUL = 0.95
+#: Issue #20: the trainers a user would pick instead (conv reference architecture), and the
+#: images/s vae-tf must reach as a multiple of each (the eager loop keeps issue #10's target).
+PEER_TITLES = {"torch_compile": "PyTorch torch.compile", "pythae": "pythae BaseTrainer"}
+MIN_RATIO_PEERS = {"torch": MIN_RATIO_TORCH, "torch_compile": 1.5, "pythae": 1.5}
 
 #: Configurations run by ``--arch all``; ``--arch NAME`` runs one. ``data`` is the default data set
 #: (``--data`` overrides it for every configuration).
@@ -153,7 +158,7 @@ def build_ours(spec: dict, data_shape, args):
 
     model = build_vae(data_shape, latent=dict(spec["latent"]), likelihood=dict(LIKELIHOOD),
                       network=dict(spec["network"]), objective={"kl_weight": {"kind": "constant", "beta": 1.0}},
-                      seed=args.seed, name="vae")
+                      seed=args.seed, name="vae", precision=getattr(args, "precision", "float32"))
     model.compile(optimizer=FusedAdam(args.learning_rate),
                   steps_per_execution=args.steps_per_execution, jit_compile=args.jit_compile)
     return model
@@ -365,12 +370,99 @@ def torch_variant(name: str, splits, bare, args):
     # 2. The timed trainer (--torch-padding; idiomatic by default), from the same starting weights.
     trainer = ref.TorchTrainer(torch, splits.x_train, args.batch_size, latent_dim=latent_dim,
                                learning_rate=args.learning_rate, channels_last=args.torch_channels_last,
-                               adam=args.torch_adam, padding=args.torch_padding, seed=args.seed, **arch)
+                               adam=args.torch_adam, padding=args.torch_padding, seed=args.seed,
+                               device=args.torch_device, **arch)
     ref.copy_keras_weights(torch, trainer.model, bare.encoder, bare.decoder)
     info = {"trainable_parameters": ref.parameter_count(trainer.model), "loss_check_relative_difference": rel,
             "loss_check": {"keras": keras_loss, "torch": torch_loss},
             **trainer.settings}
     return trainer, info
+
+
+def compiled_variant(name: str, splits, bare, eager, args):
+    """The PyTorch trainer of ``eager``'s settings with its loss under ``torch.compile``, from the
+    same starting weights; ``(trainer, info)`` or ``(None, reason)``. Its first call (the
+    compilation) is the check: the compiled loss equals the eager one on one batch, same noise."""
+    if eager is None:
+        return None, "no PyTorch eager reference"
+    if args.no_torch_compile:
+        return None, "--no-torch-compile"
+    import numpy as np
+
+    from benchmarks import torch_reference as ref
+
+    torch = args.torch
+    spec = CONFIGS[name]
+    arch = {"filters": tuple(spec["network"]["filters"]), "dense": spec["network"]["dense"]}
+    latent_dim = int(spec["latent"]["latent_dim"])
+    trainer = ref.TorchTrainer(torch, splits.x_train, args.batch_size, latent_dim=latent_dim,
+                               learning_rate=args.learning_rate, channels_last=args.torch_channels_last,
+                               adam=args.torch_adam, padding=args.torch_padding, seed=args.seed,
+                               compile_backend=args.torch_compile_backend, compile_mode=args.torch_compile_mode,
+                               device=args.torch_device, **arch)
+    ref.copy_keras_weights(torch, trainer.model, bare.encoder, bare.decoder)
+    xb = eager.x[: args.batch_size]
+    eps = torch.from_numpy(np.random.default_rng(args.seed).standard_normal((len(xb), latent_dim))
+                           .astype(np.float32)).to(args.torch_device)
+    start = time.perf_counter()
+    compiled_loss = float(trainer.loss(xb, eps).detach())  # grad mode on, as in training: one compilation
+    compile_seconds = time.perf_counter() - start
+    eager_loss = float(eager.model.loss(xb, eps))
+    rel = abs(compiled_loss - eager_loss) / max(1.0, abs(eager_loss))
+    if not np.isfinite(rel) or rel > 1e-4:
+        raise SystemExit(f"torch.compile changed the loss: {compiled_loss!r} vs eager {eager_loss!r}")
+    return trainer, {"trainable_parameters": ref.parameter_count(trainer.model), "loss_check_relative_difference": rel,
+                     "loss_check": {"eager": eager_loss, "compiled": compiled_loss},
+                     "first_call_seconds": compile_seconds, **trainer.settings}
+
+
+def pythae_variant(name: str, splits, bare, args):
+    """pythae's ``BaseTrainer`` on the same architecture (benchmarks/pythae_reference.py), from the
+    same starting weights, after checking that pythae's loss function gives the Keras loss (the
+    Keras-exact padding variant with the bare model's random weights, same batch and noise);
+    ``(trainer, info)`` or ``(None, reason)``."""
+    if args.pythae is None:
+        return None, args.pythae_missing
+    if name != "conv":
+        return None, "the pythae reference exists for the conv architecture only"
+    import numpy as np
+    import tensorflow as tf
+
+    from benchmarks import pythae_reference as pyref
+    from benchmarks import torch_reference as ref
+
+    torch = args.torch
+    spec = CONFIGS[name]
+    shape = splits.data_shape
+    arch = {"filters": tuple(spec["network"]["filters"]), "dense": spec["network"]["dense"]}
+    latent_dim = int(spec["latent"]["latent_dim"])
+    exact, exact_net = pyref.build_model(torch, shape, latent_dim=latent_dim, padding="tf", **arch)
+    x = splits.x_train[: args.batch_size]
+    eps = np.random.default_rng(args.seed).standard_normal((len(x), latent_dim)).astype(np.float32)
+    with random_weights(bare, args.seed + 2):
+        ref.copy_keras_weights(torch, exact_net, bare.encoder, bare.decoder)
+        keras_loss = float(bare.loss_for(tf.constant(x), tf.constant(eps)))
+        with torch.no_grad():
+            pythae_loss = float(pyref.loss_with_noise(exact, ref.nchw(torch, x), torch.from_numpy(eps)))
+    rel = abs(keras_loss - pythae_loss) / max(1.0, abs(keras_loss))
+    if not np.isfinite(rel) or rel > 1e-4:
+        raise SystemExit(f"pythae and Keras compute different losses: {pythae_loss!r} vs {keras_loss!r}")
+    trainer = pyref.PythaeTrainer(torch, splits.x_train, args.batch_size, workdir=args.pythae_workdir,
+                                  latent_dim=latent_dim, learning_rate=args.learning_rate, seed=args.seed, **arch)
+    ref.copy_keras_weights(torch, trainer.net, bare.encoder, bare.decoder)
+    return trainer, {"trainable_parameters": ref.parameter_count(trainer.model), "loss_check_relative_difference": rel,
+                     "loss_check": {"keras": keras_loss, "pythae": pythae_loss},
+                     "pythae_version": args.pythae.__version__ if hasattr(args.pythae, "__version__") else
+                     common_version("pythae"), **trainer.settings}
+
+
+def common_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def matmul_round(args) -> float:
@@ -421,9 +513,27 @@ def run_config(name: str, args) -> dict:
             raise SystemExit(f"PyTorch reference has {torch_info['trainable_parameters']:,} parameters, "
                              f"Keras {trainable_count(bare):,}: not the same architecture")
 
-    def run_torch(epochs: int) -> dict:
-        seconds, losses = zip(*(trainer.fit_epoch() for _ in range(epochs)))
+    peers = {}  # the other PyTorch trainers: label -> (trainer, info)
+    for label, make in (("torch_compile", lambda: compiled_variant(name, splits, bare, trainer, args)),
+                        ("pythae", lambda: pythae_variant(name, splits, bare, args))):
+        peer, info = make()
+        if peer is None:
+            log(f"[{name}] no {PEER_TITLES[label]}: {info}")
+            peers[label] = (None, {"skipped": info})
+            continue
+        log(f"[{name}] {PEER_TITLES[label]}: {info}")
+        if info["trainable_parameters"] != trainable_count(bare):
+            raise SystemExit(f"{PEER_TITLES[label]} has {info['trainable_parameters']:,} parameters, "
+                             f"Keras {trainable_count(bare):,}: not the same architecture")
+        peers[label] = (peer, info)
+
+    def run_torch_trainer(model, epochs: int) -> dict:
+        seconds, losses = zip(*(model.fit_epoch() for _ in range(epochs)))
         return {"seconds": list(seconds), "final_loss": losses[-1]}
+
+    def run_pythae(model, epochs: int) -> dict:
+        seconds, loss = model.fit(epochs)
+        return {"seconds": seconds, "final_loss": loss}
 
     def run_keras(model, epochs: int) -> dict:
         timer = timed_fit(model, ds, epochs)
@@ -431,7 +541,11 @@ def run_config(name: str, args) -> dict:
 
     variants = {"bare": lambda e: run_keras(bare, e), "vae_tf": lambda e: run_keras(ours, e)}
     if trainer is not None:
-        variants["torch"] = run_torch
+        variants["torch"] = lambda e: run_torch_trainer(trainer, e)
+    if peers.get("torch_compile", (None,))[0] is not None:
+        variants["torch_compile"] = lambda e: run_torch_trainer(peers["torch_compile"][0], e)
+    if peers.get("pythae", (None,))[0] is not None:
+        variants["pythae"] = lambda e: run_pythae(peers["pythae"][0], e)
     for label, run in variants.items():
         warm = run(args.warmup_epochs)
         log(f"[{name}] warm-up {label}: {', '.join(f'{s:.2f}' for s in warm['seconds'])} s")
@@ -454,11 +568,15 @@ def run_config(name: str, args) -> dict:
         row["ratio"] = row["vae_tf"]["images_per_s"] / row["bare"]["images_per_s"]
         if "torch" in row:
             row["ratio_torch"] = row["vae_tf"]["images_per_s"] / row["torch"]["images_per_s"]
+        for peer in PEER_TITLES:
+            if peer in row:
+                row[f"ratio_{peer}"] = row["vae_tf"]["images_per_s"] / row[peer]["images_per_s"]
         rounds.append(row)
         log(f"[{name}] round {r + 1}/{args.rounds}: "
             + ", ".join(f"{label} {row[label]['images_per_s']:,.0f} img/s" for label in variants)
             + f"; vae-tf/bare {row['ratio']:.3f}"
-            + (f", vae-tf/torch {row['ratio_torch']:.3f}" if "ratio_torch" in row else "")
+            + "".join(f", vae-tf/{peer} {row[f'ratio_{peer}']:.3f}" for peer in ("torch", *PEER_TITLES)
+                      if f"ratio_{peer}" in row)
             + (f"; matmul {row['matmul_gflops']:.0f} GFLOP/s" if "matmul_gflops" in row else ""))
 
     def summary(values):
@@ -501,6 +619,20 @@ def run_config(name: str, args) -> dict:
         result["torch_images_per_s"] = summary([row["torch"]["images_per_s"] for row in rounds])
         result["ratio_vae_tf_over_torch"] = summary([row["ratio_torch"] for row in rounds])
         result["best_ratio_torch"] = best["vae_tf"] / best["torch"]
+    # Every PyTorch-side trainer, eager included, for the peers table.
+    result["peers"] = {}
+    for peer in ("torch", *PEER_TITLES):
+        if peer not in variants:
+            result["peers"][peer] = {"skipped": torch_info if peer == "torch" else peers[peer][1]["skipped"]}
+            continue
+        result["peers"][peer] = {
+            "info": torch_info if peer == "torch" else peers[peer][1],
+            "images_per_s": summary([row[peer]["images_per_s"] for row in rounds]),
+            "ratio_vae_tf_over_peer": summary([row[f"ratio_{peer}"] for row in rounds]),
+            "best_ratio": best["vae_tf"] / best[peer],
+            "final_loss": rounds[-1][peer]["final_loss"],
+        }
+    result["vae_tf_final_loss"] = rounds[-1]["vae_tf"]["final_loss"]
     if args.matmul_size:
         peaks = [row["matmul_gflops"] for row in rounds]
         result["matmul_gflops"] = summary(peaks)
@@ -518,6 +650,8 @@ def run_config(name: str, args) -> dict:
             **{f"{label}_images_per_s": summary([row[label]["images_per_s"] for row in quiet]) for label in variants},
             "ratio_vae_tf_over_bare": summary([row["ratio"] for row in quiet]),
             **({"ratio_vae_tf_over_torch": summary([row["ratio_torch"] for row in quiet])} if trainer is not None else {}),
+            **{f"ratio_vae_tf_over_{peer}": summary([row[f"ratio_{peer}"] for row in quiet])
+               for peer in PEER_TITLES if peer in variants},
         }
     return result
 
@@ -581,6 +715,7 @@ def render(report: dict) -> str:
             f"| {100 * r['overhead']:+.1f} % | {'yes' if r['within_bound'] else '**no**'} |"
         )
     lines += render_targets(report)
+    lines += render_peers(report)
     return "\n".join(lines)
 
 
@@ -644,6 +779,61 @@ def render_targets(report: dict) -> list[str]:
     return lines
 
 
+def render_peers(report: dict) -> list[str]:
+    """The issue #20 table: vae-tf against each PyTorch-side trainer a user would pick (eager,
+    torch.compile, pythae's BaseTrainer), with parameter counts and loss checks."""
+    rows = [r for r in report["results"] if any("images_per_s" in p for p in r.get("peers", {}).values())]
+    if not rows:
+        return []
+    m = report["machine"]
+    titles = {"torch": "PyTorch eager", **PEER_TITLES}
+    lines = ["", f"Load average (1, 5, 15 min) at the start {fmt_load(m.get('load_average'))}, at the end "
+                 f"{fmt_load(m.get('load_average_end'))}.", "",
+             "| Configuration | Trainer | parameters | loss check (rel. diff.) | img/s, median (min–max) "
+             "| vae-tf / it, per-round median (min–max) | best | target | met |",
+             "|---|---|---:|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        o = r["vae_tf_images_per_s"]
+        lines.append(f"| {r['title']} | vae-tf | {r['trainable_parameters']:,} | vs bare Keras "
+                     f"{r['loss_check_relative_difference']:.1e} | {o['median']:,.0f} ({o['min']:,.0f}–{o['max']:,.0f}) "
+                     "| – | – | – | – |")
+        for peer, title in titles.items():
+            p = r["peers"].get(peer, {})
+            if "images_per_s" not in p:
+                lines.append(f"| {r['title']} | {title} | – | – | skipped: {p.get('skipped', 'not run')} | – | – | – | – |")
+                continue
+            info, v, q = p["info"], p["images_per_s"], p["ratio_vae_tf_over_peer"]
+            against = {"torch": "vs Keras", "torch_compile": "vs eager", "pythae": "vs Keras"}[peer]
+            target = MIN_RATIO_PEERS[peer]
+            lines.append(
+                f"| {r['title']} | {title} | {info['trainable_parameters']:,} | {against} "
+                f"{info['loss_check_relative_difference']:.1e} | {v['median']:,.0f} ({v['min']:,.0f}–{v['max']:,.0f}) "
+                f"| {q['median']:.3f} ({q['min']:.3f}–{q['max']:.3f}) | {p['best_ratio']:.3f} | ≥ {target:g} "
+                f"| {verdict(p['best_ratio'] >= target)} |")
+        settings = []
+        for peer in ("torch_compile", "pythae"):
+            info = r["peers"].get(peer, {}).get("info")
+            if peer == "torch_compile" and info:
+                settings.append(f"torch.compile: backend {info['compile']['backend']}, mode {info['compile']['mode']}, "
+                                f"first call (compilation) {info['first_call_seconds']:.1f} s, otherwise the eager "
+                                "loop's settings")
+            if peer == "pythae" and info:
+                settings.append(f"pythae {info['pythae_version']}: BaseTrainer, {info['optimizer']} (PyTorch default "
+                                f"implementation), lr {info['learning_rate']:g}, batch {info['batch_size']}, no "
+                                "eval set, steps_saving None (no checkpoints), progress bar on (output swallowed), "
+                                f"device {info['device']}")
+        lines += [f"- {line}" for line in settings]
+        lines.append(f"- Final training loss of the last round (nats per image, same scale for all): vae-tf "
+                     f"{r['vae_tf_final_loss']:.2f}, "
+                     + ", ".join(f"{titles[peer]} {p['final_loss']:.2f}" for peer, p in r["peers"].items()
+                                 if "final_loss" in p))
+    return lines
+
+
+def fmt_load(load) -> str:
+    return "unknown" if not load else " / ".join(f"{v:.2f}" for v in load)
+
+
 # --- command line ---------------------------------------------------------------------------------
 def positive_int(text: str) -> int:
     value = int(text)
@@ -689,6 +879,17 @@ def parse_args(argv=None):
                    help="PyTorch Adam implementation")
     p.add_argument("--torch-padding", choices=["idiomatic", "tf"], default="idiomatic",
                    help="PyTorch conv padding: idiomatic (padding=1) or tf (Keras-exact, an extra pad/crop)")
+    p.add_argument("--no-torch-compile", action="store_true",
+                   help="skip the torch.compile variant of the PyTorch reference")
+    p.add_argument("--torch-compile-backend", default="inductor",
+                   help="torch.compile backend (inductor: PyTorch's default; aot_eager: no code generation, smoke tests)")
+    p.add_argument("--torch-compile-mode", default=None,
+                   help="torch.compile mode (None: the default; e.g. max-autotune-no-cudagraphs, reduce-overhead)")
+    p.add_argument("--torch-device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="device of the PyTorch trainers (auto: cuda when PyTorch sees a GPU); pythae picks its own "
+                        "(cuda when available)")
+    p.add_argument("--no-pythae", action="store_true",
+                   help="skip pythae's BaseTrainer (it runs for the conv configuration when pythae is installed)")
     p.add_argument("--matmul-size", type=int, default=2048,
                    help="n of the n x n fp32 tf.matmul timed each round for the efficiency (0: off)")
     p.add_argument("--matmul-repeats", type=positive_int, default=3, help="matmuls per round (best counts)")
@@ -712,15 +913,31 @@ def setup_threads(args) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads or threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads or threads)
     args.torch, args.torch_missing, args.torch_threads = None, "--no-torch", None
+    args.pythae, args.pythae_missing = None, "--no-pythae" if args.no_pythae else "needs PyTorch (--no-torch)"
     if not args.no_torch:
         from benchmarks.torch_reference import import_torch, set_threads
 
         args.torch, why = import_torch()
         if args.torch is None:
             args.torch_missing = f"PyTorch is not installed ({why}); pip install -e '.[bench]' adds it"
+            args.pythae_missing = "needs PyTorch"
             log(f"PyTorch reference skipped: {args.torch_missing}")
         else:
             args.torch_threads = set_threads(args.torch, threads)
+            if args.torch_device == "auto":
+                args.torch_device = "cuda" if args.torch.cuda.is_available() else "cpu"
+            if args.torch_device == "cuda":
+                # TensorFlow runs float32 matmuls and convolutions in TF32 on GPUs that have it (its
+                # default); PyTorch does for convolutions only unless asked: the same for both.
+                args.torch.backends.cuda.matmul.allow_tf32 = True
+                args.torch.backends.cudnn.allow_tf32 = True
+    if args.torch is not None and not args.no_pythae:
+        from benchmarks.pythae_reference import import_pythae
+
+        args.pythae, why = import_pythae()
+        if args.pythae is None:
+            args.pythae_missing = f"pythae is not installed ({why}); pip install -e '.[bench]' adds it"
+            log(f"pythae reference skipped: {args.pythae_missing}")
 
 
 def main(argv=None) -> int:
@@ -730,13 +947,20 @@ def main(argv=None) -> int:
     setup_threads(args)
 
     names = list(CONFIGS) if args.arch == "all" else [args.arch]
+    machine = machine_info(args)
+    with tempfile.TemporaryDirectory(prefix="vae-tf-pythae-") as workdir:
+        args.pythae_workdir = workdir  # pythae's trainer writes its run folders here
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                    if k not in ("torch", "pythae", "pythae_workdir")}
+        results = [run_config(name, args) for name in names]
+    machine["load_average_end"] = common.load_average()
     report = {
         "command": command_line(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_info(args),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "torch"},
+        "machine": machine,
+        "settings": settings,
         "max_overhead": MAX_OVERHEAD,
-        "results": [run_config(name, args) for name in names],
+        "results": results,
     }
     print(render(report))
     if args.json:

@@ -147,11 +147,48 @@ def test_torch_settings_comparison_smoke(capsys):
     assert "| channels_last | Adam |" in table and table.count("| True |") == 3 and table.count("| False |") == 3
 
 
+def test_pythae_reference_is_the_same_network_with_the_same_loss():
+    """pythae's VAE built by the benchmark has the hand-counted parameters, and pythae's own
+    ``forward`` (its training loss, with the noise it draws itself) gives the loss written out
+    here in TensorFlow from the same Keras weights and the same noise."""
+    pytest.importorskip("pythae")  # the `test` extra installs it: this runs in `make test`
+    import tensorflow as tf
+    import torch
+
+    from benchmarks import pythae_reference as pyref
+    from benchmarks import torch_reference as ref
+    from benchmarks.flops import reference_networks
+
+    encoder, decoder = reference_networks()
+    rng = np.random.default_rng(1)
+    for v in encoder.trainable_weights + decoder.trainable_weights:
+        v.assign(rng.normal(0.0, 0.05, tuple(v.shape)).astype(np.float32))
+    model, net = pyref.build_model(torch, padding="tf")
+    assert sum(p.numel() for p in model.parameters()) == reference_architecture_counts()["parameters"]
+    ref.copy_keras_weights(torch, net, encoder, decoder)
+
+    x = rng.random((4, 28, 28, 1), dtype=np.float32)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        pythae_loss = float(model({"data": ref.nchw(torch, x)}).loss)
+    torch.manual_seed(3)
+    eps = torch.randn(4, 16).numpy()  # the draws of pythae's randn_like(std) under the same seed
+    mean, log_var = tf.split(encoder(x), 2, axis=-1)
+    logits = decoder(mean + tf.exp(0.5 * log_var) * eps)
+    rec = -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), axis=[1, 2, 3])
+    kl = 0.5 * tf.reduce_sum(tf.square(mean) + tf.exp(log_var) - log_var - 1.0, axis=-1)
+    assert pythae_loss == pytest.approx(float(-tf.reduce_mean(rec - kl)), rel=1e-5)
+    with torch.no_grad():
+        assert float(pyref.loss_with_noise(model, ref.nchw(torch, x), torch.from_numpy(eps))) == pytest.approx(
+            pythae_loss, rel=1e-6)
+
+
 def test_train_throughput_smoke(tmp_path):
     out = tmp_path / "throughput.json"
+    # aot_eager: torch.compile's graph capture without the C++ code generation (seconds, not a minute)
     proc = run_script("train_throughput.py", "--arch", "conv", "--rounds", "1", "--examples", "256",
                       "--steps-per-execution", "1", "--matmul-size", "64", "--matmul-repeats", "1",
-                      "--json", str(out))
+                      "--torch-compile-backend", "aot_eager", "--json", str(out))
     result = json.loads(out.read_text())["results"][0]
     counts = reference_architecture_counts()
     assert result["trainable_parameters"] == result["trainable_parameters_bare"] == counts["parameters"]
@@ -168,6 +205,24 @@ def test_train_throughput_smoke(tmp_path):
         assert result["torch"]["trainable_parameters"] == result["trainable_parameters"]
         assert result["torch"]["loss_check_relative_difference"] < 1e-4
         assert result["best_ratio_torch"] > 0 and "torch" in result["rounds"][0]
+        # The peers of issue #20: the same network (parameter count), the same loss, and ratios
+        # that are those of the per-round throughputs the report lists.
+        try:
+            import pythae  # noqa: F401
+        except ImportError:
+            peers = ("torch", "torch_compile")
+            assert "pythae is not installed" in result["peers"]["pythae"]["skipped"]
+        else:
+            peers = ("torch", "torch_compile", "pythae")
+        row = result["rounds"][0]
+        for peer in peers:
+            p = result["peers"][peer]
+            assert p["info"]["trainable_parameters"] == counts["parameters"]
+            assert p["info"]["loss_check_relative_difference"] < 1e-4
+            assert p["best_ratio"] == pytest.approx(row["vae_tf"]["images_per_s"] / row[peer]["images_per_s"], rel=1e-12)
+            assert np.isfinite(p["final_loss"]) and abs(p["final_loss"] - result["vae_tf_final_loss"]) < 0.05 * result["vae_tf_final_loss"]
+        assert result["peers"]["torch_compile"]["info"]["compile"] == {"backend": "aot_eager", "mode": None}
+        assert "| PyTorch torch.compile |" in proc.stdout
 
 
 def test_train_throughput_without_torch_says_so_in_one_line_and_times_the_rest(tmp_path):
@@ -184,9 +239,10 @@ def test_train_throughput_without_torch_says_so_in_one_line_and_times_the_rest(t
 def test_train_settings_smoke(tmp_path):
     out = tmp_path / "settings.json"
     proc = run_script("train_settings.py", "--steps", "1", "2", "--jit", "false", "--rounds", "1",
-                      "--examples", "256", "--json", str(out))
+                      "--precision", "float32", "mixed_bfloat16", "--examples", "256", "--json", str(out))
     report = json.loads(out.read_text())
-    assert [r["steps_per_execution"] for r in report["results"]] == [1, 2]
+    assert [r["steps_per_execution"] for r in report["results"]] == [1, 2, 1, 2]
+    assert [r["precision"] for r in report["results"]] == ["float32"] * 2 + ["mixed_bfloat16"] * 2
     # The ratios are those of the raw per-round throughputs the report also lists.
     rounds, base = report["per_round"], report["baseline"]
     for row in report["results"]:
@@ -265,3 +321,81 @@ def test_memory_script_smoke(tmp_path):
     for workload in ("train", "embed"):
         assert row[workload]["peak_rss_mib"] > report["baseline"]["peak_rss_mib"] * 0.5
     assert "| rows | data as float32 MiB |" in proc.stdout
+
+
+# --- start-up -------------------------------------------------------------------------------------
+def test_training_the_default_model_does_not_import_tensorflow_probability():
+    """TFP (about a second of start-up, with tf_keras) loads at the first TFP distribution a
+    model builds, not at ``import vae_tf.models``: building and fitting the Gaussian / Bernoulli
+    model never needs it; its posterior does, and gets it."""
+    code = """
+import sys
+import numpy as np
+from vae_tf.models import build_vae
+from vae_tf.optimizers import FusedAdam
+model = build_vae((28, 28, 1), latent={"family": "gaussian", "latent_dim": 4}, network={"kind": "conv", "filters": [4], "dense": 8})
+model.compile(optimizer=FusedAdam(1e-3), steps_per_execution=2)
+model.fit(np.random.default_rng(0).random((16, 28, 28, 1), dtype=np.float32), batch_size=8, epochs=1, verbose=0)
+print("after fit", "tensorflow_probability" in sys.modules)
+posterior = model.latent.posterior(model.encoder(np.zeros((1, 28, 28, 1), np.float32)))
+print("posterior", type(posterior).__module__.split(".")[0], "tensorflow_probability" in sys.modules)
+"""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-2:] == ["after fit False", "posterior tensorflow_probability True"]
+
+
+@pytest.mark.slow
+def test_startup_smoke(tmp_path):
+    """One round of each variant in its own process: every mark recorded in order, the ratios are
+    those of the listed rounds, and all three trained the same loss on the same data."""
+    pytest.importorskip("pythae")
+    out = tmp_path / "startup.json"
+    proc = run_script("startup.py", "--rounds", "1", "--warmup-rounds", "0", "--images", "256", "--epochs", "1",
+                      "--importtime", "--json", str(out), timeout=600)
+    report = json.loads(out.read_text())
+    row = report["rounds"][0]
+    assert set(row["order"]) == {"vae_tf_library", "vae_tf_train", "pythae"}
+    for variant in row["order"]:
+        seconds = [row[variant]["seconds"][mark] for mark in ("python", "imports", "fit", "first_step", "trained", "exit")]
+        assert seconds == sorted(seconds) and seconds[0] > 0, (variant, seconds)
+        assert 0 < row[variant]["cpu_seconds"]["first_step"] <= row[variant]["cpu_seconds"]["exit"]
+        # Uniform [0, 1] images: the per-image Bernoulli cross-entropy is about 784 log 2 at the start.
+        assert 500 < row[variant]["final_loss"] < 560
+    ratio = report["pythae_over_vae_tf"]["vae_tf_library"]["exit"]["median"]
+    assert ratio == pytest.approx(row["pythae"]["seconds"]["exit"] / row["vae_tf_library"]["seconds"]["exit"], rel=1e-12)
+    imports = report["imports_before_first_step"]
+    assert imports["pythae"]["packages"]["torch"] > 0 and "tensorflow" not in imports["pythae"]["packages"]
+    library = imports["vae_tf_library"]["packages"]
+    assert library["tensorflow"] > 0 and "mlflow" not in library and "tensorflow_probability" not in library
+    assert "mlflow" in imports["vae_tf_train"]["packages"]  # the CLI creates its MLflow run before training
+    assert "| `vae-tf train` (CLI) |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_end_to_end_without_a_gpu(tmp_path):
+    """benchmarks/gpu_check.sh is prepared for a GPU machine that may be lent later: here every
+    step runs at smoke size on the CPU (ALLOW_CPU=1) and leaves its results in $OUT."""
+    out = tmp_path / "gpu-check"
+    env = {**os.environ, "OUT": str(out), "ALLOW_CPU": "1", "PYTHON": sys.executable,
+           "THROUGHPUT_ARGS": "--rounds 1 --examples 128 --steps-per-execution 1 --matmul-size 64 --matmul-repeats 1 "
+                              "--torch-compile-backend aot_eager",
+           "SETTINGS_ARGS": "--steps 1 --jit false --precision float32 mixed_bfloat16 --rounds 1 --examples 128",
+           "TEXT_ARGS": "--rounds 1 --sentences 128 --hidden 16 --embedding 8"}
+    proc = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh")], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = (out / "log.txt").read_text()
+    for step in ("throughput", "settings"):
+        assert f"=== {step}: exit 0" in log, log[-3000:]
+    throughput = json.loads((out / "throughput.json").read_text())["results"][0]
+    assert {"torch", "torch_compile"} <= set(throughput["peers"])
+    assert "| PyTorch eager |" in (out / "throughput.md").read_text()
+    settings = json.loads((out / "settings.json").read_text())
+    assert [r["precision"] for r in settings["results"]] == ["float32", "mixed_bfloat16"]
+    assert "precision" in (out / "settings.md").read_text()
+    assert "tensorflow 2." in (out / "env.txt").read_text()
+    if (REPO_ROOT / "benchmarks" / "text_throughput.py").exists():
+        assert "=== text: exit 0" in log and (out / "text.json").is_file()

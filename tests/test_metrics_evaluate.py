@@ -98,3 +98,88 @@ def test_evaluate_and_iw_nll_work_for_every_latent_family(digits, family):
         assert 0.0 < m["cluster_accuracy"] <= 1.0
     if "mi_full" not in m:
         assert "mi" in result["info"]["skipped"]
+
+
+def _count_calls(owner, name: str) -> list:
+    """Replace ``owner.name`` by a wrapper that records each call; inside a tf.function the Python
+    body runs only while tracing, so the records count traces."""
+    calls, original = [], getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, counted)
+    return calls
+
+
+def test_repeated_metric_calls_trace_once_per_model(digits):
+    """encode_posterior (the collapse diagnostics of every epoch), representation_function (the
+    probe and disentanglement metrics of every evaluation) and the IW-NLL / ELBO estimators are
+    traced once per model, not once per call: a tf.function built per call made TensorFlow warn
+    about retracing for every child run of `vae-tf compare`."""
+    from vae_tf.metrics import encode_posterior, elbo_estimate, iw_nll, representation_function
+
+    model = _model(digits.data_shape, likelihood={"name": "continuous_bernoulli"})
+    x = digits.x_test[:16]
+    embeddings = _count_calls(model.latent, "embedding")
+    summaries = _count_calls(model.latent, "export_outputs")
+    log_probs = _count_calls(model.likelihood, "log_prob")
+    first = representation_function(model, batch_size=16)(x)
+    for _ in range(5):
+        np.testing.assert_array_equal(representation_function(model, batch_size=16)(x), first)
+        encode_posterior(model, x, batch_size=16)
+        iw_nll(model, x, k=10, chunk=10, batch_size=16)
+        elbo_estimate(model, x, batch_size=16)
+    assert len(embeddings) == 1 and len(summaries) == 1
+    assert len(log_probs) == 2  # one trace of the IW weights, one of the ELBO terms
+
+
+def test_metric_helpers_do_not_keep_a_model_alive(digits):
+    """Their compiled functions are cached per model and dropped with it (a cached function that
+    referred to the model itself kept every evaluated model in memory for good)."""
+    import gc
+    import weakref
+
+    from vae_tf.metrics import encode_posterior, iw_nll, representation_function
+
+    model = _model(digits.data_shape, likelihood={"name": "continuous_bernoulli"})
+    x = digits.x_test[:8]
+    encode_posterior(model, x)
+    representation_function(model)(x)
+    iw_nll(model, x, k=10, chunk=10)
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
+def test_evaluating_one_fresh_model_after_another_gives_no_retracing_warning():
+    """A suite evaluates a new model per child run; each needs its own traces, which TensorFlow
+    must not add up across models into "N out of the last N calls ... triggered tf.function
+    retracing" (what `vae-tf compare` printed for every child run). A fresh process, so no
+    earlier test's traces count."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import numpy as np
+from vae_tf.metrics import elbo_estimate, encode_posterior, iw_nll, representation_function
+from vae_tf.models import build_vae
+x = np.random.default_rng(0).random((40, 8, 8, 1)).astype(np.float32)
+for seed in range(8):
+    model = build_vae((8, 8, 1), latent={"family": "gaussian", "latent_dim": 2},
+                      likelihood={"name": "continuous_bernoulli"}, network={"kind": "mlp", "hidden": [8]}, seed=seed)
+    representation_function(model, batch_size=32)(x)
+    encode_posterior(model, x, batch_size=32)
+    elbo_estimate(model, x, batch_size=32)
+    iw_nll(model, x, k=10, chunk=10, batch_size=32)
+print("evaluated 8 models")
+"""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(root)})
+    assert proc.returncode == 0 and "evaluated 8 models" in proc.stdout, proc.stderr[-3000:]
+    assert "retracing" not in proc.stderr, [line for line in proc.stderr.splitlines() if "retracing" in line]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -112,4 +114,26 @@ def test_per_pixel_gaussian_vae_trains_with_finite_metrics(digits):
     model = _model(digits.data_shape, likelihood={"name": "gaussian_per_pixel", "min_sigma": 0.01})
     assert isinstance(model, VAE)
     history = model.fit(digits.pipeline("train", 64), epochs=2, verbose=0, shuffle=False)
+    assert all(np.isfinite(v).all() for v in history.history.values())
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_fit_traces_the_training_step_once(digits, steps_per_execution):
+    """The optimizer's variables exist before the first step is traced, so it is traced once
+    (a step that creates variables is traced twice: start-up time, issue #20), and training
+    updates the model as before."""
+    model = _model(digits.data_shape)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=steps_per_execution)
+    traces, train_step = [], model.train_step
+
+    def counted(data):
+        traces.append(1)  # Python runs here only while tracing
+        return train_step(data)
+
+    model.train_step = counted
+    before = [w.numpy() for w in model.trainable_weights]
+    history = model.fit(digits.pipeline("train", 64), epochs=2, verbose=0, shuffle=False)
+    assert len(traces) == 1
+    assert model.optimizer.iterations.numpy() == 2 * math.ceil(len(digits.x_train) / 64)
+    assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
     assert all(np.isfinite(v).all() for v in history.history.values())

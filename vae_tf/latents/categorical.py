@@ -19,15 +19,13 @@ import math
 
 import keras
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from vae_tf.errors import ConfigError
 from vae_tf.latents.base import LatentFamily
 from vae_tf.latents.gaussian import stateless_normal_rows
+from vae_tf.lazy_tfp import tfd
 from vae_tf.schedules import (ConstantSchedule, CyclicalSchedule, ExponentialDecaySchedule, LinearSchedule,
                               Schedule, build_schedule)
-
-tfd = tfp.distributions
 
 #: Lowest temperature the sampler uses whatever a schedule says: below it the relaxed sample is a
 #: one-hot up to float32 rounding and its gradients vanish or overflow.

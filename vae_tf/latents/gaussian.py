@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from vae_tf.latents.base import LatentFamily
-
-tfd = tfp.distributions
+from vae_tf.lazy_tfp import tfd
 
 
 def stateless_normal_rows(seeds: tf.Tensor, width: int) -> tf.Tensor:

@@ -30,13 +30,11 @@ import math
 
 import keras
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from vae_tf.errors import ConfigError
 from vae_tf.latents.base import LatentFamily
 from vae_tf.latents.gaussian import stateless_normal_rows
-
-tfd = tfp.distributions
+from vae_tf.lazy_tfp import tfd
 
 #: Smallest precision a sample may take: z = μ + ε/√λ stays finite (with α > 1 a Gamma draw this
 #: small has probability ~ (β · 1e-12)^α, so the guard never changes a number in practice).

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
-import tensorflow_probability as tfp
 
-tfd = tfp.distributions
+from vae_tf.lazy_tfp import tfd
 
 
 def is_number(value) -> bool:
@@ -82,7 +81,6 @@ class Likelihood(keras.layers.Layer):
         config = super().get_config()
         config.update(data_rank=self.data_rank)
         return config
-
 
 
 __all__ = ["Likelihood", "is_number", "tfd"]

@@ -3,13 +3,13 @@ NumPy arrays the metric functions take."""
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 
 import numpy as np
 
 from vae_tf.errors import DataError
 from vae_tf.metrics._checks import positive_int
+from vae_tf.metrics._compiled import compiled_for
 
 ENCODE_BATCH_SIZE = 512
 
@@ -37,10 +37,7 @@ def representation_function(model, batch_size: int = ENCODE_BATCH_SIZE) -> Calla
     import tensorflow as tf  # noqa: PLC0415
 
     batch_size = positive_int("batch_size", batch_size)
-
-    @tf.function(reduce_retracing=True)
-    def embed(x):
-        return model.latent.embedding(model.posterior_params(x))
+    embed = compiled_for(model, _embed, reduce_retracing=True)
 
     def represent(x):
         x = _check_x(x, model)
@@ -50,8 +47,19 @@ def representation_function(model, batch_size: int = ENCODE_BATCH_SIZE) -> Calla
     return represent
 
 
-#: The compiled summary function of each model (built on first use, dropped with the model).
-_SUMMARISERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+def _embed(model, x):
+    return model.latent.embedding(model.posterior_params(x))
+
+
+def _summarise(model, xb, s):
+    """``{exported tensors, kl_per_dim}`` of one batch (compiled per model by encode_posterior)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    latent = model.latent
+    params = model.posterior_params(xb)
+    z = latent.sample(params, seed=s)
+    kl = latent.kl_per_dim(params, z, seed=tf.random.experimental.stateless_fold_in(s, 1))
+    return {**latent.export_outputs(params), "kl_per_dim": kl}
 
 
 def encode_posterior(model, x, *, batch_size: int = ENCODE_BATCH_SIZE, seed: int = 0) -> dict:
@@ -68,20 +76,7 @@ def encode_posterior(model, x, *, batch_size: int = ENCODE_BATCH_SIZE, seed: int
 
     x = _check_x(x, model)
     batch_size = positive_int("batch_size", batch_size)
-    latent = model.latent
-
-    summarise = _SUMMARISERS.get(model)
-    if summarise is None:  # one tf.function per model, traced once per batch shape (not once per call)
-
-        @tf.function(reduce_retracing=True)
-        def summarise(xb, s):
-            params = model.posterior_params(xb)
-            z = latent.sample(params, seed=s)
-            kl = latent.kl_per_dim(params, z, seed=tf.random.experimental.stateless_fold_in(s, 1))
-            return {**latent.export_outputs(params), "kl_per_dim": kl}
-
-        _SUMMARISERS[model] = summarise
-
+    summarise = compiled_for(model, _summarise, reduce_retracing=True)
     parts: dict[str, list] = {}
     for b, start in enumerate(range(0, len(x), batch_size)):
         out = summarise(tf.constant(x[start:start + batch_size]), tf.constant([int(seed), b], tf.int32))

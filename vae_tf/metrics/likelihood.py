@@ -24,7 +24,6 @@ continuous Bernoulli); compare models at the same K.
 from __future__ import annotations
 
 import math
-import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -32,21 +31,11 @@ from scipy.special import logsumexp
 
 from vae_tf.errors import ConfigError, DataError
 from vae_tf.metrics._checks import positive_int
+from vae_tf.metrics._compiled import compiled_for
 
 #: jxhe ``nll_iw`` defaults (``--iw_nsamples 500`` drawn in chunks of 100).
 IW_K = 500
 IW_CHUNK = 100
-
-# Compiled per-model functions, so that repeated calls do not retrace (dropped with the model).
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _compiled(model, key, build):
-    per_model = _COMPILED.setdefault(model, {})
-    if key not in per_model:
-        per_model[key] = build()
-    return per_model[key]
-
 
 def _check_x(model, x) -> np.ndarray:
     if getattr(model, "modality", "image") == "text":
@@ -108,24 +97,18 @@ def latent_log_terms(latent, params: tf.Tensor, num_samples: int, seed: tf.Tenso
     return z, log_q, log_p
 
 
-def _log_weights_fn(model):
-    """A compiled ``(x [B, ...], seed [2], chunk []) -> log w [chunk, B]`` (float32); ``chunk`` is
-    a tensor, so one trace serves every chunk size."""
-    latent = model.latent
-
-    @tf.function(reduce_retracing=True)
-    def log_weights(x, seed, chunk):
-        params = model.posterior_params(x)
-        target = model.prepare(x)[1]
-        z, log_q, log_p = latent_log_terms(latent, params, chunk, seed)
-        batch = tf.shape(params)[0]
-        flat_z = tf.reshape(z, tf.concat([[chunk * batch], tf.shape(z)[2:]], axis=0))
-        # Row c * B + b of the flattened draws belongs to example b: tile the target the same way.
-        tiled = tf.tile(target, tf.concat([[chunk], tf.ones([tf.rank(target) - 1], tf.int32)], axis=0))
-        log_px = tf.reshape(model.log_likelihood(tiled, flat_z), [chunk, batch])
-        return log_px + log_p - log_q
-
-    return log_weights
+def _log_weights(model, x, seed, chunk):
+    """``(x [B, ...], seed [2], chunk []) -> log w [chunk, B]`` (float32), compiled per model
+    (:func:`compiled_for`); ``chunk`` is a tensor, so one trace serves every chunk size."""
+    params = model.posterior_params(x)
+    target = model.prepare(x)[1]
+    z, log_q, log_p = latent_log_terms(model.latent, params, chunk, seed)
+    batch = tf.shape(params)[0]
+    flat_z = tf.reshape(z, tf.concat([[chunk * batch], tf.shape(z)[2:]], axis=0))
+    # Row c * B + b of the flattened draws belongs to example b: tile the target the same way.
+    tiled = tf.tile(target, tf.concat([[chunk], tf.ones([tf.rank(target) - 1], tf.int32)], axis=0))
+    log_px = tf.reshape(model.log_likelihood(tiled, flat_z), [chunk, batch])
+    return log_px + log_p - log_q
 
 
 def _batched_log_weights(model, x, k: int, chunk: int, seed: int, batch_size: int):
@@ -140,7 +123,7 @@ def _batched_log_weights(model, x, k: int, chunk: int, seed: int, batch_size: in
         raise ConfigError(f"seed must be an integer, got {seed!r}")
     x = _check_x(model, x)
     _check_family(model, x)
-    fn = _compiled(model, "log_weights", lambda: _log_weights_fn(model))
+    fn = compiled_for(model, _log_weights, reduce_retracing=True)
     n_chunks = k // chunk
     for b, start in enumerate(range(0, len(x), batch_size)):
         xb = tf.constant(x[start:start + batch_size])
@@ -192,24 +175,18 @@ def iw_nll(model, x, k: int = IW_K, chunk: int = IW_CHUNK, seed: int = 0, batch_
     return (mean, per_example) if return_per_example else mean
 
 
-def _elbo_terms_fn(model):
-    """A compiled ``(x, seed, num_samples) -> (reconstruction [B], kl [B])``, the reconstruction
-    a Monte-Carlo mean over ``num_samples`` draws."""
-    latent = model.latent
-
-    @tf.function(reduce_retracing=True)
-    def terms(xb, s, num_samples):
-        params = model.posterior_params(xb)
-        target = model.prepare(xb)[1]
-        batch = tf.shape(params)[0]
-        z, _, _ = latent_log_terms(latent, params, num_samples, s)
-        flat_z = tf.reshape(z, tf.concat([[num_samples * batch], tf.shape(z)[2:]], axis=0))
-        tiled = tf.tile(target, tf.concat([[num_samples], tf.ones([tf.rank(target) - 1], tf.int32)], axis=0))
-        rec = tf.reduce_mean(tf.reshape(model.log_likelihood(tiled, flat_z), [num_samples, batch]), axis=0)
-        kl = tf.reduce_sum(latent.kl_per_dim(params, z[0]), axis=-1)
-        return rec, kl
-
-    return terms
+def _elbo_terms(model, xb, s, num_samples):
+    """``(x, seed, num_samples) -> (reconstruction [B], kl [B])``, compiled per model
+    (:func:`compiled_for`), the reconstruction a Monte-Carlo mean over ``num_samples`` draws."""
+    params = model.posterior_params(xb)
+    target = model.prepare(xb)[1]
+    batch = tf.shape(params)[0]
+    z, _, _ = latent_log_terms(model.latent, params, num_samples, s)
+    flat_z = tf.reshape(z, tf.concat([[num_samples * batch], tf.shape(z)[2:]], axis=0))
+    tiled = tf.tile(target, tf.concat([[num_samples], tf.ones([tf.rank(target) - 1], tf.int32)], axis=0))
+    rec = tf.reduce_mean(tf.reshape(model.log_likelihood(tiled, flat_z), [num_samples, batch]), axis=0)
+    kl = tf.reduce_sum(model.latent.kl_per_dim(params, z[0]), axis=-1)
+    return rec, kl
 
 
 def elbo_estimate(model, x, num_samples: int = 1, seed: int = 0, batch_size: int = 256,
@@ -229,7 +206,7 @@ def elbo_estimate(model, x, num_samples: int = 1, seed: int = 0, batch_size: int
     batch_size = positive_int("batch_size", batch_size)
     x = _check_x(model, x)
     _check_family(model, x)
-    terms = _compiled(model, "elbo", lambda: _elbo_terms_fn(model))
+    terms = compiled_for(model, _elbo_terms, reduce_retracing=True)
     recs, kls = [], []
     for b, start in enumerate(range(0, len(x), batch_size)):
         rec, kl = terms(tf.constant(x[start:start + batch_size]), tf.constant([int(seed), b], tf.int32),

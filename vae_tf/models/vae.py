@@ -381,7 +381,15 @@ class VAE(keras.Model):
 
     def fit(self, *args, **kwargs):
         """``keras.Model.fit``, after the inference procedure set up what it needs (the fresh
-        batches and the per-epoch callback of aggressive inference)."""
+        batches and the per-epoch callback of aggressive inference).
+
+        The optimizer's variables are made here, eagerly, where Keras (without a tf.distribute
+        strategy) would make them inside the first traced training step: a step that creates
+        variables is traced twice, and variables are slow to create in a trace (about a second of
+        start-up on the conv model, benchmarks/startup.py)."""
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
         return super().fit(*args, **self.inference.prepare_fit(self, args, kwargs))
 
     @property
