@@ -383,7 +383,8 @@ def test_gpu_check_script_runs_end_to_end_without_a_gpu(tmp_path):
            "THROUGHPUT_ARGS": "--rounds 1 --examples 128 --steps-per-execution 1 --matmul-size 64 --matmul-repeats 1 "
                               "--torch-compile-backend aot_eager",
            "SETTINGS_ARGS": "--steps 1 --jit false --precision float32 mixed_bfloat16 --rounds 1 --examples 128",
-           "TEXT_ARGS": "--rounds 1 --sentences 128 --hidden 16 --embedding 8"}
+           "TEXT_ARGS": "--rounds 1 --sentences 128 --batch-size 32 --steps-per-execution 1 --hidden 16 "
+                        "--embedding 8"}
     proc = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh")], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -399,3 +400,24 @@ def test_gpu_check_script_runs_end_to_end_without_a_gpu(tmp_path):
     assert "tensorflow 2." in (out / "env.txt").read_text()
     if (REPO_ROOT / "benchmarks" / "text_throughput.py").exists():
         assert "=== text: exit 0" in log and (out / "text.json").is_file()
+
+
+def test_text_throughput_smoke(tmp_path):
+    """One round of the sentence-VAE benchmark: both variants trained the same sentences, the
+    token count is the scored positions (words + <eos>: 11 per 10-word sentence), the two models
+    have the same parameters (the script refuses otherwise) and the ratio is that of the rates."""
+    out = tmp_path / "text.json"
+    proc = run_script("text_throughput.py", "--rounds", "1", "--sentences", "160", "--batch-size", "32",
+                      "--steps-per-execution", "2", "--hidden", "16", "--embedding", "8", "--latent", "4",
+                      "--json", str(out), timeout=400)
+    report = json.loads(out.read_text())
+    assert report["sentences"] == 128  # whole groups of batch x steps_per_execution = 64
+    assert report["tokens_per_epoch"] == 11 * 128
+    rates = report["tokens_per_second"]
+    assert set(rates) == {"vae-tf", "pytorch_eager"} and all(v["median"] > 0 for v in rates.values())
+    assert report["ratio_of_bests"] == pytest.approx(rates["vae-tf"]["best"] / rates["pytorch_eager"]["best"])
+    assert "| vae-tf |" in proc.stdout and "vae-tf ÷ PyTorch eager" in proc.stdout
+    few = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "text_throughput.py"), "--sentences", "10"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=200,
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert few.returncode != 0 and "fewer than one group of --batch-size x --steps-per-execution = 256" in few.stderr
