@@ -16,8 +16,10 @@ condition sees the same images for a given seed) and measures on the test split:
   counts dims with I_i > 0.1 nats; ``Σ I_i`` sums them (not I(x; z), which can be larger or smaller);
 - ``factor map``: I(disc(μ_i); v_k) / H(v_k) for each dim i and factor k (MIG's discretised
   mutual information, 20 bins, DLIB variant: vae_tf.metrics.disentanglement), on the *training*
-  images (more points, less estimator bias), and per factor the number of dims that hold more
-  than 0.1 of it (how many dims a factor is spread over);
+  images (more points, less estimator bias); the report gives per factor the best single dim's
+  share;
+- ``decodability``: how well all of μ predicts each factor (k-NN; accuracy for shape, R² for the
+  others, orientation as (cos 4θ, sin 4θ), see :func:`decodability`): which factors the code holds;
 - the trajectory of the p split over epochs (validation split), to see *when* the count is set;
 - ``|logit p|``: median over test images of |logit p_i| on the informative dims (how saturated the
   sigmoid that gates a dim is).
@@ -26,6 +28,8 @@ Conditions (``--conditions``; baseline ``ng``: default hyperparameters, bound KL
 warm-up over 1250 steps, 30 epochs):
 
 =====================  ======================================================================
+``pixels``             no VAE: an MLP (512-256) trained on the pixels *with* the factors as targets
+                       (:func:`supervised_reference`): which factors the images hold at all
 ``gaussian``           Gaussian VAE, same network and warm-up (reference for "what the data needs")
 ``ng``                 NG-VAE, defaults (α1, β1) = (9, 2), (α2, β2) = (2.5, 2.5), prior (1, 1)
 ``ng_warmup_250``      warm-up over 250 steps (2 epochs) instead of 1250
@@ -71,7 +75,6 @@ from scipy.special import logsumexp  # noqa: E402
 
 DEFAULT_OUT = ROOT / "docs" / "results" / "ng_vae_study"
 MI_ACTIVE = 0.1      # nats: a dim "carries information" above this
-FACTOR_SHARE = 0.1   # a dim "holds" a factor when I(disc(μ_i); v_k) / H(v_k) exceeds this
 NG_DEFAULTS = {"alpha1": 9.0, "beta1": 2.0, "alpha2": 2.5, "beta2": 2.5, "prior_alpha": 1.0, "prior_beta": 1.0}
 
 
@@ -93,6 +96,7 @@ def conditions() -> dict:
     """name → {family, ng options, warmup steps}; ``ng_v0.05``'s b0 is solved for (docstring)."""
     base = {"family": "normal_gamma", "ng": {}, "warmup": 1250}
     return {
+        "pixels": {"family": "pixels", "ng": {}, "warmup": 0},
         "gaussian": {"family": "gaussian", "ng": {}, "warmup": 1250},
         "ng": base,
         "ng_warmup_250": {**base, "warmup": 250},
@@ -144,6 +148,57 @@ def per_dim_mi_gaussian(mu, log_var, rng) -> np.ndarray:
     return out
 
 
+def decodability(train_codes, train_factors, test_codes, test_factors, k: int = 15) -> dict:
+    """How well the whole code (all dims' μ) predicts each factor, k-nearest neighbours fit on the
+    training codes and scored on the test codes: accuracy for ``shape`` (chance 1/3), R² for
+    ``scale``, ``pos_x``, ``pos_y`` (class indices), and for ``orientation`` the R² of
+    (cos 4θ, sin 4θ): the square repeats every 90° and the ellipse every 180°, so only 4θ is
+    determined by every image."""
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+
+    from vae_tf.data.dsprites import FACTOR_GRID
+
+    def r2(target_train, target_test):
+        fit = KNeighborsRegressor(k).fit(train_codes, target_train)
+        return float(fit.score(test_codes, target_test))
+
+    def angle(f):
+        theta = 4.0 * FACTOR_GRID[2][f[:, 2]]
+        return np.stack([np.cos(theta), np.sin(theta)], axis=1)
+
+    shape = KNeighborsClassifier(k).fit(train_codes, train_factors[:, 0]).score(test_codes, test_factors[:, 0])
+    return {"shape": float(shape), "scale": r2(train_factors[:, 1], test_factors[:, 1]),
+            "orientation": r2(angle(train_factors), angle(test_factors)),
+            "pos_x": r2(train_factors[:, 3], test_factors[:, 3]), "pos_y": r2(train_factors[:, 4], test_factors[:, 4])}
+
+
+def _factor_targets(factors) -> np.ndarray:
+    """``(N, 5)`` regression targets: scale / 5, cos 4θ, sin 4θ, pos_x / 31, pos_y / 31."""
+    from vae_tf.data.dsprites import FACTOR_GRID
+
+    theta = 4.0 * FACTOR_GRID[2][factors[:, 2]]
+    return np.stack([factors[:, 1] / 5, np.cos(theta), np.sin(theta), factors[:, 3] / 31, factors[:, 4] / 31], axis=1)
+
+
+def supervised_reference(data, seed: int) -> dict:
+    """What an MLP of the encoder's size (512-256, scikit-learn, ≤ 30 epochs, early stopping) can
+    read from the raw pixels when it is *told* the factors: shape accuracy and the same R²'s as
+    :func:`decodability`. It shows which factors the 32 × 32 images hold at all."""
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    x_train, x_test = (getattr(data, f"x_{s}").reshape(len(getattr(data, f"x_{s}")), -1) for s in ("train", "test"))
+    f_train, f_test = data.factors_train, data.factors_test
+    options = {"hidden_layer_sizes": (512, 256), "max_iter": 30, "early_stopping": True, "random_state": seed}
+    shape = MLPClassifier(**options).fit(x_train, f_train[:, 0]).score(x_test, f_test[:, 0])
+    predicted, target = MLPRegressor(**options).fit(x_train, _factor_targets(f_train)).predict(x_test), _factor_targets(f_test)
+
+    def r2(cols):
+        y, p = target[:, cols], predicted[:, cols]
+        return float(1.0 - np.sum((p - y) ** 2) / np.sum((y - y.mean(axis=0)) ** 2))
+
+    return {"shape": float(shape), "scale": r2([0]), "orientation": r2([1, 2]), "pos_x": r2([3]), "pos_y": r2([4])}
+
+
 def factor_map(mu, factors) -> np.ndarray:
     """``(d, K)``: I(disc(μ_i); v_k) / H(v_k), MIG's discretised estimate (20 bins)."""
     from vae_tf.metrics.disentanglement import discrete_entropy, discrete_mutual_info, histogram_discretize
@@ -163,6 +218,9 @@ def run_one(name: str, spec: dict, seed: int, args) -> dict:
     from vae_tf.models import build_vae
 
     data = load_dataset("dsprites", n_samples=args.n_samples, image_size=32, seed=seed)
+    if spec["family"] == "pixels":  # the reference: what the images themselves hold, no VAE
+        return {"condition": name, "seed": seed, "family": "pixels", "n_samples": args.n_samples,
+                "factor_names": list(FACTOR_NAMES), "decodability": supervised_reference(data, seed)}
     keras.utils.set_random_seed(seed)
     family = {"family": spec["family"], "latent_dim": args.latent_dim, **spec["ng"]}
     model = build_vae(data.data_shape, latent=family, network={"kind": "mlp", "hidden": [512, 256]},
@@ -185,14 +243,16 @@ def run_one(name: str, spec: dict, seed: int, args) -> dict:
     rng = np.random.default_rng(seed)
     # The factor map on the training images (16 000 at the default size): the discretised MI's
     # upward bias, about (bins − 1)(classes − 1) / 2N nats, is then < 1 % of each H(v_k).
-    fmap = factor_map(encoder_output(data.x_train)[:, :args.latent_dim], data.factors_train)
+    train_mu = encoder_output(data.x_train)[:, :args.latent_dim]
+    fmap = factor_map(train_mu, data.factors_train)
+    decoded = decodability(train_mu, data.factors_train, first, data.factors_test)
     result = {
         "condition": name, "seed": seed, "family": spec["family"], "warmup": spec["warmup"],
         "epochs": args.epochs, "n_samples": args.n_samples, "train_seconds": round(seconds, 1),
         "test_elbo": float(test["elbo"]), "test_kl": float(test["kl"]),
         "kl_per_dim": kl.round(4).tolist(),
         "active_units": int(active_units(first)[0]),
-        "factor_names": list(FACTOR_NAMES), "factor_map": fmap.round(4).tolist(),
+        "factor_names": list(FACTOR_NAMES), "factor_map": fmap.round(4).tolist(), "decodability": decoded,
         "history": {k: [float(v) for v in history[k]] for k in ("beta", "elbo", "kl", "val_elbo", "val_kl",
                                                                 "informative_dims", "val_informative_dims")
                     if k in history},
@@ -243,24 +303,36 @@ def report(out: Path) -> str:
         runs.setdefault(r["condition"], []).append(r)
     order = [c for c in conditions() if c in runs]
     lines = ["| condition | seeds | test ELBO | test KL | p split | p split at epoch 10 / 20 | MI-active (I_i > 0.1) "
-             "| Σ I_i | AU | dims per factor (shape, scale, orient., x, y) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| Σ I_i | AU | best dim's share of each factor | decodability from all dims |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in order:
         rs = runs[c]
+        if rs[0]["family"] == "pixels":  # supervised MLP on the pixels, not k-NN on a code
+            dec = [np.mean([r["decodability"][k] for r in rs]) for k in rs[0]["factor_names"]]
+            lines.append(f"| pixels (no model) | {','.join(str(r['seed']) for r in rs)} | | | | | | | | | "
+                         f"{', '.join(f'{v:.2f}' for v in dec)} |")
+            continue
         ng = rs[0]["family"] == "normal_gamma"
         traj = "—"
         if ng:
             at = [[r["history"]["val_informative_dims"][e - 1] for r in rs if len(r["history"]["val_informative_dims"]) >= e]
                   for e in (10, 20)]
             traj = " / ".join(_ms(a) for a in at if a)
-        spread = np.mean([(np.asarray(r["factor_map"]) > FACTOR_SHARE).sum(axis=0) for r in rs], axis=0)
+        share = np.mean([np.asarray(r["factor_map"]).max(axis=0) for r in rs], axis=0)
+        dec = [np.mean([r["decodability"][k] for r in rs]) for k in rs[0]["factor_names"]] if "decodability" in rs[0] else []
         lines.append(f"| {c} | {','.join(str(r['seed']) for r in rs)} | {_ms([r['test_elbo'] for r in rs])} | "
                      f"{_ms([r['test_kl'] for r in rs])} | {_ms([r['p_split'] for r in rs]) if ng else '—'} | {traj} | "
                      f"{_ms([r['mi_active'] for r in rs])} | {_ms([r['mi_sum'] for r in rs], '{:.2f}')} | "
-                     f"{_ms([r['active_units'] for r in rs])} | {', '.join(f'{s:.1f}' for s in spread)} |")
+                     f"{_ms([r['active_units'] for r in rs])} | {', '.join(f'{v:.2f}' for v in share)} | "
+                     f"{', '.join(f'{v:.2f}' for v in dec) or '—'} |")
+    lines.insert(0, "Factor columns in the order shape, scale, orientation, pos_x, pos_y. Best dim's share: "
+                 "max_i I(disc(μ_i); v_k) / H(v_k), mean over seeds. Decodability: k-NN accuracy (shape) or R² "
+                 "(the others; orientation as (cos 4θ, sin 4θ)), mean over seeds.\n")
     lines += ["", "Per run (I_i in nats, sorted by dim; p_i for NG):", ""]
     for c in order:
         for r in runs[c]:
+            if r["family"] == "pixels":
+                continue
             extra = f"; p = {[round(x, 2) for x in r['informative_weight']]}" if "informative_weight" in r else ""
             lines.append(f"- {c}, seed {r['seed']}: I_i = {[round(x, 2) for x in r['mi_per_dim']]}{extra}")
     return "\n".join(lines)
@@ -292,8 +364,8 @@ def main(argv=None) -> int:
                 continue
             result = run_one(name, table[name], seed, args)
             _write(path, {**result, **_provenance()})
-            print(f"{name} seed {seed}: p split {result.get('p_split', '—')}, MI-active {result['mi_active']}, "
-                  f"ELBO {result['test_elbo']:.2f}, {result['train_seconds']} s", flush=True)
+            print(f"{name} seed {seed}: p split {result.get('p_split', '—')}, MI-active {result.get('mi_active', '—')}, "
+                  f"decodability {result.get('decodability')}", flush=True)
     return 0
 
 
