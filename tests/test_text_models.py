@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -181,8 +182,18 @@ TEXT_REMEDIES = {
 def test_every_remedy_trains_on_text(name, corpus):
     network = {**SMALL_NET, "word_dropout": 0.2, "skip": name == "plain"}
     model = make(corpus, TEXT_REMEDIES[name], network)
-    history = model.fit(corpus.pipeline("train", 32), validation_data=corpus.pipeline("val", 64), epochs=1,
-                        steps_per_epoch=4, verbose=0).history
+    model(corpus.x_train[:2])
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(corpus.pipeline("train", 32), validation_data=corpus.pipeline("val", 64), epochs=1,
+                            steps_per_epoch=4, verbose=0).history
+    # Every weight learns, the encoder's word embeddings included (they are looked up inside the
+    # gradient tape; with the lookup outside it they got no gradient and stayed at their init).
+    assert not [str(w.message) for w in caught if "Gradients do not exist" in str(w.message)]
+    unchanged = [path for path, value in before.items()
+                 if np.array_equal(value, next(v for v in model.trainable_variables if v.path == path).numpy())]
+    assert not unchanged, unchanged
     for key, values in history.items():
         assert np.all(np.isfinite(values)), (key, values)
     assert history["reconstruction"][0] < 0 and history["kl"][0] >= 0

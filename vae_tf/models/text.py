@@ -10,8 +10,10 @@ download at serving time.
 composed objective (KL weight, regularisers, input noise, inference procedure), checkpoints,
 distribution — is the base class's:
 
-- :meth:`TextVAE.prepare` tokenises a batch of sentences: the encoder's input is the *embedded*
-  sentence (so an input noise perturbs word vectors), the target the word ids;
+- :meth:`TextVAE.prepare` tokenises a batch of sentences, :meth:`TextVAE.encoder_input` embeds
+  them: the encoder's input is the *embedded* sentence (so an input noise perturbs word vectors;
+  the training step embeds inside its gradient tape, so the encoder's embeddings are trained),
+  the target the word ids;
 - :meth:`TextVAE.compute_terms`: the recurrent encoder reads the embedded words (padding
   masked), z ~ q(z|x), the autoregressive decoder predicts ``w_1 … w_n <eos>`` from
   ``<bos> w_1 … w_n`` and z (teacher forcing), and the likelihood
@@ -141,10 +143,17 @@ class TextVAE(VAE):
         return [self.codec.lookup]
 
     # --- training ----------------------------------------------------------------------------------
+    embeds_inputs = True  # the encoder's word embeddings are trained through encoder_input
+
     def prepare(self, x):
-        """Sentences → (embedded words ``[B, T, E]``, word ids ``[B, T]``)."""
+        """Sentences → (word ids ``[B, T]``, word ids ``[B, T]``): the encoder's tokens and the
+        likelihood's target."""
         ids = self.codec.encode(x)
-        return self.encoder.embed(ids), ids
+        return ids, ids
+
+    def encoder_input(self, inputs):
+        """Word ids → the encoder's embedded words ``[B, T, E]`` (what an input noise perturbs)."""
+        return self.encoder.embed(inputs)
 
     def compute_terms(self, x, training: bool = False, target=None) -> dict:
         """Per-sentence ELBO terms (module docstring). ``x``: embedded words (possibly perturbed);

@@ -192,6 +192,15 @@ class VAE(keras.Model):
         x = tf.convert_to_tensor(x)
         return x, x
 
+    #: Whether :meth:`encoder_input` has trainable weights (a text model's word embeddings): then
+    #: a training step computes it inside its gradient tape.
+    embeds_inputs = False
+
+    def encoder_input(self, inputs) -> tf.Tensor:
+        """What the encoder reads, and an input noise perturbs, from :meth:`prepare`'s inputs:
+        the images themselves; a text model's embedded words."""
+        return inputs
+
     def compute_terms(self, x: tf.Tensor, training: bool = False, target: tf.Tensor | None = None) -> dict:
         """Per-example ELBO terms for a batch.
 
@@ -255,9 +264,14 @@ class VAE(keras.Model):
         loss (plus any layer losses) w.r.t. ``variables``, scaled for the replicas and the loss
         scale (:meth:`gradient_loss`). ``terms`` also hold ``inputs`` (clean), ``x_in`` (what the
         encoder read) and ``target``."""
-        inputs, target = self.prepare(x)
-        x_in = self.input_noise.perturb(self, inputs, target)
+        tokens, target = self.prepare(x)
+        inputs = self.encoder_input(tokens)
+        x_in = self.input_noise.perturb(self, inputs, target)  # a constant: no gradient flows into x̃
         with tf.GradientTape() as tape:
+            if self.embeds_inputs:
+                # The embedding inside the tape gets its gradient; the perturbation stays constant.
+                embedded = self.encoder_input(tokens)
+                x_in = embedded if self.input_noise.identity else embedded + tf.stop_gradient(x_in - inputs)
             terms = self.forward(x_in, target, training=True, update_state=update_state, tape=tape)
             loss = terms["loss"] + tf.add_n(self.losses) if self.losses else terms["loss"]
             scaled = self.gradient_loss(loss)
@@ -368,7 +382,8 @@ class VAE(keras.Model):
         return replicas.step_logs({**self._step_logs(terms), **self.state_metrics()})
 
     def test_step(self, data):
-        inputs, target = self.prepare(self.unpack(data))
+        tokens, target = self.prepare(self.unpack(data))
+        inputs = self.encoder_input(tokens)
         x_in = self.input_noise.perturb(self, inputs, target)
         terms = self.forward(x_in, target, training=False)
         terms.update(inputs=inputs, x_in=x_in, target=target)

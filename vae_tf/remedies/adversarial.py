@@ -10,7 +10,7 @@
   w.r.t. the encoder's input only, the target staying the clean x, with a fresh
   reparameterisation sample and the model as it is before the step's update.
 
-For text the encoder's input is the embedded sentence (:meth:`vae_tf.models.VAE.prepare`), so
+For text the encoder's input is the embedded sentence (:meth:`vae_tf.models.VAE.encoder_input`), so
 both perturb the word vectors, the noise being added to every position ("adversarial training on
 the embeddings", Miyato et al. 2017's setting); the decoder still reconstructs the clean words.
 

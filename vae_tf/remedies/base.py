@@ -151,10 +151,13 @@ class Regularizer(Remedy):
 class InputNoise(Remedy):
     """Slot ``input_noise`` (exactly one): what the encoder sees instead of its clean input; the
     likelihood always scores the clean target. ``perturb(model, inputs, target)`` returns the
-    perturbed inputs with no gradient path to the perturbation (``inputs`` and ``target`` are
-    :meth:`vae_tf.models.VAE.prepare`'s: the batch itself for images, the embedded words and
-    their ids for text, so text is perturbed in embedding space). A noise that is not ``identity`` also makes the step report the clean input's
-    ELBO terms (an extra forward pass, no gradient) next to the perturbed ones."""
+    perturbed inputs with no gradient path to the perturbation (``inputs`` are
+    :meth:`vae_tf.models.VAE.encoder_input`'s, ``target`` :meth:`vae_tf.models.VAE.prepare`'s:
+    the batch itself for images, the embedded words and their ids for text, so text is perturbed
+    in embedding space; the training step re-embeds inside its tape and adds the constant
+    perturbation, so the embeddings still learn). A noise that is not ``identity`` also makes the
+    step report the clean input's ELBO terms (an extra forward pass, no gradient) next to the
+    perturbed ones."""
 
     slot = "input_noise"
     identity: ClassVar[bool] = False
