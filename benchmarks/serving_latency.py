@@ -57,6 +57,17 @@ sys.path.insert(0, str(REPO))
 from benchmarks.common import default_serving_model, start_server  # noqa: E402
 
 
+
+class _CallContext:
+    """What ``PredictionService.Predict`` asks of a live gRPC call, for in-process calls."""
+
+    def is_active(self):
+        return True
+
+    def time_remaining(self):
+        return None
+
+
 def _default_text_model(base: Path) -> Path:
     """The text_synthetic config's network (He et al. 2019's synthetic model) with random weights."""
     import keras
@@ -189,13 +200,6 @@ def _print_handler_costs(model_dir: Path, requests: int, rounds: int) -> None:
     from serving.model_store import ModelStore
     from serving.rest import RestApi
 
-    class Context:  # what PredictionService.Predict asks of a live gRPC call
-        def is_active(self):
-            return True
-
-        def time_remaining(self):
-            return None
-
     store = ModelStore(model_dir.parent, model_dir.name, poll_seconds=0).start()
     signature = store.servable(model_dir.name).signatures["encode"]
     x = _sentences(1, 1)
@@ -203,7 +207,7 @@ def _print_handler_costs(model_dir: Path, requests: int, rounds: int) -> None:
     request = predict_pb2.PredictRequest()
     request.model_spec.name, request.model_spec.signature_name = model_dir.name, "encode"
     request.inputs["x"].CopyFrom(tf.make_tensor_proto([s.encode() for s in x]))
-    rest, grpc_service, context = RestApi(store), PredictionService(store), Context()
+    rest, grpc_service, context = RestApi(store), PredictionService(store), _CallContext()
     path = f"/v1/models/{model_dir.name}:predict"
     raw = np.array([s.encode() for s in x], dtype=object)
     calls = {"signature call": lambda: signature.run({"x": raw}), "sentence checks": lambda: signature.prepare({"x": raw}),
@@ -329,15 +333,8 @@ def _handler_ab(model_dir: Path, x: np.ndarray, pairs: int) -> dict[str, tuple[l
     from serving.model_store import ModelStore
     from serving.rest import RestApi
 
-    class Context:  # what PredictionService.Predict asks of a live gRPC call
-        def is_active(self):
-            return True
-
-        def time_remaining(self):
-            return None
-
     store = ModelStore(model_dir.parent, model_dir.name, poll_seconds=0).start()
-    rest, grpc_service, context = RestApi(store), PredictionService(store), Context()
+    rest, grpc_service, context = RestApi(store), PredictionService(store), _CallContext()
     body = json.dumps({"signature_name": "encode", "instances": x.tolist()}).encode()
     path = f"/v1/models/{model_dir.name}:predict"
     request = predict_pb2.PredictRequest()
