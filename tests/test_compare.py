@@ -67,6 +67,24 @@ def test_shipped_suites_resolve_to_valid_configs():
             assert children and all(config.train.epochs > 0 for _, _, config, _ in children)
 
 
+def test_a_size_adjusts_single_runs_after_their_own_config(suite_file):
+    """``sizes.<size>.runs.<run>`` is merged last: the text suite's WordNet size gives the runs
+    that bring their own network (Skip, word dropout) its own width, not the synthetic one's."""
+    suite = load_suite("text_collapse")
+    networks = {name: config.model.network for name, _, config, _ in child_configs(suite, "full_wordnet", seeds=[0])}
+    assert networks["vae"]["hidden"] == [128] and networks["vae"]["embedding"] == 64
+    assert networks["skip_vae"]["hidden"] == [128, 128] and networks["skip_vae"]["skip"] is True
+    assert networks["annealing+word_dropout"]["word_dropout"] == 0.3
+    assert networks["annealing+word_dropout"]["hidden"] == [128]
+    quick = {name: config.model.network for name, _, config, _ in child_configs(suite, "quick")}
+    assert quick["skip_vae"]["hidden"] == [50, 50]
+    tree = yaml.safe_load(suite_file.read_text())
+    tree["sizes"]["quick"]["runs"] = {"ghost": {"train": {"epochs": 2}}}
+    suite_file.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError, match=r"size 'quick' adjusts unknown run\(s\) \['ghost'\]; runs: vae, beta4"):
+        child_configs(load_suite(str(suite_file)), "quick")
+
+
 def test_compare_cli_errors_are_one_line(suite_file, capsys):
     from vae_tf_cli import main
 

@@ -107,10 +107,18 @@ def child_configs(suite: Suite, size: str, seeds: list[int] | None = None, only:
     runs = [r for r in suite.runs if only is None or r["name"] in only]
     if only is not None and len(runs) != len(only):
         raise ConfigError(f"suite {suite.name!r} has no run(s) {sorted(set(only) - {r['name'] for r in runs})}")
+    # A size may adjust single runs last (``sizes.<size>.runs.<run>``), e.g. a Skip decoder's
+    # layers at that size's width, since a run's own network replaces the size's.
+    per_run = spec.get("runs") or {}
+    unknown = sorted(set(per_run) - {r["name"] for r in suite.runs})
+    if unknown:
+        raise ConfigError(f"suite {suite.name!r} size {size!r} adjusts unknown run(s) {unknown}; "
+                          f"runs: {', '.join(r['name'] for r in suite.runs)}")
     children = []
     for run in runs:
         for seed in seeds:
             tree = deep_merge(deep_merge(suite.base, spec.get("config") or {}), run.get("config") or {})
+            tree = deep_merge(tree, per_run.get(run["name"]) or {})
             tree["seed"] = int(seed)
             tree.setdefault("mlflow", {})["run_name"] = f"{run['name']} (seed {seed})"
             tree["mlflow"]["register"] = False
