@@ -11,11 +11,15 @@ A suite is a YAML file under ``training/suites/``::
     sizes:
       quick: {seeds: [0], config: {train: {epochs: 5}}, evaluate: {...}}
       full:  {seeds: [0, 1, 2], config: {train: {epochs: 60}}}
+      big:   {config: {...}, runs: {vae: {...}}}   # optional per-run adjustments, merged last
     runs:
       - name: vae
         claim: optional, per run
         group: optional; runs of one group share a collapse-curve figure (default: one figure)
         config: {objective: {kl_weight: {kind: constant, beta: 1.0}}}
+
+A child's config is ``base``, then the size's ``config``, then the run's ``config``, then the
+size's ``runs.<name>`` (so a size can resize a run that brings its own network).
 
 Children log through :class:`training.tracking.TrackedRun` (their evaluation included), so an
 MLflow outage during a suite is journaled, not fatal: ``vae-tf sync-mlflow runs/<child>`` sends
