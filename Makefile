@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 CONFIG ?= training/configs/default.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test install bench bench-all clean
+.PHONY: run test test-fast install bench bench-all clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: vae-tf needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
@@ -23,6 +23,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit-test loop: every test but the end-to-end ones marked `slow` (suites, clusters,
+# kill-and-resume, benchmark smoke runs), which `make test` (and CI) still runs.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q -x $(PYTEST_ARGS)
 
 # Benchmarks (docs/performance.md): `make bench` the training throughput (vae-tf, bare Keras,
 # PyTorch eager, matmul peak; ~6 min); `make bench-all` every table of the speed-and-scale issue

@@ -98,6 +98,7 @@ def test_reference_network_flops_and_profiler_agree():
     assert 0.99 < counted["training_step"] / analytic < 1.01
 
 
+@pytest.mark.slow
 def test_flops_script_smoke(tmp_path):
     out = tmp_path / "flops.json"
     proc = run_script("flops.py", "--sizes", "64", "--repeats", "1", "--no-torch", "--json", str(out))
@@ -183,6 +184,7 @@ def test_pythae_reference_is_the_same_network_with_the_same_loss():
             pythae_loss, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_train_throughput_smoke(tmp_path):
     out = tmp_path / "throughput.json"
     # aot_eager: torch.compile's graph capture without the C++ code generation (seconds, not a minute)
@@ -225,6 +227,7 @@ def test_train_throughput_smoke(tmp_path):
         assert "| PyTorch torch.compile |" in proc.stdout
 
 
+@pytest.mark.slow
 def test_train_throughput_without_torch_says_so_in_one_line_and_times_the_rest(tmp_path):
     (tmp_path / "torch.py").write_text("raise ImportError('No module named torch')\n")  # torch not installed
     out = tmp_path / "throughput.json"
@@ -236,6 +239,7 @@ def test_train_throughput_without_torch_says_so_in_one_line_and_times_the_rest(t
     assert "torch" not in result["rounds"][0] and result["best_images_per_s"].keys() == {"bare", "vae_tf"}
 
 
+@pytest.mark.slow
 def test_train_settings_smoke(tmp_path):
     out = tmp_path / "settings.json"
     proc = run_script("train_settings.py", "--steps", "1", "2", "--jit", "false", "--rounds", "1",
@@ -255,6 +259,7 @@ def test_train_settings_smoke(tmp_path):
     assert "| steps_per_execution | XLA |" in proc.stdout
 
 
+@pytest.mark.slow
 def test_scaling_smoke(tmp_path):
     """One round of the single-device baseline and 2 mirrored replicas (fresh processes)."""
     out = tmp_path / "scaling.json"
@@ -275,6 +280,7 @@ def test_scaling_smoke(tmp_path):
     assert "| mirrored, 2 replicas | 2 |" in proc.stdout
 
 
+@pytest.mark.slow
 def test_profile_step_smoke(tmp_path):
     """The profiler's op table is read, split into the parts of a step, and the fused update is
     one kernel (ResourceApplyAdam) where Keras' Adam has its element-wise ops."""
@@ -311,6 +317,7 @@ def test_peak_rss_is_the_childs_own_not_the_parents():
     assert big - small >= 190
 
 
+@pytest.mark.slow
 def test_memory_script_smoke(tmp_path):
     out = tmp_path / "memory.json"
     proc = run_script("memory.py", "--sizes", "128", "--epochs", "1", "--workdir", str(tmp_path),
@@ -324,6 +331,7 @@ def test_memory_script_smoke(tmp_path):
 
 
 # --- start-up -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_the_default_model_does_not_import_tensorflow_probability():
     """TFP (about a second of start-up, with tf_keras) loads at the first TFP distribution a
     model builds, not at ``import vae_tf.models``: building and fitting the Gaussian / Bernoulli
@@ -402,6 +410,7 @@ def test_gpu_check_script_runs_end_to_end_without_a_gpu(tmp_path):
         assert "=== text: exit 0" in log and (out / "text.json").is_file()
 
 
+@pytest.mark.slow
 def test_text_throughput_smoke(tmp_path):
     """One round of the sentence-VAE benchmark: both variants trained the same sentences, the
     token count is the scored positions (words + <eos>: 11 per 10-word sentence), the two models

@@ -40,6 +40,7 @@ def finished_run(workdir, capsys, digits):
     return tmp_path, uri, out, client, run, digits
 
 
+@pytest.mark.slow
 def test_train_logs_run_metrics_figures_config_and_model(finished_run):
     tmp_path, uri, out, client, run, digits = finished_run
     assert run.info.status == "FINISHED" and run.info.run_name == "cli-test"

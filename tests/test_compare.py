@@ -33,6 +33,7 @@ def suite_file(tmp_path, monkeypatch):
     return path
 
 
+@pytest.mark.slow
 def test_suite_runs_children_under_a_parent_and_resumes(suite_file, tmp_path, capsys):
     report = run_suite(str(suite_file), size="quick", output_dir=str(tmp_path / "report"))
     text = report.read_text()

@@ -181,6 +181,7 @@ def mirrored_results(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["elbo", "control_vae", "aggressive", "composed"])
 def test_two_replicas_follow_the_single_device_run_on_the_same_global_batch(mirrored_results, objective):
     """Same seeds, deterministic ops: losses, β (ControlVAE: fed the global-batch KL), weights and
@@ -230,6 +231,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_worker_multi_worker_mirrored_run_reports_the_same_loss_on_both_workers(tmp_path):
     """Keras reduces multi-worker logs along axis 0 (stack-notes.md §6): the steps return rank-1
     logs there, and History still holds plain floats."""

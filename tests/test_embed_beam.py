@@ -30,6 +30,7 @@ def _encode_directly(model_dir, x: np.ndarray) -> np.ndarray:
     return encode(x=tf.constant(x))["embedding"].numpy()
 
 
+@pytest.mark.slow
 def test_beam_on_two_workers_equals_vae_tf_embed_row_for_row(exports, tmp_path, capsys):
     rng = np.random.default_rng(7)
     data = tmp_path / "rows.npz"
@@ -137,6 +138,7 @@ def test_bad_input_is_one_line(exports, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_bad_row_found_by_a_worker_is_one_line(exports, tmp_path, capsys):
     x = np.random.default_rng(0).random((300, 64), dtype=np.float32)
     x[250, 3] = np.nan
@@ -148,6 +150,7 @@ def test_a_bad_row_found_by_a_worker_is_one_line(exports, tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # nothing half-written: Beam's temporary folders are removed too
 
 
+@pytest.mark.slow
 def test_text_files_and_parquet_sentences_equal_vae_tf_embed(text_exports, tmp_path, capsys):
     """A text model on Beam: a plain and a gzip text file (blank lines skipped, ``index`` the line
     number over both files in name order) and a Parquet string column, against the single-process

@@ -191,6 +191,7 @@ def test_bad_options_are_one_line_config_errors(options, match):
         build_latent("normal_gamma", latent_dim=3, **options)
 
 
+@pytest.mark.slow
 def test_trains_on_digits_reports_diagnostics_and_exports(digits, tmp_path):
     keras.utils.set_random_seed(0)
     model = build_vae(digits.data_shape, latent={"family": "normal_gamma", "latent_dim": 3},

@@ -32,6 +32,7 @@ def trained(tmp_path, monkeypatch, capsys):
     return client, run, out
 
 
+@pytest.mark.slow
 def test_a_training_run_logs_every_split_it_read_as_a_dataset_input(trained, digits):
     client, run, _ = trained
     inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i for i in run.inputs.dataset_inputs}
@@ -56,6 +57,7 @@ def test_digest_changes_with_the_content_and_not_otherwise(digits):
     assert dataset_digest(text) != dataset_digest(text[::-1].copy())
 
 
+@pytest.mark.slow
 def test_every_training_run_ends_with_a_collapse_verdict_in_the_console_and_the_tags(trained):
     _, run, out = trained
     line = next(l for l in out.err.splitlines() if l.startswith("collapse:"))
@@ -67,6 +69,7 @@ def test_every_training_run_ends_with_a_collapse_verdict_in_the_console_and_the_
     assert verdict.startswith(("healthy", "partially collapsed", "collapsed")) and f"{active}/4 dims active" in verdict
 
 
+@pytest.mark.slow
 def test_logs_off_a_terminal_are_one_line_per_epoch(trained):
     _, _, out = trained
     epochs = [line for line in out.out.splitlines() if line.startswith("Epoch ")]

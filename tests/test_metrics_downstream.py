@@ -41,6 +41,7 @@ def test_linear_probe_separates_blobs_and_not_noise(rng):
         linear_probe_accuracy(x_train, np.zeros(400, np.int64), x_test, y_test)
 
 
+@pytest.mark.slow
 def test_tsne_embedding_subsamples_reproducibly(rng):
     codes = rng.standard_normal((150, 4))
     emb, idx = tsne_embedding(codes, seed=0, max_points=60)

@@ -154,6 +154,7 @@ def test_metric_helpers_do_not_keep_a_model_alive(digits):
     assert ref() is None
 
 
+@pytest.mark.slow
 def test_evaluating_one_fresh_model_after_another_gives_no_retracing_warning():
     """A suite evaluates a new model per child run; each needs its own traces, which TensorFlow
     must not add up across models into "N out of the last N calls ... triggered tf.function

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -34,6 +35,7 @@ def _mlflow_run(tmp_path, *params):
     return subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_mlflow_run_trains_into_the_run_it_created(tmp_path):
     done = _mlflow_run(tmp_path, "epochs=1", "latent_dim=3", "objective=control_vae", "options={kl_set_point: 5}",
                        f"overrides=train.verbose=0 export.base_dir={tmp_path / 'models'} train.run_dir={tmp_path / 'runs'}")
@@ -48,6 +50,7 @@ def test_mlflow_run_trains_into_the_run_it_created(tmp_path):
     assert (tmp_path / "models" / "vae" / "1" / "saved_model.pb").is_file()
 
 
+@pytest.mark.slow
 def test_bad_parameters_fail_with_one_line_errors(tmp_path):
     done = _mlflow_run(tmp_path, "epochs=notint")
     assert done.returncode != 0

@@ -242,6 +242,7 @@ def _check_rest_answer(response, payload, path) -> int:
     return response.status
 
 
+@pytest.mark.slow
 @fuzz(REST_EXAMPLES)
 @given(method=st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE"]), path=rest_paths(), body=bodies)
 def test_rest_fuzz_never_5xx(rest, method, path, body):

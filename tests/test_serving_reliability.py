@@ -148,6 +148,7 @@ def test_load_with_hot_swap_has_no_5xx_and_no_wrong_answer(exports, tmp_path):
     _load_with_hot_swap(exports, tmp_path, "vae", inputs)
 
 
+@pytest.mark.slow
 def test_text_model_load_with_hot_swap_has_no_5xx_and_no_wrong_answer(text_exports, tmp_path):
     """The same with a text model: batches of 1..4 sentences (known and unknown words, one
     longer than the model's max_length, so truncated) over REST (JSON strings) and gRPC

@@ -242,6 +242,7 @@ def test_iw_nll_bounds_the_negative_elbo_and_per_word_values_divide_by_the_score
 
 # --- the SavedModel: strings in, strings out, no vae_tf needed ---------------------------------------
 
+@pytest.mark.slow
 def test_export_takes_and_gives_raw_strings_in_a_process_without_vae_tf(corpus, tmp_path):
     model = make(corpus)
     path = export_model(model, tmp_path, "text")
