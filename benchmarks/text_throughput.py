@@ -170,7 +170,7 @@ def main(argv=None) -> int:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            float(loss)
+            float(loss.detach())
             return time.perf_counter() - start
 
     stream = data.resumable_pipeline("train", args.batch_size, seed=args.seed, epochs=10_000)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import sys
 import time
@@ -343,10 +344,19 @@ def _load_json(client, run_id: str, artifact: str):
     """A JSON artifact of a finished child, or None (a missing one removes one panel of a figure)."""
     import json
 
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"  # one small file: no progress bar in the log
     try:
         return json.loads(Path(client.download_artifacts(run_id, artifact)).read_text())
     except Exception:  # noqa: BLE001
         return None
+    finally:
+        if previous is None:
+            os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+        else:
+            os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
 
 
 def _load_curve(client, run_id: str):

@@ -130,7 +130,8 @@ def pretrain_encoder(model, x, y, *, epochs: int = DEFAULT_EPOCHS, batch_size: i
             x_val = np.asarray(x_val)
             x_val = x_val if x_val.dtype == object else x_val.astype(np.float32)
             val = tf.data.Dataset.from_tensor_slices((x_val, np.asarray(y_val, np.int64))).batch(256)
-    history = classifier.fit(train, validation_data=val, epochs=epochs, verbose=verbose).history
+    history = classifier.fit(train, validation_data=val, epochs=epochs, verbose=verbose,
+                             shuffle=False).history  # the dataset shuffles itself, seeded
     # The head goes with the classifier; the encoder object is the model's own.
     result = {"pretrain_accuracy": [float(v) for v in history["accuracy"]],
               "pretrain_loss": [float(v) for v in history["loss"]], "num_classes": num_classes, "n": int(len(x))}
