@@ -38,7 +38,9 @@ array) timed in-process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import os
 import platform
 import sys
@@ -160,6 +162,10 @@ def main(argv=None) -> int:
         finally:
             process.terminate()
             process.wait(timeout=30)
+        handler_costs = io.StringIO()  # measured while the (temporary) export still exists
+        if text:
+            with contextlib.redirect_stdout(handler_costs):
+                _print_handler_costs(model_dir, args.requests, args.rounds)
 
     command = "python benchmarks/serving_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"Command: `{command.strip()}`\n")
@@ -182,8 +188,7 @@ def main(argv=None) -> int:
         rest_added = float(np.percentile(results[1]["REST"], 50)) - base
         print(f"\nTarget at batch 1: gRPC adds {grpc_added:.3f} ms (<= 1 ms: {'yes' if grpc_added <= 1 else 'no'}), "
               f"REST adds {rest_added:.3f} ms (<= 2 ms: {'yes' if rest_added <= 2 else 'no'}).")
-    if text:
-        _print_handler_costs(model_dir, args.requests, args.rounds)
+    print(handler_costs.getvalue(), end="")
     return 0
 
 

@@ -430,3 +430,18 @@ def test_text_throughput_smoke(tmp_path):
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=200,
                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert few.returncode != 0 and "fewer than one group of --batch-size x --steps-per-execution = 256" in few.stderr
+
+
+@pytest.mark.slow
+def test_serving_latency_text_smoke():
+    """The text path of the serving latency benchmark end to end at a few requests: a server in
+    its own process, the three paths agreeing (the script checks the codes), the table and the
+    server's own handler costs measured in-process while the temporary export still exists."""
+    proc = run_script("serving_latency.py", "--text", "--requests", "5", "--rounds", "1", "--batches", "1",
+                      timeout=400)
+    out = proc.stdout
+    for path in ("in-process", "gRPC", "REST"):
+        assert f"| 1 | {path} |" in out, out[-2000:]
+    assert "Target at batch 1: gRPC adds" in out
+    for step in ("signature call", "sentence checks", "REST handler", "gRPC handler"):
+        assert f"| {step} |" in out, out[-2000:]
