@@ -84,6 +84,18 @@ def _json_tensor(arr: np.ndarray):
     return np.vectorize(one, otypes=[object])(arr).tolist()
 
 
+def _fill_string_tensor(proto, array: np.ndarray) -> None:
+    """``proto`` (a ``TensorProto``) := the ``DT_STRING`` tensor of ``array`` (``str`` as UTF-8,
+    ``bytes`` as they are), what ``tf.make_tensor_proto`` gives for it, without its per-call cost
+    (about a third of a millisecond per request of one sentence)."""
+    from tensorflow.core.framework import types_pb2
+
+    proto.dtype = types_pb2.DT_STRING
+    for size in array.shape:
+        proto.tensor_shape.dim.add().size = int(size)
+    proto.string_val.extend(v.encode("utf-8") if isinstance(v, str) else v for v in array.reshape(-1))
+
+
 def _string_output(values, name: str) -> np.ndarray:
     """A ``DT_STRING`` output (gRPC: ``bytes``; REST: JSON strings, ``{"b64": ...}`` for outputs
     named ``*_bytes``) as an object array of ``str``, or of ``bytes`` for ``*_bytes`` outputs: the
@@ -294,7 +306,11 @@ class GrpcClient(_SignatureMethods):
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, signature_name)
         for key, value in inputs.items():
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+            array = np.asarray(value)
+            if array.dtype.kind in "OSU" and all(isinstance(v, (str, bytes)) for v in array.reshape(-1)):
+                _fill_string_tensor(request.inputs[key], array)  # sentences: string_val filled directly
+            else:
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(array))
         response = self._call(self._predict.Predict, request)
         outputs = {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
         return {key: _string_output(value, key) if value.dtype == object else value for key, value in outputs.items()}
