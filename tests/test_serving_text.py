@@ -192,8 +192,8 @@ def test_clients_take_and_give_strings(served):
 @pytest.mark.parametrize("array", [np.array(["a cat", "é ü", ""]), np.array([b"a", b"\xff\x00"], dtype=object),
                                    np.array([["a", "b"], ["c", "d"]], dtype=object), np.array([], dtype=object)])
 def test_grpc_client_builds_the_string_tensor_tf_make_tensor_proto_builds(array):
-    """The client fills ``string_val`` itself (a third of a millisecond a request less than
-    ``tf.make_tensor_proto``); the message is the same, byte for byte."""
+    """The client fills ``string_val`` itself instead of calling ``tf.make_tensor_proto``; the
+    message is the same, byte for byte."""
     from tensorflow.core.framework import tensor_pb2
 
     from serving.client import _fill_string_tensor
