@@ -50,6 +50,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from experiments.study_files import mean_std, runs_by_condition  # noqa: E402
+
 DEFAULT_OUT = ROOT / "docs" / "results" / "capacity_study"
 STEPS_PER_EPOCH = 23  # ceil(1437 / 64)
 
@@ -132,17 +134,11 @@ def _provenance() -> dict:
 
 
 def _ms(values, fmt="{:.2f}") -> str:
-    values = np.asarray(values, dtype=float)
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(values.mean())} ± {fmt.format(values.std(ddof=1))}"
+    return mean_std(values, fmt)
 
 
 def report(out: Path) -> str:
-    runs: dict[str, list[dict]] = {}
-    for path in sorted(out.glob("*.json")):
-        r = json.loads(path.read_text())
-        runs.setdefault(r["condition"], []).append(r)
+    runs = runs_by_condition(out)
     lines = ["| condition | kl_weight | epochs | seeds | test ELBO | KL | offset | spread | sharpness | MI (test) "
              "| MI (train) | KL − MI | AU | probe acc. |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in (c for c in CONDITIONS if c in runs):

@@ -70,6 +70,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+
+from experiments.study_files import mean_std, runs_by_condition  # noqa: E402
 from scipy import stats  # noqa: E402
 from scipy.special import logsumexp  # noqa: E402
 
@@ -290,17 +292,11 @@ def _write(path: Path, payload: dict) -> None:
 # --- report ----------------------------------------------------------------------------------------
 
 def _ms(values, fmt="{:.1f}") -> str:
-    values = np.asarray(values, dtype=float)
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(values.mean())} ± {fmt.format(values.std(ddof=1))}"
+    return mean_std(values, fmt)
 
 
 def report(out: Path) -> str:
-    runs: dict[str, list[dict]] = {}
-    for path in sorted(out.glob("*.json")):
-        r = json.loads(path.read_text())
-        runs.setdefault(r["condition"], []).append(r)
+    runs = runs_by_condition(out)
     order = [c for c in conditions() if c in runs]
     lines = ["| condition | seeds | test ELBO | test KL | p split | p split at epoch 10 / 20 | MI-active (I_i > 0.1) "
              "| Σ I_i | AU | best dim's share of each factor | decodability from all dims |",

@@ -1,0 +1,27 @@
+"""What the resumable studies in this folder share: their per-run JSON files (one per
+condition and seed, read back for the report) and how a column is written (mean ± sample std
+over the seeds, ddof = 1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def mean_std(values, fmt: str = "{:.2f}") -> str:
+    """``mean ± std`` (sample std, ddof = 1) of a column's values; one value as itself."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(values.mean())} ± {fmt.format(values.std(ddof=1))}"
+
+
+def runs_by_condition(out: Path) -> dict[str, list[dict]]:
+    """The JSON records under ``out``, grouped by their ``condition``, in file-name order."""
+    runs: dict[str, list[dict]] = {}
+    for path in sorted(Path(out).glob("*.json")):
+        record = json.loads(path.read_text())
+        runs.setdefault(record["condition"], []).append(record)
+    return runs
