@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -50,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from experiments.study_files import mean_std, runs_by_condition  # noqa: E402
+from experiments.study_files import mean_std, pending_runs, runs_by_condition, write_record  # noqa: E402
 
 DEFAULT_OUT = ROOT / "docs" / "results" / "capacity_study"
 STEPS_PER_EPOCH = 23  # ceil(1437 / 64)
@@ -163,22 +162,11 @@ def main(argv=None) -> int:
     if args.report:
         print(report(args.out))
         return 0
-    names = list(CONDITIONS) if args.conditions == "all" else args.conditions.split(",")
-    unknown = [n for n in names if n not in CONDITIONS]
-    if unknown:
-        parser.error(f"unknown condition(s) {', '.join(unknown)}; choose from {', '.join(CONDITIONS)}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        for seed in (int(s) for s in args.seeds.split(",")):
-            path = args.out / f"{name}-seed{seed}.json"
-            if path.exists():
-                continue
-            result = run_one(name, seed)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**result, **_provenance()}, indent=1))
-            tmp.replace(path)
-            print(f"{name} seed {seed}: KL {result['test_kl']:.2f}, MI {result['mi_test']:.2f}, "
-                  f"ELBO {result['test_elbo']:.2f}, {result['train_seconds']} s", flush=True)
+    for name, seed, path in pending_runs(parser, args.conditions, CONDITIONS, args.seeds, args.out):
+        result = run_one(name, seed)
+        write_record(path, {**result, **_provenance()})
+        print(f"{name} seed {seed}: KL {result['test_kl']:.2f}, MI {result['mi_test']:.2f}, "
+              f"ELBO {result['test_elbo']:.2f}, {result['train_seconds']} s", flush=True)
     return 0
 
 

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import subprocess
 import sys
@@ -71,7 +70,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from experiments.study_files import mean_std, runs_by_condition  # noqa: E402
+from experiments.study_files import mean_std, pending_runs, runs_by_condition, write_record  # noqa: E402
 from scipy import stats  # noqa: E402
 from scipy.special import logsumexp  # noqa: E402
 
@@ -283,12 +282,6 @@ def _provenance() -> dict:
     return {"date": datetime.date.today().isoformat(), "commit": commit, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
 
 
-def _write(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)
-
-
 # --- report ----------------------------------------------------------------------------------------
 
 def _ms(values, fmt="{:.1f}") -> str:
@@ -348,20 +341,11 @@ def main(argv=None) -> int:
         print(report(args.out))
         return 0
     table = conditions()
-    names = list(table) if args.conditions == "all" else args.conditions.split(",")
-    unknown = [n for n in names if n not in table]
-    if unknown:
-        parser.error(f"unknown condition(s) {', '.join(unknown)}; choose from {', '.join(table)}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        for seed in (int(s) for s in args.seeds.split(",")):
-            path = args.out / f"{name}-seed{seed}.json"
-            if path.exists():
-                continue
-            result = run_one(name, table[name], seed, args)
-            _write(path, {**result, **_provenance()})
-            print(f"{name} seed {seed}: p split {result.get('p_split', '—')}, MI-active {result.get('mi_active', '—')}, "
-                  f"decodability {result.get('decodability')}", flush=True)
+    for name, seed, path in pending_runs(parser, args.conditions, table, args.seeds, args.out):
+        result = run_one(name, table[name], seed, args)
+        write_record(path, {**result, **_provenance()})
+        print(f"{name} seed {seed}: p split {result.get('p_split', '—')}, MI-active {result.get('mi_active', '—')}, "
+              f"decodability {result.get('decodability')}", flush=True)
     return 0
 
 

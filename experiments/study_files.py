@@ -25,3 +25,26 @@ def runs_by_condition(out: Path) -> dict[str, list[dict]]:
         record = json.loads(path.read_text())
         runs.setdefault(record["condition"], []).append(record)
     return runs
+
+
+def write_record(path: Path, record: dict) -> None:
+    """One run's JSON, written to a temporary name and renamed: never half-written."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+
+
+def pending_runs(parser, conditions: str, table, seeds: str, out: Path):
+    """``(name, seed, path)`` of each requested run whose JSON does not exist yet (resumable);
+    ``conditions`` is ``all`` or a comma-separated list of ``table``'s names (an unknown one is
+    the parser's one-line error)."""
+    names = list(table) if conditions == "all" else conditions.split(",")
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        parser.error(f"unknown condition(s) {', '.join(unknown)}; choose from {', '.join(table)}")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        for seed in (int(s) for s in seeds.split(",")):
+            path = out / f"{name}-seed{seed}.json"
+            if not path.exists():
+                yield name, seed, path
