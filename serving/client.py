@@ -84,19 +84,6 @@ def _json_tensor(arr: np.ndarray):
     return np.vectorize(one, otypes=[object])(arr).tolist()
 
 
-def _fill_string_tensor(proto, array: np.ndarray) -> None:
-    """``proto`` (a ``TensorProto``) := the ``DT_STRING`` tensor of ``array`` (``str`` as UTF-8,
-    ``bytes`` as they are), the message ``tf.make_tensor_proto`` gives for it, without its
-    type inference (benchmarks/serving_latency.py --text: gRPC's added p50 went from 1.11 to
-    1.05 ms, within that benchmark's noise)."""
-    from tensorflow.core.framework import types_pb2
-
-    proto.dtype = types_pb2.DT_STRING
-    for size in array.shape:
-        proto.tensor_shape.dim.add().size = int(size)
-    proto.string_val.extend(v.encode("utf-8") if isinstance(v, str) else v for v in array.reshape(-1))
-
-
 def _string_output(values, name: str) -> np.ndarray:
     """A ``DT_STRING`` output (gRPC: ``bytes``; REST: JSON strings, ``{"b64": ...}`` for outputs
     named ``*_bytes``) as an object array of ``str``, or of ``bytes`` for ``*_bytes`` outputs: the
@@ -301,19 +288,22 @@ class GrpcClient(_SignatureMethods):
             raise ServingRequestError(f"{self.target}: {code.name}: {err.details()}", code.name) from None
 
     def predict(self, inputs: Mapping[str, Any], signature_name: str = "serving_default") -> dict[str, np.ndarray]:
-        import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
+
+        from serving.tensor_proto import read_ndarray, write_content
 
         request = predict_pb2.PredictRequest()
         self._spec(request.model_spec, signature_name)
         for key, value in inputs.items():
             array = np.asarray(value)
-            if array.dtype.kind in "OSU" and all(isinstance(v, (str, bytes)) for v in array.reshape(-1)):
-                _fill_string_tensor(request.inputs[key], array)  # sentences: string_val filled directly
-            else:
+            if array.dtype == object and not all(isinstance(v, (str, bytes)) for v in array.reshape(-1)):
+                import tensorflow as tf  # mixed objects: TensorFlow's conversion (and its error)
+
                 request.inputs[key].CopyFrom(tf.make_tensor_proto(array))
+            else:
+                write_content(request.inputs[key], array)  # as tf.make_tensor_proto, without its type inference
         response = self._call(self._predict.Predict, request)
-        outputs = {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
+        outputs = {key: read_ndarray(proto) for key, proto in response.outputs.items()}
         return {key: _string_output(value, key) if value.dtype == object else value for key, value in outputs.items()}
 
     def metadata(self) -> dict:

@@ -46,6 +46,7 @@ from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTI
 from serving.model_store import (refuse_classify_or_regress, CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD, ModelStore,
                                  Servable)
 from serving.status import Code, ServingError, invalid_argument, one_line
+from serving.tensor_proto import DT_STRING, read_ndarray, write_fields
 
 log = logging.getLogger("serving.grpc")
 
@@ -105,54 +106,40 @@ def _spec_target(model_spec) -> tuple[str, int | None, str | None]:
 
 # -- tensors ---------------------------------------------------------------------------------
 
-_PROTO_FIELDS = {
-    np.dtype(np.float32): (1, "float_val"), np.dtype(np.float64): (2, "double_val"),
-    np.dtype(np.int32): (3, "int_val"), np.dtype(np.uint8): (4, "int_val"), np.dtype(np.int16): (5, "int_val"),
-    np.dtype(np.int8): (6, "int_val"), np.dtype(np.int64): (9, "int64_val"), np.dtype(np.bool_): (10, "bool_val"),
-    np.dtype(np.uint16): (17, "int_val"), np.dtype(np.uint32): (22, "uint32_val"),
-    np.dtype(np.uint64): (23, "uint64_val"),
-}
-
 
 def ndarray_to_proto(arr: np.ndarray):
     """A ``TensorProto`` with the values in the typed repeated field (``Tensor::AsProtoField``)."""
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+    from tensorflow.core.framework import tensor_pb2
 
-    arr = np.asarray(arr)
-    proto = tensor_pb2.TensorProto(tensor_shape=tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in arr.shape]))
-    if arr.dtype == np.float16:
-        proto.dtype = 19
-        proto.half_val.extend(arr.ravel().view(np.uint16).tolist())
-    elif arr.dtype.kind in "OSU":
-        proto.dtype = 7
-        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode("utf-8") for v in arr.ravel())
-    else:
-        enum, field = _PROTO_FIELDS[arr.dtype]
-        proto.dtype = enum
-        getattr(proto, field).extend(arr.ravel().tolist())
+    proto = tensor_pb2.TensorProto()
+    write_fields(proto, arr)
     return proto
 
 
 def proto_to_ndarray(alias: str, proto, max_bytes: int) -> np.ndarray:
     """``tf.make_ndarray`` with a size guard; any malformed proto -> ``tensor parsing error``."""
-    import tensorflow as tf
-
     try:
         count = 1
         for dim in proto.tensor_shape.dim:
             if dim.size < 0:
                 raise ValueError("negative dimension")
             count *= dim.size
-        itemsize = np.dtype(tf.dtypes.as_dtype(proto.dtype).as_numpy_dtype).itemsize if proto.dtype != 7 else 1
-        if count * itemsize > max_bytes:
+        if count * _itemsize(proto.dtype) > max_bytes:
             raise invalid_argument(f"tensor parsing error: {alias} (its shape asks for {count} values, more than "
                                    f"the {max_bytes}-byte message limit allows)")
-        return tf.make_ndarray(proto)
+        return read_ndarray(proto)
     except ServingError:
         raise
     except Exception:
         raise invalid_argument(f"tensor parsing error: {alias}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _itemsize(enum: int) -> int:
+    """Bytes per value of DataType ``enum`` (1 for strings); unknown enums raise (-> parsing error)."""
+    import tensorflow as tf
+
+    return 1 if enum == DT_STRING else np.dtype(tf.dtypes.as_dtype(enum).as_numpy_dtype).itemsize
 
 
 # -- services --------------------------------------------------------------------------------
@@ -223,7 +210,7 @@ class PredictionService(_prediction_servicer_base()):
         response.model_spec.signature_name = signature_name
         response.model_spec.version.value = servable.version
         for alias in wanted or sorted(outputs):
-            response.outputs[alias].CopyFrom(ndarray_to_proto(outputs[alias]))
+            write_fields(response.outputs[alias], outputs[alias])
         return response
 
     @_rpc

@@ -189,20 +189,6 @@ def test_clients_take_and_give_strings(served):
         client.close()
 
 
-@pytest.mark.parametrize("array", [np.array(["a cat", "é ü", ""]), np.array([b"a", b"\xff\x00"], dtype=object),
-                                   np.array([["a", "b"], ["c", "d"]], dtype=object), np.array([], dtype=object)])
-def test_grpc_client_builds_the_string_tensor_tf_make_tensor_proto_builds(array):
-    """The client fills ``string_val`` itself instead of calling ``tf.make_tensor_proto``; the
-    message is the same, byte for byte."""
-    from tensorflow.core.framework import tensor_pb2
-
-    from serving.client import _fill_string_tensor
-
-    ours = tensor_pb2.TensorProto()
-    _fill_string_tensor(ours, array)
-    assert ours.SerializeToString() == tf.make_tensor_proto(array).SerializeToString()
-
-
 # -- bad input ---------------------------------------------------------------------------------------
 
 
