@@ -50,22 +50,53 @@ def _train(optimizer, steps=25, variables=None, grads=None):
 ])
 def test_trajectory_equals_keras_adam(kwargs):
     expected = _train(keras.optimizers.Adam(**kwargs))
-    got = _train(FusedAdam(**kwargs))
+    got = _train(FusedAdam(**kwargs, min_fused_size=1))  # the kernel on every variable
     start = [v.numpy() for v in _variables()]
     for e, g, s in zip(expected, got, start):
         assert np.abs(e - s).max() > 1e-3  # the run moved the weights: the comparison means something
         np.testing.assert_allclose(g, e, rtol=2e-5, atol=1e-6)
 
 
-def test_the_update_is_the_fused_kernel():
-    variables = _variables()
-    optimizer = FusedAdam(1e-3)
+def _update_ops(optimizer, variables, grads) -> list[str]:
     optimizer.build(variables)
-    grads = _gradients(1)[0]
     graph = tf.function(lambda: optimizer.apply_gradients(zip(grads, variables))).get_concrete_function().graph
-    ops = [op.type for op in graph.get_operations()]
+    return [op.type for op in graph.get_operations()]
+
+
+def test_the_update_is_the_fused_kernel():
+    ops = _update_ops(FusedAdam(1e-3, min_fused_size=1), _variables(), _gradients(1)[0])
     assert ops.count("ResourceApplyAdam") == len(SHAPES)
     assert "Sqrt" not in ops  # none of Keras' element-wise update ops are left
+
+
+def test_small_variables_keep_keras_ops_and_large_ones_get_the_kernel():
+    """Default threshold: a 131,072-value variable is fused, a 131,071-value one and the small
+    ones are not; the mixed update still follows Keras' Adam."""
+    shapes = [(512, 256), (131_071,), (7,), (3, 4)]
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=s).astype("float32") for s in shapes]
+    grads = [[tf.constant(rng.normal(size=s).astype("float32")) for s in shapes] for _ in range(3)]
+    fused_vars = [keras.Variable(v) for v in start]
+    optimizer = FusedAdam(1e-2)
+    assert [optimizer.uses_fused_kernel(v) for v in fused_vars] == [True, False, False, False]
+    ops = _update_ops(optimizer, fused_vars, grads[0])
+    assert ops.count("ResourceApplyAdam") == 1
+    small = [keras.Variable(v) for v in start[1:]]
+    keras_ops = _update_ops(keras.optimizers.Adam(1e-2), small, grads[0][1:])
+    assert ops.count("Sqrt") == keras_ops.count("Sqrt") > 0  # Keras' element-wise update on the small ones
+    keras_vars = [keras.Variable(v) for v in start]
+    _train(keras.optimizers.Adam(1e-2), variables=keras_vars, grads=grads)
+    _train(optimizer, variables=fused_vars, grads=grads)
+    for got, want, s in zip(fused_vars, keras_vars, start):
+        assert np.abs(want.numpy() - s).max() > 1e-3
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "big"])
+def test_bad_min_fused_size_is_refused_in_one_line(bad):
+    with pytest.raises(ValueError, match="min_fused_size must be a positive integer") as info:
+        FusedAdam(1e-3, min_fused_size=bad)
+    assert "\n" not in str(info.value)
 
 
 def test_checkpoints_are_interchangeable_with_keras_adam(tmp_path):
@@ -76,7 +107,7 @@ def test_checkpoints_are_interchangeable_with_keras_adam(tmp_path):
     _train(keras_adam, variables=variables, grads=grads[:10])
     path = tf.train.Checkpoint(variables=variables, optimizer=keras_adam).write(str(tmp_path / "ckpt"))
     restored = _variables(seed=5)
-    fused = FusedAdam(1e-2)
+    fused = FusedAdam(1e-2, min_fused_size=1)
     fused.build(restored)
     tf.train.Checkpoint(variables=restored, optimizer=fused).read(path).assert_consumed()
     assert int(fused.iterations.numpy()) == 10
@@ -87,7 +118,7 @@ def test_checkpoints_are_interchangeable_with_keras_adam(tmp_path):
 
 
 def test_serialises_by_name():
-    optimizer = FusedAdam(2e-3, beta_1=0.8, global_clipnorm=3.0)
+    optimizer = FusedAdam(2e-3, beta_1=0.8, global_clipnorm=3.0, min_fused_size=4096)
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
     assert type(restored) is FusedAdam
     assert restored.get_config() == optimizer.get_config()
@@ -95,7 +126,7 @@ def test_serialises_by_name():
 
 def test_loss_scaled_mixed_precision_update_is_finite_and_moves():
     variables = _variables()
-    optimizer = keras.optimizers.LossScaleOptimizer(FusedAdam(1e-2))
+    optimizer = keras.optimizers.LossScaleOptimizer(FusedAdam(1e-2, min_fused_size=1))
     start = [v.numpy() for v in variables]
     got = _train(optimizer, steps=5, variables=variables)
     assert all(np.isfinite(g).all() for g in got)
@@ -128,9 +159,10 @@ def run(optimizer_class, strategy):
 
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 single = tf.distribute.get_strategy()
-fused_2 = run(FusedAdam, mirrored)
+fused = lambda *a, **k: FusedAdam(*a, min_fused_size=1, **k)  # the kernel on every variable
+fused_2 = run(fused, mirrored)
 keras_2 = run(keras.optimizers.Adam, mirrored)
-fused_1 = run(FusedAdam, single)
+fused_1 = run(fused, single)
 keras_1 = run(keras.optimizers.Adam, single)
 print("DIFF_MIRRORED", max(float(np.abs(a - b).max()) for a, b in zip(fused_2, keras_2)))
 print("DIFF_SINGLE", max(float(np.abs(a - b).max()) for a, b in zip(fused_1, keras_1)))

@@ -18,12 +18,29 @@ weight decay, EMA, loss scaling (``LossScaleOptimizer`` wraps it), ``tf.distribu
 kernel runs inside ``strategy.extended.update`` on each replica's copy), and the optimizer's
 variables, so checkpoints of either class restore into the other. Where no fused kernel fits,
 the update falls back to Keras' ops: ``amsgrad=True`` and sparse (``IndexedSlices``) gradients.
+
+Small variables keep Keras' ops too (``min_fused_size``, default 131,072 values): on a CPU the
+kernel splits its pass over the intra-op threads, which costs more than it saves on a small
+tensor. Measured side by side on a 2-core CPU (benchmarks/train_throughput.py's models, the
+bare Keras loop with each optimizer, ms per step over ~90 interleaved rounds): on the MLP
+256/128 (largest variable 32,768 values) the fused kernel on every variable made a step 12-14 %
+slower than Keras' Adam, fused from 16,384 values up still 8 % slower, Keras' ops everywhere
+equal to Keras' Adam; on the conv reference (two 802,816-value dense kernels, everything else
+under 20,000) fusing from 65,536 or 262,144 values up was as fast as fusing everything (0.96-0.97
+of Keras' Adam). Every threshold between 32,769 and 802,816 picks the same variables in both
+models; 131,072 sits in that range. ``min_fused_size=1`` fuses every variable.
 """
 
 from __future__ import annotations
 
+import math
+
 import keras
 import tensorflow as tf
+
+
+#: Variables with fewer values than this are updated by Keras' ops (module docstring).
+DEFAULT_MIN_FUSED_SIZE = 131_072
 
 
 def _tf_variable(variable):
@@ -36,8 +53,21 @@ class FusedAdam(keras.optimizers.Adam):
     """``keras.optimizers.Adam`` (same arguments, same results) whose per-variable update is
     TensorFlow's fused ``ResourceApplyAdam`` kernel; see the module docstring."""
 
+    def __init__(self, *args, min_fused_size: int = DEFAULT_MIN_FUSED_SIZE, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(min_fused_size, bool) or not isinstance(min_fused_size, int) or min_fused_size < 1:
+            raise ValueError(f"min_fused_size must be a positive integer (values per variable), got {min_fused_size!r}")
+        self.min_fused_size = min_fused_size
+
+    def get_config(self):
+        return {**super().get_config(), "min_fused_size": self.min_fused_size}
+
+    def uses_fused_kernel(self, variable) -> bool:
+        """Whether ``variable``'s dense update is the fused kernel (else Keras' element-wise ops)."""
+        return not self.amsgrad and math.prod(variable.shape) >= self.min_fused_size
+
     def update_step(self, gradient, variable, learning_rate):
-        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
+        if isinstance(gradient, tf.IndexedSlices) or not self.uses_fused_kernel(variable):
             return super().update_step(gradient, variable, learning_rate)
         var = _tf_variable(variable)
         dtype = var.dtype
