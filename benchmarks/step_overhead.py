@@ -49,19 +49,12 @@ def bare_step_on_ours(self, data):
     """train_throughput's bare step, on the vae-tf model's networks, seed stream and optimizer."""
     import tensorflow as tf
 
-    from benchmarks.train_throughput import LOG_VAR_CLIP
+    from benchmarks.train_throughput import bare_elbo_loss
 
     x = self.unpack(data)
     eps = tf.random.stateless_normal((tf.shape(x)[0], self.latent.code_size), seed=self.next_seed())
     with tf.GradientTape() as tape:
-        mean, log_var = tf.split(self.encoder(x, training=True), 2, axis=-1)
-        log_var = tf.clip_by_value(log_var, -LOG_VAR_CLIP, LOG_VAR_CLIP)
-        z = mean + tf.exp(0.5 * log_var) * eps
-        logits = self.decoder(z, training=True)
-        axes = list(range(1, len(x.shape)))
-        reconstruction = -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), axis=axes)
-        kl = 0.5 * tf.reduce_sum(tf.square(mean) + tf.exp(log_var) - log_var - 1.0, axis=-1)
-        loss = -tf.reduce_mean(reconstruction - kl)
+        loss = bare_elbo_loss(self.encoder, self.decoder, x, eps)
     grads = tape.gradient(loss, self.trainable_variables)
     self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
     self.loss_tracker.update_state(loss)

@@ -164,6 +164,21 @@ def build_ours(spec: dict, data_shape, args):
     return model
 
 
+def bare_elbo_loss(encoder, decoder, x, eps, training=True):
+    """The bare loop's loss in plain TF ops: −mean_batch(Σ_data log Bernoulli(x | logits) −
+    Σ_latent KL(N(μ, σ²) ‖ N(0, 1))), with z = μ + exp(½ log σ²) ε."""
+    import tensorflow as tf
+
+    mean, log_var = tf.split(encoder(x, training=training), 2, axis=-1)
+    log_var = tf.clip_by_value(log_var, -LOG_VAR_CLIP, LOG_VAR_CLIP)
+    z = mean + tf.exp(0.5 * log_var) * eps
+    logits = decoder(z, training=training)
+    data_axes = list(range(1, len(x.shape)))
+    reconstruction = -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), axis=data_axes)
+    kl = 0.5 * tf.reduce_sum(tf.square(mean) + tf.exp(log_var) - log_var - 1.0, axis=-1)
+    return -tf.reduce_mean(reconstruction - kl)
+
+
 def make_bare_class():
     import keras
     import tensorflow as tf
@@ -171,12 +186,11 @@ def make_bare_class():
     class BareVAE(keras.Model):
         """The smallest Keras VAE with the vae-tf ELBO (β = 1): plain TF ops, one loss tracker."""
 
-        def __init__(self, encoder, decoder, latent_dim: int, data_rank: int, seed=None, **kwargs):
+        def __init__(self, encoder, decoder, latent_dim: int, seed=None, **kwargs):
             super().__init__(**kwargs)
             self.encoder = encoder
             self.decoder = decoder
             self.latent_dim = int(latent_dim)
-            self.data_axes = list(range(1, 1 + int(data_rank)))
             self.seed_generator = keras.random.SeedGenerator(seed)
             self.loss_tracker = keras.metrics.Mean(name="loss")
 
@@ -185,15 +199,7 @@ def make_bare_class():
             return [self.loss_tracker]
 
         def loss_for(self, x, eps, training=True):
-            """−mean_batch(Σ_data log Bernoulli(x | logits) − Σ_latent KL(N(μ, σ²) ‖ N(0, 1)))."""
-            mean, log_var = tf.split(self.encoder(x, training=training), 2, axis=-1)
-            log_var = tf.clip_by_value(log_var, -LOG_VAR_CLIP, LOG_VAR_CLIP)
-            z = mean + tf.exp(0.5 * log_var) * eps
-            logits = self.decoder(z, training=training)
-            reconstruction = -tf.reduce_sum(
-                tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), axis=self.data_axes)
-            kl = 0.5 * tf.reduce_sum(tf.square(mean) + tf.exp(log_var) - log_var - 1.0, axis=-1)
-            return -tf.reduce_mean(reconstruction - kl)
+            return bare_elbo_loss(self.encoder, self.decoder, x, eps, training=training)
 
         def train_step(self, data):
             x = data[0] if isinstance(data, (tuple, list)) else data
@@ -230,7 +236,7 @@ def build_bare(spec: dict, data_shape, ours, args):
         want = [tuple(w.shape) for w in theirs.weights]
         if got != want:
             raise SystemExit(f"bare {mine.name} weights {got} differ from vae-tf's {want}")
-    model = make_bare_class()(encoder, decoder, latent_dim, len(data_shape), seed=args.seed, name="bare_vae")
+    model = make_bare_class()(encoder, decoder, latent_dim, seed=args.seed, name="bare_vae")
     model(np.zeros((1,) + tuple(data_shape), np.float32))
     optimizer = FusedAdam if args.bare_optimizer == "fused" else keras.optimizers.Adam
     model.compile(optimizer=optimizer(args.learning_rate),

@@ -107,15 +107,6 @@ def _spec_target(model_spec) -> tuple[str, int | None, str | None]:
 # -- tensors ---------------------------------------------------------------------------------
 
 
-def ndarray_to_proto(arr: np.ndarray):
-    """A ``TensorProto`` with the values in the typed repeated field (``Tensor::AsProtoField``)."""
-    from tensorflow.core.framework import tensor_pb2
-
-    proto = tensor_pb2.TensorProto()
-    write_fields(proto, arr)
-    return proto
-
-
 def proto_to_ndarray(alias: str, proto, max_bytes: int) -> np.ndarray:
     """``tf.make_ndarray`` with a size guard; any malformed proto -> ``tensor parsing error``."""
     try:
@@ -336,4 +327,4 @@ class GrpcServer:
 
 
 __all__ = ["DEFAULT_MAX_IN_FLIGHT", "DEFAULT_MAX_MESSAGE_BYTES", "GrpcServer", "ModelService", "PredictionService",
-           "ndarray_to_proto", "proto_to_ndarray"]
+           "proto_to_ndarray"]

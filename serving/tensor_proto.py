@@ -51,7 +51,7 @@ def read_ndarray(proto) -> np.ndarray:
         count *= size
     if proto.dtype == DT_STRING:
         if not proto.tensor_content and len(proto.string_val) == count:
-            return np.array(list(proto.string_val) if count else [], dtype=object).reshape(shape)
+            return np.array(list(proto.string_val), dtype=object).reshape(shape)
     else:
         known = _DTYPE_OF.get(proto.dtype)
         if known is not None and min(shape, default=0) >= 0:
@@ -69,11 +69,11 @@ def read_ndarray(proto) -> np.ndarray:
 def write_fields(proto, arr: np.ndarray) -> None:
     """``proto`` (an empty ``TensorProto``) := ``arr`` in its typed ``*_val`` field."""
     arr = np.asarray(arr)
-    _set_shape(proto, arr.shape)
     if arr.dtype.kind in "OSU":
-        proto.dtype = DT_STRING
-        proto.string_val.extend(_utf8(v) for v in arr.reshape(-1))
-    elif arr.dtype == np.float16:
+        _write_strings(proto, arr)
+        return
+    _set_shape(proto, arr.shape)
+    if arr.dtype == np.float16:
         proto.dtype = 19
         proto.half_val.extend(arr.reshape(-1).view(np.uint16).tolist())
     else:
@@ -87,9 +87,7 @@ def write_content(proto, arr: np.ndarray) -> None:
     bytes in ``tensor_content`` for numbers, ``string_val`` for strings (``str`` as UTF-8)."""
     arr = np.asarray(arr)
     if arr.dtype.kind in "OSU":
-        _set_shape(proto, arr.shape)
-        proto.dtype = DT_STRING
-        proto.string_val.extend(_utf8(v) for v in arr.reshape(-1))
+        _write_strings(proto, arr)
         return
     enum = 19 if arr.dtype == np.float16 else _FIELD_OF.get(arr.dtype, (None,))[0]
     if enum is None:
@@ -100,6 +98,13 @@ def write_content(proto, arr: np.ndarray) -> None:
     _set_shape(proto, arr.shape)
     proto.dtype = enum
     proto.tensor_content = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+
+
+def _write_strings(proto, arr: np.ndarray) -> None:
+    """A string tensor has one layout for both writers: ``string_val`` (``str`` as UTF-8)."""
+    _set_shape(proto, arr.shape)
+    proto.dtype = DT_STRING
+    proto.string_val.extend(_utf8(v) for v in arr.reshape(-1))
 
 
 def _utf8(value) -> bytes:
