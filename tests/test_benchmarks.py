@@ -483,3 +483,14 @@ def test_step_overhead_variants_update_as_named():
             .get_concrete_function().graph
         count = [op.type for op in graph.get_operations()].count("ResourceApplyAdam")
         assert count == (len(model.trainable_variables) if fused_count is None else fused_count)
+
+
+def test_tensor_proto_conversion_smoke():
+    """Both ways build the same response and read the same values (the script asserts it), and
+    both sides are timed."""
+    proc = run_script("tensor_proto_conversion.py", "--number", "20", "--repeat", "1")
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| server", "| client"))]
+    assert len(rows) == 2
+    for row in rows:
+        before, now = (float(cell) for cell in row.strip("|").split("|")[1:3])
+        assert before > 0 and now > 0
