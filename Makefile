@@ -6,6 +6,10 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 CONFIG ?= training/configs/default.yaml
 PYTEST_ARGS ?=
+# pytest-xdist workers, each running whole test files (module fixtures are built once): `auto` is
+# one per CPU core; TEST_WORKERS=0 runs every test in this process.
+TEST_WORKERS ?= auto
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 .PHONY: run test test-fast install bench bench-all clean
 
@@ -22,12 +26,13 @@ run: $(STAMP)
 	$(VENV)/bin/vae-tf train --config $(CONFIG)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The edit-test loop: every test but the end-to-end ones marked `slow` (suites, clusters,
-# kill-and-resume, benchmark smoke runs), which `make test` (and CI) still runs.
+# kill-and-resume, benchmark smoke runs, the train-and-export matrices), which `make test` (and
+# CI) still runs.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q -x $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" -q -x $(PYTEST_ARGS)
 
 # Benchmarks (docs/performance.md): `make bench` the training throughput (vae-tf, bare Keras,
 # PyTorch eager, matmul peak; ~6 min); `make bench-all` every table of the speed-and-scale issue

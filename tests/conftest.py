@@ -1,14 +1,46 @@
-"""Shared fixtures. TensorFlow's start-up logging is silenced before anything imports it."""
+"""Shared fixtures. TensorFlow's start-up logging is silenced before anything imports it.
+
+Under pytest-xdist (``make test`` runs ``-n auto --dist loadfile``) every file runs on one
+worker, so a module-scoped fixture is built once; session fixtures that are dear to build
+(:func:`text_exports`) are built once per run by whichever worker needs them first
+(:func:`built_once`), the others wait for it and reuse them. (``--dist loadgroup`` would split
+files finer, but pytest-xdist 3.8 cannot group under pytest 9.2: it tags ``item._nodeid``, which
+pytest 9.2 no longer reads.)
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(path)`` run once per test run: by this process without pytest-xdist, else by the
+    first worker that asks (a file lock in the run's shared temporary directory; the others wait
+    for it and reuse the result). ``build`` writes into a temporary folder renamed when complete."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # no xdist: this process's own temporary directory
+        path = tmp_path_factory.mktemp(name)
+        build(path)
+        return path
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the run's directory, parent of every worker's
+    path = shared / name
+    with FileLock(str(shared / f"{name}.lock")):
+        if not path.is_dir():
+            partial = shared / f"{name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            build(partial)
+            partial.rename(path)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -43,14 +75,15 @@ def exports(tmp_path_factory):
 @pytest.fixture(scope="session")
 def text_exports(tmp_path_factory):
     """Two versions of the tiny sentence VAE (random weights, seeds 0 and 1), exported once per
-    session (tracing a text model's decoding loop takes tens of seconds); tests copy them into
-    fresh base paths (``serving.testing.drop_version(..., name="text")``)."""
+    run (tracing a text model's decoding loop takes tens of seconds); tests copy them into fresh
+    base paths (``serving.testing.drop_version(..., name="text")``)."""
     from serving.testing import export_tiny_text_model
 
-    src = tmp_path_factory.mktemp("text_exports")
-    export_tiny_text_model(src, "text", version=1, seed=0)
-    export_tiny_text_model(src, "text", version=2, seed=1)
-    return src / "text"
+    def build(src):
+        export_tiny_text_model(src, "text", version=1, seed=0)
+        export_tiny_text_model(src, "text", version=2, seed=1)
+
+    return built_once(tmp_path_factory, "text_exports", build) / "text"
 
 
 def announced(process) -> dict[str, str]:

@@ -79,6 +79,7 @@ def test_train_logs_run_metrics_figures_config_and_model(finished_run):
     assert (tmp_path / "runs" / run.info.run_id / "checkpoints" / "checkpoint").is_file()
 
 
+@pytest.mark.slow
 def test_registered_model_predicts_like_the_export(finished_run):
     tmp_path, uri, *_ = finished_run
     mlflow.set_registry_uri(uri)
@@ -91,6 +92,7 @@ def test_registered_model_predicts_like_the_export(finished_run):
     assert rec["x_mean"].shape == (3, 8, 8, 1)
 
 
+@pytest.mark.slow
 def test_second_run_exports_the_next_version(finished_run, capsys):
     tmp_path, uri, _, client, *_ = finished_run
     assert main(_args(*FAST, "train.epochs=1")) == 0
@@ -127,6 +129,7 @@ def test_bad_data_fails_before_any_run_is_created(workdir, capsys):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_data_outside_the_likelihood_support_is_rejected(workdir, capsys):
     tmp_path, _ = workdir
     np.save(tmp_path / "wide.npy", np.linspace(-2, 2, 60, dtype=np.float32).reshape(10, 6))

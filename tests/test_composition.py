@@ -68,6 +68,7 @@ def test_the_pairs_cover_every_pair_of_slots_and_every_value():
     assert seen == {(slot, repr(value)) for slot, values in VALUES.items() for value in values}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pair", PAIRS, ids=[_case_id(p) for p in PAIRS])
 def test_every_pair_of_slots_trains_and_exports(pair, digits, tmp_path):
     settings = dict(pair)

@@ -28,6 +28,7 @@ def run(controller, steps, start_step=0, beta=1.0):
     return np.array(betas), np.array(kls)
 
 
+@pytest.mark.slow
 def test_pi_controller_drives_the_error_to_zero():
     controller = PIController(kl_set_point=10.0, kp=0.01, ki=0.001, smoothing=0.0)
     betas, kls = run(controller, 3000)
@@ -36,6 +37,7 @@ def test_pi_controller_drives_the_error_to_zero():
     assert abs(float(controller.error)) < 0.05
 
 
+@pytest.mark.slow
 def test_integral_does_not_wind_up_while_beta_is_clamped():
     controller = PIController(kl_set_point=40.0, kp=0.01, ki=0.001, beta_min=0.0, beta_max=1.0, smoothing=0.0)
     betas, kls = run(controller, 2000)  # 40 nats is out of reach: the plant gives at most 30 at β = 0

@@ -805,7 +805,7 @@ def test_binarized_sample_draws_each_value_with_its_probability_once_per_seed():
 
 def test_binarize_refuses_text_data_an_unknown_mode_and_values_outside_zero_one():
     with pytest.raises(DataError, match="is text; binarize applies to images"):
-        load_dataset("text_synthetic", seed=0, max_samples=50).binarized("sample")
+        load_dataset("text_synthetic", seed=0, n_samples=100).binarized("sample")
     with pytest.raises(DataError, match="unknown binarize mode 'round'"):
         load_dataset("digits", seed=0).binarized("round")
     wide = dataclasses.replace(load_dataset("digits", seed=0), value_range=(-1.0, 1.0))

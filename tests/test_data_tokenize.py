@@ -120,6 +120,7 @@ def test_build_vocabulary_rejects_bad_sizes(kwargs):
         tokenize.build_vocabulary(["a"], **kwargs)
 
 
+@pytest.mark.slow
 def test_tokenize_does_not_import_models():
     import subprocess
     import sys

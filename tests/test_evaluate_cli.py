@@ -38,6 +38,7 @@ def here(trained, monkeypatch):
     return tmp_path, uri
 
 
+@pytest.mark.slow
 def test_evaluate_an_export_directory(here, capsys):
     tmp_path, uri = here
     assert main(["evaluate", "models/vae", "--iw-k", "100", "--output", "eval.json"]) == 0
@@ -69,6 +70,7 @@ def test_evaluate_an_export_directory(here, capsys):
     assert {"evaluation/report.json", "evaluation/kl_per_dim.png", "evaluation/collapse_curve.png"} <= names
 
 
+@pytest.mark.slow
 def test_evaluate_the_registered_model_and_the_run(here, capsys):
     tmp_path, uri = here
     assert main(["evaluate", "models:/vae/1", "--iw-k", "0", "--no-mlflow", "--output", "reg.json"]) == 0

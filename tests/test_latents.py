@@ -66,6 +66,7 @@ def test_entropy_matches_scipy():
     np.testing.assert_allclose(family.entropy_per_example(params).numpy(), [expected], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_prior_samples_are_stateless_per_row():
     family = GaussianLatent(latent_dim=5)
     seeds = tf.constant([[1, 2], [3, 4], [1, 2]])

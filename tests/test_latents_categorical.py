@@ -130,6 +130,7 @@ def test_bad_options_are_one_line_config_errors(options, match):
         build_latent("gaussian_categorical", latent_dim=2, **options)
 
 
+@pytest.mark.slow
 def test_trains_on_digits_exports_and_decodes_a_chosen_category(digits, tmp_path):
     keras.utils.set_random_seed(0)
     g, k = 3, 4

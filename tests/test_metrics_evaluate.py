@@ -66,6 +66,7 @@ def test_evaluate_gives_iw_nll_for_a_normalised_likelihood(digits):
     assert result["info"]["num_examples"] == 40
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The number of unique classes is greater than 50%")  # tiny samples
 def test_evaluate_dsprites_runs_every_disentanglement_metric():
     data = load_dataset("dsprites", seed=0, max_samples=120, n_samples=120, image_size=32)
@@ -85,6 +86,7 @@ def test_evaluate_rejects_bad_options(digits, digits_model):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", LATENT_FAMILIES.names())
 def test_evaluate_and_iw_nll_work_for_every_latent_family(digits, family):
     keras.utils.set_random_seed(0)

@@ -45,6 +45,7 @@ def test_feature_statistics_use_n_minus_1(rng):
     np.testing.assert_allclose(sigma, np.cov(f, rowvar=False, ddof=1))
 
 
+@pytest.mark.slow
 def test_fd_classifier_trains_once_caches_and_scores(digits, tmp_path):
     spec = FDClassifierSpec(epochs=3)
     clf = load_or_train_fd_classifier(digits, cache_dir=tmp_path, spec=spec)

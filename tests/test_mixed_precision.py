@@ -86,6 +86,7 @@ def test_mixed_float16_scales_the_loss_in_the_custom_train_step(x):
       "input_noise": {"kind": "fgsm", "epsilon": 0.05}, "kl_weight": {"kind": "control", "set_point": 3.0}},
      {"family": "gaussian_categorical", "latent_dim": 2, "categories": 3}),
 ], ids=["elbo", "control_mi_q_fgsm"])
+@pytest.mark.slow
 def test_mixed_precision_trains_with_finite_metrics_and_exports_float32_signatures(precision, objective, latent,
                                                                                    digits, tmp_path):
     model = make(precision, objective=objective, latent=latent)

@@ -51,6 +51,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_objective_trains_reports_its_state_and_exports(case, digits, tmp_path):
     objective, likelihood, state_keys = CASES[case]
@@ -143,6 +144,7 @@ def test_control_vae_needs_a_set_point():
     kl("control", set_point=3.0, ki=0.01),
     kl("cyclical", total_steps=12, cycles=2),
 ])
+@pytest.mark.slow
 def test_restored_checkpoint_continues_beta_exactly(objective, digits, tmp_path):
     batches = [digits.x_train[i * 32:(i + 1) * 32] for i in range(20)]
     head = tf.data.Dataset.from_tensor_slices(batches[:8])

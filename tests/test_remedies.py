@@ -64,6 +64,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_remedy_trains_with_finite_metrics_and_exports(case, digits, tmp_path):
     objective, latent, network, state_keys = CASES[case]
@@ -169,6 +170,7 @@ def test_fitted_mi_bound_grows_as_q_learns_continuous_dims(digits):
     assert gaussian["history"][-1][1] > gaussian["history"][0][1] + 0.3, gaussian["history"]
 
 
+@pytest.mark.slow
 def test_the_mi_term_raises_the_bound_it_maximises(digits):
     # Same seed, same data, same Q training; only the weight of the MI term differs. The term must
     # keep the categories in use (a higher H(c)) and make the code more recoverable from x'.

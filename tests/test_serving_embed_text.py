@@ -145,6 +145,7 @@ def _error(capsys, *argv) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_bad_text_input_is_one_line(base, exports, tmp_path, capsys):
     model = ["--model", str(base / "text"), "-o", str(tmp_path / "out.npz")]
     (tmp_path / "bad.txt").write_bytes(b"fine\nalso fine\nnot \xff fine\n")

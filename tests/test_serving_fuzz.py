@@ -375,6 +375,7 @@ def _check_grpc(call, request) -> str:
         return err.code().name
 
 
+@pytest.mark.slow
 @fuzz(GRPC_EXAMPLES)
 @given(request=st.one_of(predict_requests(), plausible_predict_requests()))
 def test_grpc_fuzz_predict_never_5xx(channel, request):

@@ -140,6 +140,7 @@ def _grpc_call(target: str, x, timeout: float = 30.0):
 # -- sustained load with a hot swap ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_load_with_hot_swap_has_no_5xx_and_no_wrong_answer(exports, tmp_path):
     """16 REST + 16 gRPC clients, each sending requests back to back, while version 2 is dropped
     in. Every answer must equal the in-process answer of version 1 or 2 for that input, a client

@@ -178,6 +178,7 @@ TEXT_REMEDIES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TEXT_REMEDIES))
 def test_every_remedy_trains_on_text(name, corpus):
     network = {**SMALL_NET, "word_dropout": 0.2, "skip": name == "plain"}
