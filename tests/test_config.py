@@ -162,3 +162,21 @@ def test_shipped_configs_and_suites_validate():
         suite = load_suite(name)
         for size in suite.sizes:
             assert child_configs(suite, size)
+
+
+def test_registry_uri_follows_the_tracking_uri_unless_the_user_chose_one(monkeypatch):
+    """MLflow's setters export MLFLOW_REGISTRY_URI: a value this process set for an earlier run,
+    even one an environment restore brings back later, is not the user's choice; the user's own
+    value is kept run after run."""
+    from training import tracking
+
+    monkeypatch.setattr(tracking, "_registry_uris_we_set", set())
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(key, raising=False)
+    assert tracking.use_tracking("sqlite:///a.db") == "sqlite:///a.db"
+    assert tracking.use_tracking("sqlite:///b.db") == "sqlite:///b.db"
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:///a.db")  # an older value of ours, restored
+    assert tracking.use_tracking("sqlite:///c.db") == "sqlite:///c.db"
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:///registry.db")  # the user's
+    assert tracking.use_tracking("sqlite:///d.db") == "sqlite:///registry.db"
+    assert tracking.use_tracking("sqlite:///e.db") == "sqlite:///registry.db"

@@ -220,6 +220,7 @@ def test_every_objective_trains_under_two_mirrored_replicas_with_state_in_sync(t
     assert results["capacity"]["history"]["capacity"][0] > 0
 
 
+@pytest.mark.slow
 def test_encoder_pretraining_under_two_mirrored_replicas_follows_the_single_device_run(tmp_path_factory):
     """The classifier of vae_tf.pretraining is built and trained in the strategy's scope: it
     trains there (it used to fail on the encoder's mirrored variables) and follows one device."""

@@ -270,6 +270,7 @@ def test_long_sentences_are_truncated_by_default_and_refused_when_strict(served)
     assert status == 400 and "row 0 has 65 bytes, more than this server's limit of 64" in body["error"]
 
 
+@pytest.mark.slow
 def test_serve_command_announces_and_applies_the_text_flags(text_exports, tmp_path):
     """`vae-tf serve --long-text refuse --max-text-rows 3`: the start-up lines say what is done with
     sentences, and the flags reach the checks."""

@@ -30,26 +30,28 @@ def resolve_tracking_uri(configured: str | None) -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-_registry_uri_we_set: str | None = None
+#: Every registry URI :func:`use_tracking` has set in this process.
+_registry_uris_we_set: set[str] = set()
 
 
 def resolve_registry_uri(tracking_uri: str) -> str:
     """``$MLFLOW_REGISTRY_URI`` when the user set it, else the tracking URI.
 
     MLflow's ``set_registry_uri`` writes that variable itself, so a value this process put there
-    for an earlier run is not taken as the user's choice.
+    for any earlier run is not taken as the user's choice (not only the latest: something that
+    restores the environment, e.g. a test's monkeypatch, can bring back an older one).
     """
     from_env = os.environ.get("MLFLOW_REGISTRY_URI")
-    return from_env if from_env and from_env != _registry_uri_we_set else tracking_uri
+    return from_env if from_env and from_env not in _registry_uris_we_set else tracking_uri
 
 
 def use_tracking(tracking_uri: str) -> str:
     """Point MLflow's fluent API at ``tracking_uri`` and the matching registry; returns the registry URI."""
-    global _registry_uri_we_set
     registry_uri = resolve_registry_uri(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
+    if registry_uri != os.environ.get("MLFLOW_REGISTRY_URI"):  # not the user's own choice: ours, remember it
+        _registry_uris_we_set.add(registry_uri)
     mlflow.set_registry_uri(registry_uri)
-    _registry_uri_we_set = registry_uri
     return registry_uri
 
 
