@@ -1,6 +1,6 @@
 """Shared fixtures. TensorFlow's start-up logging is silenced before anything imports it.
 
-Under pytest-xdist (``make test`` runs ``-n auto --dist loadfile``) every file runs on one
+Under pytest-xdist (``make test-fast`` runs ``-n auto --dist loadfile``) every file runs on one
 worker, so a module-scoped fixture is built once; session fixtures that are dear to build
 (:func:`text_exports`) are built once per run by whichever worker needs them first
 (:func:`built_once`), the others wait for it and reuse them. (``--dist loadgroup`` would split
