@@ -30,7 +30,7 @@ def resolve_tracking_uri(configured: str | None) -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-#: Every registry URI :func:`use_tracking` has set in this process.
+#: Every registry URI :func:`use_tracking` has set in this process that was not the user's own.
 _registry_uris_we_set: set[str] = set()
 
 
