@@ -229,3 +229,29 @@ def test_text_collapse_quick_runs_every_remedy_on_sentences(tmp_path, monkeypatc
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
     assert {"figures/reconstructions.md", "figures/samples.md", "figures/interpolation.md",
             "figures/latent_vs_true_z.png"} <= artifacts
+
+
+def test_raw_pixel_kmeans_baseline_is_kmeans_on_each_seeds_test_split():
+    """The baseline under a report's cluster accuracies, computed here independently: k-means on
+    the raw test pixels of each seed's split, clusters matched to labels by the Hungarian method."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.cluster import KMeans
+
+    from training.compare import raw_kmeans_baseline
+    from training.train import prepare_data
+
+    children = child_configs(load_suite("mi_categorical"), "quick", seeds=[0, 1])
+    baseline = raw_kmeans_baseline(children)
+    assert set(baseline) == {0, 1}
+    for seed in (0, 1):
+        config = next(c for _, s, c, _ in children if s == seed)
+        x, y = prepare_data(config).split("test")
+        predicted = KMeans(n_clusters=10, n_init=10, random_state=seed).fit_predict(x.reshape(len(x), -1))
+        counts = np.zeros((10, 10))
+        np.add.at(counts, (predicted, y), 1)
+        rows, cols = linear_sum_assignment(-counts)
+        assert baseline[seed] == pytest.approx(counts[rows, cols].sum() / len(y), abs=1e-12)
+        assert 0.5 < baseline[seed] < 1.0  # 8x8 digits cluster well above chance (0.1) on raw pixels
+    # Sentences have no pixels: no baseline.
+    assert raw_kmeans_baseline(child_configs(load_suite("text_collapse"), "quick")[:1]) is None

@@ -201,7 +201,8 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     if not report:
         return None
     report_dir = Path(output_dir or Path("reports") / f"{suite.name}-{size}")
-    report_path = write_report(suite, size, children, rows, curves, report_dir, embeddings)
+    baseline = raw_kmeans_baseline(children) if any("eval_cluster_accuracy" in r for r in rows.values()) else None
+    report_path = write_report(suite, size, children, rows, curves, report_dir, embeddings, baseline)
     # The parent's report goes through a TrackedRun too: an outage at the end is journaled.
     run_root = children[0][2].train.run_dir if children else "runs"
     parent_run = TrackedRun(resolve_tracking_uri(None), run_root=run_root, experiment=experiment, run_id=parent)
@@ -364,11 +365,30 @@ def _load_curve(client, run_id: str):
     return None if data is None else [data["eps"], data["fraction"]]
 
 
+def raw_kmeans_baseline(children) -> dict | None:
+    """What a code's cluster accuracy must beat: k-means (k = the number of classes) on the raw
+    pixels of the same test split, per seed (each seed has its own split). ``{seed: accuracy}``, or
+    None when the data are not labelled images."""
+    from training.train import prepare_data
+    from vae_tf.metrics import kmeans_accuracy
+
+    accuracies = {}
+    for _, seed, config, _ in children:
+        if seed in accuracies:
+            continue
+        x, y = prepare_data(config).split("test")
+        if y is None or np.ndim(y) != 1 or not np.issubdtype(np.asarray(x).dtype, np.number):
+            return None
+        accuracies[seed] = kmeans_accuracy(np.asarray(x, np.float32).reshape(len(x), -1), np.asarray(y), seed=seed)
+    return accuracies or None
+
+
 def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, report_dir: Path,
-                 embeddings: dict | None = None) -> Path:
+                 embeddings: dict | None = None, baseline: dict | None = None) -> Path:
     """Markdown table (mean ± std over seeds), one collapse-curve figure per group of runs (the
     runs' ``group``; one figure when no run has one) and a grid of the t-SNE of every run's test
-    embeddings (first seed)."""
+    embeddings (first seed). ``baseline``: raw-pixel k-means accuracy per seed
+    (:func:`raw_kmeans_baseline`), stated under the table."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -401,6 +421,11 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
             else:
                 cells.append(f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values, ddof=1))}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if baseline:
+        values = list(baseline.values())
+        stated = f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+        lines += ["", f"Baseline for the cluster and k-means accuracies: k-means (k = the number of classes, "
+                      f"`sklearn.cluster.KMeans(n_init=10)`) on the raw pixels of the same test split: {stated}."]
     notes = [f"- **{name}**: {claims[name]}" for name in run_names if claims.get(name)]
     if notes:
         lines += ["", *notes]
