@@ -286,9 +286,12 @@ def test_profile_step_smoke(tmp_path):
     """The profiler's op table is read, split into the parts of a step, and the fused update is
     one kernel (ResourceApplyAdam) where Keras' Adam has its element-wise ops."""
     out = tmp_path / "profile.json"
-    proc = run_script("profile_step.py", "--examples", "512", "--json", str(out))
+    proc = run_script("profile_step.py", "--examples", "512", "--top", "3", "--json", str(out))
     results = {r["optimizer"]: r for r in json.loads(out.read_text())["results"]}
     for r in results.values():
+        # The JSON has every op type (a busy machine reorders the small ones), the table the top 3.
+        assert sum(r["op_types"].values()) == pytest.approx(1.0) and sum(r["parts"].values()) == pytest.approx(1.0)
+        assert proc.stdout.count(f"Op types, {r['optimizer_class']}") == 1
         assert {"forward", "gradients", "optimizer"} <= set(r["parts"]) and r["op_ms_per_step"] > 0
         assert min(r["parts"].values()) > 0
         assert r["optimizer_ms_per_step"] == pytest.approx(r["parts"]["optimizer"] * r["op_ms_per_step"], rel=1e-9)
@@ -303,6 +306,9 @@ def test_profile_step_smoke(tmp_path):
     assert fused["op_types"]["ResourceApplyAdam"] > 0.8 * fused["parts"]["optimizer"]
     assert "ResourceApplyAdam" not in results["keras"]["op_types"]
     assert "| FusedAdam |" in proc.stdout
+    table_rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and line.endswith(" % |")
+                  and line.count("|") == 3]
+    assert len(table_rows) == 3 * len(results)
 
 
 # --- memory -------------------------------------------------------------------------------------------
