@@ -17,8 +17,35 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+#: MLflow's process-wide state: (module, global) pairs its setters write, besides the MLFLOW_*
+#: variables they export so that subprocesses inherit them.
+_MLFLOW_GLOBALS = (("mlflow.tracking._tracking_service.utils", "_tracking_uri"),
+                   ("mlflow.tracking._model_registry.utils", "_registry_uri"),
+                   ("mlflow.tracking.fluent", "_active_experiment_id"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_state_per_file():
+    """Every test file starts from the MLflow state the one before it found: ``mlflow.set_*`` (a
+    test's own calls, and the CLI's for a run) leave the tracking and registry URIs and the active
+    experiment in process globals and ``MLFLOW_*`` variables, which a later file's in-process
+    `vae-tf train` would otherwise read as the user's choice (under pytest-xdist's file order, a
+    registry URI left by another file sent a training run's model version to that file's store).
+    Within a file, tests share the state their module fixtures made, as before."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    saved = {(m, g): getattr(sys.modules[m], g) for m, g in _MLFLOW_GLOBALS if m in sys.modules}
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_") and k not in env]:
+        del os.environ[key]
+    os.environ.update(env)
+    for module, name in _MLFLOW_GLOBALS:
+        if module in sys.modules:  # imported during the file: back to its import-time None
+            setattr(sys.modules[module], name, saved.get((module, name)))
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:
