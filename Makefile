@@ -7,10 +7,9 @@ STAMP   = $(VENV)/.installed
 CONFIG ?= training/configs/default.yaml
 PYTEST_ARGS ?=
 # pytest-xdist workers, each running whole test files (module fixtures are built once): `auto` is
-# one per CPU core, 0 runs every test in this process. `make test` (and CI) stays in one process
-# until the end-to-end tests are isolated from each other's MLflow state (a run under xdist's
-# file order failed 7 of them); `make test-fast` runs on every core.
-TEST_WORKERS ?= 0
+# one per CPU core, 0 runs every test in this process (`make test TEST_WORKERS=0`). Test files are
+# isolated from each other's MLflow state (tests/conftest.py), so any file order passes.
+TEST_WORKERS ?= auto
 FAST_WORKERS ?= auto
 xdist = $(if $(filter 0,$(1)),,-n $(1) --dist loadfile)
 
