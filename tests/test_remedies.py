@@ -279,6 +279,22 @@ def test_aggressive_phase_ends_when_the_heldout_mi_falls(digits):
     assert all(5 <= s <= 10 for s in steps[:3]) and steps[3] == 0.0
 
 
+def test_aggressive_phase_can_last_the_whole_run(digits):
+    """``leave_phase: never``: the same falling MI does not end the phase; every epoch keeps the
+    encoder-only inner loop and logs its MI."""
+    model = make({"inference": {**AGGRESSIVE["inference"], "leave_phase": "never"}})
+    scripted = iter([0.5, 0.9, 0.7, 1.5])
+    model.inference.heldout_mi = lambda model: next(scripted)
+    history = model.fit(digits.pipeline("train", 64).take(4), validation_data=digits.pipeline("val", 128),
+                        epochs=4, verbose=0).history
+    assert history["aggressive_phase"] == [1.0] * 4 and history["aggressive_mi"] == [0.5, 0.9, 0.7, 1.5]
+    assert "aggressive_end_epoch" not in history and int(model.inference.end_epoch.numpy()) == 0
+    assert all(5 <= s <= 10 for s in history["aggressive_inner_steps"])
+    with pytest.raises(ConfigError, match="leave_phase") as info:
+        make({"inference": {**AGGRESSIVE["inference"], "leave_phase": "sometimes"}})
+    assert_one_line(str(info.value))
+
+
 def test_aggressive_inner_loop_updates_only_the_encoder(digits):
     model = make(AGGRESSIVE)
     model.inference.set_inner_data(digits.pipeline("train", 64, repeat=True))

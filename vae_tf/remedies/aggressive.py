@@ -32,7 +32,8 @@ counter.
 estimate (:func:`vae_tf.latents.density.minibatch_mutual_information`, He et al.'s ``calc_mi``,
 with a fixed seed so that epochs are compared on the same noise) is computed on one held-out
 batch; when it is lower than at the previous epoch's end, ``aggressive_phase`` becomes 0 for good
-and ``aggressive_end_epoch`` records the epoch (1-based).
+and ``aggressive_end_epoch`` records the epoch (1-based). ``leave_phase: never`` keeps the phase
+for the whole run (the MI is still estimated and logged every epoch).
 
 **Fresh batches.** The procedure holds an iterator over a repeated ``tf.data`` pipeline
 (:meth:`Aggressive.set_inner_data`) and reads it inside the compiled step; the number of fresh
@@ -122,10 +123,13 @@ class _Holder:
 
 
 class Aggressive(Inference):
-    """``inference: {kind: aggressive, max_inner_steps: 100, check_every: 10, heldout_size: 500}``
-    (module docstring): at most ``max_inner_steps`` encoder updates per decoder update, a
-    convergence check every ``check_every`` of them, and ``heldout_size`` held-out examples for
-    the per-epoch MI check."""
+    """``inference: {kind: aggressive, max_inner_steps: 100, check_every: 10, heldout_size: 500,
+    leave_phase: mi_falls}`` (module docstring): at most ``max_inner_steps`` encoder updates per
+    decoder update, a convergence check every ``check_every`` of them, ``heldout_size`` held-out
+    examples for the per-epoch MI check, and when to leave the aggressive phase: ``mi_falls`` (He
+    et al.: once the held-out MI is lower than at the previous epoch's end) or ``never`` (the whole
+    run aggressive, the MI still logged: to test whether an early switch-off is what loses the
+    code; each epoch then costs up to ``max_inner_steps`` times more encoder updates)."""
 
     kind = "aggressive"
     train_only_metrics = ("aggressive_inner_steps",)
@@ -135,6 +139,7 @@ class Aggressive(Inference):
         max_inner_steps: PositiveInt = 100
         check_every: PositiveInt = 10
         heldout_size: PositiveInt = 500
+        leave_phase: Literal["mi_falls", "never"] = "mi_falls"
 
         @model_validator(mode="after")
         def _windows(self):
@@ -296,7 +301,7 @@ class Aggressive(Inference):
             return {"aggressive_end_epoch": float(self.end_epoch.numpy())}
         mi = self.heldout_mi(model)
         logs = {"aggressive_mi": mi}
-        if mi < float(self.previous_mi.numpy()):
+        if self.options.leave_phase == "mi_falls" and mi < float(self.previous_mi.numpy()):
             self.aggressive_phase.assign(0.0)
             self.end_epoch.assign(epoch + 1)
             logs["aggressive_end_epoch"] = float(epoch + 1)

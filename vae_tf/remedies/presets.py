@@ -13,7 +13,7 @@ capacity      kl_weight: {kind: capacity, gamma, capacity_max, capacity_steps}
 control_vae   kl_weight: {kind: control, set_point: kl_set_point, kp, ki, beta_min, ...}
 ar_elbo       as elbo; needs ``model.likelihood.name: gaussian_adaptive`` (AR-ELBO is a likelihood)
 mi_max        regularizers: [{kind: mi_q, weight: mi_weight, target: mi_target, q_network, ...}]
-aggressive    inference: {kind: aggressive, max_inner_steps, check_every, heldout_size}
+aggressive    inference: {kind: aggressive, max_inner_steps, check_every, heldout_size, leave_phase}
 noisy_input   input_noise: {kind: noise (gaussian | fgsm), sigma | epsilon, clip}
 ============  ===========================================================================
 
