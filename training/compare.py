@@ -383,6 +383,15 @@ def raw_kmeans_baseline(children) -> dict | None:
     return accuracies or None
 
 
+def _mean_std(values: list, fmt: str) -> str:
+    """A report cell: mean ± std (ddof 1) over seeds, the value alone for one seed, — for none."""
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values, ddof=1))}"
+
+
 def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, report_dir: Path,
                  embeddings: dict | None = None, baseline: dict | None = None) -> Path:
     """Markdown table (mean ± std over seeds), one collapse-curve figure per group of runs (the
@@ -414,16 +423,10 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
             values = [rows[(name, s)][key] for s in seeds if key in rows.get((name, s), {})]
             values = [v for v in values if v is not None and math.isfinite(v)]
             fmt = REPORT_COLUMNS[key][1]
-            if not values:
-                cells.append("—")
-            elif len(values) == 1:
-                cells.append(fmt.format(values[0]))
-            else:
-                cells.append(f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values, ddof=1))}")
+            cells.append(_mean_std(values, fmt))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if baseline:
-        values = list(baseline.values())
-        stated = f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+        stated = _mean_std(list(baseline.values()), "{:.3f}")
         lines += ["", f"Baseline for the cluster and k-means accuracies: k-means (k = the number of classes, "
                       f"`sklearn.cluster.KMeans(n_init=10)`) on the raw pixels of the same test split: {stated}."]
     notes = [f"- **{name}**: {claims[name]}" for name in run_names if claims.get(name)]
