@@ -54,7 +54,7 @@ def test_slots_are_filled_with_their_defaults_and_a_new_kind_does_not_inherit_op
     # --set changed the kind: the controller's set_point does not leak into the schedule
     assert config.objective.kl_weight == {"kind": "linear", "beta": 1.0, "steps": 50, "start": 0.0, "stop": 1.0}
     assert config.objective.inference == {"kind": "aggressive", "max_inner_steps": 100, "check_every": 10,
-                                          "heldout_size": 500}
+                                          "heldout_size": 500, "leave_phase": "mi_falls"}
     assert config.objective.input_noise == {"kind": "none"} and config.objective.regularizers == []
     # and --set model.network.kind=conv does not keep the mlp's hidden sizes
     assert load_config(None, ["model.network.kind=conv"]).model.network == {"kind": "conv"}
