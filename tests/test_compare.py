@@ -40,6 +40,11 @@ def test_suite_runs_children_under_a_parent_and_resumes(suite_file, tmp_path, ca
     assert "| run | ELBO | KL | AU | dims KL>0.01 | MI |" in text and "| vae |" in text and "| beta4 |" in text
     assert "**Claim tested.** two configs run side by side." in text and "- **beta4**: more collapse." in text
     assert (tmp_path / "report" / "collapse_curves.png").is_file()
+    # every image run's prior samples (first seed), one panel per run, from the runs' own figures
+    import matplotlib.image
+
+    sheet = matplotlib.image.imread(tmp_path / "report" / "samples.png")
+    assert "(samples.png)" in text and sheet.shape[0] > sheet.shape[1] / 2  # two panels stacked
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("vae-tf-suite-tiny")
@@ -57,6 +62,7 @@ def test_suite_runs_children_under_a_parent_and_resumes(suite_file, tmp_path, ca
     assert out.count("finished earlier") == 2 and "training" not in out
     assert len(client.search_runs([exp.experiment_id])) == 3  # nothing retrained
     assert (tmp_path / "report2" / "report.md").read_text().splitlines()[6:] == text.splitlines()[6:]
+    assert (tmp_path / "report2" / "samples.png").is_file()  # rebuilt from the finished runs' artifacts
 
 
 def test_shipped_suites_resolve_to_valid_configs():
@@ -222,6 +228,7 @@ def test_text_collapse_quick_runs_every_remedy_on_sentences(tmp_path, monkeypatc
     rows = [line.split("|") for line in text.splitlines() if line.startswith("| vae |")]
     header = next(line.split("|") for line in text.splitlines() if line.startswith("| run |"))
     ppl = float(rows[0][[h.strip() for h in header].index("PPL")])
+    assert "samples.png" not in text  # sentences have Markdown sample tables, not image samples
     assert 1.0 < ppl < 1100.0  # a perplexity over a vocabulary of ~1,000 words
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("vae-tf-suite-text_collapse")

@@ -172,6 +172,7 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     rows: dict[tuple[str, int], dict] = {}
     curves: dict[str, list] = {}
     embeddings: dict[str, Any] = {}  # run -> the t-SNE of its first seed's test embeddings
+    first_runs: dict[str, str] = {}  # run -> the MLflow run of its first seed (its prior-samples figure)
     for run_name, seed, config, _ in children:
         config.mlflow.experiment = experiment
         key = f"{run_name}/{seed}"
@@ -180,6 +181,7 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
             rows[(run_name, seed)] = done[key].data.metrics
             curves.setdefault(run_name, []).append(_load_curve(client, done[key].info.run_id))
             embeddings.setdefault(run_name, _load_json(client, done[key].info.run_id, "evaluation/tsne.json"))
+            first_runs.setdefault(run_name, done[key].info.run_id)
             continue
         print(f"[{suite.name}] {key}: training", file=out, flush=True)
         captured: dict[str, Any] = {}
@@ -197,12 +199,16 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
         rows[(run_name, seed)] = {**captured["metrics"], **result.test_metrics}
         curves.setdefault(run_name, []).append(captured["curve"])
         embeddings.setdefault(run_name, captured["tsne"])
+        if result.run_id:
+            first_runs.setdefault(run_name, result.run_id)
 
     if not report:
         return None
     report_dir = Path(output_dir or Path("reports") / f"{suite.name}-{size}")
-    baseline = raw_kmeans_baseline(children) if any("eval_cluster_accuracy" in r for r in rows.values()) else None
-    report_path = write_report(suite, size, children, rows, curves, report_dir, embeddings, baseline)
+    clustered = any("eval_cluster_accuracy" in r or "eval_kmeans_accuracy" in r for r in rows.values())
+    baseline = raw_kmeans_baseline(children) if clustered else None
+    sample_sheets = {name: _load_image(client, run_id, "evaluation/samples.png") for name, run_id in first_runs.items()}
+    report_path = write_report(suite, size, children, rows, curves, report_dir, embeddings, baseline, sample_sheets)
     # The parent's report goes through a TrackedRun too: an outage at the end is journaled.
     run_root = children[0][2].train.run_dir if children else "runs"
     parent_run = TrackedRun(resolve_tracking_uri(None), run_root=run_root, experiment=experiment, run_id=parent)
@@ -341,16 +347,15 @@ def _evaluate_child(model, data, config, opts: dict, tracker) -> dict:
     return {"metrics": metrics, "curve": curve, "tsne": tsne}
 
 
-def _load_json(client, run_id: str, artifact: str):
-    """A JSON artifact of a finished child, or None (a missing one removes one panel of a figure)."""
-    import json
-
+def _download(client, run_id: str, artifact: str, read):
+    """``read(local path)`` of one artifact of a finished child, or None when it is missing or
+    unreadable (a missing one removes one panel of a figure). No progress bar: one small file."""
     from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
     previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
-    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"  # one small file: no progress bar in the log
+    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"
     try:
-        return json.loads(Path(client.download_artifacts(run_id, artifact)).read_text())
+        return read(client.download_artifacts(run_id, artifact))
     except Exception:  # noqa: BLE001
         return None
     finally:
@@ -358,6 +363,20 @@ def _load_json(client, run_id: str, artifact: str):
             os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
         else:
             os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
+
+
+def _load_json(client, run_id: str, artifact: str):
+    """A JSON artifact of a finished child, or None."""
+    import json
+
+    return _download(client, run_id, artifact, lambda path: json.loads(Path(path).read_text()))
+
+
+def _load_image(client, run_id: str, artifact: str):
+    """A PNG artifact of a child as an RGB(A) array, or None (text models log no image figures)."""
+    import matplotlib.image
+
+    return _download(client, run_id, artifact, matplotlib.image.imread)
 
 
 def _load_curve(client, run_id: str):
@@ -393,11 +412,14 @@ def _mean_std(values: list, fmt: str) -> str:
 
 
 def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, report_dir: Path,
-                 embeddings: dict | None = None, baseline: dict | None = None) -> Path:
+                 embeddings: dict | None = None, baseline: dict | None = None,
+                 sample_sheets: dict | None = None) -> Path:
     """Markdown table (mean ± std over seeds), one collapse-curve figure per group of runs (the
-    runs' ``group``; one figure when no run has one) and a grid of the t-SNE of every run's test
-    embeddings (first seed). ``baseline``: raw-pixel k-means accuracy per seed
-    (:func:`raw_kmeans_baseline`), stated under the table."""
+    runs' ``group``; one figure when no run has one), a grid of the t-SNE of every run's test
+    embeddings (first seed) and, for image models, every run's prior samples (first seed; mean and
+    ancestral decodes of the same z side by side) stacked in one figure. ``baseline``: raw-pixel
+    k-means accuracy per seed (:func:`raw_kmeans_baseline`), stated under the table;
+    ``sample_sheets``: run -> its ``evaluation/samples.png`` as an array (None: not drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -471,6 +493,21 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
         fig.savefig(report_dir / "tsne.png", dpi=90)
         plt.close(fig)
         lines.append("![t-SNE of the embeddings](tsne.png)")
+
+    sheets = [(n, (sample_sheets or {}).get(n)) for n in run_names]
+    sheets = [(n, image) for n, image in sheets if image is not None]
+    if sheets:
+        height = sum(image.shape[0] / image.shape[1] for _, image in sheets)
+        fig, axes = plt.subplots(len(sheets), 1, figsize=(8.0, 8.0 * height + 0.3 * len(sheets)), squeeze=False)
+        for ax, (name, image) in zip(axes[:, 0], sheets):
+            ax.imshow(image)
+            ax.set_axis_off()
+            ax.set_title(name, fontsize=9, loc="left")
+        fig.suptitle(f"Prior samples (seed {seeds[0]}): mean and ancestral decodes of the same z", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(report_dir / "samples.png", dpi=90)
+        plt.close(fig)
+        lines.append("![prior samples, mean and ancestral decodes](samples.png)")
     lines.append("")
 
     path = report_dir / "report.md"
