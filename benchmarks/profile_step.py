@@ -1,4 +1,5 @@
-"""Where a training step's time goes: TensorFlow's profiler on the vae-tf conv reference.
+"""Where a training step's time goes: TensorFlow's profiler on the vae-tf conv reference (or the
+text benchmark's LSTM VAE, ``--model text``).
 
 Question answered: which ops take the time of a vae-tf training step on this machine (forward,
 gradients, optimizer update, input pipeline), and how much does the optimizer's update cost with
@@ -7,7 +8,10 @@ Keras' ``Adam`` against vae-tf's ``FusedAdam``? This is what found the fused upd
 
 The model is the one ``benchmarks/train_throughput.py`` times (conv 32/64, dense 256, latent 16,
 Bernoulli, batch 128, ``steps_per_execution`` 4), fitted as ``training/train.py`` fits
-(``DataSplits.resumable_pipeline``). For each ``--optimizer``, after two untimed epochs, one epoch
+(``DataSplits.resumable_pipeline``). ``--model text`` profiles the LSTM VAE that
+``benchmarks/text_throughput.py`` times (embedding 128, LSTM 256, latent 16, vocabulary 1,004,
+batch 64 of the synthetic corpus's sentences; ``--examples`` is then sentences); its ``recurrent``
+part is the ops inside the LSTMs' ``while`` loops, forward and gradient. For each ``--optimizer``, after two untimed epochs, one epoch
 runs under ``tf.profiler.experimental`` and the trace's framework-op statistics (TensorFlow's own
 ``framework_op_stats`` tool) are summed by op type and by part of the step: ``optimizer`` (ops
 under the optimizer's name scope), ``gradients`` (under ``gradient_tape``), ``input`` (tf.data)
@@ -18,6 +22,7 @@ Usage::
 
     python benchmarks/profile_step.py                          # keras and fused Adam (~1 min)
     python benchmarks/profile_step.py --optimizer fused --top 30
+    python benchmarks/profile_step.py --model text --optimizer fused --batch-size 64
 """
 
 from __future__ import annotations
@@ -58,11 +63,13 @@ def op_stats(xplane: str) -> list[dict]:
              "count": int(r["occurrences"] or 0)} for r in rows if r["type"] != "IDLE"]
 
 
-def part_of_step(row: dict, optimizer_scope: str) -> str:
+def part_of_step(row: dict, optimizer_scope: str, recurrent: bool = False) -> str:
     if row["type"] == "Dataset" or row["name"].startswith("Iterator::"):
         return "input"
     if f"/{optimizer_scope}/" in row["name"]:
         return "optimizer"
+    if recurrent and "_lstm_" in row["name"] and "/while" in row["name"].split("_lstm_", 1)[1]:
+        return "recurrent loop (gradient)" if "gradient_tape" in row["name"] else "recurrent loop"
     if "gradient_tape" in row["name"]:
         return "gradients"
     return "forward"
@@ -73,13 +80,17 @@ def profile(optimizer: str, args) -> dict:
     import tensorflow as tf
 
     keras.utils.set_random_seed(args.seed)
-    spec = tt.CONFIGS["conv"]
-    splits = tt.make_splits("synthetic28", args.examples, args.seed)
-    settings = types.SimpleNamespace(seed=args.seed, learning_rate=1e-3, steps_per_execution=4, jit_compile=False)
-    model = tt.build_ours(spec, splits.data_shape, settings)
+    if args.model == "text":
+        model, stream = _text_model(args)
+    else:
+        spec = tt.CONFIGS["conv"]
+        splits = tt.make_splits("synthetic28", args.examples, args.seed)
+        settings = types.SimpleNamespace(seed=args.seed, learning_rate=1e-3, steps_per_execution=4,
+                                         jit_compile=False)
+        model = tt.build_ours(spec, splits.data_shape, settings)
+        stream = tt.training_stream(splits, args.batch_size, args.seed)
     if optimizer == "keras":
         model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=4, jit_compile=False)
-    stream = tt.training_stream(splits, args.batch_size, args.seed)
     tt.timed_fit(model, stream, 2)
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
@@ -90,7 +101,7 @@ def profile(optimizer: str, args) -> dict:
     total = sum(r["self_us"] for r in rows)
     parts, types_ = collections.Counter(), collections.Counter()
     for r in rows:
-        parts[part_of_step(r, model.optimizer.name)] += r["self_us"]
+        parts[part_of_step(r, model.optimizer.name, recurrent=args.model == "text")] += r["self_us"]
         types_[r["type"]] += r["self_us"]
     steps = args.examples // args.batch_size
     return {"optimizer": optimizer, "optimizer_class": type(model.optimizer).__name__,
@@ -100,13 +111,31 @@ def profile(optimizer: str, args) -> dict:
             "op_types": {k: v / total for k, v in types_.most_common()}}  # all of them; the table lists --top
 
 
+def _text_model(args):
+    """The text benchmark's vae-tf model and a ``(dataset, steps)`` stream of ``args.examples``
+    synthetic sentences (``benchmarks/text_throughput.py`` builds both the same way)."""
+    import dataclasses
+
+    from benchmarks import text_throughput
+    from vae_tf.data import load_dataset
+
+    data = load_dataset("text_synthetic", seed=args.seed, n_samples=args.examples, val_fraction=0.0,
+                        test_fraction=0.0)
+    data = dataclasses.replace(data, y_train=None, factors_train=None)
+    sizes = types.SimpleNamespace(embedding=128, hidden=256, latent=16, steps_per_execution=4, seed=args.seed)
+    model = text_throughput.build_vae_tf(data, sizes)
+    stream = data.resumable_pipeline("train", args.batch_size, seed=args.seed, epochs=10_000)
+    return model, (stream, args.examples // args.batch_size)
+
+
 def render(report: dict) -> str:
     m = report["machine"]
     lines = [f"Command: `{report['command']}`", "",
              f"- Date: {report['date']}; commit {m['git_commit']}{' + uncommitted changes' if m['git_dirty'] else ''}",
              f"- Machine: {m['cpu']}, {m['cpus_usable']} usable CPUs; TensorFlow {report['tensorflow']}",
-             f"- conv reference, batch {report['batch_size']}, steps_per_execution 4, one profiled epoch of "
-             f"{report['examples']:,} images after two untimed ones; shares of op self-time (idle excluded)", ""]
+             f"- {report.get('model', 'conv')} reference, batch {report['batch_size']}, steps_per_execution 4, "
+             f"one profiled epoch of {report['examples']:,} {'sentences' if report.get('model') == 'text' else 'images'} "
+             "after two untimed ones; shares of op self-time (idle excluded)", ""]
     results = report["results"]
     parts = list(dict.fromkeys(p for r in results for p in r["parts"]))
     lines += ["| optimizer | op time ms/step | " + " | ".join(parts) + " | optimizer ms/step |",
@@ -126,7 +155,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--optimizer", nargs="+", choices=["keras", "fused"], default=["keras", "fused"],
                    help="keras: keras.optimizers.Adam; fused: vae_tf.optimizers.FusedAdam (what vae-tf trains with)")
-    p.add_argument("--examples", type=int, default=4096, help="images in the profiled epoch (a multiple of 512)")
+    p.add_argument("--model", choices=["conv", "text"], default="conv",
+                   help="conv: the conv reference on 28x28 images; text: the text benchmark's LSTM VAE")
+    p.add_argument("--examples", type=int, default=4096,
+                   help="images (sentences with --model text) in the profiled epoch, rounded up to whole "
+                        "groups of 4 batches")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--top", type=int, default=15, help="op types listed in the table (the JSON has all)")
     p.add_argument("--seed", type=int, default=0)
@@ -139,7 +172,7 @@ def main(argv=None) -> int:
     report = {"command": common.command_line(),
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "machine": common.machine_info(), "tensorflow": tf.__version__, "batch_size": args.batch_size,
-              "examples": args.examples, "top": args.top, "results": [profile(o, args) for o in args.optimizer]}
+              "examples": args.examples, "model": args.model, "top": args.top, "results": [profile(o, args) for o in args.optimizer]}
     print(render(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -311,6 +311,23 @@ def test_profile_step_smoke(tmp_path):
     assert len(table_rows) == 3 * len(results)
 
 
+@pytest.mark.slow
+def test_profile_step_text_model_splits_out_the_recurrent_loops(tmp_path):
+    """--model text profiles the text benchmark's LSTM VAE: the ops inside the LSTMs' while loops
+    (forward and gradient) are parts of their own, and every op lands in exactly one part."""
+    out = tmp_path / "profile.json"
+    proc = run_script("profile_step.py", "--model", "text", "--optimizer", "fused", "--examples", "256",
+                      "--batch-size", "32", "--top", "5", "--json", str(out))
+    report = json.loads(out.read_text())
+    (r,) = report["results"]
+    assert report["model"] == "text" and report["examples"] == 256 and "256 sentences" in proc.stdout
+    assert {"recurrent loop", "recurrent loop (gradient)", "optimizer"} <= set(r["parts"])
+    assert sum(r["parts"].values()) == pytest.approx(1.0) and sum(r["op_types"].values()) == pytest.approx(1.0)
+    # an LSTM's step is matrix products: they are the largest op type inside the loops' work
+    assert max(r["op_types"], key=r["op_types"].get) in ("MatMul", "_MklMatMul", "BatchMatMulV2")
+
+
+
 # --- memory -------------------------------------------------------------------------------------------
 def test_peak_rss_is_the_childs_own_not_the_parents():
     """A child of this (large) pytest process reports its own high-water mark (ru_maxrss would
