@@ -50,8 +50,11 @@ def test_evaluate_digits_computes_what_applies(digits, digits_model):
     text = json.dumps(report(result))
     assert "mi_minibatch" in text and "scikit_learn" in text
 
+    open_before = set(plt.get_fignums())
     figures = evaluation_figures(result, digits_model, digits.x_test[:4])
     assert {"kl_per_dim.png", "collapse_curve.png", "tsne.png", "reconstructions.png", "traversals.png"} <= set(figures)
+    # every figure drawn is returned (a caller that closes what it gets leaves none open)
+    assert set(plt.get_fignums()) - open_before == {fig.number for fig in figures.values()}
     for fig in figures.values():
         plt.close(fig)
 

@@ -359,7 +359,8 @@ def evaluation_figures(result: dict, model=None, x=None, *, value_range=(0.0, 1.
     figures = {}
     if model is not None and x is not None and getattr(model, "modality", "image") != "text":
         figures.update(plots.model_figures(model, np.asarray(x), value_range=value_range, kl=kl))
-    figures["kl_per_dim.png"] = plots.kl_per_dim(kl)
+    if "kl_per_dim.png" not in figures:  # model_figures draws it already; a second one would be left open
+        figures["kl_per_dim.png"] = plots.kl_per_dim(kl)
     marks = {e: result["metrics"][f"collapsed_frac_eps_{_eps_name(e)}"] for e in info.get("collapse_eps", [])}
     figures["collapse_curve.png"] = plots.collapse_curve(
         arrays["collapse_curve_eps"], arrays["collapse_curve_fraction"], info.get("collapse_delta", 0.01),
