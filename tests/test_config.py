@@ -60,6 +60,26 @@ def test_slots_are_filled_with_their_defaults_and_a_new_kind_does_not_inherit_op
     assert load_config(None, ["model.network.kind=conv"]).model.network == {"kind": "conv"}
 
 
+def test_another_data_set_keeps_the_generic_data_settings_but_not_the_options(tmp_path):
+    """A suite size or --set that changes data.name must not silently drop the binarisation or
+    the splits (a binarised study moved to mnist_5k stays binarised, so its IW-NLL is still an
+    NLL); the data set's own options and path do not carry over."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {name: dsprites, binarize: sample, val_fraction: 0.2, max_samples: 300, "
+                    "path: /x, options: {image_size: 32}}\n")
+    config = load_config(path, ["data.name=digits"])
+    assert config.data.name == "digits" and config.data.binarize == "sample"
+    assert config.data.val_fraction == 0.2 and config.data.max_samples == 300
+    assert config.data.options == {} and config.data.path is None
+    # a value given with the new name wins over the kept one
+    assert load_config(path, ["data={name: digits, binarize: none}"]).data.binarize == "none"
+    # the remedy study at its mnist_5k size is binarised like its digits size
+    from training.compare import child_configs, load_suite
+
+    sized = {size: child_configs(load_suite("remedy_matrix"), size)[0][2].data for size in ("full", "full_mnist_5k")}
+    assert sized["full_mnist_5k"].name == "mnist_5k" and sized["full_mnist_5k"].binarize == "sample" == sized["full"].binarize
+
+
 def test_presets_of_the_earlier_form_become_slots(tmp_path):
     path = tmp_path / "old.yaml"
     path.write_text("objective:\n  name: control_vae\n  options: {kl_set_point: 5.0, kp: 0.5}\n")

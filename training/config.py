@@ -216,17 +216,26 @@ def apply_overrides(tree: dict, overrides) -> dict:
 #: A latent ``family`` merges (``latent_dim`` is every family's).
 REPLACING_KEYS = ("kind", "name")
 
+#: What survives such a replacement, by the mapping's key: another data set (``data.name``) gets
+#: its own ``path`` and ``options``, but keeps the splits, the sample cap and the binarisation,
+#: which mean the same for every data set (a suite size that moves a binarised study to
+#: ``mnist_5k`` stays binarised).
+KEPT_ON_REPLACE = {"data": ("val_fraction", "test_fraction", "max_samples", "binarize")}
+
 
 def deep_merge(base: dict, update: dict) -> dict:
-    """``update`` merged into a copy of ``base``, mapping by mapping (:data:`REPLACING_KEYS`)."""
+    """``update`` merged into a copy of ``base``, mapping by mapping (:data:`REPLACING_KEYS`,
+    :data:`KEPT_ON_REPLACE`)."""
     out = copy.deepcopy(base)
     for key, value in (update or {}).items():
         current = out.get(key)
-        if isinstance(value, dict) and isinstance(current, dict) and not any(
-                k in value and k in current and value[k] != current[k] for k in REPLACING_KEYS):
-            out[key] = deep_merge(current, value)
-        else:
+        if not (isinstance(value, dict) and isinstance(current, dict)):
             out[key] = copy.deepcopy(value)
+        elif any(k in value and k in current and value[k] != current[k] for k in REPLACING_KEYS):
+            kept = {k: current[k] for k in KEPT_ON_REPLACE.get(key, ()) if k in current and k not in value}
+            out[key] = {**copy.deepcopy(kept), **copy.deepcopy(value)}
+        else:
+            out[key] = deep_merge(current, value)
     return out
 
 
@@ -313,7 +322,7 @@ def check_registries(config: Config) -> None:
                           "data.val_fraction > 0")
 
 
-__all__ = ["DEFAULT_CONFIG", "DEFAULT_PRETRAIN_EPOCHS", "REPLACING_KEYS", "Config", "DataConfig", "ExportConfig",
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_PRETRAIN_EPOCHS", "KEPT_ON_REPLACE", "REPLACING_KEYS", "Config", "DataConfig", "ExportConfig",
            "MlflowConfig", "ModelConfig", "ObjectiveConfig", "PretrainConfig", "TrainConfig", "apply_overrides",
            "check_registries", "deep_merge", "flatten", "from_dict", "load_config", "parse_override", "read_yaml",
            "set_path"]
