@@ -262,3 +262,69 @@ def test_raw_pixel_kmeans_baseline_is_kmeans_on_each_seeds_test_split():
         assert 0.5 < baseline[seed] < 1.0  # 8x8 digits cluster well above chance (0.1) on raw pixels
     # Sentences have no pixels: no baseline.
     assert raw_kmeans_baseline(child_configs(load_suite("text_collapse"), "quick")[:1]) is None
+
+
+def test_a_report_of_a_suite_still_running_says_so_and_counts_the_seeds(suite_file, tmp_path):
+    """The report and children.json written between children: finished rows with the number of
+    seeds behind them, the unfinished run as a dash, the pending children named."""
+    import json
+
+    from training.compare import write_children_json, write_report
+
+    tree = yaml.safe_load(suite_file.read_text())
+    tree["sizes"]["quick"]["seeds"] = [0, 1]
+    suite_file.write_text(yaml.safe_dump(tree))
+    suite = load_suite(str(suite_file))
+    children = child_configs(suite, "quick")
+    rows = {("vae", 0): {"eval_kl": 1.0, "eval_active_units": 2.0},
+            ("vae", 1): {"eval_kl": 3.0, "eval_active_units": 4.0, "eval_mi_full": float("nan")},
+            ("beta4", 1): {"eval_kl": 0.25, "eval_active_units": 1.0}}
+    report = write_report(suite, "quick", children, rows, {}, tmp_path / "r").read_text().splitlines()
+    assert report[2].startswith("**In progress: 3 of 4 children finished**") and report[2].endswith(
+        "still to train: beta4/0. The same command resumes the suite and rewrites this report.")
+    assert "| run | seeds | KL | AU | MI |" in report
+    # mean ± sample std of (1, 3) = 2.00 ± 1.41; one seed: the value alone; NaN left out
+    assert "| vae | 2 | 2.00 ± 1.41 | 3.0 ± 1.4 | — |" in report
+    assert "| beta4 | 1 | 0.25 | 1.0 | — |" in report
+
+    path = write_children_json(suite, "quick", children, rows, {"vae/0": "abc"}, tmp_path / "r")
+    doc = json.loads(path.read_text())  # strict JSON: a NaN metric is null
+    assert (doc["finished"], doc["total"], doc["pending"]) == (3, 4, ["beta4/0"])
+    assert doc["children"]["vae/0"] == {"run_id": "abc", "metrics": {"eval_active_units": 2.0, "eval_kl": 1.0}}
+    assert doc["children"]["vae/1"]["metrics"]["eval_mi_full"] is None
+    assert doc["command"] == "vae-tf compare --suite tiny --quick"
+
+    done = write_report(suite, "quick", children, {**rows, ("beta4", 0): {"eval_kl": 0.75}}, {}, tmp_path / "r")
+    text = done.read_text()
+    assert "In progress" not in text and "| run | KL | AU | MI |" in text and "| beta4 | 0.50 ± 0.35 |" in text
+
+
+@pytest.mark.slow
+def test_a_suite_that_dies_leaves_the_report_of_what_finished(suite_file, tmp_path, monkeypatch):
+    """The second child dies: the report directory already holds the first child's row and its
+    metrics exactly as MLflow logged them."""
+    import json
+
+    import training.train
+
+    real, calls = training.train.run_training, []
+
+    def dies_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training.train, "run_training", dies_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(str(suite_file), size="quick", output_dir=str(tmp_path / "report"))
+    doc = json.loads((tmp_path / "report" / "children.json").read_text())
+    assert (doc["finished"], doc["pending"]) == (1, ["beta4/0"])
+    logged = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(doc["children"]["vae/0"]["run_id"])
+    assert logged.data.tags["vae_tf.suite_child"] == "vae/0"
+    kept = doc["children"]["vae/0"]["metrics"]
+    assert kept["eval_kl"] == pytest.approx(logged.data.metrics["eval_kl"])
+    assert kept["eval_active_units"] == logged.data.metrics["eval_active_units"]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "**In progress: 1 of 2 children finished**" in text and "| beta4 | 0 | — |" in text
+    assert f"| vae | 1 | {logged.data.metrics['eval_elbo']:.2f} |" in text

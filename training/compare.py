@@ -21,6 +21,11 @@ A suite is a YAML file under ``training/suites/``::
 A child's config is ``base``, then the size's ``config``, then the run's ``config``, then the
 size's ``runs.<name>`` (so a size can resize a run that brings its own network).
 
+While a suite runs, the report directory always holds what has finished: after every child the
+report is rewritten with the children so far (marked "in progress: k of n children") and
+``children.json`` with every finished child's MLflow run id and metrics, so a long suite's numbers
+can be committed as they come and outlive the tracking store they were logged to.
+
 Children log through :class:`training.tracking.TrackedRun` (their evaluation included), so an
 MLflow outage during a suite is journaled, not fatal: ``vae-tf sync-mlflow runs/<child>`` sends
 what is left.
@@ -173,12 +178,15 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     curves: dict[str, list] = {}
     embeddings: dict[str, Any] = {}  # run -> the t-SNE of its first seed's test embeddings
     first_runs: dict[str, str] = {}  # run -> the MLflow run of its first seed (its prior-samples figure)
+    run_ids: dict[str, str] = {}  # child key -> its MLflow run
+    report_dir = Path(output_dir or Path("reports") / f"{suite.name}-{size}")
     for run_name, seed, config, _ in children:
         config.mlflow.experiment = experiment
         key = f"{run_name}/{seed}"
         if key in done:
             print(f"[{suite.name}] {key}: finished earlier, reusing run {done[key].info.run_id}", file=out, flush=True)
             rows[(run_name, seed)] = done[key].data.metrics
+            run_ids[key] = done[key].info.run_id
             curves.setdefault(run_name, []).append(_load_curve(client, done[key].info.run_id))
             embeddings.setdefault(run_name, _load_json(client, done[key].info.run_id, "evaluation/tsne.json"))
             first_runs.setdefault(run_name, done[key].info.run_id)
@@ -201,10 +209,14 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
         embeddings.setdefault(run_name, captured["tsne"])
         if result.run_id:
             first_runs.setdefault(run_name, result.run_id)
+            run_ids[key] = result.run_id
+        if report and len(rows) < len(children):  # what has finished, in case the rest never does
+            write_children_json(suite, size, children, rows, run_ids, report_dir)
+            write_report(suite, size, children, rows, curves, report_dir, embeddings)
 
     if not report:
         return None
-    report_dir = Path(output_dir or Path("reports") / f"{suite.name}-{size}")
+    write_children_json(suite, size, children, rows, run_ids, report_dir)
     clustered = any("eval_cluster_accuracy" in r or "eval_kmeans_accuracy" in r for r in rows.values())
     baseline = raw_kmeans_baseline(children) if clustered else None
     sample_sheets = {name: _load_image(client, run_id, "evaluation/samples.png") for name, run_id in first_runs.items()}
@@ -411,6 +423,31 @@ def _mean_std(values: list, fmt: str) -> str:
     return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values, ddof=1))}"
 
 
+def _command(suite: Suite, size: str) -> str:
+    return f"vae-tf compare --suite {suite.name}{' --quick' if size == 'quick' else ' --size ' + size}"
+
+
+def write_children_json(suite: Suite, size: str, children, rows: dict, run_ids: dict, report_dir: Path) -> Path:
+    """``children.json`` in the report directory: every finished child's MLflow run id and metrics
+    (``{"children": {"run/seed": {"run_id", "metrics"}}}``) and the keys still to train: the numbers
+    behind the report in a form that survives the tracking store."""
+    import json
+
+    from training.atomic import write_text_atomic
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    finished = {f"{name}/{seed}": {"run_id": run_ids.get(f"{name}/{seed}"),
+                                   "metrics": {k: (float(v) if math.isfinite(float(v)) else None)  # strict JSON
+                                               for k, v in sorted(rows[(name, seed)].items()) if v is not None}}
+                for name, seed, *_ in children if (name, seed) in rows}
+    pending = [f"{name}/{seed}" for name, seed, *_ in children if (name, seed) not in rows]
+    doc = {"suite": suite.name, "size": size, "command": _command(suite, size), "finished": len(finished),
+           "total": len(children), "pending": pending, "children": finished}
+    path = report_dir / "children.json"
+    write_text_atomic(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    return path
+
+
 def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, report_dir: Path,
                  embeddings: dict | None = None, baseline: dict | None = None,
                  sample_sheets: dict | None = None) -> Path:
@@ -419,7 +456,10 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
     embeddings (first seed) and, for image models, every run's prior samples (first seed; mean and
     ancestral decodes of the same z side by side) stacked in one figure. ``baseline``: raw-pixel
     k-means accuracy per seed (:func:`raw_kmeans_baseline`), stated under the table;
-    ``sample_sheets``: run -> its ``evaluation/samples.png`` as an array (None: not drawn)."""
+    ``sample_sheets``: run -> its ``evaluation/samples.png`` as an array (None: not drawn).
+
+    With only some children in ``rows`` (a suite still running) the report says so under its
+    title, and a ``seeds`` column gives how many seeds each row's mean ± std is over."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -434,13 +474,21 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
     specs = {name: spec for name, _, _, spec in children}
     claims = {name: spec.get("claim") for name, spec in specs.items()}
 
-    lines = [f"# Suite `{suite.name}` ({size})", "", f"**Claim tested.** {suite.claim}", "",
-             f"Command: `vae-tf compare --suite {suite.name}{' --quick' if size == 'quick' else ' --size ' + size}` "
+    finished = [(name, seed) for name, seed, *_ in children if (name, seed) in rows]
+    partial = len(finished) < len(children)
+    status = []
+    if partial:
+        pending = [f"{name}/{seed}" for name, seed, *_ in children if (name, seed) not in rows]
+        status = [f"**In progress: {len(finished)} of {len(children)} children finished** (written "
+                  f"{time.strftime('%Y-%m-%d %H:%M')}); still to train: {', '.join(pending)}. The same command "
+                  "resumes the suite and rewrites this report.", ""]
+    lines = [f"# Suite `{suite.name}` ({size})", "", *status, f"**Claim tested.** {suite.claim}", "",
+             f"Command: `{_command(suite, size)}` "
              f"(seeds {', '.join(map(str, seeds))}; mean ± std over seeds; test split).", "",
-             "| run | " + " | ".join(REPORT_COLUMNS[k][0] for k in columns) + " |",
-             "|---|" + "---:|" * len(columns)]
+             "| run | " + ("seeds | " if partial else "") + " | ".join(REPORT_COLUMNS[k][0] for k in columns) + " |",
+             "|---|" + ("---:|" if partial else "") + "---:|" * len(columns)]
     for name in run_names:
-        cells = []
+        cells = [str(sum((name, s) in rows for s in seeds))] if partial else []
         for key in columns:
             values = [rows[(name, s)][key] for s in seeds if key in rows.get((name, s), {})]
             values = [v for v in values if v is not None and math.isfinite(v)]
@@ -469,7 +517,8 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
         ax.set_xlabel("ε (nats)")
         ax.set_ylabel("fraction of (ε, 0.01)-collapsed dims")
         ax.set_title(f"Collapse curves: {suite.name} ({size})" + (f", {group}" if group else ""))
-        ax.legend(fontsize=7, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:  # none while no run of the group has finished
+            ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
         file = f"collapse_curves{'_' + group if group else ''}.png"
         fig.savefig(report_dir / file, dpi=90)
