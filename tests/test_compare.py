@@ -110,40 +110,6 @@ def test_bad_suite_requests_are_one_line_errors(suite_file):
         child_configs(load_suite(str(suite_file)), "quick", only=["ghost"])
 
 
-@pytest.mark.slow
-def test_remedy_matrix_quick_runs_every_combination_end_to_end(tmp_path, monkeypatch):
-    """The remedies study as designed, at its smoke size: {plain VAE, ControlVAE} × {none, Skip,
-    aggressive, pretraining, FGSM, all four}: 12 children trained, exported and evaluated, one
-    collapse-curve figure per model row and a t-SNE grid in the report."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    suite = load_suite("remedy_matrix")
-    children = child_configs(suite, "quick")
-    assert len(children) == 12
-    composed = {name: config.objective.summary() for name, _, config, _ in children}
-    assert composed["controlvae+all"] == "control + fgsm + aggressive"
-    assert composed["vae+fgsm"] == "constant + fgsm" and composed["controlvae"] == "control"
-    by_name = {name: config for name, _, config, _ in children}
-    assert by_name["vae+all"].model.network["skip"] and by_name["vae+all"].train.pretrain.fraction == 0.1
-    report = run_suite("remedy_matrix", size="quick", output_dir=str(tmp_path / "report"))
-    text = report.read_text()
-    for name in composed:
-        assert f"| {name} |" in text, name
-    for header in ("ELBO", "KL", "AU", "MI", "collapsed @ε=0.01", "probe acc.", "IW-NLL"):
-        assert f" {header} |" in text, header
-    for figure in ("collapse_curves_plain_vae.png", "collapse_curves_control_vae.png", "tsne.png"):
-        assert (tmp_path / "report" / figure).is_file() and f"({figure})" in text
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("vae-tf-suite-remedy_matrix")
-    finished = [r for r in client.search_runs([exp.experiment_id]) if "vae_tf.suite_child" in r.data.tags]
-    assert len(finished) == 12 and all(r.info.status == "FINISHED" for r in finished)
-    tags = {r.data.tags["vae_tf.suite_child"]: r.data.tags for r in finished}
-    assert tags["controlvae+all/0"]["vae_tf.inference"] == "aggressive"
-    assert tags["controlvae+all/0"]["vae_tf.pretraining"] == "true" and tags["vae/0"]["vae_tf.pretraining"] == "false"
-    assert all(t["vae_tf.collapse"].split(":")[0] in ("healthy", "partially collapsed", "collapsed")
-               for t in tags.values())
-
-
 def _suite_process(suite_file, tmp_path, *extra):
     import os
     import subprocess
@@ -210,32 +176,6 @@ def test_jobs_trains_children_in_processes_of_their_own(suite_file, tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == 2 and all("eval_active_units" in c.data.metrics for c in children)
-
-
-@pytest.mark.slow
-def test_text_collapse_quick_runs_every_remedy_on_sentences(tmp_path, monkeypatch):
-    """The text suite at its smoke size: the plain sentence VAE and four remedies trained,
-    exported and evaluated on the synthetic corpus, with per-word NLL, perplexity and k-means
-    accuracy in the report."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    report = run_suite("text_collapse", size="quick", output_dir=str(tmp_path / "report"))
-    text = report.read_text()
-    for name in ("vae", "annealing+word_dropout", "skip_vae", "aggressive", "controlvae"):
-        assert f"| {name} |" in text, name
-    for header in ("NLL/word", "PPL", "k-means acc.", "MI", "AU"):
-        assert f" {header} |" in text, header
-    rows = [line.split("|") for line in text.splitlines() if line.startswith("| vae |")]
-    header = next(line.split("|") for line in text.splitlines() if line.startswith("| run |"))
-    ppl = float(rows[0][[h.strip() for h in header].index("PPL")])
-    assert "samples.png" not in text  # sentences have Markdown sample tables, not image samples
-    assert 1.0 < ppl < 1100.0  # a perplexity over a vocabulary of ~1,000 words
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("vae-tf-suite-text_collapse")
-    child = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("vae_tf.suite_child") == "vae/0")
-    artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
-    assert {"figures/reconstructions.md", "figures/samples.md", "figures/interpolation.md",
-            "figures/latent_vs_true_z.png"} <= artifacts
 
 
 def test_raw_pixel_kmeans_baseline_is_kmeans_on_each_seeds_test_split():
