@@ -166,6 +166,7 @@ def test_jobs_trains_children_in_processes_of_their_own(suite_file, tmp_path):
     out = done.communicate(timeout=600)[0]
     assert done.returncode == 0, out[-3000:]
     assert out.count("in a process of its own") == 2
+    assert "[tiny] 1 of 2 children finished: " in out  # the report of what had finished, between the two
     text = (tmp_path / "report" / "report.md").read_text()
     assert "| vae |" in text and "| beta4 |" in text
     assert sorted(p.name for p in (tmp_path / "report" / "logs").iterdir()) == ["beta4-0.log", "vae-0.log"]
@@ -176,6 +177,11 @@ def test_jobs_trains_children_in_processes_of_their_own(suite_file, tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == 2 and all("eval_active_units" in c.data.metrics for c in children)
+    import json
+
+    kept = json.loads((tmp_path / "report" / "children.json").read_text())
+    assert kept["pending"] == [] and {k: v["run_id"] for k, v in kept["children"].items()} == {
+        c.data.tags["vae_tf.suite_child"]: c.info.run_id for c in children}
 
 
 def test_raw_pixel_kmeans_baseline_is_kmeans_on_each_seeds_test_split():
@@ -240,7 +246,7 @@ def test_a_report_of_a_suite_still_running_says_so_and_counts_the_seeds(suite_fi
 
 
 @pytest.mark.slow
-def test_a_suite_that_dies_leaves_the_report_of_what_finished(suite_file, tmp_path, monkeypatch):
+def test_a_suite_that_dies_leaves_the_report_of_what_finished(suite_file, tmp_path, monkeypatch, capsys):
     """The second child dies: the report directory already holds the first child's row and its
     metrics exactly as MLflow logged them."""
     import json
@@ -267,4 +273,5 @@ def test_a_suite_that_dies_leaves_the_report_of_what_finished(suite_file, tmp_pa
     assert kept["eval_active_units"] == logged.data.metrics["eval_active_units"]
     text = (tmp_path / "report" / "report.md").read_text()
     assert "**In progress: 1 of 2 children finished**" in text and "| beta4 | 0 | — |" in text
+    assert f"[tiny] 1 of 2 children finished: {tmp_path / 'report' / 'report.md'}" in capsys.readouterr().out
     assert f"| vae | 1 | {logged.data.metrics['eval_elbo']:.2f} |" in text

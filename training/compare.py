@@ -169,9 +169,18 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
 
     parent = _find_or_create_parent(client, exp_id, suite, size)
     done = _finished_children(client, exp_id, parent)
+    report_dir = Path(output_dir or Path("reports") / f"{suite.name}-{size}")
     if jobs > 1:
+        def progress():  # the table and children.json of what the child processes have finished
+            finished = _finished_children(client, exp_id, parent)
+            rows_ = {(r, s_): finished[f"{r}/{s_}"].data.metrics for r, s_, _, _ in children if f"{r}/{s_}" in finished}
+            ids = {key: run.info.run_id for key, run in finished.items()}
+            write_children_json(suite, size, children, rows_, ids, report_dir)
+            path = write_report(suite, size, children, rows_, {}, report_dir)
+            print(f"[{suite.name}] {len(rows_)} of {len(children)} children finished: {path}", file=out, flush=True)
+
         pending = [(r, s_) for r, s_, _, _ in children if f"{r}/{s_}" not in done]
-        _run_parallel(suite, size, pending, experiment, jobs, output_dir, out)
+        _run_parallel(suite, size, pending, experiment, jobs, output_dir, out, on_finished=progress if report else None)
         done = _finished_children(client, exp_id, parent)
     interrupted = _interrupted_children(client, exp_id, parent, {f"{r}/{s_}" for r, s_, _, _ in children})
     rows: dict[tuple[str, int], dict] = {}
@@ -179,7 +188,6 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     embeddings: dict[str, Any] = {}  # run -> the t-SNE of its first seed's test embeddings
     first_runs: dict[str, str] = {}  # run -> the MLflow run of its first seed (its prior-samples figure)
     run_ids: dict[str, str] = {}  # child key -> its MLflow run
-    report_dir = Path(output_dir or Path("reports") / f"{suite.name}-{size}")
     for run_name, seed, config, _ in children:
         config.mlflow.experiment = experiment
         key = f"{run_name}/{seed}"
@@ -212,7 +220,8 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
             run_ids[key] = result.run_id
         if report and len(rows) < len(children):  # what has finished, in case the rest never does
             write_children_json(suite, size, children, rows, run_ids, report_dir)
-            write_report(suite, size, children, rows, curves, report_dir, embeddings)
+            path = write_report(suite, size, children, rows, curves, report_dir, embeddings)
+            print(f"[{suite.name}] {len(rows)} of {len(children)} children finished: {path}", file=out, flush=True)
 
     if not report:
         return None
@@ -269,12 +278,13 @@ def _interrupted_children(client, exp_id: str, parent: str, keys: set) -> dict:
     return found
 
 
-def _run_parallel(suite: Suite, size: str, pending: list, experiment: str, jobs: int, output_dir, out) -> None:
+def _run_parallel(suite: Suite, size: str, pending: list, experiment: str, jobs: int, output_dir, out,
+                  on_finished=None) -> None:
     """Train and evaluate ``pending`` children (``[(run name, seed)]``), ``jobs`` at a time, each in
     ``python -m training.compare CHILD`` (a serial ``run_suite`` of that one child without the
     report) with ``cpus // jobs`` TensorFlow threads; its output goes to
-    ``<report dir>/logs/<run>-<seed>.log``. A child that fails is named with its log, in one line,
-    after the others finished."""
+    ``<report dir>/logs/<run>-<seed>.log``. ``on_finished()`` is called after each child that
+    succeeded. A child that fails is named with its log, in one line, after the others finished."""
     import os
     import subprocess
 
@@ -305,6 +315,8 @@ def _run_parallel(suite: Suite, size: str, pending: list, experiment: str, jobs:
                     running.remove(item)
                     if process.returncode != 0:
                         failed.append(f"{key} (see {log_path})")
+                    elif on_finished is not None and (queue or running):
+                        on_finished()
             time.sleep(0.5)
     finally:
         for process, handle, _, _ in running:
