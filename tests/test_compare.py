@@ -247,12 +247,17 @@ def test_a_report_of_a_suite_still_running_says_so_and_counts_the_seeds(suite_fi
 
 @pytest.mark.slow
 def test_a_suite_that_dies_leaves_the_report_of_what_finished(suite_file, tmp_path, monkeypatch, capsys):
-    """The second child dies: the report directory already holds the first child's row and its
-    metrics exactly as MLflow logged them."""
+    """beta4/0 finished in an earlier call; this call trains vae/0, then dies on vae/1: the report
+    directory already holds both finished children (also the one after the dead one in the
+    suite's order), with their metrics exactly as MLflow logged them."""
     import json
 
     import training.train
 
+    tree = yaml.safe_load(suite_file.read_text())
+    tree["sizes"]["quick"]["seeds"] = [0, 1]
+    suite_file.write_text(yaml.safe_dump(tree))
+    run_suite(str(suite_file), size="quick", seeds=[0], only=["beta4"], output_dir=str(tmp_path / "first"))
     real, calls = training.train.run_training, []
 
     def dies_on_the_second(*args, **kwargs):
@@ -262,16 +267,20 @@ def test_a_suite_that_dies_leaves_the_report_of_what_finished(suite_file, tmp_pa
         return real(*args, **kwargs)
 
     monkeypatch.setattr(training.train, "run_training", dies_on_the_second)
+    capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):
         run_suite(str(suite_file), size="quick", output_dir=str(tmp_path / "report"))
     doc = json.loads((tmp_path / "report" / "children.json").read_text())
-    assert (doc["finished"], doc["pending"]) == (1, ["beta4/0"])
-    logged = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(doc["children"]["vae/0"]["run_id"])
-    assert logged.data.tags["vae_tf.suite_child"] == "vae/0"
-    kept = doc["children"]["vae/0"]["metrics"]
-    assert kept["eval_kl"] == pytest.approx(logged.data.metrics["eval_kl"])
-    assert kept["eval_active_units"] == logged.data.metrics["eval_active_units"]
+    assert (doc["finished"], doc["total"], doc["pending"]) == (2, 4, ["vae/1", "beta4/1"])
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logged = {key: client.get_run(doc["children"][key]["run_id"]) for key in ("vae/0", "beta4/0")}
+    for key, run in logged.items():
+        assert run.data.tags["vae_tf.suite_child"] == key
+        kept = doc["children"][key]["metrics"]
+        assert kept["eval_kl"] == pytest.approx(run.data.metrics["eval_kl"])
+        assert kept["eval_active_units"] == run.data.metrics["eval_active_units"]
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "**In progress: 1 of 2 children finished**" in text and "| beta4 | 0 | — |" in text
-    assert f"[tiny] 1 of 2 children finished: {tmp_path / 'report' / 'report.md'}" in capsys.readouterr().out
-    assert f"| vae | 1 | {logged.data.metrics['eval_elbo']:.2f} |" in text
+    assert "**In progress: 2 of 4 children finished**" in text
+    for name in ("vae", "beta4"):
+        assert f"| {name} | 1 | {logged[name + '/0'].data.metrics['eval_elbo']:.2f} |" in text
+    assert f"[tiny] 2 of 4 children finished: {tmp_path / 'report' / 'report.md'}" in capsys.readouterr().out

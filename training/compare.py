@@ -183,21 +183,38 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
         _run_parallel(suite, size, pending, experiment, jobs, output_dir, out, on_finished=progress if report else None)
         done = _finished_children(client, exp_id, parent)
     interrupted = _interrupted_children(client, exp_id, parent, {f"{r}/{s_}" for r, s_, _, _ in children})
+    # Per child (run name, seed): metrics, collapse curve, t-SNE of the test embeddings, MLflow run.
     rows: dict[tuple[str, int], dict] = {}
-    curves: dict[str, list] = {}
-    embeddings: dict[str, Any] = {}  # run -> the t-SNE of its first seed's test embeddings
-    first_runs: dict[str, str] = {}  # run -> the MLflow run of its first seed (its prior-samples figure)
-    run_ids: dict[str, str] = {}  # child key -> its MLflow run
-    for run_name, seed, config, _ in children:
-        config.mlflow.experiment = experiment
+    curves: dict[tuple[str, int], Any] = {}
+    tsnes: dict[tuple[str, int], Any] = {}
+    run_ids: dict[str, str] = {}  # "run/seed" -> its MLflow run
+
+    def by_run():
+        """The report's inputs: every seed's curve per run; each run's first finished seed's
+        t-SNE; that seed's MLflow run (its prior-samples figure)."""
+        curves_, embeddings_, first_runs_ = {}, {}, {}
+        for name, seed, *_ in children:
+            if (name, seed) in rows:
+                curves_.setdefault(name, []).append(curves.get((name, seed)))
+                embeddings_.setdefault(name, tsnes.get((name, seed)))
+                if run_ids.get(f"{name}/{seed}"):
+                    first_runs_.setdefault(name, run_ids[f"{name}/{seed}"])
+        return curves_, embeddings_, first_runs_
+
+    # The children that finished earlier first, so that a report written between two trained
+    # children counts every finished one, whatever its place in the suite.
+    for run_name, seed, _, _ in children:
         key = f"{run_name}/{seed}"
         if key in done:
             print(f"[{suite.name}] {key}: finished earlier, reusing run {done[key].info.run_id}", file=out, flush=True)
             rows[(run_name, seed)] = done[key].data.metrics
             run_ids[key] = done[key].info.run_id
-            curves.setdefault(run_name, []).append(_load_curve(client, done[key].info.run_id))
-            embeddings.setdefault(run_name, _load_json(client, done[key].info.run_id, "evaluation/tsne.json"))
-            first_runs.setdefault(run_name, done[key].info.run_id)
+            curves[(run_name, seed)] = _load_curve(client, done[key].info.run_id)
+            tsnes[(run_name, seed)] = _load_json(client, done[key].info.run_id, "evaluation/tsne.json")
+    for run_name, seed, config, _ in children:
+        config.mlflow.experiment = experiment
+        key = f"{run_name}/{seed}"
+        if key in done:
             continue
         print(f"[{suite.name}] {key}: training", file=out, flush=True)
         captured: dict[str, Any] = {}
@@ -213,23 +230,24 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
         result = run_training(config, tags=tags, after_training=evaluate_child, resume=resume)
         # The same keys a resumed child's run holds: eval_* (diagnostics) and test_* (Keras evaluate).
         rows[(run_name, seed)] = {**captured["metrics"], **result.test_metrics}
-        curves.setdefault(run_name, []).append(captured["curve"])
-        embeddings.setdefault(run_name, captured["tsne"])
+        curves[(run_name, seed)] = captured["curve"]
+        tsnes[(run_name, seed)] = captured["tsne"]
         if result.run_id:
-            first_runs.setdefault(run_name, result.run_id)
             run_ids[key] = result.run_id
         if report and len(rows) < len(children):  # what has finished, in case the rest never does
             write_children_json(suite, size, children, rows, run_ids, report_dir)
-            path = write_report(suite, size, children, rows, curves, report_dir, embeddings)
+            curves_, embeddings_, _ = by_run()
+            path = write_report(suite, size, children, rows, curves_, report_dir, embeddings_)
             print(f"[{suite.name}] {len(rows)} of {len(children)} children finished: {path}", file=out, flush=True)
 
     if not report:
         return None
     write_children_json(suite, size, children, rows, run_ids, report_dir)
+    curves_, embeddings, first_runs = by_run()
     clustered = any("eval_cluster_accuracy" in r or "eval_kmeans_accuracy" in r for r in rows.values())
     baseline = raw_kmeans_baseline(children) if clustered else None
     sample_sheets = {name: _load_image(client, run_id, "evaluation/samples.png") for name, run_id in first_runs.items()}
-    report_path = write_report(suite, size, children, rows, curves, report_dir, embeddings, baseline, sample_sheets)
+    report_path = write_report(suite, size, children, rows, curves_, report_dir, embeddings, baseline, sample_sheets)
     # The parent's report goes through a TrackedRun too: an outage at the end is journaled.
     run_root = children[0][2].train.run_dir if children else "runs"
     parent_run = TrackedRun(resolve_tracking_uri(None), run_root=run_root, experiment=experiment, run_id=parent)
