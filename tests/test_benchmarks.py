@@ -323,8 +323,10 @@ def test_profile_step_text_model_splits_out_the_recurrent_loops(tmp_path):
     assert report["model"] == "text" and report["examples"] == 256 and "256 sentences" in proc.stdout
     assert {"recurrent loop", "recurrent loop (gradient)", "optimizer"} <= set(r["parts"])
     assert sum(r["parts"].values()) == pytest.approx(1.0) and sum(r["op_types"].values()) == pytest.approx(1.0)
-    # an LSTM's step is matrix products: they are the largest op type inside the loops' work
-    assert max(r["op_types"], key=r["op_types"].get) in ("MatMul", "_MklMatMul", "BatchMatMulV2")
+    # an LSTM's step is mostly matrix products: one of them is among the three largest op types
+    # (on a loaded machine the gradient's AddN accumulations can come first: seen in CI)
+    top3 = sorted(r["op_types"], key=r["op_types"].get, reverse=True)[:3]
+    assert {"MatMul", "_MklMatMul", "BatchMatMulV2"} & set(top3), r["op_types"]
 
 
 

@@ -3,6 +3,8 @@ resuming without retraining."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -166,7 +168,9 @@ def test_jobs_trains_children_in_processes_of_their_own(suite_file, tmp_path):
     out = done.communicate(timeout=600)[0]
     assert done.returncode == 0, out[-3000:]
     assert out.count("in a process of its own") == 2
-    assert "[tiny] 1 of 2 children finished: " in out  # the report of what had finished, between the two
+    # the report of what had finished, written when the first child process exits (the other may
+    # have finished its MLflow run by the time the store is read)
+    assert re.search(r"\[tiny\] [12] of 2 children finished: ", out), out[-3000:]
     text = (tmp_path / "report" / "report.md").read_text()
     assert "| vae |" in text and "| beta4 |" in text
     assert sorted(p.name for p in (tmp_path / "report" / "logs").iterdir()) == ["beta4-0.log", "vae-0.log"]
