@@ -295,6 +295,37 @@ def test_a_dataset_logged_by_two_runs_at_once_links_both(tmp_path, monkeypatch):
     third.finish()
 
 
+def test_a_run_lands_in_its_experiment_when_another_process_creates_it_first(tmp_path, monkeypatch):
+    """Two `vae-tf train` processes started at once on a new store race to create the experiment.
+    MLflow's set_experiment catches the loser's RESOURCE_ALREADY_EXISTS but then returns without
+    making the experiment active, and start_run() put the loser's run in the Default experiment
+    (a CI run of the kill -9 test found the victim's run missing from "vae-tf"). Here the other
+    process's create lands between our look-up and our create."""
+    import mlflow
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # set_experiment exports it; restored after
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id="0")  # what an earlier run in this process left active
+    real = TrackingServiceClient.create_experiment
+
+    def raced(self, name, *args, **kwargs):
+        real(self, name, *args, **kwargs)  # the other process wins ...
+        raise MlflowException(f"Experiment(name={name}) already exists.", error_code=RESOURCE_ALREADY_EXISTS)
+
+    monkeypatch.setattr(TrackingServiceClient, "create_experiment", raced)
+    run = TrackedRun(uri, run_root=tmp_path / "runs", experiment="raced").start()
+    run.finish()
+    client = MlflowClient(tracking_uri=uri)
+    raced_id = client.get_experiment_by_name("raced").experiment_id
+    assert raced_id != "0"
+    assert run.experiment_id == raced_id
+    assert [r.info.run_id for r in client.search_runs([raced_id])] == [run.run_id]
+    assert client.search_runs(["0"]) == []
+
+
 def test_resume_refuses_to_change_the_model_and_names_what_may_change(tmp_path):
     from training.resume import find_run, resumed_config
     from vae_tf.errors import ConfigError

@@ -154,7 +154,7 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     import mlflow
 
     from training.config import deep_merge
-    from training.tracking import TrackedRun, resolve_tracking_uri, use_tracking
+    from training.tracking import TrackedRun, activate_experiment, resolve_tracking_uri, use_tracking
     from training.train import run_training
 
     out = out or sys.stdout
@@ -163,9 +163,8 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     evaluate_opts = deep_merge(DEFAULT_EVALUATE, (suite.sizes[size] or {}).get("evaluate") or {})
     experiment = experiment or f"vae-tf-suite-{suite.name}"
     use_tracking(resolve_tracking_uri(None))
-    mlflow.set_experiment(experiment)
+    exp_id = activate_experiment(experiment)
     client = mlflow.MlflowClient()
-    exp_id = mlflow.get_experiment_by_name(experiment).experiment_id
 
     parent = _find_or_create_parent(client, exp_id, suite, size)
     done = _finished_children(client, exp_id, parent)

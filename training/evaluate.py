@@ -139,10 +139,10 @@ def _log(config, info, result, figures, document, trained_run_id, split, data, v
     import mlflow
 
     from training.lineage import dataset_digest, dataset_source
-    from training.tracking import log_figures, meta_dataset, resolve_tracking_uri, use_tracking
+    from training.tracking import activate_experiment, log_figures, meta_dataset, resolve_tracking_uri, use_tracking
 
     use_tracking(resolve_tracking_uri(config.mlflow.tracking_uri))
-    mlflow.set_experiment(config.mlflow.experiment)
+    activate_experiment(config.mlflow.experiment)
     name = f"evaluate {info.get('name')} v{info.get('version')} ({split})"
     tags = {"vae_tf.kind": "evaluation", "vae_tf.model": f"{info.get('name')}/{info.get('version')}"}
     if trained_run_id:

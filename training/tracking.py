@@ -55,6 +55,20 @@ def use_tracking(tracking_uri: str) -> str:
     return registry_uri
 
 
+def activate_experiment(name: str) -> str:
+    """Make experiment ``name`` MLflow's active experiment, creating it if needed; returns its id.
+
+    MLflow 3.17's ``mlflow.set_experiment`` has a race: when another process creates the
+    experiment between its lookup and its create, it returns the experiment *without* making it
+    active, so the next ``mlflow.start_run()`` lands in the Default experiment (two `vae-tf train`
+    processes started at once on a new store did exactly that). Setting it again by id, which
+    only reads, activates it in every case.
+    """
+    experiment_id = mlflow.set_experiment(name).experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
 def ui_command(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"
@@ -271,7 +285,7 @@ class TrackedRun:
             self.online = True
             return
         if self.run_id is None and not os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` made the run
-            mlflow.set_experiment(self.experiment)
+            activate_experiment(self.experiment)
         if self.run_id is None:
             run = mlflow.start_run(run_name=self.run_name, tags=self.tags or None)
         else:
