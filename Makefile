@@ -49,6 +49,7 @@ bench-all: bench
 	$(PY) benchmarks/train_settings.py --rounds 15 --examples 8192
 	$(PY) benchmarks/scaling.py --rounds 5
 	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/fit_teardown.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -456,6 +457,21 @@ def test_text_throughput_smoke(tmp_path):
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=200,
                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert few.returncode != 0 and "fewer than one group of --batch-size x --steps-per-execution = 256" in few.stderr
+
+
+def test_fit_teardown_smoke():
+    """Both tf.data settings timed for each fit length, their order alternating; each row's parts
+    add up to the whole call. (How long the wait is, is for docs/performance.md, not a test.)"""
+    proc = run_script("fit_teardown.py", "--epochs", "1,2", "--sentences", "256", timeout=400)
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if re.match(r"\| \d+ \| autotune", line)]
+    assert [(r[0].strip(), r[1].split()[1]) for r in rows] == [("1", "on"), ("1", "off"), ("2", "off"), ("2", "on")]
+    for _, _, train, teardown, total, cpu in rows:
+        assert float(train) > 0 and float(teardown) >= 0 and float(cpu) > 0
+        assert float(total) == pytest.approx(float(train) + float(teardown), abs=0.011)
+    few = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "fit_teardown.py"), "--sentences", "100"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=200,
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert few.returncode != 0 and "fewer than one group of 4 batches of 64 = 256 sentences" in few.stderr
 
 
 @pytest.mark.slow

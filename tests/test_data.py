@@ -162,6 +162,17 @@ def test_pipeline_batches_and_order(digits):
     assert sum(1 for _ in repeated.take(5)) == 5  # 180 examples, 5 batches only with repeat
 
 
+def test_every_training_pipeline_runs_with_tf_data_autotuning_off(digits):
+    """With autotuning on, ``fit`` over these in-memory pipelines sat idle for up to the length of
+    the run before returning (benchmarks/fit_teardown.py; docs/performance.md, "tf.data
+    autotuning"). The switch is an option of the dataset, so it must survive to what fit reads."""
+    pipelines = {"pipeline": digits.pipeline("train", 64), "pipeline val": digits.pipeline("val", 64, with_labels=True),
+                 "resumable_pipeline": digits.resumable_pipeline("train", 64, seed=0, epochs=2, start_step=3)}
+    for name, ds in pipelines.items():
+        assert ds.options().autotune.enabled is False, name
+        assert len(_batches(ds.take(2))) == 2, name
+
+
 def test_pipeline_shuffle_determinism(digits):
     a = digits.pipeline("train", 128, seed=7, with_labels=True)
     b = digits.pipeline("train", 128, seed=7, with_labels=True)

@@ -22,6 +22,26 @@ from vae_tf.errors import ConfigError, DataError
 
 SPLIT_NAMES = ("train", "val", "test")
 
+#: Batches prepared ahead of the training step. The data are in memory and a batch is one copy,
+#: so two are enough to keep the step from ever waiting on the input.
+PREFETCH_BATCHES = 2
+
+
+def static_pipeline(dataset):
+    """``dataset`` with tf.data's autotuning turned off.
+
+    The pipelines here gather in-memory arrays, where autotuning has nothing to gain, and with it
+    on (TensorFlow 2.21) the end of every ``Model.fit`` / ``predict`` call over such a dataset
+    waited, idle, for up to ~2.3 s while its iterator was torn down: a short text training epoch
+    in its own ``fit`` call spent 2.3 s of its 5.1 s that way. See docs/performance.md, "tf.data
+    autotuning".
+    """
+    import tensorflow as tf  # noqa: PLC0415
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
 
 def _apportion(total: int, weights: np.ndarray, caps: np.ndarray) -> np.ndarray:
     """Share ``total`` among classes in proportion to ``weights`` by the largest-remainder rule,
@@ -354,8 +374,8 @@ class DataSplits:
         ``from_tensor_slices(x)`` (``(x, y)`` with ``with_labels``) -> ``cache()`` ->
         ``shuffle(len(x), seed=seed, reshuffle_each_iteration=True)`` (by default for ``"train"``
         only: ``shuffle=None`` means True for train, False otherwise) -> ``repeat()`` (when asked)
-        -> ``batch(batch_size, drop_remainder)`` -> ``prefetch(AUTOTUNE)``. The order of every
-        epoch is a deterministic function of ``seed``.
+        -> ``batch(batch_size, drop_remainder)`` -> ``prefetch(2)``, with tf.data's autotuning off
+        (:func:`static_pipeline`). The order of every epoch is a deterministic function of ``seed``.
         """
         import tensorflow as tf  # noqa: PLC0415 - keep `import vae_tf.data` free of TensorFlow
 
@@ -378,7 +398,7 @@ class DataSplits:
         if repeat:
             ds = ds.repeat()
         ds = ds.batch(int(batch_size), drop_remainder=bool(drop_remainder))
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return static_pipeline(ds.prefetch(PREFETCH_BATCHES))
 
     def steps_per_epoch(self, split: str, batch_size: int) -> int:
         """Batches in one pass over a split (the last one may be smaller)."""
@@ -394,7 +414,8 @@ class DataSplits:
         that many batches (indices only; no data is read for them). Each epoch has
         :meth:`steps_per_epoch` batches and its last batch may be smaller. The examples are held
         in memory and gathered batch by batch (the ``cache()`` of :meth:`pipeline`, without
-        the shuffle buffer whose state could not be restored), then prefetched.
+        the shuffle buffer whose state could not be restored), then prefetched, with tf.data's
+        autotuning off (:func:`static_pipeline`).
         """
         import tensorflow as tf  # noqa: PLC0415
 
@@ -413,5 +434,5 @@ class DataSplits:
             return tf.data.Dataset.from_tensor_slices(order).batch(int(batch_size))
 
         ds = tf.data.Dataset.range(int(epochs)).flat_map(epoch_batches).skip(int(start_step))
-        ds = ds.map(lambda idx: tf.gather(examples, idx), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        ds = ds.map(lambda idx: tf.gather(examples, idx))  # a copy per batch, run ahead by the prefetch
+        return static_pipeline(ds.prefetch(PREFETCH_BATCHES))

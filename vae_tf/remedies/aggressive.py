@@ -178,7 +178,9 @@ class Aggressive(Inference):
         if not isinstance(dataset, tf.data.Dataset):
             raise ConfigError("set_inner_data needs a tf.data.Dataset of batches, e.g. data.pipeline('train', 64, "
                               "repeat=True)")
-        self._inner.value = iter(dataset)
+        from vae_tf.data.splits import static_pipeline  # noqa: PLC0415
+
+        self._inner.value = iter(static_pipeline(dataset))
 
     def set_heldout(self, x) -> None:
         """The held-out batch (at most ``heldout_size`` examples) of the per-epoch MI check."""

@@ -23,6 +23,7 @@ import dataclasses
 
 import numpy as np
 
+from vae_tf.data.splits import static_pipeline
 from vae_tf.errors import ConfigError, DataError
 
 #: Pretraining epochs unless told otherwise (the training job's ``train.pretrain.epochs`` default
@@ -121,15 +122,15 @@ def pretrain_encoder(model, x, y, *, epochs: int = DEFAULT_EPOCHS, batch_size: i
     classifier = _classifier(model, num_classes, (x[:1], y[:1].astype(np.int64)))
     classifier.compile(optimizer=keras.optimizers.Adam(learning_rate),
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    train = (tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64))).shuffle(len(x), seed=seed)
-             .batch(batch_size))
+    train = static_pipeline(tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64))).shuffle(len(x), seed=seed)
+                            .batch(batch_size))
     val = None
     if validation_data is not None:
         x_val, y_val = validation_data
         if y_val is not None and len(x_val):
             x_val = np.asarray(x_val)
             x_val = x_val if x_val.dtype == object else x_val.astype(np.float32)
-            val = tf.data.Dataset.from_tensor_slices((x_val, np.asarray(y_val, np.int64))).batch(256)
+            val = static_pipeline(tf.data.Dataset.from_tensor_slices((x_val, np.asarray(y_val, np.int64))).batch(256))
     history = classifier.fit(train, validation_data=val, epochs=epochs, verbose=verbose,
                              shuffle=False).history  # the dataset shuffles itself, seeded
     # The head goes with the classifier; the encoder object is the model's own.
