@@ -174,12 +174,10 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
             finished = _finished_children(client, exp_id, parent)
             rows_ = {(r, s_): finished[f"{r}/{s_}"].data.metrics for r, s_, _, _ in children if f"{r}/{s_}" in finished}
             ids = {key: run.info.run_id for key, run in finished.items()}
-            write_children_json(suite, size, children, rows_, ids, report_dir)
-            path = write_report(suite, size, children, rows_, {}, report_dir)
-            print(f"[{suite.name}] {len(rows_)} of {len(children)} children finished: {path}", file=out, flush=True)
+            _write_progress(suite, size, children, rows_, ids, report_dir, out)
 
         pending = [(r, s_) for r, s_, _, _ in children if f"{r}/{s_}" not in done]
-        _run_parallel(suite, size, pending, experiment, jobs, output_dir, out, on_finished=progress if report else None)
+        _run_parallel(suite, size, pending, experiment, jobs, report_dir, out, on_finished=progress if report else None)
         done = _finished_children(client, exp_id, parent)
     interrupted = _interrupted_children(client, exp_id, parent, {f"{r}/{s_}" for r, s_, _, _ in children})
     # Per child (run name, seed): metrics, collapse curve, t-SNE of the test embeddings, MLflow run.
@@ -234,10 +232,8 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
         if result.run_id:
             run_ids[key] = result.run_id
         if report and len(rows) < len(children):  # what has finished, in case the rest never does
-            write_children_json(suite, size, children, rows, run_ids, report_dir)
             curves_, embeddings_, _ = by_run()
-            path = write_report(suite, size, children, rows, curves_, report_dir, embeddings_)
-            print(f"[{suite.name}] {len(rows)} of {len(children)} children finished: {path}", file=out, flush=True)
+            _write_progress(suite, size, children, rows, run_ids, report_dir, out, curves_, embeddings_)
 
     if not report:
         return None
@@ -255,6 +251,15 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     parent_run.finish("FINISHED")
     print(f"report: {report_path.resolve()}", file=out)
     return report_path
+
+
+def _write_progress(suite: Suite, size: str, children, rows: dict, run_ids: dict, report_dir: Path, out,
+                    curves: dict | None = None, embeddings: dict | None = None) -> None:
+    """While a suite runs: its report (marked in progress) and ``children.json`` of the
+    ``rows`` finished so far, and a line on ``out`` saying how many and where."""
+    write_children_json(suite, size, children, rows, run_ids, report_dir)
+    path = write_report(suite, size, children, rows, curves or {}, report_dir, embeddings)
+    print(f"[{suite.name}] {len(rows)} of {len(children)} children finished: {path}", file=out, flush=True)
 
 
 def _find_or_create_parent(client, exp_id: str, suite: Suite, size: str) -> str:
@@ -295,7 +300,7 @@ def _interrupted_children(client, exp_id: str, parent: str, keys: set) -> dict:
     return found
 
 
-def _run_parallel(suite: Suite, size: str, pending: list, experiment: str, jobs: int, output_dir, out,
+def _run_parallel(suite: Suite, size: str, pending: list, experiment: str, jobs: int, report_dir: Path, out,
                   on_finished=None) -> None:
     """Train and evaluate ``pending`` children (``[(run name, seed)]``), ``jobs`` at a time, each in
     ``python -m training.compare CHILD`` (a serial ``run_suite`` of that one child without the
@@ -307,7 +312,7 @@ def _run_parallel(suite: Suite, size: str, pending: list, experiment: str, jobs:
 
     if not pending:
         return
-    logs = Path(output_dir or Path("reports") / f"{suite.name}-{size}") / "logs"
+    logs = Path(report_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     env = {**os.environ, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads,
