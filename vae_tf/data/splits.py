@@ -31,10 +31,10 @@ def static_pipeline(dataset):
     """``dataset`` with tf.data's autotuning turned off.
 
     The pipelines here gather in-memory arrays, where autotuning has nothing to gain, and with it
-    on (TensorFlow 2.21) the end of every ``Model.fit`` / ``predict`` call over such a dataset
-    waited, idle, for up to ~2.3 s while its iterator was torn down: a short text training epoch
-    in its own ``fit`` call spent 2.3 s of its 5.1 s that way. See docs/performance.md, "tf.data
-    autotuning".
+    on (TensorFlow 2.21) every ``Model.fit`` call over such a dataset waited, idle, after its last
+    batch while its iterator was torn down, for longer the longer the call: 2.2 s after a
+    3-second epoch, 17.9 s after 23 s of training (benchmarks/fit_teardown.py; docs/performance.md,
+    "tf.data autotuning").
     """
     import tensorflow as tf  # noqa: PLC0415
 
