@@ -4,6 +4,7 @@ resuming without retraining."""
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 import yaml
@@ -247,6 +248,31 @@ def test_a_report_of_a_suite_still_running_says_so_and_counts_the_seeds(suite_fi
     done = write_report(suite, "quick", children, {**rows, ("beta4", 0): {"eval_kl": 0.75}}, {}, tmp_path / "r")
     text = done.read_text()
     assert "In progress" not in text and "| run | KL | AU | MI |" in text and "| beta4 | 0.50 ± 0.35 |" in text
+
+
+def test_a_progress_report_redraws_its_figures_at_most_once_per_interval(suite_file, tmp_path, monkeypatch, capsys):
+    """Children of a quick suite finish seconds apart: the progress report after each one has the
+    table, and the figures only when the last drawing is older than the interval."""
+    import training.compare as compare
+
+    suite = load_suite(str(suite_file))
+    children = child_configs(suite, "quick")
+    rows, curves = {("vae", 0): {"eval_kl": 1.0}}, {"vae": [[[0.01, 0.1, 1.0], [0.0, 0.5, 1.0]]]}
+    progress = compare._ProgressReport(suite, "quick", children, tmp_path / "r", sys.stdout)
+    progress.write(rows, {}, curves)
+    first = (tmp_path / "r" / "report.md").read_text()
+    assert "](collapse_curves.png)" in first and (tmp_path / "r" / "collapse_curves.png").is_file()
+    (tmp_path / "r" / "collapse_curves.png").unlink()
+    progress.write(rows, {}, curves)  # seconds later: the table again, no drawing
+    second = (tmp_path / "r" / "report.md").read_text()
+    assert "| vae | 1 | 1.00 |" in second and "collapse_curves.png" not in second
+    assert "Figures are redrawn at most every 60 s while the suite runs" in second
+    assert not (tmp_path / "r" / "collapse_curves.png").exists()
+    monkeypatch.setattr(compare, "PROGRESS_FIGURE_INTERVAL_S", 0.0)
+    progress.write(rows, {}, curves)
+    assert "](collapse_curves.png)" in (tmp_path / "r" / "report.md").read_text()
+    assert (tmp_path / "r" / "collapse_curves.png").is_file()
+    assert capsys.readouterr().out.count("[tiny] 1 of 2 children finished") == 3
 
 
 @pytest.mark.slow

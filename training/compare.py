@@ -169,12 +169,13 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     parent = _find_or_create_parent(client, exp_id, suite, size)
     done = _finished_children(client, exp_id, parent)
     report_dir = Path(output_dir or Path("reports") / f"{suite.name}-{size}")
+    progress_report = _ProgressReport(suite, size, children, report_dir, out)
     if jobs > 1:
         def progress():  # the table and children.json of what the child processes have finished
             finished = _finished_children(client, exp_id, parent)
             rows_ = {(r, s_): finished[f"{r}/{s_}"].data.metrics for r, s_, _, _ in children if f"{r}/{s_}" in finished}
             ids = {key: run.info.run_id for key, run in finished.items()}
-            _write_progress(suite, size, children, rows_, ids, report_dir, out)
+            progress_report.write(rows_, ids)
 
         pending = [(r, s_) for r, s_, _, _ in children if f"{r}/{s_}" not in done]
         _run_parallel(suite, size, pending, experiment, jobs, report_dir, out, on_finished=progress if report else None)
@@ -233,7 +234,7 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
             run_ids[key] = result.run_id
         if report and len(rows) < len(children):  # what has finished, in case the rest never does
             curves_, embeddings_, _ = by_run()
-            _write_progress(suite, size, children, rows, run_ids, report_dir, out, curves_, embeddings_)
+            progress_report.write(rows, run_ids, curves_, embeddings_)
 
     if not report:
         return None
@@ -253,13 +254,29 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     return report_path
 
 
-def _write_progress(suite: Suite, size: str, children, rows: dict, run_ids: dict, report_dir: Path, out,
-                    curves: dict | None = None, embeddings: dict | None = None) -> None:
-    """While a suite runs: its report (marked in progress) and ``children.json`` of the
-    ``rows`` finished so far, and a line on ``out`` saying how many and where."""
-    write_children_json(suite, size, children, rows, run_ids, report_dir)
-    path = write_report(suite, size, children, rows, curves or {}, report_dir, embeddings)
-    print(f"[{suite.name}] {len(rows)} of {len(children)} children finished: {path}", file=out, flush=True)
+#: While a suite runs, its report's figures are redrawn at most this often (seconds): a quick suite's
+#: children finish seconds apart and drawing them all takes about a second; the final report has them.
+PROGRESS_FIGURE_INTERVAL_S = 60.0
+
+
+class _ProgressReport:
+    """While a suite runs: its report (marked in progress) and ``children.json`` of the children
+    finished so far, and a line on ``out`` saying how many and where, after every finished child;
+    the figures at most every :data:`PROGRESS_FIGURE_INTERVAL_S` seconds."""
+
+    def __init__(self, suite: Suite, size: str, children, report_dir: Path, out):
+        self.suite, self.size, self.children, self.report_dir, self.out = suite, size, children, report_dir, out
+        self.figures_drawn = -math.inf
+
+    def write(self, rows: dict, run_ids: dict, curves: dict | None = None, embeddings: dict | None = None) -> None:
+        write_children_json(self.suite, self.size, self.children, rows, run_ids, self.report_dir)
+        figures = time.monotonic() - self.figures_drawn >= PROGRESS_FIGURE_INTERVAL_S
+        path = write_report(self.suite, self.size, self.children, rows, curves or {}, self.report_dir, embeddings,
+                            figures=figures)
+        if figures:
+            self.figures_drawn = time.monotonic()
+        print(f"[{self.suite.name}] {len(rows)} of {len(self.children)} children finished: {path}", file=self.out,
+              flush=True)
 
 
 def _find_or_create_parent(client, exp_id: str, suite: Suite, size: str) -> str:
@@ -484,7 +501,7 @@ def write_children_json(suite: Suite, size: str, children, rows: dict, run_ids: 
 
 def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, report_dir: Path,
                  embeddings: dict | None = None, baseline: dict | None = None,
-                 sample_sheets: dict | None = None) -> Path:
+                 sample_sheets: dict | None = None, figures: bool = True) -> Path:
     """Markdown table (mean ± std over seeds), one collapse-curve figure per group of runs (the
     runs' ``group``; one figure when no run has one), a grid of the t-SNE of every run's test
     embeddings (first seed) and, for image models, every run's prior samples (first seed; mean and
@@ -493,12 +510,8 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
     ``sample_sheets``: run -> its ``evaluation/samples.png`` as an array (None: not drawn).
 
     With only some children in ``rows`` (a suite still running) the report says so under its
-    title, and a ``seeds`` column gives how many seeds each row's mean ± std is over."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    title, and a ``seeds`` column gives how many seeds each row's mean ± std is over.
+    ``figures=False`` (a progress report between two redraws) writes the table and notes only."""
     from training.atomic import write_text_atomic
 
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -537,10 +550,32 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
     if notes:
         lines += ["", *notes]
 
+    lines.append("")
+    if figures:
+        lines += _report_figures(suite, size, run_names, specs, seeds, curves, embeddings, sample_sheets, report_dir)
+    else:
+        lines += [f"Figures are redrawn at most every {PROGRESS_FIGURE_INTERVAL_S:.0f} s while the suite runs; "
+                  "the final report has them all."]
+    lines.append("")
+
+    path = report_dir / "report.md"
+    write_text_atomic(path, "\n".join(lines))
+    return path
+
+
+def _report_figures(suite: Suite, size: str, run_names: list, specs: dict, seeds: list, curves: dict,
+                    embeddings: dict | None, sample_sheets: dict | None, report_dir: Path) -> list[str]:
+    """Draw the report's figures into ``report_dir`` (:func:`write_report`); returns their
+    Markdown lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     groups: dict[str, list[str]] = {}
     for name in run_names:
         groups.setdefault(str(specs[name].get("group") or ""), []).append(name)
-    lines.append("")
+    lines = []
     for group, names in groups.items():
         fig, ax = plt.subplots(figsize=(6.5, 4.0))
         for name in names:
@@ -591,11 +626,7 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
         fig.savefig(report_dir / "samples.png", dpi=90)
         plt.close(fig)
         lines.append("![prior samples, mean and ancestral decodes](samples.png)")
-    lines.append("")
-
-    path = report_dir / "report.md"
-    write_text_atomic(path, "\n".join(lines))
-    return path
+    return lines
 
 
 if __name__ == "__main__":
