@@ -79,6 +79,12 @@ CASES: dict[str, dict] = {
                                "inference": {"kind": "aggressive", "max_inner_steps": 4, "check_every": 2}},
                  "train": {"pretrain": {"fraction": 0.1, "epochs": 2}}},
 }
+# The same with MI maximised on the categorical part of a Gaussian + categorical code: every slot,
+# two optimizers and a non-Gaussian family in one cluster (tests/test_training_distributed.py).
+CASES["composed_categorical"] = {
+    **CASES["composed"], "model": {**CASES["composed"]["model"], "latent": _GAUSS_CAT},
+    "objective": {**CASES["composed"]["objective"],
+                  "regularizers": [{"kind": "mi_q", "target": "categorical", "q_network": _Q}]}}
 
 
 def case_config(case: str, **extra) -> dict:
