@@ -119,6 +119,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    group = args.batch_size * args.steps_per_execution  # whole groups of steps per epoch
+    if args.sentences < group:  # all sentences are training sentences: say so before TensorFlow loads
+        raise SystemExit(f"--sentences {args.sentences} is fewer than one group of --batch-size x "
+                         f"--steps-per-execution = {group} sentences; give more sentences or smaller batches")
 
     import tensorflow as tf
 
@@ -129,11 +133,7 @@ def main(argv=None) -> int:
 
     data = load_dataset("text_synthetic", seed=args.seed, n_samples=args.sentences, val_fraction=0.0,
                         test_fraction=0.0)
-    group = args.batch_size * args.steps_per_execution  # whole groups of steps per epoch
     n = len(data.x_train) // group * group
-    if n == 0:
-        raise SystemExit(f"--sentences {args.sentences} is fewer than one group of --batch-size x "
-                         f"--steps-per-execution = {group} sentences; give more sentences or smaller batches")
     data = dataclasses.replace(data, x_train=data.x_train[:n], y_train=None, factors_train=None)
     steps = n // args.batch_size
     ours = build_vae_tf(data, args)

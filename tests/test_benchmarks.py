@@ -187,49 +187,6 @@ def test_pythae_reference_is_the_same_network_with_the_same_loss():
 
 
 @pytest.mark.slow
-def test_train_throughput_smoke(tmp_path):
-    out = tmp_path / "throughput.json"
-    # aot_eager: torch.compile's graph capture without the C++ code generation (seconds, not a minute)
-    proc = run_script("train_throughput.py", "--arch", "conv", "--rounds", "1", "--examples", "256",
-                      "--steps-per-execution", "1", "--matmul-size", "64", "--matmul-repeats", "1",
-                      "--torch-compile-backend", "aot_eager", "--json", str(out))
-    result = json.loads(out.read_text())["results"][0]
-    counts = reference_architecture_counts()
-    assert result["trainable_parameters"] == result["trainable_parameters_bare"] == counts["parameters"]
-    assert result["training_flops_per_image"] == counts["training_flops"]
-    assert result["loss_check_relative_difference"] < 1e-4
-    assert set(result["efficiency"]) >= {"bare", "vae_tf"} and result["matmul_gflops"]["median"] > 0
-    assert "vae-tf efficiency" in proc.stdout
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        assert "PyTorch is not installed" in result["torch"]["skipped"]
-        assert "PyTorch reference skipped" in proc.stderr
-    else:
-        assert result["torch"]["trainable_parameters"] == result["trainable_parameters"]
-        assert result["torch"]["loss_check_relative_difference"] < 1e-4
-        assert result["best_ratio_torch"] > 0 and "torch" in result["rounds"][0]
-        # The peers of issue #20: the same network (parameter count), the same loss, and ratios
-        # that are those of the per-round throughputs the report lists.
-        try:
-            import pythae  # noqa: F401
-        except ImportError:
-            peers = ("torch", "torch_compile")
-            assert "pythae is not installed" in result["peers"]["pythae"]["skipped"]
-        else:
-            peers = ("torch", "torch_compile", "pythae")
-        row = result["rounds"][0]
-        for peer in peers:
-            p = result["peers"][peer]
-            assert p["info"]["trainable_parameters"] == counts["parameters"]
-            assert p["info"]["loss_check_relative_difference"] < 1e-4
-            assert p["best_ratio"] == pytest.approx(row["vae_tf"]["images_per_s"] / row[peer]["images_per_s"], rel=1e-12)
-            assert np.isfinite(p["final_loss"]) and abs(p["final_loss"] - result["vae_tf_final_loss"]) < 0.05 * result["vae_tf_final_loss"]
-        assert result["peers"]["torch_compile"]["info"]["compile"] == {"backend": "aot_eager", "mode": None}
-        assert "| PyTorch torch.compile |" in proc.stdout
-
-
-@pytest.mark.slow
 def test_train_throughput_without_torch_says_so_in_one_line_and_times_the_rest(tmp_path):
     (tmp_path / "torch.py").write_text("raise ImportError('No module named torch')\n")  # torch not installed
     out = tmp_path / "throughput.json"
@@ -239,26 +196,6 @@ def test_train_throughput_without_torch_says_so_in_one_line_and_times_the_rest(t
     assert len(notices) == 1 and "pip install -e '.[bench]'" in notices[0]
     result = json.loads(out.read_text())["results"][0]
     assert "torch" not in result["rounds"][0] and result["best_images_per_s"].keys() == {"bare", "vae_tf"}
-
-
-@pytest.mark.slow
-def test_train_settings_smoke(tmp_path):
-    out = tmp_path / "settings.json"
-    proc = run_script("train_settings.py", "--steps", "1", "2", "--jit", "false", "--rounds", "1",
-                      "--precision", "float32", "mixed_bfloat16", "--examples", "256", "--json", str(out))
-    report = json.loads(out.read_text())
-    assert [r["steps_per_execution"] for r in report["results"]] == [1, 2, 1, 2]
-    assert [r["precision"] for r in report["results"]] == ["float32"] * 2 + ["mixed_bfloat16"] * 2
-    # The ratios are those of the raw per-round throughputs the report also lists.
-    rounds, base = report["per_round"], report["baseline"]
-    for row in report["results"]:
-        speeds = [r[row["variant"]] for r in rounds]
-        assert row["best"] == max(speeds)
-        assert row["best_over_baseline"] == pytest.approx(max(speeds) / max(r[base] for r in rounds), rel=1e-12)
-        assert row["per_round_over_baseline"]["median"] == pytest.approx(
-            float(np.median([r[row["variant"]] / r[base] for r in rounds])), rel=1e-12)
-    assert report["images_per_epoch"] == 256
-    assert "| steps_per_execution | XLA |" in proc.stdout
 
 
 @pytest.mark.slow
@@ -409,50 +346,115 @@ def test_startup_smoke(tmp_path):
     assert "| `vae-tf train` (CLI) |" in proc.stdout
 
 
-@pytest.mark.slow
-def test_gpu_check_script_runs_end_to_end_without_a_gpu(tmp_path):
-    """benchmarks/gpu_check.sh is prepared for a GPU machine that may be lent later: here every
-    step runs at smoke size on the CPU (ALLOW_CPU=1) and leaves its results in $OUT."""
-    out = tmp_path / "gpu-check"
-    env = {**os.environ, "OUT": str(out), "ALLOW_CPU": "1", "PYTHON": sys.executable,
-           "THROUGHPUT_ARGS": "--rounds 1 --examples 128 --steps-per-execution 1 --matmul-size 64 --matmul-repeats 1 "
-                              "--torch-compile-backend aot_eager",
-           "SETTINGS_ARGS": "--steps 1 --jit false --precision float32 mixed_bfloat16 --rounds 1 --examples 128",
-           "TEXT_ARGS": "--rounds 1 --sentences 128 --batch-size 32 --steps-per-execution 1 --hidden 16 "
-                        "--embedding 8"}
+# --- benchmarks/gpu_check.sh and the three benchmarks it runs ----------------------------------------
+# One run of the GPU script at smoke size on the CPU (ALLOW_CPU=1) gives the outputs of
+# train_throughput.py, train_settings.py and text_throughput.py, each checked by a test of its own
+# below: the three scripts start (and import TensorFlow and PyTorch) once per test session, not twice.
+GPU_CHECK_ENV = {
+    # aot_eager: torch.compile's graph capture without the C++ code generation (seconds, not a minute)
+    "THROUGHPUT_ARGS": "--rounds 1 --examples 256 --steps-per-execution 1 --matmul-size 64 "
+                       "--matmul-repeats 1 --torch-compile-backend aot_eager",
+    "SETTINGS_ARGS": "--steps 1 2 --jit false --precision float32 mixed_bfloat16 --rounds 1 --examples 256",
+    "TEXT_ARGS": "--rounds 1 --sentences 160 --batch-size 32 --steps-per-execution 2 --hidden 16 --embedding 8 "
+                 "--latent 4",
+}
+
+
+@pytest.fixture(scope="module")
+def gpu_check(tmp_path_factory):
+    """benchmarks/gpu_check.sh is prepared for a GPU machine: here every step runs at smoke size
+    on the CPU and leaves its results in $OUT. Returns (OUT, the script's log)."""
+    out = tmp_path_factory.mktemp("gpu-check")
+    env = {**os.environ, "OUT": str(out), "ALLOW_CPU": "1", "PYTHON": sys.executable, **GPU_CHECK_ENV}
     proc = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh")], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    log = (out / "log.txt").read_text()
-    for step in ("throughput", "settings"):
-        assert f"=== {step}: exit 0" in log, log[-3000:]
-    throughput = json.loads((out / "throughput.json").read_text())["results"][0]
-    assert {"torch", "torch_compile"} <= set(throughput["peers"])
-    assert "| PyTorch eager |" in (out / "throughput.md").read_text()
-    settings = json.loads((out / "settings.json").read_text())
-    assert [r["precision"] for r in settings["results"]] == ["float32", "mixed_bfloat16"]
-    assert "precision" in (out / "settings.md").read_text()
-    assert "tensorflow 2." in (out / "env.txt").read_text()
-    if (REPO_ROOT / "benchmarks" / "text_throughput.py").exists():
-        assert "=== text: exit 0" in log and (out / "text.json").is_file()
+    return out, (out / "log.txt").read_text()
 
 
 @pytest.mark.slow
-def test_text_throughput_smoke(tmp_path):
+def test_gpu_check_script_runs_every_step_and_writes_its_tables(gpu_check):
+    out, log = gpu_check
+    for step in ("throughput", "settings", "text"):
+        assert f"=== {step}: exit 0" in log, log[-3000:]
+    assert "| PyTorch eager |" in (out / "throughput.md").read_text()
+    assert "precision" in (out / "settings.md").read_text()
+    assert "tensorflow 2." in (out / "env.txt").read_text()
+
+
+@pytest.mark.slow
+def test_train_throughput_smoke(gpu_check):
+    out, log = gpu_check
+    result = json.loads((out / "throughput.json").read_text())["results"][0]
+    counts = reference_architecture_counts()
+    assert result["trainable_parameters"] == result["trainable_parameters_bare"] == counts["parameters"]
+    assert result["training_flops_per_image"] == counts["training_flops"]
+    assert result["loss_check_relative_difference"] < 1e-4
+    assert set(result["efficiency"]) >= {"bare", "vae_tf"} and result["matmul_gflops"]["median"] > 0
+    assert "vae-tf efficiency" in log
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert "PyTorch is not installed" in result["torch"]["skipped"]
+        assert "PyTorch reference skipped" in log
+    else:
+        assert result["torch"]["trainable_parameters"] == result["trainable_parameters"]
+        assert result["torch"]["loss_check_relative_difference"] < 1e-4
+        assert result["best_ratio_torch"] > 0 and "torch" in result["rounds"][0]
+        # The peers of issue #20: the same network (parameter count), the same loss, and ratios
+        # that are those of the per-round throughputs the report lists.
+        try:
+            import pythae  # noqa: F401
+        except ImportError:
+            peers = ("torch", "torch_compile")
+            assert "pythae is not installed" in result["peers"]["pythae"]["skipped"]
+        else:
+            peers = ("torch", "torch_compile", "pythae")
+        row = result["rounds"][0]
+        for peer in peers:
+            p = result["peers"][peer]
+            assert p["info"]["trainable_parameters"] == counts["parameters"]
+            assert p["info"]["loss_check_relative_difference"] < 1e-4
+            assert p["best_ratio"] == pytest.approx(row["vae_tf"]["images_per_s"] / row[peer]["images_per_s"], rel=1e-12)
+            assert np.isfinite(p["final_loss"]) and abs(p["final_loss"] - result["vae_tf_final_loss"]) < 0.05 * result["vae_tf_final_loss"]
+        assert result["peers"]["torch_compile"]["info"]["compile"] == {"backend": "aot_eager", "mode": None}
+        assert "| PyTorch torch.compile |" in (out / "throughput.md").read_text()
+
+
+@pytest.mark.slow
+def test_train_settings_smoke(gpu_check):
+    out, log = gpu_check
+    report = json.loads((out / "settings.json").read_text())
+    assert [r["steps_per_execution"] for r in report["results"]] == [1, 2, 1, 2]
+    assert [r["precision"] for r in report["results"]] == ["float32"] * 2 + ["mixed_bfloat16"] * 2
+    # The ratios are those of the raw per-round throughputs the report also lists.
+    rounds, base = report["per_round"], report["baseline"]
+    for row in report["results"]:
+        speeds = [r[row["variant"]] for r in rounds]
+        assert row["best"] == max(speeds)
+        assert row["best_over_baseline"] == pytest.approx(max(speeds) / max(r[base] for r in rounds), rel=1e-12)
+        assert row["per_round_over_baseline"]["median"] == pytest.approx(
+            float(np.median([r[row["variant"]] / r[base] for r in rounds])), rel=1e-12)
+    assert report["images_per_epoch"] == 256
+    assert "| steps_per_execution | XLA |" in (out / "settings.md").read_text()
+
+
+@pytest.mark.slow
+def test_text_throughput_smoke(gpu_check):
     """One round of the sentence-VAE benchmark: both variants trained the same sentences, the
     token count is the scored positions (words + <eos>: 11 per 10-word sentence), the two models
     have the same parameters (the script refuses otherwise) and the ratio is that of the rates."""
-    out = tmp_path / "text.json"
-    proc = run_script("text_throughput.py", "--rounds", "1", "--sentences", "160", "--batch-size", "32",
-                      "--steps-per-execution", "2", "--hidden", "16", "--embedding", "8", "--latent", "4",
-                      "--json", str(out), timeout=400)
-    report = json.loads(out.read_text())
+    out, log = gpu_check
+    report = json.loads((out / "text.json").read_text())
     assert report["sentences"] == 128  # whole groups of batch x steps_per_execution = 64
     assert report["tokens_per_epoch"] == 11 * 128
     rates = report["tokens_per_second"]
     assert set(rates) == {"vae-tf", "pytorch_eager"} and all(v["median"] > 0 for v in rates.values())
     assert report["ratio_of_bests"] == pytest.approx(rates["vae-tf"]["best"] / rates["pytorch_eager"]["best"])
-    assert "| vae-tf |" in proc.stdout and "vae-tf ÷ PyTorch eager" in proc.stdout
+    assert "| vae-tf |" in log and "vae-tf ÷ PyTorch eager" in log
+
+
+def test_text_throughput_refuses_fewer_sentences_than_one_group():
     few = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "text_throughput.py"), "--sentences", "10"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=200,
                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
