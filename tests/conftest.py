@@ -48,6 +48,42 @@ def mlflow_state_per_file():
             setattr(sys.modules[module], name, saved.get((module, name)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_schema_from_a_template(tmp_path_factory):
+    """A new SQLite MLflow store gets its tables by copying an empty store at MLflow's current
+    schema, made once per test process by MLflow's own migrations, instead of running the ~60
+    migrations again (1-2 s each time, and the tests make dozens of stores). In this process only:
+    stores that `vae-tf` subprocesses create still migrate as MLflow does. The Default experiment
+    is not in the template, so each store creates its own with its own artifact root."""
+    import sqlite3
+
+    import mlflow.store.db.utils as db_utils
+
+    migrate = db_utils._initialize_tables
+    template = tmp_path_factory.mktemp("mlflow-schema") / "empty.db"
+
+    def initialize_tables(engine):
+        path = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+        if not path or path == ":memory:":
+            return migrate(engine)
+        if not template.exists():
+            import sqlalchemy
+
+            made = sqlalchemy.create_engine(f"sqlite:///{template}")
+            migrate(made)
+            made.dispose()
+        source, target = sqlite3.connect(template), sqlite3.connect(path)
+        try:
+            source.backup(target)
+        finally:
+            source.close()
+            target.close()
+
+    db_utils._initialize_tables = initialize_tables
+    yield
+    db_utils._initialize_tables = migrate
+
+
 def built_once(tmp_path_factory, name: str, build) -> Path:
     """``build(path)`` run once per test run: by this process without pytest-xdist, else by the
     first worker that asks (a file lock in the run's shared temporary directory; the others wait
