@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: vae-tf needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,beam]"
+	$(PY) -m pip install --quiet --no-compile -e ".[test,beam]"
+	@# pip byte-compiles the ~22,000 installed modules on one core; compileall -j 0 does it on every
+	@# core (14 s less on 2 CPUs). Files that do not compile (templates, Python 2 leftovers in some
+	@# packages) are skipped, as pip skips them; so its exit status is ignored.
+	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $(STAMP)
 
 install: $(STAMP)
