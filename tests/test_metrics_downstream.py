@@ -51,3 +51,53 @@ def test_tsne_embedding_subsamples_reproducibly(rng):
     np.testing.assert_allclose(emb, emb2)
     emb1d, _ = tsne_embedding(codes[:20, :1], seed=0)
     assert emb1d.shape == (20, 2)
+
+
+# --- OpenMP threads: no more than the idle CPUs ------------------------------------------------------
+@pytest.mark.parametrize("cpus, load, expected", [(2, 0.0, 2), (2, 0.4, 2), (2, 1.2, 1), (2, 5.0, 1), (8, 2.6, 5)])
+def test_idle_cpus_are_the_usable_cpus_less_the_load(monkeypatch, cpus, load, expected):
+    from vae_tf.metrics import downstream
+
+    monkeypatch.setattr(downstream.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.setattr(downstream.os, "getloadavg", lambda: (load, 0.0, 0.0))
+    assert downstream.idle_cpus() == expected
+
+
+def test_idle_cpus_without_a_load_average_is_every_usable_cpu(monkeypatch):
+    from vae_tf.metrics import downstream
+
+    def no_load():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(downstream.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(downstream.os, "getloadavg", no_load)
+    assert downstream.idle_cpus() == 3
+
+
+def test_kmeans_and_tsne_run_on_the_idle_cpus_only(monkeypatch):
+    """Both run with scikit-learn's OpenMP pool capped at idle_cpus() (here 1), and the cap is
+    lifted afterwards."""
+    from sklearn.cluster import KMeans
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_info
+
+    from vae_tf.metrics import downstream
+
+    def openmp_threads():
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "openmp"}
+
+    before = openmp_threads()
+    seen = []
+    for cls, method in ((KMeans, "fit_predict"), (TSNE, "fit_transform")):
+        real = getattr(cls, method)
+
+        def spy(self, *args, real=real, **kwargs):
+            seen.append(openmp_threads())
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, method, spy)
+    monkeypatch.setattr(downstream, "idle_cpus", lambda: 1)
+    rng = np.random.default_rng(0)
+    downstream.kmeans_accuracy(rng.normal(size=(60, 3)), np.repeat([0, 1, 2], 20))
+    downstream.tsne_embedding(rng.normal(size=(40, 3)))
+    assert seen == [{1}, {1}] and openmp_threads() == before
