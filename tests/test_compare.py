@@ -95,6 +95,16 @@ def test_a_size_adjusts_single_runs_after_their_own_config(suite_file):
         child_configs(load_suite(str(suite_file)), "quick")
 
 
+def test_an_unknown_evaluate_option_is_a_one_line_error_before_training(suite_file):
+    tree = yaml.safe_load(suite_file.read_text())
+    tree["sizes"]["quick"]["evaluate"] = {"iw_k": 10, "tsne_points": 300}
+    suite_file.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError, match=r"suite 'tiny' size 'quick': unknown evaluate option\(s\) \['tsne_points'\]; "
+                                          r"options: iw_k, disentanglement, fd, tsne, tsne_max_points"):
+        run_suite(str(suite_file), size="quick")
+    assert not (suite_file.parent / "reports").exists()
+
+
 def test_compare_cli_errors_are_one_line(suite_file, capsys):
     from vae_tf_cli import main
 

@@ -9,7 +9,7 @@ A suite is a YAML file under ``training/suites/``::
     claim: what the suite tests, in one paragraph
     base: {...}                  # config overrides shared by every run (same schema as vae-tf train)
     sizes:
-      quick: {seeds: [0], config: {train: {epochs: 5}}, evaluate: {...}}
+      quick: {seeds: [0], config: {train: {epochs: 5}}, evaluate: {iw_k: 10, tsne_max_points: 300}}
       full:  {seeds: [0, 1, 2], config: {train: {epochs: 60}}}
       big:   {config: {...}, runs: {vae: {...}}}   # optional per-run adjustments, merged last
     runs:
@@ -72,9 +72,24 @@ REPORT_COLUMNS = {
     "eval_beta_vae_score": ("BetaVAE", "{:.3f}"),
 }
 
-DEFAULT_EVALUATE = {"iw_k": 100, "disentanglement": True, "fd": False, "tsne": True,
+#: A suite size's ``evaluate`` options and their defaults (``tsne_max_points``: the codes a t-SNE
+#: embeds, vae_tf.metrics.downstream.TSNE_MAX_POINTS; t-SNE's cost grows faster than linearly).
+DEFAULT_EVALUATE = {"iw_k": 100, "disentanglement": True, "fd": False, "tsne": True, "tsne_max_points": 2000,
                     "disentanglement_sizes": {"num_train": 1000, "num_eval": 500, "num_variance_estimate": 1000,
                                               "batch_size": 64}}
+
+
+def evaluate_options(suite: Suite, size: str) -> dict:
+    """:data:`DEFAULT_EVALUATE` with the size's ``evaluate`` merged in; an option it does not
+    know is a one-line error (a misspelt option would otherwise be ignored silently)."""
+    from training.config import deep_merge
+
+    given = (suite.sizes.get(size) or {}).get("evaluate") or {}
+    unknown = sorted(set(given) - set(DEFAULT_EVALUATE))
+    if unknown:
+        raise ConfigError(f"suite {suite.name!r} size {size!r}: unknown evaluate option(s) {unknown}; "
+                          f"options: {', '.join(DEFAULT_EVALUATE)}")
+    return deep_merge(DEFAULT_EVALUATE, given)
 
 
 @dataclasses.dataclass
@@ -119,6 +134,7 @@ def child_configs(suite: Suite, size: str, seeds: list[int] | None = None, only:
         raise ConfigError(f"suite {suite.name!r} has no run(s) {sorted(set(only) - {r['name'] for r in runs})}")
     # A size may adjust single runs last (``sizes.<size>.runs.<run>``), e.g. a Skip decoder's
     # layers at that size's width, since a run's own network replaces the size's.
+    evaluate_options(suite, size)  # its errors now, not after the first child has trained
     per_run = spec.get("runs") or {}
     unknown = sorted(set(per_run) - {r["name"] for r in suite.runs})
     if unknown:
@@ -153,14 +169,13 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     processes use) trains and evaluates only."""
     import mlflow
 
-    from training.config import deep_merge
     from training.tracking import TrackedRun, activate_experiment, resolve_tracking_uri, use_tracking
     from training.train import run_training
 
     out = out or sys.stdout
     suite = load_suite(name)
     children = child_configs(suite, size, seeds, only)
-    evaluate_opts = deep_merge(DEFAULT_EVALUATE, (suite.sizes[size] or {}).get("evaluate") or {})
+    evaluate_opts = evaluate_options(suite, size)
     experiment = experiment or f"vae-tf-suite-{suite.name}"
     use_tracking(resolve_tracking_uri(None))
     exp_id = activate_experiment(experiment)
@@ -389,7 +404,7 @@ def _evaluate_child(model, data, config, opts: dict, tracker) -> dict:
 
     iw_chunk = math.gcd(opts["iw_k"], 100) or 100  # the K samples are drawn in chunks that divide K
     result = evaluate_model(model, data, split="test", seed=config.seed, iw_k=opts["iw_k"], iw_chunk=iw_chunk,
-                            tsne=opts["tsne"],
+                            tsne=opts["tsne"], tsne_max_points=opts["tsne_max_points"],
                             disentanglement=opts["disentanglement"],
                             disentanglement_sizes=opts["disentanglement_sizes"], fd=opts["fd"])
     metrics = {f"eval_{k}": float(v) for k, v in result["metrics"].items() if not k.startswith("kl_dim_") and v == v}
