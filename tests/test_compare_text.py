@@ -37,8 +37,8 @@ def test_text_collapse_quick_runs_every_remedy_on_sentences(tmp_path, monkeypatc
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "figures")}
     assert {"figures/reconstructions.md", "figures/samples.md", "figures/interpolation.md",
             "figures/latent_vs_true_z.png"} <= artifacts
-    # The quick size's evaluate options reach the evaluation: its t-SNE embeds 300 of the test codes.
+    # The quick size's evaluate options reach the evaluation: its t-SNE embeds 100 of the 120 test codes.
     import json
 
     tsne = json.loads((Path(client.download_artifacts(child.info.run_id, "evaluation/tsne.json"))).read_text())
-    assert len(tsne["points"]) == 300
+    assert len(tsne["points"]) == 100

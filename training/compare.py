@@ -9,7 +9,7 @@ A suite is a YAML file under ``training/suites/``::
     claim: what the suite tests, in one paragraph
     base: {...}                  # config overrides shared by every run (same schema as vae-tf train)
     sizes:
-      quick: {seeds: [0], config: {train: {epochs: 5}}, evaluate: {iw_k: 10, tsne_max_points: 300}}
+      quick: {seeds: [0], config: {train: {epochs: 5}}, evaluate: {iw_k: 10, tsne_max_points: 100}}
       full:  {seeds: [0, 1, 2], config: {train: {epochs: 60}}}
       big:   {config: {...}, runs: {vae: {...}}}   # optional per-run adjustments, merged last
     runs:
