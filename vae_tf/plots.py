@@ -47,11 +47,11 @@ def image_rows(rows: dict[str, np.ndarray], value_range=(0.0, 1.0), title: str |
     labels = list(rows)
     n = max(len(r) for r in rows.values())
     if all(_is_image(np.asarray(r)) for r in rows.values()):
-        height = np.asarray(rows[labels[0]]).shape[1]
+        height, pad = np.asarray(rows[labels[0]]).shape[1], 1
         fig, ax = plt.subplots(figsize=(1.1 * n, 1.2 * len(labels)))
-        ax.imshow(image_mosaic([rows[label] for label in labels], n, value_range), interpolation="nearest")
+        ax.imshow(image_mosaic([rows[label] for label in labels], n, value_range, pad), interpolation="nearest")
         ax.set_xticks([])
-        ax.set_yticks([i * (height + 1) + (height - 1) / 2 for i in range(len(labels))], labels, fontsize=9)
+        ax.set_yticks([i * (height + pad) + (height - 1) / 2 for i in range(len(labels))], labels, fontsize=9)
         ax.tick_params(axis="y", length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
