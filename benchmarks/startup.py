@@ -28,9 +28,10 @@ own imports), ``fit`` (data loaded, model built; ``fit`` / ``train()`` entered),
 variants' order rotating each round. Reported: median (min-max) of every mark, the per-round
 ratio pythae / vae-tf of the time to exit (> 1: vae-tf finished first), and the load average.
 
-``--importtime`` adds one more run of each variant under ``python -X importtime`` and sums the
-import time spent before the first training step per top-level package (self times: each
-module's own time counted once, in its package), which is how the avoidable imports were found.
+``--importtime`` adds one more run of each variant under ``python -X importtime``, ended right after
+its first training step (nothing later is read), and sums the import time spent before that step
+per top-level package (self times: each module's own time counted once, in its package), which is
+how the avoidable imports were found.
 
 ``--compare-tree DIR`` also runs the two vae-tf variants with another checkout of vae-tf (``DIR``
 first on ``PYTHONPATH``, e.g. a ``git worktree`` of the commit before a change), interleaved in
@@ -70,8 +71,9 @@ LATENT_DIM, FILTERS, DENSE = 16, (32, 64), 256
 class Marks:
     """Wall-clock marks of one child process, written as JSON to ``path`` at the end."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, stop_after_first_step: bool = False):
         self.path = path
+        self.stop_after_first_step = stop_after_first_step
         self.times = {"python": CHILD_START}
         self.cpu = {"python": CHILD_CPU}  # CPU seconds of the process (all threads) at each mark
         self.extra: dict = {}
@@ -81,6 +83,9 @@ class Marks:
             self.times[name], self.cpu[name] = time.time(), time.process_time()
         if name == "first_step":
             print(MARKER, file=sys.stderr, flush=True)
+            if self.stop_after_first_step:  # an -X importtime run: what follows the first step is not read
+                sys.stdout.flush()
+                os._exit(0)
 
     def save(self) -> None:
         with open(self.path + ".part", "w") as f:
@@ -182,12 +187,13 @@ def run_child(argv) -> int:
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--stop-after-first-step", action="store_true")
     args = p.parse_args(argv)
     args.data, args.config = args.workdir / "data.npy", args.workdir / "vae_tf_train.yaml"
     root = str(Path(__file__).resolve().parents[1])
     if root not in sys.path:  # after PYTHONPATH: a --compare-tree checkout's vae_tf comes first
         sys.path.append(root)
-    marks = Marks(args.marks)
+    marks = Marks(args.marks, stop_after_first_step=args.stop_after_first_step)
     code = CHILDREN[args.child](args, marks) or 0
     marks.save()
     return code
@@ -222,7 +228,8 @@ def prepare(workdir, images: int, epochs: int, batch_size: int, seed: int) -> No
 def child_command(variant: str, workdir, marks, args, importtime: bool = False) -> list[str]:
     return [sys.executable, *(["-X", "importtime"] if importtime else []), os.path.abspath(__file__),
             "--child", variant.split("@")[0], "--marks", str(marks), "--workdir", str(workdir),
-            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size)]
+            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+            *(["--stop-after-first-step"] if importtime else [])]
 
 
 def child_env(variant: str, args) -> dict:
