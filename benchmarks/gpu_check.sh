@@ -8,7 +8,9 @@
 #                           eager, PyTorch torch.compile (inductor: Triton kernels), pythae's
 #                           BaseTrainer, conv reference model, interleaved rounds, ratios
 #   settings.md/.json       benchmarks/train_settings.py: jit_compile off/on x float32 /
-#                           mixed_bfloat16 / mixed_float16 at steps_per_execution 4 (vae-tf only)
+#                           mixed_bfloat16 / mixed_float16 at steps_per_execution 4, and PyTorch
+#                           eager at each precision (float32, autocast bf16 / fp16): the ratio at
+#                           the same precision
 #   text.md/.json           the text benchmark (benchmarks/text_throughput.py) when it exists
 #   log.txt                 everything printed, in order
 #
@@ -23,7 +25,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check-$(date +%Y%m%d-%H%M%S)}
 PYTHON=${PYTHON:-python3}
 THROUGHPUT_ARGS=${THROUGHPUT_ARGS:-"--rounds 5 --min-epoch-seconds 0.5 --matmul-size 4096"}
-SETTINGS_ARGS=${SETTINGS_ARGS:-"--steps 4 --jit false true --precision float32 mixed_bfloat16 mixed_float16 --rounds 3 --examples 32768"}
+SETTINGS_ARGS=${SETTINGS_ARGS:-"--steps 4 --jit false true --precision float32 mixed_bfloat16 mixed_float16 --torch --rounds 3 --examples 32768"}
 TEXT_ARGS=${TEXT_ARGS:-"--rounds 3"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -85,7 +87,8 @@ report = json.load(open(sys.argv[1]))
 open(sys.argv[2], "w").write(render(report) + "\n")
 EOF
 
-# 2. vae-tf's settings on the GPU: XLA x precision (6 variants) at the default steps_per_execution.
+# 2. vae-tf's settings on the GPU: XLA x precision (6 variants) at the default steps_per_execution,
+#    and PyTorch eager at each precision (3 more).
 # shellcheck disable=SC2086
 step settings 180 "$PYTHON" benchmarks/train_settings.py $SETTINGS_ARGS --json "$OUT/settings.json"
 [ -f "$OUT/settings.json" ] && "$PYTHON" - "$OUT/settings.json" "$OUT/settings.md" <<'EOF'

@@ -37,6 +37,8 @@ against each other, which is how the benchmark's defaults were chosen.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 
@@ -109,11 +111,13 @@ def build_model(torch, data_shape=(28, 28, 1), filters=(32, 64), dense: int = 25
             return h
 
         def loss(self, x, eps):
-            """−mean_batch(Σ_pixels log Bernoulli(x | logits) − Σ_latent KL(q ‖ N(0, 1)))."""
-            mean, log_var = self.encode(x).chunk(2, dim=1)
+            """−mean_batch(Σ_pixels log Bernoulli(x | logits) − Σ_latent KL(q ‖ N(0, 1))). Under
+            autocast the networks run in half precision and, as in vae-tf's mixed policies, the
+            latent, the likelihood and the loss in float32 (``.float()`` is a no-op otherwise)."""
+            mean, log_var = self.encode(x).float().chunk(2, dim=1)
             log_var = log_var.clamp(-LOG_VAR_CLIP, LOG_VAR_CLIP)
             z = mean + torch.exp(0.5 * log_var) * eps
-            logits = self.decode(z)
+            logits = self.decode(z).float()
             nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=(1, 2, 3))
             kl = 0.5 * (mean.square() + log_var.exp() - log_var - 1.0).sum(dim=1)
             return (nll + kl).mean()
@@ -175,11 +179,17 @@ class TorchTrainer:
     reshuffle), batches gathered from the in-memory tensor, ``zero_grad → loss → backward → step``.
 
     Options a demanding user would try: ``channels_last`` memory format, Adam ``fused`` (one
-    kernel for all parameters) or ``foreach``, ``padding`` (module docstring)."""
+    kernel for all parameters) or ``foreach``, ``padding`` (module docstring), and ``autocast``
+    (``"bfloat16"`` or ``"float16"``): PyTorch's automatic mixed precision, the loss computed under
+    ``torch.autocast`` on the trainer's device, float32 weights and optimizer; ``float16`` also
+    scales the loss (``torch.amp.GradScaler``, dynamic), as Keras' ``mixed_float16`` does."""
 
     def __init__(self, torch, x_nhwc: np.ndarray, batch_size: int, *, latent_dim: int = 16, learning_rate: float = 1e-3,
                  channels_last: bool = True, adam: str = "fused", padding: str = "idiomatic", seed: int = 0,
-                 compile_backend: str | None = None, compile_mode: str | None = None, device: str = "cpu", **arch):
+                 compile_backend: str | None = None, compile_mode: str | None = None, device: str = "cpu",
+                 autocast: str | None = None, **arch):
+        if autocast not in (None, "bfloat16", "float16"):
+            raise ValueError(f"autocast must be None, 'bfloat16' or 'float16', got {autocast!r}")
         self.torch = torch
         torch.manual_seed(seed)
         self.model = build_model(torch, x_nhwc.shape[1:], latent_dim=latent_dim, padding=padding, **arch).to(device)
@@ -197,9 +207,13 @@ class TorchTrainer:
         self.batch_size = int(batch_size)
         self.latent_dim = int(latent_dim)
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        device_type = torch.device(device).type
+        self.autocast = (contextlib.nullcontext if autocast is None else
+                         functools.partial(torch.autocast, device_type=device_type, dtype=getattr(torch, autocast)))
+        self.scaler = torch.amp.GradScaler(device_type) if autocast == "float16" else None
         self.settings = {"channels_last": channels_last, "adam": adam, "padding": padding,
                          "compile": None if compile_backend is None else {"backend": compile_backend, "mode": compile_mode},
-                         "device": device}
+                         "device": device, "autocast": autocast}
 
     def fit_epoch(self) -> tuple[float, float]:
         """One epoch; returns (seconds, mean loss of the epoch)."""
@@ -215,9 +229,15 @@ class TorchTrainer:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             eps = torch.randn(xb.shape[0], self.latent_dim, generator=self.generator, device=self.device)
             opt.zero_grad(set_to_none=True)
-            loss = self.loss(xb, eps)
-            loss.backward()
-            opt.step()
+            with self.autocast():
+                loss = self.loss(xb, eps)
+            if self.scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(opt)
+                self.scaler.update()
             total += loss.detach()
         mean_loss = float(total) / math.ceil(n / b)  # float() waits for the device
         return time.perf_counter() - start, mean_loss

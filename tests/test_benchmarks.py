@@ -141,6 +141,44 @@ def test_torch_reference_is_the_same_network_with_the_same_loss():
     assert torch_loss == pytest.approx(keras_loss, rel=1e-5)
 
 
+def test_torch_trainer_autocast_runs_the_networks_in_half_precision_and_the_loss_in_float32():
+    """``TorchTrainer(autocast=...)``: under its context the convolutions compute in bfloat16 (or
+    float16, with a loss scaler), the loss stays float32 and within bfloat16's rounding of the
+    float32 loss of the same weights, batch and noise; the weights stay float32; a bad value is refused."""
+    import torch
+
+    from benchmarks import torch_reference as ref
+
+    x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
+    plain = ref.TorchTrainer(torch, x, 4, seed=0)
+    half = ref.TorchTrainer(torch, x, 4, seed=0, autocast="bfloat16")
+    half.model.load_state_dict(plain.model.state_dict())
+    xb, eps = plain.x[:4], torch.from_numpy(np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32))
+    with torch.no_grad(), half.autocast():
+        hidden = half.model.encode(xb)
+        half_loss = half.loss(xb, eps)
+    with torch.no_grad(), plain.autocast():
+        assert plain.model.encode(xb).dtype == torch.float32
+        plain_loss = plain.loss(xb, eps)
+    assert hidden.dtype == torch.bfloat16 and half_loss.dtype == torch.float32
+    assert float(half_loss) == pytest.approx(float(plain_loss), rel=2 ** -7)  # bfloat16: 8 significant bits
+    assert float(half_loss) != float(plain_loss)  # it did compute in bfloat16
+    seen = []  # the dtype each convolution gives while fit_epoch trains
+    hooks = [m.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+             for m in half.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    seconds, loss = half.fit_epoch()
+    for hook in hooks:
+        hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert seconds > 0 and np.isfinite(loss) and half.scaler is None
+    assert all(p.dtype == torch.float32 for p in half.model.parameters())
+    assert half.settings["autocast"] == "bfloat16" and plain.settings["autocast"] is None
+    fp16 = ref.TorchTrainer(torch, x, 4, autocast="float16")
+    assert fp16.scaler is not None and np.isfinite(fp16.fit_epoch()[1])  # fp16 needs loss scaling
+    with pytest.raises(ValueError, match="autocast must be"):
+        ref.TorchTrainer(torch, x, 4, autocast="int8")
+
+
 @pytest.mark.slow
 def test_torch_settings_comparison_smoke(capsys):
     from benchmarks import torch_reference as ref
@@ -354,7 +392,7 @@ GPU_CHECK_ENV = {
     # aot_eager: torch.compile's graph capture without the C++ code generation (seconds, not a minute)
     "THROUGHPUT_ARGS": "--rounds 1 --examples 256 --steps-per-execution 1 --matmul-size 64 "
                        "--matmul-repeats 1 --torch-compile-backend aot_eager",
-    "SETTINGS_ARGS": "--steps 1 2 --jit false --precision float32 mixed_bfloat16 --rounds 1 --examples 256",
+    "SETTINGS_ARGS": "--steps 1 2 --jit false --precision float32 mixed_bfloat16 --torch --rounds 1 --examples 256",
     "TEXT_ARGS": "--rounds 1 --sentences 160 --batch-size 32 --steps-per-execution 2 --hidden 16 --embedding 8 "
                  "--latent 4",
 }
@@ -425,18 +463,35 @@ def test_train_throughput_smoke(gpu_check):
 def test_train_settings_smoke(gpu_check):
     out, log = gpu_check
     report = json.loads((out / "settings.json").read_text())
-    assert [r["steps_per_execution"] for r in report["results"]] == [1, 2, 1, 2]
-    assert [r["precision"] for r in report["results"]] == ["float32"] * 2 + ["mixed_bfloat16"] * 2
+    results = report["results"]
+    assert [r["trainer"] for r in results] == ["vae-tf"] * 4 + ["pytorch_eager"] * 2
+    assert [r["steps_per_execution"] for r in results] == [1, 2, 1, 2, None, None]
+    assert [r["precision"] for r in results] == ["float32"] * 2 + ["mixed_bfloat16"] * 2 + ["float32", "mixed_bfloat16"]
     # The ratios are those of the raw per-round throughputs the report also lists.
     rounds, base = report["per_round"], report["baseline"]
-    for row in report["results"]:
+    for row in results:
         speeds = [r[row["variant"]] for r in rounds]
         assert row["best"] == max(speeds)
         assert row["best_over_baseline"] == pytest.approx(max(speeds) / max(r[base] for r in rounds), rel=1e-12)
         assert row["per_round_over_baseline"]["median"] == pytest.approx(
             float(np.median([r[row["variant"]] / r[base] for r in rounds])), rel=1e-12)
+    # Each vae-tf row against PyTorch at its own precision; PyTorch's mixed row ran under autocast.
+    torch_rows = {r["precision"]: r for r in results if r["trainer"] == "pytorch_eager"}
+    for row in results[:4]:
+        peer = torch_rows[row["precision"]]
+        assert row["over_torch"]["variant"] == peer["variant"]
+        assert row["over_torch"]["best"] == pytest.approx(row["best"] / peer["best"], rel=1e-12)
+        assert row["over_torch"]["per_round"]["median"] == pytest.approx(
+            float(np.median([r[row["variant"]] / r[peer["variant"]] for r in rounds])), rel=1e-12)
+    assert report["torch"]["device"] == "cpu" and report["torch"]["intra_op_threads"] >= 1
+    # Same model, same starting weights, same uniform [0, 1] images: the same loss scale, about
+    # 784 log 2 nats per image at the start, at either precision.
+    losses = [r["final_loss"] for r in results]
+    assert all(500 < loss < 560 for loss in losses), losses
+    assert max(losses) - min(losses) < 0.01 * min(losses), losses
     assert report["images_per_epoch"] == 256
-    assert "| steps_per_execution | XLA |" in (out / "settings.md").read_text()
+    text = (out / "settings.md").read_text()
+    assert "| trainer | steps_per_execution | XLA |" in text and "| PyTorch eager (autocast bfloat16) |" in text
 
 
 @pytest.mark.slow
