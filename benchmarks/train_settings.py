@@ -89,6 +89,13 @@ def summary(values):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.torch:  # before anything slow: a bad request fails at once
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise SystemExit("--torch needs PyTorch (pip install -e '.[bench]'); or leave --torch out")
+        if tt.CONFIGS[args.arch]["network"]["kind"] != "conv":
+            raise SystemExit(f"--torch: the PyTorch reference exists for the conv architecture only, not {args.arch!r}")
     import keras
     import tensorflow as tf
 
@@ -181,15 +188,11 @@ def add_torch_variants(variants: dict, splits, args, threads: int) -> dict:
     ``TorchTrainer``: channels_last, fused Adam), on CUDA when PyTorch sees a GPU, starting from the
     weights of the first vae-tf variant (all vae-tf variants start from the same ones); returns
     PyTorch's settings for the report."""
-    try:
-        import torch
-    except ImportError:
-        raise SystemExit("--torch needs PyTorch (pip install -e '.[bench]'); or leave --torch out") from None
+    import torch  # main() checked that it is there and that the architecture is the conv one
+
     from benchmarks import torch_reference as ref
 
     spec = tt.CONFIGS[args.arch]
-    if spec["network"]["kind"] != "conv":
-        raise SystemExit(f"--torch: the PyTorch reference exists for the conv architecture only, not {args.arch!r}")
     info = ref.set_threads(torch, threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     first = next(iter(variants.values()))["model"]

@@ -179,6 +179,17 @@ def test_torch_trainer_autocast_runs_the_networks_in_half_precision_and_the_loss
         ref.TorchTrainer(torch, x, 4, autocast="int8")
 
 
+def test_train_settings_torch_refuses_what_it_cannot_compare_before_building_anything(monkeypatch):
+    from benchmarks import train_settings
+
+    with pytest.raises(SystemExit, match=r"^--torch: the PyTorch reference exists for the conv architecture only, "
+                                         r"not 'mlp'$"):
+        train_settings.main(["--arch", "mlp", "--torch"])
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "torch" else object())
+    with pytest.raises(SystemExit, match=r"^--torch needs PyTorch \(pip install -e '\.\[bench\]'\); or leave --torch out$"):
+        train_settings.main(["--torch"])
+
+
 @pytest.mark.slow
 def test_torch_settings_comparison_smoke(capsys):
     from benchmarks import torch_reference as ref
