@@ -199,8 +199,7 @@ def add_torch_variants(variants: dict, splits, args, threads: int) -> dict:
     for precision in args.precision:
         trainer = ref.TorchTrainer(torch, splits.x_train, args.batch_size, latent_dim=int(spec["latent"]["latent_dim"]),
                                    learning_rate=args.learning_rate, seed=args.seed, device=device,
-                                   autocast=AUTOCAST[precision], filters=tuple(spec["network"]["filters"]),
-                                   dense=spec["network"]["dense"])
+                                   autocast=AUTOCAST[precision], **tt.torch_arch(spec))
         ref.copy_keras_weights(torch, trainer.model, first.encoder, first.decoder)
         if ref.parameter_count(trainer.model) != tt.trainable_count(first):
             raise SystemExit(f"the PyTorch model has {ref.parameter_count(trainer.model):,} parameters, vae-tf "

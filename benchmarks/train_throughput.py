@@ -120,6 +120,14 @@ CONFIGS = {
         "network": {"kind": "mlp", "hidden": [256, 128]},
     },
 }
+
+
+def torch_arch(spec: dict) -> dict:
+    """The PyTorch references' architecture arguments (``filters``, ``dense``) of a conv entry of
+    :data:`CONFIGS` (benchmarks/torch_reference.py, benchmarks/pythae_reference.py)."""
+    return {"filters": tuple(spec["network"]["filters"]), "dense": spec["network"]["dense"]}
+
+
 DATA_TITLES = {"synthetic28": "synthetic 28x28x1 uniform [0, 1]", "digits": "digits 8x8x1 (tiled)"}
 LIKELIHOOD = {"name": "bernoulli"}
 LOG_VAR_CLIP = 20.0  # GaussianLatent's default clip of log σ²; the bare loss applies it too
@@ -359,7 +367,7 @@ def torch_variant(name: str, splits, bare, args):
     torch = args.torch
     spec = CONFIGS[name]
     shape = splits.data_shape
-    arch = {"filters": tuple(spec["network"]["filters"]), "dense": spec["network"]["dense"]}
+    arch = torch_arch(spec)
     latent_dim = int(spec["latent"]["latent_dim"])
     # 1. The same function: the Keras-exact padding variant with the bare weights, same batch and noise.
     exact = ref.build_model(torch, shape, latent_dim=latent_dim, padding="tf", **arch)
@@ -399,7 +407,7 @@ def compiled_variant(name: str, splits, bare, eager, args):
 
     torch = args.torch
     spec = CONFIGS[name]
-    arch = {"filters": tuple(spec["network"]["filters"]), "dense": spec["network"]["dense"]}
+    arch = torch_arch(spec)
     latent_dim = int(spec["latent"]["latent_dim"])
     trainer = ref.TorchTrainer(torch, splits.x_train, args.batch_size, latent_dim=latent_dim,
                                learning_rate=args.learning_rate, channels_last=args.torch_channels_last,
@@ -440,7 +448,7 @@ def pythae_variant(name: str, splits, bare, args):
     torch = args.torch
     spec = CONFIGS[name]
     shape = splits.data_shape
-    arch = {"filters": tuple(spec["network"]["filters"]), "dense": spec["network"]["dense"]}
+    arch = torch_arch(spec)
     latent_dim = int(spec["latent"]["latent_dim"])
     exact, exact_net = pyref.build_model(torch, shape, latent_dim=latent_dim, padding="tf", **arch)
     x = splits.x_train[: args.batch_size]
