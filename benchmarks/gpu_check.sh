@@ -18,7 +18,10 @@
 #   pip install -e '.[bench]' 'tensorflow[and-cuda]==2.21.*'   (and a CUDA build of torch)
 # Run from the repository root:  bash benchmarks/gpu_check.sh   (OUT=/some/dir to choose the folder).
 # Knobs (environment): PYTHON (python3); THROUGHPUT_ARGS, SETTINGS_ARGS, TEXT_ARGS (arguments of
-# each benchmark, defaults below; later ones win); ALLOW_CPU=1 runs without a GPU (the smoke test).
+# each benchmark, defaults below; later ones win); THROUGHPUT_LIMIT, SETTINGS_LIMIT, TEXT_LIMIT (each
+# step's seconds, for a shorter lease); ALLOW_CPU=1 runs without a GPU (the smoke test).
+# TensorFlow and PyTorch share the GPU in one process, so TensorFlow is told to take its memory as it
+# needs it (TF_FORCE_GPU_ALLOW_GROWTH=true) instead of all of it at start.
 # Paste the Markdown files into docs/performance.md with the device named (env.txt).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +32,7 @@ SETTINGS_ARGS=${SETTINGS_ARGS:-"--steps 4 --jit false true --precision float32 m
 TEXT_ARGS=${TEXT_ARGS:-"--rounds 3"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export TF_FORCE_GPU_ALLOW_GROWTH=${TF_FORCE_GPU_ALLOW_GROWTH:-true}
 
 step() {  # step NAME SECONDS COMMAND...: run it under a time limit, say how it ended
   local name=$1 limit=$2
@@ -78,7 +82,7 @@ fi
 # 1. The training comparison (issue #20 item 1 on the GPU). The matmul probe measures the GPU's
 #    fp32 peak for the efficiency column; 4096² keeps it short.
 # shellcheck disable=SC2086  # the *_ARGS are lists of arguments
-step throughput 270 "$PYTHON" benchmarks/train_throughput.py --arch conv $THROUGHPUT_ARGS --json "$OUT/throughput.json"
+step throughput "${THROUGHPUT_LIMIT:-270}" "$PYTHON" benchmarks/train_throughput.py --arch conv $THROUGHPUT_ARGS --json "$OUT/throughput.json"
 [ -f "$OUT/throughput.json" ] && "$PYTHON" - "$OUT/throughput.json" "$OUT/throughput.md" <<'EOF'
 import json, sys
 sys.path.insert(0, ".")
@@ -90,7 +94,7 @@ EOF
 # 2. vae-tf's settings on the GPU: XLA x precision (6 variants) at the default steps_per_execution,
 #    and PyTorch eager at each precision (3 more).
 # shellcheck disable=SC2086
-step settings 180 "$PYTHON" benchmarks/train_settings.py $SETTINGS_ARGS --json "$OUT/settings.json"
+step settings "${SETTINGS_LIMIT:-180}" "$PYTHON" benchmarks/train_settings.py $SETTINGS_ARGS --json "$OUT/settings.json"
 [ -f "$OUT/settings.json" ] && "$PYTHON" - "$OUT/settings.json" "$OUT/settings.md" <<'EOF'
 import json, sys
 sys.path.insert(0, ".")
@@ -101,7 +105,7 @@ EOF
 # 3. The text benchmark (its script decides what it compares); skipped where it does not exist yet.
 if [ -f benchmarks/text_throughput.py ]; then
   # shellcheck disable=SC2086
-  step text 90 "$PYTHON" benchmarks/text_throughput.py $TEXT_ARGS --json "$OUT/text.json"
+  step text "${TEXT_LIMIT:-90}" "$PYTHON" benchmarks/text_throughput.py $TEXT_ARGS --json "$OUT/text.json"
 else
   echo "=== text: benchmarks/text_throughput.py does not exist in this checkout; skipped"
 fi

@@ -13,7 +13,8 @@ masked) + the analytic KL, mean over the batch; Adam (lr 1e-3, Keras' ε = 1e-7)
 - **PyTorch eager**: ``torch.nn.Embedding`` / ``LSTM`` / ``Linear``, the encoder reading packed
   sequences (``pack_padded_sequence``, so padding is skipped as vae-tf's mask skips it), the
   decoder over the padded batch with the loss masked, ``torch.optim.Adam(foreach=True)``; the
-  same token ids (vae-tf's own tokenizer), the same batches (reshuffled each pass).
+  same token ids (vae-tf's own tokenizer), the same batches (reshuffled each pass); on the GPU when
+  PyTorch sees one (``--torch-device``), as TensorFlow puts vae-tf on its GPU.
 
 Data: the synthetic corpus of He et al. (``text_synthetic``, 10-word sentences, vocabulary 1,000),
 ``--sentences`` of them. tokens/s counts the scored positions (words + ``<eos>``). Rounds:
@@ -86,9 +87,9 @@ def build_torch(torch, vocab: int, args):
             _, (h, _) = self.enc(packed)
             mean, log_var = self.params(h[-1]).chunk(2, dim=-1)
             z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
-            bos = torch.full((b, 1), 2, dtype=ids.dtype)
+            bos = torch.full((b, 1), 2, dtype=ids.dtype, device=ids.device)
             inputs = torch.cat([bos, ids], dim=1)                       # <bos> w1 ... wn
-            padded = torch.cat([ids, torch.zeros((b, 1), dtype=ids.dtype)], dim=1)
+            padded = torch.cat([ids, torch.zeros((b, 1), dtype=ids.dtype, device=ids.device)], dim=1)
             targets = padded.scatter(1, lengths[:, None], 3)           # w1 ... wn <eos>
             c0 = self.z_to_state(z)
             state = (torch.tanh(c0)[None], c0[None])
@@ -116,6 +117,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps-per-execution", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads for both (default: all CPUs)")
+    parser.add_argument("--torch-device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where PyTorch trains (auto: cuda when PyTorch sees a GPU; TensorFlow places vae-tf "
+                             "on its GPU by itself)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -123,6 +127,13 @@ def main(argv=None) -> int:
     if args.sentences < group:  # all sentences are training sentences: say so before TensorFlow loads
         raise SystemExit(f"--sentences {args.sentences} is fewer than one group of --batch-size x "
                          f"--steps-per-execution = {group} sentences; give more sentences or smaller batches")
+    if args.torch_device == "cuda":  # asked for explicitly: refuse before TensorFlow loads if it cannot be
+        try:
+            import torch
+        except ImportError:
+            raise SystemExit("--torch-device cuda needs PyTorch (pip install -e '.[bench]'); or leave it at auto")
+        if not torch.cuda.is_available():
+            raise SystemExit("--torch-device cuda: this PyTorch sees no CUDA GPU; use --torch-device cpu or auto")
 
     import tensorflow as tf
 
@@ -146,11 +157,14 @@ def main(argv=None) -> int:
     except ImportError:
         log("PyTorch is not installed (the `bench` extra): measuring vae-tf alone")
         torch = None
+    device = "cpu"
     if torch is not None:
+        use_cuda = args.torch_device == "cuda" or (args.torch_device == "auto" and torch.cuda.is_available())
+        device = "cuda" if use_cuda else "cpu"
         if args.threads:
             torch.set_num_threads(args.threads)
         torch.manual_seed(args.seed)
-        theirs = build_torch(torch, ours.codec.vocab_size, args)
+        theirs = build_torch(torch, ours.codec.vocab_size, args).to(device)
         torch_params = sum(p.numel() for p in theirs.parameters())
         # Keras' LSTM has one bias vector per gate, PyTorch two (b_ih, b_hh): 4 * hidden extra per LSTM.
         expected = parameter_count_tf(ours) + 2 * 4 * args.hidden
@@ -158,14 +172,14 @@ def main(argv=None) -> int:
             raise SystemExit(f"parameter counts differ: PyTorch {torch_params}, vae-tf {parameter_count_tf(ours)} "
                              f"(+{2 * 4 * args.hidden} second LSTM biases)")
         optimizer = torch.optim.Adam(theirs.parameters(), lr=1e-3, eps=1e-7, foreach=True)
-        ids_t, lengths_t = torch.from_numpy(ids), torch.from_numpy(lengths)
+        ids_t, lengths_t = torch.from_numpy(ids).to(device), torch.from_numpy(lengths).to(device)
         rng = np.random.default_rng(args.seed)
 
         def torch_epoch() -> float:
             order = rng.permutation(n)
             start = time.perf_counter()
             for s in range(steps):
-                rows = torch.from_numpy(order[s * args.batch_size:(s + 1) * args.batch_size])
+                rows = torch.from_numpy(order[s * args.batch_size:(s + 1) * args.batch_size]).to(device)
                 loss = theirs.loss(ids_t[rows], lengths_t[rows])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -196,7 +210,8 @@ def main(argv=None) -> int:
             log(f"round {r + 1}: {name} {tokens_per_epoch / seconds:,.0f} tokens/s")
     rates = {k: [tokens_per_epoch / s for s in v] for k, v in times.items() if v}
     report = {"command": command_line(), "machine": machine_info(), "load_average": os.getloadavg(),
-              "sentences": n, "tokens_per_epoch": tokens_per_epoch, "batch_size": args.batch_size,
+              "sentences": n, "tokens_per_epoch": tokens_per_epoch, "torch_device": device,
+              "tensorflow_gpus": [gpu.name for gpu in tf.config.list_physical_devices("GPU")], "batch_size": args.batch_size,
               "embedding": args.embedding, "hidden": args.hidden, "latent": args.latent,
               "vocab": int(ours.codec.vocab_size), "parameters": parameter_count_tf(ours),
               "tokens_per_second": {k: {"median": float(np.median(v)), "best": float(max(v)), "min": float(min(v))}
@@ -216,7 +231,8 @@ def render(report: dict) -> str:
              f"{report['sentences']} sentences of text_synthetic ({report['tokens_per_epoch']:,} scored tokens per "
              f"epoch), batch {report['batch_size']}, embedding {report['embedding']}, LSTM {report['hidden']}, "
              f"latent {report['latent']}, vocabulary {report['vocab']}, {report['parameters']:,} parameters "
-             f"(Keras count); load average {', '.join(f'{v:.1f}' for v in report['load_average'])}.", "",
+             f"(Keras count); PyTorch on {report.get('torch_device', 'cpu')}, TensorFlow GPUs: "
+             f"{', '.join(report.get('tensorflow_gpus') or []) or 'none'}; load average {', '.join(f'{v:.1f}' for v in report['load_average'])}.", "",
              "| variant | tokens/s (median) | best | worst |", "|---|---:|---:|---:|"]
     for name, v in report["tokens_per_second"].items():
         lines.append(f"| {name} | {v['median']:,.0f} | {v['best']:,.0f} | {v['min']:,.0f} |")

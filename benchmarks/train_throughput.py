@@ -259,6 +259,29 @@ def copy_weights(bare, ours) -> None:
 
 
 @contextlib.contextmanager
+def strict_float32(torch=None):
+    """Float32 matmuls and convolutions in full float32 while the loss checks run. On a GPU with
+    TF32 (Ampere and later) both frameworks would otherwise round their inputs to a 10-bit mantissa,
+    by default (TensorFlow) or as this script asks (PyTorch, ``setup_threads``), and that rounding
+    alone can move a loss by more than the checks' 1e-4: the checks are for the architecture, not
+    for TF32. The timed runs keep TF32. On a CPU nothing changes."""
+    import tensorflow as tf
+
+    tf_tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    torch_tf32 = None
+    if torch is not None:
+        torch_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(tf_tf32)
+        if torch_tf32 is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = torch_tf32
+
+
+@contextlib.contextmanager
 def random_weights(model, seed: int):
     """Every trainable weight of ``model`` redrawn from N(0, 0.05²) inside the block, restored after.
     The builders zero-initialise the output layers, so with the starting weights every model
@@ -516,9 +539,10 @@ def run_config(name: str, args) -> dict:
 
     splits = make_splits(data, n_examples, args.seed)
     ds = training_stream(splits, args.batch_size, args.seed)  # what training/train.py fits on
-    loss_rel_diff = check_same_loss(ours, bare, splits, args)  # then bare starts from ours' weights
-    log(f"[{name}] same loss on one batch (same weights and noise): relative difference {loss_rel_diff:.1e}")
-    trainer, torch_info = torch_variant(name, splits, bare, args)
+    with strict_float32(args.torch):
+        loss_rel_diff = check_same_loss(ours, bare, splits, args)  # then bare starts from ours' weights
+        log(f"[{name}] same loss on one batch (same weights and noise): relative difference {loss_rel_diff:.1e}")
+        trainer, torch_info = torch_variant(name, splits, bare, args)
     if trainer is None:
         log(f"[{name}] no PyTorch reference: {torch_info}")
     else:
@@ -530,7 +554,10 @@ def run_config(name: str, args) -> dict:
     peers = {}  # the other PyTorch trainers: label -> (trainer, info)
     for label, make in (("torch_compile", lambda: compiled_variant(name, splits, bare, trainer, args)),
                         ("pythae", lambda: pythae_variant(name, splits, bare, args))):
-        peer, info = make()
+        # pythae is checked against Keras (full float32); torch.compile against eager PyTorch, both with
+        # the same TF32 setting, so that it compiles once, with the setting it is timed with.
+        with strict_float32(args.torch) if label == "pythae" else contextlib.nullcontext():
+            peer, info = make()
         if peer is None:
             log(f"[{name}] no {PEER_TITLES[label]}: {info}")
             peers[label] = (None, {"skipped": info})

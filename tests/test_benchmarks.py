@@ -527,6 +527,49 @@ def test_text_throughput_refuses_fewer_sentences_than_one_group():
     assert few.returncode != 0 and "fewer than one group of --batch-size x --steps-per-execution = 256" in few.stderr
 
 
+def test_text_throughput_refuses_cuda_where_pytorch_sees_no_gpu():
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "text_throughput.py"), "--torch-device",
+                           "cuda"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=200,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == ("--torch-device cuda: this PyTorch sees no CUDA GPU; use "
+                                                    "--torch-device cpu or auto")
+    assert "tensorflow" not in proc.stderr.lower()  # refused before TensorFlow loaded
+
+
+def test_strict_float32_turns_tf32_off_in_both_frameworks_and_restores_it():
+    """The loss checks of train_throughput.py run in full float32 (TF32 would round inputs to 10
+    bits on a GPU); the timed runs get each framework's setting back, also after an error."""
+    torch = pytest.importorskip("torch")
+    import tensorflow as tf
+
+    from benchmarks.train_throughput import strict_float32
+
+    before = (tf.config.experimental.tensor_float_32_execution_enabled(), torch.backends.cuda.matmul.allow_tf32,
+              torch.backends.cudnn.allow_tf32)
+    tf.config.experimental.enable_tensor_float_32_execution(True)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        with pytest.raises(RuntimeError, match="inside"):
+            with strict_float32(torch):
+                assert not tf.config.experimental.tensor_float_32_execution_enabled()
+                assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+                raise RuntimeError("inside")
+        assert tf.config.experimental.tensor_float_32_execution_enabled()
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        with strict_float32(None):  # without PyTorch: TensorFlow's flag alone
+            assert not tf.config.experimental.tensor_float_32_execution_enabled()
+        assert tf.config.experimental.tensor_float_32_execution_enabled()
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(before[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[1:]
+
+
 def test_fit_teardown_smoke():
     """Both tf.data settings timed for each fit length, their order alternating; each row's parts
     add up to the whole call. (How long the wait is, is for docs/performance.md, not a test.)"""
