@@ -33,6 +33,7 @@ TEXT_ARGS=${TEXT_ARGS:-"--rounds 3"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TF_FORCE_GPU_ALLOW_GROWTH=${TF_FORCE_GPU_ALLOW_GROWTH:-true}
+export PYTHONFAULTHANDLER=1  # a crash in native code (a CUDA library, say) still prints where Python was
 
 step() {  # step NAME SECONDS COMMAND...: run it under a time limit, say how it ended
   local name=$1 limit=$2

@@ -130,8 +130,7 @@ def main(argv=None) -> int:
         timer = tt.timed_fit(v["model"], ds, 1)
         return timer.seconds[0], float(timer.logs[-1]["loss"])
 
-    for label in variants:
-        log(f"warm-up {label}: {run_epoch(label)[0]:.2f} s")
+    failed = warm_up(variants, run_epoch)
 
     labels = list(variants)
     rows, last_loss = [], {}
@@ -169,12 +168,33 @@ def main(argv=None) -> int:
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "machine": machine, "config": args.arch, "title": spec["title"], "batch_size": args.batch_size,
               "images_per_epoch": n_examples, "rounds": args.rounds, "baseline": base, "results": results,
-              "per_round": rows, "torch": torch_info}
+              "per_round": rows, "torch": torch_info, "failed": failed}
     print(render(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def warm_up(variants: dict, run_epoch) -> dict:
+    """Each variant's untimed first epoch (tracing, compilation). A variant that TensorFlow cannot
+    run (seen: XLA's Triton GEMM fusion failing on float16 on an H200) is left out of the rounds and
+    reported with its error instead of ending the whole run; returns {label: why}."""
+    import tensorflow as tf
+
+    failed = {}
+    for label in list(variants):
+        try:
+            log(f"warm-up {label}: {run_epoch(label)[0]:.2f} s")
+        except tf.errors.OpError as err:
+            lines = [line.strip() for line in str(err.message).splitlines() if line.strip()]
+            detail = next((line for line in lines if line.startswith("(0)")), lines[0] if lines else "")
+            failed[label] = f"{type(err).__name__}: {detail[:300]}"
+            log(f"warm-up {label} failed, left out of the rounds: {failed[label]}")
+            del variants[label]
+    if not variants:
+        raise SystemExit("every variant failed in its first epoch: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    return failed
 
 
 #: A PyTorch variant's label; a vae-tf row's peer is the one of its precision.
@@ -239,6 +259,8 @@ def render(report: dict) -> str:
                      f"| {s['median']:,.0f} ({s['min']:,.0f}–{s['max']:,.0f}) | {r['best']:,.0f} "
                      f"| {r['best_over_baseline']:.3f} | {q['median']:.3f} ({q['min']:.3f}–{q['max']:.3f}) "
                      f"| {versus} | {loss} |")
+    for label, why in (report.get("failed") or {}).items():
+        lines.append(f"- {label}: failed in its first epoch, not timed: {why}")
     if report.get("torch"):
         t = report["torch"]
         lines += ["", f"- PyTorch {t['version']} eager on {t['device']}: {t['intra_op_threads']} intra-op / "
