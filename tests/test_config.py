@@ -121,6 +121,7 @@ def test_override_values_are_parsed_as_yaml():
     (["train.learning_rate=.nan"], "train.learning_rate: input should be a finite number"),
     (["train.verbose=5"], "train.verbose: input should be 0, 1 or 2, got 5"),
     (["train.strategy=ring"], "train.strategy: input should be 'none', 'mirrored' or 'multi_worker', got 'ring'"),
+    (["train.jit_compile=sometimes"], "train.jit_compile: input should be 'auto', True or False, got 'sometimes'"),
     (["data.val_fraction=0.6", "data.test_fraction=0.5"], "must be < 1 to leave training data"),
     (["model.latent.latent_dim=0"], "model.latent.latent_dim must be a positive integer"),
     (["model.latent.family=5"], "model.latent.family must name a registered latent family"),

@@ -122,3 +122,25 @@ def test_float32_spec_is_unchanged_and_unknown_precisions_are_config_errors():
     assert_one_line(str(err.value))
     with pytest.raises(ConfigError, match="model.network has no option dtype"):  # not a network option: set by precision
         build_vae((8, 8, 1), latent=SMALL["latent"], network={"kind": "mlp", "hidden": [8], "dtype": "float16"})
+
+
+def test_train_jit_compile_reaches_the_compiled_model_and_trains():
+    """`train.jit_compile` is what `build_model` compiles with: `false` is the way out when XLA
+    cannot compile a model (seen on an H200 under mixed precision, docs/performance.md); `auto` is
+    Keras' choice, off on this CPU-only machine; `true` compiles with XLA and trains."""
+    from training.config import load_config
+    from training.train import build_model
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("`auto` is on where there is a GPU")
+    seen = {}
+    for value in ("auto", "true", "false"):
+        config = load_config(None, [f"train.jit_compile={value}", "model.network={kind: mlp, hidden: [16]}",
+                                    "model.latent.latent_dim=2", "train.steps_per_execution=1"])
+        model = build_model(config, (8, 8, 1))
+        seen[value] = model.jit_compile
+        if value == "true":
+            x = np.random.default_rng(0).uniform(size=(32, 8, 8, 1)).astype("float32")
+            history = model.fit(x, epochs=1, batch_size=16, verbose=0)
+            assert np.isfinite(history.history["loss"][-1])
+    assert seen == {"auto": False, "true": True, "false": False}

@@ -102,6 +102,7 @@ class TrainConfig(Section):
     batch_size: PositiveInt = 64
     learning_rate: PositiveFloat = 1e-3
     steps_per_execution: PositiveInt = 4            # steps per tf.function call; 4 measured best on CPU
+    jit_compile: Literal["auto", True, False] = "auto"  # XLA; auto: Keras' choice (on where there is a GPU)
     early_stopping_patience: PositiveInt | None = 10  # epochs without a better val ELBO; null: off
     run_dir: str = "runs"                           # checkpoints go to <run_dir>/<mlflow run id>/checkpoints
     checkpoints_to_keep: PositiveInt = 3

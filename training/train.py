@@ -92,7 +92,8 @@ def build_model(config: Config, data_shape, steps_per_epoch: int = 1, replicas: 
         precision=config.train.precision,
     )
     optimizer = FusedAdam(learning_rate(config, replicas), global_clipnorm=config.train.clip_norm)
-    model.compile(optimizer=optimizer, steps_per_execution=config.train.steps_per_execution)
+    model.compile(optimizer=optimizer, steps_per_execution=config.train.steps_per_execution,
+                  jit_compile=config.train.jit_compile)
     return model
 
 
