@@ -80,6 +80,27 @@ if [ "${ALLOW_CPU:-0}" != 1 ] && ! "$PYTHON" -c 'import sys, tensorflow as tf; s
   exit 2
 fi
 
+# TensorFlow 2.21 is built on CUDA 12. A PyTorch built on another CUDA major (the cu13 wheels) in
+# the same process died of SIGFPE in its first CUDA kernels on the H200 (torch.randn_like) once
+# TensorFlow had loaded libcudart.so.12, and ran once its own libcudart was preloaded: do that.
+if [ "${ALLOW_CPU:-0}" != 1 ] && [ -z "${LD_PRELOAD:-}" ]; then
+  preload=$("$PYTHON" - 2>/dev/null <<'EOF'
+import glob, os
+import tensorflow as tf
+import torch
+ours, theirs = tf.sysconfig.get_build_info().get("cuda_version") or "", torch.version.cuda or ""
+if ours and theirs and ours.split(".")[0] != theirs.split(".")[0]:
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    found = sorted(glob.glob(os.path.join(site, "nvidia", "**", f"libcudart.so.{theirs.split('.')[0]}"), recursive=True))
+    print(found[0] if found else "")
+EOF
+)
+  if [ -n "$preload" ]; then
+    export LD_PRELOAD=$preload
+    echo "PyTorch and TensorFlow are built on different CUDA versions: PyTorch's runtime preloaded ($preload)"
+  fi
+fi
+
 # 1. The training comparison (issue #20 item 1 on the GPU). The matmul probe measures the GPU's
 #    fp32 peak for the efficiency column; 4096² keeps it short.
 # shellcheck disable=SC2086  # the *_ARGS are lists of arguments
