@@ -124,3 +124,30 @@ def default_serving_model(base: Path) -> Path:
         if variable.trainable:
             variable.assign(rng.normal(0, 0.1, tuple(variable.shape)).astype(np.float32))
     return export_model(model, base, "vae").parent
+
+
+def cuda_runtime_to_preload(tensorflow_cuda: str | None, torch_cuda: str | None, torch_site: Path) -> Path | None:
+    """The CUDA runtime to load first when TensorFlow and PyTorch share a process but are built on
+    different CUDA majors (TensorFlow 2.21: 12; PyTorch's cu13 wheels: 13), else None.
+
+    Seen on an H200 (docs/performance.md): once TensorFlow had loaded ``libcudart.so.12``,
+    PyTorch's first CUDA kernels died of SIGFPE; with PyTorch's own ``libcudart.so.<major>``
+    preloaded (``LD_PRELOAD``) both ran. ``torch_site``: the site-packages holding ``torch``,
+    whose ``nvidia/**/`` folders hold the runtime of a pip-installed PyTorch."""
+    if not tensorflow_cuda or not torch_cuda:
+        return None  # a CPU build on either side: nothing to share
+    major = torch_cuda.split(".")[0]
+    if tensorflow_cuda.split(".")[0] == major:
+        return None
+    found = sorted(torch_site.glob(f"nvidia/**/libcudart.so.{major}"))
+    return found[0] if found else None
+
+
+def cuda_runtime_to_preload_here() -> Path | None:
+    """:func:`cuda_runtime_to_preload` for the TensorFlow and PyTorch of this interpreter
+    (``benchmarks/gpu_check.sh`` runs it)."""
+    import tensorflow as tf
+    import torch
+
+    return cuda_runtime_to_preload(tf.sysconfig.get_build_info().get("cuda_version"), torch.version.cuda,
+                                   Path(torch.__file__).resolve().parents[1])

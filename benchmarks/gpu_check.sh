@@ -84,17 +84,7 @@ fi
 # the same process died of SIGFPE in its first CUDA kernels on the H200 (torch.randn_like) once
 # TensorFlow had loaded libcudart.so.12, and ran once its own libcudart was preloaded: do that.
 if [ "${ALLOW_CPU:-0}" != 1 ] && [ -z "${LD_PRELOAD:-}" ]; then
-  preload=$("$PYTHON" - 2>/dev/null <<'EOF'
-import glob, os
-import tensorflow as tf
-import torch
-ours, theirs = tf.sysconfig.get_build_info().get("cuda_version") or "", torch.version.cuda or ""
-if ours and theirs and ours.split(".")[0] != theirs.split(".")[0]:
-    site = os.path.dirname(os.path.dirname(torch.__file__))
-    found = sorted(glob.glob(os.path.join(site, "nvidia", "**", f"libcudart.so.{theirs.split('.')[0]}"), recursive=True))
-    print(found[0] if found else "")
-EOF
-)
+  preload=$("$PYTHON" -c 'from benchmarks.common import cuda_runtime_to_preload_here as f; print(f() or "")' 2>/dev/null)
   if [ -n "$preload" ]; then
     export LD_PRELOAD=$preload
     echo "PyTorch and TensorFlow are built on different CUDA versions: PyTorch's runtime preloaded ($preload)"

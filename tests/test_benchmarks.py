@@ -597,6 +597,26 @@ def test_settings_warm_up_leaves_out_a_variant_tensorflow_cannot_run():
         warm_up({"x": {}}, lambda label: (_ for _ in ()).throw(ValueError("ours")))
 
 
+def test_cuda_runtime_to_preload_only_when_the_cuda_majors_differ(tmp_path):
+    """gpu_check.sh preloads PyTorch's CUDA runtime when TensorFlow (CUDA 12) and PyTorch are built
+    on different CUDA majors: PyTorch's kernels crashed beside TensorFlow's libcudart.so.12 on an
+    H200 otherwise (docs/performance.md)."""
+    from benchmarks.common import cuda_runtime_to_preload, cuda_runtime_to_preload_here
+
+    runtime = tmp_path / "nvidia" / "cu13" / "lib" / "libcudart.so.13"
+    runtime.parent.mkdir(parents=True)
+    runtime.write_bytes(b"")
+    (tmp_path / "nvidia" / "cu13" / "lib" / "libcudart.so.12").write_bytes(b"")  # not the one PyTorch needs
+    assert cuda_runtime_to_preload("12.5.1", "13.0", tmp_path) == runtime
+    assert cuda_runtime_to_preload("12.5.1", "12.8", tmp_path) is None  # same major: nothing to do
+    assert cuda_runtime_to_preload("12.5.1", None, tmp_path) is None    # PyTorch CPU build
+    assert cuda_runtime_to_preload(None, "13.0", tmp_path) is None      # TensorFlow without CUDA
+    assert cuda_runtime_to_preload("12.5.1", "14.0", tmp_path) is None  # no such runtime installed
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda is None:  # this machine's CPU build of PyTorch: never a preload
+        assert cuda_runtime_to_preload_here() is None
+
+
 def test_fit_teardown_smoke():
     """Both tf.data settings timed for each fit length, their order alternating; each row's parts
     add up to the whole call. (How long the wait is, is for docs/performance.md, not a test.)"""
