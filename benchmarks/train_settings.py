@@ -182,14 +182,14 @@ def warm_up(variants: dict, run_epoch) -> dict:
     reported with its error instead of ending the whole run; returns {label: why}."""
     import tensorflow as tf
 
+    from vae_tf.errors import tensorflow_root_error
+
     failed = {}
     for label in list(variants):
         try:
             log(f"warm-up {label}: {run_epoch(label)[0]:.2f} s")
         except tf.errors.OpError as err:
-            lines = [line.strip() for line in str(err.message).splitlines() if line.strip()]
-            detail = next((line for line in lines if line.startswith("(0)")), lines[0] if lines else "")
-            failed[label] = f"{type(err).__name__}: {detail[:300]}"
+            failed[label] = f"{type(err).__name__}: {tensorflow_root_error(err)}"
             log(f"warm-up {label} failed, left out of the rounds: {failed[label]}")
             del variants[label]
     if not variants:

@@ -173,6 +173,59 @@ def _closed_port() -> int:
         return s.getsockname()[1]  # nothing listens once the socket is closed
 
 
+def test_a_step_xla_cannot_compile_is_a_one_line_error_and_trains_without_xla(tmp_path, monkeypatch):
+    """With XLA on, a training step XLA cannot compile (here a string op in the loss: XLA's CPU
+    backend has no kernel for it; on an H200 it was the conv model under mixed precision) stops
+    the run with one line naming TensorFlow's cause and `train.jit_compile=false`; with that
+    setting the same model trains."""
+    from training.train import run_training
+    from vae_tf.errors import ConfigError
+    from vae_tf.models.vae import VAE
+
+    honest = VAE.objective_loss
+
+    def with_a_string_op(self, terms):  # AsString: fine in TensorFlow, no XLA kernel
+        return honest(self, terms) + 0.0 * tf.cast(tf.strings.length(tf.strings.as_string(self.train_steps)), tf.float32)
+
+    monkeypatch.setattr(VAE, "objective_loss", with_a_string_op)
+    config = _in_process_config(tmp_path, jit_compile=True, epochs=1)
+    with pytest.raises(ConfigError) as caught:
+        run_training(config)
+    message = str(caught.value)
+    assert_one_line(message)
+    assert message.startswith("XLA could not compile the training step (train.jit_compile=true: "
+                              "InvalidArgumentError: Detected unsupported operations when trying to compile graph")
+    assert "AsString" in message and message.endswith("train without XLA with --set train.jit_compile=false")
+    client = MlflowClient(tracking_uri=config.mlflow.tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("vae-tf").experiment_id])[0]
+    assert run.info.status == "FAILED" and "XLA could not compile" in run.data.tags["error"]
+
+    result = run_training(config.replace(train={"jit_compile": False}))
+    assert result.export_dir.exists()
+
+
+def test_fit_xla_guarded_passes_other_failures_through():
+    """Only a compiler's failure before the first step becomes the XLA message: the same error
+    without XLA, or after a step ran, is TensorFlow's own."""
+    from training.train import fit_xla_guarded
+    from vae_tf.errors import tensorflow_root_error
+
+    class Model:
+        def __init__(self, jit_compile, steps_first):
+            self.jit_compile, self.steps_first = jit_compile, steps_first
+            self.optimizer = type("Optimizer", (), {"iterations": tf.Variable(0, dtype=tf.int64)})()
+
+        def fit(self):
+            self.optimizer.iterations.assign_add(self.steps_first)
+            raise tf.errors.InternalError(None, None, "Graph execution error:\n\nDetected at node x\n"
+                                                      "  (0) INTERNAL:  Failed to compute symbolic tile\n")
+
+    for jit_compile, steps_first in ((False, 0), (True, 1)):
+        with pytest.raises(tf.errors.InternalError) as caught:
+            fit_xla_guarded(Model(jit_compile, steps_first), "auto")
+        assert tensorflow_root_error(caught.value) == "(0) INTERNAL:  Failed to compute symbolic tile"
+
+
 def test_unreachable_mlflow_does_not_stop_training_and_the_journal_replays(tmp_path, monkeypatch, capsys):
     from training.train import run_training
 

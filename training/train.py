@@ -305,6 +305,30 @@ def _set_up_inference(config: Config, model, data) -> None:
     inference.set_heldout(x_val)
 
 
+def fit_xla_guarded(model, jit_compile, *args, **kwargs):
+    """``model.fit``; when XLA is on and TensorFlow fails before the first training step with a
+    compiler's error (an ``InternalError`` or ``UnimplementedError``, or any error that names XLA:
+    seen on an H200 for the conv model under mixed precision, "Failed to compute symbolic tile"),
+    a one-line :class:`ConfigError` naming the cause and the way out (``train.jit_compile=false``)
+    instead of TensorFlow's page of HLO. Errors after a step ran, or without XLA, pass through
+    unchanged."""
+    import tensorflow as tf
+
+    from vae_tf.errors import ConfigError, tensorflow_root_error
+
+    steps_before = int(model.optimizer.iterations.numpy())
+    try:
+        return model.fit(*args, **kwargs)
+    except tf.errors.OpError as err:
+        compiler = isinstance(err, (tf.errors.InternalError, tf.errors.UnimplementedError)) or "xla" in str(err).lower()
+        if not (compiler and model.jit_compile and int(model.optimizer.iterations.numpy()) == steps_before):
+            raise
+        raise ConfigError(
+            f"XLA could not compile the training step (train.jit_compile={str(jit_compile).lower()}: "
+            f"{type(err).__name__}: {tensorflow_root_error(err, 240)}); train without XLA with "
+            "--set train.jit_compile=false") from err
+
+
 def _run(config: Config, prepared: Prepared, tracker, after_training=None, resumed: bool = False,
          strategy=None) -> TrainResult:
     import keras
@@ -384,9 +408,9 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
                                            start_step=epoch * steps_per_epoch + step,
                                            epochs=math.ceil(train_cfg.epochs * steps_per_epoch / batches_per_pass) + 1)
         train_ds = distribute_options(train_ds, strategy)
-        model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch, epochs=last,
-                  steps_per_epoch=steps_per_epoch - step, callbacks=callbacks, verbose=verbose,
-                  shuffle=False)  # the pipeline orders the data
+        fit_xla_guarded(model, train_cfg.jit_compile, train_ds, validation_data=val_ds, initial_epoch=epoch,
+                        epochs=last, steps_per_epoch=steps_per_epoch - step, callbacks=callbacks, verbose=verbose,
+                        shuffle=False)  # the pipeline orders the data
         epoch, step = checkpoints.epoch, 0
     if early_stopping is not None:
         early_stopping.restore_best()

@@ -27,3 +27,14 @@ class ModelNotFoundError(VaeTfError, FileNotFoundError):
 
 class TrainingDivergedError(VaeTfError, ArithmeticError):
     """The loss became NaN or infinite: training stopped at the last good checkpoint."""
+
+
+def tensorflow_root_error(err: BaseException, limit: int = 300) -> str:
+    """The line of a TensorFlow error that names its cause. A graph error opens with "Graph
+    execution error:", "Detected at node ..." and stack lines, then gives either numbered root
+    errors ("(0) INTERNAL: ...": the first is taken) or one cause line; cut to ``limit`` characters."""
+    lines = [line.strip() for line in str(getattr(err, "message", None) or err).splitlines() if line.strip()]
+    numbered = [line for line in lines if line.startswith("(0)")]
+    noise = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "File \"", "The op is created")
+    causes = [line for line in lines if not line.startswith(noise)]
+    return (numbered or causes or lines or [""])[0][:limit]
