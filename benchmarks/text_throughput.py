@@ -61,8 +61,21 @@ def build_vae_tf(data, args):
     model = build_vae((), latent={"family": "gaussian", "latent_dim": args.latent}, likelihood={"name": "categorical"},
                       network={"kind": "lstm", "embedding": args.embedding, "hidden": [args.hidden],
                                "z_injection": "both"}, text=text_settings(data.metadata), seed=args.seed)
-    model.compile(optimizer=FusedAdam(1e-3), steps_per_execution=args.steps_per_execution)
+    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]  # as `train.jit_compile`
+    model.compile(optimizer=FusedAdam(1e-3), steps_per_execution=args.steps_per_execution, jit_compile=jit)
     return model
+
+
+def lstm_paths(model) -> dict:
+    """How vae-tf's model runs on this machine: XLA on or off (Keras resolves ``auto`` at compile
+    time: on where there is a GPU, unless a layer cannot be compiled) and how many of its LSTMs
+    Keras will run as cuDNN kernels (on TensorFlow it marks those ``supports_jit = False``, which
+    is also why ``auto`` turns XLA off for them)."""
+    import keras
+
+    lstms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.LSTM)]
+    return {"jit_compile": bool(model.jit_compile), "lstm_layers": len(lstms),
+            "cudnn_lstm_layers": sum(not layer.supports_jit for layer in lstms)}
 
 
 def build_torch(torch, vocab: int, args):
@@ -120,6 +133,8 @@ def main(argv=None) -> int:
     parser.add_argument("--torch-device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where PyTorch trains (auto: cuda when PyTorch sees a GPU; TensorFlow places vae-tf "
                              "on its GPU by itself)")
+    parser.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto",
+                        help="vae-tf's XLA setting, as train.jit_compile (auto: Keras' choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -214,6 +229,7 @@ def main(argv=None) -> int:
               "tensorflow_gpus": [gpu.name for gpu in tf.config.list_physical_devices("GPU")], "batch_size": args.batch_size,
               "embedding": args.embedding, "hidden": args.hidden, "latent": args.latent,
               "vocab": int(ours.codec.vocab_size), "parameters": parameter_count_tf(ours),
+              "vae_tf_paths": lstm_paths(ours),
               "tokens_per_second": {k: {"median": float(np.median(v)), "best": float(max(v)), "min": float(min(v))}
                                     for k, v in rates.items()}}
     if "pytorch_eager" in rates:
@@ -232,7 +248,10 @@ def render(report: dict) -> str:
              f"epoch), batch {report['batch_size']}, embedding {report['embedding']}, LSTM {report['hidden']}, "
              f"latent {report['latent']}, vocabulary {report['vocab']}, {report['parameters']:,} parameters "
              f"(Keras count); PyTorch on {report.get('torch_device', 'cpu')}, TensorFlow GPUs: "
-             f"{', '.join(report.get('tensorflow_gpus') or []) or 'none'}; load average {', '.join(f'{v:.1f}' for v in report['load_average'])}.", "",
+             f"{', '.join(report.get('tensorflow_gpus') or []) or 'none'}; load average {', '.join(f'{v:.1f}' for v in report['load_average'])}.",
+             *([f"vae-tf: XLA {'on' if paths['jit_compile'] else 'off'}, {paths['cudnn_lstm_layers']} of "
+                f"{paths['lstm_layers']} LSTM layers as cuDNN kernels."] if (paths := report.get("vae_tf_paths")) else []),
+             "",
              "| variant | tokens/s (median) | best | worst |", "|---|---:|---:|---:|"]
     for name, v in report["tokens_per_second"].items():
         lines.append(f"| {name} | {v['median']:,.0f} | {v['best']:,.0f} | {v['min']:,.0f} |")
