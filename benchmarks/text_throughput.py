@@ -69,8 +69,9 @@ def build_vae_tf(data, args):
 def lstm_paths(model) -> dict:
     """How vae-tf's model runs on this machine: XLA on or off (Keras resolves ``auto`` at compile
     time: on where there is a GPU, unless a layer cannot be compiled) and how many of its LSTMs
-    Keras will run as cuDNN kernels (on TensorFlow it marks those ``supports_jit = False``, which
-    is also why ``auto`` turns XLA off for them)."""
+    Keras set up for cuDNN (where TensorFlow sees a GPU and the layer's settings allow it; Keras
+    marks those ``supports_jit = False``; each call still falls back to the generic loop if
+    TensorFlow's cuDNN op refuses the batch)."""
     import keras
 
     lstms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.LSTM)]
@@ -250,7 +251,7 @@ def render(report: dict) -> str:
              f"(Keras count); PyTorch on {report.get('torch_device', 'cpu')}, TensorFlow GPUs: "
              f"{', '.join(report.get('tensorflow_gpus') or []) or 'none'}; load average {', '.join(f'{v:.1f}' for v in report['load_average'])}.",
              *([f"vae-tf: XLA {'on' if paths['jit_compile'] else 'off'}, {paths['cudnn_lstm_layers']} of "
-                f"{paths['lstm_layers']} LSTM layers as cuDNN kernels."] if (paths := report.get("vae_tf_paths")) else []),
+                f"{paths['lstm_layers']} LSTM layers set up for cuDNN."] if (paths := report.get("vae_tf_paths")) else []),
              "",
              "| variant | tokens/s (median) | best | worst |", "|---|---:|---:|---:|"]
     for name, v in report["tokens_per_second"].items():

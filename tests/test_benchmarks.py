@@ -518,10 +518,10 @@ def test_text_throughput_smoke(gpu_check):
     assert set(rates) == {"vae-tf", "pytorch_eager"} and all(v["median"] > 0 for v in rates.values())
     assert report["ratio_of_bests"] == pytest.approx(rates["vae-tf"]["best"] / rates["pytorch_eager"]["best"])
     assert "| vae-tf |" in log and "vae-tf ÷ PyTorch eager" in log
-    # On this CPU: Keras' `auto` leaves XLA off and no LSTM can be a cuDNN kernel (the encoder's and
+    # On this CPU: Keras' `auto` leaves XLA off and no LSTM is set up for cuDNN (the encoder's and
     # the decoder's: two); on a GPU the report says which path vae-tf took.
     assert report["vae_tf_paths"] == {"jit_compile": False, "lstm_layers": 2, "cudnn_lstm_layers": 0}
-    assert "vae-tf: XLA off, 0 of 2 LSTM layers as cuDNN kernels." in log
+    assert "vae-tf: XLA off, 0 of 2 LSTM layers set up for cuDNN." in log
 
 
 def test_text_throughput_refuses_fewer_sentences_than_one_group():
