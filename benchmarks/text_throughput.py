@@ -61,7 +61,9 @@ def build_vae_tf(data, args):
     model = build_vae((), latent={"family": "gaussian", "latent_dim": args.latent}, likelihood={"name": "categorical"},
                       network={"kind": "lstm", "embedding": args.embedding, "hidden": [args.hidden],
                                "z_injection": "both"}, text=text_settings(data.metadata), seed=args.seed)
-    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]  # as `train.jit_compile`
+    # As `train.jit_compile`; the other scripts that build this model (fit_teardown, profile_step) pass
+    # no such argument and get Keras' default.
+    jit = {"auto": "auto", "true": True, "false": False}[getattr(args, "jit_compile", "auto")]
     model.compile(optimizer=FusedAdam(1e-3), steps_per_execution=args.steps_per_execution, jit_compile=jit)
     return model
 
