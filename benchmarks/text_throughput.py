@@ -50,7 +50,9 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def build_vae_tf(data, args):
+def build_vae_tf(data, args, jit_compile="auto"):
+    """vae-tf's sentence VAE of the module docstring, compiled as training/train.py compiles it;
+    ``jit_compile`` as ``train.jit_compile`` (fit_teardown.py and profile_step.py keep Keras' default)."""
     import keras
 
     from vae_tf.models import build_vae
@@ -61,10 +63,7 @@ def build_vae_tf(data, args):
     model = build_vae((), latent={"family": "gaussian", "latent_dim": args.latent}, likelihood={"name": "categorical"},
                       network={"kind": "lstm", "embedding": args.embedding, "hidden": [args.hidden],
                                "z_injection": "both"}, text=text_settings(data.metadata), seed=args.seed)
-    # As `train.jit_compile`; the other scripts that build this model (fit_teardown, profile_step) pass
-    # no such argument and get Keras' default.
-    jit = {"auto": "auto", "true": True, "false": False}[getattr(args, "jit_compile", "auto")]
-    model.compile(optimizer=FusedAdam(1e-3), steps_per_execution=args.steps_per_execution, jit_compile=jit)
+    model.compile(optimizer=FusedAdam(1e-3), steps_per_execution=args.steps_per_execution, jit_compile=jit_compile)
     return model
 
 
@@ -76,7 +75,7 @@ def lstm_paths(model) -> dict:
     TensorFlow's cuDNN op refuses the batch)."""
     import keras
 
-    lstms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.LSTM)]
+    lstms = [layer for layer in (*model.encoder.rnns, *model.decoder.rnns) if isinstance(layer, keras.layers.LSTM)]
     return {"jit_compile": bool(model.jit_compile), "lstm_layers": len(lstms),
             "cudnn_lstm_layers": sum(not layer.supports_jit for layer in lstms)}
 
@@ -165,7 +164,7 @@ def main(argv=None) -> int:
     n = len(data.x_train) // group * group
     data = dataclasses.replace(data, x_train=data.x_train[:n], y_train=None, factors_train=None)
     steps = n // args.batch_size
-    ours = build_vae_tf(data, args)
+    ours = build_vae_tf(data, args, jit_compile={"auto": "auto", "true": True, "false": False}[args.jit_compile])
     ids = ours.codec.encode(tf.constant(data.x_train)).numpy().astype(np.int64)
     lengths = (ids != 0).sum(axis=1)
     tokens_per_epoch = int((lengths + 1).sum())
