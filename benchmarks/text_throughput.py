@@ -122,6 +122,14 @@ def parameter_count_tf(model) -> int:
     return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
 
+def parse_tf_threads(text: str) -> tuple[int, int]:
+    """``"1,2"`` -> (1, 2): TensorFlow's intra-op and inter-op thread counts (0: TensorFlow's choice)."""
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise SystemExit(f"--tf-threads {text!r}: give INTRA,INTER as two whole numbers, e.g. --tf-threads 1,2")
+    return int(parts[0]), int(parts[1])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sentences", type=int, default=8192)
@@ -132,6 +140,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps-per-execution", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads for both (default: all CPUs)")
+    parser.add_argument("--tf-threads", default=None, metavar="INTRA,INTER",
+                        help="TensorFlow's intra-op and inter-op pools apart, e.g. 1,2 (as TF_NUM_INTRAOP_THREADS "
+                             "and TF_NUM_INTEROP_THREADS); overrides --threads for TensorFlow")
     parser.add_argument("--torch-device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where PyTorch trains (auto: cuda when PyTorch sees a GPU; TensorFlow places vae-tf "
                              "on its GPU by itself)")
@@ -152,11 +163,12 @@ def main(argv=None) -> int:
         if not torch.cuda.is_available():
             raise SystemExit("--torch-device cuda: this PyTorch sees no CUDA GPU; use --torch-device cpu or auto")
 
+    tf_threads = parse_tf_threads(args.tf_threads) if args.tf_threads else (args.threads, args.threads) if args.threads else None
     import tensorflow as tf
 
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    if tf_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(tf_threads[0])
+        tf.config.threading.set_inter_op_parallelism_threads(tf_threads[1])
     from vae_tf.data import load_dataset
 
     data = load_dataset("text_synthetic", seed=args.seed, n_samples=args.sentences, val_fraction=0.0,
@@ -232,6 +244,8 @@ def main(argv=None) -> int:
               "embedding": args.embedding, "hidden": args.hidden, "latent": args.latent,
               "vocab": int(ours.codec.vocab_size), "parameters": parameter_count_tf(ours),
               "vae_tf_paths": lstm_paths(ours),
+              "tf_threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                             "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
               "tokens_per_second": {k: {"median": float(np.median(v)), "best": float(max(v)), "min": float(min(v))}
                                     for k, v in rates.items()}}
     if "pytorch_eager" in rates:
@@ -253,6 +267,9 @@ def render(report: dict) -> str:
              f"{', '.join(report.get('tensorflow_gpus') or []) or 'none'}; load average {', '.join(f'{v:.1f}' for v in report['load_average'])}.",
              *([f"vae-tf: XLA {'on' if paths['jit_compile'] else 'off'}, {paths['cudnn_lstm_layers']} of "
                 f"{paths['lstm_layers']} LSTM layers set up for cuDNN."] if (paths := report.get("vae_tf_paths")) else []),
+             *([f"TensorFlow's thread pools: intra-op {pools['intra_op'] or 'default'}, inter-op "
+                f"{pools['inter_op'] or 'default'} (default: TensorFlow's choice, one thread per CPU)."]
+               if (pools := report.get("tf_threads")) else []),
              "",
              "| variant | tokens/s (median) | best | worst |", "|---|---:|---:|---:|"]
     for name, v in report["tokens_per_second"].items():

@@ -405,7 +405,7 @@ GPU_CHECK_ENV = {
                        "--matmul-repeats 1 --torch-compile-backend aot_eager",
     "SETTINGS_ARGS": "--steps 1 2 --jit false --precision float32 mixed_bfloat16 --torch --rounds 1 --examples 256",
     "TEXT_ARGS": "--rounds 1 --sentences 160 --batch-size 32 --steps-per-execution 2 --hidden 16 --embedding 8 "
-                 "--latent 4",
+                 "--latent 4 --tf-threads 1,2",
 }
 
 
@@ -522,6 +522,18 @@ def test_text_throughput_smoke(gpu_check):
     # the decoder's: two); on a GPU the report says which path vae-tf took.
     assert report["vae_tf_paths"] == {"jit_compile": False, "lstm_layers": 2, "cudnn_lstm_layers": 0}
     assert "vae-tf: XLA off, 0 of 2 LSTM layers set up for cuDNN." in log
+    # --tf-threads 1,2: TensorFlow ran with the pools asked for, and the report says so.
+    assert report["tf_threads"] == {"intra_op": 1, "inter_op": 2}
+    assert "TensorFlow's thread pools: intra-op 1, inter-op 2" in log
+
+
+@pytest.mark.parametrize("text", ["1", "1,2,3", "a,2", "-1,2", ""])
+def test_text_throughput_refuses_a_bad_tf_threads_value_in_one_line(text):
+    from benchmarks.text_throughput import parse_tf_threads
+
+    with pytest.raises(SystemExit, match=r"^--tf-threads .*: give INTRA,INTER as two whole numbers, e.g. --tf-threads 1,2$"):
+        parse_tf_threads(text)
+    assert parse_tf_threads(" 1, 2") == (1, 2)
 
 
 def test_text_throughput_refuses_fewer_sentences_than_one_group():
