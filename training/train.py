@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,7 @@ def build_model(config: Config, data_shape, steps_per_epoch: int = 1, replicas: 
     :func:`learning_rate`, clipping the global gradient norm at ``train.clip_norm``,
     ``train.precision`` for the networks. ``text``: a text data set's tokenizer
     (:func:`vae_tf.models.text.text_settings`) for a sentence model."""
+    from vae_tf.errors import ConfigError
     from vae_tf.models import build_vae
     from vae_tf.optimizers import FusedAdam
 
@@ -92,9 +94,26 @@ def build_model(config: Config, data_shape, steps_per_epoch: int = 1, replicas: 
         precision=config.train.precision,
     )
     optimizer = FusedAdam(learning_rate(config, replicas), global_clipnorm=config.train.clip_norm)
-    model.compile(optimizer=optimizer, steps_per_execution=config.train.steps_per_execution,
-                  jit_compile=config.train.jit_compile)
+    with warnings.catch_warnings():  # Keras' "Proceeding with jit_compile=False": the error below says more
+        warnings.filterwarnings("ignore", message=".*doesn't support `jit_compile=True`")
+        model.compile(optimizer=optimizer, steps_per_execution=config.train.steps_per_execution,
+                      jit_compile=config.train.jit_compile)
+    if config.train.jit_compile is True and not model.jit_compile:
+        raise ConfigError(f"train.jit_compile=true cannot be honoured: {_why_no_xla(config, model)}; "
+                          "set train.jit_compile=auto (or false) to train without XLA")
     return model
+
+
+def _why_no_xla(config: Config, model) -> str:
+    """Why Keras turned XLA off for a model compiled with ``jit_compile=True`` (Keras 3.15's
+    ``model_supports_jit``: op determinism, or a layer without an XLA kernel)."""
+    if config.train.deterministic:
+        return "Keras turns XLA off under TensorFlow's op determinism (train.deterministic=true)"
+    layers = sorted({type(layer).__name__ for layer in model._flatten_layers() if not getattr(layer, "supports_jit", True)})
+    if layers:
+        what = " (a text model's tokenizer)" if "StringLookup" in layers else ""
+        return f"{', '.join(layers)}{what} has no XLA kernel, so Keras turns XLA off for this model"
+    return "Keras turned XLA off for this model"
 
 
 def split_for_pretraining(config: Config, data):
