@@ -109,7 +109,9 @@ def _why_no_xla(config: Config, model) -> str:
     ``model_supports_jit``: op determinism, or a layer without an XLA kernel)."""
     if config.train.deterministic:
         return "Keras turns XLA off under TensorFlow's op determinism (train.deterministic=true)"
-    layers = sorted({type(layer).__name__ for layer in model._flatten_layers() if not getattr(layer, "supports_jit", True)})
+    flatten = getattr(model, "_flatten_layers", None)  # Keras 3's own walk over the layers (private API)
+    layers = sorted({type(layer).__name__ for layer in (flatten() if flatten else [])
+                     if not getattr(layer, "supports_jit", True)})
     if layers:
         what = " (a text model's tokenizer)" if "StringLookup" in layers else ""
         return f"{', '.join(layers)}{what} has no XLA kernel, so Keras turns XLA off for this model"
