@@ -130,6 +130,20 @@ def parse_tf_threads(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def tf_thread_pools(tf) -> dict[str, int]:
+    """TensorFlow's intra-op and inter-op thread counts as set by ``tf.config.threading`` or, where
+    that says 0 (not set), by ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS``; 0: TensorFlow's
+    default (one thread per CPU)."""
+    pools = {}
+    for name, getter, variable in (("intra_op", tf.config.threading.get_intra_op_parallelism_threads, "TF_NUM_INTRAOP_THREADS"),
+                                   ("inter_op", tf.config.threading.get_inter_op_parallelism_threads, "TF_NUM_INTEROP_THREADS")):
+        value = getter()
+        if not value and os.environ.get(variable, "").strip().isdigit():
+            value = int(os.environ[variable])
+        pools[name] = value
+    return pools
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sentences", type=int, default=8192)
@@ -244,8 +258,7 @@ def main(argv=None) -> int:
               "embedding": args.embedding, "hidden": args.hidden, "latent": args.latent,
               "vocab": int(ours.codec.vocab_size), "parameters": parameter_count_tf(ours),
               "vae_tf_paths": lstm_paths(ours),
-              "tf_threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-                             "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
+              "tf_threads": tf_thread_pools(tf),
               "tokens_per_second": {k: {"median": float(np.median(v)), "best": float(max(v)), "min": float(min(v))}
                                     for k, v in rates.items()}}
     if "pytorch_eager" in rates:

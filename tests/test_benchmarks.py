@@ -712,3 +712,23 @@ def test_tensor_proto_conversion_smoke():
     for row in rows:
         before, now = (float(cell) for cell in row.strip("|").split("|")[1:3])
         assert before > 0 and now > 0
+
+
+def test_text_throughput_reports_the_pools_tensorflow_was_given_by_environment(monkeypatch):
+    """The README sets the pools with TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, which
+    tf.config.threading does not report (0): the report falls back to the variables."""
+    from benchmarks.text_throughput import tf_thread_pools
+
+    class Threading:  # tf.config.threading as a process without API-set pools reports them
+        get_intra_op_parallelism_threads = staticmethod(lambda: 0)
+        get_inter_op_parallelism_threads = staticmethod(lambda: 0)
+
+    fake_tf = type("tf", (), {"config": type("config", (), {"threading": Threading})})
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "1")
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "2")
+    assert tf_thread_pools(fake_tf) == {"intra_op": 1, "inter_op": 2}
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS")
+    monkeypatch.delenv("TF_NUM_INTEROP_THREADS")
+    assert tf_thread_pools(fake_tf) == {"intra_op": 0, "inter_op": 0}  # TensorFlow's default
+    Threading.get_intra_op_parallelism_threads = staticmethod(lambda: 3)  # set through the API: that wins
+    assert tf_thread_pools(fake_tf)["intra_op"] == 3

@@ -102,6 +102,19 @@ def test_full_mi_matches_a_direct_computation_for_any_chunk(rng):
     assert mutual_information(mean, log_var, z=z) == pytest.approx(expected, abs=1e-9)
 
 
+
+@pytest.mark.parametrize("log_var_range, mean_scale", [((-20.0, 5.0), 3.0), ((-30.0, 10.0), 10.0), ((-50.0, -50.0), 1.0)])
+def test_full_mi_matches_a_direct_computation_for_extreme_posterior_scales(rng, log_var_range, mean_scale):
+    """Means far out in units of tiny posterior scales: μ² / σ² up to ~1e23, where expanding
+    (z − μ)² / σ² into products loses every digit to cancellation (at log σ² = −50 it gave
+    −8.5e6 nats instead of 3.6); the estimator takes the differences directly there."""
+    n, d = 80, 4
+    mean, log_var = mean_scale * rng.standard_normal((n, d)), rng.uniform(*log_var_range, (n, d))
+    eps = rng.standard_normal((n, d))
+    expected = _mi_reference(mean, log_var, mean + np.exp(0.5 * log_var) * eps)
+    for chunk in (1, 7, None):
+        assert mutual_information(mean, log_var, eps=eps, chunk_size=chunk) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
 def test_mi_is_zero_for_a_code_independent_of_x(rng):
     n, d = 2000, 4
     # q(z|x) is the same distribution for every x (here N(c, 0.5²), not even the prior).

@@ -5,6 +5,8 @@ The policy is set per layer, never globally, so these tests run in-process next 
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -146,12 +148,23 @@ def test_train_jit_compile_reaches_the_compiled_model_and_trains():
     assert seen == {"auto": False, "true": True, "false": False}
 
 
+@contextlib.contextmanager
+def op_determinism(enabled: bool):
+    """TensorFlow's process-wide op determinism set for the block, and restored after it."""
+    from tensorflow.python.framework import config as tf_config
+
+    was = tf_config.is_op_determinism_enabled()
+    (tf_config.enable_op_determinism if enabled else tf_config.disable_op_determinism)()
+    try:
+        yield
+    finally:
+        (tf_config.enable_op_determinism if was else tf_config.disable_op_determinism)()
+
+
 def test_train_jit_compile_true_that_keras_would_drop_is_a_one_line_config_error():
     """Keras turns `jit_compile=True` off, with only a warning, for a model with a layer that has no
     XLA kernel (a text model's `StringLookup`) and under op determinism; a user who asked for XLA
-    is told why, before any run exists, and how to train without it."""
-    from tensorflow.python.framework import config as tf_config
-
+    is told every cause, before any run exists, and how to train without it."""
     from training.config import load_config
     from training.train import build_model
     from vae_tf.data import load_dataset
@@ -160,26 +173,30 @@ def test_train_jit_compile_true_that_keras_would_drop_is_a_one_line_config_error
     corpus = load_dataset("text_synthetic", seed=0, n_samples=200)
     text_config = load_config("training/configs/text_synthetic.yaml",
                               ["train.jit_compile=true", "model.network.hidden=[8]", "model.network.embedding=8"])
-    with pytest.raises(ConfigError) as err:
-        build_model(text_config, corpus.data_shape, text=text_settings(corpus.metadata))
+    tokenizer = text_settings(corpus.metadata)
+    with op_determinism(False), pytest.raises(ConfigError) as err:
+        build_model(text_config, corpus.data_shape, text=tokenizer)
     assert str(err.value) == ("train.jit_compile=true cannot be honoured: StringLookup (a text model's tokenizer) "
                               "has no XLA kernel, so Keras turns XLA off for this model; set train.jit_compile=auto "
                               "(or false) to train without XLA")
     # auto is Keras' choice, and for a text model it is no XLA, without an error.
-    auto = build_model(text_config.replace(train={"jit_compile": "auto"}), corpus.data_shape,
-                       text=text_settings(corpus.metadata))
+    with op_determinism(False):
+        auto = build_model(text_config.replace(train={"jit_compile": "auto"}), corpus.data_shape, text=tokenizer)
     assert auto.jit_compile is False
 
-    image_config = load_config(None, ["train.jit_compile=true", "train.deterministic=true",
-                                      "model.network={kind: mlp, hidden: [16]}", "model.latent.latent_dim=2"])
-    was_enabled = tf_config.is_op_determinism_enabled()
-    tf.config.experimental.enable_op_determinism()  # what train.deterministic=true does (seed_everything)
-    try:
-        with pytest.raises(ConfigError) as err:
-            build_model(image_config, (8, 8, 1))
-    finally:
-        if not was_enabled:
-            tf_config.disable_op_determinism()
+    image = ["train.jit_compile=true", "model.network={kind: mlp, hidden: [16]}", "model.latent.latent_dim=2"]
+    # train.deterministic=true: seed_everything turns op determinism on, and Keras XLA off.
+    with op_determinism(True), pytest.raises(ConfigError) as err:
+        build_model(load_config(None, [*image, "train.deterministic=true"]), (8, 8, 1))
     assert_one_line(str(err.value))
     assert str(err.value).startswith("train.jit_compile=true cannot be honoured: Keras turns XLA off under "
                                      "TensorFlow's op determinism (train.deterministic=true);")
+    # Determinism left on by an earlier run in this process is named as such.
+    with op_determinism(True), pytest.raises(ConfigError, match=r"op determinism \(left on by an earlier run"):
+        build_model(load_config(None, image), (8, 8, 1))
+    # Both causes at once: both are named, so that fixing one does not meet the other.
+    with op_determinism(True), pytest.raises(ConfigError) as err:
+        build_model(text_config.replace(train={"deterministic": True}), corpus.data_shape, text=tokenizer)
+    assert "StringLookup (a text model's tokenizer) has no XLA kernel" in str(err.value)
+    assert "op determinism (train.deterministic=true)" in str(err.value)
+    assert_one_line(str(err.value))

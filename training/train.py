@@ -106,16 +106,22 @@ def build_model(config: Config, data_shape, steps_per_epoch: int = 1, replicas: 
 
 def _why_no_xla(config: Config, model) -> str:
     """Why Keras turned XLA off for a model compiled with ``jit_compile=True`` (Keras 3.15's
-    ``model_supports_jit``: op determinism, or a layer without an XLA kernel)."""
-    if config.train.deterministic:
-        return "Keras turns XLA off under TensorFlow's op determinism (train.deterministic=true)"
+    ``model_supports_jit``): a layer without an XLA kernel, and/or TensorFlow's op determinism
+    (``train.deterministic=true``, or left on by an earlier run in this process); every cause that
+    applies, so that fixing one does not meet the next."""
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+
+    causes = []
     flatten = getattr(model, "_flatten_layers", None)  # Keras 3's own walk over the layers (private API)
     layers = sorted({type(layer).__name__ for layer in (flatten() if flatten else [])
                      if not getattr(layer, "supports_jit", True)})
     if layers:
         what = " (a text model's tokenizer)" if "StringLookup" in layers else ""
-        return f"{', '.join(layers)}{what} has no XLA kernel, so Keras turns XLA off for this model"
-    return "Keras turned XLA off for this model"
+        causes.append(f"{', '.join(layers)}{what} has no XLA kernel, so Keras turns XLA off for this model")
+    if is_op_determinism_enabled():
+        where = "train.deterministic=true" if config.train.deterministic else "left on by an earlier run in this process"
+        causes.append(f"Keras turns XLA off under TensorFlow's op determinism ({where})")
+    return ", and ".join(causes) or "Keras turned XLA off for this model"
 
 
 def split_for_pretraining(config: Config, data):
