@@ -177,7 +177,9 @@ def main(argv=None) -> int:
         if not torch.cuda.is_available():
             raise SystemExit("--torch-device cuda: this PyTorch sees no CUDA GPU; use --torch-device cpu or auto")
 
-    tf_threads = parse_tf_threads(args.tf_threads) if args.tf_threads else (args.threads, args.threads) if args.threads else None
+    tf_threads = (args.threads, args.threads) if args.threads else None
+    if args.tf_threads:
+        tf_threads = parse_tf_threads(args.tf_threads)
     import tensorflow as tf
 
     if tf_threads:

@@ -112,9 +112,8 @@ def _why_no_xla(config: Config, model) -> str:
     from tensorflow.python.framework.config import is_op_determinism_enabled
 
     causes = []
-    flatten = getattr(model, "_flatten_layers", None)  # Keras 3's own walk over the layers (private API)
-    layers = sorted({type(layer).__name__ for layer in (flatten() if flatten else [])
-                     if not getattr(layer, "supports_jit", True)})
+    # Keras' own walk over the layers (private API), the one model_supports_jit has just made.
+    layers = sorted({type(layer).__name__ for layer in model._flatten_layers() if not layer.supports_jit})
     if layers:
         what = " (a text model's tokenizer)" if "StringLookup" in layers else ""
         causes.append(f"{', '.join(layers)}{what} has no XLA kernel, so Keras turns XLA off for this model")

@@ -102,17 +102,6 @@ def _draw_z(mean, log_var, z, eps, rng) -> np.ndarray:
     return mean + np.exp(0.5 * log_var) * eps
 
 
-def _log_density_matrix(z: np.ndarray, mean: np.ndarray, inv_var: np.ndarray, const: np.ndarray) -> np.ndarray:
-    """log q(z_i | x_m) for a block of rows z ``(c, d)`` against components ``(M, d)``: ``(c, M)``.
-
-    Σ_d (z_d − μ_md)² / σ²_md is expanded into three matrix products so that the N x N x d
-    tensor never exists; in float64 the cancellation error is ~1e-12 relative to z²/σ².
-    ``const[m] = −½ Σ_d (log 2π + log σ²_md + μ²_md / σ²_md)``.
-    """
-    quad = np.square(z) @ inv_var.T - 2.0 * (z @ (mean * inv_var).T)
-    return const[None, :] - 0.5 * quad
-
-
 #: Above this bound on the expanded terms (z² / σ², μ² / σ²) the expansion's cancellation error
 #: (~1e-16 of them) could reach 1e-8 nats, so the differences z − μ are taken directly instead.
 _EXPANSION_LIMIT = 1e8
@@ -121,10 +110,11 @@ _EXPANSION_LIMIT = 1e8
 def _log_mixture_density(z: np.ndarray, mean: np.ndarray, log_var: np.ndarray, chunk_size: int) -> np.ndarray:
     """logsumexp_m log q(z_n | x_m) for every row of z ``(N, d)`` against components ``(M, d)``: ``(N,)``.
 
-    Usually the expansion of :func:`_log_density_matrix`, as one product per block: the rows
-    ``[−½ z², z, 1]`` against the components ``[σ⁻², μ σ⁻², const]`` give log q(z_n | x_m)
-    directly, and the logsumexp runs in place on that block (about 12x faster than three products
-    and SciPy's logsumexp on 8,192 x 8,192, the same values). When z² / σ² or μ² / σ² is so large
+    Usually Σ_d (z_d − μ_md)² / σ²_md expanded into products, so that the N x M x d tensor never
+    exists, as one product per block: the rows ``[−½ z², z, 1]`` against the components
+    ``[σ⁻², μ σ⁻², const]``, ``const[m] = −½ Σ_d (log 2π + log σ²_md + μ²_md / σ²_md)``, give
+    log q(z_n | x_m) directly, and the logsumexp runs in place on that block (about 12x faster
+    than three products and SciPy's logsumexp on 8,192 x 8,192, the same values). When z² / σ² or μ² / σ² is so large
     (> ``_EXPANSION_LIMIT``: means far out in units of very small posterior scales) that the
     expansion's cancellation would show, the block is computed from the differences z − μ,
     ``(rows, M, d)`` at a time: slower, exact to float64 rounding. A row whose every density is
@@ -137,7 +127,7 @@ def _log_mixture_density(z: np.ndarray, mean: np.ndarray, log_var: np.ndarray, c
     m, d = mean.shape
     if bound > _EXPANSION_LIMIT:
         base = -0.5 * np.sum(_LOG_2PI + log_var, axis=1)
-        rows_per_block = max(1, min(chunk_size, _BLOCK_ELEMENTS // max(1, m * d)))
+        rows_per_block = max(1, min(chunk_size, _BLOCK_ELEMENTS // (m * d)))
 
         def block_at(start):
             diff = z[start:start + rows_per_block, None, :] - mean[None, :, :]
@@ -255,10 +245,7 @@ def mutual_information_minibatch(mean, log_var, batch_size: int = MI_BATCH_SIZE,
         total += float(np.sum(neg_h[:full] - log_qz.reshape(-1)))
     if full < n:  # the last, smaller batch (weighted by its size, as calc_mi does)
         rest = slice(full, n)
-        iv = np.exp(-log_var[rest])
-        const = -0.5 * np.sum(_LOG_2PI + log_var[rest] + mean[rest] ** 2 * iv, axis=1)
-        block = _log_density_matrix(z[rest], mean[rest], iv, const)
-        log_qz = logsumexp(block, axis=1) - math.log(n - full)
+        log_qz = _log_mixture_density(z[rest], mean[rest], log_var[rest], n - full) - math.log(n - full)
         total += float(np.sum(neg_h[rest] - log_qz))
     return total / n
 
