@@ -68,16 +68,18 @@ def build_vae_tf(data, args, jit_compile="auto"):
 
 
 def lstm_paths(model) -> dict:
-    """How vae-tf's model runs on this machine: XLA on or off (Keras resolves ``auto`` at compile
-    time: on where there is a GPU, unless a layer cannot be compiled) and how many of its LSTMs
-    Keras set up for cuDNN (where TensorFlow sees a GPU and the layer's settings allow it; Keras
-    marks those ``supports_jit = False``; each call still falls back to the generic loop if
-    TensorFlow's cuDNN op refuses the batch)."""
+    """How vae-tf's model ran on this machine (read after training): XLA on or off (Keras resolves
+    ``auto`` at compile time: on where there is a GPU, unless a layer cannot be compiled), how many
+    of its LSTMs Keras set up for cuDNN (where TensorFlow sees a GPU and the layer's settings allow
+    it; Keras marks those ``supports_jit = False``; each call still falls back to the generic loop
+    if TensorFlow's cuDNN op refuses the batch) and how many trained through vae-tf's unrolled path
+    (:mod:`vae_tf.networks.lstm`: on a CPU)."""
     import keras
 
     lstms = [layer for layer in (*model.encoder.rnns, *model.decoder.rnns) if isinstance(layer, keras.layers.LSTM)]
     return {"jit_compile": bool(model.jit_compile), "lstm_layers": len(lstms),
-            "cudnn_lstm_layers": sum(not layer.supports_jit for layer in lstms)}
+            "cudnn_lstm_layers": sum(not layer.supports_jit for layer in lstms),
+            "unrolled_lstm_layers": sum(getattr(layer, "unrolled_in_training", None) is True for layer in lstms)}
 
 
 def build_torch(torch, vocab: int, args):
@@ -281,7 +283,8 @@ def render(report: dict) -> str:
              f"(Keras count); PyTorch on {report.get('torch_device', 'cpu')}, TensorFlow GPUs: "
              f"{', '.join(report.get('tensorflow_gpus') or []) or 'none'}; load average {', '.join(f'{v:.1f}' for v in report['load_average'])}.",
              *([f"vae-tf: XLA {'on' if paths['jit_compile'] else 'off'}, {paths['cudnn_lstm_layers']} of "
-                f"{paths['lstm_layers']} LSTM layers set up for cuDNN."] if (paths := report.get("vae_tf_paths")) else []),
+                f"{paths['lstm_layers']} LSTM layers set up for cuDNN, {paths.get('unrolled_lstm_layers', 0)} trained "
+                f"through the unrolled path."] if (paths := report.get("vae_tf_paths")) else []),
              *([f"TensorFlow's thread pools: intra-op {pools['intra_op'] or 'default'}, inter-op "
                 f"{pools['inter_op'] or 'default'} (default: TensorFlow's choice, one thread per CPU)."]
                if (pools := report.get("tf_threads")) else []),

@@ -518,10 +518,12 @@ def test_text_throughput_smoke(gpu_check):
     assert set(rates) == {"vae-tf", "pytorch_eager"} and all(v["median"] > 0 for v in rates.values())
     assert report["ratio_of_bests"] == pytest.approx(rates["vae-tf"]["best"] / rates["pytorch_eager"]["best"])
     assert "| vae-tf |" in log and "vae-tf ÷ PyTorch eager" in log
-    # On this CPU: Keras' `auto` leaves XLA off and no LSTM is set up for cuDNN (the encoder's and
-    # the decoder's: two); on a GPU the report says which path vae-tf took.
-    assert report["vae_tf_paths"] == {"jit_compile": False, "lstm_layers": 2, "cudnn_lstm_layers": 0}
-    assert "vae-tf: XLA off, 0 of 2 LSTM layers set up for cuDNN." in log
+    # On this CPU: Keras' `auto` leaves XLA off, no LSTM is set up for cuDNN and both (the encoder's
+    # and the decoder's) train through vae-tf's unrolled path; on a GPU the report says which path
+    # vae-tf took.
+    assert report["vae_tf_paths"] == {"jit_compile": False, "lstm_layers": 2, "cudnn_lstm_layers": 0,
+                                      "unrolled_lstm_layers": 2}
+    assert "vae-tf: XLA off, 0 of 2 LSTM layers set up for cuDNN, 2 trained through the unrolled path." in log
     # --tf-threads 1,2: TensorFlow ran with the pools asked for, and the report says so.
     assert report["tf_threads"] == {"intra_op": 1, "inter_op": 2}
     assert "TensorFlow's thread pools: intra-op 1, inter-op 2" in log
@@ -732,3 +734,33 @@ def test_text_throughput_reports_the_pools_tensorflow_was_given_by_environment(m
     assert tf_thread_pools(fake_tf) == {"intra_op": 0, "inter_op": 0}  # TensorFlow's default
     Threading.get_intra_op_parallelism_threads = staticmethod(lambda: 3)  # set through the API: that wins
     assert tf_thread_pools(fake_tf)["intra_op"] == 3
+
+
+# --- benchmarks/rnn_layer.py -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("cell, mask", [("lstm", "--mask"), ("gru", None)])
+def test_rnn_layer_smoke(tmp_path, capsys, cell, mask):
+    """One round of the one-layer benchmark, in process: Keras', vae-tf's and PyTorch's layers timed
+    on the same batch, vae-tf's through its unrolled path (the script checked that its loss is
+    Keras', and without a mask that PyTorch's is too: the weights were mapped right), and the ratios
+    are PyTorch's best time over each layer's."""
+    from benchmarks import rnn_layer
+
+    out = tmp_path / "rnn.json"
+    assert rnn_layer.main(["--cell", cell, "--batch-size", "5", "--steps", "4", "--input", "6", "--hidden", "8",
+                           "--calls", "2", "--rounds", "1", "--json", str(out), *([mask] if mask else [])]) == 0
+    report = json.loads(out.read_text())
+    assert report["cell"] == cell and report["mask"] is bool(mask)
+    assert set(report["ms"]) == {"keras", "vae-tf", "pytorch"} and report["vae_tf_unrolled"] is True
+    for name, times in report["ms"].items():
+        assert times["best"] > 0
+        assert report["per_pytorch_best"][name] == pytest.approx(report["ms"]["pytorch"]["best"] / times["best"])
+    assert "| vae-tf |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [["--steps", "0"], ["--calls", "0"], ["--tf-threads", "2"]])
+def test_rnn_layer_refuses_bad_arguments_in_one_line(args):
+    from benchmarks import rnn_layer
+
+    with pytest.raises(SystemExit, match=r"^--(steps|calls|tf-threads) [^\n]*: give [^\n]*$"):
+        rnn_layer.main(args)

@@ -39,14 +39,14 @@ import tensorflow as tf
 
 from vae_tf.errors import ConfigError
 from vae_tf.networks.common import positive_ints
-from vae_tf.networks.lstm import LSTM
+from vae_tf.networks.unrolled_rnn import GRU, LSTM
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 Z_INJECTIONS = ("init", "concat", "both")
 
 
 def _rnn(cell: str, units: int, name: str, dtype=None) -> keras.layers.Layer:
-    layer = LSTM if cell == "lstm" else keras.layers.GRU
+    layer = LSTM if cell == "lstm" else GRU
     return layer(units, return_sequences=True, return_state=True, name=name, dtype=dtype)
 
 

@@ -1,0 +1,270 @@
+"""LSTM and GRU layers whose training step uses a 2-core CPU: :class:`LSTM` and :class:`GRU` are
+``keras.layers.LSTM`` / ``keras.layers.GRU`` (same weights, same maths, same outputs; Keras layers
+like any other) with another way of running the recurrence while training, where that is faster.
+
+**Why.** On a CPU, Keras runs a recurrent layer as a ``tf.while_loop`` over the cell, and
+TensorFlow's automatic differentiation of that loop computes, at every time step, the input and
+recurrent weight gradients as small products and their running sums. On a 2-CPU machine such a
+loop gains little from the second core: one LSTM layer of 256 units over a [64, 11, 144] batch,
+forward and backward, took 13–15 ms against PyTorch's fused oneDNN LSTM's 7.5–8.5 ms on 2 threads
+(docs/performance.md, Text).
+
+**How** (:func:`lstm_sequence`, :func:`gru_sequence`), for a training call whose sequence length is
+known when the graph is built (a text model's token ids are always ``[B, max_length (+1)]``) and
+at most :data:`MAX_UNROLLED_STEPS`:
+
+- the input projection ``x W + b`` of every step is one product over the whole sequence;
+- the recurrence is unrolled in the graph: per step one product ``h U`` and the gates;
+- the backward pass is written by hand (``tf.custom_gradient``): the reverse loop computes only the
+  gates' gradients and ``dh_{t-1}`` (one product by ``Uᵀ``); the weight and input gradients are
+  products over the whole sequence after it;
+- the batch is cut into :data:`BATCH_PARTS` parts whose recurrences are independent (rows never
+  interact), so that TensorFlow's inter-op threads run them side by side.
+
+The LSTM layer went from 13.4–14.8 ms to 8.9–11.2 ms (docs/performance.md, Text). Masking is
+Keras': at a masked step the state is carried over unchanged and the output repeats the previous
+step's (zeros before the first unmasked step).
+
+Everything else runs Keras' own path, so the layers accept every Keras setting: inference
+(evaluation, encoding, the exported signatures: the forward pass alone gains only 1.1–1.3x, and
+Keras' loop keeps the graph small to trace and to serve), a GPU (cuDNN, as Keras chooses),
+``dropout`` / ``recurrent_dropout``, ``go_backwards``, ``unroll``, ``zero_output_for_mask``,
+activations other than tanh / sigmoid, no bias, a GRU with ``reset_after=False``, and an unknown or
+longer time dimension (the unrolled graph grows with the length: ~0.04 s of tracing per step and
+layer).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+#: Longest sequence run by the unrolled path; longer ones (and an unknown length) take Keras'
+#: ``while`` loop, whose graph does not grow with the length.
+MAX_UNROLLED_STEPS = 64
+#: Independent parts the batch is cut into (docs/performance.md, Text: two on a 2-CPU machine).
+BATCH_PARTS = 2
+
+
+# --- one step of each cell, forward and backward ----------------------------------------------------
+# forward(projected_t, states, recurrent_kernel, recurrent_bias) -> (new states, output, saved)
+# backward(d_new_states, saved, states, recurrent_kernel)
+#     -> (gradient of the step's input projection, of its recurrent projection, of the previous states)
+
+@tf.function(autograph=False)
+def _lstm_forward(projected, states, recurrent_kernel, recurrent_bias):
+    """Keras' LSTM cell (gate order i, f, c, o); ``recurrent_bias`` unused (the LSTM has one bias)."""
+    h, c = states
+    z = projected + tf.matmul(h, recurrent_kernel)
+    zi, zf, zg, zo = tf.split(z, 4, axis=1)
+    i, f, g, o = tf.sigmoid(zi), tf.sigmoid(zf), tf.tanh(zg), tf.sigmoid(zo)
+    c_new = f * c + i * g
+    tc = tf.tanh(c_new)
+    h_new = o * tc
+    return (h_new, c_new), h_new, (i, f, g, o, tc)
+
+
+@tf.function(autograph=False)
+def _lstm_backward(d_states, saved, states, recurrent_kernel):
+    dh, dc = d_states
+    i, f, g, o, tc = saved
+    c_prev = states[1]
+    dc = dc + dh * o * (1.0 - tc * tc)
+    dz = tf.concat([dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f), dc * i * (1.0 - g * g),
+                    dh * tc * o * (1.0 - o)], axis=1)
+    return dz, dz, (tf.matmul(dz, recurrent_kernel, transpose_b=True), dc * f)
+
+
+@tf.function(autograph=False)
+def _gru_forward(projected, states, recurrent_kernel, recurrent_bias):
+    """Keras' GRU cell with ``reset_after=True`` (gate order z, r, h; the reset gate applied to the
+    recurrent projection, which has its own bias)."""
+    (h,) = states
+    inner = tf.matmul(h, recurrent_kernel) + recurrent_bias
+    x_z, x_r, x_h = tf.split(projected, 3, axis=1)
+    i_z, i_r, i_h = tf.split(inner, 3, axis=1)
+    z, r = tf.sigmoid(x_z + i_z), tf.sigmoid(x_r + i_r)
+    hh = tf.tanh(x_h + r * i_h)
+    h_new = z * h + (1.0 - z) * hh
+    return (h_new,), h_new, (z, r, hh, i_h)
+
+
+@tf.function(autograph=False)
+def _gru_backward(d_states, saved, states, recurrent_kernel):
+    (dh,) = d_states
+    z, r, hh, i_h = saved
+    (h,) = states
+    d_hh = dh * (1.0 - z) * (1.0 - hh * hh)  # through tanh: the candidate's pre-activation
+    d_z = dh * (h - hh) * z * (1.0 - z)
+    d_r = d_hh * i_h * r * (1.0 - r)
+    d_inner = tf.concat([d_z, d_r, d_hh * r], axis=1)
+    return tf.concat([d_z, d_r, d_hh], axis=1), d_inner, (dh * z + tf.matmul(d_inner, recurrent_kernel,
+                                                                               transpose_b=True),)
+
+
+CELLS = {"lstm": (_lstm_forward, _lstm_backward), "gru": (_gru_forward, _gru_backward)}
+
+
+def _part(cell: str, x, mask, states, kernel, recurrent_kernel, bias, recurrent_bias):
+    """The unrolled recurrence of one part of the batch (``mask`` None: no step masked), with its
+    hand-written backward pass; returns ``(outputs [B, T, H], *final states)``."""
+    forward, backward = CELLS[cell]
+    steps, width = x.shape[1], x.shape[2]
+
+    @tf.custom_gradient
+    def run(x, kernel, recurrent_kernel, bias, recurrent_bias, *states):
+        batch, gates = tf.shape(x)[0], kernel.shape[1]
+        units = recurrent_kernel.shape[0]
+        projected = tf.reshape(tf.matmul(tf.reshape(x, [-1, width]), kernel) + bias, [batch, steps, gates])
+        keep = None if mask is None else tf.unstack(mask[:, :, None], axis=1)  # [B, 1] per step
+        y = tf.zeros_like(states[0])
+        history = []  # per step: the states it started from, what its backward pass needs
+        outputs = []
+        for t in range(steps):
+            new_states, h_new, saved = forward(projected[:, t], states, recurrent_kernel, recurrent_bias)
+            history.append((states, saved))
+            if keep is None:
+                states, y = new_states, h_new
+            else:
+                states = tuple(tf.where(keep[t], new, old) for new, old in zip(new_states, states))
+                y = tf.where(keep[t], h_new, y)
+            outputs.append(y)
+
+        def grad(d_outputs, *d_final):
+            d_y = tf.unstack(d_outputs, axis=1)
+            d_states, dy_carry = d_final, None
+            dx_steps, drec_steps = [None] * steps, [None] * steps
+            for t in reversed(range(steps)):
+                previous, saved = history[t]
+                dy = d_y[t] if dy_carry is None else d_y[t] + dy_carry
+                d_new = (d_states[0] + dy, *d_states[1:])  # the output is the new h
+                if keep is not None:  # a masked step passed the state (and the output) through
+                    zero = tf.zeros_like(dy)
+                    carried = tuple(tf.where(keep[t], zero, d) for d in d_states)
+                    d_new = tuple(tf.where(keep[t], d, zero) for d in d_new)
+                    dy_carry = tf.where(keep[t], zero, dy)
+                dx_steps[t], drec_steps[t], d_states = backward(d_new, saved, previous, recurrent_kernel)
+                if keep is not None:
+                    d_states = tuple(d + c for d, c in zip(d_states, carried))
+            d_proj = tf.reshape(tf.stack(dx_steps, axis=1), [-1, gates])
+            # an LSTM's input and recurrent projections share their gradient (and have one bias)
+            same = all(a is b for a, b in zip(dx_steps, drec_steps))
+            d_inner = d_proj if same else tf.reshape(tf.stack(drec_steps, axis=1), [-1, gates])
+            h_prev = tf.reshape(tf.stack([previous[0] for previous, _ in history], axis=1), [-1, units])
+            d_x = tf.reshape(tf.matmul(d_proj, kernel, transpose_b=True), [batch, steps, width])
+            return (d_x, tf.matmul(tf.reshape(x, [-1, width]), d_proj, transpose_a=True),
+                    tf.matmul(h_prev, d_inner, transpose_a=True), tf.reduce_sum(d_proj, axis=0),
+                    tf.zeros_like(recurrent_bias) if same else tf.reduce_sum(d_inner, axis=0), *d_states)
+
+        return (tf.stack(outputs, axis=1), *states), grad
+
+    return run(x, kernel, recurrent_kernel, bias, recurrent_bias, *states)
+
+
+def _sequence(cell: str, x, states, kernel, recurrent_kernel, bias, recurrent_bias, mask, parts: int):
+    if x.shape[1] is None:
+        raise ValueError(f"{cell}_sequence needs the time dimension known when the graph is built")
+    if parts <= 1:
+        return _part(cell, x, mask, states, kernel, recurrent_kernel, bias, recurrent_bias)
+    batch = tf.shape(x)[0]
+    base = batch // parts
+    sizes = tf.stack([base] * (parts - 1) + [batch - base * (parts - 1)])
+    pieces = [tf.split(t, sizes, axis=0, num=parts) for t in (x, *states)]
+    masks = [None] * parts if mask is None else tf.split(mask, sizes, axis=0, num=parts)
+    results = [_part(cell, piece[0], m, piece[1:], kernel, recurrent_kernel, bias, recurrent_bias)
+               for *piece, m in zip(*pieces, masks)]
+    return tuple(tf.concat([r[k] for r in results], axis=0) for k in range(len(results[0])))
+
+
+def lstm_sequence(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, parts: int = BATCH_PARTS):
+    """Keras' LSTM (tanh / sigmoid, gate order i, f, c, o) over ``x`` ``[B, T, d]`` with a static
+    ``T``, from the state ``(h0, c0)`` ``[B, H]``: returns ``(outputs [B, T, H], h_T, c_T)``, with
+    Keras' masking where ``mask`` ``[B, T]`` (bool) is given (module docstring). The batch is cut
+    into ``parts`` (the last ones may be empty for a small batch)."""
+    return _sequence("lstm", x, (h0, c0), kernel, recurrent_kernel, bias, tf.zeros_like(bias), mask, parts)
+
+
+def gru_sequence(x, h0, kernel, recurrent_kernel, bias, mask=None, parts: int = BATCH_PARTS):
+    """Keras' GRU (``reset_after=True``, tanh / sigmoid, gate order z, r, h) over ``x`` ``[B, T, d]``
+    with a static ``T`` from ``h0`` ``[B, H]``; ``bias`` is Keras' ``[2, 3H]`` (input bias, recurrent
+    bias). Returns ``(outputs [B, T, H], h_T)``; masking and ``parts`` as :func:`lstm_sequence`."""
+    return _sequence("gru", x, (h0,), kernel, recurrent_kernel, bias[0], bias[1], mask, parts)
+
+
+class _Unrolled:
+    """What the two layers share: when the unrolled path applies, and the call into it."""
+
+    #: Whether the last training call this layer traced took the unrolled path (None: none yet);
+    #: the text benchmark reports it.
+    unrolled_in_training = None
+
+    def _cell_supports_unrolling(self) -> bool:
+        raise NotImplementedError
+
+    def unrolled_path(self, sequences, training=False) -> bool:
+        """Whether this call runs the unrolled path (the module docstring lists when not)."""
+        from keras.src.backend.tensorflow.rnn import cudnn_ok
+
+        cell = self.cell
+        steps = sequences.shape[1]
+        if steps is None or steps > MAX_UNROLLED_STEPS or self.go_backwards or self.unroll or self.zero_output_for_mask:
+            return False
+        if training is not True or cell.dropout or cell.recurrent_dropout:
+            return False  # inference (or a symbolic flag): Keras' loop; dropout: Keras' masks
+        if not cell.use_bias or not self._cell_supports_unrolling():
+            return False
+        if cell.activation is not keras.activations.tanh or cell.recurrent_activation is not keras.activations.sigmoid:
+            return False
+        reset_after = getattr(cell, "reset_after", None)  # None for an LSTM: Keras' cudnn_ok tells them apart so
+        if self.use_cudnn is True or (self.use_cudnn == "auto" and cudnn_ok(cell.activation, cell.recurrent_activation,
+                                                                            self.unroll, cell.use_bias, reset_after)):
+            return False  # cuDNN asked for, or Keras would use it (a GPU)
+        return True
+
+    def _unrolled_call(self, sequences, states, mask):
+        raise NotImplementedError
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        unrolled = self.unrolled_path(sequences, training)
+        if training is True:
+            self.unrolled_in_training = unrolled
+        if not unrolled:
+            return super().inner_loop(sequences, initial_state, mask=mask, training=training)
+        dtype = sequences.dtype
+        states = [tf.cast(s, dtype) for s in (initial_state if isinstance(initial_state, (list, tuple))
+                                               else [initial_state])]
+        outputs, *states = self._unrolled_call(sequences, states, None if mask is None else tf.cast(mask, tf.bool))
+        return outputs[:, -1], outputs, states
+
+
+@keras.saving.register_keras_serializable(package="vae_tf")
+class LSTM(_Unrolled, keras.layers.LSTM):
+    """``keras.layers.LSTM`` that trains through :func:`lstm_sequence` where it applies (module
+    docstring), Keras' own path (cuDNN on a GPU, the ``while`` loop otherwise) everywhere else."""
+
+    def _cell_supports_unrolling(self) -> bool:
+        return True
+
+    def _unrolled_call(self, sequences, states, mask):
+        dtype, cell = sequences.dtype, self.cell
+        return lstm_sequence(sequences, *states, tf.cast(cell.kernel, dtype), tf.cast(cell.recurrent_kernel, dtype),
+                             tf.cast(cell.bias, dtype), mask=mask)
+
+
+@keras.saving.register_keras_serializable(package="vae_tf")
+class GRU(_Unrolled, keras.layers.GRU):
+    """``keras.layers.GRU`` that trains through :func:`gru_sequence` where it applies (module
+    docstring; ``reset_after=True``, Keras' default), Keras' own path everywhere else."""
+
+    def _cell_supports_unrolling(self) -> bool:
+        return bool(self.cell.reset_after)
+
+    def _unrolled_call(self, sequences, states, mask):
+        dtype, cell = sequences.dtype, self.cell
+        return gru_sequence(sequences, states[0], tf.cast(cell.kernel, dtype), tf.cast(cell.recurrent_kernel, dtype),
+                            tf.cast(cell.bias, dtype), mask=mask)
+
+
+__all__ = ["BATCH_PARTS", "GRU", "LSTM", "MAX_UNROLLED_STEPS", "gru_sequence", "lstm_sequence"]
