@@ -113,6 +113,30 @@ def test_greedy_generation_in_graph_is_the_argmax_chain_of_the_teacher_forced_pa
         assert np.all(ids[row, len(words):].numpy() == PAD_ID)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_encoder_state_is_the_masked_layers_final_state(corpus, cell):
+    """The encoder reads the padded batch unmasked and takes each sentence's state at its last
+    word: the same parameters as stacked Keras layers reading with the padding masked (empty
+    sentences included: their state is the zero initial state), in training and in inference; ids
+    with padding between words are refused."""
+    model = make(corpus, network={"kind": cell, "embedding": 8, "hidden": [16, 12]})
+    ids = model.codec.encode(tf.constant(np.array([*corpus.x_test[:5], "", "the"], dtype=object)))
+    assert int(tf.reduce_min(tf.reduce_sum(tf.cast(ids != PAD_ID, tf.int32), axis=1))) == 0  # an empty row
+    layer_class = keras.layers.LSTM if cell == "lstm" else keras.layers.GRU
+    masked = [layer_class(rnn.units, return_sequences=True, return_state=True) for rnn in model.encoder.rnns]
+    for training in (False, True):
+        h, mask = model.encoder.embed(ids), tf.not_equal(ids, PAD_ID)
+        for layer, rnn in zip(masked, model.encoder.rnns):
+            if not layer.built:
+                layer(h)
+                layer.set_weights(rnn.get_weights())
+            h, state = layer(h, mask=mask)[:2]
+        expected = model.encoder.params(state).numpy()
+        np.testing.assert_allclose(model.encoder(ids, training=training).numpy(), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="padding must come after the words"):
+        model.encoder(tf.constant([[5, PAD_ID, 6, PAD_ID]]))
+
+
 def test_sampled_generation_is_reproducible_per_row_and_differs_from_greedy():
     keras.utils.set_random_seed(0)
     decoder = RecurrentDecoder("lstm", code_size=2, vocab_size=30, max_length=8, embedding=4, hidden=[8])

@@ -5,8 +5,9 @@ Token ids come from the model's own tokenizer (:class:`vae_tf.models.text.TextCo
 ``<pad>``, 1 ``<unk>``, 2 ``<bos>``, 3 ``<eos>``.
 
 **Encoder** (Bowman et al. 2016; He et al. 2019): token embeddings (``embedding`` wide; the
-encoder's own) → ``layers`` stacked LSTM/GRU of ``hidden`` units, reading the sentence with its
-padding masked → the last layer's final state → a dense layer to the latent family's parameters.
+encoder's own) → ``layers`` stacked LSTM/GRU of ``hidden`` units, reading the sentence → the last
+layer's state at its last word (the padding after it never read) → a dense layer to the latent
+family's parameters.
 The embedding is a separate layer (:attr:`RecurrentEncoder.embedding`) so that an input noise can
 perturb the embedded sentence (the encoder reads vectors, not ids).
 
@@ -61,7 +62,7 @@ def _check(cell, embedding, hidden, what="model.network") -> tuple[int, list[int
 
 @keras.saving.register_keras_serializable(package="vae_tf")
 class RecurrentEncoder(keras.Model):
-    """Token ids → embedding → stacked LSTM/GRU (padding masked) → final state → ``out_dim``
+    """Token ids → embedding → stacked LSTM/GRU → the state at the last word → ``out_dim``
     (module docstring). :meth:`embed` and :meth:`encode_embedded` are the two halves, so an input
     noise can perturb the embedded sentence between them; ``call(ids)`` is both."""
 
@@ -79,12 +80,23 @@ class RecurrentEncoder(keras.Model):
         return tf.cast(self.embedding(ids), tf.float32)
 
     def encode_embedded(self, vectors: tf.Tensor, mask: tf.Tensor, training=False) -> tf.Tensor:
-        """The latent family's parameters ``[B, out_dim]`` from embedded words and their mask."""
+        """The latent family's parameters ``[B, out_dim]`` from embedded words and their mask.
+
+        The padding comes after the words (the tokenizer's layout; a mask with a gap is an error),
+        so the layers read the padded batch unmasked: no position before the padding sees it, and
+        the final state is the last layer's output at each sentence's last word (zeros for an
+        empty sentence), exactly what masked layers give, without a masked loop's per-step
+        selections (docs/performance.md, Text)."""
+        mask = tf.convert_to_tensor(mask)
+        lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+        right_padded = tf.reduce_all(tf.equal(mask, tf.sequence_mask(lengths, tf.shape(mask)[1])))
+        tf.debugging.assert_equal(right_padded, True, message="the encoder's padding must come after the words "
+                                                              "(ids as TextCodec.encode gives them)")
         h = vectors
-        state = None
         for rnn in self.rnns:
-            outputs = rnn(h, mask=mask, training=training)
-            h, state = outputs[0], outputs[1]  # the sequence, and the final (masked) hidden state
+            h = rnn(h, training=training)[0]
+        last = tf.gather(h, tf.maximum(lengths - 1, 0), axis=1, batch_dims=1)
+        state = tf.where(lengths[:, None] > 0, last, tf.zeros_like(last))
         return self.out_cast(self.params(state))
 
     def call(self, ids, training=False):
