@@ -10,8 +10,10 @@ The model is the one ``benchmarks/train_throughput.py`` times (conv 32/64, dense
 Bernoulli, batch 128, ``steps_per_execution`` 4), fitted as ``training/train.py`` fits
 (``DataSplits.resumable_pipeline``). ``--model text`` profiles the LSTM VAE that
 ``benchmarks/text_throughput.py`` times (embedding 128, LSTM 256, latent 16, vocabulary 1,004,
-batch 64 of the synthetic corpus's sentences; ``--examples`` is then sentences); its ``recurrent``
-part is the ops inside the LSTMs' ``while`` loops, forward and gradient. For each ``--optimizer``, after two untimed epochs, one epoch
+batch 64 of the synthetic corpus's sentences; ``--examples`` is then sentences); its ``recurrent
+layers`` parts are the ops inside the LSTM layers, forward and gradient (the hand-written backward
+pass of vae-tf's unrolled layers, ``vae_tf.networks.unrolled_rnn``, runs under
+``unrolled_backward``; Keras' ``while`` loop, where a layer takes it, under the layer's name). For each ``--optimizer``, after two untimed epochs, one epoch
 runs under ``tf.profiler.experimental`` and the trace's framework-op statistics (TensorFlow's own
 ``framework_op_stats`` tool) are summed by op type and by part of the step: ``optimizer`` (ops
 under the optimizer's name scope), ``gradients`` (under ``gradient_tape``), ``input`` (tf.data)
@@ -36,6 +38,7 @@ import collections  # noqa: E402
 import datetime  # noqa: E402
 import glob  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import types  # noqa: E402
@@ -68,8 +71,10 @@ def part_of_step(row: dict, optimizer_scope: str, recurrent: bool = False) -> st
         return "input"
     if f"/{optimizer_scope}/" in row["name"]:
         return "optimizer"
-    if recurrent and "_lstm_" in row["name"] and "/while" in row["name"].split("_lstm_", 1)[1]:
-        return "recurrent loop (gradient)" if "gradient_tape" in row["name"] else "recurrent loop"
+    if recurrent and "unrolled_backward" in row["name"]:  # the unrolled layers' hand-written backward pass
+        return "recurrent layers (gradient)"
+    if recurrent and re.search(r"_(lstm|gru)_\d+(_\d+)*/", row["name"]):  # inside a recurrent layer's scope
+        return "recurrent layers (gradient)" if "gradient_tape" in row["name"] else "recurrent layers"
     if "gradient_tape" in row["name"]:
         return "gradients"
     return "forward"

@@ -131,6 +131,10 @@ def _part(cell: str, x, mask, states, kernel, recurrent_kernel, bias, recurrent_
             outputs.append(y)
 
         def grad(d_outputs, *d_final):
+            with tf.name_scope("unrolled_backward"):  # so that a profile tells it from the forward pass
+                return backward_pass(d_outputs, *d_final)
+
+        def backward_pass(d_outputs, *d_final):
             d_y = tf.unstack(d_outputs, axis=1)
             d_states, dy_carry = d_final, None
             dx_steps, drec_steps = [None] * steps, [None] * steps
