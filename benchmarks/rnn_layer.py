@@ -94,6 +94,10 @@ def main(argv=None) -> int:
     tf_mask = tf.constant(mask) if args.mask else None
     for layer in layers.values():
         layer(x_t[:1], initial_state=[s[:1] for s in states])
+    # random weights, biases included (Keras starts them at zero), so that the loss checks below
+    # test the whole weight mapping
+    layers["keras"].set_weights([(w + rng.normal(size=w.shape) * 0.1).astype("float32")
+                                 for w in layers["keras"].get_weights()])
     layers["vae-tf"].set_weights(layers["keras"].get_weights())
 
     def tf_step(layer):

@@ -73,7 +73,7 @@ def lstm_paths(model) -> dict:
     of its LSTMs Keras set up for cuDNN (where TensorFlow sees a GPU and the layer's settings allow
     it; Keras marks those ``supports_jit = False``; each call still falls back to the generic loop
     if TensorFlow's cuDNN op refuses the batch) and how many trained through vae-tf's unrolled path
-    (:mod:`vae_tf.networks.lstm`: on a CPU)."""
+    (:mod:`vae_tf.networks.unrolled_rnn`: on a CPU)."""
     import keras
 
     lstms = [layer for layer in (*model.encoder.rnns, *model.decoder.rnns) if isinstance(layer, keras.layers.LSTM)]

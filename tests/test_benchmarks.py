@@ -744,9 +744,9 @@ def test_text_throughput_reports_the_pools_tensorflow_was_given_by_environment(m
 @pytest.mark.parametrize("cell, mask", [("lstm", "--mask"), ("gru", None)])
 def test_rnn_layer_smoke(tmp_path, capsys, cell, mask):
     """One round of the one-layer benchmark, in process: Keras', vae-tf's and PyTorch's layers timed
-    on the same batch, vae-tf's through its unrolled path (the script checked that its loss is
-    Keras', and without a mask that PyTorch's is too: the weights were mapped right), and the ratios
-    are PyTorch's best time over each layer's."""
+    on the same batch, vae-tf's through its unrolled path (the script refuses to time them unless
+    vae-tf's loss is Keras', and without a mask PyTorch's too: random weights and biases mapped
+    right), each layer's ratio reported."""
     from benchmarks import rnn_layer
 
     out = tmp_path / "rnn.json"
@@ -755,9 +755,8 @@ def test_rnn_layer_smoke(tmp_path, capsys, cell, mask):
     report = json.loads(out.read_text())
     assert report["cell"] == cell and report["mask"] is bool(mask)
     assert set(report["ms"]) == {"keras", "vae-tf", "pytorch"} and report["vae_tf_unrolled"] is True
-    for name, times in report["ms"].items():
-        assert times["best"] > 0
-        assert report["per_pytorch_best"][name] == pytest.approx(report["ms"]["pytorch"]["best"] / times["best"])
+    assert set(report["per_pytorch_best"]) == set(report["ms"]) and report["per_pytorch_best"]["pytorch"] == 1.0
+    assert all(0 < times["best"] <= times["median"] for times in report["ms"].values())
     assert "| vae-tf |" in capsys.readouterr().out
 
 

@@ -56,6 +56,20 @@ def test_codec_ids_follow_the_fixed_layout_and_round_trip():
     assert [t.decode() for t in text] == ["the cat sat <unk>", "a <unk> ran", "the dog sat on"]
 
 
+def test_a_sentences_own_special_tokens_are_unknown_words_not_specials():
+    """A literal <pad> (or <bos>, <eos>, <unk>, in any case) inside a sentence is a word outside
+    the vocabulary: <unk>, so the padding stays after the words and the encoder reads the sentence
+    (a <pad> id inside would leave a gap, which the encoder refuses)."""
+    codec = TextCodec(WORDS, max_length=6, split_punctuation=False)
+    the, cat = 4, 5
+    ids = codec.encode(tf.constant(["the <pad> cat", "<EOS> <bos> the <unk>"])).numpy()
+    np.testing.assert_array_equal(ids, [[the, UNK_ID, cat, PAD_ID, PAD_ID, PAD_ID],
+                                        [UNK_ID, UNK_ID, the, UNK_ID, PAD_ID, PAD_ID]])
+    # the padding comes after the words, as the encoder requires
+    words = ids != PAD_ID
+    np.testing.assert_array_equal(words, np.arange(6)[None] < words.sum(axis=1)[:, None])
+
+
 @pytest.mark.parametrize("vocabulary, match", [([], "at least one word"), (["a", "a"], "distinct words"),
                                                (["a", "<eos>"], "none of"), (["a"], "max_length")])
 def test_bad_vocabularies_are_one_line_errors(vocabulary, match):

@@ -47,9 +47,10 @@ def _outputs_and_gradients(layer, x, state, mask, weights):
             if state is not None:
                 tape.watch(state)
                 watched += state
-            y, *states = layer(x, initial_state=state, mask=mask, training=True)
+            outputs = layer(x, initial_state=state, mask=mask, training=True)
+            y, *states = (tf.cast(o, tf.float32) for o in outputs)  # the loss in float32 (bfloat16 layers)
             loss = tf.reduce_sum(y * weights) + sum(tf.reduce_sum(tf.sin(s) + s ** 2) for s in states)
-        return (y, *states), tape.gradient(loss, watched + layer.trainable_variables)
+        return outputs, tape.gradient(loss, watched + layer.trainable_variables)
 
     return step(x)
 
@@ -123,11 +124,15 @@ def test_bfloat16_training_path_stays_within_bfloat16_rounding_of_float32(cell):
     reference = keras_class(H, return_sequences=True, return_state=True)
     ours(x), reference(x)
     reference.set_weights(ours.get_weights())
-    outputs = ours(x, mask=mask, training=True)
-    outputs_ref = reference(x, mask=mask, training=True)
+    weights = tf.constant(rng.normal(size=(6, 5, H)), tf.float32)
+    outputs, grads = _outputs_and_gradients(ours, x, None, mask, weights)
+    outputs_ref, grads_ref = _outputs_and_gradients(reference, x, None, mask, weights)
     assert outputs[0].dtype == tf.bfloat16 and ours.unrolled_path(tf.cast(x, tf.bfloat16), training=True)
     for a, b in zip(outputs, outputs_ref):
         np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), b.numpy(), atol=6e-2)
+    for a, b in zip(grads, grads_ref):  # the weights' gradients (float32 variables) and the input's
+        scale = float(tf.reduce_max(tf.abs(b)))
+        np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), b.numpy(), atol=5e-2 * scale)
 
 
 @pytest.mark.parametrize("settings, training, steps, takes_it", [

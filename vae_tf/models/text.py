@@ -79,13 +79,22 @@ class TextCodec(keras.layers.Layer):
         return len(self.table)
 
     def encode(self, sentences) -> tf.Tensor:
-        """``[B]`` strings → ``[B, max_length]`` int32 ids, padded with ``<pad>`` (0), words outside
-        the vocabulary as ``<unk>`` (1), sentences longer than ``max_length`` words truncated."""
+        """``[B]`` strings → ``[B, max_length]`` int32 ids, padded with ``<pad>`` (0) after the words,
+        words outside the vocabulary (and a sentence's own special tokens, e.g. a literal
+        ``<pad>``) as ``<unk>`` (1), sentences longer than ``max_length`` words truncated."""
         sentences = tf.convert_to_tensor(sentences, tf.string)
         tokens = split_tokens(sentences, lowercase=self.lowercase, split_punctuation=self.split_punctuation)
         tokens = tokens[:, : self.max_length]
-        ids = tf.ragged.map_flat_values(lambda t: tf.cast(self.lookup(t), tf.int32), tokens)
+        ids = tf.ragged.map_flat_values(lambda t: tf.cast(self.lookup(self._specials_as_unk(t)), tf.int32), tokens)
         return ids.to_tensor(default_value=PAD_ID, shape=[None, self.max_length])
+
+    @staticmethod
+    def _specials_as_unk(tokens: tf.Tensor) -> tf.Tensor:
+        """A sentence's own ``<pad>``, ``<bos>``, ``<eos>`` (or ``<unk>``) is a word the vocabulary
+        does not hold: ``<unk>``, never the special id (a ``<pad>`` inside a sentence would
+        otherwise read as padding)."""
+        special = tf.reduce_any(tf.equal(tokens[:, None], tf.constant(list(SPECIALS))[None, :]), axis=1)
+        return tf.where(special, tf.constant(UNK), tokens)
 
     def decode(self, ids, lengths) -> tf.Tensor:
         """``[B, L]`` ids and ``[B]`` word counts → ``[B]`` strings (words joined by one space)."""

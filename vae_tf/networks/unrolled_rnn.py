@@ -27,7 +27,8 @@ step's (zeros before the first unmasked step).
 
 Everything else runs Keras' own path, so the layers accept every Keras setting: inference
 (evaluation, encoding, the exported signatures: the forward pass alone gains only 1.1–1.3x, and
-Keras' loop keeps the graph small to trace and to serve), a GPU (cuDNN, as Keras chooses),
+Keras' loop keeps the graph small to trace and to serve), a GPU where Keras would use cuDNN (with
+``use_cudnn=False`` a GPU runs the unrolled path too),
 ``dropout`` / ``recurrent_dropout``, ``go_backwards``, ``unroll``, ``zero_output_for_mask``,
 activations other than tanh / sigmoid, no bias, a GRU with ``reset_after=False``, and an unknown or
 longer time dimension (the unrolled graph grows with the length: ~0.04 s of tracing per step and
@@ -152,7 +153,7 @@ def _part(cell: str, x, mask, states, kernel, recurrent_kernel, bias, recurrent_
                     d_states = tuple(d + c for d, c in zip(d_states, carried))
             d_proj = tf.reshape(tf.stack(dx_steps, axis=1), [-1, gates])
             # an LSTM's input and recurrent projections share their gradient (and have one bias)
-            same = all(a is b for a, b in zip(dx_steps, drec_steps))
+            same = cell == "lstm"
             d_inner = d_proj if same else tf.reshape(tf.stack(drec_steps, axis=1), [-1, gates])
             h_prev = tf.reshape(tf.stack([previous[0] for previous, _ in history], axis=1), [-1, units])
             d_x = tf.reshape(tf.matmul(d_proj, kernel, transpose_b=True), [batch, steps, width])
