@@ -6,6 +6,8 @@ the weights as Keras' own loop does."""
 
 from __future__ import annotations
 
+import importlib
+
 import keras
 import numpy as np
 import pytest
@@ -154,6 +156,22 @@ def test_the_unrolled_path_is_taken_only_where_it_applies(cell, settings, traini
     layer = OURS[cell][0](H, **settings)
     layer.build((None, None, D))
     assert layer.unrolled_path(tf.TensorSpec([None, steps, D]), training=training) is takes_it
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("use_cudnn, gpu, takes_it", [
+    ("auto", True, False),    # Keras would run cuDNN: its path
+    ("auto", False, True),    # a CPU: the unrolled path
+    (False, True, True),      # cuDNN turned off on a GPU: the unrolled path there too
+    (True, False, False),     # cuDNN demanded: Keras' path (which says so if it cannot)
+])
+def test_where_keras_would_use_cudnn_it_does(monkeypatch, cell, use_cudnn, gpu, takes_it):
+    """On a GPU (Keras' own cudnn_ok says yes, faked here: this machine has none) the layers leave
+    the call to Keras' cuDNN path unless use_cudnn=False."""
+    keras_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")  # the module, not its rnn()
+    monkeypatch.setattr(keras_rnn, "cudnn_ok", lambda *args, **kwargs: gpu)
+    layer = OURS[cell][0](H, use_cudnn=use_cudnn)
+    assert layer.unrolled_path(tf.TensorSpec([None, 11, D]), training=True) is takes_it
 
 
 def test_a_gru_with_the_reset_gate_before_the_product_takes_keras_loop():

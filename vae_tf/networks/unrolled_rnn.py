@@ -196,6 +196,18 @@ def gru_sequence(x, h0, kernel, recurrent_kernel, bias, mask=None, parts: int = 
     return _sequence("gru", x, (h0,), kernel, recurrent_kernel, bias[0], bias[1], mask, parts)
 
 
+def _keras_would_use_cudnn(layer) -> bool:
+    """Keras' own test for its cuDNN path (a GPU and cuDNN-compatible settings). It lives in Keras'
+    private TensorFlow backend; should it move, any visible GPU counts as cuDNN."""
+    cell = layer.cell
+    try:
+        from keras.src.backend.tensorflow.rnn import cudnn_ok
+    except ImportError:
+        return bool(tf.config.list_logical_devices("GPU"))
+    reset_after = getattr(cell, "reset_after", None)  # None for an LSTM: how cudnn_ok tells the two apart
+    return bool(cudnn_ok(cell.activation, cell.recurrent_activation, layer.unroll, cell.use_bias, reset_after))
+
+
 class _Unrolled:
     """What the two layers share: when the unrolled path applies, and the call into it."""
 
@@ -208,8 +220,6 @@ class _Unrolled:
 
     def unrolled_path(self, sequences, training=False) -> bool:
         """Whether this call runs the unrolled path (the module docstring lists when not)."""
-        from keras.src.backend.tensorflow.rnn import cudnn_ok
-
         cell = self.cell
         steps = sequences.shape[1]
         if steps is None or steps > MAX_UNROLLED_STEPS or self.go_backwards or self.unroll or self.zero_output_for_mask:
@@ -220,9 +230,7 @@ class _Unrolled:
             return False
         if cell.activation is not keras.activations.tanh or cell.recurrent_activation is not keras.activations.sigmoid:
             return False
-        reset_after = getattr(cell, "reset_after", None)  # None for an LSTM: Keras' cudnn_ok tells them apart so
-        if self.use_cudnn is True or (self.use_cudnn == "auto" and cudnn_ok(cell.activation, cell.recurrent_activation,
-                                                                            self.unroll, cell.use_bias, reset_after)):
+        if self.use_cudnn is True or (self.use_cudnn == "auto" and _keras_would_use_cudnn(self)):
             return False  # cuDNN asked for, or Keras would use it (a GPU)
         return True
 
