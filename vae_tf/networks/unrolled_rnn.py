@@ -50,7 +50,8 @@ BATCH_PARTS = 2
 # --- one step of each cell, forward and backward ----------------------------------------------------
 # forward(projected_t, states, recurrent_kernel, recurrent_bias) -> (new states, output, saved)
 # backward(d_new_states, saved, states, recurrent_kernel)
-#     -> (gradient of the step's input projection, of its recurrent projection, of the previous states)
+#     -> (gradient of the step's input projection, of its recurrent projection (None: the same
+#         tensor, as in an LSTM, whose one bias then has no recurrent twin), of the previous states)
 
 @tf.function(autograph=False)
 def _lstm_forward(projected, states, recurrent_kernel, recurrent_bias):
@@ -73,7 +74,7 @@ def _lstm_backward(d_states, saved, states, recurrent_kernel):
     dc = dc + dh * o * (1.0 - tc * tc)
     dz = tf.concat([dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f), dc * i * (1.0 - g * g),
                     dh * tc * o * (1.0 - o)], axis=1)
-    return dz, dz, (tf.matmul(dz, recurrent_kernel, transpose_b=True), dc * f)
+    return dz, None, (tf.matmul(dz, recurrent_kernel, transpose_b=True), dc * f)
 
 
 @tf.function(autograph=False)
@@ -118,7 +119,7 @@ def _part(cell: str, x, mask, states, kernel, recurrent_kernel, bias, recurrent_
         units = recurrent_kernel.shape[0]
         projected = tf.reshape(tf.matmul(tf.reshape(x, [-1, width]), kernel) + bias, [batch, steps, gates])
         keep = None if mask is None else tf.unstack(mask[:, :, None], axis=1)  # [B, 1] per step
-        y = tf.zeros_like(states[0])
+        y = None if keep is None else tf.zeros_like(states[0])  # the output masked steps repeat
         history = []  # per step: the states it started from, what its backward pass needs
         outputs = []
         for t in range(steps):
@@ -152,8 +153,7 @@ def _part(cell: str, x, mask, states, kernel, recurrent_kernel, bias, recurrent_
                 if keep is not None:
                     d_states = tuple(d + c for d, c in zip(d_states, carried))
             d_proj = tf.reshape(tf.stack(dx_steps, axis=1), [-1, gates])
-            # an LSTM's input and recurrent projections share their gradient (and have one bias)
-            same = cell == "lstm"
+            same = drec_steps[0] is None  # the input and recurrent projections share their gradient
             d_inner = d_proj if same else tf.reshape(tf.stack(drec_steps, axis=1), [-1, gates])
             h_prev = tf.reshape(tf.stack([previous[0] for previous, _ in history], axis=1), [-1, units])
             d_x = tf.reshape(tf.matmul(d_proj, kernel, transpose_b=True), [batch, steps, width])
