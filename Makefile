@@ -8,10 +8,11 @@ CONFIG ?= training/configs/default.yaml
 PYTEST_ARGS ?=
 # pytest-xdist workers, each running whole test files (module fixtures are built once): `auto` is
 # one per CPU core, 0 runs every test in this process (`make test TEST_WORKERS=0`). Test files are
-# isolated from each other's MLflow state (tests/conftest.py), so any file order passes.
+# isolated from each other's MLflow state (tests/conftest.py), so any file order passes; the
+# longest files (tests/file_seconds.json) are handed out first, so that no long file starts last.
 TEST_WORKERS ?= auto
 FAST_WORKERS ?= auto
-xdist = $(if $(filter 0,$(1)),,-n $(1) --dist loadfile)
+xdist = $(if $(filter 0,$(1)),,-n $(1) --dist loadfile --no-loadscope-reorder)
 
 .PHONY: run test test-fast install bench bench-all clean
 

@@ -10,8 +10,10 @@ pytest 9.2 no longer reads.)
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import statistics
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,6 +29,55 @@ import pytest  # noqa: E402
 _MLFLOW_GLOBALS = (("mlflow.tracking._tracking_service.utils", "_tracking_uri"),
                    ("mlflow.tracking._model_registry.utils", "_registry_uri"),
                    ("mlflow.tracking.fluent", "_active_experiment_id"))
+
+
+#: Seconds each test file took in a measured run (its tests' setup + call + teardown), written by
+#: ``make test PYTEST_ARGS=--record-file-seconds``. Only the order of files under pytest-xdist
+#: reads it: a file missing from it (a new one) counts as the median file.
+FILE_SECONDS = Path(__file__).with_name("file_seconds.json")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--record-file-seconds", action="store_true",
+                     help=f"after a run that passed, write each test file's seconds to {FILE_SECONDS.name} "
+                          "(the order pytest-xdist hands files out in)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist loadfile --no-loadscope-reorder``, as the Makefile runs it) the
+    workers take whole files in collection order, so the longest files go first: the end of the
+    run is then short files that fill both workers, not one minute-long suite file that started
+    last while the other worker idles (longest-processing-time-first scheduling). The order within
+    a file is kept; a run without xdist keeps pytest's order."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    seconds = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.is_file() else {}
+    default = statistics.median(seconds.values()) if seconds else 0.0
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], default))  # stable: files stay whole
+
+
+class _FileSeconds:
+    """Sums each file's test phases as the reports reach this (controlling) process."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report):
+        path = report.nodeid.split("::")[0]
+        self.seconds[path] = self.seconds.get(path, 0.0) + report.duration
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if exitstatus != 0 or not self.seconds:
+            return
+        partial = FILE_SECONDS.with_suffix(".partial")
+        ordered = dict(sorted(((k, round(v, 1)) for k, v in self.seconds.items()), key=lambda kv: -kv[1]))
+        partial.write_text(json.dumps(ordered, indent=1) + "\n")
+        partial.replace(FILE_SECONDS)
+
+
+def pytest_configure(config):
+    if config.getoption("--record-file-seconds") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_FileSeconds(), "file-seconds")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,48 +9,11 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_script(name: str, *args: str, timeout: int = 240, path_first: str | None = None) -> subprocess.CompletedProcess:
-    paths = (path_first, str(REPO_ROOT), os.environ.get("PYTHONPATH"))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / name), *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-# --- FLOPs ------------------------------------------------------------------------------------------
-def reference_architecture_counts() -> dict:
-    """MACs of one image and parameter counts of the reference conv VAE (benchmarks/flops.py
-    REFERENCE: 28x28x1 images, 3x3 stride-2 'same' convolutions with 32 and 64 filters, a 256-unit
-    dense layer, latent 16; the decoder mirrors the encoder), worked out here from that description
-    alone, layer by layer. A stride-2 'same' convolution halves the side, rounding up; each output
-    value of a convolution costs k*k*in_c MACs; each *input* value of a transposed convolution is
-    spread over k*k*out_c outputs; a dense layer costs in*out."""
-    k, (h, w, c), (f1, f2), dense, latent = 3, (28, 28, 1), (32, 64), 256, 16
-    h1, w1 = -(-h // 2), -(-w // 2)  # 14 x 14
-    h2, w2 = -(-h1 // 2), -(-w1 // 2)  # 7 x 7
-    flat = h2 * w2 * f2
-    layers = {  # name: (MACs, parameters = weights + biases, kernel shape as Keras stores it)
-        "encoder conv 1": (h1 * w1 * f1 * k * k * c, k * k * c * f1 + f1, (k, k, c, f1)),
-        "encoder conv 2": (h2 * w2 * f2 * k * k * f1, k * k * f1 * f2 + f2, (k, k, f1, f2)),
-        "encoder dense": (flat * dense, flat * dense + dense, (flat, dense)),
-        "encoder params": (dense * 2 * latent, dense * 2 * latent + 2 * latent, (dense, 2 * latent)),
-        "decoder dense 1": (latent * dense, latent * dense + dense, (latent, dense)),
-        "decoder dense 2": (dense * flat, dense * flat + flat, (dense, flat)),
-        "decoder deconv": (h2 * w2 * f2 * k * k * f1, k * k * f2 * f1 + f1, (k, k, f1, f2)),
-        "decoder params": (h1 * w1 * f1 * k * k * c, k * k * f1 * c + c, (k, k, c, f1)),
-    }
-    macs = sum(m for m, _, _ in layers.values())
-    return {"layers": layers, "macs": macs, "training_flops": 3 * 2 * macs,  # backward = 2 x forward
-            "parameters": sum(p for _, p, _ in layers.values())}
+from tests.benchmark_helpers import REPO_ROOT, reference_architecture_counts, run_script
 
 
 def test_the_reference_networks_are_the_architecture_counted_by_hand():
@@ -346,192 +309,6 @@ def test_memory_script_smoke(tmp_path):
     assert "| rows | data as float32 MiB |" in proc.stdout
 
 
-# --- start-up -------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_training_the_default_model_does_not_import_tensorflow_probability():
-    """TFP (about a second of start-up, with tf_keras) loads at the first TFP distribution a
-    model builds, not at ``import vae_tf.models``: building and fitting the Gaussian / Bernoulli
-    model never needs it; its posterior does, and gets it."""
-    code = """
-import sys
-import numpy as np
-from vae_tf.models import build_vae
-from vae_tf.optimizers import FusedAdam
-model = build_vae((28, 28, 1), latent={"family": "gaussian", "latent_dim": 4}, network={"kind": "conv", "filters": [4], "dense": 8})
-model.compile(optimizer=FusedAdam(1e-3), steps_per_execution=2)
-model.fit(np.random.default_rng(0).random((16, 28, 28, 1), dtype=np.float32), batch_size=8, epochs=1, verbose=0)
-print("after fit", "tensorflow_probability" in sys.modules)
-posterior = model.latent.posterior(model.encoder(np.zeros((1, 28, 28, 1), np.float32)))
-print("posterior", type(posterior).__module__.split(".")[0], "tensorflow_probability" in sys.modules)
-"""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines()[-2:] == ["after fit False", "posterior tensorflow_probability True"]
-
-
-@pytest.mark.slow
-def test_startup_smoke(tmp_path):
-    """One round of each variant in its own process: every mark recorded in order, the ratios are
-    those of the listed rounds, and all three trained the same loss on the same data."""
-    pytest.importorskip("pythae")
-    out = tmp_path / "startup.json"
-    proc = run_script("startup.py", "--rounds", "1", "--warmup-rounds", "0", "--images", "256", "--epochs", "1",
-                      "--importtime", "--json", str(out), timeout=600)
-    report = json.loads(out.read_text())
-    row = report["rounds"][0]
-    assert set(row["order"]) == {"vae_tf_library", "vae_tf_train", "pythae"}
-    for variant in row["order"]:
-        seconds = [row[variant]["seconds"][mark] for mark in ("python", "imports", "fit", "first_step", "trained", "exit")]
-        assert seconds == sorted(seconds) and seconds[0] > 0, (variant, seconds)
-        assert 0 < row[variant]["cpu_seconds"]["first_step"] <= row[variant]["cpu_seconds"]["exit"]
-        # Uniform [0, 1] images: the per-image Bernoulli cross-entropy is about 784 log 2 at the start.
-        assert 500 < row[variant]["final_loss"] < 560
-    ratio = report["pythae_over_vae_tf"]["vae_tf_library"]["exit"]["median"]
-    assert ratio == pytest.approx(row["pythae"]["seconds"]["exit"] / row["vae_tf_library"]["seconds"]["exit"], rel=1e-12)
-    imports = report["imports_before_first_step"]
-    assert imports["pythae"]["packages"]["torch"] > 0 and "tensorflow" not in imports["pythae"]["packages"]
-    library = imports["vae_tf_library"]["packages"]
-    assert library["tensorflow"] > 0 and "mlflow" not in library and "tensorflow_probability" not in library
-    assert "mlflow" in imports["vae_tf_train"]["packages"]  # the CLI creates its MLflow run before training
-    assert "| `vae-tf train` (CLI) |" in proc.stdout
-
-
-# --- benchmarks/gpu_check.sh and the three benchmarks it runs ----------------------------------------
-# One run of the GPU script at smoke size on the CPU (ALLOW_CPU=1) gives the outputs of
-# train_throughput.py, train_settings.py and text_throughput.py, each checked by a test of its own
-# below: the three scripts start (and import TensorFlow and PyTorch) once per test session, not twice.
-GPU_CHECK_ENV = {
-    # aot_eager: torch.compile's graph capture without the C++ code generation (seconds, not a minute)
-    "THROUGHPUT_ARGS": "--rounds 1 --examples 256 --steps-per-execution 1 --matmul-size 64 "
-                       "--matmul-repeats 1 --torch-compile-backend aot_eager",
-    "SETTINGS_ARGS": "--steps 1 2 --jit false --precision float32 mixed_bfloat16 --torch --rounds 1 --examples 256",
-    "TEXT_ARGS": "--rounds 1 --sentences 160 --batch-size 32 --steps-per-execution 2 --hidden 16 --embedding 8 "
-                 "--latent 4 --tf-threads 1,2",
-}
-
-
-@pytest.fixture(scope="module")
-def gpu_check(tmp_path_factory):
-    """benchmarks/gpu_check.sh is prepared for a GPU machine: here every step runs at smoke size
-    on the CPU and leaves its results in $OUT. Returns (OUT, the script's log)."""
-    out = tmp_path_factory.mktemp("gpu-check")
-    env = {**os.environ, "OUT": str(out), "ALLOW_CPU": "1", "PYTHON": sys.executable, **GPU_CHECK_ENV}
-    proc = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh")], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, (out / "log.txt").read_text()
-
-
-@pytest.mark.slow
-def test_gpu_check_script_runs_every_step_and_writes_its_tables(gpu_check):
-    out, log = gpu_check
-    for step in ("throughput", "settings", "text"):
-        assert f"=== {step}: exit 0" in log, log[-3000:]
-    assert "| PyTorch eager |" in (out / "throughput.md").read_text()
-    assert "precision" in (out / "settings.md").read_text()
-    assert "tensorflow 2." in (out / "env.txt").read_text()
-
-
-@pytest.mark.slow
-def test_train_throughput_smoke(gpu_check):
-    out, log = gpu_check
-    result = json.loads((out / "throughput.json").read_text())["results"][0]
-    counts = reference_architecture_counts()
-    assert result["trainable_parameters"] == result["trainable_parameters_bare"] == counts["parameters"]
-    assert result["training_flops_per_image"] == counts["training_flops"]
-    assert result["loss_check_relative_difference"] < 1e-4
-    assert set(result["efficiency"]) >= {"bare", "vae_tf"} and result["matmul_gflops"]["median"] > 0
-    assert "vae-tf efficiency" in log
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        assert "PyTorch is not installed" in result["torch"]["skipped"]
-        assert "PyTorch reference skipped" in log
-    else:
-        assert result["torch"]["trainable_parameters"] == result["trainable_parameters"]
-        assert result["torch"]["loss_check_relative_difference"] < 1e-4
-        assert result["best_ratio_torch"] > 0 and "torch" in result["rounds"][0]
-        # The peers of issue #20: the same network (parameter count), the same loss, and ratios
-        # that are those of the per-round throughputs the report lists.
-        try:
-            import pythae  # noqa: F401
-        except ImportError:
-            peers = ("torch", "torch_compile")
-            assert "pythae is not installed" in result["peers"]["pythae"]["skipped"]
-        else:
-            peers = ("torch", "torch_compile", "pythae")
-        row = result["rounds"][0]
-        for peer in peers:
-            p = result["peers"][peer]
-            assert p["info"]["trainable_parameters"] == counts["parameters"]
-            assert p["info"]["loss_check_relative_difference"] < 1e-4
-            assert p["best_ratio"] == pytest.approx(row["vae_tf"]["images_per_s"] / row[peer]["images_per_s"], rel=1e-12)
-            assert np.isfinite(p["final_loss"]) and abs(p["final_loss"] - result["vae_tf_final_loss"]) < 0.05 * result["vae_tf_final_loss"]
-        assert result["peers"]["torch_compile"]["info"]["compile"] == {"backend": "aot_eager", "mode": None}
-        assert "| PyTorch torch.compile |" in (out / "throughput.md").read_text()
-
-
-@pytest.mark.slow
-def test_train_settings_smoke(gpu_check):
-    out, log = gpu_check
-    report = json.loads((out / "settings.json").read_text())
-    results = report["results"]
-    assert [r["trainer"] for r in results] == ["vae-tf"] * 4 + ["pytorch_eager"] * 2
-    assert [r["steps_per_execution"] for r in results] == [1, 2, 1, 2, None, None]
-    assert [r["precision"] for r in results] == ["float32"] * 2 + ["mixed_bfloat16"] * 2 + ["float32", "mixed_bfloat16"]
-    # The ratios are those of the raw per-round throughputs the report also lists.
-    rounds, base = report["per_round"], report["baseline"]
-    for row in results:
-        speeds = [r[row["variant"]] for r in rounds]
-        assert row["best"] == max(speeds)
-        assert row["best_over_baseline"] == pytest.approx(max(speeds) / max(r[base] for r in rounds), rel=1e-12)
-        assert row["per_round_over_baseline"]["median"] == pytest.approx(
-            float(np.median([r[row["variant"]] / r[base] for r in rounds])), rel=1e-12)
-    # Each vae-tf row against PyTorch at its own precision; PyTorch's mixed row ran under autocast.
-    torch_rows = {r["precision"]: r for r in results if r["trainer"] == "pytorch_eager"}
-    for row in results[:4]:
-        peer = torch_rows[row["precision"]]
-        assert row["over_torch"]["variant"] == peer["variant"]
-        assert row["over_torch"]["best"] == pytest.approx(row["best"] / peer["best"], rel=1e-12)
-        assert row["over_torch"]["per_round"]["median"] == pytest.approx(
-            float(np.median([r[row["variant"]] / r[peer["variant"]] for r in rounds])), rel=1e-12)
-    assert report["torch"]["device"] == "cpu" and report["torch"]["intra_op_threads"] >= 1
-    # Same model, same starting weights, same uniform [0, 1] images: the same loss scale, about
-    # 784 log 2 nats per image at the start, at either precision.
-    losses = [r["final_loss"] for r in results]
-    assert all(500 < loss < 560 for loss in losses), losses
-    assert max(losses) - min(losses) < 0.01 * min(losses), losses
-    assert report["images_per_epoch"] == 256
-    text = (out / "settings.md").read_text()
-    assert "| trainer | steps_per_execution | XLA |" in text and "| PyTorch eager (autocast bfloat16) |" in text
-
-
-@pytest.mark.slow
-def test_text_throughput_smoke(gpu_check):
-    """One round of the sentence-VAE benchmark: both variants trained the same sentences, the
-    token count is the scored positions (words + <eos>: 11 per 10-word sentence), the two models
-    have the same parameters (the script refuses otherwise) and the ratio is that of the rates."""
-    out, log = gpu_check
-    report = json.loads((out / "text.json").read_text())
-    assert report["sentences"] == 128  # whole groups of batch x steps_per_execution = 64
-    assert report["tokens_per_epoch"] == 11 * 128
-    rates = report["tokens_per_second"]
-    assert set(rates) == {"vae-tf", "pytorch_eager"} and all(v["median"] > 0 for v in rates.values())
-    assert report["ratio_of_bests"] == pytest.approx(rates["vae-tf"]["best"] / rates["pytorch_eager"]["best"])
-    assert "| vae-tf |" in log and "vae-tf ÷ PyTorch eager" in log
-    # On this CPU: Keras' `auto` leaves XLA off, no LSTM is set up for cuDNN and both (the encoder's
-    # and the decoder's) train through vae-tf's unrolled path; on a GPU the report says which path
-    # vae-tf took.
-    assert report["vae_tf_paths"] == {"jit_compile": False, "lstm_layers": 2, "cudnn_lstm_layers": 0,
-                                      "unrolled_lstm_layers": 2}
-    assert "vae-tf: XLA off, 0 of 2 LSTM layers set up for cuDNN, 2 trained through the unrolled path." in log
-    # --tf-threads 1,2: TensorFlow ran with the pools asked for, and the report says so.
-    assert report["tf_threads"] == {"intra_op": 1, "inter_op": 2}
-    assert "TensorFlow's thread pools: intra-op 1, inter-op 2" in log
-
-
 @pytest.mark.parametrize("text", ["1", "1,2,3", "a,2", "-1,2", ""])
 def test_text_throughput_refuses_a_bad_tf_threads_value_in_one_line(text):
     from benchmarks.text_throughput import parse_tf_threads
@@ -766,3 +543,13 @@ def test_rnn_layer_refuses_bad_arguments_in_one_line(args):
 
     with pytest.raises(SystemExit, match=r"^--(steps|calls|tf-threads) [^\n]*: give [^\n]*$"):
         rnn_layer.main(args)
+
+
+def test_the_file_seconds_that_order_the_test_run_name_test_files_that_exist():
+    """tests/file_seconds.json orders the files pytest-xdist hands out (tests/conftest.py): an entry
+    for a file renamed or removed would be silently ignored, so refresh it
+    (``make test PYTEST_ARGS=--record-file-seconds``) when this fails."""
+    seconds = json.loads((REPO_ROOT / "tests" / "file_seconds.json").read_text())
+    assert seconds and all(value >= 0 for value in seconds.values())
+    missing = [path for path in seconds if not (REPO_ROOT / path).is_file()]
+    assert not missing, f"tests/file_seconds.json names files that do not exist: {missing}"
