@@ -63,19 +63,16 @@ def _float(name: str, text: str) -> float:
 
 
 def train(args) -> int:
+    """The parameters that need no TensorFlow (numbers, the options' YAML) are checked before the
+    package is imported, so that such a mistake is reported at once, not after seconds of imports."""
     import yaml
 
-    from training.config import DEFAULT_CONFIG, load_config
-    from training.train import run_training
     from vae_tf.errors import ConfigError
-    from vae_tf.remedies import PRESETS
 
     overrides = []
+    numbers = [f"model.latent.latent_dim={_int('latent_dim', args.latent_dim, 1)}",
+               f"train.epochs={_int('epochs', args.epochs, 1)}", f"seed={_int('seed', args.seed, 0)}"]
     if args.objective:  # a named preset (the slot form goes through `overrides`)
-        if args.objective not in PRESETS:
-            raise ConfigError(f"parameter objective must be one of {', '.join(PRESETS)} (a preset; compose slots "
-                              f"with overrides=\"objective.kl_weight={{kind: control, set_point: 10}} ...\"), got "
-                              f"{args.objective!r}")
         try:
             options = yaml.safe_load(args.options) or {}
         except yaml.YAMLError:
@@ -92,10 +89,17 @@ def train(args) -> int:
                           "overrides=\"objective.kl_weight={kind: control, set_point: 10}\"")
     elif args.beta:
         overrides.append(f"objective.kl_weight.beta={_float('beta', args.beta)}")
+
+    from training.config import DEFAULT_CONFIG, load_config
+    from training.train import run_training
+    from vae_tf.remedies import PRESETS
+
+    if args.objective and args.objective not in PRESETS:
+        raise ConfigError(f"parameter objective must be one of {', '.join(PRESETS)} (a preset; compose slots "
+                          f"with overrides=\"objective.kl_weight={{kind: control, set_point: 10}} ...\"), got "
+                          f"{args.objective!r}")
     config_path = DEFAULT_CONFIG if args.config == "default" else Path(args.config)
-    overrides += [f"model.latent.latent_dim={_int('latent_dim', args.latent_dim, 1)}",
-                  f"train.epochs={_int('epochs', args.epochs, 1)}", f"seed={_int('seed', args.seed, 0)}",
-                  *args.overrides.split()]
+    overrides += [*numbers, *args.overrides.split()]
     result = run_training(load_config(config_path, overrides))
     print(f"run id: {result.run_id}\nexport: {result.export_dir.resolve()}")
     return 0
