@@ -139,7 +139,9 @@ def child_vae_tf_train(args, marks: Marks) -> int:
     keras.Model.fit = timed_fit
     import vae_tf_cli
 
-    return vae_tf_cli.main(["train", "--config", str(args.config)])
+    # The program the console script runs (`run`: main, then an exit without the final garbage
+    # collections); a --compare-tree checkout from before it existed has `main` only.
+    return getattr(vae_tf_cli, "run", vae_tf_cli.main)(["train", "--config", str(args.config)])
 
 
 def child_pythae(args, marks: Marks) -> None:

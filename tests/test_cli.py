@@ -140,3 +140,25 @@ def test_data_outside_the_likelihood_support_is_rejected(workdir, capsys):
     # The same data trains under a Gaussian likelihood (vectors, MLP).
     assert main(_args(*FAST, "data.name=npy", f"data.path={tmp_path / 'wide.npy'}", "model.likelihood.name=gaussian",
                       "data.val_fraction=0.2", "data.test_fraction=0.2")) == 0
+
+
+def test_the_program_ends_without_collecting_what_the_command_built_and_main_leaves_the_collector_alone():
+    """`vae-tf` (the console script and ``python -m vae_tf_cli``) is ``run``: main's exit code, then
+    every live object frozen so that the interpreter's shutdown does not traverse them (~2 s after a
+    `vae-tf train`, docs/performance.md); ``main``, which tests and scripts call in-process, leaves
+    the collector as it was. Both in a fresh process (freezing this one would keep its garbage)."""
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["vae-tf"] == "vae_tf_cli:run"
+    assert "from vae_tf_cli import run" in (root / "vae_tf_cli" / "__main__.py").read_text()
+    code = ("import gc, vae_tf_cli\n"
+            "print(vae_tf_cli.main(['probe', 'missing.npz']), gc.get_freeze_count())\n"
+            "print(vae_tf_cli.run(['probe', 'missing.npz']), gc.get_freeze_count() > 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "0", "2", "True"], done.stdout + done.stderr[-2000:]
+    assert done.stderr.count("error: no such file: 'missing.npz'") == 2  # the same one-line error either way

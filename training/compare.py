@@ -645,4 +645,8 @@ def _report_figures(suite: Suite, size: str, run_names: list, specs: dict, seeds
 
 
 if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1:]))
+    import gc
+
+    code = _child_main(sys.argv[1:])
+    gc.freeze()  # a child's process ends here: no final collections over its model (vae_tf_cli.run)
+    sys.exit(code)

@@ -16,6 +16,7 @@ anything else is a bug and keeps its traceback. ``python -m vae_tf_cli`` is the 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -58,4 +59,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-__all__ = ["build_parser", "main"]
+def run(argv: list[str] | None = None) -> int:
+    """The ``vae-tf`` program (the console script and ``python -m vae_tf_cli``): :func:`main`, then
+    an exit without the interpreter's final garbage collections over everything the command built.
+
+    After a `vae-tf train`, Python's shutdown spent ~2 s (10 % of a short run) traversing the
+    TensorFlow and Keras object graphs the run left behind, only to free memory the operating
+    system takes back anyway. ``gc.freeze()`` moves every live object out of the collector's
+    reach; the exit itself is unchanged: ``atexit`` handlers (MLflow's flushes, logging, temporary
+    folders) still run and reference-counted objects are still finalised. Only for a process
+    that is about to end: :func:`main` is what in-process callers use."""
+    code = main(argv)
+    gc.freeze()
+    return code
+
+
+__all__ = ["build_parser", "main", "run"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from vae_tf_cli import main
+from vae_tf_cli import run
 
-sys.exit(main())
+sys.exit(run())
