@@ -32,8 +32,8 @@ _MLFLOW_GLOBALS = (("mlflow.tracking._tracking_service.utils", "_tracking_uri"),
 
 
 #: Seconds each test file took in a measured run (its tests' setup + call + teardown), written by
-#: ``make test PYTEST_ARGS=--record-file-seconds``. Only the order of files under pytest-xdist
-#: reads it: a file missing from it (a new one) counts as the median file.
+#: ``make test PYTEST_ARGS=--record-file-seconds`` (a run of some files updates those files only).
+#: Only the order of files under pytest-xdist reads it: a file missing from it counts as the median.
 FILE_SECONDS = Path(__file__).with_name("file_seconds.json")
 
 
@@ -69,8 +69,11 @@ class _FileSeconds:
     def pytest_sessionfinish(self, session, exitstatus):
         if exitstatus != 0 or not self.seconds:
             return
+        # Merged into what is recorded: a run of some files (or with -k / -m) updates those files only.
+        merged = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.is_file() else {}
+        merged.update({k: round(v, 1) for k, v in self.seconds.items()})
         partial = FILE_SECONDS.with_suffix(".partial")
-        ordered = dict(sorted(((k, round(v, 1)) for k, v in self.seconds.items()), key=lambda kv: -kv[1]))
+        ordered = dict(sorted(merged.items(), key=lambda kv: -kv[1]))
         partial.write_text(json.dumps(ordered, indent=1) + "\n")
         partial.replace(FILE_SECONDS)
 
