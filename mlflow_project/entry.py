@@ -150,4 +150,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import gc
+
+    code = main()
+    gc.freeze()  # the process ends here: no final collections over the model (vae_tf_cli.run)
+    sys.exit(code)
