@@ -150,8 +150,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import gc
+    from vae_tf_cli import without_final_collections
 
-    code = main()
-    gc.freeze()  # the process ends here: no final collections over the model (vae_tf_cli.run)
-    sys.exit(code)
+    sys.exit(without_final_collections(main()))

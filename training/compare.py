@@ -645,8 +645,6 @@ def _report_figures(suite: Suite, size: str, run_names: list, specs: dict, seeds
 
 
 if __name__ == "__main__":
-    import gc
+    from vae_tf_cli import without_final_collections
 
-    code = _child_main(sys.argv[1:])
-    gc.freeze()  # a child's process ends here: no final collections over its model (vae_tf_cli.run)
-    sys.exit(code)
+    sys.exit(without_final_collections(_child_main(sys.argv[1:])))

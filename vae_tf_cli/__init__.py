@@ -59,19 +59,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def run(argv: list[str] | None = None) -> int:
-    """The ``vae-tf`` program (the console script and ``python -m vae_tf_cli``): :func:`main`, then
-    an exit without the interpreter's final garbage collections over everything the command built.
+def without_final_collections(code: int) -> int:
+    """``code``, after moving every live object out of the garbage collector's reach: for a process
+    that is about to exit with it (the ``vae-tf`` program, a suite's child, the MLflow project's
+    entry script).
 
     After a `vae-tf train`, Python's shutdown spent ~2 s (10 % of a short run) traversing the
     TensorFlow and Keras object graphs the run left behind, only to free memory the operating
-    system takes back anyway. ``gc.freeze()`` moves every live object out of the collector's
-    reach; the exit itself is unchanged: ``atexit`` handlers (MLflow's flushes, logging, temporary
-    folders) still run and reference-counted objects are still finalised. Only for a process
-    that is about to end: :func:`main` is what in-process callers use."""
-    code = main(argv)
+    system takes back anyway. ``gc.freeze()`` skips that; the exit itself is unchanged: ``atexit``
+    handlers (MLflow's flushes, logging, temporary folders) still run and reference-counted objects
+    are still finalised. Never in a process that goes on (its cyclic garbage would stay)."""
     gc.freeze()
     return code
 
 
-__all__ = ["build_parser", "main", "run"]
+def run(argv: list[str] | None = None) -> int:
+    """The ``vae-tf`` program (the console script and ``python -m vae_tf_cli``): :func:`main`, then
+    :func:`without_final_collections`. :func:`main` is what in-process callers use."""
+    return without_final_collections(main(argv))
+
+
+__all__ = ["build_parser", "main", "run", "without_final_collections"]
