@@ -150,6 +150,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from vae_tf_cli import without_final_collections
+    from vae_tf_cli import collect_less_often, without_final_collections
 
+    collect_less_often()
     sys.exit(without_final_collections(main()))
