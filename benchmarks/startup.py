@@ -125,6 +125,11 @@ def child_vae_tf_library(args, marks: Marks) -> None:
 
 
 def child_vae_tf_train(args, marks: Marks) -> int:
+    import vae_tf_cli  # light: argparse, gc, logging
+
+    # The program sets the garbage collector's thresholds before anything else (`run`); here before
+    # the early `import keras` too. A --compare-tree checkout from before them has none.
+    getattr(vae_tf_cli, "collect_less_often", lambda: None)()
     import keras  # the CLI imports it anyway; here first, to give its fit one more callback
 
     marks.mark("imports")
@@ -137,7 +142,6 @@ def child_vae_tf_train(args, marks: Marks) -> int:
         return history
 
     keras.Model.fit = timed_fit
-    import vae_tf_cli
 
     # The program the console script runs (`run`: main, then an exit without the final garbage
     # collections); a --compare-tree checkout from before it existed has `main` only.

@@ -190,6 +190,9 @@ def run_cluster(workdir: Path, config: dict, *args: str, timeout: float = 400) -
 
 def _dump_worker(dump: str, argv: list[str]) -> int:
     """Run ``vae-tf`` with ``argv`` and write the trained model's variables to ``dump``."""
+    from vae_tf_cli import collect_less_often
+
+    collect_less_often()  # as the `vae-tf` program does, before TensorFlow is imported
     from training import train
 
     built = []
