@@ -88,9 +88,9 @@ def collect_less_often() -> None:
 
     Importing TensorFlow and Keras and tracing a model's functions grow the heap to ~10^6 objects
     that all live until the end; with the default thresholds a `vae-tf train` of the default config
-    ran 10 full collections walking them, 1.4 s of its ~13 s (docs/performance.md). With these, it
-    runs none, for ~1 MB more peak memory: cycles are still collected, in fewer and larger young
-    collections, each a few milliseconds. ``vae-tf serve`` keeps the default (short pauses between
+    ran 10 full collections walking them, 1.4 s of its ~13 s (docs/performance.md). With these, the
+    same run made none, for ~1 MB more peak memory: cycles are still collected, in fewer and larger
+    young collections, each a few milliseconds. ``vae-tf serve`` keeps the default (short pauses between
     requests) and freezes what exists after its start-up instead."""
     gc.set_threshold(*JOB_GC_THRESHOLDS)
 
