@@ -150,7 +150,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from vae_tf_cli import collect_less_often, without_final_collections
+    from vae_tf_cli import run_job
 
-    collect_less_often()
-    sys.exit(without_final_collections(main()))
+    sys.exit(run_job(main))

@@ -645,7 +645,6 @@ def _report_figures(suite: Suite, size: str, run_names: list, specs: dict, seeds
 
 
 if __name__ == "__main__":
-    from vae_tf_cli import collect_less_often, without_final_collections
+    from vae_tf_cli import run_job
 
-    collect_less_often()
-    sys.exit(without_final_collections(_child_main(sys.argv[1:])))
+    sys.exit(run_job(_child_main, sys.argv[1:]))

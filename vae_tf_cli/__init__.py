@@ -20,6 +20,7 @@ import gc
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 
 def _quiet_libraries() -> None:
@@ -61,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def without_final_collections(code: int) -> int:
     """``code``, after moving every live object out of the garbage collector's reach: for a process
-    that is about to exit with it (the ``vae-tf`` program, a suite's child, the MLflow project's
-    entry script).
+    that is about to exit with it (:func:`run_job`, and ``vae-tf serve`` as it exits).
 
     After a `vae-tf train`, Python's shutdown spent ~2 s (10 % of a short run) traversing the
     TensorFlow and Keras object graphs the run left behind, only to free memory the operating
@@ -83,27 +83,36 @@ SERVER_COMMANDS = frozenset({"serve"})
 
 def collect_less_often() -> None:
     """Run the cyclic garbage collector after every 20,000 net allocations instead of 700, in a
-    process that runs one job and ends (a ``vae-tf`` command other than ``serve``, a suite's child,
-    the MLflow project's entry script).
+    process that runs one job and ends (:func:`run_job`; called first, before TensorFlow is
+    imported).
 
     Importing TensorFlow and Keras and tracing a model's functions grow the heap to ~10^6 objects
     that all live until the end; with the default thresholds a `vae-tf train` of the default config
     ran 10 full collections walking them, 1.4 s of its ~13 s (docs/performance.md). With these, the
     same run made none, for ~1 MB more peak memory: cycles are still collected, in fewer and larger
-    young collections, each a few milliseconds. ``vae-tf serve`` keeps the default (short pauses between
-    requests) and freezes what exists after its start-up instead."""
+    young collections, each a few milliseconds. ``vae-tf serve`` keeps the default (short pauses
+    between requests) and freezes what exists after its start-up instead."""
     gc.set_threshold(*JOB_GC_THRESHOLDS)
 
 
+def run_job(job: Callable[..., int], *args) -> int:
+    """``job(*args)``'s exit code, run as the one job of a process that then exits: the
+    collector's thresholds raised first (:func:`collect_less_often`), no final collections after
+    (:func:`without_final_collections`). The ``vae-tf`` program (but ``serve``), a ``vae-tf
+    compare --jobs`` child and the MLflow project's entry script all end this way."""
+    collect_less_often()
+    return without_final_collections(job(*args))
+
+
 def run(argv: list[str] | None = None) -> int:
-    """The ``vae-tf`` program (the console script and ``python -m vae_tf_cli``): :func:`main` with
-    :func:`collect_less_often` (but for a server), then :func:`without_final_collections`.
-    :func:`main` is what in-process callers use; it leaves the collector alone."""
+    """The ``vae-tf`` program (the console script and ``python -m vae_tf_cli``): :func:`main` as a
+    :func:`run_job`, or for a server just without the final collections. :func:`main` is what
+    in-process callers use; it leaves the collector alone."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in SERVER_COMMANDS:
-        collect_less_often()
-    return without_final_collections(main(argv))
+    if argv and argv[0] in SERVER_COMMANDS:
+        return without_final_collections(main(argv))
+    return run_job(main, argv)
 
 
-__all__ = ["JOB_GC_THRESHOLDS", "SERVER_COMMANDS", "build_parser", "collect_less_often", "main", "run",
+__all__ = ["JOB_GC_THRESHOLDS", "SERVER_COMMANDS", "build_parser", "collect_less_often", "main", "run", "run_job",
            "without_final_collections"]
