@@ -164,3 +164,46 @@ def test_missing_exports_are_one_line_errors(tmp_path):
         resolve_version_dir(tmp_path / "nothing")
     with pytest.raises(ModelNotFoundError, match="is not a vae-tf export"):
         load_model_info(tmp_path)
+
+
+def _op_counts(path) -> dict:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((path / "saved_model.pb").read_bytes())
+    counts: dict = {}
+    for graph in saved.meta_graphs:
+        nodes = list(graph.graph_def.node) + [n for f in graph.graph_def.library.function for n in f.node_def]
+        for node in nodes:
+            counts[node.op] = counts.get(node.op, 0) + 1
+    return counts
+
+
+def test_endpoints_traced_without_autograph_are_the_graphs_autograph_would_build(trained, digits, tmp_path, monkeypatch):
+    # The endpoints skip AutoGraph (it only rewrites Python control flow, which the model code does
+    # not use on tensors); an export traced with it forced back on has the same ops and outputs.
+    # Both are exported now, one after the other: the sampling signatures' seed state is saved.
+    info = {"config": {"name": "digits-vae"}, "data_info": {"value_range": (0.0, 1.0), "name": "digits"}}
+    ours = export_model(trained, tmp_path / "ours", "digits-vae", **info)
+    traced_with = []
+    plain_function = tf.function
+
+    def autograph_on(*args, **kwargs):
+        traced_with.append(kwargs.get("autograph", True))
+        kwargs["autograph"] = True
+        return plain_function(*args, **kwargs)
+
+    monkeypatch.setattr(tf, "function", autograph_on)
+    theirs = export_model(trained, tmp_path / "theirs", "digits-vae", **info)
+    monkeypatch.undo()
+    assert traced_with.count(False) >= 4  # the four endpoints asked for none: the comparison is not vacuous
+    assert _op_counts(ours) == _op_counts(theirs)
+    ours, theirs = tf.saved_model.load(str(ours)), tf.saved_model.load(str(theirs))
+    x = tf.constant(digits.x_test[:5])
+    z = tf.constant(np.random.default_rng(0).normal(size=(5, 6)), tf.float32)
+    seed = tf.constant([[1, 2], [3, 4]], tf.int32)
+    for name, kwargs in {"encode": {"x": x}, "reconstruct": {"x": x}, "decode": {"z": z}, "sample": {"seed": seed}}.items():
+        a, b = ours.signatures[name](**kwargs), theirs.signatures[name](**kwargs)
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())

@@ -124,24 +124,26 @@ def _build_archive(model, code_size: int):
     from keras.export import ExportArchive
 
     # Endpoints capture the model's variables; ExportArchive.track(model) is deliberately not
-    # called: it would store every variable twice (keras-team/keras#23553).
+    # called: it would store every variable twice (keras-team/keras#23553). They are traced
+    # without AutoGraph (why: vae_tf.metrics._compiled): the model's code writes its loops and
+    # branches as tf.while_loop / tf.cond itself.
     x_spec = model.input_signature  # float32 [B, *data_shape], or string [B] for a text model
     z_spec = tf.TensorSpec((None, code_size), tf.float32, name="z")
     seed_spec = tf.TensorSpec((None, 2), tf.int32, name="seed")
 
-    @tf.function(input_signature=[x_spec])
+    @tf.function(input_signature=[x_spec], autograph=False)
     def encode(x):
         return model.encode(x)
 
-    @tf.function(input_signature=[z_spec])
+    @tf.function(input_signature=[z_spec], autograph=False)
     def decode(z):
         return model.decode(z)
 
-    @tf.function(input_signature=[x_spec])
+    @tf.function(input_signature=[x_spec], autograph=False)
     def reconstruct(x):
         return model.reconstruct(x)
 
-    @tf.function(input_signature=[seed_spec])
+    @tf.function(input_signature=[seed_spec], autograph=False)
     def sample(seed):
         return model.sample(seed)
 

@@ -266,7 +266,7 @@ class GaussianCategoricalLatent(LatentFamily):
         category_spec = tf.TensorSpec((None,), tf.int32, name="category")
         k = self.categories
 
-        @tf.function(input_signature=[z_spec, category_spec])
+        @tf.function(input_signature=[z_spec, category_spec], autograph=False)
         def decode_category(z_gauss, category):
             valid = tf.reduce_all((category >= 0) & (category < k))
             with tf.control_dependencies([tf.debugging.Assert(valid, [f"category must be in [0, {k})"])]):

@@ -66,7 +66,7 @@ def fit_mi_bound(model, x, *, steps: int = 1000, batch_size: int = 128, learning
 
     specs = [tf.TensorSpec((None, *data_shape), tf.float32), tf.TensorSpec((2,), tf.int32)]
 
-    @tf.function(input_signature=specs)
+    @tf.function(input_signature=specs, autograph=False)
     def train(xb, step_seed):
         params, z, x_rec, target_z = forward(xb, step_seed)
         with tf.GradientTape() as tape:
@@ -76,7 +76,7 @@ def fit_mi_bound(model, x, *, steps: int = 1000, batch_size: int = 128, learning
         optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
         return tf.reduce_mean(log_q) + mi_target.entropy(params, z)
 
-    @tf.function(input_signature=specs)
+    @tf.function(input_signature=specs, autograph=False)
     def evaluate(xb, step_seed):
         params, z, x_rec, target_z = forward(xb, step_seed)
         log_q = mi_target.q_log_likelihood(q_net(x_rec, training=False), target_z)
