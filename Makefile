@@ -6,7 +6,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 CONFIG ?= training/configs/default.yaml
 PYTEST_ARGS ?=
-UV     ?= uv>=0.9,<1
+UV     ?= uv>=0.13,<0.14
 # pytest-xdist workers, each running whole test files (module fixtures are built once): `auto` is
 # one per CPU core, 0 runs every test in this process (`make test TEST_WORKERS=0`). Test files are
 # isolated from each other's MLflow state (tests/conftest.py), so any file order passes; the

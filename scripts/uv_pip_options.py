@@ -9,7 +9,10 @@ list`: environment variables and configuration files) and prints one option per 
 - `--find-links X` and `--extra-index-url X`: each location that exists (pip skips a missing
   local one with a warning; uv would stop);
 - `--index-url X`: a configured index in place of PyPI;
-- `--native-tls`: when pip is told which certificates to trust (`cert`), uv uses the system's
+- `--index-strategy unsafe-best-match` with any extra index: pip takes the best version from all
+  indexes together, uv by default only from the first index that has the package (an extra index
+  holding one old release of a package made uv's resolution fail);
+- `--system-certs`: when pip is told which certificates to trust (`cert`), uv uses the system's
   trust store too, instead of its own bundle.
 
 Run with the virtual environment's Python: ``python scripts/uv_pip_options.py``.
@@ -70,8 +73,10 @@ def uv_options(settings: dict[str, list[str]]) -> list[str]:
             found = found[-1:]  # one index in place of PyPI: the one pip's precedence picks
         for location in found:
             options += [flag, location]
+    if "--extra-index-url" in options:
+        options += ["--index-strategy", "unsafe-best-match"]
     if settings.get("cert"):
-        options.append("--native-tls")
+        options.append("--system-certs")
     return options
 
 

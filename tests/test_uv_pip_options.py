@@ -33,13 +33,13 @@ def test_settings_are_read_per_name_split_into_locations_each_kept_once():
     assert "timeout" not in settings  # not a quoted string: skipped, not guessed
 
 
-def test_only_locations_that_exist_are_passed_and_a_cert_means_the_system_trust_store(tmp_path):
+def test_only_locations_that_exist_are_passed_all_indexes_alike_and_a_cert_means_the_system_trust_store(tmp_path):
     wheels, index = tmp_path / "wheels", tmp_path / "index"
     wheels.mkdir()
     index.mkdir()
     settings = uv_pip_options.pip_settings(LISTING.format(wheels=wheels, missing=tmp_path / "gone", index=index))
     assert uv_pip_options.uv_options(settings) == ["--find-links", str(wheels), "--extra-index-url", f"file://{index}",
-                                                   "--native-tls"]
+                                                   "--index-strategy", "unsafe-best-match", "--system-certs"]
 
 
 def test_one_index_mirror_replaces_pypi_as_pip_picks_it_and_remote_locations_are_kept():
@@ -59,7 +59,7 @@ def test_the_script_prints_one_option_per_line_for_this_python():
     # location is one the options above accept.
     out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, check=True).stdout.split()
     flags = [item for item in out if item.startswith("--")]
-    assert set(flags) <= {"--find-links", "--extra-index-url", "--index-url", "--native-tls"}
+    assert set(flags) <= {"--find-links", "--extra-index-url", "--index-url", "--index-strategy", "--system-certs"}
     for flag, value in zip(out, out[1:]):
         if flag in ("--find-links", "--extra-index-url", "--index-url"):
             assert uv_pip_options.exists(value)
