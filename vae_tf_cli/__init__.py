@@ -95,12 +95,44 @@ def collect_less_often() -> None:
     gc.set_threshold(*JOB_GC_THRESHOLDS)
 
 
+class _NoScikitLearnForKerasWrappers:
+    """An import hook (:data:`sys.meta_path`) that tells Keras' scikit-learn wrappers that
+    scikit-learn is not installed; every other import of ``sklearn`` goes on as usual.
+
+    ``import keras`` imports ``keras.wrappers`` (``SKLearnClassifier`` and friends), which imports
+    scikit-learn, and with it much of SciPy: ~0.65 s of the ~4 s ``import keras`` takes on 2 CPUs
+    (docs/performance.md). Those wrappers are written for a Keras without scikit-learn (``try:
+    import sklearn`` / ``except ImportError``) and vae-tf never uses them; vae-tf's own metrics
+    import scikit-learn when they need it (downstream probes, k-means, disentanglement)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "sklearn":
+            return None
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_globals.get("__name__", "").startswith("importlib"):
+            frame = frame.f_back  # the import machinery's own frames, up to the importing module
+        if frame is not None and frame.f_globals.get("__name__", "").startswith("keras.src.wrappers"):
+            raise ModuleNotFoundError("No module named 'sklearn' (for Keras' scikit-learn wrappers, in vae-tf)",
+                                      name=name)
+        return None
+
+
+def keep_scikit_learn_out_of_keras() -> None:
+    """In a ``vae-tf`` process, before TensorFlow or Keras is imported: Keras' scikit-learn
+    wrappers find no scikit-learn (:class:`_NoScikitLearnForKerasWrappers`), so ``import keras``
+    does not load it. Where scikit-learn was imported already, nothing changes."""
+    if not any(isinstance(finder, _NoScikitLearnForKerasWrappers) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _NoScikitLearnForKerasWrappers())
+
+
 def run_job(job: Callable[..., int], *args) -> int:
     """``job(*args)``'s exit code, run as the one job of a process that then exits: the
-    collector's thresholds raised first (:func:`collect_less_often`), no final collections after
+    collector's thresholds raised first (:func:`collect_less_often`) and scikit-learn kept out
+    of ``import keras`` (:func:`keep_scikit_learn_out_of_keras`), no final collections after
     (:func:`without_final_collections`). The ``vae-tf`` program (but ``serve``), a ``vae-tf
-    compare --jobs`` child and the MLflow project's entry script all end this way."""
+    compare --jobs`` child and the MLflow project's entry script all run this way."""
     collect_less_often()
+    keep_scikit_learn_out_of_keras()
     return without_final_collections(job(*args))
 
 
@@ -110,9 +142,10 @@ def run(argv: list[str] | None = None) -> int:
     in-process callers use; it leaves the collector alone."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SERVER_COMMANDS:
+        keep_scikit_learn_out_of_keras()
         return without_final_collections(main(argv))
     return run_job(main, argv)
 
 
-__all__ = ["JOB_GC_THRESHOLDS", "SERVER_COMMANDS", "build_parser", "collect_less_often", "main", "run", "run_job",
-           "without_final_collections"]
+__all__ = ["JOB_GC_THRESHOLDS", "SERVER_COMMANDS", "build_parser", "collect_less_often", "keep_scikit_learn_out_of_keras",
+           "main", "run", "run_job", "without_final_collections"]

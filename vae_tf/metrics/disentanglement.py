@@ -30,13 +30,9 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-import scipy.stats
-import sklearn
-from sklearn.ensemble import GradientBoostingClassifier
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import mutual_info_score
-from sklearn.svm import LinearSVC
+
+# SciPy's statistics and scikit-learn are imported by the functions that use them, so that
+# importing vae_tf.metrics (every `vae-tf train` does, for its verdict) does not load them.
 
 from vae_tf.errors import DataError
 from vae_tf.metrics._checks import as_matrix, integer_labels, positive_float, positive_int, rng_from, same_rows
@@ -112,6 +108,8 @@ def _seed_record(random_state):
 
 
 def _versions() -> dict:
+    import scipy  # noqa: PLC0415
+    import sklearn  # noqa: PLC0415
     return {"numpy": np.__version__, "scipy": scipy.__version__, "scikit_learn": sklearn.__version__}
 
 
@@ -158,6 +156,8 @@ def beta_vae_score(ground_truth_data: GroundTruthData, representation_fn: Callab
         ``{"train_accuracy", "eval_accuracy", ...}`` plus the sizes, the seed, whether the
         logistic regression converged, and library versions.
     """
+    from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
     batch_size = positive_int("batch_size", batch_size, minimum=1)
     num_train, num_eval = positive_int("num_train", num_train), positive_int("num_eval", num_eval)
     rng = rng_from(random_state)
@@ -265,12 +265,14 @@ def histogram_discretize(codes, num_bins: int = MIG_BINS) -> np.ndarray:
 
 def discrete_mutual_info(discrete_codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
     """m[i, k] = I(code_i; v_k) in nats (``sklearn.metrics.mutual_info_score``), ``(d, K)``."""
+    from sklearn.metrics import mutual_info_score  # noqa: PLC0415
     return np.array([[mutual_info_score(factors[:, k], discrete_codes[:, i]) for k in range(factors.shape[1])]
                      for i in range(discrete_codes.shape[1])])
 
 
 def discrete_entropy(factors: np.ndarray) -> np.ndarray:
     """H(v_k) = I(v_k; v_k) in nats, ``(K,)``."""
+    from sklearn.metrics import mutual_info_score  # noqa: PLC0415
     return np.array([mutual_info_score(factors[:, k], factors[:, k]) for k in range(factors.shape[1])])
 
 
@@ -316,6 +318,7 @@ def compute_mig(ground_truth_data: GroundTruthData, representation_fn: Callable,
 
 def _entropy_complement(p: np.ndarray, base: int) -> np.ndarray:
     """1 − H_base(p) along axis 0 (``scipy.stats.entropy`` normalises p first); NaN when base < 2."""
+    import scipy.stats  # noqa: PLC0415
     if base < 2:
         return np.full(p.shape[1], np.nan)
     return 1.0 - scipy.stats.entropy(p, base=base)
@@ -374,6 +377,7 @@ def dci(train_codes, train_factors, test_codes, test_factors, *, random_state: i
         slowest metric here (dSprites' 113 classes: ~25 s per 1 000 training points on one CPU
         core, so minutes at the default 10 000; see docs/performance.md).
     """
+    from sklearn.ensemble import GradientBoostingClassifier  # noqa: PLC0415
     from joblib import Parallel, delayed  # noqa: PLC0415  (a scikit-learn dependency)
 
     x_train, y_train = _codes_factors(train_codes, train_factors, "train_codes", "train_factors")
@@ -415,6 +419,8 @@ def sap_score_matrix(train_codes, train_factors, test_codes=None, test_factors=N
     - ``continuous=True``: S[i, j] = cov(μ_i, y_j)² / (var μ_i · var y_j), ``ddof=1``, 0 where
       var μ_i ≤ 1e-12 (or var y_j = 0); test arrays are not used.
     """
+    from sklearn.exceptions import ConvergenceWarning  # noqa: PLC0415
+    from sklearn.svm import LinearSVC  # noqa: PLC0415
     x_train, y_train = _codes_factors(train_codes, train_factors, "train_codes", "train_factors")
     d, k = x_train.shape[1], y_train.shape[1]
     if continuous:
