@@ -190,10 +190,9 @@ def run_cluster(workdir: Path, config: dict, *args: str, timeout: float = 400) -
 
 def _dump_worker(dump: str, argv: list[str]) -> int:
     """Run ``vae-tf`` with ``argv`` and write the trained model's variables to ``dump``."""
-    from vae_tf_cli import collect_less_often, keep_scikit_learn_out_of_keras
+    from vae_tf_cli import prepare_job_process
 
-    collect_less_often()  # as the `vae-tf` program does, before TensorFlow is imported
-    keep_scikit_learn_out_of_keras()
+    prepare_job_process()  # as the `vae-tf` program does, before TensorFlow is imported
     from training import train
 
     built = []

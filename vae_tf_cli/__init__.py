@@ -125,14 +125,20 @@ def keep_scikit_learn_out_of_keras() -> None:
         sys.meta_path.insert(0, _NoScikitLearnForKerasWrappers())
 
 
-def run_job(job: Callable[..., int], *args) -> int:
-    """``job(*args)``'s exit code, run as the one job of a process that then exits: the
-    collector's thresholds raised first (:func:`collect_less_often`) and scikit-learn kept out
-    of ``import keras`` (:func:`keep_scikit_learn_out_of_keras`), no final collections after
-    (:func:`without_final_collections`). The ``vae-tf`` program (but ``serve``), a ``vae-tf
-    compare --jobs`` child and the MLflow project's entry script all run this way."""
+def prepare_job_process() -> None:
+    """What a process that runs one job and ends does first, before TensorFlow is imported: the
+    collector's thresholds raised (:func:`collect_less_often`) and scikit-learn kept out of
+    ``import keras`` (:func:`keep_scikit_learn_out_of_keras`)."""
     collect_less_often()
     keep_scikit_learn_out_of_keras()
+
+
+def run_job(job: Callable[..., int], *args) -> int:
+    """``job(*args)``'s exit code, run as the one job of a process that then exits: prepared first
+    (:func:`prepare_job_process`), no final collections after (:func:`without_final_collections`).
+    The ``vae-tf`` program (but ``serve``), a ``vae-tf compare --jobs`` child and the MLflow
+    project's entry script all run this way."""
+    prepare_job_process()
     return without_final_collections(job(*args))
 
 
@@ -148,4 +154,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["JOB_GC_THRESHOLDS", "SERVER_COMMANDS", "build_parser", "collect_less_often", "keep_scikit_learn_out_of_keras",
-           "main", "run", "run_job", "without_final_collections"]
+           "main", "prepare_job_process", "run", "run_job", "without_final_collections"]
