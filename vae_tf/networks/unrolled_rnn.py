@@ -14,7 +14,14 @@ known when the graph is built (a text model's token ids are always ``[B, max_len
 at most :data:`MAX_UNROLLED_STEPS`:
 
 - the input projection ``x W + b`` of every step is one product over the whole sequence;
-- the recurrence is unrolled in the graph: per step one product ``h U`` and the gates;
+- the recurrence is unrolled in the graph: per step one product ``h U_k`` per gate ``k`` and the
+  gates. One product per gate, not one ``h U`` for all, because TensorFlow's oneDNN matrix product
+  runs on one thread only when its operands fit the CPU's L2 cache, and splits across the intra-op
+  pool otherwise: for a 256-unit LSTM over half a batch of 64, ``h U`` (1.2 MB of operands) was
+  split over both threads on a 2-CPU AMD EPYC with 1 MB of L2 per core, and the thread hand-offs at
+  every step cost more than the product (one layer: 21 ms against 15 ms per gate, PyTorch 11 ms;
+  docs/performance.md, Text). Per gate (0.3 MB) each product runs whole on one thread, and the
+  gates' and the batch parts' products run side by side on the inter-op pool;
 - the backward pass is written by hand (``tf.custom_gradient``): the reverse loop computes only the
   gates' gradients and ``dh_{t-1}`` (one product by ``Uᵀ``); the weight and input gradients are
   products over the whole sequence after it;
@@ -55,10 +62,10 @@ BATCH_PARTS = 2
 
 @tf.function(autograph=False)
 def _lstm_forward(projected, states, recurrent_kernel, recurrent_bias):
-    """Keras' LSTM cell (gate order i, f, c, o); ``recurrent_bias`` unused (the LSTM has one bias)."""
+    """Keras' LSTM cell (gate order i, f, c, o), one gate at a time: ``projected`` and
+    ``recurrent_kernel`` are per-gate tuples; ``recurrent_bias`` unused (the LSTM has one bias)."""
     h, c = states
-    z = projected + tf.matmul(h, recurrent_kernel)
-    zi, zf, zg, zo = tf.split(z, 4, axis=1)
+    zi, zf, zg, zo = (x + tf.matmul(h, u) for x, u in zip(projected, recurrent_kernel))
     i, f, g, o = tf.sigmoid(zi), tf.sigmoid(zf), tf.tanh(zg), tf.sigmoid(zo)
     c_new = f * c + i * g
     tc = tf.tanh(c_new)
@@ -72,19 +79,18 @@ def _lstm_backward(d_states, saved, states, recurrent_kernel):
     i, f, g, o, tc = saved
     c_prev = states[1]
     dc = dc + dh * o * (1.0 - tc * tc)
-    dz = tf.concat([dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f), dc * i * (1.0 - g * g),
-                    dh * tc * o * (1.0 - o)], axis=1)
-    return dz, None, (tf.matmul(dz, recurrent_kernel, transpose_b=True), dc * f)
+    dz = (dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o))
+    dh_prev = tf.add_n([tf.matmul(d, u, transpose_b=True) for d, u in zip(dz, recurrent_kernel)])
+    return tf.concat(dz, axis=1), None, (dh_prev, dc * f)
 
 
 @tf.function(autograph=False)
 def _gru_forward(projected, states, recurrent_kernel, recurrent_bias):
     """Keras' GRU cell with ``reset_after=True`` (gate order z, r, h; the reset gate applied to the
-    recurrent projection, which has its own bias)."""
+    recurrent projection, which has its own bias), one gate at a time as the LSTM's."""
     (h,) = states
-    inner = tf.matmul(h, recurrent_kernel) + recurrent_bias
-    x_z, x_r, x_h = tf.split(projected, 3, axis=1)
-    i_z, i_r, i_h = tf.split(inner, 3, axis=1)
+    i_z, i_r, i_h = (tf.matmul(h, u) + b for u, b in zip(recurrent_kernel, recurrent_bias))
+    x_z, x_r, x_h = projected
     z, r = tf.sigmoid(x_z + i_z), tf.sigmoid(x_r + i_r)
     hh = tf.tanh(x_h + r * i_h)
     h_new = z * h + (1.0 - z) * hh
@@ -99,9 +105,9 @@ def _gru_backward(d_states, saved, states, recurrent_kernel):
     d_hh = dh * (1.0 - z) * (1.0 - hh * hh)  # through tanh: the candidate's pre-activation
     d_z = dh * (h - hh) * z * (1.0 - z)
     d_r = d_hh * i_h * r * (1.0 - r)
-    d_inner = tf.concat([d_z, d_r, d_hh * r], axis=1)
-    return tf.concat([d_z, d_r, d_hh], axis=1), d_inner, (dh * z + tf.matmul(d_inner, recurrent_kernel,
-                                                                               transpose_b=True),)
+    d_inner = (d_z, d_r, d_hh * r)
+    dh_prev = tf.add_n([dh * z] + [tf.matmul(d, u, transpose_b=True) for d, u in zip(d_inner, recurrent_kernel)])
+    return tf.concat([d_z, d_r, d_hh], axis=1), tf.concat(d_inner, axis=1), (dh_prev,)
 
 
 CELLS = {"lstm": (_lstm_forward, _lstm_backward), "gru": (_gru_forward, _gru_backward)}
@@ -118,12 +124,17 @@ def _part(cell: str, x, mask, states, kernel, recurrent_kernel, bias, recurrent_
         batch, gates = tf.shape(x)[0], kernel.shape[1]
         units = recurrent_kernel.shape[0]
         projected = tf.reshape(tf.matmul(tf.reshape(x, [-1, width]), kernel) + bias, [batch, steps, gates])
+        # One product per gate and step (module docstring); each gate's inputs are cut out once
+        n_gates = gates // units
+        gate_kernels = tuple(tf.split(recurrent_kernel, n_gates, axis=1))
+        gate_biases = tuple(tf.split(recurrent_bias, n_gates))
+        gate_inputs = list(zip(*(tf.unstack(p, axis=1) for p in tf.split(projected, n_gates, axis=2))))
         keep = None if mask is None else tf.unstack(mask[:, :, None], axis=1)  # [B, 1] per step
         y = None if keep is None else tf.zeros_like(states[0])  # the output masked steps repeat
         history = []  # per step: the states it started from, what its backward pass needs
         outputs = []
         for t in range(steps):
-            new_states, h_new, saved = forward(projected[:, t], states, recurrent_kernel, recurrent_bias)
+            new_states, h_new, saved = forward(gate_inputs[t], states, gate_kernels, gate_biases)
             history.append((states, saved))
             if keep is None:
                 states, y = new_states, h_new
@@ -149,7 +160,7 @@ def _part(cell: str, x, mask, states, kernel, recurrent_kernel, bias, recurrent_
                     carried = tuple(tf.where(keep[t], zero, d) for d in d_states)
                     d_new = tuple(tf.where(keep[t], d, zero) for d in d_new)
                     dy_carry = tf.where(keep[t], zero, dy)
-                dx_steps[t], drec_steps[t], d_states = backward(d_new, saved, previous, recurrent_kernel)
+                dx_steps[t], drec_steps[t], d_states = backward(d_new, saved, previous, gate_kernels)
                 if keep is not None:
                     d_states = tuple(d + c for d, c in zip(d_states, carried))
             d_proj = tf.reshape(tf.stack(dx_steps, axis=1), [-1, gates])
