@@ -57,6 +57,17 @@ def _outputs_and_gradients(layer, x, state, mask, weights):
     return step(x)
 
 
+@pytest.fixture(params=["one_product", "per_gate"])
+def recurrent_products(request, monkeypatch):
+    """The recurrent kernel as one product for all gates (what these small layers take by default)
+    or one product per gate (what layers of 128 units or more take): each is checked."""
+    if request.param == "per_gate":
+        monkeypatch.setattr(unrolled_rnn, "PER_GATE_KERNEL_SIZE", 0)
+    else:
+        assert H * 4 * H < unrolled_rnn.PER_GATE_KERNEL_SIZE
+    return request.param
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("batch, steps, mask_kind, return_sequences, with_state", [
     (8, 11, "none", True, True),
@@ -66,7 +77,7 @@ def _outputs_and_gradients(layer, x, state, mask, weights):
     (4, 4, "all_masked", True, True),
 ])
 def test_training_path_gives_keras_outputs_states_and_gradients(cell, batch, steps, mask_kind, return_sequences,
-                                                               with_state):
+                                                               with_state, recurrent_products):
     rng = np.random.default_rng(batch * 100 + steps)
     x = tf.constant(rng.normal(size=(batch, steps, D)), tf.float32)
     mask = _mask(mask_kind, batch, steps, rng)
@@ -95,7 +106,7 @@ def test_training_path_gives_keras_outputs_states_and_gradients(cell, batch, ste
         np.testing.assert_array_equal(outputs[0].numpy(), 0.0)
 
 
-def test_functions_split_the_batch_into_independent_parts_with_the_same_result():
+def test_functions_split_the_batch_into_independent_parts_with_the_same_result(recurrent_products):
     """lstm_sequence and gru_sequence in 1, 2 and 3 parts (3 does not divide 8: uneven parts) give
     one result."""
     rng = np.random.default_rng(1)

@@ -21,7 +21,9 @@ at most :data:`MAX_UNROLLED_STEPS`:
   split over both threads on a 2-CPU AMD EPYC with 1 MB of L2 per core, and the thread hand-offs at
   every step cost more than the product (one layer: 21 ms against 15 ms per gate, PyTorch 11 ms;
   docs/performance.md, Text). Per gate (0.3 MB) each product runs whole on one thread, and the
-  gates' and the batch parts' products run side by side on the inter-op pool;
+  gates' and the batch parts' products run side by side on the inter-op pool. A small kernel
+  (below :data:`PER_GATE_KERNEL_SIZE`) keeps one product: its four would cost more in op overhead
+  than they gain;
 - the backward pass is written by hand (``tf.custom_gradient``): the reverse loop computes only the
   gates' gradients and ``dh_{t-1}`` (one product by ``Uᵀ``); the weight and input gradients are
   products over the whole sequence after it;
@@ -52,6 +54,10 @@ import tensorflow as tf
 MAX_UNROLLED_STEPS = 64
 #: Independent parts the batch is cut into (docs/performance.md, Text: two on a 2-CPU machine).
 BATCH_PARTS = 2
+#: Recurrent kernels of at least this many entries (256 KiB in float32: an LSTM of 128 units or
+#: more) take one product per gate and step, smaller ones one product for all gates (module
+#: docstring; docs/performance.md, Text: 50 units ran 5 % slower per gate, 128 and 256 faster).
+PER_GATE_KERNEL_SIZE = 64 * 1024
 
 
 # --- one step of each cell, forward and backward ----------------------------------------------------
@@ -60,12 +66,24 @@ BATCH_PARTS = 2
 #     -> (gradient of the step's input projection, of its recurrent projection (None: the same
 #         tensor, as in an LSTM, whose one bias then has no recurrent twin), of the previous states)
 
+def _recurrent_input_gradient(d_gates, d_all, recurrent_kernel):
+    """``dh`` through the recurrent products ``h U`` (``(U,)``) or ``h U_k`` (one per gate), from
+    each gate's gradient (``d_gates``) or all of them side by side (``d_all``)."""
+    if len(recurrent_kernel) == 1:
+        return tf.matmul(d_all, recurrent_kernel[0], transpose_b=True)
+    return tf.add_n([tf.matmul(d, u, transpose_b=True) for d, u in zip(d_gates, recurrent_kernel)])
+
+
 @tf.function(autograph=False)
 def _lstm_forward(projected, states, recurrent_kernel, recurrent_bias):
-    """Keras' LSTM cell (gate order i, f, c, o), one gate at a time: ``projected`` and
-    ``recurrent_kernel`` are per-gate tuples; ``recurrent_bias`` unused (the LSTM has one bias)."""
+    """Keras' LSTM cell (gate order i, f, c, o); ``projected`` and ``recurrent_kernel`` are
+    ``(x W,)`` and ``(U,)`` or one ``x W_k`` and ``U_k`` per gate; ``recurrent_bias`` unused (the
+    LSTM has one bias)."""
     h, c = states
-    zi, zf, zg, zo = (x + tf.matmul(h, u) for x, u in zip(projected, recurrent_kernel))
+    if len(recurrent_kernel) == 1:  # one product for all gates
+        zi, zf, zg, zo = tf.split(projected[0] + tf.matmul(h, recurrent_kernel[0]), 4, axis=1)
+    else:  # one product per gate
+        zi, zf, zg, zo = (x + tf.matmul(h, u) for x, u in zip(projected, recurrent_kernel))
     i, f, g, o = tf.sigmoid(zi), tf.sigmoid(zf), tf.tanh(zg), tf.sigmoid(zo)
     c_new = f * c + i * g
     tc = tf.tanh(c_new)
@@ -80,17 +98,22 @@ def _lstm_backward(d_states, saved, states, recurrent_kernel):
     c_prev = states[1]
     dc = dc + dh * o * (1.0 - tc * tc)
     dz = (dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o))
-    dh_prev = tf.add_n([tf.matmul(d, u, transpose_b=True) for d, u in zip(dz, recurrent_kernel)])
-    return tf.concat(dz, axis=1), None, (dh_prev, dc * f)
+    d_all = tf.concat(dz, axis=1)
+    return d_all, None, (_recurrent_input_gradient(dz, d_all, recurrent_kernel), dc * f)
 
 
 @tf.function(autograph=False)
 def _gru_forward(projected, states, recurrent_kernel, recurrent_bias):
     """Keras' GRU cell with ``reset_after=True`` (gate order z, r, h; the reset gate applied to the
-    recurrent projection, which has its own bias), one gate at a time as the LSTM's."""
+    recurrent projection, which has its own bias); ``projected``, ``recurrent_kernel`` and
+    ``recurrent_bias`` whole or per gate, as the LSTM's."""
     (h,) = states
-    i_z, i_r, i_h = (tf.matmul(h, u) + b for u, b in zip(recurrent_kernel, recurrent_bias))
-    x_z, x_r, x_h = projected
+    if len(recurrent_kernel) == 1:  # one product for all gates
+        x_z, x_r, x_h = tf.split(projected[0], 3, axis=1)
+        i_z, i_r, i_h = tf.split(tf.matmul(h, recurrent_kernel[0]) + recurrent_bias[0], 3, axis=1)
+    else:  # one product per gate
+        x_z, x_r, x_h = projected
+        i_z, i_r, i_h = (tf.matmul(h, u) + b for u, b in zip(recurrent_kernel, recurrent_bias))
     z, r = tf.sigmoid(x_z + i_z), tf.sigmoid(x_r + i_r)
     hh = tf.tanh(x_h + r * i_h)
     h_new = z * h + (1.0 - z) * hh
@@ -106,8 +129,9 @@ def _gru_backward(d_states, saved, states, recurrent_kernel):
     d_z = dh * (h - hh) * z * (1.0 - z)
     d_r = d_hh * i_h * r * (1.0 - r)
     d_inner = (d_z, d_r, d_hh * r)
-    dh_prev = tf.add_n([dh * z] + [tf.matmul(d, u, transpose_b=True) for d, u in zip(d_inner, recurrent_kernel)])
-    return tf.concat([d_z, d_r, d_hh], axis=1), tf.concat(d_inner, axis=1), (dh_prev,)
+    d_inner_all = tf.concat(d_inner, axis=1)
+    return (tf.concat([d_z, d_r, d_hh], axis=1), d_inner_all,
+            (dh * z + _recurrent_input_gradient(d_inner, d_inner_all, recurrent_kernel),))
 
 
 CELLS = {"lstm": (_lstm_forward, _lstm_backward), "gru": (_gru_forward, _gru_backward)}
@@ -124,17 +148,23 @@ def _part(cell: str, x, mask, states, kernel, recurrent_kernel, bias, recurrent_
         batch, gates = tf.shape(x)[0], kernel.shape[1]
         units = recurrent_kernel.shape[0]
         projected = tf.reshape(tf.matmul(tf.reshape(x, [-1, width]), kernel) + bias, [batch, steps, gates])
-        # One product per gate and step (module docstring); each gate's inputs are cut out once
+        # The recurrent kernel cut per gate where it is large enough for one product over all
+        # gates to be split over threads (module docstring); each gate's inputs then cut out once
         n_gates = gates // units
-        gate_kernels = tuple(tf.split(recurrent_kernel, n_gates, axis=1))
-        gate_biases = tuple(tf.split(recurrent_bias, n_gates))
-        gate_inputs = list(zip(*(tf.unstack(p, axis=1) for p in tf.split(projected, n_gates, axis=2))))
+        per_gate = units * gates >= PER_GATE_KERNEL_SIZE
+        if per_gate:
+            gate_kernels = tuple(tf.split(recurrent_kernel, n_gates, axis=1))
+            gate_biases = tuple(tf.split(recurrent_bias, n_gates))
+            step_inputs = list(zip(*(tf.unstack(p, axis=1) for p in tf.split(projected, n_gates, axis=2))))
+        else:
+            gate_kernels, gate_biases = (recurrent_kernel,), (recurrent_bias,)
+            step_inputs = [(projected[:, t],) for t in range(steps)]
         keep = None if mask is None else tf.unstack(mask[:, :, None], axis=1)  # [B, 1] per step
         y = None if keep is None else tf.zeros_like(states[0])  # the output masked steps repeat
         history = []  # per step: the states it started from, what its backward pass needs
         outputs = []
         for t in range(steps):
-            new_states, h_new, saved = forward(gate_inputs[t], states, gate_kernels, gate_biases)
+            new_states, h_new, saved = forward(step_inputs[t], states, gate_kernels, gate_biases)
             history.append((states, saved))
             if keep is None:
                 states, y = new_states, h_new
@@ -291,4 +321,5 @@ class GRU(_Unrolled, keras.layers.GRU):
                             tf.cast(cell.bias, dtype), mask=mask)
 
 
-__all__ = ["BATCH_PARTS", "GRU", "LSTM", "MAX_UNROLLED_STEPS", "gru_sequence", "lstm_sequence"]
+__all__ = ["BATCH_PARTS", "GRU", "LSTM", "MAX_UNROLLED_STEPS", "PER_GATE_KERNEL_SIZE", "gru_sequence",
+           "lstm_sequence"]
