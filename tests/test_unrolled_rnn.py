@@ -128,7 +128,7 @@ def test_functions_split_the_batch_into_independent_parts_with_the_same_result(r
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_bfloat16_training_path_stays_within_bfloat16_rounding_of_float32(cell):
+def test_bfloat16_training_path_stays_within_bfloat16_rounding_of_float32(cell, recurrent_products):
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(size=(6, 5, D)), tf.float32)
     mask = _mask("right_padded", 6, 5, rng)
