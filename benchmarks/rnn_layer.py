@@ -169,6 +169,7 @@ def main(argv=None) -> int:
               "hidden": h, "mask": bool(args.mask), "tf_threads": tf_thread_pools(tf),
               "torch_threads": torch.get_num_threads() if torch is not None else None,
               "vae_tf_unrolled": bool(paths["vae-tf"]),
+              "recurrent_products": "per_gate" if unrolled_rnn.per_gate_products(h, 4 if lstm else 3) else "one",
               "ms": {k: {"best": float(min(v)), "median": float(np.median(v))} for k, v in times.items()}}
     if "pytorch" in times:
         report["per_pytorch_best"] = {k: report["ms"]["pytorch"]["best"] / v["best"] for k, v in report["ms"].items()}
@@ -186,7 +187,8 @@ def render(report: dict) -> str:
              f"{report['input']}] batch{' (right-padded mask)' if report['mask'] else ''}, forward and backward; "
              f"TensorFlow's pools: intra-op {pools['intra_op'] or 'default'}, inter-op {pools['inter_op'] or 'default'}"
              f"{torch_threads}; vae-tf's layer {'took' if report['vae_tf_unrolled'] else 'did not take'} the "
-             f"unrolled path.", "",
+             f"unrolled path"
+             f"{' (one recurrent product per gate)' if report.get('recurrent_products') == 'per_gate' else ''}.", "",
              "| layer | ms per call, best | median | PyTorch ÷ it (best) |", "|---|---:|---:|---:|"]
     for name, v in report["ms"].items():
         ratio = report.get("per_pytorch_best", {}).get(name)

@@ -519,8 +519,8 @@ def test_text_throughput_reports_the_pools_tensorflow_was_given_by_environment(m
 
 # --- benchmarks/rnn_layer.py -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("cell, mask", [("lstm", "--mask"), ("gru", None)])
-def test_rnn_layer_smoke(tmp_path, capsys, cell, mask):
+@pytest.mark.parametrize("cell, mask, hidden, products", [("lstm", "--mask", 8, "one"), ("gru", None, 148, "per_gate")])
+def test_rnn_layer_smoke(tmp_path, capsys, cell, mask, hidden, products):
     """One round of the one-layer benchmark, in process: Keras', vae-tf's and PyTorch's layers timed
     on the same batch, vae-tf's through its unrolled path (the script refuses to time them unless
     vae-tf's loss is Keras', and without a mask PyTorch's too: random weights and biases mapped
@@ -528,14 +528,16 @@ def test_rnn_layer_smoke(tmp_path, capsys, cell, mask):
     from benchmarks import rnn_layer
 
     out = tmp_path / "rnn.json"
-    assert rnn_layer.main(["--cell", cell, "--batch-size", "5", "--steps", "4", "--input", "6", "--hidden", "8",
+    assert rnn_layer.main(["--cell", cell, "--batch-size", "5", "--steps", "4", "--input", "6", "--hidden", str(hidden),
                            "--calls", "2", "--rounds", "1", "--json", str(out), *([mask] if mask else [])]) == 0
     report = json.loads(out.read_text())
     assert report["cell"] == cell and report["mask"] is bool(mask)
     assert set(report["ms"]) == {"keras", "vae-tf", "pytorch"} and report["vae_tf_unrolled"] is True
     assert set(report["per_pytorch_best"]) == set(report["ms"]) and report["per_pytorch_best"]["pytorch"] == 1.0
     assert all(0 < times["best"] <= times["median"] for times in report["ms"].values())
-    assert "| vae-tf |" in capsys.readouterr().out
+    assert report["recurrent_products"] == products  # a GRU of 148 units: 148 x 444 = 65,712 >= 64 Ki entries
+    output = capsys.readouterr().out
+    assert "| vae-tf |" in output and ("one recurrent product per gate" in output) is (products == "per_gate")
 
 
 @pytest.mark.parametrize("args", [["--steps", "0"], ["--calls", "0"], ["--tf-threads", "2"]])

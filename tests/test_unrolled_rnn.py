@@ -250,3 +250,12 @@ def test_a_text_models_training_step_updates_the_weights_as_keras_loop_does(monk
     loss_keras, weights_keras = train(0)
     assert abs(loss - loss_keras) <= 1e-4 * abs(loss_keras)
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(weights, weights_keras)) < 1e-4
+
+
+@pytest.mark.parametrize("cell_gates, units, per_gate", [
+    (4, 127, False), (4, 128, True),   # LSTM: 4 x 128 x 128 = 65,536 entries, the first to reach 64 Ki
+    (3, 147, False), (3, 148, True),   # GRU: 3 x 148 x 148 = 65,712
+    (4, 50, False),                    # the shipped text config's LSTM
+])
+def test_per_gate_products_from_a_recurrent_kernel_of_64_ki_entries(cell_gates, units, per_gate):
+    assert unrolled_rnn.per_gate_products(units, cell_gates) is per_gate

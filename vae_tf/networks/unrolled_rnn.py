@@ -60,11 +60,23 @@ BATCH_PARTS = 2
 PER_GATE_KERNEL_SIZE = 64 * 1024
 
 
+def per_gate_products(units: int, gates: int) -> bool:
+    """Whether a layer of ``units`` with ``gates`` gates (LSTM 4, GRU 3) takes one recurrent
+    product per gate (:data:`PER_GATE_KERNEL_SIZE`)."""
+    return units * gates * units >= PER_GATE_KERNEL_SIZE
+
+
 # --- one step of each cell, forward and backward ----------------------------------------------------
 # forward(projected_t, states, recurrent_kernel, recurrent_bias) -> (new states, output, saved)
 # backward(d_new_states, saved, states, recurrent_kernel)
 #     -> (gradient of the step's input projection, of its recurrent projection (None: the same
 #         tensor, as in an LSTM, whose one bias then has no recurrent twin), of the previous states)
+
+# The gradients through sigmoid and tanh from their outputs, dy·y·(1 − y) and dy·(1 − y²), each one
+# kernel (what TensorFlow's own gradients of tf.sigmoid / tf.tanh run) instead of three or four
+# element-wise ops: the reverse loop's ops are small enough for each op's dispatch to count.
+_sigmoid_grad, _tanh_grad = tf.raw_ops.SigmoidGrad, tf.raw_ops.TanhGrad
+
 
 def _recurrent_input_gradient(d_gates, d_all, recurrent_kernel):
     """``dh`` through the recurrent products ``h U`` (``(U,)``) or ``h U_k`` (one per gate), from
@@ -96,8 +108,9 @@ def _lstm_backward(d_states, saved, states, recurrent_kernel):
     dh, dc = d_states
     i, f, g, o, tc = saved
     c_prev = states[1]
-    dc = dc + dh * o * (1.0 - tc * tc)
-    dz = (dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o))
+    dc = dc + _tanh_grad(y=tc, dy=dh * o)
+    dz = (_sigmoid_grad(y=i, dy=dc * g), _sigmoid_grad(y=f, dy=dc * c_prev), _tanh_grad(y=g, dy=dc * i),
+          _sigmoid_grad(y=o, dy=dh * tc))
     d_all = tf.concat(dz, axis=1)
     return d_all, None, (_recurrent_input_gradient(dz, d_all, recurrent_kernel), dc * f)
 
@@ -125,9 +138,9 @@ def _gru_backward(d_states, saved, states, recurrent_kernel):
     (dh,) = d_states
     z, r, hh, i_h = saved
     (h,) = states
-    d_hh = dh * (1.0 - z) * (1.0 - hh * hh)  # through tanh: the candidate's pre-activation
-    d_z = dh * (h - hh) * z * (1.0 - z)
-    d_r = d_hh * i_h * r * (1.0 - r)
+    d_hh = _tanh_grad(y=hh, dy=dh * (1.0 - z))  # through tanh: the candidate's pre-activation
+    d_z = _sigmoid_grad(y=z, dy=dh * (h - hh))
+    d_r = _sigmoid_grad(y=r, dy=d_hh * i_h)
     d_inner = (d_z, d_r, d_hh * r)
     d_inner_all = tf.concat(d_inner, axis=1)
     return (tf.concat([d_z, d_r, d_hh], axis=1), d_inner_all,
@@ -151,8 +164,7 @@ def _part(cell: str, x, mask, states, kernel, recurrent_kernel, bias, recurrent_
         # The recurrent kernel cut per gate where it is large enough for one product over all
         # gates to be split over threads (module docstring); each gate's inputs then cut out once
         n_gates = gates // units
-        per_gate = units * gates >= PER_GATE_KERNEL_SIZE
-        if per_gate:
+        if per_gate_products(units, n_gates):
             gate_kernels = tuple(tf.split(recurrent_kernel, n_gates, axis=1))
             gate_biases = tuple(tf.split(recurrent_bias, n_gates))
             step_inputs = list(zip(*(tf.unstack(p, axis=1) for p in tf.split(projected, n_gates, axis=2))))
@@ -322,4 +334,4 @@ class GRU(_Unrolled, keras.layers.GRU):
 
 
 __all__ = ["BATCH_PARTS", "GRU", "LSTM", "MAX_UNROLLED_STEPS", "PER_GATE_KERNEL_SIZE", "gru_sequence",
-           "lstm_sequence"]
+           "lstm_sequence", "per_gate_products"]
