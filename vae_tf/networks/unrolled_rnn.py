@@ -19,14 +19,15 @@ at most :data:`MAX_UNROLLED_STEPS`:
   runs on one thread only when its operands fit the CPU's L2 cache, and splits across the intra-op
   pool otherwise: for a 256-unit LSTM over half a batch of 64, ``h U`` (1.2 MB of operands) was
   split over both threads on a 2-CPU AMD EPYC with 1 MB of L2 per core, and the thread hand-offs at
-  every step cost more than the product (one layer: 21 ms against 15 ms per gate, PyTorch 11 ms;
+  every step cost more than the product (one layer: 21 ms against 14 ms per gate, PyTorch 11 ms;
   docs/performance.md, Text). Per gate (0.3 MB) each product runs whole on one thread, and the
   gates' and the batch parts' products run side by side on the inter-op pool. A small kernel
   (below :data:`PER_GATE_KERNEL_SIZE`) keeps one product: its four would cost more in op overhead
   than they gain;
 - the backward pass is written by hand (``tf.custom_gradient``): the reverse loop computes only the
-  gates' gradients and ``dh_{t-1}`` (one product by ``Uᵀ``); the weight and input gradients are
-  products over the whole sequence after it;
+  gates' gradients (each through one ``SigmoidGrad`` / ``TanhGrad`` kernel) and ``dh_{t-1}`` (one
+  product by ``Uᵀ``, or one per gate); the weight and input gradients are products over the whole
+  sequence after it;
 - the batch is cut into :data:`BATCH_PARTS` parts whose recurrences are independent (rows never
   interact), so that TensorFlow's inter-op threads run them side by side.
 
