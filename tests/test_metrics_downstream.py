@@ -101,3 +101,18 @@ def test_kmeans_and_tsne_run_on_the_idle_cpus_only(monkeypatch):
     downstream.kmeans_accuracy(rng.normal(size=(60, 3)), np.repeat([0, 1, 2], 20))
     downstream.tsne_embedding(rng.normal(size=(40, 3)))
     assert seen == [{1}, {1}] and openmp_threads() == before
+
+
+def test_the_metrics_load_scipy_optimize_only_to_match_clusters():
+    """`vae-tf train`'s verdict imports vae_tf.metrics; SciPy's optimizers (~0.13 s to import)
+    load only when a cluster matching needs them, and then match as usual."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, vae_tf.metrics as m\n"
+            "print('scipy.optimize' in sys.modules)\n"
+            "print(m.cluster_accuracy([0, 0, 1, 1, 2], [5, 5, 3, 3, 3]), 'scipy.optimize' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines() == ["False", "0.8 True"], done.stdout + done.stderr[-2000:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from vae_tf.errors import DataError
 from vae_tf.metrics._checks import as_matrix, integer_labels, positive_int, rng_from, same_rows
@@ -96,6 +95,10 @@ def cluster_accuracy(y_true, y_pred) -> float:
     _, p = np.unique(y_pred, return_inverse=True)
     table = np.zeros((p.max() + 1, t.max() + 1), dtype=np.int64)
     np.add.at(table, (p, t), 1)
+    # Imported here: scipy.optimize takes ~0.13 s to import, and `vae-tf train`'s verdict imports
+    # this module without matching clusters (docs/performance.md, start-up).
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(table, maximize=True)
     return float(table[rows, cols].sum() / len(y_true))
 
