@@ -27,6 +27,10 @@ own imports), ``fit`` (data loaded, model built; ``fit`` / ``train()`` entered),
 (the OS file cache, ``__pycache__``, the MLflow database's creation), then ``--rounds`` rounds, the
 variants' order rotating each round. Reported: median (min-max) of every mark, the per-round
 ratio pythae / vae-tf of the time to exit (> 1: vae-tf finished first), and the load average.
+For ``vae_tf_train`` also the wall seconds of each stage outside ``fit`` (:data:`CLI_PHASES`: data
+and model, the MLflow run's start, ``evaluate``, the collapse verdict, the figures, the export,
+logging and registering the model), timed by wrapping those functions in the child: where the
+time after training goes.
 
 ``--importtime`` adds one more run of each variant under ``python -X importtime``, ended right after
 its first training step (nothing later is read), and sums the import time spent before that step
@@ -144,10 +148,48 @@ def child_vae_tf_train(args, marks: Marks) -> int:
         return history
 
     keras.Model.fit = timed_fit
+    time_cli_phases(marks)
 
     # The program the console script runs (`run`: main, then an exit without the final garbage
     # collections); a --compare-tree checkout from before it existed has `main` only.
     return getattr(vae_tf_cli, "run", vae_tf_cli.main)(["train", "--config", str(args.config)])
+
+
+#: The stages of a `vae-tf train` run outside `fit`, timed in the CLI child: (module, attribute, name).
+#: Each is looked up when the run calls it, so wrapping the attribute times every call.
+CLI_PHASES = (("training.train", "prepare", "data and model"),
+              ("training.tracking", "TrackedRun.start", "MLflow run start"),
+              ("keras", "Model.evaluate", "evaluate"),
+              ("training.lineage", "model_verdict", "collapse verdict"),
+              ("training.train", "log_model_figures", "figures"),
+              ("vae_tf.export", "export_model", "export"),
+              ("training.tracking", "TrackedRun.log_model", "log and register the model"))
+
+
+def time_cli_phases(marks: Marks) -> None:
+    """Wrap the :data:`CLI_PHASES` of the run so that each call's wall seconds add up in
+    ``marks.extra["phases"]``; a phase a --compare-tree checkout lacks is left out."""
+    import functools
+    import importlib
+
+    phases = marks.extra.setdefault("phases", {})
+    for module_name, attribute, name in CLI_PHASES:
+        owner = importlib.import_module(module_name)
+        *path, last = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        original = getattr(owner, last, None)
+        if original is None:
+            continue
+
+        def timed(*a, _original=original, _name=name, **kw):
+            start = time.perf_counter()
+            try:
+                return _original(*a, **kw)
+            finally:
+                phases[_name] = phases.get(_name, 0.0) + time.perf_counter() - start
+
+        setattr(owner, last, functools.wraps(original)(timed))
 
 
 def child_pythae(args, marks: Marks) -> None:
@@ -370,6 +412,10 @@ def main(argv=None) -> int:
         results[variant]["training_seconds"] = summary(
             [row[variant]["seconds"]["trained"] - row[variant]["seconds"]["first_step"] for row in rounds])
         results[variant]["final_loss"] = rounds[-1][variant].get("final_loss")
+        phases = [row[variant].get("phases") or {} for row in rounds]
+        if any(phases):
+            results[variant]["phases"] = {name: summary([p.get(name, 0.0) for p in phases])
+                                          for name in dict.fromkeys(n for p in phases for n in p)}
     def ratio_of(numerator: str, denominator: str) -> dict:
         return {mark: summary([row[numerator]["seconds"][mark] / row[denominator]["seconds"][mark] for row in rounds])
                 for mark in ("first_step", "exit")}
@@ -430,6 +476,15 @@ def render(report: dict) -> str:
         lines.append(f"\nBefore / after, {VARIANT_TITLES[variant]}, per round, median (min–max): time to the first "
                      f"step {f['median']:.2f} ({f['min']:.2f}–{f['max']:.2f}), time to exit {e['median']:.2f} "
                      f"({e['min']:.2f}–{e['max']:.2f}) (> 1: faster after).")
+    phased = {v: r["phases"] for v, r in report["results"].items() if r.get("phases")}
+    if phased:
+        names = list(dict.fromkeys(n for p in phased.values() for n in p))
+        lines += ["", "Where `vae-tf train` spends its time outside `fit`: wall seconds in each stage, median "
+                      "(min–max) over the rounds:", "",
+                  "| Variant | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for variant, p in phased.items():
+            lines.append(f"| {variant_title(variant, report)} | " + " | ".join(
+                f"{p[n]['median']:.2f} ({p[n]['min']:.2f}–{p[n]['max']:.2f})" if n in p else "–" for n in names) + " |")
     if report["imports_before_first_step"]:
         groups = [g for g in (*IMPORT_GROUPS, "other")
                   if any(g in b["packages"] for b in report["imports_before_first_step"].values())]

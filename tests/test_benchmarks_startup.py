@@ -65,3 +65,13 @@ def test_startup_smoke(tmp_path):
     assert library["tensorflow"] > 0 and "mlflow" not in library and "tensorflow_probability" not in library
     assert "mlflow" in imports["vae_tf_train"]["packages"]  # the CLI creates its MLflow run before training
     assert "| `vae-tf train` (CLI) |" in proc.stdout
+    # The CLI run's stages outside `fit`, each timed inside the run (so all of them together take
+    # less than the process did), and no such stages for the other two.
+    from benchmarks.startup import CLI_PHASES
+
+    phases = report["results"]["vae_tf_train"]["phases"]
+    assert set(phases) == {name for _, _, name in CLI_PHASES}
+    assert all(p["min"] > 0 for p in phases.values()), phases
+    assert sum(p["median"] for p in phases.values()) < report["results"]["vae_tf_train"]["exit"]["median"]
+    assert "phases" not in report["results"]["vae_tf_library"] and "phases" not in report["results"]["pythae"]
+    assert "Where `vae-tf train` spends its time outside `fit`" in proc.stdout
