@@ -95,42 +95,49 @@ def collect_less_often() -> None:
     gc.set_threshold(*JOB_GC_THRESHOLDS)
 
 
-class _NoScikitLearnForKerasWrappers:
-    """An import hook (:data:`sys.meta_path`) that tells Keras' scikit-learn wrappers that
-    scikit-learn is not installed; every other import of ``sklearn`` goes on as usual.
+#: Optional libraries that ``import keras`` loads for features vae-tf never uses, by the Keras
+#: package that imports them. Each of those imports is written for a Keras without the library
+#: (``try: import ...`` / ``except ImportError``). Costs on 2 CPUs (docs/performance.md, start-up):
+#: scikit-learn (and much of SciPy) ~0.65 s for the scikit-learn wrappers (``SKLearnClassifier``
+#: and friends); matplotlib's pyplot ~0.26 s for ``keras.visualization``'s image galleries; pandas
+#: (and pyarrow) ~0.24 s so that ``fit`` would take DataFrames, which vae-tf never hands it.
+KERAS_OPTIONAL_IMPORTS = {"sklearn": "keras.src.wrappers", "matplotlib": "keras.src.visualization",
+                          "pandas": "keras.src.trainers.data_adapters"}
 
-    ``import keras`` imports ``keras.wrappers`` (``SKLearnClassifier`` and friends), which imports
-    scikit-learn, and with it much of SciPy: ~0.65 s of the ~4 s ``import keras`` takes on 2 CPUs
-    (docs/performance.md). Those wrappers are written for a Keras without scikit-learn (``try:
-    import sklearn`` / ``except ImportError``) and vae-tf never uses them; vae-tf's own metrics
-    import scikit-learn when they need it (downstream probes, k-means, disentanglement)."""
+
+class _KeepOptionalLibrariesOutOfKeras:
+    """An import hook (:data:`sys.meta_path`) that tells the Keras modules of
+    :data:`KERAS_OPTIONAL_IMPORTS` that their optional library is not installed; every other
+    import of those libraries goes on as usual: vae-tf's own metrics import scikit-learn when they
+    need it (downstream probes, k-means, disentanglement), its figures matplotlib, MLflow pandas."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != "sklearn":
+        importer_prefix = KERAS_OPTIONAL_IMPORTS.get(name)
+        if importer_prefix is None:
             return None
         frame = sys._getframe(1)
         while frame is not None and frame.f_globals.get("__name__", "").startswith("importlib"):
             frame = frame.f_back  # the import machinery's own frames, up to the importing module
-        if frame is not None and frame.f_globals.get("__name__", "").startswith("keras.src.wrappers"):
-            raise ModuleNotFoundError("No module named 'sklearn' (for Keras' scikit-learn wrappers, in vae-tf)",
-                                      name=name)
+        if frame is not None and frame.f_globals.get("__name__", "").startswith(importer_prefix):
+            raise ModuleNotFoundError(f"No module named {name!r} (for {importer_prefix}, in vae-tf)", name=name)
         return None
 
 
-def keep_scikit_learn_out_of_keras() -> None:
-    """In a ``vae-tf`` process, before TensorFlow or Keras is imported: Keras' scikit-learn
-    wrappers find no scikit-learn (:class:`_NoScikitLearnForKerasWrappers`), so ``import keras``
-    does not load it. Where scikit-learn was imported already, nothing changes."""
-    if not any(isinstance(finder, _NoScikitLearnForKerasWrappers) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _NoScikitLearnForKerasWrappers())
+def keep_optional_libraries_out_of_keras() -> None:
+    """In a ``vae-tf`` process, before TensorFlow or Keras is imported: the Keras modules of
+    :data:`KERAS_OPTIONAL_IMPORTS` find none of their optional libraries
+    (:class:`_KeepOptionalLibrariesOutOfKeras`), so ``import keras`` loads none of them. A library
+    imported already stays as it is, for Keras too."""
+    if not any(isinstance(finder, _KeepOptionalLibrariesOutOfKeras) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _KeepOptionalLibrariesOutOfKeras())
 
 
 def prepare_job_process() -> None:
     """What a process that runs one job and ends does first, before TensorFlow is imported: the
-    collector's thresholds raised (:func:`collect_less_often`) and scikit-learn kept out of
-    ``import keras`` (:func:`keep_scikit_learn_out_of_keras`)."""
+    collector's thresholds raised (:func:`collect_less_often`) and the optional libraries Keras
+    does not need here kept out of ``import keras`` (:func:`keep_optional_libraries_out_of_keras`)."""
     collect_less_often()
-    keep_scikit_learn_out_of_keras()
+    keep_optional_libraries_out_of_keras()
 
 
 def run_job(job: Callable[..., int], *args) -> int:
@@ -148,10 +155,10 @@ def run(argv: list[str] | None = None) -> int:
     in-process callers use; it leaves the collector alone."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in SERVER_COMMANDS:
-        keep_scikit_learn_out_of_keras()
+        keep_optional_libraries_out_of_keras()
         return without_final_collections(main(argv))
     return run_job(main, argv)
 
 
-__all__ = ["JOB_GC_THRESHOLDS", "SERVER_COMMANDS", "build_parser", "collect_less_often", "keep_scikit_learn_out_of_keras",
+__all__ = ["JOB_GC_THRESHOLDS", "KERAS_OPTIONAL_IMPORTS", "SERVER_COMMANDS", "build_parser", "collect_less_often", "keep_optional_libraries_out_of_keras",
            "main", "prepare_job_process", "run", "run_job", "without_final_collections"]
