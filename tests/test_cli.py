@@ -198,7 +198,9 @@ def test_the_other_one_job_processes_end_as_the_program_does(argv, runner):
     assert done.stderr.strip().splitlines()[-1].startswith("error: "), done.stderr[-2000:]
 
 
-def test_a_vae_tf_process_imports_keras_without_its_optional_libraries_which_still_import_when_needed():
+@pytest.mark.parametrize("command", [["probe", "missing.npz"], ["serve", "--model-base-path", "no-models"]],
+                         ids=["one-job command", "server"])
+def test_a_vae_tf_process_imports_keras_without_its_optional_libraries_which_still_import_when_needed(command):
     """``import keras`` loads scikit-learn (and much of SciPy) for Keras' scikit-learn wrappers,
     matplotlib's pyplot for its image galleries and pandas so that ``fit`` takes DataFrames, ~1.1 s
     that no `vae-tf` command uses: in the program's processes those Keras modules find none of the
@@ -212,7 +214,7 @@ def test_a_vae_tf_process_imports_keras_without_its_optional_libraries_which_sti
     root = Path(__file__).resolve().parents[1]
     libraries = "('sklearn', 'matplotlib', 'pandas')"
     program = ("import sys, vae_tf_cli\n"
-               "vae_tf_cli.run(['probe', 'missing.npz'])\n"
+               f"vae_tf_cli.run({command!r})\n"
                "import keras\n"
                "from keras.src.wrappers import sklearn_wrapper\n"
                "from keras.src.visualization import plot_image_gallery\n"
