@@ -163,7 +163,7 @@ def _part(cell: str, x, mask, states, kernel, recurrent_kernel, bias, recurrent_
         units = recurrent_kernel.shape[0]
         projected = tf.reshape(tf.matmul(tf.reshape(x, [-1, width]), kernel) + bias, [batch, steps, gates])
         # The recurrent kernel cut per gate where it is large enough for one product over all
-        # gates to be split over threads (module docstring); each gate's inputs then cut out once
+        # gates to be split over threads (module docstring); each gate's inputs are then cut out once.
         n_gates = gates // units
         if per_gate_products(units, n_gates):
             gate_kernels = tuple(tf.split(recurrent_kernel, n_gates, axis=1))
