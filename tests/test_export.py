@@ -207,3 +207,30 @@ def test_endpoints_traced_without_autograph_are_the_graphs_autograph_would_build
         assert set(a) == set(b)
         for key in a:
             np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+
+
+def test_each_endpoint_is_traced_once_and_its_graph_stored_once(trained, tmp_path, monkeypatch):
+    """TensorFlow keys its trace cache on the save context, so an endpoint traced before
+    ``tf.saved_model.save`` (Keras traces it to find its variables) would be traced again inside it
+    and its graph stored twice. The model's methods run once per export, and the SavedModel holds
+    the encoder's two convolutions once for each of the two endpoints that encode (``encode`` and
+    ``reconstruct``): 4 ``Conv2D`` ops, where a second copy of every graph would make 8."""
+    runs: dict = {}
+    for name in ("encode", "reconstruct", "sample"):
+        method = getattr(type(trained), name)
+
+        def counted(self, *args, _method=method, _name=name, **kwargs):
+            runs[_name] = runs.get(_name, 0) + 1
+            return _method(self, *args, **kwargs)
+
+        monkeypatch.setattr(type(trained), name, counted)
+    path = export_model(trained, tmp_path, "m")
+    monkeypatch.undo()
+    assert runs == {"encode": 1, "reconstruct": 1, "sample": 1}
+    convolutions = [layer for layer in trained.encoder._flatten_layers() if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convolutions) == 2
+    assert _op_counts(path)["Conv2D"] == 2 * len(convolutions)
+    # The loaded object's methods (not only its signatures) still run the model.
+    x = tf.constant(np.random.default_rng(0).random((3, 8, 8, 1), dtype=np.float32))
+    loaded = tf.saved_model.load(str(path))
+    np.testing.assert_array_equal(loaded.encode(x)["z_mean"].numpy(), loaded.signatures["encode"](x=x)["z_mean"].numpy())

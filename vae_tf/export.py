@@ -150,12 +150,15 @@ def _build_archive(model, code_size: int):
     archive = ExportArchive()
     for resource in getattr(model, "export_resources", lambda: [])():
         archive.track(resource)  # lookup tables (a text model's vocabulary): resources, no variables
-    endpoints = dict(zip(SIGNATURES, (encode, decode, reconstruct, sample)))
-    for endpoint_name, fn in endpoints.items():
-        archive.add_endpoint(endpoint_name, fn)  # `encode` first: it becomes serving_default
-    for endpoint_name, fn in model.latent.extra_signatures(model).items():
-        archive.add_endpoint(endpoint_name, fn)
-        endpoints[endpoint_name] = fn
+    endpoints = {**dict(zip(SIGNATURES, (encode, decode, reconstruct, sample))),
+                 **model.latent.extra_signatures(model)}
+    # Keras is handed each endpoint's traced graph (wrapped in a thin tf.function of its own), not
+    # the tf.function: TensorFlow caches traces per save context, so a tf.function traced before
+    # `tf.saved_model.save` (Keras must, to find its variables) is traced again inside it and
+    # stored twice. This way the model is traced once per endpoint and the SavedModel holds one
+    # graph of each (docs/performance.md, "Exports traced once").
+    for endpoint_name, fn in endpoints.items():  # `encode` first: it becomes serving_default
+        archive.add_endpoint(endpoint_name, fn.get_concrete_function(), input_signature=fn.input_signature)
     return archive, endpoints
 
 
