@@ -58,6 +58,29 @@ def test_metrics_are_reported_through_trackers(digits):
     assert result["active_kl_dims"] == float((kl_per_dim > 0.01).sum())
 
 
+def test_kl_per_dim_is_the_last_evaluations_and_saving_the_weights_does_not_read_the_tracker(digits, tmp_path,
+                                                                                            monkeypatch):
+    """`kl_per_dim` is read from its tracker once, when `evaluate` ends. Under a multi-worker
+    strategy that read is an all-reduce, so it must happen where every worker is: Keras'
+    `save_weights` reads every property of the model, and on a cluster's chief alone (the export)
+    a read of the tracker waited for workers that had already left."""
+    model = _model(digits.data_shape)
+    result = model.evaluate(digits.pipeline("val", 64), return_dict=True, verbose=0)
+    evaluated = model.kl_per_dim
+    assert evaluated.sum() == pytest.approx(result["kl"], rel=1e-3, abs=1e-4)
+    reads = []
+    tracker_result = type(model.kl_per_dim_tracker).result
+    monkeypatch.setattr(type(model.kl_per_dim_tracker), "result",
+                        lambda self: reads.append(self.name) or tracker_result(self))
+    model.save_weights(str(tmp_path / "model.weights.h5"))
+    assert reads == []
+    model.reset_metrics()  # what the next epoch does: the last evaluation's values stay
+    np.testing.assert_array_equal(model.kl_per_dim, evaluated)
+    # Another evaluation, on other data, replaces them.
+    other = model.evaluate(digits.pipeline("train", 64), return_dict=True, verbose=0)
+    assert model.kl_per_dim.sum() == pytest.approx(other["kl"], rel=1e-3, abs=1e-4)
+
+
 def test_beta_is_a_checkpointable_variable_that_changes_the_loss(digits):
     x = tf.constant(digits.x_train[:32])
     # A KL weight whose β moves (annealing): the loss reads the variable, which checkpoints carry.

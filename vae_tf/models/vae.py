@@ -159,6 +159,7 @@ class VAE(keras.Model):
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
         self.kl_per_dim_tracker = MeanVector(latent.kl_size, name="kl_per_dim")
+        self._last_kl_per_dim = None  # :attr:`kl_per_dim` as the last `evaluate` left it (numpy)
 
     @property
     def slots(self) -> list:
@@ -407,10 +408,27 @@ class VAE(keras.Model):
                 self.optimizer.build(self.trainable_variables)
         return super().fit(*args, **self.inference.prepare_fit(self, args, kwargs))
 
+    def evaluate(self, *args, **kwargs):
+        """``keras.Model.evaluate`` (which ``fit`` also calls for its validation), then the KL per
+        dimension it accumulated is read once, into :attr:`kl_per_dim`.
+
+        Read here, where every worker of a cluster is: under a multi-worker strategy the tracker
+        is a synchronised (on-read) variable, so reading it is an all-reduce with the other
+        workers. Read later, by code only the chief runs, it waited for workers that had left:
+        Keras' ``save_weights`` reads every property of the model, so each chief's export
+        stalled until TensorFlow gave the collective up (~10 s) and logged that the tasks had
+        crashed."""
+        logs = super().evaluate(*args, **kwargs)
+        self._last_kl_per_dim = np.asarray(self.kl_per_dim_tracker.result())
+        return logs
+
     @property
     def kl_per_dim(self) -> np.ndarray:
-        """Mean KL per latent dimension (nats) over the data of the last evaluation."""
-        return np.asarray(self.kl_per_dim_tracker.result())
+        """Mean KL per latent dimension (nats) over the data of the last evaluation (``evaluate``,
+        or ``fit``'s validation); before any, the tracker's current value."""
+        if self._last_kl_per_dim is None:
+            return np.asarray(self.kl_per_dim_tracker.result())
+        return self._last_kl_per_dim
 
     def build(self, input_shape=None):
         # Encoder and decoder are built by their Input layers; the family and the likelihood create
