@@ -145,6 +145,18 @@ def mlflow_schema_from_a_template(tmp_path_factory):
     db_utils._initialize_tables = migrate
 
 
+def mlflow_store(directory) -> str:
+    """The URI of the SQLite MLflow store ``directory/mlflow.db``, created now, in this process, so
+    from the schema template (:func:`mlflow_schema_from_a_template`): a `vae-tf` or `mlflow run`
+    subprocess handed the URI finds its tables made instead of running MLflow's migrations (~1.5 s
+    of each such process), and processes started together do not race in them."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{Path(directory) / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
+
+
 def built_once(tmp_path_factory, name: str, build) -> Path:
     """``build(path)`` run once per test run: by this process without pytest-xdist, else by the
     first worker that asks (a file lock in the run's shared temporary directory; the others wait

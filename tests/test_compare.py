@@ -10,6 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import mlflow_store
 from training.compare import child_configs, list_suites, load_suite, run_suite
 from vae_tf.errors import ConfigError
 
@@ -130,7 +131,7 @@ def _suite_process(suite_file, tmp_path, *extra):
     from pathlib import Path
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", TF_CPP_MIN_LOG_LEVEL="2",
+    env.update(MLFLOW_TRACKING_URI=mlflow_store(tmp_path), TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     return subprocess.Popen([sys.executable, "-m", "vae_tf_cli", "compare", "--suite", str(suite_file), "--quick",
                              "--output-dir", str(tmp_path / "report"), *extra], cwd=tmp_path, env=env,
@@ -147,7 +148,6 @@ def test_a_killed_suite_resumes_its_interrupted_child_from_its_checkpoint(suite_
     tree = yaml.safe_load(suite_file.read_text())
     tree["sizes"]["quick"]["config"]["train"] = {"epochs": 4, "checkpoint_every_steps": 4, "steps_per_execution": 2}
     suite_file.write_text(yaml.safe_dump(tree))
-    MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # schema first
     victim = _suite_process(suite_file, tmp_path)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and victim.poll() is None:

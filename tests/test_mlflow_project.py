@@ -12,6 +12,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import mlflow_store
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,7 +28,7 @@ def test_mlproject_declares_typed_entry_points():
 def _mlflow_run(tmp_path, *params):
     # MLflow's setters (used by earlier tests in this process) export MLFLOW_* variables: drop them.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env = {**inherited, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    env = {**inherited, "MLFLOW_TRACKING_URI": mlflow_store(tmp_path),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     args = [sys.executable, "-m", "mlflow", "run", str(ROOT / "mlflow_project"), "-e", "train",
             "--env-manager", "local", "--experiment-name", "project-test"]

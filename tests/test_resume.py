@@ -41,7 +41,6 @@ def test_a_composed_run_killed_mid_epoch_resumes_bit_for_bit(tmp_path):
               "train": {"epochs": 3, "batch_size": 64, "steps_per_execution": 2, "checkpoint_every_steps": 4,
                         "deterministic": True, "verbose": 0, "early_stopping_patience": None}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
-    MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # schema first
     reference = start_training(tmp_path, "--set", "name=reference", "--set", "train.run_dir=reference_runs")
     victim = start_training(tmp_path)
     kill_after_checkpoint(victim, tmp_path / "runs", steps_per_epoch)  # inside epoch 2, in the aggressive phase

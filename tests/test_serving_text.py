@@ -30,7 +30,7 @@ from serving import json_codec
 from serving.client import GrpcClient, RestClient, ServingRequestError
 from serving.testing import TINY_TEXT_MAX_LENGTH, drop_version, running_server
 from serving.text import TextLimits
-from tests.conftest import announced, assert_one_line
+from tests.conftest import announced, assert_one_line, mlflow_store
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = ["the cat sat on the mat", "a dog ran", "The big red dog saw a cat", "zebra crossing"]
@@ -342,7 +342,8 @@ def test_trained_text_model_end_to_end(tmp_path):
     lists DT_STRING."""
     import mlflow
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "PYTHONPATH": str(REPO),
+           "TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_TRACKING_URI": mlflow_store(tmp_path)}
     proc = subprocess.run([sys.executable, "-m", "vae_tf_cli", "train", "--config",
                            str(REPO / "training/configs/text_synthetic.yaml"), "--set", "train.epochs=1",
                            "--set", "data.options.n_samples=400", "--set", "train.batch_size=32"],

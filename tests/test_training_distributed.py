@@ -21,13 +21,15 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import mlflow_store
+
 # The small digits MLP config every cluster case of the matrix starts from.
 from scripts.multi_worker_matrix import CONFIG
 
 
 def _env(tmp_path: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "TF_CONFIG"}
-    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2",
+    return {**env, "MLFLOW_TRACKING_URI": mlflow_store(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2",
             "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **extra}
 
 
@@ -55,8 +57,6 @@ def _loss_history(client, run):
 @pytest.mark.slow
 def test_two_mirrored_replicas_follow_the_single_device_run(tmp_path):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(CONFIG))
-    # Two processes creating one new SQLite store race in MLflow's schema migration: create it first.
-    MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()
     procs = [_start(tmp_path, "--set", "name=single", "--set", "train.run_dir=runs_single"),
              _start(tmp_path, "--strategy", "mirrored", "--set", "train.cpu_replicas=2", "--set", "name=mirrored")]
     for proc in procs:
@@ -89,6 +89,7 @@ MULTI_WORKER_CASES = ["elbo", "composed_categorical"]
 def test_a_two_worker_cluster_trains_once_and_only_the_chief_logs_and_exports(tmp_path, case):
     from scripts.multi_worker_matrix import case_config, run_cluster
 
+    mlflow_store(tmp_path)  # the store the chief logs into (run_cluster points the workers at it)
     cluster = run_cluster(tmp_path, case_config(case, name="cluster"))
     assert cluster.ok, "\n".join(out[-3000:] for out in cluster.outputs)
 

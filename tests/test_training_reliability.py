@@ -27,7 +27,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import assert_one_line
+from tests.conftest import assert_one_line, mlflow_store
 from training.callbacks import TrainingProgress, checkpoint_for
 from training.config import from_dict
 from training.tracking import TrackedRun, sync_run
@@ -42,7 +42,7 @@ SMALL = {
 def _env(tmp_path: Path) -> dict:
     # MLflow's setters (used by earlier tests in this process) export MLFLOW_* variables: drop them.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "TF_CPP_MIN_LOG_LEVEL": "2",
+    return {**env, "MLFLOW_TRACKING_URI": mlflow_store(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2",
             "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
