@@ -131,13 +131,14 @@ def child_vae_tf_library(args, marks: Marks) -> None:
 def child_vae_tf_train(args, marks: Marks) -> int:
     import vae_tf_cli  # light: argparse, gc, logging
 
-    # The program sets the garbage collector's thresholds and keeps optional libraries out of Keras before
-    # anything else (`run`); here before the early `import keras` too. A --compare-tree checkout from
-    # before them has neither.
-    getattr(vae_tf_cli, "collect_less_often", lambda: None)()
-    keep_out = (getattr(vae_tf_cli, "keep_optional_libraries_out_of_keras", None)
-                or getattr(vae_tf_cli, "keep_scikit_learn_out_of_keras", lambda: None))  # a checkout from before
-    keep_out()
+    # What the program does before anything else (`run`: `prepare_job_process`), here before the
+    # early `import keras` too. A --compare-tree checkout from before that function has its parts, or none.
+    prepare = getattr(vae_tf_cli, "prepare_job_process", None)
+    if prepare is None:
+        getattr(vae_tf_cli, "collect_less_often", lambda: None)()
+        getattr(vae_tf_cli, "keep_scikit_learn_out_of_keras", lambda: None)()
+    else:
+        prepare()
     import keras  # the CLI imports it anyway; here first, to give its fit one more callback
 
     marks.mark("imports")
