@@ -546,3 +546,28 @@ def test_rnn_layer_refuses_bad_arguments_in_one_line(args):
 
     with pytest.raises(SystemExit, match=r"^--(steps|calls|tf-threads) [^\n]*: give [^\n]*$"):
         rnn_layer.main(args)
+
+
+def test_export_time_measures_the_export_the_load_and_the_savedmodel(tmp_path, capsys):
+    """benchmarks/export_time.py's measurement, in this process (the script runs it in a fresh
+    one per round): the export it times is a loadable version directory of that size and
+    library, and the report's medians are those of the rounds."""
+    import tensorflow as tf
+
+    from benchmarks import export_time
+
+    row = export_time.measure("conv", tmp_path)
+    assert row["export_seconds"] > 0 and row["load_seconds"] > 0
+    version_dir = tmp_path / "conv" / "1"
+    assert row["bytes"] == sum(f.stat().st_size for f in version_dir.rglob("*") if f.is_file())
+    assert row["graph_functions"] == export_time.graph_functions(version_dir) > 0
+    assert set(tf.saved_model.load(str(version_dir)).signatures) >= {"encode", "decode", "reconstruct", "sample"}
+    summary = export_time.summarize([{**row, "export_seconds": 1.0}, {**row, "export_seconds": 3.0},
+                                     {**row, "export_seconds": 2.0}])
+    assert summary["export_seconds"] == {"median": 2.0, "min": 1.0, "max": 3.0} and summary["bytes"] == row["bytes"]
+    report = {"settings": {"command": "c", "date": "d", "commit": "x", "compare_tree": None, "compare_commit": None,
+                           "machine": "m", "rounds": 3}, "results": {"conv": summary}}
+    assert "| conv | this checkout | 2.00 (1.00–3.00) |" in export_time.render(report)
+    with pytest.raises(SystemExit):
+        export_time.main(["--rounds", "0"])
+    assert "--rounds must be at least 1" in capsys.readouterr().err
