@@ -45,6 +45,14 @@ def machine_info() -> dict:
             "load_average": load_average()}
 
 
+def summary(values) -> dict:
+    """Median, min and max of a measurement over the rounds: how every table here reports one."""
+    import statistics
+
+    values = list(values)
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages (other tenants of a shared machine), None where unknown."""
     try:

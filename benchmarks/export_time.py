@@ -83,14 +83,10 @@ def measure(model_name: str, workdir: Path) -> dict:
 def summarize(rows: list[dict]) -> dict:
     """Median (min-max) of each timed field over the rounds of one variant; size and function
     count as measured (the same every round)."""
-    import statistics
+    from benchmarks.common import summary
 
-    out = {}
-    for key in ("export_seconds", "load_seconds"):
-        values = [row[key] for row in rows]
-        out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
-    out["bytes"], out["graph_functions"] = rows[-1]["bytes"], rows[-1]["graph_functions"]
-    return out
+    return {**{key: summary(row[key] for row in rows) for key in ("export_seconds", "load_seconds")},
+            "bytes": rows[-1]["bytes"], "graph_functions": rows[-1]["graph_functions"]}
 
 
 def render(report: dict) -> str:

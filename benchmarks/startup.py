@@ -343,12 +343,6 @@ def import_breakdown(variant: str, workdir, args) -> dict:
     return {"total": sum(groups.values()), "packages": {k: v for k, v in groups.items() if v >= 0.005}}
 
 
-def summary(values):
-    import statistics
-
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def main(argv=None) -> int:
     import argparse
     import datetime
@@ -359,6 +353,7 @@ def main(argv=None) -> int:
     if root not in sys.path:
         sys.path.insert(0, root)
     from benchmarks import common
+    from benchmarks.common import summary
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

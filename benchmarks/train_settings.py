@@ -45,7 +45,6 @@ import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import types  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -55,6 +54,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import common  # noqa: E402
+from benchmarks.common import summary  # noqa: E402
 from benchmarks import train_throughput as tt  # noqa: E402
 
 
@@ -81,10 +81,6 @@ def parse_args(argv=None):
                    help="also PyTorch eager at each precision (float32; autocast bfloat16 / float16), same rounds")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
-
-
-def summary(values):
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def main(argv=None) -> int:

@@ -77,7 +77,6 @@ import datetime  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -88,6 +87,7 @@ if str(REPO_ROOT) not in sys.path:  # `python benchmarks/train_throughput.py` fr
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import common  # noqa: E402
+from benchmarks.common import summary  # noqa: E402
 
 #: The acceptance bound of the issue: vae-tf may cost at most this much extra time per image.
 MAX_OVERHEAD = 0.05
@@ -619,9 +619,6 @@ def run_config(name: str, args) -> dict:
             + "".join(f", vae-tf/{peer} {row[f'ratio_{peer}']:.3f}" for peer in ("torch", *PEER_TITLES)
                       if f"ratio_{peer}" in row)
             + (f"; matmul {row['matmul_gflops']:.0f} GFLOP/s" if "matmul_gflops" in row else ""))
-
-    def summary(values):
-        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
     ratio = summary([row["ratio"] for row in rounds])
     # On a shared machine other tenants only ever slow a round down, so the fastest round of each
