@@ -4,8 +4,9 @@ pretraining), and a 2-worker MultiWorkerMirroredStrategy cluster on 127.0.0.1
 (vae_tf.replicas).
 
 Logical CPUs must be configured before TensorFlow initialises, so each scenario runs as a script
-in a fresh subprocess; each test runs its part of the mirrored script in one (pytest-xdist spreads
-them over its workers).
+in a fresh subprocess. Every part of the mirrored script runs in one subprocess, started once for
+the module's tests (`--dist loadfile` runs a file's tests on one worker anyway, so a process per
+part only paid TensorFlow's start-up again: ~5 CPU seconds each).
 """
 
 from __future__ import annotations
@@ -55,9 +56,8 @@ def batches():
     return tf.data.Dataset.from_tensor_slices(x).batch(16)
 
 
-# One part per subprocess (argv[2]): "match:<objective>", "objectives" or "pretrain", so that
-# pytest-xdist runs the parts on different workers.
-part = sys.argv[2]
+# The parts to run (argv[2], comma-separated): "match:<objective>", "objectives", "pretrain".
+parts = set(sys.argv[2].split(","))
 results = {"match": {}, "objectives": {}}
 
 # 1. Two replicas against one device, global batch 16, three epochs of four steps. Plain SGD, so
@@ -74,7 +74,7 @@ for name, (objective, latent) in {
         "composed": ({"kl_weight": CONTROL, "input_noise": {"kind": "gaussian", "sigma": 0.1},
                       "regularizers": [{"kind": "mi_q", "target": "categorical", "q_network": MLP}],
                       "inference": AGGRESSIVE}, CATEGORICAL)}.items():
-    if part != f"match:{name}":
+    if f"match:{name}" not in parts:
         continue
     runs = []
     for strategy in (None, mirrored):
@@ -110,7 +110,7 @@ CASES = {
                                "kl_weight": {"kind": "capacity", "capacity_max": 5.0, "capacity_steps": 4}},
                               GAUSS, {"name": "gaussian_adaptive"}),
 }
-for name, (objective, latent, likelihood) in CASES.items() if part == "objectives" else ():
+for name, (objective, latent, likelihood) in CASES.items() if "objectives" in parts else ():
     with mirrored.scope():
         model = make(objective, latent, likelihood)
     if model.inference.kind == "aggressive":
@@ -129,7 +129,7 @@ for name, (objective, latent, likelihood) in CASES.items() if part == "objective
 from vae_tf.remedies.pretraining import pretrain_encoder
 
 results["pretrain"] = []
-for strategy in (None, mirrored) if part == "pretrain" else ():
+for strategy in (None, mirrored) if "pretrain" in parts else ():
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = make({})
         keras.utils.set_random_seed(2)  # the classification head's initial weights
@@ -176,24 +176,37 @@ def _env(**extra) -> dict:
     return env
 
 
-def _mirrored(tmp_path_factory, part: str) -> dict:
-    """Runs one part of the MIRRORED script in a fresh subprocess and returns its results."""
+def _mirrored_part(item) -> str | None:
+    """The part of the MIRRORED script a test of this module reads (None: it reads none)."""
+    name = getattr(item, "originalname", item.name)
+    if name == "test_two_replicas_follow_the_single_device_run_on_the_same_global_batch":
+        return f"match:{item.callspec.params['objective']}"
+    return {"test_every_objective_trains_under_two_mirrored_replicas_with_state_in_sync": "objectives",
+            "test_encoder_pretraining_under_two_mirrored_replicas_follows_the_single_device_run": "pretrain"}.get(name)
+
+
+@pytest.fixture(scope="module")
+def mirrored(request, tmp_path_factory) -> dict:
+    """The MIRRORED script's results, from one subprocess that runs the parts of this module's
+    selected tests (all of them in a full run, only its own for one test picked with ``-k``)."""
+    parts = sorted({part for item in request.session.items if item.module is request.module
+                    for part in [_mirrored_part(item)] if part})
     tmp_path = tmp_path_factory.mktemp("mirrored")
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, str(_script(tmp_path, "mirrored.py", MIRRORED)), str(out), part],
-                          env=_env(), capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run([sys.executable, str(_script(tmp_path, "mirrored.py", MIRRORED)), str(out), ",".join(parts)],
+                          env=_env(), capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads(out.read_text())
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["elbo", "control_vae", "aggressive", "composed"])
-def test_two_replicas_follow_the_single_device_run_on_the_same_global_batch(tmp_path_factory, objective):
+def test_two_replicas_follow_the_single_device_run_on_the_same_global_batch(mirrored, objective):
     """Same seeds, deterministic ops: losses, β (ControlVAE: fed the global-batch KL), weights and
     the seed stream agree to float rounding (the loss is divided by the number of replicas,
     noise is drawn for the global batch and sliced per replica; the aggressive inner loop reads
     each fresh batch once and gives every replica its rows, so its updates are one device's)."""
-    single, two = _mirrored(tmp_path_factory, f"match:{objective}")["match"][objective]
+    single, two = mirrored["match"][objective]
     np.testing.assert_allclose(two["loss"], single["loss"], rtol=1e-5)
     assert two["inner_steps"] == single["inner_steps"]
     np.testing.assert_allclose(two["beta"], single["beta"], rtol=1e-5, atol=1e-7)
@@ -204,8 +217,8 @@ def test_two_replicas_follow_the_single_device_run_on_the_same_global_batch(tmp_
 
 
 @pytest.mark.slow
-def test_every_objective_trains_under_two_mirrored_replicas_with_state_in_sync(tmp_path_factory):
-    results = _mirrored(tmp_path_factory, "objectives")["objectives"]
+def test_every_objective_trains_under_two_mirrored_replicas_with_state_in_sync(mirrored):
+    results = mirrored["objectives"]
     assert len(results) == 8
     for name, result in results.items():
         assert result["replicas"] == 2
@@ -221,10 +234,10 @@ def test_every_objective_trains_under_two_mirrored_replicas_with_state_in_sync(t
 
 
 @pytest.mark.slow
-def test_encoder_pretraining_under_two_mirrored_replicas_follows_the_single_device_run(tmp_path_factory):
+def test_encoder_pretraining_under_two_mirrored_replicas_follows_the_single_device_run(mirrored):
     """The classifier of vae_tf.pretraining is built and trained in the strategy's scope: it
     trains there (it used to fail on the encoder's mirrored variables) and follows one device."""
-    single, two = _mirrored(tmp_path_factory, "pretrain")["pretrain"]
+    single, two = mirrored["pretrain"]
     for key in ("pretrain_loss", "pretrain_accuracy", "pretrain_val_accuracy"):
         np.testing.assert_allclose(two[key], single[key], rtol=1e-5, err_msg=key)
     for a, b in zip(two["encoder"], single["encoder"]):
