@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     lengths = [int(e) for e in args.epochs.split(",")]
+    if args.sentences < 256:  # the whole corpus trains (no validation or test split): refused before TensorFlow loads
+        raise SystemExit(f"--sentences {args.sentences} is fewer than one group of 4 batches of 64 = 256 sentences")
 
     import keras
     import tensorflow as tf
@@ -57,8 +59,6 @@ def main(argv=None) -> int:
     data = load_dataset("text_synthetic", seed=args.seed, n_samples=args.sentences, val_fraction=0.0,
                         test_fraction=0.0)
     n = len(data.x_train) // 256 * 256  # whole groups of 4 steps of 64
-    if n == 0:
-        raise SystemExit(f"--sentences {args.sentences} is fewer than one group of 4 batches of 64 = 256 sentences")
     data = dataclasses.replace(data, x_train=data.x_train[:n], y_train=None, factors_train=None)
     steps = n // 64
     model = build_vae_tf(data, argparse.Namespace(seed=args.seed, latent=16, embedding=128, hidden=256,

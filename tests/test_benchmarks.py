@@ -425,10 +425,13 @@ def test_fit_teardown_smoke():
     for _, _, train, teardown, total, cpu in rows:
         assert float(train) > 0 and float(teardown) >= 0 and float(cpu) > 0
         assert float(total) == pytest.approx(float(train) + float(teardown), abs=0.011)
-    few = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "fit_teardown.py"), "--sentences", "100"],
-                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=200,
+    # Too few sentences: refused in one line before TensorFlow is imported.
+    code = ("import sys\nfrom benchmarks.fit_teardown import main\ntry:\n    main(['--sentences', '100'])\n"
+            "except SystemExit as stop:\n    print(stop)\nprint('tensorflow' in sys.modules)")
+    few = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=200,
                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    assert few.returncode != 0 and "fewer than one group of 4 batches of 64 = 256 sentences" in few.stderr
+    assert few.stdout.splitlines() == ["--sentences 100 is fewer than one group of 4 batches of 64 = 256 sentences",
+                                       "False"], few.stdout + few.stderr[-2000:]
 
 
 @pytest.mark.slow
