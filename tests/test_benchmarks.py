@@ -231,17 +231,27 @@ def test_scaling_smoke(tmp_path):
     assert "| mirrored, 2 replicas | 2 |" in proc.stdout
 
 
+def _profile_step(capsys, *args: str) -> str:
+    """benchmarks/profile_step.py run in this process (its stdout): it sets no thread pool or device,
+    so a process of its own would only pay TensorFlow's start-up again (~4.5 CPU s each)."""
+    from benchmarks.profile_step import main
+
+    capsys.readouterr()
+    assert main(list(args)) == 0
+    return capsys.readouterr().out
+
+
 @pytest.mark.slow
-def test_profile_step_smoke(tmp_path):
+def test_profile_step_smoke(tmp_path, capsys):
     """The profiler's op table is read, split into the parts of a step, and the fused update is
     one kernel (ResourceApplyAdam) where Keras' Adam has its element-wise ops."""
     out = tmp_path / "profile.json"
-    proc = run_script("profile_step.py", "--examples", "512", "--top", "3", "--json", str(out))
+    stdout = _profile_step(capsys, "--examples", "512", "--top", "3", "--json", str(out))
     results = {r["optimizer"]: r for r in json.loads(out.read_text())["results"]}
     for r in results.values():
         # The JSON has every op type (a busy machine reorders the small ones), the table the top 3.
         assert sum(r["op_types"].values()) == pytest.approx(1.0) and sum(r["parts"].values()) == pytest.approx(1.0)
-        assert proc.stdout.count(f"Op types, {r['optimizer_class']}") == 1
+        assert stdout.count(f"Op types, {r['optimizer_class']}") == 1
         assert {"forward", "gradients", "optimizer"} <= set(r["parts"]) and r["op_ms_per_step"] > 0
         assert min(r["parts"].values()) > 0
         assert r["optimizer_ms_per_step"] == pytest.approx(r["parts"]["optimizer"] * r["op_ms_per_step"], rel=1e-9)
@@ -256,23 +266,23 @@ def test_profile_step_smoke(tmp_path):
     assert fused["op_types"]["ResourceApplyAdam"] <= fused["parts"]["optimizer"] + 1e-9
     assert fused["op_types"]["ResourceApplyAdam"] > 0.5 * fused["parts"]["optimizer"]
     assert "ResourceApplyAdam" not in results["keras"]["op_types"]
-    assert "| FusedAdam |" in proc.stdout
-    table_rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and line.endswith(" % |")
+    assert "| FusedAdam |" in stdout
+    table_rows = [line for line in stdout.splitlines() if line.startswith("| ") and line.endswith(" % |")
                   and line.count("|") == 3]
     assert len(table_rows) == 3 * len(results)
 
 
 @pytest.mark.slow
-def test_profile_step_text_model_splits_out_the_recurrent_layers(tmp_path):
+def test_profile_step_text_model_splits_out_the_recurrent_layers(tmp_path, capsys):
     """--model text profiles the text benchmark's LSTM VAE: the ops inside the LSTM layers, forward
     and their hand-written backward pass, are parts of their own, and every op lands in exactly one
     part."""
     out = tmp_path / "profile.json"
-    proc = run_script("profile_step.py", "--model", "text", "--optimizer", "fused", "--examples", "256",
-                      "--batch-size", "32", "--top", "5", "--json", str(out))
+    stdout = _profile_step(capsys, "--model", "text", "--optimizer", "fused", "--examples", "256", "--batch-size", "32",
+                           "--top", "5", "--json", str(out))
     report = json.loads(out.read_text())
     (r,) = report["results"]
-    assert report["model"] == "text" and report["examples"] == 256 and "256 sentences" in proc.stdout
+    assert report["model"] == "text" and report["examples"] == 256 and "256 sentences" in stdout
     assert {"recurrent layers", "recurrent layers (gradient)", "optimizer"} <= set(r["parts"])
     # the recurrences are most of an LSTM VAE's work, and their backward pass more than their forward
     assert r["parts"]["recurrent layers (gradient)"] > r["parts"]["recurrent layers"] > 0.1
@@ -489,11 +499,14 @@ def test_step_overhead_variants_update_as_named():
 
 
 @pytest.mark.slow
-def test_tensor_proto_conversion_smoke():
+def test_tensor_proto_conversion_smoke(capsys):
     """Both ways build the same response and read the same values (the script asserts it), and
-    both sides are timed."""
-    proc = run_script("tensor_proto_conversion.py", "--number", "20", "--repeat", "1")
-    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| server", "| client"))]
+    both sides are timed. In this process: the script changes no global state, and a process of
+    its own would only pay TensorFlow's start-up again."""
+    from benchmarks.tensor_proto_conversion import main
+
+    assert main(["--number", "20", "--repeat", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| server", "| client"))]
     assert len(rows) == 2
     for row in rows:
         before, now = (float(cell) for cell in row.strip("|").split("|")[1:3])
