@@ -106,10 +106,13 @@ def child(args) -> None:
     ready = time.perf_counter() - _START
     timer = tt.timed_fit(model, stream, args.epochs)
     if is_chief(strategy):
+        import tensorflow as tf
+
         print(json.dumps({"variant": args.child, "replicas": strategy.num_replicas_in_sync,
                           "images_per_s": args.examples / statistics.median(timer.seconds),
                           "epoch_seconds": timer.seconds, "startup_seconds": ready,
-                          "final_loss": timer.logs[-1].get("loss")}), flush=True)
+                          "final_loss": timer.logs[-1].get("loss"), "tensorflow": tf.__version__,
+                          "gpus": [g.name for g in tf.config.list_physical_devices("GPU")]}), flush=True)
 
 
 # --- the driver -----------------------------------------------------------------------------------
@@ -214,12 +217,10 @@ def main(argv=None) -> int:
         rounds.append(row)
         log(f"round {r + 1}/{args.rounds}: " + ", ".join(
             f"{v} {row[v]['images_per_s']:,.0f} img/s ({row[v]['startup_seconds']:.1f} s start-up)" for v in variants))
-    import tensorflow as tf
-
+    first = rounds[0][variants[0]]  # TensorFlow as the children saw it: the driver never imports it
     report = {"command": common.command_line(),
               "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "machine": common.machine_info(), "tensorflow": tf.__version__,
-              "gpus": [g.name for g in tf.config.list_physical_devices("GPU")],
+              "machine": common.machine_info(), "tensorflow": first["tensorflow"], "gpus": first["gpus"],
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "child"},
               "results": summarise(rounds, variants), "rounds": rounds}
     print(render(report))

@@ -229,6 +229,11 @@ def test_scaling_smoke(tmp_path):
     assert rows["mirrored_2"]["images_per_s"]["median"] > 0
     assert all(np.isfinite(r[v]["final_loss"]) for r in report["rounds"] for v in rows)
     assert "| mirrored, 2 replicas | 2 |" in proc.stdout
+    # TensorFlow's version and GPUs as the children saw them (the driver itself never imports it).
+    import importlib.metadata
+
+    assert report["tensorflow"] == rounds[0]["single_s1"]["tensorflow"] == importlib.metadata.version("tensorflow")
+    assert isinstance(report["gpus"], list) and f"TensorFlow {report['tensorflow']}" in proc.stdout
 
 
 def _profile_step(capsys, *args: str) -> str:
