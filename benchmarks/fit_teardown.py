@@ -30,6 +30,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks.common import command_line, machine_info  # noqa: E402
 
+BATCH_SIZE, STEPS_PER_EXECUTION = 64, 4
+GROUP = BATCH_SIZE * STEPS_PER_EXECUTION  # sentences per train_function call
+
 
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -44,8 +47,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     lengths = [int(e) for e in args.epochs.split(",")]
-    if args.sentences < 256:  # the whole corpus trains (no validation or test split): refused before TensorFlow loads
-        raise SystemExit(f"--sentences {args.sentences} is fewer than one group of 4 batches of 64 = 256 sentences")
+    if args.sentences < GROUP:  # the whole corpus trains (no validation or test split): refused before TensorFlow loads
+        raise SystemExit(f"--sentences {args.sentences} is fewer than one group of {STEPS_PER_EXECUTION} batches of "
+                         f"{BATCH_SIZE} = {GROUP} sentences")
 
     import keras
     import tensorflow as tf
@@ -58,12 +62,12 @@ def main(argv=None) -> int:
 
     data = load_dataset("text_synthetic", seed=args.seed, n_samples=args.sentences, val_fraction=0.0,
                         test_fraction=0.0)
-    n = len(data.x_train) // 256 * 256  # whole groups of 4 steps of 64
+    n = len(data.x_train) // GROUP * GROUP  # whole groups
     data = dataclasses.replace(data, x_train=data.x_train[:n], y_train=None, factors_train=None)
-    steps = n // 64
+    steps = n // BATCH_SIZE
     model = build_vae_tf(data, argparse.Namespace(seed=args.seed, latent=16, embedding=128, hidden=256,
-                                                  steps_per_execution=4))
-    stream = data.resumable_pipeline("train", 64, seed=args.seed, epochs=10_000)  # autotuning off
+                                                  steps_per_execution=STEPS_PER_EXECUTION))
+    stream = data.resumable_pipeline("train", BATCH_SIZE, seed=args.seed, epochs=10_000)  # autotuning off
     on = tf.data.Options()
     on.autotune.enabled = True
     variants = {"autotune on (TensorFlow's default)": stream.with_options(on), "autotune off (vae-tf)": stream}
@@ -86,7 +90,7 @@ def main(argv=None) -> int:
     info = machine_info()
     print(f"Command: `{command_line()}`\n\nMachine: {info['cpu']}, {info['cpus_usable']} usable CPUs, TensorFlow "
           f"{tf.__version__}, commit {info['git_commit']}{' (dirty)' if info['git_dirty'] else ''}.\n\nLSTM VAE of benchmarks/text_throughput.py, {n} sentences of "
-          f"text_synthetic, batch 64, {steps} steps per epoch, load average "
+          f"text_synthetic, batch {BATCH_SIZE}, {steps} steps per epoch, load average "
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} at the end.\n")
     print("| epochs in the fit call | tf.data | to the last batch (s) | last batch → fit returns (s) | "
           "whole call (s) | CPU s over the call |")
