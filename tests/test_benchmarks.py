@@ -166,7 +166,7 @@ def test_pythae_reference_is_the_same_network_with_the_same_loss():
     """pythae's VAE built by the benchmark has the hand-counted parameters, and pythae's own
     ``forward`` (its training loss, with the noise it draws itself) gives the loss written out
     here in TensorFlow from the same Keras weights and the same noise."""
-    pytest.importorskip("pythae")  # the `test` extra installs it: this runs in `make test`
+    import pythae  # noqa: F401  (the `test` extra installs it: a broken install fails here, not skips)
     import tensorflow as tf
     import torch
 
@@ -342,8 +342,7 @@ def test_text_throughput_refuses_fewer_sentences_than_one_group():
 
 
 def test_text_throughput_refuses_cuda_where_pytorch_sees_no_gpu():
-    pytest.importorskip("torch")
-    import torch
+    import torch  # the `test` extra installs it
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
@@ -359,8 +358,8 @@ def test_text_throughput_refuses_cuda_where_pytorch_sees_no_gpu():
 def test_strict_float32_turns_tf32_off_in_both_frameworks_and_restores_it():
     """The loss checks of train_throughput.py run in full float32 (TF32 would round inputs to 10
     bits on a GPU); the timed runs get each framework's setting back, also after an error."""
-    torch = pytest.importorskip("torch")
     import tensorflow as tf
+    import torch  # the `test` extra installs it
 
     from benchmarks.train_throughput import strict_float32
 
@@ -426,7 +425,8 @@ def test_cuda_runtime_to_preload_only_when_the_cuda_majors_differ(tmp_path):
     assert cuda_runtime_to_preload("12.5.1", None, tmp_path) is None    # PyTorch CPU build
     assert cuda_runtime_to_preload(None, "13.0", tmp_path) is None      # TensorFlow without CUDA
     assert cuda_runtime_to_preload("12.5.1", "14.0", tmp_path) is None  # no such runtime installed
-    torch = pytest.importorskip("torch")
+    import torch  # the `test` extra installs it
+
     if torch.version.cuda is None:  # this machine's CPU build of PyTorch: never a preload
         assert cuda_runtime_to_preload_here() is None
 

@@ -30,7 +30,9 @@ def test_text_collapse_quick_runs_every_remedy_on_sentences(tmp_path, monkeypatc
     header = next(line.split("|") for line in text.splitlines() if line.startswith("| run |"))
     ppl = float(rows[0][[h.strip() for h in header].index("PPL")])
     assert "samples.png" not in text  # sentences have Markdown sample tables, not image samples
-    assert 1.0 < ppl < 1100.0  # a perplexity over a vocabulary of ~1,000 words
+    # A perplexity over ~1,000 words: an untrained (uniform) decoder scores ~1,000; the quick size's
+    # two epochs reached 145-162 (2026-12-05), so half the vocabulary tells learning from none.
+    assert 1.0 < ppl < 500.0
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("vae-tf-suite-text_collapse")
     child = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("vae_tf.suite_child") == "vae/0")

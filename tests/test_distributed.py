@@ -214,6 +214,7 @@ def test_two_replicas_follow_the_single_device_run_on_the_same_global_batch(mirr
     np.testing.assert_allclose(two["loss"], single["loss"], rtol=1e-5)
     assert two["inner_steps"] == single["inner_steps"]
     np.testing.assert_allclose(two["beta"], single["beta"], rtol=1e-5, atol=1e-7)
+    assert len(two["weights"]) == len(single["weights"]) > 0
     for a, b in zip(two["weights"], single["weights"]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert two["seed_state"] == single["seed_state"]
@@ -244,6 +245,7 @@ def test_encoder_pretraining_under_two_mirrored_replicas_follows_the_single_devi
     single, two = mirrored["pretrain"]
     for key in ("pretrain_loss", "pretrain_accuracy", "pretrain_val_accuracy"):
         np.testing.assert_allclose(two[key], single[key], rtol=1e-5, err_msg=key)
+    assert len(two["encoder"]) == len(single["encoder"]) > 0
     for a, b in zip(two["encoder"], single["encoder"]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert single["pretrain_loss"][-1] < single["pretrain_loss"][0]

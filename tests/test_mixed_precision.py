@@ -126,15 +126,24 @@ def test_float32_spec_is_unchanged_and_unknown_precisions_are_config_errors():
         build_vae((8, 8, 1), latent=SMALL["latent"], network={"kind": "mlp", "hidden": [8], "dtype": "float16"})
 
 
-def test_train_jit_compile_reaches_the_compiled_model_and_trains():
+def test_train_jit_compile_reaches_the_compiled_model_and_trains(monkeypatch):
     """`train.jit_compile` is what `build_model` compiles with: `false` is the way out when XLA
     cannot compile a model (seen on an H200 under mixed precision, docs/performance.md); `auto` is
-    Keras' choice, off on this CPU-only machine; `true` compiles with XLA and trains."""
+    Keras' choice (handed to `compile` as "auto"), off on this CPU-only machine; `true` compiles
+    with XLA and trains."""
     from training.config import load_config
     from training.train import build_model
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("`auto` is on where there is a GPU")
+    handed = []
+    compile_ = keras.Model.compile
+
+    def spy(self, *args, **kwargs):
+        handed.append(kwargs.get("jit_compile"))
+        return compile_(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "compile", spy)
     seen = {}
     for value in ("auto", "true", "false"):
         config = load_config(None, [f"train.jit_compile={value}", "model.network={kind: mlp, hidden: [16]}",
@@ -146,6 +155,7 @@ def test_train_jit_compile_reaches_the_compiled_model_and_trains():
             history = model.fit(x, epochs=1, batch_size=16, verbose=0)
             assert np.isfinite(history.history["loss"][-1])
     assert seen == {"auto": False, "true": True, "false": False}
+    assert handed == ["auto", True, False]  # Keras resolved "auto" itself: nothing decided it before
 
 
 @contextlib.contextmanager

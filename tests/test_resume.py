@@ -43,7 +43,8 @@ def test_a_composed_run_killed_mid_epoch_resumes_bit_for_bit(tmp_path):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
     reference = start_training(tmp_path, "--set", "name=reference", "--set", "train.run_dir=reference_runs")
     victim = start_training(tmp_path)
-    kill_after_checkpoint(victim, tmp_path / "runs", steps_per_epoch)  # inside epoch 2, in the aggressive phase
+    killed_at = kill_after_checkpoint(victim, tmp_path / "runs", steps_per_epoch, mid_epoch_of=steps_per_epoch)
+    assert killed_at % steps_per_epoch, killed_at  # inside an epoch (2 when the poll is prompt: the aggressive phase)
     assert reference.wait(timeout=600) == 0, reference.stdout.read()[-3000:]
     resumed = start_training(tmp_path, "--resume")
     out = resumed.communicate(timeout=600)[0]

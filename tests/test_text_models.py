@@ -162,6 +162,9 @@ def test_sampled_generation_is_reproducible_per_row_and_differs_from_greedy():
     row, _ = decoder.generate(z[:1], seeds=seeds[2:3])  # a row's draws depend on its seed alone
     np.testing.assert_array_equal(row.numpy()[0], first.numpy()[2])
     assert len({tuple(r) for r in first.numpy()}) > 1  # four seeds, not one sentence
+    greedy, _ = decoder.generate(z)  # argmax: the same code gives the same sentence in every row
+    assert len({tuple(r) for r in greedy.numpy()}) == 1
+    assert any(tuple(r) != tuple(greedy.numpy()[0]) for r in first.numpy())
 
 
 def test_word_dropout_replaces_words_with_unk_while_training_only():
@@ -287,7 +290,8 @@ def test_export_takes_and_gives_raw_strings_in_a_process_without_vae_tf(corpus, 
     path = export_model(model, tmp_path, "text")
     expected = {"z_mean": model.encode(corpus.x_test[:3])["z_mean"].numpy().tolist(),
                 "decoded": [t.decode() for t in model.decode(np.zeros((2, 2), np.float32))["text"].numpy()],
-                "sampled": [t.decode() for t in model.sample(tf.constant([[1, 2], [3, 4]]))["text"].numpy()]}
+                "sampled": [t.decode() for t in model.sample(tf.constant([[1, 2], [3, 4]]))["text"].numpy()],
+                "reconstructed": [t.decode() for t in model.reconstruct(corpus.x_test[:3])["text"].numpy()]}
     script = textwrap.dedent(f"""
         import json, sys
         import numpy as np, tensorflow as tf
@@ -299,7 +303,7 @@ def test_export_takes_and_gives_raw_strings_in_a_process_without_vae_tf(corpus, 
         print(json.dumps({{"z_mean": enc["z_mean"].numpy().tolist(),
                            "decoded": [t.decode() for t in dec["text"].numpy()],
                            "sampled": [t.decode() for t in sam["text"].numpy()],
-                           "reconstructed": len(rec["text"].numpy()),
+                           "reconstructed": [t.decode() for t in rec["text"].numpy()],
                            "dtypes": [str(m.signatures["encode"].structured_input_signature[1]["x"].dtype),
                                       str(dec["text"].dtype), str(dec["tokens"].dtype), str(dec["lengths"].dtype)],
                            "vae_tf_loaded": "vae_tf" in sys.modules}}))
@@ -312,6 +316,6 @@ def test_export_takes_and_gives_raw_strings_in_a_process_without_vae_tf(corpus, 
     assert got["dtypes"] == ["<dtype: 'string'>", "<dtype: 'string'>", "<dtype: 'int32'>", "<dtype: 'int32'>"]
     np.testing.assert_allclose(got["z_mean"], expected["z_mean"], rtol=1e-5, atol=1e-6)
     assert got["decoded"] == expected["decoded"] and got["sampled"] == expected["sampled"]
-    assert got["reconstructed"] == 3
+    assert got["reconstructed"] == expected["reconstructed"] and len(got["reconstructed"]) == 3
     rebuilt = load_vae(path)  # the vocabulary travels in the build spec
     assert rebuilt.codec.words == model.codec.words

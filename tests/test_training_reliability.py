@@ -58,15 +58,17 @@ def _latest_checkpoint_number(run_root: Path) -> int | None:
     return None
 
 
-def kill_after_checkpoint(victim: subprocess.Popen, run_root: Path, after_step: int, timeout: float = 400) -> int:
+def kill_after_checkpoint(victim: subprocess.Popen, run_root: Path, after_step: int, timeout: float = 400,
+                          mid_epoch_of: int | None = None) -> int:
     """SIGKILL ``victim`` (a `vae-tf train` process) as soon as a checkpoint past ``after_step``
-    exists under ``run_root``; returns that checkpoint's step. Fails the test when the victim
-    finished first."""
+    exists under ``run_root`` (with ``mid_epoch_of``, the epoch's steps: one inside an epoch, not
+    at its end, however late the poll sees it); returns that checkpoint's step. Fails the test when
+    the victim finished first."""
     deadline = time.monotonic() + timeout
     killed_at = None
     while time.monotonic() < deadline and victim.poll() is None:
         number = _latest_checkpoint_number(run_root)
-        if number is not None and number > after_step:
+        if number is not None and number > after_step and (mid_epoch_of is None or number % mid_epoch_of):
             victim.send_signal(signal.SIGKILL)
             killed_at = number
             break
@@ -94,7 +96,8 @@ def test_kill_9_mid_epoch_then_resume_continues_the_same_run_exactly(tmp_path):
     MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()
     reference = start_training(tmp_path, "--set", "name=reference", "--set", "train.run_dir=reference_runs")
     victim = start_training(tmp_path)
-    killed_at = kill_after_checkpoint(victim, tmp_path / "runs", steps_per_epoch)
+    killed_at = kill_after_checkpoint(victim, tmp_path / "runs", steps_per_epoch, mid_epoch_of=steps_per_epoch)
+    assert killed_at % steps_per_epoch, killed_at  # inside an epoch: the resume starts mid-epoch
     reference_out = reference.communicate(timeout=300)[0]
     assert reference.returncode == 0, reference_out[-3000:]
 

@@ -95,6 +95,7 @@ def test_training_path_gives_keras_outputs_states_and_gradients(cell, batch, ste
 
     outputs_ref, g_ref = _outputs_and_gradients(reference, x, state, mask, weights)
     outputs, g = _outputs_and_gradients(ours, x, state, mask, weights)
+    assert ours.unrolled_in_training is True  # the call took the unrolled path, not Keras' loop
     assert len(outputs) == len(outputs_ref) == 1 + n_states
     for a, b in zip(outputs, outputs_ref):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
@@ -140,12 +141,15 @@ def test_bfloat16_training_path_stays_within_bfloat16_rounding_of_float32(cell, 
     weights = tf.constant(rng.normal(size=(6, 5, H)), tf.float32)
     outputs, grads = _outputs_and_gradients(ours, x, None, mask, weights)
     outputs_ref, grads_ref = _outputs_and_gradients(reference, x, None, mask, weights)
-    assert outputs[0].dtype == tf.bfloat16 and ours.unrolled_path(tf.cast(x, tf.bfloat16), training=True)
+    assert outputs[0].dtype == tf.bfloat16 and ours.unrolled_in_training is True
+    # Measured: outputs within 2.5e-3 (LSTM) and 5.4e-3 (GRU) of float32's, gradients within 1.6e-2
+    # of their largest value; the bounds leave room for another CPU's kernels, not for a wrong gate.
+    assert len(outputs) == len(outputs_ref) and len(grads) == len(grads_ref)
     for a, b in zip(outputs, outputs_ref):
-        np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), b.numpy(), atol=6e-2)
+        np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), b.numpy(), atol=1.5e-2)
     for a, b in zip(grads, grads_ref):  # the weights' gradients (float32 variables) and the input's
         scale = float(tf.reduce_max(tf.abs(b)))
-        np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), b.numpy(), atol=5e-2 * scale)
+        np.testing.assert_allclose(tf.cast(a, tf.float32).numpy(), b.numpy(), atol=2.5e-2 * scale)
 
 
 @pytest.mark.parametrize("settings, training, steps, takes_it", [

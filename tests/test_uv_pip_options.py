@@ -3,6 +3,7 @@ install` (uv reads no pip configuration)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,9 +58,24 @@ def test_one_index_mirror_replaces_pypi_as_pip_picks_it_and_remote_locations_are
 def test_the_script_prints_one_option_per_line_for_this_python():
     # Run as `make install` runs it; whatever this machine's pip configuration, every printed
     # location is one the options above accept.
-    out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, check=True).stdout.splitlines()
     flags = [item for item in out if item.startswith("--")]
     assert set(flags) <= {"--find-links", "--extra-index-url", "--index-url", "--index-strategy", "--system-certs"}
     for flag, value in zip(out, out[1:]):
         if flag in ("--find-links", "--extra-index-url", "--index-url"):
             assert uv_pip_options.exists(value)
+
+
+def test_the_script_reads_pip_s_own_configuration_file(tmp_path):
+    """A pip configuration file it is pointed at (PIP_CONFIG_FILE, as pip reads it) comes out as
+    uv's options, each flag and each value on a line of its own."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    config = tmp_path / "pip.conf"
+    config.write_text(f"[global]\nindex-url = https://mirror.example/simple\nfind-links = {wheels}\n")
+    env = {**os.environ, "PIP_CONFIG_FILE": str(config)}
+    env = {k: v for k, v in env.items() if not (k.startswith("PIP_") and k != "PIP_CONFIG_FILE")}
+    out = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, check=True, env=env).stdout
+    lines = out.splitlines()
+    assert ["--index-url", "https://mirror.example/simple"] == lines[lines.index("--index-url"):][:2]
+    assert ["--find-links", str(wheels)] == lines[lines.index("--find-links"):][:2]
