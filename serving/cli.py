@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTIONS
 from serving.text import DEFAULT_LONG_TEXT, DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, LONG_TEXT_MODES
@@ -168,7 +169,7 @@ def cmd_serve(args) -> int:
 
 def cmd_embed(args) -> int:
     from serving.embed import (LocalEncoder, RemoteEncoder, extract_embeddings, load_source, load_text_source,
-                               refuse_split_options)
+                               refuse_modality_mismatch, refuse_split_options)
     from serving.text_rows import input_kind
     from vae_tf.errors import ConfigError
 
@@ -200,9 +201,13 @@ def cmd_embed(args) -> int:
         if args.column or args.label_column:
             raise ConfigError("--column and --label-column name the sentence and label columns of a Parquet/CSV file "
                               "for a text model")
+        if encoder.text and Path(args.path or args.data).expanduser().is_dir():
+            raise ConfigError(f"{args.path or args.data} is a folder, but this text model reads sentences: give a "
+                              ".txt/.txt.gz/.parquet/.csv file or a text data set (text_synthetic, wordnet)")
         source = load_source(args.data, split=args.split, path=args.path, seed=args.seed,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                              max_samples=args.max_samples)
+        refuse_modality_mismatch(source, encoder.text, args.path or args.data)
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():

@@ -194,8 +194,22 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
     if len(x) == 0:
         raise DataError(f"split {split!r} of {data!r} is empty; pick another split or change the fractions")
     description = {"data": name, "path": path, "split": split, "seed": seed, "val_fraction": val_fraction,
-                   "test_fraction": test_fraction, "max_samples": max_samples, "rows": len(x)}
+                   "test_fraction": test_fraction, "max_samples": max_samples, "rows": len(x),
+                   "modality": str(splits.metadata.get("modality", "image"))}
     return EmbedSource(x, None if x.y is None else np.asarray(x.y, np.int64), description)
+
+
+def refuse_modality_mismatch(source: EmbedSource, text_model: bool, data: str) -> None:
+    """One line when ``source`` (sentences or arrays) is not what the model's encode takes,
+    before any row reaches the model (whose own error is a graph's input-type mismatch)."""
+    text_data = source.description.get("modality") == "text"
+    if text_model and not text_data:
+        raise ConfigError(f"{data!r} holds images/arrays but this model's encode takes sentences; give a text data "
+                          "set (text_synthetic, wordnet, text_file with --path) or a .txt/.txt.gz/.parquet/.csv "
+                          "file, or an image model")
+    if text_data and not text_model:
+        raise ConfigError(f"{data!r} holds sentences but this model's encode takes arrays; give a text model, or "
+                          "a data set / .npz / .npy / image folder")
 
 
 # -- chunks ---------------------------------------------------------------------------------------
@@ -448,4 +462,4 @@ def probe(train_path: str | os.PathLike, test_path: str | os.PathLike | None = N
 
 __all__ = ["EmbedResult", "EmbedSource", "LocalEncoder", "RemoteEncoder", "SPLIT_DEFAULTS", "arrow_table",
            "encode_chunk", "extract_embeddings", "load_source", "load_text_source", "probe", "read_embeddings",
-           "refuse_split_options"]
+           "refuse_modality_mismatch", "refuse_split_options"]

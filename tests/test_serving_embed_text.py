@@ -167,7 +167,16 @@ def test_bad_text_input_is_one_line(base, exports, tmp_path, capsys):
                                                    "--column", "n", *model)
     assert "must hold integer class indices" in _error(capsys, "embed", "--data", str(tmp_path / "two.parquet"),
                                                        "--column", "a", "--label-column", "b", *model)
+    # Data of the other kind, refused in one line before a row reaches the model (the graph's own
+    # error is a many-line input-type mismatch)
+    assert "'digits' holds images/arrays but this model's encode takes sentences" in _error(
+        capsys, "embed", "--data", "digits", *model)
+    (tmp_path / "folder").mkdir()
+    assert "is a folder, but this text model reads sentences" in _error(
+        capsys, "embed", "--data", str(tmp_path / "folder"), *model)
     image_model = ["--model", str(exports), "-o", str(tmp_path / "out.npz")]
     assert "holds sentences but this model's encode takes arrays" in _error(
         capsys, "embed", "--data", str(tmp_path / "ok.txt"), *image_model)
+    assert "'text_synthetic' holds sentences but this model's encode takes arrays" in _error(
+        capsys, "embed", "--data", "text_synthetic", *image_model)
     assert not (tmp_path / "out.npz.parts").exists()  # every one refused before a chunk
