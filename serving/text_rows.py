@@ -32,6 +32,7 @@ import numpy as np
 
 from serving.text import is_blank
 from vae_tf.data.files import Y_KEYS
+from vae_tf.data.validation import wide_unicode_encoding
 from vae_tf.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".txt.gz")
@@ -67,6 +68,9 @@ def open_binary(path: str | os.PathLike):
 
 def _line_text(raw: bytes, line: int, where: str) -> str | None:
     """A line as the sentence it holds (stripped), None when blank; DataError when not text."""
+    wide = wide_unicode_encoding(raw[:4]) if line == 0 else None
+    if wide:
+        raise DataError(f"{where} is {wide} text (its byte-order mark says so); give UTF-8 text: re-save it as UTF-8")
     if b"\x00" in raw:
         raise DataError(f"{where} looks binary (a NUL byte on line {line + 1}); give UTF-8 text, one sentence per "
                         "line")

@@ -150,6 +150,10 @@ def test_open_dataset_holds_text_in_memory(tmp_path):
     (b"\n  \n\t\n", "is empty"),
     (b"fine line\nanother\x00binary\n", "looks binary (a NUL byte on line 2)"),
     (b"ok\nstill ok\nbad \xff\xfe here\n", "not valid UTF-8 (line 3"),
+    # Windows' Notepad / PowerShell save UTF-16: named as such, not called binary for its NUL bytes
+    (b"\xff\xfe" + "the cat\nthe dog\n".encode("utf-16-le"), "is UTF-16 (little-endian) text"),
+    (b"\xfe\xff" + "the cat\n".encode("utf-16-be"), "is UTF-16 (big-endian) text"),
+    ("the cat\n".encode("utf-32"), "is UTF-32 (little-endian) text"),
 ])
 def test_text_file_bad_files(tmp_path, content, fragment):
     path = write(tmp_path / "bad.txt", content)

@@ -37,7 +37,7 @@ import numpy as np
 
 from vae_tf.data.registry import register_dataset
 from vae_tf.data.splits import SPLIT_NAMES, DataSplits, SplitPlan
-from vae_tf.data.validation import exception_cause, is_int, validate_text
+from vae_tf.data.validation import exception_cause, is_int, validate_text, wide_unicode_encoding
 from vae_tf.errors import DataError
 
 LONG_SENTENCES = ("drop", "truncate")
@@ -224,6 +224,10 @@ def read_sentences(path) -> list[str]:
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         cause = exception_cause(exc)
         raise DataError(f"could not read {str(p)!r} ({cause}); check the file (a .gz must be gzip)") from None
+    wide = wide_unicode_encoding(raw[:4])
+    if wide:
+        raise DataError(f"{str(p)!r} is {wide} text (its byte-order mark says so); text_file reads UTF-8: "
+                        "re-save it as UTF-8")
     nul = raw.find(b"\x00")
     if nul >= 0:
         line = raw.count(b"\n", 0, nul) + 1

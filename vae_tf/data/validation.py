@@ -26,6 +26,18 @@ def exception_cause(exc: BaseException, limit: int = 200) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:limit]
 
 
+#: Byte-order marks of the Unicode encodings a text file may be saved in other than UTF-8 (UTF-32
+#: first: its little-endian mark starts with UTF-16's). Windows' Notepad and PowerShell write UTF-16.
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 (little-endian)"), (b"\x00\x00\xfe\xff", "UTF-32 (big-endian)"),
+              (b"\xff\xfe", "UTF-16 (little-endian)"), (b"\xfe\xff", "UTF-16 (big-endian)"))
+
+
+def wide_unicode_encoding(start: bytes) -> str | None:
+    """The encoding a file's first bytes' byte-order mark names when it is UTF-16 or UTF-32 (whose
+    NUL bytes would otherwise read as binary), else None."""
+    return next((name for bom, name in _WIDE_BOMS if start.startswith(bom)), None)
+
+
 def is_int(value) -> bool:
     """True for Python / NumPy integers, False for bools (``True`` is not a count)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
