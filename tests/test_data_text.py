@@ -172,6 +172,10 @@ def test_text_file_bad_paths_and_options(tmp_path):
                               ({"max_length": 0}, "max_length"), ({"long_sentences": "cut"}, "long_sentences"),
                               ({"lowercase": "yes"}, "lowercase"), ({"vocab": 10}, "has no option")):
         assert fragment in one_line_error(load_dataset, "text_file", path=good, **options)
+    # A min_count no word reaches: said with the option to change (was "a text model needs a vocabulary")
+    message = one_line_error(load_dataset, "text_file", path=good, min_count=100_000)
+    assert "no word of the training split occurs min_count=100000 times" in message
+    assert "lower data.options.min_count" in message
 
 
 @pytest.mark.parametrize("x,fragment", [

@@ -173,6 +173,10 @@ def text_splits(name: str, plan: SplitPlan, parts: dict[str, TextPart], options:
     counts = {s: tokenize.word_counts(parts[s].sentences.tolist(), **options.tokenizer) for s in SPLIT_NAMES}
     max_words = None if options.vocab_size is None else options.vocab_size - NUM_SPECIALS
     vocabulary = tokenize.vocabulary_from_counts(counts["train"], max_size=max_words, min_count=options.min_count)
+    if not vocabulary:
+        commonest = max(counts["train"].values(), default=0)
+        raise DataError(f"{name}: no word of the training split occurs min_count={options.min_count} times (the "
+                        f"commonest occurs {commonest}); lower data.options.min_count")
     known = set(vocabulary)
     n_words = {s: int(sum(c.values())) for s, c in counts.items()}
     unk_rate = {
