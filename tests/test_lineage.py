@@ -57,6 +57,23 @@ def test_digest_changes_with_the_content_and_not_otherwise(digits):
     assert dataset_digest(text) != dataset_digest(text[::-1].copy())
 
 
+def test_a_user_file_is_a_local_dataset_source_without_mlflow_s_duplicate_registration_warning(tmp_path):
+    """A user's file resolves to MLflow's local-file source; MLflow 3.17 registers that source
+    twice and warned "can be interpreted in multiple ways" on every run of a file."""
+    import warnings
+
+    from training.tracking import meta_dataset
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("a cat\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dataset = meta_dataset("corpus-train", str(path), "abc")
+    assert type(dataset.source).__name__ == "LocalArtifactDatasetSource" and dataset.source.uri == str(path)
+    named = meta_dataset("digits-train", "sklearn.datasets.load_digits", "abc")  # not a path: a code source
+    assert type(named.source).__name__ == "CodeDatasetSource"
+
+
 @pytest.mark.slow
 def test_every_training_run_ends_with_a_collapse_verdict_in_the_console_and_the_tags(trained):
     _, run, out = trained

@@ -209,7 +209,12 @@ def meta_dataset(name: str, source: str, digest: str):
     resolved = None
     if source.startswith(("http://", "https://", "s3://", "gs://")) or Path(source).exists():
         try:
-            resolved = resolve_dataset_source(source)
+            with warnings.catch_warnings():
+                # MLflow 3.17 registers its local-file source twice and warns on every local path that
+                # it "can be interpreted in multiple ways: LocalArtifactDatasetSource,
+                # LocalArtifactDatasetSource" (the same class): noise on every run of a user's file.
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+                resolved = resolve_dataset_source(source)
         except Exception:  # noqa: BLE001 - an unusual path: name it in a code source instead
             resolved = None
     return MetaDataset(resolved or CodeDatasetSource({"vae_tf.source": source}), name=name, digest=digest)
