@@ -121,6 +121,27 @@ def test_long_sentences_drop_or_truncate(tmp_path):
                              max_length=2, val_fraction=0.0, test_fraction=0.0)
     assert "max_length=2" in message and "truncate" in message
 
+    # What `vae-tf train` says and logs of it: 15 of the 20 lines are longer than 5 words
+    import io
+
+    from training.train import text_params, warn_long_sentences
+
+    for data, rule, what, fix in ((dropped, "drop", "dropped", "long_sentences=truncate"),
+                                  (cut, "truncate", "truncated", "keep them whole")):
+        stream = io.StringIO()
+        warn_long_sentences(data.metadata, stream)
+        line = stream.getvalue()
+        assert line.count("\n") == 1 and line.startswith(f"warning: {what} 15 of 20 sentences longer than "
+                                                         "max_length=5 words (train ") and fix in line
+        params = text_params(data.metadata)
+        assert sum(params[f"data.n_long.{s}"] for s in ("train", "val", "test")) == 15
+        assert params["data.max_length"] == 5 and params["data.long_sentences"] == rule
+        assert params["data.vocab_size"] == len(data.metadata["vocabulary"]) + 4  # <pad>, <unk>, <bos>, <eos>
+        assert all(0.0 <= params[f"data.unk_rate.{s}"] <= 1.0 for s in ("train", "val", "test"))
+    stream = io.StringIO()
+    warn_long_sentences(load_dataset("text_file", path=path).metadata, stream)  # no max_length: nothing dropped
+    assert stream.getvalue() == ""
+
 
 def test_pipelines_batch_strings(tmp_path):
     import tensorflow as tf

@@ -195,6 +195,7 @@ def prepare(config: Config, strategy) -> Prepared:
         from vae_tf.models.text import text_settings
 
         text = text_settings(data.metadata)
+        warn_long_sentences(data.metadata)
     with strategy.scope():
         model = build_model(config, data.data_shape, steps_per_epoch, strategy.num_replicas_in_sync, text=text)
     return Prepared(data=data, labelled=labelled, steps_per_epoch=steps_per_epoch, model=model)
@@ -355,6 +356,34 @@ def fit_xla_guarded(model, jit_compile, *args, **kwargs):
             "--set train.jit_compile=false") from err
 
 
+def warn_long_sentences(metadata: dict, stream=None) -> None:
+    """One line on stderr when the length rule dropped or cut sentences (a small ``max_length`` can
+    throw away most of a corpus without failing)."""
+    n_long = {s: int(n) for s, n in (metadata.get("n_long") or {}).items()}
+    if not sum(n_long.values()):
+        return
+    kept = {s: int(metadata.get(f"n_{s}", 0)) for s in n_long}
+    total = sum(kept.values()) + (sum(n_long.values()) if metadata.get("long_sentences") == "drop" else 0)
+    per_split = ", ".join(f"{s} {n}" for s, n in n_long.items() if n)
+    if metadata.get("long_sentences") == "drop":
+        what, fix = "dropped", "raise data.options.max_length or set data.options.long_sentences=truncate"
+    else:
+        what, fix = "truncated", "raise data.options.max_length to keep them whole"
+    print(f"warning: {what} {sum(n_long.values())} of {total} sentences longer than max_length="
+          f"{metadata.get('max_length')} words ({per_split}); {fix}", file=stream or sys.stderr)
+
+
+def text_params(metadata: dict) -> dict:
+    """A text corpus' numbers as run params: vocabulary, length rule, what it dropped or cut, and
+    the share of words outside the vocabulary per split."""
+    params = {f"data.{k}": metadata[k] for k in ("vocab_size", "max_length", "min_count", "long_sentences")
+              if k in metadata}
+    for key in ("n_long", "unk_rate"):
+        for split, value in (metadata.get(key) or {}).items():
+            params[f"data.{key}.{split}"] = round(float(value), 6) if key == "unk_rate" else int(value)
+    return params
+
+
 def _run(config: Config, prepared: Prepared, tracker, after_training=None, resumed: bool = False,
          strategy=None) -> TrainResult:
     import keras
@@ -385,6 +414,8 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
         tracker.set_tags(run_tags(config))
         tracker.log_params({"data.n_train": len(data.x_train), "data.n_val": len(data.x_val),
                             "data.n_test": len(data.x_test), "data.shape": str(data.data_shape)})
+        if data.metadata.get("modality") == "text":
+            tracker.log_params(text_params(data.metadata))
         log_datasets(tracker, config, data, labelled)
     train_cfg = config.train
     chief = is_chief(strategy)
