@@ -60,6 +60,19 @@ def test_slots_are_filled_with_their_defaults_and_a_new_kind_does_not_inherit_op
     assert load_config(None, ["model.network.kind=conv"]).model.network == {"kind": "conv"}
 
 
+def test_a_relative_data_path_is_kept_as_the_absolute_path_of_the_working_directory(tmp_path, monkeypatch):
+    """The config a run logs and its export keep is read again elsewhere (`vae-tf evaluate` from
+    another directory): a path relative to where training ran would then point nowhere."""
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, ["data.name=text_file", "data.path=in/corpus.txt"])
+    assert config.data.path == str(tmp_path / "in" / "corpus.txt")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert load_config(None, ["data.path=~/x.npz"]).data.path == str(tmp_path / "home" / "x.npz")
+    assert load_config(None, ["data.path=/abs/x.npz"]).data.path == "/abs/x.npz"
+    assert load_config(None, ["data.path=https://example.org/x.txt"]).data.path == "https://example.org/x.txt"
+    assert Config.model_validate(config.to_dict()).data.path == config.data.path  # read back: unchanged
+
+
 def test_another_data_set_keeps_the_generic_data_settings_but_not_the_options(tmp_path):
     """A suite size or --set that changes data.name must not silently drop the binarisation or
     the splits (a binarised study moved to mnist_5k stays binarised, so its IW-NLL is still an

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import pydantic
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                      PrivateAttr, model_validator)
+                      PrivateAttr, field_validator, model_validator)
 
 from vae_tf.errors import ConfigError
 
@@ -58,6 +58,15 @@ class DataConfig(Section):
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ValueError("data.val_fraction + data.test_fraction must be < 1 to leave training data")
         return self
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, path: str | None) -> str | None:
+        """A relative path is the working directory's: made absolute here, so that the config a run
+        logs and its export keep (which `vae-tf evaluate` reads) still find the data elsewhere."""
+        if path is None or "://" in path:
+            return path
+        return os.path.abspath(os.path.expanduser(path))
 
 
 class ModelConfig(Section):
