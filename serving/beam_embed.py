@@ -574,7 +574,7 @@ def parquet_pattern(data: str, path: str | None) -> str | None:
 def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
     """``vae-tf embed --runner beam``: the arguments of ``vae-tf embed`` plus ``--workers`` and
     Beam pipeline options after ``--``."""
-    from serving.embed import load_source, refuse_split_options
+    from serving.embed import load_source, refuse_modality_mismatch, refuse_split_options, trained_data_options
     from serving.text_rows import input_kind
 
     if args.server:
@@ -605,9 +605,12 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
                               "per line")
         source = TextFileSource(text_pattern, args.chunk_size)
     else:
-        source = SplitSource(load_source(args.data, split=args.split, path=args.path, seed=args.seed,
-                                         val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                                         max_samples=args.max_samples), args.chunk_size)
+        split_source = load_source(args.data, split=args.split, path=args.path, seed=args.seed,
+                                   val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                                   max_samples=args.max_samples,
+                                   options=trained_data_options(encoder.version_dir, args.data))
+        refuse_modality_mismatch(split_source, encoder.text, args.path or args.data)
+        source = SplitSource(split_source, args.chunk_size)
     # Runner and worker logs (a failed bundle's traceback among them) would bury the one-line
     # error: a failure comes back as the exception, and user_error finds the message in it.
     logging.getLogger("apache_beam.runners").setLevel(logging.CRITICAL)

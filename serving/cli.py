@@ -87,7 +87,9 @@ def add_parsers(sub) -> None:
                        help="registered data set (digits, dsprites, mnist, text_synthetic, ...) or a .npz/.npy file or "
                             "image folder; with --runner beam also Parquet files (a path or glob ending in .parquet); "
                             "for a text model also a .txt/.txt.gz file (one sentence per line; with --runner beam "
-                            "--data text --path GLOB for several) or a .parquet/.csv file with a column of sentences")
+                            "--data text --path GLOB for several) or a .parquet/.csv file with a column of sentences. "
+                            "With --model, the data set the model was trained on is read with the model's data options "
+                            "(e.g. n_samples, image_size), not the data set's defaults")
     embed.add_argument("--column", help="text models, Parquet/CSV input: the column of sentences (default: text, "
                                         "sentence, sentences or x, else the only string column)")
     embed.add_argument("--label-column", help="text models, Parquet/CSV input: a column of integer labels to keep "
@@ -169,7 +171,7 @@ def cmd_serve(args) -> int:
 
 def cmd_embed(args) -> int:
     from serving.embed import (LocalEncoder, RemoteEncoder, extract_embeddings, load_source, load_text_source,
-                               refuse_modality_mismatch, refuse_split_options)
+                               refuse_modality_mismatch, refuse_split_options, trained_data_options)
     from serving.text_rows import input_kind
     from vae_tf.errors import ConfigError
 
@@ -204,9 +206,10 @@ def cmd_embed(args) -> int:
         if encoder.text and Path(args.path or args.data).expanduser().is_dir():
             raise ConfigError(f"{args.path or args.data} is a folder, but this text model reads sentences: give a "
                               ".txt/.txt.gz/.parquet/.csv file or a text data set (text_synthetic, wordnet)")
+        options = trained_data_options(encoder.version_dir, args.data) if args.model else {}
         source = load_source(args.data, split=args.split, path=args.path, seed=args.seed,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                             max_samples=args.max_samples)
+                             max_samples=args.max_samples, options=options)
         refuse_modality_mismatch(source, encoder.text, args.path or args.data)
 
     def progress(done: int, total: int) -> None:

@@ -163,10 +163,12 @@ def load_text_source(data: str, *, column: str | None = None, label_column: str 
 
 
 def load_source(data: str, *, split: str = "test", path: str | None = None, seed: int = 0,
-                val_fraction: float = 0.1, test_fraction: float = 0.1, max_samples: int | None = None) -> EmbedSource:
+                val_fraction: float = 0.1, test_fraction: float = 0.1, max_samples: int | None = None,
+                options: dict | None = None) -> EmbedSource:
     """A split of a registered data set (``digits``, ``mnist``, ``text_synthetic``, ...) or of a
     file/folder (``data`` may be a path to an ``.npz``, ``.npy`` or image folder). ``split='all'``
-    takes train, val and test in that order.
+    takes train, val and test in that order. ``options``: the data set's own options
+    (``data.options`` of a training config, e.g. ``n_samples``, ``image_size``).
 
     The rows stay lazy (:func:`vae_tf.data.open_dataset`): the same rows, values and checks as
     :func:`vae_tf.data.load_dataset`, but a file's rows are read and converted a chunk at a time
@@ -188,15 +190,27 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
             raise DataError(f"unknown data set or missing file {data!r}; give a registered name "
                             f"({', '.join(sorted(DATASETS))}) or an existing .npz/.npy file or image folder")
     splits = open_dataset(name, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                          max_samples=max_samples, path=path)
+                          max_samples=max_samples, path=path, **(options or {}))
     parts = ("train", "val", "test") if split == "all" else (split,)
     x = SplitRows.concat([splits.split(p) for p in parts])
     if len(x) == 0:
         raise DataError(f"split {split!r} of {data!r} is empty; pick another split or change the fractions")
     description = {"data": name, "path": path, "split": split, "seed": seed, "val_fraction": val_fraction,
-                   "test_fraction": test_fraction, "max_samples": max_samples, "rows": len(x),
+                   "test_fraction": test_fraction, "max_samples": max_samples, "options": dict(options or {}),
+                   "rows": len(x),
                    "modality": str(splits.metadata.get("modality", "image"))}
     return EmbedSource(x, None if x.y is None else np.asarray(x.y, np.int64), description)
+
+
+def trained_data_options(version_dir, data: str) -> dict:
+    """The data set options (``data.options``) the model in ``version_dir`` was trained with, when
+    ``data`` names the data set it was trained on (else none): the same corpus or image size, not
+    the data set's defaults (e.g. text_synthetic's 20,000 sentences for a model trained on 200)."""
+    from vae_tf.export import load_model_info
+
+    trained = (load_model_info(version_dir).get("config") or {}).get("data") or {}
+    same = str(trained.get("name", "")).lower().replace("-", "_") == data.lower().replace("-", "_")
+    return dict(trained.get("options") or {}) if same else {}
 
 
 def refuse_modality_mismatch(source: EmbedSource, text_model: bool, data: str) -> None:
@@ -462,4 +476,4 @@ def probe(train_path: str | os.PathLike, test_path: str | os.PathLike | None = N
 
 __all__ = ["EmbedResult", "EmbedSource", "LocalEncoder", "RemoteEncoder", "SPLIT_DEFAULTS", "arrow_table",
            "encode_chunk", "extract_embeddings", "load_source", "load_text_source", "probe", "read_embeddings",
-           "refuse_modality_mismatch", "refuse_split_options"]
+           "refuse_modality_mismatch", "refuse_split_options", "trained_data_options"]

@@ -127,6 +127,9 @@ def test_bad_input_is_one_line(exports, tmp_path, capsys):
     assert "drop --split" in _error(capsys, *beam, "--model", str(exports), "--data", short, "--split", "train")
     assert "no Parquet files match" in _error(capsys, *beam, "--model", str(exports), "--data",
                                               str(tmp_path / "none-*.parquet"))
+    # a data set of the other kind, refused on the launcher (not a graph input-type traceback)
+    assert "'text_synthetic' holds sentences but this model's encode takes arrays" in _error(
+        capsys, *beam, "--model", str(exports), "--data", "text_synthetic", "--max-samples", "50")
 
     assert "give --model" in _error(capsys, *beam, "--server", "http://127.0.0.1:1")
     assert "not an .npz file" in _error(capsys, "embed", "--runner", "beam", "--model", str(exports), "-o",

@@ -69,6 +69,29 @@ def test_text_inputs_embed_every_sentence_in_file_order(base, inputs, tmp_path, 
             assert "label" not in table
 
 
+def test_the_data_set_a_model_was_trained_on_is_read_with_its_training_options(text_exports, tmp_path, capsys):
+    """`--data text_synthetic` for a model trained on 200 of its sentences embeds that corpus' test
+    split (20 rows), not the data set's default 20,000-sentence corpus (2,000 rows); another data
+    set name keeps that data set's defaults."""
+    import json
+
+    from serving.embed import trained_data_options
+
+    base = tmp_path / "models"
+    drop_version(text_exports, base, 1, name="text")
+    info_path = base / "text" / "1" / "assets" / "vae_tf_model.json"
+    info = json.loads(info_path.read_text())
+    info["config"] = {"data": {"name": "text_synthetic", "options": {"n_samples": 200}}}
+    info_path.write_text(json.dumps(info))
+    assert trained_data_options(base / "text" / "1", "text-synthetic") == {"n_samples": 200}
+    assert trained_data_options(base / "text" / "1", "wordnet") == {}
+    out = tmp_path / "e.npz"
+    assert main(["embed", "--model", str(base / "text"), "--data", "text_synthetic", "-o", str(out)]) == 0
+    assert "(20 rows; columns" in capsys.readouterr().out
+    with np.load(out) as archive:
+        assert len(archive["embedding"]) == 20
+
+
 def test_text_through_the_server_equals_local(base, inputs, tmp_path, capsys):
     local, rest, grpc_out = tmp_path / "l.npz", tmp_path / "r.npz", tmp_path / "g.parquet"
     args = ["embed", "--data", str(inputs / "s.txt.gz"), "--chunk-size", "3", "--batch-size", "2"]
