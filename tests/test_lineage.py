@@ -102,6 +102,14 @@ def test_verdict_thresholds(active, dims, status):
     assert verdict.line.startswith(f"{status}: {active}/{dims} dims active, MI 1.5 nats, KL 2")
 
 
+def test_a_negative_mi_estimate_is_called_noise_not_printed_as_a_value():
+    """I_q(x; z) >= 0; its estimate on a few examples can fall below (seen: -0.886 on 6 test
+    sentences), and the one-line verdict must not present that as an information content."""
+    line = collapse_verdict(0, 2, kl=0.0004, mi=-0.886).line
+    assert line == "collapsed: 0/2 dims active, MI ~0 nats (estimate -0.886, below 0 by sampling noise), KL 0.0004"
+    assert "MI 0 nats" in collapse_verdict(2, 2, kl=1.0, mi=0.0).line
+
+
 def test_a_collapsed_code_is_called_collapsed(digits):
     """An encoder whose output does not depend on x (zero weights into its last layer) has no
     active unit whatever its bias: the verdict must say so."""

@@ -346,7 +346,10 @@ class CollapseVerdict:
     def line(self) -> str:
         parts = [f"{self.active}/{self.dims} dims active"]
         if self.mi is not None and math.isfinite(self.mi):
-            parts.append(f"MI {self.mi:.3g} nats")
+            # I_q(x; z) >= 0: a negative estimate (small sets: its spread is ~sqrt(d / 2N) for a
+            # collapsed code, see mutual_information) is said to be noise, not printed as a value
+            parts.append(f"MI {self.mi:.3g} nats" if self.mi >= 0 else
+                         f"MI ~0 nats (estimate {self.mi:.3g}, below 0 by sampling noise)")
         parts.append(f"KL {self.kl:.3g}")
         if self.collapsed_fraction is not None:
             parts.append(f"{self.collapsed_fraction:.0%} of dims (0.01, 0.01)-collapsed")
