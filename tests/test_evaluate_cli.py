@@ -93,3 +93,16 @@ def test_bad_model_references_are_one_line_errors(here, capsys, ref, match):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert_one_line(err)
     assert err.startswith("error: ") and match in err
+
+
+@pytest.mark.slow
+def test_data_of_the_other_kind_is_refused_naming_the_model(here, tmp_path, capsys):
+    """The image model of the fixture on sentences: one line saying what the data holds and what
+    the model reads (was: the likelihood's support check, advising to 'configure a text model')."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"sentence {i} of a few words\n" for i in range(40)))
+    assert main(["evaluate", "models/vae", "--no-mlflow", "--set", "data.name=text_file", "--set",
+                 f"data.path={corpus}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert_one_line(err)
+    assert "holds sentences but models/vae/1 is an image model and reads images/arrays" in err

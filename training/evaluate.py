@@ -97,7 +97,7 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     config = from_dict(saved) if saved else load_config(None)
     if overrides:
         config = from_dict(apply_overrides(config.to_dict(), overrides))
-    data = prepare_data(config)
+    data = prepare_data(config, model_modality=getattr(model, "modality", "image"), model_name=str(version_dir))
 
     result = evaluate_model(model, data, split=split, seed=config.seed, max_examples=max_examples, iw_k=iw_k,
                             disentanglement=disentanglement != "off",

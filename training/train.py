@@ -28,8 +28,10 @@ class TrainResult:
     collapse: str | None = None          # the one-line collapse verdict (training.lineage.collapse_verdict)
 
 
-def prepare_data(config: Config):
-    """Load and validate the data set against the chosen likelihood's support."""
+def prepare_data(config: Config, model_modality: str | None = None, model_name: str = "the model"):
+    """Load and validate the data set against the chosen likelihood's support; with
+    ``model_modality`` (``"text"`` or ``"image"``: an existing model's, as `vae-tf evaluate` reads
+    one), data of the other kind is refused in one line naming both."""
     from vae_tf.data import load_dataset, validate_array
     from vae_tf.likelihoods import LIKELIHOODS
 
@@ -43,6 +45,14 @@ def prepare_data(config: Config):
         path=config.data.path,
         **config.data.options,
     )
+    if model_modality is not None and data.modality != model_modality:
+        from vae_tf.errors import DataError
+
+        holds = "sentences" if data.modality == "text" else "images/arrays"
+        takes = "sentences" if model_modality == "text" else "images/arrays"
+        kind = "a text model" if model_modality == "text" else "an image model"
+        raise DataError(f"data set {config.data.name!r} holds {holds} but {model_name} is {kind} and reads {takes}; "
+                        f"evaluate it on {takes} (drop --set data.*, or give such a data set)")
     if config.data.binarize != "none":
         data = data.binarized(config.data.binarize, seed=config.seed)
     for split in ("train", "val", "test"):
