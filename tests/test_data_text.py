@@ -140,7 +140,18 @@ def test_long_sentences_drop_or_truncate(tmp_path):
         assert all(0.0 <= params[f"data.unk_rate.{s}"] <= 1.0 for s in ("train", "val", "test"))
     stream = io.StringIO()
     warn_long_sentences(load_dataset("text_file", path=path).metadata, stream)  # no max_length: nothing dropped
-    assert stream.getvalue() == ""
+    assert stream.getvalue() == ""  # (and 1..20 words: no long tail either)
+
+    # One 200-word line among 199 of 5 words sets max_length without the option: said, with what
+    # 99 % of the sentences need (np.percentile of 199 fives and one 200 is 5)
+    tail = load_dataset("text_file", path=write(tmp_path / "tail.txt", ["a b c d e"] * 199 + ["w " * 200]))
+    assert tail.metadata["max_length"] == 200 and tail.metadata["length_p99"] == 5
+    stream = io.StringIO()
+    warn_long_sentences(tail.metadata, stream)
+    assert stream.getvalue() == ("warning: max_length is 200 words, the longest sentence's, but 99 % of the sentences "
+                                 "have at most 5: batches are padded to 200; set data.options.max_length (e.g. 5) to "
+                                 "drop or truncate the few long ones\n")
+    assert "length_p99" not in dropped.metadata  # max_length given: nothing set by a long tail
 
 
 def test_pipelines_batch_strings(tmp_path):

@@ -366,10 +366,22 @@ def fit_xla_guarded(model, jit_compile, *args, **kwargs):
             "--set train.jit_compile=false") from err
 
 
+#: A max_length set by the longest sentence is said when it exceeds this many times what 99 % of
+#: the sentences need (and 16 words): every batch is padded to it.
+LONG_TAIL_FACTOR = 2
+
+
 def warn_long_sentences(metadata: dict, stream=None) -> None:
     """One line on stderr when the length rule dropped or cut sentences (a small ``max_length`` can
-    throw away most of a corpus without failing)."""
+    throw away most of a corpus without failing), or when a few very long sentences set
+    ``max_length`` (without the option) far above what the others need: every batch is padded to
+    it, so training is slower by about that factor, and generation and serving allow it."""
     n_long = {s: int(n) for s, n in (metadata.get("n_long") or {}).items()}
+    p99, longest = metadata.get("length_p99"), int(metadata.get("max_length") or 0)
+    if p99 is not None and longest > max(16, LONG_TAIL_FACTOR * int(p99)):
+        print(f"warning: max_length is {longest} words, the longest sentence's, but 99 % of the sentences have at "
+              f"most {p99}: batches are padded to {longest}; set data.options.max_length (e.g. {p99}) to drop or "
+              "truncate the few long ones", file=stream or sys.stderr)
     if not sum(n_long.values()):
         return
     kept = {s: int(metadata.get(f"n_{s}", 0)) for s in n_long}

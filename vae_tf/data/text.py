@@ -163,10 +163,13 @@ def text_splits(name: str, plan: SplitPlan, parts: dict[str, TextPart], options:
             validate_text(part.sentences, what=f"{name} {split} split")
     max_length = options.max_length
     n_long = dict.fromkeys(SPLIT_NAMES, 0)
+    length_p99 = None
     if max_length is None:
         lengths = [tokenize.sentence_lengths(p.sentences.tolist(), **options.tokenizer).numpy()
                    for p in parts.values() if len(p.sentences)]
         max_length = int(max(int(a.max()) for a in lengths))
+        # what most sentences need: a few very long lines set max_length for all (training.train warns)
+        length_p99 = int(np.ceil(np.percentile(np.concatenate(lengths), 99)))
     else:
         for split in SPLIT_NAMES:
             parts[split], n_long[split] = _apply_length_rule(name, split, parts[split], options, max_length)
@@ -196,6 +199,7 @@ def text_splits(name: str, plan: SplitPlan, parts: dict[str, TextPart], options:
             "modality": "text",
             "vocabulary": vocabulary,
             "max_length": int(max_length),
+            **({} if length_p99 is None else {"length_p99": length_p99}),
             "tokenizer": options.tokenizer,
             "long_sentences": options.long_sentences,
             "vocab_size": len(vocabulary) + NUM_SPECIALS,
