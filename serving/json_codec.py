@@ -205,12 +205,13 @@ def parse_document(body: bytes) -> dict:
     doc = _fast_document(body)
     if doc is not None:
         return doc
-    text = body.decode("utf-8", "surrogateescape")
+    rewritten, lows, surrogate = _surrogate_escapes(body)
+    text = rewritten.decode("utf-8", "surrogateescape")
     start = len(text) - len(text.lstrip(_JSON_WHITESPACE))
     if start == len(text):
         raise invalid_argument(f"JSON Parse error: The document is empty. at offset: {len(body)}")
     try:
-        doc, _ = _DECODER.raw_decode(text, start)
+        doc, end = _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as err:
         reason = next((text for prefix, text in _PARSE_REASONS.items() if err.msg.startswith(prefix)), None)
         pos = err.pos
@@ -218,15 +219,74 @@ def parse_document(body: bytes) -> dict:
             reason = _missing_comma_reason(err.doc, err.pos)
         elif err.msg.startswith("Unterminated string"):
             pos = len(text)  # rapidjson reads to the end before it misses the quotation mark
-        offset = len(text[:pos].encode("utf-8", "surrogateescape"))
+        offset = _body_offset(len(text[:pos].encode("utf-8", "surrogateescape")), lows)
+        if surrogate is not None and surrogate < offset:  # rapidjson stops at whichever comes first
+            raise invalid_argument(f"JSON Parse error: {_SURROGATE_REASON} at offset: {surrogate}") from None
         raise invalid_argument(f"JSON Parse error: {reason or err.msg} at offset: {offset}") from None
     except RecursionError:
         # (project) rapidjson parses iteratively, any depth; Python's parser recurses.
         raise invalid_argument("JSON Parse error: The document is nested too deeply; send tensors with fewer "
                                "dimensions") from None
+    # after the first complete value rapidjson stops reading (kParseStopWhenDoneFlag)
+    if surrogate is not None and surrogate < _body_offset(len(text[:end].encode("utf-8", "surrogateescape")), lows):
+        raise invalid_argument(f"JSON Parse error: {_SURROGATE_REASON} at offset: {surrogate}")
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {preview(doc)} Is not object")
     return doc
+
+
+_SURROGATE_REASON = "The surrogate pair in string is invalid."
+# A backslash escape: \uXXXX (group 1: the hex digits) or any other escaped character, matched
+# left to right so that an escaped backslash ("\\u...") is not read as the start of \u.
+_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
+
+
+def _surrogate_escapes(body: bytes) -> tuple[bytes, list[int], int | None]:
+    """Escaped UTF-16 surrogates that are not half of a pair, as rapidjson 1.1 (TF Serving's)
+    reads them: a high half (``\\uD800``-``\\uDBFF``) not followed at once by a low one stops
+    the parse with "The surrogate pair in string is invalid." at the escape's backslash; a low
+    half alone is kept as the three bytes UTF-8 would give its code point (``\\udc80`` ->
+    ``ED B2 80``, not valid UTF-8). Python's parser turns both into lone surrogates, which the
+    ``surrogateescape`` decoding that keeps a body's raw bytes cannot tell from raw bytes 0x80-0xff
+    (``"\\xc2\\udc80"`` would read as a valid U+0080), so this works on the bytes.
+
+    Returns ``(body with each lone low half replaced by its three bytes, the body offsets of those
+    escapes, the body offset of the first lone high half or None)``."""
+    if b"\\u" not in body:
+        return body, [], None
+    lows: list[tuple[int, int]] = []
+    high, high_end, lone_high = None, -1, None
+    for match in _ESCAPE.finditer(body):
+        code = int(match.group(1), 16) if match.group(1) else None
+        if high is not None:
+            if code is not None and 0xDC00 <= code <= 0xDFFF and match.start() == high_end:
+                high = None
+                continue
+            lone_high = high
+            break
+        if code is not None and 0xD800 <= code <= 0xDBFF:
+            high, high_end = match.start(), match.end()
+        elif code is not None and 0xDC00 <= code <= 0xDFFF:
+            lows.append((match.start(), code))
+    if high is not None and lone_high is None:
+        lone_high = high
+    pieces, previous = [], 0
+    for offset, code in lows:
+        pieces += [body[previous:offset], chr(code).encode("utf-8", "surrogatepass")]
+        previous = offset + 6
+    pieces.append(body[previous:])
+    return b"".join(pieces), [offset for offset, _ in lows], lone_high
+
+
+def _body_offset(offset: int, lows: list[int]) -> int:
+    """An offset into the rewritten body (:func:`_surrogate_escapes`) as an offset into the
+    request's: each replaced escape (6 bytes) is 3 bytes shorter there."""
+    shift = 0
+    for i, low in enumerate(lows):
+        if low - 3 * i >= offset:
+            break
+        shift += 3
+    return offset + shift
 
 
 # An integer literal outside int64/uint64 (19 digits or more): orjson reads it as a double,

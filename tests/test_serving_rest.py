@@ -405,6 +405,32 @@ def test_orjson_parsing_changes_no_document_and_no_message(monkeypatch):
     assert fast == [outcome(body) for body in FAST_PATH_BODIES]
 
 
+def test_escaped_lone_surrogates_are_read_as_rapidjson_1_1_reads_them():
+    """A high half alone stops the parse at its backslash; a low half alone is kept as the three
+    bytes UTF-8 gives its code point (rapidjson 1.1's Encode), never as the raw byte that the
+    surrogateescape decoding of a body's non-UTF-8 bytes would alias it to; a pair is its
+    character; an escaped backslash is no escape. Offsets count the request's bytes."""
+    from serving import json_codec
+    from serving.status import ServingError
+
+    def strings(body):
+        doc = json_codec.parse_document(body)
+        return [v.encode("utf-8", "surrogateescape") for v in doc["a"]]
+
+    assert strings(b'{"a": ["\xc2\\udc80"]}') == [b"\xc2\xed\xb2\x80"]  # not the valid b"\xc2\x80"
+    assert strings(b'{"a": ["\\udfff", "\\ud83d\\ude00\xff", "\\\\ud800"]}') == [
+        b"\xed\xbf\xbf", "\U0001F600".encode() + b"\xff", b"\\ud800"]
+    for body, offset in ((b'{"a": ["\\ud800"]}', 8), (b'{"a": ["\\ud83d x"]}', 8),
+                         (b'{"a": ["\\udc80", "\\ud800"]}', 18),  # after a kept low half: request offsets
+                         (b'{"a": ["\\ud800"], "b": }', 8)):  # before a later syntax error
+        with pytest.raises(ServingError, match=rf"^JSON Parse error: The surrogate pair in string is invalid\. "
+                                               rf"at offset: {offset}$"):
+            json_codec.parse_document(body)
+    with pytest.raises(ServingError, match=r"^JSON Parse error: Invalid value\. at offset: 27$"):
+        json_codec.parse_document(b'{"a": "\\udc80\\udc80", "b": ]}')  # offsets after kept low halves
+    assert json_codec.parse_document(b'{"a": ["x"]} \\ud800') == {"a": ["x"]}  # after the value: not read
+
+
 def _as_float32(value):
     if isinstance(value, list):
         return [_as_float32(v) for v in value]

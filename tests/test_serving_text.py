@@ -203,8 +203,10 @@ BAD_REST = [
     ({"signature_name": "encode", "instances": ["ok", {"b64": base64.b64encode(b"\xc3\x28").decode()}]},
      "row 1 is not valid UTF-8 (byte 0"),
     ({"signature_name": "encode", "instances": [{"b64": "not base64!"}]}, "Unable to base64 decode"),
-    (b'{"signature_name": "encode", "instances": ["a \\ud800 cat"]}', "The surrogate pair in string is invalid"),
-    (b'{"signature_name": "encode", "instances": ["a \\udcff cat"]}', "row 0 is not valid UTF-8"),
+    (b'{"signature_name": "encode", "instances": ["a \\ud800 cat"]}',
+     "JSON Parse error: The surrogate pair in string is invalid. at offset: 46"),  # the escape's backslash
+    (b'{"signature_name": "encode", "instances": ["a \\udcff cat"]}', "row 0 is not valid UTF-8"),  # ED B3 BF
+    (b'{"signature_name": "encode", "instances": ["\xc2\\udc80"]}', "row 0 is not valid UTF-8"),  # C2 ED B2 80
     ({"signature_name": "encode", "instances": ["the cat", ""]}, "row 1 is empty"),
     ({"signature_name": "encode", "instances": [" \t\n\u00a0\u2003"]}, "row 0 is empty"),  # Unicode spaces too
     ({"signature_name": "reconstruct", "instances": [""]}, "Input x of signature reconstruct: row 0 is empty"),
