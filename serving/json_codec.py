@@ -17,8 +17,9 @@ valid document; anything else takes the ``json`` path with its messages); a nume
 goes through one ``np.asarray`` of the parsed lists; only when that fails or the values break a
 rule does the element-by-element walk run, which finds the first offending value and builds TF
 Serving's exact message. Finite numeric outputs are written by orjson straight from the arrays,
-float32 values as the shortest text that reads back to the same float32 (as TF Serving writes
-them); outputs holding NaN or Infinity, and strings, are written by ``json`` (float32 values as
+float32 values as the shortest text that reads back to the same float32 (TF Serving writes six
+digits or ``%.9g``: other digits, the same float32; docs/serving.md, Differences); outputs holding
+NaN or Infinity, and strings, are written by ``json`` (float32 values as
 the shortest repr of the value widened to double, which also reads back to the same float32).
 """
 
@@ -400,13 +401,33 @@ def is_b64_object(value) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
+_BASE64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+_ASCII_SPACE = str.maketrans("", "", " \t\n\v\f\r")
+
+
+def base64_unescape(text: str) -> bytes | None:
+    """``absl::Base64Unescape`` (TF Serving's ``JsonDecodeBase64Object``): ASCII whitespace is
+    skipped anywhere (base64 wrapped at 76 columns, as the ``base64`` tool writes it, decodes),
+    and the data ends with no padding or exactly the padding its length needs, ``=`` or ``.``
+    (absl's extensions of RFC 4648); None when it is not base64."""
+    compact = text.translate(_ASCII_SPACE)
+    data = compact.rstrip("=.")
+    pads, tail = len(compact) - len(data), len(data) % 4
+    if tail == 1 or not _BASE64_ALPHABET.issuperset(data) or pads not in (0, (4 - tail) % 4):
+        return None
+    try:
+        return binascii.a2b_base64(data + "=" * ((4 - tail) % 4), strict_mode=True)
+    except binascii.Error:
+        return None
+
+
 def decode_b64(value) -> bytes:
     if not is_b64_object(value):
         raise invalid_argument(f"JSON Value: {preview(value)} not formatted correctly for base64 data")
-    try:
-        return base64.b64decode(value["b64"], validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid_argument("Unable to base64 decode") from None
+    decoded = base64_unescape(value["b64"])
+    if decoded is None:
+        raise invalid_argument("Unable to base64 decode")
+    return decoded
 
 
 def _fast_numeric(value, shape: list[int], spec, check_bools: bool) -> np.ndarray | None:

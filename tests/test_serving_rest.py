@@ -3,6 +3,7 @@ every route and format, status codes, messages and headers, on 127.0.0.1 with a 
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 
@@ -431,6 +432,27 @@ def test_escaped_lone_surrogates_are_read_as_rapidjson_1_1_reads_them():
     assert json_codec.parse_document(b'{"a": ["x"]} \\ud800') == {"a": ["x"]}  # after the value: not read
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("dzEyIHc3", b"w12 w7"),
+    ("dzEy\nIHc3\n", b"w12 w7"),                        # wrapped, as the base64 tool writes it
+    (" dzEy\tIHc3 ", b"w12 w7"),                          # any ASCII whitespace, anywhere
+    ("dzEyIHc", b"w12 w"), ("dzEyIHc=", b"w12 w"), ("dzEyIHc.", b"w12 w"),  # padding: none, '=', '.'
+    ("dzEyIHc==", None), ("QUJD=", None),                # padding must be what the length needs
+    ("Q", None), ("dz=EyIHc3", None), ("not base64!", None), ("dzEyIHc3\u00e9", None),
+])
+def test_b64_values_decode_as_absl_base64_unescape_decodes_them(text, expected):
+    """TF Serving decodes {"b64": ...} with absl::Base64Unescape, which skips whitespace and
+    accepts missing padding (a client's wrapped or unpadded base64 is answered, not refused)."""
+    from serving import json_codec
+    from serving.status import ServingError
+
+    if expected is None:
+        with pytest.raises(ServingError, match="^Unable to base64 decode$"):
+            json_codec.decode_b64({"b64": text})
+    else:
+        assert json_codec.decode_b64({"b64": text}) == expected == base64.b64decode("dzEyIHc3")[:len(expected)]
+
+
 def _as_float32(value):
     if isinstance(value, list):
         return [_as_float32(v) for v in value]
@@ -441,8 +463,9 @@ def _as_float32(value):
 
 def test_numeric_outputs_written_by_orjson_read_back_as_the_json_path_writes_them():
     """Both formats, one and several outputs: the orjson body reads back (as float32) to what the
-    json path writes, with float32 values as their shortest text (0.1, not 0.10000000149011612,
-    as TF Serving writes them); outputs holding NaN keep the NaN token."""
+    json path writes, with float32 values as their shortest text (0.1, not 0.10000000149011612;
+    TF Serving writes 0.1 too, and other values with other digits: docs/serving.md, Differences);
+    outputs holding NaN keep the NaN token."""
     from serving import json_codec
 
     rng = np.random.default_rng(0)
