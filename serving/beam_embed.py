@@ -605,6 +605,9 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
                               "per line")
         source = TextFileSource(text_pattern, args.chunk_size)
     else:
+        from vae_tf.data import dataset_modality
+
+        refuse_modality_mismatch(dataset_modality(args.data), encoder.text, args.data)  # before it loads
         split_source = load_source(args.data, split=args.split, path=args.path, seed=args.seed,
                                    val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                                    max_samples=args.max_samples,

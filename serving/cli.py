@@ -206,6 +206,9 @@ def cmd_embed(args) -> int:
         if encoder.text and Path(args.path or args.data).expanduser().is_dir():
             raise ConfigError(f"{args.path or args.data} is a folder, but this text model reads sentences: give a "
                               ".txt/.txt.gz/.parquet/.csv file or a text data set (text_synthetic, wordnet)")
+        from vae_tf.data import dataset_modality
+
+        refuse_modality_mismatch(dataset_modality(args.data), encoder.text, args.data)  # before it loads
         options = trained_data_options(encoder.version_dir, args.data) if args.model else {}
         source = load_source(args.data, split=args.split, path=args.path, seed=args.seed,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,

@@ -213,10 +213,14 @@ def trained_data_options(version_dir, data: str) -> dict:
     return dict(trained.get("options") or {}) if same else {}
 
 
-def refuse_modality_mismatch(source: EmbedSource, text_model: bool, data: str) -> None:
-    """One line when ``source`` (sentences or arrays) is not what the model's encode takes,
-    before any row reaches the model (whose own error is a graph's input-type mismatch)."""
-    text_data = source.description.get("modality") == "text"
+def refuse_modality_mismatch(source: EmbedSource | str | None, text_model: bool, data: str) -> None:
+    """One line when the data (a loaded ``source``, or a modality, "text" or "image", as a
+    registered data set declares it: checked before it loads) is not what the model's encode
+    takes, before any row reaches the model (whose own error is a graph's input-type mismatch)."""
+    modality = source.description.get("modality") if isinstance(source, EmbedSource) else source
+    if modality is None:
+        return
+    text_data = modality == "text"
     if text_model and not text_data:
         raise ConfigError(f"{data!r} holds images/arrays but this model's encode takes sentences; give a text data "
                           "set (text_synthetic, wordnet, text_file with --path) or a .txt/.txt.gz/.parquet/.csv "

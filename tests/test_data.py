@@ -833,3 +833,22 @@ def test_config_binarize_gives_bits_to_training_and_evaluation():
     assert data.binary and set(np.unique(data.x_test)) <= {0.0, 1.0}
     with pytest.raises(ConfigError, match="data.binarize"):
         load_config(None, overrides=["data.binarize=yes"])
+
+
+def test_registered_data_sets_declare_what_they_hold_and_a_loader_that_disagrees_is_caught(monkeypatch):
+    """The modality a registration declares is what its loader returns (checked at every load),
+    and what lets `vae-tf embed` / `evaluate` refuse a model of the other kind before loading."""
+    from vae_tf.data import registry
+
+    expected = {"digits": "image", "mnist_5k": "image", "mnist": "image", "fashion_mnist": "image",
+                "dsprites": "image", "images": "image", "text_file": "text", "text_synthetic": "text",
+                "wordnet": "text", "ptb": "text", "yahoo": "text", "yelp": "text", "npz": None, "npy": None}
+    assert {name: registry.dataset_modality(name) for name in registry.DATASETS} == expected
+    assert registry.dataset_modality("Text-Synthetic") == "text" and registry.dataset_modality("x.npz") is None
+    assert load_dataset("digits", max_samples=30).modality == "image"
+    assert load_dataset("text_synthetic", n_samples=40).modality == "text"
+    monkeypatch.setitem(registry.DATASET_MODALITIES, "digits", "text")
+    with pytest.raises(ValueError, match="registered as text but its loader returned image data"):
+        load_dataset("digits", max_samples=30)
+    with pytest.raises(ValueError, match="modality must be one of"):
+        registry.register_dataset("sounds", modality="audio")

@@ -169,7 +169,7 @@ def _error(capsys, *argv) -> str:
 
 
 @pytest.mark.slow
-def test_bad_text_input_is_one_line(base, exports, tmp_path, capsys):
+def test_bad_text_input_is_one_line(base, exports, tmp_path, capsys, monkeypatch):
     model = ["--model", str(base / "text"), "-o", str(tmp_path / "out.npz")]
     (tmp_path / "bad.txt").write_bytes(b"fine\nalso fine\nnot \xff fine\n")
     assert "is not valid UTF-8 (line 3, byte 4" in _error(capsys, "embed", "--data", str(tmp_path / "bad.txt"), *model)
@@ -202,6 +202,10 @@ def test_bad_text_input_is_one_line(base, exports, tmp_path, capsys):
     image_model = ["--model", str(exports), "-o", str(tmp_path / "out.npz")]
     assert "holds sentences but this model's encode takes arrays" in _error(
         capsys, "embed", "--data", str(tmp_path / "ok.txt"), *image_model)
+    # a registered data set says what it holds: refused before it loads (no corpus generated)
+    from vae_tf.data import text_synthetic
+
+    monkeypatch.setattr(text_synthetic.SyntheticTextGenerator, "sample", lambda *a, **k: pytest.fail("generated"))
     assert "'text_synthetic' holds sentences but this model's encode takes arrays" in _error(
         capsys, "embed", "--data", "text_synthetic", *image_model)
     assert not (tmp_path / "out.npz.parts").exists()  # every one refused before a chunk

@@ -36,6 +36,10 @@ def prepare_data(config: Config, model_modality: str | None = None, model_name: 
     from vae_tf.likelihoods import LIKELIHOODS
 
     likelihood_cls = LIKELIHOODS.get(config.model.likelihood["name"])
+    if model_modality is not None:
+        from vae_tf.data import dataset_modality
+
+        _refuse_other_modality(config, dataset_modality(config.data.name), model_modality, model_name)  # before it loads
     data = load_dataset(
         config.data.name,
         seed=config.seed,
@@ -45,14 +49,8 @@ def prepare_data(config: Config, model_modality: str | None = None, model_name: 
         path=config.data.path,
         **config.data.options,
     )
-    if model_modality is not None and data.modality != model_modality:
-        from vae_tf.errors import DataError
-
-        holds = "sentences" if data.modality == "text" else "images/arrays"
-        takes = "sentences" if model_modality == "text" else "images/arrays"
-        kind = "a text model" if model_modality == "text" else "an image model"
-        raise DataError(f"data set {config.data.name!r} holds {holds} but {model_name} is {kind} and reads {takes}; "
-                        f"evaluate it on {takes} (drop --set data.*, or give such a data set)")
+    if model_modality is not None:
+        _refuse_other_modality(config, data.modality, model_modality, model_name)
     if config.data.binarize != "none":
         data = data.binarized(config.data.binarize, seed=config.seed)
     for split in ("train", "val", "test"):
@@ -369,6 +367,18 @@ def fit_xla_guarded(model, jit_compile, *args, **kwargs):
 #: A max_length set by the longest sentence is said when it exceeds this many times what 99 % of
 #: the sentences need (and 16 words): every batch is padded to it.
 LONG_TAIL_FACTOR = 2
+
+
+def _refuse_other_modality(config: Config, data_modality: str | None, model_modality: str, model_name: str) -> None:
+    if data_modality is None or data_modality == model_modality:
+        return
+    from vae_tf.errors import DataError
+
+    holds = "sentences" if data_modality == "text" else "images/arrays"
+    takes = "sentences" if model_modality == "text" else "images/arrays"
+    kind = "a text model" if model_modality == "text" else "an image model"
+    raise DataError(f"data set {config.data.name!r} holds {holds} but {model_name} is {kind} and reads {takes}; "
+                    f"evaluate it on {takes} (drop --set data.*, or give such a data set)")
 
 
 def warn_long_sentences(metadata: dict, stream=None) -> None:

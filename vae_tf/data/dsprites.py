@@ -271,7 +271,7 @@ class DSpritesGroundTruth:
 
 
 
-@register_dataset("dsprites")
+@register_dataset("dsprites", modality="image")
 def load_dsprites(plan: SplitPlan, *, n_samples: int = 20000, image_size: int = 64) -> DataSplits:
     """Procedural dSprites-like images with ground-truth factors (see the module docstring).
 

@@ -469,4 +469,4 @@ def load_images(
 
 load_npz = register_lazy_dataset("npz", open_npz)
 load_npy = register_lazy_dataset("npy", open_npy)
-register_lazy_dataset("images", open_images, load_images)
+register_lazy_dataset("images", open_images, load_images, modality="image")

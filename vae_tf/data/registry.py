@@ -29,34 +29,51 @@ from vae_tf.errors import DataError
 DATASETS: dict[str, Callable[..., DataSplits]] = {}
 #: Openers of the data sets that can stay lazy (user files): name -> opener(plan, **options).
 LAZY_DATASETS: dict[str, Callable[..., LazySplits]] = {}
+#: What a data set holds, where its registration says: "text" (sentences) or "image" (arrays);
+#: absent where only its file tells (npz, npy).
+DATASET_MODALITIES: dict[str, str] = {}
+MODALITIES = ("text", "image")
 
 
 def _normalise(name: str) -> str:
     return str(name).strip().lower().replace("-", "_")
 
 
-def register_dataset(name: str):
-    """Decorator registering ``loader(plan: SplitPlan, **options) -> DataSplits`` as ``name``.
+def register_dataset(name: str, modality: str | None = None):
+    """Decorator registering ``loader(plan: SplitPlan, **options) -> DataSplits`` as ``name``;
+    ``modality`` ("text" or "image") says what it holds, so that a model of the other kind is
+    refused before it loads (:func:`dataset_modality`).
 
     Registering a second, different function under a taken name raises ``ValueError`` (a
     programming error, not a data error).
     """
     key = _normalise(name)
+    if modality is not None and modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES} or None, got {modality!r}")
 
     def decorator(loader: Callable[..., DataSplits]) -> Callable[..., DataSplits]:
         existing = DATASETS.get(key)
         if existing is not None and existing is not loader:
             raise ValueError(f"data set {key!r} is already registered by {existing.__qualname__}")
         DATASETS[key] = loader
+        if modality is not None:
+            DATASET_MODALITIES[key] = modality
         return loader
 
     return decorator
+
+
+def dataset_modality(name: str) -> str | None:
+    """"text" or "image" for a registered data set that declares it; None for one whose files
+    decide (npz, npy) and for a name that is not registered (a path)."""
+    return DATASET_MODALITIES.get(_normalise(name))
 
 
 def register_lazy_dataset(
     name: str,
     opener: Callable[..., LazySplits],
     loader: Callable[..., DataSplits] | None = None,
+    modality: str | None = None,
 ) -> Callable[..., DataSplits]:
     """Register ``opener(plan, **options) -> LazySplits`` as ``name`` for :func:`open_dataset`, and
     its eager twin for :func:`load_dataset`: ``loader`` (same options) or, by default,
@@ -69,7 +86,7 @@ def register_lazy_dataset(
 
     if _loader_options(loader) != _loader_options(opener):
         raise ValueError(f"the loader and the opener of {name!r} must take the same options")
-    register_dataset(name)(loader)
+    register_dataset(name, modality)(loader)
     LAZY_DATASETS[_normalise(name)] = opener
     return loader
 
@@ -161,6 +178,10 @@ def load_dataset(
 
 def _checked(key: str, splits: DataSplits) -> DataSplits:
     """The per-split checks every eager load passes (custom loaders included)."""
+    declared = DATASET_MODALITIES.get(key)
+    if declared is not None and splits.modality != declared:
+        raise ValueError(f"data set {key!r} is registered as {declared} but its loader returned {splits.modality} "
+                         "data (metadata['modality'])")  # a programming error of the loader
     for split in SPLIT_NAMES:
         x = getattr(splits, f"x_{split}")
         if split == "train" or len(x) > 0:

@@ -259,7 +259,7 @@ def read_sentences(path) -> list[str]:
     return sentences
 
 
-@register_dataset("text_file")
+@register_dataset("text_file", modality="text")
 def load_text_file(
     plan: SplitPlan,
     *,

@@ -156,7 +156,7 @@ def render(tokens: np.ndarray) -> list[str]:
     return [" ".join(f"w{int(t)}" for t in row) for row in tokens]
 
 
-@register_dataset("text_synthetic")
+@register_dataset("text_synthetic", modality="text")
 def load_text_synthetic(plan: SplitPlan, *, n_samples: int = 20000, generator_seed: int = 0) -> DataSplits:
     """He et al. (2019)'s synthetic corpus (module docstring), generated from the seeds.
 

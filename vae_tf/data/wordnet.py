@@ -96,7 +96,7 @@ def find_data_files(path) -> list[Path]:
     return files
 
 
-@register_dataset("wordnet")
+@register_dataset("wordnet", modality="text")
 def load_wordnet(
     plan: SplitPlan,
     *,
