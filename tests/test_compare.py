@@ -68,6 +68,21 @@ def test_suite_runs_children_under_a_parent_and_resumes(suite_file, tmp_path, ca
     assert (tmp_path / "report2" / "report.md").read_text().splitlines()[6:] == text.splitlines()[6:]
     assert (tmp_path / "report2" / "samples.png").is_file()  # rebuilt from the finished runs' artifacts
 
+    # The suite edited (beta4's beta): that child is trained again, the other reused; each child
+    # run records the digest of the config it trained
+    edited = yaml.safe_load(suite_file.read_text())
+    edited["runs"][1]["config"]["objective"]["kl_weight"]["beta"] = 8.0
+    suite_file.write_text(yaml.safe_dump(edited))
+    run_suite(str(suite_file), size="quick", output_dir=str(tmp_path / "report3"))
+    out = capsys.readouterr().out
+    assert "suite child beta4/0: its config or evaluation changed since run" in out
+    assert out.count("finished earlier") == 1 and "beta4/0: training" in out
+    runs = client.search_runs([exp.experiment_id])
+    retrained = [r for r in runs if r.data.tags.get("vae_tf.suite_child") == "beta4/0"]
+    assert len(runs) == 4 and len(retrained) == 2
+    assert len({r.data.tags["vae_tf.suite_child_config"] for r in retrained}) == 2
+    assert sorted(r.data.params["objective.kl_weight.beta"] for r in retrained) == ["4.0", "8.0"]
+
 
 def test_shipped_suites_resolve_to_valid_configs():
     assert {"collapse", "selective_collapse", "decoder_variance", "remedy_matrix"} <= set(list_suites())
@@ -113,6 +128,14 @@ def test_compare_cli_errors_are_one_line(suite_file, capsys):
     assert capsys.readouterr().err.strip().startswith("error: unknown suite 'nope'")
     assert main(["compare", "--suite", str(suite_file), "--quick", "--seeds", "a,b"]) == 2
     assert "--seeds must be comma-separated integers" in capsys.readouterr().err
+    for argv, message in ((["--seeds", ","], "--seeds must name at least one seed"),
+                          (["--seeds", "5,5"], "--seeds must name at least one seed, each once"),
+                          (["--runs", "vae,vae"], "--runs must name at least one run, each once"),
+                          (["--size", "full"], "--quick is --size quick; drop it or --size full")):
+        assert main(["compare", "--suite", str(suite_file), "--quick", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert not (suite_file.parent / "reports").exists()  # nothing written by a refused request
 
 
 def test_bad_suite_requests_are_one_line_errors(suite_file):
@@ -120,8 +143,30 @@ def test_bad_suite_requests_are_one_line_errors(suite_file):
         load_suite("nope")
     with pytest.raises(ConfigError, match="has no size 'huge'"):
         child_configs(load_suite(str(suite_file)), "huge")
-    with pytest.raises(ConfigError, match="has no run"):
+    with pytest.raises(ConfigError, match="has no run\\(s\\) \\['ghost'\\]; runs: vae, beta4"):
         child_configs(load_suite(str(suite_file)), "quick", only=["ghost"])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.update(bsae=t.pop("base")), "unknown key 'bsae'; did you mean 'base'?"),
+    (lambda t: t["sizes"]["quick"].update(cofig=t["sizes"]["quick"].pop("config")), "size 'quick' has an unknown key 'cofig'; did you mean 'config'?"),
+    (lambda t: t["runs"][1].update(clam=t["runs"][1].pop("claim")), "run 'beta4' has an unknown key 'clam'; did you mean 'claim'?"),
+    (lambda t: t["sizes"]["quick"].update(seeds="zero"), "seeds must be a non-empty list of distinct integers"),
+    (lambda t: t["sizes"]["quick"].update(seeds=[1, 1]), "seeds must be a non-empty list of distinct integers"),
+    (lambda t: t["runs"].append("beta2"), "run 3 must be a mapping"),
+    (lambda t: t.update(runs=5), "'runs' must be a list of runs, found int"),
+])
+def test_a_suite_yaml_with_a_mistake_is_a_one_line_error_naming_it(suite_file, edit, message):
+    """A misspelt key was silently ignored (a misspelt base trained every child on the defaults);
+    a wrong shape was a traceback."""
+    tree = yaml.safe_load(suite_file.read_text())
+    edit(tree)
+    suite_file.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_suite(str(suite_file))
+    suite_file.write_text("name: tiny\nruns: [\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML at line 3"):
+        load_suite(str(suite_file))
 
 
 def _suite_process(suite_file, tmp_path, *extra):

@@ -60,6 +60,20 @@ def test_slots_are_filled_with_their_defaults_and_a_new_kind_does_not_inherit_op
     assert load_config(None, ["model.network.kind=conv"]).model.network == {"kind": "conv"}
 
 
+def test_exponent_floats_read_as_numbers_as_yaml_1_2_reads_them(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-4 (no dot) as a string: `learning_rate: 1e-4`, the usual way to
+    write one, was refused as 'not a valid number'. Strings stay strings."""
+    assert load_config(None, ["train.learning_rate=1e-4"]).train.learning_rate == 1e-4
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {learning_rate: 3E-4, clip_norm: 1e+1}\nmodel: {latent: {latent_dim: 4}}\n"
+                    "objective: {kl_weight: {kind: constant, beta: .5e1}}\n")
+    config = load_config(path)
+    assert (config.train.learning_rate, config.train.clip_norm) == (3e-4, 10.0)
+    assert config.objective.kl_weight["beta"] == 5.0
+    assert parse_override("mlflow.run_name=1e-4x")[1] == "1e-4x" and parse_override("a.b=e5")[1] == "e5"
+    assert parse_override("a.b=12")[1] == 12 and parse_override("a.b=1.5")[1] == 1.5
+
+
 def test_a_relative_data_path_is_kept_as_the_absolute_path_of_the_working_directory(tmp_path, monkeypatch):
     """The config a run logs and its export keep is read again elsewhere (`vae-tf evaluate` from
     another directory): a path relative to where training ran would then point nowhere."""

@@ -138,12 +138,18 @@ def cmd_compare(args) -> int:
     from vae_tf.errors import ConfigError
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    if args.quick and args.size not in (None, "quick"):
+        raise ConfigError(f"--quick is --size quick; drop it or --size {args.size}")
     size = args.size or ("quick" if args.quick else "full")
     try:
         seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if seeds is not None and (not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"--seeds must name at least one seed, each once and >= 0, got {args.seeds!r}")
     runs = None if args.runs is None else [r.strip() for r in args.runs.split(",") if r.strip()]
+    if runs is not None and (not runs or len(set(runs)) != len(runs)):
+        raise ConfigError(f"--runs must name at least one run, each once, got {args.runs!r}")
     run_suite(args.suite, size=size, seeds=seeds, only=runs, output_dir=args.output_dir, jobs=args.jobs)
     return 0
 

@@ -110,15 +110,75 @@ def load_suite(name: str) -> Suite:
     path = Path(name) if name.endswith((".yaml", ".yml")) else SUITES_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown suite {name!r}; choose one of: {', '.join(list_suites())} (or a path to a suite YAML)")
-    tree = yaml.safe_load(path.read_text()) or {}
+    try:
+        from training.config import yaml_load
+
+        tree = yaml_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"suite {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    _check_suite_tree(tree, path)
+    return Suite(name=tree["name"], claim=" ".join(str(tree["claim"]).split()), base=tree.get("base") or {},
+                 sizes=tree["sizes"], runs=tree["runs"], path=path)
+
+
+#: The keys a suite YAML may hold: at the top, in a size, in a run (training/suites/*.yaml).
+SUITE_KEYS = ("name", "claim", "base", "sizes", "runs")
+SIZE_KEYS = ("seeds", "config", "evaluate", "runs")
+RUN_KEYS = ("name", "claim", "group", "config")
+
+
+def _unknown_keys(mapping: dict, allowed, where: str) -> None:
+    import difflib
+
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"{where} has an unknown key {key!r}; {hint}keys: {', '.join(allowed)}")
+
+
+def _check_suite_tree(tree, path: Path) -> None:
+    """One line for a suite YAML that would otherwise train something else than it says (an
+    unknown key was silently ignored: a misspelt ``base`` trained every child on the defaults) or
+    fail with a traceback."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"suite {path} must hold a mapping (name, claim, base, sizes, runs), found a "
+                          f"{type(tree).__name__}")
+    _unknown_keys(tree, SUITE_KEYS, f"suite {path}")
     for key in ("name", "claim", "runs", "sizes"):
         if key not in tree:
             raise ConfigError(f"suite {path} has no {key!r}")
+    for key, kind in (("base", dict), ("sizes", dict), ("runs", list)):
+        if tree.get(key) is not None and not isinstance(tree[key], kind):
+            raise ConfigError(f"suite {path}: {key!r} must be a {'mapping' if kind is dict else 'list of runs'}, "
+                              f"found {type(tree[key]).__name__}")
+    for size, spec in tree["sizes"].items():
+        where = f"suite {path} size {size!r}"
+        if spec is None:
+            continue
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where} must be a mapping ({', '.join(SIZE_KEYS)}), found {type(spec).__name__}")
+        _unknown_keys(spec, SIZE_KEYS, where)
+        seeds = spec.get("seeds", [0])
+        if (not isinstance(seeds, list) or not seeds
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)
+                or len(set(seeds)) != len(seeds)):
+            raise ConfigError(f"{where}: seeds must be a non-empty list of distinct integers >= 0, got {seeds!r}")
+        for key in ("config", "evaluate", "runs"):
+            if spec.get(key) is not None and not isinstance(spec[key], dict):
+                raise ConfigError(f"{where}: {key!r} must be a mapping, found {type(spec[key]).__name__}")
+    for i, run in enumerate(tree["runs"]):
+        if not isinstance(run, dict):
+            raise ConfigError(f"suite {path}: run {i + 1} must be a mapping ({', '.join(RUN_KEYS)}), found "
+                              f"{type(run).__name__} {run!r}")
+        _unknown_keys(run, RUN_KEYS, f"suite {path} run {run.get('name', i + 1)!r}")
+        if run.get("config") is not None and not isinstance(run["config"], dict):
+            raise ConfigError(f"suite {path} run {run.get('name')!r}: 'config' must be a mapping")
     names = [run.get("name") for run in tree["runs"]]
     if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
         raise ConfigError(f"suite {path}: every run needs a unique non-empty name, got {names}")
-    return Suite(name=tree["name"], claim=" ".join(str(tree["claim"]).split()), base=tree.get("base") or {},
-                 sizes=tree["sizes"], runs=tree["runs"], path=path)
 
 
 def child_configs(suite: Suite, size: str, seeds: list[int] | None = None, only: list[str] | None = None):
@@ -131,7 +191,8 @@ def child_configs(suite: Suite, size: str, seeds: list[int] | None = None, only:
     seeds = list(seeds if seeds is not None else spec.get("seeds", [0]))
     runs = [r for r in suite.runs if only is None or r["name"] in only]
     if only is not None and len(runs) != len(only):
-        raise ConfigError(f"suite {suite.name!r} has no run(s) {sorted(set(only) - {r['name'] for r in runs})}")
+        raise ConfigError(f"suite {suite.name!r} has no run(s) {sorted(set(only) - {r['name'] for r in runs})}; "
+                          f"runs: {', '.join(r['name'] for r in suite.runs)}")
     # A size may adjust single runs last (``sizes.<size>.runs.<run>``), e.g. a Skip decoder's
     # layers at that size's width, since a run's own network replaces the size's.
     evaluate_options(suite, size)  # its errors now, not after the first child has trained
@@ -182,20 +243,21 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     client = mlflow.MlflowClient()
 
     parent = _find_or_create_parent(client, exp_id, suite, size)
-    done = _finished_children(client, exp_id, parent)
+    digests = {f"{r}/{s_}": child_digest(c, evaluate_opts) for r, s_, c, _ in children}
+    done = _finished_children(client, exp_id, parent, digests, out)
     report_dir = Path(output_dir or Path("reports") / f"{suite.name}-{size}")
     progress_report = _ProgressReport(suite, size, children, report_dir, out)
     if jobs > 1:
         def progress():  # the table and children.json of what the child processes have finished
-            finished = _finished_children(client, exp_id, parent)
+            finished = _finished_children(client, exp_id, parent, digests)
             rows_ = {(r, s_): finished[f"{r}/{s_}"].data.metrics for r, s_, _, _ in children if f"{r}/{s_}" in finished}
             ids = {key: run.info.run_id for key, run in finished.items()}
             progress_report.write(rows_, ids)
 
         pending = [(r, s_) for r, s_, _, _ in children if f"{r}/{s_}" not in done]
         _run_parallel(suite, size, pending, experiment, jobs, report_dir, out, on_finished=progress if report else None)
-        done = _finished_children(client, exp_id, parent)
-    interrupted = _interrupted_children(client, exp_id, parent, {f"{r}/{s_}" for r, s_, _, _ in children})
+        done = _finished_children(client, exp_id, parent, digests)
+    interrupted = _interrupted_children(client, exp_id, parent, digests)
     # Per child (run name, seed): metrics, collapse curve, t-SNE of the test embeddings, MLflow run.
     rows: dict[tuple[str, int], dict] = {}
     curves: dict[tuple[str, int], Any] = {}
@@ -232,7 +294,7 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
         print(f"[{suite.name}] {key}: training", file=out, flush=True)
         captured: dict[str, Any] = {}
         tags = {"mlflow.parentRunId": parent, "vae_tf.suite": suite.name, "vae_tf.suite_size": size,
-                "vae_tf.suite_child": key}
+                "vae_tf.suite_child": key, DIGEST_TAG: digests[key]}
         def evaluate_child(model, data, tracker, captured=captured, config=config):
             captured.update(_evaluate_child(model, data, config, evaluate_opts, tracker))
 
@@ -306,17 +368,52 @@ def _find_or_create_parent(client, exp_id: str, suite: Suite, size: str) -> str:
     return run.info.run_id
 
 
-def _finished_children(client, exp_id: str, parent: str) -> dict:
+#: The tag holding a child's :func:`child_digest`: a finished or interrupted child is reused or
+#: resumed only when the suite would train it with the same config and evaluate it the same way.
+DIGEST_TAG = "vae_tf.suite_child_config"
+
+
+def child_digest(config, evaluate_opts: dict) -> str:
+    """A digest of what a child trains and how it is evaluated (its resolved config without the
+    ``mlflow`` section, which only says where it is logged, and the size's evaluate options)."""
+    import hashlib
+    import json
+
+    tree = config.to_dict()
+    tree.pop("mlflow", None)
+    blob = json.dumps({"config": tree, "evaluate": evaluate_opts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _finished_children(client, exp_id: str, parent: str, digests: dict | None = None, out=None) -> dict:
+    """``{child key: its latest FINISHED run}`` under ``parent`` whose config digest is the one
+    in ``digests`` (runs recorded before digests existed count as matching); a finished child of
+    another config is said on ``out`` and not reused."""
     runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and "
                                                        "attributes.status = 'FINISHED'", max_results=10000)
-    return {r.data.tags["vae_tf.suite_child"]: r for r in runs if "vae_tf.suite_child" in r.data.tags}
+    found, stale = {}, {}
+    for run in sorted(runs, key=lambda r: r.info.start_time):  # the latest of a key last
+        key = run.data.tags.get("vae_tf.suite_child")
+        if key is None:
+            continue
+        recorded, wanted = run.data.tags.get(DIGEST_TAG), (digests or {}).get(key)
+        if digests is not None and recorded is not None and recorded != wanted:
+            stale[key] = run.info.run_id
+            continue
+        found[key] = run
+    for key, run_id in stale.items():
+        if key not in found and key in (digests or {}) and out is not None:
+            print(f"suite child {key}: its config or evaluation changed since run {run_id} finished; training it "
+                  "again", file=out, flush=True)
+    return found
 
 
-def _interrupted_children(client, exp_id: str, parent: str, keys: set) -> dict:
+def _interrupted_children(client, exp_id: str, parent: str, keys: dict) -> dict:
     """``{child key: MLflow run id}`` of this parent's children among ``keys`` (the ones this call
-    trains: a ``--jobs`` child process never touches another's run) that did not finish but left
-    a checkpoint to resume from (their run directory under ``train.run_dir``). Interrupted children
-    without a checkpoint are marked KILLED and trained again from scratch."""
+    trains, with their config digests: a ``--jobs`` child process never touches another's run)
+    that did not finish but left a checkpoint to resume from (their run directory under
+    ``train.run_dir``), with the config they are to train with now. Interrupted children without a
+    checkpoint, or of another config, are marked KILLED and trained again from scratch."""
     runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and "
                                                        "attributes.status != 'FINISHED'", max_results=10000)
     found = {}
@@ -325,7 +422,8 @@ def _interrupted_children(client, exp_id: str, parent: str, keys: set) -> dict:
         if key not in keys:
             continue
         run_dir = Path(run.data.params.get("train.run_dir", "runs")) / run.info.run_id
-        if key and (run_dir / "checkpoints" / "checkpoint").is_file():
+        recorded = run.data.tags.get(DIGEST_TAG)
+        if key and (run_dir / "checkpoints" / "checkpoint").is_file() and recorded in (None, keys[key]):
             found[key] = run.info.run_id
         elif run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, "KILLED")
