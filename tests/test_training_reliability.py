@@ -396,6 +396,32 @@ def test_resume_refuses_to_change_the_model_and_names_what_may_change(tmp_path):
         resumed_config(record, ["model.latent.latent_dim=9"])
 
 
+@pytest.mark.slow
+def test_resuming_a_run_that_ran_all_its_epochs_is_refused_and_changes_nothing(tmp_path):
+    """It crashed (restoring best weights of a fit that never ran) and marked the finished run
+    FAILED; now one line says to raise train.epochs, and raising it trains on in the same run."""
+    from training.train import run_training
+    from vae_tf.errors import ConfigError
+
+    config = _in_process_config(tmp_path, epochs=1, early_stopping_patience=2)
+    first = run_training(config)
+    record_path = tmp_path / "runs" / first.run_id / "run.json"
+    before = record_path.read_text()
+    for overrides in ((), ("train.epochs=1",)):
+        with pytest.raises(ConfigError) as caught:
+            run_training(config, resume=first.run_id, overrides=overrides)
+        assert_one_line(str(caught.value))
+        assert str(caught.value) == (f"run {first.run_id} already finished its 1 epoch(s) (train.epochs=1); to train "
+                                     f"it on, raise train.epochs: --resume {first.run_id} --set train.epochs=2")
+    assert record_path.read_text() == before
+    client = MlflowClient(tracking_uri=config.mlflow.tracking_uri)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    again = run_training(config, resume=first.run_id, overrides=("train.epochs=2",))
+    assert again.run_id == first.run_id and len(again.history["loss"]) == 2
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+
+
 def test_resumable_pipeline_starts_anywhere_and_covers_each_pass(digits):
     per_pass = digits.steps_per_epoch("train", 64)
     full = [b.numpy() for b in digits.resumable_pipeline("train", 64, seed=3, epochs=2)]

@@ -306,5 +306,5 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def restore_best(self) -> None:
         """Set the model's weights to the best epoch's (Keras' ``restore_best_weights``)."""
-        if self.restore_best_weights and self.best_weights is not None:
+        if self.restore_best_weights and self.best_weights is not None and self.model is not None:
             self.model.set_weights(self.best_weights)

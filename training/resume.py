@@ -65,4 +65,10 @@ def resumed_config(record: dict, overrides: list[str] | tuple[str, ...] = ()) ->
             raise ConfigError(f"--set {dotted} cannot change when resuming (the checkpoint is of the run's own "
                               f"model and data); changeable: {', '.join(sorted(RESUMABLE_KEYS))}")
         set_path(tree, keys, value, text)
-    return from_dict(tree)
+    config = from_dict(tree)
+    ran = record.get("last_logged_epoch")
+    if record.get("status") == "finished" and isinstance(ran, int) and ran + 1 >= config.train.epochs:
+        run = record.get("mlflow_run_id") or "RUN_ID"
+        raise ConfigError(f"run {run} already finished its {ran + 1} epoch(s) (train.epochs={config.train.epochs}); "
+                          f"to train it on, raise train.epochs: --resume {run} --set train.epochs={ran + 2}")
+    return config
