@@ -240,3 +240,22 @@ def test_a_vae_tf_process_imports_keras_without_its_optional_libraries_which_sti
     plain = subprocess.run([sys.executable, "-c", f"import sys, keras; print([m in sys.modules for m in {libraries}])"],
                            cwd=root, capture_output=True, text=True, timeout=120)
     assert plain.stdout.split("\n")[0] == "[True, True, True]", plain.stdout + plain.stderr[-2000:]
+
+
+def test_a_vae_tf_process_turns_mlflow_s_artifact_progress_bars_off_unless_the_user_set_them():
+    """Registering a run's model copies its local SavedModel, and MLflow drew a "Downloading
+    artifacts: 100%|..." bar on stderr under every run; a user's own setting wins."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import os, vae_tf_cli\nvae_tf_cli.prepare_job_process()\n"
+            "print(os.environ['MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR'])\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
+    for user, expected in ((None, "false"), ("true", "true")):
+        run_env = env if user is None else {**env, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": user}
+        done = subprocess.run([sys.executable, "-c", code], cwd=root, env=run_env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.stdout.strip() == expected, done.stderr[-2000:]

@@ -134,10 +134,14 @@ def keep_optional_libraries_out_of_keras() -> None:
 
 def prepare_job_process() -> None:
     """What a process that runs one job and ends does first, before TensorFlow is imported: the
-    collector's thresholds raised (:func:`collect_less_often`) and the optional libraries Keras
-    does not need here kept out of ``import keras`` (:func:`keep_optional_libraries_out_of_keras`)."""
+    collector's thresholds raised (:func:`collect_less_often`), the optional libraries Keras
+    does not need here kept out of ``import keras`` (:func:`keep_optional_libraries_out_of_keras`),
+    and MLflow's artefact progress bars off unless the user set them (registering a run's model
+    copies its local SavedModel, and a "Downloading artifacts: 100%|..." bar printed under every
+    run's summary)."""
     collect_less_often()
     keep_optional_libraries_out_of_keras()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def run_job(job: Callable[..., int], *args) -> int:
