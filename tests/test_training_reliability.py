@@ -396,6 +396,21 @@ def test_resume_refuses_to_change_the_model_and_names_what_may_change(tmp_path):
         resumed_config(record, ["model.latent.latent_dim=9"])
 
 
+def test_print_config_with_resume_prints_the_config_the_run_continues_with(tmp_path, capsys):
+    """It printed the defaults; the resumed run trains with its own config and the allowed --set."""
+    from vae_tf_cli import main
+
+    own = _in_process_config(tmp_path, epochs=3).to_dict()
+    own["model"]["latent"]["latent_dim"] = 5
+    (tmp_path / "runs" / "abc").mkdir(parents=True)
+    (tmp_path / "runs" / "abc" / "run.json").write_text(json.dumps({"config": own, "status": "running"}))
+    assert main(["train", "--resume", "abc", "--set", f"train.run_dir={tmp_path / 'runs'}", "--set",
+                 "train.epochs=7", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["epochs"] == 7 and printed["model"]["latent"]["latent_dim"] == 5
+    assert printed["data"] == own["data"]
+
+
 @pytest.mark.slow
 def test_resuming_a_run_that_ran_all_its_epochs_is_refused_and_changes_nothing(tmp_path):
     """It crashed (restoring best weights of a fit that never ran) and marked the finished run

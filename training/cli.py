@@ -87,6 +87,12 @@ def cmd_train(args) -> int:
     else:
         config = load_config(args.config or DEFAULT_CONFIG, args.overrides)
     if args.print_config:
+        if args.resume:  # the config the resumed run continues with: its own, with the --set it allows
+            from training.resume import find_run, resumed_config
+
+            _, record = find_run(config.train.run_dir, args.resume if isinstance(args.resume, str) else None,
+                                 None if isinstance(args.resume, str) else config.name)
+            config = resumed_config(record, [o for o in args.overrides if not o.startswith("train.run_dir=")])
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
 
