@@ -136,6 +136,11 @@ def test_compare_cli_errors_are_one_line(suite_file, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
     assert not (suite_file.parent / "reports").exists()  # nothing written by a refused request
+    (suite_file.parent / "afile").write_text("not a folder")
+    assert main(["compare", "--suite", str(suite_file), "--quick", "--output-dir",
+                 str(suite_file.parent / "afile" / "rep")]) == 2
+    err = capsys.readouterr()
+    assert err.err.strip().endswith("set --output-dir to a writable folder") and "training" not in err.out
 
 
 def test_bad_suite_requests_are_one_line_errors(suite_file):

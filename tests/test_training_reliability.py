@@ -396,6 +396,28 @@ def test_resume_refuses_to_change_the_model_and_names_what_may_change(tmp_path):
         resumed_config(record, ["model.latent.latent_dim=9"])
 
 
+def test_an_unwritable_run_or_export_folder_is_one_line_before_any_run_exists(tmp_path, monkeypatch):
+    """A folder through a plain file (or read-only) failed with a traceback after the MLflow run was
+    created (run_dir) or after the whole training (export.base_dir)."""
+    from training.train import run_training
+    from vae_tf.errors import ConfigError
+
+    (tmp_path / "afile").write_text("not a folder")
+    for setting in ("run_dir", "base_dir"):
+        config = _in_process_config(tmp_path, epochs=1)
+        if setting == "run_dir":
+            config.train.run_dir = str(tmp_path / "afile" / "runs")
+        else:
+            config.export.base_dir = str(tmp_path / "afile" / "models")
+        section = "train" if setting == "run_dir" else "export"
+        with pytest.raises(ConfigError) as caught:
+            run_training(config)
+        assert_one_line(str(caught.value))
+        assert str(caught.value).startswith(f"{section}.{setting}={tmp_path / 'afile'}/")
+        assert str(caught.value).endswith(f"set {section}.{setting} to a writable folder")
+    assert not (tmp_path / "mlflow.db").exists()  # refused before an MLflow run (or its store) existed
+
+
 def test_print_config_with_resume_prints_the_config_the_run_continues_with(tmp_path, capsys):
     """It printed the defaults; the resumed run trains with its own config and the allowed --set."""
     from vae_tf_cli import main

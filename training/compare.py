@@ -246,6 +246,10 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     digests = {f"{r}/{s_}": child_digest(c, evaluate_opts) for r, s_, c, _ in children}
     done = _finished_children(client, exp_id, parent, digests, out)
     report_dir = Path(output_dir or Path("reports") / f"{suite.name}-{size}")
+    if report:  # before the first child trains
+        from training.train import check_writable_folder
+
+        check_writable_folder(report_dir, "--output-dir")
     progress_report = _ProgressReport(suite, size, children, report_dir, out)
     if jobs > 1:
         def progress():  # the table and children.json of what the child processes have finished

@@ -244,6 +244,9 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
         config = config.replace(train={"steps_per_execution": 1})
     if not is_chief(strategy) and resume:
         raise ConfigError("--resume is for single-process runs; restart a multi_worker cluster from scratch")
+    if is_chief(strategy):  # before any data, model or MLflow run exists
+        for folder, setting in ((config.train.run_dir, "train.run_dir"), (config.export.base_dir, "export.base_dir")):
+            check_writable_folder(folder, setting)
     prepared = prepare(config, strategy)
     if not is_chief(strategy):
         worker = WorkerRun(worker_description(strategy)).start()
@@ -379,6 +382,25 @@ def _refuse_other_modality(config: Config, data_modality: str | None, model_moda
     kind = "a text model" if model_modality == "text" else "an image model"
     raise DataError(f"data set {config.data.name!r} holds {holds} but {model_name} is {kind} and reads {takes}; "
                     f"evaluate it on {takes} (drop --set data.*, or give such a data set)")
+
+
+def check_writable_folder(folder, setting: str) -> None:
+    """Create ``folder`` if needed and check that a file can be written in it: one line naming
+    ``setting`` otherwise (a read-only or mistyped folder failed with a traceback after the MLflow
+    run was created, or, for the export, after the whole training)."""
+    import tempfile
+
+    from vae_tf.data.validation import exception_cause
+    from vae_tf.errors import ConfigError
+
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".vae-tf-write-check-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{setting}={folder} cannot be written ({exception_cause(err)}); set {setting} to a "
+                          "writable folder") from None
 
 
 def warn_long_sentences(metadata: dict, stream=None) -> None:
