@@ -374,3 +374,25 @@ def test_a_suite_that_dies_leaves_the_report_of_what_finished(suite_file, tmp_pa
     for name in ("vae", "beta4"):
         assert f"| {name} | 1 | {logged[name + '/0'].data.metrics['eval_elbo']:.2f} |" in text
     assert f"[tiny] 2 of 4 children finished: {tmp_path / 'report' / 'report.md'}" in capsys.readouterr().out
+
+def test_an_unreachable_tracking_server_is_one_line_within_seconds(suite_file, monkeypatch, capsys):
+    """vae-tf compare needs MLflow (finished children are found there): MLflow's client retried
+    for minutes and then failed with a traceback; now one quick request decides (loopback, a port
+    nothing listens on)."""
+    import socket
+
+    from vae_tf_cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    assert main(["compare", "--suite", str(suite_file), "--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: MLflow at http://127.0.0.1:{port} cannot be reached (connection refused); vae-tf compare "
+                   "finds a suite's finished children there: start the server, or use a local store "
+                   "(MLFLOW_TRACKING_URI=sqlite:///mlflow.db)")
+    import os
+
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the probe's settings were put back

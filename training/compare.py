@@ -230,7 +230,8 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     processes use) trains and evaluates only."""
     import mlflow
 
-    from training.tracking import TrackedRun, activate_experiment, resolve_tracking_uri, use_tracking
+    from training.tracking import (TrackedRun, activate_experiment, require_reachable, resolve_tracking_uri,
+                                   use_tracking)
     from training.train import run_training
 
     out = out or sys.stdout
@@ -238,6 +239,7 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     children = child_configs(suite, size, seeds, only)
     evaluate_opts = evaluate_options(suite, size)
     experiment = experiment or f"vae-tf-suite-{suite.name}"
+    require_reachable(resolve_tracking_uri(None), "vae-tf compare finds a suite's finished children there")
     use_tracking(resolve_tracking_uri(None))
     exp_id = activate_experiment(experiment)
     client = mlflow.MlflowClient()

@@ -181,6 +181,40 @@ def is_transient(err: BaseException) -> bool:
     return isinstance(err, (OSError, TimeoutError)) or type(err).__module__.startswith(("requests", "urllib3", "sqlalchemy"))
 
 
+def require_reachable(tracking_uri: str, why: str) -> None:
+    """For an HTTP tracking server: one quick request (no retries, a few seconds' timeout) and,
+    when it cannot be reached, one line saying so and why ``why`` needs it. MLflow's own client
+    retries each request with backoff for minutes before it fails with a traceback."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    from mlflow import MlflowClient
+
+    from vae_tf.data.validation import exception_cause
+    from vae_tf.errors import ConfigError
+
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    try:
+        with _mlflow_quiet():
+            MlflowClient(tracking_uri).search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - what matters is that it cannot be reached
+        if not is_transient(err):
+            raise
+        text = str(err).lower()
+        cause = next((words for key, words in (("refused", "connection refused"), ("timed out", "timed out"),
+                                                ("name or service not known", "unknown host"),
+                                                ("nodename nor servname", "unknown host"))
+                      if key in text), None) or exception_cause(err, 160)
+        raise ConfigError(f"MLflow at {tracking_uri} cannot be reached ({cause}); {why}: start the server, or use a "
+                          "local store (MLFLOW_TRACKING_URI=sqlite:///mlflow.db)") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @contextlib.contextmanager
 def _mlflow_quiet():
     """MLflow logs a full traceback for every failed database call; the one-line warning of
