@@ -394,6 +394,12 @@ def test_resume_refuses_to_change_the_model_and_names_what_may_change(tmp_path):
     assert resumed_config(record, ["train.epochs=9"]).train.epochs == 9
     with pytest.raises(ConfigError, match="model.latent.latent_dim cannot change when resuming"):
         resumed_config(record, ["model.latent.latent_dim=9"])
+    # the run's own value is no change (`--strategy none` of a run without a strategy); a typo of a
+    # changeable key is named as one
+    own_dim = record["config"]["model"]["latent"]["latent_dim"]
+    assert resumed_config(record, ["train.strategy=none", f"model.latent.latent_dim={own_dim}"]).train.epochs == 3
+    with pytest.raises(ConfigError, match=r"^--set train.epoch: no such setting; did you mean train.epochs\?$"):
+        resumed_config(record, ["train.epoch=9"])
 
 
 def test_an_unwritable_run_or_export_folder_is_one_line_before_any_run_exists(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ changed with ``--set`` (anything else would make the checkpoint a different mode
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -52,16 +53,35 @@ def find_run(run_root: str | Path, key: str | None = None, name: str | None = No
     return max(unfinished, key=lambda item: (item[0] / RUN_RECORD_NAME).stat().st_mtime)
 
 
+_MISSING = object()
+
+
+def _value_at(tree: dict, keys: list[str]):
+    """The value at a dotted path of a config tree, or ``_MISSING``."""
+    for key in keys:
+        if not isinstance(tree, dict) or key not in tree:
+            return _MISSING
+        tree = tree[key]
+    return tree
+
+
 def resumed_config(record: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The run's own config with ``overrides`` (``key=value``) applied, which must be among
     :data:`RESUMABLE_KEYS`."""
     if not isinstance(record.get("config"), dict):
         raise ConfigError("the run's run.json has no config (started by an older vae-tf?); it cannot be resumed")
-    tree = record["config"]
+    tree = copy.deepcopy(record["config"])  # the record stays the run's own
     for text in overrides:
         keys, value = parse_override(text)
         dotted = ".".join(keys)
         if dotted not in RESUMABLE_KEYS:
+            if _value_at(tree, keys) == value:  # the run's own value (e.g. --strategy none): no change
+                continue
+            import difflib
+
+            close = difflib.get_close_matches(dotted, sorted(RESUMABLE_KEYS), n=1, cutoff=0.8)
+            if close and _value_at(tree, keys) is _MISSING:  # a typo of a key that may change
+                raise ConfigError(f"--set {dotted}: no such setting; did you mean {close[0]}?")
             raise ConfigError(f"--set {dotted} cannot change when resuming (the checkpoint is of the run's own "
                               f"model and data); changeable: {', '.join(sorted(RESUMABLE_KEYS))}")
         set_path(tree, keys, value, text)
