@@ -385,22 +385,25 @@ def _refuse_other_modality(config: Config, data_modality: str | None, model_moda
 
 
 def check_writable_folder(folder, setting: str) -> None:
-    """Create ``folder`` if needed and check that a file can be written in it: one line naming
-    ``setting`` otherwise (a read-only or mistyped folder failed with a traceback after the MLflow
-    run was created, or, for the export, after the whole training)."""
-    import tempfile
+    """Check that ``folder`` is, or can be created as, a folder this process may write in (its
+    nearest existing ancestor a writable folder), leaving no trace: one line naming ``setting``
+    otherwise (a read-only or mistyped folder failed with a traceback after the MLflow run was
+    created, or, for the export, after the whole training)."""
+    import os
 
-    from vae_tf.data.validation import exception_cause
     from vae_tf.errors import ConfigError
 
-    path = Path(folder).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".vae-tf-write-check-"):
-            pass
-    except OSError as err:
-        raise ConfigError(f"{setting}={folder} cannot be written ({exception_cause(err)}); set {setting} to a "
-                          "writable folder") from None
+    path = Path(folder).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        why = f"{existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing} is not writable"
+    else:
+        return
+    raise ConfigError(f"{setting}={folder} cannot be written ({why}); set {setting} to a writable folder")
 
 
 def warn_long_sentences(metadata: dict, stream=None) -> None:
