@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from vae_tf.errors import ConfigError
 
@@ -110,14 +109,9 @@ def load_suite(name: str) -> Suite:
     path = Path(name) if name.endswith((".yaml", ".yml")) else SUITES_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown suite {name!r}; choose one of: {', '.join(list_suites())} (or a path to a suite YAML)")
-    try:
-        from training.config import yaml_load
+    from training.config import yaml_file
 
-        tree = yaml_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"suite {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    tree = yaml_file(path, f"suite {path}")
     _check_suite_tree(tree, path)
     return Suite(name=tree["name"], claim=" ".join(str(tree["claim"]).split()), base=tree.get("base") or {},
                  sizes=tree["sizes"], runs=tree["runs"], path=path)

@@ -267,16 +267,22 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+def yaml_file(path: Path, what: str):
+    """The document of a YAML file (:func:`yaml_load`; empty: ``{}``); a syntax error is one line
+    naming ``what`` (e.g. "config file x.yaml") and where."""
+    try:
+        return yaml_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{what} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found: pass an existing YAML file to --config")
-    try:
-        tree = yaml_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    tree = yaml_file(path, f"config file {path}")
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, found a {type(tree).__name__}")
     return tree
