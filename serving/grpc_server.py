@@ -97,7 +97,12 @@ def _check_still_wanted(context) -> None:
                                                    "timeout or send smaller batches")
 
 
-def _spec_target(model_spec) -> tuple[str, int | None, str | None]:
+def _spec_target(model_spec, *, named: bool = True) -> tuple[str, int | None, str | None]:
+    """``(name, version, label)`` of a ``ModelSpec``; ``named``: an empty name is refused as
+    ``ServerCore::ServableRequestFromModelSpec`` refuses it (every RPC that resolves a servable
+    through it: not ``GetModelStatus``)."""
+    if named and not model_spec.name:
+        raise invalid_argument("ModelSpec has no name specified.")
     choice = model_spec.WhichOneof("version_choice")
     version = model_spec.version.value if choice == "version" else None
     label = model_spec.version_label if choice == "version_label" else None
@@ -163,6 +168,8 @@ class PredictionService(_prediction_servicer_base()):
         from tensorflow_serving.apis import predict_pb2
 
         _check_still_wanted(context)  # it may have waited for a worker thread
+        if not request.HasField("model_spec"):  # predict_impl.cc
+            raise invalid_argument("Missing ModelSpec")
         name, version, label = _spec_target(request.model_spec)
         servable = self.store.servable(name, version, label)
         signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
@@ -179,12 +186,15 @@ class PredictionService(_prediction_servicer_base()):
                 f"input size does not match signature: {len(sent)}!={len(required)} len({{{','.join(sorted(sent))}}}) "
                 f"!= len({{{','.join(sorted(required))}}}). Sent extra: {{{','.join(sorted(sent - required))}}}. "
                 f"Missing but required: {{{','.join(sorted(required - sent))}}}.")
-        arrays = {}
-        for alias in sorted(sent):
-            if alias not in required:
-                raise invalid_argument(f"input tensor alias not found in signature: {alias}. Inputs expected to be in "
-                                       f"the set {{{','.join(sorted(required))}}}.")
-            arrays[alias] = proto_to_ndarray(alias, request.inputs[alias], self.max_message_bytes)
+        missing = sorted(required - sent)
+        if missing:  # as many inputs as the signature's, another name: TensorFlow's GetInputValues
+            signature_def = servable.signature_def_map.signature_def[signature_name]
+            defaults = sorted(getattr(signature_def, "defaults", {}))
+            raise invalid_argument(
+                f"Signature input alias: {missing[0]}(feed name: {signature_def.inputs[missing[0]].name}) not found "
+                f"in request and no default value provided. Inputs expected to be in the request "
+                f"{{{','.join(sorted(sent))}}}, or default input alias set: {','.join(defaults)}")
+        arrays = {alias: proto_to_ndarray(alias, request.inputs[alias], self.max_message_bytes) for alias in sorted(sent)}
         wanted = list(request.output_filter)
         for alias in wanted:
             if alias not in signature.output_names:
@@ -254,7 +264,7 @@ class ModelService(_model_servicer_base()):
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         response = get_model_status_pb2.GetModelStatusResponse()
-        for status in self.store.status(*_spec_target(request.model_spec)):
+        for status in self.store.status(*_spec_target(request.model_spec, named=False)):
             entry = response.model_version_status.add(version=status.version, state=status.state)
             entry.status.error_code = status.error_code.number
             entry.status.error_message = status.error_message

@@ -136,6 +136,27 @@ def test_get_model_status(served):
         grpc.StatusCode.UNIMPLEMENTED)
 
 
+def test_a_missing_model_spec_or_name_is_invalid_argument_as_tf_serving_says(served, stub):
+    """predict_impl.cc's 'Missing ModelSpec'; ServerCore::ServableRequestFromModelSpec's
+    'ModelSpec has no name specified.' for the RPCs that resolve a servable through it (status
+    does not: an empty name there is an unknown model)."""
+    from tensorflow_serving.apis import classification_pb2, predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(_x(1)))
+    assert _error(stub.Predict, request) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    request.model_spec.signature_name = "encode"  # a spec, but no name
+    assert _error(stub.Predict, request) == (grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
+    no_name = model_pb2.ModelSpec(signature_name="encode")
+    assert _error(stub.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest(
+        model_spec=no_name, metadata_field=["signature_def"])) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
+    assert _error(stub.Classify, classification_pb2.ClassificationRequest(model_spec=no_name)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
+    assert _error(served[3].GetModelStatus, get_model_status_pb2.GetModelStatusRequest(
+        model_spec=model_pb2.ModelSpec())) == (grpc.StatusCode.NOT_FOUND, "Could not find any versions of model ")
+
+
 @pytest.mark.parametrize("request_kwargs,code,message", [
     ({"name": "nope", "x": np.zeros((1, 8, 8, 1), np.float32)}, "NOT_FOUND", "Servable not found for request: Latest(nope)"),
     ({"version": 4, "x": np.zeros((1, 8, 8, 1), np.float32)}, "NOT_FOUND",
@@ -144,8 +165,11 @@ def test_get_model_status(served):
      "Unrecognized servable version label: gold"),
     ({"signature": "nope", "x": np.zeros((1, 8, 8, 1), np.float32)}, "FAILED_PRECONDITION",
      'Serving signature key "nope" not found.'),
+    # TensorFlow's saved_model::GetInputValues, which predict_util.cc calls after the size check
+    # (tensorflow/serving 9d981c5; the older text was "input tensor alias not found in signature")
     ({"y": np.zeros((1, 8, 8, 1), np.float32)}, "INVALID_ARGUMENT",
-     "input tensor alias not found in signature: y. Inputs expected to be in the set {x}."),
+     "Signature input alias: x(feed name: encode_x:0) not found in request and no default value provided. "
+     "Inputs expected to be in the request {y}, or default input alias set: "),
     ({"x": np.zeros((1, 8, 8, 1), np.float32), "y": np.zeros(1)}, "INVALID_ARGUMENT",
      "input size does not match signature: 2!=1 len({x,y}) != len({x}). Sent extra: {y}. Missing but required: {}."),
     ({}, "INVALID_ARGUMENT",
