@@ -424,6 +424,38 @@ def test_an_unwritable_run_or_export_folder_is_one_line_before_any_run_exists(tm
     assert not (tmp_path / "mlflow.db").exists()  # refused before an MLflow run (or its store) existed
 
 
+def test_runs_without_a_run_name_are_named_by_model_and_start_time_not_by_the_seeded_random_module(
+        tmp_path, monkeypatch):
+    """MLflow draws its random run names from Python's random, which the run's seed had just
+    seeded: every run of one seed was called the same (e.g. 'illustrious-mink-497')."""
+    import random
+    import time
+
+    from training import train as train_module
+    from training.train import default_run_name
+
+    config = _in_process_config(tmp_path)
+    clock = iter([time.struct_time((2026, 12, 5, 19, 45, 1, 5, 339, 0)), time.struct_time((2026, 12, 5, 19, 45, 9, 5, 339, 0))])
+    real_localtime = time.localtime
+    monkeypatch.setattr(time, "localtime", lambda *a: next(clock))
+    random.seed(0)
+    first = default_run_name(config)
+    random.seed(0)
+    assert (first, default_run_name(config)) == ("inproc-20261205-194501", "inproc-20261205-194509")
+    monkeypatch.setattr(time, "localtime", real_localtime)
+    seen = {}
+
+    class Recorder:  # run_training's tracker, stopped before it starts
+        def __init__(self, *args, run_name=None, **kwargs):
+            seen["run_name"] = run_name
+            raise SystemExit("stop before training")
+
+    monkeypatch.setattr("training.tracking.TrackedRun", Recorder)
+    with pytest.raises(SystemExit):
+        train_module.run_training(config)
+    assert seen["run_name"].startswith("inproc-") and len(seen["run_name"]) == len("inproc-20261205-194501")
+
+
 def test_print_config_with_resume_prints_the_config_the_run_continues_with(tmp_path, capsys):
     """It printed the defaults; the resumed run trains with its own config and the allowed --set."""
     from vae_tf_cli import main

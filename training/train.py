@@ -261,7 +261,8 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
                              retry_seconds=config.mlflow.retry_seconds)
     else:
         tracker = TrackedRun(resolve_tracking_uri(config.mlflow.tracking_uri), run_root=config.train.run_dir,
-                             experiment=config.mlflow.experiment, run_name=config.mlflow.run_name, tags=tags,
+                             experiment=config.mlflow.experiment,
+                             run_name=config.mlflow.run_name or default_run_name(config), tags=tags,
                              retry_seconds=config.mlflow.retry_seconds)
     tracker.start()
     tracker.save_record(status="running", name=config.name, config=config.to_dict())
@@ -382,6 +383,15 @@ def _refuse_other_modality(config: Config, data_modality: str | None, model_moda
     kind = "a text model" if model_modality == "text" else "an image model"
     raise DataError(f"data set {config.data.name!r} holds {holds} but {model_name} is {kind} and reads {takes}; "
                     f"evaluate it on {takes} (drop --set data.*, or give such a data set)")
+
+
+def default_run_name(config: Config) -> str:
+    """The MLflow run's name when ``mlflow.run_name`` is not set: the model's name and the start
+    time (``vae-20261205-194501``). MLflow's own random names come from Python's ``random``, which
+    the run's seed has just seeded: every run of one seed got the same name."""
+    import time
+
+    return f"{config.name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime())}"
 
 
 def check_writable_folder(folder, setting: str) -> None:
