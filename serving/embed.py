@@ -83,6 +83,11 @@ class LocalEncoder:
         self._encode = loaded.signatures["encode"]
         self.outputs = sorted(self._encode.structured_outputs)
         self.identity = {"model": str(self.version_dir.resolve())}
+        from vae_tf.export import load_model_info
+
+        recorded = load_model_info(self.version_dir).get("data_shape")
+        #: The shape of one row the model was trained on (None: not recorded).
+        self.data_shape = None if recorded is None else tuple(int(d) for d in recorded)
         # A text model's encode takes sentences (DT_STRING).
         self.text = any(spec.dtype == tf.string for spec in self._encode.structured_input_signature[1].values())
 
@@ -273,8 +278,18 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
     missing = [o for o in outputs if o not in encoder.outputs]
     if missing:
         raise ConfigError(f"encode has no output(s) {', '.join(missing)}; it has {', '.join(encoder.outputs)}")
+    if len(set(outputs)) != len(outputs):
+        raise ConfigError(f"--outputs names {sorted({o for o in outputs if list(outputs).count(o) > 1})} more than once; "
+                          "name each output once")
+    if output.is_dir():
+        raise ConfigError(f"{output} is a folder; give -o a file name ending in .npz or .parquet")
     if output.exists() and not overwrite:
         raise ConfigError(f"{output} exists; pass --overwrite to replace it or choose another --output")
+    model_shape, data_shape = getattr(encoder, "data_shape", None), getattr(source.x, "data_shape", None)
+    if model_shape is not None and data_shape is not None and tuple(model_shape) != tuple(data_shape):
+        raise ConfigError(f"{source.description.get('path') or source.description.get('data')!r} has rows of shape "
+                          f"{tuple(data_shape)} but the model encodes {tuple(model_shape)}; give data of the model's "
+                          "shape (for an image folder, the image_size it was trained with)")
     output.parent.mkdir(parents=True, exist_ok=True)
     parts = output.with_name(output.name + ".parts")
     n = len(source.x)
@@ -413,6 +428,9 @@ def _assemble_parquet(tmp: Path, parts: Path, n_chunks: int, columns: list[str],
 def read_embeddings(path: str | os.PathLike, column: str = "embedding") -> tuple[np.ndarray, np.ndarray | None]:
     """``(embeddings, labels or None)`` from a ``vae-tf embed`` output (``.npz``/``.parquet``)."""
     path = Path(path)
+    if column in ("index", "label"):  # what embed writes beside the codes: a probe on it says nothing
+        raise DataError(f"--column {column} is the row's {'position' if column == 'index' else 'class'}, not a code; "
+                        "name an encode output (embedding, z_mean, ...)")
     if not path.is_file():
         raise DataError(f"no such file: {str(path)!r}; run vae-tf embed first")
     try:

@@ -212,6 +212,8 @@ def test_embed_memory_does_not_grow_with_the_rows(tmp_path, monkeypatch):
     (["--model", "MISSING", "-o", "x.npz"], "no SavedModel at MISSING"),
     (["--model", "{base}/vae", "-o", "x.csv"], "must end in .npz or .parquet"),
     (["--model", "{base}/vae", "-o", "x.npz", "--outputs", "nope"], "encode has no output(s) nope"),
+    (["--model", "{base}/vae", "-o", "x.parquet", "--outputs", "embedding,z_mean,embedding"],
+     "--outputs names ['embedding'] more than once"),
     (["--server", "http://127.0.0.1:{port}", "-o", "x.npz"], "cannot reach http://127.0.0.1:"),
     (["--server", "127.0.0.1:8501", "-o", "x.npz"], "needs a scheme"),
     (["--server", "{rest}", "--model-name", "other", "-o", "x.npz"], "HTTP 404: Servable not found"),
@@ -230,6 +232,20 @@ def test_embed_errors_are_one_line(base, server, tmp_path, capsys, monkeypatch, 
     assert err.startswith("error: ") and message in err, err
 
 
+def test_data_of_another_shape_or_a_folder_for_output_is_refused_before_anything_is_written(base, tmp_path, capsys):
+    """Rows of another shape than the model's failed deep in the graph (a 200-line traceback) and
+    left the output's .parts folder behind; an existing folder as -o failed after encoding."""
+    np.savez(tmp_path / "small.npz", x=np.zeros((20, 4, 4, 1), np.float32))
+    assert _embed("--model", f"{base}/vae", "--data", str(tmp_path / "small.npz"), "-o", str(tmp_path / "e.npz")) == 2
+    err = capsys.readouterr().err.strip()
+    assert_one_line(err)
+    assert "has rows of shape (4, 4, 1) but the model encodes (8, 8, 1)" in err
+    (tmp_path / "adir.npz").mkdir()
+    assert _embed("--model", f"{base}/vae", "-o", str(tmp_path / "adir.npz"), "--overwrite") == 2
+    assert "adir.npz is a folder; give -o a file name" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.npz", "small.npz"]  # no output, no .parts
+
+
 def test_probe_errors_are_one_line(tmp_path, capsys):
     np.savez(tmp_path / "nolabels.npz", embedding=np.zeros((10, 2), np.float32))
     assert main(["probe", str(tmp_path / "nolabels.npz")]) == 2
@@ -238,6 +254,9 @@ def test_probe_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert_one_line(err)
     assert "no such file" in err
+    for column in ("label", "index"):  # a probe on the labels themselves scored 1.0
+        assert main(["probe", str(tmp_path / "nolabels.npz"), "--column", column]) == 2
+        assert f"--column {column} is the row's" in capsys.readouterr().err
 
 
 def test_pyfunc_serves_every_signature(base, tmp_path, monkeypatch):
