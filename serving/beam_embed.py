@@ -55,6 +55,8 @@ The model handler passes rows to the signature as they are (``tf.constant`` of s
 
 from __future__ import annotations
 
+import argparse
+
 import logging
 import os
 import re
@@ -574,13 +576,16 @@ def parquet_pattern(data: str, path: str | None) -> str | None:
 def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
     """``vae-tf embed --runner beam``: the arguments of ``vae-tf embed`` plus ``--workers`` and
     Beam pipeline options after ``--``."""
-    from serving.embed import load_source, refuse_modality_mismatch, refuse_split_options, trained_data_options
+    from serving.embed import load_source, refuse_modality_mismatch, refuse_split_options, resolve_embed_data
     from serving.text_rows import input_kind
 
     if args.server:
         raise ConfigError("--runner beam loads the SavedModel on every worker; give --model models/NAME[/VERSION] "
                           "instead of --server")
     encoder, data_shape = open_model(args.model)
+    split_given = {k: getattr(args, k) for k in ("seed", "val_fraction", "test_fraction", "max_samples")}
+    options = resolve_embed_data(args, encoder.version_dir)
+    given = argparse.Namespace(**{**vars(args), **split_given})  # what the user gave, for refuse_split_options
     pattern = parquet_pattern(args.data, args.path)
     if args.data.lower() == "text":  # any pattern: --data text --path 'corpus/*.txt*'
         if not args.path:
@@ -589,7 +594,7 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
     else:
         kind, text_pattern = input_kind(args.data), args.data
     if pattern is not None:
-        refuse_split_options(args, "Parquet input")
+        refuse_split_options(given, "Parquet input")
         source = ParquetSource(pattern, data_shape, args.chunk_size, text=encoder.text, column=args.column,
                                label_column=args.label_column)
     elif kind == "table":
@@ -599,7 +604,7 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
         if not encoder.text:
             raise ConfigError(f"{text_pattern} holds sentences but this model's encode takes arrays; give a text "
                               "model")
-        refuse_split_options(args, "Text input")
+        refuse_split_options(given, "Text input")
         if args.column or args.label_column:
             raise ConfigError("--column and --label-column are for Parquet/CSV input; a text file has one sentence "
                               "per line")
@@ -611,7 +616,7 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
         split_source = load_source(args.data, split=args.split, path=args.path, seed=args.seed,
                                    val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                                    max_samples=args.max_samples,
-                                   options=trained_data_options(encoder.version_dir, args.data))
+                                   options=options)
         refuse_modality_mismatch(split_source, encoder.text, args.path or args.data)
         source = SplitSource(split_source, args.chunk_size)
     # Runner and worker logs (a failed bundle's traceback among them) would bury the one-line

@@ -83,23 +83,28 @@ def add_parsers(sub) -> None:
         "embed", help="extract embeddings of a data set (local SavedModel or server) to .npz or Parquet",
         description="Encode a data set in chunks and write the `embedding` output (and labels) to .npz or "
                     ".parquet. Resumable: rerunning the same command skips finished chunks.")
-    embed.add_argument("--data", "-d", default="digits",
+    embed.add_argument("--data", "-d", default=None,
                        help="registered data set (digits, dsprites, mnist, text_synthetic, ...) or a .npz/.npy file or "
                             "image folder; with --runner beam also Parquet files (a path or glob ending in .parquet); "
                             "for a text model also a .txt/.txt.gz file (one sentence per line; with --runner beam "
                             "--data text --path GLOB for several) or a .parquet/.csv file with a column of sentences. "
-                            "With --model, the data set the model was trained on is read with the model's data options "
-                            "(e.g. n_samples, image_size), not the data set's defaults")
+                            "With --model, the data set the model was trained on (the default) is read as its training "
+                            "run read it: its options (e.g. n_samples, image_size), seed, fractions and max_samples, "
+                            "unless given here; with --server the default is digits")
     embed.add_argument("--column", help="text models, Parquet/CSV input: the column of sentences (default: text, "
                                         "sentence, sentences or x, else the only string column)")
     embed.add_argument("--label-column", help="text models, Parquet/CSV input: a column of integer labels to keep "
                                               "(default: y, labels or label when present)")
     embed.add_argument("--path", help="file or folder for --data npz/npy/images")
     embed.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
-    embed.add_argument("--seed", type=int, default=0, help="split seed (training's seed; default 0)")
-    embed.add_argument("--val-fraction", type=float, default=0.1, help="as data.val_fraction in training (0.1)")
-    embed.add_argument("--test-fraction", type=float, default=0.1, help="as data.test_fraction in training (0.1)")
-    embed.add_argument("--max-samples", type=positive_int, default=None, help="cap the data set size")
+    embed.add_argument("--seed", type=int, default=None,
+                       help="split seed (default: the model's training seed for its own data set, else 0)")
+    embed.add_argument("--val-fraction", type=float, default=None,
+                       help="as data.val_fraction in training (default: the model's for its own data set, else 0.1)")
+    embed.add_argument("--test-fraction", type=float, default=None,
+                       help="as data.test_fraction in training (default: the model's for its own data set, else 0.1)")
+    embed.add_argument("--max-samples", type=positive_int, default=None,
+                       help="cap the data set size (default: the model's for its own data set, else none)")
     source = embed.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", "-m", help="export directory models/NAME[/VERSION] (runs locally)")
     source.add_argument("--server", help="http://HOST:8501 (REST) or grpc://HOST:8500 (gRPC)")
@@ -171,7 +176,7 @@ def cmd_serve(args) -> int:
 
 def cmd_embed(args) -> int:
     from serving.embed import (LocalEncoder, RemoteEncoder, extract_embeddings, load_source, load_text_source,
-                               refuse_modality_mismatch, refuse_split_options, trained_data_options)
+                               refuse_modality_mismatch, refuse_split_options, resolve_embed_data)
     from serving.text_rows import input_kind
     from vae_tf.errors import ConfigError
 
@@ -189,9 +194,11 @@ def cmd_embed(args) -> int:
     else:
         encoder = RemoteEncoder(args.server, args.model_name or os.environ.get("MODEL_NAME") or "model",
                                 version=args.model_version)
+    split_given = {k: getattr(args, k) for k in ("seed", "val_fraction", "test_fraction", "max_samples")}
+    options = resolve_embed_data(args, encoder.version_dir if args.model else None)
     text_input = input_kind(args.path or args.data) is not None or args.data.lower() in ("text", "parquet", "csv")
     if encoder.text and text_input:
-        refuse_split_options(args, "Text, Parquet and CSV input")
+        refuse_split_options(argparse.Namespace(**{**vars(args), **split_given}), "Text, Parquet and CSV input")
         source = load_text_source(args.path or args.data, column=args.column, label_column=args.label_column)
     else:
         if args.data.lower() == "parquet" or args.data.lower().endswith(".parquet"):
@@ -209,7 +216,6 @@ def cmd_embed(args) -> int:
         from vae_tf.data import dataset_modality
 
         refuse_modality_mismatch(dataset_modality(args.data), encoder.text, args.data)  # before it loads
-        options = trained_data_options(encoder.version_dir, args.data) if args.model else {}
         source = load_source(args.data, split=args.split, path=args.path, seed=args.seed,
                              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                              max_samples=args.max_samples, options=options)

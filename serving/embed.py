@@ -142,7 +142,7 @@ SPLIT_DEFAULTS = {"split": "test", "seed": 0, "val_fraction": 0.1, "test_fractio
 
 def refuse_split_options(args, what: str) -> None:
     """A whole-file input is embedded whole, in file order: a split option given is a mistake."""
-    given = [f"--{k.replace('_', '-')}" for k, v in SPLIT_DEFAULTS.items() if getattr(args, k) != v]
+    given = [f"--{k.replace('_', '-')}" for k, v in SPLIT_DEFAULTS.items() if getattr(args, k) not in (None, v)]
     if given:
         raise ConfigError(f"{what} is embedded whole, in file order; drop {', '.join(given)}")
 
@@ -207,15 +207,35 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
     return EmbedSource(x, None if x.y is None else np.asarray(x.y, np.int64), description)
 
 
-def trained_data_options(version_dir, data: str) -> dict:
-    """The data set options (``data.options``) the model in ``version_dir`` was trained with, when
-    ``data`` names the data set it was trained on (else none): the same corpus or image size, not
-    the data set's defaults (e.g. text_synthetic's 20,000 sentences for a model trained on 200)."""
+def resolve_embed_data(args, version_dir=None) -> dict:
+    """Fill the data and split settings of ``vae-tf embed`` that were not given: with a local
+    model (``version_dir``) and data that is the data set it was trained on (or no ``--data``),
+    the training run's own (data set, path, seed, fractions, ``max_samples``), so that ``--split
+    test`` is the model's test split and no training row is embedded as a test row; otherwise
+    ``digits`` and the split defaults. Returns the data set options to load it with."""
     from vae_tf.export import load_model_info
 
-    trained = (load_model_info(version_dir).get("config") or {}).get("data") or {}
-    same = str(trained.get("name", "")).lower().replace("-", "_") == data.lower().replace("-", "_")
+    config = (load_model_info(version_dir).get("config") or {}) if version_dir is not None else {}
+    trained = config.get("data") or {}
+    if args.data is None:
+        args.data, args.path = (trained.get("name"), args.path or trained.get("path")) if trained else ("digits", args.path)
+    same = bool(trained) and _same_data(trained, args.data, args.path)
+    fallback = {"seed": config.get("seed", 0), "val_fraction": trained.get("val_fraction", 0.1),
+                "test_fraction": trained.get("test_fraction", 0.1), "max_samples": trained.get("max_samples")}
+    for key in ("seed", "val_fraction", "test_fraction", "max_samples"):
+        if getattr(args, key) is None:
+            setattr(args, key, fallback[key] if same else SPLIT_DEFAULTS[key])
     return dict(trained.get("options") or {}) if same else {}
+
+
+def _same_data(trained: dict, data: str, path: str | None) -> bool:
+    """Whether ``data`` (a registered name or a path) and ``path`` are the data set ``trained``
+    (a training config's ``data`` section) read."""
+    name = str(trained.get("name", "")).lower().replace("-", "_")
+    if trained.get("path"):  # a user's file or folder: the same file or folder
+        given = Path(path or data).expanduser()
+        return given.exists() and given.resolve() == Path(trained["path"]).expanduser().resolve()
+    return name == data.lower().replace("-", "_")
 
 
 def refuse_modality_mismatch(source: EmbedSource | str | None, text_model: bool, data: str) -> None:
@@ -498,4 +518,4 @@ def probe(train_path: str | os.PathLike, test_path: str | os.PathLike | None = N
 
 __all__ = ["EmbedResult", "EmbedSource", "LocalEncoder", "RemoteEncoder", "SPLIT_DEFAULTS", "arrow_table",
            "encode_chunk", "extract_embeddings", "load_source", "load_text_source", "probe", "read_embeddings",
-           "refuse_modality_mismatch", "refuse_split_options", "trained_data_options"]
+           "refuse_modality_mismatch", "refuse_split_options", "resolve_embed_data"]

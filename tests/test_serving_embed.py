@@ -290,3 +290,17 @@ def test_pyfunc_serves_every_signature(base, tmp_path, monkeypatch):
         model.predict(np.array([[1.5, 2]]), params={"signature": "sample"})
     with pytest.raises(ValueError, match=r"needs z with shape \[batch, 8\]"):
         model.predict(np.zeros((2, 3)), params={"signature": "decode"})
+
+
+def test_a_users_file_is_the_trained_data_when_it_is_the_same_file(tmp_path, monkeypatch):
+    """The model's split settings apply to its own file (any spelling of its path), not to
+    another file with the same loader."""
+    from serving.embed import _same_data
+
+    np.save(tmp_path / "mine.npy", np.zeros((4, 2, 2, 1), np.float32))
+    np.save(tmp_path / "other.npy", np.zeros((4, 2, 2, 1), np.float32))
+    trained = {"name": "npy", "path": str(tmp_path / "mine.npy")}
+    monkeypatch.chdir(tmp_path)
+    assert _same_data(trained, "mine.npy", None) and _same_data(trained, "npy", "./mine.npy")
+    assert not _same_data(trained, "other.npy", None) and not _same_data(trained, "npy", None)
+    assert _same_data({"name": "digits"}, "digits", None) and not _same_data({"name": "digits"}, "mnist", None)

@@ -70,26 +70,42 @@ def test_text_inputs_embed_every_sentence_in_file_order(base, inputs, tmp_path, 
 
 
 def test_the_data_set_a_model_was_trained_on_is_read_with_its_training_options(text_exports, tmp_path, capsys):
-    """`--data text_synthetic` for a model trained on 200 of its sentences embeds that corpus' test
-    split (20 rows), not the data set's default 20,000-sentence corpus (2,000 rows); another data
-    set name keeps that data set's defaults."""
+    """`--data text_synthetic` (or no --data) for a model trained on 200 of its sentences with a
+    test fraction of 0.2 and seed 3 embeds that run's test split (40 rows: the rows the model never
+    trained on), not the data set's default 20,000-sentence corpus split at seed 0 with 0.1 (2,000
+    rows); another data set keeps its defaults, and a split setting given wins."""
+    import argparse
     import json
 
-    from serving.embed import trained_data_options
+    from serving.embed import resolve_embed_data
+    from vae_tf.data import load_dataset
 
     base = tmp_path / "models"
     drop_version(text_exports, base, 1, name="text")
     info_path = base / "text" / "1" / "assets" / "vae_tf_model.json"
     info = json.loads(info_path.read_text())
-    info["config"] = {"data": {"name": "text_synthetic", "options": {"n_samples": 200}}}
+    info["config"] = {"seed": 3, "data": {"name": "text_synthetic", "options": {"n_samples": 200}, "test_fraction": 0.2,
+                                          "val_fraction": 0.1, "max_samples": None}}
     info_path.write_text(json.dumps(info))
-    assert trained_data_options(base / "text" / "1", "text-synthetic") == {"n_samples": 200}
-    assert trained_data_options(base / "text" / "1", "wordnet") == {}
-    out = tmp_path / "e.npz"
-    assert main(["embed", "--model", str(base / "text"), "--data", "text_synthetic", "-o", str(out)]) == 0
-    assert "(20 rows; columns" in capsys.readouterr().out
-    with np.load(out) as archive:
-        assert len(archive["embedding"]) == 20
+
+    def resolved(**given):
+        args = argparse.Namespace(**{"data": None, "path": None, "seed": None, "val_fraction": None,
+                                     "test_fraction": None, "max_samples": None, **given})
+        options = resolve_embed_data(args, base / "text" / "1")
+        return options, (args.data, args.seed, args.val_fraction, args.test_fraction, args.max_samples)
+
+    assert resolved() == ({"n_samples": 200}, ("text_synthetic", 3, 0.1, 0.2, None))
+    assert resolved(data="Text-Synthetic", seed=5) == ({"n_samples": 200}, ("Text-Synthetic", 5, 0.1, 0.2, None))
+    assert resolved(data="wordnet") == ({}, ("wordnet", 0, 0.1, 0.1, None))
+    assert resolve_embed_data(argparse.Namespace(data=None, path=None, seed=None, val_fraction=None, test_fraction=None,
+                                                 max_samples=None)) == {}  # a server: digits and the defaults
+    expected = load_dataset("text_synthetic", seed=3, n_samples=200, test_fraction=0.2).x_test  # the model's test rows
+    for data in (["--data", "text_synthetic"], []):
+        out = tmp_path / f"e{len(data)}.npz"
+        assert main(["embed", "--model", str(base / "text"), *data, "-o", str(out)]) == 0
+        assert f"({len(expected)} rows; columns" in capsys.readouterr().out and len(expected) == 40
+        with np.load(out) as archive:
+            np.testing.assert_allclose(archive["embedding"], _direct(base, list(expected)), rtol=1e-5, atol=1e-6)
 
 
 def test_text_through_the_server_equals_local(base, inputs, tmp_path, capsys):
