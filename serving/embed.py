@@ -85,9 +85,14 @@ class LocalEncoder:
         self.identity = {"model": str(self.version_dir.resolve())}
         from vae_tf.export import load_model_info
 
-        recorded = load_model_info(self.version_dir).get("data_shape")
+        info = load_model_info(self.version_dir)
+        recorded = info.get("data_shape")
         #: The shape of one row the model was trained on (None: not recorded).
         self.data_shape = None if recorded is None else tuple(int(d) for d in recorded)
+        likelihood = info.get("likelihood") if isinstance(info.get("likelihood"), dict) else {}
+        #: The name and the support ([low, high], None: any value) of the model's likelihood.
+        self.likelihood = likelihood.get("name")
+        self.support = None if likelihood.get("support") is None else tuple(float(v) for v in likelihood["support"])
         # A text model's encode takes sentences (DT_STRING).
         self.text = any(spec.dtype == tf.string for spec in self._encode.structured_input_signature[1].values())
 
@@ -328,6 +333,7 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
         start, stop = i * chunk_size, min(n, (i + 1) * chunk_size)
         rows = source.x[start:stop]
         _check_finite(rows, start, source)
+        _check_support(rows, start, source, encoder)
         arrays = encode_chunk(encoder, rows, outputs, batch_size)
         arrays["index"] = source.positions(start, stop) if source.positions else np.arange(start, stop, dtype=np.int64)
         if source.y is not None:
@@ -372,6 +378,23 @@ def _check_finite(rows: np.ndarray, start: int, source: EmbedSource) -> None:
     raise DataError(f"row {start + index[0]} of {where}{f' (split {split})' if split else ''} has a non-finite value "
                     f"{non_finite_text(value)} at index {(start + index[0],) + index[1:]} ({count} NaN/Inf values in "
                     f"rows {start}-{start + len(rows) - 1}); remove or impute those rows before embedding them")
+
+
+def _check_support(rows: np.ndarray, start: int, source: EmbedSource, encoder) -> None:
+    """Refuse a chunk outside the support of the likelihood the model was trained with (a
+    Bernoulli model reads [0, 1]), as training refuses such data: the encoder would embed values
+    it never saw without a word."""
+    support = getattr(encoder, "support", None)
+    rows = np.asarray(rows)
+    if support is None or rows.size == 0 or rows.dtype.kind not in "iuf":
+        return
+    low, high = float(np.min(rows)), float(np.max(rows))
+    if low >= support[0] and high <= support[1]:
+        return
+    where = source.description.get("path") or source.description.get("data") or "the data"
+    raise DataError(f"rows {start}-{start + len(rows) - 1} of {where} lie in [{low:g}, {high:g}] but the model's "
+                    f"{encoder.likelihood} likelihood reads [{support[0]:g}, {support[1]:g}]; scale the data as its "
+                    "training data was (uint8 images in .npz/.npy/image folders are read as /255 already)")
 
 
 def encode_chunk(encoder, x: np.ndarray, outputs: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:

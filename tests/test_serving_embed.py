@@ -244,6 +244,13 @@ def test_data_of_another_shape_or_a_folder_for_output_is_refused_before_anything
     assert _embed("--model", f"{base}/vae", "-o", str(tmp_path / "adir.npz"), "--overwrite") == 2
     assert "adir.npz is a folder; give -o a file name" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.npz", "small.npz"]  # no output, no .parts
+    # values outside the support of the model's (Bernoulli) likelihood, which training refuses
+    np.savez(tmp_path / "big.npz", x=np.linspace(0.0, 160.0, 20 * 64, dtype=np.float32).reshape(20, 8, 8, 1))
+    assert _embed("--model", f"{base}/vae", "--data", str(tmp_path / "big.npz"), "--split", "all",
+                  "-o", str(tmp_path / "b.npz")) == 2
+    err = capsys.readouterr().err.strip()
+    assert_one_line(err)
+    assert "lie in [0, 160] but the model's bernoulli likelihood reads [0, 1]" in err and not (tmp_path / "b.npz").exists()
 
 
 def test_probe_errors_are_one_line(tmp_path, capsys):
