@@ -542,6 +542,13 @@ def test_image_folder_errors(tmp_path):
         load_dataset, "images", path=str(sizes), val_fraction=0, test_fraction=0, match="4_odd.png"
     )
     assert "set the images option image_size" in msg
+    # in class sub-folders the reference image is named by its path in the folder: 'cat/0.png',
+    # not '0.png', which was also the name of an image of the other size in 'dog'
+    classes = tmp_path / "classes"
+    _write_png(classes / "cat" / "0.png", 9)
+    _write_png(classes / "dog" / "0.png", 9, size=(7, 7))
+    msg = raises_one_line(load_dataset, "images", path=str(classes), val_fraction=0, test_fraction=0, match="is 7x7")
+    assert "but 'cat/0.png' is 9x9" in msg and "dog/0.png" in msg
     ok = load_dataset("images", path=str(sizes), image_size=5, val_fraction=0, test_fraction=0)
     assert ok.data_shape == (5, 5, 1)
     broken = tmp_path / "broken"

@@ -380,8 +380,9 @@ def _images(plan: SplitPlan, path, image_size, grayscale, *, keep: bool) -> Lazy
             h, w = arr.shape[:2]
             rh, rw = ref["shape"][:2]
             raise DataError(
-                f"image {str(f)!r} is {w}x{h} but {ref['file'].name!r} is {rw}x{rh}; all images "
-                "must share one size: resize them or set the images option image_size"
+                f"image {str(f)!r} is {w}x{h} but {str(ref['file'].relative_to(root))!r} is {rw}x{rh}; all "
+                "images must share one size: resize them or set the images option image_size "
+                "(data.options.image_size)"
             )
         return arr
 
