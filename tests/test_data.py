@@ -548,7 +548,7 @@ def test_image_folder_errors(tmp_path):
     _write_png(classes / "cat" / "0.png", 9)
     _write_png(classes / "dog" / "0.png", 9, size=(7, 7))
     msg = raises_one_line(load_dataset, "images", path=str(classes), val_fraction=0, test_fraction=0, match="is 7x7")
-    assert "but 'cat/0.png' is 9x9" in msg and "dog/0.png" in msg
+    assert "but 'cat/0.png' is 6x5" in msg and "dog/0.png" in msg
     ok = load_dataset("images", path=str(sizes), image_size=5, val_fraction=0, test_fraction=0)
     assert ok.data_shape == (5, 5, 1)
     broken = tmp_path / "broken"
