@@ -55,8 +55,6 @@ The model handler passes rows to the signature as they are (``tf.constant`` of s
 
 from __future__ import annotations
 
-import argparse
-
 import logging
 import os
 import re
@@ -365,10 +363,9 @@ def open_model(model_path: str | os.PathLike):
     """``(encoder, data_shape)`` of an export, checked on the launcher: a missing model or one
     without ``encode`` fails here, in one line, before any worker starts."""
     from serving.embed import LocalEncoder
-    from vae_tf.export import load_model_info
 
     encoder = LocalEncoder(model_path)
-    return encoder, tuple(int(d) for d in load_model_info(encoder.version_dir)["data_shape"])
+    return encoder, encoder.data_shape
 
 
 # -- pipeline ------------------------------------------------------------------------------------
@@ -576,16 +573,14 @@ def parquet_pattern(data: str, path: str | None) -> str | None:
 def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
     """``vae-tf embed --runner beam``: the arguments of ``vae-tf embed`` plus ``--workers`` and
     Beam pipeline options after ``--``."""
-    from serving.embed import load_source, refuse_modality_mismatch, refuse_split_options, resolve_embed_data
+    from serving.embed import load_split_source, refuse_modality_mismatch, refuse_split_options, resolve_embed_data
     from serving.text_rows import input_kind
 
     if args.server:
         raise ConfigError("--runner beam loads the SavedModel on every worker; give --model models/NAME[/VERSION] "
                           "instead of --server")
     encoder, data_shape = open_model(args.model)
-    split_given = {k: getattr(args, k) for k in ("seed", "val_fraction", "test_fraction", "max_samples")}
     options = resolve_embed_data(args, encoder.version_dir)
-    given = argparse.Namespace(**{**vars(args), **split_given})  # what the user gave, for refuse_split_options
     pattern = parquet_pattern(args.data, args.path)
     if args.data.lower() == "text":  # any pattern: --data text --path 'corpus/*.txt*'
         if not args.path:
@@ -594,31 +589,21 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
     else:
         kind, text_pattern = input_kind(args.data), args.data
     if pattern is not None:
-        refuse_split_options(given, "Parquet input")
+        refuse_split_options(args, "Parquet input")
         source = ParquetSource(pattern, data_shape, args.chunk_size, text=encoder.text, column=args.column,
                                label_column=args.label_column)
     elif kind == "table":
         raise ConfigError("--runner beam reads Parquet, not CSV; drop --runner beam (vae-tf embed reads CSV in one "
                           "process) or convert the file to Parquet")
     elif kind == "text":
-        if not encoder.text:
-            raise ConfigError(f"{text_pattern} holds sentences but this model's encode takes arrays; give a text "
-                              "model")
-        refuse_split_options(given, "Text input")
+        refuse_modality_mismatch("text", encoder.text, text_pattern)
+        refuse_split_options(args, "Text input")
         if args.column or args.label_column:
             raise ConfigError("--column and --label-column are for Parquet/CSV input; a text file has one sentence "
                               "per line")
         source = TextFileSource(text_pattern, args.chunk_size)
     else:
-        from vae_tf.data import dataset_modality
-
-        refuse_modality_mismatch(dataset_modality(args.data), encoder.text, args.data)  # before it loads
-        split_source = load_source(args.data, split=args.split, path=args.path, seed=args.seed,
-                                   val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                                   max_samples=args.max_samples,
-                                   options=options)
-        refuse_modality_mismatch(split_source, encoder.text, args.path or args.data)
-        source = SplitSource(split_source, args.chunk_size)
+        source = SplitSource(load_split_source(args, encoder.text, options), args.chunk_size)
     # Runner and worker logs (a failed bundle's traceback among them) would bury the one-line
     # error: a failure comes back as the exception, and user_error finds the message in it.
     logging.getLogger("apache_beam.runners").setLevel(logging.CRITICAL)

@@ -175,7 +175,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from serving.embed import (LocalEncoder, RemoteEncoder, extract_embeddings, load_source, load_text_source,
+    from serving.embed import (LocalEncoder, RemoteEncoder, extract_embeddings, load_split_source, load_text_source,
                                refuse_modality_mismatch, refuse_split_options, resolve_embed_data)
     from serving.text_rows import input_kind
     from vae_tf.errors import ConfigError
@@ -194,32 +194,24 @@ def cmd_embed(args) -> int:
     else:
         encoder = RemoteEncoder(args.server, args.model_name or os.environ.get("MODEL_NAME") or "model",
                                 version=args.model_version)
-    split_given = {k: getattr(args, k) for k in ("seed", "val_fraction", "test_fraction", "max_samples")}
     options = resolve_embed_data(args, encoder.version_dir if args.model else None)
     text_input = input_kind(args.path or args.data) is not None or args.data.lower() in ("text", "parquet", "csv")
     if encoder.text and text_input:
-        refuse_split_options(argparse.Namespace(**{**vars(args), **split_given}), "Text, Parquet and CSV input")
+        refuse_split_options(args, "Text, Parquet and CSV input")
         source = load_text_source(args.path or args.data, column=args.column, label_column=args.label_column)
     else:
         if args.data.lower() == "parquet" or args.data.lower().endswith(".parquet"):
             raise ConfigError("Parquet input of an image model is read by the Beam pipeline; add --runner beam "
                               "(docs/serving.md)")
         if text_input:
-            raise ConfigError(f"{args.path or args.data} holds sentences but this model's encode takes arrays; give a "
-                              "text model, or a data set / .npz / .npy / image folder")
+            refuse_modality_mismatch("text", encoder.text, args.path or args.data)
         if args.column or args.label_column:
             raise ConfigError("--column and --label-column name the sentence and label columns of a Parquet/CSV file "
                               "for a text model")
         if encoder.text and Path(args.path or args.data).expanduser().is_dir():
             raise ConfigError(f"{args.path or args.data} is a folder, but this text model reads sentences: give a "
                               ".txt/.txt.gz/.parquet/.csv file or a text data set (text_synthetic, wordnet)")
-        from vae_tf.data import dataset_modality
-
-        refuse_modality_mismatch(dataset_modality(args.data), encoder.text, args.data)  # before it loads
-        source = load_source(args.data, split=args.split, path=args.path, seed=args.seed,
-                             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                             max_samples=args.max_samples, options=options)
-        refuse_modality_mismatch(source, encoder.text, args.path or args.data)
+        source = load_split_source(args, encoder.text, options)
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():

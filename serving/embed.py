@@ -147,7 +147,8 @@ SPLIT_DEFAULTS = {"split": "test", "seed": 0, "val_fraction": 0.1, "test_fractio
 
 def refuse_split_options(args, what: str) -> None:
     """A whole-file input is embedded whole, in file order: a split option given is a mistake."""
-    given = [f"--{k.replace('_', '-')}" for k, v in SPLIT_DEFAULTS.items() if getattr(args, k) not in (None, v)]
+    values = {**vars(args), **getattr(args, "split_given", {})}  # as given, before resolve_embed_data filled them
+    given = [f"--{k.replace('_', '-')}" for k, v in SPLIT_DEFAULTS.items() if values[k] not in (None, v)]
     if given:
         raise ConfigError(f"{what} is embedded whole, in file order; drop {', '.join(given)}")
 
@@ -217,9 +218,11 @@ def resolve_embed_data(args, version_dir=None) -> dict:
     model (``version_dir``) and data that is the data set it was trained on (or no ``--data``),
     the training run's own (data set, path, seed, fractions, ``max_samples``), so that ``--split
     test`` is the model's test split and no training row is embedded as a test row; otherwise
-    ``digits`` and the split defaults. Returns the data set options to load it with."""
+    ``digits`` and the split defaults. Returns the data set options to load it with; what the
+    user gave is kept in ``args.split_given`` (for :func:`refuse_split_options`)."""
     from vae_tf.export import load_model_info
 
+    args.split_given = {k: getattr(args, k) for k in ("seed", "val_fraction", "test_fraction", "max_samples")}
     config = (load_model_info(version_dir).get("config") or {}) if version_dir is not None else {}
     trained = config.get("data") or {}
     if args.data is None:
@@ -241,6 +244,19 @@ def _same_data(trained: dict, data: str, path: str | None) -> bool:
         given = Path(path or data).expanduser()
         return given.exists() and given.resolve() == Path(trained["path"]).expanduser().resolve()
     return name == data.lower().replace("-", "_")
+
+
+def load_split_source(args, text_model: bool, options: dict) -> EmbedSource:
+    """:func:`load_source` of the resolved ``args`` (:func:`resolve_embed_data`) for a model
+    reading sentences (``text_model``) or arrays: data of the other kind is refused before a
+    registered data set loads (its registration says what it holds) and after a file loads."""
+    from vae_tf.data import dataset_modality
+
+    refuse_modality_mismatch(dataset_modality(args.data), text_model, args.data)
+    source = load_source(args.data, split=args.split, path=args.path, seed=args.seed, val_fraction=args.val_fraction,
+                         test_fraction=args.test_fraction, max_samples=args.max_samples, options=options)
+    refuse_modality_mismatch(source, text_model, args.path or args.data)
+    return source
 
 
 def refuse_modality_mismatch(source: EmbedSource | str | None, text_model: bool, data: str) -> None:
@@ -540,5 +556,5 @@ def probe(train_path: str | os.PathLike, test_path: str | os.PathLike | None = N
 
 
 __all__ = ["EmbedResult", "EmbedSource", "LocalEncoder", "RemoteEncoder", "SPLIT_DEFAULTS", "arrow_table",
-           "encode_chunk", "extract_embeddings", "load_source", "load_text_source", "probe", "read_embeddings",
-           "refuse_modality_mismatch", "refuse_split_options", "resolve_embed_data"]
+           "encode_chunk", "extract_embeddings", "load_source", "load_split_source", "load_text_source", "probe",
+           "read_embeddings", "refuse_modality_mismatch", "refuse_split_options", "resolve_embed_data"]
