@@ -192,10 +192,11 @@ def require_reachable(tracking_uri: str, why: str) -> None:
     from vae_tf.data.validation import exception_cause
     from vae_tf.errors import ConfigError
 
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
-    try:
-        with _mlflow_quiet():
+    from unittest import mock
+
+    try:  # MLflow reads its retry settings from the environment at each request; put back after
+        with mock.patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5"), \
+                _mlflow_quiet():
             MlflowClient(tracking_uri).search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - what matters is that it cannot be reached
         if not is_transient(err):
@@ -207,12 +208,6 @@ def require_reachable(tracking_uri: str, why: str) -> None:
                       if key in text), None) or exception_cause(err, 160)
         raise ConfigError(f"MLflow at {tracking_uri} cannot be reached ({cause}); {why}: start the server, or use a "
                           "local store (MLFLOW_TRACKING_URI=sqlite:///mlflow.db)") from None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextlib.contextmanager
