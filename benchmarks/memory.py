@@ -16,7 +16,10 @@ runs each workload in a **fresh child process** and reads that child's peak RSS 
 ``VmHWM`` of ``/proc/self/status``, read by the child as it exits (stdlib only, no psutil). Not
 ``ru_maxrss`` of ``os.wait4``/``getrusage``: Linux carries the *parent's* high-water mark into a
 child at ``exec``, so a child of a large process (pytest with TensorFlow loaded: ~1 GiB) reports
-at least the parent's size:
+at least the parent's size. Every child starts as the ``vae-tf`` program starts
+(``vae_tf_cli.prepare_job_process``: Keras' optional libraries scikit-learn, matplotlib and pandas
+left out of ``import keras``, ~145 MiB of a bare ``import tensorflow``'s 694 MiB peak on 2 CPUs;
+the collector's job thresholds), so its peak is a user's run's:
 
 - ``train``: the vae-tf API as ``training/train.py`` uses it: ``load_dataset("npy", path=...)``,
   ``build_vae`` with the conv reference architecture (conv 32/64, dense 256, latent 16,
@@ -24,14 +27,14 @@ at least the parent's size:
   ``splits.resumable_pipeline("train", 128, epochs=E + 1)`` with ``steps_per_epoch`` for ``E``
   epochs;
 - ``embed``: the real command line, ``vae-tf embed --data FILE.npy --split all --model EXPORT
-  -o OUT.npz`` (``vae_tf_cli.main``, the ``vae-tf`` entry point, called in the child with
+  -o OUT.npz`` (``vae_tf_cli.main``, what the ``vae-tf`` program runs, called in the child with
   those arguments; default chunk 4096 rows, batch 256) on the same
   conv architecture exported once (``vae_tf.export.export_model``, untrained weights: memory
   does not depend on them);
 - ``embed-npz`` / ``embed-npz-compressed``: the same command on ``FILE.npz`` written by
   ``np.savez`` / ``np.savez_compressed``;
 - ``baseline``: a child that imports TensorFlow and loads the exported model, nothing else (what
-  any TF process costs on this machine).
+  any ``vae-tf`` process costs on this machine).
 
 The parent never imports TensorFlow. Reported per size: peak RSS in MiB, the rows as float32
 (the in-memory size of the data after loading), and the growth from the smallest size.
@@ -207,6 +210,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
+        # Each workload's process starts as the `vae-tf` program does (module docstring).
+        from vae_tf_cli import prepare_job_process
+
+        prepare_job_process()
         kind, *rest = args.child
         result = {"train": lambda: child_train(rest[0], int(rest[1]), int(rest[2])), "cli": lambda: child_cli(*rest),
                   "export": lambda: child_export(rest[0]), "baseline": lambda: child_baseline(rest[0])}[kind]()

@@ -366,4 +366,7 @@ def _handler_ab(model_dir: Path, x: np.ndarray, pairs: int) -> dict[str, tuple[l
 
 
 if __name__ == "__main__":
+    from benchmarks.common import start_as_vae_tf_does
+
+    start_as_vae_tf_does()
     sys.exit(main())

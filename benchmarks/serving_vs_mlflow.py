@@ -462,4 +462,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from benchmarks.common import start_as_vae_tf_does
+
+    start_as_vae_tf_does()
     sys.exit(main())

@@ -265,4 +265,7 @@ def render(report: dict) -> str:
 
 
 if __name__ == "__main__":
+    from benchmarks.common import start_as_vae_tf_does
+
+    start_as_vae_tf_does()
     sys.exit(main())
