@@ -129,19 +129,23 @@ def parameter_count(model) -> int:
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
-def copy_keras_weights(torch, model, encoder, decoder) -> None:
-    """Load the Keras conv encoder/decoder weights into ``model`` (layouts: conv HWIO → OIHW,
-    transposed conv HWOI → IOHW, dense (in, out) → (out, in); Keras flattens NHWC in (h, w, c)
-    order, PyTorch NCHW in (c, h, w), so the dense layers next to the flatten/reshape are permuted)."""
+def keras_conv_weights(encoder, decoder) -> dict[str, list[list[np.ndarray]]]:
+    """The Keras conv encoder/decoder weights as NumPy arrays, by layer kind in layer order
+    (``convs``, ``enc_dense``, ``dec_dense``, ``deconvs``): what :func:`load_keras_weights` takes,
+    also in a process without TensorFlow (benchmarks/train_processes.py sends them there)."""
     import keras
 
     def kernels(net, kind):
         return [layer.get_weights() for layer in net.layers if isinstance(layer, kind)]
 
-    convs = kernels(encoder, keras.layers.Conv2D)
-    enc_dense = kernels(encoder, keras.layers.Dense)
-    dec_dense = kernels(decoder, keras.layers.Dense)
-    deconvs = kernels(decoder, keras.layers.Conv2DTranspose)
+    return {"convs": kernels(encoder, keras.layers.Conv2D), "enc_dense": kernels(encoder, keras.layers.Dense),
+            "dec_dense": kernels(decoder, keras.layers.Dense), "deconvs": kernels(decoder, keras.layers.Conv2DTranspose)}
+
+
+def load_keras_weights(torch, model, weights: dict) -> None:
+    """Load Keras conv weights (:func:`keras_conv_weights`) into ``model`` (layouts: conv HWIO →
+    OIHW, transposed conv HWOI → IOHW, dense (in, out) → (out, in); Keras flattens NHWC in (h, w, c)
+    order, PyTorch NCHW in (c, h, w), so the dense layers next to the flatten/reshape are permuted)."""
     c, h, w = model.grid
     # index of the Keras (h, w, c) feature for every PyTorch (c, h, w) position
     order = np.arange(h * w * c).reshape(h, w, c).transpose(2, 0, 1).reshape(-1)
@@ -150,22 +154,27 @@ def copy_keras_weights(torch, model, encoder, decoder) -> None:
         with torch.no_grad():
             param.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
 
-    for conv, (k, b) in zip(model.convs, convs):
+    for conv, (k, b) in zip(model.convs, weights["convs"]):
         put(conv.weight, k.transpose(3, 2, 0, 1))
         put(conv.bias, b)
-    (k0, b0), (k1, b1) = enc_dense
+    (k0, b0), (k1, b1) = weights["enc_dense"]
     put(model.enc_dense.weight, k0[order].T)
     put(model.enc_dense.bias, b0)
     put(model.enc_params.weight, k1.T)
     put(model.enc_params.bias, b1)
-    (k0, b0), (k1, b1) = dec_dense
+    (k0, b0), (k1, b1) = weights["dec_dense"]
     put(model.dec_dense0.weight, k0.T)
     put(model.dec_dense0.bias, b0)
     put(model.dec_dense1.weight, k1[:, order].T)
     put(model.dec_dense1.bias, b1[order])
-    for deconv, (k, b) in zip(model.deconvs, deconvs):
+    for deconv, (k, b) in zip(model.deconvs, weights["deconvs"]):
         put(deconv.weight, k.transpose(3, 2, 0, 1))
         put(deconv.bias, b)
+
+
+def copy_keras_weights(torch, model, encoder, decoder) -> None:
+    """Load the Keras conv encoder/decoder weights into ``model`` (:func:`load_keras_weights`)."""
+    load_keras_weights(torch, model, keras_conv_weights(encoder, decoder))
 
 
 def nchw(torch, x_nhwc: np.ndarray, channels_last: bool = False):
@@ -257,7 +266,7 @@ def set_threads(torch, threads: int | None) -> dict:
                                       if line.startswith("ATen parallel backend")), "unknown")}
 
 
-__all__ = ["TorchTrainer", "build_model", "copy_keras_weights", "import_torch", "nchw", "parameter_count", "set_threads"]
+__all__ = ["keras_conv_weights", "load_keras_weights", "TorchTrainer", "build_model", "copy_keras_weights", "import_torch", "nchw", "parameter_count", "set_threads"]
 
 
 # --- which PyTorch settings to time: `python benchmarks/torch_reference.py` ---------------------------

@@ -199,6 +199,42 @@ def test_pythae_reference_is_the_same_network_with_the_same_loss():
 
 
 @pytest.mark.slow
+def test_train_processes_smoke(tmp_path):
+    """Each trainer in a process of its own: the PyTorch ones without TensorFlow and vae-tf's without
+    PyTorch, the same parameter count and starting weights (the same first-epoch loss scale: uniform
+    [0, 1] images, about 784 log 2 nats), and the ratios those of the listed rounds."""
+    import pythae  # noqa: F401  (the test extra installs it and PyTorch: a broken install fails here, not skips)
+    out = tmp_path / "processes.json"
+    proc = run_script("train_processes.py", "--rounds", "2", "--examples", "512", "--torch-compile-backend", "aot_eager",
+                      "--json", str(out), timeout=600)
+    result = json.loads(out.read_text())["result"]
+    assert result["trainers"] == ["vae_tf", "torch", "torch_compile", "pythae"]
+    assert len(set(result["parameters"].values())) == 1
+    for kind, modules in ((k, result["settings"][k]["modules"]) for k in result["trainers"]):
+        assert modules == ({"tensorflow": True, "torch": False} if kind == "vae_tf" else
+                           {"tensorflow": False, "torch": True}), (kind, modules)
+    for kind in result["trainers"]:
+        assert 500 < result["final_loss"][kind] < 560, (kind, result["final_loss"])
+    for kind in result["trainers"][1:]:
+        ratios = [row["vae_tf"]["images_per_s"] / row[kind]["images_per_s"] for row in result["rounds"]]
+        assert [row[f"ratio_{kind}"] for row in result["rounds"]] == pytest.approx(ratios, rel=1e-12)
+        assert result["best_ratio_vae_tf_over"][kind] == pytest.approx(
+            result["best_images_per_s"]["vae_tf"] / result["best_images_per_s"][kind], rel=1e-12)
+    assert [row["order"] for row in result["rounds"]] == [["vae_tf", "torch", "torch_compile", "pythae"],
+                                                          ["torch", "torch_compile", "pythae", "vae_tf"]]
+    assert "| pythae BaseTrainer | 1,659,169 |" in proc.stdout
+
+
+def test_train_processes_refuses_a_partial_execution_in_one_line(capsys):
+    from benchmarks.train_processes import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--examples", "1000"])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "--examples must be a multiple of 512 (whole executions of 4 batches of 128), got 1000")
+
+
+@pytest.mark.slow
 def test_train_throughput_without_torch_says_so_in_one_line_and_times_the_rest(tmp_path):
     (tmp_path / "torch.py").write_text("raise ImportError('No module named torch')\n")  # torch not installed
     out = tmp_path / "throughput.json"
