@@ -64,6 +64,7 @@ bench-all: bench
 	$(PY) benchmarks/flops.py --repeats 9
 	$(PY) benchmarks/profile_step.py
 	$(PY) benchmarks/train_settings.py --rounds 15 --examples 8192
+	$(PY) benchmarks/train_processes.py --rounds 9
 	$(PY) benchmarks/scaling.py --rounds 5
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/fit_teardown.py
