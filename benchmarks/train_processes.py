@@ -40,6 +40,7 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -149,14 +150,11 @@ def worker(kind: str, args, conn) -> None:
             start_as_vae_tf_does()
         x = images(args.examples, args.seed)
         with tempfile.TemporaryDirectory(prefix="vae-tf-pythae-") as workdir:
-            if kind == "vae_tf":
-                trainer = VaeTfTrainer(x, args)
-                conn.send(("ready", trainer.parameters, trainer.settings, trainer.weights))
-            else:
-                trainer = TorchSide(kind, x, conn.recv(), args, workdir)
-                conn.send(("ready", trainer.parameters, trainer.settings, None))
+            trainer = VaeTfTrainer(x, args) if kind == "vae_tf" else TorchSide(kind, x, conn.recv(), args, workdir)
             # What this process imported: the PyTorch trainers must run without TensorFlow (module docstring).
-            conn.send({name: name in sys.modules for name in ("tensorflow", "torch")})
+            modules = {name: name in sys.modules for name in ("tensorflow", "torch")}
+            conn.send(("ready", trainer.parameters, {**trainer.settings, "modules": modules},
+                       trainer.weights if kind == "vae_tf" else None))
             while (n := conn.recv()) is not None:
                 conn.send(("done", *trainer.epochs(n)))
     except BaseException as err:  # noqa: BLE001 - reported by the parent, in one line
@@ -174,8 +172,12 @@ class Worker:
         self.process.start()
 
     def receive(self, timeout: float):
-        if not self.conn.poll(timeout):
-            raise SystemExit(f"{TITLES[self.kind]}: no answer within {timeout:.0f} s")
+        deadline = time.monotonic() + timeout
+        while not self.conn.poll(1.0):
+            if not self.process.is_alive():  # a crash in native code sends no message
+                raise SystemExit(f"{TITLES[self.kind]}: its process ended with exit code {self.process.exitcode}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{TITLES[self.kind]}: no answer within {timeout:.0f} s")
         message = self.conn.recv()
         if message[0] == "error":
             raise SystemExit(message[1])
@@ -203,13 +205,11 @@ def run(args) -> dict:
         workers["vae_tf"] = Worker(context, "vae_tf", args)
         parameters, settings, weights = {}, {}, None
         parameters["vae_tf"], settings["vae_tf"], weights = workers["vae_tf"].receive(args.timeout)
-        settings["vae_tf"]["modules"] = workers["vae_tf"].conn.recv()
         for kind in args.trainers:
             if kind != "vae_tf":
                 workers[kind] = Worker(context, kind, args)
                 workers[kind].conn.send(weights)
                 parameters[kind], settings[kind], _ = workers[kind].receive(args.timeout)
-                settings[kind]["modules"] = workers[kind].conn.recv()
                 if parameters[kind] != parameters["vae_tf"]:
                     raise SystemExit(f"{TITLES[kind]} has {parameters[kind]:,} parameters, vae-tf "
                                      f"{parameters['vae_tf']:,}: not the same architecture")
