@@ -59,6 +59,19 @@ def machine_info() -> dict:
             "load_average": load_average()}
 
 
+def write_json(path: Path, report: dict) -> None:
+    """Write a benchmark's ``--json`` report (indented, non-JSON values as text) whole: to a
+    temporary file beside ``path``, then renamed over it, so an interrupted run leaves the previous
+    report or none, never half of one."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    os.replace(partial, path)
+
+
 def summary(values) -> dict:
     """Median, min and max of a measurement over the rounds: how every table here reports one."""
     import statistics

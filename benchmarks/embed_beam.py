@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import subprocess
@@ -48,7 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.common import command_line, machine_info  # noqa: E402
+from benchmarks.common import command_line, machine_info, write_json  # noqa: E402
 from benchmarks.memory import SHAPE, run_child, write_npy  # noqa: E402
 
 VARIANTS = {"embed": [], "beam-1": ["--runner", "beam", "--workers", "1"],
@@ -177,7 +176,7 @@ def main(argv=None) -> int:
               "chunk_size": args.chunk_size, "batch_size": args.batch_size, "times": times,
               "results": summarise(times, args.sizes), "load": (load_before, os.getloadavg()[0])}
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str))
+        write_json(args.json, report)
     print(render(report))
     return 0
 

@@ -155,7 +155,7 @@ def main(argv=None) -> int:
               "results": {v: summarize(r) for v, r in rows.items()}}
     print(render(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        common.write_json(args.json, report)
     return 0
 
 

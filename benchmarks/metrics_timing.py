@@ -41,7 +41,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -265,7 +264,7 @@ def main(argv=None) -> int:
               "total_seconds": time.perf_counter() - start}
     print(render(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        common.write_json(args.json, report)
     return 0
 
 

@@ -180,7 +180,7 @@ def main(argv=None) -> int:
               "examples": args.examples, "model": args.model, "top": args.top, "results": [profile(o, args) for o in args.optimizer]}
     print(render(report))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        common.write_json(args.json, report)
     return 0
 
 

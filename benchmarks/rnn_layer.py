@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks.common import command_line, machine_info  # noqa: E402
+from benchmarks.common import command_line, machine_info, write_json  # noqa: E402
 from benchmarks.text_throughput import parse_tf_threads, tf_thread_pools  # noqa: E402
 
 
@@ -175,7 +174,7 @@ def main(argv=None) -> int:
         report["per_pytorch_best"] = {k: report["ms"]["pytorch"]["best"] / v["best"] for k, v in report["ms"].items()}
     print(render(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
     return 0
 
 

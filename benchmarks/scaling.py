@@ -225,8 +225,7 @@ def main(argv=None) -> int:
               "results": summarise(rounds, variants), "rounds": rounds}
     print(render(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        common.write_json(args.json, report)
         log(f"wrote {args.json}")
     return 0
 

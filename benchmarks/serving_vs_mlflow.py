@@ -69,7 +69,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import command_line, default_serving_model, free_ports, machine_info, start_server  # noqa: E402
+from benchmarks.common import command_line, default_serving_model, free_ports, machine_info, start_server, write_json  # noqa: E402
 
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 WRK_SCRIPT = """wrk.method = "POST"
@@ -455,7 +455,7 @@ def main(argv=None) -> int:
                          "rerun")
     result = run(args)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     text, clean = report(result)
     print(f"```bash\n{result['command']}\n```\n\n{text}")
     return 0 if clean else 1

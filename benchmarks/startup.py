@@ -426,8 +426,7 @@ def main(argv=None) -> int:
               "imports_before_first_step": imports, "rounds": rounds}
     print(render(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        common.write_json(args.json, report)
     return 0
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -43,7 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks.common import command_line, machine_info  # noqa: E402
+from benchmarks.common import command_line, machine_info, write_json  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -271,7 +270,7 @@ def main(argv=None) -> int:
         report["ratio_of_bests"] = max(rates["vae-tf"]) / max(rates["pytorch_eager"])
     print(render(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
     return 0
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import multiprocessing
 import os
@@ -50,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import common  # noqa: E402
+from benchmarks.train_throughput import positive_int  # noqa: E402
 
 TRAINERS = ("vae_tf", "torch", "torch_compile", "pythae")
 TITLES = {"vae_tf": "vae-tf", "torch": "PyTorch eager", "torch_compile": "PyTorch torch.compile",
@@ -277,13 +277,6 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trainers", nargs="+", choices=TRAINERS[1:], default=list(TRAINERS[1:]),
@@ -316,8 +309,7 @@ def main(argv=None) -> int:
               "epochs_per_round": args.epochs_per_round, "result": result}
     print(render(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        common.write_json(args.json, report)
     return 0
 
 

@@ -75,7 +75,6 @@ import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -1002,8 +1001,7 @@ def main(argv=None) -> int:
     }
     print(render(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        common.write_json(args.json, report)
         log(f"wrote {args.json}")
     if args.fail_over_bound and not all(r["within_bound"] for r in report["results"]):
         return 1

@@ -257,6 +257,23 @@ def test_train_processes_pytorch_workers_start_from_the_keras_weights_and_train(
     assert len(seconds) == 2 and all(s > 0 for s in seconds) and 500 < loss < 560
 
 
+def test_a_report_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """benchmarks' --json files: a new report replaces the old one only once it is complete."""
+    from benchmarks import common
+
+    path = tmp_path / "out" / "report.json"
+    common.write_json(path, {"rounds": [1.5, 2.5], "path": tmp_path})
+    assert json.loads(path.read_text()) == {"rounds": [1.5, 2.5], "path": str(tmp_path)}
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        common.write_json(path, {"rounds": [9.0]})
+    assert json.loads(path.read_text())["rounds"] == [1.5, 2.5]  # the previous report, whole
+
+
 def test_train_processes_refuses_a_partial_execution_in_one_line(capsys):
     from benchmarks.train_processes import parse_args
 
