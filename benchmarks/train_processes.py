@@ -100,7 +100,8 @@ class VaeTfTrainer:
 
 
 class TorchSide:
-    """PyTorch eager, torch.compile (``compile_backend``) or pythae's trainer, from given weights."""
+    """PyTorch eager, torch.compile (``compile_backend``) or pythae's trainer, from given Keras weights
+    (None: the framework's own initial weights)."""
 
     def __init__(self, kind: str, x: np.ndarray, weights: dict, args, workdir: str):
         from benchmarks import torch_reference as ref
@@ -119,14 +120,16 @@ class TorchSide:
                 raise SystemExit(f"pythae is not installed ({why}); pip install -e '.[bench]' adds it")
             self.trainer = pyref.PythaeTrainer(torch, x, BATCH, workdir=workdir, latent_dim=latent_dim,
                                                learning_rate=1e-3, seed=args.seed, **arch)
-            ref.load_keras_weights(torch, self.trainer.net, weights)
+            if weights is not None:  # else pythae's own initial weights (train_alone.py)
+                ref.load_keras_weights(torch, self.trainer.net, weights)
             model = self.trainer.model
             self.settings |= {"pythae": getattr(pythae, "__version__", "?"), **self.trainer.settings}
         else:
             backend = args.torch_compile_backend if kind == "torch_compile" else None
             self.trainer = ref.TorchTrainer(torch, x, BATCH, latent_dim=latent_dim, learning_rate=1e-3,
                                             seed=args.seed, compile_backend=backend, **arch)
-            ref.load_keras_weights(torch, self.trainer.model, weights)
+            if weights is not None:  # else PyTorch's own initial weights (train_alone.py)
+                ref.load_keras_weights(torch, self.trainer.model, weights)
             model = self.trainer.model
             self.settings |= self.trainer.settings
         self.kind = kind

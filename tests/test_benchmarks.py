@@ -274,6 +274,24 @@ def test_a_report_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     assert json.loads(path.read_text())["rounds"] == [1.5, 2.5]  # the previous report, whole
 
 
+@pytest.mark.slow
+def test_train_alone_smoke_reports_the_malloc_settings_it_ran_with(tmp_path):
+    """A PyTorch trainer alone, back to back, under glibc tunables given in the environment: the
+    report names them, times every epoch and trains the loss scale (about 784 log 2 nats)."""
+    out = tmp_path / "alone.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MALLOC_TRIM_THRESHOLD_": "134217728"}
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "train_alone.py"), "--trainer", "torch",
+                           "--epochs", "2", "--examples", "512", "--json", str(out)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["malloc"] == {"MALLOC_TRIM_THRESHOLD_": "134217728"}
+    assert report["parameters"] == 1_659_169 and len(report["images_per_s"]) == 2
+    assert report["median"] == pytest.approx(float(np.median(report["images_per_s"])), rel=1e-12)
+    assert 500 < report["final_loss"] < 560
+    assert "malloc: MALLOC_TRIM_THRESHOLD_=134217728" in proc.stdout
+
+
 def test_train_processes_refuses_a_partial_execution_in_one_line(capsys):
     from benchmarks.train_processes import parse_args
 
