@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import common  # noqa: E402
-from benchmarks.train_processes import BATCH, TITLES, TorchSide, VaeTfTrainer, images  # noqa: E402
+from benchmarks.train_processes import TITLES, TorchSide, VaeTfTrainer, checked_run_arguments, images  # noqa: E402
 from benchmarks.train_throughput import positive_int  # noqa: E402
 
 TRAINERS = ("vae_tf", "torch", "pythae")
@@ -49,12 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=positive_int, default=None, help="threads (default: usable CPUs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
-    if args.examples % (BATCH * 4):
-        p.error(f"--examples must be a multiple of {BATCH * 4} (whole executions of 4 batches of {BATCH}), "
-                f"got {args.examples}")
-    args.threads = args.threads or len(os.sched_getaffinity(0))
-    return args
+    return checked_run_arguments(p, argv)
 
 
 def main(argv=None) -> int:

@@ -280,6 +280,18 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
+def checked_run_arguments(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """``parser``'s arguments (``--examples``, ``--threads`` among them), ``--examples`` checked to
+    be whole executions (one line otherwise) and ``--threads`` defaulting to the usable CPUs; also
+    for benchmarks/train_alone.py."""
+    args = parser.parse_args(argv)
+    if args.examples % (BATCH * 4):
+        parser.error(f"--examples must be a multiple of {BATCH * 4} (whole executions of 4 batches of {BATCH}), "
+                     f"got {args.examples}")
+    args.threads = args.threads or len(os.sched_getaffinity(0))
+    return args
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trainers", nargs="+", choices=TRAINERS[1:], default=list(TRAINERS[1:]),
@@ -293,11 +305,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=positive_int, default=600, help="seconds allowed for one worker's answer")
     p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
-    if args.examples % (BATCH * 4):
-        p.error(f"--examples must be a multiple of {BATCH * 4} (whole executions of 4 batches of {BATCH}), "
-                f"got {args.examples}")
-    args.threads = args.threads or len(os.sched_getaffinity(0))
+    args = checked_run_arguments(p, argv)
     args.trainers = ["vae_tf", *dict.fromkeys(args.trainers)]
     return args
 
