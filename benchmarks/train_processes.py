@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import multiprocessing
 import os
 import sys
@@ -49,13 +48,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import common  # noqa: E402
-from benchmarks.train_throughput import positive_int  # noqa: E402
+from benchmarks.train_throughput import CONFIGS, positive_int, torch_arch  # noqa: E402
 
 TRAINERS = ("vae_tf", "torch", "torch_compile", "pythae")
 TITLES = {"vae_tf": "vae-tf", "torch": "PyTorch eager", "torch_compile": "PyTorch torch.compile",
           "pythae": "pythae BaseTrainer"}
 TARGETS = {"torch": 1.15, "torch_compile": 1.5, "pythae": 1.5}  # issue #10 (eager), issue #20 (the peers)
-CONV = {"latent": {"family": "gaussian", "latent_dim": 16}, "network": {"kind": "conv", "filters": [32, 64], "dense": 256}}
+CONV = CONFIGS["conv"]  # the reference conv VAE of train_throughput.py
 BATCH = 128
 
 
@@ -77,7 +76,7 @@ class VaeTfTrainer:
         import tensorflow as tf
 
         from benchmarks.torch_reference import keras_conv_weights
-        from benchmarks.train_throughput import build_ours, training_stream
+        from benchmarks.train_throughput import build_ours, trainable_count, training_stream
         from vae_tf.data import DataSplits
 
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -89,7 +88,7 @@ class VaeTfTrainer:
         self.stream = training_stream(splits, BATCH, args.seed)
         self.model(x[:1])
         self.weights = keras_conv_weights(self.model.encoder, self.model.decoder)
-        self.parameters = int(sum(math.prod(v.shape) for v in self.model.trainable_variables))
+        self.parameters = trainable_count(self.model)
         self.settings = {"tensorflow": tf.__version__, "threads": args.threads, "steps_per_execution": 4}
 
     def epochs(self, n: int) -> tuple[list[float], float]:
@@ -110,7 +109,7 @@ class TorchSide:
         if torch is None:
             raise SystemExit(f"PyTorch is not installed ({why}); pip install -e '.[bench]' adds it")
         self.settings = ref.set_threads(torch, args.threads)
-        arch = {"filters": tuple(CONV["network"]["filters"]), "dense": CONV["network"]["dense"]}
+        arch = torch_arch(CONV)
         latent_dim = CONV["latent"]["latent_dim"]
         if kind == "pythae":
             from benchmarks import pythae_reference as pyref
