@@ -343,7 +343,11 @@ class EncodeModelHandler(ModelHandler):
 
     def load_model(self):
         from serving.embed import LocalEncoder
+        from vae_tf_cli.tensorflow_start import quiet_tensorflow_start
 
+        # In a worker process TensorFlow is imported here: its start-up messages filtered as the
+        # launching `vae-tf` process filters its own (the workers inherit TF_CPP_MIN_LOG_LEVEL).
+        quiet_tensorflow_start()
         return LocalEncoder(self.model_path)
 
     def run_inference(self, batch, model, inference_args=None):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTIONS
 from serving.text import DEFAULT_LONG_TEXT, DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, LONG_TEXT_MODES
-from vae_tf_cli.argtypes import non_negative_float, non_negative_int, port, positive_float, positive_int
+from vae_tf_cli.argtypes import non_negative_float, port, positive_float, positive_int
 
 
 def add_parsers(sub) -> None:
@@ -146,6 +146,11 @@ def cmd_serve(args) -> int:
     from serving.text import TextLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # TensorFlow gives its logger a handler of its own when it is imported before the root logger
+    # has one (it is, here): its records would print twice, once in each format.
+    tf_logger = logging.getLogger("tensorflow")
+    for handler in list(tf_logger.handlers):
+        tf_logger.removeHandler(handler)
     config = ServerConfig()
     if args.model:
         model_dir = Path(args.model)

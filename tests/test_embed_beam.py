@@ -4,6 +4,8 @@ directly, and the one-line errors. Needs the `beam` extra (`pip install -e '.[te
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -31,7 +33,7 @@ def _encode_directly(model_dir, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_beam_on_two_workers_equals_vae_tf_embed_row_for_row(exports, tmp_path, capsys):
+def test_beam_on_two_workers_equals_vae_tf_embed_row_for_row(exports, tmp_path, capfd):
     rng = np.random.default_rng(7)
     data = tmp_path / "rows.npz"
     np.savez(data, x=rng.random((700,) + SHAPE, dtype=np.float32), y=rng.integers(0, 5, 700))
@@ -40,8 +42,11 @@ def test_beam_on_two_workers_equals_vae_tf_embed_row_for_row(exports, tmp_path, 
     local, out = tmp_path / "local.parquet", tmp_path / "beam"
     assert main(common + ["-o", str(local)]) == 0
     assert main(common + ["--runner", "beam", "--workers", "2", "-o", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "700 rows" in printed and "runner:        FnApiRunner, 2 worker processes" in printed
+    printed = capfd.readouterr()  # the workers write to this process's descriptors
+    assert "700 rows" in printed.out and "runner:        FnApiRunner, 2 worker processes" in printed.out
+    # The workers import TensorFlow quietly too (vae_tf_cli.tensorflow_start; they inherit the level).
+    assert not re.search(r"^[IWEF]\d{4} \S+ +\d+ \S+:\d+\] |^WARNING: All log messages", printed.err, re.M), (
+        printed.err[-2000:])
     assert _parts(out) == ["part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]  # one per worker bundle
 
     reference = pq.read_table(local)
@@ -58,7 +63,7 @@ def test_beam_on_two_workers_equals_vae_tf_embed_row_for_row(exports, tmp_path, 
 
     # A rerun needs --overwrite; with one worker it writes one file and removes the two stale ones.
     assert main(common + ["--runner", "beam", "-o", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
+    err = capfd.readouterr().err.strip()
     assert_one_line(err)
     assert "already holds 2 Parquet part file(s)" in err and "--overwrite" in err
     assert main(common + ["--runner", "beam", "-o", str(out), "--overwrite"]) == 0

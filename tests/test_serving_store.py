@@ -4,6 +4,7 @@ concurrent clients, server-side batching, `vae-tf serve` start-up errors and gra
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -222,10 +223,15 @@ def test_serve_cli_port_in_use(exports, tmp_path, capsys):
 
 
 def test_serve_command_runs_and_shuts_down_gracefully(exports, tmp_path):
+    """... and logs each record once, in its own format: TensorFlow's logger had a handler of its
+    own besides the root logger's ("INFO:tensorflow:Restoring parameters ..." printed twice), and
+    none of TensorFlow's Abseil start-up records (vae_tf_cli.tensorflow_start)."""
     drop_version(exports, tmp_path, 1)
     env = {**os.environ, "MODEL_BASE_PATH": str(tmp_path), "MODEL_NAME": "vae", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "vae_tf_cli", "serve", "--port", "0", "--rest-api-port", "0"],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "vae_tf_cli", "serve", "--port", "0", "--rest-api-port", "0"],
+                                   cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         lines = announced(process)
         assert lines["model"].startswith("vae (versions: 1)")
@@ -235,6 +241,10 @@ def test_serve_command_runs_and_shuts_down_gracefully(exports, tmp_path):
         assert GrpcClient(lines["gRPC"].split()[0], "vae").status()["model_version_status"][0]["state"] == "AVAILABLE"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+        logged = log.read_text()
+        assert logged.count("Restoring parameters from") == 1, logged[-2000:]
+        assert "INFO tensorflow: Restoring parameters from" in logged
+        assert not re.search(r"^[IWEF]\d{4} \S+ +\d+ \S+:\d+\] |^WARNING: All log messages", logged, re.M), logged[-2000:]
     finally:
         if process.poll() is None:
             process.kill()

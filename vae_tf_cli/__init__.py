@@ -25,8 +25,12 @@ from collections.abc import Callable
 
 def _quiet_libraries() -> None:
     # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) and MLflow's INFO lines (database
-    # migrations, experiment creation) drown the progress bar and the one-line errors.
+    # migrations, experiment creation) drown the progress bar and the one-line errors. TensorFlow
+    # 2.21 ignores the level for its first messages; quiet_tensorflow_start applies it to them.
+    from vae_tf_cli.tensorflow_start import quiet_tensorflow_start
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow_start()
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     logging.getLogger("alembic").setLevel(logging.WARNING)

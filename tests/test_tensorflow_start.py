@@ -1,0 +1,100 @@
+"""TensorFlow's start-up messages in a `vae-tf` process (vae_tf_cli.tensorflow_start): TensorFlow
+2.21 writes them through Abseil before Abseil is set up, which ignores TF_CPP_MIN_LOG_LEVEL; the
+program applies the level to them itself."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vae_tf_cli.tensorflow_start import min_log_level, stderr_filtered, tensorflow_start_lines
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# What `TF_CPP_MIN_LOG_LEVEL=2 python -c "import tensorflow as tf; tf.config.list_physical_devices()"`
+# wrote to stderr with TensorFlow 2.21.0 on a 2-CPU machine without a GPU (2026-12-05), plus a
+# Python warning between the records.
+NOTE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+ONEDNN = ("I0000 00:00:1796515096.980271   18083 port.cc:153] oneDNN custom operations are on. You may see slightly "
+          "different numerical results due to floating-point round-off errors from different computation orders. "
+          "To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.\n")
+NO_DRIVER = ("I0000 00:00:1796515096.980905   18083 cudart_stub.cc:31] Could not find cuda drivers on your machine, "
+             "GPU will not be used.\n")
+CPU_FEATURES = ("I0000 00:00:1796515097.080215   18083 cpu_feature_guard.cc:227] This TensorFlow binary is optimized "
+                "to use available CPU instructions in performance-critical operations.\n"
+                "To enable the following instructions: AVX2 AVX512F AVX512_VNNI AVX512_BF16 FMA, in other operations, "
+                "rebuild TensorFlow with the appropriate compiler flags.\n")
+PY_WARNING = "/x/y.py:3: DeprecationWarning: something Python said\n  import thing\n"
+CUINIT = ("E0000 00:00:1796515100.274620   18083 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
+          "Failed call to cuInit: UNKNOWN ERROR (303)\n")
+WARNING = "W0000 00:00:1796515100.300000   18083 some_op.cc:7] a warning\n"
+START = NOTE + ONEDNN + NO_DRIVER + CPU_FEATURES + PY_WARNING + NOTE + ONEDNN + NO_DRIVER + CUINIT + WARNING
+
+
+def test_the_level_is_applied_as_tensorflow_documents_it():
+    assert tensorflow_start_lines(START, 0) == START  # everything, as TensorFlow 2.21 prints it now
+    # Level 1 drops the INFO records, a record's second line with it, and Abseil's note about them;
+    # the Python warning (not an Abseil record) stays where it was.
+    assert tensorflow_start_lines(START, 1) == PY_WARNING + WARNING
+    assert tensorflow_start_lines(START, 2) == PY_WARNING  # what `vae-tf` sets
+    assert tensorflow_start_lines(START, 3) == PY_WARNING
+
+
+def test_a_failed_cuinit_is_shown_where_the_machine_has_a_cuda_driver():
+    """The failed cuInit only says "no NVIDIA driver" when cudart_stub said so; with a driver it is
+    why the GPU is not used, an error shown at levels below 3."""
+    with_driver = NOTE + ONEDNN + CUINIT
+    assert tensorflow_start_lines(with_driver, 2) == CUINIT
+    assert tensorflow_start_lines(with_driver, 3) == ""
+    assert tensorflow_start_lines(NOTE + NO_DRIVER + CUINIT, 2) == ""
+    assert tensorflow_start_lines(NOTE + NO_DRIVER + CUINIT, 0) == NOTE + NO_DRIVER + CUINIT
+
+
+@pytest.mark.parametrize(("value", "level"), [(None, 0), ("2", 2), ("3", 3), ("x", 0), ("-1", 0)])
+def test_the_level_is_read_as_tensorflow_reads_it(value, level):
+    assert min_log_level({} if value is None else {"TF_CPP_MIN_LOG_LEVEL": value}) == level
+
+
+def test_what_is_written_to_descriptor_2_is_filtered_and_the_descriptor_restored(capfd):
+    print("before", file=sys.stderr, flush=True)
+    with stderr_filtered(2):
+        os.write(2, START.encode())
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "before\n" + PY_WARNING + "after\n"
+
+
+def test_an_exception_in_the_block_still_restores_descriptor_2_and_shows_what_was_kept(capfd):
+    with pytest.raises(RuntimeError, match="boom"):
+        with stderr_filtered(2):
+            os.write(2, (NOTE + ONEDNN + PY_WARNING).encode())
+            raise RuntimeError("boom")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == PY_WARNING + "after\n"
+
+
+@pytest.mark.slow
+def test_a_vae_tf_process_starts_tensorflow_without_its_abseil_chatter():
+    """A `vae-tf` command that imports TensorFlow (`train --print-config` resolves the config) on this
+    machine prints none of TensorFlow's start-up records; a plain `import tensorflow` at the same
+    TF_CPP_MIN_LOG_LEVEL prints them (so the check is not vacuous), and the stderr of the program
+    goes on working after the import."""
+    record = re.compile(r"^[IWEF]\d{4} \S+ +\d+ \S+:\d+\] |^WARNING: All log messages before absl", re.M)
+    env = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONPATH": str(ROOT)}
+    program = ("import os, sys, vae_tf_cli\n"
+               "code = vae_tf_cli.main(['train', '--print-config'])\n"
+               "print('tensorflow' in sys.modules, code)\n"
+               "print('stderr still works', file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.splitlines()[-1] == "True 0", done.stdout[-500:] + done.stderr[-2000:]
+    assert not record.search(done.stderr), done.stderr[-2000:]
+    assert "stderr still works" in done.stderr
+    plain = subprocess.run([sys.executable, "-c", "import tensorflow as tf; tf.config.list_physical_devices()"],
+                           cwd=ROOT, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True,
+                           timeout=120)
+    assert record.search(plain.stderr), plain.stderr[-2000:]
