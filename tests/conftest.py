@@ -196,6 +196,19 @@ def assert_one_line(message: str) -> None:
     assert message and "\n" not in message, f"not a one-line message: {message!r}"
 
 
+def integer_transposes(function) -> list[str]:
+    """The ``Transpose`` nodes of a concrete function's graph (its loops' and conditions' bodies
+    included) that transpose an integer tensor: TensorFlow 2.21's oneDNN build logs "oneDNN
+    supports DT_INT32 only on platforms with AVX-512" as an error the first time a process runs
+    one, on every CPU (vae_tf.networks.recurrent._transpose_ids)."""
+    import tensorflow as tf
+
+    graph = function.graph.as_graph_def()
+    nodes = [*graph.node, *(node for f in graph.library.function for node in f.node_def)]
+    return [node.name for node in nodes if node.op in ("Transpose", "ConjugateTranspose")
+            and tf.dtypes.as_dtype(node.attr["T"].type).is_integer]
+
+
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """Two versions of the tiny serving model with different weights, exported once per module;

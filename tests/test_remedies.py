@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import assert_one_line
+from tests.conftest import assert_one_line, integer_transposes
 from training.callbacks import checkpoint_for
 from vae_tf.errors import ConfigError, DataError
 from vae_tf.export import export_model, load_vae
@@ -220,6 +220,28 @@ def test_skip_decoder_feeds_z_into_every_layer(kind, options):
     # The same probe on the plain decoder: z reaches only its first layer directly.
     plain = _direct_gradient_norms(build_decoder(kind, 5, (8, 8, 1), 1, **options), 5)
     assert plain[0] > 0 and all(n == 0 for n in plain[1:]), plain
+
+
+def test_skip_conv_maps_are_z_at_every_pixel_and_their_gradient_transposes_no_integer_tensor():
+    """The conv Skip connection's code maps equal z copied to every pixel (NumPy's broadcast), and
+    its gradient runs no integer `Transpose` (a tile's gradient does, which TensorFlow 2.21 with
+    oneDNN reports with an error line on every CPU)."""
+    from vae_tf.networks.skip import ConcatCodeMaps
+
+    rng = np.random.default_rng(0)
+    h, z = rng.normal(size=(2, 3, 4, 5)).astype("float32"), rng.normal(size=(2, 6)).astype("float32")
+    expected = np.concatenate([h, np.broadcast_to(z[:, None, None, :], (2, 3, 4, 6))], axis=-1)
+    np.testing.assert_array_equal(ConcatCodeMaps()([tf.constant(h), tf.constant(z)]).numpy(), expected)
+    skip = build_decoder("conv", 5, (8, 8, 1), 1, skip=True, filters=[4, 8], dense=16)
+
+    @tf.function
+    def gradient(z):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            out = tf.reduce_sum(skip(z))
+        return tape.gradient(out, [z, *skip.trainable_variables])
+
+    assert integer_transposes(gradient.get_concrete_function(tf.zeros((2, 5)))) == []
 
 
 @pytest.mark.parametrize("kind, options", [("mlp", {"hidden": [16, 8]}), ("conv", {"filters": [4, 8], "dense": 16})])

@@ -114,6 +114,9 @@ class RecurrentDecoder(keras.Model):
                  hidden=(50,), z_injection: str = "both", skip: bool = False, word_dropout: float = 0.0,
                  dropout_in: float = 0.0, dropout_out: float = 0.0, name: str = "decoder", dtype=None, **kwargs):
         super().__init__(name=name, dtype=dtype, **kwargs)
+        if int(vocab_size) > MAX_VOCABULARY:
+            raise ConfigError(f"a text decoder takes at most {MAX_VOCABULARY:,} words (ids included) in its vocabulary, "
+                              f"not {int(vocab_size):,}: set the data's vocab_size lower")
         self.cell_kind, self.code_size, self.vocab_size = cell, int(code_size), int(vocab_size)
         self.max_length = int(max_length)
         self.z_injection, self.skip, self.word_dropout = z_injection, bool(skip), float(word_dropout)
@@ -127,6 +130,13 @@ class RecurrentDecoder(keras.Model):
         self.out_cast = keras.layers.Activation("linear", dtype="float32", name="float32_output")
 
     # --- pieces shared by the teacher-forced pass and generation ---------------------------------
+    @staticmethod
+    def _per_step(z, steps):
+        """z ``[B, code]`` at every one of ``steps`` positions, ``[B, steps, code]``: broadcast, not
+        tiled (``tf.repeat``), as the gradient of a tile transposes an integer tensor, which
+        TensorFlow 2.21's oneDNN build reports as an error on every CPU (:func:`_transpose_ids`)."""
+        return tf.broadcast_to(z[:, None, :], tf.stack([tf.shape(z)[0], steps, tf.shape(z)[1]]))
+
     def _initial_states(self, z) -> list:
         """One state list per layer: z's for the first (``init``), zeros for the others."""
         batch = tf.shape(z)[0]
@@ -170,7 +180,7 @@ class RecurrentDecoder(keras.Model):
         z = tf.convert_to_tensor(z)
         ids = self.drop_words(tf.convert_to_tensor(ids), training=training)
         h = self.drop_in(self.embedding(ids), training=training)
-        z_seq = tf.repeat(tf.cast(z, h.dtype)[:, None, :], tf.shape(ids)[1], axis=1)
+        z_seq = self._per_step(tf.cast(z, h.dtype), tf.shape(ids)[1])
         states = self._initial_states(tf.cast(z, h.dtype))
         for i, rnn in enumerate(self.rnns):
             h = rnn(self._layer_input(i, h, z_seq), initial_state=states[i], training=training)[0]
@@ -221,12 +231,25 @@ class RecurrentDecoder(keras.Model):
         t, token, finished, states, out = tf.while_loop(
             lambda t, *_: tf.logical_and(t <= length, tf.logical_not(tf.reduce_all(finished))),
             step, (t, token, finished, states, out), maximum_iterations=length + 1)
-        ids = tf.transpose(out.stack())
+        ids = _transpose_ids(out.stack())
         ids = tf.pad(ids, [[0, 0], [0, length + 1 - tf.shape(ids)[1]]])  # rows stopped early: <pad>
         words = tf.logical_and(tf.not_equal(ids, EOS_ID), tf.not_equal(ids, PAD_ID))
         lengths = tf.reduce_sum(tf.cast(tf.math.cumprod(tf.cast(words, tf.int32), axis=1), tf.int32), axis=1)
         ids = tf.where(tf.range(length + 1)[None, :] < lengths[:, None], ids, tf.constant(PAD_ID, tf.int32))
         return ids[:, :length], lengths
+
+
+#: Word ids go through float32 in :func:`_transpose_ids`, exact below 2**24.
+MAX_VOCABULARY = 2 ** 24
+
+
+def _transpose_ids(ids: tf.Tensor) -> tf.Tensor:
+    """``[T, B]`` int32 word ids as ``[B, T]``, transposed as float32. TensorFlow 2.21's oneDNN
+    build logs an error the first time a process transposes an integer tensor, on every CPU
+    (``E... util.cc:131] oneDNN supports DT_INT32 only on platforms with AVX-512. Falling back to
+    the default Eigen-based implementation``), which every text run and the first decode request
+    of a text server printed. The ids (below :data:`MAX_VOCABULARY`) are exact in float32."""
+    return tf.cast(tf.transpose(tf.cast(ids, tf.float32)), tf.int32)
 
 
 def recurrent_networks(kind: str, vocab_size: int, max_length: int, param_size: int, code_size: int, *,

@@ -32,7 +32,10 @@ class ConcatCodeMaps(keras.layers.Layer):
     def call(self, inputs):
         h, z = inputs
         height, width = int(h.shape[1]), int(h.shape[2])
-        maps = keras.ops.tile(keras.ops.expand_dims(keras.ops.expand_dims(z, 1), 1), [1, height, width, 1])
+        # Broadcast, not tiled: the gradient of a tile transposes an integer tensor, which TensorFlow
+        # 2.21's oneDNN build reports as an error on every CPU (vae_tf.networks.recurrent._transpose_ids).
+        batch, code = keras.ops.shape(z)[0], keras.ops.shape(z)[1]
+        maps = keras.ops.broadcast_to(z[:, None, None, :], (batch, height, width, code))
         return keras.ops.concatenate([h, keras.ops.cast(maps, h.dtype)], axis=-1)
 
     def compute_output_shape(self, input_shape):
