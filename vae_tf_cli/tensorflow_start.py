@@ -137,6 +137,9 @@ class _QuietTensorFlowLoader(importlib.abc.Loader):
             self.loader.exec_module(module)
             module.config.list_physical_devices()
 
+    def __getattr__(self, name):  # the rest of the loader's interface (resources, source) is TensorFlow's
+        return getattr(self.loader, name)
+
 
 class _QuietTensorFlowStart(importlib.abc.MetaPathFinder):
     """An import hook (:data:`sys.meta_path`) for the first ``import tensorflow``: it finds
