@@ -55,7 +55,18 @@ def test_a_failed_cuinit_is_shown_where_the_machine_has_a_cuda_driver():
     assert tensorflow_start_lines(NOTE + NO_DRIVER + CUINIT, 0) == NOTE + NO_DRIVER + CUINIT
 
 
-@pytest.mark.parametrize(("value", "level"), [(None, 0), ("2", 2), ("3", 3), ("x", 0), ("-1", 0)])
+def test_lines_that_are_not_abseil_records_are_kept_wherever_they_come():
+    """Only a record TensorFlow breaks over two lines (cpu_feature_guard's) takes the next line
+    with it; anything else after a dropped record is someone else's output and is kept."""
+    others = ["WARNING:tensorflow:a Python logging record\n", "2026-12-06 00:01:02.345 E tensorflow/x.cc:1] old format\n",
+              "A module that was compiled using NumPy 1.x cannot be run in NumPy 2.x\n", "ERROR: something\n",
+              "  an indented line\n"]
+    for other in others:
+        assert tensorflow_start_lines(ONEDNN + other + NO_DRIVER, 2) == other
+        assert tensorflow_start_lines(CPU_FEATURES + other, 2) == other
+
+
+@pytest.mark.parametrize(("value", "level"), [(None, 0), ("2", 2), ("3", 3), ("x", 0), ("-1", 0), ("7", 3)])
 def test_the_level_is_read_as_tensorflow_reads_it(value, level):
     assert min_log_level({} if value is None else {"TF_CPP_MIN_LOG_LEVEL": value}) == level
 
@@ -66,6 +77,26 @@ def test_what_is_written_to_descriptor_2_is_filtered_and_the_descriptor_restored
         os.write(2, START.encode())
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "before\n" + PY_WARNING + "after\n"
+
+
+def test_at_level_0_nothing_is_redirected(capfd):
+    with stderr_filtered(0):
+        os.write(2, START.encode())
+    assert capfd.readouterr().err == START
+
+
+def test_a_process_that_dies_in_the_block_still_shows_what_was_kept():
+    """The filter is a process of its own: a fatal record and then abort() (TensorFlow's way of
+    dying, e.g. on a CPU without the instructions it was built for) still reach stderr."""
+    fatal = "F0000 00:00:1796515100.1   18083 cpu_feature_guard.cc:1] The TensorFlow library was compiled to use AVX\n"
+    program = ("import os\nfrom vae_tf_cli.tensorflow_start import stderr_filtered\n"
+               "with stderr_filtered(2):\n"
+               f"    os.write(2, {(NOTE + ONEDNN + fatal).encode()!r})\n"
+               "    os.abort()\n")
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode != 0
+    assert done.stderr.endswith(fatal), done.stderr
 
 
 def test_an_exception_in_the_block_still_restores_descriptor_2_and_shows_what_was_kept(capfd):
@@ -80,12 +111,17 @@ def test_an_exception_in_the_block_still_restores_descriptor_2_and_shows_what_wa
 @pytest.mark.slow
 def test_a_vae_tf_process_starts_tensorflow_without_its_abseil_chatter():
     """A `vae-tf` command that imports TensorFlow (`train --print-config` resolves the config) on this
-    machine prints none of TensorFlow's start-up records; a plain `import tensorflow` at the same
+    machine prints none of TensorFlow's start-up records, also after a library looked TensorFlow up
+    without importing it; a plain `import tensorflow` at the same
     TF_CPP_MIN_LOG_LEVEL prints them (so the check is not vacuous), and the stderr of the program
     goes on working after the import."""
     record = re.compile(r"^[IWEF]\d{4} \S+ +\d+ \S+:\d+\] |^WARNING: All log messages before absl", re.M)
     env = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONPATH": str(ROOT)}
-    program = ("import os, sys, vae_tf_cli\n"
+    program = ("import importlib.util, os, sys, vae_tf_cli, vae_tf_cli.tensorflow_start\n"
+               "os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'\n"  # what main sets, here before TensorFlow is imported
+               "vae_tf_cli.tensorflow_start.quiet_tensorflow_start()\n"
+               "assert importlib.util.find_spec('tensorflow') is not None\n"  # a library checking TensorFlow is there
+               "import tensorflow\n"  # (`vae-tf serve` in tests/test_serving_store.py starts through main alone)
                "code = vae_tf_cli.main(['train', '--print-config'])\n"
                "print('tensorflow' in sys.modules, code)\n"
                "print('stderr still works', file=sys.stderr)\n"

@@ -174,9 +174,13 @@ def test_the_decoder_transposes_no_integer_tensor_in_training_or_generation():
     for function in (gradients.get_concrete_function(z, ids), tf.function(decoder.generate).get_concrete_function(z),
                      tf.function(decoder.generate).get_concrete_function(z, seeds)):
         assert integer_transposes(function) == [], function.name
-    # and the generated ids are the same after the float32 round trip: the argmax chain is checked above
     ids, lengths = decoder.generate(tf.random.normal((3, 2)))
     assert ids.dtype == tf.int32 and ids.shape == (3, 5)
+    # The float32 round trip keeps every id up to the largest vocabulary allowed.
+    from vae_tf.networks.recurrent import MAX_VOCABULARY, _transpose_ids
+
+    stacked = np.array([[0, 1, 2], [MAX_VOCABULARY - 1, MAX_VOCABULARY - 2, 12_345_678]], np.int32)
+    np.testing.assert_array_equal(_transpose_ids(tf.constant(stacked)).numpy(), stacked.T)
 
 
 def test_a_vocabulary_beyond_float32_s_exact_integers_is_a_one_line_error():
