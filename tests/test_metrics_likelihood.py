@@ -147,3 +147,27 @@ def test_a_family_may_supply_its_own_importance_terms(linear_gaussian):
     model = _model(linear_gaussian, latent=_CustomTermsLatent(d))
     _, per_example = iw_nll(model, linear_gaussian["x"], k=10, chunk=10, return_per_example=True)
     np.testing.assert_allclose(per_example, -linear_gaussian["log_px"], atol=2e-4)
+
+
+def test_each_metric_function_is_traced_once_for_every_batch_and_split_size(linear_gaussian):
+    """The metrics run batch by batch, the last batch shorter, and on splits of other sizes: each
+    compiled function takes any batch size from its first call (one trace each, where
+    `reduce_retracing` traced twice), and the values are those of the closed form."""
+    from vae_tf.metrics import encode_posterior, representation_function
+    from vae_tf.metrics._compiled import compiled_for
+    from vae_tf.metrics.encode import _embed, _summarise
+    from vae_tf.metrics.likelihood import _elbo_terms, _log_weights
+
+    lg = linear_gaussian
+    model = _model(lg)
+    for rows in (200, 77):  # batches of 64: 64, 64, 64, 8; then 64, 13
+        x = lg["x"][:rows]
+        _, per_example = iw_nll(model, x, k=4, chunk=2, batch_size=64, return_per_example=True)
+        np.testing.assert_allclose(per_example, -lg["log_px"][:rows], atol=2e-4)  # exact posterior: every draw is log p(x)
+        elbo = elbo_estimate(model, x, num_samples=200, batch_size=64)  # a Monte-Carlo mean: compared on average
+        assert elbo["elbo"] == pytest.approx(_analytic_elbo(lg, model)[:rows].mean(), abs=0.1)
+        codes = representation_function(model, batch_size=64)(x)
+        np.testing.assert_allclose(codes, model.encoder(x).numpy()[:, :d], rtol=1e-5, atol=1e-6)
+        assert encode_posterior(model, x, batch_size=64)["z_mean"].shape == (rows, d)
+    for fn in (_log_weights, _elbo_terms, _embed, _summarise):
+        assert compiled_for(model, fn, batch_polymorphic=True).experimental_get_tracing_count() == 1, fn.__name__

@@ -37,7 +37,7 @@ def representation_function(model, batch_size: int = ENCODE_BATCH_SIZE) -> Calla
     import tensorflow as tf  # noqa: PLC0415
 
     batch_size = positive_int("batch_size", batch_size)
-    embed = compiled_for(model, _embed, reduce_retracing=True)
+    embed = compiled_for(model, _embed, batch_polymorphic=True)
 
     def represent(x):
         x = _check_x(x, model)
@@ -76,7 +76,7 @@ def encode_posterior(model, x, *, batch_size: int = ENCODE_BATCH_SIZE, seed: int
 
     x = _check_x(x, model)
     batch_size = positive_int("batch_size", batch_size)
-    summarise = compiled_for(model, _summarise, reduce_retracing=True)
+    summarise = compiled_for(model, _summarise, batch_polymorphic=True)
     parts: dict[str, list] = {}
     for b, start in enumerate(range(0, len(x), batch_size)):
         out = summarise(tf.constant(x[start:start + batch_size]), tf.constant([int(seed), b], tf.int32))
