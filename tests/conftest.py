@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -194,6 +195,12 @@ def rng():
 
 def assert_one_line(message: str) -> None:
     assert message and "\n" not in message, f"not a one-line message: {message!r}"
+
+
+#: A line of TensorFlow's Abseil logging (``I0000 00:00:17.9 123 file.cc:45] ...``) or Abseil's note
+#: that it is not set up: what a `vae-tf` process keeps off stderr at its default level
+#: (vae_tf_cli.tensorflow_start). Search with ``ABSEIL_RECORD.search(stderr)``.
+ABSEIL_RECORD = re.compile(r"^[IWEF]\d{4} \S+ +\d+ \S+:\d+\] |^WARNING: All log messages before absl", re.M)
 
 
 def integer_transposes(function) -> list[str]:

@@ -4,8 +4,6 @@ directly, and the one-line errors. Needs the `beam` extra (`pip install -e '.[te
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 
@@ -16,7 +14,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from serving.embed import load_source  # noqa: E402
-from tests.conftest import assert_one_line  # noqa: E402
+from tests.conftest import ABSEIL_RECORD, assert_one_line  # noqa: E402
 from vae_tf_cli import main  # noqa: E402
 
 SHAPE = (8, 8, 1)  # serving.testing.TINY_DATA_SHAPE, the exports fixture's data shape
@@ -45,8 +43,7 @@ def test_beam_on_two_workers_equals_vae_tf_embed_row_for_row(exports, tmp_path, 
     printed = capfd.readouterr()  # the workers write to this process's descriptors
     assert "700 rows" in printed.out and "runner:        FnApiRunner, 2 worker processes" in printed.out
     # The workers import TensorFlow quietly too (vae_tf_cli.tensorflow_start; they inherit the level).
-    assert not re.search(r"^[IWEF]\d{4} \S+ +\d+ \S+:\d+\] |^WARNING: All log messages", printed.err, re.M), (
-        printed.err[-2000:])
+    assert not ABSEIL_RECORD.search(printed.err), printed.err[-2000:]
     assert _parts(out) == ["part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]  # one per worker bundle
 
     reference = pq.read_table(local)

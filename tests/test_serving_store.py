@@ -4,7 +4,6 @@ concurrent clients, server-side batching, `vae-tf serve` start-up errors and gra
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from serving.batching import Batcher, BatchingOptions
 from serving.client import GrpcClient, RestClient, ServingRequestError
 from serving.model_store import ModelStore, scan_versions, validate_model_name
 from serving.testing import drop_version, running_server
-from tests.conftest import announced, assert_one_line
+from tests.conftest import ABSEIL_RECORD, announced, assert_one_line
 from vae_tf_cli import main
 from vae_tf.errors import ConfigError
 
@@ -244,7 +243,7 @@ def test_serve_command_runs_and_shuts_down_gracefully(exports, tmp_path):
         logged = log.read_text()
         assert logged.count("Restoring parameters from") == 1, logged[-2000:]
         assert "INFO tensorflow: Restoring parameters from" in logged
-        assert not re.search(r"^[IWEF]\d{4} \S+ +\d+ \S+:\d+\] |^WARNING: All log messages", logged, re.M), logged[-2000:]
+        assert not ABSEIL_RECORD.search(logged), logged[-2000:]
     finally:
         if process.poll() is None:
             process.kill()

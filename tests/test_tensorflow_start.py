@@ -5,13 +5,13 @@ program applies the level to them itself."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import ABSEIL_RECORD
 from vae_tf_cli.tensorflow_start import min_log_level, stderr_filtered, tensorflow_start_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,6 @@ def test_a_vae_tf_process_starts_tensorflow_without_its_abseil_chatter():
     without importing it; a plain `import tensorflow` at the same
     TF_CPP_MIN_LOG_LEVEL prints them (so the check is not vacuous), and the stderr of the program
     goes on working after the import."""
-    record = re.compile(r"^[IWEF]\d{4} \S+ +\d+ \S+:\d+\] |^WARNING: All log messages before absl", re.M)
     env = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONPATH": str(ROOT)}
     program = ("import importlib.util, os, sys, vae_tf_cli, vae_tf_cli.tensorflow_start\n"
                "os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'\n"  # what main sets, here before TensorFlow is imported
@@ -131,9 +130,9 @@ def test_a_vae_tf_process_starts_tensorflow_without_its_abseil_chatter():
     done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.stdout.splitlines()[-2:] == ["True 0", "True True"], done.stdout[-500:] + done.stderr[-2000:]
-    assert not record.search(done.stderr), done.stderr[-2000:]
+    assert not ABSEIL_RECORD.search(done.stderr), done.stderr[-2000:]
     assert "stderr still works" in done.stderr
     plain = subprocess.run([sys.executable, "-c", "import tensorflow as tf; tf.config.list_physical_devices()"],
                            cwd=ROOT, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True,
                            timeout=120)
-    assert record.search(plain.stderr), plain.stderr[-2000:]
+    assert ABSEIL_RECORD.search(plain.stderr), plain.stderr[-2000:]

@@ -45,11 +45,16 @@ _LEVELS = {"I": 0, "W": 1, "E": 2, "F": 3}
 _MULTI_LINE = {"cpu_feature_guard.cc": 1}
 
 
+def _clamp(level: int) -> int:
+    """A level within TensorFlow's 0 (all) to 3 (fatal only): a fatal record is always shown."""
+    return min(3, max(0, level))
+
+
 def min_log_level(environ=os.environ) -> int:
     """``TF_CPP_MIN_LOG_LEVEL`` as TensorFlow reads it, 0 (all) to 3 (fatal only): 0 when unset or
     not a number, 3 above (a fatal record is always shown)."""
     try:
-        return min(3, max(0, int(environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))))
+        return _clamp(int(environ.get("TF_CPP_MIN_LOG_LEVEL", "0")))
     except ValueError:
         return 0
 
@@ -64,7 +69,7 @@ def tensorflow_start_lines(text: str, level: int) -> str:
     level 1 when ``cudart_stub`` reported in the same output that the machine has no CUDA driver (a
     machine without an NVIDIA GPU); with a driver it is kept, as it tells why a GPU is not used.
     Every other line is kept, where it was."""
-    level = min(3, max(0, level))
+    level = _clamp(level)
     blocks: list[tuple[str | None, str | None, list[str]]] = []  # (severity, file, lines)
     owed = 0  # continuation lines the last record still has
     for line in text.splitlines(keepends=True):
@@ -110,7 +115,7 @@ def stderr_filtered(level: int):
     keeps to the real stderr once the block ends (or the process dies). Nothing is redirected at
     level 0, where nothing would be dropped, or where there is no descriptor 2 or no process to
     start."""
-    if min(3, max(0, level)) == 0:
+    if _clamp(level) == 0:
         yield
         return
     try:
