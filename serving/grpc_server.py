@@ -311,9 +311,10 @@ class GrpcServer:
         try:
             self.port = self._server.add_insecure_port(address)
         except RuntimeError as err:
-            raise OSError(f"cannot bind gRPC to {address} ({err})") from None
+            # gRPC's text ends with advice about GRPC_VERBOSITY that only matters to gRPC itself.
+            raise OSError(str(err).split("; set GRPC_VERBOSITY")[0]) from None
         if not self.port:
-            raise OSError(f"cannot bind gRPC to {address}")
+            raise OSError(f"no address of {address} could be bound")
         self.host = host
 
     def start(self) -> "GrpcServer":

@@ -41,7 +41,7 @@ from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTI
 from serving.grpc_server import DEFAULT_MAX_MESSAGE_BYTES, GrpcServer
 from serving.model_store import DEFAULT_POLL_SECONDS, ModelStore, validate_model_name
 from serving.rest import (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, DEFAULT_TIMEOUT_SECONDS, RestApi, RestApp,
-                          RestServer)
+                          RestServer, bind_socket)
 from serving.text import TextLimits
 from vae_tf.errors import ConfigError, ModelNotFoundError
 
@@ -111,6 +111,31 @@ class ServerConfig:
         return self
 
 
+PORT_FLAGS = {"gRPC": "--port", "REST": "--rest-api-port"}
+
+
+def bind_error(protocol: str, host: str, port: int, err: OSError) -> ConfigError:
+    """The one-line error for a port ``protocol``'s server cannot listen on."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return ConfigError(f"cannot bind {protocol} to {address} ({err.strerror or err}); pick another port with "
+                       f"{PORT_FLAGS[protocol]} or stop the other server")
+
+
+def check_ports_free(config: ServerConfig) -> None:
+    """Fail at once when a configured port is taken, before the models load: loading takes
+    seconds to minutes, and gRPC core would also print an error record of its own
+    (``add_port.cc ... Failed to add port to server``) before vae-tf's one-line error. A probe
+    socket is bound and closed, as the REST server binds (``SO_REUSEADDR``, which gRPC sets too,
+    so a port that only has connections in TIME_WAIT passes). Port 0 (any free port) needs no
+    check; a port taken between this check and the servers' own bind still fails there."""
+    for protocol, port in (("gRPC", config.grpc_port), ("REST", config.rest_port)):
+        if port:
+            try:
+                bind_socket(config.host, port).close()
+            except OSError as err:
+                raise bind_error(protocol, config.host, port, err) from None
+
+
 class ModelServer:
     """The running service; use :meth:`start` / :meth:`stop` or a ``with`` block."""
 
@@ -144,6 +169,7 @@ class ModelServer:
 
     def start(self) -> "ModelServer":
         config = self.config
+        check_ports_free(config)
         self.store.start()
         if config.freeze_gc:
             # TensorFlow's import leaves ~10^6 Python objects that every full garbage collection
@@ -167,7 +193,7 @@ class ModelServer:
                                            keep_alive_seconds=config.keep_alive_seconds,
                                            max_connections=config.max_connections)
                 except OSError as err:
-                    raise ConfigError(f"{err}; pick another port with --port or stop the other server") from None
+                    raise bind_error("gRPC", config.host, config.grpc_port, err) from None
                 self.grpc.start()
             if config.rest_port is not None:
                 app = RestApp(RestApi(self.store, run, allow_non_finite=config.allow_non_finite), max_body_bytes=config.rest_max_body_bytes,
@@ -178,8 +204,7 @@ class ModelServer:
                                            keep_alive_seconds=config.keep_alive_seconds,
                                            max_connections=config.max_connections)
                 except OSError as err:
-                    raise ConfigError(f"cannot bind REST to {config.host}:{config.rest_port} ({err.strerror or err}); "
-                                      "pick another port with --rest-api-port or stop the other server") from None
+                    raise bind_error("REST", config.host, config.rest_port, err) from None
                 self.rest.start()
         except BaseException:
             self.stop()

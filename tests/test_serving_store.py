@@ -221,6 +221,45 @@ def test_serve_cli_port_in_use(exports, tmp_path, capsys):
     assert_one_line(err)
 
 
+def test_a_taken_grpc_port_fails_before_the_model_loads_with_vae_tf_s_line_only(exports, tmp_path, capfd):
+    """A taken gRPC port is found before the versions load (seconds to minutes for a big model),
+    and gRPC core never gets to print its own `add_port.cc ... Failed to add port` error record:
+    descriptor 2 holds vae-tf's one line and nothing else."""
+    import socket
+
+    drop_version(exports, tmp_path, 1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", "--model", str(tmp_path / "vae"), "--port", str(port), "--rest-api-port", "0"])
+    err = capfd.readouterr().err.strip()
+    assert code == 2, err
+    assert err == (f"error: cannot bind gRPC to 127.0.0.1:{port} (Address already in use); pick another port "
+                   "with --port or stop the other server")
+
+
+def test_a_grpc_port_taken_after_the_check_is_still_one_line_without_grpc_s_advice(exports, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """The check before loading can race with another program; gRPC's own bind failure is then
+    the same one-line error, without gRPC's text about GRPC_VERBOSITY (a gRPC debugging switch)."""
+    import socket
+
+    import serving.server
+
+    monkeypatch.setattr(serving.server, "check_ports_free", lambda config: None)
+    drop_version(exports, tmp_path, 1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", "--model", str(tmp_path / "vae"), "--port", str(port), "--rest-api-port", "0"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert err.startswith(f"error: cannot bind gRPC to 127.0.0.1:{port} (") and "--port" in err, err
+    assert "GRPC_VERBOSITY" not in err
+
+
 def test_serve_command_runs_and_shuts_down_gracefully(exports, tmp_path):
     """... and logs each record once, in its own format: TensorFlow's logger had a handler of its
     own besides the root logger's ("INFO:tensorflow:Restoring parameters ..." printed twice), and
