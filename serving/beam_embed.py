@@ -61,13 +61,17 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import apache_beam as beam
-import numpy as np
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from serving.beam_worker import BEAM_WORKER_MODULE, quiet_beam_import, worker_command
 
-from serving.text_rows import Checkpoint, batch_rows, read_text_file, scan_text_file
-from vae_tf.errors import ConfigError, DataError, ModelNotFoundError, VaeTfError
+quiet_beam_import()  # before Beam's import logs its BigQuery client's absence (serving.beam_worker)
+
+import apache_beam as beam  # noqa: E402
+import numpy as np  # noqa: E402
+from apache_beam.io.filesystems import FileSystems  # noqa: E402
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference  # noqa: E402
+
+from serving.text_rows import Checkpoint, batch_rows, read_text_file, scan_text_file  # noqa: E402
+from vae_tf.errors import ConfigError, DataError, ModelNotFoundError, VaeTfError  # noqa: E402
 
 #: Output file names inside the output directory: ``part-00000-of-00004.parquet``.
 SHARD_PREFIX = "part"
@@ -435,8 +439,28 @@ def make_runner(options):
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    class QuietWorkersRunner(fn_runner.FnApiRunner):
+        """``FnApiRunner`` whose worker processes start through :mod:`serving.beam_worker`
+        (Beam's harness without its two accidental log lines). The runner picks the worker
+        command as it starts a job (``direct_running_mode="multi_processing"``), so the command it
+        picks is swapped for ours as it is stored; with another Beam version that stores it
+        elsewhere, the workers start as Beam starts them (as before: louder, same results)."""
+
+        @property
+        def _default_environment(self):
+            return self.__dict__["_vae_tf_environment"]
+
+        @_default_environment.setter
+        def _default_environment(self, environment):
+            if (isinstance(environment, SubprocessSDKEnvironment)
+                    and environment.command_string.split()[-2:] == ["-m", BEAM_WORKER_MODULE]):
+                environment = SubprocessSDKEnvironment.from_command_string(worker_command())
+            self.__dict__["_vae_tf_environment"] = environment
+
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+    return QuietWorkersRunner(provision_info=fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 

@@ -1,0 +1,63 @@
+"""The worker processes of ``vae-tf embed --runner beam`` on the local runner, started quietly.
+
+Beam's local runner starts each worker as ``python -m apache_beam.runners.worker.sdk_worker_main``.
+Two lines reached the user's terminal from every such process (and the first from the launching
+process too), saying nothing about their job:
+
+- ``WARNING:root:apitools not found, and bigquery client libraries are not available despite the
+  import not raising an ImportError.``: ``import apache_beam`` tries Beam's BigQuery client,
+  which needs the ``gcp`` extra (not installed: the pipeline reads local or Parquet files), and
+  reports the miss through ``logging.warning``. Called before logging is set up, that also
+  installs a handler writing to stderr on the root logger (``logging.basicConfig``), so...
+- ``INFO:__main__:Logging handler created.``: the harness sets the root logger to INFO while it
+  starts, and its start-up message then reaches stderr through that accidental handler.
+
+A worker's logs go to the runner anyway (Beam's ``FnApiLogRecordHandler``, at the level
+``pipeline_options`` sets), and a failed bundle comes back to the launcher as the job's error.
+So :func:`main` gives the root logger a ``NullHandler`` before Beam is imported (no accidental
+stderr handler) and drops the apitools warning (:func:`quiet_beam_import`), then runs Beam's
+harness unchanged. :func:`serving.beam_embed.make_runner` starts the workers with this module.
+Other runners (Dataflow, Flink, Spark) start their own harness and are not affected.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+
+#: The start of the warning ``import apache_beam`` logs when its BigQuery client is missing.
+APITOOLS_WARNING = "apitools not found, and bigquery client libraries are not available"
+
+#: The command Beam's local runner starts a worker with (``apache_beam.runners.portability.fn_api_runner``).
+BEAM_WORKER_MODULE = "apache_beam.runners.worker.sdk_worker_main"
+
+
+class _DropApitoolsWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(APITOOLS_WARNING)
+
+
+def quiet_beam_import() -> None:
+    """Drop the apitools warning ``import apache_beam`` logs where Beam's ``gcp`` extra is not
+    installed (module docstring); every other record goes through. Call it before the import."""
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropApitoolsWarning) for f in root.filters):
+        root.addFilter(_DropApitoolsWarning())
+
+
+def worker_command() -> str:
+    """The shell command the local runner starts a worker with (it runs it with ``shell=True``)."""
+    return f"{shlex.quote(sys.executable)} -m serving.beam_worker"
+
+
+def main() -> None:
+    logging.getLogger().addHandler(logging.NullHandler())
+    quiet_beam_import()
+    from apache_beam.runners.worker import sdk_worker_main
+
+    sdk_worker_main.main(sys.argv)
+
+
+if __name__ == "__main__":
+    main()
