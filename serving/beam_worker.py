@@ -18,11 +18,18 @@ So :func:`main` gives the root logger a ``NullHandler`` before Beam is imported 
 stderr handler) and drops the apitools warning (:func:`quiet_beam_import`), then runs Beam's
 harness unchanged. :func:`serving.beam_embed.make_runner` starts the workers with this module.
 Other runners (Dataflow, Flink, Spark) start their own harness and are not affected.
+
+The harness also prints the traceback of every failed bundle to stderr (``SdkHarness._execute``),
+besides sending it to the runner. For a bad row (a NaN, a wrong size) that was ~60 lines of
+Beam's frames above the launcher's own one-line ``error: ...``. A worker's stderr therefore drops
+a traceback whose exception is one of vae-tf's user errors (:class:`UserErrorTracebacksDropped`;
+the launcher says it in one line) and writes every other one, and everything else, through.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import sys
 
@@ -46,6 +53,34 @@ def quiet_beam_import() -> None:
         root.addFilter(_DropApitoolsWarning())
 
 
+#: The last line of a traceback whose exception is a vae-tf user error (vae_tf.errors).
+_USER_ERROR_LINE = re.compile(r"^vae_tf\.errors\.(ConfigError|DataError|ModelNotFoundError): ")
+
+
+class UserErrorTracebacksDropped:
+    """A worker's ``sys.stderr``: a traceback written in one piece (as the harness prints it)
+    whose last line is a vae-tf user error is dropped, with the newline ``print`` writes after it;
+    everything else goes to ``stream``."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._dropped = False
+
+    def write(self, text: str) -> int:
+        if text.startswith("Traceback (most recent call last):") and _USER_ERROR_LINE.match(
+                text.rstrip().rsplit("\n", 1)[-1]):
+            self._dropped = True
+            return len(text)
+        if self._dropped and text == "\n":
+            self._dropped = False
+            return len(text)
+        self._dropped = False
+        return self._stream.write(text)
+
+    def __getattr__(self, name):  # flush, fileno, encoding, isatty...: the stream's own
+        return getattr(self._stream, name)
+
+
 def worker_command() -> str:
     """The shell command the local runner starts a worker with (it runs it with ``shell=True``)."""
     return f"{shlex.quote(sys.executable)} -m serving.beam_worker"
@@ -53,6 +88,7 @@ def worker_command() -> str:
 
 def main() -> None:
     logging.getLogger().addHandler(logging.NullHandler())
+    sys.stderr = UserErrorTracebacksDropped(sys.stderr)
     quiet_beam_import()
     from apache_beam.runners.worker import sdk_worker_main
 

@@ -91,6 +91,37 @@ def test_importing_the_beam_pipeline_logs_no_bigquery_warning_and_other_warnings
     assert "apitools not found" in plain.stderr  # Beam does log it here: the check above is not vacuous
 
 
+def test_a_worker_s_stderr_drops_the_traceback_of_a_user_error_and_nothing_else():
+    import io
+
+    from serving.beam_worker import UserErrorTracebacksDropped
+
+    def written(*pieces):
+        sink = io.StringIO()
+        stream = UserErrorTracebacksDropped(sink)
+        for piece in pieces:
+            assert stream.write(piece) == len(piece)
+        return sink.getvalue()
+
+    frames = 'Traceback (most recent call last):\n  File "x.py", line 1, in read\n'
+    user = frames + "vae_tf.errors.DataError: column 'x' has a NaN in row 3 [while running 'Read']\n"
+    bug = frames + "ValueError: something vae-tf got wrong\n"
+    assert written(user, "\n") == ""  # print(traceback, file=sys.stderr): the text, then its newline
+    assert written(bug, "\n") == bug + "\n"
+    assert written(user, "\n", bug, "\n") == bug + "\n"
+    assert written("\n", "vae_tf.errors.DataError: not a traceback\n") == "\nvae_tf.errors.DataError: not a traceback\n"
+    # A chain: the exception that ended the bundle (the last line) is what counts.
+    ended_by_user_error = (frames + "KeyError: 'a'\n\nDuring handling of the above exception, another exception "
+                           "occurred:\n\n" + frames + "vae_tf.errors.ConfigError: bad option\n")
+    assert written(ended_by_user_error, "\n") == ""
+    ended_by_bug = user + "\nDuring handling of the above exception, another exception occurred:\n\n" + bug
+    assert written(ended_by_bug) == ended_by_bug
+    sink = io.StringIO()
+    wrapped = UserErrorTracebacksDropped(sink)
+    wrapped.close()  # other attributes are the stream's own
+    assert sink.closed
+
+
 def _list_column(x: np.ndarray, fixed: bool) -> pa.Array:
     flat = pa.array(x.reshape(-1))
     width = int(np.prod(x.shape[1:]))
@@ -167,12 +198,14 @@ def test_bad_input_is_one_line(exports, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_bad_row_found_by_a_worker_is_one_line(exports, tmp_path, capsys):
+def test_a_bad_row_found_by_a_worker_is_one_line(exports, tmp_path, capfd):
+    """... on the whole of stderr (capfd: the worker processes' descriptors too): the worker that
+    found it printed ~60 lines of Beam's traceback before the launcher's line (serving.beam_worker)."""
     x = np.random.default_rng(0).random((300, 64), dtype=np.float32)
     x[250, 3] = np.nan
     data = tmp_path / "nan.parquet"
     pq.write_table(pa.table({"x": _list_column(x, True)}), data, row_group_size=100)
-    err = _error(capsys, "embed", "--runner", "beam", "--workers", "2", "--model", str(exports), "--data", str(data),
+    err = _error(capfd, "embed", "--runner", "beam", "--workers", "2", "--model", str(exports), "--data", str(data),
                  "-o", str(tmp_path / "out"))
     assert f"column 'x' of {data} has a NaN or infinite value in row 250" in err
     assert not (tmp_path / "out").exists()  # nothing half-written: Beam's temporary folders are removed too
