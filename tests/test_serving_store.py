@@ -221,18 +221,23 @@ def test_serve_cli_port_in_use(exports, tmp_path, capsys):
     assert_one_line(err)
 
 
-def test_a_taken_grpc_port_fails_before_the_model_loads_with_vae_tf_s_line_only(exports, tmp_path, capfd):
-    """A taken gRPC port is found before the versions load (seconds to minutes for a big model),
-    and gRPC core never gets to print its own `add_port.cc ... Failed to add port` error record:
-    descriptor 2 holds vae-tf's one line and nothing else."""
+def _serve_on_a_taken_grpc_port(model) -> tuple[int, int]:
+    """``vae-tf serve``'s exit code with gRPC on a port another socket listens on, and the port."""
     import socket
 
-    drop_version(exports, tmp_path, 1)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code = main(["serve", "--model", str(tmp_path / "vae"), "--port", str(port), "--rest-api-port", "0"])
+        return main(["serve", "--model", str(model), "--port", str(port), "--rest-api-port", "0"]), port
+
+
+def test_a_taken_grpc_port_fails_before_the_model_loads_with_vae_tf_s_line_only(exports, tmp_path, capfd):
+    """A taken gRPC port is found before the versions load (seconds to minutes for a big model),
+    and gRPC core never gets to print its own `add_port.cc ... Failed to add port` error record:
+    descriptor 2 holds vae-tf's one line and nothing else."""
+    drop_version(exports, tmp_path, 1)
+    code, port = _serve_on_a_taken_grpc_port(tmp_path / "vae")
     err = capfd.readouterr().err.strip()
     assert code == 2, err
     assert err == (f"error: cannot bind gRPC to 127.0.0.1:{port} (Address already in use); pick another port "
@@ -243,17 +248,11 @@ def test_a_grpc_port_taken_after_the_check_is_still_one_line_without_grpc_s_advi
                                                                                   monkeypatch):
     """The check before loading can race with another program; gRPC's own bind failure is then
     the same one-line error, without gRPC's text about GRPC_VERBOSITY (a gRPC debugging switch)."""
-    import socket
-
     import serving.server
 
     monkeypatch.setattr(serving.server, "check_ports_free", lambda config: None)
     drop_version(exports, tmp_path, 1)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        code = main(["serve", "--model", str(tmp_path / "vae"), "--port", str(port), "--rest-api-port", "0"])
+    code, port = _serve_on_a_taken_grpc_port(tmp_path / "vae")
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2
     assert err.startswith(f"error: cannot bind gRPC to 127.0.0.1:{port} (") and "--port" in err, err
