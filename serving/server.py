@@ -28,10 +28,12 @@ batcher and the poller stop.
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,10 +117,17 @@ PORT_FLAGS = {"gRPC": "--port", "REST": "--rest-api-port"}
 
 
 def bind_error(protocol: str, host: str, port: int, err: OSError) -> ConfigError:
-    """The one-line error for a port ``protocol``'s server cannot listen on."""
+    """The one-line error for a port ``protocol``'s server cannot listen on, with what to do
+    about that cause."""
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return ConfigError(f"cannot bind {protocol} to {address} ({err.strerror or err}); pick another port with "
-                       f"{PORT_FLAGS[protocol]} or stop the other server")
+    flag = PORT_FLAGS[protocol]
+    if err.errno == errno.EACCES:
+        advice = f"pick a port above 1023 with {flag} (lower ones need privileges)"
+    elif err.errno == errno.EADDRNOTAVAIL or isinstance(err, socket.gaierror):
+        advice = "give --host an address of this machine (127.0.0.1, or 0.0.0.0 for every interface)"
+    else:
+        advice = f"pick another port with {flag} or stop the other server"
+    return ConfigError(f"cannot bind {protocol} to {address} ({err.strerror or err}); {advice}")
 
 
 def check_ports_free(config: ServerConfig) -> None:

@@ -244,6 +244,36 @@ def test_a_taken_grpc_port_fails_before_the_model_loads_with_vae_tf_s_line_only(
                    "with --port or stop the other server")
 
 
+def test_a_port_that_cannot_be_bound_says_why_and_what_to_do_about_that_cause(monkeypatch):
+    """Each cause of a failed bind gets its own advice: "stop the other server" is no help for
+    an address this machine does not have, a host name that does not resolve, or a privileged port."""
+    import errno
+
+    import serving.server
+    from serving.server import ServerConfig, check_ports_free
+
+    def failure(host, port, **flags):
+        config = ServerConfig(model_base_path="/tmp", model_name="x", host=host, **flags)
+        with pytest.raises(ConfigError) as caught:
+            check_ports_free(config)
+        assert_one_line(str(caught.value))
+        return str(caught.value)
+
+    # 192.0.2.1 (TEST-NET-1, RFC 5737) is no address of this machine; .invalid never resolves (RFC 6761).
+    for host in ("192.0.2.1", "no-such-host.invalid"):
+        err = failure(host, 8500, grpc_port=8500, rest_port=None)
+        assert err.startswith(f"cannot bind gRPC to {host}:8500 (") and "give --host an address of this machine" in err
+    assert "--rest-api-port" not in err
+
+    def refused(host, port):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(serving.server, "bind_socket", refused)  # this test may run as root, who may bind port 80
+    err = failure("127.0.0.1", 80, grpc_port=None, rest_port=80)
+    assert err == ("cannot bind REST to 127.0.0.1:80 (Permission denied); pick a port above 1023 with "
+                   "--rest-api-port (lower ones need privileges)")
+
+
 def test_a_grpc_port_taken_after_the_check_is_still_one_line_without_grpc_s_advice(exports, tmp_path, capsys,
                                                                                   monkeypatch):
     """The check before loading can race with another program; gRPC's own bind failure is then
