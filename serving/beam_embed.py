@@ -438,7 +438,6 @@ def make_runner(options):
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
     from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
     class QuietWorkersRunner(fn_runner.FnApiRunner):
