@@ -61,7 +61,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from serving.beam_worker import BEAM_WORKER_MODULE, quiet_beam_import, worker_command
+from serving.beam_worker import BEAM_WORKER_MODULE, USER_ERRORS, quiet_beam_import, worker_command
 
 quiet_beam_import()  # before Beam's import logs its BigQuery client's absence (serving.beam_worker)
 
@@ -71,7 +71,7 @@ from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference  # noqa: E402
 
 from serving.text_rows import Checkpoint, batch_rows, read_text_file, scan_text_file  # noqa: E402
-from vae_tf.errors import ConfigError, DataError, ModelNotFoundError, VaeTfError  # noqa: E402
+from vae_tf.errors import ConfigError, DataError, VaeTfError  # noqa: E402
 
 #: Output file names inside the output directory: ``part-00000-of-00004.parquet``.
 SHARD_PREFIX = "part"
@@ -474,8 +474,7 @@ class BeamEmbedResult:
     identity: dict
 
 
-_USER_ERROR = re.compile(r"\b(ConfigError|DataError|ModelNotFoundError): (.+)")
-_ERRORS = {"ConfigError": ConfigError, "DataError": DataError, "ModelNotFoundError": ModelNotFoundError}
+_USER_ERROR = re.compile(rf"\b({'|'.join(USER_ERRORS)}): (.+)")
 
 
 def user_error(err: BaseException) -> VaeTfError | None:
@@ -490,7 +489,7 @@ def user_error(err: BaseException) -> VaeTfError | None:
     if not found:
         return None
     kind, message = found[-1]
-    return _ERRORS[kind](message)
+    return USER_ERRORS[kind](message)
 
 
 def _shards(pattern: str) -> dict[str, float]:

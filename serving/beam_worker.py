@@ -33,6 +33,12 @@ import re
 import shlex
 import sys
 
+from vae_tf.errors import ConfigError, DataError, ModelNotFoundError
+
+#: The vae-tf errors a Beam job can end with that the user, not vae-tf, has to fix, by class name
+#: (a worker sends its error back to the launcher as traceback text).
+USER_ERRORS = {error.__name__: error for error in (ConfigError, DataError, ModelNotFoundError)}
+
 #: The start of the warning ``import apache_beam`` logs when its BigQuery client is missing.
 APITOOLS_WARNING = "apitools not found, and bigquery client libraries are not available"
 
@@ -54,7 +60,7 @@ def quiet_beam_import() -> None:
 
 
 #: The last line of a traceback whose exception is a vae-tf user error (vae_tf.errors).
-_USER_ERROR_LINE = re.compile(r"^vae_tf\.errors\.(ConfigError|DataError|ModelNotFoundError): ")
+_USER_ERROR_LINE = re.compile(rf"^vae_tf\.errors\.({'|'.join(USER_ERRORS)}): ")
 
 
 class UserErrorTracebacksDropped:
