@@ -10,6 +10,9 @@ masked) + the analytic KL, mean over the batch; Adam (lr 1e-3, Keras' ε = 1e-7)
 
 - **vae-tf**: ``build_vae`` + ``FusedAdam`` + ``fit`` on ``DataSplits.resumable_pipeline`` with
   ``steps_per_execution`` (default 4), as ``training/train.py`` trains;
+- **vae-tf (XLA)**, with ``--jit-compile both``: the same model (same initial weights) compiled
+  with ``jit_compile=True``, as ``train.jit_compile=true`` compiles it (its sentences tokenised in
+  the input pipeline, :meth:`vae_tf.models.text.TextVAE.tokenized`), in the same rounds;
 - **PyTorch eager**: ``torch.nn.Embedding`` / ``LSTM`` / ``Linear``, the encoder reading packed
   sequences (``pack_padded_sequence``, so padding is skipped as vae-tf's mask skips it), the
   decoder over the padded batch with the loss masked, ``torch.optim.Adam(foreach=True)``; the
@@ -26,12 +29,14 @@ Usage::
 
     python benchmarks/text_throughput.py                         # ~3 min on 2 CPUs
     python benchmarks/text_throughput.py --rounds 9 --hidden 256 --embedding 128 --json text.json
+    python benchmarks/text_throughput.py --jit-compile both     # and the same model under XLA, same rounds
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -43,6 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks.common import command_line, machine_info, write_json  # noqa: E402
+
+
+#: The second vae-tf variant of ``--jit-compile both``: the same model compiled with ``jit_compile=True``.
+XLA_VARIANT = "vae-tf (XLA)"
 
 
 def log(message: str) -> None:
@@ -161,8 +170,9 @@ def main(argv=None) -> int:
     parser.add_argument("--torch-device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where PyTorch trains (auto: cuda when PyTorch sees a GPU; TensorFlow places vae-tf "
                              "on its GPU by itself)")
-    parser.add_argument("--jit-compile", choices=["auto", "true", "false"], default="auto",
-                        help="vae-tf's XLA setting, as train.jit_compile (auto: Keras' choice)")
+    parser.add_argument("--jit-compile", choices=["auto", "true", "false", "both"], default="auto",
+                        help="vae-tf's XLA setting, as train.jit_compile (auto: Keras' choice, off on a CPU); "
+                             "both: a second vae-tf model, compiled with XLA, in the same rounds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -193,7 +203,9 @@ def main(argv=None) -> int:
     n = len(data.x_train) // group * group
     data = dataclasses.replace(data, x_train=data.x_train[:n], y_train=None, factors_train=None)
     steps = n // args.batch_size
-    ours = build_vae_tf(data, args, jit_compile={"auto": "auto", "true": True, "false": False}[args.jit_compile])
+    ours = build_vae_tf(data, args, jit_compile={"auto": "auto", "true": True, "false": False, "both": "auto"}[args.jit_compile])
+    # --jit-compile both: the same model (same initial weights) compiled with XLA, trained in the same rounds
+    with_xla = build_vae_tf(data, args, jit_compile=True) if args.jit_compile == "both" else None
     ids = ours.codec.encode(tf.constant(data.x_train)).numpy().astype(np.int64)
     lengths = (ids != 0).sum(axis=1)
     tokens_per_epoch = int((lengths + 1).sum())
@@ -233,25 +245,28 @@ def main(argv=None) -> int:
             float(loss.detach())
             return time.perf_counter() - start
 
-    stream = data.resumable_pipeline("train", args.batch_size, seed=args.seed, epochs=10_000)
-
-    def tf_epoch() -> float:
+    def tf_epoch(model, stream) -> float:
         start = time.perf_counter()
-        history = ours.fit(stream, epochs=1, steps_per_epoch=steps, verbose=0)
+        history = model.fit(stream, epochs=1, steps_per_epoch=steps, verbose=0)
         float(history.history["loss"][-1])
         return time.perf_counter() - start
 
-    log("warm-up (tracing)")
-    tf_epoch()
+    epochs = {"vae-tf": functools.partial(tf_epoch, ours, data.resumable_pipeline(
+        "train", args.batch_size, seed=args.seed, epochs=10_000))}
+    if with_xla is not None:
+        epochs[XLA_VARIANT] = functools.partial(tf_epoch, with_xla, data.resumable_pipeline(
+            "train", args.batch_size, seed=args.seed, epochs=10_000))
     if torch is not None:
-        torch_epoch()
-    times = {"vae-tf": [], "pytorch_eager": []}
+        epochs["pytorch_eager"] = torch_epoch
+    warm_up = {}
+    for name, epoch in epochs.items():
+        log(f"warm-up of {name} (tracing{', compiling' if name == XLA_VARIANT else ''})")
+        warm_up[name] = epoch()
+    times = {name: [] for name in epochs}
     for r in range(args.rounds):
-        order = ["vae-tf", "pytorch_eager"] if r % 2 == 0 else ["pytorch_eager", "vae-tf"]
+        order = list(epochs) if r % 2 == 0 else list(epochs)[::-1]
         for name in order:
-            if name == "pytorch_eager" and torch is None:
-                continue
-            seconds = tf_epoch() if name == "vae-tf" else torch_epoch()
+            seconds = epochs[name]()
             times[name].append(seconds)
             log(f"round {r + 1}: {name} {tokens_per_epoch / seconds:,.0f} tokens/s")
     rates = {k: [tokens_per_epoch / s for s in v] for k, v in times.items() if v}
@@ -261,6 +276,8 @@ def main(argv=None) -> int:
               "embedding": args.embedding, "hidden": args.hidden, "latent": args.latent,
               "vocab": int(ours.codec.vocab_size), "parameters": parameter_count_tf(ours),
               "vae_tf_paths": lstm_paths(ours),
+              **({"vae_tf_xla_paths": lstm_paths(with_xla)} if with_xla is not None else {}),
+              "warm_up_seconds": warm_up,
               "tf_threads": tf_thread_pools(tf),
               "tokens_per_second": {k: {"median": float(np.median(v)), "best": float(max(v)), "min": float(min(v))}
                                     for k, v in rates.items()}}
@@ -268,6 +285,10 @@ def main(argv=None) -> int:
         per_round = [a / b for a, b in zip(rates["vae-tf"], rates["pytorch_eager"])]
         report["ratio_median_of_rounds"] = float(np.median(per_round))
         report["ratio_of_bests"] = max(rates["vae-tf"]) / max(rates["pytorch_eager"])
+        if XLA_VARIANT in rates:
+            report["xla_ratio_median_of_rounds"] = float(np.median(
+                [a / b for a, b in zip(rates[XLA_VARIANT], rates["pytorch_eager"])]))
+            report["xla_ratio_of_bests"] = max(rates[XLA_VARIANT]) / max(rates["pytorch_eager"])
     print(render(report))
     if args.json:
         write_json(args.json, report)
@@ -284,6 +305,9 @@ def render(report: dict) -> str:
              *([f"vae-tf: XLA {'on' if paths['jit_compile'] else 'off'}, {paths['cudnn_lstm_layers']} of "
                 f"{paths['lstm_layers']} LSTM layers set up for cuDNN, {paths.get('unrolled_lstm_layers', 0)} trained "
                 f"through the unrolled path."] if (paths := report.get("vae_tf_paths")) else []),
+             *([f"{XLA_VARIANT}: XLA {'on' if paths['jit_compile'] else 'off'}, {paths.get('unrolled_lstm_layers', 0)} "
+                f"of {paths['lstm_layers']} LSTM layers trained through the unrolled path."]
+               if (paths := report.get("vae_tf_xla_paths")) else []),
              *([f"TensorFlow's thread pools: intra-op {pools['intra_op'] or 'default'}, inter-op "
                 f"{pools['inter_op'] or 'default'} (default: TensorFlow's choice, one thread per CPU)."]
                if (pools := report.get("tf_threads")) else []),
@@ -294,6 +318,12 @@ def render(report: dict) -> str:
     if "ratio_median_of_rounds" in report:
         lines += ["", f"vae-tf ÷ PyTorch eager: **{report['ratio_median_of_rounds']:.2f}** (median of per-round "
                       f"ratios), {report['ratio_of_bests']:.2f} (ratio of bests); goal >= 1.0."]
+    if "xla_ratio_median_of_rounds" in report:
+        lines += ["", f"{XLA_VARIANT} ÷ PyTorch eager: **{report['xla_ratio_median_of_rounds']:.2f}** (median of "
+                      f"per-round ratios), {report['xla_ratio_of_bests']:.2f} (ratio of bests)."]
+    if warm := report.get("warm_up_seconds"):
+        lines += ["", "Warm-up epoch (tracing, XLA's compiling, PyTorch's first allocations), seconds: "
+                  + ", ".join(f"{name} {seconds:.1f}" for name, seconds in warm.items()) + "."]
     return "\n".join(lines)
 
 

@@ -641,6 +641,30 @@ def test_text_throughput_reports_the_pools_tensorflow_was_given_by_environment(m
     assert tf_thread_pools(fake_tf)["intra_op"] == 3
 
 
+def test_text_throughput_report_with_the_xla_variant_gives_its_ratio_and_the_warm_up_times():
+    """--jit-compile both: the XLA model's row, its own ratio to PyTorch eager and which path it took
+    are in the report, with every variant's warm-up epoch (XLA's compile time shows there)."""
+    from benchmarks.text_throughput import XLA_VARIANT, render
+
+    rates = {"vae-tf": {"median": 20_000.0, "best": 21_000.0, "min": 19_000.0},
+             XLA_VARIANT: {"median": 23_000.0, "best": 24_000.0, "min": 22_000.0},
+             "pytorch_eager": {"median": 25_000.0, "best": 30_000.0, "min": 24_000.0}}
+    report = {"command": "python benchmarks/text_throughput.py --jit-compile both", "sentences": 256,
+              "tokens_per_epoch": 2816, "batch_size": 64, "embedding": 128, "hidden": 256, "latent": 16, "vocab": 1004,
+              "parameters": 1_332_492, "load_average": (1.0, 1.0, 1.0), "tokens_per_second": rates,
+              "vae_tf_paths": {"jit_compile": False, "lstm_layers": 2, "cudnn_lstm_layers": 0, "unrolled_lstm_layers": 2},
+              "vae_tf_xla_paths": {"jit_compile": True, "lstm_layers": 2, "cudnn_lstm_layers": 0,
+                                   "unrolled_lstm_layers": 2},
+              "warm_up_seconds": {"vae-tf": 6.4, XLA_VARIANT: 12.7, "pytorch_eager": 3.5},
+              "ratio_median_of_rounds": 0.8, "ratio_of_bests": 0.7,
+              "xla_ratio_median_of_rounds": 0.92, "xla_ratio_of_bests": 0.8}
+    text = render(report)
+    assert "| vae-tf (XLA) | 23,000 | 24,000 | 22,000 |" in text
+    assert "vae-tf (XLA) ÷ PyTorch eager: **0.92** (median of per-round ratios), 0.80 (ratio of bests)." in text
+    assert "vae-tf (XLA): XLA on, 2 of 2 LSTM layers trained through the unrolled path." in text
+    assert "seconds: vae-tf 6.4, vae-tf (XLA) 12.7, pytorch_eager 3.5." in text
+
+
 # --- benchmarks/rnn_layer.py -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("cell, mask, hidden, products", [("lstm", "--mask", 8, "one"), ("gru", None, 148, "per_gate")])

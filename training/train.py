@@ -120,11 +120,9 @@ def _why_no_xla(config: Config, model) -> str:
     from tensorflow.python.framework.config import is_op_determinism_enabled
 
     causes = []
-    # Keras' own walk over the layers (private API), the one model_supports_jit has just made.
-    layers = sorted({type(layer).__name__ for layer in model._flatten_layers() if not layer.supports_jit})
+    layers = model.layers_without_xla()
     if layers:
-        what = " (a text model's tokenizer)" if "StringLookup" in layers else ""
-        causes.append(f"{', '.join(layers)}{what} has no XLA kernel, so Keras turns XLA off for this model")
+        causes.append(f"{', '.join(layers)} has no XLA kernel, so Keras turns XLA off for this model")
     if is_op_determinism_enabled():
         where = "train.deterministic=true" if config.train.deterministic else "left on by an earlier run in this process"
         causes.append(f"Keras turns XLA off under TensorFlow's op determinism ({where})")

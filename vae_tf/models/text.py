@@ -38,6 +38,7 @@ import tensorflow as tf
 from vae_tf.errors import ConfigError
 from vae_tf.models.vae import VAE
 from vae_tf.networks.recurrent import BOS_ID, EOS_ID, PAD_ID
+from vae_tf.networks.unrolled_rnn import traced_for_xla
 from vae_tf.tokenize import BOS, EOS, PAD, SPECIALS, UNK, split_tokens
 
 
@@ -156,8 +157,10 @@ class TextVAE(VAE):
 
     def prepare(self, x):
         """Sentences → (word ids ``[B, T]``, word ids ``[B, T]``): the encoder's tokens and the
-        likelihood's target."""
-        ids = self.codec.encode(x)
+        likelihood's target. Word ids already (:meth:`tokenized`: the input pipeline of a model
+        compiled with ``jit_compile=True``) are taken as they are."""
+        x = x if tf.is_tensor(x) else tf.convert_to_tensor(x)
+        ids = tf.cast(x, tf.int32) if x.dtype.is_integer else self.codec.encode(x)
         return ids, ids
 
     def encoder_input(self, inputs):
@@ -186,6 +189,96 @@ class TextVAE(VAE):
     @property
     def encoder_variables(self) -> list:
         return [*self.encoder.trainable_variables, *self.latent.trainable_variables]
+
+    # --- XLA: jit_compile=True trains on word ids ----------------------------------------------------
+    # The tokenizer's vocabulary lookup has no XLA kernel, so Keras turns jit_compile=True off for a
+    # model holding one. A text model compiled with it tokenises its data in the input pipeline
+    # instead (fit and evaluate map the sentences through the codec), so the compiled steps read
+    # word ids and never run the lookup; its unrolled recurrent layers build their steps for XLA
+    # (vae_tf.networks.unrolled_rnn.traced_for_xla). Where it pays: the 256-unit benchmark model
+    # trained ~1.1x faster on 2 CPUs after ~8 s more of compiling (docs/performance.md, Text);
+    # Keras' auto leaves XLA off on a CPU.
+    def layers_without_xla(self) -> list[str]:
+        """As :meth:`VAE.layers_without_xla`, less the tokenizer's layers (see above)."""
+        tokenizer = {id(layer) for layer in self.codec._flatten_layers()}
+        return sorted({type(layer).__name__ for layer in self._flatten_layers()
+                       if id(layer) not in tokenizer and not layer.supports_jit})
+
+    @property
+    def jit_compile(self):
+        return keras.Model.jit_compile.fget(self)
+
+    @jit_compile.setter
+    def jit_compile(self, value):
+        from tensorflow.python.framework.config import is_op_determinism_enabled
+
+        if value is True and not self.layers_without_xla() and not is_op_determinism_enabled():
+            self._jit_compile = True
+        else:  # Keras' own checks (and its warning where it turns XLA off)
+            keras.Model.jit_compile.fset(self, value)
+
+    def tokenized(self, data):
+        """``data`` with its sentences as word ids ``[B, max_length]`` (:meth:`TextCodec.encode`):
+        a ``tf.data.Dataset`` of sentence batches (or of ``(sentences, ...)`` tuples) mapped through
+        the tokenizer, an array of sentences tokenised now; ids, and anything else, as given."""
+        def encode_first(first, *rest):
+            ids = self.codec.encode(first)
+            return (ids, *rest) if rest else ids
+
+        if isinstance(data, tf.data.Dataset):
+            spec = data.element_spec
+            first = spec[0] if isinstance(spec, tuple) else spec
+            if getattr(first, "dtype", None) != tf.string:
+                return data
+            return data.map(encode_first).prefetch(2)
+        if isinstance(data, tuple) and data:
+            return (self.tokenized(data[0]), *data[1:])
+        if isinstance(data, (list, np.ndarray)):
+            array = np.asarray(data, dtype=object) if isinstance(data, list) else data
+            if array.dtype == object or array.dtype.kind in "US":
+                return self.codec.encode(tf.constant(array.astype(object))).numpy()
+        return data
+
+    def _xla_inputs(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """``fit`` / ``evaluate``'s data (``x``, ``validation_data``) tokenised when XLA is on."""
+        if not self.jit_compile:
+            return args, kwargs
+        args, kwargs = list(args), dict(kwargs)
+        if args:
+            args[0] = self.tokenized(args[0])
+        elif kwargs.get("x") is not None:
+            kwargs["x"] = self.tokenized(kwargs["x"])
+        if len(args) > 7:  # fit's positional validation_data
+            args[7] = self.tokenized(args[7])
+        if kwargs.get("validation_data") is not None:
+            kwargs["validation_data"] = self.tokenized(kwargs["validation_data"])
+        return tuple(args), kwargs
+
+    def fit(self, *args, **kwargs):
+        """:meth:`VAE.fit`; with ``jit_compile=True`` the sentences are tokenised in the input
+        pipeline (:meth:`tokenized`) for the compiled steps."""
+        args, kwargs = self._xla_inputs(args, kwargs)
+        return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """:meth:`VAE.evaluate`; with ``jit_compile=True`` the sentences are tokenised first, as in :meth:`fit`."""
+        args, kwargs = self._xla_inputs(args, kwargs)
+        return super().evaluate(*args, **kwargs)
+
+    def _refuse_sentences_in_xla(self, data) -> None:
+        if self.jit_compile and self.unpack(data).dtype == tf.string:
+            raise ConfigError("this text model is compiled with jit_compile=True, whose steps read word ids, not "
+                              "sentences: train it with fit / evaluate (they tokenise the data) or map the "
+                              "dataset through model.tokenized first")
+
+    def train_step(self, data):
+        self._refuse_sentences_in_xla(data)
+        with traced_for_xla(bool(self.jit_compile)):
+            return super().train_step(data)
+
+    def test_step(self, data):
+        self._refuse_sentences_in_xla(data)
+        return super().test_step(data)
 
     # --- inference API (also the SavedModel signatures) ----------------------------------------------
     def posterior_params(self, x, training: bool = False) -> tf.Tensor:

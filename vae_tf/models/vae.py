@@ -377,6 +377,11 @@ class VAE(keras.Model):
             self.kl_per_dim_tracker.update_state(clean["kl_per_dim"])
         return self.update_trackers(terms["loss"], clean)
 
+    def layers_without_xla(self) -> list[str]:
+        """The class names of the layers that make Keras turn ``jit_compile=True`` off for this
+        model (those whose ``supports_jit`` is False; Keras' own walk over the layers)."""
+        return sorted({type(layer).__name__ for layer in self._flatten_layers() if not layer.supports_jit})
+
     def train_step(self, data):
         terms = self.inference.train_step(self, self.unpack(data))
         self.after_step(terms)

@@ -23,7 +23,9 @@ at most :data:`MAX_UNROLLED_STEPS`:
   docs/performance.md, Text). Per gate (0.3 MB) each product runs whole on one thread, and the
   gates' and the batch parts' products run side by side on the inter-op pool. A small kernel
   (below :data:`PER_GATE_KERNEL_SIZE`) keeps one product: its four would cost more in op overhead
-  than they gain;
+  than they gain. A step traced for XLA (:func:`traced_for_xla`: a text model compiled with
+  ``jit_compile=True``) keeps one product too: XLA runs its own matrix products, and per gate
+  the 256-unit benchmark model trained 6 % slower under it (docs/performance.md, Text);
 - the backward pass is written by hand (``tf.custom_gradient``): the reverse loop computes only the
   gates' gradients (each through one ``SigmoidGrad`` / ``TanhGrad`` kernel) and ``dh_{t-1}`` (one
   product by ``Uᵀ``, or one per gate); the weight and input gradients are products over the whole
@@ -47,6 +49,8 @@ layer).
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -61,10 +65,30 @@ BATCH_PARTS = 2
 PER_GATE_KERNEL_SIZE = 64 * 1024
 
 
+# Set by traced_for_xla. A module-wide flag, not a thread's: a tf.distribute strategy traces each
+# replica's step in a thread of its own. Either way of building gives the same values, so two
+# traces at once in other threads could only take the slower one.
+_xla_tracing = False
+
+
+@contextlib.contextmanager
+def traced_for_xla(on: bool = True):
+    """Within this context, the unrolled layers build their steps
+    for XLA: one recurrent product for all gates, whatever the size (module docstring). A
+    training step compiled with ``jit_compile=True`` is traced inside it (:class:`~vae_tf.models.text.TextVAE`)."""
+    global _xla_tracing
+    before, _xla_tracing = _xla_tracing, bool(on)
+    try:
+        yield
+    finally:
+        _xla_tracing = before
+
+
 def per_gate_products(units: int, gates: int) -> bool:
     """Whether a layer of ``units`` with ``gates`` gates (LSTM 4, GRU 3) takes one recurrent
-    product per gate (:data:`PER_GATE_KERNEL_SIZE`)."""
-    return units * gates * units >= PER_GATE_KERNEL_SIZE
+    product per gate (:data:`PER_GATE_KERNEL_SIZE`); never in a step traced for XLA
+    (:func:`traced_for_xla`)."""
+    return not _xla_tracing and units * gates * units >= PER_GATE_KERNEL_SIZE
 
 
 # --- one step of each cell, forward and backward ----------------------------------------------------
@@ -335,4 +359,4 @@ class GRU(_Unrolled, keras.layers.GRU):
 
 
 __all__ = ["BATCH_PARTS", "GRU", "LSTM", "MAX_UNROLLED_STEPS", "PER_GATE_KERNEL_SIZE", "gru_sequence",
-           "lstm_sequence", "per_gate_products"]
+           "lstm_sequence", "per_gate_products", "traced_for_xla"]
