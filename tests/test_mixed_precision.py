@@ -234,3 +234,31 @@ def test_a_layer_without_an_xla_kernel_is_named_with_the_other_causes(monkeypatc
     assert str(err.value).startswith("train.jit_compile=true cannot be honoured: Dense has no XLA kernel, so Keras "
                                      "turns XLA off for this model, and Keras turns XLA off under TensorFlow's op "
                                      "determinism (train.deterministic=true);")
+
+
+def test_aggressive_inference_refuses_xla_in_one_line_before_anything_is_compiled():
+    """Aggressive inference reads fresh batches inside the step (a tf.data iterator, which XLA
+    cannot compile): `train.jit_compile=true` is a one-line config error at build time, `auto`
+    compiles without XLA, and a library user's `fit` on a model compiled with XLA says why."""
+    import keras
+
+    from training.config import load_config
+    from training.train import build_model
+
+    aggressive = ["model.network={kind: mlp, hidden: [16]}", "model.latent.latent_dim=2",
+                  "objective.inference={kind: aggressive, max_inner_steps: 3, check_every: 2}"]
+    with op_determinism(False), pytest.raises(ConfigError) as err:
+        build_model(load_config(None, [*aggressive, "train.jit_compile=true"]), (8, 8, 1))
+    assert_one_line(str(err.value))
+    assert str(err.value) == ("train.jit_compile=true cannot be honoured: aggressive inference reads its fresh "
+                              "batches inside the training step, from a tf.data iterator, which XLA cannot compile; "
+                              "set train.jit_compile=auto (or false) to train without XLA")
+    with op_determinism(False):
+        model = build_model(load_config(None, [*aggressive, "train.jit_compile=auto"]), (8, 8, 1))
+    assert model.jit_compile is False
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+    assert model.jit_compile is True
+    with pytest.raises(ConfigError) as err:
+        model.fit(np.zeros((8, 8, 8, 1), np.float32), epochs=1, verbose=0)
+    assert_one_line(str(err.value))
+    assert str(err.value).startswith("this model is compiled with jit_compile=True, but aggressive inference reads")

@@ -35,6 +35,7 @@ def make(corpus, jit_compile):
     return model
 
 
+@pytest.mark.slow
 def test_xla_trains_a_text_model_as_without_it_given_the_same_codes(monkeypatch, corpus):
     """The same model from the same weights, trained on the same batches of raw sentences with XLA
     and without: the same losses and weights. XLA draws its random numbers with kernels of its own,

@@ -102,10 +102,16 @@ def build_model(config: Config, data_shape, steps_per_epoch: int = 1, replicas: 
         precision=config.train.precision,
     )
     optimizer = FusedAdam(learning_rate(config, replicas), global_clipnorm=config.train.clip_norm)
+    jit_compile = config.train.jit_compile
+    if model.inference.xla_refusal:  # e.g. aggressive inference: no XLA, asked for or Keras' auto
+        if jit_compile is True:
+            raise ConfigError(f"train.jit_compile=true cannot be honoured: {model.inference.xla_refusal}; "
+                              "set train.jit_compile=auto (or false) to train without XLA")
+        jit_compile = False
     with warnings.catch_warnings():  # Keras' "Proceeding with jit_compile=False": the error below says more
         warnings.filterwarnings("ignore", message=".*doesn't support `jit_compile=True`")
         model.compile(optimizer=optimizer, steps_per_execution=config.train.steps_per_execution,
-                      jit_compile=config.train.jit_compile)
+                      jit_compile=jit_compile)
     if config.train.jit_compile is True and not model.jit_compile:
         raise ConfigError(f"train.jit_compile=true cannot be honoured: {_why_no_xla(config, model)}; "
                           "set train.jit_compile=auto (or false) to train without XLA")

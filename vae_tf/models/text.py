@@ -239,8 +239,8 @@ class TextVAE(VAE):
                 return self.codec.encode(tf.constant(array.astype(object))).numpy()
         return data
 
-    def _xla_inputs(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        """``fit`` / ``evaluate``'s data (``x``, ``validation_data``) tokenised when XLA is on."""
+    def _xla_inputs(self, args: tuple, kwargs: dict, fit: bool) -> tuple[tuple, dict]:
+        """``fit`` / ``evaluate``'s data (``x``, and ``fit``'s ``validation_data``) tokenised when XLA is on."""
         if not self.jit_compile:
             return args, kwargs
         args, kwargs = list(args), dict(kwargs)
@@ -248,21 +248,21 @@ class TextVAE(VAE):
             args[0] = self.tokenized(args[0])
         elif kwargs.get("x") is not None:
             kwargs["x"] = self.tokenized(kwargs["x"])
-        if len(args) > 7:  # fit's positional validation_data
+        if fit and len(args) > 7:  # fit's positional validation_data
             args[7] = self.tokenized(args[7])
-        if kwargs.get("validation_data") is not None:
+        if fit and kwargs.get("validation_data") is not None:
             kwargs["validation_data"] = self.tokenized(kwargs["validation_data"])
         return tuple(args), kwargs
 
     def fit(self, *args, **kwargs):
         """:meth:`VAE.fit`; with ``jit_compile=True`` the sentences are tokenised in the input
         pipeline (:meth:`tokenized`) for the compiled steps."""
-        args, kwargs = self._xla_inputs(args, kwargs)
+        args, kwargs = self._xla_inputs(args, kwargs, fit=True)
         return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
         """:meth:`VAE.evaluate`; with ``jit_compile=True`` the sentences are tokenised first, as in :meth:`fit`."""
-        args, kwargs = self._xla_inputs(args, kwargs)
+        args, kwargs = self._xla_inputs(args, kwargs, fit=False)
         return super().evaluate(*args, **kwargs)
 
     def _refuse_sentences_in_xla(self, data) -> None:

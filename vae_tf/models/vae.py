@@ -408,6 +408,9 @@ class VAE(keras.Model):
         strategy) would make them inside the first traced training step: a step that creates
         variables is traced twice, and variables are slow to create in a trace (about a second of
         start-up on the conv model, benchmarks/startup.py)."""
+        if self.jit_compile and self.inference.xla_refusal:
+            raise ConfigError(f"this model is compiled with jit_compile=True, but {self.inference.xla_refusal}; "
+                              "compile it with jit_compile=False")
         if self.optimizer is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)

@@ -133,6 +133,8 @@ class Aggressive(Inference):
 
     kind = "aggressive"
     train_only_metrics = ("aggressive_inner_steps",)
+    xla_refusal = ("aggressive inference reads its fresh batches inside the training step, from a tf.data "
+                   "iterator, which XLA cannot compile")
 
     class Options(SlotOptions):
         kind: Literal["aggressive"] = "aggressive"

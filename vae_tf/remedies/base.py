@@ -177,6 +177,9 @@ class Inference(Remedy):
     it up and add its callbacks before ``fit``."""
 
     slot = "inference"
+    #: Why XLA cannot compile a training step of this procedure (None: it can); ``fit`` and
+    #: ``vae-tf train`` refuse ``jit_compile=True`` with it, before anything is compiled.
+    xla_refusal: str | None = None
 
     def train_step(self, model, x: tf.Tensor) -> dict:
         raise NotImplementedError
