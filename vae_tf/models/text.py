@@ -159,7 +159,7 @@ class TextVAE(VAE):
         """Sentences → (word ids ``[B, T]``, word ids ``[B, T]``): the encoder's tokens and the
         likelihood's target. Word ids already (:meth:`tokenized`: the input pipeline of a model
         compiled with ``jit_compile=True``) are taken as they are."""
-        x = x if tf.is_tensor(x) else tf.convert_to_tensor(x)
+        x = tf.convert_to_tensor(x)
         ids = tf.cast(x, tf.int32) if x.dtype.is_integer else self.codec.encode(x)
         return ids, ids
 
@@ -195,14 +195,12 @@ class TextVAE(VAE):
     # model holding one. A text model compiled with it tokenises its data in the input pipeline
     # instead (fit and evaluate map the sentences through the codec), so the compiled steps read
     # word ids and never run the lookup; its unrolled recurrent layers build their steps for XLA
-    # (vae_tf.networks.unrolled_rnn.traced_for_xla). Where it pays: the 256-unit benchmark model
-    # trained ~1.1x faster on 2 CPUs after ~8 s more of compiling (docs/performance.md, Text);
-    # Keras' auto leaves XLA off on a CPU.
-    def layers_without_xla(self) -> list[str]:
-        """As :meth:`VAE.layers_without_xla`, less the tokenizer's layers (see above)."""
-        tokenizer = {id(layer) for layer in self.codec._flatten_layers()}
-        return sorted({type(layer).__name__ for layer in self._flatten_layers()
-                       if id(layer) not in tokenizer and not layer.supports_jit})
+    # (vae_tf.networks.unrolled_rnn.traced_for_xla). Where it pays: the text benchmark's models
+    # trained 1.12-1.20x faster on 2 CPUs after 6-10 s more of compiling (docs/performance.md,
+    # Text); Keras' auto leaves XLA off on a CPU.
+    def layers_outside_compiled_steps(self) -> list:
+        """The tokenizer: with XLA the compiled steps read word ids (see above)."""
+        return [self.codec]
 
     @property
     def jit_compile(self):

@@ -377,10 +377,18 @@ class VAE(keras.Model):
             self.kl_per_dim_tracker.update_state(clean["kl_per_dim"])
         return self.update_trackers(terms["loss"], clean)
 
+    def layers_outside_compiled_steps(self) -> list:
+        """Layers (with their sublayers) that the compiled training and evaluation steps never run,
+        so their XLA support does not count (none here; a text model's tokenizer)."""
+        return []
+
     def layers_without_xla(self) -> list[str]:
         """The class names of the layers that make Keras turn ``jit_compile=True`` off for this
-        model (those whose ``supports_jit`` is False; Keras' own walk over the layers)."""
-        return sorted({type(layer).__name__ for layer in self._flatten_layers() if not layer.supports_jit})
+        model: those whose ``supports_jit`` is False (Keras' own walk over the layers), less
+        :meth:`layers_outside_compiled_steps`."""
+        outside = {id(sub) for layer in self.layers_outside_compiled_steps() for sub in layer._flatten_layers()}
+        return sorted({type(layer).__name__ for layer in self._flatten_layers()
+                       if id(layer) not in outside and not layer.supports_jit})
 
     def train_step(self, data):
         terms = self.inference.train_step(self, self.unpack(data))

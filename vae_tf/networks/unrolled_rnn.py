@@ -25,7 +25,7 @@ at most :data:`MAX_UNROLLED_STEPS`:
   (below :data:`PER_GATE_KERNEL_SIZE`) keeps one product: its four would cost more in op overhead
   than they gain. A step traced for XLA (:func:`traced_for_xla`: a text model compiled with
   ``jit_compile=True``) keeps one product too: XLA runs its own matrix products, and per gate
-  the 256-unit benchmark model trained 6 % slower under it (docs/performance.md, Text);
+  the 256-unit benchmark model trained at 0.93x the speed under it (docs/performance.md, Text);
 - the backward pass is written by hand (``tf.custom_gradient``): the reverse loop computes only the
   gates' gradients (each through one ``SigmoidGrad`` / ``TanhGrad`` kernel) and ``dh_{t-1}`` (one
   product by ``Uᵀ``, or one per gate); the weight and input gradients are products over the whole
@@ -73,9 +73,9 @@ _xla_tracing = False
 
 @contextlib.contextmanager
 def traced_for_xla(on: bool = True):
-    """Within this context, the unrolled layers build their steps
-    for XLA: one recurrent product for all gates, whatever the size (module docstring). A
-    training step compiled with ``jit_compile=True`` is traced inside it (:class:`~vae_tf.models.text.TextVAE`)."""
+    """Within this context the unrolled layers build their steps for XLA: one recurrent product for
+    all gates, whatever the size (module docstring). :class:`~vae_tf.models.text.TextVAE` traces a
+    training step compiled with ``jit_compile=True`` inside it."""
     global _xla_tracing
     before, _xla_tracing = _xla_tracing, bool(on)
     try:
