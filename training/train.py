@@ -457,7 +457,6 @@ def text_params(metadata: dict) -> dict:
 
 def _run(config: Config, prepared: Prepared, tracker, after_training=None, resumed: bool = False,
          strategy=None) -> TrainResult:
-    import keras
     import numpy as np
 
     from training.callbacks import (
