@@ -32,9 +32,11 @@ at most :data:`MAX_UNROLLED_STEPS`:
   sequence after it;
 - the batch is cut into :data:`BATCH_PARTS` parts whose recurrences are independent (rows never
   interact), so that TensorFlow's inter-op threads run them side by side. Not in a step traced for
-  XLA (:func:`batch_parts`): XLA's CPU program runs its products one after another, so there the
-  parts only made the products smaller and the program twice as long to compile (the 256-unit
-  benchmark model: 3–4 % slower per epoch, ~4 s more compiling; docs/performance.md, Text).
+  XLA (:func:`batch_parts`): XLA compiles and schedules the step as one program of its own, and
+  there two parts made the program twice as large to compile (warm-up epoch 18 → 11 s) and, on a
+  2-CPU AMD EPYC, the 256-unit benchmark model 3–4 % slower per epoch (50 units: no difference).
+  An earlier scratch run on a 2-CPU Intel Xeon found one part 7 % slower there
+  (docs/performance.md, Text).
 
 The LSTM layer went from 13.4–14.8 ms to 8.9–11.2 ms (docs/performance.md, Text). Masking is
 Keras': at a masked step the state is carried over unchanged and the output repeats the previous
