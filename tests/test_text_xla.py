@@ -68,41 +68,15 @@ def test_xla_trains_a_text_model_as_without_it_given_the_same_codes(monkeypatch,
 
 
 def test_a_step_traced_for_xla_takes_one_recurrent_product_and_the_flag_is_restored():
-    assert unrolled_rnn.per_gate_products(256, 4) is True and unrolled_rnn.batch_parts() == unrolled_rnn.BATCH_PARTS > 1
+    assert unrolled_rnn.per_gate_products(256, 4) is True
     with unrolled_rnn.traced_for_xla():
-        assert unrolled_rnn.per_gate_products(256, 4) is False and unrolled_rnn.batch_parts() == 1
+        assert unrolled_rnn.per_gate_products(256, 4) is False
         with unrolled_rnn.traced_for_xla(False):
             assert unrolled_rnn.per_gate_products(256, 4) is True
-            assert unrolled_rnn.batch_parts() == unrolled_rnn.BATCH_PARTS
         assert unrolled_rnn.per_gate_products(256, 4) is False
     with pytest.raises(RuntimeError), unrolled_rnn.traced_for_xla():
         raise RuntimeError("a trace that failed")
-    assert unrolled_rnn.per_gate_products(256, 4) is True and unrolled_rnn.batch_parts() == unrolled_rnn.BATCH_PARTS
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_a_recurrence_traced_for_xla_keeps_the_batch_whole(cell):
-    """Outside XLA the unrolled recurrence cuts the batch into BATCH_PARTS parts (one split of the
-    input and one concatenation of the outputs per part's tensors); traced for XLA it runs the
-    batch whole: no split in its graph, and the same outputs."""
-    layer = {"lstm": unrolled_rnn.LSTM, "gru": unrolled_rnn.GRU}[cell](8, return_sequences=True)
-    x = tf.random.normal([6, 5, 3])
-    layer.build(x.shape)
-
-    def traced(for_xla):
-        step = tf.function(lambda x: layer(x, training=True))  # a new function: a new trace
-        with unrolled_rnn.traced_for_xla(for_xla):
-            graph = step.get_concrete_function(tf.TensorSpec([None, 5, 3])).graph
-        assert layer.unrolled_in_training is True
-        ops = [op.type for op in graph.get_operations()]
-        return step, ops.count("SplitV"), ops.count("MatMul")
-
-    in_parts, splits, products = traced(False)
-    assert splits == 3 if cell == "lstm" else 2  # x and each state, cut into parts
-    assert products == unrolled_rnn.BATCH_PARTS  # one input projection per part
-    whole, splits, products = traced(True)
-    assert (splits, products) == (0, 1)
-    np.testing.assert_allclose(whole(x), in_parts(x), atol=1e-6)
+    assert unrolled_rnn.per_gate_products(256, 4) is True
 
 
 @pytest.mark.parametrize("cell, units", [("lstm", 128), ("gru", 148)])

@@ -31,12 +31,7 @@ at most :data:`MAX_UNROLLED_STEPS`:
   product by ``Uᵀ``, or one per gate); the weight and input gradients are products over the whole
   sequence after it;
 - the batch is cut into :data:`BATCH_PARTS` parts whose recurrences are independent (rows never
-  interact), so that TensorFlow's inter-op threads run them side by side. Not in a step traced for
-  XLA (:func:`batch_parts`): XLA compiles and schedules the step as one program of its own, and
-  there two parts made the program twice as large to compile (warm-up epoch 18 → 11 s) and, on a
-  2-CPU AMD EPYC, the 256-unit benchmark model 3–4 % slower per epoch (50 units: no difference).
-  An earlier scratch run on a 2-CPU Intel Xeon found one part 7 % slower there
-  (docs/performance.md, Text).
+  interact), so that TensorFlow's inter-op threads run them side by side.
 
 The LSTM layer went from 13.4–14.8 ms to 8.9–11.2 ms (docs/performance.md, Text). Masking is
 Keras': at a masked step the state is carried over unchanged and the output repeats the previous
@@ -79,7 +74,7 @@ _xla_tracing = False
 @contextlib.contextmanager
 def traced_for_xla(on: bool = True):
     """Within this context the unrolled layers build their steps for XLA: one recurrent product for
-    all gates, whatever the size, and the batch in one part (module docstring). :class:`~vae_tf.models.text.TextVAE` traces a
+    all gates, whatever the size (module docstring). :class:`~vae_tf.models.text.TextVAE` traces a
     training step compiled with ``jit_compile=True`` inside it."""
     global _xla_tracing
     before, _xla_tracing = _xla_tracing, bool(on)
@@ -87,12 +82,6 @@ def traced_for_xla(on: bool = True):
         yield
     finally:
         _xla_tracing = before
-
-
-def batch_parts() -> int:
-    """How many independent parts an unrolled recurrence cuts its batch into: :data:`BATCH_PARTS`,
-    or one in a step traced for XLA (:func:`traced_for_xla`; module docstring)."""
-    return 1 if _xla_tracing else BATCH_PARTS
 
 
 def per_gate_products(units: int, gates: int) -> bool:
@@ -258,8 +247,6 @@ def _part(cell: str, x, mask, states, kernel, recurrent_kernel, bias, recurrent_
 def _sequence(cell: str, x, states, kernel, recurrent_kernel, bias, recurrent_bias, mask, parts: int):
     if x.shape[1] is None:
         raise ValueError(f"{cell}_sequence needs the time dimension known when the graph is built")
-    if parts is None:
-        parts = batch_parts()
     if parts <= 1:
         return _part(cell, x, mask, states, kernel, recurrent_kernel, bias, recurrent_bias)
     batch = tf.shape(x)[0]
@@ -272,15 +259,15 @@ def _sequence(cell: str, x, states, kernel, recurrent_kernel, bias, recurrent_bi
     return tuple(tf.concat([r[k] for r in results], axis=0) for k in range(len(results[0])))
 
 
-def lstm_sequence(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, parts: int | None = None):
+def lstm_sequence(x, h0, c0, kernel, recurrent_kernel, bias, mask=None, parts: int = BATCH_PARTS):
     """Keras' LSTM (tanh / sigmoid, gate order i, f, c, o) over ``x`` ``[B, T, d]`` with a static
     ``T``, from the state ``(h0, c0)`` ``[B, H]``: returns ``(outputs [B, T, H], h_T, c_T)``, with
     Keras' masking where ``mask`` ``[B, T]`` (bool) is given (module docstring). The batch is cut
-    into ``parts`` (the last ones may be empty for a small batch; None: :func:`batch_parts`)."""
+    into ``parts`` (the last ones may be empty for a small batch)."""
     return _sequence("lstm", x, (h0, c0), kernel, recurrent_kernel, bias, tf.zeros_like(bias), mask, parts)
 
 
-def gru_sequence(x, h0, kernel, recurrent_kernel, bias, mask=None, parts: int | None = None):
+def gru_sequence(x, h0, kernel, recurrent_kernel, bias, mask=None, parts: int = BATCH_PARTS):
     """Keras' GRU (``reset_after=True``, tanh / sigmoid, gate order z, r, h) over ``x`` ``[B, T, d]``
     with a static ``T`` from ``h0`` ``[B, H]``; ``bias`` is Keras' ``[2, 3H]`` (input bias, recurrent
     bias). Returns ``(outputs [B, T, H], h_T)``; masking and ``parts`` as :func:`lstm_sequence`."""
@@ -371,5 +358,5 @@ class GRU(_Unrolled, keras.layers.GRU):
                             tf.cast(cell.bias, dtype), mask=mask)
 
 
-__all__ = ["BATCH_PARTS", "GRU", "LSTM", "MAX_UNROLLED_STEPS", "PER_GATE_KERNEL_SIZE", "batch_parts", "gru_sequence",
+__all__ = ["BATCH_PARTS", "GRU", "LSTM", "MAX_UNROLLED_STEPS", "PER_GATE_KERNEL_SIZE", "gru_sequence",
            "lstm_sequence", "per_gate_products", "traced_for_xla"]
