@@ -227,7 +227,10 @@ def test_train_processes_smoke(tmp_path):
 @pytest.mark.parametrize("kind", ["torch", "torch_compile"])
 def test_train_processes_pytorch_workers_start_from_the_keras_weights_and_train(kind):
     """The PyTorch loops' side of train_processes.py, in this process: built from the Keras model's
-    weights sent as arrays (the same function as Keras' on one batch), then trained."""
+    weights sent as arrays, then trained. The timed model pads as a PyTorch user writes it
+    (``padding=1``: pixels shifted by one against Keras' ``same``), so it is not Keras' function;
+    the weights it holds are checked against the Keras-exact padding variant, which with the same
+    arrays computes Keras' loss on one batch."""
     import argparse
 
     import numpy as np
@@ -236,23 +239,31 @@ def test_train_processes_pytorch_workers_start_from_the_keras_weights_and_train(
 
     from benchmarks import torch_reference as ref
     from benchmarks.train_processes import BATCH, CONV, TorchSide, images
+    from benchmarks.train_throughput import torch_arch
     from vae_tf.models import build_vae
 
     x = images(BATCH, seed=0)
     model = build_vae((28, 28, 1), latent=CONV["latent"], likelihood={"name": "bernoulli"},
                       network=CONV["network"], seed=0)
     model(x[:1])
+    weights = ref.keras_conv_weights(model.encoder, model.decoder)
     args = argparse.Namespace(threads=None, seed=0, torch_compile_backend="aot_eager")
-    side = TorchSide(kind, x, ref.keras_conv_weights(model.encoder, model.decoder), args, workdir="unused")
+    side = TorchSide(kind, x, weights, args, workdir="unused")
     assert side.parameters == sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    exact = ref.build_model(torch, (28, 28, 1), latent_dim=CONV["latent"]["latent_dim"], padding="tf",
+                            **torch_arch(CONV))
+    ref.load_keras_weights(torch, exact, weights)
+    timed = dict(side.trainer.model.named_parameters())
+    for name, value in exact.named_parameters():
+        torch.testing.assert_close(timed[name], value, rtol=0, atol=0)  # the same arrays, in the same places
     eps = np.random.default_rng(1).standard_normal((BATCH, 16)).astype(np.float32)
     mean, log_var = tf.split(model.encoder(x), 2, axis=-1)
     logits = model.decoder(mean + tf.exp(0.5 * log_var) * eps)
     keras_loss = float(tf.reduce_mean(tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(x, logits), [1, 2, 3])
                                       + 0.5 * tf.reduce_sum(tf.square(mean) + tf.exp(log_var) - log_var - 1, -1)))
     with torch.no_grad():
-        torch_loss = float(side.trainer.model.loss(side.trainer.x, torch.from_numpy(eps)))
-    assert torch_loss == pytest.approx(keras_loss, rel=1e-4)
+        torch_loss = float(exact.loss(ref.nchw(torch, x), torch.from_numpy(eps)))
+    assert torch_loss == pytest.approx(keras_loss, rel=1e-6)
     seconds, loss = side.epochs(2)
     assert len(seconds) == 2 and all(s > 0 for s in seconds) and 500 < loss < 560
 
