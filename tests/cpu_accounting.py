@@ -71,16 +71,16 @@ class _Recorder:
                 self.phases[(report.nodeid, value["when"])] = value
 
     def pytest_sessionfinish(self, session):
-        tests: dict[str, dict] = {}
-        for (nodeid, _), value in self.phases.items():
-            row = tests.setdefault(nodeid, dict.fromkeys(FIELDS, 0.0))
-            for k in FIELDS:
-                row[k] += value[k]
-        files: dict[str, dict] = {}
-        for nodeid, row in tests.items():
-            total = files.setdefault(nodeid.split("::")[0], dict.fromkeys(FIELDS, 0.0))
-            for k in FIELDS:
-                total[k] += row[k]
+        def summed(rows) -> dict[str, dict]:  # (key, figures) pairs -> figures summed per key
+            sums: dict[str, dict] = {}
+            for key, value in rows:
+                total = sums.setdefault(key, dict.fromkeys(FIELDS, 0.0))
+                for k in FIELDS:
+                    total[k] += value[k]
+            return sums
+
+        tests = summed((nodeid, value) for (nodeid, _), value in self.phases.items())
+        files = summed((nodeid.split("::")[0], row) for nodeid, row in tests.items())
 
         def ordered(rows):
             return {k: {f: round(v[f], 3) for f in FIELDS}

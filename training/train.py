@@ -102,12 +102,9 @@ def build_model(config: Config, data_shape, steps_per_epoch: int = 1, replicas: 
         precision=config.train.precision,
     )
     optimizer = FusedAdam(learning_rate(config, replicas), global_clipnorm=config.train.clip_norm)
-    jit_compile = config.train.jit_compile
-    if model.inference.xla_refusal:  # e.g. aggressive inference: no XLA, asked for or Keras' auto
-        if jit_compile is True:
-            raise ConfigError(f"train.jit_compile=true cannot be honoured: {model.inference.xla_refusal}; "
-                              "set train.jit_compile=auto (or false) to train without XLA")
-        jit_compile = False
+    # A training procedure XLA cannot compile (e.g. aggressive inference) compiles without it,
+    # asked for or Keras' auto; asked for, the error below says why.
+    jit_compile = False if model.inference.xla_refusal else config.train.jit_compile
     with warnings.catch_warnings():  # Keras' "Proceeding with jit_compile=False": the error below says more
         warnings.filterwarnings("ignore", message=".*doesn't support `jit_compile=True`")
         model.compile(optimizer=optimizer, steps_per_execution=config.train.steps_per_execution,
@@ -119,12 +116,15 @@ def build_model(config: Config, data_shape, steps_per_epoch: int = 1, replicas: 
 
 
 def _why_no_xla(config: Config, model) -> str:
-    """Why Keras turned XLA off for a model compiled with ``jit_compile=True`` (Keras 3.15's
+    """Why a model asked for ``jit_compile=True`` trains without XLA: its training procedure's
+    refusal (:attr:`vae_tf.remedies.base.Inference.xla_refusal`), else Keras' causes (Keras 3.15's
     ``model_supports_jit``): a layer without an XLA kernel, and/or TensorFlow's op determinism
     (``train.deterministic=true``, or left on by an earlier run in this process); every cause that
     applies, so that fixing one does not meet the next."""
     from tensorflow.python.framework.config import is_op_determinism_enabled
 
+    if model.inference.xla_refusal:
+        return model.inference.xla_refusal
     causes = []
     layers = model.layers_without_xla()
     if layers:
