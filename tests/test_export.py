@@ -166,6 +166,29 @@ def test_missing_exports_are_one_line_errors(tmp_path):
         load_model_info(tmp_path)
 
 
+def test_the_shared_signatures_see_the_weights_as_they_are_when_called(digits):
+    """serving_functions(model) is traced once and kept: it must capture the variables, not their
+    values, so figures drawn before more training and an export after it both see the current
+    weights (the eager methods are the reference)."""
+    from vae_tf.export import serving_functions
+
+    model = build_vae(digits.data_shape, latent={"family": "gaussian", "latent_dim": 6},
+                      network={"kind": "conv", "filters": [8, 16], "dense": 32}, seed=2)
+    x = digits.split("test")[0][:5].astype(np.float32)
+    signatures = serving_functions(model)
+    before = signatures["reconstruct"](x)["x_mean"].numpy()
+    np.testing.assert_allclose(before, model.reconstruct(x)["x_mean"].numpy(), rtol=1e-5, atol=1e-6)
+    model.set_weights([w + 0.05 for w in model.get_weights()])
+    after = signatures["reconstruct"](x)["x_mean"].numpy()
+    assert serving_functions(model) is signatures
+    assert np.abs(after - before).max() > 1e-3
+    np.testing.assert_allclose(after, model.reconstruct(x)["x_mean"].numpy(), rtol=1e-5, atol=1e-6)
+    seeds = np.array([[0, 1], [0, 2]], np.int32)
+    for key in ("z", "x_mean", "x_sample"):
+        np.testing.assert_allclose(signatures["sample"](seeds)[key].numpy(), model.sample(seeds)[key].numpy(),
+                                   rtol=1e-5, atol=1e-6)
+
+
 def _op_counts(path) -> dict:
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -209,25 +232,42 @@ def test_endpoints_traced_without_autograph_are_the_graphs_autograph_would_build
             np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
 
 
-def test_each_endpoint_is_traced_once_and_its_graph_stored_once(trained, tmp_path, monkeypatch):
+def test_each_endpoint_is_traced_once_and_its_graph_stored_once(digits, tmp_path, monkeypatch):
     """TensorFlow keys its trace cache on the save context, so an endpoint traced before
     ``tf.saved_model.save`` (Keras traces it to find its variables) would be traced again inside it
-    and its graph stored twice. The model's methods run once per export, and the SavedModel holds
-    the encoder's two convolutions once for each of the two endpoints that encode (``encode`` and
-    ``reconstruct``): 4 ``Conv2D`` ops, where a second copy of every graph would make 8."""
+    and its graph stored twice. The model's methods run once per model (the figures of a run and
+    every export of it share the traced signatures, vae_tf.export.serving_functions), and the
+    SavedModel holds the encoder's two convolutions once for each of the two endpoints that encode
+    (``encode`` and ``reconstruct``): 4 ``Conv2D`` ops, where a second copy of every graph would
+    make 8."""
+    from vae_tf import plots
+
+    fresh = build_vae(digits.data_shape, latent={"family": "gaussian", "latent_dim": 6},
+                      network={"kind": "conv", "filters": [8, 16], "dense": 32}, seed=1)
     runs: dict = {}
-    for name in ("encode", "reconstruct", "sample"):
-        method = getattr(type(trained), name)
+    for name in ("encode", "decode", "reconstruct", "sample"):
+        method = getattr(type(fresh), name)
 
         def counted(self, *args, _method=method, _name=name, **kwargs):
             runs[_name] = runs.get(_name, 0) + 1
             return _method(self, *args, **kwargs)
 
-        monkeypatch.setattr(type(trained), name, counted)
-    path = export_model(trained, tmp_path, "m")
+        monkeypatch.setattr(type(fresh), name, counted)
+    x = digits.split("test")[0][:4]
+    figures = plots.model_figures(fresh, x, kl=np.arange(6, dtype=float))
+    import matplotlib.pyplot as plt
+
+    for figure in figures.values():
+        plt.close(figure)
+    # Each signature traced once (`sample` decodes its draws, so `decode` runs in two traces).
+    once = {"encode": 1, "decode": 2, "reconstruct": 1, "sample": 1}
+    assert runs == once
+    path = export_model(fresh, tmp_path, "m")
+    second = export_model(fresh, tmp_path, "m")
     monkeypatch.undo()
-    assert runs == {"encode": 1, "reconstruct": 1, "sample": 1}
-    convolutions = [layer for layer in trained.encoder._flatten_layers() if isinstance(layer, keras.layers.Conv2D)]
+    assert runs == once  # the exports wrote the figures' traces
+    assert _op_counts(second) == _op_counts(path)
+    convolutions = [layer for layer in fresh.encoder._flatten_layers() if isinstance(layer, keras.layers.Conv2D)]
     assert len(convolutions) == 2
     assert _op_counts(path)["Conv2D"] == 2 * len(convolutions)
     # The loaded object's methods (not only its signatures) still run the model.

@@ -205,6 +205,33 @@ def test_sampled_generation_is_reproducible_per_row_and_differs_from_greedy():
     assert any(tuple(r) != tuple(greedy.numpy()[0]) for r in first.numpy())
 
 
+def test_text_tables_decode_in_graph_what_the_eager_methods_decode(corpus):
+    """The run's text tables call the model's traced signatures (vae_tf.export.serving_functions)
+    instead of its eager methods: the same sentences, greedy and sampled (stateless seeds), after a
+    little training so that the decodes are not all one sentence."""
+    from vae_tf import plots
+
+    model = make(corpus, seed=3)
+    model.fit(corpus.pipeline("train", 64).take(4), epochs=1, verbose=0)
+    x = corpus.split("test")[0][:6]
+    tables = plots.text_tables(model, x, n=6, steps=5, seed=4)
+
+    def texts(values):
+        return [v.decode("utf-8") for v in np.asarray(values).tolist()]
+
+    sentences = np.asarray([str(s) for s in x], dtype=object)
+    for row, (source, decoded) in enumerate(zip(sentences, texts(model.reconstruct(sentences)["text"]))):
+        assert f"| {source} | {decoded or '∅'} |" in tables["reconstructions.md"], row
+    seeds = np.stack([np.full(6, 4, np.int32), np.arange(6, dtype=np.int32)], axis=1)
+    drawn = model.sample(seeds)
+    for greedy, sampled in zip(texts(model.decode(drawn["z"])["text"]), texts(drawn["text"])):
+        assert f"| {greedy or '∅'} | {sampled or '∅'} |" in tables["samples.md"]
+    ends = model.latent.embedding(model.posterior_params(sentences[:2])).numpy()
+    line = np.linspace(0.0, 1.0, 5)[:, None]
+    for t, decoded in zip(line[:, 0], texts(model.decode(((1 - line) * ends[0] + line * ends[1]).astype(np.float32))["text"])):
+        assert f"| {t:.2f} | {decoded or '∅'} |" in tables["interpolation.md"]
+
+
 def test_word_dropout_replaces_words_with_unk_while_training_only():
     """Bowman et al.: each input word (not <bos>, not padding) becomes <unk> with probability p."""
     keras.utils.set_random_seed(0)

@@ -94,8 +94,7 @@ def export_model(
         raise ConfigError(f"{final} already exists: export versions are immutable, pick another version or omit it")
 
     data_shape = tuple(model.data_shape)
-    code_size = model.latent.code_size
-    archive, endpoints = _build_archive(model, code_size)
+    archive, endpoints = _build_archive(model)
 
     model_dir.mkdir(parents=True, exist_ok=True)
     tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
@@ -119,16 +118,37 @@ def export_model(
     return final
 
 
-def _build_archive(model, code_size: int):
-    """The export archive and its endpoint functions, ``{name: tf.function}``."""
-    from keras.export import ExportArchive
+class _ServingFunctions:
+    """Holds a model's serving functions as a plain attribute: not a Keras layer, variable or
+    TensorFlow trackable, so neither Keras' state tracking nor a checkpoint of the model sees it."""
 
-    # Endpoints capture the model's variables; ExportArchive.track(model) is deliberately not
-    # called: it would store every variable twice (keras-team/keras#23553). They are traced
-    # without AutoGraph (why: vae_tf.metrics._compiled): the model's code writes its loops and
-    # branches as tf.while_loop / tf.cond itself.
+    __slots__ = ("functions",)
+
+    def __init__(self, functions: dict):
+        self.functions = functions
+
+
+def serving_functions(model) -> dict:
+    """The model's signatures as ``{name: tf.function}`` with fixed input signatures: ``encode``,
+    ``decode``, ``reconstruct``, ``sample`` (:data:`SIGNATURES`), then the latent family's own.
+
+    Made once per model and kept on it, so each is traced once per process: the export writes
+    these graphs, and a run's figures and text tables (:mod:`vae_tf.plots`) call them, in graph
+    mode, instead of running the same methods eagerly (a text model's decoding loop ran op by
+    op, 0.6-0.9 s a run; docs/performance.md, "Figures call the traced signatures"). The functions
+    capture the model's variables, not their values: a call after more training sees the new
+    weights. Traced without AutoGraph (why: vae_tf.metrics._compiled): the model's code writes its
+    loops and branches as tf.while_loop / tf.cond itself."""
+    holder = getattr(model, "_vae_tf_serving_functions", None)
+    if holder is None:
+        holder = _ServingFunctions(_make_serving_functions(model))
+        model._vae_tf_serving_functions = holder
+    return holder.functions
+
+
+def _make_serving_functions(model) -> dict:
     x_spec = model.input_signature  # float32 [B, *data_shape], or string [B] for a text model
-    z_spec = tf.TensorSpec((None, code_size), tf.float32, name="z")
+    z_spec = tf.TensorSpec((None, model.latent.code_size), tf.float32, name="z")
     seed_spec = tf.TensorSpec((None, 2), tf.int32, name="seed")
 
     @tf.function(input_signature=[x_spec], autograph=False)
@@ -147,11 +167,19 @@ def _build_archive(model, code_size: int):
     def sample(seed):
         return model.sample(seed)
 
+    return {**dict(zip(SIGNATURES, (encode, decode, reconstruct, sample))), **model.latent.extra_signatures(model)}
+
+
+def _build_archive(model):
+    """The export archive and its endpoint functions, ``{name: tf.function}``."""
+    from keras.export import ExportArchive
+
+    # Endpoints capture the model's variables; ExportArchive.track(model) is deliberately not
+    # called: it would store every variable twice (keras-team/keras#23553).
     archive = ExportArchive()
     for resource in getattr(model, "export_resources", lambda: [])():
         archive.track(resource)  # lookup tables (a text model's vocabulary): resources, no variables
-    endpoints = {**dict(zip(SIGNATURES, (encode, decode, reconstruct, sample))),
-                 **model.latent.extra_signatures(model)}
+    endpoints = serving_functions(model)
     # Keras is handed each endpoint's traced graph (wrapped in a thin tf.function of its own), not
     # the tf.function: TensorFlow caches traces per save context, so a tf.function traced before
     # `tf.saved_model.save` (Keras must, to find its variables) is traced again inside it and
@@ -178,7 +206,7 @@ def model_info(model, name: str, version: int, data_shape, *, config=None, data_
     data_info = dict(data_info or {})
     data_info.pop("vocabulary", None)  # a text model's vocabulary is in its build spec (and its lookup table)
     if endpoints is None:
-        endpoints = _build_archive(model, model.latent.code_size)[1]
+        endpoints = serving_functions(model)
     value_range = data_info.pop("value_range", (0.0, 1.0))
     info = {
         "format_version": FORMAT_VERSION,
@@ -242,4 +270,4 @@ def load_vae(version_dir: str | os.PathLike):
 
 
 __all__ = ["ASSET_NAME", "SIGNATURES", "WEIGHTS_NAME", "export_model", "list_versions", "load_model_info", "load_vae",
-           "model_info", "resolve_version_dir"]
+           "model_info", "resolve_version_dir", "serving_functions"]

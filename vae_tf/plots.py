@@ -111,13 +111,16 @@ def model_figures(model, x: np.ndarray, *, value_range=(0.0, 1.0), kl: np.ndarra
     Returns ``{file name: figure}``: reconstructions, prior samples (mean and ancestral decodes
     side by side), traversals of the (up to 8) dims with the largest KL, and KL per dimension.
     """
+    from vae_tf.export import serving_functions
+
+    signatures = serving_functions(model)  # traced once, shared with the export (its docstring)
     x = np.asarray(x[:n], dtype=np.float32)
-    figures = {"reconstructions.png": reconstructions(x, np.asarray(model.reconstruct(x)["x_mean"]), value_range)}
+    figures = {"reconstructions.png": reconstructions(x, np.asarray(signatures["reconstruct"](x)["x_mean"]), value_range)}
     seeds = np.stack([np.full(n, seed, np.int32), np.arange(n, dtype=np.int32)], axis=1)
-    drawn = model.sample(seeds)
+    drawn = signatures["sample"](seeds)
     figures["samples.png"] = samples(np.asarray(drawn["x_mean"]), np.asarray(drawn["x_sample"]), value_range)
 
-    code = np.asarray(model.encode(x[:1])["embedding"])[0]
+    code = np.asarray(signatures["encode"](x[:1])["embedding"])[0]
     if code.shape[0] == model.latent.code_size:
         order = np.argsort(-kl) if kl is not None else np.arange(code.shape[0])
         dims = [int(d) for d in order[: min(8, code.shape[0])]]
@@ -125,7 +128,7 @@ def model_figures(model, x: np.ndarray, *, value_range=(0.0, 1.0), kl: np.ndarra
         z = np.repeat(code[None, None, :], len(dims), 0).repeat(traversal_steps, 1)
         for i, d in enumerate(dims):
             z[i, :, d] = values
-        decoded = np.asarray(model.decode(z.reshape(-1, code.shape[0]))["x_mean"])
+        decoded = np.asarray(signatures["decode"](z.reshape(-1, code.shape[0]))["x_mean"])
         grid = decoded.reshape((len(dims), traversal_steps) + decoded.shape[1:])
         figures["traversals.png"] = traversals(grid, values, dims, value_range)
     if kl is not None:
@@ -243,20 +246,24 @@ def text_tables(model, x, *, n: int = 10, steps: int = 7, seed: int = 0) -> dict
     prior samples (greedy and sampled decodes of the same z side by side) and a latent
     interpolation between the posterior means of two sentences (greedy decodes at ``steps``
     points on the line between them). Returns ``{file name: Markdown}``."""
+    from vae_tf.export import serving_functions
+
+    signatures = serving_functions(model)  # in graph mode, traced once and shared with the export
     sentences = [str(s) for s in np.asarray(x, dtype=object)[:n]]
-    reconstructed = _decoded(model.reconstruct(np.asarray(sentences, dtype=object))["text"])
+    strings = np.asarray(sentences, dtype=object)
+    reconstructed = _decoded(signatures["reconstruct"](strings)["text"])
     tables = {"reconstructions.md": "# Reconstructions (greedy decode of the posterior mean)\n\n" + _markdown_table(
         ["input", "reconstruction"], [[a, b] for a, b in zip(sentences, reconstructed)])}
     seeds = np.stack([np.full(n, seed, np.int32), np.arange(n, dtype=np.int32)], axis=1)
-    drawn = model.sample(seeds)
-    greedy = _decoded(model.decode(drawn["z"])["text"])
+    drawn = signatures["sample"](seeds)
+    greedy = _decoded(signatures["decode"](drawn["z"])["text"])
     tables["samples.md"] = ("# Prior samples: z ~ p(z), decoded greedily and by sampling\n\n" + _markdown_table(
         ["greedy", "sampled"], [[a, b] for a, b in zip(greedy, _decoded(drawn["text"]))]))
     if len(sentences) >= 2:
-        ends = np.asarray(model.latent.embedding(model.posterior_params(np.asarray(sentences[:2], dtype=object))))
+        ends = np.asarray(signatures["encode"](strings[:2])["embedding"])
         weights = np.linspace(0.0, 1.0, steps)[:, None]
         line = (1.0 - weights) * ends[0] + weights * ends[1]
-        texts = _decoded(model.decode(line.astype(np.float32))["text"])
+        texts = _decoded(signatures["decode"](line.astype(np.float32))["text"])
         rows = [[f"{w:.2f}", t] for w, t in zip(weights[:, 0], texts)]
         tables["interpolation.md"] = (f"# Latent interpolation\n\nfrom: {sentences[0]}\n\nto: {sentences[1]}\n\n"
                                       + _markdown_table(["t", "greedy decode of (1 − t)·μ(from) + t·μ(to)"], rows))
