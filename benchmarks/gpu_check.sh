@@ -11,7 +11,9 @@
 #                           mixed_bfloat16 / mixed_float16 at steps_per_execution 4, and PyTorch
 #                           eager at each precision (float32, autocast bf16 / fp16): the ratio at
 #                           the same precision
-#   text.md/.json           the text benchmark (benchmarks/text_throughput.py) when it exists
+#   text.md/.json           the text benchmark (benchmarks/text_throughput.py) when it exists, vae-tf
+#                           without and with XLA (--jit-compile both; the report says whether XLA
+#                           was on: Keras turns it off for cuDNN LSTMs) against PyTorch eager
 #   log.txt                 everything printed, in order
 #
 # Needs the project installed with a GPU build of both frameworks, e.g.
@@ -29,7 +31,7 @@ OUT=${OUT:-gpu-check-$(date +%Y%m%d-%H%M%S)}
 PYTHON=${PYTHON:-python3}
 THROUGHPUT_ARGS=${THROUGHPUT_ARGS:-"--rounds 5 --min-epoch-seconds 0.5 --matmul-size 4096"}
 SETTINGS_ARGS=${SETTINGS_ARGS:-"--steps 4 --jit false true --precision float32 mixed_bfloat16 mixed_float16 --torch --rounds 3 --examples 32768"}
-TEXT_ARGS=${TEXT_ARGS:-"--rounds 3"}
+TEXT_ARGS=${TEXT_ARGS:-"--rounds 3 --jit-compile both"}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TF_FORCE_GPU_ALLOW_GROWTH=${TF_FORCE_GPU_ALLOW_GROWTH:-true}
@@ -117,7 +119,7 @@ EOF
 # 3. The text benchmark (its script decides what it compares); skipped where it does not exist yet.
 if [ -f benchmarks/text_throughput.py ]; then
   # shellcheck disable=SC2086
-  step text "${TEXT_LIMIT:-90}" "$PYTHON" benchmarks/text_throughput.py $TEXT_ARGS --json "$OUT/text.json"
+  step text "${TEXT_LIMIT:-120}" "$PYTHON" benchmarks/text_throughput.py $TEXT_ARGS --json "$OUT/text.json"
 else
   echo "=== text: benchmarks/text_throughput.py does not exist in this checkout; skipped"
 fi
