@@ -198,3 +198,20 @@ def test_adding_a_remedy_is_one_file_and_one_registry_line(digits):
         assert betas == pytest.approx([0.5 * (1 - math.cos(math.pi * min(t / 4, 1))) for t in range(6)], abs=1e-6)
     finally:
         KL_WEIGHTS.unregister("cosine")
+
+
+def test_every_public_remedy_name_resolves_through_the_lazy_package():
+    """vae_tf.remedies loads its names on first use (so that reading a config needs no Keras):
+    every name of its ``__all__`` must still resolve, to the object of the module that defines it."""
+    import importlib
+
+    import vae_tf.remedies as remedies
+    from vae_tf.remedies import slots
+
+    for name in remedies.__all__:
+        assert getattr(remedies, name) is not None, name
+    assert remedies.parse_objective is slots.parse_objective and remedies.KL_WEIGHTS is slots.KL_WEIGHTS
+    assert remedies.FGSM is importlib.import_module("vae_tf.remedies.adversarial").FGSM
+    with pytest.raises(AttributeError, match="no attribute 'Bogus'"):
+        remedies.Bogus  # noqa: B018
+    assert set(remedies.__all__) <= set(dir(remedies))

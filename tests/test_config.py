@@ -38,7 +38,7 @@ def test_yaml_then_overrides_in_that_order(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 7\n  batch_size: 32\nmodel:\n  latent: {family: gaussian, latent_dim: 3}\n")
     config = load_config(path, ["train.epochs=2", "model.latent.latent_dim=5", "objective.kl_weight.beta=4",
-                                "data.options={image_size: 32}", "mlflow.run_name=my run"])
+                                "data.name=dsprites", "data.options={image_size: 32}", "mlflow.run_name=my run"])
     assert config.train.epochs == 2 and config.train.batch_size == 32
     assert config.model.latent == {"family": "gaussian", "latent_dim": 5}
     assert config.objective.kl_weight == {"kind": "constant", "beta": 4.0}
@@ -81,10 +81,46 @@ def test_a_relative_data_path_is_kept_as_the_absolute_path_of_the_working_direct
     config = load_config(None, ["data.name=text_file", "data.path=in/corpus.txt"])
     assert config.data.path == str(tmp_path / "in" / "corpus.txt")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert load_config(None, ["data.path=~/x.npz"]).data.path == str(tmp_path / "home" / "x.npz")
-    assert load_config(None, ["data.path=/abs/x.npz"]).data.path == "/abs/x.npz"
-    assert load_config(None, ["data.path=https://example.org/x.txt"]).data.path == "https://example.org/x.txt"
+    assert load_config(None, ["data.name=npz", "data.path=~/x.npz"]).data.path == str(tmp_path / "home" / "x.npz")
+    assert load_config(None, ["data.name=npz", "data.path=/abs/x.npz"]).data.path == "/abs/x.npz"
+    assert load_config(None, ["data.name=text_file", "data.path=https://example.org/x.txt"]).data.path == "https://example.org/x.txt"
     assert Config.model_validate(config.to_dict()).data.path == config.data.path  # read back: unchanged
+
+
+def test_config_errors_outside_the_registries_of_model_parts_and_remedies_need_no_tensorflow():
+    """A typo in a config is reported before TensorFlow and Keras are imported (seconds on 2 CPUs):
+    the section schemas, the data set registry and the objective's presets are TensorFlow-free;
+    only the model's parts and the objective's remedies (Keras layers) are checked after it. Run in
+    a fresh interpreter, as `vae-tf train --set ...` runs; each error is the one-line ConfigError /
+    DataError the CLI prints."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "from training.config import load_config\n"
+        "from vae_tf.errors import VaeTfError\n"
+        "for override in sys.argv[1:]:\n"
+        "    try:\n"
+        "        load_config(None, [override])\n"
+        "    except VaeTfError as err:\n"
+        "        print(type(err).__name__, str(err).splitlines()[0])\n"
+        "    print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n")
+    bad = ["train.epochs=abc", "train.bogus=1", "data.val_fraction=0.95", "data.name=bogus", "data.options.bogus=1",
+           "data.path=/x.npz", "objective.kl_weight.kind=control"]  # the last: a remedy's options (Keras)
+    out = subprocess.run([sys.executable, "-c", program, *bad], capture_output=True, text=True, timeout=300,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    expected = [
+        "ConfigError train.epochs: input should be a valid integer", "[]",
+        "ConfigError unknown config key train.bogus; valid options: epochs,", "[]",
+        "ConfigError data: data.val_fraction + data.test_fraction must be < 1", "[]",
+        "DataError unknown data set 'bogus'; choose one of: digits,", "[]",
+        "DataError data set 'digits' has no option(s) 'bogus'", "[]",
+        "DataError data set 'digits' takes no path (got '/x.npz')", "[]",
+        "ConfigError objective.kl_weight.set_point is required", "['keras', 'tensorflow']"]
+    lines = out.stdout.splitlines()
+    assert len(lines) == len(expected) and all(line.startswith(e) for line, e in zip(lines, expected)), lines
 
 
 def test_another_data_set_keeps_the_generic_data_settings_but_not_the_options(tmp_path):

@@ -340,7 +340,11 @@ def _config_error(err: pydantic.ValidationError) -> str:
 def check_registries(config: Config) -> None:
     """Validate the sections that name registry entries against those registries (model parts
     and the objective's slots), and what the parts need of each other; normalises the objective to
-    its full slot form. One-line ConfigError; nothing is built."""
+    its full slot form. One-line ConfigError; nothing is built. The data set is checked first: its
+    registry loads no TensorFlow, the model's and the objective's do (seconds)."""
+    from vae_tf.data import check_request
+
+    check_request(config.data.name, path=config.data.path, options=config.data.options)
     from vae_tf.models import check_model_spec, check_requirements
     from vae_tf.remedies import parse_objective
 

@@ -131,6 +131,14 @@ def _resolve(name, *, seed, val_fraction, test_fraction, max_samples, path, opti
     return key, loader, plan, options
 
 
+def check_request(name: str, *, path: str | None = None, options: dict | None = None) -> None:
+    """Raise the one-line :class:`DataError` that loading ``name`` with ``path`` and ``options``
+    would raise for the request itself (an unknown data set, a path it does not take, options it
+    does not have), without loading anything: a config is checked before TensorFlow is imported."""
+    _resolve(name, seed=0, val_fraction=0.0, test_fraction=0.0, max_samples=None, path=path,
+             options=dict(options or {}))
+
+
 def load_dataset(
     name: str,
     *,
