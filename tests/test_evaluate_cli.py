@@ -106,3 +106,30 @@ def test_data_of_the_other_kind_is_refused_naming_the_model(here, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert_one_line(err)
     assert "holds sentences but models/vae/1 is an image model and reads images/arrays" in err
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_data_not_loadable_here_is_evaluated_on_the_data_set_named_by_set(here, tmp_path, capsys):
+    """The saved config names a data set this process does not have (one a training script
+    registered, say): without --set that is a one-line error naming it; with `--set
+    data.name=digits` the overrides apply before the saved config is validated, so the model is
+    evaluated on digits."""
+    import json
+    import shutil
+
+    from vae_tf.export import ASSET_NAME
+
+    source, _ = here
+    copy = tmp_path / "elsewhere" / "vae"
+    shutil.copytree(source / "models" / "vae", copy)
+    version = sorted(p for p in copy.iterdir() if p.name.isdigit())[-1]
+    asset = version / "assets" / ASSET_NAME
+    info = json.loads(asset.read_text())
+    info["config"]["data"]["name"] = "set_registered_by_a_training_script"
+    asset.write_text(json.dumps(info))
+    assert main(["evaluate", str(copy), "--no-mlflow", "--iw-k", "10", "--disentanglement", "off"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert_one_line(err)
+    assert "unknown data set 'set_registered_by_a_training_script'" in err
+    assert main(["evaluate", str(copy), "--no-mlflow", "--iw-k", "10", "--disentanglement", "off",
+                 "--set", "data.name=digits"]) == 0

@@ -94,9 +94,9 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     info = load_model_info(version_dir)
     model = load_vae(version_dir)
     saved = info.get("config")
-    config = from_dict(saved) if saved else load_config(None)
-    if overrides:
-        config = from_dict(apply_overrides(config.to_dict(), overrides))
+    # The overrides apply to the saved config before it is validated: `--set data.name=...` can
+    # name another data set for a model whose training set cannot be loaded here.
+    config = from_dict(apply_overrides(saved, overrides)) if saved else load_config(None, overrides)
     data = prepare_data(config, model_modality=getattr(model, "modality", "image"), model_name=str(version_dir))
 
     result = evaluate_model(model, data, split=split, seed=config.seed, max_examples=max_examples, iw_k=iw_k,
