@@ -145,3 +145,29 @@ def test_sentences_given_to_a_compiled_step_by_hand_are_a_one_line_error(corpus)
 def test_keras_auto_leaves_xla_off_for_a_text_model_on_a_cpu(corpus):
     assert make(corpus, jit_compile="auto").jit_compile is False
     assert make(corpus, jit_compile=True).layers_without_xla() == []
+
+
+@pytest.mark.slow
+def test_text_lengths_benchmark_smoke(tmp_path):
+    """benchmarks/text_lengths.py at smoke size: without XLA both recurrences are unrolled, in the
+    Keras-loop variant under XLA neither is; speeds and warm-ups are positive, the speed is the
+    one of the timed call and the table's ratio the one of the reported speeds. (Which lengths XLA
+    unrolls is tests/test_unrolled_rnn.py's.)"""
+    import json
+
+    from tests.benchmark_helpers import run_script
+
+    out = tmp_path / "lengths.json"
+    proc = run_script("text_lengths.py", "--lengths", "3", "--variants", "no_xla", "xla_keras_loop",
+                      "--warmup-steps", "4", "--steps", "4", "--rounds", "1", "--hidden", "8", "--embedding", "8",
+                      "--latent", "2", "--json", str(out), timeout=600)
+    rows = json.loads(out.read_text())["results"]["3"]
+    assert rows["no_xla"]["unrolled"] == [True, True] and rows["no_xla"]["jit_compile"] is False
+    assert rows["xla_keras_loop"]["unrolled"] == [False, False] and rows["xla_keras_loop"]["jit_compile"] is True
+    assert rows["xla_keras_loop"]["max_unrolled_steps_xla"] == 0
+    for row in rows.values():
+        assert row["tokens_per_second"] > 0 and row["warmup_seconds"] > 0
+        assert row["tokens_per_second"] == pytest.approx(4 * 64 * 4 / row["steady_seconds"], rel=1e-12)
+    ratio = rows["no_xla"]["tokens_per_second"] / rows["xla_keras_loop"]["tokens_per_second"]
+    assert f"| 3 (4) | no XLA | yes, yes | {rows['no_xla']['warmup_seconds']:.1f} | " in proc.stdout
+    assert f"| {ratio:.2f} |" in proc.stdout

@@ -174,6 +174,21 @@ def test_the_unrolled_path_is_taken_only_where_it_applies(cell, settings, traini
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_step_traced_for_xla_unrolls_only_sequences_short_enough_to_gain(cell):
+    """XLA compiles an unrolled graph into one program that grows slower and longer to compile with
+    the length (MAX_UNROLLED_STEPS_XLA): in a step traced for XLA a longer sequence takes Keras'
+    loop, without XLA the same sequence is unrolled; the flag is the tracing context's alone."""
+    layer = OURS[cell][0](H)
+    layer.build((None, None, D))
+    short, long = unrolled_rnn.MAX_UNROLLED_STEPS_XLA, unrolled_rnn.MAX_UNROLLED_STEPS_XLA + 1
+    assert unrolled_rnn.MAX_UNROLLED_STEPS_XLA < long <= unrolled_rnn.MAX_UNROLLED_STEPS
+    with unrolled_rnn.traced_for_xla():
+        assert layer.unrolled_path(tf.TensorSpec([None, short, D]), training=True)
+        assert not layer.unrolled_path(tf.TensorSpec([None, long, D]), training=True)
+    assert layer.unrolled_path(tf.TensorSpec([None, long, D]), training=True)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("use_cudnn, gpu, takes_it", [
     ("auto", True, False),    # Keras would run cuDNN: its path
     ("auto", False, True),    # a CPU: the unrolled path

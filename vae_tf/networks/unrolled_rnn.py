@@ -11,7 +11,7 @@ forward and backward, took 13â€“15 ms against PyTorch's fused oneDNN LSTM's 7.5â
 
 **How** (:func:`lstm_sequence`, :func:`gru_sequence`), for a training call whose sequence length is
 known when the graph is built (a text model's token ids are always ``[B, max_length (+1)]``) and
-at most :data:`MAX_UNROLLED_STEPS`:
+at most :data:`MAX_UNROLLED_STEPS` (:data:`MAX_UNROLLED_STEPS_XLA` in a step compiled with XLA):
 
 - the input projection ``x W + b`` of every step is one product over the whole sequence;
 - the recurrence is unrolled in the graph: per step one product ``h U_k`` per gate ``k`` and the
@@ -44,7 +44,7 @@ Keras' loop keeps the graph small to trace and to serve), a GPU where Keras woul
 ``dropout`` / ``recurrent_dropout``, ``go_backwards``, ``unroll``, ``zero_output_for_mask``,
 activations other than tanh / sigmoid, no bias, a GRU with ``reset_after=False``, and an unknown or
 longer time dimension (the unrolled graph grows with the length: ~0.04 s of tracing per step and
-layer).
+layer, and under XLA compile time and a slower program: :data:`MAX_UNROLLED_STEPS_XLA`).
 """
 
 from __future__ import annotations
@@ -57,6 +57,14 @@ import tensorflow as tf
 #: Longest sequence run by the unrolled path; longer ones (and an unknown length) take Keras'
 #: ``while`` loop, whose graph does not grow with the length.
 MAX_UNROLLED_STEPS = 64
+#: The same in a step traced for XLA (:func:`traced_for_xla`). XLA compiles the unrolled graph
+#: into one program whose compile time and speed worsen with its length: for the text benchmark's
+#: 256-unit LSTM VAE on a 2-CPU AMD EPYC (docs/performance.md, "XLA and sentence length"), the
+#: unrolled path against Keras' loop under XLA trained at 1.14x, 1.12x and 1.11x the speed for 11,
+#: 17 and 21 steps, then 0.95x, 0.89x and 0.28x for 25, 33 and 64 steps, with 4-15 s more compile
+#: time at 11-21 steps and 24-108 s more at 25-64. So XLA unrolls up to the longest length
+#: measured to gain.
+MAX_UNROLLED_STEPS_XLA = 21
 #: Independent parts the batch is cut into (docs/performance.md, Text: two on a 2-CPU machine).
 BATCH_PARTS = 2
 #: Recurrent kernels of at least this many entries (256 KiB in float32: an LSTM of 128 units or
@@ -300,7 +308,8 @@ class _Unrolled:
         """Whether this call runs the unrolled path (the module docstring lists when not)."""
         cell = self.cell
         steps = sequences.shape[1]
-        if steps is None or steps > MAX_UNROLLED_STEPS or self.go_backwards or self.unroll or self.zero_output_for_mask:
+        longest = MAX_UNROLLED_STEPS_XLA if _xla_tracing else MAX_UNROLLED_STEPS
+        if steps is None or steps > longest or self.go_backwards or self.unroll or self.zero_output_for_mask:
             return False
         if training is not True or cell.dropout or cell.recurrent_dropout:
             return False  # inference (or a symbolic flag): Keras' loop; dropout: Keras' masks
@@ -358,5 +367,5 @@ class GRU(_Unrolled, keras.layers.GRU):
                             tf.cast(cell.bias, dtype), mask=mask)
 
 
-__all__ = ["BATCH_PARTS", "GRU", "LSTM", "MAX_UNROLLED_STEPS", "PER_GATE_KERNEL_SIZE", "gru_sequence",
+__all__ = ["BATCH_PARTS", "GRU", "LSTM", "MAX_UNROLLED_STEPS", "MAX_UNROLLED_STEPS_XLA", "PER_GATE_KERNEL_SIZE", "gru_sequence",
            "lstm_sequence", "per_gate_products", "traced_for_xla"]
