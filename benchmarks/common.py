@@ -96,6 +96,22 @@ def command_line() -> str:
     return shlex.join(["python", str(script), *sys.argv[1:]])
 
 
+class ChildFailed(RuntimeError):
+    """A benchmark's measuring child process failed; the message is its last line of stderr."""
+
+
+def run_json_child(argv: list[str], *, env: dict | None = None, cwd=None) -> dict:
+    """Run a benchmark's child process (a measurement in a fresh interpreter) and return the JSON
+    object it printed as its last line of stdout; :class:`ChildFailed` with the child's last line
+    of stderr when it exits non-zero."""
+    import json
+
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ChildFailed((done.stderr.strip().splitlines() or ["no output"])[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct free TCP ports on 127.0.0.1 (for clusters and servers started by a benchmark)."""
     import socket

@@ -108,7 +108,6 @@ def render(report: dict) -> str:
 def main(argv=None) -> int:
     import argparse
     import datetime
-    import subprocess
     import tempfile
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -139,13 +138,13 @@ def main(argv=None) -> int:
                 env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (tree, os.environ.get("PYTHONPATH")))),
                        "TF_CPP_MIN_LOG_LEVEL": "2"}
                 workdir = Path(tmp) / f"{variant}-{round_index}"
-                done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", variant.split("@")[0],
-                                       "--workdir", str(workdir)], env=env, cwd=tree, capture_output=True, text=True)
-                if done.returncode != 0:
-                    print(f"error: {variant} failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}",
-                          file=sys.stderr)
+                try:
+                    rows[variant].append(common.run_json_child(
+                        [sys.executable, os.path.abspath(__file__), "--child", variant.split("@")[0], "--workdir",
+                         str(workdir)], env=env, cwd=tree))
+                except common.ChildFailed as err:
+                    print(f"error: {variant} failed: {err}", file=sys.stderr)
                     return 1
-                rows[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
                 print(f"round {round_index + 1}/{args.rounds}: {variant} {rows[variant][-1]}", file=sys.stderr)
     report = {"settings": {"command": common.command_line(), "rounds": args.rounds,
                            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

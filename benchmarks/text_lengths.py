@@ -121,7 +121,6 @@ def render(report: dict) -> str:
 def main(argv=None) -> int:
     import argparse
     import datetime
-    import subprocess
     import tempfile
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -165,14 +164,14 @@ def main(argv=None) -> int:
             for variant in args.variants:
                 workdir = Path(tmp) / f"{length}-{variant}"
                 workdir.mkdir()
-                done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", variant, "--length",
-                                       str(length), "--workdir", str(workdir), *passed], env=env, cwd=root,
-                                      capture_output=True, text=True)
-                if done.returncode != 0:
-                    print(f"error: L={length} {variant} failed: "
-                          f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}", file=sys.stderr)
+                try:
+                    row = common.run_json_child([sys.executable, os.path.abspath(__file__), "--child", variant,
+                                                 "--length", str(length), "--workdir", str(workdir), *passed],
+                                                env=env, cwd=root)
+                except common.ChildFailed as err:
+                    print(f"error: L={length} {variant} failed: {err}", file=sys.stderr)
                     return 1
-                results.setdefault(str(length), {})[variant] = row = json.loads(done.stdout.strip().splitlines()[-1])
+                results.setdefault(str(length), {})[variant] = row
                 print(f"L={length} {variant}: warm-up {row['warmup_seconds']:.1f} s, "
                       f"{row['tokens_per_second']:,.0f} tokens/s", file=sys.stderr, flush=True)
     report = {"settings": settings, "results": results}

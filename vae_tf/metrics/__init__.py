@@ -13,7 +13,7 @@ ones (:func:`iw_nll`, :func:`elbo_estimate`, :func:`encode_posterior`,
 
 from __future__ import annotations
 
-import importlib
+from vae_tf._lazy import lazy_names
 
 from vae_tf.metrics.collapse import (
     AU_DELTA,
@@ -69,10 +69,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vae_tf.metrics' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, lambda: globals())
 
 
 __all__ = [

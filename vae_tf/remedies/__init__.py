@@ -47,8 +47,7 @@ should not wait seconds for Keras and TensorFlow to report it.
 
 from __future__ import annotations
 
-import importlib
-
+from vae_tf._lazy import lazy_names
 from vae_tf.remedies.presets import PRESETS, is_preset, preset_to_slots
 
 _LAZY = {
@@ -66,14 +65,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vae_tf.remedies' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, lambda: globals())
 
 
 __all__ = ["FGSM", "INFERENCES", "INPUT_NOISES", "KL_WEIGHTS", "MIQ", "PRESETS", "REGULARIZERS", "SLOTS", "Aggressive",
