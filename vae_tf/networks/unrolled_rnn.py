@@ -62,8 +62,9 @@ MAX_UNROLLED_STEPS = 64
 #: 256-unit LSTM VAE on a 2-CPU AMD EPYC (docs/performance.md, "XLA and sentence length"), the
 #: unrolled path against Keras' loop under XLA trained at 1.14x, 1.12x and 1.11x the speed for 11,
 #: 17 and 21 steps, then 0.95x, 0.89x and 0.28x for 25, 33 and 64 steps, with 4-15 s more compile
-#: time at 11-21 steps and 24-126 s more at 25-64 (a first run; the benchmark's table agrees). So
-#: XLA unrolls up to the longest length measured to gain.
+#: time at 11-21 steps and 24-126 s more at 25-64 (a first run; the benchmark's table: 1.06-1.22x
+#: up to 21 steps, 1.07x at 25, 0.85x at 33, 0.30x at 64). So XLA unrolls up to the longest length
+#: at which both runs found it faster.
 MAX_UNROLLED_STEPS_XLA = 21
 #: Independent parts the batch is cut into (docs/performance.md, Text: two on a 2-CPU machine).
 BATCH_PARTS = 2
