@@ -55,8 +55,11 @@ import keras
 import tensorflow as tf
 
 #: Longest sequence run by the unrolled path; longer ones (and an unknown length) take Keras'
-#: ``while`` loop, whose graph does not grow with the length.
-MAX_UNROLLED_STEPS = 64
+#: ``while`` loop, whose graph does not grow with the length. 65: a text model with ``max_length``
+#: 64 trains both recurrences unrolled (the decoder reads ``<bos>`` too: 65 steps); at 64 its
+#: decoder took Keras' loop and the model trained at 18,797 tokens/s against 21,896 one word
+#: shorter (docs/performance.md, "XLA and sentence length").
+MAX_UNROLLED_STEPS = 65
 #: The same in a step traced for XLA (:func:`traced_for_xla`). XLA compiles the unrolled graph
 #: into one program whose compile time and speed worsen with its length: for the text benchmark's
 #: 256-unit LSTM VAE on a 2-CPU AMD EPYC (docs/performance.md, "XLA and sentence length"), the
