@@ -7,7 +7,7 @@ one program: how do its compile time and its speed grow with the length, and up 
 does unrolling under XLA still beat Keras' ``while`` loop under XLA
 (:data:`~vae_tf.networks.unrolled_rnn.MAX_UNROLLED_STEPS_XLA`)?
 
-The model is the text benchmark's (benchmarks/text_throughput.py: embedding 128, one LSTM of 256
+The model is the text benchmark's (``benchmarks.text_throughput.build_vae_tf``: embedding 128, one LSTM of 256
 in the encoder and the decoder, latent 16, z at the decoder's start and every input), on 2,048
 sentences of exactly ``L`` words drawn uniformly from 500 (a ``text_file`` corpus written by the
 benchmark; the model's steps are ``L`` in the encoder and ``L + 1`` in the decoder). Variants:
@@ -34,6 +34,7 @@ Usage::
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -69,17 +70,13 @@ def measure(args) -> dict:
     cap, jit = VARIANTS[args.child]
     if cap is not None:
         unrolled_rnn.MAX_UNROLLED_STEPS_XLA = unrolled_rnn.MAX_UNROLLED_STEPS if cap == "max" else cap
+    from benchmarks.text_throughput import build_vae_tf
     from vae_tf.data import load_dataset
-    from vae_tf.models import build_vae
-    from vae_tf.models.text import text_settings
-    from vae_tf.optimizers import FusedAdam
 
     data = load_dataset("text_file", path=str(corpus(Path(args.workdir) / "corpus.txt", args.length)), seed=0,
                         val_fraction=0.0, test_fraction=0.0)
-    model = build_vae((), latent={"family": "gaussian", "latent_dim": args.latent}, likelihood={"name": "categorical"},
-                      network={"kind": "lstm", "embedding": args.embedding, "hidden": [args.hidden],
-                               "z_injection": "both"}, text=text_settings(data.metadata), seed=0)
-    model.compile(optimizer=FusedAdam(1e-3), steps_per_execution=4, jit_compile=jit)
+    model = build_vae_tf(data, argparse.Namespace(seed=0, latent=args.latent, embedding=args.embedding,
+                                                  hidden=args.hidden, steps_per_execution=4), jit_compile=jit)
     stream = data.resumable_pipeline("train", BATCH, seed=0, epochs=10_000)
     start = time.perf_counter()
     model.fit(stream, epochs=1, steps_per_epoch=args.warmup_steps, verbose=0)
@@ -90,7 +87,7 @@ def measure(args) -> dict:
         model.fit(stream, epochs=1, steps_per_epoch=args.steps, verbose=0)
         seconds.append(time.perf_counter() - start)
     steady = float(np.median(seconds))
-    layers = [layer for layer in model._flatten_layers() if isinstance(layer, unrolled_rnn._Unrolled)]
+    layers = [layer for layer in model._flatten_layers() if isinstance(layer, (unrolled_rnn.LSTM, unrolled_rnn.GRU))]
     return {"length": args.length, "variant": args.child, "jit_compile": bool(model.jit_compile),
             "max_unrolled_steps_xla": unrolled_rnn.MAX_UNROLLED_STEPS_XLA,
             "unrolled": [layer.unrolled_in_training for layer in layers],
@@ -119,7 +116,6 @@ def render(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    import argparse
     import datetime
     import tempfile
 
@@ -157,8 +153,9 @@ def main(argv=None) -> int:
     results: dict[str, dict] = {}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))),
            "TF_CPP_MIN_LOG_LEVEL": "2"}
-    passed = [a for a in ("--warmup-steps", "--steps", "--rounds", "--hidden", "--embedding", "--latent")
-              for a in (a, str(getattr(args, a[2:].replace("-", "_"))))]
+    passed = []  # the measurement's settings, handed to every child
+    for name in ("warmup_steps", "steps", "rounds", "hidden", "embedding", "latent"):
+        passed += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     with tempfile.TemporaryDirectory() as tmp:
         for length in args.lengths:
             for variant in args.variants:

@@ -7,9 +7,9 @@ import importlib
 from collections.abc import Callable
 
 
-def lazy_names(package: str, names: dict[str, str], eager: Callable[[], dict]) -> tuple[Callable, Callable]:
+def lazy_names(package: str, names: dict[str, str], own: dict) -> tuple[Callable, Callable]:
     """The ``__getattr__`` and ``__dir__`` of ``package`` whose ``names`` (``{name: module}``) load
-    from their module on first use; ``eager`` returns the package's own globals."""
+    from their module on first use; ``own`` is the package's ``globals()`` (read when listed)."""
 
     def __getattr__(name: str):
         if name in names:
@@ -17,6 +17,6 @@ def lazy_names(package: str, names: dict[str, str], eager: Callable[[], dict]) -
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:
-        return sorted({*eager(), *names})
+        return sorted({*own, *names})
 
     return __getattr__, __dir__

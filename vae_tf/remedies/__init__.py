@@ -65,7 +65,7 @@ _LAZY = {
 }
 
 
-__getattr__, __dir__ = lazy_names(__name__, _LAZY, lambda: globals())
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
 
 __all__ = ["FGSM", "INFERENCES", "INPUT_NOISES", "KL_WEIGHTS", "MIQ", "PRESETS", "REGULARIZERS", "SLOTS", "Aggressive",
