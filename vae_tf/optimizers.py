@@ -29,6 +29,13 @@ equal to Keras' Adam; on the conv reference (two 802,816-value dense kernels, ev
 under 20,000) fusing from 65,536 or 262,144 values up was as fast as fusing everything (0.96-0.97
 of Keras' Adam). Every threshold between 32,769 and 802,816 picks the same variables in both
 models; 131,072 sits in that range. ``min_fused_size=1`` fuses every variable.
+
+The step's scalars are computed once per step: Keras' ``update_step`` computes the bias
+corrections ``β₁ᵗ``, ``β₂ᵗ`` and the step size ``α`` again for every variable (about 20 small ops
+each, which graph optimisation cannot merge: each reads the iteration counter), so on the conv
+reference 579 of a training step's 962 graph ops were the optimizer's. Here they are made once
+per step, device and dtype (:meth:`FusedAdam._step_terms`) and shared by every variable's update,
+fused or not; the values and the order of the element-wise ops are Keras' own.
 """
 
 from __future__ import annotations
@@ -66,26 +73,69 @@ class FusedAdam(keras.optimizers.Adam):
         """Whether ``variable``'s dense update is the fused kernel (else Keras' element-wise ops)."""
         return not self.amsgrad and math.prod(variable.shape) >= self.min_fused_size
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # One step's updates (every variable, on every replica): the scalars they share are made
+        # once (_step_terms), then forgotten, so that no tensor outlives the graph it belongs to.
+        self._terms_of_this_step = {}
+        try:
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        finally:
+            self._terms_of_this_step = None
+
+    def _step_terms(self, var, learning_rate) -> dict:
+        """Adam's scalars for this step in ``var``'s dtype, on ``var``'s device: made once per
+        step (within :meth:`_backend_update_step`; anywhere else, for each call), as Keras'
+        ``Adam.update_step`` computes them for each variable."""
+        dtype = var.dtype
+        cache = getattr(self, "_terms_of_this_step", None)
+        key = (var.device, dtype)
+        if cache is not None and key in cache and cache[key]["learning_rate"] is learning_rate:
+            return cache[key]
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        lr = tf.cast(learning_rate, dtype)
+        beta_1_power, beta_2_power = tf.pow(beta_1, step), tf.pow(beta_2, step)
+        terms = {"learning_rate": learning_rate, "lr": lr, "beta_1": beta_1, "beta_2": beta_2,
+                 "beta_1_power": beta_1_power, "beta_2_power": beta_2_power, "epsilon": tf.cast(self.epsilon, dtype)}
+        if cache is not None:
+            cache[key] = terms
+        return terms
+
+    def _keras_op_terms(self, terms: dict, dtype) -> dict:
+        """The scalars only Keras' element-wise update needs, added to ``terms`` at its first use
+        (a step that updates every variable with the kernel does not make them)."""
+        if "alpha" not in terms:
+            terms["alpha"] = terms["lr"] * tf.sqrt(1 - terms["beta_2_power"]) / (1 - terms["beta_1_power"])
+            terms["one_minus_beta_1"] = tf.constant(1 - self.beta_1, dtype)
+            terms["one_minus_beta_2"] = tf.constant(1 - self.beta_2, dtype)
+        return terms
+
     def update_step(self, gradient, variable, learning_rate):
-        if isinstance(gradient, tf.IndexedSlices) or not self.uses_fused_kernel(variable):
+        if isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
             return super().update_step(gradient, variable, learning_rate)
         var = _tf_variable(variable)
         dtype = var.dtype
         index = self._get_variable_index(variable)
-        step = tf.cast(self.iterations + 1, dtype)
-        beta_1 = tf.cast(self.beta_1, dtype)
-        beta_2 = tf.cast(self.beta_2, dtype)
+        terms = self._step_terms(var, learning_rate)
+        gradient = tf.cast(gradient, dtype)
+        m, v = _tf_variable(self._momentums[index]), _tf_variable(self._velocities[index])
+        if not self.uses_fused_kernel(variable):
+            # Keras' Adam.update_step, op for op, with the step's scalars shared.
+            terms = self._keras_op_terms(terms, dtype)
+            m.assign_add((gradient - m) * terms["one_minus_beta_1"])
+            v.assign_add((tf.square(gradient) - v) * terms["one_minus_beta_2"])
+            return var.assign_sub((m * terms["alpha"]) / (tf.sqrt(v) + terms["epsilon"]))
         return tf.raw_ops.ResourceApplyAdam(
             var=var.handle,
-            m=_tf_variable(self._momentums[index]).handle,
-            v=_tf_variable(self._velocities[index]).handle,
-            beta1_power=tf.pow(beta_1, step),
-            beta2_power=tf.pow(beta_2, step),
-            lr=tf.cast(learning_rate, dtype),
-            beta1=beta_1,
-            beta2=beta_2,
-            epsilon=tf.cast(self.epsilon, dtype),
-            grad=tf.cast(gradient, dtype),
+            m=m.handle,
+            v=v.handle,
+            beta1_power=terms["beta_1_power"],
+            beta2_power=terms["beta_2_power"],
+            lr=terms["lr"],
+            beta1=terms["beta_1"],
+            beta2=terms["beta_2"],
+            epsilon=terms["epsilon"],
+            grad=gradient,
             use_locking=False,
             use_nesterov=False,
         )
