@@ -113,6 +113,44 @@ def test_the_step_scalars_are_made_once_per_step_not_per_variable(min_fused_size
     assert optimizer._terms_of_this_step is None  # nothing kept from the step's graph
 
 
+def _traced_run(make, dtype, steps=6, loss_scale=False):
+    """``steps`` updates of four ``dtype`` variables through one ``tf.function`` (the way ``fit``
+    applies them), optionally through a LossScaleOptimizer; the final values."""
+    rng = np.random.default_rng(0)
+    variables = [keras.Variable(rng.normal(size=s).astype("float32"), dtype=dtype) for s in SHAPES]
+    optimizer = make()
+    if loss_scale:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=4.0)
+    step = tf.function(lambda grads: optimizer.apply_gradients(zip(grads, variables)))
+    for _ in range(steps):
+        grads = [tf.constant(rng.normal(size=s) * (4.0 if loss_scale else 1.0), dtype=dtype) for s in SHAPES]
+        step(grads)
+    return [v.numpy() for v in variables]
+
+
+@pytest.mark.parametrize("dtype, kwargs, loss_scale", [
+    ("float64", {}, False),  # Keras converts ε and 1 − β straight to float64: so must the shared scalars
+    ("float64", {"epsilon": 1e-4, "beta_1": 0.8}, False),
+    ("float32", {"gradient_accumulation_steps": 2, "use_ema": True, "ema_overwrite_frequency": 3}, False),
+    ("float32", {"weight_decay": 0.01, "global_clipnorm": 0.5}, True),
+])
+def test_element_wise_update_equals_keras_adam_bit_for_bit_in_a_traced_step(dtype, kwargs, loss_scale):
+    """The scalars shared within a step (inside gradient accumulation's and loss scaling's
+    branches too) are Keras' own values, in every dtype."""
+    expected = _traced_run(lambda: keras.optimizers.Adam(1e-2, **kwargs), dtype, loss_scale=loss_scale)
+    got = _traced_run(lambda: FusedAdam(1e-2, **kwargs), dtype, loss_scale=loss_scale)
+    start = _traced_run(lambda: keras.optimizers.Adam(0.0), dtype, steps=0)
+    for e, g, s in zip(expected, got, start):
+        assert np.abs(e - s).max() > 1e-4
+        np.testing.assert_array_equal(g, e)
+
+
+def test_the_step_cache_is_no_checkpoint_dependency():
+    optimizer = FusedAdam(1e-3)
+    _train(optimizer, steps=2)
+    assert "_terms_of_this_step" not in optimizer._trackable_children()
+
+
 @pytest.mark.parametrize("bad", [0, -5, 2.5, True, "big"])
 def test_bad_min_fused_size_is_refused_in_one_line(bad):
     with pytest.raises(ValueError, match="min_fused_size must be a positive integer") as info:

@@ -50,6 +50,12 @@ import tensorflow as tf
 DEFAULT_MIN_FUSED_SIZE = 131_072
 
 
+def _keras_constant(value, dtype):
+    """``value`` as Keras' ops take a Python number next to a tensor of ``dtype``: converted straight
+    to ``dtype`` (``tf.cast`` would round a float64 update's ε through float32); a tensor is cast."""
+    return tf.constant(value, dtype) if isinstance(value, (int, float)) else tf.cast(value, dtype)
+
+
 def _tf_variable(variable):
     """The ``tf.Variable`` behind a Keras variable (a distributed one inside a strategy)."""
     return variable.value if isinstance(variable, keras.Variable) else variable
@@ -76,11 +82,12 @@ class FusedAdam(keras.optimizers.Adam):
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # One step's updates (every variable, on every replica): the scalars they share are made
         # once (_step_terms), then forgotten, so that no tensor outlives the graph it belongs to.
-        self._terms_of_this_step = {}
+        # Set past Keras' and TensorFlow's attribute tracking: the cache is no checkpoint dependency.
+        object.__setattr__(self, "_terms_of_this_step", {})
         try:
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         finally:
-            self._terms_of_this_step = None
+            object.__setattr__(self, "_terms_of_this_step", None)
 
     def _step_terms(self, var, learning_rate) -> dict:
         """Adam's scalars for this step in ``var``'s dtype, on ``var``'s device: made once per
@@ -106,8 +113,9 @@ class FusedAdam(keras.optimizers.Adam):
         (a step that updates every variable with the kernel does not make them)."""
         if "alpha" not in terms:
             terms["alpha"] = terms["lr"] * tf.sqrt(1 - terms["beta_2_power"]) / (1 - terms["beta_1_power"])
-            terms["one_minus_beta_1"] = tf.constant(1 - self.beta_1, dtype)
-            terms["one_minus_beta_2"] = tf.constant(1 - self.beta_2, dtype)
+            terms["one_minus_beta_1"] = _keras_constant(1 - self.beta_1, dtype)
+            terms["one_minus_beta_2"] = _keras_constant(1 - self.beta_2, dtype)
+            terms["keras_epsilon"] = _keras_constant(self.epsilon, dtype)
         return terms
 
     def update_step(self, gradient, variable, learning_rate):
@@ -124,7 +132,7 @@ class FusedAdam(keras.optimizers.Adam):
             terms = self._keras_op_terms(terms, dtype)
             m.assign_add((gradient - m) * terms["one_minus_beta_1"])
             v.assign_add((tf.square(gradient) - v) * terms["one_minus_beta_2"])
-            return var.assign_sub((m * terms["alpha"]) / (tf.sqrt(v) + terms["epsilon"]))
+            return var.assign_sub((m * terms["alpha"]) / (tf.sqrt(v) + terms["keras_epsilon"]))
         return tf.raw_ops.ResourceApplyAdam(
             var=var.handle,
             m=m.handle,
