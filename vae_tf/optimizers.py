@@ -96,13 +96,13 @@ class FusedAdam(keras.optimizers.Adam):
         dtype = var.dtype
         cache = getattr(self, "_terms_of_this_step", None)
         key = (var.device, dtype)
-        if cache is not None and key in cache and cache[key]["learning_rate"] is learning_rate:
+        if cache is not None and key in cache:  # the cache is new for each step: one learning rate
             return cache[key]
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         lr = tf.cast(learning_rate, dtype)
         beta_1_power, beta_2_power = tf.pow(beta_1, step), tf.pow(beta_2, step)
-        terms = {"learning_rate": learning_rate, "lr": lr, "beta_1": beta_1, "beta_2": beta_2,
+        terms = {"lr": lr, "beta_1": beta_1, "beta_2": beta_2,
                  "beta_1_power": beta_1_power, "beta_2_power": beta_2_power, "epsilon": tf.cast(self.epsilon, dtype)}
         if cache is not None:
             cache[key] = terms
