@@ -730,3 +730,18 @@ def test_export_time_measures_the_export_the_load_and_the_savedmodel(tmp_path, c
     with pytest.raises(SystemExit):
         export_time.main(["--rounds", "0"])
     assert "--rounds must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_first_fit_smoke(tmp_path):
+    """benchmarks/first_fit.py: a fresh process's first fit per model, reported per architecture;
+    a --compare-tree that is no vae-tf checkout is refused in one line before anything runs."""
+    out = tmp_path / "first_fit.json"
+    proc = run_script("first_fit.py", "--archs", "mlp", "--rounds", "1", "--models", "2", "--json", str(out))
+    report = json.loads(out.read_text())
+    seconds = report["seconds"]["mlp"]["this checkout"]
+    assert len(seconds) == 2 and all(0 < s < 120 for s in seconds)
+    assert "| mlp | this checkout |" in proc.stdout
+    bad = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "first_fit.py"), "--compare-tree", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "is not a vae-tf checkout" in bad.stderr.strip().splitlines()[-1]
