@@ -161,10 +161,12 @@ def test_metric_helpers_do_not_keep_a_model_alive(digits):
 
 @pytest.mark.slow
 def test_evaluating_one_fresh_model_after_another_gives_no_retracing_warning():
-    """A suite evaluates a new model per child run; each needs its own traces, which TensorFlow
-    must not add up across models into "N out of the last N calls ... triggered tf.function
-    retracing" (what `vae-tf compare` printed for every child run). A fresh process, so no
-    earlier test's traces count."""
+    """A suite evaluates, draws and exports a new model per child run; each needs its own traces,
+    which TensorFlow must not add up across models into "N out of the last N calls ...
+    triggered tf.function retracing" (what `vae-tf compare` printed for every child run: first
+    for the posterior summary, then for the export's signatures, which the figures call, and the
+    MI bound's Q-network steps). A fresh process, so no earlier test's traces count; six of the
+    eight models have the Gaussian + categorical code, whose `decode_category` signature is its own."""
     import os
     import subprocess
     import sys
@@ -172,16 +174,28 @@ def test_evaluating_one_fresh_model_after_another_gives_no_retracing_warning():
 
     code = """
 import numpy as np
-from vae_tf.metrics import elbo_estimate, encode_posterior, iw_nll, representation_function
+import tensorflow as tf
+from vae_tf.export import serving_functions
+from vae_tf.metrics import elbo_estimate, encode_posterior, fit_mi_bound, iw_nll, representation_function
 from vae_tf.models import build_vae
 x = np.random.default_rng(0).random((40, 8, 8, 1)).astype(np.float32)
 for seed in range(8):
-    model = build_vae((8, 8, 1), latent={"family": "gaussian", "latent_dim": 2},
-                      likelihood={"name": "continuous_bernoulli"}, network={"kind": "mlp", "hidden": [8]}, seed=seed)
+    latent = ({"family": "gaussian_categorical", "latent_dim": 2, "categories": 3} if seed % 4
+              else {"family": "gaussian", "latent_dim": 2})
+    model = build_vae((8, 8, 1), latent=latent, likelihood={"name": "continuous_bernoulli"},
+                      network={"kind": "mlp", "hidden": [8]}, seed=seed)
     representation_function(model, batch_size=32)(x)
     encode_posterior(model, x, batch_size=32)
     elbo_estimate(model, x, batch_size=32)
     iw_nll(model, x, k=10, chunk=10, batch_size=32)
+    fit_mi_bound(model, x, steps=2, batch_size=32)
+    signatures = serving_functions(model)
+    signatures["encode"](x[:4])
+    signatures["reconstruct"](x[:4])
+    signatures["decode"](tf.zeros((4, model.latent.code_size)))
+    signatures["sample"](tf.zeros((4, 2), tf.int32))
+    if "decode_category" in signatures:
+        signatures["decode_category"](tf.zeros((4, 2)), tf.constant([0, 1, 2, 0]))
 print("evaluated 8 models")
 """
     root = Path(__file__).resolve().parents[1]

@@ -147,27 +147,32 @@ def serving_functions(model) -> dict:
 
 
 def _make_serving_functions(model) -> dict:
+    from vae_tf._traced import traced  # one tf.function per model, counted as its own (vae_tf._traced)
+
     x_spec = model.input_signature  # float32 [B, *data_shape], or string [B] for a text model
     z_spec = tf.TensorSpec((None, model.latent.code_size), tf.float32, name="z")
     seed_spec = tf.TensorSpec((None, 2), tf.int32, name="seed")
+    functions = {name: traced(fn, model, name=name, input_signature=[spec])
+                 for name, fn, spec in zip(SIGNATURES, (_encode, _decode, _reconstruct, _sample),
+                                           (x_spec, z_spec, x_spec, seed_spec))}
+    return {**functions, **model.latent.extra_signatures(model)}
 
-    @tf.function(input_signature=[x_spec], autograph=False)
-    def encode(x):
-        return model.encode(x)
 
-    @tf.function(input_signature=[z_spec], autograph=False)
-    def decode(z):
-        return model.decode(z)
+# The signatures' bodies: module-level, bound to a model by vae_tf._traced.traced.
+def _encode(model, x):
+    return model.encode(x)
 
-    @tf.function(input_signature=[x_spec], autograph=False)
-    def reconstruct(x):
-        return model.reconstruct(x)
 
-    @tf.function(input_signature=[seed_spec], autograph=False)
-    def sample(seed):
-        return model.sample(seed)
+def _decode(model, z):
+    return model.decode(z)
 
-    return {**dict(zip(SIGNATURES, (encode, decode, reconstruct, sample))), **model.latent.extra_signatures(model)}
+
+def _reconstruct(model, x):
+    return model.reconstruct(x)
+
+
+def _sample(model, seed):
+    return model.sample(seed)
 
 
 def _build_archive(model):

@@ -262,18 +262,12 @@ class GaussianCategoricalLatent(LatentFamily):
     def extra_signatures(self, model) -> dict:
         """``decode_category(z_gauss: float32[B, g], category: int32[B]) -> {x_mean, x_sample}``;
         a category outside ``[0, K)`` is refused (InvalidArgumentError: a 400 from a server)."""
+        from vae_tf._traced import traced  # one tf.function per model, counted as its own (vae_tf._traced)
+
         z_spec = tf.TensorSpec((None, self.latent_dim), tf.float32, name="z_gauss")
         category_spec = tf.TensorSpec((None,), tf.int32, name="category")
-        k = self.categories
-
-        @tf.function(input_signature=[z_spec, category_spec], autograph=False)
-        def decode_category(z_gauss, category):
-            valid = tf.reduce_all((category >= 0) & (category < k))
-            with tf.control_dependencies([tf.debugging.Assert(valid, [f"category must be in [0, {k})"])]):
-                z = self.code_from_category(z_gauss, category)
-            return model.decode(z)
-
-        return {"decode_category": decode_category}
+        return {"decode_category": traced(_decode_category, self, model, name="decode_category",
+                                             input_signature=[z_spec, category_spec])}
 
     def layout(self) -> dict:
         return {**super().layout(), "gaussian_dims": self.latent_dim, "categories": self.categories,
@@ -285,6 +279,15 @@ class GaussianCategoricalLatent(LatentFamily):
     def get_config(self):
         return {**super().get_config(), "categories": self.categories,
                 "temperature": self.temperature_schedule.describe(), "log_var_clip": self.log_var_clip}
+
+
+def _decode_category(latent: GaussianCategoricalLatent, model, z_gauss, category):
+    """The ``decode_category`` signature's body (:meth:`GaussianCategoricalLatent.extra_signatures`)."""
+    k = latent.categories
+    valid = tf.reduce_all((category >= 0) & (category < k))
+    with tf.control_dependencies([tf.debugging.Assert(valid, [f"category must be in [0, {k})"])]):
+        z = latent.code_from_category(z_gauss, category)
+    return model.decode(z)
 
 
 __all__ = ["GaussianCategoricalLatent", "MIN_TEMPERATURE"]

@@ -5,12 +5,12 @@ every evaluation, every child run of a suite. A ``tf.function`` created per call
 call. Made once per model and kept here, each is traced once per input signature.
 
 A new model still needs its own traces (its variables differ). :func:`compiled_for` binds the
-model to a module-level function with ``functools.partial`` instead of a closure: TensorFlow's
-retracing warning ("5 out of the last 5 calls to <function ...> triggered tf.function retracing")
-counts the traces of all functions with the same *code object* together, and a closure made per
-model shares its code with every other model's, so a suite's children, each traced once, added up
-to the warning; a partial is counted as itself, per model, and the warning keeps its meaning (one
-model's function traced again and again).
+model to a module-level function (:func:`vae_tf._traced.traced`, a ``functools.partial``) instead
+of a closure: TensorFlow's retracing warning ("5 out of the last 5 calls to <function ...> triggered
+tf.function retracing") counts the traces of all functions with the same *code object* together,
+and a closure made per model shares its code with every other model's, so a suite's children, each
+traced once, added up to the warning; a partial is counted as itself, per model, and the warning
+keeps its meaning (one model's function traced again and again).
 
 They are traced without AutoGraph (``autograph=False``): AutoGraph rewrites every Python function
 the trace calls, down through Keras' layers, so that Python ``if``/``for`` over tensors become graph
@@ -31,9 +31,10 @@ freed.
 
 from __future__ import annotations
 
-import functools
 import weakref
 from collections.abc import Callable
+
+from vae_tf._traced import traced
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -45,11 +46,8 @@ def compiled_for(model, fn: Callable, *, batch_polymorphic: bool = False, **opti
     is a batch of any size (module docstring)."""
     per_model = _CACHE.setdefault(model, {})
     if fn not in per_model:
-        import tensorflow as tf  # noqa: PLC0415
-
-        options.setdefault("autograph", False)
-        bound = functools.partial(fn, weakref.proxy(model))
-        per_model[fn] = _BatchPolymorphic(bound, options) if batch_polymorphic else tf.function(bound, **options)
+        proxy = weakref.proxy(model)
+        per_model[fn] = _BatchPolymorphic(fn, proxy, options) if batch_polymorphic else traced(fn, proxy, **options)
     return per_model[fn]
 
 
@@ -57,8 +55,8 @@ class _BatchPolymorphic:
     """A ``tf.function`` whose input signature is made from its first call's arguments, the
     first argument's batch dimension left open."""
 
-    def __init__(self, fn: Callable, options: dict):
-        self.fn, self.options, self.function = fn, options, None
+    def __init__(self, fn: Callable, model, options: dict):
+        self.fn, self.model, self.options, self.function = fn, model, options, None
 
     def __call__(self, first, *rest):
         if self.function is None:
@@ -66,7 +64,7 @@ class _BatchPolymorphic:
 
             signature = [tf.TensorSpec([None, *first.shape[1:]], first.dtype),
                          *(tf.TensorSpec.from_tensor(tf.convert_to_tensor(arg)) for arg in rest)]
-            self.function = tf.function(self.fn, input_signature=signature, **self.options)
+            self.function = traced(self.fn, self.model, input_signature=signature, **self.options)
         return self.function(first, *rest)
 
     def experimental_get_tracing_count(self) -> int:

@@ -5,9 +5,12 @@ uses."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
+from vae_tf._traced import traced
 from vae_tf.errors import ConfigError
 from vae_tf.optimizers import FusedAdam
 from vae_tf.remedies.mi_q import MITarget, build_q_network
@@ -58,31 +61,10 @@ def fit_mi_bound(model, x, *, steps: int = 1000, batch_size: int = 128, learning
     optimizer = FusedAdam(learning_rate)
     optimizer.build(q_net.trainable_variables)
 
-    def forward(xb, step_seed):
-        params = model.encoder(xb, training=False)
-        z = latent.hard_code(params, step_seed)
-        x_rec = model.likelihood.mean(model.decoder(z, training=False))
-        return params, z, x_rec, mi_target.select(z)
-
+    fit = _QFit(model, mi_target, q_net, optimizer)
     specs = [tf.TensorSpec((None, *data_shape), tf.float32), tf.TensorSpec((2,), tf.int32)]
-
-    @tf.function(input_signature=specs, autograph=False)
-    def train(xb, step_seed):
-        params, z, x_rec, target_z = forward(xb, step_seed)
-        with tf.GradientTape() as tape:
-            log_q = mi_target.q_log_likelihood(q_net(x_rec, training=True), target_z)
-            loss = -tf.reduce_mean(log_q)
-        weights = q_net.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
-        return tf.reduce_mean(log_q) + mi_target.entropy(params, z)
-
-    @tf.function(input_signature=specs, autograph=False)
-    def evaluate(xb, step_seed):
-        params, z, x_rec, target_z = forward(xb, step_seed)
-        log_q = mi_target.q_log_likelihood(q_net(x_rec, training=False), target_z)
-        extra = (mi_target.usage(params) if mi_target.kind == "categorical"
-                 else mi_target.entropy(params, z))
-        return log_q, extra
+    train = traced(_train_step, fit, input_signature=specs)
+    evaluate = traced(_evaluate, fit, input_signature=specs)
 
     rng = np.random.default_rng(seed)
     history, order, position = [], rng.permutation(len(x)), 0
@@ -111,6 +93,45 @@ def fit_mi_bound(model, x, *, steps: int = 1000, batch_size: int = 128, learning
         entropy = float(np.average(np.asarray(extras, np.float64), weights=weights))
     return {"mi_bound": q_log_likelihood + entropy, "entropy": entropy, "q_log_likelihood": q_log_likelihood,
             "target": mi_target.describe(), "steps": steps, "batch_size": batch_size, "history": history}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _QFit:
+    """What one :func:`fit_mi_bound` call's traced steps use: the frozen model, the MI target, the
+    fresh Q network and its optimizer. Its steps are module-level functions bound to it
+    (:func:`vae_tf._traced.traced`), so that a process fitting one bound after another (a suite's
+    children) does not add their traces up into TensorFlow's retracing warning."""
+
+    model: object
+    mi_target: MITarget
+    q_net: object
+    optimizer: object
+
+
+def _forward(fit: _QFit, xb, step_seed):
+    params = fit.model.encoder(xb, training=False)
+    z = fit.model.latent.hard_code(params, step_seed)
+    x_rec = fit.model.likelihood.mean(fit.model.decoder(z, training=False))
+    return params, z, x_rec, fit.mi_target.select(z)
+
+
+def _train_step(fit: _QFit, xb, step_seed):
+    """One Adam step of max_Q mean log Q(ẑ | x'); returns the batch's bound."""
+    params, z, x_rec, target_z = _forward(fit, xb, step_seed)
+    with tf.GradientTape() as tape:
+        log_q = fit.mi_target.q_log_likelihood(fit.q_net(x_rec, training=True), target_z)
+        loss = -tf.reduce_mean(log_q)
+    weights = fit.q_net.trainable_variables
+    fit.optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
+    return tf.reduce_mean(log_q) + fit.mi_target.entropy(params, z)
+
+
+def _evaluate(fit: _QFit, xb, step_seed):
+    """log Q(ẑ | x') per example, and the category usage (categorical target) or the batch's entropy."""
+    params, z, x_rec, target_z = _forward(fit, xb, step_seed)
+    log_q = fit.mi_target.q_log_likelihood(fit.q_net(x_rec, training=False), target_z)
+    extra = fit.mi_target.usage(params) if fit.mi_target.kind == "categorical" else fit.mi_target.entropy(params, z)
+    return log_q, extra
 
 
 __all__ = ["fit_mi_bound"]
