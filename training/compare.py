@@ -33,7 +33,9 @@ what is left.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -302,7 +304,8 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
         if key in interrupted:  # a killed child: on from its last checkpoint, in its own MLflow run
             resume = interrupted[key]
             print(f"[{suite.name}] {key}: resuming the interrupted run {resume}", file=out, flush=True)
-        result = run_training(config, tags=tags, after_training=evaluate_child, resume=resume)
+        with keras_step_traces_counted_per_child():
+            result = run_training(config, tags=tags, after_training=evaluate_child, resume=resume)
         # The same keys a resumed child's run holds: eval_* (diagnostics) and test_* (Keras evaluate).
         rows[(run_name, seed)] = {**captured["metrics"], **result.test_metrics}
         curves[(run_name, seed)] = captured["curve"]
@@ -329,6 +332,39 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     parent_run.finish("FINISHED")
     print(f"report: {report_path.resolve()}", file=out)
     return report_path
+
+
+class _KerasStepRetracingFilter(logging.Filter):
+    """Drops TensorFlow's "N out of the last M calls to <function
+    TensorFlowTrainer._make_function.<locals>.multi_step_on_iterator> triggered tf.function
+    retracing" warning (:func:`keras_step_traces_counted_per_child`); every other record passes."""
+
+    KERAS_STEP = "TensorFlowTrainer._make_function.<locals>."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and self.KERAS_STEP in message)
+
+
+@contextlib.contextmanager
+def keras_step_traces_counted_per_child():
+    """Keep TensorFlow's retracing warning about Keras' own step functions out of a suite's output.
+
+    Keras makes each model's train and test functions as ``tf.function``s of closures
+    (``TensorFlowTrainer._make_function``), and TensorFlow counts the traces of all functions
+    with one code object together, so children trained one after another in this process, each
+    tracing its train and test functions once, add up to "5 out of the last 11 calls ... triggered
+    tf.function retracing" by the third child: a warning that is not true of any model. (vae-tf's
+    own functions are counted per model: :mod:`vae_tf._traced`.) The cost: while a child trains, a
+    real retracing of its step functions is not warned about either; Keras traces them with
+    ``reduce_retracing=True`` (shapes generalised after the first retrace), which makes that rare."""
+    logger = logging.getLogger("tensorflow")
+    quiet = _KerasStepRetracingFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 #: While a suite runs, its report's figures are redrawn at most this often (seconds): a quick suite's
