@@ -156,6 +156,32 @@ def test_token_categorical_samples_have_the_softmax_frequencies():
     np.testing.assert_array_equal(lik.mean(out[:1]).numpy()[0], [2, 0])
 
 
+def test_token_categorical_log_prob_both_ways_is_scipys_masked_sum_and_has_the_same_gradient():
+    """log_prob (the fused sparse cross-entropy, what training differentiates) and
+    log_prob_for_evaluation (word logit minus log-sum-exp, what IW-NLL and the ELBO estimates run)
+    against SciPy: Σ over non-padding positions of log_softmax(logits)[w], with logits of ±80
+    (an exp without the max subtracted would overflow float32); and the same gradient."""
+    rng = np.random.default_rng(0)
+    lik = build_likelihood("categorical", data_rank=1)
+    logits = rng.normal(scale=3.0, size=(5, 6, 11)).astype(np.float32)
+    logits[0, 0, 3], logits[1, 2, :] = 80.0, -80.0
+    target = rng.integers(1, 11, size=(5, 6)).astype(np.int32)
+    target[2, 4:] = 0  # <pad>: not scored
+    target[3, :] = 0   # an all-padding row scores 0
+    log_softmax = special.log_softmax(logits.astype(np.float64), axis=-1)
+    picked = np.take_along_axis(log_softmax, target[..., None], axis=-1)[..., 0]
+    reference = np.where(target != 0, picked, 0.0).sum(axis=1)
+    out = tf.constant(logits)
+    gradients = []
+    for method in (lik.log_prob, lik.log_prob_for_evaluation):
+        with tf.GradientTape() as tape:
+            tape.watch(out)
+            value = method(tf.constant(target), out)
+        np.testing.assert_allclose(value.numpy(), reference, rtol=1e-5, atol=1e-4)
+        gradients.append(tape.gradient(value, out).numpy())
+    np.testing.assert_allclose(gradients[1], gradients[0], atol=1e-6)
+
+
 def test_token_categorical_row_samples_depend_only_on_their_own_seed():
     lik = build_likelihood("categorical", data_rank=1)
     out = tf.constant(np.linspace(-2, 2, 3 * 5 * 7, dtype=np.float32).reshape(3, 5, 7))

@@ -40,6 +40,12 @@ class Likelihood(keras.layers.Layer):
         """log p(x|z) summed over data dimensions, ``[B]`` nats."""
         return self.distribution(out).log_prob(x)
 
+    def log_prob_for_evaluation(self, x: tf.Tensor, out: tf.Tensor) -> tf.Tensor:
+        """:meth:`log_prob`'s value where no gradient will be taken (importance-weighted
+        likelihoods, ELBO estimates): a likelihood whose ``log_prob`` also pays for its gradient
+        computes it more cheaply here. Still differentiable. Default: :meth:`log_prob`."""
+        return self.log_prob(x, out)
+
     def mean(self, out: tf.Tensor) -> tf.Tensor:
         return self.base_distribution(out).mean()
 

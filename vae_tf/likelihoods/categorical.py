@@ -40,6 +40,16 @@ class TokenCategoricalLikelihood(Likelihood):
         per_position = -tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=out)
         return tf.reduce_sum(per_position * tf.cast(tf.not_equal(target, PAD_ID), per_position.dtype), axis=-1)
 
+    def log_prob_for_evaluation(self, x, out):
+        """:meth:`log_prob`'s value as each word's logit minus the log-sum-exp over the vocabulary.
+        TensorFlow's fused sparse softmax cross-entropy also writes its gradient, a ``[B, T,
+        vocab]`` tensor, on every call: for the thousands of decoder passes of an IW-NLL that is
+        most of the likelihood's cost (docs/performance.md, "IW-NLL of a text model")."""
+        target = tf.cast(x, tf.int32)
+        word_logit = tf.gather(out, target, axis=-1, batch_dims=target.shape.rank)
+        per_position = word_logit - tf.reduce_logsumexp(out, axis=-1)
+        return tf.reduce_sum(per_position * tf.cast(tf.not_equal(target, PAD_ID), per_position.dtype), axis=-1)
+
     def mean(self, out):
         return tf.argmax(out, axis=-1, output_type=tf.int32)
 

@@ -286,7 +286,8 @@ class TextVAE(VAE):
     def log_likelihood(self, target, z) -> tf.Tensor:
         """log p(sentence | z) ``[N]`` for word ids ``[N, T]``, teacher-forced (module docstring)."""
         decoder_inputs, decoder_targets = teacher_forcing(target)
-        return self.likelihood.log_prob(decoder_targets, self.decoder([z, decoder_inputs], training=False))
+        out = self.decoder([z, decoder_inputs], training=False)
+        return self.likelihood.log_prob_for_evaluation(decoder_targets, out)
 
     def expected_output(self, target, z) -> tf.Tensor:
         decoder_inputs, _ = teacher_forcing(target)

@@ -469,8 +469,9 @@ class VAE(keras.Model):
 
     def log_likelihood(self, target, z) -> tf.Tensor:
         """log p(target | z) ``[N]`` (summed over data dims) for :meth:`prepare`'s targets and codes
-        ``[N, code]``: what importance-weighted likelihoods need."""
-        return self.likelihood.log_prob(target, self.decoder(z, training=False))
+        ``[N, code]``: what importance-weighted likelihoods need (computed as for evaluation:
+        :meth:`vae_tf.likelihoods.Likelihood.log_prob_for_evaluation`)."""
+        return self.likelihood.log_prob_for_evaluation(target, self.decoder(z, training=False))
 
     def expected_output(self, target, z) -> tf.Tensor:
         """The likelihood's expectation of the decoder output for codes ``z`` (``target`` is
