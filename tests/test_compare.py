@@ -415,6 +415,9 @@ def test_the_keras_step_retracing_filter_drops_that_warning_only():
     with keras_step_traces_counted_per_child():
         assert not logger.filter(record(keras_step))
         assert logger.filter(record(other))
+        predict = keras_step.replace("_make_function.<locals>.multi_step_on_iterator",
+                                     "make_predict_function.<locals>.one_step_on_data_distributed")
+        assert not logger.filter(record(predict))
         assert logger.filter(record("TensorFlowTrainer._make_function.<locals>.multi_step_on_iterator is slow"))
     assert logger.filter(record(keras_step))  # removed afterwards
 

@@ -58,10 +58,14 @@ def test_fd_classifier_trains_once_caches_and_scores(digits, tmp_path):
     again = load_or_train_fd_classifier(digits, cache_dir=tmp_path, spec=spec)  # from the cache
     assert again.path == clf.path
     np.testing.assert_allclose(again.features(digits.x_test[:20]), clf.features(digits.x_test[:20]), atol=1e-5)
+    # Loaded once per process: a suite's next child gets the same model (no second load and trace).
+    assert load_or_train_fd_classifier(digits, cache_dir=tmp_path, spec=spec) is again
 
     # Retraining with the same spec gives the same network (seeded weights and example order).
     retrained = load_or_train_fd_classifier(digits, cache_dir=tmp_path, spec=spec, retrain=True)
     np.testing.assert_array_equal(retrained.features(digits.x_test), clf.features(digits.x_test))
+    reloaded = load_or_train_fd_classifier(digits, cache_dir=tmp_path, spec=spec)  # the retrained entry
+    assert reloaded is not again and json.loads((reloaded.path / "info.json").read_text()) == reloaded.info
 
     same = fd_classifier(digits.x_test, digits.x_test, clf)
     assert same["fd_classifier"] == pytest.approx(0.0, abs=1e-6) and same["num_generated"] == len(digits.x_test)

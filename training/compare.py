@@ -337,25 +337,27 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
 class _KerasStepRetracingFilter(logging.Filter):
     """Drops TensorFlow's "N out of the last M calls to <function
     TensorFlowTrainer._make_function.<locals>.multi_step_on_iterator> triggered tf.function
-    retracing" warning (:func:`keras_step_traces_counted_per_child`); every other record passes."""
+    retracing" warning, and the same about ``TensorFlowTrainer.make_predict_function.<locals>``
+    (:func:`keras_step_traces_counted_per_child`); every other record passes."""
 
-    KERAS_STEP = "TensorFlowTrainer._make_function.<locals>."
+    KERAS_STEP = re.compile(r"<function TensorFlowTrainer\.(_make_function|make_predict_function)\.<locals>\.")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not ("triggered tf.function retracing" in message and self.KERAS_STEP in message)
+        return not ("triggered tf.function retracing" in message and self.KERAS_STEP.search(message))
 
 
 @contextlib.contextmanager
 def keras_step_traces_counted_per_child():
     """Keep TensorFlow's retracing warning about Keras' own step functions out of a suite's output.
 
-    Keras makes each model's train and test functions as ``tf.function``s of closures
-    (``TensorFlowTrainer._make_function``), and TensorFlow counts the traces of all functions
-    with one code object together, so children trained one after another in this process, each
-    tracing its train and test functions once, add up to "5 out of the last 11 calls ... triggered
-    tf.function retracing" by the third child: a warning that is not true of any model. (vae-tf's
-    own functions are counted per model: :mod:`vae_tf._traced`.) The cost: while a child trains, a
+    Keras makes each model's train, test and predict functions as ``tf.function``s of closures
+    (``TensorFlowTrainer._make_function``, ``make_predict_function``), and TensorFlow counts the
+    traces of all functions with one code object together, so children trained one after another
+    in this process, each tracing its train and test functions once, add up to "5 out of the last
+    11 calls ... triggered tf.function retracing" by the third child: a warning that is not true of
+    any model. (vae-tf's own functions are counted per model, :mod:`vae_tf._traced`; the Fréchet
+    distance's classifier is loaded once per process.) The cost: while a child trains, a
     real retracing of its step functions is not warned about either; Keras traces them with
     ``reduce_retracing=True`` (shapes generalised after the first retrace), which makes that rare."""
     logger = logging.getLogger("tensorflow")

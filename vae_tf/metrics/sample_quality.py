@@ -46,6 +46,11 @@ FEATURE_DIM = 128
 FD_NUM_SAMPLES = 10000
 _MODEL_FILE = "model.keras"
 _INFO_FILE = "info.json"
+#: Classifiers this process has loaded, by cache directory, with the inode and modification time of
+#: their ``info.json`` (a retrained entry is a new file): the children of a suite, evaluated one
+#: after another, share one model (loaded once, its feature pass traced once) instead of loading
+#: and tracing one each.
+_IN_PROCESS: dict[Path, tuple[tuple[int, int], FDClassifier]] = {}
 
 
 # --- the distance -------------------------------------------------------------------------------
@@ -231,8 +236,15 @@ def load_or_train_fd_classifier(data, *, cache_dir=None, spec: FDClassifierSpec 
     key = _cache_key(data, spec)
     final = root / f"{data.name}-{key}"
     if final.is_dir() and (final / _INFO_FILE).is_file() and not retrain:
+        stat = (final / _INFO_FILE).stat()
+        stamp = (stat.st_ino, stat.st_mtime_ns)
+        loaded = _IN_PROCESS.get(final.resolve())
+        if loaded is not None and loaded[0] == stamp:
+            return loaded[1]
         info = json.loads((final / _INFO_FILE).read_text())
-        return FDClassifier(keras.models.load_model(final / _MODEL_FILE, compile=False), info, final)
+        classifier = FDClassifier(keras.models.load_model(final / _MODEL_FILE, compile=False), info, final)
+        _IN_PROCESS[final.resolve()] = (stamp, classifier)
+        return classifier
 
     model, info = _train(data, spec)
     info["cache_key"] = key
