@@ -180,6 +180,10 @@ def test_token_categorical_log_prob_both_ways_is_scipys_masked_sum_and_has_the_s
         np.testing.assert_allclose(value.numpy(), reference, rtol=1e-5, atol=1e-4)
         gradients.append(tape.gradient(value, out).numpy())
     np.testing.assert_allclose(gradients[1], gradients[0], atol=1e-6)
+    # Traced without a known rank (the gather needs it): the same values, by way of log_prob.
+    unknown = tf.function(lik.log_prob_for_evaluation, input_signature=[tf.TensorSpec(None, tf.int32),
+                                                                        tf.TensorSpec(None, tf.float32)])
+    np.testing.assert_allclose(unknown(target, logits).numpy(), reference, rtol=1e-5, atol=1e-4)
 
 
 def test_token_categorical_row_samples_depend_only_on_their_own_seed():

@@ -100,6 +100,10 @@ def test_sentence_log_likelihood_is_the_masked_sum_of_word_log_probabilities(cor
     np.testing.assert_allclose(ours, reference, rtol=1e-5)
     padded = tf.pad(ids, [[0, 0], [0, 5]])  # more padding: same sentence, same log-likelihood
     np.testing.assert_allclose(model.log_likelihood(padded, z).numpy(), ours, rtol=1e-5)
+    # What the metrics run (IW-NLL's thousands of decoder passes) never takes a gradient, so it does
+    # not run the fused cross-entropy, which writes one, a [B, T, vocab] tensor, on every call.
+    graph = tf.function(model.log_likelihood).get_concrete_function(ids, z).graph
+    assert "SparseSoftmaxCrossEntropyWithLogits" not in {op.type for op in graph.get_operations()}
 
 
 @pytest.mark.parametrize("cell, injection, skip", [("lstm", "both", False), ("gru", "init", False),

@@ -343,8 +343,9 @@ class _KerasStepRetracingFilter(logging.Filter):
     KERAS_STEP = re.compile(r"<function TensorFlowTrainer\.(_make_function|make_predict_function)\.<locals>\.")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("triggered tf.function retracing" in message and self.KERAS_STEP.search(message))
+        message = record.msg  # TensorFlow formats this warning before logging it; never raises
+        return not (isinstance(message, str) and "triggered tf.function retracing" in message
+                    and self.KERAS_STEP.search(message))
 
 
 @contextlib.contextmanager
@@ -359,7 +360,10 @@ def keras_step_traces_counted_per_child():
     any model. (vae-tf's own functions are counted per model, :mod:`vae_tf._traced`; the Fréchet
     distance's classifier is loaded once per process.) The cost: while a child trains, a
     real retracing of its step functions is not warned about either; Keras traces them with
-    ``reduce_retracing=True`` (shapes generalised after the first retrace), which makes that rare."""
+    ``reduce_retracing=True`` (shapes generalised after the first retrace), which makes that rare.
+    And TensorFlow warns at most twice per code object, dropped warnings included, so Keras
+    training later in the same process may not warn either (a `vae-tf compare` process ends with
+    its suite)."""
     logger = logging.getLogger("tensorflow")
     quiet = _KerasStepRetracingFilter()
     logger.addFilter(quiet)

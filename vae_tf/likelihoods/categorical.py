@@ -46,6 +46,8 @@ class TokenCategoricalLikelihood(Likelihood):
         vocab]`` tensor, on every call: for the thousands of decoder passes of an IW-NLL that is
         most of the likelihood's cost (docs/performance.md, "IW-NLL of a text model")."""
         target = tf.cast(x, tf.int32)
+        if target.shape.rank is None:  # gather needs the number of batch dims when it is traced
+            return self.log_prob(x, out)
         word_logit = tf.gather(out, target, axis=-1, batch_dims=target.shape.rank)
         per_position = word_logit - tf.reduce_logsumexp(out, axis=-1)
         return tf.reduce_sum(per_position * tf.cast(tf.not_equal(target, PAD_ID), per_position.dtype), axis=-1)

@@ -63,8 +63,8 @@ def fit_mi_bound(model, x, *, steps: int = 1000, batch_size: int = 128, learning
 
     fit = _QFit(model, mi_target, q_net, optimizer)
     specs = [tf.TensorSpec((None, *data_shape), tf.float32), tf.TensorSpec((2,), tf.int32)]
-    train = traced(_train_step, fit, input_signature=specs)
-    evaluate = traced(_evaluate, fit, input_signature=specs)
+    train = traced(_train_step, fit, name="train", input_signature=specs)
+    evaluate = traced(_evaluate, fit, name="evaluate", input_signature=specs)
 
     rng = np.random.default_rng(seed)
     history, order, position = [], rng.permutation(len(x)), 0

@@ -46,11 +46,17 @@ FEATURE_DIM = 128
 FD_NUM_SAMPLES = 10000
 _MODEL_FILE = "model.keras"
 _INFO_FILE = "info.json"
-#: Classifiers this process has loaded, by cache directory, with the inode and modification time of
-#: their ``info.json`` (a retrained entry is a new file): the children of a suite, evaluated one
-#: after another, share one model (loaded once, its feature pass traced once) instead of loading
-#: and tracing one each.
-_IN_PROCESS: dict[Path, tuple[tuple[int, int], FDClassifier]] = {}
+#: Classifiers this process has loaded, by cache directory, with :func:`_stamp` of the entry (a
+#: retrained entry is a new directory and a new ``info.json``): the children of a suite, evaluated
+#: one after another, share one model (loaded once, its feature pass traced once) instead of
+#: loading and tracing one each.
+_IN_PROCESS: dict[Path, tuple[tuple[int, ...], FDClassifier]] = {}
+
+
+def _stamp(entry: Path) -> tuple[int, ...]:
+    """Inodes and modification times of a cache entry's directory and ``info.json``."""
+    folder, info = entry.stat(), (entry / _INFO_FILE).stat()
+    return folder.st_ino, folder.st_mtime_ns, info.st_ino, info.st_mtime_ns
 
 
 # --- the distance -------------------------------------------------------------------------------
@@ -236,8 +242,7 @@ def load_or_train_fd_classifier(data, *, cache_dir=None, spec: FDClassifierSpec 
     key = _cache_key(data, spec)
     final = root / f"{data.name}-{key}"
     if final.is_dir() and (final / _INFO_FILE).is_file() and not retrain:
-        stat = (final / _INFO_FILE).stat()
-        stamp = (stat.st_ino, stat.st_mtime_ns)
+        stamp = _stamp(final)
         loaded = _IN_PROCESS.get(final.resolve())
         if loaded is not None and loaded[0] == stamp:
             return loaded[1]
@@ -256,13 +261,16 @@ def load_or_train_fd_classifier(data, *, cache_dir=None, spec: FDClassifierSpec 
         (tmp / _INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
         if retrain and final.exists():
             shutil.rmtree(final)
+        classifier = FDClassifier(model, info, final)
         try:
             os.rename(tmp, final)
         except OSError:  # another process cached the same key first: keep theirs
             pass
+        else:
+            _IN_PROCESS[final.resolve()] = (_stamp(final), classifier)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing left once renamed; a failed write goes
-    return FDClassifier(model, info, final)
+    return classifier
 
 
 def fd_classifier(generated, reference, classifier: FDClassifier, *, max_samples: int | None = FD_NUM_SAMPLES,
