@@ -165,8 +165,9 @@ def test_evaluating_one_fresh_model_after_another_gives_no_retracing_warning():
     which TensorFlow must not add up across models into "N out of the last N calls ...
     triggered tf.function retracing" (what `vae-tf compare` printed for every child run: first
     for the posterior summary, then for the export's signatures, which the figures call, and the
-    MI bound's Q-network steps). A fresh process, so no earlier test's traces count; six of the
-    eight models have the Gaussian + categorical code, whose `decode_category` signature is its own."""
+    MI bound's Q-network steps). A fresh process, so no earlier test's traces count; five of the
+    six models have the Gaussian + categorical code, whose `decode_category` signature is its own
+    (TensorFlow warns at the fifth trace)."""
     import os
     import subprocess
     import sys
@@ -179,8 +180,8 @@ from vae_tf.export import serving_functions
 from vae_tf.metrics import elbo_estimate, encode_posterior, fit_mi_bound, iw_nll, representation_function
 from vae_tf.models import build_vae
 x = np.random.default_rng(0).random((40, 8, 8, 1)).astype(np.float32)
-for seed in range(8):
-    latent = ({"family": "gaussian_categorical", "latent_dim": 2, "categories": 3} if seed % 4
+for seed in range(6):
+    latent = ({"family": "gaussian_categorical", "latent_dim": 2, "categories": 3} if seed
               else {"family": "gaussian", "latent_dim": 2})
     model = build_vae((8, 8, 1), latent=latent, likelihood={"name": "continuous_bernoulli"},
                       network={"kind": "mlp", "hidden": [8]}, seed=seed)
@@ -196,10 +197,10 @@ for seed in range(8):
     signatures["sample"](tf.zeros((4, 2), tf.int32))
     if "decode_category" in signatures:
         signatures["decode_category"](tf.zeros((4, 2)), tf.constant([0, 1, 2, 0]))
-print("evaluated 8 models")
+print("evaluated 6 models")
 """
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(root)})
-    assert proc.returncode == 0 and "evaluated 8 models" in proc.stdout, proc.stderr[-3000:]
+    assert proc.returncode == 0 and "evaluated 6 models" in proc.stdout, proc.stderr[-3000:]
     assert "retracing" not in proc.stderr, [line for line in proc.stderr.splitlines() if "retracing" in line]
