@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 import tensorflow as tf
 
+from vae_tf._traced import traced  # one tf.function per model, counted as its own
 from vae_tf.errors import ConfigError, ModelNotFoundError
 
 ASSET_NAME = "vae_tf_model.json"
@@ -147,8 +148,6 @@ def serving_functions(model) -> dict:
 
 
 def _make_serving_functions(model) -> dict:
-    from vae_tf._traced import traced  # one tf.function per model, counted as its own (vae_tf._traced)
-
     x_spec = model.input_signature  # float32 [B, *data_shape], or string [B] for a text model
     z_spec = tf.TensorSpec((None, model.latent.code_size), tf.float32, name="z")
     seed_spec = tf.TensorSpec((None, 2), tf.int32, name="seed")

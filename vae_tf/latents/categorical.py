@@ -20,6 +20,7 @@ import math
 import keras
 import tensorflow as tf
 
+from vae_tf._traced import traced  # one tf.function per model, counted as its own
 from vae_tf.errors import ConfigError
 from vae_tf.latents.base import LatentFamily
 from vae_tf.latents.gaussian import stateless_normal_rows
@@ -262,8 +263,6 @@ class GaussianCategoricalLatent(LatentFamily):
     def extra_signatures(self, model) -> dict:
         """``decode_category(z_gauss: float32[B, g], category: int32[B]) -> {x_mean, x_sample}``;
         a category outside ``[0, K)`` is refused (InvalidArgumentError: a 400 from a server)."""
-        from vae_tf._traced import traced  # one tf.function per model, counted as its own (vae_tf._traced)
-
         z_spec = tf.TensorSpec((None, self.latent_dim), tf.float32, name="z_gauss")
         category_spec = tf.TensorSpec((None,), tf.int32, name="category")
         return {"decode_category": traced(_decode_category, self, model, name="decode_category",

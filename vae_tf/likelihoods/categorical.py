@@ -37,8 +37,7 @@ class TokenCategoricalLikelihood(Likelihood):
     def log_prob(self, x, out):
         """Σ over the non-padding positions of log p(w_t | w_<t, z), ``[B]`` nats."""
         target = tf.cast(x, tf.int32)
-        per_position = -tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=out)
-        return tf.reduce_sum(per_position * tf.cast(tf.not_equal(target, PAD_ID), per_position.dtype), axis=-1)
+        return _sum_over_words(-tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target, logits=out), target)
 
     def log_prob_for_evaluation(self, x, out):
         """:meth:`log_prob`'s value as each word's logit minus the log-sum-exp over the vocabulary.
@@ -49,8 +48,7 @@ class TokenCategoricalLikelihood(Likelihood):
         if target.shape.rank is None:  # gather needs the number of batch dims when it is traced
             return self.log_prob(x, out)
         word_logit = tf.gather(out, target, axis=-1, batch_dims=target.shape.rank)
-        per_position = word_logit - tf.reduce_logsumexp(out, axis=-1)
-        return tf.reduce_sum(per_position * tf.cast(tf.not_equal(target, PAD_ID), per_position.dtype), axis=-1)
+        return _sum_over_words(word_logit - tf.reduce_logsumexp(out, axis=-1), target)
 
     def mean(self, out):
         return tf.argmax(out, axis=-1, output_type=tf.int32)
@@ -61,6 +59,11 @@ class TokenCategoricalLikelihood(Likelihood):
 
     def sample(self, out, seed=None):
         return tf.cast(self.base_distribution(out).sample(seed=seed), tf.int32)
+
+
+def _sum_over_words(per_position, target):
+    """Σ over the positions that are not ``<pad>`` of the per-position log-probabilities, ``[B]``."""
+    return tf.reduce_sum(per_position * tf.cast(tf.not_equal(target, PAD_ID), per_position.dtype), axis=-1)
 
 
 __all__ = ["TokenCategoricalLikelihood"]

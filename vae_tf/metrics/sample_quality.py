@@ -244,12 +244,11 @@ def load_or_train_fd_classifier(data, *, cache_dir=None, spec: FDClassifierSpec 
     if final.is_dir() and (final / _INFO_FILE).is_file() and not retrain:
         stamp = _stamp(final)
         loaded = _IN_PROCESS.get(final.resolve())
-        if loaded is not None and loaded[0] == stamp:
-            return loaded[1]
-        info = json.loads((final / _INFO_FILE).read_text())
-        classifier = FDClassifier(keras.models.load_model(final / _MODEL_FILE, compile=False), info, final)
-        _IN_PROCESS[final.resolve()] = (stamp, classifier)
-        return classifier
+        if loaded is None or loaded[0] != stamp:
+            info = json.loads((final / _INFO_FILE).read_text())
+            loaded = stamp, FDClassifier(keras.models.load_model(final / _MODEL_FILE, compile=False), info, final)
+            _IN_PROCESS[final.resolve()] = loaded
+        return loaded[1]
 
     model, info = _train(data, spec)
     info["cache_key"] = key
