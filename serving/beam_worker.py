@@ -17,7 +17,9 @@ A worker's logs go to the runner anyway (Beam's ``FnApiLogRecordHandler``, at th
 So :func:`main` gives the root logger a ``NullHandler`` before Beam is imported (no accidental
 stderr handler) and drops the apitools warning (:func:`quiet_beam_import`), then runs Beam's
 harness unchanged. :func:`serving.beam_embed.make_runner` starts the workers with this module.
-Other runners (Dataflow, Flink, Spark) start their own harness and are not affected.
+Like a ``vae-tf`` process, a worker imports Keras without the optional libraries it never uses
+(:func:`vae_tf_cli.keep_optional_libraries_out_of_keras`). Other runners (Dataflow, Flink, Spark)
+start their own harness and are not affected.
 
 The harness also prints the traceback of every failed bundle to stderr (``SdkHarness._execute``),
 besides sending it to the runner. For a bad row (a NaN, a wrong size) that was ~60 lines of
@@ -93,6 +95,12 @@ def worker_command() -> str:
 
 
 def main() -> None:
+    # Like every vae-tf process: TensorFlow imports Keras, and Keras' scikit-learn wrappers and
+    # image galleries would load scikit-learn and matplotlib, which no worker uses (~1 s of CPU per
+    # worker start; pandas stays, Beam imports it itself). vae_tf_cli imports nothing heavy.
+    from vae_tf_cli import keep_optional_libraries_out_of_keras
+
+    keep_optional_libraries_out_of_keras()
     logging.getLogger().addHandler(logging.NullHandler())
     sys.stderr = UserErrorTracebacksDropped(sys.stderr)
     quiet_beam_import()

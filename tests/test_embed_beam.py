@@ -122,6 +122,25 @@ def test_a_worker_s_stderr_drops_the_traceback_of_a_user_error_and_nothing_else(
     assert sink.closed
 
 
+def test_a_worker_starts_beam_s_harness_with_keras_kept_from_libraries_no_worker_uses():
+    """A local worker (``python -m serving.beam_worker``) hands its arguments to Beam's harness
+    unchanged, and by then Keras' optional imports are cut as in a `vae-tf` process (the hook's
+    effect on ``import keras`` is checked in tests/test_cli.py). Beam's harness is a stand-in here:
+    the real one needs a runner to talk to."""
+    code = ("import runpy, sys, types\n"
+            "for name in ('apache_beam', 'apache_beam.runners', 'apache_beam.runners.worker'):\n"
+            "    sys.modules[name] = types.ModuleType(name)\n"
+            "harness = types.ModuleType('apache_beam.runners.worker.sdk_worker_main')\n"
+            "harness.main = lambda argv: print(argv[1:], any(type(f).__name__ == '_KeepOptionalLibrariesOutOfKeras'\n"
+            "                                               for f in sys.meta_path))\n"
+            "sys.modules[harness.__name__] = sys.modules['apache_beam.runners.worker'].sdk_worker_main = harness\n"
+            "sys.argv = ['beam_worker', '--worker_id=worker_1', '--logging_endpoint=localhost:1']\n"
+            "runpy.run_module('serving.beam_worker', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['--worker_id=worker_1', '--logging_endpoint=localhost:1'] True", done.stdout
+
+
 def _list_column(x: np.ndarray, fixed: bool) -> pa.Array:
     flat = pa.array(x.reshape(-1))
     width = int(np.prod(x.shape[1:]))
