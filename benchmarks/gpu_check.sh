@@ -54,12 +54,13 @@ main() {
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' + uncommitted changes')"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || echo "nvidia-smi: not found"
   "$PYTHON" - <<'EOF'
-import importlib, platform
+import importlib, importlib.metadata, platform
 print("python", platform.python_version())
 for name in ("tensorflow", "keras", "tensorflow_probability", "torch", "pythae", "numpy"):
     try:
-        module = importlib.import_module(name)
-        print(name, getattr(module, "__version__", "?"))
+        module = importlib.import_module(name)  # imported, not only looked up: a broken install shows here
+        version = getattr(module, "__version__", None) or importlib.metadata.version(name)  # pythae has none
+        print(name, version)
     except Exception as err:  # report, do not stop: the steps below say what they need
         print(name, "MISSING:", type(err).__name__, str(err).splitlines()[0][:200])
 try:
