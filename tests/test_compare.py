@@ -435,6 +435,8 @@ def test_models_trained_one_after_another_warn_of_retracing_only_without_the_fil
 
     code = f"""
 import contextlib
+import vae_tf_cli
+vae_tf_cli.keep_optional_libraries_out_of_keras()  # as a vae-tf process starts (~1 s less)
 import numpy as np
 import keras
 from training.compare import keras_step_traces_counted_per_child

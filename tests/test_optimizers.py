@@ -196,6 +196,8 @@ MIRRORED = """
 import os, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 sys.path.insert(0, {root!r})
+import vae_tf_cli
+vae_tf_cli.keep_optional_libraries_out_of_keras()  # as a vae-tf process starts (~1 s less)
 import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
