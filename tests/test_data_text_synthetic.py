@@ -135,6 +135,24 @@ def test_tokens_are_drawn_from_the_softmax():
     assert np.all(tokens[:, 0] == 17)
 
 
+def test_sentences_do_not_depend_on_the_chunks_or_the_threads_that_draw_them():
+    """Chunks sampled on threads side by side (one BLAS thread each) give the tokens that one
+    chunk of every row on one thread gives: each token has its own uniform, drawn up front."""
+    gen = ts.SyntheticTextGenerator(0)
+    rng = np.random.default_rng(5)
+    z, _ = gen.sample_latents(1100, rng)  # not a multiple of any chunk below
+    state = rng.bit_generator.state
+
+    def draw(**how):
+        rng.bit_generator.state = state
+        return gen.sample_tokens(z, rng, **how)
+
+    serial = draw(chunk=len(z), workers=1)
+    for how in ({}, {"chunk": 128, "workers": 3}, {"chunk": 97, "workers": 2}, {"chunk": 300, "workers": 1}):
+        np.testing.assert_array_equal(draw(**how), serial, err_msg=str(how))
+    assert len(np.unique(serial[:, 1:])) > 500  # the language model's words, not a constant fill
+
+
 def test_z_changes_the_token_distribution(corpus):
     tokens, _, y = all_rows(corpus)
 

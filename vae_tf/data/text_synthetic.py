@@ -29,6 +29,8 @@ models read them with the same in-model tokeniser as any other text.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,8 +52,9 @@ COMPONENT_MEANS = np.array([[-2.0, -2.0], [2.0, 2.0], [-2.0, 2.0], [2.0, -2.0]])
 COMPONENT_SCALE = 1.0
 WEIGHT_SCALE = 1.0
 Z_TO_VOCAB_SCALE = 5.0
-# Sequences sampled together (rows of the (rows x V) arrays); results do not depend on it.
-_CHUNK = 2048
+# Sequences sampled together (rows of the (rows x V) arrays, ~4 MiB each); results do not depend
+# on it, nor on how many threads sample the chunks.
+_CHUNK = 512
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -106,7 +109,9 @@ class SyntheticTextGenerator:
         logits /= logits.sum(axis=1, keepdims=True)
         return logits, state
 
-    def _logits(self, tokens: np.ndarray, z: np.ndarray, state):
+    def _logits(self, tokens: np.ndarray, z: np.ndarray, state, z_out: np.ndarray | None = None):
+        """Logits ``W_1 h + W_2 z`` after one LSTM step, and the new state; ``z_out``, if given,
+        is ``W_2 z`` computed once for a sequence (the same numbers as computing it here)."""
         w = self.weights
         h, c = state
         x = np.concatenate([w.embedding[tokens], z], axis=1)
@@ -114,7 +119,7 @@ class SyntheticTextGenerator:
         i, f, g, o = np.split(gates, 4, axis=1)
         c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
         h = _sigmoid(o) * np.tanh(c)
-        return h @ w.w_out_h.T + z @ w.w_out_z.T, (h, c)
+        return h @ w.w_out_h.T + (z @ w.w_out_z.T if z_out is None else z_out), (h, c)
 
     @staticmethod
     def sample_latents(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -124,31 +129,54 @@ class SyntheticTextGenerator:
         return z, component
 
     def sample_tokens(self, z: np.ndarray, rng: np.random.Generator, first: np.ndarray | None = None,
-                      length: int = SEQUENCE_LENGTH) -> np.ndarray:
+                      length: int = SEQUENCE_LENGTH, *, chunk: int = _CHUNK, workers: int | None = None
+                      ) -> np.ndarray:
         """Token ids ``(N, length)`` given z ``(N, 2)``: the first uniform (or ``first``), the
         rest drawn from the language model by inverse-CDF sampling, one uniform per token (all
-        drawn up front, so the result does not depend on how the rows are chunked)."""
+        drawn up front, so the result depends neither on ``chunk``, the rows sampled together,
+        nor on ``workers``, the threads sampling chunks side by side; default: one per usable CPU)."""
         n = len(z)
         tokens = np.empty((n, length), dtype=np.int64)
         tokens[:, 0] = rng.integers(0, VOCAB_SIZE, size=n) if first is None else first
         uniforms = rng.random((n, length - 1))
-        # Rows in chunks: a chunk's (rows x V) arrays stay in cache and are reused in place.
-        for start in range(0, n, _CHUNK):
-            rows = slice(start, min(n, start + _CHUNK))
-            state = self.initial_state(z[rows])
+
+        def sample_rows(rows: slice) -> None:  # writes its own rows of ``tokens`` only
+            state, z_out = self.initial_state(z[rows]), z[rows] @ self.weights.w_out_z.T
             for t in range(1, length):
-                cdf, state = self._logits(tokens[rows, t - 1], z[rows], state)
+                cdf, state = self._logits(tokens[rows, t - 1], z[rows], state, z_out)
                 cdf -= cdf.max(axis=1, keepdims=True)
                 np.exp(cdf, out=cdf)
                 np.cumsum(cdf, axis=1, out=cdf)
                 u = uniforms[rows, t - 1 : t] * cdf[:, -1:]
                 tokens[rows, t] = np.minimum((cdf < u).sum(axis=1), VOCAB_SIZE - 1)
+
+        chunks = [slice(start, min(n, start + chunk)) for start in range(0, n, chunk)]
+        workers = min(len(chunks), workers or _usable_cpus())
+        if workers <= 1:
+            for rows in chunks:
+                sample_rows(rows)
+            return tokens
+        # NumPy's element-wise passes (exp, cumsum: half the time) run on one core; chunks on
+        # threads use the others. BLAS gets one thread per chunk, else its own threads and ours
+        # oversubscribe the cores (slower than one thread overall).
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(sample_rows, chunks):  # consumed, so a chunk's exception is raised
+                pass
         return tokens
 
     def sample(self, n: int, rng: np.random.Generator):
         """``(tokens (n, T) int64, z (n, 2) float64, component (n,) int64)``."""
         z, component = self.sample_latents(n, rng)
         return self.sample_tokens(z, rng), z, component
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def render(tokens: np.ndarray) -> list[str]:
