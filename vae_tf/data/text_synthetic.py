@@ -55,6 +55,9 @@ Z_TO_VOCAB_SCALE = 5.0
 # Sequences sampled together (rows of the (rows x V) arrays, ~4 MiB each); results do not depend
 # on it, nor on how many threads sample the chunks.
 _CHUNK = 512
+# Threads sampling blocks side by side at most (each holds ~12 MiB of temporaries): on a machine
+# that lends more CPUs than it has, or a large one, more would add memory, not speed.
+_MAX_WORKERS = 8
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -134,7 +137,8 @@ class SyntheticTextGenerator:
         """Token ids ``(N, length)`` given z ``(N, 2)``: the first uniform (or ``first``), the
         rest drawn from the language model by inverse-CDF sampling, one uniform per token (all
         drawn up front, so the result depends neither on ``chunk``, the rows sampled together,
-        nor on ``workers``, the threads sampling chunks side by side; default: one per usable CPU)."""
+        nor on ``workers``, the threads sampling chunks side by side; default: one per usable CPU,
+        at most 8)."""
         n = len(z)
         tokens = np.empty((n, length), dtype=np.int64)
         tokens[:, 0] = rng.integers(0, VOCAB_SIZE, size=n) if first is None else first
@@ -151,7 +155,7 @@ class SyntheticTextGenerator:
                 tokens[rows, t] = np.minimum((cdf < u).sum(axis=1), VOCAB_SIZE - 1)
 
         chunks = [slice(start, min(n, start + chunk)) for start in range(0, n, chunk)]
-        workers = min(len(chunks), workers or _usable_cpus())
+        workers = min(len(chunks), workers or min(_usable_cpus(), _MAX_WORKERS))
         if workers <= 1:
             for rows in chunks:
                 sample_rows(rows)
