@@ -153,6 +153,25 @@ def test_sentences_do_not_depend_on_the_chunks_or_the_threads_that_draw_them():
     assert len(np.unique(serial[:, 1:])) > 500  # the language model's words, not a constant fill
 
 
+def test_a_large_machine_samples_on_at_most_eight_threads(monkeypatch):
+    """Each sampling thread holds ~12 MiB of temporaries: 64 usable CPUs start 8 threads, not one
+    per block (40 for the default corpus), and the sentences are those of one thread."""
+    started = []
+
+    class Recording(ts.ThreadPoolExecutor):
+        def __init__(self, max_workers=None, *args, **kwargs):
+            started.append(max_workers)
+            super().__init__(max_workers, *args, **kwargs)
+
+    gen = ts.SyntheticTextGenerator(0)
+    z, _ = gen.sample_latents(2000, np.random.default_rng(2))
+    serial = gen.sample_tokens(z, np.random.default_rng(3), chunk=100, workers=1)
+    monkeypatch.setattr(ts, "_usable_cpus", lambda: 64)
+    monkeypatch.setattr(ts, "ThreadPoolExecutor", Recording)
+    np.testing.assert_array_equal(gen.sample_tokens(z, np.random.default_rng(3), chunk=100), serial)
+    assert started == [8]
+
+
 def test_z_changes_the_token_distribution(corpus):
     tokens, _, y = all_rows(corpus)
 
