@@ -166,7 +166,7 @@ def test_a_large_machine_samples_on_at_most_eight_threads(monkeypatch):
     gen = ts.SyntheticTextGenerator(0)
     z, _ = gen.sample_latents(2000, np.random.default_rng(2))
     serial = gen.sample_tokens(z, np.random.default_rng(3), chunk=100, workers=1)
-    monkeypatch.setattr(ts, "_usable_cpus", lambda: 64)
+    monkeypatch.setattr(ts, "usable_cpus", lambda: 64)
     monkeypatch.setattr(ts, "ThreadPoolExecutor", Recording)
     np.testing.assert_array_equal(gen.sample_tokens(z, np.random.default_rng(3), chunk=100), serial)
     assert started == [8]

@@ -29,12 +29,12 @@ models read them with the same in-model tokeniser as any other text.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from vae_tf._cpus import usable_cpus
 from vae_tf.data.registry import register_dataset
 from vae_tf.data.splits import DataSplits, SplitPlan
 from vae_tf.data.text import TextOptions, random_parts, text_splits
@@ -155,7 +155,7 @@ class SyntheticTextGenerator:
                 tokens[rows, t] = np.minimum((cdf < u).sum(axis=1), VOCAB_SIZE - 1)
 
         chunks = [slice(start, min(n, start + chunk)) for start in range(0, n, chunk)]
-        workers = min(len(chunks), workers or min(_usable_cpus(), _MAX_WORKERS))
+        workers = min(len(chunks), workers or min(usable_cpus(), _MAX_WORKERS))
         if workers <= 1:
             for rows in chunks:
                 sample_rows(rows)
@@ -174,13 +174,6 @@ class SyntheticTextGenerator:
         """``(tokens (n, T) int64, z (n, 2) float64, component (n,) int64)``."""
         z, component = self.sample_latents(n, rng)
         return self.sample_tokens(z, rng), z, component
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def render(tokens: np.ndarray) -> list[str]:
