@@ -106,6 +106,32 @@ def test_sentence_log_likelihood_is_the_masked_sum_of_word_log_probabilities(cor
     assert "SparseSoftmaxCrossEntropyWithLogits" not in {op.type for op in graph.get_operations()}
 
 
+def test_an_evaluation_step_scores_words_as_the_metrics_do_and_a_training_step_with_the_fused_op(corpus):
+    """``model.evaluate`` (and fit's validation) takes no gradient, so its step scores the words as
+    the metrics do, without the fused cross-entropy and the [B, T, vocab] gradient it writes; the
+    training step keeps the fused op, whose gradient it uses. Both give the same terms for the same
+    seed, and the evaluation's loss is the negative ELBO of those terms."""
+    model = make(corpus)
+    sentences = tf.constant(corpus.x_test[:8])
+
+    def op_types(fn):
+        return {op.type for op in tf.function(fn).get_concrete_function(sentences).graph.get_operations()}
+
+    assert "SparseSoftmaxCrossEntropyWithLogits" not in op_types(model.test_step)
+    assert "SparseSoftmaxCrossEntropyWithLogits" in op_types(model.train_step)
+    ids, target = model.prepare(sentences)
+    x = model.encoder_input(ids)
+    start, terms = model.seed_generator.state.numpy(), {}
+    for gradient in (True, False):
+        model.seed_generator.state.assign(start)  # the same z for both
+        terms[gradient] = model.compute_terms(x, target=target, gradient=gradient)
+    np.testing.assert_allclose(terms[False]["z"], terms[True]["z"])
+    np.testing.assert_allclose(terms[False]["reconstruction"], terms[True]["reconstruction"], rtol=1e-5)
+    assert np.all(terms[False]["reconstruction"].numpy() < 0)
+    logs = model.evaluate(sentences, batch_size=8, verbose=0, return_dict=True)
+    assert np.isfinite(logs["loss"]) and logs["loss"] > 0
+
+
 @pytest.mark.parametrize("cell, injection, skip", [("lstm", "both", False), ("gru", "init", False),
                                                     ("lstm", "concat", True), ("gru", "both", True)])
 def test_greedy_generation_in_graph_is_the_argmax_chain_of_the_teacher_forced_pass(cell, injection, skip):

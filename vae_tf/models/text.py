@@ -167,9 +167,9 @@ class TextVAE(VAE):
         """Word ids → the encoder's embedded words ``[B, T, E]`` (what an input noise perturbs)."""
         return self.encoder.embed(inputs)
 
-    def compute_terms(self, x, training: bool = False, target=None) -> dict:
+    def compute_terms(self, x, training: bool = False, target=None, *, gradient: bool = True) -> dict:
         """Per-sentence ELBO terms (module docstring). ``x``: embedded words (possibly perturbed);
-        ``target``: the word ids. ``reconstruction`` = log p(sentence | z) summed over its words and
+        ``target``: the word ids; ``gradient`` as in :meth:`VAE.compute_terms`. ``reconstruction`` = log p(sentence | z) summed over its words and
         ``<eos>``; ``kl`` summed over latent dims; ``words`` the positions scored (n + 1)."""
         if target is None:
             raise ConfigError("a text model's compute_terms needs the word ids (TextVAE.prepare gives them)")
@@ -179,7 +179,7 @@ class TextVAE(VAE):
         z = self.sample_code(params, seed)
         decoder_inputs, decoder_targets = teacher_forcing(ids)
         out = self.decoder([z, decoder_inputs], training=training)
-        reconstruction = self.likelihood.log_prob(decoder_targets, out)
+        reconstruction = self.likelihood_scorer(gradient)(decoder_targets, out)
         kl_per_dim = self.latent.kl_per_dim(params, z, seed=tf.random.experimental.stateless_fold_in(seed, 1))
         kl = tf.reduce_sum(kl_per_dim, axis=-1)
         words = tf.reduce_sum(tf.cast(tf.not_equal(decoder_targets, PAD_ID), tf.float32), axis=-1)

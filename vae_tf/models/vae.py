@@ -202,12 +202,16 @@ class VAE(keras.Model):
         the images themselves; a text model's embedded words."""
         return inputs
 
-    def compute_terms(self, x: tf.Tensor, training: bool = False, target: tf.Tensor | None = None) -> dict:
+    def compute_terms(self, x: tf.Tensor, training: bool = False, target: tf.Tensor | None = None, *,
+                      gradient: bool = True) -> dict:
         """Per-example ELBO terms for a batch.
 
         ``x`` is what the encoder sees (:meth:`prepare`'s inputs, possibly perturbed); ``target``
         (default ``x``) is what the likelihood scores, so an input noise can have the clean input
-        reconstructed.
+        reconstructed. ``gradient=False`` where no gradient of the terms will be taken (an
+        evaluation step, the clean pass beside an input noise): the likelihood then scores with
+        :meth:`~vae_tf.likelihoods.Likelihood.log_prob_for_evaluation`, the same value, cheaper
+        for the categorical over words (the terms stay differentiable either way).
 
         Returns a dict of tensors: ``params`` (encoder output), ``z`` (reparameterised sample),
         ``out`` (decoder output), ``reconstruction`` ``[B]`` = log p(target|z) summed over data
@@ -218,11 +222,16 @@ class VAE(keras.Model):
         seed = self.next_seed()
         z = self.sample_code(params, seed)
         out = self.decoder(z, training=training)
-        reconstruction = self.likelihood.log_prob(target, out)
+        reconstruction = self.likelihood_scorer(gradient)(target, out)
         kl_per_dim = self.latent.kl_per_dim(params, z, seed=tf.random.experimental.stateless_fold_in(seed, 1))
         kl = tf.reduce_sum(kl_per_dim, axis=-1)
         return {"params": params, "z": z, "out": out, "reconstruction": reconstruction,
                 "kl_per_dim": kl_per_dim, "kl": kl, "elbo": reconstruction - kl}
+
+    def likelihood_scorer(self, gradient: bool):
+        """log p(target | z) as :meth:`compute_terms` scores it: the likelihood's ``log_prob``, or,
+        where no gradient will be taken (``gradient=False``), its ``log_prob_for_evaluation``."""
+        return self.likelihood.log_prob if gradient else self.likelihood.log_prob_for_evaluation
 
     def sample_code(self, params: tf.Tensor, seed) -> tf.Tensor:
         """The reparameterised z ~ q(z|x) of a training or evaluation step. On several replicas
@@ -235,8 +244,10 @@ class VAE(keras.Model):
         """One forward pass of the composed objective: :meth:`compute_terms` on the encoder input
         ``x`` and the likelihood target ``target`` (:meth:`prepare`'s), the KL weight (stepped when ``update_state``),
         the regularisers' terms (their own updates when ``update_state`` and ``training``) and
-        ``loss`` = −mean_B(reconstruction) + kl_penalty + Σ penalties (a scalar)."""
-        terms = self.compute_terms(x, training=training, target=target)
+        ``loss`` = −mean_B(reconstruction) + kl_penalty + Σ penalties (a scalar). An evaluation
+        pass (``training=False``) takes no gradient, so its likelihood is scored as
+        :meth:`compute_terms` scores it with ``gradient=False``."""
+        terms = self.compute_terms(x, training=training, target=target, gradient=training)
         if update_state and self.kl_weight.static_beta is None:
             self.beta.assign(self.kl_weight.next_beta(terms["kl"], self.train_steps))
         for regularizer in self.regularizers:
@@ -371,7 +382,7 @@ class VAE(keras.Model):
             regularizer.update_trackers(terms)
         clean = terms
         if not self.input_noise.identity:
-            clean = self.compute_terms(terms["inputs"], training=False, target=terms["target"])
+            clean = self.compute_terms(terms["inputs"], training=False, target=terms["target"], gradient=False)
             self.input_noise.update_trackers(terms["inputs"], terms["x_in"], terms)
         if evaluation:
             self.kl_per_dim_tracker.update_state(clean["kl_per_dim"])
