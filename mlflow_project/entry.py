@@ -1,5 +1,7 @@
 """Entry points of the MLflow project (see MLproject). MLflow passes parameters unvalidated and
-creates the run (MLFLOW_RUN_ID), which the training job attaches to; this script checks every
+creates a run (MLFLOW_RUN_ID) for each entry: the training job trains into it, an evaluation
+logs into it, `embed` logs its output there, and a suite (`compare`) runs its parent and
+children in the suite's own experiment and leaves its report in it. This script checks every
 parameter and turns mistakes into one-line errors (exit 2)."""
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def _args(argv):
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--iw-k", default="500")
     evaluate.add_argument("--disentanglement", default="quick")
+    evaluate.add_argument("--output", default="")
     embed = sub.add_parser("embed")
     for option, default in (("--model", ""), ("--server", ""), ("--model-name", ""), ("--data", "digits"),
                             ("--split", "test"), ("--output", "embeddings.parquet")):
@@ -125,6 +128,25 @@ def embed(args) -> int:
     return code
 
 
+def compare(args) -> int:
+    """A suite, as `vae-tf compare` runs it: its parent and children are runs of their own in the
+    suite's experiment (what resuming and reusing finished children look up). MLflow's variable
+    naming the project's run is taken out of the environment first: MLflow's ``start_run`` would
+    put every child into that run. The project's run gets the report and the suite's name."""
+    from mlflow import MlflowClient
+
+    from training.compare import load_suite, run_suite
+
+    project_run = os.environ.pop("MLFLOW_RUN_ID", None)
+    report = run_suite(args.suite, size=args.size)
+    if project_run and report is not None:
+        client = MlflowClient()
+        client.set_tag(project_run, "vae_tf.suite", load_suite(args.suite).name)
+        client.set_tag(project_run, "vae_tf.suite_size", args.size)
+        client.log_artifacts(project_run, str(report.parent), "report")
+    return 0
+
+
 def main(argv=None) -> int:
     from vae_tf.errors import VaeTfError
 
@@ -135,15 +157,14 @@ def main(argv=None) -> int:
         if args.entry == "evaluate":
             from training.evaluate import evaluate
 
+            # Into the run `mlflow run` made (its experiment, not the model config's).
             evaluate(args.model, split=args.split, iw_k=_int("iw_k", args.iw_k, 0),
-                     disentanglement=args.disentanglement)
+                     disentanglement=args.disentanglement, output=args.output or None,
+                     into_run=os.environ.get("MLFLOW_RUN_ID") or None)
             return 0
         if args.entry == "embed":
             return embed(args)
-        from training.compare import run_suite
-
-        run_suite(args.suite, size=args.size)
-        return 0
+        return compare(args)
     except VaeTfError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

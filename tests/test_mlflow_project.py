@@ -3,6 +3,7 @@ entry into the run MLflow created, and bad parameters fail with one-line errors.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -25,12 +26,12 @@ def test_mlproject_declares_typed_entry_points():
     assert train["epochs"]["type"] == "int" and train["objective"]["default"] == ""  # "": the config's slots
 
 
-def _mlflow_run(tmp_path, *params):
+def _mlflow_run(tmp_path, *params, entry="train"):
     # MLflow's setters (used by earlier tests in this process) export MLFLOW_* variables: drop them.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env = {**inherited, "MLFLOW_TRACKING_URI": mlflow_store(tmp_path),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    args = [sys.executable, "-m", "mlflow", "run", str(ROOT / "mlflow_project"), "-e", "train",
+    args = [sys.executable, "-m", "mlflow", "run", str(ROOT / "mlflow_project"), "-e", entry,
             "--env-manager", "local", "--experiment-name", "project-test"]
     for p in params:
         args += ["-P", p]
@@ -50,6 +51,57 @@ def test_mlflow_run_trains_into_the_run_it_created(tmp_path):
     assert run.data.params["objective.kl_weight.kind"] == "control"  # the preset, as slots
     assert run.data.params["objective.kl_weight.set_point"] == "5.0" and "kl_set_point" in run.data.metrics
     assert (tmp_path / "models" / "vae" / "1" / "saved_model.pb").is_file()
+
+    # The README's evaluate entry on that export: it logs into the run MLflow made for it, in the
+    # project's experiment (the model's config names another experiment; MLflow refused that).
+    report = tmp_path / "evaluation.json"
+    done = _mlflow_run(tmp_path, f"model={tmp_path / 'models' / 'vae'}", "iw_k=5", "disentanglement=off",
+                       f"output={report}", entry="evaluate")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(report.read_text())["model"]["trained_in_run"] == run.info.run_id
+    runs = client.search_runs([client.get_experiment_by_name("project-test").experiment_id])
+    evaluation = [r for r in runs if r.info.run_id != run.info.run_id]
+    assert len(runs) == 2 and len(evaluation) == 1
+    evaluation = evaluation[0]
+    assert evaluation.info.status == "FINISHED" and evaluation.info.run_name == "evaluate vae v1 (test)"
+    assert evaluation.data.tags["vae_tf.evaluates_run_id"] == run.info.run_id
+    assert 0 <= evaluation.data.metrics["active_units"] <= 3  # latent_dim=3
+    assert any(a.path == "evaluation" for a in client.list_artifacts(evaluation.info.run_id))
+
+
+@pytest.mark.slow
+def test_the_compare_entry_runs_the_suite_in_runs_of_its_own_and_reports_into_the_project_run(tmp_path, monkeypatch,
+                                                                                             capsys):
+    """Under `mlflow run` (MLFLOW_RUN_ID set) a suite's parent and children are runs of their own in
+    the suite's experiment, where resuming looks for them, and the project's run gets the report.
+    (MLflow's start_run takes the variable's run for the first child and refuses it, the suite's
+    experiment being another; that refusal, an MLflow error like an outage's, sent the child
+    offline with a false "MLflow is unreachable" warning.)"""
+    from tests.test_compare import TINY
+
+    monkeypatch.chdir(tmp_path)
+    uri = mlflow_store(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri)
+    project_experiment = client.create_experiment("project-test")
+    project = client.create_run(project_experiment).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", project)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "runs": TINY["runs"][:1]}))
+    monkeypatch.syspath_prepend(str(ROOT / "mlflow_project"))
+    import entry
+
+    assert entry.main(["compare", "--suite", str(tmp_path / "tiny.yaml"), "--size", "quick"]) == 0
+    printed = capsys.readouterr()
+    assert "unreachable" not in printed.out + printed.err and "offline" not in printed.out + printed.err
+    suite_runs = client.search_runs([client.get_experiment_by_name("vae-tf-suite-tiny").experiment_id])
+    parent = [r for r in suite_runs if r.data.tags.get("vae_tf.suite_parent") == "true"]
+    assert len(suite_runs) == 2 and len(parent) == 1
+    child = next(r for r in suite_runs if r is not parent[0])
+    assert child.data.tags["mlflow.parentRunId"] == parent[0].info.run_id and child.info.status == "FINISHED"
+    assert [r.info.run_id for r in client.search_runs([project_experiment])] == [project]
+    tags = client.get_run(project).data.tags
+    assert tags["vae_tf.suite"] == "tiny" and tags["vae_tf.suite_size"] == "quick"
+    assert "report/report.md" in {a.path for a in client.list_artifacts(project, "report")}
 
 
 @pytest.mark.slow

@@ -82,7 +82,7 @@ def _pyfunc_saved_model(local: Path) -> Path:
 
 def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple = (), max_examples: int | None = None,
              iw_k: int = 500, disentanglement: str = "quick", fd: bool = False, output: str | None = None,
-             log_to_mlflow: bool = True, out=None) -> EvaluationResult:
+             log_to_mlflow: bool = True, into_run: str | None = None, out=None) -> EvaluationResult:
     from training.config import apply_overrides, from_dict, load_config
     from training.train import prepare_data
     from vae_tf.export import load_model_info, load_vae
@@ -118,7 +118,7 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
                             "thresholds": verdict.verdict.thresholds()}
     eval_run_id = None
     if log_to_mlflow:
-        eval_run_id = _log(config, info, result, figures, document, run_id, split, data, verdict)
+        eval_run_id = _log(config, info, result, figures, document, run_id, split, data, verdict, into_run)
     else:
         import matplotlib.pyplot as plt
 
@@ -135,19 +135,23 @@ def _write_json_atomically(path: Path, document: dict) -> None:
     write_json_atomic(path, document, allow_nan=False)
 
 
-def _log(config, info, result, figures, document, trained_run_id, split, data, verdict) -> str:
+def _log(config, info, result, figures, document, trained_run_id, split, data, verdict, into_run=None) -> str:
+    """Log the evaluation as a new run in the config's experiment, or into the existing run
+    ``into_run`` (the one `mlflow run` made for the project's evaluate entry), which keeps its
+    experiment and takes the evaluation's name and tags."""
     import mlflow
 
     from training.lineage import dataset_digest, dataset_source
     from training.tracking import activate_experiment, log_figures, meta_dataset, resolve_tracking_uri, use_tracking
 
     use_tracking(resolve_tracking_uri(config.mlflow.tracking_uri))
-    activate_experiment(config.mlflow.experiment)
+    if into_run is None:
+        activate_experiment(config.mlflow.experiment)
     name = f"evaluate {info.get('name')} v{info.get('version')} ({split})"
     tags = {"vae_tf.kind": "evaluation", "vae_tf.model": f"{info.get('name')}/{info.get('version')}"}
     if trained_run_id:
         tags["vae_tf.evaluates_run_id"] = trained_run_id
-    with mlflow.start_run(run_name=name, tags={**tags, **verdict.tags()}) as run:
+    with mlflow.start_run(run_id=into_run, run_name=name, tags={**tags, **verdict.tags()}) as run:
         x, y = data.split(split)
         mlflow.log_input(meta_dataset(f"{data.name}-{split}", dataset_source(config, data), dataset_digest(x, y)),
                          context="evaluation", tags={"split": split, "n_examples": str(len(x))})
