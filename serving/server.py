@@ -110,6 +110,9 @@ class ServerConfig:
         if not model_dir.is_dir():
             raise ModelNotFoundError(f"no model directory {model_dir} (MODEL_BASE_PATH/MODEL_NAME): export a model "
                                      "there (vae-tf train) or set --model-base-path / --model-name")
+        if (model_dir / "saved_model.pb").is_file():  # TF Serving would wait for numbered versions in it forever
+            raise ConfigError(f"{model_dir} is one version of a model (it holds saved_model.pb); the server reads a "
+                              f"model directory of numbered versions: give --model {model_dir.parent}")
         return self
 
 

@@ -209,6 +209,14 @@ def test_serve_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert_one_line(err)
     assert "must name a positive integer version" in err
+    # One version's directory (what `vae-tf embed --model` and `evaluate` take) given to serve:
+    # TF Serving would wait for numbered versions in it forever; this says which directory to give.
+    (tmp_path / "vae" / "1").mkdir()
+    (tmp_path / "vae" / "1" / "saved_model.pb").write_bytes(b"")
+    assert main(["serve", "--model", str(tmp_path / "vae" / "1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert_one_line(err)
+    assert "is one version of a model" in err and err.endswith(f"give --model {tmp_path / 'vae'}")
 
 
 def test_serve_cli_port_in_use(exports, tmp_path, capsys):
