@@ -107,10 +107,17 @@ class RemoteEncoder:
     serves when the run starts (or to ``version``)."""
 
     def __init__(self, server: str, model_name: str, *, version: int | None = None, timeout: float = 60.0):
-        from serving.client import connect
+        from serving.client import ServingRequestError, connect
 
         probe = connect(server, model_name, version=version, timeout=timeout)
-        meta = probe.metadata()
+        try:
+            meta = probe.metadata()
+        except ServingRequestError as err:
+            if err.code in (404, "NOT_FOUND") and version is None:
+                raise ServingRequestError(f"{err} (the server serves no model named {model_name!r}: give the name it "
+                                          "serves with --model-name; `vae-tf serve --model models/NAME` serves "
+                                          "NAME)", err.code) from None
+            raise
         served = int(meta["model_spec"]["version"])
         sigs = meta["metadata"]["signature_def"]["signature_def"]
         if "encode" not in sigs:

@@ -216,16 +216,21 @@ def test_embed_memory_does_not_grow_with_the_rows(tmp_path, monkeypatch):
      "--outputs names ['embedding'] more than once"),
     (["--server", "http://127.0.0.1:{port}", "-o", "x.npz"], "cannot reach http://127.0.0.1:"),
     (["--server", "127.0.0.1:8501", "-o", "x.npz"], "needs a scheme"),
-    (["--server", "{rest}", "--model-name", "other", "-o", "x.npz"], "HTTP 404: Servable not found"),
+    (["--server", "{rest}", "--model-name", "other", "-o", "x.npz"],
+     "HTTP 404: Servable not found for request: Latest(other) (the server serves no model named 'other': give "
+     "the name it serves with --model-name"),
+    (["--server", "grpc://{grpc}", "-o", "x.npz"],  # no --model-name: TF Serving's default name, model
+     "NOT_FOUND: Servable not found for request: Latest(model) (the server serves no model named 'model'"),
 ])
 def test_embed_errors_are_one_line(base, server, tmp_path, capsys, monkeypatch, args, message):
     import socket
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MODEL_NAME", raising=False)  # the name --server uses without --model-name
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         free = sock.getsockname()[1]
-    args = [a.format(base=base, port=free, rest=server.rest_url) for a in args]
+    args = [a.format(base=base, port=free, rest=server.rest_url, grpc=server.grpc_target) for a in args]
     assert _embed(*args) == 2
     err = capsys.readouterr().err.strip()
     assert_one_line(err)
