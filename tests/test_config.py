@@ -191,6 +191,9 @@ def test_override_values_are_parsed_as_yaml():
     (["model.latent.lattent_dim=3"], "unknown option model.latent.lattent_dim; did you mean model.latent.latent_dim?"),
     (["model.likelihood.name=poisson"], "unknown likelihood 'poisson'"),
     (["model.network.hiden=[3]"], "unknown option model.network.hiden; did you mean model.network.hidden?"),
+    # A union's member names (hidden's list[int] | tuple) are not keys: they stay out of the path.
+    (["model.network.hidden=[512,256"], "model.network.hidden: input should be a valid list, got '[512,256'"),
+    (["model.network.hidden=[16, a]"], "model.network.hidden.1: input should be a valid integer, got 'a'"),
     (["objective.kl_weight.beta=-0.1"], "objective.kl_weight.beta: input should be greater than or equal to 0, got -0.1"),
     (["objective.kl_weight.kind=controll"], "unknown objective.kl_weight.kind 'controll'; did you mean control?"),
     (["objective.kl_weight={kind: control}"], "objective.kl_weight.set_point is required"),

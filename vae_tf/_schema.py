@@ -61,6 +61,15 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+#: The names pydantic gives the members of a union in an error's location (``hidden.list[int]``,
+#: ``beta.float``): where the value failed every member, not a key of the config.
+_UNION_MEMBER_TAGS = {"int", "float", "str", "bool", "none", "list", "tuple", "dict", "is-instance"}
+
+
+def _is_union_member_tag(part) -> bool:
+    return isinstance(part, str) and ("[" in part or part in _UNION_MEMBER_TAGS)
+
+
 def one_line(err: pydantic.ValidationError, model: type[BaseModel], what: str) -> str:
     """The first error of ``err`` as one line: ``<what>.<key> <problem>, got <value>`` (unknown
     keys: ``unknown option <what>.<key>; did you mean <what>.<close>?``)."""
@@ -68,7 +77,7 @@ def one_line(err: pydantic.ValidationError, model: type[BaseModel], what: str) -
     # A misspelt key shows up twice: as unknown, and as the option it meant being missing; the
     # unknown one is what to fix.
     first = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
-    loc = tuple(first.get("loc", ()))
+    loc = tuple(p for p in first.get("loc", ()) if not _is_union_member_tag(p))
     path = ".".join([what, *(str(p) for p in loc)]) if what else ".".join(str(p) for p in loc)
     kind = first.get("type", "")
     if kind == "extra_forbidden":
