@@ -5,6 +5,7 @@ references are one-line errors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,6 +53,7 @@ def test_evaluate_an_export_directory(here, capsys):
     assert metrics["linear_probe_accuracy"] > 0.2  # 10 digit classes: chance is 0.1
     assert report["model"]["name"] == "vae" and report["model"]["version"] == 1
     assert "iw_nll" in report["info"]["skipped"]  # Bernoulli on grey levels is not a density
+    assert "--allow-unnormalised-nll" in report["info"]["skipped"]["iw_nll"]  # what the CLI user can pass
     assert "active_units" in out and "report:" in out
 
     client = MlflowClient(tracking_uri=uri)
@@ -106,6 +108,28 @@ def test_data_of_the_other_kind_is_refused_naming_the_model(here, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert_one_line(err)
     assert "holds sentences but models/vae/1 is an image model and reads images/arrays" in err
+
+
+def test_allow_unnormalised_nll_computes_the_importance_weighted_bound_the_message_offers(here):
+    """What the skipped IW-NLL's message offers a CLI user: the importance-weighted bound, which is
+    at least the ELBO (Burda et al.: log p(x) >= IW bound >= ELBO), so its NLL is at most -ELBO."""
+    assert main(["evaluate", "models/vae", "--no-mlflow", "--allow-unnormalised-nll", "--iw-k", "100",
+                 "--max-examples", "64", "--disentanglement", "off", "--output", "allowed.json"]) == 0
+    report = json.loads(Path("allowed.json").read_text())
+    metrics = report["metrics"]
+    assert "iw_nll" not in report["info"]["skipped"] and np.isfinite(metrics["iw_nll"])
+    assert metrics["iw_nll"] <= -metrics["elbo"] + 1e-3
+
+
+def test_data_of_another_shape_is_refused_naming_both_shapes(here, tmp_path, capsys):
+    """The fixture's 8x8 digits model on 4x4 arrays (`--set data.name=npy`): one line naming the
+    data's shape and the model's, before any metric runs (was: Keras' shape error, a traceback)."""
+    np.save(tmp_path / "small.npy", np.random.default_rng(0).random((40, 4, 4, 1), dtype=np.float32))
+    assert main(["evaluate", "models/vae", "--no-mlflow", "--set", "data.name=npy", "--set",
+                 f"data.path={tmp_path / 'small.npy'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert_one_line(err)
+    assert "has examples of shape (4, 4, 1) but models/vae/1 reads (8, 8, 1)" in err
 
 
 @pytest.mark.slow

@@ -54,6 +54,9 @@ def add_parsers(sub) -> None:
     evaluate.add_argument("--disentanglement", choices=["off", "quick", "full"], default="quick",
                           help="factor metrics on data with known factors: quick (1000/500 points) or full "
                                "(disentanglement_lib's 10000/5000, tens of minutes on a CPU)")
+    evaluate.add_argument("--allow-unnormalised-nll", action="store_true",
+                          help="compute IW-NLL even where the likelihood is not a normalised density on the data "
+                               "(a Bernoulli on non-binary pixels): a number, not a negative log-likelihood")
     evaluate.add_argument("--fd", action="store_true",
                           help="also the Fréchet classifier distance of prior samples (trains a cached classifier once)")
     evaluate.add_argument("--output", "-o", help="JSON report path (default evaluation/NAME-vVERSION-SPLIT.json)")
@@ -135,7 +138,7 @@ def cmd_evaluate(args) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     evaluate(args.model, split=args.split, overrides=args.overrides, max_examples=args.max_examples,
              iw_k=args.iw_k, disentanglement=args.disentanglement, fd=args.fd, output=args.output,
-             log_to_mlflow=not args.no_mlflow)
+             log_to_mlflow=not args.no_mlflow, allow_unnormalised_nll=args.allow_unnormalised_nll)
     return 0
 
 

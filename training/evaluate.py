@@ -82,7 +82,8 @@ def _pyfunc_saved_model(local: Path) -> Path:
 
 def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple = (), max_examples: int | None = None,
              iw_k: int = 500, disentanglement: str = "quick", fd: bool = False, output: str | None = None,
-             log_to_mlflow: bool = True, into_run: str | None = None, out=None) -> EvaluationResult:
+             log_to_mlflow: bool = True, into_run: str | None = None, allow_unnormalised_nll: bool = False,
+             out=None) -> EvaluationResult:
     from training.config import apply_overrides, from_dict, load_config
     from training.train import prepare_data
     from vae_tf.export import load_model_info, load_vae
@@ -97,11 +98,14 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     # The overrides apply to the saved config before it is validated: `--set data.name=...` can
     # name another data set for a model whose training set cannot be loaded here.
     config = from_dict(apply_overrides(saved, overrides)) if saved else load_config(None, overrides)
-    data = prepare_data(config, model_modality=getattr(model, "modality", "image"), model_name=str(version_dir))
+    modality = getattr(model, "modality", "image")
+    data = prepare_data(config, model_modality=modality, model_name=str(version_dir),
+                        model_data_shape=model.data_shape if modality == "image" else None)
 
     result = evaluate_model(model, data, split=split, seed=config.seed, max_examples=max_examples, iw_k=iw_k,
                             disentanglement=disentanglement != "off",
-                            disentanglement_sizes=DISENTANGLEMENT_SIZES.get(disentanglement), fd=fd)
+                            disentanglement_sizes=DISENTANGLEMENT_SIZES.get(disentanglement), fd=fd,
+                            allow_unnormalised_nll=allow_unnormalised_nll)
     x, _ = data.split(split)
     figures = evaluation_figures(result, model=model, x=x[:10], value_range=data.value_range)
     document = report(result)

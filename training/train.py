@@ -28,10 +28,12 @@ class TrainResult:
     collapse: str | None = None          # the one-line collapse verdict (training.lineage.collapse_verdict)
 
 
-def prepare_data(config: Config, model_modality: str | None = None, model_name: str = "the model"):
+def prepare_data(config: Config, model_modality: str | None = None, model_name: str = "the model",
+                 model_data_shape: tuple | None = None):
     """Load and validate the data set against the chosen likelihood's support; with
     ``model_modality`` (``"text"`` or ``"image"``: an existing model's, as `vae-tf evaluate` reads
-    one), data of the other kind is refused in one line naming both."""
+    one), data of the other kind is refused in one line naming both, and with
+    ``model_data_shape`` (an image model's example shape) data of another shape."""
     from vae_tf.data import load_dataset, validate_array
     from vae_tf.likelihoods import LIKELIHOODS
 
@@ -51,6 +53,12 @@ def prepare_data(config: Config, model_modality: str | None = None, model_name: 
     )
     if model_modality is not None:
         _refuse_other_modality(config, data.modality, model_modality, model_name)
+    if model_data_shape is not None and data.modality != "text" and tuple(data.data_shape) != tuple(model_data_shape):
+        from vae_tf.errors import DataError
+
+        raise DataError(f"data set {config.data.name!r} has examples of shape {tuple(data.data_shape)} but {model_name} "
+                        f"reads {tuple(model_data_shape)}; evaluate it on data of that shape (drop --set data.*, or "
+                        "give such a data set)")
     if config.data.binarize != "none":
         data = data.binarized(config.data.binarize, seed=config.seed)
     for split in ("train", "val", "test"):

@@ -208,8 +208,9 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
         skipped["iw_nll"] = "iw_k=0"
     elif not normalised and not allow_unnormalised_nll:
         skipped["iw_nll"] = (f"likelihood {lik!r} on {'binary' if info['data_binary'] else 'non-binary'} data is "
-                             "not a normalised density; binarise the data, use continuous_bernoulli, or pass "
-                             "allow_unnormalised_nll=True")
+                             "not a normalised density; binarise the data (data.binarize), use the "
+                             "continuous_bernoulli likelihood, or allow it (vae-tf evaluate --allow-unnormalised-nll, "
+                             "evaluate_model(allow_unnormalised_nll=True))")
     else:
         iw_idx = _subsample(len(x), iw_max_examples, seed)
         nll = likelihood.iw_nll(model, x[iw_idx], k=iw_k, chunk=iw_chunk, seed=seed, batch_size=iw_batch_size)
