@@ -149,7 +149,9 @@ def compare(args) -> int:
 
 def main(argv=None) -> int:
     from vae_tf.errors import VaeTfError
+    from vae_tf_cli import quiet_libraries
 
+    quiet_libraries()  # TensorFlow's start-up lines filtered by level, as in a `vae-tf` process
     args = _args(argv)
     try:
         if args.entry == "train":

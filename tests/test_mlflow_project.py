@@ -43,6 +43,10 @@ def test_mlflow_run_trains_into_the_run_it_created(tmp_path):
     done = _mlflow_run(tmp_path, "epochs=1", "latent_dim=3", "objective=control_vae", "options={kl_set_point: 5}",
                        f"overrides=train.verbose=0 export.base_dir={tmp_path / 'models'} train.run_dir={tmp_path / 'runs'}")
     assert done.returncode == 0, done.stderr[-2000:]
+    # The entry script starts TensorFlow as the `vae-tf` program does: no start-up chatter at
+    # TF_CPP_MIN_LOG_LEVEL=2 (Abseil's note, oneDNN's and CUDA's lines, the no-driver "error").
+    for chatter in ("absl::InitializeLog", "port.cc", "cudart_stub.cc", "cuda_platform.cc"):
+        assert chatter not in done.stderr, done.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("project-test").experiment_id])
     assert len(runs) == 1  # the training job attached to MLflow's run instead of making its own

@@ -23,7 +23,9 @@ import sys
 from collections.abc import Callable
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
+    """The start-up chatter of TensorFlow and MLflow kept to warnings and errors (below), in a
+    process that runs vae-tf jobs (the `vae-tf` program, the MLflow project's entry script)."""
     # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) and MLflow's INFO lines (database
     # migrations, experiment creation) drown the progress bar and the one-line errors. TensorFlow
     # 2.21 ignores the level for its first messages; quiet_tensorflow_start applies it to them.
@@ -49,7 +51,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_libraries()
+    quiet_libraries()
     parser, commands = build_parser()
     args = parser.parse_args(argv)
     from vae_tf.errors import VaeTfError
@@ -169,4 +171,4 @@ def run(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["JOB_GC_THRESHOLDS", "KERAS_OPTIONAL_IMPORTS", "SERVER_COMMANDS", "build_parser", "collect_less_often", "keep_optional_libraries_out_of_keras",
-           "main", "prepare_job_process", "run", "run_job", "without_final_collections"]
+           "main", "prepare_job_process", "quiet_libraries", "run", "run_job", "without_final_collections"]
