@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -359,6 +360,28 @@ def test_text_models_refuse_array_networks_and_likelihoods(corpus):
         build_vae((), network=SMALL_NET, likelihood={"name": "bernoulli"}, text=text_settings(corpus.metadata))
     with pytest.raises(ConfigError, match="reads sentences; this data set has arrays"):
         build_vae((8, 8, 1), network=SMALL_NET)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.name=mnist"], "model.network.kind=lstm reads sentences; this data set has arrays"),
+    (["data.name=text_synthetic", "model.network.kind=mlp", "model.likelihood.name=bernoulli"],
+     "text data needs a recurrent network"),
+])
+def test_a_model_of_the_other_kind_than_the_data_set_is_refused_before_the_data_loads(overrides, message, monkeypatch):
+    """The text config on MNIST (was: Keras downloading MNIST first, or failing offline), an image
+    model on the synthetic corpus (was: the corpus generated first): refused from the data set's
+    registered kind, before anything loads."""
+    import vae_tf.data
+    from training.config import load_config
+    from training.train import prepare
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the data set was loaded")
+
+    monkeypatch.setattr(vae_tf.data, "load_dataset", no_loading)
+    config = load_config(Path(__file__).resolve().parents[1] / "training" / "configs" / "text_synthetic.yaml", overrides)
+    with pytest.raises(ConfigError, match=message):
+        prepare(config, tf.distribute.get_strategy())
 
 
 def test_iw_nll_bounds_the_negative_elbo_and_per_word_values_divide_by_the_scored_positions(corpus):

@@ -207,6 +207,7 @@ def prepare(config: Config, strategy) -> Prepared:
         # epoch and never recovers (docs/latent_families.md).
         print("warning: model.latent.family=normal_gamma with a constant KL weight usually collapses every "
               "dimension; anneal it, e.g. objective.kl_weight={kind: linear, steps: 1000}", file=sys.stderr)
+    _refuse_a_model_of_the_other_modality(config)
     data = prepare_data(config)
     data, labelled = split_for_pretraining(config, data)
     steps_per_epoch = training_steps_per_epoch(data, config.train)
@@ -383,6 +384,19 @@ def fit_xla_guarded(model, jit_compile, *args, **kwargs):
 #: A max_length set by the longest sentence is said when it exceeds this many times what 99 % of
 #: the sentences need (and 16 words): every batch is padded to it.
 LONG_TAIL_FACTOR = 2
+
+
+def _refuse_a_model_of_the_other_modality(config: Config) -> None:
+    """A text network or likelihood on a data set of images, or the reverse, refused before the data
+    set loads (a download, or the synthetic corpus's generation) where its registry entry says which
+    kind it holds; the model's builder checks the loaded data again (files decide for npz, npy)."""
+    from vae_tf.data import dataset_modality
+    from vae_tf.models import check_modality
+
+    declared = dataset_modality(config.data.name)
+    if declared is not None:
+        check_modality(config.model.network.get("kind", "mlp"), config.model.likelihood.get("name", "bernoulli"),
+                       text=declared == "text")
 
 
 def _refuse_other_modality(config: Config, data_modality: str | None, model_modality: str, model_name: str) -> None:
