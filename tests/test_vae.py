@@ -160,3 +160,21 @@ def test_fit_traces_the_training_step_once(digits, steps_per_execution):
     assert model.optimizer.iterations.numpy() == 2 * math.ceil(len(digits.x_train) / 64)
     assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
     assert all(np.isfinite(v).all() for v in history.history.values())
+
+
+def test_fitting_a_pipeline_gives_no_warning_that_keras_ignored_shuffle(digits):
+    """A tf.data pipeline (which shuffles itself) is fitted with shuffle=False unless one is given:
+    Keras' default, True, is ignored for a dataset with a UserWarning on every fit (the README's
+    "From Python" example printed it)."""
+    import warnings
+
+    model = _model(digits.data_shape)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(digits.pipeline("train", 64), validation_data=digits.pipeline("val", 64), epochs=1, steps_per_epoch=2,
+                  verbose=0)
+    assert not [w for w in caught if "shuffle" in str(w.message)], [str(w.message) for w in caught]
+    with warnings.catch_warnings(record=True) as caught:  # the user's own choice reaches Keras, as given
+        warnings.simplefilter("always")
+        model.fit(digits.pipeline("train", 64), epochs=1, steps_per_epoch=2, verbose=0, shuffle=True)
+    assert [w for w in caught if "shuffle=True" in str(w.message)]

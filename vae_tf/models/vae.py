@@ -426,7 +426,14 @@ class VAE(keras.Model):
         The optimizer's variables are made here, eagerly, where Keras (without a tf.distribute
         strategy) would make them inside the first traced training step: a step that creates
         variables is traced twice, and variables are slow to create in a trace (about a second of
-        start-up on the conv model, benchmarks/startup.py)."""
+        start-up on the conv model, benchmarks/startup.py).
+
+        A ``tf.data.Dataset`` (``DataSplits.pipeline`` shuffles) is fitted with ``shuffle=False``
+        unless ``shuffle`` is given: Keras ignores the flag for a dataset and warns on every
+        ``fit`` that its default, ``True``, was ignored."""
+        x = args[0] if args else kwargs.get("x")
+        if isinstance(x, tf.data.Dataset) and len(args) <= 8 and "shuffle" not in kwargs:  # shuffle: 9th argument
+            kwargs["shuffle"] = False
         if self.jit_compile and self.inference.xla_refusal:
             raise ConfigError(f"this model is compiled with jit_compile=True, but {self.inference.xla_refusal}; "
                               "compile it with jit_compile=False")
