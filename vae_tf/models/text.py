@@ -169,8 +169,9 @@ class TextVAE(VAE):
 
     def compute_terms(self, x, training: bool = False, target=None, *, gradient: bool = True) -> dict:
         """Per-sentence ELBO terms (module docstring). ``x``: embedded words (possibly perturbed);
-        ``target``: the word ids; ``gradient`` as in :meth:`VAE.compute_terms`. ``reconstruction`` = log p(sentence | z) summed over its words and
-        ``<eos>``; ``kl`` summed over latent dims; ``words`` the positions scored (n + 1)."""
+        ``target``: the word ids; ``gradient`` as in :meth:`VAE.compute_terms`. ``reconstruction``
+        = log p(sentence | z) summed over its words and ``<eos>``; ``kl`` summed over latent dims;
+        ``words`` the positions scored (n + 1)."""
         if target is None:
             raise ConfigError("a text model's compute_terms needs the word ids (TextVAE.prepare gives them)")
         ids = tf.cast(target, tf.int32)
