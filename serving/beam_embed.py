@@ -59,6 +59,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 from serving.beam_worker import BEAM_WORKER_MODULE, USER_ERRORS, quiet_beam_import, worker_command
@@ -639,7 +640,8 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
     result = run_beam_embed(source, encoder, data_shape, args.output, outputs=outputs, batch_size=args.batch_size,
                             overwrite=args.overwrite, pipeline_args=beam_args, workers=args.workers)
     workers = f", {result.workers} worker processes" if result.workers else ""
-    print(f"embeddings:    {result.output} ({result.rows} rows in {len(result.files)} Parquet file(s); "
+    shown = result.output if "://" in str(result.output) else Path(result.output).resolve()  # as the one-process job
+    print(f"embeddings:    {shown} ({result.rows} rows in {len(result.files)} Parquet file(s); "
           f"columns {', '.join(result.columns)}; rows in no particular order, join on index)")
     print(f"model:         {result.identity['model']}")
     print(f"runner:        {result.runner}{workers}")

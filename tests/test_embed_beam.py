@@ -149,7 +149,7 @@ def _list_column(x: np.ndarray, fixed: bool) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(np.arange(len(x) + 1) * width, pa.int32()), flat)
 
 
-def test_parquet_input_every_row_in_file_order(exports, tmp_path, capsys):
+def test_parquet_input_every_row_in_file_order(exports, tmp_path, capsys, monkeypatch):
     rng = np.random.default_rng(3)
     x = rng.random((230,) + SHAPE, dtype=np.float32)
     y = rng.integers(0, 4, 230)
@@ -159,9 +159,10 @@ def test_parquet_input_every_row_in_file_order(exports, tmp_path, capsys):
     pq.write_table(pa.table({"x": _list_column(x[:150], True), "y": y[:150]}), folder / "a.parquet", row_group_size=100)
     pq.write_table(pa.table({"y": y[150:], "x": _list_column(x[150:], False)}), folder / "b.parquet")
     out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
     assert main(["embed", "--runner", "beam", "--data", str(folder / "*.parquet"), "--model", str(exports / "1"),
-                 "-o", str(out), "--chunk-size", "64", "--batch-size", "16"]) == 0
-    assert "230 rows" in capsys.readouterr().out
+                 "-o", "out", "--chunk-size", "64", "--batch-size", "16"]) == 0
+    assert f"embeddings:    {out.resolve()} (230 rows" in capsys.readouterr().out  # absolute, as `vae-tf embed` prints
     table = pq.read_table(out).sort_by("index")
     np.testing.assert_array_equal(table["index"].to_numpy(), np.arange(230))
     np.testing.assert_array_equal(table["label"].to_numpy(), y)
