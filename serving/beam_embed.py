@@ -535,7 +535,10 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
         raise DataError(f"the data rows have shape {list(source.data_shape)} but {encoder.version_dir} takes "
                         f"{list(data_shape)}; embed data of the shape the model was trained on")
     if source.rows == 0:
-        raise DataError(f"{source.description.get('path') or source.description.get('data')} has no rows to embed")
+        where = source.description.get('path') or source.description.get('data')
+        if isinstance(source, TextFileSource):  # as the one-process job says it (serving.text_rows)
+            raise DataError(f"{where} has no sentence (every line is blank); put one sentence per line")
+        raise DataError(f"{where} has no rows to embed")
     output = str(output)
     if output.lower().endswith(".npz"):
         raise ConfigError("--runner beam writes Parquet files into a directory; give --output DIR, not an .npz file")

@@ -276,6 +276,10 @@ def test_text_files_and_parquet_sentences_equal_vae_tf_embed(text_exports, tmp_p
     err = _error(capsys, "embed", "--runner", "beam", "--data", "text", "--path", str(folder / "bad.txt"), *common,
                  "-o", str(tmp_path / "bad"))
     assert "is not valid UTF-8 (line 2, byte 0" in err  # found on the launcher, before any worker starts
+    (folder / "blank.txt").write_text("\n \n")  # both runners say the same of a file without a sentence
+    for runner in ([], ["--runner", "beam"]):
+        err = _error(capsys, "embed", *runner, "--data", str(folder / "blank.txt"), *common, "-o", str(tmp_path / "b"))
+        assert err.endswith("blank.txt has no sentence (every line is blank); put one sentence per line"), err
     assert "needs --path" in _error(capsys, "embed", "--runner", "beam", "--data", "text", *common, "-o", str(out))
     assert "reads Parquet, not CSV" in _error(capsys, "embed", "--runner", "beam", "--data", str(folder / "s.csv"),
                                               *common, "-o", str(out))
