@@ -745,3 +745,21 @@ def test_first_fit_smoke(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "first_fit.py"), "--compare-tree", str(tmp_path)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "is not a vae-tf checkout" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_text_evaluate_smoke(tmp_path, capsys):
+    """benchmarks/text_evaluate.py: both evaluation steps timed on the same weights, their losses
+    equal (the same value scored two ways), the table printed; a bad size is refused by argparse."""
+    from benchmarks import text_evaluate
+
+    out = tmp_path / "te.json"
+    assert text_evaluate.main(["--sizes", "8x4", "--sentences", "64", "--batch-size", "32", "--rounds", "2",
+                               "--latent", "2", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["results"][0]
+    assert (row["hidden"], row["embedding"]) == (8, 4)
+    assert len(row["seconds"]["before"]) == len(row["seconds"]["after"]) == 2 and row["ratio_median_of_rounds"] > 0
+    assert row["loss"]["before"] == pytest.approx(row["loss"]["after"], rel=1e-5) and row["loss"]["after"] > 0
+    assert "| LSTM 8, embedding 4 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        text_evaluate.main(["--sizes", "8by4"])
+    assert "a size is HIDDENxEMBEDDING, e.g. 50x50, got '8by4'" in capsys.readouterr().err
