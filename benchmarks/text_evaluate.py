@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks.common import command_line, machine_info, write_json  # noqa: E402
+from benchmarks.common import command_line, machine_info, summary, write_json  # noqa: E402
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -66,17 +66,22 @@ def measure(data, x, hidden: int, embedding: int, args) -> dict:
               for name, model in models.items()}
     ratios = [b / a for b, a in zip(seconds["before"], seconds["after"])]
     return {"hidden": hidden, "embedding": embedding, "seconds": seconds, "loss": losses,
-            "median_seconds": {name: float(np.median(v)) for name, v in seconds.items()},
+            "summary_seconds": {name: summary(v) for name, v in seconds.items()},
             "ratio_median_of_rounds": float(np.median(ratios))}
 
 
 def render(report: dict) -> str:
+    def cell(s: dict) -> str:
+        return f"{s['median']:.3f} ({s['min']:.3f}–{s['max']:.3f})"
+
     lines = [f"Command: `{report['command']}`", "",
-             "| model | before, s (median) | after, s (median) | before ÷ after, per round (median) | loss before | loss after |",
+             "| model | before, s median (min–max) | after, s median (min–max) | before ÷ after, per round (median) "
+             "| loss before | loss after |",
              "|---|---:|---:|---:|---:|---:|"]
     for row in report["results"]:
-        lines.append(f"| LSTM {row['hidden']}, embedding {row['embedding']} | {row['median_seconds']['before']:.3f} | "
-                     f"{row['median_seconds']['after']:.3f} | {row['ratio_median_of_rounds']:.2f} | "
+        seconds = row["summary_seconds"]
+        lines.append(f"| LSTM {row['hidden']}, embedding {row['embedding']} | {cell(seconds['before'])} | "
+                     f"{cell(seconds['after'])} | {row['ratio_median_of_rounds']:.2f} | "
                      f"{row['loss']['before']:.4f} | {row['loss']['after']:.4f} |")
     return "\n".join(lines)
 
