@@ -661,7 +661,9 @@ class ModelStore:
         self._failed.pop(version, None)
         self._set_status(VersionStatus(version, AVAILABLE))
         log.info("loaded %s version %d in %.2f s", self.model_name, version, time.perf_counter() - started)
-        if servable.text is not None:
+        if servable.text is not None and self._servables:
+            # A version that arrives while others serve (a hot swap) says what it accepts; the
+            # first one is described once, in `vae-tf serve`'s start-up lines.
             log.info("%s version %d is a %s", self.model_name, version, servable.text.describe())
         return servable
 

@@ -280,11 +280,15 @@ def test_serve_command_announces_and_applies_the_text_flags(text_exports, tmp_pa
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen([sys.executable, "-m", "vae_tf_cli", "serve", "--model", str(tmp_path / "text"),
                                 "--port", "0", "--rest-api-port", "0", "--long-text", "refuse", "--max-text-rows", "3"],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=(tmp_path / "stderr").open("w"),
+                               text=True)
     try:
         lines = announced(process)
         assert lines["text"] == ("text model: UTF-8 sentences, sentences longer than 6 words are refused; at most 3 "
                                  "sentences a request and 65536 bytes a sentence")
+        # Said once: the log of the first version's loading does not repeat it.
+        assert "loaded text version 1" in (tmp_path / "stderr").read_text()
+        assert "text model:" not in (tmp_path / "stderr").read_text()
         client = RestClient(lines["REST"].split("/v1/")[0], "text")
         with pytest.raises(ServingRequestError, match="4 sentences in one request, more than this server's limit of 3"):
             client.encode(["a"] * 4)
@@ -297,6 +301,24 @@ def test_serve_command_announces_and_applies_the_text_flags(text_exports, tmp_pa
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_text_version_swapped_in_later_says_what_it_accepts_in_the_log(text_exports, tmp_path, caplog):
+    """The first version's description is `vae-tf serve`'s start-up line; a version that arrives
+    while the server runs is described in the log, where the operator watching it looks."""
+    from serving.model_store import ModelStore
+
+    drop_version(text_exports, tmp_path, 1, name="text")
+    store = ModelStore(tmp_path, "text", poll_seconds=0, text_limits=STRICT)
+    with caplog.at_level("INFO", logger="serving.model_store"):
+        store.poll()
+        assert "loaded text version 1" in caplog.text and "text model" not in caplog.text
+        caplog.clear()
+        drop_version(text_exports, tmp_path, 2, name="text")
+        store.poll()
+    assert store.versions == [2]
+    assert (f"text version 2 is a text model: UTF-8 sentences, sentences longer than {TINY_TEXT_MAX_LENGTH} words "
+            "are refused; at most 4 sentences a request and 64 bytes a sentence") in caplog.text
 
 
 # -- end to end: train, export, serve, compare ----------------------------------------------------------
