@@ -4,6 +4,7 @@ and the MLflow pyfunc serving every signature."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ from serving.embed import (
 from serving.testing import export_tiny_model, running_server
 from tests.conftest import assert_one_line, interrupted_after
 from vae_tf_cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -302,6 +305,23 @@ def test_pyfunc_serves_every_signature(base, tmp_path, monkeypatch):
         model.predict(np.array([[1.5, 2]]), params={"signature": "sample"})
     with pytest.raises(ValueError, match=r"needs z with shape \[batch, 8\]"):
         model.predict(np.zeros((2, 3)), params={"signature": "decode"})
+
+
+def test_the_pyfunc_model_file_runs_without_mlflows_type_hint_advice():
+    """MLflow executes training/pyfunc_model.py wherever the model is logged or loaded; defining
+    the model there printed MLflow's yellow "Add type hints to the `predict` method" warning to
+    every user of `mlflow.pyfunc.load_model`. Other warnings still show."""
+    import runpy
+    import warnings
+
+    warnings.onceregistry.clear()  # MLflow shows that advice "once" a process
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        namespace = runpy.run_path(str(REPO / "training" / "pyfunc_model.py"))
+        warnings.warn("another warning", UserWarning)
+    messages = [str(w.message) for w in shown]
+    assert "VaeTfSavedModel" in namespace and "another warning" in messages
+    assert not [m for m in messages if "type hints" in m], messages
 
 
 def test_a_users_file_is_the_trained_data_when_it_is_the_same_file(tmp_path, monkeypatch):

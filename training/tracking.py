@@ -118,22 +118,12 @@ def log_saved_model(export_dir: Path, data_shape, registered_name: str | None):
          else f"x: float32[-1, {', '.join(map(str, data_shape))}]")
     inputs = {"encode": x, "decode": "z: float32[-1, code_size]", "reconstruct": x, "sample": "seed: int32[-1, 2]"}
     with warnings.catch_warnings():
-        # The schema is explicit, so MLflow's advice about input examples and type hints (for
-        # schema inference) does not apply. MLflow forces "once" filters around the type-hint
-        # check, so that one is dropped at display time.
+        # The schema is explicit, so MLflow's advice about input examples (for schema inference)
+        # does not apply; its advice about type hints is dropped by pyfunc_model.py itself.
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        warnings.showwarning = _without_type_hint_advice(warnings.showwarning)
         info = _log_pyfunc(signature, export_dir, registered_name, inputs)
     version = getattr(info, "registered_model_version", None)
     return info.model_uri, version
-
-
-def _without_type_hint_advice(show):
-    def filtered(message, category, filename, lineno, file=None, line=None):
-        if "Add type hints to the `predict` method" not in str(message):
-            show(message, category, filename, lineno, file, line)
-
-    return filtered
 
 
 def _log_pyfunc(signature, export_dir: Path, registered_name: str | None, inputs: dict | None = None):
