@@ -387,15 +387,35 @@ def _to_table(element: tuple[Columns, PredictionResult], names: Sequence[str]):
     return arrow_table({**result.inference, **columns}, names)
 
 
+def _within_support(element: tuple[Columns, np.ndarray], support, likelihood: str, where: str):
+    """``element`` unchanged, or the one-process job's error for rows outside the support of the
+    model's likelihood (``serving.embed.support_error``), raised on the worker."""
+    from serving.embed import support_error
+
+    columns, rows = element
+    error = support_error(rows, columns["index"], support, likelihood, where)
+    if error is not None:
+        raise error
+    return element
+
+
 def build_pipeline(pipeline, source, model_path: str, output: str, *, outputs: Sequence[str], batch_size: int,
-                   schema, columns: Sequence[str]):
+                   schema, columns: Sequence[str], support: tuple[float, float] | None = None,
+                   likelihood: str | None = None):
     """Add the embedding job to ``pipeline`` (see the module docstring); returns the write's
-    output (the written file names)."""
+    output (the written file names). ``support`` (with the ``likelihood``'s name): the values the
+    model reads; rows outside it fail the job, as they fail ``vae-tf embed``."""
+    from serving.embed import data_description
+
     handler = KeyedModelHandler(EncodeModelHandler(model_path, outputs, batch_size))
-    return (pipeline
+    rows = (pipeline
             | "WorkItems" >> beam.Create(source.work())
             | "Spread" >> beam.Reshuffle()  # else a runner may keep every item in the bundle that created it
-            | "Read" >> beam.FlatMap(source.read)
+            | "Read" >> beam.FlatMap(source.read))
+    if support is not None:
+        rows = rows | "CheckSupport" >> beam.Map(_within_support, tuple(support), likelihood,
+                                                 data_description(source.description))
+    return (rows
             | "Encode" >> RunInference(handler)
             | "ToArrow" >> beam.Map(_to_table, list(columns))
             | "Write" >> beam.io.WriteToParquetBatched(FileSystems.join(output, SHARD_PREFIX), schema=schema,
@@ -476,6 +496,8 @@ class BeamEmbedResult:
 
 
 _USER_ERROR = re.compile(rf"\b({'|'.join(USER_ERRORS)}): (.+)")
+#: What Beam appends to a worker's exception: the step, which means nothing to the user.
+_WHERE_IN_THE_PIPELINE = re.compile(r"( \[while running '[^']*'\])+$")
 
 
 def user_error(err: BaseException) -> VaeTfError | None:
@@ -484,13 +506,13 @@ def user_error(err: BaseException) -> VaeTfError | None:
     seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, VaeTfError):
-            return seen
+            return type(seen)(_WHERE_IN_THE_PIPELINE.sub("", str(seen)))
         seen = seen.__cause__ or seen.__context__
     found = _USER_ERROR.findall(str(err))
     if not found:
         return None
     kind, message = found[-1]
-    return USER_ERRORS[kind](message)
+    return USER_ERRORS[kind](_WHERE_IN_THE_PIPELINE.sub("", message))
 
 
 def _shards(pattern: str) -> dict[str, float]:
@@ -562,7 +584,7 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
 
     pipeline = beam.Pipeline(runner=make_runner(options), options=options)
     build_pipeline(pipeline, source, str(encoder.version_dir), output, outputs=outputs, batch_size=batch_size,
-                   schema=schema, columns=columns)
+                   schema=schema, columns=columns, support=encoder.support, likelihood=encoder.likelihood)
     local_temps = _local_temporaries(output)
     created = "://" not in output and not os.path.exists(output)
     try:

@@ -48,7 +48,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -396,9 +396,7 @@ def _check_finite(rows: np.ndarray, start: int, source: EmbedSource) -> None:
     if found is None:
         return
     index, value, count = found
-    where = source.description.get("path") or source.description.get("data") or "the data"
-    split = source.description.get("split")
-    raise DataError(f"row {start + index[0]} of {where}{f' (split {split})' if split else ''} has a non-finite value "
+    raise DataError(f"row {start + index[0]} of {data_description(source.description)} has a non-finite value "
                     f"{non_finite_text(value)} at index {(start + index[0],) + index[1:]} ({count} NaN/Inf values in "
                     f"rows {start}-{start + len(rows) - 1}); remove or impute those rows before embedding them")
 
@@ -407,17 +405,36 @@ def _check_support(rows: np.ndarray, start: int, source: EmbedSource, encoder) -
     """Refuse a chunk outside the support of the likelihood the model was trained with (a
     Bernoulli model reads [0, 1]), as training refuses such data: the encoder would embed values
     it never saw without a word."""
-    support = getattr(encoder, "support", None)
+    positions = source.positions(start, start + len(rows)) if source.positions else np.arange(start, start + len(rows))
+    error = support_error(rows, positions, getattr(encoder, "support", None), getattr(encoder, "likelihood", None),
+                          data_description(source.description))
+    if error is not None:
+        raise error
+
+
+def data_description(description: Mapping) -> str:
+    """How messages name the rows' input: its path or data set name, and the split if any."""
+    where = description.get("path") or description.get("data") or "the data"
+    split = description.get("split")
+    return f"{where} (split {split})" if split else str(where)
+
+
+def support_error(rows, positions: np.ndarray, support: tuple[float, float] | None, likelihood: str | None,
+                  where: str) -> DataError | None:
+    """The error for ``rows`` holding values outside ``support`` (``None``: every value is within
+    it, or the likelihood has no bounded support), naming the first such row by its position
+    (the output's ``index``) and the chunk's range; ``vae-tf embed`` in one process and on Beam."""
     rows = np.asarray(rows)
     if support is None or rows.size == 0 or rows.dtype.kind not in "iuf":
-        return
+        return None
     low, high = float(np.min(rows)), float(np.max(rows))
     if low >= support[0] and high <= support[1]:
-        return
-    where = source.description.get("path") or source.description.get("data") or "the data"
-    raise DataError(f"rows {start}-{start + len(rows) - 1} of {where} lie in [{low:g}, {high:g}] but the model's "
-                    f"{encoder.likelihood} likelihood reads [{support[0]:g}, {support[1]:g}]; scale the data as its "
-                    "training data was (uint8 images in .npz/.npy/image folders are read as /255 already)")
+        return None
+    outside = np.any((rows < support[0]) | (rows > support[1]), axis=tuple(range(1, rows.ndim)))
+    return DataError(f"row {int(positions[int(np.argmax(outside))])} of {where} has values outside "
+                     f"[{support[0]:g}, {support[1]:g}], which the model's {likelihood} likelihood reads (rows "
+                     f"{int(positions[0])}-{int(positions[-1])} lie in [{low:g}, {high:g}]); scale the data as its "
+                     "training data was (uint8 images in .npz/.npy/image folders are read as /255 already)")
 
 
 def encode_chunk(encoder, x: np.ndarray, outputs: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:

@@ -231,6 +231,32 @@ def test_a_bad_row_found_by_a_worker_is_one_line(exports, tmp_path, capfd):
     assert not (tmp_path / "out").exists()  # nothing half-written: Beam's temporary folders are removed too
 
 
+def test_rows_outside_the_likelihoods_support_fail_on_beam_as_in_one_process(exports, tmp_path, capsys):
+    """A Bernoulli model reads [0, 1]: `vae-tf embed` refused other values, the Beam job embedded
+    them without a word. Both now fail with the same line, naming the first such row by its
+    `index` (the row in the split; the row of the file for Parquet)."""
+    x = np.full((40,) + SHAPE, 0.5, np.float32)
+    x[23, 1, 2, 0], x[30] = 1.5, 3.0
+    data = tmp_path / "scaled.npz"
+    np.savez(data, x=x)
+    common = ["embed", "--model", str(exports), "--data", str(data), "--split", "all", "--chunk-size", "16"]
+    one = _error(capsys, *common, "-o", str(tmp_path / "e.npz"))
+    assert _error(capsys, *common, "--runner", "beam", "-o", str(tmp_path / "out")) == one
+    in_split = load_source(str(data), split="all").x[0:40].reshape(40, -1)
+    first = int(np.flatnonzero(in_split.max(axis=1) > 1)[0])
+    chunk = in_split[first // 16 * 16:first // 16 * 16 + 16]
+    assert (f"error: row {first} of {data} (split all) has values outside [0, 1], which the model's bernoulli "
+            f"likelihood reads (rows {first // 16 * 16}-{first // 16 * 16 + len(chunk) - 1} lie in "
+            f"[0.5, {chunk.max():g}]); scale the data") in one
+    parquet = tmp_path / "scaled.parquet"
+    pq.write_table(pa.table({"x": _list_column(x.reshape(40, -1), True)}), parquet, row_group_size=16)
+    err = _error(capsys, "embed", "--runner", "beam", "--model", str(exports), "--data", str(parquet),
+                 "-o", str(tmp_path / "out"))
+    assert f"error: row 23 of {parquet} has values outside [0, 1], which the model's bernoulli likelihood reads " \
+           "(rows 16-31 lie in [0.5, 3]); scale the data" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_text_files_and_parquet_sentences_equal_vae_tf_embed(text_exports, tmp_path, capsys):
     """A text model on Beam: a plain and a gzip text file (blank lines skipped, ``index`` the line

@@ -253,12 +253,19 @@ def test_data_of_another_shape_or_a_folder_for_output_is_refused_before_anything
     assert "adir.npz is a folder; give -o a file name" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.npz", "small.npz"]  # no output, no .parts
     # values outside the support of the model's (Bernoulli) likelihood, which training refuses
-    np.savez(tmp_path / "big.npz", x=np.linspace(0.0, 160.0, 20 * 64, dtype=np.float32).reshape(20, 8, 8, 1))
+    big = np.full((20, 8, 8, 1), 0.5, np.float32)
+    big[13, 2, 3, 0], big[17] = 1.5, 160.0
+    np.savez(tmp_path / "big.npz", x=big)
     assert _embed("--model", f"{base}/vae", "--data", str(tmp_path / "big.npz"), "--split", "all",
                   "-o", str(tmp_path / "b.npz")) == 2
     err = capsys.readouterr().err.strip()
     assert_one_line(err)
-    assert "lie in [0, 160] but the model's bernoulli likelihood reads [0, 1]" in err and not (tmp_path / "b.npz").exists()
+    # "row" is the row in the split, as in the output's `index` column (the splits are shuffled)
+    in_split = load_source(str(tmp_path / "big.npz"), split="all").x[0:20]
+    first = min(np.flatnonzero(in_split.reshape(20, -1).max(axis=1) > 1))
+    assert f"row {first} of {tmp_path / 'big.npz'} (split all) has values outside [0, 1], which the model's " \
+           "bernoulli likelihood reads (rows 0-19 lie in [0.5, 160]); scale the data" in err
+    assert not (tmp_path / "b.npz").exists()
 
 
 def test_probe_errors_are_one_line(tmp_path, capsys):
