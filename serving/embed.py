@@ -348,22 +348,30 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
     _prepare_parts(parts, manifest, overwrite)
 
     reused = 0
-    for i in range(n_chunks):
-        chunk_file = parts / f"chunk-{i:06d}.npz"
-        if chunk_file.is_file():
-            reused += 1
-            continue
-        start, stop = i * chunk_size, min(n, (i + 1) * chunk_size)
-        rows = source.x[start:stop]
-        _check_finite(rows, start, source)
-        _check_support(rows, start, source, encoder)
-        arrays = encode_chunk(encoder, rows, outputs, batch_size)
-        arrays["index"] = source.positions(start, stop) if source.positions else np.arange(start, stop, dtype=np.int64)
-        if source.y is not None:
-            arrays["label"] = np.asarray(source.y[start:stop], dtype=np.int64)
-        _atomic_write(chunk_file, lambda tmp: _save_npz(tmp, arrays))
-        if progress:
-            progress(i + 1, n_chunks)
+    try:
+        for i in range(n_chunks):
+            chunk_file = parts / f"chunk-{i:06d}.npz"
+            if chunk_file.is_file():
+                reused += 1
+                continue
+            start, stop = i * chunk_size, min(n, (i + 1) * chunk_size)
+            rows = source.x[start:stop]
+            _check_finite(rows, start, source)
+            _check_support(rows, start, source, encoder)
+            arrays = encode_chunk(encoder, rows, outputs, batch_size)
+            arrays["index"] = (source.positions(start, stop) if source.positions
+                               else np.arange(start, stop, dtype=np.int64))
+            if source.y is not None:
+                arrays["label"] = np.asarray(source.y[start:stop], dtype=np.int64)
+            _atomic_write(chunk_file, lambda tmp: _save_npz(tmp, arrays))
+            if progress:
+                progress(i + 1, n_chunks)
+    except BaseException:
+        # A run that stopped before its first chunk was written leaves nothing to resume: no
+        # .parts folder beside the output the user asked for.
+        if not any(parts.glob("chunk-*.npz")):
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
     columns = list(outputs) + ["index"] + (["label"] if source.y is not None else [])
     writer = _assemble_parquet if output.suffix.lower() == ".parquet" else _assemble_npz
     _atomic_write(output, lambda tmp: writer(tmp, parts, n_chunks, columns, n))

@@ -265,7 +265,8 @@ def test_data_of_another_shape_or_a_folder_for_output_is_refused_before_anything
     first = min(np.flatnonzero(in_split.reshape(20, -1).max(axis=1) > 1))
     assert f"row {first} of {tmp_path / 'big.npz'} (split all) has values outside [0, 1], which the model's " \
            "bernoulli likelihood reads (rows 0-19 lie in [0.5, 160]); scale the data" in err
-    assert not (tmp_path / "b.npz").exists()
+    # no output, and no .parts folder: a run that failed before its first chunk has nothing to resume
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.npz", "big.npz", "small.npz"]
 
 
 def test_probe_errors_are_one_line(tmp_path, capsys):
