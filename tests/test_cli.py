@@ -132,6 +132,25 @@ def test_bad_data_fails_before_any_run_is_created(workdir, capsys):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+def test_too_few_examples_to_judge_collapse_fail_before_training(workdir, capsys):
+    """12 digits leave 1 test example: the run trained, then failed on the collapse verdict with
+    "error: means has 1 rows; at least 2 are needed". Refused before any run, saying what to change;
+    without a test split the run is judged on the validation split, then on the training data."""
+    tmp_path, uri = workdir
+    assert main(_args(*FAST, "data.max_samples=12")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: data set 'digits' leaves 1 example(s) in its test split, on which the run is scored and "
+                   "its collapse judged (active units need at least 2); give more examples (a larger "
+                   "data.max_samples or data set) or a larger data.test_fraction")
+    assert main(_args(*FAST, "data.max_samples=12", "data.test_fraction=0")) == 2
+    assert "leaves 1 example(s) in its val split" in capsys.readouterr().err
+    assert main(_args(*FAST, "data.max_samples=1", "data.test_fraction=0", "data.val_fraction=0")) == 2
+    assert capsys.readouterr().err.strip().endswith("in its train split, on which the run is scored and its collapse "
+                                                    "judged (active units need at least 2); give more examples (a "
+                                                    "larger data.max_samples or data set)")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 def test_data_outside_the_likelihood_support_is_rejected(workdir, capsys):
     tmp_path, _ = workdir

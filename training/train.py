@@ -70,6 +70,28 @@ def prepare_data(config: Config, model_modality: str | None = None, model_name: 
     return data
 
 
+def evaluation_split(data) -> str:
+    """The split a training run is scored and judged on (test metrics, collapse verdict,
+    figures): the test split, else the validation split, else the training data."""
+    return "test" if len(data.x_test) else ("val" if len(data.x_val) else "train")
+
+
+def _refuse_too_few_examples_to_judge(config: Config, data) -> None:
+    """Refuse, before training, data whose evaluation split is too small for the collapse
+    verdict (active units are a variance over examples): it failed after training, with a
+    message about the metric's arguments."""
+    from vae_tf.errors import DataError
+
+    split = evaluation_split(data)
+    n = len(data.split(split)[0])
+    if n >= 2:
+        return
+    larger = f" or a larger data.{split}_fraction" if split != "train" else ""
+    raise DataError(f"data set {config.data.name!r} leaves {n} example(s) in its {split} split, on which the run is "
+                    f"scored and its collapse judged (active units need at least 2); give more examples (a larger "
+                    f"data.max_samples or data set){larger}")
+
+
 def objective_spec(config: Config, steps_per_epoch: int) -> dict:
     """The objective (slot form) for ``build_vae``; a cyclical KL weight without ``total_steps``
     spans the whole run (``epochs × steps_per_epoch``)."""
@@ -209,6 +231,7 @@ def prepare(config: Config, strategy) -> Prepared:
               "dimension; anneal it, e.g. objective.kl_weight={kind: linear, steps: 1000}", file=sys.stderr)
     _refuse_a_model_of_the_other_modality(config)
     data = prepare_data(config)
+    _refuse_too_few_examples_to_judge(config, data)
     data, labelled = split_for_pretraining(config, data)
     steps_per_epoch = training_steps_per_epoch(data, config.train)
     text = None
@@ -573,7 +596,7 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
     history = checkpoints.history
     tracker.log_metrics({"epochs_run": len(history)})
 
-    eval_split = "test" if len(data.x_test) else ("val" if has_val else "train")
+    eval_split = evaluation_split(data)
     test_metrics = model.evaluate(distribute_options(data.pipeline(eval_split, train_cfg.batch_size), strategy),
                                   return_dict=True, verbose=0)
     test_metrics = {f"{eval_split}_{k}": float(np.asarray(v).reshape(-1)[0]) for k, v in test_metrics.items()}

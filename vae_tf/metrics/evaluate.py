@@ -119,7 +119,8 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
     """
     x_all, y_all = data.split(split)
     if len(x_all) < 2:
-        raise DataError(f"split {split!r} of {data.name!r} has {len(x_all)} examples; evaluation needs at least 2")
+        raise DataError(f"split {split!r} of {data.name!r} has {len(x_all)} example(s); evaluation needs at least 2 "
+                        "(active units are a variance over examples): evaluate a larger split or more data")
     if fd_samples not in ("mean", "ancestral"):
         raise ConfigError(f"fd_samples must be 'mean' or 'ancestral', got {fd_samples!r}")
     sizes = _check_sizes(disentanglement_sizes)
