@@ -257,8 +257,21 @@ def load_split_source(args, text_model: bool, options: dict) -> EmbedSource:
     """:func:`load_source` of the resolved ``args`` (:func:`resolve_embed_data`) for a model
     reading sentences (``text_model``) or arrays: data of the other kind is refused before a
     registered data set loads (its registration says what it holds) and after a file loads."""
-    from vae_tf.data import dataset_modality
+    from vae_tf.data import DATASETS, dataset_modality
 
+    if args.path is None and args.data.lower().replace("-", "_") not in DATASETS:
+        # A path: one this model's data cannot be read from is named as such, with the inputs that can.
+        kind = "text" if text_model else "image"
+        names = ", ".join(sorted(n for n in DATASETS if dataset_modality(n) in ((kind,) if text_model else (kind, None))))
+        readable = ("a .txt/.txt.gz file (one sentence per line) or a .parquet/.csv file with a column of sentences"
+                    if text_model else "an .npz/.npy file or an image folder")
+        candidate = Path(args.data).expanduser()
+        if not candidate.exists():
+            raise DataError(f"unknown data set or missing file {args.data!r}; give {readable} that exists, or a "
+                            f"registered name ({names})")
+        if candidate.is_file() and candidate.suffix.lower() not in (".npz", ".npy"):
+            raise DataError(f"{args.data!r} is not a kind of file vae-tf embed reads for this {kind} model; give "
+                            f"{readable}, or a registered name ({names})")
     refuse_modality_mismatch(dataset_modality(args.data), text_model, args.data)
     source = load_source(args.data, split=args.split, path=args.path, seed=args.seed, val_fraction=args.val_fraction,
                          test_fraction=args.test_fraction, max_samples=args.max_samples, options=options)

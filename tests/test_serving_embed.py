@@ -240,6 +240,34 @@ def test_embed_errors_are_one_line(base, server, tmp_path, capsys, monkeypatch, 
     assert err.startswith("error: ") and message in err, err
 
 
+def test_a_path_embed_cannot_read_is_named_with_the_inputs_the_model_can_take(base, text_exports, tmp_path, capsys,
+                                                                                monkeypatch):
+    """An existing file of a kind embed does not read was called an "unknown data set" followed by
+    the registry; a missing file offered a text model .npz/.npy files and image folders."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.log").write_text("the cat sat\n")
+    image, text = ["--model", f"{base}/vae"], ["--model", str(text_exports)]
+    for model, data, said in [
+        (image, "notes.log", "'notes.log' is not a kind of file vae-tf embed reads for this image model; give an "
+                             ".npz/.npy file or an image folder, or a registered name (digits, "),
+        (image, "missing", "unknown data set or missing file 'missing'; give an .npz/.npy file or an image folder "
+                           "that exists, or a registered name (digits, "),
+        (text, "notes.log", "'notes.log' is not a kind of file vae-tf embed reads for this text model; give a "
+                            ".txt/.txt.gz file (one sentence per line) or a .parquet/.csv file with a column of "
+                            "sentences, or a registered name ("),
+        (text, "missing", "unknown data set or missing file 'missing'; give a .txt/.txt.gz file (one sentence per "
+                          "line) or a .parquet/.csv file with a column of sentences that exists, or a registered name ("),
+    ]:
+        assert main(["embed", *model, "--data", data, "-o", "e.npz"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert_one_line(err)
+        assert err.startswith(f"error: {said}"), err
+        names = err.rsplit("(", 1)[1]
+        assert ("text_synthetic" in names and "digits" not in names) if model is text else \
+            ("digits" in names and "text_synthetic" not in names), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.log"]
+
+
 def test_data_of_another_shape_or_a_folder_for_output_is_refused_before_anything_is_written(base, tmp_path, capsys):
     """Rows of another shape than the model's failed deep in the graph (a 200-line traceback) and
     left the output's .parts folder behind; an existing folder as -o failed after encoding."""
