@@ -87,6 +87,9 @@ def test_evaluate_rejects_bad_options(digits, digits_model):
     with pytest.raises(ConfigError) as err:
         evaluate_model(digits_model, digits, disentanglement_sizes={"num_trian": 10})
     assert "\n" not in str(err.value)
+    # One example has no variance to count active units with (it failed as "means has 1 rows").
+    with pytest.raises(ConfigError, match=r"^max_examples \(--max-examples\) is 1; evaluation needs at least 2 "):
+        evaluate_model(digits_model, digits, max_examples=1)
 
 
 @pytest.mark.slow

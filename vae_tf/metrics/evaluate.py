@@ -121,6 +121,9 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
     if len(x_all) < 2:
         raise DataError(f"split {split!r} of {data.name!r} has {len(x_all)} example(s); evaluation needs at least 2 "
                         "(active units are a variance over examples): evaluate a larger split or more data")
+    if max_examples is not None and max_examples < 2:
+        raise ConfigError(f"max_examples (--max-examples) is {max_examples}; evaluation needs at least 2 examples "
+                          "(active units are a variance over examples): give 2 or more")
     if fd_samples not in ("mean", "ancestral"):
         raise ConfigError(f"fd_samples must be 'mean' or 'ancestral', got {fd_samples!r}")
     sizes = _check_sizes(disentanglement_sizes)
