@@ -139,7 +139,7 @@ def test_an_evaluation_step_scores_words_as_the_metrics_do_and_a_training_step_w
 def test_greedy_generation_in_graph_is_the_argmax_chain_of_the_teacher_forced_pass(cell, injection, skip):
     """Generation steps the very cells the teacher-forced pass trains: decoding greedily must give
     the sequence obtained by re-running the teacher-forced decoder on the prefix so far and taking
-    the argmax of the last position (excluding <pad> and <unk>), stopping at <eos>."""
+    the argmax of the last position (excluding <pad> and <bos>), stopping at <eos>."""
     keras.utils.set_random_seed(3)
     decoder = RecurrentDecoder(cell, code_size=3, vocab_size=9, max_length=6, embedding=5, hidden=[7, 6],
                                z_injection=injection, skip=skip)
@@ -149,7 +149,7 @@ def test_greedy_generation_in_graph_is_the_argmax_chain_of_the_teacher_forced_pa
         prefix, words = [BOS_ID], []
         while len(words) < 6:  # max_length: the 7th position can only be <eos>
             logits = decoder([z[row:row + 1], tf.constant([prefix])]).numpy()[0, -1]
-            logits[[PAD_ID, UNK_ID, BOS_ID]] = -np.inf
+            logits[[PAD_ID, BOS_ID]] = -np.inf
             chosen = int(np.argmax(logits))
             if chosen == EOS_ID:
                 break
@@ -235,6 +235,34 @@ def test_sampled_generation_is_reproducible_per_row_and_differs_from_greedy():
     greedy, _ = decoder.generate(z)  # argmax: the same code gives the same sentence in every row
     assert len({tuple(r) for r in greedy.numpy()}) == 1
     assert any(tuple(r) != tuple(greedy.numpy()[0]) for r in first.numpy())
+
+
+def test_sampled_words_follow_the_models_softmax_with_unk_and_never_pad_or_bos():
+    """A sample is a draw from the trained model: the first word's frequencies over 3,000 seeds
+    match the teacher-forced softmax after <bos> renormalised over all but <pad> and <bos> (a
+    chi-square test), <unk> included (it was banned, which moved its mass onto the other words
+    and <eos>: shorter, emptier samples from a model with many unknown words)."""
+    from scipy.stats import chisquare
+
+    keras.utils.set_random_seed(5)
+    decoder = RecurrentDecoder("gru", code_size=2, vocab_size=7, max_length=1, embedding=3, hidden=[4])
+    decoder([tf.zeros((1, 2)), tf.constant([[BOS_ID]])])  # built
+    kernel, bias = decoder.logits.kernel, decoder.logits.bias
+    bias.assign(np.array([0.0, 1.5, 0.0, 0.2, -0.5, 0.4, 0.1], np.float32))  # <unk> the likeliest word
+    kernel.assign(kernel * 0.1)
+    z = tf.constant([[0.3, -0.7]])
+    logits = decoder([z, tf.constant([[BOS_ID]])]).numpy()[0, 0].astype(np.float64)
+    logits[[PAD_ID, BOS_ID]] = -np.inf
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    n = 3000
+    ids, lengths = tf.function(decoder.generate)(tf.repeat(z, n, axis=0),
+                                                 seeds=tf.stack([tf.fill([n], 7), tf.range(n)], axis=1))
+    first = np.where(lengths.numpy() > 0, ids.numpy()[:, 0], EOS_ID)  # an empty sentence drew <eos>
+    counts = np.bincount(first, minlength=7)
+    assert counts[PAD_ID] == counts[BOS_ID] == 0 and counts[UNK_ID] > 0.25 * n
+    drawable = p > 0
+    assert chisquare(counts[drawable], n * p[drawable]).pvalue > 1e-3, (counts, n * p)
 
 
 def test_text_tables_decode_in_graph_what_the_eager_methods_decode(corpus):

@@ -189,8 +189,8 @@ class RecurrentDecoder(keras.Model):
     # --- generation --------------------------------------------------------------------------------
     def generate(self, z, seeds=None, max_length: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """Decode ``z`` ``[B, code]`` one word at a time from ``<bos>``: greedy (argmax) when
-        ``seeds`` is None, else sampled from the softmax (``<pad>``, ``<unk>`` and ``<bos>``
-        excluded: a generated sentence is words and its ``<eos>``) with row i's draws from ``seeds[i]``
+        ``seeds`` is None, else sampled from the softmax (``<pad>`` and ``<bos>`` excluded; ``<unk>``
+        is drawn, and shown, as the model predicts it) with row i's draws from ``seeds[i]``
         (int32 ``[B, 2]``, stateless). Returns ``(ids [B, L], lengths [B])``: words before the
         first ``<eos>`` (the ``<eos>`` itself and what follows are ``<pad>``); at most
         ``max_length`` (default the model's) words per row."""
@@ -212,8 +212,10 @@ class RecurrentDecoder(keras.Model):
                 new_states.append(list(layer_state) if isinstance(layer_state, (list, tuple)) else [layer_state])
                 h = h_t[:, None, :]
             logits = tf.cast(self._output(h, z_step)[:, 0, :], tf.float32)
-            # never <pad>, <unk> or <bos>: a generated sentence is words and its <eos>
-            logits = tf.concat([tf.fill([batch, 3], tf.constant(-1e9, tf.float32)), logits[:, 3:]], axis=1)
+            # never <pad> or <bos>; <unk> is a word the model predicts like any other (as a language
+            # model's sampler draws it), so samples keep their trained distribution
+            never = tf.fill([batch, 1], tf.constant(-1e9, tf.float32))
+            logits = tf.concat([never, logits[:, UNK_ID:BOS_ID], never, logits[:, BOS_ID + 1:]], axis=1)
             if seeds is None:
                 chosen = tf.argmax(logits, axis=-1, output_type=tf.int32)
             else:
