@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+from html.parser import HTMLParser
+
 import numpy as np
 import pytest
 
@@ -65,3 +68,55 @@ def test_traversal_figure_has_a_row_per_dimension(steps):
         assert fig.axes[0].get_images()[0].get_array().shape == (4 * 6 - 1, steps * 6 - 1, 3)
     finally:
         plots.plt.close(fig)
+
+
+# --- text tables: Markdown that renders as the sentences --------------------------------------------
+
+
+class _Cells(HTMLParser):
+    """The text of each table cell of rendered HTML, and any tag found inside a cell."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.cells, self.inner_tags, self._cell = [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("td", "th"):
+            self._cell = ""
+        elif self._cell is not None:
+            self.inner_tags.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.cells.append(self._cell)
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+# Sentences a user's corpus holds (code, emphasis, HTML-like tokens, table pipes, links, entities).
+AWKWARD = ["the ` ` ` quote", "__init__ and *args* and **kwargs**", "x <unk> y </td>", "a | b || c", "back\\slash \\*",
+           "[link](http://x) ![img](y)", "~~strike~~ ~one~", "&amp; &lt; & ;", "1. # not a heading", "<b>bold</b>"]
+
+
+def test_text_tables_render_as_the_sentences_written():
+    """Decoded sentences went into the Markdown tables as they were: a CommonMark renderer with
+    GitHub's tables (what MLflow's artefact view uses) turned backquotes into code, asterisks and
+    underscores into emphasis, and hid `<unk>` as an unknown HTML tag."""
+    from markdown_it import MarkdownIt
+
+    from vae_tf.plots import _markdown_table, markdown_text
+
+    renderer = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+    table = _markdown_table(["input", "decoded"], [[s, s[::-1]] for s in AWKWARD] + [["", "two\nlines"]])
+    cells = _Cells()
+    cells.feed(renderer.render(table))
+    assert cells.inner_tags == []  # no <code>, <em>, <strong>, <a>, <img>, <s>, ...
+    expected = ["input", "decoded"] + [c for s in AWKWARD for c in (s, s[::-1])] + ["∅", "two lines"]
+    assert cells.cells == expected
+    for sentence in AWKWARD:  # outside a table: the interpolation's from/to lines
+        paragraph = renderer.render(f"from: {markdown_text(sentence)}")
+        assert paragraph.startswith("<p>") and paragraph.count("<") == 2, paragraph
+        assert html.unescape(paragraph[3:-5]) == f"from: {sentence}"

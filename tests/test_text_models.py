@@ -276,12 +276,12 @@ def test_text_tables_decode_in_graph_what_the_eager_methods_decode(corpus):
     x = corpus.split("test")[0][:6]
     tables = plots.text_tables(model, x, n=6, steps=5, seed=4)
 
-    def texts(values):
-        return [v.decode("utf-8") for v in np.asarray(values).tolist()]
+    def texts(values):  # as the tables write them (Markdown-escaped: tests/test_plots.py)
+        return [plots.markdown_text(v.decode("utf-8")) for v in np.asarray(values).tolist()]
 
     sentences = np.asarray([str(s) for s in x], dtype=object)
     for row, (source, decoded) in enumerate(zip(sentences, texts(model.reconstruct(sentences)["text"]))):
-        assert f"| {source} | {decoded or '∅'} |" in tables["reconstructions.md"], row
+        assert f"| {plots.markdown_text(source)} | {decoded or '∅'} |" in tables["reconstructions.md"], row
     seeds = np.stack([np.full(6, 4, np.int32), np.arange(6, dtype=np.int32)], axis=1)
     drawn = model.sample(seeds)
     for greedy, sampled in zip(texts(model.decode(drawn["z"])["text"]), texts(drawn["text"])):

@@ -7,6 +7,8 @@ Images are ``(N, H, W, C)`` with C = 1 or 3; vectors ``(N, D)`` are drawn as lin
 
 from __future__ import annotations
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot
@@ -227,9 +229,25 @@ def category_usage(category_probs: np.ndarray):
 
 # --- text models: tables instead of image grids ------------------------------------------------
 
+#: Characters that start Markdown inline formatting (code, emphasis, links, strike-through) or
+#: end a table cell, escaped with a backslash; ``<``, ``>`` and ``&`` are written as HTML
+#: entities, so that ``<unk>`` is shown rather than read as an HTML tag.
+_MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]~|])")
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def markdown_text(text) -> str:
+    """``text`` as Markdown that renders as exactly that text on one line (CommonMark with
+    GitHub's tables, what MLflow's artefact view renders): a sentence holding backquotes,
+    asterisks, underscores or ``<unk>`` is shown as written, not formatted or hidden."""
+    text = " ".join(str(text).splitlines())
+    text = "".join(_HTML.get(c, c) for c in text)
+    return _MARKDOWN_INLINE.sub(r"\\\1", text)
+
+
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     def cell(text) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ") or "∅"
+        return markdown_text(text) or "∅"
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
@@ -265,7 +283,8 @@ def text_tables(model, x, *, n: int = 10, steps: int = 7, seed: int = 0) -> dict
         line = (1.0 - weights) * ends[0] + weights * ends[1]
         texts = _decoded(signatures["decode"](line.astype(np.float32))["text"])
         rows = [[f"{w:.2f}", t] for w, t in zip(weights[:, 0], texts)]
-        tables["interpolation.md"] = (f"# Latent interpolation\n\nfrom: {sentences[0]}\n\nto: {sentences[1]}\n\n"
+        tables["interpolation.md"] = (f"# Latent interpolation\n\nfrom: {markdown_text(sentences[0]) or '∅'}\n\n"
+                                      f"to: {markdown_text(sentences[1]) or '∅'}\n\n"
                                       + _markdown_table(["t", "greedy decode of (1 − t)·μ(from) + t·μ(to)"], rows))
     return tables
 
