@@ -154,6 +154,36 @@ def test_long_sentences_drop_or_truncate(tmp_path):
     assert "length_p99" not in dropped.metadata  # max_length given: nothing set by a long tail
 
 
+def test_train_warns_when_many_training_words_are_unknown_and_says_why(tmp_path):
+    """A vocabulary that leaves most words as <unk> trained without a word said (the run params
+    held the rate): the model then writes <unk> and its perplexity looks good. Above 10 % of the
+    training split's words, `vae-tf train` says so, and whether min_count or vocab_size did it."""
+    import io
+
+    from training.train import warn_unknown_words
+
+    # 30 sentences of 6 distinct words each: every word occurs once, except "common" (30 times)
+    lines = [f"common w{i}a w{i}b w{i}c w{i}d w{i}e" for i in range(30)]
+    path = write(tmp_path / "rare.txt", lines)
+
+    def said(**options) -> str:
+        data = load_dataset("text_file", path=path, val_fraction=0.0, test_fraction=0.0, **options)
+        stream = io.StringIO()
+        warn_unknown_words(data.metadata, stream)
+        return stream.getvalue()
+
+    assert said() == ""  # every training word is in the vocabulary
+    # min_count=2: only "common" is kept, 5 of each 6 training words are <unk>
+    assert said(min_count=2, vocab_size=1000) == (
+        "warning: 83.3 % of the training words are outside the vocabulary of 5 tokens (written <unk>): the model "
+        "learns <unk> as a word, writes it, and perplexity counts it as one; only 1 word occurs min_count=2 times "
+        "(vocab_size 1000 asked): lower data.options.min_count\n")
+    # vocab_size=14: "common" and 9 others of the 150 rare words; 141 of the 180 words are <unk>
+    assert said(vocab_size=14).startswith(f"warning: {100 * 141 / 180:.1f} % of the training words are outside the "
+                                          "vocabulary of 14 tokens")
+    assert said(vocab_size=14).endswith("; raise data.options.vocab_size\n")
+
+
 def test_pipelines_batch_strings(tmp_path):
     import tensorflow as tf
 

@@ -427,6 +427,13 @@ def test_iw_nll_bounds_the_negative_elbo_and_per_word_values_divide_by_the_score
     m = result["metrics"]
     assert m["nll_per_word"] == pytest.approx(m["iw_nll"] / words, rel=1e-6)
     assert m["perplexity"] == pytest.approx(np.exp(m["iw_nll"] / words), rel=1e-6)
+    # unk_rate: the evaluated words outside the training split's vocabulary, counted here from the
+    # sentences' words and the vocabulary list (the whole test split: no subsample)
+    whole = evaluate_model(model, corpus, iw_k=0, probe=False, tsne=False, disentanglement=False)["metrics"]
+    known = set(corpus.metadata["vocabulary"])
+    words = [w for s in corpus.x_test for w in s.split()]
+    expected = sum(w not in known for w in words) / len(words)
+    assert expected > 0 and whole["unk_rate"] == pytest.approx(expected, rel=1e-12)
 
 
 # --- the SavedModel: strings in, strings out, no vae_tf needed ---------------------------------------

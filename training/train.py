@@ -240,6 +240,7 @@ def prepare(config: Config, strategy) -> Prepared:
 
         text = text_settings(data.metadata)
         warn_long_sentences(data.metadata)
+        warn_unknown_words(data.metadata)
     with strategy.scope():
         model = build_model(config, data.data_shape, steps_per_epoch, strategy.num_replicas_in_sync, text=text)
     return Prepared(data=data, labelled=labelled, steps_per_epoch=steps_per_epoch, model=model)
@@ -487,6 +488,32 @@ def warn_long_sentences(metadata: dict, stream=None) -> None:
         what, fix = "truncated", "raise data.options.max_length to keep them whole"
     print(f"warning: {what} {sum(n_long.values())} of {total} sentences longer than max_length="
           f"{metadata.get('max_length')} words ({per_split}); {fix}", file=stream or sys.stderr)
+
+
+#: Above this share of the training split's words outside the vocabulary, `vae-tf train` warns
+#: (the Penn Treebank's standard 10k-word vocabulary leaves about 5 % of its words as <unk>).
+UNK_RATE_WARNING = 0.10
+
+
+def warn_unknown_words(metadata: dict, stream=None) -> None:
+    """One line on stderr when many training words are outside the vocabulary: the model learns
+    ``<unk>`` as a word, writes it in its decodes, and its perplexity counts it as one word (a
+    small ``vocab_size`` or a large ``min_count`` makes the numbers look good while the model
+    says little); with why the vocabulary is that small."""
+    rate = float((metadata.get("unk_rate") or {}).get("train", 0.0))
+    if rate <= UNK_RATE_WARNING:
+        return
+    size, asked = int(metadata.get("vocab_size") or 0), metadata.get("vocab_size_option")
+    if asked is not None and size < int(asked):
+        words = f"{size - 4} word occurs" if size - 4 == 1 else f"{size - 4} words occur"
+        why = (f"only {words} min_count={metadata.get('min_count')} times (vocab_size {asked} asked): lower "
+               "data.options.min_count")
+    else:
+        why = "raise data.options.vocab_size" + (" or lower data.options.min_count" if metadata.get("min_count", 1) > 1
+                                                 else "")
+    print(f"warning: {100 * rate:.1f} % of the training words are outside the vocabulary of {size} tokens (written "
+          f"<unk>): the model learns <unk> as a word, writes it, and perplexity counts it as one; {why}",
+          file=stream or sys.stderr)
 
 
 def text_params(metadata: dict) -> dict:

@@ -20,7 +20,7 @@ The contract every text data set keeps (what the text models rely on):
   arguments of every :mod:`vae_tf.tokenize` function; the model must tokenise with the same.
 
 Also in the metadata: ``vocab_size`` (``len(vocabulary) + 4``, the size of the id table actually
-built), ``min_count``, ``long_sentences``, ``n_long`` (sentences dropped or truncated, per split),
+built; ``vocab_size_option`` the option, which ``min_count`` can leave unreached), ``min_count``, ``long_sentences``, ``n_long`` (sentences dropped or truncated, per split),
 ``n_words`` (tokens per split after that), ``unk_rate`` (fraction of each split's tokens outside
 the vocabulary), ``n_train`` / ``n_val`` / ``n_test``, the split plan and the source.
 
@@ -203,6 +203,7 @@ def text_splits(name: str, plan: SplitPlan, parts: dict[str, TextPart], options:
             "tokenizer": options.tokenizer,
             "long_sentences": options.long_sentences,
             "vocab_size": len(vocabulary) + NUM_SPECIALS,
+            "vocab_size_option": options.vocab_size,
             "min_count": int(options.min_count),
             "n_long": n_long,
             "n_words": n_words,

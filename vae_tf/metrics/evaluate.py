@@ -18,7 +18,8 @@ factors               a data set with a generator (``data.ground_truth``): BetaV
 ``fd=True``           ``fd_classifier`` (Fréchet classifier distance, not FID; images)
 text models           per sentence and per word: ``nll_per_word`` / ``perplexity`` from the
                       IW-NLL (and ``elbo_per_word``), with the words of a sentence counted as
-                      its tokens plus ``<eos>`` (Bowman et al. 2016; He et al. 2019)
+                      its tokens plus ``<eos>`` (Bowman et al. 2016; He et al. 2019), and
+                      ``unk_rate``, the share of its tokens read as ``<unk>``
 ====================  =====================================================================
 
 The result is ``{"metrics": {name: float}, "info": {...}, "arrays": {name: ndarray}}``:
@@ -167,6 +168,14 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
         words = float(np.mean(model.scored_positions(x)))
         info["words_per_sentence"] = words
         metrics["elbo_per_word"] = metrics["elbo"] / words
+        # The share of the evaluated words the model reads as <unk> (an OOV rate, as language
+        # model papers state beside perplexity): a small vocabulary lowers perplexity.
+        import tensorflow as tf
+
+        from vae_tf.networks.recurrent import PAD_ID, UNK_ID
+
+        ids = np.asarray(model.codec.encode(tf.constant(np.asarray(x, dtype=object))))
+        metrics["unk_rate"] = float(np.sum(ids == UNK_ID) / max(1, np.sum(ids != PAD_ID)))
         est["per_word"] = ("per word = per sentence / (tokens + 1 for <eos>), averaged as totals: "
                            "mean per-sentence value / mean words per sentence (Bowman et al.; He et al.)")
 
