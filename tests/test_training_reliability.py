@@ -12,6 +12,7 @@ import collections
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -168,6 +169,28 @@ def test_a_nan_loss_stops_with_the_step_and_the_last_good_checkpoint(tmp_path, m
     assert all(np.isfinite(v.numpy()).all() for v in model.trainable_variables)
     record = json.loads((checkpoint_dir.parent / "run.json").read_text())
     assert record["status"] == "failed" and "nan" in record["error"]
+
+
+def test_weights_that_diverge_end_in_the_nan_message_with_validation_data_too(tmp_path):
+    """Real divergence (the weights themselves become NaN, not only a forced loss) with the
+    default validation split: the epoch's collapse diagnostics encoded the validation data with
+    NaN weights and the run ended in "error: means contains NaN or Inf; check the encoder
+    outputs". Before any checkpoint the message says to train again, not to resume from "none"."""
+    from training.train import run_training
+    from vae_tf.errors import TrainingDivergedError
+
+    config = _in_process_config(tmp_path, learning_rate=1e6, steps_per_execution=1)
+    config = from_dict({**config.model_dump(), "model": {**config.model.model_dump(),
+                                                         "likelihood": {"name": "gaussian_learned"}}})
+    assert config.data.val_fraction > 0
+    with pytest.raises(TrainingDivergedError) as caught:
+        run_training(config)
+    message = str(caught.value)
+    assert_one_line(message)
+    assert re.match(r"training stopped: the loss became (nan|inf|-inf) at step \d+ ", message), message
+    assert ("(epoch 1), before the first checkpoint; train again with a lower --set train.learning_rate=... or with "
+            "--set train.clip_norm=..., or see docs/reliability.md") in message
+    assert "resume" not in message
 
 
 def _closed_port() -> int:

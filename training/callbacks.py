@@ -230,6 +230,9 @@ class CollapseDiagnostics(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or len(self.x) < 2 or (epoch + 1) % self.every:
             return
+        loss = logs.get("loss")
+        if loss is not None and not math.isfinite(float(np.asarray(loss).reshape(-1)[0])):
+            return  # a diverged epoch: its weights are not finite, and StopOnNonFinite ends the run
         from vae_tf.metrics import (
             active_units,
             collapse_fraction,

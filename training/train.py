@@ -614,10 +614,14 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
     if early_stopping is not None:
         early_stopping.restore_best()
     if nan_guard.failed_step is not None:
-        where = checkpoints.last_path or "none (it failed before the first checkpoint)"
+        happened = (f"training stopped: the loss became {nan_guard.value} at step {nan_guard.failed_step} (epoch "
+                    f"{nan_guard.failed_epoch + 1})")
+        if checkpoints.last_path is None:  # nothing to resume from: start again, changed
+            raise TrainingDivergedError(
+                f"{happened}, before the first checkpoint; train again with a lower --set train.learning_rate=... "
+                "or with --set train.clip_norm=..., or see docs/reliability.md")
         raise TrainingDivergedError(
-            f"training stopped: the loss became {nan_guard.value} at step {nan_guard.failed_step} (epoch "
-            f"{nan_guard.failed_epoch + 1}); the last good checkpoint is {where}; resume from it with "
+            f"{happened}; the last good checkpoint is {checkpoints.last_path}; resume from it with "
             f"`vae-tf train --resume {tracker.run_dir.name} --set train.learning_rate=...` (lower) or "
             "--set train.clip_norm=..., or see docs/reliability.md")
     history = checkpoints.history
