@@ -31,7 +31,7 @@ MLflow only, never vae_tf, so the logged model runs where only its pip requireme
 
 Second serving path (MLflow's protocol, not TF Serving's)::
 
-    mlflow models serve -m models:/vae@champion --env-manager local -p 5001
+    mlflow models serve -m models:/vae/1 --env-manager local -p 5001
     curl -d '{"inputs": [[1, 2]], "params": {"signature": "sample"}}' \\
          -H 'Content-Type: application/json' 127.0.0.1:5001/invocations
 """
