@@ -9,8 +9,8 @@ arguments to every function here:
 
 - ``lowercase`` (default True): Unicode lower-case mapping of ``tf.strings.lower(...,
   encoding="utf-8")`` (non-ASCII letters are lower-cased too: ``"ÉTÉ" -> "été"``,
-  ``"ΣΟΦΙΑ" -> "σοφια"``; it maps character by character, so a word-final capital sigma becomes
-  ``σ``, not ``ς``). No Unicode normalisation (NFC/NFKC) is applied: core TensorFlow has no op
+  ``"ΣΟΦΙΑ" -> "σοφια"``; a word-final capital sigma becomes the final form ``ς``, as Unicode's
+  lower-casing, and Python's ``str.lower``, do: ``"ΟΔΟΣ" -> "οδος"``). No Unicode normalisation (NFC/NFKC) is applied: core TensorFlow has no op
   for it, so ``"é"`` written as one code point and as ``e`` + combining accent are different
   tokens.
 - ``split_punctuation`` (default True): every Unicode punctuation (category P) and symbol
