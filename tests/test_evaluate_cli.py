@@ -97,6 +97,26 @@ def test_bad_model_references_are_one_line_errors(here, capsys, ref, match):
     assert err.startswith("error: ") and match in err
 
 
+@pytest.mark.parametrize("flag, value, said", [
+    ("--iw-k", "150", "argument --iw-k: must be 0 (no IW-NLL) or a multiple of 100 (samples are drawn 100 at a "
+                      "time), got 150; use e.g. 200"),
+    ("--max-examples", "1", "argument --max-examples: must be at least 2 (active units are a variance over "
+                            "examples), got 1"),
+])
+def test_evaluate_options_the_metrics_cannot_take_are_refused_before_anything_loads(capsys, flag, value, said):
+    """--iw-k 150 failed after the data and model loaded (~20 s), naming k= and chunk=, arguments
+    the user never gave; on a model without IW-NLL it was accepted silently. --max-examples 1 failed
+    as "means has 1 rows"."""
+    from training import cli
+    from vae_tf.metrics import likelihood
+
+    assert cli.IW_CHUNK == likelihood.IW_CHUNK
+    with pytest.raises(SystemExit) as stopped:
+        main(["evaluate", "models/nothing-is-loaded", flag, value])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"vae-tf evaluate: error: {said}"
+
+
 @pytest.mark.slow
 def test_data_of_the_other_kind_is_refused_naming_the_model(here, tmp_path, capsys):
     """The image model of the fixture on sentences: one line saying what the data holds and what

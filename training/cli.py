@@ -11,9 +11,30 @@ functions of :data:`COMMANDS`; the serving commands are :mod:`serving.cli`'s.
 
 from __future__ import annotations
 
+import argparse
 import logging
 
 from vae_tf_cli.argtypes import non_negative_int, positive_int
+
+#: ``vae_tf.metrics.likelihood.IW_CHUNK`` (importance samples are drawn this many at a time),
+#: repeated so that parsing the command line does not import TensorFlow (a test keeps them equal).
+IW_CHUNK = 100
+
+
+def _iw_samples(text: str) -> int:
+    value = non_negative_int(text)
+    if value % IW_CHUNK:
+        raise argparse.ArgumentTypeError(f"must be 0 (no IW-NLL) or a multiple of {IW_CHUNK} (samples are drawn "
+                                         f"{IW_CHUNK} at a time), got {text}; use e.g. "
+                                         f"{-(-value // IW_CHUNK) * IW_CHUNK}")
+    return value
+
+
+def _examples(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (active units are a variance over examples), got {text}")
+    return value
 
 
 def add_parsers(sub) -> None:
@@ -47,9 +68,9 @@ def add_parsers(sub) -> None:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override the training config stored with the model (e.g. data settings)")
-    evaluate.add_argument("--max-examples", type=positive_int, default=None,
+    evaluate.add_argument("--max-examples", type=_examples, default=None,
                           help="evaluate a random subset of the split")
-    evaluate.add_argument("--iw-k", type=non_negative_int, default=500,
+    evaluate.add_argument("--iw-k", type=_iw_samples, default=500,
                           help="importance samples for IW-NLL (multiple of 100; 0 skips it)")
     evaluate.add_argument("--disentanglement", choices=["off", "quick", "full"], default="quick",
                           help="factor metrics on data with known factors: quick (1000/500 points) or full "
