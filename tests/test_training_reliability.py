@@ -413,6 +413,15 @@ def test_resume_refuses_to_change_the_model_and_names_what_may_change(tmp_path):
         find_run(tmp_path / "runs")
     assert_one_line(str(caught.value))
     assert "no unfinished run" in str(caught.value)
+    # Unfinished runs of another model: the bare --resume looks for the --config's model; say whose they are
+    (tmp_path / "runs" / "other").mkdir(parents=True)
+    (tmp_path / "runs" / "other" / "run.json").write_text(json.dumps({"name": "control-vae", "status": "running"}))
+    with pytest.raises(ConfigError) as caught:
+        find_run(tmp_path / "runs", name="vae")
+    assert str(caught.value) == (f"no unfinished run of model 'vae' in {tmp_path / 'runs'}/ to resume; the unfinished "
+                                 "runs there are of model(s) 'control-vae': give the --config that started the run, "
+                                 "or name it with --resume RUN_ID")
+    assert find_run(tmp_path / "runs", name="control-vae")[0] == tmp_path / "runs" / "other"
     record = {"config": _in_process_config(tmp_path).to_dict()}
     assert resumed_config(record, ["train.epochs=9"]).train.epochs == 9
     with pytest.raises(ConfigError, match="model.latent.latent_dim cannot change when resuming"):
@@ -517,6 +526,7 @@ def test_resuming_a_run_that_ran_all_its_epochs_is_refused_and_changes_nothing(t
     assert run.info.status == "FINISHED" and "error" not in run.data.tags
     again = run_training(config, resume=first.run_id, overrides=("train.epochs=2",))
     assert again.run_id == first.run_id and len(again.history["loss"]) == 2
+    assert again.name == "inproc"  # the resumed run's own model (the summary printed the --config's name)
     assert client.get_run(first.run_id).info.status == "FINISHED"
 
 

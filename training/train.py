@@ -26,6 +26,7 @@ class TrainResult:
     model_uri: str | None = None
     registered_version: str | None = None
     collapse: str | None = None          # the one-line collapse verdict (training.lineage.collapse_verdict)
+    name: str | None = None              # the model's name (config.name; a resumed run's own)
 
 
 def prepare_data(config: Config, model_modality: str | None = None, model_name: str = "the model",
@@ -659,7 +660,8 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
                        tracking_uri=tracker.tracking_uri, export_dir=export_dir, checkpoint_dir=checkpoint_dir,
                        history=_history_dict(history),
                        test_metrics=test_metrics, model_uri=model_uri,
-                       registered_version=None if version is None else str(version), collapse=verdict.line)
+                       registered_version=None if version is None else str(version), collapse=verdict.line,
+                       name=config.name)
 
 
 def log_model_figures(tracker, model, data, split: str, kl, seed: int) -> None:
