@@ -138,10 +138,11 @@ def check_ports_free(config: ServerConfig) -> None:
     seconds to minutes, and gRPC core would also print an error record of its own
     (``add_port.cc ... Failed to add port to server``) before vae-tf's one-line error. A probe
     socket is bound and closed, as the REST server binds (``SO_REUSEADDR``, which gRPC sets too,
-    so a port that only has connections in TIME_WAIT passes). Port 0 (any free port) needs no
-    check; a port taken between this check and the servers' own bind still fails there."""
+    so a port that only has connections in TIME_WAIT passes). Port 0 (any free port) is probed too:
+    it checks the host (an address this machine does not have, a name that does not resolve); a
+    port taken between this check and the servers' own bind still fails there."""
     for protocol, port in (("gRPC", config.grpc_port), ("REST", config.rest_port)):
-        if port:
+        if port is not None:
             try:
                 bind_socket(config.host, port).close()
             except OSError as err:

@@ -271,7 +271,12 @@ def test_a_port_that_cannot_be_bound_says_why_and_what_to_do_about_that_cause(mo
     for host in ("192.0.2.1", "no-such-host.invalid"):
         err = failure(host, 8500, grpc_port=8500, rest_port=None)
         assert err.startswith(f"cannot bind gRPC to {host}:8500 (") and "give --host an address of this machine" in err
+        # any free port (0): the host is checked before the models load too (it was not: the
+        # versions loaded, then gRPC failed with "pick another port with --port")
+        err = failure(host, 0, grpc_port=0, rest_port=0)
+        assert err.startswith(f"cannot bind gRPC to {host}:0 (") and "give --host an address of this machine" in err
     assert "--rest-api-port" not in err
+    check_ports_free(ServerConfig(model_base_path="/tmp", model_name="x", host="127.0.0.1", grpc_port=0, rest_port=0))
 
     def refused(host, port):
         raise PermissionError(errno.EACCES, "Permission denied")
