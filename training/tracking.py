@@ -202,15 +202,17 @@ def require_reachable(tracking_uri: str, why: str) -> None:
 
 @contextlib.contextmanager
 def _mlflow_quiet():
-    """MLflow logs a full traceback for every failed database call; the one-line warning of
-    :class:`TrackedRun` says what matters."""
-    logger = logging.getLogger("mlflow")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    """MLflow logs a full traceback for every failed database call, and urllib3 a warning for every
+    retry of an unreachable server; the one-line warning of :class:`TrackedRun` says what matters."""
+    loggers = [logging.getLogger(name) for name in ("mlflow", "urllib3")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _first_line(err: BaseException) -> str:
@@ -287,7 +289,8 @@ class TrackedRun:
 
         failure = None
         try:
-            self._open()
+            with _mlflow_quiet():
+                self._open()
         except Exception as err:
             if not is_transient(err):
                 raise
