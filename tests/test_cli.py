@@ -132,6 +132,15 @@ def test_bad_data_fails_before_any_run_is_created(workdir, capsys):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+def test_a_bad_family_option_is_the_only_line_printed(workdir, capsys):
+    """The Normal-Gamma family's advice about a constant KL weight came before the error in its own
+    options: two lines, the first about a model that would never be built."""
+    tmp_path, uri = workdir
+    assert main(_args(*FAST, "model.latent.family=normal_gamma", "model.latent.beta1=-2")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: model.latent.beta1 must be a finite number > 0, got -2"
+
+
 def test_too_few_examples_to_judge_collapse_fail_before_training(workdir, capsys):
     """12 digits leave 1 test example: the run trained, then failed on the collapse verdict with
     "error: means has 1 rows; at least 2 are needed". Refused before any run, saying what to change;

@@ -225,11 +225,6 @@ def prepare(config: Config, strategy) -> Prepared:
     everything a user's config or data can make fail, so that it fails before an MLflow run, a
     run directory or a checkpoint exists."""
     seed_everything(config)
-    if config.model.latent.get("family") == "normal_gamma" and config.objective.kl_weight["kind"] == "constant":
-        # Without KL warm-up every mixture weight goes to the uninformative component in the first
-        # epoch and never recovers (docs/latent_families.md).
-        print("warning: model.latent.family=normal_gamma with a constant KL weight usually collapses every "
-              "dimension; anneal it, e.g. objective.kl_weight={kind: linear, steps: 1000}", file=sys.stderr)
     _refuse_a_model_of_the_other_modality(config)
     data = prepare_data(config)
     _refuse_too_few_examples_to_judge(config, data)
@@ -244,6 +239,12 @@ def prepare(config: Config, strategy) -> Prepared:
         warn_unknown_words(data.metadata)
     with strategy.scope():
         model = build_model(config, data.data_shape, steps_per_epoch, strategy.num_replicas_in_sync, text=text)
+    if config.model.latent.get("family") == "normal_gamma" and config.objective.kl_weight["kind"] == "constant":
+        # Without KL warm-up every mixture weight goes to the uninformative component in the first
+        # epoch and never recovers (docs/latent_families.md). Said once the model is built: after
+        # any error in the family's own options.
+        print("warning: model.latent.family=normal_gamma with a constant KL weight usually collapses every "
+              "dimension; anneal it, e.g. objective.kl_weight={kind: linear, steps: 1000}", file=sys.stderr)
     return Prepared(data=data, labelled=labelled, steps_per_epoch=steps_per_epoch, model=model)
 
 
