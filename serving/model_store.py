@@ -337,7 +337,9 @@ def _check_shape(arr: np.ndarray, spec: InputSpec, signature: str) -> None:
         return
     got = "[" + ",".join(str(d) for d in arr.shape) + "]"
     advice = ""
-    if spec.shape and spec.shape[0] is None:
+    if spec.shape == (None,) and spec.dtype_name == "string":  # a text model's sentences
+        advice = "; send a list of sentences, each one string (not a list of words)"
+    elif spec.shape and spec.shape[0] is None:
         example = "[" + ",".join("?" if d is None else str(d) for d in spec.shape[1:]) + "]"
         advice = f"; send a batch of examples, each of shape {example}"
     raise invalid_argument(f"Input {spec.alias} of signature {signature} has shape {got} but the signature expects "

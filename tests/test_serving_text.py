@@ -197,7 +197,9 @@ BAD_REST = [
     ({"signature_name": "encode", "inputs": {"x": ["a cat", 3]}}, "JSON Value: 3 Type: Number is not of expected type"),
     ({"signature_name": "encode", "instances": [None]}, "JSON Value: null Type: Null is not of expected type: string"),
     ({"signature_name": "encode", "instances": [True]}, "Type: True is not of expected type: string"),
-    ({"signature_name": "encode", "instances": [["a cat"]]}, "has shape [1,1] but the signature expects [-1]"),
+    ({"signature_name": "encode", "instances": [["a cat"]]}, "has shape [1,1] but the signature expects [-1] (-1: any "
+                                                             "size); send a list of sentences, each one string (not a "
+                                                             "list of words)"),
     ({"signature_name": "encode", "inputs": "a cat"}, "has shape [] but the signature expects [-1]"),
     (b'{"signature_name": "encode", "instances": ["a \xff cat"]}', "row 0 is not valid UTF-8 (byte 2"),
     ({"signature_name": "encode", "instances": ["ok", {"b64": base64.b64encode(b"\xc3\x28").decode()}]},
