@@ -125,7 +125,7 @@ class TextPolicy:
                                     "as UTF-8 text", row) from None
             value = text
         else:
-            raise SentenceError(f"row {row} is a {type(value).__name__}, not a sentence; send strings", row)
+            raise SentenceError(f"row {row} is of type {type(value).__name__}, not a sentence; send strings", row)
         if len(raw) > self.limits.max_bytes:
             raise SentenceError(f"row {row} has {len(raw)} bytes, more than this server's limit of "
                                 f"{self.limits.max_bytes} bytes a sentence; send sentences, not documents (or raise "

@@ -437,4 +437,4 @@ def test_trained_text_model_end_to_end(tmp_path):
         status, body = _invoke(port, {"inputs": ["w1", ""]})
         assert status == 400 and "x row 1 is empty" in body["message"], body
         status, body = _invoke(port, {"dataframe_records": [{"x": "w1"}, {"x": 3}]})
-        assert status == 400 and "row 1 is a int" in body["message"], body
+        assert status == 400 and "row 1 is of type int" in body["message"], body

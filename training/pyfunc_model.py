@@ -170,7 +170,7 @@ def _sentence(value, row: int, name: str, key: str) -> bytes:
             raise InputError(f"signature {name!r}: {key} row {row} is not valid UTF-8 (byte {err.start}); send "
                              "sentences as UTF-8 text") from None
     if not isinstance(value, str):
-        raise InputError(f"signature {name!r} needs {key} as strings (sentences); row {row} is a "
+        raise InputError(f"signature {name!r} needs {key} as strings (sentences); row {row} is of type "
                          f"{type(value).__name__}")
     # No word: only the tokenizer's whitespace (RE2's \s and the Unicode separators).
     if all(ch in "\t\n\f\r " or unicodedata.category(ch).startswith("Z") for ch in value):
