@@ -121,7 +121,9 @@ def test_temperature_follows_its_schedule_and_survives_a_checkpoint(digits, tmp_
 @pytest.mark.parametrize("options, match", [
     ({"categories": 1}, "categories must be an integer >= 2"),
     ({"temperature": {"kind": "exponential_decay", "rate": 0.1, "floor": 0.0}}, "temperature must stay > 0"),
-    ({"temperature": 0.0}, "temperature must stay > 0"),
+    ({"temperature": {"kind": "linear", "start": 1.0, "stop": 0.0, "steps": 10}}, "temperature must stay > 0 "
+                                                                                  r"\(got a schedule reaching 0\)"),
+    ({"temperature": 0.0}, r"^model.latent.temperature must be > 0, got 0; give e.g. 0.5, or an annealed "),
     ({"temperature": {"kind": "warp"}}, "unknown schedule 'warp'"),
     ({"temperature": {"kind": "exponential_decay", "floor": 0.5, "decay": 1}}, "unknown option model.latent.temperature.decay; valid options: start, rate, floor"),
 ])

@@ -42,10 +42,13 @@ def _positive_temperature(schedule: Schedule) -> None:
         CyclicalSchedule: lambda s: min(s.start, s.stop),
     }
     low = lows.get(type(schedule), lambda s: 1.0)(schedule)
-    if low <= 0:
-        raise ConfigError(f"model.latent.temperature must stay > 0 (got a schedule reaching {low:g}); "
-                          "give exponential_decay a floor > 0, e.g. {kind: exponential_decay, start: 1.0, "
-                          "rate: 1e-4, floor: 0.5}")
+    if low > 0:
+        return
+    if isinstance(schedule, ConstantSchedule):
+        raise ConfigError(f"model.latent.temperature must be > 0, got {low:g}; give e.g. 0.5, or an annealed "
+                          "{kind: exponential_decay, start: 1.0, rate: 1e-4, floor: 0.5}")
+    raise ConfigError(f"model.latent.temperature must stay > 0 (got a schedule reaching {low:g}); give a schedule "
+                      "whose values stay > 0, e.g. {kind: exponential_decay, start: 1.0, rate: 1e-4, floor: 0.5}")
 
 
 class GaussianCategoricalLatent(LatentFamily):
