@@ -389,12 +389,17 @@ def test_text_models_refuse_array_networks_and_likelihoods(corpus):
         build_vae((), network=SMALL_NET, likelihood={"name": "bernoulli"}, text=text_settings(corpus.metadata))
     with pytest.raises(ConfigError, match="reads sentences; this data set has arrays"):
         build_vae((8, 8, 1), network=SMALL_NET)
+    # Both wrong (an image config on a text data set): one error naming both, and the text config
+    with pytest.raises(ConfigError, match=r"^text data needs a recurrent network and the categorical likelihood, got "
+                                          r"model.network.kind=conv and model.likelihood.name=bernoulli: start from a "
+                                          r"text config \(--config training/configs/text_synthetic.yaml\)"):
+        build_vae((), network={"kind": "conv"}, likelihood={"name": "bernoulli"}, text=text_settings(corpus.metadata))
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["data.name=mnist"], "model.network.kind=lstm reads sentences; this data set has arrays"),
     (["data.name=text_synthetic", "model.network.kind=mlp", "model.likelihood.name=bernoulli"],
-     "text data needs a recurrent network"),
+     "text data needs a recurrent network and the categorical likelihood"),
 ])
 def test_a_model_of_the_other_kind_than_the_data_set_is_refused_before_the_data_loads(overrides, message, monkeypatch):
     """The text config on MNIST (was: Keras downloading MNIST first, or failing offline), an image

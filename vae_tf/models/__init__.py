@@ -154,6 +154,12 @@ TEXT_LIKELIHOODS = ("categorical",)
 def check_modality(network_kind: str, likelihood_name: str, text: bool) -> None:
     """One line when the network or the likelihood does not fit the data's modality."""
     if text:
+        if network_kind not in TEXT_NETWORKS and likelihood_name not in TEXT_LIKELIHOODS:  # an image config
+            raise ConfigError(f"text data needs a recurrent network and the categorical likelihood, got "
+                              f"model.network.kind={network_kind} and model.likelihood.name={likelihood_name}: start "
+                              "from a text config (--config training/configs/text_synthetic.yaml) or set "
+                              f"model.network.kind to one of {', '.join(TEXT_NETWORKS)} and "
+                              "model.likelihood.name=categorical")
         if network_kind not in TEXT_NETWORKS:
             raise ConfigError(f"text data needs a recurrent network: model.network.kind must be one of "
                               f"{', '.join(TEXT_NETWORKS)}, got {network_kind!r}")
