@@ -171,4 +171,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vae_tf_cli import quiet_libraries, run_job
+
+    quiet_libraries()  # as a `vae-tf` process: no TensorFlow start-up chatter, no artefact progress bars
+    raise SystemExit(run_job(main))
