@@ -77,8 +77,8 @@ def _line_text(raw: bytes, line: int, where: str) -> str | None:
     try:
         text = raw.decode("utf-8-sig" if line == 0 else "utf-8")
     except UnicodeDecodeError as err:
-        raise DataError(f"{where} is not valid UTF-8 (line {line + 1}, byte {err.start}: {err.reason}); re-save it "
-                        "as UTF-8") from None
+        raise DataError(f"{where} is not valid UTF-8 (line {line + 1}, byte {err.start} of the line: {err.reason}); "
+                        "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 when it is Latin-1)") from None
     text = text.strip()
     return None if not text or is_blank(text) else text
 

@@ -188,7 +188,7 @@ def _error(capsys, *argv) -> str:
 def test_bad_text_input_is_one_line(base, exports, tmp_path, capsys, monkeypatch):
     model = ["--model", str(base / "text"), "-o", str(tmp_path / "out.npz")]
     (tmp_path / "bad.txt").write_bytes(b"fine\nalso fine\nnot \xff fine\n")
-    assert "is not valid UTF-8 (line 3, byte 4" in _error(capsys, "embed", "--data", str(tmp_path / "bad.txt"), *model)
+    assert "is not valid UTF-8 (line 3, byte 4 of the line" in _error(capsys, "embed", "--data", str(tmp_path / "bad.txt"), *model)
     (tmp_path / "nul.txt").write_bytes(b"fine\n\x00\x01\n")
     assert "looks binary (a NUL byte on line 2)" in _error(capsys, "embed", "--data", str(tmp_path / "nul.txt"), *model)
     (tmp_path / "wide.txt").write_bytes("the cat\nthe dog\n".encode("utf-16"))

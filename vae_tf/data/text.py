@@ -248,9 +248,10 @@ def read_sentences(path) -> list[str]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1)
         raise DataError(
-            f"{str(p)!r} is not valid UTF-8 (line {line}, byte {exc.start}: {exc.reason}); "
-            "re-save it as UTF-8"
+            f"{str(p)!r} is not valid UTF-8 (line {line}, byte {column} of the line: {exc.reason}); re-save it as "
+            "UTF-8 (e.g. iconv -f latin1 -t utf-8 when it is Latin-1)"
         ) from None
     # Lines end at "\n" only (str.splitlines would also cut at form feeds and U+2028).
     sentences = [line.strip() for line in text.split("\n")]
