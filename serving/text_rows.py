@@ -32,7 +32,7 @@ import numpy as np
 
 from serving.text import is_blank
 from vae_tf.data.files import Y_KEYS
-from vae_tf.data.validation import wide_unicode_encoding
+from vae_tf.data.validation import GZIP_MAGIC, wide_unicode_encoding
 from vae_tf.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".txt.gz")
@@ -71,6 +71,8 @@ def _line_text(raw: bytes, line: int, where: str) -> str | None:
     wide = wide_unicode_encoding(raw[:4]) if line == 0 else None
     if wide:
         raise DataError(f"{where} is {wide} text (its byte-order mark says so); give UTF-8 text: re-save it as UTF-8")
+    if line == 0 and raw[:2] == GZIP_MAGIC:  # a compressed file under a plain name
+        raise DataError(f"{where} is gzip-compressed; name it .txt.gz (vae-tf embed decompresses .gz files)")
     if b"\x00" in raw:
         raise DataError(f"{where} looks binary (a NUL byte on line {line + 1}); give UTF-8 text, one sentence per "
                         "line")

@@ -37,7 +37,7 @@ import numpy as np
 
 from vae_tf.data.registry import register_dataset
 from vae_tf.data.splits import SPLIT_NAMES, DataSplits, SplitPlan
-from vae_tf.data.validation import exception_cause, is_int, validate_text, wide_unicode_encoding
+from vae_tf.data.validation import GZIP_MAGIC, exception_cause, is_int, validate_text, wide_unicode_encoding
 from vae_tf.errors import DataError
 
 LONG_SENTENCES = ("drop", "truncate")
@@ -237,6 +237,8 @@ def read_sentences(path) -> list[str]:
     if wide:
         raise DataError(f"{str(p)!r} is {wide} text (its byte-order mark says so); text_file reads UTF-8: "
                         "re-save it as UTF-8")
+    if raw[:2] == GZIP_MAGIC:  # a compressed file under a plain name
+        raise DataError(f"{str(p)!r} is gzip-compressed; name it .txt.gz (text_file decompresses .gz files)")
     nul = raw.find(b"\x00")
     if nul >= 0:
         line = raw.count(b"\n", 0, nul) + 1

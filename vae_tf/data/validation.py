@@ -32,6 +32,10 @@ _WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 (little-endian)"), (b"\x00\x00\xfe\x
               (b"\xff\xfe", "UTF-16 (little-endian)"), (b"\xfe\xff", "UTF-16 (big-endian)"))
 
 
+#: The first two bytes of every gzip file (RFC 1952): a compressed text file under a plain name.
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def wide_unicode_encoding(start: bytes) -> str | None:
     """The encoding a file's first bytes' byte-order mark names when it is UTF-16 or UTF-32 (whose
     NUL bytes would otherwise read as binary), else None."""
