@@ -171,9 +171,9 @@ def test_a_model_trained_on_data_not_loadable_here_is_evaluated_on_the_data_set_
     info = json.loads(asset.read_text())
     info["config"]["data"]["name"] = "set_registered_by_a_training_script"
     asset.write_text(json.dumps(info))
-    assert main(["evaluate", str(copy), "--no-mlflow", "--iw-k", "10", "--disentanglement", "off"]) == 2
+    assert main(["evaluate", str(copy), "--no-mlflow", "--iw-k", "0", "--disentanglement", "off"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert_one_line(err)
     assert "unknown data set 'set_registered_by_a_training_script'" in err
-    assert main(["evaluate", str(copy), "--no-mlflow", "--iw-k", "10", "--disentanglement", "off",
+    assert main(["evaluate", str(copy), "--no-mlflow", "--iw-k", "0", "--disentanglement", "off",
                  "--set", "data.name=digits"]) == 0
