@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import assert_one_line
+from vae_tf.errors import ConfigError
 from vae_tf_cli import main
 
 FAST = ["train.epochs=2", "train.verbose=0", "model.network.hidden=[32]", "model.latent.latent_dim=4",
@@ -107,14 +108,23 @@ def test_evaluate_options_the_metrics_cannot_take_are_refused_before_anything_lo
     """--iw-k 150 failed after the data and model loaded (~20 s), naming k= and chunk=, arguments
     the user never gave; on a model without IW-NLL it was accepted silently. --max-examples 1 failed
     as "means has 1 rows"."""
-    from training import cli
+    from training import evaluate
     from vae_tf.metrics import likelihood
 
-    assert cli.IW_CHUNK == likelihood.IW_CHUNK
+    assert evaluate.IW_CHUNK == likelihood.IW_CHUNK
     with pytest.raises(SystemExit) as stopped:
         main(["evaluate", "models/nothing-is-loaded", flag, value])
     assert stopped.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"vae-tf evaluate: error: {said}"
+
+
+def test_evaluate_refuses_iw_k_before_anything_loads_when_called_from_python():
+    """The MLflow project's evaluate entry (and a notebook) call training.evaluate.evaluate: the same
+    rule, before the model is even looked for."""
+    from training.evaluate import evaluate
+
+    with pytest.raises(ConfigError, match=r"^iw_k must be 0 \(no IW-NLL\) or a multiple of 100 .* got 5; use e.g. 100$"):
+        evaluate("models/nothing-is-loaded", iw_k=5)
 
 
 @pytest.mark.slow

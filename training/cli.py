@@ -16,17 +16,13 @@ import logging
 
 from vae_tf_cli.argtypes import non_negative_int, positive_int
 
-#: ``vae_tf.metrics.likelihood.IW_CHUNK`` (importance samples are drawn this many at a time),
-#: repeated so that parsing the command line does not import TensorFlow (a test keeps them equal).
-IW_CHUNK = 100
-
-
 def _iw_samples(text: str) -> int:
+    from training.evaluate import iw_k_problem  # light: no TensorFlow
+
     value = non_negative_int(text)
-    if value % IW_CHUNK:
-        raise argparse.ArgumentTypeError(f"must be 0 (no IW-NLL) or a multiple of {IW_CHUNK} (samples are drawn "
-                                         f"{IW_CHUNK} at a time), got {text}; use e.g. "
-                                         f"{-(-value // IW_CHUNK) * IW_CHUNK}")
+    problem = iw_k_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

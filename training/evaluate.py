@@ -80,6 +80,20 @@ def _pyfunc_saved_model(local: Path) -> Path:
         raise ModelNotFoundError(f"{local} is not a vae-tf MLflow model (no saved_model artifact: {err})") from None
 
 
+#: ``vae_tf.metrics.likelihood.IW_CHUNK`` (importance samples are drawn this many at a time),
+#: repeated so that the command line is checked without importing TensorFlow (a test keeps them equal).
+IW_CHUNK = 100
+
+
+def iw_k_problem(iw_k: int) -> str | None:
+    """What is wrong with ``iw_k`` importance samples, said as the end of a sentence; None when
+    nothing is (the IW-NLL draws them ``IW_CHUNK`` at a time, and 0 skips it)."""
+    if iw_k % IW_CHUNK:
+        return (f"must be 0 (no IW-NLL) or a multiple of {IW_CHUNK} (samples are drawn {IW_CHUNK} at a time), got "
+                f"{iw_k}; use e.g. {-(-iw_k // IW_CHUNK) * IW_CHUNK}")
+    return None
+
+
 def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple = (), max_examples: int | None = None,
              iw_k: int = 500, disentanglement: str = "quick", fd: bool = False, output: str | None = None,
              log_to_mlflow: bool = True, into_run: str | None = None, allow_unnormalised_nll: bool = False,
@@ -91,6 +105,9 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
 
     if disentanglement not in DISENTANGLEMENT_SIZES and disentanglement != "off":
         raise ConfigError(f"--disentanglement must be off, quick or full, got {disentanglement!r}")
+    problem = iw_k_problem(iw_k)
+    if problem:  # before anything loads (the MLflow project's entry; `vae-tf evaluate` checks when parsing)
+        raise ConfigError(f"iw_k {problem}")
     version_dir, run_id = resolve_model(source)
     info = load_model_info(version_dir)
     model = load_vae(version_dir)
