@@ -230,6 +230,11 @@ def cmd_embed(args) -> int:
     print(f"model:         {where}")
     if result.reused_chunks:
         print(f"resumed:       {result.reused_chunks} of {result.chunks} chunks were already done")
+    if result.truncated and result.truncated[0]:
+        cut, counted, max_length = result.truncated
+        among = "sentences" if counted == result.rows else "sentences encoded in this run"
+        print(f"truncated:     {cut} of {counted} {among} have more than the model's {max_length} words; each is "
+              f"embedded from its first {max_length}, as the model reads it")
     return 0
 
 

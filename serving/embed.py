@@ -95,6 +95,10 @@ class LocalEncoder:
         self.support = None if likelihood.get("support") is None else tuple(float(v) for v in likelihood["support"])
         # A text model's encode takes sentences (DT_STRING).
         self.text = any(spec.dtype == tf.string for spec in self._encode.structured_input_signature[1].values())
+        from serving.text import TextPolicy
+
+        #: A text model's tokenizer facts (to count the sentences it truncates); None otherwise.
+        self.text_policy = TextPolicy.from_model_info(info) if self.text else None
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         import tensorflow as tf
@@ -325,6 +329,10 @@ class EmbedResult:
     reused_chunks: int
     columns: list[str]
     identity: dict
+    #: A local text model: sentences longer than its ``max_length`` words, which it reads cut to
+    #: their first ``max_length``, among the ``counted`` sentences of the chunks encoded in this
+    #: run (``(truncated, counted, max_length)``); None when not counted (images, a server).
+    truncated: tuple[int, int, int] | None = None
 
 
 def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, *, outputs: Sequence[str] = ("embedding",),
@@ -361,6 +369,8 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
     _prepare_parts(parts, manifest, overwrite)
 
     reused = 0
+    policy = getattr(encoder, "text_policy", None)
+    truncated = counted = 0
     try:
         for i in range(n_chunks):
             chunk_file = parts / f"chunk-{i:06d}.npz"
@@ -371,6 +381,8 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
             rows = source.x[start:stop]
             _check_finite(rows, start, source)
             _check_support(rows, start, source, encoder)
+            if policy is not None:
+                truncated, counted = truncated + policy.count_long(rows), counted + len(rows)
             arrays = encode_chunk(encoder, rows, outputs, batch_size)
             arrays["index"] = (source.positions(start, stop) if source.positions
                                else np.arange(start, stop, dtype=np.int64))
@@ -389,7 +401,8 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
     writer = _assemble_parquet if output.suffix.lower() == ".parquet" else _assemble_npz
     _atomic_write(output, lambda tmp: writer(tmp, parts, n_chunks, columns, n))
     shutil.rmtree(parts, ignore_errors=True)
-    return EmbedResult(output, n, n_chunks, reused, columns, encoder.identity)
+    return EmbedResult(output, n, n_chunks, reused, columns, encoder.identity,
+                       None if policy is None else (truncated, counted, policy.max_length))
 
 
 def _prepare_parts(parts: Path, manifest: dict, overwrite: bool) -> None:

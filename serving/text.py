@@ -135,14 +135,26 @@ class TextPolicy:
                                 "per sentence", row)
         return raw
 
-    def _refuse_long(self, sentences: np.ndarray) -> None:
-        # Bytes bound words (every word is at least one byte), so short batches skip the tokenizer.
-        if all(len(s) <= self.max_length for s in sentences):
-            return
-        from vae_tf.tokenize import sentence_lengths
+    def words(self, sentences) -> np.ndarray:
+        """Each sentence's word count as the model's tokenizer counts it (punctuation included when
+        the model splits it off); sentences that cannot exceed ``max_length`` (fewer bytes than
+        that: every word is at least one byte) are not tokenized and count as 0."""
+        sentences = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in np.asarray(sentences, object)]
+        words = np.zeros(len(sentences), np.int64)
+        long = [i for i, s in enumerate(sentences) if len(s) > self.max_length]
+        if long:
+            from vae_tf.tokenize import sentence_lengths
 
-        words = sentence_lengths(sentences.tolist(), lowercase=self.lowercase,
-                                 split_punctuation=self.split_punctuation).numpy()
+            words[long] = sentence_lengths([sentences[i] for i in long], lowercase=self.lowercase,
+                                           split_punctuation=self.split_punctuation).numpy()
+        return words
+
+    def count_long(self, sentences) -> int:
+        """How many of ``sentences`` the model truncates (more than ``max_length`` words)."""
+        return int(np.sum(self.words(sentences) > self.max_length))
+
+    def _refuse_long(self, sentences: np.ndarray) -> None:
+        words = self.words(sentences)
         too_long = np.flatnonzero(words > self.max_length)
         if too_long.size:
             row = int(too_long[0])

@@ -5,6 +5,7 @@ line/row as ``index``, resumable, in flat memory; bad input in one line."""
 from __future__ import annotations
 
 import gzip
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from serving.embed import LocalEncoder, extract_embeddings, load_text_source, read_embeddings
-from serving.testing import TINY_TEXT_WORDS, drop_version, running_server
+from serving.testing import TINY_TEXT_MAX_LENGTH, TINY_TEXT_WORDS, drop_version, running_server
 from tests.conftest import assert_one_line, interrupted_after
 from vae_tf_cli import main
 
@@ -55,11 +56,19 @@ def _direct(base, sentences) -> np.ndarray:
 
 def test_text_inputs_embed_every_sentence_in_file_order(base, inputs, tmp_path, capsys):
     want = _direct(base, list(SENTENCES.values()))
+    # The model reads at most TINY_TEXT_MAX_LENGTH words, punctuation split off: counted here by a
+    # regular expression, not the model's tokenizer ("saw a cat, and a dog." is 8)
+    long = sum(len(re.findall(r"\w+|[^\w\s]", s)) > TINY_TEXT_MAX_LENGTH for s in SENTENCES.values())
+    assert long == 1
     for name in ("s.txt", "s.txt.gz", "s.parquet", "s.csv"):
         out = tmp_path / f"{name}.parquet"
         assert main(["embed", "--model", str(base / "text"), "--data", str(inputs / name), "-o", str(out),
                      "--chunk-size", "2", "--batch-size", "2"]) == 0
-        assert f"({len(SENTENCES)} rows; columns embedding, index" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert f"({len(SENTENCES)} rows; columns embedding, index" in printed
+        # the model truncates silently; the summary says how many it cut
+        assert (f"truncated:     {long} of {len(SENTENCES)} sentences have more than the model's {TINY_TEXT_MAX_LENGTH} "
+                f"words; each is embedded from its first {TINY_TEXT_MAX_LENGTH}, as the model reads it") in printed
         table = pq.read_table(out).to_pydict()
         assert table["index"] == list(SENTENCES), name  # the line / row each sentence came from
         np.testing.assert_allclose(np.array(table["embedding"]), want, rtol=1e-5, atol=1e-6, err_msg=name)
