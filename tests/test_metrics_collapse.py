@@ -211,6 +211,9 @@ def test_mi_argument_errors_are_one_line():
     with pytest.raises(DataError) as err:
         mutual_information(np.full((4, 2), np.nan), np.zeros((4, 2)))
     _one_line(err)
+    # one example has no aggregate posterior to compare with (it returned -1.77 nats)
+    with pytest.raises(DataError, match="mean has 1 rows; at least 2 are needed"):
+        mutual_information(np.zeros((1, 2)), np.zeros((1, 2)))
 
 
 # --- (ε, δ)-collapse -------------------------------------------------------------------------------

@@ -178,3 +178,53 @@ def test_fitting_a_pipeline_gives_no_warning_that_keras_ignored_shuffle(digits):
         warnings.simplefilter("always")
         model.fit(digits.pipeline("train", 64), epochs=1, steps_per_epoch=2, verbose=0, shuffle=True)
     assert [w for w in caught if "shuffle=True" in str(w.message)]
+
+
+def test_the_library_s_checkpoint_carries_every_remedy_and_the_random_stream(digits, tmp_path):
+    """`tf.train.Checkpoint(model=model)` misses what Keras 3 hides from TensorFlow's object graph
+    (the MI regulariser's Q network and its optimizer, the random-stream state) and its
+    assert_consumed() passes anyway; vae_tf.models.checkpoint_for restores every variable, so the
+    restored model trains on exactly as the original does."""
+    from vae_tf.models import checkpoint_for
+
+    def built():
+        keras.utils.set_random_seed(1)
+        model = build_vae((8, 8, 1), latent={"family": "gaussian", "latent_dim": 4},
+                          network={"kind": "mlp", "hidden": [32]},
+                          objective={"kl_weight": {"kind": "control", "set_point": 5},
+                                     "regularizers": [{"kind": "mi_q", "weight": 1.0}]}, seed=1)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        return model
+
+    x = digits.x_train[:256]
+    original = built()
+    original.fit(x, epochs=1, batch_size=64, verbose=0, shuffle=False)
+    path = checkpoint_for(original).save(str(tmp_path / "ckpt"))
+    restored = built()
+    restored.optimizer.build(restored.trainable_variables)
+    checkpoint_for(restored).restore(path).assert_consumed()
+    names = [v.path for v in original.variables]
+    assert any("q_network" in n for n in names) and any("seed_generator" in n for n in names), names
+    for a, b in zip(original.variables, restored.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    for model in (original, restored):
+        model.fit(x, epochs=1, batch_size=64, verbose=0, shuffle=False)
+    for a, b in zip(original.variables, restored.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
+
+
+def test_fit_before_compile_and_keras_save_are_one_line_errors(digits, tmp_path):
+    """`fit` before `compile` raised AttributeError: 'VAE' object has no attribute 'optimizer';
+    model.save("m.keras") raised Keras' 20-line advice to implement get_config."""
+    from vae_tf.errors import ConfigError
+
+    keras.utils.set_random_seed(0)
+    model = build_vae((8, 8, 1), latent={"family": "gaussian", "latent_dim": 4}, network={"kind": "mlp", "hidden": [8]})
+    with pytest.raises(ConfigError, match=r"^compile the model before fitting it: model.compile\(optimizer=...\)"):
+        model.fit(digits.x_train[:64], epochs=1, verbose=0)
+    for name in ("m.keras", "m.h5"):
+        with pytest.raises(ConfigError) as caught:
+            model.save(str(tmp_path / name))
+        assert str(caught.value).startswith(f"a vae-tf model cannot be saved with model.save('{tmp_path / name}'); "
+                                            "export it with vae_tf.export.export_model")
+    assert list(tmp_path.iterdir()) == []

@@ -10,26 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-
-def checkpoint_for(model: keras.Model, **extra) -> tf.train.Checkpoint:
-    """A ``tf.train.Checkpoint`` over every model and optimizer variable, in their (deterministic)
-    creation order, plus the model's metric trackers and any ``extra`` trackables.
-
-    Keras 3 sub-layers are not reachable through TensorFlow's object graph, so the variables are
-    listed explicitly. They are keyed by position, not by ``variable.path``: paths carry
-    process-global counters (``dense_31``, ``adam_12``) that differ between the process that saved
-    and the one that restores. The model's variables include its schedule/controller state and
-    its random-stream state, so a restore continues exactly; a model of another architecture fails
-    the restore on the first shape mismatch. The trackers' running sums (``metrics``) let a run
-    resumed in the middle of an epoch report that epoch's means over all of its steps.
-    """
-    parts = {"model": list(model.variables)}
-    if getattr(model, "optimizer", None) is not None and model.optimizer.built:
-        parts["optimizer"] = list(model.optimizer.variables)
-    metric_variables = [v for m in model.metrics for v in m.variables]
-    if metric_variables:
-        parts["metrics"] = metric_variables
-    return tf.train.Checkpoint(**parts, **extra)
+from vae_tf.models.vae import checkpoint_for  # the library's; re-exported for the training code
 
 
 def all_finite(variables) -> bool:

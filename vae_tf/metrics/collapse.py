@@ -182,6 +182,8 @@ def mutual_information(mean, log_var, *, z=None, eps=None, seed=0, chunk_size: i
         Î in nats (float).
     """
     mean, log_var = _gaussian_params(mean, log_var)
+    # One example's aggregate posterior is its own posterior: the estimate would be −H − log q(z), noise.
+    as_matrix("mean", mean, min_rows=2)
     rng = rng_from(seed)
     z = _draw_z(mean, log_var, z, eps, rng)
     n = len(mean)

@@ -14,7 +14,7 @@ import tensorflow as tf
 from vae_tf.errors import ConfigError
 from vae_tf.latents import build_latent, check_latent
 from vae_tf.likelihoods import build_likelihood, check_likelihood
-from vae_tf.models.vae import ACTIVE_KL_THRESHOLD, PRECISIONS, VAE, MeanVector, check_precision
+from vae_tf.models.vae import ACTIVE_KL_THRESHOLD, PRECISIONS, VAE, MeanVector, check_precision, checkpoint_for
 from vae_tf.networks import RECURRENT_KINDS, build_decoder, build_encoder, check_network
 from vae_tf.remedies import SlotContext, build_remedies, parse_objective
 from vae_tf.remedies.presets import REQUIREMENTS
@@ -96,8 +96,8 @@ def build_vae(
     Distributed training: call ``build_vae`` and ``compile`` inside ``strategy.scope()``
     (:class:`VAE` docstring).
 
-    The model is built (called once on a zero batch) so it can be trained, checkpointed and
-    exported straight away.
+    The model is built (called once on a zero batch) so it can be trained, checkpointed
+    (:func:`checkpoint_for`) and exported straight away.
     """
     import numpy as np
 
@@ -176,4 +176,4 @@ def check_modality(network_kind: str, likelihood_name: str, text: bool) -> None:
 
 
 __all__ = ["ACTIVE_KL_THRESHOLD", "PRECISIONS", "TEXT_LIKELIHOODS", "TEXT_NETWORKS", "VAE", "MeanVector", "build_vae",
-           "check_modality", "check_model_spec", "check_requirements"]
+           "check_modality", "check_model_spec", "check_requirements", "checkpoint_for"]

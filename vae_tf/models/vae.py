@@ -89,7 +89,8 @@ class VAE(keras.Model):
         inference: an :class:`~vae_tf.remedies.base.Inference` (default: standard).
         seed: seed of the model's own random stream (reparameterisation noise, Gaussian input
             noise, Monte-Carlo KL draws), held in a ``keras.random.SeedGenerator`` whose state is
-            a variable (checkpointed).
+            a variable (in :func:`checkpoint_for`'s checkpoints; ``save_weights`` leaves it out,
+            so a model loaded from weights restarts its stream).
         precision: the dtype policy the encoder and decoder were built with (``float32``,
             ``mixed_bfloat16``, ``mixed_float16``; :func:`vae_tf.models.build_vae` builds them).
             The networks compute in 16 bits and hand float32 to the family and the likelihood,
@@ -111,7 +112,9 @@ class VAE(keras.Model):
     the epoch, averaged over replicas (exact when replicas see equally many examples).
 
     Training steps are counted in the non-trainable variable ``train_steps``; schedules read it,
-    so a restored checkpoint continues them exactly.
+    so a restored checkpoint (:func:`checkpoint_for`) continues them exactly. Save a model with
+    :func:`vae_tf.export.export_model` (a SavedModel; :func:`vae_tf.export.load_vae` rebuilds it)
+    or :func:`checkpoint_for`; Keras' ``model.save("x.keras")`` cannot rebuild it and says so.
 
     Metrics (every step; means over the examples seen in the epoch): ``loss``, ``elbo``,
     ``reconstruction``, ``kl``; ``beta`` is the weight in force after the step; plus every slot's
@@ -434,13 +437,23 @@ class VAE(keras.Model):
         x = args[0] if args else kwargs.get("x")
         if isinstance(x, tf.data.Dataset) and len(args) <= 8 and "shuffle" not in kwargs:  # shuffle: 9th argument
             kwargs["shuffle"] = False
+        if getattr(self, "optimizer", None) is None:  # Keras 3 has no attribute before compile
+            raise ConfigError("compile the model before fitting it: model.compile(optimizer=...) (build_vae builds "
+                              "it uncompiled)")
         if self.jit_compile and self.inference.xla_refusal:
             raise ConfigError(f"this model is compiled with jit_compile=True, but {self.inference.xla_refusal}; "
                               "compile it with jit_compile=False")
-        if self.optimizer is not None and not self.optimizer.built:
+        if not self.optimizer.built:
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
         return super().fit(*args, **self.inference.prepare_fit(self, args, kwargs))
+
+    def save(self, filepath, *args, **kwargs):
+        """Refused: Keras' ``.keras`` / ``.h5`` files rebuild a model from its ``get_config``, which
+        a VAE of composed remedies does not have."""
+        raise ConfigError(f"a vae-tf model cannot be saved with model.save({str(filepath)!r}); export it with "
+                          "vae_tf.export.export_model (load_vae restores it) or checkpoint it with "
+                          "vae_tf.models.checkpoint_for (or model.save_weights)")
 
     def evaluate(self, *args, **kwargs):
         """``keras.Model.evaluate`` (which ``fit`` also calls for its validation), then the KL per
@@ -532,3 +545,29 @@ class VAE(keras.Model):
         # The decode noise gets its own stream per row, derived from the row's seed.
         decode_seeds = tf.map_fn(lambda s: tf.random.experimental.stateless_fold_in(s, 1), seeds)
         return {"z": z, **self.decode(z, seeds=decode_seeds)}
+
+
+def checkpoint_for(model: keras.Model, **extra) -> tf.train.Checkpoint:
+    """A ``tf.train.Checkpoint`` over every model and optimizer variable, in their (deterministic)
+    creation order, plus the model's metric trackers and any ``extra`` trackables: how a
+    :class:`VAE` is checkpointed (``checkpoint_for(model).save(path)``, then
+    ``checkpoint_for(rebuilt).restore(path)`` on a model built the same way).
+
+    ``tf.train.Checkpoint(model=model)`` is not enough: Keras 3 sub-layers are not reachable
+    through TensorFlow's object graph, so it misses the remedies' own networks and optimizers
+    (the MI regulariser's Q network) and the random-stream state, and its ``assert_consumed()``
+    passes anyway; here the variables are listed explicitly. They are keyed by position, not by
+    ``variable.path``: paths carry process-global counters (``dense_31``, ``adam_12``) that differ
+    between the process that saved and the one that restores. The model's variables include its
+    schedule/controller state and its random-stream state, so a restore continues exactly; a
+    model of another architecture fails the restore on the first shape mismatch. The trackers'
+    running sums (``metrics``) let a run resumed in the middle of an epoch report that epoch's
+    means over all of its steps.
+    """
+    parts = {"model": list(model.variables)}
+    if getattr(model, "optimizer", None) is not None and model.optimizer.built:
+        parts["optimizer"] = list(model.optimizer.variables)
+    metric_variables = [v for m in model.metrics for v in m.variables]
+    if metric_variables:
+        parts["metrics"] = metric_variables
+    return tf.train.Checkpoint(**parts, **extra)

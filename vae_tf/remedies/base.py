@@ -14,7 +14,8 @@ Conventions (DESIGN.md): reconstruction is summed over data dims, kl over latent
 example in nats; every term of the loss is a mean over the batch (``mean_B``); nothing is rescaled
 by the data size or the number of pixels.
 
-Every remedy is a Keras layer (its state lives in variables, so checkpoints carry it) with a
+Every remedy is a Keras layer (its state lives in variables, so the model's checkpoints,
+:func:`vae_tf.models.checkpoint_for`, carry it) with a
 pydantic ``Options`` schema (validated before anything is built) and a ``kind`` (its registry
 name). A remedy's constructor receives its validated options and a :class:`SlotContext` (what it
 may need of the model: data shape, latent family, likelihood, precision).
