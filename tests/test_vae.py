@@ -228,3 +228,23 @@ def test_fit_before_compile_and_keras_save_are_one_line_errors(digits, tmp_path)
         assert str(caught.value).startswith(f"a vae-tf model cannot be saved with model.save('{tmp_path / name}'); "
                                             "export it with vae_tf.export.export_model")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_checks_its_seed_rows_instead_of_casting_them_onto_other_seeds():
+    """`sample(np.array([1, 2]))` raised a graph traceback ("seed must have shape [2], not []"), and
+    a cast made [[1.7, 2.2]] the seed [[1, 2]] and 2**40 the seed 0: different seeds, the same sample."""
+    from vae_tf.errors import ConfigError
+
+    model = _model((8, 8, 1))
+    for seeds, said in [(np.array([1, 2]), r"shape \[n, 2\] \(e.g. \[\[0, 1\], \[0, 2\]\]\), got shape \[2\]"),
+                        (np.zeros((2, 3), np.int32), r"got shape \[2, 3\]"),
+                        (5, r"got shape \[\]"),
+                        ([[1.7, 2.2]], "must be whole numbers, got float64 values"),
+                        (np.array([[2 ** 40, 3]]), r"must lie in the int32 range .* got 3 to 1099511627776")]:
+        with pytest.raises(ConfigError, match=said):
+            model.sample(seeds)
+    same = [model.sample(s)["z"].numpy() for s in ([[1, 2]], np.array([[1.0, 2.0]]), tf.constant([[1, 2]], tf.int64))]
+    np.testing.assert_array_equal(same[0], same[1])
+    np.testing.assert_array_equal(same[0], same[2])
+    traced = tf.function(model.sample, input_signature=[tf.TensorSpec([None, 2], tf.int32)])  # as exported
+    np.testing.assert_array_equal(traced(tf.constant([[1, 2]]))["z"].numpy(), same[0])

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from vae_tf.errors import ConfigError
-from vae_tf.models.vae import VAE
+from vae_tf.models.vae import VAE, seed_rows
 from vae_tf.networks.recurrent import BOS_ID, EOS_ID, PAD_ID
 from vae_tf.networks.unrolled_rnn import traced_for_xla
 from vae_tf.tokenize import BOS, EOS, PAD, SPECIALS, UNK, split_tokens
@@ -320,7 +320,7 @@ class TextVAE(VAE):
     def sample(self, seeds) -> dict:
         """One sentence per seed row (int32 ``[n, 2]``): ``z`` ~ p(z), then words sampled from the
         decoder with a stream derived from the row's seed. Stateless and reproducible."""
-        seeds = tf.cast(seeds, tf.int32)
+        seeds = seed_rows(seeds)
         z = self.latent.sample_prior(seeds)
         decode_seeds = tf.map_fn(lambda s: tf.random.experimental.stateless_fold_in(s, 1), seeds)
         return {"z": z, **self.decode(z, seeds=decode_seeds)}

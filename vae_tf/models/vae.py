@@ -540,11 +540,35 @@ class VAE(keras.Model):
         """One generated example per seed row (int32 ``[n, 2]``): ``z`` ~ p(z), ``x_mean`` and
         ``x_sample``. Stateless: the same seed row always gives the same sample, whatever else is
         in the batch."""
-        seeds = tf.cast(seeds, tf.int32)
+        seeds = seed_rows(seeds)
         z = self.latent.sample_prior(seeds)
         # The decode noise gets its own stream per row, derived from the row's seed.
         decode_seeds = tf.map_fn(lambda s: tf.random.experimental.stateless_fold_in(s, 1), seeds)
         return {"z": z, **self.decode(z, seeds=decode_seeds)}
+
+
+def seed_rows(seeds) -> tf.Tensor:
+    """``seeds`` as the int32 ``[n, 2]`` tensor of stateless seed rows that ``sample`` reads. Values
+    given eagerly (NumPy, lists, eager tensors) are checked first, with one line for what is
+    wrong: a cast would turn ``1.7`` into ``1`` and ``2**40`` into another seed, so two different
+    seeds would give the same sample. Inside a traced function (the exported ``sample``
+    signature, whose input is int32 ``[n, 2]`` already) they are only cast."""
+    if isinstance(seeds, tf.Tensor) and not tf.executing_eagerly():
+        return tf.cast(seeds, tf.int32)
+    values = np.asarray(seeds.numpy() if isinstance(seeds, tf.Tensor) else seeds)
+    if values.ndim != 2 or values.shape[1] != 2:
+        raise ConfigError(f"seeds must be rows of two integers, shape [n, 2] (e.g. [[0, 1], [0, 2]]), got shape "
+                          f"{list(values.shape)}")
+    if values.dtype.kind not in "iu":
+        whole = values.dtype.kind == "f" and bool(np.all(np.isfinite(values))) and bool(np.all(values == np.round(values)))
+        if not whole:
+            raise ConfigError(f"seeds must be whole numbers, got {values.dtype} values (e.g. "
+                              f"{values.reshape(-1)[0]!r}); a cast would turn different seeds into one")
+    info = np.iinfo(np.int32)
+    if values.size and (values.min() < info.min or values.max() > info.max):
+        raise ConfigError(f"seeds must lie in the int32 range [{info.min}, {info.max}], got {values.min()} to "
+                          f"{values.max()}; a cast would wrap them onto other seeds")
+    return tf.constant(values.astype(np.int32))
 
 
 def checkpoint_for(model: keras.Model, **extra) -> tf.train.Checkpoint:
