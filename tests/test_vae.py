@@ -248,3 +248,21 @@ def test_sample_checks_its_seed_rows_instead_of_casting_them_onto_other_seeds():
     np.testing.assert_array_equal(same[0], same[2])
     traced = tf.function(model.sample, input_signature=[tf.TensorSpec([None, 2], tf.int32)])  # as exported
     np.testing.assert_array_equal(traced(tf.constant([[1, 2]]))["z"].numpy(), same[0])
+
+
+@pytest.mark.parametrize("kwargs, said", [
+    ({"data_shape": 64}, r"^data_shape must be a tuple of positive integers \(an example's shape, e.g. \(28, 28, 1\)"),
+    ({"data_shape": None}, r"^data_shape must be a tuple of positive integers .* got None$"),
+    ({"data_shape": (8, 0, 1)}, r"^data_shape must be a tuple of positive integers, got \(8, 0, 1\)$"),
+    ({"data_shape": ()}, r"^data_shape \(\) is a sentence model's: give text=text_settings\(data.metadata\)"),
+    ({"data_shape": (8, 8, 1), "latent": "gaussian"},
+     r"^latent must be a mapping \(e.g. latent=\{'family': 'gaussian', 'latent_dim': 8\}\), got 'gaussian'$"),
+    ({"data_shape": (8, 8, 1), "objective": [{"kind": "control"}]}, r"^objective must be a mapping \(e.g. objective="),
+])
+def test_build_vae_refuses_arguments_of_the_wrong_type_in_one_line(kwargs, said):
+    """They ended in Python's own errors: "object is not iterable", "tuple index out of range",
+    "dictionary update sequence element #0 has length 1", "'list' object has no attribute 'get'"."""
+    from vae_tf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=said):
+        build_vae(**kwargs)

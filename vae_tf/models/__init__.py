@@ -101,7 +101,22 @@ def build_vae(
     """
     import numpy as np
 
-    data_shape = tuple(int(s) for s in data_shape)
+    try:
+        data_shape = tuple(int(s) for s in data_shape)
+    except (TypeError, ValueError):
+        raise ConfigError(f"data_shape must be a tuple of positive integers (an example's shape, e.g. (28, 28, 1); "
+                          f"() for sentences), got {data_shape!r}") from None
+    if any(s < 1 for s in data_shape):
+        raise ConfigError(f"data_shape must be a tuple of positive integers, got {data_shape}")
+    examples = {"latent": "{'family': 'gaussian', 'latent_dim': 8}", "likelihood": "{'name': 'bernoulli'}",
+                "network": "{'kind': 'mlp'}", "objective": "{'kl_weight': {'kind': 'constant', 'beta': 1.0}}"}
+    for what, given in (("latent", latent), ("likelihood", likelihood), ("network", network),
+                        ("objective", objective)):
+        if given is not None and not isinstance(given, Mapping):
+            raise ConfigError(f"{what} must be a mapping (e.g. {what}={examples[what]}), got {given!r}")
+    if data_shape == () and text is None:
+        raise ConfigError("data_shape () is a sentence model's: give text=text_settings(data.metadata) (a text data "
+                          "set's vocabulary and length), or an example's shape for an image model")
     precision = check_precision(precision)
     latent = dict(latent or {"family": "gaussian", "latent_dim": 8})
     likelihood = dict(likelihood or {"name": "bernoulli"})
