@@ -145,6 +145,10 @@ def test_versions_increment_and_are_immutable(trained, tmp_path):
         export_model(trained, tmp_path, "m", version=0)
     with pytest.raises(ConfigError, match="not usable as a directory name"):
         export_model(trained, tmp_path, "../escape")
+    # another Keras model (it was AttributeError: 'Sequential' object has no attribute 'data_shape')
+    with pytest.raises(ConfigError, match=r"^export_model writes a vae_tf VAE .* got a Sequential; export other Keras "):
+        export_model(keras.Sequential([keras.layers.Dense(2)]), tmp_path, "other")
+    assert not (tmp_path / "other").exists()
 
 
 def test_a_failed_export_leaves_no_version_behind(trained, tmp_path, monkeypatch):

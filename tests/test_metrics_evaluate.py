@@ -90,6 +90,9 @@ def test_evaluate_rejects_bad_options(digits, digits_model):
     # One example has no variance to count active units with (it failed as "means has 1 rows").
     with pytest.raises(ConfigError, match=r"^max_examples \(--max-examples\) is 1; evaluation needs at least 2 "):
         evaluate_model(digits_model, digits, max_examples=1)
+    # an array where the data set belongs (it was AttributeError: 'numpy.ndarray' object has no attribute 'split')
+    with pytest.raises(ConfigError, match=r"^data must be the model's vae_tf.data.DataSplits .* got a ndarray"):
+        evaluate_model(digits_model, digits.x_test)
 
 
 @pytest.mark.slow

@@ -82,6 +82,11 @@ def export_model(
 
     Returns the final version directory. Refuses to overwrite an existing version.
     """
+    from vae_tf.models import VAE
+
+    if not isinstance(model, VAE):
+        raise ConfigError(f"export_model writes a vae_tf VAE (vae_tf.models.build_vae), got a {type(model).__name__}; "
+                          "export other Keras models with model.export(path)")
     if not _NAME_RE.match(name):
         raise ConfigError(f"model name {name!r} is not usable as a directory name: use letters, digits, '_', '.', '-'")
     model_dir = Path(base_dir) / name

@@ -118,6 +118,10 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
     Returns:
         ``{"metrics": {...}, "info": {...}, "arrays": {...}}`` (see the module docstring).
     """
+    if not hasattr(data, "split"):
+        raise ConfigError(f"data must be the model's vae_tf.data.DataSplits (vae_tf.data.load_dataset(...)), got a "
+                          f"{type(data).__name__}; for arrays, use the metric functions (active_units, "
+                          "mutual_information, iw_nll, ...) on the model's outputs")
     x_all, y_all = data.split(split)
     if len(x_all) < 2:
         raise DataError(f"split {split!r} of {data.name!r} has {len(x_all)} example(s); evaluation needs at least 2 "
