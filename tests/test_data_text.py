@@ -214,7 +214,9 @@ def test_open_dataset_holds_text_in_memory(tmp_path):
     # the byte within its line, as `vae-tf embed` counts it ("bad " is 4 bytes: it was 22, the file's)
     (b"ok\nstill ok\nbad \xff\xfe here\n", "not valid UTF-8 (line 3, byte 4 of the line: invalid start byte); "
                                             "re-save it as UTF-8 (e.g. iconv -f latin1"),
-    (gzip.compress(b"the cat\nthe dog\n"), "is gzip-compressed; name it .txt.gz"),  # was: "looks binary"
+    # a .gz under a plain name (was: "looks binary"); mtime=0 gives every xdist worker the same bytes, so
+    # the same test id (gzip stamps the time: workers collecting a second apart disagreed, and xdist stopped)
+    (gzip.compress(b"the cat\nthe dog\n", mtime=0), "is gzip-compressed; name it .txt.gz"),
     # Windows' Notepad / PowerShell save UTF-16: named as such, not called binary for its NUL bytes
     (b"\xff\xfe" + "the cat\nthe dog\n".encode("utf-16-le"), "is UTF-16 (little-endian) text"),
     (b"\xfe\xff" + "the cat\n".encode("utf-16-be"), "is UTF-16 (big-endian) text"),
