@@ -266,7 +266,8 @@ def load_split_source(args, text_model: bool, options: dict) -> EmbedSource:
     if args.path is None and args.data.lower().replace("-", "_") not in DATASETS:
         # A path: one this model's data cannot be read from is named as such, with the inputs that can.
         kind = "text" if text_model else "image"
-        names = ", ".join(sorted(n for n in DATASETS if dataset_modality(n) in ((kind,) if text_model else (kind, None))))
+        takes = {"text"} if text_model else {"image", None}  # npz/npy declare no modality: they hold arrays
+        names = ", ".join(sorted(n for n in DATASETS if dataset_modality(n) in takes))
         readable = ("a .txt/.txt.gz file (one sentence per line) or a .parquet/.csv file with a column of sentences"
                     if text_model else "an .npz/.npy file or an image folder")
         candidate = Path(args.data).expanduser()
