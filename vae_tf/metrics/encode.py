@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from vae_tf.errors import DataError
 from vae_tf.metrics._checks import positive_int
 from vae_tf.metrics._compiled import compiled_for
 
@@ -15,20 +14,18 @@ ENCODE_BATCH_SIZE = 512
 
 
 def check_sentences(x) -> np.ndarray:
-    """A non-empty 1-D array of sentences (Python ``str``), as object dtype; one-line DataError."""
-    x = np.asarray(x, dtype=object)
-    if x.ndim != 1 or len(x) == 0 or not all(isinstance(s, str) for s in x):
-        raise DataError(f"a text model's x must be a non-empty 1-D array of sentences (str), got shape {x.shape}")
-    return x
+    """A non-empty 1-D batch of sentences (``str``) as an object array; one-line DataError
+    (:func:`vae_tf.models.inputs.sentences`)."""
+    from vae_tf.models.inputs import sentences  # noqa: PLC0415
+
+    return sentences(x, as_array=True)
 
 
 def _check_x(x, model=None) -> np.ndarray:
-    if getattr(model, "modality", "image") == "text":
-        return check_sentences(x)
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim < 2 or len(x) == 0:
-        raise DataError(f"x must be a non-empty batch (N, *data_shape), got shape {x.shape}")
-    return x
+    """``x`` as the model reads it (:func:`vae_tf.models.inputs.model_rows`), as a NumPy batch."""
+    from vae_tf.models.inputs import model_rows  # noqa: PLC0415
+
+    return model_rows(model, x, as_array=True)
 
 
 def representation_function(model, batch_size: int = ENCODE_BATCH_SIZE) -> Callable[[np.ndarray], np.ndarray]:

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from scipy.special import logsumexp
 
-from vae_tf.errors import ConfigError, DataError
+from vae_tf.errors import ConfigError
 from vae_tf.metrics._checks import positive_int
 from vae_tf.metrics._compiled import compiled_for
 
@@ -39,19 +39,10 @@ IW_K = 500
 IW_CHUNK = 100
 
 def _check_x(model, x) -> np.ndarray:
-    if getattr(model, "modality", "image") == "text":
-        from vae_tf.metrics.encode import check_sentences  # noqa: PLC0415
+    """``x`` as the model reads it (:func:`vae_tf.models.inputs.model_rows`), as a NumPy batch."""
+    from vae_tf.models.inputs import model_rows  # noqa: PLC0415
 
-        return check_sentences(x)
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim < 2 or len(x) == 0:
-        raise DataError(f"x must be a non-empty batch (N, *data_shape), got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise DataError("x contains NaN or Inf")
-    expected = getattr(model, "data_shape", None)
-    if expected is not None and tuple(x.shape[1:]) != tuple(expected):
-        raise DataError(f"x has example shape {tuple(x.shape[1:])} but the model expects {tuple(expected)}")
-    return x
+    return model_rows(model, x, as_array=True)
 
 
 def _is_distribution(obj) -> bool:

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from vae_tf.errors import ConfigError
+from vae_tf.models.inputs import model_rows
 from vae_tf.models.vae import VAE, seed_rows
 from vae_tf.networks.recurrent import BOS_ID, EOS_ID, PAD_ID
 from vae_tf.networks.unrolled_rnn import traced_for_xla
@@ -303,18 +304,21 @@ class TextVAE(VAE):
         return self.reconstruct(x)["text"]
 
     def encode(self, x) -> dict:
-        return self.latent.export_outputs(self.posterior_params(x))
+        """Named code tensors for a batch of raw sentences (checked when given eagerly:
+        :func:`vae_tf.models.inputs.sentences`)."""
+        return self.latent.export_outputs(self.posterior_params(model_rows(self, x)))
 
     def decode(self, z, seeds=None) -> dict:
         """``text`` (``[B]`` strings), ``tokens`` (``[B, max_length]`` ids, ``<pad>`` after the
         sentence) and ``lengths`` (words per sentence): greedy without ``seeds``, sampled with one
         stateless seed row per code otherwise."""
+        z, seeds = self._decode_inputs(z, seeds)
         ids, lengths = self.decoder.generate(tf.convert_to_tensor(z, tf.float32), seeds=seeds)
         return {"text": self.codec.decode(ids, lengths), "tokens": ids, "lengths": lengths}
 
     def reconstruct(self, x) -> dict:
         """``text``: the greedy decode of each sentence's posterior mean code."""
-        code = self.latent.embedding(self.posterior_params(x))
+        code = self.latent.embedding(self.posterior_params(model_rows(self, x)))
         return {"text": self.decode(code)["text"]}
 
     def sample(self, seeds) -> dict:

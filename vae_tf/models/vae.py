@@ -28,6 +28,7 @@ from vae_tf import replicas
 from vae_tf.errors import ConfigError
 from vae_tf.latents.base import LatentFamily
 from vae_tf.likelihoods.base import Likelihood
+from vae_tf.models.inputs import codes, model_rows, symbolic
 from vae_tf.remedies.base import Inference, InputNoise, KLWeight, NoInputNoise, Regularizer, StandardInference
 from vae_tf.remedies.beta_vae import ConstantBeta
 
@@ -514,16 +515,20 @@ class VAE(keras.Model):
         return self.reconstruct(x)["x_mean"]
 
     def encode(self, x) -> dict:
-        """Named code tensors for ``x``: ``embedding``, ``z_mean`` and the family's own outputs."""
-        return self.latent.export_outputs(self.posterior_params(x))
+        """Named code tensors for ``x`` (``[N, *data_shape]``, checked when given eagerly:
+        :func:`vae_tf.models.inputs.model_rows`): ``embedding``, ``z_mean`` and the family's own
+        outputs."""
+        return self.latent.export_outputs(self.posterior_params(model_rows(self, x)))
 
     def decode(self, z, seeds=None) -> dict:
-        """``x_mean`` (deterministic decode μ_x(z)) and ``x_sample`` (ancestral x ~ p(x|z)).
+        """``x_mean`` (deterministic decode μ_x(z)) and ``x_sample`` (ancestral x ~ p(x|z)) for
+        codes ``z`` ``[N, code_size]`` (checked when given eagerly: :func:`vae_tf.models.inputs.codes`).
 
-        With ``seeds`` (int32 ``[n, 2]``) each row's ``x_sample`` is drawn from its own seed;
-        without, from TensorFlow's global random stream (no model state changes, so the exported
-        ``decode`` signature is safe to call concurrently).
+        With ``seeds`` (int32 ``[N, 2]``, one row per code) each row's ``x_sample`` is drawn from
+        its own seed; without, from TensorFlow's global random stream (no model state changes, so
+        the exported ``decode`` signature is safe to call concurrently).
         """
+        z, seeds = self._decode_inputs(z, seeds)
         out = self.decoder(z, training=False)
         if seeds is None:
             x_sample = self.likelihood.sample(out)
@@ -533,8 +538,15 @@ class VAE(keras.Model):
 
     def reconstruct(self, x) -> dict:
         """``x_mean``: the deterministic decode of the posterior's code mean."""
-        params = self.posterior_params(x)
+        params = self.posterior_params(model_rows(self, x))
         return {"x_mean": self.likelihood.mean(self.decoder(self.latent.embedding(params), training=False))}
+
+    def _decode_inputs(self, z, seeds):
+        """``decode``'s codes and seed rows, checked when given eagerly (one seed row per code)."""
+        if seeds is not None:
+            seeds = seed_rows(seeds)
+        rows = None if seeds is None or symbolic(seeds) else int(seeds.shape[0])
+        return codes(self, z, rows=rows), seeds
 
     def sample(self, seeds) -> dict:
         """One generated example per seed row (int32 ``[n, 2]``): ``z`` ~ p(z), ``x_mean`` and

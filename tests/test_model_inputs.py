@@ -1,0 +1,166 @@
+"""The inference methods (``encode``, ``reconstruct``, ``decode``) and the metrics that run the
+encoder check what they are given, with one line per mistake (vae_tf/models/inputs.py): before,
+an image without its batch axis or of another size was a many-line Keras shape error, NaN rows
+came back as NaN codes, and a uint8 image given to a Bernoulli model was embedded and scored as
+if it lay in [0, 1]. Values inside a traced function (the exported signatures) are not checked."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import assert_one_line
+from vae_tf.data import load_dataset
+from vae_tf.errors import DataError
+from vae_tf.metrics.encode import encode_posterior, representation_function
+from vae_tf.metrics.likelihood import elbo_estimate, iw_nll
+from vae_tf.models import build_vae
+from vae_tf.models.text import text_settings
+
+SHAPE = (4, 4, 1)
+LATENT = 3
+
+
+def _image_model(likelihood="bernoulli"):
+    keras.utils.set_random_seed(0)
+    return build_vae(SHAPE, latent={"family": "gaussian", "latent_dim": LATENT}, likelihood={"name": likelihood},
+                     network={"kind": "mlp", "hidden": [8]}, seed=0)
+
+
+@pytest.fixture(scope="module")
+def bernoulli():
+    return _image_model()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return np.random.default_rng(0).uniform(size=(5, *SHAPE)).astype(np.float32)
+
+
+def _refused(call, match):
+    with pytest.raises(DataError, match=match) as err:
+        call()
+    assert_one_line(str(err.value))
+    return str(err.value)
+
+
+@pytest.mark.parametrize("method", ["encode", "reconstruct"])
+def test_an_image_without_its_batch_axis_is_told_to_add_one(bernoulli, batch, method):
+    call = getattr(bernoulli, method)
+    _refused(lambda: call(batch[0]), r"shape \(4, 4, 1\): one example without the batch axis.*x\[None\]")
+    one = call(batch[0][None])
+    first = call(batch)
+    key = "z_mean" if method == "encode" else "x_mean"
+    np.testing.assert_allclose(np.asarray(one[key])[0], np.asarray(first[key])[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("x, match", [
+    (np.zeros((2, 5, 5, 1), np.float32), r"shape \(2, 5, 5, 1\) but the model reads batches of shape \(N, 4, 4, 1\)"),
+    (np.zeros((2, 16), np.float32), r"shape \(2, 16\) but the model reads batches of shape \(N, 4, 4, 1\)"),
+    (np.zeros((0, 4, 4, 1), np.float32), r"holds no examples"),
+    (np.array([["a"] * 16] * 2).reshape(2, 4, 4, 1), r"not numeric \(dtype <U1"),
+    ([[0.0] * 16, [0.0] * 3], r"not a rectangular array"),
+])
+def test_another_shape_or_kind_of_input_is_one_line(bernoulli, x, match):
+    _refused(lambda: bernoulli.encode(x), match)
+
+
+def test_non_finite_rows_are_named_not_encoded_as_nan_codes(bernoulli, batch):
+    x = batch.copy()
+    x[3, 1, 2, 0] = np.nan
+    x[4, 0, 0, 0] = np.inf
+    _refused(lambda: bernoulli.encode(x), r"x row 3 has NaN or Inf values \(2 of 5 rows do\)")
+
+
+def test_values_outside_the_likelihoods_support_are_refused_and_scaled_ones_are_not(bernoulli, batch):
+    pixels = np.round(batch * 255).astype(np.uint8)
+    pixels[0] = 0  # the first row lies in [0, 1]: the message names row 1, the first outside
+    message = _refused(lambda: bernoulli.encode(pixels), r"x row 1 has values outside \[0, 1\]")
+    assert f"[0, {int(pixels.max())}]" in message and "bernoulli" in message and "/ 255" in message
+    scaled = bernoulli.encode(pixels / 255.0)["z_mean"]
+    assert np.all(np.isfinite(np.asarray(scaled)))
+    # The metrics read inputs through the same check: IW-NLL no longer scores 0-255 pixels.
+    _refused(lambda: iw_nll(bernoulli, pixels, k=2, chunk=2), r"x row 1 has values outside \[0, 1\]")
+    _refused(lambda: representation_function(bernoulli)(pixels), r"x row 1 has values outside")
+
+
+def test_a_gaussian_model_reads_any_finite_values(batch):
+    model = _image_model("gaussian")
+    x = (batch - 0.5) * 40.0
+    codes = np.asarray(model.encode(x)["z_mean"])
+    assert codes.shape == (5, LATENT) and np.all(np.isfinite(codes))
+
+
+def test_tensors_and_numpy_give_the_same_codes_and_float64_is_read_as_float32(bernoulli, batch):
+    from_numpy = np.asarray(bernoulli.encode(batch)["z_mean"])
+    from_tensor = np.asarray(bernoulli.encode(tf.constant(batch))["z_mean"])
+    from_float64 = np.asarray(bernoulli.encode(batch.astype(np.float64))["z_mean"])
+    np.testing.assert_array_equal(from_numpy, from_tensor)
+    np.testing.assert_array_equal(from_numpy, from_float64)
+    _refused(lambda: bernoulli.encode(tf.constant(batch[:1, :2])), r"shape \(1, 2, 4, 1\)")
+
+
+def test_decode_checks_its_codes_and_one_seed_row_per_code(bernoulli):
+    z = np.random.default_rng(1).normal(size=(4, LATENT)).astype(np.float32)
+    _refused(lambda: bernoulli.decode(z[0]), r"z has shape \(3,\): one code without the batch axis.*z\[None\]")
+    _refused(lambda: bernoulli.decode(z[:, :2]), r"z has shape \(4, 2\) but the decoder reads codes of shape \(N, 3\)")
+    bad = z.copy()
+    bad[2, 0] = np.nan
+    _refused(lambda: bernoulli.decode(bad), r"z row 2 has NaN or Inf values")
+    seeds = np.arange(6, dtype=np.int32).reshape(3, 2)
+    _refused(lambda: bernoulli.decode(z, seeds=seeds), r"z has 4 rows but 3 seed rows were given")
+    out = bernoulli.decode(z, seeds=np.arange(8).reshape(4, 2))
+    assert np.asarray(out["x_sample"]).shape == (4, *SHAPE)
+    # Each row's sample depends on its own seed only.
+    again = bernoulli.decode(z[1:2], seeds=np.arange(8).reshape(4, 2)[1:2])
+    np.testing.assert_array_equal(np.asarray(out["x_sample"])[1], np.asarray(again["x_sample"])[0])
+
+
+def test_traced_functions_pass_graph_tensors_through_unchecked(bernoulli, batch):
+    encode = tf.function(bernoulli.encode, input_signature=[tf.TensorSpec((None, *SHAPE), tf.float32)])
+    np.testing.assert_allclose(np.asarray(encode(batch)["z_mean"]), np.asarray(bernoulli.encode(batch)["z_mean"]),
+                               rtol=1e-6)
+    decode = tf.function(bernoulli.decode, input_signature=[tf.TensorSpec((None, LATENT), tf.float32)])
+    assert decode(np.zeros((2, LATENT), np.float32))["x_mean"].shape == (2, *SHAPE)
+
+
+# --- text ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def text_model():
+    corpus = load_dataset("text_synthetic", seed=0, n_samples=60)
+    keras.utils.set_random_seed(0)
+    return build_vae((), latent={"family": "gaussian", "latent_dim": 2}, likelihood={"name": "categorical"},
+                     network={"kind": "gru", "embedding": 4, "hidden": [8]}, text=text_settings(corpus.metadata),
+                     seed=0), corpus
+
+
+@pytest.mark.parametrize("x, match", [
+    ("w1 w2 w3", r"x is one sentence \('w1 w2 w3'\) but a text model takes a batch.*\[sentence\]"),
+    (b"w1 w2", r"x is one sentence"),
+    ([["w1", "w2"], ["w3", "w4"]], r"shape \(2, 2\).*a list of words per sentence\? .*' '\.join\(words\)"),
+    ([], r"shape \(0,\) but a text model takes a non-empty 1-D batch"),
+    (["w1 w2", b"w3"], r"entry 1 is of type bytes, not a sentence \(str\); decode bytes as UTF-8 first"),
+    (["w1 w2", 7], r"entry 1 is of type int, not a sentence \(str\); give one str per sentence"),
+    (tf.constant([[1.0]]), r"float32 tensor of shape \(1, 1\) but a text model takes a non-empty 1-D batch"),
+])
+def test_text_models_say_what_a_batch_of_sentences_is(text_model, x, match):
+    model, _ = text_model
+    _refused(lambda: model.encode(x), match)
+
+
+def test_text_models_take_lists_arrays_and_string_tensors_alike_and_empty_sentences(text_model):
+    model, corpus = text_model
+    sentences = list(corpus.x_train[:3]) + [""]
+    as_list = np.asarray(model.encode(sentences)["z_mean"])
+    np.testing.assert_array_equal(as_list, np.asarray(model.encode(np.asarray(sentences, dtype=object))["z_mean"]))
+    np.testing.assert_array_equal(as_list, np.asarray(model.encode(tf.constant(sentences))["z_mean"]))
+    assert as_list.shape == (4, 2) and np.all(np.isfinite(as_list))
+    assert len(model.reconstruct(sentences)["text"]) == 4
+    _refused(lambda: model.reconstruct("one sentence"), r"x is one sentence")
+    _refused(lambda: model.decode(np.zeros(2, np.float32)), r"one code without the batch axis")
+    # The metrics take a string tensor too, and give what they give for the same list.
+    np.testing.assert_array_equal(encode_posterior(model, tf.constant(sentences))["embedding"],
+                                  encode_posterior(model, sentences)["embedding"])
+    _refused(lambda: elbo_estimate(model, "w1 w2"), r"x is one sentence")
