@@ -86,11 +86,36 @@ def test_values_outside_the_likelihoods_support_are_refused_and_scaled_ones_are_
     _refused(lambda: representation_function(bernoulli)(pixels), r"x row 1 has values outside")
 
 
-def test_a_gaussian_model_reads_any_finite_values(batch):
+def test_a_gaussian_model_reads_any_finite_values_but_not_beyond_float32(batch):
     model = _image_model("gaussian")
     x = (batch - 0.5) * 40.0
     codes = np.asarray(model.encode(x)["z_mean"])
     assert codes.shape == (5, LATENT) and np.all(np.isfinite(codes))
+    huge = x.astype(np.float64)
+    huge[2, 0, 0, 0] = 1e300  # Inf as float32: encoded as NaN codes without the check
+    _refused(lambda: model.encode(huge), r"x row 2 has NaN or Inf values \(or values beyond float32's range")
+    _refused(lambda: model.encode(tf.constant(huge)), r"x row 2 has NaN or Inf values \(or values beyond float32's")
+
+
+def test_model_call_and_predict_stay_unchecked_as_keras_models_are(bernoulli, batch):
+    """``model(x)`` and ``predict`` are Keras' own entry points (a traced graph for predict); they
+    reconstruct what they are given, as before, where ``reconstruct`` checks it."""
+    pixels = batch * 255.0
+    called = np.asarray(bernoulli(pixels))
+    np.testing.assert_allclose(called, bernoulli.predict(pixels, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(called, np.asarray(bernoulli.reconstruction(pixels)["x_mean"]), rtol=1e-6)
+    _refused(lambda: bernoulli.reconstruct(pixels), r"outside \[0, 1\]")
+
+
+def test_decode_names_the_code_width_as_encode_s_embedding_for_a_joint_family(batch):
+    keras.utils.set_random_seed(0)
+    model = build_vae(SHAPE, latent={"family": "gaussian_categorical", "latent_dim": LATENT, "categories": 4},
+                      network={"kind": "mlp", "hidden": [8]}, seed=0)
+    encoded = model.encode(batch)
+    assert np.asarray(model.decode(encoded["embedding"])["x_mean"]).shape == (5, *SHAPE)
+    _refused(lambda: model.decode(encoded["z_mean"]),
+             r"z has shape \(5, 3\) but the decoder reads codes of shape \(N, 7\), N >= 1: the width of encode's "
+             r"embedding")
 
 
 def test_tensors_and_numpy_give_the_same_codes_and_float64_is_read_as_float32(bernoulli, batch):
@@ -141,7 +166,7 @@ def text_model():
     (b"w1 w2", r"x is one sentence"),
     ([["w1", "w2"], ["w3", "w4"]], r"shape \(2, 2\).*a list of words per sentence\? .*' '\.join\(words\)"),
     ([], r"shape \(0,\) but a text model takes a non-empty 1-D batch"),
-    (["w1 w2", b"w3"], r"entry 1 is of type bytes, not a sentence \(str\); decode bytes as UTF-8 first"),
+    (["w1 w2", b"w3 \xff w4"], r"entry 1 is not valid UTF-8 \(byte 3: invalid start byte\); .*iconv"),
     (["w1 w2", 7], r"entry 1 is of type int, not a sentence \(str\); give one str per sentence"),
     (tf.constant([[1.0]]), r"float32 tensor of shape \(1, 1\) but a text model takes a non-empty 1-D batch"),
 ])
@@ -154,8 +179,11 @@ def test_text_models_take_lists_arrays_and_string_tensors_alike_and_empty_senten
     model, corpus = text_model
     sentences = list(corpus.x_train[:3]) + [""]
     as_list = np.asarray(model.encode(sentences)["z_mean"])
-    np.testing.assert_array_equal(as_list, np.asarray(model.encode(np.asarray(sentences, dtype=object))["z_mean"]))
-    np.testing.assert_array_equal(as_list, np.asarray(model.encode(tf.constant(sentences))["z_mean"]))
+    as_bytes = [s.encode("utf-8") for s in sentences]  # what string tensors and Parquet columns give back
+    for same in (np.asarray(sentences, dtype=object), np.asarray(sentences), tf.constant(sentences),
+                 tf.Variable(sentences), as_bytes, np.asarray(as_bytes), np.asarray(as_bytes, dtype=object)):
+        np.testing.assert_array_equal(as_list, np.asarray(model.encode(same)["z_mean"]))
+    _refused(lambda: encode_posterior(model, tf.constant([b"w1", b"\xff\xfe w2"])), r"entry 1 is not valid UTF-8")
     assert as_list.shape == (4, 2) and np.all(np.isfinite(as_list))
     assert len(model.reconstruct(sentences)["text"]) == 4
     _refused(lambda: model.reconstruct("one sentence"), r"x is one sentence")

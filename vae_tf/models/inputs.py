@@ -32,13 +32,18 @@ def symbolic(value) -> bool:
 
 
 def _array(value, what: str) -> np.ndarray:
-    if isinstance(value, (tf.Tensor, tf.Variable)):
-        return value.numpy()
     try:
         return np.asarray(value)
     except ValueError:  # ragged nested lists
         raise DataError(f"{what} is not a rectangular array (rows of different lengths?); pass a NumPy array of "
                         "one row per example") from None
+
+
+def _kind(dtype) -> str:
+    """NumPy's kind letter (``b``, ``i``, ``u``, ``f``, other) of a NumPy or TensorFlow dtype."""
+    if isinstance(dtype, tf.DType):
+        return "b" if dtype.is_bool else "f" if dtype.is_floating else "i" if dtype.is_integer else "O"
+    return np.dtype(dtype).kind
 
 
 def _shape_text(shape) -> str:
@@ -49,8 +54,17 @@ def _quote(sentence: str) -> str:
     return repr(sentence if len(sentence) <= QUOTE_CHARS else sentence[:QUOTE_CHARS] + "...")
 
 
+def _utf8(value: bytes, i: int, what: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} entry {i} is not valid UTF-8 (byte {exc.start}: {exc.reason}); decode the source "
+                        "text correctly, e.g. iconv -f LATIN1 -t UTF-8") from None
+
+
 def sentences(x, *, what: str = "x", as_array: bool = False):
-    """A batch of raw sentences, one ``str`` per entry (a 1-D array, list or string tensor).
+    """A batch of raw sentences, one per entry: ``str``, or UTF-8 ``bytes`` (what a string tensor,
+    a Parquet column or a TFRecord gives back), as a 1-D list, array or string tensor.
 
     Empty sentences are allowed: a trained model encodes them (``<eos>`` alone), as its
     exported signatures do. Returns ``x`` (an eager string tensor as it is), or, with
@@ -58,74 +72,87 @@ def sentences(x, *, what: str = "x", as_array: bool = False):
     if symbolic(x):
         return x
     if isinstance(x, (str, bytes)):
-        raise DataError(f"{what} is one sentence ({_quote(x if isinstance(x, str) else repr(x))}) but a text "
-                        "model takes a batch of sentences; pass a list, e.g. [sentence]")
-    if isinstance(x, tf.Tensor):
+        shown = _quote(x) if isinstance(x, str) else _quote(repr(x))
+        raise DataError(f"{what} is one sentence ({shown}) but a text model takes a batch of sentences; pass a "
+                        "list, e.g. [sentence]")
+    if isinstance(x, (tf.Tensor, tf.Variable)):
         if x.dtype != tf.string or x.shape.rank != 1 or x.shape[0] == 0:
             raise DataError(f"{what} is a {x.dtype.name} tensor of shape {_shape_text(x.shape)} but a text model "
                             "takes a non-empty 1-D batch of sentences (strings)")
-        if not as_array:
-            return x
-        return np.asarray([s.decode("utf-8") for s in x.numpy()], dtype=object)
+        decoded = np.asarray([_utf8(s, i, what) for i, s in enumerate(x.numpy())], dtype=object)
+        return decoded if as_array else tf.convert_to_tensor(x)
     arr = np.asarray(x, dtype=object) if isinstance(x, (list, tuple)) else np.asarray(x)
     if arr.ndim != 1 or len(arr) == 0:
-        nested = arr.ndim == 2 and arr.size and isinstance(arr.flat[0], str)
+        nested = arr.ndim == 2 and arr.size and isinstance(arr.flat[0], (str, bytes))
         hint = (" (a list of words per sentence? send each sentence as one string: ' '.join(words))" if nested
                 else "")
         raise DataError(f"{what} has shape {_shape_text(arr.shape)} but a text model takes a non-empty 1-D batch "
                         f"of sentences, one str per entry{hint}")
+    out = np.empty(len(arr), dtype=object)
     for i, s in enumerate(arr):
-        if not isinstance(s, str):
-            hint = "decode bytes as UTF-8 first" if isinstance(s, bytes) else "give one str per sentence"
-            raise DataError(f"{what} entry {i} is of type {type(s).__name__}, not a sentence (str); {hint}")
-    return arr.astype(object) if as_array else arr
+        if isinstance(s, bytes):
+            s = _utf8(s, i, what)
+        elif not isinstance(s, str):
+            raise DataError(f"{what} entry {i} is of type {type(s).__name__}, not a sentence (str); give one str per "
+                            "sentence")
+        out[i] = str(s)
+    return out
 
 
 def model_rows(model, x, *, what: str = "x", as_array: bool = False):
     """``x`` checked as what ``model`` reads: sentences for a text model (:func:`sentences`), else
-    a float32 batch ``[N, *model.data_shape]`` of finite values within the model's likelihood's
-    support. Returns float32 (a tensor given eagerly stays a tensor unless ``as_array``)."""
+    a batch ``[N, *model.data_shape]`` of finite values within the model's likelihood's support,
+    as float32 (a tensor given eagerly stays a tensor, on its device, unless ``as_array``).
+
+    The values are checked after the cast to float32, in two reductions (minimum and maximum:
+    NaN and ±Inf show in them), so a valid batch costs two passes over it; a float64 value beyond
+    float32's range is refused rather than encoded as Inf."""
     if getattr(model, "modality", "image") == "text":
         return sentences(x, what=what, as_array=as_array)
     if symbolic(x):
         return x
-    arr = _array(x, what)
+    tensor = isinstance(x, (tf.Tensor, tf.Variable))
+    arr = None if tensor else _array(x, what)
+    dtype, shape = (x.dtype, tuple(x.shape)) if tensor else (arr.dtype, arr.shape)
     expected = getattr(model, "data_shape", None)
-    if arr.dtype.kind not in "biuf":
-        raise DataError(f"{what} is not numeric (dtype {arr.dtype}, shape {_shape_text(arr.shape)}); pass a float "
+    if _kind(dtype) not in "biuf":
+        raise DataError(f"{what} is not numeric (dtype {dtype}, shape {_shape_text(shape)}); pass a float "
                         f"array of shape (N, {', '.join(map(str, expected or ('...',)))})")
     if expected is not None:
         expected = tuple(expected)
-        if tuple(arr.shape) == expected:
-            raise DataError(f"{what} has shape {_shape_text(arr.shape)}: one example without the batch axis; the "
+        if shape == expected:
+            raise DataError(f"{what} has shape {_shape_text(shape)}: one example without the batch axis; the "
                             f"model takes a batch (N, {', '.join(map(str, expected))}), e.g. x[None]")
-        if arr.ndim != len(expected) + 1 or tuple(arr.shape[1:]) != expected:
-            raise DataError(f"{what} has shape {_shape_text(arr.shape)} but the model reads batches of shape "
+        if len(shape) != len(expected) + 1 or tuple(shape[1:]) != expected:
+            raise DataError(f"{what} has shape {_shape_text(shape)} but the model reads batches of shape "
                             f"(N, {', '.join(map(str, expected))}); reshape it, or use a model trained on data of "
                             "this shape")
-    elif arr.ndim < 2:
-        raise DataError(f"{what} must be a batch (N, *data_shape), got shape {_shape_text(arr.shape)}")
-    if len(arr) == 0:
-        raise DataError(f"{what} holds no examples (shape {_shape_text(arr.shape)}); pass at least one row")
-    rows = arr.reshape(len(arr), -1)
-    if arr.dtype.kind == "f":
-        finite = np.isfinite(rows).all(axis=1)
-        if not finite.all():
-            first = int(np.argmin(finite))
-            raise DataError(f"{what} row {first} has NaN or Inf values ({int(np.sum(~finite))} of {len(arr)} rows "
-                            "do); remove or impute those rows")
+    elif len(shape) < 2:
+        raise DataError(f"{what} must be a batch (N, *data_shape), got shape {_shape_text(shape)}")
+    if shape[0] == 0:
+        raise DataError(f"{what} holds no examples (shape {_shape_text(shape)}); pass at least one row")
+    if tensor:
+        values = tf.cast(x, tf.float32)
+        low, high = (float(v) for v in tf.stack([tf.reduce_min(values), tf.reduce_max(values)]).numpy())
+    else:
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: Inf, refused below
+            values = arr.astype(np.float32, copy=False)
+        low, high = float(values.min()), float(values.max())
     support = getattr(getattr(model, "likelihood", None), "support", None)
-    if support is not None:
-        low, high = float(np.min(rows)), float(np.max(rows))
-        if low < support[0] or high > support[1]:
-            outside = np.any((rows < support[0]) | (rows > support[1]), axis=1)
-            name = getattr(model.likelihood, "name_key", type(model.likelihood).__name__)
-            raise DataError(f"{what} row {int(np.argmax(outside))} has values outside [{support[0]:g}, "
-                            f"{support[1]:g}], which the model's {name} likelihood reads (the batch lies in "
-                            f"[{low:g}, {high:g}]); scale it as the training data was (e.g. uint8 images / 255)")
-    if isinstance(x, tf.Tensor) and not as_array:
-        return tf.cast(x, tf.float32)
-    return arr.astype(np.float32, copy=False)
+    finite = np.isfinite(low) and np.isfinite(high)
+    if finite and (support is None or (low >= support[0] and high <= support[1])):
+        return values.numpy() if tensor and as_array else values
+    rows = np.asarray(values).reshape(shape[0], -1)
+    if not finite:
+        bad = ~np.isfinite(rows).all(axis=1)
+        wide = " (or values beyond float32's range, ±3.4e38)" if dtype in (np.float64, tf.float64) else ""
+        raise DataError(f"{what} row {int(np.argmax(bad))} has NaN or Inf values{wide} ({int(np.sum(bad))} of "
+                        f"{shape[0]} rows do); remove or impute those rows")
+    outside = np.any((rows < support[0]) | (rows > support[1]), axis=1)
+    name = getattr(model.likelihood, "name_key", type(model.likelihood).__name__)
+    raise DataError(f"{what} row {int(np.argmax(outside))} has values outside [{support[0]:g}, {support[1]:g}], "
+                    f"which the model's {name} likelihood reads (the batch lies in [{low:g}, {high:g}]); scale it as "
+                    "the training data was (e.g. uint8 images / 255)")
 
 
 def codes(model, z, *, what: str = "z", rows: int | None = None):
@@ -133,22 +160,24 @@ def codes(model, z, *, what: str = "z", rows: int | None = None):
     number of rows it must have, e.g. one per seed row). Returns a float32 tensor."""
     if symbolic(z):
         return z
-    arr = _array(z, what)
+    values = tf.convert_to_tensor(z) if isinstance(z, (tf.Tensor, tf.Variable)) else _array(z, what)
     size = int(model.latent.code_size)
-    if arr.dtype.kind not in "biuf":
-        raise DataError(f"{what} is not numeric (dtype {arr.dtype}); pass float codes of shape (N, {size})")
-    if arr.shape == (size,):
-        raise DataError(f"{what} has shape {_shape_text(arr.shape)}: one code without the batch axis; the decoder "
+    if _kind(values.dtype) not in "biuf":
+        raise DataError(f"{what} is not numeric (dtype {values.dtype}); pass float codes of shape (N, {size})")
+    shape = tuple(values.shape)
+    if shape == (size,):
+        raise DataError(f"{what} has shape {_shape_text(shape)}: one code without the batch axis; the decoder "
                         f"takes a batch (N, {size}), e.g. z[None]")
-    if arr.ndim != 2 or arr.shape[1] != size or len(arr) == 0:
-        raise DataError(f"{what} has shape {_shape_text(arr.shape)} but the decoder reads codes of shape (N, {size}), "
-                        f"N >= 1 (the family's code_size: what encode's z_mean has)")
-    finite = np.isfinite(arr).all(axis=1)
+    if len(shape) != 2 or shape[1] != size or shape[0] == 0:
+        raise DataError(f"{what} has shape {_shape_text(shape)} but the decoder reads codes of shape (N, {size}), "
+                        "N >= 1: the width of encode's embedding")
+    values = tf.cast(values, tf.float32)
+    finite = np.asarray(tf.reduce_all(tf.math.is_finite(values), axis=1))
     if not finite.all():
         raise DataError(f"{what} row {int(np.argmin(finite))} has NaN or Inf values; decode finite codes")
-    if rows is not None and len(arr) != rows:
-        raise DataError(f"{what} has {len(arr)} rows but {rows} seed rows were given; give one seed row per code")
-    return tf.convert_to_tensor(arr, tf.float32)
+    if rows is not None and shape[0] != rows:
+        raise DataError(f"{what} has {shape[0]} rows but {rows} seed rows were given; give one seed row per code")
+    return values
 
 
 __all__ = ["codes", "model_rows", "sentences", "symbolic"]

@@ -301,7 +301,7 @@ class TextVAE(VAE):
         return np.sum(np.asarray(ids) != PAD_ID, axis=1) + 1
 
     def call(self, x, training=False):
-        return self.reconstruct(x)["text"]
+        return self.reconstruction(x)["text"]
 
     def encode(self, x) -> dict:
         """Named code tensors for a batch of raw sentences (checked when given eagerly:
@@ -317,9 +317,15 @@ class TextVAE(VAE):
         return {"text": self.codec.decode(ids, lengths), "tokens": ids, "lengths": lengths}
 
     def reconstruct(self, x) -> dict:
-        """``text``: the greedy decode of each sentence's posterior mean code."""
-        code = self.latent.embedding(self.posterior_params(model_rows(self, x)))
-        return {"text": self.decode(code)["text"]}
+        """``text``: the greedy decode of each sentence's posterior mean code (``x`` checked as
+        :meth:`encode` checks it)."""
+        return self.reconstruction(model_rows(self, x))
+
+    def reconstruction(self, x) -> dict:
+        """:meth:`reconstruct` of ``x`` as it is, unchecked."""
+        code = self.latent.embedding(self.posterior_params(x))
+        ids, lengths = self.decoder.generate(code)
+        return {"text": self.codec.decode(ids, lengths)}
 
     def sample(self, seeds) -> dict:
         """One sentence per seed row (int32 ``[n, 2]``): ``z`` ~ p(z), then words sampled from the

@@ -511,8 +511,9 @@ class VAE(keras.Model):
         return self.likelihood.expected(self.decoder(z, training=False))
 
     def call(self, x, training=False):
-        """Deterministic reconstruction E[x | z = code mean of q(z|x)]."""
-        return self.reconstruct(x)["x_mean"]
+        """Deterministic reconstruction E[x | z = code mean of q(z|x)] (``model(x)``, ``predict``:
+        unchecked, as Keras' own models; :meth:`reconstruct` checks ``x``)."""
+        return self.reconstruction(x)["x_mean"]
 
     def encode(self, x) -> dict:
         """Named code tensors for ``x`` (``[N, *data_shape]``, checked when given eagerly:
@@ -537,8 +538,13 @@ class VAE(keras.Model):
         return {"x_mean": self.likelihood.mean(out), "x_sample": x_sample}
 
     def reconstruct(self, x) -> dict:
-        """``x_mean``: the deterministic decode of the posterior's code mean."""
-        params = self.posterior_params(model_rows(self, x))
+        """``x_mean``: the deterministic decode of the posterior's code mean (``x`` checked as
+        :meth:`encode` checks it)."""
+        return self.reconstruction(model_rows(self, x))
+
+    def reconstruction(self, x) -> dict:
+        """:meth:`reconstruct` of ``x`` as it is, unchecked."""
+        params = self.posterior_params(x)
         return {"x_mean": self.likelihood.mean(self.decoder(self.latent.embedding(params), training=False))}
 
     def _decode_inputs(self, z, seeds):
