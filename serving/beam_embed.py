@@ -108,7 +108,8 @@ class SplitSource:
 
     def read(self, chunk: int) -> Iterator[tuple[Columns, np.ndarray]]:
         start, stop = chunk * self.chunk_size, min(self.rows, (chunk + 1) * self.chunk_size)
-        columns = {"index": np.arange(start, stop, dtype=np.int64)}
+        positions = self.source.positions
+        columns = {"index": positions(start, stop) if positions else np.arange(start, stop, dtype=np.int64)}
         if self.labels:
             columns["label"] = np.asarray(self.source.y[start:stop], np.int64)
         yield columns, self.source.x[start:stop]

@@ -189,7 +189,9 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
                 options: dict | None = None) -> EmbedSource:
     """A split of a registered data set (``digits``, ``mnist``, ``text_synthetic``, ...) or of a
     file/folder (``data`` may be a path to an ``.npz``, ``.npy`` or image folder). ``split='all'``
-    takes train, val and test in that order. ``options``: the data set's own options
+    takes every row of train, val and test in the order of the input (a file's rows in file
+    order; an ``.npz``'s ``x_test`` after its ``x``; a built-in data set's splits one after
+    another), each row's ``index`` its position there. ``options``: the data set's own options
     (``data.options`` of a training config, e.g. ``n_samples``, ``image_size``).
 
     The rows stay lazy (:func:`vae_tf.data.open_dataset`): the same rows, values and checks as
@@ -217,11 +219,27 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
     x = SplitRows.concat([splits.split(p) for p in parts])
     if len(x) == 0:
         raise DataError(f"split {split!r} of {data!r} is empty; pick another split or change the fractions")
+    positions = None
+    if split == "all":  # every row: in the input's order, `index` the row of the file
+        x, order = x.in_input_order()
+        positions = RowPositions(order)
     description = {"data": name, "path": path, "split": split, "seed": seed, "val_fraction": val_fraction,
                    "test_fraction": test_fraction, "max_samples": max_samples, "options": dict(options or {}),
                    "rows": len(x),
-                   "modality": str(splits.metadata.get("modality", "image"))}
-    return EmbedSource(x, None if x.y is None else np.asarray(x.y, np.int64), description)
+                   "modality": str(splits.metadata.get("modality", "image")),
+                   **({"order": "input"} if split == "all" else {})}
+    return EmbedSource(x, None if x.y is None else np.asarray(x.y, np.int64), description, positions)
+
+
+class RowPositions:
+    """``positions(start, stop)`` of an :class:`EmbedSource` from an array of every row's
+    position (a plain class: Beam pickles it to its workers)."""
+
+    def __init__(self, positions: np.ndarray):
+        self.positions = np.asarray(positions, np.int64)
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        return self.positions[start:stop]
 
 
 def resolve_embed_data(args, version_dir=None) -> dict:
@@ -431,9 +449,11 @@ def _check_finite(rows: np.ndarray, start: int, source: EmbedSource) -> None:
     if found is None:
         return
     index, value, count = found
-    raise DataError(f"row {start + index[0]} of {data_description(source.description)} has a non-finite value "
-                    f"{non_finite_text(value)} at index {(start + index[0],) + index[1:]} ({count} NaN/Inf values in "
-                    f"rows {start}-{start + len(rows) - 1}); remove or impute those rows before embedding them")
+    positions = source.positions(start, start + len(rows)) if source.positions else np.arange(start, start + len(rows))
+    row = int(positions[index[0]])
+    raise DataError(f"row {row} of {data_description(source.description)} has a non-finite value "
+                    f"{non_finite_text(value)} at index {(row,) + index[1:]} ({count} NaN/Inf values in rows "
+                    f"{int(positions[0])}-{int(positions[-1])}); remove or impute those rows before embedding them")
 
 
 def _check_support(rows: np.ndarray, start: int, source: EmbedSource, encoder) -> None:

@@ -234,9 +234,9 @@ def test_a_bad_row_found_by_a_worker_is_one_line(exports, tmp_path, capfd):
 def test_rows_outside_the_likelihoods_support_fail_on_beam_as_in_one_process(exports, tmp_path, capsys):
     """A Bernoulli model reads [0, 1]: `vae-tf embed` refused other values, the Beam job embedded
     them without a word. Both now fail with the same line, naming the first such row by its
-    `index` (the row in the split; the row of the file for Parquet)."""
+    `index` (the row of the file with --split all and for Parquet; else the row in the split)."""
     x = np.full((40,) + SHAPE, 0.5, np.float32)
-    x[23, 1, 2, 0], x[30] = 1.5, 3.0
+    x[5, 1, 2, 0], x[12] = 1.5, 3.0  # in the first chunk: a failure after it keeps its chunks to resume
     data = tmp_path / "scaled.npz"
     np.savez(data, x=x)
     common = ["embed", "--model", str(exports), "--data", str(data), "--split", "all", "--chunk-size", "16"]
@@ -244,6 +244,7 @@ def test_rows_outside_the_likelihoods_support_fail_on_beam_as_in_one_process(exp
     assert _error(capsys, *common, "--runner", "beam", "-o", str(tmp_path / "out")) == one
     in_split = load_source(str(data), split="all").x[0:40].reshape(40, -1)
     first = int(np.flatnonzero(in_split.max(axis=1) > 1)[0])
+    assert first == 5  # --split all: the file's rows in file order
     chunk = in_split[first // 16 * 16:first // 16 * 16 + 16]
     assert (f"error: row {first} of {data} (split all) has values outside [0, 1], which the model's bernoulli "
             f"likelihood reads (rows {first // 16 * 16}-{first // 16 * 16 + len(chunk) - 1} lie in "
@@ -252,9 +253,27 @@ def test_rows_outside_the_likelihoods_support_fail_on_beam_as_in_one_process(exp
     pq.write_table(pa.table({"x": _list_column(x.reshape(40, -1), True)}), parquet, row_group_size=16)
     err = _error(capsys, "embed", "--runner", "beam", "--model", str(exports), "--data", str(parquet),
                  "-o", str(tmp_path / "out"))
-    assert f"error: row 23 of {parquet} has values outside [0, 1], which the model's bernoulli likelihood reads " \
-           "(rows 16-31 lie in [0.5, 3]); scale the data" in err
+    assert f"error: row 5 of {parquet} has values outside [0, 1], which the model's bernoulli likelihood reads " \
+           "(rows 0-15 lie in [0.5, 3]); scale the data" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scaled.npz", "scaled.parquet"]  # nothing half-written
+
+
+def test_beam_s_split_source_reads_the_rows_and_file_positions_vae_tf_embed_reads(tmp_path):
+    """The Beam source of `--split all` hands its workers the same rows, in file order, and the
+    same `index` (each row's row of the file) as `vae-tf embed` in one process, for a sample of
+    the file too (max_samples), where the positions are not 0..n-1."""
+    from serving.beam_embed import SplitSource
+
+    x = np.random.default_rng(2).random((50,) + SHAPE).astype(np.float32)
+    np.savez(tmp_path / "rows.npz", x=x, y=np.arange(50))
+    source = load_source(str(tmp_path / "rows.npz"), split="all", max_samples=20)
+    beam = SplitSource(source, chunk_size=8)
+    chunks = [next(beam.read(c)) for c in beam.work()]
+    index = np.concatenate([columns["index"] for columns, _ in chunks])
+    np.testing.assert_array_equal(index, source.positions(0, 20))
+    assert np.all(np.diff(index) > 0) and index.max() < 50 and not np.array_equal(index, np.arange(20))
+    np.testing.assert_array_equal(np.concatenate([rows for _, rows in chunks]), x[index])
+    np.testing.assert_array_equal(np.concatenate([columns["label"] for columns, _ in chunks]), index)
 
 
 @pytest.mark.slow

@@ -131,11 +131,16 @@ def test_file_embeddings_equal_the_eager_loaders_for_every_split(base, data_file
     eager = load_dataset(name.split(".")[1], path=str(data_files / name), seed=1)
     for split in ("train", "val", "test", "all"):
         source = load_source(str(data_files / name), split=split, seed=1)
-        parts = ("train", "val", "test") if split == "all" else (split,)
-        x = np.concatenate([eager.split(p)[0] for p in parts])
-        ys = [eager.split(p)[1] for p in parts]
-        y = None if ys[0] is None else np.concatenate(ys)
+        if split == "all":  # every row of the file, in file order (the file read independently of the loaders)
+            stored = np.load(data_files / name)
+            pixels, labels = (stored, None) if name.endswith(".npy") else (stored["x"], stored["labels"])
+            x, y = (pixels[..., None] / 255.0).astype(np.float32), labels
+            np.testing.assert_array_equal(source.positions(0, len(x)), np.arange(len(x)))
+        else:
+            x, y = eager.split(split)
         np.testing.assert_array_equal(source.x[:], x)
+        if y is not None:
+            np.testing.assert_array_equal(source.y, y)
         old = EmbedSource(x, y, source.description)
         lazy_out, eager_out = tmp_path / f"{split}-lazy.npz", tmp_path / f"{split}-eager.npz"
         extract_embeddings(source, encoder, lazy_out, chunk_size=37, batch_size=16, outputs=("embedding", "z_mean"))
@@ -146,6 +151,32 @@ def test_file_embeddings_equal_the_eager_loaders_for_every_split(base, data_file
             for key in want.files:
                 np.testing.assert_array_equal(got[key], want[key])
             assert len(got["embedding"]) == len(x)
+
+
+def test_split_all_embeds_a_file_in_file_order_with_index_its_row(base, tmp_path):
+    """`--split all` embedded train, then val, then test: the file's rows shuffled, with `index`
+    the position in that concatenation, so a user joining the output on `index` to their own
+    file's rows matched the wrong rows. It now embeds every row in file order (an .npz's x_test
+    after its x_train) and `index` is the row of the file; of a sample (max_samples), the sampled
+    rows in file order."""
+    rng = np.random.default_rng(5)
+    x, x_test = rng.random((60, 8, 8, 1)).astype(np.float32), rng.random((15, 8, 8, 1)).astype(np.float32)
+    y, y_test = np.arange(60) % 3, np.arange(15) % 3 + 3
+    np.savez(tmp_path / "official.npz", x_train=x, y_train=y, x_test=x_test, y_test=y_test)
+    out = tmp_path / "all.npz"
+    assert _embed("--model", f"{base}/vae", "--data", str(tmp_path / "official.npz"), "--split", "all",
+                  "--chunk-size", "16", "-o", str(out)) == 0
+    every, labels = np.concatenate([x, x_test]), np.concatenate([y, y_test])
+    with np.load(out) as got:
+        np.testing.assert_array_equal(got["index"], np.arange(75))
+        np.testing.assert_array_equal(got["label"], labels)
+        np.testing.assert_allclose(got["embedding"], LocalEncoder(base / "vae")(every)["embedding"], rtol=1e-5,
+                                   atol=1e-6)
+    source = load_source(str(tmp_path / "official.npz"), split="all", max_samples=30)
+    index = source.positions(0, len(source.x))
+    assert len(index) == len(source.x) and np.all(np.diff(index) > 0) and index[-1] < 75
+    np.testing.assert_array_equal(source.x[:], every[index])
+    np.testing.assert_array_equal(source.y, labels[index])
 
 
 def test_embed_of_a_bad_file_is_the_loaders_one_line_error(base, tmp_path, capsys):
@@ -288,11 +319,15 @@ def test_data_of_another_shape_or_a_folder_for_output_is_refused_before_anything
                   "-o", str(tmp_path / "b.npz")) == 2
     err = capsys.readouterr().err.strip()
     assert_one_line(err)
-    # "row" is the row in the split, as in the output's `index` column (the splits are shuffled)
-    in_split = load_source(str(tmp_path / "big.npz"), split="all").x[0:20]
-    first = min(np.flatnonzero(in_split.reshape(20, -1).max(axis=1) > 1))
-    assert f"row {first} of {tmp_path / 'big.npz'} (split all) has values outside [0, 1], which the model's " \
+    # with --split all, "row" is the row of the file, as the output's `index` column is
+    assert f"row 13 of {tmp_path / 'big.npz'} (split all) has values outside [0, 1], which the model's " \
            "bernoulli likelihood reads (rows 0-19 lie in [0.5, 160]); scale the data" in err
+    # of a split, the row in the split (the splits are shuffled), as in that output's `index` column
+    assert _embed("--model", f"{base}/vae", "--data", str(tmp_path / "big.npz"), "--split", "train",
+                  "-o", str(tmp_path / "b.npz")) == 2
+    in_split = load_source(str(tmp_path / "big.npz"), split="train").x[:]
+    first = min(np.flatnonzero(in_split.reshape(len(in_split), -1).max(axis=1) > 1))
+    assert f"row {first} of {tmp_path / 'big.npz'} (split train) has values outside [0, 1]" in capsys.readouterr().err
     # no output, and no .parts folder: a run that failed before its first chunk has nothing to resume
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.npz", "big.npz", "small.npz"]
 

@@ -136,6 +136,32 @@ class SplitRows:
                 pieces.append(gather_rows(seg.rows, seg.index[a - lo : b - lo], seg.scaling))
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
+    def in_input_order(self) -> tuple[SplitRows, np.ndarray]:
+        """These rows in the order of the input they were read from, and each row's position in
+        that input: its row in its reader, readers numbered on one after another in the order
+        they first appear (an ``.npz``'s ``x_test`` rows after its ``x`` rows; a data set held in
+        memory split by split keeps its split order). What ``vae-tf embed --split all`` embeds, so
+        that its ``index`` is the row of the user's file."""
+        readers: list = []
+        offsets: list[int] = []
+        for seg in self.segments:
+            if not any(seg.rows is r for r in readers):
+                offsets.append(sum(int(r.shape[0]) for r in readers))
+                readers.append(seg.rows)
+        rank = [next(k for k, r in enumerate(readers) if r is seg.rows) for seg in self.segments]
+        position = np.concatenate([offsets[k] + np.asarray(seg.index, np.int64) for k, seg in zip(rank, self.segments)])
+        order = np.argsort(position, kind="stable")
+        position = position[order]
+        owner = np.repeat(rank, [len(seg.index) for seg in self.segments])[order]
+        segments = []
+        for k, reader in enumerate(readers):
+            mine = owner == k
+            if mine.any():
+                scaling = next(seg.scaling for seg, r in zip(self.segments, rank) if r == k)
+                segments.append(Segment(reader, position[mine] - offsets[k], scaling))
+        pick = (lambda a: None if a is None else np.asarray(a)[order])
+        return SplitRows(segments, pick(self.y), pick(self.factors)), position
+
     @staticmethod
     def concat(parts: Sequence[SplitRows]) -> SplitRows:
         """The rows of ``parts`` one after another (labels only when every part has them)."""
