@@ -265,6 +265,58 @@ def test_sampled_words_follow_the_models_softmax_with_unk_and_never_pad_or_bos()
     assert chisquare(counts[drawable], n * p[drawable]).pvalue > 1e-3, (counts, n * p)
 
 
+@pytest.mark.parametrize("temperature", [0.5, 2.0, 0.01])
+def test_sampling_at_a_temperature_draws_from_the_softmax_of_the_logits_over_it(temperature):
+    """``generate(..., temperature=T)`` draws from softmax(logits / T): the first word's
+    frequencies over 3,000 seeds against that distribution, computed from the teacher-forced
+    logits (a chi-square test), which for these logits differs clearly from T = 1's; at a low
+    temperature every draw is the greedy word."""
+    from scipy.stats import chisquare
+
+    keras.utils.set_random_seed(5)
+    decoder = RecurrentDecoder("gru", code_size=2, vocab_size=7, max_length=1, embedding=3, hidden=[4])
+    decoder([tf.zeros((1, 2)), tf.constant([[BOS_ID]])])  # built
+    decoder.logits.bias.assign(np.array([0.0, 1.5, 0.0, 0.2, -0.5, 0.4, 0.1], np.float32))
+    decoder.logits.kernel.assign(decoder.logits.kernel * 0.1)
+    z = tf.constant([[0.3, -0.7]])
+    logits = decoder([z, tf.constant([[BOS_ID]])]).numpy()[0, 0].astype(np.float64)
+    drawable = np.ones(7, bool)
+    drawable[[PAD_ID, BOS_ID]] = False
+
+    def softmax(scaled):
+        p = np.where(drawable, np.exp(scaled - scaled[drawable].max()), 0.0)
+        return p / p.sum()
+
+    p, p_model = softmax(logits / temperature), softmax(logits)
+    n = 3000
+    ids, lengths = tf.function(decoder.generate)(tf.repeat(z, n, axis=0),
+                                                 seeds=tf.stack([tf.fill([n], 7), tf.range(n)], axis=1),
+                                                 temperature=temperature)
+    counts = np.bincount(np.where(lengths.numpy() > 0, ids.numpy()[:, 0], EOS_ID), minlength=7)
+    if temperature < 0.1:
+        greedy, _ = decoder.generate(z)
+        assert counts[int(greedy.numpy()[0, 0])] == n == counts[int(np.argmax(p))], counts
+        return
+    assert chisquare(counts[drawable], n * p[drawable]).pvalue > 1e-3, (counts, n * p)
+    assert chisquare(counts[drawable], n * p_model[drawable]).pvalue < 1e-6, (counts, n * p_model)
+
+
+def test_a_text_models_temperature_is_checked_and_its_samples_reproducible(corpus):
+    model = make(corpus)
+    z = np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32)
+    seeds = np.stack([np.zeros(6, np.int64), np.arange(6)], axis=1)
+    assert not np.array_equal(model.decode(z, seeds=seeds, temperature=0.7)["text"].numpy(),
+                              model.decode(z, seeds=seeds, temperature=3.0)["text"].numpy())
+    hot = model.sample(seeds, temperature=1.5)
+    np.testing.assert_array_equal(hot["text"].numpy(), model.sample(seeds, temperature=1.5)["text"].numpy())
+    for bad in (0, -1.0, float("nan"), float("inf"), "hot", True):
+        with pytest.raises(ConfigError, match=r"temperature must be a number > 0") as err:
+            model.sample(seeds, temperature=bad)
+        assert_one_line(str(err.value))
+    with pytest.raises(ConfigError, match=r"temperature applies to sampled decoding; give seeds"):
+        model.decode(z, temperature=0.5)
+
+
 def test_text_tables_decode_in_graph_what_the_eager_methods_decode(corpus):
     """The run's text tables call the model's traced signatures (vae_tf.export.serving_functions)
     instead of its eager methods: the same sentences, greedy and sampled (stateless seeds), after a

@@ -308,12 +308,15 @@ class TextVAE(VAE):
         :func:`vae_tf.models.inputs.sentences`)."""
         return self.latent.export_outputs(self.posterior_params(model_rows(self, x)))
 
-    def decode(self, z, seeds=None) -> dict:
+    def decode(self, z, seeds=None, temperature: float = 1.0) -> dict:
         """``text`` (``[B]`` strings), ``tokens`` (``[B, max_length]`` ids, ``<pad>`` after the
         sentence) and ``lengths`` (words per sentence): greedy without ``seeds``, sampled with one
-        stateless seed row per code otherwise."""
+        stateless seed row per code otherwise, from the softmax at ``temperature`` (1: the
+        model's; lower: sharper, towards greedy; higher: more varied). The exported ``decode``
+        and ``sample`` signatures sample at temperature 1."""
         z, seeds = self._decode_inputs(z, seeds)
-        ids, lengths = self.decoder.generate(tf.convert_to_tensor(z, tf.float32), seeds=seeds)
+        temperature = check_temperature(temperature, sampled=seeds is not None)
+        ids, lengths = self.decoder.generate(tf.convert_to_tensor(z, tf.float32), seeds=seeds, temperature=temperature)
         return {"text": self.codec.decode(ids, lengths), "tokens": ids, "lengths": lengths}
 
     def reconstruct(self, x) -> dict:
@@ -327,13 +330,29 @@ class TextVAE(VAE):
         ids, lengths = self.decoder.generate(code)
         return {"text": self.codec.decode(ids, lengths)}
 
-    def sample(self, seeds) -> dict:
+    def sample(self, seeds, temperature: float = 1.0) -> dict:
         """One sentence per seed row (int32 ``[n, 2]``): ``z`` ~ p(z), then words sampled from the
-        decoder with a stream derived from the row's seed. Stateless and reproducible."""
+        decoder (at ``temperature``: :meth:`decode`) with a stream derived from the row's seed.
+        Stateless and reproducible."""
         seeds = seed_rows(seeds)
+        temperature = check_temperature(temperature, sampled=True)
         z = self.latent.sample_prior(seeds)
         decode_seeds = tf.map_fn(lambda s: tf.random.experimental.stateless_fold_in(s, 1), seeds)
-        return {"z": z, **self.decode(z, seeds=decode_seeds)}
+        return {"z": z, **self.decode(z, seeds=decode_seeds, temperature=temperature)}
+
+
+def check_temperature(temperature, *, sampled: bool) -> float:
+    """A sampling temperature: a finite number > 0 (one line otherwise); only for sampled decoding."""
+    if isinstance(temperature, tf.Tensor) and not tf.executing_eagerly():
+        return temperature
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) or \
+            not np.isfinite(temperature) or temperature <= 0:
+        raise ConfigError(f"temperature must be a number > 0 (1 samples from the model's own distribution), got "
+                          f"{temperature!r}")
+    if not sampled and float(temperature) != 1.0:
+        raise ConfigError("temperature applies to sampled decoding; give seeds (one row per code), or leave it at 1 "
+                          "for greedy decoding")
+    return float(temperature)
 
 
 def text_settings(metadata: dict) -> dict:
@@ -347,4 +366,4 @@ def text_settings(metadata: dict) -> dict:
             "split_punctuation": bool(tokenizer.get("split_punctuation", True))}
 
 
-__all__ = ["TextCodec", "TextVAE", "teacher_forcing", "text_settings"]
+__all__ = ["TextCodec", "TextVAE", "check_temperature", "teacher_forcing", "text_settings"]

@@ -187,13 +187,15 @@ class RecurrentDecoder(keras.Model):
         return self._output(h, z_seq, training=training)
 
     # --- generation --------------------------------------------------------------------------------
-    def generate(self, z, seeds=None, max_length: int | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    def generate(self, z, seeds=None, max_length: int | None = None,
+                 temperature: float = 1.0) -> tuple[tf.Tensor, tf.Tensor]:
         """Decode ``z`` ``[B, code]`` one word at a time from ``<bos>``: greedy (argmax) when
-        ``seeds`` is None, else sampled from the softmax (``<pad>`` and ``<bos>`` excluded; ``<unk>``
-        is drawn, and shown, as the model predicts it) with row i's draws from ``seeds[i]``
-        (int32 ``[B, 2]``, stateless). Returns ``(ids [B, L], lengths [B])``: words before the
-        first ``<eos>`` (the ``<eos>`` itself and what follows are ``<pad>``); at most
-        ``max_length`` (default the model's) words per row."""
+        ``seeds`` is None, else sampled from the softmax of the logits divided by ``temperature``
+        (1: the model's own distribution; below 1 sharper, towards greedy; above 1 flatter;
+        ``<pad>`` and ``<bos>`` excluded; ``<unk>`` is drawn, and shown, as the model predicts it)
+        with row i's draws from ``seeds[i]`` (int32 ``[B, 2]``, stateless). Returns ``(ids [B, L],
+        lengths [B])``: words before the first ``<eos>`` (the ``<eos>`` itself and what follows are
+        ``<pad>``); at most ``max_length`` (default the model's) words per row."""
         length = self.max_length if max_length is None else int(max_length)
         z = tf.cast(tf.convert_to_tensor(z), self.compute_dtype)
         batch = tf.shape(z)[0]
@@ -219,6 +221,7 @@ class RecurrentDecoder(keras.Model):
             if seeds is None:
                 chosen = tf.argmax(logits, axis=-1, output_type=tf.int32)
             else:
+                logits = logits / temperature
                 row_seeds = tf.map_fn(lambda s: tf.random.experimental.stateless_fold_in(s, t),
                                       tf.cast(seeds, tf.int32))
                 chosen = tf.map_fn(lambda a: tf.random.stateless_categorical(a[0][None], 1, seed=a[1],
