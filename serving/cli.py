@@ -181,7 +181,7 @@ def cmd_serve(args) -> int:
 
 def cmd_embed(args) -> int:
     from serving.embed import (LocalEncoder, RemoteEncoder, extract_embeddings, load_split_source, load_text_source,
-                               refuse_modality_mismatch, refuse_split_options, resolve_embed_data)
+                               refuse_modality_mismatch, refuse_split_options, resolve_embed_data, split_summary)
     from serving.text_rows import input_kind
     from vae_tf.errors import ConfigError
 
@@ -228,6 +228,9 @@ def cmd_embed(args) -> int:
     where = identity.get("model") or f"{identity['server']} {identity['model_name']} version {identity['version']}"
     print(f"embeddings:    {result.output.resolve()} ({result.rows} rows; columns {', '.join(result.columns)})")
     print(f"model:         {where}")
+    read = split_summary(source, result.rows, as_trained=bool(getattr(args, "as_trained", False)))
+    if read:
+        print(f"data:          {read}")
     if result.reused_chunks:
         print(f"resumed:       {result.reused_chunks} of {result.chunks} chunks were already done")
     if result.truncated and result.truncated[0]:

@@ -150,6 +150,8 @@ class EmbedSource:
     y: Any
     description: dict = field(default_factory=dict)
     positions: Callable[[int, int], np.ndarray] | None = None
+    #: Rows of the whole input (every split) when ``x`` is one split of it; None otherwise.
+    input_rows: int | None = None
 
 
 #: ``vae-tf embed`` defaults of the split options, which whole-file inputs (Parquet, CSV, text) do not use.
@@ -217,6 +219,7 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
                           max_samples=max_samples, path=path, **(options or {}))
     parts = ("train", "val", "test") if split == "all" else (split,)
     x = SplitRows.concat([splits.split(p) for p in parts])
+    input_rows = sum(len(splits.split(p)) for p in ("train", "val", "test"))
     if len(x) == 0:
         raise DataError(f"split {split!r} of {data!r} is empty; pick another split or change the fractions")
     positions = None
@@ -228,7 +231,22 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
                    "rows": len(x),
                    "modality": str(splits.metadata.get("modality", "image")),
                    **({"order": "input"} if split == "all" else {})}
-    return EmbedSource(x, None if x.y is None else np.asarray(x.y, np.int64), description, positions)
+    return EmbedSource(x, None if x.y is None else np.asarray(x.y, np.int64), description, positions, input_rows)
+
+
+def split_summary(source: EmbedSource, rows: int, *, as_trained: bool) -> str | None:
+    """What ``vae-tf embed`` read, for its summary: every row of the input, or which split and how
+    many of the input's rows (a user's own file embeds its test split, 10 % of it, by default);
+    None for inputs that are not split (text files, Parquet, CSV)."""
+    if source.input_rows is None:
+        return None
+    d = source.description
+    what = d.get("path") or d.get("data")
+    if d.get("split") == "all":
+        return f"every row of {what} ({rows}), in its order; index is the row of the input"
+    how = ("as the model's training run split it" if as_trained else
+           f"seed {d.get('seed')}, val/test fractions {d.get('val_fraction')}/{d.get('test_fraction')}")
+    return f"split {d.get('split')} of {what}: {rows} of its {source.input_rows} rows ({how}); --split all embeds every row"
 
 
 class RowPositions:
@@ -257,6 +275,7 @@ def resolve_embed_data(args, version_dir=None) -> dict:
     if args.data is None:
         args.data, args.path = (trained.get("name"), args.path or trained.get("path")) if trained else ("digits", args.path)
     same = bool(trained) and _same_data(trained, args.data, args.path)
+    args.as_trained = same
     fallback = {"seed": config.get("seed", 0), "val_fraction": trained.get("val_fraction", 0.1),
                 "test_fraction": trained.get("test_fraction", 0.1), "max_samples": trained.get("max_samples")}
     for key in ("seed", "val_fraction", "test_fraction", "max_samples"):

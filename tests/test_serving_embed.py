@@ -153,7 +153,7 @@ def test_file_embeddings_equal_the_eager_loaders_for_every_split(base, data_file
             assert len(got["embedding"]) == len(x)
 
 
-def test_split_all_embeds_a_file_in_file_order_with_index_its_row(base, tmp_path):
+def test_split_all_embeds_a_file_in_file_order_with_index_its_row(base, tmp_path, capsys):
     """`--split all` embedded train, then val, then test: the file's rows shuffled, with `index`
     the position in that concatenation, so a user joining the output on `index` to their own
     file's rows matched the wrong rows. It now embeds every row in file order (an .npz's x_test
@@ -166,12 +166,22 @@ def test_split_all_embeds_a_file_in_file_order_with_index_its_row(base, tmp_path
     out = tmp_path / "all.npz"
     assert _embed("--model", f"{base}/vae", "--data", str(tmp_path / "official.npz"), "--split", "all",
                   "--chunk-size", "16", "-o", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert f"data:          every row of {tmp_path / 'official.npz'} (75), in its order; index is the row of the input" \
+        in printed, printed
     every, labels = np.concatenate([x, x_test]), np.concatenate([y, y_test])
     with np.load(out) as got:
         np.testing.assert_array_equal(got["index"], np.arange(75))
         np.testing.assert_array_equal(got["label"], labels)
         np.testing.assert_allclose(got["embedding"], LocalEncoder(base / "vae")(every)["embedding"], rtol=1e-5,
                                    atol=1e-6)
+    # The default split of a file that is not the model's training data: its test split, said so
+    assert main(["embed", "--model", f"{base}/vae", "--data", str(tmp_path / "official.npz"),
+                 "-o", str(tmp_path / "test.npz")]) == 0
+    n_test = len(np.load(tmp_path / "test.npz")["index"])
+    assert 0 < n_test < 75
+    assert (f"data:          split test of {tmp_path / 'official.npz'}: {n_test} of its 75 rows (seed 0, val/test "
+            "fractions 0.1/0.1); --split all embeds every row") in capsys.readouterr().out
     source = load_source(str(tmp_path / "official.npz"), split="all", max_samples=30)
     index = source.positions(0, len(source.x))
     assert len(index) == len(source.x) and np.all(np.diff(index) > 0) and index[-1] < 75
