@@ -400,12 +400,48 @@ def _within_support(element: tuple[Columns, np.ndarray], support, likelihood: st
     return element
 
 
+def _count_long(element: tuple[Columns, np.ndarray], policy):
+    """``element`` unchanged; its sentences, and those longer than the model reads (``policy``:
+    :class:`serving.text.TextPolicy`), counted in Beam metrics (:data:`COUNTERS`)."""
+    from apache_beam.metrics import Metrics
+
+    _, rows = element
+    Metrics.counter(COUNTERS, "sentences").inc(len(rows))
+    Metrics.counter(COUNTERS, "truncated_sentences").inc(policy.count_long(rows))
+    return element
+
+
+#: The namespace of the job's own Beam counters.
+COUNTERS = "vae_tf_embed"
+
+
+def _counted(result, policy) -> tuple[int, int, int] | None:
+    """``(truncated, counted, max_length)`` from a finished job's counters (None: not counted)."""
+    if policy is None:
+        return None
+    from apache_beam.metrics.metric import MetricsFilter
+
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(COUNTERS))["counters"]
+    except (AttributeError, NotImplementedError):  # a runner without metrics
+        return None
+    totals = {}
+    for counter in found:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    if "sentences" not in totals:
+        return None
+    return totals.get("truncated_sentences", 0), totals["sentences"], policy.max_length
+
+
 def build_pipeline(pipeline, source, model_path: str, output: str, *, outputs: Sequence[str], batch_size: int,
                    schema, columns: Sequence[str], support: tuple[float, float] | None = None,
-                   likelihood: str | None = None):
+                   likelihood: str | None = None, text_policy=None):
     """Add the embedding job to ``pipeline`` (see the module docstring); returns the write's
     output (the written file names). ``support`` (with the ``likelihood``'s name): the values the
-    model reads; rows outside it fail the job, as they fail ``vae-tf embed``."""
+    model reads; rows outside it fail the job, as they fail ``vae-tf embed``. ``text_policy``: a
+    text model's (:class:`serving.text.TextPolicy`); the sentences longer than it reads are
+    counted (:func:`_count_long`)."""
     from serving.embed import data_description
 
     handler = KeyedModelHandler(EncodeModelHandler(model_path, outputs, batch_size))
@@ -416,6 +452,8 @@ def build_pipeline(pipeline, source, model_path: str, output: str, *, outputs: S
     if support is not None:
         rows = rows | "CheckSupport" >> beam.Map(_within_support, tuple(support), likelihood,
                                                  data_description(source.description))
+    if text_policy is not None:
+        rows = rows | "CountLong" >> beam.Map(_count_long, text_policy)
     return (rows
             | "Encode" >> RunInference(handler)
             | "ToArrow" >> beam.Map(_to_table, list(columns))
@@ -494,6 +532,8 @@ class BeamEmbedResult:
     runner: str
     workers: int | None
     identity: dict
+    #: A text model's ``(truncated, counted, max_length)`` from the job's counters; None otherwise.
+    truncated: tuple[int, int, int] | None = None
 
 
 _USER_ERROR = re.compile(rf"\b({'|'.join(USER_ERRORS)}): (.+)")
@@ -585,11 +625,13 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
 
     pipeline = beam.Pipeline(runner=make_runner(options), options=options)
     build_pipeline(pipeline, source, str(encoder.version_dir), output, outputs=outputs, batch_size=batch_size,
-                   schema=schema, columns=columns, support=encoder.support, likelihood=encoder.likelihood)
+                   schema=schema, columns=columns, support=encoder.support, likelihood=encoder.likelihood,
+                   text_policy=getattr(encoder, "text_policy", None))
     local_temps = _local_temporaries(output)
     created = "://" not in output and not os.path.exists(output)
     try:
-        state = pipeline.run().wait_until_finish()
+        job = pipeline.run()
+        state = job.wait_until_finish()
     except Exception as err:
         _remove_local_temporaries(output, local_temps, created)
         found = user_error(err)
@@ -609,7 +651,8 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
 
     return BeamEmbedResult(output, source.rows, files, columns, str(options.view_as(StandardOptions).runner),
                            options.view_as(DirectOptions).direct_num_workers if workers else None,
-                           {"model": str(encoder.version_dir.resolve())})
+                           {"model": str(encoder.version_dir.resolve())},
+                           _counted(job, getattr(encoder, "text_policy", None)))
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -626,7 +669,8 @@ def parquet_pattern(data: str, path: str | None) -> str | None:
 def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
     """``vae-tf embed --runner beam``: the arguments of ``vae-tf embed`` plus ``--workers`` and
     Beam pipeline options after ``--``."""
-    from serving.embed import load_split_source, refuse_modality_mismatch, refuse_split_options, resolve_embed_data
+    from serving.embed import (load_split_source, refuse_modality_mismatch, refuse_split_options, resolve_embed_data,
+                               split_summary, truncation_summary)
     from serving.text_rows import input_kind
 
     if args.server:
@@ -671,6 +715,13 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
           f"columns {', '.join(result.columns)}; rows in no particular order, join on index)")
     print(f"model:         {result.identity['model']}")
     print(f"runner:        {result.runner}{workers}")
+    read = split_summary(source.source, result.rows, as_trained=bool(getattr(args, "as_trained", False))) \
+        if isinstance(source, SplitSource) else None
+    if read:
+        print(f"data:          {read}")
+    cut = truncation_summary(result.truncated, result.rows)
+    if cut:
+        print(f"truncated:     {cut}")
     return 0
 
 

@@ -181,7 +181,8 @@ def cmd_serve(args) -> int:
 
 def cmd_embed(args) -> int:
     from serving.embed import (LocalEncoder, RemoteEncoder, extract_embeddings, load_split_source, load_text_source,
-                               refuse_modality_mismatch, refuse_split_options, resolve_embed_data, split_summary)
+                               refuse_modality_mismatch, refuse_split_options, resolve_embed_data, split_summary,
+                               truncation_summary)
     from serving.text_rows import input_kind
     from vae_tf.errors import ConfigError
 
@@ -233,11 +234,9 @@ def cmd_embed(args) -> int:
         print(f"data:          {read}")
     if result.reused_chunks:
         print(f"resumed:       {result.reused_chunks} of {result.chunks} chunks were already done")
-    if result.truncated and result.truncated[0]:
-        cut, counted, max_length = result.truncated
-        among = "sentences" if counted == result.rows else "sentences encoded in this run"
-        print(f"truncated:     {cut} of {counted} {among} have more than the model's {max_length} words; each is "
-              f"embedded from its first {max_length}, as the model reads it")
+    cut = truncation_summary(result.truncated, result.rows)
+    if cut:
+        print(f"truncated:     {cut}")
     return 0
 
 

@@ -234,6 +234,17 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
     return EmbedSource(x, None if x.y is None else np.asarray(x.y, np.int64), description, positions, input_rows)
 
 
+def truncation_summary(truncated: tuple[int, int, int] | None, rows: int) -> str | None:
+    """The summary line of the sentences a text model cut (``(truncated, counted, max_length)``),
+    or None when none were (or they were not counted): both runners of ``vae-tf embed``."""
+    if not truncated or not truncated[0]:
+        return None
+    cut, counted, max_length = truncated
+    among = "sentences" if counted == rows else "sentences encoded in this run"
+    return (f"{cut} of {counted} {among} have more than the model's {max_length} words; each is embedded from its "
+            f"first {max_length}, as the model reads it")
+
+
 def split_summary(source: EmbedSource, rows: int, *, as_trained: bool) -> str | None:
     """What ``vae-tf embed`` read, for its summary: every row of the input, or which split and how
     many of the input's rows (a user's own file embeds its test split, 10 % of it, by default);

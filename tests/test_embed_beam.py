@@ -48,6 +48,7 @@ def test_beam_on_two_workers_equals_vae_tf_embed_row_for_row(exports, tmp_path, 
     assert main(common + ["--runner", "beam", "--workers", "2", "-o", str(out)]) == 0
     printed = capfd.readouterr()  # the workers write to this process's descriptors
     assert "700 rows" in printed.out and "runner:        FnApiRunner, 2 worker processes" in printed.out
+    assert f"data:          every row of {data} (700), in its order; index is the row of the input" in printed.out
     # The workers import TensorFlow quietly too (vae_tf_cli.tensorflow_start; they inherit the level).
     assert not ABSEIL_RECORD.search(printed.err), printed.err[-2000:]
     # Nor Beam's own start-up lines: each worker printed "WARNING:root:apitools not found, ..." and
@@ -285,6 +286,7 @@ def test_text_files_and_parquet_sentences_equal_vae_tf_embed(text_exports, tmp_p
 
     words = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat"]
     lines = ["" if i % 11 == 3 else " ".join(words[(i + k) % 8] for k in range(1 + i % 5)) for i in range(230)]
+    lines[7] = lines[40] = " ".join(words + words[:1])  # 9 words: the model reads its first 6
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "a.txt").write_text("\n".join(lines[:150]) + "\n")
@@ -292,9 +294,14 @@ def test_text_files_and_parquet_sentences_equal_vae_tf_embed(text_exports, tmp_p
     common = ["--model", str(text_exports / "1"), "--chunk-size", "64", "--batch-size", "16"]
     local, out = tmp_path / "local.parquet", tmp_path / "beam"
     assert main(["embed", "--data", str(folder / "a.txt"), *common, "-o", str(local)]) == 0
+    one_process = capsys.readouterr().out
     assert main(["embed", "--runner", "beam", "--data", str(folder / "a.txt"), *common, "-o", str(out)]) == 0
     kept = [i for i, line in enumerate(lines) if line]
-    assert f"{len([i for i in kept if i < 150])} rows" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"{len([i for i in kept if i < 150])} rows" in printed
+    # both runners count the sentences the model truncates (Beam with counters on its workers)
+    cut = f"truncated:     2 of {len([i for i in kept if i < 150])} sentences have more than the model's 6 words"
+    assert cut in one_process and cut in printed, (one_process, printed)
     assert pq.read_table(out).sort_by("index").equals(pq.read_table(local))  # same chunks, batches, bits
 
     both = tmp_path / "both"
