@@ -386,6 +386,18 @@ def test_pyfunc_serves_every_signature(base, tmp_path, monkeypatch):
         model.predict(np.array([[1.5, 2]]), params={"signature": "sample"})
     with pytest.raises(ValueError, match=r"needs z with shape \[batch, 8\]"):
         model.predict(np.zeros((2, 3)), params={"signature": "decode"})
+    # NaN / Inf came back as ordinary-looking codes, 0-255 pixels were encoded as if in [0, 1]
+    bad = x.copy()
+    bad[1, 2, 3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"signature 'encode': x row 1 has NaN or Inf values \(1 of 3 rows do\); "
+                                         r"send finite numbers"):
+        model.predict(bad)
+    with pytest.raises(ValueError, match=r"signature 'reconstruct': x row 0 has values outside \[0, 1\], which the "
+                                         r"model's bernoulli likelihood reads"):
+        model.predict(x * 255.0, params={"signature": "reconstruct"})
+    with pytest.raises(ValueError, match=r"signature 'decode': z row 1 has NaN or Inf values"):
+        model.predict({"z": np.stack([np.zeros(8), np.full(8, np.inf)])}, params={"signature": "decode"})
+    assert model.predict({"z": np.full((1, 8), 40.0)}, params={"signature": "decode"})["x_mean"].shape == (1, 8, 8, 1)
 
 
 def test_the_pyfunc_model_file_runs_without_mlflows_type_hint_advice():

@@ -83,9 +83,17 @@ def _without_type_hint_advice():
 with _without_type_hint_advice():
     class VaeTfSavedModel(PythonModel):
         def load_context(self, context):
+            import json
+            from pathlib import Path
+
             import tensorflow as tf
 
             self._model = tf.saved_model.load(context.artifacts["saved_model"])
+            info = Path(context.artifacts["saved_model"]) / "assets" / "vae_tf_model.json"
+            likelihood = (json.loads(info.read_text()).get("likelihood") if info.is_file() else None) or {}
+            support = likelihood.get("support") if isinstance(likelihood, dict) else None
+            #: The values encode/reconstruct's x may take (the likelihood's support), or None.
+            self._support = (tuple(float(v) for v in support), str(likelihood.get("name"))) if support else None
             self._inputs = {}
             for name in PYFUNC_SIGNATURES:
                 if name in self._model.signatures:
@@ -103,6 +111,8 @@ with _without_type_hint_advice():
             values = _as_array(model_input, key, text=np.dtype(dtype).kind == "O")
             values = _reshape_rows(values, example_shape, name, key)
             values = _cast(values, dtype, name, key)
+            if values.dtype.kind == "f":
+                _check_values(values, name, key, self._support if key == "x" else None)
             outputs = self._model.signatures[name](**{key: tf.constant(values)})
             return {out: _output(value.numpy()) for out, value in outputs.items()}
 
@@ -158,6 +168,25 @@ def _cast(values: np.ndarray, dtype, name: str, key: str) -> np.ndarray:
         if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
             raise InputError(f"signature {name!r} needs whole-number {key} values (e.g. seed rows [[1, 2]])")
     return values.astype(dtype, copy=False)
+
+
+def _check_values(values: np.ndarray, name: str, key: str, support) -> None:
+    """Refuse NaN/±Inf (the model turns them into ordinary-looking codes, as ``vae-tf serve``
+    refuses them by default) and, for ``x``, values outside the likelihood's support (``support``:
+    ``((low, high), likelihood name)``; a Bernoulli model reads [0, 1], not 0-255 pixels)."""
+    rows = values.reshape(len(values), -1)
+    low, high = (float(rows.min()), float(rows.max())) if rows.size else (0.0, 0.0)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        bad = ~np.isfinite(rows).all(axis=1)
+        raise InputError(f"signature {name!r}: {key} row {int(np.argmax(bad))} has NaN or Inf values "
+                         f"({int(bad.sum())} of {len(rows)} rows do); send finite numbers")
+    if support is not None:
+        (lo, hi), likelihood = support
+        if low < lo or high > hi:
+            outside = ((rows < lo) | (rows > hi)).any(axis=1)
+            raise InputError(f"signature {name!r}: {key} row {int(np.argmax(outside))} has values outside "
+                             f"[{lo:g}, {hi:g}], which the model's {likelihood} likelihood reads (they lie in "
+                             f"[{low:g}, {high:g}]); scale them as the training data was (e.g. uint8 images / 255)")
 
 
 def _sentence(value, row: int, name: str, key: str) -> bytes:
