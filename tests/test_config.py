@@ -267,3 +267,27 @@ def test_registry_uri_follows_the_tracking_uri_unless_the_user_chose_one(monkeyp
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:///registry.db")  # the user's
     assert tracking.use_tracking("sqlite:///d.db") == "sqlite:///registry.db"
     assert tracking.use_tracking("sqlite:///e.db") == "sqlite:///registry.db"
+
+
+def test_a_tracking_uri_of_an_unknown_scheme_is_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """`mlflow.tracking_uri=sqllite:///x.db` trained on and then failed with MLflow's 20-line
+    traceback about the model registry; it is now refused with the config, and a misspelt
+    MLFLOW_TRACKING_URI when it is read."""
+    from tests.conftest import assert_one_line
+    from training.config import tracking_uri_problem
+    from training.tracking import resolve_tracking_uri
+    from vae_tf_cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--set", "mlflow.tracking_uri=sqllite:///x.db"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert_one_line(err)
+    assert "'sqllite:///x.db' has an unknown scheme 'sqllite:'; did you mean sqlite://...? MLflow keeps runs at " in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run folder, store or model
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "htp://127.0.0.1:5000")
+    with pytest.raises(ConfigError, match=r"^MLFLOW_TRACKING_URI 'htp://127.0.0.1:5000' has an unknown scheme "
+                                          r"'htp:'; did you mean http://\.\.\.\?"):
+        resolve_tracking_uri(None)
+    for fine in ("sqlite:///a.db", "postgresql+psycopg2://u@h/db", "mysql://h/db", "/tmp/mlruns", "mlruns",
+                 "file:///tmp/m", "https://mlflow.example", "databricks", "C:\\mlruns"):
+        assert tracking_uri_problem(fine) is None, fine

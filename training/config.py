@@ -132,6 +132,31 @@ class ExportConfig(Section):
     version: PositiveInt | None = None              # null: next free version
 
 
+#: URI schemes MLflow 3.17 keeps runs under (a database's with any driver: ``postgresql+psycopg2://``);
+#: a path without a scheme is a local folder store. Plugins add theirs (``mlflow.tracking_store`` entry points).
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc",
+                    "uc")
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """What is wrong with a tracking URI's scheme (a misspelt ``sqllite:///x.db`` failed after
+    training started, with MLflow's traceback), or None. Checked without importing MLflow."""
+    from importlib.metadata import entry_points
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme.lower()
+    if len(scheme) <= 1:  # no scheme (a folder), or a Windows drive letter
+        return None
+    if scheme.split("+")[0] in TRACKING_SCHEMES or scheme in {e.name for e in entry_points(group="mlflow.tracking_store")}:
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(scheme, TRACKING_SCHEMES, n=1)
+    hint = f"did you mean {close[0]}://...? " if close else ""
+    return (f"{uri!r} has an unknown scheme {scheme + ':'!r}; {hint}MLflow keeps runs at sqlite:///PATH.db, a folder "
+            "path, http(s)://HOST:PORT or a database URI (postgresql://, mysql://, mssql://)")
+
+
 with warnings.catch_warnings():  # `register` is also ABCMeta.register, which no one calls on a config section
     warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
@@ -142,6 +167,14 @@ with warnings.catch_warnings():  # `register` is also ABCMeta.register, which no
         register: bool = True                           # register the logged model under `name`
         log_figures: bool = True
         retry_seconds: NonNegativeFloat = 60.0          # while MLflow is unreachable, retry the buffered logging this often
+
+        @field_validator("tracking_uri")
+        @classmethod
+        def _known_scheme(cls, uri: str | None) -> str | None:
+            problem = tracking_uri_problem(uri) if uri else None
+            if problem:
+                raise ValueError(problem)
+            return uri
 
 
 class Config(Section):

@@ -26,6 +26,12 @@ def resolve_tracking_uri(configured: str | None) -> str:
     if configured:
         return configured
     if os.environ.get("MLFLOW_TRACKING_URI"):
+        from training.config import tracking_uri_problem
+        from vae_tf.errors import ConfigError
+
+        problem = tracking_uri_problem(os.environ["MLFLOW_TRACKING_URI"])
+        if problem:
+            raise ConfigError(f"MLFLOW_TRACKING_URI {problem}")
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
