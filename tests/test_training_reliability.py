@@ -408,6 +408,17 @@ def test_a_run_lands_in_its_experiment_when_another_process_creates_it_first(tmp
     assert client.search_runs(["0"]) == []
 
 
+def _printed(main, argv) -> str:
+    """What ``main(argv)`` prints on stdout (it must exit 0)."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    return out.getvalue()
+
+
 def test_resume_refuses_to_change_the_model_and_names_what_may_change(tmp_path):
     from training.resume import find_run, resumed_config
     from vae_tf.errors import ConfigError
@@ -422,10 +433,19 @@ def test_resume_refuses_to_change_the_model_and_names_what_may_change(tmp_path):
     with pytest.raises(ConfigError) as caught:
         find_run(tmp_path / "runs", name="vae")
     assert str(caught.value) == (f"no unfinished run of model 'vae' in {tmp_path / 'runs'}/ to resume; the unfinished "
-                                 "runs there are of model(s) 'control-vae': give the --config that started the run, "
-                                 "or name it with --resume RUN_ID")
+                                 "runs there are of model(s) 'control-vae': give the --config that started the run "
+                                 "(or --set name=control-vae), or name it with --resume RUN_ID")
     assert find_run(tmp_path / "runs", name="control-vae")[0] == tmp_path / "runs" / "other"
     record = {"config": _in_process_config(tmp_path).to_dict()}
+    # `vae-tf train --resume --set name=MODEL` takes that model's latest unfinished run (the name was ignored)
+    from vae_tf_cli import main
+
+    theirs = {**record["config"], "name": "control-vae"}
+    (tmp_path / "runs" / "other" / "run.json").write_text(json.dumps({"name": "control-vae", "status": "running",
+                                                                       "config": theirs}))
+    printed = _printed(main, ["train", "--resume", "--set", f"train.run_dir={tmp_path / 'runs'}",
+                                                  "--set", "name=control-vae", "--print-config"])
+    assert yaml.safe_load(printed)["name"] == "control-vae"
     assert resumed_config(record, ["train.epochs=9"]).train.epochs == 9
     with pytest.raises(ConfigError, match="model.latent.latent_dim cannot change when resuming"):
         resumed_config(record, ["model.latent.latent_dim=9"])
@@ -531,6 +551,39 @@ def test_resuming_a_run_that_ran_all_its_epochs_is_refused_and_changes_nothing(t
     assert again.run_id == first.run_id and len(again.history["loss"]) == 2
     assert again.name == "inproc"  # the resumed run's own model (the summary printed the --config's name)
     assert client.get_run(first.run_id).info.status == "FINISHED"
+
+
+def test_a_run_interrupted_then_resumed_to_its_end_keeps_no_error_tag(tmp_path, monkeypatch):
+    """Ctrl-C tagged the run `error: KeyboardInterrupt: ` (an empty message); after `--resume`
+    finished it, the FINISHED run still carried the tag. Now the interrupt is said, and a resumed
+    run that finishes drops the tag, keeping what stopped it as vae_tf.resumed_after."""
+    import json
+
+    from training.callbacks import MlflowMetrics
+    from training.train import run_training
+
+    config = _in_process_config(tmp_path, epochs=2)
+    logged = MlflowMetrics.on_epoch_end
+
+    def interrupted(self, epoch, logs=None):
+        logged(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MlflowMetrics, "on_epoch_end", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config)
+    monkeypatch.setattr(MlflowMetrics, "on_epoch_end", logged)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    client = MlflowClient(tracking_uri=config.mlflow.tracking_uri)
+    said = "KeyboardInterrupt: interrupted (Ctrl-C or SIGINT)"
+    run = client.get_run(run_dir.name)
+    assert run.info.status == "KILLED" and run.data.tags["error"] == said
+    resumed = run_training(config, resume=run_dir.name)
+    run = client.get_run(run_dir.name)
+    assert resumed.run_id == run_dir.name and run.info.status == "FINISHED"
+    assert "error" not in run.data.tags and run.data.tags["vae_tf.resumed_after"] == said
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "finished" and record["error"] is None
 
 
 def test_resumable_pipeline_starts_anywhere_and_covers_each_pass(digits):

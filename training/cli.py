@@ -100,10 +100,11 @@ def cmd_train(args) -> int:
 
     if args.strategy:
         args.overrides.append(f"train.strategy={args.strategy}")
+    # With --resume the run's own config is used; --config (and --set train.run_dir=) only says
+    # where its runs are and, without a RUN, --config (or --set name=) which model's latest run to take.
+    locators = ("train.run_dir=",) + (("name=",) if args.resume is True else ())
     if args.resume:
-        # The run's own config is used; --config only says where its runs are (train.run_dir) and,
-        # without a RUN, which model's latest run to take.
-        config = load_config(args.config or DEFAULT_CONFIG, [o for o in args.overrides if o.startswith("train.run_dir=")])
+        config = load_config(args.config or DEFAULT_CONFIG, [o for o in args.overrides if o.startswith(locators)])
     else:
         config = load_config(args.config or DEFAULT_CONFIG, args.overrides)
     if args.print_config:
@@ -112,7 +113,7 @@ def cmd_train(args) -> int:
 
             _, record = find_run(config.train.run_dir, args.resume if isinstance(args.resume, str) else None,
                                  None if isinstance(args.resume, str) else config.name)
-            config = resumed_config(record, [o for o in args.overrides if not o.startswith("train.run_dir=")])
+            config = resumed_config(record, [o for o in args.overrides if not o.startswith(locators)])
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
 
@@ -121,7 +122,8 @@ def cmd_train(args) -> int:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # mlflow was imported before (tests, notebooks)
 
-    overrides = tuple(o for o in args.overrides if not o.startswith("train.run_dir="))
+    overrides = tuple(o for o in args.overrides if not (args.resume and o.startswith(locators)) and
+                      not o.startswith("train.run_dir="))
     result = run_training(config, resume=args.resume, overrides=overrides)
     if result.run_id is None:  # a non-chief worker of a multi_worker cluster
         losses = result.history.get("loss", [])

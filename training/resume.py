@@ -51,8 +51,8 @@ def find_run(run_root: str | Path, key: str | None = None, name: str | None = No
         others = sorted({str(r.get("name")) for d, r in records if r.get("status") != "finished" and r.get("name")})
         if others:  # the bare --resume looks for the --config's model: say whose runs are there
             raise ConfigError(f"no unfinished run{what} in {run_root}/ to resume; the unfinished runs there are of "
-                              f"model(s) {', '.join(map(repr, others))}: give the --config that started the run, or "
-                              "name it with --resume RUN_ID")
+                              f"model(s) {', '.join(map(repr, others))}: give the --config that started the run (or "
+                              f"--set name={others[0]}), or name it with --resume RUN_ID")
         raise ConfigError(f"no unfinished run{what} in {run_root}/ to resume; start one with `vae-tf train` "
                           "or name a run with --resume RUN_ID")
     return max(unfinished, key=lambda item: (item[0] / RUN_RECORD_NAME).stat().st_mtime)

@@ -361,6 +361,10 @@ class TrackedRun:
     def set_tags(self, tags: dict) -> None:
         self._call("set_tags", {"tags": {k: str(v) for k, v in tags.items()}})
 
+    def delete_tag(self, key: str) -> None:
+        """Remove tag ``key`` from the run (nothing happens when it has none)."""
+        self._call("delete_tag", {"key": key})
+
     def log_dict(self, dictionary: dict, artifact_file: str) -> None:
         self._call("log_dict", {"dictionary": dictionary, "artifact_file": artifact_file})
 
@@ -436,6 +440,10 @@ class TrackedRun:
             mlflow.log_metrics(args["metrics"], step=args["step"], timestamp=args["timestamp"])
         elif op == "set_tags":
             mlflow.set_tags(args["tags"])
+        elif op == "delete_tag":
+            run = mlflow.active_run()
+            if run is not None and args["key"] in mlflow.get_run(run.info.run_id).data.tags:
+                mlflow.delete_tag(args["key"])
         elif op == "log_dict":
             mlflow.log_dict(args["dictionary"], args["artifact_file"])
         elif op == "log_artifact":

@@ -308,12 +308,19 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
     try:
         result = _run(config, prepared, tracker, after_training, resumed=bool(resume), strategy=strategy)
     except BaseException as err:
-        message = f"{type(err).__name__}: {' '.join(str(err).split())}"[:5000]
+        said = " ".join(str(err).split()) or ("interrupted (Ctrl-C or SIGINT)" if isinstance(err, KeyboardInterrupt)
+                                             else "no message")
+        message = f"{type(err).__name__}: {said}"[:5000]
         tracker.set_tags({"error": message})
         tracker.save_record(status="failed", error=message)
         tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
-    tracker.save_record(status="finished", export_dir=str(result.export_dir.resolve()))
+    if resume and record.get("error"):
+        # The run failed or was interrupted before and has now finished: its `error` tag would
+        # say it failed; what stopped it is kept as `vae_tf.resumed_after`.
+        tracker.delete_tag("error")
+        tracker.set_tags({"vae_tf.resumed_after": record["error"]})
+    tracker.save_record(status="finished", export_dir=str(result.export_dir.resolve()), error=None)
     tracker.finish("FINISHED")
     return result
 
