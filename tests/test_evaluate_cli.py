@@ -74,16 +74,29 @@ def test_evaluate_an_export_directory(here, capsys):
 
 
 @pytest.mark.slow
-def test_evaluate_the_registered_model_and_the_run(here, capsys):
+def test_evaluate_the_registered_model_and_the_run(here, capsys, monkeypatch):
+    import tempfile
+
     tmp_path, uri = here
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the registered model is downloaded
     assert main(["evaluate", "models:/vae/1", "--iw-k", "0", "--no-mlflow", "--output", "reg.json"]) == 0
-    by_registry = json.loads((tmp_path / "reg.json").read_text())["metrics"]
+    assert main(["evaluate", "models:/no-such-model/1", "--no-mlflow"]) == 2
+    assert list(scratch.iterdir()) == []  # each call left a copy of the model (or an empty folder) in /tmp
+    document = json.loads((tmp_path / "reg.json").read_text())
+    assert document["model"]["source"] == "models:/vae/1" and document["model"]["version_dir"] is None
+    by_registry = document["metrics"]
     client = MlflowClient(tracking_uri=uri)
     run_id = client.get_model_version("vae", "1").run_id
     assert main(["evaluate", f"runs:/{run_id}", "--iw-k", "0", "--no-mlflow", "--output", "run.json"]) == 0
     by_run = json.loads((tmp_path / "run.json").read_text())["metrics"]
     assert by_registry["active_units"] == by_run["active_units"]
     assert by_registry["kl"] == pytest.approx(by_run["kl"], rel=1e-6)
+    # a subsample's report has a name of its own: it overwrote the whole split's
+    assert main(["evaluate", f"runs:/{run_id}", "--iw-k", "0", "--no-mlflow", "--max-examples", "20",
+                 "--disentanglement", "off"]) == 0
+    assert json.loads((tmp_path / "evaluation" / "vae-v1-test-max20.json").read_text())["info"]["num_examples"] == 20
 
 
 @pytest.mark.parametrize("ref, match", [

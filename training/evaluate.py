@@ -24,14 +24,15 @@ class EvaluationResult:
     info: dict
     report_path: Path
     run_id: str | None
-    version_dir: Path
+    version_dir: Path | None  # None for a registered model (downloaded into a folder removed since)
 
 
-def resolve_model(source: str) -> tuple[Path, str | None]:
+def resolve_model(source: str, download_dir: str | Path | None = None) -> tuple[Path, str | None]:
     """A local SavedModel version directory for ``source`` and the MLflow run that trained it.
 
     ``source`` is an export directory (``models/vae`` -> highest version, or ``models/vae/3``),
-    a registered model URI (``models:/vae/3``, ``models:/vae@champion``) or ``runs:/<run id>``.
+    a registered model URI (``models:/vae/3``, ``models:/vae@champion``; downloaded into
+    ``download_dir``, a new temporary folder if None, which the caller removes) or ``runs:/<run id>``.
     """
     from vae_tf.export import load_model_info, resolve_version_dir
 
@@ -54,7 +55,8 @@ def resolve_model(source: str) -> tuple[Path, str | None]:
                                          "evaluate its registered model (models:/NAME/VERSION) instead")
             return resolve_version_dir(export), run_id
         try:
-            local = Path(mlflow.artifacts.download_artifacts(source, dst_path=tempfile.mkdtemp(prefix="vae-tf-eval-")))
+            local = Path(mlflow.artifacts.download_artifacts(
+                source, dst_path=str(download_dir or tempfile.mkdtemp(prefix="vae-tf-eval-"))))
         except mlflow.exceptions.MlflowException as err:
             raise ModelNotFoundError(f"{source} not found in the MLflow registry at {mlflow.get_registry_uri()}: "
                                      f"{str(err).splitlines()[0]}") from None
@@ -108,15 +110,19 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     problem = iw_k_problem(iw_k)
     if problem:  # before anything loads (the MLflow project's entry; `vae-tf evaluate` checks when parsing)
         raise ConfigError(f"iw_k {problem}")
-    version_dir, run_id = resolve_model(source)
-    info = load_model_info(version_dir)
-    model = load_vae(version_dir)
+    # A registered model is downloaded into a temporary folder, removed once the model is in memory.
+    with tempfile.TemporaryDirectory(prefix="vae-tf-eval-") as download:
+        version_dir, run_id = resolve_model(source, download)
+        info = load_model_info(version_dir)
+        model = load_vae(version_dir)
+    downloaded = source.startswith("models:/")
+    shown = source if downloaded else str(version_dir)  # how messages and the report name the model
     saved = info.get("config")
     # The overrides apply to the saved config before it is validated: `--set data.name=...` can
     # name another data set for a model whose training set cannot be loaded here.
     config = from_dict(apply_overrides(saved, overrides)) if saved else load_config(None, overrides)
     modality = getattr(model, "modality", "image")
-    data = prepare_data(config, model_modality=modality, model_name=str(version_dir),
+    data = prepare_data(config, model_modality=modality, model_name=shown,
                         model_data_shape=model.data_shape if modality == "image" else None)
 
     result = evaluate_model(model, data, split=split, seed=config.seed, max_examples=max_examples, iw_k=iw_k,
@@ -126,10 +132,13 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     x, _ = data.split(split)
     figures = evaluation_figures(result, model=model, x=x[:10], value_range=data.value_range)
     document = report(result)
-    document["model"] = {"source": source, "version_dir": str(version_dir), "name": info.get("name"),
-                         "version": info.get("version"), "trained_in_run": run_id}
+    document["model"] = {"source": source, "version_dir": None if downloaded else str(version_dir),
+                         "name": info.get("name"), "version": info.get("version"), "trained_in_run": run_id}
 
-    report_path = Path(output) if output else Path("evaluation") / f"{info.get('name', 'model')}-v{info.get('version', 0)}-{split}.json"
+    # A subsample's report (--max-examples) does not take the whole split's file name.
+    sample = f"-max{max_examples}" if max_examples else ""
+    report_path = Path(output) if output else (
+        Path("evaluation") / f"{info.get('name', 'model')}-v{info.get('version', 0)}-{split}{sample}.json")
     _write_json_atomically(report_path, document)
 
     from training.lineage import result_verdict
@@ -147,7 +156,7 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
             plt.close(fig)
     _print_summary(result, report_path, eval_run_id, out or sys.stdout, verdict.line)
     return EvaluationResult(metrics=result["metrics"], info=result["info"], report_path=report_path,
-                            run_id=eval_run_id, version_dir=version_dir)
+                            run_id=eval_run_id, version_dir=None if downloaded else version_dir)
 
 
 def _write_json_atomically(path: Path, document: dict) -> None:
