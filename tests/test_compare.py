@@ -82,6 +82,32 @@ def test_suite_runs_children_under_a_parent_and_resumes(suite_file, tmp_path, ca
     assert len(runs) == 4 and len(retrained) == 2
     assert len({r.data.tags["vae_tf.suite_child_config"] for r in retrained}) == 2
     assert sorted(r.data.params["objective.kl_weight.beta"] for r in retrained) == ["4.0", "8.0"]
+    # A part of the suite (--runs, --seeds) writes its own report, named by the part and logged to
+    # the parent beside the whole's: it overwrote the whole suite's report (2 rows -> 1) and its
+    # Command line left --runs out, so "the same command resumes the suite" named another command.
+    part = run_suite(str(suite_file), size="quick", only=["beta4"])
+    assert part.resolve() == tmp_path / "reports" / "tiny-quick-runs-beta4" / "report.md"
+    text = part.read_text()
+    assert "Command: `vae-tf compare --suite tiny --quick --runs beta4`" in text and "| vae |" not in text
+    assert not (tmp_path / "reports" / "tiny-quick").exists()
+    parent = parents[0].info.run_id
+    assert [a.path for a in client.list_artifacts(parent, "report/tiny-quick-runs-beta4")
+            if a.path.endswith("report.md")] == ["report/tiny-quick-runs-beta4/report.md"]
+    whole = client.download_artifacts(parent, "report/report.md", str(tmp_path))
+    assert "| vae |" in open(whole).read() and "| beta4 |" in open(whole).read()
+
+
+def test_a_part_of_a_suite_is_named_by_its_runs_and_seeds(suite_file):
+    from training.compare import _command, report_name
+
+    suite = load_suite(str(suite_file))
+    whole, part = child_configs(suite, "quick"), child_configs(suite, "quick", seeds=[0, 2], only=["beta4"])
+    assert (report_name(suite, "quick", whole), _command(suite, "quick", whole)) == (
+        "tiny-quick", "vae-tf compare --suite tiny --quick")
+    assert (report_name(suite, "quick", part), _command(suite, "quick", part)) == (
+        "tiny-quick-runs-beta4-seeds-0,2", "vae-tf compare --suite tiny --quick --runs beta4 --seeds 0,2")
+    # the size's own seeds, or every run, given explicitly: the whole suite
+    assert report_name(suite, "quick", child_configs(suite, "quick", seeds=[0], only=["vae", "beta4"])) == "tiny-quick"
 
 
 def test_shipped_suites_resolve_to_valid_configs():

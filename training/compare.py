@@ -243,7 +243,7 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     parent = _find_or_create_parent(client, exp_id, suite, size)
     digests = {f"{r}/{s_}": child_digest(c, evaluate_opts) for r, s_, c, _ in children}
     done = _finished_children(client, exp_id, parent, digests, out)
-    report_dir = Path(output_dir or Path("reports") / f"{suite.name}-{size}")
+    report_dir = Path(output_dir or Path("reports") / report_name(suite, size, children))
     if report:  # before the first child trains
         from training.train import check_writable_folder
 
@@ -328,7 +328,8 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     run_root = children[0][2].train.run_dir if children else "runs"
     parent_run = TrackedRun(resolve_tracking_uri(None), run_root=run_root, experiment=experiment, run_id=parent)
     parent_run.start()
-    parent_run.log_artifacts(report_dir, "report")
+    whole = selection(suite, size, children) == (None, None)
+    parent_run.log_artifacts(report_dir, "report" if whole else f"report/{report_name(suite, size, children)}")
     parent_run.finish("FINISHED")
     print(f"report: {report_path.resolve()}", file=out)
     return report_path
@@ -629,8 +630,35 @@ def _mean_std(values: list, fmt: str) -> str:
     return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values, ddof=1))}"
 
 
-def _command(suite: Suite, size: str) -> str:
-    return f"vae-tf compare --suite {suite.name}{' --quick' if size == 'quick' else ' --size ' + size}"
+def selection(suite: Suite, size: str, children) -> tuple[list[str] | None, list[int] | None]:
+    """The ``--runs`` and ``--seeds`` that chose ``children`` out of the suite's size (None: all)."""
+    names = list(dict.fromkeys(name for name, *_ in children))
+    seeds = sorted({seed for _, seed, *_ in children})
+    every_seed = sorted((suite.sizes[size] or {}).get("seeds", [0]))
+    return (None if names == [r["name"] for r in suite.runs] else names,
+            None if seeds == every_seed else seeds)
+
+
+def _command(suite: Suite, size: str, children=None) -> str:
+    """The command that trains ``children`` (default: the whole suite at ``size``)."""
+    runs, seeds = selection(suite, size, children) if children is not None else (None, None)
+    return (f"vae-tf compare --suite {suite.name}{' --quick' if size == 'quick' else ' --size ' + size}"
+            + (f" --runs {','.join(runs)}" if runs else "") + (f" --seeds {','.join(map(str, seeds))}" if seeds else ""))
+
+
+def report_name(suite: Suite, size: str, children) -> str:
+    """The report folder's name (under ``reports/``) and the parent run's report artifact folder
+    (under ``report/``) for ``children``: ``<suite>-<size>`` for the whole suite, with the runs and
+    seeds appended for a part of it, so that training a part does not overwrite the whole's report."""
+    runs, seeds = selection(suite, size, children)
+    name = f"{suite.name}-{size}" + (f"-runs-{','.join(runs)}" if runs else "") + (
+        f"-seeds-{','.join(map(str, seeds))}" if seeds else "")
+    if len(name) > 120:  # many runs named: a digest of the list instead
+        import hashlib
+
+        part = hashlib.sha256(f"{runs}|{seeds}".encode()).hexdigest()[:10]
+        name = f"{suite.name}-{size}-part-{part}"
+    return name
 
 
 def write_children_json(suite: Suite, size: str, children, rows: dict, run_ids: dict, report_dir: Path) -> Path:
@@ -647,7 +675,7 @@ def write_children_json(suite: Suite, size: str, children, rows: dict, run_ids: 
                                                for k, v in sorted(rows[(name, seed)].items()) if v is not None}}
                 for name, seed, *_ in children if (name, seed) in rows}
     pending = [f"{name}/{seed}" for name, seed, *_ in children if (name, seed) not in rows]
-    doc = {"suite": suite.name, "size": size, "command": _command(suite, size), "finished": len(finished),
+    doc = {"suite": suite.name, "size": size, "command": _command(suite, size, children), "finished": len(finished),
            "total": len(children), "pending": pending, "children": finished}
     path = report_dir / "children.json"
     write_text_atomic(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
@@ -685,7 +713,7 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
                   f"{time.strftime('%Y-%m-%d %H:%M')}); still to train: {', '.join(pending)}. The same command "
                   "resumes the suite and rewrites this report.", ""]
     lines = [f"# Suite `{suite.name}` ({size})", "", *status, f"**Claim tested.** {suite.claim}", "",
-             f"Command: `{_command(suite, size)}` "
+             f"Command: `{_command(suite, size, children)}` "
              f"(seeds {', '.join(map(str, seeds))}; mean ± std over seeds; test split).", "",
              "| run | " + ("seeds | " if partial else "") + " | ".join(REPORT_COLUMNS[k][0] for k in columns) + " |",
              "|---|" + ("---:|" if partial else "") + "---:|" * len(columns)]
