@@ -71,6 +71,8 @@ def test_train_logs_run_metrics_figures_config_and_model(finished_run):
     export_dir = tmp_path / "models" / "vae" / "1"
     assert (export_dir / "saved_model.pb").is_file()
     assert f"export:        {export_dir}" in out
+    # the registry's URI, which `vae-tf evaluate` and `mlflow models serve` take (it showed the logged model's only)
+    assert "model version: vae v1 (models:/vae/1; logged model models:/m-" in out
     info = json.loads((export_dir / "assets" / "vae_tf_model.json").read_text())
     assert info["config"]["train"]["epochs"] == 2 and info["data"]["name"] == "digits"
     assert run.data.tags["vae_tf.export_dir"] == str(export_dir)

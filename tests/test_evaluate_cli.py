@@ -103,6 +103,7 @@ def test_evaluate_the_registered_model_and_the_run(here, capsys, monkeypatch):
     ("models/nothing", "does not exist"),
     ("runs:/0123456789abcdef", "not found"),
     ("models:/no-such-model/1", "not found in the MLflow registry"),
+    ("models:/vae", "models:/vae names no version: give models:/vae/VERSION or models:/vae@ALIAS"),
 ])
 def test_bad_model_references_are_one_line_errors(here, capsys, ref, match):
     assert main(["evaluate", ref, "--no-mlflow"]) == 2

@@ -137,7 +137,9 @@ def cmd_train(args) -> int:
     print(f"metrics:       {metrics}")
     print(f"export:        {result.export_dir.resolve()}")
     if result.registered_version:
-        print(f"model version: {result.name or config.name} v{result.registered_version} ({result.model_uri})")
+        name = result.name or config.name
+        print(f"model version: {name} v{result.registered_version} (models:/{name}/{result.registered_version}; "
+              f"logged model {result.model_uri})")
     print(f"checkpoints:   {result.checkpoint_dir.resolve()}")
     print(f"MLflow UI:     {ui_command(result.tracking_uri)}")
     return 0

@@ -5,6 +5,7 @@ report and log metrics, figures and the report to MLflow."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -54,6 +55,9 @@ def resolve_model(source: str, download_dir: str | Path | None = None) -> tuple[
                 raise ModelNotFoundError(f"run {run_id} has no local export (tag vae_tf.export_dir={export!r}); "
                                          "evaluate its registered model (models:/NAME/VERSION) instead")
             return resolve_version_dir(export), run_id
+        if re.fullmatch(r"models:/[^/@]+/?", source):  # a name alone: MLflow looks for a logged-model id
+            raise ModelNotFoundError(f"{source} names no version: give models:/{source[8:].strip('/')}/VERSION or "
+                                     f"models:/{source[8:].strip('/')}@ALIAS")
         try:
             local = Path(mlflow.artifacts.download_artifacts(
                 source, dst_path=str(download_dir or tempfile.mkdtemp(prefix="vae-tf-eval-"))))
