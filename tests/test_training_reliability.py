@@ -586,6 +586,37 @@ def test_a_run_interrupted_then_resumed_to_its_end_keeps_no_error_tag(tmp_path, 
     assert record["status"] == "finished" and record["error"] is None
 
 
+def test_a_run_stopped_after_its_export_resumes_without_exporting_or_logging_again(tmp_path, capsys):
+    """A suite child interrupted in its evaluation (which runs after the export) was resumed from
+    its last checkpoint "at epoch 16 of 15", evaluated and exported again: a second model version
+    and every test metric twice in one run. Now it runs only what came after the export."""
+    from training.train import run_training
+
+    config = _in_process_config(tmp_path, epochs=2)
+    calls = []
+
+    def evaluation(model, data, tracker):
+        calls.append(tracker.run_id)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config, after_training=evaluation)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    capsys.readouterr()
+    resumed = run_training(config, resume=run_dir.name, after_training=evaluation)
+    err = capsys.readouterr().err
+    assert "its 2 epoch(s) are trained" in err and "trained, evaluated and exported before" in err, err
+    assert calls == [run_dir.name, run_dir.name]
+    assert sorted(p.name for p in (tmp_path / "models" / "inproc").iterdir()) == ["1"]
+    assert resumed.export_dir == tmp_path / "models" / "inproc" / "1"
+    client = MlflowClient(tracking_uri=config.mlflow.tracking_uri)
+    assert [m.value for m in client.get_metric_history(run_dir.name, "epochs_run")] == [2.0]
+    assert len(client.get_metric_history(run_dir.name, "test_elbo")) == 1
+    assert client.get_run(run_dir.name).info.status == "FINISHED"
+    assert resumed.test_metrics["test_elbo"] == client.get_run(run_dir.name).data.metrics["test_elbo"]
+
+
 def test_resumable_pipeline_starts_anywhere_and_covers_each_pass(digits):
     per_pass = digits.steps_per_epoch("train", 64)
     full = [b.numpy() for b in digits.resumable_pipeline("train", 64, seed=3, epochs=2)]

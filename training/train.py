@@ -579,7 +579,11 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
             run_pretraining(config, model, labelled, data, tracker)
     start = (progress.epoch, progress.step_in_epoch, progress.history)
     if restored is not None:
-        print(f"resuming from {restored}: epoch {start[0] + 1}, step {start[1]} of {steps_per_epoch}", file=sys.stderr)
+        if start[0] >= config.train.epochs:  # stopped after its last epoch (evaluating or exporting)
+            print(f"resuming from {restored}: its {config.train.epochs} epoch(s) are trained", file=sys.stderr)
+        else:
+            print(f"resuming from {restored}: epoch {start[0] + 1}, step {start[1]} of {steps_per_epoch}",
+                  file=sys.stderr)
         tracker.set_tags({"vae_tf.resumed_from": restored})
         _log_missing_epochs(tracker, start[2])
     _set_up_inference(config, model, data)
@@ -634,6 +638,20 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
             f"`vae-tf train --resume {tracker.run_dir.name} --set train.learning_rate=...` (lower) or "
             "--set train.clip_norm=..., or see docs/reliability.md")
     history = checkpoints.history
+    exported = tracker.record().get("exported") if resumed and chief else None
+    if exported and exported.get("epochs") == len(history) and Path(exported["export_dir"]).is_dir():
+        # Stopped after its export (in `after_training`: a suite child's evaluation): evaluating and
+        # exporting again would log every test metric twice and export a second version.
+        print(f"resumed:       trained, evaluated and exported before ({exported['export_dir']}); running what "
+              "came after", file=sys.stderr)
+        if after_training is not None:
+            after_training(model, data, tracker)
+        return TrainResult(run_id=tracker.run_id or tracker.run_dir.name, experiment_id=tracker.experiment_id,
+                           tracking_uri=tracker.tracking_uri, export_dir=Path(exported["export_dir"]),
+                           checkpoint_dir=checkpoint_dir, history=_history_dict(history),
+                           test_metrics=exported["test_metrics"], model_uri=exported.get("model_uri"),
+                           registered_version=exported.get("registered_version"), collapse=exported.get("collapse"),
+                           name=config.name)
     tracker.log_metrics({"epochs_run": len(history)})
 
     eval_split = evaluation_split(data)
@@ -661,6 +679,9 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
                               extra={"mlflow_run_id": tracker.run_id})
     tracker.set_tags({"vae_tf.export_dir": str(export_dir.resolve())})
     model_uri, version = tracker.log_model(export_dir, data.data_shape, config.name if config.mlflow.register else None)
+    tracker.save_record(exported={"epochs": len(history), "export_dir": str(export_dir.resolve()),
+                                  "model_uri": model_uri, "registered_version": None if version is None else str(version),
+                                  "test_metrics": test_metrics, "collapse": verdict.line})
 
     if after_training is not None:
         after_training(model, data, tracker)
