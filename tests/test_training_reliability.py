@@ -287,6 +287,11 @@ def test_unreachable_mlflow_does_not_stop_training_and_the_journal_replays(tmp_p
     assert [s for s, _ in history] == [0, 1]
     np.testing.assert_allclose([v for _, v in history], result.history["loss"], rtol=1e-6)
     assert "test_elbo" in run.data.metrics
+    # The export, made while the run had no MLflow id, now names the run the replay created (vae-tf
+    # evaluate links its evaluation to it), and so does the model logged from it.
+    from vae_tf.export import load_model_info
+
+    assert load_model_info(result.export_dir)["mlflow_run_id"] == run.info.run_id
 
 
 def test_a_flaky_store_is_buffered_then_replayed_in_order(tmp_path, monkeypatch):

@@ -105,6 +105,21 @@ def log_figures(figures: dict, artifact_dir: str = "figures") -> None:
         plt.close(fig)
 
 
+def _record_run_id(export_dir: Path, run) -> None:
+    """Write ``run``'s id into an export that was made without one (its run was offline: the
+    journal's replay created the run), so that ``vae-tf evaluate`` of the export links its
+    evaluation to the run (``vae_tf.evaluates_run_id``) and the logged model carries it too."""
+    from training.atomic import write_json_atomic
+    from vae_tf.export import ASSET_NAME
+
+    path = export_dir / "assets" / ASSET_NAME
+    if run is None or not path.is_file():
+        return
+    info = json.loads(path.read_text())
+    if info.get("mlflow_run_id") is None:
+        write_json_atomic(path, {**info, "mlflow_run_id": run.info.run_id})
+
+
 def log_saved_model(export_dir: Path, data_shape, registered_name: str | None):
     """Log the SavedModel as an MLflow pyfunc model (the SavedModel is its artifact) and, if
     ``registered_name`` is given, register a new model version. Returns ``(model_uri, version)``.
@@ -464,6 +479,7 @@ class TrackedRun:
                     raise
                 mlflow.log_input(dataset, context=args["context"], tags=args.get("tags") or None)
         elif op == "log_model":
+            _record_run_id(Path(args["export_dir"]), mlflow.active_run())
             return log_saved_model(Path(args["export_dir"]), args["data_shape"], args["registered_name"])
         elif op == "end_run":
             mlflow.end_run(status=args["status"])
