@@ -255,6 +255,8 @@ def test_jobs_trains_children_in_processes_of_their_own(suite_file, tmp_path):
     out = done.communicate(timeout=600)[0]
     assert done.returncode == 0, out[-3000:]
     assert out.count("in a process of its own") == 2
+    # the children this call trained are not reported as "finished earlier, reusing run ..."
+    assert out.count("trained in its own process, run") == 2 and "finished earlier" not in out, out[-3000:]
     # the report of what had finished, written when the first child process exits (the other may
     # have finished its MLflow run by the time the store is read)
     assert re.search(r"\[tiny\] [12] of 2 children finished: ", out), out[-3000:]

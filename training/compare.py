@@ -249,6 +249,7 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
 
         check_writable_folder(report_dir, "--output-dir")
     progress_report = _ProgressReport(suite, size, children, report_dir, out)
+    trained_now: set[str] = set()  # children the --jobs processes train in this call
     if jobs > 1:
         def progress():  # the table and children.json of what the child processes have finished
             finished = _finished_children(client, exp_id, parent, digests)
@@ -257,6 +258,7 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
             progress_report.write(rows_, ids)
 
         pending = [(r, s_) for r, s_, _, _ in children if f"{r}/{s_}" not in done]
+        trained_now = {f"{r}/{s_}" for r, s_ in pending}
         _run_parallel(suite, size, pending, experiment, jobs, report_dir, out, on_finished=progress if report else None)
         done = _finished_children(client, exp_id, parent, digests)
     interrupted = _interrupted_children(client, exp_id, parent, digests)
@@ -283,7 +285,8 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     for run_name, seed, _, _ in children:
         key = f"{run_name}/{seed}"
         if key in done:
-            print(f"[{suite.name}] {key}: finished earlier, reusing run {done[key].info.run_id}", file=out, flush=True)
+            how = "trained in its own process, run" if key in trained_now else "finished earlier, reusing run"
+            print(f"[{suite.name}] {key}: {how} {done[key].info.run_id}", file=out, flush=True)
             rows[(run_name, seed)] = done[key].data.metrics
             run_ids[key] = done[key].info.run_id
             curves[(run_name, seed)] = _load_curve(client, done[key].info.run_id)
