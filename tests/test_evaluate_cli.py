@@ -71,6 +71,12 @@ def test_evaluate_an_export_directory(here, capsys):
     assert client.get_model_version("vae", "1").run_id == trained[0].info.run_id
     names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/report.json", "evaluation/kl_per_dim.png", "evaluation/collapse_curve.png"} <= names
+    # The evaluation run itself, given to evaluate: said as such (it advised "evaluate its registered model")
+    capsys.readouterr()
+    assert main(["evaluate", f"runs:/{run.info.run_id}", "--no-mlflow"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: run {run.info.run_id} is an evaluation (of vae/1), not a training run; evaluate the model itself: "
+        f"runs:/{trained[0].info.run_id}")
 
 
 @pytest.mark.slow

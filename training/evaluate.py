@@ -50,6 +50,11 @@ def resolve_model(source: str, download_dir: str | Path | None = None) -> tuple[
             except mlflow.exceptions.MlflowException:
                 raise ModelNotFoundError(f"MLflow run {run_id!r} not found at {mlflow.get_tracking_uri()}: "
                                          "check the run id or MLFLOW_TRACKING_URI") from None
+            if run.data.tags.get("vae_tf.kind") == "evaluation":
+                evaluated = run.data.tags.get("vae_tf.evaluates_run_id")
+                target = f"runs:/{evaluated}" if evaluated else f"models:/{run.data.tags.get('vae_tf.model', 'NAME/VERSION')}"
+                raise ModelNotFoundError(f"run {run_id} is an evaluation (of {run.data.tags.get('vae_tf.model', 'a model')}), "
+                                         f"not a training run; evaluate the model itself: {target}")
             export = run.data.tags.get("vae_tf.export_dir")
             if not export or not Path(export).exists():
                 raise ModelNotFoundError(f"run {run_id} has no local export (tag vae_tf.export_dir={export!r}); "
