@@ -398,6 +398,9 @@ def test_pyfunc_serves_every_signature(base, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"signature 'decode': z row 1 has NaN or Inf values"):
         model.predict({"z": np.stack([np.zeros(8), np.full(8, np.inf)])}, params={"signature": "decode"})
     assert model.predict({"z": np.full((1, 8), 40.0)}, params={"signature": "decode"})["x_mean"].shape == (1, 8, 8, 1)
+    # a tensor of another name was taken as the input (as TF Serving refuses it: "Missing named input")
+    with pytest.raises(ValueError, match=r"^input has tensor\(s\) 'y' but this signature takes 'x'; send \{'x': \.\.\.\} "):
+        model.predict({"y": x})
 
 
 def test_the_pyfunc_model_file_runs_without_mlflows_type_hint_advice():

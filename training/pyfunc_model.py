@@ -126,12 +126,10 @@ def _output(value: np.ndarray) -> np.ndarray:
 
 def _as_array(model_input, key: str, text: bool = False) -> np.ndarray:
     if isinstance(model_input, dict):  # named-tensor input: {"x": array}
-        if key in model_input:
-            model_input = model_input[key]
-        elif len(model_input) == 1:
-            model_input = next(iter(model_input.values()))
-        else:
-            raise InputError(f"input has tensors {', '.join(map(str, model_input))} but this signature takes one, {key!r}")
+        if key not in model_input:  # a one-key dict of another name was taken as the input
+            raise InputError(f"input has tensor(s) {', '.join(map(repr, model_input))} but this signature takes "
+                             f"{key!r}; send {{{key!r}: ...}} or the array alone")
+        model_input = model_input[key]
     if hasattr(model_input, "to_numpy"):  # pandas
         model_input = model_input.to_numpy()
     try:
