@@ -147,6 +147,15 @@ def compare(args) -> int:
     return 0
 
 
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """A parameter that takes one of ``choices``, checked here so that the message names the
+    parameter (the CLI's own message names its flag, --disentanglement)."""
+    from vae_tf.errors import ConfigError
+
+    if value not in choices:
+        raise ConfigError(f"parameter {name} must be one of {', '.join(choices)}, got {value!r}")
+
+
 def main(argv=None) -> int:
     from vae_tf.errors import VaeTfError
     from vae_tf_cli import quiet_libraries
@@ -157,6 +166,8 @@ def main(argv=None) -> int:
         if args.entry == "train":
             return train(args)
         if args.entry == "evaluate":
+            _choice("split", args.split, ("train", "val", "test"))
+            _choice("disentanglement", args.disentanglement, ("off", "quick", "full"))
             from training.evaluate import evaluate
 
             # Into the run `mlflow run` made (its experiment, not the model config's).

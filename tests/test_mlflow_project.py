@@ -118,6 +118,21 @@ def test_bad_parameters_fail_with_one_line_errors(tmp_path):
 
 
 @pytest.mark.parametrize("params, message", [
+    (["--disentanglement", "lots"], "error: parameter disentanglement must be one of off, quick, full, got 'lots'"),
+    (["--split", "validation"], "error: parameter split must be one of train, val, test, got 'validation'"),
+])
+def test_a_bad_evaluate_parameter_is_named_as_the_parameter_before_tensorflow_is_imported(params, message):
+    """The evaluate entry's choices were refused by the CLI's check, naming its flag
+    (--disentanglement) rather than the -P parameter, after the model and data had loaded."""
+    code = ("import sys; sys.argv[0] = 'entry.py'; sys.path.insert(0, 'mlflow_project'); import entry\n"
+            f"code = entry.main(['evaluate', '--model', 'models/none', *{params!r}])\n"
+            "print(code, 'tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr[-2000:]
+    assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+@pytest.mark.parametrize("params, message", [
     (["--epochs", "notint"], "error: parameter epochs must be an integer >= 1, got 'notint'"),
     (["--latent-dim", "0"], "error: parameter latent_dim must be an integer >= 1, got '0'"),
     (["--objective", "control_vae", "--options", "[1, 2]"], "error: parameter options must be a YAML mapping"),
