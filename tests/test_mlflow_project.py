@@ -117,32 +117,23 @@ def test_bad_parameters_fail_with_one_line_errors(tmp_path):
     assert "error: parameter objective must be one of" in done.stderr
 
 
-@pytest.mark.parametrize("params, message", [
-    (["--disentanglement", "lots"], "error: parameter disentanglement must be one of off, quick, full, got 'lots'"),
-    (["--split", "validation"], "error: parameter split must be one of train, val, test, got 'validation'"),
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "notint"], "error: parameter epochs must be an integer >= 1, got 'notint'"),
+    (["train", "--latent-dim", "0"], "error: parameter latent_dim must be an integer >= 1, got '0'"),
+    (["train", "--objective", "control_vae", "--options", "[1, 2]"], "error: parameter options must be a YAML mapping"),
+    (["train", "--beta", "much"], "error: parameter beta must be a number, got 'much'"),
+    # the evaluate entry's choices were refused by the CLI's check, naming its flag
+    # (--disentanglement) rather than the -P parameter, after the model and data had loaded
+    (["evaluate", "--model", "models/none", "--disentanglement", "lots"],
+     "error: parameter disentanglement must be one of off, quick, full, got 'lots'"),
+    (["evaluate", "--model", "models/none", "--split", "validation"],
+     "error: parameter split must be one of train, val, test, got 'validation'"),
 ])
-def test_a_bad_evaluate_parameter_is_named_as_the_parameter_before_tensorflow_is_imported(params, message):
-    """The evaluate entry's choices were refused by the CLI's check, naming its flag
-    (--disentanglement) rather than the -P parameter, after the model and data had loaded."""
+def test_a_bad_parameter_fails_before_tensorflow_is_imported(argv, message):
+    """The parameters entry.py can check without the package fail at once (exit 2, one line naming
+    the parameter), not after the seconds `import tensorflow` takes."""
     code = ("import sys; sys.argv[0] = 'entry.py'; sys.path.insert(0, 'mlflow_project'); import entry\n"
-            f"code = entry.main(['evaluate', '--model', 'models/none', *{params!r}])\n"
-            "print(code, 'tensorflow' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr[-2000:]
-    assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
-
-
-@pytest.mark.parametrize("params, message", [
-    (["--epochs", "notint"], "error: parameter epochs must be an integer >= 1, got 'notint'"),
-    (["--latent-dim", "0"], "error: parameter latent_dim must be an integer >= 1, got '0'"),
-    (["--objective", "control_vae", "--options", "[1, 2]"], "error: parameter options must be a YAML mapping"),
-    (["--beta", "much"], "error: parameter beta must be a number, got 'much'"),
-])
-def test_a_bad_number_or_options_parameter_fails_before_tensorflow_is_imported(params, message):
-    """The parameters entry.py can check without the package fail at once (exit 2, one line), not
-    after the seconds `import tensorflow` takes."""
-    code = ("import sys; sys.argv[0] = 'entry.py'; sys.path.insert(0, 'mlflow_project'); import entry\n"
-            f"code = entry.main(['train', *{params!r}])\n"
+            f"code = entry.main({argv!r})\n"
             "print(code, 'tensorflow' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr[-2000:]
