@@ -166,9 +166,11 @@ def main(argv=None) -> int:
         if args.entry == "train":
             return train(args)
         if args.entry == "evaluate":
-            _choice("split", args.split, ("train", "val", "test"))
-            _choice("disentanglement", args.disentanglement, ("off", "quick", "full"))
-            from training.evaluate import evaluate
+            from training.evaluate import DISENTANGLEMENT_SIZES, evaluate  # no TensorFlow yet
+            from vae_tf.data.splits import SPLIT_NAMES
+
+            _choice("split", args.split, SPLIT_NAMES)
+            _choice("disentanglement", args.disentanglement, ("off", *DISENTANGLEMENT_SIZES))
 
             # Into the run `mlflow run` made (its experiment, not the model config's).
             evaluate(args.model, split=args.split, iw_k=_int("iw_k", args.iw_k, 0),
