@@ -108,8 +108,7 @@ class SplitSource:
 
     def read(self, chunk: int) -> Iterator[tuple[Columns, np.ndarray]]:
         start, stop = chunk * self.chunk_size, min(self.rows, (chunk + 1) * self.chunk_size)
-        positions = self.source.positions
-        columns = {"index": positions(start, stop) if positions else np.arange(start, stop, dtype=np.int64)}
+        columns = {"index": self.source.index(start, stop)}
         if self.labels:
             columns["label"] = np.asarray(self.source.y[start:stop], np.int64)
         yield columns, self.source.x[start:stop]

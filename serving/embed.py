@@ -153,6 +153,10 @@ class EmbedSource:
     #: Rows of the whole input (every split) when ``x`` is one split of it; None otherwise.
     input_rows: int | None = None
 
+    def index(self, start: int, stop: int) -> np.ndarray:
+        """The output's ``index`` of rows ``start .. stop - 1``: their positions in the input."""
+        return self.positions(start, stop) if self.positions else np.arange(start, stop, dtype=np.int64)
+
 
 #: ``vae-tf embed`` defaults of the split options, which whole-file inputs (Parquet, CSV, text) do not use.
 SPLIT_DEFAULTS = {"split": "test", "seed": 0, "val_fraction": 0.1, "test_fraction": 0.1, "max_samples": None}
@@ -433,8 +437,7 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
             if policy is not None:
                 truncated, counted = truncated + policy.count_long(rows), counted + len(rows)
             arrays = encode_chunk(encoder, rows, outputs, batch_size)
-            arrays["index"] = (source.positions(start, stop) if source.positions
-                               else np.arange(start, stop, dtype=np.int64))
+            arrays["index"] = source.index(start, stop)
             if source.y is not None:
                 arrays["label"] = np.asarray(source.y[start:stop], dtype=np.int64)
             _atomic_write(chunk_file, lambda tmp: _save_npz(tmp, arrays))
@@ -479,7 +482,7 @@ def _check_finite(rows: np.ndarray, start: int, source: EmbedSource) -> None:
     if found is None:
         return
     index, value, count = found
-    positions = source.positions(start, start + len(rows)) if source.positions else np.arange(start, start + len(rows))
+    positions = source.index(start, start + len(rows))
     row = int(positions[index[0]])
     raise DataError(f"row {row} of {data_description(source.description)} has a non-finite value "
                     f"{non_finite_text(value)} at index {(row,) + index[1:]} ({count} NaN/Inf values in rows "
@@ -490,7 +493,7 @@ def _check_support(rows: np.ndarray, start: int, source: EmbedSource, encoder) -
     """Refuse a chunk outside the support of the likelihood the model was trained with (a
     Bernoulli model reads [0, 1]), as training refuses such data: the encoder would embed values
     it never saw without a word."""
-    positions = source.positions(start, start + len(rows)) if source.positions else np.arange(start, start + len(rows))
+    positions = source.index(start, start + len(rows))
     error = support_error(rows, positions, getattr(encoder, "support", None), getattr(encoder, "likelihood", None),
                           data_description(source.description))
     if error is not None:

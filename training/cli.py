@@ -122,8 +122,7 @@ def cmd_train(args) -> int:
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # mlflow was imported before (tests, notebooks)
 
-    overrides = tuple(o for o in args.overrides if not (args.resume and o.startswith(locators)) and
-                      not o.startswith("train.run_dir="))
+    overrides = tuple(o for o in args.overrides if not o.startswith(locators))
     result = run_training(config, resume=args.resume, overrides=overrides)
     if result.run_id is None:  # a non-chief worker of a multi_worker cluster
         losses = result.history.get("loss", [])

@@ -331,8 +331,8 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     run_root = children[0][2].train.run_dir if children else "runs"
     parent_run = TrackedRun(resolve_tracking_uri(None), run_root=run_root, experiment=experiment, run_id=parent)
     parent_run.start()
-    whole = selection(suite, size, children) == (None, None)
-    parent_run.log_artifacts(report_dir, "report" if whole else f"report/{report_name(suite, size, children)}")
+    name = report_name(suite, size, children)  # a part of the suite's report beside the whole's
+    parent_run.log_artifacts(report_dir, "report" if name == f"{suite.name}-{size}" else f"report/{name}")
     parent_run.finish("FINISHED")
     print(f"report: {report_path.resolve()}", file=out)
     return report_path
