@@ -13,31 +13,18 @@ from vae_tf.metrics._compiled import compiled_for
 ENCODE_BATCH_SIZE = 512
 
 
-def check_sentences(x) -> np.ndarray:
-    """A non-empty 1-D batch of sentences (``str``) as an object array; one-line DataError
-    (:func:`vae_tf.models.inputs.sentences`)."""
-    from vae_tf.models.inputs import sentences  # noqa: PLC0415
-
-    return sentences(x, as_array=True)
-
-
-def _check_x(x, model=None) -> np.ndarray:
-    """``x`` as the model reads it (:func:`vae_tf.models.inputs.model_rows`), as a NumPy batch."""
-    from vae_tf.models.inputs import model_rows  # noqa: PLC0415
-
-    return model_rows(model, x, as_array=True)
-
-
 def representation_function(model, batch_size: int = ENCODE_BATCH_SIZE) -> Callable[[np.ndarray], np.ndarray]:
     """``x -> codes``: the family's deterministic ``embedding`` (the encoder mean μ for the Gaussian
     family; DLIB's ``mean`` representation), float64 ``(n, embedding_size)``, computed in batches."""
     import tensorflow as tf  # noqa: PLC0415
 
+    from vae_tf.models.inputs import model_rows  # noqa: PLC0415
+
     batch_size = positive_int("batch_size", batch_size)
     embed = compiled_for(model, _embed, batch_polymorphic=True)
 
     def represent(x):
-        x = _check_x(x, model)
+        x = model_rows(model, x, as_array=True)
         return np.concatenate([embed(tf.constant(x[i:i + batch_size])).numpy().astype(np.float64)
                                for i in range(0, len(x), batch_size)], axis=0)
 
@@ -71,7 +58,9 @@ def encode_posterior(model, x, *, batch_size: int = ENCODE_BATCH_SIZE, seed: int
     """
     import tensorflow as tf  # noqa: PLC0415
 
-    x = _check_x(x, model)
+    from vae_tf.models.inputs import model_rows  # noqa: PLC0415
+
+    x = model_rows(model, x, as_array=True)
     batch_size = positive_int("batch_size", batch_size)
     summarise = compiled_for(model, _summarise, batch_polymorphic=True)
     parts: dict[str, list] = {}
@@ -82,4 +71,4 @@ def encode_posterior(model, x, *, batch_size: int = ENCODE_BATCH_SIZE, seed: int
     return {name: np.concatenate(values, axis=0) for name, values in parts.items()}
 
 
-__all__ = ["check_sentences", "encode_posterior", "representation_function"]
+__all__ = ["encode_posterior", "representation_function"]

@@ -33,17 +33,11 @@ from scipy.special import logsumexp
 from vae_tf.errors import ConfigError
 from vae_tf.metrics._checks import positive_int
 from vae_tf.metrics._compiled import compiled_for
+from vae_tf.models.inputs import model_rows
 
 #: jxhe ``nll_iw`` defaults (``--iw_nsamples 500`` drawn in chunks of 100).
 IW_K = 500
 IW_CHUNK = 100
-
-def _check_x(model, x) -> np.ndarray:
-    """``x`` as the model reads it (:func:`vae_tf.models.inputs.model_rows`), as a NumPy batch."""
-    from vae_tf.models.inputs import model_rows  # noqa: PLC0415
-
-    return model_rows(model, x, as_array=True)
-
 
 def _is_distribution(obj) -> bool:
     return callable(getattr(obj, "log_prob", None)) and callable(getattr(obj, "sample", None))
@@ -119,7 +113,7 @@ def _batched_log_weights(model, x, k: int, chunk: int, seed: int, batch_size: in
     batch_size = positive_int("batch_size", batch_size)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
-    x = _check_x(model, x)
+    x = model_rows(model, x, as_array=True)
     _check_family(model, x)
     fn = compiled_for(model, _log_weights, batch_polymorphic=True)
     n_chunks = k // chunk
@@ -202,7 +196,7 @@ def elbo_estimate(model, x, num_samples: int = 1, seed: int = 0, batch_size: int
     """
     num_samples = positive_int("num_samples", num_samples)
     batch_size = positive_int("batch_size", batch_size)
-    x = _check_x(model, x)
+    x = model_rows(model, x, as_array=True)
     _check_family(model, x)
     terms = compiled_for(model, _elbo_terms, batch_polymorphic=True)
     recs, kls = [], []
