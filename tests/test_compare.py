@@ -277,6 +277,42 @@ def test_jobs_trains_children_in_processes_of_their_own(suite_file, tmp_path):
         c.data.tags["vae_tf.suite_child"]: c.info.run_id for c in children}
 
 
+def test_a_report_reads_its_childrens_artifacts_without_leaving_copies_behind(tmp_path, monkeypatch):
+    """The report reads three small artifacts per child (curve, t-SNE, prior samples). MLflow's
+    ``download_artifacts`` without a destination puts each in a new folder under the system's
+    temporary directory and never removes it: a suite left hundreds behind in /tmp."""
+    import json
+    import tempfile
+
+    import matplotlib.image
+    import numpy as np
+
+    from training.compare import _load_curve, _load_image, _load_json
+
+    uri = mlflow_store(tmp_path)
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("leak")).info.run_id
+    written = tmp_path / "written"
+    written.mkdir()
+    curve = {"eps": [0.01, 0.1], "fraction": [1.0, 0.5]}
+    (written / "collapse_curve.json").write_text(json.dumps(curve))
+    (written / "tsne.json").write_text(json.dumps({"x": [[1.5, -2.0]]}))
+    pixels = np.random.default_rng(0).random((4, 5, 3))
+    matplotlib.image.imsave(written / "samples.png", pixels)
+    client.log_artifacts(run_id, str(written), "evaluation")
+    scratch = tmp_path / "system-tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+
+    assert _load_curve(client, run_id) == [curve["eps"], curve["fraction"]]
+    assert _load_json(client, run_id, "evaluation/tsne.json") == {"x": [[1.5, -2.0]]}
+    image = _load_image(client, run_id, "evaluation/samples.png")
+    np.testing.assert_allclose(image[..., :3], pixels, atol=1 / 255)
+    assert _load_json(client, run_id, "evaluation/missing.json") is None  # a missing panel
+    assert list(scratch.iterdir()) == []
+
+
 def test_raw_pixel_kmeans_baseline_is_kmeans_on_each_seeds_test_split():
     """The baseline under a report's cluster accuracies, computed here independently: k-means on
     the raw test pixels of each seed's split, clusters matched to labels by the Hungarian method."""

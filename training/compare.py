@@ -571,13 +571,19 @@ def _evaluate_child(model, data, config, opts: dict, tracker) -> dict:
 
 def _download(client, run_id: str, artifact: str, read):
     """``read(local path)`` of one artifact of a finished child, or None when it is missing or
-    unreadable (a missing one removes one panel of a figure). No progress bar: one small file."""
+    unreadable (a missing one removes one panel of a figure). No progress bar: one small file.
+    The copy goes to a temporary folder removed once read (MLflow's own default, a new folder
+    under the system's temporary directory per call, is never removed: three per child per
+    report)."""
+    import tempfile
+
     from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
     previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
     os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"
     try:
-        return read(client.download_artifacts(run_id, artifact))
+        with tempfile.TemporaryDirectory(prefix="vae-tf-report-") as folder:
+            return read(client.download_artifacts(run_id, artifact, dst_path=folder))
     except Exception:  # noqa: BLE001
         return None
     finally:
