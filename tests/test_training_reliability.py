@@ -583,6 +583,8 @@ def test_a_run_interrupted_then_resumed_to_its_end_keeps_no_error_tag(tmp_path, 
     said = "KeyboardInterrupt: interrupted (Ctrl-C or SIGINT)"
     run = client.get_run(run_dir.name)
     assert run.info.status == "KILLED" and run.data.tags["error"] == said
+    record = json.loads((run_dir / "run.json").read_text())  # not "failed": nothing went wrong
+    assert record["status"] == "interrupted" and record["error"] == said
     resumed = run_training(config, resume=run_dir.name)
     run = client.get_run(run_dir.name)
     assert resumed.run_id == run_dir.name and run.info.status == "FINISHED"

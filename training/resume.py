@@ -1,9 +1,9 @@
 """Finding the run a ``vae-tf train --resume`` continues, and the config it continues with.
 
 Every training run keeps ``<train.run_dir>/<key>/run.json`` (written atomically): its MLflow
-tracking URI, experiment and run id, its status (``running``, ``finished``, ``failed``) and the
-resolved config it started with. ``key`` is the MLflow run id (``offline-<hex>`` when MLflow was
-unreachable at the start). A resume takes the run's own config; only the settings below may be
+tracking URI, experiment and run id, its status (``running``, ``finished``, ``failed``, or
+``interrupted`` after Ctrl-C) and the resolved config it started with. ``key`` is the MLflow run
+id (``offline-<hex>`` when MLflow was unreachable at the start). A resume takes the run's own config; only the settings below may be
 changed with ``--set`` (anything else would make the checkpoint a different model or data).
 """
 

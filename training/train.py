@@ -311,9 +311,10 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
         said = " ".join(str(err).split()) or ("interrupted (Ctrl-C or SIGINT)" if isinstance(err, KeyboardInterrupt)
                                              else "no message")
         message = f"{type(err).__name__}: {said}"[:5000]
+        interrupted = isinstance(err, KeyboardInterrupt)
         tracker.set_tags({"error": message})
-        tracker.save_record(status="failed", error=message)
-        tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        tracker.save_record(status="interrupted" if interrupted else "failed", error=message)
+        tracker.finish("KILLED" if interrupted else "FAILED")
         raise
     if resume and record.get("error"):
         # The run failed or was interrupted before and has now finished: its `error` tag would
