@@ -96,6 +96,27 @@ def test_suite_runs_children_under_a_parent_and_resumes(suite_file, tmp_path, ca
     whole = client.download_artifacts(parent, "report/report.md", str(tmp_path))
     assert "| vae |" in open(whole).read() and "| beta4 |" in open(whole).read()
 
+    # `vae-tf train --resume` of a suite's run ids: the parent has no run directory (it said "no
+    # run ... in runs/"); a child is found in the directory it was trained in, and named there.
+    from training.resume import find_run
+
+    with pytest.raises(ConfigError) as said:
+        find_run("runs", parent)
+    assert str(said.value) == (f"run {parent} is the parent run of suite 'tiny' (quick), which has no checkpoint "
+                               "of its own; resume the suite by running it again: `vae-tf compare --suite tiny "
+                               "--quick` (finished children are reused, an interrupted one goes on from its checkpoint)")
+    with pytest.raises(ConfigError, match=rf"^run {parent} in runs/{parent} is not a training run \(its run.json has "
+                                          "no config: a suite's parent run, or a run of an older vae-tf\); there is"):
+        find_run("runs", parent, tracking_uri=f"sqlite:///{tmp_path / 'no-such.db'}")  # MLflow not asked
+    assert not (tmp_path / "no-such.db").exists()
+    child = children[0].info.run_id
+    assert find_run("runs", child)[1]["mlflow_run_id"] == child
+    with pytest.raises(ConfigError, match=rf"^run {child} was trained with train.run_dir=runs, not in elsewhere/: "
+                                          r"resume it with --set train.run_dir=runs \(from the directory it was"):
+        find_run("elsewhere", child)
+    with pytest.raises(ConfigError, match=r"^no run '0{32}' in runs/ to resume; list them with `ls runs`"):
+        find_run("runs", "0" * 32)
+
 
 def test_a_part_of_a_suite_is_named_by_its_runs_and_seeds(suite_file):
     from training.compare import _command, report_name

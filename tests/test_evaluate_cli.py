@@ -77,6 +77,10 @@ def test_evaluate_an_export_directory(here, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: run {run.info.run_id} is an evaluation (of vae/1), not a training run; evaluate the model itself: "
         f"runs:/{trained[0].info.run_id}")
+    # ... and to `vae-tf train --resume` (it said "no run ... in runs/", as for a mistyped id)
+    assert main(["train", "--resume", run.info.run_id]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: run {run.info.run_id} is an evaluation (vae-tf evaluate), not a training run; there is nothing to resume")
 
 
 @pytest.mark.slow

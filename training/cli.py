@@ -112,7 +112,7 @@ def cmd_train(args) -> int:
             from training.resume import find_run, resumed_config
 
             _, record = find_run(config.train.run_dir, args.resume if isinstance(args.resume, str) else None,
-                                 None if isinstance(args.resume, str) else config.name)
+                                 None if isinstance(args.resume, str) else config.name, config.mlflow.tracking_uri)
             config = resumed_config(record, [o for o in args.overrides if not o.startswith(locators)])
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0

@@ -34,17 +34,26 @@ def _records(run_root: Path) -> list[tuple[Path, dict]]:
     return found
 
 
-def find_run(run_root: str | Path, key: str | None = None, name: str | None = None) -> tuple[Path, dict]:
+def find_run(run_root: str | Path, key: str | None = None, name: str | None = None,
+             tracking_uri: str | None = None) -> tuple[Path, dict]:
     """``(run_dir, record)`` of the run to resume: the one named by ``key`` (its directory name
-    or its MLflow run id), else the most recently active unfinished run (of model ``name``)."""
+    or its MLflow run id), else the most recently active unfinished run (of model ``name``).
+    ``tracking_uri`` (the config's, None for the default) is read only to say what a ``key`` not
+    found here is, when it is an MLflow run of a local store."""
     run_root = Path(run_root)
     records = _records(run_root)
     if key:
         for run_dir, record in records:
             if key in (run_dir.name, record.get("mlflow_run_id")):
-                return run_dir, record
-        raise ConfigError(f"no run {key!r} in {run_root}/ to resume; list them with `ls {run_root}` "
-                          "(or set train.run_dir to where the run was started)")
+                if isinstance(record.get("config"), dict):
+                    return run_dir, record
+                # A run directory without a config: a suite's parent keeps its MLflow journal there.
+                raise ConfigError(_not_resumable(key, run_root, tracking_uri) or (
+                    f"run {key} in {run_dir} is not a training run (its run.json has no config: a suite's parent "
+                    "run, or a run of an older vae-tf); there is nothing to resume"))
+        raise ConfigError(_not_resumable(key, run_root, tracking_uri) or (
+            f"no run {key!r} in {run_root}/ to resume; list them with `ls {run_root}` "
+            "(or set train.run_dir to where the run was started)"))
     unfinished = [(d, r) for d, r in records if r.get("status") != "finished" and (name is None or r.get("name") == name)]
     if not unfinished:
         what = f" of model {name!r}" if name else ""
@@ -56,6 +65,59 @@ def find_run(run_root: str | Path, key: str | None = None, name: str | None = No
         raise ConfigError(f"no unfinished run{what} in {run_root}/ to resume; start one with `vae-tf train` "
                           "or name a run with --resume RUN_ID")
     return max(unfinished, key=lambda item: (item[0] / RUN_RECORD_NAME).stat().st_mtime)
+
+
+def _not_resumable(key: str, run_root: Path, tracking_uri: str | None) -> str | None:
+    """Why the MLflow run ``key`` cannot be resumed from ``run_root`` when it is a run of a local
+    store that is no training run (a suite's parent, an evaluation) or one trained in another
+    ``train.run_dir``; None when it is none of these or cannot be looked up."""
+    run = _local_mlflow_run(key, tracking_uri)
+    if run is None:
+        return None
+    tags, params = run.data.tags, run.data.params
+    if tags.get("vae_tf.suite_parent") == "true":
+        suite, size = tags.get("vae_tf.suite", "SUITE"), tags.get("vae_tf.suite_size", "quick")
+        command = f"vae-tf compare --suite {suite}" + (" --quick" if size == "quick" else f" --size {size}")
+        return (f"run {key} is the parent run of suite {suite!r} ({size}), which has no checkpoint of its own; "
+                f"resume the suite by running it again: `{command}` (finished children are reused, an "
+                "interrupted one goes on from its checkpoint)")
+    if tags.get("vae_tf.kind") == "evaluation":
+        return f"run {key} is an evaluation (vae-tf evaluate), not a training run; there is nothing to resume"
+    elsewhere = params.get("train.run_dir")
+    if elsewhere and Path(elsewhere).resolve() != run_root.resolve():
+        return (f"run {key} was trained with train.run_dir={elsewhere}, not in {run_root}/: resume it with "
+                f"--set train.run_dir={elsewhere} (from the directory it was started in)")
+    return None
+
+
+def _local_mlflow_run(key: str, tracking_uri: str | None):
+    """The MLflow run ``key`` of a local (SQLite or file) store that exists, else None: a remote
+    server is not asked (an unreachable one would make an error message wait for its retries)."""
+    import re
+
+    from training.tracking import resolve_tracking_uri
+
+    try:
+        uri = resolve_tracking_uri(tracking_uri)
+    except ConfigError:
+        return None
+    if not re.fullmatch(r"[0-9a-f]{32}", key):
+        return None
+    if uri.startswith("sqlite:///"):
+        store = Path(uri[len("sqlite:///"):])
+    elif uri.startswith("file:") or "://" not in uri:
+        store = Path(uri[len("file:"):] if uri.startswith("file:") else uri)
+    else:
+        return None
+    if not store.exists():  # MLflow would create an empty store
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(tracking_uri=uri).get_run(key)
+    except MlflowException:
+        return None
 
 
 _MISSING = object()

@@ -271,7 +271,7 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
 
     if resume:  # the run's own config, strategy included (no TensorFlow work yet)
         run_dir, record = find_run(config.train.run_dir, resume if isinstance(resume, str) else None,
-                                   None if isinstance(resume, str) else config.name)
+                                   None if isinstance(resume, str) else config.name, config.mlflow.tracking_uri)
         config = resumed_config(record, overrides)
     strategy = make_strategy(config.train)  # first TF work: MultiWorkerMirroredStrategy must precede the rest
     if config.train.strategy != "none" and config.train.steps_per_execution > 1:
