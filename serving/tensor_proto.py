@@ -8,7 +8,8 @@ complex, a typed field shorter than the shape, which TensorFlow pads with its la
 TensorFlow, so the results are always those of ``tf.make_ndarray`` (checked value for value in
 tests/test_serving_tensor_proto.py).
 
-- :func:`read_ndarray`: ``tensor_content`` or the typed ``*_val`` field -> array.
+- :func:`read_ndarray`: ``tensor_content`` or the typed ``*_val`` field -> array (a string
+  tensor's ``tensor_content`` as TensorFlow's C++ reads it, which ``tf.make_ndarray`` cannot).
 - :func:`write_fields`: array -> the typed ``*_val`` fields, as TF Serving writes its outputs
   by default (``Tensor::AsProtoField``), so ``outputs[k].float_val`` works for clients.
 - :func:`write_content`: array -> ``tensor_content`` (raw bytes), as ``tf.make_tensor_proto``
@@ -44,12 +45,15 @@ def _set_shape(proto, shape) -> None:
 
 
 def read_ndarray(proto) -> np.ndarray:
-    """The array of ``proto``, exactly as ``tf.make_ndarray`` gives it (its errors too)."""
+    """The array of ``proto``, exactly as ``tf.make_ndarray`` gives it (its errors too); a
+    string tensor in ``tensor_content`` as TF Serving reads it (:func:`_string_list`)."""
     shape = _shape(proto)
     count = 1
     for size in shape:
         count *= size
     if proto.dtype == DT_STRING:
+        if proto.tensor_content and min(shape, default=0) >= 0:
+            return _string_list(proto.tensor_content, count).reshape(shape)
         if not proto.tensor_content and len(proto.string_val) == count:
             return np.array(list(proto.string_val), dtype=object).reshape(shape)
     else:
@@ -64,6 +68,37 @@ def read_ndarray(proto) -> np.ndarray:
     import tensorflow as tf  # the rare cases: padding, half precision, complex, malformed
 
     return tf.make_ndarray(proto)
+
+
+def _string_list(content: bytes, count: int) -> np.ndarray:
+    """The ``count`` strings of a string tensor's ``tensor_content``, as TensorFlow's C++
+    ``Tensor::FromProto`` (``port::DecodeStringList``) reads it, which TF Serving uses: every
+    length first (varint32), then the bytes, which the lengths must cover exactly.
+    (``tf.make_ndarray`` cannot read this layout, which ``tf.io.serialize_tensor`` and C++
+    clients write.) A malformed one raises ValueError."""
+    lengths, at = [], 0
+    for _ in range(count):
+        value, shift = 0, 0
+        while True:
+            if at >= len(content) or shift > 28:
+                raise ValueError("a string tensor's tensor_content ends before its lengths do")
+            byte = content[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        if value >= 2**32:
+            raise ValueError("a string tensor's tensor_content has a length beyond 32 bits")
+        lengths.append(value)
+    if sum(lengths) != len(content) - at:
+        raise ValueError(f"a string tensor's tensor_content holds {len(content) - at} bytes after its lengths, "
+                         f"not the {sum(lengths)} they add up to")
+    out = np.empty(count, dtype=object)
+    for i, length in enumerate(lengths):
+        out[i] = content[at:at + length]
+        at += length
+    return out
 
 
 def write_fields(proto, arr: np.ndarray) -> None:

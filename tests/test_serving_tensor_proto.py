@@ -81,3 +81,34 @@ def test_malformed_protos_raise_as_tensorflow_does():
         tf.make_ndarray(wrong_size)
     with pytest.raises(TypeError, match="not int"):
         write_fields(tensor_pb2.TensorProto(), np.array(["a", 3], dtype=object))
+
+
+@pytest.mark.parametrize("values, shape", [
+    ([b"w12 w7", b"w3 w44"], [2]),
+    ([b"", b"a" * 300, "é ü".encode(), b"\xff\x00"], [4]),  # 300 bytes: a two-byte length
+    ([b"a", b"b", b"c", b""], [2, 2]),
+    ([b"x" * 70_000], [1, 1]),  # a three-byte length
+    ([], [0]),
+])
+def test_string_tensor_content_is_read_as_tensorflows_cpp_reads_it(values, shape):
+    """C++ clients (``Tensor::AsProtoTensorContent``) put a string tensor in ``tensor_content``:
+    the lengths as varints, then the bytes. ``tf.make_ndarray`` cannot read it; TF Serving reads
+    it with ``Tensor::FromProto``, which ``tf.io.parse_tensor`` runs."""
+    from google.protobuf.internal.encoder import _VarintBytes
+
+    proto = tensor_pb2.TensorProto(dtype=7, tensor_content=b"".join(_VarintBytes(len(v)) for v in values) + b"".join(values))
+    for size in shape:
+        proto.tensor_shape.dim.add().size = size
+    want = tf.io.parse_tensor(proto.SerializeToString(), tf.string).numpy()
+    got = read_ndarray(proto)
+    assert got.dtype == object and got.shape == want.shape == tuple(shape) and got.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("content", [b"\x02\x05ab", b"\x02", b"\x80", b"\x01\x01abc", b"\xff\xff\xff\xff\x7f\x00"])
+def test_a_malformed_string_tensor_content_is_refused_as_tensorflows_cpp_refuses_it(content):
+    proto = tensor_pb2.TensorProto(dtype=7, tensor_content=content)
+    proto.tensor_shape.dim.add().size = 2
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.parse_tensor(proto.SerializeToString(), tf.string)
+    with pytest.raises(ValueError):
+        read_ndarray(proto)

@@ -168,6 +168,36 @@ def test_grpc_string_val_in_and_out(served):
     assert sigs.signature_def["encode"].inputs["x"].dtype == tf.string.as_datatype_enum
 
 
+def _string_content(values, shape) -> tensor_pb2.TensorProto:
+    """A DT_STRING tensor with its strings in ``tensor_content``, as C++ clients write it
+    (``Tensor::AsProtoTensorContent``: every length as a varint, then the bytes)."""
+    from google.protobuf.internal.encoder import _VarintBytes
+
+    proto = tensor_pb2.TensorProto(dtype=tf.string.as_datatype_enum, tensor_content=b"".join(
+        _VarintBytes(len(v)) for v in values) + b"".join(values))
+    for size in shape:
+        proto.tensor_shape.dim.add().size = size
+    return proto
+
+
+def test_grpc_strings_in_tensor_content_as_cpp_clients_send_them(served):
+    """TF Serving reads a string tensor's tensor_content (C++ ``Tensor::FromProto``); the server
+    answered "tensor parsing error: x" (``tf.make_ndarray`` cannot read that layout)."""
+    server, _, model = served
+    values = [s.encode() for s in SENTENCES]
+    proto = _string_content(values, [len(values)])
+    # the layout is TensorFlow's own: its C++ parser reads the same strings back
+    assert tf.io.parse_tensor(proto.SerializeToString(), tf.string).numpy().tolist() == values
+    response = _grpc_predict(server, "encode", x=proto)
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["z_mean"]), _local(model, "encode", x=SENTENCES)["z_mean"],
+                               rtol=1e-5, atol=1e-6)
+    broken = _string_content(values, [len(values)])
+    broken.tensor_content = broken.tensor_content[:-1]  # one byte short: TensorFlow refuses it too
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.parse_tensor(broken.SerializeToString(), tf.string)
+    assert _grpc_error(server, "encode", x=broken) == (grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: x")
+
+
 def test_clients_take_and_give_strings(served):
     server, _, model = served
     want = _local(model, "encode", x=SENTENCES)["z_mean"]
