@@ -16,7 +16,8 @@ Paths are matched whole and case-insensitively; name and label are URL-decoded. 
 a bare 404. Every response is ``application/json``; errors are ``{"error": "<message>"}``.
 
 :class:`RestApp` is the ASGI side: it reads the body (refusing more than ``max_body_bytes``
-with 413 before reading it all), runs the handler in a thread pool so the event loop keeps
+with 413 before reading it all; a ``Content-Encoding: gzip`` body is inflated, as TF Serving's
+HTTP server does), runs the handler in a thread pool so the event loop keeps
 accepting connections while a model runs, and answers 504 after ``timeout_seconds`` (TF
 Serving's REST timeout, 30 s). :class:`RestServer` runs it on uvicorn in a background thread,
 with connections bounded (:mod:`serving.connections`): an idle connection is closed after
@@ -42,6 +43,7 @@ import re
 import socket
 import threading
 import time
+import zlib
 from typing import Callable, Mapping
 from urllib.parse import unquote_to_bytes
 
@@ -364,7 +366,10 @@ class RestApp:
 
         # One future, one timer and one callback per request: fewer objects and event-loop
         # callbacks than asyncio.wait_for over asyncio.wrap_future (docs/performance.md).
-        work = self.executor.submit(self.api.handle, method, path, body, deadline)
+        if b"gzip" in (_header(scope, b"content-encoding") or b""):
+            work = self.executor.submit(self._handle_gzipped, method, path, body, deadline)
+        else:
+            work = self.executor.submit(self.api.handle, method, path, body, deadline)
         submitted.append(work)
         work.add_done_callback(finished)
         timer = loop.call_at(loop.time() + max(deadline - time.monotonic(), 0.0), _settle, answer, None)
@@ -382,6 +387,18 @@ class RestApp:
             result = 504, json_codec.error_body(f"Request timed out after {self.timeout_seconds:g} s; send smaller "
                                                 "batches or raise --rest-timeout-seconds")
         await self._reply(send, *result)
+
+    def _handle_gzipped(self, method: str, path: str, body: bytes, deadline: float) -> tuple[int, bytes]:
+        """A request whose ``Content-Encoding`` says gzip, inflated first (in the worker thread), as
+        TF Serving's HTTP server does (``evhttp_request.cc``: any ``Content-Encoding`` containing
+        "gzip"). A body that does not inflate is read as an empty one, as there; one that inflates
+        past ``max_body_bytes`` is refused with 413 (TF Serving's cap is 100 MB)."""
+        inflated = _gunzip(body, self.max_body_bytes)
+        if inflated is None:
+            return 413, json_codec.error_body(
+                f"Request body inflates (Content-Encoding: gzip) to more than the limit of {self.max_body_bytes} "
+                "bytes; send fewer instances per request or raise --rest-max-body-bytes")
+        return self.api.handle(method, path, inflated, deadline)
 
     async def _read_body(self, receive) -> bytes | None:
         """The request body, or None if the client went away; stops early past the size limit."""
@@ -429,6 +446,31 @@ def _settle(answer: asyncio.Future, work: concurrent.futures.Future | None) -> N
         answer.set_exception(error)
     else:
         answer.set_result(work.result())
+
+
+def _gunzip(body: bytes, limit: int) -> bytes | None:
+    """``body`` gzip-inflated; ``b""`` when it is not gzip or is cut short (TF Serving reads such a
+    body as empty); None when it inflates to more than ``limit`` bytes."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error as err:
+        log.warning("a gzip request body did not inflate (%s); read as an empty body, as TF Serving does", err)
+        return b""
+    if len(inflated) > limit:
+        return None
+    if not inflater.eof:
+        log.warning("a gzip request body was cut short; read as an empty body, as TF Serving does")
+        return b""
+    return inflated
+
+
+def _header(scope, name: bytes) -> bytes | None:
+    """The value of the request header ``name`` (lower case), or None."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value
+    return None
 
 
 def _content_length(scope) -> int | None:

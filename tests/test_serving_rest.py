@@ -370,6 +370,42 @@ def test_oversize_body_is_refused_and_the_server_keeps_serving(served, rest):
     assert rest("GET", "/v1/models/vae")[0] == 200
 
 
+def test_a_gzip_body_is_inflated_as_tf_serving_inflates_it(served, rest):
+    """TF Serving's HTTP server inflates a body whose Content-Encoding contains "gzip"
+    (``evhttp_request.cc``); the server read the compressed bytes as JSON ("Invalid value")."""
+    import gzip
+
+    server, model = served
+    x = _x(3)
+    doc = {"signature_name": "encode", "instances": x.tolist()}
+    plain = rest("POST", "/v1/models/vae:predict", doc)
+    assert plain[0] == 200
+    for encoding in ("gzip", "x-gzip", "gzip, deflate"):
+        rest.conn.request("POST", "/v1/models/vae:predict", body=gzip.compress(json.dumps(doc).encode()),
+                          headers={"Content-Encoding": encoding})
+        response = rest.conn.getresponse()
+        assert (response.status, json.loads(response.read())) == plain, encoding
+    want = _local(model, "encode", x=x)["z_mean"]
+    np.testing.assert_allclose([row["z_mean"] for row in plain[1]["predictions"]], want, rtol=1e-5, atol=1e-6)
+
+    def gzipped(body):
+        rest.conn.request("POST", "/v1/models/vae:predict", body=body, headers={"Content-Encoding": "gzip"})
+        response = rest.conn.getresponse()
+        return response.status, json.loads(response.read())
+
+    # A body that does not inflate (not gzip, or cut short) is read as an empty body, as there.
+    empty = rest("POST", "/v1/models/vae:predict", b"")
+    assert empty[0] == 400
+    assert gzipped(json.dumps(doc).encode()) == empty
+    assert gzipped(gzip.compress(json.dumps(doc).encode())[:-12]) == empty
+    # The body limit (256 KiB on this server) holds for what the body inflates to.
+    status, body = gzipped(gzip.compress(b" " * (300 * 1024) + json.dumps(doc).encode()))
+    assert status == 413 and body["error"] == (
+        "Request body inflates (Content-Encoding: gzip) to more than the limit of 262144 bytes; send fewer "
+        "instances per request or raise --rest-max-body-bytes")
+    assert rest("GET", "/v1/models/vae")[0] == 200
+
+
 # -- the fast JSON paths change nothing ---------------------------------------------------------
 
 FAST_PATH_BODIES = [
