@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import math
 
 import numpy as np
 import pytest
@@ -420,6 +421,9 @@ FAST_PATH_BODIES = [
     b'{"a": 1} trailing bytes', b'{"a": 1}{"b": 2}', b'\xef\xbb\xbf{"a": 1}',
     b'{"s": "\\ud800"}', b'{"s": "\xff\xfe"}', b'[1, 2]', b'"text"', b'{"a": [1, 2}', b'{"a" 1}',
     b'[' * 3000 + b']' * 3000, b'{"a": ' + b'[' * 3000 + b']' * 3000 + b'}',
+    b'{"a": 0e400}',                                      # orjson reads 0.0, rapidjson refuses it
+    b'{"a": [12345678901234567890.5, 1.00000000000000000001, 1e-12345678901234567890]}',  # long digit runs, no integer
+    b'{"a": "12345678901234567890 e999"}',               # digits and exponents inside a string
 ]
 
 
@@ -440,6 +444,53 @@ def test_orjson_parsing_changes_no_document_and_no_message(monkeypatch):
     assert json_codec._fast_document(FAST_PATH_BODIES[0]) == json.loads(FAST_PATH_BODIES[0])
     monkeypatch.setattr(json_codec, "_fast_document", lambda body: None)
     assert fast == [outcome(body) for body in FAST_PATH_BODIES]
+
+
+TOO_BIG = "JSON Parse error: Number too big to be stored in double. at offset: "
+
+
+@pytest.mark.parametrize("body, outcome", [
+    # rapidjson 1.1 Reader::ParseNumber (reader.h), without kParseFullPrecisionFlag, as TF Serving
+    # parses: a positive exponent beyond 308 minus the (negative) count of fraction digits read is
+    # refused at the number's first byte, whatever its value ...
+    (b'{"a": 1e308}', 1e308), (b'{"a": 1e309}', TOO_BIG + "6"), (b'{"a": 1E+400}', TOO_BIG + "6"),
+    (b'{"a": 0.1e309}', 1e308), (b'{"a": 0.01e310}', 1e308), (b'{"a": 0e309}', TOO_BIG + "6"),
+    (b'{"a": -1e400}', TOO_BIG + "6"),                  # at the minus sign
+    (b'{"a": 1e-400}', 0.0), (b'{"a": 1e0000000000308}', 1e308),
+    # ... a value that fits the exponent rule but not a double is infinity (18 x 10^307) ...
+    (b'{"a": 1.8e308}', math.inf), (b'{"a": 0.10e310}', math.inf),
+    # ... and integer digits beyond uint64 go on in a double, refused when it has reached
+    # DBL_MAX / 10 before one more digit: 10^308 (309 digits) passes (an int, as Python reads it;
+    # a float input converts it), 2 x 10^308 does not.
+    (b'{"a": 1' + b'0' * 308 + b'}', 10**308), (b'{"a": 2' + b'0' * 308 + b'}', TOO_BIG + "6"),
+    (b'{"a": ' + b'9' * 400 + b'}', TOO_BIG + "6"),
+    # anywhere in the document, keys the server ignores included; not in strings; not after the
+    # first complete value (kParseStopWhenDoneFlag); whichever error comes first
+    (b'{"instances": ["w1"], "x": 1e400}', TOO_BIG + "27"), (b'{"a": "1e400"}', "1e400"),
+    (b'{"a": 1} 1e400', 1), (b'{"a": 1e400', TOO_BIG + "6"),
+    (b'{"a" 1, "b": 1e400}', "JSON Parse error: Missing a colon after a name of object member. at offset: 5"),
+    (b'{"s": "\\ud800", "a": 1e400}', "JSON Parse error: The surrogate pair in string is invalid. at offset: 7"),
+    (b'{"a": 1e400, "s": "\\ud800"}', TOO_BIG + "6"),
+])
+def test_numbers_too_big_for_a_double_stop_the_parse_as_in_rapidjson(body, outcome):
+    """Python's parser reads 1e400 as inf, 0e400 as 0.0 and a 400-digit integer exactly; the
+    server passed them on (or failed later, without an offset)."""
+    from serving import json_codec
+    from serving.status import ServingError
+
+    if isinstance(outcome, str) and outcome.startswith("JSON Parse error"):
+        with pytest.raises(ServingError) as said:
+            json_codec.parse_document(body)
+        assert said.value.message == outcome
+    else:
+        value = json_codec.parse_document(body)["a"]
+        assert value == outcome and type(value) is type(outcome)
+
+
+def test_a_number_too_big_in_an_ignored_key_is_a_400(rest):
+    body = json.dumps({"signature_name": "encode", "instances": _x(1).tolist()}).encode()[:-1] + b', "x": 1e400}'
+    status, answer = rest("POST", "/v1/models/vae:predict", body)
+    assert (status, answer["error"]) == (400, TOO_BIG + str(body.index(b"1e400")))
 
 
 def test_escaped_lone_surrogates_are_read_as_rapidjson_1_1_reads_them():
