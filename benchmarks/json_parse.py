@@ -32,21 +32,21 @@ def module_at(revision: str):
     """``serving/json_codec.py`` as it was at ``revision``, imported under another name."""
     source = subprocess.run(["git", "-C", str(REPO), "show", f"{revision}:serving/json_codec.py"], check=True,
                             capture_output=True).stdout
-    folder = Path(tempfile.mkdtemp(prefix="json-codec-"))
-    path = folder / "json_codec_before.py"
-    path.write_bytes(source)
-    spec = importlib.util.spec_from_file_location("json_codec_before", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory(prefix="json-codec-") as folder:
+        path = Path(folder) / "json_codec_before.py"
+        path.write_bytes(source)
+        spec = importlib.util.spec_from_file_location("json_codec_before", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # read now: the file may go
     return module
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="the commit to compare with")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 32])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from serving import json_codec as now
 
     before = module_at(args.before)
@@ -71,7 +71,8 @@ def main() -> None:
                     best[name] = min(best[name], seconds)
             print(f"| {side}x{side} | {rows} | {len(body):,} | {best['before'] * 1e3:.3f} | {best['now'] * 1e3:.3f} | "
                   f"{best['now'] / best['before']:.2f} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -632,6 +632,19 @@ def test_tensor_proto_conversion_smoke(capsys):
         assert before > 0 and now > 0
 
 
+def test_json_parse_smoke(capsys):
+    """Both versions of the module (this commit's, taken from git, and the working tree's) parse
+    each body to the same document (the script checks it), and both are timed."""
+    from benchmarks.json_parse import main
+
+    assert main(["--before", "HEAD", "--rounds", "1", "--rows", "1", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| 28x28", "| 8x8"))]
+    assert len(rows) == 4
+    for row in rows:
+        before, now = (float(cell) for cell in row.strip("|").split("|")[3:5])
+        assert before > 0 and now > 0
+
+
 def test_text_throughput_reports_the_pools_tensorflow_was_given_by_environment(monkeypatch):
     """The README sets the pools with TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, which
     tf.config.threading does not report (0): the report falls back to the variables."""
