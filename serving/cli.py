@@ -17,6 +17,9 @@ from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTI
 from serving.text import DEFAULT_LONG_TEXT, DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, LONG_TEXT_MODES
 from vae_tf_cli.argtypes import non_negative_float, port, positive_float, positive_int
 
+#: The model name TF Serving's binary serves ``--model_base_path`` under without ``--model_name``.
+TF_SERVING_MODEL_NAME = "default"
+
 
 def add_parsers(sub) -> None:
     """Add ``serve``, ``embed`` and ``probe`` to the ``vae-tf`` sub-parsers."""
@@ -30,6 +33,10 @@ def add_parsers(sub) -> None:
     serve.add_argument("--model-base-path", help="parent of the model directory (default: $MODEL_BASE_PATH or /models)")
     serve.add_argument("--model-name", "--model_name", dest="model_name",
                        help="model directory name, also the name in URLs (default: $MODEL_NAME or model)")
+    serve.add_argument("--model_base_path", dest="tf_model_base_path", metavar="DIR",
+                       help="TF Serving's own flag: the model directory itself (numbered versions inside), served "
+                            "as --model_name, or as `default` without it, as there (the tensorflow/serving image "
+                            "passes $MODEL_BASE_PATH/$MODEL_NAME here)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     serve.add_argument("--port", type=port, default=8500, help="gRPC port (default 8500; 0: any free port)")
     serve.add_argument("--rest-api-port", "--rest_api_port", dest="rest_api_port", type=port, default=8501,
@@ -78,6 +85,16 @@ def add_parsers(sub) -> None:
                        help="longest a request waits for others to join its batch (default 1 ms)")
     serve.add_argument("--grace-seconds", type=non_negative_float, default=5.0,
                        help="on SIGINT/SIGTERM, how long in-flight requests may take to finish (default 5)")
+    # TF Serving's own flags, as its users will type them: what they mean there where we have
+    # it, else a one-line answer saying what to do instead.
+    serve.add_argument("--rest_api_timeout_in_ms", dest="rest_timeout_seconds", type=_milliseconds_as_seconds,
+                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    serve.add_argument("--rest_api_num_threads", dest="rest_threads", type=positive_int, default=None,
+                       help="TF Serving's flag: REST worker threads (default: 4 per CPU, at most 32)")
+    serve.add_argument("--grpc_max_threads", dest="grpc_threads", type=positive_int, default=None,
+                       help="TF Serving's flag: gRPC worker threads")
+    for flag, hint in TF_SERVING_FLAGS_NOT_TAKEN.items():
+        serve.add_argument(flag, action=_NotTakenHere, hint=hint)
 
     embed = sub.add_parser(
         "embed", help="extract embeddings of a data set (local SavedModel or server) to .npz or Parquet",
@@ -138,12 +155,50 @@ def add_parsers(sub) -> None:
     probe.add_argument("--json", action="store_true", help="print the full result as JSON")
 
 
+#: TensorFlow Serving flags (``model_servers/main.cc``) that ``vae-tf serve`` does not take, and
+#: what to do instead.
+TF_SERVING_FLAGS_NOT_TAKEN = {
+    "--model_config_file": "it serves one model: give --model DIR (or --model_base_path), one server per model",
+    "--model_config_file_poll_wait_seconds": "it serves one model: give --model DIR, one server per model",
+    "--batching_parameters_file": "give --enable-batching with --max-batch-size and --batch-timeout-ms",
+    "--monitoring_config_file": "it has no metrics endpoint",
+    "--ssl_config_file": "it speaks no TLS: put a TLS-terminating proxy in front of it",
+    "--use_alts_credentials": "it speaks no TLS or ALTS: put a proxy in front of it",
+    "--tensorflow_intra_op_parallelism": "set TF_NUM_INTRAOP_THREADS in its environment",
+    "--tensorflow_inter_op_parallelism": "set TF_NUM_INTEROP_THREADS in its environment",
+    "--tensorflow_session_parallelism": "set TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS in its environment",
+    "--rest_api_enable_cors_support": "it adds no CORS headers: put a proxy in front of it that does",
+    "--grpc_channel_arguments": "its gRPC limits are --grpc-max-message-bytes, --max-connections and "
+                                "--keep-alive-seconds",
+    "--grpc_socket_path": "it listens on TCP only (--host, --port)",
+    "--saved_model_tags": "it loads the `serve` tag set, the one vae-tf exports",
+    "--platform_config_file": "it serves TensorFlow SavedModels exported by vae-tf only",
+    "--enable_model_warmup": "it always runs each signature once after loading a version",
+}
+
+
+class _NotTakenHere(argparse.Action):
+    """A TF Serving flag ``vae-tf serve`` does not take: one line saying what to do instead."""
+
+    def __init__(self, option_strings, dest, hint: str, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+        self.hint = hint
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is a TensorFlow Serving flag that vae-tf serve does not take: {self.hint}")
+
+
+def _milliseconds_as_seconds(text: str) -> float:
+    return non_negative_float(text) / 1000.0
+
+
 def cmd_serve(args) -> int:
     from pathlib import Path
 
     from serving.batching import BatchingOptions
     from serving.server import ServerConfig, serve
     from serving.text import TextLimits
+    from vae_tf.errors import ConfigError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # TensorFlow gives its logger a handler of its own when it is imported before the root logger
@@ -152,6 +207,12 @@ def cmd_serve(args) -> int:
     for handler in list(tf_logger.handlers):
         tf_logger.removeHandler(handler)
     config = ServerConfig()
+    if args.tf_model_base_path:
+        if args.model or args.model_base_path:
+            raise ConfigError("--model_base_path (TF Serving's: the model directory itself) replaces --model and "
+                              "--model-base-path (the directory that holds it); give one of them")
+        # As TF Serving's binary: the directory is the model, named by --model_name or "default".
+        config.model_dir, config.model_name = args.tf_model_base_path, args.model_name or TF_SERVING_MODEL_NAME
     if args.model:
         model_dir = Path(args.model)
         config.model_base_path, config.model_name = str(model_dir.parent), model_dir.name
@@ -159,6 +220,7 @@ def cmd_serve(args) -> int:
         config.model_base_path = args.model_base_path
     if args.model_name:
         config.model_name = args.model_name
+    config.rest_threads, config.grpc_threads = args.rest_threads, args.grpc_threads
     config.host = args.host
     config.grpc_port = None if args.no_grpc else args.port
     config.rest_port = None if args.no_rest else args.rest_api_port

@@ -538,6 +538,9 @@ class ModelStore:
     Args:
         base_path: ``MODEL_BASE_PATH``; the model lives in ``base_path/model_name``.
         model_name: ``MODEL_NAME`` (one plain path segment).
+        model_dir: the model directory itself, served as ``model_name`` whatever it is called
+            (TF Serving's own ``--model_base_path``); it is then also the boundary that
+            ``follow_external_links`` speaks of. None: ``base_path/model_name``.
         poll_seconds: rescan interval of the background poller (:meth:`start`); ``<= 0`` polls
             only when :meth:`poll` is called.
         labels_file: optional YAML/JSON ``{labels: {name: version}}``, re-read when it changes.
@@ -550,10 +553,14 @@ class ModelStore:
 
     def __init__(self, base_path: str | os.PathLike, model_name: str, *, poll_seconds: float = DEFAULT_POLL_SECONDS,
                  labels_file: str | os.PathLike | None = None, warmup: bool = True,
-                 follow_external_links: bool = False, text_limits: TextLimits = TextLimits()):
-        self.base_path = Path(base_path)
+                 follow_external_links: bool = False, text_limits: TextLimits = TextLimits(),
+                 model_dir: str | os.PathLike | None = None):
         self.model_name = validate_model_name(model_name)
-        self.model_dir = self.base_path / self.model_name
+        if model_dir is not None:
+            self.base_path = self.model_dir = Path(model_dir)
+        else:
+            self.base_path = Path(base_path)
+            self.model_dir = self.base_path / self.model_name
         self.poll_seconds = float(poll_seconds)
         self.labels_file = Path(labels_file) if labels_file else None
         self.warmup = warmup

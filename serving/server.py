@@ -66,6 +66,9 @@ class ServerConfig:
 
     model_name: str = field(default_factory=lambda: _env("MODEL_NAME", DEFAULT_MODEL_NAME))
     model_base_path: str = field(default_factory=lambda: _env("MODEL_BASE_PATH", DEFAULT_MODEL_BASE_PATH))
+    # The model directory itself (TF Serving's own --model_base_path), served as model_name
+    # whatever the directory is called; None: MODEL_BASE_PATH/MODEL_NAME, as the official image.
+    model_dir: str | None = None
     host: str = DEFAULT_HOST
     grpc_port: int | None = DEFAULT_GRPC_PORT  # None: no gRPC server
     rest_port: int | None = DEFAULT_REST_PORT  # None: no REST server
@@ -106,14 +109,22 @@ class ServerConfig:
             raise ConfigError(f"--max-connections must be at least 1, got {self.max_connections}")
         if not self.keep_alive_seconds > 0:
             raise ConfigError(f"--keep-alive-seconds must be > 0, got {self.keep_alive_seconds}")
-        model_dir = Path(self.model_base_path) / self.model_name
+        model_dir = self.directory
         if not model_dir.is_dir():
+            if self.model_dir is not None:
+                raise ModelNotFoundError(f"no model directory {model_dir} (--model_base_path): give the directory "
+                                         "that holds the model's numbered versions (models/NAME)")
             raise ModelNotFoundError(f"no model directory {model_dir} (MODEL_BASE_PATH/MODEL_NAME): export a model "
                                      "there (vae-tf train) or set --model-base-path / --model-name")
         if (model_dir / "saved_model.pb").is_file():  # TF Serving would wait for numbered versions in it forever
             raise ConfigError(f"{model_dir} is one version of a model (it holds saved_model.pb); the server reads a "
                               f"model directory of numbered versions: give --model {model_dir.parent}")
         return self
+
+    @property
+    def directory(self) -> Path:
+        """The directory of the model's numbered versions."""
+        return Path(self.model_dir) if self.model_dir is not None else Path(self.model_base_path) / self.model_name
 
 
 PORT_FLAGS = {"gRPC": "--port", "REST": "--rest-api-port"}
@@ -154,7 +165,8 @@ class ModelServer:
 
     def __init__(self, config: ServerConfig):
         self.config = config.check()
-        self.store = ModelStore(config.model_base_path, config.model_name, poll_seconds=config.poll_seconds,
+        self.store = ModelStore(config.model_base_path, config.model_name, model_dir=config.model_dir,
+                                poll_seconds=config.poll_seconds,
                                 labels_file=config.labels_file, warmup=config.warmup,
                                 follow_external_links=config.follow_external_links,
                                 text_limits=config.text_limits)
@@ -312,7 +324,8 @@ def serve(config: ServerConfig, *, announce=print) -> int:
     try:
         server.start()
         versions = ", ".join(map(str, server.store.versions)) or "none yet"
-        announce(f"model:   {config.model_name} (versions: {versions}) from {Path(config.model_base_path).resolve()}")
+        where = config.directory.resolve() if config.model_dir is not None else Path(config.model_base_path).resolve()
+        announce(f"model:   {config.model_name} (versions: {versions}) from {where}")
         if server.store.versions:
             text = server.store.servable(config.model_name).text
             if text is not None:

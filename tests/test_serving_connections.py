@@ -173,10 +173,10 @@ def test_at_the_limit_the_longest_idle_connection_makes_room(base):
 # -- gRPC ----------------------------------------------------------------------------------------
 
 
-def _grpc_status(target: str, timeout: float, wait_for_ready: bool = False):
+def _grpc_status(target: str, timeout: float, wait_for_ready: bool = False, name: str = "vae"):
     with grpc.insecure_channel(target) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
-        return stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name="vae")),
+        return stub.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name=name)),
                                    timeout=timeout, wait_for_ready=wait_for_ready)
 
 
@@ -264,6 +264,51 @@ def test_serve_options_reach_the_server_config(base, monkeypatch):
         with pytest.raises(SystemExit) as info:
             main(["serve", "--model", str(base / "vae"), *bad])
         assert info.value.code == 2
+
+
+def test_tf_serving_flags_mean_what_they_mean_there(base, monkeypatch, capsys):
+    """A TF Serving command line works as it is: --model_base_path is the model directory itself
+    (it was refused as an unknown flag, and --model-base-path is its parent), served as
+    --model_name or, without it, as `default` (TF Serving's binary); --rest_api_timeout_in_ms and
+    the thread flags are taken; flags with no counterpart are one line saying what to do."""
+    import serving.server
+    from vae_tf_cli import main
+
+    seen = []
+    monkeypatch.setattr(serving.server, "serve", lambda config, announce: seen.append(config) or 0)
+    assert main(["serve", "--port=8500", "--rest_api_port=8501", f"--model_base_path={base / 'vae'}",
+                 "--rest_api_timeout_in_ms=2500", "--rest_api_num_threads=3", "--grpc_max_threads=2"]) == 0
+    config = seen[-1]
+    assert (config.model_dir, config.model_name) == (str(base / "vae"), "default")
+    assert (config.rest_timeout_seconds, config.rest_threads, config.grpc_threads) == (2.5, 3, 2)
+    assert main(["serve", "--model_name=encoder", f"--model_base_path={base / 'vae'}"]) == 0
+    assert (seen[-1].model_dir, seen[-1].model_name, seen[-1].rest_timeout_seconds) == (str(base / "vae"), "encoder", 30.0)
+    capsys.readouterr()
+    assert main(["serve", f"--model_base_path={base / 'vae'}", "--model", str(base / "vae")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --model_base_path (TF Serving's: the model directory itself) replaces --model and --model-base-path "
+        "(the directory that holds it); give one of them")
+    for flag, hint in [("--model_config_file=/models/models.config", "it serves one model: give --model DIR (or "
+                        "--model_base_path), one server per model"),
+                       ("--tensorflow_intra_op_parallelism=1", "set TF_NUM_INTRAOP_THREADS in its environment")]:
+        with pytest.raises(SystemExit) as info:
+            main(["serve", f"--model_base_path={base / 'vae'}", flag])
+        assert info.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"vae-tf serve: error: {flag.split('=')[0]} is a TensorFlow Serving flag that vae-tf serve does not "
+            f"take: {hint}")
+
+    # The directory is served under the given name, whatever the directory is called.
+    with running_server(base, "encoder", model_dir=str(base / "vae")) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+        try:
+            conn.request("GET", "/v1/models/encoder")
+            response = conn.getresponse()
+            status = json.loads(response.read())["model_version_status"][0]
+        finally:
+            conn.close()
+        assert (response.status, status["version"], status["state"]) == (200, "1", "AVAILABLE")
+        assert _grpc_status(server.grpc_target, timeout=10, name="encoder").model_version_status[0].state == 30
 
 
 def test_writes_in_one_event_loop_turn_leave_as_one_write():
