@@ -13,7 +13,8 @@ web framework in between, so the routing, status codes and messages are exactly 
 
 Paths are matched whole and case-insensitively; name and label are URL-decoded. Any other
 ``/v1/`` path or verb is ``400 Malformed request: <METHOD> <path>``; paths outside ``/v1/`` get
-a bare 404. Every response is ``application/json``; errors are ``{"error": "<message>"}``.
+a bare 404. ``OPTIONS`` (a CORS preflight) on a ``/v1/`` path is 200, or 400 without an
+``Origin`` header holding ``http(s)://``, both with an empty body (:class:`RestApp`). Every response is ``application/json``; errors are ``{"error": "<message>"}``.
 
 :class:`RestApp` is the ASGI side: it reads the body (refusing more than ``max_body_bytes``
 with 413 before reading it all; a ``Content-Encoding: gzip`` body is inflated, as TF Serving's
@@ -68,6 +69,7 @@ _PREDICT_RE = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/([0-9]+))|(?:/labe
 _STATUS_RE = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?"
                         r"(?:/(metadata))?", re.IGNORECASE)
 _INT64_MAX = 2**63 - 1
+_ORIGIN_RE = re.compile(r"https?://")
 
 Runner = Callable[[object, Mapping[str, np.ndarray]], dict]
 
@@ -352,6 +354,15 @@ class RestApp:
             return
         if len(body) > self.max_body_bytes:
             await self._reply(send, 413, self._too_large(None))
+            return
+        if method == "OPTIONS" and _V1_RE.fullmatch(path):
+            # A CORS preflight, answered as TF Serving's http_server.cc does before any routing:
+            # OK when the Origin header holds http:// or https://, else FAILED_PRECONDITION
+            # ("Origin header is missing in CORS preflight"), both with an empty body (the
+            # handler that writes error bodies does not run). No CORS headers: TF Serving adds
+            # them only with --rest_api_enable_cors_support.
+            origin = (_header(scope, b"origin") or b"").decode("latin-1")
+            await self._reply(send, 200 if _ORIGIN_RE.search(origin) else 400, b"")
             return
         loop = asyncio.get_running_loop()
         answer = loop.create_future()  # (status, payload), or None when the deadline passed first

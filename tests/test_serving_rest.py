@@ -348,6 +348,30 @@ def test_routing_and_parse_errors(rest, method, path, body, status, message, sou
         assert got == message, (got, source)
 
 
+def test_a_cors_preflight_is_answered_as_tf_serving_answers_it(served):
+    """OPTIONS was "Malformed request". TF Serving (model_servers/http_server.cc) answers a
+    preflight before routing: OK when the Origin header holds http(s)://, else
+    FAILED_PRECONDITION (400); the body is empty either way (its error-writing handler does not
+    run for OPTIONS)."""
+    server, _ = served
+
+    def preflight(path, headers):
+        conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+        try:
+            conn.request("OPTIONS", path, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    asked = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}
+    assert preflight("/v1/models/vae:predict", asked) == (200, b"")
+    assert preflight("/v1/anything/at/all", {"Origin": "http://localhost:3000"}) == (200, b"")
+    assert preflight("/v1/models/vae:predict", {}) == (400, b"")
+    assert preflight("/v1/models/vae:predict", {"Origin": "null"}) == (400, b"")
+    assert preflight("/elsewhere", asked) == (404, b"")
+
+
 def test_paths_outside_v1_are_plain_404(rest):
     assert rest("GET", "/", raw=True) == (404, b"")
     assert rest("POST", "/v2/models/vae:predict", b"{}", raw=True) == (404, b"")
