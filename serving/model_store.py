@@ -721,10 +721,11 @@ class ModelStore:
         return servable
 
     def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
-        """Version states, newest first (``GetModelStatusImpl``). With a label, the state of
-        the version it names (TF Serving itself ignores the label here and lists all)."""
-        if label is not None:
-            version = self.resolve_label(name, label)
+        """Version states, newest first (``GetModelStatusImpl``). A label is ignored and every
+        version listed, as TF Serving does (``GetModelStatusWithModelSpec`` looks at the version
+        only), over REST (``/labels/{l}``) and gRPC alike: to learn which version a label names,
+        ask for the metadata with the label."""
+        del label
         known = self._status if name == self.model_name else {}
         if version is not None:
             if version not in known:

@@ -68,7 +68,11 @@ def test_status_routes(rest):
         assert rest("GET", path) == (200, expected), path
     assert rest("GET", "/v1/models/nope") == (404, {"error": "Could not find any versions of model nope"})
     assert rest("GET", "/v1/models/vae/versions/7") == (404, {"error": "Could not find version 7 of model vae"})
-    assert rest("GET", "/v1/models/vae/labels/gold") == (400, {"error": "Unrecognized servable version label: gold"})
+    # TF Serving's status ignores a label, known or not (GetModelStatusWithModelSpec), and lists every version
+    assert rest("GET", "/v1/models/vae/labels/gold") == (200, expected)
+    assert rest("GET", "/v1/models/nope/labels/stable") == (404, {"error": "Could not find any versions of model nope"})
+    assert rest("GET", "/v1/models/vae/labels/gold/metadata") == (
+        400, {"error": "Unrecognized servable version label: gold"})  # metadata resolves the label
     assert rest("GET", "/v1/models") == (400, {"error": "Missing model name in request."})
 
 

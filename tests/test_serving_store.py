@@ -83,7 +83,10 @@ def test_labels_serve_two_versions_and_follow_the_file(exports, tmp_path):
         assert stable.metadata()["model_spec"]["version"] == "1"
         assert RestClient(server.rest_url, "vae").metadata()["model_spec"]["version"] == "2"  # latest
         assert not np.array_equal(stable.encode(x)["z_mean"], canary.encode(x)["z_mean"])
-        assert [s["version"] for s in stable.status()["model_version_status"]] == ["1"]
+        # status ignores the label and lists every version, as TF Serving does (both protocols)
+        assert [s["version"] for s in stable.status()["model_version_status"]] == ["2", "1"]
+        assert [s["version"] for s in GrpcClient(server.grpc_target, "vae", label="nope").status()[
+            "model_version_status"]] == ["2", "1"]
         labels.write_text("labels: {stable: 2}\n")
         os.utime(labels, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
         deadline = time.monotonic() + 10
