@@ -99,6 +99,18 @@ def bounded_protocol(max_connections: int) -> type:
                 # connection is idle.
                 next(iter(idle)).close_idle()
 
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            # An HTTP/1.0 request that asks for keep-alive is kept open, as libevent's evhttp
+            # (TF Serving's HTTP server) keeps it, and the response says so (an HTTP/1.0 client
+            # closes otherwise): uvicorn closes every HTTP/1.0 connection (`ab -k` measured
+            # connection set-up, not the server).
+            cycle = self.cycle
+            if (cycle is not None and not cycle.keep_alive and self.parser.get_http_version() == "1.0"
+                    and self.parser.should_keep_alive()):
+                cycle.keep_alive = True
+                cycle.default_headers = [*cycle.default_headers, (b"connection", b"keep-alive")]
+
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
             if self._busy():

@@ -311,6 +311,42 @@ def test_tf_serving_flags_mean_what_they_mean_there(base, monkeypatch, capsys):
         assert _grpc_status(server.grpc_target, timeout=10, name="encoder").model_version_status[0].state == 30
 
 
+def _read_response(sock) -> tuple[bytes, bytes, bytes]:
+    """(status line, lower-cased headers, body) of one response read from ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    status, _, headers = head.partition(b"\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in headers.lower().split(b"\r\n")
+                      if line.startswith(b"content-length:")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return status, headers.lower(), body
+
+
+def test_http_1_0_keep_alive_is_honoured_as_tf_serving_honours_it(base):
+    """HTTP/1.0 with Connection: keep-alive (as `ab -k` sends) was answered `connection: close`
+    and the second request on the socket got nothing; TF Serving's evhttp keeps it open and says
+    keep-alive. Without the header an HTTP/1.0 connection closes after its response, as before."""
+    request = b"GET /v1/models/vae HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    with running_server(base, "vae") as server:
+        with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
+            for _ in range(3):
+                sock.sendall(request)
+                status, headers, body = _read_response(sock)
+                assert status.startswith(b"HTTP/1.1 200") and b"connection: keep-alive" in headers
+                assert json.loads(body)["model_version_status"][0]["state"] == "AVAILABLE"
+        with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
+            sock.sendall(b"GET /v1/models/vae HTTP/1.0\r\n\r\n")
+            status, headers, _ = _read_response(sock)
+            assert status.startswith(b"HTTP/1.1 200") and b"connection: close" in headers
+            assert sock.recv(1) == b""  # closed by the server
+
+
 def test_writes_in_one_event_loop_turn_leave_as_one_write():
     """CoalescingTransport: a response's header and body writes go out as one send at the end of
     the loop turn, in order; close sends what is pending first, abort drops it; flow control and
