@@ -58,6 +58,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -469,6 +470,7 @@ def pipeline_options(pipeline_args: Sequence[str] = (), workers: int | None = No
     standard = options.view_as(StandardOptions)
     standard.runner = standard.runner or DEFAULT_RUNNER
     runner = str(standard.runner).rsplit(".", 1)[-1]
+    _check_beam_args(options, list(pipeline_args), runner, workers)
     harness = options.view_as(WorkerOptions)
     if runner in LOCAL_RUNNERS and harness.default_sdk_harness_log_level is None:
         # Local workers write their logs to this terminal: every bundle at INFO, a failed bundle's
@@ -483,6 +485,42 @@ def pipeline_options(pipeline_args: Sequence[str] = (), workers: int | None = No
         direct.direct_num_workers = int(workers)
         direct.direct_running_mode = "multi_processing"
     return options
+
+
+def _check_beam_args(options, pipeline_args: list[str], runner: str, workers: int | None) -> None:
+    """Beam options as one line each: a value Beam's parser refuses (it would print its whole
+    usage and exit), an option no Beam option class defines (Beam only warns and drops it, so
+    ``--direct_num_worker=2`` ran on one worker; on a remote runner it may be the runner's own and
+    is passed on, with a warning), and ``--workers`` against ``--direct_num_workers``."""
+    import contextlib
+    import difflib
+    import io
+
+    parsers: list = []
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            options.get_all_options(add_extra_args_fn=parsers.append)
+            _, unknown = parsers[0].parse_known_args(pipeline_args)
+    except SystemExit:
+        reason = next((line.split("error: ", 1)[1] for line in reversed(said.getvalue().splitlines())
+                       if "error: " in line), said.getvalue().strip()[-200:])
+        raise ConfigError(f"bad Beam option after --: {reason}") from None
+    known = sorted({o for action in parsers[0]._actions for o in action.option_strings if o.startswith("--")})
+    for arg in (a for a in unknown if a.startswith("-")):
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        if runner in LOCAL_RUNNERS:
+            raise ConfigError(f"{name} is no Beam option{hint}; the local runner would ignore it: check its spelling")
+        print(f"warning: {name} is no option of this Beam SDK{hint}; it is passed to {runner} as it is",
+              file=sys.stderr)
+    stray = [a for a in unknown if not a.startswith("-")]
+    if stray:
+        raise ConfigError(f"unexpected value(s) {', '.join(stray)} among the Beam options after --; give each as "
+                          "--name=value")
+    if workers is not None and any(a.split("=", 1)[0] == "--direct_num_workers" for a in pipeline_args):
+        raise ConfigError("--workers and -- --direct_num_workers both set the worker processes; give one of them")
 
 
 def make_runner(options):
@@ -533,6 +571,8 @@ class BeamEmbedResult:
     identity: dict
     #: A text model's ``(truncated, counted, max_length)`` from the job's counters; None otherwise.
     truncated: tuple[int, int, int] | None = None
+    #: Temporary folders of an earlier, killed run removed from the output before this one.
+    stale_removed: int = 0
 
 
 _USER_ERROR = re.compile(rf"\b({'|'.join(USER_ERRORS)}): (.+)")
@@ -555,6 +595,32 @@ def user_error(err: BaseException) -> VaeTfError | None:
     return USER_ERRORS[kind](_WHERE_IN_THE_PIPELINE.sub("", message))
 
 
+#: A failed step's line in a job's error: ``[SomeError: ]message [while running 'Step']``.
+_FAILED_STEP = re.compile(r"^(?:([A-Za-z_.]*(?:Error|Exception|Invalid)): )?(.*?)((?: \[while running '[^']*'\])+)\s*$",
+                          re.MULTILINE)
+
+
+def job_failure(err: BaseException, started: bool, runner: str) -> VaeTfError | None:
+    """A one-line error for a job that failed for a reason that is not a bug of this code: a
+    worker could not read the input (a corrupt or undecodable file: the ``Read`` step failed), or
+    the runner could not take the job (a job server that cannot start; ``started`` False and no
+    step failed). None otherwise: a step of ours failed, and the traceback is worth having."""
+    text = str(err)
+    steps = _FAILED_STEP.findall(text)
+    if steps:
+        kind, message, where = steps[-1]
+        if where.strip().endswith("[while running 'Read']"):
+            kind = (kind or type(err).__name__).rsplit(".", 1)[-1]
+            return DataError(f"a worker could not read the input: {kind}: {' '.join(message.split())[:300].rstrip('.')}; check "
+                             "or re-create the input file(s)")
+        return None
+    if not started:
+        return ConfigError(f"Beam's {runner.rsplit('.', 1)[-1]} could not start the job: {type(err).__name__}: "
+                           f"{' '.join(text.split())[:300]}; check its options after -- (docs/serving.md, "
+                           "\"Embeddings at scale\")")
+    return None
+
+
 def _shards(pattern: str) -> dict[str, float]:
     """``{path: last modified}`` of the output files matching ``pattern``."""
     return {m.path: m.last_updated_in_seconds for m in FileSystems.match([pattern])[0].metadata_list}
@@ -564,6 +630,24 @@ def _local_temporaries(output: str) -> set[str]:
     import glob
 
     return set() if "://" in output else set(glob.glob(os.path.join(glob.escape(output), "beam-temp-*")))
+
+
+def _remove_stale_temporaries(output: str) -> int:
+    """Remove the sink's temporary folders an earlier, killed run left in ``output``; how many."""
+    import shutil
+
+    if "://" not in output:
+        stale = _local_temporaries(output)
+        for temp in stale:
+            shutil.rmtree(temp, ignore_errors=True)
+        return len(stale)
+    try:
+        files = [m.path for m in FileSystems.match([FileSystems.join(output, "beam-temp-*", "*")])[0].metadata_list]
+    except Exception:  # noqa: BLE001 - nothing to list on this file system
+        return 0
+    if files:
+        FileSystems.delete(files)
+    return len({os.path.dirname(f) for f in files})
 
 
 def _remove_local_temporaries(output: str, before: set[str], created: bool) -> None:
@@ -586,6 +670,8 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
 
     Stale shards of an earlier run (``--overwrite``) are deleted only once the job has succeeded:
     shards of the same name are replaced by Beam's final rename."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
     from serving.embed import arrow_table, encode_chunk
 
     if batch_size < 1:
@@ -612,7 +698,16 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
     if previous and not overwrite:
         raise ConfigError(f"{output} already holds {len(previous)} Parquet part file(s); pass --overwrite to replace "
                           "them or choose another --output")
+    foreign = sorted(set(_shards(FileSystems.join(output, f"*{SHARD_SUFFIX}"))) - set(previous))
+    if foreign:  # pq.read_table(OUTPUT) would read them with the embeddings
+        shown = ", ".join(os.path.basename(p) for p in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ConfigError(f"{output} holds other Parquet files ({shown}), which reading the output directory would "
+                          "mix with the embeddings; choose an empty --output directory")
     options = pipeline_options(pipeline_args, workers)
+    # Temporary folders of a run that was killed (Beam removes them only when a job ends): their
+    # files are no output (Beam renames finished ones into place), but a reader of the directory
+    # would take their rows twice, or fail on a half-written file.
+    removed = _remove_stale_temporaries(output)
 
     columns = list(outputs) + ["index"] + (["label"] if source.labels else [])
     # The writer needs the Parquet schema up front: the output widths come from encoding one row.
@@ -622,18 +717,28 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
              "label": np.zeros(0, np.int64)}
     schema = arrow_table(empty, columns).schema
 
-    pipeline = beam.Pipeline(runner=make_runner(options), options=options)
+    try:
+        pipeline = beam.Pipeline(runner=make_runner(options), options=options)
+    except ValueError as err:  # an unknown --runner (Beam lists the names), a runner's missing options
+        said = " ".join(str(err).split())[:400].rstrip(".")
+        hint = "give one of them as --runner=NAME after --" if "Unexpected pipeline runner" in said else \
+            "give them after -- (docs/serving.md, \"Embeddings at scale\")"
+        raise ConfigError(f"{said}; {hint}") from None
     build_pipeline(pipeline, source, str(encoder.version_dir), output, outputs=outputs, batch_size=batch_size,
                    schema=schema, columns=columns, support=encoder.support, likelihood=encoder.likelihood,
                    text_policy=getattr(encoder, "text_policy", None))
     local_temps = _local_temporaries(output)
     created = "://" not in output and not os.path.exists(output)
+    started = False
     try:
         job = pipeline.run()
+        started = True
         state = job.wait_until_finish()
     except Exception as err:
         _remove_local_temporaries(output, local_temps, created)
         found = user_error(err)
+        if found is None:
+            found = job_failure(err, started, str(options.view_as(StandardOptions).runner))
         if found is None:
             raise
         raise found from None
@@ -651,7 +756,7 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
     return BeamEmbedResult(output, source.rows, files, columns, str(options.view_as(StandardOptions).runner),
                            options.view_as(DirectOptions).direct_num_workers if workers else None,
                            {"model": str(encoder.version_dir.resolve())},
-                           _counted(job, getattr(encoder, "text_policy", None)))
+                           _counted(job, getattr(encoder, "text_policy", None)), removed)
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -703,6 +808,8 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
     # Runner and worker logs (a failed bundle's traceback among them) would bury the one-line
     # error: a failure comes back as the exception, and user_error finds the message in it.
     logging.getLogger("apache_beam.runners").setLevel(logging.CRITICAL)
+    # Its "Discarding unparseable args" warning: such options are refused in one line instead.
+    logging.getLogger("apache_beam.options.pipeline_options").setLevel(logging.ERROR)
     beam_args = list(args.beam_args or [])
     if beam_args[:1] == ["--"]:
         beam_args = beam_args[1:]
@@ -714,6 +821,9 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
           f"columns {', '.join(result.columns)}; rows in no particular order, join on index)")
     print(f"model:         {result.identity['model']}")
     print(f"runner:        {result.runner}{workers}")
+    if result.stale_removed:
+        print(f"removed:       {result.stale_removed} temporary folder(s) (beam-temp-*) of an earlier run that was "
+              "killed; they held no output")
     read = split_summary(source.source, result.rows, as_trained=bool(getattr(args, "as_trained", False))) \
         if isinstance(source, SplitSource) else None
     if read:

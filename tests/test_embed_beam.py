@@ -218,6 +218,69 @@ def test_bad_input_is_one_line(exports, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_beam_options_and_input_a_worker_cannot_read_are_one_line(exports, tmp_path, capsys):
+    """Beam's own parser printed its whole usage for a bad value (126 lines), dropped a mistyped
+    option with a warning (`--direct_num_worker=2` ran on one worker), and a corrupt data page
+    behind a valid footer ended in a 100-line traceback."""
+    x = np.random.default_rng(0).random((40, 64), dtype=np.float32)
+    data = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"x": _list_column(x, True)}), data)
+    beam = ["embed", "--runner", "beam", "--model", str(exports), "--data", str(data), "-o", str(tmp_path / "out")]
+    assert _error(capsys, *beam, "--", "--direct_num_worker=2") == (
+        "error: --direct_num_worker is no Beam option (did you mean --direct_num_workers?); the local runner would "
+        "ignore it: check its spelling")
+    assert _error(capsys, *beam, "--", "--direct_running_mode=bogus") == (
+        "error: bad Beam option after --: argument --direct_running_mode: invalid choice: 'bogus' (choose from "
+        "'in_memory', 'multi_threading', 'multi_processing')")
+    assert _error(capsys, *beam, "--workers", "2", "--", "--direct_num_workers=3") == (
+        "error: --workers and -- --direct_num_workers both set the worker processes; give one of them")
+    err = _error(capsys, *beam, "--", "--runner=NoSuchRunner")
+    assert err.startswith("error: Unexpected pipeline runner: NoSuchRunner. Valid values are ")
+    assert err.endswith("; give one of them as --runner=NAME after --")
+
+    # A data page overwritten behind a valid footer: the launcher reads only footers, a worker fails.
+    corrupt = tmp_path / "corrupt.parquet"
+    big = np.round(np.random.default_rng(1).random((400, 64)), 1).astype(np.float32)  # compresses: snappy pages
+    pq.write_table(pa.table({"x": _list_column(big, True)}), corrupt, compression="snappy")
+    damaged = bytearray(corrupt.read_bytes())
+    damaged[200:5000] = np.random.default_rng(2).integers(0, 256, 4800, dtype=np.uint8).tobytes()
+    corrupt.write_bytes(bytes(damaged))
+    err = _error(capsys, "embed", "--runner", "beam", "--model", str(exports), "--data", str(corrupt), "-o",
+                 str(tmp_path / "out"))
+    assert err.startswith("error: a worker could not read the input: ") and err.endswith(
+        "; check or re-create the input file(s)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_run_s_temporary_folders_are_removed_and_other_parquet_files_refused(exports, tmp_path, capsys):
+    """A run killed mid-write left beam-temp-* folders; the next run into the same directory
+    succeeded and left them, so pq.read_table(OUTPUT) read every row twice (or failed on a
+    half-written file). And Parquet files of others in the directory were read with the output."""
+    x = np.random.default_rng(0).random((30,) + SHAPE, dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "out"
+    stale = out / "beam-temp-part-0123456789abcdef"
+    stale.mkdir(parents=True)
+    pq.write_table(pa.table({"index": np.arange(30), "embedding": _list_column(np.zeros((30, 2), np.float32), True)}),
+                   stale / "0123.part.parquet")
+    (stale / "0456.part.parquet").write_bytes(b"PAR1 half-written")
+    args = ["embed", "--runner", "beam", "--model", str(exports), "--data", str(tmp_path / "x.npy"), "--split", "all",
+            "-o", str(out)]
+    assert main(args) == 0
+    assert ("removed:       1 temporary folder(s) (beam-temp-*) of an earlier run that was killed; they held no "
+            "output") in capsys.readouterr().out
+    assert not stale.exists()
+    table = pq.read_table(out)
+    assert table.num_rows == 30 and sorted(table["index"].to_pylist()) == list(range(30))
+
+    other = tmp_path / "shared"
+    other.mkdir()
+    pq.write_table(pa.table({"a": [1, 2]}), other / "theirs.parquet")
+    assert _error(capsys, *args[:-1], str(other)) == (
+        f"error: {other} holds other Parquet files (theirs.parquet), which reading the output directory would mix "
+        "with the embeddings; choose an empty --output directory")
+
+
 @pytest.mark.slow
 def test_a_bad_row_found_by_a_worker_is_one_line(exports, tmp_path, capfd):
     """... on the whole of stderr (capfd: the worker processes' descriptors too): the worker that
