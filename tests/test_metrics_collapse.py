@@ -194,6 +194,30 @@ def test_minibatch_mi_matches_a_loop_over_batches(rng):
     assert again == by_seed[5]
 
 
+def test_minibatch_mi_with_groups_batches_each_group_apart_as_jxhe_text_loader_does(rng):
+    """jxhe's text data loader (data/text_data.py::create_data_batch) sorts sentences by length
+    and cuts each length into batches of at most B; calc_mi's batch-size-weighted mean follows."""
+    n, d, b = 157, 3, 8
+    mean, log_var = rng.standard_normal((n, d)), rng.normal(-0.5, 0.3, (n, d))
+    eps = rng.standard_normal((n, d))
+    z = mean + np.exp(0.5 * log_var) * eps
+    lengths = rng.integers(3, 9, n)
+    total = 0.0
+    for length in sorted(set(lengths.tolist())):
+        rows = np.flatnonzero(lengths == length)  # in their order, as shuffle=False keeps them
+        for start in range(0, len(rows), b):
+            batch = rows[start:start + b]
+            total += _mi_reference(mean[batch], log_var[batch], z[batch]) * len(batch)
+    value = mutual_information_minibatch(mean, log_var, b, eps=eps, shuffle=False, groups=lengths)
+    assert value == pytest.approx(total / n, abs=1e-9)
+    assert abs(value - mutual_information_minibatch(mean, log_var, b, eps=eps, shuffle=False)) > 1e-6
+    # one group is the plain estimator; a wrong number of keys is one line
+    assert mutual_information_minibatch(mean, log_var, b, eps=eps, seed=3, groups=np.zeros(n)) == pytest.approx(
+        mutual_information_minibatch(mean, log_var, b, eps=eps, seed=3), abs=1e-12)
+    with pytest.raises(DataError, match="groups has 3 keys for 157 rows; give one key per row"):
+        mutual_information_minibatch(mean, log_var, b, eps=eps, groups=[1, 2, 3])
+
+
 def test_mi_component_subsample_of_all_points_is_the_full_estimator(rng):
     mean, log_var = rng.standard_normal((100, 2)), np.zeros((100, 2)) - 1
     eps = rng.standard_normal((100, 2))

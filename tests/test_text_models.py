@@ -491,6 +491,16 @@ def test_iw_nll_bounds_the_negative_elbo_and_per_word_values_divide_by_the_score
     words = [w for s in corpus.x_test for w in s.split()]
     expected = sum(w not in known for w in words) / len(words)
     assert expected > 0 and whole["unk_rate"] == pytest.approx(expected, rel=1e-12)
+    # The minibatch MI of a text model uses jxhe's text batches: B = 32 sentences of one length
+    # (it used the image setting, B = 50: a higher cap, log 50, and not comparable with the papers)
+    from vae_tf.metrics import mutual_information_minibatch
+
+    codes = model.encode(corpus.x_test)
+    lengths = [len(s.split()) + 1 for s in corpus.x_test]
+    mi = {b: mutual_information_minibatch(codes["z_mean"].numpy(), codes["z_log_var"].numpy(), b, seed=0,
+                                          groups=lengths) for b in (32, 50)}
+    assert whole["mi_minibatch"] == pytest.approx(mi[32], rel=1e-5, abs=1e-7)
+    assert abs(mi[32] - mi[50]) > 1e-5  # (a barely trained model's MI is ~0: the batches still differ)
 
 
 # --- the SavedModel: strings in, strings out, no vae_tf needed ---------------------------------------

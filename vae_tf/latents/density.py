@@ -10,7 +10,8 @@ Gaussian families, a two-component Student-t mixture for the Normal-Gamma family
 out); a categorical part is Cat(π(x)) (:meth:`~vae_tf.latents.base.LatentFamily.category_logits`).
 
 The aggregate posterior q(z) = E_x q(z|x) is estimated by the batch's own mixture, ``j = i``
-included (He et al. 2019, jxhe ``calc_mi``; metrics reference §3):
+included (He et al. 2019, jxhe ``calc_mi``, with a sampled log q(z_i | x_i) for its closed-form
+entropy: :func:`minibatch_mutual_information`; metrics reference §3):
 
     log q̂(z_i) = logsumexp_j log q(z_i | x_j) − log B.
 
@@ -46,9 +47,13 @@ def minibatch_mutual_information(latent, params: tf.Tensor, seed) -> tf.Tensor:
         Î = mean_i [ log q(z_i | x_i) − logsumexp_j log q(z_i | x_j) + log B ],
 
     one z_i ~ q(z|x_i) per example (the discrete model's exact one-hot category where the family
-    has one, whose log q adds log π_j(c_i) to the continuous dims). Capped at ≈ log B and noisy;
-    with a fixed ``seed`` and batch, differences between two models (or two epochs) are not
-    sampling noise.
+    has one, whose log q adds log π_j(c_i) to the continuous dims). Not jxhe's ``calc_mi`` line
+    for line: it has the closed-form −H(q(z|x_i)) where this has log q(z_i | x_i) at the drawn
+    z_i, its Monte-Carlo estimate (the same expectation; every family has the density, not every
+    family a closed-form entropy), and it averages over its data loader, where this takes the one
+    batch it is given (the aggressive procedure's held-out batch: capped at ≈ log B for that B).
+    Noisy; with a fixed ``seed`` and batch, differences between two models (or two epochs) are
+    not sampling noise. The reported diagnostic is :func:`vae_tf.metrics.mutual_information_minibatch`.
     """
     z = latent.hard_code(params, seed)
     g = latent.continuous_size

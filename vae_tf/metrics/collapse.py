@@ -26,6 +26,9 @@ COLLAPSE_DELTA = 0.01
 COLLAPSE_EPS_GRID = (0.01, 0.05, 0.1, 0.5)
 #: Minibatch size of the He et al. (2019) MI estimator on images (jxhe ``image.py``).
 MI_BATCH_SIZE = 50
+#: jxhe's text runs (``config_yahoo.py`` and the others: ``batch_size: 32``), batches of one
+#: sentence length (metrics.md §3: "B = 50 (images) / 32 (text)").
+TEXT_MI_BATCH_SIZE = 32
 #: Elements of one float64 block of the N x N log-density matrix (8 MiB: 1 << 23 elements, 64 MiB,
 #: was 1.8x slower on 8,192 x 8,192, its temporaries no longer fitting any cache).
 _BLOCK_ELEMENTS = 1 << 20
@@ -202,7 +205,7 @@ def mutual_information(mean, log_var, *, z=None, eps=None, seed=0, chunk_size: i
 
 
 def mutual_information_minibatch(mean, log_var, batch_size: int = MI_BATCH_SIZE, *, z=None, eps=None,
-                                 seed=0, shuffle: bool = True) -> float:
+                                 seed=0, shuffle: bool = True, groups=None) -> float:
     """I_q(x; z) by the minibatch estimator of He et al. (2019), jxhe ``calc_mi`` semantics.
 
     The evaluation set is cut into batches of B points (shuffled by ``seed`` unless
@@ -212,6 +215,10 @@ def mutual_information_minibatch(mean, log_var, batch_size: int = MI_BATCH_SIZE,
         Î_b = (1/B) Σ_i [ −H(q(z|x_i)) − (logsumexp_j log q(z_i | x_j) − log B) ]
 
     and the result is the batch-size-weighted mean of Î_b over the batches.
+
+    ``groups`` (one key per row, e.g. a sentence's length): batches are cut within each group
+    (each group's last batch may be smaller), as jxhe's text data loader batches sentences of one
+    length together (``data/text_data.py::create_data_batch``, B = 32).
 
     Reported for comparability with the papers that copy ``calc_mi``; prefer
     :func:`mutual_information`. Pitfalls (metrics.md §3):
@@ -230,9 +237,23 @@ def mutual_information_minibatch(mean, log_var, batch_size: int = MI_BATCH_SIZE,
     n, d = mean.shape
     order = rng.permutation(n) if shuffle else np.arange(n)
     z = _draw_z(mean, log_var, z, eps, rng)
-    mean, log_var, z = mean[order], log_var[order], z[order]
-    neg_h = _neg_entropy(log_var)
+    if groups is None:
+        parts = [order]
+    else:
+        keys = np.asarray(groups).reshape(-1)
+        if len(keys) != n:
+            raise DataError(f"groups has {len(keys)} keys for {n} rows; give one key per row")
+        ordered = keys[order]
+        parts = [order[ordered == key] for key in np.unique(keys)]  # each group in the shuffled order
+    total = sum(_minibatch_sum(mean[part], log_var[part], z[part], batch_size) for part in parts)
+    return total / n
 
+
+def _minibatch_sum(mean: np.ndarray, log_var: np.ndarray, z: np.ndarray, batch_size: int) -> float:
+    """Σ_i [−H(q(z|x_i)) − log q_batch(z_i)] over rows cut in order into batches of
+    ``batch_size`` (the last may be smaller)."""
+    n, d = mean.shape
+    neg_h = _neg_entropy(log_var)
     total = 0.0
     full = (n // batch_size) * batch_size
     # Every full batch at once: (nb, B, B) log densities via einsum (no loop over batches).
@@ -249,7 +270,7 @@ def mutual_information_minibatch(mean, log_var, batch_size: int = MI_BATCH_SIZE,
         rest = slice(full, n)
         log_qz = _log_mixture_density(z[rest], mean[rest], log_var[rest], n - full) - math.log(n - full)
         total += float(np.sum(neg_h[rest] - log_qz))
-    return total / n
+    return total
 
 
 # --- §4 (ε, δ)-collapse -------------------------------------------------------------------------
@@ -390,6 +411,7 @@ __all__ = [
     "COLLAPSE_DELTA",
     "COLLAPSE_EPS_GRID",
     "MI_BATCH_SIZE",
+    "TEXT_MI_BATCH_SIZE",
     "active_units",
     "collapse_curve",
     "collapse_fraction",

@@ -82,7 +82,7 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
                    batch_size: int = 512,
                    au_delta: float = collapse.AU_DELTA,
                    collapse_eps=collapse.COLLAPSE_EPS_GRID, collapse_delta: float = collapse.COLLAPSE_DELTA,
-                   mi_batch_size: int = collapse.MI_BATCH_SIZE,
+                   mi_batch_size: int | None = None,
                    iw_k: int = likelihood.IW_K, iw_chunk: int = likelihood.IW_CHUNK, iw_batch_size: int = 100,
                    iw_max_examples: int | None = None, allow_unnormalised_nll: bool = False,
                    probe: bool = True, tsne: bool = True, tsne_max_points: int = downstream.TSNE_MAX_POINTS,
@@ -100,7 +100,8 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
         max_examples: evaluate a random subset of the split (``None``: all of it).
         batch_size: encoder batch.
         au_delta, collapse_eps, collapse_delta, mi_batch_size: metric settings (defaults:
-            metrics.md).
+            metrics.md; ``mi_batch_size`` None: 50 for images, 32 for text, whose minibatch MI
+            batches sentences of one length together, as jxhe's text runs do).
         iw_k, iw_chunk, iw_batch_size, iw_max_examples: IW-NLL settings; ``iw_k=0`` skips it.
         allow_unnormalised_nll: compute the "NLL" of a Bernoulli likelihood on grey-level data
             anyway (it is a cross-entropy, not a likelihood; the info says so).
@@ -167,9 +168,10 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
     elbo = likelihood.elbo_estimate(model, x, num_samples=1, seed=seed, batch_size=batch_size)
     metrics["elbo"], metrics["reconstruction"] = elbo["elbo"], elbo["reconstruction"]
     est["elbo"] = "1-sample Monte-Carlo reconstruction + the family's KL, mean over examples"
-    words = None
+    words = positions = None
     if text:  # the positions a sentence's likelihood is summed over: its tokens and <eos>
-        words = float(np.mean(model.scored_positions(x)))
+        positions = model.scored_positions(x)
+        words = float(np.mean(positions))
         info["words_per_sentence"] = words
         metrics["elbo_per_word"] = metrics["elbo"] / words
         # The share of the evaluated words the model reads as <unk> (an OOV rate, as language
@@ -197,10 +199,12 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
         metrics["mi_full"] = collapse.mutual_information(post["z_mean"], post["z_log_var"], seed=seed)
         est["mi_full"] = (f"aggregate posterior over all N={len(x)} points, 1 sample per x, closed-form "
                           f"entropy{part}")
-        metrics["mi_minibatch"] = collapse.mutual_information_minibatch(
-            post["z_mean"], post["z_log_var"], batch_size=mi_batch_size, seed=seed)
-        est["mi_minibatch"] = (f"jxhe calc_mi: mixture = shuffled batch of B={mi_batch_size}, capped at "
-                               f"~log B = {math.log(mi_batch_size):.2f} nats, can be negative{part}")
+        mi_b = mi_batch_size or (collapse.TEXT_MI_BATCH_SIZE if text else collapse.MI_BATCH_SIZE)
+        metrics["mi_minibatch"] = collapse.mutual_information_minibatch(  # jxhe's text batches: one length each
+            post["z_mean"], post["z_log_var"], batch_size=mi_b, seed=seed, groups=positions)
+        batches = f"shuffled batch of B={mi_b}" + (" sentences of one length" if text else "")
+        est["mi_minibatch"] = (f"jxhe calc_mi: mixture = {batches}, capped at ~log B = {math.log(mi_b):.2f} nats, "
+                               f"can be negative{part}")
     else:
         skipped["mi"] = "the MI estimators need diagonal-Gaussian posteriors (z_mean, z_log_var)"
 

@@ -29,9 +29,10 @@ batch), run no auxiliary optimizer (an MI regulariser's Q step) and do not advan
 counter.
 
 **Leaving the phase** (per epoch, as in the paper): at the end of every epoch the minibatch MI
-estimate (:func:`vae_tf.latents.density.minibatch_mutual_information`, He et al.'s ``calc_mi``,
-with a fixed seed so that epochs are compared on the same noise) is computed on one held-out
-batch; when it is lower than at the previous epoch's end, ``aggressive_phase`` becomes 0 for good
+estimate (:func:`vae_tf.latents.density.minibatch_mutual_information`: He et al.'s ``calc_mi``
+with log q(z_i | x_i) at the drawn z_i for its closed-form entropy, with a fixed seed so that
+epochs are compared on the same noise) is computed on one held-out batch (He et al. average
+over their whole validation loader in batches of 50, or 32 for text); when it is lower than at the previous epoch's end, ``aggressive_phase`` becomes 0 for good
 and ``aggressive_end_epoch`` records the epoch (1-based). ``leave_phase: never`` keeps the phase
 for the whole run (the MI is still estimated and logged every epoch).
 
