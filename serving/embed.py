@@ -418,7 +418,7 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
     n_chunks = (n + chunk_size - 1) // chunk_size
     manifest = {"format": 1, "source": source.description, "model": encoder.identity, "outputs": list(outputs),
                 "chunk_size": int(chunk_size), "batch_size": int(batch_size), "rows": n, "chunks": n_chunks,
-                "labels": source.y is not None}
+                "labels": source.y is not None, "input": input_fingerprint(source.description.get("path"))}
     _prepare_parts(parts, manifest, overwrite)
 
     reused = 0
@@ -457,6 +457,36 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
                        None if policy is None else (truncated, counted, policy.max_length))
 
 
+def input_fingerprint(path) -> dict | None:
+    """``{file: [size, modification time in ns]}`` of the input file(s) at ``path`` (a file, a
+    folder's files, or a glob), so that a resume does not mix chunks of a file that has changed
+    since with chunks of its new content; None for a registered data set."""
+    import glob
+
+    if not isinstance(path, str) or not path:
+        return None
+    if glob.has_magic(path):
+        files = sorted(glob.glob(path))
+    elif os.path.isdir(path):
+        files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
+    else:
+        files = [path]
+    found = {}
+    for name in files:
+        try:
+            stat = os.stat(name)
+        except OSError:
+            continue
+        found[name] = [stat.st_size, stat.st_mtime_ns]
+    return found
+
+
+#: What each key of the manifest is, for the message of a resume with other settings.
+_MANIFEST_KEYS = {"source": "data or split", "model": "model or version", "outputs": "--outputs",
+                  "chunk_size": "--chunk-size", "batch_size": "--batch-size", "rows": "rows", "chunks": "rows",
+                  "labels": "labels", "input": "input file contents", "format": "vae-tf version"}
+
+
 def _prepare_parts(parts: Path, manifest: dict, overwrite: bool) -> None:
     path = parts / MANIFEST
     if parts.is_dir() and path.is_file() and not overwrite:
@@ -466,8 +496,13 @@ def _prepare_parts(parts: Path, manifest: dict, overwrite: bool) -> None:
             previous = None
         if previous == manifest:
             return  # resume
-        raise ConfigError(f"{parts} holds chunks of a run with other settings (data, model, version, outputs or "
-                          "sizes); rerun with those settings to resume, or pass --overwrite to start over")
+        changed = sorted({_MANIFEST_KEYS.get(k, k) for k in set(manifest) | set(previous or {})
+                          if (previous or {}).get(k) != manifest.get(k)})
+        if changed == ["input file contents"]:
+            raise ConfigError(f"{parts} holds chunks of an earlier content of the input (a file's size or modification "
+                              "time has changed since); pass --overwrite to embed it anew")
+        raise ConfigError(f"{parts} holds chunks of a run with other settings ({', '.join(changed)}); rerun with "
+                          "those settings to resume, or pass --overwrite to start over")
     if parts.exists():
         shutil.rmtree(parts)
     parts.mkdir(parents=True)

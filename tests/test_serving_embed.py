@@ -99,6 +99,37 @@ def test_embed_resumes_from_finished_chunks(base, tmp_path):
     np.testing.assert_array_equal(labels, source.y)
 
 
+def test_a_resume_after_the_input_file_changed_is_refused(base, tmp_path, capsys):
+    """The manifest recorded the path and the row count only: an .npy rewritten with the same
+    shape between a kill and the rerun was resumed, its first chunks embeddings of the old rows."""
+    import os
+
+    x = np.random.default_rng(0).random((120, 8, 8), dtype=np.float32)
+    data = tmp_path / "x.npy"
+    np.save(data, x)
+    source = load_source("npy", path=str(data), split="all")
+    encoder = LocalEncoder(base / "vae")
+    flaky, Interrupted = interrupted_after(encoder, 2)
+    out = tmp_path / "x.parquet"
+    with pytest.raises(Interrupted):
+        extract_embeddings(source, flaky, out, chunk_size=50, batch_size=50)
+    np.save(data, x[::-1])  # same shape, other rows
+    stat = os.stat(data)
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later time, however coarse the clock
+    same = ("--chunk-size", "50", "--batch-size", "50")
+    assert _embed("--model", str(base / "vae"), "--data", str(data), "--split", "all", "-o", str(out), *same) == 2
+    err = capsys.readouterr().err.strip()
+    assert_one_line(err)
+    assert err == (f"error: {out}.parts holds chunks of an earlier content of the input (a file's size or "
+                   "modification time has changed since); pass --overwrite to embed it anew")
+    # other settings are named
+    assert _embed("--model", str(base / "vae"), "--data", str(data), "--split", "all", "-o", str(out),
+                  "--chunk-size", "40", "--batch-size", "50") == 2
+    assert "other settings (--chunk-size, input file contents); rerun" in capsys.readouterr().err
+    assert _embed("--model", str(base / "vae"), "--data", str(data), "--split", "all", "-o", str(out),
+                  "--overwrite") == 0
+
+
 def test_embed_refuses_to_mix_settings(base, tmp_path, capsys):
     out = tmp_path / "e.npz"
     parts = tmp_path / "e.npz.parts"
