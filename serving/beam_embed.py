@@ -179,10 +179,11 @@ def _match(pattern: str, what: str) -> list[str]:
 
 class ParquetSource:
     """Every row of the Parquet files matching ``pattern`` (any Beam file system), files in sorted
-    order; the data is the first column named ``x``, ``images``, ``x_train`` or ``imgs`` (as in
-    an ``.npz``), labels the first named ``y`` or ``labels``. With ``text=True`` (a text model)
-    the data is a column of sentences (``column``, else ``text``, ``sentence``, ``sentences`` or
-    ``x``; rows without a sentence are skipped) and labels may be named (``label_column``)."""
+    order; the data is ``column``, else the first column named ``x``, ``images``, ``x_train`` or
+    ``imgs`` (as in an ``.npz``), labels ``label_column``, else the first named ``y``, ``labels``
+    or ``label``. With ``text=True`` (a text model) the data is a column of sentences
+    (``column``, else ``text``, ``sentence``, ``sentences`` or ``x``; rows without a sentence are
+    skipped)."""
 
     def __init__(self, pattern: str, data_shape: Sequence[int], chunk_size: int, *, text: bool = False,
                  column: str | None = None, label_column: str | None = None):
@@ -194,12 +195,8 @@ class ParquetSource:
         self.data_shape = tuple(int(d) for d in data_shape)
         self.chunk_size = int(chunk_size)
         self.text = text
-        data_keys, label_keys = X_KEYS, Y_KEYS
-        if text:
-            data_keys = (column,) if column else TEXT_COLUMNS
-            label_keys = (label_column,) if label_column else LABEL_COLUMNS
-        elif column or label_column:
-            raise ConfigError("--column and --label-column name the sentence and label columns for a text model")
+        data_keys = (column,) if column else (TEXT_COLUMNS if text else X_KEYS)
+        label_keys = (label_column,) if label_column else (LABEL_COLUMNS if text else Y_KEYS + ("label",))
         paths = _match(pattern, "Parquet")
         self.parts: list[ParquetPart] = []
         self.x_column = self.y_column = None
@@ -215,9 +212,11 @@ class ParquetSource:
             x_col = next((k for k in data_keys if k in names), None)
             if x_col is None:
                 raise DataError(f"{path} has no data column: expected {', '.join(map(repr, data_keys))}, found "
-                                f"{', '.join(map(repr, names))}; "
-                                + ("name the column of sentences with --column NAME" if text else
-                                   "name the column of rows 'x'"))
+                                f"{', '.join(map(repr, names))}; name the column of "
+                                + ("sentences" if text else "rows") + " with --column NAME")
+            if label_column and label_column not in names:
+                raise DataError(f"{path} has no label column {label_column!r} (--label-column); found "
+                                f"{', '.join(map(repr, names))}")
             y_col = next((k for k in label_keys if k in names and k != x_col), None)
             if self.x_column is None:
                 self.x_column, self.y_column = x_col, y_col
@@ -255,8 +254,10 @@ class ParquetSource:
                 if self.labels:
                     labels = batch.column(1)
                     if labels.null_count or not pa.types.is_integer(labels.type):
-                        raise DataError(f"column {self.y_column!r} of {part.path} must hold integer class "
-                                        f"indices without nulls, got {labels.type}")
+                        nulls = f" with {labels.null_count} null(s)" if labels.null_count else ""
+                        raise DataError(f"column {self.y_column!r} of {part.path} must hold integer class indices "
+                                        f"without nulls, got {labels.type}{nulls}; fill or drop those rows, or name "
+                                        "another column with --label-column")
                     columns["label"] = labels.to_numpy(zero_copy_only=False).astype(np.int64)
                 start += n
                 yield columns, rows

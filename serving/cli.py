@@ -108,10 +108,11 @@ def add_parsers(sub) -> None:
                             "With --model, the data set the model was trained on (the default) is read as its training "
                             "run read it: its options (e.g. n_samples, image_size), seed, fractions and max_samples, "
                             "unless given here; with --server the default is digits")
-    embed.add_argument("--column", help="text models, Parquet/CSV input: the column of sentences (default: text, "
-                                        "sentence, sentences or x, else the only string column)")
-    embed.add_argument("--label-column", help="text models, Parquet/CSV input: a column of integer labels to keep "
-                                              "(default: y, labels or label when present)")
+    embed.add_argument("--column", help="Parquet/CSV input: the column of sentences (text models; default: text, "
+                                        "sentence, sentences or x, else the only string column) or of rows (image "
+                                        "models, --runner beam; default: x, images, x_train or imgs)")
+    embed.add_argument("--label-column", help="Parquet/CSV input: a column of integer labels to keep (default: y, "
+                                              "labels or label when present)")
     embed.add_argument("--path", help="file or folder for --data npz/npy/images")
     embed.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     embed.add_argument("--seed", type=int, default=None,
@@ -251,6 +252,13 @@ def cmd_embed(args) -> int:
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
     if not outputs:
         raise ConfigError("--outputs is empty; name at least one encode output, e.g. embedding")
+    folder = args.path or args.data
+    if folder and Path(folder).expanduser().is_dir() and any(Path(folder).expanduser().glob("*.parquet")):
+        # A folder of Parquet part files (what Spark, Beam and pandas write): its files, in name order.
+        if args.runner != "beam":
+            raise ConfigError(f"{folder} is a folder of Parquet files, which the Beam pipeline reads: add --runner "
+                              f"beam (or give one of its files)")
+        args.data, args.path = str(Path(folder) / "*.parquet"), None
     if args.runner == "beam":
         return _beam_embed().cmd_embed_beam(args, outputs)
     if args.workers is not None or args.beam_args:

@@ -632,18 +632,22 @@ def _assemble_parquet(tmp: Path, parts: Path, n_chunks: int, columns: list[str],
 
 
 def read_embeddings(path: str | os.PathLike, column: str = "embedding") -> tuple[np.ndarray, np.ndarray | None]:
-    """``(embeddings, labels or None)`` from a ``vae-tf embed`` output (``.npz``/``.parquet``)."""
+    """``(embeddings, labels or None)`` from a ``vae-tf embed`` output (``.npz``/``.parquet``, or the
+    folder of Parquet files ``--runner beam`` writes, rows sorted on ``index``)."""
     path = Path(path)
     if column in ("index", "label"):  # what embed writes beside the codes: a probe on it says nothing
         raise DataError(f"--column {column} is the row's {'position' if column == 'index' else 'class'}, not a code; "
                         "name an encode output (embedding, z_mean, ...)")
-    if not path.is_file():
+    folder = path.is_dir() and any(path.glob("*.parquet"))  # `vae-tf embed --runner beam`'s output
+    if not path.is_file() and not folder:
         raise DataError(f"no such file: {str(path)!r}; run vae-tf embed first")
     try:
-        if path.suffix.lower() == ".parquet":
+        if folder or path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
             table = pq.read_table(path)
+            if folder and "index" in table.column_names:  # its part files hold rows in no particular order
+                table = table.sort_by("index")
             if column not in table.column_names:
                 raise DataError(f"{path} has no column {column!r} (columns: {', '.join(table.column_names)})")
             import pyarrow as pa

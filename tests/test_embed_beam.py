@@ -171,6 +171,36 @@ def test_parquet_input_every_row_in_file_order(exports, tmp_path, capsys, monkey
     # The model saw batches of 16 here and all rows at once there: equal up to float32 round-off.
     np.testing.assert_allclose(codes, _encode_directly(exports / "1", x), rtol=1e-5, atol=1e-6)
 
+    # The folder itself (as Spark and Beam write Parquet) reads as its files in name order; it
+    # was read as an image folder ("no PNG/JPEG files"). The one-process runner says to use Beam.
+    assert main(["embed", "--runner", "beam", "--data", str(folder), "--model", str(exports / "1"), "-o", "out2",
+                 "--chunk-size", "64", "--batch-size", "16"]) == 0
+    assert pq.read_table(tmp_path / "out2").sort_by("index").equals(table)
+    capsys.readouterr()
+    assert _error(capsys, "embed", "--data", str(folder), "--model", str(exports / "1"), "-o", "o.parquet") == (
+        f"error: {folder} is a folder of Parquet files, which the Beam pipeline reads: add --runner beam (or give "
+        "one of its files)")
+    # Columns of other names are named (--column / --label-column); "label" is found by itself.
+    renamed = tmp_path / "renamed.parquet"
+    pq.write_table(pa.table({"pixels": _list_column(x, True), "label": y, "klass": y[::-1]}), renamed)
+    assert main(["embed", "--runner", "beam", "--data", str(renamed), "--column", "pixels", "--model",
+                 str(exports / "1"), "-o", "out3", "--chunk-size", "64", "--batch-size", "16"]) == 0
+    assert pq.read_table(tmp_path / "out3").sort_by("index").equals(table)
+    assert main(["embed", "--runner", "beam", "--data", str(renamed), "--column", "pixels", "--label-column", "klass",
+                 "--model", str(exports / "1"), "-o", "out4", "--chunk-size", "64", "--batch-size", "16"]) == 0
+    np.testing.assert_array_equal(pq.read_table(tmp_path / "out4").sort_by("index")["label"].to_numpy(), y[::-1])
+    capsys.readouterr()
+    assert _error(capsys, "embed", "--runner", "beam", "--data", str(renamed), "--column", "pixels", "--label-column",
+                  "kind", "--model", str(exports / "1"), "-o", "out5") == (
+        f"error: {renamed} has no label column 'kind' (--label-column); found 'pixels', 'label', 'klass'")
+    # `vae-tf probe` reads the output folder (it said "no such file"), rows sorted on index: the
+    # same result as for one file of the sorted table
+    pq.write_table(table, tmp_path / "one.parquet")
+    assert main(["probe", "out", "--json"]) == 0
+    from_folder = capsys.readouterr().out
+    assert main(["probe", "one.parquet", "--json"]) == 0
+    assert from_folder == capsys.readouterr().out and '"test_accuracy"' in from_folder
+
 
 def _error(capsys, *argv) -> str:
     assert main(list(argv)) == 2
@@ -193,7 +223,7 @@ def test_bad_input_is_one_line(exports, tmp_path, capsys):
     good = np.zeros((4, 64), np.float32)
     nocol = parquet("nocol.parquet", pixels=_list_column(good, True))
     err = _error(capsys, *beam, "--model", str(exports), "--data", nocol)
-    assert "has no data column" in err and "'pixels'" in err
+    assert "has no data column" in err and "'pixels'" in err and err.endswith("name the column of rows with --column NAME")
     ints = parquet("ints.parquet", x=_list_column(good.astype(np.uint8), True))
     assert "holds uint8" in _error(capsys, *beam, "--model", str(exports), "--data", ints)
     short = parquet("short.parquet", x=_list_column(np.zeros((4, 60), np.float32), True))
