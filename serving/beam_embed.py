@@ -115,9 +115,10 @@ class SplitSource:
         yield columns, self.source.x[start:stop]
 
 
-def column_rows(column, shape: tuple[int, ...], where: str, first: int = 0) -> np.ndarray:
+def column_rows(column, shape: tuple[int, ...], where: str, first: int = 0, file_first: int = 0) -> np.ndarray:
     """float32 rows ``[N, *shape]`` from an Arrow column of (nested) lists of numbers, one row per
-    entry; ``first`` is the input row of the first entry (for messages).
+    entry; ``first`` is the input row (``index``) of the first entry and ``file_first`` that of
+    the first row of its file (for messages, which name the row of the file).
 
     Floats are kept as they are (cast to float32) and booleans become 0/1. Integers are refused:
     ``vae-tf embed``'s scaling of integer data (uint8 / 255 unless every value is 0 or 1) depends
@@ -150,7 +151,8 @@ def column_rows(column, shape: tuple[int, ...], where: str, first: int = 0) -> n
                         f"(shape {list(shape)}); give rows of the model's data shape")
     if not np.all(np.isfinite(flat)):
         bad = first + int(np.flatnonzero(~np.isfinite(flat))[0]) // size
-        raise DataError(f"{where} has a NaN or infinite value in row {bad}; remove or impute those rows before "
+        row = f"row {bad - file_first}" + (f" (index {bad} over all files)" if file_first else "")
+        raise DataError(f"{where} has a NaN or infinite value in {row}; remove or impute those rows before "
                         "embedding them")
     return flat.reshape((n,) + tuple(shape))
 
@@ -158,11 +160,12 @@ def column_rows(column, shape: tuple[int, ...], where: str, first: int = 0) -> n
 @dataclass(frozen=True)
 class ParquetPart:
     """One work item of :class:`ParquetSource`: row group ``row_group`` of ``path``, whose first
-    row is row ``first`` of the whole input."""
+    row is row ``first`` of the whole input; the file's first row is row ``file_first``."""
 
     path: str
     row_group: int
     first: int
+    file_first: int = 0
 
 
 def _match(pattern: str, what: str) -> list[str]:
@@ -223,8 +226,9 @@ class ParquetSource:
             elif (x_col, y_col) != (self.x_column, self.y_column):
                 raise DataError(f"{path} has columns {x_col!r}/{y_col!r} but {paths[0]} has "
                                 f"{self.x_column!r}/{self.y_column!r}; give every file the same columns")
+            file_first = first
             for group in range(meta.num_row_groups):
-                self.parts.append(ParquetPart(path, group, first))
+                self.parts.append(ParquetPart(path, group, first, file_first))
                 first += meta.row_group(group).num_rows
         self.rows = first
         self.labels = self.y_column is not None
@@ -249,7 +253,8 @@ class ParquetSource:
                                                  f"column {self.y_column!r} of {part.path}"), self.labels)
                     start += n
                     continue
-                rows = column_rows(batch.column(0), self.data_shape, f"column {self.x_column!r} of {part.path}", start)
+                rows = column_rows(batch.column(0), self.data_shape, f"column {self.x_column!r} of {part.path}", start,
+                                   part.file_first)
                 columns = {"index": np.arange(start, start + n, dtype=np.int64)}
                 if self.labels:
                     labels = batch.column(1)
@@ -754,10 +759,13 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
     files = sorted(set(after) - set(stale))
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
-    return BeamEmbedResult(output, source.rows, files, columns, str(options.view_as(StandardOptions).runner),
+    counted = _counted(job, getattr(encoder, "text_policy", None))
+    # A text table's rows without a sentence are skipped by the workers: the sentences embedded,
+    # as the job counted them, not the table's rows the launcher read from the footers.
+    rows = counted[1] if counted is not None else source.rows
+    return BeamEmbedResult(output, rows, files, columns, str(options.view_as(StandardOptions).runner),
                            options.view_as(DirectOptions).direct_num_workers if workers else None,
-                           {"model": str(encoder.version_dir.resolve())},
-                           _counted(job, getattr(encoder, "text_policy", None)), removed)
+                           {"model": str(encoder.version_dir.resolve())}, counted, removed)
 
 
 # -- command line --------------------------------------------------------------------------------

@@ -311,6 +311,25 @@ def test_a_killed_run_s_temporary_folders_are_removed_and_other_parquet_files_re
         "with the embeddings; choose an empty --output directory")
 
 
+def test_a_bad_row_is_named_by_its_row_in_its_file(tmp_path):
+    """The error named the row counted over all files (1400 for row 500 of the second file)."""
+    from serving.beam_embed import ParquetSource
+    from vae_tf.errors import DataError
+
+    x = np.random.default_rng(0).random((30, 64), dtype=np.float32)
+    bad = x.copy()
+    bad[5, 7] = np.inf
+    pq.write_table(pa.table({"x": _list_column(x, True)}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"x": _list_column(bad, True)}), tmp_path / "b.parquet", row_group_size=4)
+    source = ParquetSource(str(tmp_path / "*.parquet"), SHAPE, 64)
+    for part in source.work()[:2]:  # a.parquet and b.parquet's first row group: fine
+        assert sum(len(rows) for _, rows in source.read(part)) in (30, 4)
+    with pytest.raises(DataError) as said:
+        list(source.read(source.work()[2]))  # b.parquet's rows 4-7
+    assert str(said.value) == (f"column 'x' of {tmp_path / 'b.parquet'} has a NaN or infinite value in row 5 (index "
+                               "35 over all files); remove or impute those rows before embedding them")
+
+
 @pytest.mark.slow
 def test_a_bad_row_found_by_a_worker_is_one_line(exports, tmp_path, capfd):
     """... on the whole of stderr (capfd: the worker processes' descriptors too): the worker that
@@ -410,7 +429,10 @@ def test_text_files_and_parquet_sentences_equal_vae_tf_embed(text_exports, tmp_p
     pq.write_table(pa.table({"label": [i % 3 for i in range(230)], "text": texts}), folder / "s.parquet",
                    row_group_size=100)
     strings = tmp_path / "strings"
+    capsys.readouterr()
     assert main(["embed", "--runner", "beam", "--data", str(folder / "s.parquet"), *common, "-o", str(strings)]) == 0
+    # the sentences embedded, not the table's rows (it said 230 with the blank ones)
+    assert f"({len(kept)} rows in " in capsys.readouterr().out and len(kept) < 230
     table = pq.read_table(strings).sort_by("index")
     assert table.column_names == ["embedding", "index", "label"]
     np.testing.assert_array_equal(table["index"].to_numpy(), kept)
