@@ -123,14 +123,14 @@ def add_parsers(sub) -> None:
                        help="as data.test_fraction in training (default: the model's for its own data set, else 0.1)")
     embed.add_argument("--max-samples", type=positive_int, default=None,
                        help="cap the data set size (default: the model's for its own data set, else none)")
-    source = embed.add_mutually_exclusive_group(required=True)
+    source = embed.add_mutually_exclusive_group()  # one is required: cmd_embed says so (and why it may be missing)
     source.add_argument("--model", "-m", help="export directory models/NAME[/VERSION] (runs locally)")
     source.add_argument("--server", help="http://HOST:8501 (REST) or grpc://HOST:8500 (gRPC)")
     embed.add_argument("--model-name", help="model name on the server (default: $MODEL_NAME or model)")
     embed.add_argument("--model-version", type=positive_int,
                        help="server version to use (default: the one served when the run starts, kept for the run)")
-    embed.add_argument("--output", "-o", required=True,
-                       help="output file, .npz or .parquet (--runner beam: a directory for Parquet files)")
+    embed.add_argument("--output", "-o",  # required; checked in cmd_embed, whose error can tell why it is missing
+                       help="(required) output file, .npz or .parquet (--runner beam: a directory for Parquet files)")
     embed.add_argument("--outputs", default="embedding",
                        help="comma-separated encode outputs to keep (default embedding; e.g. embedding,z_mean)")
     embed.add_argument("--chunk-size", type=positive_int, default=4096, help="rows per chunk file (default 4096)")
@@ -249,6 +249,17 @@ def cmd_embed(args) -> int:
     from serving.text_rows import input_kind
     from vae_tf.errors import ConfigError
 
+    stray = list(args.beam_args or [])
+    if stray and stray[0] != "--":
+        # Words after the options that are no option's value: most often a glob the shell expanded
+        # (--data rows/*.parquet), whose second file started the Beam options and took -o with it.
+        raise ConfigError(f"unexpected argument(s) {' '.join(stray[:3])}{' ...' if len(stray) > 3 else ''}: quote a "
+                          "glob so that the shell passes it whole (--data 'rows/*.parquet'), and put Beam options "
+                          "after --")
+    if not args.model and not args.server:
+        raise ConfigError("give --model models/NAME[/VERSION] (a local export) or --server URL (a running vae-tf serve)")
+    if not args.output:
+        raise ConfigError("--output/-o is required: a .npz or .parquet file (--runner beam: a directory)")
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
     if not outputs:
         raise ConfigError("--outputs is empty; name at least one encode output, e.g. embedding")

@@ -311,6 +311,20 @@ def test_a_killed_run_s_temporary_folders_are_removed_and_other_parquet_files_re
         "with the embeddings; choose an empty --output directory")
 
 
+def test_an_unquoted_glob_or_a_missing_argument_says_why(exports, tmp_path, capsys):
+    """A glob the shell expanded (--data rows/*.parquet): its second file began the Beam options
+    and took -o with it, and argparse said only "the following arguments are required: -o"."""
+    files = [str(tmp_path / f"part-{i}.parquet") for i in range(4)]
+    assert _error(capsys, "embed", "--runner", "beam", "--data", *files, "--model", str(exports), "-o",
+                  str(tmp_path / "out")) == (
+        f"error: unexpected argument(s) {' '.join(files[1:4])} ...: quote a glob so that the shell passes it whole "
+        "(--data 'rows/*.parquet'), and put Beam options after --")
+    assert _error(capsys, "embed", "--model", str(exports)) == (
+        "error: --output/-o is required: a .npz or .parquet file (--runner beam: a directory)")
+    assert _error(capsys, "embed", "-o", str(tmp_path / "e.npz")) == (
+        "error: give --model models/NAME[/VERSION] (a local export) or --server URL (a running vae-tf serve)")
+
+
 def test_a_bad_row_is_named_by_its_row_in_its_file(tmp_path):
     """The error named the row counted over all files (1400 for row 500 of the second file)."""
     from serving.beam_embed import ParquetSource
