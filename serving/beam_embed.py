@@ -28,7 +28,8 @@ Sources (each has ``work()``: small picklable work items, and ``read(item)``: th
   every worker must see the file at the same path (local disk, a shared mount, the image).
 - :class:`ParquetSource`: Parquet files matched by a pattern on any Beam file system (local,
   ``gs://``, ``s3://``, ``hdfs://``), every row in file order (files sorted by name); a work item
-  is one row group, so nothing is read on the launcher but the footers. ``index`` is the row's
+  is one row group, or consecutive small ones up to ``--chunk-size`` rows, so nothing is read on
+  the launcher but the footers. ``index`` is the row's
   position in that order, the same on every run; ``label`` is copied from a ``y``/``labels``
   column when there is one.
 
@@ -159,11 +160,12 @@ def column_rows(column, shape: tuple[int, ...], where: str, first: int = 0, file
 
 @dataclass(frozen=True)
 class ParquetPart:
-    """One work item of :class:`ParquetSource`: row group ``row_group`` of ``path``, whose first
-    row is row ``first`` of the whole input; the file's first row is row ``file_first``."""
+    """One work item of :class:`ParquetSource`: consecutive row groups ``row_groups`` of ``path``,
+    whose first row is row ``first`` of the whole input; the file's first row is row
+    ``file_first``."""
 
     path: str
-    row_group: int
+    row_groups: tuple[int, ...]
     first: int
     file_first: int = 0
 
@@ -226,10 +228,19 @@ class ParquetSource:
             elif (x_col, y_col) != (self.x_column, self.y_column):
                 raise DataError(f"{path} has columns {x_col!r}/{y_col!r} but {paths[0]} has "
                                 f"{self.x_column!r}/{self.y_column!r}; give every file the same columns")
-            file_first = first
+            # A work item is one row group, or consecutive small ones up to --chunk-size rows: a
+            # file written one row per group (5,000 groups) was 5,000 work items, 63 rows/s.
+            file_first, groups, item_first, item_rows = first, [], first, 0
             for group in range(meta.num_row_groups):
-                self.parts.append(ParquetPart(path, group, first, file_first))
-                first += meta.row_group(group).num_rows
+                rows = meta.row_group(group).num_rows
+                if groups and item_rows + rows > self.chunk_size:
+                    self.parts.append(ParquetPart(path, tuple(groups), item_first, file_first))
+                    groups, item_first, item_rows = [], first, 0
+                groups.append(group)
+                item_rows += rows
+                first += rows
+            if groups:
+                self.parts.append(ParquetPart(path, tuple(groups), item_first, file_first))
         self.rows = first
         self.labels = self.y_column is not None
         self.description = {"data": "parquet", "path": pattern, "files": len(paths), "rows": first}
@@ -244,7 +255,7 @@ class ParquetSource:
         wanted = [self.x_column] + ([self.y_column] if self.labels else [])
         start = part.first
         with FileSystems.open(part.path) as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(self.chunk_size, row_groups=[part.row_group],
+            for batch in pq.ParquetFile(handle).iter_batches(self.chunk_size, row_groups=list(part.row_groups),
                                                              columns=wanted):
                 n = batch.num_rows
                 if self.text:

@@ -325,6 +325,25 @@ def test_an_unquoted_glob_or_a_missing_argument_says_why(exports, tmp_path, caps
         "error: give --model models/NAME[/VERSION] (a local export) or --server URL (a running vae-tf serve)")
 
 
+def test_small_row_groups_are_read_together_up_to_a_chunk(tmp_path):
+    """A work item was one row group: a file written one row per group was 5,000 work items
+    (63 rows/s, and as many one-row groups in the output). Consecutive groups of a file now make
+    one item of up to --chunk-size rows; a larger group stays one item; files are not mixed."""
+    from serving.beam_embed import ParquetSource
+
+    x = np.random.default_rng(0).random((150, 64), dtype=np.float32)
+    pq.write_table(pa.table({"x": _list_column(x, True)}), tmp_path / "a.parquet", row_group_size=1)
+    pq.write_table(pa.table({"x": _list_column(x[:100], True)}), tmp_path / "b.parquet", row_group_size=100)
+    source = ParquetSource(str(tmp_path / "*.parquet"), SHAPE, 64)
+    items = source.work()
+    assert [(Path(i.path).name, len(i.row_groups), i.first) for i in items] == [
+        ("a.parquet", 64, 0), ("a.parquet", 64, 64), ("a.parquet", 22, 128), ("b.parquet", 1, 150)]
+    read = [chunk for item in items for chunk in source.read(item)]
+    np.testing.assert_array_equal(np.concatenate([c["index"] for c, _ in read]), np.arange(250))
+    np.testing.assert_array_equal(np.concatenate([r for _, r in read]).reshape(250, 64), np.concatenate([x, x[:100]]))
+    assert max(len(r) for _, r in read) == 64
+
+
 def test_a_bad_row_is_named_by_its_row_in_its_file(tmp_path):
     """The error named the row counted over all files (1400 for row 500 of the second file)."""
     from serving.beam_embed import ParquetSource
@@ -335,7 +354,7 @@ def test_a_bad_row_is_named_by_its_row_in_its_file(tmp_path):
     bad[5, 7] = np.inf
     pq.write_table(pa.table({"x": _list_column(x, True)}), tmp_path / "a.parquet")
     pq.write_table(pa.table({"x": _list_column(bad, True)}), tmp_path / "b.parquet", row_group_size=4)
-    source = ParquetSource(str(tmp_path / "*.parquet"), SHAPE, 64)
+    source = ParquetSource(str(tmp_path / "*.parquet"), SHAPE, 4)  # chunks of 4 rows: one row group each
     for part in source.work()[:2]:  # a.parquet and b.parquet's first row group: fine
         assert sum(len(rows) for _, rows in source.read(part)) in (30, 4)
     with pytest.raises(DataError) as said:
@@ -379,7 +398,7 @@ def test_rows_outside_the_likelihoods_support_fail_on_beam_as_in_one_process(exp
     parquet = tmp_path / "scaled.parquet"
     pq.write_table(pa.table({"x": _list_column(x.reshape(40, -1), True)}), parquet, row_group_size=16)
     err = _error(capsys, "embed", "--runner", "beam", "--model", str(exports), "--data", str(parquet),
-                 "-o", str(tmp_path / "out"))
+                 "--chunk-size", "16", "-o", str(tmp_path / "out"))
     assert f"error: row 5 of {parquet} has values outside [0, 1], which the model's bernoulli likelihood reads " \
            "(rows 0-15 lie in [0.5, 3]); scale the data" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scaled.npz", "scaled.parquet"]  # nothing half-written
