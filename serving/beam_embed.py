@@ -774,8 +774,10 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
     # A text table's rows without a sentence are skipped by the workers: the sentences embedded,
     # as the job counted them, not the table's rows the launcher read from the footers.
     rows = counted[1] if counted is not None else source.rows
+    direct = options.view_as(DirectOptions)  # --workers, or -- --direct_num_workers with its running mode
+    local_workers = direct.direct_num_workers if direct.direct_running_mode == "multi_processing" else None
     return BeamEmbedResult(output, rows, files, columns, str(options.view_as(StandardOptions).runner),
-                           options.view_as(DirectOptions).direct_num_workers if workers else None,
+                           local_workers,
                            {"model": str(encoder.version_dir.resolve())}, counted, removed)
 
 
@@ -844,8 +846,13 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
     if result.stale_removed:
         print(f"removed:       {result.stale_removed} temporary folder(s) (beam-temp-*) of an earlier run that was "
               "killed; they held no output")
-    read = split_summary(source.source, result.rows, as_trained=bool(getattr(args, "as_trained", False))) \
-        if isinstance(source, SplitSource) else None
+    if isinstance(source, SplitSource):
+        read = split_summary(source.source, result.rows, as_trained=bool(getattr(args, "as_trained", False)))
+    else:  # every row (sentence) of the files, in file order
+        files = source.description.get("files")
+        read = f"every {'sentence' if source.text else 'row'} of {files} file(s) matching {source.description['path']}, " \
+               "files in name order" if isinstance(source, ParquetSource) else \
+            f"every sentence of {files} file(s) matching {source.description['path']}, files in name order"
     if read:
         print(f"data:          {read}")
     cut = truncation_summary(result.truncated, result.rows)

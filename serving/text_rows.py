@@ -218,6 +218,9 @@ def batch_rows(values, labels, position: int, where: str, label_where: str | Non
     an integer column or None, ``position`` the input row of the batch's first entry."""
     import pyarrow as pa
 
+    if pa.types.is_dictionary(values.type) and (pa.types.is_string(values.type.value_type)
+                                                or pa.types.is_large_string(values.type.value_type)):
+        values = values.dictionary_decode()  # a dictionary-encoded string column (pandas' category dtype)
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         raise DataError(f"{where} holds {values.type}, not sentences; give the column of strings with --column NAME")
     if labels is not None:

@@ -163,7 +163,9 @@ def test_parquet_input_every_row_in_file_order(exports, tmp_path, capsys, monkey
     monkeypatch.chdir(tmp_path)
     assert main(["embed", "--runner", "beam", "--data", str(folder / "*.parquet"), "--model", str(exports / "1"),
                  "-o", "out", "--chunk-size", "64", "--batch-size", "16"]) == 0
-    assert f"embeddings:    {out.resolve()} (230 rows" in capsys.readouterr().out  # absolute, as `vae-tf embed` prints
+    printed = capsys.readouterr().out
+    assert f"embeddings:    {out.resolve()} (230 rows" in printed  # absolute, as `vae-tf embed` prints
+    assert f"data:          every row of 2 file(s) matching {folder / '*.parquet'}, files in name order" in printed
     table = pq.read_table(out).sort_by("index")
     np.testing.assert_array_equal(table["index"].to_numpy(), np.arange(230))
     np.testing.assert_array_equal(table["label"].to_numpy(), y)

@@ -156,6 +156,19 @@ def test_text_embed_resumes_from_finished_chunks(base, tmp_path):
             np.testing.assert_array_equal(resumed["index"], kept)
 
 
+def test_a_dictionary_encoded_sentence_column_is_read_as_its_strings():
+    """pandas writes a category column dictionary-encoded; it was refused as "not sentences"."""
+    from serving.text_rows import batch_rows
+
+    plain = pa.array(["a cat", None, " ", "a dog", "a cat"])
+    labels = pa.array([1, 2, 3, 4, 5])
+    want = [(10, "a cat", 1), (13, "a dog", 4), (14, "a cat", 5)]
+    assert batch_rows(plain, labels, 10, "col", "labels") == want
+    assert batch_rows(plain.dictionary_encode(), labels, 10, "col", "labels") == want
+    with pytest.raises(Exception, match="holds dictionary<values=int64"):
+        batch_rows(pa.array([1, 2]).dictionary_encode(), None, 0, "col")
+
+
 def test_text_embed_memory_does_not_grow_with_the_lines(tmp_path):
     """tracemalloc's peak while embedding a text file 4x longer stays flat: the job holds a chunk of
     sentences and checkpoints (one per 4096 sentences), never the file."""

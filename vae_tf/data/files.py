@@ -243,7 +243,7 @@ def open_npz(plan: SplitPlan, *, path: str | None = None) -> LazySplits:
             x_key = next((k for k in X_KEYS if k in keys), None)
             if x_key is None:
                 raise DataError(
-                    f"no data array in {str(p)!r}: expected key 'x', 'images' or 'x_train', found "
+                    f"no data array in {str(p)!r}: expected key {', '.join(map(repr, X_KEYS))}, found "
                     f"{', '.join(map(repr, keys)) or 'no keys'}; save it with np.savez(path, x=...)"
                 )
             x = rows(archive, x_key)
