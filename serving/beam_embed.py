@@ -191,7 +191,7 @@ class ParquetSource:
     skipped)."""
 
     def __init__(self, pattern: str, data_shape: Sequence[int], chunk_size: int, *, text: bool = False,
-                 column: str | None = None, label_column: str | None = None):
+                 column: str | None = None, label_column: str | None = None, keep: Sequence[str] = ()):
         import pyarrow.parquet as pq
 
         from serving.text_rows import LABEL_COLUMNS, TEXT_COLUMNS
@@ -205,12 +205,15 @@ class ParquetSource:
         paths = _match(pattern, "Parquet")
         self.parts: list[ParquetPart] = []
         self.x_column = self.y_column = None
+        self.keep = tuple(keep)
+        self.keep_types: dict = {}  # each kept column's Arrow type, the same in every file
         first = 0
         for path in paths:
             try:
                 with FileSystems.open(path) as handle:
                     meta = pq.ParquetFile(handle).metadata
-                    names = meta.schema.to_arrow_schema().names
+                    arrow_schema = meta.schema.to_arrow_schema()
+                    names = arrow_schema.names
             except Exception as err:
                 raise DataError(f"could not read {path!r} as Parquet ({type(err).__name__}: "
                                 f"{' '.join(str(err).split())[:160]}); check or re-create the file") from None
@@ -222,6 +225,14 @@ class ParquetSource:
             if label_column and label_column not in names:
                 raise DataError(f"{path} has no label column {label_column!r} (--label-column); found "
                                 f"{', '.join(map(repr, names))}")
+            for name in self.keep:
+                if name not in names:
+                    raise DataError(f"{path} has no column {name!r} to keep (--keep-columns); found "
+                                    f"{', '.join(map(repr, names))}")
+                kind = arrow_schema.field(name).type
+                if self.keep_types.setdefault(name, kind) != kind:
+                    raise DataError(f"column {name!r} is {kind} in {path} but {self.keep_types[name]} in {paths[0]}; "
+                                    "give every file the same type")
             y_col = next((k for k in label_keys if k in names and k != x_col), None)
             if self.x_column is None:
                 self.x_column, self.y_column = x_col, y_col
@@ -253,15 +264,21 @@ class ParquetSource:
         import pyarrow.parquet as pq
 
         wanted = [self.x_column] + ([self.y_column] if self.labels else [])
+        wanted += [k for k in self.keep if k not in wanted]
         start = part.first
         with FileSystems.open(part.path) as handle:
             for batch in pq.ParquetFile(handle).iter_batches(self.chunk_size, row_groups=list(part.row_groups),
                                                              columns=wanted):
                 n = batch.num_rows
+                kept = {name: batch.column(batch.schema.get_field_index(name)) for name in self.keep}
                 if self.text:
-                    yield _text_chunk(batch_rows(batch.column(0), batch.column(1) if self.labels else None, start,
-                                                 f"column {self.x_column!r} of {part.path}",
-                                                 f"column {self.y_column!r} of {part.path}"), self.labels)
+                    rows = batch_rows(batch.column(0), batch.column(1) if self.labels else None, start,
+                                      f"column {self.x_column!r} of {part.path}",
+                                      f"column {self.y_column!r} of {part.path}")
+                    columns, sentences = _text_chunk(rows, self.labels)
+                    at = pa.array(np.array([r[0] - start for r in rows], dtype=np.int64))  # the rows with a sentence
+                    columns.update({name: values.take(at) for name, values in kept.items()})
+                    yield columns, sentences
                     start += n
                     continue
                 rows = column_rows(batch.column(0), self.data_shape, f"column {self.x_column!r} of {part.path}", start,
@@ -275,6 +292,7 @@ class ParquetSource:
                                         f"without nulls, got {labels.type}{nulls}; fill or drop those rows, or name "
                                         "another column with --label-column")
                     columns["label"] = labels.to_numpy(zero_copy_only=False).astype(np.int64)
+                columns.update(kept)
                 start += n
                 yield columns, rows
 
@@ -726,12 +744,19 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
     # would take their rows twice, or fail on a half-written file.
     removed = _remove_stale_temporaries(output)
 
-    columns = list(outputs) + ["index"] + (["label"] if source.labels else [])
+    keep = tuple(getattr(source, "keep", ()))
+    clash = [k for k in keep if k in set(outputs) | {"index", "label"}]
+    if clash:
+        raise ConfigError(f"--keep-columns {', '.join(clash)}: the output has a column of that name already; "
+                          "rename the input column")
+    columns = list(outputs) + ["index"] + (["label"] if source.labels else []) + list(keep)
     # The writer needs the Parquet schema up front: the output widths come from encoding one row.
     example = np.array(["probe"], dtype=object) if encoder.text else np.zeros((1,) + tuple(data_shape), np.float32)
     probe = encode_chunk(encoder, example, outputs, 1)
+    import pyarrow as pa
+
     empty = {**{name: probe[name][:0] for name in outputs}, "index": np.zeros(0, np.int64),
-             "label": np.zeros(0, np.int64)}
+             "label": np.zeros(0, np.int64), **{k: pa.array([], type=source.keep_types[k]) for k in keep}}
     schema = arrow_table(empty, columns).schema
 
     try:
@@ -811,10 +836,16 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
         kind, text_pattern = "text", args.path
     else:
         kind, text_pattern = input_kind(args.data), args.data
+    keep = [c.strip() for c in (getattr(args, "keep_columns", None) or "").split(",") if c.strip()]
+    if keep and pattern is None:
+        raise ConfigError("--keep-columns copies columns of Parquet input; this input has no columns (its index is "
+                          "the row to join on)")
+    if len(set(keep)) != len(keep):
+        raise ConfigError(f"--keep-columns names a column twice: {', '.join(keep)}")
     if pattern is not None:
         refuse_split_options(args, "Parquet input")
         source = ParquetSource(pattern, data_shape, args.chunk_size, text=encoder.text, column=args.column,
-                               label_column=args.label_column)
+                               label_column=args.label_column, keep=keep)
     elif kind == "table":
         raise ConfigError("--runner beam reads Parquet, not CSV; drop --runner beam (vae-tf embed reads CSV in one "
                           "process) or convert the file to Parquet")

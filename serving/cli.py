@@ -113,6 +113,9 @@ def add_parsers(sub) -> None:
                                         "models, --runner beam; default: x, images, x_train or imgs)")
     embed.add_argument("--label-column", help="Parquet/CSV input: a column of integer labels to keep (default: y, "
                                               "labels or label when present)")
+    embed.add_argument("--keep-columns", metavar="COLS",
+                       help="--runner beam, Parquet input: input columns to copy into the output beside each row's "
+                            "embedding (comma-separated, e.g. id,date: a key to join on)")
     embed.add_argument("--path", help="file or folder for --data npz/npy/images")
     embed.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     embed.add_argument("--seed", type=int, default=None,
@@ -274,6 +277,9 @@ def cmd_embed(args) -> int:
         return _beam_embed().cmd_embed_beam(args, outputs)
     if args.workers is not None or args.beam_args:
         raise ConfigError("--workers and Beam options after -- go with --runner beam")
+    if args.keep_columns:
+        raise ConfigError("--keep-columns goes with Parquet input on --runner beam; in one process the output's "
+                          "index is the row of the input to join on")
     if args.model:
         if args.model_name or args.model_version:
             raise ConfigError("--model-name/--model-version go with --server; with --model give models/NAME/VERSION")

@@ -599,13 +599,16 @@ def _assemble_npz(tmp: Path, parts: Path, n_chunks: int, columns: list[str], tot
 
 def arrow_table(arrays: dict[str, np.ndarray], columns: Sequence[str]):
     """The Parquet layout of embed outputs: ``columns`` of ``arrays`` in that order, a 1-D array
-    as it is (``index``, ``label``), an ``[N, ...]`` tensor as ``fixed_size_list<float>``."""
+    as it is (``index``, ``label``), an ``[N, ...]`` tensor as ``fixed_size_list<float>``, an
+    Arrow array (a column kept from the input) as it is."""
     import pyarrow as pa
 
     cols = {}
     for column in columns:
         data = arrays[column]
-        if data.ndim == 1:
+        if isinstance(data, (pa.Array, pa.ChunkedArray)):
+            cols[column] = data
+        elif data.ndim == 1:
             cols[column] = pa.array(data)
         else:
             flat = pa.array(np.ascontiguousarray(data, dtype=np.float32).reshape(-1))

@@ -327,6 +327,52 @@ def test_an_unquoted_glob_or_a_missing_argument_says_why(exports, tmp_path, caps
         "error: give --model models/NAME[/VERSION] (a local export) or --server URL (a running vae-tf serve)")
 
 
+def test_keep_columns_copies_input_columns_beside_each_row_s_embedding(exports, tmp_path, capsys):
+    """The output's only key was `index`, the position over files in name order; a user's own key
+    (an id, a partition date) was dropped. --keep-columns copies them, row for row."""
+    x = np.random.default_rng(0).random((120, 64), dtype=np.float32)
+    ids = [f"id-{i:03d}" for i in range(120)]
+    pq.write_table(pa.table({"x": _list_column(x[:70], True), "id": ids[:70], "day": np.arange(70) % 7}),
+                   tmp_path / "a.parquet", row_group_size=30)
+    pq.write_table(pa.table({"x": _list_column(x[70:], True), "id": ids[70:], "day": np.arange(70, 120) % 7}),
+                   tmp_path / "b.parquet")
+    beam = ["embed", "--runner", "beam", "--data", str(tmp_path / "*.parquet"), "--model", str(exports / "1")]
+    assert main([*beam, "-o", str(tmp_path / "out"), "--keep-columns", "id,day", "--chunk-size", "32"]) == 0
+    assert "columns embedding, index, id, day;" in capsys.readouterr().out
+    table = pq.read_table(tmp_path / "out").sort_by("index")
+    assert table.column_names == ["embedding", "index", "id", "day"] and table.schema.field("id").type == pa.string()
+    assert table["id"].to_pylist() == ids and table["day"].to_pylist() == [i % 7 for i in range(120)]
+    np.testing.assert_allclose(np.stack(table["embedding"].to_numpy(zero_copy_only=False)),
+                               _encode_directly(exports / "1", x.reshape((-1,) + SHAPE)), rtol=1e-5, atol=1e-6)
+
+    out = str(tmp_path / "o2")
+    assert _error(capsys, *beam, "-o", out, "--keep-columns", "id,nope") == (
+        f"error: {tmp_path / 'a.parquet'} has no column 'nope' to keep (--keep-columns); found 'x', 'id', 'day'")
+    pq.write_table(pa.table({"x": _list_column(x[:5], True), "index": np.arange(5)}), tmp_path / "clash.parquet")
+    assert _error(capsys, "embed", "--runner", "beam", "--data", str(tmp_path / "clash.parquet"), "--model",
+                  str(exports), "-o", out, "--keep-columns", "index") == (
+        "error: --keep-columns index: the output has a column of that name already; rename the input column")
+    np.save(tmp_path / "x.npy", x.reshape((-1,) + SHAPE))
+    assert "this input has no columns" in _error(capsys, "embed", "--runner", "beam", "--data",
+                                                 str(tmp_path / "x.npy"), "--model", str(exports), "-o", out,
+                                                 "--keep-columns", "id")
+    assert "--keep-columns goes with Parquet input on --runner beam" in _error(
+        capsys, "embed", "--data", str(tmp_path / "x.npy"), "--model", str(exports), "-o", str(tmp_path / "e.npz"),
+        "--keep-columns", "id")
+
+
+def test_kept_columns_follow_the_sentences_a_text_table_keeps(tmp_path):
+    """Rows without a sentence are skipped: the kept columns must skip them too."""
+    from serving.beam_embed import ParquetSource
+
+    texts = ["a cat", None, "", "a dog", "  ", "the end"]
+    pq.write_table(pa.table({"text": texts, "id": [10, 11, 12, 13, 14, 15]}), tmp_path / "t.parquet")
+    source = ParquetSource(str(tmp_path / "t.parquet"), (), 64, text=True, keep=["id"])
+    (columns, sentences), = [chunk for item in source.work() for chunk in source.read(item)]
+    assert list(sentences) == ["a cat", "a dog", "the end"]
+    assert columns["index"].tolist() == [0, 3, 5] and columns["id"].to_pylist() == [10, 13, 15]
+
+
 def test_small_row_groups_are_read_together_up_to_a_chunk(tmp_path):
     """A work item was one row group: a file written one row per group was 5,000 work items
     (63 rows/s, and as many one-row groups in the output). Consecutive groups of a file now make
