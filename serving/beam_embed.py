@@ -493,7 +493,10 @@ def build_pipeline(pipeline, source, model_path: str, output: str, *, outputs: S
             | "Encode" >> RunInference(handler)
             | "ToArrow" >> beam.Map(_to_table, list(columns))
             | "Write" >> beam.io.WriteToParquetBatched(FileSystems.join(output, SHARD_PREFIX), schema=schema,
-                                                       file_name_suffix=SHARD_SUFFIX))
+                                                       file_name_suffix=SHARD_SUFFIX,
+                                                       # lists as the Parquet spec and pyarrow (vae-tf
+                                                       # embed) write them: child `element`, not `item`
+                                                       use_compliant_nested_type=True))
 
 
 def pipeline_options(pipeline_args: Sequence[str] = (), workers: int | None = None):

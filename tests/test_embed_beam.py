@@ -59,6 +59,8 @@ def test_beam_on_two_workers_equals_vae_tf_embed_row_for_row(exports, tmp_path, 
     reference = pq.read_table(local)
     table = pq.read_table(out).sort_by("index")
     assert table.schema.equals(reference.schema)
+    # the same Parquet schema too (Beam wrote a list's child as `item`, pyarrow as the spec's `element`)
+    assert all(pq.ParquetFile(out / part).schema.equals(pq.ParquetFile(local).schema) for part in _parts(out))
     assert table.column_names == ["embedding", "z_mean", "index", "label"]
     # Same rows, labels and float32 bits: both cut the same chunks and call the model on the same batches.
     assert table.equals(reference)
