@@ -42,5 +42,6 @@ def test_text_collapse_quick_runs_every_remedy_on_sentences(tmp_path, monkeypatc
     # The quick size's evaluate options reach the evaluation: its t-SNE embeds 100 of the 120 test codes.
     import json
 
-    tsne = json.loads((Path(client.download_artifacts(child.info.run_id, "evaluation/tsne.json"))).read_text())
+    tsne = json.loads((Path(client.download_artifacts(child.info.run_id, "evaluation/tsne.json", str(tmp_path))))
+                      .read_text())  # into tmp_path: without a destination MLflow leaves a folder in /tmp
     assert len(tsne["points"]) == 100
