@@ -73,6 +73,7 @@ import numpy as np  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference  # noqa: E402
 
+from serving.parquet_rows import column_rows  # noqa: E402
 from serving.text_rows import Checkpoint, batch_rows, read_text_file, scan_text_file  # noqa: E402
 from vae_tf.errors import ConfigError, DataError, VaeTfError  # noqa: E402
 
@@ -114,48 +115,6 @@ class SplitSource:
         if self.labels:
             columns["label"] = np.asarray(self.source.y[start:stop], np.int64)
         yield columns, self.source.x[start:stop]
-
-
-def column_rows(column, shape: tuple[int, ...], where: str, first: int = 0, file_first: int = 0) -> np.ndarray:
-    """float32 rows ``[N, *shape]`` from an Arrow column of (nested) lists of numbers, one row per
-    entry; ``first`` is the input row (``index``) of the first entry and ``file_first`` that of
-    the first row of its file (for messages, which name the row of the file).
-
-    Floats are kept as they are (cast to float32) and booleans become 0/1. Integers are refused:
-    ``vae-tf embed``'s scaling of integer data (uint8 / 255 unless every value is 0 or 1) depends
-    on the whole column, which no worker sees. Nulls, ragged rows, rows of another size than the
-    model's data shape and NaN/±Inf (after the cast) are refused too."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    n = len(column)
-    values = column
-    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
-        if values.null_count:
-            raise DataError(f"{where} has null rows; drop them or fill them before embedding")
-        if not pa.types.is_fixed_size_list(values.type) and len(values):
-            lengths = pc.list_value_length(values)
-            low, high = pc.min_max(lengths).values()
-            if low.as_py() != high.as_py():
-                raise DataError(f"{where} has rows of {low} to {high} values; every row needs the same size")
-        values = values.flatten()
-    kind = values.type
-    if not (pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
-        raise DataError(f"{where} holds {kind}; store float values scaled as the model was trained on them "
-                        "(e.g. uint8 pixels / 255) in a list<float> column")
-    if values.null_count:
-        raise DataError(f"{where} holds null values; fill them before embedding")
-    flat = values.to_numpy(zero_copy_only=False).astype(np.float32)
-    size = int(np.prod(shape, dtype=np.int64))
-    if flat.size != n * size:
-        raise DataError(f"{where} has {flat.size // max(n, 1)} values a row but the model takes {size} "
-                        f"(shape {list(shape)}); give rows of the model's data shape")
-    if not np.all(np.isfinite(flat)):
-        bad = first + int(np.flatnonzero(~np.isfinite(flat))[0]) // size
-        row = f"row {bad - file_first}" + (f" (index {bad} over all files)" if file_first else "")
-        raise DataError(f"{where} has a NaN or infinite value in {row}; remove or impute those rows before "
-                        "embedding them")
-    return flat.reshape((n,) + tuple(shape))
 
 
 @dataclass(frozen=True)

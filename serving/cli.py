@@ -293,18 +293,19 @@ def cmd_embed(args) -> int:
         refuse_split_options(args, "Text, Parquet and CSV input")
         source = load_text_source(args.path or args.data, column=args.column, label_column=args.label_column)
     else:
+        source = None
         if args.data.lower() == "parquet" or args.data.lower().endswith(".parquet"):
-            raise ConfigError("Parquet input of an image model is read by the Beam pipeline; add --runner beam "
-                              "(docs/serving.md)")
-        if text_input:
+            source = _parquet_image_source(args, encoder)
+        elif text_input:
             refuse_modality_mismatch("text", encoder.text, args.path or args.data)
-        if args.column or args.label_column:
-            raise ConfigError("--column and --label-column name the sentence and label columns of a Parquet/CSV file "
-                              "for a text model")
-        if encoder.text and Path(args.path or args.data).expanduser().is_dir():
-            raise ConfigError(f"{args.path or args.data} is a folder, but this text model reads sentences: give a "
-                              ".txt/.txt.gz/.parquet/.csv file or a text data set (text_synthetic, wordnet)")
-        source = load_split_source(args, encoder.text, options)
+        if source is None:
+            if args.column or args.label_column:
+                raise ConfigError("--column and --label-column name the columns of a Parquet/CSV file (sentences for a "
+                                  "text model, rows for an image model)")
+            if encoder.text and Path(args.path or args.data).expanduser().is_dir():
+                raise ConfigError(f"{args.path or args.data} is a folder, but this text model reads sentences: give a "
+                                  ".txt/.txt.gz/.parquet/.csv file or a text data set (text_synthetic, wordnet)")
+            source = load_split_source(args, encoder.text, options)
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():
@@ -338,6 +339,27 @@ def _beam_embed():
             raise
         raise ConfigError("--runner beam needs Apache Beam; install it with pip install 'vae-tf[beam]'") from None
     return beam_embed
+
+
+def _parquet_image_source(args, encoder):
+    """An image model's rows from one Parquet file, read a row group at a time (every row, in file
+    order; ``index`` the row of the file), as ``--runner beam`` reads each of its files."""
+    from serving.embed import EmbedSource, refuse_split_options
+    from serving.parquet_rows import ParquetImageRows
+    from vae_tf.errors import ConfigError
+
+    path = args.path if args.data.lower() == "parquet" else args.data
+    if not path:
+        raise ConfigError("--data parquet needs --path FILE (e.g. rows.parquet)")
+    if any(ch in path for ch in "*?["):
+        raise ConfigError(f"{path} is a pattern: the one-process runner reads one Parquet file; add --runner beam for "
+                          "several")
+    if encoder.data_shape is None:
+        raise ConfigError("the model's input shape is not known (an export without vae_tf_model.json, or a served "
+                          "signature without a fixed shape), so Parquet rows cannot be shaped; use --runner beam")
+    refuse_split_options(args, "Parquet input")
+    rows = ParquetImageRows(path, encoder.data_shape, column=args.column, label_column=args.label_column)
+    return EmbedSource(rows, rows.labels, {"data": "parquet", "path": path, "rows": len(rows)})
 
 
 def cmd_probe(args) -> int:

@@ -130,9 +130,19 @@ class RemoteEncoder:
         self.outputs = sorted(sigs["encode"]["outputs"])
         self.identity = {"server": server, "model_name": model_name, "version": served}
         self.text = any(info.get("dtype") == "DT_STRING" for info in sigs["encode"].get("inputs", {}).values())
+        #: The shape of one row from the signature's input (None: not fully known, or text).
+        self.data_shape = _row_shape(sigs["encode"].get("inputs", {}))
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return self.client.encode(x)
+
+
+def _row_shape(inputs: Mapping) -> tuple[int, ...] | None:
+    """The per-row shape of a one-input signature's TensorInfo (metadata JSON), batch axis off."""
+    if len(inputs) != 1:
+        return None
+    dims = [int(d.get("size", -1)) for d in next(iter(inputs.values())).get("tensor_shape", {}).get("dim", [])]
+    return tuple(dims[1:]) if dims and all(d > 0 for d in dims[1:]) else None
 
 
 # -- data ----------------------------------------------------------------------------------------

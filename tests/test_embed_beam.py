@@ -246,7 +246,9 @@ def test_bad_input_is_one_line(exports, tmp_path, capsys):
     assert "not an .npz file" in _error(capsys, "embed", "--runner", "beam", "--model", str(exports), "-o",
                                         str(tmp_path / "e.npz"))
     assert "go with --runner beam" in _error(capsys, "embed", "--model", str(exports), "-o", out, "--workers", "2")
-    assert "add --runner beam" in _error(capsys, "embed", "--model", str(exports), "-o", out, "--data", short)
+    # the one-process runner reads an image Parquet file too, with the same checks
+    assert "has 60 values a row but the model takes 64" in _error(capsys, "embed", "--model", str(exports), "-o",
+                                                                  str(tmp_path / "e.parquet"), "--data", short)
     assert "--num_workers" in _error(capsys, *beam, "--model", str(exports), "--workers", "2", "--",
                                      "--runner=DataflowRunner")
     assert not (tmp_path / "out").exists()
@@ -373,6 +375,41 @@ def test_kept_columns_follow_the_sentences_a_text_table_keeps(tmp_path):
     (columns, sentences), = [chunk for item in source.work() for chunk in source.read(item)]
     assert list(sentences) == ["a cat", "a dog", "the end"]
     assert columns["index"].tolist() == [0, 3, 5] and columns["id"].to_pylist() == [10, 13, 15]
+
+
+def test_one_process_and_the_server_read_an_image_parquet_file_as_beam_does(exports, tmp_path, capsys):
+    """Parquet input of an image model was Beam's only ('add --runner beam'), through a server
+    not at all. The one-process runner reads it a row group at a time (chunks of 64 across groups
+    of 50 here), bit for bit as Beam embeds it, and through `vae-tf serve` too."""
+    from serving.testing import running_server
+
+    rng = np.random.default_rng(5)
+    x = rng.random((230, 64), dtype=np.float32)
+    y = rng.integers(0, 3, 230)
+    data = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"pixels": _list_column(x, False), "label": y}), data, row_group_size=50)
+    common = ["--data", str(data), "--column", "pixels", "--model", str(exports / "1"), "--chunk-size", "64",
+              "--batch-size", "16"]
+    assert main(["embed", *common, "-o", str(tmp_path / "one.parquet")]) == 0
+    assert "(230 rows; columns embedding, index, label)" in capsys.readouterr().out
+    assert main(["embed", "--runner", "beam", *common, "-o", str(tmp_path / "beam")]) == 0
+    one = pq.read_table(tmp_path / "one.parquet")
+    beam = pq.read_table(tmp_path / "beam").sort_by("index")
+    assert one.equals(beam) and one["label"].to_pylist() == y.tolist()
+    np.testing.assert_allclose(np.stack(one["embedding"].to_numpy(zero_copy_only=False)),
+                               _encode_directly(exports / "1", x.reshape((-1,) + SHAPE)), rtol=1e-5, atol=1e-6)
+
+    with running_server(exports.parent, exports.name) as server:  # serves version 2, the highest
+        assert main(["embed", "--data", str(data), "--column", "pixels", "--server", server.rest_url, "--model-name",
+                     exports.name, "--chunk-size", "64", "-o", str(tmp_path / "s.npz")]) == 0
+    with np.load(tmp_path / "s.npz") as served:
+        np.testing.assert_allclose(served["embedding"], _encode_directly(exports / "2", x.reshape((-1,) + SHAPE)),
+                                   rtol=1e-5, atol=1e-6)
+        assert served["index"].tolist() == list(range(230)) and served["label"].tolist() == y.tolist()
+    capsys.readouterr()
+    assert _error(capsys, "embed", "--data", str(tmp_path / "*.parquet"), "--model", str(exports / "1"), "-o",
+                  str(tmp_path / "p.npz")) == (f"error: {tmp_path / '*.parquet'} is a pattern: the one-process runner "
+                                               "reads one Parquet file; add --runner beam for several")
 
 
 def test_small_row_groups_are_read_together_up_to_a_chunk(tmp_path):
