@@ -468,10 +468,12 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
 
 
 def input_fingerprint(path) -> dict | None:
-    """``{file: [size, modification time in ns]}`` of the input file(s) at ``path`` (a file, a
-    folder's files, or a glob), so that a resume does not mix chunks of a file that has changed
-    since with chunks of its new content; None for a registered data set."""
+    """``{"files": N, "digest": sha256 of every (file, size, modification time in ns)}`` of the
+    input file(s) at ``path`` (a file, a folder's files, or a glob), so that a resume does not mix
+    chunks of a file that has changed since with chunks of its new content; None for a registered
+    data set. A digest, not the list: an image folder may hold a million files."""
     import glob
+    import hashlib
 
     if not isinstance(path, str) or not path:
         return None
@@ -481,14 +483,15 @@ def input_fingerprint(path) -> dict | None:
         files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
     else:
         files = [path]
-    found = {}
+    digest, count = hashlib.sha256(), 0
     for name in files:
         try:
             stat = os.stat(name)
         except OSError:
             continue
-        found[name] = [stat.st_size, stat.st_mtime_ns]
-    return found
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        count += 1
+    return {"files": count, "digest": digest.hexdigest()}
 
 
 #: What each key of the manifest is, for the message of a resume with other settings.
