@@ -181,14 +181,25 @@ TF_SERVING_FLAGS_NOT_TAKEN = {
 }
 
 
+#: Values of those flags that ask for what ``vae-tf serve`` does anyway: accepted, so that a TF
+#: Serving command line that spells out a default still runs (None: the flag without a value).
+TF_SERVING_VALUES_TAKEN = {"--enable_model_warmup": {None, "true", "1"}, "--saved_model_tags": {"serve"},
+                           "--tensorflow_session_parallelism": {"0"}, "--tensorflow_intra_op_parallelism": {"0"},
+                           "--tensorflow_inter_op_parallelism": {"0"}, "--rest_api_enable_cors_support": {"false", "0"}}
+
+
 class _NotTakenHere(argparse.Action):
-    """A TF Serving flag ``vae-tf serve`` does not take: one line saying what to do instead."""
+    """A TF Serving flag ``vae-tf serve`` does not take: one line saying what to do instead
+    (unless its value asks for what it does anyway: :data:`TF_SERVING_VALUES_TAKEN`)."""
 
     def __init__(self, option_strings, dest, hint: str, **kwargs):
         super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
         self.hint = hint
 
     def __call__(self, parser, namespace, values, option_string=None):
+        if values in TF_SERVING_VALUES_TAKEN.get(option_string, ()) or (
+                isinstance(values, str) and values.lower() in TF_SERVING_VALUES_TAKEN.get(option_string, ())):
+            return
         parser.error(f"{option_string} is a TensorFlow Serving flag that vae-tf serve does not take: {self.hint}")
 
 

@@ -507,6 +507,9 @@ def _prepare_parts(parts: Path, manifest: dict, overwrite: bool) -> None:
             previous = json.loads(path.read_text())
         except ValueError:
             previous = None
+        if isinstance(previous, dict) and "input" not in previous:
+            # chunks of a vae-tf that did not record the input's files: what they were is unknown
+            manifest = {k: v for k, v in manifest.items() if k != "input"}
         if previous == manifest:
             return  # resume
         changed = sorted({_MANIFEST_KEYS.get(k, k) for k in set(manifest) | set(previous or {})

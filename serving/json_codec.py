@@ -275,14 +275,14 @@ def _rapidjson_too_big(minus: bytes, integer: bytes, fraction: bytes | None, exp
     the significand (at most 17 significant ones once past 2^53)."""
     limit = 2**63 if minus else 2**64 - 1
     value, double, significant = 0, None, 0
-    for digit in integer:  # the integer part: (u)int64, then a double
+    for position, digit in enumerate(integer):  # the integer part: (u)int64, then a double
         digit -= 48
         if double is None:
             if value * 10 + digit > limit:
                 double = float(value)
             else:
                 value = value * 10 + digit
-                if value:
+                if position:  # rapidjson takes the first digit without counting it
                     significant += 1
                 continue
         if double >= _DBL_MAX_OVER_10:

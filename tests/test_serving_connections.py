@@ -298,6 +298,13 @@ def test_tf_serving_flags_mean_what_they_mean_there(base, monkeypatch, capsys):
             f"vae-tf serve: error: {flag.split('=')[0]} is a TensorFlow Serving flag that vae-tf serve does not "
             f"take: {hint}")
 
+    # ... unless the value asks for what vae-tf serve does anyway (a command line spelling out defaults)
+    assert main(["serve", f"--model_base_path={base / 'vae'}", "--enable_model_warmup=true",
+                 "--saved_model_tags=serve", "--tensorflow_intra_op_parallelism=0"]) == 0
+    with pytest.raises(SystemExit):
+        main(["serve", f"--model_base_path={base / 'vae'}", "--saved_model_tags=serve,gpu"])
+    capsys.readouterr()
+
     # The directory is served under the given name, whatever the directory is called.
     with running_server(base, "encoder", model_dir=str(base / "vae")) as server:
         conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)

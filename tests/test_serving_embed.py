@@ -130,6 +130,23 @@ def test_a_resume_after_the_input_file_changed_is_refused(base, tmp_path, capsys
                   "--overwrite") == 0
 
 
+def test_chunks_of_a_version_that_did_not_record_the_input_files_resume(base, tmp_path):
+    """A .parts folder left by the vae-tf before the input fingerprint has no "input" in its
+    manifest: it resumes as it would have (it was refused as if the input had changed)."""
+    source = load_source("digits", split="val")
+    encoder = LocalEncoder(base / "vae")
+    flaky, Interrupted = interrupted_after(encoder, 3)
+    out = tmp_path / "val.npz"
+    with pytest.raises(Interrupted):
+        extract_embeddings(source, flaky, out, chunk_size=50, batch_size=50)
+    manifest = tmp_path / "val.npz.parts" / "manifest.json"
+    written = json.loads(manifest.read_text())
+    assert written["input"] is None  # a registered data set: no files of the user's
+    del written["input"]
+    manifest.write_text(json.dumps(written))
+    assert extract_embeddings(source, encoder, out, chunk_size=50, batch_size=50).reused_chunks == 2
+
+
 def test_embed_refuses_to_mix_settings(base, tmp_path, capsys):
     out = tmp_path / "e.npz"
     parts = tmp_path / "e.npz.parts"

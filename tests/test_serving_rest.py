@@ -485,6 +485,9 @@ TOO_BIG = "JSON Parse error: Number too big to be stored in double. at offset: "
     (b'{"a": 0.1e309}', 1e308), (b'{"a": 0.01e310}', 1e308), (b'{"a": 0e309}', TOO_BIG + "6"),
     (b'{"a": -1e400}', TOO_BIG + "6"),                  # at the minus sign
     (b'{"a": 1e-400}', 0.0), (b'{"a": 1e0000000000308}', 1e308),
+    # 17 significant digits are read into the significand, the integer part's first one not
+    # counted (16 through the int64 fast path, one more, the rest skipped): 308 + 17 = 325
+    (b'{"a": 1.2345678901234567890e325}', math.inf), (b'{"a": 1.2345678901234567890e326}', TOO_BIG + "6"),
     # ... a value that fits the exponent rule but not a double is infinity (18 x 10^307) ...
     (b'{"a": 1.8e308}', math.inf), (b'{"a": 0.10e310}', math.inf),
     # ... and integer digits beyond uint64 go on in a double, refused when it has reached
