@@ -83,13 +83,20 @@ def test_probe_reports_above_chance_accuracy(base, tmp_path, capsys):
     assert line.startswith("linear probe accuracy: ") and "10 classes" in line
 
 
-def test_embed_resumes_from_finished_chunks(base, tmp_path):
+def _killed_after_two_chunks(base, tmp_path):
+    """``(source, encoder, output)`` of an embedding run of digits' val split (chunks of 50)
+    killed while it encoded its third chunk."""
     source = load_source("digits", split="val")
     encoder = LocalEncoder(base / "vae")
     flaky, Interrupted = interrupted_after(encoder, 3)
     out = tmp_path / "val.npz"
     with pytest.raises(Interrupted):
         extract_embeddings(source, flaky, out, chunk_size=50, batch_size=50)
+    return source, encoder, out
+
+
+def test_embed_resumes_from_finished_chunks(base, tmp_path):
+    source, encoder, out = _killed_after_two_chunks(base, tmp_path)
     parts = sorted(p.name for p in (tmp_path / "val.npz.parts").iterdir())
     assert parts == ["chunk-000000.npz", "chunk-000001.npz", "manifest.json"] and not out.exists()
     result = extract_embeddings(source, encoder, out, chunk_size=50, batch_size=50)
@@ -133,12 +140,7 @@ def test_a_resume_after_the_input_file_changed_is_refused(base, tmp_path, capsys
 def test_chunks_of_a_version_that_did_not_record_the_input_files_resume(base, tmp_path):
     """A .parts folder left by the vae-tf before the input fingerprint has no "input" in its
     manifest: it resumes as it would have (it was refused as if the input had changed)."""
-    source = load_source("digits", split="val")
-    encoder = LocalEncoder(base / "vae")
-    flaky, Interrupted = interrupted_after(encoder, 3)
-    out = tmp_path / "val.npz"
-    with pytest.raises(Interrupted):
-        extract_embeddings(source, flaky, out, chunk_size=50, batch_size=50)
+    source, encoder, out = _killed_after_two_chunks(base, tmp_path)
     manifest = tmp_path / "val.npz.parts" / "manifest.json"
     written = json.loads(manifest.read_text())
     assert written["input"] is None  # a registered data set: no files of the user's
