@@ -73,7 +73,7 @@ import numpy as np  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference  # noqa: E402
 
-from serving.parquet_rows import column_rows  # noqa: E402
+from serving.parquet_rows import column_rows, integer_labels, pick_columns  # noqa: E402
 from serving.text_rows import Checkpoint, batch_rows, read_text_file, scan_text_file  # noqa: E402
 from vae_tf.errors import ConfigError, DataError, VaeTfError  # noqa: E402
 
@@ -153,14 +153,9 @@ class ParquetSource:
                  column: str | None = None, label_column: str | None = None, keep: Sequence[str] = ()):
         import pyarrow.parquet as pq
 
-        from serving.text_rows import LABEL_COLUMNS, TEXT_COLUMNS
-        from vae_tf.data.files import X_KEYS, Y_KEYS
-
         self.data_shape = tuple(int(d) for d in data_shape)
         self.chunk_size = int(chunk_size)
         self.text = text
-        data_keys = (column,) if column else (TEXT_COLUMNS if text else X_KEYS)
-        label_keys = (label_column,) if label_column else (LABEL_COLUMNS if text else Y_KEYS + ("label",))
         paths = _match(pattern, "Parquet")
         self.parts: list[ParquetPart] = []
         self.x_column = self.y_column = None
@@ -176,14 +171,7 @@ class ParquetSource:
             except Exception as err:
                 raise DataError(f"could not read {path!r} as Parquet ({type(err).__name__}: "
                                 f"{' '.join(str(err).split())[:160]}); check or re-create the file") from None
-            x_col = next((k for k in data_keys if k in names), None)
-            if x_col is None:
-                raise DataError(f"{path} has no data column: expected {', '.join(map(repr, data_keys))}, found "
-                                f"{', '.join(map(repr, names))}; name the column of "
-                                + ("sentences" if text else "rows") + " with --column NAME")
-            if label_column and label_column not in names:
-                raise DataError(f"{path} has no label column {label_column!r} (--label-column); found "
-                                f"{', '.join(map(repr, names))}")
+            x_col, y_col = pick_columns(path, names, text=text, column=column, label_column=label_column)
             for name in self.keep:
                 if name not in names:
                     raise DataError(f"{path} has no column {name!r} to keep (--keep-columns); found "
@@ -192,7 +180,6 @@ class ParquetSource:
                 if self.keep_types.setdefault(name, kind) != kind:
                     raise DataError(f"column {name!r} is {kind} in {path} but {self.keep_types[name]} in {paths[0]}; "
                                     "give every file the same type")
-            y_col = next((k for k in label_keys if k in names and k != x_col), None)
             if self.x_column is None:
                 self.x_column, self.y_column = x_col, y_col
             elif (x_col, y_col) != (self.x_column, self.y_column):
@@ -244,13 +231,7 @@ class ParquetSource:
                                    part.file_first)
                 columns = {"index": np.arange(start, start + n, dtype=np.int64)}
                 if self.labels:
-                    labels = batch.column(1)
-                    if labels.null_count or not pa.types.is_integer(labels.type):
-                        nulls = f" with {labels.null_count} null(s)" if labels.null_count else ""
-                        raise DataError(f"column {self.y_column!r} of {part.path} must hold integer class indices "
-                                        f"without nulls, got {labels.type}{nulls}; fill or drop those rows, or name "
-                                        "another column with --label-column")
-                    columns["label"] = labels.to_numpy(zero_copy_only=False).astype(np.int64)
+                    columns["label"] = integer_labels(batch.column(1), f"column {self.y_column!r} of {part.path}")
                 columns.update(kept)
                 start += n
                 yield columns, rows
@@ -667,7 +648,8 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
 
     Stale shards of an earlier run (``--overwrite``) are deleted only once the job has succeeded:
     shards of the same name are replaced by Beam's final rename."""
-    from apache_beam.options.pipeline_options import StandardOptions
+    import pyarrow as pa
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
     from serving.embed import arrow_table, encode_chunk
 
@@ -700,23 +682,21 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
         shown = ", ".join(os.path.basename(p) for p in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise ConfigError(f"{output} holds other Parquet files ({shown}), which reading the output directory would "
                           "mix with the embeddings; choose an empty --output directory")
-    options = pipeline_options(pipeline_args, workers)
-    # Temporary folders of a run that was killed (Beam removes them only when a job ends): their
-    # files are no output (Beam renames finished ones into place), but a reader of the directory
-    # would take their rows twice, or fail on a half-written file.
-    removed = _remove_stale_temporaries(output)
-
     keep = tuple(getattr(source, "keep", ()))
     clash = [k for k in keep if k in set(outputs) | {"index", "label"}]
     if clash:
         raise ConfigError(f"--keep-columns {', '.join(clash)}: the output has a column of that name already; "
                           "rename the input column")
+    options = pipeline_options(pipeline_args, workers)
+    # Temporary folders of a run that was killed (Beam removes them only when a job ends): their
+    # files are no output (Beam renames finished ones into place), but a reader of the directory
+    # would take their rows twice, or fail on a half-written file. Removed once every check passed.
+    removed = _remove_stale_temporaries(output)
+
     columns = list(outputs) + ["index"] + (["label"] if source.labels else []) + list(keep)
     # The writer needs the Parquet schema up front: the output widths come from encoding one row.
     example = np.array(["probe"], dtype=object) if encoder.text else np.zeros((1,) + tuple(data_shape), np.float32)
     probe = encode_chunk(encoder, example, outputs, 1)
-    import pyarrow as pa
-
     empty = {**{name: probe[name][:0] for name in outputs}, "index": np.zeros(0, np.int64),
              "label": np.zeros(0, np.int64), **{k: pa.array([], type=source.keep_types[k]) for k in keep}}
     schema = arrow_table(empty, columns).schema
@@ -755,8 +735,6 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
     if stale:
         FileSystems.delete(stale)
     files = sorted(set(after) - set(stale))
-    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
-
     counted = _counted(job, getattr(encoder, "text_policy", None))
     # A text table's rows without a sentence are skipped by the workers: the sentences embedded,
     # as the job counted them, not the table's rows the launcher read from the footers.
@@ -842,10 +820,9 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
     if isinstance(source, SplitSource):
         read = split_summary(source.source, result.rows, as_trained=bool(getattr(args, "as_trained", False)))
     else:  # every row (sentence) of the files, in file order
-        files = source.description.get("files")
-        read = f"every {'sentence' if source.text else 'row'} of {files} file(s) matching {source.description['path']}, " \
-               "files in name order" if isinstance(source, ParquetSource) else \
-            f"every sentence of {files} file(s) matching {source.description['path']}, files in name order"
+        what = "row" if isinstance(source, ParquetSource) and not source.text else "sentence"
+        read = (f"every {what} of {source.description.get('files')} file(s) matching {source.description['path']}, "
+                "files in name order")
     if read:
         print(f"data:          {read}")
     cut = truncation_summary(result.truncated, result.rows)

@@ -58,6 +58,39 @@ def column_rows(column, shape: tuple[int, ...], where: str, first: int = 0, file
     return flat.reshape((n,) + tuple(shape))
 
 
+def pick_columns(path: str, names: Sequence[str], *, text: bool, column: str | None = None,
+                 label_column: str | None = None) -> tuple[str, str | None]:
+    """``(data column, label column or None)`` of a Parquet file whose columns are ``names``: the
+    data is ``column``, else the first of the default names (an ``.npz``'s ``x``, ``images``,
+    ``x_train``, ``imgs`` for rows; ``text``, ``sentence``, ``sentences``, ``x`` for sentences),
+    the labels ``label_column``, else the first of ``y``, ``labels``, ``label``."""
+    from serving.text_rows import LABEL_COLUMNS, TEXT_COLUMNS
+    from vae_tf.data.files import X_KEYS, Y_KEYS
+
+    data_keys = (column,) if column else (TEXT_COLUMNS if text else X_KEYS)
+    x_column = next((k for k in data_keys if k in names), None)
+    if x_column is None:
+        raise DataError(f"{path} has no data column: expected {', '.join(map(repr, data_keys))}, found "
+                        f"{', '.join(map(repr, names))}; name the column of {'sentences' if text else 'rows'} "
+                        "with --column NAME")
+    if label_column and label_column not in names:
+        raise DataError(f"{path} has no label column {label_column!r} (--label-column); found "
+                        f"{', '.join(map(repr, names))}")
+    label_keys = (label_column,) if label_column else (LABEL_COLUMNS if text else Y_KEYS + ("label",))
+    return x_column, next((k for k in label_keys if k in names and k != x_column), None)
+
+
+def integer_labels(labels, where: str) -> np.ndarray:
+    """An Arrow column of class indices as int64; nulls and other types are refused."""
+    import pyarrow as pa
+
+    if labels.null_count or not pa.types.is_integer(labels.type):
+        nulls = f" with {labels.null_count} null(s)" if labels.null_count else ""
+        raise DataError(f"{where} must hold integer class indices without nulls, got {labels.type}{nulls}; fill or "
+                        "drop those rows, or name another column with --label-column")
+    return labels.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 class ParquetImageRows:
     """The rows of an image column of one Parquet file (``column``, else the first named ``x``,
     ``images``, ``x_train`` or ``imgs``), ``len()`` and ``[start:stop]`` as float32
@@ -69,8 +102,6 @@ class ParquetImageRows:
                  label_column: str | None = None):
         import pyarrow.parquet as pq
 
-        from vae_tf.data.files import X_KEYS, Y_KEYS
-
         self.path = str(path)
         self.data_shape = tuple(int(d) for d in data_shape)
         try:
@@ -79,16 +110,8 @@ class ParquetImageRows:
         except Exception as err:  # noqa: BLE001 - not Parquet, cut short, unreadable
             raise DataError(f"could not read {self.path!r} as Parquet ({type(err).__name__}: "
                             f"{' '.join(str(err).split())[:160]}); check or re-create the file") from None
-        keys = (column,) if column else X_KEYS
-        self.x_column = next((k for k in keys if k in names), None)
-        if self.x_column is None:
-            raise DataError(f"{self.path} has no data column: expected {', '.join(map(repr, keys))}, found "
-                            f"{', '.join(map(repr, names))}; name the column of rows with --column NAME")
-        if label_column and label_column not in names:
-            raise DataError(f"{self.path} has no label column {label_column!r} (--label-column); found "
-                            f"{', '.join(map(repr, names))}")
-        label_keys = (label_column,) if label_column else Y_KEYS + ("label",)
-        self.y_column = next((k for k in label_keys if k in names and k != self.x_column), None)
+        self.x_column, self.y_column = pick_columns(self.path, names, text=False, column=column,
+                                                    label_column=label_column)
         meta = self._file.metadata
         sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
         self._bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
@@ -138,16 +161,9 @@ class _Labels:
         return len(self.rows)
 
     def __getitem__(self, index) -> np.ndarray:
-        import pyarrow as pa
-
         start, stop, _ = index.indices(len(self.rows))
-        labels = self.rows._column(self.rows.y_column, start, stop)
-        if labels.null_count or not pa.types.is_integer(labels.type):
-            nulls = f" with {labels.null_count} null(s)" if labels.null_count else ""
-            raise DataError(f"column {self.rows.y_column!r} of {self.rows.path} must hold integer class indices "
-                            f"without nulls, got {labels.type}{nulls}; fill or drop those rows, or name another "
-                            "column with --label-column")
-        return labels.to_numpy(zero_copy_only=False).astype(np.int64)
+        return integer_labels(self.rows._column(self.rows.y_column, start, stop),
+                              f"column {self.rows.y_column!r} of {self.rows.path}")
 
 
-__all__ = ["ParquetImageRows", "column_rows"]
+__all__ = ["ParquetImageRows", "column_rows", "integer_labels", "pick_columns"]
