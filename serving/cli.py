@@ -110,7 +110,7 @@ def add_parsers(sub) -> None:
                             "unless given here; with --server the default is digits")
     embed.add_argument("--column", help="Parquet/CSV input: the column of sentences (text models; default: text, "
                                         "sentence, sentences or x, else the only string column) or of rows (image "
-                                        "models, --runner beam; default: x, images, x_train or imgs)")
+                                        "models; default: x, images, x_train or imgs)")
     embed.add_argument("--label-column", help="Parquet/CSV input: a column of integer labels to keep (default: y, "
                                               "labels or label when present)")
     embed.add_argument("--keep-columns", metavar="COLS",
@@ -197,8 +197,7 @@ class _NotTakenHere(argparse.Action):
         self.hint = hint
 
     def __call__(self, parser, namespace, values, option_string=None):
-        if values in TF_SERVING_VALUES_TAKEN.get(option_string, ()) or (
-                isinstance(values, str) and values.lower() in TF_SERVING_VALUES_TAKEN.get(option_string, ())):
+        if (values.lower() if isinstance(values, str) else values) in TF_SERVING_VALUES_TAKEN.get(option_string, ()):
             return
         parser.error(f"{option_string} is a TensorFlow Serving flag that vae-tf serve does not take: {self.hint}")
 

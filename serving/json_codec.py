@@ -222,23 +222,15 @@ def parse_document(body: bytes) -> dict:
         elif err.msg.startswith("Unterminated string"):
             pos = len(text)  # rapidjson reads to the end before it misses the quotation mark
         offset = _body_offset(len(text[:pos].encode("utf-8", "surrogateescape")), lows)
-        too_big = _first_number_too_big(body, offset) if big else None
-        if too_big is not None and (surrogate is None or too_big < surrogate):
-            raise invalid_argument(f"JSON Parse error: {_TOO_BIG_REASON} at offset: {too_big}") from None
-        if surrogate is not None and surrogate < offset:  # rapidjson stops at whichever comes first
-            raise invalid_argument(f"JSON Parse error: {_SURROGATE_REASON} at offset: {surrogate}") from None
+        _refuse_what_rapidjson_meets_first(body, offset, surrogate, big)
         raise invalid_argument(f"JSON Parse error: {reason or err.msg} at offset: {offset}") from None
     except RecursionError:
         # (project) rapidjson parses iteratively, any depth; Python's parser recurses.
         raise invalid_argument("JSON Parse error: The document is nested too deeply; send tensors with fewer "
                                "dimensions") from None
     # after the first complete value rapidjson stops reading (kParseStopWhenDoneFlag)
-    stop = _body_offset(len(text[:end].encode("utf-8", "surrogateescape")), lows)
-    too_big = _first_number_too_big(body, stop) if big else None
-    if too_big is not None and (surrogate is None or too_big < surrogate):
-        raise invalid_argument(f"JSON Parse error: {_TOO_BIG_REASON} at offset: {too_big}")
-    if surrogate is not None and surrogate < stop:
-        raise invalid_argument(f"JSON Parse error: {_SURROGATE_REASON} at offset: {surrogate}")
+    _refuse_what_rapidjson_meets_first(body, _body_offset(len(text[:end].encode("utf-8", "surrogateescape")), lows),
+                                       surrogate, big)
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {preview(doc)} Is not object")
     return doc
@@ -251,6 +243,17 @@ _TOO_BIG_REASON = "Number too big to be stored in double."
 _STRING_OR_NUMBER = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\Z)|-?[0-9][0-9.eE+\-]*', re.DOTALL)
 _NUMBER = re.compile(rb"(-?)([0-9]+)(?:\.([0-9]+))?(?:[eE]([+-]?)([0-9]+))?")
 _DBL_MAX_OVER_10 = 1.7976931348623157e307
+
+
+def _refuse_what_rapidjson_meets_first(body: bytes, stop: int, surrogate: int | None, big: bool) -> None:
+    """Raise the error rapidjson stops at before body offset ``stop`` (where Python's parse ended
+    or failed), whichever comes first: a number too big for a double (looked for when ``big``),
+    or a lone high surrogate escape at offset ``surrogate``."""
+    too_big = _first_number_too_big(body, stop) if big else None
+    if too_big is not None and (surrogate is None or too_big < surrogate):
+        raise invalid_argument(f"JSON Parse error: {_TOO_BIG_REASON} at offset: {too_big}")
+    if surrogate is not None and surrogate < stop:
+        raise invalid_argument(f"JSON Parse error: {_SURROGATE_REASON} at offset: {surrogate}")
 
 
 def _first_number_too_big(body: bytes, stop: int) -> int | None:
