@@ -59,6 +59,24 @@ def test_evaluate_digits_computes_what_applies(digits, digits_model):
         plt.close(fig)
 
 
+@pytest.mark.slow
+def test_evaluate_scores_prior_samples_with_the_classifier_distances(digits, digits_model, tmp_path):
+    from vae_tf.metrics import FDClassifierSpec, fd_classifier, load_or_train_fd_classifier
+
+    spec = FDClassifierSpec(epochs=2)
+    result = evaluate_model(digits_model, digits, split="test", iw_k=0, tsne=False, probe=False, fd=True,
+                            fd_cache_dir=tmp_path, fd_spec=spec, fd_num_samples=150, seed=3)
+    m, est = result["metrics"], result["info"]["estimators"]
+    assert "150 prior samples (mean decodes) vs 150 test examples" in est["fd_classifier"]
+    assert "100 subsets of 150 per side, seed 3" in est["kid_classifier"]
+    # A one-epoch model's samples are much further from the test digits than held-out digits are.
+    held_out = fd_classifier(digits.x_val[:150], digits.x_test[:150],
+                             load_or_train_fd_classifier(digits, cache_dir=tmp_path, spec=spec))
+    assert m["fd_classifier"] > 3 * held_out["fd_classifier"]
+    assert m["kid_classifier"] > 3 * max(held_out["kid_classifier"], m["kid_classifier_std"])
+    assert m["fd_classifier_accuracy"] == held_out["classifier_test_accuracy"] > 0.5
+
+
 def test_evaluate_gives_iw_nll_for_a_normalised_likelihood(digits):
     model = _model(digits.data_shape, likelihood={"name": "continuous_bernoulli"})
     result = evaluate_model(model, digits, split="val", max_examples=40, iw_k=10, iw_chunk=5, tsne=False,

@@ -1,4 +1,4 @@
-"""Fréchet distance (known answers) and the cached feature classifier of ``fd_classifier``."""
+"""Fréchet and kernel distances (known answers) and the cached feature classifier of ``fd_classifier``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from vae_tf.metrics import (
     fd_classifier,
     feature_statistics,
     frechet_distance,
+    kernel_distance,
     load_or_train_fd_classifier,
 )
 
@@ -46,6 +47,51 @@ def test_feature_statistics_use_n_minus_1(rng):
     np.testing.assert_allclose(sigma, np.cov(f, rowvar=False, ddof=1))
 
 
+def test_kernel_distance_matches_the_population_mmd_of_two_gaussians():
+    # In one dimension k(x, y) = (xy + 1)³ = Σ_j C(3, j) (xy)^j, so the population MMD² is
+    # Σ_j C(3, j) (E x^j − E y^j)²; for N(0, 1) against N(μ, 1) the raw moments are (μ, μ² + 1, μ³ + 3μ)
+    # against (0, 1, 0): 3μ² + 3μ⁴ + (μ³ + 3μ)². The estimator is unbiased, so its mean over subsets
+    # lands on it.
+    rng = np.random.default_rng(1)
+    mu = 0.5
+    x, y = rng.standard_normal((20000, 1)), mu + rng.standard_normal((20000, 1))
+    expected = 3 * mu**2 + 3 * mu**4 + (mu**3 + 3 * mu) ** 2
+    mean, std, m = kernel_distance(x, y, seed=0)
+    assert m == 1000 and std > 0
+    assert mean == pytest.approx(expected, rel=0.05)
+    # One distribution against itself: zero in expectation (and allowed below zero).
+    same, _, _ = kernel_distance(x, rng.standard_normal((20000, 1)), seed=0)
+    assert abs(same) < 0.02 * expected
+
+
+def test_kernel_distance_on_whole_sets_equals_the_unbiased_mmd_from_sklearn(rng):
+    from sklearn.metrics.pairwise import polynomial_kernel
+
+    x, y = rng.standard_normal((40, 5)), 0.3 + rng.standard_normal((40, 5))
+    kxx, kyy = (polynomial_kernel(a, degree=3, gamma=1 / 5, coef0=1) for a in (x, y))
+    kxy = polynomial_kernel(x, y, degree=3, gamma=1 / 5, coef0=1)
+    n = 40
+    expected = ((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (n * (n - 1)) - 2 * kxy.mean()
+    # A subset as large as the sets is the whole set, whatever the draw; subsets agree exactly.
+    mean, std, m = kernel_distance(x, y, num_subsets=3, subset_size=1000, seed=4)
+    assert m == n and mean == pytest.approx(expected, rel=1e-10) and std == pytest.approx(0.0, abs=1e-9)
+
+
+def test_kernel_distance_subsets_follow_the_seed_and_bad_input_is_refused(rng):
+    x, y = rng.standard_normal((300, 4)), rng.standard_normal((200, 4)) + 1.0
+    first = kernel_distance(x, y, num_subsets=5, subset_size=50, seed=7)
+    assert kernel_distance(x, y, num_subsets=5, subset_size=50, seed=7) == first
+    assert kernel_distance(x, y, num_subsets=5, subset_size=50, seed=8) != first
+    with pytest.raises(DataError, match="one D"):
+        kernel_distance(x, y[:, :3])
+    with pytest.raises(DataError, match="at least 2"):
+        kernel_distance(x[:1], y)
+    from vae_tf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="num_subsets must be an integer >= 1"):
+        kernel_distance(x, y, num_subsets=0)
+
+
 @pytest.mark.slow
 def test_fd_classifier_trains_once_caches_and_scores(digits, tmp_path):
     spec = FDClassifierSpec(epochs=3)
@@ -71,9 +117,13 @@ def test_fd_classifier_trains_once_caches_and_scores(digits, tmp_path):
 
     same = fd_classifier(digits.x_test, digits.x_test, clf)
     assert same["fd_classifier"] == pytest.approx(0.0, abs=1e-6) and same["num_generated"] == len(digits.x_test)
-    real = fd_classifier(digits.x_val, digits.x_test, clf)["fd_classifier"]
+    real = fd_classifier(digits.x_val, digits.x_test, clf)
     noise = np.random.default_rng(0).uniform(0, 1, digits.x_test.shape).astype(np.float32)
-    assert fd_classifier(noise, digits.x_test, clf)["fd_classifier"] > 5 * real
+    from_noise = fd_classifier(noise, digits.x_test, clf)
+    assert from_noise["fd_classifier"] > 5 * real["fd_classifier"]
+    # The kernel distance on the same features: near zero for held-out digits, far from it for noise.
+    assert same["kid_subset_size"] == len(digits.x_test) and same["kid_classifier_std"] == pytest.approx(0.0, abs=1e-9)
+    assert from_noise["kid_classifier"] > 5 * max(real["kid_classifier"], from_noise["kid_classifier_std"])
 
 
 def test_fd_classifier_needs_labels(digits, tmp_path):

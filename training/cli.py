@@ -75,7 +75,8 @@ def add_parsers(sub) -> None:
                           help="compute IW-NLL even where the likelihood is not a normalised density on the data "
                                "(a Bernoulli on non-binary pixels): a number, not a negative log-likelihood")
     evaluate.add_argument("--fd", action="store_true",
-                          help="also the Fréchet classifier distance of prior samples (trains a cached classifier once)")
+                          help="also the Fréchet and kernel classifier distances of prior samples (trains a "
+                               "cached classifier once)")
     evaluate.add_argument("--output", "-o", help="JSON report path (default evaluation/NAME-vVERSION-SPLIT.json)")
     evaluate.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
 

@@ -66,6 +66,7 @@ REPORT_COLUMNS = {
     "eval_cluster_accuracy": ("cluster acc.", "{:.3f}"),
     "eval_kmeans_accuracy": ("k-means acc.", "{:.3f}"),
     "eval_fd_classifier": ("fd_classifier", "{:.2f}"),
+    "eval_kid_classifier": ("kid_classifier", "{:.4f}"),
     "eval_mig": ("MIG", "{:.3f}"),
     "eval_dci_disentanglement": ("DCI-D", "{:.3f}"),
     "eval_sap": ("SAP", "{:.3f}"),

@@ -15,7 +15,8 @@ factors               a data set with a generator (``data.ground_truth``): BetaV
                       ``disentanglement_sizes`` says otherwise); other data with discrete
                       factors: MIG, DCI, SAP on the split's own codes (continuous factors, e.g.
                       a synthetic corpus's true z, are skipped)
-``fd=True``           ``fd_classifier`` (Fréchet classifier distance, not FID; images)
+``fd=True``           ``fd_classifier`` (Fréchet classifier distance, not FID; images) and, on
+                      the same features, ``kid_classifier`` (the kernel distance, not KID)
 text models           per sentence and per word: ``nll_per_word`` / ``perplexity`` from the
                       IW-NLL (and ``elbo_per_word``), with the words of a sentence counted as
                       its tokens plus ``<eos>`` (Bowman et al. 2016; He et al. 2019), and
@@ -114,7 +115,8 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
             it has one).
         fd, fd_cache_dir, fd_spec, fd_samples, fd_num_samples: the Fréchet classifier distance
             between ``fd_num_samples`` prior samples (``"mean"`` decodes or ``"ancestral"``
-            draws) and as many examples of the split.
+            draws) and as many examples of the split, and the kernel distance on the same
+            features (``kid_classifier``, ``kid_classifier_std``; subsets drawn from ``seed``).
 
     Returns:
         ``{"metrics": {...}, "info": {...}, "arrays": {...}}`` (see the module docstring).
@@ -280,16 +282,25 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
     if fd and text:
         skipped["fd_classifier"] = "the Frechet classifier distance is defined for images"
     elif fd:
-        from vae_tf.metrics.sample_quality import fd_classifier, load_or_train_fd_classifier  # noqa: PLC0415
+        from vae_tf.metrics.sample_quality import (  # noqa: PLC0415
+            KID_NUM_SUBSETS,
+            fd_classifier,
+            load_or_train_fd_classifier,
+        )
 
         classifier = load_or_train_fd_classifier(data, cache_dir=fd_cache_dir, spec=fd_spec)
         n = min(int(fd_num_samples), len(x))
         generated = _prior_samples(model, n, seed, fd_samples, batch_size)
-        result = fd_classifier(generated, x[:n], classifier)
+        result = fd_classifier(generated, x[:n], classifier, kid_seed=seed)
         metrics["fd_classifier"] = result["fd_classifier"]
         metrics["fd_classifier_accuracy"] = result["classifier_test_accuracy"]
+        metrics["kid_classifier"] = result["kid_classifier"]
+        metrics["kid_classifier_std"] = result["kid_classifier_std"]
         est["fd_classifier"] = (f"Frechet classifier distance (not FID): {n} prior samples ({fd_samples} decodes) vs "
                                 f"{n} {split} examples, classifier {result['classifier_key']}")
+        est["kid_classifier"] = (f"kernel distance (KID's estimator, not KID) on the same features: unbiased MMD^2, "
+                                 f"k(x, y) = (x.y/d + 1)^3, mean and std over {KID_NUM_SUBSETS} subsets of "
+                                 f"{result['kid_subset_size']} per side, seed {seed}")
 
     return {"metrics": metrics, "info": info, "arrays": arrays}
 

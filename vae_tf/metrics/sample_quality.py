@@ -1,5 +1,5 @@
 """Sample quality without Inception weights: the Fréchet classifier distance ``fd_classifier``
-(metrics.md §8).
+and the kernel classifier distance ``kid_classifier`` (metrics.md §8).
 
 FID needs Inception-V3 ImageNet weights, which every implementation downloads at run time; this
 package works offline. So, as is common practice on MNIST, the Fréchet distance is computed on
@@ -7,7 +7,12 @@ the penultimate-layer features of a **small classifier trained on the same data 
 
     FD(μ₁, Σ₁; μ₂, Σ₂) = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^{1/2})
 
-This is **not FID** and is not comparable with published FIDs, nor across package versions,
+and, on the same features, the kernel distance of Bińkowski et al. 2018 (KID's definition: the
+unbiased MMD² with the cubic polynomial kernel k(x, y) = (xᵀy/d + 1)³, averaged over 100 random
+subsets of 1 000 per side, as torch-fidelity and clean-fid compute it). KID is unbiased in n,
+so it can be compared across sample counts, which FD cannot.
+
+Neither is **FID** or KID: they are not comparable with published FIDs, nor across package versions,
 classifier specs or sample counts (FD is biased in n; Chong & Forsyth 2020): compare models only
 with the same classifier (same cache key), the same n and the same kind of samples (decoder
 means or ancestral draws, in the classifier's input range).
@@ -44,6 +49,9 @@ DEFAULT_CACHE_DIR = Path("~/.cache/vae_tf/fd_classifier")
 FEATURE_DIM = 128
 #: Samples per side (metrics.md §8: 10 000 generated vs the 10 000 test images).
 FD_NUM_SAMPLES = 10000
+#: The kernel distance's subsets (metrics.md §8; torch-fidelity's and clean-fid's defaults).
+KID_NUM_SUBSETS = 100
+KID_SUBSET_SIZE = 1000
 _MODEL_FILE = "model.keras"
 _INFO_FILE = "info.json"
 #: Classifiers this process has loaded, by cache directory, with :func:`_stamp` of the entry (a
@@ -100,6 +108,43 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
                             "use more samples (n well above the feature dimension)")
         covmean = covmean.real
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+def kernel_distance(features1, features2, *, num_subsets: int = KID_NUM_SUBSETS,
+                    subset_size: int = KID_SUBSET_SIZE, seed: int = 0) -> tuple[float, float, int]:
+    """Kernel distance (KID's estimator, Bińkowski et al. 2018) between two ``(n, D)`` feature sets.
+
+    For each of ``num_subsets`` subsets, m = min(``subset_size``, n₁, n₂) rows are drawn without
+    replacement from each side (independently, from a ``seed``-determined generator) and the
+    unbiased MMD² with k(x, y) = (xᵀy/D + 1)³ is computed:
+
+        Σ_{i≠j} k(xᵢ, xⱼ) / (m(m − 1)) + Σ_{i≠j} k(yᵢ, yⱼ) / (m(m − 1)) − 2 Σ_{i,j} k(xᵢ, yⱼ) / m²
+
+    Returns ``(mean, std, m)`` over the subsets (the estimate can be slightly negative when the
+    two sets come from one distribution). Float64 throughout.
+    """
+    f1, f2 = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+        raise DataError(f"kernel distance needs two (n, D) feature arrays of one D; got {f1.shape} and "
+                        f"{f2.shape}")
+    positive_int("num_subsets", num_subsets)
+    positive_int("subset_size", subset_size)
+    m = min(subset_size, len(f1), len(f2))
+    if m < 2:
+        raise DataError(f"kernel distance needs at least 2 examples per side, got {len(f1)} and {len(f2)}")
+    d = f1.shape[1]
+    rng = np.random.default_rng(seed)
+
+    def within(a):  # mean of k(aᵢ, aⱼ) over i ≠ j
+        k = (a @ a.T / d + 1.0) ** 3
+        return (k.sum() - np.trace(k)) / (m * (m - 1))
+
+    estimates = np.empty(num_subsets)
+    for i in range(num_subsets):
+        x = f1[rng.choice(len(f1), m, replace=False)]
+        y = f2[rng.choice(len(f2), m, replace=False)]
+        estimates[i] = within(x) + within(y) - 2.0 * ((x @ y.T / d + 1.0) ** 3).mean()
+    return float(estimates.mean()), float(estimates.std()), int(m)
 
 
 # --- the classifier -----------------------------------------------------------------------------
@@ -273,15 +318,17 @@ def load_or_train_fd_classifier(data, *, cache_dir=None, spec: FDClassifierSpec 
 
 
 def fd_classifier(generated, reference, classifier: FDClassifier, *, max_samples: int | None = FD_NUM_SAMPLES,
-                  equal_n: bool = True) -> dict:
-    """Fréchet classifier distance between ``generated`` and ``reference`` examples.
+                  equal_n: bool = True, kid_seed: int = 0) -> dict:
+    """Fréchet and kernel classifier distances between ``generated`` and ``reference`` examples.
 
     Both sets are cut to ``max_samples`` (default 10 000) and, with ``equal_n``, to the same n
     (FD is biased in n). Features are the classifier's penultimate layer; statistics in float64.
+    The kernel distance (:func:`kernel_distance`, subsets drawn from ``kid_seed``) uses the same
+    features.
 
     Returns:
-        ``{"fd_classifier", "num_generated", "num_reference", "classifier_test_accuracy",
-        "classifier_key"}``.
+        ``{"fd_classifier", "kid_classifier", "kid_classifier_std", "kid_subset_size",
+        "num_generated", "num_reference", "classifier_test_accuracy", "classifier_key"}``.
     """
     generated, reference = np.asarray(generated, np.float32), np.asarray(reference, np.float32)
     n_gen, n_ref = len(generated), len(reference)
@@ -291,9 +338,12 @@ def fd_classifier(generated, reference, classifier: FDClassifier, *, max_samples
         n_gen = n_ref = min(n_gen, n_ref)
     if min(n_gen, n_ref) < 2:
         raise DataError("fd_classifier needs at least 2 generated and 2 reference examples")
-    mu1, s1 = feature_statistics(classifier.features(generated[:n_gen]))
-    mu2, s2 = feature_statistics(classifier.features(reference[:n_ref]))
-    return {"fd_classifier": frechet_distance(mu1, s1, mu2, s2), "num_generated": int(n_gen),
+    f_gen, f_ref = classifier.features(generated[:n_gen]), classifier.features(reference[:n_ref])
+    mu1, s1 = feature_statistics(f_gen)
+    mu2, s2 = feature_statistics(f_ref)
+    kid, kid_std, kid_m = kernel_distance(f_gen, f_ref, seed=kid_seed)
+    return {"fd_classifier": frechet_distance(mu1, s1, mu2, s2), "kid_classifier": kid,
+            "kid_classifier_std": kid_std, "kid_subset_size": kid_m, "num_generated": int(n_gen),
             "num_reference": int(n_ref), "classifier_test_accuracy": classifier.test_accuracy,
             "classifier_key": classifier.info.get("cache_key")}
 
@@ -303,8 +353,11 @@ __all__ = [
     "FD_CLASSIFIER_VERSION",
     "FDClassifier",
     "FDClassifierSpec",
+    "KID_NUM_SUBSETS",
+    "KID_SUBSET_SIZE",
     "fd_classifier",
     "feature_statistics",
     "frechet_distance",
+    "kernel_distance",
     "load_or_train_fd_classifier",
 ]
