@@ -651,7 +651,7 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
     import pyarrow as pa
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
-    from serving.embed import arrow_table, encode_chunk
+    from serving.embed import arrow_table, encode_chunk, output_metadata
 
     if batch_size < 1:
         raise ConfigError("batch size must be a positive integer")
@@ -699,7 +699,8 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
     probe = encode_chunk(encoder, example, outputs, 1)
     empty = {**{name: probe[name][:0] for name in outputs}, "index": np.zeros(0, np.int64),
              "label": np.zeros(0, np.int64), **{k: pa.array([], type=source.keep_types[k]) for k in keep}}
-    schema = arrow_table(empty, columns).schema
+    schema = arrow_table(empty, columns).schema.with_metadata(
+        output_metadata(encoder.identity, outputs, source.description, text=encoder.text))
 
     try:
         pipeline = beam.Pipeline(runner=make_runner(options), options=options)

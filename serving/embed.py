@@ -460,8 +460,11 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
             shutil.rmtree(parts, ignore_errors=True)
         raise
     columns = list(outputs) + ["index"] + (["label"] if source.y is not None else [])
-    writer = _assemble_parquet if output.suffix.lower() == ".parquet" else _assemble_npz
-    _atomic_write(output, lambda tmp: writer(tmp, parts, n_chunks, columns, n))
+    if output.suffix.lower() == ".parquet":
+        metadata = output_metadata(encoder.identity, outputs, source.description, text=getattr(encoder, "text", False))
+        _atomic_write(output, lambda tmp: _assemble_parquet(tmp, parts, n_chunks, columns, n, metadata))
+    else:
+        _atomic_write(output, lambda tmp: _assemble_npz(tmp, parts, n_chunks, columns, n))
     shutil.rmtree(parts, ignore_errors=True)
     return EmbedResult(output, n, n_chunks, reused, columns, encoder.identity,
                        None if policy is None else (truncated, counted, policy.max_length))
@@ -613,6 +616,51 @@ def _assemble_npz(tmp: Path, parts: Path, n_chunks: int, columns: list[str], tot
         os.fsync(handle.fileno())
 
 
+#: The schema metadata key of a Parquet output's JSON description (:func:`output_metadata`).
+PARQUET_METADATA_KEY = b"vae_tf.embed"
+
+
+def index_meaning(description: Mapping, text: bool) -> str:
+    """What the output's ``index`` column is, for ``description`` (an :class:`EmbedSource`'s) and
+    a text model's sentences (``text``) or rows of numbers."""
+    split = description.get("split")
+    if split in ("train", "val", "test"):
+        return (f"the row's position in the {split!r} split of the input (0-based; the splits are shuffled with seed "
+                f"{description.get('seed')}): join it to that split, not to the file")
+    if text:
+        return ("the line (text file) or row (table) of the input each sentence came from, 0-based; rows without one "
+                "are skipped")
+    return "the row's position in the input, 0-based (across several files, counted on in file order)"
+
+
+def output_metadata(identity: Mapping, outputs: Sequence[str], description: Mapping, *,
+                    text: bool) -> dict[bytes, bytes]:
+    """The Parquet schema metadata of an embed output: ``{PARQUET_METADATA_KEY: JSON}`` saying which
+    model wrote it, which ``encode`` outputs the columns hold, what ``index`` is and what was
+    read, so a table found later says what it is (``pq.read_schema(path).metadata``;
+    :func:`read_output_metadata`)."""
+    from vae_tf import __version__
+
+    info = {"format": 1, "writer": f"vae-tf {__version__} embed", "model": dict(identity), "outputs": list(outputs),
+            "index": index_meaning(description, text), "data": dict(description)}
+    return {PARQUET_METADATA_KEY: json.dumps(info, sort_keys=True, default=str).encode("utf-8")}
+
+
+def read_output_metadata(path: str | os.PathLike) -> dict | None:
+    """The description :func:`output_metadata` put in a Parquet output (a file, or one part file
+    of a ``--runner beam`` directory); None when it has none (another writer, an older vae-tf)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if path.is_dir():
+        parts = sorted(path.glob("*.parquet"))
+        if not parts:
+            raise DataError(f"{path} holds no Parquet file; give a vae-tf embed output")
+        path = parts[0]
+    raw = (pq.read_schema(path).metadata or {}).get(PARQUET_METADATA_KEY)
+    return None if raw is None else json.loads(raw)
+
+
 def arrow_table(arrays: dict[str, np.ndarray], columns: Sequence[str]):
     """The Parquet layout of embed outputs: ``columns`` of ``arrays`` in that order, a 1-D array
     as it is (``index``, ``label``), an ``[N, ...]`` tensor as ``fixed_size_list<float>``, an
@@ -632,7 +680,8 @@ def arrow_table(arrays: dict[str, np.ndarray], columns: Sequence[str]):
     return pa.table(cols)
 
 
-def _assemble_parquet(tmp: Path, parts: Path, n_chunks: int, columns: list[str], total: int) -> None:
+def _assemble_parquet(tmp: Path, parts: Path, n_chunks: int, columns: list[str], total: int,
+                      metadata: dict[bytes, bytes] | None = None) -> None:
     import pyarrow.parquet as pq
 
     writer = None
@@ -640,7 +689,7 @@ def _assemble_parquet(tmp: Path, parts: Path, n_chunks: int, columns: list[str],
         for i in range(n_chunks):
             chunk_table = arrow_table(_chunk(parts, i), columns)
             if writer is None:
-                writer = pq.ParquetWriter(str(tmp), chunk_table.schema)
+                writer = pq.ParquetWriter(str(tmp), chunk_table.schema.with_metadata(metadata or {}))
             writer.write_table(chunk_table)  # one row group per chunk
     finally:
         if writer is not None:
@@ -726,5 +775,6 @@ def probe(train_path: str | os.PathLike, test_path: str | os.PathLike | None = N
 
 
 __all__ = ["EmbedResult", "EmbedSource", "LocalEncoder", "RemoteEncoder", "SPLIT_DEFAULTS", "arrow_table",
-           "encode_chunk", "extract_embeddings", "load_source", "load_split_source", "load_text_source", "probe",
-           "read_embeddings", "refuse_modality_mismatch", "refuse_split_options", "resolve_embed_data"]
+           "encode_chunk", "extract_embeddings", "load_source", "load_split_source", "load_text_source",
+           "output_metadata", "probe", "read_embeddings", "read_output_metadata", "refuse_modality_mismatch",
+           "refuse_split_options", "resolve_embed_data"]

@@ -17,7 +17,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from serving.embed import load_source  # noqa: E402
+from serving.embed import load_source, read_output_metadata  # noqa: E402
 from tests.conftest import ABSEIL_RECORD, assert_one_line  # noqa: E402
 from vae_tf_cli import main  # noqa: E402
 
@@ -78,6 +78,13 @@ def test_beam_on_two_workers_equals_vae_tf_embed_row_for_row(exports, tmp_path, 
     assert main(common + ["--runner", "beam", "-o", str(out), "--overwrite"]) == 0
     assert _parts(out) == ["part-00000-of-00001.parquet"]
     assert pq.read_table(out).sort_by("index").equals(reference)
+    # Both say in their schema what they hold (serving.embed.output_metadata), the same way.
+    local_meta, beam_meta = read_output_metadata(local), read_output_metadata(out)
+    assert local_meta["model"] == beam_meta["model"] == {"model": str((exports / "2").resolve())}
+    assert local_meta["outputs"] == beam_meta["outputs"] == ["embedding", "z_mean"]
+    assert local_meta["index"] == beam_meta["index"] == ("the row's position in the input, 0-based (across several "
+                                                         "files, counted on in file order)")
+    assert local_meta["data"]["path"] == beam_meta["data"]["path"] == str(data)
 
 
 def test_importing_the_beam_pipeline_logs_no_bigquery_warning_and_other_warnings_still_show():

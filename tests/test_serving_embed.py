@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
@@ -16,6 +18,7 @@ from serving.embed import (
     extract_embeddings,
     load_source,
     read_embeddings,
+    read_output_metadata,
 )
 from serving.testing import export_tiny_model, running_server
 from tests.conftest import assert_one_line, interrupted_after
@@ -51,6 +54,7 @@ def test_embed_through_the_server_and_locally_is_identical(base, server, tmp_pat
     assert "version 1" in capsys.readouterr().out
     assert _embed("--server", f"grpc://{server.grpc_target}", "--model-name", "vae", "-o", str(grpc_out),
                   "--chunk-size", "1000", "--batch-size", "32", "--outputs", "embedding,z_mean") == 0
+    pq.write_table(pa.table({"embedding": [1.0]}), tmp_path / "nothing.parquet")  # another writer's file
     codes_local, labels_local = read_embeddings(local)
     codes_rest, labels_rest = read_embeddings(rest)
     codes_grpc, labels_grpc = read_embeddings(grpc_out)
@@ -67,6 +71,12 @@ def test_embed_through_the_server_and_locally_is_identical(base, server, tmp_pat
         assert sorted(archive.files) == ["embedding", "index", "label", "z_mean"]
         np.testing.assert_array_equal(archive["index"], np.arange(len(x_test)))
     assert not (tmp_path / "local.npz.parts").exists()  # chunk files are removed once assembled
+    # The Parquet output says what it holds: which model and version, which outputs, what `index` is.
+    meta = read_output_metadata(rest)
+    assert meta["model"] == {"server": server.rest_url, "model_name": "vae", "version": 1}
+    assert meta["outputs"] == ["embedding"] and meta["data"]["data"] == "digits" and meta["data"]["split"] == "test"
+    assert meta["index"].startswith("the row's position in the 'test' split of the input") and "seed 0" in meta["index"]
+    assert meta["writer"].startswith("vae-tf ") and read_output_metadata(tmp_path / "nothing.parquet") is None
 
 
 def test_probe_reports_above_chance_accuracy(base, tmp_path, capsys):

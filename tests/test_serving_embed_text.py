@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from serving.embed import LocalEncoder, extract_embeddings, load_text_source, read_embeddings
+from serving.embed import LocalEncoder, extract_embeddings, load_text_source, read_embeddings, read_output_metadata
 from serving.testing import TINY_TEXT_MAX_LENGTH, TINY_TEXT_WORDS, drop_version, running_server
 from tests.conftest import assert_one_line, interrupted_after
 from vae_tf_cli import main
@@ -71,6 +71,8 @@ def test_text_inputs_embed_every_sentence_in_file_order(base, inputs, tmp_path, 
                 f"words; each is embedded from its first {TINY_TEXT_MAX_LENGTH}, as the model reads it") in printed
         table = pq.read_table(out).to_pydict()
         assert table["index"] == list(SENTENCES), name  # the line / row each sentence came from
+        assert read_output_metadata(out)["index"].startswith("the line (text file) or row (table) of the input each "
+                                                             "sentence came from"), name
         np.testing.assert_allclose(np.array(table["embedding"]), want, rtol=1e-5, atol=1e-6, err_msg=name)
         if name == "s.parquet":  # labels from the "label" column, of the rows embedded
             assert table["label"] == [i % 3 for i in SENTENCES]
