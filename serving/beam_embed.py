@@ -786,7 +786,7 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
     if pattern is not None:
         refuse_split_options(args, "Parquet input")
         source = ParquetSource(pattern, data_shape, args.chunk_size, text=encoder.text, column=args.column,
-                               label_column=args.label_column, keep=keep)
+                               label_column=False if args.no_labels else args.label_column, keep=keep)
     elif kind == "table":
         raise ConfigError("--runner beam reads Parquet, not CSV; drop --runner beam (vae-tf embed reads CSV in one "
                           "process) or convert the file to Parquet")
@@ -798,7 +798,10 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
                               "per line")
         source = TextFileSource(text_pattern, args.chunk_size)
     else:
-        source = SplitSource(load_split_source(args, encoder.text, options), args.chunk_size)
+        split = load_split_source(args, encoder.text, options)
+        if args.no_labels:
+            split.y = None
+        source = SplitSource(split, args.chunk_size)
     # Runner and worker logs (a failed bundle's traceback among them) would bury the one-line
     # error: a failure comes back as the exception, and user_error finds the message in it.
     logging.getLogger("apache_beam.runners").setLevel(logging.CRITICAL)

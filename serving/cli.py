@@ -113,6 +113,9 @@ def add_parsers(sub) -> None:
                                         "models; default: x, images, x_train or imgs)")
     embed.add_argument("--label-column", help="Parquet/CSV input: a column of integer labels to keep (default: y, "
                                               "labels or label when present)")
+    embed.add_argument("--no-labels", action="store_true",
+                       help="write no label column, even where the input has labels (a label column of strings or "
+                            "with nulls, or labels a downstream user must not see)")
     embed.add_argument("--keep-columns", metavar="COLS",
                        help="--runner beam, Parquet input: input columns to copy into the output beside each row's "
                             "embedding (comma-separated, e.g. id,date: a key to join on)")
@@ -276,6 +279,8 @@ def cmd_embed(args) -> int:
     outputs = [o.strip() for o in args.outputs.split(",") if o.strip()]
     if not outputs:
         raise ConfigError("--outputs is empty; name at least one encode output, e.g. embedding")
+    if args.no_labels and args.label_column:
+        raise ConfigError("--no-labels drops the labels that --label-column names; give one of them")
     folder = args.path or args.data
     if folder and Path(folder).expanduser().is_dir() and any(Path(folder).expanduser().glob("*.parquet")):
         # A folder of Parquet part files (what Spark, Beam and pandas write): its files, in name order.
@@ -301,7 +306,8 @@ def cmd_embed(args) -> int:
     text_input = input_kind(args.path or args.data) is not None or args.data.lower() in ("text", "parquet", "csv")
     if encoder.text and text_input:
         refuse_split_options(args, "Text, Parquet and CSV input")
-        source = load_text_source(args.path or args.data, column=args.column, label_column=args.label_column)
+        source = load_text_source(args.path or args.data, column=args.column,
+                                  label_column=False if args.no_labels else args.label_column)
     else:
         source = None
         if args.data.lower() == "parquet" or args.data.lower().endswith(".parquet"):
@@ -316,6 +322,8 @@ def cmd_embed(args) -> int:
                 raise ConfigError(f"{args.path or args.data} is a folder, but this text model reads sentences: give a "
                                   ".txt/.txt.gz/.parquet/.csv file or a text data set (text_synthetic, wordnet)")
             source = load_split_source(args, encoder.text, options)
+            if args.no_labels:
+                source.y = None
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():
@@ -368,7 +376,8 @@ def _parquet_image_source(args, encoder):
         raise ConfigError("the model's input shape is not known (an export without vae_tf_model.json, or a served "
                           "signature without a fixed shape), so Parquet rows cannot be shaped; use --runner beam")
     refuse_split_options(args, "Parquet input")
-    rows = ParquetImageRows(path, encoder.data_shape, column=args.column, label_column=args.label_column)
+    rows = ParquetImageRows(path, encoder.data_shape, column=args.column,
+                            label_column=False if args.no_labels else args.label_column)
     return EmbedSource(rows, rows.labels, {"data": "parquet", "path": path, "rows": len(rows)})
 
 

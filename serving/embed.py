@@ -180,15 +180,16 @@ def refuse_split_options(args, what: str) -> None:
         raise ConfigError(f"{what} is embedded whole, in file order; drop {', '.join(given)}")
 
 
-def load_text_source(data: str, *, column: str | None = None, label_column: str | None = None) -> EmbedSource:
+def load_text_source(data: str, *, column: str | None = None,
+                     label_column: str | None | bool = None) -> EmbedSource:
     """Sentences for a text model from a ``.txt``/``.txt.gz`` file (one per line) or a column of a
     Parquet/CSV file (:mod:`serving.text_rows`): every sentence in file order, blank rows skipped,
-    ``index`` the line or row it came from."""
+    ``index`` the line or row it came from; labels from ``label_column`` (``False``: none)."""
     from serving.text_rows import input_kind, table_rows, text_file_rows
 
     kind = input_kind(data)
     if kind == "text":
-        if column is not None or label_column is not None:
+        if column is not None or label_column not in (None, False):
             raise ConfigError("--column and --label-column are for Parquet/CSV input; a text file has one sentence "
                               "per line")
         rows = text_file_rows(data)

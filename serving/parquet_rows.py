@@ -59,11 +59,12 @@ def column_rows(column, shape: tuple[int, ...], where: str, first: int = 0, file
 
 
 def pick_columns(path: str, names: Sequence[str], *, text: bool, column: str | None = None,
-                 label_column: str | None = None) -> tuple[str, str | None]:
+                 label_column: str | None | bool = None) -> tuple[str, str | None]:
     """``(data column, label column or None)`` of a Parquet file whose columns are ``names``: the
     data is ``column``, else the first of the default names (an ``.npz``'s ``x``, ``images``,
     ``x_train``, ``imgs`` for rows; ``text``, ``sentence``, ``sentences``, ``x`` for sentences),
-    the labels ``label_column``, else the first of ``y``, ``labels``, ``label``."""
+    the labels ``label_column``, else the first of ``y``, ``labels``, ``label`` (``False``: none,
+    as ``--no-labels`` asks)."""
     from serving.text_rows import LABEL_COLUMNS, TEXT_COLUMNS
     from vae_tf.data.files import X_KEYS, Y_KEYS
 
@@ -73,6 +74,8 @@ def pick_columns(path: str, names: Sequence[str], *, text: bool, column: str | N
         raise DataError(f"{path} has no data column: expected {', '.join(map(repr, data_keys))}, found "
                         f"{', '.join(map(repr, names))}; name the column of {'sentences' if text else 'rows'} "
                         "with --column NAME")
+    if label_column is False:  # --no-labels
+        return x_column, None
     if label_column and label_column not in names:
         raise DataError(f"{path} has no label column {label_column!r} (--label-column); found "
                         f"{', '.join(map(repr, names))}")
@@ -87,7 +90,7 @@ def integer_labels(labels, where: str) -> np.ndarray:
     if labels.null_count or not pa.types.is_integer(labels.type):
         nulls = f" with {labels.null_count} null(s)" if labels.null_count else ""
         raise DataError(f"{where} must hold integer class indices without nulls, got {labels.type}{nulls}; fill or "
-                        "drop those rows, or name another column with --label-column")
+                        "drop those rows, name another column with --label-column, or pass --no-labels")
     return labels.to_numpy(zero_copy_only=False).astype(np.int64)
 
 

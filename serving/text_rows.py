@@ -192,10 +192,10 @@ def table_columns(path: str | os.PathLike) -> list[tuple[str, str]]:
     return [(f.name, str(f.type)) for f in schema]
 
 
-def choose_columns(path, column: str | None, label_column: str | None) -> tuple[str, str | None]:
+def choose_columns(path, column: str | None, label_column: str | None | bool) -> tuple[str, str | None]:
     """The sentence column (``column``, else the first of :data:`TEXT_COLUMNS`, else the only
     string column) and the label column (``label_column``, else the first of
-    :data:`LABEL_COLUMNS` present, else None)."""
+    :data:`LABEL_COLUMNS` present, else None; ``False``: none, as ``--no-labels`` asks)."""
     found = table_columns(path)
     names = [name for name, _ in found]
     listing = ", ".join(f"{n} ({t})" for n, t in found)
@@ -206,6 +206,8 @@ def choose_columns(path, column: str | None, label_column: str | None) -> tuple[
         column = next((c for c in TEXT_COLUMNS if c in names), None) or (strings[0] if len(strings) == 1 else None)
         if column is None:
             raise DataError(f"{path}: which column holds the sentences? Its columns are {listing}; pass --column NAME")
+    if label_column is False:  # --no-labels
+        return column, None
     if label_column is not None and label_column not in names:
         raise DataError(f"{path} has no label column {label_column!r}; its columns are {listing}")
     if label_column is None:
@@ -226,7 +228,7 @@ def batch_rows(values, labels, position: int, where: str, label_where: str | Non
     if labels is not None:
         if not pa.types.is_integer(labels.type) or labels.null_count:
             raise DataError(f"{label_where} must hold integer class indices without nulls, got {labels.type}; name "
-                            "another with --label-column")
+                            "another with --label-column, or pass --no-labels")
         labels = labels.to_numpy(zero_copy_only=False).astype(np.int64)
     rows = []
     for i, text in enumerate(values.to_pylist()):

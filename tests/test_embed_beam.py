@@ -419,6 +419,38 @@ def test_one_process_and_the_server_read_an_image_parquet_file_as_beam_does(expo
                                                "reads one Parquet file; add --runner beam for several")
 
 
+def test_no_labels_leaves_a_label_column_out_on_every_input_and_runner(exports, tmp_path, capsys):
+    """A table whose `label` column holds strings and nulls is refused (it looks like the labels);
+    --no-labels embeds it without them, in one process and on Beam, and drops an .npz's labels."""
+    rng = np.random.default_rng(11)
+    x = rng.random((40, 64), dtype=np.float32)
+    data = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"x": _list_column(x, True), "label": ["cat", None] * 20}), data)
+    common = ["--data", str(data), "--model", str(exports / "1"), "--chunk-size", "16"]
+    assert _error(capsys, "embed", *common, "-o", str(tmp_path / "refused.parquet")).endswith(
+        "must hold integer class indices without nulls, got string with 8 null(s); fill or drop those rows, name "
+        "another column with --label-column, or pass --no-labels")  # 8 in the first chunk of 16
+    assert main(["embed", *common, "--no-labels", "-o", str(tmp_path / "one.parquet")]) == 0
+    assert "(40 rows; columns embedding, index)" in capsys.readouterr().out
+    assert main(["embed", "--runner", "beam", *common, "--no-labels", "-o", str(tmp_path / "beam")]) == 0
+    one, beam = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "beam").sort_by("index")
+    assert one.column_names == ["embedding", "index"] and one.equals(beam)
+    np.testing.assert_allclose(np.stack(one["embedding"].to_numpy(zero_copy_only=False)),
+                               _encode_directly(exports / "1", x.reshape((-1,) + SHAPE)), rtol=1e-5, atol=1e-6)
+
+    arrays = tmp_path / "rows.npz"
+    np.savez(arrays, x=x.reshape((-1,) + SHAPE), y=np.arange(40) % 3)
+    for runner, out in ((), tmp_path / "a.npz"), (("--runner", "beam"), tmp_path / "a"):
+        assert main(["embed", *runner, "--data", str(arrays), "--split", "all", "--model", str(exports / "1"),
+                     "--no-labels", "-o", str(out)]) == 0
+    with np.load(tmp_path / "a.npz") as archive:
+        assert sorted(archive.files) == ["embedding", "index"]
+    assert pq.read_table(tmp_path / "a").column_names == ["embedding", "index"]
+    capsys.readouterr()
+    assert _error(capsys, "embed", *common, "--no-labels", "--label-column", "label", "-o", str(tmp_path / "c.npz")) \
+        == "error: --no-labels drops the labels that --label-column names; give one of them"
+
+
 def test_small_row_groups_are_read_together_up_to_a_chunk(tmp_path):
     """A work item was one row group: a file written one row per group was 5,000 work items
     (63 rows/s, and as many one-row groups in the output). Consecutive groups of a file now make

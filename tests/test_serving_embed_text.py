@@ -78,6 +78,11 @@ def test_text_inputs_embed_every_sentence_in_file_order(base, inputs, tmp_path, 
             assert table["label"] == [i % 3 for i in SENTENCES]
         else:
             assert "label" not in table
+    # --no-labels leaves the label column out
+    out = tmp_path / "no-labels.parquet"
+    assert main(["embed", "--model", str(base / "text"), "--data", str(inputs / "s.parquet"), "--no-labels", "-o",
+                 str(out)]) == 0
+    assert pq.read_table(out).column_names == ["embedding", "index"]
 
 
 def test_the_data_set_a_model_was_trained_on_is_read_with_its_training_options(text_exports, tmp_path, capsys):
