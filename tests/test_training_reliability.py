@@ -555,7 +555,18 @@ def test_resuming_a_run_that_ran_all_its_epochs_is_refused_and_changes_nothing(t
     again = run_training(config, resume=first.run_id, overrides=("train.epochs=2",))
     assert again.run_id == first.run_id and len(again.history["loss"]) == 2
     assert again.name == "inproc"  # the resumed run's own model (the summary printed the --config's name)
-    assert client.get_run(first.run_id).info.status == "FINISHED"
+    resumed = client.get_run(first.run_id)
+    assert resumed.info.status == "FINISHED"
+    # The run says what the resume changed: its params keep the first value (MLflow's cannot change),
+    # config.yaml is the config it finished with, and a tag lists the change. They said 1 epoch.
+    assert resumed.data.params["train.epochs"] == "1" and resumed.data.tags["vae_tf.resume.changed"] == \
+        "train.epochs: 1 -> 2"
+    logged = yaml.safe_load(Path(client.download_artifacts(first.run_id, "config.yaml", str(tmp_path))).read_text())
+    assert logged["train"]["epochs"] == 2
+    third = run_training(config, resume=first.run_id, overrides=("train.epochs=3", "train.learning_rate=0.0005"))
+    assert len(third.history["loss"]) == 3
+    assert client.get_run(first.run_id).data.tags["vae_tf.resume.changed"] == (
+        "train.epochs: 1 -> 2 | train.epochs: 2 -> 3; train.learning_rate: 0.001 -> 0.0005")
 
 
 def test_a_run_interrupted_then_resumed_to_its_end_keeps_no_error_tag(tmp_path, monkeypatch):

@@ -273,6 +273,7 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
         run_dir, record = find_run(config.train.run_dir, resume if isinstance(resume, str) else None,
                                    None if isinstance(resume, str) else config.name, config.mlflow.tracking_uri)
         config = resumed_config(record, overrides)
+        changed = resume_changes(record["config"], config)
     strategy = make_strategy(config.train)  # first TF work: MultiWorkerMirroredStrategy must precede the rest
     if config.train.strategy != "none" and config.train.steps_per_execution > 1:
         # Keras 3.15 / TF 2.21: Keras' multi-step loop under MirroredStrategy (and MWMS) fails with
@@ -305,6 +306,16 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
                              retry_seconds=config.mlflow.retry_seconds)
     tracker.start()
     tracker.save_record(status="running", name=config.name, config=config.to_dict())
+    if resume and changed:
+        # MLflow params cannot change once logged: they keep the values the run started with. The
+        # resolved config (config.yaml) is the one the run goes on with, and a tag says what changed.
+        said = "; ".join(changed)
+        earlier = record.get("resume_changes") or []
+        tracker.set_tags({"vae_tf.resume.changed": " | ".join([*earlier, said])[:5000]})
+        tracker.log_dict(config.to_dict(), "config.yaml")
+        tracker.save_record(resume_changes=[*earlier, said])
+        print(f"resuming with: {said} (the run's params keep their first values; config.yaml and the tag "
+              "vae_tf.resume.changed say what changed)", file=sys.stderr)
     try:
         result = _run(config, prepared, tracker, after_training, resumed=bool(resume), strategy=strategy)
     except BaseException as err:
@@ -324,6 +335,15 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
     tracker.save_record(status="finished", export_dir=str(result.export_dir.resolve()), error=None)
     tracker.finish("FINISHED")
     return result
+
+
+def resume_changes(before: dict, config: Config) -> list[str]:
+    """``["train.epochs: 40 -> 9", ...]``: the settings a resume changes from the run's config."""
+    from training.config import flatten
+
+    old, new = flatten(before), config.flat()
+    return [f"{key}: {old.get(key)} -> {new.get(key)}" for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)]
 
 
 def training_steps_per_epoch(data, train_cfg) -> int:
