@@ -109,6 +109,51 @@ def test_evaluate_the_registered_model_and_the_run(here, capsys, monkeypatch):
     assert json.loads((tmp_path / "evaluation" / "vae-v1-test-max20.json").read_text())["info"]["num_examples"] == 20
 
 
+@pytest.mark.slow
+def test_a_registered_model_is_named_by_its_registry_version_and_a_run_needs_no_local_export(tmp_path, capsys,
+                                                                                             monkeypatch):
+    """A run with mlflow.register=false exports vae/1 and registers nothing, so the next run's
+    export vae/2 is registered as version 1: evaluating models:/vae/1 was labelled "vae v2", and its
+    tag vae/2 read like models:/vae/2. A run whose export is gone was refused ("has no local
+    export"), and the logged-model URI train prints was refused as "names no version"."""
+    import re
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    fast = [a for o in FAST for a in ("--set", o)]
+    assert main(["train", *fast, "--set", "mlflow.register=false"]) == 0
+    assert main(["train", *fast]) == 0
+    logged = re.findall(r"logged model (models:/m-[0-9a-f]+)", capsys.readouterr().out)
+    assert len(logged) == 1
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_model_version("vae", "1").run_id  # the second run's export, models/vae/2
+    client.set_registered_model_alias("vae", "champion", "1")
+    for source in ("models:/vae/1", "models:/vae@champion", "models:/vae/latest"):
+        assert main(["evaluate", source, "--iw-k", "0", "--disentanglement", "off", "--output", "e.json"]) == 0
+        document = json.loads((tmp_path / "e.json").read_text())
+        assert document["model"]["registered"] == "vae/1" and document["model"]["version"] == 2, source
+    assert main(["evaluate", "models:/vae/1", "--iw-k", "0", "--disentanglement", "off"]) == 0
+    assert "evaluation/vae-v1-test.json" in capsys.readouterr().out
+    runs = client.search_runs([client.get_experiment_by_name("vae-tf").experiment_id],
+                              filter_string="tags.`vae_tf.kind` = 'evaluation'")
+    assert {r.data.tags["vae_tf.model"] for r in runs} == {"vae/1"}
+    assert {r.data.tags["mlflow.runName"] for r in runs} == {"evaluate vae v1 (test)"}
+
+    # The logged model train printed, and a run whose export has gone: read from MLflow.
+    assert main(["evaluate", logged[0], "--iw-k", "0", "--disentanglement", "off", "--no-mlflow", "-o", "m.json"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["model"]["version"] == 2
+    first = min((r for r in client.search_runs([client.get_experiment_by_name("vae-tf").experiment_id])
+                 if r.data.tags.get("vae_tf.kind") != "evaluation"), key=lambda r: r.info.start_time)
+    shutil.move(tmp_path / "models", tmp_path / "moved")
+    assert main(["evaluate", f"runs:/{first.info.run_id}", "--iw-k", "0", "--disentanglement", "off", "--no-mlflow",
+                 "-o", "r.json"]) == 0
+    document = json.loads((tmp_path / "r.json").read_text())
+    assert document["model"]["version"] == 1 and document["model"]["version_dir"] is None
+    assert document["model"]["trained_in_run"] == first.info.run_id
+
+
 @pytest.mark.parametrize("ref, match", [
     ("models/nothing", "does not exist"),
     ("runs:/0123456789abcdef", "not found"),

@@ -569,6 +569,45 @@ def test_resuming_a_run_that_ran_all_its_epochs_is_refused_and_changes_nothing(t
         "train.epochs: 1 -> 2 | train.epochs: 2 -> 3; train.learning_rate: 0.001 -> 0.0005")
 
 
+@pytest.mark.slow
+def test_library_training_inside_the_caller_s_own_run_is_a_child_of_it(tmp_path):
+    """`with mlflow.start_run(): run_training(config)` raised MLflow's "Run ... is already active"
+    after the data and model were prepared, and had switched the caller's active experiment to
+    the config's. Now the run is a nested child in the caller's experiment, which stays active;
+    a config logging to another store is refused in one line before any work."""
+    from training.evaluate import evaluate
+    from training.train import run_training
+    from vae_tf.errors import ConfigError
+
+    config = _in_process_config(tmp_path, epochs=1)
+    uri = config.mlflow.tracking_uri
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        user_experiment = mlflow.set_experiment("user experiment").experiment_id
+        with mlflow.start_run() as parent:
+            result = run_training(config)
+            assert mlflow.active_run().info.run_id == parent.info.run_id  # the caller's run is active again
+            evaluated = evaluate(str(result.export_dir), iw_k=0, disentanglement="off", output=str(tmp_path / "e.json"))
+            elsewhere = config.replace(mlflow={"tracking_uri": f"sqlite:///{tmp_path / 'other.db'}"})
+            with pytest.raises(ConfigError) as caught:
+                run_training(elsewhere)
+        assert_one_line(str(caught.value))
+        assert str(caught.value) == (f"this call is inside MLflow run {parent.info.run_id} of {uri}, but "
+                                     f"mlflow.tracking_uri is sqlite:///{tmp_path / 'other.db'}; leave "
+                                     "mlflow.tracking_uri unset to log a child run beside it, or end that run first")
+        assert not (tmp_path / "other.db").exists()
+        client = MlflowClient(tracking_uri=uri)
+        for child in (result.run_id, evaluated.run_id):
+            run = client.get_run(child)
+            assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+            assert run.info.experiment_id == user_experiment and run.info.status == "FINISHED"
+        with mlflow.start_run() as after:  # the caller's active experiment was left as it was
+            assert after.info.experiment_id == user_experiment
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def test_a_run_interrupted_then_resumed_to_its_end_keeps_no_error_tag(tmp_path, monkeypatch):
     """Ctrl-C tagged the run `error: KeyboardInterrupt: ` (an empty message); after `--resume`
     finished it, the FINISHED run still carried the tag. Now the interrupt is said, and a resumed

@@ -28,12 +28,16 @@ class EvaluationResult:
     version_dir: Path | None  # None for a registered model (downloaded into a folder removed since)
 
 
-def resolve_model(source: str, download_dir: str | Path | None = None) -> tuple[Path, str | None]:
-    """A local SavedModel version directory for ``source`` and the MLflow run that trained it.
+def resolve_model(source: str, download_dir: str | Path | None = None) -> tuple[Path, str | None, str | None]:
+    """A local SavedModel version directory for ``source``, the MLflow run that trained it and,
+    for a registered model, its name and registry version (``"vae/2"``; None otherwise: an
+    export's own version, counted on disk, need not be the registry's).
 
     ``source`` is an export directory (``models/vae`` -> highest version, or ``models/vae/3``),
-    a registered model URI (``models:/vae/3``, ``models:/vae@champion``; downloaded into
-    ``download_dir``, a new temporary folder if None, which the caller removes) or ``runs:/<run id>``.
+    a registered model URI (``models:/vae/3``, ``models:/vae@champion``, ``models:/vae/latest``),
+    a logged model (``models:/m-<id>``, as ``vae-tf train`` prints it) or ``runs:/<run id>`` (its
+    local export, else the model the run logged). MLflow models are downloaded into
+    ``download_dir`` (a new temporary folder if None, which the caller removes).
     """
     from vae_tf.export import load_model_info, resolve_version_dir
 
@@ -56,28 +60,60 @@ def resolve_model(source: str, download_dir: str | Path | None = None) -> tuple[
                 raise ModelNotFoundError(f"run {run_id} is an evaluation (of {run.data.tags.get('vae_tf.model', 'a model')}), "
                                          f"not a training run; evaluate the model itself: {target}")
             export = run.data.tags.get("vae_tf.export_dir")
-            if not export or not Path(export).exists():
-                raise ModelNotFoundError(f"run {run_id} has no local export (tag vae_tf.export_dir={export!r}); "
-                                         "evaluate its registered model (models:/NAME/VERSION) instead")
-            return resolve_version_dir(export), run_id
-        if re.fullmatch(r"models:/[^/@]+/?", source):  # a name alone: MLflow looks for a logged-model id
+            if export and Path(export).exists():
+                return resolve_version_dir(export), run_id, None
+            # No local export (moved, deleted, another machine): the model the run logged.
+            version_dir = _download_model(f"runs:/{run_id}/model", download_dir,
+                                          f"run {run_id} has no local export (tag vae_tf.export_dir={export!r}) and "
+                                          "no logged model")
+            return version_dir, run_id, None
+        logged_model_id = re.fullmatch(r"models:/(m-[0-9a-f]{8,})/?", source)
+        if re.fullmatch(r"models:/[^/@]+/?", source) and not logged_model_id:
             raise ModelNotFoundError(f"{source} names no version: give models:/{source[8:].strip('/')}/VERSION or "
                                      f"models:/{source[8:].strip('/')}@ALIAS")
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(
-                source, dst_path=str(download_dir or tempfile.mkdtemp(prefix="vae-tf-eval-"))))
-        except mlflow.exceptions.MlflowException as err:
-            raise ModelNotFoundError(f"{source} not found in the MLflow registry at {mlflow.get_registry_uri()}: "
-                                     f"{str(err).splitlines()[0]}") from None
-        version_dir = _pyfunc_saved_model(local)
+        version_dir = _download_model(source, download_dir, f"{source} not found in the MLflow registry at "
+                                                            f"{mlflow.get_registry_uri()}")
         info = load_model_info(version_dir)
-        return version_dir, info.get("mlflow_run_id")
+        return version_dir, info.get("mlflow_run_id"), None if logged_model_id else _registry_label(source)
     path = Path(source)
     if not path.exists():
         raise ModelNotFoundError(f"{source} does not exist: give an export directory (models/NAME[/VERSION]), "
                                  "models:/NAME/VERSION or runs:/RUN_ID")
     version_dir = resolve_version_dir(path)
-    return version_dir, load_model_info(version_dir).get("mlflow_run_id")
+    return version_dir, load_model_info(version_dir).get("mlflow_run_id"), None
+
+
+def _download_model(uri: str, download_dir, failure: str) -> Path:
+    """The SavedModel inside the vae-tf pyfunc model at MLflow ``uri``, downloaded; ``failure``
+    starts the one-line error when there is none."""
+    import mlflow
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(
+            uri, dst_path=str(download_dir or tempfile.mkdtemp(prefix="vae-tf-eval-"))))
+    except mlflow.exceptions.MlflowException as err:
+        raise ModelNotFoundError(f"{failure}: {str(err).splitlines()[0]}") from None
+    return _pyfunc_saved_model(local)
+
+
+def _registry_label(source: str) -> str | None:
+    """``"NAME/VERSION"`` of a registered model URI (``models:/NAME/VERSION``, ``@ALIAS`` or
+    ``/latest``) as the registry numbers it; None when the registry cannot say."""
+    import mlflow
+
+    match = re.fullmatch(r"models:/([^/@]+)(?:/([^/@]+)|@(.+?))/?", source)
+    if not match:
+        return None
+    name, version, alias = match.groups()
+    client = mlflow.MlflowClient()
+    try:
+        if alias:
+            version = client.get_model_version_by_alias(name, alias).version
+        elif version == "latest":
+            version = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    except (mlflow.exceptions.MlflowException, ValueError):
+        return None
+    return f"{name}/{version}"
 
 
 def _pyfunc_saved_model(local: Path) -> Path:
@@ -121,15 +157,22 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
         raise ConfigError(f"iw_k {problem}")
     # A registered model is downloaded into a temporary folder, removed once the model is in memory.
     with tempfile.TemporaryDirectory(prefix="vae-tf-eval-") as download:
-        version_dir, run_id = resolve_model(source, download)
+        version_dir, run_id, registered = resolve_model(source, download)
+        downloaded = Path(download).resolve() in version_dir.resolve().parents
         info = load_model_info(version_dir)
         model = load_vae(version_dir)
-    downloaded = source.startswith("models:/")
+    # How the report and the evaluation run name the model: a registered model by its registry
+    # version (an export's own version, counted on disk, can differ), else by its export's.
+    label = registered or f"{info.get('name')}/{info.get('version')}"
     shown = source if downloaded else str(version_dir)  # how messages and the report name the model
     saved = info.get("config")
     # The overrides apply to the saved config before it is validated: `--set data.name=...` can
     # name another data set for a model whose training set cannot be loaded here.
     config = from_dict(apply_overrides(saved, overrides)) if saved else load_config(None, overrides)
+    if log_to_mlflow:  # inside a library caller's own MLflow run: refused before the evaluation, not after
+        from training.tracking import check_caller_store, resolve_tracking_uri
+
+        check_caller_store(resolve_tracking_uri(config.mlflow.tracking_uri))
     modality = getattr(model, "modality", "image")
     data = prepare_data(config, model_modality=modality, model_name=shown,
                         model_data_shape=model.data_shape if modality == "image" else None)
@@ -142,12 +185,13 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     figures = evaluation_figures(result, model=model, x=x[:10], value_range=data.value_range)
     document = report(result)
     document["model"] = {"source": source, "version_dir": None if downloaded else str(version_dir),
-                         "name": info.get("name"), "version": info.get("version"), "trained_in_run": run_id}
+                         "name": info.get("name"), "version": info.get("version"), "trained_in_run": run_id,
+                         "registered": registered}
 
     # A subsample's report (--max-examples) does not take the whole split's file name.
     sample = f"-max{max_examples}" if max_examples else ""
     report_path = Path(output) if output else (
-        Path("evaluation") / f"{info.get('name', 'model')}-v{info.get('version', 0)}-{split}{sample}.json")
+        Path("evaluation") / f"{label.rsplit('/', 1)[0]}-v{label.rsplit('/', 1)[1]}-{split}{sample}.json")
     _write_json_atomically(report_path, document)
 
     from training.lineage import result_verdict
@@ -157,7 +201,7 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
                             "thresholds": verdict.verdict.thresholds()}
     eval_run_id = None
     if log_to_mlflow:
-        eval_run_id = _log(config, info, result, figures, document, run_id, split, data, verdict, into_run)
+        eval_run_id = _log(config, label, result, figures, document, run_id, split, data, verdict, into_run)
     else:
         import matplotlib.pyplot as plt
 
@@ -174,23 +218,30 @@ def _write_json_atomically(path: Path, document: dict) -> None:
     write_json_atomic(path, document, allow_nan=False)
 
 
-def _log(config, info, result, figures, document, trained_run_id, split, data, verdict, into_run=None) -> str:
+def _log(config, label, result, figures, document, trained_run_id, split, data, verdict, into_run=None) -> str:
     """Log the evaluation as a new run in the config's experiment, or into the existing run
     ``into_run`` (the one `mlflow run` made for the project's evaluate entry), which keeps its
     experiment and takes the evaluation's name and tags."""
     import mlflow
 
     from training.lineage import dataset_digest, dataset_source
-    from training.tracking import activate_experiment, log_figures, meta_dataset, resolve_tracking_uri, use_tracking
+    from training.tracking import (
+        check_caller_store,
+        log_figures,
+        meta_dataset,
+        resolve_tracking_uri,
+        start_run,
+        use_tracking,
+    )
 
-    use_tracking(resolve_tracking_uri(config.mlflow.tracking_uri))
-    if into_run is None:
-        activate_experiment(config.mlflow.experiment)
-    name = f"evaluate {info.get('name')} v{info.get('version')} ({split})"
-    tags = {"vae_tf.kind": "evaluation", "vae_tf.model": f"{info.get('name')}/{info.get('version')}"}
+    uri = resolve_tracking_uri(config.mlflow.tracking_uri)
+    check_caller_store(uri)
+    use_tracking(uri)
+    name = f"evaluate {label.rsplit('/', 1)[0]} v{label.rsplit('/', 1)[1]} ({split})"
+    tags = {"vae_tf.kind": "evaluation", "vae_tf.model": label}
     if trained_run_id:
         tags["vae_tf.evaluates_run_id"] = trained_run_id
-    with mlflow.start_run(run_id=into_run, run_name=name, tags={**tags, **verdict.tags()}) as run:
+    with start_run(config.mlflow.experiment, run_id=into_run, run_name=name, tags={**tags, **verdict.tags()}) as run:
         x, y = data.split(split)
         mlflow.log_input(meta_dataset(f"{data.name}-{split}", dataset_source(config, data), dataset_digest(x, y)),
                          context="evaluation", tags={"split": split, "n_examples": str(len(x))})

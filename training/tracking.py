@@ -22,9 +22,12 @@ MAX_PARAM_LENGTH = 6000  # MLflow 3 rejects longer param values
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
-    """Config value, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
+    """Config value, else the store of the run a library caller has open (:func:`caller_run`),
+    else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
     if configured:
         return configured
+    if caller_run() is not None:
+        return mlflow.get_tracking_uri()
     if os.environ.get("MLFLOW_TRACKING_URI"):
         from training.config import tracking_uri_problem
         from vae_tf.errors import ConfigError
@@ -59,6 +62,39 @@ def use_tracking(tracking_uri: str) -> str:
         _registry_uris_we_set.add(registry_uri)
     mlflow.set_registry_uri(registry_uri)
     return registry_uri
+
+
+def caller_run():
+    """The MLflow run a library caller has open around a vae-tf call (``with mlflow.start_run():
+    run_training(config)``), or None. vae-tf's own run is then a child of it (:func:`start_run`)."""
+    return mlflow.active_run()
+
+
+def check_caller_store(tracking_uri: str) -> None:
+    """Refuse, in one line and before any work, a run that would log to another store than the
+    caller's open run (its child there would point at a parent that store does not have)."""
+    parent = caller_run()
+    if parent is not None and mlflow.get_tracking_uri() != tracking_uri:
+        from vae_tf.errors import ConfigError
+
+        raise ConfigError(f"this call is inside MLflow run {parent.info.run_id} of {mlflow.get_tracking_uri()}, but "
+                          f"mlflow.tracking_uri is {tracking_uri}; leave mlflow.tracking_uri unset to log a child run "
+                          "beside it, or end that run first")
+
+
+def start_run(experiment: str, **kwargs):
+    """``mlflow.start_run(**kwargs)`` in ``experiment`` (made active, created if needed); inside a
+    library caller's own run (:func:`caller_run`) a nested child of it in the caller's experiment
+    instead, leaving the caller's active experiment as it was (a plain start_run raised "Run ...
+    is already active" there, after set_experiment had switched the caller's experiment)."""
+    parent = caller_run()
+    if parent is None:
+        if kwargs.get("run_id") is None:  # a run of its own id keeps its experiment
+            activate_experiment(experiment)
+        return mlflow.start_run(**kwargs)
+    if kwargs.get("run_id") is None:
+        kwargs["experiment_id"] = parent.info.experiment_id
+    return mlflow.start_run(nested=True, **kwargs)
 
 
 def activate_experiment(name: str) -> str:
@@ -328,16 +364,17 @@ class TrackedRun:
         return self
 
     def _open(self) -> None:
-        use_tracking(self.tracking_uri)
         if mlflow.active_run() is not None and mlflow.active_run().info.run_id == self.run_id:
             self.online = True
             return
-        if self.run_id is None and not os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` made the run
-            activate_experiment(self.experiment)
-        if self.run_id is None:
-            run = mlflow.start_run(run_name=self.run_name, tags=self.tags or None)
+        check_caller_store(self.tracking_uri)
+        use_tracking(self.tracking_uri)
+        if self.run_id is None and os.environ.get("MLFLOW_RUN_ID") and caller_run() is None:
+            run = mlflow.start_run(run_name=self.run_name, tags=self.tags or None)  # the run `mlflow run` made
+        elif self.run_id is None:
+            run = start_run(self.experiment, run_name=self.run_name, tags=self.tags or None)
         else:
-            run = mlflow.start_run(run_id=self.run_id)
+            run = start_run(self.experiment, run_id=self.run_id)
         self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
         self.online = True
 

@@ -266,7 +266,7 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
     """
     from training.distribute import is_chief, make_strategy, worker_description
     from training.resume import find_run, resumed_config
-    from training.tracking import TrackedRun, WorkerRun, resolve_tracking_uri
+    from training.tracking import TrackedRun, WorkerRun, check_caller_store, resolve_tracking_uri
     from vae_tf.errors import ConfigError
 
     if resume:  # the run's own config, strategy included (no TensorFlow work yet)
@@ -287,6 +287,8 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
     if is_chief(strategy):  # before any data, model or MLflow run exists
         for folder, setting in ((config.train.run_dir, "train.run_dir"), (config.export.base_dir, "export.base_dir")):
             check_writable_folder(folder, setting)
+        # inside a library caller's own MLflow run: refused now, not after the data and model are ready
+        check_caller_store(record["tracking_uri"] if resume else resolve_tracking_uri(config.mlflow.tracking_uri))
     prepared = prepare(config, strategy)
     if not is_chief(strategy):
         worker = WorkerRun(worker_description(strategy)).start()
