@@ -288,6 +288,23 @@ def test_a_tracking_uri_of_an_unknown_scheme_is_one_line_before_anything_runs(tm
     with pytest.raises(ConfigError, match=r"^MLFLOW_TRACKING_URI 'htp://127.0.0.1:5000' has an unknown scheme "
                                           r"'htp:'; did you mean http://\.\.\.\?"):
         resolve_tracking_uri(None)
-    for fine in ("sqlite:///a.db", "postgresql+psycopg2://u@h/db", "mysql://h/db", "/tmp/mlruns", "mlruns",
-                 "file:///tmp/m", "https://mlflow.example", "databricks", "C:\\mlruns"):
+    for fine in ("sqlite:///a.db", "postgresql+psycopg2://u@h/db", "mysql://h/db", "https://mlflow.example",
+                 "databricks"):
         assert tracking_uri_problem(fine) is None, fine
+    # A folder store: MLflow 3.17 refuses it (51 lines of traceback, after the data was read) unless
+    # MLFLOW_ALLOW_FILE_STORE=true, as its message says; refused here in one line, accepted with it.
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    folders = ("/tmp/mlruns", "mlruns", "file:///tmp/m", "file:/tmp/m", "C:\\mlruns")
+    for folder in folders:
+        assert tracking_uri_problem(folder) == (
+            f"{folder!r} is a folder store, which MLflow 3.17 refuses (its file store is in maintenance mode); use "
+            "sqlite:///PATH.db, or set MLFLOW_ALLOW_FILE_STORE=true to keep logging to the folder"), folder
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:/tmp/m")
+    with pytest.raises(ConfigError, match=r"^MLFLOW_TRACKING_URI 'file:/tmp/m' is a folder store"):
+        resolve_tracking_uri(None)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    for folder in folders:
+        assert tracking_uri_problem(folder) is None, folder
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+    assert main(["train", "--set", "mlflow.experiment=" + "x" * 501]) == 2
+    assert "error: mlflow.experiment: string should have at most 500 characters, got" in capsys.readouterr().err

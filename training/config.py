@@ -145,23 +145,28 @@ def tracking_uri_problem(uri: str) -> str | None:
     from urllib.parse import urlparse
 
     scheme = urlparse(uri).scheme.lower()
-    if len(scheme) <= 1:  # no scheme (a folder), or a Windows drive letter
+    if uri.strip().lower() in ("databricks", "databricks-uc", "uc"):  # MLflow's own names for those stores
         return None
+    if len(scheme) <= 1 or scheme == "file":  # a folder (or a Windows drive letter), file:PATH
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1"):
+            return None
+        return (f"{uri!r} is a folder store, which MLflow 3.17 refuses (its file store is in maintenance mode); use "
+                "sqlite:///PATH.db, or set MLFLOW_ALLOW_FILE_STORE=true to keep logging to the folder")
     if scheme.split("+")[0] in TRACKING_SCHEMES or scheme in {e.name for e in entry_points(group="mlflow.tracking_store")}:
         return None
     import difflib
 
     close = difflib.get_close_matches(scheme, TRACKING_SCHEMES, n=1)
     hint = f"did you mean {close[0]}://...? " if close else ""
-    return (f"{uri!r} has an unknown scheme {scheme + ':'!r}; {hint}MLflow keeps runs at sqlite:///PATH.db, a folder "
-            "path, http(s)://HOST:PORT or a database URI (postgresql://, mysql://, mssql://)")
+    return (f"{uri!r} has an unknown scheme {scheme + ':'!r}; {hint}MLflow keeps runs at sqlite:///PATH.db, "
+            "http(s)://HOST:PORT or a database URI (postgresql://, mysql://, mssql://)")
 
 
 with warnings.catch_warnings():  # `register` is also ABCMeta.register, which no one calls on a config section
     warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
     class MlflowConfig(Section):
-        experiment: str = Field("vae-tf", min_length=1)
+        experiment: str = Field("vae-tf", min_length=1, max_length=500)  # MLflow's limit
         tracking_uri: str | None = None                 # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
         run_name: str | None = None
         register: bool = True                           # register the logged model under `name`
