@@ -444,6 +444,14 @@ def test_pyfunc_serves_every_signature(base, tmp_path, monkeypatch):
         model.predict(x, params={"signature": "nope"})
     with pytest.raises(ValueError, match="whole-number seed"):
         model.predict(np.array([[1.5, 2]]), params={"signature": "sample"})
+    # Seeds past int32 were wrapped (2**32 + 5 drew seed 5's sample), as floats or integers
+    for seeds in (np.array([[2**32 + 5, 7]]), np.array([[2.0**31, 7.0]]), [[-2**31 - 1, 7]]):
+        with pytest.raises(ValueError, match=r"^signature 'sample' needs seed values that fit int32 "
+                                             r"\(\[-2147483648, 2147483647\]\), got -?\d+$"):
+            model.predict(seeds, params={"signature": "sample"})
+    assert model.predict([[2**31 - 1, -2**31]], params={"signature": "sample"})["z"].shape == (1, 8)
+    with pytest.raises(ValueError, match=r"^signature 'encode' got no x rows; send at least one$"):
+        model.predict(np.zeros((0, 8, 8, 1), np.float32))  # NumPy's "cannot reshape array of size 0"
     with pytest.raises(ValueError, match=r"needs z with shape \[batch, 8\]"):
         model.predict(np.zeros((2, 3)), params={"signature": "decode"})
     # NaN / Inf came back as ordinary-looking codes, 0-255 pixels were encoded as if in [0, 1]

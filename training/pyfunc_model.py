@@ -109,6 +109,8 @@ with _without_type_hint_advice():
                                  f"{', '.join(self._inputs)}")
             key, dtype, example_shape = self._inputs[name]
             values = _as_array(model_input, key, text=np.dtype(dtype).kind == "O")
+            if values.ndim == 0 or len(values) == 0:
+                raise InputError(f"signature {name!r} got no {key} rows; send at least one")
             values = _reshape_rows(values, example_shape, name, key)
             values = _cast(values, dtype, name, key)
             if values.dtype.kind == "f":
@@ -165,6 +167,13 @@ def _cast(values: np.ndarray, dtype, name: str, key: str) -> np.ndarray:
     if dtype.kind == "i" and values.dtype.kind == "f":
         if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
             raise InputError(f"signature {name!r} needs whole-number {key} values (e.g. seed rows [[1, 2]])")
+    if dtype.kind == "i" and values.size:
+        # astype would wrap 2**32 + 5 round to 5: another seed's sample, answered as if it were this one's
+        limits = np.iinfo(dtype)
+        low, high = values.min(), values.max()
+        if low < limits.min or high > limits.max:
+            raise InputError(f"signature {name!r} needs {key} values that fit {dtype.name} ([{limits.min}, "
+                             f"{limits.max}]), got {int(low) if low < limits.min else int(high)}")
     return values.astype(dtype, copy=False)
 
 
