@@ -72,6 +72,7 @@ class TextPolicy:
     lowercase: bool = True
     split_punctuation: bool = True
     limits: TextLimits = TextLimits()
+    symbol_clusters: bool = True
 
     @classmethod
     def from_model_info(cls, info: Mapping[str, Any] | None, limits: TextLimits = TextLimits()) -> "TextPolicy | None":
@@ -82,7 +83,8 @@ class TextPolicy:
             return None
         try:
             return cls(int(text["max_length"]), bool(text.get("lowercase", True)),
-                       bool(text.get("split_punctuation", True)), limits)
+                       bool(text.get("split_punctuation", True)), limits,
+                       bool(text.get("symbol_clusters", False)))  # absent: exported before they existed
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -146,7 +148,8 @@ class TextPolicy:
             from vae_tf.tokenize import sentence_lengths
 
             words[long] = sentence_lengths([sentences[i] for i in long], lowercase=self.lowercase,
-                                           split_punctuation=self.split_punctuation).numpy()
+                                           split_punctuation=self.split_punctuation,
+                                           symbol_clusters=self.symbol_clusters).numpy()
         return words
 
     def count_long(self, sentences) -> int:

@@ -43,7 +43,7 @@ def test_ptb_from_path_keeps_official_splits_and_its_tokens(tmp_path):
     assert data.x_val.tolist() == [s.strip() for s in PTB["valid"]]  # official order
     assert data.x_test.tolist() == [s.strip() for s in PTB["test"]]
     meta = data.metadata
-    assert meta["tokenizer"] == {"lowercase": False, "split_punctuation": False}
+    assert meta["tokenizer"] == {"lowercase": False, "split_punctuation": False, "symbol_clusters": True}
     # pre-tokenised words stay words: "mr.", "n.v.", "'s", "n't", "N" and "<unk>" (not a word)
     vocab = meta["vocabulary"]
     assert {"mr.", "n.v.", "'s", "N", "u.s."} <= set(vocab) and "<unk>" not in vocab

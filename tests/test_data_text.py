@@ -37,7 +37,7 @@ def assert_text_contract(data):
     vocab = meta["vocabulary"]
     assert isinstance(vocab, list) and len(set(vocab)) == len(vocab)
     assert not set(vocab) & {"<pad>", "<unk>", "<bos>", "<eos>"}
-    assert set(meta["tokenizer"]) == {"lowercase", "split_punctuation"}
+    assert set(meta["tokenizer"]) == {"lowercase", "split_punctuation", "symbol_clusters"}
     json.dumps(meta)  # JSON-serialisable, for run tracking and the export's assets
     from vae_tf import tokenize
 

@@ -35,7 +35,7 @@ def test_layout_and_contract(corpus):
     assert corpus.y_train.dtype == np.int64 and set(np.unique(corpus.y_train)) == {0, 1, 2, 3}
     meta = corpus.metadata
     assert meta["modality"] == "text" and meta["max_length"] == 10
-    assert meta["tokenizer"] == {"lowercase": False, "split_punctuation": False}
+    assert meta["tokenizer"] == {"lowercase": False, "split_punctuation": False, "symbol_clusters": True}
     vocab = meta["vocabulary"]
     assert set(vocab) <= {f"w{i}" for i in range(1000)} and len(vocab) > 900
     tokens, _, _ = all_rows(corpus)

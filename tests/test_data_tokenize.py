@@ -43,6 +43,36 @@ def test_normalize_lowercases_unicode(raw, expected):
     assert norm(raw, lowercase=False) == " ".join(raw.split())
 
 
+def tokens(text: str, **kwargs) -> list[str]:
+    return [t.decode("utf-8") for t in tokenize.split_tokens(tf.constant([text]), **kwargs).to_list()[0]]
+
+
+# Code points written out: what binds to a symbol (Unicode emoji sequences, UTS #51).
+HEART, VS16, ZWJ, THUMB, TONE = "\u2764", "\ufe0f", "\u200d", "\U0001f44d", "\U0001f3fd"
+FR = "\U0001f1eb\U0001f1f7"  # regional indicators F, R
+FAMILY = ZWJ.join(["\U0001f468", "\U0001f469", "\U0001f467"])
+ENGLAND = "\U0001f3f4" + "".join(chr(0xE0000 + ord(c)) for c in "gbeng") + "\U000e007f"
+
+
+@pytest.mark.parametrize("raw,clusters,split", [
+    (f"I {HEART}{VS16} NY", ["i", HEART + VS16, "ny"], ["i", HEART, VS16, "ny"]),
+    (f"great {THUMB}{TONE}!", ["great", THUMB + TONE, "!"], ["great", THUMB, TONE, "!"]),
+    (f"vive la {FR}", ["vive", "la", FR], ["vive", "la", FR[0], FR[1]]),
+    (f"family {FAMILY}", ["family", FAMILY], ["family", "\U0001f468", ZWJ, "\U0001f469", ZWJ, "\U0001f467"]),
+    (f"go {ENGLAND} go", ["go", ENGLAND, "go"], ["go", ENGLAND[0], ENGLAND[1:], "go"]),
+    (f"{THUMB}{THUMB} {FR}{FR}", [THUMB, THUMB, FR, FR], [THUMB, THUMB, *FR, *FR]),  # no joiner: apart
+    ("1\ufe0f\u20e3 caf\u00e9 e\u0301", ["1\ufe0f\u20e3", "caf\u00e9", "e\u0301"],  # marks on letters: as before
+     ["1\ufe0f\u20e3", "caf\u00e9", "e\u0301"]),
+])
+def test_a_symbol_keeps_what_binds_to_it(raw, clusters, split):
+    """A variation selector, a skin tone, a zero-width joiner were tokens of their own and a flag
+    two ("❤ ️", "🇫 🇷"): in the vocabulary, counted against max_length, decoded apart."""
+    assert tokens(raw) == clusters
+    assert tokens(raw, symbol_clusters=False) == split  # the tokenizer of earlier models and data sets
+    assert tokenize.sentence_lengths([raw]).numpy().tolist() == [len(clusters)]
+    assert norm(norm(raw)) == norm(raw)
+
+
 def test_normalize_settings_and_idempotence():
     raw = "Hello, World!  It's  ÉTÉ."
     assert norm(raw, split_punctuation=False) == "hello, world! it's été."

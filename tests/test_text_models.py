@@ -540,3 +540,36 @@ def test_export_takes_and_gives_raw_strings_in_a_process_without_vae_tf(corpus, 
     assert got["reconstructed"] == expected["reconstructed"] and len(got["reconstructed"]) == 3
     rebuilt = load_vae(path)  # the vocabulary travels in the build spec
     assert rebuilt.codec.words == model.codec.words
+
+
+def test_symbol_clusters_are_recorded_and_earlier_models_keep_their_tokenizer(tmp_path):
+    """A data set records `symbol_clusters` and its vocabulary holds "👍🏽" whole; a model or data
+    set made before the setting existed (no key) keeps splitting symbols as then, in Python
+    (`load_vae`, `from_config`) as in its SavedModel, so its vocabulary still applies."""
+    from serving.testing import export_tiny_text_model
+    from serving.text import TextPolicy
+
+    thumb = "\U0001f44d\U0001f3fd"
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"so good {thumb}\n" if i % 2 else "not bad at all\n" for i in range(40)))
+    data = load_dataset("text_file", path=str(corpus), val_fraction=0.0, test_fraction=0.0)
+    assert data.metadata["tokenizer"] == {"lowercase": True, "split_punctuation": True, "symbol_clusters": True}
+    assert thumb in data.metadata["vocabulary"] and "\U0001f3fd" not in data.metadata["vocabulary"]
+    assert text_settings(data.metadata)["symbol_clusters"] is True
+
+    old = {"vocabulary": ["\U0001f44d", "\U0001f3fd", "good"], "max_length": 4}
+    assert text_settings({**old, "tokenizer": {"lowercase": True, "split_punctuation": True}})["symbol_clusters"] is False
+    codec = TextCodec.from_config({**old, "lowercase": True, "split_punctuation": True, "name": "c"})
+    assert codec.symbol_clusters is False
+    assert codec.encode([f"good {thumb}"]).numpy().tolist() == [[6, 4, 5, 0]]  # good 👍 🏽
+    assert TextCodec(**old).encode([f"good {thumb}"]).numpy().tolist() == [[6, 1, 0, 0]]  # good <unk>
+
+    version_dir = export_tiny_text_model(tmp_path / "models")
+    info_path = version_dir / "assets" / "vae_tf_model.json"
+    info = json.loads(info_path.read_text())
+    assert info["text"]["symbol_clusters"] is True and TextPolicy.from_model_info(info).symbol_clusters is True
+    del info["build_spec"]["text"]["symbol_clusters"], info["text"]["symbol_clusters"]  # as exported before
+    assert load_vae(version_dir).codec.symbol_clusters is True  # as built, though build_vae was not told
+    info_path.write_text(json.dumps(info))
+    assert load_vae(version_dir).codec.symbol_clusters is False
+    assert TextPolicy.from_model_info(info).symbol_clusters is False

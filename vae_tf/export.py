@@ -273,6 +273,8 @@ def load_vae(version_dir: str | os.PathLike):
     from vae_tf.models import build_vae
 
     spec = dict(spec)
+    if isinstance(spec.get("text"), dict):  # exported before symbol clusters: its tokens are split as then
+        spec["text"] = {"symbol_clusters": False, **spec["text"]}
     model = build_vae(spec.pop("data_shape"), **spec)
     model.load_weights(str(weights))
     return model

@@ -18,6 +18,12 @@ arguments to every function here:
   except the apostrophe (``'`` and ``’``) inside a word: ``it's`` and ``don't`` stay one token,
   while an apostrophe at the start or end of a word is split off (``'quoted'`` -> ``' quoted '``).
   The literal ``<unk>`` (how corpora such as Penn Treebank mark rare words) is kept whole.
+- ``symbol_clusters`` (default True; data sets record it): with ``split_punctuation``, a
+  punctuation or symbol token keeps the characters that bind to it: combining marks and
+  variation selectors, emoji skin-tone modifiers, tag characters and zero-width-joined symbols,
+  and a pair of regional indicators is one flag, so ``"I ❤️ NY 👍🏽 🇫🇷"`` gives the tokens
+  ``i ❤️ ny 👍🏽 🇫🇷``. Without it (models and data sets made before it existed, whose metadata
+  lacks the key) a U+FE0F or U+200D became a token of its own and ``🇫🇷`` two.
   Pre-tokenised corpora (Penn Treebank, Yahoo, Yelp, the synthetic corpus) set it False: their
   tokens are exactly their whitespace-separated words.
 
@@ -48,6 +54,13 @@ SPECIALS: tuple[str, ...] = (PAD, UNK, BOS, EOS)
 # RE2 patterns. A separator is punctuation except the two apostrophes, or a symbol; `<unk>` is
 # tried first so it survives whole (RE2 alternation is leftmost-first).
 _SEPARATOR = r"(<unk>|[^\P{P}'\x{2019}]|\pS)"
+# With `symbol_clusters`, a separator keeps what binds to it: combining marks and variation
+# selectors (category M: the U+FE0F of "❤️", a keycap's U+20E3), skin-tone modifiers
+# (U+1F3FB-1F3FF), tag characters (U+E0020-E007F, subdivision flags) and zero-width-joined
+# symbols ("👨‍👩‍👧"); and a pair of regional indicators is one flag ("🇫🇷").
+_BINDS = r"[\p{M}\x{1F3FB}-\x{1F3FF}\x{E0020}-\x{E007F}]"
+_CLUSTER_SEPARATOR = (r"(<unk>|[\x{1F1E6}-\x{1F1FF}]{2}|(?:[^\P{P}'\x{2019}]|\pS)(?:" + _BINDS
+                      + r"|\x{200D}\pS)*)")
 _SPACE = r"[\s\p{Z}]"
 _LEADING_APOSTROPHES = r"(^|" + _SPACE + r")(['\x{2019}]+)"
 _TRAILING_APOSTROPHES = r"(['\x{2019}]+)(" + _SPACE + r"|$)"
@@ -56,7 +69,8 @@ _TRAILING_APOSTROPHES = r"(['\x{2019}]+)(" + _SPACE + r"|$)"
 _CHUNK = 65536
 
 
-def normalize(strings, *, lowercase: bool = True, split_punctuation: bool = True) -> tf.Tensor:
+def normalize(strings, *, lowercase: bool = True, split_punctuation: bool = True,
+              symbol_clusters: bool = True) -> tf.Tensor:
     """Normalise a string tensor in graph: optionally lower-case, optionally space out
     punctuation, collapse whitespace to single spaces and strip the ends (module docstring).
 
@@ -71,14 +85,15 @@ def normalize(strings, *, lowercase: bool = True, split_punctuation: bool = True
     if lowercase:
         s = tf.strings.lower(s, encoding="utf-8")
     if split_punctuation:
-        s = tf.strings.regex_replace(s, _SEPARATOR, r" \1 ")
+        s = tf.strings.regex_replace(s, _CLUSTER_SEPARATOR if symbol_clusters else _SEPARATOR, r" \1 ")
         s = tf.strings.regex_replace(s, _LEADING_APOSTROPHES, r"\1\2 ")
         s = tf.strings.regex_replace(s, _TRAILING_APOSTROPHES, r" \1\2")
     s = tf.strings.regex_replace(s, _SPACE + "+", " ")
     return tf.strings.strip(s)
 
 
-def split_tokens(strings, *, lowercase: bool = True, split_punctuation: bool = True) -> tf.RaggedTensor:
+def split_tokens(strings, *, lowercase: bool = True, split_punctuation: bool = True,
+                 symbol_clusters: bool = True) -> tf.RaggedTensor:
     """The tokens of each sentence: :func:`normalize`, then split at spaces.
 
     Args:
@@ -88,22 +103,27 @@ def split_tokens(strings, *, lowercase: bool = True, split_punctuation: bool = T
         A ``tf.RaggedTensor`` ``[N, None]`` of ``tf.string`` tokens (an empty row for a sentence
         with no tokens).
     """
-    normalized = normalize(strings, lowercase=lowercase, split_punctuation=split_punctuation)
+    normalized = normalize(strings, lowercase=lowercase, split_punctuation=split_punctuation,
+                           symbol_clusters=symbol_clusters)
     # sep=None: an empty string has no tokens (sep=" " would give one empty token).
     return tf.strings.split(normalized)
 
 
-def sentence_lengths(strings, *, lowercase: bool = True, split_punctuation: bool = True) -> tf.Tensor:
+def sentence_lengths(strings, *, lowercase: bool = True, split_punctuation: bool = True,
+                     symbol_clusters: bool = True) -> tf.Tensor:
     """Number of tokens of each sentence, int64 ``[N]`` (specials not counted: no ``<bos>`` /
     ``<eos>`` is added here)."""
-    return split_tokens(strings, lowercase=lowercase, split_punctuation=split_punctuation).row_lengths()
+    return split_tokens(strings, lowercase=lowercase, split_punctuation=split_punctuation,
+                        symbol_clusters=symbol_clusters).row_lengths()
 
 
-def truncate(strings, max_length: int, *, lowercase: bool = True, split_punctuation: bool = True) -> tf.Tensor:
+def truncate(strings, max_length: int, *, lowercase: bool = True, split_punctuation: bool = True,
+             symbol_clusters: bool = True) -> tf.Tensor:
     """Each sentence as its first ``max_length`` tokens, normalised and joined by single spaces
     (a sentence with fewer tokens comes back normalised, otherwise unchanged); in graph.
     :func:`split_tokens` of the result gives exactly those tokens."""
-    tokens = split_tokens(strings, lowercase=lowercase, split_punctuation=split_punctuation)
+    tokens = split_tokens(strings, lowercase=lowercase, split_punctuation=split_punctuation,
+                          symbol_clusters=symbol_clusters)
     return tf.strings.reduce_join(tokens[:, :max_length], axis=1, separator=" ")
 
 
@@ -113,7 +133,8 @@ def _chunks(sentences) -> Iterable[np.ndarray]:
         yield arr[start : start + _CHUNK]
 
 
-def word_counts(sentences, *, lowercase: bool = True, split_punctuation: bool = True) -> Counter:
+def word_counts(sentences, *, lowercase: bool = True, split_punctuation: bool = True,
+                symbol_clusters: bool = True) -> Counter:
     """How often each token occurs in ``sentences`` (a sequence of Python ``str``), tokenised by
     :func:`split_tokens` eagerly, a chunk of sentences at a time. Keys are ``str``."""
     counts: Counter = Counter()
@@ -121,7 +142,7 @@ def word_counts(sentences, *, lowercase: bool = True, split_punctuation: bool = 
         if len(chunk) == 0:
             continue
         tokens = split_tokens(tf.constant(chunk.tolist(), dtype=tf.string), lowercase=lowercase,
-                              split_punctuation=split_punctuation)
+                              split_punctuation=split_punctuation, symbol_clusters=symbol_clusters)
         counts.update(tokens.flat_values.numpy().tolist())
     return Counter({token.decode("utf-8"): n for token, n in counts.items()})
 
@@ -140,7 +161,8 @@ def vocabulary_from_counts(counts: Counter, max_size: int | None = None, min_cou
 
 
 def build_vocabulary(sentences, max_size: int | None = None, min_count: int = 1, *,
-                     lowercase: bool = True, split_punctuation: bool = True) -> list[str]:
+                     lowercase: bool = True, split_punctuation: bool = True,
+                     symbol_clusters: bool = True) -> list[str]:
     """The vocabulary of ``sentences``: its tokens (by :func:`split_tokens`, the model's own
     tokeniser) that occur at least ``min_count`` times, most frequent first, ties in order of
     the token (Python ``str`` order, i.e. by Unicode code points), at most ``max_size`` of them.
@@ -156,7 +178,8 @@ def build_vocabulary(sentences, max_size: int | None = None, min_count: int = 1,
     Returns:
         ``list[str]`` of distinct words.
     """
-    counts = word_counts(sentences, lowercase=lowercase, split_punctuation=split_punctuation)
+    counts = word_counts(sentences, lowercase=lowercase, split_punctuation=split_punctuation,
+                         symbol_clusters=symbol_clusters)
     return vocabulary_from_counts(counts, max_size=max_size, min_count=min_count)
 
 

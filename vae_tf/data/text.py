@@ -16,7 +16,7 @@ The contract every text data set keeps (what the text models rely on):
   ``<eos>`` not counted). With the ``max_length`` option, longer sentences are dropped or
   truncated per ``long_sentences``; without it, it is the longest sentence of all splits and
   nothing is dropped;
-- ``metadata["tokenizer"]``: ``{"lowercase": bool, "split_punctuation": bool}``, the keyword
+- ``metadata["tokenizer"]``: ``{"lowercase": bool, "split_punctuation": bool, "symbol_clusters": True}``, the keyword
   arguments of every :mod:`vae_tf.tokenize` function; the model must tokenise with the same.
 
 Also in the metadata: ``vocab_size`` (``len(vocabulary) + 4``, the size of the id table actually
@@ -92,7 +92,8 @@ class TextOptions:
 
     @property
     def tokenizer(self) -> dict:
-        return {"lowercase": bool(self.lowercase), "split_punctuation": bool(self.split_punctuation)}
+        return {"lowercase": bool(self.lowercase), "split_punctuation": bool(self.split_punctuation),
+                "symbol_clusters": True}
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,8 @@ def build_vae(
     when it is not float32.
 
     ``text``: for sentences (:class:`~vae_tf.models.text.TextVAE`), the data set's tokenizer
-    (``{"vocabulary": [...], "max_length": L, "lowercase": ..., "split_punctuation": ...}``,
+    (``{"vocabulary": [...], "max_length": L, "lowercase": ..., "split_punctuation": ...,
+    "symbol_clusters": ...}``,
     :func:`vae_tf.models.text.text_settings` of its metadata); ``data_shape`` is then ``()``, the
     network a recurrent one (``{"kind": "lstm" | "gru", ...}``) and the likelihood
     ``{"name": "categorical"}``.
@@ -140,8 +141,9 @@ def build_vae(
         from vae_tf.models.text import TextCodec, TextVAE
         from vae_tf.networks.recurrent import recurrent_networks
 
-        spec["text"] = dict(text)
         codec = TextCodec(**text, name="text_codec")
+        # the tokenizer as built (a default included), so that load_vae rebuilds this one
+        spec["text"] = {**text, "symbol_clusters": codec.symbol_clusters}
         encoder, decoder = recurrent_networks(kind, codec.vocab_size, codec.max_length, family.param_size,
                                               family.code_size, dtype=precision, **network)
         model_class, extra, example = TextVAE, {"codec": codec}, tf.constant(codec.words[:1])

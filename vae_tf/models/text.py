@@ -51,12 +51,12 @@ class TextCodec(keras.layers.Layer):
         vocabulary: the words (specials excluded), most frequent first, as the data set built them
             from its training split (``metadata["vocabulary"]``).
         max_length: the most words a sentence keeps (``metadata["max_length"]``).
-        lowercase, split_punctuation: the tokenizer settings of the data set
+        lowercase, split_punctuation, symbol_clusters: the tokenizer settings of the data set
             (``metadata["tokenizer"]``; :mod:`vae_tf.tokenize`).
     """
 
     def __init__(self, vocabulary, max_length: int, lowercase: bool = True, split_punctuation: bool = True,
-                 **kwargs):
+                 symbol_clusters: bool = True, **kwargs):
         super().__init__(**kwargs)
         words = [str(w) for w in vocabulary]
         if not words:
@@ -70,6 +70,7 @@ class TextCodec(keras.layers.Layer):
             raise ConfigError(f"max_length must be a positive integer, got {max_length!r}")
         self.words, self.max_length = words, int(max_length)
         self.lowercase, self.split_punctuation = bool(lowercase), bool(split_punctuation)
+        self.symbol_clusters = bool(symbol_clusters)
         self.table = [*SPECIALS, *words]  # id -> token
         self.lookup = keras.layers.StringLookup(vocabulary=[BOS, EOS, *words], mask_token=PAD, oov_token=UNK,
                                                 num_oov_indices=1, output_mode="int", name="string_lookup")
@@ -85,7 +86,8 @@ class TextCodec(keras.layers.Layer):
         words outside the vocabulary (and a sentence's own special tokens, e.g. a literal
         ``<pad>``) as ``<unk>`` (1), sentences longer than ``max_length`` words truncated."""
         sentences = tf.convert_to_tensor(sentences, tf.string)
-        tokens = split_tokens(sentences, lowercase=self.lowercase, split_punctuation=self.split_punctuation)
+        tokens = split_tokens(sentences, lowercase=self.lowercase, split_punctuation=self.split_punctuation,
+                              symbol_clusters=self.symbol_clusters)
         tokens = tokens[:, : self.max_length]
         ids = tf.ragged.map_flat_values(lambda t: tf.cast(self.lookup(self._specials_as_unk(t)), tf.int32), tokens)
         return ids.to_tensor(default_value=PAD_ID, shape=[None, self.max_length])
@@ -110,12 +112,19 @@ class TextCodec(keras.layers.Layer):
 
     def describe(self) -> dict:
         return {"vocab_size": self.vocab_size, "max_length": self.max_length, "lowercase": self.lowercase,
-                "split_punctuation": self.split_punctuation, "specials": list(SPECIALS),
+                "split_punctuation": self.split_punctuation, "symbol_clusters": self.symbol_clusters,
+                "specials": list(SPECIALS),
                 "long_sentences": "truncated to max_length words"}
 
     def get_config(self):
         return {**super().get_config(), "vocabulary": self.words, "max_length": self.max_length,
-                "lowercase": self.lowercase, "split_punctuation": self.split_punctuation}
+                "lowercase": self.lowercase, "split_punctuation": self.split_punctuation,
+                "symbol_clusters": self.symbol_clusters}
+
+    @classmethod
+    def from_config(cls, config):
+        # a config saved before symbol clusters existed: its model split symbols as they were then
+        return cls(**{"symbol_clusters": False, **config})
 
 
 def teacher_forcing(ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -363,7 +372,10 @@ def text_settings(metadata: dict) -> dict:
     tokenizer = dict(metadata.get("tokenizer") or {})
     return {"vocabulary": list(metadata["vocabulary"]), "max_length": int(metadata["max_length"]),
             "lowercase": bool(tokenizer.get("lowercase", True)),
-            "split_punctuation": bool(tokenizer.get("split_punctuation", True))}
+            "split_punctuation": bool(tokenizer.get("split_punctuation", True)),
+            # a data set built before symbol clusters existed recorded no such key: its vocabulary
+            # was counted without them
+            "symbol_clusters": bool(tokenizer.get("symbol_clusters", False))}
 
 
 __all__ = ["TextCodec", "TextVAE", "check_temperature", "teacher_forcing", "text_settings"]
