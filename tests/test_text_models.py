@@ -20,7 +20,7 @@ from scipy.special import log_softmax
 
 from tests.conftest import assert_one_line, integer_transposes
 from vae_tf.data import load_dataset
-from vae_tf.errors import ConfigError
+from vae_tf.errors import ConfigError, DataError
 from vae_tf.export import export_model, load_vae
 from vae_tf.models import build_vae
 from vae_tf.models.text import TextCodec, teacher_forcing, text_settings
@@ -315,6 +315,17 @@ def test_a_text_models_temperature_is_checked_and_its_samples_reproducible(corpu
         assert_one_line(str(err.value))
     with pytest.raises(ConfigError, match=r"temperature applies to sampled decoding; give seeds"):
         model.decode(z, temperature=0.5)
+    # A valid temperature as a 0-d tensor or array was refused as "not a number"
+    for given in (tf.constant(1.5), np.array(1.5), np.float32(1.5)):
+        np.testing.assert_array_equal(model.sample(seeds, temperature=given)["text"].numpy(), hot["text"].numpy())
+    with pytest.raises(ConfigError, match=r"temperature must be a number > 0"):
+        model.sample(seeds, temperature=np.array([1.5, 2.0]))
+    # No seed rows: the message blamed shape [0], which the derived decode seeds had, not the caller's [0, 2]
+    with pytest.raises(ConfigError, match=r"^seeds has no rows; give at least one, shape \[n >= 1, 2\]"):
+        model.sample(np.zeros((0, 2), np.int32))
+    # A str holding a lone surrogate (os.fsdecode, errors="surrogateescape") is named, one line
+    with pytest.raises(DataError, match=r"^x entry 1 is not valid Unicode text \(a lone surrogate at character 2,"):
+        model.encode(["fine", "a \udcff b"])
 
 
 def test_text_tables_decode_in_graph_what_the_eager_methods_decode(corpus):

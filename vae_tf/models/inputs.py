@@ -95,6 +95,13 @@ def sentences(x, *, what: str = "x", as_array: bool = False):
         elif not isinstance(s, str):
             raise DataError(f"{what} entry {i} is of type {type(s).__name__}, not a sentence (str); give one str per "
                             "sentence")
+        else:
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError as err:  # TensorFlow: "Unable to convert element to UTF-8", no entry named
+                raise DataError(f"{what} entry {i} is not valid Unicode text (a lone surrogate at character "
+                                f"{err.start}, as errors='surrogateescape' leaves undecodable bytes); read the text "
+                                "as UTF-8, or pass the bytes") from None
         out[i] = str(s)
     return out
 

@@ -354,6 +354,10 @@ def check_temperature(temperature, *, sampled: bool) -> float:
     """A sampling temperature: a finite number > 0 (one line otherwise); only for sampled decoding."""
     if isinstance(temperature, tf.Tensor) and not tf.executing_eagerly():
         return temperature
+    if isinstance(temperature, tf.Tensor) and temperature.shape.rank == 0:  # tf.constant(0.7), eagerly
+        temperature = temperature.numpy()
+    if isinstance(temperature, np.ndarray) and temperature.ndim == 0:  # np.array(0.7)
+        temperature = temperature[()]
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) or \
             not np.isfinite(temperature) or temperature <= 0:
         raise ConfigError(f"temperature must be a number > 0 (1 samples from the model's own distribution), got "

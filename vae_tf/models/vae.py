@@ -577,6 +577,8 @@ def seed_rows(seeds) -> tf.Tensor:
     if values.ndim != 2 or values.shape[1] != 2:
         raise ConfigError(f"seeds must be rows of two integers, shape [n, 2] (e.g. [[0, 1], [0, 2]]), got shape "
                           f"{list(values.shape)}")
+    if len(values) == 0:  # a text model's decode seeds, derived from none, said "got shape [0]"
+        raise ConfigError("seeds has no rows; give at least one, shape [n >= 1, 2] (e.g. [[0, 1]])")
     if values.dtype.kind not in "iu":
         whole = values.dtype.kind == "f" and bool(np.all(np.isfinite(values))) and bool(np.all(values == np.round(values)))
         if not whole:
