@@ -47,7 +47,9 @@ NUM_SPECIALS = 4
 
 @dataclass(frozen=True)
 class TextOptions:
-    """The options every text data set takes (checked by :meth:`check`).
+    """The vocabulary, length and tokenizer options of the text data sets that build their vocabulary
+    from their sentences (text_file, wordnet, ptb, yahoo, yelp; text_synthetic fixes them), checked
+    by :meth:`check`.
 
     Attributes:
         vocab_size: size of the model's whole token table, the 4 special tokens included (as
