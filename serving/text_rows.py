@@ -116,6 +116,10 @@ def scan_text_file(path: str | os.PathLike, every: int = CHECKPOINT_EVERY, opene
     try:
         with (opener or open_binary)(path) as handle:
             for line, raw in enumerate(iter(handle.readline, b"")):  # Beam's CompressedFile is not iterable
+                if line == 0 and not raw.endswith(b"\n") and b"\r" in raw.strip():  # one line, cut by \r alone
+                    raise DataError(f"{where} ends its lines with a carriage return alone (\\r, old Mac OS line "
+                                    "endings), which would read as one sentence; convert them to \\n (e.g. tr '\\r' "
+                                    "'\\n' < in > out)")
                 if _line_text(raw, line, where) is not None:
                     if scan.sentences % every == 0:
                         scan.checkpoints.append(Checkpoint(scan.sentences, line, offset))

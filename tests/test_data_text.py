@@ -221,6 +221,9 @@ def test_open_dataset_holds_text_in_memory(tmp_path):
     (b"\xff\xfe" + "the cat\nthe dog\n".encode("utf-16-le"), "is UTF-16 (little-endian) text"),
     (b"\xfe\xff" + "the cat\n".encode("utf-16-be"), "is UTF-16 (big-endian) text"),
     ("the cat\n".encode("utf-32"), "is UTF-32 (little-endian) text"),
+    # old Mac OS line endings: read as one sentence of every line (it failed as "only 1 examples")
+    (b"the cat sat\rthe dog ran\ra bird flew\r", "ends its lines with a carriage return alone (\\r, old Mac OS "
+                                                "line endings), which would read as one sentence; convert them"),
 ])
 def test_text_file_bad_files(tmp_path, content, fragment):
     path = write(tmp_path / "bad.txt", content)

@@ -220,6 +220,9 @@ def test_bad_text_input_is_one_line(base, exports, tmp_path, capsys, monkeypatch
     assert "is not valid UTF-8 (line 3, byte 4 of the line" in _error(capsys, "embed", "--data", str(tmp_path / "bad.txt"), *model)
     (tmp_path / "nul.txt").write_bytes(b"fine\n\x00\x01\n")
     assert "looks binary (a NUL byte on line 2)" in _error(capsys, "embed", "--data", str(tmp_path / "nul.txt"), *model)
+    (tmp_path / "cr.txt").write_bytes(b"the cat sat\rthe dog ran\r")
+    assert "ends its lines with a carriage return alone" in _error(capsys, "embed", "--data", str(tmp_path / "cr.txt"),
+                                                                   *model)
     (tmp_path / "packed.txt").write_bytes(gzip.compress(b"the cat\nthe dog\n"))  # a .gz under a plain name
     assert _error(capsys, "embed", "--data", str(tmp_path / "packed.txt"), *model).endswith(
         "packed.txt is gzip-compressed; name it .txt.gz (vae-tf embed decompresses .gz files)")

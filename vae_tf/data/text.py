@@ -258,6 +258,9 @@ def read_sentences(path) -> list[str]:
             f"{str(p)!r} is not valid UTF-8 (line {line}, byte {column} of the line: {exc.reason}); re-save it as "
             "UTF-8 (e.g. iconv -f latin1 -t utf-8 when it is Latin-1)"
         ) from None
+    if "\n" not in text and "\r" in text.strip():
+        raise DataError(f"{str(p)!r} ends its lines with a carriage return alone (\\r, old Mac OS line endings), "
+                        "which would read as one sentence; convert them to \\n (e.g. tr '\\r' '\\n' < in > out)")
     # Lines end at "\n" only (str.splitlines would also cut at form feeds and U+2028).
     sentences = [line.strip() for line in text.split("\n")]
     sentences = [s for s in sentences if s]
