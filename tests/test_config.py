@@ -78,11 +78,15 @@ def test_a_relative_data_path_is_kept_as_the_absolute_path_of_the_working_direct
     """The config a run logs and its export keep is read again elsewhere (`vae-tf evaluate` from
     another directory): a path relative to where training ran would then point nowhere."""
     monkeypatch.chdir(tmp_path)
+    for made in ("in/corpus.txt", "home/x.npz"):
+        (tmp_path / made).parent.mkdir()
+        (tmp_path / made).touch()
     config = load_config(None, ["data.name=text_file", "data.path=in/corpus.txt"])
     assert config.data.path == str(tmp_path / "in" / "corpus.txt")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert load_config(None, ["data.name=npz", "data.path=~/x.npz"]).data.path == str(tmp_path / "home" / "x.npz")
-    assert load_config(None, ["data.name=npz", "data.path=/abs/x.npz"]).data.path == "/abs/x.npz"
+    absolute = str(tmp_path / "home" / "x.npz")
+    assert load_config(None, ["data.name=npz", f"data.path={absolute}"]).data.path == absolute
     assert load_config(None, ["data.name=text_file", "data.path=https://example.org/x.txt"]).data.path == "https://example.org/x.txt"
     assert Config.model_validate(config.to_dict()).data.path == config.data.path  # read back: unchanged
 
@@ -102,12 +106,13 @@ def test_config_errors_outside_the_registries_of_model_parts_and_remedies_need_n
         "from vae_tf.errors import VaeTfError\n"
         "for override in sys.argv[1:]:\n"
         "    try:\n"
-        "        load_config(None, [override])\n"
+        "        load_config(None, override.split(' & '))\n"
         "    except VaeTfError as err:\n"
         "        print(type(err).__name__, str(err).splitlines()[0])\n"
         "    print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n")
     bad = ["train.epochs=abc", "train.bogus=1", "data.val_fraction=0.95", "data.name=bogus", "data.options.bogus=1",
-           "data.path=/x.npz", "objective.kl_weight.kind=control"]  # the last: a remedy's options (Keras)
+           "data.path=/x.npz", "data.name=npy & data.path=/no/such.npy",
+           "objective.kl_weight.kind=control"]  # the last: a remedy's options (Keras)
     out = subprocess.run([sys.executable, "-c", program, *bad], capture_output=True, text=True, timeout=300,
                          cwd=str(Path(__file__).resolve().parents[1]))
     assert out.returncode == 0, out.stderr[-2000:]
@@ -118,6 +123,7 @@ def test_config_errors_outside_the_registries_of_model_parts_and_remedies_need_n
         "DataError unknown data set 'bogus'; choose one of: digits,", "[]",
         "DataError data set 'digits' has no option(s) 'bogus'", "[]",
         "DataError data set 'digits' takes no path (got '/x.npz')", "[]",
+        "DataError no such file: '/no/such.npy' (data.path); check the path", "[]",
         "ConfigError objective.kl_weight.set_point is required", "['keras', 'tensorflow']"]
     lines = out.stdout.splitlines()
     assert len(lines) == len(expected) and all(line.startswith(e) for line, e in zip(lines, expected)), lines

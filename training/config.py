@@ -19,6 +19,7 @@ Every mistake is one line (:class:`vae_tf.errors.ConfigError`).
 from __future__ import annotations
 
 import copy
+import glob
 import os
 import re
 import warnings
@@ -327,9 +328,10 @@ def read_yaml(path: str | os.PathLike) -> dict:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then ``--set`` overrides; validated."""
+    """Defaults, then the YAML file (if any), then ``--set`` overrides; validated, and a local
+    ``data.path`` that does not exist refused (:func:`from_dict` with ``check_files``)."""
     tree: dict = read_yaml(path) if path is not None else {}
-    return from_dict(apply_overrides(tree, overrides))
+    return from_dict(apply_overrides(tree, overrides), check_files=True)
 
 
 def _objective_tree(tree: dict) -> tuple[dict, str | None]:
@@ -350,8 +352,11 @@ def _objective_tree(tree: dict) -> tuple[dict, str | None]:
     return {**objective, **shorthand}, None
 
 
-def from_dict(tree: dict) -> Config:
-    """Validate a config tree (defaults filled in) into a :class:`Config`; one-line ConfigError."""
+def from_dict(tree: dict, *, check_files: bool = False) -> Config:
+    """Validate a config tree (defaults filled in) into a :class:`Config`; one-line ConfigError.
+    ``check_files``: also refuse a local ``data.path`` that does not exist, before TensorFlow is
+    imported (the loader says the same seconds later); off for configs read back elsewhere (an
+    export's, a run's), whose data may be loaded from another place."""
     if not isinstance(tree, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {tree!r}")
     tree = copy.deepcopy(tree)
@@ -364,7 +369,7 @@ def from_dict(tree: dict) -> Config:
     except pydantic.ValidationError as err:
         raise ConfigError(_config_error(err)) from None
     config.objective._preset = preset
-    check_registries(config)
+    check_registries(config, check_files=check_files)
     return config
 
 
@@ -375,7 +380,7 @@ def _config_error(err: pydantic.ValidationError) -> str:
     return line.replace("unknown option ", "unknown config key ", 1)
 
 
-def check_registries(config: Config) -> None:
+def check_registries(config: Config, *, check_files: bool = False) -> None:
     """Validate the sections that name registry entries against those registries (model parts
     and the objective's slots), and what the parts need of each other; normalises the objective to
     its full slot form. One-line ConfigError; nothing is built. The data set is checked first: its
@@ -383,6 +388,11 @@ def check_registries(config: Config) -> None:
     from vae_tf.data import check_request
 
     check_request(config.data.name, path=config.data.path, options=config.data.options)
+    path = config.data.path
+    if check_files and path and "://" not in path and not glob.has_magic(path) and not Path(path).exists():
+        from vae_tf.errors import DataError
+
+        raise DataError(f"no such file: {path!r} (data.path); check the path")
     from vae_tf.models import check_model_spec, check_requirements
     from vae_tf.remedies import parse_objective
 
