@@ -435,6 +435,11 @@ def test_pyfunc_serves_every_signature(base, tmp_path, monkeypatch):
                                rtol=1e-6)
     decoded = model.predict({"z": encoded["z_mean"]}, params={"signature": "decode"})
     assert set(decoded) == {"x_mean", "x_sample"} and decoded["x_mean"].shape == (3, 8, 8, 1)
+    import pandas as pd
+
+    # a column of arrays, one per row: MLflow's dataframe_records [{"x": [...]}, ...] (it said "got [3, 1]")
+    for cells in (list(x.reshape(3, 64)), [row.tolist() for row in x]):
+        np.testing.assert_array_equal(model.predict(pd.DataFrame({"x": cells}))["embedding"], encoded["embedding"])
     rec = model.predict(x.reshape(3, 64).tolist(), params={"signature": "reconstruct"})  # flattened rows
     np.testing.assert_allclose(rec["x_mean"], signatures["reconstruct"](x=tf.constant(x))["x_mean"].numpy(), rtol=1e-6)
     drawn = model.predict(np.array([[1, 2], [1, 2]]), params={"signature": "sample"})

@@ -454,6 +454,11 @@ def test_trained_text_model_end_to_end(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     pyfunc = mlflow.pyfunc.load_model("models:/text-synthetic/1")
     check("encode", pyfunc.predict(sentences))
+    import pandas as pd
+
+    with pytest.raises(ValueError, match=r"^signature 'encode' needs x as one sentence per row \(a list of strings "
+                                         r"or a one-column DataFrame\), got shape \[\d+, 2\]$"):
+        pyfunc.predict(pd.DataFrame({"a": sentences, "b": sentences}))  # it said "shape [batch, ] (or rows of 1 values)"
     with _mlflow_scoring_app(pyfunc) as port:
         for doc in ({"inputs": sentences}, {"instances": sentences},
                     {"dataframe_split": {"columns": ["x"], "data": [[s] for s in sentences]}}):

@@ -134,6 +134,10 @@ def _as_array(model_input, key: str, text: bool = False) -> np.ndarray:
         model_input = model_input[key]
     if hasattr(model_input, "to_numpy"):  # pandas
         model_input = model_input.to_numpy()
+        if (not text and model_input.ndim == 2 and model_input.shape[1] == 1 and len(model_input)
+                and isinstance(model_input[0, 0], (list, tuple, np.ndarray))):
+            # one column of arrays, one per row ({"dataframe_records": [{"x": [...]}, ...]})
+            model_input = list(model_input[:, 0])
     try:
         # Sentences keep their Python types: NumPy would turn ["a", 3] into the strings "a", "3".
         return np.asarray(model_input, dtype=object if text and isinstance(model_input, (list, tuple)) else None)
@@ -150,6 +154,9 @@ def _reshape_rows(values: np.ndarray, example_shape: tuple, name: str, key: str)
     size = int(np.prod(example_shape)) if None not in example_shape else None
     if values.ndim == 2 and size is not None and values.shape[1] == size:
         return values.reshape((len(values),) + example_shape)
+    if example_shape == ():  # sentences
+        raise InputError(f"signature {name!r} needs {key} as one sentence per row (a list of strings or a "
+                         f"one-column DataFrame), got shape {list(values.shape)}")
     raise InputError(f"signature {name!r} needs {key} with shape [batch, {', '.join(map(str, example_shape))}] "
                      f"(or rows of {size} values), got {list(values.shape)}")
 
