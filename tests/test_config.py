@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.config import DEFAULT_CONFIG, Config, load_config, parse_override, read_yaml
+from training.config import DEFAULT_CONFIG, Config, from_dict, load_config, parse_override, read_yaml
 from vae_tf.errors import ConfigError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -302,15 +302,27 @@ def test_a_tracking_uri_of_an_unknown_scheme_is_one_line_before_anything_runs(tm
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     folders = ("/tmp/mlruns", "mlruns", "file:///tmp/m", "file:/tmp/m", "C:\\mlruns")
     for folder in folders:
-        assert tracking_uri_problem(folder) == (
+        assert tracking_uri_problem(folder, opening=True) == (
             f"{folder!r} is a folder store, which MLflow 3.17 refuses (its file store is in maintenance mode); use "
             "sqlite:///PATH.db, or set MLFLOW_ALLOW_FILE_STORE=true to keep logging to the folder"), folder
+        # a config read back (an export's, a run's) is not refused: `evaluate --no-mlflow` opens no store
+        assert tracking_uri_problem(folder) is None and from_dict({"mlflow": {"tracking_uri": folder}})
+    with pytest.raises(ConfigError, match=r"^mlflow.tracking_uri 'mlruns' is a folder store"):
+        load_config(None, ["mlflow.tracking_uri=mlruns"])
+    with pytest.raises(ConfigError, match=r"^mlflow.tracking_uri 'mlruns' is a folder store"):
+        resolve_tracking_uri("mlruns")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:/tmp/m")
     with pytest.raises(ConfigError, match=r"^MLFLOW_TRACKING_URI 'file:/tmp/m' is a folder store"):
         resolve_tracking_uri(None)
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    for folder in folders:
-        assert tracking_uri_problem(folder) is None, folder
+    for allowed in ("true", "TRUE", "1"):
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", allowed)
+        for folder in folders:
+            assert tracking_uri_problem(folder, opening=True) is None, folder
+    for bad in (" true", "yes"):  # MLflow refuses them (a ValueError deep inside); said here in one line
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", bad)
+        assert tracking_uri_problem("mlruns", opening=True) == (
+            f"is a folder store ('mlruns') and MLFLOW_ALLOW_FILE_STORE={bad!r} is none of true, false, 1, 0, which "
+            "MLflow refuses; set it to true")
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
     assert main(["train", "--set", "mlflow.experiment=" + "x" * 501]) == 2
     assert "error: mlflow.experiment: string should have at most 500 characters, got" in capsys.readouterr().err

@@ -139,9 +139,14 @@ TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "m
                     "uc")
 
 
-def tracking_uri_problem(uri: str) -> str | None:
+def tracking_uri_problem(uri: str, *, opening: bool = False) -> str | None:
     """What is wrong with a tracking URI's scheme (a misspelt ``sqllite:///x.db`` failed after
-    training started, with MLflow's traceback), or None. Checked without importing MLflow."""
+    training started, with MLflow's traceback), or None. Checked without importing MLflow.
+
+    ``opening``: the store is about to be used (a config given now, the URI a run or evaluation
+    opens), so a folder store is refused unless ``MLFLOW_ALLOW_FILE_STORE`` allows it, as MLflow
+    3.17 refuses it (after the data was read, in 51 lines). A config read back from an export or
+    a run is not opening: ``vae-tf evaluate --no-mlflow`` of a model logged to a folder works."""
     from importlib.metadata import entry_points
     from urllib.parse import urlparse
 
@@ -149,10 +154,7 @@ def tracking_uri_problem(uri: str) -> str | None:
     if uri.strip().lower() in ("databricks", "databricks-uc", "uc"):  # MLflow's own names for those stores
         return None
     if len(scheme) <= 1 or scheme == "file":  # a folder (or a Windows drive letter), file:PATH
-        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1"):
-            return None
-        return (f"{uri!r} is a folder store, which MLflow 3.17 refuses (its file store is in maintenance mode); use "
-                "sqlite:///PATH.db, or set MLFLOW_ALLOW_FILE_STORE=true to keep logging to the folder")
+        return _file_store_problem(uri) if opening else None
     if scheme.split("+")[0] in TRACKING_SCHEMES or scheme in {e.name for e in entry_points(group="mlflow.tracking_store")}:
         return None
     import difflib
@@ -161,6 +163,19 @@ def tracking_uri_problem(uri: str) -> str | None:
     hint = f"did you mean {close[0]}://...? " if close else ""
     return (f"{uri!r} has an unknown scheme {scheme + ':'!r}; {hint}MLflow keeps runs at sqlite:///PATH.db, "
             "http(s)://HOST:PORT or a database URI (postgresql://, mysql://, mssql://)")
+
+
+def _file_store_problem(uri: str) -> str | None:
+    """Why MLflow will refuse folder store ``uri``, or None when ``MLFLOW_ALLOW_FILE_STORE``
+    allows it (read as MLflow reads a boolean variable: true/1 or false/0, any case, nothing else)."""
+    raw = os.environ.get("MLFLOW_ALLOW_FILE_STORE")
+    if raw is not None and raw.lower() in ("true", "1"):
+        return None
+    if raw is not None and raw.lower() not in ("false", "0"):
+        return (f"is a folder store ({uri!r}) and MLFLOW_ALLOW_FILE_STORE={raw!r} is none of true, false, 1, 0, "
+                "which MLflow refuses; set it to true")
+    return (f"{uri!r} is a folder store, which MLflow 3.17 refuses (its file store is in maintenance mode); use "
+            "sqlite:///PATH.db, or set MLFLOW_ALLOW_FILE_STORE=true to keep logging to the folder")
 
 
 with warnings.catch_warnings():  # `register` is also ABCMeta.register, which no one calls on a config section
@@ -388,6 +403,10 @@ def check_registries(config: Config, *, check_files: bool = False) -> None:
     from vae_tf.data import check_request
 
     check_request(config.data.name, path=config.data.path, options=config.data.options)
+    problem = tracking_uri_problem(config.mlflow.tracking_uri, opening=True) if (
+        check_files and config.mlflow.tracking_uri) else None
+    if problem:
+        raise ConfigError(f"mlflow.tracking_uri {problem}")
     path = config.data.path
     if check_files and path and "://" not in path and not glob.has_magic(path) and not Path(path).exists():
         from vae_tf.errors import DataError

@@ -24,15 +24,18 @@ MAX_PARAM_LENGTH = 6000  # MLflow 3 rejects longer param values
 def resolve_tracking_uri(configured: str | None) -> str:
     """Config value, else the store of the run a library caller has open (:func:`caller_run`),
     else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
+    from training.config import tracking_uri_problem
+    from vae_tf.errors import ConfigError
+
     if configured:
+        problem = tracking_uri_problem(configured, opening=True)
+        if problem:
+            raise ConfigError(f"mlflow.tracking_uri {problem}")
         return configured
     if caller_run() is not None:
         return mlflow.get_tracking_uri()
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        from training.config import tracking_uri_problem
-        from vae_tf.errors import ConfigError
-
-        problem = tracking_uri_problem(os.environ["MLFLOW_TRACKING_URI"])
+        problem = tracking_uri_problem(os.environ["MLFLOW_TRACKING_URI"], opening=True)
         if problem:
             raise ConfigError(f"MLFLOW_TRACKING_URI {problem}")
         return os.environ["MLFLOW_TRACKING_URI"]
