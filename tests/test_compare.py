@@ -199,6 +199,29 @@ def test_bad_suite_requests_are_one_line_errors(suite_file):
         child_configs(load_suite(str(suite_file)), "quick", only=["ghost"])
 
 
+
+def test_a_suite_is_refused_inside_the_caller_s_own_mlflow_run(suite_file, tmp_path, monkeypatch):
+    """Inside `with mlflow.start_run():` its children nested under the caller's run, in the caller's
+    experiment, where the next call could not find them (it retrained all of them)."""
+    import mlflow
+
+    from training.compare import run_suite
+
+    monkeypatch.chdir(tmp_path)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run() as caller:
+            with pytest.raises(ConfigError) as caught:
+                run_suite(str(suite_file))
+        assert str(caught.value) == (
+            "vae-tf compare makes its own parent run (experiment vae-tf-suite-NAME) and finds its finished children "
+            f"under it; call it outside the MLflow run {caller.info.run_id} that is active here")
+        assert [e.name for e in mlflow.search_experiments()] == ["Default"]  # nothing made
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.update(bsae=t.pop("base")), "unknown key 'bsae'; did you mean 'base'?"),
     (lambda t: t["sizes"]["quick"].update(cofig=t["sizes"]["quick"].pop("config")), "size 'quick' has an unknown key 'cofig'; did you mean 'config'?"),

@@ -227,10 +227,14 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     processes use) trains and evaluates only."""
     import mlflow
 
-    from training.tracking import (TrackedRun, activate_experiment, require_reachable, resolve_tracking_uri,
-                                   use_tracking)
+    from training.tracking import (TrackedRun, activate_experiment, caller_run, require_reachable,
+                                   resolve_tracking_uri, use_tracking)
     from training.train import run_training
 
+    if caller_run() is not None:  # its children would nest under the caller's run, where reruns cannot find them
+        raise ConfigError(f"vae-tf compare makes its own parent run (experiment vae-tf-suite-NAME) and finds its "
+                          f"finished children under it; call it outside the MLflow run "
+                          f"{caller_run().info.run_id} that is active here")
     out = out or sys.stdout
     suite = load_suite(name)
     children = child_configs(suite, size, seeds, only)
