@@ -798,10 +798,7 @@ def cmd_embed_beam(args, outputs: Sequence[str]) -> int:
                               "per line")
         source = TextFileSource(text_pattern, args.chunk_size)
     else:
-        split = load_split_source(args, encoder.text, options)
-        if args.no_labels:
-            split.y = None
-        source = SplitSource(split, args.chunk_size)
+        source = SplitSource(load_split_source(args, encoder.text, options), args.chunk_size)
     # Runner and worker logs (a failed bundle's traceback among them) would bury the one-line
     # error: a failure comes back as the exception, and user_error finds the message in it.
     logging.getLogger("apache_beam.runners").setLevel(logging.CRITICAL)

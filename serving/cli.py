@@ -322,8 +322,6 @@ def cmd_embed(args) -> int:
                 raise ConfigError(f"{args.path or args.data} is a folder, but this text model reads sentences: give a "
                                   ".txt/.txt.gz/.parquet/.csv file or a text data set (text_synthetic, wordnet)")
             source = load_split_source(args, encoder.text, options)
-            if args.no_labels:
-                source.y = None
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():

@@ -203,13 +203,15 @@ def load_text_source(data: str, *, column: str | None = None,
 
 def load_source(data: str, *, split: str = "test", path: str | None = None, seed: int = 0,
                 val_fraction: float = 0.1, test_fraction: float = 0.1, max_samples: int | None = None,
-                options: dict | None = None) -> EmbedSource:
+                options: dict | None = None, labels: bool = True) -> EmbedSource:
     """A split of a registered data set (``digits``, ``mnist``, ``text_synthetic``, ...) or of a
     file/folder (``data`` may be a path to an ``.npz``, ``.npy`` or image folder). ``split='all'``
     takes every row of train, val and test in the order of the input (a file's rows in file
     order; an ``.npz``'s ``x_test`` after its ``x``; a built-in data set's splits one after
     another), each row's ``index`` its position there. ``options``: the data set's own options
-    (``data.options`` of a training config, e.g. ``n_samples``, ``image_size``).
+    (``data.options`` of a training config, e.g. ``n_samples``, ``image_size``). ``labels=False``
+    leaves the labels out (an ``.npz``'s are then not read, so labels that are not class indices
+    do not stop it).
 
     The rows stay lazy (:func:`vae_tf.data.open_dataset`): the same rows, values and checks as
     :func:`vae_tf.data.load_dataset`, but a file's rows are read and converted a chunk at a time
@@ -230,6 +232,8 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
         elif not candidate.exists():
             raise DataError(f"unknown data set or missing file {data!r}; give a registered name "
                             f"({', '.join(sorted(DATASETS))}) or an existing .npz/.npy file or image folder")
+    if not labels and name == "npz":
+        options = {**(options or {}), "labels": False}
     splits = open_dataset(name, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
                           max_samples=max_samples, path=path, **(options or {}))
     parts = ("train", "val", "test") if split == "all" else (split,)
@@ -246,7 +250,8 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
                    "rows": len(x),
                    "modality": str(splits.metadata.get("modality", "image")),
                    **({"order": "input"} if split == "all" else {})}
-    return EmbedSource(x, None if x.y is None else np.asarray(x.y, np.int64), description, positions, input_rows)
+    y = None if x.y is None or not labels else np.asarray(x.y, np.int64)
+    return EmbedSource(x, y, description, positions, input_rows)
 
 
 def truncation_summary(truncated: tuple[int, int, int] | None, rows: int) -> str | None:
@@ -342,7 +347,8 @@ def load_split_source(args, text_model: bool, options: dict) -> EmbedSource:
                             f"{readable}, or a registered name ({names})")
     refuse_modality_mismatch(dataset_modality(args.data), text_model, args.data)
     source = load_source(args.data, split=args.split, path=args.path, seed=args.seed, val_fraction=args.val_fraction,
-                         test_fraction=args.test_fraction, max_samples=args.max_samples, options=options)
+                         test_fraction=args.test_fraction, max_samples=args.max_samples, options=options,
+                         labels=not getattr(args, "no_labels", False))
     refuse_modality_mismatch(source, text_model, args.path or args.data)
     return source
 

@@ -859,3 +859,16 @@ def test_registered_data_sets_declare_what_they_hold_and_a_loader_that_disagrees
         load_dataset("digits", max_samples=30)
     with pytest.raises(ValueError, match="modality must be one of"):
         registry.register_dataset("sounds", modality="audio")
+
+
+def test_npz_labels_that_are_not_class_indices_can_be_left_out(tmp_path):
+    """NaN labels stopped an .npz from loading, with no way round but editing the file."""
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.random.default_rng(0).random((30, 4, 4, 1), dtype=np.float32),
+             y=np.where(np.arange(30) % 2, np.nan, 1.0))
+    with pytest.raises(DataError) as caught:
+        load_dataset("npz", path=str(path))
+    assert str(caught.value) == ("npz labels holds non-integer values; labels must be class indices; or leave them "
+                                 "out: data.options.labels false (training), --no-labels (vae-tf embed)")
+    data = load_dataset("npz", path=str(path), labels=False)
+    assert data.y_train is None and data.y_test is None and len(data.x_train) + len(data.x_val) + len(data.x_test) == 30

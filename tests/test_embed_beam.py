@@ -439,7 +439,11 @@ def test_no_labels_leaves_a_label_column_out_on_every_input_and_runner(exports, 
                                _encode_directly(exports / "1", x.reshape((-1,) + SHAPE)), rtol=1e-5, atol=1e-6)
 
     arrays = tmp_path / "rows.npz"
-    np.savez(arrays, x=x.reshape((-1,) + SHAPE), y=np.arange(40) % 3)
+    np.savez(arrays, x=x.reshape((-1,) + SHAPE), y=np.where(np.arange(40) % 2, np.nan, 1.0))  # not class indices
+    assert _error(capsys, "embed", "--data", str(arrays), "--split", "all", "--model", str(exports / "1"), "-o",
+                  str(tmp_path / "b.npz")) == ("error: npz labels holds non-integer values; labels must be class indices; "
+                                               "or leave them out: data.options.labels false (training), --no-labels "
+                                               "(vae-tf embed)")
     for runner, out in ((), tmp_path / "a.npz"), (("--runner", "beam"), tmp_path / "a"):
         assert main(["embed", *runner, "--data", str(arrays), "--split", "all", "--model", str(exports / "1"),
                      "--no-labels", "-o", str(out)]) == 0

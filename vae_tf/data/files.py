@@ -66,6 +66,10 @@ def _unreadable(p: Path, what: str, exc: Exception) -> DataError:
 # -- arrays -> splits -----------------------------------------------------------------------
 
 
+#: How to go on without labels that cannot be read, said after each of their errors.
+_NO_LABELS = "; or leave them out: data.options.labels false (training), --no-labels (vae-tf embed)"
+
+
 def _labels(arrays: list[np.ndarray], what: str) -> tuple[list[np.ndarray], list[str] | None]:
     """int64 class indices from integer, integral float or string labels (joint encoding)."""
     fixed = []
@@ -75,7 +79,7 @@ def _labels(arrays: list[np.ndarray], what: str) -> tuple[list[np.ndarray], list
             arr = arr[:, 0]
         if arr.ndim != 1:
             raise DataError(
-                f"{what} has shape {arr.shape}; labels must be one value per example (N,)"
+                f"{what} has shape {arr.shape}; labels must be one value per example (N,){_NO_LABELS}"
             )
         fixed.append(arr)
     kinds = {a.dtype.kind for a in fixed}
@@ -83,7 +87,7 @@ def _labels(arrays: list[np.ndarray], what: str) -> tuple[list[np.ndarray], list
         return [a.astype(np.int64) for a in fixed], None
     if kinds <= {"f"}:
         if not all(np.all(np.isfinite(a)) and np.all(a == np.round(a)) for a in fixed):
-            raise DataError(f"{what} holds non-integer values; labels must be class indices")
+            raise DataError(f"{what} holds non-integer values; labels must be class indices{_NO_LABELS}")
         return [a.astype(np.int64) for a in fixed], None
     if kinds <= {"U", "S"}:
         names, codes = np.unique(np.concatenate(fixed), return_inverse=True)
@@ -92,7 +96,7 @@ def _labels(arrays: list[np.ndarray], what: str) -> tuple[list[np.ndarray], list
             out.append(codes[start : start + len(a)].astype(np.int64))
             start += len(a)
         return out, [str(n) for n in names]
-    raise DataError(f"{what} has dtype {fixed[0].dtype}; labels must be integers or strings")
+    raise DataError(f"{what} has dtype {fixed[0].dtype}; labels must be integers or strings{_NO_LABELS}")
 
 
 def _open_arrays(
@@ -211,14 +215,15 @@ def _open_arrays(
 # -- loaders --------------------------------------------------------------------------------
 
 
-def open_npz(plan: SplitPlan, *, path: str | None = None) -> LazySplits:
+def open_npz(plan: SplitPlan, *, path: str | None = None, labels: bool = True) -> LazySplits:
     """Arrays from a NumPy ``.npz`` archive (``np.savez``), loaded without pickle.
 
     Keys: the data under ``x``, ``images``, ``x_train`` or ``imgs`` (the first present);
     optional labels under ``y`` or ``labels`` (``y_train`` with ``x_train``); optional factor
     class indices under ``factors`` or ``latents_classes``. A Keras-style archive with ``x_train``
     and ``x_test`` (and ``y_train`` / ``y_test``) keeps its official test split, so a
-    ``mnist.npz`` fetched elsewhere can be used offline.
+    ``mnist.npz`` fetched elsewhere can be used offline. ``labels: false`` reads no labels (ones
+    that are not class indices, or that must not be used).
 
     Memory: a data array that ``np.savez`` stored (uncompressed, C order) is read from the archive
     row by row, like a ``.npy`` file; one compressed by ``np.savez_compressed`` cannot be read by
@@ -249,10 +254,10 @@ def open_npz(plan: SplitPlan, *, path: str | None = None) -> LazySplits:
             x = rows(archive, x_key)
             official = x_key == "x_train" and "x_test" in keys
             y_keys = ("y_train",) + Y_KEYS if x_key == "x_train" else Y_KEYS
-            y_key = next((k for k in y_keys if k in keys), None)
+            y_key = next((k for k in y_keys if k in keys), None) if labels else None
             y = archive[y_key] if y_key else None
             x_test = rows(archive, "x_test") if official else None
-            y_test = archive["y_test"] if official and "y_test" in keys else None
+            y_test = archive["y_test"] if official and "y_test" in keys and labels else None
             f_key = next((k for k in FACTOR_KEYS if k in keys), None)
             factors = archive[f_key] if f_key else None
     except DataError:
