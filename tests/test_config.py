@@ -326,3 +326,33 @@ def test_a_tracking_uri_of_an_unknown_scheme_is_one_line_before_anything_runs(tm
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
     assert main(["train", "--set", "mlflow.experiment=" + "x" * 501]) == 2
     assert "error: mlflow.experiment: string should have at most 500 characters, got" in capsys.readouterr().err
+
+
+def test_a_run_or_model_of_before_symbol_clusters_rebuilds_its_text_data_as_then(tmp_path):
+    """Resuming a text_file run started before symbol clusters (its run.json records no tokenizer)
+    or evaluating its model rebuilt the vocabulary with them: "❤️" one token instead of two, every
+    id after it shifted under the restored weights."""
+    from training.config import tokenizer_of_then
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a b\n")
+    text = load_config(None, ["data.name=text_file", f"data.path={corpus}", "model.network.kind=lstm",
+                              "model.likelihood.name=categorical"])
+    assert tokenizer_of_then(text, None).data.options == {"symbol_clusters": False}
+    assert tokenizer_of_then(text, {"lowercase": True, "split_punctuation": True}).data.options == \
+        {"symbol_clusters": False}  # a model's codec described without the key
+    assert tokenizer_of_then(text, {"symbol_clusters": True}) is text
+    given = text.replace(data={"options": {"symbol_clusters": True}})
+    assert tokenizer_of_then(given, None) is given  # what the config says itself is kept
+    digits = load_config(None, [])
+    assert tokenizer_of_then(digits, None) is digits  # no tokenizer to pin
+
+
+def test_a_key_an_older_run_record_lacks_is_no_change_on_resume():
+    from training.train import resume_changes
+
+    config = load_config(None, ["train.epochs=3"])
+    before = config.to_dict()
+    del before["train"]["deterministic"], before["mlflow"]["retry_seconds"]  # written by an older vae-tf
+    assert resume_changes(before, config) == []
+    assert resume_changes(before, config.replace(train={"epochs": 5})) == ["train.epochs: 3 -> 5"]

@@ -567,6 +567,9 @@ def test_symbol_clusters_are_recorded_and_earlier_models_keep_their_tokenizer(tm
     assert data.metadata["tokenizer"] == {"lowercase": True, "split_punctuation": True, "symbol_clusters": True}
     assert thumb in data.metadata["vocabulary"] and "\U0001f3fd" not in data.metadata["vocabulary"]
     assert text_settings(data.metadata)["symbol_clusters"] is True
+    as_then = load_dataset("text_file", path=str(corpus), val_fraction=0.0, test_fraction=0.0, symbol_clusters=False)
+    assert as_then.metadata["tokenizer"]["symbol_clusters"] is False and "\U0001f3fd" in as_then.metadata["vocabulary"]
+    assert text_settings(as_then.metadata)["symbol_clusters"] is False
 
     old = {"vocabulary": ["\U0001f44d", "\U0001f3fd", "good"], "max_length": 4}
     assert text_settings({**old, "tokenizer": {"lowercase": True, "split_punctuation": True}})["symbol_clusters"] is False

@@ -395,6 +395,22 @@ def _config_error(err: pydantic.ValidationError) -> str:
     return line.replace("unknown option ", "unknown config key ", 1)
 
 
+def tokenizer_of_then(config: Config, tokenizer: dict | None) -> Config:
+    """``config`` with its text data set tokenised as ``tokenizer`` says (a run's or a model's
+    recorded ``{"lowercase", "split_punctuation", "symbol_clusters"}``; without the key, or
+    ``None`` for a run that recorded none: made before symbol clusters existed, so tokenised
+    without them), so that resuming or evaluating it rebuilds the vocabulary its checkpoint or
+    weights were made with. A setting the config gives itself is kept; other data sets unchanged."""
+    from vae_tf.data import dataset_options
+
+    if "symbol_clusters" in config.data.options or "symbol_clusters" not in dataset_options(config.data.name):
+        return config
+    clusters = bool((tokenizer or {}).get("symbol_clusters", False))
+    if clusters:
+        return config
+    return config.replace(data={"options": {**config.data.options, "symbol_clusters": False}})
+
+
 def check_registries(config: Config, *, check_files: bool = False) -> None:
     """Validate the sections that name registry entries against those registries (model parts
     and the objective's slots), and what the parts need of each other; normalises the objective to
@@ -430,4 +446,4 @@ def check_registries(config: Config, *, check_files: bool = False) -> None:
 __all__ = ["DEFAULT_CONFIG", "DEFAULT_PRETRAIN_EPOCHS", "KEPT_ON_REPLACE", "REPLACING_KEYS", "Config", "DataConfig", "ExportConfig",
            "MlflowConfig", "ModelConfig", "ObjectiveConfig", "PretrainConfig", "TrainConfig", "apply_overrides",
            "check_registries", "deep_merge", "flatten", "from_dict", "load_config", "parse_override", "read_yaml",
-           "set_path"]
+           "set_path", "tokenizer_of_then"]

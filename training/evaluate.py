@@ -145,7 +145,7 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
              iw_k: int = 500, disentanglement: str = "quick", fd: bool = False, output: str | None = None,
              log_to_mlflow: bool = True, into_run: str | None = None, allow_unnormalised_nll: bool = False,
              out=None) -> EvaluationResult:
-    from training.config import apply_overrides, from_dict, load_config
+    from training.config import apply_overrides, from_dict, load_config, tokenizer_of_then
     from training.train import prepare_data
     from vae_tf.export import load_model_info, load_vae
     from vae_tf.metrics import evaluate_model, evaluation_figures, report
@@ -169,6 +169,8 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     # The overrides apply to the saved config before it is validated: `--set data.name=...` can
     # name another data set for a model whose training set cannot be loaded here.
     config = from_dict(apply_overrides(saved, overrides)) if saved else load_config(None, overrides)
+    if info.get("modality") == "text":  # a model of before symbol clusters reads its data as then
+        config = tokenizer_of_then(config, info.get("text"))
     if log_to_mlflow:  # inside a library caller's own MLflow run: refused before the evaluation, not after
         from training.tracking import check_caller_store, resolve_tracking_uri
 

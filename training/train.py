@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.config import Config
+from training.config import Config, tokenizer_of_then
 
 
 @dataclasses.dataclass
@@ -274,6 +274,8 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
                                    None if isinstance(resume, str) else config.name, config.mlflow.tracking_uri)
         config = resumed_config(record, overrides)
         changed = resume_changes(record["config"], config)
+        # a text run started before symbol clusters rebuilds the vocabulary its checkpoint was made with
+        config = tokenizer_of_then(config, record.get("tokenizer"))
     strategy = make_strategy(config.train)  # first TF work: MultiWorkerMirroredStrategy must precede the rest
     if config.train.strategy != "none" and config.train.steps_per_execution > 1:
         # Keras 3.15 / TF 2.21: Keras' multi-step loop under MirroredStrategy (and MWMS) fails with
@@ -307,13 +309,14 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
                              run_name=config.mlflow.run_name or default_run_name(config), tags=tags,
                              retry_seconds=config.mlflow.retry_seconds)
     tracker.start()
-    tracker.save_record(status="running", name=config.name, config=config.to_dict())
+    tracker.save_record(status="running", name=config.name, config=config.to_dict(),
+                        tokenizer=prepared.data.metadata.get("tokenizer"))
     if resume and changed:
         # MLflow params cannot change once logged: they keep the values the run started with. The
         # resolved config (config.yaml) is the one the run goes on with, and a tag says what changed.
         said = "; ".join(changed)
         earlier = record.get("resume_changes") or []
-        tracker.set_tags({"vae_tf.resume.changed": " | ".join([*earlier, said])[:5000]})
+        tracker.set_tags({"vae_tf.resume.changed": " | ".join([*earlier, said])[-5000:]})  # the latest kept
         tracker.log_dict(config.to_dict(), "config.yaml")
         tracker.save_record(resume_changes=[*earlier, said])
         print(f"resuming with: {said} (the run's params keep their first values; config.yaml and the tag "
@@ -341,9 +344,14 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
 
 def resume_changes(before: dict, config: Config) -> list[str]:
     """``["train.epochs: 40 -> 9", ...]``: the settings a resume changes from the run's config."""
-    from training.config import flatten
+    from training.config import flatten, from_dict
+    from vae_tf.errors import VaeTfError
 
-    old, new = flatten(before), config.flat()
+    try:  # with the defaults filled in, as `config` has them: a key an older record lacks is no change
+        old = from_dict(before).flat()
+    except VaeTfError:
+        old = flatten(before)
+    new = config.flat()
     return [f"{key}: {old.get(key)} -> {new.get(key)}" for key in sorted(set(old) | set(new))
             if old.get(key) != new.get(key)]
 

@@ -69,6 +69,12 @@ def dataset_modality(name: str) -> str | None:
     return DATASET_MODALITIES.get(_normalise(name))
 
 
+def dataset_options(name: str) -> set[str]:
+    """The option names a registered data set's loader takes (empty for an unknown name)."""
+    loader = DATASETS.get(_normalise(name))
+    return _loader_options(loader)[0] if loader is not None else set()
+
+
 def register_lazy_dataset(
     name: str,
     opener: Callable[..., LazySplits],

@@ -60,7 +60,9 @@ class TextOptions:
         long_sentences: ``"drop"`` a longer sentence, or ``"truncate"`` it to its first
             ``max_length`` tokens (the sentence is then stored as those tokens, normalised and
             joined by spaces, which the tokeniser reads back as exactly those tokens).
-        lowercase, split_punctuation: the tokeniser settings (:mod:`vae_tf.tokenize`).
+        lowercase, split_punctuation, symbol_clusters: the tokeniser settings
+            (:mod:`vae_tf.tokenize`; ``symbol_clusters`` false tokenises as vae-tf did before
+            2026-12-07, which a run or model of then is rebuilt with).
     """
 
     vocab_size: int | None = None
@@ -69,6 +71,7 @@ class TextOptions:
     long_sentences: str = "drop"
     lowercase: bool = True
     split_punctuation: bool = True
+    symbol_clusters: bool = True
 
     def check(self, name: str) -> TextOptions:
         if self.vocab_size is not None and (not is_int(self.vocab_size) or self.vocab_size <= NUM_SPECIALS):
@@ -87,7 +90,7 @@ class TextOptions:
             raise DataError(
                 f"{name} long_sentences must be 'drop' or 'truncate', got {self.long_sentences!r}"
             )
-        for key in ("lowercase", "split_punctuation"):
+        for key in ("lowercase", "split_punctuation", "symbol_clusters"):
             if not isinstance(getattr(self, key), (bool, np.bool_)):
                 raise DataError(f"{name} {key} must be true or false, got {getattr(self, key)!r}")
         return self
@@ -95,7 +98,7 @@ class TextOptions:
     @property
     def tokenizer(self) -> dict:
         return {"lowercase": bool(self.lowercase), "split_punctuation": bool(self.split_punctuation),
-                "symbol_clusters": True}
+                "symbol_clusters": bool(self.symbol_clusters)}
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,7 @@ def load_text_file(
     long_sentences: str = "drop",
     lowercase: bool = True,
     split_punctuation: bool = True,
+    symbol_clusters: bool = True,
 ) -> DataSplits:
     """Your sentences, one per line, from a UTF-8 ``.txt`` or gzip-compressed ``.txt.gz`` file.
 
@@ -291,7 +295,7 @@ def load_text_file(
     ``min_count``, ``max_length`` (tokens), ``long_sentences`` (default ``"drop"``: a sentence
     longer than ``max_length`` is left out; ``"truncate"`` keeps its first ``max_length``
     tokens), ``lowercase`` and ``split_punctuation`` (set both false for a file that is already
-    tokenised).
+    tokenised), ``symbol_clusters``.
 
     Returns:
         text :class:`DataSplits` (module docstring).
@@ -301,7 +305,8 @@ def load_text_file(
             "data set 'text_file' needs a path: set data.path to a UTF-8 .txt or .txt.gz file "
             "with one sentence per line"
         )
-    options = TextOptions(vocab_size, min_count, max_length, long_sentences, lowercase, split_punctuation)
+    options = TextOptions(vocab_size, min_count, max_length, long_sentences, lowercase, split_punctuation,
+                          symbol_clusters)
     options.check("text_file")
     sentences = read_sentences(path)
     return text_splits("text_file", plan, random_parts(plan, sentences), options,

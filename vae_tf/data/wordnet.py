@@ -108,13 +108,15 @@ def load_wordnet(
     long_sentences: str = "drop",
     lowercase: bool = True,
     split_punctuation: bool = True,
+    symbol_clusters: bool = True,
 ) -> DataSplits:
     """WordNet 3.0's example sentences (module docstring), fully offline.
 
     Options:
         path: folder of the four data files (default ``/usr/share/wordnet``).
         glosses: also take the definitions (about 117k more sentences).
-        vocab_size, min_count, max_length, long_sentences, lowercase, split_punctuation: as for
+        vocab_size, min_count, max_length, long_sentences, lowercase, split_punctuation,
+            symbol_clusters: as for
             every text data set (:class:`~vae_tf.data.text.TextOptions`); ``long_sentences``
             applies only when ``max_length`` is given (default: the longest sentence, nothing
             dropped).
@@ -125,7 +127,8 @@ def load_wordnet(
     """
     if not isinstance(glosses, (bool, np.bool_)):
         raise DataError(f"wordnet glosses must be true or false, got {glosses!r}")
-    options = TextOptions(vocab_size, min_count, max_length, long_sentences, lowercase, split_punctuation)
+    options = TextOptions(vocab_size, min_count, max_length, long_sentences, lowercase, split_punctuation,
+                          symbol_clusters)
     options.check("wordnet")
     files = find_data_files(path)
     label: dict[str, int] = {}  # sentence -> lexicographer file of its first occurrence
