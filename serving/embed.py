@@ -634,6 +634,9 @@ def index_meaning(description: Mapping, text: bool) -> str:
     if split in ("train", "val", "test"):
         return (f"the row's position in the {split!r} split of the input (0-based; the splits are shuffled with seed "
                 f"{description.get('seed')}): join it to that split, not to the file")
+    if split == "all":  # a registered data set or an array file, text models' included
+        return ("the row's position in the input, 0-based (a file's row; a data set's train, val and test rows one "
+                "after another, as it reads them)")
     if text:
         return ("the line (text file) or row (table) of the input each sentence came from, 0-based; rows without one "
                 "are skipped")

@@ -82,8 +82,9 @@ def test_beam_on_two_workers_equals_vae_tf_embed_row_for_row(exports, tmp_path, 
     local_meta, beam_meta = read_output_metadata(local), read_output_metadata(out)
     assert local_meta["model"] == beam_meta["model"] == {"model": str((exports / "2").resolve())}
     assert local_meta["outputs"] == beam_meta["outputs"] == ["embedding", "z_mean"]
-    assert local_meta["index"] == beam_meta["index"] == ("the row's position in the input, 0-based (across several "
-                                                         "files, counted on in file order)")
+    assert local_meta["index"] == beam_meta["index"] == (
+        "the row's position in the input, 0-based (a file's row; a data set's train, val and test rows one after "
+        "another, as it reads them)")
     assert local_meta["data"]["path"] == beam_meta["data"]["path"] == str(data)
 
 

@@ -455,6 +455,9 @@ def test_pyfunc_serves_every_signature(base, tmp_path, monkeypatch):
                                              r"\(\[-2147483648, 2147483647\]\), got -?\d+$"):
             model.predict(seeds, params={"signature": "sample"})
     assert model.predict([[2**31 - 1, -2**31]], params={"signature": "sample"})["z"].shape == (1, 8)
+    with pytest.raises(ValueError, match=r"^signature 'encode' needs a batch of x: send a list of rows \(e\.g\. "
+                                         r"\[value\]\), not a single value$"):
+        model.predict(np.float32(0.5))  # it said "got no x rows"
     with pytest.raises(ValueError, match=r"^signature 'encode' got no x rows; send at least one$"):
         model.predict(np.zeros((0, 8, 8, 1), np.float32))  # NumPy's "cannot reshape array of size 0"
     with pytest.raises(ValueError, match=r"needs z with shape \[batch, 8\]"):

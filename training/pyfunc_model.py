@@ -109,7 +109,11 @@ with _without_type_hint_advice():
                                  f"{', '.join(self._inputs)}")
             key, dtype, example_shape = self._inputs[name]
             values = _as_array(model_input, key, text=np.dtype(dtype).kind == "O")
-            if values.ndim == 0 or len(values) == 0:
+            if values.ndim == 0:
+                raise InputError(f"signature {name!r} needs a batch of {key}: send a list of "
+                                 f"{'sentences' if np.dtype(dtype).kind == 'O' else 'rows'} (e.g. [value]), not "
+                                 "a single value")
+            if len(values) == 0:
                 raise InputError(f"signature {name!r} got no {key} rows; send at least one")
             values = _reshape_rows(values, example_shape, name, key)
             values = _cast(values, dtype, name, key)
