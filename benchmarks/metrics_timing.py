@@ -14,7 +14,8 @@ Inputs (synthetic, seeded, so the timing does not depend on a trained model):
   metric's own (sampling, rendering, classifier) without an encoder; the ``encode`` row gives the
   encoder's cost per 10 000 images of a conv VAE so that the two can be added;
 - labels for the linear probe / cluster accuracy: 10 Gaussian blobs in d dims;
-- Fréchet distance: 128-d features of N points per side (the fd_classifier's feature space);
+- Fréchet distance and the kernel distance: 128-d features of N points per side (the
+  fd_classifier's feature space);
 - IW-NLL: ``build_vae((8, 8, 1))`` with the default MLP (256, 128), latent 8, Bernoulli, untrained
   weights (the cost does not depend on them), 1 000 digits, K = 500 in chunks of 100.
 
@@ -179,6 +180,8 @@ def run(args) -> list[dict]:
     add("frechet", "Fréchet distance (statistics + sqrtm)", f"2 x N={n}, 128-d features",
         lambda: sample_quality.frechet_distance(*sample_quality.feature_statistics(feats[:half]),
                                                 *sample_quality.feature_statistics(feats[half:])))
+    add("kid", "kernel distance (100 subsets of 1000 per side)", f"2 x N={n}, 128-d features",
+        lambda: sample_quality.kernel_distance(feats[:half], feats[half:]), repeats=1)
 
     # --- model-backed -----------------------------------------------------------------------
     if wanted is None or {"iw_nll", "encode"} & wanted:

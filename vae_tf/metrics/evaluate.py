@@ -295,12 +295,15 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
         metrics["fd_classifier"] = result["fd_classifier"]
         metrics["fd_classifier_accuracy"] = result["classifier_test_accuracy"]
         metrics["kid_classifier"] = result["kid_classifier"]
-        metrics["kid_classifier_std"] = result["kid_classifier_std"]
+        if result["kid_classifier_std"] == result["kid_classifier_std"]:  # NaN: whole sets, no spread measured
+            metrics["kid_classifier_std"] = result["kid_classifier_std"]
         est["fd_classifier"] = (f"Frechet classifier distance (not FID): {n} prior samples ({fd_samples} decodes) vs "
                                 f"{n} {split} examples, classifier {result['classifier_key']}")
+        m = result["kid_subset_size"]
+        drawn = (f"the whole {m} per side (no spread: kid_classifier_std not logged)" if m == n else
+                 f"mean and std over {KID_NUM_SUBSETS} subsets of {m} per side, seed {seed}")
         est["kid_classifier"] = (f"kernel distance (KID's estimator, not KID) on the same features: unbiased MMD^2, "
-                                 f"k(x, y) = (x.y/d + 1)^3, mean and std over {KID_NUM_SUBSETS} subsets of "
-                                 f"{result['kid_subset_size']} per side, seed {seed}")
+                                 f"k(x, y) = (x.y/d + 1)^3, {drawn}")
 
     return {"metrics": metrics, "info": info, "arrays": arrays}
 

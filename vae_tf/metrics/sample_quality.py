@@ -9,13 +9,13 @@ the penultimate-layer features of a **small classifier trained on the same data 
 
 and, on the same features, the kernel distance of Bińkowski et al. 2018 (KID's definition: the
 unbiased MMD² with the cubic polynomial kernel k(x, y) = (xᵀy/d + 1)³, averaged over 100 random
-subsets of 1 000 per side, as torch-fidelity and clean-fid compute it). KID is unbiased in n,
-so it can be compared across sample counts, which FD cannot.
+subsets of 1 000 per side, as torch-fidelity and clean-fid compute it).
 
-Neither is **FID** or KID: they are not comparable with published FIDs, nor across package versions,
-classifier specs or sample counts (FD is biased in n; Chong & Forsyth 2020): compare models only
-with the same classifier (same cache key), the same n and the same kind of samples (decoder
-means or ancestral draws, in the classifier's input range).
+Neither is **FID** or KID: they are not comparable with published FIDs (or KIDs), nor across
+package versions or classifier specs. FD is also biased in n (Chong & Forsyth 2020), so compare
+FDs only at the same n; the kernel distance's estimate is unbiased in n (its spread is not). In
+both, compare the same kind of samples (decoder means or ancestral draws, in the classifier's
+input range) with the same classifier (same cache key).
 
 The classifier (architecture, seed, epochs, optimiser pinned in :class:`FDClassifierSpec`) is
 trained deterministically on the training split, its test accuracy recorded, and cached under
@@ -121,7 +121,8 @@ def kernel_distance(features1, features2, *, num_subsets: int = KID_NUM_SUBSETS,
         Σ_{i≠j} k(xᵢ, xⱼ) / (m(m − 1)) + Σ_{i≠j} k(yᵢ, yⱼ) / (m(m − 1)) − 2 Σ_{i,j} k(xᵢ, yⱼ) / m²
 
     Returns ``(mean, std, m)`` over the subsets (the estimate can be slightly negative when the
-    two sets come from one distribution). Float64 throughout.
+    two sets come from one distribution). When m is both sets' size, every subset is the whole of
+    both: one estimate, std NaN (no spread was measured). Float64 throughout.
     """
     f1, f2 = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
     if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
@@ -139,6 +140,8 @@ def kernel_distance(features1, features2, *, num_subsets: int = KID_NUM_SUBSETS,
         k = (a @ a.T / d + 1.0) ** 3
         return (k.sum() - np.trace(k)) / (m * (m - 1))
 
+    if m == len(f1) == len(f2):  # every "subset" is the whole of both sets
+        return float(within(f1) + within(f2) - 2.0 * ((f1 @ f2.T / d + 1.0) ** 3).mean()), float("nan"), int(m)
     estimates = np.empty(num_subsets)
     for i in range(num_subsets):
         x = f1[rng.choice(len(f1), m, replace=False)]
