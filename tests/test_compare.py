@@ -88,7 +88,8 @@ def test_suite_runs_children_under_a_parent_and_resumes(suite_file, tmp_path, ca
     part = run_suite(str(suite_file), size="quick", only=["beta4"])
     assert part.resolve() == tmp_path / "reports" / "tiny-quick-runs-beta4" / "report.md"
     text = part.read_text()
-    assert "Command: `vae-tf compare --suite tiny --quick --runs beta4`" in text and "| vae |" not in text
+    # a suite of one's own is named by its file (`--suite tiny` finds only the shipped ones)
+    assert f"Command: `vae-tf compare --suite {suite_file} --quick --runs beta4`" in text and "| vae |" not in text
     assert not (tmp_path / "reports" / "tiny-quick").exists()
     parent = parents[0].info.run_id
     assert [a.path for a in client.list_artifacts(parent, "report/tiny-quick-runs-beta4")
@@ -103,10 +104,10 @@ def test_suite_runs_children_under_a_parent_and_resumes(suite_file, tmp_path, ca
     with pytest.raises(ConfigError) as said:
         find_run("runs", parent)
     assert str(said.value) == (f"run {parent} is the parent run of suite 'tiny' (quick), which has no checkpoint "
-                               "of its own; resume the suite by running it again: `vae-tf compare --suite tiny "
+                               f"of its own; resume the suite by running it again: `vae-tf compare --suite {suite_file} "
                                "--quick` (finished children are reused, an interrupted one goes on from its checkpoint)")
     with pytest.raises(ConfigError, match=rf"^run {parent} in runs/{parent} is not a training run \(its run.json has "
-                                          "no config: a suite's parent run, or a run of an older vae-tf\); there is"):
+                                          r"no config: a suite's parent run, or a run of an older vae-tf\); there is"):
         find_run("runs", parent, tracking_uri=f"sqlite:///{tmp_path / 'no-such.db'}")  # MLflow not asked
     assert not (tmp_path / "no-such.db").exists()
     child = children[0].info.run_id
@@ -124,9 +125,11 @@ def test_a_part_of_a_suite_is_named_by_its_runs_and_seeds(suite_file):
     suite = load_suite(str(suite_file))
     whole, part = child_configs(suite, "quick"), child_configs(suite, "quick", seeds=[0, 2], only=["beta4"])
     assert (report_name(suite, "quick", whole), _command(suite, "quick", whole)) == (
-        "tiny-quick", "vae-tf compare --suite tiny --quick")
+        "tiny-quick", f"vae-tf compare --suite {suite_file} --quick")
     assert (report_name(suite, "quick", part), _command(suite, "quick", part)) == (
-        "tiny-quick-runs-beta4-seeds-0,2", "vae-tf compare --suite tiny --quick --runs beta4 --seeds 0,2")
+        "tiny-quick-runs-beta4-seeds-0,2", f"vae-tf compare --suite {suite_file} --quick --runs beta4 --seeds 0,2")
+    shipped = load_suite("collapse")  # a shipped suite by its name
+    assert _command(shipped, "quick") == "vae-tf compare --suite collapse --quick"
     # the size's own seeds, or every run, given explicitly: the whole suite
     assert report_name(suite, "quick", child_configs(suite, "quick", seeds=[0], only=["vae", "beta4"])) == "tiny-quick"
 
@@ -166,6 +169,37 @@ def test_an_unknown_evaluate_option_is_a_one_line_error_before_training(suite_fi
                                           r"options: iw_k, disentanglement, fd, tsne, tsne_max_points"):
         run_suite(str(suite_file), size="quick")
     assert not (suite_file.parent / "reports").exists()
+
+
+@pytest.mark.parametrize("evaluate, message", [
+    ({"iw_k": -5}, "evaluate iw_k must be an integer >= 0, got -5"),  # it failed after the child had trained
+    ({"tsne": "no"}, "evaluate tsne must be true or false, got 'no'"),  # read as true: t-SNE ran
+    ({"tsne_max_points": 0}, "evaluate tsne_max_points must be an integer >= 2, got 0"),
+    ({"disentanglement_sizes": {"num_train": -1}}, "evaluate disentanglement_sizes must map num_train, num_eval"),
+])
+def test_a_suite_s_evaluate_values_are_checked_before_anything_runs(suite_file, evaluate, message):
+    tree = yaml.safe_load(suite_file.read_text())
+    tree["sizes"]["quick"]["evaluate"] = evaluate
+    suite_file.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError, match="^suite 'tiny' size 'quick': " + re.escape(message)):
+        child_configs(load_suite(str(suite_file)), "quick")
+
+
+@pytest.mark.slow
+def test_a_run_that_cannot_build_is_named_before_any_child_trains(suite_file, capsys):
+    """A likelihood's `sigma: -1` or an MI target the family lacks was found when that run's turn
+    came, after the runs before it had trained, and the error did not say which run it was."""
+    tree = yaml.safe_load(suite_file.read_text())
+    tree["runs"][1]["config"]["model"] = {"likelihood": {"name": "gaussian", "sigma": -1}}
+    suite_file.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError) as caught:
+        run_suite(str(suite_file), size="quick")
+    assert str(caught.value) == "suite 'tiny' run 'beta4': model.likelihood.sigma must be > 0, got -1"
+    assert ": training" not in capsys.readouterr().out and not (suite_file.parent / "runs").exists()
+    tree["runs"][1]["config"]["model"] = {"likelihood": {"name": "bernouli"}}  # found by the config's own check
+    suite_file.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError, match=r"^suite 'tiny' run 'beta4': .*bernouli"):
+        child_configs(load_suite(str(suite_file)), "quick")
 
 
 def test_compare_cli_errors_are_one_line(suite_file, capsys):
@@ -211,13 +245,14 @@ def test_a_suite_is_refused_inside_the_caller_s_own_mlflow_run(suite_file, tmp_p
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
+        mlflow.set_experiment("caller")
         with mlflow.start_run() as caller:
             with pytest.raises(ConfigError) as caught:
                 run_suite(str(suite_file))
         assert str(caught.value) == (
             "vae-tf compare makes its own parent run (experiment vae-tf-suite-NAME) and finds its finished children "
             f"under it; call it outside the MLflow run {caller.info.run_id} that is active here")
-        assert [e.name for e in mlflow.search_experiments()] == ["Default"]  # nothing made
+        assert sorted(e.name for e in mlflow.search_experiments()) == ["Default", "caller"]  # no suite's made
     finally:
         mlflow.set_tracking_uri(previous)
 
@@ -230,6 +265,11 @@ def test_a_suite_is_refused_inside_the_caller_s_own_mlflow_run(suite_file, tmp_p
     (lambda t: t["sizes"]["quick"].update(seeds=[1, 1]), "seeds must be a non-empty list of distinct integers"),
     (lambda t: t["runs"].append("beta2"), "run 3 must be a mapping"),
     (lambda t: t.update(runs=5), "'runs' must be a list of runs, found int"),
+    # it wrote an empty report; a "/" in a group crashed the report after every child had trained
+    (lambda t: t.update(runs=[]), "has no runs; list at least one under 'runs' (name, config)"),
+    (lambda t: t["runs"][0].update(group="kl/beta"), "run 'vae': group must be a name of letters, digits, spaces "
+                                                     "and _ . + -, got 'kl/beta'"),
+    (lambda t: t["runs"][0].update(group=["ctl"]), "run 'vae': group must be a name"),
 ])
 def test_a_suite_yaml_with_a_mistake_is_a_one_line_error_naming_it(suite_file, edit, message):
     """A misspelt key was silently ignored (a misspelt base trained every child on the defaults);
@@ -411,7 +451,7 @@ def test_a_report_of_a_suite_still_running_says_so_and_counts_the_seeds(suite_fi
     assert (doc["finished"], doc["total"], doc["pending"]) == (3, 4, ["beta4/0"])
     assert doc["children"]["vae/0"] == {"run_id": "abc", "metrics": {"eval_active_units": 2.0, "eval_kl": 1.0}}
     assert doc["children"]["vae/1"]["metrics"]["eval_mi_full"] is None
-    assert doc["command"] == "vae-tf compare --suite tiny --quick"
+    assert doc["command"] == f"vae-tf compare --suite {suite_file} --quick"
 
     done = write_report(suite, "quick", children, {**rows, ("beta4", 0): {"eval_kl": 0.75}}, {}, tmp_path / "r")
     text = done.read_text()

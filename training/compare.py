@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from vae_tf.errors import ConfigError
+from vae_tf.errors import ConfigError, VaeTfError
 
 SUITES_DIR = Path(__file__).parent / "suites"
 
@@ -87,11 +87,24 @@ def evaluate_options(suite: Suite, size: str) -> dict:
     from training.config import deep_merge
 
     given = (suite.sizes.get(size) or {}).get("evaluate") or {}
+    where = f"suite {suite.name!r} size {size!r}"
     unknown = sorted(set(given) - set(DEFAULT_EVALUATE))
     if unknown:
-        raise ConfigError(f"suite {suite.name!r} size {size!r}: unknown evaluate option(s) {unknown}; "
-                          f"options: {', '.join(DEFAULT_EVALUATE)}")
-    return deep_merge(DEFAULT_EVALUATE, given)
+        raise ConfigError(f"{where}: unknown evaluate option(s) {unknown}; options: {', '.join(DEFAULT_EVALUATE)}")
+    merged = deep_merge(DEFAULT_EVALUATE, given)
+    # Their values too, now: a bad one failed after the child had trained, or was misread ("no" as true)
+    for key in ("disentanglement", "fd", "tsne"):
+        if not isinstance(merged[key], bool):
+            raise ConfigError(f"{where}: evaluate {key} must be true or false, got {merged[key]!r}")
+    for key, low in (("iw_k", 0), ("tsne_max_points", 2)):
+        if isinstance(merged[key], bool) or not isinstance(merged[key], int) or merged[key] < low:
+            raise ConfigError(f"{where}: evaluate {key} must be an integer >= {low}, got {merged[key]!r}")
+    sizes = merged["disentanglement_sizes"]
+    if not isinstance(sizes, dict) or set(sizes) - set(DEFAULT_EVALUATE["disentanglement_sizes"]) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes.values()):
+        raise ConfigError(f"{where}: evaluate disentanglement_sizes must map "
+                          f"{', '.join(DEFAULT_EVALUATE['disentanglement_sizes'])} to integers >= 1, got {sizes!r}")
+    return merged
 
 
 @dataclasses.dataclass
@@ -174,8 +187,17 @@ def _check_suite_tree(tree, path: Path) -> None:
         if run.get("config") is not None and not isinstance(run["config"], dict):
             raise ConfigError(f"suite {path} run {run.get('name')!r}: 'config' must be a mapping")
     names = [run.get("name") for run in tree["runs"]]
+    if not names:
+        raise ConfigError(f"suite {path} has no runs; list at least one under 'runs' (name, config)")
     if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
         raise ConfigError(f"suite {path}: every run needs a unique non-empty name, got {names}")
+    for run in tree["runs"]:
+        group = run.get("group")
+        # a group names the report's figure files (collapse_curves_<group>.png): a "/" crashed the
+        # report after every child had trained
+        if group is not None and not (isinstance(group, str) and re.fullmatch(r"[A-Za-z0-9_.+ -]+", group)):
+            raise ConfigError(f"suite {path} run {run['name']!r}: group must be a name of letters, digits, spaces "
+                              f"and _ . + -, got {group!r}")
 
 
 def child_configs(suite: Suite, size: str, seeds: list[int] | None = None, only: list[str] | None = None):
@@ -207,8 +229,41 @@ def child_configs(suite: Suite, size: str, seeds: list[int] | None = None, only:
             tree.setdefault("mlflow", {})["run_name"] = f"{run['name']} (seed {seed})"
             tree["mlflow"]["register"] = False
             tree["name"] = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{suite.name}-{run['name']}")  # a valid model name
-            children.append((run["name"], int(seed), from_dict(tree), run))
+            try:
+                config = from_dict(tree)
+            except VaeTfError as err:  # which of the suite's runs is wrong
+                raise type(err)(f"suite {suite.name!r} run {run['name']!r}: {err}") from None
+            children.append((run["name"], int(seed), config, run))
     return children
+
+
+def _check_runs_build(suite: Suite, pending: list[tuple[str, Any]], out) -> None:
+    """Build the model of every run that will train (its first seed's config) on its data, before
+    any child trains: an option only a built part checks (a likelihood's ``sigma: -1``, an MI
+    target the latent family lacks) failed when that run's turn came, after the others had
+    trained, and without the run's name. Data sets are loaded once per data config."""
+    import json
+
+    from training.train import build_model, prepare_data
+    from vae_tf.models.text import text_settings
+
+    first: dict[str, Any] = {}
+    for run_name, config in pending:
+        first.setdefault(run_name, config)
+    if not first:
+        return
+    print(f"[{suite.name}] checking that {len(first)} run(s) build before training", file=out, flush=True)
+    shapes: dict[str, tuple] = {}
+    for run_name, config in first.items():
+        key = json.dumps(config.data.model_dump(), sort_keys=True, default=str)
+        try:
+            if key not in shapes:
+                data = prepare_data(config)
+                text = text_settings(data.metadata) if data.metadata.get("modality") == "text" else None
+                shapes[key] = (data.data_shape, text)
+            build_model(config, shapes[key][0], text=shapes[key][1])
+        except VaeTfError as err:
+            raise type(err)(f"suite {suite.name!r} run {run_name!r}: {err}") from None
 
 
 def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None, only: list[str] | None = None,
@@ -249,10 +304,11 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     digests = {f"{r}/{s_}": child_digest(c, evaluate_opts) for r, s_, c, _ in children}
     done = _finished_children(client, exp_id, parent, digests, out)
     report_dir = Path(output_dir or Path("reports") / report_name(suite, size, children))
-    if report:  # before the first child trains
+    if report:  # before the first child trains (a --jobs child process trains what its parent checked)
         from training.train import check_writable_folder
 
         check_writable_folder(report_dir, "--output-dir")
+        _check_runs_build(suite, [(r, c) for r, s_, c, _ in children if f"{r}/{s_}" not in done], out)
     progress_report = _ProgressReport(suite, size, children, report_dir, out)
     trained_now: set[str] = set()  # children the --jobs processes train in this call
     if jobs > 1:
@@ -412,10 +468,14 @@ def _find_or_create_parent(client, exp_id: str, suite: Suite, size: str) -> str:
         f"tags.`vae_tf.suite` = '{suite.name}' and tags.`vae_tf.suite_size` = '{size}' "
         "and tags.`vae_tf.suite_parent` = 'true'"), order_by=["attributes.start_time DESC"], max_results=1)
     if existing:
+        if not existing[0].data.tags.get("vae_tf.suite_command"):  # a parent of an older vae-tf
+            client.set_tag(existing[0].info.run_id, "vae_tf.suite_command", _command(suite, size))
         return existing[0].info.run_id
     run = client.create_run(exp_id, run_name=f"suite {suite.name} ({size})",
                             tags={"vae_tf.suite": suite.name, "vae_tf.suite_size": size, "vae_tf.suite_parent": "true",
-                                  "vae_tf.claim": suite.claim[:5000]})
+                                  "vae_tf.claim": suite.claim[:5000],
+                                  # what reruns it (`vae-tf train --resume PARENT` says it)
+                                  "vae_tf.suite_command": _command(suite, size)})
     return run.info.run_id
 
 
@@ -656,7 +716,10 @@ def selection(suite: Suite, size: str, children) -> tuple[list[str] | None, list
 def _command(suite: Suite, size: str, children=None) -> str:
     """The command that trains ``children`` (default: the whole suite at ``size``)."""
     runs, seeds = selection(suite, size, children) if children is not None else (None, None)
-    return (f"vae-tf compare --suite {suite.name}{' --quick' if size == 'quick' else ' --size ' + size}"
+    # a suite of one's own is named by its file: `--suite NAME` finds only the shipped ones
+    shipped = suite.path.resolve().parent == SUITES_DIR.resolve()
+    return (f"vae-tf compare --suite {suite.name if shipped else suite.path}"
+            f"{' --quick' if size == 'quick' else ' --size ' + size}"
             + (f" --runs {','.join(runs)}" if runs else "") + (f" --seeds {','.join(map(str, seeds))}" if seeds else ""))
 
 

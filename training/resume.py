@@ -77,7 +77,8 @@ def _not_resumable(key: str, run_root: Path, tracking_uri: str | None) -> str | 
     tags, params = run.data.tags, run.data.params
     if tags.get("vae_tf.suite_parent") == "true":
         suite, size = tags.get("vae_tf.suite", "SUITE"), tags.get("vae_tf.suite_size", "quick")
-        command = f"vae-tf compare --suite {suite}" + (" --quick" if size == "quick" else f" --size {size}")
+        command = tags.get("vae_tf.suite_command") or (  # a suite of one's own is named by its file
+            f"vae-tf compare --suite {suite}" + (" --quick" if size == "quick" else f" --size {size}"))
         return (f"run {key} is the parent run of suite {suite!r} ({size}), which has no checkpoint of its own; "
                 f"resume the suite by running it again: `{command}` (finished children are reused, an "
                 "interrupted one goes on from its checkpoint)")
