@@ -137,7 +137,27 @@ def test_control_vae_needs_a_set_point():
     with pytest.raises(ConfigError, match="^objective.kl_weight.set_point is required$"):
         make(kl("control"))
     with pytest.raises(ConfigError, match="^objective 'control_vae' has no option kl_target; its options are: "):
-        make({"name": "control_vae", "kl_target": 3.0})
+        make({"name": "control_vae", "kl_target": 3.0, "kl_set_point": 3.0})
+    # the preset without its set point pointed at objective.kl_weight.set_point, which the preset form refuses
+    with pytest.raises(ConfigError, match=r"^objective control_vae needs objective.options.kl_set_point \(the KL, "
+                                          r"in nats, its controller holds\), e.g. \{name: control_vae, options: "
+                                          r"\{kl_set_point: 15\}\}$"):
+        make({"name": "control_vae"})
+
+
+@pytest.mark.parametrize("name", ["capacity", "control_vae"])
+def test_a_beta_the_preset_does_not_use_is_refused(name):
+    """`{name: capacity, beta: 4.0}` trained with gamma's default and no word about the 4.0."""
+    with pytest.raises(ConfigError, match=rf"^objective {name} sets the KL weight itself \(.*\): remove "
+                                          r"objective.beta$"):
+        make({"name": name, "beta": 4.0, **({"kl_set_point": 3.0} if name == "control_vae" else {})})
+
+
+def test_the_aggressive_preset_takes_leave_phase():
+    from vae_tf.remedies.presets import preset_to_slots
+
+    assert preset_to_slots({"name": "aggressive", "options": {"leave_phase": "never"}})["inference"] == \
+        {"kind": "aggressive", "leave_phase": "never"}
 
 
 @pytest.mark.parametrize("objective", [

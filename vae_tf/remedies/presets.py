@@ -40,7 +40,7 @@ PRESETS: dict[str, dict[str, tuple[str, str]]] = {
     "ar_elbo": {},
     "mi_max": {"mi_weight": ("regularizers", "weight"), "mi_target": ("regularizers", "target"),
                "q_network": ("regularizers", "q_network"), "q_learning_rate": ("regularizers", "q_learning_rate")},
-    "aggressive": {k: ("inference", k) for k in ("max_inner_steps", "check_every", "heldout_size")},
+    "aggressive": {k: ("inference", k) for k in ("max_inner_steps", "check_every", "heldout_size", "leave_phase")},
     "noisy_input": {"noise": ("input_noise", "kind"), "sigma": ("input_noise", "sigma"),
                     "epsilon": ("input_noise", "epsilon"), "clip": ("input_noise", "clip")},
 }
@@ -84,6 +84,10 @@ def preset_to_slots(spec: dict, what: str = "objective") -> dict:
     if name not in PRESETS:
         raise ConfigError(f"unknown {what}.name {name!r}; presets: {', '.join(PRESETS)} (or the slot form: "
                           f"objective: {{kl_weight: ..., regularizers: [...], input_noise: ..., inference: ...}})")
+    if "beta" in spec and name in ("capacity", "control_vae"):  # it was dropped without a word
+        raise ConfigError(f"objective {name} sets the KL weight itself ("
+                          f"{'gamma weighs |KL - C|' if name == 'capacity' else 'its controller sets beta'}): remove "
+                          f"{what}.beta")
     beta = spec.pop("beta", 1.0)
     options = spec.pop("options", None) or {}
     if not isinstance(options, dict):
@@ -97,6 +101,9 @@ def preset_to_slots(spec: dict, what: str = "objective") -> dict:
     if unknown:
         valid = ", ".join(sorted([*mapping, *(["beta_schedule"] if name in _SCHEDULED else [])])) or "beta_schedule"
         raise ConfigError(f"objective {name!r} has no option {unknown[0]}; its options are: {valid}")
+    if name == "control_vae" and "kl_set_point" not in options:  # "kl_weight.set_point is required" led to the slot form
+        raise ConfigError(f"objective control_vae needs {what}.options.kl_set_point (the KL, in nats, its controller "
+                          "holds), e.g. {name: control_vae, options: {kl_set_point: 15}}")
     slots: dict = {"kl_weight": _kl_weight(beta, schedule, what)}
     if name in ("capacity", "control_vae"):
         slots["kl_weight"] = {"kind": "capacity" if name == "capacity" else "control"}
