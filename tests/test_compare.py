@@ -455,7 +455,10 @@ def test_a_report_of_a_suite_still_running_says_so_and_counts_the_seeds(suite_fi
 
     done = write_report(suite, "quick", children, {**rows, ("beta4", 0): {"eval_kl": 0.75}}, {}, tmp_path / "r")
     text = done.read_text()
-    assert "In progress" not in text and "| run | KL | AU | MI |" in text and "| beta4 | 0.50 ± 0.35 |" in text
+    assert "In progress" not in text and "| run | KL | AU | MI |" in text
+    # AU of beta4 from seed 1 alone (seed 0 has none): said, not shown as the mean over seeds 0, 1
+    assert "| beta4 | 0.50 ± 0.35 | 1.0 (1 of 2 seeds) | — |" in text
+    assert "| vae | 2.00 ± 1.41 | 3.0 ± 1.4 | — |" in text
 
 
 def test_a_progress_report_redraws_its_figures_at_most_once_per_interval(suite_file, tmp_path, monkeypatch, capsys):

@@ -795,12 +795,15 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
              "| run | " + ("seeds | " if partial else "") + " | ".join(REPORT_COLUMNS[k][0] for k in columns) + " |",
              "|---|" + ("---:|" if partial else "") + "---:|" * len(columns)]
     for name in run_names:
-        cells = [str(sum((name, s) in rows for s in seeds))] if partial else []
+        behind = sum((name, s) in rows for s in seeds)  # the run's finished seeds
+        cells = [str(behind)] if partial else []
         for key in columns:
             values = [rows[(name, s)][key] for s in seeds if key in rows.get((name, s), {})]
             values = [v for v in values if v is not None and math.isfinite(v)]
             fmt = REPORT_COLUMNS[key][1]
-            cells.append(_mean_std(values, fmt))
+            # fewer seeds than the row's (a metric missing or NaN in some): said, not passed off as the mean
+            short = f" ({len(values)} of {behind} seeds)" if values and len(values) < behind else ""
+            cells.append(_mean_std(values, fmt) + short)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if baseline:
         stated = _mean_std(list(baseline.values()), "{:.3f}")
