@@ -474,12 +474,21 @@ class Servable:
         signature_def_map = get_model_metadata_pb2.SignatureDefMap()
         for key, signature_def in graphs[0].signature_def.items():
             signature_def_map.signature_def[key].CopyFrom(signature_def)
+        info = _model_info(path)
+        from vae_tf.export import ASSET_NAME, SIGNATURES
+
+        if info is None and set(SIGNATURES) <= set(signature_def_map.signature_def):
+            # A vae-tf export whose facts file is not there (yet): served without it, a text
+            # model would take any input unchecked, for good (a version is not re-read).
+            raise ValueError(f"{path} has vae-tf's signatures but no readable assets/{ASSET_NAME} (a version still "
+                             "being copied? copy it under another name and rename it into place); it is tried again "
+                             "when its files change")
 
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph)
         with graph.as_default(), _without_deprecation_notice():
             tf.compat.v1.saved_model.loader.load(session, list(graphs[0].meta_info_def.tags), str(path))
-        text = TextPolicy.from_model_info(_model_info(path), text_limits)
+        text = TextPolicy.from_model_info(info, text_limits)
         signatures = {}
         for key, signature_def in signature_def_map.signature_def.items():
             runnable = signature_def.method_name == PREDICT_METHOD and signature_def.outputs
@@ -570,7 +579,7 @@ class ModelStore:
         self._servables: dict[int, Servable] = {}
         self._labels: dict[str, int] = {}
         self._status: dict[int, VersionStatus] = {}
-        self._failed: dict[int, float] = {}  # version -> mtime of the failed attempt
+        self._failed: dict[int, tuple] = {}  # version -> _files_stamp of its directory at the failed attempt
         self._labels_mtime: float | None = None
         self._poll_lock = threading.Lock()
         self._stop = threading.Event()
@@ -626,6 +635,16 @@ class ModelStore:
                 # The newest version failed to load: keep serving the newest one that works
                 # rather than nothing (its files are still there).
                 fallback = [v for v in candidates if v not in keep]
+                if not fallback and not keep:
+                    # Nothing serves (a start, a restart, a new replica): the newest older version
+                    # on disk that loads, as the one that served before the broken one arrived
+                    # would have kept serving.
+                    for version in sorted(set(on_disk) - set(candidates), reverse=True):
+                        servable = self._load(version, on_disk[version])
+                        if servable is not None:
+                            candidates[version] = servable
+                            fallback = [version]
+                            break
                 if fallback:
                     keep.add(max(fallback))
             published = {v: candidates[v] for v in sorted(keep)}
@@ -651,9 +670,9 @@ class ModelStore:
             log.error("%s; keeping the previous labels %s", err, self._labels)
 
     def _load(self, version: int, path: Path) -> Servable | None:
-        mtime = _mtime(path / "saved_model.pb")
-        if self._failed.get(version) == mtime:
-            return None  # same files as the failed attempt: wait until they change
+        stamp = _files_stamp(path)
+        if version in self._failed and self._failed[version] == stamp:
+            return None  # same files as the failed attempt: wait until any of them changes
         self._set_status(VersionStatus(version, LOADING))
         started = time.perf_counter()
         try:
@@ -664,7 +683,7 @@ class ModelStore:
             code = from_tensorflow_error(err).code if hasattr(err, "error_code") else Code.UNKNOWN
             message = f"Failed to load {self.model_name} version {version} from {path}: {one_line(err, 400)}"
             log.error("%s", message)
-            self._failed[version] = mtime
+            self._failed[version] = stamp
             self._set_status(VersionStatus(version, END, code, message))
             return None
         self._failed.pop(version, None)
@@ -734,6 +753,22 @@ class ModelStore:
         if not known:
             raise not_found(f"Could not find any versions of model {name}")
         return [known[v] for v in sorted(known, reverse=True)]
+
+
+def _files_stamp(path: Path) -> tuple:
+    """What a version directory holds, as ``(relative path, size, mtime)`` of every file: a
+    failed version is tried again when any of them changes (a version copied file by file failed
+    while half there and was never retried once complete, as only saved_model.pb was looked at)."""
+    found = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            try:
+                info = os.stat(full)
+            except OSError:
+                continue
+            found.append((os.path.relpath(full, path), info.st_size, info.st_mtime_ns))
+    return tuple(sorted(found))
 
 
 def _mtime(path: Path) -> float | None:

@@ -114,6 +114,54 @@ def test_broken_version_keeps_the_last_good_one(exports, tmp_path):
         assert client.metadata()["model_spec"]["version"] == "1"
 
 
+def test_a_broken_newest_version_at_start_serves_the_one_before_and_a_half_copied_one_loads_once_whole(
+        exports, tmp_path):
+    """Three operational gaps: a restart with a broken newest version served nothing (the fallback
+    looked only at versions already loaded) while status answered 200; a version that failed while
+    half copied was never tried again once complete (only saved_model.pb's time was compared); a
+    version directory without saved_model.pb was ignored without a word; and a vae-tf export
+    copied before its assets/ was served without its facts file (a text model's checks off, for
+    good)."""
+    import shutil
+
+    from serving.model_store import AVAILABLE, END
+
+    base = tmp_path / "vae"
+    shutil.copytree(exports / "1", base / "1")
+    shutil.copytree(exports / "2", base / "2")
+    shutil.rmtree(base / "2" / "variables")  # broken
+    store = ModelStore(tmp_path, "vae", poll_seconds=0)
+    store.poll()
+
+    def states():
+        return {s.version: (s.state, s.error_message) for s in store.status("vae")}
+
+    assert store.servable("vae").version == 1
+    assert states()[1][0] == AVAILABLE and states()[2][0] == END and "Failed to load vae version 2" in states()[2][1]
+
+    # Version 3 copied file by file: saved_model.pb and its variables first, assets/ last.
+    (base / "3").mkdir()
+    for name in ("saved_model.pb", "fingerprint.pb"):
+        shutil.copy2(exports / "2" / name, base / "3" / name)
+    store.poll()
+    assert states()[3][0] == END and store.servable("vae").version == 1
+    shutil.copytree(exports / "2" / "variables", base / "3" / "variables")
+    store.poll()
+    assert states()[3][0] == END and "no readable assets/vae_tf_model.json (a version still being copied?" in \
+        states()[3][1]
+    assert store.servable("vae").version == 1
+    shutil.copytree(exports / "2" / "assets", base / "3" / "assets")  # complete now: tried again, served
+    store.poll()
+    assert states()[3][0] == AVAILABLE and store.servable("vae").version == 3
+
+    # A version directory without saved_model.pb is reported, not passed over in silence
+    (base / "4").mkdir()
+    (base / "4" / "stray.txt").write_text("not a model")
+    store.poll()
+    assert states()[4][0] == END and "Failed to load vae version 4" in states()[4][1]
+    assert store.servable("vae").version == 3
+
+
 def test_store_versions_and_path_safety(exports, tmp_path):
     (tmp_path / "vae").mkdir()
     for name in ("001", "x2", ".tmp-5", "7"):
