@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import re
@@ -387,8 +388,15 @@ class RestApp:
         try:
             result = await answer
         except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when --grace-seconds has run out: answered
+            # here as gRPC answers them (UNAVAILABLE: 503, retryable), where uvicorn wrote a plain
+            # "Internal Server Error" 500 and logged a traceback for each.
             work.cancel()
-            raise
+            with contextlib.suppress(Exception):
+                await self._reply(send, 503, json_codec.error_body(
+                    "the server is shutting down and its --grace-seconds ran out before this request finished; "
+                    "send it again (to another replica)"))
+            return
         finally:
             timer.cancel()
         if result is None:

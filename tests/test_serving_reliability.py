@@ -466,6 +466,32 @@ def test_graceful_shutdown_drains_in_flight_requests(exports, tmp_path, monkeypa
     assert code == "OK" and np.allclose(tf.make_ndarray(response.outputs["z_mean"]), want, rtol=1e-5, atol=1e-6)
 
 
+def test_a_request_still_running_when_the_grace_period_ends_gets_a_json_503(exports, tmp_path, monkeypatch, caplog):
+    """uvicorn cancels REST requests still running after --grace-seconds: they got its plain-text
+    "Internal Server Error" 500 (not retryable) and each logged a traceback; gRPC said UNAVAILABLE."""
+    import logging
+
+    drop_version(exports, tmp_path, 1)
+    config = ServerConfig(model_base_path=str(tmp_path), model_name="vae", rest_port=0, grpc_port=0,
+                          grace_seconds=0.5, freeze_gc=False)
+    server = ModelServer(config).start()
+    try:
+        faults = ModelFaults(monkeypatch, server)
+        rest_call = _in_background(_rest_predict, server.rest_port, _x(2, seed=5, marker=ModelFaults.BLOCK))
+        faults.wait_for_calls(ModelFaults.BLOCK, count=1)
+        with caplog.at_level(logging.ERROR):
+            stopping = _in_background(server.stop)
+            status, body = rest_call()
+        faults.gate.set()
+        stopping()
+    finally:
+        faults.gate.set()
+        server.stop()
+    assert status == 503 and body == {"error": "the server is shutting down and its --grace-seconds ran out before "
+                                               "this request finished; send it again (to another replica)"}
+    assert "Exception in ASGI application" not in caplog.text
+
+
 # -- path tricks and symbolic links ------------------------------------------------------------
 
 
