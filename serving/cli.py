@@ -54,7 +54,7 @@ def add_parsers(sub) -> None:
                        help="largest gRPC message in either direction (default 64 MiB)")
     serve.add_argument("--rest-timeout-seconds", type=non_negative_float, default=30.0,
                        help="REST request deadline from arrival (default 30; then HTTP 504, or 408 if the body is "
-                            "still incomplete)")
+                            "still incomplete; 0: no deadline, as TF Serving's --rest_api_timeout_in_ms 0)")
     serve.add_argument("--max-in-flight", type=positive_int, default=128,
                        help="requests each protocol admits at once, running or queued (default 128; beyond: REST "
                             "HTTP 429, gRPC RESOURCE_EXHAUSTED)")
@@ -78,8 +78,10 @@ def add_parsers(sub) -> None:
                        help=f"text models: most sentences in one request (default {DEFAULT_MAX_ROWS}; more: HTTP 400)")
     serve.add_argument("--max-text-bytes", type=positive_int, default=DEFAULT_MAX_BYTES,
                        help=f"text models: longest sentence in bytes (default {DEFAULT_MAX_BYTES}; longer: HTTP 400)")
-    serve.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", action="store_true",
-                       help="merge concurrent small requests for one signature into one model call")
+    serve.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", nargs="?", const=True,
+                       default=False, type=_tf_bool, metavar="true|false",
+                       help="merge concurrent small requests for one signature into one model call (TF Serving's "
+                            "--enable_batching=true|false is taken too)")
     serve.add_argument("--max-batch-size", type=positive_int, default=32, help="rows per merged call (default 32)")
     serve.add_argument("--batch-timeout-ms", type=non_negative_float, default=1.0,
                        help="longest a request waits for others to join its batch (default 1 ms)")
@@ -181,14 +183,40 @@ TF_SERVING_FLAGS_NOT_TAKEN = {
     "--saved_model_tags": "it loads the `serve` tag set, the one vae-tf exports",
     "--platform_config_file": "it serves TensorFlow SavedModels exported by vae-tf only",
     "--enable_model_warmup": "it always runs each signature once after loading a version",
+    "--num_request_iterations_for_warmup": "it runs each signature once, on one row, after loading a version",
+    "--enable_grpc_healthcheck_service": "health checks read the model status (GET /v1/models/NAME, or gRPC "
+                                         "GetModelStatus): look for a version AVAILABLE",
+    "--max_num_load_retries": "a version that fails to load is tried again whenever any of its files changes",
+    "--load_retry_interval_micros": "a version that fails to load is tried again whenever any of its files changes",
+    "--num_load_threads": "it loads one version at a time",
+    "--num_unload_threads": "it unloads one version at a time",
+    "--flush_filesystem_caches": "it reads a version's files once, when it loads it",
+    "--mixed_precision": "it runs the SavedModel as exported: export a bfloat16/float16 model instead "
+                         "(train.precision)",
+    "--prefer_tflite_model": "it serves SavedModels only",
+    "--skip_initialize_tpu": "it runs on CPUs and GPUs, not TPUs",
+    "--enable_profiler": "it has no profiler endpoint: profile with benchmarks/profile_step.py or TensorBoard",
+    "--thread_pool_factory_config_file": "set TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS in its environment",
+    "--per_process_gpu_memory_fraction": "set TF_FORCE_GPU_ALLOW_GROWTH=true in its environment",
+    "--allow_version_labels_for_unavailable_models": "a label may name only a version it serves (--labels-file)",
+    "--enable_signature_method_name_check": "it serves predict signatures and does not check method names",
+    "--version": "it is vae-tf's server (pip show vae-tf gives its version)",
 }
 
 
 #: Values of those flags that ask for what ``vae-tf serve`` does anyway: accepted, so that a TF
 #: Serving command line that spells out a default still runs (None: the flag without a value).
+_ANY_BOOL = {None, "true", "false", "1", "0"}
 TF_SERVING_VALUES_TAKEN = {"--enable_model_warmup": {None, "true", "1"}, "--saved_model_tags": {"serve"},
                            "--tensorflow_session_parallelism": {"0"}, "--tensorflow_intra_op_parallelism": {"0"},
-                           "--tensorflow_inter_op_parallelism": {"0"}, "--rest_api_enable_cors_support": {"false", "0"}}
+                           "--tensorflow_inter_op_parallelism": {"0"}, "--rest_api_enable_cors_support": {"false", "0"},
+                           "--num_request_iterations_for_warmup": {"1"},
+                           "--enable_grpc_healthcheck_service": {"false", "0"}, "--num_load_threads": {"0", "1"},
+                           "--num_unload_threads": {"0", "1"}, "--flush_filesystem_caches": _ANY_BOOL,
+                           "--mixed_precision": {""}, "--prefer_tflite_model": {"false", "0"},
+                           "--skip_initialize_tpu": _ANY_BOOL, "--enable_profiler": {"false", "0"},
+                           "--allow_version_labels_for_unavailable_models": {"false", "0"},
+                           "--enable_signature_method_name_check": {"false", "0"}}
 
 
 class _NotTakenHere(argparse.Action):
@@ -205,8 +233,21 @@ class _NotTakenHere(argparse.Action):
         parser.error(f"{option_string} is a TensorFlow Serving flag that vae-tf serve does not take: {self.hint}")
 
 
+def _tf_bool(text: str) -> bool:
+    """A TF Serving boolean flag's value: true/false/1/0 (any case)."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
+    return value in ("true", "1")
+
+
 def _milliseconds_as_seconds(text: str) -> float:
-    return non_negative_float(text) / 1000.0
+    """TF Serving's ``--rest_api_timeout_in_ms`` (an integer; <= 0: no deadline) in seconds."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer number of milliseconds, got {text!r}") from None
+    return max(value, 0) / 1000.0
 
 
 def cmd_serve(args) -> int:

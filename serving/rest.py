@@ -335,7 +335,9 @@ class RestApp:
     async def _handle(self, scope, receive, send, submitted: list) -> None:
         """Answer one admitted request; the work sent to a worker thread is appended to
         ``submitted``."""
-        deadline = time.monotonic() + self.timeout_seconds
+        # A timeout <= 0 is no deadline, as TF Serving reads --rest_api_timeout_in_ms <= 0
+        # (http_rest_api_handler.cc sets RunOptions' timeout only when it is > 0).
+        deadline = time.monotonic() + self.timeout_seconds if self.timeout_seconds > 0 else None
         method = scope["method"]
         path = (scope.get("raw_path") or scope["path"].encode("utf-8")).decode("latin-1").split("?", 1)[0]
         declared = _content_length(scope)
@@ -344,7 +346,7 @@ class RestApp:
             return
         try:
             # asyncio.timeout arms one timer on this task; wait_for would wrap the read in a task.
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+            async with asyncio.timeout(None if deadline is None else max(deadline - time.monotonic(), 0.0)):
                 body = await self._read_body(receive)
         except TimeoutError:
             # A client that never finishes its body (slowloris) must not hold a place forever.
@@ -384,7 +386,8 @@ class RestApp:
             work = self.executor.submit(self.api.handle, method, path, body, deadline)
         submitted.append(work)
         work.add_done_callback(finished)
-        timer = loop.call_at(loop.time() + max(deadline - time.monotonic(), 0.0), _settle, answer, None)
+        timer = None if deadline is None else loop.call_at(loop.time() + max(deadline - time.monotonic(), 0.0),
+                                                           _settle, answer, None)
         try:
             result = await answer
         except asyncio.CancelledError:
@@ -398,7 +401,8 @@ class RestApp:
                     "send it again (to another replica)"))
             return
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
         if result is None:
             # The work is cancelled if it is still queued; work already running finishes (a
             # thread cannot be interrupted) and keeps its admission until then.
@@ -407,7 +411,7 @@ class RestApp:
                                                 "batches or raise --rest-timeout-seconds")
         await self._reply(send, *result)
 
-    def _handle_gzipped(self, method: str, path: str, body: bytes, deadline: float) -> tuple[int, bytes]:
+    def _handle_gzipped(self, method: str, path: str, body: bytes, deadline: float | None) -> tuple[int, bytes]:
         """A request whose ``Content-Encoding`` says gzip, inflated first (in the worker thread), as
         TF Serving's HTTP server does (``evhttp_request.cc``: any ``Content-Encoding`` containing
         "gzip"). A body that does not inflate is read as an empty one, as there; one that inflates

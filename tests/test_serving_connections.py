@@ -290,17 +290,32 @@ def test_tf_serving_flags_mean_what_they_mean_there(base, monkeypatch, capsys):
         "(the directory that holds it); give one of them")
     for flag, hint in [("--model_config_file=/models/models.config", "it serves one model: give --model DIR (or "
                         "--model_base_path), one server per model"),
-                       ("--tensorflow_intra_op_parallelism=1", "set TF_NUM_INTRAOP_THREADS in its environment")]:
+                       ("--tensorflow_intra_op_parallelism=1", "set TF_NUM_INTRAOP_THREADS in its environment"),
+                       # flags of TF Serving's main.cc that were "unrecognized arguments"
+                       ("--max_num_load_retries=5", "a version that fails to load is tried again whenever any of "
+                        "its files changes"),
+                       ("--enable_grpc_healthcheck_service=true", "health checks read the model status (GET "
+                        "/v1/models/NAME, or gRPC GetModelStatus): look for a version AVAILABLE")]:
         with pytest.raises(SystemExit) as info:
             main(["serve", f"--model_base_path={base / 'vae'}", flag])
         assert info.value.code == 2
         assert capsys.readouterr().err.strip().splitlines()[-1] == (
             f"vae-tf serve: error: {flag.split('=')[0]} is a TensorFlow Serving flag that vae-tf serve does not "
-            f"take: {hint}")
+            f"take: {hint} (see vae-tf serve --help)")
 
     # ... unless the value asks for what vae-tf serve does anyway (a command line spelling out defaults)
     assert main(["serve", f"--model_base_path={base / 'vae'}", "--enable_model_warmup=true",
-                 "--saved_model_tags=serve", "--tensorflow_intra_op_parallelism=0"]) == 0
+                 "--saved_model_tags=serve", "--tensorflow_intra_op_parallelism=0", "--num_load_threads=0",
+                 "--flush_filesystem_caches=true"]) == 0
+    # --enable_batching=true|false as TF Serving users type it ("ignored explicit argument 'true'");
+    # --rest_api_timeout_in_ms <= 0 is no deadline there (http_rest_api_handler.cc): 0 here too
+    for given, batching in (("--enable_batching=true", True), ("--enable_batching=false", False),
+                            ("--enable_batching", True), ("--enable-batching=0", False)):
+        assert main(["serve", f"--model_base_path={base / 'vae'}", given]) == 0
+        assert seen[-1].batching is not None if batching else seen[-1].batching is None, given
+    for given in ("0", "-1"):
+        assert main(["serve", f"--model_base_path={base / 'vae'}", f"--rest_api_timeout_in_ms={given}"]) == 0
+        assert seen[-1].rest_timeout_seconds == 0.0
     with pytest.raises(SystemExit):
         main(["serve", f"--model_base_path={base / 'vae'}", "--saved_model_tags=serve,gpu"])
     capsys.readouterr()

@@ -290,6 +290,20 @@ def test_a_graph_error_is_400_and_the_server_keeps_serving(tmp_path):
 # -- deadlines ---------------------------------------------------------------------------------
 
 
+def test_a_rest_timeout_of_0_is_no_deadline(exports, tmp_path, monkeypatch):
+    """`--rest_api_timeout_in_ms 0` answered every predict 504 "after 0 s" (status still 200); TF
+    Serving sets no deadline for a timeout <= 0 (http_rest_api_handler.cc)."""
+    drop_version(exports, tmp_path, 1)
+    with running_server(tmp_path, "vae", rest_timeout_seconds=0.0) as server:
+        faults = ModelFaults(monkeypatch, server)
+        call = _in_background(_rest_predict, server.rest_port, _x(1, marker=ModelFaults.BLOCK))
+        faults.wait_for_calls(ModelFaults.BLOCK)
+        time.sleep(0.3)  # held inside the model for a while: no deadline passes
+        faults.gate.set()
+        status, body = call()
+    assert status == 200 and len(body["outputs"]["z_mean"]) == 1
+
+
 def test_rest_deadline_504_and_a_queued_request_past_its_deadline_never_runs(exports, tmp_path, monkeypatch):
     drop_version(exports, tmp_path, 1)
     with running_server(tmp_path, "vae", rest_threads=1, rest_timeout_seconds=0.5) as server:

@@ -38,13 +38,21 @@ def quiet_libraries() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line: argparse printed its whole usage block (22
+    lines for ``vae-tf serve``) above the line that says what is wrong. ``--help`` still shows it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     """The ``vae-tf`` parser and the command table (name -> function(args) -> exit code)."""
     import serving.cli
     import training.cli
 
-    parser = argparse.ArgumentParser(prog="vae-tf", description="Variational autoencoders that do not collapse silently.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _OneLineParser(prog="vae-tf", description="Variational autoencoders that do not collapse silently.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_OneLineParser)
     training.cli.add_parsers(sub)
     serving.cli.add_parsers(sub)
     return parser, {**training.cli.COMMANDS, **serving.cli.COMMANDS}
