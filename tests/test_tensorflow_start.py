@@ -99,6 +99,22 @@ def test_a_process_that_dies_in_the_block_still_shows_what_was_kept():
     assert done.stderr.endswith(fatal), done.stderr
 
 
+def test_ctrl_c_in_the_block_prints_no_traceback_from_the_filter():
+    """Ctrl-C goes to the whole process group, the filter process included: it printed its own
+    KeyboardInterrupt traceback; it ignores it and still passes on what it keeps."""
+    program = ("import os, signal, time\nfrom vae_tf_cli.tensorflow_start import stderr_filtered\n"
+               "with stderr_filtered(2):\n"
+               "    os.write(2, b'kept line\\n')\n"
+               "    time.sleep(1.0)\n"  # the filter process has started and is reading
+               "    os.killpg(os.getpgrp(), signal.SIGINT)\n"
+               "    time.sleep(5)\n")
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    assert done.returncode != 0  # the program itself was interrupted
+    assert "kept line" in done.stderr
+    assert done.stderr.count("Traceback") == 1, done.stderr  # the program's own, not the filter's too
+
+
 def test_an_exception_in_the_block_still_restores_descriptor_2_and_shows_what_was_kept(capfd):
     with pytest.raises(RuntimeError, match="boom"):
         with stderr_filtered(2):

@@ -99,7 +99,12 @@ def tensorflow_start_lines(text: str, level: int) -> str:
 
 
 def filter_stdin(level: int) -> None:
-    """The filter process: all of stdin (until the writer closes it, or dies), filtered, to stdout."""
+    """The filter process: all of stdin (until the writer closes it, or dies), filtered, to stdout.
+    Ctrl-C reaches it too (one process group): ignored, as its input ends when the interrupted
+    writer restores its stderr or exits (it printed a KeyboardInterrupt traceback)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     text = sys.stdin.buffer.read().decode("utf-8", "replace")
     sys.stdout.buffer.write(tensorflow_start_lines(text, level).encode("utf-8"))
     sys.stdout.flush()
