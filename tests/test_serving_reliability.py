@@ -445,11 +445,15 @@ def test_batcher_queue_full_is_unavailable_not_a_crash():
 # -- graceful shutdown -------------------------------------------------------------------------
 
 
-def test_graceful_shutdown_drains_in_flight_requests(exports, tmp_path, monkeypatch):
+def _stoppable_server(exports, tmp_path, grace_seconds: float) -> ModelServer:
+    """A started server of version 1 with this grace period, for tests that stop it themselves."""
     drop_version(exports, tmp_path, 1)
-    config = ServerConfig(model_base_path=str(tmp_path), model_name="vae", rest_port=0, grpc_port=0,
-                          grace_seconds=30.0, freeze_gc=False)
-    server = ModelServer(config).start()
+    return ModelServer(ServerConfig(model_base_path=str(tmp_path), model_name="vae", rest_port=0, grpc_port=0,
+                                    grace_seconds=grace_seconds, freeze_gc=False)).start()
+
+
+def test_graceful_shutdown_drains_in_flight_requests(exports, tmp_path, monkeypatch):
+    server = _stoppable_server(exports, tmp_path, 30.0)
     try:
         faults = ModelFaults(monkeypatch, server)
         x = _x(2, seed=5, marker=ModelFaults.BLOCK)
@@ -485,10 +489,7 @@ def test_a_request_still_running_when_the_grace_period_ends_gets_a_json_503(expo
     "Internal Server Error" 500 (not retryable) and each logged a traceback; gRPC said UNAVAILABLE."""
     import logging
 
-    drop_version(exports, tmp_path, 1)
-    config = ServerConfig(model_base_path=str(tmp_path), model_name="vae", rest_port=0, grpc_port=0,
-                          grace_seconds=0.5, freeze_gc=False)
-    server = ModelServer(config).start()
+    server = _stoppable_server(exports, tmp_path, 0.5)
     try:
         faults = ModelFaults(monkeypatch, server)
         rest_call = _in_background(_rest_predict, server.rest_port, _x(2, seed=5, marker=ModelFaults.BLOCK))
