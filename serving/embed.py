@@ -218,7 +218,7 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
     by :func:`extract_embeddings`, so memory does not grow with the data (only the split's row
     indices and labels, 8 bytes per row each, are held). Built-in data sets are held in memory.
     """
-    from vae_tf.data import DATASETS, SplitRows, open_dataset
+    from vae_tf.data import DATASETS, SplitRows, dataset_options, open_dataset
 
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -232,7 +232,7 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
         elif not candidate.exists():
             raise DataError(f"unknown data set or missing file {data!r}; give a registered name "
                             f"({', '.join(sorted(DATASETS))}) or an existing .npz/.npy file or image folder")
-    if not labels and name == "npz":
+    if not labels and "labels" in dataset_options(name):  # not read at all (an .npz's)
         options = {**(options or {}), "labels": False}
     splits = open_dataset(name, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
                           max_samples=max_samples, path=path, **(options or {}))

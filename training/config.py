@@ -343,10 +343,10 @@ def read_yaml(path: str | os.PathLike) -> dict:
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then ``--set`` overrides; validated, and a local
-    ``data.path`` that does not exist refused (:func:`from_dict` with ``check_files``)."""
+    """Defaults, then the YAML file (if any), then ``--set`` overrides; validated, and what it
+    would open checked (:func:`from_dict` with ``given_now``)."""
     tree: dict = read_yaml(path) if path is not None else {}
-    return from_dict(apply_overrides(tree, overrides), check_files=True)
+    return from_dict(apply_overrides(tree, overrides), given_now=True)
 
 
 def _objective_tree(tree: dict) -> tuple[dict, str | None]:
@@ -367,11 +367,11 @@ def _objective_tree(tree: dict) -> tuple[dict, str | None]:
     return {**objective, **shorthand}, None
 
 
-def from_dict(tree: dict, *, check_files: bool = False) -> Config:
+def from_dict(tree: dict, *, given_now: bool = False) -> Config:
     """Validate a config tree (defaults filled in) into a :class:`Config`; one-line ConfigError.
-    ``check_files``: also refuse a local ``data.path`` that does not exist, before TensorFlow is
-    imported (the loader says the same seconds later); off for configs read back elsewhere (an
-    export's, a run's), whose data may be loaded from another place."""
+    ``given_now``: a config a user gives now, so what it would open is checked too, before
+    TensorFlow is imported (:func:`_check_what_it_opens`); off for configs read back elsewhere
+    (an export's, a run's), whose data and store may be reached from another place, or not at all."""
     if not isinstance(tree, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {tree!r}")
     tree = copy.deepcopy(tree)
@@ -384,7 +384,7 @@ def from_dict(tree: dict, *, check_files: bool = False) -> Config:
     except pydantic.ValidationError as err:
         raise ConfigError(_config_error(err)) from None
     config.objective._preset = preset
-    check_registries(config, check_files=check_files)
+    check_registries(config, given_now=given_now)
     return config
 
 
@@ -411,7 +411,20 @@ def tokenizer_of_then(config: Config, tokenizer: dict | None) -> Config:
     return config.replace(data={"options": {**config.data.options, "symbol_clusters": False}})
 
 
-def check_registries(config: Config, *, check_files: bool = False) -> None:
+def _check_what_it_opens(config: Config) -> None:
+    """A local ``data.path`` that does not exist and a tracking store MLflow would refuse (a
+    folder store): said now, where the loader and MLflow said it seconds later, after imports."""
+    problem = tracking_uri_problem(config.mlflow.tracking_uri, opening=True) if config.mlflow.tracking_uri else None
+    if problem:
+        raise ConfigError(f"mlflow.tracking_uri {problem}")
+    path = config.data.path
+    if path and "://" not in path and not glob.has_magic(path) and not Path(path).exists():
+        from vae_tf.errors import DataError
+
+        raise DataError(f"no such file: {path!r} (data.path); check the path")
+
+
+def check_registries(config: Config, *, given_now: bool = False) -> None:
     """Validate the sections that name registry entries against those registries (model parts
     and the objective's slots), and what the parts need of each other; normalises the objective to
     its full slot form. One-line ConfigError; nothing is built. The data set is checked first: its
@@ -419,15 +432,8 @@ def check_registries(config: Config, *, check_files: bool = False) -> None:
     from vae_tf.data import check_request
 
     check_request(config.data.name, path=config.data.path, options=config.data.options)
-    problem = tracking_uri_problem(config.mlflow.tracking_uri, opening=True) if (
-        check_files and config.mlflow.tracking_uri) else None
-    if problem:
-        raise ConfigError(f"mlflow.tracking_uri {problem}")
-    path = config.data.path
-    if check_files and path and "://" not in path and not glob.has_magic(path) and not Path(path).exists():
-        from vae_tf.errors import DataError
-
-        raise DataError(f"no such file: {path!r} (data.path); check the path")
+    if given_now:
+        _check_what_it_opens(config)
     from vae_tf.models import check_model_spec, check_requirements
     from vae_tf.remedies import parse_objective
 
