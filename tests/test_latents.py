@@ -86,7 +86,11 @@ def test_log_var_clip_keeps_extreme_encoders_finite():
 
 
 @pytest.mark.parametrize("options, match", [({"latent_dim": 0}, "positive integer"),
-                                            ({"latent_dim": 4, "bogus": 1}, "unknown option model.latent.bogus; valid options: latent_dim, log_var_clip")])
+                                            ({"latent_dim": 4, "bogus": 1}, "unknown option model.latent.bogus; valid options: latent_dim, log_var_clip"),
+                                            # the name first: not "latent_dim must be a positive integer, got None"
+                                            ({"latent_dims": 4}, r"^unknown option model.latent.latent_dims; did you mean "
+                                                                 r"model.latent.latent_dim\?$"),
+                                            ({}, r"^model.latent.latent_dim is required$")])
 def test_bad_latent_options_are_config_errors(options, match):
     with pytest.raises(ConfigError, match=match):
         build_latent("gaussian", **options)

@@ -167,6 +167,11 @@ def test_trains_on_digits_exports_and_decodes_a_chosen_category(digits, tmp_path
                                np.concatenate([enc["z_mean"].numpy(), enc["category_probs"].numpy()], 1), rtol=1e-6)
     for key, value in model.encode(x).items():
         np.testing.assert_allclose(enc[key].numpy(), value.numpy(), rtol=1e-5, atol=1e-6)
+    from vae_tf.metrics.encode import encode_posterior
+
+    posterior = encode_posterior(model, x)  # class labels for a downstream classifier: integers, as exported
+    assert posterior["category"].dtype.kind == "i" and posterior["z_mean"].dtype == np.float64
+    np.testing.assert_array_equal(posterior["category"], enc["category"].numpy())
 
     # "Category k, style z": decode_category(z_gauss, k) == decode(concat(z_gauss, one_hot(k))).
     signature = loaded.signatures["decode_category"]

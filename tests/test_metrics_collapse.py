@@ -279,3 +279,20 @@ def test_collapse_rejects_bad_input():
     with pytest.raises(ConfigError) as err:
         collapse_fraction(np.zeros((5, 2)), 0.1, delta=1.5)
     _one_line(err)
+
+
+@pytest.mark.parametrize("eps", [-0.1, float("nan"), "0.1"])
+def test_collapse_fraction_refuses_an_eps_that_is_not_a_kl_threshold(eps):
+    """A KL is never negative, so a negative ε counted no dimension as collapsed (0.0), silently."""
+    prior_kl = kl_per_dim_gaussian(np.zeros((10, 2)), np.zeros((10, 2)))
+    with pytest.raises(ConfigError, match=r"^eps must be a number in \[0.0, inf\], got "):
+        collapse_fraction(prior_kl, eps)
+    assert collapse_fraction(prior_kl, 0.0) == 0.0 and collapse_fraction(prior_kl, 1e-9) == 1.0
+
+
+def test_the_gaussian_estimators_say_what_a_family_without_log_variances_lacks():
+    """`encode_posterior` of a normal_gamma model has no z_log_var: `mutual_information(mean,
+    None)` said "log_var must be a 2-D array, got shape ()"."""
+    with pytest.raises(DataError, match=r"^log_var is None: the MI and KL estimators here need a diagonal Gaussian "
+                                        r"posterior's z_mean and z_log_var, which this latent family does not give$"):
+        mutual_information(np.zeros((4, 2)), None)

@@ -41,6 +41,26 @@ def test_linear_probe_separates_blobs_and_not_noise(rng):
         linear_probe_accuracy(x_train, np.zeros(400, np.int64), x_test, y_test)
 
 
+def test_linear_probe_takes_class_names_as_scikit_learn_does(rng):
+    """String labels were refused ("must hold integer class indices, got dtype <U1"); names map to
+    one set of classes for both splits, so the accuracy is the integer labels' exactly."""
+    centres = rng.normal(0, 1.5, (3, 4))
+    y_train, y_test = rng.integers(0, 3, 300), rng.integers(0, 3, 150)
+    x_train = centres[y_train] + rng.standard_normal((300, 4))
+    x_test = centres[y_test] + rng.standard_normal((150, 4))
+    names = np.array(["cat", "dog", "emu"])
+    by_index = linear_probe_accuracy(x_train, y_train, x_test, y_test)
+    assert 0.5 < by_index < 1.0  # overlapping blobs: a wrong mapping of the test names would show
+    assert linear_probe_accuracy(x_train, names[y_train], x_test, names[y_test]) == by_index
+    assert linear_probe_accuracy(x_train, list(names[y_train]), x_test, names[y_test].astype(object)) == by_index
+    # Test labels of a class the training split lacks still count as misses, not as another class.
+    only_two = y_train != 2
+    partial = linear_probe_accuracy(x_train[only_two], names[y_train[only_two]], x_test, names[y_test])
+    assert partial == linear_probe_accuracy(x_train[only_two], y_train[only_two], x_test, y_test)
+    with pytest.raises(DataError, match=r"^train_y holds strings but test_y does not; give both the same kind"):
+        linear_probe_accuracy(x_train, names[y_train], x_test, y_test)
+
+
 @pytest.mark.slow
 def test_tsne_embedding_subsamples_reproducibly(rng):
     codes = rng.standard_normal((150, 4))

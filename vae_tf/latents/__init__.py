@@ -24,10 +24,11 @@ def check_latent(family, options: dict) -> type[LatentFamily]:
     if not isinstance(family, str):
         raise ConfigError(f"model.latent.family must name a registered latent family (a string), got {family!r}")
     cls = LATENT_FAMILIES.get(family)
+    # The names first: a misspelt `latent_dims` gets "did you mean", not "latent_dim ... got None".
+    check_options(cls, options, "model.latent", reserved=("name", "dtype", "trainable"))
     latent_dim = options.get("latent_dim")
     if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
         raise ConfigError(f"model.latent.latent_dim must be a positive integer, got {latent_dim!r}")
-    check_options(cls, options, "model.latent", reserved=("name", "dtype", "trainable"))
     return cls
 
 

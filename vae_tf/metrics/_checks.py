@@ -54,6 +54,25 @@ def integer_labels(name: str, value, *, ndim: int = 1) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def class_labels(**named) -> list[np.ndarray]:
+    """Class labels of several arrays (``name=value``, e.g. ``train_y`` and ``test_y``) as int64
+    class indices under one mapping: integer (or whole float) labels as they are
+    (:func:`integer_labels`); string labels (``str`` or ``bytes``, as scikit-learn takes them) by
+    their sorted order over all the arrays, so the same name is the same class in each."""
+    arrays = {name: np.asarray(value) for name, value in named.items()}
+    text = [name for name, arr in arrays.items() if arr.dtype.kind in "USO" and arr.ndim == 1 and arr.size
+            and all(isinstance(v, (str, bytes)) for v in arr.tolist())]
+    if not text:
+        return [integer_labels(name, arr) for name, arr in arrays.items()]
+    if len(text) != len(arrays):
+        other = next(name for name in arrays if name not in text)
+        raise DataError(f"{text[0]} holds strings but {other} does not; give both the same kind of labels")
+    _, inverse = np.unique(np.concatenate([arrays[name].astype(object).astype(str) for name in arrays]),
+                           return_inverse=True)
+    bounds = np.cumsum([0, *(len(arrays[name]) for name in arrays)])
+    return [inverse[bounds[i]:bounds[i + 1]].astype(np.int64) for i in range(len(arrays))]
+
+
 def positive_int(name: str, value, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -36,6 +36,9 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _gaussian_params(mean, log_var) -> tuple[np.ndarray, np.ndarray]:
+    if log_var is None:  # what encode_posterior gives a family without z_log_var (normal_gamma)
+        raise DataError("log_var is None: the MI and KL estimators here need a diagonal Gaussian posterior's "
+                        "z_mean and z_log_var, which this latent family does not give")
     mean = as_matrix("mean", mean)
     log_var = as_matrix("log_var", log_var)
     same_shape("mean", mean, "log_var", log_var)
@@ -315,7 +318,7 @@ def collapse_fraction(kl_per_example, eps: float, delta: float = COLLAPSE_DELTA)
         eps: the KL threshold ε (nats).
         delta: δ (default 0.01, the paper's value).
     """
-    eps = float(eps)
+    eps = fraction("eps", eps, low=0.0, high=math.inf)  # a KL is >= 0: a negative ε collapses nothing
     return float(np.mean(collapse_thresholds(kl_per_example, delta) < eps))
 
 

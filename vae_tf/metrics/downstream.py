@@ -9,7 +9,7 @@ import numpy as np
 
 from vae_tf._cpus import usable_cpus
 from vae_tf.errors import DataError
-from vae_tf.metrics._checks import as_matrix, integer_labels, positive_int, rng_from, same_rows
+from vae_tf.metrics._checks import as_matrix, class_labels, integer_labels, positive_int, rng_from, same_rows
 
 #: Iteration cap of the probe's lbfgs solver: standardised low-dimensional codes converge far
 #: earlier; the default 100 of scikit-learn is too low for 10-class problems on 60 000 points.
@@ -49,6 +49,7 @@ def linear_probe_accuracy(train_codes, train_y, test_codes, test_y, seed: int = 
     ``LogisticRegression(C=C, max_iter=max_iter, random_state=seed)`` (lbfgs, multinomial,
     L2), fitted on ``(train_codes, train_y)`` and scored on ``(test_codes, test_y)``.
     Standardising makes C mean the same for every model, whatever the scale of its codes.
+    Labels are class indices or names (strings), as scikit-learn takes them.
 
     Returns:
         the test accuracy (float), or with ``return_details`` a dict with ``test_accuracy``,
@@ -60,8 +61,7 @@ def linear_probe_accuracy(train_codes, train_y, test_codes, test_y, seed: int = 
 
     x_train = as_matrix("train_codes", train_codes)
     x_test = as_matrix("test_codes", test_codes)
-    y_train = integer_labels("train_y", train_y)
-    y_test = integer_labels("test_y", test_y)
+    y_train, y_test = class_labels(train_y=train_y, test_y=test_y)
     same_rows("train_codes", x_train, "train_y", y_train)
     same_rows("test_codes", x_test, "test_y", y_test)
     if x_train.shape[1] != x_test.shape[1]:

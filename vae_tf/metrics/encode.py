@@ -47,7 +47,8 @@ def _summarise(model, xb, s):
 
 
 def encode_posterior(model, x, *, batch_size: int = ENCODE_BATCH_SIZE, seed: int = 0) -> dict:
-    """Posterior summaries of every example, float64 NumPy arrays:
+    """Posterior summaries of every example, NumPy arrays: float64, but integer tensors (a
+    categorical family's ``category``) keep their dtype, as the ``encode`` signature gives them:
 
     - ``embedding`` ``(N, e)``: the deterministic code;
     - ``kl_per_dim`` ``(N, d)``: the family's ``kl_per_dim`` (analytic for the Gaussian family;
@@ -67,7 +68,8 @@ def encode_posterior(model, x, *, batch_size: int = ENCODE_BATCH_SIZE, seed: int
     for b, start in enumerate(range(0, len(x), batch_size)):
         out = summarise(tf.constant(x[start:start + batch_size]), tf.constant([int(seed), b], tf.int32))
         for name, value in out.items():
-            parts.setdefault(name, []).append(np.asarray(value, dtype=np.float64))
+            value = np.asarray(value)
+            parts.setdefault(name, []).append(value if value.dtype.kind in "iu" else value.astype(np.float64))
     return {name: np.concatenate(values, axis=0) for name, values in parts.items()}
 
 
