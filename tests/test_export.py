@@ -278,3 +278,114 @@ def test_each_endpoint_is_traced_once_and_its_graph_stored_once(digits, tmp_path
     x = tf.constant(np.random.default_rng(0).random((3, 8, 8, 1), dtype=np.float32))
     loaded = tf.saved_model.load(str(path))
     np.testing.assert_array_equal(loaded.encode(x)["z_mean"].numpy(), loaded.signatures["encode"](x=x)["z_mean"].numpy())
+
+
+def test_load_vae_with_an_optimizer_continues_the_runs_optimizer_at_the_rate_given(trained, exported, digits):
+    """`load_vae` built an uncompiled model, so fine-tuning restarted Adam from step 0 (the export
+    holds its state); loading the weights after compiling restored the state but also the saved
+    learning rate over the one given."""
+    import warnings
+
+    from vae_tf.export import load_vae
+
+    path, _ = exported
+    model = load_vae(path, optimizer=keras.optimizers.Adam(1e-5))
+    assert int(model.optimizer.iterations) == int(trained.optimizer.iterations) > 0
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-5)
+    # iterations and the moments of every weight, in creation order (paths carry process counters)
+    saved, loaded = ([v for v in m.optimizer.variables if not v.path.endswith("learning_rate")] for m in (trained, model))
+    assert len(saved) == len(loaded) == 1 + 2 * len(trained.trainable_variables)
+    for a, b in zip(saved, loaded):
+        np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=a.path)
+    model.fit(digits.x_train[:64], epochs=1, verbose=0)  # trains on from there
+    assert int(model.optimizer.iterations) == int(trained.optimizer.iterations) + 2
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        other = load_vae(path, optimizer="sgd")
+    said = [str(w.message) for w in caught if "optimizer" in str(w.message)]
+    assert said == [f"{path} holds no optimizer state for SGD (it was trained with another optimizer, or exported "
+                    "uncompiled): fine-tuning starts the optimizer afresh"]
+    assert int(other.optimizer.iterations) == 0
+    assert not hasattr(load_vae(path), "optimizer") or load_vae(path).optimizer is None  # uncompiled, as before
+
+
+def test_a_loaded_model_draws_the_noise_of_its_seed_every_time(exported, digits):
+    """The seed of the model's random stream was not in the build spec: two `load_vae` of one
+    export drew different reparameterisation noise, so `evaluate` gave two ELBOs."""
+    from vae_tf.export import load_vae
+
+    path, _ = exported
+    assert load_model_info(path)["build_spec"]["seed"] == 0
+    def evaluated():
+        model = load_vae(path)
+        model.compile()
+        return model.evaluate(digits.x_val, return_dict=True, verbose=0)
+
+    first, second = evaluated(), evaluated()
+    assert first["elbo"] == second["elbo"]
+
+
+def test_a_model_of_ones_own_networks_is_exported_with_its_weights_and_load_vae_says_how_to_rebuild_it(tmp_path):
+    """Without a build spec, `export_model` wrote no weights and `load_vae` said to "export it
+    again", which could not help."""
+    from vae_tf.export import WEIGHTS_NAME, load_vae
+    from vae_tf.latents import build_latent
+    from vae_tf.likelihoods import build_likelihood
+    from vae_tf.models import VAE
+
+    def own():
+        keras.utils.set_random_seed(3)
+        enc_in, dec_in = keras.Input((8, 8, 1)), keras.Input((2,))
+        encoder = keras.Model(enc_in, keras.layers.Dense(4)(keras.layers.Flatten()(enc_in)), name="enc")
+        decoder = keras.Model(dec_in, keras.layers.Reshape((8, 8, 1))(keras.layers.Dense(64)(dec_in)), name="dec")
+        return VAE(encoder, decoder, build_latent("gaussian", latent_dim=2), build_likelihood("bernoulli", data_rank=3))
+
+    model = own()
+    x = np.random.default_rng(0).uniform(size=(4, 8, 8, 1)).astype(np.float32)
+    model.compile(optimizer="adam")
+    model.fit(x, epochs=2, verbose=0)
+    path = export_model(model, tmp_path)
+    weights = path / "assets" / WEIGHTS_NAME
+    with pytest.raises(ModelNotFoundError) as err:
+        load_vae(path)
+    assert str(err.value) == (f"{path} is a model of networks not built by build_vae (no build spec): it can be "
+                              f"served, but load_vae cannot rebuild it; build the same model in Python and call "
+                              f"model.load_weights('{weights}')")
+    rebuilt = own()
+    rebuilt.load_weights(str(weights))
+    np.testing.assert_array_equal(rebuilt.encode(x)["z_mean"].numpy(), model.encode(x)["z_mean"].numpy())
+
+
+def test_a_registered_network_kind_builds_exports_and_loads_as_the_shipped_ones(tmp_path):
+    """What the README tells a user with networks of their own: register an (encoder, decoder)
+    pair of builders and name it; load_vae (in a process where it is registered) rebuilds it."""
+    from vae_tf.export import load_vae
+    from vae_tf.networks import NETWORKS
+
+    def encoder(data_shape, out_dim, *, name="encoder", dtype=None, width: int = 16):
+        inputs = keras.Input(data_shape)
+        hidden = keras.layers.Dense(width, activation="tanh", dtype=dtype)(keras.layers.Flatten()(inputs))
+        return keras.Model(inputs, keras.layers.Dense(out_dim, dtype=dtype)(hidden), name=name)
+
+    def decoder(code_size, data_shape, out_channels, *, dtype=None, width: int = 16):
+        inputs = keras.Input((code_size,))
+        hidden = keras.layers.Dense(width, activation="tanh", dtype=dtype)(inputs)
+        flat = keras.layers.Dense(int(np.prod(data_shape[:-1])) * out_channels, dtype=dtype)(hidden)
+        return keras.Model(inputs, keras.layers.Reshape((*data_shape[:-1], out_channels))(flat), name="decoder")
+
+    NETWORKS.register("test_dense_pair")((encoder, decoder))
+    try:
+        with pytest.raises(ConfigError, match=r"unknown option model.network.widht; did you mean model.network.width"):
+            build_vae((8, 8, 1), network={"kind": "test_dense_pair", "widht": 8})
+        keras.utils.set_random_seed(0)
+        model = build_vae((8, 8, 1), latent={"family": "gaussian", "latent_dim": 3},
+                          network={"kind": "test_dense_pair", "width": 8}, seed=0)
+        x = np.random.default_rng(0).uniform(size=(16, 8, 8, 1)).astype(np.float32)
+        model.compile(optimizer="adam")
+        model.fit(x, epochs=1, verbose=0)
+        loaded = load_vae(export_model(model, tmp_path))
+        assert loaded.encoder.layers[2].units == 8  # Input, Flatten, the hidden Dense
+        np.testing.assert_array_equal(loaded.encode(x)["z_mean"].numpy(), model.encode(x)["z_mean"].numpy())
+    finally:
+        NETWORKS.unregister("test_dense_pair")

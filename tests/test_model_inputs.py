@@ -192,3 +192,73 @@ def test_text_models_take_lists_arrays_and_string_tensors_alike_and_empty_senten
     np.testing.assert_array_equal(encode_posterior(model, tf.constant(sentences))["embedding"],
                                   encode_posterior(model, sentences)["embedding"])
     _refused(lambda: elbo_estimate(model, "w1 w2"), r"x is one sentence")
+
+
+# --- fit and evaluate check their data as encode does --------------------------------------------
+
+def _fresh(likelihood="bernoulli"):
+    model = _image_model(likelihood)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    return model
+
+
+def _weights(model):
+    return [v.numpy().copy() for v in model.trainable_variables]
+
+
+def _nan_at(batch, row):
+    x = batch.copy()
+    x[row, 1, 2, 0] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda b: (b * 255).astype(np.uint8), r"^x row 0 has values outside \[0, 1\].*/ 255"),
+    (lambda b: b * 255, r"^x row 0 has values outside \[0, 1\]"),
+    (lambda b: _nan_at(b, 3), r"^x row 3 has NaN or Inf values \(1 of 5 rows do\)"),
+    (lambda b: b[..., 0], r"^x has shape \(5, 4, 4\) but the model reads batches of shape \(N, 4, 4, 1\)"),
+    (lambda b: tf.data.Dataset.from_tensor_slices(b), r"^x is a dataset of single examples .*dataset.batch\(64\)"),
+    (lambda b: tf.data.Dataset.from_tensor_slices(b[..., 0]).batch(2),
+     r"^x is a dataset of batches of shape \(None, 4, 4\) but the model reads batches \(N, 4, 4, 1\)"),
+    (lambda b: tf.data.Dataset.from_tensor_slices({"image": b}).batch(2), r"^x is a dataset of dicts \('image'\)"),
+    (lambda b: tf.data.Dataset.from_tensor_slices((b * 255).astype(np.uint8)).batch(2),
+     r"^x is a dataset of uint8 values, but the model's bernoulli likelihood reads floats in \[0, 1\]"),
+    (lambda b: tf.data.Dataset.from_tensor_slices(np.full((4, *SHAPE), "a")).batch(2),
+     r"^x is a dataset of string values"),
+])
+@pytest.mark.parametrize("method", ["fit", "evaluate"])
+def test_fit_and_evaluate_refuse_bad_data_before_a_step_and_train_on_nothing(batch, make, match, method):
+    """Before, Keras raised from inside the first step (a uint8 `Mul`, an unknown rank), or
+    trained on: 0–255 values to loss ~5e8 and a NaN pixel to NaN weights, without a word."""
+    model = _fresh()
+    before = _weights(model)
+    _refused(lambda: getattr(model, method)(make(batch), verbose=0), match)
+    for old, new in zip(before, _weights(model)):
+        np.testing.assert_array_equal(old, new)
+    assert int(model.optimizer.iterations) == 0
+
+
+@pytest.mark.parametrize("validation", [
+    lambda b: b * 255, lambda b: (b * 255,), lambda b: tf.data.Dataset.from_tensor_slices(b),
+])
+def test_fit_checks_its_validation_data_before_training(batch, validation):
+    model = _fresh()
+    _refused(lambda: model.fit(batch, validation_data=validation(batch), epochs=1, verbose=0), r"^validation_data ")
+    assert int(model.optimizer.iterations) == 0
+
+
+def test_a_dataset_of_another_numeric_dtype_trains_as_its_float32_cast(batch):
+    """float64 batches (and integer ones for a likelihood on the real line) are cast, as arrays
+    are; the same model on the float32 batches ends with the same weights."""
+    def trained(x):
+        model = _fresh("gaussian")
+        history = model.fit(tf.data.Dataset.from_tensor_slices(x).batch(2), epochs=2, verbose=0)
+        return history.history["loss"], _weights(model)
+
+    whole = np.round(batch * 4)  # values 0..4, exact in every dtype
+    want_loss, want_weights = trained(whole.astype(np.float32))
+    for dtype in (np.float64, np.int32):
+        loss, weights = trained(whole.astype(dtype))
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+        for a, b in zip(weights, want_weights):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -200,9 +200,9 @@ def test_the_library_s_checkpoint_carries_every_remedy_and_the_random_stream(dig
     original = built()
     original.fit(x, epochs=1, batch_size=64, verbose=0, shuffle=False)
     path = checkpoint_for(original).save(str(tmp_path / "ckpt"))
-    restored = built()
-    restored.optimizer.build(restored.trainable_variables)
-    checkpoint_for(restored).restore(path).assert_consumed()
+    restored = built()  # compiled, never fitted: its optimizer is built by checkpoint_for, so
+    checkpoint_for(restored).restore(path).assert_consumed()  # Adam's state is restored too
+    assert int(restored.optimizer.iterations) == int(original.optimizer.iterations) == 4
     names = [v.path for v in original.variables]
     assert any("q_network" in n for n in names) and any("seed_generator" in n for n in names), names
     for a, b in zip(original.variables, restored.variables):
@@ -266,3 +266,78 @@ def test_build_vae_refuses_arguments_of_the_wrong_type_in_one_line(kwargs, said)
 
     with pytest.raises(ConfigError, match=said):
         build_vae(**kwargs)
+
+
+def test_kl_per_dim_before_any_evaluation_says_so_instead_of_zeros(digits):
+    """Only evaluation fills the tracker: after `fit` without validation data it read all zeros,
+    a collapsed posterior by the look of it."""
+    from vae_tf.errors import ConfigError
+
+    model = _model(digits.data_shape)
+    model.fit(digits.x_train[:128], epochs=1, verbose=0)
+    with pytest.raises(ConfigError, match=r"^model.kl_per_dim is measured by evaluation and none has run: call "
+                                          r"model.evaluate\(x\) or fit with validation_data$"):
+        model.kl_per_dim
+    result = model.evaluate(digits.x_val, return_dict=True, verbose=0)
+    assert model.kl_per_dim.sum() == pytest.approx(result["kl"], rel=1e-3) and result["kl"] > 0
+
+
+def test_a_constant_beta_is_the_beta_in_force_after_loading_another_models_weights(digits, tmp_path):
+    """`load_weights` sets the `beta` variable to the saved model's β; a constant β is never
+    assigned by the steps, so the history said β = 2 while the loss was trained with 0.5."""
+    source = _model(digits.data_shape, beta=2.0)
+    source.fit(digits.x_train[:128], epochs=1, verbose=0)
+    source.save_weights(str(tmp_path / "source.weights.h5"))
+    model = _model(digits.data_shape, beta=0.5)
+    model.load_weights(str(tmp_path / "source.weights.h5"))
+    assert float(model.beta.numpy()) == 2.0  # what the file holds
+    history = model.fit(digits.x_train[:128], epochs=1, verbose=0).history
+    assert history["beta"] == [0.5]
+    assert history["loss"][0] == pytest.approx(-(history["reconstruction"][0] - 0.5 * history["kl"][0]), rel=1e-4)
+    model.load_weights(str(tmp_path / "source.weights.h5"))
+    assert model.evaluate(digits.x_val[:64], return_dict=True, verbose=0)["beta"] == 0.5
+
+
+def test_a_checkpoint_of_the_whole_model_is_refused_before_the_first_epoch(digits, tmp_path):
+    """Keras' `ModelCheckpoint("m.keras")` calls `model.save`, which a vae-tf model refuses; that
+    came after the first epoch had trained. Weights-only checkpoints are what works."""
+    from vae_tf.errors import ConfigError
+
+    model = _model(digits.data_shape)
+    with pytest.raises(ConfigError, match=r"^keras.callbacks.ModelCheckpoint\('.*m.keras'\) saves the whole model, .*"
+                                          r"save_weights_only=True"):
+        model.fit(digits.x_train[:64], epochs=1, verbose=0,
+                  callbacks=[keras.callbacks.ModelCheckpoint(str(tmp_path / "m.keras"))])
+    assert int(model.optimizer.iterations) == 0
+    model.fit(digits.x_train[:64], epochs=1, verbose=0,
+              callbacks=[keras.callbacks.ModelCheckpoint(str(tmp_path / "m.weights.h5"), save_weights_only=True)])
+    assert (tmp_path / "m.weights.h5").is_file()
+
+
+def _dense_net(input_shape, output_shape, name):
+    inputs = keras.Input(input_shape)
+    flat = keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
+    out = keras.layers.Reshape(output_shape)(keras.layers.Dense(int(np.prod(output_shape)))(flat))
+    return keras.Model(inputs, out, name=name)
+
+
+def test_networks_of_ones_own_must_fit_the_latent_family_and_the_likelihood():
+    """`VAE(encoder, decoder, ...)` with networks one built oneself: a wrong width failed inside
+    the first step ("Dimension size must be evenly divisible by 2 but is 5"), a flat decoder output
+    with "logits and labels must have the same shape"."""
+    from vae_tf.errors import ConfigError
+    from vae_tf.latents import build_latent
+    from vae_tf.likelihoods import build_likelihood
+
+    latent = build_latent("gaussian", latent_dim=2)  # 4 parameters: mean and log-variance
+    for likelihood, channels in (("bernoulli", 1), ("gaussian_per_pixel", 2)):
+        lik = build_likelihood(likelihood, data_rank=3)
+        with pytest.raises(ConfigError, match=r"^the enc network gives outputs of shape \(None, 5\) but this model "
+                                              r"needs \(None, 4\): the latent family's 4 parameters$"):
+            VAE(_dense_net((8, 8, 1), (5,), "enc"), _dense_net((2,), (8, 8, channels), "dec"), latent, lik)
+        with pytest.raises(ConfigError, match=rf"^the dec network gives outputs of shape \(None, 64\) but this model "
+                                              rf"needs \(None, 8, 8, {channels}\): the likelihood's parameters "
+                                              rf"\({channels} per channel of the data's 1\)$"):
+            VAE(_dense_net((8, 8, 1), (4,), "enc"), _dense_net((2,), (64,), "dec"), latent, lik)
+        model = VAE(_dense_net((8, 8, 1), (4,), "enc"), _dense_net((2,), (8, 8, channels), "dec"), latent, lik)
+        assert model.encode(np.zeros((3, 8, 8, 1), np.float32))["z_mean"].shape == (3, 2)

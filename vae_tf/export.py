@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -76,9 +77,10 @@ def export_model(
         data_info: data facts stored in the assets JSON (``value_range``, data set name, ...).
         extra: more top-level entries for the assets JSON (e.g. ``mlflow_run_id``).
 
-    Models made by :func:`vae_tf.models.build_vae` also get their build spec in the assets JSON
-    and their Keras weights in ``assets/vae_tf.weights.h5``, so :func:`load_vae` can rebuild
-    them as Python models (for ``vae-tf evaluate``); serving uses the signatures only.
+    The Keras weights go to ``assets/vae_tf.weights.h5`` and, for models made by
+    :func:`vae_tf.models.build_vae`, the build spec to the assets JSON, so :func:`load_vae` can
+    rebuild them as Python models (for ``vae-tf evaluate``, fine-tuning); serving uses the
+    signatures only.
 
     Returns the final version directory. Refuses to overwrite an existing version.
     """
@@ -111,10 +113,13 @@ def export_model(
         info = model_info(model, name, version, data_shape, config=config, data_info=data_info, endpoints=endpoints)
         if extra:
             info.update(extra)
-        if getattr(model, "build_spec", None) is not None:
-            # Keras' own weights file, keyed by the layer tree (stable across processes): the
-            # model can be rebuilt for evaluation or fine-tuning. TF Serving ignores assets.
-            model.save_weights(str(assets / WEIGHTS_NAME))
+        # Keras' own weights file, keyed by the layer tree (stable across processes): the model
+        # can be rebuilt for evaluation or fine-tuning (load_vae, from the build spec; a model
+        # of the caller's own networks, by building it again and loading these weights). TF
+        # Serving ignores assets.
+        if not model.built:  # a VAE of the caller's own networks, fitted but never called
+            model.build()
+        model.save_weights(str(assets / WEIGHTS_NAME))
         (assets / ASSET_NAME).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
         _fsync_tree(tmp)
         os.rename(tmp, final)  # atomic on one file system; fails rather than overwrite
@@ -260,23 +265,61 @@ def resolve_version_dir(path: str | os.PathLike) -> Path:
     return path / str(versions[-1])
 
 
-def load_vae(version_dir: str | os.PathLike):
+def load_vae(version_dir: str | os.PathLike, optimizer=None, **compile_options):
     """Rebuild the Python :class:`~vae_tf.models.VAE` of an export (or of a model directory's
-    highest version) from its build spec and Keras weights, for evaluation or fine-tuning."""
+    highest version) from its build spec and Keras weights, for evaluation or fine-tuning.
+
+    The model comes back uncompiled, unless ``optimizer`` is given (a Keras optimizer or its
+    name, with any other ``model.compile`` options): then it is compiled with it and the
+    optimizer state the export holds is restored, so fine-tuning continues the training run's
+    optimizer (Adam's moments and step count) at the learning rate given, not the saved one.
+    The state is restored only into the optimizer class the model was trained with; otherwise,
+    or when the export holds none, the optimizer starts afresh and a warning says so. A model
+    compiled later, by the caller, starts its optimizer afresh too.
+
+    What the model's own variables hold always continues from the export: β, a controller's
+    state and the step counter ``model.train_steps`` that schedules (annealing, capacity, a
+    temperature) read; ``model.train_steps.assign(0)`` restarts them. To fine-tune under another
+    KL weight, build the model with :func:`vae_tf.models.build_vae` and the new objective, then
+    ``model.load_weights(f"{version_dir}/assets/{WEIGHTS_NAME}")``."""
     version_dir = resolve_version_dir(version_dir)
     info = load_model_info(version_dir)
     spec = info.get("build_spec")
     weights = version_dir / "assets" / WEIGHTS_NAME
+    if not spec and weights.is_file():
+        raise ModelNotFoundError(f"{version_dir} is a model of networks not built by build_vae (no build spec): it "
+                                 "can be served, but load_vae cannot rebuild it; build the same model in Python and "
+                                 f"call model.load_weights('{weights}')")
     if not spec or not weights.is_file():
         raise ModelNotFoundError(f"{version_dir} has no build spec or weights (exported by an older vae-tf or "
                                  "not from build_vae): it can be served but not rebuilt; export it again")
+    import keras
+
     from vae_tf.models import build_vae
 
     spec = dict(spec)
     if isinstance(spec.get("text"), dict):  # exported before symbol clusters: its tokens are split as then
         spec["text"] = {"symbol_clusters": False, **spec["text"]}
     model = build_vae(spec.pop("data_shape"), **spec)
-    model.load_weights(str(weights))
+    if optimizer is None:
+        model.load_weights(str(weights))
+        return model
+    model.compile(optimizer=optimizer, **compile_options)
+    model._build_optimizer()  # its variables must exist for Keras to load the saved ones
+    rate = model.optimizer.learning_rate
+    given = float(rate.numpy()) if isinstance(rate, keras.Variable) else None  # a schedule is not saved
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(str(weights))
+    for warning in caught:
+        if "Skipping variable loading for optimizer" in str(warning.message):
+            warnings.warn(f"{version_dir} holds no optimizer state for {type(model.optimizer).__name__} (it was "
+                          "trained with another optimizer, or exported uncompiled): fine-tuning starts the "
+                          "optimizer afresh", UserWarning, stacklevel=2)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if given is not None:
+        model.optimizer.learning_rate.assign(given)
     return model
 
 

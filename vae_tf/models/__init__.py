@@ -7,6 +7,7 @@ One model class (:class:`VAE`); the objective is composed from slot values
 from __future__ import annotations
 
 import copy
+import numbers
 from typing import Any, Mapping
 
 import tensorflow as tf
@@ -87,6 +88,12 @@ def build_vae(
     (:meth:`VAE.compile`). Recorded in :attr:`build_spec` (so ``load_vae`` rebuilds it) only
     when it is not float32.
 
+    ``seed``: the seed of the model's own random stream (reparameterisation noise, input noise,
+    Monte-Carlo KL draws; :class:`VAE`), recorded in :attr:`build_spec` so that ``load_vae``
+    rebuilds the stream from it. It does not set the initial weights, which Keras draws from its
+    global generator: ``keras.utils.set_random_seed(s)`` before ``build_vae`` makes them
+    repeatable too (``vae-tf train`` calls it with the config's ``seed``). None: a random stream.
+
     ``text``: for sentences (:class:`~vae_tf.models.text.TextVAE`), the data set's tokenizer
     (``{"vocabulary": [...], "max_length": L, "lowercase": ..., "split_punctuation": ...,
     "symbol_clusters": ...}``,
@@ -129,6 +136,10 @@ def build_vae(
                           "network": network, "objective": composition.to_dict(), "name": name})
     if precision != "float32":
         spec["precision"] = precision
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
+    if seed is not None:  # load_vae's model draws the same noise as the one loaded twice
+        spec["seed"] = int(seed)
 
     family = build_latent(latent.pop("family", "gaussian"), **latent)
     kind = network.pop("kind", "mlp")

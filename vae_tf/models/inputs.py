@@ -162,6 +162,70 @@ def model_rows(model, x, *, what: str = "x", as_array: bool = False):
                     "the training data was (e.g. uint8 images / 255)")
 
 
+def dataset_batches(model, dataset, *, what: str = "x"):
+    """A ``tf.data.Dataset`` that ``fit`` / ``evaluate`` of an image ``model`` reads, checked from
+    its ``element_spec`` alone (no element is read: the values are checked where they are made,
+    e.g. by :class:`vae_tf.data.DataSplits`): batches of ``x`` or ``(x, ...)`` tuples whose ``x``
+    is ``[None, *model.data_shape]`` and numeric. A float ``x`` of another width is cast to
+    float32; integer values (uint8 images) are refused for a likelihood of bounded support,
+    where 0–255 would be read as if they were in [0, 1]. Anything the spec cannot tell (unknown
+    rank, ragged or sparse elements) is passed on as it is."""
+    spec = dataset.element_spec
+    first = spec[0] if isinstance(spec, tuple) and spec else spec
+    if isinstance(first, dict):
+        keys = ", ".join(repr(k) for k in first)
+        raise DataError(f"{what} is a dataset of dicts ({keys}); the model reads batches of x or (x, label) tuples: "
+                        "map it, e.g. dataset.map(lambda d: d['image'])")
+    if not isinstance(first, tf.TensorSpec) or first.shape.rank is None:
+        return dataset
+    shape, expected = first.shape, tuple(model.data_shape)
+    wanted = f"(N, {', '.join(map(str, expected))})"
+    if shape.rank == len(expected) and shape.is_compatible_with(expected):
+        raise DataError(f"{what} is a dataset of single examples (element shape {_spec_text(shape)}); the model reads "
+                        f"batches {wanted}: batch it, e.g. dataset.batch(64)")
+    if shape.rank != len(expected) + 1 or not shape[1:].is_compatible_with(expected):
+        raise DataError(f"{what} is a dataset of batches of shape {_spec_text(shape)} but the model reads batches "
+                        f"{wanted}; reshape them in the pipeline, or use a model trained on data of this shape")
+    kind = _kind(first.dtype)
+    if kind not in "biuf":
+        raise DataError(f"{what} is a dataset of {first.dtype.name} values; the model reads float batches {wanted}")
+    if first.dtype == tf.float32:
+        return dataset
+    support = getattr(getattr(model, "likelihood", None), "support", None)
+    if kind != "f" and support is not None:
+        name = getattr(model.likelihood, "name_key", type(model.likelihood).__name__)
+        raise DataError(f"{what} is a dataset of {first.dtype.name} values, but the model's {name} likelihood reads "
+                        f"floats in [{support[0]:g}, {support[1]:g}]; map them to float32 scaled as the training data "
+                        "was, e.g. dataset.map(lambda x: tf.cast(x, tf.float32) / 255)")
+
+    def cast_first(x, *rest):
+        x = tf.cast(x, tf.float32)
+        return (x, *rest) if rest else x
+
+    return dataset.map(cast_first)
+
+
+def _spec_text(shape) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape.as_list()) + ")"
+
+
+def fit_data(model, data, *, what: str = "x"):
+    """``fit`` / ``evaluate``'s data for an image ``model``, checked as its inference methods check
+    theirs: arrays, lists and eager tensors through :func:`model_rows` (float32 values, finite,
+    within the likelihood's support), a dataset through :func:`dataset_batches`, a tuple
+    ``(x, y, ...)`` (``validation_data``) by its ``x``; anything else (a ``PyDataset``, a
+    generator, a distributed dataset) as it is."""
+    if data is None or getattr(model, "modality", "image") != "image":
+        return data
+    if isinstance(data, tf.data.Dataset):
+        return dataset_batches(model, data, what=what)
+    if isinstance(data, tuple) and data:
+        return (fit_data(model, data[0], what=what), *data[1:])
+    if isinstance(data, (np.ndarray, list, tf.Tensor, tf.Variable)) and not symbolic(data):
+        return model_rows(model, data, what=what)
+    return data
+
+
 def codes(model, z, *, what: str = "z", rows: int | None = None):
     """``z`` checked as codes the decoder reads: float ``[N, code_size]``, finite (``rows``: the
     number of rows it must have, e.g. one per seed row). Returns a float32 tensor."""
@@ -187,4 +251,4 @@ def codes(model, z, *, what: str = "z", rows: int | None = None):
     return values
 
 
-__all__ = ["codes", "model_rows", "sentences", "symbolic"]
+__all__ = ["codes", "dataset_batches", "fit_data", "model_rows", "sentences", "symbolic"]

@@ -28,7 +28,7 @@ from vae_tf import replicas
 from vae_tf.errors import ConfigError
 from vae_tf.latents.base import LatentFamily
 from vae_tf.likelihoods.base import Likelihood
-from vae_tf.models.inputs import codes, model_rows, symbolic
+from vae_tf.models.inputs import codes, fit_data, model_rows, symbolic
 from vae_tf.remedies.base import Inference, InputNoise, KLWeight, NoInputNoise, Regularizer, StandardInference
 from vae_tf.remedies.beta_vae import ConstantBeta
 
@@ -153,6 +153,8 @@ class VAE(keras.Model):
                                   *(("regularizers", r, Regularizer) for r in self.regularizers)):
             if not isinstance(value, base):
                 raise ConfigError(f"{slot} must be a {base.__name__} (vae_tf.remedies), got {type(value).__name__}")
+        if type(self).modality == "image":
+            self._check_network_shapes()
         self.beta = self.add_weight(name="beta", shape=(), trainable=False,
                                     initializer=keras.initializers.Constant(self.kl_weight.initial_beta()))
         self.train_steps = self.add_weight(name="train_steps", shape=(), dtype="int64", initializer="zeros",
@@ -164,6 +166,26 @@ class VAE(keras.Model):
         self.kl_tracker = keras.metrics.Mean(name="kl")
         self.kl_per_dim_tracker = MeanVector(latent.kl_size, name="kl_per_dim")
         self._last_kl_per_dim = None  # :attr:`kl_per_dim` as the last `evaluate` left it (numpy)
+
+    def _check_network_shapes(self) -> None:
+        """One line when a network given by the caller (not by ``build_vae``) does not fit the
+        latent family or the likelihood: Keras said so inside the first step, in a traceback about
+        a split or a loss shape. Networks whose output shape is unknown before they are called
+        (subclassed Keras models) are not checked."""
+        params = int(self.latent.param_size)
+        channels = self.data_shape[-1] * int(self.likelihood.param_channels) if self.data_shape else None
+        for network, wanted, what in (
+                (self.encoder, (params,), f"the latent family's {params} parameters"),
+                (self.decoder, (*self.data_shape[:-1], channels), f"the likelihood's parameters "
+                 f"({self.likelihood.param_channels} per channel of the data's {self.data_shape[-1] if self.data_shape else 0})")):
+            outputs = getattr(network, "outputs", None)
+            if not outputs or channels is None:
+                continue
+            shape = tuple(outputs[0].shape[1:])
+            if shape != wanted:
+                raise ConfigError(f"the {network.name} network gives outputs of shape (None, "
+                                  f"{', '.join(map(str, shape))}) but this model needs (None, "
+                                  f"{', '.join(map(str, wanted))}): {what}")
 
     @property
     def slots(self) -> list:
@@ -434,7 +456,14 @@ class VAE(keras.Model):
 
         A ``tf.data.Dataset`` (``DataSplits.pipeline`` shuffles) is fitted with ``shuffle=False``
         unless ``shuffle`` is given: Keras ignores the flag for a dataset and warns on every
-        ``fit`` that its default, ``True``, was ignored."""
+        ``fit`` that its default, ``True``, was ignored.
+
+        The data (``x`` and ``validation_data``) is checked first, with one line per mistake, as
+        :meth:`encode` checks its input (:func:`vae_tf.models.inputs.fit_data`): an array or
+        tensor for its shape, finite values and the likelihood's support, a dataset for its
+        element shape and dtype. Keras said these things in a traceback from inside the first
+        step, or not at all: 0–255 values or a NaN pixel trained on and ruined the weights."""
+        args, kwargs = self._checked_data(args, kwargs, fit=True)
         x = args[0] if args else kwargs.get("x")
         if isinstance(x, tf.data.Dataset) and len(args) <= 8 and "shuffle" not in kwargs:  # shuffle: 9th argument
             kwargs["shuffle"] = False
@@ -444,10 +473,47 @@ class VAE(keras.Model):
         if self.jit_compile and self.inference.xla_refusal:
             raise ConfigError(f"this model is compiled with jit_compile=True, but {self.inference.xla_refusal}; "
                               "compile it with jit_compile=False")
-        if not self.optimizer.built:
+        callbacks = args[5] if len(args) > 5 else kwargs.get("callbacks")
+        for callback in callbacks or ():
+            if isinstance(callback, keras.callbacks.ModelCheckpoint) and not callback.save_weights_only:
+                # Refused now, not when the first epoch has trained and the callback calls save().
+                raise ConfigError(f"keras.callbacks.ModelCheckpoint({callback.filepath!r}) saves the whole model, "
+                                  "which a vae-tf model cannot be saved as; pass save_weights_only=True (a "
+                                  "'.weights.h5' path), or export the model after fit")
+        self._build_optimizer()
+        if self.kl_weight.static_beta is not None:
+            # A constant β is never assigned by the steps; weights loaded from a model trained
+            # with another β (load_weights) would otherwise be logged as the β in force.
+            self.beta.assign(self.kl_weight.static_beta)
+        return super().fit(*args, **self.inference.prepare_fit(self, args, kwargs))
+
+    def _build_optimizer(self) -> None:
+        """Make a compiled model's optimizer variables now (:meth:`fit`, :func:`checkpoint_for`)."""
+        if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
             with self.distribute_strategy.scope():
                 self.optimizer.build(self.trainable_variables)
-        return super().fit(*args, **self.inference.prepare_fit(self, args, kwargs))
+
+    def _checked_data(self, args: tuple, kwargs: dict, *, fit: bool) -> tuple[tuple, dict]:
+        """``fit`` / ``evaluate``'s ``x`` (and ``fit``'s ``validation_data``, its 8th argument)
+        through :func:`vae_tf.models.inputs.fit_data`."""
+        args, kwargs = list(args), dict(kwargs)
+        if args:
+            args[0] = fit_data(self, args[0], what="x")
+        elif "x" in kwargs:
+            kwargs["x"] = fit_data(self, kwargs["x"], what="x")
+        if fit and len(args) > 7:
+            args[7] = fit_data(self, args[7], what="validation_data")
+        elif fit and "validation_data" in kwargs:
+            kwargs["validation_data"] = fit_data(self, kwargs["validation_data"], what="validation_data")
+        return tuple(args), kwargs
+
+    def load_weights(self, filepath, *args, **kwargs):
+        """``keras.Model.load_weights``; a model of the caller's own networks that was never called
+        is built first (its networks are: nothing here depends on the input's shape), as Keras
+        refuses to load into a model that is not."""
+        if not self.built:
+            self.build()
+        return super().load_weights(filepath, *args, **kwargs)
 
     def save(self, filepath, *args, **kwargs):
         """Refused: Keras' ``.keras`` / ``.h5`` files rebuild a model from its ``get_config``, which
@@ -465,7 +531,13 @@ class VAE(keras.Model):
         workers. Read later, by code only the chief runs, it waited for workers that had left:
         Keras' ``save_weights`` reads every property of the model, so each chief's export
         stalled until TensorFlow gave the collective up (~10 s) and logged that the tasks had
-        crashed."""
+        crashed.
+
+        The data is checked first, as :meth:`fit` checks it."""
+        if not kwargs.get("_use_cached_eval_dataset"):  # fit's validation: checked when fit began
+            args, kwargs = self._checked_data(args, kwargs, fit=False)
+        if self.kl_weight.static_beta is not None:
+            self.beta.assign(self.kl_weight.static_beta)
         logs = super().evaluate(*args, **kwargs)
         self._last_kl_per_dim = np.asarray(self.kl_per_dim_tracker.result())
         return logs
@@ -473,9 +545,11 @@ class VAE(keras.Model):
     @property
     def kl_per_dim(self) -> np.ndarray:
         """Mean KL per latent dimension (nats) over the data of the last evaluation (``evaluate``,
-        or ``fit``'s validation); before any, the tracker's current value."""
+        or ``fit``'s validation). Before any there is none, and it says so: the tracker's zeros
+        (only evaluation fills it) read as a collapsed posterior."""
         if self._last_kl_per_dim is None:
-            return np.asarray(self.kl_per_dim_tracker.result())
+            raise ConfigError("model.kl_per_dim is measured by evaluation and none has run: call "
+                              "model.evaluate(x) or fit with validation_data")
         return self._last_kl_per_dim
 
     def build(self, input_shape=None):
@@ -608,6 +682,11 @@ def checkpoint_for(model: keras.Model, **extra) -> tf.train.Checkpoint:
     running sums (``metrics``) let a run resumed in the middle of an epoch report that epoch's
     means over all of its steps.
     """
+    if isinstance(model, VAE):
+        # A compiled model's optimizer is built here, so a restore into a model that has not
+        # trained yet (the usual case) restores the optimizer's state too: unbuilt, it had no
+        # variables, Adam restarted from step 0 and only assert_consumed() said so.
+        model._build_optimizer()
     parts = {"model": list(model.variables)}
     if getattr(model, "optimizer", None) is not None and model.optimizer.built:
         parts["optimizer"] = list(model.optimizer.variables)
