@@ -24,15 +24,53 @@ every real client out. Here:
 
 Connections with a request in progress are never closed here; the REST deadline
 (``--rest-timeout-seconds``) and ``--max-in-flight`` bound those.
+
+- **warnings that say who, and not once per connection**: uvicorn logs "Invalid HTTP request
+  received." for every connection that sends bytes its parser refuses (a TLS hello to the plain
+  port, a port scanner), without the client's address: 50 such connections, 50 identical lines.
+  Each warning of a connection now names the client, and the same warning is logged at most
+  once per :data:`WARNING_INTERVAL_SECONDS` per server, the next one saying how many were left
+  out (:class:`ConnectionLog`). The client is still answered 400, as before.
 """
 
 from __future__ import annotations
 
 import collections
+import time
 
 # Both protocols' defaults (`vae-tf serve --keep-alive-seconds / --max-connections`, per protocol).
 DEFAULT_KEEP_ALIVE_SECONDS = 30.0
 DEFAULT_MAX_CONNECTIONS = 1024
+
+
+#: The shortest time between two log lines of the same connection warning (:class:`ConnectionLog`).
+WARNING_INTERVAL_SECONDS = 60.0
+
+
+class ConnectionLog:
+    """The logger one connection's protocol warns through: ``warning`` names the client and is
+    rate-limited per message, over every connection of one server (``seen``: message -> (time of
+    its last line, lines left out since)); everything else is the wrapped logger's. Used from the
+    event loop's thread only."""
+
+    def __init__(self, logger, client, seen: dict):
+        self._logger = logger
+        self._client = f"{client[0]}:{client[1]}" if client else "an unknown client"
+        self._seen = seen
+
+    def warning(self, msg, *args, **kwargs) -> None:
+        text = str(msg) % args if args else str(msg)
+        now = time.monotonic()
+        last, left_out = self._seen.get(text, (None, 0))
+        if last is not None and now - last < WARNING_INTERVAL_SECONDS:
+            self._seen[text] = (last, left_out + 1)
+            return
+        self._seen[text] = (now, 0)
+        more = (f"; {left_out} more like it in the last {now - last:.0f} s, not logged" if left_out else "")
+        self._logger.warning("%s (from %s)%s", text.rstrip("."), self._client, more, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._logger, name)
 
 
 class CoalescingTransport:
@@ -87,12 +125,14 @@ def bounded_protocol(max_connections: int) -> type:
     if max_connections < 1:
         raise ValueError(f"max_connections must be at least 1, got {max_connections}")
     idle: collections.OrderedDict[BoundedProtocol, None] = collections.OrderedDict()  # longest idle first
+    warned: dict = {}  # ConnectionLog's state, one per server
 
     class BoundedProtocol(HttpToolsProtocol):
         _idle_timer = None
 
         def connection_made(self, transport) -> None:
             super().connection_made(CoalescingTransport(transport, self.loop))
+            self.logger = ConnectionLog(self.logger, self.client, warned)
             self._mark_idle()
             if len(self.connections) > max_connections:
                 # The newcomer is last in the idle order, so it is chosen only when no other
@@ -147,4 +187,5 @@ def bounded_protocol(max_connections: int) -> type:
     return BoundedProtocol
 
 
-__all__ = ["DEFAULT_KEEP_ALIVE_SECONDS", "DEFAULT_MAX_CONNECTIONS", "CoalescingTransport", "bounded_protocol"]
+__all__ = ["DEFAULT_KEEP_ALIVE_SECONDS", "DEFAULT_MAX_CONNECTIONS", "WARNING_INTERVAL_SECONDS", "CoalescingTransport",
+           "ConnectionLog", "bounded_protocol"]

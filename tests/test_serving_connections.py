@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+import re
 import resource
 import select
 import socket
@@ -422,3 +424,35 @@ def test_writes_in_one_event_loop_turn_leave_as_one_write():
         assert dropped.writes == [] and dropped.aborted
 
     asyncio.run(scenario())
+
+
+def _send_garbage(port: int) -> bytes:
+    """What a TLS client (or a scanner) sends to the plain REST port; returns the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer, sock.getsockname()
+
+
+def test_invalid_requests_are_answered_400_and_logged_once_a_while_naming_the_client(base, caplog, monkeypatch):
+    """uvicorn logged "Invalid HTTP request received." for every such connection, without the
+    client: 50 TLS hellos to the plain port, 50 identical lines."""
+    from serving import connections
+
+    caplog.set_level(logging.WARNING, logger="uvicorn.error")
+    with running_server(base) as server:
+        port = server.rest_port
+        answers = [_send_garbage(port) for _ in range(20)]
+        assert all(a.startswith(b"HTTP/1.1 400 ") for a, _ in answers)
+        lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.error"]
+        host, first_port = answers[0][1]
+        assert lines == [f"Invalid HTTP request received (from {host}:{first_port})"]
+        monkeypatch.setattr(connections, "WARNING_INTERVAL_SECONDS", 0.0)  # the interval has passed
+        caplog.clear()
+        _, (host, last_port) = _send_garbage(port)
+        lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.error"]
+        assert re.fullmatch(rf"Invalid HTTP request received \(from {host}:{last_port}\); 19 more like it in the last "
+                            r"\d+ s, not logged", lines[0]), lines
+        assert _get_status(port)[0] == 200  # and real clients are served all along
