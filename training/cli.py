@@ -115,7 +115,12 @@ def cmd_train(args) -> int:
             _, record = find_run(config.train.run_dir, args.resume if isinstance(args.resume, str) else None,
                                  None if isinstance(args.resume, str) else config.name, config.mlflow.tracking_uri)
             config = resumed_config(record, [o for o in args.overrides if not o.startswith(locators)])
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        from vae_tf.models import model_spec_with_defaults
+
+        shown = config.to_dict()
+        shown["model"] = {**shown["model"], **model_spec_with_defaults(config.model.latent, config.model.likelihood,
+                                                                         config.model.network)}
+        print(yaml.safe_dump(shown, sort_keys=False), end="")
         return 0
 
     from training.tracking import ui_command

@@ -7,16 +7,17 @@ One model class (:class:`VAE`); the objective is composed from slot values
 from __future__ import annotations
 
 import copy
+import inspect
 import numbers
 from typing import Any, Mapping
 
 import tensorflow as tf
 
 from vae_tf.errors import ConfigError
-from vae_tf.latents import build_latent, check_latent
-from vae_tf.likelihoods import build_likelihood, check_likelihood
+from vae_tf.latents import LATENT_FAMILIES, build_latent, check_latent
+from vae_tf.likelihoods import LIKELIHOODS, build_likelihood, check_likelihood
 from vae_tf.models.vae import ACTIVE_KL_THRESHOLD, PRECISIONS, VAE, MeanVector, check_precision, checkpoint_for
-from vae_tf.networks import RECURRENT_KINDS, build_decoder, build_encoder, check_network
+from vae_tf.networks import NETWORKS, RECURRENT_KINDS, build_decoder, build_encoder, check_network
 from vae_tf.remedies import SlotContext, build_remedies, parse_objective
 from vae_tf.remedies.presets import REQUIREMENTS
 
@@ -48,6 +49,45 @@ def check_model_spec(latent: Mapping[str, Any], likelihood: Mapping[str, Any], n
         raise ConfigError(f"model.network has no option dtype: set the model precision instead "
                           f"({', '.join(PRECISIONS)})")
     check_network(network.pop("kind", None), network)
+
+
+def _builder_defaults(builder, reserved: tuple[str, ...]) -> dict:
+    """The options of ``builder`` (a class: its ``__init__``) that have a default, with it, in the
+    signature's order; tuples as lists (what a YAML or JSON config holds)."""
+    target = builder.__init__ if inspect.isclass(builder) else builder
+    defaults = {}
+    for parameter in inspect.signature(target).parameters.values():
+        if (parameter.name == "self" or parameter.name in reserved or parameter.default is parameter.empty
+                or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)):
+            continue
+        defaults[parameter.name] = list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default
+    return defaults
+
+
+def model_spec_with_defaults(latent: Mapping[str, Any], likelihood: Mapping[str, Any],
+                             network: Mapping[str, Any]) -> dict[str, dict]:
+    """``model.latent``, ``model.likelihood`` and ``model.network`` as they are built: every option
+    left out given the value its builder gives it (``vae-tf train --print-config``). The parts are
+    checked first (:func:`check_model_spec`). Only shows them: a run records the options given,
+    so that a default changed later does not change the digest of a config written before."""
+    check_model_spec(latent, likelihood, network)
+    latent, likelihood, network = dict(latent), dict(likelihood), dict(network)
+    family, name, kind = latent.pop("family"), likelihood.pop("name"), network.pop("kind")
+    latent_defaults = _builder_defaults(LATENT_FAMILIES.get(family), ("name", "dtype", "trainable"))
+    likelihood_defaults = _builder_defaults(LIKELIHOODS.get(name), ("data_rank", "name", "dtype", "trainable"))
+    if kind in RECURRENT_KINDS:
+        from vae_tf.networks.recurrent import recurrent_networks
+
+        network_defaults = _builder_defaults(recurrent_networks, ("kind", "vocab_size", "max_length", "param_size",
+                                                                  "code_size", "dtype"))
+    else:
+        encoder_fn, decoder_fn = NETWORKS.get(kind)
+        reserved = ("code_size", "data_shape", "out_dim", "out_channels", "name", "dtype")
+        network_defaults = {**_builder_defaults(encoder_fn, reserved), **_builder_defaults(decoder_fn, reserved)}
+    return {"latent": {"family": family, **{k: latent[k] for k in latent if k not in latent_defaults},
+                       **{k: latent.get(k, v) for k, v in latent_defaults.items()}},
+            "likelihood": {"name": name, **{k: likelihood.get(k, v) for k, v in likelihood_defaults.items()}},
+            "network": {"kind": kind, **{k: network.get(k, v) for k, v in network_defaults.items()}}}
 
 
 def build_vae(
@@ -204,4 +244,4 @@ def check_modality(network_kind: str, likelihood_name: str, text: bool) -> None:
 
 
 __all__ = ["ACTIVE_KL_THRESHOLD", "PRECISIONS", "TEXT_LIKELIHOODS", "TEXT_NETWORKS", "VAE", "MeanVector", "build_vae",
-           "check_modality", "check_model_spec", "check_requirements", "checkpoint_for"]
+           "check_modality", "check_model_spec", "check_requirements", "checkpoint_for", "model_spec_with_defaults"]
