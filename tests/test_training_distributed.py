@@ -71,6 +71,22 @@ def test_two_mirrored_replicas_follow_the_single_device_run(tmp_path):
     for key in ("test_elbo", "test_kl"):
         assert runs["mirrored"].data.metrics[key] == pytest.approx(runs["single"].data.metrics[key], rel=1e-3, abs=1e-3)
 
+    # A mirrored run resumes (it raised "float() argument must be ... not 'MirroredVariable'").
+    run_id = runs["mirrored"].info.run_id
+    out = _finish(_start(tmp_path, "--resume", run_id, "--set", "train.epochs=3"))
+    assert "resuming from" in out and "Traceback" not in out
+    client, runs = _runs(tmp_path)
+    assert runs["mirrored"].info.status == "FINISHED" and len(_loss_history(client, runs["mirrored"])) == 3
+    # A global batch the replicas cannot share evenly is refused before any run exists (Keras
+    # failed in its first step, "Inputs to operation AddN ... must have the same size and shape").
+    proc = _start(tmp_path, "--strategy", "mirrored", "--set", "train.cpu_replicas=2", "--set", "train.batch_size=33",
+                  "--set", "name=odd")
+    out = proc.communicate(timeout=400)[0]
+    assert proc.returncode == 2 and out.strip().splitlines()[-1] == (
+        "error: train.batch_size=33 does not split over the 2 replicas of train.strategy=mirrored (each takes an "
+        "equal share of a batch); use a multiple of 2, e.g. 32 or 34")
+    assert "odd" not in _runs(tmp_path)[1]
+
 
 #: What the 2-worker test trains, one cluster start per distinct code path (the rest is covered by
 #: `python -m scripts.multi_worker_matrix`, every remedy and family): the plain ELBO; and every slot
@@ -124,6 +140,68 @@ def test_a_two_worker_cluster_trains_once_and_only_the_chief_logs_and_exports(tm
         assert metrics["aggressive_inner_steps"] >= 1 and "aggressive_mi" in metrics
         assert metrics["perturbation_linf"] == pytest.approx(0.05, rel=1e-5)
         assert len(client.get_metric_history(run.info.run_id, "pretrain_accuracy")) == 2
+
+
+@pytest.mark.parametrize("tf_config, said", [
+    ('{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}}',
+     "TF_CONFIG has no task saying which member of its cluster this process is"),
+    ('{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 5}}',
+     "TF_CONFIG's task index must be an integer from 0 to 1 (the 2 worker addresses of its cluster), got 5"),
+    ('{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": "zero"}}',
+     "TF_CONFIG's task index must be an integer from 0 to 1 (the 2 worker addresses of its cluster), got 'zero'"),
+    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}}',
+     "TF_CONFIG's task type 'ps' is not a job of its cluster ('worker')"),
+    ('{"cluster": {"worker": "127.0.0.1:1"}, "task": {"type": "worker", "index": 0}}',
+     "TF_CONFIG's cluster must map job names to lists of host:port addresses"),
+])
+def test_a_tf_config_tensorflow_would_refuse_with_a_traceback_is_one_line(tf_config, said):
+    """TensorFlow raised ValueErrors from deep in the cluster resolver for these (a missing task,
+    an index out of range or not a number, a job the cluster lacks)."""
+    from training.distribute import cluster_task
+    from vae_tf.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        cluster_task(tf_config)
+    assert str(err.value).startswith(said) and "\n" not in str(err.value)
+
+
+def test_the_members_a_worker_waits_for_are_named():
+    from training.distribute import cluster_task
+
+    spec = '{"cluster": {"chief": ["h0:1"], "worker": ["h1:2", "h2:3"]}, "task": {"type": "worker", "index": 1}}'
+    assert cluster_task(spec) == ("h2:3", ["h0:1", "h1:2"])
+    assert cluster_task('{"cluster": {}}') == ("local", [])
+
+
+def test_resuming_a_multi_worker_run_is_refused_by_every_worker_before_the_cluster_forms(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """Only the non-chief workers refused; the chief went on to restore and crashed (or waited for
+    a worker that had left)."""
+    import json
+
+    from vae_tf_cli import main
+
+    run = tmp_path / "runs" / "abc123"
+    run.mkdir(parents=True)
+    config = yaml.safe_load(yaml.safe_dump(CONFIG))
+    config["train"] = {**config.get("train", {}), "strategy": "multi_worker", "run_dir": str(tmp_path / "runs")}
+    from training.config import from_dict
+
+    (run / "run.json").write_text(json.dumps({"status": "failed", "mlflow_run_id": "abc123", "name": "vae",
+                                              "config": from_dict(config).to_dict(), "error": "UnavailableError: x",
+                                              "tracking_uri": mlflow_store(tmp_path)}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, '
+                                    '"task": {"type": "worker", "index": 0}}')
+
+    def forms_the_cluster(train_cfg):  # it would wait for 127.0.0.1:2 for ever
+        raise AssertionError("the resume must be refused before the cluster forms")
+
+    monkeypatch.setattr("training.distribute.make_strategy", forms_the_cluster)
+    assert main(["train", "--resume", "abc123", "--set", f"train.run_dir={tmp_path / 'runs'}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (  # after the store's own start-up lines
+        "error: --resume is for single-process and mirrored runs; a multi_worker run cannot be resumed: restart "
+        "the cluster from scratch (without --resume)")
 
 
 def test_multi_worker_without_tf_config_is_a_one_line_error(tmp_path, monkeypatch, capsys):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from vae_tf.errors import ConfigError
 
@@ -68,14 +69,55 @@ def make_strategy(train_cfg):
     tf_config = os.environ.get("TF_CONFIG")
     if not tf_config:
         raise ConfigError("train.strategy=multi_worker needs TF_CONFIG (cluster and this worker's task) in the "
-                          "environment; see the README, 'Training on several machines'")
+                          f"environment; see the README, '{README_SECTION}'")
+    address, others = cluster_task(tf_config)
+    if others:  # TensorFlow waits for them without a word, and a signal does not interrupt the wait
+        print(f"{address}: waiting for the cluster's other members ({', '.join(others)}); every one must be started "
+              "with the same config (kill -9 this process if one never comes)", file=sys.stderr, flush=True)
     try:
-        json.loads(tf_config)["cluster"]
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except tf.errors.UnknownError as err:
+        if "Could not start gRPC server" not in str(err):
+            raise
+        port = address.rsplit(":", 1)[-1]
+        raise ConfigError(f"cannot listen on port {port} ({address}, this worker's address in TF_CONFIG): is it in "
+                          "use? Free it or give this worker another port in every worker's TF_CONFIG") from None
+
+
+#: The README section that shows a cluster's TF_CONFIG.
+README_SECTION = "Training on several devices or machines"
+_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}')
+
+
+def cluster_task(tf_config: str) -> tuple[str, list[str]]:
+    """This process's address in ``TF_CONFIG`` and the other members' addresses, after checking
+    the parts TensorFlow would refuse with a traceback (or read wrongly): JSON with a ``cluster``
+    mapping of job names to address lists and, for a cluster with members, a ``task`` naming one
+    of them (``type`` a job of the cluster, ``index`` an integer within it). An empty cluster
+    (``{}``) is TensorFlow's single local process: ``("local", [])``."""
+    try:
+        spec = json.loads(tf_config)
+        cluster = spec["cluster"]
     except (ValueError, KeyError, TypeError):
-        raise ConfigError("TF_CONFIG is not JSON with a 'cluster' key, e.g. "
-                          '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
-                          '"index": 0}}') from None
-    return tf.distribute.MultiWorkerMirroredStrategy()
+        raise ConfigError(f"TF_CONFIG is not JSON with a 'cluster' key, e.g. {_EXAMPLE}") from None
+    if not isinstance(cluster, dict) or not all(isinstance(v, list) for v in cluster.values()):
+        raise ConfigError(f"TF_CONFIG's cluster must map job names to lists of host:port addresses, e.g. {_EXAMPLE}")
+    if not cluster:
+        return "local", []
+    task = spec.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise ConfigError(f"TF_CONFIG has no task saying which member of its cluster this process is, e.g. "
+                          f'"task": {{"type": "worker", "index": 0}}; see the README, \'{README_SECTION}\'')
+    kind, index = task["type"], task["index"]
+    if kind not in cluster:
+        raise ConfigError(f"TF_CONFIG's task type {kind!r} is not a job of its cluster ({', '.join(map(repr, cluster))})")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise ConfigError(f"TF_CONFIG's task index must be an integer from 0 to {len(cluster[kind]) - 1} (the "
+                          f"{len(cluster[kind])} {kind} addresses of its cluster), got {index!r}")
+    address = str(cluster[kind][index])
+    others = [str(a) for job, addresses in cluster.items() for i, a in enumerate(addresses)
+              if (job, i) != (kind, index)]
+    return address, others
 
 
 def is_chief(strategy) -> bool:

@@ -150,8 +150,9 @@ def resumed_config(record: dict, overrides: list[str] | tuple[str, ...] = ()) ->
             close = difflib.get_close_matches(dotted, sorted(RESUMABLE_KEYS), n=1, cutoff=0.8)
             if close and _value_at(tree, keys) is _MISSING:  # a typo of a key that may change
                 raise ConfigError(f"--set {dotted}: no such setting; did you mean {close[0]}?")
-            raise ConfigError(f"--set {dotted} cannot change when resuming (the checkpoint is of the run's own "
-                              f"model and data); changeable: {', '.join(sorted(RESUMABLE_KEYS))}")
+            given = "--strategy (train.strategy)" if dotted == "train.strategy" else f"--set {dotted}"
+            raise ConfigError(f"{given} cannot change when resuming (the run resumes as it ran: its own model, "
+                              f"data and strategy); changeable: {', '.join(sorted(RESUMABLE_KEYS))}")
         set_path(tree, keys, value, text)
     config = from_dict(tree)
     ran = record.get("last_logged_epoch")

@@ -276,7 +276,16 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
         changed = resume_changes(record["config"], config)
         # a text run started before symbol clusters rebuilds the vocabulary its checkpoint was made with
         config = tokenizer_of_then(config, record.get("tokenizer"))
+    if resume and config.train.strategy == "multi_worker":  # said by every worker, before the cluster forms
+        raise ConfigError("--resume is for single-process and mirrored runs; a multi_worker run cannot be resumed: "
+                          "restart the cluster from scratch (without --resume)")
     strategy = make_strategy(config.train)  # first TF work: MultiWorkerMirroredStrategy must precede the rest
+    replicas = strategy.num_replicas_in_sync
+    if config.train.batch_size % replicas:
+        lower, higher = config.train.batch_size // replicas * replicas, (config.train.batch_size // replicas + 1) * replicas
+        raise ConfigError(f"train.batch_size={config.train.batch_size} does not split over the {replicas} replicas of "
+                          f"train.strategy={config.train.strategy} (each takes an equal share of a batch); use a "
+                          f"multiple of {replicas}, e.g. {lower or higher} or {higher}")
     if config.train.strategy != "none" and config.train.steps_per_execution > 1:
         # Keras 3.15 / TF 2.21: Keras' multi-step loop under MirroredStrategy (and MWMS) fails with
         # "You must feed a value for placeholder tensor 'while/cond/Placeholder'", bare Keras too.
@@ -284,8 +293,6 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
               f"tf.distribute with this Keras/TensorFlow; using 1 for train.strategy={config.train.strategy}",
               file=sys.stderr)
         config = config.replace(train={"steps_per_execution": 1})
-    if not is_chief(strategy) and resume:
-        raise ConfigError("--resume is for single-process runs; restart a multi_worker cluster from scratch")
     if is_chief(strategy):  # before any data, model or MLflow run exists
         for folder, setting in ((config.train.run_dir, "train.run_dir"), (config.export.base_dir, "export.base_dir")):
             check_writable_folder(folder, setting)
@@ -296,6 +303,11 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
         worker = WorkerRun(worker_description(strategy)).start()
         try:
             return _run(config, prepared, worker, strategy=strategy)
+        except Exception as err:
+            failure = cluster_failure(err, strategy)
+            if failure is None:
+                raise
+            raise failure from None
         finally:
             worker.finish()
     if resume:
@@ -324,13 +336,18 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
     try:
         result = _run(config, prepared, tracker, after_training, resumed=bool(resume), strategy=strategy)
     except BaseException as err:
-        said = " ".join(str(err).split()) or ("interrupted (Ctrl-C or SIGINT)" if isinstance(err, KeyboardInterrupt)
-                                             else "no message")
-        message = f"{type(err).__name__}: {said}"[:5000]
+        failure = cluster_failure(err, strategy)
+        said = " ".join(str(failure or err).split()) or ("interrupted (Ctrl-C or SIGINT)"
+                                                         if isinstance(err, KeyboardInterrupt) else "no message")
+        message = f"{type(failure or err).__name__}: {said}"[:5000]
         interrupted = isinstance(err, KeyboardInterrupt)
         tracker.set_tags({"error": message})
+        if resume and record.get("error"):  # what stopped the run the first time is not lost
+            tracker.set_tags({"vae_tf.resumed_after": record["error"]})
         tracker.save_record(status="interrupted" if interrupted else "failed", error=message)
         tracker.finish("KILLED" if interrupted else "FAILED")
+        if failure is not None:
+            raise failure from None
         raise
     if resume and record.get("error"):
         # The run failed or was interrupted before and has now finished: its `error` tag would
@@ -340,6 +357,27 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
     tracker.save_record(status="finished", export_dir=str(result.export_dir.resolve()), error=None)
     tracker.finish("FINISHED")
     return result
+
+
+#: TensorFlow's errors for a collective whose peers left, stopped answering or disagree.
+_CLUSTER_ERRORS = ("UnavailableError", "CancelledError", "AbortedError", "DeadlineExceededError", "InternalError")
+
+
+def cluster_failure(err: BaseException, strategy):
+    """One line for a multi_worker run stopped by its cluster (a worker killed or unreachable,
+    workers started with different configs) in place of TensorFlow's collective-op traceback;
+    None for any other error or strategy."""
+    import tensorflow as tf
+
+    from vae_tf.errors import VaeTfError
+
+    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and isinstance(err, tf.errors.OpError)
+            and type(err).__name__ in _CLUSTER_ERRORS):
+        return None
+    said = " ".join(str(err.message).split())
+    return VaeTfError(f"the training cluster failed: a worker stopped or became unreachable, or the workers run "
+                      f"different configs (TensorFlow: {type(err).__name__}: {said[:160]}); a multi_worker run "
+                      "cannot be resumed: start every worker again, with the same config")
 
 
 def resume_changes(before: dict, config: Config) -> list[str]:
@@ -382,7 +420,8 @@ def _restore(model, checkpoint_dir: Path, progress) -> str | None:
     if latest is None:
         return None
     model.optimizer.build(model.trainable_variables)  # its variables must exist to be restored into
-    learning_rate = float(model.optimizer.learning_rate)
+    # .numpy(): under a strategy the rate is a MirroredVariable, which float() refuses
+    learning_rate = float(model.optimizer.learning_rate.numpy())
     try:
         checkpoint_for(model, progress=progress).restore(latest).expect_partial()
     except (ValueError, tf.errors.OpError) as err:

@@ -10,9 +10,11 @@ The rules the objectives follow with R replicas in sync (each sees ``B / R`` of 
 ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy`` split a global batch evenly):
 
 - **Gradients.** Optimizers all-reduce gradients with a SUM (``keras/src/backend/tensorflow/
-  optimizer.py``), so the loss a replica differentiates is its batch-mean loss divided by R
-  (:func:`scale_for_gradient`), exactly what Keras' own ``train_step`` does
-  (``keras.src.losses.loss.scale_loss_for_distribution``). The *reported* loss is not scaled.
+  optimizer.py``), so the loss a replica differentiates is its batch-mean loss times its share
+  of the global batch (:func:`scale_for_gradient`): 1/R on even splits, what Keras' own
+  ``train_step`` does (``keras.src.losses.loss.scale_loss_for_distribution``), and exact on the
+  uneven split of a last partial batch, where 1/R weighted a replica's examples wrongly and an
+  empty replica's NaN loss reached the sum. The *reported* loss is not scaled.
 - **Batch statistics inside the loss** (capacity's |mean KL − C|, the categorical aggregate of
   MI maximisation): :func:`global_mean` has the value of the global-batch mean and the gradient of
   the replica's own mean, so after the 1/R scaling and the SUM the gradient is that of the
@@ -49,25 +51,57 @@ def num_replicas() -> int:
     return 1 if ctx is None else int(ctx.num_replicas_in_sync)
 
 
-def scale_for_gradient(loss: tf.Tensor) -> tf.Tensor:
-    """``loss / R``: the loss a replica differentiates so that the optimizer's SUM all-reduce of
-    the gradients gives the gradient of the global-batch mean (module docstring)."""
+def scale_for_gradient(loss: tf.Tensor, batch_size=None) -> tf.Tensor:
+    """The loss a replica differentiates so that the optimizer's SUM all-reduce of the gradients
+    gives the gradient of the global-batch mean (module docstring): with the replica's
+    ``batch_size`` (the examples its batch-mean ``loss`` is over), ``loss x n / N`` for its n of
+    the global batch's N examples, exact for any split: a last partial batch splits unevenly,
+    and one smaller than R leaves a replica none, whose loss (a mean over nothing, NaN) then
+    counts 0. Without it, ``loss / R`` (even splits only)."""
     r = num_replicas()
-    return loss if r == 1 else loss * (1.0 / r)
+    if r == 1:
+        return loss
+    if batch_size is None:
+        return loss * (1.0 / r)
+    own = tf.cast(batch_size, loss.dtype)
+    total = replica_context().all_reduce(tf.distribute.ReduceOp.SUM, own)
+    return tf.math.multiply_no_nan(loss, own / total)
+
+
+def batch_mean_for_tracker(mean: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
+    """A replica's batch ``mean`` as a tracker weighted by its ``batch`` size takes it: 0 where the
+    replica has no examples (a last batch smaller than R), whose mean is NaN and NaN x 0 is NaN
+    in the tracker's sum; ``mean`` itself (no op) on one replica."""
+    if replica_context() is None:
+        return mean
+    return tf.where(batch > 0, mean, tf.zeros_like(mean))
 
 
 def global_mean(values: tf.Tensor) -> tf.Tensor:
     """Mean over axis 0 (the batch): on several replicas, the value is the mean over the *global*
     batch (an all-reduce of sums and counts, exact for any split) and the gradient is the one of
     the replica's own mean (module docstring)."""
-    local = tf.reduce_mean(values, axis=0)
     ctx = replica_context()
     if ctx is None:
-        return local
+        return tf.reduce_mean(values, axis=0)
     count = tf.cast(tf.shape(values)[0], values.dtype)
+    # A replica without examples (a last batch smaller than R) has a local mean of 0, not NaN.
+    local = tf.math.divide_no_nan(tf.reduce_sum(values, axis=0), count)
     total, n = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
                               [tf.reduce_sum(tf.stop_gradient(values), axis=0), count])
     return local + tf.stop_gradient(total / n - local)
+
+
+def batch_mean_over_replicas(mean: tf.Tensor, batch_size) -> tf.Tensor:
+    """The global-batch value of a per-replica batch ``mean`` over ``batch_size`` examples (no
+    gradient): the replicas' means weighted by their examples, so uneven splits and a replica
+    without examples count as they should; ``mean`` itself on one replica."""
+    ctx = replica_context()
+    if ctx is None:
+        return mean
+    n = tf.cast(batch_size, mean.dtype)
+    total, count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [tf.math.multiply_no_nan(tf.stop_gradient(mean), n), n])
+    return total / count
 
 
 def mean_over_replicas(value: tf.Tensor) -> tf.Tensor:
@@ -138,5 +172,5 @@ def step_logs(logs: dict) -> dict:
     return {key: tf.reshape(tf.cast(value, tf.float32), [1]) for key, value in logs.items()}
 
 
-__all__ = ["draw_rows", "global_mean", "mean_over_replicas", "multi_worker", "num_replicas", "on_global_rows",
+__all__ = ["batch_mean_for_tracker", "batch_mean_over_replicas", "draw_rows", "global_mean", "mean_over_replicas", "multi_worker", "num_replicas", "on_global_rows",
            "replica_context", "replica_rows", "scale_for_gradient", "step_logs"]

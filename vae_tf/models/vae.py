@@ -104,8 +104,8 @@ class VAE(keras.Model):
 
     **Distributed training** (``tf.distribute``; build and compile the model inside
     ``strategy.scope()``): every composition trains under ``MirroredStrategy``; each replica's
-    loss is divided by the number of replicas before its gradient (the optimizer sums them),
-    batch statistics inside a loss or a controller are global-batch values, state variables
+    loss is weighted by its share of the global batch before its gradient (the optimizer sums
+    them; 1/R on even splits, exact on a last batch that splits unevenly), batch statistics inside a loss or a controller are global-batch values, state variables
     stay identical on all replicas, and reparameterisation noise is drawn for the global batch
     and sliced, so R replicas on a global batch B follow the single-device run on B up to
     float rounding (:mod:`vae_tf.replicas`). Under a ``MultiWorkerMirroredStrategy`` the step
@@ -312,7 +312,7 @@ class VAE(keras.Model):
                 x_in = embedded if self.input_noise.identity else embedded + tf.stop_gradient(x_in - inputs)
             terms = self.forward(x_in, target, training=True, update_state=update_state, tape=tape)
             loss = terms["loss"] + tf.add_n(self.losses) if self.losses else terms["loss"]
-            scaled = self.gradient_loss(loss)
+            scaled = self.gradient_loss(loss, batch_size=tf.shape(target)[0])
         terms.update(inputs=inputs, x_in=x_in, target=target)
         return terms, tape.gradient(scaled, variables)
 
@@ -358,13 +358,14 @@ class VAE(keras.Model):
                 and not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)):
             self.optimizer = keras.optimizers.LossScaleOptimizer(self.optimizer, name="loss_scale_optimizer")
 
-    def gradient_loss(self, loss: tf.Tensor, optimizer=None) -> tf.Tensor:
-        """The scalar to differentiate for ``loss`` (a batch mean): divided by the number of
-        replicas in sync (the optimizer sums the replicas' gradients) and scaled by the
-        optimizer's loss scale (mixed_float16; the optimizer unscales). Both are identities on
-        one float32 device and add no op."""
+    def gradient_loss(self, loss: tf.Tensor, optimizer=None, batch_size=None) -> tf.Tensor:
+        """The scalar to differentiate for ``loss`` (a mean over ``batch_size`` examples): weighted
+        by this replica's share of the global batch (the optimizer sums the replicas' gradients;
+        :func:`vae_tf.replicas.scale_for_gradient`) and scaled by the optimizer's loss scale
+        (mixed_float16; the optimizer unscales). Both are identities on one float32 device and
+        add no op."""
         optimizer = self.optimizer if optimizer is None else optimizer
-        return optimizer.scale_loss(replicas.scale_for_gradient(loss))
+        return optimizer.scale_loss(replicas.scale_for_gradient(loss, batch_size))
 
     @property
     def metrics(self):
@@ -385,7 +386,7 @@ class VAE(keras.Model):
         batch size), so ``loss``, ``elbo``, ``reconstruction`` and ``kl`` stay consistent when
         the last batch of an epoch is smaller."""
         batch = tf.cast(tf.shape(terms["elbo"])[0], tf.float32)
-        self.loss_tracker.update_state(loss, sample_weight=batch)
+        self.loss_tracker.update_state(replicas.batch_mean_for_tracker(loss, batch), sample_weight=batch)
         self.reconstruction_tracker.update_state(terms["reconstruction"])
         self.kl_tracker.update_state(terms["kl"])
         family_logs = self.latent.update_diagnostics(terms)  # the family's own metrics ({} for Gaussian)

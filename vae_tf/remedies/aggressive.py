@@ -194,8 +194,9 @@ class Aggressive(Inference):
 
     # --- steps -----------------------------------------------------------------------------------
     def _update(self, model, x, variables) -> tf.Tensor:
-        loss = model.update(x, variables, update_state=False)["loss"]
-        return replicas.mean_over_replicas(loss)  # the same number on every replica: one stopping decision
+        terms = model.update(x, variables, update_state=False)
+        # the global batch's loss, the same number on every replica: one stopping decision
+        return replicas.batch_mean_over_replicas(terms["loss"], tf.shape(terms["elbo"])[0])
 
     def _next_batch(self, like: tf.Tensor) -> tf.Tensor:
         """The next fresh batch (and one more in ``inner_batches``)."""

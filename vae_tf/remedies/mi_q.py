@@ -49,7 +49,7 @@ Q's Adam state and its step count, and so does ``model.save_weights``.
 
 **Precision and replicas.** Q is built with the model's precision (16-bit compute, float32
 output); with ``mixed_float16`` Q's optimizer is a ``LossScaleOptimizer`` too. Under
-``tf.distribute`` the Q step divides its loss by the number of replicas (the optimizers sum
+``tf.distribute`` the Q step weights its loss by the replica's share of the global batch (the optimizers sum
 gradients), and H(ẑ) of a categorical target is the global batch's; a continuous target's H(ẑ)
 is each replica's minibatch estimate (:mod:`vae_tf.latents.density`).
 
@@ -235,7 +235,7 @@ class MIQ(Regularizer):
         weights = self.q_network.weights
         with tf.GradientTape() as tape:
             loss = -tf.reduce_mean(self.target.q_log_likelihood(self.q_network(x_rec, training=True), target))
-            scaled = model.gradient_loss(loss, self.q_optimizer)  # 1/replicas, loss scale
+            scaled = model.gradient_loss(loss, self.q_optimizer, batch_size=tf.shape(target)[0])  # replicas, loss scale
         self.q_optimizer.apply_gradients(zip(tape.gradient(scaled, weights), weights))
         return loss
 
@@ -261,11 +261,12 @@ class MIQ(Regularizer):
 
     def update_trackers(self, terms):
         batch = tf.cast(tf.shape(terms["elbo"])[0], tf.float32)
-        self.bound_tracker.update_state(terms[self.key("mi_bound")], sample_weight=batch)
-        self.entropy_tracker.update_state(terms[self.key("mi_entropy")], sample_weight=batch)
+        mean = lambda key: replicas.batch_mean_for_tracker(terms[self.key(key)], batch)  # noqa: E731
+        self.bound_tracker.update_state(mean("mi_bound"), sample_weight=batch)
+        self.entropy_tracker.update_state(mean("mi_entropy"), sample_weight=batch)
         self.log_q_tracker.update_state(terms[self.key("mi_q_log_likelihood")])
         if self.key("q_loss") in terms:
-            self.q_loss_tracker.update_state(terms[self.key("q_loss")], sample_weight=batch)
+            self.q_loss_tracker.update_state(mean("q_loss"), sample_weight=batch)
 
 
 __all__ = ["DEFAULT_Q_NETWORK", "MIQ", "MITarget", "build_q_network", "categorical_entropy", "continuous_entropy"]
