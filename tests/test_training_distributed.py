@@ -232,3 +232,23 @@ def test_mixed_precision_trains_with_finite_metrics_and_exports_float32(tmp_path
     assert np.isfinite(result.test_metrics["test_elbo"]) and result.test_metrics["test_kl"] > 0
     encode = tf.saved_model.load(str(result.export_dir)).signatures["encode"]
     assert all(spec.dtype == tf.float32 for spec in encode.structured_outputs.values())
+
+
+def test_a_worker_whose_port_is_taken_says_so_in_one_line(tmp_path):
+    """TensorFlow's "Could not start gRPC server" traceback (and the other workers waited for
+    ever): a one-member cluster, so nobody else is waited for."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(CONFIG))
+        tf_config = f'{{"cluster": {{"worker": ["127.0.0.1:{port}"]}}, "task": {{"type": "worker", "index": 0}}}}'
+        proc = _start(tmp_path, "--strategy", "multi_worker", TF_CONFIG=tf_config)
+        out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 2, out[-2000:]
+    assert out.strip().splitlines()[-1] == (
+        f"error: cannot listen on port {port} (127.0.0.1:{port}, this worker's address in TF_CONFIG): is it in use? "
+        "Free it or give this worker another port in every worker's TF_CONFIG")
+    assert "Traceback" not in out
