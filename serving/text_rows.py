@@ -32,6 +32,7 @@ import numpy as np
 
 from serving.text import is_blank
 from vae_tf.data.files import Y_KEYS
+from vae_tf.data.text import lone_carriage_return
 from vae_tf.data.validation import GZIP_MAGIC, wide_unicode_encoding
 from vae_tf.errors import DataError
 
@@ -116,10 +117,8 @@ def scan_text_file(path: str | os.PathLike, every: int = CHECKPOINT_EVERY, opene
     try:
         with (opener or open_binary)(path) as handle:
             for line, raw in enumerate(iter(handle.readline, b"")):  # Beam's CompressedFile is not iterable
-                if line == 0 and not raw.endswith(b"\n") and b"\r" in raw.strip():  # one line, cut by \r alone
-                    raise DataError(f"{where} ends its lines with a carriage return alone (\\r, old Mac OS line "
-                                    "endings), which would read as one sentence; convert them to \\n (e.g. tr '\\r' "
-                                    "'\\n' < in > out)")
+                if b"\r" in raw.strip():  # lines cut by \r alone, read as one (\r\n endings are stripped)
+                    raise lone_carriage_return(where, line)
                 if _line_text(raw, line, where) is not None:
                     if scan.sentences % every == 0:
                         scan.checkpoints.append(Checkpoint(scan.sentences, line, offset))

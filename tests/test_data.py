@@ -872,3 +872,46 @@ def test_npz_labels_that_are_not_class_indices_can_be_left_out(tmp_path):
                                  "out: data.options.labels false (training), --no-labels (vae-tf embed)")
     data = load_dataset("npz", path=str(path), labels=False)
     assert data.y_train is None and data.y_test is None and len(data.x_train) + len(data.x_val) + len(data.x_test) == 30
+
+
+def test_npz_negative_labels_and_a_labels_option_that_is_not_a_bool_are_refused_when_read(tmp_path):
+    """-1 ("unlabelled") was read as a class: the linear probe fitted it, and encoder pretraining
+    refused it only after the MLflow run existed; labels: "false" (a string) read the labels."""
+    path = tmp_path / "d.npz"
+    y = np.arange(30) % 3 - 1
+    np.savez(path, x=np.random.default_rng(0).random((30, 4, 4, 1), dtype=np.float32), y=y)
+    with pytest.raises(DataError) as caught:
+        load_dataset("npz", path=str(path))
+    assert str(caught.value) == ("npz labels holds negative values (e.g. -1); labels must be class indices >= 0; or "
+                                 "leave them out: data.options.labels false (training), --no-labels (vae-tf embed)")
+    np.savez(path, x=np.zeros((30, 4, 4, 1), np.float32), y=y.astype(np.float64))
+    raises_one_line(load_dataset, "npz", path=str(path), match="holds negative values (e.g. -1)")
+    assert load_dataset("npz", path=str(path), labels=False).y_train is None
+    for value in ("false", 0, None):
+        assert raises_one_line(load_dataset, "npz", path=str(path), labels=value,
+                               match="npz labels must be true or false") == f"npz labels must be true or false, got {value!r}"
+
+
+def test_an_npz_of_strings_is_pointed_at_text_file(tmp_path):
+    path = tmp_path / "s.npz"
+    np.savez(path, x=np.array(["hello world", "good bye"] * 5))
+    raises_one_line(load_dataset, "npz", path=str(path),
+                    match="holds strings (dtype <U11, shape (10,)): for sentences, write them one per line to a .txt "
+                          "file and use data set text_file")
+
+
+def test_image_folders_of_16_bit_images_are_refused_not_clipped_to_white(tmp_path):
+    """`convert("L")` clips 16-bit values at 255: 98 % of a gradient's pixels read as 1.0."""
+    from PIL import Image
+
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.linspace(0, 65535, 64).reshape(8, 8).astype(np.uint16)).save(folder / f"{i}.png")
+    raises_one_line(load_dataset, "images", path=str(folder), val_fraction=0, test_fraction=0,
+                    match=".png' has 16-bit pixels (Pillow mode I;16), but image folders are read as 8-bit (0-255)")
+
+
+def test_messages_name_the_config_keys_that_exist():
+    raises_one_line(load_dataset, "dsprites", n_samples=0, match="; set data.options.n_samples (e.g. 20000)")
+    raises_one_line(load_dataset, "digits", seed=1.5, match="; set the config's seed (or load_dataset's) to an int")

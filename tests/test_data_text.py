@@ -223,7 +223,10 @@ def test_open_dataset_holds_text_in_memory(tmp_path):
     ("the cat\n".encode("utf-32"), "is UTF-32 (little-endian) text"),
     # old Mac OS line endings: read as one sentence of every line (it failed as "only 1 examples")
     (b"the cat sat\rthe dog ran\ra bird flew\r", "ends its lines with a carriage return alone (\\r, old Mac OS "
-                                                "line endings), which would read as one sentence; convert them"),
+                                                "line endings), which would join lines into one sentence; convert them"),
+    # ... and such lines after \r\n or \n ones (files joined by cat): they were one 857-word sentence
+    (b"the cat sat\r\nthe dog ran\r\na bird\rflew off\rfar\n", "has a carriage return alone (\\r, an old Mac OS "
+                                                               "line ending) in line 3, which would join lines"),
 ])
 def test_text_file_bad_files(tmp_path, content, fragment):
     path = write(tmp_path / "bad.txt", content)

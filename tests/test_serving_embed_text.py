@@ -223,6 +223,9 @@ def test_bad_text_input_is_one_line(base, exports, tmp_path, capsys, monkeypatch
     (tmp_path / "cr.txt").write_bytes(b"the cat sat\rthe dog ran\r")
     assert "ends its lines with a carriage return alone" in _error(capsys, "embed", "--data", str(tmp_path / "cr.txt"),
                                                                    *model)
+    (tmp_path / "mixed.txt").write_bytes(b"the cat sat\r\nthe dog ran\nthe bird\rflew\r")  # files joined by cat
+    assert "has a carriage return alone (\\r, an old Mac OS line ending) in line 3" in _error(
+        capsys, "embed", "--data", str(tmp_path / "mixed.txt"), *model)
     (tmp_path / "packed.txt").write_bytes(gzip.compress(b"the cat\nthe dog\n"))  # a .gz under a plain name
     assert _error(capsys, "embed", "--data", str(tmp_path / "packed.txt"), *model).endswith(
         "packed.txt is gzip-compressed; name it .txt.gz (vae-tf embed decompresses .gz files)")

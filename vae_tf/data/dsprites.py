@@ -292,7 +292,7 @@ def load_dsprites(plan: SplitPlan, *, n_samples: int = 20000, image_size: int = 
     if not is_int(n_samples) or n_samples < 1:
         raise DataError(
             f"dsprites n_samples must be a positive integer, got {n_samples!r}; "
-            "set data.n_samples (e.g. 20000)"
+            "set data.options.n_samples (e.g. 20000)"
         )
     if image_size not in (32, 64) or isinstance(image_size, bool):
         raise DataError(f"dsprites image_size must be 64 or 32, got {image_size!r}")

@@ -67,6 +67,9 @@ def _unreadable(p: Path, what: str, exc: Exception) -> DataError:
 
 
 #: How to go on without labels that cannot be read, said after each of their errors.
+#: Pillow modes of more than 8 bits per channel, which ``convert("L" / "RGB")`` clips at 255.
+WIDE_IMAGE_MODES = {"I;16": "16-bit", "I;16L": "16-bit", "I;16B": "16-bit", "I;16N": "16-bit", "I": "32-bit integer",
+                    "F": "32-bit float"}
 _NO_LABELS = "; or leave them out: data.options.labels false (training), --no-labels (vae-tf embed)"
 
 
@@ -83,12 +86,15 @@ def _labels(arrays: list[np.ndarray], what: str) -> tuple[list[np.ndarray], list
             )
         fixed.append(arr)
     kinds = {a.dtype.kind for a in fixed}
-    if kinds <= {"i", "u", "b"}:
-        return [a.astype(np.int64) for a in fixed], None
-    if kinds <= {"f"}:
-        if not all(np.all(np.isfinite(a)) and np.all(a == np.round(a)) for a in fixed):
+    if kinds <= {"i", "u", "b", "f"}:
+        if kinds <= {"f"} and not all(np.all(np.isfinite(a)) and np.all(a == np.round(a)) for a in fixed):
             raise DataError(f"{what} holds non-integer values; labels must be class indices{_NO_LABELS}")
-        return [a.astype(np.int64) for a in fixed], None
+        if kinds <= {"i", "u", "b"} or kinds <= {"f"}:
+            lowest = min((a.min() for a in fixed if a.size), default=0)
+            if lowest < 0:  # e.g. -1 for "unlabelled": a class to the probe, refused by pretraining after the run began
+                raise DataError(f"{what} holds negative values (e.g. {lowest:g}); labels must be class indices >= 0"
+                                f"{_NO_LABELS}")
+            return [a.astype(np.int64) for a in fixed], None
     if kinds <= {"U", "S"}:
         names, codes = np.unique(np.concatenate(fixed), return_inverse=True)
         out, start = [], 0
@@ -235,6 +241,8 @@ def open_npz(plan: SplitPlan, *, path: str | None = None, labels: bool = True) -
         int64 labels where given (string labels are encoded in sorted order, names in
         ``metadata["class_names"]``), factors with ``factor_sizes = max + 1`` per column.
     """
+    if not isinstance(labels, bool):  # "false" (a string) read the labels
+        raise DataError(f"npz labels must be true or false, got {labels!r}")
     p = _require_file(
         "npz", path, ".npz", "use data set 'npy' for .npy files or 'images' for a folder"
     )
@@ -370,10 +378,16 @@ def _images(plan: SplitPlan, path, image_size, grayscale, *, keep: bool) -> Lazy
     def read(f: Path) -> np.ndarray:
         try:
             with Image.open(f) as im:
+                if im.mode in WIDE_IMAGE_MODES:  # convert() clips them at 255: nearly every pixel white
+                    raise DataError(f"image {str(f)!r} has {WIDE_IMAGE_MODES[im.mode]} pixels (Pillow mode {im.mode}), "
+                                    "but image folders are read as 8-bit (0-255); convert the images to 8 bits, or "
+                                    "save the arrays scaled to [0, 1] with np.savez and use data set npz")
                 im = im.convert(mode)
                 if image_size is not None:
                     im = im.resize((int(image_size), int(image_size)), Image.Resampling.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8)
+        except DataError:
+            raise
         except Exception as exc:
             cause = exception_cause(exc)
             raise DataError(

@@ -81,7 +81,7 @@ class SplitPlan:
 
     def __post_init__(self):
         if not is_int(self.seed):
-            raise DataError(f"seed must be an integer, got {self.seed!r}; set data.seed to an int")
+            raise DataError(f"seed must be an integer, got {self.seed!r}; set the config's seed (or load_dataset's) to an int")
         for key in ("val_fraction", "test_fraction"):
             value = getattr(self, key)
             ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(

@@ -261,15 +261,24 @@ def read_sentences(path) -> list[str]:
             f"{str(p)!r} is not valid UTF-8 (line {line}, byte {column} of the line: {exc.reason}); re-save it as "
             "UTF-8 (e.g. iconv -f latin1 -t utf-8 when it is Latin-1)"
         ) from None
-    if "\n" not in text and "\r" in text.strip():
-        raise DataError(f"{str(p)!r} ends its lines with a carriage return alone (\\r, old Mac OS line endings), "
-                        "which would read as one sentence; convert them to \\n (e.g. tr '\\r' '\\n' < in > out)")
     # Lines end at "\n" only (str.splitlines would also cut at form feeds and U+2028).
     sentences = [line.strip() for line in text.split("\n")]
+    lone = next((i for i, s in enumerate(sentences) if "\r" in s), None)
+    if lone is not None:
+        raise lone_carriage_return(repr(str(p)), lone)
     sentences = [s for s in sentences if s]
     if not sentences:
         raise DataError(f"{str(p)!r} is empty (no non-blank line); put one sentence per line")
     return sentences
+
+
+def lone_carriage_return(where: str, line: int) -> DataError:
+    """The error for a line (0-based) holding a carriage return alone: old Mac OS line endings,
+    or a file of such lines joined to one with \\n endings, whose lines would read as one sentence."""
+    said = ("ends its lines with a carriage return alone (\\r, old Mac OS line endings)" if line == 0 else
+            f"has a carriage return alone (\\r, an old Mac OS line ending) in line {line + 1}")
+    return DataError(f"{where} {said}, which would join lines into one sentence; convert them to \\n (e.g. "
+                     "tr '\\r' '\\n' < in > out)")
 
 
 @register_dataset("text_file", modality="text")

@@ -165,9 +165,12 @@ def check_layout(shape: tuple[int, ...], dtype: np.dtype, *, what: str = "data")
     """The checks of :func:`validate_array` that need only the shape and the dtype."""
     ndim = len(shape)
     if dtype.kind not in _NUMERIC_KINDS:
+        if dtype.kind in "US" and ndim == 1:  # sentences: text models read them from text files
+            raise DataError(f"{what} holds strings (dtype {dtype}, shape {shape}): for sentences, write them one per "
+                            "line to a .txt file and use data set text_file; image models take numeric arrays")
         raise DataError(
             f"{what} is not a numeric array (dtype {dtype}, shape {shape}); convert it to a float "
-            "or integer NumPy array of shape (N, ...), or, for text, a 1-D array of str"
+            "or integer NumPy array of shape (N, ...)"
         )
     if ndim < 2 or ndim > 4:
         raise DataError(
