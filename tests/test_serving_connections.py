@@ -426,8 +426,9 @@ def test_writes_in_one_event_loop_turn_leave_as_one_write():
     asyncio.run(scenario())
 
 
-def _send_garbage(port: int) -> bytes:
-    """What a TLS client (or a scanner) sends to the plain REST port; returns the answer."""
+def _send_garbage(port: int) -> tuple[bytes, tuple]:
+    """What a TLS client (or a scanner) sends to the plain REST port; returns the answer and the
+    client's own address."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n")
         answer = b""

@@ -252,3 +252,23 @@ def test_a_worker_whose_port_is_taken_says_so_in_one_line(tmp_path):
         f"error: cannot listen on port {port} (127.0.0.1:{port}, this worker's address in TF_CONFIG): is it in use? "
         "Free it or give this worker another port in every worker's TF_CONFIG")
     assert "Traceback" not in out
+
+
+def test_only_errors_of_the_cluster_become_the_cluster_failure_line():
+    """The review: every InternalError (an XLA or cuDNN fault too) was said to be a worker that left."""
+    from unittest import mock
+
+    import tensorflow as tf
+
+    from training.train import cluster_failure
+
+    cluster = mock.Mock(spec=tf.distribute.MultiWorkerMirroredStrategy)
+    left = tf.errors.UnavailableError(None, None, "Collective ops is aborted by: recvmsg:Connection reset by peer")
+    disagree = tf.errors.InternalError(None, None, "Collective instance 577 expected type 0 and data_type 1")
+    device = tf.errors.InternalError(None, None, "cuDNN launch failure : input shape ([1,8,8,1])")
+    said = str(cluster_failure(left, cluster))
+    assert said.startswith("the training cluster failed, most likely a worker stopped or became unreachable") and (
+        "Collective ops is aborted" in said and "\n" not in said)
+    assert cluster_failure(disagree, cluster) is not None
+    assert cluster_failure(device, cluster) is None
+    assert cluster_failure(left, tf.distribute.get_strategy()) is None  # one process: TensorFlow's own error

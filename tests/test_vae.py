@@ -341,3 +341,12 @@ def test_networks_of_ones_own_must_fit_the_latent_family_and_the_likelihood():
             VAE(_dense_net((8, 8, 1), (4,), "enc"), _dense_net((2,), (64,), "dec"), latent, lik)
         model = VAE(_dense_net((8, 8, 1), (4,), "enc"), _dense_net((2,), (8, 8, channels), "dec"), latent, lik)
         assert model.encode(np.zeros((3, 8, 8, 1), np.float32))["z_mean"].shape == (3, 2)
+    # A dimension the network leaves unknown fits any size (the review: it was refused).
+    inputs = keras.Input((2,))
+    open_sized = keras.layers.Lambda(lambda t: tf.reshape(t, [-1, 8, 8, 1]), output_shape=(None, None, 1))(
+        keras.layers.Dense(64)(inputs))
+    decoder = keras.Model(inputs, open_sized, name="dec")
+    assert tuple(decoder.outputs[0].shape) == (None, None, None, 1)
+    model = VAE(_dense_net((8, 8, 1), (4,), "enc"), decoder, latent, build_likelihood("bernoulli", data_rank=3))
+    model.compile(optimizer="adam")
+    assert np.isfinite(model.fit(np.full((4, 8, 8, 1), 0.5, np.float32), epochs=1, verbose=0).history["loss"][0])

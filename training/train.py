@@ -285,7 +285,7 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
         lower, higher = config.train.batch_size // replicas * replicas, (config.train.batch_size // replicas + 1) * replicas
         raise ConfigError(f"train.batch_size={config.train.batch_size} does not split over the {replicas} replicas of "
                           f"train.strategy={config.train.strategy} (each takes an equal share of a batch); use a "
-                          f"multiple of {replicas}, e.g. {lower or higher} or {higher}")
+                          f"multiple of {replicas}, e.g. {f'{lower} or ' if lower else ''}{higher}")
     if config.train.strategy != "none" and config.train.steps_per_execution > 1:
         # Keras 3.15 / TF 2.21: Keras' multi-step loop under MirroredStrategy (and MWMS) fails with
         # "You must feed a value for placeholder tensor 'while/cond/Placeholder'", bare Keras too.
@@ -359,8 +359,10 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
     return result
 
 
-#: TensorFlow's errors for a collective whose peers left, stopped answering or disagree.
-_CLUSTER_ERRORS = ("UnavailableError", "CancelledError", "AbortedError", "DeadlineExceededError", "InternalError")
+#: TensorFlow's errors for a collective whose peers left or stopped answering; an InternalError
+#: only when it names a collective (workers that disagree on the ops), not any device fault.
+_CLUSTER_ERRORS = ("UnavailableError", "AbortedError", "DeadlineExceededError")
+_COLLECTIVE_WORDS = ("Collective", "collective", "tasks have crashed", "heartbeat")
 
 
 def cluster_failure(err: BaseException, strategy):
@@ -371,13 +373,15 @@ def cluster_failure(err: BaseException, strategy):
 
     from vae_tf.errors import VaeTfError
 
-    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and isinstance(err, tf.errors.OpError)
-            and type(err).__name__ in _CLUSTER_ERRORS):
+    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and isinstance(err, tf.errors.OpError)):
         return None
     said = " ".join(str(err.message).split())
-    return VaeTfError(f"the training cluster failed: a worker stopped or became unreachable, or the workers run "
-                      f"different configs (TensorFlow: {type(err).__name__}: {said[:160]}); a multi_worker run "
-                      "cannot be resumed: start every worker again, with the same config")
+    collective = any(word in said for word in _COLLECTIVE_WORDS)
+    if not (type(err).__name__ in _CLUSTER_ERRORS or (type(err).__name__ == "InternalError" and collective)):
+        return None
+    return VaeTfError(f"the training cluster failed, most likely a worker stopped or became unreachable or the "
+                      f"workers run different configs (TensorFlow: {type(err).__name__}: {said[:160]}); a "
+                      "multi_worker run cannot be resumed: start every worker again, with the same config")
 
 
 def resume_changes(before: dict, config: Config) -> list[str]:

@@ -240,6 +240,8 @@ def model_info(model, name: str, version: int, data_shape, *, config=None, data_
         "signatures": _signature_info(endpoints),
         "config": dict(config) if config is not None else None,
         "build_spec": getattr(model, "build_spec", None),
+        # whether load_vae(optimizer=...) may restore the optimizer state the weights file holds
+        "optimizer": optimizer_state_kind(getattr(model, "optimizer", None)),
     }
     if getattr(model, "codec", None) is not None:
         info["text"] = model.codec.describe()
@@ -265,17 +267,33 @@ def resolve_version_dir(path: str | os.PathLike) -> Path:
     return path / str(versions[-1])
 
 
+def optimizer_state_kind(optimizer) -> dict | None:
+    """What decides whether one optimizer's saved state fits another: the Keras optimizer class
+    (a subclass such as vae-tf's ``FusedAdam`` counts as the Keras class it extends, a
+    ``LossScaleOptimizer`` as the optimizer it wraps) and whether its learning rate is a schedule
+    (then it has no learning-rate variable). None for no optimizer."""
+    if optimizer is None:
+        return None
+    import keras
+
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    keras_class = next((c for c in type(inner).__mro__ if c.__module__.startswith("keras.")), type(inner))
+    return {"class": keras_class.__name__, "learning_rate_schedule": not isinstance(inner.learning_rate, keras.Variable)}
+
+
 def load_vae(version_dir: str | os.PathLike, optimizer=None, **compile_options):
     """Rebuild the Python :class:`~vae_tf.models.VAE` of an export (or of a model directory's
     highest version) from its build spec and Keras weights, for evaluation or fine-tuning.
 
     The model comes back uncompiled, unless ``optimizer`` is given (a Keras optimizer or its
-    name, with any other ``model.compile`` options): then it is compiled with it and the
-    optimizer state the export holds is restored, so fine-tuning continues the training run's
-    optimizer (Adam's moments and step count) at the learning rate given, not the saved one.
-    The state is restored only into the optimizer class the model was trained with; otherwise,
-    or when the export holds none, the optimizer starts afresh and a warning says so. A model
-    compiled later, by the caller, starts its optimizer afresh too.
+    name, with any other ``model.compile`` options): then it is compiled with it and, when it is
+    of the kind the run trained with (the Keras class, Adam for vae-tf's own, and a constant
+    learning rate or a schedule as then: the export records it), the optimizer state the export
+    holds is restored. Fine-tuning then continues the run's optimizer (Adam's moments and its
+    step count ``model.optimizer.iterations``) at the constant learning rate given, not the
+    saved one; a schedule given continues from that step count (``iterations.assign(0)``
+    restarts it). Otherwise, or when the export holds no state, the optimizer starts afresh and
+    a warning says why. A model compiled later, by the caller, starts its optimizer afresh too.
 
     What the model's own variables hold always continues from the export: β, a controller's
     state and the step counter ``model.train_steps`` that schedules (annealing, capacity, a
@@ -300,28 +318,55 @@ def load_vae(version_dir: str | os.PathLike, optimizer=None, **compile_options):
     spec = dict(spec)
     if isinstance(spec.get("text"), dict):  # exported before symbol clusters: its tokens are split as then
         spec["text"] = {"symbol_clusters": False, **spec["text"]}
-    model = build_vae(spec.pop("data_shape"), **spec)
+
+    def rebuilt():
+        return build_vae(spec["data_shape"], **{k: v for k, v in spec.items() if k != "data_shape"})
+
+    model = rebuilt()
     if optimizer is None:
         model.load_weights(str(weights))
         return model
+    optimizer = keras.optimizers.get(optimizer)
+    given = optimizer_state_kind(optimizer)
+    saved = info.get("optimizer", "unknown")  # no key: exported before 2026-12-07, when it was not recorded
+    why = None
+    if saved is None:
+        why = "was exported from a model that was not compiled, so it holds no optimizer state"
+    elif saved != "unknown" and saved["class"] != given["class"]:
+        why = f"holds the state of an {saved['class']} optimizer, not of {given['class']} (pass one to continue it)"
+    elif saved != "unknown" and saved["learning_rate_schedule"] != given["learning_rate_schedule"]:
+        then = "a learning-rate schedule" if saved["learning_rate_schedule"] else "a constant learning rate"
+        why = f"holds the state of an optimizer that ran with {then}, which this one does not"
+    if why is None:
+        model.compile(optimizer=optimizer, **compile_options)
+        model._build_optimizer()  # its variables must exist for Keras to load the saved ones
+        rate = model.optimizer.learning_rate
+        constant = float(rate.numpy()) if isinstance(rate, keras.Variable) else None
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model.load_weights(str(weights))
+        except ValueError:  # an export of before: same count of variables, other shapes
+            caught, why = [], "holds an optimizer state that does not fit this optimizer"
+        for warning in caught:
+            if "Skipping variable loading for optimizer" in str(warning.message):
+                why = "holds no optimizer state that fits this optimizer"
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        if why is None:
+            if constant is not None:
+                model.optimizer.learning_rate.assign(constant)
+            return model
+        model = rebuilt()  # a failed load may have left some variables loaded
+        optimizer = type(optimizer).from_config(optimizer.get_config())  # the first was built for that model
+    # The model's weights alone (an uncompiled model reads no optimizer state), then the optimizer.
+    model.load_weights(str(weights))
     model.compile(optimizer=optimizer, **compile_options)
-    model._build_optimizer()  # its variables must exist for Keras to load the saved ones
-    rate = model.optimizer.learning_rate
-    given = float(rate.numpy()) if isinstance(rate, keras.Variable) else None  # a schedule is not saved
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model.load_weights(str(weights))
-    for warning in caught:
-        if "Skipping variable loading for optimizer" in str(warning.message):
-            warnings.warn(f"{version_dir} holds no optimizer state for {type(model.optimizer).__name__} (it was "
-                          "trained with another optimizer, or exported uncompiled): fine-tuning starts the "
-                          "optimizer afresh", UserWarning, stacklevel=2)
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    if given is not None:
-        model.optimizer.learning_rate.assign(given)
+    model._build_optimizer()
+    warnings.warn(f"{version_dir} {why}: fine-tuning starts the optimizer afresh", UserWarning, stacklevel=2)
     return model
 
 
 __all__ = ["ASSET_NAME", "SIGNATURES", "WEIGHTS_NAME", "export_model", "list_versions", "load_model_info", "load_vae",
+           "optimizer_state_kind",
            "model_info", "resolve_version_dir", "serving_functions"]

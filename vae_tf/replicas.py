@@ -17,7 +17,7 @@ The rules the objectives follow with R replicas in sync (each sees ``B / R`` of 
   empty replica's NaN loss reached the sum. The *reported* loss is not scaled.
 - **Batch statistics inside the loss** (capacity's |mean KL − C|, the categorical aggregate of
   MI maximisation): :func:`global_mean` has the value of the global-batch mean and the gradient of
-  the replica's own mean, so after the 1/R scaling and the SUM the gradient is that of the
+  the replica's own mean, so after the weighting by its share and the SUM the gradient is that of the
   single-device objective on the global batch.
 - **State updated inside the step** (``train_steps``, β, the PI controller, AR-ELBO's σ², the seed
   stream): the variables keep ``aggregation="none"``, which in replica context updates each
@@ -172,5 +172,6 @@ def step_logs(logs: dict) -> dict:
     return {key: tf.reshape(tf.cast(value, tf.float32), [1]) for key, value in logs.items()}
 
 
-__all__ = ["batch_mean_for_tracker", "batch_mean_over_replicas", "draw_rows", "global_mean", "mean_over_replicas", "multi_worker", "num_replicas", "on_global_rows",
-           "replica_context", "replica_rows", "scale_for_gradient", "step_logs"]
+__all__ = ["batch_mean_for_tracker", "batch_mean_over_replicas", "draw_rows", "global_mean", "mean_over_replicas",
+           "multi_worker", "num_replicas", "on_global_rows", "replica_context", "replica_rows", "scale_for_gradient",
+           "step_logs"]

@@ -182,7 +182,7 @@ class VAE(keras.Model):
             if not outputs or channels is None:
                 continue
             shape = tuple(outputs[0].shape[1:])
-            if shape != wanted:
+            if not tf.TensorShape(shape).is_compatible_with(wanted):  # a None dimension fits any size
                 raise ConfigError(f"the {network.name} network gives outputs of shape (None, "
                                   f"{', '.join(map(str, shape))}) but this model needs (None, "
                                   f"{', '.join(map(str, wanted))}): {what}")
