@@ -103,6 +103,9 @@ def test_ctrl_c_in_the_block_prints_no_traceback_from_the_filter():
     """Ctrl-C goes to the whole process group, the filter process included: it printed its own
     KeyboardInterrupt traceback; it ignores it and still passes on what it keeps."""
     program = ("import os, signal, time\nfrom vae_tf_cli.tensorflow_start import stderr_filtered\n"
+               # Python leaves SIGINT ignored when it starts ignored (a shell's background job, e.g.
+               # `nohup make test &`): the test's own process would then not be interrupted either.
+               "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
                "with stderr_filtered(2):\n"
                "    os.write(2, b'kept line\\n')\n"
                "    time.sleep(1.0)\n"  # the filter process has started and is reading
