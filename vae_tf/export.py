@@ -281,6 +281,22 @@ def optimizer_state_kind(optimizer) -> dict | None:
     return {"class": keras_class.__name__, "learning_rate_schedule": not isinstance(inner.learning_rate, keras.Variable)}
 
 
+def _state_misfit(saved, given: dict) -> str | None:
+    """Why an export's optimizer state (``saved``, :func:`optimizer_state_kind` at export; None
+    for none; ``"unknown"`` for exports made before it was recorded) cannot be restored into an
+    optimizer of kind ``given``; None when it can (or, unknown, may: Keras checks the count)."""
+    if saved is None:
+        return "was exported from a model that was not compiled, so it holds no optimizer state"
+    if saved == "unknown":
+        return None
+    if saved["class"] != given["class"]:
+        return f"holds the state of an {saved['class']} optimizer, not of {given['class']} (pass one to continue it)"
+    if saved["learning_rate_schedule"] != given["learning_rate_schedule"]:
+        then = "a learning-rate schedule" if saved["learning_rate_schedule"] else "a constant learning rate"
+        return f"holds the state of an optimizer that ran with {then}, which this one does not"
+    return None
+
+
 def load_vae(version_dir: str | os.PathLike, optimizer=None, **compile_options):
     """Rebuild the Python :class:`~vae_tf.models.VAE` of an export (or of a model directory's
     highest version) from its build spec and Keras weights, for evaluation or fine-tuning.
@@ -327,16 +343,7 @@ def load_vae(version_dir: str | os.PathLike, optimizer=None, **compile_options):
         model.load_weights(str(weights))
         return model
     optimizer = keras.optimizers.get(optimizer)
-    given = optimizer_state_kind(optimizer)
-    saved = info.get("optimizer", "unknown")  # no key: exported before 2026-12-07, when it was not recorded
-    why = None
-    if saved is None:
-        why = "was exported from a model that was not compiled, so it holds no optimizer state"
-    elif saved != "unknown" and saved["class"] != given["class"]:
-        why = f"holds the state of an {saved['class']} optimizer, not of {given['class']} (pass one to continue it)"
-    elif saved != "unknown" and saved["learning_rate_schedule"] != given["learning_rate_schedule"]:
-        then = "a learning-rate schedule" if saved["learning_rate_schedule"] else "a constant learning rate"
-        why = f"holds the state of an optimizer that ran with {then}, which this one does not"
+    why = _state_misfit(info.get("optimizer", "unknown"), optimizer_state_kind(optimizer))
     if why is None:
         model.compile(optimizer=optimizer, **compile_options)
         model._build_optimizer()  # its variables must exist for Keras to load the saved ones

@@ -33,7 +33,7 @@ from vae_tf.data.lazy import LazySplits, Segment, SplitRows, choose_scaling
 from vae_tf.data.registry import register_lazy_dataset
 from vae_tf.data.rows import ArrayRows, npy_rows, npz_member_rows
 from vae_tf.data.splits import DataSplits, SplitPlan
-from vae_tf.data.validation import exception_cause, is_int, validate_array
+from vae_tf.data.validation import exception_cause, is_int, joint_class_codes, validate_array
 from vae_tf.errors import DataError
 
 X_KEYS = ("x", "images", "x_train", "imgs")
@@ -86,22 +86,17 @@ def _labels(arrays: list[np.ndarray], what: str) -> tuple[list[np.ndarray], list
             )
         fixed.append(arr)
     kinds = {a.dtype.kind for a in fixed}
-    if kinds <= {"i", "u", "b", "f"}:
-        if kinds <= {"f"} and not all(np.all(np.isfinite(a)) and np.all(a == np.round(a)) for a in fixed):
-            raise DataError(f"{what} holds non-integer values; labels must be class indices{_NO_LABELS}")
-        if kinds <= {"i", "u", "b"} or kinds <= {"f"}:
-            lowest = min((a.min() for a in fixed if a.size), default=0)
-            if lowest < 0:  # e.g. -1 for "unlabelled": a class to the probe, refused by pretraining after the run began
-                raise DataError(f"{what} holds negative values (e.g. {lowest:g}); labels must be class indices >= 0"
-                                f"{_NO_LABELS}")
-            return [a.astype(np.int64) for a in fixed], None
+    if kinds <= {"f"} and not all(np.all(np.isfinite(a)) and np.all(a == np.round(a)) for a in fixed):
+        raise DataError(f"{what} holds non-integer values; labels must be class indices{_NO_LABELS}")
+    if kinds <= {"i", "u", "b"} or kinds <= {"f"}:
+        lowest = min((a.min() for a in fixed if a.size), default=0)
+        if lowest < 0:  # e.g. -1 for "unlabelled": a class to the probe, refused by pretraining after the run began
+            raise DataError(f"{what} holds negative values (e.g. {lowest:g}); labels must be class indices >= 0"
+                            f"{_NO_LABELS}")
+        return [a.astype(np.int64) for a in fixed], None
     if kinds <= {"U", "S"}:
-        names, codes = np.unique(np.concatenate(fixed), return_inverse=True)
-        out, start = [], 0
-        for a in fixed:
-            out.append(codes[start : start + len(a)].astype(np.int64))
-            start += len(a)
-        return out, [str(n) for n in names]
+        codes, names = joint_class_codes(fixed)
+        return codes, [str(n) for n in names]
     raise DataError(f"{what} has dtype {fixed[0].dtype}; labels must be integers or strings{_NO_LABELS}")
 
 

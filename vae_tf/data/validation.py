@@ -161,6 +161,14 @@ def validate_array(x, *, what: str = "data", support: tuple[float, float] | None
     return lo, hi
 
 
+def joint_class_codes(arrays: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Class names of several label arrays (e.g. the splits) as int64 codes under one mapping,
+    the names' sorted order, so the same name is the same class in each; and the names."""
+    names, codes = np.unique(np.concatenate(arrays), return_inverse=True)
+    bounds = np.cumsum([0, *(len(a) for a in arrays)])
+    return [codes[bounds[i]:bounds[i + 1]].astype(np.int64) for i in range(len(arrays))], names
+
+
 def check_layout(shape: tuple[int, ...], dtype: np.dtype, *, what: str = "data") -> None:
     """The checks of :func:`validate_array` that need only the shape and the dtype."""
     ndim = len(shape)

@@ -18,6 +18,10 @@ LATENT_FAMILIES.register("normal_gamma")(NormalGammaLatent)
 LATENT_FAMILIES.register("gaussian_categorical")(GaussianCategoricalLatent)
 
 
+#: Constructor arguments that are not options of model.latent.
+LATENT_RESERVED = ("name", "dtype", "trainable")
+
+
 def check_latent(family, options: dict) -> type[LatentFamily]:
     """The family's class, after checking its name and its options' names and types (one-line
     ConfigError; nothing is built)."""
@@ -25,7 +29,7 @@ def check_latent(family, options: dict) -> type[LatentFamily]:
         raise ConfigError(f"model.latent.family must name a registered latent family (a string), got {family!r}")
     cls = LATENT_FAMILIES.get(family)
     # The names first: a misspelt `latent_dims` gets "did you mean", not "latent_dim ... got None".
-    check_options(cls, options, "model.latent", reserved=("name", "dtype", "trainable"))
+    check_options(cls, options, "model.latent", reserved=LATENT_RESERVED)
     latent_dim = options.get("latent_dim")
     if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
         raise ConfigError(f"model.latent.latent_dim must be a positive integer, got {latent_dim!r}")
@@ -37,5 +41,5 @@ def build_latent(family: str, **options) -> LatentFamily:
     return check_latent(family, options)(**options)
 
 
-__all__ = ["LATENT_FAMILIES", "GaussianCategoricalLatent", "GaussianLatent", "LatentFamily", "NormalGammaLatent",
+__all__ = ["LATENT_FAMILIES", "LATENT_RESERVED", "GaussianCategoricalLatent", "GaussianLatent", "LatentFamily", "NormalGammaLatent",
            "build_latent", "check_latent"]

@@ -41,13 +41,17 @@ LIKELIHOODS.register("gaussian_per_pixel")(GaussianPerPixelLikelihood)
 LIKELIHOODS.register("categorical")(TokenCategoricalLikelihood)  # sentences (text models)
 
 
+#: Constructor arguments that are not options of model.likelihood.
+LIKELIHOOD_RESERVED = ("data_rank", "name", "dtype", "trainable")
+
+
 def check_likelihood(name, options: dict) -> type[Likelihood]:
     """The likelihood's class, after checking its name and its options' names and types (one-line
     ConfigError; nothing is built)."""
     if not isinstance(name, str):
         raise ConfigError(f"model.likelihood.name must name a registered likelihood (a string), got {name!r}")
     cls = LIKELIHOODS.get(name)
-    check_options(cls, options, "model.likelihood", reserved=("data_rank", "name", "dtype", "trainable"))
+    check_options(cls, options, "model.likelihood", reserved=LIKELIHOOD_RESERVED)
     return cls
 
 
@@ -56,7 +60,7 @@ def build_likelihood(name: str, data_rank: int, **options) -> Likelihood:
     return check_likelihood(name, options)(data_rank=data_rank, **options)
 
 
-__all__ = ["LIKELIHOODS", "BernoulliLikelihood", "ContinuousBernoulliLikelihood", "GaussianAdaptiveLikelihood",
+__all__ = ["LIKELIHOODS", "LIKELIHOOD_RESERVED", "BernoulliLikelihood", "ContinuousBernoulliLikelihood", "GaussianAdaptiveLikelihood",
            "GaussianFixedLikelihood", "GaussianLearnedScalarLikelihood", "GaussianPerPixelLikelihood", "Likelihood",
            "TokenCategoricalLikelihood",
            "build_likelihood", "check_likelihood"]

@@ -7,6 +7,7 @@ import numbers
 
 import numpy as np
 
+from vae_tf.data.validation import joint_class_codes
 from vae_tf.errors import ConfigError, DataError
 
 
@@ -67,10 +68,8 @@ def class_labels(**named) -> list[np.ndarray]:
     if len(text) != len(arrays):
         other = next(name for name in arrays if name not in text)
         raise DataError(f"{text[0]} holds strings but {other} does not; give both the same kind of labels")
-    _, inverse = np.unique(np.concatenate([arrays[name].astype(object).astype(str) for name in arrays]),
-                           return_inverse=True)
-    bounds = np.cumsum([0, *(len(arrays[name]) for name in arrays)])
-    return [inverse[bounds[i]:bounds[i + 1]].astype(np.int64) for i in range(len(arrays))]
+    codes, _ = joint_class_codes([arr.astype(object).astype(str) for arr in arrays.values()])
+    return codes
 
 
 def positive_int(name: str, value, *, minimum: int = 1) -> int:

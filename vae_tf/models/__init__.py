@@ -14,10 +14,11 @@ from typing import Any, Mapping
 import tensorflow as tf
 
 from vae_tf.errors import ConfigError
-from vae_tf.latents import LATENT_FAMILIES, build_latent, check_latent
-from vae_tf.likelihoods import LIKELIHOODS, build_likelihood, check_likelihood
+from vae_tf.latents import LATENT_FAMILIES, LATENT_RESERVED, build_latent, check_latent
+from vae_tf.likelihoods import LIKELIHOOD_RESERVED, LIKELIHOODS, build_likelihood, check_likelihood
 from vae_tf.models.vae import ACTIVE_KL_THRESHOLD, PRECISIONS, VAE, MeanVector, check_precision, checkpoint_for
-from vae_tf.networks import NETWORKS, RECURRENT_KINDS, build_decoder, build_encoder, check_network
+from vae_tf.networks import (DECODER_RESERVED, ENCODER_RESERVED, NETWORKS, RECURRENT_KINDS, RECURRENT_RESERVED,
+                              build_decoder, build_encoder, check_network)
 from vae_tf.remedies import SlotContext, build_remedies, parse_objective
 from vae_tf.remedies.presets import REQUIREMENTS
 
@@ -73,17 +74,16 @@ def model_spec_with_defaults(latent: Mapping[str, Any], likelihood: Mapping[str,
     check_model_spec(latent, likelihood, network)
     latent, likelihood, network = dict(latent), dict(likelihood), dict(network)
     family, name, kind = latent.pop("family"), likelihood.pop("name"), network.pop("kind")
-    latent_defaults = _builder_defaults(LATENT_FAMILIES.get(family), ("name", "dtype", "trainable"))
-    likelihood_defaults = _builder_defaults(LIKELIHOODS.get(name), ("data_rank", "name", "dtype", "trainable"))
+    latent_defaults = _builder_defaults(LATENT_FAMILIES.get(family), LATENT_RESERVED)
+    likelihood_defaults = _builder_defaults(LIKELIHOODS.get(name), LIKELIHOOD_RESERVED)
     if kind in RECURRENT_KINDS:
         from vae_tf.networks.recurrent import recurrent_networks
 
-        network_defaults = _builder_defaults(recurrent_networks, ("kind", "vocab_size", "max_length", "param_size",
-                                                                  "code_size", "dtype"))
+        network_defaults = _builder_defaults(recurrent_networks, RECURRENT_RESERVED)
     else:
         encoder_fn, decoder_fn = NETWORKS.get(kind)
-        reserved = ("code_size", "data_shape", "out_dim", "out_channels", "name", "dtype")
-        network_defaults = {**_builder_defaults(encoder_fn, reserved), **_builder_defaults(decoder_fn, reserved)}
+        network_defaults = {**_builder_defaults(encoder_fn, ENCODER_RESERVED),
+                            **_builder_defaults(decoder_fn, DECODER_RESERVED)}
     return {"latent": {"family": family, **{k: latent[k] for k in latent if k not in latent_defaults},
                        **{k: latent.get(k, v) for k, v in latent_defaults.items()}},
             "likelihood": {"name": name, **{k: likelihood.get(k, v) for k, v in likelihood_defaults.items()}},

@@ -482,11 +482,15 @@ class VAE(keras.Model):
                                   "which a vae-tf model cannot be saved as; pass save_weights_only=True (a "
                                   "'.weights.h5' path), or export the model after fit")
         self._build_optimizer()
-        if self.kl_weight.static_beta is not None:
-            # A constant β is never assigned by the steps; weights loaded from a model trained
-            # with another β (load_weights) would otherwise be logged as the β in force.
-            self.beta.assign(self.kl_weight.static_beta)
+        self._constant_beta_in_force()
         return super().fit(*args, **self.inference.prepare_fit(self, args, kwargs))
+
+    def _constant_beta_in_force(self) -> None:
+        """A constant β is never assigned by the steps, so the ``beta`` variable (logged) is set
+        to it here: weights loaded from a model trained with another β (``load_weights``) would
+        otherwise be logged as the β in force."""
+        if self.kl_weight.static_beta is not None:
+            self.beta.assign(self.kl_weight.static_beta)
 
     def _build_optimizer(self) -> None:
         """Make a compiled model's optimizer variables now (:meth:`fit`, :func:`checkpoint_for`)."""
@@ -537,8 +541,7 @@ class VAE(keras.Model):
         The data is checked first, as :meth:`fit` checks it."""
         if not kwargs.get("_use_cached_eval_dataset"):  # fit's validation: checked when fit began
             args, kwargs = self._checked_data(args, kwargs, fit=False)
-        if self.kl_weight.static_beta is not None:
-            self.beta.assign(self.kl_weight.static_beta)
+        self._constant_beta_in_force()
         logs = super().evaluate(*args, **kwargs)
         self._last_kl_per_dim = np.asarray(self.kl_per_dim_tracker.result())
         return logs

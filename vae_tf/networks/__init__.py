@@ -44,14 +44,15 @@ NETWORKS.register("conv")((conv_encoder, conv_decoder))
 DECODER_ONLY_OPTIONS = ("skip",)
 
 
-_ENCODER_RESERVED = ("data_shape", "out_dim", "name", "dtype")
-_DECODER_RESERVED = ("code_size", "data_shape", "out_channels", "name", "dtype")
+#: Builder arguments set by the model, not options a config may give (nor shows).
+ENCODER_RESERVED = ("data_shape", "out_dim", "name", "dtype")
+DECODER_RESERVED = ("code_size", "data_shape", "out_channels", "name", "dtype")
 
 
 #: Recurrent networks for sentences (:mod:`vae_tf.networks.recurrent`): built as an encoder and
 #: decoder pair sized from the model's vocabulary, not from a data shape.
 RECURRENT_KINDS = ("lstm", "gru")
-_RECURRENT_RESERVED = ("kind", "vocab_size", "max_length", "param_size", "code_size", "dtype")
+RECURRENT_RESERVED = ("kind", "vocab_size", "max_length", "param_size", "code_size", "dtype")
 
 
 def check_network(kind, options: dict, what: str = "model.network") -> tuple:
@@ -63,14 +64,14 @@ def check_network(kind, options: dict, what: str = "model.network") -> tuple:
     if kind in RECURRENT_KINDS:
         from vae_tf.networks.recurrent import recurrent_networks
 
-        check_options(recurrent_networks, options, what, reserved=_RECURRENT_RESERVED)
+        check_options(recurrent_networks, options, what, reserved=RECURRENT_RESERVED)
         return recurrent_networks, recurrent_networks
     if kind not in NETWORKS:
         raise ConfigError(f"unknown network {kind!r}; choose one of: {', '.join(sorted([*NETWORKS.names(), *RECURRENT_KINDS]))}")
     encoder_fn, decoder_fn = NETWORKS.get(kind)
-    check_options(decoder_fn, options, what, reserved=_DECODER_RESERVED)
+    check_options(decoder_fn, options, what, reserved=DECODER_RESERVED)
     check_options(encoder_fn, {k: v for k, v in options.items() if k not in DECODER_ONLY_OPTIONS}, what,
-                  reserved=_ENCODER_RESERVED)
+                  reserved=ENCODER_RESERVED)
     return encoder_fn, decoder_fn
 
 
@@ -81,7 +82,7 @@ def build_encoder(kind: str, data_shape, out_dim: int, *, name: str = "encoder",
     ``dtype``: the Keras dtype policy of every layer (``"mixed_bfloat16"``, ...; module docstring)."""
     encoder_fn, _ = NETWORKS.get(kind)
     options = {k: v for k, v in options.items() if k not in DECODER_ONLY_OPTIONS}
-    check_options(encoder_fn, options, what, reserved=_ENCODER_RESERVED)
+    check_options(encoder_fn, options, what, reserved=ENCODER_RESERVED)
     return encoder_fn(tuple(data_shape), int(out_dim), name=name, dtype=dtype, **options)
 
 
@@ -89,9 +90,10 @@ def build_decoder(kind: str, code_size: int, data_shape, out_channels: int, *, d
                   **options) -> keras.Model:
     """The decoder of ``kind``; ``dtype`` as for :func:`build_encoder`."""
     _, decoder_fn = NETWORKS.get(kind)
-    check_options(decoder_fn, options, "model.network", reserved=_DECODER_RESERVED)
+    check_options(decoder_fn, options, "model.network", reserved=DECODER_RESERVED)
     return decoder_fn(int(code_size), tuple(data_shape), int(out_channels), dtype=dtype, **options)
 
 
-__all__ = ["ConcatCodeMaps", "DECODER_ONLY_OPTIONS", "NETWORKS", "RECURRENT_KINDS", "build_decoder", "build_encoder", "check_network",
+__all__ = ["ConcatCodeMaps", "DECODER_ONLY_OPTIONS", "DECODER_RESERVED", "ENCODER_RESERVED", "NETWORKS",
+           "RECURRENT_RESERVED", "RECURRENT_KINDS", "build_decoder", "build_encoder", "check_network",
            "conv_decoder", "conv_encoder", "mlp_decoder", "mlp_encoder"]

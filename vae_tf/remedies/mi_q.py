@@ -261,7 +261,10 @@ class MIQ(Regularizer):
 
     def update_trackers(self, terms):
         batch = tf.cast(tf.shape(terms["elbo"])[0], tf.float32)
-        mean = lambda key: replicas.batch_mean_for_tracker(terms[self.key(key)], batch)  # noqa: E731
+
+        def mean(key):
+            return replicas.batch_mean_for_tracker(terms[self.key(key)], batch)
+
         self.bound_tracker.update_state(mean("mi_bound"), sample_weight=batch)
         self.entropy_tracker.update_state(mean("mi_entropy"), sample_weight=batch)
         self.log_q_tracker.update_state(terms[self.key("mi_q_log_likelihood")])
