@@ -105,8 +105,8 @@ class VAE(keras.Model):
     **Distributed training** (``tf.distribute``; build and compile the model inside
     ``strategy.scope()``): every composition trains under ``MirroredStrategy``; each replica's
     loss is weighted by its share of the global batch before its gradient (the optimizer sums
-    them; 1/R on even splits, exact on a last batch that splits unevenly), batch statistics inside a loss or a controller are global-batch values, state variables
-    stay identical on all replicas, and reparameterisation noise is drawn for the global batch
+    them; 1/R on even splits, exact on a last batch that splits unevenly), batch statistics
+    inside a loss or a controller are global-batch values, state variables stay identical on all replicas, and reparameterisation noise is drawn for the global batch
     and sliced, so R replicas on a global batch B follow the single-device run on B up to
     float rounding (:mod:`vae_tf.replicas`). Under a ``MultiWorkerMirroredStrategy`` the step
     logs are rank-1, as Keras needs there (stack-notes.md §6). Metrics are per-replica means over

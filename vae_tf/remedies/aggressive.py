@@ -46,9 +46,9 @@ training data it is given (``x.repeat()`` for a ``tf.data.Dataset``), and the he
 ``validation_data`` (:meth:`Aggressive.set_heldout`); it also adds the :class:`AggressivePhase`
 callback (first, so that checkpoints and loggers see the phase after its update).
 
-**Under tf.distribute** (several replicas in sync): every update divides its loss by the number
-of replicas (the optimizer sums gradients); the convergence check reads the loss averaged over
-the replicas, so all replicas run the same number of inner updates; each fresh batch is read
+**Under tf.distribute** (several replicas in sync): every update weights its loss by the
+replica's share of the global batch (the optimizer sums gradients); the convergence check reads
+the global batch's loss, so all replicas run the same number of inner updates; each fresh batch is read
 once for all the local replicas (in cross-replica context) and each replica trains on its share
 of it, contiguous rows in replica order as ``tf.distribute`` splits a global batch (under
 ``MultiWorkerMirroredStrategy`` every worker reads the same batch from its own copy of the
