@@ -175,7 +175,9 @@ SPLIT_DEFAULTS = {"split": "test", "seed": 0, "val_fraction": 0.1, "test_fractio
 def refuse_split_options(args, what: str) -> None:
     """A whole-file input is embedded whole, in file order: a split option given is a mistake."""
     values = {**vars(args), **getattr(args, "split_given", {})}  # as given, before resolve_embed_data filled them
-    given = [f"--{k.replace('_', '-')}" for k, v in SPLIT_DEFAULTS.items() if values[k] not in (None, v)]
+    # --split all ("every row, in the input's order") is what a whole-file input gets: not a mistake
+    given = [f"--{k.replace('_', '-')}" for k, v in SPLIT_DEFAULTS.items()
+             if values[k] not in (None, v) and not (k == "split" and values[k] == "all")]
     if given:
         raise ConfigError(f"{what} is embedded whole, in file order; drop {', '.join(given)}")
 

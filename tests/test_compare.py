@@ -227,6 +227,11 @@ def test_compare_cli_errors_are_one_line(suite_file, capsys):
 def test_bad_suite_requests_are_one_line_errors(suite_file):
     with pytest.raises(ConfigError, match="unknown suite 'nope'; choose one of"):
         load_suite("nope")
+    # a path: said as a missing file (it was "unknown suite '/tmp/none.yaml'", as for a misspelt name)
+    missing = str(suite_file.parent / "none.yaml")
+    with pytest.raises(ConfigError, match=f"^suite file '{missing}' does not exist; give a suite YAML or one of the "
+                                          "shipped suites: .*collapse"):
+        load_suite(missing)
     with pytest.raises(ConfigError, match="has no size 'huge'"):
         child_configs(load_suite(str(suite_file)), "huge")
     with pytest.raises(ConfigError, match="has no run\\(s\\) \\['ghost'\\]; runs: vae, beta4"):
@@ -459,6 +464,28 @@ def test_a_report_of_a_suite_still_running_says_so_and_counts_the_seeds(suite_fi
     # AU of beta4 from seed 1 alone (seed 0 has none): said, not shown as the mean over seeds 0, 1
     assert "| beta4 | 0.50 ± 0.35 | 1.0 (1 of 2 seeds) | — |" in text
     assert "| vae | 2.00 ± 1.41 | 3.0 ± 1.4 | — |" in text
+    assert "(seeds 0, 1; mean ± std over seeds; test split)" in text
+    # the columns' units and definitions under the table, for the columns shown only
+    legend = next(line for line in text.splitlines() if line.startswith("Columns: "))
+    assert "KL: nats, summed over latent dims" in legend and "AU: active units, Var_x E[z_u | x] ≥ 0.01" in legend
+    assert "MI: I_q(x; z) in nats" in legend and "IW-NLL" not in legend and "probe" not in legend
+
+
+def test_a_one_seed_report_says_it_has_no_std_and_the_k_of_its_iw_nll(suite_file, tmp_path):
+    """A quick suite is one seed: its header said "mean ± std over seeds" over plain values, and
+    its IW-NLL column did not say K (10 at quick sizes against 100 at full ones)."""
+    from training.compare import write_report
+
+    tree = yaml.safe_load(suite_file.read_text())
+    tree["sizes"]["quick"]["evaluate"] = {**tree["sizes"]["quick"].get("evaluate", {}), "iw_k": 10}
+    suite_file.write_text(yaml.safe_dump(tree))
+    suite = load_suite(str(suite_file))
+    children = child_configs(suite, "quick")
+    rows = {(name, seed): {"eval_iw_nll": 30.5, "eval_kid_classifier": 0.01} for name, seed, *_ in children}
+    text = write_report(suite, "quick", children, rows, {}, tmp_path / "r", figures=False).read_text()
+    assert "(seeds 0; one seed, so no std; test split)" in text
+    legend = next(line for line in text.splitlines() if line.startswith("Columns: "))
+    assert "K = 10 samples" in legend and "not FID / KID" in legend
 
 
 def test_a_progress_report_redraws_its_figures_at_most_once_per_interval(suite_file, tmp_path, monkeypatch, capsys):

@@ -71,6 +71,15 @@ def test_evaluate_an_export_directory(here, capsys):
     assert client.get_model_version("vae", "1").run_id == trained[0].info.run_id
     names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/report.json", "evaluation/kl_per_dim.png", "evaluation/collapse_curve.png"} <= names
+    # The file on disk is the run's report.json (it lacked the collapse block), and the run says how
+    # it was evaluated (it had no params).
+    (tmp_path / "downloaded").mkdir()
+    logged = json.loads(Path(client.download_artifacts(run.info.run_id, "evaluation/report.json",
+                                                       str(tmp_path / "downloaded"))).read_text())
+    assert logged == report and report["collapse"]["status"] in {"healthy", "partially collapsed", "collapsed"}
+    assert report["collapse"]["verdict"] in out
+    assert {k: run.data.params[k] for k in ("source", "split", "iw_k", "max_examples")} == {
+        "source": "models/vae", "split": "test", "iw_k": "100", "max_examples": "all"}
     # The evaluation run itself, given to evaluate: said as such (it advised "evaluate its registered model")
     capsys.readouterr()
     assert main(["evaluate", f"runs:/{run.info.run_id}", "--no-mlflow"]) == 2
@@ -101,6 +110,8 @@ def test_evaluate_the_registered_model_and_the_run(here, capsys, monkeypatch):
     run_id = client.get_model_version("vae", "1").run_id
     assert main(["evaluate", f"runs:/{run_id}", "--iw-k", "0", "--no-mlflow", "--output", "run.json"]) == 0
     by_run = json.loads((tmp_path / "run.json").read_text())["metrics"]
+    # the run registered version 1: its report names it, as models:/vae/1's does (it said null)
+    assert json.loads((tmp_path / "run.json").read_text())["model"]["registered"] == "vae/1"
     assert by_registry["active_units"] == by_run["active_units"]
     assert by_registry["kl"] == pytest.approx(by_run["kl"], rel=1e-6)
     # a subsample's report has a name of its own: it overwrote the whole split's
@@ -159,6 +170,7 @@ def test_a_registered_model_is_named_by_its_registry_version_and_a_run_needs_no_
     ("runs:/0123456789abcdef", "not found"),
     ("models:/no-such-model/1", "not found in the MLflow registry"),
     ("models:/vae", "models:/vae names no version: give models:/vae/VERSION or models:/vae@ALIAS"),
+    ("runs:/", "runs:/ names no run: give runs:/RUN_ID"),
 ])
 def test_bad_model_references_are_one_line_errors(here, capsys, ref, match):
     assert main(["evaluate", ref, "--no-mlflow"]) == 2
@@ -168,8 +180,8 @@ def test_bad_model_references_are_one_line_errors(here, capsys, ref, match):
 
 
 @pytest.mark.parametrize("flag, value, said", [
-    ("--iw-k", "150", "argument --iw-k: must be 0 (no IW-NLL) or a multiple of 100 (samples are drawn 100 at a "
-                      "time), got 150; use e.g. 200"),
+    ("--iw-k", "150", "argument --iw-k: must be 0 (no IW-NLL), at most 100, or a multiple of 100 (more samples "
+                      "are drawn 100 at a time), got 150; use e.g. 200"),
     ("--max-examples", "1", "argument --max-examples: must be at least 2 (active units are a variance over "
                             "examples), got 1"),
 ])
@@ -193,8 +205,9 @@ def test_evaluate_refuses_iw_k_before_anything_loads_when_called_from_python():
     rule, before the model is even looked for."""
     from training.evaluate import evaluate
 
-    with pytest.raises(ConfigError, match=r"^iw_k must be 0 \(no IW-NLL\) or a multiple of 100 .* got 5; use e.g. 100$"):
-        evaluate("models/nothing-is-loaded", iw_k=5)
+    with pytest.raises(ConfigError, match=r"^iw_k must be 0 \(no IW-NLL\), at most 100, or a multiple of 100 .* got 150; "
+                                          r"use e.g. 200$"):
+        evaluate("models/nothing-is-loaded", iw_k=150)
 
 
 @pytest.mark.slow
@@ -212,13 +225,15 @@ def test_data_of_the_other_kind_is_refused_naming_the_model(here, tmp_path, caps
 
 def test_allow_unnormalised_nll_computes_the_importance_weighted_bound_the_message_offers(here):
     """What the skipped IW-NLL's message offers a CLI user: the importance-weighted bound, which is
-    at least the ELBO (Burda et al.: log p(x) >= IW bound >= ELBO), so its NLL is at most -ELBO."""
-    assert main(["evaluate", "models/vae", "--no-mlflow", "--allow-unnormalised-nll", "--iw-k", "100",
+    at least the ELBO (Burda et al.: log p(x) >= IW bound >= ELBO), so its NLL is at most -ELBO.
+    K = 10, as the quick suites evaluate with (it was refused: "a multiple of 100"), in one pass."""
+    assert main(["evaluate", "models/vae", "--no-mlflow", "--allow-unnormalised-nll", "--iw-k", "10",
                  "--max-examples", "64", "--disentanglement", "off", "--output", "allowed.json"]) == 0
     report = json.loads(Path("allowed.json").read_text())
     metrics = report["metrics"]
     assert "iw_nll" not in report["info"]["skipped"] and np.isfinite(metrics["iw_nll"])
     assert metrics["iw_nll"] <= -metrics["elbo"] + 1e-3
+    assert "K=10 in chunks of 10," in report["info"]["estimators"]["iw_nll"]
 
 
 def test_data_of_another_shape_is_refused_naming_both_shapes(here, tmp_path, capsys):
@@ -257,3 +272,34 @@ def test_a_model_trained_on_data_not_loadable_here_is_evaluated_on_the_data_set_
     assert "unknown data set 'set_registered_by_a_training_script'" in err
     assert main(["evaluate", str(copy), "--no-mlflow", "--iw-k", "0", "--disentanglement", "off",
                  "--set", "data.name=digits"]) == 0
+
+
+@pytest.mark.slow
+def test_a_text_model_evaluated_on_longer_sentences_says_how_many_it_cut(tmp_path, monkeypatch, capsys):
+    """A model trained with max_length 4, evaluated on its data read with max_length 12 and
+    long_sentences=truncate: the model reads each sentence's first 4 words and scores an <eos>
+    after them. The perplexity of those cut sentences was reported without a word."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rng = np.random.default_rng(0)
+    lengths = [3] * 60 + [6] * 60  # half the sentences longer than the model's 4 words
+    (tmp_path / "corpus.txt").write_text("".join(" ".join(f"w{k}" for k in rng.integers(0, 8, n)) + "\n"
+                                                 for n in lengths))
+    assert main(["train", "--set", "name=short", "--set", "data.name=text_file", "--set", "data.path=corpus.txt",
+                 "--set", "data.options={max_length: 4, long_sentences: truncate}", "--set", "train.epochs=1",
+                 "--set", "train.verbose=0", "--set", "model.likelihood.name=categorical", "--set",
+                 "model.network={kind: gru, embedding: 8, hidden: [8]}", "--set", "model.latent.latent_dim=2",
+                 "--set", "mlflow.log_figures=false"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "models/short", "--iw-k", "0", "--no-mlflow", "-o", "long.json", "--set",
+                 "data.options={max_length: 12, long_sentences: truncate}"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(Path("long.json").read_text())
+    cut = report["info"]["truncated_sentences"]
+    n = report["info"]["num_examples"]
+    assert 0 < cut < n  # a random test split of 12 sentences, about half of them 6 words long
+    assert (f"warning: {cut} of {n} test sentences have more than the model's 4 words; the model reads the first 4 "
+            "and scores an <eos> after them") in out
+    assert main(["evaluate", "models/short", "--iw-k", "0", "--no-mlflow", "-o", "own.json"]) == 0
+    assert "warning:" not in capsys.readouterr().out  # its own max_length: nothing is cut
+    assert json.loads(Path("own.json").read_text())["info"]["truncated_sentences"] == 0

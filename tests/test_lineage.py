@@ -99,15 +99,30 @@ def test_logs_off_a_terminal_are_one_line_per_epoch(trained):
 def test_verdict_thresholds(active, dims, status):
     verdict = collapse_verdict(active, dims, kl=2.0, mi=1.5, collapsed_fraction=1 - active / dims)
     assert verdict.status == status
-    assert verdict.line.startswith(f"{status}: {active}/{dims} dims active, MI 1.5 nats, KL 2")
+    assert verdict.line.startswith(f"{status}: {active}/{dims} dims active, MI 1.50 nats, KL 2.00 nats")
 
 
 def test_a_negative_mi_estimate_is_called_noise_not_printed_as_a_value():
     """I_q(x; z) >= 0; its estimate on a few examples can fall below (seen: -0.886 on 6 test
     sentences), and the one-line verdict must not present that as an information content."""
     line = collapse_verdict(0, 2, kl=0.0004, mi=-0.886).line
-    assert line == "collapsed: 0/2 dims active, MI ~0 nats (estimate -0.886, below 0 by sampling noise), KL 0.0004"
-    assert "MI 0 nats" in collapse_verdict(2, 2, kl=1.0, mi=0.0).line
+    assert line == "collapsed: 0/2 dims active, MI ~0 nats (estimate -0.886, below 0 by sampling noise), KL 0.000400 nats"
+    assert "MI 0.00 nats" in collapse_verdict(2, 2, kl=1.0, mi=0.0).line
+
+
+def test_an_mi_estimate_above_the_kl_is_called_noise():
+    """I_q(x; z) = E_x KL(q(z|x) || q(z)) <= E_x KL(q(z|x) || p(z)) (the aggregate posterior is the
+    KL-minimising marginal), so an estimate above the KL (seen: 0.357 against 0.302 on 40 test
+    images) is the estimator's noise, and the line says so; at or below the KL it is a value."""
+    line = collapse_verdict(8, 8, kl=0.302, mi=0.357).line
+    assert "MI 0.357 nats (above the KL, which bounds it: sampling noise" in line and line.endswith("KL 0.302 nats")
+    assert ", MI 0.302 nats, KL 0.302 nats" in collapse_verdict(8, 8, kl=0.302, mi=0.302).line
+
+
+def test_kl_and_mi_keep_three_significant_digits():
+    """A KL of 2 nats printed as "KL 2" reads like a count; trailing zeros stay, and no unit is left out."""
+    assert collapse_verdict(16, 16, kl=15.0, mi=2.0).line.endswith("MI 2.00 nats, KL 15.0 nats")
+    assert collapse_verdict(16, 16, kl=3416.4, mi=100.0).line.endswith("MI 100 nats, KL 3416 nats")
 
 
 def test_a_collapsed_code_is_called_collapsed(digits):

@@ -194,6 +194,26 @@ def test_text_models_take_lists_arrays_and_string_tensors_alike_and_empty_senten
     _refused(lambda: elbo_estimate(model, "w1 w2"), r"x is one sentence")
 
 
+def test_text_fit_and_evaluate_refuse_empty_sentences_as_the_training_data_sets_do(text_model):
+    """encode takes an empty sentence (<eos> alone, as the exported signatures); fit trained on one
+    and evaluate scored it without a word, where every training data set refuses it (docs/data.md),
+    with XLA too (the sentences are tokenised before Keras sees them)."""
+    model, corpus = text_model
+    x = np.asarray(list(corpus.x_train[:4]) + [" \t "], dtype=object)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    before = _weights(model)
+    _refused(lambda: model.fit(x, epochs=1, batch_size=4, verbose=0),
+             r"^x has 1 empty or whitespace-only sentences \(first: entry 4\); remove them$")
+    _refused(lambda: model.fit(x[:4], epochs=1, verbose=0, validation_data=(x,)), r"^validation_data has 1 empty")
+    _refused(lambda: model.evaluate(["", "w1"], verbose=0), r"^x has 1 empty or whitespace-only .*entry 0")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+    _refused(lambda: model.fit(x, epochs=1, batch_size=4, verbose=0), r"^x has 1 empty")
+    for was, now in zip(before, _weights(model)):
+        np.testing.assert_array_equal(was, now)  # nothing was trained
+    assert np.asarray(model.encode([""])["embedding"]).shape == (1, 2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))  # the module's model as the other tests found it
+
+
 # --- fit and evaluate check their data as encode does --------------------------------------------
 
 def _fresh(likelihood="bernoulli"):

@@ -83,6 +83,11 @@ def test_text_inputs_embed_every_sentence_in_file_order(base, inputs, tmp_path, 
     assert main(["embed", "--model", str(base / "text"), "--data", str(inputs / "s.parquet"), "--no-labels", "-o",
                  str(out)]) == 0
     assert pq.read_table(out).column_names == ["embedding", "index"]
+    # --split all ("every row, in the input's order") is what a text file gets: accepted, the same rows
+    out = tmp_path / "all.parquet"
+    assert main(["embed", "--model", str(base / "text"), "--data", str(inputs / "s.txt"), "--split", "all", "-o",
+                 str(out)]) == 0
+    assert pq.read_table(out).to_pydict()["index"] == list(SENTENCES)
 
 
 def test_the_data_set_a_model_was_trained_on_is_read_with_its_training_options(text_exports, tmp_path, capsys):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from vae_tf_cli.argtypes import non_negative_int, positive_int
 
@@ -61,16 +62,17 @@ def add_parsers(sub) -> None:
                     "report and log metrics, figures and the report to MLflow.")
     evaluate.add_argument("model", help="export directory (models/NAME[/VERSION]), models:/NAME/VERSION, "
                                         "models:/NAME@ALIAS or runs:/RUN_ID")
-    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"],
+                          help="the split of the model's data to evaluate on (default: test)")
     evaluate.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override the training config stored with the model (e.g. data settings)")
     evaluate.add_argument("--max-examples", type=_examples, default=None,
-                          help="evaluate a random subset of the split")
+                          help="evaluate a random subset of this many examples (at least 2; default: the whole split)")
     evaluate.add_argument("--iw-k", type=_iw_samples, default=500,
-                          help="importance samples for IW-NLL (multiple of 100; 0 skips it)")
+                          help="importance samples for IW-NLL: up to 100, or a multiple of 100 (default 500; 0 skips it)")
     evaluate.add_argument("--disentanglement", choices=["off", "quick", "full"], default="quick",
-                          help="factor metrics on data with known factors: quick (1000/500 points) or full "
-                               "(disentanglement_lib's 10000/5000, tens of minutes on a CPU)")
+                          help="factor metrics on data with known factors: quick (1000/500 points; the default), full "
+                               "(disentanglement_lib's 10000/5000, tens of minutes on a CPU) or off")
     evaluate.add_argument("--allow-unnormalised-nll", action="store_true",
                           help="compute IW-NLL even where the likelihood is not a normalised density on the data "
                                "(a Bernoulli on non-binary pixels): a number, not a negative log-likelihood")
@@ -122,6 +124,15 @@ def cmd_train(args) -> int:
                                                                          config.model.network)}
         print(yaml.safe_dump(shown, sort_keys=False), end="")
         return 0
+
+    if not args.resume and not config.mlflow.tracking_uri and os.environ.get("MLFLOW_TRACKING_URI"):
+        # the store the run will open, said before TensorFlow and MLflow load (~5 s), as a config's is
+        from training.config import tracking_uri_problem
+        from vae_tf.errors import ConfigError
+
+        problem = tracking_uri_problem(os.environ["MLFLOW_TRACKING_URI"], opening=True)
+        if problem:
+            raise ConfigError(f"MLFLOW_TRACKING_URI {problem}")
 
     from training.tracking import ui_command
     from training.train import run_training

@@ -74,6 +74,29 @@ REPORT_COLUMNS = {
     "eval_beta_vae_score": ("BetaVAE", "{:.3f}"),
 }
 
+#: What each column is, said under the report's table (units; docs/diagnostics.md defines each).
+COLUMN_LEGEND = {
+    "eval_elbo": "ELBO: nats per example (one-sample estimate; a Gaussian likelihood's is a density, not comparable "
+                 "with a Bernoulli's)",
+    "eval_iw_nll": "IW-NLL: Burda et al.'s importance-weighted bound on −log p(x), nats per example, K = {iw_k} "
+                   "samples (a larger K gives a lower, tighter bound: compare only at the same K)",
+    "eval_nll_per_word": "NLL/word and PPL: the IW-NLL per word (the words and `<eos>`) and its exponential",
+    "eval_kl": "KL: nats, summed over latent dims, mean over examples",
+    "eval_active_units": "AU: active units, Var_x E[z_u | x] ≥ 0.01 (Burda et al. 2016)",
+    "test_active_kl_dims": "dims KL>0.01: dims whose mean KL exceeds 0.01 nats",
+    "test_informative_dims": "NG informative dims: Normal-Gamma dims whose mean weight of the informative component exceeds ½",
+    "eval_mi_full": "MI: I_q(x; z) in nats over the whole split, at most about log N (a negative value is the "
+                    "estimator's noise around 0)",
+    "eval_collapsed_frac_eps_0.01": "collapsed @ε=0.01: fraction of dims (0.01, 0.01)-collapsed (Lucas et al. 2019)",
+    "eval_linear_probe_accuracy": "probe acc.: logistic regression on the posterior means",
+    "eval_cluster_accuracy": "cluster acc.: the categorical code matched to the labels (Hungarian)",
+    "eval_kmeans_accuracy": "k-means acc.: k-means on the posterior means matched to the labels (Hungarian)",
+    "eval_fd_classifier": "fd_classifier / kid_classifier: Fréchet and kernel distances of prior samples on a small "
+                          "classifier's features (lower is better; not FID / KID)",
+    "eval_mig": "MIG, DCI-D, SAP, FactorVAE, BetaVAE: disentanglement_lib's scores against the data's factors",
+}
+
+
 #: A suite size's ``evaluate`` options and their defaults (``tsne_max_points``: the codes a t-SNE
 #: embeds, vae_tf.metrics.downstream.TSNE_MAX_POINTS; t-SNE's cost grows faster than linearly).
 DEFAULT_EVALUATE = {"iw_k": 100, "disentanglement": True, "fd": False, "tsne": True, "tsne_max_points": 2000,
@@ -124,6 +147,9 @@ def list_suites() -> list[str]:
 def load_suite(name: str) -> Suite:
     path = Path(name) if name.endswith((".yaml", ".yml")) else SUITES_DIR / f"{name}.yaml"
     if not path.is_file():
+        if path.parent != SUITES_DIR:  # a path the user gave
+            raise ConfigError(f"suite file {name!r} {'is a directory' if path.is_dir() else 'does not exist'}; give "
+                              f"a suite YAML or one of the shipped suites: {', '.join(list_suites())}")
         raise ConfigError(f"unknown suite {name!r}; choose one of: {', '.join(list_suites())} (or a path to a suite YAML)")
     from training.config import yaml_file
 
@@ -608,11 +634,12 @@ def _child_main(argv: list[str]) -> int:
 def _evaluate_child(model, data, config, opts: dict, tracker) -> dict:
     """Diagnostics of a freshly trained child, logged into its run (through its ``tracker``) as
     ``eval_*`` metrics, with the report, the figures, the collapse curve and the t-SNE."""
+    from training.evaluate import iw_chunk_for
     from training.lineage import result_verdict
     from vae_tf.metrics import evaluate_model, evaluation_figures, report
 
-    iw_chunk = math.gcd(opts["iw_k"], 100) or 100  # the K samples are drawn in chunks that divide K
-    result = evaluate_model(model, data, split="test", seed=config.seed, iw_k=opts["iw_k"], iw_chunk=iw_chunk,
+    result = evaluate_model(model, data, split="test", seed=config.seed, iw_k=opts["iw_k"],
+                            iw_chunk=iw_chunk_for(opts["iw_k"]),
                             tsne=opts["tsne"], tsne_max_points=opts["tsne_max_points"],
                             disentanglement=opts["disentanglement"],
                             disentanglement_sizes=opts["disentanglement_sizes"], fd=opts["fd"])
@@ -789,9 +816,10 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
         status = [f"**In progress: {len(finished)} of {len(children)} children finished** (written "
                   f"{time.strftime('%Y-%m-%d %H:%M')}); still to train: {', '.join(pending)}. The same command "
                   "resumes the suite and rewrites this report.", ""]
+    over = "mean ± std over seeds" if len(seeds) > 1 else "one seed, so no std"
     lines = [f"# Suite `{suite.name}` ({size})", "", *status, f"**Claim tested.** {suite.claim}", "",
              f"Command: `{_command(suite, size, children)}` "
-             f"(seeds {', '.join(map(str, seeds))}; mean ± std over seeds; test split).", "",
+             f"(seeds {', '.join(map(str, seeds))}; {over}; test split).", "",
              "| run | " + ("seeds | " if partial else "") + " | ".join(REPORT_COLUMNS[k][0] for k in columns) + " |",
              "|---|" + ("---:|" if partial else "") + "---:|" * len(columns)]
     for name in run_names:
@@ -805,6 +833,14 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
             short = f" ({len(values)} of {behind} seeds)" if values and len(values) < behind else ""
             cells.append(_mean_std(values, fmt) + short)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    legend = [COLUMN_LEGEND[k].format(iw_k=evaluate_options(suite, size)["iw_k"]) for k in columns if k in COLUMN_LEGEND]
+    if "eval_kid_classifier" in columns and "eval_fd_classifier" not in columns:
+        legend.append(COLUMN_LEGEND["eval_fd_classifier"])
+    if any(k in columns for k in ("eval_dci_disentanglement", "eval_sap", "eval_factor_vae_score",
+                                  "eval_beta_vae_score")) and "eval_mig" not in columns:
+        legend.append(COLUMN_LEGEND["eval_mig"])
+    if legend:
+        lines += ["", "Columns: " + "; ".join(legend) + " (docs/diagnostics.md defines each)."]
     if baseline:
         stated = _mean_std(list(baseline.values()), "{:.3f}")
         lines += ["", f"Baseline for the cluster and k-means accuracies: k-means (k = the number of classes, "
@@ -840,17 +876,21 @@ def _report_figures(suite: Suite, size: str, run_names: list, specs: dict, seeds
         groups.setdefault(str(specs[name].get("group") or ""), []).append(name)
     lines = []
     for group, names in groups.items():
-        fig, ax = plt.subplots(figsize=(6.5, 4.0))
-        for name in names:
+        fig, ax = plt.subplots(figsize=(8.0, 4.0))
+        # one colour per run (tab10 up to 10 runs, tab20 beyond) and a dash pattern per ten runs, so
+        # that no two runs look alike; one line per seed, all in the run's style
+        palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+        for k, name in enumerate(names):
+            style = {"color": palette(k % palette.N), "linestyle": ("-", "--", ":")[k // 10 % 3]}
             for i, curve in enumerate(c for c in curves.get(name, []) if c):
-                ax.step(curve[0], curve[1], where="post", lw=1.2, alpha=0.8, label=name if i == 0 else None,
-                        color=f"C{names.index(name) % 10}")
+                ax.step(curve[0], curve[1], where="post", lw=1.2, alpha=0.8, label=name if i == 0 else None, **style)
         ax.set_xscale("log")
         ax.set_xlabel("ε (nats)")
         ax.set_ylabel("fraction of (ε, 0.01)-collapsed dims")
-        ax.set_title(f"Collapse curves: {suite.name} ({size})" + (f", {group}" if group else ""))
+        ax.set_title(f"Collapse curves: {suite.name} ({size})" + (f", {group}" if group else "")
+                     + (f"; a line per seed ({len(seeds)})" if len(seeds) > 1 else ""), fontsize=10)
         if ax.get_legend_handles_labels()[0]:  # none while no run of the group has finished
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # off the curves
         fig.tight_layout()
         file = f"collapse_curves{'_' + group if group else ''}.png"
         fig.savefig(report_dir / file, dpi=90)
@@ -864,13 +904,25 @@ def _report_figures(suite: Suite, size: str, run_names: list, specs: dict, seeds
         fig, axes = plt.subplots(rows_n, cols, figsize=(3.0 * cols, 3.0 * rows_n), squeeze=False)
         for ax in axes.flat:
             ax.set_axis_off()
+        classes = sorted({int(c) for n in shown if embeddings[n].get("labels") is not None
+                          for c in np.asarray(embeddings[n]["labels"]).ravel()})
+        palette = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        colour = {c: palette(i % palette.N) for i, c in enumerate(classes)}
         for ax, name in zip(axes.flat, shown):
             points = np.asarray(embeddings[name]["points"])
             labels = embeddings[name].get("labels")
-            ax.scatter(points[:, 0], points[:, 1], s=3, c=labels if labels is not None else "C0", cmap="tab10")
+            ax.scatter(points[:, 0], points[:, 1], s=3,
+                       c=[colour[int(c)] for c in np.asarray(labels).ravel()] if labels is not None else "C0")
             ax.set_title(name, fontsize=8)
-        fig.suptitle(f"t-SNE of the test embeddings (seed {seeds[0]}), coloured by label", fontsize=9)
-        fig.tight_layout()
+        if 0 < len(classes) <= 20:  # one legend for every panel: the same label has the same colour
+            from matplotlib.lines import Line2D
+
+            handles = [Line2D([], [], marker="o", linestyle="", color=colour[c], label=str(c)) for c in classes]
+            fig.legend(handles=handles, title="label", fontsize=7, title_fontsize=7, loc="center right", frameon=False)
+            fig.subplots_adjust(right=0.9)
+        fig.suptitle(f"t-SNE of the test embeddings (seed {seeds[0]})"
+                     + (", coloured by label" if classes else ""), fontsize=9)
+        fig.tight_layout(rect=(0, 0, 0.92 if 0 < len(classes) <= 20 else 1, 1))
         fig.savefig(report_dir / "tsne.png", dpi=90)
         plt.close(fig)
         lines.append("![t-SNE of the embeddings](tsne.png)")

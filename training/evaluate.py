@@ -5,6 +5,7 @@ report and log metrics, figures and the report to MLflow."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 import tempfile
@@ -49,6 +50,8 @@ def resolve_model(source: str, download_dir: str | Path | None = None) -> tuple[
         use_tracking(resolve_tracking_uri(None))
         if source.startswith("runs:/"):
             run_id = source[len("runs:/"):].strip("/").split("/")[0]
+            if not run_id:
+                raise ModelNotFoundError(f"{source} names no run: give runs:/RUN_ID (the id `vae-tf train` prints)")
             try:
                 run = mlflow.MlflowClient().get_run(run_id)
             except mlflow.exceptions.MlflowException:
@@ -61,12 +64,12 @@ def resolve_model(source: str, download_dir: str | Path | None = None) -> tuple[
                                          f"not a training run; evaluate the model itself: {target}")
             export = run.data.tags.get("vae_tf.export_dir")
             if export and Path(export).exists():
-                return resolve_version_dir(export), run_id, None
+                return resolve_version_dir(export), run_id, _registered_by(run_id)
             # No local export (moved, deleted, another machine): the model the run logged.
             version_dir = _download_model(f"runs:/{run_id}/model", download_dir,
                                           f"run {run_id} has no local export (tag vae_tf.export_dir={export!r}) and "
                                           "no logged model")
-            return version_dir, run_id, None
+            return version_dir, run_id, _registered_by(run_id)
         logged_model_id = re.fullmatch(r"models:/(m-[0-9a-f]{8,})/?", source)
         if re.fullmatch(r"models:/[^/@]+/?", source) and not logged_model_id:
             raise ModelNotFoundError(f"{source} names no version: give models:/{source[8:].strip('/')}/VERSION or "
@@ -81,6 +84,20 @@ def resolve_model(source: str, download_dir: str | Path | None = None) -> tuple[
                                  "models:/NAME/VERSION or runs:/RUN_ID")
     version_dir = resolve_version_dir(path)
     return version_dir, load_model_info(version_dir).get("mlflow_run_id"), None
+
+
+def _registered_by(run_id: str) -> str | None:
+    """``"NAME/VERSION"`` of the registry version a training run registered (its newest, should
+    it have several), or None: the report and the evaluation run then name the model as the
+    registry does, as they do for ``models:/NAME/VERSION``."""
+    import mlflow
+
+    try:
+        versions = mlflow.MlflowClient().search_model_versions(f"run_id = '{run_id}'")
+    except mlflow.exceptions.MlflowException:  # a store without a registry: named by its export
+        return None
+    newest = max(versions, key=lambda v: int(v.version), default=None)
+    return None if newest is None else f"{newest.name}/{newest.version}"
 
 
 def _download_model(uri: str, download_dir, failure: str) -> Path:
@@ -135,10 +152,17 @@ IW_CHUNK = 100
 def iw_k_problem(iw_k: int) -> str | None:
     """What is wrong with ``iw_k`` importance samples, said as the end of a sentence; None when
     nothing is (the IW-NLL draws them ``IW_CHUNK`` at a time, and 0 skips it)."""
-    if iw_k % IW_CHUNK:
-        return (f"must be 0 (no IW-NLL) or a multiple of {IW_CHUNK} (samples are drawn {IW_CHUNK} at a time), got "
-                f"{iw_k}; use e.g. {-(-iw_k // IW_CHUNK) * IW_CHUNK}")
+    if iw_k > IW_CHUNK and iw_k % IW_CHUNK:
+        return (f"must be 0 (no IW-NLL), at most {IW_CHUNK}, or a multiple of {IW_CHUNK} (more samples are drawn "
+                f"{IW_CHUNK} at a time), got {iw_k}; use e.g. {-(-iw_k // IW_CHUNK) * IW_CHUNK}")
     return None
+
+
+def iw_chunk_for(iw_k: int) -> int:
+    """Importance samples per decoder pass for ``iw_k`` (``vae-tf evaluate`` and the suites' children
+    alike, so that one K gives one number): all at once up to ``IW_CHUNK``, else the largest
+    divisor of K up to ``IW_CHUNK`` (``IW_CHUNK`` itself for the K that :func:`iw_k_problem` passes)."""
+    return iw_k if 0 < iw_k <= IW_CHUNK else math.gcd(iw_k, IW_CHUNK) or IW_CHUNK
 
 
 def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple = (), max_examples: int | None = None,
@@ -180,30 +204,38 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
                         model_data_shape=model.data_shape if modality == "image" else None)
 
     result = evaluate_model(model, data, split=split, seed=config.seed, max_examples=max_examples, iw_k=iw_k,
+                            iw_chunk=iw_chunk_for(iw_k),
                             disentanglement=disentanglement != "off",
                             disentanglement_sizes=DISENTANGLEMENT_SIZES.get(disentanglement), fd=fd,
                             allow_unnormalised_nll=allow_unnormalised_nll)
     x, _ = data.split(split)
     figures = evaluation_figures(result, model=model, x=x[:10], value_range=data.value_range)
     document = report(result)
+    truncated = _truncated_sentences(info, x, split, out or sys.stdout)
+    if truncated is not None:
+        document["info"]["truncated_sentences"] = truncated
     document["model"] = {"source": source, "version_dir": None if downloaded else str(version_dir),
                          "name": info.get("name"), "version": info.get("version"), "trained_in_run": run_id,
                          "registered": registered}
-
-    # A subsample's report (--max-examples) does not take the whole split's file name.
-    sample = f"-max{max_examples}" if max_examples else ""
-    report_path = Path(output) if output else (
-        Path("evaluation") / f"{label.rsplit('/', 1)[0]}-v{label.rsplit('/', 1)[1]}-{split}{sample}.json")
-    _write_json_atomically(report_path, document)
 
     from training.lineage import result_verdict
 
     verdict = result_verdict(result)
     document["collapse"] = {"verdict": verdict.line, "status": verdict.verdict.status,
                             "thresholds": verdict.verdict.thresholds()}
+    # A subsample's report (--max-examples) does not take the whole split's file name.
+    sample = f"-max{max_examples}" if max_examples else ""
+    report_path = Path(output) if output else (
+        Path("evaluation") / f"{label.rsplit('/', 1)[0]}-v{label.rsplit('/', 1)[1]}-{split}{sample}.json")
+    _write_json_atomically(report_path, document)  # the same document as the MLflow run's report.json
+
     eval_run_id = None
     if log_to_mlflow:
-        eval_run_id = _log(config, label, result, figures, document, run_id, split, data, verdict, into_run)
+        settings = {"source": source, "split": split, "max_examples": max_examples or "all", "iw_k": iw_k,
+                    "disentanglement": disentanglement, "fd": fd, "allow_unnormalised_nll": allow_unnormalised_nll,
+                    "overrides": " ".join(overrides) or "none"}
+        eval_run_id = _log(config, label, result, figures, document, run_id, split, data, verdict, into_run,
+                           settings)
     else:
         import matplotlib.pyplot as plt
 
@@ -214,13 +246,32 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
                             run_id=eval_run_id, version_dir=None if downloaded else version_dir)
 
 
+def _truncated_sentences(info: dict, x, split: str, out) -> int | None:
+    """For a text model: how many of the split's sentences have more words than the model reads
+    (data read with a larger ``max_length`` than the model's and ``long_sentences: truncate``),
+    said in a warning when any do; None for an image model."""
+    from serving.text import TextPolicy
+
+    policy = TextPolicy.from_model_info(info)
+    if policy is None:
+        return None
+    cut = policy.count_long(x[:])
+    if cut:
+        print(f"warning: {cut} of {len(x)} {split} sentences have more than the model's {policy.max_length} words; "
+              f"the model reads the first {policy.max_length} and scores an <eos> after them, so the likelihoods and "
+              "perplexity are of the cut sentences (evaluate with data.options.max_length="
+              f"{policy.max_length} and long_sentences=drop to score whole ones)", file=out)
+    return cut
+
+
 def _write_json_atomically(path: Path, document: dict) -> None:
     from training.atomic import write_json_atomic
 
     write_json_atomic(path, document, allow_nan=False)
 
 
-def _log(config, label, result, figures, document, trained_run_id, split, data, verdict, into_run=None) -> str:
+def _log(config, label, result, figures, document, trained_run_id, split, data, verdict, into_run=None,
+         settings: dict | None = None) -> str:
     """Log the evaluation as a new run in the config's experiment, or into the existing run
     ``into_run`` (the one `mlflow run` made for the project's evaluate entry), which keeps its
     experiment and takes the evaluation's name and tags."""
@@ -247,6 +298,8 @@ def _log(config, label, result, figures, document, trained_run_id, split, data, 
         x, y = data.split(split)
         mlflow.log_input(meta_dataset(f"{data.name}-{split}", dataset_source(config, data), dataset_digest(x, y)),
                          context="evaluation", tags={"split": split, "n_examples": str(len(x))})
+        if settings and not into_run:  # how it was evaluated (`mlflow run`'s own run holds the entry's params)
+            mlflow.log_params({k: str(v)[:6000] for k, v in settings.items()})
         mlflow.log_metrics({k: float(v) for k, v in result["metrics"].items() if v == v})  # NaN: not logged
         mlflow.log_dict(document, "evaluation/report.json")
         log_figures(figures, "evaluation")

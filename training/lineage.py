@@ -5,7 +5,7 @@
   its context (training / validation / test / pretraining) and its size. Through the run's
   :class:`~training.tracking.TrackedRun`, so an MLflow outage journals it like any other call.
 - :func:`model_verdict`: the one-line collapse verdict of a trained model
-  (:func:`vae_tf.metrics.collapse_verdict`: ``healthy: 14/16 dims active, MI 3.1 nats, ...``),
+  (:func:`vae_tf.metrics.collapse_verdict`: ``healthy: 14/16 dims active, MI 3.10 nats, ...``),
   printed and set as tags (``vae_tf.collapse``, ``vae_tf.collapse.status``,
   ``vae_tf.collapse.thresholds``) so MLflow's runs table shows which runs collapsed.
 """

@@ -16,8 +16,11 @@ def non_negative_int(text: str) -> int:
 
 
 def positive_int(text: str) -> int:
-    value = non_negative_int(text)
-    if value == 0:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:  # one message for 0 and -5 (">= 0" for -5 would invite 0)
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 

@@ -346,6 +346,11 @@ def collapse_curve(kl_per_example, eps_grid=None, delta: float = COLLAPSE_DELTA)
 PARTIAL_COLLAPSE_FRACTION = 0.5
 
 
+def _nats(value: float) -> str:
+    """Three significant digits, trailing zeros kept (``2.00``, ``15.0``, ``0.00547``; ``3416``)."""
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:#.3g}".rstrip(".")
+
+
 @dataclass(frozen=True)
 class CollapseVerdict:
     """Whether a model's code carries information, in one word and one line.
@@ -372,11 +377,16 @@ class CollapseVerdict:
     def line(self) -> str:
         parts = [f"{self.active}/{self.dims} dims active"]
         if self.mi is not None and math.isfinite(self.mi):
-            # I_q(x; z) >= 0: a negative estimate (small sets: its spread is ~sqrt(d / 2N) for a
-            # collapsed code, see mutual_information) is said to be noise, not printed as a value
-            parts.append(f"MI {self.mi:.3g} nats" if self.mi >= 0 else
-                         f"MI ~0 nats (estimate {self.mi:.3g}, below 0 by sampling noise)")
-        parts.append(f"KL {self.kl:.3g}")
+            # 0 <= I_q(x; z) <= E_x KL(q(z|x) || p(z)): an estimate outside (small sets: its spread
+            # is ~sqrt(d / 2N) for a collapsed code, see mutual_information) is said to be noise
+            if self.mi < 0:
+                parts.append(f"MI ~0 nats (estimate {_nats(self.mi)}, below 0 by sampling noise)")
+            elif self.mi > self.kl:
+                parts.append(f"MI {_nats(self.mi)} nats (above the KL, which bounds it: sampling noise; "
+                             "more examples narrow it)")
+            else:
+                parts.append(f"MI {_nats(self.mi)} nats")
+        parts.append(f"KL {_nats(self.kl)} nats")
         if self.collapsed_fraction is not None:
             parts.append(f"{self.collapsed_fraction:.0%} of dims (0.01, 0.01)-collapsed")
         return f"{self.status}: " + ", ".join(parts)

@@ -210,18 +210,28 @@ def _spec_text(shape) -> str:
 
 
 def fit_data(model, data, *, what: str = "x"):
-    """``fit`` / ``evaluate``'s data for an image ``model``, checked as its inference methods check
-    theirs: arrays, lists and eager tensors through :func:`model_rows` (float32 values, finite,
-    within the likelihood's support), a dataset through :func:`dataset_batches`, a tuple
+    """``fit`` / ``evaluate``'s data, checked as the model's inference methods check theirs:
+    arrays, lists and eager tensors through :func:`model_rows` (images: float32 values, finite,
+    within the likelihood's support; text: sentences, and none empty or only whitespace, the rule
+    of the training data sets), an image dataset through :func:`dataset_batches`, a tuple
     ``(x, y, ...)`` (``validation_data``) by its ``x``; anything else (a ``PyDataset``, a
-    generator, a distributed dataset) as it is."""
-    if data is None or getattr(model, "modality", "image") != "image":
+    generator, a distributed dataset, a dataset of sentences) as it is."""
+    if data is None:
         return data
+    text = getattr(model, "modality", "image") == "text"
     if isinstance(data, tf.data.Dataset):
-        return dataset_batches(model, data, what=what)
+        return data if text else dataset_batches(model, data, what=what)
     if isinstance(data, tuple) and data:
         return (fit_data(model, data[0], what=what), *data[1:])
     if isinstance(data, (np.ndarray, list, tf.Tensor, tf.Variable)) and not symbolic(data):
+        if text:  # encode takes an empty sentence (<eos> alone, as the signatures do); training does not
+            if _kind(data.dtype) in "biuf" if isinstance(data, (np.ndarray, tf.Tensor, tf.Variable)) else False:
+                return data  # token ids (a text model under XLA tokenises before fit)
+            from vae_tf.data.validation import validate_text
+
+            rows = sentences(data, what=what, as_array=True)
+            validate_text(rows, what=what)
+            return rows
         return model_rows(model, data, what=what)
     return data
 
