@@ -66,6 +66,13 @@ def test_traversal_figure_has_a_row_per_dimension(steps):
     try:
         assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["z[7]", "z[2]", "z[0]", "z[5]"]
         assert fig.axes[0].get_images()[0].get_array().shape == (4 * 6 - 1, steps * 6 - 1, 3)
+        assert fig._suptitle.get_text().endswith("dims 7, 2, 0, 5; the other dims at the first example's posterior mean")
+    finally:
+        plots.plt.close(fig)
+    # rows ordered by KL (model_figures): the title says by what, and out of how many dims
+    fig = plots.traversals(grid, np.linspace(-3, 3, steps), [7, 2, 0, 5], by_kl=True, of=16)
+    try:
+        assert "\nthe 4 dims of largest KL of 16, largest first; the other dims at" in fig._suptitle.get_text()
     finally:
         plots.plt.close(fig)
 

@@ -877,11 +877,11 @@ def _report_figures(suite: Suite, size: str, run_names: list, specs: dict, seeds
     lines = []
     for group, names in groups.items():
         fig, ax = plt.subplots(figsize=(8.0, 4.0))
-        # one colour per run (tab10 up to 10 runs, tab20 beyond) and a dash pattern per ten runs, so
-        # that no two runs look alike; one line per seed, all in the run's style
-        palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+        # one style per run: tab20's ten dark colours solid, then its ten light ones dashed (a dark
+        # and a light of one hue never side by side), then dotted; one line per seed, in the run's style
+        palette = plt.get_cmap("tab20")
         for k, name in enumerate(names):
-            style = {"color": palette(k % palette.N), "linestyle": ("-", "--", ":")[k // 10 % 3]}
+            style = {"color": palette(2 * (k % 10) + (k // 10) % 2), "linestyle": ("-", "--", ":")[k // 10 % 3]}
             for i, curve in enumerate(c for c in curves.get(name, []) if c):
                 ax.step(curve[0], curve[1], where="post", lw=1.2, alpha=0.8, label=name if i == 0 else None, **style)
         ax.set_xscale("log")
@@ -920,8 +920,9 @@ def _report_figures(suite: Suite, size: str, run_names: list, specs: dict, seeds
             handles = [Line2D([], [], marker="o", linestyle="", color=colour[c], label=str(c)) for c in classes]
             fig.legend(handles=handles, title="label", fontsize=7, title_fontsize=7, loc="center right", frameon=False)
             fig.subplots_adjust(right=0.9)
-        fig.suptitle(f"t-SNE of the test embeddings (seed {seeds[0]})"
-                     + (", coloured by label" if classes else ""), fontsize=9)
+        fig.suptitle(f"t-SNE of the test embeddings (seed {seeds[0]})" + (", coloured by label" if classes else "")
+                     + "\nt-SNE keeps neighbours, not scale: a code of little information can look clustered "
+                       "(read it with the MI column)", fontsize=9)
         fig.tight_layout(rect=(0, 0, 0.92 if 0 < len(classes) <= 20 else 1, 1))
         fig.savefig(report_dir / "tsne.png", dpi=90)
         plt.close(fig)

@@ -68,7 +68,7 @@ def image_rows(rows: dict[str, np.ndarray], value_range=(0.0, 1.0), title: str |
                     ax.axis("off")
             axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10 if "\n" in title else 12)
     fig.tight_layout()
     return fig
 
@@ -84,11 +84,17 @@ def samples(x_mean: np.ndarray, x_sample: np.ndarray, value_range=(0.0, 1.0)):
                       "Samples from the prior: deterministic vs ancestral decoding")
 
 
-def traversals(grid: np.ndarray, values: np.ndarray, dims: list[int], value_range=(0.0, 1.0)):
-    """``grid[i, j]``: decode with latent ``dims[i]`` set to ``values[j]``, other dims fixed."""
+def traversals(grid: np.ndarray, values: np.ndarray, dims: list[int], value_range=(0.0, 1.0), *,
+               by_kl: bool = False, of: int | None = None):
+    """``grid[i, j]``: decode with latent ``dims[i]`` set to ``values[j]``, the other dims held at
+    the first example's posterior mean; ``by_kl``: the rows are the dims of largest KL, in that
+    order (``of``: how many dims the code has), which the title says."""
     rows = {f"z[{d}]": grid[i] for i, d in enumerate(dims)}
-    fig = image_rows(rows, value_range, f"Latent traversals over [{values[0]:.1f}, {values[-1]:.1f}]")
-    return fig
+    order = (f"the {len(dims)} dims of largest KL{'' if of is None else f' of {of}'}, largest first" if by_kl
+             else "dims " + ", ".join(map(str, dims)))
+    title = (f"Latent traversals over [{values[0]:.1f}, {values[-1]:.1f}]\n{order}; the other dims at the first "
+             "example's posterior mean")
+    return image_rows(rows, value_range, title)
 
 
 def kl_per_dim(kl: np.ndarray, threshold: float = ACTIVE_KL_THRESHOLD):
@@ -132,7 +138,8 @@ def model_figures(model, x: np.ndarray, *, value_range=(0.0, 1.0), kl: np.ndarra
             z[i, :, d] = values
         decoded = np.asarray(signatures["decode"](z.reshape(-1, code.shape[0]))["x_mean"])
         grid = decoded.reshape((len(dims), traversal_steps) + decoded.shape[1:])
-        figures["traversals.png"] = traversals(grid, values, dims, value_range)
+        figures["traversals.png"] = traversals(grid, values, dims, value_range, by_kl=kl is not None,
+                                               of=code.shape[0])
     if kl is not None:
         figures["kl_per_dim.png"] = kl_per_dim(kl)
     return figures
