@@ -31,9 +31,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     MODEL_NAME=model \
-    MODEL_BASE_PATH=/models
+    MODEL_BASE_PATH=/models \
+    VAE_TF_SERVE_HOST=0.0.0.0
 WORKDIR /opt/vae-tf
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY vae_tf ./vae_tf
 COPY training ./training
 COPY serving ./serving
@@ -49,5 +50,6 @@ WORKDIR /work
 EXPOSE 8500 8501
 ENTRYPOINT ["vae-tf"]
 # A container must listen on all interfaces to be reachable through -p; outside one the
-# server binds 127.0.0.1 by default.
-CMD ["serve", "--host", "0.0.0.0"]
+# server binds 127.0.0.1 by default. The address is read from VAE_TF_SERVE_HOST (above), not
+# given here, so that `docker run ... vae-tf serve --enable-batching` still binds 0.0.0.0.
+CMD ["serve"]

@@ -37,7 +37,8 @@ def add_parsers(sub) -> None:
                        help="TF Serving's own flag: the model directory itself (numbered versions inside), served "
                             "as --model_name, or as `default` without it, as there (the tensorflow/serving image "
                             "passes $MODEL_BASE_PATH/$MODEL_NAME here)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
+    serve.add_argument("--host", default=os.environ.get("VAE_TF_SERVE_HOST") or "127.0.0.1",
+                       help="address to bind (default: $VAE_TF_SERVE_HOST or 127.0.0.1; the app image sets 0.0.0.0)")
     serve.add_argument("--port", type=port, default=8500, help="gRPC port (default 8500; 0: any free port)")
     serve.add_argument("--rest-api-port", "--rest_api_port", dest="rest_api_port", type=port, default=8501,
                        help="REST port (default 8501; 0: any free port)")

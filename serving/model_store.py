@@ -86,13 +86,15 @@ def validate_model_name(name: str) -> str:
     return name
 
 
-def scan_versions(model_dir: Path) -> dict[int, Path]:
-    """``{version: directory}`` for the integer-named sub-directories (TF Serving's rule)."""
+def scan_versions(model_dir: Path) -> dict[int, Path] | None:
+    """``{version: directory}`` for the integer-named sub-directories (TF Serving's rule); None
+    when ``model_dir`` cannot be listed (gone, not a directory, no permission): a base path that
+    is transiently unavailable (a rename swap, a remount) is not one with no versions."""
     found: dict[int, Path] = {}
     try:
         entries = sorted(os.scandir(model_dir), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return found
+        return None
     for entry in entries:
         if not _VERSION_DIR_RE.match(entry.name):
             continue
@@ -582,6 +584,7 @@ class ModelStore:
         self._failed: dict[int, tuple] = {}  # version -> _files_stamp of its directory at the failed attempt
         self._labels_mtime: float | None = None
         self._poll_lock = threading.Lock()
+        self._unreadable = False  # the model directory could not be listed at the last poll
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if self.labels_file is not None:
@@ -621,6 +624,17 @@ class ModelStore:
         with self._poll_lock:
             self._reload_labels()
             on_disk = scan_versions(self.model_dir)
+            if on_disk is None:
+                # TF Serving's file system source emits no version list for a base path it cannot
+                # read ("transiently unavailable"), so nothing is unloaded: the same here.
+                if not self._unreadable:
+                    log.warning("cannot list %s (missing, not a folder, or no permission): keeping version(s) %s "
+                                "until it is back", self.model_dir, ", ".join(map(str, self._servables)) or "none")
+                    self._unreadable = True
+                return
+            if self._unreadable:
+                log.info("%s can be listed again", self.model_dir)
+                self._unreadable = False
             current = self._servables
             candidates = {v: s for v, s in current.items() if v in on_disk}
             wanted = {v for v in self._labels.values() if v in on_disk}

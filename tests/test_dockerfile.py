@@ -56,3 +56,28 @@ def test_the_app_image_copies_every_package_the_project_installs():
     assert {"vae_tf", "vae_tf_cli", "training", "serving"} <= set(packages)
     copied = set(re.findall(r"^COPY (\w+) \./\1$", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE))
     assert set(packages) <= copied, sorted(set(packages) - copied)
+
+
+def test_the_app_image_copies_what_the_build_reads_and_binds_every_interface_whatever_the_command(monkeypatch):
+    """pyproject.toml names README.md (the readme) and LICENSE (license-files): the app image
+    copied the first only, so its wheel had no licence text and setuptools warned that the build
+    will fail from 2027-02-18. And the image's `--host 0.0.0.0` was in CMD, which any command
+    given to `docker run` replaces: `vae-tf serve --enable-batching` bound 127.0.0.1 inside the
+    container, unreachable through -p, without a word."""
+    from vae_tf_cli import build_parser
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    read = {project["readme"], *project["license-files"]}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = {name for line in re.findall(r"^COPY (.+) \./$", dockerfile, flags=re.MULTILINE) for name in line.split()}
+    assert read <= copied, sorted(read - copied)
+    assert "0.0.0.0" not in "".join(re.findall(r"^CMD .*$", dockerfile, flags=re.MULTILINE))
+    assert re.findall(r"VAE_TF_SERVE_HOST=(\S+)", dockerfile) == ["0.0.0.0"]
+    # what `vae-tf serve --enable-batching` binds with that environment, and without it
+    for env, want in (("0.0.0.0", "0.0.0.0"), (None, "127.0.0.1")):
+        if env is None:
+            monkeypatch.delenv("VAE_TF_SERVE_HOST", raising=False)
+        else:
+            monkeypatch.setenv("VAE_TF_SERVE_HOST", env)
+        assert build_parser()[0].parse_args(["serve", "--enable-batching"]).host == want
+    assert build_parser()[0].parse_args(["serve", "--host", "10.0.0.1"]).host == "10.0.0.1"

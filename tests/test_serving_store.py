@@ -114,6 +114,36 @@ def test_broken_version_keeps_the_last_good_one(exports, tmp_path):
         assert client.metadata()["model_spec"]["version"] == "1"
 
 
+def test_a_model_directory_that_is_briefly_gone_keeps_its_versions_served(exports, tmp_path, caplog):
+    """A rename swap of the whole model directory (or a remount) left nothing to list for a poll:
+    every version was unloaded and clients got 404 until the next poll loaded it again from
+    scratch. TF Serving's file system source emits no version list for a base path it cannot read
+    ("transiently unavailable"); neither does this store. An empty directory still unloads."""
+    drop_version(exports, tmp_path, 1)
+    store = ModelStore(tmp_path, "vae", poll_seconds=0, warmup=False).start()
+    first = store.servable("vae")
+    (tmp_path / "vae").rename(tmp_path / "vae.swapping")
+    with caplog.at_level("WARNING", logger="serving.model_store"):
+        store.poll()
+        store.poll()
+    assert store.servable("vae") is first  # still served, not reloaded
+    said = [r.getMessage() for r in caplog.records if "cannot list" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("keeping version(s) 1 until it is back")  # once, not every poll
+    (tmp_path / "vae").write_text("a file where the folder was")
+    store.poll()
+    assert store.servable("vae") is first
+    (tmp_path / "vae").unlink()
+    (tmp_path / "vae.swapping").rename(tmp_path / "vae")
+    store.poll()
+    assert store.servable("vae") is first
+    for child in (tmp_path / "vae").iterdir():  # an empty directory: no version wanted, as TF Serving
+        child.rename(tmp_path / f"away-{child.name}")
+    store.poll()
+    with pytest.raises(Exception, match=r"Servable not found for request: Latest\(vae\)"):
+        store.servable("vae")
+    assert scan_versions(tmp_path / "missing") is None and scan_versions(tmp_path / "vae") == {}
+
+
 def test_a_broken_newest_version_at_start_serves_the_one_before_and_a_half_copied_one_loads_once_whole(
         exports, tmp_path):
     """Three operational gaps: a restart with a broken newest version served nothing (the fallback
