@@ -453,6 +453,31 @@ def test_npz_official_test_split(tmp_path):
     assert data.metadata["test_split"] == "official"
 
 
+def test_npz_arrays_nothing_reads_are_named(tmp_path, capsys):
+    """An x_val, an x_test beside x (not x_train) or a 'target' were ignored without a word: the
+    run trained and validated on splits of x alone. They are named in the metadata, and
+    `vae-tf train` says so in one line."""
+    from training.train import warn_unread_arrays
+
+    rng = np.random.default_rng(0)
+    x, xv = rng.random((40, 4)).astype(np.float32), rng.random((10, 4)).astype(np.float32)
+    np.savez(tmp_path / "v.npz", x=x, y=np.arange(40) % 2, x_val=xv, x_test=xv, target=np.arange(40))
+    data = load_dataset("npz", path=str(tmp_path / "v.npz"))
+    assert data.metadata["unread_keys"] == ["x_val", "x_test", "target"]
+    warn_unread_arrays(data.metadata)
+    assert capsys.readouterr().err == (
+        f"warning: {tmp_path / 'v.npz'} also holds 'x_val', 'x_test', 'target', which training does not read (it "
+        "reads 'x', 'y'; an official test split comes only from x_train with x_test, the validation split from "
+        "data.val_fraction): see docs/data.md\n")
+    # labels left out: the label arrays are not "unread" by mistake; a Keras-style archive reads all four
+    assert load_dataset("npz", path=str(tmp_path / "v.npz"), labels=False).metadata["unread_keys"] == [
+        "x_val", "x_test", "target"]
+    np.savez(tmp_path / "k.npz", x_train=x, y_train=np.arange(40) % 2, x_test=xv, y_test=np.arange(10) % 2)
+    assert "unread_keys" not in load_dataset("npz", path=str(tmp_path / "k.npz")).metadata
+    warn_unread_arrays(load_dataset("npz", path=str(tmp_path / "k.npz")).metadata)
+    assert capsys.readouterr().err == ""
+
+
 def test_npy_round_trip(tmp_path):
     x = np.random.default_rng(0).normal(size=(30, 6, 6)).astype(np.float32)
     np.save(tmp_path / "a.npy", x)

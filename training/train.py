@@ -230,6 +230,7 @@ def prepare(config: Config, strategy) -> Prepared:
     _refuse_too_few_examples_to_judge(config, data)
     data, labelled = split_for_pretraining(config, data)
     steps_per_epoch = training_steps_per_epoch(data, config.train)
+    warn_unread_arrays(data.metadata)
     text = None
     if data.metadata.get("modality") == "text":
         from vae_tf.models.text import text_settings
@@ -576,6 +577,18 @@ def warn_long_sentences(metadata: dict, stream=None) -> None:
 #: Above this share of the training split's words outside the vocabulary, `vae-tf train` warns
 #: (the Penn Treebank's standard 10k-word vocabulary leaves about 5 % of its words as <unk>).
 UNK_RATE_WARNING = 0.10
+
+
+def warn_unread_arrays(metadata: dict, stream=None) -> None:
+    """One line on stderr naming the arrays of an ``.npz`` that training does not read: an
+    ``x_val`` or an ``x_test`` beside ``x`` reads like a split the run would use, and is not."""
+    unread = metadata.get("unread_keys") or []
+    if unread:
+        print(f"warning: {metadata.get('source')} also holds {', '.join(map(repr, unread))}, which training does not "
+              f"read (it reads {metadata.get('x_key')!r}"
+              + (f", {metadata.get('y_key')!r}" if metadata.get("y_key") else "")
+              + "; an official test split comes only from x_train with x_test, the validation split from "
+                "data.val_fraction): see docs/data.md", file=stream or sys.stderr)
 
 
 def warn_unknown_words(metadata: dict, stream=None) -> None:

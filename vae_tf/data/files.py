@@ -263,6 +263,10 @@ def open_npz(plan: SplitPlan, *, path: str | None = None, labels: bool = True) -
             y_test = archive["y_test"] if official and "y_test" in keys and labels else None
             f_key = next((k for k in FACTOR_KEYS if k in keys), None)
             factors = archive[f_key] if f_key else None
+            read = {x_key, y_key, f_key} | ({"x_test", "y_test"} if official else set())
+            # arrays the archive holds that nothing reads (an x_val, an x_test beside x, a 'target'):
+            # said by `vae-tf train` (they were ignored without a word)
+            unread = [k for k in keys if k not in read and not (k in Y_KEYS + ("y_train", "y_test") and not labels)]
     except DataError:
         raise
     except Exception as exc:
@@ -275,7 +279,7 @@ def open_npz(plan: SplitPlan, *, path: str | None = None, labels: bool = True) -
         factors=factors,
         x_test=x_test,
         y_test=y_test,
-        metadata={"source": str(p), "x_key": x_key, "y_key": y_key},
+        metadata={"source": str(p), "x_key": x_key, "y_key": y_key, **({"unread_keys": unread} if unread else {})},
     )
 
 
