@@ -478,6 +478,20 @@ def test_npz_arrays_nothing_reads_are_named(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_channel_first_images_are_said_to_look_so(capsys):
+    """(N, 3, 32, 32) is read channel-last, as 3 x 32 pixels of 32 channels (the documented rule),
+    and trained without an error; `vae-tf train` now says what it read and how to fix the file."""
+    from training.train import warn_channels_first
+
+    warn_channels_first((3, 32, 32))
+    assert capsys.readouterr().err == (
+        "warning: the images are read as 3 x 32 pixels with 32 channels (arrays are channel-last, (N, H, W, C)); if "
+        "the data are channel-first, (N, C, H, W), save them channel-last: np.moveaxis(x, 1, -1)\n")
+    for fine in ((32, 32, 3), (28, 28, 1), (8, 8, 1), (64, 64, 13), (3, 4, 4), (64,), (4, 64)):  # no warning
+        warn_channels_first(fine)
+    assert capsys.readouterr().err == ""
+
+
 def test_npy_round_trip(tmp_path):
     x = np.random.default_rng(0).normal(size=(30, 6, 6)).astype(np.float32)
     np.save(tmp_path / "a.npy", x)

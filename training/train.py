@@ -231,6 +231,7 @@ def prepare(config: Config, strategy) -> Prepared:
     data, labelled = split_for_pretraining(config, data)
     steps_per_epoch = training_steps_per_epoch(data, config.train)
     warn_unread_arrays(data.metadata)
+    warn_channels_first(data.data_shape)
     text = None
     if data.metadata.get("modality") == "text":
         from vae_tf.models.text import text_settings
@@ -577,6 +578,17 @@ def warn_long_sentences(metadata: dict, stream=None) -> None:
 #: Above this share of the training split's words outside the vocabulary, `vae-tf train` warns
 #: (the Penn Treebank's standard 10k-word vocabulary leaves about 5 % of its words as <unk>).
 UNK_RATE_WARNING = 0.10
+
+
+def warn_channels_first(data_shape, stream=None) -> None:
+    """One line on stderr when images look channel-first: arrays are read channel-last
+    ``(N, H, W, C)`` (docs/data.md), so an ``(N, 3, 32, 32)`` array trains as 3-pixel-high images
+    of 32 channels without any error."""
+    shape = tuple(int(d) for d in data_shape or ())
+    if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[1] > 4 and shape[2] > 4:
+        print(f"warning: the images are read as {shape[0]} x {shape[1]} pixels with {shape[2]} channels (arrays are "
+              f"channel-last, (N, H, W, C)); if the data are channel-first, (N, C, H, W), save them channel-last: "
+              "np.moveaxis(x, 1, -1)", file=stream or sys.stderr)
 
 
 def warn_unread_arrays(metadata: dict, stream=None) -> None:
