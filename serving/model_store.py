@@ -93,7 +93,7 @@ def scan_versions(model_dir: Path) -> dict[int, Path] | None:
     found: dict[int, Path] = {}
     try:
         entries = sorted(os.scandir(model_dir), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
+    except OSError:  # gone, not a folder, no permission, a stale NFS handle, a FUSE mount gone (ENOTCONN), EIO
         return None
     for entry in entries:
         if not _VERSION_DIR_RE.match(entry.name):
@@ -626,10 +626,11 @@ class ModelStore:
             on_disk = scan_versions(self.model_dir)
             if on_disk is None:
                 # TF Serving's file system source emits no version list for a base path it cannot
-                # read ("transiently unavailable"), so nothing is unloaded: the same here.
-                if not self._unreadable:
-                    log.warning("cannot list %s (missing, not a folder, or no permission): keeping version(s) %s "
-                                "until it is back", self.model_dir, ", ".join(map(str, self._servables)) or "none")
+                # read ("transiently unavailable"), so nothing is unloaded: the same here. Nothing
+                # served yet (a start before the folder exists): start() has said so already.
+                if self._servables and not self._unreadable:
+                    log.warning("cannot list %s (missing, not a folder, no permission or an I/O error): keeping "
+                                "version(s) %s until it is back", self.model_dir, ", ".join(map(str, self._servables)))
                     self._unreadable = True
                 return
             if self._unreadable:

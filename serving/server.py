@@ -3,7 +3,7 @@
 Defaults are those of the official ``tensorflow/serving`` image (reference §1): ``MODEL_NAME``
 (default ``model``) and ``MODEL_BASE_PATH`` (default ``/models``) from the environment, gRPC
 on 8500, REST on 8501, the base path polled every second. Unlike the image, the server binds
-``127.0.0.1`` unless told otherwise (``--host 0.0.0.0`` in a container), a port of 0 means "any
+``127.0.0.1`` unless told otherwise (``--host`` or ``$VAE_TF_SERVE_HOST``: ``0.0.0.0`` in a container), a port of 0 means "any
 free port" (TF Serving reads ``--rest_api_port=0`` as "no REST"; use ``--no-rest`` here), and
 request sizes are limited (64 MiB by default, both protocols), and each protocol admits at most
 ``max_in_flight`` requests at once (128 by default; beyond that REST answers 429 and gRPC

@@ -314,6 +314,16 @@ def test_a_tracking_uri_of_an_unknown_scheme_is_one_line_before_anything_runs(tm
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:/tmp/m")
     with pytest.raises(ConfigError, match=r"^MLFLOW_TRACKING_URI 'file:/tmp/m' is a folder store"):
         resolve_tracking_uri(None)
+    # `vae-tf train` says it before the training module (TensorFlow, MLflow: ~5 s) is imported:
+    # here that import would fail, so a refusal after it would be another error
+    import sys
+
+    monkeypatch.setitem(sys.modules, "training.train", None)
+    capsys.readouterr()
+    assert main(["train", "--set", "train.epochs=1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "error: MLFLOW_TRACKING_URI 'file:/tmp/m' is a folder store, which MLflow 3.17 refuses")
+    monkeypatch.delitem(sys.modules, "training.train")
     for allowed in ("true", "TRUE", "1"):
         monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", allowed)
         for folder in folders:

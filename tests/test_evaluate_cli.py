@@ -118,6 +118,11 @@ def test_evaluate_the_registered_model_and_the_run(here, capsys, monkeypatch):
     assert main(["evaluate", f"runs:/{run_id}", "--iw-k", "0", "--no-mlflow", "--max-examples", "20",
                  "--disentanglement", "off"]) == 0
     assert json.loads((tmp_path / "evaluation" / "vae-v1-test-max20.json").read_text())["info"]["num_examples"] == 20
+    # the fewest examples --max-examples takes (2: a variance) evaluate; t-SNE, which needs 3, is skipped, said
+    assert main(["evaluate", f"runs:/{run_id}", "--iw-k", "0", "--no-mlflow", "--max-examples", "2",
+                 "--disentanglement", "off", "-o", "two.json"]) == 0
+    assert json.loads((tmp_path / "two.json").read_text())["info"]["skipped"]["tsne"] == (
+        "t-SNE needs at least 3 examples, got 2")
 
 
 @pytest.mark.slow
@@ -210,6 +215,24 @@ def test_evaluate_refuses_iw_k_before_anything_loads_when_called_from_python():
         evaluate("models/nothing-is-loaded", iw_k=150)
 
 
+def test_one_k_is_drawn_in_one_way_by_evaluate_and_the_suites():
+    """K up to 100 in one pass, larger K (multiples of 100) 100 at a time, for `vae-tf evaluate`
+    and the suites' children alike (compare drew K = 30 as three passes of gcd(30, 100) = 10, so
+    the same K gave another number); a K neither takes is refused by both, a negative one too
+    (it reached the metrics after the model had loaded)."""
+    from training.compare import Suite, evaluate_options
+    from training.evaluate import iw_chunk_for, iw_k_problem
+
+    assert [iw_chunk_for(k) for k in (1, 10, 30, 100, 500)] == [1, 10, 30, 100, 100]
+    assert iw_k_problem(0) is None and iw_k_problem(30) is None and iw_k_problem(700) is None
+    assert iw_k_problem(-5) == "must be 0 (no IW-NLL) or a number of samples, got -5"
+    assert iw_k_problem(150).startswith("must be 0 (no IW-NLL), at most 100, or a multiple of 100")
+    suite = Suite(name="s", claim="", base={}, sizes={"quick": {"evaluate": {"iw_k": 150}}}, runs=[], path=Path("s.yaml"))
+    with pytest.raises(ConfigError, match=r"^suite 's' size 'quick': evaluate iw_k must be 0 \(no IW-NLL\), at most "
+                                          r"100, or a multiple of 100 .* got 150; use e.g. 200$"):
+        evaluate_options(suite, "quick")
+
+
 @pytest.mark.slow
 def test_data_of_the_other_kind_is_refused_naming_the_model(here, tmp_path, capsys):
     """The image model of the fixture on sentences: one line saying what the data holds and what
@@ -276,9 +299,10 @@ def test_a_model_trained_on_data_not_loadable_here_is_evaluated_on_the_data_set_
 
 @pytest.mark.slow
 def test_a_text_model_evaluated_on_longer_sentences_says_how_many_it_cut(tmp_path, monkeypatch, capsys):
-    """A model trained with max_length 4, evaluated on its data read with max_length 12 and
-    long_sentences=truncate: the model reads each sentence's first 4 words and scores an <eos>
-    after them. The perplexity of those cut sentences was reported without a word."""
+    """A model trained with max_length 4 and long_sentences=truncate: its data loader cuts the
+    long sentences, and evaluated on the data read with max_length 12 the model cuts them itself.
+    Either way it scores an <eos> after each cut; the perplexity of those cut sentences was
+    reported without a word. Counted over the examples evaluated (--max-examples)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     rng = np.random.default_rng(0)
@@ -291,15 +315,30 @@ def test_a_text_model_evaluated_on_longer_sentences_says_how_many_it_cut(tmp_pat
                  "model.network={kind: gru, embedding: 8, hidden: [8]}", "--set", "model.latent.latent_dim=2",
                  "--set", "mlflow.log_figures=false"]) == 0
     capsys.readouterr()
+    from training.config import load_config
+    from training.train import prepare_data
+
+    config = load_config(None, ["data.name=text_file", "data.path=corpus.txt",
+                                "data.options={max_length: 12, long_sentences: truncate}",
+                                "model.likelihood.name=categorical"])
+    test = np.asarray(prepare_data(config).split("test")[0][:], dtype=object)
+    longer = [len(s.split()) > 4 for s in test]  # the corpus' words are w0..w7: one token each
+    assert 0 < sum(longer) < len(test)
     assert main(["evaluate", "models/short", "--iw-k", "0", "--no-mlflow", "-o", "long.json", "--set",
                  "data.options={max_length: 12, long_sentences: truncate}"]) == 0
     out = capsys.readouterr().out
     report = json.loads(Path("long.json").read_text())
-    cut = report["info"]["truncated_sentences"]
-    n = report["info"]["num_examples"]
-    assert 0 < cut < n  # a random test split of 12 sentences, about half of them 6 words long
-    assert (f"warning: {cut} of {n} test sentences have more than the model's 4 words; the model reads the first 4 "
-            "and scores an <eos> after them") in out
+    assert report["info"]["truncated_sentences"] == {"by_data": 0, "by_model": sum(longer)}
+    assert (f"warning: {sum(longer)} of the {len(test)} sentences evaluated have more than the model's 4 words and "
+            "are read to their first 4; the model scores an <eos> after each cut") in out
+    # A subsample (--max-examples): counted over the sentences evaluated, not the whole split
+    assert main(["evaluate", "models/short", "--iw-k", "0", "--no-mlflow", "-o", "sub.json", "--max-examples", "3",
+                 "--disentanglement", "off", "--set", "data.options={max_length: 12, long_sentences: truncate}"]) == 0
+    sub = json.loads(Path("sub.json").read_text())["info"]
+    assert sub["num_examples"] == 3 and sub["truncated_sentences"]["by_model"] <= 3
+    capsys.readouterr()
+    # Its own data, as trained: the loader truncated the long test sentences to 4 words itself
     assert main(["evaluate", "models/short", "--iw-k", "0", "--no-mlflow", "-o", "own.json"]) == 0
-    assert "warning:" not in capsys.readouterr().out  # its own max_length: nothing is cut
-    assert json.loads(Path("own.json").read_text())["info"]["truncated_sentences"] == 0
+    assert "sentences were truncated by the data loader to max_length=4" in capsys.readouterr().out
+    assert json.loads(Path("own.json").read_text())["info"]["truncated_sentences"] == {"by_data": sum(longer),
+                                                                                       "by_model": 0}

@@ -117,12 +117,15 @@ def test_an_mi_estimate_above_the_kl_is_called_noise():
     line = collapse_verdict(8, 8, kl=0.302, mi=0.357).line
     assert "MI 0.357 nats (above the KL, which bounds it: sampling noise" in line and line.endswith("KL 0.302 nats")
     assert ", MI 0.302 nats, KL 0.302 nats" in collapse_verdict(8, 8, kl=0.302, mi=0.302).line
+    # a collapsed code: MI and KL both ~0, the estimate a hair above: no note
+    assert collapse_verdict(0, 8, kl=0.0, mi=1e-9).line == "collapsed: 0/8 dims active, MI 1.00e-09 nats, KL 0.00 nats"
 
 
 def test_kl_and_mi_keep_three_significant_digits():
     """A KL of 2 nats printed as "KL 2" reads like a count; trailing zeros stay, and no unit is left out."""
     assert collapse_verdict(16, 16, kl=15.0, mi=2.0).line.endswith("MI 2.00 nats, KL 15.0 nats")
     assert collapse_verdict(16, 16, kl=3416.4, mi=100.0).line.endswith("MI 100 nats, KL 3416 nats")
+    assert collapse_verdict(16, 16, kl=999.7, mi=999.4).line.endswith("MI 999 nats, KL 1000 nats")
 
 
 def test_a_collapsed_code_is_called_collapsed(digits):

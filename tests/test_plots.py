@@ -75,6 +75,11 @@ def test_traversal_figure_has_a_row_per_dimension(steps):
         assert "\nthe 4 dims of largest KL of 16, largest first; the other dims at" in fig._suptitle.get_text()
     finally:
         plots.plt.close(fig)
+    fig = plots.traversals(grid, np.linspace(-3, 3, steps), [7, 2, 0, 5], by_kl=True, of=4)
+    try:
+        assert "\nall 4 dims, by KL, largest first; the other dims at" in fig._suptitle.get_text()
+    finally:
+        plots.plt.close(fig)
 
 
 # --- text tables: Markdown that renders as the sentences --------------------------------------------

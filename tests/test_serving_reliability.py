@@ -609,8 +609,10 @@ def test_symlinked_versions_pointing_outside_are_not_loaded(exports, tmp_path):
 # -- defaults ----------------------------------------------------------------------------------
 
 
-def test_default_bind_is_loopback_and_limits_are_on(exports, tmp_path):
+def test_default_bind_is_loopback_and_limits_are_on(exports, tmp_path, monkeypatch):
     import argparse
+
+    monkeypatch.delenv("VAE_TF_SERVE_HOST", raising=False)  # the app image's variable (test_dockerfile.py)
 
     from serving.cli import add_parsers
 

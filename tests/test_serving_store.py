@@ -144,6 +144,29 @@ def test_a_model_directory_that_is_briefly_gone_keeps_its_versions_served(export
     assert scan_versions(tmp_path / "missing") is None and scan_versions(tmp_path / "vae") == {}
 
 
+def test_an_io_error_listing_the_model_directory_is_a_directory_not_there_now(tmp_path, monkeypatch, caplog):
+    """A stale NFS handle, a FUSE mount gone (ENOTCONN) or EIO raised out of every poll (a
+    traceback each second, and `vae-tf serve` crashed at start); and a store started before its
+    folder exists said it was "keeping version(s) none"."""
+    import errno
+
+    real = os.scandir
+
+    def failing(path):
+        if Path(path).name == "flaky":
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", failing)
+    assert scan_versions(tmp_path / "flaky") is None
+    with caplog.at_level("INFO", logger="serving.model_store"):
+        store = ModelStore(tmp_path, "later", poll_seconds=0, warmup=False).start()
+        store.poll()
+    said = [r.getMessage() for r in caplog.records]
+    assert not any("cannot list" in m or "listed again" in m for m in said), said
+    assert any(m.startswith("no servable version of model 'later'") for m in said), said
+
+
 def test_a_broken_newest_version_at_start_serves_the_one_before_and_a_half_copied_one_loads_once_whole(
         exports, tmp_path):
     """Three operational gaps: a restart with a broken newest version served nothing (the fallback

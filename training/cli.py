@@ -125,7 +125,8 @@ def cmd_train(args) -> int:
         print(yaml.safe_dump(shown, sort_keys=False), end="")
         return 0
 
-    if not args.resume and not config.mlflow.tracking_uri and os.environ.get("MLFLOW_TRACKING_URI"):
+    if (not args.resume and not config.mlflow.tracking_uri and os.environ.get("MLFLOW_TRACKING_URI")
+            and config.train.strategy != "multi_worker"):  # (a cluster's workers other than the chief open no store)
         # the store the run will open, said before TensorFlow and MLflow load (~5 s), as a config's is
         from training.config import tracking_uri_problem
         from vae_tf.errors import ConfigError

@@ -122,6 +122,11 @@ def evaluate_options(suite: Suite, size: str) -> dict:
     for key, low in (("iw_k", 0), ("tsne_max_points", 2)):
         if isinstance(merged[key], bool) or not isinstance(merged[key], int) or merged[key] < low:
             raise ConfigError(f"{where}: evaluate {key} must be an integer >= {low}, got {merged[key]!r}")
+    from training.evaluate import iw_k_problem
+
+    problem = iw_k_problem(merged["iw_k"])  # the rule of `vae-tf evaluate --iw-k`: one K, one number
+    if problem:
+        raise ConfigError(f"{where}: evaluate iw_k {problem}")
     sizes = merged["disentanglement_sizes"]
     if not isinstance(sizes, dict) or set(sizes) - set(DEFAULT_EVALUATE["disentanglement_sizes"]) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes.values()):
@@ -901,25 +906,26 @@ def _report_figures(suite: Suite, size: str, run_names: list, specs: dict, seeds
     if shown:
         cols = min(4, len(shown))
         rows_n = math.ceil(len(shown) / cols)
-        fig, axes = plt.subplots(rows_n, cols, figsize=(3.0 * cols, 3.0 * rows_n), squeeze=False)
+        # at least 7.5 inches wide: the caption's two lines fit above one or two panels
+        fig, axes = plt.subplots(rows_n, cols, figsize=(max(7.5, 3.0 * cols), 3.0 * rows_n), squeeze=False)
         for ax in axes.flat:
             ax.set_axis_off()
-        classes = sorted({int(c) for n in shown if embeddings[n].get("labels") is not None
-                          for c in np.asarray(embeddings[n]["labels"]).ravel()})
+        # labels as the data give them (class indices, or the names of a data set of one's own)
+        classes = np.unique(np.concatenate([np.asarray(embeddings[n]["labels"]).ravel() for n in shown
+                                            if embeddings[n].get("labels") is not None] or [np.empty(0)])).tolist()
         palette = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
         colour = {c: palette(i % palette.N) for i, c in enumerate(classes)}
         for ax, name in zip(axes.flat, shown):
             points = np.asarray(embeddings[name]["points"])
             labels = embeddings[name].get("labels")
             ax.scatter(points[:, 0], points[:, 1], s=3,
-                       c=[colour[int(c)] for c in np.asarray(labels).ravel()] if labels is not None else "C0")
+                       c=[colour[c] for c in np.asarray(labels).ravel().tolist()] if labels is not None else "C0")
             ax.set_title(name, fontsize=8)
         if 0 < len(classes) <= 20:  # one legend for every panel: the same label has the same colour
             from matplotlib.lines import Line2D
 
             handles = [Line2D([], [], marker="o", linestyle="", color=colour[c], label=str(c)) for c in classes]
             fig.legend(handles=handles, title="label", fontsize=7, title_fontsize=7, loc="center right", frameon=False)
-            fig.subplots_adjust(right=0.9)
         fig.suptitle(f"t-SNE of the test embeddings (seed {seeds[0]})" + (", coloured by label" if classes else "")
                      + "\nt-SNE keeps neighbours, not scale: a code of little information can look clustered "
                        "(read it with the MI column)", fontsize=9)

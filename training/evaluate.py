@@ -5,7 +5,7 @@ report and log metrics, figures and the report to MLflow."""
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
 import re
 import sys
 import tempfile
@@ -88,8 +88,7 @@ def resolve_model(source: str, download_dir: str | Path | None = None) -> tuple[
 
 def _registered_by(run_id: str) -> str | None:
     """``"NAME/VERSION"`` of the registry version a training run registered (its newest, should
-    it have several), or None: the report and the evaluation run then name the model as the
-    registry does, as they do for ``models:/NAME/VERSION``."""
+    it have several), or None: the report's ``model.registered``, as for ``models:/NAME/VERSION``."""
     import mlflow
 
     try:
@@ -152,6 +151,8 @@ IW_CHUNK = 100
 def iw_k_problem(iw_k: int) -> str | None:
     """What is wrong with ``iw_k`` importance samples, said as the end of a sentence; None when
     nothing is (the IW-NLL draws them ``IW_CHUNK`` at a time, and 0 skips it)."""
+    if iw_k < 0:
+        return f"must be 0 (no IW-NLL) or a number of samples, got {iw_k}"
     if iw_k > IW_CHUNK and iw_k % IW_CHUNK:
         return (f"must be 0 (no IW-NLL), at most {IW_CHUNK}, or a multiple of {IW_CHUNK} (more samples are drawn "
                 f"{IW_CHUNK} at a time), got {iw_k}; use e.g. {-(-iw_k // IW_CHUNK) * IW_CHUNK}")
@@ -159,10 +160,10 @@ def iw_k_problem(iw_k: int) -> str | None:
 
 
 def iw_chunk_for(iw_k: int) -> int:
-    """Importance samples per decoder pass for ``iw_k`` (``vae-tf evaluate`` and the suites' children
-    alike, so that one K gives one number): all at once up to ``IW_CHUNK``, else the largest
-    divisor of K up to ``IW_CHUNK`` (``IW_CHUNK`` itself for the K that :func:`iw_k_problem` passes)."""
-    return iw_k if 0 < iw_k <= IW_CHUNK else math.gcd(iw_k, IW_CHUNK) or IW_CHUNK
+    """Importance samples per decoder pass for ``iw_k`` (:func:`iw_k_problem` passed; ``vae-tf
+    evaluate`` and the suites' children alike, so that one K gives one number): all at once up to
+    ``IW_CHUNK``, else ``IW_CHUNK`` at a time."""
+    return iw_k if 0 < iw_k <= IW_CHUNK else IW_CHUNK
 
 
 def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple = (), max_examples: int | None = None,
@@ -187,7 +188,9 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
         model = load_vae(version_dir)
     # How the report and the evaluation run name the model: a registered model by its registry
     # version (an export's own version, counted on disk, can differ), else by its export's.
-    label = registered or f"{info.get('name')}/{info.get('version')}"
+    # (runs:/ is named by its export, as the export directory is; its registry version is in the report)
+    by_registry = registered and source.startswith("models:/")
+    label = registered if by_registry else f"{info.get('name')}/{info.get('version')}"
     shown = source if downloaded else str(version_dir)  # how messages and the report name the model
     saved = info.get("config")
     # The overrides apply to the saved config before it is validated: `--set data.name=...` can
@@ -211,7 +214,7 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     x, _ = data.split(split)
     figures = evaluation_figures(result, model=model, x=x[:10], value_range=data.value_range)
     document = report(result)
-    truncated = _truncated_sentences(info, x, split, out or sys.stdout)
+    truncated = _truncated_sentences(info, data, x, split, max_examples, config.seed, out or sys.stdout)
     if truncated is not None:
         document["info"]["truncated_sentences"] = truncated
     document["model"] = {"source": source, "version_dir": None if downloaded else str(version_dir),
@@ -233,7 +236,7 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     if log_to_mlflow:
         settings = {"source": source, "split": split, "max_examples": max_examples or "all", "iw_k": iw_k,
                     "disentanglement": disentanglement, "fd": fd, "allow_unnormalised_nll": allow_unnormalised_nll,
-                    "overrides": " ".join(overrides) or "none"}
+                    "overrides": json.dumps(list(overrides))}  # values hold spaces: a list, not a joined string
         eval_run_id = _log(config, label, result, figures, document, run_id, split, data, verdict, into_run,
                            settings)
     else:
@@ -246,22 +249,36 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
                             run_id=eval_run_id, version_dir=None if downloaded else version_dir)
 
 
-def _truncated_sentences(info: dict, x, split: str, out) -> int | None:
-    """For a text model: how many of the split's sentences have more words than the model reads
-    (data read with a larger ``max_length`` than the model's and ``long_sentences: truncate``),
-    said in a warning when any do; None for an image model."""
+def _truncated_sentences(info: dict, data, x, split: str, max_examples: int | None, seed: int, out) -> dict | None:
+    """For a text model, the sentences scored cut short, said in a warning when there are any:
+    ``by_data``, those the data loader truncated (``long_sentences: truncate``; of the whole split,
+    the loader's own count) and ``by_model``, those of the examples evaluated (the same subsample
+    as the metrics) with more words than the model reads (data read with a larger ``max_length``).
+    Either way the model scores an ``<eos>`` after the cut. None for an image model."""
+    import numpy as np
+
     from serving.text import TextPolicy
+    from vae_tf.metrics.evaluate import _subsample
 
     policy = TextPolicy.from_model_info(info)
     if policy is None:
         return None
-    cut = policy.count_long(x[:])
-    if cut:
-        print(f"warning: {cut} of {len(x)} {split} sentences have more than the model's {policy.max_length} words; "
-              f"the model reads the first {policy.max_length} and scores an <eos> after them, so the likelihoods and "
-              "perplexity are of the cut sentences (evaluate with data.options.max_length="
-              f"{policy.max_length} and long_sentences=drop to score whole ones)", file=out)
-    return cut
+    meta = data.metadata
+    by_data = int((meta.get("n_long") or {}).get(split, 0)) if meta.get("long_sentences") == "truncate" else 0
+    evaluated = np.asarray(x[:], dtype=object)[_subsample(len(x), max_examples, seed)]
+    by_model = policy.count_long(evaluated)
+    said = []
+    if by_data:
+        said.append(f"{by_data} of the {split} split's sentences were truncated by the data loader to max_length="
+                    f"{meta.get('max_length')} (long_sentences=truncate)")
+    if by_model:
+        said.append(f"{by_model} of the {len(evaluated)} sentences evaluated have more than the model's "
+                    f"{policy.max_length} words and are read to their first {policy.max_length}")
+    if said:
+        print(f"warning: {'; '.join(said)}; the model scores an <eos> after each cut, so the likelihoods and "
+              "perplexity are partly of cut sentences (data.options.long_sentences=drop scores whole ones only)",
+              file=out)
+    return {"by_data": by_data, "by_model": by_model}
 
 
 def _write_json_atomically(path: Path, document: dict) -> None:
@@ -281,6 +298,7 @@ def _log(config, label, result, figures, document, trained_run_id, split, data, 
     from training.tracking import (
         check_caller_store,
         log_figures,
+        log_params,
         meta_dataset,
         resolve_tracking_uri,
         start_run,
@@ -299,7 +317,7 @@ def _log(config, label, result, figures, document, trained_run_id, split, data, 
         mlflow.log_input(meta_dataset(f"{data.name}-{split}", dataset_source(config, data), dataset_digest(x, y)),
                          context="evaluation", tags={"split": split, "n_examples": str(len(x))})
         if settings and not into_run:  # how it was evaluated (`mlflow run`'s own run holds the entry's params)
-            mlflow.log_params({k: str(v)[:6000] for k, v in settings.items()})
+            log_params(settings)
         mlflow.log_metrics({k: float(v) for k, v in result["metrics"].items() if v == v})  # NaN: not logged
         mlflow.log_dict(document, "evaluation/report.json")
         log_figures(figures, "evaluation")

@@ -90,8 +90,11 @@ def traversals(grid: np.ndarray, values: np.ndarray, dims: list[int], value_rang
     the first example's posterior mean; ``by_kl``: the rows are the dims of largest KL, in that
     order (``of``: how many dims the code has), which the title says."""
     rows = {f"z[{d}]": grid[i] for i, d in enumerate(dims)}
-    order = (f"the {len(dims)} dims of largest KL{'' if of is None else f' of {of}'}, largest first" if by_kl
-             else "dims " + ", ".join(map(str, dims)))
+    if by_kl:
+        order = (f"all {len(dims)} dims, by KL, largest first" if of == len(dims) else
+                 f"the {len(dims)} dims of largest KL{'' if of is None else f' of {of}'}, largest first")
+    else:
+        order = "dims " + ", ".join(map(str, dims))
     title = (f"Latent traversals over [{values[0]:.1f}, {values[-1]:.1f}]\n{order}; the other dims at the first "
              "example's posterior mean")
     return image_rows(rows, value_range, title)

@@ -346,9 +346,14 @@ def collapse_curve(kl_per_example, eps_grid=None, delta: float = COLLAPSE_DELTA)
 PARTIAL_COLLAPSE_FRACTION = 0.5
 
 
+#: An MI estimate further than this above the KL is said to be noise (closer: the two agree, e.g.
+#: a collapsed code's 1e-9 against a KL of 0).
+MI_ABOVE_KL_NATS = 1e-3
+
+
 def _nats(value: float) -> str:
     """Three significant digits, trailing zeros kept (``2.00``, ``15.0``, ``0.00547``; ``3416``)."""
-    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:#.3g}".rstrip(".")
+    return f"{value:.0f}" if abs(value) >= 999.5 else f"{value:#.3g}".rstrip(".")  # 999.7 rounds to 1000, not 1.00e+03
 
 
 @dataclass(frozen=True)
@@ -381,7 +386,7 @@ class CollapseVerdict:
             # is ~sqrt(d / 2N) for a collapsed code, see mutual_information) is said to be noise
             if self.mi < 0:
                 parts.append(f"MI ~0 nats (estimate {_nats(self.mi)}, below 0 by sampling noise)")
-            elif self.mi > self.kl:
+            elif self.mi - self.kl > MI_ABOVE_KL_NATS:
                 parts.append(f"MI {_nats(self.mi)} nats (above the KL, which bounds it: sampling noise; "
                              "more examples narrow it)")
             else:

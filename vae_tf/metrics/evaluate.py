@@ -263,7 +263,9 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
     if "category" in post and y is not None:  # a categorical code: how well do its clusters match the labels?
         metrics["cluster_accuracy"] = downstream.cluster_accuracy(y, post["category"].astype(np.int64))
         est["cluster_accuracy"] = "argmax category vs labels, one-to-one Hungarian matching"
-    if tsne:
+    if tsne and len(post["embedding"]) < 3:  # t-SNE's perplexity needs neighbours
+        skipped["tsne"] = f"t-SNE needs at least 3 examples, got {len(post['embedding'])}"
+    elif tsne:
         emb, sel = downstream.tsne_embedding(post["embedding"], seed=seed, max_points=tsne_max_points)
         arrays["tsne_embedding"] = emb
         if y is not None:

@@ -225,7 +225,7 @@ def fit_data(model, data, *, what: str = "x"):
         return (fit_data(model, data[0], what=what), *data[1:])
     if isinstance(data, (np.ndarray, list, tf.Tensor, tf.Variable)) and not symbolic(data):
         if text:  # encode takes an empty sentence (<eos> alone, as the signatures do); training does not
-            if _kind(data.dtype) in "biuf" if isinstance(data, (np.ndarray, tf.Tensor, tf.Variable)) else False:
+            if isinstance(data, (np.ndarray, tf.Tensor, tf.Variable)) and _kind(data.dtype) in "biuf":
                 return data  # token ids (a text model under XLA tokenises before fit)
             from vae_tf.data.validation import validate_text
 

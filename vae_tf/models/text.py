@@ -266,12 +266,16 @@ class TextVAE(VAE):
     def fit(self, *args, **kwargs):
         """:meth:`VAE.fit`; with ``jit_compile=True`` the sentences are tokenised in the input
         pipeline (:meth:`tokenized`) for the compiled steps."""
-        args, kwargs = self._xla_inputs(*self._checked_data(args, kwargs, fit=True), fit=True)  # checked as sentences
+        if self.jit_compile:  # checked as sentences before they become ids (VAE.fit checks them otherwise)
+            args, kwargs = self._checked_data(args, kwargs, fit=True)
+        args, kwargs = self._xla_inputs(args, kwargs, fit=True)
         return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
         """:meth:`VAE.evaluate`; with ``jit_compile=True`` the sentences are tokenised first, as in :meth:`fit`."""
-        args, kwargs = self._xla_inputs(*self._checked_data(args, kwargs, fit=False), fit=False)
+        if self.jit_compile and not kwargs.get("_use_cached_eval_dataset"):  # as fit (fit's validation: checked)
+            args, kwargs = self._checked_data(args, kwargs, fit=False)
+        args, kwargs = self._xla_inputs(args, kwargs, fit=False)
         return super().evaluate(*args, **kwargs)
 
     def _refuse_sentences_in_xla(self, data) -> None:
