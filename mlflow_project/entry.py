@@ -24,8 +24,8 @@ def _args(argv):
     train.add_argument("--objective", default="")
     train.add_argument("--options", default="{}")
     train.add_argument("--beta", default="")
-    train.add_argument("--latent-dim", default="8")
-    train.add_argument("--epochs", default="40")
+    train.add_argument("--latent-dim", default="")
+    train.add_argument("--epochs", default="")
     train.add_argument("--seed", default="0")
     train.add_argument("--overrides", default="")
     evaluate = sub.add_parser("evaluate")
@@ -42,6 +42,31 @@ def _args(argv):
     compare.add_argument("--suite", default="collapse")
     compare.add_argument("--size", default="quick")
     return parser.parse_args(argv)
+
+
+def split_overrides(text: str) -> list[str]:
+    """The ``overrides`` parameter as ``key=value`` items: split at spaces, except inside ``{}``,
+    ``[]`` or quotes, so that ``objective.kl_weight={kind: control, set_point: 10}`` is one item
+    (a plain ``split()`` cut it at each space, and each piece was refused)."""
+    items, current, depth, quote = [], [], 0, None
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth = max(0, depth - 1)
+        elif ch.isspace() and depth == 0:
+            if current:
+                items.append("".join(current))
+                current = []
+            continue
+        current.append(ch)
+    if current:
+        items.append("".join(current))
+    return items
 
 
 def _int(name: str, text: str, minimum: int) -> int:
@@ -73,8 +98,11 @@ def train(args) -> int:
     from vae_tf.errors import ConfigError
 
     overrides = []
-    numbers = [f"model.latent.latent_dim={_int('latent_dim', args.latent_dim, 1)}",
-               f"train.epochs={_int('epochs', args.epochs, 1)}", f"seed={_int('seed', args.seed, 0)}"]
+    # "" (the default): the config's own value, as for beta (the numbers 8 and 40 overrode it); the
+    # seed is always set (MLproject: MLflow logs it under the config's own key, `seed`)
+    numbers = [f"{key}={_int(name, text, low)}" for key, name, text, low in (
+        ("model.latent.latent_dim", "latent_dim", args.latent_dim, 1), ("train.epochs", "epochs", args.epochs, 1),
+        ("seed", "seed", args.seed, 0)) if text.strip()]
     if args.objective:  # a named preset (the slot form goes through `overrides`)
         try:
             options = yaml.safe_load(args.options) or {}
@@ -102,8 +130,14 @@ def train(args) -> int:
                           f"with overrides=\"objective.kl_weight={{kind: control, set_point: 10}} ...\"), got "
                           f"{args.objective!r}")
     config_path = DEFAULT_CONFIG if args.config == "default" else Path(args.config)
-    overrides += [*numbers, *args.overrides.split()]
-    result = run_training(load_config(config_path, overrides))
+    overrides += [*numbers, *split_overrides(args.overrides)]
+    config = load_config(config_path, overrides)
+    store = config.mlflow.tracking_uri
+    if os.environ.get("MLFLOW_RUN_ID") and store and store != os.environ.get("MLFLOW_TRACKING_URI"):
+        # the run `mlflow run` made is in its own store: another one has no such run (a traceback)
+        raise ConfigError(f"mlflow.tracking_uri={store} names another store than the one `mlflow run` made this "
+                          "run in; drop it, and give the store to mlflow run itself (MLFLOW_TRACKING_URI)")
+    result = run_training(config)
     print(f"run id: {result.run_id}\nexport: {result.export_dir.resolve()}")
     return 0
 
@@ -182,7 +216,22 @@ def main(argv=None) -> int:
         return compare(args)
     except VaeTfError as err:
         print(f"error: {err}", file=sys.stderr)
+        _tag_the_project_run(f"{type(err).__name__}: {err}")
         return 2
+
+
+def _tag_the_project_run(message: str) -> None:
+    """The run `mlflow run` made says why it failed (tag ``error``, as a training run that fails
+    says), not only the terminal: a mistake found before training left a FAILED run with no reason."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    try:
+        from mlflow import MlflowClient
+
+        MlflowClient().set_tag(run_id, "error", message[:5000])
+    except Exception:  # the store itself may be the problem: the message is on stderr already
+        pass
 
 
 if __name__ == "__main__":

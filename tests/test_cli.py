@@ -95,6 +95,11 @@ def test_registered_model_predicts_like_the_export(finished_run):
     direct_rec = signatures["reconstruct"](x=tf.constant(x))
     assert rec["x_mean"].shape == (3, 8, 8, 1)
     np.testing.assert_allclose(rec["x_mean"], direct_rec["x_mean"].numpy(), rtol=1e-5, atol=1e-7)
+    # what each signature takes, in the model's metadata: decode's width is the code's (it read
+    # "code_size", a placeholder), the width of what encode gives
+    inputs = mlflow.models.get_model_info("models:/vae/1").metadata["signature_inputs"]
+    assert inputs["decode"] == f"z: float32[-1, {predicted['embedding'].shape[1]}]"
+    assert inputs["encode"] == "x: float32[-1, 8, 8, 1]"
 
 
 @pytest.mark.slow

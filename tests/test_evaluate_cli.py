@@ -151,11 +151,20 @@ def test_a_registered_model_is_named_by_its_registry_version_and_a_run_needs_no_
         document = json.loads((tmp_path / "e.json").read_text())
         assert document["model"]["registered"] == "vae/1" and document["model"]["version"] == 2, source
     assert main(["evaluate", "models:/vae/1", "--iw-k", "0", "--disentanglement", "off"]) == 0
-    assert "evaluation/vae-v1-test.json" in capsys.readouterr().out
+    assert "evaluation/vae-registered-v1-test.json" in capsys.readouterr().out
     runs = client.search_runs([client.get_experiment_by_name("vae-tf").experiment_id],
                               filter_string="tags.`vae_tf.kind` = 'evaluation'")
-    assert {r.data.tags["vae_tf.model"] for r in runs} == {"vae/1"}
-    assert {r.data.tags["mlflow.runName"] for r in runs} == {"evaluate vae v1 (test)"}
+    assert {r.data.tags["vae_tf.model"] for r in runs} == {"models:/vae/1"}
+    assert {r.data.tags["mlflow.runName"] for r in runs} == {"evaluate models:/vae/1 (test)"}
+    # models/vae/1, the first run's export, is another model than models:/vae/1 (the second run's
+    # models/vae/2): its report and run are named apart (both were vae-v1-test.json, "evaluate vae v1")
+    assert main(["evaluate", "models/vae/1", "--iw-k", "0", "--disentanglement", "off"]) == 0
+    assert "evaluation/vae-v1-test.json" in capsys.readouterr().out
+    reports = {p.name: json.loads(p.read_text())["model"] for p in (tmp_path / "evaluation").glob("*-test.json")}
+    assert reports["vae-registered-v1-test.json"]["version"] == 2 and reports["vae-v1-test.json"]["version"] == 1
+    runs = client.search_runs([client.get_experiment_by_name("vae-tf").experiment_id],
+                              filter_string="tags.`vae_tf.kind` = 'evaluation'")
+    assert sorted(r.data.tags["vae_tf.model"] for r in runs) == ["models:/vae/1"] * len(runs[:-1]) + ["vae/1"]
 
     # The logged model train printed, and a run whose export has gone: read from MLflow.
     assert main(["evaluate", logged[0], "--iw-k", "0", "--disentanglement", "off", "--no-mlflow", "-o", "m.json"]) == 0

@@ -23,7 +23,83 @@ def test_mlproject_declares_typed_entry_points():
     assert project["python_env"] == "python_env.yaml"
     assert {"train", "evaluate", "compare", "embed"} <= set(project["entry_points"])
     train = project["entry_points"]["train"]["parameters"]
-    assert train["epochs"]["type"] == "int" and train["objective"]["default"] == ""  # "": the config's slots
+    assert train["objective"]["default"] == ""  # "": the config's slots
+    # "": the config's own numbers (defaults of 8 and 40 overrode every config's); the seed is always
+    # set, as MLflow logs it under the config's own key `seed` (another value there is refused)
+    assert all(train[k] == {"type": "string", "default": ""} for k in ("latent_dim", "epochs", "beta"))
+    assert train["seed"] == {"type": "int", "default": 0}
+
+
+def test_the_project_environment_installs_what_the_package_needs():
+    """`mlflow run --env-manager virtualenv/uv` installs python_env.yaml's dependencies from a
+    temporary folder: its `-e ..` named /tmp there (pip: "does not appear to be a Python project").
+    They are pyproject.toml's own dependencies; the code comes from the checkout (entry.py)."""
+    import tomllib
+
+    from mlflow.utils.environment import _PythonEnv
+
+    env = _PythonEnv.from_yaml(str(ROOT / "mlflow_project" / "python_env.yaml"))
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert env.dependencies == project["dependencies"]
+    assert env.python == project["requires-python"].removeprefix(">=")
+    assert not any(d.startswith(("-e", ".", "/")) for d in env.dependencies)
+
+
+@pytest.fixture
+def entry_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "mlflow_project"))
+    import entry
+
+    return entry
+
+
+def test_the_train_entry_keeps_the_config_s_numbers_unless_given_and_reads_overrides_with_spaces(
+        entry_module, monkeypatch, capsys):
+    """latent_dim and epochs defaulted to 8 and 40 and overrode the config (the text
+    config's latent_dim 2 trained with 8); `overrides` was split at every space, so the slot form
+    the MLproject header showed failed."""
+    import training.train
+
+    seen = []
+    monkeypatch.setattr(training.train, "run_training", lambda config: seen.append(config) or (_ for _ in ()).throw(
+        SystemExit(0)))
+    config = str(ROOT / "training" / "configs" / "text_synthetic.yaml")
+    with pytest.raises(SystemExit):
+        entry_module.main(["train", "--config", config, "--overrides",
+                           "objective.kl_weight={kind: control, set_point: 10} train.verbose=0"])
+    from training.config import load_config
+
+    own = load_config(Path(config), [])
+    got = seen[-1]
+    assert (got.model.latent["latent_dim"], got.train.epochs, got.seed) == (
+        own.model.latent["latent_dim"], own.train.epochs, 0)
+    assert got.objective.kl_weight["kind"] == "control" and got.objective.kl_weight["set_point"] == 10
+    with pytest.raises(SystemExit):
+        entry_module.main(["train", "--config", config, "--latent-dim", "3", "--epochs", "2", "--seed", "7"])
+    assert (seen[-1].model.latent["latent_dim"], seen[-1].train.epochs, seen[-1].seed) == (3, 2, 7)
+    assert entry_module.split_overrides(" a=1  b={x: 1, y: [1, 2]} c='p q' ") == ["a=1", "b={x: 1, y: [1, 2]}",
+                                                                                 "c='p q'"]
+
+
+def test_a_failure_under_mlflow_run_is_said_on_its_run_and_another_store_is_refused(entry_module, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """A mistake found before training left the FAILED run `mlflow run` made without a reason (only
+    on the terminal); mlflow.tracking_uri set to another store ended in MLflow's "Run ... not found"
+    traceback, after leaving that store's file behind."""
+    uri = mlflow_store(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("project-test")).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run)
+    other = tmp_path / "other.db"
+    assert entry_module.main(["train", "--overrides", f"mlflow.tracking_uri=sqlite:///{other}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (MLflow's own log lines of creating the store above)
+    assert err == (f"error: mlflow.tracking_uri=sqlite:///{other} names another store than the one `mlflow run` made "
+                   "this run in; drop it, and give the store to mlflow run itself (MLFLOW_TRACKING_URI)")
+    assert not other.exists()
+    assert client.get_run(run).data.tags["error"] == "ConfigError: " + err.removeprefix("error: ")
+    assert entry_module.main(["train", "--epochs", "0"]) == 2
+    assert client.get_run(run).data.tags["error"] == "ConfigError: parameter epochs must be an integer >= 1, got '0'"
 
 
 def _mlflow_run(tmp_path, *params, entry="train"):

@@ -477,6 +477,10 @@ def test_pyfunc_serves_every_signature(base, tmp_path, monkeypatch):
     # a tensor of another name was taken as the input (as TF Serving refuses it: "Missing named input")
     with pytest.raises(ValueError, match=r"^input has tensor\(s\) 'y' but this signature takes 'x'; send \{'x': \.\.\.\} "):
         model.predict({"y": x})
+    # ... and a tensor beside the one it takes was dropped without a word
+    with pytest.raises(ValueError, match=r"^input has tensor\(s\) 'y' that this signature does not take \(it takes "
+                                         r"'x' alone\); leave them out"):
+        model.predict({"x": x, "y": x})
 
 
 def test_the_pyfunc_model_file_runs_without_mlflows_type_hint_advice():

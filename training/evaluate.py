@@ -59,7 +59,9 @@ def resolve_model(source: str, download_dir: str | Path | None = None) -> tuple[
                                          "check the run id or MLFLOW_TRACKING_URI") from None
             if run.data.tags.get("vae_tf.kind") == "evaluation":
                 evaluated = run.data.tags.get("vae_tf.evaluates_run_id")
-                target = f"runs:/{evaluated}" if evaluated else f"models:/{run.data.tags.get('vae_tf.model', 'NAME/VERSION')}"
+                model = run.data.tags.get("vae_tf.model", "NAME/VERSION")
+                target = f"runs:/{evaluated}" if evaluated else (model if model.startswith("models:/") else
+                                                                 f"models:/{model}")
                 raise ModelNotFoundError(f"run {run_id} is an evaluation (of {run.data.tags.get('vae_tf.model', 'a model')}), "
                                          f"not a training run; evaluate the model itself: {target}")
             export = run.data.tags.get("vae_tf.export_dir")
@@ -187,10 +189,11 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
         info = load_model_info(version_dir)
         model = load_vae(version_dir)
     # How the report and the evaluation run name the model: a registered model by its registry
-    # version (an export's own version, counted on disk, can differ), else by its export's.
-    # (runs:/ is named by its export, as the export directory is; its registry version is in the report)
-    by_registry = registered and source.startswith("models:/")
-    label = registered if by_registry else f"{info.get('name')}/{info.get('version')}"
+    # version, marked as such (an export's own version, counted on disk, can differ: models:/vae/2
+    # and models/vae/2 can be two models, whose reports overwrote each other), else by its
+    # export's (runs:/ too, as the export directory is; its registry version is in the report).
+    by_registry = bool(registered) and source.startswith("models:/")
+    label = f"models:/{registered}" if by_registry else f"{info.get('name')}/{info.get('version')}"
     shown = source if downloaded else str(version_dir)  # how messages and the report name the model
     saved = info.get("config")
     # The overrides apply to the saved config before it is validated: `--set data.name=...` can
@@ -228,8 +231,9 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
                             "thresholds": verdict.verdict.thresholds()}
     # A subsample's report (--max-examples) does not take the whole split's file name.
     sample = f"-max{max_examples}" if max_examples else ""
+    name, version = label.removeprefix("models:/").rsplit("/", 1)
     report_path = Path(output) if output else (
-        Path("evaluation") / f"{label.rsplit('/', 1)[0]}-v{label.rsplit('/', 1)[1]}-{split}{sample}.json")
+        Path("evaluation") / f"{name}-{'registered-' if by_registry else ''}v{version}-{split}{sample}.json")
     _write_json_atomically(report_path, document)  # the same document as the MLflow run's report.json
 
     eval_run_id = None
@@ -308,7 +312,9 @@ def _log(config, label, result, figures, document, trained_run_id, split, data, 
     uri = resolve_tracking_uri(config.mlflow.tracking_uri)
     check_caller_store(uri)
     use_tracking(uri)
-    name = f"evaluate {label.rsplit('/', 1)[0]} v{label.rsplit('/', 1)[1]} ({split})"
+    # the model as the tag names it: "vae/2" (an export's version) or "models:/vae/2" (the registry's)
+    name = (f"evaluate {label} ({split})" if label.startswith("models:/") else
+            f"evaluate {label.rsplit('/', 1)[0]} v{label.rsplit('/', 1)[1]} ({split})")
     tags = {"vae_tf.kind": "evaluation", "vae_tf.model": label}
     if trained_run_id:
         tags["vae_tf.evaluates_run_id"] = trained_run_id

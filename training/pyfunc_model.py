@@ -135,6 +135,10 @@ def _as_array(model_input, key: str, text: bool = False) -> np.ndarray:
         if key not in model_input:  # a one-key dict of another name was taken as the input
             raise InputError(f"input has tensor(s) {', '.join(map(repr, model_input))} but this signature takes "
                              f"{key!r}; send {{{key!r}: ...}} or the array alone")
+        extra = [name for name in model_input if name != key]
+        if extra:  # dropped without a word before (TF Serving refuses them too)
+            raise InputError(f"input has tensor(s) {', '.join(map(repr, extra))} that this signature does not take "
+                             f"(it takes {key!r} alone); leave them out")
         model_input = model_input[key]
     if hasattr(model_input, "to_numpy"):  # pandas
         model_input = model_input.to_numpy()

@@ -174,9 +174,11 @@ def log_saved_model(export_dir: Path, data_shape, registered_name: str | None):
     from vae_tf.export import load_model_info
 
     signature = ModelSignature(params=ParamSchema([ParamSpec("signature", "string", "encode")]))
-    x = ("x: string[-1] (raw sentences)" if load_model_info(export_dir).get("modality") == "text"
+    info = load_model_info(export_dir)
+    x = ("x: string[-1] (raw sentences)" if info.get("modality") == "text"
          else f"x: float32[-1, {', '.join(map(str, data_shape))}]")
-    inputs = {"encode": x, "decode": "z: float32[-1, code_size]", "reconstruct": x, "sample": "seed: int32[-1, 2]"}
+    code = (info.get("latent") or {}).get("code_size", "code_size")  # a joint code: its Gaussian and one-hot parts
+    inputs = {"encode": x, "decode": f"z: float32[-1, {code}]", "reconstruct": x, "sample": "seed: int32[-1, 2]"}
     with warnings.catch_warnings():
         # The schema is explicit, so MLflow's advice about input examples (for schema inference)
         # does not apply; its advice about type hints is dropped by pyfunc_model.py itself.
