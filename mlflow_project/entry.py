@@ -36,7 +36,7 @@ def _args(argv):
     evaluate.add_argument("--output", default="")
     embed = sub.add_parser("embed")
     for option, default in (("--model", ""), ("--server", ""), ("--model-name", ""), ("--data", "digits"),
-                            ("--split", "test"), ("--output", "embeddings.parquet")):
+                            ("--split", ""), ("--output", "embeddings.parquet")):
         embed.add_argument(option, default=default)
     compare = sub.add_parser("compare")
     compare.add_argument("--suite", default="collapse")
@@ -151,7 +151,7 @@ def embed(args) -> int:
 
     if bool(args.model) == bool(args.server):
         raise ConfigError("give exactly one of the parameters model (an export directory) or server (a URL)")
-    argv = ["embed", "--data", args.data, "--split", args.split, "--output", args.output]
+    argv = ["embed", "--data", args.data, "--output", args.output] + (["--split", args.split] if args.split else [])
     argv += ["--model", args.model] if args.model else ["--server", args.server]
     if args.model_name:
         argv += ["--model-name", args.model_name]

@@ -123,7 +123,9 @@ def add_parsers(sub) -> None:
                        help="--runner beam, Parquet input: input columns to copy into the output beside each row's "
                             "embedding (comma-separated, e.g. id,date: a key to join on)")
     embed.add_argument("--path", help="file or folder for --data npz/npy/images")
-    embed.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    embed.add_argument("--split", default=None, choices=["train", "val", "test", "all"],
+                       help="the split of a data set or array file to embed (default test); all: every row, in the "
+                            "input's order (what text, Parquet and CSV inputs always get)")
     embed.add_argument("--seed", type=int, default=None,
                        help="split seed (default: the model's training seed for its own data set, else 0)")
     embed.add_argument("--val-fraction", type=float, default=None,
@@ -433,6 +435,9 @@ def cmd_probe(args) -> int:
     print(f"linear probe accuracy: {result['test_accuracy']:.4f} (train {result['train_accuracy']:.4f}; "
           f"{result['num_train']} train / {result['num_test']} test rows, {result['num_classes']} classes, "
           f"{result['dims']} dims; majority class {result['majority_accuracy']:.4f})")
+    if result.get("split", "stratified") != "stratified":  # said: the help promises a stratified split
+        print(f"warning: the split is {result['split']}; a larger --test-fraction (or --test FILE) gives every "
+              "class test rows", file=sys.stderr)
     return 0
 
 

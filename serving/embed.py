@@ -175,9 +175,11 @@ SPLIT_DEFAULTS = {"split": "test", "seed": 0, "val_fraction": 0.1, "test_fractio
 def refuse_split_options(args, what: str) -> None:
     """A whole-file input is embedded whole, in file order: a split option given is a mistake."""
     values = {**vars(args), **getattr(args, "split_given", {})}  # as given, before resolve_embed_data filled them
-    # --split all ("every row, in the input's order") is what a whole-file input gets: not a mistake
-    given = [f"--{k.replace('_', '-')}" for k, v in SPLIT_DEFAULTS.items()
-             if values[k] not in (None, v) and not (k == "split" and values[k] == "all")]
+    # Any value given, the defaults' too (an explicit --split test was ignored: every row embedded,
+    # into a file named as a test split); --split all ("every row, in the input's order") is what a
+    # whole-file input gets: not a mistake
+    given = [f"--{k.replace('_', '-')}" for k in SPLIT_DEFAULTS
+             if values[k] is not None and not (k == "split" and values[k] == "all")]
     if given:
         raise ConfigError(f"{what} is embedded whole, in file order; drop {', '.join(given)}")
 
@@ -251,7 +253,10 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
                    "test_fraction": test_fraction, "max_samples": max_samples, "options": dict(options or {}),
                    "rows": len(x),
                    "modality": str(splits.metadata.get("modality", "image")),
-                   **({"order": "input"} if split == "all" else {})}
+                   **({"order": "input"} if split == "all" else {}),
+                   # string labels are written as their codes: the names, code by code (docs/data.md)
+                   **({"class_names": [str(c) for c in splits.metadata["class_names"]]}
+                      if labels and splits.metadata.get("class_names") is not None else {})}
     y = None if x.y is None or not labels else np.asarray(x.y, np.int64)
     return EmbedSource(x, y, description, positions, input_rows)
 
@@ -275,11 +280,17 @@ def split_summary(source: EmbedSource, rows: int, *, as_trained: bool) -> str | 
         return None
     d = source.description
     what = d.get("path") or d.get("data")
+    sample = f", a sample of max_samples={d['max_samples']}" if d.get("max_samples") else ""
     if d.get("split") == "all":
-        return f"every row of {what} ({rows}), in its order; index is the row of the input"
+        if d.get("path"):
+            return f"every row of {what} ({rows}{sample}), in file order; index is the row of the file"
+        # a registered data set: its splits as it reads them, not the order of its own source
+        return (f"every row of {what} ({rows}{sample}): its train, val and test rows one after another, index that "
+                "position")
     how = ("as the model's training run split it" if as_trained else
            f"seed {d.get('seed')}, val/test fractions {d.get('val_fraction')}/{d.get('test_fraction')}")
-    return f"split {d.get('split')} of {what}: {rows} of its {source.input_rows} rows ({how}); --split all embeds every row"
+    return (f"split {d.get('split')} of {what}: {rows} of its {source.input_rows} rows ({how}{sample}); --split all "
+            "embeds every row")
 
 
 class RowPositions:
@@ -348,7 +359,8 @@ def load_split_source(args, text_model: bool, options: dict) -> EmbedSource:
             raise DataError(f"{args.data!r} is not a kind of file vae-tf embed reads for this {kind} model; give "
                             f"{readable}, or a registered name ({names})")
     refuse_modality_mismatch(dataset_modality(args.data), text_model, args.data)
-    source = load_source(args.data, split=args.split, path=args.path, seed=args.seed, val_fraction=args.val_fraction,
+    source = load_source(args.data, split=args.split or SPLIT_DEFAULTS["split"], path=args.path, seed=args.seed,
+                         val_fraction=args.val_fraction,
                          test_fraction=args.test_fraction, max_samples=args.max_samples, options=options,
                          labels=not getattr(args, "no_labels", False))
     refuse_modality_mismatch(source, text_model, args.path or args.data)
@@ -424,6 +436,10 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
                           "name each output once")
     if output.is_dir():
         raise ConfigError(f"{output} is a folder; give -o a file name ending in .npz or .parquet")
+    given = source.description.get("path") or source.description.get("data")
+    if given and output.exists() and Path(given).exists() and Path(given).resolve() == output.resolve():
+        # --overwrite, which the next message offers, replaced the user's data with its embeddings
+        raise ConfigError(f"{output} is the input file: the embeddings would replace the data; choose another --output")
     if output.exists() and not overwrite:
         raise ConfigError(f"{output} exists; pass --overwrite to replace it or choose another --output")
     model_shape, data_shape = getattr(encoder, "data_shape", None), getattr(source.x, "data_shape", None)
@@ -669,6 +685,9 @@ def read_output_metadata(path: str | os.PathLike) -> dict | None:
         if not parts:
             raise DataError(f"{path} holds no Parquet file; give a vae-tf embed output")
         path = parts[0]
+    if path.suffix.lower() != ".parquet":  # pyarrow: "Parquet magic bytes not found"
+        raise DataError(f"{path} is not a Parquet file: only a .parquet output (or a --runner beam directory) "
+                        "carries this metadata")
     raw = (pq.read_schema(path).metadata or {}).get(PARQUET_METADATA_KEY)
     return None if raw is None else json.loads(raw)
 
@@ -773,13 +792,17 @@ def probe(train_path: str | os.PathLike, test_path: str | os.PathLike | None = N
             raise ConfigError(f"--test-fraction must be in (0, 1), got {test_fraction}")
         from sklearn.model_selection import train_test_split
 
+        stratified = None
         try:
             train_codes, test_codes, train_labels, test_labels = train_test_split(
                 codes, labels, test_size=test_fraction, random_state=seed, stratify=labels)
-        except ValueError:  # a class too small to stratify
+        except ValueError as err:  # a class too small to stratify, or a test part smaller than the classes
+            stratified = f"not stratified ({' '.join(str(err).split())[:200]})"
             train_codes, test_codes, train_labels, test_labels = train_test_split(
                 codes, labels, test_size=test_fraction, random_state=seed)
     details = linear_probe_accuracy(train_codes, train_labels, test_codes, test_labels, seed, return_details=True)
+    if test_path is None:
+        details["split"] = stratified or "stratified"
     classes, counts = np.unique(test_labels, return_counts=True)
     details.update(num_classes=int(len(np.unique(train_labels))), majority_accuracy=float(counts.max() / counts.sum()),
                    dims=int(codes.shape[1]))

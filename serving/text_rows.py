@@ -209,6 +209,12 @@ def choose_columns(path, column: str | None, label_column: str | None | bool) ->
         column = next((c for c in TEXT_COLUMNS if c in names), None) or (strings[0] if len(strings) == 1 else None)
         if column is None:
             raise DataError(f"{path}: which column holds the sentences? Its columns are {listing}; pass --column NAME")
+    kind = dict(found)[column]
+    if not str(path).lower().endswith(".parquet") and kind not in ("string", "large_string", "null"):
+        # a CSV column is read as text whatever it holds (so that "42" stays a sentence); one whose
+        # first rows are all numbers was embedded as sentences "0", "1", ... (Parquet refuses it)
+        raise DataError(f"column {column!r} of {path} holds {kind} (as read from its first rows), not sentences; give "
+                        f"the column of strings with --column NAME (its columns are {listing})")
     if label_column is False:  # --no-labels
         return column, None
     if label_column is not None and label_column not in names:

@@ -48,7 +48,7 @@ def test_beam_on_two_workers_equals_vae_tf_embed_row_for_row(exports, tmp_path, 
     assert main(common + ["--runner", "beam", "--workers", "2", "-o", str(out)]) == 0
     printed = capfd.readouterr()  # the workers write to this process's descriptors
     assert "700 rows" in printed.out and "runner:        FnApiRunner, 2 worker processes" in printed.out
-    assert f"data:          every row of {data} (700), in its order; index is the row of the input" in printed.out
+    assert f"data:          every row of {data} (700), in file order; index is the row of the file" in printed.out
     # The workers import TensorFlow quietly too (vae_tf_cli.tensorflow_start; they inherit the level).
     assert not ABSEIL_RECORD.search(printed.err), printed.err[-2000:]
     # Nor Beam's own start-up lines: each worker printed "WARNING:root:apitools not found, ..." and
@@ -244,6 +244,16 @@ def test_bad_input_is_one_line(exports, tmp_path, capsys):
     pq.write_table(pa.table({"x": pa.array([[0.0] * 64, [0.0] * 63 + [0.0, 0.0]], pa.list_(pa.float32()))}), ragged)
     assert "rows of 64 to 65 values" in _error(capsys, *beam, "--model", str(exports), "--data", str(ragged))
     assert "drop --split" in _error(capsys, *beam, "--model", str(exports), "--data", short, "--split", "train")
+    # the default's own value given is refused too (every row was embedded into a "test" file)
+    assert "drop --split, --seed" in _error(capsys, *beam, "--model", str(exports), "--data", short, "--split", "test",
+                                           "--seed", "0")
+    # the input's folder as the output: --overwrite replaced the input shards with their embeddings
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"x": _list_column(good, True)}), tmp_path / "in" / "part-00000-of-00001.parquet")
+    assert _error(capsys, *beam, "--model", str(exports), "--data", str(tmp_path / "in"), "-o", str(tmp_path / "in"),
+                  "--overwrite").endswith("holds the input (" + str(tmp_path / "in" / "*.parquet") + "): the embeddings "
+                                          "would replace the data; choose another --output")
+    assert [p.name for p in (tmp_path / "in").iterdir()] == ["part-00000-of-00001.parquet"]
     assert "no Parquet files match" in _error(capsys, *beam, "--model", str(exports), "--data",
                                               str(tmp_path / "none-*.parquet"))
     # a data set of the other kind, refused on the launcher (not a graph input-type traceback)

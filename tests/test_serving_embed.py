@@ -22,6 +22,7 @@ from serving.embed import (
 )
 from serving.testing import export_tiny_model, running_server
 from tests.conftest import assert_one_line, interrupted_after
+from vae_tf.errors import DataError
 from vae_tf_cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,8 +90,15 @@ def test_probe_reports_above_chance_accuracy(base, tmp_path, capsys):
     assert result["num_classes"] == 10 and result["num_test"] == 180
     assert result["test_accuracy"] > 3 * result["majority_accuracy"]  # far above chance (~0.1)
     assert main(["probe", str(train)]) == 0
-    line = capsys.readouterr().out.strip()
-    assert line.startswith("linear probe accuracy: ") and "10 classes" in line
+    printed = capsys.readouterr()
+    line = printed.out.strip()
+    assert line.startswith("linear probe accuracy: ") and "10 classes" in line and printed.err == ""
+    # a test part too small to hold every class cannot be stratified: said (it fell back silently)
+    assert main(["probe", str(train), "--test-fraction", "0.005"]) == 0
+    printed = capsys.readouterr()
+    assert "/ 8 test rows, 10 classes" in printed.out
+    assert printed.err.startswith("warning: the split is not stratified (The test_size = 8 should be greater or equal "
+                                  "to the number of classes = 10)")
 
 
 def _killed_after_two_chunks(base, tmp_path):
@@ -181,6 +189,20 @@ def data_files(tmp_path_factory):
     return root
 
 
+def test_the_summary_of_every_row_of_a_data_set_says_how_its_rows_are_ordered(data_files):
+    """`--split all` of a registered data set gives its train, val and test rows one after another
+    (not the order of its own source, e.g. load_digits()); the summary said "in its order"."""
+    from serving.embed import split_summary
+
+    digits = load_source("digits", split="all")
+    assert split_summary(digits, len(digits.x), as_trained=False) == (
+        "every row of digits (1797): its train, val and test rows one after another, index that position")
+    own = load_source(str(data_files / "x.npy"), split="all", max_samples=100)
+    assert split_summary(own, len(own.x), as_trained=False) == (
+        f"every row of {data_files / 'x.npy'} (100, a sample of max_samples=100), in file order; index is the row "
+        "of the file")
+
+
 @pytest.mark.parametrize("name", ["x.npy", "xy.npz"])
 def test_file_embeddings_equal_the_eager_loaders_for_every_split(base, data_files, tmp_path, name):
     """The lazy source (rows read a chunk at a time) writes exactly what embedding the arrays of
@@ -227,7 +249,7 @@ def test_split_all_embeds_a_file_in_file_order_with_index_its_row(base, tmp_path
     assert _embed("--model", f"{base}/vae", "--data", str(tmp_path / "official.npz"), "--split", "all",
                   "--chunk-size", "16", "-o", str(out)) == 0
     printed = capsys.readouterr().out
-    assert f"data:          every row of {tmp_path / 'official.npz'} (75), in its order; index is the row of the input" \
+    assert f"data:          every row of {tmp_path / 'official.npz'} (75), in file order; index is the row of the file" \
         in printed, printed
     every, labels = np.concatenate([x, x_test]), np.concatenate([y, y_test])
     with np.load(out) as got:
@@ -400,6 +422,33 @@ def test_data_of_another_shape_or_a_folder_for_output_is_refused_before_anything
     assert f"row {first} of {tmp_path / 'big.npz'} (split train) has values outside [0, 1]" in capsys.readouterr().err
     # no output, and no .parts folder: a run that failed before its first chunk has nothing to resume
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.npz", "big.npz", "small.npz"]
+    # the input as the output: --overwrite, which "exists" offers, replaced the data with its embeddings
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.full((20, 8, 8, 1), 0.5, np.float32))
+    before = good.read_bytes()
+    assert _embed("--model", f"{base}/vae", "--data", str(good), "--split", "all", "-o", str(good), "--overwrite") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {good} is the input file: the embeddings would replace the data; choose another --output")
+    assert good.read_bytes() == before
+
+
+def test_string_labels_keep_their_names_in_the_output(base, tmp_path):
+    """An .npz of string labels is written with their codes (0, 1, ...): the names were in no
+    output, so the label column could not be read back."""
+    import pyarrow.parquet as pq
+
+    from serving.embed import read_output_metadata
+
+    names = np.array(["dog", "cat", "emu", "cat"] * 5)
+    np.savez(tmp_path / "s.npz", x=np.full((20, 8, 8, 1), 0.5, np.float32), y=names)
+    out = tmp_path / "s.parquet"
+    assert _embed("--model", f"{base}/vae", "--data", str(tmp_path / "s.npz"), "--split", "all", "-o", str(out)) == 0
+    meta = read_output_metadata(out)["data"]
+    assert meta["class_names"] == ["cat", "dog", "emu"]  # sorted, as the codes are given
+    labels = pq.read_table(out).to_pydict()["label"]
+    assert [meta["class_names"][c] for c in labels] == list(names)
+    with pytest.raises(DataError, match=r"s\.npz is not a Parquet file: only a \.parquet output"):
+        read_output_metadata(tmp_path / "s.npz")
 
 
 def test_probe_errors_are_one_line(tmp_path, capsys):

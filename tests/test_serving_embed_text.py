@@ -241,6 +241,9 @@ def test_bad_text_input_is_one_line(base, exports, tmp_path, capsys, monkeypatch
     assert "no such file" in _error(capsys, "embed", "--data", str(tmp_path / "missing.txt"), *model)
     (tmp_path / "ok.txt").write_text("the cat\n")
     assert "drop --split" in _error(capsys, "embed", "--data", str(tmp_path / "ok.txt"), "--split", "train", *model)
+    # the defaults' own values given: refused too (an explicit --split test embedded every sentence)
+    assert _error(capsys, "embed", "--data", str(tmp_path / "ok.txt"), "--split", "test", "--test-fraction", "0.1",
+                  *model).endswith("embedded whole, in file order; drop --split, --test-fraction")
     assert "a text file has one sentence per line" in _error(capsys, "embed", "--data", str(tmp_path / "ok.txt"),
                                                                "--column", "text", *model)
     pq.write_table(pa.table({"a": ["x"], "b": ["y"], "n": [1.5]}), tmp_path / "two.parquet")
@@ -249,6 +252,11 @@ def test_bad_text_input_is_one_line(base, exports, tmp_path, capsys, monkeypatch
                                             *model)
     assert "holds double, not sentences" in _error(capsys, "embed", "--data", str(tmp_path / "two.parquet"),
                                                    "--column", "n", *model)
+    # a CSV column of numbers, read as text, was embedded as the sentences "0", "1", ...
+    (tmp_path / "ids.csv").write_text("id,text\n0,the cat\n1,the dog\n")
+    assert _error(capsys, "embed", "--data", str(tmp_path / "ids.csv"), "--column", "id", *model).startswith(
+        f"error: column 'id' of {tmp_path / 'ids.csv'} holds int64 (as read from its first rows), not sentences; give "
+        "the column of strings with --column NAME (its columns are id (int64), text (string))")
     assert "must hold integer class indices" in _error(capsys, "embed", "--data", str(tmp_path / "two.parquet"),
                                                        "--column", "a", "--label-column", "b", *model)
     # Data of the other kind, refused in one line before a row reaches the model (the graph's own
