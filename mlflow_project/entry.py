@@ -46,24 +46,36 @@ def _args(argv):
 
 def split_overrides(text: str) -> list[str]:
     """The ``overrides`` parameter as ``key=value`` items: split at spaces, except inside ``{}``,
-    ``[]`` or quotes, so that ``objective.kl_weight={kind: control, set_point: 10}`` is one item
-    (a plain ``split()`` cut it at each space, and each piece was refused)."""
-    items, current, depth, quote = [], [], 0, None
+    ``[]`` or a quoted value, so that ``objective.kl_weight={kind: control, set_point: 10}`` is one
+    item (a plain ``split()`` cut it at each space, and each piece was refused). A quote opens only
+    where a YAML value starts (after ``=``, ``{``, ``[``, ``,`` or ``:``), so the apostrophe of
+    ``bob's`` is a character; an unclosed quote or bracket is an error, not a merge of the rest."""
+    from vae_tf.errors import ConfigError
+
+    items, current, depth, quote, last = [], [], 0, None, ""
     for ch in text:
         if quote:
             quote = None if ch == quote else quote
-        elif ch in "'\"":
+        elif ch in "'\"" and last in ("=", "{", "[", ",", ":"):
             quote = ch
         elif ch in "{[":
             depth += 1
         elif ch in "}]":
-            depth = max(0, depth - 1)
+            depth -= 1
+            if depth < 0:
+                raise ConfigError(f"parameter overrides has an unmatched {ch!r}: {text!r}")
         elif ch.isspace() and depth == 0:
             if current:
                 items.append("".join(current))
                 current = []
+            last = ""
             continue
         current.append(ch)
+        if not ch.isspace():
+            last = ch
+    if quote or depth:
+        raise ConfigError(f"parameter overrides has an unclosed {quote or '{ or ['}: {text!r}; close it, or give the "
+                          "value in the dotted form (key.sub=value)")
     if current:
         items.append("".join(current))
     return items
@@ -130,7 +142,11 @@ def train(args) -> int:
                           f"with overrides=\"objective.kl_weight={{kind: control, set_point: 10}} ...\"), got "
                           f"{args.objective!r}")
     config_path = DEFAULT_CONFIG if args.config == "default" else Path(args.config)
-    overrides += [*numbers, *split_overrides(args.overrides)]
+    extra = split_overrides(args.overrides)
+    if any(item.startswith("seed=") for item in extra):  # MLflow logged the seed parameter already: refused mid-run
+        raise ConfigError("give the seed as the project parameter (-P seed=N), not in overrides: MLflow logs it as the "
+                          "run's param seed before training starts")
+    overrides += [*numbers, *extra]
     config = load_config(config_path, overrides)
     store = config.mlflow.tracking_uri
     if os.environ.get("MLFLOW_RUN_ID") and store and store != os.environ.get("MLFLOW_TRACKING_URI"):

@@ -672,12 +672,11 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
     if "://" not in output and os.path.isfile(output):
         raise ConfigError(f"{output} is a file; --runner beam writes a directory of Parquet files: give another "
                           "--output")
-    given = str(source.description.get("path") or source.description.get("data") or "")
+    given = str(source.description.get("path") or "")  # a file, a folder or a pattern (a data set has none)
     if given and "://" not in output and "://" not in given:
         prefix = re.split(r"[*?\[]", given, maxsplit=1)[0]  # a pattern's fixed start (the whole path if none)
         read = Path(prefix if prefix == given or prefix.endswith(os.sep) else os.path.dirname(prefix) or ".").resolve()
-        out = Path(output).resolve()
-        if read == out or out in read.parents:  # --overwrite replaced the input shards with their embeddings
+        if read == Path(output).resolve():  # the folder read: --overwrite replaced the input shards with embeddings
             raise ConfigError(f"{output} holds the input ({given}): the embeddings would replace the data; choose "
                               "another --output")
     pattern = FileSystems.join(output, f"{SHARD_PREFIX}-*{SHARD_SUFFIX}")

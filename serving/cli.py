@@ -124,8 +124,9 @@ def add_parsers(sub) -> None:
                             "embedding (comma-separated, e.g. id,date: a key to join on)")
     embed.add_argument("--path", help="file or folder for --data npz/npy/images")
     embed.add_argument("--split", default=None, choices=["train", "val", "test", "all"],
-                       help="the split of a data set or array file to embed (default test); all: every row, in the "
-                            "input's order (what text, Parquet and CSV inputs always get)")
+                       help="the split of a data set or array file to embed (default test); all: every row (a file's "
+                            "in file order, a registered data set's splits one after another; what text, Parquet and "
+                            "CSV inputs always get)")
     embed.add_argument("--seed", type=int, default=None,
                        help="split seed (default: the model's training seed for its own data set, else 0)")
     embed.add_argument("--val-fraction", type=float, default=None,

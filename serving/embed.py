@@ -280,8 +280,11 @@ def split_summary(source: EmbedSource, rows: int, *, as_trained: bool) -> str | 
         return None
     d = source.description
     what = d.get("path") or d.get("data")
-    sample = f", a sample of max_samples={d['max_samples']}" if d.get("max_samples") else ""
+    sample = f"; max_samples {d['max_samples']}" if d.get("max_samples") else ""
     if d.get("split") == "all":
+        if d.get("path") and Path(d["path"]).is_dir():
+            return (f"every image of {what} ({rows}{sample}), in the folder's sorted order; index is the image's "
+                    "position in it")
         if d.get("path"):
             return f"every row of {what} ({rows}{sample}), in file order; index is the row of the file"
         # a registered data set: its splits as it reads them, not the order of its own source
@@ -451,7 +454,10 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
     parts = output.with_name(output.name + ".parts")
     n = len(source.x)
     n_chunks = (n + chunk_size - 1) // chunk_size
-    manifest = {"format": 1, "source": source.description, "model": encoder.identity, "outputs": list(outputs),
+    # class_names (the output's metadata says them) are not part of what a resumed run must match:
+    # chunks written before they were recorded resume as they did
+    read = {k: v for k, v in source.description.items() if k != "class_names"}
+    manifest = {"format": 1, "source": read, "model": encoder.identity, "outputs": list(outputs),
                 "chunk_size": int(chunk_size), "batch_size": int(batch_size), "rows": n, "chunks": n_chunks,
                 "labels": source.y is not None, "input": input_fingerprint(source.description.get("path"))}
     _prepare_parts(parts, manifest, overwrite)
@@ -685,9 +691,10 @@ def read_output_metadata(path: str | os.PathLike) -> dict | None:
         if not parts:
             raise DataError(f"{path} holds no Parquet file; give a vae-tf embed output")
         path = parts[0]
-    if path.suffix.lower() != ".parquet":  # pyarrow: "Parquet magic bytes not found"
-        raise DataError(f"{path} is not a Parquet file: only a .parquet output (or a --runner beam directory) "
-                        "carries this metadata")
+    with open(path, "rb") as f:  # pyarrow's own words: "Parquet magic bytes not found", a traceback
+        if f.read(4) != b"PAR1":
+            raise DataError(f"{path} is not a Parquet file: only a .parquet output (or a --runner beam directory) "
+                            "carries this metadata")
     raw = (pq.read_schema(path).metadata or {}).get(PARQUET_METADATA_KEY)
     return None if raw is None else json.loads(raw)
 

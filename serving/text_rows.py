@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -211,10 +212,12 @@ def choose_columns(path, column: str | None, label_column: str | None | bool) ->
             raise DataError(f"{path}: which column holds the sentences? Its columns are {listing}; pass --column NAME")
     kind = dict(found)[column]
     if not str(path).lower().endswith(".parquet") and kind not in ("string", "large_string", "null"):
-        # a CSV column is read as text whatever it holds (so that "42" stays a sentence); one whose
-        # first rows are all numbers was embedded as sentences "0", "1", ... (Parquet refuses it)
-        raise DataError(f"column {column!r} of {path} holds {kind} (as read from its first rows), not sentences; give "
-                        f"the column of strings with --column NAME (its columns are {listing})")
+        # A CSV column is read as text whatever it holds (so that "42" stays a sentence), and its type
+        # is only guessed from the first block of rows: said, not refused (a column of sentences can
+        # start with numbers); an id column was embedded as the sentences "0", "1", ... without a word
+        print(f"warning: column {column!r} of {path} looks like {kind} (from its first rows), not sentences; its "
+              f"values are embedded as text: if that is not the sentence column, give it with --column NAME (its "
+              f"columns are {listing})", file=sys.stderr)
     if label_column is False:  # --no-labels
         return column, None
     if label_column is not None and label_column not in names:

@@ -487,7 +487,8 @@ def test_channel_first_images_are_said_to_look_so(capsys):
     assert capsys.readouterr().err == (
         "warning: the images are read as 3 x 32 pixels with 32 channels (arrays are channel-last, (N, H, W, C)); if "
         "the data are channel-first, (N, C, H, W), save them channel-last: np.moveaxis(x, 1, -1)\n")
-    for fine in ((32, 32, 3), (28, 28, 1), (8, 8, 1), (64, 64, 13), (3, 4, 4), (64,), (4, 64)):  # no warning
+    for fine in ((32, 32, 3), (28, 28, 1), (8, 8, 1), (64, 64, 13), (3, 4, 4), (64,), (4, 64),
+                 (1, 256, 32), (4, 100, 6)):  # no warning (the last two: signals of many channels, channel-last)
         warn_channels_first(fine)
     assert capsys.readouterr().err == ""
 

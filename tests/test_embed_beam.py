@@ -4,6 +4,7 @@ directly, and the one-line errors. Needs the `beam` extra (`pip install -e '.[te
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -254,6 +255,23 @@ def test_bad_input_is_one_line(exports, tmp_path, capsys):
                   "--overwrite").endswith("holds the input (" + str(tmp_path / "in" / "*.parquet") + "): the embeddings "
                                           "would replace the data; choose another --output")
     assert [p.name for p in (tmp_path / "in").iterdir()] == ["part-00000-of-00001.parquet"]
+    # ... and only the folder read: a data set's name, or a folder above the input, is a harmless output
+    from types import SimpleNamespace
+
+    from serving.beam_embed import run_beam_embed
+    from vae_tf.errors import ConfigError
+
+    encoder = SimpleNamespace(outputs=("embedding",), version_dir=str(exports))
+    (tmp_path / "above" / "in").mkdir(parents=True)
+    for path, output, harmless in ((None, tmp_path / "digits", True),
+                                   (str(tmp_path / "above" / "in" / "*.parquet"), tmp_path / "above", True),
+                                   (str(tmp_path / "in" / "*.parquet"), tmp_path / "in", False)):
+        source = SimpleNamespace(data_shape=(8, 8, 1), rows=4, keep=("index",),
+                                 description={"data": "digits", **({"path": path} if path else {})})
+        # a guard passed reaches the next check, the kept columns' (a clash, on purpose)
+        said = "--keep-columns index" if harmless else "holds the input"
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            run_beam_embed(source, encoder, (8, 8, 1), output)
     assert "no Parquet files match" in _error(capsys, *beam, "--model", str(exports), "--data",
                                               str(tmp_path / "none-*.parquet"))
     # a data set of the other kind, refused on the launcher (not a graph input-type traceback)

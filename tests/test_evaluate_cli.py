@@ -226,9 +226,9 @@ def test_evaluate_refuses_iw_k_before_anything_loads_when_called_from_python():
 
 def test_one_k_is_drawn_in_one_way_by_evaluate_and_the_suites():
     """K up to 100 in one pass, larger K (multiples of 100) 100 at a time, for `vae-tf evaluate`
-    and the suites' children alike (compare drew K = 30 as three passes of gcd(30, 100) = 10, so
-    the same K gave another number); a K neither takes is refused by both, a negative one too
-    (it reached the metrics after the model had loaded)."""
+    and the suites' children alike; a K evaluate refuses (150: it was drawn in chunks of
+    gcd(150, 100) = 50 by a suite) is refused by a suite too, and a negative K by both (it
+    reached the metrics after the model had loaded)."""
     from training.compare import Suite, evaluate_options
     from training.evaluate import iw_chunk_for, iw_k_problem
 
@@ -344,7 +344,10 @@ def test_a_text_model_evaluated_on_longer_sentences_says_how_many_it_cut(tmp_pat
     assert main(["evaluate", "models/short", "--iw-k", "0", "--no-mlflow", "-o", "sub.json", "--max-examples", "3",
                  "--disentanglement", "off", "--set", "data.options={max_length: 12, long_sentences: truncate}"]) == 0
     sub = json.loads(Path("sub.json").read_text())["info"]
-    assert sub["num_examples"] == 3 and sub["truncated_sentences"]["by_model"] <= 3
+    from vae_tf.metrics.evaluate import _subsample
+
+    picked = _subsample(len(test), 3, config.seed)  # the examples evaluate_model evaluates
+    assert sub["num_examples"] == 3 and sub["truncated_sentences"]["by_model"] == sum(longer[i] for i in picked)
     capsys.readouterr()
     # Its own data, as trained: the loader truncated the long test sentences to 4 words itself
     assert main(["evaluate", "models/short", "--iw-k", "0", "--no-mlflow", "-o", "own.json"]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ def test_mlproject_declares_typed_entry_points():
     train = project["entry_points"]["train"]["parameters"]
     assert train["objective"]["default"] == ""  # "": the config's slots
     # "": the config's own numbers (defaults of 8 and 40 overrode every config's); the seed is always
-    # set, as MLflow logs it under the config's own key `seed` (another value there is refused)
+    # set, as MLflow logs it under the config's own key `seed` (so a seed in overrides is refused)
     assert all(train[k] == {"type": "string", "default": ""} for k in ("latent_dim", "epochs", "beta"))
     assert train["seed"] == {"type": "int", "default": 0}
 
@@ -79,6 +80,19 @@ def test_the_train_entry_keeps_the_config_s_numbers_unless_given_and_reads_overr
     assert (seen[-1].model.latent["latent_dim"], seen[-1].train.epochs, seen[-1].seed) == (3, 2, 7)
     assert entry_module.split_overrides(" a=1  b={x: 1, y: [1, 2]} c='p q' ") == ["a=1", "b={x: 1, y: [1, 2]}",
                                                                                  "c='p q'"]
+    # an apostrophe inside a value is a character (it opened a quote that swallowed the rest)
+    assert entry_module.split_overrides("mlflow.experiment=bob's train.epochs=3") == ["mlflow.experiment=bob's",
+                                                                                    "train.epochs=3"]
+    from vae_tf.errors import ConfigError
+
+    for bad, said in (("a={x: 1 b=2", "unclosed { or ["), ("a='x b=2", "unclosed '"), ("a=1} b=2", "unmatched '}'")):
+        with pytest.raises(ConfigError, match=f"^parameter overrides has an {re.escape(said)}"):
+            entry_module.split_overrides(bad)
+    # the seed in overrides: MLflow logged the parameter seed already, and training's param was refused mid-run
+    assert entry_module.main(["train", "--overrides", "seed=3"]) == 2
+    assert capsys.readouterr().err.strip().endswith("give the seed as the project parameter (-P seed=N), not in "
+                                                    "overrides: MLflow logs it as the run's param seed before training "
+                                                    "starts")
 
 
 def test_a_failure_under_mlflow_run_is_said_on_its_run_and_another_store_is_refused(entry_module, tmp_path,

@@ -199,8 +199,7 @@ def test_the_summary_of_every_row_of_a_data_set_says_how_its_rows_are_ordered(da
         "every row of digits (1797): its train, val and test rows one after another, index that position")
     own = load_source(str(data_files / "x.npy"), split="all", max_samples=100)
     assert split_summary(own, len(own.x), as_trained=False) == (
-        f"every row of {data_files / 'x.npy'} (100, a sample of max_samples=100), in file order; index is the row "
-        "of the file")
+        f"every row of {data_files / 'x.npy'} (100; max_samples 100), in file order; index is the row of the file")
 
 
 @pytest.mark.parametrize("name", ["x.npy", "xy.npz"])
@@ -449,6 +448,16 @@ def test_string_labels_keep_their_names_in_the_output(base, tmp_path):
     assert [meta["class_names"][c] for c in labels] == list(names)
     with pytest.raises(DataError, match=r"s\.npz is not a Parquet file: only a \.parquet output"):
         read_output_metadata(tmp_path / "s.npz")
+    # ... but they are not part of what a resumed run must match: a run interrupted before they
+    # were recorded (its manifest without them) resumes
+    source = load_source(str(tmp_path / "s.npz"), split="all")
+    encoder = LocalEncoder(base / "vae")
+    flaky, Interrupted = interrupted_after(encoder, 3)
+    with pytest.raises(Interrupted):
+        extract_embeddings(source, flaky, tmp_path / "r.npz", chunk_size=5, batch_size=5)
+    manifest = json.loads((tmp_path / "r.npz.parts" / "manifest.json").read_text())
+    assert "class_names" not in manifest["source"] and "class_names" in source.description
+    assert extract_embeddings(source, encoder, tmp_path / "r.npz", chunk_size=5, batch_size=5).reused_chunks == 2
 
 
 def test_probe_errors_are_one_line(tmp_path, capsys):

@@ -60,8 +60,9 @@ def resolve_model(source: str, download_dir: str | Path | None = None) -> tuple[
             if run.data.tags.get("vae_tf.kind") == "evaluation":
                 evaluated = run.data.tags.get("vae_tf.evaluates_run_id")
                 model = run.data.tags.get("vae_tf.model", "NAME/VERSION")
-                target = f"runs:/{evaluated}" if evaluated else (model if model.startswith("models:/") else
-                                                                 f"models:/{model}")
+                # an export's "vae/3" is no registry version: the source it was evaluated from, when logged
+                target = f"runs:/{evaluated}" if evaluated else (
+                    model if model.startswith("models:/") else run.data.params.get("source", f"models/{model}"))
                 raise ModelNotFoundError(f"run {run_id} is an evaluation (of {run.data.tags.get('vae_tf.model', 'a model')}), "
                                          f"not a training run; evaluate the model itself: {target}")
             export = run.data.tags.get("vae_tf.export_dir")

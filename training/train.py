@@ -585,7 +585,9 @@ def warn_channels_first(data_shape, stream=None) -> None:
     ``(N, H, W, C)`` (docs/data.md), so an ``(N, 3, 32, 32)`` array trains as 3-pixel-high images
     of 32 channels without any error."""
     shape = tuple(int(d) for d in data_shape or ())
-    if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[1] > 4 and shape[2] > 4:
+    # (C, H, W) with a square image: channel-first images are nearly always square, and
+    # (1, 256, 32)-like arrays (signals of many channels) are legitimately channel-last
+    if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[1] == shape[2] > 4:
         print(f"warning: the images are read as {shape[0]} x {shape[1]} pixels with {shape[2]} channels (arrays are "
               f"channel-last, (N, H, W, C)); if the data are channel-first, (N, C, H, W), save them channel-last: "
               "np.moveaxis(x, 1, -1)", file=stream or sys.stderr)
