@@ -726,6 +726,9 @@ def run_beam_embed(source, encoder, data_shape: Sequence[int], output: str | os.
         job = pipeline.run()
         started = True
         state = job.wait_until_finish()
+    except KeyboardInterrupt:  # Ctrl-C (exit 130): its temporary folders go too, as a failed run's do
+        _remove_local_temporaries(output, local_temps, created)
+        raise
     except Exception as err:
         _remove_local_temporaries(output, local_temps, created)
         found = user_error(err)

@@ -228,6 +228,11 @@ def load_source(data: str, *, split: str = "test", path: str | None = None, seed
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     name = data
     candidate = Path(data).expanduser()
+    if path is not None and data.lower().replace("-", "_") not in DATASETS and (
+            candidate.exists() or candidate.suffix.lower() in (".npz", ".npy")):
+        # (it said "unknown data set 'my.npz'", a file that exists)
+        raise ConfigError(f"--data {data} is a file and --path {path} another; give the file alone (--data FILE), or "
+                          "the kind and the file (--data npz --path FILE)")
     if path is None and data.lower().replace("-", "_") not in DATASETS:
         if candidate.is_dir():
             name, path = "images", str(candidate)

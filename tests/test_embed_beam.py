@@ -536,6 +536,23 @@ def test_a_bad_row_found_by_a_worker_is_one_line(exports, tmp_path, capfd):
     assert not (tmp_path / "out").exists()  # nothing half-written: Beam's temporary folders are removed too
 
 
+def test_ctrl_c_during_a_beam_job_removes_its_temporary_folders(exports, tmp_path, monkeypatch):
+    """A failed local job removed Beam's beam-temp-* folders (and the output folder it made); one
+    interrupted by Ctrl-C left them for the next run to find."""
+    import apache_beam
+
+    out = tmp_path / "out"
+
+    def interrupted(self, *args, **kwargs):  # the sink has made its temporary folder when Ctrl-C comes
+        (out / "beam-temp-part-0123456789abcdef").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(apache_beam.Pipeline, "run", interrupted)
+    assert main(["embed", "--runner", "beam", "--model", str(exports), "--data", "digits", "--max-samples", "50",
+                 "-o", str(out)]) == 130  # "interrupted"
+    assert not out.exists()
+
+
 def test_rows_outside_the_likelihoods_support_fail_on_beam_as_in_one_process(exports, tmp_path, capsys):
     """A Bernoulli model reads [0, 1]: `vae-tf embed` refused other values, the Beam job embedded
     them without a word. Both now fail with the same line, naming the first such row by its

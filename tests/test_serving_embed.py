@@ -421,9 +421,15 @@ def test_data_of_another_shape_or_a_folder_for_output_is_refused_before_anything
     assert f"row {first} of {tmp_path / 'big.npz'} (split train) has values outside [0, 1]" in capsys.readouterr().err
     # no output, and no .parts folder: a run that failed before its first chunk has nothing to resume
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.npz", "big.npz", "small.npz"]
+    # a file given twice (it said "unknown data set 'good.npz'" of a file that exists)
+    np.savez(tmp_path / "good.npz", x=np.full((20, 8, 8, 1), 0.5, np.float32))
+    assert _embed("--model", f"{base}/vae", "--data", str(tmp_path / "good.npz"), "--path", str(tmp_path / "big.npz"),
+                  "-o", str(tmp_path / "g.npz")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: --data {tmp_path / 'good.npz'} is a file and --path {tmp_path / 'big.npz'} another; give the file "
+        "alone (--data FILE), or the kind and the file (--data npz --path FILE)")
     # the input as the output: --overwrite, which "exists" offers, replaced the data with its embeddings
     good = tmp_path / "good.npz"
-    np.savez(good, x=np.full((20, 8, 8, 1), 0.5, np.float32))
     before = good.read_bytes()
     assert _embed("--model", f"{base}/vae", "--data", str(good), "--split", "all", "-o", str(good), "--overwrite") == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
