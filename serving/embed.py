@@ -444,7 +444,7 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
                           "name each output once")
     if output.is_dir():
         raise ConfigError(f"{output} is a folder; give -o a file name ending in .npz or .parquet")
-    given = source.description.get("path") or source.description.get("data")
+    given = source.description.get("path")  # the file read (a registered data set has none)
     if given and output.exists() and Path(given).exists() and Path(given).resolve() == output.resolve():
         # --overwrite, which the next message offers, replaced the user's data with its embeddings
         raise ConfigError(f"{output} is the input file: the embeddings would replace the data; choose another --output")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from vae_tf_cli.argtypes import non_negative_int, positive_int
 
@@ -126,15 +125,12 @@ def cmd_train(args) -> int:
         print(yaml.safe_dump(shown, sort_keys=False), end="")
         return 0
 
-    if (not args.resume and not config.mlflow.tracking_uri and os.environ.get("MLFLOW_TRACKING_URI")
-            and config.train.strategy != "multi_worker"):  # (a cluster's workers other than the chief open no store)
+    if not args.resume and not config.mlflow.tracking_uri and config.train.strategy != "multi_worker":
         # the store the run will open, said before TensorFlow and MLflow load (~5 s), as a config's is
-        from training.config import tracking_uri_problem
-        from vae_tf.errors import ConfigError
+        # (a cluster's workers other than the chief open no store)
+        from training.config import env_tracking_uri
 
-        problem = tracking_uri_problem(os.environ["MLFLOW_TRACKING_URI"], opening=True)
-        if problem:
-            raise ConfigError(f"MLFLOW_TRACKING_URI {problem}")
+        env_tracking_uri()
 
     from training.tracking import ui_command
     from training.train import run_training

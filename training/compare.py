@@ -838,7 +838,8 @@ def write_report(suite: Suite, size: str, children, rows: dict, curves: dict, re
             short = f" ({len(values)} of {behind} seeds)" if values and len(values) < behind else ""
             cells.append(_mean_std(values, fmt) + short)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    legend = [COLUMN_LEGEND[k].format(iw_k=evaluate_options(suite, size)["iw_k"]) for k in columns if k in COLUMN_LEGEND]
+    iw_k = evaluate_options(suite, size)["iw_k"]
+    legend = [COLUMN_LEGEND[k].format(iw_k=iw_k) for k in columns if k in COLUMN_LEGEND]
     if "eval_kid_classifier" in columns and "eval_fd_classifier" not in columns:
         legend.append(COLUMN_LEGEND["eval_fd_classifier"])
     if any(k in columns for k in ("eval_dci_disentanglement", "eval_sap", "eval_factor_vae_score",

@@ -165,6 +165,18 @@ def tracking_uri_problem(uri: str, *, opening: bool = False) -> str | None:
             "http(s)://HOST:PORT or a database URI (postgresql://, mysql://, mssql://)")
 
 
+def env_tracking_uri() -> str | None:
+    """``$MLFLOW_TRACKING_URI`` checked as a store about to be opened (:func:`tracking_uri_problem`),
+    or None when unset; without importing MLflow, so `vae-tf train` says a bad one at once."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    problem = tracking_uri_problem(uri, opening=True) if uri else None
+    if problem:
+        from vae_tf.errors import ConfigError
+
+        raise ConfigError(f"MLFLOW_TRACKING_URI {problem}")
+    return uri or None
+
+
 def _file_store_problem(uri: str) -> str | None:
     """Why MLflow will refuse folder store ``uri``, or None when ``MLFLOW_ALLOW_FILE_STORE``
     allows it (read as MLflow reads a boolean variable: true/1 or false/0, any case, nothing else)."""

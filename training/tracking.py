@@ -24,7 +24,7 @@ MAX_PARAM_LENGTH = 6000  # MLflow 3 rejects longer param values
 def resolve_tracking_uri(configured: str | None) -> str:
     """Config value, else the store of the run a library caller has open (:func:`caller_run`),
     else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
-    from training.config import tracking_uri_problem
+    from training.config import env_tracking_uri, tracking_uri_problem
     from vae_tf.errors import ConfigError
 
     if configured:
@@ -34,12 +34,7 @@ def resolve_tracking_uri(configured: str | None) -> str:
         return configured
     if caller_run() is not None:
         return mlflow.get_tracking_uri()
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        problem = tracking_uri_problem(os.environ["MLFLOW_TRACKING_URI"], opening=True)
-        if problem:
-            raise ConfigError(f"MLFLOW_TRACKING_URI {problem}")
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return env_tracking_uri() or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 #: Every registry URI :func:`use_tracking` has set in this process that was not the user's own.
