@@ -46,7 +46,7 @@ from serving.connections import DEFAULT_KEEP_ALIVE_SECONDS, DEFAULT_MAX_CONNECTI
 from serving.model_store import (refuse_classify_or_regress, CLASSIFY_METHOD, DEFAULT_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD, ModelStore,
                                  Servable)
 from serving.status import Code, ServingError, invalid_argument, one_line
-from serving.tensor_proto import DT_STRING, read_ndarray, write_fields
+from serving.tensor_proto import DT_STRING, parse_problem, read_ndarray, write_fields
 
 log = logging.getLogger("serving.grpc")
 
@@ -127,7 +127,9 @@ def proto_to_ndarray(alias: str, proto, max_bytes: int) -> np.ndarray:
     except ServingError:
         raise
     except Exception:
-        raise invalid_argument(f"tensor parsing error: {alias}") from None
+        # TF Serving's words, then why (it says only the first part, which leaves the sender guessing)
+        why = parse_problem(proto)
+        raise invalid_argument(f"tensor parsing error: {alias}" + (f" ({why})" if why else "")) from None
 
 
 @functools.lru_cache(maxsize=None)
@@ -203,7 +205,7 @@ class PredictionService(_prediction_servicer_base()):
         if len(set(wanted)) != len(wanted):
             duplicate = next(a for a in wanted if wanted.count(a) > 1)
             raise invalid_argument(f"duplicate output tensor alias: {duplicate}")
-        arrays = signature.prepare(arrays, allow_non_finite=self.allow_non_finite)
+        arrays = signature.prepare(arrays, allow_non_finite=self.allow_non_finite, typed=True)
         _check_still_wanted(context)  # parsing a large request takes time too
         outputs = self.run(signature, arrays)
         response = predict_pb2.PredictResponse()

@@ -213,16 +213,22 @@ class Signature:
     def callable(self) -> bool:
         return self._function is not None and self.method_name == PREDICT_METHOD
 
-    def prepare(self, arrays: Mapping[str, np.ndarray], *, allow_non_finite: bool = False) -> dict[str, np.ndarray]:
+    def prepare(self, arrays: Mapping[str, np.ndarray], *, allow_non_finite: bool = False,
+                typed: bool = False) -> dict[str, np.ndarray]:
         """Inputs cast to the signature dtypes and checked against its shapes (project rule:
         a one-line INVALID_ARGUMENT before TensorFlow sees the data). Float inputs holding NaN
         or ±Inf are refused the same way unless ``allow_non_finite`` (TF Serving passes them to
-        the model, which turns them into finite-looking garbage or NaN outputs). Names are
-        checked by the callers (their messages differ between REST and gRPC)."""
+        the model, which turns them into finite-looking garbage or NaN outputs). ``typed``: the
+        dtypes are the client's own choice (gRPC's TensorProtos), not JSON numbers, and an
+        integer tensor for a float input is refused, as TF Serving refuses it (``Expects arg[0]
+        to be float but uint8 is provided``): it is nearly always 0-255 pixels sent to a model
+        that reads [0, 1], which would encode them without a word. Names are checked by the
+        callers (their messages differ between REST and gRPC)."""
         prepared = {}
         for alias, arr in arrays.items():
             spec = self.inputs[alias]
-            arr = _cast(np.asarray(arr) if not isinstance(arr, np.ndarray) else arr, spec, self.name)
+            arr = _cast(np.asarray(arr) if not isinstance(arr, np.ndarray) else arr, spec, self.name,
+                        integers_to_float=not typed)
             _check_shape(arr, spec, self.name)
             if not allow_non_finite:
                 _check_finite(arr, spec, self.name)
@@ -286,8 +292,9 @@ class SessionFunction:
         return dict(zip(self.output_names, self._call(*(arrays[name] for name in self.input_names))))
 
 
-def _cast(arr: np.ndarray, spec: InputSpec, signature: str) -> np.ndarray:
-    """Cast ``arr`` to the signature dtype when that loses nothing; else INVALID_ARGUMENT."""
+def _cast(arr: np.ndarray, spec: InputSpec, signature: str, *, integers_to_float: bool = True) -> np.ndarray:
+    """Cast ``arr`` to the signature dtype when that loses nothing; else INVALID_ARGUMENT
+    (integers for a float input too, unless ``integers_to_float``)."""
     target = spec.dtype
     if target is None:
         raise ServingError(Code.UNIMPLEMENTED, f"Input {spec.alias} of signature {signature} has a dtype "
@@ -309,7 +316,13 @@ def _cast(arr: np.ndarray, spec: InputSpec, signature: str) -> np.ndarray:
     if kind not in "iuf":
         raise refuse("values")
     if target_kind == "f":
-        cast = arr.astype(target)
+        if kind in "iu" and not integers_to_float:
+            raise invalid_argument(
+                f"Input {spec.alias} of signature {signature} needs {spec.dtype_name} values but got "
+                f"{_dtype_text(arr.dtype)} values; send {spec.dtype_name} data scaled as the model's training data "
+                "was (uint8 pixels / 255 for a model of [0, 1] images; TF Serving refuses integer tensors here too)")
+        with np.errstate(over="ignore"):  # values beyond the target's range are refused just below
+            cast = arr.astype(target)
         if kind == "f" and not np.array_equal(np.isfinite(cast), np.isfinite(arr)):
             raise refuse("values outside its range")
         return cast

@@ -13,8 +13,10 @@ web framework in between, so the routing, status codes and messages are exactly 
 
 Paths are matched whole and case-insensitively; name and label are URL-decoded. Any other
 ``/v1/`` path or verb is ``400 Malformed request: <METHOD> <path>``; paths outside ``/v1/`` get
-a bare 404. ``OPTIONS`` (a CORS preflight) on a ``/v1/`` path is 200, or 400 without an
-``Origin`` header holding ``http(s)://``, both with an empty body (:class:`RestApp`). Every response is ``application/json``; errors are ``{"error": "<message>"}``.
+404 with the HTML page of TF Serving's HTTP layer (:data:`NOT_FOUND_PAGE`, ``text/html``).
+``OPTIONS`` (a CORS preflight) on a ``/v1/`` path is 200, or 400 without an ``Origin`` header
+holding ``http(s)://``, both with an empty body (:class:`RestApp`). Every other response is
+``application/json``; errors are ``{"error": "<message>"}``.
 
 :class:`RestApp` is the ASGI side: it reads the body (refusing more than ``max_body_bytes``
 with 413 before reading it all; a ``Content-Encoding: gzip`` body is inflated, as TF Serving's
@@ -63,6 +65,11 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_IN_FLIGHT = 128
 JSON_HEADERS = [(b"content-type", b"application/json")]
+# A path outside /v1/ reaches none of TF Serving's handlers: its HTTP layer answers with libevent's
+# error page (evhttp_server.cc: evhttp_send_error(req, HTTP_NOTFOUND, nullptr); libevent 2.1.12,
+# whose default Content-Type is text/html; charset=ISO-8859-1), not a JSON body.
+NOT_FOUND_PAGE = b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
+_HTML_HEADERS = [(b"content-type", b"text/html; charset=ISO-8859-1")]
 
 _V1_RE = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 _PREDICT_RE = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?"
@@ -101,7 +108,7 @@ class RestApi:
         """``(status, body)`` for one request; ``path`` is the raw (percent-encoded) path;
         ``deadline`` (``time.monotonic()`` seconds): past it, the model is not run."""
         if not _V1_RE.fullmatch(path):
-            return 404, b""
+            return 404, NOT_FOUND_PAGE
         try:
             return 200, self._dispatch(method, path, body, deadline)
         except _UnwrittenError as err:
@@ -441,7 +448,8 @@ class RestApp:
 
     @staticmethod
     async def _reply(send, status: int, payload: bytes) -> None:
-        headers = JSON_HEADERS + [(b"content-length", str(len(payload)).encode())]
+        headers = (_HTML_HEADERS if payload is NOT_FOUND_PAGE else JSON_HEADERS) + [
+            (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 

@@ -70,6 +70,48 @@ def read_ndarray(proto) -> np.ndarray:
     return tf.make_ndarray(proto)
 
 
+def parse_problem(proto) -> str:
+    """Why :func:`read_ndarray` could not read ``proto``, in words for its sender, or "" when
+    that is not one of the usual mistakes. (TF Serving answers only ``tensor parsing error:
+    <alias>``; its C++ ``Tensor::FromProto`` also takes more typed values than the shape holds,
+    keeping the first ones, where this server refuses the tensor, which was built wrong.)"""
+    if proto.tensor_shape.unknown_rank:
+        return "its tensor_shape has unknown_rank set; give every dimension of the batch"
+    shape = _shape(proto)
+    dims = "[" + ",".join(str(size) for size in shape) + "]"
+    if any(size < 0 for size in shape):
+        return f"its shape {dims} has a negative dimension"
+    count = 1
+    for size in shape:
+        count *= size
+    if proto.dtype == DT_STRING:
+        if proto.tensor_content:
+            try:
+                _string_list(proto.tensor_content, count)
+            except ValueError as err:
+                return str(err)
+            return ""
+        given, field = len(proto.string_val), "string_val"
+    else:
+        known = _DTYPE_OF.get(proto.dtype)
+        if known is None:
+            return (f"its dtype is DataType {proto.dtype}, which this server does not read (DT_FLOAT = 1 for images, "
+                    f"DT_STRING = 7 for sentences, DT_INT32 = 3 for seeds)")
+        dtype, field = known
+        if proto.tensor_content:
+            size = np.dtype(dtype).itemsize
+            if len(proto.tensor_content) != count * size:
+                return (f"its tensor_content holds {len(proto.tensor_content)} bytes, not the {count * size} of the "
+                        f"{count} values of {size} bytes its shape {dims} holds")
+            return ""
+        given = len(getattr(proto, field))
+    if given > count:
+        if not shape:
+            return f"its {field} has {given} values but it has no tensor_shape, which makes it a scalar; give its shape"
+        return f"its {field} has {given} values, more than the {count} its shape {dims} holds"
+    return ""
+
+
 def _string_list(content: bytes, count: int) -> np.ndarray:
     """The ``count`` strings of a string tensor's ``tensor_content``, as TensorFlow's C++
     ``Tensor::FromProto`` (``port::DecodeStringList``) reads it, which TF Serving uses: every
@@ -150,4 +192,4 @@ def _utf8(value) -> bytes:
     raise TypeError(f"a string tensor holds str or bytes, not {type(value).__name__} ({value!r:.40})")
 
 
-__all__ = ["read_ndarray", "write_content", "write_fields"]
+__all__ = ["parse_problem", "read_ndarray", "write_content", "write_fields"]

@@ -227,7 +227,8 @@ def _check_rest_answer(response, payload, path) -> int:
     """Assert a well-formed non-5xx answer; its HTTP status."""
     assert response.status < 500, (path, response.status, payload[:300])
     if not path.lower().startswith("/v1/"):
-        assert (response.status, payload) == (404, b"")
+        assert response.status == 404 and payload.startswith(b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>")
+        assert response.getheader("Content-Type") == "text/html; charset=ISO-8859-1"
         return
     assert response.getheader("Content-Type") == "application/json"
     if not payload:  # TF Serving's one bodiless error: a version beyond int64 (ParseModelInfo)

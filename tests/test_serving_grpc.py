@@ -182,6 +182,15 @@ def test_a_missing_model_spec_or_name_is_invalid_argument_as_tf_serving_says(ser
      "Input seed of signature sample needs int32 values but got double values that are not whole numbers"),
     ({"signature": "sample", "seed": np.array([[2**40, 1]])}, "INVALID_ARGUMENT",
      "Input seed of signature sample needs int32 values but got int64 values outside its range"),
+    # Integer pixels for a float input: TF Serving refuses them ("Expects arg[0] to be float but
+    # uint8 is provided"); they were cast and 0-255 images encoded without a word.
+    ({"x": np.full((1, 8, 8, 1), 200, np.uint8)}, "INVALID_ARGUMENT",
+     "Input x of signature encode needs float values but got uint8 values; send float data scaled as the model's "
+     "training data was (uint8 pixels / 255"),
+    ({"x": np.ones((1, 8, 8, 1), np.int32)}, "INVALID_ARGUMENT",
+     "Input x of signature encode needs float values but got int32 values; send float data"),
+    ({"x": np.ones((1, 8, 8, 1), np.int64)}, "INVALID_ARGUMENT",
+     "Input x of signature encode needs float values but got int64 values; send float data"),
 ])
 def test_predict_errors(stub, request_kwargs, code, message):
     got_code, details = _error(stub.Predict, _request(**{"signature": "encode", **request_kwargs}))
@@ -192,7 +201,27 @@ def test_predict_errors(stub, request_kwargs, code, message):
 def test_malformed_tensor_protos_and_filters(stub):
     request = _request(x=_x(1))
     request.inputs["x"].tensor_content = b"\x00" * 7  # not a multiple of 4 bytes
-    assert _error(stub.Predict, request) == (grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: x")
+    assert _error(stub.Predict, request) == (grpc.StatusCode.INVALID_ARGUMENT, (
+        "tensor parsing error: x (its tensor_content holds 7 bytes, not the 256 of the 64 values of 4 bytes its "
+        "shape [1,8,8,1] holds)"))
+    # TF Serving's text stops at "tensor parsing error: x"; the reason says what to fix.
+    request = _request(x=_x(1))
+    request.inputs["x"].ClearField("tensor_content")
+    request.inputs["x"].float_val.extend([0.5] * 70)
+    assert _error(stub.Predict, request) == (grpc.StatusCode.INVALID_ARGUMENT, (
+        "tensor parsing error: x (its float_val has 70 values, more than the 64 its shape [1,8,8,1] holds)"))
+    request = _request(x=_x(1))
+    request.inputs["x"].ClearField("tensor_content")
+    request.inputs["x"].ClearField("tensor_shape")
+    request.inputs["x"].float_val.extend([0.5] * 64)
+    assert _error(stub.Predict, request) == (grpc.StatusCode.INVALID_ARGUMENT, (
+        "tensor parsing error: x (its float_val has 64 values but it has no tensor_shape, which makes it a scalar; "
+        "give its shape)"))
+    request = _request(x=_x(1))
+    request.inputs["x"].dtype = 1000
+    code, details = _error(stub.Predict, request)
+    assert (code, details.split(", which")[0]) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: x (its dtype is DataType 1000")
     request = _request(x=_x(1))
     request.inputs["x"].tensor_shape.dim[0].size = 10**9  # asks for 64e9 values
     code, details = _error(stub.Predict, request)

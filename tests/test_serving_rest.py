@@ -373,12 +373,32 @@ def test_a_cors_preflight_is_answered_as_tf_serving_answers_it(served):
     assert preflight("/v1/anything/at/all", {"Origin": "http://localhost:3000"}) == (200, b"")
     assert preflight("/v1/models/vae:predict", {}) == (400, b"")
     assert preflight("/v1/models/vae:predict", {"Origin": "null"}) == (400, b"")
-    assert preflight("/elsewhere", asked) == (404, b"")
+    assert preflight("/elsewhere", asked) == (404, LIBEVENT_404)  # no handler: libevent's page
 
 
-def test_paths_outside_v1_are_plain_404(rest):
-    assert rest("GET", "/", raw=True) == (404, b"")
-    assert rest("POST", "/v2/models/vae:predict", b"{}", raw=True) == (404, b"")
+# libevent 2.1.12's evhttp_send_error(req, 404, NULL), which TF Serving's HTTP layer calls for a
+# path no handler takes (evhttp_server.cc): its ERR_FORMAT with the reason "Not Found".
+LIBEVENT_404 = (b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
+                b"</BODY></HTML>\n")
+
+
+def test_paths_outside_v1_get_the_html_404_page_of_tf_servings_http_layer(served):
+    """It was 404 with an empty body labelled application/json, on which a client's
+    ``response.json()`` throws; TF Serving sends libevent's page as text/html."""
+    server, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+    try:
+        for method, path, body in [("GET", "/", None), ("GET", "/healthz", None),
+                                   ("POST", "/v2/models/vae:predict", b"{}")]:
+            conn.request(method, path, body=body)
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (404, LIBEVENT_404), path
+            assert response.getheader("Content-Type") == "text/html; charset=ISO-8859-1"
+        conn.request("GET", "/v1/models/vae")  # the connection is still usable (keep-alive)
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["model_version_status"]
+    finally:
+        conn.close()
 
 
 def test_oversize_body_is_refused_and_the_server_keeps_serving(served, rest):

@@ -195,7 +195,10 @@ def test_grpc_strings_in_tensor_content_as_cpp_clients_send_them(served):
     broken.tensor_content = broken.tensor_content[:-1]  # one byte short: TensorFlow refuses it too
     with pytest.raises(tf.errors.InvalidArgumentError):
         tf.io.parse_tensor(broken.SerializeToString(), tf.string)
-    assert _grpc_error(server, "encode", x=broken) == (grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: x")
+    total = sum(len(v) for v in values)  # the lengths add up to every sentence's bytes
+    assert _grpc_error(server, "encode", x=broken) == (grpc.StatusCode.INVALID_ARGUMENT, (
+        f"tensor parsing error: x (a string tensor's tensor_content holds {total - 1} bytes after its lengths, not "
+        f"the {total} they add up to)"))
 
 
 def test_clients_take_and_give_strings(served):
