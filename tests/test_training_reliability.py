@@ -13,6 +13,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -432,6 +433,21 @@ def test_resume_refuses_to_change_the_model_and_names_what_may_change(tmp_path):
         find_run(tmp_path / "runs")
     assert_one_line(str(caught.value))
     assert "no unfinished run" in str(caught.value)
+    # Only finished runs of the model: going on longer needs the run named, and the line names the latest
+    # (README's `--resume --set train.epochs=80` without an id failed with "start one with vae-tf train")
+    for folder, run_id, age in [("old", "0a1b", 100), ("new", "9f8e", 0)]:
+        (tmp_path / "runs" / folder).mkdir(parents=True)
+        (tmp_path / "runs" / folder / "run.json").write_text(json.dumps(
+            {"name": "vae", "status": "finished", "mlflow_run_id": run_id, "config": {"name": "vae"}}))
+        os.utime(tmp_path / "runs" / folder / "run.json", (time.time() - age, time.time() - age))
+    with pytest.raises(ConfigError) as caught:
+        find_run(tmp_path / "runs", name="vae")
+    assert str(caught.value) == (f"no unfinished run of model 'vae' in {tmp_path / 'runs'}/ to resume; a finished run "
+                                 "goes on only when named, e.g. the latest: vae-tf train --resume 9f8e "
+                                 "--set train.epochs=N")
+    assert find_run(tmp_path / "runs", key="0a1b")[0] == tmp_path / "runs" / "old"
+    for folder in ("old", "new"):
+        shutil.rmtree(tmp_path / "runs" / folder)
     # Unfinished runs of another model: the bare --resume looks for the --config's model; say whose they are
     (tmp_path / "runs" / "other").mkdir(parents=True)
     (tmp_path / "runs" / "other" / "run.json").write_text(json.dumps({"name": "control-vae", "status": "running"}))

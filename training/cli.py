@@ -79,7 +79,8 @@ def add_parsers(sub) -> None:
                           help="also the Fréchet and kernel classifier distances of prior samples (trains a "
                                "cached classifier once)")
     evaluate.add_argument("--output", "-o", help="JSON report path (default evaluation/NAME-vVERSION-SPLIT.json, "
-                                                 "NAME-registered-vVERSION-SPLIT.json for models:/NAME/VERSION)")
+                                                 "NAME-registered-vVERSION-SPLIT.json for models:/NAME/VERSION, "
+                                                 "...-SPLIT-maxN.json with --max-examples N)")
     evaluate.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
 
     compare = sub.add_parser(

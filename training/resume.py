@@ -62,6 +62,13 @@ def find_run(run_root: str | Path, key: str | None = None, name: str | None = No
             raise ConfigError(f"no unfinished run{what} in {run_root}/ to resume; the unfinished runs there are of "
                               f"model(s) {', '.join(map(repr, others))}: give the --config that started the run (or "
                               f"--set name={others[0]}), or name it with --resume RUN_ID")
+        finished = [(d, r) for d, r in records if r.get("status") == "finished" and isinstance(r.get("config"), dict)
+                    and (name is None or r.get("name") == name)]
+        if finished:  # going on longer: a finished run is resumed only when it is named
+            run_dir, record = max(finished, key=lambda item: (item[0] / RUN_RECORD_NAME).stat().st_mtime)
+            run_id = record.get("mlflow_run_id") or run_dir.name
+            raise ConfigError(f"no unfinished run{what} in {run_root}/ to resume; a finished run goes on only when "
+                              f"named, e.g. the latest: vae-tf train --resume {run_id} --set train.epochs=N")
         raise ConfigError(f"no unfinished run{what} in {run_root}/ to resume; start one with `vae-tf train` "
                           "or name a run with --resume RUN_ID")
     return max(unfinished, key=lambda item: (item[0] / RUN_RECORD_NAME).stat().st_mtime)

@@ -27,7 +27,7 @@ from vae_tf.schedules import CyclicalSchedule, LinearSchedule
 
 
 class LinearAnnealing(KLWeight):
-    """``kl_weight: {kind: linear, beta: 1.0, steps: 2000, start: 0.0, stop: 1.0}``."""
+    """``kl_weight: {kind: linear, beta: 1.0, steps: 1000, start: 0.0, stop: 1.0}`` (the defaults)."""
 
     kind = "linear"
 
