@@ -35,7 +35,6 @@ Usage (seconds per run at 15 epochs, about a minute at 100)::
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import subprocess
@@ -49,7 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from experiments.study_files import mean_std, pending_runs, runs_by_condition, write_record  # noqa: E402
+from experiments.study_files import (mean_std, pending_runs, run_study, runs_by_condition, seed_list,  # noqa: E402
+                                      study_parser, write_record)
 
 DEFAULT_OUT = ROOT / "docs" / "results" / "capacity_study"
 STEPS_PER_EPOCH = 23  # ceil(1437 / 64)
@@ -153,11 +153,13 @@ def report(out: Path) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--conditions", default="all", help="comma-separated names, or 'all'")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--report", action="store_true")
+    parser = study_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--conditions", default="all", help=f"comma-separated names, or 'all': {', '.join(CONDITIONS)}")
+    parser.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="comma-separated, e.g. 0,1,2")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="one JSON per run (default: the committed runs, so nothing trains: give another "
+                             "folder to reproduce them)")
+    parser.add_argument("--report", action="store_true", help="print the table from --out and exit")
     args = parser.parse_args(argv)
     if args.report:
         print(report(args.out))
@@ -171,7 +173,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from vae_tf_cli import quiet_libraries, run_job
-
-    quiet_libraries()  # as a `vae-tf` process: no TensorFlow start-up chatter, no artefact progress bars
-    raise SystemExit(run_job(main))
+    raise SystemExit(run_study(main))

@@ -30,8 +30,6 @@ Usage (prints a Markdown table; ``--json`` also writes the numbers)::
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import sys
@@ -40,6 +38,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.study_files import json_output, run_study, study_parser, write_record  # noqa: E402
 
 
 def train_one(objective: dict, data, seed: int, args) -> dict:
@@ -81,7 +81,7 @@ def train_one(objective: dict, data, seed: int, args) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = study_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--mi-weight", type=float, nargs="+", default=[1.0])
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     parser.add_argument("--temperature-rate", type=float, default=1e-3)
     parser.add_argument("--temperature-floor", type=float, default=0.5)
     parser.add_argument("--q-steps", type=int, default=500, help="Adam steps of fit_mi_bound's Q")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--json", type=json_output, default=None, help="also write the numbers to this file")
     args = parser.parse_args(argv)
 
     from vae_tf.data import load_dataset
@@ -118,12 +118,9 @@ def main(argv=None) -> int:
               f"{r['cluster_acc_all']:.3f} | {r['categories_used']} | {r['usage_entropy']:.2f} | {r['mi_bound']:.2f} | "
               f"{r['test_elbo']:.1f} | {r['seconds']:.0f} s |")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+        write_record(args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
     return 0
 
 
 if __name__ == "__main__":
-    from vae_tf_cli import quiet_libraries, run_job
-
-    quiet_libraries()  # as a `vae-tf` process: no TensorFlow start-up chatter, no artefact progress bars
-    raise SystemExit(run_job(main))
+    raise SystemExit(run_study(main, resumable=False))  # one table at the end: nothing to resume

@@ -56,7 +56,6 @@ Numbers hold only for this generator version, image size, seed and network (vae_
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import subprocess
@@ -70,7 +69,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from experiments.study_files import mean_std, pending_runs, runs_by_condition, write_record  # noqa: E402
+from experiments.study_files import (mean_std, pending_runs, run_study, runs_by_condition, seed_list,  # noqa: E402
+                                      study_parser, write_record)
 from scipy import stats  # noqa: E402
 from scipy.special import logsumexp  # noqa: E402
 
@@ -328,29 +328,30 @@ def report(out: Path) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--conditions", default="gaussian,ng", help="comma-separated names, or 'all'")
-    parser.add_argument("--seeds", default="0,1,2")
+    table = conditions()
+    parser = study_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--conditions", default="gaussian,ng",
+                        help=f"comma-separated names, or 'all': {', '.join(table)}")
+    parser.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="comma-separated, e.g. 0,1,2")
     parser.add_argument("--n-samples", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--latent-dim", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="one JSON per run (default: the committed runs, so nothing trains: give another "
+                             "folder to reproduce them)")
     parser.add_argument("--report", action="store_true", help="print the tables from --out and exit")
     args = parser.parse_args(argv)
     if args.report:
         print(report(args.out))
         return 0
-    table = conditions()
-    for name, seed, path in pending_runs(parser, args.conditions, table, args.seeds, args.out):
+    settings = {"n_samples": args.n_samples, "epochs": args.epochs, "latent_dim": args.latent_dim}
+    for name, seed, path in pending_runs(parser, args.conditions, table, args.seeds, args.out, settings):
         result = run_one(name, table[name], seed, args)
-        write_record(path, {**result, **_provenance()})
+        write_record(path, {**result, "settings": settings, **_provenance()})
         print(f"{name} seed {seed}: p split {result.get('p_split', '—')}, MI-active {result.get('mi_active', '—')}, "
               f"decodability {result.get('decodability')}", flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    from vae_tf_cli import quiet_libraries, run_job
-
-    quiet_libraries()  # as a `vae-tf` process: no TensorFlow start-up chatter, no artefact progress bars
-    raise SystemExit(run_job(main))
+    raise SystemExit(run_study(main))

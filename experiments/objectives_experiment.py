@@ -18,13 +18,14 @@ MLflow runs go to ``$MLFLOW_TRACKING_URI`` (default: ``sqlite:///mlflow.db`` her
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.study_files import run_study, study_parser  # noqa: E402
 
 RUNS = {
     "control_vae (KL set point 10)": ["objective.kl_weight={kind: control, set_point: 10.0, kp: 0.01, ki: 0.001}"],
@@ -63,7 +64,7 @@ def measure(result, config) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = study_parser(__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -94,7 +95,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from vae_tf_cli import quiet_libraries, run_job
-
-    quiet_libraries()  # as a `vae-tf` process: no TensorFlow start-up chatter, no artefact progress bars
-    raise SystemExit(run_job(main))
+    raise SystemExit(run_study(main, resumable=False))  # one table at the end: nothing to resume

@@ -26,8 +26,6 @@ vae_tf/data/dsprites.py); they are not comparable with published dSprites result
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -35,6 +33,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.study_files import json_object, json_output, run_study, study_parser, write_record  # noqa: E402
 
 ACTIVE = 0.01
 
@@ -106,7 +106,7 @@ def report(results: list[dict], args) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = study_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--n-samples", type=int, default=20000)
     parser.add_argument("--image-size", type=int, default=32, choices=(32, 64))
     parser.add_argument("--latent-dim", type=int, default=10)
@@ -117,10 +117,17 @@ def main(argv=None) -> int:
     parser.add_argument("--kl-warmup", type=int, default=0, help="linear KL annealing over this many steps (0: off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", default="gaussian,normal_gamma")
-    parser.add_argument("--ng", default="{}", help="JSON of extra normal_gamma options, e.g. '{\"alpha1\": 21}'")
+    parser.add_argument("--ng", type=json_object, default={},
+                        help="JSON of extra normal_gamma options, e.g. '{\"alpha1\": 21}'")
     parser.add_argument("--verbose", type=int, default=0)
-    parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--json", type=json_output, default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
+    from vae_tf.latents import LATENT_FAMILIES
+
+    unknown = [name for name in args.families.split(",") if name not in LATENT_FAMILIES]
+    if unknown:  # before the first family trains
+        parser.error(f"--families: unknown latent family {', '.join(unknown)}; choose from "
+                     f"{', '.join(LATENT_FAMILIES.names())}")
 
     from vae_tf.data import load_dataset
 
@@ -129,16 +136,14 @@ def main(argv=None) -> int:
     for name in args.families.split(","):
         family = {"family": name, "latent_dim": args.latent_dim}
         if name == "normal_gamma":
-            family.update(json.loads(args.ng))
+            family.update(args.ng)
         results.append(train_one(family, data, args))
     print(report(results, args))
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+        write_record(args.json, {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                                 "results": results})
     return 0
 
 
 if __name__ == "__main__":
-    from vae_tf_cli import quiet_libraries, run_job
-
-    quiet_libraries()  # as a `vae-tf` process: no TensorFlow start-up chatter, no artefact progress bars
-    raise SystemExit(run_job(main))
+    raise SystemExit(run_study(main, resumable=False))  # one table at the end: nothing to resume

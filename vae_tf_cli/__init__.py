@@ -38,7 +38,7 @@ def quiet_libraries() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse's parser, whose errors are one line: argparse printed its whole usage block (22
     lines for ``vae-tf serve``) above the line that says what is wrong. ``--help`` still shows it."""
 
@@ -51,8 +51,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     import serving.cli
     import training.cli
 
-    parser = _OneLineParser(prog="vae-tf", description="Variational autoencoders that do not collapse silently.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_OneLineParser)
+    parser = OneLineParser(prog="vae-tf", description="Variational autoencoders that do not collapse silently.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     training.cli.add_parsers(sub)
     serving.cli.add_parsers(sub)
     return parser, {**training.cli.COMMANDS, **serving.cli.COMMANDS}
@@ -178,5 +178,5 @@ def run(argv: list[str] | None = None) -> int:
     return run_job(main, argv)
 
 
-__all__ = ["JOB_GC_THRESHOLDS", "KERAS_OPTIONAL_IMPORTS", "SERVER_COMMANDS", "build_parser", "collect_less_often", "keep_optional_libraries_out_of_keras",
+__all__ = ["JOB_GC_THRESHOLDS", "KERAS_OPTIONAL_IMPORTS", "OneLineParser", "SERVER_COMMANDS", "build_parser", "collect_less_often", "keep_optional_libraries_out_of_keras",
            "main", "prepare_job_process", "quiet_libraries", "run", "run_job", "without_final_collections"]
