@@ -1,11 +1,17 @@
 """Files that are either wholly written or not there: write a temporary file in the same
-directory, flush and fsync it, then rename it over the target (atomic on one file system)."""
+directory, flush and fsync it, then rename it over the target (atomic on one file system).
+
+The file gets the permissions any new file of the process gets (0666 less the umask: usually
+readable by everyone, as reports and results are meant to be), or keeps those of the file it
+replaces; ``tempfile.mkstemp``'s 0600 made every report, result and run record readable by its
+writer only."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 
 
@@ -23,9 +29,15 @@ def replace_atomic(path: str | Path, write) -> None:
     ``path`` (binary formats such as ``np.savez``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = None
+    fd, tmp = _new_temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -33,3 +45,15 @@ def replace_atomic(path: str | Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _new_temporary(path: Path) -> tuple[int, str]:
+    """A new, exclusively created file next to ``path`` (``.NAME.<random>.tmp``), opened for
+    writing with the default permissions (0666 less the umask)."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")
