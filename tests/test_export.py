@@ -163,6 +163,32 @@ def test_a_failed_export_leaves_no_version_behind(trained, tmp_path, monkeypatch
     assert export_model(trained, tmp_path, "m").name == "1"
 
 
+def test_a_version_taken_by_another_process_meanwhile_moves_the_export_to_the_next_one(trained, tmp_path, monkeypatch):
+    """``vae-tf compare --jobs 2`` trains a run's two seeds at once: both chose version 1 and the
+    second export failed (``OSError: Directory not empty``), failing its child. Here the other
+    process's version 1 (and 2) land while this export writes its files."""
+    real_fsync = export_mod._fsync_tree
+
+    def others_export_first(root):
+        real_fsync(root)
+        for taken in ("1", "2"):
+            (tmp_path / "m" / taken).mkdir(exist_ok=True)
+            (tmp_path / "m" / taken / "saved_model.pb").write_bytes(b"another process's")
+
+    monkeypatch.setattr(export_mod, "_fsync_tree", others_export_first)
+    final = export_model(trained, tmp_path, "m")
+    assert final == tmp_path / "m" / "3"
+    assert load_model_info(final)["version"] == 3  # the assets say the version it is served as
+    assert (tmp_path / "m" / "1" / "saved_model.pb").read_bytes() == b"another process's"  # untouched
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2", "3"]  # no temporary left
+    # an explicit version is the caller's choice: taken meanwhile, it is refused, not moved
+    monkeypatch.setattr(export_mod, "_fsync_tree", lambda root: (real_fsync(root), (tmp_path / "m" / "7").mkdir(),
+                                                                 (tmp_path / "m" / "7" / "x").write_text("x")))
+    with pytest.raises(OSError):
+        export_model(trained, tmp_path, "m", version=7)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2", "3", "7"]
+
+
 def test_missing_exports_are_one_line_errors(tmp_path):
     with pytest.raises(ModelNotFoundError, match="no SavedModel at"):
         resolve_version_dir(tmp_path / "nothing")

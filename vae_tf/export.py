@@ -53,8 +53,12 @@ def _fsync_tree(root: Path) -> None:
     """Flush every file under ``root`` to disk before the rename makes the version visible."""
     for dirpath, _, filenames in os.walk(root):
         for filename in filenames:
-            with open(os.path.join(dirpath, filename), "rb") as handle:
-                os.fsync(handle.fileno())
+            _fsync_file(os.path.join(dirpath, filename))
+
+
+def _fsync_file(path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def export_model(
@@ -72,7 +76,8 @@ def export_model(
     Args:
         base_dir: the model base path (TF Serving's ``MODEL_BASE_PATH``).
         name: the model name (directory under ``base_dir``; TF Serving's ``MODEL_NAME``).
-        version: positive integer; default: one more than the highest existing version.
+        version: positive integer; default: one more than the highest existing version (or
+            the next free one, when another process exports a version of the same model meanwhile).
         config: the resolved training config, stored in the assets JSON.
         data_info: data facts stored in the assets JSON (``value_range``, data set name, ...).
         extra: more top-level entries for the assets JSON (e.g. ``mlflow_run_id``).
@@ -93,7 +98,8 @@ def export_model(
         raise ConfigError(f"model name {name!r} is not usable as a directory name: use letters, digits, '_', '.', '-'")
     model_dir = Path(base_dir) / name
     existing = list_versions(model_dir)
-    if version is None:
+    next_free = version is None
+    if next_free:
         version = (existing[-1] + 1) if existing else 1
     if not (isinstance(version, int) and version > 0):
         raise ConfigError(f"export version must be a positive integer, got {version!r}")
@@ -122,7 +128,22 @@ def export_model(
         model.save_weights(str(assets / WEIGHTS_NAME))
         (assets / ASSET_NAME).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
         _fsync_tree(tmp)
-        os.rename(tmp, final)  # atomic on one file system; fails rather than overwrite
+        for _ in range(1000):
+            try:
+                os.rename(tmp, final)  # atomic on one file system; fails rather than overwrite
+                break
+            except OSError:
+                if not (next_free and final.exists()):
+                    raise
+            # Another process exported this version first (two runs of one model at once, as
+            # `vae-tf compare --jobs 2` trains a run's seeds): take the next free version.
+            version = max([version, *list_versions(model_dir)]) + 1
+            final = model_dir / str(version)
+            info["version"] = version
+            (assets / ASSET_NAME).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+            _fsync_file(assets / ASSET_NAME)
+        else:
+            raise OSError(f"no free version under {model_dir} after 1000 tries; export with an explicit version")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
