@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,6 +14,8 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import mlflow_store
 from training.compare import child_configs, list_suites, load_suite, run_suite
 from vae_tf.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "name": "tiny",
@@ -638,3 +641,79 @@ print("trained 4 models")
         assert warnings == []
     else:
         assert warnings and all("multi_step_on_iterator" in line for line in warnings), proc.stderr[-3000:]
+
+
+def test_a_second_compare_of_the_same_suite_is_refused_while_the_first_runs(suite_file, tmp_path):
+    """Two compares of one suite at once: the second resumed the first's running child beside it
+    (epochs logged twice) and trained every other child a second time. The lock is the operating
+    system's (flock): it goes with the process that holds it, however that process ends."""
+    import mlflow
+
+    from training.compare import _suite_lock
+
+    uri = mlflow_store(tmp_path)
+    held = _suite_lock(uri, "vae-tf-suite-tiny", load_suite(str(suite_file)), "quick")
+    try:
+        with pytest.raises(ConfigError) as refused:
+            run_suite(str(suite_file), size="quick", output_dir=str(tmp_path / "report"))
+        assert str(refused.value) == (
+            f"another vae-tf compare of suite tiny (quick, experiment vae-tf-suite-tiny) is running on this machine "
+            f"(process {__import__('os').getpid()}) with the same MLflow runs; wait for it to end or stop it, then "
+            "run this again (it resumes)")
+        assert MlflowClient(tracking_uri=uri).get_experiment_by_name("vae-tf-suite-tiny") is None  # nothing made
+        # another size, or another store, is another suite run: not refused
+        _suite_lock(uri, "vae-tf-suite-tiny", load_suite(str(suite_file)), "full").close()
+        _suite_lock(f"sqlite:///{tmp_path / 'other.db'}", "vae-tf-suite-tiny", load_suite(str(suite_file)),
+                    "quick").close()
+    finally:
+        held.close()
+    _suite_lock(uri, "vae-tf-suite-tiny", load_suite(str(suite_file)), "quick").close()  # released with its holder
+    mlflow.set_tracking_uri(None)
+
+
+def test_a_jobs_child_ends_when_the_suite_process_is_killed(tmp_path):
+    """`kill -9` of `vae-tf compare --jobs 2` left its children training; the rerun then resumed
+    their runs beside them, logging every metric twice. A child asks Linux for SIGTERM when its
+    parent ends (PR_SET_PDEATHSIG), and refuses to start if the suite's process is gone already."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's")
+    # a stand-in for the suite's process: starts a child as _run_parallel does, then waits
+    suite = subprocess.Popen([sys.executable, "-c", (
+        "import os, subprocess, sys, time\n"
+        "env = {**os.environ, 'VAE_TF_SUITE_PID': str(os.getpid())}\n"
+        "code = 'import time; from training.compare import _stop_with_the_suite; _stop_with_the_suite(); "
+        "print(\"child ready\", flush=True); time.sleep(120)'\n"
+        "child = subprocess.Popen([sys.executable, '-c', code], env=env)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n")], stdout=subprocess.PIPE, text=True, cwd=str(REPO_ROOT))
+    child_pid = int(suite.stdout.readline())
+    assert suite.stdout.readline().strip() == "child ready"
+    suite.kill()  # SIGKILL: the suite's process runs no cleanup of its own
+    suite.wait()
+    def alive(pid: int) -> bool:  # a dead child not yet reaped by its new parent is a zombie ("Z")
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return not stat.read().rsplit(") ", 1)[-1].startswith("Z")
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not alive(child_pid):
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(child_pid, signal.SIGKILL)
+        pytest.fail("the child outlived the suite's process by 30 s")
+    # a child started after the suite's process ended refuses to train
+    env = {**os.environ, "VAE_TF_SUITE_PID": "1"}  # not its parent
+    late = subprocess.run([sys.executable, "-c", "from training.compare import _stop_with_the_suite; "
+                           "_stop_with_the_suite()"], env=env, capture_output=True, text=True, cwd=str(REPO_ROOT))
+    assert late.returncode == 1
+    assert late.stderr.strip() == ("error: the vae-tf compare that started this child has ended; run it again to "
+                                   "resume")

@@ -328,6 +328,9 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     experiment = experiment or f"vae-tf-suite-{suite.name}"
     require_reachable(resolve_tracking_uri(None), "vae-tf compare finds a suite's finished children there")
     use_tracking(resolve_tracking_uri(None))
+    # Held until this call returns (or the process dies): a second compare of the suite would
+    # resume the first's running child beside it and train every other child a second time.
+    lock = _suite_lock(mlflow.get_tracking_uri(), experiment, suite, size) if report else None  # noqa: F841
     exp_id = activate_experiment(experiment)
     client = mlflow.MlflowClient()
 
@@ -572,6 +575,56 @@ def _interrupted_children(client, exp_id: str, parent: str, keys: dict) -> dict:
     return found
 
 
+def _suite_lock(tracking_uri: str, experiment: str, suite: Suite, size: str):
+    """An open file holding an exclusive lock for (tracking store, experiment, suite, size) on
+    this machine, or ConfigError naming the process that holds it. The operating system releases
+    it when the process ends, however it ends (no stale lock after ``kill -9``). None where the
+    platform has no ``flock`` (Windows)."""
+    import hashlib
+    import tempfile
+
+    try:
+        import fcntl
+    except ImportError:
+        return None
+
+    key = hashlib.sha256("\0".join((tracking_uri, experiment, suite.name, size)).encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / f"vae-tf-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    handle = open(folder / f"compare-{key}.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"another vae-tf compare of suite {suite.name} ({size}, experiment {experiment}) is running "
+                          f"on this machine ({holder}) with the same MLflow runs; wait for it to end or stop it, "
+                          "then run this again (it resumes)") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}")
+    handle.flush()
+    return handle
+
+
+def _stop_with_the_suite() -> None:
+    """In a ``--jobs`` child process: be sent SIGTERM when the suite's process ends, however it
+    ends (Linux's parent-death signal), so ``kill`` or ``kill -9`` of ``vae-tf compare`` does not
+    leave children training into runs that the rerun then resumes beside them (every metric
+    logged twice). A suite process that was already gone when this ran is the same case."""
+    import signal
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    suite_pid = os.environ.get("VAE_TF_SUITE_PID")
+    if suite_pid and str(os.getppid()) != suite_pid:
+        raise SystemExit("error: the vae-tf compare that started this child has ended; run it again to resume")
+
+
 def _run_parallel(suite: Suite, size: str, pending: list, experiment: str, jobs: int, report_dir: Path, out,
                   on_finished=None) -> None:
     """Train and evaluate ``pending`` children (``[(run name, seed)]``), ``jobs`` at a time, each in
@@ -588,7 +641,7 @@ def _run_parallel(suite: Suite, size: str, pending: list, experiment: str, jobs:
     logs.mkdir(parents=True, exist_ok=True)
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     env = {**os.environ, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads,
-           "OMP_NUM_THREADS": threads}
+           "OMP_NUM_THREADS": threads, "VAE_TF_SUITE_PID": str(os.getpid())}
     queue, running, failed = list(pending), [], []
     try:
         while queue or running:
@@ -628,6 +681,7 @@ def _child_main(argv: list[str]) -> int:
     from vae_tf.errors import VaeTfError
 
     suite_path, size, run_name, seed, experiment = argv
+    _stop_with_the_suite()
     try:
         run_suite(suite_path, size=size, seeds=[int(seed)], only=[run_name], experiment=experiment, report=False)
     except VaeTfError as err:
