@@ -317,10 +317,13 @@ def _cast(arr: np.ndarray, spec: InputSpec, signature: str, *, integers_to_float
         raise refuse("values")
     if target_kind == "f":
         if kind in "iu" and not integers_to_float:
+            images = spec.shape is not None and len(spec.shape) > 2  # [batch, height, width, channels]
+            how = ("scaled as the model's training data was (uint8 pixels / 255 for a model of [0, 1] images; "
+                   if images else "(")
             raise invalid_argument(
                 f"Input {spec.alias} of signature {signature} needs {spec.dtype_name} values but got "
-                f"{_dtype_text(arr.dtype)} values; send {spec.dtype_name} data scaled as the model's training data "
-                "was (uint8 pixels / 255 for a model of [0, 1] images; TF Serving refuses integer tensors here too)")
+                f"{_dtype_text(arr.dtype)} values; send {spec.dtype_name} data {how}TF Serving refuses integer "
+                "tensors here too)")
         with np.errstate(over="ignore"):  # values beyond the target's range are refused just below
             cast = arr.astype(target)
         if kind == "f" and not np.array_equal(np.isfinite(cast), np.isfinite(arr)):

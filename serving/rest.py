@@ -13,7 +13,8 @@ web framework in between, so the routing, status codes and messages are exactly 
 
 Paths are matched whole and case-insensitively; name and label are URL-decoded. Any other
 ``/v1/`` path or verb is ``400 Malformed request: <METHOD> <path>``; paths outside ``/v1/`` get
-404 with the HTML page of TF Serving's HTTP layer (:data:`NOT_FOUND_PAGE`, ``text/html``).
+404 with the HTML page of TF Serving's HTTP layer (:data:`NOT_FOUND_PAGE`, ``text/html``, and
+the connection closed after it).
 ``OPTIONS`` (a CORS preflight) on a ``/v1/`` path is 200, or 400 without an ``Origin`` header
 holding ``http(s)://``, both with an empty body (:class:`RestApp`). Every other response is
 ``application/json``; errors are ``{"error": "<message>"}``.
@@ -66,10 +67,11 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_IN_FLIGHT = 128
 JSON_HEADERS = [(b"content-type", b"application/json")]
 # A path outside /v1/ reaches none of TF Serving's handlers: its HTTP layer answers with libevent's
-# error page (evhttp_server.cc: evhttp_send_error(req, HTTP_NOTFOUND, nullptr); libevent 2.1.12,
-# whose default Content-Type is text/html; charset=ISO-8859-1), not a JSON body.
+# error page (evhttp_server.cc: evhttp_send_error(req, HTTP_NOTFOUND, nullptr); in libevent 2.1.12
+# that is ERR_FORMAT sent by evhttp_send_page_, which sets Content-Type: text/html and
+# Connection: close, and the connection is closed after it), not a JSON body.
 NOT_FOUND_PAGE = b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n</BODY></HTML>\n"
-_HTML_HEADERS = [(b"content-type", b"text/html; charset=ISO-8859-1")]
+_HTML_HEADERS = [(b"content-type", b"text/html"), (b"connection", b"close")]
 
 _V1_RE = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 _PREDICT_RE = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?"

@@ -93,10 +93,17 @@ def parse_problem(proto) -> str:
             return ""
         given, field = len(proto.string_val), "string_val"
     else:
-        known = _DTYPE_OF.get(proto.dtype)
+        known = {**_DTYPE_OF, 19: (np.float16, "half_val")}.get(proto.dtype)
+        if proto.dtype == 0:
+            return "its dtype is not set (DT_INVALID); set DT_FLOAT = 1 for images, DT_STRING = 7 for sentences"
         if known is None:
-            return (f"its dtype is DataType {proto.dtype}, which this server does not read (DT_FLOAT = 1 for images, "
-                    f"DT_STRING = 7 for sentences, DT_INT32 = 3 for seeds)")
+            from tensorflow.core.framework import types_pb2
+
+            try:
+                types_pb2.DataType.Name(proto.dtype)
+            except ValueError:
+                return f"its dtype {proto.dtype} is not a TensorFlow DataType; set DT_FLOAT = 1 for images"
+            return ""  # a DataType the reader hands to TensorFlow: its own failure, no guess here
         dtype, field = known
         if proto.tensor_content:
             size = np.dtype(dtype).itemsize

@@ -191,6 +191,9 @@ def test_a_missing_model_spec_or_name_is_invalid_argument_as_tf_serving_says(ser
      "Input x of signature encode needs float values but got int32 values; send float data"),
     ({"x": np.ones((1, 8, 8, 1), np.int64)}, "INVALID_ARGUMENT",
      "Input x of signature encode needs float values but got int64 values; send float data"),
+    ({"signature": "decode", "z": np.array([[0, 1, 0, 0]], np.int32)}, "INVALID_ARGUMENT",  # a code: no pixel hint
+     "Input z of signature decode needs float values but got int32 values; send float data (TF Serving refuses "
+     "integer tensors here too)"),
 ])
 def test_predict_errors(stub, request_kwargs, code, message):
     got_code, details = _error(stub.Predict, _request(**{"signature": "encode", **request_kwargs}))
@@ -219,9 +222,20 @@ def test_malformed_tensor_protos_and_filters(stub):
         "give its shape)"))
     request = _request(x=_x(1))
     request.inputs["x"].dtype = 1000
-    code, details = _error(stub.Predict, request)
-    assert (code, details.split(", which")[0]) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "tensor parsing error: x (its dtype is DataType 1000")
+    assert _error(stub.Predict, request) == (grpc.StatusCode.INVALID_ARGUMENT, (
+        "tensor parsing error: x (its dtype 1000 is not a TensorFlow DataType; set DT_FLOAT = 1 for images)"))
+    request.inputs["x"].dtype = 0
+    assert _error(stub.Predict, request) == (grpc.StatusCode.INVALID_ARGUMENT, (
+        "tensor parsing error: x (its dtype is not set (DT_INVALID); set DT_FLOAT = 1 for images, DT_STRING = 7 for "
+        "sentences)"))
+    # half precision is read (and cast), so a malformed one is told by its own field
+    half = tf.make_tensor_proto(_x(1).astype(np.float16))
+    half.ClearField("tensor_content")
+    half.half_val.extend([0] * 65)
+    request = _request(x=_x(1))
+    request.inputs["x"].CopyFrom(half)
+    assert _error(stub.Predict, request) == (grpc.StatusCode.INVALID_ARGUMENT, (
+        "tensor parsing error: x (its half_val has 65 values, more than the 64 its shape [1,8,8,1] holds)"))
     request = _request(x=_x(1))
     request.inputs["x"].tensor_shape.dim[0].size = 10**9  # asks for 64e9 values
     code, details = _error(stub.Predict, request)

@@ -7,6 +7,7 @@ import base64
 import http.client
 import json
 import math
+import socket
 
 import numpy as np
 import pytest
@@ -184,6 +185,11 @@ def test_client_signature_methods(served):
     assert RestClient(server.rest_url, "vae", label="stable").encode(x)["z_mean"].shape == (5, 4)
     with pytest.raises(ServingRequestError, match="HTTP 404: Servable not found for request: Latest\\(other\\)"):
         RestClient(server.rest_url, "other").encode(x)
+    # 0-255 pixels were sent as floats and encoded without a word (the gRPC server refuses them as TF Serving does)
+    with pytest.raises(ServingRequestError) as refused:
+        client.encode((x * 255).astype(np.uint8))
+    assert str(refused.value) == ("give images as floats scaled as the model's training data was (uint8 pixels / 255 "
+                                  "for a model of [0, 1] images), not uint8 values")
 
 
 # -- client mistakes: 4xx with TF Serving's messages, never a 500 ----------------------------------
@@ -377,28 +383,28 @@ def test_a_cors_preflight_is_answered_as_tf_serving_answers_it(served):
 
 
 # libevent 2.1.12's evhttp_send_error(req, 404, NULL), which TF Serving's HTTP layer calls for a
-# path no handler takes (evhttp_server.cc): its ERR_FORMAT with the reason "Not Found".
+# path no handler takes (evhttp_server.cc): its ERR_FORMAT with the reason "Not Found", sent by
+# evhttp_send_page_ with "Content-Type: text/html" and "Connection: close".
 LIBEVENT_404 = (b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
                 b"</BODY></HTML>\n")
 
 
 def test_paths_outside_v1_get_the_html_404_page_of_tf_servings_http_layer(served):
     """It was 404 with an empty body labelled application/json, on which a client's
-    ``response.json()`` throws; TF Serving sends libevent's page as text/html."""
+    ``response.json()`` throws; TF Serving sends libevent's page as text/html and closes."""
     server, _ = served
-    conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
-    try:
-        for method, path, body in [("GET", "/", None), ("GET", "/healthz", None),
-                                   ("POST", "/v2/models/vae:predict", b"{}")]:
-            conn.request(method, path, body=body)
-            response = conn.getresponse()
-            assert (response.status, response.read()) == (404, LIBEVENT_404), path
-            assert response.getheader("Content-Type") == "text/html; charset=ISO-8859-1"
-        conn.request("GET", "/v1/models/vae")  # the connection is still usable (keep-alive)
-        response = conn.getresponse()
-        assert response.status == 200 and json.loads(response.read())["model_version_status"]
-    finally:
-        conn.close()
+    for method, path, body in [("GET", "/", None), ("GET", "/healthz", None), ("POST", "/v2/models/vae:predict", b"{}")]:
+        with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as sock:
+            sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body or b'')}\r\n\r\n".encode()
+                         + (body or b""))
+            answer = b""
+            while chunk := sock.recv(65536):  # the server closes the connection after the page
+                answer += chunk
+        head, _, page = answer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        assert lines[0] == "HTTP/1.1 404 Not Found" and page == LIBEVENT_404, path
+        assert (headers["content-type"], headers["connection"]) == ("text/html", "close")
 
 
 def test_oversize_body_is_refused_and_the_server_keeps_serving(served, rest):
