@@ -53,3 +53,26 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_behind(tmp_path):
         replace_atomic(target, fail)
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
+
+
+def test_private_files_are_the_writers_only_even_when_replacing_a_readable_one(tmp_path, umask_022):
+    """Run records hold the tracking URI, with any password in it (postgresql://user:pw@host/db)."""
+    target = tmp_path / "run.json"
+    write_json_atomic(target, {"tracking_uri": "postgresql://user:pw@db/mlflow"}, private=True)
+    assert _mode(target) == 0o600
+    os.chmod(target, 0o644)
+    write_json_atomic(target, {"status": "finished"}, private=True)
+    assert _mode(target) == 0o600
+
+
+def test_a_run_record_and_its_journal_are_private(tmp_path, umask_022):
+    from training.tracking import RUN_RECORD_NAME, TrackedRun
+
+    run = TrackedRun.__new__(TrackedRun)  # only the file-writing parts, no MLflow
+    run.run_dir = tmp_path
+    run.tracking_uri, run.experiment, run.run_name, run.tags, run.run_id = "postgresql://u:pw@h/db", "e", "n", {}, "r"
+    run.save_record()
+    assert _mode(tmp_path / RUN_RECORD_NAME) == 0o600
+    run._pending = 0
+    run._append("log_params", {"params": {"a": 1}})
+    assert _mode(run.journal_path) == 0o600

@@ -393,7 +393,7 @@ class TrackedRun:
         record = self.record()
         record.update({"tracking_uri": self.tracking_uri, "experiment": self.experiment, "run_name": self.run_name,
                        "tags": self.tags, "mlflow_run_id": self.run_id, **extra})
-        write_json_atomic(self.run_dir / RUN_RECORD_NAME, record)
+        write_json_atomic(self.run_dir / RUN_RECORD_NAME, record, private=True)  # the tracking URI may hold a password
 
     def record(self) -> dict:
         path = self.run_dir / RUN_RECORD_NAME
@@ -553,7 +553,8 @@ class TrackedRun:
                   f"(`vae-tf sync-mlflow {self.run_dir}` sends it later)", file=self.stream)
 
     def _append(self, op: str, args: dict) -> None:
-        with open(self.journal_path, "a", encoding="utf-8") as f:
+        # private, as the run record: logged params may hold what the tracking URI holds
+        with open(os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", encoding="utf-8") as f:
             f.write(json.dumps({"op": op, "args": args}) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -586,7 +587,7 @@ class TrackedRun:
             quiet.__exit__(None, None, None)
             if done:
                 rest = entries[done:]
-                write_text_atomic(self.journal_path, "".join(json.dumps(e) + "\n" for e in rest))
+                write_text_atomic(self.journal_path, "".join(json.dumps(e) + "\n" for e in rest), private=True)
                 self._pending = len(rest)
         if done == len(entries) and (self.online or entries and entries[-1]["op"] == "end_run"):
             if self.journal_path.exists():
