@@ -717,3 +717,36 @@ def test_a_jobs_child_ends_when_the_suite_process_is_killed(tmp_path):
     assert late.returncode == 1
     assert late.stderr.strip() == ("error: the vae-tf compare that started this child has ended; run it again to "
                                    "resume")
+
+
+def test_an_interrupted_child_that_cannot_be_resumed_is_said_to_start_over(tmp_path):
+    """A rerun from another folder (train.run_dir is relative: runs/) or after the checkpoints
+    were removed marked the interrupted run KILLED and trained the child from epoch 0, saying only
+    "training"; and a changed config restarted it without the "changed" line."""
+    import io
+
+    from training.compare import DIGEST_TAG, _interrupted_children
+
+    client = MlflowClient(tracking_uri=mlflow_store(tmp_path))
+    exp = client.create_experiment("suite")
+    parent = client.create_run(exp).info.run_id
+    children = {}
+    for key, digest in [("vae/0", "d0"), ("beta4/0", "old")]:
+        run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "vae_tf.suite_child": key, DIGEST_TAG: digest})
+        client.log_param(run.info.run_id, "train.run_dir", str(tmp_path / "runs"))
+        children[key] = run.info.run_id
+    checkpoints = tmp_path / "runs" / children["beta4/0"] / "checkpoints"  # beta4/0 has one, of another config
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "checkpoint").write_text("")
+    out = io.StringIO()
+    assert _interrupted_children(client, exp, parent, {"vae/0": "d0", "beta4/0": "new"}, out) == {}
+    assert out.getvalue().splitlines() == [
+        f"suite child vae/0: its interrupted run {children['vae/0']} has no checkpoint in "
+        f"{(tmp_path / 'runs' / children['vae/0']).resolve()} (run the call from the folder that started it to "
+        "resume it); training it again from the start",
+        f"suite child beta4/0: its config or evaluation changed since its interrupted run {children['beta4/0']}; "
+        "training it again from the start"]
+    assert {client.get_run(r).info.status for r in children.values()} == {"KILLED"}
+    # a second look says nothing more: those runs were dealt with
+    out = io.StringIO()
+    assert _interrupted_children(client, exp, parent, {"vae/0": "d0", "beta4/0": "new"}, out) == {} and not out.getvalue()

@@ -444,7 +444,7 @@ def test_resume_refuses_to_change_the_model_and_names_what_may_change(tmp_path):
         find_run(tmp_path / "runs", name="vae")
     assert str(caught.value) == (f"no unfinished run of model 'vae' in {tmp_path / 'runs'}/ to resume; a finished run "
                                  "goes on only when named, e.g. the latest: vae-tf train --resume 9f8e "
-                                 "--set train.epochs=N")
+                                 f"--set train.run_dir={tmp_path / 'runs'} --set train.epochs=N")
     assert find_run(tmp_path / "runs", key="0a1b")[0] == tmp_path / "runs" / "old"
     for folder in ("old", "new"):
         shutil.rmtree(tmp_path / "runs" / folder)
@@ -704,3 +704,51 @@ def test_resumable_pipeline_starts_anywhere_and_covers_each_pass(digits):
         seen = collections.Counter(row.tobytes() for row in flat(full[p * per_pass:(p + 1) * per_pass]))
         assert seen == expected
     assert not np.array_equal(flat(full[:per_pass]), flat(full[per_pass:]))
+
+
+def test_a_damaged_latest_checkpoint_gives_way_to_the_one_before_it(tmp_path, capsys):
+    """A latest checkpoint cut short (a full disk, a crash while writing) made every resume fail
+    with a 40-line ``IndexError: Read less bytes than requested``, though the checkpoint before
+    it was intact. Now: a warning naming both, and the run goes on from the earlier one."""
+    import keras
+
+    from training.train import _restore
+    from vae_tf.errors import ConfigError
+    from vae_tf.models import build_vae
+
+    def model_with(value: float):
+        model = build_vae((4,), latent={"family": "gaussian", "latent_dim": 2},
+                          network={"kind": "mlp", "hidden": [3]}, seed=0)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        model.optimizer.build(model.trainable_variables)
+        for variable in model.trainable_variables:
+            variable.assign(np.full(variable.shape, value, variable.dtype))
+        return model
+
+    directory = tmp_path / "checkpoints"
+    saved, progress = model_with(1.0), TrainingProgress()
+    manager = tf.train.CheckpointManager(checkpoint_for(saved, progress=progress), str(directory), max_to_keep=3)
+    for value, epoch in [(1.0, 1), (2.0, 2)]:  # two checkpoints, as training keeps them
+        for variable in saved.trainable_variables:
+            variable.assign(np.full(variable.shape, value, variable.dtype))
+        progress.set(epoch, 0, [])
+        manager.save()
+    latest = tf.train.latest_checkpoint(str(directory))
+    data = next(directory.glob(f"{Path(latest).name}.data-*"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # cut short
+
+    fresh, progress = model_with(0.0), TrainingProgress()
+    restored = _restore(fresh, directory, progress)
+    assert restored != latest and restored.endswith("ckpt-1")
+    assert all(np.all(v.numpy() == 1.0) for v in fresh.trainable_variables) and progress.epoch == 1
+    err = capsys.readouterr().err
+    assert_one_line(err.strip())
+    assert err.startswith(f"warning: checkpoint {latest} could not be read (") and f"resumed from {restored}" in err
+    # none readable: one line naming the latest
+    earlier = next(directory.glob("ckpt-1.data-*"))
+    earlier.write_bytes(earlier.read_bytes()[:10])
+    with pytest.raises(ConfigError) as refused:
+        _restore(model_with(0.0), directory, TrainingProgress())
+    assert_one_line(str(refused.value))
+    assert str(refused.value).startswith(f"checkpoint {latest} cannot be restored (")
+    assert "nor any of the 1 kept before it" in str(refused.value)

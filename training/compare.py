@@ -356,7 +356,7 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
         trained_now = {f"{r}/{s_}" for r, s_ in pending}
         _run_parallel(suite, size, pending, experiment, jobs, report_dir, out, on_finished=progress if report else None)
         done = _finished_children(client, exp_id, parent, digests)
-    interrupted = _interrupted_children(client, exp_id, parent, digests)
+    interrupted = _interrupted_children(client, exp_id, parent, digests, out)
     # Per child (run name, seed): metrics, collapse curve, t-SNE of the test embeddings, MLflow run.
     rows: dict[tuple[str, int], dict] = {}
     curves: dict[tuple[str, int], Any] = {}
@@ -553,25 +553,34 @@ def _finished_children(client, exp_id: str, parent: str, digests: dict | None = 
     return found
 
 
-def _interrupted_children(client, exp_id: str, parent: str, keys: dict) -> dict:
+def _interrupted_children(client, exp_id: str, parent: str, keys: dict, out=None) -> dict:
     """``{child key: MLflow run id}`` of this parent's children among ``keys`` (the ones this call
     trains, with their config digests: a ``--jobs`` child process never touches another's run)
     that did not finish but left a checkpoint to resume from (their run directory under
     ``train.run_dir``), with the config they are to train with now. Interrupted children without a
-    checkpoint, or of another config, are marked KILLED and trained again from scratch."""
+    checkpoint, or of another config, are marked KILLED and trained again from scratch, which is
+    said on ``out``."""
     runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and "
                                                        "attributes.status != 'FINISHED'", max_results=10000)
-    found = {}
+    found, restarted = {}, {}
     for run in sorted(runs, key=lambda r: r.info.start_time):
         key = run.data.tags.get("vae_tf.suite_child")
         if key not in keys:
             continue
         run_dir = Path(run.data.params.get("train.run_dir", "runs")) / run.info.run_id
         recorded = run.data.tags.get(DIGEST_TAG)
-        if key and (run_dir / "checkpoints" / "checkpoint").is_file() and recorded in (None, keys[key]):
+        checkpointed = (run_dir / "checkpoints" / "checkpoint").is_file()
+        if key and checkpointed and recorded in (None, keys[key]):
             found[key] = run.info.run_id
         elif run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, "KILLED")
+            restarted[key] = (f"its config or evaluation changed since its interrupted run {run.info.run_id}"
+                              if checkpointed else
+                              f"its interrupted run {run.info.run_id} has no checkpoint in {run_dir.resolve()} (run "
+                              "the call from the folder that started it to resume it)")
+    for key, why in restarted.items():
+        if key not in found and out is not None:
+            print(f"suite child {key}: {why}; training it again from the start", file=out, flush=True)
     return found
 
 
@@ -671,6 +680,8 @@ def _run_parallel(suite: Suite, size: str, pending: list, experiment: str, jobs:
             process.wait()
             handle.close()
     if failed:
+        if on_finished is not None:  # the report and children.json of every child that did finish
+            on_finished()
         raise ConfigError(f"suite {suite.name}: {len(failed)} child run(s) failed: {'; '.join(failed)}; rerun the "
                           "same command to resume")
 

@@ -67,8 +67,9 @@ def find_run(run_root: str | Path, key: str | None = None, name: str | None = No
         if finished:  # going on longer: a finished run is resumed only when it is named
             run_dir, record = max(finished, key=lambda item: (item[0] / RUN_RECORD_NAME).stat().st_mtime)
             run_id = record.get("mlflow_run_id") or run_dir.name
+            where = "" if run_root == Path("runs") else f" --set train.run_dir={run_root}"
             raise ConfigError(f"no unfinished run{what} in {run_root}/ to resume; a finished run goes on only when "
-                              f"named, e.g. the latest: vae-tf train --resume {run_id} --set train.epochs=N")
+                              f"named, e.g. the latest: vae-tf train --resume {run_id}{where} --set train.epochs=N")
         raise ConfigError(f"no unfinished run{what} in {run_root}/ to resume; start one with `vae-tf train` "
                           "or name a run with --resume RUN_ID")
     return max(unfinished, key=lambda item: (item[0] / RUN_RECORD_NAME).stat().st_mtime)

@@ -416,7 +416,9 @@ def training_steps_per_epoch(data, train_cfg) -> int:
 
 def _restore(model, checkpoint_dir: Path, progress) -> str | None:
     """Restore the latest checkpoint in ``checkpoint_dir`` into ``model`` (and ``progress``);
-    returns its path, or None when there is none."""
+    returns its path, or None when there is none. A latest checkpoint that cannot be read (a
+    file cut short by a full disk or a crash mid-write) gives way to the one before it, with a
+    warning; when none can be read, the first failure is the one-line error."""
     import tensorflow as tf
 
     from training.callbacks import checkpoint_for
@@ -425,16 +427,27 @@ def _restore(model, checkpoint_dir: Path, progress) -> str | None:
     latest = tf.train.latest_checkpoint(str(checkpoint_dir))
     if latest is None:
         return None
+    state = tf.train.get_checkpoint_state(str(checkpoint_dir))
+    kept = list(state.all_model_checkpoint_paths) if state is not None else []
+    candidates = [latest, *[path for path in reversed(kept) if path != latest]]
     model.optimizer.build(model.trainable_variables)  # its variables must exist to be restored into
     # .numpy(): under a strategy the rate is a MirroredVariable, which float() refuses
     learning_rate = float(model.optimizer.learning_rate.numpy())
-    try:
-        checkpoint_for(model, progress=progress).restore(latest).expect_partial()
-    except (ValueError, tf.errors.OpError) as err:
-        raise ConfigError(f"checkpoint {latest} does not fit this model ({' '.join(str(err).split())[:200]}); "
-                          "resume with the run's own config") from None
-    model.optimizer.learning_rate.assign(learning_rate)  # a resume may lower it (--set train.learning_rate)
-    return latest
+    failures = []
+    for path in candidates:
+        try:
+            checkpoint_for(model, progress=progress).restore(path).expect_partial()
+        except Exception as err:  # noqa: BLE001 - IndexError, DataLossError, ValueError: all "cannot use it"
+            failures.append((path, " ".join(str(err).split())[:200] or type(err).__name__))
+            continue
+        if failures:
+            print(f"warning: checkpoint {failures[0][0]} could not be read ({failures[0][1]}); resumed from {path}, "
+                  "the one before it (the steps since are trained again)", file=sys.stderr, flush=True)
+        model.optimizer.learning_rate.assign(learning_rate)  # a resume may lower it (--set train.learning_rate)
+        return path
+    raise ConfigError(f"checkpoint {latest} cannot be restored ({failures[0][1]}), nor any of the {len(failures) - 1} "
+                      f"kept before it: it does not fit this model (resume with the run's own config) or the files "
+                      f"are damaged (start the run again)")
 
 
 #: Offset of the aggressive inner loop's data stream from the training stream's seed: the two
