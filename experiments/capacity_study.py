@@ -157,8 +157,8 @@ def main(argv=None) -> int:
     parser.add_argument("--conditions", default="all", help=f"comma-separated names, or 'all': {', '.join(CONDITIONS)}")
     parser.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="comma-separated, e.g. 0,1,2")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="one JSON per run (default: the committed runs, so nothing trains: give another "
-                             "folder to reproduce them)")
+                        help="one JSON per run (default: the committed runs, so only runs missing there train: "
+                             "give another folder to reproduce them)")
     parser.add_argument("--report", action="store_true", help="print the table from --out and exit")
     args = parser.parse_args(argv)
     if args.report:

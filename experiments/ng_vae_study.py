@@ -337,17 +337,24 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--latent-dim", type=int, default=10)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="one JSON per run (default: the committed runs, so nothing trains: give another "
-                             "folder to reproduce them)")
+                        help="one JSON per run (default: the committed runs, so only runs missing there train: "
+                             "give another folder to reproduce them)")
     parser.add_argument("--report", action="store_true", help="print the tables from --out and exit")
     args = parser.parse_args(argv)
     if args.report:
         print(report(args.out))
         return 0
-    settings = {"n_samples": args.n_samples, "epochs": args.epochs, "latent_dim": args.latent_dim}
-    for name, seed, path in pending_runs(parser, args.conditions, table, args.seeds, args.out, settings):
+    def settings(name: str) -> dict:  # the pixels reference trains nothing: only its data matter
+        if table[name]["family"] == "pixels":
+            return {"n_samples": args.n_samples}
+        return {"n_samples": args.n_samples, "epochs": args.epochs, "latent_dim": args.latent_dim}
+
+    def recorded(record: dict) -> dict:  # the committed records predate "settings"
+        return {"latent_dim": len(record["mi_per_dim"])} if "mi_per_dim" in record else {}
+
+    for name, seed, path in pending_runs(parser, args.conditions, table, args.seeds, args.out, settings, recorded):
         result = run_one(name, table[name], seed, args)
-        write_record(path, {**result, "settings": settings, **_provenance()})
+        write_record(path, {**result, "settings": settings(name), **_provenance()})
         print(f"{name} seed {seed}: p split {result.get('p_split', '—')}, MI-active {result.get('mi_active', '—')}, "
               f"decodability {result.get('decodability')}", flush=True)
     return 0

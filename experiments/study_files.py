@@ -69,8 +69,11 @@ def read_record(path: Path) -> dict | None:
         print(f"warning: {path} is not valid JSON ({err}); it is left out (a study run trains it again)",
               file=sys.stderr)
         return None
+    except OSError as err:
+        raise ConfigError(f"{path} cannot be read ({err.strerror}); fix its permissions or move it away") from None
     if not isinstance(record, dict) or "condition" not in record:
-        print(f"warning: {path} is not a study run's record (no 'condition'); it is left out", file=sys.stderr)
+        print(f"warning: {path} is not a study run's record (no 'condition'); it is left out (a study run "
+              "trains its run again over it)", file=sys.stderr)
         return None
     return record
 
@@ -98,18 +101,20 @@ def write_record(path: Path, record: dict) -> None:
     tmp.replace(path)
 
 
-def pending_runs(parser, conditions: str, table, seeds: list[int], out: Path, settings: dict | None = None):
+def pending_runs(parser, conditions: str, table, seeds: list[int], out: Path, settings=None, recorded=None):
     """``(name, seed, path)`` of each requested run still to train (resumable): its JSON does not
     exist yet, or is not valid JSON. ``conditions`` is ``all`` or a comma-separated list of
-    ``table``'s names (an unknown one is the parser's one-line error). ``settings`` are what the
-    records must have been made with (``{"epochs": 30, ...}``; a record holding another value of
-    one of them is a ConfigError, checked for every run before the first trains); the records
-    keep them under ``settings``. Says so when every run asked for is there already."""
+    ``table``'s names (an unknown one is the parser's one-line error). ``settings`` (a dict, or a
+    function of the condition's name giving one) are what the records must have been made with
+    (``{"epochs": 30, ...}``; a record holding another value of one of them is a ConfigError,
+    checked for every run before the first trains); the records keep them under ``settings``, and
+    ``recorded(record)`` gives those an older record holds in other forms (e.g. ``latent_dim`` as
+    the length of a per-dimension list). Says so when every run asked for is there already."""
     names = list(table) if conditions == "all" else [n.strip() for n in conditions.split(",")]
     unknown = [n for n in names if n not in table]
     if unknown:
         parser.error(f"unknown condition(s) {', '.join(unknown)}; choose from {', '.join(table)}")
-    settings = settings or {}
+    settings_of = settings if callable(settings) else (lambda name: settings or {})
     out.mkdir(parents=True, exist_ok=True)
     pending, kept = [], 0
     for name in names:
@@ -119,8 +124,11 @@ def pending_runs(parser, conditions: str, table, seeds: list[int], out: Path, se
             if record is None:
                 pending.append((name, seed, path))
                 continue
-            made = {**{k: record[k] for k in settings if k in record}, **record.get("settings", {})}
-            differ = {k: (made[k], v) for k, v in settings.items() if k in made and made[k] != v}
+            wanted = settings_of(name)
+            kept_settings = record.get("settings")
+            made = {**(recorded(record) if recorded else {}), **{k: record[k] for k in wanted if k in record},
+                    **(kept_settings if isinstance(kept_settings, dict) else {})}
+            differ = {k: (made[k], v) for k, v in wanted.items() if k in made and made[k] != v}
             if differ:
                 said = ", ".join(f"{k}={was}, not {now}" for k, (was, now) in differ.items())
                 raise ConfigError(f"{path} was made with {said}: give another --out for these settings (or "
@@ -135,7 +143,7 @@ def pending_runs(parser, conditions: str, table, seeds: list[int], out: Path, se
 def guarded(main, resumable: bool = True):
     """``main`` as a job whose failures meet the user as the ``vae-tf`` program's do: a package
     error is one line (exit 2) and Ctrl-C says how to go on (exit 130: for a ``resumable`` study,
-    that its finished runs are kept; else that nothing was written) instead of a traceback.
+    that its finished runs are kept; else that it starts over) instead of a traceback.
     TensorFlow's C++ callbacks can turn a KeyboardInterrupt into pybind11's ``RuntimeError``
     naming it (``... ORIGINAL KeyboardInterrupt REPLACED BY ...``); that is an interruption too."""
 
@@ -149,8 +157,8 @@ def guarded(main, resumable: bool = True):
             if isinstance(err, RuntimeError) and "KeyboardInterrupt" not in str(err):
                 raise
             print("interrupted: the runs already written are kept; the same command goes on with the others"
-                  if resumable else "interrupted: nothing was written; the command starts over when run again",
-                  file=sys.stderr)
+                  if resumable else "interrupted: the table is written only at the end; the command starts over "
+                  "when run again", file=sys.stderr)
             return 130
 
     return job

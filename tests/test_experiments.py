@@ -52,6 +52,16 @@ def test_a_run_made_with_other_settings_is_refused_not_mixed_into_the_tables(tmp
         ng_vae_study.main(["--conditions", "ng", "--seeds", "0,1", "--epochs", "2", "--out", str(tmp_path)])
     assert str(refused.value) == (f"{tmp_path / 'ng-seed0.json'} was made with epochs=1, not 2: give another --out "
                                   "for these settings (or delete the file to replace its run)")
+    # the committed records predate "settings": their latent_dim is the length of their per-dim MI
+    _record(tmp_path / "ng-seed0.json", epochs=30, n_samples=20000, mi_per_dim=[0.1] * 10)
+    with pytest.raises(ConfigError, match="was made with latent_dim=10, not 5"):
+        ng_vae_study.main(["--conditions", "ng", "--seeds", "0,3", "--latent-dim", "5", "--out", str(tmp_path)])
+    # the pixels reference trains no model: another --epochs does not concern it
+    (tmp_path / "pixels-seed0.json").write_text(json.dumps(
+        {"condition": "pixels", "seed": 0, "family": "pixels", "n_samples": 20000,
+         "settings": {"n_samples": 20000}}))
+    (tmp_path / "ng-seed0.json").unlink()
+    assert ng_vae_study.main(["--conditions", "pixels", "--seeds", "0", "--epochs", "2", "--out", str(tmp_path)]) == 0
     # what a new record keeps, under "settings", is compared too
     _record(tmp_path / "ng-seed0.json", settings={"n_samples": 500, "epochs": 2, "latent_dim": 10})
     with pytest.raises(ConfigError, match="was made with n_samples=500, not 20000"):
@@ -112,7 +122,8 @@ def test_a_script_that_writes_at_its_end_says_nothing_was_kept(capsys):
         raise KeyboardInterrupt
 
     assert study_files.guarded(main, resumable=False)() == 130
-    assert capsys.readouterr().err == "interrupted: nothing was written; the command starts over when run again\n"
+    assert capsys.readouterr().err == ("interrupted: the table is written only at the end; the command starts over "
+                                       "when run again\n")
 
 
 def test_another_runtime_error_is_not_taken_for_an_interruption():
