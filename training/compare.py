@@ -311,6 +311,14 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     ``cpus / jobs`` TensorFlow threads (``_run_parallel``); the evaluation, the report and the
     parent run are then made here as for a serial run. ``report=False`` (what those child
     processes use) trains and evaluates only."""
+    with contextlib.ExitStack() as held:  # the suite's lock, released however the call ends
+        return _run_suite(name, size=size, seeds=seeds, only=only, output_dir=output_dir, experiment=experiment,
+                          out=out, jobs=jobs, report=report, held=held)
+
+
+def _run_suite(name: str, *, size: str, seeds, only, output_dir, experiment, out, jobs: int, report: bool,
+               held: contextlib.ExitStack) -> Path | None:
+    """:func:`run_suite`'s work; the suite's lock goes on ``held``."""
     import mlflow
 
     from training.tracking import (TrackedRun, activate_experiment, caller_run, require_reachable,
@@ -330,7 +338,9 @@ def run_suite(name: str, *, size: str = "quick", seeds: list[int] | None = None,
     use_tracking(resolve_tracking_uri(None))
     # Held until this call returns (or the process dies): a second compare of the suite would
     # resume the first's running child beside it and train every other child a second time.
-    lock = _suite_lock(mlflow.get_tracking_uri(), experiment, suite, size) if report else None  # noqa: F841
+    lock = _suite_lock(mlflow.get_tracking_uri(), experiment, suite, size) if report else None
+    if lock is not None:
+        held.callback(lock.close)
     exp_id = activate_experiment(experiment)
     client = mlflow.MlflowClient()
 
@@ -485,12 +495,22 @@ class _ProgressReport:
     def __init__(self, suite: Suite, size: str, children, report_dir: Path, out):
         self.suite, self.size, self.children, self.report_dir, self.out = suite, size, children, report_dir, out
         self.figures_drawn = -math.inf
+        self.failed = False
 
     def write(self, rows: dict, run_ids: dict, curves: dict | None = None, embeddings: dict | None = None) -> None:
-        write_children_json(self.suite, self.size, self.children, rows, run_ids, self.report_dir)
+        """A report that cannot be written (a full disk) does not stop the children still to train:
+        it is said once, and the report at the end (which does stop the call) tries again."""
         figures = time.monotonic() - self.figures_drawn >= PROGRESS_FIGURE_INTERVAL_S
-        path = write_report(self.suite, self.size, self.children, rows, curves or {}, self.report_dir, embeddings,
-                            figures=figures)
+        try:
+            write_children_json(self.suite, self.size, self.children, rows, run_ids, self.report_dir)
+            path = write_report(self.suite, self.size, self.children, rows, curves or {}, self.report_dir, embeddings,
+                                figures=figures)
+        except OSError as err:
+            if not self.failed:
+                print(f"warning: the report of the children finished so far cannot be written in {self.report_dir} "
+                      f"({err.strerror or err}); the suite goes on and writes it at the end", file=self.out, flush=True)
+            self.failed = True
+            return
         if figures:
             self.figures_drawn = time.monotonic()
         print(f"[{self.suite.name}] {len(rows)} of {len(self.children)} children finished: {path}", file=self.out,
@@ -597,7 +617,12 @@ def _suite_lock(tracking_uri: str, experiment: str, suite: Suite, size: str):
     except ImportError:
         return None
 
-    key = hashlib.sha256("\0".join((tracking_uri, experiment, suite.name, size)).encode()).hexdigest()[:16]
+    store = tracking_uri
+    if store.startswith("sqlite:///"):  # a relative path names another file in another folder
+        store = "sqlite:" + str(Path(store[len("sqlite:///"):]).resolve())
+    elif store.startswith("file:") or "://" not in store:
+        store = "file:" + str(Path(store.removeprefix("file://").removeprefix("file:")).resolve())
+    key = hashlib.sha256("\0".join((store, experiment, suite.name, size)).encode()).hexdigest()[:16]
     folder = Path(tempfile.gettempdir()) / f"vae-tf-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
     handle = open(folder / f"compare-{key}.lock", "a+")
