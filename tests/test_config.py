@@ -366,3 +366,20 @@ def test_a_key_an_older_run_record_lacks_is_no_change_on_resume():
     del before["train"]["deterministic"], before["mlflow"]["retry_seconds"]  # written by an older vae-tf
     assert resume_changes(before, config) == []
     assert resume_changes(before, config.replace(train={"epochs": 5})) == ["train.epochs: 3 -> 5"]
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("postgresql://mlflow:s3cret@db.example:5432/mlflow", "postgresql://db.example:5432/mlflow"),
+    ("mysql+pymysql://user@db/mlflow", "mysql+pymysql://db/mlflow"),
+    ("https://user:token@mlflow.example/", "https://mlflow.example/"),
+    ("sqlite:////data/mlflow.db", "sqlite:////data/mlflow.db"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+])
+def test_what_others_see_of_a_config_holds_no_password(uri, shown):
+    """MLflow params and config.yaml (readable by everyone with the store) and an export's assets
+    (shipped with the model) carried mlflow.tracking_uri with its password; the run record, which a
+    resume reconnects with, keeps it (0600)."""
+    config = load_config(DEFAULT_CONFIG).replace(mlflow={"tracking_uri": uri})
+    assert config.shareable()["mlflow"]["tracking_uri"] == shown
+    assert config.flat()["mlflow.tracking_uri"] == shown
+    assert config.to_dict()["mlflow"]["tracking_uri"] == uri  # what the run itself connects with

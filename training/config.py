@@ -224,8 +224,18 @@ class Config(Section):
         return self.model_dump(mode="python")
 
     def flat(self) -> dict[str, Any]:
-        """``{"train.epochs": 40, ...}``: the form MLflow params take."""
-        return flatten(self.to_dict())
+        """``{"train.epochs": 40, ...}``: the form MLflow params take (of :meth:`shareable`)."""
+        return flatten(self.shareable())
+
+    def shareable(self) -> dict:
+        """:meth:`to_dict` as it may be shown to others (MLflow params and ``config.yaml``, an
+        export's assets): ``mlflow.tracking_uri`` without the user and password it may hold
+        (``postgresql://user:pw@db/mlflow`` -> ``postgresql://db/mlflow``). The run record,
+        which a resume reconnects with, keeps them (and is readable by its writer only)."""
+        tree = self.to_dict()
+        if tree["mlflow"].get("tracking_uri"):
+            tree["mlflow"]["tracking_uri"] = without_credentials(tree["mlflow"]["tracking_uri"])
+        return tree
 
     def replace(self, **sections) -> "Config":
         """A copy with some values changed, validated: ``config.replace(train={"steps_per_execution": 1})``."""
@@ -236,6 +246,16 @@ class Config(Section):
 
 
 # --- loading -----------------------------------------------------------------------------------
+
+def without_credentials(uri: str) -> str:
+    """``uri`` without a user or password in its network location."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}

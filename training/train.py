@@ -331,7 +331,7 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
         said = "; ".join(changed)
         earlier = record.get("resume_changes") or []
         tracker.set_tags({"vae_tf.resume.changed": " | ".join([*earlier, said])[-5000:]})  # the latest kept
-        tracker.log_dict(config.to_dict(), "config.yaml")
+        tracker.log_dict(config.shareable(), "config.yaml")
         tracker.save_record(resume_changes=[*earlier, said])
         print(f"resuming with: {said} (the run's params keep their first values; config.yaml and the tag "
               "vae_tf.resume.changed say what changed)", file=sys.stderr)
@@ -675,7 +675,7 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
     data, labelled, steps_per_epoch, model = prepared.data, prepared.labelled, prepared.steps_per_epoch, prepared.model
     if not resumed:
         tracker.log_params(_params(config.flat()))
-        tracker.log_dict(config.to_dict(), "config.yaml")
+        tracker.log_dict(config.shareable(), "config.yaml")
         tracker.set_tags(run_tags(config))
         tracker.log_params({"data.n_train": len(data.x_train), "data.n_val": len(data.x_val),
                             "data.n_test": len(data.x_test), "data.shape": str(data.data_shape)})
@@ -787,7 +787,7 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
         log_model_figures(tracker, model, data, eval_split, kl, config.seed)
 
     export_dir = export_model(model, config.export.base_dir, config.name, config.export.version,
-                              config=config.to_dict(),
+                              config=config.shareable(),
                               data_info={"value_range": data.value_range, "name": data.name,
                                          "binary": data.binary, **data.metadata},
                               extra={"mlflow_run_id": tracker.run_id})
