@@ -780,3 +780,25 @@ def test_a_progress_report_that_cannot_be_written_does_not_stop_the_suite(suite_
     assert out.getvalue() == (f"warning: the report of the children finished so far cannot be written in "
                               f"{tmp_path / 'report'} (No space left on device); the suite goes on and writes it at "
                               "the end\n")  # once
+
+
+def test_a_copy_of_a_suite_that_kept_its_name_is_told_it_shares_the_parent(suite_file, tmp_path):
+    """Two files with one `name:` share the parent run, its finished children and
+    reports/<name>-<size>/; the second overwrote the first's report without a word."""
+    import io
+
+    from training.compare import _find_or_create_parent
+
+    client = MlflowClient(tracking_uri=mlflow_store(tmp_path))
+    exp = client.create_experiment("suite")
+    copy = tmp_path / "copy" / "tiny.yaml"
+    copy.parent.mkdir()
+    copy.write_text(suite_file.read_text())
+    out = io.StringIO()
+    parent = _find_or_create_parent(client, exp, load_suite(str(suite_file)), "quick", out)
+    assert _find_or_create_parent(client, exp, load_suite(str(suite_file)), "quick", out) == parent
+    assert out.getvalue() == ""  # the same file: nothing to say
+    assert _find_or_create_parent(client, exp, load_suite(str(copy)), "quick", out) == parent
+    assert out.getvalue() == (f"warning: suite tiny (quick) was run from {suite_file.resolve()} before; this file, "
+                              f"{copy.resolve()}, shares its parent run, finished children and report folder (give "
+                              "your copy another name: to keep them apart)\n")

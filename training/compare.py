@@ -344,7 +344,7 @@ def _run_suite(name: str, *, size: str, seeds, only, output_dir, experiment, out
     exp_id = activate_experiment(experiment)
     client = mlflow.MlflowClient()
 
-    parent = _find_or_create_parent(client, exp_id, suite, size)
+    parent = _find_or_create_parent(client, exp_id, suite, size, out)
     digests = {f"{r}/{s_}": child_digest(c, evaluate_opts) for r, s_, c, _ in children}
     done = _finished_children(client, exp_id, parent, digests, out)
     report_dir = Path(output_dir or Path("reports") / report_name(suite, size, children))
@@ -517,16 +517,28 @@ class _ProgressReport:
               flush=True)
 
 
-def _find_or_create_parent(client, exp_id: str, suite: Suite, size: str) -> str:
+def _find_or_create_parent(client, exp_id: str, suite: Suite, size: str, out=None) -> str:
+    """The suite's parent run (found by the suite's ``name:`` and size), made when there is none.
+    A parent first run from another suite file is said on ``out``: two files of one ``name:`` (a
+    copy of a shipped suite that kept its name) share the parent, its children and the report."""
+    path = str(suite.path.resolve())
     existing = client.search_runs([exp_id], filter_string=(
         f"tags.`vae_tf.suite` = '{suite.name}' and tags.`vae_tf.suite_size` = '{size}' "
         "and tags.`vae_tf.suite_parent` = 'true'"), order_by=["attributes.start_time DESC"], max_results=1)
     if existing:
-        if not existing[0].data.tags.get("vae_tf.suite_command"):  # a parent of an older vae-tf
+        tags = existing[0].data.tags
+        if not tags.get("vae_tf.suite_command"):  # a parent of an older vae-tf
             client.set_tag(existing[0].info.run_id, "vae_tf.suite_command", _command(suite, size))
+        if tags.get("vae_tf.suite_path") is None:
+            client.set_tag(existing[0].info.run_id, "vae_tf.suite_path", path)
+        elif tags["vae_tf.suite_path"] != path and out is not None:
+            print(f"warning: suite {suite.name} ({size}) was run from {tags['vae_tf.suite_path']} before; this file, "
+                  f"{path}, shares its parent run, finished children and report folder (give your copy another "
+                  "name: to keep them apart)", file=out, flush=True)
         return existing[0].info.run_id
     run = client.create_run(exp_id, run_name=f"suite {suite.name} ({size})",
                             tags={"vae_tf.suite": suite.name, "vae_tf.suite_size": size, "vae_tf.suite_parent": "true",
+                                  "vae_tf.suite_path": path,
                                   "vae_tf.claim": suite.claim[:5000],
                                   # what reruns it (`vae-tf train --resume PARENT` says it)
                                   "vae_tf.suite_command": _command(suite, size)})
