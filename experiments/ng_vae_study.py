@@ -350,7 +350,7 @@ def main(argv=None) -> int:
         return {"n_samples": args.n_samples, "epochs": args.epochs, "latent_dim": args.latent_dim}
 
     def recorded(record: dict) -> dict:  # the committed records predate "settings"
-        return {"latent_dim": len(record["mi_per_dim"])} if "mi_per_dim" in record else {}
+        return {"latent_dim": len(record["mi_per_dim"])} if isinstance(record.get("mi_per_dim"), list) else {}
 
     for name, seed, path in pending_runs(parser, args.conditions, table, args.seeds, args.out, settings, recorded):
         result = run_one(name, table[name], seed, args)

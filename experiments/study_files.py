@@ -70,7 +70,7 @@ def read_record(path: Path) -> dict | None:
               file=sys.stderr)
         return None
     except OSError as err:
-        raise ConfigError(f"{path} cannot be read ({err.strerror}); fix its permissions or move it away") from None
+        raise ConfigError(f"{path} cannot be read ({err.strerror or err}); fix its permissions or move it away") from None
     if not isinstance(record, dict) or "condition" not in record:
         print(f"warning: {path} is not a study run's record (no 'condition'); it is left out (a study run "
               "trains its run again over it)", file=sys.stderr)

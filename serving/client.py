@@ -54,8 +54,8 @@ class ServingRequestError(VaeTfError):
 
 def _model_input(x) -> np.ndarray:
     """``x`` as an ``encode`` / ``reconstruct`` input: sentences (``str``/``bytes`` entries) as an
-    object array of UTF-8 ``bytes``, anything else as float32; an integer NumPy array (0-255
-    pixels, which the model would encode without a word) is refused."""
+    object array of UTF-8 ``bytes``, anything else as float32; an integer NumPy array with values
+    above 1 (0-255 pixels, which the model would encode without a word) is refused."""
     if isinstance(x, (str, bytes)):
         raise ServingRequestError("give a batch of sentences, e.g. encode(['a sentence']), not one string")
     arr = x if isinstance(x, np.ndarray) else np.asarray(x)
@@ -65,9 +65,9 @@ def _model_input(x) -> np.ndarray:
         out = np.empty(len(flat), dtype=object)
         out[:] = flat
         return out.reshape(objects.shape)
-    if isinstance(x, np.ndarray) and x.dtype.kind in "iu":  # as the server refuses an integer tensor over gRPC
+    if isinstance(x, np.ndarray) and x.dtype.kind in "iu" and x.size and x.max() > 1:  # 0-255 pixels, surely
         raise ServingRequestError(f"give images as floats scaled as the model's training data was (uint8 pixels / 255 "
-                                  f"for a model of [0, 1] images), not {x.dtype} values")
+                                  f"for a model of [0, 1] images), not {x.dtype} values up to {x.max()}")
     return np.asarray(x, dtype=np.float32)
 
 

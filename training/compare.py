@@ -606,10 +606,11 @@ def _interrupted_children(client, exp_id: str, parent: str, keys: dict, out=None
             found[key] = run.info.run_id
         elif run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, "KILLED")
-            restarted[key] = (f"its config or evaluation changed since its interrupted run {run.info.run_id}"
-                              if checkpointed else
-                              f"its interrupted run {run.info.run_id} has no checkpoint in {run_dir.resolve()} (run "
-                              "the call from the folder that started it to resume it)")
+            restarted[key] = (
+                f"its config or evaluation changed since its interrupted run {run.info.run_id}" if checkpointed else
+                f"its interrupted run {run.info.run_id} stopped before its first checkpoint" if run_dir.is_dir() else
+                f"its interrupted run {run.info.run_id} has no checkpoint in {run_dir.resolve()} (run the call from "
+                "the folder that started it to resume it)")
     for key, why in restarted.items():
         if key not in found and out is not None:
             print(f"suite child {key}: {why}; training it again from the start", file=out, flush=True)
@@ -619,10 +620,11 @@ def _interrupted_children(client, exp_id: str, parent: str, keys: dict, out=None
 def _suite_lock(tracking_uri: str, experiment: str, suite: Suite, size: str):
     """An open file holding an exclusive lock for (tracking store, experiment, suite, size) on
     this machine, or ConfigError naming the process that holds it. The operating system releases
-    it when the process ends, however it ends (no stale lock after ``kill -9``). None where the
-    platform has no ``flock`` (Windows)."""
+    it when the process ends, however it ends (no stale lock after ``kill -9``). The lock files
+    are in the user's own ``~/.cache/vae-tf/locks`` (a shared temporary folder would let another
+    user plant a link there), opened without following links. None where the platform has no
+    ``flock`` (Windows) or that folder cannot be made (a read-only home): no lock then."""
     import hashlib
-    import tempfile
 
     try:
         import fcntl
@@ -635,9 +637,14 @@ def _suite_lock(tracking_uri: str, experiment: str, suite: Suite, size: str):
     elif store.startswith("file:") or "://" not in store:
         store = "file:" + str(Path(store.removeprefix("file://").removeprefix("file:")).resolve())
     key = hashlib.sha256("\0".join((store, experiment, suite.name, size)).encode()).hexdigest()[:16]
-    folder = Path(tempfile.gettempdir()) / f"vae-tf-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    handle = open(folder / f"compare-{key}.lock", "a+")
+    try:
+        folder = Path.home() / ".cache" / "vae-tf" / "locks"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(folder / f"compare-{key}.lock",
+                     os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError:
+        return None
+    handle = open(fd, "r+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -661,11 +668,12 @@ def _stop_with_the_suite() -> None:
     logged twice). A suite process that was already gone when this ran is the same case."""
     import signal
 
-    if sys.platform.startswith("linux"):
-        import ctypes
+    if not sys.platform.startswith("linux"):  # elsewhere a venv's python may be a launcher: no parent check
+        return
+    import ctypes
 
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
     suite_pid = os.environ.get("VAE_TF_SUITE_PID")
     if suite_pid and str(os.getppid()) != suite_pid:
         raise SystemExit("error: the vae-tf compare that started this child has ended; run it again to resume")
@@ -718,7 +726,12 @@ def _run_parallel(suite: Suite, size: str, pending: list, experiment: str, jobs:
             handle.close()
     if failed:
         if on_finished is not None:  # the report and children.json of every child that did finish
-            on_finished()
+            try:
+                on_finished()
+            except Exception as err:  # noqa: BLE001 - the failed children's line must not be lost to it
+                why = " ".join(str(err).split())[:200] or type(err).__name__
+                print(f"warning: the report of the finished children could not be written ({why})",
+                      file=out, flush=True)
         raise ConfigError(f"suite {suite.name}: {len(failed)} child run(s) failed: {'; '.join(failed)}; rerun the "
                           "same command to resume")
 

@@ -555,6 +555,8 @@ class TrackedRun:
     def _append(self, op: str, args: dict) -> None:
         # private, as the run record: logged params may hold what the tracking URI holds
         with open(os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", encoding="utf-8") as f:
+            with contextlib.suppress(OSError, AttributeError):  # a journal of an older vae-tf was 0644
+                os.fchmod(f.fileno(), 0o600)
             f.write(json.dumps({"op": op, "args": args}) + "\n")
             f.flush()
             os.fsync(f.fileno())

@@ -437,7 +437,7 @@ def _restore(model, checkpoint_dir: Path, progress) -> str | None:
     for path in candidates:
         try:
             checkpoint_for(model, progress=progress).restore(path).expect_partial()
-        except Exception as err:  # noqa: BLE001 - IndexError, DataLossError, ValueError: all "cannot use it"
+        except (ValueError, IndexError, tf.errors.OpError) as err:  # unreadable or not this model's; bugs propagate
             failures.append((path, " ".join(str(err).split())[:200] or type(err).__name__))
             continue
         if failures:
@@ -445,9 +445,9 @@ def _restore(model, checkpoint_dir: Path, progress) -> str | None:
                   "the one before it (the steps since are trained again)", file=sys.stderr, flush=True)
         model.optimizer.learning_rate.assign(learning_rate)  # a resume may lower it (--set train.learning_rate)
         return path
-    raise ConfigError(f"checkpoint {latest} cannot be restored ({failures[0][1]}), nor any of the {len(failures) - 1} "
-                      f"kept before it: it does not fit this model (resume with the run's own config) or the files "
-                      f"are damaged (start the run again)")
+    before = f"nor any of the {len(failures) - 1} kept before it" if len(failures) > 1 else "and none is kept before it"
+    raise ConfigError(f"checkpoint {latest} cannot be restored ({failures[0][1]}), {before}: it does not fit this "
+                      "model (resume with the run's own config) or the files are damaged (start the run again)")
 
 
 #: Offset of the aggressive inner loop's data stream from the training stream's seed: the two
