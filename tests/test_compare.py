@@ -802,3 +802,36 @@ def test_a_copy_of_a_suite_that_kept_its_name_is_told_it_shares_the_parent(suite
     assert out.getvalue() == (f"warning: suite tiny (quick) was run from {suite_file.resolve()} before; this file, "
                               f"{copy.resolve()}, shares its parent run, finished children and report folder (give "
                               "your copy another name: to keep them apart)\n")
+
+
+def test_a_rerun_childs_log_goes_after_the_failed_attempts(suite_file, tmp_path, monkeypatch):
+    """`--jobs` wrote a child's log with "w": the rerun overwrote the log of the attempt that failed,
+    which the failure line had pointed to."""
+    import io
+    import subprocess
+
+    from training.compare import _run_parallel
+
+    class Failing:  # a child process that writes a line and fails
+        def __init__(self, command, stdout, **kwargs):
+            stdout.write(f"attempt of {command[-3]}\n")
+            stdout.flush()
+            self.returncode = None
+
+        def poll(self):
+            self.returncode = 1
+            return 1
+
+        def terminate(self):
+            pass
+
+        def wait(self):
+            return 1
+
+    monkeypatch.setattr(subprocess, "Popen", Failing)
+    suite = load_suite(str(suite_file))
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="1 child run\\(s\\) failed: vae/0"):
+            _run_parallel(suite, "quick", [("vae", 0)], "e", 2, tmp_path / "report", io.StringIO())
+    text = (tmp_path / "report" / "logs" / "vae-0.log").read_text()
+    assert text.startswith("attempt of vae\n\n=== ") and text.endswith(": this child again ===\nattempt of vae\n")

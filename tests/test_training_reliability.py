@@ -679,7 +679,7 @@ def test_a_run_stopped_after_its_export_resumes_without_exporting_or_logging_aga
     capsys.readouterr()
     resumed = run_training(config, resume=run_dir.name, after_training=evaluation)
     err = capsys.readouterr().err
-    assert "its 2 epoch(s) are trained" in err and "trained, evaluated and exported before" in err, err
+    assert "its 2 epoch(s) are trained" in err and "trained, tested and exported before" in err, err
     assert calls == [run_dir.name, run_dir.name]
     assert sorted(p.name for p in (tmp_path / "models" / "inproc").iterdir()) == ["1"]
     assert resumed.export_dir == tmp_path / "models" / "inproc" / "1"

@@ -702,7 +702,10 @@ def _run_parallel(suite: Suite, size: str, pending: list, experiment: str, jobs:
             while queue and len(running) < jobs:
                 run_name, seed = queue.pop(0)
                 log_path = logs / f"{re.sub(r'[^A-Za-z0-9.-]+', '-', run_name)}-{seed}.log"
-                handle = open(log_path, "w")
+                handle = open(log_path, "a")  # a rerun's attempt goes after the failed one's, not over it
+                if handle.tell():
+                    handle.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}: this child again ===\n")
+                    handle.flush()
                 command = [sys.executable, "-m", "training.compare", str(suite.path), size, run_name, str(seed),
                            experiment]
                 print(f"[{suite.name}] {run_name}/{seed}: training in a process of its own (log {log_path})",

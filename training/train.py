@@ -756,8 +756,8 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
     if exported and exported.get("epochs") == len(history) and Path(exported["export_dir"]).is_dir():
         # Stopped after its export (in `after_training`: a suite child's evaluation): evaluating and
         # exporting again would log every test metric twice and export a second version.
-        print(f"resumed:       trained, evaluated and exported before ({exported['export_dir']}); running what "
-              "came after", file=sys.stderr)
+        print(f"resumed:       trained, tested and exported before ({exported['export_dir']}); running what "
+              "came after it", file=sys.stderr)
         if after_training is not None:
             after_training(model, data, tracker)
         return TrainResult(run_id=tracker.run_id or tracker.run_dir.name, experiment_id=tracker.experiment_id,
