@@ -95,10 +95,12 @@ def runs_by_condition(out: Path) -> dict[str, list[dict]]:
 
 
 def write_record(path: Path, record: dict) -> None:
-    """One run's JSON, written to a temporary name and renamed: never half-written."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
+    """One run's JSON, never half-written (:func:`training.atomic.write_json_atomic`: a temporary
+    file of its own, fsynced, then renamed; two studies writing at once no longer share one
+    ``.tmp`` name)."""
+    from training.atomic import write_json_atomic
+
+    write_json_atomic(path, record, indent=1, sort_keys=False)
 
 
 def pending_runs(parser, conditions: str, table, seeds: list[int], out: Path, settings=None, recorded=None):
