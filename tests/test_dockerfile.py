@@ -81,3 +81,54 @@ def test_the_app_image_copies_what_the_build_reads_and_binds_every_interface_wha
             monkeypatch.setenv("VAE_TF_SERVE_HOST", env)
         assert build_parser()[0].parse_args(["serve", "--enable-batching"]).host == want
     assert build_parser()[0].parse_args(["serve", "--host", "10.0.0.1"]).host == "10.0.0.1"
+
+
+def _stages() -> dict[str, list[str]]:
+    """Each stage's lines (continuations joined), by its name (`FROM ... AS name`)."""
+    stages: dict[str, list[str]] = {}
+    name = None
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    for line in text.splitlines():
+        line = line.strip()
+        found = re.fullmatch(r"FROM (\S+) AS (\S+)", line)
+        if found:
+            name = found.group(2)
+            stages[name] = [line]
+        elif name and line and not line.startswith("#"):
+            stages[name].append(line)
+    return stages
+
+
+def test_the_beam_worker_image_runs_the_pinned_beam_release_on_the_apps_python():
+    """A Beam job needs the launcher's apache-beam release on its workers: the worker image's boot
+    program (copied from Beam's SDK image) and the apache-beam installed beside it are the release
+    the `beam` extra pins, on the Python of the app image."""
+    stages = _stages()
+    beam = Version(_dockerfile_default("BEAM_VERSION"))
+    extra = {req.name: req for req in map(
+        Requirement, tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["beam"])}
+    assert extra["apache-beam"].specifier.contains(beam), (f"Dockerfile BEAM_VERSION={beam} is not allowed by the beam "
+                                                           f"extra's apache-beam{extra['apache-beam'].specifier}")
+    python = re.fullmatch(r"FROM python:(\d+)\.(\d+)-slim AS source", stages["source"][0]).groups()
+    assert stages["beam-sdk"][0] == f"FROM apache/beam_python{python[0]}.{python[1]}_sdk:${{BEAM_VERSION}} AS beam-sdk"
+    worker = stages["beam-worker"]
+    assert worker[0] == "FROM source AS beam-worker"
+    install = [line for line in worker if line.startswith("RUN pip install")]
+    assert install == ['RUN pip install --no-cache-dir ".[beam]" "apache-beam[${BEAM_EXTRAS}]==${BEAM_VERSION}"'], install
+    assert "ARG BEAM_VERSION" in worker  # the global default, visible to the stage's RUN
+    assert "ARG BEAM_EXTRAS=" in worker  # none by default: `apache-beam[]==...` is the plain package
+    for extras in ("", "gcp", "gcp,aws"):
+        req = Requirement(f"apache-beam[{extras}]=={beam}")
+        assert req.name == "apache-beam" and req.extras == set(filter(None, extras.split(","))) and req.specifier.contains(beam)
+    assert "COPY --from=beam-sdk /opt/apache/beam /opt/apache/beam" in worker
+    assert worker[-1] == 'ENTRYPOINT ["/opt/apache/beam/boot"]'
+    assert "COPY ${MODEL_DIR} /models/${MODEL_NAME}/1" in worker
+    # `docker build .` still builds the app image: the last stage is the default target.
+    assert list(stages)[-1] == "app" and stages["app"][0] == "FROM source AS app"
+
+
+def test_docs_build_the_beam_worker_image_they_name():
+    docs = (ROOT / "docs" / "serving.md").read_text()
+    assert "docker build --target beam-worker" in docs and "-t vae-tf-beam ." in docs
+    beam = _dockerfile_default("BEAM_VERSION")
+    assert f"`BEAM_VERSION` (build arg, default {beam}," in docs and f"`apache/beam_python3.11_sdk:{beam}`" in docs
