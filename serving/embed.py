@@ -618,12 +618,14 @@ def support_error(rows, positions: np.ndarray, support: tuple[float, float] | No
 def encode_chunk(encoder, x: np.ndarray, outputs: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
     """``outputs`` of ``encoder`` for rows ``x``, called on ``batch_size`` rows at a time from the
     first row (so every caller that cuts the same chunks gets the same batches, hence the same
-    numbers); float32, concatenated in row order."""
+    numbers); float32, but an integer output (a categorical family's ``category``, int32 in the
+    signature) keeps its dtype; concatenated in row order."""
     pieces: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
     for start in range(0, len(x), batch_size):
         result = encoder(np.ascontiguousarray(x[start:start + batch_size]))
         for name in outputs:
-            pieces[name].append(np.asarray(result[name], dtype=np.float32))
+            value = np.asarray(result[name])
+            pieces[name].append(value if value.dtype.kind in "iu" else value.astype(np.float32))
     return {name: np.concatenate(values) for name, values in pieces.items()}
 
 

@@ -19,11 +19,12 @@ TINY_LATENT_DIM = 4
 
 
 def export_tiny_model(base: str | os.PathLike, name: str = "vae", *, version: int | None = None, seed: int = 0,
-                      data_shape=TINY_DATA_SHAPE, latent_dim: int = TINY_LATENT_DIM) -> Path:
+                      data_shape=TINY_DATA_SHAPE, latent_dim: int = TINY_LATENT_DIM,
+                      latent: dict | None = None) -> Path:
     """Export an untrained MLP Gaussian VAE with random weights (a contract-test model: enough to
     check shapes, names, routing and numbers; ``seed`` makes versions distinguishable). The
     builders zero-initialise the output layers, so every weight is redrawn here: otherwise every
-    input would encode to 0."""
+    input would encode to 0. ``latent``: another family's options (``{"family": ...}``)."""
     import keras
     import numpy as np
 
@@ -31,7 +32,7 @@ def export_tiny_model(base: str | os.PathLike, name: str = "vae", *, version: in
     from vae_tf.models import build_vae
 
     keras.utils.set_random_seed(seed)
-    model = build_vae(data_shape, latent={"family": "gaussian", "latent_dim": latent_dim},
+    model = build_vae(data_shape, latent=latent or {"family": "gaussian", "latent_dim": latent_dim},
                       network={"kind": "mlp", "hidden": [16]}, seed=seed)
     model(np.zeros((1,) + tuple(data_shape), np.float32))
     rng = np.random.default_rng(seed)

@@ -121,3 +121,16 @@ def test_log_var_clip_bounds_huge_raw_outputs_and_is_the_identity_inside_its_ran
     grad = tape.gradient(total, inside).numpy()[0, 2:4]
     np.testing.assert_allclose(grad, 0.5 * (np.exp(log_var[2]) - 1), rtol=1e-6)  # d/dlogσ² ½(σ² − logσ²)
     assert build_latent(family, latent_dim=2, **options).log_var_clip == 20.0  # the documented default
+
+
+@pytest.mark.parametrize("family, extra", [("gaussian", {}), ("gaussian_categorical", {"categories": 3})])
+@pytest.mark.parametrize("clip", [-5, 0, float("nan"), float("inf"), True, "5"])
+def test_a_log_var_clip_that_is_not_a_positive_number_is_a_one_line_error(family, extra, clip):
+    """-5 was taken: the clamp's bounds crossed (tf.clip_by_value(lv, 5, -5)) and every input
+    encoded to log σ² = 5, without a word."""
+    with pytest.raises(ConfigError, match=r"^model.latent.log_var_clip(:| must be a finite number > 0)") as err:
+        build_latent(family, latent_dim=2, log_var_clip=clip, **extra)
+    assert "\n" not in str(err.value) and repr(clip) in str(err.value)
+    latent = build_latent(family, latent_dim=2, log_var_clip=3, **extra)  # an int is a number
+    _, log_var = latent.split(tf.constant([[0.0, 0.0, 9.0, -9.0] + [0.0] * (latent.param_size - 4)]))[:2]
+    np.testing.assert_allclose(log_var.numpy(), [[3.0, -3.0]])

@@ -196,3 +196,23 @@ def test_trains_on_digits_exports_and_decodes_a_chosen_category(digits, tmp_path
     figure = plots.category_usage(enc["category_probs"].numpy())
     assert "entropy" in figure.axes[0].get_title()
     plots.plt.close(figure)
+
+
+def test_the_epoch_diagnostics_count_the_units_of_the_gaussian_means_not_the_category_probabilities(digits):
+    """`val_active_units` counted the columns of the embedding, [μ, π]: 9 "units" for a code of 4
+    Gaussian dims, while `test_active_units` and the verdict counted the means (4/4)."""
+    from training.callbacks import CollapseDiagnostics
+    from vae_tf.metrics import active_units, encode_posterior
+
+    model = build_vae(digits.data_shape, latent={"family": "gaussian_categorical", "latent_dim": 2, "categories": 6},
+                      network={"kind": "mlp", "hidden": [16]}, seed=0)
+    kernel = model.encoder.layers[-1].kernel
+    kernel.assign(kernel * 200.0)  # near one-hot π that changes with x: every probability column varies
+    x = digits.x_val[:300]
+    post = encode_posterior(model, x)
+    assert active_units(post["embedding"])[0] > 2  # what was counted
+    logs = {"loss": 1.0}
+    callback = CollapseDiagnostics(x)
+    callback.set_model(model)
+    callback.on_epoch_end(0, logs)
+    assert logs["val_active_units"] == active_units(post["z_mean"])[0] <= 2

@@ -224,3 +224,42 @@ def test_trains_on_digits_reports_diagnostics_and_exports(digits, tmp_path):
     assert info["latent"]["family"] == "normal_gamma"
     assert info["latent"]["hyperparameters"]["alpha1"] == 9.0
     assert info["signatures"]["encode"]["outputs"] == ["embedding", "informative_weight", "precision_mean", "z_mean"]
+
+
+def test_the_diagnostics_read_a_many_draw_monte_carlo_kl_that_is_never_negative(rng):
+    """Trained with ``kl_estimator: monte_carlo``, every `vae-tf train` ended at its first epoch's
+    diagnostics: single draws are negative for many examples, and the (ε, δ)-collapse check
+    refused them. The diagnostics now read the mean of many draws, clipped at 0, which agrees
+    with an independent SciPy estimate of the mixture KL; training keeps the one-draw estimate."""
+    from vae_tf.latents.normal_gamma import DIAGNOSTIC_KL_DRAWS
+    from vae_tf.metrics import collapse_fraction
+
+    family = NormalGammaLatent(latent_dim=2, kl_estimator="monte_carlo")
+    params = tf.constant([[0.0, 0.0, -6.0, -6.0]] * 4000)  # collapsed dims: p ≈ 0, KL ≈ KL2 = 0.41
+    one = family.kl_per_dim(params, seed=tf.constant([1, 2])).numpy()
+    assert (one < 0).mean() > 0.2  # what the collapse check used to be given
+    kl = family.kl_per_dim_diagnostic(params, seed=tf.constant([1, 2])).numpy()
+    assert kl.shape == (4000, 2) and kl.min() >= 0
+    reference, se = _mixture_kl_reference(0.0, -6.0, ((9.0, 2.0), (2.5, 2.5)), (1.0, 1.0), 400_000, rng)
+    spread = one.std() / np.sqrt(DIAGNOSTIC_KL_DRAWS)  # one example's many-draw mean
+    assert abs(kl.mean() - reference) < 4 * np.hypot(se, spread / np.sqrt(kl.size)) + 1e-3, (kl.mean(), reference)
+    assert kl.std() < 2 * spread  # each example's value is a mean of many draws
+    assert collapse_fraction(kl, 0.01) == 0.0  # the floor (0.41 nats) is far above ε
+    bound = NormalGammaLatent(latent_dim=2)
+    np.testing.assert_array_equal(bound.kl_per_dim_diagnostic(params).numpy(), bound.kl_per_dim(params).numpy())
+
+
+@pytest.mark.slow
+def test_a_monte_carlo_kl_model_trains_with_the_epoch_diagnostics_and_evaluates(digits):
+    from training.callbacks import CollapseDiagnostics
+    from vae_tf.metrics import evaluate_model
+
+    keras.utils.set_random_seed(0)
+    model = build_vae(digits.data_shape, network={"kind": "mlp", "hidden": [32]}, seed=0,
+                      latent={"family": "normal_gamma", "latent_dim": 3, "kl_estimator": "monte_carlo"})
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = model.fit(digits.pipeline("train", 64), epochs=1, verbose=0,
+                        callbacks=[CollapseDiagnostics(digits.x_val)]).history
+    assert 0 <= history["val_collapsed_fraction"][0] <= 1 and history["val_active_units"][0] >= 0
+    result = evaluate_model(model, digits, split="test", iw_k=0, probe=False, max_examples=300)
+    assert result["metrics"]["collapsed_frac_eps_0.01"] == 0.0 and result["metrics"]["kl"] > 3 * 0.40

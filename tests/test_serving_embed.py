@@ -576,3 +576,28 @@ def test_a_users_file_is_the_trained_data_when_it_is_the_same_file(tmp_path, mon
     assert _same_data(trained, "mine.npy", None) and _same_data(trained, "npy", "./mine.npy")
     assert not _same_data(trained, "other.npy", None) and not _same_data(trained, "npy", None)
     assert _same_data({"name": "digits"}, "digits", None) and not _same_data({"name": "digits"}, "mnist", None)
+
+
+def test_a_categorical_familys_category_is_written_as_the_integers_the_signature_gives(tmp_path, capsys):
+    """`--outputs embedding,category` wrote the int32 category as float32 (3.0, 6.0, ...) in both
+    .npz and Parquet, though the signature, the clients and the pyfunc give int32."""
+    import pyarrow.parquet as pq
+
+    export_tiny_model(tmp_path / "models", "gc", latent={"family": "gaussian_categorical", "latent_dim": 2,
+                                                         "categories": 5})
+    npz, parquet = tmp_path / "gc.npz", tmp_path / "gc.parquet"
+    for out in (npz, parquet):
+        assert _embed("--model", str(tmp_path / "models" / "gc"), "-o", str(out), "--outputs", "embedding,category",
+                      "--chunk-size", "100", "--batch-size", "32") == 0
+    with np.load(npz) as archive:
+        category, embedding, index = archive["category"], archive["embedding"], archive["index"]
+    assert category.dtype == np.int32 and embedding.dtype == np.float32 and category.shape == (len(index),)
+    table = pq.read_table(parquet)
+    assert str(table.schema.field("category").type) == "int32"
+    np.testing.assert_array_equal(table.column("category").to_numpy(), category)
+    from vae_tf.data import load_dataset
+
+    rows = load_dataset("digits", seed=0).x_test[index[:40]]
+    served = tf.saved_model.load(str(tmp_path / "models" / "gc" / "1")).signatures["encode"](x=tf.constant(rows))
+    np.testing.assert_array_equal(served["category"].numpy(), category[:40])
+    assert len(np.unique(category)) > 1  # the comparison is not one constant

@@ -222,7 +222,9 @@ class CollapseDiagnostics(keras.callbacks.Callback):
         )
 
         post = encode_posterior(self.model, self.x, seed=self.seed)
-        logs["val_active_units"] = float(active_units(post["embedding"])[0])
+        # Units of the encoder means, as evaluate_model and the verdict count them (a categorical
+        # family's embedding also holds its category probabilities, which are no units).
+        logs["val_active_units"] = float(active_units(post.get("z_mean", post["embedding"]))[0])
         logs["val_collapsed_fraction"] = float(collapse_fraction(post["kl_per_dim"], 0.01))
         if "z_mean" in post and "z_log_var" in post:
             logs["val_mi"] = float(mutual_information(post["z_mean"], post["z_log_var"], seed=self.seed))

@@ -76,6 +76,14 @@ class LatentFamily(keras.layers.Layer, abc.ABC):
         docstring says so); closed-form families ignore both.
         """
 
+    def kl_per_dim_diagnostic(self, params: tf.Tensor, z: tf.Tensor | None = None, seed=None) -> tf.Tensor:
+        """The per-example KL the diagnostics read (KL per dimension, (ε, δ)-collapse, the
+        verdict), shape ``[B, kl_size]``: :meth:`kl_per_dim` for a closed-form family. A family
+        whose :meth:`kl_per_dim` is a single-draw Monte Carlo estimate (right for a training
+        objective, unbiased) returns here the mean of many draws, clipped at 0: one draw is
+        negative for many examples, and (ε, δ)-collapse compares each example's KL with ε."""
+        return self.kl_per_dim(params, z, seed=seed)
+
     @abc.abstractmethod
     def sample(self, params: tf.Tensor, seed=None) -> tf.Tensor:
         """A reparameterised sample z ~ q(z|x), shape ``[B, d]``; gradients reach ``params``."""

@@ -23,7 +23,7 @@ import tensorflow as tf
 from vae_tf._traced import traced  # one tf.function per model, counted as its own
 from vae_tf.errors import ConfigError
 from vae_tf.latents.base import LatentFamily
-from vae_tf.latents.gaussian import stateless_normal_rows
+from vae_tf.latents.gaussian import checked_log_var_clip, stateless_normal_rows
 from vae_tf.lazy_tfp import tfd
 from vae_tf.schedules import (ConstantSchedule, CyclicalSchedule, ExponentialDecaySchedule, LinearSchedule,
                               Schedule, build_schedule)
@@ -107,7 +107,7 @@ class GaussianCategoricalLatent(LatentFamily):
         self.categories = categories
         self.temperature_schedule = build_schedule(temperature, "model.latent.temperature")
         _positive_temperature(self.temperature_schedule)
-        self.log_var_clip = float(log_var_clip)
+        self.log_var_clip = checked_log_var_clip(log_var_clip)
         self._step = None  # a function returning VAE.train_steps once bound (not tracked twice)
         self.kl_gaussian_tracker = keras.metrics.Mean(name="kl_gaussian")
         self.kl_categorical_tracker = keras.metrics.Mean(name="kl_categorical")

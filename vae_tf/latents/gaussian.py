@@ -6,6 +6,7 @@ import math
 
 import tensorflow as tf
 
+from vae_tf.errors import ConfigError
 from vae_tf.latents.base import LatentFamily
 from vae_tf.lazy_tfp import tfd
 
@@ -18,6 +19,15 @@ def stateless_normal_rows(seeds: tf.Tensor, width: int) -> tf.Tensor:
         seeds,
         fn_output_signature=tf.TensorSpec([width], tf.float32),
     )
+
+
+def checked_log_var_clip(value) -> float:
+    """``model.latent.log_var_clip``: a finite number > 0 (log σ² is clamped to [−c, c]; a
+    negative c made the clamp's bounds cross and pinned every σ² to e^|c|)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"model.latent.log_var_clip must be a finite number > 0 (log σ² is clamped to [-c, c]), "
+                          f"got {value!r}")
+    return float(value)
 
 
 class GaussianLatent(LatentFamily):
@@ -41,7 +51,7 @@ class GaussianLatent(LatentFamily):
 
     def __init__(self, latent_dim: int, log_var_clip: float = 20.0, **kwargs):
         super().__init__(latent_dim, **kwargs)
-        self.log_var_clip = float(log_var_clip)
+        self.log_var_clip = checked_log_var_clip(log_var_clip)
 
     @property
     def param_size(self) -> int:

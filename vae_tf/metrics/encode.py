@@ -42,7 +42,7 @@ def _summarise(model, xb, s):
     latent = model.latent
     params = model.posterior_params(xb)
     z = latent.sample(params, seed=s)
-    kl = latent.kl_per_dim(params, z, seed=tf.random.experimental.stateless_fold_in(s, 1))
+    kl = latent.kl_per_dim_diagnostic(params, z, seed=tf.random.experimental.stateless_fold_in(s, 1))
     return {**latent.export_outputs(params), "kl_per_dim": kl}
 
 
@@ -51,9 +51,9 @@ def encode_posterior(model, x, *, batch_size: int = ENCODE_BATCH_SIZE, seed: int
     categorical family's ``category``) keep their dtype, as the ``encode`` signature gives them:
 
     - ``embedding`` ``(N, e)``: the deterministic code;
-    - ``kl_per_dim`` ``(N, d)``: the family's ``kl_per_dim`` (analytic for the Gaussian family;
-      a single-sample Monte-Carlo estimate for families without a closed form, drawn with
-      stateless seeds ``(seed, batch index)``);
+    - ``kl_per_dim`` ``(N, d)``: the family's ``kl_per_dim_diagnostic`` (analytic for the
+      Gaussian family; for a family trained with a Monte-Carlo KL, the mean of many draws
+      clipped at 0, drawn with stateless seeds ``(seed, batch index)``);
     - the family's exported tensors (``z_mean``, ``z_log_var`` for the Gaussian family), which
       the MI estimators need.
     """
