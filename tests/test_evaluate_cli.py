@@ -214,6 +214,21 @@ def test_evaluate_options_the_metrics_cannot_take_are_refused_before_anything_lo
     assert capsys.readouterr().err.strip().splitlines() == [f"vae-tf evaluate: error: {said} (see vae-tf evaluate --help)"]
 
 
+@pytest.mark.parametrize("override", ["model.latent.categories=5", "train.epochs=3", "objective.kl_weight=2",
+                                      "export.base_dir=x", "name=other"])
+def test_a_set_that_would_change_the_model_is_refused_before_anything_loads(capsys, override):
+    """`vae-tf evaluate models/gc --set model.latent.categories=5` exited 0 with the unchanged
+    model's numbers, overwrote its report and logged the override as a param of the run."""
+    from training.evaluate import _refuse_model_overrides
+
+    assert main(["evaluate", "models/nothing-is-loaded", "--set", "data.name=digits", "--set", override]) == 2
+    key = override.split("=")[0]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --set {key}: an evaluation takes the model as it was exported and reads only data.*, mlflow.*, seed "
+        "from --set; to change the model, train one with vae-tf train --set ..."]
+    _refuse_model_overrides(["data.name=digits", "mlflow.tracking_uri=sqlite:///m.db", "seed=3", "data.options={a: 1}"])
+
+
 def test_evaluate_refuses_iw_k_before_anything_loads_when_called_from_python():
     """The MLflow project's evaluate entry (and a notebook) call training.evaluate.evaluate: the same
     rule, before the model is even looked for."""

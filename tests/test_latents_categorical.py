@@ -186,6 +186,10 @@ def test_trains_on_digits_exports_and_decodes_a_chosen_category(digits, tmp_path
     np.testing.assert_allclose(by_category["x_mean"].numpy(), by_code["x_mean"].numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(tf.errors.InvalidArgumentError, match="category must be in"):
         signature(z_gauss=tf.constant(style[:1]), category=tf.constant([k], tf.int32))
+    # rows that do not pair up: TensorFlow's "ConcatOp : Dimension 0 in both shapes must be equal" named neither
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"z_gauss and category must have the same number of rows .*got\] \[2\] \[and\] \[1\]"):
+        signature(z_gauss=tf.constant(style[:2]), category=tf.constant([1], tf.int32))
 
     drawn = loaded.signatures["sample"](seed=tf.constant([[1, 2], [3, 4]]))
     assert drawn["z"].shape == (2, g + k) and np.all(drawn["z"].numpy()[:, g:].sum(1) == 1)

@@ -64,7 +64,8 @@ def add_parsers(sub) -> None:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"],
                           help="the split of the model's data to evaluate on (default: test)")
     evaluate.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                          help="override the training config stored with the model (e.g. data settings)")
+                          help="override the data.*, mlflow.* or seed of the training config stored with "
+                               "the model (the model itself is as exported)")
     evaluate.add_argument("--max-examples", type=_examples, default=None,
                           help="evaluate a random subset of this many examples (at least 2; default: the whole split)")
     evaluate.add_argument("--iw-k", type=_iw_samples, default=500,

@@ -169,6 +169,22 @@ def iw_chunk_for(iw_k: int) -> int:
     return iw_k if 0 < iw_k <= IW_CHUNK else IW_CHUNK
 
 
+#: The config sections an evaluation reads (the data, where to log, the seed): every other one
+#: (model, objective, train, export, name) describes the training that made the export.
+EVALUATE_OVERRIDES = ("data", "mlflow", "seed")
+
+
+def _refuse_model_overrides(overrides) -> None:
+    """``--set model.latent.categories=5`` was applied to a copy of the saved config, ignored, and
+    recorded as a param of the evaluation run, whose numbers were the unchanged model's."""
+    for text in overrides:
+        key = str(text).split("=", 1)[0].strip()
+        if "=" in str(text) and key.split(".", 1)[0] not in EVALUATE_OVERRIDES:
+            raise ConfigError(f"--set {key}: an evaluation takes the model as it was exported and reads only "
+                              f"{', '.join(k + ('' if k == 'seed' else '.*') for k in EVALUATE_OVERRIDES)} from "
+                              "--set; to change the model, train one with vae-tf train --set ...")
+
+
 def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple = (), max_examples: int | None = None,
              iw_k: int = 500, disentanglement: str = "quick", fd: bool = False, output: str | None = None,
              log_to_mlflow: bool = True, into_run: str | None = None, allow_unnormalised_nll: bool = False,
@@ -183,6 +199,7 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     problem = iw_k_problem(iw_k)
     if problem:  # before anything loads (the MLflow project's entry; `vae-tf evaluate` checks when parsing)
         raise ConfigError(f"iw_k {problem}")
+    _refuse_model_overrides(overrides)
     # A registered model is downloaded into a temporary folder, removed once the model is in memory.
     with tempfile.TemporaryDirectory(prefix="vae-tf-eval-") as download:
         version_dir, run_id, registered = resolve_model(source, download)

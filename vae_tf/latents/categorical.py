@@ -287,7 +287,13 @@ def _decode_category(latent: GaussianCategoricalLatent, model, z_gauss, category
     """The ``decode_category`` signature's body (:meth:`GaussianCategoricalLatent.extra_signatures`)."""
     k = latent.categories
     valid = tf.reduce_all((category >= 0) & (category < k))
-    with tf.control_dependencies([tf.debugging.Assert(valid, [f"category must be in [0, {k})"])]):
+    # One row of each per code (in the graph, so TF Serving answers with it too; TensorFlow's own
+    # "ConcatOp : Dimension 0 in both shapes must be equal" named neither input).
+    rows = tf.equal(tf.shape(z_gauss)[0], tf.shape(category)[0])
+    with tf.control_dependencies([
+            tf.debugging.Assert(valid, [f"category must be in [0, {k})"]),
+            tf.debugging.Assert(rows, ["z_gauss and category must have the same number of rows (one category per "
+                                       "z_gauss row); got", tf.shape(z_gauss)[0], "and", tf.shape(category)[0]])]):
         z = latent.code_from_category(z_gauss, category)
     return model.decode(z)
 
