@@ -79,8 +79,9 @@ class RunVerdict:
 
 def model_verdict(model, x, *, seed: int = 0) -> RunVerdict:
     """Encode ``x`` and judge the code: active units of the encoder means, mean total KL, the
-    (0.01, 0.01)-collapsed fraction and, for codes with Gaussian means and variances, the
-    full-data MI I_q(x; z) (:mod:`vae_tf.metrics.collapse`)."""
+    (0.01, 0.01)-collapsed fraction and the MI I_q(x; z): full-data for codes with Gaussian means
+    and variances (:mod:`vae_tf.metrics.collapse`), else the whole code's minibatch estimate
+    (:func:`vae_tf.metrics.code_mutual_information`)."""
     from vae_tf.metrics import active_units, collapse_fraction, collapse_verdict, encode_posterior, mutual_information
 
     post = encode_posterior(model, x, seed=seed)
@@ -91,6 +92,10 @@ def model_verdict(model, x, *, seed: int = 0) -> RunVerdict:
     mi = None
     if "z_mean" in post and "z_log_var" in post and len(x) >= 2:
         mi = float(mutual_information(post["z_mean"], post["z_log_var"], seed=seed))
+    elif len(x) >= 2:  # NG-VAE: no closed-form entropy; the whole code's minibatch estimate
+        from vae_tf.metrics import code_mutual_information
+
+        mi = float(code_mutual_information(model, x, seed=seed))
     verdict = collapse_verdict(active, means.shape[1], kl, mi, collapsed)
     metrics = {"active_units": float(active), "collapsed_fraction": collapsed}
     if mi is not None:
@@ -104,7 +109,8 @@ def result_verdict(result: dict) -> RunVerdict:
 
     m = result["metrics"]
     dims = int(result["info"]["au_dims"])
-    verdict = collapse_verdict(int(m["active_units"]), dims, m["kl"], m.get("mi_full"), m.get("collapsed_frac_eps_0.01"))
+    mi = m.get("mi_full", m.get("mi_code_minibatch"))  # NG-VAE has no Gaussian MI: its whole code's
+    verdict = collapse_verdict(int(m["active_units"]), dims, m["kl"], mi, m.get("collapsed_frac_eps_0.01"))
     return RunVerdict(verdict, {})
 
 

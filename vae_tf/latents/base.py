@@ -129,6 +129,13 @@ class LatentFamily(keras.layers.Layer, abc.ABC):
         Called in every train and test step; the default does nothing and returns ``{}``."""
         return {}
 
+    def evaluation_diagnostics(self, post: dict, kl) -> dict[str, float]:
+        """The family's own numbers for ``vae-tf evaluate`` (:func:`vae_tf.metrics.evaluate_model`),
+        from the encoded split: ``post`` is :func:`vae_tf.metrics.encode_posterior`'s arrays (the
+        family's exported tensors, per example), ``kl`` its ``(N, kl_size)`` per-example KL.
+        The default adds nothing."""
+        return {}
+
     def extra_signatures(self, model) -> dict:
         """Family-specific SavedModel signatures, ``{name: tf.function with an input_signature}``,
         exported after the four standard ones (e.g. decoding a chosen category). Default: none."""

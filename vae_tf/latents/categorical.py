@@ -263,6 +263,27 @@ class GaussianCategoricalLatent(LatentFamily):
         entropy = -tf.reduce_sum(tf.math.multiply_no_nan(tf.math.log(usage), usage))
         return {"category_entropy": entropy, "temperature": self.temperature()}
 
+    def evaluation_diagnostics(self, post, kl):
+        """The categorical part, which the Gaussian-part MI and active units do not see:
+        ``kl_gaussian`` / ``kl_categorical`` (the two parts of the mean KL), ``category_usage_<k>``
+        (E_x π_k(x)) and ``category_entropy`` (its entropy, log K when every category is used), as
+        training logs them, and ``mi_category`` = I_q(x; c) = H(E_x π(x)) − E_x H(π(x)) over the
+        encoded examples (exact for their empirical distribution; 0 when π does not depend on x,
+        log K at most)."""
+        import numpy as np
+
+        probs = np.asarray(post["category_probs"], dtype=np.float64)
+        usage = probs.mean(axis=0)
+
+        def entropy(p):
+            return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+
+        out = {"kl_gaussian": float(kl[:, :-1].sum(axis=1).mean()), "kl_categorical": float(kl[:, -1].mean())}
+        out.update({f"category_usage_{k}": float(u) for k, u in enumerate(usage)})
+        out["category_entropy"] = float(entropy(usage))
+        out["mi_category"] = float(max(0.0, entropy(usage) - entropy(probs).mean()))
+        return out
+
     def extra_signatures(self, model) -> dict:
         """``decode_category(z_gauss: float32[B, g], category: int32[B]) -> {x_mean, x_sample}``;
         a category outside ``[0, K)`` is refused (InvalidArgumentError: a 400 from a server)."""

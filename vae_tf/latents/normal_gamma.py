@@ -440,6 +440,18 @@ class NormalGammaLatent(LatentFamily):
         mean_weight = tf.stack([t.result() for t in self.weight_trackers])
         return {"informative_dims": tf.reduce_sum(tf.cast(mean_weight > 0.5, tf.float32))}
 
+    def evaluation_diagnostics(self, post, kl):
+        """The p split (the class docstring's collapse floor: a KL above 0.41 nats does not say a
+        dim is used): ``informative_dims`` (dims whose mean p_i > ½), ``informative_weight_<i>``
+        and ``precision_mean_<i>``, means over the examples, as training logs them."""
+        import numpy as np
+
+        weight, precision = np.mean(post["informative_weight"], axis=0), np.mean(post["precision_mean"], axis=0)
+        out = {"informative_dims": float(np.sum(weight > 0.5))}
+        out.update({f"informative_weight_{i}": float(w) for i, w in enumerate(weight)})
+        out.update({f"precision_mean_{i}": float(v) for i, v in enumerate(precision)})
+        return out
+
     def per_dim_diagnostics(self) -> dict:
         """``{"informative_weight": (d,), "precision_mean": (d,)}`` NumPy arrays: the values of the
         last epoch (or evaluation) averaged over its examples."""

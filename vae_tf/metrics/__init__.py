@@ -54,6 +54,7 @@ _LAZY = {
     "iw_nll": "vae_tf.metrics.likelihood",
     "iw_log_weights": "vae_tf.metrics.likelihood",
     "elbo_estimate": "vae_tf.metrics.likelihood",
+    "code_mutual_information": "vae_tf.metrics.encode",
     "encode_posterior": "vae_tf.metrics.encode",
     "representation_function": "vae_tf.metrics.encode",
     "evaluate_model": "vae_tf.metrics.evaluate",
@@ -110,6 +111,7 @@ __all__ = [
     # loaded lazily (see _LAZY)
     "FDClassifier",
     "FDClassifierSpec",
+    "code_mutual_information",
     "elbo_estimate",
     "encode_posterior",
     "evaluate_model",

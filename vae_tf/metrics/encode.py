@@ -73,4 +73,38 @@ def encode_posterior(model, x, *, batch_size: int = ENCODE_BATCH_SIZE, seed: int
     return {name: np.concatenate(values, axis=0) for name, values in parts.items()}
 
 
-__all__ = ["encode_posterior", "representation_function"]
+def _minibatch_mi(model, xb, s):
+    from vae_tf.latents.density import minibatch_mutual_information  # noqa: PLC0415
+
+    return minibatch_mutual_information(model.latent, model.posterior_params(xb), s)
+
+
+def code_mutual_information(model, x, *, batch_size: int = 50, seed: int = 0) -> float:
+    """I_q(x; z) of the whole code, for any latent family: He et al.'s minibatch estimator
+    (:func:`vae_tf.latents.density.minibatch_mutual_information`: log q(z_i | x_i) at one draw,
+    the exact one-hot category where the family has one) on shuffled batches of ``batch_size``
+    examples (seeded by ``seed``), averaged with the batches' sizes as weights (a last batch of
+    one example is left out). Capped at about log B nats, as the Gaussian
+    :func:`vae_tf.metrics.mutual_information_minibatch`, which has closed-form entropies where
+    this has their one-draw estimates."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    from vae_tf.models.inputs import model_rows  # noqa: PLC0415
+
+    x = model_rows(model, x, as_array=True)
+    batch_size = positive_int("batch_size", batch_size)
+    order = np.random.default_rng(seed).permutation(len(x))
+    estimate = compiled_for(model, _minibatch_mi, batch_polymorphic=True)
+    total = weight = 0.0
+    for b, start in enumerate(range(0, len(x), batch_size)):
+        rows = order[start:start + batch_size]
+        if len(rows) < 2:
+            continue
+        total += len(rows) * float(estimate(tf.constant(x[rows]), tf.constant([int(seed), b], tf.int32)))
+        weight += len(rows)
+    if not weight:
+        raise ValueError(f"code_mutual_information needs at least 2 examples, got {len(x)}")
+    return total / weight
+
+
+__all__ = ["code_mutual_information", "encode_posterior", "representation_function"]

@@ -42,7 +42,7 @@ import numpy as np
 from vae_tf.errors import ConfigError, DataError
 from vae_tf.metrics import collapse, downstream, likelihood
 from vae_tf.metrics import disentanglement as dis
-from vae_tf.metrics.encode import encode_posterior, representation_function
+from vae_tf.metrics.encode import code_mutual_information, encode_posterior, representation_function
 
 DISENTANGLEMENT_SIZES = {"num_train": dis.NUM_TRAIN, "num_eval": dis.NUM_EVAL,
                          "num_variance_estimate": dis.NUM_VARIANCE_ESTIMATE, "batch_size": dis.VOTE_BATCH_SIZE}
@@ -164,8 +164,8 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
     for i, v in enumerate(mean_kl):
         metrics[f"kl_dim_{i}"] = float(v)
     est["kl_per_dim"] = ("analytic Gaussian KL" if info["latent_family"] == "gaussian"
-                         else f"the {info['latent_family']} family's kl_per_dim (its docstring says whether "
-                         "analytic, a bound or Monte Carlo)")
+                         else f"the {info['latent_family']} family's kl_per_dim_diagnostic (its docstring says "
+                         "whether analytic, a bound or a many-draw Monte Carlo mean)")
 
     elbo = likelihood.elbo_estimate(model, x, num_samples=1, seed=seed, batch_size=batch_size)
     metrics["elbo"], metrics["reconstruction"] = elbo["elbo"], elbo["reconstruction"]
@@ -207,8 +207,20 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
         batches = f"shuffled batch of B={mi_b}" + (" sentences of one length" if text else "")
         est["mi_minibatch"] = (f"jxhe calc_mi: mixture = {batches}, capped at ~log B = {math.log(mi_b):.2f} nats, "
                                f"can be negative{part}")
-    else:
-        skipped["mi"] = "the MI estimators need diagonal-Gaussian posteriors (z_mean, z_log_var)"
+    if info["latent_family"] != "gaussian":  # the whole code (a Gaussian code's is mi_minibatch above)
+        mi_b = mi_batch_size or (collapse.TEXT_MI_BATCH_SIZE if text else collapse.MI_BATCH_SIZE)
+        metrics["mi_code_minibatch"] = code_mutual_information(model, x, batch_size=mi_b, seed=seed)
+        est["mi_code_minibatch"] = (f"I_q(x; z) of the whole code, He et al.'s minibatch estimator with the family's "
+                                    f"log q at one draw (a one-hot category), shuffled batches of B={mi_b}, capped at "
+                                    f"~log B = {math.log(mi_b):.2f} nats")
+    if not gaussian:
+        skipped["mi"] = ("mi_full and mi_minibatch need diagonal-Gaussian posteriors (z_mean, z_log_var); "
+                         "mi_code_minibatch is this family's estimate")
+    family_metrics = model.latent.evaluation_diagnostics(post, kl)
+    if family_metrics:
+        metrics.update(family_metrics)
+        est["family"] = (f"the {info['latent_family']} family's own diagnostics ({', '.join(sorted(family_metrics))}"
+                         "), means over the encoded examples (its evaluation_diagnostics docstring)")
 
     # --- (eps, delta)-collapse ----------------------------------------------------------------
     for eps in collapse_eps:
