@@ -154,6 +154,36 @@ def _record_run_id(export_dir: Path, run) -> None:
         write_json_atomic(path, {**info, "mlflow_run_id": run.info.run_id})
 
 
+#: The logged model's tag naming the export directory it was logged from.
+EXPORT_TAG = "vae_tf.export_dir"
+
+
+def logged_before(export_dir: Path, registered_name: str | None):
+    """``(model_uri, version)`` of the export ``export_dir`` if the active run logged it already
+    (a READY logged model with its :data:`EXPORT_TAG`), registering the version an earlier try
+    did not get to; None if it did not. A replayed ``log_model`` whose first try failed after
+    MLflow had taken the model (a server error after the version was created) registered a
+    second version of one training."""
+    run = mlflow.active_run()
+    if run is None:
+        return None
+    wanted = str(Path(export_dir).resolve())
+    models = [m for m in mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                                      filter_string=f"source_run_id = '{run.info.run_id}'",
+                                                      output_format="list")
+              if (m.tags or {}).get(EXPORT_TAG) == wanted and str(m.status).upper().endswith("READY")]
+    if not models:
+        return None
+    model = models[-1]
+    if not registered_name:
+        return model.model_uri, None
+    versions = [v for v in mlflow.MlflowClient().search_model_versions(f"name = '{registered_name}'")
+                if getattr(v, "model_id", None) == model.model_id or v.source == model.model_uri]
+    if versions:
+        return model.model_uri, max(versions, key=lambda v: int(v.version)).version
+    return model.model_uri, mlflow.register_model(model.model_uri, registered_name).version
+
+
 def log_saved_model(export_dir: Path, data_shape, registered_name: str | None):
     """Log the SavedModel as an MLflow pyfunc model (the SavedModel is its artifact) and, if
     ``registered_name`` is given, register a new model version. Returns ``(model_uri, version)``.
@@ -190,6 +220,8 @@ def _log_pyfunc(signature, export_dir: Path, registered_name: str | None, inputs
 
     return mlflow.pyfunc.log_model(
         name="model",
+        # which export this is: a replay of a buffered log_model finds what an earlier try logged
+        tags={EXPORT_TAG: str(Path(export_dir).resolve())},
         python_model=str(Path(__file__).with_name("pyfunc_model.py")),
         artifacts={"saved_model": str(export_dir)},
         signature=signature,
@@ -215,17 +247,81 @@ HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQU
                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 JOURNAL_NAME = "mlflow_journal.jsonl"
+#: How many of the journal's first entries a replay has sent (written after each one).
+JOURNAL_SENT_NAME = "mlflow_journal.sent"
 RUN_RECORD_NAME = "run.json"
 
 
 def is_transient(err: BaseException) -> bool:
     """Whether a failed MLflow call is worth retrying later (connection refused, timeout, locked
-    database, server error) rather than a mistake that retrying would repeat (a bad param)."""
+    database, server error) rather than a mistake that retrying would repeat (a bad param).
+
+    Also transient: an HTTP answer that is not MLflow's (a proxy's or gateway's error page, not
+    MLflow's JSON error: MLflow says "API request to endpoint ... failed with error code 404"), and
+    an error MLflow raised while handling a transient one (``set_logged_model_tags`` turns a
+    server error of its look-up into INVALID_PARAMETER_VALUE, ``raise ... from``). Not transient:
+    a local file that is missing (a moved export or figure), which waiting does not bring back."""
     from mlflow.exceptions import MlflowException
 
+    if isinstance(err, FileNotFoundError):
+        return False
     if isinstance(err, MlflowException):
-        return err.error_code in TRANSIENT_ERROR_CODES
+        if err.error_code in TRANSIENT_ERROR_CODES:
+            return True
+        if str(err.message).startswith("API request to endpoint ") and " failed with error code " in str(err.message):
+            return True
+        cause = err.__cause__  # a server or connection error behind it (not a database constraint)
+        return cause is not None and (isinstance(cause, (MlflowException, ConnectionError, TimeoutError))
+                                      or type(cause).__module__.startswith(("requests", "urllib3"))) \
+            and is_transient(cause)
     return isinstance(err, (OSError, TimeoutError)) or type(err).__module__.startswith(("requests", "urllib3", "sqlalchemy"))
+
+
+#: A run directory's lock file: held by the process that trains the run (or replays its journal).
+RUN_LOCK_NAME = ".lock"
+_HELD_RUN_LOCKS: dict[str, Any] = {}
+
+
+def hold_run_lock(run_dir: Path, busy: str):
+    """Hold an exclusive ``flock`` on ``run_dir/.lock`` for this process (re-entrant: a process
+    that holds it gets it again), or raise ConfigError ``busy`` (``{holder}``: the process that
+    holds it). The operating system releases it when its process ends, however it ends. None
+    where the platform has no ``flock`` (Windows) or the file cannot be made: no lock then."""
+    from vae_tf.errors import ConfigError
+
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    key = str(Path(run_dir).resolve())
+    if key in _HELD_RUN_LOCKS:
+        return _HELD_RUN_LOCKS[key]
+    try:
+        fd = os.open(Path(run_dir) / RUN_LOCK_NAME,
+                     os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError:
+        return None
+    handle = open(fd, "r+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(busy.format(holder=holder)) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}")
+    handle.flush()
+    _HELD_RUN_LOCKS[key] = handle
+    return handle
+
+
+def release_run_lock(run_dir: Path | None) -> None:
+    if run_dir is not None:
+        handle = _HELD_RUN_LOCKS.pop(str(Path(run_dir).resolve()), None)
+        if handle is not None:
+            handle.close()
 
 
 def require_reachable(tracking_uri: str, why: str) -> None:
@@ -345,6 +441,8 @@ class TrackedRun:
         import uuid
 
         failure = None
+        if self.run_dir is not None and self.run_dir.is_dir():  # an existing run: refused before MLflow is asked
+            self._hold_lock()
         try:
             with _mlflow_quiet():
                 self._open()
@@ -355,6 +453,7 @@ class TrackedRun:
         if self.run_dir is None:
             self.run_dir = self.run_root / (self.run_id or f"offline-{uuid.uuid4().hex[:12]}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._hold_lock()
         self._pending = None  # a resumed run's journal may hold calls
         if failure is not None:
             self._go_offline(failure)
@@ -362,6 +461,10 @@ class TrackedRun:
         if self.pending() and self.online:
             self.flush()  # a resumed run whose journal still holds calls
         return self
+
+    def _hold_lock(self) -> None:
+        hold_run_lock(self.run_dir, f"run {self.run_dir} is in use by {{holder}} (a training of the same run, or "
+                                    "vae-tf sync-mlflow replaying its logging); wait for it to end, then run this again")
 
     def _open(self) -> None:
         if mlflow.active_run() is not None and mlflow.active_run().info.run_id == self.run_id:
@@ -381,11 +484,14 @@ class TrackedRun:
     def finish(self, status: str = "FINISHED") -> None:
         """End the run with ``status``; if MLflow is still unreachable, keep the end in the journal
         and say how to send it."""
-        self._call("end_run", {"status": status})
-        if self.pending():
-            print(f"warning: MLflow at {self.tracking_uri} is still unreachable: {self.pending()} logging calls are "
-                  f"kept in {self.journal_path}; send them with `vae-tf sync-mlflow {self.run_dir}`",
-                  file=self.stream)
+        try:
+            self._call("end_run", {"status": status})
+            if self.pending():
+                print(f"warning: MLflow at {self.tracking_uri} is still unreachable: {self.pending()} logging calls "
+                      f"are kept in {self.journal_path}; send them with `vae-tf sync-mlflow {self.run_dir}`",
+                      file=self.stream)
+        finally:
+            release_run_lock(self.run_dir)
 
     def save_record(self, **extra) -> None:
         from training.atomic import write_json_atomic
@@ -467,10 +573,23 @@ class TrackedRun:
             self._pending = len(self.journal())
         return self._pending
 
+    @property
+    def sent_path(self) -> Path:
+        return self.run_dir / JOURNAL_SENT_NAME
+
+    def _sent(self) -> int:
+        """How many of the journal's first entries an earlier replay sent (0: none, or no count)."""
+        try:
+            return max(0, int(self.sent_path.read_text().strip() or 0))
+        except (OSError, ValueError):
+            return 0
+
     def journal(self) -> list[dict]:
+        """The calls still to send: the journal's entries after those a replay has sent."""
         if self.run_dir is None or not self.journal_path.exists():
             return []
-        return [json.loads(line) for line in self.journal_path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.journal_path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in lines[self._sent():]]
 
     def logged_steps(self, key: str) -> set[int]:
         """Steps at which metric ``key`` is logged or buffered: MLflow's history when it answers,
@@ -553,6 +672,9 @@ class TrackedRun:
                   f"(`vae-tf sync-mlflow {self.run_dir}` sends it later)", file=self.stream)
 
     def _append(self, op: str, args: dict) -> None:
+        if not self.journal_path.exists():  # a count left by a replay killed between its two removals
+            with contextlib.suppress(FileNotFoundError):
+                self.sent_path.unlink()
         # private, as the run record: logged params may hold what the tracking URI holds
         with open(os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", encoding="utf-8") as f:
             with contextlib.suppress(OSError, AttributeError):  # a journal of an older vae-tf was 0644
@@ -568,7 +690,7 @@ class TrackedRun:
 
         from training.atomic import write_text_atomic
 
-        entries = self.journal()
+        sent, entries = self._sent(), self.journal()
         done = 0
         quiet = _mlflow_quiet()
         quiet.__enter__()
@@ -578,8 +700,14 @@ class TrackedRun:
                 if self.run_dir is not None:
                     self.save_record()
             for entry in entries:
-                self._apply(entry["op"], entry["args"])
+                args = entry["args"]
+                if entry["op"] != "log_model" or \
+                        logged_before(Path(args["export_dir"]), args["registered_name"]) is None:
+                    self._apply(entry["op"], args)
                 done += 1
+                # Counted as sent at once: a replay killed after this entry (SIGKILL, a power cut)
+                # starts from the next one, so a model is not logged and registered twice.
+                write_text_atomic(self.sent_path, f"{sent + done}\n", private=True)
         except Exception as err:
             if not is_transient(err):
                 raise
@@ -587,13 +715,12 @@ class TrackedRun:
             self._next_retry = time.monotonic() + self.retry_seconds
         finally:
             quiet.__exit__(None, None, None)
-            if done:
-                rest = entries[done:]
-                write_text_atomic(self.journal_path, "".join(json.dumps(e) + "\n" for e in rest), private=True)
-                self._pending = len(rest)
+            self._pending = len(entries) - done
         if done == len(entries) and (self.online or entries and entries[-1]["op"] == "end_run"):
-            if self.journal_path.exists():
-                self.journal_path.unlink()
+            # The journal first: a count left alone is removed by the next append (_append).
+            for path in (self.journal_path, self.sent_path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
             self._pending = 0
             if self.warned and entries:
                 print(f"MLflow at {self.tracking_uri} is reachable again: sent {len(entries)} buffered logging calls",
@@ -606,6 +733,8 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> tuple[int,
     """Replay a run's journal (``vae-tf sync-mlflow``); returns ``(calls sent, tracking URI)``.
     Into another tracking URI, the run is created there (the run id in run.json is the old
     store's)."""
+    import sys
+
     from vae_tf.errors import ConfigError
 
     run_dir = Path(run_dir)
@@ -615,24 +744,42 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> tuple[int,
     record = json.loads(record_path.read_text())
     uri = tracking_uri or record["tracking_uri"]
     same_store = uri == record["tracking_uri"]
-    tracker = TrackedRun(uri, run_root=run_dir.parent, experiment=record["experiment"], run_name=record.get("run_name"),
-                         tags=record.get("tags"), run_id=record.get("mlflow_run_id") if same_store else None,
-                         run_dir=run_dir, retry_seconds=0)
-    count = tracker.pending()
-    if count == 0:
-        return 0, uri
+    hold_run_lock(run_dir, f"run {run_dir} is still in use by {{holder}}: a training sends its buffered logging "
+                           "itself when MLflow answers again and when it ends; run vae-tf sync-mlflow after it has ended")
     try:
-        tracker._open()
-    except Exception as err:  # noqa: BLE001
-        raise ConfigError(f"MLflow at {uri} is still unreachable ({_first_line(err)}); try again later") from None
-    if same_store:
-        tracker.save_record()
-    if not tracker.flush():
-        raise ConfigError(f"MLflow at {uri} failed during the replay; {tracker.pending()} calls are still kept in "
-                          f"{tracker.journal_path}; run the command again later")
-    if mlflow.active_run() is not None:
-        mlflow.end_run()
-    return count, uri
+        # Into another store: the run made there by an earlier try of this command, if any (a
+        # failed or killed try made another empty run on every retry).
+        elsewhere = (record.get("synced_to") or {}).get(uri)
+        tracker = TrackedRun(uri, run_root=run_dir.parent, experiment=record["experiment"],
+                             run_name=record.get("run_name"), tags=record.get("tags"),
+                             run_id=record.get("mlflow_run_id") if same_store else elsewhere,
+                             run_dir=run_dir, retry_seconds=0)
+        count = tracker.pending()
+        if count == 0:
+            return 0, uri
+        try:
+            tracker._open()
+        except Exception as err:  # noqa: BLE001
+            raise ConfigError(f"MLflow at {uri} is still unreachable ({_first_line(err)}); try again later") from None
+        if same_store:
+            tracker.save_record()
+        else:
+            from training.atomic import write_json_atomic
+
+            write_json_atomic(record_path, {**record, "synced_to": {**(record.get("synced_to") or {}),
+                                                                    uri: tracker.run_id}}, private=True)
+            if record.get("mlflow_run_id"):  # the run was created there: it went offline later
+                print(f"note: the journal holds only what {record['tracking_uri']} missed (the run's earlier logging "
+                      f"is there, run {record['mlflow_run_id']}); run {tracker.run_id} at {uri} gets that part only",
+                      file=sys.stderr)
+        if not tracker.flush():
+            raise ConfigError(f"MLflow at {uri} failed during the replay; {tracker.pending()} calls are still kept in "
+                              f"{tracker.journal_path}; run the command again later")
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+        return count, uri
+    finally:
+        release_run_lock(run_dir)
 
 
 class WorkerRun:

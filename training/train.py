@@ -343,11 +343,20 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
                                                          if isinstance(err, KeyboardInterrupt) else "no message")
         message = f"{type(failure or err).__name__}: {said}"[:5000]
         interrupted = isinstance(err, KeyboardInterrupt)
-        tracker.set_tags({"error": message})
-        if resume and record.get("error"):  # what stopped the run the first time is not lost
-            tracker.set_tags({"vae_tf.resumed_after": record["error"]})
+        # The record first (a local file): an MLflow that failed the run may fail these calls too
+        # (a proxy's 404 did: the run record kept "running", with no error, and the tag was lost).
         tracker.save_record(status="interrupted" if interrupted else "failed", error=message)
-        tracker.finish("KILLED" if interrupted else "FAILED")
+        try:
+            tracker.set_tags({"error": message})
+            if resume and record.get("error"):  # what stopped the run the first time is not lost
+                tracker.set_tags({"vae_tf.resumed_after": record["error"]})
+            tracker.finish("KILLED" if interrupted else "FAILED")
+        except Exception as logging_failed:  # noqa: BLE001  (the run's own error is the one to report)
+            from training.tracking import _first_line, release_run_lock
+
+            release_run_lock(tracker.run_dir)
+            print(f"warning: MLflow did not take the run's end ({_first_line(logging_failed)}); run.json in "
+                  f"{tracker.run_dir} records it", file=sys.stderr)
         if failure is not None:
             raise failure from None
         raise

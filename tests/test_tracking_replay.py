@@ -1,0 +1,179 @@
+"""The MLflow journal's replay (`vae-tf sync-mlflow`, a training's own retries) against what a
+walk through outages found: a sync run beside the training, a replay killed half-way, a retry into
+another store, MLflow errors that are outages in disguise, and a missing local file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from training.tracking import TrackedRun, hold_run_lock, is_transient, release_run_lock, sync_run
+from vae_tf.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _offline_run(tmp_path, steps: int = 5) -> Path:
+    """A run whose every call went to its journal (its store was unreachable all along)."""
+    run = TrackedRun("http://127.0.0.1:9/", run_root=tmp_path / "runs", experiment="x", retry_seconds=1e9,
+                     stream=open(os.devnull, "w"))
+    run.online = False
+    run.run_dir = tmp_path / "runs" / "offline-test"
+    run.run_dir.mkdir(parents=True)
+    run.save_record()
+    for step in range(steps):
+        run._append("log_metrics", {"metrics": {"loss": float(step)}, "step": step, "timestamp": 1000 + step})
+    release_run_lock(run.run_dir)
+    return run.run_dir
+
+
+def test_outages_in_disguise_are_transient_and_a_missing_file_is_not():
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from vae_tf.errors import ModelNotFoundError
+
+    server = MlflowException("server down", error_code="TEMPORARILY_UNAVAILABLE")
+    try:  # MLflow's set_logged_model_tags: a failed look-up raised again as a bad parameter
+        try:
+            raise server
+        except MlflowException as e:
+            raise MlflowException.invalid_parameter_value("Failed to get logged model with ID m-1.") from e
+    except MlflowException as rewrapped:
+        assert is_transient(rewrapped)
+    assert not is_transient(MlflowException("Failed to get logged model", error_code=INVALID_PARAMETER_VALUE))
+    # a proxy's page, not MLflow's JSON error
+    proxy = MlflowException("API request to endpoint /api/2.0/mlflow/runs/get failed with error code 404 != 200. "
+                            "Response body: '<html>Not Found</html>'", error_code=INVALID_PARAMETER_VALUE)
+    assert is_transient(proxy)
+    # a database constraint behind a bad parameter is the caller's mistake, not an outage
+    try:
+        try:
+            raise type("IntegrityError", (Exception,), {"__module__": "sqlalchemy.exc"})("UNIQUE constraint failed")
+        except Exception as e:
+            raise MlflowException("Changing param values is not allowed", error_code=INVALID_PARAMETER_VALUE) from e
+    except MlflowException as mistake:
+        assert not is_transient(mistake)
+    assert not is_transient(ModelNotFoundError("no SavedModel at /gone/1"))
+    assert not is_transient(FileNotFoundError("figures/kl.png"))
+    assert is_transient(ConnectionRefusedError("refused"))
+
+
+def test_sync_is_refused_while_another_process_trains_the_run(tmp_path):
+    """`vae-tf sync-mlflow` beside the training replayed the journal, rewrote it without the lines
+    the training appended meanwhile (134 of 300 epochs lost) and ended the run as FINISHED."""
+    run_dir = _offline_run(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from training.tracking import hold_run_lock; "
+        f"hold_run_lock(Path({str(run_dir)!r}), 'busy'); print('held', flush=True); time.sleep(60)")],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"^run {run_dir} is still in use by process {holder.pid}: a training "
+                                              "sends its buffered logging itself .*run vae-tf sync-mlflow after"):
+            sync_run(run_dir, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+        # and a second training (a --resume) of the same run is refused likewise
+        with pytest.raises(ConfigError, match=rf"^run {run_dir} is in use by process {holder.pid}"):
+            TrackedRun(f"sqlite:///{tmp_path / 'm.db'}", run_root=run_dir.parent, experiment="x",
+                       run_dir=run_dir).start()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run_dir / "mlflow_journal.jsonl").exists()  # nothing was sent, nothing rewritten
+    assert sync_run(run_dir, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")[0] == 5  # the lock died with it
+
+
+def test_a_replay_killed_half_way_resends_nothing_it_had_sent(tmp_path):
+    """The journal was rewritten only once the replay loop ended: a replay killed (SIGKILL) after a
+    model version was created sent the whole journal again, and the model was registered twice."""
+    run_dir = _offline_run(tmp_path, steps=6)
+    store = tmp_path / "m.db"
+    script = (
+        "import os, signal; from pathlib import Path; from training import tracking\n"
+        "real = tracking.TrackedRun._apply\n"
+        "count = [0]\n"
+        "def apply(self, op, args):\n"
+        "    count[0] += 1\n"
+        "    if count[0] == 4: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(self, op, args)\n"
+        "tracking.TrackedRun._apply = apply\n"
+        f"tracking.sync_run(Path({str(run_dir)!r}), tracking_uri='sqlite:///{store}')\n")
+    killed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (run_dir / "mlflow_journal.sent").read_text().strip() == "3"
+    applied = []
+    real = TrackedRun._apply
+
+    def counting(self, op, args):
+        applied.append(args.get("step"))
+        return real(self, op, args)
+
+    TrackedRun._apply = counting
+    try:
+        sent, _ = sync_run(run_dir, tracking_uri=f"sqlite:///{store}")
+    finally:
+        TrackedRun._apply = real
+    assert sent == 3 and applied == [3, 4, 5]
+    assert not (run_dir / "mlflow_journal.jsonl").exists() and not (run_dir / "mlflow_journal.sent").exists()
+    # the killed try's run is the one the retry finished: one run in the other store, every step once
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    runs = client.search_runs([client.get_experiment_by_name("x").experiment_id])
+    assert len(runs) == 1
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == list(range(6))
+    assert json.loads((run_dir / "run.json").read_text())["synced_to"] == {f"sqlite:///{store}": runs[0].info.run_id}
+
+
+def test_a_count_left_by_a_killed_removal_does_not_skip_a_new_journal(tmp_path):
+    run_dir = _offline_run(tmp_path, steps=2)
+    (run_dir / "mlflow_journal.jsonl").unlink()  # killed between removing the journal and the count
+    (run_dir / "mlflow_journal.sent").write_text("2\n")
+    run = TrackedRun("http://127.0.0.1:9/", run_root=run_dir.parent, experiment="x", run_dir=run_dir)
+    run._append("log_metrics", {"metrics": {"loss": 7.0}, "step": 7, "timestamp": 1})
+    assert [e["args"]["step"] for e in run.journal()] == [7]
+
+
+def test_a_replayed_model_that_mlflow_took_before_the_outage_is_registered_once(tmp_path, monkeypatch):
+    """A server error after `log_model` had created the version (MLflow then failed a look-up of
+    the logged model) buffered the whole call; its replay logged the model again and registered
+    a second version of one training."""
+    from serving.testing import export_tiny_model
+
+    monkeypatch.chdir(tmp_path)
+    export = export_tiny_model(tmp_path / "models", "vae")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    run = TrackedRun(uri, run_root=tmp_path / "runs", experiment="x", retry_seconds=0).start()
+    model_uri, version = run.log_model(export, (8, 8, 1), "vae")
+    assert version is not None
+    # the same call, buffered as if the server had failed after taking it, then replayed
+    run._append("log_model", {"export_dir": str(export.resolve()), "data_shape": [8, 8, 1], "registered_name": "vae"})
+    run.online = False
+    assert run.flush()
+    client = MlflowClient(tracking_uri=uri)
+    assert [v.version for v in client.search_model_versions("name = 'vae'")] == [version]
+    # taken but not registered: the replay registers it, once, from the model already logged
+    other = export_tiny_model(tmp_path / "models", "vae", seed=1)
+    assert mlflow.active_run().info.run_id == run.run_id  # the model lands in the run, unregistered
+    from training.tracking import _log_pyfunc, logged_before
+
+    taken = _log_pyfunc(None, other, None)
+    run._append("log_model", {"export_dir": str(other.resolve()), "data_shape": [8, 8, 1], "registered_name": "vae"})
+    run.online = False
+    assert run.flush()
+    versions = client.search_model_versions("name = 'vae'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    second = {int(v.version): v for v in versions}[2]
+    assert second.model_id == taken.model_id or second.source == taken.model_uri
+    run._append("log_model", {"export_dir": str(other.resolve()), "data_shape": [8, 8, 1], "registered_name": "vae"})
+    run.online = False
+    assert run.flush() and len(client.search_model_versions("name = 'vae'")) == 2  # found by its source now
+    assert logged_before(tmp_path / "models" / "vae" / "9", "vae") is None  # an export never logged
+    run.finish()
