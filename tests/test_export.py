@@ -192,6 +192,11 @@ def test_a_version_taken_by_another_process_meanwhile_moves_the_export_to_the_ne
 def test_missing_exports_are_one_line_errors(tmp_path):
     with pytest.raises(ModelNotFoundError, match="no SavedModel at"):
         resolve_version_dir(tmp_path / "nothing")
+    # load_vae("models:/vae/3") said "no SavedModel at models:/vae/3", as if a folder were missing
+    for uri in ("models:/vae/3", "runs:/abc/model"):
+        with pytest.raises(ModelNotFoundError, match=rf"^{uri} is an MLflow model URI, not a directory: download it "
+                                                     r"first, e\.g\. training\.evaluate\.resolve_model"):
+            resolve_version_dir(uri)
     with pytest.raises(ModelNotFoundError, match="is not a vae-tf export"):
         load_model_info(tmp_path)
 

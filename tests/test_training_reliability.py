@@ -583,6 +583,10 @@ def test_resuming_a_run_that_ran_all_its_epochs_is_refused_and_changes_nothing(t
     assert len(third.history["loss"]) == 3
     assert client.get_run(first.run_id).data.tags["vae_tf.resume.changed"] == (
         "train.epochs: 1 -> 2 | train.epochs: 2 -> 3; train.learning_rate: 0.001 -> 0.0005")
+    # The end-of-training numbers of each length, at its step (all three were at step 0)
+    for key in ("epochs_run", "test_elbo", "test_active_units"):
+        assert [m.step for m in client.get_metric_history(first.run_id, key)] == [1, 2, 3], key
+    assert [m.value for m in client.get_metric_history(first.run_id, "epochs_run")] == [1.0, 2.0, 3.0]
 
 
 @pytest.mark.slow

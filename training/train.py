@@ -775,21 +775,25 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
                            test_metrics=exported["test_metrics"], model_uri=exported.get("model_uri"),
                            registered_version=exported.get("registered_version"), collapse=exported.get("collapse"),
                            name=config.name)
-    tracker.log_metrics({"epochs_run": len(history)})
+    # The end-of-training numbers at the step of the epochs trained: a finished run resumed for
+    # more epochs logs them again, at its new length (both were step 0, indistinguishable).
+    end_step = len(history)
+    tracker.log_metrics({"epochs_run": len(history)}, step=end_step)
 
     eval_split = evaluation_split(data)
     test_metrics = model.evaluate(distribute_options(data.pipeline(eval_split, train_cfg.batch_size), strategy),
                                   return_dict=True, verbose=0)
     test_metrics = {f"{eval_split}_{k}": float(np.asarray(v).reshape(-1)[0]) for k, v in test_metrics.items()}
     kl = model.kl_per_dim
-    tracker.log_metrics({**test_metrics, **{f"{eval_split}_kl_dim_{i}": float(v) for i, v in enumerate(kl)}})
+    tracker.log_metrics({**test_metrics, **{f"{eval_split}_kl_dim_{i}": float(v) for i, v in enumerate(kl)}},
+                        step=end_step)
 
     if not chief:  # the chief logs and exports
         return TrainResult(run_id=None, experiment_id=None, tracking_uri=tracker.tracking_uri, export_dir=None,
                            checkpoint_dir=None, history=_history_dict(checkpoints.history), test_metrics=test_metrics)
     x_eval, _ = data.split(eval_split)
     verdict = model_verdict(model, x_eval, seed=config.seed)
-    tracker.log_metrics({f"{eval_split}_{k}": v for k, v in verdict.metrics.items()})
+    tracker.log_metrics({f"{eval_split}_{k}": v for k, v in verdict.metrics.items()}, step=end_step)
     tracker.set_tags(verdict.tags())
     print(f"collapse:      {verdict.line}", file=sys.stderr)
     if config.mlflow.log_figures:

@@ -279,6 +279,10 @@ def load_model_info(version_dir: str | os.PathLike) -> dict:
 
 def resolve_version_dir(path: str | os.PathLike) -> Path:
     """Accept a version directory or a model directory (then its highest version)."""
+    if str(path).startswith(("models:/", "runs:/")):  # a registry or run URI, which no path resolves
+        raise ModelNotFoundError(f"{path} is an MLflow model URI, not a directory: download it first, e.g. "
+                                 "training.evaluate.resolve_model(uri, folder)[0] (what vae-tf evaluate does), and "
+                                 "give that directory")
     path = Path(path)
     if (path / "saved_model.pb").is_file():
         return path

@@ -331,7 +331,7 @@ class NormalGammaLatent(LatentFamily):
     (E[1/λ] and the KL are infinite otherwise) and the informative component must have the larger
     E[λ].
 
-    **Train with KL warm-up** (``objective.beta_schedule: {kind: linear, steps: ...}``): from the
+    **Train with KL warm-up** (``objective.kl_weight: {kind: linear, steps: ...}``): from the
     first step the KL pulls every p_i down by KL1 − KL2 nats while an untrained decoder gives no
     reason to keep a sharp z, so without warm-up all p_i reach 0 in the first epoch and stay
     there (every dimension then codes through μ with unit-scale noise). docs/latent_families.md
