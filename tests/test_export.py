@@ -333,6 +333,17 @@ def test_load_vae_with_an_optimizer_continues_the_runs_optimizer_at_the_rate_giv
 
     assert load_model_info(path)["optimizer"] == {"class": "Adam", "learning_rate_schedule": False}
 
+    # Exported again after fine-tuning: the training record of the export it came from (it was
+    # empty, and vae-tf evaluate evaluated it on the default data set without a word).
+    again = export_model(model, path.parent.parent / "tuned", "digits-vae")
+    first, tuned = load_model_info(path), load_model_info(again)
+    assert tuned["config"] == first["config"] == {"name": "digits-vae"}
+    assert tuned["data"] == first["data"] == {"name": "digits"} and tuned["value_range"] == [0.0, 1.0]
+    assert tuned["fine_tuned_from"] == {"export": str(path.resolve()), "mlflow_run_id": first.get("mlflow_run_id")}
+    # a config given to export_model is the one recorded
+    given = export_model(model, path.parent.parent / "tuned", "digits-vae", config={"name": "other"})
+    assert load_model_info(given)["config"] == {"name": "other"} and "fine_tuned_from" not in load_model_info(given)
+
     def refused(optimizer, why, where=path):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

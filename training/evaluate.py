@@ -217,6 +217,9 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     # The overrides apply to the saved config before it is validated: `--set data.name=...` can
     # name another data set for a model whose training set cannot be loaded here.
     config = from_dict(apply_overrides(saved, overrides)) if saved else load_config(None, overrides)
+    if not saved and not any(str(o).strip().startswith("data.") for o in overrides):
+        print(f"warning: {shown} records no training config (exported by export_model without one): evaluating it on "
+              f"the default data set, {config.data.name}; name its data with --set data.name=...", file=sys.stderr)
     if info.get("modality") == "text":  # a model of before symbol clusters reads its data as then
         config = tokenizer_of_then(config, info.get("text"))
     if log_to_mlflow:  # inside a library caller's own MLflow run: refused before the evaluation, not after

@@ -19,6 +19,7 @@ polling server never loads one.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -82,6 +83,10 @@ def export_model(
         data_info: data facts stored in the assets JSON (``value_range``, data set name, ...).
         extra: more top-level entries for the assets JSON (e.g. ``mlflow_run_id``).
 
+    A model loaded with :func:`load_vae` (and fine-tuned) is exported, without ``config`` and
+    ``data_info``, with those of the export it was loaded from, and ``fine_tuned_from`` naming
+    that export and its MLflow run: ``vae-tf evaluate`` then evaluates it on its training data.
+
     The Keras weights go to ``assets/vae_tf.weights.h5`` and, for models made by
     :func:`vae_tf.models.build_vae`, the build spec to the assets JSON, so :func:`load_vae` can
     rebuild them as Python models (for ``vae-tf evaluate``, fine-tuning); serving uses the
@@ -107,6 +112,12 @@ def export_model(
     if final.exists():
         raise ConfigError(f"{final} already exists: export versions are immutable, pick another version or omit it")
 
+    origin = getattr(model, "exported_from", None)
+    if origin is not None and config is None and data_info is None:  # fine-tuned from an export: its training's
+        config = origin.config
+        data_info = {**(origin.data or {}), "value_range": origin.value_range}
+        extra = {"fine_tuned_from": {"export": origin.version_dir, "mlflow_run_id": origin.mlflow_run_id},
+                 **(extra or {})}
     data_shape = tuple(model.data_shape)
     archive, endpoints = _build_archive(model)
 
@@ -343,6 +354,29 @@ def load_vae(version_dir: str | os.PathLike, optimizer=None, **compile_options):
     ``model.load_weights(f"{version_dir}/assets/{WEIGHTS_NAME}")``."""
     version_dir = resolve_version_dir(version_dir)
     info = load_model_info(version_dir)
+    model = _load_vae(version_dir, info, optimizer, **compile_options)
+    # What the export recorded of its training, for an export of this model after fine-tuning
+    # (export_model): it had no data or config, and vae-tf evaluate evaluated it on the default
+    # data set without a word.
+    model.exported_from = ExportOrigin(str(version_dir.resolve()), info.get("config"), info.get("data"),
+                                       info.get("value_range"), info.get("mlflow_run_id"))
+    return model
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportOrigin:
+    """The export a model was loaded from (:func:`load_vae`): its directory and what it recorded
+    of its training (config, data facts, value range, MLflow run)."""
+
+    version_dir: str
+    config: dict | None
+    data: dict | None
+    value_range: list | None
+    mlflow_run_id: str | None
+
+
+def _load_vae(version_dir: Path, info: dict, optimizer=None, **compile_options):
+    """:func:`load_vae` once the export is found and read."""
     spec = info.get("build_spec")
     weights = version_dir / "assets" / WEIGHTS_NAME
     if not spec and weights.is_file():
