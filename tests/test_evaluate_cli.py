@@ -369,3 +369,20 @@ def test_a_text_model_evaluated_on_longer_sentences_says_how_many_it_cut(tmp_pat
     assert "sentences were truncated by the data loader to max_length=4" in capsys.readouterr().out
     assert json.loads(Path("own.json").read_text())["info"]["truncated_sentences"] == {"by_data": sum(longer),
                                                                                        "by_model": 0}
+
+
+def test_an_export_without_a_training_config_is_evaluated_on_the_default_data_with_a_warning(tmp_path, capsys,
+                                                                                             monkeypatch):
+    """An export made by export_model without a config (a fine-tuned model exported from Python,
+    before it kept its origin's) was evaluated on digits without a word."""
+    from serving.testing import export_tiny_model
+
+    monkeypatch.chdir(tmp_path)
+    path = export_tiny_model(tmp_path / "models", "bare")
+    args = ["evaluate", str(path), "--no-mlflow", "--iw-k", "0", "--disentanglement", "off", "--max-examples", "60",
+            "-o", "bare.json"]
+    assert main(args) == 0
+    assert (f"warning: {path} records no training config (exported by export_model without one): evaluating it on "
+            "the default data set, digits; name its data with --set data.name=...") in capsys.readouterr().err
+    assert main([*args, "--set", "data.name=digits"]) == 0
+    assert "records no training config" not in capsys.readouterr().err
