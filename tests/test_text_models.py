@@ -459,6 +459,16 @@ def test_text_models_refuse_array_networks_and_likelihoods(corpus):
         build_vae((), network={"kind": "conv"}, likelihood={"name": "bernoulli"}, text=text_settings(corpus.metadata))
 
 
+def test_fitting_a_text_model_on_arrays_is_a_one_line_error(corpus):
+    """It was TensorFlow's "Tensor conversion requested dtype string for Tensor with dtype float32"."""
+    model = make(corpus)
+    with pytest.raises(DataError, match=r"^this text model trains on sentences \(strings, one per example\), got "
+                                        r"float32 values of shape \[None, 8, 8, 1\]; give it sentences") as err:
+        model.fit(np.zeros((16, 8, 8, 1), np.float32), epochs=1, verbose=0)
+    assert "\n" not in str(err.value)
+    assert np.isfinite(model.fit(corpus.pipeline("train", 32).take(2), epochs=1, verbose=0).history["loss"][0])
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["data.name=mnist"], "model.network.kind=lstm reads sentences; this data set has arrays"),
     (["data.name=text_synthetic", "model.network.kind=mlp", "model.likelihood.name=bernoulli"],

@@ -35,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vae_tf.errors import ConfigError
+from vae_tf.errors import ConfigError, DataError
 from vae_tf.models.inputs import model_rows
 from vae_tf.models.vae import VAE, seed_rows
 from vae_tf.networks.recurrent import BOS_ID, EOS_ID, PAD_ID
@@ -170,6 +170,12 @@ class TextVAE(VAE):
         likelihood's target. Word ids already (:meth:`tokenized`: the input pipeline of a model
         compiled with ``jit_compile=True``) are taken as they are."""
         x = tf.convert_to_tensor(x)
+        # Checked when the step is traced: TensorFlow's "Tensor conversion requested dtype string for
+        # Tensor with dtype float32" said neither what the model takes nor what to do.
+        if x.dtype != tf.string and not x.dtype.is_integer:
+            raise DataError(f"this text model trains on sentences (strings, one per example), got {x.dtype.name} "
+                            f"values of shape {x.shape.as_list()}; give it sentences, e.g. load_dataset"
+                            "('text_synthetic') or a text file's lines")
         ids = tf.cast(x, tf.int32) if x.dtype.is_integer else self.codec.encode(x)
         return ids, ids
 
