@@ -177,3 +177,30 @@ def test_a_replayed_model_that_mlflow_took_before_the_outage_is_registered_once(
     assert run.flush() and len(client.search_model_versions("name = 'vae'")) == 2  # found by its source now
     assert logged_before(tmp_path / "models" / "vae" / "9", "vae") is None  # an export never logged
     run.finish()
+
+
+def test_a_server_that_hangs_holds_a_retry_for_one_quick_request_not_mlflows_timeouts(tmp_path, monkeypatch):
+    """A tracking server that accepted connections and never answered held every replay for
+    MLflow's timeout and retries on the training thread (~9 s of every 11 s with a 2 s timeout)."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # connections complete in the backlog; no request is ever answered
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    run = TrackedRun(uri, run_root=tmp_path / "runs", experiment="x", retry_seconds=0, stream=open(os.devnull, "w"))
+    run.run_dir = tmp_path / "runs" / "offline-hang"
+    run.run_dir.mkdir(parents=True)
+    replays = []
+    monkeypatch.setattr(TrackedRun, "flush", lambda self: replays.append(1) or False)
+    try:
+        started = time.monotonic()
+        run.log_metrics({"loss": 1.0}, step=0)
+        waited = time.monotonic() - started
+    finally:
+        listener.close()
+        release_run_lock(run.run_dir)
+    assert replays == [] and run.pending() == 1  # no replay against a server that does not answer
+    assert waited < 30  # the probe's 3 s, not MLflow's 30 s timeout x 3 tries (a bound, not a timing)

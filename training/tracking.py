@@ -656,9 +656,30 @@ class TrackedRun:
                     raise
                 self._go_offline(err)
         self._append(op, args)
-        if op == "end_run" or time.monotonic() >= self._next_retry:
+        if (op == "end_run" or time.monotonic() >= self._next_retry) and self._answers():
             self.flush()
         return None
+
+    def _answers(self) -> bool:
+        """Before a replay to an HTTP server: one quick request (no retries, 3 s). A server that
+        hangs instead of refusing connections held every replay for MLflow's whole timeout and
+        retries (20 s x 3 by default) on the training thread: ~60 s of every minute of training.
+        False (and the next retry scheduled) when it does not answer; True for other stores."""
+        import time
+        from unittest import mock
+
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return True
+        try:
+            with mock.patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3"), \
+                    _mlflow_quiet():
+                mlflow.MlflowClient(self.tracking_uri).search_experiments(max_results=1)
+        except Exception as err:  # noqa: BLE001
+            if not is_transient(err):
+                return True  # it answers: the replay reports what is wrong
+            self._next_retry = time.monotonic() + self.retry_seconds
+            return False
+        return True
 
     def _go_offline(self, err: BaseException) -> None:
         import time
@@ -672,6 +693,7 @@ class TrackedRun:
                   f"(`vae-tf sync-mlflow {self.run_dir}` sends it later)", file=self.stream)
 
     def _append(self, op: str, args: dict) -> None:
+        before = self.pending()  # counted before the line is written (read from the file the first time)
         if not self.journal_path.exists():  # a count left by a replay killed between its two removals
             with contextlib.suppress(FileNotFoundError):
                 self.sent_path.unlink()
@@ -682,7 +704,7 @@ class TrackedRun:
             f.write(json.dumps({"op": op, "args": args}) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        self._pending = self.pending() + 1
+        self._pending = before + 1
 
     def flush(self) -> bool:
         """Replay the journal; True when it is empty afterwards (logging is live again)."""
