@@ -216,12 +216,20 @@ def test_evaluate_options_the_metrics_cannot_take_are_refused_before_anything_lo
 
 @pytest.mark.parametrize("override", ["model.latent.categories=5", "train.epochs=3", "objective.kl_weight=2",
                                       "export.base_dir=x", "name=other"])
-def test_a_set_that_would_change_the_model_is_refused_before_anything_loads(capsys, override):
+def test_a_set_that_would_change_the_model_is_refused_before_the_model_loads(tmp_path, capsys, override, monkeypatch):
     """`vae-tf evaluate models/gc --set model.latent.categories=5` exited 0 with the unchanged
     model's numbers, overwrote its report and logged the override as a param of the run."""
+    import vae_tf.export
+    from serving.testing import export_tiny_model
+    from training.config import load_config
     from training.evaluate import _refuse_model_overrides
 
-    assert main(["evaluate", "models/nothing-is-loaded", "--set", "data.name=digits", "--set", override]) == 2
+    path = export_tiny_model(tmp_path, "configured")
+    info_path = path / "assets" / "vae_tf_model.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "config": load_config(None, []).to_dict()}))
+    monkeypatch.setattr(vae_tf.export, "load_vae", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["evaluate", str(path), "--set", "data.name=digits", "--set", override]) == 2
     key = override.split("=")[0]
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: --set {key}: an evaluation takes the model as it was exported and reads only data.*, mlflow.*, seed "
@@ -386,3 +394,5 @@ def test_an_export_without_a_training_config_is_evaluated_on_the_default_data_wi
             "the default data set, digits; name its data with --set data.name=...") in capsys.readouterr().err
     assert main([*args, "--set", "data.name=digits"]) == 0
     assert "records no training config" not in capsys.readouterr().err
+    # without a config of its own, model.* says how to read its data (the likelihood's support)
+    assert main([*args, "--set", "data.name=digits", "--set", "model.likelihood.name=bernoulli"]) == 0

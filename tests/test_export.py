@@ -335,7 +335,9 @@ def test_load_vae_with_an_optimizer_continues_the_runs_optimizer_at_the_rate_giv
 
     # Exported again after fine-tuning: the training record of the export it came from (it was
     # empty, and vae-tf evaluate evaluated it on the default data set without a word).
-    again = export_model(model, path.parent.parent / "tuned", "digits-vae")
+    with pytest.warns(UserWarning, match=r"exporting with the training config and data facts of .*; give config= "
+                                         r"and data_info= if it was trained on other data since"):
+        again = export_model(model, path.parent.parent / "tuned", "digits-vae")
     first, tuned = load_model_info(path), load_model_info(again)
     assert tuned["config"] == first["config"] == {"name": "digits-vae"}
     assert tuned["data"] == first["data"] == {"name": "digits"} and tuned["value_range"] == [0.0, 1.0]

@@ -109,7 +109,7 @@ def test_a_replay_killed_half_way_resends_nothing_it_had_sent(tmp_path):
         f"tracking.sync_run(Path({str(run_dir)!r}), tracking_uri='sqlite:///{store}')\n")
     killed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert (run_dir / "mlflow_journal.sent").read_text().strip() == "3"
+    assert json.loads((run_dir / "mlflow_journal.sent").read_text()) == {"uri": f"sqlite:///{store}", "sent": 3}
     applied = []
     real = TrackedRun._apply
 
@@ -135,7 +135,7 @@ def test_a_replay_killed_half_way_resends_nothing_it_had_sent(tmp_path):
 def test_a_count_left_by_a_killed_removal_does_not_skip_a_new_journal(tmp_path):
     run_dir = _offline_run(tmp_path, steps=2)
     (run_dir / "mlflow_journal.jsonl").unlink()  # killed between removing the journal and the count
-    (run_dir / "mlflow_journal.sent").write_text("2\n")
+    (run_dir / "mlflow_journal.sent").write_text(json.dumps({"uri": "http://127.0.0.1:9/", "sent": 2}))
     run = TrackedRun("http://127.0.0.1:9/", run_root=run_dir.parent, experiment="x", run_dir=run_dir)
     run._append("log_metrics", {"metrics": {"loss": 7.0}, "step": 7, "timestamp": 1})
     assert [e["args"]["step"] for e in run.journal()] == [7]
@@ -204,3 +204,101 @@ def test_a_server_that_hangs_holds_a_retry_for_one_quick_request_not_mlflows_tim
         release_run_lock(run.run_dir)
     assert replays == [] and run.pending() == 1  # no replay against a server that does not answer
     assert waited < 30  # the probe's 3 s, not MLflow's 30 s timeout x 3 tries (a bound, not a timing)
+
+
+def test_a_count_of_a_replay_into_another_store_does_not_skip_entries_for_this_one(tmp_path):
+    """The count said how many entries were sent, not where: after a sync into store B failed
+    half-way, a sync into the run's own store skipped what only B had received."""
+    run_dir = _offline_run(tmp_path, steps=4)
+    (run_dir / "mlflow_journal.sent").write_text(json.dumps({"uri": "sqlite:///elsewhere.db", "sent": 3}))
+    mine = TrackedRun("http://127.0.0.1:9/", run_root=run_dir.parent, experiment="x", run_dir=run_dir)
+    assert [e["args"]["step"] for e in mine.journal()] == [0, 1, 2, 3]
+    there = TrackedRun("sqlite:///elsewhere.db", run_root=run_dir.parent, experiment="x", run_dir=run_dir)
+    assert [e["args"]["step"] for e in there.journal()] == [3]
+
+
+def test_a_login_refused_is_a_one_line_error_not_an_outage(tmp_path, monkeypatch):
+    """401/403 pages (MLflow's basic-auth server answers in plain text) were taken for an outage
+    once proxy pages counted as one: a wrong password trained for hours offline."""
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, UNAUTHENTICATED
+
+    for status, code in ((401, UNAUTHENTICATED), (403, PERMISSION_DENIED)):
+        assert not is_transient(MlflowException(
+            f"API request to endpoint /api/2.0/mlflow/experiments/get-by-name failed with error code {status} != 200. "
+            "Response body: 'You are not authenticated.'", error_code=code))
+
+    def refused(*args, **kwargs):
+        raise MlflowException("API request to endpoint /api/2.0/mlflow/experiments/get-by-name failed with error "
+                              "code 401 != 200. Response body: 'You are not authenticated.'", error_code=UNAUTHENTICATED)
+
+    monkeypatch.setattr("training.tracking.start_run", refused)
+    run = TrackedRun(f"sqlite:///{tmp_path / 'm.db'}", run_root=tmp_path / "runs", experiment="x")
+    with pytest.raises(ConfigError, match=r"^MLflow at sqlite:///.* refused the run \(MlflowException: API request "
+                                          r".*error code 401 .*\); check mlflow.tracking_uri and its credentials$"):
+        run.start()
+
+
+def test_a_start_that_fails_leaves_the_run_directory_unlocked(tmp_path, monkeypatch):
+    """A notebook whose run_training(resume=...) failed at start kept the run locked until the
+    kernel restarted."""
+    run_dir = _offline_run(tmp_path)
+
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    def deleted(*args, **kwargs):
+        raise MlflowException("Run 'abc' not found", error_code=RESOURCE_DOES_NOT_EXIST)
+
+    monkeypatch.setattr("training.tracking.start_run", deleted)
+    run = TrackedRun(f"sqlite:///{tmp_path / 'm.db'}", run_root=run_dir.parent, experiment="x", run_id="abc",
+                     run_dir=run_dir)
+    with pytest.raises(ConfigError, match="refused the run"):
+        run.start()
+    holder = subprocess.run([sys.executable, "-c", (
+        "from pathlib import Path; from training.tracking import hold_run_lock; "
+        f"hold_run_lock(Path({str(run_dir)!r}), 'busy {{holder}}'); print('free')")], cwd=REPO, capture_output=True,
+        text=True, timeout=120)
+    assert holder.stdout.strip() == "free", holder.stderr[-2000:]
+
+
+def test_a_bare_resume_passes_over_a_run_that_is_training_now(tmp_path):
+    """The newest unfinished run is the one still training (its record is rewritten every epoch):
+    a bare --resume picked it, loaded the data, built the model, then was refused."""
+    from training.resume import find_run
+
+    root = tmp_path / "runs"
+    for name in ("crashed", "live"):
+        (root / name).mkdir(parents=True)
+        (root / name / "run.json").write_text(json.dumps({"status": "running", "name": "vae", "config": {}}))
+        time.sleep(0.05)  # "live" is the newer record
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from pathlib import Path; from training.tracking import hold_run_lock; "
+        f"hold_run_lock(Path({str(root / 'live')!r}), 'busy'); print('held', flush=True); time.sleep(60)")],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert find_run(root, name="vae")[0].name == "crashed"
+        with pytest.raises(ConfigError, match=rf"^run live is training now \(process {holder.pid}\); wait for it"):
+            find_run(root, "live")
+        (root / "crashed" / "run.json").write_text(json.dumps({"status": "finished", "name": "vae", "config": {}}))
+        with pytest.raises(ConfigError, match=rf"^the unfinished run\(s\) in {root}/ are training now: live "
+                                              rf"\(process {holder.pid}\); wait for one to end"):
+            find_run(root, name="vae")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert find_run(root, name="vae")[0].name == "live"  # free again once its process is gone
+
+
+def test_a_sync_whose_earlier_run_elsewhere_is_gone_says_so_and_makes_a_new_one_next_time(tmp_path):
+    """A `synced_to` run deleted from the other store (or the store reset) made every retry say
+    "still unreachable; try again later"."""
+    run_dir = _offline_run(tmp_path, steps=2)
+    store = f"sqlite:///{tmp_path / 'other.db'}"
+    record = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**record, "synced_to": {store: "0123456789abcdef0123456789abcdef"}}))
+    with pytest.raises(ConfigError, match=rf"^MLflow at {store} no longer has run 0123456789abcdef0123456789abcdef, "
+                                          r"which an earlier sync made there .*; run the command again"):
+        sync_run(run_dir, tracking_uri=store)
+    assert "synced_to" not in json.loads((run_dir / "run.json").read_text()) or \
+        store not in json.loads((run_dir / "run.json").read_text())["synced_to"]
+    assert sync_run(run_dir, tracking_uri=store)[0] == 2

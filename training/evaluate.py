@@ -176,7 +176,9 @@ EVALUATE_OVERRIDES = ("data", "mlflow", "seed")
 
 def _refuse_model_overrides(overrides) -> None:
     """``--set model.latent.categories=5`` was applied to a copy of the saved config, ignored, and
-    recorded as a param of the evaluation run, whose numbers were the unchanged model's."""
+    recorded as a param of the evaluation run, whose numbers were the unchanged model's. (An
+    export that records no config takes any key: the default config stands in for it, and e.g.
+    ``model.likelihood.name`` says which likelihood's support its data are checked against.)"""
     for text in overrides:
         key = str(text).split("=", 1)[0].strip()
         if "=" in str(text) and key.split(".", 1)[0] not in EVALUATE_OVERRIDES:
@@ -199,12 +201,13 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     problem = iw_k_problem(iw_k)
     if problem:  # before anything loads (the MLflow project's entry; `vae-tf evaluate` checks when parsing)
         raise ConfigError(f"iw_k {problem}")
-    _refuse_model_overrides(overrides)
     # A registered model is downloaded into a temporary folder, removed once the model is in memory.
     with tempfile.TemporaryDirectory(prefix="vae-tf-eval-") as download:
         version_dir, run_id, registered = resolve_model(source, download)
         downloaded = Path(download).resolve() in version_dir.resolve().parents
         info = load_model_info(version_dir)
+        if info.get("config"):  # without one, --set model.likelihood.* says how to read its data
+            _refuse_model_overrides(overrides)
         model = load_vae(version_dir)
     # How the report and the evaluation run name the model: a registered model by its registry
     # version, marked as such (an export's own version, counted on disk, can differ: models:/vae/2

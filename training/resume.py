@@ -40,12 +40,18 @@ def find_run(run_root: str | Path, key: str | None = None, name: str | None = No
     or its MLflow run id), else the most recently active unfinished run (of model ``name``).
     ``tracking_uri`` (the config's, None for the default) is read only to say what a ``key`` not
     found here is, when it is an MLflow run of a local store."""
+    from training.tracking import run_in_use
+
     run_root = Path(run_root)
     records = _records(run_root)
     if key:
         for run_dir, record in records:
             if key in (run_dir.name, record.get("mlflow_run_id")):
                 if isinstance(record.get("config"), dict):
+                    holder = run_in_use(run_dir)
+                    if holder:  # said before the data loads and the model is built
+                        raise ConfigError(f"run {key} is training now ({holder}); wait for it to end, or stop it, "
+                                          "then resume it")
                     return run_dir, record
                 # A run directory without a config: a suite's parent keeps its MLflow journal there.
                 raise ConfigError(_not_resumable(key, run_root, tracking_uri) or (
@@ -55,6 +61,13 @@ def find_run(run_root: str | Path, key: str | None = None, name: str | None = No
             f"no run {key!r} in {run_root}/ to resume; list them with `ls {run_root}` "
             "(or set train.run_dir to where the run was started)"))
     unfinished = [(d, r) for d, r in records if r.get("status") != "finished" and (name is None or r.get("name") == name)]
+    # A run still training (its record, rewritten every epoch, is the newest) is no run to resume.
+    live = {str(d): holder for d, _ in unfinished for holder in [run_in_use(d)] if holder}
+    if live and len(live) == len(unfinished):
+        shown = ", ".join(f"{Path(d).name} ({h})" for d, h in list(live.items())[:3])
+        raise ConfigError(f"the unfinished run(s) in {run_root}/ are training now: {shown}; wait for one to end, or "
+                          "name another with --resume RUN_ID")
+    unfinished = [(d, r) for d, r in unfinished if str(d) not in live]
     if not unfinished:
         what = f" of model {name!r}" if name else ""
         others = sorted({str(r.get("name")) for d, r in records if r.get("status") != "finished" and r.get("name")})

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,10 @@ TRANSIENT_ERROR_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_L
 HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
+#: HTTP statuses of a page that is not MLflow's (a proxy's, a gateway's) that mean "try again
+#: later": not found while a server is redeployed, timeouts, rate limits, server errors.
+OUTAGE_HTTP_STATUSES = {404, 408, 429, 500, 502, 503, 504}
+
 JOURNAL_NAME = "mlflow_journal.jsonl"
 #: How many of the journal's first entries a replay has sent (written after each one).
 JOURNAL_SENT_NAME = "mlflow_journal.sent"
@@ -268,8 +273,9 @@ def is_transient(err: BaseException) -> bool:
     if isinstance(err, MlflowException):
         if err.error_code in TRANSIENT_ERROR_CODES:
             return True
-        if str(err.message).startswith("API request to endpoint ") and " failed with error code " in str(err.message):
-            return True
+        page = re.match(r"API request to endpoint \S+ failed with error code (\d+) ", str(err.message))
+        if page:  # not MLflow's JSON: a proxy's or gateway's page. 401/403 (a login refused) are no outage
+            return int(page.group(1)) in OUTAGE_HTTP_STATUSES
         cause = err.__cause__  # a server or connection error behind it (not a database constraint)
         return cause is not None and (isinstance(cause, (MlflowException, ConnectionError, TimeoutError))
                                       or type(cause).__module__.startswith(("requests", "urllib3"))) \
@@ -294,8 +300,9 @@ def hold_run_lock(run_dir: Path, busy: str):
     except ImportError:
         return None
     key = str(Path(run_dir).resolve())
-    if key in _HELD_RUN_LOCKS:
-        return _HELD_RUN_LOCKS[key]
+    if key in _HELD_RUN_LOCKS:  # counted: each hold is released once, the lock with the last
+        _HELD_RUN_LOCKS[key][1] += 1
+        return _HELD_RUN_LOCKS[key][0]
     try:
         fd = os.open(Path(run_dir) / RUN_LOCK_NAME,
                      os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
@@ -308,20 +315,53 @@ def hold_run_lock(run_dir: Path, busy: str):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise ConfigError(busy.format(holder=holder)) from None
+        raise ConfigError(busy.replace("{holder}", holder)) from None
+    except OSError:  # a file system without flock (NFSv3 without lockd, some FUSE mounts): no lock
+        handle.close()
+        return None
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()}")
     handle.flush()
-    _HELD_RUN_LOCKS[key] = handle
+    _HELD_RUN_LOCKS[key] = [handle, 1]
     return handle
 
 
+def run_in_use(run_dir: Path) -> str | None:
+    """Who holds ``run_dir``'s lock in another process (``"process N"``), or None: free, held by
+    this process, or no lock to ask on this platform or file system."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    if str(Path(run_dir).resolve()) in _HELD_RUN_LOCKS or not (Path(run_dir) / RUN_LOCK_NAME).is_file():
+        return None
+    try:
+        fd = os.open(Path(run_dir) / RUN_LOCK_NAME, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    with open(fd) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        except OSError:
+            return None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
 def release_run_lock(run_dir: Path | None) -> None:
-    if run_dir is not None:
-        handle = _HELD_RUN_LOCKS.pop(str(Path(run_dir).resolve()), None)
-        if handle is not None:
-            handle.close()
+    """Give back one hold of :func:`hold_run_lock` (the lock goes with the last)."""
+    if run_dir is None:
+        return
+    key = str(Path(run_dir).resolve())
+    held = _HELD_RUN_LOCKS.get(key)
+    if held is not None:
+        held[1] -= 1
+        if held[1] <= 0:
+            del _HELD_RUN_LOCKS[key]
+            held[0].close()
 
 
 def require_reachable(tracking_uri: str, why: str) -> None:
@@ -335,11 +375,8 @@ def require_reachable(tracking_uri: str, why: str) -> None:
     from vae_tf.data.validation import exception_cause
     from vae_tf.errors import ConfigError
 
-    from unittest import mock
-
     try:  # MLflow reads its retry settings from the environment at each request; put back after
-        with mock.patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5"), \
-                _mlflow_quiet():
+        with _quick_requests(timeout=5), _mlflow_quiet():
             MlflowClient(tracking_uri).search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - what matters is that it cannot be reached
         if not is_transient(err):
@@ -351,6 +388,24 @@ def require_reachable(tracking_uri: str, why: str) -> None:
                       if key in text), None) or exception_cause(err, 160)
         raise ConfigError(f"MLflow at {tracking_uri} cannot be reached ({cause}); {why}: start the server, or use a "
                           "local store (MLFLOW_TRACKING_URI=sqlite:///mlflow.db)") from None
+
+
+@contextlib.contextmanager
+def _quick_requests(timeout: int):
+    """MLflow's HTTP requests without retries and with ``timeout`` seconds, for the calls inside;
+    the two variables are put back as they were (only they: ``unittest.mock.patch.dict`` cleared
+    and refilled the whole environment, under TensorFlow's running threads)."""
+    values = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager
@@ -405,8 +460,11 @@ class TrackedRun:
     a crash keeps it). Every ``retry_seconds`` the next call first tries to replay the journal;
     once that succeeds, logging is live again. What is still buffered when training ends stays in
     the journal; ``vae-tf sync-mlflow RUN_DIR`` replays it later (into the same or another
-    tracking URI). Replayed entries are removed from the journal as they succeed, so a replay
-    that fails half-way never sends anything twice.
+    tracking URI). Each replayed entry is counted as sent as soon as MLflow takes it
+    (``mlflow_journal.sent``, with the store it went to), so a replay that fails or is killed
+    half-way resends at most the entry it was sending, and a replayed ``log_model`` first looks
+    for the model an earlier try logged. The process that trains the run holds its directory
+    (``.lock``) until :meth:`finish`.
 
     ``run_dir`` is ``<run_root>/<key>``: the MLflow run id when the run could be created at start,
     ``offline-<hex>`` when MLflow was unreachable from the start (the run is created on the first
@@ -440,31 +498,51 @@ class TrackedRun:
         """Create (or reopen, with ``run_id``) the MLflow run; on a transient failure go on offline."""
         import uuid
 
+        from vae_tf.errors import ConfigError
+
         failure = None
         if self.run_dir is not None and self.run_dir.is_dir():  # an existing run: refused before MLflow is asked
             self._hold_lock()
         try:
-            with _mlflow_quiet():
-                self._open()
-        except Exception as err:
-            if not is_transient(err):
-                raise
-            failure = err
-        if self.run_dir is None:
-            self.run_dir = self.run_root / (self.run_id or f"offline-{uuid.uuid4().hex[:12]}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._hold_lock()
-        self._pending = None  # a resumed run's journal may hold calls
-        if failure is not None:
-            self._go_offline(failure)
-        self.save_record()
-        if self.pending() and self.online:
-            self.flush()  # a resumed run whose journal still holds calls
+            try:
+                with _mlflow_quiet():
+                    self._open()
+            except MlflowException as err:
+                if not is_transient(err):  # a login refused, a run deleted, a path that is no MLflow server
+                    raise ConfigError(f"MLflow at {self.tracking_uri} refused the run ({_first_line(err)}); check "
+                                      "mlflow.tracking_uri and its credentials") from None
+                failure = err
+            except Exception as err:
+                if not is_transient(err):
+                    raise
+                failure = err
+            if self.run_dir is None:
+                self.run_dir = self.run_root / (self.run_id or f"offline-{uuid.uuid4().hex[:12]}")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._hold_lock()
+            self._pending = None  # a resumed run's journal may hold calls
+            if failure is not None:
+                self._go_offline(failure)
+            self.save_record()
+            if self.pending() and self.online:
+                self.flush()  # a resumed run whose journal still holds calls
+        except BaseException:
+            self.release_lock()  # a process that goes on (a notebook) must not keep the run locked
+            raise
         return self
 
     def _hold_lock(self) -> None:
-        hold_run_lock(self.run_dir, f"run {self.run_dir} is in use by {{holder}} (a training of the same run, or "
-                                    "vae-tf sync-mlflow replaying its logging); wait for it to end, then run this again")
+        """Hold the run directory (:func:`hold_run_lock`) until :meth:`release_lock` (once)."""
+        if not getattr(self, "_locked", False):
+            hold_run_lock(self.run_dir, f"run {self.run_dir} is in use by {{holder}} (a training of the same run, or "
+                                        "vae-tf sync-mlflow replaying its logging); wait for it to end, then run this "
+                                        "again")
+            self._locked = True
+
+    def release_lock(self) -> None:
+        if getattr(self, "_locked", False):
+            self._locked = False
+            release_run_lock(self.run_dir)
 
     def _open(self) -> None:
         if mlflow.active_run() is not None and mlflow.active_run().info.run_id == self.run_id:
@@ -491,7 +569,7 @@ class TrackedRun:
                       f"are kept in {self.journal_path}; send them with `vae-tf sync-mlflow {self.run_dir}`",
                       file=self.stream)
         finally:
-            release_run_lock(self.run_dir)
+            self.release_lock()
 
     def save_record(self, **extra) -> None:
         from training.atomic import write_json_atomic
@@ -578,10 +656,12 @@ class TrackedRun:
         return self.run_dir / JOURNAL_SENT_NAME
 
     def _sent(self) -> int:
-        """How many of the journal's first entries an earlier replay sent (0: none, or no count)."""
+        """How many of the journal's first entries an earlier replay sent to this store (0: none,
+        no count, or a count of a replay into another store: this one has not had them)."""
         try:
-            return max(0, int(self.sent_path.read_text().strip() or 0))
-        except (OSError, ValueError):
+            count = json.loads(self.sent_path.read_text())
+            return max(0, int(count["sent"])) if count.get("uri") == self.tracking_uri else 0
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return 0
 
     def journal(self) -> list[dict]:
@@ -666,13 +746,11 @@ class TrackedRun:
         retries (20 s x 3 by default) on the training thread: ~60 s of every minute of training.
         False (and the next retry scheduled) when it does not answer; True for other stores."""
         import time
-        from unittest import mock
 
         if not self.tracking_uri.startswith(("http://", "https://")):
             return True
         try:
-            with mock.patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="3"), \
-                    _mlflow_quiet():
+            with _quick_requests(timeout=3), _mlflow_quiet():
                 mlflow.MlflowClient(self.tracking_uri).search_experiments(max_results=1)
         except Exception as err:  # noqa: BLE001
             if not is_transient(err):
@@ -729,7 +807,8 @@ class TrackedRun:
                 done += 1
                 # Counted as sent at once: a replay killed after this entry (SIGKILL, a power cut)
                 # starts from the next one, so a model is not logged and registered twice.
-                write_text_atomic(self.sent_path, f"{sent + done}\n", private=True)
+                write_text_atomic(self.sent_path, json.dumps({"uri": self.tracking_uri, "sent": sent + done}) + "\n",
+                                  private=True)
         except Exception as err:
             if not is_transient(err):
                 raise
@@ -782,7 +861,18 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> tuple[int,
         try:
             tracker._open()
         except Exception as err:  # noqa: BLE001
-            raise ConfigError(f"MLflow at {uri} is still unreachable ({_first_line(err)}); try again later") from None
+            if is_transient(err):
+                raise ConfigError(f"MLflow at {uri} is still unreachable ({_first_line(err)}); try again later") from None
+            if elsewhere:  # the run an earlier try made there is gone (deleted, the store reset)
+                from training.atomic import write_json_atomic
+
+                kept = {k: v for k, v in (record.get("synced_to") or {}).items() if k != uri}
+                write_json_atomic(record_path, {**record, "synced_to": kept}, private=True)
+                raise ConfigError(f"MLflow at {uri} no longer has run {elsewhere}, which an earlier sync made there "
+                                  f"({_first_line(err)}); run the command again to send the journal into a new run "
+                                  "there") from None
+            raise ConfigError(f"MLflow at {uri} refused the replay ({_first_line(err)}); check the tracking URI and "
+                              "its credentials") from None
         if same_store:
             tracker.save_record()
         else:

@@ -323,18 +323,22 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
                              run_name=config.mlflow.run_name or default_run_name(config), tags=tags,
                              retry_seconds=config.mlflow.retry_seconds)
     tracker.start()
-    tracker.save_record(status="running", name=config.name, config=config.to_dict(),
-                        tokenizer=prepared.data.metadata.get("tokenizer"))
-    if resume and changed:
-        # MLflow params cannot change once logged: they keep the values the run started with. The
-        # resolved config (config.yaml) is the one the run goes on with, and a tag says what changed.
-        said = "; ".join(changed)
-        earlier = record.get("resume_changes") or []
-        tracker.set_tags({"vae_tf.resume.changed": " | ".join([*earlier, said])[-5000:]})  # the latest kept
-        tracker.log_dict(config.shareable(), "config.yaml")
-        tracker.save_record(resume_changes=[*earlier, said])
-        print(f"resuming with: {said} (the run's params keep their first values; config.yaml and the tag "
-              "vae_tf.resume.changed say what changed)", file=sys.stderr)
+    try:
+        tracker.save_record(status="running", name=config.name, config=config.to_dict(),
+                            tokenizer=prepared.data.metadata.get("tokenizer"))
+        if resume and changed:
+            # MLflow params cannot change once logged: they keep the values the run started with. The
+            # resolved config (config.yaml) is the one the run goes on with, and a tag says what changed.
+            said = "; ".join(changed)
+            earlier = record.get("resume_changes") or []
+            tracker.set_tags({"vae_tf.resume.changed": " | ".join([*earlier, said])[-5000:]})  # the latest kept
+            tracker.log_dict(config.shareable(), "config.yaml")
+            tracker.save_record(resume_changes=[*earlier, said])
+            print(f"resuming with: {said} (the run's params keep their first values; config.yaml and the tag "
+                  "vae_tf.resume.changed say what changed)", file=sys.stderr)
+    except BaseException:
+        getattr(tracker, "release_lock", lambda: None)()  # a process that goes on must not keep the run locked
+        raise
     try:
         result = _run(config, prepared, tracker, after_training, resumed=bool(resume), strategy=strategy)
     except BaseException as err:
@@ -352,9 +356,9 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
                 tracker.set_tags({"vae_tf.resumed_after": record["error"]})
             tracker.finish("KILLED" if interrupted else "FAILED")
         except Exception as logging_failed:  # noqa: BLE001  (the run's own error is the one to report)
-            from training.tracking import _first_line, release_run_lock
+            from training.tracking import _first_line
 
-            release_run_lock(tracker.run_dir)
+            getattr(tracker, "release_lock", lambda: None)()
             print(f"warning: MLflow did not take the run's end ({_first_line(logging_failed)}); run.json in "
                   f"{tracker.run_dir} records it", file=sys.stderr)
         if failure is not None:

@@ -118,6 +118,9 @@ def export_model(
         data_info = {**(origin.data or {}), "value_range": origin.value_range}
         extra = {"fine_tuned_from": {"export": origin.version_dir, "mlflow_run_id": origin.mlflow_run_id},
                  **(extra or {})}
+        warnings.warn(f"exporting with the training config and data facts of {origin.version_dir}, which this model "
+                      "was loaded from (fine_tuned_from names it); give config= and data_info= if it was trained on "
+                      "other data since", UserWarning, stacklevel=2)
     data_shape = tuple(model.data_shape)
     archive, endpoints = _build_archive(model)
 
