@@ -4,6 +4,7 @@ another store, MLflow errors that are outages in disguise, and a missing local f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -35,6 +36,21 @@ def _offline_run(tmp_path, steps: int = 5) -> Path:
         run._append("log_metrics", {"metrics": {"loss": float(step)}, "step": step, "timestamp": 1000 + step})
     release_run_lock(run.run_dir)
     return run.run_dir
+
+
+@contextlib.contextmanager
+def _held_elsewhere(run_dir: Path):
+    """Another process holding ``run_dir``'s lock, as a training does; yields that process."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from pathlib import Path; from training.tracking import hold_run_lock; "
+        f"hold_run_lock(Path({str(run_dir)!r}), 'busy'); print('held', flush=True); time.sleep(60)")],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_outages_in_disguise_are_transient_and_a_missing_file_is_not():
@@ -72,12 +88,7 @@ def test_sync_is_refused_while_another_process_trains_the_run(tmp_path):
     """`vae-tf sync-mlflow` beside the training replayed the journal, rewrote it without the lines
     the training appended meanwhile (134 of 300 epochs lost) and ended the run as FINISHED."""
     run_dir = _offline_run(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from training.tracking import hold_run_lock; "
-        f"hold_run_lock(Path({str(run_dir)!r}), 'busy'); print('held', flush=True); time.sleep(60)")],
-        cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _held_elsewhere(run_dir) as holder:
         with pytest.raises(ConfigError, match=rf"^run {run_dir} is still in use by process {holder.pid}: a training "
                                               "sends its buffered logging itself .*run vae-tf sync-mlflow after"):
             sync_run(run_dir, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
@@ -85,9 +96,6 @@ def test_sync_is_refused_while_another_process_trains_the_run(tmp_path):
         with pytest.raises(ConfigError, match=rf"^run {run_dir} is in use by process {holder.pid}"):
             TrackedRun(f"sqlite:///{tmp_path / 'm.db'}", run_root=run_dir.parent, experiment="x",
                        run_dir=run_dir).start()
-    finally:
-        holder.kill()
-        holder.wait()
     assert (run_dir / "mlflow_journal.jsonl").exists()  # nothing was sent, nothing rewritten
     assert sync_run(run_dir, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")[0] == 5  # the lock died with it
 
@@ -270,12 +278,7 @@ def test_a_bare_resume_passes_over_a_run_that_is_training_now(tmp_path):
         (root / name).mkdir(parents=True)
         (root / name / "run.json").write_text(json.dumps({"status": "running", "name": "vae", "config": {}}))
         time.sleep(0.05)  # "live" is the newer record
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import time; from pathlib import Path; from training.tracking import hold_run_lock; "
-        f"hold_run_lock(Path({str(root / 'live')!r}), 'busy'); print('held', flush=True); time.sleep(60)")],
-        cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _held_elsewhere(root / "live") as holder:
         assert find_run(root, name="vae")[0].name == "crashed"
         with pytest.raises(ConfigError, match=rf"^run live is training now \(process {holder.pid}\); wait for it"):
             find_run(root, "live")
@@ -283,9 +286,6 @@ def test_a_bare_resume_passes_over_a_run_that_is_training_now(tmp_path):
         with pytest.raises(ConfigError, match=rf"^the unfinished run\(s\) in {root}/ are training now: live "
                                               rf"\(process {holder.pid}\); wait for one to end"):
             find_run(root, name="vae")
-    finally:
-        holder.kill()
-        holder.wait()
     assert find_run(root, name="vae")[0].name == "live"  # free again once its process is gone
 
 

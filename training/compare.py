@@ -626,10 +626,7 @@ def _suite_lock(tracking_uri: str, experiment: str, suite: Suite, size: str):
     ``flock`` (Windows) or that folder cannot be made (a read-only home): no lock then."""
     import hashlib
 
-    try:
-        import fcntl
-    except ImportError:
-        return None
+    from training.locks import hold_exclusive
 
     store = tracking_uri
     if store.startswith("sqlite:///"):  # a relative path names another file in another folder
@@ -640,25 +637,11 @@ def _suite_lock(tracking_uri: str, experiment: str, suite: Suite, size: str):
     try:
         folder = Path.home() / ".cache" / "vae-tf" / "locks"
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(folder / f"compare-{key}.lock",
-                     os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
     except OSError:
         return None
-    handle = open(fd, "r+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise ConfigError(f"another vae-tf compare of suite {suite.name} ({size}, experiment {experiment}) is running "
-                          f"on this machine ({holder}) with the same MLflow runs; wait for it to end or stop it, "
-                          "then run this again (it resumes)") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"process {os.getpid()}")
-    handle.flush()
-    return handle
+    return hold_exclusive(folder / f"compare-{key}.lock", lambda holder: (
+        f"another vae-tf compare of suite {suite.name} ({size}, experiment {experiment}) is running on this machine "
+        f"({holder}) with the same MLflow runs; wait for it to end or stop it, then run this again (it resumes)"))
 
 
 def _stop_with_the_suite() -> None:

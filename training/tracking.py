@@ -289,66 +289,30 @@ _HELD_RUN_LOCKS: dict[str, Any] = {}
 
 
 def hold_run_lock(run_dir: Path, busy: str):
-    """Hold an exclusive ``flock`` on ``run_dir/.lock`` for this process (re-entrant: a process
-    that holds it gets it again), or raise ConfigError ``busy`` (``{holder}``: the process that
-    holds it). The operating system releases it when its process ends, however it ends. None
-    where the platform has no ``flock`` (Windows) or the file cannot be made: no lock then."""
-    from vae_tf.errors import ConfigError
+    """Hold an exclusive lock on ``run_dir/.lock`` for this process (:func:`training.locks.
+    hold_exclusive`; counted: a process that holds it gets it again, and each hold is released
+    once), or raise ConfigError ``busy`` (``{holder}``: the process that holds it). None where
+    there is no lock to take (no ``flock``, a file system that refuses it)."""
+    from training.locks import hold_exclusive
 
-    try:
-        import fcntl
-    except ImportError:
-        return None
     key = str(Path(run_dir).resolve())
-    if key in _HELD_RUN_LOCKS:  # counted: each hold is released once, the lock with the last
+    if key in _HELD_RUN_LOCKS:
         _HELD_RUN_LOCKS[key][1] += 1
         return _HELD_RUN_LOCKS[key][0]
-    try:
-        fd = os.open(Path(run_dir) / RUN_LOCK_NAME,
-                     os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
-    except OSError:
-        return None
-    handle = open(fd, "r+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise ConfigError(busy.replace("{holder}", holder)) from None
-    except OSError:  # a file system without flock (NFSv3 without lockd, some FUSE mounts): no lock
-        handle.close()
-        return None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"process {os.getpid()}")
-    handle.flush()
-    _HELD_RUN_LOCKS[key] = [handle, 1]
+    handle = hold_exclusive(Path(run_dir) / RUN_LOCK_NAME, lambda holder: busy.replace("{holder}", holder))
+    if handle is not None:
+        _HELD_RUN_LOCKS[key] = [handle, 1]
     return handle
 
 
 def run_in_use(run_dir: Path) -> str | None:
     """Who holds ``run_dir``'s lock in another process (``"process N"``), or None: free, held by
-    this process, or no lock to ask on this platform or file system."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
+    this process, or no lock to ask about."""
+    from training.locks import held_by_another
+
     if str(Path(run_dir).resolve()) in _HELD_RUN_LOCKS or not (Path(run_dir) / RUN_LOCK_NAME).is_file():
         return None
-    try:
-        fd = os.open(Path(run_dir) / RUN_LOCK_NAME, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    with open(fd) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return handle.read().strip() or "another process"
-        except OSError:
-            return None
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return None
+    return held_by_another(Path(run_dir) / RUN_LOCK_NAME)
 
 
 def release_run_lock(run_dir: Path | None) -> None:
