@@ -179,9 +179,12 @@ def _refuse_model_overrides(overrides) -> None:
     recorded as a param of the evaluation run, whose numbers were the unchanged model's. (An
     export that records no config takes any key: the default config stands in for it, and e.g.
     ``model.likelihood.name`` says which likelihood's support its data are checked against.)"""
+    from training.config import parse_override
+
     for text in overrides:
-        key = str(text).split("=", 1)[0].strip()
-        if "=" in str(text) and key.split(".", 1)[0] not in EVALUATE_OVERRIDES:
+        path, _ = parse_override(str(text))
+        if path[0] not in EVALUATE_OVERRIDES:
+            key = ".".join(path)
             raise ConfigError(f"--set {key}: an evaluation takes the model as it was exported and reads only "
                               f"{', '.join(k + ('' if k == 'seed' else '.*') for k in EVALUATE_OVERRIDES)} from "
                               "--set; to change the model, train one with vae-tf train --set ...")
@@ -191,7 +194,7 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
              iw_k: int = 500, disentanglement: str = "quick", fd: bool = False, output: str | None = None,
              log_to_mlflow: bool = True, into_run: str | None = None, allow_unnormalised_nll: bool = False,
              out=None) -> EvaluationResult:
-    from training.config import apply_overrides, from_dict, load_config, tokenizer_of_then
+    from training.config import apply_overrides, from_dict, load_config, parse_override, tokenizer_of_then
     from training.train import prepare_data
     from vae_tf.export import load_model_info, load_vae
     from vae_tf.metrics import evaluate_model, evaluation_figures, report
@@ -220,7 +223,7 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     # The overrides apply to the saved config before it is validated: `--set data.name=...` can
     # name another data set for a model whose training set cannot be loaded here.
     config = from_dict(apply_overrides(saved, overrides)) if saved else load_config(None, overrides)
-    if not saved and not any(str(o).strip().startswith("data.") for o in overrides):
+    if not saved and "data" not in {parse_override(str(o))[0][0] for o in overrides}:
         print(f"warning: {shown} records no training config (exported by export_model without one): evaluating it on "
               f"the default data set, {config.data.name}; name its data with --set data.name=...", file=sys.stderr)
     if info.get("modality") == "text":  # a model of before symbol clusters reads its data as then

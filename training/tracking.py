@@ -334,14 +334,11 @@ def require_reachable(tracking_uri: str, why: str) -> None:
     retries each request with backoff for minutes before it fails with a traceback."""
     if not tracking_uri.startswith(("http://", "https://")):
         return
-    from mlflow import MlflowClient
-
     from vae_tf.data.validation import exception_cause
     from vae_tf.errors import ConfigError
 
-    try:  # MLflow reads its retry settings from the environment at each request; put back after
-        with _quick_requests(timeout=5), _mlflow_quiet():
-            MlflowClient(tracking_uri).search_experiments(max_results=1)
+    try:
+        _probe(tracking_uri, timeout=5)
     except Exception as err:  # noqa: BLE001 - what matters is that it cannot be reached
         if not is_transient(err):
             raise
@@ -354,16 +351,17 @@ def require_reachable(tracking_uri: str, why: str) -> None:
                           "local store (MLFLOW_TRACKING_URI=sqlite:///mlflow.db)") from None
 
 
-@contextlib.contextmanager
-def _quick_requests(timeout: int):
-    """MLflow's HTTP requests without retries and with ``timeout`` seconds, for the calls inside;
-    the two variables are put back as they were (only they: ``unittest.mock.patch.dict`` cleared
-    and refilled the whole environment, under TensorFlow's running threads)."""
+def _probe(tracking_uri: str, timeout: int) -> None:
+    """One quick request to an HTTP tracking server (no retries, ``timeout`` seconds); raises what
+    MLflow raises. MLflow reads its retry settings from the environment at each request: the two
+    variables are set around it and put back as they were (only they: ``unittest.mock.patch.dict``
+    cleared and refilled the whole environment, under TensorFlow's running threads)."""
     values = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
     before = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:
-        yield
+        with _mlflow_quiet():
+            mlflow.MlflowClient(tracking_uri).search_experiments(max_results=1)
     finally:
         for key, value in before.items():
             if value is None:
@@ -452,6 +450,7 @@ class TrackedRun:
         self.online = False
         self.warned = False
         self._pending: int | None = None  # journal entries; read from the file once, then counted
+        self._locked = False  # whether this run holds its directory (_hold_lock)
         self._next_retry = 0.0
         if tracking_uri.startswith(("http://", "https://")):
             for key, value in HTTP_RETRY_DEFAULTS.items():
@@ -497,14 +496,14 @@ class TrackedRun:
 
     def _hold_lock(self) -> None:
         """Hold the run directory (:func:`hold_run_lock`) until :meth:`release_lock` (once)."""
-        if not getattr(self, "_locked", False):
+        if not self._locked:
             hold_run_lock(self.run_dir, f"run {self.run_dir} is in use by {{holder}} (a training of the same run, or "
                                         "vae-tf sync-mlflow replaying its logging); wait for it to end, then run this "
                                         "again")
             self._locked = True
 
     def release_lock(self) -> None:
-        if getattr(self, "_locked", False):
+        if self._locked:
             self._locked = False
             release_run_lock(self.run_dir)
 
@@ -630,10 +629,15 @@ class TrackedRun:
 
     def journal(self) -> list[dict]:
         """The calls still to send: the journal's entries after those a replay has sent."""
+        return self._unsent()[1]
+
+    def _unsent(self) -> tuple[int, list[dict]]:
+        """``(entries already sent to this store, the entries after them)``."""
         if self.run_dir is None or not self.journal_path.exists():
-            return []
+            return 0, []
+        sent = self._sent()
         lines = [line for line in self.journal_path.read_text().splitlines() if line.strip()]
-        return [json.loads(line) for line in lines[self._sent():]]
+        return sent, [json.loads(line) for line in lines[sent:]]
 
     def logged_steps(self, key: str) -> set[int]:
         """Steps at which metric ``key`` is logged or buffered: MLflow's history when it answers,
@@ -714,8 +718,7 @@ class TrackedRun:
         if not self.tracking_uri.startswith(("http://", "https://")):
             return True
         try:
-            with _quick_requests(timeout=3), _mlflow_quiet():
-                mlflow.MlflowClient(self.tracking_uri).search_experiments(max_results=1)
+            _probe(self.tracking_uri, timeout=3)
         except Exception as err:  # noqa: BLE001
             if not is_transient(err):
                 return True  # it answers: the replay reports what is wrong
@@ -754,7 +757,7 @@ class TrackedRun:
 
         from training.atomic import write_text_atomic
 
-        sent, entries = self._sent(), self.journal()
+        sent, entries = self._unsent()
         done = 0
         quiet = _mlflow_quiet()
         quiet.__enter__()
@@ -800,6 +803,7 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> tuple[int,
     store's)."""
     import sys
 
+    from training.atomic import write_json_atomic
     from vae_tf.errors import ConfigError
 
     run_dir = Path(run_dir)
@@ -828,8 +832,6 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> tuple[int,
             if is_transient(err):
                 raise ConfigError(f"MLflow at {uri} is still unreachable ({_first_line(err)}); try again later") from None
             if elsewhere:  # the run an earlier try made there is gone (deleted, the store reset)
-                from training.atomic import write_json_atomic
-
                 kept = {k: v for k, v in (record.get("synced_to") or {}).items() if k != uri}
                 write_json_atomic(record_path, {**record, "synced_to": kept}, private=True)
                 raise ConfigError(f"MLflow at {uri} no longer has run {elsewhere}, which an earlier sync made there "
@@ -840,8 +842,6 @@ def sync_run(run_dir: str | Path, tracking_uri: str | None = None) -> tuple[int,
         if same_store:
             tracker.save_record()
         else:
-            from training.atomic import write_json_atomic
-
             write_json_atomic(record_path, {**record, "synced_to": {**(record.get("synced_to") or {}),
                                                                     uri: tracker.run_id}}, private=True)
             if record.get("mlflow_run_id"):  # the run was created there: it went offline later

@@ -271,17 +271,15 @@ class GaussianCategoricalLatent(LatentFamily):
         encoded examples (exact for their empirical distribution; 0 when π does not depend on x,
         log K at most)."""
         import numpy as np
+        from scipy.special import entr  # -p log p, 0 at p = 0
 
         probs = np.asarray(post["category_probs"], dtype=np.float64)
         usage = probs.mean(axis=0)
-
-        def entropy(p):
-            return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
-
+        usage_entropy = float(entr(usage).sum())
         out = {"kl_gaussian": float(kl[:, :-1].sum(axis=1).mean()), "kl_categorical": float(kl[:, -1].mean())}
         out.update({f"category_usage_{k}": float(u) for k, u in enumerate(usage)})
-        out["category_entropy"] = float(entropy(usage))
-        out["mi_category"] = float(max(0.0, entropy(usage) - entropy(probs).mean()))
+        out["category_entropy"] = usage_entropy
+        out["mi_category"] = max(0.0, usage_entropy - float(entr(probs).sum(axis=1).mean()))
         return out
 
     def extra_signatures(self, model) -> dict:

@@ -195,20 +195,19 @@ def evaluate_model(model, data, *, split: str = "test", seed: int = 0, max_examp
     est["active_units"] = f"Var_x of the encoder means (ddof=1) >= {au_delta:g} on split {split!r}"
 
     # --- mutual information -------------------------------------------------------------------
+    mi_b = mi_batch_size or (collapse.TEXT_MI_BATCH_SIZE if text else collapse.MI_BATCH_SIZE)
     if gaussian:
         # For a family with more than a Gaussian part (gaussian_categorical) this is I(x; z_gauss).
         part = "" if info["latent_family"] == "gaussian" else " of the Gaussian part (z_mean, z_log_var) only"
         metrics["mi_full"] = collapse.mutual_information(post["z_mean"], post["z_log_var"], seed=seed)
         est["mi_full"] = (f"aggregate posterior over all N={len(x)} points, 1 sample per x, closed-form "
                           f"entropy{part}")
-        mi_b = mi_batch_size or (collapse.TEXT_MI_BATCH_SIZE if text else collapse.MI_BATCH_SIZE)
         metrics["mi_minibatch"] = collapse.mutual_information_minibatch(  # jxhe's text batches: one length each
             post["z_mean"], post["z_log_var"], batch_size=mi_b, seed=seed, groups=positions)
         batches = f"shuffled batch of B={mi_b}" + (" sentences of one length" if text else "")
         est["mi_minibatch"] = (f"jxhe calc_mi: mixture = {batches}, capped at ~log B = {math.log(mi_b):.2f} nats, "
                                f"can be negative{part}")
     if info["latent_family"] != "gaussian":  # the whole code (a Gaussian code's is mi_minibatch above)
-        mi_b = mi_batch_size or (collapse.TEXT_MI_BATCH_SIZE if text else collapse.MI_BATCH_SIZE)
         metrics["mi_code_minibatch"] = code_mutual_information(model, x, batch_size=mi_b, seed=seed)
         est["mi_code_minibatch"] = (f"I_q(x; z) of the whole code, He et al.'s minibatch estimator with the family's "
                                     f"log q at one draw (a one-hot category), shuffled batches of B={mi_b}, capped at "
