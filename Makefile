@@ -47,9 +47,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(call xdist,$(TEST_WORKERS)) $(PYTEST_ARGS)
 
-# The edit-test loop: every test but the end-to-end ones marked `slow` (suites, clusters,
-# kill-and-resume, benchmark smoke runs, the train-and-export matrices), which `make test` (and
-# CI) still runs.
+# The edit-test loop: every test but those marked `slow` (suites, clusters, kill-and-resume,
+# benchmark smoke runs, the train-and-export matrices, and any other test over ~3 s on 2 CPUs),
+# which `make test` (and CI) still runs.
 test-fast: $(STAMP)
 	$(PY) -m pytest $(call xdist,$(FAST_WORKERS)) -m "not slow" -q -x $(PYTEST_ARGS)
 

@@ -32,10 +32,13 @@ _MLFLOW_GLOBALS = (("mlflow.tracking._tracking_service.utils", "_tracking_uri"),
                    ("mlflow.tracking.fluent", "_active_experiment_id"))
 
 
-#: Seconds each test file took in a measured run (its tests' setup + call + teardown), written by
-#: ``make test PYTEST_ARGS=--record-file-seconds`` (a run of some files updates those files only).
-#: Only the order of files under pytest-xdist reads it: a file missing from it counts as the median.
+#: Seconds each test file took in a measured run (its tests' setup + call + teardown), split into
+#: the tests ``make test-fast`` runs ("fast") and those marked ``slow``, written by
+#: ``make test PYTEST_ARGS=--record-file-seconds`` (a run of some files, or of one tier, updates
+#: those only). Only the order of files under pytest-xdist reads it: a file missing from it counts
+#: as the median.
 FILE_SECONDS = Path(__file__).with_name("file_seconds.json")
+TIERS = ("fast", "slow")
 
 
 def pytest_addoption(parser):
@@ -44,37 +47,52 @@ def pytest_addoption(parser):
                           "(the order pytest-xdist hands files out in)")
 
 
+def _tier(marked_slow: bool) -> str:
+    return "slow" if marked_slow else "fast"
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` / `-k` deselected: only the tests that run count
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``--dist loadfile --no-loadscope-reorder``, as the Makefile runs it) the
     workers take whole files in collection order, so the longest files go first: the end of the
     run is then short files that fill both workers, not one minute-long suite file that started
-    last while the other worker idles (longest-processing-time-first scheduling). The order within
-    a file is kept; a run without xdist keeps pytest's order."""
+    last while the other worker idles (longest-processing-time-first scheduling). A file's length
+    is that of the tiers this run has of it (``make test-fast`` skips the ``slow`` tests, which
+    are most of some files). The order within a file is kept; a run without xdist keeps pytest's
+    order."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
-    seconds = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.is_file() else {}
+    recorded = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.is_file() else {}
+    tiers: dict[str, set[str]] = {}
+    for item in items:
+        tiers.setdefault(item.nodeid.split("::")[0], set()).add(_tier(item.get_closest_marker("slow") is not None))
+    seconds = {path: sum(recorded[path].get(tier, 0.0) for tier in run) for path, run in tiers.items()
+               if path in recorded}
     default = statistics.median(seconds.values()) if seconds else 0.0
     items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], default))  # stable: files stay whole
 
 
 class _FileSeconds:
-    """Sums each file's test phases as the reports reach this (controlling) process."""
+    """Sums each file's test phases, per tier, as the reports reach this (controlling) process."""
 
     def __init__(self):
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, dict[str, float]] = {}
 
     def pytest_runtest_logreport(self, report):
-        path = report.nodeid.split("::")[0]
-        self.seconds[path] = self.seconds.get(path, 0.0) + report.duration
+        tiers = self.seconds.setdefault(report.nodeid.split("::")[0], {})
+        tier = _tier("slow" in report.keywords)
+        tiers[tier] = tiers.get(tier, 0.0) + report.duration
 
     def pytest_sessionfinish(self, session, exitstatus):
         if exitstatus != 0 or not self.seconds:
             return
-        # Merged into what is recorded: a run of some files (or with -k / -m) updates those files only.
+        # Merged into what is recorded: a run of some files (or with -k / -m) updates those only.
         merged = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.is_file() else {}
-        merged.update({k: round(v, 1) for k, v in self.seconds.items()})
+        for path, tiers in self.seconds.items():
+            merged.setdefault(path, {}).update({tier: round(v, 1) for tier, v in tiers.items()})
         partial = FILE_SECONDS.with_suffix(".partial")
-        ordered = dict(sorted(merged.items(), key=lambda kv: -kv[1]))
+        ordered = {path: {tier: merged[path][tier] for tier in TIERS if tier in merged[path]}
+                   for path in sorted(merged, key=lambda path: -sum(merged[path].values()))}
         partial.write_text(json.dumps(ordered, indent=1) + "\n")
         partial.replace(FILE_SECONDS)
 

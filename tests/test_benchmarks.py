@@ -224,6 +224,7 @@ def test_train_processes_smoke(tmp_path):
     assert "| pythae BaseTrainer | 1,659,169 |" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["torch", "torch_compile"])
 def test_train_processes_pytorch_workers_start_from_the_keras_weights_and_train(kind):
     """The PyTorch loops' side of train_processes.py, in this process: built from the Keras model's
@@ -545,6 +546,7 @@ def test_cuda_runtime_to_preload_only_when_the_cuda_majors_differ(tmp_path):
         assert cuda_runtime_to_preload_here() is None
 
 
+@pytest.mark.slow
 def test_fit_teardown_smoke():
     """Both tf.data settings timed for each fit length, their order alternating; each row's parts
     add up to the whole call. (How long the wait is, is for docs/performance.md, not a test.)"""
@@ -760,6 +762,7 @@ def test_first_fit_smoke(tmp_path):
     assert bad.returncode == 2 and "is not a vae-tf checkout" in bad.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_text_evaluate_smoke(tmp_path, capsys):
     """benchmarks/text_evaluate.py: both evaluation steps timed on the same weights, their losses
     equal (the same value scored two ways), the table printed; a bad size is refused by argparse."""

@@ -216,6 +216,7 @@ def test_data_outside_the_likelihood_support_is_rejected(workdir, capsys):
                       "data.val_fraction=0.2", "data.test_fraction=0.2")) == 0
 
 
+@pytest.mark.slow
 def test_the_program_ends_without_collecting_what_the_command_built_and_main_leaves_the_collector_alone():
     """`vae-tf` (the console script and ``python -m vae_tf_cli``) is ``run``: main's exit code, then
     every live object frozen so that the interpreter's shutdown does not traverse them (~2 s after a
@@ -272,6 +273,7 @@ def test_the_other_one_job_processes_end_as_the_program_does(argv, runner):
     assert done.stderr.strip().splitlines()[-1].startswith("error: "), done.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["probe", "missing.npz"], ["serve", "--model-base-path", "no-models"]],
                          ids=["one-job command", "server"])
 def test_a_vae_tf_process_imports_keras_without_its_optional_libraries_which_still_import_when_needed(command):
@@ -310,6 +312,7 @@ def test_a_vae_tf_process_imports_keras_without_its_optional_libraries_which_sti
         done.stdout + done.stderr[-2000:])
 
 
+@pytest.mark.slow
 def test_keras_imported_outside_a_vae_tf_process_loads_its_optional_libraries():
     """The control of the test above (run once, not per command): without the hook, ``import
     keras`` here does load scikit-learn, matplotlib and pandas."""

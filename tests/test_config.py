@@ -91,6 +91,7 @@ def test_a_relative_data_path_is_kept_as_the_absolute_path_of_the_working_direct
     assert Config.model_validate(config.to_dict()).data.path == config.data.path  # read back: unchanged
 
 
+@pytest.mark.slow
 def test_config_errors_outside_the_registries_of_model_parts_and_remedies_need_no_tensorflow():
     """A typo in a config is reported before TensorFlow and Keras are imported (seconds on 2 CPUs):
     the section schemas, the data set registry and the objective's presets are TensorFlow-free;

@@ -34,6 +34,7 @@ def test_waits():
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [None, "2"], ids=["one process", "xdist"])
 def test_each_tests_cpu_is_charged_to_the_process_that_spent_it(tmp_path, workers):
     (tmp_path / "test_work.py").write_text(TESTS)

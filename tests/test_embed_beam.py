@@ -89,6 +89,7 @@ def test_beam_on_two_workers_equals_vae_tf_embed_row_for_row(exports, tmp_path, 
     assert local_meta["data"]["path"] == beam_meta["data"]["path"] == str(data)
 
 
+@pytest.mark.slow
 def test_importing_the_beam_pipeline_logs_no_bigquery_warning_and_other_warnings_still_show():
     """``import apache_beam`` logs "apitools not found, and bigquery client libraries are not
     available ..." where Beam's gcp extra is missing (it is: nothing here reads BigQuery); the
@@ -161,6 +162,7 @@ def _list_column(x: np.ndarray, fixed: bool) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(np.arange(len(x) + 1) * width, pa.int32()), flat)
 
 
+@pytest.mark.slow
 def test_parquet_input_every_row_in_file_order(exports, tmp_path, capsys, monkeypatch):
     rng = np.random.default_rng(3)
     x = rng.random((230,) + SHAPE, dtype=np.float32)
@@ -223,6 +225,7 @@ def _error(capsys, *argv) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(exports, tmp_path, capsys):
     out = str(tmp_path / "out")
     beam = ["embed", "--runner", "beam", "-o", out]
@@ -448,6 +451,7 @@ def test_one_process_and_the_server_read_an_image_parquet_file_as_beam_does(expo
                                                "reads one Parquet file; add --runner beam for several")
 
 
+@pytest.mark.slow
 def test_no_labels_leaves_a_label_column_out_on_every_input_and_runner(exports, tmp_path, capsys):
     """A table whose `label` column holds strings and nulls is refused (it looks like the labels);
     --no-labels embeds it without them, in one process and on Beam, and drops an .npz's labels."""

@@ -379,6 +379,7 @@ def test_a_text_model_evaluated_on_longer_sentences_says_how_many_it_cut(tmp_pat
                                                                                        "by_model": 0}
 
 
+@pytest.mark.slow
 def test_an_export_without_a_training_config_is_evaluated_on_the_default_data_with_a_warning(tmp_path, capsys,
                                                                                              monkeypatch):
     """An export made by export_model without a config (a fine-tuned model exported from Python,

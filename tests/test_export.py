@@ -311,6 +311,7 @@ def test_each_endpoint_is_traced_once_and_its_graph_stored_once(digits, tmp_path
     np.testing.assert_array_equal(loaded.encode(x)["z_mean"].numpy(), loaded.signatures["encode"](x=x)["z_mean"].numpy())
 
 
+@pytest.mark.slow
 def test_load_vae_with_an_optimizer_continues_the_runs_optimizer_at_the_rate_given(trained, exported, digits):
     """`load_vae` built an uncompiled model, so fine-tuning restarted Adam from step 0 (the export
     holds its state); loading the weights after compiling restored the state but also the saved

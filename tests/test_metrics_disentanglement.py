@@ -106,6 +106,7 @@ def test_dci_from_importance_known_matrices():
     assert one_code["completeness"] == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_dci_is_one_for_codes_equal_to_the_factors_and_zero_for_random_codes(rng):
     ftr, fte = _factors(rng, 600), _factors(rng, 300)
     perfect = dci(ftr + 0.01 * rng.standard_normal(ftr.shape), ftr, fte + 0.01 * rng.standard_normal(fte.shape), fte)

@@ -126,6 +126,7 @@ def test_float32_spec_is_unchanged_and_unknown_precisions_are_config_errors():
         build_vae((8, 8, 1), latent=SMALL["latent"], network={"kind": "mlp", "hidden": [8], "dtype": "float16"})
 
 
+@pytest.mark.slow
 def test_train_jit_compile_reaches_the_compiled_model_and_trains(monkeypatch):
     """`train.jit_compile` is what `build_model` compiles with: `false` is the way out when XLA
     cannot compile a model (seen on an H200 under mixed precision, docs/performance.md); `auto` is

@@ -267,6 +267,7 @@ def test_fit_checks_its_validation_data_before_training(batch, validation):
     assert int(model.optimizer.iterations) == 0
 
 
+@pytest.mark.slow
 def test_a_dataset_of_another_numeric_dtype_trains_as_its_float32_cast(batch):
     """float64 batches (and integer ones for a likelihood on the real line) are cast, as arrays
     are; the same model on the float32 batches ends with the same weights."""

@@ -118,6 +118,7 @@ def test_two_optimizer_step_updates_q_first_then_only_the_vae(digits):
     assert int(regularizer.q_optimizer.iterations.numpy()) == 1 and int(model.optimizer.iterations.numpy()) == 1
 
 
+@pytest.mark.slow
 def test_q_network_and_its_optimizer_are_in_checkpoints(digits, tmp_path):
     spec = {"regularizers": [{"kind": "mi_q", "q_learning_rate": 0.01}]}
     model = make(spec, CATEGORICAL)

@@ -125,6 +125,7 @@ def test_early_stopping_patience_and_best_weights_survive_a_resume(tmp_path):
                                {"epoch": 5, "metrics": {"val_elbo": 2.4}}], tmp_path / "b.npz").stopped_before()
 
 
+@pytest.mark.slow
 def test_normal_gamma_monte_carlo_kl_draws_from_the_models_seeded_stream(digits):
     from vae_tf.models import build_vae
 

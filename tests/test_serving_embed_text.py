@@ -54,6 +54,7 @@ def _direct(base, sentences) -> np.ndarray:
     return model.signatures["encode"](x=tf.constant(sentences))["embedding"].numpy()
 
 
+@pytest.mark.slow
 def test_text_inputs_embed_every_sentence_in_file_order(base, inputs, tmp_path, capsys):
     want = _direct(base, list(SENTENCES.values()))
     # The model reads at most TINY_TEXT_MAX_LENGTH words, punctuation split off: counted here by a
@@ -181,6 +182,7 @@ def test_a_dictionary_encoded_sentence_column_is_read_as_its_strings():
         batch_rows(pa.array([1, 2]).dictionary_encode(), None, 0, "col")
 
 
+@pytest.mark.slow
 def test_text_embed_memory_does_not_grow_with_the_lines(tmp_path):
     """tracemalloc's peak while embedding a text file 4x longer stays flat: the job holds a chunk of
     sentences and checkpoints (one per 4096 sentences), never the file."""

@@ -251,6 +251,7 @@ def test_rest_fuzz_never_5xx(rest, method, path, body):
     _check_rest_answer(response, payload, path)
 
 
+@pytest.mark.slow
 @fuzz(REST_EXAMPLES // 3)
 @given(body=st.one_of(predict_documents(), plausible_documents()))
 def test_rest_fuzz_predict_bodies_on_the_real_route(rest, body):
@@ -392,6 +393,7 @@ def test_grpc_fuzz_metadata_and_status_never_5xx(channel, spec, fields):
                 get_model_status_pb2.GetModelStatusRequest(model_spec=spec))
 
 
+@pytest.mark.slow
 @fuzz(RAW_GRPC_EXAMPLES)
 @given(data=st.one_of(st.binary(max_size=200), predict_requests().map(lambda r: r.SerializeToString()[:-1])))
 def test_grpc_fuzz_undecodable_messages(channel, data):
@@ -411,6 +413,7 @@ def test_grpc_fuzz_undecodable_messages(channel, data):
 # -- afterwards ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_server_is_healthy_after_a_fuzz_burst(served):
     """Self-contained (it passes alone or after the tests above): a burst of hostile predict
     requests over both protocols, then both still give the in-process answer and nothing is
@@ -560,6 +563,7 @@ def _text_rest(server, body):
         conn.close()
 
 
+@pytest.mark.slow
 @fuzz(TEXT_REST_EXAMPLES)
 @given(document=text_documents())
 def test_text_rest_fuzz_never_5xx_and_valid_sentences_answered(text_served, document):
@@ -600,6 +604,7 @@ def text_tensor_protos(draw):
     return proto
 
 
+@pytest.mark.slow
 @fuzz(TEXT_GRPC_EXAMPLES)
 @given(proto=text_tensor_protos(), signature=st.sampled_from(["encode", "reconstruct", "serving_default", "decode"]))
 def test_text_grpc_fuzz_never_5xx_and_valid_sentences_answered(text_served, proto, signature):

@@ -30,6 +30,7 @@ def _x(n, seed=0):
     return np.random.default_rng(seed).random((n, 8, 8, 1)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_new_version_is_hot_swapped_without_a_failed_request(exports, tmp_path):
     drop_version(exports, tmp_path, 1)
     x = _x(2)
@@ -406,6 +407,7 @@ def test_a_grpc_port_taken_after_the_check_is_still_one_line_without_grpc_s_advi
     assert "GRPC_VERBOSITY" not in err
 
 
+@pytest.mark.slow
 def test_serve_command_runs_and_shuts_down_gracefully(exports, tmp_path):
     """... and logs each record once, in its own format: TensorFlow's logger had a handler of its
     own besides the root logger's ("INFO:tensorflow:Restoring parameters ..." printed twice), and

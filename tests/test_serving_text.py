@@ -338,6 +338,7 @@ def test_serve_command_announces_and_applies_the_text_flags(text_exports, tmp_pa
             process.wait()
 
 
+@pytest.mark.slow
 def test_a_text_version_swapped_in_later_says_what_it_accepts_in_the_log(text_exports, tmp_path, caplog):
     """The first version's description is `vae-tf serve`'s start-up line; a version that arrives
     while the server runs is described in the log, where the operator watching it looks."""

@@ -107,6 +107,7 @@ def test_sentence_log_likelihood_is_the_masked_sum_of_word_log_probabilities(cor
     assert "SparseSoftmaxCrossEntropyWithLogits" not in {op.type for op in graph.get_operations()}
 
 
+@pytest.mark.slow
 def test_an_evaluation_step_scores_words_as_the_metrics_do_and_a_training_step_with_the_fused_op(corpus):
     """``model.evaluate`` (and fit's validation) takes no gradient, so its step scores the words as
     the metrics do, without the fused cross-entropy and the [B, T, vocab] gradient it writes; the
@@ -134,6 +135,7 @@ def test_an_evaluation_step_scores_words_as_the_metrics_do_and_a_training_step_w
     assert logs["loss"] == pytest.approx(-float(np.mean(terms[False]["elbo"])), rel=1e-5)  # β = 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell, injection, skip", [("lstm", "both", False), ("gru", "init", False),
                                                     ("lstm", "concat", True), ("gru", "both", True)])
 def test_greedy_generation_in_graph_is_the_argmax_chain_of_the_teacher_forced_pass(cell, injection, skip):
@@ -160,6 +162,7 @@ def test_greedy_generation_in_graph_is_the_argmax_chain_of_the_teacher_forced_pa
         assert np.all(ids[row, len(words):].numpy() == PAD_ID)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_encoder_state_is_the_masked_layers_final_state(corpus, cell):
     """The encoder reads the padded batch unmasked and takes each sentence's state at its last
@@ -301,6 +304,7 @@ def test_sampling_at_a_temperature_draws_from_the_softmax_of_the_logits_over_it(
     assert chisquare(counts[drawable], n * p_model[drawable]).pvalue < 1e-6, (counts, n * p_model)
 
 
+@pytest.mark.slow
 def test_a_text_models_temperature_is_checked_and_its_samples_reproducible(corpus):
     model = make(corpus)
     z = np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32)
@@ -328,6 +332,7 @@ def test_a_text_models_temperature_is_checked_and_its_samples_reproducible(corpu
         model.encode(["fine", "a \udcff b"])
 
 
+@pytest.mark.slow
 def test_text_tables_decode_in_graph_what_the_eager_methods_decode(corpus):
     """The run's text tables call the model's traced signatures (vae_tf.export.serving_functions)
     instead of its eager methods: the same sentences, greedy and sampled (stateless seeds), after a
@@ -434,6 +439,7 @@ def test_every_remedy_trains_on_text(name, corpus):
                                                                         model.codec.vocab_size)
 
 
+@pytest.mark.slow
 def test_pretraining_trains_the_text_encoder(corpus):
     from vae_tf.remedies.pretraining import pretrain_encoder, split_labelled
 
@@ -459,6 +465,7 @@ def test_text_models_refuse_array_networks_and_likelihoods(corpus):
         build_vae((), network={"kind": "conv"}, likelihood={"name": "bernoulli"}, text=text_settings(corpus.metadata))
 
 
+@pytest.mark.slow
 def test_fitting_a_text_model_on_arrays_is_a_one_line_error(corpus):
     """It was TensorFlow's "Tensor conversion requested dtype string for Tensor with dtype float32"."""
     model = make(corpus)
@@ -491,6 +498,7 @@ def test_a_model_of_the_other_kind_than_the_data_set_is_refused_before_the_data_
         prepare(config, tf.distribute.get_strategy())
 
 
+@pytest.mark.slow
 def test_iw_nll_bounds_the_negative_elbo_and_per_word_values_divide_by_the_scored_positions(corpus):
     from vae_tf.metrics import elbo_estimate, evaluate_model, iw_nll
 
@@ -563,6 +571,7 @@ def test_export_takes_and_gives_raw_strings_in_a_process_without_vae_tf(corpus, 
     assert rebuilt.codec.words == model.codec.words
 
 
+@pytest.mark.slow
 def test_symbol_clusters_are_recorded_and_earlier_models_keep_their_tokenizer(tmp_path):
     """A data set records `symbol_clusters` and its vocabulary holds "👍🏽" whole; a model or data
     set made before the setting existed (no key) keeps splitting symbols as then, in Python

@@ -79,6 +79,7 @@ def test_a_step_traced_for_xla_takes_one_recurrent_product_and_the_flag_is_resto
     assert unrolled_rnn.per_gate_products(256, 4) is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell, units", [("lstm", 128), ("gru", 148)])
 def test_a_recurrence_built_for_xla_equals_keras_layer_under_xla(cell, units):
     """An LSTM / GRU large enough for one product per gate outside XLA, built for XLA, forward and

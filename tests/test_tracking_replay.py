@@ -100,6 +100,7 @@ def test_sync_is_refused_while_another_process_trains_the_run(tmp_path):
     assert sync_run(run_dir, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")[0] == 5  # the lock died with it
 
 
+@pytest.mark.slow
 def test_a_replay_killed_half_way_resends_nothing_it_had_sent(tmp_path):
     """The journal was rewritten only once the replay loop ended: a replay killed (SIGKILL) after a
     model version was created sent the whole journal again, and the model was registered twice."""
@@ -187,6 +188,7 @@ def test_a_replayed_model_that_mlflow_took_before_the_outage_is_registered_once(
     run.finish()
 
 
+@pytest.mark.slow
 def test_a_server_that_hangs_holds_a_retry_for_one_quick_request_not_mlflows_timeouts(tmp_path, monkeypatch):
     """A tracking server that accepted connections and never answered held every replay for
     MLflow's timeout and retries on the training thread (~9 s of every 11 s with a 2 s timeout)."""

@@ -214,6 +214,7 @@ def test_multi_worker_without_tf_config_is_a_one_line_error(tmp_path, monkeypatc
     assert err.startswith("error: train.strategy=multi_worker needs TF_CONFIG") and "\n" not in err
 
 
+@pytest.mark.slow
 def test_mixed_precision_trains_with_finite_metrics_and_exports_float32(tmp_path, monkeypatch):
     import tensorflow as tf
 
@@ -234,6 +235,7 @@ def test_mixed_precision_trains_with_finite_metrics_and_exports_float32(tmp_path
     assert all(spec.dtype == tf.float32 for spec in encode.structured_outputs.values())
 
 
+@pytest.mark.slow
 def test_a_worker_whose_port_is_taken_says_so_in_one_line(tmp_path):
     """TensorFlow's "Could not start gRPC server" traceback (and the other workers waited for
     ever): a one-member cluster, so nobody else is waited for."""

@@ -200,6 +200,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]  # nothing listens once the socket is closed
 
 
+@pytest.mark.slow
 def test_a_step_xla_cannot_compile_is_a_one_line_error_and_trains_without_xla(tmp_path, monkeypatch):
     """With XLA on, a training step XLA cannot compile (here a string op in the loss: XLA's CPU
     backend has no kernel for it; on an H200 it was the conv model under mixed precision) stops
@@ -253,6 +254,7 @@ def test_fit_xla_guarded_passes_other_failures_through():
         assert tensorflow_root_error(caught.value) == "(0) INTERNAL:  Failed to compute symbolic tile"
 
 
+@pytest.mark.slow
 def test_unreachable_mlflow_does_not_stop_training_and_the_journal_replays(tmp_path, monkeypatch, capsys, caplog):
     from training.train import run_training
 
@@ -628,6 +630,7 @@ def test_library_training_inside_the_caller_s_own_run_is_a_child_of_it(tmp_path)
         mlflow.set_tracking_uri(previous)
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_then_resumed_to_its_end_keeps_no_error_tag(tmp_path, monkeypatch):
     """Ctrl-C tagged the run `error: KeyboardInterrupt: ` (an empty message); after `--resume`
     finished it, the FINISHED run still carried the tag. Now the interrupt is said, and a resumed

@@ -68,6 +68,7 @@ def recurrent_products(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("batch, steps, mask_kind, return_sequences, with_state", [
     (8, 11, "none", True, True),
@@ -128,6 +129,7 @@ def test_functions_split_the_batch_into_independent_parts_with_the_same_result(r
                 np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_bfloat16_training_path_stays_within_bfloat16_rounding_of_float32(cell, recurrent_products):
     rng = np.random.default_rng(2)
@@ -231,6 +233,7 @@ def test_layers_serialise_as_keras_layers(cell):
     assert type(restored) is type(layer) and restored.get_config() == layer.get_config()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_a_text_models_training_step_updates_the_weights_as_keras_loop_does(monkeypatch, cell):
     """One epoch of a small sentence VAE (two layers in the encoder and the decoder), from the same

@@ -180,6 +180,7 @@ def test_fitting_a_pipeline_gives_no_warning_that_keras_ignored_shuffle(digits):
     assert [w for w in caught if "shuffle=True" in str(w.message)]
 
 
+@pytest.mark.slow
 def test_the_library_s_checkpoint_carries_every_remedy_and_the_random_stream(digits, tmp_path):
     """`tf.train.Checkpoint(model=model)` misses what Keras 3 hides from TensorFlow's object graph
     (the MI regulariser's Q network and its optimizer, the random-stream state) and its

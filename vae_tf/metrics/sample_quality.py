@@ -136,17 +136,25 @@ def kernel_distance(features1, features2, *, num_subsets: int = KID_NUM_SUBSETS,
     d = f1.shape[1]
     rng = np.random.default_rng(seed)
 
+    def kernel(a, b):  # (aᵀb/D + 1)³, cubed by two in-place products: NumPy's `** 3` is ~6x slower
+        k = a @ b.T
+        k /= d
+        k += 1.0
+        cube = k * k
+        cube *= k
+        return cube
+
     def within(a):  # mean of k(aᵢ, aⱼ) over i ≠ j
-        k = (a @ a.T / d + 1.0) ** 3
+        k = kernel(a, a)
         return (k.sum() - np.trace(k)) / (m * (m - 1))
 
     if m == len(f1) == len(f2):  # every "subset" is the whole of both sets
-        return float(within(f1) + within(f2) - 2.0 * ((f1 @ f2.T / d + 1.0) ** 3).mean()), float("nan"), int(m)
+        return float(within(f1) + within(f2) - 2.0 * kernel(f1, f2).mean()), float("nan"), int(m)
     estimates = np.empty(num_subsets)
     for i in range(num_subsets):
         x = f1[rng.choice(len(f1), m, replace=False)]
         y = f2[rng.choice(len(f2), m, replace=False)]
-        estimates[i] = within(x) + within(y) - 2.0 * ((x @ y.T / d + 1.0) ** 3).mean()
+        estimates[i] = within(x) + within(y) - 2.0 * kernel(x, y).mean()
     return float(estimates.mean()), float(estimates.std()), int(m)
 
 
