@@ -84,6 +84,8 @@ def _fit_epochs(callback, model, values, first_epoch=0):
     run = []
     for epoch in range(first_epoch, len(values)):
         model.set_weights([np.full(w.shape, float(epoch), np.float32) for w in model.get_weights()])
+        for variable in model.optimizer.variables:  # Adam's step count and moments follow it too
+            variable.assign(np.full(variable.shape, epoch, variable.dtype))
         logs = {"val_elbo": values[epoch]}
         callback.on_epoch_end(epoch, logs)
         callback.position.history.append({"epoch": epoch, "metrics": logs})
@@ -93,9 +95,16 @@ def _fit_epochs(callback, model, values, first_epoch=0):
     return run
 
 
+def _optimizer_epochs(model) -> set[float]:
+    return {float(np.unique(np.asarray(v))[0]) for v in model.optimizer.variables if v.name != "learning_rate"}
+
+
 def test_early_stopping_patience_and_best_weights_survive_a_resume(tmp_path):
     values = [1.0, 2.0, 3.0, 2.5, 2.9, 2.4, 2.2, 5.0]
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    assert len(model.optimizer.variables) > 3  # iterations, the rate, m and v of the kernel and the bias
 
     def stopping(history, path):
         return ResumableEarlyStopping(_Position(history), path, monitor="val_elbo", mode="max", patience=3,
@@ -104,8 +113,11 @@ def test_early_stopping_patience_and_best_weights_survive_a_resume(tmp_path):
     model.stop_training = False
     straight = stopping([], tmp_path / "a.npz")
     assert _fit_epochs(straight, model, values) == [0, 1, 2, 3, 4, 5]  # best at 2, three epochs without
+    assert _optimizer_epochs(model) == {5.0}
     straight.restore_best()
-    assert float(model.get_weights()[0].flat[0]) == 2.0
+    # the best epoch's weights, and its optimizer: Keras' EarlyStopping keeps the last epoch's Adam
+    assert float(model.get_weights()[0].flat[0]) == 2.0 and _optimizer_epochs(model) == {2.0}
+    assert int(model.optimizer.iterations.numpy()) == 2
 
     # The same run killed after epoch 3 (its checkpoint holds epochs 0-3), then resumed by a fresh
     # process: the patience counter goes on (it does not restart at 0) and the best weights return.
@@ -119,7 +131,17 @@ def test_early_stopping_patience_and_best_weights_survive_a_resume(tmp_path):
     assert model.stop_training and resumed.wait == 3 and resumed.best_epoch == 2
     model.set_weights([np.zeros_like(w) for w in model.get_weights()])
     resumed.restore_best()
-    assert float(model.get_weights()[0].flat[0]) == 2.0
+    assert float(model.get_weights()[0].flat[0]) == 2.0 and _optimizer_epochs(model) == {2.0}
+    # A best-weights file written before the optimizer's state was kept restores the weights and
+    # leaves the optimizer as it is.
+    with np.load(tmp_path / "b.npz") as saved:
+        np.savez(tmp_path / "c.npz", **{k: v for k, v in saved.items() if not k.startswith("o") and k != "optimizer_count"})
+    model.stop_training = False
+    older = stopping(history[:4], tmp_path / "c.npz")  # the resumed run above appended epochs 4 and 5
+    _fit_epochs(older, model, values, first_epoch=4)
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+    older.restore_best()
+    assert float(model.get_weights()[0].flat[0]) == 2.0 and _optimizer_epochs(model) == {5.0}
     # a run whose finished epochs had already run out of patience does not train again
     assert stopping(history + [{"epoch": 4, "metrics": {"val_elbo": 2.9}},
                                {"epoch": 5, "metrics": {"val_elbo": 2.4}}], tmp_path / "b.npz").stopped_before()

@@ -234,7 +234,10 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """Keras' ``EarlyStopping`` whose state survives a resume.
 
     The state is the best monitored value, the epoch it came from, the epochs since, and (with
-    ``restore_best_weights``) the weights of that epoch. The first three are a function of the
+    ``restore_best_weights``) the weights of that epoch and its optimizer's state (Adam's moments
+    and step count; Keras keeps the last epoch's optimizer with the best weights, so a model
+    fine-tuned from the export went on with moments and a step count from after the best epoch
+    while its own step counter ``train_steps``, which the schedules read, was the best epoch's). The first three are a function of the
     finished epochs' logs, which every checkpoint carries (``position.history``, the
     :class:`TrainingCheckpoint`'s): ``on_train_begin`` replays them with Keras' own rule instead of
     starting from scratch. The best weights are written to ``weights_path`` (atomically, with their
@@ -248,6 +251,11 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         super().__init__(**kwargs)
         self.position = position
         self.weights_path = Path(weights_path)
+        self.best_optimizer_state: list[np.ndarray] | None = None
+
+    def _optimizer_variables(self) -> list:
+        optimizer = getattr(self.model, "optimizer", None)
+        return list(optimizer.variables) if optimizer is not None and optimizer.built else []
 
     def _replay(self, history: list[dict]) -> None:
         if self.monitor_op is None:
@@ -275,6 +283,8 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
             with np.load(self.weights_path) as saved:
                 if int(saved["epoch"]) == self.best_epoch:
                     self.best_weights = [saved[f"w{i}"] for i in range(int(saved["count"]))]
+                    # a file written before the optimizer's state was kept holds none
+                    self.best_optimizer_state = [saved[f"o{i}"] for i in range(int(saved.get("optimizer_count", 0)))]
 
     def on_epoch_end(self, epoch, logs=None):
         before = (self.best_epoch, self.best_weights is None)
@@ -282,15 +292,25 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         if self.restore_best_weights and self.best_weights is not None and (self.best_epoch, False) != before:
             from training.atomic import replace_atomic
 
+            self.best_optimizer_state = [np.array(v) for v in self._optimizer_variables()]
             arrays = {f"w{i}": w for i, w in enumerate(self.best_weights)}
-            replace_atomic(self.weights_path, lambda f: np.savez(f, epoch=self.best_epoch,
-                                                                 count=len(self.best_weights), **arrays))
+            arrays.update({f"o{i}": v for i, v in enumerate(self.best_optimizer_state)})
+            replace_atomic(self.weights_path, lambda f: np.savez(
+                f, epoch=self.best_epoch, count=len(self.best_weights),
+                optimizer_count=len(self.best_optimizer_state), **arrays))
 
     def on_train_end(self, logs=None):
         if self.stopped_epoch > 0 and self.verbose > 0:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
 
     def restore_best(self) -> None:
-        """Set the model's weights to the best epoch's (Keras' ``restore_best_weights``)."""
-        if self.restore_best_weights and self.best_weights is not None and self.model is not None:
-            self.model.set_weights(self.best_weights)
+        """Set the model's weights to the best epoch's (Keras' ``restore_best_weights``), and its
+        optimizer's state to that epoch's where it was kept and the optimizer has the same
+        variables (otherwise, as in Keras, the optimizer stays as the last epoch left it)."""
+        if not (self.restore_best_weights and self.best_weights is not None and self.model is not None):
+            return
+        self.model.set_weights(self.best_weights)
+        variables, saved = self._optimizer_variables(), self.best_optimizer_state or []
+        if saved and len(saved) == len(variables) and all(tuple(v.shape) == s.shape for v, s in zip(variables, saved)):
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
