@@ -330,6 +330,44 @@ def test_a_flaky_store_is_buffered_then_replayed_in_order(tmp_path, monkeypatch)
     assert run.pending() == 0
 
 
+def test_a_run_that_ends_with_its_end_in_the_journal_is_left_to_the_journal_not_to_mlflows_exit_hook(tmp_path,
+                                                                                                     monkeypatch):
+    """A run whose last calls (its end among them) are still in the journal when it finishes is
+    no longer MLflow's active run: MLflow's exit hook (``mlflow.end_run()`` at interpreter exit)
+    ended it as FINISHED (a failed run looked finished until the journal was sent; with the
+    server down it spent its retries at exit), and a library caller's next ``mlflow.start_run()``
+    failed with "already active". The replay later ends it with the status it had."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    class Stream:
+        def write(self, text):
+            pass
+
+    run = TrackedRun(uri, run_root=tmp_path / "runs", experiment="down", retry_seconds=0, stream=Stream()).start()
+    assert mlflow.active_run().info.run_id == run.run_id
+    real = mlflow.log_metrics
+
+    def down(*args, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) database is locked", error_code="TEMPORARILY_UNAVAILABLE")
+
+    monkeypatch.setattr(mlflow, "log_metrics", down)
+    run.log_metrics({"loss": 1.0}, step=0)
+    run.finish("FAILED")
+    assert run.pending() == 2  # the metric and the end
+    client = MlflowClient(tracking_uri=uri)
+    assert mlflow.active_run() is None and mlflow.last_active_run().info.run_id == run.run_id
+    mlflow.tracking.fluent._safe_end_run()  # what MLflow runs at interpreter exit
+    assert client.get_run(run.run_id).info.status == "RUNNING"
+    with mlflow.start_run(run_name="the caller's next run") as other:  # raised "Run ... is already active"
+        assert other.info.run_id != run.run_id
+
+    monkeypatch.setattr(mlflow, "log_metrics", real)
+    sent, _ = sync_run(run.run_dir)
+    assert sent == 2 and client.get_run(run.run_id).info.status == "FAILED"
+    assert metric_history(client, run.run_id, "loss") == [(0, 1.0)]
+    assert mlflow.active_run() is None
+
+
 def test_a_mistake_is_not_mistaken_for_an_outage(tmp_path):
     """Errors that retrying would repeat (here a changed param value) are raised, not buffered."""
     run = TrackedRun(f"sqlite:///{tmp_path / 'mlflow.db'}", run_root=tmp_path / "runs", experiment="x").start()

@@ -81,6 +81,26 @@ def check_caller_store(tracking_uri: str) -> None:
                           "beside it, or end that run first")
 
 
+def leave_active_run(run_id: str) -> None:
+    """Take ``run_id`` off MLflow's active-run stack without telling the server, as
+    ``mlflow.end_run()`` does but for its call to the server, which has the end in the journal.
+
+    Left active, the run was ended by MLflow's exit hook (``mlflow.end_run()`` at interpreter exit)
+    with status FINISHED: a failed run looked finished until the journal was sent, and while the
+    server was down the hook spent its HTTP retries at exit, printing urllib3's warnings after
+    the run's summary. A library caller's next ``mlflow.start_run()`` also failed ("Run ... is
+    already active"). MLflow has no public call for this; its stack is read as in MLflow 3.17
+    (pinned), and the run is left alone if it is not the top of the stack."""
+    from mlflow.environment_variables import MLFLOW_RUN_ID
+    from mlflow.tracking import fluent
+
+    stack = fluent._active_run_stack.get()
+    if stack and stack[-1].info.run_id == run_id:
+        stack.pop()
+        MLFLOW_RUN_ID.unset()
+        fluent._last_active_run_id.set(run_id)
+
+
 def start_run(experiment: str, **kwargs):
     """``mlflow.start_run(**kwargs)`` in ``experiment`` (made active, created if needed); inside a
     library caller's own run (:func:`caller_run`) a nested child of it in the caller's experiment
@@ -528,6 +548,8 @@ class TrackedRun:
         try:
             self._call("end_run", {"status": status})
             if self.pending():
+                if self.run_id is not None:  # the end is in the journal: MLflow's exit hook must not end it
+                    leave_active_run(self.run_id)
                 print(f"warning: MLflow at {self.tracking_uri} is still unreachable: {self.pending()} logging calls "
                       f"are kept in {self.journal_path}; send them with `vae-tf sync-mlflow {self.run_dir}`",
                       file=self.stream)
