@@ -462,7 +462,7 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
     # class_names (the output's metadata says them) are not part of what a resumed run must match:
     # chunks written before they were recorded resume as they did
     read = {k: v for k, v in source.description.items() if k != "class_names"}
-    manifest = {"format": 1, "source": read, "model": encoder.identity, "outputs": list(outputs),
+    manifest = {"format": _chunk_format(outputs), "source": read, "model": encoder.identity, "outputs": list(outputs),
                 "chunk_size": int(chunk_size), "batch_size": int(batch_size), "rows": n, "chunks": n_chunks,
                 "labels": source.y is not None, "input": input_fingerprint(source.description.get("path"))}
     _prepare_parts(parts, manifest, overwrite)
@@ -533,6 +533,14 @@ def input_fingerprint(path) -> dict | None:
     return {"files": count, "digest": digest.hexdigest()}
 
 
+def _chunk_format(outputs) -> int:
+    """The layout of the chunks, recorded in the manifest: 2 where they hold the category, which
+    is int32 since 2026-12-07 (float32 before: a resume across the change gave .npz a float64
+    column and failed to assemble Parquet); 1 otherwise, so that other chunks written before
+    still resume."""
+    return 2 if "category" in outputs else 1
+
+
 #: What each key of the manifest is, for the message of a resume with other settings.
 _MANIFEST_KEYS = {"source": "data or split", "model": "model or version", "outputs": "--outputs",
                   "chunk_size": "--chunk-size", "batch_size": "--batch-size", "rows": "rows", "chunks": "rows",
@@ -553,6 +561,9 @@ def _prepare_parts(parts: Path, manifest: dict, overwrite: bool) -> None:
             return  # resume
         changed = sorted({_MANIFEST_KEYS.get(k, k) for k in set(manifest) | set(previous or {})
                           if (previous or {}).get(k) != manifest.get(k)})
+        if changed == ["vae-tf version"]:
+            raise ConfigError(f"{parts} holds chunks an earlier vae-tf wrote in another layout (a float32 category); "
+                              "pass --overwrite to embed it anew")
         if changed == ["input file contents"]:
             raise ConfigError(f"{parts} holds chunks of an earlier content of the input (a file's size or modification "
                               "time has changed since); pass --overwrite to embed it anew")

@@ -601,3 +601,28 @@ def test_a_categorical_familys_category_is_written_as_the_integers_the_signature
     served = tf.saved_model.load(str(tmp_path / "models" / "gc" / "1")).signatures["encode"](x=tf.constant(rows))
     np.testing.assert_array_equal(served["category"].numpy(), category[:40])
     assert len(np.unique(category)) > 1  # the comparison is not one constant
+
+    # Chunks an earlier vae-tf wrote with a float32 category (manifest format 1) are not resumed
+    # into this layout: .npz got a float64 column and Parquet failed to assemble.
+    source, encoder = load_source("digits", split="test"), LocalEncoder(tmp_path / "models" / "gc")
+    for out in (npz, parquet):
+        out.unlink()  # a killed run leaves no output, only its chunks
+        flaky, Interrupted = interrupted_after(encoder, 2)
+        with pytest.raises(Interrupted):
+            extract_embeddings(source, flaky, out, outputs=("embedding", "category"), chunk_size=100, batch_size=100,
+                               overwrite=True)
+        manifest = out.with_name(out.name + ".parts") / "manifest.json"
+        written = json.loads(manifest.read_text())
+        assert written["format"] == 2
+        manifest.write_text(json.dumps({**written, "format": 1}))
+        capsys.readouterr()
+        assert _embed("--model", str(tmp_path / "models" / "gc"), "-o", str(out), "--outputs", "embedding,category",
+                      "--chunk-size", "100", "--batch-size", "100") == 2
+        err = capsys.readouterr().err.strip()
+        assert_one_line(err)
+        assert err == (f"error: {manifest.parent} holds chunks an earlier vae-tf wrote in another layout (a float32 "
+                       "category); pass --overwrite to embed it anew")
+        # the same chunks in this layout resume
+        manifest.write_text(json.dumps(written))
+        assert _embed("--model", str(tmp_path / "models" / "gc"), "-o", str(out), "--outputs", "embedding,category",
+                      "--chunk-size", "100", "--batch-size", "100") == 0
