@@ -114,7 +114,7 @@ def test_early_stopping_patience_and_best_weights_survive_a_resume(tmp_path):
     straight = stopping([], tmp_path / "a.npz")
     assert _fit_epochs(straight, model, values) == [0, 1, 2, 3, 4, 5]  # best at 2, three epochs without
     assert _optimizer_epochs(model) == {5.0}
-    straight.restore_best()
+    assert straight.restore_best(model)
     # the best epoch's weights, and its optimizer: Keras' EarlyStopping keeps the last epoch's Adam
     assert float(model.get_weights()[0].flat[0]) == 2.0 and _optimizer_epochs(model) == {2.0}
     assert int(model.optimizer.iterations.numpy()) == 2
@@ -130,7 +130,7 @@ def test_early_stopping_patience_and_best_weights_survive_a_resume(tmp_path):
     assert _fit_epochs(resumed, model, values, first_epoch=4) == [4, 5]
     assert model.stop_training and resumed.wait == 3 and resumed.best_epoch == 2
     model.set_weights([np.zeros_like(w) for w in model.get_weights()])
-    resumed.restore_best()
+    assert resumed.restore_best(model)
     assert float(model.get_weights()[0].flat[0]) == 2.0 and _optimizer_epochs(model) == {2.0}
     # A best-weights file written before the optimizer's state was kept restores the weights and
     # leaves the optimizer as it is.
@@ -140,11 +140,21 @@ def test_early_stopping_patience_and_best_weights_survive_a_resume(tmp_path):
     older = stopping(history[:4], tmp_path / "c.npz")  # the resumed run above appended epochs 4 and 5
     _fit_epochs(older, model, values, first_epoch=4)
     model.set_weights([np.zeros_like(w) for w in model.get_weights()])
-    older.restore_best()
+    assert older.restore_best(model)
     assert float(model.get_weights()[0].flat[0]) == 2.0 and _optimizer_epochs(model) == {5.0}
-    # a run whose finished epochs had already run out of patience does not train again
-    assert stopping(history + [{"epoch": 4, "metrics": {"val_elbo": 2.9}},
-                               {"epoch": 5, "metrics": {"val_elbo": 2.4}}], tmp_path / "b.npz").stopped_before()
+    # A run whose finished epochs had already run out of patience does not train again; with no
+    # fit, the callback never had the model, and the best weights were not restored (the export
+    # held the last epoch's).
+    stopped = stopping(history[:4] + [{"epoch": 4, "metrics": {"val_elbo": 2.9}},
+                                      {"epoch": 5, "metrics": {"val_elbo": 2.4}}], tmp_path / "b.npz")
+    assert stopped.stopped_before() and stopped.model is None
+    assert stopped.outcome(6) == {"best_epoch": 3, "best": 3.0, "epochs_trained": 6, "stopped": True}
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+    assert stopped.restore_best(model)
+    assert float(model.get_weights()[0].flat[0]) == 2.0 and _optimizer_epochs(model) == {2.0}
+    # before any monitored value there is nothing to restore or report
+    fresh = stopping([], tmp_path / "d.npz")
+    assert not fresh.stopped_before() and fresh.outcome(0) is None and not fresh.restore_best(model)
 
 
 @pytest.mark.slow

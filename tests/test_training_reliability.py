@@ -735,6 +735,69 @@ def test_a_run_stopped_after_its_export_resumes_without_exporting_or_logging_aga
     assert resumed.test_metrics["test_elbo"] == client.get_run(run_dir.name).data.metrics["test_elbo"]
 
 
+@pytest.mark.slow
+def test_a_run_early_stopping_stopped_says_so_and_a_resume_before_its_export_exports_the_best_epoch(tmp_path, capsys,
+                                                                                                  monkeypatch):
+    """Early stopping stops a run (digits, 300 examples, a high learning rate, patience 2): it says
+    which epoch the model is and logs it; the same run killed in its export after the stop and
+    resumed fits nothing, and exported the last epoch's weights (the callback had no model
+    outside a fit); now the best epoch's, as the uninterrupted run does."""
+    import h5py
+
+    import vae_tf.export as export_module
+    from training.train import run_training
+    from vae_tf.export import WEIGHTS_NAME
+
+    def config(where):
+        c = _in_process_config(tmp_path / where, epochs=30, early_stopping_patience=2, learning_rate=0.01)
+        c.data.max_samples = 300
+        return c
+
+    reference = run_training(config("reference"))
+    err = capsys.readouterr().err
+    epochs_run = len(reference.history["loss"])
+    assert epochs_run < 30  # it stopped early (else the case below is not the one it checks)
+    client = MlflowClient(tracking_uri=config("reference").mlflow.tracking_uri)
+    val_elbo = [m.value for m in sorted(client.get_metric_history(reference.run_id, "val_elbo"), key=lambda m: m.step)]
+    best = int(np.argmax(val_elbo)) + 1
+    assert best == epochs_run - 2  # patience 2
+    metrics = client.get_run(reference.run_id).data.metrics
+    assert metrics["best_epoch"] == best and metrics["best_val_elbo"] == pytest.approx(max(val_elbo), rel=1e-6)
+    assert (f"early stopping: no better val_elbo for 2 epoch(s) after epoch {best}; stopped after epoch {epochs_run} "
+            f"of 30; the model is epoch {best}'s (val_elbo {max(val_elbo):.4f})") in err, err
+
+    real_export, calls = export_module.export_model, []  # imported by the training run when it starts
+
+    def killed_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "export_model", killed_once)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config("killed"))
+    (run_dir,) = (tmp_path / "killed" / "runs").iterdir()
+    capsys.readouterr()
+    resumed = run_training(config("killed"), resume=run_dir.name)
+    err = capsys.readouterr().err
+    assert f"early stopping had stopped this run after epoch {epochs_run}" in err, err
+    assert len(resumed.history["loss"]) == epochs_run
+
+    def weights(export_dir):
+        arrays = {}
+        with h5py.File(export_dir / "assets" / WEIGHTS_NAME, "r") as f:
+            f.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
+                         else None)
+        return arrays
+
+    ours, theirs = weights(resumed.export_dir), weights(reference.export_dir)
+    assert ours.keys() == theirs.keys() and len(ours) > 10
+    for name in theirs:  # the model's weights and its optimizer's state: the best epoch's in both
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+    assert resumed.test_metrics == pytest.approx(reference.test_metrics, rel=1e-6)
+
+
 def test_resumable_pipeline_starts_anywhere_and_covers_each_pass(digits):
     per_pass = digits.steps_per_epoch("train", 64)
     full = [b.numpy() for b in digits.resumable_pipeline("train", 64, seed=3, epochs=2)]

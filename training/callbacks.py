@@ -292,7 +292,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         if self.restore_best_weights and self.best_weights is not None and (self.best_epoch, False) != before:
             from training.atomic import replace_atomic
 
-            self.best_optimizer_state = [np.array(v) for v in self._optimizer_variables()]
+            self.best_optimizer_state = [np.array(v.numpy()) for v in self._optimizer_variables()]
             arrays = {f"w{i}": w for i, w in enumerate(self.best_weights)}
             arrays.update({f"o{i}": v for i, v in enumerate(self.best_optimizer_state)})
             replace_atomic(self.weights_path, lambda f: np.savez(
@@ -303,14 +303,31 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         if self.stopped_epoch > 0 and self.verbose > 0:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
 
-    def restore_best(self) -> None:
-        """Set the model's weights to the best epoch's (Keras' ``restore_best_weights``), and its
+    def restore_best(self, model) -> bool:
+        """Set ``model``'s weights to the best epoch's (Keras' ``restore_best_weights``), and its
         optimizer's state to that epoch's where it was kept and the optimizer has the same
-        variables (otherwise, as in Keras, the optimizer stays as the last epoch left it)."""
-        if not (self.restore_best_weights and self.best_weights is not None and self.model is not None):
-            return
+        variables (otherwise, as in Keras, the optimizer stays as the last epoch left it). True
+        when there were best weights to restore.
+
+        The model is given, not the one the last ``fit`` set: a resumed run whose epochs were all
+        trained (killed while it tested or exported, or after early stopping had stopped it) fits
+        nothing, and its export held the last epoch's weights instead of the best's."""
+        if not (self.restore_best_weights and self.best_weights is not None):
+            return False
+        self.set_model(model)
         self.model.set_weights(self.best_weights)
         variables, saved = self._optimizer_variables(), self.best_optimizer_state or []
         if saved and len(saved) == len(variables) and all(tuple(v.shape) == s.shape for v, s in zip(variables, saved)):
             for variable, value in zip(variables, saved):
                 variable.assign(value)
+        return True
+
+    def outcome(self, epochs_trained: int) -> dict | None:
+        """What early stopping decided, after :meth:`stopped_before` or a fit: the best epoch
+        (counted from 1, as Keras prints epochs), its monitored value, and whether it stopped
+        the run (no better value for ``patience`` epochs) before ``epochs_trained`` reached the
+        configured epochs. None before any epoch had the monitored value."""
+        if self.best is None or self.best_epoch is None or not np.isfinite(self.best):
+            return None
+        return {"best_epoch": int(self.best_epoch) + 1, "best": float(self.best), "epochs_trained": int(epochs_trained),
+                "stopped": bool(self.wait >= self.patience)}

@@ -739,6 +739,13 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
     batches_per_pass = data.steps_per_epoch("train", train_cfg.batch_size)
     verbose = fit_verbosity(train_cfg)
     model.stop_training = bool(early_stopping is not None and early_stopping.stopped_before())
+    if model.stop_training and resumed and epoch < train_cfg.epochs:
+        print(f"resumed:       early stopping had stopped this run after epoch {epoch} (no better val_elbo for "
+              f"{train_cfg.early_stopping_patience} epoch(s)), so no epoch is trained; to train on, resume with a "
+              "larger --set train.early_stopping_patience=...", file=sys.stderr)
+    if train_cfg.early_stopping_patience and not has_val:
+        print(f"note: early stopping (train.early_stopping_patience={train_cfg.early_stopping_patience}) is off: "
+              "it watches val_elbo and this run has no validation split (data.val_fraction)", file=sys.stderr)
     while epoch < train_cfg.epochs and not model.stop_training:
         # One fit for the rest of an interrupted epoch (Keras epochs have a fixed length), then one
         # for the remaining epochs; the pipeline starts at the global step either way.
@@ -752,7 +759,7 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
                         shuffle=False)  # the pipeline orders the data
         epoch, step = checkpoints.epoch, 0
     if early_stopping is not None:
-        early_stopping.restore_best()
+        early_stopping.restore_best(model)
     if nan_guard.failed_step is not None:
         happened = (f"training stopped: the loss became {nan_guard.value} at step {nan_guard.failed_step} (epoch "
                     f"{nan_guard.failed_epoch + 1})")
@@ -783,6 +790,18 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
     # more epochs logs them again, at its new length (both were step 0, indistinguishable).
     end_step = len(history)
     tracker.log_metrics({"epochs_run": len(history)}, step=end_step)
+    kept = early_stopping.outcome(len(history)) if early_stopping is not None else None
+    if kept is not None:
+        # The model tested, judged and exported below is the best epoch's, not the last one's
+        # (whose val_elbo is the last point of the run's curve).
+        tracker.log_metrics({"best_epoch": kept["best_epoch"], "best_val_elbo": kept["best"]}, step=end_step)
+        if chief and kept["stopped"]:
+            print(f"early stopping: no better val_elbo for {train_cfg.early_stopping_patience} epoch(s) after epoch "
+                  f"{kept['best_epoch']}; stopped after epoch {kept['epochs_trained']} of {train_cfg.epochs}; the "
+                  f"model is epoch {kept['best_epoch']}'s (val_elbo {kept['best']:.4f})", file=sys.stderr)
+        elif chief and kept["best_epoch"] != kept["epochs_trained"]:
+            print(f"best epoch:    {kept['best_epoch']} of {kept['epochs_trained']} by val_elbo ({kept['best']:.4f}); "
+                  "the model is its weights, not the last epoch's", file=sys.stderr)
 
     eval_split = evaluation_split(data)
     test_metrics = model.evaluate(distribute_options(data.pipeline(eval_split, train_cfg.batch_size), strategy),
