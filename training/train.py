@@ -295,6 +295,16 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
               f"tf.distribute with this Keras/TensorFlow; using 1 for train.strategy={config.train.strategy}",
               file=sys.stderr)
         config = config.replace(train={"steps_per_execution": 1})
+    if config.train.precision == "mixed_float16" and is_chief(strategy):
+        import tensorflow as tf
+
+        if not tf.config.list_logical_devices("GPU"):
+            # Measured (benchmarks/train_settings.py, 2-CPU Xeon with AVX-512): 0.45x float32's
+            # images/s, mixed_bfloat16 0.79x; TensorFlow's own line ("oneDNN supports DT_HALF
+            # only on platforms with AVX-512") blames the CPU even where it has AVX-512.
+            print("warning: train.precision=mixed_float16 on a CPU: float16 has no matrix units here and trains "
+                  "slower than float32 (about half as fast on a 2-CPU Xeon; docs/performance.md); it pays on GPUs",
+                  file=sys.stderr)
     if is_chief(strategy):  # before any data, model or MLflow run exists
         for folder, setting in ((config.train.run_dir, "train.run_dir"), (config.export.base_dir, "export.base_dir")):
             check_writable_folder(folder, setting)
