@@ -265,23 +265,33 @@ def test_aggressive_inference_refuses_xla_in_one_line_before_anything_is_compile
     assert str(err.value).startswith("this model is compiled with jit_compile=True, but aggressive inference reads")
 
 
-@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
-def test_training_in_float16_on_a_cpu_warns_that_it_is_slower(precision, tmp_path, capsys):
-    """`train.precision=mixed_float16` on a CPU trained at about half of float32's speed with no
-    word but TensorFlow's "oneDNN supports DT_HALF only on platforms with AVX-512" (printed on
-    CPUs with AVX-512 too). The warning comes before anything is built (here the run stops at a
-    run_dir that is a file); bfloat16, which CPUs with bf16 matrix units run fast, gets none."""
+def test_training_in_16_bits_on_a_cpu_that_has_no_units_for_them_warns_that_it_is_slower(tmp_path, capsys):
+    """`train.precision=mixed_float16` on a CPU trained at a third of float32's speed, and
+    mixed_bfloat16 on a CPU without bfloat16 instructions at under half (docs/performance.md),
+    with no word but TensorFlow's "oneDNN supports DT_HALF only on platforms with AVX-512"
+    (printed on CPUs with AVX-512 too). The warning comes before anything is built (here the run
+    stops at a run_dir that is a file)."""
     from training.config import load_config
-    from training.train import run_training
+    from training.train import _cpu_flags, cpu_precision_warning, run_training
     from vae_tf.errors import ConfigError
 
+    # which CPUs each precision is warned of
+    assert cpu_precision_warning("float32", set()) is None
+    assert cpu_precision_warning("mixed_float16", {"amx_bf16", "avx512_fp16"}).startswith(
+        "train.precision=mixed_float16 on a CPU: CPUs have no float16 matrix units")
+    assert cpu_precision_warning("mixed_bfloat16", {"avx512f"}).startswith(
+        "train.precision=mixed_bfloat16 on a CPU without bfloat16 instructions (AMX or AVX512_BF16)")
+    assert cpu_precision_warning("mixed_bfloat16", {"avx512f", "avx512_bf16"}) is None
+    assert cpu_precision_warning("mixed_bfloat16", {"amx_bf16"}) is None
+    assert cpu_precision_warning("mixed_bfloat16", None) is None  # flags unknown: no guess
+
     if tf.config.list_physical_devices("GPU"):
-        pytest.skip("a GPU is where float16 pays")
+        pytest.skip("a GPU is where 16-bit precision pays")
     (tmp_path / "file").write_text("")
-    config = load_config(None, [f"train.precision={precision}", f"train.run_dir={tmp_path / 'file'}"])
-    with pytest.raises(ConfigError, match="train.run_dir"):
-        run_training(config)
-    warned = [line for line in capsys.readouterr().err.splitlines() if "slower than float32" in line]
-    assert warned == ([] if precision == "mixed_bfloat16" else [
-        "warning: train.precision=mixed_float16 on a CPU: float16 has no matrix units here and trains slower than "
-        "float32 (about half as fast on a 2-CPU Xeon; docs/performance.md); it pays on GPUs"])
+    for precision in ("mixed_float16", "mixed_bfloat16", "float32"):
+        config = load_config(None, [f"train.precision={precision}", f"train.run_dir={tmp_path / 'file'}"])
+        with pytest.raises(ConfigError, match="train.run_dir"):
+            run_training(config)
+        expected = cpu_precision_warning(precision, _cpu_flags())
+        warned = [line for line in capsys.readouterr().err.splitlines() if "slower than float32" in line]
+        assert warned == ([] if expected is None else [f"warning: {expected}"]), precision

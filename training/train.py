@@ -295,16 +295,13 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
               f"tf.distribute with this Keras/TensorFlow; using 1 for train.strategy={config.train.strategy}",
               file=sys.stderr)
         config = config.replace(train={"steps_per_execution": 1})
-    if config.train.precision == "mixed_float16" and is_chief(strategy):
+    if config.train.precision != "float32" and is_chief(strategy):
         import tensorflow as tf
 
         if not tf.config.list_logical_devices("GPU"):
-            # Measured (benchmarks/train_settings.py, 2-CPU Xeon with AVX-512): 0.45x float32's
-            # images/s, mixed_bfloat16 0.79x; TensorFlow's own line ("oneDNN supports DT_HALF
-            # only on platforms with AVX-512") blames the CPU even where it has AVX-512.
-            print("warning: train.precision=mixed_float16 on a CPU: float16 has no matrix units here and trains "
-                  "slower than float32 (about half as fast on a 2-CPU Xeon; docs/performance.md); it pays on GPUs",
-                  file=sys.stderr)
+            slower = cpu_precision_warning(config.train.precision, _cpu_flags())
+            if slower:
+                print(f"warning: {slower}", file=sys.stderr)
     if is_chief(strategy):  # before any data, model or MLflow run exists
         for folder, setting in ((config.train.run_dir, "train.run_dir"), (config.export.base_dir, "export.base_dir")):
             check_writable_folder(folder, setting)
@@ -563,6 +560,35 @@ def default_run_name(config: Config) -> str:
     import time
 
     return f"{config.name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime())}"
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU's feature flags (Linux's /proc/cpuinfo), or None where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_precision_warning(precision: str, cpu_flags: set[str] | None) -> str | None:
+    """Why ``precision`` trains slower than float32 on this CPU, or None. Measured with
+    `benchmarks/train_settings.py` (docs/performance.md, "Mixed precision on a CPU"): on a 2-CPU
+    Xeon with AVX-512 but no bfloat16 instructions, mixed_bfloat16 0.46x and mixed_float16 0.31x
+    float32's images/s. TensorFlow's only word was "oneDNN supports DT_HALF only on platforms
+    with AVX-512", printed on CPUs that have AVX-512. bfloat16 runs on matrix units where the CPU
+    has them (AMX, AVX512_BF16); float16 has none on CPUs."""
+    if precision == "mixed_float16":
+        return ("train.precision=mixed_float16 on a CPU: CPUs have no float16 matrix units, so it trains slower than "
+                "float32 (0.31x on a 2-CPU Xeon, docs/performance.md); it pays on GPUs")
+    if precision == "mixed_bfloat16" and cpu_flags is not None and not cpu_flags & {"amx_bf16", "avx512_bf16"}:
+        return ("train.precision=mixed_bfloat16 on a CPU without bfloat16 instructions (AMX or AVX512_BF16): it trains "
+                "slower than float32 (0.46x on a 2-CPU Xeon, docs/performance.md); it pays on GPUs and on CPUs that "
+                "have them")
+    return None
 
 
 def check_writable_folder(folder, setting: str) -> None:
