@@ -5,6 +5,7 @@ references are one-line errors."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,9 @@ def test_evaluate_an_export_directory(here, capsys):
     assert "iw_nll" in report["info"]["skipped"]  # Bernoulli on grey levels is not a density
     assert "--allow-unnormalised-nll" in report["info"]["skipped"]["iw_nll"]  # what the CLI user can pass
     assert "active_units" in out and "report:" in out
+    # the summary says what it is of (it began with the first metric)
+    n = report["info"]["num_examples"]
+    assert out.lstrip().splitlines()[0] == f"evaluated:     vae/1, on the {n:,} examples in the test split of digits"
 
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("vae-tf").experiment_id],
@@ -115,9 +119,12 @@ def test_evaluate_the_registered_model_and_the_run(here, capsys, monkeypatch):
     assert by_registry["active_units"] == by_run["active_units"]
     assert by_registry["kl"] == pytest.approx(by_run["kl"], rel=1e-6)
     # a subsample's report has a name of its own: it overwrote the whole split's
+    capsys.readouterr()
     assert main(["evaluate", f"runs:/{run_id}", "--iw-k", "0", "--no-mlflow", "--max-examples", "20",
                  "--disentanglement", "off"]) == 0
     assert json.loads((tmp_path / "evaluation" / "vae-v1-test-max20.json").read_text())["info"]["num_examples"] == 20
+    assert re.search(r"^evaluated: +vae/1, on a random 20 of the [0-9,]+ examples in the test split of digits$",
+                     capsys.readouterr().out, re.M)
     # the fewest examples --max-examples takes (2: a variance) evaluate; t-SNE, which needs 3, is skipped, said
     assert main(["evaluate", f"runs:/{run_id}", "--iw-k", "0", "--no-mlflow", "--max-examples", "2",
                  "--disentanglement", "off", "-o", "two.json"]) == 0
@@ -132,7 +139,6 @@ def test_a_registered_model_is_named_by_its_registry_version_and_a_run_needs_no_
     export vae/2 is registered as version 1: evaluating models:/vae/1 was labelled "vae v2", and its
     tag vae/2 read like models:/vae/2. A run whose export is gone was refused ("has no local
     export"), and the logged-model URI train prints was refused as "names no version"."""
-    import re
     import shutil
 
     monkeypatch.chdir(tmp_path)

@@ -275,7 +275,10 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
 
         for fig in figures.values():
             plt.close(fig)
-    _print_summary(result, report_path, eval_run_id, out or sys.stdout, verdict.line)
+    n = min(len(x), max_examples) if max_examples else len(x)
+    evaluated = (f"{label}, on {'a random ' + format(n, ',') + ' of the ' if max_examples and n < len(x) else 'the '}"
+                 f"{format(len(x), ',')} examples in the {split} split of {data.name}")
+    _print_summary(result, report_path, eval_run_id, out or sys.stdout, verdict.line, evaluated)
     return EvaluationResult(metrics=result["metrics"], info=result["info"], report_path=report_path,
                             run_id=eval_run_id, version_dir=None if downloaded else version_dir)
 
@@ -357,10 +360,10 @@ def _log(config, label, result, figures, document, trained_run_id, split, data, 
     return run.info.run_id
 
 
-def _print_summary(result, report_path: Path, run_id: str | None, out, verdict: str) -> None:
-    """Every scalar metric except the per-dimension ones (those are in the report and the figures),
-    then the collapse verdict."""
-    print(file=out)
+def _print_summary(result, report_path: Path, run_id: str | None, out, verdict: str, evaluated: str) -> None:
+    """What was evaluated, every scalar metric except the per-dimension ones (those are in the
+    report and the figures), then the collapse verdict."""
+    print(f"\nevaluated:     {evaluated}", file=out)
     for key, value in result["metrics"].items():
         if not key.startswith("kl_dim_"):
             print(f"{key:32s} {value:.4f}", file=out)
