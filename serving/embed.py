@@ -533,6 +533,10 @@ def input_fingerprint(path) -> dict | None:
     return {"files": count, "digest": digest.hexdigest()}
 
 
+#: What each chunk format changed, for the message of a resume across it.
+_FORMAT_CHANGES = {2: ": the category as int32, not float32"}
+
+
 def _chunk_format(outputs) -> int:
     """The layout of the chunks, recorded in the manifest: 2 where they hold the category, which
     is int32 since 2026-12-07 (float32 before: a resume across the change gave .npz a float64
@@ -561,9 +565,10 @@ def _prepare_parts(parts: Path, manifest: dict, overwrite: bool) -> None:
             return  # resume
         changed = sorted({_MANIFEST_KEYS.get(k, k) for k in set(manifest) | set(previous or {})
                           if (previous or {}).get(k) != manifest.get(k)})
-        if changed == ["vae-tf version"]:
-            raise ConfigError(f"{parts} holds chunks an earlier vae-tf wrote in another layout (a float32 category); "
-                              "pass --overwrite to embed it anew")
+        if isinstance(previous, dict) and previous.get("format") != manifest["format"]:  # no settings resume these
+            raise ConfigError(f"{parts} holds chunks of another layout (format {previous.get('format')}, this vae-tf "
+                              f"writes {manifest['format']}{_FORMAT_CHANGES.get(manifest['format'], '')}); pass "
+                              "--overwrite to embed it anew")
         if changed == ["input file contents"]:
             raise ConfigError(f"{parts} holds chunks of an earlier content of the input (a file's size or modification "
                               "time has changed since); pass --overwrite to embed it anew")

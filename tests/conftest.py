@@ -72,6 +72,24 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], default))  # stable: files stay whole
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With --record-file-seconds, each report says its test's tier (from the marker, in the
+    process that ran it: a report's keywords also hold parametrize ids, which could read "slow")."""
+    outcome = yield
+    if item.config.getoption("--record-file-seconds"):
+        outcome.get_result().user_properties.append(("tier", _tier(item.get_closest_marker("slow") is not None)))
+
+
+def _tiers_selected(config) -> set[str] | None:
+    """The tiers a run selects as a whole (``-m "not slow"``: fast; ``-m slow``: slow; no -m:
+    both), or None where a ``-k`` or another ``-m`` picks tests within them."""
+    if getattr(config.option, "keyword", ""):
+        return None
+    return {"": set(TIERS), "not slow": {"fast"}, "slow": {"slow"}}.get(
+        (getattr(config.option, "markexpr", "") or "").strip())
+
+
 class _FileSeconds:
     """Sums each file's test phases, per tier, as the reports reach this (controlling) process."""
 
@@ -80,16 +98,22 @@ class _FileSeconds:
 
     def pytest_runtest_logreport(self, report):
         tiers = self.seconds.setdefault(report.nodeid.split("::")[0], {})
-        tier = _tier("slow" in report.keywords)
+        tier = dict(report.user_properties).get("tier", "fast")
         tiers[tier] = tiers.get(tier, 0.0) + report.duration
 
     def pytest_sessionfinish(self, session, exitstatus):
         if exitstatus != 0 or not self.seconds:
             return
-        # Merged into what is recorded: a run of some files (or with -k / -m) updates those only.
+        # Merged into what is recorded: a run of some files (or with -k / -m) updates those only;
+        # a tier the run selected that a file it ran no longer has (its tests unmarked, moved or
+        # removed) is dropped, or the file would keep being handed out as long as it was.
         merged = json.loads(FILE_SECONDS.read_text()) if FILE_SECONDS.is_file() else {}
+        selected = _tiers_selected(session.config) or set()
         for path, tiers in self.seconds.items():
-            merged.setdefault(path, {}).update({tier: round(v, 1) for tier, v in tiers.items()})
+            recorded = merged.setdefault(path, {})
+            for gone in selected - set(tiers):
+                recorded.pop(gone, None)
+            recorded.update({tier: round(v, 1) for tier, v in tiers.items()})
         partial = FILE_SECONDS.with_suffix(".partial")
         ordered = {path: {tier: merged[path][tier] for tier in TIERS if tier in merged[path]}
                    for path in sorted(merged, key=lambda path: -sum(merged[path].values()))}

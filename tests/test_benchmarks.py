@@ -73,6 +73,7 @@ def test_flops_script_smoke(tmp_path):
 
 
 # --- PyTorch reference -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_torch_reference_is_the_same_network_with_the_same_loss():
     import tensorflow as tf
     import torch  # the `test` extra installs it: this runs in `make test`
@@ -104,6 +105,7 @@ def test_torch_reference_is_the_same_network_with_the_same_loss():
     assert torch_loss == pytest.approx(keras_loss, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_torch_trainer_autocast_runs_the_networks_in_half_precision_and_the_loss_in_float32():
     """``TorchTrainer(autocast=...)``: under its context the convolutions compute in bfloat16 (or
     float16, with a loss scaler), the loss stays float32 and within bfloat16's rounding of the

@@ -59,31 +59,41 @@ def test_xdist_gets_the_longest_files_first_each_file_whole_and_in_its_own_order
 
 
 def test_recording_sums_each_files_tiers_and_a_run_of_one_tier_keeps_the_other(monkeypatch, tmp_path):
-    """--record-file-seconds: each file's setup + call + teardown seconds summed per tier ("slow":
-    the reports of tests marked slow); a run that failed writes nothing; a run of the fast tier
-    updates that tier and keeps the slow tier recorded before, and files it did not run."""
+    """--record-file-seconds: each file's setup + call + teardown seconds summed per tier (the
+    tier each report carries, from the test's marker); a run that failed writes nothing; a run of
+    the fast tier updates that tier and keeps the slow tier recorded before, and files it did not
+    run; a tier a run selected that a file no longer has is dropped; a -k run drops nothing."""
     import types
 
     import tests.conftest as conftest
 
     path = tmp_path / "seconds.json"
-    path.write_text(json.dumps({"tests/a.py": {"fast": 9.0, "slow": 100.0}, "tests/old.py": {"fast": 3.0}}))
+    path.write_text(json.dumps({"tests/a.py": {"fast": 9.0, "slow": 100.0}, "tests/old.py": {"fast": 3.0},
+                                "tests/c.py": {"fast": 1.0, "slow": 50.0}}))
     monkeypatch.setattr(conftest, "FILE_SECONDS", path)
 
-    def run(reports, exitstatus=0):
+    def run(reports, exitstatus=0, markexpr="", keyword=""):
         recorder = conftest._FileSeconds()
         for nodeid, duration, slow in reports:
+            # a parametrize id "slow" among the keywords does not make a test slow
             recorder.pytest_runtest_logreport(types.SimpleNamespace(
-                nodeid=nodeid, duration=duration, keywords={"slow": 1} if slow else {nodeid.split("::")[1]: 1}))
-        recorder.pytest_sessionfinish(None, exitstatus)
+                nodeid=nodeid, duration=duration, keywords={"slow": 1},
+                user_properties=[("tier", "slow" if slow else "fast")]))
+        session = types.SimpleNamespace(config=types.SimpleNamespace(option=types.SimpleNamespace(
+            markexpr=markexpr, keyword=keyword)))
+        recorder.pytest_sessionfinish(session, exitstatus)
         return json.loads(path.read_text())
 
-    assert run([("tests/a.py::t1", 1.0, False)], exitstatus=1) == {"tests/a.py": {"fast": 9.0, "slow": 100.0},
-                                                                    "tests/old.py": {"fast": 3.0}}
+    before = json.loads(path.read_text())
+    assert run([("tests/a.py::t1", 1.0, False)], exitstatus=1) == before
     fast_only = run([("tests/a.py::t1", 0.25, False), ("tests/a.py::t1", 1.5, False), ("tests/a.py::t2", 0.25, False),
-                     ("tests/b.py::t1", 200.0, False)])
+                     ("tests/b.py::t1", 200.0, False)], markexpr="not slow")
     assert fast_only == {"tests/b.py": {"fast": 200.0}, "tests/a.py": {"fast": 2.0, "slow": 100.0},
-                         "tests/old.py": {"fast": 3.0}}
-    assert list(fast_only) == ["tests/b.py", "tests/a.py", "tests/old.py"]  # longest first, as the file reads
-    both = run([("tests/a.py::t1", 1.0, False), ("tests/a.py::t3", 7.0, True), ("tests/a.py::t3", 0.5, True)])
+                         "tests/c.py": {"fast": 1.0, "slow": 50.0}, "tests/old.py": {"fast": 3.0}}
+    assert list(fast_only) == ["tests/b.py", "tests/a.py", "tests/c.py", "tests/old.py"]  # longest first
+    both = run([("tests/a.py::t1", 1.0, False), ("tests/a.py::t3", 7.0, True), ("tests/a.py::t3", 0.5, True),
+                ("tests/c.py::t1", 2.0, False)])
     assert both["tests/a.py"] == {"fast": 1.0, "slow": 7.5}
+    assert both["tests/c.py"] == {"fast": 2.0}  # its slow tests are gone: so is the tier
+    # -k picks tests within the tiers: what it did not run stays recorded
+    assert run([("tests/a.py::t3", 2.0, True)], keyword="t3")["tests/a.py"] == {"fast": 1.0, "slow": 2.0}

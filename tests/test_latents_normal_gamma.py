@@ -226,6 +226,7 @@ def test_trains_on_digits_reports_diagnostics_and_exports(digits, tmp_path):
     assert info["signatures"]["encode"]["outputs"] == ["embedding", "informative_weight", "precision_mean", "z_mean"]
 
 
+@pytest.mark.slow
 def test_the_diagnostics_read_a_many_draw_monte_carlo_kl_that_is_never_negative(rng):
     """Trained with ``kl_estimator: monte_carlo``, every `vae-tf train` ended at its first epoch's
     diagnostics: single draws are negative for many examples, and the (ε, δ)-collapse check

@@ -41,6 +41,7 @@ def test_the_whole_codes_mi_agrees_with_the_closed_form_gaussian_estimator_and_i
         code_mutual_information(model, x[:1])
 
 
+@pytest.mark.slow
 def test_ng_evaluation_reports_the_p_split_and_the_whole_codes_mi(digits):
     """`vae-tf evaluate` of an NG model reported neither `informative_dims` nor any MI ("the MI
     estimators need diagonal-Gaussian posteriors"), and its verdict had no MI."""

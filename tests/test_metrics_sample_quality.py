@@ -47,6 +47,7 @@ def test_feature_statistics_use_n_minus_1(rng):
     np.testing.assert_allclose(sigma, np.cov(f, rowvar=False, ddof=1))
 
 
+@pytest.mark.slow
 def test_kernel_distance_matches_the_population_mmd_of_two_gaussians():
     # In one dimension k(x, y) = (xy + 1)³ = Σ_j C(3, j) (xy)^j, so the population MMD² is
     # Σ_j C(3, j) (E x^j − E y^j)²; for N(0, 1) against N(μ, 1) the raw moments are (μ, μ² + 1, μ³ + 3μ)

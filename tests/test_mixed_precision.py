@@ -269,21 +269,35 @@ def test_training_in_16_bits_on_a_cpu_that_has_no_units_for_them_warns_that_it_i
     """`train.precision=mixed_float16` on a CPU trained at a third of float32's speed, and
     mixed_bfloat16 on a CPU without bfloat16 instructions at under half (docs/performance.md),
     with no word but TensorFlow's "oneDNN supports DT_HALF only on platforms with AVX-512"
-    (printed on CPUs with AVX-512 too). The warning comes before anything is built (here the run
-    stops at a run_dir that is a file)."""
-    from training.config import load_config
-    from training.train import _cpu_flags, cpu_precision_warning, run_training
-    from vae_tf.errors import ConfigError
+    (printed on CPUs with AVX-512 too)."""
+    from training.train import _cpu_flags, cpu_precision_warning
 
     # which CPUs each precision is warned of
     assert cpu_precision_warning("float32", set()) is None
-    assert cpu_precision_warning("mixed_float16", {"amx_bf16", "avx512_fp16"}).startswith(
-        "train.precision=mixed_float16 on a CPU: CPUs have no float16 matrix units")
+    assert cpu_precision_warning("mixed_float16", {"avx512f", "amx_bf16"}) == (
+        "train.precision=mixed_float16 on a CPU without float16 instructions (AMX-FP16 or AVX512_FP16): it trains "
+        "slower than float32 (0.31x on a 2-CPU Xeon, docs/performance.md); it pays on GPUs and on CPUs that have them")
+    assert cpu_precision_warning("mixed_float16", {"avx512_fp16"}) is None
     assert cpu_precision_warning("mixed_bfloat16", {"avx512f"}).startswith(
         "train.precision=mixed_bfloat16 on a CPU without bfloat16 instructions (AMX or AVX512_BF16)")
     assert cpu_precision_warning("mixed_bfloat16", {"avx512f", "avx512_bf16"}) is None
     assert cpu_precision_warning("mixed_bfloat16", {"amx_bf16"}) is None
-    assert cpu_precision_warning("mixed_bfloat16", None) is None  # flags unknown: no guess
+    assert cpu_precision_warning("mixed_bfloat16", None) is cpu_precision_warning("mixed_float16", None) is None
+
+    # the flags are the x86 "flags" line of /proc/cpuinfo; an ARM CPU's "Features" are not read
+    x86, arm = tmp_path / "x86", tmp_path / "arm"
+    x86.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx512f amx_bf16\n\nprocessor\t: 1\n")
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert _cpu_flags(str(x86)) == {"fpu", "avx512f", "amx_bf16"}
+    assert _cpu_flags(str(arm)) is None and _cpu_flags(str(tmp_path / "missing")) is None
+
+
+def test_train_says_the_cpu_precision_warning_before_anything_is_built(tmp_path, capsys):
+    """The wiring of the test above: `vae-tf train`'s run prints the warning for this machine's
+    CPU first (here the run stops at a run_dir that is a file)."""
+    from training.config import load_config
+    from training.train import _cpu_flags, cpu_precision_warning, run_training
+    from vae_tf.errors import ConfigError
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is where 16-bit precision pays")

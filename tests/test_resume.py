@@ -96,7 +96,8 @@ def _fit_epochs(callback, model, values, first_epoch=0):
 
 
 def _optimizer_epochs(model) -> set[float]:
-    return {float(np.unique(np.asarray(v))[0]) for v in model.optimizer.variables if v.name != "learning_rate"}
+    """The epochs Adam's state variables hold (the learning rate is the run's setting, not state)."""
+    return {float(np.unique(np.asarray(v))[0]) for v in model.optimizer.variables if v is not model.optimizer.learning_rate}
 
 
 def test_early_stopping_patience_and_best_weights_survive_a_resume(tmp_path):
@@ -118,6 +119,8 @@ def test_early_stopping_patience_and_best_weights_survive_a_resume(tmp_path):
     # the best epoch's weights, and its optimizer: Keras' EarlyStopping keeps the last epoch's Adam
     assert float(model.get_weights()[0].flat[0]) == 2.0 and _optimizer_epochs(model) == {2.0}
     assert int(model.optimizer.iterations.numpy()) == 2
+    # The learning rate is left as the run set it (a resume's --set train.learning_rate stays).
+    assert float(model.optimizer.learning_rate.numpy()) == 5.0
 
     # The same run killed after epoch 3 (its checkpoint holds epochs 0-3), then resumed by a fresh
     # process: the patience counter goes on (it does not restart at 0) and the best weights return.
@@ -148,13 +151,24 @@ def test_early_stopping_patience_and_best_weights_survive_a_resume(tmp_path):
     stopped = stopping(history[:4] + [{"epoch": 4, "metrics": {"val_elbo": 2.9}},
                                       {"epoch": 5, "metrics": {"val_elbo": 2.4}}], tmp_path / "b.npz")
     assert stopped.stopped_before() and stopped.model is None
-    assert stopped.outcome(6) == {"best_epoch": 3, "best": 3.0, "epochs_trained": 6, "stopped": True}
+    assert stopped.outcome(6, 8) == {"best_epoch": 3, "best": 3.0, "epochs_trained": 6, "stopped": True}
+    # patience running out at the last epoch is no stop: the run trained every epoch
+    assert stopped.outcome(6, 6)["stopped"] is False
     model.set_weights([np.zeros_like(w) for w in model.get_weights()])
     assert stopped.restore_best(model)
     assert float(model.get_weights()[0].flat[0]) == 2.0 and _optimizer_epochs(model) == {2.0}
     # before any monitored value there is nothing to restore or report
     fresh = stopping([], tmp_path / "d.npz")
-    assert not fresh.stopped_before() and fresh.outcome(0) is None and not fresh.restore_best(model)
+    assert not fresh.stopped_before() and fresh.outcome(0, 8) is None and not fresh.restore_best(model)
+
+    # A NaN val_elbo is no value: Keras took a first epoch's NaN as the best, which no later value
+    # beat, and the run stopped after `patience` epochs keeping that epoch.
+    model.stop_training = False
+    nan_first = stopping([], tmp_path / "e.npz")
+    assert _fit_epochs(nan_first, model, [float("nan"), 2.0, 3.0, 4.0, 5.0, 6.0]) == [0, 1, 2, 3, 4, 5]
+    assert nan_first.outcome(6, 6) == {"best_epoch": 6, "best": 6.0, "epochs_trained": 6, "stopped": False}
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+    assert nan_first.restore_best(model) and float(model.get_weights()[0].flat[0]) == 5.0
 
 
 @pytest.mark.slow

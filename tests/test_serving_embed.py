@@ -620,8 +620,12 @@ def test_a_categorical_familys_category_is_written_as_the_integers_the_signature
                       "--chunk-size", "100", "--batch-size", "100") == 2
         err = capsys.readouterr().err.strip()
         assert_one_line(err)
-        assert err == (f"error: {manifest.parent} holds chunks an earlier vae-tf wrote in another layout (a float32 "
-                       "category); pass --overwrite to embed it anew")
+        assert err == (f"error: {manifest.parent} holds chunks of another layout (format 1, this vae-tf writes 2: the "
+                       "category as int32, not float32); pass --overwrite to embed it anew")
+        # the same with another setting changed too: no settings would resume it, so it says the layout
+        assert _embed("--model", str(tmp_path / "models" / "gc"), "-o", str(out), "--outputs", "embedding,category",
+                      "--chunk-size", "50", "--batch-size", "100") == 2
+        assert "holds chunks of another layout (format 1" in capsys.readouterr().err
         # the same chunks in this layout resume
         manifest.write_text(json.dumps(written))
         assert _embed("--model", str(tmp_path / "models" / "gc"), "-o", str(out), "--outputs", "embedding,category",

@@ -704,6 +704,7 @@ def test_a_run_interrupted_then_resumed_to_its_end_keeps_no_error_tag(tmp_path, 
     assert record["status"] == "finished" and record["error"] is None
 
 
+@pytest.mark.slow
 def test_a_run_stopped_after_its_export_resumes_without_exporting_or_logging_again(tmp_path, capsys):
     """A suite child interrupted in its evaluation (which runs after the export) was resumed from
     its last checkpoint "at epoch 16 of 15", evaluated and exported again: a second model version

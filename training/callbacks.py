@@ -252,10 +252,20 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         self.position = position
         self.weights_path = Path(weights_path)
         self.best_optimizer_state: list[np.ndarray] | None = None
+        self.restored_optimizer = False  # whether restore_best found the best epoch's optimizer state
 
     def _optimizer_variables(self) -> list:
+        """The optimizer's state: every variable but the learning rate, which is the run's setting
+        (a resume's ``--set train.learning_rate`` re-applies it), not state of the best epoch."""
         optimizer = getattr(self.model, "optimizer", None)
-        return list(optimizer.variables) if optimizer is not None and optimizer.built else []
+        if optimizer is None or not optimizer.built:
+            return []
+        return [v for v in optimizer.variables if not v.path.endswith("learning_rate")]
+
+    def _is_improvement(self, monitor_value, reference_value):
+        # A NaN val_elbo is no value: Keras took the first epoch's NaN as the best, which no later
+        # value beats (the run stopped after `patience` epochs and kept that epoch's weights).
+        return bool(np.isfinite(monitor_value)) and super()._is_improvement(monitor_value, reference_value)
 
     def _replay(self, history: list[dict]) -> None:
         if self.monitor_op is None:
@@ -312,6 +322,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         The model is given, not the one the last ``fit`` set: a resumed run whose epochs were all
         trained (killed while it tested or exported, or after early stopping had stopped it) fits
         nothing, and its export held the last epoch's weights instead of the best's."""
+        self.restored_optimizer = False
         if not (self.restore_best_weights and self.best_weights is not None):
             return False
         self.set_model(model)
@@ -320,14 +331,15 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         if saved and len(saved) == len(variables) and all(tuple(v.shape) == s.shape for v, s in zip(variables, saved)):
             for variable, value in zip(variables, saved):
                 variable.assign(value)
+            self.restored_optimizer = True
         return True
 
-    def outcome(self, epochs_trained: int) -> dict | None:
+    def outcome(self, epochs_trained: int, epochs: int) -> dict | None:
         """What early stopping decided, after :meth:`stopped_before` or a fit: the best epoch
         (counted from 1, as Keras prints epochs), its monitored value, and whether it stopped
         the run (no better value for ``patience`` epochs) before ``epochs_trained`` reached the
-        configured epochs. None before any epoch had the monitored value."""
-        if self.best is None or self.best_epoch is None or not np.isfinite(self.best):
+        configured ``epochs``. None before any epoch had a finite monitored value."""
+        if self.best is None or self.best_epoch is None:
             return None
         return {"best_epoch": int(self.best_epoch) + 1, "best": float(self.best), "epochs_trained": int(epochs_trained),
-                "stopped": bool(self.wait >= self.patience)}
+                "stopped": bool(self.wait >= self.patience and epochs_trained < epochs)}

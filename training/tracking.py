@@ -94,11 +94,18 @@ def leave_active_run(run_id: str) -> None:
     from mlflow.environment_variables import MLFLOW_RUN_ID
     from mlflow.tracking import fluent
 
-    stack = fluent._active_run_stack.get()
-    if stack and stack[-1].info.run_id == run_id:
-        stack.pop()
-        MLFLOW_RUN_ID.unset()
-        fluent._last_active_run_id.set(run_id)
+    # Called on the way out of failed runs too: a change of MLflow's internals must not replace
+    # the run's own error (then the exit hook ends the run, as before).
+    with contextlib.suppress(AttributeError, LookupError, TypeError):
+        stack = fluent._active_run_stack.get()
+        if stack and stack[-1].info.run_id == run_id:
+            stack.pop()
+            MLFLOW_RUN_ID.unset()
+            fluent._last_active_run_id.set(run_id)
+            # the system-metrics thread MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING starts, as end_run stops it
+            monitor = fluent.run_id_to_system_metrics_monitor.pop(run_id, None)
+            if monitor is not None:
+                monitor.finish()
 
 
 def start_run(experiment: str, **kwargs):

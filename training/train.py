@@ -562,10 +562,11 @@ def default_run_name(config: Config) -> str:
     return f"{config.name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime())}"
 
 
-def _cpu_flags() -> set[str] | None:
-    """The CPU's feature flags (Linux's /proc/cpuinfo), or None where they cannot be read."""
+def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
+    """The x86 CPU's feature flags (the ``flags`` line of Linux's /proc/cpuinfo), or None where
+    there is none (another OS, an ARM CPU: its ``Features`` name other instructions)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
+        with open(cpuinfo, encoding="utf-8") as f:
             for line in f:
                 if line.startswith("flags"):
                     return set(line.partition(":")[2].split())
@@ -575,20 +576,22 @@ def _cpu_flags() -> set[str] | None:
 
 
 def cpu_precision_warning(precision: str, cpu_flags: set[str] | None) -> str | None:
-    """Why ``precision`` trains slower than float32 on this CPU, or None. Measured with
-    `benchmarks/train_settings.py` (docs/performance.md, "Mixed precision on a CPU"): on a 2-CPU
-    Xeon with AVX-512 but no bfloat16 instructions, mixed_bfloat16 0.46x and mixed_float16 0.31x
-    float32's images/s. TensorFlow's only word was "oneDNN supports DT_HALF only on platforms
-    with AVX-512", printed on CPUs that have AVX-512. bfloat16 runs on matrix units where the CPU
-    has them (AMX, AVX512_BF16); float16 has none on CPUs."""
-    if precision == "mixed_float16":
-        return ("train.precision=mixed_float16 on a CPU: CPUs have no float16 matrix units, so it trains slower than "
-                "float32 (0.31x on a 2-CPU Xeon, docs/performance.md); it pays on GPUs")
-    if precision == "mixed_bfloat16" and cpu_flags is not None and not cpu_flags & {"amx_bf16", "avx512_bf16"}:
-        return ("train.precision=mixed_bfloat16 on a CPU without bfloat16 instructions (AMX or AVX512_BF16): it trains "
-                "slower than float32 (0.46x on a 2-CPU Xeon, docs/performance.md); it pays on GPUs and on CPUs that "
-                "have them")
-    return None
+    """Why ``precision`` trains slower than float32 on a CPU with ``cpu_flags``, or None (also
+    where the flags are unknown: no guess). Measured with `benchmarks/train_settings.py`
+    (docs/performance.md, "Mixed precision on a CPU"): on a 2-CPU Xeon with AVX-512 but neither
+    bfloat16 nor float16 instructions, mixed_bfloat16 0.46x and mixed_float16 0.31x float32's
+    images/s. TensorFlow's only word was "oneDNN supports DT_HALF only on platforms with
+    AVX-512", printed on CPUs that have AVX-512. The 16-bit types pay where the CPU has
+    instructions for them (AMX, AVX512_BF16 / AVX512_FP16)."""
+    units = {"mixed_bfloat16": ("bfloat16", {"amx_bf16", "avx512_bf16"}, "AMX or AVX512_BF16", "0.46x"),
+             "mixed_float16": ("float16", {"amx_fp16", "avx512_fp16"}, "AMX-FP16 or AVX512_FP16", "0.31x")}
+    if precision not in units or cpu_flags is None:
+        return None
+    kind, flags, names, measured = units[precision]
+    if cpu_flags & flags:
+        return None
+    return (f"train.precision={precision} on a CPU without {kind} instructions ({names}): it trains slower than "
+            f"float32 ({measured} on a 2-CPU Xeon, docs/performance.md); it pays on GPUs and on CPUs that have them")
 
 
 def check_writable_folder(folder, setting: str) -> None:
@@ -776,10 +779,10 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
     verbose = fit_verbosity(train_cfg)
     model.stop_training = bool(early_stopping is not None and early_stopping.stopped_before())
     if model.stop_training and resumed and epoch < train_cfg.epochs:
-        print(f"resumed:       early stopping had stopped this run after epoch {epoch} (no better val_elbo for "
-              f"{train_cfg.early_stopping_patience} epoch(s)), so no epoch is trained; to train on, resume with a "
-              "larger --set train.early_stopping_patience=...", file=sys.stderr)
-    if train_cfg.early_stopping_patience and not has_val:
+        print(f"resumed:       early stopping stops this run: no better val_elbo in its last {early_stopping.wait} "
+              f"epoch(s) (train.early_stopping_patience={train_cfg.early_stopping_patience}), so no epoch is trained; "
+              "to train on, resume with a larger --set train.early_stopping_patience=...", file=sys.stderr)
+    if train_cfg.early_stopping_patience and not has_val and chief and not resumed:
         print(f"note: early stopping (train.early_stopping_patience={train_cfg.early_stopping_patience}) is off: "
               "it watches val_elbo and this run has no validation split (data.val_fraction)", file=sys.stderr)
     while epoch < train_cfg.epochs and not model.stop_training:
@@ -794,8 +797,7 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
                         epochs=last, steps_per_epoch=steps_per_epoch - step, callbacks=callbacks, verbose=verbose,
                         shuffle=False)  # the pipeline orders the data
         epoch, step = checkpoints.epoch, 0
-    if early_stopping is not None:
-        early_stopping.restore_best(model)
+    restored_best = early_stopping is not None and early_stopping.restore_best(model)
     if nan_guard.failed_step is not None:
         happened = (f"training stopped: the loss became {nan_guard.value} at step {nan_guard.failed_step} (epoch "
                     f"{nan_guard.failed_epoch + 1})")
@@ -826,7 +828,17 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
     # more epochs logs them again, at its new length (both were step 0, indistinguishable).
     end_step = len(history)
     tracker.log_metrics({"epochs_run": len(history)}, step=end_step)
-    kept = early_stopping.outcome(len(history)) if early_stopping is not None else None
+    kept = early_stopping.outcome(len(history), train_cfg.epochs) if early_stopping is not None else None
+    if kept is not None and not restored_best:
+        if chief:  # the file written with each better epoch is gone or of another epoch
+            print(f"warning: the weights of the best epoch ({kept['best_epoch']}) could not be read from "
+                  f"{early_stopping.weights_path}; the model tested and exported is the last epoch's",
+                  file=sys.stderr)
+        kept = None
+    elif kept is not None and not early_stopping.restored_optimizer and chief:
+        print(f"note: {early_stopping.weights_path} holds no optimizer state of the best epoch (written by an earlier "
+              "vae-tf); the export holds the best epoch's weights with the last epoch's optimizer state",
+              file=sys.stderr)
     if kept is not None:
         # The model tested, judged and exported below is the best epoch's, not the last one's
         # (whose val_elbo is the last point of the run's curve).
