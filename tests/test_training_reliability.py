@@ -782,7 +782,9 @@ def test_a_run_early_stopping_stopped_says_so_and_a_resume_before_its_export_exp
     capsys.readouterr()
     resumed = run_training(config("killed"), resume=run_dir.name)
     err = capsys.readouterr().err
-    assert f"early stopping had stopped this run after epoch {epochs_run}" in err, err
+    assert ("early stopping stops this run: no better val_elbo in its last 2 epoch(s) (train.early_stopping_patience=2)"
+            ", so no epoch is trained") in err, err
+    assert f"stopped after epoch {epochs_run} of 30; the model is epoch {best}'s" in err
     assert len(resumed.history["loss"]) == epochs_run
 
     def weights(export_dir):
