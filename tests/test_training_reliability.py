@@ -345,6 +345,14 @@ def test_a_run_that_ends_with_its_end_in_the_journal_is_left_to_the_journal_not_
 
     run = TrackedRun(uri, run_root=tmp_path / "runs", experiment="down", retry_seconds=0, stream=Stream()).start()
     assert mlflow.active_run().info.run_id == run.run_id
+    try:
+        _journal_holds_the_end(run, uri, monkeypatch)
+    finally:  # a failure here must not leave the run active for the file's next tests
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+
+
+def _journal_holds_the_end(run, uri, monkeypatch):
     real = mlflow.log_metrics
 
     def down(*args, **kwargs):
