@@ -548,7 +548,7 @@ def _chunk_format(outputs) -> int:
 #: What each key of the manifest is, for the message of a resume with other settings.
 _MANIFEST_KEYS = {"source": "data or split", "model": "model or version", "outputs": "--outputs",
                   "chunk_size": "--chunk-size", "batch_size": "--batch-size", "rows": "rows", "chunks": "rows",
-                  "labels": "labels", "input": "input file contents", "format": "vae-tf version"}
+                  "labels": "labels", "input": "input file contents"}
 
 
 def _prepare_parts(parts: Path, manifest: dict, overwrite: bool) -> None:
@@ -563,12 +563,12 @@ def _prepare_parts(parts: Path, manifest: dict, overwrite: bool) -> None:
             manifest = {k: v for k, v in manifest.items() if k != "input"}
         if previous == manifest:
             return  # resume
-        changed = sorted({_MANIFEST_KEYS.get(k, k) for k in set(manifest) | set(previous or {})
-                          if (previous or {}).get(k) != manifest.get(k)})
         if isinstance(previous, dict) and previous.get("format") != manifest["format"]:  # no settings resume these
             raise ConfigError(f"{parts} holds chunks of another layout (format {previous.get('format')}, this vae-tf "
                               f"writes {manifest['format']}{_FORMAT_CHANGES.get(manifest['format'], '')}); pass "
                               "--overwrite to embed it anew")
+        changed = sorted({_MANIFEST_KEYS.get(k, k) for k in set(manifest) | set(previous or {})
+                          if (previous or {}).get(k) != manifest.get(k)})
         if changed == ["input file contents"]:
             raise ConfigError(f"{parts} holds chunks of an earlier content of the input (a file's size or modification "
                               "time has changed since); pass --overwrite to embed it anew")

@@ -237,10 +237,10 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     ``restore_best_weights``) the weights of that epoch and its optimizer's state (Adam's moments
     and step count; Keras keeps the last epoch's optimizer with the best weights, so a model
     fine-tuned from the export went on with moments and a step count from after the best epoch
-    while its own step counter ``train_steps``, which the schedules read, was the best epoch's). The first three are a function of the
-    finished epochs' logs, which every checkpoint carries (``position.history``, the
-    :class:`TrainingCheckpoint`'s): ``on_train_begin`` replays them with Keras' own rule instead of
-    starting from scratch. The best weights are written to ``weights_path`` (atomically, with their
+    while its own step counter ``train_steps``, which the schedules read, was the best epoch's).
+    The first three are a function of the finished epochs' logs, which every checkpoint carries
+    (``position.history``, the :class:`TrainingCheckpoint`'s): ``on_train_begin`` replays them with
+    Keras' own rule instead of starting from scratch. The best weights are written to ``weights_path`` (atomically, with their
     epoch) whenever they change, before that epoch's checkpoint (the callback comes first), and
     read back on a resume. Keras restores the best weights at the end of every ``fit`` call; a
     resumed run fits a partial epoch first, so here they are restored once, by :meth:`restore_best`
@@ -302,7 +302,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         if self.restore_best_weights and self.best_weights is not None and (self.best_epoch, False) != before:
             from training.atomic import replace_atomic
 
-            self.best_optimizer_state = [np.array(v.numpy()) for v in self._optimizer_variables()]
+            self.best_optimizer_state = [np.array(v.numpy()) for v in self._optimizer_variables()]  # copies, not views
             arrays = {f"w{i}": w for i, w in enumerate(self.best_weights)}
             arrays.update({f"o{i}": v for i, v in enumerate(self.best_optimizer_state)})
             replace_atomic(self.weights_path, lambda f: np.savez(

@@ -295,14 +295,14 @@ def run_training(config: Config, *, tags: dict | None = None, after_training=Non
               f"tf.distribute with this Keras/TensorFlow; using 1 for train.strategy={config.train.strategy}",
               file=sys.stderr)
         config = config.replace(train={"steps_per_execution": 1})
-    if config.train.precision != "float32" and is_chief(strategy):
-        import tensorflow as tf
+    if is_chief(strategy):  # before any data, model or MLflow run exists
+        if config.train.precision != "float32":
+            import tensorflow as tf
 
-        if not tf.config.list_logical_devices("GPU"):
-            slower = cpu_precision_warning(config.train.precision, _cpu_flags())
+            slower = None if tf.config.list_logical_devices("GPU") else cpu_precision_warning(
+                config.train.precision, _cpu_flags())
             if slower:
                 print(f"warning: {slower}", file=sys.stderr)
-    if is_chief(strategy):  # before any data, model or MLflow run exists
         for folder, setting in ((config.train.run_dir, "train.run_dir"), (config.export.base_dir, "export.base_dir")):
             check_writable_folder(folder, setting)
         # inside a library caller's own MLflow run: refused now, not after the data and model are ready
@@ -560,6 +560,34 @@ def default_run_name(config: Config) -> str:
     import time
 
     return f"{config.name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime())}"
+
+
+def _early_stopping_outcome(early_stopping, restored_best: bool, epochs_trained: int, train_cfg, chief: bool):
+    """What early stopping decided (:meth:`ResumableEarlyStopping.outcome`), said on the chief's
+    stderr; None when there was no early stopping, no best epoch, or its weights could not be
+    restored (then the model is the last epoch's, which the warning says)."""
+    kept = early_stopping.outcome(epochs_trained, train_cfg.epochs) if early_stopping is not None else None
+    if kept is None:
+        return None
+    said = None
+    if not restored_best:  # the file written with each better epoch is gone or of another epoch
+        said = (f"warning: the weights of the best epoch ({kept['best_epoch']}) could not be read from "
+                f"{early_stopping.weights_path}; the model tested and exported is the last epoch's")
+    elif not early_stopping.restored_optimizer:
+        said = (f"note: {early_stopping.weights_path} holds no optimizer state of the best epoch (written by an "
+                "earlier vae-tf); the export holds the best epoch's weights with the last epoch's optimizer state")
+    if chief and said:
+        print(said, file=sys.stderr)
+    if not restored_best:
+        return None
+    if chief and kept["stopped"]:
+        print(f"early stopping: no better val_elbo for {train_cfg.early_stopping_patience} epoch(s) after epoch "
+              f"{kept['best_epoch']}; stopped after epoch {epochs_trained} of {train_cfg.epochs}; the model is "
+              f"epoch {kept['best_epoch']}'s (val_elbo {kept['best']:.4f})", file=sys.stderr)
+    elif chief and kept["best_epoch"] != epochs_trained:
+        print(f"best epoch:    {kept['best_epoch']} of {epochs_trained} by val_elbo ({kept['best']:.4f}); the model "
+              "is its weights, not the last epoch's", file=sys.stderr)
+    return kept
 
 
 def _cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
@@ -828,28 +856,11 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
     # more epochs logs them again, at its new length (both were step 0, indistinguishable).
     end_step = len(history)
     tracker.log_metrics({"epochs_run": len(history)}, step=end_step)
-    kept = early_stopping.outcome(len(history), train_cfg.epochs) if early_stopping is not None else None
-    if kept is not None and not restored_best:
-        if chief:  # the file written with each better epoch is gone or of another epoch
-            print(f"warning: the weights of the best epoch ({kept['best_epoch']}) could not be read from "
-                  f"{early_stopping.weights_path}; the model tested and exported is the last epoch's",
-                  file=sys.stderr)
-        kept = None
-    elif kept is not None and not early_stopping.restored_optimizer and chief:
-        print(f"note: {early_stopping.weights_path} holds no optimizer state of the best epoch (written by an earlier "
-              "vae-tf); the export holds the best epoch's weights with the last epoch's optimizer state",
-              file=sys.stderr)
+    kept = _early_stopping_outcome(early_stopping, restored_best, len(history), train_cfg, chief)
     if kept is not None:
         # The model tested, judged and exported below is the best epoch's, not the last one's
         # (whose val_elbo is the last point of the run's curve).
         tracker.log_metrics({"best_epoch": kept["best_epoch"], "best_val_elbo": kept["best"]}, step=end_step)
-        if chief and kept["stopped"]:
-            print(f"early stopping: no better val_elbo for {train_cfg.early_stopping_patience} epoch(s) after epoch "
-                  f"{kept['best_epoch']}; stopped after epoch {kept['epochs_trained']} of {train_cfg.epochs}; the "
-                  f"model is epoch {kept['best_epoch']}'s (val_elbo {kept['best']:.4f})", file=sys.stderr)
-        elif chief and kept["best_epoch"] != kept["epochs_trained"]:
-            print(f"best epoch:    {kept['best_epoch']} of {kept['epochs_trained']} by val_elbo ({kept['best']:.4f}); "
-                  "the model is its weights, not the last epoch's", file=sys.stderr)
 
     eval_split = evaluation_split(data)
     test_metrics = model.evaluate(distribute_options(data.pipeline(eval_split, train_cfg.batch_size), strategy),
