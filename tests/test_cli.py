@@ -326,6 +326,27 @@ def test_keras_imported_outside_a_vae_tf_process_loads_its_optional_libraries():
     assert plain.stdout.split("\n")[0] == "[True, True, True]", plain.stdout + plain.stderr[-2000:]
 
 
+def test_library_calls_turn_mlflow_s_artifact_progress_bars_off_for_their_copies_only(monkeypatch):
+    """A library caller of run_training saw MLflow's bar as each run's model was logged: the copy
+    runs with the bars off, the caller's environment is left as it was, and a user's setting wins."""
+    import os
+
+    from training.tracking import artifact_progress_bars_off
+
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    monkeypatch.delenv(name, raising=False)
+    with artifact_progress_bars_off():
+        assert os.environ[name] == "false"
+    assert name not in os.environ
+    with pytest.raises(RuntimeError), artifact_progress_bars_off():
+        raise RuntimeError("a failed copy")
+    assert name not in os.environ
+    monkeypatch.setenv(name, "true")
+    with artifact_progress_bars_off():
+        assert os.environ[name] == "true"
+    assert os.environ[name] == "true"
+
+
 def test_a_vae_tf_process_turns_mlflow_s_artifact_progress_bars_off_unless_the_user_set_them():
     """Registering a run's model copies its local SavedModel, and MLflow drew a "Downloading
     artifacts: 100%|..." bar on stderr under every run; a user's own setting wins."""

@@ -4,6 +4,7 @@ and the MLflow pyfunc serving every signature."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -479,18 +480,23 @@ def test_probe_errors_are_one_line(tmp_path, capsys):
         assert f"--column {column} is the row's" in capsys.readouterr().err
 
 
-def test_pyfunc_serves_every_signature(base, tmp_path, monkeypatch):
+def test_pyfunc_serves_every_signature(base, tmp_path, monkeypatch, capfd):
     import mlflow
 
     from training.tracking import log_saved_model, use_tracking
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)  # a library caller's process
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     use_tracking(uri)
     mlflow.set_experiment("pyfunc-test")
+    capfd.readouterr()
     with mlflow.start_run():
         model_uri, version = log_saved_model(base / "vae" / "1", (8, 8, 1), "vae")
     assert version is not None
+    # logging copies the SavedModel through MLflow's download code: no "Downloading artifacts" bar
+    assert "Downloading artifacts" not in capfd.readouterr().err
+    assert "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ  # the caller's environment as it was
     model = mlflow.pyfunc.load_model("models:/vae/1")
     signatures = tf.saved_model.load(str(base / "vae" / "1")).signatures
     x = np.random.default_rng(0).random((3, 8, 8, 1)).astype(np.float32)

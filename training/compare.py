@@ -769,26 +769,19 @@ def _evaluate_child(model, data, config, opts: dict, tracker) -> dict:
 
 def _download(client, run_id: str, artifact: str, read):
     """``read(local path)`` of one artifact of a finished child, or None when it is missing or
-    unreadable (a missing one removes one panel of a figure). No progress bar: one small file.
-    The copy goes to a temporary folder removed once read (MLflow's own default, a new folder
+    unreadable (a missing one removes one panel of a figure). No progress bar (one small file)
+    unless the user asked for MLflow's bars. The copy goes to a temporary folder removed once read (MLflow's own default, a new folder
     under the system's temporary directory per call, is never removed: three per child per
     report)."""
     import tempfile
 
-    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+    from training.tracking import artifact_progress_bars_off
 
-    previous = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
-    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"
     try:
-        with tempfile.TemporaryDirectory(prefix="vae-tf-report-") as folder:
+        with artifact_progress_bars_off(), tempfile.TemporaryDirectory(prefix="vae-tf-report-") as folder:
             return read(client.download_artifacts(run_id, artifact, dst_path=folder))
     except Exception:  # noqa: BLE001
         return None
-    finally:
-        if previous is None:
-            os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
-        else:
-            os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = previous
 
 
 def _load_json(client, run_id: str, artifact: str):

@@ -241,24 +241,46 @@ def log_saved_model(export_dir: Path, data_shape, registered_name: str | None):
     return info.model_uri, version
 
 
+@contextlib.contextmanager
+def artifact_progress_bars_off():
+    """MLflow's "Downloading artifacts: 100%|..." bars off inside the block, unless the user set
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` (their setting wins): logging a run's model copies its
+    local SavedModel through MLflow's download code, and a library caller of ``run_training`` or
+    ``run_suite`` saw a bar under every run (the ``vae-tf`` program turns them off for its whole
+    process, ``vae_tf_cli.prepare_job_process``)."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 def _log_pyfunc(signature, export_dir: Path, registered_name: str | None, inputs: dict | None = None):
     import tensorflow as tf
 
     import vae_tf
 
-    return mlflow.pyfunc.log_model(
-        name="model",
-        # which export this is: a replay of a buffered log_model finds what an earlier try logged
-        tags={EXPORT_TAG: str(Path(export_dir).resolve())},
-        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-        artifacts={"saved_model": str(export_dir)},
-        signature=signature,
-        # Inference of requirements is wrong for this stack (stack-notes §5): name them.
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
-        registered_model_name=registered_name,
-        metadata={"vae_tf_version": vae_tf.__version__, "signature_param": "encode | decode | reconstruct | sample",
-                  "signature_inputs": inputs or {}},
-    )
+    with artifact_progress_bars_off():
+        return mlflow.pyfunc.log_model(
+            name="model",
+            # which export this is: a replay of a buffered log_model finds what an earlier try logged
+            tags={EXPORT_TAG: str(Path(export_dir).resolve())},
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts={"saved_model": str(export_dir)},
+            signature=signature,
+            # Inference of requirements is wrong for this stack (stack-notes §5): name them.
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"numpy=={np.__version__}",
+                              f"mlflow=={mlflow.__version__}"],
+            registered_model_name=registered_name,
+            metadata={"vae_tf_version": vae_tf.__version__, "signature_param": "encode | decode | reconstruct | sample",
+                      "signature_inputs": inputs or {}},
+        )
 
 
 # --- a run that survives an unreachable tracking server ----------------------------------------
