@@ -364,6 +364,34 @@ def test_pretraining_needs_labels_and_a_valid_fraction(digits):
     assert_one_line(str(info.value))
 
 
+def test_pretraining_checks_its_data_as_fit_does_and_leaves_the_encoder_untouched_when_refused(digits):
+    """One NaN pixel made every encoder weight NaN while the reported loss looked fine; 0-255
+    images trained without a word; too few classes failed deep in TensorFlow."""
+    model = make({})
+    before = snapshot(model.encoder.weights)
+    x, y = digits.x_train[:40].copy(), digits.y_train[:40]
+    nan = x.copy()
+    nan[3, 0, 0, 0] = np.nan
+    cases = [((nan, y), {}, "pretraining x row 3 has NaN or Inf values"),
+             ((x * 255, y), {}, "pretraining x row 0 has values outside \\[0, 1\\]"),
+             ((x[:, :4], y), {}, "pretraining x has shape \\(40, 4, 8, 1\\) but the model reads batches of shape"),
+             ((x, y[:39]), {}, "pretraining labels must be one class index per example, shape \\(40,\\)"),
+             ((x, y - 1), {}, "labels must be integer class indices >= 0, got -1"),
+             ((x, y + 0.5), {}, "labels must be integer class indices >= 0, got dtype float64"),
+             ((x, y), {"num_classes": 3}, f"labels go up to {int(y.max())} but num_classes=3; give at least"),
+             ((x, y), {"validation_data": (nan[:10], y[:10])}, "pretraining validation x row 3 has NaN"),
+             ((x, y), {"num_classes": int(y.max()) + 1, "validation_data": (x[:10], np.full(10, 11))},
+              "validation labels go up to 11 but the classification head has")]
+    for args, kwargs, match in cases:
+        with pytest.raises(DataError, match=match) as info:
+            pretrain_encoder(model, *args, epochs=1, **kwargs)
+        assert_one_line(str(info.value))
+    assert not any(changed(before, model.encoder.weights))
+    result = pretrain_encoder(model, x, y.astype(np.float32), epochs=1, batch_size=20)  # whole-number floats
+    assert result["num_classes"] == int(y.max()) + 1 and np.isfinite(result["pretrain_loss"]).all()
+    assert all(np.isfinite(w.numpy()).all() for w in model.encoder.weights)
+
+
 def test_training_app_reserves_the_labelled_fraction(digits):
     from training.config import load_config
     from training.train import split_for_pretraining

@@ -89,6 +89,20 @@ def _classifier(model, num_classes: int, sample):
     return EncoderClassifier()
 
 
+def _labels(y, n: int, what: str) -> np.ndarray:
+    """``y`` as int64 class indices, one per example of ``n``, or a one-line DataError."""
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"{what} labels must be one class index per example, shape ({n},), got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        whole = np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))
+        if not whole:
+            raise DataError(f"{what} labels must be integer class indices >= 0, got dtype {y.dtype}")
+    if y.min() < 0:
+        raise DataError(f"{what} labels must be integer class indices >= 0, got {int(y.min())}")
+    return y.astype(np.int64)
+
+
 def pretrain_encoder(model, x, y, *, epochs: int = DEFAULT_EPOCHS, batch_size: int = 64, learning_rate: float = 1e-3,
                      num_classes: int | None = None, validation_data=None, seed: int = 0, verbose: int = 0) -> dict:
     """Train ``model``'s encoder (and the latent family's own trainable variables) with a linear
@@ -108,29 +122,37 @@ def pretrain_encoder(model, x, y, *, epochs: int = DEFAULT_EPOCHS, batch_size: i
     import keras
     import tensorflow as tf
 
-    x = np.asarray(x)
-    x = x if x.dtype == object else x.astype(np.float32)  # sentences stay strings (a text model tokenises)
-    y = np.asarray(y)
-    if (x.ndim < 2 and x.dtype != object) or len(x) == 0 or len(x) != len(y):
-        raise DataError(f"pretraining needs x (N, *data_shape) and y (N,) with N > 0, got {x.shape} and {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
-        raise DataError("pretraining labels must be integer class indices >= 0")
+    from vae_tf.models.inputs import model_rows
+
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"train.pretrain.{name} must be a positive integer, got {value!r}")
-    num_classes = int(y.max()) + 1 if num_classes is None else int(num_classes)
-    classifier = _classifier(model, num_classes, (x[:1], y[:1].astype(np.int64)))
+    # the checks fit and encode make (shape, NaN/Inf, the likelihood's support; sentences stay
+    # strings, which a text model tokenises): one NaN pixel made every encoder weight NaN
+    x = model_rows(model, x, what="pretraining x", as_array=True)
+    y = _labels(y, len(x), "pretraining")
+    if num_classes is None:
+        num_classes = int(y.max()) + 1
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes <= y.max():
+        raise DataError(f"pretraining labels go up to {int(y.max())} but num_classes={num_classes!r}; give at least "
+                        f"{int(y.max()) + 1} (or leave it out: max(y) + 1)")
+    num_classes = int(num_classes)
+    classifier = _classifier(model, num_classes, (x[:1], y[:1]))
     classifier.compile(optimizer=keras.optimizers.Adam(learning_rate),
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-    train = static_pipeline(tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64))).shuffle(len(x), seed=seed)
+    train = static_pipeline(tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
                             .batch(batch_size))
     val = None
     if validation_data is not None:
         x_val, y_val = validation_data
         if y_val is not None and len(x_val):
-            x_val = np.asarray(x_val)
-            x_val = x_val if x_val.dtype == object else x_val.astype(np.float32)
-            val = static_pipeline(tf.data.Dataset.from_tensor_slices((x_val, np.asarray(y_val, np.int64))).batch(256))
+            x_val = model_rows(model, x_val, what="pretraining validation x", as_array=True)
+            y_val = _labels(y_val, len(x_val), "pretraining validation")
+            if y_val.max() >= num_classes:
+                raise DataError(f"pretraining validation labels go up to {int(y_val.max())} but the classification "
+                                f"head has {num_classes} classes (0-{num_classes - 1}); give num_classes="
+                                f"{int(y_val.max()) + 1}")
+            val = static_pipeline(tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(256))
     history = classifier.fit(train, validation_data=val, epochs=epochs, verbose=verbose,
                              shuffle=False).history  # the dataset shuffles itself, seeded
     # The head goes with the classifier; the encoder object is the model's own.
