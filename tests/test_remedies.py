@@ -338,6 +338,42 @@ def test_aggressive_needs_held_out_data(digits):
     assert_one_line(str(info.value))
 
 
+def test_aggressive_fit_reads_each_fits_own_data_positional_arguments_and_validation_split(digits):
+    """The fresh batches and the held-out MI batch were set up by the first fit only: a model
+    fine-tuned on other data kept training its encoder on the first data (the compiled step read
+    the first iterator), positional validation_data was not seen, and validation_split was
+    refused with a message asking for validation_data."""
+    model = make({"inference": {"kind": "aggressive", "max_inner_steps": 5, "check_every": 5,
+                                "leave_phase": "never"}})
+    inference = model.inference
+    dark, val = digits.x_train[:128] * 0.2, digits.x_val[:64] * 0.2  # means ~0.06 and ~0.3: told apart
+    light = 1.0 - digits.x_train[:128] * 0.2
+    model.fit(dark, None, 64, 1, 0, None, 0.0, val)  # validation_data is fit's 8th positional argument
+    np.testing.assert_allclose(inference._heldout.value.numpy(), val[:inference.options.heldout_size])
+    first = inference._inner.value
+    assert inference._traced_with is first
+    model.fit(dark.astype(np.float64), batch_size=64, epochs=1, verbose=0, validation_data=val)  # the same values
+    assert inference._inner.value is first  # kept, and the step is not traced again
+    model.fit(light, batch_size=64, epochs=1, verbose=0, validation_data=1.0 - val)
+    assert inference._inner.value is not first and inference._traced_with is inference._inner.value
+    assert float(tf.reduce_mean(inference._inner.value.get_next())) > 0.7
+    np.testing.assert_allclose(inference._heldout.value.numpy(), (1.0 - val)[:inference.options.heldout_size])
+    # validation_split: the held-out batch is the last rows, as Keras splits; the fresh batches the others
+    model = make({"inference": {"kind": "aggressive", "max_inner_steps": 5, "check_every": 5}})
+    x = np.concatenate([dark[:96], light[:32]])
+    model.fit(x, batch_size=32, epochs=1, verbose=0, validation_split=0.25)
+    np.testing.assert_allclose(model.inference._heldout.value.numpy(), light[:32])
+    assert all(float(tf.reduce_max(model.inference._inner.value.get_next())) <= 0.2 + 1e-6 for _ in range(4))
+    # what the caller set is kept
+    mine = digits.pipeline("train", 32, repeat=True)
+    model.inference.set_inner_data(mine)
+    model.inference.set_heldout(val)
+    kept = model.inference._inner.value
+    model.fit(light, batch_size=32, epochs=1, verbose=0, validation_data=1.0 - val)
+    assert model.inference._inner.value is kept and model.inference._traced_with is kept
+    np.testing.assert_allclose(model.inference._heldout.value.numpy(), val[:model.inference.options.heldout_size])
+
+
 # --- 4. Encoder pretraining ----------------------------------------------------------------------
 
 def test_pretraining_reaches_above_chance_accuracy_on_digits(digits):

@@ -20,6 +20,8 @@ assemble.
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -464,9 +466,12 @@ class VAE(keras.Model):
         tensor for its shape, finite values and the likelihood's support, a dataset for its
         element shape and dtype. Keras said these things in a traceback from inside the first
         step, or not at all: 0–255 values or a NaN pixel trained on and ruined the weights."""
-        args, kwargs = self._checked_data(args, kwargs, fit=True)
-        x = args[0] if args else kwargs.get("x")
-        if isinstance(x, tf.data.Dataset) and len(args) <= 8 and "shuffle" not in kwargs:  # shuffle: 9th argument
+        try:  # every argument by its name, positional ones too (Keras' order), for the checks below
+            kwargs = inspect.signature(super().fit).bind(*args, **kwargs).arguments
+        except TypeError as err:
+            raise TypeError(f"VAE.fit: {err}") from None
+        _, kwargs = self._checked_data((), kwargs, fit=True)
+        if isinstance(kwargs.get("x"), tf.data.Dataset) and "shuffle" not in kwargs:
             kwargs["shuffle"] = False
         if getattr(self, "optimizer", None) is None:  # Keras 3 has no attribute before compile
             raise ConfigError("compile the model before fitting it: model.compile(optimizer=...) (build_vae builds "
@@ -474,8 +479,7 @@ class VAE(keras.Model):
         if self.jit_compile and self.inference.xla_refusal:
             raise ConfigError(f"this model is compiled with jit_compile=True, but {self.inference.xla_refusal}; "
                               "compile it with jit_compile=False")
-        callbacks = args[5] if len(args) > 5 else kwargs.get("callbacks")
-        for callback in callbacks or ():
+        for callback in kwargs.get("callbacks") or ():
             if isinstance(callback, keras.callbacks.ModelCheckpoint) and not callback.save_weights_only:
                 # Refused now, not when the first epoch has trained and the callback calls save().
                 raise ConfigError(f"keras.callbacks.ModelCheckpoint({callback.filepath!r}) saves the whole model, "
@@ -483,7 +487,7 @@ class VAE(keras.Model):
                                   "'.weights.h5' path), or export the model after fit")
         self._build_optimizer()
         self._constant_beta_in_force()
-        return super().fit(*args, **self.inference.prepare_fit(self, args, kwargs))
+        return super().fit(**self.inference.prepare_fit(self, kwargs))
 
     def _constant_beta_in_force(self) -> None:
         """A constant β is never assigned by the steps, so the ``beta`` variable (logged) is set

@@ -82,7 +82,7 @@ from vae_tf.remedies.base import Inference, SlotOptions
 #: The seed of the held-out MI estimate: fixed, so that successive epochs see the same noise.
 HELDOUT_SEED = (20190, 1)
 _NO_HELDOUT = ("inference aggressive needs a held-out batch of at least 2 examples for its per-epoch MI check: "
-               "give fit validation_data or call model.inference.set_heldout(x_val) (training job: "
+               "give fit validation_data (or validation_split) or call model.inference.set_heldout(x_val) (training job: "
                "data.val_fraction > 0)")
 
 
@@ -165,6 +165,10 @@ class Aggressive(Inference):
         self.inner_steps_tracker = keras.metrics.Mean(name="aggressive_inner_steps")
         self._inner = _Holder()
         self._heldout = _Holder()
+        # where the iterator and the held-out batch came from: fit's own data (replaced when a later
+        # fit is given other data) or the caller (set_inner_data / set_heldout: kept)
+        self._inner.source = self._heldout.source = None
+        self._traced_with = None  # the iterator the model's compiled training step reads
 
     @property
     def metrics(self):
@@ -184,6 +188,7 @@ class Aggressive(Inference):
         from vae_tf.data.splits import static_pipeline  # noqa: PLC0415
 
         self._inner.value = iter(static_pipeline(dataset))
+        self._inner.source = None
 
     def set_heldout(self, x) -> None:
         """The held-out batch (at most ``heldout_size`` examples) of the per-epoch MI check."""
@@ -191,6 +196,7 @@ class Aggressive(Inference):
         if len(x) < 2:
             raise ConfigError(_NO_HELDOUT)
         self._heldout.value = tf.constant(x)
+        self._heldout.source = None
 
     # --- steps -----------------------------------------------------------------------------------
     def _update(self, model, x, variables) -> tf.Tensor:
@@ -201,6 +207,7 @@ class Aggressive(Inference):
     def _next_batch(self, like: tf.Tensor) -> tf.Tensor:
         """The next fresh batch (and one more in ``inner_batches``)."""
         self.inner_batches.assign_add(1)
+        self._traced_with = self._inner.value
         batch = self._inner.value.get_next()
         batch = batch[0] if isinstance(batch, (tuple, list)) else batch
         return batch if batch.dtype == like.dtype or batch.dtype == tf.string else tf.cast(batch, like.dtype)
@@ -239,6 +246,7 @@ class Aggressive(Inference):
         """:meth:`encoder_loop` for several replicas: the loop and the phase test run in
         cross-replica context, every update in each replica (module docstring)."""
         variables = model.encoder_variables
+        self._traced_with = self._inner.value
         spec = self._inner.value.element_spec
         spec = spec[0] if isinstance(spec, (tuple, list)) else spec
 
@@ -314,25 +322,56 @@ class Aggressive(Inference):
         self.previous_mi.assign(mi)
         return logs
 
-    def prepare_fit(self, model, args, kwargs):
-        """Set up what the procedure needs before ``fit`` (module docstring)."""
-        x = args[0] if args else kwargs.get("x")
-        if self._inner.value is None:
-            if isinstance(x, tf.data.Dataset):
-                self.set_inner_data(x.repeat())
-            elif x is not None:
-                batch_size = kwargs.get("batch_size") or (args[2] if len(args) > 2 else None) or 32
-                array = np.asarray(x[0] if isinstance(x, (tuple, list)) else x)
+    def prepare_fit(self, model, kwargs):
+        """Set up what the procedure needs before ``fit`` (module docstring): the fresh batches
+        from ``x`` and the held-out batch from ``validation_data`` or, for
+        arrays, from the rows ``validation_split`` holds out (the last ones, as Keras splits; the
+        fresh batches then come from the others). What fit set up is replaced when a later
+        ``fit`` is given other data (a later fit without validation data keeps the held-out
+        batch); what the caller set with :meth:`set_inner_data` / :meth:`set_heldout` is kept.
+        A compiled training step reads its iterator as it was traced, so a new iterator makes
+        Keras trace the step again."""
+        x, split, validation = kwargs.get("x"), kwargs.get("validation_split"), kwargs.get("validation_data")
+        inputs = x[0] if isinstance(x, (tuple, list)) else x
+        if split and validation is None and inputs is not None and not isinstance(inputs, tf.data.Dataset):
+            inputs = np.asarray(inputs)
+            split_at = int(np.floor(len(inputs) * (1.0 - split)))  # Keras' train_validation_split
+            inputs, validation = inputs[:split_at], inputs[split_at:]
+        if inputs is not None and (self._inner.value is None or
+                                   (self._inner.source is not None and not _same_data(self._inner.source, inputs))):
+            if isinstance(inputs, tf.data.Dataset):
+                self.set_inner_data(inputs.repeat())
+            else:
+                batch_size = kwargs.get("batch_size") or 32
+                array = np.asarray(inputs)
                 self.set_inner_data(tf.data.Dataset.from_tensor_slices(array).shuffle(len(array)).repeat()
                                     .batch(int(batch_size)))
-        if self._heldout.value is None and kwargs.get("validation_data") is not None:
-            self.set_heldout(_first_examples(kwargs["validation_data"], self.options.heldout_size))
+            self._inner.source = inputs
+        if validation is not None and (self._heldout.value is None or
+                                       (self._heldout.source is not None and not _same_data(self._heldout.source,
+                                                                                            validation))):
+            self.set_heldout(_first_examples(validation, self.options.heldout_size))
+            self._heldout.source = validation
         if self._heldout.value is None:
             raise ConfigError(_NO_HELDOUT)
+        if getattr(model, "train_function", None) is not None and self._traced_with is not None \
+                and self._traced_with is not self._inner.value:
+            model.train_function = None  # traced with the iterator before: trace it again (Keras' compile does so)
         callbacks = list(kwargs.get("callbacks") or [])
         if not any(isinstance(c, AggressivePhase) for c in callbacks):
             callbacks.insert(0, AggressivePhase())
         return {**kwargs, "callbacks": callbacks}
+
+
+def _same_data(before, now) -> bool:
+    """Whether ``now`` is the data ``before`` was: the same object (a dataset can be told by
+    nothing else), or arrays of equal values (fit casts and copies an array on every call)."""
+    if now is before:
+        return True
+    if isinstance(now, tf.data.Dataset) or isinstance(before, tf.data.Dataset):
+        return False
+    before, now = np.asarray(before), np.asarray(now)
+    return before.shape == now.shape and before.dtype == now.dtype and np.array_equal(before, now)
 
 
 def _first_examples(data, n: int) -> np.ndarray:

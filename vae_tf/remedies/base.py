@@ -185,8 +185,9 @@ class Inference(Remedy):
     def train_step(self, model, x: tf.Tensor) -> dict:
         raise NotImplementedError
 
-    def prepare_fit(self, model, args: tuple, kwargs: dict) -> dict:
-        """Return ``fit``'s keyword arguments, changed as the procedure needs (default: as given)."""
+    def prepare_fit(self, model, kwargs: dict) -> dict:
+        """Return ``fit``'s arguments (every one by its name: :meth:`VAE.fit` binds positional ones),
+        changed as the procedure needs (default: as given)."""
         return kwargs
 
 
