@@ -171,6 +171,23 @@ def test_fitted_mi_bound_grows_as_q_learns_continuous_dims(digits):
     assert gaussian["history"][-1][1] > gaussian["history"][0][1] + 0.3, gaussian["history"]
 
 
+def test_fitted_mi_bound_checks_its_data_as_encode_does(digits):
+    """A NaN pixel gave a finite bound and 0-255 images one of about -10,000 nats, without a word."""
+    from vae_tf.errors import DataError
+
+    model = make({})
+    nan = digits.x_train[:64].copy()
+    nan[5, 2, 2, 0] = np.nan
+    for kwargs, match in [({"x": nan}, "^x row 5 has NaN or Inf values"),
+                          ({"x": digits.x_train[:64] * 255}, "^x row 0 has values outside \\[0, 1\\]"),
+                          ({"x": digits.x_train[:64], "x_eval": nan}, "^x_eval row 5 has NaN"),
+                          ({"x": digits.x_train[:64, :4]}, "^x has shape \\(64, 4, 8, 1\\) but the model reads"),
+                          ({"x": digits.x_train[:0]}, "^x holds no examples")]:
+        with pytest.raises(DataError, match=match) as info:
+            fit_mi_bound(model, steps=1, **kwargs)
+        assert_one_line(str(info.value))
+
+
 @pytest.mark.slow
 def test_the_mi_term_raises_the_bound_it_maximises(digits):
     # Same seed, same data, same Q training; only the weight of the MI term differs. The term must

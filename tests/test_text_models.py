@@ -465,6 +465,16 @@ def test_text_models_refuse_array_networks_and_likelihoods(corpus):
         build_vae((), network={"kind": "conv"}, likelihood={"name": "bernoulli"}, text=text_settings(corpus.metadata))
 
 
+def test_the_fitted_mi_bound_says_it_is_for_image_models(corpus):
+    """It read sentences as float32 and failed inside NumPy ("could not convert string to float")."""
+    from vae_tf.metrics import fit_mi_bound
+
+    with pytest.raises(ConfigError, match=r"^fit_mi_bound fits its Q network on decoded images .* a text model's "
+                                          r"I\(x; z\) is evaluate_model's mi") as err:
+        fit_mi_bound(make(corpus), corpus.x_train[:16], steps=1)
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.slow
 def test_fitting_a_text_model_on_arrays_is_a_one_line_error(corpus):
     """It was TensorFlow's "Tensor conversion requested dtype string for Tensor with dtype float32"."""

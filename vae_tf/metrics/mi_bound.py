@@ -51,12 +51,17 @@ def fit_mi_bound(model, x, *, steps: int = 1000, batch_size: int = 128, learning
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not learning_rate > 0:
         raise ConfigError(f"learning_rate must be a number > 0, got {learning_rate!r}")
-    x = np.asarray(x, np.float32)
-    x_eval = x if x_eval is None else np.asarray(x_eval, np.float32)
+    if getattr(model, "modality", "image") == "text":
+        raise ConfigError("fit_mi_bound fits its Q network on decoded images x' = E[x | z], which a text model does "
+                          "not make; a text model's I(x; z) is evaluate_model's mi (vae-tf evaluate), or train it with the "
+                          "mi_q regulariser, whose mi_bound is logged")
+    from vae_tf.models.inputs import model_rows
+
+    # the checks encode makes (shape, NaN/Inf, the likelihood's support): a NaN pixel or 0-255
+    # images gave a finite bound (-10002 nats for the latter) without a word
+    x = model_rows(model, x, what="x", as_array=True)
+    x_eval = x if x_eval is None else model_rows(model, x_eval, what="x_eval", as_array=True)
     data_shape = tuple(model.encoder.inputs[0].shape[1:])
-    if x.shape[1:] != data_shape or x_eval.shape[1:] != data_shape or len(x) == 0 or len(x_eval) == 0:
-        raise ConfigError(f"x and x_eval must be non-empty batches of shape (N, {', '.join(map(str, data_shape))}), "
-                          f"got {x.shape} and {x_eval.shape}")
     q_net = build_q_network(data_shape, mi_target.q_size, q_network, name="q_network_eval")
     optimizer = FusedAdam(learning_rate)
     optimizer.build(q_net.trainable_variables)
