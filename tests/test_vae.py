@@ -281,6 +281,18 @@ def test_kl_per_dim_before_any_evaluation_says_so_instead_of_zeros(digits):
         model.kl_per_dim
     result = model.evaluate(digits.x_val, return_dict=True, verbose=0)
     assert model.kl_per_dim.sum() == pytest.approx(result["kl"], rel=1e-3) and result["kl"] > 0
+    # An evaluation of no examples (fit's validation on an empty split, as the README's example does
+    # with val_fraction=0) left the tracker's zeros as the measurement.
+    import tensorflow as tf
+
+    empty = tf.data.Dataset.from_tensor_slices(digits.x_val[:0]).batch(32)
+    history = model.fit(digits.x_train[:128], epochs=1, verbose=0, validation_data=empty).history
+    assert not any(key.startswith("val_") for key in history)
+    with pytest.raises(ConfigError, match=r"^model.kl_per_dim is measured by evaluation and the last one \(model.evaluate, "
+                                          r"or fit's validation\) saw no examples .*: call model.evaluate\(x\) on data$"):
+        model.kl_per_dim
+    model.evaluate(digits.x_val, verbose=0)
+    assert model.kl_per_dim.sum() > 0
 
 
 def test_a_constant_beta_is_the_beta_in_force_after_loading_another_models_weights(digits, tmp_path):

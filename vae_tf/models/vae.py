@@ -547,17 +547,23 @@ class VAE(keras.Model):
             args, kwargs = self._checked_data(args, kwargs, fit=False)
         self._constant_beta_in_force()
         logs = super().evaluate(*args, **kwargs)
-        self._last_kl_per_dim = np.asarray(self.kl_per_dim_tracker.result())
+        seen = float(np.asarray(self.kl_per_dim_tracker.count))
+        # no example (an empty dataset): the tracker's zeros are no measurement (kl_per_dim says so)
+        self._last_kl_per_dim = np.asarray(self.kl_per_dim_tracker.result()) if seen else "no examples"
         return logs
 
     @property
     def kl_per_dim(self) -> np.ndarray:
         """Mean KL per latent dimension (nats) over the data of the last evaluation (``evaluate``,
-        or ``fit``'s validation). Before any there is none, and it says so: the tracker's zeros
-        (only evaluation fills it) read as a collapsed posterior."""
+        or ``fit``'s validation). Before any, or after one of no examples, there is none, and it
+        says so: the tracker's zeros (only evaluation fills it) read as a collapsed posterior."""
         if self._last_kl_per_dim is None:
             raise ConfigError("model.kl_per_dim is measured by evaluation and none has run: call "
                               "model.evaluate(x) or fit with validation_data")
+        if isinstance(self._last_kl_per_dim, str):
+            raise ConfigError("model.kl_per_dim is measured by evaluation and the last one (model.evaluate, or fit's "
+                              "validation) saw no examples (an empty dataset, e.g. a validation split of 0 rows): "
+                              "call model.evaluate(x) on data")
         return self._last_kl_per_dim
 
     def build(self, input_shape=None):
