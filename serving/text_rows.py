@@ -118,9 +118,10 @@ def scan_text_file(path: str | os.PathLike, every: int = CHECKPOINT_EVERY, opene
     try:
         with (opener or open_binary)(path) as handle:
             for line, raw in enumerate(iter(handle.readline, b"")):  # Beam's CompressedFile is not iterable
+                text = _line_text(raw, line, where)  # first: UTF-16, gzip or binary data holds \r bytes too
                 if b"\r" in raw.strip():  # lines cut by \r alone, read as one (\r\n endings are stripped)
                     raise lone_carriage_return(where, line)
-                if _line_text(raw, line, where) is not None:
+                if text is not None:
                     if scan.sentences % every == 0:
                         scan.checkpoints.append(Checkpoint(scan.sentences, line, offset))
                     scan.sentences += 1

@@ -213,6 +213,25 @@ def test_text_embed_memory_does_not_grow_with_the_lines(tmp_path):
     assert peaks[80_000] < 2 * 1024 * 1024, peaks
 
 
+@pytest.mark.parametrize("name, data, said", [
+    # Windows Notepad's "Unicode": UTF-16 with \r\n, whose \r byte sits before a NUL, not before \n
+    ("notepad.txt", "the cat sat\r\nthe dog ran\r\n".encode("utf-16"), "is UTF-16 (little-endian) text"),
+    ("packed.txt", b"\x1f\x8b\x08\x00\r\x03\x00\n", "is gzip-compressed; name it .txt.gz"),
+    ("program.txt", b"\x7fELF\x02\r\x00\x01\n", "looks binary (a NUL byte on line 1)"),
+    ("latin1.txt", b"caf\xe9\rcr\xeape\n", "is not valid UTF-8 (line 1"),
+])
+def test_a_text_file_that_is_not_utf8_text_is_named_as_such_before_its_carriage_returns(tmp_path, name, data, said):
+    """Each of these holds a \r byte: they were all told to convert old Mac OS line endings with
+    tr, which leaves them as broken as they were (vae-tf train named them right)."""
+    from serving.text_rows import scan_text_file
+    from vae_tf.errors import DataError
+
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(DataError, match=re.escape(said)) as err:
+        scan_text_file(tmp_path / name)
+    assert "carriage return" not in str(err.value)
+
+
 def _error(capsys, *argv) -> str:
     assert main(list(argv)) == 2
     err = capsys.readouterr().err.strip()
