@@ -782,10 +782,7 @@ def read_embeddings(path: str | os.PathLike, column: str = "embedding") -> tuple
             import pyarrow as pa
 
             values = table.column(column).combine_chunks()
-            if pa.types.is_fixed_size_list(values.type):
-                codes = values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), values.type.list_size)
-            else:
-                codes = np.asarray(values.to_numpy(zero_copy_only=False)).reshape(len(values), -1)
+            codes = _code_rows(values, f"{path} column {column!r}")
             labels = table.column("label").to_numpy() if "label" in table.column_names else None
         elif path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as archive:
@@ -800,7 +797,31 @@ def read_embeddings(path: str | os.PathLike, column: str = "embedding") -> tuple
     except Exception as err:
         raise DataError(f"could not read {str(path)!r} ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
                         "re-create it with vae-tf embed") from None
+    if not (np.issubdtype(codes.dtype, np.number) or codes.dtype == bool):
+        raise DataError(f"{path} {column!r} holds {codes.dtype} values, not numbers; name an encode output "
+                        "(embedding, z_mean, ...)")
     return np.asarray(codes, dtype=np.float32).reshape(len(codes), -1), None if labels is None else np.asarray(labels)
+
+
+def _code_rows(values, what: str) -> np.ndarray:
+    """A Parquet column of codes as a ``[rows, width]`` array: a fixed-size list per row (what
+    ``vae-tf embed`` writes), a list per row of one length (pandas' and Spark's ``list<float>`` /
+    ``array<float>``), or one number per row."""
+    import pyarrow as pa
+
+    if values.null_count:
+        row = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{what} is empty (null) in row {row} ({values.null_count} rows are); drop or fill those rows")
+    if pa.types.is_fixed_size_list(values.type):
+        return values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), values.type.list_size)
+    if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+        lengths = values.value_lengths().to_numpy(zero_copy_only=False)
+        if len(lengths) and (lengths != lengths[0]).any():
+            row = int(np.flatnonzero(lengths != lengths[0])[0])
+            raise DataError(f"{what} has lists of different lengths ({int(lengths[0])} in row 0, {int(lengths[row])} in "
+                            f"row {row}); every row's code must have the same width")
+        return values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), -1)
+    return np.asarray(values.to_numpy(zero_copy_only=False)).reshape(len(values), -1)
 
 
 def probe(train_path: str | os.PathLike, test_path: str | os.PathLike | None = None, *, test_fraction: float = 0.2,

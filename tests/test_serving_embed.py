@@ -480,6 +480,32 @@ def test_probe_errors_are_one_line(tmp_path, capsys):
         assert f"--column {column} is the row's" in capsys.readouterr().err
 
 
+def test_probe_reads_a_list_column_that_pandas_or_spark_wrote_and_refuses_ragged_or_empty_codes(tmp_path, capsys):
+    """A ``list<float>`` column (pandas' lists of floats, Spark's ``array<float>``) crashed the
+    probe with NumPy's "setting an array element with a sequence" traceback."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 40)
+    codes = (rng.normal(size=(80, 3)) + 3 * labels[:, None]).astype(np.float32)  # separable: far apart means
+    lists = pa.array([row.tolist() for row in codes], pa.list_(pa.float32()))
+    pq.write_table(pa.table({"embedding": lists, "label": labels}), tmp_path / "lists.parquet")
+    read, read_labels = read_embeddings(tmp_path / "lists.parquet")
+    np.testing.assert_array_equal(read, codes)
+    np.testing.assert_array_equal(read_labels, labels)
+    assert main(["probe", str(tmp_path / "lists.parquet")]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    bad = {"ragged": (pa.array([[0.0, 1.0]] * 79 + [[0.0]], pa.list_(pa.float32())),
+                      "column 'embedding' has lists of different lengths (2 in row 0, 1 in row 79); every row's"),
+           "nulls": (pa.array([[0.0, 1.0]] * 5 + [None] * 75, pa.list_(pa.float32())),
+                     "column 'embedding' is empty (null) in row 5 (75 rows are); drop or fill those rows"),
+           "words": (pa.array(["a"] * 80), "'embedding' holds object values, not numbers; name an encode output")}
+    for name, (column, said) in bad.items():
+        pq.write_table(pa.table({"embedding": column, "label": labels}), tmp_path / f"{name}.parquet")
+        assert main(["probe", str(tmp_path / f"{name}.parquet")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert_one_line(err)
+        assert said in err, err
+
+
 def test_pyfunc_serves_every_signature(base, tmp_path, monkeypatch, capfd):
     import mlflow
 
