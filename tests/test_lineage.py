@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from vae_tf_cli import main
-from training.lineage import dataset_digest, model_verdict
+from training.lineage import dataset_digest, mlflow_digest, model_verdict
 from vae_tf.metrics import CollapseVerdict, collapse_verdict
 
 FAST = ["train.epochs=2", "model.network.hidden=[32]", "model.latent.latent_dim=4", "train.pretrain.fraction=0.1",
@@ -41,8 +41,46 @@ def test_a_training_run_logs_every_split_it_read_as_a_dataset_input(trained, dig
     assert sizes["validation"] == len(digits.x_val) and sizes["test"] == len(digits.x_test)
     assert sizes["training"] + sizes["pretraining"] == len(digits.x_train)  # pretraining's part is held out
     assert inputs["validation"].dataset.name == "digits-val"
-    assert inputs["validation"].dataset.digest == dataset_digest(digits.x_val, digits.y_val)
+    content = dataset_digest(digits.x_val, digits.y_val)
+    assert {t.key: t.value for t in inputs["validation"].tags}["content_digest"] == content
+    assert inputs["validation"].dataset.digest == mlflow_digest("sklearn.datasets.load_digits", content)
     assert "sklearn.datasets.load_digits" in inputs["test"].dataset.source
+
+
+@pytest.mark.slow
+def test_each_run_names_the_file_it_read_and_evaluate_says_when_the_file_changed_since(tmp_path, monkeypatch,
+                                                                                      capsys, digits):
+    """MLflow keeps one dataset per (name, digest) in an experiment: a run that read the same
+    content from another file showed the first run's file in its Datasets panel. And `vae-tf
+    evaluate` split a file reshuffled since training anew, without a word, so its "test" split
+    held examples the model trained on."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    x = np.concatenate([digits.x_train, digits.x_val, digits.x_test])
+    for name in ("first.npz", "second.npz"):
+        np.savez(tmp_path / name, x=x)
+    for name in ("first", "second"):
+        assert main(_args("train.epochs=1", "model.network.hidden=[16]", "model.latent.latent_dim=2", "data.name=npz",
+                          f"data.path={tmp_path / name}.npz", f"name={name}")) == 0
+    capsys.readouterr()
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("vae-tf").experiment_id])
+    sources = {r.data.params["name"]: {json.loads(i.dataset.source)["uri"] for i in r.inputs.dataset_inputs} for r in runs}
+    assert sources == {"first": {str(tmp_path / "first.npz")}, "second": {str(tmp_path / "second.npz")}}
+    assert main(["evaluate", "models/second", "--iw-k", "0", "--no-mlflow", "--disentanglement", "off"]) == 0
+    assert "split read now is not the one" not in capsys.readouterr().err  # the same file: the same split
+    np.savez(tmp_path / "second.npz", x=x[np.random.default_rng(1).permutation(len(x))])  # reshuffled since
+    assert main(["evaluate", "models/second", "--iw-k", "0", "--no-mlflow", "--disentanglement", "off",
+                 "--output", "changed.json"]) == 0
+    err = capsys.readouterr().err
+    warning = next(line for line in err.splitlines() if "split read now" in line)
+    assert warning.startswith("warning: the test split read now is not the one second/1 was trained without (content "
+                              "digest ") and f"{tmp_path / 'second.npz'} changed since" in warning
+    changed = json.loads((tmp_path / "changed.json").read_text())["info"]["split_changed_since_training"]
+    assert changed["source"] == str(tmp_path / "second.npz") and changed["digest_now"] != changed["digest_at_training"]
 
 
 def test_digest_changes_with_the_content_and_not_otherwise(digits):

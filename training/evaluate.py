@@ -242,8 +242,11 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
                             disentanglement_sizes=DISENTANGLEMENT_SIZES.get(disentanglement), fd=fd,
                             allow_unnormalised_nll=allow_unnormalised_nll)
     x, _ = data.split(split)
+    changed = _changed_split(info, config, data, split, overrides, label)
     figures = evaluation_figures(result, model=model, x=x[:10], value_range=data.value_range)
     document = report(result)
+    if changed:
+        document["info"]["split_changed_since_training"] = changed
     truncated = _truncated_sentences(info, data, x, split, max_examples, config.seed, out or sys.stdout)
     if truncated is not None:
         document["info"]["truncated_sentences"] = truncated
@@ -315,6 +318,29 @@ def _truncated_sentences(info: dict, data, x, split: str, max_examples: int | No
     return {"by_data": by_data, "by_model": by_model}
 
 
+def _changed_split(info: dict, config, data, split: str, overrides, label: str) -> dict | None:
+    """When the model's export recorded the content of its held-out ``split``
+    (:func:`training.lineage.held_out_digests`) and the data is read with the training config,
+    whether the split read now is another: a corpus file edited or reshuffled since training is
+    split anew, and its test split then holds examples the model trained on. Said as a warning
+    (the evaluation goes on: a file may have grown on purpose); None when it is the same or
+    cannot be told."""
+    from training.config import parse_override
+    from training.lineage import dataset_digest, dataset_source
+
+    recorded = ((info.get("data") or {}).get("split_digests") or {}).get(split)
+    if not recorded or "data" in {parse_override(str(o))[0][0] for o in overrides}:
+        return None
+    now = dataset_digest(*data.split(split))
+    if now == recorded:
+        return None
+    source = dataset_source(config, data)
+    print(f"warning: the {split} split read now is not the one {label} was trained without (content digest {now}, "
+          f"{recorded} at training): {source} changed since, and a changed file is split anew, so this {split} split "
+          "may hold examples the model trained on and its metrics read better than they are", file=sys.stderr)
+    return {"source": source, "digest_at_training": recorded, "digest_now": now}
+
+
 def _write_json_atomically(path: Path, document: dict) -> None:
     from training.atomic import write_json_atomic
 
@@ -328,7 +354,7 @@ def _log(config, label, result, figures, document, trained_run_id, split, data, 
     experiment and takes the evaluation's name and tags."""
     import mlflow
 
-    from training.lineage import dataset_digest, dataset_source
+    from training.lineage import dataset_digest, dataset_source, mlflow_digest
     from training.tracking import (
         check_caller_store,
         log_figures,
@@ -350,8 +376,9 @@ def _log(config, label, result, figures, document, trained_run_id, split, data, 
         tags["vae_tf.evaluates_run_id"] = trained_run_id
     with start_run(config.mlflow.experiment, run_id=into_run, run_name=name, tags={**tags, **verdict.tags()}) as run:
         x, y = data.split(split)
-        mlflow.log_input(meta_dataset(f"{data.name}-{split}", dataset_source(config, data), dataset_digest(x, y)),
-                         context="evaluation", tags={"split": split, "n_examples": str(len(x))})
+        source, content = dataset_source(config, data), dataset_digest(x, y)
+        mlflow.log_input(meta_dataset(f"{data.name}-{split}", source, mlflow_digest(source, content)),
+                         context="evaluation", tags={"split": split, "n_examples": str(len(x)), "content_digest": content})
         if settings and not into_run:  # how it was evaluated (`mlflow run`'s own run holds the entry's params)
             log_params(settings)
         mlflow.log_metrics({k: float(v) for k, v in result["metrics"].items() if v == v})  # NaN: not logged

@@ -46,6 +46,21 @@ def dataset_source(config, data) -> str:
     return str(data.metadata.get("source") or f"vae_tf.data:{data.name}")
 
 
+def held_out_digests(data) -> dict[str, str]:
+    """The content digests of the validation and test splits (those that hold examples), which an
+    export records so that `vae-tf evaluate` can tell whether it reads the split the model was
+    trained without (a corpus file edited or reshuffled since is split anew)."""
+    return {split: dataset_digest(*data.split(split)) for split in ("val", "test") if len(data.split(split)[0])}
+
+
+def mlflow_digest(source: str, content_digest: str) -> str:
+    """The digest a dataset input is logged under: of its source and its content. MLflow keeps one
+    dataset record per (name, digest) in an experiment and reuses the first one's source, so runs
+    that read the same content from another file showed the first file in their Datasets panel;
+    the content's own digest is the input's ``content_digest`` tag."""
+    return hashlib.sha256(f"{source}|{content_digest}".encode()).hexdigest()[:16]
+
+
 def log_datasets(tracker, config, data, labelled=None) -> None:
     """Log every split of ``data`` (and the labelled pretraining part) as dataset inputs."""
     source = dataset_source(config, data)
@@ -56,9 +71,11 @@ def log_datasets(tracker, config, data, labelled=None) -> None:
         if len(x) == 0:
             continue
         context = CONTEXTS.get(split, "pretraining")
-        tracker.log_dataset(name=f"{data.name}-{split}", source=source, digest=dataset_digest(x, y), context=context,
+        content = dataset_digest(x, y)
+        tracker.log_dataset(name=f"{data.name}-{split}", source=source, digest=mlflow_digest(source, content),
+                            context=context,
                             tags={"split": split, "n_examples": str(len(x)), "shape": str(tuple(np.shape(x)[1:])),
-                                  "seed": str(config.seed)})
+                                  "seed": str(config.seed), "content_digest": content})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,5 +131,5 @@ def result_verdict(result: dict) -> RunVerdict:
     return RunVerdict(verdict, {})
 
 
-__all__ = ["CONTEXTS", "DIGEST_ROWS", "RunVerdict", "dataset_digest", "dataset_source", "log_datasets",
-           "model_verdict", "result_verdict"]
+__all__ = ["CONTEXTS", "DIGEST_ROWS", "RunVerdict", "dataset_digest", "dataset_source", "held_out_digests",
+           "log_datasets", "mlflow_digest", "model_verdict", "result_verdict"]

@@ -744,7 +744,7 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
         TrainingProgress,
     )
     from training.distribute import distribute_options, is_chief
-    from training.lineage import log_datasets, model_verdict
+    from training.lineage import held_out_digests, log_datasets, model_verdict
     from vae_tf.errors import TrainingDivergedError
     from vae_tf.export import export_model
 
@@ -884,7 +884,8 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
     export_dir = export_model(model, config.export.base_dir, config.name, config.export.version,
                               config=config.shareable(),
                               data_info={"value_range": data.value_range, "name": data.name,
-                                         "binary": data.binary, **data.metadata},
+                                         "binary": data.binary, **data.metadata,
+                                         "split_digests": held_out_digests(data)},
                               extra={"mlflow_run_id": tracker.run_id})
     tracker.set_tags({"vae_tf.export_dir": str(export_dir.resolve())})
     model_uri, version = tracker.log_model(export_dir, data.data_shape, config.name if config.mlflow.register else None)
