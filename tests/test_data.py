@@ -112,6 +112,9 @@ def test_registry_errors():
     for known in ("digits", "dsprites", "mnist", "fashion_mnist", "npz", "npy", "images"):
         assert known in message
     raises_one_line(load_dataset, "digits", match="has no option(s) 'n_samples'", n_samples=3)
+    # a misspelt option gets a "did you mean", as config keys do
+    raises_one_line(load_dataset, "dsprites", match="has no option(s) 'n_sample' (did you mean n_samples?); its "
+                                                   "options are: image_size, n_samples", n_sample=3)
     raises_one_line(
         load_dataset, "dsprites", match="its options are: image_size, n_samples", colour=1
     )

@@ -129,9 +129,13 @@ def _resolve(name, *, seed, val_fraction, test_fraction, max_samples, path, opti
         options["path"] = path
     unknown = sorted(set(options) - accepted) if not any_kwargs else []
     if unknown:
+        import difflib
+
         valid = sorted(accepted - {"path"})
+        close = [match for name in unknown for match in difflib.get_close_matches(name, valid, n=1)]
+        hint = f" (did you mean {', '.join(close)}?)" if len(close) == len(unknown) else ""
         raise DataError(
-            f"data set {key!r} has no option(s) {', '.join(map(repr, unknown))}; "
+            f"data set {key!r} has no option(s) {', '.join(map(repr, unknown))}{hint}; "
             f"its options are: {', '.join(valid) if valid else 'none'}"
         )
     return key, loader, plan, options
