@@ -497,6 +497,11 @@ def mi(**options):
     (mi(lambda_=1.0), "^unknown option objective.regularizers\\[0\\].lambda_; valid options: "),
     ({"regularizers": [{"kind": "mi_k"}]}, "^unknown objective.regularizers\\[0\\].kind 'mi_k'; did you mean mi_q\\?$"),
     ({"inference": {"kind": "aggressive", "max_inner_steps": 0}}, "max_inner_steps: input should be greater than 0"),
+    # a negative KL weight trained to KL 1.5e7 in three epochs, without a word
+    ({"kl_weight": {"kind": "linear", "start": 0.0, "stop": -2.0, "steps": 20}},
+     "^objective.kl_weight.stop: input should be greater than or equal to 0, got -2.0$"),
+    ({"kl_weight": {"kind": "cyclical", "start": -0.5, "total_steps": 100}},
+     "^objective.kl_weight.start: input should be greater than or equal to 0, got -0.5$"),
     ({"inference": {"kind": "aggressive", "max_inner_steps": 5, "check_every": 10}},
      "check_every \\(10\\) must be <= max_inner_steps"),
     ({"input_noise": {"kind": "salt"}}, "unknown objective.input_noise.kind 'salt'; choose one of: fgsm, gaussian, none"),

@@ -35,8 +35,8 @@ class LinearAnnealing(KLWeight):
         kind: Literal["linear"] = "linear"
         beta: NonNegativeFloat = 1.0
         steps: PositiveInt = 1000
-        start: float = 0.0
-        stop: float = 1.0
+        start: NonNegativeFloat = 0.0  # fractions of β: a negative KL weight rewards a larger KL without bound
+        stop: NonNegativeFloat = 1.0
 
     def __init__(self, options, context, **kwargs):
         super().__init__(options, context, **kwargs)
@@ -63,8 +63,8 @@ class CyclicalAnnealing(KLWeight):
         total_steps: PositiveInt | None = None
         cycles: PositiveInt = 4
         ratio: float = Field(0.5, gt=0.0, le=1.0)
-        start: float = 0.0
-        stop: float = 1.0
+        start: NonNegativeFloat = 0.0  # fractions of β: a negative KL weight rewards a larger KL without bound
+        stop: NonNegativeFloat = 1.0
 
     def __init__(self, options, context, **kwargs):
         super().__init__(options, context, **kwargs)
