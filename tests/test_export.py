@@ -101,6 +101,18 @@ def test_sample_is_reproducible_per_seed_row(exported, trained):
     assert not np.allclose(first["z"].numpy()[0], first["z"].numpy()[1])
 
 
+@pytest.mark.parametrize("likelihood, expected", [({"name": "gaussian"}, None), ({"name": "bernoulli"}, [0.0, 1.0]),
+                                                   ({"name": "continuous_bernoulli"}, [0.0, 1.0])])
+def test_an_export_without_data_info_records_the_likelihoods_bounded_support_as_its_value_range(likelihood, expected):
+    """Standardised tabular data (about [-3, 3]) exported by a library user without data_info was
+    recorded as lying in [0, 1]."""
+    model = build_vae((20,), latent={"family": "gaussian", "latent_dim": 2}, likelihood=likelihood,
+                      network={"kind": "mlp", "hidden": [8]})
+    assert export_mod.model_info(model, "tabular", 1, (20,), endpoints={})["value_range"] == expected
+    given = export_mod.model_info(model, "tabular", 1, (20,), endpoints={}, data_info={"value_range": (-3.2, 2.7)})
+    assert given["value_range"] == [-3.2, 2.7]
+
+
 def test_assets_describe_the_model(exported):
     path, _ = exported
     info = load_model_info(path)

@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import tensorflow as tf
 
 from vae_tf._traced import traced  # one tf.function per model, counted as its own
@@ -256,7 +257,11 @@ def model_info(model, name: str, version: int, data_shape, *, config=None, data_
     data_info.pop("vocabulary", None)  # a text model's vocabulary is in its build spec (and its lookup table)
     if endpoints is None:
         endpoints = serving_functions(model)
-    value_range = data_info.pop("value_range", (0.0, 1.0))
+    # Not given (a library export without data_info): the likelihood's support where it is bounded
+    # (what its data must lie in), else unknown; [0, 1] was recorded for standardised tabular data.
+    support = getattr(getattr(model, "likelihood", None), "support", None)
+    bounded = support is not None and all(np.isfinite(support)) and getattr(model, "modality", "image") != "text"
+    value_range = data_info.pop("value_range", tuple(map(float, support)) if bounded else None)
     info = {
         "format_version": FORMAT_VERSION,
         "vae_tf_version": vae_tf.__version__,
