@@ -477,8 +477,15 @@ def test_a_registered_network_kind_builds_exports_and_loads_as_the_shipped_ones(
         x = np.random.default_rng(0).uniform(size=(16, 8, 8, 1)).astype(np.float32)
         model.compile(optimizer="adam")
         model.fit(x, epochs=1, verbose=0)
-        loaded = load_vae(export_model(model, tmp_path))
+        exported = export_model(model, tmp_path)
+        loaded = load_vae(exported)
         assert loaded.encoder.layers[2].units == 8  # Input, Flatten, the hidden Dense
         np.testing.assert_array_equal(loaded.encode(x)["z_mean"].numpy(), model.encode(x)["z_mean"].numpy())
     finally:
         NETWORKS.unregister("test_dense_pair")
+    # in a process where it is not registered: the error says what to do, not only what is known
+    with pytest.raises(ConfigError, match=r"was built with a part this process does not know \(unknown network "
+                                          r"'test_dense_pair'; choose one of: .*\); register it \(e.g. "
+                                          r"vae_tf.networks.NETWORKS.register\) before load_vae") as err:
+        load_vae(exported)
+    assert "\n" not in str(err.value)

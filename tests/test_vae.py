@@ -255,6 +255,8 @@ def test_sample_checks_its_seed_rows_instead_of_casting_them_onto_other_seeds():
     ({"data_shape": 64}, r"^data_shape must be a tuple of positive integers \(an example's shape, e.g. \(28, 28, 1\)"),
     ({"data_shape": None}, r"^data_shape must be a tuple of positive integers .* got None$"),
     ({"data_shape": (8, 0, 1)}, r"^data_shape must be a tuple of positive integers, got \(8, 0, 1\)$"),
+    ({"data_shape": (16.5,)}, r"^data_shape must be a tuple of positive integers .* got \(16.5,\)$"),  # was built as (16,)
+    ({"data_shape": (True, 8)}, r"^data_shape must be a tuple of positive integers .* got \(True, 8\)$"),
     ({"data_shape": ()}, r"^data_shape \(\) is a sentence model's: give text=text_settings\(data.metadata\)"),
     ({"data_shape": (8, 8, 1), "latent": "gaussian"},
      r"^latent must be a mapping \(e.g. latent=\{'family': 'gaussian', 'latent_dim': 8\}\), got 'gaussian'$"),

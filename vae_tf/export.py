@@ -292,7 +292,7 @@ def load_model_info(version_dir: str | os.PathLike) -> dict:
     """Read ``assets/vae_tf_model.json`` of an exported version."""
     path = Path(version_dir) / "assets" / ASSET_NAME
     if not path.is_file():
-        raise ModelNotFoundError(f"{path} not found: {version_dir} is not a vae-tf export (run `vae-tf train` to make one)")
+        raise ModelNotFoundError(f"{path} not found: {version_dir} is not a vae-tf export (`vae-tf train` or vae_tf.export.export_model makes one)")
     return json.loads(path.read_text())
 
 
@@ -403,7 +403,14 @@ def _load_vae(version_dir: Path, info: dict, optimizer=None, **compile_options):
         spec["text"] = {"symbol_clusters": False, **spec["text"]}
 
     def rebuilt():
-        return build_vae(spec["data_shape"], **{k: v for k, v in spec.items() if k != "data_shape"})
+        try:
+            return build_vae(spec["data_shape"], **{k: v for k, v in spec.items() if k != "data_shape"})
+        except ConfigError as err:  # a part the user registered (NETWORKS.register, ...) lives in their code
+            if "unknown" in str(err) and "choose one of" in str(err):
+                raise ConfigError(f"{version_dir} was built with a part this process does not know ({err}); register "
+                                  "it (e.g. vae_tf.networks.NETWORKS.register) before load_vae, as where it was "
+                                  "trained") from None
+            raise
 
     model = rebuilt()
     if optimizer is None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from vae_tf.errors import DataError
 from vae_tf.metrics._checks import positive_int
 from vae_tf.metrics._compiled import compiled_for
 
@@ -103,7 +104,7 @@ def code_mutual_information(model, x, *, batch_size: int = 50, seed: int = 0) ->
         total += len(rows) * float(estimate(tf.constant(x[rows]), tf.constant([int(seed), b], tf.int32)))
         weight += len(rows)
     if not weight:
-        raise ValueError(f"code_mutual_information needs at least 2 examples, got {len(x)}")
+        raise DataError(f"code_mutual_information needs at least 2 examples, got {len(x)}")
     return total / weight
 
 

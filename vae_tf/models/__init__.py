@@ -150,6 +150,8 @@ def build_vae(
     import numpy as np
 
     try:
+        if any(isinstance(s, bool) or int(s) != s for s in data_shape):  # 16.5 was built as 16
+            raise ValueError(data_shape)
         data_shape = tuple(int(s) for s in data_shape)
     except (TypeError, ValueError):
         raise ConfigError(f"data_shape must be a tuple of positive integers (an example's shape, e.g. (28, 28, 1); "

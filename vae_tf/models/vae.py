@@ -475,7 +475,8 @@ class VAE(keras.Model):
             kwargs["shuffle"] = False
         if getattr(self, "optimizer", None) is None:  # Keras 3 has no attribute before compile
             raise ConfigError("compile the model before fitting it: model.compile(optimizer=...) (build_vae builds "
-                              "it uncompiled)")
+                              "it uncompiled; load_vae(path, optimizer=...) compiles it and restores its optimizer's "
+                              "state)")
         if self.jit_compile and self.inference.xla_refusal:
             raise ConfigError(f"this model is compiled with jit_compile=True, but {self.inference.xla_refusal}; "
                               "compile it with jit_compile=False")
