@@ -355,7 +355,9 @@ def _check_shape(arr: np.ndarray, spec: InputSpec, signature: str) -> None:
         return
     got = "[" + ",".join(str(d) for d in arr.shape) + "]"
     advice = ""
-    if spec.shape == (None,) and spec.dtype_name == "string":  # a text model's sentences
+    if spec.shape == (None,) and spec.dtype_name == "string" and arr.ndim == 0:  # a text model's sentences
+        advice = '; send a list of sentences, even of one: ["a cat"], not "a cat"'
+    elif spec.shape == (None,) and spec.dtype_name == "string":
         advice = "; send a list of sentences, each one string (not a list of words)"
     elif spec.shape and spec.shape[0] is None:
         example = "[" + ",".join("?" if d is None else str(d) for d in spec.shape[1:]) + "]"

@@ -234,6 +234,9 @@ BAD_REST = [
                                                              "size); send a list of sentences, each one string (not a "
                                                              "list of words)"),
     ({"signature_name": "encode", "inputs": "a cat"}, "has shape [] but the signature expects [-1]"),
+    # one sentence, not a list: it was told "(not a list of words)"
+    ({"signature_name": "encode", "inputs": {"x": "a cat"}}, 'has shape [] but the signature expects [-1] (-1: any size); '
+                                                            'send a list of sentences, even of one: ["a cat"], not "a cat"'),
     (b'{"signature_name": "encode", "instances": ["a \xff cat"]}', "row 0 is not valid UTF-8 (byte 2"),
     ({"signature_name": "encode", "instances": ["ok", {"b64": base64.b64encode(b"\xc3\x28").decode()}]},
      "row 1 is not valid UTF-8 (byte 0"),
