@@ -76,7 +76,8 @@ def add_parsers(sub) -> None:
                             "first max_length words, as the model does (default), or refused with HTTP 400 / "
                             "INVALID_ARGUMENT")
     serve.add_argument("--max-text-rows", type=positive_int, default=DEFAULT_MAX_ROWS,
-                       help=f"text models: most sentences in one request (default {DEFAULT_MAX_ROWS}; more: HTTP 400)")
+                       help=f"text models: most sentences in one request, or rows of codes or seeds for decode and "
+                            f"sample, which make one sentence each (default {DEFAULT_MAX_ROWS}; more: HTTP 400)")
     serve.add_argument("--max-text-bytes", type=positive_int, default=DEFAULT_MAX_BYTES,
                        help=f"text models: longest sentence in bytes (default {DEFAULT_MAX_BYTES}; longer: HTTP 400)")
     serve.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", nargs="?", const=True,

@@ -234,6 +234,11 @@ class Signature:
                 _check_finite(arr, spec, self.name)
             if self.text is not None and spec.dtype_name == "string":
                 arr = self._check_sentences(arr, spec)
+            elif self.text is not None and arr.ndim and len(arr) > self.text.limits.max_rows:
+                # decode and sample: each row generates a sentence (memory grows with rows x words as well)
+                raise invalid_argument(f"Input {spec.alias} of signature {self.name}: {len(arr)} rows in one request, "
+                                       f"more than this server's limit of {self.text.limits.max_rows} for a text model "
+                                       "(each row makes a sentence); send smaller batches (or raise --max-text-rows)")
             prepared[alias] = arr
         return prepared
 

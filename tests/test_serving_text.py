@@ -251,6 +251,11 @@ BAD_REST = [
     ({"signature_name": "encode", "instances": ["a"] * 1025}, "1025 sentences in one request, more than this server's "
                                                              "limit of 1024"),
     ({"signature_name": "decode", "instances": ["the cat"]}, "Type: String is not of expected type: float"),
+    # each row of a decode or sample makes a sentence: the same row limit (5,000 seeds took 27 s)
+    ({"signature_name": "sample", "inputs": {"seed": [[0, i] for i in range(1025)]}},
+     "Input seed of signature sample: 1025 rows in one request, more than this server's limit of 1024 for a text model "
+     "(each row makes a sentence); send smaller batches (or raise --max-text-rows)"),
+    ({"signature_name": "decode", "inputs": {"z": [[0.0, 0.0]] * 1025}}, "Input z of signature decode: 1025 rows"),
 ]
 
 
