@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 import zipfile
@@ -482,8 +483,9 @@ def extract_embeddings(source: EmbedSource, encoder, output: str | os.PathLike, 
             _check_support(rows, start, source, encoder)
             if policy is not None:
                 truncated, counted = truncated + policy.count_long(rows), counted + len(rows)
-            arrays = encode_chunk(encoder, rows, outputs, batch_size)
-            arrays["index"] = source.index(start, stop)
+            index = source.index(start, stop)
+            arrays = encode_chunk(encoder, rows, outputs, batch_size, input_row=_input_row(source, index))
+            arrays["index"] = index
             if source.y is not None:
                 arrays["label"] = np.asarray(source.y[start:stop], dtype=np.int64)
             _atomic_write(chunk_file, lambda tmp: _save_npz(tmp, arrays))
@@ -606,6 +608,15 @@ def _check_support(rows: np.ndarray, start: int, source: EmbedSource, encoder) -
         raise error
 
 
+def _input_row(source, index: np.ndarray) -> Callable[[int], str]:
+    """How a message names row ``i`` of a chunk whose rows are ``index`` in the input: a text
+    file's line (1-based, as an editor counts; blank lines count), else the input's row (0-based,
+    the output's ``index``)."""
+    where = data_description(source.description)
+    text_file = str(source.description.get("path") or "").lower().endswith((".txt", ".txt.gz"))
+    return lambda i: f"line {int(index[i]) + 1} of {where}" if text_file else f"row {int(index[i])} of {where}"
+
+
 def data_description(description: Mapping) -> str:
     """How messages name the rows' input: its path or data set name, and the split if any."""
     where = description.get("path") or description.get("data") or "the data"
@@ -631,14 +642,26 @@ def support_error(rows, positions: np.ndarray, support: tuple[float, float] | No
                      "training data was (uint8 images in .npz/.npy/image folders are read as /255 already)")
 
 
-def encode_chunk(encoder, x: np.ndarray, outputs: Sequence[str], batch_size: int) -> dict[str, np.ndarray]:
+def encode_chunk(encoder, x: np.ndarray, outputs: Sequence[str], batch_size: int,
+                 input_row: Callable[[int], str] | None = None) -> dict[str, np.ndarray]:
     """``outputs`` of ``encoder`` for rows ``x``, called on ``batch_size`` rows at a time from the
     first row (so every caller that cuts the same chunks gets the same batches, hence the same
     numbers); float32, but an integer output (a categorical family's ``category``, int32 in the
-    signature) keeps its dtype; concatenated in row order."""
+    signature) keeps its dtype; concatenated in row order. ``input_row(i)`` names row ``i`` of
+    ``x`` in the input (``"line 229 of corpus.txt"``): a server's refusal of "row 227", a row of
+    its request, then says which."""
+    from serving.client import ServingRequestError
+
     pieces: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
     for start in range(0, len(x), batch_size):
-        result = encoder(np.ascontiguousarray(x[start:start + batch_size]))
+        try:
+            result = encoder(np.ascontiguousarray(x[start:start + batch_size]))
+        except ServingRequestError as err:
+            found = re.search(r"\brow (\d+)\b", str(err))
+            if input_row is None or found is None or start + int(found.group(1)) >= len(x):
+                raise
+            raise ServingRequestError(f"{err} (the request's row {found.group(1)} is "
+                                      f"{input_row(start + int(found.group(1)))})", err.code) from None
         for name in outputs:
             value = np.asarray(result[name])
             pieces[name].append(value if value.dtype.kind in "iu" else value.astype(np.float32))

@@ -232,6 +232,33 @@ def test_a_text_file_that_is_not_utf8_text_is_named_as_such_before_its_carriage_
     assert "carriage return" not in str(err.value)
 
 
+def test_a_servers_refusal_of_a_request_row_names_the_file_line_it_came_from(tmp_path):
+    """`vae-tf embed --server` with a server that refuses long sentences said "row 227 has 132
+    words": a row of its request, not of the file (the sentence was on line 229)."""
+    from serving.client import ServingRequestError
+
+    lines = ["a cat sat", "", "the dog ran", "a bird flew", "", "", "one two three four five six", "a fish swam"]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n")
+
+    class RefusingServer:  # what RemoteEncoder raises for the server's 400
+        outputs, identity, text = ["embedding"], {"server": "http://127.0.0.1:1", "model_name": "text"}, True
+
+        def __call__(self, x):
+            for i, sentence in enumerate(x):
+                if len(str(sentence).split()) > 5:
+                    raise ServingRequestError(f"Input x of signature encode: row {i} has 6 words, more than the "
+                                              "model's max_length of 5", 400)
+            return {"embedding": np.zeros((len(x), 2), np.float32)}
+
+    source = load_text_source(str(tmp_path / "corpus.txt"))
+    with pytest.raises(ServingRequestError) as err:
+        extract_embeddings(source, RefusingServer(), tmp_path / "e.npz", chunk_size=4, batch_size=2)
+    # sentences: 0 a cat (line 1), 1 the dog (3), 2 a bird (4), 3 one two ... (7): the second request's row 1
+    assert str(err.value) == ("Input x of signature encode: row 1 has 6 words, more than the model's max_length of 5 "
+                              f"(the request's row 1 is line 7 of {tmp_path / 'corpus.txt'})")
+    assert err.value.code == 400
+
+
 def _error(capsys, *argv) -> str:
     assert main(list(argv)) == 2
     err = capsys.readouterr().err.strip()
