@@ -120,7 +120,8 @@ class VAE(keras.Model):
     or :func:`checkpoint_for`; Keras' ``model.save("x.keras")`` cannot rebuild it and says so.
 
     Metrics (every step; means over the examples seen in the epoch): ``loss``, ``elbo``,
-    ``reconstruction``, ``kl``; ``beta`` is the weight in force after the step; plus every slot's
+    ``reconstruction``, ``kl``; ``beta`` is the KL weight the last step trained with (a schedule
+    steps it before the step's loss: after 12 steps of ``linear`` over 30 it is 11/30); plus every slot's
     trackers (``mi_bound``, ``elbo_perturbed``, ``aggressive_inner_steps``, ...), the latent
     family's own diagnostics, and the state of the likelihood and the slots (last value, e.g.
     ``sigma_x``, ``kl_set_point``, ``capacity``). With an input noise, ``elbo``,
@@ -394,7 +395,7 @@ class VAE(keras.Model):
         family_logs = self.latent.update_diagnostics(terms)  # the family's own metrics ({} for Gaussian)
         # Derived rather than tracked (fewer ops per step, which small models feel: see
         # docs/performance.md): the ELBO mean is the difference of the two means over the same
-        # examples, and β is reported as the value in force after the step.
+        # examples, and β is reported as the value the step trained with.
         reconstruction, kl = self.reconstruction_tracker.result(), self.kl_tracker.result()
         logs = {"loss": self.loss_tracker.result(), "elbo": reconstruction - kl, "reconstruction": reconstruction,
                 "kl": kl, "beta": tf.convert_to_tensor(self.beta)}
