@@ -194,6 +194,25 @@ def test_weights_that_diverge_end_in_the_nan_message_with_validation_data_too(tm
     assert "resume" not in message
 
 
+@pytest.mark.slow
+def test_a_resume_of_a_run_stopped_before_its_first_checkpoint_says_it_starts_again(tmp_path, capsys):
+    """It started again from epoch 1 in the same MLflow run without a word."""
+    from training.train import run_training
+    from vae_tf.errors import TrainingDivergedError
+
+    config = _in_process_config(tmp_path, learning_rate=1e6, steps_per_execution=1)
+    config = from_dict({**config.model_dump(), "model": {**config.model.model_dump(),
+                                                         "likelihood": {"name": "gaussian_learned"}}})
+    with pytest.raises(TrainingDivergedError, match="before the first checkpoint"):
+        run_training(config)
+    capsys.readouterr()
+    result = run_training(config, resume=True, overrides=("train.learning_rate=0.001",))  # a rate that trains
+    err = capsys.readouterr().err
+    assert (f"resuming run {result.run_id}: it stopped before its first checkpoint, so training starts again from "
+            "epoch 1 (in the same MLflow run)") in err
+    assert "resuming from" not in err and len(result.history["loss"]) == config.train.epochs
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

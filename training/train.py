@@ -780,6 +780,9 @@ def _run(config: Config, prepared: Prepared, tracker, after_training=None, resum
                   file=sys.stderr)
         tracker.set_tags({"vae_tf.resumed_from": restored})
         _log_missing_epochs(tracker, start[2])
+    elif resumed and chief:  # stopped before its first checkpoint: nothing to continue from
+        print(f"resuming run {tracker.run_id}: it stopped before its first checkpoint, so training starts again from "
+              "epoch 1 (in the same MLflow run)", file=sys.stderr)
     _set_up_inference(config, model, data)
 
     checkpoints = TrainingCheckpoint(checkpoint_dir, steps_per_epoch, max_to_keep=train_cfg.checkpoints_to_keep,
