@@ -383,6 +383,17 @@ def test_a_text_model_evaluated_on_longer_sentences_says_how_many_it_cut(tmp_pat
     assert "sentences were truncated by the data loader to max_length=4" in capsys.readouterr().out
     assert json.loads(Path("own.json").read_text())["info"]["truncated_sentences"] == {"by_data": sum(longer),
                                                                                        "by_model": 0}
+    # Logged to MLflow, a text model's evaluation holds the tables its training run holds, of the split evaluated
+    from mlflow.tracking import MlflowClient
+
+    capsys.readouterr()
+    assert main(["evaluate", "models/short", "--iw-k", "0", "-o", "logged.json", "--disentanglement", "off"]) == 0
+    run_id = next(line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("MLflow run:"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    logged = {Path(a.path).name for a in client.list_artifacts(run_id, "evaluation")}
+    assert {"reconstructions.md", "samples.md", "interpolation.md"} <= logged, logged
+    table = Path(client.download_artifacts(run_id, "evaluation/reconstructions.md", str(tmp_path))).read_text()
+    assert table.startswith("# Reconstructions") and "| w" in table  # the corpus' words
 
 
 @pytest.mark.slow

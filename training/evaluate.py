@@ -271,8 +271,13 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
         settings = {"source": source, "split": split, "max_examples": max_examples or "all", "iw_k": iw_k,
                     "disentanglement": disentanglement, "fd": fd, "allow_unnormalised_nll": allow_unnormalised_nll,
                     "overrides": json.dumps(list(overrides))}  # values hold spaces: a list, not a joined string
+        tables = {}
+        if modality == "text":  # the training run's tables, of this split: what the model makes of its sentences
+            from vae_tf import plots
+
+            tables = plots.text_tables(model, x, seed=config.seed)
         eval_run_id = _log(config, label, result, figures, document, run_id, split, data, verdict, into_run,
-                           settings)
+                           settings, tables)
     else:
         import matplotlib.pyplot as plt
 
@@ -348,7 +353,7 @@ def _write_json_atomically(path: Path, document: dict) -> None:
 
 
 def _log(config, label, result, figures, document, trained_run_id, split, data, verdict, into_run=None,
-         settings: dict | None = None) -> str:
+         settings: dict | None = None, tables: dict | None = None) -> str:
     """Log the evaluation as a new run in the config's experiment, or into the existing run
     ``into_run`` (the one `mlflow run` made for the project's evaluate entry), which keeps its
     experiment and takes the evaluation's name and tags."""
@@ -384,6 +389,8 @@ def _log(config, label, result, figures, document, trained_run_id, split, data, 
         mlflow.log_metrics({k: float(v) for k, v in result["metrics"].items() if v == v})  # NaN: not logged
         mlflow.log_dict(document, "evaluation/report.json")
         log_figures(figures, "evaluation")
+        for file_name, table in (tables or {}).items():  # a text model's Markdown tables
+            mlflow.log_text(table, f"evaluation/{file_name}")
     return run.info.run_id
 
 

@@ -399,7 +399,7 @@ def evaluation_figures(result: dict, model=None, x=None, *, value_range=(0.0, 1.
     Always KL per dimension and the collapse curve; t-SNE when it was computed. With ``model`` and
     example inputs ``x`` also reconstructions, prior samples (mean vs ancestral) and latent
     traversals (:func:`vae_tf.plots.model_figures`; a text model's tables are
-    :func:`vae_tf.plots.text_tables`, which the training job logs).
+    :func:`vae_tf.plots.text_tables`, which the training job and `vae-tf evaluate` log).
     """
     from vae_tf import plots  # noqa: PLC0415
 
