@@ -612,8 +612,10 @@ def _input_row(source, index: np.ndarray) -> Callable[[int], str]:
     """How a message names row ``i`` of a chunk whose rows are ``index`` in the input: a text
     file's line (1-based, as an editor counts; blank lines count), else the input's row (0-based,
     the output's ``index``)."""
+    from serving.text_rows import input_kind
+
     where = data_description(source.description)
-    text_file = str(source.description.get("path") or "").lower().endswith((".txt", ".txt.gz"))
+    text_file = input_kind(source.description.get("path") or "") == "text"
     return lambda i: f"line {int(index[i]) + 1} of {where}" if text_file else f"row {int(index[i])} of {where}"
 
 
@@ -802,8 +804,6 @@ def read_embeddings(path: str | os.PathLike, column: str = "embedding") -> tuple
                 table = table.sort_by("index")
             if column not in table.column_names:
                 raise DataError(f"{path} has no column {column!r} (columns: {', '.join(table.column_names)})")
-            import pyarrow as pa
-
             values = table.column(column).combine_chunks()
             codes = _code_rows(values, f"{path} column {column!r}")
             labels = table.column("label").to_numpy() if "label" in table.column_names else None

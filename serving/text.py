@@ -93,8 +93,8 @@ class TextPolicy:
         long_text = (f"sentences longer than {self.max_length} words are truncated to their first {self.max_length} "
                      "(--long-text refuse to refuse them)" if self.limits.long_text == "truncate" else
                      f"sentences longer than {self.max_length} words are refused")
-        return (f"text model: UTF-8 sentences, {long_text}; at most {self.limits.max_rows} sentences a request and "
-                f"{self.limits.max_bytes} bytes a sentence")
+        return (f"text model: UTF-8 sentences, {long_text}; at most {self.limits.max_rows} sentences (or rows to "
+                f"decode or sample) a request and {self.limits.max_bytes} bytes a sentence")
 
     def check(self, values: np.ndarray) -> np.ndarray:
         """``values`` (a 1-D batch of ``bytes``/``str``) as an object array of UTF-8 ``bytes``;

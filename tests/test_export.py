@@ -485,7 +485,8 @@ def test_a_registered_network_kind_builds_exports_and_loads_as_the_shipped_ones(
         NETWORKS.unregister("test_dense_pair")
     # in a process where it is not registered: the error says what to do, not only what is known
     with pytest.raises(ConfigError, match=r"was built with a part this process does not know \(unknown network "
-                                          r"'test_dense_pair'; choose one of: .*\); register it \(e.g. "
+                                          r"'test_dense_pair'; choose one of: .*\); if it is one registered where the model was trained, "
+                                          r"register it \(e.g. "
                                           r"vae_tf.networks.NETWORKS.register\) before load_vae") as err:
         load_vae(exported)
     assert "\n" not in str(err.value)

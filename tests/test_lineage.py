@@ -81,6 +81,10 @@ def test_each_run_names_the_file_it_read_and_evaluate_says_when_the_file_changed
                               "digest ") and f"{tmp_path / 'second.npz'} changed since" in warning
     changed = json.loads((tmp_path / "changed.json").read_text())["info"]["split_changed_since_training"]
     assert changed["source"] == str(tmp_path / "second.npz") and changed["digest_now"] != changed["digest_at_training"]
+    # another seed splits the data otherwise on purpose: no claim that the file changed
+    assert main(["evaluate", "models/second", "--iw-k", "0", "--no-mlflow", "--disentanglement", "off",
+                 "--output", "seeded.json", "--set", "seed=7"]) == 0
+    assert "split read now" not in capsys.readouterr().err
 
 
 def test_digest_changes_with_the_content_and_not_otherwise(digits):

@@ -368,11 +368,11 @@ def test_aggressive_fit_reads_each_fits_own_data_positional_arguments_and_valida
     model.fit(dark, None, 64, 1, 0, None, 0.0, val)  # validation_data is fit's 8th positional argument
     np.testing.assert_allclose(inference._heldout.value.numpy(), val[:inference.options.heldout_size])
     first = inference._inner.value
-    assert inference._traced_with is first
+    assert inference._inner.traced is first
     model.fit(dark.astype(np.float64), batch_size=64, epochs=1, verbose=0, validation_data=val)  # the same values
     assert inference._inner.value is first  # kept, and the step is not traced again
     model.fit(light, batch_size=64, epochs=1, verbose=0, validation_data=1.0 - val)
-    assert inference._inner.value is not first and inference._traced_with is inference._inner.value
+    assert inference._inner.value is not first and inference._inner.traced is inference._inner.value
     assert float(tf.reduce_mean(inference._inner.value.get_next())) > 0.7
     np.testing.assert_allclose(inference._heldout.value.numpy(), (1.0 - val)[:inference.options.heldout_size])
     # validation_split: the held-out batch is the last rows, as Keras splits; the fresh batches the others
@@ -381,13 +381,19 @@ def test_aggressive_fit_reads_each_fits_own_data_positional_arguments_and_valida
     model.fit(x, batch_size=32, epochs=1, verbose=0, validation_split=0.25)
     np.testing.assert_allclose(model.inference._heldout.value.numpy(), light[:32])
     assert all(float(tf.reduce_max(model.inference._inner.value.get_next())) <= 0.2 + 1e-6 for _ in range(4))
+    # (x, y) tuples, fit's other form: compared by their inputs (a second fit raised NumPy's ragged-array error)
+    model = make({"inference": {"kind": "aggressive", "max_inner_steps": 5, "check_every": 5}})
+    for _ in range(2):
+        model.fit(dark, digits.y_train[:128], batch_size=64, epochs=1, verbose=0,
+                  validation_data=(val, digits.y_val[:64]))
+    np.testing.assert_allclose(model.inference._heldout.value.numpy(), val[:model.inference.options.heldout_size])
     # what the caller set is kept
     mine = digits.pipeline("train", 32, repeat=True)
     model.inference.set_inner_data(mine)
     model.inference.set_heldout(val)
     kept = model.inference._inner.value
     model.fit(light, batch_size=32, epochs=1, verbose=0, validation_data=1.0 - val)
-    assert model.inference._inner.value is kept and model.inference._traced_with is kept
+    assert model.inference._inner.value is kept and model.inference._inner.traced is kept
     np.testing.assert_allclose(model.inference._heldout.value.numpy(), val[:model.inference.options.heldout_size])
 
 
@@ -439,6 +445,8 @@ def test_pretraining_checks_its_data_as_fit_does_and_leaves_the_encoder_untouche
         with pytest.raises(DataError, match=match) as info:
             pretrain_encoder(model, *args, epochs=1, **kwargs)
         assert_one_line(str(info.value))
+    with pytest.raises(ConfigError, match=r"^num_classes must be an integer, got 10.0$"):  # not "give at least 10"
+        pretrain_encoder(model, x, y, epochs=1, num_classes=10.0)
     assert not any(changed(before, model.encoder.weights))
     result = pretrain_encoder(model, x, y.astype(np.float32), epochs=1, batch_size=20)  # whole-number floats
     assert result["num_classes"] == int(y.max()) + 1 and np.isfinite(result["pretrain_loss"]).all()

@@ -328,7 +328,7 @@ def test_serve_command_announces_and_applies_the_text_flags(text_exports, tmp_pa
     try:
         lines = announced(process)
         assert lines["text"] == ("text model: UTF-8 sentences, sentences longer than 6 words are refused; at most 3 "
-                                 "sentences a request and 65536 bytes a sentence")
+                                 "sentences (or rows to decode or sample) a request and 65536 bytes a sentence")
         # Said once: the log of the first version's loading does not repeat it.
         assert "loaded text version 1" in (tmp_path / "stderr").read_text()
         assert "text model:" not in (tmp_path / "stderr").read_text()
@@ -362,7 +362,7 @@ def test_a_text_version_swapped_in_later_says_what_it_accepts_in_the_log(text_ex
         store.poll()
     assert store.versions == [2]
     assert (f"text version 2 is a text model: UTF-8 sentences, sentences longer than {TINY_TEXT_MAX_LENGTH} words "
-            "are refused; at most 4 sentences a request and 64 bytes a sentence") in caplog.text
+            "are refused; at most 4 sentences (or rows to decode or sample) a request and 64 bytes a sentence") in caplog.text
 
 
 # -- end to end: train, export, serve, compare ----------------------------------------------------------

@@ -334,7 +334,7 @@ def _changed_split(info: dict, config, data, split: str, overrides, label: str) 
     from training.lineage import dataset_digest, dataset_source
 
     recorded = ((info.get("data") or {}).get("split_digests") or {}).get(split)
-    if not recorded or "data" in {parse_override(str(o))[0][0] for o in overrides}:
+    if not recorded or {"data", "seed"} & {parse_override(str(o))[0][0] for o in overrides}:  # the split's settings
         return None
     now = dataset_digest(*data.split(split))
     if now == recorded:

@@ -1,7 +1,8 @@
 """What a run was trained on and whether its code collapsed, in MLflow where a user looks first.
 
 - :func:`log_datasets`: every split a run reads is logged as an MLflow dataset input
-  (``mlflow.log_input``; the run page's Datasets panel): name, source, a digest of its content,
+  (``mlflow.log_input``; the run page's Datasets panel): name, source, a digest of the source and
+  the content (:func:`mlflow_digest`; the content's own is the ``content_digest`` tag),
   its context (training / validation / test / pretraining) and its size. Through the run's
   :class:`~training.tracking.TrackedRun`, so an MLflow outage journals it like any other call.
 - :func:`model_verdict`: the one-line collapse verdict of a trained model

@@ -406,10 +406,10 @@ def _load_vae(version_dir: Path, info: dict, optimizer=None, **compile_options):
         try:
             return build_vae(spec["data_shape"], **{k: v for k, v in spec.items() if k != "data_shape"})
         except ConfigError as err:  # a part the user registered (NETWORKS.register, ...) lives in their code
-            if "unknown" in str(err) and "choose one of" in str(err):
-                raise ConfigError(f"{version_dir} was built with a part this process does not know ({err}); register "
-                                  "it (e.g. vae_tf.networks.NETWORKS.register) before load_vae, as where it was "
-                                  "trained") from None
+            if str(err).startswith("unknown ") and not str(err).startswith("unknown option"):
+                raise ConfigError(f"{version_dir} was built with a part this process does not know ({err}); if it is "
+                                  "one registered where the model was trained, register it (e.g. "
+                                  "vae_tf.networks.NETWORKS.register) before load_vae") from None
             raise
 
     model = rebuilt()

@@ -41,10 +41,13 @@ for the whole run (the MI is still estimated and logged every epoch).
 batches read so far is the variable ``inner_batches``, so a resumed run can restart its iterator
 where the checkpoint left it (``vae-tf train`` does: the inner stream is
 ``DataSplits.resumable_pipeline`` from that position, and a killed run resumes to the losses of
-an uninterrupted one). ``fit`` sets the iterator up by itself when it is not set: from the
-training data it is given (``x.repeat()`` for a ``tf.data.Dataset``), and the held-out batch from
-``validation_data`` (:meth:`Aggressive.set_heldout`); it also adds the :class:`AggressivePhase`
-callback (first, so that checkpoints and loggers see the phase after its update).
+an uninterrupted one). ``fit`` sets the iterator up by itself when it is not set, and again when a
+later ``fit`` is given other data: from the training data it is given (``x.repeat()`` for a
+``tf.data.Dataset``), and the held-out batch from ``validation_data`` or the rows
+``validation_split`` holds out (:meth:`Aggressive.set_heldout`); what the caller set with
+:meth:`Aggressive.set_inner_data` / :meth:`Aggressive.set_heldout` is kept. It also adds the
+:class:`AggressivePhase` callback (first, so that checkpoints and loggers see the phase after its
+update).
 
 **Under tf.distribute** (several replicas in sync): every update weights its loss by the
 replica's share of the global batch (the optimizer sums gradients); the convergence check reads
@@ -168,7 +171,7 @@ class Aggressive(Inference):
         # where the iterator and the held-out batch came from: fit's own data (replaced when a later
         # fit is given other data) or the caller (set_inner_data / set_heldout: kept)
         self._inner.source = self._heldout.source = None
-        self._traced_with = None  # the iterator the model's compiled training step reads
+        self._inner.traced = None  # the iterator the model's compiled training step reads (untracked: a holder)
 
     @property
     def metrics(self):
@@ -207,7 +210,7 @@ class Aggressive(Inference):
     def _next_batch(self, like: tf.Tensor) -> tf.Tensor:
         """The next fresh batch (and one more in ``inner_batches``)."""
         self.inner_batches.assign_add(1)
-        self._traced_with = self._inner.value
+        self._inner.traced = self._inner.value
         batch = self._inner.value.get_next()
         batch = batch[0] if isinstance(batch, (tuple, list)) else batch
         return batch if batch.dtype == like.dtype or batch.dtype == tf.string else tf.cast(batch, like.dtype)
@@ -246,7 +249,7 @@ class Aggressive(Inference):
         """:meth:`encoder_loop` for several replicas: the loop and the phase test run in
         cross-replica context, every update in each replica (module docstring)."""
         variables = model.encoder_variables
-        self._traced_with = self._inner.value
+        self._inner.traced = self._inner.value
         spec = self._inner.value.element_spec
         spec = spec[0] if isinstance(spec, (tuple, list)) else spec
 
@@ -324,38 +327,38 @@ class Aggressive(Inference):
 
     def prepare_fit(self, model, kwargs):
         """Set up what the procedure needs before ``fit`` (module docstring): the fresh batches
-        from ``x`` and the held-out batch from ``validation_data`` or, for
-        arrays, from the rows ``validation_split`` holds out (the last ones, as Keras splits; the
-        fresh batches then come from the others). What fit set up is replaced when a later
-        ``fit`` is given other data (a later fit without validation data keeps the held-out
-        batch); what the caller set with :meth:`set_inner_data` / :meth:`set_heldout` is kept.
-        A compiled training step reads its iterator as it was traced, so a new iterator makes
-        Keras trace the step again."""
+        from ``x`` and the held-out batch from ``validation_data`` or, for arrays, from the rows
+        ``validation_split`` holds out (the last ones, as Keras splits; the fresh batches then
+        come from the others). What fit set up is replaced when a later ``fit`` is given other
+        data (arrays are compared by content, datasets by identity; a later fit without
+        validation data keeps the held-out batch); what the caller set with
+        :meth:`set_inner_data` / :meth:`set_heldout` is kept. A compiled training step reads its
+        iterator as it was traced, so a new iterator makes Keras trace the step again."""
         x, split, validation = kwargs.get("x"), kwargs.get("validation_split"), kwargs.get("validation_data")
-        inputs = x[0] if isinstance(x, (tuple, list)) else x
-        if split and validation is None and inputs is not None and not isinstance(inputs, tf.data.Dataset):
+        inputs, validation = _inputs(x), _inputs(validation)
+        if split and validation is None and isinstance(inputs, (np.ndarray, tf.Tensor)):
             inputs = np.asarray(inputs)
             split_at = int(np.floor(len(inputs) * (1.0 - split)))  # Keras' train_validation_split
             inputs, validation = inputs[:split_at], inputs[split_at:]
-        if inputs is not None and (self._inner.value is None or
-                                   (self._inner.source is not None and not _same_data(self._inner.source, inputs))):
-            if isinstance(inputs, tf.data.Dataset):
-                self.set_inner_data(inputs.repeat())
-            else:
-                batch_size = kwargs.get("batch_size") or 32
-                array = np.asarray(inputs)
-                self.set_inner_data(tf.data.Dataset.from_tensor_slices(array).shuffle(len(array)).repeat()
-                                    .batch(int(batch_size)))
-            self._inner.source = inputs
-        if validation is not None and (self._heldout.value is None or
-                                       (self._heldout.source is not None and not _same_data(self._heldout.source,
-                                                                                            validation))):
-            self.set_heldout(_first_examples(validation, self.options.heldout_size))
-            self._heldout.source = validation
+        if inputs is not None:
+            seen = _fingerprint(inputs)
+            if self._inner.value is None or (self._inner.source is not None and self._inner.source != seen):
+                if isinstance(inputs, tf.data.Dataset):
+                    self.set_inner_data(inputs.repeat())
+                else:
+                    array = np.asarray(inputs)
+                    self.set_inner_data(tf.data.Dataset.from_tensor_slices(array).shuffle(len(array)).repeat()
+                                        .batch(int(kwargs.get("batch_size") or 32)))
+                self._inner.source = seen
+        if validation is not None:
+            seen = _fingerprint(validation)
+            if self._heldout.value is None or (self._heldout.source is not None and self._heldout.source != seen):
+                self.set_heldout(_first_examples(validation, self.options.heldout_size))
+                self._heldout.source = seen
         if self._heldout.value is None:
             raise ConfigError(_NO_HELDOUT)
-        if getattr(model, "train_function", None) is not None and self._traced_with is not None \
-                and self._traced_with is not self._inner.value:
+        if getattr(model, "train_function", None) is not None and self._inner.traced is not None \
+                and self._inner.traced is not self._inner.value:
             model.train_function = None  # traced with the iterator before: trace it again (Keras' compile does so)
         callbacks = list(kwargs.get("callbacks") or [])
         if not any(isinstance(c, AggressivePhase) for c in callbacks):
@@ -363,15 +366,24 @@ class Aggressive(Inference):
         return {**kwargs, "callbacks": callbacks}
 
 
-def _same_data(before, now) -> bool:
-    """Whether ``now`` is the data ``before`` was: the same object (a dataset can be told by
-    nothing else), or arrays of equal values (fit casts and copies an array on every call)."""
-    if now is before:
-        return True
-    if isinstance(now, tf.data.Dataset) or isinstance(before, tf.data.Dataset):
-        return False
-    before, now = np.asarray(before), np.asarray(now)
-    return before.shape == now.shape and before.dtype == now.dtype and np.array_equal(before, now)
+def _inputs(data):
+    """The inputs of ``x`` / ``validation_data`` given as ``(x, y, ...)``, else ``data`` itself."""
+    return data[0] if isinstance(data, (tuple, list)) else data
+
+
+def _fingerprint(data):
+    """What tells a later fit's data from this one's: a dataset by its identity (nothing else tells
+    it; the dataset object, a pipeline's definition, is kept so that its id is not reused), an
+    array by its shape, dtype and a hash of its bytes (fit casts and copies an array on every call;
+    no reference to the caller's arrays is kept)."""
+    if isinstance(data, tf.data.Dataset):
+        return ("dataset", data)
+    import hashlib
+
+    array = np.ascontiguousarray(np.asarray(data))
+    if array.dtype == object:  # sentences
+        return ("sentences", array.shape, hashlib.blake2b("\x1f".join(map(str, array.tolist())).encode()).hexdigest())
+    return (array.shape, str(array.dtype), hashlib.blake2b(array.tobytes()).hexdigest())
 
 
 def _first_examples(data, n: int) -> np.ndarray:

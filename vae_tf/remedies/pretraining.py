@@ -133,7 +133,9 @@ def pretrain_encoder(model, x, y, *, epochs: int = DEFAULT_EPOCHS, batch_size: i
     y = _labels(y, len(x), "pretraining")
     if num_classes is None:
         num_classes = int(y.max()) + 1
-    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes <= y.max():
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+        raise ConfigError(f"num_classes must be an integer, got {num_classes!r}")
+    elif num_classes <= y.max():
         raise DataError(f"pretraining labels go up to {int(y.max())} but num_classes={num_classes!r}; give at least "
                         f"{int(y.max()) + 1} (or leave it out: max(y) + 1)")
     num_classes = int(num_classes)
