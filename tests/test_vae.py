@@ -271,6 +271,34 @@ def test_build_vae_refuses_arguments_of_the_wrong_type_in_one_line(kwargs, said)
         build_vae(**kwargs)
 
 
+def test_fit_binds_positional_arguments_as_keras_names_them_under_a_wrapped_keras_fit(digits, monkeypatch):
+    """VAE.fit names every argument before its checks. Read from the method's signature, that broke
+    under a (*args, **kwargs) wrapper on keras.Model.fit (MLflow's autolog patches fit; so does
+    benchmarks/startup.py): "fit() got an unexpected keyword argument 'a'"."""
+    import inspect
+
+    import keras
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    from vae_tf.models.vae import FIT_PARAMETERS
+
+    assert tuple(inspect.signature(TensorFlowTrainer.fit).parameters)[1:] == FIT_PARAMETERS  # Keras' own order
+    seen = []
+    original = keras.Model.fit
+
+    def wrapped(self, *args, **kwargs):  # as an autologger wraps it
+        seen.append((args, sorted(kwargs)))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", wrapped)
+    model = _model(digits.data_shape)
+    history = model.fit(digits.x_train[:128], None, 64, 2, 0, None, 0.0, digits.x_val[:64]).history
+    assert len(history["loss"]) == 2 and "val_loss" in history  # epochs=2 and validation_data, positionally
+    assert seen[0][0] == () and {"x", "epochs", "validation_data", "callbacks"} <= set(seen[0][1])
+    with pytest.raises(TypeError, match="^VAE.fit got multiple values for argument 'epochs'$"):
+        model.fit(digits.x_train[:128], None, 64, 2, epochs=3)
+
+
 def test_kl_per_dim_before_any_evaluation_says_so_instead_of_zeros(digits):
     """Only evaluation fills the tracker: after `fit` without validation data it read all zeros,
     a collapsed posterior by the look of it."""

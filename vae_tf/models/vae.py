@@ -20,8 +20,6 @@ assemble.
 
 from __future__ import annotations
 
-import inspect
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -73,6 +71,26 @@ class MeanVector(keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "size": self.size}
+
+
+#: ``keras.Model.fit``'s parameters in Keras 3's order: ``VAE.fit`` binds positional arguments to
+#: them. Not read from the method, which a caller may have wrapped in a ``(*args, **kwargs)``
+#: function (MLflow's autolog patches ``fit``; so does benchmarks/startup.py); a test checks the
+#: list against Keras' own signature.
+FIT_PARAMETERS = ("x", "y", "batch_size", "epochs", "verbose", "callbacks", "validation_split", "validation_data",
+                  "shuffle", "class_weight", "sample_weight", "initial_epoch", "steps_per_epoch", "validation_steps",
+                  "validation_batch_size", "validation_freq")
+
+
+def _fit_arguments(args: tuple, kwargs: dict) -> dict:
+    """``fit``'s arguments, positional ones too, by name (:data:`FIT_PARAMETERS`)."""
+    if len(args) > len(FIT_PARAMETERS):
+        raise TypeError(f"VAE.fit takes at most {len(FIT_PARAMETERS)} positional arguments ({len(args)} given)")
+    named = dict(zip(FIT_PARAMETERS, args))
+    both = sorted(set(named) & set(kwargs))
+    if both:
+        raise TypeError(f"VAE.fit got multiple values for argument {both[0]!r}")
+    return {**named, **kwargs}
 
 
 class VAE(keras.Model):
@@ -467,10 +485,7 @@ class VAE(keras.Model):
         tensor for its shape, finite values and the likelihood's support, a dataset for its
         element shape and dtype. Keras said these things in a traceback from inside the first
         step, or not at all: 0–255 values or a NaN pixel trained on and ruined the weights."""
-        try:  # every argument by its name, positional ones too (Keras' order), for the checks below
-            kwargs = inspect.signature(super().fit).bind(*args, **kwargs).arguments
-        except TypeError as err:
-            raise TypeError(f"VAE.fit: {err}") from None
+        kwargs = _fit_arguments(args, kwargs)  # every argument by its name, for the checks below
         _, kwargs = self._checked_data((), kwargs, fit=True)
         if isinstance(kwargs.get("x"), tf.data.Dataset) and "shuffle" not in kwargs:
             kwargs["shuffle"] = False
