@@ -195,6 +195,7 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
              log_to_mlflow: bool = True, into_run: str | None = None, allow_unnormalised_nll: bool = False,
              out=None) -> EvaluationResult:
     from training.config import apply_overrides, from_dict, load_config, parse_override, tokenizer_of_then
+    from training.lineage import dataset_digest
     from training.train import prepare_data
     from vae_tf.export import load_model_info, load_vae
     from vae_tf.metrics import evaluate_model, evaluation_figures, report
@@ -223,7 +224,8 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
     # The overrides apply to the saved config before it is validated: `--set data.name=...` can
     # name another data set for a model whose training set cannot be loaded here.
     config = from_dict(apply_overrides(saved, overrides)) if saved else load_config(None, overrides)
-    if not saved and "data" not in {parse_override(str(o))[0][0] for o in overrides}:
+    overridden = {parse_override(str(o))[0][0] for o in overrides}  # the config's top-level keys set
+    if not saved and "data" not in overridden:
         print(f"warning: {shown} records no training config (exported by export_model without one): evaluating it on "
               f"the default data set, {config.data.name}; name its data with --set data.name=...", file=sys.stderr)
     if info.get("modality") == "text":  # a model of before symbol clusters reads its data as then
@@ -241,8 +243,9 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
                             disentanglement=disentanglement != "off",
                             disentanglement_sizes=DISENTANGLEMENT_SIZES.get(disentanglement), fd=fd,
                             allow_unnormalised_nll=allow_unnormalised_nll)
-    x, _ = data.split(split)
-    changed = _changed_split(info, config, data, split, overrides, label)
+    x, y = data.split(split)
+    content = dataset_digest(x, y)  # what the split holds: checked here, logged with the run
+    changed = _changed_split(info, config, data, split, content, overridden, label)
     figures = evaluation_figures(result, model=model, x=x[:10], value_range=data.value_range)
     document = report(result)
     if changed:
@@ -277,7 +280,7 @@ def evaluate(source: str, *, split: str = "test", overrides: list[str] | tuple =
 
             tables = plots.text_tables(model, x, seed=config.seed)
         eval_run_id = _log(config, label, result, figures, document, run_id, split, data, verdict, into_run,
-                           settings, tables)
+                           settings, tables, content)
     else:
         import matplotlib.pyplot as plt
 
@@ -323,20 +326,19 @@ def _truncated_sentences(info: dict, data, x, split: str, max_examples: int | No
     return {"by_data": by_data, "by_model": by_model}
 
 
-def _changed_split(info: dict, config, data, split: str, overrides, label: str) -> dict | None:
+def _changed_split(info: dict, config, data, split: str, now: str, overridden: set, label: str) -> dict | None:
     """When the model's export recorded the content of its held-out ``split``
     (:func:`training.lineage.held_out_digests`) and the data is read with the training config,
     whether the split read now is another: a corpus file edited or reshuffled since training is
     split anew, and its test split then holds examples the model trained on. Said as a warning
     (the evaluation goes on: a file may have grown on purpose); None when it is the same or
-    cannot be told."""
-    from training.config import parse_override
-    from training.lineage import dataset_digest, dataset_source
+    cannot be told. ``now``: the split's content digest; ``overridden``: the config's top-level
+    keys the evaluation sets (``data`` and ``seed`` split the data otherwise on purpose)."""
+    from training.lineage import dataset_source
 
     recorded = ((info.get("data") or {}).get("split_digests") or {}).get(split)
-    if not recorded or {"data", "seed"} & {parse_override(str(o))[0][0] for o in overrides}:  # the split's settings
+    if not recorded or {"data", "seed"} & overridden:
         return None
-    now = dataset_digest(*data.split(split))
     if now == recorded:
         return None
     source = dataset_source(config, data)
@@ -353,13 +355,13 @@ def _write_json_atomically(path: Path, document: dict) -> None:
 
 
 def _log(config, label, result, figures, document, trained_run_id, split, data, verdict, into_run=None,
-         settings: dict | None = None, tables: dict | None = None) -> str:
+         settings: dict | None = None, tables: dict | None = None, content: str = "") -> str:
     """Log the evaluation as a new run in the config's experiment, or into the existing run
     ``into_run`` (the one `mlflow run` made for the project's evaluate entry), which keeps its
-    experiment and takes the evaluation's name and tags."""
+    experiment and takes the evaluation's name and tags. ``content``: the split's content digest."""
     import mlflow
 
-    from training.lineage import dataset_digest, dataset_source, mlflow_digest
+    from training.lineage import dataset_source, mlflow_digest
     from training.tracking import (
         check_caller_store,
         log_figures,
@@ -380,10 +382,10 @@ def _log(config, label, result, figures, document, trained_run_id, split, data, 
     if trained_run_id:
         tags["vae_tf.evaluates_run_id"] = trained_run_id
     with start_run(config.mlflow.experiment, run_id=into_run, run_name=name, tags={**tags, **verdict.tags()}) as run:
-        x, y = data.split(split)
-        source, content = dataset_source(config, data), dataset_digest(x, y)
+        source = dataset_source(config, data)
         mlflow.log_input(meta_dataset(f"{data.name}-{split}", source, mlflow_digest(source, content)),
-                         context="evaluation", tags={"split": split, "n_examples": str(len(x)), "content_digest": content})
+                         context="evaluation", tags={"split": split, "n_examples": str(len(data.split(split)[0])),
+                                                     "content_digest": content})
         if settings and not into_run:  # how it was evaluated (`mlflow run`'s own run holds the entry's params)
             log_params(settings)
         mlflow.log_metrics({k: float(v) for k, v in result["metrics"].items() if v == v})  # NaN: not logged

@@ -51,7 +51,8 @@ def held_out_digests(data) -> dict[str, str]:
     """The content digests of the validation and test splits (those that hold examples), which an
     export records so that `vae-tf evaluate` can tell whether it reads the split the model was
     trained without (a corpus file edited or reshuffled since is split anew)."""
-    return {split: dataset_digest(*data.split(split)) for split in ("val", "test") if len(data.split(split)[0])}
+    splits = {split: data.split(split) for split in ("val", "test")}
+    return {split: dataset_digest(x, y) for split, (x, y) in splits.items() if len(x)}
 
 
 def mlflow_digest(source: str, content_digest: str) -> str:

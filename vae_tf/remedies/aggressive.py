@@ -388,19 +388,16 @@ def _fingerprint(data):
 
 def _first_examples(data, n: int) -> np.ndarray:
     """Up to ``n`` inputs from ``validation_data`` (a Dataset of batches, an array, or a tuple)."""
-    def inputs(batch):
-        return batch[0] if isinstance(batch, (tuple, list)) else batch
-
     if isinstance(data, tf.data.Dataset):
         parts, count = [], 0
         for batch in data:
-            xb = np.asarray(inputs(batch))
+            xb = np.asarray(_inputs(batch))
             parts.append(xb)
             count += len(xb)
             if count >= n:
                 break
         return np.concatenate(parts)[:n] if parts else np.zeros((0,))
-    return np.asarray(inputs(data))[:n]
+    return np.asarray(_inputs(data))[:n]
 
 
 class AggressivePhase(keras.callbacks.Callback):
